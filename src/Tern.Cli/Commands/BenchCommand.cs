@@ -1,0 +1,103 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Globalization;
+using Tern.Generation;
+using Tern.Models;
+using Tern.Runtime;
+
+namespace Tern.Cli.Commands;
+
+/// <summary><c>tern bench</c>: prefill and decode throughput over batch sizes and prompt lengths, peak memory; appends
+/// one row per configuration to a CSV file under bench/.</summary>
+internal static class BenchCommand
+{
+    public static Command Create()
+    {
+        var common = new CommonOptions();
+        var batches = new Option<int[]>("--batch", "-b") { Description = "Batch sizes (repeat or comma-separate).", DefaultValueFactory = _ => new[] { 1 }, CustomParser = ParseInts };
+        var prompts = new Option<int[]>("--prompt", "-p") { Description = "Prompt lengths in tokens.", DefaultValueFactory = _ => new[] { 128 }, CustomParser = ParseInts };
+        var newTokens = new Option<int>("--new-tokens", "-n") { Description = "Tokens generated per sequence.", DefaultValueFactory = _ => 32 };
+        var output = new Option<string>("--output", "-o") { Description = "CSV file the rows are appended to.", DefaultValueFactory = _ => "bench/results.csv" };
+        var floor = new Option<bool>("--floor") { Description = "Also measure device copy bandwidth and the weight-read floor per decode step." };
+        var label = new Option<string?>("--label") { Description = "Free text stored with the rows." };
+        var command = new Command("bench", "Measure prefill and decode throughput and peak memory.") { batches, prompts, newTokens, output, floor, label };
+        common.AddTo(command);
+        command.SetAction(r => Run(r, common, batches, prompts, newTokens, output, floor, label));
+        return command;
+    }
+
+    static int[] ParseInts(System.CommandLine.Parsing.ArgumentResult result)
+    {
+        var values = new List<int>();
+        foreach (var token in result.Tokens)
+            foreach (string part in token.Value.Split(',', StringSplitOptions.RemoveEmptyEntries))
+            {
+                if (!int.TryParse(part, out int v) || v < 1) { result.AddError($"'{part}' is not a positive integer."); return Array.Empty<int>(); }
+                values.Add(v);
+            }
+        return values.ToArray();
+    }
+
+    static int Run(ParseResult r, CommonOptions common, Option<int[]> batches, Option<int[]> prompts, Option<int> newTokens,
+        Option<string> output, Option<bool> floorOption, Option<string?> label)
+    {
+        int steps = r.GetValue(newTokens);
+        if (steps < 2) throw new ArgumentException("--new-tokens must be at least 2 (one prefill token plus decode steps).");
+        var (model, _, folder) = common.Load(r, needTokenizer: false);
+        using (model)
+        {
+            var device = model.Device;
+            string card = DeviceReport.Name(device);
+            long weightBytes = model.Info.ParameterCount * model.DType.ElementSize();
+            double floorMs = double.NaN, copyTBps = double.NaN;
+            if (r.GetValue(floorOption))
+            {
+                double bandwidth = DeviceReport.CopyBandwidth(device);
+                copyTBps = bandwidth / 1e12;
+                floorMs = weightBytes / bandwidth * 1e3;
+                Console.WriteLine($"copy bandwidth {copyTBps:F2} TB/s; weights {weightBytes / 1e9:F2} GB; weight-read floor {floorMs:F3} ms/step");
+            }
+            Console.WriteLine($"{card} | {model.Info.ModelType} {model.Info.ParameterCount / 1e6:F1}M params | {model.DType.ShortName()}");
+            Console.WriteLine($"{"batch",5} {"prompt",6} {"new",5} {"prefill ms",11} {"decode ms/step",15} {"decode tok/s",13} {"peak GB",8}");
+            var rows = new List<string>();
+            var generator = new Generator(model);
+            var random = new Random(0);
+            foreach (int prompt in r.GetValue(prompts)!)
+                foreach (int batch in r.GetValue(batches)!)
+                {
+                    var ids = Enumerable.Range(0, batch)
+                        .Select(_ => (IReadOnlyList<int>)Enumerable.Range(0, prompt).Select(_ => random.Next(model.Info.VocabSize)).ToArray()).ToArray();
+                    var options = new GenerationOptions { MaxNewTokens = steps, IgnoreEos = true };
+                    generator.GenerateTokens(ids, options with { MaxNewTokens = 3 }); // warm-up: kernels, allocator, plans
+                    var result = generator.GenerateTokens(ids, options);
+                    long used = DeviceReport.UsedBytes(device);
+                    var s = result.Stats;
+                    Console.WriteLine($"{batch,5} {prompt,6} {steps,5} {s.Prefill.TotalMilliseconds,11:F1} {s.DecodeMillisecondsPerStep,15:F3} {s.DecodeTokensPerSecond,13:F1} {used / 1e9,8:F2}");
+                    rows.Add(string.Join(',', new[]
+                    {
+                        DateTime.UtcNow.ToString("yyyy-MM-dd HH:mm", CultureInfo.InvariantCulture), Csv(card), device.type.ToString().ToLowerInvariant(),
+                        Csv(folder + (r.GetValue(common.Dummy) ? " (dummy)" : "")), model.DType.ShortName(), batch.ToString(), prompt.ToString(), steps.ToString(),
+                        F(s.Prefill.TotalMilliseconds), F(s.DecodeMillisecondsPerStep), F(s.DecodeTokensPerSecond), F(used / 1e9),
+                        F(copyTBps), F(floorMs), Csv(r.GetValue(label) ?? ""),
+                    }));
+                }
+            Append(r.GetValue(output)!, rows);
+            return 0;
+        }
+    }
+
+    const string Header = "date_utc,card,device,model,dtype,batch,prompt,new_tokens,prefill_ms,decode_ms_per_step,decode_tok_s,device_mem_gb,copy_TBps,floor_ms_per_step,label";
+
+    static void Append(string path, List<string> rows)
+    {
+        string? dir = Path.GetDirectoryName(Path.GetFullPath(path));
+        if (dir is not null) Directory.CreateDirectory(dir);
+        bool fresh = !File.Exists(path);
+        // One write per call, so a crash never leaves half a row behind.
+        File.AppendAllText(path, (fresh ? Header + "\n" : "") + string.Join("\n", rows) + "\n");
+        Console.WriteLine($"appended {rows.Count} row(s) to {path}");
+    }
+
+    static string F(double v) => double.IsNaN(v) ? "" : v.ToString("0.###", CultureInfo.InvariantCulture);
+    static string Csv(string s) => s.Contains(',') || s.Contains('"') ? "\"" + s.Replace("\"", "\"\"") + "\"" : s;
+}

@@ -1,0 +1,70 @@
+using System.CommandLine;
+using Tern.Generation;
+
+namespace Tern.Cli.Commands;
+
+/// <summary><c>tern generate</c>: continue one or more prompts and report speed.</summary>
+internal static class GenerateCommand
+{
+    public static Command Create()
+    {
+        var common = new CommonOptions();
+        var sampling = new SamplingOptions();
+        var prompts = new Argument<string[]>("prompt") { Description = "Prompt text (several make a batch).", Arity = ArgumentArity.ZeroOrMore };
+        var promptFile = new Option<FileInfo?>("--prompt-file", "-f") { Description = "Read the prompt from a file (with --lines: one prompt per line)." };
+        var lines = new Option<bool>("--lines") { Description = "Treat each non-empty line of --prompt-file as a prompt of the batch." };
+        var noStream = new Option<bool>("--no-stream") { Description = "Print the text at the end instead of token by token." };
+        var command = new Command("generate", "Continue prompts with a model and print the text and speed.") { prompts, promptFile, lines, noStream };
+        common.AddTo(command);
+        sampling.AddTo(command);
+        command.SetAction((result, cancellation) => RunAsync(result, common, sampling, prompts, promptFile, lines, noStream, cancellation));
+        return command;
+    }
+
+    static async Task<int> RunAsync(ParseResult r, CommonOptions common, SamplingOptions sampling, Argument<string[]> promptsArg,
+        Option<FileInfo?> promptFile, Option<bool> lines, Option<bool> noStream, CancellationToken cancellation)
+    {
+        var texts = new List<string>(r.GetValue(promptsArg) ?? Array.Empty<string>());
+        if (r.GetValue(promptFile) is { } file)
+        {
+            if (!file.Exists) throw new FileNotFoundException($"--prompt-file: '{file.FullName}' does not exist.");
+            string content = await File.ReadAllTextAsync(file.FullName, cancellation);
+            if (r.GetValue(lines)) texts.AddRange(content.Split('\n').Select(l => l.TrimEnd('\r')).Where(l => l.Length > 0));
+            else texts.Add(content);
+        }
+        if (texts.Count == 0) texts.Add("Once upon a time");
+        var options = sampling.Read(r);
+        var (model, tokenizer, folder) = common.Load(r, needTokenizer: true);
+        using (model)
+        {
+            var generator = new Generator(model, tokenizer);
+            Console.Error.WriteLine($"model: {folder} ({model.Info.ModelType}, {model.Info.ParameterCount / 1e6:F1}M parameters, {model.DType.ToString().ToLowerInvariant()} on {model.Device.type.ToString().ToLowerInvariant()})");
+            GenerationResult result;
+            if (texts.Count == 1 && !r.GetValue(noStream))
+            {
+                Console.Write(texts[0]);
+                var started = DateTime.UtcNow;
+                int count = 0;
+                await foreach (var token in generator.StreamAsync(texts, options, cancellation))
+                {
+                    Console.Write(token.Text);
+                    count++;
+                }
+                Console.WriteLine();
+                double seconds = (DateTime.UtcNow - started).TotalSeconds;
+                Console.Error.WriteLine($"{count} tokens in {seconds:F2} s ({count / Math.Max(seconds, 1e-9):F1} tokens/s, streaming)");
+                return 0;
+            }
+            result = generator.Generate(texts, options, cancellation);
+            for (int i = 0; i < result.Sequences.Count; i++)
+            {
+                if (texts.Count > 1) Console.WriteLine($"--- [{i}] ({result.Sequences[i].FinishReason})");
+                Console.WriteLine(texts[i] + result.Sequences[i].Text);
+            }
+            var s = result.Stats;
+            Console.Error.WriteLine($"prefill: {s.PromptTokens} tokens in {s.Prefill.TotalMilliseconds:F1} ms ({s.PrefillTokensPerSecond:F0} tokens/s); " +
+                $"decode: {s.DecodeSteps} steps x batch {s.BatchSize} in {s.Decode.TotalSeconds:F2} s ({s.DecodeTokensPerSecond:F1} tokens/s, {s.DecodeMillisecondsPerStep:F2} ms/step)");
+            return 0;
+        }
+    }
+}

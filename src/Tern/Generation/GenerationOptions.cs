@@ -1,0 +1,79 @@
+using Tern.KvCache;
+
+namespace Tern.Generation;
+
+/// <summary>How to continue prompts. Names follow Hugging Face <c>generate</c>; temperature 0 means greedy decoding.</summary>
+public sealed record GenerationOptions
+{
+    /// <summary>Upper bound on generated tokens per sequence (<c>max_new_tokens</c>).</summary>
+    public int MaxNewTokens { get; init; } = 128;
+
+    /// <summary>Softmax temperature; 0 selects greedy (arg-max) decoding, &gt; 0 samples.</summary>
+    public double Temperature { get; init; }
+
+    /// <summary>Keep only the k most likely tokens before sampling; 0 disables.</summary>
+    public int TopK { get; init; }
+
+    /// <summary>Nucleus sampling: keep the smallest set of tokens whose probability reaches p; 1 disables.</summary>
+    public double TopP { get; init; } = 1.0;
+
+    /// <summary>CTRL-style penalty (Keskar et al. 2019) on tokens already in the prompt or output; 1 disables.</summary>
+    public double RepetitionPenalty { get; init; } = 1.0;
+
+    /// <summary>Seed of the sampler; null draws one at random.</summary>
+    public long? Seed { get; init; }
+
+    /// <summary>Generation of a sequence stops once its text contains one of these; the text returned ends before it.</summary>
+    public IReadOnlyList<string> StopStrings { get; init; } = Array.Empty<string>();
+
+    /// <summary>Token ids that end a sequence; null uses the model's end-of-sequence ids.</summary>
+    public IReadOnlyList<int>? StopTokenIds { get; init; }
+
+    /// <summary>When true, end-of-sequence tokens do not stop generation (benchmarks, parity tests).</summary>
+    public bool IgnoreEos { get; init; }
+
+    /// <summary>The KV-cache policy of the request; null is the full cache.</summary>
+    public IKvCachePolicy? CachePolicy { get; init; }
+
+    /// <summary>Checks the values, with messages that name the option.</summary>
+    public void Validate()
+    {
+        if (MaxNewTokens < 1) throw new ArgumentException($"--max-new-tokens must be at least 1 (got {MaxNewTokens}).");
+        if (Temperature < 0 || double.IsNaN(Temperature)) throw new ArgumentException($"--temperature must be >= 0 (got {Temperature}).");
+        if (TopK < 0) throw new ArgumentException($"--top-k must be >= 0 (got {TopK}).");
+        if (!(TopP > 0 && TopP <= 1)) throw new ArgumentException($"--top-p must be in (0, 1] (got {TopP}).");
+        if (!(RepetitionPenalty > 0)) throw new ArgumentException($"--repetition-penalty must be > 0 (got {RepetitionPenalty}).");
+    }
+}
+
+/// <summary>Why a sequence stopped.</summary>
+public enum FinishReason
+{
+    /// <summary>It reached the token limit (or the model's context).</summary>
+    Length,
+    /// <summary>It produced a stop token id.</summary>
+    StopToken,
+    /// <summary>Its text contains a stop string.</summary>
+    StopString,
+}
+
+/// <summary>One continued prompt.</summary>
+public sealed record SequenceOutput(IReadOnlyList<int> PromptTokens, IReadOnlyList<int> Tokens, string? Text, FinishReason FinishReason);
+
+/// <summary>Timings of a generation call.</summary>
+public sealed record GenerationStats(int BatchSize, int PromptTokens, int GeneratedTokens, int DecodeSteps, TimeSpan Prefill, TimeSpan Decode)
+{
+    /// <summary>Prompt tokens per second of the prefill.</summary>
+    public double PrefillTokensPerSecond => PromptTokens / Math.Max(Prefill.TotalSeconds, 1e-9);
+    /// <summary>Generated tokens per second over the decode steps (all sequences of the batch).</summary>
+    public double DecodeTokensPerSecond => DecodeSteps * BatchSize / Math.Max(Decode.TotalSeconds, 1e-9);
+    /// <summary>Milliseconds per decode step.</summary>
+    public double DecodeMillisecondsPerStep => Decode.TotalMilliseconds / Math.Max(DecodeSteps, 1);
+}
+
+/// <summary>The outputs of a batch, in prompt order, and its timings.</summary>
+public sealed record GenerationResult(IReadOnlyList<SequenceOutput> Sequences, GenerationStats Stats);
+
+/// <summary>A token as it is produced: which sequence, the id, and the text it completed (may be empty while a
+/// multi-byte character is still incomplete).</summary>
+public sealed record GeneratedToken(int Sequence, int TokenId, string Text);

@@ -1,0 +1,262 @@
+using System.Diagnostics;
+using System.Runtime.CompilerServices;
+using Tern.Models;
+using Tern.Tokenization;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Tern.Generation;
+
+/// <summary>
+/// Continues batches of prompts with a <see cref="CausalLanguageModel"/>: left-padded prefill, then one decode step per
+/// token with the KV cache. Prompts of different lengths share the batch (padding is masked and positions count real tokens
+/// only). The loop reads nothing back from the device unless a stopping rule or streaming needs it.
+/// </summary>
+public sealed class Generator
+{
+    readonly CausalLanguageModel model;
+    readonly TernTokenizer? tokenizer;
+
+    /// <summary>A generator for <paramref name="model"/>; the tokenizer is needed for text prompts, stop strings and text outputs.</summary>
+    public Generator(CausalLanguageModel model, TernTokenizer? tokenizer = null)
+    {
+        this.model = model;
+        this.tokenizer = tokenizer;
+    }
+
+    /// <summary>Tokenizes text prompts (with the tokenizer's special tokens) and continues them.</summary>
+    public GenerationResult Generate(IReadOnlyList<string> prompts, GenerationOptions options, CancellationToken cancellation = default) =>
+        GenerateTokens(Tokenize(prompts), options, cancellation);
+
+    /// <summary>Continues token prompts.</summary>
+    public GenerationResult GenerateTokens(IReadOnlyList<IReadOnlyList<int>> prompts, GenerationOptions options, CancellationToken cancellation = default)
+    {
+        var run = new Run(this, prompts, options, streaming: false);
+        foreach (var _ in run.Steps(cancellation)) { }
+        return run.Result();
+    }
+
+    /// <summary>Streams tokens as they are produced; sequences of a batch interleave, one token each per step.</summary>
+    public async IAsyncEnumerable<GeneratedToken> StreamAsync(IReadOnlyList<IReadOnlyList<int>> prompts, GenerationOptions options,
+        [EnumeratorCancellation] CancellationToken cancellation = default)
+    {
+        var run = new Run(this, prompts, options, streaming: true);
+        foreach (var tokens in run.Steps(cancellation))
+        {
+            foreach (var t in tokens!) yield return t;
+            await Task.Yield(); // let the consumer's continuation (e.g. console output) run between steps
+        }
+    }
+
+    /// <summary>Streams the continuation of text prompts.</summary>
+    public IAsyncEnumerable<GeneratedToken> StreamAsync(IReadOnlyList<string> prompts, GenerationOptions options, CancellationToken cancellation = default) =>
+        StreamAsync(Tokenize(prompts), options, cancellation);
+
+    IReadOnlyList<IReadOnlyList<int>> Tokenize(IReadOnlyList<string> prompts)
+    {
+        var tok = tokenizer ?? throw new InvalidOperationException("text prompts need a tokenizer: create the Generator with one.");
+        for (int i = 0; i < prompts.Count; i++)
+            if (string.IsNullOrEmpty(prompts[i]))
+                throw new ArgumentException($"prompt {i} of the batch is empty; every prompt needs at least one character.");
+        return prompts.Select(p => tok.Encode(p, addSpecialTokens: true)).ToArray();
+    }
+
+    /// <summary>The state of one generate call.</summary>
+    sealed class Run
+    {
+        readonly Generator owner;
+        readonly IReadOnlyList<IReadOnlyList<int>> prompts;
+        readonly GenerationOptions options;
+        readonly bool streaming;
+        readonly int batch, promptLength, maxNew;
+        readonly HashSet<int> stopIds;
+        readonly List<int>[] tokens;
+        readonly string[] texts;
+        readonly FinishReason?[] finished;
+        readonly Stopwatch prefillWatch = new(), decodeWatch = new();
+        int steps;
+        Tensor? deviceTokens; // [batch, steps] when the host never looked
+
+        public Run(Generator owner, IReadOnlyList<IReadOnlyList<int>> prompts, GenerationOptions options, bool streaming)
+        {
+            options.Validate();
+            this.owner = owner;
+            this.prompts = prompts;
+            this.options = options;
+            this.streaming = streaming;
+            batch = prompts.Count;
+            if (batch == 0) throw new ArgumentException("the batch holds no prompt.");
+            for (int i = 0; i < batch; i++)
+                if (prompts[i].Count == 0) throw new ArgumentException($"prompt {i} of the batch has no tokens; every prompt needs at least one.");
+            var info = owner.model.Info;
+            foreach (var p in prompts)
+                foreach (int id in p)
+                    if (id < 0 || id >= info.VocabSize)
+                        throw new ArgumentException($"token id {id} is outside the model's vocabulary of {info.VocabSize}.");
+            promptLength = prompts.Max(p => p.Count);
+            if (promptLength >= info.MaxPositions)
+                throw new ArgumentException(
+                    $"the prompt has {promptLength} tokens but the model's context is {info.MaxPositions} (max_position_embeddings in config.json); shorten the prompt.");
+            maxNew = Math.Min(options.MaxNewTokens, info.MaxPositions - promptLength);
+            stopIds = options.IgnoreEos ? new HashSet<int>() : new HashSet<int>(options.StopTokenIds ?? owner.tokenizer?.EosTokenIds ?? ModelEos());
+            tokens = Enumerable.Range(0, batch).Select(_ => new List<int>()).ToArray();
+            texts = new string[batch];
+            Array.Fill(texts, "");
+            finished = new FinishReason?[batch];
+            if (options.StopStrings.Count > 0 && owner.tokenizer is null)
+                throw new ArgumentException("stop strings need a tokenizer to decode text.");
+        }
+
+        IReadOnlyList<int> ModelEos() => owner.model.Config.GetIntList("eos_token_id");
+
+        bool HostNeedsTokens => streaming || stopIds.Count > 0 || options.StopStrings.Count > 0;
+
+        /// <summary>Runs the loop; yields once per decode step (with the new tokens when streaming).</summary>
+        public IEnumerable<List<GeneratedToken>?> Steps(CancellationToken cancellation)
+        {
+            var model = owner.model;
+            var device = model.Device;
+            using var scope = torch.NewDisposeScope();
+            int padId = 0;
+            var ids = new long[batch * promptLength];
+            var positions = new long[batch * promptLength];
+            var mask = new bool[batch * promptLength];
+            var realLengths = new int[batch];
+            for (int b = 0; b < batch; b++)
+            {
+                var p = prompts[b];
+                int offset = promptLength - p.Count;
+                realLengths[b] = p.Count;
+                for (int t = 0; t < promptLength; t++)
+                {
+                    int i = b * promptLength + t;
+                    bool real = t >= offset;
+                    ids[i] = real ? p[t - offset] : padId;
+                    positions[i] = real ? t - offset : -1;
+                    mask[i] = real;
+                }
+            }
+            var idsT = torch.tensor(ids, new long[] { batch, promptLength }).to(device);
+            var maskT = torch.tensor(mask, new long[] { batch, promptLength }).to(device);
+            using var cache = model.CreateCache(batch, promptLength + maxNew, options.CachePolicy, promptLength);
+            using var sampler = new Sampler(options, idsT, maskT, model.Info.VocabSize);
+
+            prefillWatch.Start();
+            var logits = model.Forward(new ForwardBatch
+            {
+                InputIds = idsT,
+                Positions = torch.tensor(positions, new long[] { batch, promptLength }).to(device),
+                RealTokens = realLengths,
+                HasPadding = realLengths.Any(n => n < promptLength),
+                MaxPosition = promptLength - 1,
+                LastPositionOnly = true,
+            }, cache);
+            var next = sampler.Next(logits);
+            if (!HostNeedsTokens) deviceTokens = torch.empty(batch, maxNew, ScalarType.Int64, device);
+            SyncIfCuda(device);
+            prefillWatch.Stop();
+
+            var stepPositions = torch.tensor(realLengths.Select(n => (long)n).ToArray(), new long[] { batch, 1 }).to(device);
+            var ones = Enumerable.Repeat(1, batch).ToArray();
+            decodeWatch.Start();
+            for (int step = 0; ; step++)
+            {
+                cancellation.ThrowIfCancellationRequested();
+                steps = step + 1;
+                List<GeneratedToken>? produced = null;
+                if (deviceTokens is not null)
+                    deviceTokens.narrow(1, step, 1).copy_(next.unsqueeze(1));
+                else
+                {
+                    long[] host = next.cpu().data<long>().ToArray(); // the one sync per step that stopping or streaming needs
+                    produced = Record(host, step);
+                }
+                bool done = step + 1 >= maxNew || finished.All(f => f is not null);
+                if (produced is not null) yield return produced;
+                if (done) break;
+
+                using var stepScope = torch.NewDisposeScope();
+                if (finished.Any(f => f is not null))
+                {
+                    var finishedMask = torch.tensor(finished.Select(f => f is not null).ToArray()).to(device);
+                    next = torch.where(finishedMask, torch.tensor((long)padId, device: device), next);
+                }
+                var stepLogits = model.Forward(new ForwardBatch
+                {
+                    InputIds = next.unsqueeze(1),
+                    Positions = stepPositions,
+                    RealTokens = ones,
+                    MaxPosition = promptLength + step,
+                    LastPositionOnly = true,
+                }, cache);
+                next = sampler.Next(stepLogits).MoveToOuterDisposeScope();
+                stepPositions = (stepPositions + 1).MoveToOuterDisposeScope();
+                if (produced is null && step % 64 == 63) yield return null; // a cancellation point for non-streaming runs
+            }
+            if (deviceTokens is not null)
+            {
+                long[] all = deviceTokens.narrow(1, 0, steps).cpu().data<long>().ToArray();
+                for (int b = 0; b < batch; b++)
+                    for (int s = 0; s < steps; s++) tokens[b].Add((int)all[b * steps + s]);
+            }
+            SyncIfCuda(device);
+            decodeWatch.Stop();
+            deviceTokens = null;
+        }
+
+        List<GeneratedToken> Record(long[] host, int step)
+        {
+            var produced = new List<GeneratedToken>(batch);
+            for (int b = 0; b < batch; b++)
+            {
+                if (finished[b] is not null) continue;
+                int id = (int)host[b];
+                tokens[b].Add(id);
+                string delta = "";
+                if (owner.tokenizer is { } tok && (streaming || options.StopStrings.Count > 0))
+                {
+                    string text = tok.Decode(tokens[b]);
+                    if (!text.EndsWith('\uFFFD') && text.StartsWith(texts[b], StringComparison.Ordinal))
+                    {
+                        delta = text[texts[b].Length..];
+                        texts[b] = text;
+                    }
+                    foreach (string stop in options.StopStrings)
+                    {
+                        int at = texts[b].IndexOf(stop, StringComparison.Ordinal);
+                        if (at < 0) continue;
+                        int deltaStart = texts[b].Length - delta.Length;
+                        delta = at > deltaStart ? texts[b][deltaStart..at] : "";
+                        texts[b] = texts[b][..at];
+                        finished[b] = FinishReason.StopString;
+                        break;
+                    }
+                }
+                if (finished[b] is null && stopIds.Contains(id)) finished[b] = FinishReason.StopToken;
+                produced.Add(new GeneratedToken(b, id, delta));
+            }
+            return produced;
+        }
+
+        static void SyncIfCuda(Device device)
+        {
+            if (device.type == DeviceType.CUDA) torch.cuda.synchronize();
+        }
+
+        public GenerationResult Result()
+        {
+            var outputs = new SequenceOutput[batch];
+            for (int b = 0; b < batch; b++)
+            {
+                string? text = null;
+                if (owner.tokenizer is { } tok)
+                    text = finished[b] == FinishReason.StopString ? texts[b] : tok.Decode(tokens[b]);
+                outputs[b] = new SequenceOutput(prompts[b], tokens[b], text, finished[b] ?? FinishReason.Length);
+            }
+            int generated = tokens.Sum(t => t.Count);
+            var stats = new GenerationStats(batch, prompts.Sum(p => p.Count), generated, Math.Max(steps - 1, 0),
+                prefillWatch.Elapsed, decodeWatch.Elapsed);
+            return new GenerationResult(outputs, stats);
+        }
+    }
+}

@@ -1,0 +1,73 @@
+using TorchSharp;
+using static TorchSharp.torch;
+using F = TorchSharp.torch.nn.functional;
+
+namespace Tern.Generation;
+
+/// <summary>
+/// Turns next-token logits [batch, vocab] into token ids on the device, in transformers' order: repetition penalty, then
+/// temperature, top-k, top-p, then arg-max or a multinomial draw. Tokens already seen are tracked as a device mask.
+/// </summary>
+internal sealed class Sampler : IDisposable
+{
+    readonly GenerationOptions options;
+    readonly torch.Generator? generator;
+    readonly Tensor? seen; // [batch, vocab] bool: tokens present in prompt or output (repetition penalty)
+
+    public Sampler(GenerationOptions options, Tensor promptIds, Tensor promptMask, int vocab)
+    {
+        this.options = options;
+        if (options.Temperature > 0)
+        {
+            long seed = options.Seed ?? Random.Shared.NextInt64();
+            generator = new torch.Generator((ulong)seed, promptIds.device);
+        }
+        if (options.RepetitionPenalty != 1.0)
+        {
+            using var counts = torch.zeros(promptIds.shape[0], vocab, ScalarType.Int64, promptIds.device);
+            counts.scatter_add_(1, promptIds, promptMask.to(ScalarType.Int64));
+            seen = counts.gt(0);
+        }
+    }
+
+    /// <summary>Token ids [batch] (int64).</summary>
+    public Tensor Next(Tensor logits)
+    {
+        using var scope = torch.NewDisposeScope();
+        var scores = logits.to(ScalarType.Float32);
+        if (seen is not null)
+        {
+            double p = options.RepetitionPenalty;
+            scores = torch.where(seen, torch.where(scores.lt(0), scores * p, scores / p), scores);
+        }
+        Tensor next;
+        if (options.Temperature == 0)
+            next = scores.argmax(-1);
+        else
+        {
+            scores = scores / options.Temperature;
+            if (options.TopK > 0 && options.TopK < scores.shape[1])
+            {
+                var kth = scores.topk(options.TopK).values.narrow(1, options.TopK - 1, 1);
+                scores = scores.masked_fill(scores.lt(kth), double.NegativeInfinity);
+            }
+            if (options.TopP < 1.0)
+            {
+                var (sorted, indices) = scores.sort(-1, descending: false);
+                var cumulative = F.softmax(sorted, -1).cumsum(-1);
+                var remove = cumulative.le(1 - options.TopP);
+                remove.narrow(1, remove.shape[1] - 1, 1).fill_(false); // always keep the most likely token
+                scores = scores.masked_fill(remove.scatter(1, indices, remove), double.NegativeInfinity);
+            }
+            next = torch.multinomial(F.softmax(scores, -1), 1, generator: generator).squeeze(1);
+        }
+        seen?.scatter_(1, next.unsqueeze(1), torch.ones(next.shape[0], 1, ScalarType.Bool, next.device));
+        return next.MoveToOuterDisposeScope();
+    }
+
+    public void Dispose()
+    {
+        seen?.Dispose();
+        generator?.Dispose();
+    }
+}

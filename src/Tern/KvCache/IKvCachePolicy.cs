@@ -1,0 +1,33 @@
+using static TorchSharp.torch;
+
+namespace Tern.KvCache;
+
+/// <summary>
+/// Decides what a <see cref="KvCache"/> keeps. The generation loop and the models know no policy by name: they call these
+/// hooks, and a policy evicts through <see cref="LayerKvCache.Keep"/>. Every policy must keep the contract tested by
+/// <c>KvCachePolicyContract</c>: entries it keeps are bit-identical to what was appended and keep their original positions;
+/// with a budget that covers the whole sequence it gives the same logits as <see cref="DensePolicy"/>.
+/// </summary>
+public interface IKvCachePolicy
+{
+    /// <summary>Short name, as on the command line ("full", "sink", "h2o", ...).</summary>
+    string Name { get; }
+
+    /// <summary>True when the policy needs the attention probabilities of each layer (H2O); then attention takes the
+    /// explicit path that materialises them, and <see cref="ObserveAttention"/> is called.</summary>
+    bool NeedsAttentionProbabilities { get; }
+
+    /// <summary>Slots to preallocate per layer for sequences of at most <paramref name="maxSequenceLength"/> tokens
+    /// processed in steps of at most <paramref name="maxStepTokens"/> tokens.</summary>
+    int Capacity(int maxSequenceLength, int maxStepTokens);
+
+    /// <summary>Called before <paramref name="incomingTokens"/> new entries are appended to a layer: evict here so they fit.</summary>
+    void BeforeAppend(LayerKvCache layer, int incomingTokens);
+
+    /// <summary>Attention probabilities of one layer's step, shape [batch, heads, queries, layer.Length] (fp32, rows of
+    /// empty or masked slots are zero). Only called when <see cref="NeedsAttentionProbabilities"/> is true.</summary>
+    void ObserveAttention(LayerKvCache layer, Tensor probabilities);
+
+    /// <summary>Called after a layer's attention in every step: the policy may evict entries now.</summary>
+    void AfterStep(LayerKvCache layer);
+}

@@ -1,0 +1,85 @@
+using static TorchSharp.torch;
+
+namespace Tern.KvCache;
+
+/// <summary>Shape and placement of a <see cref="KvCache"/>.</summary>
+public sealed record KvCacheOptions
+{
+    /// <summary>Sequences in the batch.</summary>
+    public required int BatchSize { get; init; }
+    /// <summary>Transformer layers.</summary>
+    public required int Layers { get; init; }
+    /// <summary>Key/value heads per layer.</summary>
+    public required int KvHeads { get; init; }
+    /// <summary>Dimension of one head.</summary>
+    public required int HeadDim { get; init; }
+    /// <summary>Slots per layer (see <see cref="IKvCachePolicy.Capacity"/>).</summary>
+    public required int Capacity { get; init; }
+    /// <summary>Storage type of keys and values.</summary>
+    public required ScalarType DType { get; init; }
+    /// <summary>Where the cache lives.</summary>
+    public required Device Device { get; init; }
+}
+
+/// <summary>
+/// The key/value cache of a whole model for one batch: a preallocated <see cref="LayerKvCache"/> per layer, and the
+/// policy that decides what stays. Per-sequence token counts are tracked on the host.
+/// </summary>
+public sealed class KvCache : IDisposable
+{
+    readonly LayerKvCache[] layers;
+    readonly int[] sequenceLengths;
+
+    KvCache(KvCacheOptions options, IKvCachePolicy policy)
+    {
+        Options = options;
+        Policy = policy;
+        layers = Enumerable.Range(0, options.Layers).Select(l => new LayerKvCache(l, options)).ToArray();
+        sequenceLengths = new int[options.BatchSize];
+    }
+
+    /// <summary>Allocates a cache. <paramref name="policy"/> defaults to <see cref="DensePolicy"/>.</summary>
+    public static KvCache Create(KvCacheOptions options, IKvCachePolicy? policy = null)
+    {
+        if (options.BatchSize < 1 || options.Layers < 1 || options.KvHeads < 1 || options.HeadDim < 1 || options.Capacity < 1)
+            throw new ArgumentException($"invalid KV cache shape {options}");
+        return new KvCache(options, policy ?? DensePolicy.Instance);
+    }
+
+    /// <summary>The shape and placement.</summary>
+    public KvCacheOptions Options { get; }
+
+    /// <summary>The policy deciding what the cache keeps.</summary>
+    public IKvCachePolicy Policy { get; }
+
+    /// <summary>The cache of one layer.</summary>
+    public LayerKvCache this[int layer] => layers[layer];
+
+    /// <summary>Number of layers.</summary>
+    public int LayerCount => layers.Length;
+
+    /// <summary>Tokens each sequence has passed through the model so far (padding excluded), whatever was evicted since.</summary>
+    public IReadOnlyList<int> SequenceLengths => sequenceLengths;
+
+    /// <summary>Records that each sequence passed <paramref name="tokens"/>[b] more real tokens through the model.</summary>
+    public void Advance(IReadOnlyList<int> tokens)
+    {
+        for (int b = 0; b < sequenceLengths.Length; b++) sequenceLengths[b] += tokens[b];
+    }
+
+    /// <summary>Bytes held by keys and values.</summary>
+    public long Bytes => layers.Sum(l => l.Keys.NumberOfElements * l.Keys.ElementSize * 2);
+
+    /// <summary>Empties every layer.</summary>
+    public void Clear()
+    {
+        foreach (var l in layers) l.Clear();
+        Array.Clear(sequenceLengths);
+    }
+
+    /// <inheritdoc />
+    public void Dispose()
+    {
+        foreach (var l in layers) l.Dispose();
+    }
+}

@@ -1,0 +1,98 @@
+using Tern.KvCache;
+using TorchSharp;
+using static TorchSharp.torch;
+using F = TorchSharp.torch.nn.functional;
+
+namespace Tern.Models;
+
+/// <summary>Per-model attention settings.</summary>
+internal sealed record AttentionSettings(int Heads, int KvHeads, int HeadDim)
+{
+    /// <summary>Keys further than this many positions back are invisible (Mistral's sliding window); 0 = no window.</summary>
+    public int SlidingWindow { get; init; }
+
+    /// <summary>Multiplies queries before the standard 1/sqrt(headDim) scaling (e.g. GPT-2's inverse layer index).</summary>
+    public double QueryScale { get; init; } = 1.0;
+
+    public int Groups => Heads / KvHeads;
+}
+
+/// <summary>
+/// Causal attention through a <see cref="LayerKvCache"/>: new keys/values are appended, then queries attend to every cached
+/// entry whose original position p_k satisfies 0 ≤ p_k ≤ p_q (and p_q − p_k &lt; window). Fused SDPA serves policies that do
+/// not need probabilities; the explicit path softmax(q·kᵀ/√d)·v materialises them for policies that do (H2O).
+/// Grouped-query attention is computed without copying keys: the G query heads of a KV head are stacked as extra query rows.
+/// </summary>
+internal static class Attention
+{
+    /// <summary>q [B,T,H,D], k and v [B,T,Hkv,D] (rotated); returns [B,T,H·D].</summary>
+    public static Tensor Forward(Tensor q, Tensor k, Tensor v, ForwardBatch batch, LayerKvCache cache, IKvCachePolicy policy, AttentionSettings s)
+    {
+        long b = q.shape[0], t = q.shape[1];
+        int h = s.Heads, hkv = s.KvHeads, g = s.Groups, d = s.HeadDim;
+        if (s.QueryScale != 1.0) q = q * s.QueryScale;
+
+        policy.BeforeAppend(cache, (int)t);
+        cache.Append(k.transpose(1, 2), v.transpose(1, 2), batch.Positions, batch.HasPadding);
+        int length = cache.Length;
+        var keys = cache.ActiveKeys;
+        var values = cache.ActiveValues;
+        var qh = q.transpose(1, 2); // [B,H,T,D]
+        bool windowMatters = s.SlidingWindow > 0 && batch.MaxPosition + 1 > s.SlidingWindow;
+
+        Tensor output; // [B,H,T,D]
+        if (policy.NeedsAttentionProbabilities)
+        {
+            output = Explicit(qh, keys, values, Mask(batch, cache, s), s, out var probabilities);
+            policy.ObserveAttention(cache, probabilities);
+        }
+        else if (!cache.HasHoles && !windowMatters && t == 1)
+        {
+            // Decode without holes: every cached entry is visible; no mask, so SDPA may use its fastest kernel.
+            output = F.scaled_dot_product_attention(qh.reshape(b, hkv, g, d), keys, values).view(b, h, 1, d);
+        }
+        else if (!cache.HasHoles && !windowMatters && length == t)
+        {
+            // First chunk without padding: plain causal attention.
+            var kx = g == 1 ? keys : keys.repeat_interleave(g, 1);
+            var vx = g == 1 ? values : values.repeat_interleave(g, 1);
+            output = F.scaled_dot_product_attention(qh, kx, vx, is_casual: true);
+        }
+        else
+        {
+            var mask = Mask(batch, cache, s); // [B,Hkv,T,L]
+            var qg = qh.reshape(b, hkv, g * t, d);
+            var mg = mask.unsqueeze(2).expand(b, hkv, g, t, length).reshape(b, hkv, g * t, length);
+            output = F.scaled_dot_product_attention(qg, keys, values, mg).view(b, h, t, d);
+        }
+        policy.AfterStep(cache);
+        return output.transpose(1, 2).reshape(b, t, h * d);
+    }
+
+    /// <summary>Visibility [B,Hkv,T,L]: key at original position p_k is visible to a query at p_q when 0 ≤ p_k ≤ p_q and
+    /// p_q − p_k &lt; window. Padding queries (p_q = −1) see every occupied slot, so their rows are never empty (no NaN).</summary>
+    static Tensor Mask(ForwardBatch batch, LayerKvCache cache, AttentionSettings s)
+    {
+        var kp = cache.ActivePositions.unsqueeze(2);             // [B,Hkv,1,L]
+        var qp = batch.Positions.unsqueeze(1).unsqueeze(-1);     // [B,1,T,1]
+        var occupied = kp.ge(0);
+        var visible = occupied & kp.le(qp);
+        if (s.SlidingWindow > 0) visible &= (qp - kp).lt(s.SlidingWindow);
+        return visible | (occupied & qp.lt(0));
+    }
+
+    /// <summary>softmax(q·kᵀ/√d + mask)·v with fp32 softmax; returns probabilities as [B,H,T,L] fp32.</summary>
+    static Tensor Explicit(Tensor qh, Tensor keys, Tensor values, Tensor mask, AttentionSettings s, out Tensor probabilities)
+    {
+        long b = qh.shape[0], t = qh.shape[2];
+        int hkv = s.KvHeads, g = s.Groups, d = s.HeadDim;
+        long length = keys.shape[2];
+        var qg = qh.reshape(b, hkv, g * t, d);
+        var scores = qg.matmul(keys.transpose(2, 3)).to(ScalarType.Float32) * (1.0 / Math.Sqrt(d));
+        var mg = mask.unsqueeze(2).expand(b, hkv, g, t, length).reshape(b, hkv, g * t, length);
+        scores = scores.masked_fill(mg.logical_not(), double.NegativeInfinity);
+        var probs = F.softmax(scores, -1);
+        probabilities = probs.view(b, s.Heads, t, length);
+        return probs.to(values.dtype).matmul(values).view(b, s.Heads, t, d);
+    }
+}

@@ -1,0 +1,102 @@
+using Tern.Checkpoints;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Tern.Models;
+
+/// <summary>
+/// GPT-NeoX / Pythia (Black et al. 2022): LayerNorm blocks with a parallel residual h + attn(ln1(h)) + mlp(ln2(h))
+/// (or sequential when <c>use_parallel_residual</c> is false), rotary embedding on the first <c>rotary_pct</c> of each head.
+/// The fused query_key_value weight interleaves q, k, v per head; it is reordered at load time to [q; k; v].
+/// </summary>
+internal sealed class GptNeoXModel : CausalLanguageModel
+{
+    sealed record Layer(Tensor Ln1W, Tensor Ln1B, Linear Qkv, Linear Dense, Tensor Ln2W, Tensor Ln2B, Linear Up, Linear Down);
+
+    readonly Tensor embed, finalW, finalB, lmHead;
+    readonly Layer[] layers;
+    readonly bool parallel;
+    readonly double eps;
+    readonly Func<Tensor, Tensor> act;
+    readonly AttentionSettings attention;
+    readonly RotaryEmbedding rotary;
+
+    public GptNeoXModel(HfConfig c, WeightLoader w)
+    {
+        int vocab = c.RequireInt("vocab_size"), hidden = c.RequireInt("hidden_size"), nLayers = c.RequireInt("num_hidden_layers");
+        int heads = c.RequireInt("num_attention_heads"), inter = c.RequireInt("intermediate_size");
+        int headDim = hidden / heads;
+        parallel = c.GetBool("use_parallel_residual") ?? true;
+        eps = c.GetDouble("layer_norm_eps") ?? 1e-5;
+        bool bias = c.GetBool("attention_bias") ?? true;
+        act = Activations.Get(c.GetString("hidden_act") ?? "gelu", c, "hidden_act");
+        attention = new AttentionSettings(heads, heads, headDim);
+
+        // Row r of the per-head layout [head][q|k|v][dim] goes to [q|k|v][head][dim].
+        var order = torch.arange(3L * hidden).view(heads, 3, headDim).transpose(0, 1).reshape(-1).to(w.Device);
+        embed = w.Get("gpt_neox.embed_in.weight", vocab, hidden);
+        layers = new Layer[nLayers];
+        for (int i = 0; i < nLayers; i++)
+        {
+            string p = $"gpt_neox.layers.{i}.";
+            var qkv = w.Linear(p + "attention.query_key_value", 3 * hidden, hidden, bias);
+            var reordered = new Linear(qkv.Weight.index_select(0, order).DetachFromDisposeScope(), qkv.Bias?.index_select(0, order).DetachFromDisposeScope());
+            qkv.Dispose();
+            layers[i] = new Layer(
+                w.Get(p + "input_layernorm.weight", hidden), w.Get(p + "input_layernorm.bias", hidden), reordered,
+                w.Linear(p + "attention.dense", hidden, hidden, bias),
+                w.Get(p + "post_attention_layernorm.weight", hidden), w.Get(p + "post_attention_layernorm.bias", hidden),
+                w.Linear(p + "mlp.dense_h_to_4h", inter, hidden, true), w.Linear(p + "mlp.dense_4h_to_h", hidden, inter, true));
+        }
+        order.Dispose();
+        finalW = w.Get("gpt_neox.final_layer_norm.weight", hidden);
+        finalB = w.Get("gpt_neox.final_layer_norm.bias", hidden);
+        lmHead = (c.GetBool("tie_word_embeddings") ?? false) && !w.Contains("embed_out.weight") ? embed : w.Get("embed_out.weight", vocab, hidden);
+        rotary = new RotaryEmbedding(RopeSettings.FromConfig(c), headDim, w.Device, w.DType);
+        Info = new ModelInfo
+        {
+            ModelType = "gpt_neox", VocabSize = vocab, HiddenSize = hidden, Layers = nLayers, Heads = heads, KvHeads = heads,
+            HeadDim = headDim, MaxPositions = c.GetInt("max_position_embeddings") ?? 2048, LearnedPositions = false,
+            ParameterCount = w.ParameterCount,
+        };
+    }
+
+    protected override Tensor Run(ForwardBatch batch, KvCache.KvCache cache)
+    {
+        long b = batch.InputIds.shape[0], t = batch.InputIds.shape[1];
+        int heads = attention.Heads;
+        var h = embed.index_select(0, batch.InputIds.flatten()).view(b, t, -1);
+        var (cos, sin) = rotary.Lookup(batch.Positions, batch.MaxPosition);
+        for (int i = 0; i < layers.Length; i++)
+        {
+            var l = layers[i];
+            var input = h;
+            using var layerScope = torch.NewDisposeScope();
+            var qkv = l.Qkv.Forward(Norms.Layer(h, l.Ln1W, l.Ln1B, eps)).view(b, t, 3 * heads, attention.HeadDim);
+            var qk = rotary.Apply(qkv.narrow(2, 0, 2 * heads), cos, sin);
+            var attended = Attention.Forward(qk.narrow(2, 0, heads), qk.narrow(2, heads, heads), qkv.narrow(2, 2 * heads, heads),
+                batch, cache[i], cache.Policy, attention);
+            var attnOut = l.Dense.Forward(attended);
+            if (parallel)
+                h = h + attnOut + l.Down.Forward(act(l.Up.Forward(Norms.Layer(h, l.Ln2W, l.Ln2B, eps))));
+            else
+            {
+                h = h + attnOut;
+                h = h + l.Down.Forward(act(l.Up.Forward(Norms.Layer(h, l.Ln2W, l.Ln2B, eps))));
+            }
+            h.MoveToOuterDisposeScope();
+            input.Dispose();
+        }
+        return torch.nn.functional.linear(Norms.Layer(SelectOutputs(h, batch), finalW, finalB, eps), lmHead);
+    }
+
+    protected override void DisposeWeights()
+    {
+        if (!ReferenceEquals(lmHead, embed)) lmHead.Dispose();
+        embed.Dispose(); finalW.Dispose(); finalB.Dispose(); rotary.Dispose();
+        foreach (var l in layers)
+        {
+            l.Ln1W.Dispose(); l.Ln1B.Dispose(); l.Qkv.Dispose(); l.Dense.Dispose(); l.Ln2W.Dispose(); l.Ln2B.Dispose(); l.Up.Dispose(); l.Down.Dispose();
+        }
+    }
+}

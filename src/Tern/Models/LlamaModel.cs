@@ -1,0 +1,114 @@
+using Tern.Checkpoints;
+using Tern.KvCache;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Tern.Models;
+
+/// <summary>
+/// Llama family (Llama 1/2/3, and the Llama-shaped Mistral and Qwen2 configs): pre-RMSNorm blocks, rotary positions,
+/// grouped-query attention, gated MLP act(x·W_gate)⊙(x·W_up)·W_down. Optional q/k/v(/o) biases (Qwen2, attention_bias),
+/// MLP biases (mlp_bias), tied embeddings, Mistral/Qwen2 sliding windows.
+/// </summary>
+internal sealed class LlamaModel : CausalLanguageModel
+{
+    sealed record Layer(Tensor InputNorm, Linear Qkv, Linear Output, Tensor PostNorm, Linear GateUp, Linear Down, AttentionSettings Attention);
+
+    readonly Tensor embed, finalNorm, lmHead;
+    readonly bool tied;
+    readonly Layer[] layers;
+    readonly RotaryEmbedding rotary;
+    readonly Func<Tensor, Tensor> act;
+    readonly double eps;
+    readonly int intermediate;
+
+    public LlamaModel(HfConfig c, WeightLoader w)
+    {
+        int vocab = c.RequireInt("vocab_size"), hidden = c.RequireInt("hidden_size"), nLayers = c.RequireInt("num_hidden_layers");
+        int heads = c.RequireInt("num_attention_heads"), kvHeads = c.GetInt("num_key_value_heads") ?? heads;
+        int headDim = c.GetInt("head_dim") ?? hidden / heads;
+        intermediate = c.RequireInt("intermediate_size");
+        if (heads % kvHeads != 0) throw c.Error("num_key_value_heads", $"({kvHeads}) must divide num_attention_heads ({heads})");
+        eps = c.GetDouble("rms_norm_eps") ?? 1e-6;
+        act = Activations.Get(c.GetString("hidden_act") ?? "silu", c, "hidden_act");
+        string type = c.ModelType;
+        bool qkvBias = type == "qwen2" || (c.GetBool("attention_bias") ?? false);
+        bool outBias = type != "qwen2" && (c.GetBool("attention_bias") ?? false);
+        bool mlpBias = c.GetBool("mlp_bias") ?? false;
+        int window = SlidingWindow(c, type);
+        int maxWindowLayers = c.GetInt("max_window_layers") ?? nLayers;
+
+        embed = w.Get("model.embed_tokens.weight", vocab, hidden);
+        layers = new Layer[nLayers];
+        for (int i = 0; i < nLayers; i++)
+        {
+            string p = $"model.layers.{i}.";
+            var settings = new AttentionSettings(heads, kvHeads, headDim)
+            {
+                // Qwen2 applies its window to layers from max_window_layers on; Mistral to all.
+                SlidingWindow = type == "qwen2" && i < maxWindowLayers ? 0 : window,
+            };
+            layers[i] = new Layer(
+                w.Get(p + "input_layernorm.weight", hidden),
+                w.Fused(new[] { p + "self_attn.q_proj", p + "self_attn.k_proj", p + "self_attn.v_proj" },
+                    new long[] { heads * headDim, kvHeads * headDim, kvHeads * headDim }, hidden, qkvBias),
+                w.Linear(p + "self_attn.o_proj", hidden, heads * headDim, outBias),
+                w.Get(p + "post_attention_layernorm.weight", hidden),
+                w.Fused(new[] { p + "mlp.gate_proj", p + "mlp.up_proj" }, new long[] { intermediate, intermediate }, hidden, mlpBias),
+                w.Linear(p + "mlp.down_proj", hidden, intermediate, mlpBias),
+                settings);
+        }
+        finalNorm = w.Get("model.norm.weight", hidden);
+        tied = (c.GetBool("tie_word_embeddings") ?? false) && !w.Contains("lm_head.weight");
+        lmHead = tied ? embed : w.Get("lm_head.weight", vocab, hidden);
+        rotary = new RotaryEmbedding(RopeSettings.FromConfig(c), headDim, w.Device, w.DType);
+        Info = new ModelInfo
+        {
+            ModelType = type, VocabSize = vocab, HiddenSize = hidden, Layers = nLayers, Heads = heads, KvHeads = kvHeads,
+            HeadDim = headDim, MaxPositions = c.GetInt("max_position_embeddings") ?? 2048, LearnedPositions = false,
+            ParameterCount = w.ParameterCount,
+        };
+    }
+
+    static int SlidingWindow(HfConfig c, string type)
+    {
+        if (type == "qwen2" && !(c.GetBool("use_sliding_window") ?? false)) return 0;
+        return type is "mistral" or "qwen2" ? c.GetInt("sliding_window") ?? 0 : 0;
+    }
+
+    protected override Tensor Run(ForwardBatch batch, KvCache.KvCache cache)
+    {
+        long b = batch.InputIds.shape[0], t = batch.InputIds.shape[1];
+        var h = embed.index_select(0, batch.InputIds.flatten()).view(b, t, -1);
+        var (cos, sin) = rotary.Lookup(batch.Positions, batch.MaxPosition);
+        for (int i = 0; i < layers.Length; i++)
+        {
+            var layer = layers[i];
+            var s = layer.Attention;
+            var input = h;
+            using var layerScope = torch.NewDisposeScope();
+            var qkv = layer.Qkv.Forward(Norms.Rms(h, layer.InputNorm, eps)).view(b, t, s.Heads + 2 * s.KvHeads, s.HeadDim);
+            var qk = rotary.Apply(qkv.narrow(2, 0, s.Heads + s.KvHeads), cos, sin);
+            var attended = Attention.Forward(qk.narrow(2, 0, s.Heads), qk.narrow(2, s.Heads, s.KvHeads),
+                qkv.narrow(2, s.Heads + s.KvHeads, s.KvHeads), batch, cache[i], cache.Policy, s);
+            h = h + layer.Output.Forward(attended);
+            var gateUp = layer.GateUp.Forward(Norms.Rms(h, layer.PostNorm, eps));
+            h = h + layer.Down.Forward(act(gateUp.narrow(-1, 0, intermediate)) * gateUp.narrow(-1, intermediate, intermediate));
+            h.MoveToOuterDisposeScope();
+            input.Dispose(); // free each layer's input now rather than at the end of the step
+        }
+        return torch.nn.functional.linear(Norms.Rms(SelectOutputs(h, batch), finalNorm, eps), lmHead);
+    }
+
+    protected override void DisposeWeights()
+    {
+        embed.Dispose();
+        finalNorm.Dispose();
+        if (!tied) lmHead.Dispose();
+        foreach (var l in layers)
+        {
+            l.InputNorm.Dispose(); l.Qkv.Dispose(); l.Output.Dispose(); l.PostNorm.Dispose(); l.GateUp.Dispose(); l.Down.Dispose();
+        }
+        rotary.Dispose();
+    }
+}

@@ -1,0 +1,110 @@
+using Tern.Checkpoints;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Tern.Models;
+
+/// <summary>
+/// OPT (Zhang et al. 2022): learned absolute positions with an offset of 2, LayerNorm before (or, for OPT-350m, after)
+/// each sub-block (<c>do_layer_norm_before</c>), ReLU MLP, and optional <c>word_embed_proj_dim</c> projections between the
+/// embedding width and the hidden width.
+/// </summary>
+internal sealed class OptModel : CausalLanguageModel
+{
+    const int PositionOffset = 2;
+    sealed record Layer(Tensor AttnNormW, Tensor AttnNormB, Linear Qkv, Linear Output, Tensor MlpNormW, Tensor MlpNormB, Linear Fc1, Linear Fc2);
+
+    readonly Tensor embed, positions, lmHead;
+    readonly Linear? projectIn, projectOut;
+    readonly Tensor? finalNormW, finalNormB;
+    readonly Layer[] layers;
+    readonly bool preNorm;
+    readonly Func<Tensor, Tensor> act;
+    readonly AttentionSettings attention;
+
+    public OptModel(HfConfig c, WeightLoader w)
+    {
+        int vocab = c.RequireInt("vocab_size"), hidden = c.RequireInt("hidden_size"), nLayers = c.RequireInt("num_hidden_layers");
+        int heads = c.RequireInt("num_attention_heads"), ffn = c.RequireInt("ffn_dim"), maxPos = c.RequireInt("max_position_embeddings");
+        int proj = c.GetInt("word_embed_proj_dim") ?? hidden;
+        bool bias = c.GetBool("enable_bias") ?? true;
+        if (!(c.GetBool("layer_norm_elementwise_affine") ?? true))
+            throw c.Error("layer_norm_elementwise_affine", "is false, which Tern does not support");
+        preNorm = c.GetBool("do_layer_norm_before") ?? true;
+        act = Activations.Get(c.GetString("activation_function") ?? "relu", c, "activation_function");
+        attention = new AttentionSettings(heads, heads, hidden / heads);
+
+        embed = w.Get("model.decoder.embed_tokens.weight", vocab, proj);
+        positions = w.Get("model.decoder.embed_positions.weight", maxPos + PositionOffset, hidden);
+        if (proj != hidden)
+        {
+            projectIn = w.Linear("model.decoder.project_in", hidden, proj, false);
+            projectOut = w.Linear("model.decoder.project_out", proj, hidden, false);
+        }
+        layers = new Layer[nLayers];
+        for (int i = 0; i < nLayers; i++)
+        {
+            string p = $"model.decoder.layers.{i}.";
+            layers[i] = new Layer(
+                w.Get(p + "self_attn_layer_norm.weight", hidden), w.Get(p + "self_attn_layer_norm.bias", hidden),
+                w.Fused(new[] { p + "self_attn.q_proj", p + "self_attn.k_proj", p + "self_attn.v_proj" }, new long[] { hidden, hidden, hidden }, hidden, bias),
+                w.Linear(p + "self_attn.out_proj", hidden, hidden, bias),
+                w.Get(p + "final_layer_norm.weight", hidden), w.Get(p + "final_layer_norm.bias", hidden),
+                w.Linear(p + "fc1", ffn, hidden, bias), w.Linear(p + "fc2", hidden, ffn, bias));
+        }
+        // transformers keeps the final norm only for pre-norm models (and not when _remove_final_layer_norm is set).
+        if (preNorm && !(c.GetBool("_remove_final_layer_norm") ?? false))
+        {
+            finalNormW = w.Get("model.decoder.final_layer_norm.weight", hidden);
+            finalNormB = w.Get("model.decoder.final_layer_norm.bias", hidden);
+        }
+        lmHead = w.Contains("lm_head.weight") ? w.Get("lm_head.weight", vocab, proj) : embed;
+        Info = new ModelInfo
+        {
+            ModelType = "opt", VocabSize = vocab, HiddenSize = hidden, Layers = nLayers, Heads = heads, KvHeads = heads,
+            HeadDim = hidden / heads, MaxPositions = maxPos, LearnedPositions = true, ParameterCount = w.ParameterCount,
+        };
+    }
+
+    protected override Tensor Run(ForwardBatch batch, KvCache.KvCache cache)
+    {
+        long b = batch.InputIds.shape[0], t = batch.InputIds.shape[1];
+        var x = embed.index_select(0, batch.InputIds.flatten()).view(b, t, -1);
+        if (projectIn is not null) x = projectIn.Forward(x);
+        var pos = positions.index_select(0, (batch.Positions.clamp_min(0) + PositionOffset).flatten()).view(b, t, -1);
+        var h = x + pos;
+        const double eps = 1e-5;
+        for (int i = 0; i < layers.Length; i++)
+        {
+            var l = layers[i];
+            var input = h;
+            using var layerScope = torch.NewDisposeScope();
+            var a = preNorm ? Norms.Layer(h, l.AttnNormW, l.AttnNormB, eps) : h;
+            var qkv = l.Qkv.Forward(a).view(b, t, 3 * attention.Heads, attention.HeadDim);
+            var attended = Attention.Forward(qkv.narrow(2, 0, attention.Heads), qkv.narrow(2, attention.Heads, attention.Heads),
+                qkv.narrow(2, 2 * attention.Heads, attention.Heads), batch, cache[i], cache.Policy, attention);
+            h = h + l.Output.Forward(attended);
+            if (!preNorm) h = Norms.Layer(h, l.AttnNormW, l.AttnNormB, eps);
+            var m = preNorm ? Norms.Layer(h, l.MlpNormW, l.MlpNormB, eps) : h;
+            h = h + l.Fc2.Forward(act(l.Fc1.Forward(m)));
+            if (!preNorm) h = Norms.Layer(h, l.MlpNormW, l.MlpNormB, eps);
+            h.MoveToOuterDisposeScope();
+            input.Dispose();
+        }
+        h = SelectOutputs(h, batch);
+        if (finalNormW is not null) h = Norms.Layer(h, finalNormW, finalNormB, eps);
+        if (projectOut is not null) h = projectOut.Forward(h);
+        return torch.nn.functional.linear(h, lmHead);
+    }
+
+    protected override void DisposeWeights()
+    {
+        if (!ReferenceEquals(lmHead, embed)) lmHead.Dispose();
+        embed.Dispose(); positions.Dispose(); projectIn?.Dispose(); projectOut?.Dispose(); finalNormW?.Dispose(); finalNormB?.Dispose();
+        foreach (var l in layers)
+        {
+            l.AttnNormW.Dispose(); l.AttnNormB.Dispose(); l.Qkv.Dispose(); l.Output.Dispose();
+            l.MlpNormW.Dispose(); l.MlpNormB.Dispose(); l.Fc1.Dispose(); l.Fc2.Dispose();
+        }
+    }
+}
