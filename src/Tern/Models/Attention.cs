@@ -49,7 +49,7 @@ internal static class Attention
         else if (!cache.HasHoles && !windowMatters && t == 1)
         {
             // Decode without holes: every cached entry is visible; no mask, so SDPA may use its fastest kernel.
-            output = F.scaled_dot_product_attention(qh.reshape(b, hkv, g, d), keys, values).view(b, h, 1, d);
+            output = F.scaled_dot_product_attention(qh.reshape(b, hkv, g, d), keys, values).reshape(b, h, 1, d);
         }
         else if (!cache.HasHoles && !windowMatters && length == t)
         {
@@ -63,7 +63,7 @@ internal static class Attention
             var mask = Mask(batch, cache, s); // [B,Hkv,T,L]
             var qg = qh.reshape(b, hkv, g * t, d);
             var mg = mask.unsqueeze(2).expand(b, hkv, g, t, length).reshape(b, hkv, g * t, length);
-            output = F.scaled_dot_product_attention(qg, keys, values, mg).view(b, h, t, d);
+            output = F.scaled_dot_product_attention(qg, keys, values, mg).reshape(b, h, t, d);
         }
         policy.AfterStep(cache);
         return output.transpose(1, 2).reshape(b, t, h * d);
@@ -93,6 +93,6 @@ internal static class Attention
         scores = scores.masked_fill(mg.logical_not(), double.NegativeInfinity);
         var probs = F.softmax(scores, -1);
         probabilities = probs.view(b, s.Heads, t, length);
-        return probs.to(values.dtype).matmul(values).view(b, s.Heads, t, d);
+        return probs.to(values.dtype).matmul(values).reshape(b, s.Heads, t, d);
     }
 }
