@@ -19,8 +19,8 @@ public sealed record DummyWeightOptions
     /// <summary>Random (default) or constant weights.</summary>
     public DummyWeightKind Kind { get; init; } = DummyWeightKind.Random;
 
-    /// <summary>Mixed with a stable hash of each tensor's name, so a given name and seed always give the same tensor
-    /// (on a given device type: CPU and CUDA generators differ).</summary>
+    /// <summary>Mixed with a stable hash of each tensor's name, so a given name, shape and seed always give the same
+    /// tensor, on any device.</summary>
     public long Seed { get; init; }
 
     /// <summary>Standard deviation of random weights (default 0.02, the usual initializer range of HF configs).</summary>
@@ -103,14 +103,53 @@ public sealed class DummyWeightSource : IWeightSource
             return torch.full(expectedShape, Options.ConstantValue, dtype, device);
         }
 
-        using var scope = torch.NewDisposeScope();
-        using var generator = new Generator(SeedFor(name), device);
-        var t = torch.randn(expectedShape, dtype, device, generator: generator);
-        t.mul_(Options.Std);
-        return t.MoveToOuterDisposeScope();
+        return RandomNormal(SeedFor(name), expectedShape, dtype, device);
     }
 
-    /// <summary>The generator seed for <paramref name="name"/>: <see cref="DummyWeightOptions.Seed"/> mixed with a
+    /// <summary>Elements generated per batch of kernels (bounds the temporaries: about 24 bytes an element).</summary>
+    internal long ChunkElements { get; set; } = 1L << 22;
+
+    /// <summary>
+    /// Normal noise * <see cref="DummyWeightOptions.Std"/>, computed on <paramref name="device"/> from a counter-based
+    /// hash: element i is SplitMix64(i * golden + seed) turned into two 24-bit uniforms and then one normal value by
+    /// Box-Muller. TorchSharp 0.107 can only create CPU generators, so <c>torch.randn</c> with a generator would not
+    /// work on CUDA; this needs none, leaves every global RNG alone, and gives the same values on any device.
+    /// </summary>
+    Tensor RandomNormal(ulong seed, long[] shape, ScalarType dtype, Device device)
+    {
+        using var outer = torch.NewDisposeScope();
+        var result = torch.empty(shape, dtype, device);
+        long count = result.NumberOfElements;
+        if (count > 0)
+        {
+            var flat = result.view(-1);
+            Tensor Constant(long value) => torch.tensor(value, device: device);
+            var shift16 = Constant(16); var shift27 = Constant(27); var shift30 = Constant(30); var shift31 = Constant(31); var shift40 = Constant(40);
+            var low24 = Constant(0xFFFFFF);
+            var mask27 = Constant((1L << 37) - 1); var mask30 = Constant((1L << 34) - 1); var mask31 = Constant((1L << 33) - 1);
+            // Logical right shift of int64 values: arithmetic shift, then clear the sign-extended bits.
+            static Tensor ShiftRight(Tensor z, Tensor shift, Tensor mask) => z.bitwise_right_shift(shift).bitwise_and_(mask);
+
+            for (long start = 0; start < count; start += ChunkElements)
+            {
+                using var scope = torch.NewDisposeScope();
+                long n = Math.Min(ChunkElements, count - start);
+                var z = torch.arange(start, start + n, ScalarType.Int64, device);
+                z.mul_(unchecked((long)0x9E3779B97F4A7C15UL)).add_(unchecked((long)seed)); // int64 arithmetic wraps
+                z.bitwise_xor_(ShiftRight(z, shift30, mask30)).mul_(unchecked((long)0xBF58476D1CE4E5B9UL));
+                z.bitwise_xor_(ShiftRight(z, shift27, mask27)).mul_(unchecked((long)0x94D049BB133111EBUL));
+                z.bitwise_xor_(ShiftRight(z, shift31, mask31));
+                const double Scale = 1.0 / (1 << 24);
+                var u1 = ShiftRight(z, shift40, low24).to(ScalarType.Float32).add_(0.5).mul_(Scale); // in (0, 1)
+                var u2 = ShiftRight(z, shift16, low24).to(ScalarType.Float32).add_(0.5).mul_(Scale);
+                var normal = u1.log_().mul_(-2.0).sqrt_().mul_(u2.mul_(2 * Math.PI).cos_()).mul_(Options.Std);
+                flat.narrow(0, start, n).copy_(normal);
+            }
+        }
+        return result.MoveToOuterDisposeScope();
+    }
+
+    /// <summary>The noise seed for <paramref name="name"/>: <see cref="DummyWeightOptions.Seed"/> mixed with a
     /// stable (FNV-1a) hash of the name through a SplitMix64 finalizer.</summary>
     public ulong SeedFor(string name)
     {
