@@ -40,7 +40,7 @@ public sealed class StreamingDecoder
         string newText = DecodeRange(_prefixOffset, _ids.Count);
         bool incomplete = newText.Length > 0 && newText[^1] == '\uFFFD' && _ids.Count - _readOffset < MaxPendingTokens;
         if (newText.Length <= prefixText.Length || incomplete) return "";
-        string delta = newText.StartsWith(prefixText, StringComparison.Ordinal) ? newText[prefixText.Length..] : newText[Math.Min(prefixText.Length, newText.Length)..];
+        string delta = newText[prefixText.Length..];
         _prefixOffset = _readOffset;
         _readOffset = _ids.Count;
         return delta;
@@ -57,7 +57,7 @@ public sealed class StreamingDecoder
         string newText = DecodeRange(_prefixOffset, _ids.Count);
         _prefixOffset = _readOffset;
         _readOffset = _ids.Count;
-        return newText.Length <= prefixText.Length ? "" : newText.StartsWith(prefixText, StringComparison.Ordinal) ? newText[prefixText.Length..] : newText[prefixText.Length..];
+        return newText.Length <= prefixText.Length ? "" : newText[prefixText.Length..];
     }
 
     /// <summary>Forgets all ids, to start a new sequence.</summary>
