@@ -20,7 +20,9 @@ internal sealed class Sampler : IDisposable
         if (options.Temperature > 0)
         {
             long seed = options.Seed ?? Random.Shared.NextInt64();
-            generator = new torch.Generator((ulong)seed, promptIds.device);
+            // TorchSharp 0.107 creates CPU generators only; on CUDA the device's default generator is seeded instead.
+            if (promptIds.device.type == DeviceType.CUDA) torch.cuda.manual_seed(seed);
+            else generator = new torch.Generator((ulong)seed, promptIds.device);
         }
         if (options.RepetitionPenalty != 1.0)
         {

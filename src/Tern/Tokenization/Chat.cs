@@ -1,0 +1,227 @@
+using System.Globalization;
+using System.Text;
+using System.Text.RegularExpressions;
+
+namespace Tern.Tokenization;
+
+/// <summary>One chat turn: <paramref name="Role"/> is "system", "user" or "assistant".</summary>
+public sealed record ChatMessage(string Role, string Content)
+{
+    public static ChatMessage System(string content) => new("system", content);
+    public static ChatMessage User(string content) => new("user", content);
+    public static ChatMessage Assistant(string content) => new("assistant", content);
+}
+
+/// <summary>The chat prompt layouts Tern can render without a Jinja engine.</summary>
+public enum ChatTemplateShape
+{
+    /// <summary>No template, or one Tern does not recognise: "User: ...\nAssistant:".</summary>
+    Plain,
+
+    /// <summary>Llama-2 chat: <c>&lt;s&gt;[INST] &lt;&lt;SYS&gt;&gt;...&lt;&lt;/SYS&gt;&gt; ... [/INST] answer &lt;/s&gt;</c>.</summary>
+    Llama2,
+
+    /// <summary>Llama-3: <c>&lt;|start_header_id|&gt;role&lt;|end_header_id|&gt;\n\n...&lt;|eot_id|&gt;</c> (with the 3.1+ "Cutting Knowledge Date" system block when the template has it).</summary>
+    Llama3,
+
+    /// <summary>ChatML (Qwen, many fine-tunes): <c>&lt;|im_start|&gt;role\n...&lt;|im_end|&gt;\n</c>, with the template's default system prompt.</summary>
+    ChatML,
+}
+
+/// <summary>
+/// A chat template recognised from its Jinja text. Tern does not run Jinja; it detects the common layouts by their
+/// markers and renders them in C# (see <see cref="ChatFormatter"/>), reproducing transformers' <c>apply_chat_template</c>.
+/// </summary>
+public sealed class ChatTemplate
+{
+    private static readonly Regex ChatMLDefaultSystem = new(
+        @"<\|im_start\|>system\\n((?:[^'""\\]|\\.)*?)<\|im_end\|>", RegexOptions.CultureInvariant);
+    private static readonly Regex KnowledgeDate = new(@"Cutting Knowledge Date: ((?:[^'""\\]|\\.)*?)\\n", RegexOptions.CultureInvariant);
+    private static readonly Regex DefaultDatePattern = new(@"set\s+date_string\s*=\s*[""']([^""']*)[""']", RegexOptions.CultureInvariant);
+
+    private ChatTemplate(string? source, ChatTemplateShape shape, bool recognized)
+    {
+        Source = source;
+        Shape = shape;
+        IsRecognized = recognized;
+    }
+
+    /// <summary>The Jinja text, or null when the tokenizer has no chat template.</summary>
+    public string? Source { get; }
+
+    /// <summary>The layout used to render prompts.</summary>
+    public ChatTemplateShape Shape { get; }
+
+    /// <summary>False when a template exists but its layout is unknown, so the plain fallback is used instead.</summary>
+    public bool IsRecognized { get; }
+
+    /// <summary>True when prompts are rendered with the plain "User:/Assistant:" fallback.</summary>
+    public bool UsesFallback => Shape == ChatTemplateShape.Plain;
+
+    /// <summary>A note for the user when the fallback replaces a template, else null.</summary>
+    public string? Warning => IsRecognized ? null
+        : "The chat template of this model has a layout Tern does not recognise; prompts use the plain \"User: ... / Assistant:\" format instead.";
+
+    /// <summary>ChatML: the system prompt the template inserts when the conversation has none (e.g. "You are a helpful assistant.").</summary>
+    public string? DefaultSystemPrompt { get; private init; }
+
+    /// <summary>Llama-3.1+: the "Cutting Knowledge Date" line value, when the template has one.</summary>
+    public string? KnowledgeCutoff { get; private init; }
+
+    /// <summary>Llama-3.1+: the template's default "Today Date" (e.g. "26 Jul 2024"); null when it uses the current date.</summary>
+    public string? DefaultDate { get; private init; }
+
+    /// <summary>Recognises the layout of <paramref name="template"/> (null or blank → the plain fallback).</summary>
+    public static ChatTemplate Detect(string? template)
+    {
+        if (string.IsNullOrWhiteSpace(template)) return new ChatTemplate(template, ChatTemplateShape.Plain, recognized: true);
+        if (template.Contains("<|start_header_id|>", StringComparison.Ordinal))
+        {
+            var cutoff = KnowledgeDate.Match(template);
+            var date = DefaultDatePattern.Match(template);
+            return new ChatTemplate(template, ChatTemplateShape.Llama3, true)
+            {
+                KnowledgeCutoff = cutoff.Success ? UnescapeJinja(cutoff.Groups[1].Value) : null,
+                DefaultDate = date.Success ? date.Groups[1].Value : null,
+            };
+        }
+        if (template.Contains("<|im_start|>", StringComparison.Ordinal))
+        {
+            var m = ChatMLDefaultSystem.Match(template);
+            return new ChatTemplate(template, ChatTemplateShape.ChatML, true)
+            {
+                DefaultSystemPrompt = m.Success ? UnescapeJinja(m.Groups[1].Value) : null,
+            };
+        }
+        if (template.Contains("[INST]", StringComparison.Ordinal) && template.Contains("<<SYS>>", StringComparison.Ordinal))
+            return new ChatTemplate(template, ChatTemplateShape.Llama2, true);
+        return new ChatTemplate(template, ChatTemplateShape.Plain, recognized: false);
+    }
+
+    /// <summary>Undoes the escapes of a Jinja string literal (<c>\n</c>, <c>\'</c>, ...).</summary>
+    private static string UnescapeJinja(string s)
+    {
+        if (!s.Contains('\\')) return s;
+        var sb = new StringBuilder(s.Length);
+        for (int i = 0; i < s.Length; i++)
+        {
+            if (s[i] != '\\' || i + 1 == s.Length) { sb.Append(s[i]); continue; }
+            char c = s[++i];
+            sb.Append(c switch { 'n' => '\n', 't' => '\t', 'r' => '\r', _ => c });
+        }
+        return sb.ToString();
+    }
+}
+
+/// <summary>
+/// Renders a conversation into the prompt string the model was trained on, as transformers'
+/// <c>apply_chat_template(messages, tokenize=False, add_generation_prompt=...)</c> does for the recognised layouts.
+/// Encode the result with <c>addSpecialTokens: false</c>: the templates already contain the BOS token.
+/// </summary>
+public sealed class ChatFormatter
+{
+    public ChatFormatter(ChatTemplate template, string? bosToken, string? eosToken)
+    {
+        Template = template ?? throw new ArgumentNullException(nameof(template));
+        BosToken = bosToken ?? "";
+        EosToken = eosToken ?? "";
+    }
+
+    /// <summary>The detected template.</summary>
+    public ChatTemplate Template { get; }
+
+    /// <summary>The BOS string the templates insert (empty when the tokenizer has none).</summary>
+    public string BosToken { get; }
+
+    /// <summary>The EOS string the templates insert (empty when the tokenizer has none).</summary>
+    public string EosToken { get; }
+
+    /// <summary>True when the plain fallback is used (no template, or an unrecognised one: see <see cref="ChatTemplate.Warning"/>).</summary>
+    public bool UsesFallback => Template.UsesFallback;
+
+    /// <summary>The prompt for <paramref name="messages"/>; with <paramref name="addGenerationPrompt"/> it ends where the assistant's reply starts.</summary>
+    public string Format(IEnumerable<ChatMessage> messages, bool addGenerationPrompt = true)
+    {
+        ArgumentNullException.ThrowIfNull(messages);
+        var list = messages.ToList();
+        return Template.Shape switch
+        {
+            ChatTemplateShape.Llama2 => FormatLlama2(list),
+            ChatTemplateShape.Llama3 => FormatLlama3(list, addGenerationPrompt),
+            ChatTemplateShape.ChatML => FormatChatML(list, addGenerationPrompt),
+            _ => FormatPlain(list, addGenerationPrompt),
+        };
+    }
+
+    private static bool IsRole(ChatMessage m, string role) => string.Equals(m.Role, role, StringComparison.Ordinal);
+
+    /// <summary>Python's <c>str.strip()</c> / Jinja's <c>trim</c>.</summary>
+    private static string Strip(string s) => s.Trim();
+
+    private string FormatLlama2(List<ChatMessage> messages)
+    {
+        string? system = null;
+        if (messages.Count > 0 && IsRole(messages[0], "system"))
+        {
+            system = messages[0].Content;
+            messages = messages.Skip(1).ToList();
+        }
+        var sb = new StringBuilder();
+        for (int i = 0; i < messages.Count; i++)
+        {
+            var m = messages[i];
+            string content = i == 0 && system is not null ? "<<SYS>>\n" + system + "\n<</SYS>>\n\n" + m.Content : m.Content;
+            if (IsRole(m, "user")) sb.Append(BosToken).Append("[INST] ").Append(Strip(content)).Append(" [/INST]");
+            else if (IsRole(m, "assistant")) sb.Append(' ').Append(Strip(content)).Append(' ').Append(EosToken);
+        }
+        // The Llama-2 template has no generation prompt: the reply follows "[/INST]".
+        return sb.ToString();
+    }
+
+    private string FormatLlama3(List<ChatMessage> messages, bool addGenerationPrompt)
+    {
+        var sb = new StringBuilder(BosToken);
+        if (Template.KnowledgeCutoff is { } cutoff)
+        {
+            // Llama 3.1+: a system block always comes first, with the dates and then the system message.
+            string system = "";
+            if (messages.Count > 0 && IsRole(messages[0], "system"))
+            {
+                system = Strip(messages[0].Content);
+                messages = messages.Skip(1).ToList();
+            }
+            string date = Template.DefaultDate ?? DateTime.Now.ToString("dd MMM yyyy", CultureInfo.InvariantCulture);
+            sb.Append("<|start_header_id|>system<|end_header_id|>\n\n")
+              .Append("Cutting Knowledge Date: ").Append(cutoff).Append('\n')
+              .Append("Today Date: ").Append(date).Append("\n\n")
+              .Append(system).Append("<|eot_id|>");
+        }
+        foreach (var m in messages)
+            sb.Append("<|start_header_id|>").Append(m.Role).Append("<|end_header_id|>\n\n").Append(Strip(m.Content)).Append("<|eot_id|>");
+        if (addGenerationPrompt) sb.Append("<|start_header_id|>assistant<|end_header_id|>\n\n");
+        return sb.ToString();
+    }
+
+    private string FormatChatML(List<ChatMessage> messages, bool addGenerationPrompt)
+    {
+        var sb = new StringBuilder();
+        if (Template.DefaultSystemPrompt is { } defaultSystem && (messages.Count == 0 || !IsRole(messages[0], "system")))
+            sb.Append("<|im_start|>system\n").Append(defaultSystem).Append("<|im_end|>\n");
+        foreach (var m in messages)
+            sb.Append("<|im_start|>").Append(m.Role).Append('\n').Append(m.Content).Append("<|im_end|>\n");
+        if (addGenerationPrompt) sb.Append("<|im_start|>assistant\n");
+        return sb.ToString();
+    }
+
+    private static string FormatPlain(List<ChatMessage> messages, bool addGenerationPrompt)
+    {
+        var sb = new StringBuilder();
+        foreach (var m in messages)
+        {
+            string role = m.Role.Length == 0 ? "User" : char.ToUpperInvariant(m.Role[0]) + m.Role[1..];
+            sb.Append(role).Append(": ").Append(m.Content).Append('\n');
+        }
+        if (addGenerationPrompt) sb.Append("Assistant:");
+        return sb.ToString();
+    }
+}
