@@ -26,11 +26,16 @@ public static class Program
         }
         try
         {
-            return parsed.Invoke();
+            return parsed.Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
         }
         catch (Exception e) when (CliErrors.IsUserError(e))
         {
             Console.Error.WriteLine($"tern: {e.Message}");
+            return 1;
+        }
+        catch (AggregateException e) when (e.InnerExceptions.Count == 1 && CliErrors.IsUserError(e.InnerException!))
+        {
+            Console.Error.WriteLine($"tern: {e.InnerException!.Message}");
             return 1;
         }
     }

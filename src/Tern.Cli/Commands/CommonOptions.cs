@@ -44,6 +44,7 @@ internal sealed class CommonOptions
     public (CausalLanguageModel Model, TernTokenizer? Tokenizer, string Folder) Load(ParseResult result, bool needTokenizer)
     {
         string folder = ResolveModelFolder(result);
+        if (!Directory.Exists(folder)) throw new DirectoryNotFoundException($"--model: the folder '{folder}' does not exist.");
         var device = ComputeOptions.ResolveDevice(ComputeOptions.ParseDevice(result.GetValue(Device)!));
         string? dtypeText = result.GetValue(DType);
         var dtype = dtypeText is null

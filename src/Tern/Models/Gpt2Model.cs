@@ -52,7 +52,7 @@ internal sealed class Gpt2Model : CausalLanguageModel
         }
         lnFW = w.Get("transformer.ln_f.weight", hidden);
         lnFB = w.Get("transformer.ln_f.bias", hidden);
-        lmHead = (c.GetBool("tie_word_embeddings") ?? true) || !w.Contains("lm_head.weight") ? wte : w.Get("lm_head.weight", vocab, hidden);
+        lmHead = c.GetBool("tie_word_embeddings") ?? true ? wte : w.Get("lm_head.weight", vocab, hidden);
         Info = new ModelInfo
         {
             ModelType = "gpt2", VocabSize = vocab, HiddenSize = hidden, Layers = nLayers, Heads = heads, KvHeads = heads,

@@ -51,7 +51,7 @@ internal sealed class GptNeoXModel : CausalLanguageModel
         order.Dispose();
         finalW = w.Get("gpt_neox.final_layer_norm.weight", hidden);
         finalB = w.Get("gpt_neox.final_layer_norm.bias", hidden);
-        lmHead = (c.GetBool("tie_word_embeddings") ?? false) && !w.Contains("embed_out.weight") ? embed : w.Get("embed_out.weight", vocab, hidden);
+        lmHead = c.GetBool("tie_word_embeddings") ?? false ? embed : w.Get("embed_out.weight", vocab, hidden);
         rotary = new RotaryEmbedding(RopeSettings.FromConfig(c), headDim, w.Device, w.DType);
         Info = new ModelInfo
         {

@@ -59,7 +59,7 @@ internal sealed class LlamaModel : CausalLanguageModel
                 settings);
         }
         finalNorm = w.Get("model.norm.weight", hidden);
-        tied = (c.GetBool("tie_word_embeddings") ?? false) && !w.Contains("lm_head.weight");
+        tied = c.GetBool("tie_word_embeddings") ?? false; // as transformers: a saved lm_head is ignored when tied
         lmHead = tied ? embed : w.Get("lm_head.weight", vocab, hidden);
         rotary = new RotaryEmbedding(RopeSettings.FromConfig(c), headDim, w.Device, w.DType);
         Info = new ModelInfo

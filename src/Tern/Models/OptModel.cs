@@ -58,7 +58,7 @@ internal sealed class OptModel : CausalLanguageModel
             finalNormW = w.Get("model.decoder.final_layer_norm.weight", hidden);
             finalNormB = w.Get("model.decoder.final_layer_norm.bias", hidden);
         }
-        lmHead = w.Contains("lm_head.weight") ? w.Get("lm_head.weight", vocab, proj) : embed;
+        lmHead = c.GetBool("tie_word_embeddings") ?? true ? embed : w.Get("lm_head.weight", vocab, proj);
         Info = new ModelInfo
         {
             ModelType = "opt", VocabSize = vocab, HiddenSize = hidden, Layers = nLayers, Heads = heads, KvHeads = heads,
