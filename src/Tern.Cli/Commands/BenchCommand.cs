@@ -20,9 +20,10 @@ internal static class BenchCommand
         var output = new Option<string>("--output", "-o") { Description = "CSV file the rows are appended to.", DefaultValueFactory = _ => "bench/results.csv" };
         var floor = new Option<bool>("--floor") { Description = "Also measure device copy bandwidth and the weight-read floor per decode step." };
         var label = new Option<string?>("--label") { Description = "Free text stored with the rows." };
-        var command = new Command("bench", "Measure prefill and decode throughput and peak memory.") { batches, prompts, newTokens, output, floor, label };
+        var noGraphs = new Option<bool>("--no-cuda-graphs") { Description = "Run decode steps eagerly on CUDA (no graph replay)." };
+        var command = new Command("bench", "Measure prefill and decode throughput and peak memory.") { batches, prompts, newTokens, output, floor, label, noGraphs };
         common.AddTo(command);
-        command.SetAction(r => Run(r, common, batches, prompts, newTokens, output, floor, label));
+        command.SetAction(r => Run(r, common, batches, prompts, newTokens, output, floor, label, noGraphs));
         return command;
     }
 
@@ -39,7 +40,7 @@ internal static class BenchCommand
     }
 
     static int Run(ParseResult r, CommonOptions common, Option<int[]> batches, Option<int[]> prompts, Option<int> newTokens,
-        Option<string> output, Option<bool> floorOption, Option<string?> label)
+        Option<string> output, Option<bool> floorOption, Option<string?> label, Option<bool> noGraphs)
     {
         int steps = r.GetValue(newTokens);
         if (steps < 2) throw new ArgumentException("--new-tokens must be at least 2 (one prefill token plus decode steps).");
@@ -67,7 +68,7 @@ internal static class BenchCommand
                 {
                     var ids = Enumerable.Range(0, batch)
                         .Select(_ => (IReadOnlyList<int>)Enumerable.Range(0, prompt).Select(_ => random.Next(model.Info.VocabSize)).ToArray()).ToArray();
-                    var options = new GenerationOptions { MaxNewTokens = steps, IgnoreEos = true };
+                    var options = new GenerationOptions { MaxNewTokens = steps, IgnoreEos = true, UseCudaGraphs = !r.GetValue(noGraphs) };
                     generator.GenerateTokens(ids, options with { MaxNewTokens = 3 }); // warm-up: kernels, allocator, plans
                     var result = generator.GenerateTokens(ids, options);
                     long used = DeviceReport.UsedBytes(device);
@@ -78,7 +79,7 @@ internal static class BenchCommand
                         DateTime.UtcNow.ToString("yyyy-MM-dd HH:mm", CultureInfo.InvariantCulture), Csv(card), device.type.ToString().ToLowerInvariant(),
                         Csv(folder + (r.GetValue(common.Dummy) ? " (dummy)" : "")), model.DType.ShortName(), batch.ToString(), prompt.ToString(), steps.ToString(),
                         F(s.Prefill.TotalMilliseconds), F(s.DecodeMillisecondsPerStep), F(s.DecodeTokensPerSecond), F(used / 1e9),
-                        F(copyTBps), F(floorMs), Csv(r.GetValue(label) ?? ""),
+                        F(copyTBps), F(floorMs), Csv((r.GetValue(label) ?? "") + (device.type == TorchSharp.DeviceType.CUDA && r.GetValue(noGraphs) ? " [eager]" : "")),
                     }));
                 }
             Append(r.GetValue(output)!, rows);

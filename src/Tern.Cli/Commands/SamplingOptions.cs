@@ -15,10 +15,11 @@ internal sealed class SamplingOptions
     public Option<string[]> Stop { get; } = new("--stop") { Description = "Stop string (repeatable).", AllowMultipleArgumentsPerToken = false };
     public Option<int[]> StopTokenIds { get; } = new("--stop-token-id") { Description = "Stop token id (repeatable; default: the model's EOS)." };
     public Option<bool> IgnoreEos { get; } = new("--ignore-eos") { Description = "Do not stop at end-of-sequence tokens." };
+    public Option<bool> NoCudaGraphs { get; } = new("--no-cuda-graphs") { Description = "Run decode steps eagerly on CUDA (no graph replay)." };
 
     public void AddTo(Command command)
     {
-        foreach (var o in new Option[] { MaxNewTokens, Temperature, TopK, TopP, RepetitionPenalty, Seed, Stop, StopTokenIds, IgnoreEos })
+        foreach (var o in new Option[] { MaxNewTokens, Temperature, TopK, TopP, RepetitionPenalty, Seed, Stop, StopTokenIds, IgnoreEos, NoCudaGraphs })
             command.Options.Add(o);
     }
 
@@ -36,6 +37,7 @@ internal sealed class SamplingOptions
             StopStrings = r.GetValue(Stop) ?? Array.Empty<string>(),
             StopTokenIds = stopIds.Length > 0 ? stopIds : null,
             IgnoreEos = r.GetValue(IgnoreEos),
+            UseCudaGraphs = !r.GetValue(NoCudaGraphs),
         };
         options.Validate();
         return options;

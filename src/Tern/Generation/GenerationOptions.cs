@@ -32,6 +32,12 @@ public sealed record GenerationOptions
     /// <summary>When true, end-of-sequence tokens do not stop generation (benchmarks, parity tests).</summary>
     public bool IgnoreEos { get; init; }
 
+    /// <summary>On CUDA, run greedy decode steps as CUDA-graph replays when the request allows it (full cache).</summary>
+    public bool UseCudaGraphs { get; init; } = true;
+
+    /// <summary>Tests only: run the static-shape decode step (the body a CUDA graph captures) on any device, without capture.</summary>
+    internal bool ForceStaticShapes { get; init; }
+
     /// <summary>The KV-cache policy of the request; null is the full cache.</summary>
     public IKvCachePolicy? CachePolicy { get; init; }
 

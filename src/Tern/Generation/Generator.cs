@@ -158,6 +158,9 @@ public sealed class Generator
 
             var stepPositions = torch.tensor(realLengths.Select(n => (long)n).ToArray(), new long[] { batch, 1 }).to(device);
             var ones = Enumerable.Repeat(1, batch).ToArray();
+            using var graphDecoder = CudaGraphDecoder.CanServe(model, options)
+                ? new CudaGraphDecoder(model, cache, sampler, next, stepPositions, padId) : null;
+            int finishedCount = 0;
             decodeWatch.Start();
             for (int step = 0; ; step++)
             {
@@ -176,21 +179,31 @@ public sealed class Generator
                 if (done) break;
 
                 using var stepScope = torch.NewDisposeScope();
-                if (finished.Any(f => f is not null))
+                int nowFinished = finished.Count(f => f is not null);
+                if (graphDecoder is not null)
                 {
-                    var finishedMask = torch.tensor(finished.Select(f => f is not null).ToArray()).to(device);
-                    next = torch.where(finishedMask, torch.tensor((long)padId, device: device), next);
+                    if (nowFinished != finishedCount) graphDecoder.SetFinished(finished.Select(f => f is not null).ToArray());
+                    next = graphDecoder.Step().MoveToOuterDisposeScope();
                 }
-                var stepLogits = model.Forward(new ForwardBatch
+                else
                 {
-                    InputIds = next.unsqueeze(1),
-                    Positions = stepPositions,
-                    RealTokens = ones,
-                    MaxPosition = promptLength + step,
-                    LastPositionOnly = true,
-                }, cache);
-                next = sampler.Next(stepLogits).MoveToOuterDisposeScope();
-                stepPositions = (stepPositions + 1).MoveToOuterDisposeScope();
+                    if (nowFinished > 0)
+                    {
+                        var finishedMask = torch.tensor(finished.Select(f => f is not null).ToArray()).to(device);
+                        next = torch.where(finishedMask, torch.tensor((long)padId, device: device), next);
+                    }
+                    var stepLogits = model.Forward(new ForwardBatch
+                    {
+                        InputIds = next.unsqueeze(1),
+                        Positions = stepPositions,
+                        RealTokens = ones,
+                        MaxPosition = promptLength + step,
+                        LastPositionOnly = true,
+                    }, cache);
+                    next = sampler.Next(stepLogits).MoveToOuterDisposeScope();
+                    stepPositions = (stepPositions + 1).MoveToOuterDisposeScope();
+                }
+                finishedCount = nowFinished;
                 if (produced is null && step % 64 == 63) yield return null; // a cancellation point for non-streaming runs
             }
             if (deviceTokens is not null)

@@ -15,6 +15,9 @@ public sealed class DensePolicy : IKvCachePolicy
     public bool NeedsAttentionProbabilities => false;
 
     /// <inheritdoc />
+    public bool AppendOnly => true;
+
+    /// <inheritdoc />
     public int Capacity(int maxSequenceLength, int maxStepTokens) => maxSequenceLength;
 
     /// <inheritdoc />

@@ -17,6 +17,10 @@ public interface IKvCachePolicy
     /// explicit path that materialises them, and <see cref="ObserveAttention"/> is called.</summary>
     bool NeedsAttentionProbabilities { get; }
 
+    /// <summary>True when the policy never evicts: slots fill in order and every layer holds the same positions in the same
+    /// slots. Then decode steps can run with static shapes (CUDA graphs) and layers can share one attention mask.</summary>
+    bool AppendOnly { get; }
+
     /// <summary>Slots to preallocate per layer for sequences of at most <paramref name="maxSequenceLength"/> tokens
     /// processed in steps of at most <paramref name="maxStepTokens"/> tokens.</summary>
     int Capacity(int maxSequenceLength, int maxStepTokens);

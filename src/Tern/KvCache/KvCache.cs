@@ -67,6 +67,14 @@ public sealed class KvCache : IDisposable
         for (int b = 0; b < sequenceLengths.Length; b++) sequenceLengths[b] += tokens[b];
     }
 
+    /// <summary>Host bookkeeping for a step executed by a CUDA-graph replay (or, negative, captured without executing):
+    /// every layer and every sequence advance by <paramref name="tokens"/>.</summary>
+    internal void AdjustForReplay(int tokens)
+    {
+        foreach (var l in layers) l.AdjustLength(tokens);
+        for (int b = 0; b < sequenceLengths.Length; b++) sequenceLengths[b] += tokens;
+    }
+
     /// <summary>Bytes held by keys and values.</summary>
     public long Bytes => layers.Sum(l => l.Keys.NumberOfElements * l.Keys.ElementSize * 2);
 

@@ -57,17 +57,32 @@ public sealed class LayerKvCache : IDisposable
     /// Appends keys and values [batch, kvHeads, tokens, headDim] with their positions [batch, tokens] (-1 for padding).
     /// <paramref name="hasPadding"/> says whether any position is -1 (known on the host, so no device sync is needed).
     /// </summary>
-    public void Append(Tensor keys, Tensor values, Tensor positions, bool hasPadding)
+    /// <param name="slots">When given (static-shape mode), the slots, int64 [tokens] on the device, to write to; they must
+    /// equal [Length, Length + tokens) at execution time.</param>
+    public void Append(Tensor keys, Tensor values, Tensor positions, bool hasPadding, Tensor? slots = null)
     {
         int tokens = (int)keys.shape[2];
         if (Length + tokens > Capacity)
             throw new InvalidOperationException($"KV cache of layer {Layer}: {Length} + {tokens} entries exceed its {Capacity} slots.");
-        Keys.narrow(2, Length, tokens).copy_(keys);
-        Values.narrow(2, Length, tokens).copy_(values);
-        Positions.narrow(2, Length, tokens).copy_(positions.unsqueeze(1));
+        if (slots is null)
+        {
+            Keys.narrow(2, Length, tokens).copy_(keys);
+            Values.narrow(2, Length, tokens).copy_(values);
+            Positions.narrow(2, Length, tokens).copy_(positions.unsqueeze(1));
+        }
+        else
+        {
+            Keys.index_copy_(2, slots, keys);
+            Values.index_copy_(2, slots, values);
+            Positions.index_copy_(2, slots, positions.unsqueeze(1).expand(Positions.shape[0], Positions.shape[1], tokens));
+        }
         Length += tokens;
         HasHoles |= hasPadding;
     }
+
+    /// <summary>Host bookkeeping only: records that a replayed step appended <paramref name="tokens"/> entries
+    /// (or, negative, takes back the count of a captured step that did not execute).</summary>
+    internal void AdjustLength(int tokens) => Length += tokens;
 
     /// <summary>
     /// Evicts every entry whose <paramref name="keep"/> flag [batch, kvHeads, Length] is false; survivors keep their

@@ -33,7 +33,7 @@ internal static class Attention
         if (s.QueryScale != 1.0) q = q * s.QueryScale;
 
         policy.BeforeAppend(cache, (int)t);
-        cache.Append(k.transpose(1, 2), v.transpose(1, 2), batch.Positions, batch.HasPadding);
+        cache.Append(k.transpose(1, 2), v.transpose(1, 2), batch.Positions, batch.HasPadding, batch.WriteSlots);
         int length = cache.Length;
         var keys = cache.ActiveKeys;
         var values = cache.ActiveValues;
@@ -41,9 +41,26 @@ internal static class Attention
         bool windowMatters = s.SlidingWindow > 0 && batch.MaxPosition + 1 > s.SlidingWindow;
 
         Tensor output; // [B,H,T,D]
-        if (policy.NeedsAttentionProbabilities)
+        if (batch.WriteSlots is not null)
         {
-            output = Explicit(qh, keys, values, Mask(batch, cache, s), s, out var probabilities);
+            // Static shapes: attend over every slot; the mask hides empty ones and those not yet written.
+            Tensor mask;
+            if (policy.AppendOnly && batch.SharedMask is { } shared && shared.Window == s.SlidingWindow)
+                mask = shared.Mask;
+            else
+            {
+                var m = Mask(batch, cache.Positions, s); // [B,Hkv,T,Cap]
+                mask = m.unsqueeze(2).expand(b, hkv, g, t, cache.Capacity).reshape(b, hkv, g * t, cache.Capacity);
+                if (policy.AppendOnly) batch.SharedMask = (s.SlidingWindow, mask.MoveToOuterDisposeScope()); // outlives this layer's scope
+            }
+            var qg = qh.reshape(b, hkv, g * t, d);
+            output = DecodeAttentionKind == "matmul"
+                ? MatmulAttention(qg, cache.Keys, cache.Values, mask, d).reshape(b, h, t, d)
+                : F.scaled_dot_product_attention(qg, cache.Keys, cache.Values, mask).reshape(b, h, t, d);
+        }
+        else if (policy.NeedsAttentionProbabilities)
+        {
+            output = Explicit(qh, keys, values, Mask(batch, cache.ActivePositions, s), s, out var probabilities);
             policy.ObserveAttention(cache, probabilities);
         }
         else if (!cache.HasHoles && !windowMatters && t == 1)
@@ -60,7 +77,7 @@ internal static class Attention
         }
         else
         {
-            var mask = Mask(batch, cache, s); // [B,Hkv,T,L]
+            var mask = Mask(batch, cache.ActivePositions, s); // [B,Hkv,T,L]
             var qg = qh.reshape(b, hkv, g * t, d);
             var mg = mask.unsqueeze(2).expand(b, hkv, g, t, length).reshape(b, hkv, g * t, length);
             output = F.scaled_dot_product_attention(qg, keys, values, mg).reshape(b, h, t, d);
@@ -69,11 +86,22 @@ internal static class Attention
         return output.transpose(1, 2).reshape(b, t, h * d);
     }
 
+    /// <summary>Decode attention in static shapes: "sdpa" (fused kernel) or "matmul" (batched GEMMs + softmax), chosen by
+    /// TERN_DECODE_ATTENTION while the two are being measured against each other.</summary>
+    static readonly string DecodeAttentionKind = Environment.GetEnvironmentVariable("TERN_DECODE_ATTENTION") ?? "sdpa";
+
+    /// <summary>softmax(q·kᵀ/√d, masked)·v through batched matrix products; fp32 softmax.</summary>
+    static Tensor MatmulAttention(Tensor q, Tensor keys, Tensor values, Tensor mask, int d)
+    {
+        var scores = (q * (1.0 / Math.Sqrt(d))).matmul(keys.transpose(2, 3)).masked_fill(mask.logical_not(), double.NegativeInfinity);
+        return F.softmax(scores, -1, ScalarType.Float32).to(values.dtype).matmul(values);
+    }
+
     /// <summary>Visibility [B,Hkv,T,L]: key at original position p_k is visible to a query at p_q when 0 ≤ p_k ≤ p_q and
     /// p_q − p_k &lt; window. Padding queries (p_q = −1) see every occupied slot, so their rows are never empty (no NaN).</summary>
-    static Tensor Mask(ForwardBatch batch, LayerKvCache cache, AttentionSettings s)
+    static Tensor Mask(ForwardBatch batch, Tensor keyPositions, AttentionSettings s)
     {
-        var kp = cache.ActivePositions.unsqueeze(2);             // [B,Hkv,1,L]
+        var kp = keyPositions.unsqueeze(2);                      // [B,Hkv,1,L]
         var qp = batch.Positions.unsqueeze(1).unsqueeze(-1);     // [B,1,T,1]
         var occupied = kp.ge(0);
         var visible = occupied & kp.le(qp);

@@ -25,4 +25,15 @@ public sealed class ForwardBatch
 
     /// <summary>When true the model returns logits of the last position only, [batch, vocab]; else [batch, tokens, vocab].</summary>
     public bool LastPositionOnly { get; init; }
+
+    /// <summary>
+    /// Static-shape mode (CUDA-graph capture): the cache slot, int64 [tokens] on the device, where this step's entries go.
+    /// The step then writes through an index held on the device and attends over the whole preallocated cache with a mask,
+    /// so the same kernels with the same shapes serve every step.
+    /// </summary>
+    public Tensor? WriteSlots { get; init; }
+
+    /// <summary>The attention mask of a static-shape step, computed by the first layer and reused by the others when the
+    /// cache policy keeps layers aligned; keyed by the sliding window it was made for. Owned by the step's dispose scope.</summary>
+    internal (int Window, Tensor Mask)? SharedMask { get; set; }
 }

@@ -1,0 +1,119 @@
+using Tern.Interop;
+using Tern.KvCache;
+using Tern.Models;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Tern.Generation;
+
+/// <summary>
+/// Runs decode steps as one CUDA-graph replay each. A TorchSharp decode step is hundreds of small launches whose host cost
+/// (~6 µs each) exceeds the GPU time at small batches; captured once, the whole step — forward pass, arg-max, and the
+/// update of its own inputs — launches as a single graph. Shapes are static: the step writes its keys/values at a slot held
+/// on the device and attends over the whole preallocated cache with a mask. The first step runs eagerly on the capture
+/// stream (warming cuBLAS and the allocator), the second is captured, and every later one replays.
+/// </summary>
+internal sealed class CudaGraphDecoder : IDisposable
+{
+    readonly CausalLanguageModel model;
+    readonly KvCache.KvCache cache;
+    readonly Sampler sampler;
+    readonly Tensor ids, positions, slot, finished, pad;
+    readonly int[] ones;
+    readonly int maxPosition;
+    LibTorchCuda.Graph? graph;
+    int steps;
+
+    /// <summary>True when graphs can serve this request: CUDA, libtorch's graph symbols found, a cache of static capacity
+    /// (the full policy) and a deterministic sampler.</summary>
+    public static bool CanServe(CausalLanguageModel model, GenerationOptions options) =>
+        options.Temperature == 0 && (options.CachePolicy?.AppendOnly ?? true)
+        && (options.ForceStaticShapes || options.UseCudaGraphs && model.Device.type == DeviceType.CUDA && LibTorchCuda.IsAvailable);
+
+    bool Capturing => model.Device.type == DeviceType.CUDA;
+
+    /// <param name="first">The token sampled from the prefill, [batch].</param>
+    /// <param name="nextPositions">Position of that token in each sequence, [batch, 1].</param>
+    public CudaGraphDecoder(CausalLanguageModel model, KvCache.KvCache cache, Sampler sampler, Tensor first, Tensor nextPositions, int padId)
+    {
+        this.model = model;
+        this.cache = cache;
+        this.sampler = sampler;
+        var device = model.Device;
+        ids = first.unsqueeze(1).clone().DetachFromDisposeScope();
+        positions = nextPositions.clone().DetachFromDisposeScope();
+        slot = torch.tensor(new long[] { cache[0].Length }).to(device).DetachFromDisposeScope();
+        finished = torch.zeros(first.shape[0], ScalarType.Bool, device).DetachFromDisposeScope();
+        pad = torch.tensor((long)padId).to(device).DetachFromDisposeScope();
+        ones = Enumerable.Repeat(1, (int)first.shape[0]).ToArray();
+        maxPosition = cache.Options.Capacity - 1;
+    }
+
+    /// <summary>Marks sequences whose further tokens are replaced by padding (they stopped).</summary>
+    public void SetFinished(bool[] flags)
+    {
+        using var host = torch.tensor(flags);
+        finished.copy_(host);
+    }
+
+    /// <summary>Runs one decode step; returns the new tokens, [batch] (a view of a buffer the next step overwrites).</summary>
+    public Tensor Step()
+    {
+        if (!Capturing)
+            Body(); // static shapes without a graph: how the CPU tests prove the captured body right
+        else if (steps == 0)
+        {
+            // Warm up on the stream the capture will use, so cuBLAS handles and workspaces exist before capturing.
+            torch.cuda.synchronize();
+            var captureStream = LibTorchCuda.StreamFromPool();
+            LibTorchCuda.SetCurrentStream(captureStream);
+            try
+            {
+                Body();
+                torch.cuda.synchronize();
+                graph = new LibTorchCuda.Graph();
+                graph.CaptureBegin();
+                Body();
+                graph.CaptureEnd();
+                cache.AdjustForReplay(-1); // the captured step was recorded on the host but has not run
+            }
+            finally
+            {
+                LibTorchCuda.SetCurrentStream(LibTorchCuda.DefaultStream());
+            }
+            torch.cuda.synchronize();
+        }
+        else
+        {
+            graph!.Replay();
+            cache.AdjustForReplay(1);
+        }
+        steps++;
+        return ids.squeeze(1);
+    }
+
+    /// <summary>One decode step with static shapes that leaves its outputs in its own inputs.</summary>
+    void Body()
+    {
+        using var scope = torch.NewDisposeScope();
+        var logits = model.Forward(new ForwardBatch
+        {
+            InputIds = ids,
+            Positions = positions,
+            RealTokens = ones,
+            MaxPosition = maxPosition,
+            LastPositionOnly = true,
+            WriteSlots = slot,
+        }, cache);
+        var next = torch.where(finished, pad, sampler.Next(logits));
+        ids.copy_(next.unsqueeze(1));
+        positions.add_(1);
+        slot.add_(1);
+    }
+
+    public void Dispose()
+    {
+        graph?.Dispose(); // before the buffers its kernels point into
+        foreach (var t in new[] { ids, positions, slot, finished, pad }) t.Dispose();
+    }
+}
