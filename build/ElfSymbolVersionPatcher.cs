@@ -97,7 +97,7 @@ namespace Tern.Build
             Require(f[4] == 2 && f[5] == 1, "class/endianness");
             ulong shoff = BitConverter.ToUInt64(f, 0x28);
             int shentsize = BitConverter.ToUInt16(f, 0x3A), shnum = BitConverter.ToUInt16(f, 0x3C);
-            Require(shentsize >= 64 && shoff + (ulong)shentsize * (ulong)shnum <= (ulong)f.Length, "section header table");
+            Require(shentsize >= 64 && Fits(shoff, (ulong)shentsize * (ulong)shnum, f.Length), "section header table");
             var result = new List<int>();
             for (int s = 0; s < shnum; s++)
             {
@@ -105,10 +105,10 @@ namespace Tern.Build
                 if (BitConverter.ToUInt32(f, sh + 4) != ShtGnuVerneed) continue;
                 ulong offset = BitConverter.ToUInt64(f, sh + 0x18), size = BitConverter.ToUInt64(f, sh + 0x20);
                 uint link = BitConverter.ToUInt32(f, sh + 0x28), count = BitConverter.ToUInt32(f, sh + 0x2C);
-                Require(offset + size <= (ulong)f.Length && link < shnum, "verneed section");
+                Require(Fits(offset, size, f.Length) && link < shnum, "verneed section");
                 int strSh = checked((int)shoff + (int)link * shentsize);
                 ulong strOff = BitConverter.ToUInt64(f, strSh + 0x18), strSize = BitConverter.ToUInt64(f, strSh + 0x20);
-                Require(strOff + strSize <= (ulong)f.Length, "string table");
+                Require(Fits(strOff, strSize, f.Length), "string table");
                 ulong entry = offset;
                 for (uint e = 0; e < count; e++)
                 {
@@ -134,6 +134,9 @@ namespace Tern.Build
             }
             return result;
         }
+
+        /// <summary>True when [offset, offset + size) lies inside a file of <paramref name="length"/> bytes, without wrapping around.</summary>
+        static bool Fits(ulong offset, ulong size, int length) => offset <= (ulong)length && size <= (ulong)length - offset;
 
         static string ReadCString(byte[] f, int start, int limit)
         {

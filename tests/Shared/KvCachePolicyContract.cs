@@ -450,6 +450,7 @@ internal sealed class RecordingPolicy : IKvCachePolicy
 
     public string Name => inner.Name;
     public bool NeedsAttentionProbabilities => inner.NeedsAttentionProbabilities;
+    public bool AppendOnly => inner.AppendOnly;
     public int Capacity(int maxSequenceLength, int maxStepTokens) => inner.Capacity(maxSequenceLength, maxStepTokens);
 
     public void BeforeAppend(LayerKvCache layer, int incomingTokens)

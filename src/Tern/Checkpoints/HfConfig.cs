@@ -23,16 +23,26 @@ public sealed class HfConfig
     /// <summary>The raw JSON object.</summary>
     public JsonObject Json => root;
 
-    /// <summary><c>model_type</c>, lower-case; also inferred from <c>architectures</c> when absent.</summary>
+    /// <summary>Architecture class names of transformers, for configs that lack <c>model_type</c>.</summary>
+    static readonly Dictionary<string, string> ModelTypeOfArchitecture = new(StringComparer.Ordinal)
+    {
+        ["LlamaForCausalLM"] = "llama", ["MistralForCausalLM"] = "mistral", ["Qwen2ForCausalLM"] = "qwen2",
+        ["OPTForCausalLM"] = "opt", ["GPTNeoXForCausalLM"] = "gpt_neox", ["GPT2LMHeadModel"] = "gpt2",
+    };
+
+    /// <summary><c>model_type</c>, lower-case; inferred from <c>architectures</c> when absent.</summary>
     public string ModelType
     {
         get
         {
             string? type = GetString("model_type");
             if (!string.IsNullOrEmpty(type)) return type.ToLowerInvariant();
-            if (root["architectures"] is JsonArray { Count: > 0 } archs && archs[0]?.GetValue<string>() is string arch)
-                return arch.ToLowerInvariant();
-            throw Error("model_type", "is missing (and there is no 'architectures' entry to infer it from)");
+            if (root["architectures"] is not JsonArray { Count: > 0 } archs)
+                throw Error("model_type", "is missing (and there is no 'architectures' entry to infer it from)");
+            if (archs[0] is not JsonValue v || !v.TryGetValue(out string? arch))
+                throw Error("architectures", "must be a list of class names such as \"LlamaForCausalLM\"");
+            return ModelTypeOfArchitecture.TryGetValue(arch, out string? known) ? known
+                : throw Error("model_type", $"is missing and the architecture '{arch}' does not say which one; add \"model_type\"");
         }
     }
 

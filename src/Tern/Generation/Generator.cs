@@ -98,7 +98,9 @@ public sealed class Generator
                 throw new ArgumentException(
                     $"the prompt has {promptLength} tokens but the model's context is {info.MaxPositions} (max_position_embeddings in config.json); shorten the prompt.");
             maxNew = Math.Min(options.MaxNewTokens, info.MaxPositions - promptLength);
-            stopIds = options.IgnoreEos ? new HashSet<int>() : new HashSet<int>(options.StopTokenIds ?? owner.tokenizer?.EosTokenIds ?? ModelEos());
+            // Explicit stop ids always count; IgnoreEos only drops the model's end-of-sequence ids.
+            stopIds = options.StopTokenIds is { } explicitIds ? new HashSet<int>(explicitIds)
+                : options.IgnoreEos ? new HashSet<int>() : new HashSet<int>(owner.tokenizer?.EosTokenIds ?? ModelEos());
             tokens = Enumerable.Range(0, batch).Select(_ => new List<int>()).ToArray();
             texts = new string[batch];
             Array.Fill(texts, "");
@@ -172,7 +174,7 @@ public sealed class Generator
                 else
                 {
                     long[] host = next.cpu().data<long>().ToArray(); // the one sync per step that stopping or streaming needs
-                    produced = Record(host, step);
+                    produced = Record(host, lastStep: step + 1 >= maxNew);
                 }
                 bool done = step + 1 >= maxNew || finished.All(f => f is not null);
                 if (produced is not null) yield return produced;
@@ -217,7 +219,7 @@ public sealed class Generator
             deviceTokens = null;
         }
 
-        List<GeneratedToken> Record(long[] host, int step)
+        List<GeneratedToken> Record(long[] host, bool lastStep)
         {
             var produced = new List<GeneratedToken>(batch);
             for (int b = 0; b < batch; b++)
@@ -229,7 +231,9 @@ public sealed class Generator
                 if (owner.tokenizer is { } tok && (streaming || options.StopStrings.Count > 0))
                 {
                     string text = tok.Decode(tokens[b]);
-                    if (!text.EndsWith('\uFFFD') && text.StartsWith(texts[b], StringComparison.Ordinal))
+                    // Hold back an incomplete multi-byte character, unless this is the sequence's last token.
+                    bool final = lastStep || stopIds.Contains(id);
+                    if ((final || !text.EndsWith('\uFFFD')) && text.StartsWith(texts[b], StringComparison.Ordinal))
                     {
                         delta = text[texts[b].Length..];
                         texts[b] = text;

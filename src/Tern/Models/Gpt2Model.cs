@@ -21,6 +21,8 @@ internal sealed class Gpt2Model : CausalLanguageModel
     {
         int vocab = c.RequireInt("vocab_size"), hidden = c.RequireInt("n_embd", "hidden_size"), nLayers = c.RequireInt("n_layer", "num_hidden_layers");
         int heads = c.RequireInt("n_head", "num_attention_heads"), maxPos = c.RequireInt("n_positions", "max_position_embeddings");
+        ModelShape.RequirePositive(c, ("n_embd", hidden), ("n_head", heads), ("n_layer", nLayers), ("vocab_size", vocab), ("n_positions", maxPos));
+        ModelShape.RequireDivisible(c, "n_embd", hidden, "n_head", heads);
         int inner = c.GetInt("n_inner") ?? 4 * hidden;
         int headDim = hidden / heads;
         eps = c.GetDouble("layer_norm_epsilon") ?? 1e-5;

@@ -25,6 +25,8 @@ internal sealed class GptNeoXModel : CausalLanguageModel
     {
         int vocab = c.RequireInt("vocab_size"), hidden = c.RequireInt("hidden_size"), nLayers = c.RequireInt("num_hidden_layers");
         int heads = c.RequireInt("num_attention_heads"), inter = c.RequireInt("intermediate_size");
+        ModelShape.RequirePositive(c, ("hidden_size", hidden), ("num_attention_heads", heads), ("num_hidden_layers", nLayers), ("vocab_size", vocab), ("intermediate_size", inter));
+        ModelShape.RequireDivisible(c, "hidden_size", hidden, "num_attention_heads", heads);
         int headDim = hidden / heads;
         parallel = c.GetBool("use_parallel_residual") ?? true;
         eps = c.GetDouble("layer_norm_eps") ?? 1e-5;

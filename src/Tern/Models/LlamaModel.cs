@@ -28,6 +28,8 @@ internal sealed class LlamaModel : CausalLanguageModel
         int heads = c.RequireInt("num_attention_heads"), kvHeads = c.GetInt("num_key_value_heads") ?? heads;
         int headDim = c.GetInt("head_dim") ?? hidden / heads;
         intermediate = c.RequireInt("intermediate_size");
+        ModelShape.RequirePositive(c, ("num_attention_heads", heads), ("num_key_value_heads", kvHeads), ("hidden_size", hidden),
+            ("num_hidden_layers", nLayers), ("vocab_size", vocab), ("intermediate_size", intermediate), ("head_dim", headDim));
         if (heads % kvHeads != 0) throw c.Error("num_key_value_heads", $"({kvHeads}) must divide num_attention_heads ({heads})");
         eps = c.GetDouble("rms_norm_eps") ?? 1e-6;
         act = Activations.Get(c.GetString("hidden_act") ?? "silu", c, "hidden_act");

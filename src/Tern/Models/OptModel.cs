@@ -26,6 +26,8 @@ internal sealed class OptModel : CausalLanguageModel
     {
         int vocab = c.RequireInt("vocab_size"), hidden = c.RequireInt("hidden_size"), nLayers = c.RequireInt("num_hidden_layers");
         int heads = c.RequireInt("num_attention_heads"), ffn = c.RequireInt("ffn_dim"), maxPos = c.RequireInt("max_position_embeddings");
+        ModelShape.RequirePositive(c, ("hidden_size", hidden), ("num_attention_heads", heads), ("num_hidden_layers", nLayers), ("vocab_size", vocab), ("ffn_dim", ffn), ("max_position_embeddings", maxPos));
+        ModelShape.RequireDivisible(c, "hidden_size", hidden, "num_attention_heads", heads);
         int proj = c.GetInt("word_embed_proj_dim") ?? hidden;
         bool bias = c.GetBool("enable_bias") ?? true;
         if (!(c.GetBool("layer_norm_elementwise_affine") ?? true))

@@ -32,6 +32,7 @@ internal sealed class ProbabilityRecordingDensePolicy : IKvCachePolicy
     public int Observed { get; private set; }
     public string Name => "full+probabilities";
     public bool NeedsAttentionProbabilities => true;
+    public bool AppendOnly => true;
     public int Capacity(int maxSequenceLength, int maxStepTokens) => DensePolicy.Instance.Capacity(maxSequenceLength, maxStepTokens);
     public void BeforeAppend(LayerKvCache layer, int incomingTokens) => DensePolicy.Instance.BeforeAppend(layer, incomingTokens);
     public void ObserveAttention(LayerKvCache layer, Tensor probabilities) => Observed++;

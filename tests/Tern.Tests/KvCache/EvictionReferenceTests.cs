@@ -29,6 +29,7 @@ internal sealed class SinkWindowPolicy : IKvCachePolicy
     public int KeepCalls { get; private set; }
     public string Name => "sink-window (test)";
     public bool NeedsAttentionProbabilities { get; }
+    public bool AppendOnly => false;
 
     /// <summary>After a step at most sinks + max window entries per row remain; then a step of at most maxStepTokens comes.</summary>
     public int Capacity(int maxSequenceLength, int maxStepTokens) => Math.Min(maxSequenceLength, Sinks + windows.Max() + maxStepTokens);
