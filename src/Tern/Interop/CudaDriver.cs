@@ -25,6 +25,64 @@ internal static partial class CudaDriver
     [LibraryImport(Library, EntryPoint = "cuCtxSetCurrent")]
     private static partial int CuCtxSetCurrent(IntPtr context);
 
+    [LibraryImport(Library, EntryPoint = "cuCtxGetCurrent")]
+    private static partial int CuCtxGetCurrent(out IntPtr context);
+
+    [LibraryImport(Library, EntryPoint = "cuDeviceGetAttribute")]
+    private static partial int CuDeviceGetAttribute(out int value, int attribute, int device);
+
+    [LibraryImport(Library, EntryPoint = "cuModuleLoadData")]
+    private static unsafe partial int CuModuleLoadData(out IntPtr module, byte* image);
+
+    [LibraryImport(Library, EntryPoint = "cuModuleGetFunction", StringMarshalling = StringMarshalling.Utf8)]
+    private static partial int CuModuleGetFunction(out IntPtr function, IntPtr module, string name);
+
+    [LibraryImport(Library, EntryPoint = "cuLaunchKernel")]
+    private static unsafe partial int CuLaunchKernel(IntPtr function, uint gridX, uint gridY, uint gridZ, uint blockX, uint blockY, uint blockZ,
+        uint sharedBytes, IntPtr stream, void** parameters, void** extra);
+
+    /// <summary>Makes the primary context of GPU 0 (the one libtorch uses) current on this thread if none is.</summary>
+    public static void EnsureContext()
+    {
+        Check(CuInit(0), "cuInit");
+        if (CuCtxGetCurrent(out IntPtr current) == 0 && current != IntPtr.Zero) return;
+        Check(CuDeviceGet(out int dev, 0), "cuDeviceGet");
+        Check(CuDevicePrimaryCtxRetain(out IntPtr ctx, dev), "cuDevicePrimaryCtxRetain");
+        Check(CuCtxSetCurrent(ctx), "cuCtxSetCurrent");
+    }
+
+    /// <summary>Compute capability of GPU 0, e.g. (9, 0).</summary>
+    public static (int Major, int Minor) ComputeCapability()
+    {
+        Check(CuInit(0), "cuInit");
+        Check(CuDeviceGet(out int dev, 0), "cuDeviceGet");
+        Check(CuDeviceGetAttribute(out int major, 75, dev), "cuDeviceGetAttribute");
+        Check(CuDeviceGetAttribute(out int minor, 76, dev), "cuDeviceGetAttribute");
+        return (major, minor);
+    }
+
+    /// <summary>Loads a CUBIN or PTX image and returns the named kernels.</summary>
+    public static unsafe IntPtr[] LoadKernels(byte[] image, IEnumerable<string> names)
+    {
+        EnsureContext();
+        IntPtr module;
+        fixed (byte* p = image) Check(CuModuleLoadData(out module, p), "cuModuleLoadData");
+        return names.Select(n =>
+        {
+            Check(CuModuleGetFunction(out IntPtr f, module, n), "cuModuleGetFunction " + n);
+            return f;
+        }).ToArray();
+    }
+
+    /// <summary>Launches a kernel; <paramref name="parameters"/> points to an array of pointers to each argument.</summary>
+    public static unsafe void Launch(IntPtr function, uint grid, uint block, IntPtr stream, void** parameters) =>
+        Check(CuLaunchKernel(function, grid, 1, 1, block, 1, 1, 0, stream, parameters, null), "cuLaunchKernel");
+
+    static void Check(int result, string call)
+    {
+        if (result != 0) throw new InvalidOperationException($"CUDA driver call {call} failed with error {result}.");
+    }
+
     /// <summary>Free and total bytes of GPU 0, or null when no driver is reachable.</summary>
     public static (long Free, long Total)? MemoryInfo()
     {

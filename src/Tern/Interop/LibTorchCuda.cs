@@ -31,6 +31,8 @@ internal static unsafe class LibTorchCuda
         public delegate* unmanaged<byte, sbyte, CudaStream> GetStreamFromPool;
         public delegate* unmanaged<CudaStream, void> SetCurrentStream;
         public delegate* unmanaged<sbyte, CudaStream> GetDefaultStream;
+        public delegate* unmanaged<sbyte, CudaStream> GetCurrentStream;
+        public delegate* unmanaged<CudaStream*, IntPtr> RawStream;
         public delegate* unmanaged<IntPtr, byte, void> GraphConstruct;
         public delegate* unmanaged<IntPtr, MempoolId, int, void> GraphCaptureBegin;
         public delegate* unmanaged<IntPtr, void> GraphCaptureEnd;
@@ -62,6 +64,8 @@ internal static unsafe class LibTorchCuda
             GetStreamFromPool = (delegate* unmanaged<byte, sbyte, CudaStream>)Find(c10, "_ZN3c104cuda17getStreamFromPoolEba"),
             SetCurrentStream = (delegate* unmanaged<CudaStream, void>)Find(c10, "_ZN3c104cuda20setCurrentCUDAStreamENS0_10CUDAStreamE"),
             GetDefaultStream = (delegate* unmanaged<sbyte, CudaStream>)Find(c10, "_ZN3c104cuda20getDefaultCUDAStreamEa"),
+            GetCurrentStream = (delegate* unmanaged<sbyte, CudaStream>)Find(c10, "_ZN3c104cuda20getCurrentCUDAStreamEa"),
+            RawStream = (delegate* unmanaged<CudaStream*, IntPtr>)Find(c10, "_ZNK3c104cuda10CUDAStream6streamEv"),
             GraphConstruct = (delegate* unmanaged<IntPtr, byte, void>)Find(torchCuda, "_ZN2at4cuda9CUDAGraphC1Eb"),
             GraphCaptureBegin = (delegate* unmanaged<IntPtr, MempoolId, int, void>)Find(torchCuda, "_ZN2at4cuda9CUDAGraph13capture_beginESt4pairIyyE21cudaStreamCaptureMode"),
             GraphCaptureEnd = (delegate* unmanaged<IntPtr, void>)Find(torchCuda, "_ZN2at4cuda9CUDAGraph11capture_endEv"),
@@ -78,6 +82,14 @@ internal static unsafe class LibTorchCuda
 
     /// <summary>The default stream of GPU 0.</summary>
     public static CudaStream DefaultStream() => Require().GetDefaultStream(0);
+
+    /// <summary>The <c>cudaStream_t</c> libtorch launches on from this thread (the capture stream while capturing).</summary>
+    public static IntPtr CurrentRawStream()
+    {
+        var api = Require();
+        CudaStream current = api.GetCurrentStream(0);
+        return api.RawStream(&current);
+    }
 
     /// <summary>Makes <paramref name="stream"/> the one libtorch launches on from this thread.</summary>
     public static void SetCurrentStream(CudaStream stream) => Require().SetCurrentStream(stream);

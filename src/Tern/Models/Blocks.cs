@@ -22,6 +22,7 @@ internal static class Norms
     /// <summary>RMSNorm (Zhang &amp; Sennrich): w · x / sqrt(mean(x²) + ε), statistics in fp32 as in transformers' Llama.</summary>
     public static Tensor Rms(Tensor x, Tensor weight, double eps)
     {
+        if (Interop.FusedKernels.TryRmsNorm(x, weight, eps, out var fused)) return fused;
         if (x.dtype == ScalarType.Float32)
             return x * (x.square().mean(new long[] { -1 }, keepdim: true) + eps).rsqrt() * weight;
         var xf = x.to(ScalarType.Float32);
@@ -34,16 +35,26 @@ internal static class Norms
         F.layer_norm(x, new[] { x.shape[^1] }, weight, bias, eps);
 }
 
+/// <summary>An activation function as configured by <c>hidden_act</c> / <c>activation_function</c>.</summary>
+/// <param name="Kind">Index of the fused kernel's variant: 0 silu, 1 relu, 2 gelu, 3 gelu (tanh), -1 none.</param>
+internal sealed record Activation(string Name, int Kind, Func<Tensor, Tensor> Apply)
+{
+    /// <summary>act(gate) · up for [gate | up] = <paramref name="gateUp"/>[..., 0:2n] (the gated MLP of Llama-style models).</summary>
+    public Tensor Gated(Tensor gateUp, int n) =>
+        Kind >= 0 && Interop.FusedKernels.TryGated(gateUp, n, Kind, out var fused) ? fused
+            : Apply(gateUp.narrow(-1, 0, n)) * gateUp.narrow(-1, n, n);
+}
+
 /// <summary>The <c>hidden_act</c> / <c>activation_function</c> values transformers knows for these architectures.</summary>
 internal static class Activations
 {
-    public static Func<Tensor, Tensor> Get(string name, Checkpoints.HfConfig config, string field) => name.ToLowerInvariant() switch
+    public static Activation Get(string name, Checkpoints.HfConfig config, string field) => name.ToLowerInvariant() switch
     {
-        "relu" => x => F.relu(x),
-        "silu" or "swish" => x => F.silu(x),
-        "gelu" => x => F.gelu(x),
-        "gelu_new" or "gelu_pytorch_tanh" or "gelu_fast" => x => F.gelu(x, TorchSharp.Modules.GELU.Approximate.tanh),
-        "quick_gelu" => x => x * F.sigmoid(x * 1.702),
+        "relu" => new(name, 1, x => F.relu(x)),
+        "silu" or "swish" => new(name, 0, x => F.silu(x)),
+        "gelu" => new(name, 2, x => F.gelu(x)),
+        "gelu_new" or "gelu_pytorch_tanh" or "gelu_fast" => new(name, 3, x => F.gelu(x, TorchSharp.Modules.GELU.Approximate.tanh)),
+        "quick_gelu" => new(name, -1, x => x * F.sigmoid(x * 1.702)),
         _ => throw config.Error(field, $"is '{name}', which Tern does not support (supported: relu, silu, gelu, gelu_new, gelu_pytorch_tanh, quick_gelu)"),
     };
 }

@@ -15,7 +15,7 @@ internal sealed class Gpt2Model : CausalLanguageModel
     readonly Tensor wte, wpe, lnFW, lnFB, lmHead;
     readonly Layer[] layers;
     readonly double eps;
-    readonly Func<Tensor, Tensor> act;
+    readonly Activation act;
 
     public Gpt2Model(HfConfig c, WeightLoader w)
     {
@@ -77,7 +77,7 @@ internal sealed class Gpt2Model : CausalLanguageModel
             var attended = Attention.Forward(qkv.narrow(2, 0, s.Heads), qkv.narrow(2, s.Heads, s.Heads), qkv.narrow(2, 2 * s.Heads, s.Heads),
                 batch, cache[i], cache.Policy, s);
             h = h + l.Proj.Forward(attended);
-            h = h + l.FcProj.Forward(act(l.Fc.Forward(Norms.Layer(h, l.Ln2W, l.Ln2B, eps))));
+            h = h + l.FcProj.Forward(act.Apply(l.Fc.Forward(Norms.Layer(h, l.Ln2W, l.Ln2B, eps))));
             h.MoveToOuterDisposeScope();
             input.Dispose();
         }

@@ -17,7 +17,7 @@ internal sealed class GptNeoXModel : CausalLanguageModel
     readonly Layer[] layers;
     readonly bool parallel;
     readonly double eps;
-    readonly Func<Tensor, Tensor> act;
+    readonly Activation act;
     readonly AttentionSettings attention;
     readonly RotaryEmbedding rotary;
 
@@ -68,23 +68,23 @@ internal sealed class GptNeoXModel : CausalLanguageModel
         long b = batch.InputIds.shape[0], t = batch.InputIds.shape[1];
         int heads = attention.Heads;
         var h = embed.index_select(0, batch.InputIds.flatten()).view(b, t, -1);
-        var (cos, sin) = rotary.Lookup(batch.Positions, batch.MaxPosition);
+        var rope = rotary.ForBatch(batch);
         for (int i = 0; i < layers.Length; i++)
         {
             var l = layers[i];
             var input = h;
             using var layerScope = torch.NewDisposeScope();
             var qkv = l.Qkv.Forward(Norms.Layer(h, l.Ln1W, l.Ln1B, eps)).view(b, t, 3 * heads, attention.HeadDim);
-            var qk = rotary.Apply(qkv.narrow(2, 0, 2 * heads), cos, sin);
+            var qk = rope.Rotate(qkv, 2 * heads);
             var attended = Attention.Forward(qk.narrow(2, 0, heads), qk.narrow(2, heads, heads), qkv.narrow(2, 2 * heads, heads),
                 batch, cache[i], cache.Policy, attention);
             var attnOut = l.Dense.Forward(attended);
             if (parallel)
-                h = h + attnOut + l.Down.Forward(act(l.Up.Forward(Norms.Layer(h, l.Ln2W, l.Ln2B, eps))));
+                h = h + attnOut + l.Down.Forward(act.Apply(l.Up.Forward(Norms.Layer(h, l.Ln2W, l.Ln2B, eps))));
             else
             {
                 h = h + attnOut;
-                h = h + l.Down.Forward(act(l.Up.Forward(Norms.Layer(h, l.Ln2W, l.Ln2B, eps))));
+                h = h + l.Down.Forward(act.Apply(l.Up.Forward(Norms.Layer(h, l.Ln2W, l.Ln2B, eps))));
             }
             h.MoveToOuterDisposeScope();
             input.Dispose();

@@ -18,7 +18,7 @@ internal sealed class LlamaModel : CausalLanguageModel
     readonly bool tied;
     readonly Layer[] layers;
     readonly RotaryEmbedding rotary;
-    readonly Func<Tensor, Tensor> act;
+    readonly Activation act;
     readonly double eps;
     readonly int intermediate;
 
@@ -82,7 +82,7 @@ internal sealed class LlamaModel : CausalLanguageModel
     {
         long b = batch.InputIds.shape[0], t = batch.InputIds.shape[1];
         var h = embed.index_select(0, batch.InputIds.flatten()).view(b, t, -1);
-        var (cos, sin) = rotary.Lookup(batch.Positions, batch.MaxPosition);
+        var rope = rotary.ForBatch(batch);
         for (int i = 0; i < layers.Length; i++)
         {
             var layer = layers[i];
@@ -90,12 +90,12 @@ internal sealed class LlamaModel : CausalLanguageModel
             var input = h;
             using var layerScope = torch.NewDisposeScope();
             var qkv = layer.Qkv.Forward(Norms.Rms(h, layer.InputNorm, eps)).view(b, t, s.Heads + 2 * s.KvHeads, s.HeadDim);
-            var qk = rotary.Apply(qkv.narrow(2, 0, s.Heads + s.KvHeads), cos, sin);
+            var qk = rope.Rotate(qkv, s.Heads + s.KvHeads);
             var attended = Attention.Forward(qk.narrow(2, 0, s.Heads), qk.narrow(2, s.Heads, s.KvHeads),
                 qkv.narrow(2, s.Heads + s.KvHeads, s.KvHeads), batch, cache[i], cache.Policy, s);
             h = h + layer.Output.Forward(attended);
             var gateUp = layer.GateUp.Forward(Norms.Rms(h, layer.PostNorm, eps));
-            h = h + layer.Down.Forward(act(gateUp.narrow(-1, 0, intermediate)) * gateUp.narrow(-1, intermediate, intermediate));
+            h = h + layer.Down.Forward(act.Gated(gateUp, intermediate));
             h.MoveToOuterDisposeScope();
             input.Dispose(); // free each layer's input now rather than at the end of the step
         }

@@ -19,7 +19,7 @@ internal sealed class OptModel : CausalLanguageModel
     readonly Tensor? finalNormW, finalNormB;
     readonly Layer[] layers;
     readonly bool preNorm;
-    readonly Func<Tensor, Tensor> act;
+    readonly Activation act;
     readonly AttentionSettings attention;
 
     public OptModel(HfConfig c, WeightLoader w)
@@ -88,7 +88,7 @@ internal sealed class OptModel : CausalLanguageModel
             h = h + l.Output.Forward(attended);
             if (!preNorm) h = Norms.Layer(h, l.AttnNormW, l.AttnNormB, eps);
             var m = preNorm ? Norms.Layer(h, l.MlpNormW, l.MlpNormB, eps) : h;
-            h = h + l.Fc2.Forward(act(l.Fc1.Forward(m)));
+            h = h + l.Fc2.Forward(act.Apply(l.Fc1.Forward(m)));
             if (!preNorm) h = Norms.Layer(h, l.MlpNormW, l.MlpNormB, eps);
             h.MoveToOuterDisposeScope();
             input.Dispose();

@@ -112,6 +112,33 @@ internal sealed class RotaryEmbedding : IDisposable
         sinTable = (emb.sin() * sign).to(dtype, device).DetachFromDisposeScope();
     }
 
+    /// <summary>The rotation of one forward step: positions known, tables gathered only if the fused kernel cannot serve.</summary>
+    public RotaryStep ForBatch(ForwardBatch batch)
+    {
+        EnsureTable(batch.MaxPosition + 1);
+        return new RotaryStep(this, batch);
+    }
+
+    internal sealed class RotaryStep(RotaryEmbedding owner, ForwardBatch batch)
+    {
+        (Tensor Cos, Tensor Sin)? gathered;
+
+        /// <summary>Rotates the first <paramref name="heads"/> heads of qkv [batch, tokens, allHeads, headDim]; returns them,
+        /// [batch, tokens, heads, headDim] (in place on CUDA, where one fused kernel does it; a new tensor otherwise).</summary>
+        public Tensor Rotate(Tensor qkv, int heads)
+        {
+            if (Interop.FusedKernels.TryRotaryInPlace(qkv, heads, owner.HeadDim, owner.RotaryDim, batch.Positions, owner.cosTable!, owner.sinTable!))
+                return qkv.narrow(2, 0, heads);
+            if (gathered is null)
+            {
+                // Gathered once per step inside the first layer's scope: move them to the step's scope for the other layers.
+                var (cos, sin) = owner.Lookup(batch.Positions, batch.MaxPosition);
+                gathered = (cos.MoveToOuterDisposeScope(), sin.MoveToOuterDisposeScope());
+            }
+            return owner.Apply(qkv.narrow(2, 0, heads), gathered.Value.Cos, gathered.Value.Sin);
+        }
+    }
+
     /// <summary>cos and signed sin for positions [batch, tokens] (padding clamped to 0), shaped [batch, tokens, 1, rotaryDim].</summary>
     public (Tensor Cos, Tensor Sin) Lookup(Tensor positions, int maxPosition)
     {

@@ -1,0 +1,114 @@
+using System.Runtime.InteropServices;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Tern.Interop;
+
+/// <summary>
+/// The fused kernels of <c>Kernels/fused.cu</c>: compiled with NVRTC for the GPU at hand on first use and launched on
+/// libtorch's current stream, so they order with libtorch's own work and are captured into CUDA graphs. Each Try method
+/// returns false (and the caller keeps its composite path) off CUDA, for unsupported layouts, when NVRTC is missing, or when
+/// TERN_FUSED_KERNELS=0.
+/// </summary>
+internal static unsafe partial class FusedKernels
+{
+    sealed record Loaded(IntPtr[] RmsNorm, IntPtr[] Rotary, IntPtr[] Gated);
+
+    static readonly Lazy<Loaded?> Kernels = new(Load);
+
+    /// <summary>Why the kernels are not in use, when they are not.</summary>
+    public static string? UnavailableReason { get; private set; }
+
+    [LibraryImport("LibTorchSharp", EntryPoint = "THSTensor_data")]
+    private static partial IntPtr TensorData(IntPtr tensor);
+
+    static Loaded? Load()
+    {
+        if (Environment.GetEnvironmentVariable("TERN_FUSED_KERNELS") == "0")
+        {
+            UnavailableReason = "disabled by TERN_FUSED_KERNELS=0";
+            return null;
+        }
+        try
+        {
+            if (!LibTorchCuda.IsAvailable) throw new InvalidOperationException(LibTorchCuda.MissingReason);
+            using var stream = typeof(FusedKernels).Assembly.GetManifestResourceStream("Tern.Kernels.fused.cu")
+                ?? throw new InvalidOperationException("embedded kernel source missing");
+            string source = new StreamReader(stream).ReadToEnd();
+            var (major, minor) = CudaDriver.ComputeCapability();
+            byte[] cubin = Nvrtc.CompileToCubin(source, "fused.cu", $"sm_{major}{minor}");
+            string[] suffixes = { "f32", "bf16", "f16" };
+            var all = CudaDriver.LoadKernels(cubin, suffixes.SelectMany(s => new[] { "rms_norm_" + s, "rotary_" + s, "gated_" + s }));
+            return new Loaded(new[] { all[0], all[3], all[6] }, new[] { all[1], all[4], all[7] }, new[] { all[2], all[5], all[8] });
+        }
+        catch (Exception e) when (e is InvalidOperationException or DllNotFoundException or EntryPointNotFoundException)
+        {
+            UnavailableReason = e.Message;
+            return null;
+        }
+    }
+
+    /// <summary>True when the kernels compiled and loaded (compiles them on first call; CUDA only).</summary>
+    public static bool Available => Kernels.Value is not null;
+
+    static int TypeIndex(ScalarType t) => t switch
+    {
+        ScalarType.Float32 => 0,
+        ScalarType.BFloat16 => 1,
+        ScalarType.Float16 => 2,
+        _ => -1,
+    };
+
+    static bool Usable(Tensor t) => t.device.type == DeviceType.CUDA && TypeIndex(t.dtype) >= 0 && t.is_contiguous() && Available;
+
+    static IntPtr Ptr(Tensor t) => TensorData(t.Handle);
+
+    /// <summary>RMSNorm over the last dimension of a contiguous tensor; see fused.cu for the exact rounding.</summary>
+    public static bool TryRmsNorm(Tensor x, Tensor weight, double eps, out Tensor y)
+    {
+        y = null!;
+        if (!Usable(x) || !weight.is_contiguous() || weight.dtype != x.dtype) return false;
+        int cols = (int)x.shape[^1];
+        long rows = x.NumberOfElements / cols;
+        y = torch.empty_like(x);
+        IntPtr py = Ptr(y), px = Ptr(x), pw = Ptr(weight);
+        float e = (float)eps;
+        void** args = stackalloc void*[] { &py, &px, &pw, &cols, &e };
+        CudaDriver.Launch(Kernels.Value!.RmsNorm[TypeIndex(x.dtype)], (uint)rows, (uint)Math.Min(1024, Math.Max(32, (cols + 31) / 32 * 32 / 4)),
+            LibTorchCuda.CurrentRawStream(), args);
+        return true;
+    }
+
+    /// <summary>Rotary embedding in place on the first <paramref name="heads"/> heads of a contiguous [rows, allHeads, headDim]
+    /// buffer, with positions int64 [rows] and cos / signed-sin tables [positions, rotaryDim].</summary>
+    public static bool TryRotaryInPlace(Tensor qkv, int heads, int headDim, int rotaryDim, Tensor positions, Tensor cos, Tensor sin)
+    {
+        if (!Usable(qkv) || !positions.is_contiguous() || positions.dtype != ScalarType.Int64 || cos.dtype != qkv.dtype) return false;
+        long rows = positions.NumberOfElements;
+        long rowStride = qkv.NumberOfElements / rows;
+        IntPtr pq = Ptr(qkv), pp = Ptr(positions), pc = Ptr(cos), ps = Ptr(sin);
+        void** args = stackalloc void*[] { &pq, &rowStride, &heads, &headDim, &rotaryDim, &pp, &pc, &ps };
+        int work = heads * rotaryDim / 2;
+        CudaDriver.Launch(Kernels.Value!.Rotary[TypeIndex(qkv.dtype)], (uint)rows, (uint)Math.Min(1024, (work + 31) / 32 * 32),
+            LibTorchCuda.CurrentRawStream(), args);
+        return true;
+    }
+
+    /// <summary>y = act(gate) · up for a contiguous [..., 2n] tensor holding [gate | up]; <paramref name="kind"/>:
+    /// 0 silu, 1 relu, 2 gelu, 3 gelu (tanh).</summary>
+    public static bool TryGated(Tensor gateUp, int n, int kind, out Tensor y)
+    {
+        y = null!;
+        if (!Usable(gateUp)) return false;
+        var shape = gateUp.shape.ToArray();
+        shape[^1] = n;
+        y = torch.empty(shape, gateUp.dtype, gateUp.device);
+        long rows = gateUp.NumberOfElements / (2L * n);
+        IntPtr py = Ptr(y), pg = Ptr(gateUp);
+        void** args = stackalloc void*[] { &py, &pg, &rows, &n, &kind };
+        long total = rows * n;
+        CudaDriver.Launch(Kernels.Value!.Gated[TypeIndex(gateUp.dtype)], (uint)Math.Min(65535, (total + 255) / 256), 256,
+            LibTorchCuda.CurrentRawStream(), args);
+        return true;
+    }
+}

@@ -1,0 +1,110 @@
+// Fused kernels for the decode step, compiled at run time with NVRTC (no headers: bf16/fp16 conversions are written out).
+// Each computes in fp32 and rounds where transformers' composite ops round, so results match the unfused path.
+// Element types: float (f32), bfloat16 (bf16) and IEEE half (f16), stored as 16-bit integers.
+
+struct bf16 { unsigned short v; };
+struct f16 { unsigned short v; };
+
+__device__ __forceinline__ float load(float x) { return x; }
+__device__ __forceinline__ float load(bf16 x) { return __uint_as_float(((unsigned)x.v) << 16); }
+__device__ __forceinline__ float load(f16 x) { float f; asm("{ cvt.f32.f16 %0, %1; }" : "=f"(f) : "h"(x.v)); return f; }
+
+template <typename T> __device__ __forceinline__ T store(float f);
+template <> __device__ __forceinline__ float store<float>(float f) { return f; }
+template <> __device__ __forceinline__ bf16 store<bf16>(float f)
+{
+    unsigned u = __float_as_uint(f);
+    bf16 r;
+    if ((u & 0x7fffffffu) > 0x7f800000u) { r.v = (unsigned short)((u >> 16) | 0x40u); return r; } // quiet NaN
+    u += 0x7fffu + ((u >> 16) & 1u);                                                              // round to nearest even
+    r.v = (unsigned short)(u >> 16);
+    return r;
+}
+template <> __device__ __forceinline__ f16 store<f16>(float f) { f16 r; asm("{ cvt.rn.f16.f32 %0, %1; }" : "=h"(r.v) : "f"(f)); return r; }
+template <typename T> __device__ __forceinline__ float round_to(float f) { return load(store<T>(f)); }
+
+__device__ __forceinline__ float block_sum(float v, float* shared)
+{
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (lane == 0) shared[warp] = v;
+    __syncthreads();
+    int warps = (blockDim.x + 31) >> 5;
+    v = threadIdx.x < warps ? shared[threadIdx.x] : 0.0f;
+    if (warp == 0)
+        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    if (threadIdx.x == 0) shared[0] = v;
+    __syncthreads();
+    return shared[0];
+}
+
+// RMSNorm (one block per row): y = w · round(x / sqrt(mean(x²) + eps)), statistics in fp32.
+template <typename T>
+__device__ void rms_norm(T* __restrict__ y, const T* __restrict__ x, const T* __restrict__ w, int cols, float eps)
+{
+    __shared__ float shared[32];
+    const T* row = x + (long long)blockIdx.x * cols;
+    T* out = y + (long long)blockIdx.x * cols;
+    float sum = 0.0f;
+    for (int i = threadIdx.x; i < cols; i += blockDim.x) { float v = load(row[i]); sum += v * v; }
+    float inv = rsqrtf(block_sum(sum, shared) / cols + eps);
+    for (int i = threadIdx.x; i < cols; i += blockDim.x)
+        out[i] = store<T>(load(w[i]) * round_to<T>(load(row[i]) * inv));
+}
+
+// Rotary embedding in place, "rotate half" layout, on the first `heads` heads of each token row of a fused qkv buffer:
+// x'[i] = x[i]·cos[i] + x[(i + r/2) mod r]·sin±[i] for i < r (the sign of rotate_half lives in the table).
+// One block per token; positions < 0 (padding) use position 0.
+template <typename T>
+__device__ void rotary(T* qkv, long long rowStride, int heads, int headDim, int rotary, const long long* positions,
+                       const T* __restrict__ cosTable, const T* __restrict__ sinTable)
+{
+    long long p = positions[blockIdx.x];
+    if (p < 0) p = 0;
+    const T* c = cosTable + p * rotary;
+    const T* s = sinTable + p * rotary;
+    int half = rotary / 2;
+    T* row = qkv + (long long)blockIdx.x * rowStride;
+    for (int j = threadIdx.x; j < heads * half; j += blockDim.x)
+    {
+        int h = j / half, i = j - h * half;
+        T* x = row + (long long)h * headDim;
+        float a = load(x[i]), b = load(x[i + half]);
+        x[i] = store<T>(a * load(c[i]) + b * load(s[i]));
+        x[i + half] = store<T>(b * load(c[i + half]) + a * load(s[i + half]));
+    }
+}
+
+__device__ __forceinline__ float activate(float g, int kind)
+{
+    switch (kind)
+    {
+        case 0: return g / (1.0f + __expf(-g));                                                   // silu
+        case 1: return g > 0.0f ? g : 0.0f;                                                        // relu
+        case 2: return 0.5f * g * (1.0f + erff(g * 0.70710678118654752f));                         // gelu
+        default: return 0.5f * g * (1.0f + tanhf(0.7978845608028654f * (g + 0.044715f * g * g * g))); // gelu (tanh)
+    }
+}
+
+// Gated MLP activation: y[r, i] = round(act(gate[r, i])) · up[r, i], with [gate | up] = gateUp[r, 0:2n].
+template <typename T>
+__device__ void gated(T* __restrict__ y, const T* __restrict__ gateUp, long long rows, int n, int kind)
+{
+    long long total = rows * n;
+    for (long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x; k < total; k += (long long)gridDim.x * blockDim.x)
+    {
+        long long r = k / n;
+        int i = (int)(k - r * n);
+        const T* g = gateUp + r * 2 * n;
+        y[k] = store<T>(round_to<T>(activate(load(g[i]), kind)) * load(g[n + i]));
+    }
+}
+
+#define INSTANTIATE(T, S)                                                                                             \
+    extern "C" __global__ void rms_norm_##S(T* y, const T* x, const T* w, int cols, float eps) { rms_norm<T>(y, x, w, cols, eps); } \
+    extern "C" __global__ void rotary_##S(T* qkv, long long rowStride, int heads, int headDim, int rot, const long long* pos,      \
+                                          const T* c, const T* s) { rotary<T>(qkv, rowStride, heads, headDim, rot, pos, c, s); }    \
+    extern "C" __global__ void gated_##S(T* y, const T* gu, long long rows, int n, int kind) { gated<T>(y, gu, rows, n, kind); }
+INSTANTIATE(float, f32)
+INSTANTIATE(bf16, bf16)
+INSTANTIATE(f16, f16)
