@@ -54,4 +54,27 @@ public sealed class FusedKernelTests
             AssertClose(act(gu.narrow(-1, 0, 700)) * gu.narrow(-1, 700, 700), fused, dtype, $"gated kind {kind}");
         }
     }
+
+    public static TheoryData<ModelDType, int, int> GemvShapes => new()
+    {
+        { ModelDType.BFloat16, 1000, 4096 }, { ModelDType.BFloat16, 333, 11008 }, { ModelDType.Float16, 1000, 4096 }, { ModelDType.Float16, 77, 520 },
+    };
+
+    [Theory]
+    [MemberData(nameof(GemvShapes))]
+    public void OneRowGemvMatchesLinear(ModelDType dtype, int n, int k)
+    {
+        using var scope = torch.NewDisposeScope();
+        var t = dtype.ToScalarType();
+        var x = torch.randn(1, 1, k, device: CUDA).to(t);
+        var w = (torch.randn(n, k, device: CUDA) * 0.05).to(t);
+        var b = torch.randn(n, device: CUDA).to(t);
+        var r = torch.randn(1, 1, n, device: CUDA).to(t);
+        Assert.True(FusedKernels.TryGemv(x, w, null, null, out var plain));
+        Assert.True(FusedKernels.TryGemv(x, w, b, r, out var full));
+        Assert.Equal(new long[] { 1, 1, n }, plain.shape);
+        AssertClose(F.linear(x, w), plain, dtype, "gemv");
+        AssertClose(r + F.linear(x, w, b), full, dtype, "gemv + bias + residual");
+        Assert.False(FusedKernels.TryGemv(torch.randn(2, k, device: CUDA).to(t), w, null, null, out _)); // more rows: cuBLAS
+    }
 }

@@ -12,7 +12,7 @@ namespace Tern.Interop;
 /// </summary>
 internal static unsafe partial class FusedKernels
 {
-    sealed record Loaded(IntPtr[] RmsNorm, IntPtr[] Rotary, IntPtr[] Gated);
+    sealed record Loaded(IntPtr[] RmsNorm, IntPtr[] Rotary, IntPtr[] Gated, IntPtr[] Gemv);
 
     static readonly Lazy<Loaded?> Kernels = new(Load);
 
@@ -38,8 +38,10 @@ internal static unsafe partial class FusedKernels
             var (major, minor) = CudaDriver.ComputeCapability();
             byte[] cubin = Nvrtc.CompileToCubin(source, "fused.cu", $"sm_{major}{minor}");
             string[] suffixes = { "f32", "bf16", "f16" };
-            var all = CudaDriver.LoadKernels(cubin, suffixes.SelectMany(s => new[] { "rms_norm_" + s, "rotary_" + s, "gated_" + s }));
-            return new Loaded(new[] { all[0], all[3], all[6] }, new[] { all[1], all[4], all[7] }, new[] { all[2], all[5], all[8] });
+            var all = CudaDriver.LoadKernels(cubin, suffixes.SelectMany(s => new[] { "rms_norm_" + s, "rotary_" + s, "gated_" + s })
+                .Concat(new[] { "gemv_bf16", "gemv_f16" }));
+            return new Loaded(new[] { all[0], all[3], all[6] }, new[] { all[1], all[4], all[7] }, new[] { all[2], all[5], all[8] },
+                new[] { IntPtr.Zero, all[9], all[10] });
         }
         catch (Exception e) when (e is InvalidOperationException or DllNotFoundException or EntryPointNotFoundException)
         {
@@ -90,6 +92,29 @@ internal static unsafe partial class FusedKernels
         void** args = stackalloc void*[] { &pq, &rowStride, &heads, &headDim, &rotaryDim, &pp, &pc, &ps };
         int work = heads * rotaryDim / 2;
         CudaDriver.Launch(Kernels.Value!.Rotary[TypeIndex(qkv.dtype)], (uint)rows, (uint)Math.Min(1024, (work + 31) / 32 * 32),
+            LibTorchCuda.CurrentRawStream(), args);
+        return true;
+    }
+
+    /// <summary>
+    /// y = x·Wᵀ (+ bias) (+ residual) for a single row x (decode at batch 1), 16-bit types only: cuBLAS reads W well below the
+    /// memory bandwidth at one row. Returns false for more rows, fp32, or shapes the kernel does not take (K % 8 ≠ 0).
+    /// </summary>
+    public static bool TryGemv(Tensor x, Tensor weight, Tensor? bias, Tensor? residual, out Tensor y)
+    {
+        y = null!;
+        int k = (int)weight.shape[1], n = (int)weight.shape[0];
+        if (x.dtype == ScalarType.Float32 || x.shape[^1] != k || x.NumberOfElements != k || k % 8 != 0) return false;
+        if (!Usable(x) || !weight.is_contiguous() || weight.dtype != x.dtype) return false;
+        if (bias is not null && (!bias.is_contiguous() || bias.dtype != x.dtype)) return false;
+        if (residual is not null && (!residual.is_contiguous() || residual.dtype != x.dtype || residual.NumberOfElements != n)) return false;
+        var shape = x.shape.ToArray();
+        shape[^1] = n;
+        y = torch.empty(shape, x.dtype, x.device);
+        IntPtr py = Ptr(y), pw = Ptr(weight), px = Ptr(x), pb = bias is null ? IntPtr.Zero : Ptr(bias), pr = residual is null ? IntPtr.Zero : Ptr(residual);
+        void** args = stackalloc void*[] { &py, &pw, &px, &pb, &pr, &n, &k };
+        const int warpsPerBlock = 8;
+        CudaDriver.Launch(Kernels.Value!.Gemv[TypeIndex(x.dtype)], (uint)((n + warpsPerBlock - 1) / warpsPerBlock), 32 * warpsPerBlock,
             LibTorchCuda.CurrentRawStream(), args);
         return true;
     }

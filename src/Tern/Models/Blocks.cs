@@ -7,7 +7,12 @@ namespace Tern.Models;
 /// <summary>A linear map y = x·Wᵀ + b with W stored [out, in] as in transformers.</summary>
 internal sealed record Linear(Tensor Weight, Tensor? Bias) : IDisposable
 {
-    public Tensor Forward(Tensor x) => F.linear(x, Weight, Bias);
+    public Tensor Forward(Tensor x) =>
+        Interop.FusedKernels.TryGemv(x, Weight, Bias, null, out var y) ? y : F.linear(x, Weight, Bias);
+
+    /// <summary>residual + x·Wᵀ + b, in one kernel where the one-row GEMV serves.</summary>
+    public Tensor ForwardAdd(Tensor x, Tensor residual) =>
+        Interop.FusedKernels.TryGemv(x, Weight, Bias, residual, out var y) ? y : residual + F.linear(x, Weight, Bias);
     public long OutFeatures => Weight.shape[0];
     public void Dispose()
     {

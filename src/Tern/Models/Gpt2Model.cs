@@ -76,8 +76,8 @@ internal sealed class Gpt2Model : CausalLanguageModel
             var qkv = l.Qkv.Forward(Norms.Layer(h, l.Ln1W, l.Ln1B, eps)).view(b, t, 3 * s.Heads, s.HeadDim);
             var attended = Attention.Forward(qkv.narrow(2, 0, s.Heads), qkv.narrow(2, s.Heads, s.Heads), qkv.narrow(2, 2 * s.Heads, s.Heads),
                 batch, cache[i], cache.Policy, s);
-            h = h + l.Proj.Forward(attended);
-            h = h + l.FcProj.Forward(act.Apply(l.Fc.Forward(Norms.Layer(h, l.Ln2W, l.Ln2B, eps))));
+            h = l.Proj.ForwardAdd(attended, h);
+            h = l.FcProj.ForwardAdd(act.Apply(l.Fc.Forward(Norms.Layer(h, l.Ln2W, l.Ln2B, eps))), h);
             h.MoveToOuterDisposeScope();
             input.Dispose();
         }

@@ -93,9 +93,9 @@ internal sealed class LlamaModel : CausalLanguageModel
             var qk = rope.Rotate(qkv, s.Heads + s.KvHeads);
             var attended = Attention.Forward(qk.narrow(2, 0, s.Heads), qk.narrow(2, s.Heads, s.KvHeads),
                 qkv.narrow(2, s.Heads + s.KvHeads, s.KvHeads), batch, cache[i], cache.Policy, s);
-            h = h + layer.Output.Forward(attended);
+            h = layer.Output.ForwardAdd(attended, h);
             var gateUp = layer.GateUp.Forward(Norms.Rms(h, layer.PostNorm, eps));
-            h = h + layer.Down.Forward(act.Gated(gateUp, intermediate));
+            h = layer.Down.ForwardAdd(act.Gated(gateUp, intermediate), h);
             h.MoveToOuterDisposeScope();
             input.Dispose(); // free each layer's input now rather than at the end of the step
         }

@@ -85,10 +85,10 @@ internal sealed class OptModel : CausalLanguageModel
             var qkv = l.Qkv.Forward(a).view(b, t, 3 * attention.Heads, attention.HeadDim);
             var attended = Attention.Forward(qkv.narrow(2, 0, attention.Heads), qkv.narrow(2, attention.Heads, attention.Heads),
                 qkv.narrow(2, 2 * attention.Heads, attention.Heads), batch, cache[i], cache.Policy, attention);
-            h = h + l.Output.Forward(attended);
+            h = l.Output.ForwardAdd(attended, h);
             if (!preNorm) h = Norms.Layer(h, l.AttnNormW, l.AttnNormB, eps);
             var m = preNorm ? Norms.Layer(h, l.MlpNormW, l.MlpNormB, eps) : h;
-            h = h + l.Fc2.Forward(act.Apply(l.Fc1.Forward(m)));
+            h = l.Fc2.ForwardAdd(act.Apply(l.Fc1.Forward(m)), h);
             if (!preNorm) h = Norms.Layer(h, l.MlpNormW, l.MlpNormB, eps);
             h.MoveToOuterDisposeScope();
             input.Dispose();

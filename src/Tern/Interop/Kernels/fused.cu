@@ -100,6 +100,73 @@ __device__ void gated(T* __restrict__ y, const T* __restrict__ gateUp, long long
     }
 }
 
+// Unpacks 8 16-bit values from a 16-byte load into floats.
+__device__ __forceinline__ void unpack8(uint4 v, float* out, bf16*)
+{
+    unsigned w[4] = { v.x, v.y, v.z, v.w };
+    for (int i = 0; i < 4; i++) { out[2 * i] = __uint_as_float(w[i] << 16); out[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u); }
+}
+__device__ __forceinline__ void unpack8(uint4 v, float* out, f16*)
+{
+    unsigned w[4] = { v.x, v.y, v.z, v.w };
+    for (int i = 0; i < 4; i++)
+    {
+        f16 lo, hi;
+        lo.v = (unsigned short)(w[i] & 0xffffu);
+        hi.v = (unsigned short)(w[i] >> 16);
+        out[2 * i] = load(lo);
+        out[2 * i + 1] = load(hi);
+    }
+}
+
+// One-row matrix-vector product for decode steps: y[n] = Σ_k W[n, k]·x[k] (+ bias[n]) (+ residual[n]); W row-major [N, K],
+// K a multiple of 8. One warp per output row, 16-byte loads, fp32 accumulation, one rounding at the end. Reading W at
+// close to the memory bandwidth is the whole job at batch 1.
+template <typename T>
+__device__ void gemv(T* __restrict__ y, const T* __restrict__ W, const T* __restrict__ x, const T* __restrict__ bias,
+                     const T* __restrict__ residual, int N, int K)
+{
+    int row = (int)((blockIdx.x * (long long)blockDim.x + threadIdx.x) >> 5);
+    int lane = threadIdx.x & 31;
+    if (row >= N) return;
+    const uint4* w = reinterpret_cast<const uint4*>(W + (long long)row * K);
+    const uint4* xv = reinterpret_cast<const uint4*>(x);
+    int chunks = K >> 3;
+    float acc = 0.0f;
+    int i = lane;
+    for (; i + 96 < chunks; i += 128)
+    {
+        uint4 a0 = w[i], a1 = w[i + 32], a2 = w[i + 64], a3 = w[i + 96];
+        uint4 b0 = __ldg(xv + i), b1 = __ldg(xv + i + 32), b2 = __ldg(xv + i + 64), b3 = __ldg(xv + i + 96);
+        float fa[8], fb[8];
+        unpack8(a0, fa, (T*)0); unpack8(b0, fb, (T*)0); for (int j = 0; j < 8; j++) acc += fa[j] * fb[j];
+        unpack8(a1, fa, (T*)0); unpack8(b1, fb, (T*)0); for (int j = 0; j < 8; j++) acc += fa[j] * fb[j];
+        unpack8(a2, fa, (T*)0); unpack8(b2, fb, (T*)0); for (int j = 0; j < 8; j++) acc += fa[j] * fb[j];
+        unpack8(a3, fa, (T*)0); unpack8(b3, fb, (T*)0); for (int j = 0; j < 8; j++) acc += fa[j] * fb[j];
+    }
+    for (; i < chunks; i += 32)
+    {
+        float fa[8], fb[8];
+        unpack8(w[i], fa, (T*)0); unpack8(__ldg(xv + i), fb, (T*)0);
+        for (int j = 0; j < 8; j++) acc += fa[j] * fb[j];
+    }
+    for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+    if (lane == 0)
+    {
+        // As transformers: the linear map (bias added in its fp32 epilogue) is rounded, then the residual is added.
+        float v = acc;
+        if (bias) v += load(bias[row]);
+        v = round_to<T>(v);
+        if (residual) v = load(residual[row]) + v;
+        y[row] = store<T>(v);
+    }
+}
+
+#define INSTANTIATE_GEMV(T, S) \
+    extern "C" __global__ void gemv_##S(T* y, const T* W, const T* x, const T* b, const T* r, int N, int K) { gemv<T>(y, W, x, b, r, N, K); }
+INSTANTIATE_GEMV(bf16, bf16)
+INSTANTIATE_GEMV(f16, f16)
+
 #define INSTANTIATE(T, S)                                                                                             \
     extern "C" __global__ void rms_norm_##S(T* y, const T* x, const T* w, int cols, float eps) { rms_norm<T>(y, x, w, cols, eps); } \
     extern "C" __global__ void rotary_##S(T* qkv, long long rowStride, int heads, int headDim, int rot, const long long* pos,      \
