@@ -13,13 +13,14 @@ public sealed class FusedKernelTests
 
     public static TheoryData<ModelDType> DTypes => new() { ModelDType.Float32, ModelDType.BFloat16, ModelDType.Float16 };
 
-    static void AssertClose(Tensor expected, Tensor actual, ModelDType dtype, string what)
+    /// <param name="roundings">Roundings of the element type in the reference's last steps (a residual add after a linear map is two).</param>
+    static void AssertClose(Tensor expected, Tensor actual, ModelDType dtype, string what, int roundings = 1)
     {
         using var scope = torch.NewDisposeScope();
         var e = expected.to(ScalarType.Float32).cpu();
         var a = actual.to(ScalarType.Float32).cpu();
         // one rounding of the element type, relative, plus a small absolute floor
-        double rel = dtype == ModelDType.Float32 ? 1e-5 : dtype == ModelDType.BFloat16 ? 1.0 / 64 : 1.0 / 512;
+        double rel = roundings * (dtype == ModelDType.Float32 ? 1e-5 : dtype == ModelDType.BFloat16 ? 1.0 / 64 : 1.0 / 512);
         var excess = ((a - e).abs() - (e.abs() * rel + rel)).max().item<float>();
         Assert.True(excess <= 0, $"{what} {dtype}: max |Δ| exceeds the bound by {excess}");
     }
@@ -74,7 +75,40 @@ public sealed class FusedKernelTests
         Assert.True(FusedKernels.TryGemv(x, w, b, r, out var full));
         Assert.Equal(new long[] { 1, 1, n }, plain.shape);
         AssertClose(F.linear(x, w), plain, dtype, "gemv");
-        AssertClose(r + F.linear(x, w, b), full, dtype, "gemv + bias + residual");
+        AssertClose(r + F.linear(x, w, b), full, dtype, "gemv + bias + residual", roundings: 2);
         Assert.False(FusedKernels.TryGemv(torch.randn(2, k, device: CUDA).to(t), w, null, null, out _)); // more rows: cuBLAS
+    }
+
+    /// <summary>Decode attention over a partly filled cache with holes, GQA and a window, against softmax(q·kᵀ/√d)·v in fp32.</summary>
+    [Theory]
+    [InlineData(ModelDType.Float32, 0)]
+    [InlineData(ModelDType.BFloat16, 0)]
+    [InlineData(ModelDType.BFloat16, 7)]
+    [InlineData(ModelDType.Float16, 0)]
+    public void DecodeAttentionMatchesReference(ModelDType dtype, int window)
+    {
+        using var scope = torch.NewDisposeScope();
+        var t = dtype.ToScalarType();
+        int b = 3, heads = 8, kvHeads = 2, cap = 77, d = 64, filled = 50;
+        var keys = torch.randn(b, kvHeads, cap, d, device: CUDA).to(t);
+        var values = torch.randn(b, kvHeads, cap, d, device: CUDA).to(t);
+        // positions 0..filled-1 with a hole at slot 5 of sequence 1 and padding (-1) in the first 3 slots of sequence 2
+        var pos = torch.arange(cap, device: CUDA).to(ScalarType.Int64).expand(b, kvHeads, cap).clone();
+        pos.narrow(2, filled, cap - filled).fill_(-1);
+        pos[1].narrow(1, 5, 1).fill_(-1);
+        pos[2].narrow(1, 0, 3).fill_(-1);
+        var qpos = torch.tensor(new long[] { filled - 1, filled - 1, filled - 1 }, new long[] { b, 1 }).to(CUDA);
+        var q = torch.randn(b, heads, 1, d, device: CUDA).to(t);
+        Assert.True(FusedKernels.TryDecodeAttention(q, keys, values, pos, qpos, window, 1.0 / Math.Sqrt(d), out var fused));
+
+        var kp = pos.unsqueeze(2);                                            // [B,Hkv,1,Cap]
+        var visible = kp.ge(0) & kp.le(qpos.view(b, 1, 1, 1));
+        if (window > 0) visible &= (qpos.view(b, 1, 1, 1) - kp).lt(window);
+        var kx = keys.to(ScalarType.Float32).repeat_interleave(heads / kvHeads, 1);
+        var vx = values.to(ScalarType.Float32).repeat_interleave(heads / kvHeads, 1);
+        var mask = visible.repeat_interleave(heads / kvHeads, 1);
+        var scores = q.to(ScalarType.Float32).matmul(kx.transpose(2, 3)) / Math.Sqrt(d);
+        var reference = F.softmax(scores.masked_fill(mask.logical_not(), double.NegativeInfinity), -1).matmul(vx).reshape(b, 1, heads * d);
+        AssertClose(reference, fused, dtype, "decode attention");
     }
 }

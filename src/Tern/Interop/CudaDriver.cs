@@ -76,7 +76,11 @@ internal static partial class CudaDriver
 
     /// <summary>Launches a kernel; <paramref name="parameters"/> points to an array of pointers to each argument.</summary>
     public static unsafe void Launch(IntPtr function, uint grid, uint block, IntPtr stream, void** parameters) =>
-        Check(CuLaunchKernel(function, grid, 1, 1, block, 1, 1, 0, stream, parameters, null), "cuLaunchKernel");
+        Launch(function, grid, 1, block, stream, parameters);
+
+    /// <summary>Launches a kernel on a two-dimensional grid.</summary>
+    public static unsafe void Launch(IntPtr function, uint gridX, uint gridY, uint block, IntPtr stream, void** parameters) =>
+        Check(CuLaunchKernel(function, gridX, gridY, 1, block, 1, 1, 0, stream, parameters, null), "cuLaunchKernel");
 
     static void Check(int result, string call)
     {

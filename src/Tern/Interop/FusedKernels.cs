@@ -12,7 +12,7 @@ namespace Tern.Interop;
 /// </summary>
 internal static unsafe partial class FusedKernels
 {
-    sealed record Loaded(IntPtr[] RmsNorm, IntPtr[] Rotary, IntPtr[] Gated, IntPtr[] Gemv);
+    sealed record Loaded(IntPtr[] RmsNorm, IntPtr[] Rotary, IntPtr[] Gated, IntPtr[] Gemv, IntPtr[] CacheAppend, IntPtr[] AttnSplit, IntPtr[] AttnCombine);
 
     static readonly Lazy<Loaded?> Kernels = new(Load);
 
@@ -38,10 +38,10 @@ internal static unsafe partial class FusedKernels
             var (major, minor) = CudaDriver.ComputeCapability();
             byte[] cubin = Nvrtc.CompileToCubin(source, "fused.cu", $"sm_{major}{minor}");
             string[] suffixes = { "f32", "bf16", "f16" };
-            var all = CudaDriver.LoadKernels(cubin, suffixes.SelectMany(s => new[] { "rms_norm_" + s, "rotary_" + s, "gated_" + s })
-                .Concat(new[] { "gemv_bf16", "gemv_f16" }));
-            return new Loaded(new[] { all[0], all[3], all[6] }, new[] { all[1], all[4], all[7] }, new[] { all[2], all[5], all[8] },
-                new[] { IntPtr.Zero, all[9], all[10] });
+            string[] perType = { "rms_norm_", "rotary_", "gated_", "cache_append_", "attn_split_", "attn_combine_" };
+            var all = CudaDriver.LoadKernels(cubin, perType.SelectMany(k => suffixes.Select(s => k + s)).Concat(new[] { "gemv_bf16", "gemv_f16" }));
+            IntPtr[] Of(int kernel) => all.Skip(kernel * 3).Take(3).ToArray();
+            return new Loaded(Of(0), Of(1), Of(2), new[] { IntPtr.Zero, all[18], all[19] }, Of(3), Of(4), Of(5));
         }
         catch (Exception e) when (e is InvalidOperationException or DllNotFoundException or EntryPointNotFoundException)
         {
@@ -116,6 +116,55 @@ internal static unsafe partial class FusedKernels
         const int warpsPerBlock = 8;
         CudaDriver.Launch(Kernels.Value!.Gemv[TypeIndex(x.dtype)], (uint)((n + warpsPerBlock - 1) / warpsPerBlock), 32 * warpsPerBlock,
             LibTorchCuda.CurrentRawStream(), args);
+        return true;
+    }
+
+    /// <summary>Appends one token per sequence (k, v views [B, Hkv, 1, D] with a contiguous last dimension, positions [B, 1])
+    /// to a layer's cache tensors at the slot held in <paramref name="slot"/> (int64 [1]).</summary>
+    public static bool TryCacheAppend(Tensor keys, Tensor values, Tensor cachePositions, Tensor k, Tensor v, Tensor positions, Tensor slot)
+    {
+        if (!Usable(keys) || k.shape[2] != 1 || k.stride(-1) != 1 || v.stride(-1) != 1 || k.dtype != keys.dtype || v.dtype != keys.dtype
+            || !positions.is_contiguous() || positions.NumberOfElements != k.shape[0]) return false;
+        int kvHeads = (int)keys.shape[1], cap = (int)keys.shape[2], headDim = (int)keys.shape[3];
+        long kb = k.stride(0), kh = k.stride(1), vb = v.stride(0), vh = v.stride(1);
+        IntPtr pk = Ptr(keys), pv = Ptr(values), pc = Ptr(cachePositions), sk = Ptr(k), sv = Ptr(v), pp = Ptr(positions), ps = Ptr(slot);
+        void** args = stackalloc void*[] { &pk, &pv, &pc, &sk, &sv, &kb, &kh, &vb, &vh, &pp, &ps, &kvHeads, &cap, &headDim };
+        CudaDriver.Launch(Kernels.Value!.CacheAppend[TypeIndex(keys.dtype)], (uint)(k.shape[0] * kvHeads), (uint)Math.Min(256, (headDim + 31) / 32 * 32),
+            LibTorchCuda.CurrentRawStream(), args);
+        return true;
+    }
+
+    /// <summary>
+    /// Decode attention of one query per sequence (q view [B, H, 1, D], last dimension contiguous; query positions [B, 1])
+    /// over a whole layer cache, masked by the cached positions; returns [B, 1, H·D]. Two kernels (split, combine) replace the
+    /// seven of the composite path.
+    /// </summary>
+    public static bool TryDecodeAttention(Tensor q, Tensor keys, Tensor values, Tensor cachePositions, Tensor queryPositions,
+        int window, double scale, out Tensor output)
+    {
+        output = null!;
+        int heads = (int)q.shape[1], kvHeads = (int)keys.shape[1], cap = (int)keys.shape[2], headDim = (int)keys.shape[3];
+        // Measured on an H100: ahead of the matmul path at batch 1, far behind it at 16 and 64 (no vectorised loads yet).
+        const int largestBatch = 4;
+        if (q.shape[0] > largestBatch) return false;
+        if (!Usable(keys) || q.shape[2] != 1 || q.stride(-1) != 1 || q.dtype != keys.dtype || headDim > 256 || headDim % 32 != 0
+            || !queryPositions.is_contiguous() || queryPositions.NumberOfElements != q.shape[0]) return false;
+        const int split = 32; // SPLIT in fused.cu
+        int splits = (cap + split - 1) / split;
+        long batch = q.shape[0], qb = q.stride(0), qh = q.stride(1);
+        using var partOut = torch.empty(new long[] { batch * heads * splits * headDim }, ScalarType.Float32, q.device);
+        using var partMax = torch.empty(new long[] { batch * heads * splits }, ScalarType.Float32, q.device);
+        using var partSum = torch.empty(new long[] { batch * heads * splits }, ScalarType.Float32, q.device);
+        output = torch.empty(new long[] { batch, 1, heads * headDim }, q.dtype, q.device);
+        IntPtr po = Ptr(partOut), pm = Ptr(partMax), ps = Ptr(partSum), pq = Ptr(q), pk = Ptr(keys), pv = Ptr(values), pc = Ptr(cachePositions),
+            pp = Ptr(queryPositions), py = Ptr(output);
+        float sc = (float)scale;
+        IntPtr stream = LibTorchCuda.CurrentRawStream();
+        int t = TypeIndex(q.dtype);
+        void** splitArgs = stackalloc void*[] { &po, &pm, &ps, &pq, &qb, &qh, &pk, &pv, &pc, &pp, &heads, &kvHeads, &cap, &headDim, &window, &sc };
+        CudaDriver.Launch(Kernels.Value!.AttnSplit[t], (uint)(batch * heads), (uint)splits, 128, stream, splitArgs);
+        void** combineArgs = stackalloc void*[] { &py, &po, &pm, &ps, &splits, &headDim };
+        CudaDriver.Launch(Kernels.Value!.AttnCombine[t], (uint)(batch * heads), 1, (uint)Math.Min(256, headDim), stream, combineArgs);
         return true;
     }
 

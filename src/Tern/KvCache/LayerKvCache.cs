@@ -70,7 +70,7 @@ public sealed class LayerKvCache : IDisposable
             Values.narrow(2, Length, tokens).copy_(values);
             Positions.narrow(2, Length, tokens).copy_(positions.unsqueeze(1));
         }
-        else
+        else if (!Interop.FusedKernels.TryCacheAppend(Keys, Values, Positions, keys, values, positions, slots))
         {
             Keys.index_copy_(2, slots, keys);
             Values.index_copy_(2, slots, values);

@@ -41,6 +41,12 @@ internal static class Attention
         bool windowMatters = s.SlidingWindow > 0 && batch.MaxPosition + 1 > s.SlidingWindow;
 
         Tensor output; // [B,H,T,D]
+        if (batch.WriteSlots is not null && t == 1 && Interop.FusedKernels.TryDecodeAttention(qh, cache.Keys, cache.Values, cache.Positions,
+                batch.Positions, s.SlidingWindow, 1.0 / Math.Sqrt(d), out var fused))
+        {
+            policy.AfterStep(cache);
+            return fused; // already [B, 1, H·D]
+        }
         if (batch.WriteSlots is not null)
         {
             // Static shapes: attend over every slot; the mask hides empty ones and those not yet written.

@@ -2,6 +2,8 @@
 // Each computes in fp32 and rounds where transformers' composite ops round, so results match the unfused path.
 // Element types: float (f32), bfloat16 (bf16) and IEEE half (f16), stored as 16-bit integers.
 
+#define NEG_INF (__int_as_float(0xff800000))  // NVRTC has no <math.h> macros
+
 struct bf16 { unsigned short v; };
 struct f16 { unsigned short v; };
 
@@ -162,6 +164,109 @@ __device__ void gemv(T* __restrict__ y, const T* __restrict__ W, const T* __rest
     }
 }
 
+// Appends one token per sequence to a layer's cache at the slot held on the device: keys and values [B, Hkv, Cap, D] from
+// source views (last dimension contiguous, given batch and head strides), positions [B, Hkv, Cap] from pos[B].
+// One block per (sequence, KV head).
+template <typename T>
+__device__ void cache_append(T* keys, T* values, long long* cachePos, const T* k, const T* v, long long kBatch, long long kHead,
+                             long long vBatch, long long vHead, const long long* pos, const long long* slot, int kvHeads, int cap, int headDim)
+{
+    int b = blockIdx.x / kvHeads, h = blockIdx.x - b * kvHeads;
+    long long s = *slot;
+    long long cell = (long long)(b * kvHeads + h) * cap + s;
+    const T* ks = k + b * kBatch + h * kHead;
+    const T* vs = v + b * vBatch + h * vHead;
+    for (int d = threadIdx.x; d < headDim; d += blockDim.x)
+    {
+        keys[cell * headDim + d] = ks[d];
+        values[cell * headDim + d] = vs[d];
+    }
+    if (threadIdx.x == 0) cachePos[cell] = pos[b];
+}
+
+// Decode attention, split over the cache (flash-decoding): block (b·H + h, split) scores its SPLIT keys against query h of
+// sequence b, and leaves its unnormalised output, max and exp-sum for attn_combine. A key at original position kp is visible
+// to a query at p when kp ≥ 0 and kp ≤ p and (no window or p − kp < window); padding queries (p < 0) see every occupied slot.
+#define SPLIT 32
+template <typename T>
+__device__ void attn_split(float* partOut, float* partMax, float* partSum, const T* q, long long qBatch, long long qHead,
+                           const T* keys, const T* values, const long long* cachePos, const long long* qpos,
+                           int heads, int kvHeads, int cap, int headDim, int window, float scale)
+{
+    __shared__ float qs[256];
+    __shared__ float score[SPLIT];
+    int bh = blockIdx.x, split = blockIdx.y, splits = gridDim.y;
+    int b = bh / heads, h = bh - b * heads, hk = h / (heads / kvHeads);
+    const T* qrow = q + b * qBatch + h * qHead;
+    for (int d = threadIdx.x; d < headDim; d += blockDim.x) qs[d] = load(qrow[d]) * scale;
+    __syncthreads();
+    long long p = qpos[b];
+    long long base = (long long)(b * kvHeads + hk) * cap;
+    const long long* kp = cachePos + base;
+    const T* K = keys + base * headDim;
+    const T* V = values + base * headDim;
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+    int k0 = split * SPLIT;
+    for (int j = warp; j < SPLIT; j += warps)
+    {
+        int key = k0 + j;
+        float sc = NEG_INF;
+        if (key < cap)
+        {
+            long long kpos = kp[key];
+            bool visible = kpos >= 0 && (p < 0 || (kpos <= p && (window == 0 || p - kpos < window)));
+            if (visible)
+            {
+                float dot = 0.0f;
+                for (int d = lane; d < headDim; d += 32) dot += qs[d] * load(K[(long long)key * headDim + d]);
+                for (int o = 16; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+                sc = dot;
+            }
+        }
+        if (lane == 0) score[j] = sc;
+    }
+    __syncthreads();
+    float m = NEG_INF;
+    for (int j = 0; j < SPLIT; j++) m = fmaxf(m, score[j]);
+    long long cell = (long long)bh * splits + split;
+    for (int d = threadIdx.x; d < headDim; d += blockDim.x)
+    {
+        float acc = 0.0f;
+        if (m > NEG_INF)
+            for (int j = 0; j < SPLIT; j++)
+                if (score[j] > NEG_INF) acc += __expf(score[j] - m) * load(V[(long long)(k0 + j) * headDim + d]);
+        partOut[cell * headDim + d] = acc;
+    }
+    if (threadIdx.x == 0)
+    {
+        float sum = 0.0f;
+        if (m > NEG_INF)
+            for (int j = 0; j < SPLIT; j++) sum += score[j] > NEG_INF ? __expf(score[j] - m) : 0.0f;
+        partMax[cell] = m;
+        partSum[cell] = sum;
+    }
+}
+
+// Combines the splits of each (sequence, head) into softmax(q·kᵀ)·v, written as out[b, h·D + d].
+template <typename T>
+__device__ void attn_combine(T* out, const float* partOut, const float* partMax, const float* partSum, int splits, int headDim)
+{
+    int bh = blockIdx.x;
+    const float* pm = partMax + (long long)bh * splits;
+    const float* ps = partSum + (long long)bh * splits;
+    float M = NEG_INF;
+    for (int s = 0; s < splits; s++) M = fmaxf(M, pm[s]);
+    float den = 0.0f;
+    for (int s = 0; s < splits; s++) den += ps[s] > 0.0f ? __expf(pm[s] - M) * ps[s] : 0.0f;
+    for (int d = threadIdx.x; d < headDim; d += blockDim.x)
+    {
+        float num = 0.0f;
+        for (int s = 0; s < splits; s++)
+            if (ps[s] > 0.0f) num += __expf(pm[s] - M) * partOut[((long long)bh * splits + s) * headDim + d];
+        out[(long long)bh * headDim + d] = store<T>(num / den);
+    }
+}
+
 #define INSTANTIATE_GEMV(T, S) \
     extern "C" __global__ void gemv_##S(T* y, const T* W, const T* x, const T* b, const T* r, int N, int K) { gemv<T>(y, W, x, b, r, N, K); }
 INSTANTIATE_GEMV(bf16, bf16)
@@ -171,7 +276,15 @@ INSTANTIATE_GEMV(f16, f16)
     extern "C" __global__ void rms_norm_##S(T* y, const T* x, const T* w, int cols, float eps) { rms_norm<T>(y, x, w, cols, eps); } \
     extern "C" __global__ void rotary_##S(T* qkv, long long rowStride, int heads, int headDim, int rot, const long long* pos,      \
                                           const T* c, const T* s) { rotary<T>(qkv, rowStride, heads, headDim, rot, pos, c, s); }    \
-    extern "C" __global__ void gated_##S(T* y, const T* gu, long long rows, int n, int kind) { gated<T>(y, gu, rows, n, kind); }
+    extern "C" __global__ void gated_##S(T* y, const T* gu, long long rows, int n, int kind) { gated<T>(y, gu, rows, n, kind); }  \
+    extern "C" __global__ void cache_append_##S(T* keys, T* values, long long* cp, const T* k, const T* v, long long kb, long long kh, \
+        long long vb, long long vh, const long long* pos, const long long* slot, int kvHeads, int cap, int headDim)                   \
+        { cache_append<T>(keys, values, cp, k, v, kb, kh, vb, vh, pos, slot, kvHeads, cap, headDim); }                                 \
+    extern "C" __global__ void attn_split_##S(float* po, float* pm, float* ps, const T* q, long long qb, long long qh, const T* keys,    \
+        const T* values, const long long* cp, const long long* qpos, int heads, int kvHeads, int cap, int headDim, int window, float scale) \
+        { attn_split<T>(po, pm, ps, q, qb, qh, keys, values, cp, qpos, heads, kvHeads, cap, headDim, window, scale); }                  \
+    extern "C" __global__ void attn_combine_##S(T* out, const float* po, const float* pm, const float* ps, int splits, int headDim)       \
+        { attn_combine<T>(out, po, pm, ps, splits, headDim); }
 INSTANTIATE(float, f32)
 INSTANTIATE(bf16, bf16)
 INSTANTIATE(f16, f16)
