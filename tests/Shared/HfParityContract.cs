@@ -75,26 +75,10 @@ public abstract class HfParityContract
     internal static Tensor FullLogits(CausalLanguageModel model, IReadOnlyList<long[]> prompts)
     {
         int b = prompts.Count, len = prompts.Max(p => p.Length);
-        var ids = new long[b * len];
-        var pos = new long[b * len];
-        for (int i = 0; i < b; i++)
-            for (int t = 0; t < len; t++)
-            {
-                int offset = len - prompts[i].Length;
-                ids[i * len + t] = t >= offset ? prompts[i][t - offset] : 0;
-                pos[i * len + t] = t >= offset ? t - offset : -1;
-            }
         using var cache = model.CreateCache(b, len, maxStepTokens: len);
         using var scope = torch.NewDisposeScope();
-        var logits = model.Forward(new ForwardBatch
-        {
-            InputIds = torch.tensor(ids, new long[] { b, len }).to(model.Device),
-            Positions = torch.tensor(pos, new long[] { b, len }).to(model.Device),
-            RealTokens = prompts.Select(p => p.Length).ToArray(),
-            HasPadding = prompts.Any(p => p.Length < len),
-            MaxPosition = len - 1,
-        }, cache);
-        return logits.to(ScalarType.Float32).cpu().MoveToOuterDisposeScope();
+        var batch = ForwardBatch.LeftPadded(prompts.Select(p => (IReadOnlyList<int>)p.Select(x => (int)x).ToArray()).ToArray(), model.Device);
+        return model.Forward(batch, cache).to(ScalarType.Float32).cpu().MoveToOuterDisposeScope();
     }
 
     internal static double MaxAbsDiff(Tensor a, Tensor b) => (a - b).abs().max().item<float>();

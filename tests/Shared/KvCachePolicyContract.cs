@@ -370,30 +370,13 @@ internal sealed class PolicyRun : IDisposable
     /// <summary>The prefill; logits of every position, [batch, tokens, vocab] fp32 on the CPU.</summary>
     public Tensor Prefill()
     {
-        int b = Batch, len = promptLength;
-        var ids = new long[b * len];
-        var pos = new long[b * len];
-        QueryPositions = new long[b, len];
-        for (int i = 0; i < b; i++)
-        {
-            int offset = len - prompts[i].Length;
-            for (int t = 0; t < len; t++)
-            {
-                ids[i * len + t] = t >= offset ? prompts[i][t - offset] : 0;
-                pos[i * len + t] = t >= offset ? t - offset : -1;
-                QueryPositions[i, t] = pos[i * len + t];
-            }
-        }
         using var scope = torch.NewDisposeScope();
-        var logits = model.Forward(new ForwardBatch
-        {
-            InputIds = torch.tensor(ids, new long[] { b, len }).to(model.Device),
-            Positions = torch.tensor(pos, new long[] { b, len }).to(model.Device),
-            RealTokens = prompts.Select(p => p.Length).ToArray(),
-            HasPadding = prompts.Any(p => p.Length < len),
-            MaxPosition = len - 1,
-        }, Cache);
-        return logits.to(ScalarType.Float32).cpu().MoveToOuterDisposeScope();
+        var batch = ForwardBatch.LeftPadded(prompts.Select(p => (IReadOnlyList<int>)p.Select(x => (int)x).ToArray()).ToArray(), model.Device);
+        var positions = batch.Positions.cpu().data<long>().ToArray();
+        QueryPositions = new long[Batch, promptLength];
+        for (int i = 0; i < Batch; i++)
+            for (int t = 0; t < promptLength; t++) QueryPositions[i, t] = positions[i * promptLength + t];
+        return model.Forward(batch, Cache).to(ScalarType.Float32).cpu().MoveToOuterDisposeScope();
     }
 
     /// <summary>One decode step feeding <paramref name="tokens"/>[b] to sequence b; logits [batch, vocab] fp32 on the CPU.</summary>

@@ -119,40 +119,14 @@ public sealed class Generator
             var model = owner.model;
             var device = model.Device;
             using var scope = torch.NewDisposeScope();
-            int padId = 0;
-            var ids = new long[batch * promptLength];
-            var positions = new long[batch * promptLength];
-            var mask = new bool[batch * promptLength];
-            var realLengths = new int[batch];
-            for (int b = 0; b < batch; b++)
-            {
-                var p = prompts[b];
-                int offset = promptLength - p.Count;
-                realLengths[b] = p.Count;
-                for (int t = 0; t < promptLength; t++)
-                {
-                    int i = b * promptLength + t;
-                    bool real = t >= offset;
-                    ids[i] = real ? p[t - offset] : padId;
-                    positions[i] = real ? t - offset : -1;
-                    mask[i] = real;
-                }
-            }
-            var idsT = torch.tensor(ids, new long[] { batch, promptLength }).to(device);
-            var maskT = torch.tensor(mask, new long[] { batch, promptLength }).to(device);
+            const int padId = 0;
+            var prefill = ForwardBatch.LeftPadded(prompts, device, padId, lastPositionOnly: true);
+            var realLengths = prompts.Select(p => p.Count).ToArray();
             using var cache = model.CreateCache(batch, promptLength + maxNew, options.CachePolicy, promptLength);
-            using var sampler = new Sampler(options, idsT, maskT, model.Info.VocabSize);
+            using var sampler = new Sampler(options, prefill.InputIds, prefill.Positions.ge(0), model.Info.VocabSize);
 
             prefillWatch.Start();
-            var logits = model.Forward(new ForwardBatch
-            {
-                InputIds = idsT,
-                Positions = torch.tensor(positions, new long[] { batch, promptLength }).to(device),
-                RealTokens = realLengths,
-                HasPadding = realLengths.Any(n => n < promptLength),
-                MaxPosition = promptLength - 1,
-                LastPositionOnly = true,
-            }, cache);
+            var logits = model.Forward(prefill, cache);
             var next = sampler.Next(logits);
             if (!HostNeedsTokens) deviceTokens = torch.empty(batch, maxNew, ScalarType.Int64, device);
             SyncIfCuda(device);
@@ -185,7 +159,9 @@ public sealed class Generator
                 if (graphDecoder is not null)
                 {
                     if (nowFinished != finishedCount) graphDecoder.SetFinished(finished.Select(f => f is not null).ToArray());
+                    var previous = next;
                     next = graphDecoder.Step().MoveToOuterDisposeScope();
+                    previous.Dispose(); // one step's tokens at a time, however long the generation
                 }
                 else
                 {
@@ -202,8 +178,11 @@ public sealed class Generator
                         MaxPosition = promptLength + step,
                         LastPositionOnly = true,
                     }, cache);
+                    var (previous, previousPositions) = (next, stepPositions);
                     next = sampler.Next(stepLogits).MoveToOuterDisposeScope();
                     stepPositions = (stepPositions + 1).MoveToOuterDisposeScope();
+                    previous.Dispose(); // one step's tensors at a time, however long the generation
+                    previousPositions.Dispose();
                 }
                 finishedCount = nowFinished;
                 if (produced is null && step % 64 == 63) yield return null; // a cancellation point for non-streaming runs

@@ -1,3 +1,4 @@
+using TorchSharp;
 using static TorchSharp.torch;
 
 namespace Tern.Models;
@@ -36,4 +37,34 @@ public sealed class ForwardBatch
     /// <summary>The attention mask of a static-shape step, computed by the first layer and reused by the others when the
     /// cache policy keeps layers aligned; keyed by the sliding window it was made for. Owned by the step's dispose scope.</summary>
     internal (int Window, Tensor Mask)? SharedMask { get; set; }
+
+    /// <summary>
+    /// A prefill batch of prompts of different lengths, left-padded to the longest with <paramref name="padId"/>: real tokens
+    /// get positions 0, 1, … of their own sequence, padding gets -1 (masked everywhere).
+    /// </summary>
+    public static ForwardBatch LeftPadded(IReadOnlyList<IReadOnlyList<int>> prompts, Device device, int padId = 0, bool lastPositionOnly = false)
+    {
+        int batch = prompts.Count, length = prompts.Max(p => p.Count);
+        var ids = new long[batch * length];
+        var positions = new long[batch * length];
+        for (int b = 0; b < batch; b++)
+        {
+            int offset = length - prompts[b].Count;
+            for (int t = 0; t < length; t++)
+            {
+                bool real = t >= offset;
+                ids[b * length + t] = real ? prompts[b][t - offset] : padId;
+                positions[b * length + t] = real ? t - offset : -1;
+            }
+        }
+        return new ForwardBatch
+        {
+            InputIds = torch.tensor(ids, new long[] { batch, length }).to(device),
+            Positions = torch.tensor(positions, new long[] { batch, length }).to(device),
+            RealTokens = prompts.Select(p => p.Count).ToArray(),
+            HasPadding = prompts.Any(p => p.Count < length),
+            MaxPosition = length - 1,
+            LastPositionOnly = lastPositionOnly,
+        };
+    }
 }
