@@ -56,7 +56,11 @@ public abstract class CausalLanguageModel : IDisposable
         var config = HfConfig.Load(modelDirectory);
         Device device = ComputeOptions.ResolveDevice(options.Device);
         IWeightSource source = options.DummyWeights is { } dummy ? DummyWeightSource.Create(dummy) : CheckpointReader.Open(modelDirectory);
-        using (source) return Create(config, source, device, options.DType);
+        CausalLanguageModel model;
+        using (source) model = Create(config, source, device, options.DType);
+        // Compile the fused kernels now (NVRTC, about a second) rather than inside the first timed forward pass.
+        if (device.type == DeviceType.CUDA) _ = Interop.FusedKernels.Available;
+        return model;
     }
 
     /// <summary>Builds a model of <paramref name="config"/>'s architecture from a weight source.</summary>
