@@ -20,7 +20,8 @@ internal sealed record AttentionSettings(int Heads, int KvHeads, int HeadDim)
 /// <summary>
 /// Causal attention through a <see cref="LayerKvCache"/>: new keys/values are appended, then queries attend to every cached
 /// entry whose original position p_k satisfies 0 ≤ p_k ≤ p_q (and p_q − p_k &lt; window). Fused SDPA serves policies that do
-/// not need probabilities; the explicit path softmax(q·kᵀ/√d)·v materialises them for policies that do (H2O).
+/// not need probabilities; the explicit path softmax(q·kᵀ/√d)·v materialises them for policies that do (H2O); static-shape
+/// steps (CUDA graphs) attend over the whole preallocated cache.
 /// Grouped-query attention is computed without copying keys: the G query heads of a KV head are stacked as extra query rows.
 /// </summary>
 internal static class Attention
@@ -40,29 +41,14 @@ internal static class Attention
         var qh = q.transpose(1, 2); // [B,H,T,D]
         bool windowMatters = s.SlidingWindow > 0 && batch.MaxPosition + 1 > s.SlidingWindow;
 
-        Tensor output; // [B,H,T,D]
-        if (batch.WriteSlots is not null && t == 1 && Interop.FusedKernels.TryDecodeAttention(qh, cache.Keys, cache.Values, cache.Positions,
-                batch.Positions, s.SlidingWindow, 1.0 / Math.Sqrt(d), out var fused))
-        {
-            policy.AfterStep(cache);
-            return fused; // already [B, 1, H·D]
-        }
         if (batch.WriteSlots is not null)
         {
-            // Static shapes: attend over every slot; the mask hides empty ones and those not yet written.
-            Tensor mask;
-            if (policy.AppendOnly && batch.SharedMask is { } shared && shared.Window == s.SlidingWindow)
-                mask = shared.Mask;
-            else
-            {
-                var m = Mask(batch, cache.Positions, s); // [B,Hkv,T,Cap]
-                mask = m.unsqueeze(2).expand(b, hkv, g, t, cache.Capacity).reshape(b, hkv, g * t, cache.Capacity);
-                if (policy.AppendOnly) batch.SharedMask = (s.SlidingWindow, mask.MoveToOuterDisposeScope()); // outlives this layer's scope
-            }
-            var qg = qh.reshape(b, hkv, g * t, d);
-            output = MatmulAttention(qg, cache.Keys, cache.Values, mask, d).reshape(b, h, t, d);
+            var result = StaticShapes(qh, batch, cache, policy, s);
+            policy.AfterStep(cache);
+            return result;
         }
-        else if (policy.NeedsAttentionProbabilities)
+        Tensor output; // [B,H,T,D]
+        if (policy.NeedsAttentionProbabilities)
         {
             output = Explicit(qh, keys, values, Mask(batch, cache.ActivePositions, s), s, out var probabilities);
             policy.ObserveAttention(cache, probabilities);
@@ -88,6 +74,31 @@ internal static class Attention
         }
         policy.AfterStep(cache);
         return output.transpose(1, 2).reshape(b, t, h * d);
+    }
+
+    /// <summary>
+    /// A step with static shapes (CUDA-graph capture): attends over every slot of the preallocated cache, the mask hiding empty
+    /// slots and those not yet written. The fused decode-attention kernel serves small batches; masked matrix products the rest.
+    /// Returns [B,T,H·D].
+    /// </summary>
+    static Tensor StaticShapes(Tensor qh, ForwardBatch batch, LayerKvCache cache, IKvCachePolicy policy, AttentionSettings s)
+    {
+        long b = qh.shape[0], t = qh.shape[2];
+        int h = s.Heads, hkv = s.KvHeads, g = s.Groups, d = s.HeadDim;
+        if (t == 1 && Interop.FusedKernels.TryDecodeAttention(qh, cache.Keys, cache.Values, cache.Positions, batch.Positions,
+                s.SlidingWindow, 1.0 / Math.Sqrt(d), out var fused))
+            return fused;
+        Tensor mask;
+        if (policy.AppendOnly && batch.SharedMask is { } shared && shared.Window == s.SlidingWindow)
+            mask = shared.Mask;
+        else
+        {
+            var m = Mask(batch, cache.Positions, s); // [B,Hkv,T,Cap]
+            mask = m.unsqueeze(2).expand(b, hkv, g, t, cache.Capacity).reshape(b, hkv, g * t, cache.Capacity);
+            if (policy.AppendOnly) batch.SharedMask = (s.SlidingWindow, mask.MoveToOuterDisposeScope()); // outlives this layer's scope
+        }
+        var output = MatmulAttention(qh.reshape(b, hkv, g * t, d), cache.Keys, cache.Values, mask, d);
+        return output.reshape(b, h, t, d).transpose(1, 2).reshape(b, t, h * d);
     }
 
     /// <summary>softmax(q·kᵀ/√d, masked)·v through batched matrix products with an fp32 softmax. For masked decode steps it
