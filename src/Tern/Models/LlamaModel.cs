@@ -37,19 +37,14 @@ internal sealed class LlamaModel : CausalLanguageModel
         bool qkvBias = type == "qwen2" || (c.GetBool("attention_bias") ?? false);
         bool outBias = type != "qwen2" && (c.GetBool("attention_bias") ?? false);
         bool mlpBias = c.GetBool("mlp_bias") ?? false;
-        int window = SlidingWindow(c, type);
-        int maxWindowLayers = c.GetInt("max_window_layers") ?? nLayers;
+        int[] windows = LayerWindows(c, type, nLayers);
 
         embed = w.Get("model.embed_tokens.weight", vocab, hidden);
         layers = new Layer[nLayers];
         for (int i = 0; i < nLayers; i++)
         {
             string p = $"model.layers.{i}.";
-            var settings = new AttentionSettings(heads, kvHeads, headDim)
-            {
-                // Qwen2 applies its window to layers from max_window_layers on; Mistral to all.
-                SlidingWindow = type == "qwen2" && i < maxWindowLayers ? 0 : window,
-            };
+            var settings = new AttentionSettings(heads, kvHeads, headDim) { SlidingWindow = windows[i] };
             layers[i] = new Layer(
                 w.Get(p + "input_layernorm.weight", hidden),
                 w.Fused(new[] { p + "self_attn.q_proj", p + "self_attn.k_proj", p + "self_attn.v_proj" },
@@ -72,10 +67,32 @@ internal sealed class LlamaModel : CausalLanguageModel
         };
     }
 
-    static int SlidingWindow(HfConfig c, string type)
+    /// <summary>
+    /// The sliding window of each layer (0 = full attention): transformers 5 writes <c>layer_types</c>
+    /// ("sliding_attention" / "full_attention"); older configs say it with <c>sliding_window</c> (Mistral: every layer) or
+    /// <c>use_sliding_window</c> + <c>max_window_layers</c> (Qwen2: the layers from max_window_layers on).
+    /// </summary>
+    static int[] LayerWindows(HfConfig c, string type, int layers)
     {
-        if (type == "qwen2" && !(c.GetBool("use_sliding_window") ?? false)) return 0;
-        return type is "mistral" or "qwen2" ? c.GetInt("sliding_window") ?? 0 : 0;
+        int window = c.GetInt("sliding_window") ?? 0;
+        if (c.Json["layer_types"] is System.Text.Json.Nodes.JsonArray types)
+        {
+            if (types.Count != layers) throw c.Error("layer_types", $"has {types.Count} entries for {layers} layers");
+            return types.Select((t, i) => t?.ToString() switch
+            {
+                "full_attention" => 0,
+                "sliding_attention" when window > 0 => window,
+                "sliding_attention" => throw c.Error("sliding_window", $"must be set: layer {i} is 'sliding_attention'"),
+                var other => throw c.Error($"layer_types[{i}]", $"is '{other}' (supported: full_attention, sliding_attention)"),
+            }).ToArray();
+        }
+        if (type == "qwen2")
+        {
+            if (!(c.GetBool("use_sliding_window") ?? false)) return new int[layers];
+            int from = c.GetInt("max_window_layers") ?? layers;
+            return Enumerable.Range(0, layers).Select(i => i >= from ? window : 0).ToArray();
+        }
+        return Enumerable.Repeat(type == "mistral" ? window : 0, layers).ToArray();
     }
 
     protected override Tensor Run(ForwardBatch batch, KvCache.KvCache cache)
