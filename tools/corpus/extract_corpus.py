@@ -137,17 +137,28 @@ def kjv():
     return normalise("\n".join(lines)) + "\n"
 
 
+# Read by hand from each package's copyright file (the extracted line is recorded next to it).
+LICENCE_SUMMARY = {
+    "dict-gcide": "GPL-2+",
+    "fortunes": "BSD (Debian copyright file); fortune texts collected from the public",
+    "fortunes-min": "BSD (Debian copyright file); fortune texts collected from the public",
+    "python3.11-doc": "PSF License 2.0",
+    "debian-reference-en": "GPL-2+",
+    "bible-kjv-text": "GPL-2+ (package); the 1611 KJV text itself is public domain outside the UK",
+}
+
+
 def licence(package):
+    """The first line of the package's copyright file that names a licence (GPL, BSD, PSF, public domain, ...)."""
     try:
         lines = open(f"/usr/share/doc/{package}/copyright", encoding="utf-8", errors="replace").read().split("\n")
     except OSError:
         return "unknown"
-    for l in lines:
-        if l.startswith("License:") and l[8:].strip():
-            return l[8:].strip()
-    for l in lines:
-        if re.search(r"licen[cs]e|copyright:|public domain|GPL", l, re.I) and not l.startswith(("Copyright 1", "Copyright (")):
-            return l.strip()
+    for pattern in (r"^License:\s*\S", r"\bGPL\b|General Public License|\bBSD\b|public domain|Python Software Foundation|\bPSF\b|\bMIT\b",
+                    r"licen[cs]e"):
+        for l in lines:
+            if re.search(pattern, l, re.I) and "ftp://" not in l:
+                return re.sub(r"^License:\s*", "", l.strip())
     return "unknown"
 
 
@@ -177,7 +188,8 @@ def main():
             docs.append((h, text))
             kept += 1
             kept_bytes += len(text.encode("utf-8"))
-        stats.append({"name": name, "package": package, "licence": licence(package),
+        stats.append({"name": name, "package": package, "licence": LICENCE_SUMMARY.get(package, "unknown"), "licence_line": licence(package),
+                      "copyright_file": f"/usr/share/doc/{package}/copyright",
                       "extracted_documents": raw_docs, "extracted_bytes": raw_bytes,
                       "documents": kept, "bytes": kept_bytes})
         print(f"{name:22} {kept:8d} documents {kept_bytes / 1e6:8.2f} MB (extracted {raw_docs}, {raw_bytes / 1e6:.2f} MB)", flush=True)
@@ -199,7 +211,8 @@ def main():
         f.write(bible)
     os.replace(os.path.join(out, "kjv.txt.tmp"), os.path.join(out, "kjv.txt"))
     summary["kjv"] = {"file": "kjv.txt", "documents": 1, "bytes": len(bible.encode("utf-8")),
-                      "package": "bible-kjv-text", "licence": licence("bible-kjv-text"),
+                      "package": "bible-kjv-text", "licence": LICENCE_SUMMARY["bible-kjv-text"],
+                      "licence_line": licence("bible-kjv-text"),
                       "note": "held out of train and validation: long-context and streaming evaluation"}
     print(f"{'kjv (held out)':22} {1:8d} documents {len(bible.encode('utf-8')) / 1e6:8.2f} MB", flush=True)
     meta = {"format": "UTF-8 text, NFC, \\n newlines; each document followed by the separator",
