@@ -100,17 +100,17 @@ public sealed class BpeTrainer
         foreach (string? s in (options.SpecialTokens ?? Array.Empty<string>()).Concat(new[] { options.BosToken, options.EosToken, options.PadToken }.Where(t => t is not null)))
         {
             if (string.IsNullOrEmpty(s))
-                throw new ArgumentException("Special tokens must be non-empty strings.", nameof(options));
+                throw new ArgumentException("Special tokens must be non-empty strings.");
             if (!specials.Contains(s, StringComparer.Ordinal)) specials.Add(s);
         }
         int minimum = 256 + specials.Count;
         if (options.VocabSize < minimum)
             throw new ArgumentException($"Vocabulary size {options.VocabSize} is too small: it must hold the 256 byte tokens and the {specials.Count} " +
-                $"special token(s), so at least {minimum}.", nameof(options));
+                $"special token(s), so at least {minimum}.");
         if (options.MinFrequency < 1)
-            throw new ArgumentException($"MinFrequency must be at least 1 (got {options.MinFrequency}).", nameof(options));
+            throw new ArgumentException($"MinFrequency must be at least 1 (got {options.MinFrequency}).");
         if (options.ModelMaxLength < 1)
-            throw new ArgumentException($"ModelMaxLength must be positive (got {options.ModelMaxLength}).", nameof(options));
+            throw new ArgumentException($"ModelMaxLength must be positive (got {options.ModelMaxLength}).");
         return new BpeTrainer(options, specials.ToArray());
     }
 
