@@ -14,6 +14,7 @@ public static class Program
             ChatCommand.Create(),
             InfoCommand.Create(),
             BenchCommand.Create(),
+            TokenizerCommand.Create(),
         };
         ParseResult parsed = root.Parse(args);
         if (parsed.Errors.Count > 0)

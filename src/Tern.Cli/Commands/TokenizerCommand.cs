@@ -1,0 +1,71 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Text;
+using Tern.Tokenization;
+
+namespace Tern.Cli.Commands;
+
+/// <summary><c>tern tokenizer train</c>: trains a byte-level BPE tokenizer and writes it as a Hugging Face folder.</summary>
+internal static class TokenizerCommand
+{
+    public static Command Create()
+    {
+        var defaults = new BpeTrainerOptions();
+        var inputs = new Option<string[]>("--input", "-i") { Description = "UTF-8 text files to train on (repeatable).", Required = true, AllowMultipleArgumentsPerToken = true };
+        var vocabSize = new Option<int>("--vocab-size", "-v") { Description = "Vocabulary size, the 256 byte tokens and special tokens included.", DefaultValueFactory = _ => defaults.VocabSize };
+        var output = new Option<string>("--output", "-o") { Description = "Folder to write tokenizer.json and tokenizer_config.json to.", Required = true };
+        var specials = new Option<string[]>("--special") { Description = "Special tokens (repeatable; first ids in order).", DefaultValueFactory = _ => defaults.SpecialTokens.ToArray() };
+        var bos = new Option<string?>("--bos") { Description = "Beginning-of-sequence token ('' for none).", DefaultValueFactory = _ => defaults.BosToken };
+        var eos = new Option<string?>("--eos") { Description = "End-of-sequence token ('' for none).", DefaultValueFactory = _ => defaults.EosToken };
+        var pad = new Option<string?>("--pad") { Description = "Padding token (default none)." };
+        var minFrequency = new Option<int>("--min-frequency") { Description = "Smallest pair count that is still merged.", DefaultValueFactory = _ => defaults.MinFrequency };
+        var maxLength = new Option<int>("--model-max-length") { Description = "model_max_length written to tokenizer_config.json.", DefaultValueFactory = _ => defaults.ModelMaxLength };
+        var evaluate = new Option<string?>("--eval") { Description = "After training, report bytes per token on this text file." };
+        var train = new Command("train", "Train a byte-level BPE tokenizer (GPT-2 style) on text files; writes an HF tokenizer folder.")
+            { inputs, vocabSize, output, specials, bos, eos, pad, minFrequency, maxLength, evaluate };
+        train.SetAction(r => Train(r.GetValue(inputs)!, r.GetValue(output)!, r.GetValue(evaluate), new BpeTrainerOptions
+        {
+            VocabSize = r.GetValue(vocabSize),
+            SpecialTokens = r.GetValue(specials)!,
+            BosToken = NullIfEmpty(r.GetValue(bos)),
+            EosToken = NullIfEmpty(r.GetValue(eos)),
+            PadToken = NullIfEmpty(r.GetValue(pad)),
+            MinFrequency = r.GetValue(minFrequency),
+            ModelMaxLength = r.GetValue(maxLength),
+        }));
+        return new Command("tokenizer", "Tokenizer tools.") { train };
+    }
+
+    static string? NullIfEmpty(string? s) => string.IsNullOrEmpty(s) ? null : s;
+
+    static int Train(string[] inputs, string output, string? evaluate, BpeTrainerOptions options)
+    {
+        if (evaluate is not null && !File.Exists(evaluate)) throw new FileNotFoundException($"Evaluation file '{Path.GetFullPath(evaluate)}' does not exist.", evaluate);
+        var clock = Stopwatch.StartNew();
+        string lastLine = "";
+        var progress = new Progress<BpeTrainingProgress>(p =>
+        {
+            string line = p.Stage == "counting" ? $"counting  {p.Done * 100 / Math.Max(1, p.Total),3}%" : $"merging   {p.Done}/{p.Total}";
+            if (line == lastLine) return;
+            lastLine = line;
+            Console.Error.Write($"\r{line}   ");
+        });
+        var result = BpeTrainer.TrainFiles(inputs, output, options, progress);
+        Console.Error.WriteLine();
+        Console.WriteLine($"wrote {result.Directory}: vocabulary {result.VocabSize} ({result.Merges} merges) from {result.Words:N0} words " +
+                          $"({result.UniqueWords:N0} distinct) in {clock.Elapsed.TotalSeconds:F1} s (merging {result.Elapsed.TotalSeconds:F1} s)");
+        if (options.VocabSize > result.VocabSize)
+            Console.WriteLine($"note: the text ran out of pairs occurring {options.MinFrequency}+ times before {options.VocabSize} entries");
+        if (evaluate is not null)
+        {
+            var tokenizer = TernTokenizer.Load(result.Directory);
+            string text = File.ReadAllText(evaluate, Encoding.UTF8);
+            var evalClock = Stopwatch.StartNew();
+            int tokens = tokenizer.Encode(text, addSpecialTokens: false).Count;
+            long bytes = Encoding.UTF8.GetByteCount(text);
+            Console.WriteLine($"{Path.GetFileName(evaluate)}: {bytes:N0} bytes -> {tokens:N0} tokens, {bytes / (double)Math.Max(1, tokens):F3} bytes/token " +
+                              $"(encoded in {evalClock.Elapsed.TotalSeconds:F1} s)");
+        }
+        return 0;
+    }
+}
