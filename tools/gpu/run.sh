@@ -10,7 +10,7 @@ what=${1:-all}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 tern() { dotnet .device/Tern.Cli/Tern.Cli.dll "$@"; }
 if [[ $what == tests || $what == all ]]; then
-  dotnet .device/Tern.Tests.Gpu/Tern.Tests.Gpu.dll > "$OUT/gpu-tests.txt" 2>&1
+  dotnet .device/Tern.Tests.Gpu/Tern.Tests.Gpu.dll ${TEST_ARGS:-} > "$OUT/gpu-tests.txt" 2>&1
   grep -E "\[FAIL\]|Assert|Total:" "$OUT/gpu-tests.txt" | head -40
 fi
 if [[ $what == bench || $what == all ]]; then

@@ -11,7 +11,8 @@ namespace Tern.Generation;
 /// (~6 µs each) exceeds the GPU time at small batches; captured once, the whole step — forward pass, arg-max, and the
 /// update of its own inputs — launches as a single graph. Shapes are static: the step writes its keys/values at a slot held
 /// on the device and attends over the whole preallocated cache with a mask. The first step runs eagerly on the capture
-/// stream (warming cuBLAS and the allocator), the second is captured, and every later one replays.
+/// stream (warming cuBLAS and the allocator), the second is captured, and every later one replays. Capture is thread-local,
+/// but keep one generation loop per GPU: other threads' work on the device during a capture is not part of any contract here.
 /// </summary>
 internal sealed class CudaGraphDecoder : IDisposable
 {

@@ -90,8 +90,7 @@ internal static unsafe partial class FusedKernels
         long rowStride = qkv.NumberOfElements / rows;
         IntPtr pq = Ptr(qkv), pp = Ptr(positions), pc = Ptr(cos), ps = Ptr(sin);
         void** args = stackalloc void*[] { &pq, &rowStride, &heads, &headDim, &rotaryDim, &pp, &pc, &ps };
-        int work = heads * rotaryDim / 2;
-        CudaDriver.Launch(Kernels.Value!.Rotary[TypeIndex(qkv.dtype)], (uint)rows, (uint)Math.Min(1024, (work + 31) / 32 * 32),
+        CudaDriver.Launch(Kernels.Value!.Rotary[TypeIndex(qkv.dtype)], (uint)(rows * heads), (uint)Math.Min(256, (rotaryDim / 2 + 31) / 32 * 32),
             LibTorchCuda.CurrentRawStream(), args);
         return true;
     }

@@ -56,21 +56,20 @@ __device__ void rms_norm(T* __restrict__ y, const T* __restrict__ x, const T* __
 
 // Rotary embedding in place, "rotate half" layout, on the first `heads` heads of each token row of a fused qkv buffer:
 // x'[i] = x[i]·cos[i] + x[(i + r/2) mod r]·sin±[i] for i < r (the sign of rotate_half lives in the table).
-// One block per token; positions < 0 (padding) use position 0.
+// One block per (token, head), so even a single token spreads over many SMs; positions < 0 (padding) use position 0.
 template <typename T>
 __device__ void rotary(T* qkv, long long rowStride, int heads, int headDim, int rotary, const long long* positions,
                        const T* __restrict__ cosTable, const T* __restrict__ sinTable)
 {
-    long long p = positions[blockIdx.x];
+    int token = blockIdx.x / heads, h = blockIdx.x - token * heads;
+    long long p = positions[token];
     if (p < 0) p = 0;
     const T* c = cosTable + p * rotary;
     const T* s = sinTable + p * rotary;
     int half = rotary / 2;
-    T* row = qkv + (long long)blockIdx.x * rowStride;
-    for (int j = threadIdx.x; j < heads * half; j += blockDim.x)
+    T* x = qkv + (long long)token * rowStride + (long long)h * headDim;
+    for (int i = threadIdx.x; i < half; i += blockDim.x)
     {
-        int h = j / half, i = j - h * half;
-        T* x = row + (long long)h * headDim;
         float a = load(x[i]), b = load(x[i + half]);
         x[i] = store<T>(a * load(c[i]) + b * load(s[i]));
         x[i + half] = store<T>(b * load(c[i + half]) + a * load(s[i + half]));
