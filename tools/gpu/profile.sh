@@ -5,9 +5,9 @@ set -uo pipefail
 source .device/env.sh
 OUT=${OUT:-/tmp/tern-out}; mkdir -p "$OUT"
 NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1 || ls /usr/local/cuda/bin/ncu)
-"$NCU" --csv --metrics gpu__time_duration.sum -k "regex:${KERNELS:-.}" --launch-skip "${1:-4000}" --launch-count "${2:-80}" \
+"$NCU" --csv --graph-profiling node --metrics gpu__time_duration.sum -k "regex:${KERNELS:-.}" --launch-skip "${1:-4000}" --launch-count "${2:-80}" \
   dotnet .device/Tern.Cli/Tern.Cli.dll bench --model bench/configs/llama2-7b --dummy --device cuda --dtype bf16 --batch 1 \
-  --prompt 512 --new-tokens 64 --no-cuda-graphs --output "$OUT/profile-bench.csv" > "$OUT/ncu.csv" 2> "$OUT/ncu.err"
+  --prompt 512 --new-tokens 64 ${PROFILE_MODE---no-cuda-graphs} --output "$OUT/profile-bench.csv" > "$OUT/ncu.csv" 2> "$OUT/ncu.err"
 python3 - "$OUT/ncu.csv" <<'PY'
 import csv, sys, collections
 rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 10]

@@ -71,12 +71,13 @@ internal static unsafe partial class FusedKernels
         y = null!;
         if (!Usable(x) || !weight.is_contiguous() || weight.dtype != x.dtype) return false;
         int cols = (int)x.shape[^1];
+        if (cols > 8 * 1024) return false; // the kernel holds at most 8 elements per thread of a 1024-thread block
         long rows = x.NumberOfElements / cols;
         y = torch.empty_like(x);
         IntPtr py = Ptr(y), px = Ptr(x), pw = Ptr(weight);
         float e = (float)eps;
         void** args = stackalloc void*[] { &py, &px, &pw, &cols, &e };
-        CudaDriver.Launch(Kernels.Value!.RmsNorm[TypeIndex(x.dtype)], (uint)rows, (uint)Math.Min(1024, Math.Max(32, (cols + 31) / 32 * 32 / 4)),
+        CudaDriver.Launch(Kernels.Value!.RmsNorm[TypeIndex(x.dtype)], (uint)rows, (uint)Math.Max(32, ((cols + 7) / 8 + 31) / 32 * 32),
             LibTorchCuda.CurrentRawStream(), args);
         return true;
     }
@@ -148,8 +149,9 @@ internal static unsafe partial class FusedKernels
         if (q.shape[0] > largestBatch) return false;
         if (!Usable(keys) || q.shape[2] != 1 || q.stride(-1) != 1 || q.dtype != keys.dtype || headDim > 256 || headDim % 32 != 0
             || !queryPositions.is_contiguous() || queryPositions.NumberOfElements != q.shape[0]) return false;
-        const int split = 32; // SPLIT in fused.cu
+        const int split = 32, maxSplits = 1024; // SPLIT and the combine's shared array in fused.cu
         int splits = (cap + split - 1) / split;
+        if (splits > maxSplits) return false;
         long batch = q.shape[0], qb = q.stride(0), qh = q.stride(1);
         using var partOut = torch.empty(new long[] { batch * heads * splits * headDim }, ScalarType.Float32, q.device);
         using var partMax = torch.empty(new long[] { batch * heads * splits }, ScalarType.Float32, q.device);

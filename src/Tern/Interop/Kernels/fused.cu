@@ -25,10 +25,12 @@ template <> __device__ __forceinline__ bf16 store<bf16>(float f)
 template <> __device__ __forceinline__ f16 store<f16>(float f) { f16 r; asm("{ cvt.rn.f16.f32 %0, %1; }" : "=h"(r.v) : "f"(f)); return r; }
 template <typename T> __device__ __forceinline__ float round_to(float f) { return load(store<T>(f)); }
 
+// Block-wide sum (and max below); the leading barrier lets calls follow each other on the same scratch array.
 __device__ __forceinline__ float block_sum(float v, float* shared)
 {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    __syncthreads();
     if (lane == 0) shared[warp] = v;
     __syncthreads();
     int warps = (blockDim.x + 31) >> 5;
@@ -40,18 +42,30 @@ __device__ __forceinline__ float block_sum(float v, float* shared)
     return shared[0];
 }
 
-// RMSNorm (one block per row): y = w · round(x / sqrt(mean(x²) + eps)), statistics in fp32.
+// RMSNorm (one block per row, at most 8 elements per thread, kept in registers so x is read once): y = w · round(x /
+// sqrt(mean(x²) + eps)), statistics in fp32.
 template <typename T>
 __device__ void rms_norm(T* __restrict__ y, const T* __restrict__ x, const T* __restrict__ w, int cols, float eps)
 {
     __shared__ float shared[32];
     const T* row = x + (long long)blockIdx.x * cols;
     T* out = y + (long long)blockIdx.x * cols;
-    float sum = 0.0f;
-    for (int i = threadIdx.x; i < cols; i += blockDim.x) { float v = load(row[i]); sum += v * v; }
+    float v[8], wv[8], sum = 0.0f;
+#pragma unroll
+    for (int e = 0; e < 8; e++)
+    {
+        int i = threadIdx.x + e * blockDim.x;
+        v[e] = i < cols ? load(row[i]) : 0.0f;
+        wv[e] = i < cols ? load(w[i]) : 0.0f;
+        sum += v[e] * v[e];
+    }
     float inv = rsqrtf(block_sum(sum, shared) / cols + eps);
-    for (int i = threadIdx.x; i < cols; i += blockDim.x)
-        out[i] = store<T>(load(w[i]) * round_to<T>(load(row[i]) * inv));
+#pragma unroll
+    for (int e = 0; e < 8; e++)
+    {
+        int i = threadIdx.x + e * blockDim.x;
+        if (i < cols) out[i] = store<T>(wv[e] * round_to<T>(v[e] * inv));
+    }
 }
 
 // Rotary embedding in place, "rotate half" layout, on the first `heads` heads of each token row of a fused qkv buffer:
@@ -183,17 +197,35 @@ __device__ void cache_append(T* keys, T* values, long long* cachePos, const T* k
     if (threadIdx.x == 0) cachePos[cell] = pos[b];
 }
 
+__device__ __forceinline__ float block_max(float v, float* shared)
+{
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    __syncthreads();
+    if (lane == 0) shared[warp] = v;
+    __syncthreads();
+    int warps = (blockDim.x + 31) >> 5;
+    v = threadIdx.x < warps ? shared[threadIdx.x] : NEG_INF;
+    if (warp == 0)
+        for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    if (threadIdx.x == 0) shared[0] = v;
+    __syncthreads();
+    return shared[0];
+}
+
 // Decode attention, split over the cache (flash-decoding): block (b·H + h, split) scores its SPLIT keys against query h of
 // sequence b, and leaves its unnormalised output, max and exp-sum for attn_combine. A key at original position kp is visible
 // to a query at p when kp ≥ 0 and kp ≤ p and (no window or p − kp < window); padding queries (p < 0) see every occupied slot.
+// 128 threads (4 warps). At batch 1 this kernel is pure latency, so every loop is unrolled with its loads issued before use.
 #define SPLIT 32
+#define SPLIT_WARPS 4
 template <typename T>
 __device__ void attn_split(float* partOut, float* partMax, float* partSum, const T* q, long long qBatch, long long qHead,
                            const T* keys, const T* values, const long long* cachePos, const long long* qpos,
                            int heads, int kvHeads, int cap, int headDim, int window, float scale)
 {
     __shared__ float qs[256];
-    __shared__ float score[SPLIT];
+    __shared__ float prob[SPLIT];
     int bh = blockIdx.x, split = blockIdx.y, splits = gridDim.y;
     int b = bh / heads, h = bh - b * heads, hk = h / (heads / kvHeads);
     const T* qrow = q + b * qBatch + h * qHead;
@@ -204,64 +236,87 @@ __device__ void attn_split(float* partOut, float* partMax, float* partSum, const
     const long long* kp = cachePos + base;
     const T* K = keys + base * headDim;
     const T* V = values + base * headDim;
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int k0 = split * SPLIT;
-    for (int j = warp; j < SPLIT; j += warps)
+    int dims = headDim >> 5; // ≤ 8
+    const int perWarp = SPLIT / SPLIT_WARPS;
+    float dots[perWarp];
+    bool visible[perWarp];
+#pragma unroll
+    for (int j = 0; j < perWarp; j++)
     {
-        int key = k0 + j;
-        float sc = NEG_INF;
-        if (key < cap)
-        {
-            long long kpos = kp[key];
-            bool visible = kpos >= 0 && (p < 0 || (kpos <= p && (window == 0 || p - kpos < window)));
-            if (visible)
-            {
-                float dot = 0.0f;
-                for (int d = lane; d < headDim; d += 32) dot += qs[d] * load(K[(long long)key * headDim + d]);
-                for (int o = 16; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
-                sc = dot;
-            }
-        }
-        if (lane == 0) score[j] = sc;
+        int key = k0 + warp + j * SPLIT_WARPS;
+        int kk = key < cap ? key : cap - 1;
+        long long kpos = kp[kk];
+        visible[j] = key < cap && kpos >= 0 && (p < 0 || (kpos <= p && (window == 0 || p - kpos < window)));
+        float dot = 0.0f;
+#pragma unroll
+        for (int e = 0; e < 8; e++)
+            if (e < dims) dot += qs[lane + 32 * e] * load(K[(long long)kk * headDim + lane + 32 * e]);
+        dots[j] = dot;
+    }
+#pragma unroll
+    for (int j = 0; j < perWarp; j++)
+    {
+        float dot = dots[j];
+        for (int o = 16; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+        if (lane == 0) prob[warp + j * SPLIT_WARPS] = visible[j] ? dot : NEG_INF;
     }
     __syncthreads();
     float m = NEG_INF;
-    for (int j = 0; j < SPLIT; j++) m = fmaxf(m, score[j]);
+#pragma unroll
+    for (int j = 0; j < SPLIT; j++) m = fmaxf(m, prob[j]);
+    __syncthreads();
+    if (threadIdx.x < SPLIT) prob[threadIdx.x] = m > NEG_INF && prob[threadIdx.x] > NEG_INF ? __expf(prob[threadIdx.x] - m) : 0.0f;
+    __syncthreads();
     long long cell = (long long)bh * splits + split;
     for (int d = threadIdx.x; d < headDim; d += blockDim.x)
     {
         float acc = 0.0f;
-        if (m > NEG_INF)
-            for (int j = 0; j < SPLIT; j++)
-                if (score[j] > NEG_INF) acc += __expf(score[j] - m) * load(V[(long long)(k0 + j) * headDim + d]);
+#pragma unroll
+        for (int j = 0; j < SPLIT; j++)
+        {
+            int kk = k0 + j < cap ? k0 + j : cap - 1;
+            acc += prob[j] * load(V[(long long)kk * headDim + d]);
+        }
         partOut[cell * headDim + d] = acc;
     }
     if (threadIdx.x == 0)
     {
         float sum = 0.0f;
-        if (m > NEG_INF)
-            for (int j = 0; j < SPLIT; j++) sum += score[j] > NEG_INF ? __expf(score[j] - m) : 0.0f;
+#pragma unroll
+        for (int j = 0; j < SPLIT; j++) sum += prob[j];
         partMax[cell] = m;
         partSum[cell] = sum;
     }
 }
 
-// Combines the splits of each (sequence, head) into softmax(q·kᵀ)·v, written as out[b, h·D + d].
+// Combines the splits of each (sequence, head) into softmax(q·kᵀ)·v, written as out[b, h·D + d]. Up to 1024 splits.
 template <typename T>
 __device__ void attn_combine(T* out, const float* partOut, const float* partMax, const float* partSum, int splits, int headDim)
 {
+    __shared__ float weight[1024];
+    __shared__ float reduction[32];
     int bh = blockIdx.x;
     const float* pm = partMax + (long long)bh * splits;
     const float* ps = partSum + (long long)bh * splits;
     float M = NEG_INF;
-    for (int s = 0; s < splits; s++) M = fmaxf(M, pm[s]);
+    for (int s = threadIdx.x; s < splits; s += blockDim.x) M = fmaxf(M, pm[s]);
+    M = block_max(M, reduction);
     float den = 0.0f;
-    for (int s = 0; s < splits; s++) den += ps[s] > 0.0f ? __expf(pm[s] - M) * ps[s] : 0.0f;
+    for (int s = threadIdx.x; s < splits; s += blockDim.x)
+    {
+        float w = ps[s] > 0.0f ? __expf(pm[s] - M) : 0.0f;
+        weight[s] = w;
+        den += w * ps[s];
+    }
+    den = block_sum(den, reduction); // its barriers also publish weight[]
+    const float* po = partOut + (long long)bh * splits * headDim;
     for (int d = threadIdx.x; d < headDim; d += blockDim.x)
     {
         float num = 0.0f;
-        for (int s = 0; s < splits; s++)
-            if (ps[s] > 0.0f) num += __expf(pm[s] - M) * partOut[((long long)bh * splits + s) * headDim + d];
+#pragma unroll 8
+        for (int s = 0; s < splits; s++) num += weight[s] * po[(long long)s * headDim + d];
         out[(long long)bh * headDim + d] = store<T>(num / den);
     }
 }
