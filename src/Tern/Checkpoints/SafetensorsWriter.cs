@@ -5,6 +5,7 @@ using System.Text.Json;
 using System.Text.RegularExpressions;
 using TorchSharp;
 using static TorchSharp.torch;
+using Tern.Runtime;
 
 namespace Tern.Checkpoints;
 
@@ -33,7 +34,7 @@ public static partial class SafetensorsWriter
         var entries = Describe(tensors);
         byte[] header = BuildHeader(entries, WithFormat(metadata));
         string full = Path.GetFullPath(path);
-        WriteAtomically(full, stream =>
+        AtomicFile.Write(full, stream =>
         {
             Span<byte> length = stackalloc byte[8];
             BinaryPrimitives.WriteUInt64LittleEndian(length, (ulong)header.Length);
@@ -109,7 +110,7 @@ public static partial class SafetensorsWriter
         }
 
         string index = Path.Combine(dir, CheckpointReader.IndexFileName);
-        WriteAtomically(index, stream =>
+        AtomicFile.Write(index, stream =>
         {
             using var json = new Utf8JsonWriter(stream, new JsonWriterOptions { Indented = true, Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping });
             json.WriteStartObject();
@@ -198,29 +199,6 @@ public static partial class SafetensorsWriter
         buffer.WrittenSpan.CopyTo(header);
         header.AsSpan(buffer.WrittenCount).Fill((byte)' ');
         return header;
-    }
-
-    /// <summary>Writes through <paramref name="write"/> into a temporary file next to <paramref name="path"/>, flushes it
-    /// to disk, then renames it over <paramref name="path"/>; the temporary file is removed on failure.</summary>
-    static void WriteAtomically(string path, Action<Stream> write)
-    {
-        string dir = Path.GetDirectoryName(path)!;
-        Directory.CreateDirectory(dir);
-        string temp = Path.Combine(dir, $".{Path.GetFileName(path)}.{Guid.NewGuid():N}.tmp");
-        try
-        {
-            using (var stream = new FileStream(temp, FileMode.CreateNew, FileAccess.Write, FileShare.None, bufferSize: 1 << 20))
-            {
-                write(stream);
-                stream.Flush(flushToDisk: true);
-            }
-            File.Move(temp, path, overwrite: true);
-        }
-        catch
-        {
-            try { File.Delete(temp); } catch (IOException) { } catch (UnauthorizedAccessException) { }
-            throw;
-        }
     }
 
     static void DeleteStale(string dir, IReadOnlyList<string> keep)

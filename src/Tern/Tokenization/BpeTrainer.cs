@@ -4,6 +4,7 @@ using System.Text;
 using System.Text.Encodings.Web;
 using System.Text.Json;
 using System.Text.RegularExpressions;
+using Tern.Runtime;
 
 namespace Tern.Tokenization;
 
@@ -312,8 +313,8 @@ public sealed class BpeTrainer
 
         string dir = Path.GetFullPath(outputDirectory);
         System.IO.Directory.CreateDirectory(dir);
-        WriteAtomically(Path.Combine(dir, "tokenizer.json"), stream => WriteTokenizerJson(stream, tokens, merges));
-        WriteAtomically(Path.Combine(dir, "tokenizer_config.json"), WriteTokenizerConfig);
+        AtomicFile.Write(Path.Combine(dir, "tokenizer.json"), stream => WriteTokenizerJson(stream, tokens, merges));
+        AtomicFile.Write(Path.Combine(dir, "tokenizer_config.json"), WriteTokenizerConfig);
         return new BpeTrainingResult(dir, tokens.Count, merges.Count, entries.Length, entries.Sum(e => e.Value), clock.Elapsed);
     }
 
@@ -395,23 +396,4 @@ public sealed class BpeTrainer
         w.WriteEndObject();
     }
 
-    /// <summary>Writes into a temporary file next to <paramref name="path"/>, flushes it, then renames it over <paramref name="path"/>.</summary>
-    private static void WriteAtomically(string path, Action<Stream> write)
-    {
-        string temp = Path.Combine(Path.GetDirectoryName(path)!, $".{Path.GetFileName(path)}.{Guid.NewGuid():N}.tmp");
-        try
-        {
-            using (var stream = new FileStream(temp, FileMode.CreateNew, FileAccess.Write, FileShare.None, bufferSize: 1 << 20))
-            {
-                write(stream);
-                stream.Flush(flushToDisk: true);
-            }
-            File.Move(temp, path, overwrite: true);
-        }
-        catch
-        {
-            try { File.Delete(temp); } catch (IOException) { } catch (UnauthorizedAccessException) { }
-            throw;
-        }
-    }
 }

@@ -277,18 +277,23 @@ public sealed class TernTokenizer
         public string? EosToken;
     }
 
-    private static Parts LoadTokenizerJson(string dir, string path, TokenizerConfigFiles cfg)
+    /// <summary>Parses a JSON file; malformed JSON is a <see cref="TokenizerException"/> naming the file.</summary>
+    private static JsonElement ReadJsonFile(string path)
     {
-        JsonElement root;
         try
         {
             using var doc = JsonDocument.Parse(File.ReadAllText(path));
-            root = doc.RootElement.Clone();
+            return doc.RootElement.Clone();
         }
         catch (JsonException e)
         {
             throw new TokenizerException($"{path} is not valid JSON: {e.Message}", e);
         }
+    }
+
+    private static Parts LoadTokenizerJson(string dir, string path, TokenizerConfigFiles cfg)
+    {
+        JsonElement root = ReadJsonFile(path);
 
         var model = root.GetOrUndefined("model");
         if (model.ValueKind != JsonValueKind.Object) throw new TokenizerException($"{path} has no \"model\" object.");
@@ -434,16 +439,7 @@ public sealed class TernTokenizer
 
     private static Parts LoadVocabMerges(string dir, string vocabPath, string mergesPath, TokenizerConfigFiles cfg)
     {
-        JsonElement vocabNode;
-        try
-        {
-            using var doc = JsonDocument.Parse(File.ReadAllText(vocabPath));
-            vocabNode = doc.RootElement.Clone();
-        }
-        catch (JsonException e)
-        {
-            throw new TokenizerException($"{vocabPath} is not valid JSON: {e.Message}", e);
-        }
+        JsonElement vocabNode = ReadJsonFile(vocabPath);
         var vocab = ReadVocab(vocabNode, vocabPath);
         var merges = new List<(string, string)>();
         var lines = File.ReadAllLines(mergesPath);
