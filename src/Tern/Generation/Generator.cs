@@ -74,6 +74,8 @@ public sealed class Generator
         readonly string[] texts;
         readonly FinishReason?[] finished;
         readonly Stopwatch prefillWatch = new(), decodeWatch = new();
+        readonly StreamingDecoder[]? decoders; // per sequence, when text is needed while generating
+        readonly int longestStop;
         int steps;
         Tensor? deviceTokens; // [batch, steps] when the host never looked
 
@@ -107,6 +109,9 @@ public sealed class Generator
             finished = new FinishReason?[batch];
             if (options.StopStrings.Count > 0 && owner.tokenizer is null)
                 throw new ArgumentException("stop strings need a tokenizer to decode text.");
+            if (owner.tokenizer is { } tok && (streaming || options.StopStrings.Count > 0))
+                decoders = Enumerable.Range(0, batch).Select(_ => tok.CreateStreamingDecoder()).ToArray();
+            longestStop = options.StopStrings.Count == 0 ? 0 : options.StopStrings.Max(x => x.Length);
         }
 
         IReadOnlyList<int> ModelEos() => owner.model.Config.GetIntList("eos_token_id");
@@ -207,19 +212,16 @@ public sealed class Generator
                 int id = (int)host[b];
                 tokens[b].Add(id);
                 string delta = "";
-                if (owner.tokenizer is { } tok && (streaming || options.StopStrings.Count > 0))
+                if (decoders is not null)
                 {
-                    string text = tok.Decode(tokens[b]);
-                    // Hold back an incomplete multi-byte character, unless this is the sequence's last token.
-                    bool final = lastStep || stopIds.Contains(id);
-                    if ((final || !text.EndsWith('\uFFFD')) && text.StartsWith(texts[b], StringComparison.Ordinal))
-                    {
-                        delta = text[texts[b].Length..];
-                        texts[b] = text;
-                    }
+                    // Text grows by what the streaming detokenizer completes; the last token also flushes a held-back character.
+                    delta = decoders[b].Push(id);
+                    if (lastStep || stopIds.Contains(id)) delta += decoders[b].Flush();
+                    int searchFrom = Math.Max(0, texts[b].Length - longestStop);
+                    texts[b] += delta;
                     foreach (string stop in options.StopStrings)
                     {
-                        int at = texts[b].IndexOf(stop, StringComparison.Ordinal);
+                        int at = texts[b].IndexOf(stop, searchFrom, StringComparison.Ordinal);
                         if (at < 0) continue;
                         int deltaStart = texts[b].Length - delta.Length;
                         delta = at > deltaStart ? texts[b][deltaStart..at] : "";
