@@ -177,6 +177,13 @@ __device__ void gemv(T* __restrict__ y, const T* __restrict__ W, const T* __rest
     }
 }
 
+__device__ __forceinline__ void unpack_vec(uint4 v, float* out, float*)
+{
+    out[0] = __uint_as_float(v.x); out[1] = __uint_as_float(v.y); out[2] = __uint_as_float(v.z); out[3] = __uint_as_float(v.w);
+}
+__device__ __forceinline__ void unpack_vec(uint4 v, float* out, bf16* t) { unpack8(v, out, t); }
+__device__ __forceinline__ void unpack_vec(uint4 v, float* out, f16* t) { unpack8(v, out, t); }
+
 // Appends one token per sequence to a layer's cache at the slot held on the device: keys and values [B, Hkv, Cap, D] from
 // source views (last dimension contiguous, given batch and head strides), positions [B, Hkv, Cap] from pos[B].
 // One block per (sequence, KV head).
@@ -216,75 +223,105 @@ __device__ __forceinline__ float block_max(float v, float* shared)
 // Decode attention, split over the cache (flash-decoding): block (b·H + h, split) scores its SPLIT keys against query h of
 // sequence b, and leaves its unnormalised output, max and exp-sum for attn_combine. A key at original position kp is visible
 // to a query at p when kp ≥ 0 and kp ≤ p and (no window or p − kp < window); padding queries (p < 0) see every occupied slot.
-// 128 threads (4 warps). At batch 1 this kernel is pure latency, so every loop is unrolled with its loads issued before use.
-#define SPLIT 32
-#define SPLIT_WARPS 4
+// 128 threads. Keys and values are read with 16-byte loads: a row of D elements is spread over D/VEC lanes (VEC = 16 bytes of
+// T), and every load of a loop is issued before its results are used — at batch 1 this kernel is pure latency.
+#define SPLIT 64
+#define SPLIT_THREADS 128
 template <typename T>
 __device__ void attn_split(float* partOut, float* partMax, float* partSum, const T* q, long long qBatch, long long qHead,
                            const T* keys, const T* values, const long long* cachePos, const long long* qpos,
                            int heads, int kvHeads, int cap, int headDim, int window, float scale)
 {
-    __shared__ float qs[256];
+    const int VEC = 16 / (int)sizeof(T);
     __shared__ float prob[SPLIT];
+    __shared__ float partial[SPLIT_THREADS * 8]; // per thread, its VEC output dims (VEC ≤ 8)
     int bh = blockIdx.x, split = blockIdx.y, splits = gridDim.y;
     int b = bh / heads, h = bh - b * heads, hk = h / (heads / kvHeads);
-    const T* qrow = q + b * qBatch + h * qHead;
-    for (int d = threadIdx.x; d < headDim; d += blockDim.x) qs[d] = load(qrow[d]) * scale;
-    __syncthreads();
     long long p = qpos[b];
     long long base = (long long)(b * kvHeads + hk) * cap;
+    const uint4* K = reinterpret_cast<const uint4*>(keys + base * headDim);
+    const uint4* V = reinterpret_cast<const uint4*>(values + base * headDim);
     const long long* kp = cachePos + base;
-    const T* K = keys + base * headDim;
-    const T* V = values + base * headDim;
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int rowVecs = headDim / VEC;                 // 16-byte pieces per row; a power of two ≤ 32
+    int sub = threadIdx.x % rowVecs;             // which piece of a row this thread reads
+    int group = threadIdx.x / rowVecs;           // which key this thread reads, among SPLIT_THREADS / rowVecs at a time
+    int groups = SPLIT_THREADS / rowVecs;
     int k0 = split * SPLIT;
-    int dims = headDim >> 5; // ≤ 8
-    const int perWarp = SPLIT / SPLIT_WARPS;
-    float dots[perWarp];
-    bool visible[perWarp];
-#pragma unroll
-    for (int j = 0; j < perWarp; j++)
+
+    // This thread's VEC query dims, scaled.
+    float qv[8];
     {
-        int key = k0 + warp + j * SPLIT_WARPS;
-        int kk = key < cap ? key : cap - 1;
-        long long kpos = kp[kk];
-        visible[j] = key < cap && kpos >= 0 && (p < 0 || (kpos <= p && (window == 0 || p - kpos < window)));
-        float dot = 0.0f;
-#pragma unroll
-        for (int e = 0; e < 8; e++)
-            if (e < dims) dot += qs[lane + 32 * e] * load(K[(long long)kk * headDim + lane + 32 * e]);
-        dots[j] = dot;
+        const T* qrow = q + b * qBatch + h * qHead + sub * VEC;
+        for (int e = 0; e < VEC; e++) qv[e] = load(qrow[e]) * scale;
     }
+
+    // Scores: each thread takes keys group, group + groups, ... of the split (at most 16 with rowVecs = 32).
+    const int maxRounds = 16;
+    int rounds = SPLIT / groups;
+    uint4 kr[maxRounds];
 #pragma unroll
-    for (int j = 0; j < perWarp; j++)
-    {
-        float dot = dots[j];
-        for (int o = 16; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
-        if (lane == 0) prob[warp + j * SPLIT_WARPS] = visible[j] ? dot : NEG_INF;
-    }
+    for (int r = 0; r < maxRounds; r++)
+        if (r < rounds)
+        {
+            int key = k0 + group + r * groups;
+            kr[r] = K[(long long)(key < cap ? key : cap - 1) * rowVecs + sub];
+        }
+#pragma unroll
+    for (int r = 0; r < maxRounds; r++)
+        if (r < rounds)
+        {
+            float f[8];
+            unpack_vec(kr[r], f, (T*)0);
+            float dot = 0.0f;
+            for (int e = 0; e < VEC; e++) dot += qv[e] * f[e];
+            for (int o = 1; o < rowVecs; o <<= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+            if (sub == 0)
+            {
+                int j = group + r * groups, key = k0 + j;
+                long long kpos = key < cap ? kp[key] : -1;
+                bool visible = kpos >= 0 && (p < 0 || (kpos <= p && (window == 0 || p - kpos < window)));
+                prob[j] = visible ? dot : NEG_INF;
+            }
+        }
     __syncthreads();
     float m = NEG_INF;
-#pragma unroll
     for (int j = 0; j < SPLIT; j++) m = fmaxf(m, prob[j]);
     __syncthreads();
     if (threadIdx.x < SPLIT) prob[threadIdx.x] = m > NEG_INF && prob[threadIdx.x] > NEG_INF ? __expf(prob[threadIdx.x] - m) : 0.0f;
     __syncthreads();
+
+    // Values: the same key assignment; each thread accumulates its VEC dims over its keys, then the groups are summed.
+    uint4 vr[maxRounds];
+#pragma unroll
+    for (int r = 0; r < maxRounds; r++)
+        if (r < rounds)
+        {
+            int key = k0 + group + r * groups;
+            vr[r] = V[(long long)(key < cap ? key : cap - 1) * rowVecs + sub];
+        }
+    float acc[8] = { 0, 0, 0, 0, 0, 0, 0, 0 };
+#pragma unroll
+    for (int r = 0; r < maxRounds; r++)
+        if (r < rounds)
+        {
+            float f[8];
+            unpack_vec(vr[r], f, (T*)0);
+            float w = prob[group + r * groups];
+            for (int e = 0; e < VEC; e++) acc[e] += w * f[e];
+        }
+    for (int e = 0; e < VEC; e++) partial[threadIdx.x * 8 + e] = acc[e];
+    __syncthreads();
     long long cell = (long long)bh * splits + split;
     for (int d = threadIdx.x; d < headDim; d += blockDim.x)
     {
-        float acc = 0.0f;
-#pragma unroll
-        for (int j = 0; j < SPLIT; j++)
-        {
-            int kk = k0 + j < cap ? k0 + j : cap - 1;
-            acc += prob[j] * load(V[(long long)kk * headDim + d]);
-        }
-        partOut[cell * headDim + d] = acc;
+        int owner = d / VEC, e = d % VEC; // threads owner, owner + rowVecs, ... hold dim d
+        float total = 0.0f;
+        for (int g = 0; g < groups; g++) total += partial[(owner + g * rowVecs) * 8 + e];
+        partOut[cell * headDim + d] = total;
     }
     if (threadIdx.x == 0)
     {
         float sum = 0.0f;
-#pragma unroll
         for (int j = 0; j < SPLIT; j++) sum += prob[j];
         partMax[cell] = m;
         partSum[cell] = sum;
