@@ -214,4 +214,25 @@ public class TrainerTests
         Assert.Equal(new long[] { 2, 8, Vocab }, fromDisk.shape);
         Assert.True(fromDisk.allclose(inMemory, rtol: 0, atol: 1e-5), $"max difference {(fromDisk - inMemory).abs().max().item<float>()}");
     }
+
+    [Fact]
+    public void FrozenParametersStayPutAndExtraLossesAreAdded()
+    {
+        using var dir = new TempDir();
+        int calls = 0;
+        var options = Options(dir, steps: 3) with
+        {
+            CheckpointEvery = 0, EvalEvery = 0, ValidTokens = null,
+            TrainParameter = name => name.EndsWith("norm.weight"),
+            ExtraLoss = (model, inputs, logits) => { calls++; return logits.square().mean() * 0.01; },
+        };
+        using var trainer = Trainer.Create(TinyConfig(), options);
+        var before = Weights(trainer.Model);
+        var history = trainer.Run();
+        var after = Weights(trainer.Model);
+        Assert.Equal(3 * options.GradientAccumulation, calls);
+        foreach (var (name, bytes) in before)
+            Assert.Equal(name.EndsWith("norm.weight"), !bytes.AsSpan().SequenceEqual(after[name]));
+        Assert.All(history, h => Assert.Null(h.ValidLoss));
+    }
 }
