@@ -169,6 +169,12 @@ public class TrainerTests
         Assert.Empty(Directory.GetDirectories(options.OutputDirectory, ".checkpoint-*"));
         using (var trainer = Trainer.Resume(options)) Assert.Equal(4, trainer.Step);
 
+        // A crash between the two renames of a save leaves only checkpoint-prev: it is found and used.
+        string prev = Path.Combine(options.OutputDirectory, TrainingCheckpoint.PreviousName);
+        Directory.Move(last, prev);
+        using (var trainer = Trainer.Resume(options)) Assert.Equal(4, trainer.Step);
+        Directory.Move(prev, last);
+
         // Truncated weights: named.
         string weights = Path.Combine(last, CheckpointReader.SingleFileName);
         byte[] good = File.ReadAllBytes(weights);
