@@ -15,6 +15,7 @@ public static class Program
             InfoCommand.Create(),
             BenchCommand.Create(),
             TokenizerCommand.Create(),
+            TrainCommand.Create(),
         };
         ParseResult parsed = root.Parse(args);
         if (parsed.Errors.Count > 0)

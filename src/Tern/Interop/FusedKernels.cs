@@ -61,7 +61,9 @@ internal static unsafe partial class FusedKernels
         _ => -1,
     };
 
-    static bool Usable(Tensor t) => t.device.type == DeviceType.CUDA && TypeIndex(t.dtype) >= 0 && t.is_contiguous() && Available;
+    // Not while autograd records: the kernels write raw memory behind libtorch's back, so no backward exists for them and a
+    // training forward (grad enabled) would get wrong or missing gradients. Inference runs under no_grad and keeps them.
+    static bool Usable(Tensor t) => t.device.type == DeviceType.CUDA && TypeIndex(t.dtype) >= 0 && t.is_contiguous() && !torch.is_grad_enabled() && Available;
 
     static IntPtr Ptr(Tensor t) => TensorData(t.Handle);
 

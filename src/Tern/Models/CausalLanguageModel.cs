@@ -2,6 +2,7 @@ using Tern.Checkpoints;
 using Tern.KvCache;
 using Tern.Runtime;
 using TorchSharp;
+using TorchSharp.Modules;
 using static TorchSharp.torch;
 
 namespace Tern.Models;
@@ -15,6 +16,9 @@ public sealed record ModelLoadOptions
     public ModelDType DType { get; init; } = ModelDType.Float32;
     /// <summary>When set, weights are generated instead of read (config.json alone is needed), for throughput work.</summary>
     public DummyWeightOptions? DummyWeights { get; init; }
+    /// <summary>When true the weights are autograd <see cref="Parameter"/>s listed in <see cref="CausalLanguageModel.Parameters"/>,
+    /// ready for training (requires_grad is left off; the trainer turns it on for the tensors it trains).</summary>
+    public bool Trainable { get; init; }
 }
 
 /// <summary>
@@ -57,22 +61,36 @@ public abstract class CausalLanguageModel : IDisposable
         Device device = ComputeOptions.ResolveDevice(options.Device);
         IWeightSource source = options.DummyWeights is { } dummy ? DummyWeightSource.Create(dummy) : CheckpointReader.Open(modelDirectory);
         CausalLanguageModel model;
-        using (source) model = Create(config, source, device, options.DType);
+        using (source) model = Create(config, source, device, options.DType, options.Trainable);
         // Compile the fused kernels now (NVRTC, about a second) rather than inside the first timed forward pass.
         if (device.type == DeviceType.CUDA) _ = Interop.FusedKernels.Available;
         return model;
     }
 
     /// <summary>Builds a model of <paramref name="config"/>'s architecture from a weight source.</summary>
-    public static CausalLanguageModel Create(HfConfig config, IWeightSource weights, Device device, ModelDType dtype)
+    public static CausalLanguageModel Create(HfConfig config, IWeightSource weights, Device device, ModelDType dtype) =>
+        Create(config, weights, device, dtype, trainable: false);
+
+    /// <summary>A model with fresh random weights as transformers initialises them: normal(0, initializer_range) matrices
+    /// and embeddings, norm weights 1, biases 0 (<see cref="DummyWeightSource"/>, reproducible by <paramref name="seed"/>).
+    /// Trainable.</summary>
+    public static CausalLanguageModel CreateRandom(HfConfig config, Device device, ModelDType dtype, long seed)
+    {
+        using var source = DummyWeightSource.Create(new DummyWeightOptions { Seed = seed, Std = config.GetDouble("initializer_range") ?? 0.02 });
+        return Create(config, source, device, dtype, trainable: true);
+    }
+
+    /// <summary>Builds a model from a weight source; <paramref name="trainable"/> as <see cref="ModelLoadOptions.Trainable"/>.</summary>
+    public static CausalLanguageModel Create(HfConfig config, IWeightSource weights, Device device, ModelDType dtype, bool trainable)
     {
         string type = config.ModelType;
         if (!Architectures.TryGetValue(type, out var factory))
             throw new CheckpointException(
                 $"{config.Path}: model_type '{type}' is not supported; Tern runs {string.Join(", ", Architectures.Keys)}.");
         using var noGrad = torch.no_grad();
-        var loader = new WeightLoader(weights, dtype.ToScalarType(), device, "model.", "transformer.");
+        var loader = new WeightLoader(weights, dtype.ToScalarType(), device, trainable, "model.", "transformer.");
         var model = factory(config, loader);
+        model.parameters = trainable ? loader.Parameters.ToArray() : null;
         model.Config = config;
         model.Device = device;
         model.DType = dtype;
@@ -108,6 +126,42 @@ public abstract class CausalLanguageModel : IDisposable
         using var scope = torch.NewDisposeScope();
         var logits = Run(batch, cache);
         cache.Advance(batch.RealTokens);
+        return logits.MoveToOuterDisposeScope();
+    }
+
+    ModelParameter[]? parameters;
+
+    /// <summary>The model's weights as autograd parameters, in load order (a tied lm_head is the embedding, listed once).
+    /// Only for models built with <see cref="ModelLoadOptions.Trainable"/> or <see cref="CreateRandom"/>.</summary>
+    public IReadOnlyList<ModelParameter> Parameters => parameters ?? throw new InvalidOperationException(
+        "this model was loaded for inference; load it with ModelLoadOptions.Trainable (or CreateRandom) to train it.");
+
+    /// <summary>The weights under their Hugging Face names and shapes (fused tensors split back by rows), as views that
+    /// share memory with the model: what a safetensors file of this model holds.</summary>
+    public IReadOnlyList<(string Name, Tensor Tensor)> StateDict() => Parameters.SelectMany(p => p.HfTensors()).ToArray();
+
+    /// <summary>
+    /// A training forward pass over whole sequences: token ids [B,T] (positions 0..T-1, no padding) to logits [B,T,V], with
+    /// autograd recording when grad is enabled. It runs the same architecture code as <see cref="Forward"/> through a fresh
+    /// dense cache of exactly T slots: appending copies the keys/values into the cache tensors, which autograd tracks like any
+    /// other op (tested against finite differences). The fused CUDA kernels step aside while grad is enabled.
+    /// </summary>
+    public Tensor ForwardTraining(Tensor inputIds)
+    {
+        long b = inputIds.shape[0], t = inputIds.shape[1];
+        if (Info.LearnedPositions && t > Info.MaxPositions)
+            throw new InvalidOperationException($"sequence length {t} is past the {Info.MaxPositions} learned positions of this {Info.ModelType} model.");
+        using var scope = torch.NewDisposeScope();
+        var positions = torch.arange(t, ScalarType.Int64, Device).unsqueeze(0).expand(b, t).contiguous();
+        var batch = new ForwardBatch
+        {
+            InputIds = inputIds.device == Device ? inputIds : inputIds.to(Device),
+            Positions = positions,
+            RealTokens = Enumerable.Repeat((int)t, (int)b).ToArray(),
+            MaxPosition = (int)t - 1,
+        };
+        using var cache = CreateCache((int)b, (int)t, DensePolicy.Instance, (int)t);
+        var logits = Run(batch, cache);
         return logits.MoveToOuterDisposeScope();
     }
 

@@ -1,5 +1,6 @@
 using Tern.Checkpoints;
 using TorchSharp;
+using TorchSharp.Modules;
 using static TorchSharp.torch;
 
 namespace Tern.Models;
@@ -12,7 +13,14 @@ internal sealed class WeightLoader
 
     /// <param name="optionalPrefixes">Leading name parts some published checkpoints omit (GPT-2's "transformer.", OPT's "model.").</param>
     public WeightLoader(IWeightSource source, ScalarType dtype, Device device, params string[] optionalPrefixes)
+        : this(source, dtype, device, trainable: false, optionalPrefixes) { }
+
+    /// <param name="trainable">When true every tensor is created as a <see cref="Parameter"/> (requires_grad off until a
+    /// trainer turns it on) and recorded in <see cref="Parameters"/>: TorchSharp's optimizers and clip_grad_norm_ take
+    /// Parameters, and wrapping at creation is the only moment the handle can be moved into one.</param>
+    public WeightLoader(IWeightSource source, ScalarType dtype, Device device, bool trainable, params string[] optionalPrefixes)
     {
+        Trainable = trainable;
         this.source = source;
         this.optionalPrefixes = optionalPrefixes;
         DType = dtype;
@@ -23,6 +31,18 @@ internal sealed class WeightLoader
     public Device Device { get; }
     public long ParameterCount { get; private set; }
     public IWeightSource Source => source;
+    public bool Trainable { get; }
+
+    /// <summary>Every tensor handed out so far, in load order (fused tensors once, under their parts' names).</summary>
+    public List<ModelParameter> Parameters { get; } = new();
+
+    Tensor Track(Tensor tensor, string name, IReadOnlyList<ParameterPart>? parts = null)
+    {
+        if (!Trainable) return tensor;
+        var parameter = (Parameter)new Parameter(tensor, requires_grad: false).DetachFromDisposeScope();
+        Parameters.Add(new ModelParameter(name, parameter, parts ?? new[] { new ParameterPart(name, parameter.shape[0]) }));
+        return parameter;
+    }
 
     string? Resolve(string name)
     {
@@ -40,7 +60,7 @@ internal sealed class WeightLoader
             $"{source.Description}: tensor '{name}' is missing; the config's architecture needs it with shape [{string.Join(", ", shape)}].");
         var tensor = source.Load(resolved, shape, DType, Device).DetachFromDisposeScope(); // weights live as long as the model
         ParameterCount += tensor.NumberOfElements;
-        return tensor;
+        return Track(tensor, name);
     }
 
     public Tensor? GetOptional(string name, params long[] shape) => Contains(name) ? Get(name, shape) : null;
@@ -51,10 +71,41 @@ internal sealed class WeightLoader
     /// <summary>Several linear maps of the same input fused into one (rows concatenated): one GEMM instead of several.</summary>
     public Linear Fused(string[] prefixes, long[] outFeatures, long inFeatures, bool bias)
     {
+        int tracked = Parameters.Count;
         var parts = prefixes.Select((p, i) => Linear(p, outFeatures[i], inFeatures, bias)).ToArray();
+        if (Trainable) Parameters.RemoveRange(tracked, Parameters.Count - tracked); // the parts are freed below; the fused tensor is the parameter
         var weight = torch.cat(parts.Select(p => p.Weight).ToArray(), 0).DetachFromDisposeScope();
         var b = bias ? torch.cat(parts.Select(p => p.Bias!).ToArray(), 0).DetachFromDisposeScope() : null;
         foreach (var p in parts) p.Dispose();
+        weight = Track(weight, string.Join("+", prefixes.Select(p => p + ".weight")),
+            prefixes.Select((p, i) => new ParameterPart(p + ".weight", outFeatures[i])).ToArray());
+        if (b is not null)
+            b = Track(b, string.Join("+", prefixes.Select(p => p + ".bias")),
+                prefixes.Select((p, i) => new ParameterPart(p + ".bias", outFeatures[i])).ToArray());
         return new Linear(weight, b);
+    }
+}
+
+/// <summary>A slice of rows of a <see cref="ModelParameter"/> that is one Hugging Face tensor.</summary>
+public sealed record ParameterPart(string Name, long Rows);
+
+/// <summary>
+/// One tensor the model computes with, as an autograd <see cref="Parameter"/>. Most are one Hugging Face tensor; the fused
+/// ones (q|k|v, gate|up) are a row-wise concatenation of <see cref="Parts"/> and are named by joining the parts' names with
+/// '+'. Training updates the fused tensor itself (the model's code stays the inference code); saving splits it back into the
+/// HF tensors by <see cref="Parts"/> (see <see cref="CausalLanguageModel.StateDict"/>).
+/// </summary>
+public sealed record ModelParameter(string Name, Parameter Tensor, IReadOnlyList<ParameterPart> Parts)
+{
+    /// <summary>The Hugging Face tensors of this parameter: views of row ranges of <see cref="Tensor"/>.</summary>
+    public IEnumerable<(string Name, Tensor Tensor)> HfTensors()
+    {
+        if (Parts.Count == 1) { yield return (Parts[0].Name, Tensor); yield break; }
+        long offset = 0;
+        foreach (var part in Parts)
+        {
+            yield return (part.Name, Tensor.detach().narrow(0, offset, part.Rows));
+            offset += part.Rows;
+        }
     }
 }

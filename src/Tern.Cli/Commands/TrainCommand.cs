@@ -1,0 +1,97 @@
+using System.CommandLine;
+using System.Globalization;
+using System.Text.Json.Nodes;
+using Tern.Checkpoints;
+using Tern.Runtime;
+using Tern.Training;
+
+namespace Tern.Cli.Commands;
+
+/// <summary><c>tern train</c>: causal-LM pretraining from a model config and token files (see <see cref="Trainer"/>).</summary>
+internal static class TrainCommand
+{
+    public static Command Create()
+    {
+        var d = new TrainerOptions { OutputDirectory = "", TrainTokens = "" };
+        var config = new Option<string?>("--config") { Description = "Model config.json (HF format) of a fresh run; not needed with --resume." };
+        var trainFile = new Option<string>("--train") { Description = "Training token ids (binary, see --token-format).", Required = true };
+        var validFile = new Option<string?>("--valid") { Description = "Validation token ids." };
+        var output = new Option<string>("--output", "-o") { Description = "Run folder: checkpoint-last, then the HF model.", Required = true };
+        var resume = new Option<bool>("--resume") { Description = "Continue from the run folder's checkpoint (exactly where it left off)." };
+        var tokenizer = new Option<string?>("--tokenizer") { Description = "Folder whose tokenizer files are copied into the output." };
+        var format = new Option<string>("--token-format") { Description = "u16 or i32.", DefaultValueFactory = _ => "u16" };
+        format.AcceptOnlyFromAmong("u16", "i32");
+        var steps = new Option<int>("--steps") { Description = "Optimizer steps.", DefaultValueFactory = _ => d.TotalSteps };
+        var seq = new Option<int>("--seq-len") { Description = "Tokens per sequence.", DefaultValueFactory = _ => d.SequenceLength };
+        var batch = new Option<int>("--batch-size") { Description = "Sequences per micro-batch.", DefaultValueFactory = _ => d.BatchSize };
+        var accum = new Option<int>("--grad-accum") { Description = "Micro-batches per step.", DefaultValueFactory = _ => d.GradientAccumulation };
+        var lr = new Option<double>("--lr") { Description = "Peak learning rate.", DefaultValueFactory = _ => d.LearningRate };
+        var warmup = new Option<int>("--warmup") { Description = "Warmup steps.", DefaultValueFactory = _ => d.WarmupSteps };
+        var minLr = new Option<double>("--min-lr-ratio") { Description = "Final learning rate / peak.", DefaultValueFactory = _ => d.MinLearningRateRatio };
+        var decay = new Option<double>("--weight-decay") { Description = "AdamW weight decay (matrices only).", DefaultValueFactory = _ => d.WeightDecay };
+        var clip = new Option<double>("--grad-clip") { Description = "Gradient norm clip (0 = none).", DefaultValueFactory = _ => d.GradientClip };
+        var evalEvery = new Option<int>("--eval-every") { Description = "Validate every N steps.", DefaultValueFactory = _ => d.EvalEvery };
+        var evalBatches = new Option<int>("--eval-batches") { Description = "Validation micro-batches.", DefaultValueFactory = _ => d.EvalBatches };
+        var ckptEvery = new Option<int>("--checkpoint-every") { Description = "Checkpoint every N steps.", DefaultValueFactory = _ => d.CheckpointEvery };
+        var seed = new Option<long>("--seed") { Description = "Seed of the initial weights and the data sampler.", DefaultValueFactory = _ => d.Seed };
+        var device = new Option<string>("--device") { Description = "cpu, cuda or auto.", DefaultValueFactory = _ => "auto" };
+        device.AcceptOnlyFromAmong("cpu", "cuda", "auto");
+        var command = new Command("train", "Train a causal language model from a config and token files; writes an HF model folder.")
+            { config, trainFile, validFile, output, resume, tokenizer, format, steps, seq, batch, accum, lr, warmup, minLr, decay, clip,
+              evalEvery, evalBatches, ckptEvery, seed, device };
+        command.SetAction((r, cancellation) => Task.FromResult(Run(r.GetValue(config), r.GetValue(resume), new TrainerOptions
+        {
+            OutputDirectory = r.GetValue(output)!, TrainTokens = r.GetValue(trainFile)!, ValidTokens = r.GetValue(validFile),
+            TokenizerDirectory = r.GetValue(tokenizer),
+            TokenFormat = r.GetValue(format) == "i32" ? TokenFileFormat.Int32 : TokenFileFormat.UInt16,
+            TotalSteps = r.GetValue(steps), SequenceLength = r.GetValue(seq), BatchSize = r.GetValue(batch),
+            GradientAccumulation = r.GetValue(accum), LearningRate = r.GetValue(lr), WarmupSteps = r.GetValue(warmup),
+            MinLearningRateRatio = r.GetValue(minLr), WeightDecay = r.GetValue(decay), GradientClip = r.GetValue(clip),
+            EvalEvery = r.GetValue(evalEvery), EvalBatches = r.GetValue(evalBatches), CheckpointEvery = r.GetValue(ckptEvery),
+            Seed = r.GetValue(seed), Device = ComputeOptions.ParseDevice(r.GetValue(device)!),
+        }, cancellation)));
+        return command;
+    }
+
+    static int Run(string? configPath, bool resume, TrainerOptions options, CancellationToken cancellation)
+    {
+        bool hasCheckpoint = TrainingCheckpoint.Find(options.OutputDirectory) is not null;
+        if (hasCheckpoint && !resume)
+            throw new ArgumentException($"--output '{options.OutputDirectory}' already holds a checkpoint: pass --resume to continue it, or choose another folder.");
+        Trainer trainer;
+        if (hasCheckpoint) trainer = Trainer.Resume(options);
+        else
+        {
+            if (configPath is null) throw new ArgumentException(resume ? "--resume: no checkpoint in --output yet, and no --config to start one." : "--config is required for a new run.");
+            if (!File.Exists(configPath)) throw new FileNotFoundException($"--config: '{Path.GetFullPath(configPath)}' does not exist.", configPath);
+            trainer = Trainer.Create(HfConfig.Parse(File.ReadAllText(configPath), configPath), options);
+        }
+        using (trainer)
+        {
+            Console.Error.WriteLine($"{(hasCheckpoint ? "resuming" : "training")} {trainer.Model.Info.ModelType} ({trainer.Model.Info.ParameterCount:N0} parameters) " +
+                                    $"on {trainer.Model.Device} from step {trainer.Step}/{options.TotalSteps}");
+            string log = Path.Combine(options.OutputDirectory, "train-log.jsonl");
+            trainer.StepCompleted += p =>
+            {
+                string valid = p.ValidLoss is { } v ? $"  valid {v:F4}" : "";
+                Console.Error.Write(string.Create(CultureInfo.InvariantCulture,
+                    $"\rstep {p.Step}/{p.TotalSteps}  loss {p.Loss:F4}  lr {p.LearningRate:E2}  grad {p.GradNorm:F2}  {p.TokensPerSecond:N0} tok/s{valid}   "));
+                if (p.ValidLoss is not null) Console.Error.WriteLine();
+                var line = new JsonObject { ["step"] = p.Step, ["loss"] = p.Loss, ["lr"] = p.LearningRate, ["grad_norm"] = p.GradNorm,
+                    ["tokens_per_second"] = p.TokensPerSecond, ["tokens"] = p.TokensSeen };
+                if (p.ValidLoss is { } vl) line["valid_loss"] = vl;
+                File.AppendAllText(log, line.ToJsonString() + "\n");
+            };
+            trainer.Run(cancellation: cancellation);
+            Console.Error.WriteLine();
+            if (trainer.Step < options.TotalSteps)
+            {
+                trainer.SaveCheckpoint(); // interrupted (Ctrl+C): keep every finished step
+                Console.WriteLine($"stopped at step {trainer.Step}; checkpoint saved, continue with --resume");
+                return 130;
+            }
+            Console.WriteLine($"wrote {Path.GetFullPath(options.OutputDirectory)} after {trainer.Step} steps ({trainer.TokensSeen:N0} tokens)");
+        }
+        return 0;
+    }
+}

@@ -1,0 +1,255 @@
+using System.Diagnostics;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Tern.Checkpoints;
+using Tern.Models;
+using Tern.Runtime;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+using F = TorchSharp.torch.nn.functional;
+
+namespace Tern.Training;
+
+/// <summary>What one optimizer step did.</summary>
+/// <param name="Step">Steps done, this one included.</param>
+/// <param name="Loss">Mean training loss over the step's micro-batches (extra loss terms included).</param>
+/// <param name="GradNorm">Global gradient norm before clipping.</param>
+/// <param name="ValidLoss">Validation loss, on steps that validated.</param>
+public sealed record TrainingProgress(int Step, int TotalSteps, double Loss, double LearningRate, double GradNorm,
+    double TokensPerSecond, long TokensSeen, double? ValidLoss);
+
+/// <summary>
+/// Causal-LM training of a <see cref="CausalLanguageModel"/>: AdamW, linear warmup + cosine schedule, gradient accumulation
+/// and clipping, random windows of a token file, periodic validation, atomic checkpoints that resume exactly (same losses,
+/// bit-identical weights), and a Hugging Face folder at the end. Seams for later work: <see cref="TrainerOptions.TrainParameter"/>
+/// (freeze), <see cref="TrainerOptions.ExtraLoss"/> (extra terms), <see cref="StepCompleted"/> (metrics).
+/// </summary>
+public sealed class Trainer : IDisposable
+{
+    readonly TrainerOptions options;
+    readonly TokenStream train;
+    readonly TokenStream? valid;
+    readonly Parameter[] trained;
+    readonly AdamW optimizer;
+    ulong sampler;
+
+    Trainer(CausalLanguageModel model, TrainerOptions options, TrainingCheckpoint.State state)
+    {
+        this.options = options;
+        Model = model;
+        try
+        {
+            int vocab = model.Info.VocabSize;
+            train = TokenStream.Load(options.TrainTokens, options.TokenFormat, vocab);
+            valid = options.ValidTokens is null ? null : TokenStream.Load(options.ValidTokens, options.TokenFormat, vocab);
+            var select = options.TrainParameter ?? (_ => true);
+            foreach (var p in model.Parameters) p.Tensor.requires_grad_(select(p.Name));
+            var chosen = model.Parameters.Where(p => select(p.Name)).ToArray();
+            if (chosen.Length == 0) throw new ArgumentException("TrainParameter selects no parameter to train.");
+            trained = chosen.Select(p => p.Tensor).ToArray();
+            // As in most LM recipes, weight decay pulls matrices and embeddings only; norm weights and biases (1-D) are left alone.
+            var groups = new List<AdamW.ParamGroup>();
+            var decayed = chosen.Where(p => p.Tensor.dim() >= 2).Select(p => p.Tensor).ToArray();
+            var plain = chosen.Where(p => p.Tensor.dim() < 2).Select(p => p.Tensor).ToArray();
+            if (decayed.Length > 0) groups.Add(new AdamW.ParamGroup(decayed, new AdamW.Options { weight_decay = options.WeightDecay }));
+            if (plain.Length > 0) groups.Add(new AdamW.ParamGroup(plain, new AdamW.Options { weight_decay = 0 }));
+            optimizer = torch.optim.AdamW(groups, options.LearningRate, options.Beta1, options.Beta2, options.Epsilon, options.WeightDecay);
+            Step = state.Step;
+            sampler = state.SamplerState;
+            TokensSeen = state.TokensSeen;
+        }
+        catch
+        {
+            model.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>The model being trained.</summary>
+    public CausalLanguageModel Model { get; }
+    /// <summary>Optimizer steps done.</summary>
+    public int Step { get; private set; }
+    /// <summary>Training tokens consumed.</summary>
+    public long TokensSeen { get; private set; }
+    /// <summary>Raised after every optimizer step (synchronously, on the training thread).</summary>
+    public event Action<TrainingProgress>? StepCompleted;
+
+    /// <summary>A fresh run: a model of <paramref name="config"/> with random HF-style initial weights seeded by
+    /// <see cref="TrainerOptions.Seed"/>.</summary>
+    public static Trainer Create(HfConfig config, TrainerOptions options)
+    {
+        options.Validate();
+        var device = ComputeOptions.ResolveDevice(options.Device);
+        var model = CausalLanguageModel.CreateRandom(config, device, options.DType, options.Seed);
+        var trainer = new Trainer(model, options, new TrainingCheckpoint.State(0, (ulong)options.Seed ^ 0x5DEECE66DUL, 0));
+        trainer.WriteRunConfig();
+        return trainer;
+    }
+
+    /// <summary>Continues the run whose checkpoint is in <see cref="TrainerOptions.OutputDirectory"/>; the options should be
+    /// the run's own (the schedule and data come from them, weights, optimizer and sampler from the checkpoint).</summary>
+    /// <exception cref="TrainingCheckpointException">No checkpoint, or a corrupt one (the message names the file).</exception>
+    public static Trainer Resume(TrainerOptions options)
+    {
+        options.Validate();
+        string dir = TrainingCheckpoint.Find(options.OutputDirectory)
+            ?? throw new TrainingCheckpointException($"{Path.GetFullPath(options.OutputDirectory)}: no {TrainingCheckpoint.LastName} to resume from.");
+        var state = TrainingCheckpoint.Verify(dir);
+        CausalLanguageModel model;
+        try
+        {
+            model = CausalLanguageModel.Load(dir, new ModelLoadOptions { Device = options.Device, DType = options.DType, Trainable = true });
+        }
+        catch (CheckpointException e)
+        {
+            throw new TrainingCheckpointException($"{dir}: the checkpoint's model does not load: {e.Message}", e);
+        }
+        var trainer = new Trainer(model, options, state);
+        try
+        {
+            trainer.optimizer.load_state_dict(Path.Combine(dir, TrainingCheckpoint.OptimizerFile));
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            trainer.Dispose();
+            throw new TrainingCheckpointException($"{Path.Combine(dir, TrainingCheckpoint.OptimizerFile)}: optimizer state does not load ({e.Message}).", e);
+        }
+        return trainer;
+    }
+
+    /// <summary>The learning rate of the next step.</summary>
+    public double CurrentLearningRate => LearningRateSchedule.At(Step, options);
+
+    /// <summary>One optimizer step over <see cref="TrainerOptions.GradientAccumulation"/> micro-batches.</summary>
+    public TrainingProgress TrainStep()
+    {
+        var clock = Stopwatch.StartNew();
+        double lr = CurrentLearningRate;
+        foreach (var group in optimizer.ParamGroups) group.LearningRate = lr;
+        optimizer.zero_grad();
+        int accumulation = options.GradientAccumulation;
+        double lossSum = 0;
+        for (int micro = 0; micro < accumulation; micro++)
+        {
+            using var scope = torch.NewDisposeScope();
+            var (inputs, targets) = train.RandomBatch(ref sampler, options.BatchSize, options.SequenceLength, Model.Device);
+            var loss = Loss(inputs, targets, withExtra: true);
+            (loss / accumulation).backward();
+            lossSum += loss.to(ScalarType.Float64).item<double>();
+        }
+        double norm;
+        using (var scope = torch.NewDisposeScope())
+            // With no clip a max norm of +∞ makes the scale exactly 1: the norm is still reported.
+            norm = torch.nn.utils.clip_grad_norm_(trained, options.GradientClip > 0 ? options.GradientClip : double.PositiveInfinity);
+        optimizer.step();
+        Step++;
+        long tokens = (long)accumulation * options.BatchSize * options.SequenceLength;
+        TokensSeen += tokens;
+        return new TrainingProgress(Step, options.TotalSteps, lossSum / accumulation, lr, norm, tokens / clock.Elapsed.TotalSeconds, TokensSeen, null);
+    }
+
+    Tensor Loss(Tensor inputs, Tensor targets, bool withExtra)
+    {
+        var logits = Model.ForwardTraining(inputs);
+        var loss = F.cross_entropy(logits.reshape(-1, logits.shape[^1]).to(ScalarType.Float32), targets.reshape(-1));
+        if (withExtra && options.ExtraLoss is { } extra) loss = loss + extra(Model, inputs, logits);
+        return loss;
+    }
+
+    /// <summary>Mean cross-entropy over <see cref="TrainerOptions.EvalBatches"/> fixed validation batches; NaN without a
+    /// validation file.</summary>
+    public double Evaluate()
+    {
+        if (valid is null || options.EvalBatches == 0) return double.NaN;
+        using var noGrad = torch.no_grad();
+        double sum = 0;
+        for (int i = 0; i < options.EvalBatches; i++)
+        {
+            using var scope = torch.NewDisposeScope();
+            var (inputs, targets) = valid.FixedBatch(i, options.BatchSize, options.SequenceLength, Model.Device);
+            sum += Loss(inputs, targets, withExtra: false).to(ScalarType.Float64).item<double>();
+        }
+        return sum / options.EvalBatches;
+    }
+
+    /// <summary>Trains until <see cref="TrainerOptions.TotalSteps"/> (or <paramref name="stopAfterStep"/>, or cancellation),
+    /// validating and checkpointing on schedule; on reaching the last step writes the HF model to the output folder.</summary>
+    /// <returns>The progress of each step run.</returns>
+    public IReadOnlyList<TrainingProgress> Run(int? stopAfterStep = null, CancellationToken cancellation = default)
+    {
+        var history = new List<TrainingProgress>();
+        while (Step < options.TotalSteps && (stopAfterStep is null || Step < stopAfterStep) && !cancellation.IsCancellationRequested)
+        {
+            var progress = TrainStep();
+            bool last = Step == options.TotalSteps;
+            if (valid is not null && (last || options.EvalEvery > 0 && Step % options.EvalEvery == 0))
+                progress = progress with { ValidLoss = Evaluate() };
+            history.Add(progress);
+            StepCompleted?.Invoke(progress);
+            if (last || options.CheckpointEvery > 0 && Step % options.CheckpointEvery == 0) SaveCheckpoint();
+        }
+        if (Step == options.TotalSteps) SaveModel(options.OutputDirectory);
+        return history;
+    }
+
+    /// <summary>Writes <c>checkpoint-last</c> atomically (see <see cref="TrainingCheckpoint"/>).</summary>
+    public string SaveCheckpoint() => TrainingCheckpoint.Save(options.OutputDirectory, new TrainingCheckpoint.State(Step, sampler, TokensSeen), dir =>
+    {
+        WriteWeights(dir);
+        options.OnCheckpointFile?.Invoke(Path.Combine(dir, CheckpointReader.SingleFileName));
+        optimizer.save_state_dict(Path.Combine(dir, TrainingCheckpoint.OptimizerFile));
+    }, options.OnCheckpointFile);
+
+    /// <summary>Writes the model as a Hugging Face folder: config.json, model.safetensors (HF names, fused tensors split),
+    /// generation_config.json and the tokenizer files of <see cref="TrainerOptions.TokenizerDirectory"/>.</summary>
+    public string SaveModel(string directory)
+    {
+        Directory.CreateDirectory(directory);
+        WriteWeights(directory);
+        var config = Model.Config.Json;
+        var generation = new JsonObject { ["_from_model_config"] = true };
+        foreach (string key in new[] { "bos_token_id", "eos_token_id", "pad_token_id" })
+            if (config[key] is { } value) generation[key] = value.DeepClone();
+        WriteJson(Path.Combine(directory, "generation_config.json"), generation);
+        if (options.TokenizerDirectory is { } tokenizer)
+            foreach (string name in new[] { "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json", "tokenizer.model" })
+                if (File.Exists(Path.Combine(tokenizer, name)))
+                    File.Copy(Path.Combine(tokenizer, name), Path.Combine(directory, name), overwrite: true);
+        return directory;
+    }
+
+    void WriteWeights(string directory)
+    {
+        WriteJson(Path.Combine(directory, "config.json"), Model.Config.Json);
+        using var noGrad = torch.no_grad();
+        SafetensorsWriter.Write(Path.Combine(directory, CheckpointReader.SingleFileName), Model.StateDict());
+    }
+
+    void WriteRunConfig()
+    {
+        var o = options;
+        WriteJson(Path.Combine(o.OutputDirectory, "train-config.json"), new JsonObject
+        {
+            ["train_tokens"] = o.TrainTokens, ["valid_tokens"] = o.ValidTokens, ["token_format"] = o.TokenFormat.ToString(),
+            ["sequence_length"] = o.SequenceLength, ["batch_size"] = o.BatchSize, ["gradient_accumulation"] = o.GradientAccumulation,
+            ["learning_rate"] = o.LearningRate, ["warmup_steps"] = o.WarmupSteps, ["total_steps"] = o.TotalSteps,
+            ["min_lr_ratio"] = o.MinLearningRateRatio, ["weight_decay"] = o.WeightDecay, ["beta1"] = o.Beta1, ["beta2"] = o.Beta2,
+            ["eps"] = o.Epsilon, ["grad_clip"] = o.GradientClip, ["eval_every"] = o.EvalEvery, ["eval_batches"] = o.EvalBatches,
+            ["checkpoint_every"] = o.CheckpointEvery, ["seed"] = o.Seed, ["dtype"] = o.DType.ToString(), ["device"] = Model.Device.ToString(),
+        });
+    }
+
+    static void WriteJson(string path, JsonNode node) => AtomicFile.Write(path, s =>
+    {
+        using (var w = new Utf8JsonWriter(s, new JsonWriterOptions { Indented = true })) node.WriteTo(w);
+        s.WriteByte((byte)'\n');
+    });
+
+    /// <summary>Releases the model and the optimizer state.</summary>
+    public void Dispose()
+    {
+        optimizer.Dispose();
+        Model.Dispose();
+    }
+}

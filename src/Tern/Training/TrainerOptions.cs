@@ -1,0 +1,106 @@
+using Tern.Models;
+using Tern.Runtime;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Tern.Training;
+
+/// <summary>How token files store ids.</summary>
+public enum TokenFileFormat
+{
+    /// <summary>Little-endian unsigned 16-bit ids (vocabularies up to 65,536).</summary>
+    UInt16,
+    /// <summary>Little-endian signed 32-bit ids.</summary>
+    Int32,
+}
+
+/// <summary>Options of a training run (<see cref="Trainer"/>). Defaults suit a small model on one GPU.</summary>
+public sealed record TrainerOptions
+{
+    /// <summary>Folder for checkpoints (<c>checkpoint-last</c>) and the final Hugging Face model.</summary>
+    public required string OutputDirectory { get; init; }
+    /// <summary>Binary token file to train on.</summary>
+    public required string TrainTokens { get; init; }
+    /// <summary>Binary token file for validation loss; none = no validation.</summary>
+    public string? ValidTokens { get; init; }
+    /// <summary>Format of both token files.</summary>
+    public TokenFileFormat TokenFormat { get; init; } = TokenFileFormat.UInt16;
+    /// <summary>Folder whose tokenizer files are copied into the output.</summary>
+    public string? TokenizerDirectory { get; init; }
+
+    /// <summary>Tokens per sequence.</summary>
+    public int SequenceLength { get; init; } = 256;
+    /// <summary>Sequences per micro-batch.</summary>
+    public int BatchSize { get; init; } = 16;
+    /// <summary>Micro-batches per optimizer step.</summary>
+    public int GradientAccumulation { get; init; } = 1;
+    /// <summary>Peak learning rate.</summary>
+    public double LearningRate { get; init; } = 3e-4;
+    /// <summary>Steps of linear warmup from 0 to the peak.</summary>
+    public int WarmupSteps { get; init; } = 100;
+    /// <summary>Optimizer steps of the run; the cosine decay ends here.</summary>
+    public int TotalSteps { get; init; } = 1000;
+    /// <summary>The learning rate at the end of the cosine, as a fraction of the peak.</summary>
+    public double MinLearningRateRatio { get; init; } = 0.1;
+    /// <summary>AdamW weight decay, applied to matrices and embeddings (not to norms and biases).</summary>
+    public double WeightDecay { get; init; } = 0.1;
+    /// <summary>AdamW β1.</summary>
+    public double Beta1 { get; init; } = 0.9;
+    /// <summary>AdamW β2.</summary>
+    public double Beta2 { get; init; } = 0.95;
+    /// <summary>AdamW ε.</summary>
+    public double Epsilon { get; init; } = 1e-8;
+    /// <summary>Largest global gradient norm; 0 = no clipping.</summary>
+    public double GradientClip { get; init; } = 1.0;
+    /// <summary>Validation every this many steps (and at the end); 0 = only at the end.</summary>
+    public int EvalEvery { get; init; } = 100;
+    /// <summary>Micro-batches of validation.</summary>
+    public int EvalBatches { get; init; } = 8;
+    /// <summary>Checkpoint every this many steps (and at the end); 0 = only at the end.</summary>
+    public int CheckpointEvery { get; init; } = 500;
+    /// <summary>Seeds the initial weights and the data sampler.</summary>
+    public long Seed { get; init; } = 1234;
+    /// <summary>Where to compute.</summary>
+    public DeviceKind Device { get; init; } = DeviceKind.Auto;
+    /// <summary>Type of the trained weights (fp32 recommended: AdamW state is kept in it).</summary>
+    public ModelDType DType { get; init; } = ModelDType.Float32;
+
+    /// <summary>Which parameters train, by <see cref="ModelParameter.Name"/>; null = all. The others stay frozen.</summary>
+    public Func<string, bool>? TrainParameter { get; init; }
+    /// <summary>Extra loss terms added to the cross-entropy of each micro-batch: (model, input ids [B,T], logits [B,T,V]) → scalar.</summary>
+    public Func<CausalLanguageModel, Tensor, Tensor, Tensor>? ExtraLoss { get; init; }
+
+    /// <summary>Test seam: called with each file's path while a checkpoint is being written (throw to simulate a crash).</summary>
+    internal Action<string>? OnCheckpointFile { get; init; }
+
+    /// <summary>Throws <see cref="ArgumentException"/> naming the first invalid option.</summary>
+    public void Validate()
+    {
+        static void Positive(string name, double v) { if (!(v > 0)) throw new ArgumentException($"{name} must be positive (got {v})."); }
+        static void NonNegative(string name, double v) { if (!(v >= 0)) throw new ArgumentException($"{name} must not be negative (got {v})."); }
+        Positive(nameof(SequenceLength), SequenceLength); Positive(nameof(BatchSize), BatchSize);
+        Positive(nameof(GradientAccumulation), GradientAccumulation); Positive(nameof(LearningRate), LearningRate);
+        Positive(nameof(TotalSteps), TotalSteps); NonNegative(nameof(WarmupSteps), WarmupSteps);
+        NonNegative(nameof(WeightDecay), WeightDecay); NonNegative(nameof(GradientClip), GradientClip);
+        NonNegative(nameof(EvalEvery), EvalEvery); NonNegative(nameof(EvalBatches), EvalBatches); NonNegative(nameof(CheckpointEvery), CheckpointEvery);
+        if (MinLearningRateRatio is < 0 or > 1) throw new ArgumentException($"{nameof(MinLearningRateRatio)} must be in [0, 1] (got {MinLearningRateRatio}).");
+        if (Beta1 is < 0 or >= 1 || Beta2 is < 0 or >= 1) throw new ArgumentException("betas must be in [0, 1).");
+    }
+}
+
+/// <summary>Linear warmup to the peak, then cosine decay to <c>peak · minRatio</c> at the last step.</summary>
+public static class LearningRateSchedule
+{
+    /// <summary>The learning rate of optimizer step <paramref name="step"/> (0-based).</summary>
+    public static double At(int step, double peak, int warmupSteps, int totalSteps, double minRatio)
+    {
+        if (step < warmupSteps) return peak * (step + 1) / warmupSteps; // never 0: step 0 already learns
+        int decaySteps = Math.Max(1, totalSteps - warmupSteps - 1);
+        double progress = Math.Clamp((double)(step - warmupSteps) / decaySteps, 0, 1);
+        double cosine = 0.5 * (1 + Math.Cos(Math.PI * progress));
+        return peak * (minRatio + (1 - minRatio) * cosine);
+    }
+
+    /// <summary><see cref="At(int, double, int, int, double)"/> with a run's options.</summary>
+    public static double At(int step, TrainerOptions o) => At(step, o.LearningRate, o.WarmupSteps, o.TotalSteps, o.MinLearningRateRatio);
+}

@@ -1,0 +1,244 @@
+using Tern.Checkpoints;
+using Tern.Models;
+using Tern.Runtime;
+using Tern.Tests.Checkpoints;
+using Tern.Training;
+using TorchSharp;
+using static TorchSharp.torch;
+using F = TorchSharp.torch.nn.functional;
+
+namespace Tern.Tests.Training;
+
+public class TrainerTests
+{
+    const int Vocab = 64, Seq = 16;
+
+    /// <summary>A tiny Llama: hidden 32, 2 layers, GQA (4 heads, 2 KV heads), relu gated MLP.</summary>
+    internal static HfConfig TinyConfig(double initRange = 0.02, bool tied = false) => HfConfig.Parse($$"""
+        {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": {{Vocab}}, "hidden_size": 32,
+         "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+         "max_position_embeddings": 64, "rms_norm_eps": 1e-5, "hidden_act": "relu", "initializer_range": {{initRange.ToString(System.Globalization.CultureInfo.InvariantCulture)}},
+         "tie_word_embeddings": {{(tied ? "true" : "false")}}, "bos_token_id": 1, "eos_token_id": 2}
+        """);
+
+    /// <summary>A repetitive stream (a few fixed phrases in a seeded random order): learnable within tens of steps.</summary>
+    static int[] Stream(int length, int seed)
+    {
+        var rng = new Random(seed);
+        int[][] phrases = { new[] { 5, 9, 13, 17, 21, 25 }, new[] { 30, 31, 32, 33 }, new[] { 40, 7, 40, 8, 40, 9, 2 } };
+        var ids = new List<int>();
+        while (ids.Count < length) ids.AddRange(phrases[rng.Next(phrases.Length)]);
+        return ids.Take(length).ToArray();
+    }
+
+    static TrainerOptions Options(TempDir dir, int steps = 12) => new()
+    {
+        OutputDirectory = dir.File("out"),
+        TrainTokens = Tokens(dir, "train.bin", 4000, 1),
+        ValidTokens = Tokens(dir, "valid.bin", 600, 2),
+        SequenceLength = Seq, BatchSize = 4, GradientAccumulation = 2,
+        LearningRate = 3e-3, WarmupSteps = 3, TotalSteps = steps, MinLearningRateRatio = 0.1,
+        WeightDecay = 0.1, GradientClip = 1.0, EvalEvery = 4, EvalBatches = 2, CheckpointEvery = 4,
+        Seed = 7, Device = DeviceKind.Cpu,
+    };
+
+    static string Tokens(TempDir dir, string name, int length, int seed)
+    {
+        string path = dir.File(name);
+        if (!File.Exists(path)) TokenStream.Write(path, Stream(length, seed), TokenFileFormat.UInt16);
+        return path;
+    }
+
+    [Fact]
+    public void ScheduleWarmsUpLinearlyThenDecaysByCosineToTheMinimum()
+    {
+        double At(int s) => LearningRateSchedule.At(s, 1.0, 10, 110, 0.1);
+        Assert.Equal(0.1, At(0), 12);
+        Assert.Equal(0.5, At(4), 12);
+        Assert.Equal(1.0, At(9), 12);
+        Assert.Equal(1.0, At(10), 12);                          // peak: first decay step
+        Assert.Equal(0.55, LearningRateSchedule.At(60, 1.0, 10, 111, 0.1), 12); // midpoint of a 100-step decay
+        Assert.Equal(0.1, At(109), 12);                         // last step: the minimum
+        Assert.Equal(0.1, At(500), 12);                         // past the end: stays there
+        for (int s = 10; s < 109; s++) Assert.True(At(s + 1) < At(s));
+    }
+
+    [Fact]
+    public void AutogradMatchesFiniteDifferences()
+    {
+        using var model = CausalLanguageModel.CreateRandom(TinyConfig(initRange: 0.2), torch.CPU, ModelDType.Float32, seed: 3);
+        foreach (var p in model.Parameters) p.Tensor.requires_grad_(true);
+        using var scope = torch.NewDisposeScope();
+        var gen = new torch.Generator(11);
+        var ids = torch.randint(0, Vocab, new long[] { 2, 9 }, generator: gen);
+        var inputs = ids.narrow(1, 0, 8);
+        var targets = ids.narrow(1, 1, 8);
+        double Loss() => F.cross_entropy(model.ForwardTraining(inputs).reshape(-1, Vocab), targets.reshape(-1)).to(ScalarType.Float64).item<double>();
+
+        F.cross_entropy(model.ForwardTraining(inputs).reshape(-1, Vocab), targets.reshape(-1)).backward();
+        Assert.All(model.Parameters, p => Assert.True(p.Tensor.grad is not null, $"{p.Name} got no gradient"));
+        Assert.Contains(model.Parameters, p => p.Parts.Count == 3); // the fused q|k|v
+        int checkedCount = 0;
+        foreach (var p in model.Parameters.Where(p => p.Name.Contains("layers.0.") || p.Name.StartsWith("model.embed") || p.Name == "model.norm.weight"))
+        {
+            var grad = p.Tensor.grad!.flatten();
+            long index = grad.abs().argmax().item<long>();
+            double analytic = grad[index].item<float>();
+            var flat = p.Tensor.detach().view(-1);
+            const double eps = 1e-2;
+            double plus, minus;
+            using (torch.no_grad())
+            {
+                float original = flat[index].item<float>();
+                flat[index] = original + (float)eps; plus = Loss();
+                flat[index] = original - (float)eps; minus = Loss();
+                flat[index] = original;
+            }
+            double numeric = (plus - minus) / (2 * eps);
+            Assert.True(Math.Abs(numeric - analytic) <= 1e-3 + 2e-2 * Math.Abs(analytic), $"{p.Name}[{index}]: autograd {analytic}, finite differences {numeric}");
+            checkedCount++;
+        }
+        Assert.True(checkedCount >= 6);
+    }
+
+    [Fact]
+    public void LossFallsOnARepetitiveStream()
+    {
+        using var dir = new TempDir();
+        using var trainer = Trainer.Create(TinyConfig(), Options(dir, steps: 50) with { CheckpointEvery = 0, EvalEvery = 0, GradientAccumulation = 1 });
+        var history = trainer.Run();
+        Assert.Equal(50, history.Count);
+        double first = history.Take(3).Average(h => h.Loss), last = history.TakeLast(3).Average(h => h.Loss);
+        Assert.True(last < 0.5 * first, $"loss went from {first:F3} to {last:F3}");
+        Assert.True(history[^1].ValidLoss < 0.6 * Math.Log(Vocab), $"validation loss {history[^1].ValidLoss}");
+    }
+
+    static Dictionary<string, byte[]> Weights(CausalLanguageModel model) =>
+        model.StateDict().ToDictionary(t => t.Name, t => t.Tensor.contiguous().bytes.ToArray());
+
+    [Fact]
+    public void ResumeAfterAKillGivesTheSameLossesAndBitIdenticalWeights()
+    {
+        using var full = new TempDir();
+        List<double> reference;
+        Dictionary<string, byte[]> referenceWeights;
+        using (var trainer = Trainer.Create(TinyConfig(), Options(full)))
+        {
+            var history = trainer.Run();
+            reference = history.Select(h => h.Loss).ToList();
+            referenceWeights = Weights(trainer.Model);
+            Assert.Equal(12, trainer.Step);
+        }
+
+        using var split = new TempDir();
+        var options = Options(split);
+        using (var trainer = Trainer.Create(TinyConfig(), options))
+        {
+            var before = trainer.Run(stopAfterStep: 6); // checkpoint at step 4; steps 5 and 6 are lost with the "killed" process
+            Assert.Equal(reference.Take(6), before.Select(h => h.Loss));
+        }
+        using (var trainer = Trainer.Resume(options))
+        {
+            Assert.Equal(4, trainer.Step);
+            var after = trainer.Run();
+            Assert.Equal(reference.Skip(4), after.Select(h => h.Loss)); // exact, not approximate
+            var weights = Weights(trainer.Model);
+            Assert.Equal(referenceWeights.Keys, weights.Keys);
+            foreach (var (name, bytes) in referenceWeights) Assert.True(bytes.AsSpan().SequenceEqual(weights[name]), $"{name} differs after resume");
+        }
+    }
+
+    [Fact]
+    public void CorruptCheckpointsAreNamedAndAFailedSaveKeepsTheLastGoodOne()
+    {
+        using var dir = new TempDir();
+        var options = Options(dir, steps: 8);
+        using (var trainer = Trainer.Create(TinyConfig(), options)) trainer.Run(stopAfterStep: 4); // checkpoint at 4
+        string last = Path.Combine(options.OutputDirectory, TrainingCheckpoint.LastName);
+
+        // A save that fails midway (here: while the optimizer file is being recorded) leaves checkpoint-last as it was.
+        int failures = 0;
+        var failing = options with { OnCheckpointFile = f => { if (f.EndsWith(TrainingCheckpoint.OptimizerFile)) { failures++; throw new IOException("disk full (simulated)"); } } };
+        using (var trainer = Trainer.Resume(failing))
+        {
+            trainer.Run(stopAfterStep: 6);
+            Assert.Throws<IOException>(() => trainer.SaveCheckpoint());
+        }
+        Assert.Equal(1, failures);
+        Assert.Equal(4, TrainingCheckpoint.Verify(last).Step);
+        Assert.Empty(Directory.GetDirectories(options.OutputDirectory, ".checkpoint-*"));
+        using (var trainer = Trainer.Resume(options)) Assert.Equal(4, trainer.Step);
+
+        // A crash between the two renames of a save leaves only checkpoint-prev: it is found and used.
+        string prev = Path.Combine(options.OutputDirectory, TrainingCheckpoint.PreviousName);
+        Directory.Move(last, prev);
+        using (var trainer = Trainer.Resume(options)) Assert.Equal(4, trainer.Step);
+        Directory.Move(prev, last);
+
+        // Truncated weights: named.
+        string weights = Path.Combine(last, CheckpointReader.SingleFileName);
+        byte[] good = File.ReadAllBytes(weights);
+        File.WriteAllBytes(weights, good.AsSpan(0, good.Length / 2).ToArray());
+        var e = Assert.Throws<TrainingCheckpointException>(() => Trainer.Resume(options));
+        Assert.Contains(weights, e.Message);
+        Assert.Contains("truncated", e.Message);
+        File.WriteAllBytes(weights, good);
+
+        // Same size, altered bytes: named.
+        var altered = (byte[])good.Clone();
+        altered[^5] ^= 0x55;
+        File.WriteAllBytes(weights, altered);
+        e = Assert.Throws<TrainingCheckpointException>(() => Trainer.Resume(options));
+        Assert.Contains(weights, e.Message);
+        File.WriteAllBytes(weights, good);
+
+        // Garbage state JSON: named.
+        string state = Path.Combine(last, TrainingCheckpoint.StateFile);
+        File.WriteAllText(state, "{ \"step\": 4, garbage");
+        e = Assert.Throws<TrainingCheckpointException>(() => Trainer.Resume(options));
+        Assert.Contains(state, e.Message);
+    }
+
+    [Fact]
+    public void TheSavedFolderLoadsAndGivesTheTrainedModelsLogits()
+    {
+        using var dir = new TempDir();
+        var options = Options(dir, steps: 5) with { CheckpointEvery = 0, EvalEvery = 0 };
+        using var trainer = Trainer.Create(TinyConfig(tied: true), options);
+        trainer.Run();
+        foreach (string f in new[] { "config.json", "model.safetensors", "generation_config.json" })
+            Assert.True(File.Exists(Path.Combine(options.OutputDirectory, f)), f);
+
+        using var loaded = CausalLanguageModel.Load(options.OutputDirectory, new ModelLoadOptions { Device = DeviceKind.Cpu });
+        using var scope = torch.NewDisposeScope();
+        var prompt = new[] { new[] { 5, 9, 13, 17, 21, 25, 30, 31 }, new[] { 40, 7, 40, 8, 40, 9, 2, 5 } };
+        var batch = ForwardBatch.LeftPadded(prompt, torch.CPU);
+        using var cache = loaded.CreateCache(2, 8, maxStepTokens: 8);
+        var fromDisk = loaded.Forward(batch, cache);
+        Tensor inMemory;
+        using (torch.no_grad()) inMemory = trainer.Model.ForwardTraining(batch.InputIds);
+        Assert.Equal(new long[] { 2, 8, Vocab }, fromDisk.shape);
+        Assert.True(fromDisk.allclose(inMemory, rtol: 0, atol: 1e-5), $"max difference {(fromDisk - inMemory).abs().max().item<float>()}");
+    }
+
+    [Fact]
+    public void FrozenParametersStayPutAndExtraLossesAreAdded()
+    {
+        using var dir = new TempDir();
+        int calls = 0;
+        var options = Options(dir, steps: 3) with
+        {
+            CheckpointEvery = 0, EvalEvery = 0, ValidTokens = null,
+            TrainParameter = name => name.EndsWith("norm.weight"),
+            ExtraLoss = (model, inputs, logits) => { calls++; return logits.square().mean() * 0.01; },
+        };
+        using var trainer = Trainer.Create(TinyConfig(), options);
+        var before = Weights(trainer.Model);
+        var history = trainer.Run();
+        var after = Weights(trainer.Model);
+        Assert.Equal(3 * options.GradientAccumulation, calls);
+        foreach (var (name, bytes) in before)
+            Assert.Equal(name.EndsWith("norm.weight"), !bytes.AsSpan().SequenceEqual(after[name]));
+        Assert.All(history, h => Assert.Null(h.ValidLoss));
+    }
+}
