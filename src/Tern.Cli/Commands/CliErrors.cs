@@ -8,5 +8,5 @@ internal static class CliErrors
 {
     public static bool IsUserError(Exception e) => e is CheckpointException or TokenizerException or ArgumentException
         or InvalidOperationException or FileNotFoundException or DirectoryNotFoundException or UnauthorizedAccessException
-        or OperationCanceledException or IOException;
+        or OperationCanceledException or IOException or NotSupportedException;
 }

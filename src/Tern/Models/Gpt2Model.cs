@@ -30,6 +30,8 @@ internal sealed class Gpt2Model : CausalLanguageModel
         bool scaleWeights = c.GetBool("scale_attn_weights") ?? true;
         bool byLayer = c.GetBool("scale_attn_by_inverse_layer_idx") ?? false;
 
+        if (w.Trainable)
+            throw new NotSupportedException("training GPT-2 (its Conv1D weights are transposed at load) is not supported yet: the trained tensor would not be the one in the checkpoint; train a Llama-family or OPT model.");
         Linear Conv1D(string prefix, long inF, long outF)
         {
             var weight = w.Get(prefix + ".weight", inF, outF);

@@ -34,6 +34,8 @@ internal sealed class GptNeoXModel : CausalLanguageModel
         act = Activations.Get(c.GetString("hidden_act") ?? "gelu", c, "hidden_act");
         attention = new AttentionSettings(heads, heads, headDim);
 
+        if (w.Trainable)
+            throw new NotSupportedException("training GPT-NeoX (its q|k|v rows are reordered at load) is not supported yet: the trained tensor would not be the one in the checkpoint; train a Llama-family or OPT model.");
         // Row r of the per-head layout [head][q|k|v][dim] goes to [q|k|v][head][dim].
         var order = torch.arange(3L * hidden).view(heads, 3, headDim).transpose(0, 1).reshape(-1).to(w.Device);
         embed = w.Get("gpt_neox.embed_in.weight", vocab, hidden);

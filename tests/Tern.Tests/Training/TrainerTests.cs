@@ -242,3 +242,17 @@ public class TrainerTests
         Assert.All(history, h => Assert.Null(h.ValidLoss));
     }
 }
+
+/// <summary>Architectures whose loaded tensors are rewritten at load time cannot train yet, and say so.</summary>
+public sealed class TrainableArchitectureTests
+{
+    [Theory]
+    [InlineData("neox-parallel")]
+    [InlineData("gpt2")]
+    public void RewrittenWeightsAreRefusedForTraining(string name)
+    {
+        var e = Assert.Throws<NotSupportedException>(() => Tern.Models.CausalLanguageModel.Load(Fixtures.ModelDir(name),
+            new Tern.Models.ModelLoadOptions { Device = Tern.Runtime.DeviceKind.Cpu, Trainable = true }));
+        Assert.Contains("not supported yet", e.Message);
+    }
+}
