@@ -33,10 +33,33 @@ internal static class TokenizerCommand
             MinFrequency = r.GetValue(minFrequency),
             ModelMaxLength = r.GetValue(maxLength),
         }));
-        return new Command("tokenizer", "Tokenizer tools.") { train };
+        var tokenizerDir = new Option<string>("--tokenizer", "-t") { Description = "Folder with the tokenizer (tokenizer.json, ...).", Required = true };
+        var text = new Option<string>("--input", "-i") { Description = "UTF-8 text file to encode.", Required = true };
+        var tokens = new Option<string>("--output", "-o") { Description = "Binary token file to write.", Required = true };
+        var format = new Option<string>("--format") { Description = "u16 (vocabularies up to 65,536) or i32.", DefaultValueFactory = _ => "u16" };
+        format.AcceptOnlyFromAmong("u16", "i32");
+        var encode = new Command("encode", "Encode a text file into the binary token file `tern train` reads.") { tokenizerDir, text, tokens, format };
+        encode.SetAction(r => Encode(r.GetValue(tokenizerDir)!, r.GetValue(text)!, r.GetValue(tokens)!,
+            r.GetValue(format) == "i32" ? Tern.Training.TokenFileFormat.Int32 : Tern.Training.TokenFileFormat.UInt16));
+        return new Command("tokenizer", "Tokenizer tools.") { train, encode };
     }
 
     static string? NullIfEmpty(string? s) => string.IsNullOrEmpty(s) ? null : s;
+
+    static int Encode(string tokenizerDir, string input, string output, Tern.Training.TokenFileFormat format)
+    {
+        if (!File.Exists(input)) throw new FileNotFoundException($"--input: '{Path.GetFullPath(input)}' does not exist.", input);
+        var tokenizer = TernTokenizer.Load(tokenizerDir);
+        var clock = Stopwatch.StartNew();
+        string content = File.ReadAllText(input);
+        var progress = new Progress<double>(f => Console.Error.Write($"\rencoding {f * 100,3:F0}%   "));
+        int[] ids = Tern.Training.TokenFile.Encode(tokenizer, content, progress: progress);
+        Tern.Training.TokenFile.Write(output, ids, format);
+        Console.Error.WriteLine();
+        Console.WriteLine($"wrote {output}: {ids.Length:N0} tokens from {Encoding.UTF8.GetByteCount(content):N0} bytes " +
+                          $"({Encoding.UTF8.GetByteCount(content) / (double)Math.Max(1, ids.Length):F2} bytes/token) in {clock.Elapsed.TotalSeconds:F1} s");
+        return 0;
+    }
 
     static int Train(string[] inputs, string output, string? evaluate, BpeTrainerOptions options)
     {
