@@ -14,6 +14,7 @@ public static class Program
             ChatCommand.Create(),
             InfoCommand.Create(),
             BenchCommand.Create(),
+            EvalCommand.Create(),
             TokenizerCommand.Create(),
             TrainCommand.Create(),
         };

@@ -52,7 +52,7 @@ internal static class TokenizerCommand
         var tokenizer = TernTokenizer.Load(tokenizerDir);
         var clock = Stopwatch.StartNew();
         string content = File.ReadAllText(input);
-        var progress = new Progress<double>(f => Console.Error.Write($"\rencoding {f * 100,3:F0}%   "));
+        var progress = new ConsoleProgress("encoding");
         int[] ids = Tern.Training.TokenFile.Encode(tokenizer, content, progress: progress);
         Tern.Training.TokenFile.Write(output, ids, format);
         Console.Error.WriteLine();

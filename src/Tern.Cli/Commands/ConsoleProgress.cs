@@ -1,0 +1,21 @@
+namespace Tern.Cli.Commands;
+
+/// <summary>A progress line on stderr, rewritten in place: synchronous (unlike <see cref="Progress{T}"/>, which posts reports
+/// to the thread pool and can print them out of order), monotonic, and redrawn only when the shown percentage changes.</summary>
+internal sealed class ConsoleProgress(string label) : IProgress<double>
+{
+    readonly System.Diagnostics.Stopwatch clock = System.Diagnostics.Stopwatch.StartNew();
+    readonly object gate = new();
+    int shown = -1;
+
+    public void Report(double fraction)
+    {
+        int permille = (int)(Math.Clamp(fraction, 0, 1) * 1000);
+        lock (gate)
+        {
+            if (permille <= shown) return;
+            shown = permille;
+            Console.Error.Write($"\r{label} {permille / 10.0,5:F1}%  ({clock.Elapsed.TotalSeconds:F0} s)   ");
+        }
+    }
+}
