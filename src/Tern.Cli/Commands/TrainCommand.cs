@@ -84,6 +84,9 @@ internal static class TrainCommand
             };
             trainer.Run(cancellation: cancellation);
             Console.Error.WriteLine();
+            if (File.Exists(log))
+                LossCurve.FromLog(log).SavePng(Path.Combine(options.OutputDirectory, "loss-curve.png"),
+                    $"{trainer.Model.Info.ModelType}, {trainer.Model.Info.ParameterCount / 1e6:F1}M parameters, {trainer.Step} steps");
             if (trainer.Step < options.TotalSteps)
             {
                 trainer.SaveCheckpoint(); // interrupted (Ctrl+C): keep every finished step
