@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine from the repository root (see bench/README.md):
 #   tools/gpu/run.sh tests|bench|hf|all
-# Needs .device/ made here by ../shared/device/pack (Tern.Cli and Tern.Tests.Gpu) and, for `hf`, tools/gpu/hf_decode_baseline.py
+# Needs .device/ made here by tools/gpu/pack.sh (Tern.Cli and Tern.Tests.Gpu); `hf` runs tools/gpu/hf_decode_baseline.py
 # (a copy of ../shared/bench/hf_decode_baseline.py).
 set -uo pipefail
 source .device/env.sh

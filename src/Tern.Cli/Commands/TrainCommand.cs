@@ -85,8 +85,18 @@ internal static class TrainCommand
             trainer.Run(cancellation: cancellation);
             Console.Error.WriteLine();
             if (File.Exists(log))
-                LossCurve.FromLog(log).SavePng(Path.Combine(options.OutputDirectory, "loss-curve.png"),
-                    $"{trainer.Model.Info.ModelType}, {trainer.Model.Info.ParameterCount / 1e6:F1}M parameters, {trainer.Step} steps");
+            {
+                try
+                {
+                    LossCurve.FromLog(log).SavePng(Path.Combine(options.OutputDirectory, "loss-curve.png"),
+                        $"{trainer.Model.Info.ModelType}, {trainer.Model.Info.ParameterCount / 1e6:F1}M parameters, {trainer.Step} steps");
+                }
+                catch (Exception e) when (e is DllNotFoundException or TypeInitializationException)
+                {
+                    // The GPU machine's pack leaves out the plotting natives (tools/gpu/pack.sh); draw it where the log comes back.
+                    Console.Error.WriteLine($"note: loss-curve.png not drawn here ({e.GetType().Name}); the log is {log}");
+                }
+            }
             if (trainer.Step < options.TotalSteps)
             {
                 trainer.SaveCheckpoint(); // interrupted (Ctrl+C): keep every finished step
