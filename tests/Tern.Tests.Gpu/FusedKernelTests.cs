@@ -17,6 +17,7 @@ public sealed class FusedKernelTests
     static void AssertClose(Tensor expected, Tensor actual, ModelDType dtype, string what, int roundings = 1)
     {
         using var scope = torch.NewDisposeScope();
+        using var inference = torch.no_grad(); // the kernels step aside while autograd records (training)
         var e = expected.to(ScalarType.Float32).cpu();
         var a = actual.to(ScalarType.Float32).cpu();
         // one rounding of the element type, relative, plus a small absolute floor
@@ -28,11 +29,22 @@ public sealed class FusedKernelTests
     [Fact]
     public void KernelsCompile() => Assert.True(FusedKernels.Available, FusedKernels.UnavailableReason);
 
+    [Fact]
+    public void KernelsStepAsideWhileAutogradRecords()
+    {
+        using var scope = torch.NewDisposeScope();
+        var x = torch.randn(1, 64, device: CUDA).to(ScalarType.BFloat16);
+        var w = torch.ones(64, device: CUDA).to(ScalarType.BFloat16);
+        Assert.False(FusedKernels.TryRmsNorm(x, w, 1e-6, out _)); // grad enabled: no backward exists for the kernels
+        using (torch.no_grad()) Assert.True(FusedKernels.TryRmsNorm(x, w, 1e-6, out _));
+    }
+
     [Theory]
     [MemberData(nameof(DTypes))]
     public void RmsNormMatchesComposite(ModelDType dtype)
     {
         using var scope = torch.NewDisposeScope();
+        using var inference = torch.no_grad(); // the kernels step aside while autograd records (training)
         var t = dtype.ToScalarType();
         var x = torch.randn(3, 5, 4096, device: CUDA).to(t);
         var w = (torch.rand(4096, device: CUDA) + 0.5).to(t);
@@ -47,6 +59,7 @@ public sealed class FusedKernelTests
     public void GatedActivationMatchesComposite(ModelDType dtype)
     {
         using var scope = torch.NewDisposeScope();
+        using var inference = torch.no_grad(); // the kernels step aside while autograd records (training)
         var t = dtype.ToScalarType();
         var gu = torch.randn(2, 3, 2 * 700, device: CUDA).to(t);
         foreach (var (kind, act) in new (int, Func<Tensor, Tensor>)[] { (0, x => F.silu(x)), (1, x => F.relu(x)), (2, x => F.gelu(x)), (3, x => F.gelu(x, TorchSharp.Modules.GELU.Approximate.tanh)) })
@@ -66,6 +79,7 @@ public sealed class FusedKernelTests
     public void OneRowGemvMatchesLinear(ModelDType dtype, int n, int k)
     {
         using var scope = torch.NewDisposeScope();
+        using var inference = torch.no_grad(); // the kernels step aside while autograd records (training)
         var t = dtype.ToScalarType();
         var x = torch.randn(1, 1, k, device: CUDA).to(t);
         var w = (torch.randn(n, k, device: CUDA) * 0.05).to(t);
@@ -88,6 +102,7 @@ public sealed class FusedKernelTests
     public void DecodeAttentionMatchesReference(ModelDType dtype, int window)
     {
         using var scope = torch.NewDisposeScope();
+        using var inference = torch.no_grad(); // the kernels step aside while autograd records (training)
         var t = dtype.ToScalarType();
         int b = 3, heads = 8, kvHeads = 2, cap = 77, d = 64, filled = 50;
         var keys = torch.randn(b, kvHeads, cap, d, device: CUDA).to(t);

@@ -13,7 +13,6 @@ internal sealed record Linear(Tensor Weight, Tensor? Bias) : IDisposable
     /// <summary>residual + x·Wᵀ + b, in one kernel where the one-row GEMV serves.</summary>
     public Tensor ForwardAdd(Tensor x, Tensor residual) =>
         Interop.FusedKernels.TryGemv(x, Weight, Bias, residual, out var y) ? y : residual + F.linear(x, Weight, Bias);
-    public long OutFeatures => Weight.shape[0];
     public void Dispose()
     {
         Weight.Dispose();

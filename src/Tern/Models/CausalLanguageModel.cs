@@ -67,10 +67,6 @@ public abstract class CausalLanguageModel : IDisposable
         return model;
     }
 
-    /// <summary>Builds a model of <paramref name="config"/>'s architecture from a weight source.</summary>
-    public static CausalLanguageModel Create(HfConfig config, IWeightSource weights, Device device, ModelDType dtype) =>
-        Create(config, weights, device, dtype, trainable: false);
-
     /// <summary>A model with fresh random weights as transformers initialises them: normal(0, initializer_range) matrices
     /// and embeddings, norm weights 1, biases 0 (<see cref="DummyWeightSource"/>, reproducible by <paramref name="seed"/>).
     /// Trainable.</summary>
@@ -80,8 +76,9 @@ public abstract class CausalLanguageModel : IDisposable
         return Create(config, source, device, dtype, trainable: true);
     }
 
-    /// <summary>Builds a model from a weight source; <paramref name="trainable"/> as <see cref="ModelLoadOptions.Trainable"/>.</summary>
-    public static CausalLanguageModel Create(HfConfig config, IWeightSource weights, Device device, ModelDType dtype, bool trainable)
+    /// <summary>Builds a model of <paramref name="config"/>'s architecture from a weight source; <paramref name="trainable"/> as
+    /// <see cref="ModelLoadOptions.Trainable"/>.</summary>
+    public static CausalLanguageModel Create(HfConfig config, IWeightSource weights, Device device, ModelDType dtype, bool trainable = false)
     {
         string type = config.ModelType;
         if (!Architectures.TryGetValue(type, out var factory))
