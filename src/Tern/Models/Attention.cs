@@ -35,18 +35,17 @@ internal static class Attention
 
         policy.BeforeAppend(cache, (int)t);
         cache.Append(k.transpose(1, 2), v.transpose(1, 2), batch.Positions, batch.HasPadding, batch.WriteSlots);
-        int length = cache.Length;
-        var keys = cache.ActiveKeys;
-        var values = cache.ActiveValues;
         var qh = q.transpose(1, 2); // [B,H,T,D]
-        bool windowMatters = s.SlidingWindow > 0 && batch.MaxPosition + 1 > s.SlidingWindow;
-
         if (batch.WriteSlots is not null)
         {
             var result = StaticShapes(qh, batch, cache, policy, s);
             policy.AfterStep(cache);
             return result;
         }
+        int length = cache.Length;
+        var keys = cache.ActiveKeys;
+        var values = cache.ActiveValues;
+        bool windowMatters = s.SlidingWindow > 0 && batch.MaxPosition + 1 > s.SlidingWindow;
         Tensor output; // [B,H,T,D]
         if (policy.NeedsAttentionProbabilities)
         {
