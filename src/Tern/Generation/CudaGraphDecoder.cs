@@ -26,9 +26,9 @@ internal sealed class CudaGraphDecoder : IDisposable
     int steps;
 
     /// <summary>True when graphs can serve this request: CUDA, libtorch's graph symbols found, a cache of static capacity
-    /// (the full policy) and a deterministic sampler.</summary>
+    /// (the full policy, 16 bits) and a deterministic sampler.</summary>
     public static bool CanServe(CausalLanguageModel model, GenerationOptions options) =>
-        options.Temperature == 0 && (options.CachePolicy?.AppendOnly ?? true)
+        options.Temperature == 0 && (options.CachePolicy?.AppendOnly ?? true) && (options.CachePolicy?.Bits ?? 16) == 16
         && (options.ForceStaticShapes || options.UseCudaGraphs && model.Device.type == DeviceType.CUDA && LibTorchCuda.IsAvailable);
 
     bool Capturing => model.Device.type == DeviceType.CUDA;

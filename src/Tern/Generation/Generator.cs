@@ -99,7 +99,9 @@ public sealed class Generator
             if (promptLength >= info.MaxPositions)
                 throw new ArgumentException(
                     $"the prompt has {promptLength} tokens but the model's context is {info.MaxPositions} (max_position_embeddings in config.json); shorten the prompt.");
-            maxNew = Math.Min(options.MaxNewTokens, info.MaxPositions - promptLength);
+            // Positions by cache index stay below the cache's capacity, so those policies may run past the model's context.
+            bool positionsBounded = options.CachePolicy?.PositionsFollowCache ?? false;
+            maxNew = positionsBounded ? options.MaxNewTokens : Math.Min(options.MaxNewTokens, info.MaxPositions - promptLength);
             // Explicit stop ids always count; IgnoreEos only drops the model's end-of-sequence ids.
             stopIds = options.StopTokenIds is { } explicitIds ? new HashSet<int>(explicitIds)
                 : options.IgnoreEos ? new HashSet<int>() : new HashSet<int>(owner.tokenizer?.EosTokenIds ?? ModelEos());
@@ -116,7 +118,10 @@ public sealed class Generator
 
         IReadOnlyList<int> ModelEos() => owner.model.Config.GetIntList("eos_token_id");
 
-        bool HostNeedsTokens => streaming || stopIds.Count > 0 || options.StopStrings.Count > 0;
+        bool HostNeedsTokens => streaming || stopIds.Count > 0 || options.StopStrings.Count > 0 || recomputes;
+
+        /// <summary>True when the policy re-runs a window of tokens at some step (the host then keeps every token fed).</summary>
+        bool recomputes;
 
         /// <summary>Runs the loop; yields once per decode step (with the new tokens when streaming).</summary>
         public IEnumerable<List<GeneratedToken>?> Steps(CancellationToken cancellation)
@@ -125,13 +130,18 @@ public sealed class Generator
             var device = model.Device;
             using var scope = torch.NewDisposeScope();
             const int padId = 0;
-            var prefill = ForwardBatch.LeftPadded(prompts, device, padId, lastPositionOnly: true);
             var realLengths = prompts.Select(p => p.Count).ToArray();
             using var cache = model.CreateCache(batch, promptLength + maxNew, options.CachePolicy, promptLength);
+            var policy = cache.Policy;
+            recomputes = policy.RecomputeWindow(cache, promptLength + maxNew) > 0;
+            var fed = recomputes ? prompts.Select(p => p.ToList()).ToArray() : null; // every token each sequence has fed
+            var prefill = ForwardBatch.LeftPadded(prompts, device, padId, lastPositionOnly: true);
             using var sampler = new Sampler(options, prefill.InputIds, prefill.Positions.ge(0), model.Info.VocabSize);
 
             prefillWatch.Start();
-            var logits = model.Forward(prefill, cache);
+            var logits = policy.RecomputeWindow(cache, promptLength) is > 0 and var promptWindow
+                ? Recompute(cache, fed!, promptWindow)
+                : model.Forward(prefill, cache);
             var next = sampler.Next(logits);
             if (!HostNeedsTokens) deviceTokens = torch.empty(batch, maxNew, ScalarType.Int64, device);
             SyncIfCuda(device);
@@ -175,7 +185,14 @@ public sealed class Generator
                         var finishedMask = torch.tensor(finished.Select(f => f is not null).ToArray()).to(device);
                         next = torch.where(finishedMask, torch.tensor((long)padId, device: device), next);
                     }
-                    var stepLogits = model.Forward(new ForwardBatch
+                    if (fed is not null)
+                    {
+                        long[] host = next.cpu().data<long>().ToArray();
+                        for (int b = 0; b < batch; b++) fed[b].Add((int)host[b]);
+                    }
+                    var stepLogits = policy.RecomputeWindow(cache, promptLength + step + 1) is > 0 and var window
+                        ? Recompute(cache, fed!, window)
+                        : model.Forward(new ForwardBatch
                     {
                         InputIds = next.unsqueeze(1),
                         Positions = stepPositions,
@@ -201,6 +218,15 @@ public sealed class Generator
             SyncIfCuda(device);
             decodeWatch.Stop();
             deviceTokens = null;
+        }
+
+        /// <summary>StreamingLLM's re-computation baseline: clears the cache and runs the last <paramref name="window"/> tokens
+        /// of every sequence through it as a fresh left-padded prompt (positions from 0); returns the last position's logits.</summary>
+        Tensor Recompute(KvCache.KvCache cache, List<int>[] fed, int window)
+        {
+            cache.Clear();
+            var windows = fed.Select(f => (IReadOnlyList<int>)f.GetRange(Math.Max(0, f.Count - window), Math.Min(window, f.Count))).ToArray();
+            return owner.model.Forward(ForwardBatch.LeftPadded(windows, owner.model.Device, lastPositionOnly: true), cache);
         }
 
         List<GeneratedToken> Record(long[] host, bool lastStep)

@@ -28,10 +28,30 @@ public interface IKvCachePolicy
     /// <summary>Called before <paramref name="incomingTokens"/> new entries are appended to a layer: evict here so they fit.</summary>
     void BeforeAppend(LayerKvCache layer, int incomingTokens);
 
-    /// <summary>Attention probabilities of one layer's step, shape [batch, heads, queries, layer.Length] (fp32, rows of
-    /// empty or masked slots are zero). Only called when <see cref="NeedsAttentionProbabilities"/> is true.</summary>
+    /// <summary>Attention probabilities of one layer's step, shape [batch, heads, queries, layer.Length] (fp32; entries of
+    /// empty or masked slots and rows of padding queries are zero). Only called when <see cref="NeedsAttentionProbabilities"/> is true.</summary>
     void ObserveAttention(LayerKvCache layer, Tensor probabilities);
 
     /// <summary>Called after a layer's attention in every step: the policy may evict entries now.</summary>
     void AfterStep(LayerKvCache layer);
+
+    /// <summary>Bits per stored key/value element: 16 keeps the model's dtype, 8 or 4 store them group-quantized
+    /// (<see cref="KvCacheOptions.Bits"/>). Part of the policy as in FlexGen, whose policy includes cache compression.</summary>
+    int Bits => 16;
+
+    /// <summary>
+    /// True when the model must position tokens by their index in the cache rather than in the text (StreamingLLM's
+    /// "position rolling"): a new token gets the number of entries its row holds before it, and keys are stored before the
+    /// rotary embedding and rotated by their current cache index at every step, so eviction never shifts a stored key.
+    /// Positions then stay below the cache's capacity however long the sequence grows.
+    /// </summary>
+    bool PositionsFollowCache => false;
+
+    /// <summary>
+    /// The seam for StreamingLLM's "sliding window with re-computation" baseline: before a step that would make the longest
+    /// sequence <paramref name="sequenceLength"/> tokens long, the generator asks how many of the last tokens of each sequence
+    /// to re-run through <paramref name="cache"/>, cleared (their positions starting at 0), instead of appending the step's
+    /// tokens; 0 appends as usual.
+    /// </summary>
+    int RecomputeWindow(KvCache cache, int sequenceLength) => 0;
 }

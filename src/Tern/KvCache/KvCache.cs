@@ -15,8 +15,13 @@ public sealed record KvCacheOptions
     public required int HeadDim { get; init; }
     /// <summary>Slots per layer (see <see cref="IKvCachePolicy.Capacity"/>).</summary>
     public required int Capacity { get; init; }
-    /// <summary>Storage type of keys and values.</summary>
+    /// <summary>Storage type of keys and values (the model's dtype; also the type group-quantized entries read back as).</summary>
     public required ScalarType DType { get; init; }
+    /// <summary>Bits per stored key/value element: 16 keeps <see cref="DType"/>; 8 or 4 store FlexGen group-quantized codes
+    /// (groups of 64 along the head dimension), dequantized for attention.</summary>
+    public int Bits { get; init; } = 16;
+    /// <summary>Longest sequence the cache serves (what ratio budgets are ratios of); 0 means <see cref="Capacity"/>.</summary>
+    public int MaxSequenceLength { get; init; }
     /// <summary>Where the cache lives.</summary>
     public required Device Device { get; init; }
 }
@@ -43,11 +48,15 @@ public sealed class KvCache : IDisposable
     {
         if (options.BatchSize < 1 || options.Layers < 1 || options.KvHeads < 1 || options.HeadDim < 1 || options.Capacity < 1)
             throw new ArgumentException($"invalid KV cache shape {options}");
+        KvPolicyOptions.ValidateBits(options.Bits);
         return new KvCache(options, policy ?? DensePolicy.Instance);
     }
 
     /// <summary>The shape and placement.</summary>
     public KvCacheOptions Options { get; }
+
+    /// <summary>Longest sequence the cache serves (<see cref="KvCacheOptions.MaxSequenceLength"/>, or the capacity).</summary>
+    public int MaxSequenceLength => layers[0].MaxSequenceLength;
 
     /// <summary>The policy deciding what the cache keeps.</summary>
     public IKvCachePolicy Policy { get; }
@@ -76,7 +85,7 @@ public sealed class KvCache : IDisposable
     }
 
     /// <summary>Bytes held by keys and values.</summary>
-    public long Bytes => layers.Sum(l => l.Keys.NumberOfElements * l.Keys.ElementSize * 2);
+    public long Bytes => layers.Sum(l => l.Bytes);
 
     /// <summary>Empties every layer.</summary>
     public void Clear()

@@ -4,23 +4,27 @@ using static TorchSharp.torch;
 namespace Tern.KvCache;
 
 /// <summary>
-/// One layer's keys and values, preallocated as [batch, kvHeads, capacity, headDim], with the original token position of
-/// every entry in [batch, kvHeads, capacity] (-1 marks an empty slot: padding or never written). Slots [0, Length) are in
-/// use; entries are appended at Length and evicted per head by <see cref="Keep"/>, which compacts the survivors to the front.
+/// One layer's keys and values, preallocated as [batch, kvHeads, capacity, headDim] (in the model's dtype, or group-quantized
+/// when <see cref="KvCacheOptions.Bits"/> is 8 or 4), with the original token position of every entry in
+/// [batch, kvHeads, capacity] (-1 marks an empty slot: padding or never written). Slots [0, Length) are in use; entries are
+/// appended at Length and evicted per head by <see cref="Keep"/>, which compacts the survivors to the front.
 /// </summary>
 public sealed class LayerKvCache : IDisposable
 {
+    readonly KvStore keys, values;
+    IDisposable? policyState;
+
     internal LayerKvCache(int layer, KvCacheOptions options)
     {
         Layer = layer;
         Capacity = options.Capacity;
-        Keys = torch.zeros(new long[] { options.BatchSize, options.KvHeads, options.Capacity, options.HeadDim }, options.DType, options.Device);
-        Values = torch.zeros(new long[] { options.BatchSize, options.KvHeads, options.Capacity, options.HeadDim }, options.DType, options.Device);
-        Positions = torch.full(new long[] { options.BatchSize, options.KvHeads, options.Capacity }, -1L, ScalarType.Int64, options.Device);
+        MaxSequenceLength = options.MaxSequenceLength > 0 ? options.MaxSequenceLength : options.Capacity;
+        Bits = options.Bits;
+        keys = KvStore.Create(options);
+        values = KvStore.Create(options);
         // The cache is disposed by its owner, not by whatever dispose scope is open when it is created.
-        Keys.DetachFromDisposeScope();
-        Values.DetachFromDisposeScope();
-        Positions.DetachFromDisposeScope();
+        Positions = torch.full(new long[] { options.BatchSize, options.KvHeads, options.Capacity }, -1L, ScalarType.Int64, options.Device)
+            .DetachFromDisposeScope();
     }
 
     /// <summary>Index of the layer.</summary>
@@ -29,36 +33,53 @@ public sealed class LayerKvCache : IDisposable
     /// <summary>Slots preallocated.</summary>
     public int Capacity { get; }
 
+    /// <summary>Longest sequence the cache was created for (<see cref="KvCacheOptions.MaxSequenceLength"/>): what a budget
+    /// given as a ratio is a ratio of.</summary>
+    public int MaxSequenceLength { get; }
+
+    /// <summary>Bits per stored key/value element: 16 = the model's dtype, 8 or 4 = group-quantized.</summary>
+    public int Bits { get; }
+
     /// <summary>Slots in use: every entry lives in [0, Length).</summary>
     public int Length { get; private set; }
 
     /// <summary>True when some slot below <see cref="Length"/> is empty (padding or uneven eviction), so attention needs a mask.</summary>
     public bool HasHoles { get; private set; }
 
-    /// <summary>Key storage [batch, kvHeads, capacity, headDim]. Keys are stored after rotary embedding.</summary>
-    public Tensor Keys { get; }
+    /// <summary>Key storage [batch, kvHeads, capacity, headDim], stored after rotary embedding (before it when the policy
+    /// positions keys by their cache index, <see cref="IKvCachePolicy.PositionsFollowCache"/>). With 16 bits this is the
+    /// storage itself; with 8 or 4 bits a dequantized copy.</summary>
+    public Tensor Keys => keys.Read(Capacity);
 
-    /// <summary>Value storage [batch, kvHeads, capacity, headDim].</summary>
-    public Tensor Values { get; }
+    /// <summary>Value storage [batch, kvHeads, capacity, headDim] (the storage itself with 16 bits, a dequantized copy otherwise).</summary>
+    public Tensor Values => values.Read(Capacity);
 
     /// <summary>Original token position of each slot [batch, kvHeads, capacity], -1 when empty.</summary>
     public Tensor Positions { get; }
 
-    /// <summary>Keys in use, [batch, kvHeads, Length, headDim] (a view).</summary>
-    public Tensor ActiveKeys => Keys.narrow(2, 0, Length);
+    /// <summary>Keys in use, [batch, kvHeads, Length, headDim] (a view with 16 bits, a dequantized copy otherwise).</summary>
+    public Tensor ActiveKeys => keys.Read(Length);
 
-    /// <summary>Values in use (a view).</summary>
-    public Tensor ActiveValues => Values.narrow(2, 0, Length);
+    /// <summary>Values in use (a view with 16 bits, a dequantized copy otherwise).</summary>
+    public Tensor ActiveValues => values.Read(Length);
 
     /// <summary>Positions of the slots in use, [batch, kvHeads, Length] (a view).</summary>
     public Tensor ActivePositions => Positions.narrow(2, 0, Length);
+
+    /// <summary>Per-entry state a policy keeps for this layer (H2O's scores), owned by the cache: disposed with it and
+    /// dropped by <see cref="Clear"/>, so a policy object can serve any number of caches.</summary>
+    public T PolicyState<T>(Func<T> create) where T : class, IDisposable
+    {
+        policyState ??= create();
+        return (T)policyState;
+    }
 
     /// <summary>
     /// Appends keys and values [batch, kvHeads, tokens, headDim] with their positions [batch, tokens] (-1 for padding).
     /// <paramref name="hasPadding"/> says whether any position is -1 (known on the host, so no device sync is needed).
     /// </summary>
-    /// <param name="slots">When given (static-shape mode), the slots, int64 [tokens] on the device, to write to; they must
-    /// equal [Length, Length + tokens) at execution time.</param>
+    /// <param name="slots">When given (static-shape mode, 16 bits only), the slots, int64 [tokens] on the device, to write to;
+    /// they must equal [Length, Length + tokens) at execution time.</param>
     public void Append(Tensor keys, Tensor values, Tensor positions, bool hasPadding, Tensor? slots = null)
     {
         int tokens = (int)keys.shape[2];
@@ -66,15 +87,20 @@ public sealed class LayerKvCache : IDisposable
             throw new InvalidOperationException($"KV cache of layer {Layer}: {Length} + {tokens} entries exceed its {Capacity} slots.");
         if (slots is null)
         {
-            Keys.narrow(2, Length, tokens).copy_(keys);
-            Values.narrow(2, Length, tokens).copy_(values);
+            this.keys.Write(Length, keys);
+            this.values.Write(Length, values);
             Positions.narrow(2, Length, tokens).copy_(positions.unsqueeze(1));
         }
-        else if (!Interop.FusedKernels.TryCacheAppend(Keys, Values, Positions, keys, values, positions, slots))
+        else
         {
-            Keys.index_copy_(2, slots, keys);
-            Values.index_copy_(2, slots, values);
-            Positions.index_copy_(2, slots, positions.unsqueeze(1).expand(Positions.shape[0], Positions.shape[1], tokens));
+            if (this.keys is not DenseKvStore k || this.values is not DenseKvStore v)
+                throw new InvalidOperationException("static-shape steps (CUDA graphs) need a 16-bit KV cache.");
+            if (!Interop.FusedKernels.TryCacheAppend(k.Storage, v.Storage, Positions, keys, values, positions, slots))
+            {
+                k.Storage.index_copy_(2, slots, keys);
+                v.Storage.index_copy_(2, slots, values);
+                Positions.index_copy_(2, slots, positions.unsqueeze(1).expand(Positions.shape[0], Positions.shape[1], tokens));
+            }
         }
         Length += tokens;
         HasHoles |= hasPadding;
@@ -89,7 +115,9 @@ public sealed class LayerKvCache : IDisposable
     /// values, positions and relative order, and move to the front. When every row keeps the same number of entries, pass
     /// it as <paramref name="keptPerRow"/> (known on the host); otherwise the largest count is read back from the device.
     /// </summary>
-    public void Keep(Tensor keep, int? keptPerRow = null)
+    /// <param name="companion">Per-entry policy state [batch, kvHeads, Capacity, ...] (e.g. H2O's scores), compacted the same
+    /// way; its slots past the new length are zeroed, ready for the entries appended next.</param>
+    public void Keep(Tensor keep, int? keptPerRow = null, Tensor? companion = null)
     {
         if (Length == 0) return;
         using var scope = torch.NewDisposeScope();
@@ -100,13 +128,15 @@ public sealed class LayerKvCache : IDisposable
         var order = torch.where(keep, slot, slot + Length).argsort(-1).narrow(-1, 0, newLength);
         var keptFlags = keep.gather(-1, order);
         var positions = torch.where(keptFlags, ActivePositions.gather(-1, order), torch.tensor(-1L, device: keep.device));
-        var index = order.unsqueeze(-1).expand(-1, -1, -1, Keys.shape[3]);
-        var keys = ActiveKeys.gather(2, index);
-        var values = ActiveValues.gather(2, index);
-        Keys.narrow(2, 0, newLength).copy_(keys);
-        Values.narrow(2, 0, newLength).copy_(values);
+        keys.Compact(order);
+        values.Compact(order);
         Positions.narrow(2, 0, newLength).copy_(positions);
         if (Length > newLength) Positions.narrow(2, newLength, Length - newLength).fill_(-1);
+        if (companion is not null)
+        {
+            KvStore.CompactTensor(companion, order);
+            if (Length > newLength) companion.narrow(2, newLength, Length - newLength).zero_();
+        }
         if (keptPerRow is null) HasHoles = true;
         Length = newLength;
     }
@@ -114,19 +144,25 @@ public sealed class LayerKvCache : IDisposable
     /// <summary>Number of occupied entries per sequence and head, [batch, kvHeads] (a device tensor).</summary>
     public Tensor EntryCounts() => ActivePositions.ge(0).sum(-1);
 
-    /// <summary>Empties the layer (keeps the allocation).</summary>
+    /// <summary>Bytes held by keys and values.</summary>
+    public long Bytes => keys.Bytes + values.Bytes;
+
+    /// <summary>Empties the layer (keeps the allocation; drops the policy's state).</summary>
     public void Clear()
     {
         if (Length > 0) Positions.narrow(2, 0, Length).fill_(-1);
         Length = 0;
         HasHoles = false;
+        policyState?.Dispose();
+        policyState = null;
     }
 
     /// <inheritdoc />
     public void Dispose()
     {
-        Keys.Dispose();
-        Values.Dispose();
+        keys.Dispose();
+        values.Dispose();
         Positions.Dispose();
+        policyState?.Dispose();
     }
 }

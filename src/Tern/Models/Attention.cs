@@ -27,7 +27,10 @@ internal sealed record AttentionSettings(int Heads, int KvHeads, int HeadDim)
 internal static class Attention
 {
     /// <summary>q [B,T,H,D], k and v [B,T,Hkv,D] (rotated); returns [B,T,H·D].</summary>
-    public static Tensor Forward(Tensor q, Tensor k, Tensor v, ForwardBatch batch, LayerKvCache cache, IKvCachePolicy policy, AttentionSettings s)
+    /// <param name="cachedKeyRotation">When the policy positions keys by their cache index, k arrives unrotated and is stored
+    /// so; every cached key is then rotated here to its index among its row's occupied slots.</param>
+    public static Tensor Forward(Tensor q, Tensor k, Tensor v, ForwardBatch batch, LayerKvCache cache, IKvCachePolicy policy, AttentionSettings s,
+        RotaryEmbedding? cachedKeyRotation = null)
     {
         long b = q.shape[0], t = q.shape[1];
         int h = s.Heads, hkv = s.KvHeads, g = s.Groups, d = s.HeadDim;
@@ -45,11 +48,15 @@ internal static class Attention
         int length = cache.Length;
         var keys = cache.ActiveKeys;
         var values = cache.ActiveValues;
+        if (cachedKeyRotation is not null)
+            keys = cachedKeyRotation.RotateCached(keys, cache.ActivePositions.ge(0).to(ScalarType.Int64).cumsum(-1) - 1, length);
         bool windowMatters = s.SlidingWindow > 0 && batch.MaxPosition + 1 > s.SlidingWindow;
         Tensor output; // [B,H,T,D]
         if (policy.NeedsAttentionProbabilities)
         {
             output = Explicit(qh, keys, values, Mask(batch, cache.ActivePositions, s), s, out var probabilities);
+            // Padding queries attend somewhere only to stay finite: policies must not count what they attend to.
+            if (batch.HasPadding) probabilities = probabilities.masked_fill(batch.Positions.lt(0).unsqueeze(1).unsqueeze(-1), 0);
             policy.ObserveAttention(cache, probabilities);
         }
         else if (!cache.HasHoles && !windowMatters && t == 1)

@@ -98,13 +98,22 @@ public abstract class CausalLanguageModel : IDisposable
     public KvCache.KvCache CreateCache(int batchSize, int maxSequenceLength, IKvCachePolicy? policy = null, int maxStepTokens = 1)
     {
         policy ??= DensePolicy.Instance;
+        int capacity = policy.Capacity(maxSequenceLength, maxStepTokens);
+        // Cache-index positions stay below the capacity: learned position tables must hold that many rows.
+        if (policy.PositionsFollowCache && Info.LearnedPositions && capacity > Info.MaxPositions)
+            throw new ArgumentException(
+                $"--kv-policy {policy.Name} positions tokens by their cache index, which reaches {capacity - 1} with this --kv-budget " +
+                $"(budget plus one step of {maxStepTokens} tokens), but this {Info.ModelType} model has {Info.MaxPositions} learned positions; " +
+                "use a smaller budget or a shorter prompt.");
         return KvCache.KvCache.Create(new KvCacheOptions
         {
             BatchSize = batchSize,
             Layers = Info.Layers,
             KvHeads = Info.KvHeads,
             HeadDim = Info.HeadDim,
-            Capacity = policy.Capacity(maxSequenceLength, maxStepTokens),
+            Capacity = capacity,
+            MaxSequenceLength = maxSequenceLength,
+            Bits = policy.Bits,
             DType = DType.ToScalarType(),
             Device = Device,
         }, policy);
@@ -116,14 +125,27 @@ public abstract class CausalLanguageModel : IDisposable
     /// </summary>
     public Tensor Forward(ForwardBatch batch, KvCache.KvCache cache)
     {
-        if (Info.LearnedPositions && batch.MaxPosition >= Info.MaxPositions)
-            throw new InvalidOperationException(
-                $"position {batch.MaxPosition} is past the {Info.MaxPositions} learned positions of this {Info.ModelType} model.");
         using var noGrad = torch.no_grad();
         using var scope = torch.NewDisposeScope();
+        if (cache.Policy.PositionsFollowCache) batch = AtCacheIndexes(batch, cache);
+        if (Info.LearnedPositions && batch.MaxModelPosition >= Info.MaxPositions)
+            throw new InvalidOperationException(
+                $"position {batch.MaxModelPosition} is past the {Info.MaxPositions} learned positions of this {Info.ModelType} model.");
         var logits = Run(batch, cache);
         cache.Advance(batch.RealTokens);
         return logits.MoveToOuterDisposeScope();
+    }
+
+    /// <summary>Positions by cache index (StreamingLLM): a new real token gets the number of entries its row holds before it.
+    /// Rows are read from layer 0, KV head 0: policies that position by cache index evict alike in every layer and head.</summary>
+    static ForwardBatch AtCacheIndexes(ForwardBatch batch, KvCache.KvCache cache)
+    {
+        var held = cache[0].EntryCounts().select(1, 0).unsqueeze(1);              // [B,1]
+        var real = batch.Positions.ge(0);
+        var index = held + real.to(ScalarType.Int64).cumsum(1) - 1;
+        var positions = torch.where(real, index, torch.tensor(-1L, device: index.device));
+        // Indexes stay below the capacity, and never exceed the original positions.
+        return batch.WithModelPositions(positions, Math.Min(batch.MaxPosition, cache[0].Capacity - 1));
     }
 
     ModelParameter[]? parameters;

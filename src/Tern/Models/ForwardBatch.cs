@@ -18,6 +18,16 @@ public sealed class ForwardBatch
     /// <summary>Real (non-padding) tokens of each sequence in this step.</summary>
     public required IReadOnlyList<int> RealTokens { get; init; }
 
+    /// <summary>The positions the model embeds (rotary angles, learned-position rows), int64 [batch, tokens], -1 for padding:
+    /// the original positions unless the cache policy positions tokens by their cache index
+    /// (<see cref="KvCache.IKvCachePolicy.PositionsFollowCache"/>). Masks always use <see cref="Positions"/>.</summary>
+    public Tensor ModelPositions { get => modelPositions ?? Positions; init => modelPositions = value; }
+    readonly Tensor? modelPositions;
+
+    /// <summary>An upper bound of <see cref="ModelPositions"/> known on the host (defaults to <see cref="MaxPosition"/>).</summary>
+    public int MaxModelPosition { get => maxModelPosition ?? MaxPosition; init => maxModelPosition = value; }
+    readonly int? maxModelPosition;
+
     /// <summary>True when any position is -1.</summary>
     public bool HasPadding { get; init; }
 
@@ -37,6 +47,13 @@ public sealed class ForwardBatch
     /// <summary>The attention mask of a static-shape step, computed by the first layer and reused by the others when the
     /// cache policy keeps layers aligned; keyed by the sliding window it was made for. Owned by the step's dispose scope.</summary>
     internal (int Window, Tensor Mask)? SharedMask { get; set; }
+
+    /// <summary>This batch with the model positions given (everything else shared).</summary>
+    internal ForwardBatch WithModelPositions(Tensor positions, int maxPosition) => new()
+    {
+        InputIds = InputIds, Positions = Positions, RealTokens = RealTokens, HasPadding = HasPadding, MaxPosition = MaxPosition,
+        LastPositionOnly = LastPositionOnly, WriteSlots = WriteSlots, ModelPositions = positions, MaxModelPosition = maxPosition,
+    };
 
     /// <summary>
     /// A prefill batch of prompts of different lengths, left-padded to the longest with <paramref name="padId"/>: real tokens

@@ -68,7 +68,7 @@ internal sealed class Gpt2Model : CausalLanguageModel
     {
         long b = batch.InputIds.shape[0], t = batch.InputIds.shape[1];
         var h = wte.index_select(0, batch.InputIds.flatten()).view(b, t, -1)
-              + wpe.index_select(0, batch.Positions.clamp_min(0).flatten()).view(b, t, -1);
+              + wpe.index_select(0, batch.ModelPositions.clamp_min(0).flatten()).view(b, t, -1);
         for (int i = 0; i < layers.Length; i++)
         {
             var l = layers[i];

@@ -77,9 +77,8 @@ internal sealed class GptNeoXModel : CausalLanguageModel
             var input = h;
             using var layerScope = torch.NewDisposeScope();
             var qkv = l.Qkv.Forward(Norms.Layer(h, l.Ln1W, l.Ln1B, eps)).view(b, t, 3 * heads, attention.HeadDim);
-            var qk = rope.Rotate(qkv, 2 * heads);
-            var attended = Attention.Forward(qk.narrow(2, 0, heads), qk.narrow(2, heads, heads), qkv.narrow(2, 2 * heads, heads),
-                batch, cache[i], cache.Policy, attention);
+            var (q, k, cachedKeys) = rope.QueryKey(qkv, heads, heads, cache.Policy.PositionsFollowCache);
+            var attended = Attention.Forward(q, k, qkv.narrow(2, 2 * heads, heads), batch, cache[i], cache.Policy, attention, cachedKeys);
             var attnOut = l.Dense.Forward(attended);
             if (parallel)
                 h = h + attnOut + l.Down.Forward(act.Apply(l.Up.Forward(Norms.Layer(h, l.Ln2W, l.Ln2B, eps))));

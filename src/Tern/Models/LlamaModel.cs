@@ -107,9 +107,8 @@ internal sealed class LlamaModel : CausalLanguageModel
             var input = h;
             using var layerScope = torch.NewDisposeScope();
             var qkv = layer.Qkv.Forward(Norms.Rms(h, layer.InputNorm, eps)).view(b, t, s.Heads + 2 * s.KvHeads, s.HeadDim);
-            var qk = rope.Rotate(qkv, s.Heads + s.KvHeads);
-            var attended = Attention.Forward(qk.narrow(2, 0, s.Heads), qk.narrow(2, s.Heads, s.KvHeads),
-                qkv.narrow(2, s.Heads + s.KvHeads, s.KvHeads), batch, cache[i], cache.Policy, s);
+            var (q, k, cachedKeys) = rope.QueryKey(qkv, s.Heads, s.KvHeads, cache.Policy.PositionsFollowCache);
+            var attended = Attention.Forward(q, k, qkv.narrow(2, s.Heads + s.KvHeads, s.KvHeads), batch, cache[i], cache.Policy, s, cachedKeys);
             h = layer.Output.ForwardAdd(attended, h);
             var gateUp = layer.GateUp.Forward(Norms.Rms(h, layer.PostNorm, eps));
             h = layer.Down.ForwardAdd(act.Gated(gateUp, intermediate), h);

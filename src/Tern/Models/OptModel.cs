@@ -73,7 +73,7 @@ internal sealed class OptModel : CausalLanguageModel
         long b = batch.InputIds.shape[0], t = batch.InputIds.shape[1];
         var x = embed.index_select(0, batch.InputIds.flatten()).view(b, t, -1);
         if (projectIn is not null) x = projectIn.Forward(x);
-        var pos = positions.index_select(0, (batch.Positions.clamp_min(0) + PositionOffset).flatten()).view(b, t, -1);
+        var pos = positions.index_select(0, (batch.ModelPositions.clamp_min(0) + PositionOffset).flatten()).view(b, t, -1);
         var h = x + pos;
         const double eps = 1e-5;
         for (int i = 0; i < layers.Length; i++)

@@ -115,7 +115,7 @@ internal sealed class RotaryEmbedding : IDisposable
     /// <summary>The rotation of one forward step: positions known, tables gathered only if the fused kernel cannot serve.</summary>
     public RotaryStep ForBatch(ForwardBatch batch)
     {
-        EnsureTable(batch.MaxPosition + 1);
+        EnsureTable(batch.MaxModelPosition + 1);
         return new RotaryStep(this, batch);
     }
 
@@ -123,16 +123,26 @@ internal sealed class RotaryEmbedding : IDisposable
     {
         (Tensor Cos, Tensor Sin)? gathered;
 
+        /// <summary>Queries q and keys k of qkv [batch, tokens, heads + kvHeads + …, headDim], rotated at the step's positions;
+        /// when <paramref name="keysAtCacheIndex"/> (StreamingLLM) only the queries are, and the keys stay unrotated for the cache:
+        /// the third item is then the rotation attention applies to the cached keys at their cache index.</summary>
+        public (Tensor Q, Tensor K, RotaryEmbedding? CachedKeys) QueryKey(Tensor qkv, int heads, int kvHeads, bool keysAtCacheIndex)
+        {
+            if (keysAtCacheIndex) return (Rotate(qkv, heads), qkv.narrow(2, heads, kvHeads), owner);
+            var qk = Rotate(qkv, heads + kvHeads);
+            return (qk.narrow(2, 0, heads), qk.narrow(2, heads, kvHeads), null);
+        }
+
         /// <summary>Rotates the first <paramref name="heads"/> heads of qkv [batch, tokens, allHeads, headDim]; returns them,
         /// [batch, tokens, heads, headDim] (in place on CUDA, where one fused kernel does it; a new tensor otherwise).</summary>
         public Tensor Rotate(Tensor qkv, int heads)
         {
-            if (Interop.FusedKernels.TryRotaryInPlace(qkv, heads, owner.HeadDim, owner.RotaryDim, batch.Positions, owner.cosTable!, owner.sinTable!))
+            if (Interop.FusedKernels.TryRotaryInPlace(qkv, heads, owner.HeadDim, owner.RotaryDim, batch.ModelPositions, owner.cosTable!, owner.sinTable!))
                 return qkv.narrow(2, 0, heads);
             if (gathered is null)
             {
                 // Gathered once per step inside the first layer's scope: move them to the step's scope for the other layers.
-                var (cos, sin) = owner.Lookup(batch.Positions, batch.MaxPosition);
+                var (cos, sin) = owner.Lookup(batch.ModelPositions, batch.MaxModelPosition);
                 gathered = (cos.MoveToOuterDisposeScope(), sin.MoveToOuterDisposeScope());
             }
             return owner.Apply(qkv.narrow(2, 0, heads), gathered.Value.Cos, gathered.Value.Sin);
@@ -146,6 +156,16 @@ internal sealed class RotaryEmbedding : IDisposable
         var flat = positions.clamp_min(0).flatten();
         long b = positions.shape[0], t = positions.shape[1];
         return (cosTable!.index_select(0, flat).view(b, t, 1, RotaryDim), sinTable!.index_select(0, flat).view(b, t, 1, RotaryDim));
+    }
+
+    /// <summary>Rotates cached keys [batch, kvHeads, length, headDim], stored unrotated, to positions [batch, kvHeads, length]
+    /// below <paramref name="length"/> (StreamingLLM's cache-index positions; entries of empty slots are rotated to 0).</summary>
+    public Tensor RotateCached(Tensor keys, Tensor positions, int length)
+    {
+        EnsureTable(length);
+        var flat = positions.clamp_min(0).flatten();
+        var shape = positions.shape.Append(RotaryDim).ToArray();
+        return Apply(keys, cosTable!.index_select(0, flat).view(shape), sinTable!.index_select(0, flat).view(shape));
     }
 
     /// <summary>Rotates x [batch, tokens, heads, headDim].</summary>

@@ -1,0 +1,111 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Tern.KvCache;
+
+/// <summary>
+/// H2O, the Heavy-Hitter Oracle (Zhang et al., NeurIPS 2023), as its real-drop reference (§2.1.1 B): per layer, sequence and
+/// KV head, every cached token j accumulates the attention it receives, F(j) ← F(j) + Σ a(j) over the step's queries (in
+/// fp32); once a row holds more than k = k_h + k_r entries, the k_r most recent tokens stay and, among the older ones, the
+/// k_h with the largest F; the rest are evicted for good (scores discarded). The prefill attends densely over the prompt,
+/// takes F as the column sums of its probabilities and compresses once to k.
+/// Choices (documented deviations): under grouped-query attention the probabilities of a KV head's query heads are summed
+/// (a mean would rank the same: it divides a whole row by the group size); eviction is per sequence, not summed over the
+/// batch; F counts the post-eviction probabilities, as the real-drop code does; padding queries count nothing. Keys keep
+/// their original positions (stored after rotary embedding), so nothing is re-rotated.
+/// </summary>
+public sealed class HeavyHitterPolicy : IKvCachePolicy
+{
+    readonly KvBudget budget;
+    readonly KvBudget? recent;
+
+    /// <summary>A cache of <paramref name="budget"/> entries per row, <paramref name="recent"/> of them (default half) the
+    /// most recent tokens; with <paramref name="normalizeScores"/> tokens rank by mean rather than summed attention.</summary>
+    public HeavyHitterPolicy(KvBudget budget, KvBudget? recent = null, bool normalizeScores = false, int bits = 16)
+    {
+        KvPolicyOptions.ValidateBits(bits);
+        this.budget = budget;
+        this.recent = recent;
+        NormalizeScores = normalizeScores;
+        Bits = bits;
+    }
+
+    /// <summary>True when tokens rank by their attention per query that saw them (off in the reference).</summary>
+    public bool NormalizeScores { get; }
+
+    /// <inheritdoc />
+    public string Name => "h2o";
+
+    /// <inheritdoc />
+    public int Bits { get; }
+
+    /// <inheritdoc />
+    public bool NeedsAttentionProbabilities => true;
+
+    /// <inheritdoc />
+    public bool AppendOnly => false;
+
+    /// <summary>The budget k and recent window k_r for a cache created for <paramref name="sequenceLength"/> tokens.</summary>
+    public (int Budget, int Recent) Sizes(int sequenceLength)
+    {
+        int k = KvCachePolicies.Resolve(budget, sequenceLength, 1, "--kv-budget", "--kv-policy h2o");
+        int r = recent is { } given ? given.Resolve(sequenceLength) : k / 2;
+        if (r > k) throw new ArgumentException($"--kv-recent {recent} gives {r} entries, more than the {k} of --kv-budget {budget}.");
+        return (k, r);
+    }
+
+    /// <inheritdoc />
+    public int Capacity(int maxSequenceLength, int maxStepTokens) => Math.Min(maxSequenceLength, Sizes(maxSequenceLength).Budget + maxStepTokens);
+
+    /// <inheritdoc />
+    public void BeforeAppend(LayerKvCache layer, int incomingTokens) =>
+        KvCachePolicies.EnsureRoom(layer, incomingTokens, "h2o evicts after each step down to its budget");
+
+    /// <summary>Adds the step's probabilities [B,H,T,L] to each entry's score, summed over the step's queries and the query
+    /// heads of each KV head; with normalisation also counts the queries that saw the entry.</summary>
+    public void ObserveAttention(LayerKvCache layer, Tensor probabilities)
+    {
+        using var scope = torch.NewDisposeScope();
+        var state = layer.PolicyState(() => new Scores(layer));
+        long b = probabilities.shape[0], h = probabilities.shape[1], t = probabilities.shape[2], l = probabilities.shape[3];
+        long kvHeads = state.Values.shape[1], groups = h / kvHeads;
+        var grouped = probabilities.view(b, kvHeads, groups, t, l);
+        state.Values.select(-1, 0).narrow(2, 0, l).add_(grouped.sum(new long[] { 2, 3 }));
+        if (NormalizeScores) // a query saw the entry when it gave it any probability (masked slots get exactly 0)
+            state.Values.select(-1, 1).narrow(2, 0, l).add_(grouped.select(2, 0).gt(0).sum(2).to(ScalarType.Float32));
+    }
+
+    /// <summary>Keeps the k_r most recent entries and the k − k_r older ones with the largest scores.</summary>
+    public void AfterStep(LayerKvCache layer)
+    {
+        var (k, r) = Sizes(layer.MaxSequenceLength);
+        if (layer.Length <= k) return;
+        using var scope = torch.NewDisposeScope();
+        var state = layer.PolicyState(() => new Scores(layer));
+        var positions = layer.ActivePositions;
+        var occupied = positions.ge(0);
+        var last = positions.amax(new long[] { -1 }, keepdim: true);
+        var isRecent = occupied & positions.gt(last - r);
+        var candidates = occupied & isRecent.logical_not();
+        var scores = state.Values.narrow(2, 0, layer.Length);
+        var rank = NormalizeScores ? scores.select(-1, 0) / scores.select(-1, 1).clamp_min(1) : scores.select(-1, 0);
+        var keep = isRecent;
+        int heavy = Math.Min(k - r, layer.Length);
+        if (heavy > 0)
+        {
+            var top = rank.masked_fill(candidates.logical_not(), double.NegativeInfinity).topk(heavy, -1).indexes;
+            keep = keep | (torch.zeros_like(candidates).scatter(-1, top, torch.ones_like(top, ScalarType.Bool)) & candidates);
+        }
+        // Without holes every row holds Length > k real entries: k_r recent plus k − k_r heavy ones stay.
+        layer.Keep(keep, layer.HasHoles ? null : k, state.Values);
+    }
+
+    /// <summary>Per-entry [batch, kvHeads, capacity, 2] fp32: accumulated attention and the number of queries that saw it.</summary>
+    sealed class Scores(LayerKvCache layer) : IDisposable
+    {
+        public Tensor Values { get; } = torch.zeros(new[] { layer.Positions.shape[0], layer.Positions.shape[1], layer.Capacity, 2L },
+            ScalarType.Float32, layer.Positions.device).DetachFromDisposeScope();
+
+        public void Dispose() => Values.Dispose();
+    }
+}

@@ -1,0 +1,44 @@
+namespace Tern.KvCache;
+
+/// <summary>Builds any KV-cache policy by name: the one place the names are known (the CLI and evaluation commands call it).</summary>
+public static class KvCachePolicies
+{
+    /// <summary>The policy names, as <c>--kv-policy</c> accepts them.</summary>
+    public static IReadOnlyList<string> Names { get; } = new[] { "full", "window", "window-recompute", "sink", "h2o" };
+
+    /// <summary>Validates <paramref name="options"/> and builds the policy.</summary>
+    public static IKvCachePolicy Create(KvPolicyOptions options)
+    {
+        options.Validate();
+        var budget = options.Budget.GetValueOrDefault();
+        return options.Policy switch
+        {
+            "full" => options.Bits == 16 ? DensePolicy.Instance : new DensePolicy(options.Bits),
+            "window" => new StreamingPolicy(budget, sinks: 0, options.Bits),
+            "window-recompute" => new WindowRecomputePolicy(budget, options.Bits),
+            "sink" => new StreamingPolicy(budget, options.SinkCount, options.Bits),
+            "h2o" => new HeavyHitterPolicy(budget, options.Recent, options.NormalizeScores, options.Bits),
+            _ => throw new ArgumentException($"--kv-policy '{options.Policy}' is unknown."), // Validate lets no other name through
+        };
+    }
+
+    /// <summary>Refuses an append that would overflow a layer; the policies that evict call it as a guard (their
+    /// <see cref="IKvCachePolicy.Capacity"/> leaves room for a step, so it fires only on a misuse).</summary>
+    internal static void EnsureRoom(LayerKvCache layer, int incomingTokens, string why)
+    {
+        if (layer.Length + incomingTokens > layer.Capacity)
+            throw new InvalidOperationException(
+                $"KV cache of layer {layer.Layer} is full: {layer.Length} + {incomingTokens} entries exceed its {layer.Capacity} slots ({why}).");
+    }
+
+    /// <summary>A budget resolved for a layer's sequence length, refused with a message naming the flag when it leaves less
+    /// than <paramref name="minimum"/> entries.</summary>
+    internal static int Resolve(KvBudget budget, int sequenceLength, int minimum, string flag, string need)
+    {
+        int tokens = budget.Resolve(sequenceLength);
+        if (tokens < minimum)
+            throw new ArgumentException(
+                $"{flag} {budget} gives {tokens} entries for a {sequenceLength}-token sequence; {need} needs at least {minimum}.");
+        return tokens;
+    }
+}

@@ -1,0 +1,111 @@
+using System.Globalization;
+
+namespace Tern.KvCache;
+
+/// <summary>A KV budget: an absolute number of entries per sequence, layer and head, or a ratio of the sequence length the
+/// cache is created for (<see cref="LayerKvCache.MaxSequenceLength"/>: prompt plus new tokens in generation).</summary>
+public readonly record struct KvBudget
+{
+    KvBudget(int tokens, double ratio) => (Tokens, Ratio) = (tokens, ratio);
+
+    /// <summary>Entries, when the budget is absolute (0 for a ratio).</summary>
+    public int Tokens { get; }
+
+    /// <summary>Fraction of the sequence, in (0, 1], when the budget is relative (0 for a token count).</summary>
+    public double Ratio { get; }
+
+    /// <summary>True for a ratio budget.</summary>
+    public bool IsRatio => Ratio > 0;
+
+    /// <summary>An absolute budget; <paramref name="flag"/> names the option in messages.</summary>
+    public static KvBudget OfTokens(int tokens, string flag = "--kv-budget") =>
+        tokens >= 1 ? new KvBudget(tokens, 0) : throw new ArgumentException($"{flag} must be at least 1 token (got {tokens}).");
+
+    /// <summary>A budget relative to the sequence length.</summary>
+    public static KvBudget OfRatio(double ratio, string flag = "--kv-budget") =>
+        ratio > 0 && ratio <= 1 ? new KvBudget(0, ratio)
+            : throw new ArgumentException($"{flag} as a ratio must be in (0, 1] (got {ratio.ToString(CultureInfo.InvariantCulture)}).");
+
+    /// <summary>Reads "512" (tokens) or "0.2" (a ratio: any number with a decimal point or exponent).</summary>
+    public static KvBudget Parse(string text, string flag = "--kv-budget")
+    {
+        text = text.Trim();
+        if (int.TryParse(text, NumberStyles.Integer, CultureInfo.InvariantCulture, out int tokens)) return OfTokens(tokens, flag);
+        if (double.TryParse(text, NumberStyles.Float, CultureInfo.InvariantCulture, out double ratio) && double.IsFinite(ratio))
+            return OfRatio(ratio, flag);
+        throw new ArgumentException($"{flag} must be a token count such as 512 or a ratio such as 0.2 (got '{text}').");
+    }
+
+    /// <summary>The budget in entries for a sequence of <paramref name="sequenceLength"/> tokens: the token count, or
+    /// ⌊ratio·length⌋ as H2O's scripts compute int(ratio·T).</summary>
+    public int Resolve(int sequenceLength) => IsRatio ? (int)Math.Floor(Ratio * sequenceLength) : Tokens;
+
+    /// <inheritdoc />
+    public override string ToString() => IsRatio ? Ratio.ToString(CultureInfo.InvariantCulture) : Tokens.ToString(CultureInfo.InvariantCulture);
+}
+
+/// <summary>
+/// A KV-cache policy by name, as the command line gives it (<c>--kv-policy</c>, <c>--kv-budget</c>, <c>--kv-sink</c>,
+/// <c>--kv-recent</c>, <c>--kv-bits</c>); <see cref="KvCachePolicies.Create"/> builds it. Messages name the flags.
+/// </summary>
+public sealed record KvPolicyOptions
+{
+    /// <summary>Default number of attention sinks (StreamingLLM's paper default, 4 initial tokens).</summary>
+    public const int DefaultSinks = 4;
+
+    /// <summary>full, window, window-recompute, sink or h2o (<see cref="KvCachePolicies.Names"/>).</summary>
+    public string Policy { get; init; } = "full";
+
+    /// <summary>The cache budget per sequence, layer and head: sink = sinks + recent window; h2o = heavy + recent; window and
+    /// window-recompute = the window. Required by every policy but full.</summary>
+    public KvBudget? Budget { get; init; }
+
+    /// <summary>Attention sinks kept by the sink policy (the first tokens ever seen, BOS included); null = 4.</summary>
+    public int? Sinks { get; init; }
+
+    /// <summary>H2O's recent window (always kept); the rest of the budget holds heavy hitters. Null = half the budget, as the
+    /// H2O paper's 10% heavy + 10% recent split.</summary>
+    public KvBudget? Recent { get; init; }
+
+    /// <summary>Bits per stored key/value element: 16 (the model's dtype), 8 or 4 (FlexGen group-wise quantization).</summary>
+    public int Bits { get; init; } = 16;
+
+    /// <summary>H2O only: rank tokens by their mean attention per query that saw them instead of the sum, offsetting the
+    /// early-token bias of accumulated scores. Off by default, as in the reference.</summary>
+    public bool NormalizeScores { get; init; }
+
+    /// <summary>Checks what can be checked without a sequence length; messages name the flag.</summary>
+    public void Validate()
+    {
+        if (!KvCachePolicies.Names.Contains(Policy))
+            throw new ArgumentException($"--kv-policy must be one of {string.Join(", ", KvCachePolicies.Names)} (got '{Policy}').");
+        ValidateBits(Bits);
+        if (Policy == "full" && Budget is not null)
+            throw new ArgumentException("--kv-budget does not apply to --kv-policy full, which keeps every entry.");
+        if (Policy != "full" && Budget is null)
+            throw new ArgumentException($"--kv-policy {Policy} needs --kv-budget (a token count such as 512 or a ratio such as 0.2).");
+        if (Sinks is not null && Policy != "sink")
+            throw new ArgumentException($"--kv-sink applies to --kv-policy sink only (got --kv-policy {Policy}).");
+        if (Sinks is < 0) throw new ArgumentException($"--kv-sink must be >= 0 (got {Sinks}).");
+        if (Recent is not null && Policy != "h2o")
+            throw new ArgumentException($"--kv-recent applies to --kv-policy h2o only (got --kv-policy {Policy}).");
+        if (NormalizeScores && Policy != "h2o")
+            throw new ArgumentException($"score normalisation applies to --kv-policy h2o only (got --kv-policy {Policy}).");
+        if (Budget is { } budget)
+        {
+            if (Policy == "sink" && !budget.IsRatio && SinkCount >= budget.Tokens)
+                throw new ArgumentException($"--kv-sink {SinkCount} must be smaller than --kv-budget {budget}: the budget holds the sinks and a recent window of at least one token.");
+            if (Recent is { } recent && recent.IsRatio == budget.IsRatio && (recent.IsRatio ? recent.Ratio > budget.Ratio : recent.Tokens > budget.Tokens))
+                throw new ArgumentException($"--kv-recent {recent} must not exceed --kv-budget {budget}.");
+        }
+    }
+
+    /// <summary>Sinks of the sink policy with the default applied.</summary>
+    internal int SinkCount => Sinks ?? DefaultSinks;
+
+    /// <summary>Rejects bit widths other than 16, 8 and 4.</summary>
+    internal static void ValidateBits(int bits)
+    {
+        if (bits is not (16 or 8 or 4)) throw new ArgumentException($"--kv-bits must be 16, 8 or 4 (got {bits}).");
+    }
+}

@@ -1,0 +1,128 @@
+using Tern.Compression;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Tern.KvCache;
+
+/// <summary>
+/// Storage of one layer's keys or values, [batch, kvHeads, capacity, headDim] slots: either plain tensors in the model's
+/// dtype (<see cref="DenseKvStore"/>) or FlexGen group-quantized codes (<see cref="QuantizedKvStore"/>).
+/// </summary>
+internal abstract class KvStore : IDisposable
+{
+    /// <summary>Plain storage for 16 bits (the model's dtype), group-quantized storage for 8 or 4.</summary>
+    public static KvStore Create(KvCacheOptions options) => options.Bits == 16
+        ? new DenseKvStore(options)
+        : new QuantizedKvStore(options);
+
+    /// <summary>Writes entries [batch, kvHeads, tokens, headDim] into slots [start, start + tokens).</summary>
+    public abstract void Write(int start, Tensor entries);
+
+    /// <summary>Entries of slots [0, length) as [batch, kvHeads, length, headDim] in the model's dtype.</summary>
+    public abstract Tensor Read(int length);
+
+    /// <summary>Moves the entries at <paramref name="order"/> [batch, kvHeads, n] (slot indexes below the current length) to
+    /// slots [0, n), each row in its own order.</summary>
+    public abstract void Compact(Tensor order);
+
+    /// <summary>Bytes held.</summary>
+    public abstract long Bytes { get; }
+
+    /// <inheritdoc />
+    public abstract void Dispose();
+
+    /// <summary>Gathers slots <paramref name="order"/> [B,H,n] of <paramref name="storage"/> [B,H,capacity,...] into its front.</summary>
+    internal static void CompactTensor(Tensor storage, Tensor order)
+    {
+        long n = order.shape[2];
+        var shape = storage.shape.ToArray();
+        shape[2] = n;
+        var index = order.reshape(order.shape.Concat(Enumerable.Repeat(1L, storage.shape.Length - 3)).ToArray()).expand(shape);
+        var gathered = storage.gather(2, index); // a copy, so overlapping source and target slots are safe
+        storage.narrow(2, 0, n).copy_(gathered);
+    }
+}
+
+/// <summary>Keys or values as one preallocated tensor in the model's dtype.</summary>
+internal sealed class DenseKvStore : KvStore
+{
+    public DenseKvStore(KvCacheOptions o)
+    {
+        // The cache is disposed by its owner, not by whatever dispose scope is open when it is created.
+        Storage = torch.zeros(new long[] { o.BatchSize, o.KvHeads, o.Capacity, o.HeadDim }, o.DType, o.Device).DetachFromDisposeScope();
+    }
+
+    /// <summary>The whole storage, [batch, kvHeads, capacity, headDim].</summary>
+    public Tensor Storage { get; }
+
+    public override void Write(int start, Tensor entries) => Storage.narrow(2, start, entries.shape[2]).copy_(entries);
+
+    public override Tensor Read(int length) => length == Storage.shape[2] ? Storage : Storage.narrow(2, 0, length);
+
+    public override void Compact(Tensor order) => CompactTensor(Storage, order);
+
+    public override long Bytes => Storage.NumberOfElements * Storage.ElementSize;
+
+    public override void Dispose() => Storage.Dispose();
+}
+
+/// <summary>
+/// Keys or values compressed by <see cref="GroupQuantizer"/> as FlexGen compresses its KV cache (§1.1.5): groups of 64 along
+/// the head dimension, asymmetric, 8 bits or 4 bits (two codes per byte), one (step, min) pair per group in the model's dtype.
+/// Entries are quantized once when written and dequantized for every read; compaction moves codes, so a kept entry reads back
+/// bit-identical to what its first read gave.
+/// </summary>
+internal sealed class QuantizedKvStore : KvStore
+{
+    readonly GroupQuantizationOptions quantization;
+    readonly Tensor codes, step, min; // [B,H,capacity,groups,codesPerGroup] and [B,H,capacity,groups,1]
+    readonly long batch, heads, headDim;
+    readonly ScalarType dtype;
+
+    public QuantizedKvStore(KvCacheOptions o)
+    {
+        quantization = new GroupQuantizationOptions { Bits = o.Bits, GroupSize = GroupSize, Dimension = -1 };
+        (batch, heads, headDim, dtype) = (o.BatchSize, o.KvHeads, o.HeadDim, o.DType);
+        long groups = (o.HeadDim + GroupSize - 1) / GroupSize;
+        long codesPerGroup = o.Bits == 4 ? GroupSize / 2 : GroupSize;
+        codes = torch.zeros(new long[] { batch, heads, o.Capacity, groups, codesPerGroup }, ScalarType.Byte, o.Device).DetachFromDisposeScope();
+        step = torch.zeros(new long[] { batch, heads, o.Capacity, groups, 1 }, o.DType, o.Device).DetachFromDisposeScope();
+        min = torch.zeros(new long[] { batch, heads, o.Capacity, groups, 1 }, o.DType, o.Device).DetachFromDisposeScope();
+    }
+
+    /// <summary>Elements per (step, min) pair: FlexGen's group size.</summary>
+    public const int GroupSize = 64;
+
+    public override void Write(int start, Tensor entries)
+    {
+        using var q = GroupQuantizer.Quantize(entries, quantization);
+        long t = entries.shape[2];
+        codes.narrow(2, start, t).copy_(q.Codes);
+        step.narrow(2, start, t).copy_(q.Step);
+        min.narrow(2, start, t).copy_(q.Min);
+    }
+
+    public override Tensor Read(int length)
+    {
+        // Views of the storage: the wrapper is not disposed (that would dispose the views, which the scope owns anyway).
+        var view = new QuantizedTensor(codes.narrow(2, 0, length), step.narrow(2, 0, length), min.narrow(2, 0, length),
+            new[] { batch, heads, length, headDim }, 3, dtype, quantization);
+        return GroupQuantizer.Dequantize(view);
+    }
+
+    public override void Compact(Tensor order)
+    {
+        CompactTensor(codes, order);
+        CompactTensor(step, order);
+        CompactTensor(min, order);
+    }
+
+    public override long Bytes => codes.NumberOfElements + (step.NumberOfElements + min.NumberOfElements) * step.ElementSize;
+
+    public override void Dispose()
+    {
+        codes.Dispose();
+        step.Dispose();
+        min.Dispose();
+    }
+}

@@ -1,0 +1,76 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Tern.KvCache;
+
+/// <summary>
+/// StreamingLLM (Xiao et al., ICLR 2024): attention sinks plus a rolling window. After every step each row keeps
+/// [the first S tokens ever seen][the last W tokens], C = S + W entries (the paper's "S + W" cache, e.g. 4 + 2044), and
+/// positions are assigned inside the cache (§3.2): a key's rotary position is its index in the cache and a new token's is the
+/// number of entries before it, so a cached key at index i is attended with R(i)·k. Keys are stored before the rotary
+/// embedding and rotated at their cache index every step (<see cref="IKvCachePolicy.PositionsFollowCache"/>): exact after
+/// any number of evictions, and quantized keys are never re-quantized. With S = 0 it is plain window attention, the baseline
+/// that fails once the first tokens leave the cache.
+/// </summary>
+public sealed class StreamingPolicy : IKvCachePolicy
+{
+    readonly KvBudget budget;
+
+    /// <summary>A cache of <paramref name="budget"/> entries per row, the first <paramref name="sinks"/> of them sinks.</summary>
+    public StreamingPolicy(KvBudget budget, int sinks, int bits = 16)
+    {
+        KvPolicyOptions.ValidateBits(bits);
+        if (sinks < 0) throw new ArgumentException($"--kv-sink must be >= 0 (got {sinks}).");
+        if (!budget.IsRatio && sinks >= budget.Tokens)
+            throw new ArgumentException($"--kv-sink {sinks} must be smaller than --kv-budget {budget}: the budget holds the sinks and a recent window of at least one token.");
+        this.budget = budget;
+        Sinks = sinks;
+        Bits = bits;
+    }
+
+    /// <summary>Attention sinks kept per row.</summary>
+    public int Sinks { get; }
+
+    /// <inheritdoc />
+    public string Name => Sinks == 0 ? "window" : "sink";
+
+    /// <inheritdoc />
+    public int Bits { get; }
+
+    /// <inheritdoc />
+    public bool NeedsAttentionProbabilities => false;
+
+    /// <inheritdoc />
+    public bool AppendOnly => false;
+
+    /// <inheritdoc />
+    public bool PositionsFollowCache => true;
+
+    /// <summary>Entries per row after a step, for a cache created for <paramref name="sequenceLength"/> tokens.</summary>
+    public int Budget(int sequenceLength) =>
+        KvCachePolicies.Resolve(budget, sequenceLength, Sinks + 1, "--kv-budget", $"--kv-policy {Name} with {Sinks} sinks");
+
+    /// <inheritdoc />
+    public int Capacity(int maxSequenceLength, int maxStepTokens) => Math.Min(maxSequenceLength, Budget(maxSequenceLength) + maxStepTokens);
+
+    /// <inheritdoc />
+    public void BeforeAppend(LayerKvCache layer, int incomingTokens) =>
+        KvCachePolicies.EnsureRoom(layer, incomingTokens, $"the {Name} policy evicts after each step down to its budget");
+
+    /// <inheritdoc />
+    public void ObserveAttention(LayerKvCache layer, Tensor probabilities) { }
+
+    /// <summary>Evicts, per row, everything but the sinks (original position &lt; S) and the W = C − S most recent tokens.
+    /// Every row and layer follows the same rule, so the rows stay aligned unless padding made them uneven.</summary>
+    public void AfterStep(LayerKvCache layer)
+    {
+        int c = Budget(layer.MaxSequenceLength);
+        if (layer.Length <= c) return;
+        using var scope = torch.NewDisposeScope();
+        var positions = layer.ActivePositions;
+        var last = positions.amax(new long[] { -1 }, keepdim: true);
+        var keep = positions.lt(Sinks) | positions.gt(last - (c - Sinks));
+        // Without holes every row holds Length > C real entries and keeps exactly C.
+        layer.Keep(keep, layer.HasHoles ? null : c);
+    }
+}
