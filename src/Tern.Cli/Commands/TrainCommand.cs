@@ -36,9 +36,11 @@ internal static class TrainCommand
         var seed = new Option<long>("--seed") { Description = "Seed of the initial weights and the data sampler.", DefaultValueFactory = _ => d.Seed };
         var device = new Option<string>("--device") { Description = "cpu, cuda or auto.", DefaultValueFactory = _ => "auto" };
         device.AcceptOnlyFromAmong("cpu", "cuda", "auto");
+        var autocast = new Option<string>("--autocast") { Description = "bf16 mixed precision (fp32 weights and optimizer): auto = on for CUDA, off for CPU.", DefaultValueFactory = _ => "auto" };
+        autocast.AcceptOnlyFromAmong("auto", "bf16", "off");
         var command = new Command("train", "Train a causal language model from a config and token files; writes an HF model folder.")
             { config, trainFile, validFile, output, resume, tokenizer, format, steps, seq, batch, accum, lr, warmup, minLr, decay, clip,
-              evalEvery, evalBatches, ckptEvery, seed, device };
+              evalEvery, evalBatches, ckptEvery, seed, device, autocast };
         command.SetAction((r, cancellation) => Task.FromResult(Run(r.GetValue(config), r.GetValue(resume), new TrainerOptions
         {
             OutputDirectory = r.GetValue(output)!, TrainTokens = r.GetValue(trainFile)!, ValidTokens = r.GetValue(validFile),
@@ -49,6 +51,12 @@ internal static class TrainCommand
             MinLearningRateRatio = r.GetValue(minLr), WeightDecay = r.GetValue(decay), GradientClip = r.GetValue(clip),
             EvalEvery = r.GetValue(evalEvery), EvalBatches = r.GetValue(evalBatches), CheckpointEvery = r.GetValue(ckptEvery),
             Seed = r.GetValue(seed), Device = ComputeOptions.ParseDevice(r.GetValue(device)!),
+            Autocast = r.GetValue(autocast) switch
+            {
+                "bf16" => ModelDType.BFloat16,
+                "auto" when ComputeOptions.ResolveDevice(ComputeOptions.ParseDevice(r.GetValue(device)!)).type == TorchSharp.DeviceType.CUDA => ModelDType.BFloat16,
+                _ => null,
+            },
         }, cancellation)));
         return command;
     }
@@ -68,11 +76,14 @@ internal static class TrainCommand
         }
         using (trainer)
         {
+            string deviceName = DeviceReport.Name(trainer.Model.Device);
             Console.Error.WriteLine($"{(hasCheckpoint ? "resuming" : "training")} {trainer.Model.Info.ModelType} ({trainer.Model.Info.ParameterCount:N0} parameters) " +
-                                    $"on {trainer.Model.Device} from step {trainer.Step}/{options.TotalSteps}");
+                                    $"on {deviceName}, {(options.Autocast is { } amp ? amp.ShortName() + " autocast" : options.DType.ShortName())}, from step {trainer.Step}/{options.TotalSteps}");
+            var steps = new List<TrainingProgress>();
             string log = Path.Combine(options.OutputDirectory, "train-log.jsonl");
             trainer.StepCompleted += p =>
             {
+                steps.Add(p);
                 string valid = p.ValidLoss is { } v ? $"  valid {v:F4}" : "";
                 Console.Error.Write(string.Create(CultureInfo.InvariantCulture,
                     $"\rstep {p.Step}/{p.TotalSteps}  loss {p.Loss:F4}  lr {p.LearningRate:E2}  grad {p.GradNorm:F2}  {p.TokensPerSecond:N0} tok/s{valid}   "));
@@ -84,6 +95,7 @@ internal static class TrainCommand
             };
             trainer.Run(cancellation: cancellation);
             Console.Error.WriteLine();
+            WriteSummary(Path.Combine(options.OutputDirectory, "train-summary.json"), trainer, deviceName, steps);
             if (File.Exists(log))
             {
                 try
@@ -106,5 +118,28 @@ internal static class TrainCommand
             Console.WriteLine($"wrote {Path.GetFullPath(options.OutputDirectory)} after {trainer.Step} steps ({trainer.TokensSeen:N0} tokens)");
         }
         return 0;
+    }
+
+    /// <summary>Throughput over the steps after the first few (allocator and kernel warm-up), model FLOPs utilisation where
+    /// the card's peak is known, and the final losses: printed and written next to the log.</summary>
+    static void WriteSummary(string path, Trainer trainer, string deviceName, List<TrainingProgress> steps)
+    {
+        if (steps.Count == 0) return;
+        // Every step consumes the same tokens, so the steady rate is the harmonic mean of the per-step rates.
+        var steady = steps.Count > 10 ? steps.Skip(5).ToList() : steps;
+        double tokensPerSecond = steady.Count / steady.Sum(p => 1 / p.TokensPerSecond);
+        double flops = trainer.FlopsPerToken;
+        double? mfu = trainer.PeakFlops is { } peak ? tokensPerSecond * flops / peak : null;
+        var last = steps[^1];
+        var summary = new JsonObject
+        {
+            ["device"] = deviceName, ["parameters"] = trainer.Model.Info.ParameterCount, ["steps"] = last.Step,
+            ["tokens_per_second"] = Math.Round(tokensPerSecond), ["flops_per_token"] = flops,
+            ["model_tflops_per_second"] = Math.Round(tokensPerSecond * flops / 1e12, 2), ["mfu"] = mfu is { } m ? Math.Round(m, 4) : null,
+            ["final_loss"] = last.Loss, ["final_valid_loss"] = steps.LastOrDefault(p => p.ValidLoss is not null)?.ValidLoss,
+        };
+        AtomicFile.Write(path, s => s.Write(System.Text.Encoding.UTF8.GetBytes(summary.ToJsonString(new() { WriteIndented = true }) + "\n")));
+        Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"throughput {tokensPerSecond:N0} tok/s, {tokensPerSecond * flops / 1e12:F1} model TFLOP/s{(mfu is { } u ? $", MFU {u:P1}" : "")} ({deviceName})"));
     }
 }

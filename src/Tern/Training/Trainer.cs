@@ -118,6 +118,12 @@ public sealed class Trainer : IDisposable
         return trainer;
     }
 
+    /// <summary>Training FLOPs per token of this model at the run's sequence length (<see cref="ModelFlops.TrainingPerToken"/>).</summary>
+    public double FlopsPerToken => ModelFlops.TrainingPerToken(Model.Info, options.SequenceLength, Model.Config.GetBool("tie_word_embeddings") ?? false);
+
+    /// <summary>The device's peak FLOP/s for the run's matrix products, when known (<see cref="ModelFlops.PeakPerSecond"/>).</summary>
+    public double? PeakFlops => ModelFlops.PeakPerSecond(DeviceReport.Name(Model.Device), (options.Autocast ?? options.DType).ToScalarType());
+
     /// <summary>The learning rate of the next step.</summary>
     public double CurrentLearningRate => LearningRateSchedule.At(Step, options);
 
@@ -151,6 +157,7 @@ public sealed class Trainer : IDisposable
 
     Tensor Loss(Tensor inputs, Tensor targets, bool withExtra)
     {
+        using var amp = options.Autocast is { } type ? Autocast.Enter(type.ToScalarType()) : null;
         var logits = Model.ForwardTraining(inputs);
         var loss = F.cross_entropy(logits.reshape(-1, logits.shape[^1]).to(ScalarType.Float32), targets.reshape(-1));
         if (withExtra && options.ExtraLoss is { } extra) loss = loss + extra(Model, inputs, logits);
@@ -236,7 +243,7 @@ public sealed class Trainer : IDisposable
             ["learning_rate"] = o.LearningRate, ["warmup_steps"] = o.WarmupSteps, ["total_steps"] = o.TotalSteps,
             ["min_lr_ratio"] = o.MinLearningRateRatio, ["weight_decay"] = o.WeightDecay, ["beta1"] = o.Beta1, ["beta2"] = o.Beta2,
             ["eps"] = o.Epsilon, ["grad_clip"] = o.GradientClip, ["eval_every"] = o.EvalEvery, ["eval_batches"] = o.EvalBatches,
-            ["checkpoint_every"] = o.CheckpointEvery, ["seed"] = o.Seed, ["dtype"] = o.DType.ToString(), ["device"] = Model.Device.ToString(),
+            ["checkpoint_every"] = o.CheckpointEvery, ["seed"] = o.Seed, ["dtype"] = o.DType.ToString(), ["autocast"] = o.Autocast?.ToString(), ["device"] = Model.Device.ToString(),
         });
     }
 

@@ -64,6 +64,9 @@ public sealed record TrainerOptions
     public DeviceKind Device { get; init; } = DeviceKind.Auto;
     /// <summary>Type of the trained weights (fp32 recommended: AdamW state is kept in it).</summary>
     public ModelDType DType { get; init; } = ModelDType.Float32;
+    /// <summary>Mixed precision: matrix products in this type (<see cref="Runtime.Autocast"/>) while weights, optimizer state,
+    /// norms and the loss stay fp32. Only bf16: fp16 would need loss scaling. Null = off.</summary>
+    public ModelDType? Autocast { get; init; }
 
     /// <summary>Which parameters train, by <see cref="ModelParameter.Name"/>; null = all. The others stay frozen.</summary>
     public Func<string, bool>? TrainParameter { get; init; }
@@ -85,6 +88,10 @@ public sealed record TrainerOptions
         NonNegative(nameof(EvalEvery), EvalEvery); NonNegative(nameof(EvalBatches), EvalBatches); NonNegative(nameof(CheckpointEvery), CheckpointEvery);
         if (MinLearningRateRatio is < 0 or > 1) throw new ArgumentException($"{nameof(MinLearningRateRatio)} must be in [0, 1] (got {MinLearningRateRatio}).");
         if (Beta1 is < 0 or >= 1 || Beta2 is < 0 or >= 1) throw new ArgumentException("betas must be in [0, 1).");
+        if (Autocast is { } amp && amp != ModelDType.BFloat16)
+            throw new ArgumentException($"{nameof(Autocast)} must be bf16 (got {amp.ShortName()}): fp16 would need loss scaling, which Tern does not do.");
+        if (Autocast is not null && DType != ModelDType.Float32)
+            throw new ArgumentException($"{nameof(Autocast)} keeps fp32 master weights: train with {nameof(DType)} fp32 (got {DType.ShortName()}).");
     }
 }
 
