@@ -58,6 +58,26 @@ internal static class TrainCommand
                 _ => null,
             },
         }, cancellation)));
+        command.Subcommands.Add(PlotCommand());
+        return command;
+    }
+
+    /// <summary><c>tern train plot LOG</c>: draws a run's loss curve where the plotting natives exist (a GPU pack leaves them out).</summary>
+    static Command PlotCommand()
+    {
+        var log = new Argument<string>("log") { Description = "A run's train-log.jsonl." };
+        var output = new Option<string?>("--output", "-o") { Description = "PNG to write (default: loss-curve.png next to the log)." };
+        var title = new Option<string>("--title") { Description = "Plot title.", DefaultValueFactory = _ => "training loss" };
+        var command = new Command("plot", "Draw the loss curve of a run's train-log.jsonl as a PNG.") { log, output, title };
+        command.SetAction(r =>
+        {
+            string path = r.GetValue(log)!;
+            if (!File.Exists(path)) throw new FileNotFoundException($"'{Path.GetFullPath(path)}' does not exist.", path);
+            string png = r.GetValue(output) ?? Path.Combine(Path.GetDirectoryName(Path.GetFullPath(path))!, "loss-curve.png");
+            LossCurve.FromLog(path).SavePng(png, r.GetValue(title)!);
+            Console.WriteLine(png);
+            return 0;
+        });
         return command;
     }
 
@@ -106,7 +126,7 @@ internal static class TrainCommand
                 catch (Exception e) when (e is DllNotFoundException or TypeInitializationException)
                 {
                     // The GPU machine's pack leaves out the plotting natives (tools/gpu/pack.sh); draw it where the log comes back.
-                    Console.Error.WriteLine($"note: loss-curve.png not drawn here ({e.GetType().Name}); the log is {log}");
+                    Console.Error.WriteLine($"note: loss-curve.png not drawn here ({e.GetType().Name}); draw it with 'tern train plot {log}'");
                 }
             }
             if (trainer.Step < options.TotalSteps)

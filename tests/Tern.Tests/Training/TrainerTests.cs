@@ -165,6 +165,21 @@ public class TrainerTests
         Assert.Null(ModelFlops.PeakPerSecond("AMD EPYC 7B13 (2 cores)", ScalarType.Float32));
     }
 
+    [Fact]
+    public void ResumingWithOptionsThatChangeTheRunIsRefused()
+    {
+        using var dir = new TempDir();
+        var options = Options(dir);
+        using (var trainer = Trainer.Create(TinyConfig(), options)) trainer.Run(stopAfterStep: 4);
+        var e = Assert.Throws<ArgumentException>(() => Trainer.Resume(options with { LearningRate = 1e-2, BatchSize = 8 }));
+        Assert.Contains("learning_rate", e.Message);
+        Assert.Contains("batch_size 4 → 8", e.Message);
+        Assert.Contains("train-config.json", e.Message);
+        // Cadence and file locations are free to change.
+        using var resumed = Trainer.Resume(options with { EvalEvery = 1, CheckpointEvery = 2 });
+        Assert.Equal(4, resumed.Step);
+    }
+
     static Dictionary<string, byte[]> Weights(CausalLanguageModel model) =>
         model.StateDict().ToDictionary(t => t.Name, t => t.Tensor.contiguous().bytes.ToArray());
 
