@@ -14,10 +14,11 @@ internal static class TrainCommand
     {
         var d = new TrainerOptions { OutputDirectory = "", TrainTokens = "" };
         var config = new Option<string?>("--config") { Description = "Model config.json (HF format) of a fresh run; not needed with --resume." };
-        var trainFile = new Option<string>("--train") { Description = "Training token ids (binary, see --token-format).", Required = true };
+        var runConfig = new Option<string?>("--run-config") { Description = "JSON file of run options (keys as in a run's train-config.json); flags given on the command line override it. A resumed run reads its own." };
+        var trainFile = new Option<string?>("--train") { Description = "Training token ids (binary, see --token-format)." };
         var validFile = new Option<string?>("--valid") { Description = "Validation token ids." };
         var output = new Option<string>("--output", "-o") { Description = "Run folder: checkpoint-last, then the HF model.", Required = true };
-        var resume = new Option<bool>("--resume") { Description = "Continue from the run folder's checkpoint (exactly where it left off)." };
+        var resume = new Option<bool>("--resume") { Description = "Continue from the run folder's checkpoint (exactly where it left off), with the options in its train-config.json." };
         var tokenizer = new Option<string?>("--tokenizer") { Description = "Folder whose tokenizer files are copied into the output." };
         var format = new Option<string>("--token-format") { Description = "u16 or i32.", DefaultValueFactory = _ => "u16" };
         format.AcceptOnlyFromAmong("u16", "i32");
@@ -39,25 +40,41 @@ internal static class TrainCommand
         var autocast = new Option<string>("--autocast") { Description = "bf16 mixed precision (fp32 weights and optimizer): auto = on for CUDA, off for CPU.", DefaultValueFactory = _ => "auto" };
         autocast.AcceptOnlyFromAmong("auto", "bf16", "off");
         var command = new Command("train", "Train a causal language model from a config and token files; writes an HF model folder.")
-            { config, trainFile, validFile, output, resume, tokenizer, format, steps, seq, batch, accum, lr, warmup, minLr, decay, clip,
-              evalEvery, evalBatches, ckptEvery, seed, device, autocast };
-        command.SetAction((r, cancellation) => Task.FromResult(Run(r.GetValue(config), r.GetValue(resume), new TrainerOptions
+            { config, runConfig, trainFile, validFile, output, resume, tokenizer, format, steps, seq, batch, accum, lr, warmup, minLr, decay,
+              clip, evalEvery, evalBatches, ckptEvery, seed, device, autocast };
+        command.SetAction((r, cancellation) =>
         {
-            OutputDirectory = r.GetValue(output)!, TrainTokens = r.GetValue(trainFile)!, ValidTokens = r.GetValue(validFile),
-            TokenizerDirectory = r.GetValue(tokenizer),
-            TokenFormat = r.GetValue(format) == "i32" ? TokenFileFormat.Int32 : TokenFileFormat.UInt16,
-            TotalSteps = r.GetValue(steps), SequenceLength = r.GetValue(seq), BatchSize = r.GetValue(batch),
-            GradientAccumulation = r.GetValue(accum), LearningRate = r.GetValue(lr), WarmupSteps = r.GetValue(warmup),
-            MinLearningRateRatio = r.GetValue(minLr), WeightDecay = r.GetValue(decay), GradientClip = r.GetValue(clip),
-            EvalEvery = r.GetValue(evalEvery), EvalBatches = r.GetValue(evalBatches), CheckpointEvery = r.GetValue(ckptEvery),
-            Seed = r.GetValue(seed), Device = ComputeOptions.ParseDevice(r.GetValue(device)!),
-            Autocast = r.GetValue(autocast) switch
+            string outputDir = r.GetValue(output)!;
+            var deviceKind = ComputeOptions.ParseDevice(r.GetValue(device)!);
+            // Precedence: defaults < run-config file (given, or the resumed run's own) < flags given on the command line.
+            string? file = r.GetValue(runConfig);
+            string own = Path.Combine(outputDir, TrainerOptions.RunConfigFile);
+            if (file is null && r.GetValue(resume) && File.Exists(own)) file = own;
+            var o = file is null ? d with { OutputDirectory = outputDir } : TrainerOptions.Load(file, d with { OutputDirectory = outputDir });
+            T Pick<T>(Option<T> option, T current) => r.GetResult(option) is { Implicit: false } ? r.GetValue(option)! : current;
+            o = o with
             {
-                "bf16" => ModelDType.BFloat16,
-                "auto" when ComputeOptions.ResolveDevice(ComputeOptions.ParseDevice(r.GetValue(device)!)).type == TorchSharp.DeviceType.CUDA => ModelDType.BFloat16,
-                _ => null,
-            },
-        }, cancellation)));
+                TrainTokens = Pick(trainFile, o.TrainTokens) ?? "", ValidTokens = Pick(validFile, o.ValidTokens),
+                TokenizerDirectory = Pick(tokenizer, o.TokenizerDirectory),
+                TokenFormat = Pick(format, o.TokenFormat == TokenFileFormat.Int32 ? "i32" : "u16") == "i32" ? TokenFileFormat.Int32 : TokenFileFormat.UInt16,
+                TotalSteps = Pick(steps, o.TotalSteps), SequenceLength = Pick(seq, o.SequenceLength), BatchSize = Pick(batch, o.BatchSize),
+                GradientAccumulation = Pick(accum, o.GradientAccumulation), LearningRate = Pick(lr, o.LearningRate),
+                WarmupSteps = Pick(warmup, o.WarmupSteps), MinLearningRateRatio = Pick(minLr, o.MinLearningRateRatio),
+                WeightDecay = Pick(decay, o.WeightDecay), GradientClip = Pick(clip, o.GradientClip), EvalEvery = Pick(evalEvery, o.EvalEvery),
+                EvalBatches = Pick(evalBatches, o.EvalBatches), CheckpointEvery = Pick(ckptEvery, o.CheckpointEvery), Seed = Pick(seed, o.Seed),
+                Device = deviceKind,
+                Autocast = (r.GetResult(autocast) is { Implicit: false } || file is null ? r.GetValue(autocast) : null) switch
+                {
+                    "bf16" => ModelDType.BFloat16,
+                    "auto" when ComputeOptions.ResolveDevice(deviceKind).type == TorchSharp.DeviceType.CUDA => ModelDType.BFloat16,
+                    "auto" or "off" => null,
+                    _ => o.Autocast, // from the run config
+                },
+            };
+            if (string.IsNullOrEmpty(o.TrainTokens))
+                throw new ArgumentException("--train is required (or a --run-config / resumed run that names train_tokens).");
+            return Task.FromResult(Run(r.GetValue(config), r.GetValue(resume), o, cancellation));
+        });
         command.Subcommands.Add(PlotCommand());
         return command;
     }

@@ -235,30 +235,17 @@ public sealed class Trainer : IDisposable
         SafetensorsWriter.Write(Path.Combine(directory, CheckpointReader.SingleFileName), Model.StateDict());
     }
 
-    const string RunConfigFile = "train-config.json";
-
-    /// <summary>The run's options as written to train-config.json.</summary>
-    static JsonObject RunConfig(TrainerOptions o) => new()
-    {
-        ["train_tokens"] = o.TrainTokens, ["valid_tokens"] = o.ValidTokens, ["token_format"] = o.TokenFormat.ToString(),
-        ["sequence_length"] = o.SequenceLength, ["batch_size"] = o.BatchSize, ["gradient_accumulation"] = o.GradientAccumulation,
-        ["learning_rate"] = o.LearningRate, ["warmup_steps"] = o.WarmupSteps, ["total_steps"] = o.TotalSteps,
-        ["min_lr_ratio"] = o.MinLearningRateRatio, ["weight_decay"] = o.WeightDecay, ["beta1"] = o.Beta1, ["beta2"] = o.Beta2,
-        ["eps"] = o.Epsilon, ["grad_clip"] = o.GradientClip, ["eval_every"] = o.EvalEvery, ["eval_batches"] = o.EvalBatches,
-        ["checkpoint_every"] = o.CheckpointEvery, ["seed"] = o.Seed, ["dtype"] = o.DType.ToString(), ["autocast"] = o.Autocast?.ToString(),
-    };
-
-    void WriteRunConfig() => WriteJson(Path.Combine(options.OutputDirectory, RunConfigFile), RunConfig(options));
+    void WriteRunConfig() => WriteJson(Path.Combine(options.OutputDirectory, TrainerOptions.RunConfigFile), options.ToJson());
 
     /// <summary>Options that change what the continued steps compute must be the run's own, or the resumed run would not be
     /// the run that was interrupted. File paths (data may move), device and the validation/checkpoint cadence may differ.</summary>
     static void RequireSameRun(TrainerOptions options)
     {
-        string path = Path.Combine(options.OutputDirectory, RunConfigFile);
+        string path = Path.Combine(options.OutputDirectory, TrainerOptions.RunConfigFile);
         if (!File.Exists(path)) return;
         var saved = JsonNode.Parse(File.ReadAllText(path)) as JsonObject;
-        var now = RunConfig(options);
-        string[] free = { "train_tokens", "valid_tokens", "eval_every", "eval_batches", "checkpoint_every" };
+        var now = options.ToJson();
+        string[] free = { "train_tokens", "valid_tokens", "tokenizer", "eval_every", "eval_batches", "checkpoint_every" };
         var differences = now.Where(kv => !free.Contains(kv.Key) && !JsonNode.DeepEquals(kv.Value, saved?[kv.Key]))
             .Select(kv => $"{kv.Key} {saved?[kv.Key]?.ToJsonString() ?? "null"} → {kv.Value?.ToJsonString() ?? "null"}").ToArray();
         if (differences.Length > 0)

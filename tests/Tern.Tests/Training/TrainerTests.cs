@@ -180,6 +180,28 @@ public class TrainerTests
         Assert.Equal(4, resumed.Step);
     }
 
+    [Fact]
+    public void RunConfigFilesRoundTripAndNameTheirMistakes()
+    {
+        using var dir = new TempDir();
+        var options = Options(dir) with { Autocast = ModelDType.BFloat16, TokenizerDirectory = "tok", LearningRate = 0.0125 };
+        string path = dir.File("run.json");
+        File.WriteAllText(path, options.ToJson().ToJsonString());
+        var baseline = new TrainerOptions { OutputDirectory = options.OutputDirectory, TrainTokens = "", Device = DeviceKind.Cpu }; // the device is not a run option
+        Assert.Equal(options with { OnCheckpointFile = null }, TrainerOptions.Load(path, baseline));
+
+        File.WriteAllText(path, """{"batch_size": 8}""");
+        Assert.Equal(baseline with { BatchSize = 8 }, TrainerOptions.Load(path, baseline)); // absent keys keep the baseline
+        File.WriteAllText(path, """{"batch_sise": 8}""");
+        Assert.Contains("unknown key \"batch_sise\"", Assert.Throws<ArgumentException>(() => TrainerOptions.Load(path, baseline)).Message);
+        File.WriteAllText(path, """{"learning_rate": "fast"}""");
+        Assert.Contains("\"learning_rate\" must be a Double", Assert.Throws<ArgumentException>(() => TrainerOptions.Load(path, baseline)).Message);
+        File.WriteAllText(path, """{"dtype": "fp64"}""");
+        Assert.Contains("\"dtype\" must be one of", Assert.Throws<ArgumentException>(() => TrainerOptions.Load(path, baseline)).Message);
+        File.WriteAllText(path, "[1, 2");
+        Assert.Contains("not a valid run config", Assert.Throws<ArgumentException>(() => TrainerOptions.Load(path, baseline)).Message);
+    }
+
     static Dictionary<string, byte[]> Weights(CausalLanguageModel model) =>
         model.StateDict().ToDictionary(t => t.Name, t => t.Tensor.contiguous().bytes.ToArray());
 
