@@ -17,6 +17,7 @@ public static class Program
             EvalCommand.Create(),
             TokenizerCommand.Create(),
             TrainCommand.Create(),
+            ExportCommand.Create(),
         };
         ParseResult parsed = root.Parse(args);
         if (parsed.Errors.Count > 0)

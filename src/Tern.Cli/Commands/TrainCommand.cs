@@ -14,10 +14,11 @@ internal static class TrainCommand
     {
         var d = new TrainerOptions { OutputDirectory = "", TrainTokens = "" };
         var config = new Option<string?>("--config") { Description = "Model config.json (HF format) of a fresh run; not needed with --resume." };
-        var trainFile = new Option<string>("--train") { Description = "Training token ids (binary, see --token-format).", Required = true };
+        var runConfig = new Option<string?>("--run-config") { Description = "JSON file of run options (keys as in a run's train-config.json); flags given on the command line override it. A resumed run reads its own." };
+        var trainFile = new Option<string?>("--train") { Description = "Training token ids (binary, see --token-format)." };
         var validFile = new Option<string?>("--valid") { Description = "Validation token ids." };
         var output = new Option<string>("--output", "-o") { Description = "Run folder: checkpoint-last, then the HF model.", Required = true };
-        var resume = new Option<bool>("--resume") { Description = "Continue from the run folder's checkpoint (exactly where it left off)." };
+        var resume = new Option<bool>("--resume") { Description = "Continue from the run folder's checkpoint (exactly where it left off), with the options in its train-config.json." };
         var tokenizer = new Option<string?>("--tokenizer") { Description = "Folder whose tokenizer files are copied into the output." };
         var format = new Option<string>("--token-format") { Description = "u16 or i32.", DefaultValueFactory = _ => "u16" };
         format.AcceptOnlyFromAmong("u16", "i32");
@@ -36,20 +37,64 @@ internal static class TrainCommand
         var seed = new Option<long>("--seed") { Description = "Seed of the initial weights and the data sampler.", DefaultValueFactory = _ => d.Seed };
         var device = new Option<string>("--device") { Description = "cpu, cuda or auto.", DefaultValueFactory = _ => "auto" };
         device.AcceptOnlyFromAmong("cpu", "cuda", "auto");
+        var autocast = new Option<string>("--autocast") { Description = "bf16 mixed precision (fp32 weights and optimizer): auto = on for CUDA, off for CPU.", DefaultValueFactory = _ => "auto" };
+        autocast.AcceptOnlyFromAmong("auto", "bf16", "off");
         var command = new Command("train", "Train a causal language model from a config and token files; writes an HF model folder.")
-            { config, trainFile, validFile, output, resume, tokenizer, format, steps, seq, batch, accum, lr, warmup, minLr, decay, clip,
-              evalEvery, evalBatches, ckptEvery, seed, device };
-        command.SetAction((r, cancellation) => Task.FromResult(Run(r.GetValue(config), r.GetValue(resume), new TrainerOptions
+            { config, runConfig, trainFile, validFile, output, resume, tokenizer, format, steps, seq, batch, accum, lr, warmup, minLr, decay,
+              clip, evalEvery, evalBatches, ckptEvery, seed, device, autocast };
+        command.SetAction((r, cancellation) =>
         {
-            OutputDirectory = r.GetValue(output)!, TrainTokens = r.GetValue(trainFile)!, ValidTokens = r.GetValue(validFile),
-            TokenizerDirectory = r.GetValue(tokenizer),
-            TokenFormat = r.GetValue(format) == "i32" ? TokenFileFormat.Int32 : TokenFileFormat.UInt16,
-            TotalSteps = r.GetValue(steps), SequenceLength = r.GetValue(seq), BatchSize = r.GetValue(batch),
-            GradientAccumulation = r.GetValue(accum), LearningRate = r.GetValue(lr), WarmupSteps = r.GetValue(warmup),
-            MinLearningRateRatio = r.GetValue(minLr), WeightDecay = r.GetValue(decay), GradientClip = r.GetValue(clip),
-            EvalEvery = r.GetValue(evalEvery), EvalBatches = r.GetValue(evalBatches), CheckpointEvery = r.GetValue(ckptEvery),
-            Seed = r.GetValue(seed), Device = ComputeOptions.ParseDevice(r.GetValue(device)!),
-        }, cancellation)));
+            string outputDir = r.GetValue(output)!;
+            var deviceKind = ComputeOptions.ParseDevice(r.GetValue(device)!);
+            // Precedence: defaults < run-config file (given, or the resumed run's own) < flags given on the command line.
+            string? file = r.GetValue(runConfig);
+            string own = Path.Combine(outputDir, TrainerOptions.RunConfigFile);
+            if (file is null && r.GetValue(resume) && File.Exists(own)) file = own;
+            var o = file is null ? d with { OutputDirectory = outputDir } : TrainerOptions.Load(file, d with { OutputDirectory = outputDir });
+            T Pick<T>(Option<T> option, T current) => r.GetResult(option) is { Implicit: false } ? r.GetValue(option)! : current;
+            o = o with
+            {
+                TrainTokens = Pick(trainFile, o.TrainTokens) ?? "", ValidTokens = Pick(validFile, o.ValidTokens),
+                TokenizerDirectory = Pick(tokenizer, o.TokenizerDirectory),
+                TokenFormat = Pick(format, o.TokenFormat == TokenFileFormat.Int32 ? "i32" : "u16") == "i32" ? TokenFileFormat.Int32 : TokenFileFormat.UInt16,
+                TotalSteps = Pick(steps, o.TotalSteps), SequenceLength = Pick(seq, o.SequenceLength), BatchSize = Pick(batch, o.BatchSize),
+                GradientAccumulation = Pick(accum, o.GradientAccumulation), LearningRate = Pick(lr, o.LearningRate),
+                WarmupSteps = Pick(warmup, o.WarmupSteps), MinLearningRateRatio = Pick(minLr, o.MinLearningRateRatio),
+                WeightDecay = Pick(decay, o.WeightDecay), GradientClip = Pick(clip, o.GradientClip), EvalEvery = Pick(evalEvery, o.EvalEvery),
+                EvalBatches = Pick(evalBatches, o.EvalBatches), CheckpointEvery = Pick(ckptEvery, o.CheckpointEvery), Seed = Pick(seed, o.Seed),
+                Device = deviceKind,
+                Autocast = (r.GetResult(autocast) is { Implicit: false } || file is null ? r.GetValue(autocast) : null) switch
+                {
+                    "bf16" => ModelDType.BFloat16,
+                    "auto" when ComputeOptions.ResolveDevice(deviceKind).type == TorchSharp.DeviceType.CUDA => ModelDType.BFloat16,
+                    "auto" or "off" => null,
+                    _ => o.Autocast, // from the run config
+                },
+            };
+            if (string.IsNullOrEmpty(o.TrainTokens))
+                throw new ArgumentException("--train is required (or a --run-config / resumed run that names train_tokens).");
+            return Task.FromResult(Run(r.GetValue(config), r.GetValue(resume), o, cancellation));
+        });
+        command.Subcommands.Add(PlotCommand());
+        return command;
+    }
+
+    /// <summary><c>tern train plot LOG</c>: draws a run's loss curve where the plotting natives exist (a GPU pack leaves them out).</summary>
+    static Command PlotCommand()
+    {
+        var log = new Argument<string>("log") { Description = "A run's train-log.jsonl." };
+        var output = new Option<string?>("--output", "-o") { Description = "PNG to write (default: loss-curve.png next to the log)." };
+        var title = new Option<string>("--title") { Description = "Plot title.", DefaultValueFactory = _ => "training loss" };
+        var command = new Command("plot", "Draw the loss curve of a run's train-log.jsonl as a PNG.") { log, output, title };
+        command.SetAction(r =>
+        {
+            string path = r.GetValue(log)!;
+            if (!File.Exists(path)) throw new FileNotFoundException($"'{Path.GetFullPath(path)}' does not exist.", path);
+            string png = r.GetValue(output) ?? Path.Combine(Path.GetDirectoryName(Path.GetFullPath(path))!, "loss-curve.png");
+            LossCurve.FromLog(path).SavePng(png, r.GetValue(title)!);
+            Console.WriteLine(png);
+            return 0;
+        });
         return command;
     }
 
@@ -68,11 +113,14 @@ internal static class TrainCommand
         }
         using (trainer)
         {
+            string deviceName = DeviceReport.Name(trainer.Model.Device);
             Console.Error.WriteLine($"{(hasCheckpoint ? "resuming" : "training")} {trainer.Model.Info.ModelType} ({trainer.Model.Info.ParameterCount:N0} parameters) " +
-                                    $"on {trainer.Model.Device} from step {trainer.Step}/{options.TotalSteps}");
+                                    $"on {deviceName}, {(options.Autocast is { } amp ? amp.ShortName() + " autocast" : options.DType.ShortName())}, from step {trainer.Step}/{options.TotalSteps}");
+            var steps = new List<TrainingProgress>();
             string log = Path.Combine(options.OutputDirectory, "train-log.jsonl");
             trainer.StepCompleted += p =>
             {
+                steps.Add(p);
                 string valid = p.ValidLoss is { } v ? $"  valid {v:F4}" : "";
                 Console.Error.Write(string.Create(CultureInfo.InvariantCulture,
                     $"\rstep {p.Step}/{p.TotalSteps}  loss {p.Loss:F4}  lr {p.LearningRate:E2}  grad {p.GradNorm:F2}  {p.TokensPerSecond:N0} tok/s{valid}   "));
@@ -84,6 +132,7 @@ internal static class TrainCommand
             };
             trainer.Run(cancellation: cancellation);
             Console.Error.WriteLine();
+            WriteSummary(Path.Combine(options.OutputDirectory, "train-summary.json"), trainer, deviceName, steps);
             if (File.Exists(log))
             {
                 try
@@ -94,7 +143,7 @@ internal static class TrainCommand
                 catch (Exception e) when (e is DllNotFoundException or TypeInitializationException)
                 {
                     // The GPU machine's pack leaves out the plotting natives (tools/gpu/pack.sh); draw it where the log comes back.
-                    Console.Error.WriteLine($"note: loss-curve.png not drawn here ({e.GetType().Name}); the log is {log}");
+                    Console.Error.WriteLine($"note: loss-curve.png not drawn here ({e.GetType().Name}); draw it with 'tern train plot {log}'");
                 }
             }
             if (trainer.Step < options.TotalSteps)
@@ -106,5 +155,28 @@ internal static class TrainCommand
             Console.WriteLine($"wrote {Path.GetFullPath(options.OutputDirectory)} after {trainer.Step} steps ({trainer.TokensSeen:N0} tokens)");
         }
         return 0;
+    }
+
+    /// <summary>Throughput over the steps after the first few (allocator and kernel warm-up), model FLOPs utilisation where
+    /// the card's peak is known, and the final losses: printed and written next to the log.</summary>
+    static void WriteSummary(string path, Trainer trainer, string deviceName, List<TrainingProgress> steps)
+    {
+        if (steps.Count == 0) return;
+        // Every step consumes the same tokens, so the steady rate is the harmonic mean of the per-step rates.
+        var steady = steps.Count > 10 ? steps.Skip(5).ToList() : steps;
+        double tokensPerSecond = steady.Count / steady.Sum(p => 1 / p.TokensPerSecond);
+        double flops = trainer.FlopsPerToken;
+        double? mfu = trainer.PeakFlops is { } peak ? tokensPerSecond * flops / peak : null;
+        var last = steps[^1];
+        var summary = new JsonObject
+        {
+            ["device"] = deviceName, ["parameters"] = trainer.Model.Info.ParameterCount, ["steps"] = last.Step,
+            ["tokens_per_second"] = Math.Round(tokensPerSecond), ["flops_per_token"] = flops,
+            ["model_tflops_per_second"] = Math.Round(tokensPerSecond * flops / 1e12, 2), ["mfu"] = mfu is { } m ? Math.Round(m, 4) : null,
+            ["final_loss"] = last.Loss, ["final_valid_loss"] = steps.LastOrDefault(p => p.ValidLoss is not null)?.ValidLoss,
+        };
+        AtomicFile.Write(path, s => s.Write(System.Text.Encoding.UTF8.GetBytes(summary.ToJsonString(new() { WriteIndented = true }) + "\n")));
+        Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"throughput {tokensPerSecond:N0} tok/s, {tokensPerSecond * flops / 1e12:F1} model TFLOP/s{(mfu is { } u ? $", MFU {u:P1}" : "")} ({deviceName})"));
     }
 }

@@ -8,11 +8,17 @@ namespace Tern.Models;
 internal sealed record Linear(Tensor Weight, Tensor? Bias) : IDisposable
 {
     public Tensor Forward(Tensor x) =>
-        Interop.FusedKernels.TryGemv(x, Weight, Bias, null, out var y) ? y : F.linear(x, Weight, Bias);
+        Interop.FusedKernels.TryGemv(x, Weight, Bias, null, out var y) ? y : Apply(x, Weight, Bias);
 
     /// <summary>residual + x·Wᵀ + b, in one kernel where the one-row GEMV serves.</summary>
     public Tensor ForwardAdd(Tensor x, Tensor residual) =>
-        Interop.FusedKernels.TryGemv(x, Weight, Bias, residual, out var y) ? y : residual + F.linear(x, Weight, Bias);
+        Interop.FusedKernels.TryGemv(x, Weight, Bias, residual, out var y) ? y : residual + Apply(x, Weight, Bias);
+
+    /// <summary>x·Wᵀ + b, in the <see cref="Runtime.Autocast"/> type inside an autocast scope (the output keeps that type;
+    /// a residual sum with an fp32 stream promotes back to fp32).</summary>
+    public static Tensor Apply(Tensor x, Tensor weight, Tensor? bias = null) => Runtime.Autocast.Current is null
+        ? F.linear(x, weight, bias)
+        : F.linear(Runtime.Autocast.Cast(x), Runtime.Autocast.Cast(weight), bias is null ? null : Runtime.Autocast.Cast(bias));
     public void Dispose()
     {
         Weight.Dispose();

@@ -95,9 +95,11 @@ public abstract class CausalLanguageModel : IDisposable
     }
 
     /// <summary>A cache sized for this model: <paramref name="maxSequenceLength"/> tokens per sequence under <paramref name="policy"/>.</summary>
-    public KvCache.KvCache CreateCache(int batchSize, int maxSequenceLength, IKvCachePolicy? policy = null, int maxStepTokens = 1)
+    public KvCache.KvCache CreateCache(int batchSize, int maxSequenceLength, IKvCachePolicy? policy = null, int maxStepTokens = 1) =>
+        CreateCache(batchSize, maxSequenceLength, policy ?? DensePolicy.Instance, maxStepTokens, DType.ToScalarType());
+
+    KvCache.KvCache CreateCache(int batchSize, int maxSequenceLength, IKvCachePolicy policy, int maxStepTokens, ScalarType dtype)
     {
-        policy ??= DensePolicy.Instance;
         int capacity = policy.Capacity(maxSequenceLength, maxStepTokens);
         // Cache-index positions stay below the capacity: learned position tables must hold that many rows.
         if (policy.PositionsFollowCache && Info.LearnedPositions && capacity > Info.MaxPositions)
@@ -114,7 +116,7 @@ public abstract class CausalLanguageModel : IDisposable
             Capacity = capacity,
             MaxSequenceLength = maxSequenceLength,
             Bits = policy.Bits,
-            DType = DType.ToScalarType(),
+            DType = dtype,
             Device = Device,
         }, policy);
     }
@@ -179,7 +181,8 @@ public abstract class CausalLanguageModel : IDisposable
             RealTokens = Enumerable.Repeat((int)t, (int)b).ToArray(),
             MaxPosition = (int)t - 1,
         };
-        using var cache = CreateCache((int)b, (int)t, DensePolicy.Instance, (int)t);
+        // Under autocast keys and values are kept in its type, so attention runs in it as torch.autocast's SDPA does.
+        using var cache = CreateCache((int)b, (int)t, DensePolicy.Instance, (int)t, Autocast.Current ?? DType.ToScalarType());
         var logits = Run(batch, cache);
         return logits.MoveToOuterDisposeScope();
     }

@@ -83,7 +83,7 @@ internal sealed class Gpt2Model : CausalLanguageModel
             h.MoveToOuterDisposeScope();
             input.Dispose();
         }
-        return torch.nn.functional.linear(Norms.Layer(SelectOutputs(h, batch), lnFW, lnFB, eps), lmHead);
+        return Linear.Apply(Norms.Layer(SelectOutputs(h, batch), lnFW, lnFB, eps), lmHead);
     }
 
     protected override void DisposeWeights()

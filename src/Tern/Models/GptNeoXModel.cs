@@ -90,7 +90,7 @@ internal sealed class GptNeoXModel : CausalLanguageModel
             h.MoveToOuterDisposeScope();
             input.Dispose();
         }
-        return torch.nn.functional.linear(Norms.Layer(SelectOutputs(h, batch), finalW, finalB, eps), lmHead);
+        return Linear.Apply(Norms.Layer(SelectOutputs(h, batch), finalW, finalB, eps), lmHead);
     }
 
     protected override void DisposeWeights()

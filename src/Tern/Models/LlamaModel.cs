@@ -115,7 +115,7 @@ internal sealed class LlamaModel : CausalLanguageModel
             h.MoveToOuterDisposeScope();
             input.Dispose(); // free each layer's input now rather than at the end of the step
         }
-        return torch.nn.functional.linear(Norms.Rms(SelectOutputs(h, batch), finalNorm, eps), lmHead);
+        return Linear.Apply(Norms.Rms(SelectOutputs(h, batch), finalNorm, eps), lmHead);
     }
 
     protected override void DisposeWeights()

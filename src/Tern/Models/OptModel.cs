@@ -96,7 +96,7 @@ internal sealed class OptModel : CausalLanguageModel
         h = SelectOutputs(h, batch);
         if (finalNormW is not null) h = Norms.Layer(h, finalNormW, finalNormB, eps);
         if (projectOut is not null) h = projectOut.Forward(h);
-        return torch.nn.functional.linear(h, lmHead);
+        return Linear.Apply(h, lmHead);
     }
 
     protected override void DisposeWeights()

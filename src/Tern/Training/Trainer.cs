@@ -90,9 +90,11 @@ public sealed class Trainer : IDisposable
     /// <summary>Continues the run whose checkpoint is in <see cref="TrainerOptions.OutputDirectory"/>; the options should be
     /// the run's own (the schedule and data come from them, weights, optimizer and sampler from the checkpoint).</summary>
     /// <exception cref="TrainingCheckpointException">No checkpoint, or a corrupt one (the message names the file).</exception>
+    /// <exception cref="ArgumentException">Options that change the computation differ from the run's train-config.json.</exception>
     public static Trainer Resume(TrainerOptions options)
     {
         options.Validate();
+        RequireSameRun(options);
         string dir = TrainingCheckpoint.Find(options.OutputDirectory)
             ?? throw new TrainingCheckpointException($"{Path.GetFullPath(options.OutputDirectory)}: no {TrainingCheckpoint.LastName} to resume from.");
         var state = TrainingCheckpoint.Verify(dir);
@@ -117,6 +119,12 @@ public sealed class Trainer : IDisposable
         }
         return trainer;
     }
+
+    /// <summary>Training FLOPs per token of this model at the run's sequence length (<see cref="ModelFlops.TrainingPerToken"/>).</summary>
+    public double FlopsPerToken => ModelFlops.TrainingPerToken(Model.Info, options.SequenceLength, Model.Config.GetBool("tie_word_embeddings") ?? false);
+
+    /// <summary>The device's peak FLOP/s for the run's matrix products, when known (<see cref="ModelFlops.PeakPerSecond"/>).</summary>
+    public double? PeakFlops => ModelFlops.PeakPerSecond(DeviceReport.Name(Model.Device), (options.Autocast ?? options.DType).ToScalarType());
 
     /// <summary>The learning rate of the next step.</summary>
     public double CurrentLearningRate => LearningRateSchedule.At(Step, options);
@@ -151,6 +159,7 @@ public sealed class Trainer : IDisposable
 
     Tensor Loss(Tensor inputs, Tensor targets, bool withExtra)
     {
+        using var amp = options.Autocast is { } type ? Autocast.Enter(type.ToScalarType()) : null;
         var logits = Model.ForwardTraining(inputs);
         var loss = F.cross_entropy(logits.reshape(-1, logits.shape[^1]).to(ScalarType.Float32), targets.reshape(-1));
         if (withExtra && options.ExtraLoss is { } extra) loss = loss + extra(Model, inputs, logits);
@@ -226,18 +235,22 @@ public sealed class Trainer : IDisposable
         SafetensorsWriter.Write(Path.Combine(directory, CheckpointReader.SingleFileName), Model.StateDict());
     }
 
-    void WriteRunConfig()
+    void WriteRunConfig() => WriteJson(Path.Combine(options.OutputDirectory, TrainerOptions.RunConfigFile), options.ToJson());
+
+    /// <summary>Options that change what the continued steps compute must be the run's own, or the resumed run would not be
+    /// the run that was interrupted. File paths (data may move), device and the validation/checkpoint cadence may differ.</summary>
+    static void RequireSameRun(TrainerOptions options)
     {
-        var o = options;
-        WriteJson(Path.Combine(o.OutputDirectory, "train-config.json"), new JsonObject
-        {
-            ["train_tokens"] = o.TrainTokens, ["valid_tokens"] = o.ValidTokens, ["token_format"] = o.TokenFormat.ToString(),
-            ["sequence_length"] = o.SequenceLength, ["batch_size"] = o.BatchSize, ["gradient_accumulation"] = o.GradientAccumulation,
-            ["learning_rate"] = o.LearningRate, ["warmup_steps"] = o.WarmupSteps, ["total_steps"] = o.TotalSteps,
-            ["min_lr_ratio"] = o.MinLearningRateRatio, ["weight_decay"] = o.WeightDecay, ["beta1"] = o.Beta1, ["beta2"] = o.Beta2,
-            ["eps"] = o.Epsilon, ["grad_clip"] = o.GradientClip, ["eval_every"] = o.EvalEvery, ["eval_batches"] = o.EvalBatches,
-            ["checkpoint_every"] = o.CheckpointEvery, ["seed"] = o.Seed, ["dtype"] = o.DType.ToString(), ["device"] = Model.Device.ToString(),
-        });
+        string path = Path.Combine(options.OutputDirectory, TrainerOptions.RunConfigFile);
+        if (!File.Exists(path)) return;
+        var saved = JsonNode.Parse(File.ReadAllText(path)) as JsonObject;
+        var now = options.ToJson();
+        string[] free = { "train_tokens", "valid_tokens", "tokenizer", "eval_every", "eval_batches", "checkpoint_every" };
+        var differences = now.Where(kv => !free.Contains(kv.Key) && !JsonNode.DeepEquals(kv.Value, saved?[kv.Key]))
+            .Select(kv => $"{kv.Key} {saved?[kv.Key]?.ToJsonString() ?? "null"} → {kv.Value?.ToJsonString() ?? "null"}").ToArray();
+        if (differences.Length > 0)
+            throw new ArgumentException($"{path}: the run was started with other options ({string.Join(", ", differences)}); " +
+                                        "resume with the run's own options (listed in that file).");
     }
 
     static void WriteJson(string path, JsonNode node) => AtomicFile.Write(path, s =>

@@ -1,3 +1,5 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
 using Tern.Models;
 using Tern.Runtime;
 using TorchSharp;
@@ -64,6 +66,9 @@ public sealed record TrainerOptions
     public DeviceKind Device { get; init; } = DeviceKind.Auto;
     /// <summary>Type of the trained weights (fp32 recommended: AdamW state is kept in it).</summary>
     public ModelDType DType { get; init; } = ModelDType.Float32;
+    /// <summary>Mixed precision: matrix products in this type (<see cref="Runtime.Autocast"/>) while weights, optimizer state,
+    /// norms and the loss stay fp32. Only bf16: fp16 would need loss scaling. Null = off.</summary>
+    public ModelDType? Autocast { get; init; }
 
     /// <summary>Which parameters train, by <see cref="ModelParameter.Name"/>; null = all. The others stay frozen.</summary>
     public Func<string, bool>? TrainParameter { get; init; }
@@ -72,6 +77,58 @@ public sealed record TrainerOptions
 
     /// <summary>Test seam: called with each file's path while a checkpoint is being written (throw to simulate a crash).</summary>
     internal Action<string>? OnCheckpointFile { get; init; }
+
+    /// <summary>The file, in a run's output folder, that records its options (<see cref="ToJson"/>).</summary>
+    public const string RunConfigFile = "train-config.json";
+
+    /// <summary>The options of the run as JSON (snake_case keys; the seams and the output folder are not part of it).</summary>
+    public JsonObject ToJson() => new()
+    {
+        ["train_tokens"] = TrainTokens, ["valid_tokens"] = ValidTokens, ["tokenizer"] = TokenizerDirectory,
+        ["token_format"] = TokenFormat.ToString(), ["sequence_length"] = SequenceLength, ["batch_size"] = BatchSize,
+        ["gradient_accumulation"] = GradientAccumulation, ["learning_rate"] = LearningRate, ["warmup_steps"] = WarmupSteps,
+        ["total_steps"] = TotalSteps, ["min_lr_ratio"] = MinLearningRateRatio, ["weight_decay"] = WeightDecay, ["beta1"] = Beta1,
+        ["beta2"] = Beta2, ["eps"] = Epsilon, ["grad_clip"] = GradientClip, ["eval_every"] = EvalEvery, ["eval_batches"] = EvalBatches,
+        ["checkpoint_every"] = CheckpointEvery, ["seed"] = Seed, ["dtype"] = DType.ToString(), ["autocast"] = Autocast?.ToString(),
+    };
+
+    /// <summary>Options read from a run-config JSON file (the keys of <see cref="ToJson"/>, any subset); keys it lacks keep
+    /// <paramref name="baseline"/>'s values. Unknown keys and wrong types are errors naming the file and key.</summary>
+    public static TrainerOptions Load(string path, TrainerOptions baseline)
+    {
+        if (!File.Exists(path)) throw new FileNotFoundException($"run config '{Path.GetFullPath(path)}' does not exist.", path);
+        JsonObject json;
+        try { json = JsonNode.Parse(File.ReadAllText(path)) as JsonObject ?? throw new JsonException("not a JSON object"); }
+        catch (JsonException e) { throw new ArgumentException($"{path}: not a valid run config ({e.Message})."); }
+        var o = baseline;
+        foreach (var (key, value) in json)
+        {
+            T Get<T>()
+            {
+                try { return value is null ? default! : value.GetValue<T>(); }
+                catch (Exception e) when (e is FormatException or InvalidOperationException)
+                { throw new ArgumentException($"{path}: \"{key}\" must be a {typeof(T).Name} (got {value?.ToJsonString()})."); }
+            }
+            TEnum Enum<TEnum>() where TEnum : struct, Enum => System.Enum.TryParse<TEnum>(Get<string>(), true, out var v) ? v
+                : throw new ArgumentException($"{path}: \"{key}\" must be one of {string.Join(", ", System.Enum.GetNames<TEnum>())}.");
+            o = key switch
+            {
+                "train_tokens" => o with { TrainTokens = Get<string>() }, "valid_tokens" => o with { ValidTokens = Get<string?>() },
+                "tokenizer" => o with { TokenizerDirectory = Get<string?>() }, "token_format" => o with { TokenFormat = Enum<TokenFileFormat>() },
+                "sequence_length" => o with { SequenceLength = Get<int>() }, "batch_size" => o with { BatchSize = Get<int>() },
+                "gradient_accumulation" => o with { GradientAccumulation = Get<int>() }, "learning_rate" => o with { LearningRate = Get<double>() },
+                "warmup_steps" => o with { WarmupSteps = Get<int>() }, "total_steps" => o with { TotalSteps = Get<int>() },
+                "min_lr_ratio" => o with { MinLearningRateRatio = Get<double>() }, "weight_decay" => o with { WeightDecay = Get<double>() },
+                "beta1" => o with { Beta1 = Get<double>() }, "beta2" => o with { Beta2 = Get<double>() }, "eps" => o with { Epsilon = Get<double>() },
+                "grad_clip" => o with { GradientClip = Get<double>() }, "eval_every" => o with { EvalEvery = Get<int>() },
+                "eval_batches" => o with { EvalBatches = Get<int>() }, "checkpoint_every" => o with { CheckpointEvery = Get<int>() },
+                "seed" => o with { Seed = Get<long>() }, "dtype" => o with { DType = Enum<ModelDType>() },
+                "autocast" => o with { Autocast = value is null ? null : Enum<ModelDType>() },
+                _ => throw new ArgumentException($"{path}: unknown key \"{key}\" (known: {string.Join(", ", baseline.ToJson().Select(kv => kv.Key))})."),
+            };
+        }
+        return o;
+    }
 
     /// <summary>Throws <see cref="ArgumentException"/> naming the first invalid option.</summary>
     public void Validate()
@@ -85,6 +142,10 @@ public sealed record TrainerOptions
         NonNegative(nameof(EvalEvery), EvalEvery); NonNegative(nameof(EvalBatches), EvalBatches); NonNegative(nameof(CheckpointEvery), CheckpointEvery);
         if (MinLearningRateRatio is < 0 or > 1) throw new ArgumentException($"{nameof(MinLearningRateRatio)} must be in [0, 1] (got {MinLearningRateRatio}).");
         if (Beta1 is < 0 or >= 1 || Beta2 is < 0 or >= 1) throw new ArgumentException("betas must be in [0, 1).");
+        if (Autocast is { } amp && amp != ModelDType.BFloat16)
+            throw new ArgumentException($"{nameof(Autocast)} must be bf16 (got {amp.ShortName()}): fp16 would need loss scaling, which Tern does not do.");
+        if (Autocast is not null && DType != ModelDType.Float32)
+            throw new ArgumentException($"{nameof(Autocast)} keeps fp32 master weights: train with {nameof(DType)} fp32 (got {DType.ShortName()}).");
     }
 }
 

@@ -113,6 +113,95 @@ public class TrainerTests
         Assert.True(history[^1].ValidLoss < 0.6 * Math.Log(Vocab), $"validation loss {history[^1].ValidLoss}");
     }
 
+    [Fact]
+    public void Bf16AutocastRunsMatrixProductsInBf16AndStillLearns()
+    {
+        using var dir = new TempDir();
+        using var trainer = Trainer.Create(TinyConfig(), Options(dir, steps: 50) with
+            { CheckpointEvery = 0, EvalEvery = 0, GradientAccumulation = 1, Autocast = ModelDType.BFloat16 });
+        using (var scope = torch.NewDisposeScope())
+        using (torch.no_grad())
+        {
+            var ids = torch.tensor(Stream(32, 3).Select(i => (long)i).ToArray()).view(2, 16);
+            var exact = trainer.Model.ForwardTraining(ids);
+            Tensor mixed;
+            using (Autocast.Enter(ScalarType.BFloat16)) mixed = trainer.Model.ForwardTraining(ids);
+            Assert.Equal(ScalarType.Float32, exact.dtype);
+            Assert.Equal(ScalarType.BFloat16, mixed.dtype); // the LM head ran in bf16
+            double error = (mixed.to(ScalarType.Float32) - exact).abs().max().item<float>();
+            Assert.True(error is > 0 and < 0.05, $"bf16 logits differ from fp32 by {error}"); // > 0: bf16 really ran
+        }
+        Assert.Null(Autocast.Current); // the scope closed
+        var history = trainer.Run();
+        Assert.All(trainer.Model.Parameters, p => Assert.Equal(ScalarType.Float32, p.Tensor.dtype)); // fp32 master weights
+        double first = history.Take(3).Average(h => h.Loss), last = history.TakeLast(3).Average(h => h.Loss);
+        Assert.True(last < 0.5 * first, $"loss went from {first:F3} to {last:F3}");
+    }
+
+    [Fact]
+    public void AutocastOtherThanBf16OverFp32WeightsIsRefused()
+    {
+        using var dir = new TempDir();
+        var fp16 = Assert.Throws<ArgumentException>(() => (Options(dir) with { Autocast = ModelDType.Float16 }).Validate());
+        Assert.Contains("loss scaling", fp16.Message);
+        var bf16Weights = Assert.Throws<ArgumentException>(() => (Options(dir) with { Autocast = ModelDType.BFloat16, DType = ModelDType.BFloat16 }).Validate());
+        Assert.Contains("fp32", bf16Weights.Message);
+        Assert.Throws<ArgumentException>(() => Autocast.Enter(ScalarType.Float32));
+    }
+
+    [Fact]
+    public void ModelFlopsFollowPalmsCount()
+    {
+        var info = new ModelInfo
+        {
+            ModelType = "llama", VocabSize = 100, HiddenSize = 8, Layers = 2, Heads = 2, KvHeads = 2, HeadDim = 4, MaxPositions = 32,
+            LearnedPositions = false, ParameterCount = 5000,
+        };
+        Assert.Equal(6.0 * 5000 + 12.0 * 2 * 8 * 32, ModelFlops.TrainingPerToken(info, 32, tiedEmbeddings: true));
+        Assert.Equal(6.0 * (5000 - 800) + 12.0 * 2 * 8 * 32, ModelFlops.TrainingPerToken(info, 32, tiedEmbeddings: false));
+        Assert.Equal(989.4e12, ModelFlops.PeakPerSecond("NVIDIA H100 80GB HBM3", ScalarType.BFloat16));
+        Assert.Equal(756.0e12, ModelFlops.PeakPerSecond("NVIDIA H100 PCIe", ScalarType.BFloat16));
+        Assert.Equal(66.9e12, ModelFlops.PeakPerSecond("NVIDIA H200", ScalarType.Float32));
+        Assert.Null(ModelFlops.PeakPerSecond("AMD EPYC 7B13 (2 cores)", ScalarType.Float32));
+    }
+
+    [Fact]
+    public void ResumingWithOptionsThatChangeTheRunIsRefused()
+    {
+        using var dir = new TempDir();
+        var options = Options(dir);
+        using (var trainer = Trainer.Create(TinyConfig(), options)) trainer.Run(stopAfterStep: 4);
+        var e = Assert.Throws<ArgumentException>(() => Trainer.Resume(options with { LearningRate = 1e-2, BatchSize = 8 }));
+        Assert.Contains("learning_rate", e.Message);
+        Assert.Contains("batch_size 4 → 8", e.Message);
+        Assert.Contains("train-config.json", e.Message);
+        // Cadence and file locations are free to change.
+        using var resumed = Trainer.Resume(options with { EvalEvery = 1, CheckpointEvery = 2 });
+        Assert.Equal(4, resumed.Step);
+    }
+
+    [Fact]
+    public void RunConfigFilesRoundTripAndNameTheirMistakes()
+    {
+        using var dir = new TempDir();
+        var options = Options(dir) with { Autocast = ModelDType.BFloat16, TokenizerDirectory = "tok", LearningRate = 0.0125 };
+        string path = dir.File("run.json");
+        File.WriteAllText(path, options.ToJson().ToJsonString());
+        var baseline = new TrainerOptions { OutputDirectory = options.OutputDirectory, TrainTokens = "", Device = DeviceKind.Cpu }; // the device is not a run option
+        Assert.Equal(options with { OnCheckpointFile = null }, TrainerOptions.Load(path, baseline));
+
+        File.WriteAllText(path, """{"batch_size": 8}""");
+        Assert.Equal(baseline with { BatchSize = 8 }, TrainerOptions.Load(path, baseline)); // absent keys keep the baseline
+        File.WriteAllText(path, """{"batch_sise": 8}""");
+        Assert.Contains("unknown key \"batch_sise\"", Assert.Throws<ArgumentException>(() => TrainerOptions.Load(path, baseline)).Message);
+        File.WriteAllText(path, """{"learning_rate": "fast"}""");
+        Assert.Contains("\"learning_rate\" must be a Double", Assert.Throws<ArgumentException>(() => TrainerOptions.Load(path, baseline)).Message);
+        File.WriteAllText(path, """{"dtype": "fp64"}""");
+        Assert.Contains("\"dtype\" must be one of", Assert.Throws<ArgumentException>(() => TrainerOptions.Load(path, baseline)).Message);
+        File.WriteAllText(path, "[1, 2");
+        Assert.Contains("not a valid run config", Assert.Throws<ArgumentException>(() => TrainerOptions.Load(path, baseline)).Message);
+    }
+
     static Dictionary<string, byte[]> Weights(CausalLanguageModel model) =>
         model.StateDict().ToDictionary(t => t.Name, t => t.Tensor.contiguous().bytes.ToArray());
 
