@@ -220,14 +220,7 @@ public sealed class Generator
             deviceTokens = null;
         }
 
-        /// <summary>StreamingLLM's re-computation baseline: clears the cache and runs the last <paramref name="window"/> tokens
-        /// of every sequence through it as a fresh left-padded prompt (positions from 0); returns the last position's logits.</summary>
-        Tensor Recompute(KvCache.KvCache cache, List<int>[] fed, int window)
-        {
-            cache.Clear();
-            var windows = fed.Select(f => (IReadOnlyList<int>)f.GetRange(Math.Max(0, f.Count - window), Math.Min(window, f.Count))).ToArray();
-            return owner.model.Forward(ForwardBatch.LeftPadded(windows, owner.model.Device, lastPositionOnly: true), cache);
-        }
+        Tensor Recompute(KvCache.KvCache cache, List<int>[] fed, int window) => owner.model.RecomputeWindow(cache, fed, window);
 
         List<GeneratedToken> Record(long[] host, bool lastStep)
         {

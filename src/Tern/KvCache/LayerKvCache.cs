@@ -20,6 +20,7 @@ public sealed class LayerKvCache : IDisposable
         Capacity = options.Capacity;
         MaxSequenceLength = options.MaxSequenceLength > 0 ? options.MaxSequenceLength : options.Capacity;
         Bits = options.Bits;
+        DType = options.DType;
         keys = KvStore.Create(options);
         values = KvStore.Create(options);
         // The cache is disposed by its owner, not by whatever dispose scope is open when it is created.
@@ -39,6 +40,9 @@ public sealed class LayerKvCache : IDisposable
 
     /// <summary>Bits per stored key/value element: 16 = the model's dtype, 8 or 4 = group-quantized.</summary>
     public int Bits { get; }
+
+    /// <summary>The type keys and values are read back in (the model's, or autocast's in training).</summary>
+    public ScalarType DType { get; }
 
     /// <summary>Slots in use: every entry lives in [0, Length).</summary>
     public int Length { get; private set; }

@@ -39,7 +39,7 @@ internal static class Attention
         policy.BeforeAppend(cache, (int)t);
         cache.Append(k.transpose(1, 2), v.transpose(1, 2), batch.Positions, batch.HasPadding, batch.WriteSlots);
         var qh = q.transpose(1, 2); // [B,H,T,D]
-        if (qh.dtype != cache.Keys.dtype) qh = qh.to(cache.Keys.dtype); // queries take the cache's type (bf16 under autocast)
+        if (qh.dtype != cache.DType) qh = qh.to(cache.DType); // queries take the cache's type (bf16 under autocast)
         if (batch.WriteSlots is not null)
         {
             var result = StaticShapes(qh, batch, cache, policy, s);

@@ -138,6 +138,16 @@ public abstract class CausalLanguageModel : IDisposable
         return logits.MoveToOuterDisposeScope();
     }
 
+    /// <summary>StreamingLLM's re-computation baseline (<see cref="IKvCachePolicy.RecomputeWindow"/>): clears the cache and runs
+    /// the last <paramref name="window"/> tokens of every sequence through it as a fresh left-padded prompt (positions from 0);
+    /// returns the last position's logits [batch, vocab].</summary>
+    public Tensor RecomputeWindow(KvCache.KvCache cache, IReadOnlyList<IReadOnlyList<int>> tokens, int window)
+    {
+        cache.Clear();
+        var windows = tokens.Select(f => (IReadOnlyList<int>)f.Skip(Math.Max(0, f.Count - window)).ToArray()).ToArray();
+        return Forward(ForwardBatch.LeftPadded(windows, Device, lastPositionOnly: true), cache);
+    }
+
     /// <summary>Positions by cache index (StreamingLLM): a new real token gets the number of entries its row holds before it.
     /// Rows are read from layer 0, KV head 0: policies that position by cache index evict alike in every layer and head.</summary>
     static ForwardBatch AtCacheIndexes(ForwardBatch batch, KvCache.KvCache cache)

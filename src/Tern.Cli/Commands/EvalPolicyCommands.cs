@@ -1,0 +1,178 @@
+using System.CommandLine;
+using System.Globalization;
+using System.Text;
+using Tern.Evaluation;
+using Tern.KvCache;
+using Tern.Runtime;
+
+namespace Tern.Cli.Commands;
+
+/// <summary><c>tern eval stream</c> and <c>tern eval budget</c>: KV-cache policies on a long text (StreamingLLM's and H2O's
+/// experiments), as a table on stdout and CSV + PNG files.</summary>
+internal static class EvalPolicyCommands
+{
+    /// <summary>A policy as the evaluations name it: <c>NAME</c> or <c>NAME:BITS</c> (e.g. <c>h2o:4</c> = H2O over a 4-bit cache).</summary>
+    internal sealed record PolicySpec(string Name, int Bits)
+    {
+        public static PolicySpec Parse(string text)
+        {
+            var parts = text.Trim().Split(':');
+            int bits = 16;
+            if (parts.Length > 2 || parts.Length == 2 && !int.TryParse(parts[1], out bits))
+                throw new ArgumentException($"--policy '{text}': write NAME or NAME:BITS, e.g. sink or h2o:4.");
+            var spec = new PolicySpec(parts[0], bits);
+            spec.Options(KvBudget.OfTokens(1 << 20)).Validate(); // names the flag on a bad name or bit width
+            return spec;
+        }
+
+        public KvPolicyOptions Options(KvBudget budget) => new() { Policy = Name, Budget = Name == "full" ? null : budget, Bits = Bits };
+
+        public override string ToString() => Bits == 16 ? Name : $"{Name} {Bits}-bit";
+    }
+
+    static readonly Option<FileInfo> Text = new("--text") { Description = "UTF-8 text file to score.", Required = true };
+    static Option<string[]> PolicyOption(string defaults) => new("--policy")
+    {
+        Description = $"Policies as NAME or NAME:BITS (full, window, window-recompute, sink, h2o; bits 16, 8, 4), comma-separated or repeated. Default: {defaults}.",
+        AllowMultipleArgumentsPerToken = true,
+        DefaultValueFactory = _ => defaults.Split(','),
+    };
+    static Option<string> OutputOption(string name) => new("--output", "-o") { Description = $"Folder for {name}.csv and the PNG plots.", DefaultValueFactory = _ => "bench/eval" };
+
+    static IReadOnlyList<PolicySpec> Specs(string[] values) => values.SelectMany(v => v.Split(',', StringSplitOptions.RemoveEmptyEntries)).Select(PolicySpec.Parse).ToArray();
+
+    static T[] List<T>(string text, string flag, Func<string, T> parse)
+    {
+        try { return text.Split(',', StringSplitOptions.RemoveEmptyEntries).Select(s => parse(s.Trim())).ToArray(); }
+        catch (FormatException) { throw new ArgumentException($"{flag} must be a comma-separated list of numbers (got '{text}')."); }
+    }
+
+    static IReadOnlyList<int> Tokens(ParseResult r, CommonOptions common, out Models.CausalLanguageModel model, out string folder)
+    {
+        var file = r.GetValue(Text)!;
+        if (!file.Exists) throw new FileNotFoundException($"--text: '{file.FullName}' does not exist.");
+        var (loaded, tokenizer, dir) = common.Load(r, needTokenizer: true);
+        (model, folder) = (loaded, dir);
+        return tokenizer!.Encode(File.ReadAllText(file.FullName), addSpecialTokens: false);
+    }
+
+    public static Command Stream()
+    {
+        var common = new CommonOptions();
+        var policies = PolicyOption("full,window,window-recompute,sink");
+        var caches = new Option<string>("--cache") { Description = "Cache sizes in tokens (sink: sinks + window), comma-separated.", DefaultValueFactory = _ => "256,1024" };
+        var streams = new Option<int>("--streams") { Description = "Contiguous pieces of the text scored side by side.", DefaultValueFactory = _ => 8 };
+        var perStream = new Option<int>("--tokens-per-stream") { Description = "Tokens per stream (default: the text split evenly).", };
+        var recomputeTokens = new Option<int>("--recompute-tokens") { Description = "Tokens per stream for window-recompute, which re-runs its whole window every token (0 = as the others).", DefaultValueFactory = _ => 0 };
+        var fullTokens = new Option<int>("--full-tokens") { Description = "Tokens per stream for the full cache, whose attention grows with the text (0 = as the others).", DefaultValueFactory = _ => 0 };
+        var bucket = new Option<int>("--bucket") { Description = "Positions per reported bucket.", DefaultValueFactory = _ => 1024 };
+        var output = OutputOption("stream");
+        var command = new Command("stream", "Perplexity by position over a long text fed token by token, per KV policy and cache size (StreamingLLM's experiment).")
+            { Text, policies, caches, streams, perStream, recomputeTokens, fullTokens, bucket, output };
+        common.AddTo(command);
+        command.SetAction((r, cancellation) =>
+        {
+            var specs = Specs(r.GetValue(policies)!);
+            int[] sizes = List(r.GetValue(caches)!, "--cache", s => int.Parse(s, CultureInfo.InvariantCulture));
+            var tokens = Tokens(r, common, out var model, out string folder);
+            using (model)
+            {
+                var rows = new List<(string Label, StreamingEvaluationResult Result)>();
+                foreach (var spec in specs)
+                    foreach (int size in spec.Name == "full" ? new[] { 0 } : sizes)
+                    {
+                        int limit = spec.Name switch { "window-recompute" => r.GetValue(recomputeTokens), "full" => r.GetValue(fullTokens), _ => 0 };
+                        var options = new StreamingEvaluationOptions
+                        {
+                            Streams = r.GetValue(streams), BucketSize = r.GetValue(bucket),
+                            TokensPerStream = limit > 0 ? limit : r.GetValue(perStream),
+                        };
+                        string label = size == 0 ? spec.ToString() : $"{spec} {size}";
+                        var policy = KvCachePolicies.Create(spec.Options(KvBudget.OfTokens(size, "--cache")));
+                        var result = StreamingEvaluation.Run(model, tokens, policy, options, new ConsoleProgress(label), cancellation);
+                        Console.Error.WriteLine();
+                        rows.Add((label, result));
+                        Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                            $"{label}: perplexity {result.Perplexity:F2} over {result.BucketTokens.Sum():N0} tokens ({result.Streams} × {result.TokensPerStream:N0}), {result.Seconds:F0} s"));
+                    }
+                string dir = r.GetValue(output)!;
+                Directory.CreateDirectory(dir);
+                var csv = new StringBuilder("policy,bucket_start,bucket_end,tokens,mean_nll,perplexity\n");
+                foreach (var (label, res) in rows)
+                    for (int k = 0; k < res.BucketNll.Length; k++)
+                        csv.Append(CultureInfo.InvariantCulture, $"{label},{k * res.BucketSize},{(k + 1) * res.BucketSize},{res.BucketTokens[k]},{res.BucketNll[k]:F5},{Math.Exp(res.BucketNll[k]):F3}\n");
+                AtomicFile.Write(Path.Combine(dir, "stream.csv"), s => s.Write(Encoding.UTF8.GetBytes(csv.ToString())));
+                LinePlot.Save(Path.Combine(dir, "stream.png"), $"{Path.GetFileName(folder)}: NLL by position, {r.GetValue(Text)!.Name} fed token by token",
+                    "position in the stream (tokens)", "mean NLL (nats/token) = ln perplexity",
+                    rows.Select(x => new PlotSeries(x.Label, Enumerable.Range(0, x.Result.BucketNll.Length).Select(k => (k + 0.5) * x.Result.BucketSize).ToArray(), x.Result.BucketNll)));
+                Console.WriteLine("| policy | tokens | perplexity | first bucket | last bucket | worst bucket |");
+                Console.WriteLine("|---|---|---|---|---|---|");
+                foreach (var (label, res) in rows)
+                {
+                    var valid = res.BucketNll.Where(double.IsFinite).ToArray();
+                    Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                        $"| {label} | {res.BucketTokens.Sum():N0} | {res.Perplexity:F2} | {Math.Exp(valid[0]):F2} | {Math.Exp(valid[^1]):F2} | {Math.Exp(valid.Max()):F2} |"));
+                }
+                Console.WriteLine($"wrote {Path.GetFullPath(Path.Combine(dir, "stream.csv"))} and stream.png");
+            }
+            return Task.FromResult(0);
+        });
+        return command;
+    }
+
+    public static Command Budget()
+    {
+        var common = new CommonOptions();
+        var policies = PolicyOption("window,sink,h2o,h2o:4");
+        var budgets = new Option<string>("--budgets") { Description = "KV budgets as fractions of the sequence, comma-separated.", DefaultValueFactory = _ => "1,0.5,0.2,0.1,0.05" };
+        var sequences = new Option<int>("--sequences") { Description = "Sequences taken evenly spaced from the text.", DefaultValueFactory = _ => 16 };
+        var length = new Option<int>("--length") { Description = "Tokens per sequence (default: the model's context)." };
+        var output = OutputOption("budget");
+        var command = new Command("budget", "Perplexity and agreement with the full cache as the KV budget shrinks, per policy (H2O's experiment).")
+            { Text, policies, budgets, sequences, length, output };
+        common.AddTo(command);
+        command.SetAction((r, cancellation) =>
+        {
+            var specs = Specs(r.GetValue(policies)!);
+            double[] ratios = List(r.GetValue(budgets)!, "--budgets", s => double.Parse(s, CultureInfo.InvariantCulture));
+            foreach (double ratio in ratios) KvBudget.OfRatio(ratio, "--budgets");
+            var tokens = Tokens(r, common, out var model, out string folder);
+            using (model)
+            {
+                var seqs = BudgetEvaluation.Sequences(tokens, r.GetValue(sequences), r.GetValue(length) is > 0 and var l ? l : model.Info.MaxPositions);
+                var reference = BudgetEvaluation.Reference(model, seqs, new ConsoleProgress("full cache"), cancellation);
+                Console.Error.WriteLine();
+                var points = new List<BudgetPoint> { BudgetEvaluation.Run(model, seqs, reference, KvCachePolicies.Create(new KvPolicyOptions()), "full", 1, null, cancellation) };
+                foreach (var spec in specs)
+                    foreach (double ratio in ratios)
+                    {
+                        var policy = KvCachePolicies.Create(spec.Options(KvBudget.OfRatio(ratio, "--budgets")));
+                        var point = BudgetEvaluation.Run(model, seqs, reference, policy, spec.ToString(), ratio, new ConsoleProgress($"{spec} {ratio:P0}"), cancellation);
+                        Console.Error.WriteLine();
+                        points.Add(point);
+                    }
+                string dir = r.GetValue(output)!;
+                Directory.CreateDirectory(dir);
+                var csv = new StringBuilder("policy,budget,tokens,mean_nll,perplexity,agreement\n");
+                foreach (var p in points)
+                    csv.Append(CultureInfo.InvariantCulture, $"{p.Policy},{p.Budget},{p.Tokens},{p.MeanNll:F5},{p.Perplexity:F3},{p.Agreement:F4}\n");
+                AtomicFile.Write(Path.Combine(dir, "budget.csv"), s => s.Write(Encoding.UTF8.GetBytes(csv.ToString())));
+                var byPolicy = points.Skip(1).GroupBy(p => p.Policy).ToArray();
+                string title = $"{Path.GetFileName(folder)}: {seqs.Count} × {seqs[0].Count} tokens of {r.GetValue(Text)!.Name}";
+                LinePlot.Save(Path.Combine(dir, "budget-ppl.png"), title + " (full cache: " + points[0].Perplexity.ToString("F2", CultureInfo.InvariantCulture) + ")",
+                    "KV budget (fraction of the sequence)", "perplexity",
+                    byPolicy.Select(g => new PlotSeries(g.Key, g.Select(p => p.Budget).ToArray(), g.Select(p => p.Perplexity).ToArray())), logX: true);
+                LinePlot.Save(Path.Combine(dir, "budget-agreement.png"), title, "KV budget (fraction of the sequence)", "next-token argmax agreement with the full cache",
+                    byPolicy.Select(g => new PlotSeries(g.Key, g.Select(p => p.Budget).ToArray(), g.Select(p => p.Agreement).ToArray())), logX: true);
+                Console.WriteLine($"| policy | {string.Join(" | ", ratios.Select(x => x.ToString("P0", CultureInfo.InvariantCulture)))} |");
+                Console.WriteLine($"|---|{string.Concat(ratios.Select(_ => "---|"))}");
+                Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"| full cache | {points[0].Perplexity:F2} (agreement 100%) |"));
+                foreach (var g in byPolicy)
+                    Console.WriteLine($"| {g.Key} | {string.Join(" | ", g.Select(p => string.Create(CultureInfo.InvariantCulture, $"{p.Perplexity:F2} ({p.Agreement:P1})")))} |");
+                Console.WriteLine($"perplexity (agreement of the next-token argmax with the full cache); wrote {Path.GetFullPath(Path.Combine(dir, "budget.csv"))}, budget-ppl.png, budget-agreement.png");
+            }
+            return Task.FromResult(0);
+        });
+        return command;
+    }
+}

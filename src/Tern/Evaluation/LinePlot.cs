@@ -1,0 +1,38 @@
+using Tern.Runtime;
+
+namespace Tern.Evaluation;
+
+/// <summary>One line of a <see cref="LinePlot"/>.</summary>
+public sealed record PlotSeries(string Label, double[] X, double[] Y);
+
+/// <summary>Evaluation curves as PNG files (ScottPlot), written atomically.</summary>
+public static class LinePlot
+{
+    /// <summary>Draws the series with markers and a legend; NaN points are left out.</summary>
+    public static void Save(string path, string title, string xLabel, string yLabel, IEnumerable<PlotSeries> series,
+        bool logX = false, int width = 1000, int height = 560)
+    {
+        var plot = new ScottPlot.Plot();
+        foreach (var s in series)
+        {
+            var points = s.X.Zip(s.Y).Where(p => double.IsFinite(p.First) && double.IsFinite(p.Second)).ToArray();
+            if (points.Length == 0) continue;
+            var line = plot.Add.ScatterLine(points.Select(p => logX ? Math.Log10(p.First) : p.First).ToArray(), points.Select(p => p.Second).ToArray());
+            line.LegendText = s.Label;
+            line.MarkerSize = points.Length <= 40 ? 6 : 0;
+        }
+        if (logX)
+        {
+            // Ticks at the data's own x values, labelled in linear units.
+            var ticks = series.SelectMany(s => s.X).Where(x => x > 0).Distinct().Order().ToArray();
+            plot.Axes.Bottom.TickGenerator = new ScottPlot.TickGenerators.NumericManual(
+                ticks.Select(Math.Log10).ToArray(), ticks.Select(t => t.ToString("0.###", System.Globalization.CultureInfo.InvariantCulture)).ToArray());
+        }
+        plot.Title(title);
+        plot.XLabel(xLabel);
+        plot.YLabel(yLabel);
+        plot.ShowLegend();
+        byte[] png = plot.GetImageBytes(width, height, ScottPlot.ImageFormat.Png);
+        AtomicFile.Write(path, stream => stream.Write(png));
+    }
+}

@@ -1,0 +1,97 @@
+using Tern.Evaluation;
+using Tern.KvCache;
+using Tern.Models;
+using Tern.Runtime;
+using TorchSharp;
+using static TorchSharp.torch;
+using F = TorchSharp.torch.nn.functional;
+
+namespace Tern.Tests.Evaluation;
+
+public sealed class PolicyEvaluationTests
+{
+    static CausalLanguageModel Load(string name = "llama-gqa") => CausalLanguageModel.Load(Fixtures.ModelDir(name), new ModelLoadOptions { Device = DeviceKind.Cpu });
+
+    static int[] Tokens(int n, int vocab, int seed)
+    {
+        var random = new Random(seed);
+        return Enumerable.Range(0, n).Select(_ => random.Next(4, vocab)).ToArray();
+    }
+
+    /// <summary>log p of every token after the first from one full forward pass: the independent reference.</summary>
+    static float[] OnePass(CausalLanguageModel model, int[] sequence)
+    {
+        using var scope = torch.NewDisposeScope();
+        var logits = HfParityContract.FullLogits(model, new[] { sequence.Select(x => (long)x).ToArray() })[0]; // [T,V]
+        var targets = torch.tensor(sequence.Skip(1).Select(x => (long)x).ToArray()).unsqueeze(1);
+        return F.log_softmax(logits.narrow(0, 0, sequence.Length - 1), -1).gather(1, targets).squeeze(1).data<float>().ToArray();
+    }
+
+    [Theory]
+    [InlineData(1)]
+    [InlineData(7)]
+    public void TeacherForcingWithTheFullCacheGivesTheOnePassLogProbabilities(int prefix)
+    {
+        using var model = Load();
+        var sequences = new[] { Tokens(40, model.Info.VocabSize, 1), Tokens(33, model.Info.VocabSize, 2) };
+        var result = TeacherForcing.Score(model, sequences, new TeacherForcingOptions { PrefixLength = prefix });
+        for (int b = 0; b < sequences.Length; b++)
+        {
+            var expected = OnePass(model, sequences[b]).Skip(prefix - 1).ToArray();
+            var got = result.LogProbs[b];
+            Assert.Equal(40 - prefix, got.Length);
+            for (int j = 0; j < got.Length; j++)
+            {
+                if (j < expected.Length) Assert.True(Math.Abs(got[j] - expected[j]) < 1e-4, $"seq {b} target {prefix + j}: {got[j]} vs {expected[j]}");
+                else { Assert.True(float.IsNaN(got[j])); Assert.Equal(-1, result.Argmax[b][j]); } // the shorter sequence's padding
+            }
+        }
+    }
+
+    [Theory]
+    [InlineData("sink")]
+    [InlineData("h2o")]
+    [InlineData("window")]
+    [InlineData("window-recompute")]
+    public void PoliciesWhoseBudgetCoversTheTextMatchTheFullCache(string name)
+    {
+        using var model = Load();
+        var tokens = Tokens(60, model.Info.VocabSize, 3);
+        var options = new StreamingEvaluationOptions { Streams = 2, BucketSize = 8 };
+        var dense = StreamingEvaluation.Run(model, tokens, DensePolicy.Instance, options);
+        var policy = KvCachePolicies.Create(new KvPolicyOptions { Policy = name, Budget = KvBudget.OfTokens(30) });
+        var covered = StreamingEvaluation.Run(model, tokens, policy, options);
+        Assert.Equal(dense.BucketTokens, covered.BucketTokens);
+        Assert.Equal(29, dense.BucketTokens.Sum() / 2); // every target after the first token of each stream, once
+        for (int k = 0; k < dense.BucketNll.Length; k++) Assert.True(Math.Abs(dense.BucketNll[k] - covered.BucketNll[k]) < 1e-4, $"bucket {k}");
+
+        var sequences = BudgetEvaluation.Sequences(tokens, 2, 30);
+        var reference = BudgetEvaluation.Reference(model, sequences);
+        var point = BudgetEvaluation.Run(model, sequences, reference, KvCachePolicies.Create(new KvPolicyOptions { Policy = name, Budget = KvBudget.OfRatio(1) }), name, 1);
+        Assert.Equal(1.0, point.Agreement);
+        Assert.Equal(58, point.Tokens);
+    }
+
+    [Fact]
+    public void ATightBudgetChangesTheScoresAndStreamsAreBucketedByPosition()
+    {
+        using var model = Load();
+        var tokens = Tokens(90, model.Info.VocabSize, 4);
+        var options = new StreamingEvaluationOptions { Streams = 3, BucketSize = 10 };
+        var dense = StreamingEvaluation.Run(model, tokens, DensePolicy.Instance, options);
+        var window = StreamingEvaluation.Run(model, tokens, KvCachePolicies.Create(new KvPolicyOptions { Policy = "window", Budget = KvBudget.OfTokens(6) }), options);
+        Assert.Equal(new long[] { 27, 30, 30 }, dense.BucketTokens); // positions 1..9, 10..19, 20..29 of 3 streams
+        Assert.True(Math.Abs(dense.BucketNll[0] - window.BucketNll[0]) > 0 || Math.Abs(dense.BucketNll[1] - window.BucketNll[1]) > 1e-3);
+        Assert.Equal(dense.BucketNll[0], window.BucketNll[0], 0.5); // same text, same model: close at the start
+    }
+
+    [Fact]
+    public void TextsTooShortForTheRequestAreRefused()
+    {
+        using var model = Load();
+        var tokens = Tokens(20, model.Info.VocabSize, 5);
+        Assert.Contains("too few", Assert.Throws<ArgumentException>(() => StreamingEvaluation.Run(model, tokens, DensePolicy.Instance, new StreamingEvaluationOptions { Streams = 4, TokensPerStream = 10 })).Message);
+        Assert.Contains("too few", Assert.Throws<ArgumentException>(() => BudgetEvaluation.Sequences(tokens, 3, 10)).Message);
+        Assert.Contains("prefix", Assert.Throws<ArgumentException>(() => TeacherForcing.Score(model, new[] { tokens }, new TeacherForcingOptions { PrefixLength = 20 })).Message);
+    }
+}
