@@ -175,4 +175,65 @@ internal static class EvalPolicyCommands
         });
         return command;
     }
+
+    public static Command Choice()
+    {
+        var common = new CommonOptions();
+        var texts = new Option<FileInfo[]>("--text") { Description = "Held-out UTF-8 texts; each becomes a cloze task named after its file (repeatable).", Required = true, AllowMultipleArgumentsPerToken = true };
+        var policies = PolicyOption("sink,h2o");
+        var budgets = new Option<string>("--budgets") { Description = "KV budgets as fractions of context + choice, comma-separated.", DefaultValueFactory = _ => "1,0.5,0.2,0.1" };
+        var items = new Option<int>("--items") { Description = "Questions per task.", DefaultValueFactory = _ => 100 };
+        var contextChars = new Option<int>("--context-chars") { Description = "Characters of context before each blank.", DefaultValueFactory = _ => 2000 };
+        var words = new Option<int>("--words") { Description = "Words per choice.", DefaultValueFactory = _ => 6 };
+        var choices = new Option<int>("--choices") { Description = "Choices per question (one right).", DefaultValueFactory = _ => 4 };
+        var seed = new Option<int>("--seed") { Description = "Seed of the question sampler.", DefaultValueFactory = _ => 1234 };
+        var output = OutputOption("choice");
+        var command = new Command("choice", "Multiple-choice accuracy (lm-eval style: summed log-likelihood of each choice) on cloze tasks from held-out text, per KV policy and budget.")
+            { texts, policies, budgets, items, contextChars, words, choices, seed, output };
+        common.AddTo(command);
+        command.SetAction((r, cancellation) =>
+        {
+            var specs = Specs(r.GetValue(policies)!);
+            double[] ratios = List(r.GetValue(budgets)!, "--budgets", s => double.Parse(s, CultureInfo.InvariantCulture));
+            foreach (double ratio in ratios) KvBudget.OfRatio(ratio, "--budgets");
+            var files = r.GetValue(texts)!;
+            foreach (var f in files) if (!f.Exists) throw new FileNotFoundException($"--text: '{f.FullName}' does not exist.");
+            var tasks = files.Select(f => MultipleChoice.Cloze(Path.GetFileNameWithoutExtension(f.Name), File.ReadAllText(f.FullName), r.GetValue(items),
+                r.GetValue(contextChars), r.GetValue(words), r.GetValue(choices), r.GetValue(seed))).ToArray();
+            var (model, tokenizer, folder) = common.Load(r, needTokenizer: true);
+            using (model)
+            {
+                var rows = new List<(string Policy, double Budget, ChoiceResult Result)>();
+                foreach (var task in tasks)
+                {
+                    rows.Add(("full", 1, MultipleChoice.Evaluate(model, tokenizer!, task, null, new ConsoleProgress($"{task.Name} full"), cancellation)));
+                    Console.Error.WriteLine();
+                    foreach (var spec in specs)
+                        foreach (double ratio in ratios)
+                        {
+                            var policy = KvCachePolicies.Create(spec.Options(KvBudget.OfRatio(ratio, "--budgets")));
+                            rows.Add((spec.ToString(), ratio, MultipleChoice.Evaluate(model, tokenizer!, task, policy, new ConsoleProgress($"{task.Name} {spec} {ratio:P0}"), cancellation)));
+                            Console.Error.WriteLine();
+                        }
+                }
+                string dir = r.GetValue(output)!;
+                Directory.CreateDirectory(dir);
+                var csv = new StringBuilder("task,policy,budget,items,accuracy,accuracy_norm\n");
+                foreach (var (policy, budget, res) in rows)
+                    csv.Append(CultureInfo.InvariantCulture, $"{res.Task},{policy},{budget},{res.Items},{res.Accuracy:F4},{res.NormalizedAccuracy:F4}\n");
+                AtomicFile.Write(Path.Combine(dir, "choice.csv"), s => s.Write(Encoding.UTF8.GetBytes(csv.ToString())));
+                LinePlot.Save(Path.Combine(dir, "choice.png"), $"{Path.GetFileName(folder)}: cloze accuracy ({r.GetValue(choices)} choices, {r.GetValue(items)} questions per task)",
+                    "KV budget (fraction of context + choice)", "accuracy",
+                    rows.Where(x => x.Policy != "full").GroupBy(x => $"{x.Result.Task} {x.Policy}")
+                        .Select(g => new PlotSeries(g.Key, g.Select(x => x.Budget).ToArray(), g.Select(x => x.Result.Accuracy).ToArray())), logX: true);
+                Console.WriteLine($"| task | policy | {string.Join(" | ", ratios.Select(x => x.ToString("P0", CultureInfo.InvariantCulture)))} |");
+                Console.WriteLine($"|---|---|{string.Concat(ratios.Select(_ => "---|"))}");
+                foreach (var g in rows.GroupBy(x => (x.Result.Task, x.Policy)))
+                    Console.WriteLine($"| {g.Key.Task} | {g.Key.Policy} | {string.Join(" | ", g.Select(x => string.Create(CultureInfo.InvariantCulture, $"{x.Result.Accuracy:P1} ({x.Result.NormalizedAccuracy:P1})")))} |");
+                Console.WriteLine($"accuracy (length-normalised accuracy); chance is {1.0 / r.GetValue(choices):P0}; wrote {Path.GetFullPath(Path.Combine(dir, "choice.csv"))} and choice.png");
+            }
+            return Task.FromResult(0);
+        });
+        return command;
+    }
 }
