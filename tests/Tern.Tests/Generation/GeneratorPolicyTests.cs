@@ -8,6 +8,8 @@ namespace Tern.Tests.Generation;
 /// graphs serve.</summary>
 public sealed class GeneratorPolicyTests
 {
+    static CancellationToken Ct => TestContext.Current.CancellationToken;
+
     static readonly IReadOnlyList<int>[] Prompt = { new[] { 5, 9, 17, 33, 4 } };
 
     static GenerationOptions Greedy(int tokens, IKvCachePolicy? policy = null) =>
@@ -27,9 +29,9 @@ public sealed class GeneratorPolicyTests
         const int budget = 16;
         using var model = HfParityContract.LoadFixture(name);
         var generator = new Generator(model);
-        var full = generator.GenerateTokens(Prompt, Greedy(300)).Sequences[0].Tokens;
+        var full = generator.GenerateTokens(Prompt, Greedy(300), Ct).Sequences[0].Tokens;
         Assert.Equal(model.Info.MaxPositions - Prompt[0].Count, full.Count); // the full cache stops at the context
-        var sink = generator.GenerateTokens(Prompt, Greedy(300, Sink(budget))).Sequences[0].Tokens;
+        var sink = generator.GenerateTokens(Prompt, Greedy(300, Sink(budget)), Ct).Sequences[0].Tokens;
         Assert.Equal(300, sink.Count);
         int beforeEviction = budget - Prompt[0].Count + 1; // the token sampled after the cache first holds the budget
         Assert.Equal(full.Take(beforeEviction), sink.Take(beforeEviction));
@@ -45,8 +47,8 @@ public sealed class GeneratorPolicyTests
         var generator = new Generator(model);
         var policy = KvCachePolicies.Create(new KvPolicyOptions { Policy = "window-recompute", Budget = KvBudget.OfTokens(window) });
         var prompts = new IReadOnlyList<int>[] { new[] { 5, 9, 17, 33, 4, 8, 100, 71, 3, 12 }, new[] { 7, 19 } };
-        var result = generator.GenerateTokens(prompts, Greedy(tokens, policy));
-        var full = generator.GenerateTokens(prompts, Greedy(tokens));
+        var result = generator.GenerateTokens(prompts, Greedy(tokens, policy), Ct);
+        var full = generator.GenerateTokens(prompts, Greedy(tokens), Ct);
         for (int b = 0; b < prompts.Length; b++)
         {
             var sequence = prompts[b].Select(x => (long)x).ToList();
@@ -86,13 +88,13 @@ public sealed class GeneratorPolicyTests
     {
         using var model = HfParityContract.LoadFixture("llama-gqa");
         var generator = new Generator(model);
-        var full = generator.GenerateTokens(Prompt, Greedy(20)).Sequences[0].Tokens;
-        var eight = generator.GenerateTokens(Prompt, Greedy(20, new DensePolicy(bits: 8))).Sequences[0].Tokens;
+        var full = generator.GenerateTokens(Prompt, Greedy(20), Ct).Sequences[0].Tokens;
+        var eight = generator.GenerateTokens(Prompt, Greedy(20, new DensePolicy(bits: 8)), Ct).Sequences[0].Tokens;
         Assert.Equal(full, eight);
         foreach (string name in new[] { "sink", "h2o" })
         {
             var policy = KvCachePolicies.Create(new KvPolicyOptions { Policy = name, Budget = KvBudget.OfRatio(0.5), Bits = 4 });
-            Assert.Equal(20, generator.GenerateTokens(Prompt, Greedy(20, policy)).Sequences[0].Tokens.Count);
+            Assert.Equal(20, generator.GenerateTokens(Prompt, Greedy(20, policy), Ct).Sequences[0].Tokens.Count);
         }
     }
 }
