@@ -6,7 +6,10 @@ namespace Tern.Cli;
 /// <summary>Entry point of the <c>tern</c> command.</summary>
 public static class Program
 {
-    public static int Main(string[] args)
+    public static int Main(string[] args) => Run(args, Console.Error);
+
+    /// <summary>Runs the command line; problems go to <paramref name="error"/>.</summary>
+    internal static int Run(string[] args, TextWriter error)
     {
         var root = new RootCommand("Tern: run large language models cheaply (Hugging Face checkpoints on CPU and CUDA).")
         {
@@ -23,9 +26,9 @@ public static class Program
         if (parsed.Errors.Count > 0)
         {
             // One clear line per problem, then where to look; never a stack trace.
-            foreach (var error in parsed.Errors) Console.Error.WriteLine($"tern: {error.Message}");
+            foreach (var problem in parsed.Errors) error.WriteLine($"tern: {problem.Message}");
             string command = parsed.CommandResult.Command == root ? "tern" : $"tern {parsed.CommandResult.Command.Name}";
-            Console.Error.WriteLine($"Run '{command} --help' for the options.");
+            error.WriteLine($"Run '{command} --help' for the options.");
             return 2;
         }
         try
@@ -34,12 +37,12 @@ public static class Program
         }
         catch (Exception e) when (CliErrors.IsUserError(e))
         {
-            Console.Error.WriteLine($"tern: {e.Message}");
+            error.WriteLine($"tern: {e.Message}");
             return 1;
         }
         catch (AggregateException e) when (e.InnerExceptions.Count == 1 && CliErrors.IsUserError(e.InnerException!))
         {
-            Console.Error.WriteLine($"tern: {e.InnerException!.Message}");
+            error.WriteLine($"tern: {e.InnerException!.Message}");
             return 1;
         }
     }

@@ -12,17 +12,19 @@ internal static class ChatCommand
     {
         var common = new CommonOptions();
         var sampling = new SamplingOptions();
+        var kv = new KvPolicyFlags();
         var system = new Option<string?>("--system") { Description = "System prompt." };
         var command = new Command("chat", "Talk with a model (type /exit to leave, /reset to start over; Ctrl+C stops a reply).") { system };
         common.AddTo(command);
         sampling.AddTo(command);
-        command.SetAction((r, cancellation) => RunAsync(r, common, sampling, system, cancellation));
+        kv.AddTo(command);
+        command.SetAction((r, cancellation) => RunAsync(r, common, sampling, kv, system, cancellation));
         return command;
     }
 
-    static async Task<int> RunAsync(ParseResult r, CommonOptions common, SamplingOptions sampling, Option<string?> systemOption, CancellationToken cancellation)
+    static async Task<int> RunAsync(ParseResult r, CommonOptions common, SamplingOptions sampling, KvPolicyFlags kv, Option<string?> systemOption, CancellationToken cancellation)
     {
-        var options = sampling.Read(r);
+        var options = sampling.Read(r) with { CachePolicy = kv.Create(r) };
         var (model, tokenizer, folder) = common.Load(r, needTokenizer: true);
         using (model)
         {

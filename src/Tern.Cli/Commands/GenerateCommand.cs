@@ -10,6 +10,7 @@ internal static class GenerateCommand
     {
         var common = new CommonOptions();
         var sampling = new SamplingOptions();
+        var kv = new KvPolicyFlags();
         var prompts = new Argument<string[]>("prompt") { Description = "Prompt text (several make a batch).", Arity = ArgumentArity.ZeroOrMore };
         var promptFile = new Option<FileInfo?>("--prompt-file", "-f") { Description = "Read the prompt from a file (with --lines: one prompt per line)." };
         var lines = new Option<bool>("--lines") { Description = "Treat each non-empty line of --prompt-file as a prompt of the batch." };
@@ -17,11 +18,12 @@ internal static class GenerateCommand
         var command = new Command("generate", "Continue prompts with a model and print the text and speed.") { prompts, promptFile, lines, noStream };
         common.AddTo(command);
         sampling.AddTo(command);
-        command.SetAction((result, cancellation) => RunAsync(result, common, sampling, prompts, promptFile, lines, noStream, cancellation));
+        kv.AddTo(command);
+        command.SetAction((result, cancellation) => RunAsync(result, common, sampling, kv, prompts, promptFile, lines, noStream, cancellation));
         return command;
     }
 
-    static async Task<int> RunAsync(ParseResult r, CommonOptions common, SamplingOptions sampling, Argument<string[]> promptsArg,
+    static async Task<int> RunAsync(ParseResult r, CommonOptions common, SamplingOptions sampling, KvPolicyFlags kv, Argument<string[]> promptsArg,
         Option<FileInfo?> promptFile, Option<bool> lines, Option<bool> noStream, CancellationToken cancellation)
     {
         var texts = new List<string>(r.GetValue(promptsArg) ?? Array.Empty<string>());
@@ -36,7 +38,7 @@ internal static class GenerateCommand
             if (text.StartsWith("--", StringComparison.Ordinal) && !text.Contains(' '))
                 throw new ArgumentException($"unknown option '{text}' (run 'tern generate --help' for the options; quote a prompt that starts with --).");
         if (texts.Count == 0) texts.Add("Once upon a time");
-        var options = sampling.Read(r);
+        var options = sampling.Read(r) with { CachePolicy = kv.Create(r) };
         var (model, tokenizer, folder) = common.Load(r, needTokenizer: true);
         using (model)
         {

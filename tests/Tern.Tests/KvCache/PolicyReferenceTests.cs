@@ -10,7 +10,10 @@ namespace Tern.Tests.KvCache;
 /// own copy of each paper's rule recomputes: over a 300-token greedy generation of a left-padded batch of two prompts, far past
 /// the fixtures' 64 trained positions, the kept positions of every layer, sequence and KV head must be the same at every step,
 /// and so must the logits. Fixtures: llama-gqa (2 query heads per KV head) and llama-linear-relu-f16 (no GQA).
+/// The runs are long op loops: they run alone, because TorchSharp leaves implicit Scalars to the GC, which other tests'
+/// allocations make collect (and finalize a Scalar in use) far more often (dotnet/TorchSharp#1434).
 /// </summary>
+[Collection(nameof(PolicyReferenceTests))]
 public sealed class PolicyReferenceTests
 {
     const int Generated = 300;
@@ -94,3 +97,6 @@ public sealed class PolicyReferenceTests
         }
     }
 }
+
+[CollectionDefinition(nameof(PolicyReferenceTests), DisableParallelization = true)]
+public sealed class PolicyReferenceCollection;

@@ -5,7 +5,7 @@ using static TorchSharp.torch;
 namespace Tern.Tests.KvCache;
 
 /// <summary>
-/// A slow, separately written Llama for one sequence that never evicts anything: it keeps every token's keys (unrotated) and
+/// A slow, separately written Llama for one sequence that never evicts anything: it keeps every token's keys (rotated at their original position) and
 /// values, and attends through an explicit keep set per layer and KV head that its own eviction rule recomputes after each
 /// step. Rotary positions are either the original ones or, for StreamingLLM, the index in the keep set — then keys are
 /// rotated by RoPE composition: stored rotated at their original position p and turned by (index − p), the scheme Tern does
@@ -19,11 +19,13 @@ internal sealed class ReferenceLlama : IDisposable
     readonly Tensor embed, norm, head;
     readonly Layer[] layers;
     readonly int heads, kvHeads, dim;
-    readonly double eps;
     readonly bool relu;
     readonly double[] inverseFrequencies;
     readonly List<Tensor>[] keys, values; // per layer: per token [kvHeads, dim]; keys rotated at their original position
     readonly double[][][] scores;          // per layer, KV head: accumulated attention per token
+    // TorchSharp leaves implicitly converted Scalars to the GC, which may finalize one during the native call that uses it
+    // (dotnet/TorchSharp#1434); this loop runs ~10⁵ ops while other tests allocate, so it holds its Scalars itself.
+    readonly Scalar one = 1.ToScalar(), epsilon, scale;
 
     public ReferenceLlama(string fixture, int maxTokens)
     {
@@ -33,7 +35,8 @@ internal sealed class ReferenceLlama : IDisposable
         heads = config.RequireInt("num_attention_heads");
         kvHeads = config.GetInt("num_key_value_heads") ?? heads;
         dim = config.GetInt("head_dim") ?? config.RequireInt("hidden_size") / heads;
-        eps = config.GetDouble("rms_norm_eps") ?? 1e-6;
+        scale = (1 / Math.Sqrt(dim)).ToScalar();
+        epsilon = (config.GetDouble("rms_norm_eps") ?? 1e-6).ToScalar();
         relu = config.GetString("hidden_act") == "relu";
         double factor = config.GetObject("rope_parameters")?["factor"]?.GetValue<double>() ?? 1.0;
         inverseFrequencies = Enumerable.Range(0, dim / 2).Select(i => 1.0 / Math.Pow(10000.0, 2.0 * i / dim) / factor).ToArray();
@@ -87,7 +90,7 @@ internal sealed class ReferenceLlama : IDisposable
             var x = Rms(h, w.InNorm);
             var q = w.Q.matmul(x).view(heads, dim);
             var k = w.K.matmul(x).view(kvHeads, dim);
-            keys[l].Add(Rotate(k, t).DetachFromDisposeScope());
+            keys[l].Add(Rotate(k, Enumerable.Repeat(t, kvHeads).ToArray()).DetachFromDisposeScope());
             values[l].Add(w.V.matmul(x).view(kvHeads, dim).DetachFromDisposeScope());
             var output = new Tensor[heads];
             for (int g = 0; g < kvHeads; g++)
@@ -96,42 +99,44 @@ internal sealed class ReferenceLlama : IDisposable
                 kept.Add(t);
                 int queryPosition = PositionsByIndex ? kept.Count - 1 : t;
                 // Key j sits at index i: turn its stored rotation R(j) by (i − j) when positions follow the keep set.
-                var kk = torch.stack(kept.Select((j, i) => PositionsByIndex ? Rotate(keys[l][j][g], i - j) : keys[l][j][g]).ToArray());
+                var kk = torch.stack(kept.Select(j => keys[l][j][g]).ToArray());
+                if (PositionsByIndex) kk = Rotate(kk, kept.Select((j, i) => i - j).ToArray());
                 var vv = torch.stack(kept.Select(j => values[l][j][g]).ToArray());
                 for (int r = 0; r < heads / kvHeads; r++)
                 {
                     int qh = g * (heads / kvHeads) + r;
-                    var p = torch.softmax(kk.matmul(Rotate(q[qh], queryPosition)) / Math.Sqrt(dim), 0);
+                    var p = torch.softmax(kk.matmul(Rotate(q[qh].unsqueeze(0), new[] { queryPosition }).squeeze(0)).mul(scale), 0);
                     var probabilities = p.data<float>().ToArray();
                     for (int i = 0; i < kept.Count; i++) scores[l][g][kept[i]] += probabilities[i];
                     output[qh] = p.matmul(vv);
                 }
             }
-            h = h + w.O.matmul(torch.cat(output));
+            h = h.add(w.O.matmul(torch.cat(output)), one);
             var y = Rms(h, w.PostNorm);
             var gate = w.Gate.matmul(y);
             gate = relu ? torch.nn.functional.relu(gate) : torch.nn.functional.silu(gate);
-            h = h + w.Down.matmul(gate * w.Up.matmul(y));
+            h = h.add(w.Down.matmul(gate * w.Up.matmul(y)), one);
         }
         return head.matmul(Rms(h, norm)).data<float>().ToArray();
     }
 
-    Tensor Rms(Tensor x, Tensor weight) => x * (x.pow(2).mean() + eps).rsqrt() * weight;
+    Tensor Rms(Tensor x, Tensor weight) => x * (x * x).mean().add(epsilon, one).rsqrt() * weight;
 
-    /// <summary>RoPE "rotate half" of x [..., dim] by position p: x·cos(pθ) + rotate_half(x)·sin(pθ).</summary>
-    Tensor Rotate(Tensor x, int p)
+    /// <summary>RoPE "rotate half" of rows x [n, dim], row i by position p[i]: x·cos(pθ) + rotate_half(x)·sin(pθ).</summary>
+    Tensor Rotate(Tensor x, int[] p)
     {
-        var angles = inverseFrequencies.Concat(inverseFrequencies).Select(f => p * f).ToArray();
-        var cos = torch.tensor(angles.Select(a => (float)Math.Cos(a)).ToArray());
-        var sin = torch.tensor(angles.Select(a => (float)Math.Sin(a)).ToArray());
-        var half = torch.cat(new[] { -x.narrow(-1, dim / 2, dim / 2), x.narrow(-1, 0, dim / 2) }, -1);
-        return x * cos + half * sin;
+        var angles = p.SelectMany(position => inverseFrequencies.Concat(inverseFrequencies).Select(f => position * f)).ToArray();
+        var cos = torch.tensor(angles.Select(a => (float)Math.Cos(a)).ToArray(), new long[] { p.Length, dim });
+        var sin = torch.tensor(angles.Select(a => (float)Math.Sin(a)).ToArray(), new long[] { p.Length, dim });
+        var half = torch.cat(new[] { x.narrow(-1, dim / 2, dim / 2).neg(), x.narrow(-1, 0, dim / 2) }, -1);
+        return (x * cos).add(half * sin, one);
     }
 
     public void Dispose()
     {
         foreach (var t in keys.Concat(values).SelectMany(x => x)) t.Dispose();
         foreach (var t in new[] { embed, norm, head }) t.Dispose();
+        foreach (var x in new[] { one, epsilon, scale }) x.Dispose();
         foreach (var l in layers)
             foreach (var t in new[] { l.InNorm, l.Q, l.K, l.V, l.O, l.PostNorm, l.Gate, l.Up, l.Down }) t.Dispose();
     }

@@ -1,0 +1,53 @@
+using System.CommandLine;
+using Tern.KvCache;
+
+namespace Tern.Cli.Commands;
+
+/// <summary>The KV-cache policy flags of <c>tern generate</c> and <c>tern chat</c>, checked while parsing (one line, exit 2).</summary>
+internal sealed class KvPolicyFlags
+{
+    // Defaults are applied in Read: a command validator sees unset options without their default values.
+    public Option<string?> Policy { get; } = new("--kv-policy")
+    {
+        Description = "KV-cache policy: full (default), window, window-recompute, sink (StreamingLLM) or h2o.",
+    };
+    public Option<string?> Budget { get; } = new("--kv-budget")
+    {
+        Description = "Cache entries per sequence, layer and head: a token count (512) or a ratio of prompt + new tokens (0.2).",
+    };
+    public Option<int?> Sinks { get; } = new("--kv-sink") { Description = $"Attention sinks kept by --kv-policy sink (default {KvPolicyOptions.DefaultSinks})." };
+    public Option<string?> Recent { get; } = new("--kv-recent")
+    {
+        Description = "Recent window of --kv-policy h2o, count or ratio (default half the budget; the rest holds heavy hitters).",
+    };
+    public Option<int?> Bits { get; } = new("--kv-bits") { Description = "Bits per cached element: 16 (default), or 8/4 group-quantized." };
+
+    public void AddTo(Command command)
+    {
+        foreach (var o in new Option[] { Policy, Budget, Sinks, Recent, Bits }) command.Options.Add(o);
+        command.Validators.Add(result =>
+        {
+            try
+            {
+                Read(result.GetValue(Policy), result.GetValue(Budget), result.GetValue(Sinks), result.GetValue(Recent), result.GetValue(Bits)).Validate();
+            }
+            catch (ArgumentException e)
+            {
+                result.AddError(e.Message);
+            }
+        });
+    }
+
+    /// <summary>The policy the flags describe (validated by the parser already).</summary>
+    public IKvCachePolicy Create(ParseResult r) =>
+        KvCachePolicies.Create(Read(r.GetValue(Policy), r.GetValue(Budget), r.GetValue(Sinks), r.GetValue(Recent), r.GetValue(Bits)));
+
+    static KvPolicyOptions Read(string? policy, string? budget, int? sinks, string? recent, int? bits) => new()
+    {
+        Policy = policy ?? "full",
+        Budget = budget is null ? null : KvBudget.Parse(budget),
+        Sinks = sinks,
+        Recent = recent is null ? null : KvBudget.Parse(recent, "--kv-recent"),
+        Bits = bits ?? 16,
+    };
+}

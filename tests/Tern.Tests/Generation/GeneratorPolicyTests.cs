@@ -1,0 +1,100 @@
+using Tern.Generation;
+using Tern.KvCache;
+using Tern.Models;
+
+namespace Tern.Tests.Generation;
+
+/// <summary>Policies through the generator: sink past the trained context, the re-computation seam, which requests CUDA
+/// graphs serve.</summary>
+public sealed class GeneratorPolicyTests
+{
+    static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    static readonly IReadOnlyList<int>[] Prompt = { new[] { 5, 9, 17, 33, 4 } };
+
+    static GenerationOptions Greedy(int tokens, IKvCachePolicy? policy = null) =>
+        new() { MaxNewTokens = tokens, IgnoreEos = true, CachePolicy = policy };
+
+    static IKvCachePolicy Sink(int budget) => KvCachePolicies.Create(new KvPolicyOptions { Policy = "sink", Budget = KvBudget.OfTokens(budget) });
+
+    /// <summary>Every fixture has 64 positions; under sink the generator goes on to 300 new tokens, and until the cache first
+    /// evicts its tokens are those of the full cache.</summary>
+    [Theory]
+    [InlineData("llama-gqa")]
+    [InlineData("neox-parallel")]
+    [InlineData("opt-prenorm")]
+    [InlineData("gpt2")]
+    public void SinkGeneratesFarPastTheTrainedContext(string name)
+    {
+        const int budget = 16;
+        using var model = HfParityContract.LoadFixture(name);
+        var generator = new Generator(model);
+        var full = generator.GenerateTokens(Prompt, Greedy(300), Ct).Sequences[0].Tokens;
+        Assert.Equal(model.Info.MaxPositions - Prompt[0].Count, full.Count); // the full cache stops at the context
+        var sink = generator.GenerateTokens(Prompt, Greedy(300, Sink(budget)), Ct).Sequences[0].Tokens;
+        Assert.Equal(300, sink.Count);
+        int beforeEviction = budget - Prompt[0].Count + 1; // the token sampled after the cache first holds the budget
+        Assert.Equal(full.Take(beforeEviction), sink.Take(beforeEviction));
+    }
+
+    /// <summary>Window with re-computation: each token is the arg-max of one fresh forward pass over the last W tokens of the
+    /// sequence so far (positions from 0), the baseline's definition, checked against full passes with the dense cache.</summary>
+    [Fact]
+    public void WindowRecomputePredictsEachTokenFromAFreshPassOverTheWindow()
+    {
+        const int window = 8, tokens = 30;
+        using var model = HfParityContract.LoadFixture("llama-gqa");
+        var generator = new Generator(model);
+        var policy = KvCachePolicies.Create(new KvPolicyOptions { Policy = "window-recompute", Budget = KvBudget.OfTokens(window) });
+        var prompts = new IReadOnlyList<int>[] { new[] { 5, 9, 17, 33, 4, 8, 100, 71, 3, 12 }, new[] { 7, 19 } };
+        var result = generator.GenerateTokens(prompts, Greedy(tokens, policy), Ct);
+        var full = generator.GenerateTokens(prompts, Greedy(tokens), Ct);
+        for (int b = 0; b < prompts.Length; b++)
+        {
+            var sequence = prompts[b].Select(x => (long)x).ToList();
+            var generated = result.Sequences[b].Tokens;
+            Assert.Equal(tokens, generated.Count);
+            foreach (int token in generated)
+            {
+                var context = sequence.Skip(Math.Max(0, sequence.Count - window)).ToArray();
+                using var logits = HfParityContract.FullLogits(model, new[] { context });
+                Assert.Equal(PolicyRun.Argmax(logits.select(1, context.Length - 1))[0], token);
+                sequence.Add(token);
+            }
+        }
+        // The short prompt fits the window for its first tokens: there the baseline is the full cache.
+        Assert.Equal(full.Sequences[1].Tokens.Take(window - 1), result.Sequences[1].Tokens.Take(window - 1));
+        Assert.NotEqual(full.Sequences[0].Tokens, result.Sequences[0].Tokens);
+    }
+
+    /// <summary>CUDA graphs (static shapes) serve the full 16-bit cache only; every other request runs eagerly.</summary>
+    [Fact]
+    public void StaticShapeStepsServeTheFullSixteenBitCacheOnly()
+    {
+        using var model = HfParityContract.LoadFixture("llama-gqa");
+        var forced = new GenerationOptions { ForceStaticShapes = true };
+        Assert.True(CudaGraphDecoder.CanServe(model, forced));
+        Assert.True(CudaGraphDecoder.CanServe(model, forced with { CachePolicy = DensePolicy.Instance }));
+        Assert.False(CudaGraphDecoder.CanServe(model, forced with { CachePolicy = new DensePolicy(bits: 8) }));
+        Assert.False(CudaGraphDecoder.CanServe(model, forced with { CachePolicy = Sink(16) }));
+        var recompute = KvCachePolicies.Create(new KvPolicyOptions { Policy = "window-recompute", Budget = KvBudget.OfTokens(8) });
+        Assert.False(CudaGraphDecoder.CanServe(model, forced with { CachePolicy = recompute }));
+    }
+
+    /// <summary>Quantized and evicting policies run through the generator like the full cache: same prompt, tokens produced,
+    /// and a quantized full cache of 8 bits follows the 16-bit tokens on this short run.</summary>
+    [Fact]
+    public void QuantizedCachesGenerate()
+    {
+        using var model = HfParityContract.LoadFixture("llama-gqa");
+        var generator = new Generator(model);
+        var full = generator.GenerateTokens(Prompt, Greedy(20), Ct).Sequences[0].Tokens;
+        var eight = generator.GenerateTokens(Prompt, Greedy(20, new DensePolicy(bits: 8)), Ct).Sequences[0].Tokens;
+        Assert.Equal(full, eight);
+        foreach (string name in new[] { "sink", "h2o" })
+        {
+            var policy = KvCachePolicies.Create(new KvPolicyOptions { Policy = name, Budget = KvBudget.OfRatio(0.5), Bits = 4 });
+            Assert.Equal(20, generator.GenerateTokens(Prompt, Greedy(20, policy), Ct).Sequences[0].Tokens.Count);
+        }
+    }
+}
