@@ -23,7 +23,9 @@ internal static class BenchCommand
         var noGraphs = new Option<bool>("--no-cuda-graphs") { Description = "Run decode steps eagerly on CUDA (no graph replay)." };
         var command = new Command("bench", "Measure prefill and decode throughput and peak memory.") { batches, prompts, newTokens, output, floor, label, noGraphs };
         common.AddTo(command);
-        command.SetAction(r => Run(r, common, batches, prompts, newTokens, output, floor, label, noGraphs));
+        var kv = new KvPolicyFlags();
+        kv.AddTo(command);
+        command.SetAction(r => Run(r, common, kv, batches, prompts, newTokens, output, floor, label, noGraphs));
         return command;
     }
 
@@ -39,7 +41,7 @@ internal static class BenchCommand
         return values.ToArray();
     }
 
-    static int Run(ParseResult r, CommonOptions common, Option<int[]> batches, Option<int[]> prompts, Option<int> newTokens,
+    static int Run(ParseResult r, CommonOptions common, KvPolicyFlags kv, Option<int[]> batches, Option<int[]> prompts, Option<int> newTokens,
         Option<string> output, Option<bool> floorOption, Option<string?> label, Option<bool> noGraphs)
     {
         int steps = r.GetValue(newTokens);
@@ -62,13 +64,15 @@ internal static class BenchCommand
             Console.WriteLine($"{"batch",5} {"prompt",6} {"new",5} {"prefill ms",11} {"decode ms/step",15} {"decode tok/s",13} {"peak GB",8}");
             var rows = new List<string>();
             var generator = new Generator(model);
+            var policy = kv.Create(r);
+            string policyLabel = policy.Name == "full" && policy.Bits == 16 ? "" : $" [kv {policy.Name}{(r.GetValue(kv.Budget) is { } b ? " " + b : "")}{(policy.Bits == 16 ? "" : $" {policy.Bits}-bit")}]";
             var random = new Random(0);
             foreach (int prompt in r.GetValue(prompts)!)
                 foreach (int batch in r.GetValue(batches)!)
                 {
                     var ids = Enumerable.Range(0, batch)
                         .Select(_ => (IReadOnlyList<int>)Enumerable.Range(0, prompt).Select(_ => random.Next(model.Info.VocabSize)).ToArray()).ToArray();
-                    var options = new GenerationOptions { MaxNewTokens = steps, IgnoreEos = true, UseCudaGraphs = !r.GetValue(noGraphs) };
+                    var options = new GenerationOptions { MaxNewTokens = steps, IgnoreEos = true, UseCudaGraphs = !r.GetValue(noGraphs), CachePolicy = policy };
                     generator.GenerateTokens(ids, options with { MaxNewTokens = 3 }); // warm-up: kernels, allocator, plans
                     var result = generator.GenerateTokens(ids, options);
                     long used = DeviceReport.UsedBytes(device);
@@ -79,7 +83,7 @@ internal static class BenchCommand
                         DateTime.UtcNow.ToString("yyyy-MM-dd HH:mm", CultureInfo.InvariantCulture), Csv(card), device.type.ToString().ToLowerInvariant(),
                         Csv(folder + (r.GetValue(common.Dummy) ? " (dummy)" : "")), model.DType.ShortName(), batch.ToString(), prompt.ToString(), steps.ToString(),
                         F(s.Prefill.TotalMilliseconds), F(s.DecodeMillisecondsPerStep), F(s.DecodeTokensPerSecond), F(used / 1e9),
-                        F(copyTBps), F(floorMs), Csv((r.GetValue(label) ?? "") + (device.type == TorchSharp.DeviceType.CUDA && r.GetValue(noGraphs) ? " [eager]" : "")),
+                        F(copyTBps), F(floorMs), Csv((r.GetValue(label) ?? "") + policyLabel + (device.type == TorchSharp.DeviceType.CUDA && r.GetValue(noGraphs) ? " [eager]" : "")),
                     }));
                 }
             Append(r.GetValue(output)!, rows);

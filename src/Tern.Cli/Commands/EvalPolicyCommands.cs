@@ -88,7 +88,7 @@ internal static class EvalPolicyCommands
                             TokensPerStream = limit > 0 ? limit : r.GetValue(perStream),
                         };
                         string label = size == 0 ? spec.ToString() : $"{spec} {size}";
-                        var policy = KvCachePolicies.Create(spec.Options(KvBudget.OfTokens(size, "--cache")));
+                        var policy = KvCachePolicies.Create(spec.Options(KvBudget.OfTokens(Math.Max(size, 1), "--cache"))); // full ignores the budget
                         var result = StreamingEvaluation.Run(model, tokens, policy, options, new ConsoleProgress(label), cancellation);
                         Console.Error.WriteLine();
                         rows.Add((label, result));
@@ -102,9 +102,7 @@ internal static class EvalPolicyCommands
                     for (int k = 0; k < res.BucketNll.Length; k++)
                         csv.Append(CultureInfo.InvariantCulture, $"{label},{k * res.BucketSize},{(k + 1) * res.BucketSize},{res.BucketTokens[k]},{res.BucketNll[k]:F5},{Math.Exp(res.BucketNll[k]):F3}\n");
                 AtomicFile.Write(Path.Combine(dir, "stream.csv"), s => s.Write(Encoding.UTF8.GetBytes(csv.ToString())));
-                LinePlot.Save(Path.Combine(dir, "stream.png"), $"{Path.GetFileName(folder)}: NLL by position, {r.GetValue(Text)!.Name} fed token by token",
-                    "position in the stream (tokens)", "mean NLL (nats/token) = ln perplexity",
-                    rows.Select(x => new PlotSeries(x.Label, Enumerable.Range(0, x.Result.BucketNll.Length).Select(k => (k + 0.5) * x.Result.BucketSize).ToArray(), x.Result.BucketNll)));
+                DrawPlots(dir, $"{Path.GetFileName(folder)}, {r.GetValue(Text)!.Name}");
                 Console.WriteLine("| policy | tokens | perplexity | first bucket | last bucket | worst bucket |");
                 Console.WriteLine("|---|---|---|---|---|---|");
                 foreach (var (label, res) in rows)
@@ -158,12 +156,7 @@ internal static class EvalPolicyCommands
                     csv.Append(CultureInfo.InvariantCulture, $"{p.Policy},{p.Budget},{p.Tokens},{p.MeanNll:F5},{p.Perplexity:F3},{p.Agreement:F4}\n");
                 AtomicFile.Write(Path.Combine(dir, "budget.csv"), s => s.Write(Encoding.UTF8.GetBytes(csv.ToString())));
                 var byPolicy = points.Skip(1).GroupBy(p => p.Policy).ToArray();
-                string title = $"{Path.GetFileName(folder)}: {seqs.Count} × {seqs[0].Count} tokens of {r.GetValue(Text)!.Name}";
-                LinePlot.Save(Path.Combine(dir, "budget-ppl.png"), title + " (full cache: " + points[0].Perplexity.ToString("F2", CultureInfo.InvariantCulture) + ")",
-                    "KV budget (fraction of the sequence)", "perplexity",
-                    byPolicy.Select(g => new PlotSeries(g.Key, g.Select(p => p.Budget).ToArray(), g.Select(p => p.Perplexity).ToArray())), logX: true);
-                LinePlot.Save(Path.Combine(dir, "budget-agreement.png"), title, "KV budget (fraction of the sequence)", "next-token argmax agreement with the full cache",
-                    byPolicy.Select(g => new PlotSeries(g.Key, g.Select(p => p.Budget).ToArray(), g.Select(p => p.Agreement).ToArray())), logX: true);
+                DrawPlots(dir, $"{Path.GetFileName(folder)}, {seqs.Count} × {seqs[0].Count} tokens of {r.GetValue(Text)!.Name}");
                 Console.WriteLine($"| policy | {string.Join(" | ", ratios.Select(x => x.ToString("P0", CultureInfo.InvariantCulture)))} |");
                 Console.WriteLine($"|---|{string.Concat(ratios.Select(_ => "---|"))}");
                 Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"| full cache | {points[0].Perplexity:F2} (agreement 100%) |"));
@@ -222,10 +215,7 @@ internal static class EvalPolicyCommands
                 foreach (var (policy, budget, res) in rows)
                     csv.Append(CultureInfo.InvariantCulture, $"{res.Task},{policy},{budget},{res.Items},{res.Accuracy:F4},{res.NormalizedAccuracy:F4}\n");
                 AtomicFile.Write(Path.Combine(dir, "choice.csv"), s => s.Write(Encoding.UTF8.GetBytes(csv.ToString())));
-                LinePlot.Save(Path.Combine(dir, "choice.png"), $"{Path.GetFileName(folder)}: cloze accuracy ({r.GetValue(choices)} choices, {r.GetValue(items)} questions per task)",
-                    "KV budget (fraction of context + choice)", "accuracy",
-                    rows.Where(x => x.Policy != "full").GroupBy(x => $"{x.Result.Task} {x.Policy}")
-                        .Select(g => new PlotSeries(g.Key, g.Select(x => x.Budget).ToArray(), g.Select(x => x.Result.Accuracy).ToArray())), logX: true);
+                DrawPlots(dir, $"{Path.GetFileName(folder)}, {r.GetValue(choices)} choices, {r.GetValue(items)} questions per task");
                 Console.WriteLine($"| task | policy | {string.Join(" | ", ratios.Select(x => x.ToString("P0", CultureInfo.InvariantCulture)))} |");
                 Console.WriteLine($"|---|---|{string.Concat(ratios.Select(_ => "---|"))}");
                 foreach (var g in rows.GroupBy(x => (x.Result.Task, x.Policy)))
@@ -235,5 +225,60 @@ internal static class EvalPolicyCommands
             return Task.FromResult(0);
         });
         return command;
+    }
+
+    /// <summary><c>tern eval plot DIR</c>: draws the plots of the CSVs in a results folder (the GPU machine's pack has no
+    /// plotting natives, so evaluations run there are drawn where their CSVs come back).</summary>
+    public static Command Plot()
+    {
+        var dir = new Argument<string>("folder") { Description = "Folder with stream.csv, budget.csv and/or choice.csv." };
+        var title = new Option<string?>("--title") { Description = "Plot title (default: the folder's title.txt, else its name)." };
+        var command = new Command("plot", "Draw the PNG plots of evaluation CSVs (stream.csv, budget.csv, choice.csv) in a folder.") { dir, title };
+        command.SetAction(r =>
+        {
+            string folder = r.GetValue(dir)!;
+            if (!Directory.Exists(folder)) throw new DirectoryNotFoundException($"'{Path.GetFullPath(folder)}' does not exist.");
+            string titleFile = Path.Combine(folder, "title.txt");
+            DrawPlots(folder, r.GetValue(title) ?? (File.Exists(titleFile) ? File.ReadAllText(titleFile).Trim() : Path.GetFileName(Path.GetFullPath(folder))));
+            return 0;
+        });
+        return command;
+    }
+
+    static List<string[]> ReadCsv(string path) => File.ReadAllLines(path).Skip(1).Where(l => l.Length > 0).Select(l => l.Split(',')).ToList();
+    static double D(string s) => double.Parse(s, CultureInfo.InvariantCulture);
+
+    /// <summary>Draws the plot of every evaluation CSV in <paramref name="dir"/>; without plotting natives, says how to draw them later.</summary>
+    static void DrawPlots(string dir, string title)
+    {
+        AtomicFile.Write(Path.Combine(dir, "title.txt"), s => s.Write(Encoding.UTF8.GetBytes(title + "\n")));
+        try
+        {
+            string stream = Path.Combine(dir, "stream.csv");
+            if (File.Exists(stream)) // policy,bucket_start,bucket_end,tokens,mean_nll,perplexity
+                LinePlot.Save(Path.Combine(dir, "stream.png"), $"{title}: NLL by position, text fed token by token",
+                    "position in the stream (tokens)", "mean NLL (nats/token) = ln perplexity",
+                    ReadCsv(stream).GroupBy(c => c[0]).Select(g => new PlotSeries(g.Key, g.Select(c => (D(c[1]) + D(c[2])) / 2).ToArray(), g.Select(c => D(c[4])).ToArray())));
+            string budget = Path.Combine(dir, "budget.csv");
+            if (File.Exists(budget)) // policy,budget,tokens,mean_nll,perplexity,agreement
+            {
+                var rows = ReadCsv(budget);
+                var curves = rows.Where(c => c[0] != "full").GroupBy(c => c[0]).ToArray();
+                string full = rows.FirstOrDefault(c => c[0] == "full") is { } f ? $" (full cache: {D(f[4]):F2})" : "";
+                LinePlot.Save(Path.Combine(dir, "budget-ppl.png"), title + full, "KV budget (fraction of the sequence)", "perplexity",
+                    curves.Select(g => new PlotSeries(g.Key, g.Select(c => D(c[1])).ToArray(), g.Select(c => D(c[4])).ToArray())), logX: true);
+                LinePlot.Save(Path.Combine(dir, "budget-agreement.png"), title, "KV budget (fraction of the sequence)", "next-token argmax agreement with the full cache",
+                    curves.Select(g => new PlotSeries(g.Key, g.Select(c => D(c[1])).ToArray(), g.Select(c => D(c[5])).ToArray())), logX: true);
+            }
+            string choice = Path.Combine(dir, "choice.csv");
+            if (File.Exists(choice)) // task,policy,budget,items,accuracy,accuracy_norm
+                LinePlot.Save(Path.Combine(dir, "choice.png"), $"{title}: cloze accuracy", "KV budget (fraction of context + choice)", "accuracy",
+                    ReadCsv(choice).Where(c => c[1] != "full").GroupBy(c => $"{c[0]} {c[1]}")
+                        .Select(g => new PlotSeries(g.Key, g.Select(c => D(c[2])).ToArray(), g.Select(c => D(c[4])).ToArray())), logX: true);
+        }
+        catch (Exception e) when (e is DllNotFoundException or TypeInitializationException)
+        {
+            Console.Error.WriteLine($"note: plots not drawn here ({e.GetType().Name}); draw them with 'tern eval plot {dir}'");
+        }
     }
 }
