@@ -10,10 +10,12 @@ W=/tmp/tern-kv; OUT=${OUT:-/tmp/tern-out}; mkdir -p "$W" "$OUT"
 source .device/env.sh
 tern() { dotnet .device/Tern.Cli/Tern.Cli.dll "$@"; }
 case ${1:?start|status|bench|collect} in
+  stage-model)  # a first call carrying the model only (.device and the model together pass the 64 MiB a call carries)
+    mkdir -p /tmp/tern-model && cp -r models/default /tmp/tern-model/ && ls /tmp/tern-model/default ;;
   start)
     cp data/gpu-eval/validation.txt $W/ && xz -dc data/gpu-eval/kjv.txt.xz > $W/kjv.txt
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > $W/gpu.txt
-    setsid nohup bash -c "source .device/env.sh; T='dotnet .device/Tern.Cli/Tern.Cli.dll'; E='--model models/default --device cuda --dtype fp32'
+    setsid nohup bash -c "source .device/env.sh; T='dotnet .device/Tern.Cli/Tern.Cli.dll'; E='--model ${MODEL:-models/default} --device cuda --dtype fp32'
       \$T eval stream \$E --text $W/kjv.txt --policy sink,window,full,window-recompute --cache 256,1024 --streams 128 \
           --full-tokens 4096 --recompute-tokens 2048 --bucket 512 -o $W/stream > $W/stream.log 2>&1
       \$T eval budget \$E --text $W/validation.txt --policy window,sink,h2o,h2o:4 --budgets 1,0.5,0.2,0.1,0.05 \
