@@ -3,7 +3,8 @@
 # Llama-2-7B-shape dummy weights. Carry .device and data/gpu-eval (validation.txt, kjv.txt.xz). Steps, one call each:
 #   tools/gpu/kv_eval.sh start     unpack the texts, start the evaluations in the background
 #   tools/gpu/kv_eval.sh status    their progress
-#   tools/gpu/kv_eval.sh bench     sink vs window-recompute latency by cache size; h2o 20% vs full on a long generation
+#   tools/gpu/kv_eval.sh bench     sink vs window-recompute latency by cache size
+#   tools/gpu/kv_eval.sh bench-h2o h2o at 20% vs the full cache on a long generation (prompt 2048 + 2048 new)
 #   tools/gpu/kv_eval.sh collect   results (CSVs, logs) to $OUT as one archive; plots are drawn here with `tern eval plot`
 set -uo pipefail
 W=/tmp/tern-kv; OUT=${OUT:-/tmp/tern-out}; mkdir -p "$W" "$OUT"
@@ -24,6 +25,18 @@ case ${1:?start|status|bench|collect} in
       \$T eval choice \$E --text $W/validation.txt $W/kjv.txt --policy sink,h2o --budgets 1,0.5,0.2,0.1 --items 200 -o $W/choice > $W/choice.log 2>&1
       echo done > $W/eval.done" > /dev/null 2>&1 < /dev/null &
     sleep 20; tr '\r' '\n' < $W/stream.log | grep -v '^$' | tail -3 ;;
+  start-rest)  # the evaluations a first session did not reach
+    cp data/gpu-eval/validation.txt $W/ && xz -dc data/gpu-eval/kjv.txt.xz > $W/kjv.txt
+    nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > $W/gpu.txt
+    setsid nohup bash -c "source .device/env.sh; T='dotnet .device/Tern.Cli/Tern.Cli.dll'; E='--model ${MODEL:-models/default} --device cuda --dtype fp32'
+      \$T eval stream \$E --text $W/kjv.txt --policy full,full:8,full:4 --streams 64 --tokens-per-stream 1024 --bucket 256 -o $W/kvbits > $W/kvbits.log 2>&1
+      \$T eval choice \$E --text $W/validation.txt $W/kjv.txt --policy sink,h2o --budgets 1,0.5,0.2,0.1 --items 200 -o $W/choice > $W/choice.log 2>&1
+      echo done > $W/eval.done" > /dev/null 2>&1 < /dev/null &
+    sleep 5; ls $W ;;
+  bench-h2o)  # run after the evaluations: it needs the whole card
+    M="--model bench/configs/llama2-7b-8k --dummy --device cuda --dtype bf16 -o $W/bench.csv --prompt 2048 --new-tokens 2048"
+    tern bench $M --batch 24 --label "full long" | tail -2
+    for b in 24 64; do tern bench $M --batch $b --kv-policy h2o --kv-budget 0.2 --label "h2o 20% long" | tail -2; done ;;
   status)
     for f in $W/*.log; do echo "== $f"; tr '\r' '\n' < $f | grep -v '^$' | tail -${LINES:-2}; done; ls $W ;;
   bench)
@@ -32,8 +45,7 @@ case ${1:?start|status|bench|collect} in
       tern bench $M --prompt $c --new-tokens 16 --kv-policy sink --kv-budget $c --label "sink vs recompute" | tail -2
       tern bench $M --prompt $c --new-tokens 16 --kv-policy window-recompute --kv-budget $c --label "sink vs recompute" | tail -2
     done
-    tern bench $M --prompt 2048 --new-tokens 2048 --batch ${BATCH:-24} --kv-policy h2o --kv-budget 0.2 --label "h2o 20% long" | tail -2
-    tern bench $M --prompt 2048 --new-tokens 2048 --batch ${BATCH:-24} --label "full long" | tail -2 ;;
+ ;;
   collect)
     cp $W/*.log $W/gpu.txt $OUT/ 2>/dev/null
     tar -czf $OUT/kv-results.tar.gz -C $W $(cd $W && ls -d stream budget kvbits choice bench.csv gpu.txt *.log 2>/dev/null)

@@ -29,7 +29,9 @@ public interface IKvCachePolicy
     void BeforeAppend(LayerKvCache layer, int incomingTokens);
 
     /// <summary>Attention probabilities of one layer's step, shape [batch, heads, queries, layer.Length] (fp32; entries of
-    /// empty or masked slots and rows of padding queries are zero). Only called when <see cref="NeedsAttentionProbabilities"/> is true.</summary>
+    /// empty or masked slots and rows of padding queries are zero). A long step hands them over in consecutive blocks of its
+    /// queries (one call per block, all before <see cref="AfterStep"/>), so a policy should accumulate what it needs.
+    /// Only called when <see cref="NeedsAttentionProbabilities"/> is true.</summary>
     void ObserveAttention(LayerKvCache layer, Tensor probabilities);
 
     /// <summary>Called after a layer's attention in every step: the policy may evict entries now.</summary>

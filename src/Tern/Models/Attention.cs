@@ -26,6 +26,10 @@ internal sealed record AttentionSettings(int Heads, int KvHeads, int HeadDim)
 /// </summary>
 internal static class Attention
 {
+    /// <summary>Queries per block on the path that hands probabilities to the policy (a 2048-token prefill of batch 24 and 32
+    /// heads would otherwise need 12.9 GB of fp32 probabilities per layer).</summary>
+    const long ProbabilityBlock = 256;
+
     /// <summary>q [B,T,H,D], k and v [B,T,Hkv,D] (rotated); returns [B,T,H·D].</summary>
     /// <param name="cachedKeyRotation">When the policy positions keys by their cache index, k arrives unrotated and is stored
     /// so; every cached key is then rotated here to its index among its row's occupied slots.</param>
@@ -55,10 +59,20 @@ internal static class Attention
         Tensor output; // [B,H,T,D]
         if (policy.NeedsAttentionProbabilities)
         {
-            output = Explicit(qh, keys, values, Mask(batch, cache.ActivePositions, s), s, out var probabilities);
-            // Padding queries attend somewhere only to stay finite: policies must not count what they attend to.
-            if (batch.HasPadding) probabilities = probabilities.masked_fill(batch.Positions.lt(0).unsqueeze(1).unsqueeze(-1), 0);
-            policy.ObserveAttention(cache, probabilities);
+            // Blocks of queries at a time, so that a long prefill never holds all of [B,H,T,L] in fp32 at once.
+            var mask = Mask(batch, cache.ActivePositions, s);
+            var blocks = new List<Tensor>();
+            for (long start = 0; start < t; start += ProbabilityBlock)
+            {
+                long n = Math.Min(ProbabilityBlock, t - start);
+                using var blockScope = torch.NewDisposeScope();
+                var block = Explicit(qh.narrow(2, start, n), keys, values, mask.narrow(2, start, n), s, out var probabilities);
+                // Padding queries attend somewhere only to stay finite: policies must not count what they attend to.
+                if (batch.HasPadding) probabilities = probabilities.masked_fill(batch.Positions.narrow(1, start, n).lt(0).unsqueeze(1).unsqueeze(-1), 0);
+                policy.ObserveAttention(cache, probabilities);
+                blocks.Add(block.MoveToOuterDisposeScope());
+            }
+            output = blocks.Count == 1 ? blocks[0] : torch.cat(blocks, 2);
         }
         else if (!cache.HasHoles && !windowMatters && t == 1)
         {

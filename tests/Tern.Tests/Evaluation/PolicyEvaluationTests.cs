@@ -73,6 +73,20 @@ public sealed class PolicyEvaluationTests
     }
 
     [Fact]
+    public void APrefillLongerThanOneProbabilityBlockGivesTheDenseScores()
+    {
+        using var model = Load();
+        var sequences = new[] { Tokens(310, model.Info.VocabSize, 6), Tokens(310, model.Info.VocabSize, 7) };
+        var options = new TeacherForcingOptions { PrefixLength = 300 }; // 300 queries: two blocks of the explicit path
+        var dense = TeacherForcing.Score(model, sequences, options);
+        var h2o = TeacherForcing.Score(model, sequences, options with { Policy = new HeavyHitterPolicy(KvBudget.OfTokens(310)) });
+        var tight = TeacherForcing.Score(model, sequences, options with { Policy = new HeavyHitterPolicy(KvBudget.OfTokens(100)) });
+        for (int b = 0; b < 2; b++)
+            for (int j = 0; j < 10; j++) Assert.True(Math.Abs(dense.LogProbs[b][j] - h2o.LogProbs[b][j]) < 1e-4, $"seq {b} target {300 + j}");
+        Assert.NotEqual(dense.LogProbs[0][5], tight.LogProbs[0][5]); // and the prefill's scores did evict
+    }
+
+    [Fact]
     public void ATightBudgetChangesTheScoresAndStreamsAreBucketedByPosition()
     {
         using var model = Load();
