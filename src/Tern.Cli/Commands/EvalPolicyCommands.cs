@@ -227,6 +227,35 @@ internal static class EvalPolicyCommands
         return command;
     }
 
+    public static Command Sinks()
+    {
+        var common = new CommonOptions();
+        var sequences = new Option<int>("--sequences") { Description = "Sequences taken evenly spaced from the text.", DefaultValueFactory = _ => 8 };
+        var length = new Option<int>("--length") { Description = "Tokens per sequence (default: the model's context)." };
+        var first = new Option<int>("--first") { Description = "How many first tokens count as the sink.", DefaultValueFactory = _ => 1 };
+        var from = new Option<int>("--from-query") { Description = "Only queries at this position or later count.", DefaultValueFactory = _ => 64 };
+        var command = new Command("sinks", "Per layer, the share of attention the first tokens of a sequence receive (StreamingLLM's attention sinks).")
+            { Text, sequences, length, first, from };
+        common.AddTo(command);
+        command.SetAction(r =>
+        {
+            var tokens = Tokens(r, common, out var model, out string folder);
+            using (model)
+            {
+                var seqs = BudgetEvaluation.Sequences(tokens, r.GetValue(sequences), r.GetValue(length) is > 0 and var l ? l : model.Info.MaxPositions);
+                var report = AttentionSinks.Measure(model, seqs, r.GetValue(first), r.GetValue(from));
+                Console.WriteLine($"{Path.GetFileName(folder)}: attention on the first {report.FirstTokens} token(s) from queries at positions ≥ {report.FromQuery}, " +
+                                  $"{seqs.Count} × {seqs[0].Count} tokens of {r.GetValue(Text)!.Name}");
+                Console.WriteLine($"| layer | share | × uniform ({report.UniformShare:P2}) |");
+                Console.WriteLine("|---|---|---|");
+                for (int i = 0; i < report.Share.Length; i++)
+                    Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"| {i} | {report.Share[i]:P2} | {report.Share[i] / report.UniformShare:F1} |"));
+            }
+            return 0;
+        });
+        return command;
+    }
+
     /// <summary><c>tern eval plot DIR</c>: draws the plots of the CSVs in a results folder (the GPU machine's pack has no
     /// plotting natives, so evaluations run there are drawn where their CSVs come back).</summary>
     public static Command Plot()

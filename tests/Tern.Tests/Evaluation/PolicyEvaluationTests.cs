@@ -100,6 +100,20 @@ public sealed class PolicyEvaluationTests
     }
 
     [Fact]
+    public void AttentionSinkSharesAreProbabilityMassOverTheRightQueries()
+    {
+        using var model = Load();
+        var sequences = new[] { Tokens(300, model.Info.VocabSize, 8), Tokens(300, model.Info.VocabSize, 9) };
+        // The last query (in the second block of 256) over every key: its probabilities sum to one in every layer.
+        var all = AttentionSinks.Measure(model, sequences, firstTokens: 300, fromQuery: 299);
+        Assert.All(all.Share, share => Assert.Equal(1.0, share, 5));
+        var one = AttentionSinks.Measure(model, sequences, firstTokens: 1, fromQuery: 64);
+        var four = AttentionSinks.Measure(model, sequences, firstTokens: 4, fromQuery: 64);
+        for (int i = 0; i < one.Share.Length; i++) Assert.True(one.Share[i] > 0 && one.Share[i] <= four.Share[i] && four.Share[i] < 1, $"layer {i}");
+        Assert.Equal(Enumerable.Range(64, 236).Average(q => 1.0 / (q + 1)), one.UniformShare, 12);
+    }
+
+    [Fact]
     public void TextsTooShortForTheRequestAreRefused()
     {
         using var model = Load();
