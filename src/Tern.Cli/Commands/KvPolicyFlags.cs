@@ -21,15 +21,19 @@ internal sealed class KvPolicyFlags
         Description = "Recent window of --kv-policy h2o, count or ratio (default half the budget; the rest holds heavy hitters).",
     };
     public Option<int?> Bits { get; } = new("--kv-bits") { Description = "Bits per cached element: 16 (default), or 8/4 group-quantized." };
+    public Option<int?> EvictEvery { get; } = new("--kv-evict-every")
+    {
+        Description = "sink, window, h2o: evict once the cache overruns its budget by N tokens, all at once (default 1: after every step).",
+    };
 
     public void AddTo(Command command)
     {
-        foreach (var o in new Option[] { Policy, Budget, Sinks, Recent, Bits }) command.Options.Add(o);
+        foreach (var o in new Option[] { Policy, Budget, Sinks, Recent, Bits, EvictEvery }) command.Options.Add(o);
         command.Validators.Add(result =>
         {
             try
             {
-                Read(result.GetValue(Policy), result.GetValue(Budget), result.GetValue(Sinks), result.GetValue(Recent), result.GetValue(Bits)).Validate();
+                Read(result.GetValue(Policy), result.GetValue(Budget), result.GetValue(Sinks), result.GetValue(Recent), result.GetValue(Bits), result.GetValue(EvictEvery)).Validate();
             }
             catch (ArgumentException e)
             {
@@ -40,14 +44,15 @@ internal sealed class KvPolicyFlags
 
     /// <summary>The policy the flags describe (validated by the parser already).</summary>
     public IKvCachePolicy Create(ParseResult r) =>
-        KvCachePolicies.Create(Read(r.GetValue(Policy), r.GetValue(Budget), r.GetValue(Sinks), r.GetValue(Recent), r.GetValue(Bits)));
+        KvCachePolicies.Create(Read(r.GetValue(Policy), r.GetValue(Budget), r.GetValue(Sinks), r.GetValue(Recent), r.GetValue(Bits), r.GetValue(EvictEvery)));
 
-    static KvPolicyOptions Read(string? policy, string? budget, int? sinks, string? recent, int? bits) => new()
+    static KvPolicyOptions Read(string? policy, string? budget, int? sinks, string? recent, int? bits, int? evictEvery) => new()
     {
         Policy = policy ?? "full",
         Budget = budget is null ? null : KvBudget.Parse(budget),
         Sinks = sinks,
         Recent = recent is null ? null : KvBudget.Parse(recent, "--kv-recent"),
         Bits = bits ?? 16,
+        EvictEvery = evictEvery ?? 1,
     };
 }

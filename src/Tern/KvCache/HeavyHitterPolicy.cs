@@ -20,15 +20,22 @@ public sealed class HeavyHitterPolicy : IKvCachePolicy
     readonly KvBudget? recent;
 
     /// <summary>A cache of <paramref name="budget"/> entries per row, <paramref name="recent"/> of them (default half) the
-    /// most recent tokens; with <paramref name="normalizeScores"/> tokens rank by mean rather than summed attention.</summary>
-    public HeavyHitterPolicy(KvBudget budget, KvBudget? recent = null, bool normalizeScores = false, int bits = 16)
+    /// most recent tokens; with <paramref name="normalizeScores"/> tokens rank by mean rather than summed attention;
+    /// <paramref name="evictEvery"/> &gt; 1 lets the cache overrun the budget by up to that many − 1 tokens and evicts them
+    /// together (FlexGen's amortised variant; scores keep accumulating meanwhile).</summary>
+    public HeavyHitterPolicy(KvBudget budget, KvBudget? recent = null, bool normalizeScores = false, int bits = 16, int evictEvery = 1)
     {
         KvPolicyOptions.ValidateBits(bits);
+        KvPolicyOptions.ValidateEvictEvery(evictEvery);
         this.budget = budget;
         this.recent = recent;
         NormalizeScores = normalizeScores;
         Bits = bits;
+        EvictEvery = evictEvery;
     }
+
+    /// <summary>Eviction runs once the cache has overrun the budget by this many tokens (1 = after every step, the paper's rule).</summary>
+    public int EvictEvery { get; }
 
     /// <summary>True when tokens rank by their attention per query that saw them (off in the reference).</summary>
     public bool NormalizeScores { get; }
@@ -55,7 +62,7 @@ public sealed class HeavyHitterPolicy : IKvCachePolicy
     }
 
     /// <inheritdoc />
-    public int Capacity(int maxSequenceLength, int maxStepTokens) => Math.Min(maxSequenceLength, Sizes(maxSequenceLength).Budget + maxStepTokens);
+    public int Capacity(int maxSequenceLength, int maxStepTokens) => Math.Min(maxSequenceLength, Sizes(maxSequenceLength).Budget + EvictEvery - 1 + maxStepTokens);
 
     /// <inheritdoc />
     public void BeforeAppend(LayerKvCache layer, int incomingTokens) =>
@@ -79,7 +86,7 @@ public sealed class HeavyHitterPolicy : IKvCachePolicy
     public void AfterStep(LayerKvCache layer)
     {
         var (k, r) = Sizes(layer.MaxSequenceLength);
-        if (layer.Length <= k) return;
+        if (layer.Length < k + EvictEvery) return; // amortised: one compaction per EvictEvery tokens
         using var scope = torch.NewDisposeScope();
         var state = layer.PolicyState(() => new Scores(layer));
         var positions = layer.ActivePositions;

@@ -14,10 +14,10 @@ public static class KvCachePolicies
         return options.Policy switch
         {
             "full" => options.Bits == 16 ? DensePolicy.Instance : new DensePolicy(options.Bits),
-            "window" => new StreamingPolicy(budget, sinks: 0, options.Bits),
+            "window" => new StreamingPolicy(budget, sinks: 0, options.Bits, options.EvictEvery),
             "window-recompute" => new WindowRecomputePolicy(budget, options.Bits),
-            "sink" => new StreamingPolicy(budget, options.SinkCount, options.Bits),
-            "h2o" => new HeavyHitterPolicy(budget, options.Recent, options.NormalizeScores, options.Bits),
+            "sink" => new StreamingPolicy(budget, options.SinkCount, options.Bits, options.EvictEvery),
+            "h2o" => new HeavyHitterPolicy(budget, options.Recent, options.NormalizeScores, options.Bits, options.EvictEvery),
             _ => throw new ArgumentException($"--kv-policy '{options.Policy}' is unknown."), // Validate lets no other name through
         };
     }

@@ -74,6 +74,11 @@ public sealed record KvPolicyOptions
     /// early-token bias of accumulated scores. Off by default, as in the reference.</summary>
     public bool NormalizeScores { get; init; }
 
+    /// <summary>sink, window and h2o: evict once the cache has overrun its budget by this many tokens, all at once, instead
+    /// of one token after every step (1, the papers' rule). Amortises the compaction at the cost of up to this many − 1
+    /// extra entries.</summary>
+    public int EvictEvery { get; init; } = 1;
+
     /// <summary>Checks what can be checked without a sequence length; messages name the flag.</summary>
     public void Validate()
     {
@@ -89,6 +94,9 @@ public sealed record KvPolicyOptions
         if (Sinks is < 0) throw new ArgumentException($"--kv-sink must be >= 0 (got {Sinks}).");
         if (Recent is not null && Policy != "h2o")
             throw new ArgumentException($"--kv-recent applies to --kv-policy h2o only (got --kv-policy {Policy}).");
+        ValidateEvictEvery(EvictEvery);
+        if (EvictEvery != 1 && Policy is not ("sink" or "window" or "h2o"))
+            throw new ArgumentException($"--kv-evict-every applies to --kv-policy sink, window and h2o (got --kv-policy {Policy}).");
         if (NormalizeScores && Policy != "h2o")
             throw new ArgumentException($"score normalisation applies to --kv-policy h2o only (got --kv-policy {Policy}).");
         if (Budget is { } budget)
@@ -102,6 +110,12 @@ public sealed record KvPolicyOptions
 
     /// <summary>Sinks of the sink policy with the default applied.</summary>
     internal int SinkCount => Sinks ?? DefaultSinks;
+
+    /// <summary>Rejects an eviction interval below 1.</summary>
+    internal static void ValidateEvictEvery(int evictEvery)
+    {
+        if (evictEvery < 1) throw new ArgumentException($"--kv-evict-every must be at least 1 (got {evictEvery}).");
+    }
 
     /// <summary>Rejects bit widths other than 16, 8 and 4.</summary>
     internal static void ValidateBits(int bits)

@@ -16,9 +16,12 @@ public sealed class StreamingPolicy : IKvCachePolicy
 {
     readonly KvBudget budget;
 
-    /// <summary>A cache of <paramref name="budget"/> entries per row, the first <paramref name="sinks"/> of them sinks.</summary>
-    public StreamingPolicy(KvBudget budget, int sinks, int bits = 16)
+    /// <summary>A cache of <paramref name="budget"/> entries per row, the first <paramref name="sinks"/> of them sinks;
+    /// <paramref name="evictEvery"/> &gt; 1 lets the window overrun by up to that many − 1 tokens and evicts them together.</summary>
+    public StreamingPolicy(KvBudget budget, int sinks, int bits = 16, int evictEvery = 1)
     {
+        KvPolicyOptions.ValidateEvictEvery(evictEvery);
+        EvictEvery = evictEvery;
         KvPolicyOptions.ValidateBits(bits);
         if (sinks < 0) throw new ArgumentException($"--kv-sink must be >= 0 (got {sinks}).");
         if (!budget.IsRatio && sinks >= budget.Tokens)
@@ -27,6 +30,9 @@ public sealed class StreamingPolicy : IKvCachePolicy
         Sinks = sinks;
         Bits = bits;
     }
+
+    /// <summary>Eviction runs once the window has overrun the budget by this many tokens (1 = after every step, the paper's rule).</summary>
+    public int EvictEvery { get; }
 
     /// <summary>Attention sinks kept per row.</summary>
     public int Sinks { get; }
@@ -51,7 +57,7 @@ public sealed class StreamingPolicy : IKvCachePolicy
         KvCachePolicies.Resolve(budget, sequenceLength, Sinks + 1, "--kv-budget", $"--kv-policy {Name} with {Sinks} sinks");
 
     /// <inheritdoc />
-    public int Capacity(int maxSequenceLength, int maxStepTokens) => Math.Min(maxSequenceLength, Budget(maxSequenceLength) + maxStepTokens);
+    public int Capacity(int maxSequenceLength, int maxStepTokens) => Math.Min(maxSequenceLength, Budget(maxSequenceLength) + EvictEvery - 1 + maxStepTokens);
 
     /// <inheritdoc />
     public void BeforeAppend(LayerKvCache layer, int incomingTokens) =>
@@ -65,7 +71,7 @@ public sealed class StreamingPolicy : IKvCachePolicy
     public void AfterStep(LayerKvCache layer)
     {
         int c = Budget(layer.MaxSequenceLength);
-        if (layer.Length <= c) return;
+        if (layer.Length < c + EvictEvery) return; // amortised: one compaction per EvictEvery tokens
         using var scope = torch.NewDisposeScope();
         var positions = layer.ActivePositions;
         var last = positions.amax(new long[] { -1 }, keepdim: true);
