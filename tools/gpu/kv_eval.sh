@@ -38,9 +38,15 @@ case ${1:?start|status|bench|collect} in
     M="--model bench/configs/llama2-7b-8k --dummy --device cuda --dtype bf16 -o $W/bench.csv --prompt 2048 --new-tokens 2048"
     tern bench $M --batch 24 --label "full long" | tail -2
     for b in 24 64; do tern bench $M --batch $b --kv-policy h2o --kv-budget 0.2 --label "h2o 20% long" | tail -2; done ;;
+  bench-sink)  # per-token latency over 128 tokens: sink evicting every 64 / every step, and re-computation
+    M="--model bench/configs/llama2-7b-8k --dummy --device cuda --dtype bf16 -o $W/bench.csv"
+    for c in 256 1024 4096; do  # 128 new tokens: two amortised evictions fall inside the measured steps
+      tern bench $M --prompt $c --new-tokens 128 --kv-policy sink --kv-budget $c --kv-evict-every 64 --label "sink 128 tokens" | tail -1
+      tern bench $M --prompt $c --new-tokens 128 --kv-policy sink --kv-budget $c --label "sink 128 tokens" | tail -1
+      tern bench $M --prompt $c --new-tokens 128 --kv-policy window-recompute --kv-budget $c --label "sink 128 tokens" | tail -1
+    done ;;
   bench-amortised)  # eviction every 64 tokens vs every step; H2O's score tracking at a budget that never evicts vs the full cache
     M="--model bench/configs/llama2-7b-8k --dummy --device cuda --dtype bf16 -o $W/bench.csv"
-    for c in 256 4096; do tern bench $M --prompt $c --new-tokens 16 --kv-policy sink --kv-budget $c --kv-evict-every 64 --label "sink evict-every 64" | tail -2; done
     tern bench $M --prompt 2048 --new-tokens 2048 --batch 24 --kv-policy h2o --kv-budget 0.2 --kv-evict-every 64 --label "h2o 20% long evict-every 64" | tail -2
     tern bench $M --prompt 1024 --new-tokens 512 --batch 8 --kv-policy h2o --kv-budget 1.0 --label "h2o score tracking" | tail -2
     tern bench $M --prompt 1024 --new-tokens 512 --batch 8 --no-cuda-graphs --label "h2o score tracking baseline" | tail -2 ;;
