@@ -57,8 +57,7 @@ case ${1:?start|status|bench|collect} in
     for c in 256 512 1024 2048 4096; do
       tern bench $M --prompt $c --new-tokens 16 --kv-policy sink --kv-budget $c --label "sink vs recompute" | tail -2
       tern bench $M --prompt $c --new-tokens 16 --kv-policy window-recompute --kv-budget $c --label "sink vs recompute" | tail -2
-    done
- ;;
+    done ;;
   collect)
     cp $W/*.log $W/gpu.txt $OUT/ 2>/dev/null
     tar -czf $OUT/kv-results.tar.gz -C $W $(cd $W && ls -d stream budget kvbits choice bench.csv gpu.txt *.log 2>/dev/null)
