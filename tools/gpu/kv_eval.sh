@@ -6,6 +6,7 @@
 #   tools/gpu/kv_eval.sh bench     sink vs window-recompute latency by cache size
 #   tools/gpu/kv_eval.sh bench-h2o h2o at 20% vs the full cache on a long generation (prompt 2048 + 2048 new)
 #   tools/gpu/kv_eval.sh bench-amortised  eviction every 64 tokens; the cost of H2O's score tracking
+#   tools/gpu/kv_eval.sh bench-h2o-chunked  the same with a chunked prefill, at growing batch sizes
 #   tools/gpu/kv_eval.sh collect   results (CSVs, logs) to $OUT as one archive; plots are drawn here with `tern eval plot`
 set -uo pipefail
 W=/tmp/tern-kv; OUT=${OUT:-/tmp/tern-out}; mkdir -p "$W" "$OUT"
@@ -50,6 +51,11 @@ case ${1:?start|status|bench|collect} in
     tern bench $M --prompt 2048 --new-tokens 2048 --batch 24 --kv-policy h2o --kv-budget 0.2 --kv-evict-every 64 --label "h2o 20% long evict-every 64" | tail -2
     tern bench $M --prompt 1024 --new-tokens 512 --batch 8 --kv-policy h2o --kv-budget 1.0 --label "h2o score tracking" | tail -2
     tern bench $M --prompt 1024 --new-tokens 512 --batch 8 --no-cuda-graphs --label "h2o score tracking baseline" | tail -2 ;;
+  bench-h2o-chunked)  # h2o 20% with amortised eviction and a chunked prefill: the cache holds budget + one chunk, so batches grow
+    M="--model bench/configs/llama2-7b-8k --dummy --device cuda --dtype bf16 -o $W/bench.csv --prompt 2048 --new-tokens 2048"
+    for b in ${BATCHES:-24 64 96}; do
+      tern bench $M --batch $b --kv-policy h2o --kv-budget 0.2 --kv-evict-every 64 --prefill-chunk 256 --label "h2o 20% long" | tail -2
+    done ;;
   status)
     for f in $W/*.log; do echo "== $f"; tr '\r' '\n' < $f | grep -v '^$' | tail -${LINES:-2}; done; ls $W ;;
   bench)

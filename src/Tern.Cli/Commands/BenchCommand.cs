@@ -21,11 +21,12 @@ internal static class BenchCommand
         var floor = new Option<bool>("--floor") { Description = "Also measure device copy bandwidth and the weight-read floor per decode step." };
         var label = new Option<string?>("--label") { Description = "Free text stored with the rows." };
         var noGraphs = new Option<bool>("--no-cuda-graphs") { Description = "Run decode steps eagerly on CUDA (no graph replay)." };
-        var command = new Command("bench", "Measure prefill and decode throughput and peak memory.") { batches, prompts, newTokens, output, floor, label, noGraphs };
+        var prefillChunk = new Option<int>("--prefill-chunk") { Description = "Prefill in steps of at most N tokens (0 = the whole prompt at once)." };
+        var command = new Command("bench", "Measure prefill and decode throughput and peak memory.") { batches, prompts, newTokens, output, floor, label, noGraphs, prefillChunk };
         common.AddTo(command);
         var kv = new KvPolicyFlags();
         kv.AddTo(command);
-        command.SetAction(r => Run(r, common, kv, batches, prompts, newTokens, output, floor, label, noGraphs));
+        command.SetAction(r => Run(r, common, kv, batches, prompts, newTokens, output, floor, label, noGraphs, prefillChunk));
         return command;
     }
 
@@ -42,7 +43,7 @@ internal static class BenchCommand
     }
 
     static int Run(ParseResult r, CommonOptions common, KvPolicyFlags kv, Option<int[]> batches, Option<int[]> prompts, Option<int> newTokens,
-        Option<string> output, Option<bool> floorOption, Option<string?> label, Option<bool> noGraphs)
+        Option<string> output, Option<bool> floorOption, Option<string?> label, Option<bool> noGraphs, Option<int> prefillChunk)
     {
         int steps = r.GetValue(newTokens);
         if (steps < 2) throw new ArgumentException("--new-tokens must be at least 2 (one prefill token plus decode steps).");
@@ -72,7 +73,7 @@ internal static class BenchCommand
                 {
                     var ids = Enumerable.Range(0, batch)
                         .Select(_ => (IReadOnlyList<int>)Enumerable.Range(0, prompt).Select(_ => random.Next(model.Info.VocabSize)).ToArray()).ToArray();
-                    var options = new GenerationOptions { MaxNewTokens = steps, IgnoreEos = true, UseCudaGraphs = !r.GetValue(noGraphs), CachePolicy = policy };
+                    var options = new GenerationOptions { MaxNewTokens = steps, IgnoreEos = true, UseCudaGraphs = !r.GetValue(noGraphs), CachePolicy = policy, PrefillChunk = r.GetValue(prefillChunk) };
                     generator.GenerateTokens(ids, options with { MaxNewTokens = 3 }); // warm-up: kernels, allocator, plans
                     var result = generator.GenerateTokens(ids, options);
                     long used = DeviceReport.UsedBytes(device);
@@ -83,7 +84,7 @@ internal static class BenchCommand
                         DateTime.UtcNow.ToString("yyyy-MM-dd HH:mm", CultureInfo.InvariantCulture), Csv(card), device.type.ToString().ToLowerInvariant(),
                         Csv(folder + (r.GetValue(common.Dummy) ? " (dummy)" : "")), model.DType.ShortName(), batch.ToString(), prompt.ToString(), steps.ToString(),
                         F(s.Prefill.TotalMilliseconds), F(s.DecodeMillisecondsPerStep), F(s.DecodeTokensPerSecond), F(used / 1e9),
-                        F(copyTBps), F(floorMs), Csv((r.GetValue(label) ?? "") + policyLabel + (device.type == TorchSharp.DeviceType.CUDA && r.GetValue(noGraphs) ? " [eager]" : "")),
+                        F(copyTBps), F(floorMs), Csv((r.GetValue(label) ?? "") + policyLabel + (r.GetValue(prefillChunk) is > 0 and var chunk ? $" [prefill chunk {chunk}]" : "") + (device.type == TorchSharp.DeviceType.CUDA && r.GetValue(noGraphs) ? " [eager]" : "")),
                     }));
                 }
             Append(r.GetValue(output)!, rows);

@@ -41,10 +41,17 @@ public sealed record GenerationOptions
     /// <summary>The KV-cache policy of the request; null is the full cache.</summary>
     public IKvCachePolicy? CachePolicy { get; init; }
 
+    /// <summary>Runs the prompt through the model in steps of at most this many tokens (0 = one step). The cache then needs
+    /// room for one chunk rather than the whole prompt beyond its budget, which is what lets an evicting policy hold a large
+    /// batch; with the full cache the result is the same. (With an evicting policy the prompt's later tokens see only what
+    /// the policy kept of the earlier chunks.)</summary>
+    public int PrefillChunk { get; init; }
+
     /// <summary>Checks the values, with messages that name the option.</summary>
     public void Validate()
     {
         if (MaxNewTokens < 1) throw new ArgumentException($"--max-new-tokens must be at least 1 (got {MaxNewTokens}).");
+        if (PrefillChunk < 0) throw new ArgumentException($"--prefill-chunk must be >= 0 (got {PrefillChunk}).");
         if (Temperature < 0 || double.IsNaN(Temperature)) throw new ArgumentException($"--temperature must be >= 0 (got {Temperature}).");
         if (TopK < 0) throw new ArgumentException($"--top-k must be >= 0 (got {TopK}).");
         if (!(TopP > 0 && TopP <= 1)) throw new ArgumentException($"--top-p must be in (0, 1] (got {TopP}).");

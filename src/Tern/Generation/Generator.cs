@@ -131,17 +131,26 @@ public sealed class Generator
             using var scope = torch.NewDisposeScope();
             const int padId = 0;
             var realLengths = prompts.Select(p => p.Count).ToArray();
-            using var cache = model.CreateCache(batch, promptLength + maxNew, options.CachePolicy, promptLength);
+            var prefill = ForwardBatch.LeftPadded(prompts, device, padId, lastPositionOnly: true);
+            var chunks = options.PrefillChunk > 0 && options.PrefillChunk < promptLength ? prefill.Chunks(options.PrefillChunk).ToArray() : new[] { prefill };
+            using var cache = model.CreateCache(batch, promptLength + maxNew, options.CachePolicy, chunks.Max(c => (int)c.InputIds.shape[1]));
             var policy = cache.Policy;
             recomputes = policy.RecomputeWindow(cache, promptLength + maxNew) > 0;
             var fed = recomputes ? prompts.Select(p => p.ToList()).ToArray() : null; // every token each sequence has fed
-            var prefill = ForwardBatch.LeftPadded(prompts, device, padId, lastPositionOnly: true);
             using var sampler = new Sampler(options, prefill.InputIds, prefill.Positions.ge(0), model.Info.VocabSize);
 
             prefillWatch.Start();
-            var logits = policy.RecomputeWindow(cache, promptLength) is > 0 and var promptWindow
-                ? Recompute(cache, fed!, promptWindow)
-                : model.Forward(prefill, cache);
+            Tensor logits;
+            if (policy.RecomputeWindow(cache, promptLength) is > 0 and var promptWindow) logits = Recompute(cache, fed!, promptWindow);
+            else
+            {
+                logits = model.Forward(chunks[0], cache);
+                foreach (var chunk in chunks.Skip(1))
+                {
+                    logits.Dispose(); // only the last chunk's logits are sampled
+                    logits = model.Forward(chunk, cache);
+                }
+            }
             var next = sampler.Next(logits);
             if (!HostNeedsTokens) deviceTokens = torch.empty(batch, maxNew, ScalarType.Int64, device);
             SyncIfCuda(device);

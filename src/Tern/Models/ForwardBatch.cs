@@ -84,4 +84,28 @@ public sealed class ForwardBatch
             LastPositionOnly = lastPositionOnly,
         };
     }
+
+    /// <summary>
+    /// This left-padded prefill split into steps of at most <paramref name="size"/> columns, the first widened so that it
+    /// holds a real token of every row (a row of only padding would attend to nothing).
+    /// </summary>
+    public IEnumerable<ForwardBatch> Chunks(int size)
+    {
+        int length = (int)InputIds.shape[1];
+        int[] padding = RealTokens.Select(n => length - n).ToArray();
+        int first = Math.Min(length, Math.Max(size, padding.Max() + 1));
+        for (int start = 0; start < length; start += start == 0 ? first : size)
+        {
+            int n = Math.Min(start == 0 ? first : size, length - start);
+            yield return new ForwardBatch
+            {
+                InputIds = InputIds.narrow(1, start, n),
+                Positions = Positions.narrow(1, start, n),
+                RealTokens = padding.Select(p => Math.Max(0, start + n - Math.Max(start, p))).ToArray(),
+                HasPadding = padding.Any(p => p > start),
+                MaxPosition = start + n - 1,
+                LastPositionOnly = LastPositionOnly, // only the last chunk's logits are used: skip the LM head elsewhere
+            };
+        }
+    }
 }

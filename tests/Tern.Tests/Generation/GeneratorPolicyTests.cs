@@ -97,4 +97,38 @@ public sealed class GeneratorPolicyTests
             Assert.Equal(20, generator.GenerateTokens(Prompt, Greedy(20, policy), Ct).Sequences[0].Tokens.Count);
         }
     }
+
+    /// <summary>A prompt run in chunks gives the full cache's tokens, for a left-padded batch too (the first chunk widens to
+    /// hold a real token of every row).</summary>
+    [Theory]
+    [InlineData("llama-gqa", 4)]
+    [InlineData("llama-gqa", 1)]
+    [InlineData("opt-prenorm", 5)]
+    [InlineData("neox-parallel", 3)]
+    public void ChunkedPrefillGivesTheTokensOfOneStep(string name, int chunk)
+    {
+        using var model = HfParityContract.LoadFixture(name);
+        var prompts = KvCachePolicyContract.Prompts(model.Info.VocabSize).Select(p => (IReadOnlyList<int>)p.Select(x => (int)x).ToArray()).ToArray();
+        var generator = new Tern.Generation.Generator(model);
+        var whole = generator.GenerateTokens(prompts, Greedy(12), Ct).Sequences;
+        var chunked = generator.GenerateTokens(prompts, Greedy(12) with { PrefillChunk = chunk }, Ct).Sequences;
+        for (int b = 0; b < prompts.Length; b++) Assert.Equal(whole[b].Tokens, chunked[b].Tokens);
+    }
+
+    [Fact]
+    public void ChunksCoverThePromptOnceAndTheFirstHoldsARealTokenOfEveryRow()
+    {
+        var prompts = new IReadOnlyList<int>[] { new[] { 1, 2, 3, 4, 5, 6, 7, 8, 9 }, new[] { 1, 2 } };
+        var batch = ForwardBatch.LeftPadded(prompts, TorchSharp.torch.CPU, lastPositionOnly: true);
+        var chunks = batch.Chunks(3).ToArray();
+        Assert.Equal(new long[] { 8, 1 }, chunks.Select(c => c.InputIds.shape[1])); // 7 padding columns: the first chunk takes 8
+        Assert.Equal(new[] { 8, 1 }, chunks[0].RealTokens);
+        Assert.Equal(new[] { 1, 1 }, chunks[1].RealTokens);
+        Assert.True(chunks[0].HasPadding);
+        Assert.False(chunks[1].HasPadding);
+        Assert.Equal(new[] { 7, 8 }, chunks.Select(c => c.MaxPosition));
+        var even = ForwardBatch.LeftPadded(new IReadOnlyList<int>[] { Enumerable.Range(1, 10).ToArray() }, TorchSharp.torch.CPU).Chunks(4).ToArray();
+        Assert.Equal(new long[] { 4, 4, 2 }, even.Select(c => c.InputIds.shape[1]));
+        Assert.Equal(new[] { 4, 4, 2 }, even.Select(c => c.RealTokens[0]));
+    }
 }
