@@ -66,7 +66,7 @@ internal static class BenchCommand
             var rows = new List<string>();
             var generator = new Generator(model);
             var policy = kv.Create(r);
-            string policyLabel = policy.Name == "full" && policy.Bits == 16 ? "" : $" [kv {policy.Name}{(r.GetValue(kv.Budget) is { } b ? " " + b : "")}{(policy.Bits == 16 ? "" : $" {policy.Bits}-bit")}]";
+            string policyLabel = policy.Name == "full" && policy.Bits == 16 ? "" : $" [kv {policy.Name}{(r.GetValue(kv.Budget) is { } b ? " " + b : "")}{(policy.Bits == 16 ? "" : $" {policy.Bits}-bit")}{(r.GetValue(kv.EvictEvery) is > 1 and var every ? $" evict every {every}" : "")}]";
             var random = new Random(0);
             foreach (int prompt in r.GetValue(prompts)!)
                 foreach (int batch in r.GetValue(batches)!)
