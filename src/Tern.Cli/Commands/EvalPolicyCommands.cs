@@ -37,6 +37,14 @@ internal static class EvalPolicyCommands
         AllowMultipleArgumentsPerToken = true,
         DefaultValueFactory = _ => defaults.Split(','),
     };
+    static Option<int?> StartTokenOption() => new("--start-token")
+    {
+        Description = "Begin every stream or sequence with this token id (a model trained with tern train --start-token, e.g. its bos_token_id).",
+    };
+    /// <summary>The sequences with <paramref name="start"/> first, at the same length (the last token gives way).</summary>
+    static IReadOnlyList<IReadOnlyList<int>> WithStartToken(IReadOnlyList<IReadOnlyList<int>> sequences, int? start) => start is { } s
+        ? sequences.Select(q => (IReadOnlyList<int>)q.Take(q.Count - 1).Prepend(s).ToArray()).ToArray()
+        : sequences;
     static Option<string> OutputOption(string name) => new("--output", "-o") { Description = $"Folder for {name}.csv and the PNG plots.", DefaultValueFactory = _ => "bench/eval" };
 
     static IReadOnlyList<PolicySpec> Specs(string[] values) => values.SelectMany(v => v.Split(',', StringSplitOptions.RemoveEmptyEntries)).Select(PolicySpec.Parse).ToArray();
@@ -66,9 +74,10 @@ internal static class EvalPolicyCommands
         var recomputeTokens = new Option<int>("--recompute-tokens") { Description = "Tokens per stream for window-recompute, which re-runs its whole window every token (0 = as the others).", DefaultValueFactory = _ => 0 };
         var fullTokens = new Option<int>("--full-tokens") { Description = "Tokens per stream for the full cache, whose attention grows with the text (0 = as the others).", DefaultValueFactory = _ => 0 };
         var bucket = new Option<int>("--bucket") { Description = "Positions per reported bucket.", DefaultValueFactory = _ => 1024 };
+        var startToken = StartTokenOption();
         var output = OutputOption("stream");
         var command = new Command("stream", "Perplexity by position over a long text fed token by token, per KV policy and cache size (StreamingLLM's experiment).")
-            { Text, policies, caches, streams, perStream, recomputeTokens, fullTokens, bucket, output };
+            { Text, policies, caches, streams, perStream, recomputeTokens, fullTokens, bucket, startToken, output };
         common.AddTo(command);
         command.SetAction((r, cancellation) =>
         {
@@ -85,7 +94,7 @@ internal static class EvalPolicyCommands
                         var options = new StreamingEvaluationOptions
                         {
                             Streams = r.GetValue(streams), BucketSize = r.GetValue(bucket),
-                            TokensPerStream = limit > 0 ? limit : r.GetValue(perStream),
+                            TokensPerStream = limit > 0 ? limit : r.GetValue(perStream), StartToken = r.GetValue(startToken),
                         };
                         string label = size == 0 ? spec.ToString() : $"{spec} {size}";
                         var policy = KvCachePolicies.Create(spec.Options(KvBudget.OfTokens(Math.Max(size, 1), "--cache"))); // full ignores the budget
@@ -125,9 +134,10 @@ internal static class EvalPolicyCommands
         var budgets = new Option<string>("--budgets") { Description = "KV budgets as fractions of the sequence, comma-separated.", DefaultValueFactory = _ => "1,0.5,0.2,0.1,0.05" };
         var sequences = new Option<int>("--sequences") { Description = "Sequences taken evenly spaced from the text.", DefaultValueFactory = _ => 16 };
         var length = new Option<int>("--length") { Description = "Tokens per sequence (default: the model's context)." };
+        var startToken = StartTokenOption();
         var output = OutputOption("budget");
         var command = new Command("budget", "Perplexity and agreement with the full cache as the KV budget shrinks, per policy (H2O's experiment).")
-            { Text, policies, budgets, sequences, length, output };
+            { Text, policies, budgets, sequences, length, startToken, output };
         common.AddTo(command);
         command.SetAction((r, cancellation) =>
         {
@@ -138,6 +148,7 @@ internal static class EvalPolicyCommands
             using (model)
             {
                 var seqs = BudgetEvaluation.Sequences(tokens, r.GetValue(sequences), r.GetValue(length) is > 0 and var l ? l : model.Info.MaxPositions);
+                seqs = WithStartToken(seqs, r.GetValue(startToken));
                 var reference = BudgetEvaluation.Reference(model, seqs, new ConsoleProgress("full cache"), cancellation);
                 Console.Error.WriteLine();
                 var points = new List<BudgetPoint> { BudgetEvaluation.Run(model, seqs, reference, KvCachePolicies.Create(new KvPolicyOptions()), "full", 1, null, cancellation) };
@@ -234,8 +245,9 @@ internal static class EvalPolicyCommands
         var length = new Option<int>("--length") { Description = "Tokens per sequence (default: the model's context)." };
         var first = new Option<int>("--first") { Description = "How many first tokens count as the sink.", DefaultValueFactory = _ => 1 };
         var from = new Option<int>("--from-query") { Description = "Only queries at this position or later count.", DefaultValueFactory = _ => 64 };
+        var startToken = StartTokenOption();
         var command = new Command("sinks", "Per layer, the share of attention the first tokens of a sequence receive (StreamingLLM's attention sinks).")
-            { Text, sequences, length, first, from };
+            { Text, sequences, length, first, from, startToken };
         common.AddTo(command);
         command.SetAction(r =>
         {
@@ -243,6 +255,7 @@ internal static class EvalPolicyCommands
             using (model)
             {
                 var seqs = BudgetEvaluation.Sequences(tokens, r.GetValue(sequences), r.GetValue(length) is > 0 and var l ? l : model.Info.MaxPositions);
+                seqs = WithStartToken(seqs, r.GetValue(startToken));
                 var report = AttentionSinks.Measure(model, seqs, r.GetValue(first), r.GetValue(from));
                 Console.WriteLine($"{Path.GetFileName(folder)}: attention on the first {report.FirstTokens} token(s) from queries at positions ≥ {report.FromQuery}, " +
                                   $"{seqs.Count} × {seqs[0].Count} tokens of {r.GetValue(Text)!.Name}");

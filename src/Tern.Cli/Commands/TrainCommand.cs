@@ -34,6 +34,7 @@ internal static class TrainCommand
         var evalEvery = new Option<int>("--eval-every") { Description = "Validate every N steps.", DefaultValueFactory = _ => d.EvalEvery };
         var evalBatches = new Option<int>("--eval-batches") { Description = "Validation micro-batches.", DefaultValueFactory = _ => d.EvalBatches };
         var ckptEvery = new Option<int>("--checkpoint-every") { Description = "Checkpoint every N steps.", DefaultValueFactory = _ => d.CheckpointEvery };
+        var startToken = new Option<int?>("--start-token") { Description = "Begin every training window with this token id (e.g. the model's bos_token_id), so the model can form an attention sink on it." };
         var seed = new Option<long>("--seed") { Description = "Seed of the initial weights and the data sampler.", DefaultValueFactory = _ => d.Seed };
         var device = new Option<string>("--device") { Description = "cpu, cuda or auto.", DefaultValueFactory = _ => "auto" };
         device.AcceptOnlyFromAmong("cpu", "cuda", "auto");
@@ -41,7 +42,7 @@ internal static class TrainCommand
         autocast.AcceptOnlyFromAmong("auto", "bf16", "off");
         var command = new Command("train", "Train a causal language model from a config and token files; writes an HF model folder.")
             { config, runConfig, trainFile, validFile, output, resume, tokenizer, format, steps, seq, batch, accum, lr, warmup, minLr, decay,
-              clip, evalEvery, evalBatches, ckptEvery, seed, device, autocast };
+              clip, evalEvery, evalBatches, ckptEvery, seed, startToken, device, autocast };
         command.SetAction((r, cancellation) =>
         {
             string outputDir = r.GetValue(output)!;
@@ -62,6 +63,7 @@ internal static class TrainCommand
                 WarmupSteps = Pick(warmup, o.WarmupSteps), MinLearningRateRatio = Pick(minLr, o.MinLearningRateRatio),
                 WeightDecay = Pick(decay, o.WeightDecay), GradientClip = Pick(clip, o.GradientClip), EvalEvery = Pick(evalEvery, o.EvalEvery),
                 EvalBatches = Pick(evalBatches, o.EvalBatches), CheckpointEvery = Pick(ckptEvery, o.CheckpointEvery), Seed = Pick(seed, o.Seed),
+                StartToken = Pick(startToken, o.StartToken),
                 Device = deviceKind,
                 Autocast = (r.GetResult(autocast) is { Implicit: false } || file is null ? r.GetValue(autocast) : null) switch
                 {

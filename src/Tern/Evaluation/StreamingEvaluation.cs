@@ -15,6 +15,10 @@ public sealed record StreamingEvaluationOptions
 
     /// <summary>Width of the position buckets perplexity is reported in.</summary>
     public int BucketSize { get; init; } = 1024;
+
+    /// <summary>When set, every stream begins with this token id (then <see cref="TokensPerStream"/> − 1 tokens of text), for
+    /// models trained with a fixed first token (<c>tern train --start-token</c>): the token they may sink attention on.</summary>
+    public int? StartToken { get; init; }
 }
 
 /// <summary>Perplexity by position of one policy over a long text.</summary>
@@ -42,8 +46,11 @@ public static class StreamingEvaluation
         int perStream = options.TokensPerStream > 0 ? options.TokensPerStream : tokens.Count / options.Streams;
         if (perStream < 2 || (long)perStream * options.Streams > tokens.Count)
             throw new ArgumentException($"the text has {tokens.Count:N0} tokens: too few for {options.Streams} streams of {Math.Max(perStream, 2):N0}.");
-        var streams = Enumerable.Range(0, options.Streams)
-            .Select(s => (IReadOnlyList<int>)tokens.Skip(s * perStream).Take(perStream).ToArray()).ToArray();
+        if (options.StartToken is { } start && (start < 0 || start >= model.Info.VocabSize))
+            throw new ArgumentException($"the start token {start} is outside the model's vocabulary of {model.Info.VocabSize}.");
+        var streams = Enumerable.Range(0, options.Streams).Select(s => (IReadOnlyList<int>)(options.StartToken is { } first
+            ? tokens.Skip(s * perStream).Take(perStream - 1).Prepend(first).ToArray()
+            : tokens.Skip(s * perStream).Take(perStream).ToArray())).ToArray();
 
         var clock = Stopwatch.StartNew();
         var scores = TeacherForcing.Score(model, streams, new TeacherForcingOptions { Policy = policy, PrefixLength = 1, Progress = progress }, cancellation);

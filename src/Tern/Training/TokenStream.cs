@@ -56,34 +56,37 @@ public sealed class TokenStream
             throw new InvalidDataException($"{Path}: {tokens.Length} tokens is fewer than one window of {sequenceLength}+1.");
     }
 
-    /// <summary>A batch of random windows: inputs and targets, int64 [B,T] on <paramref name="device"/>. Advances <paramref name="rng"/>.</summary>
-    public (Tensor Inputs, Tensor Targets) RandomBatch(ref ulong rng, int batchSize, int sequenceLength, Device device)
+    /// <summary>A batch of random windows: inputs and targets, int64 [B,T] on <paramref name="device"/>. Advances <paramref name="rng"/>.
+    /// With <paramref name="startToken"/>, every input row begins with that id (then T-1 tokens of the window), the way models
+    /// that always see a beginning-of-sequence token are trained; the targets stay the window's next tokens.</summary>
+    public (Tensor Inputs, Tensor Targets) RandomBatch(ref ulong rng, int batchSize, int sequenceLength, Device device, int? startToken = null)
     {
         Require(sequenceLength);
         var starts = new int[batchSize];
         ulong range = (ulong)(tokens.Length - sequenceLength);
         for (int b = 0; b < batchSize; b++) starts[b] = (int)(SplitMix64.Next(ref rng) % range);
-        return Gather(starts, sequenceLength, device);
+        return Gather(starts, sequenceLength, device, startToken);
     }
 
     /// <summary>Validation batch <paramref name="index"/>: consecutive non-overlapping windows from the start, wrapping around.</summary>
-    public (Tensor Inputs, Tensor Targets) FixedBatch(int index, int batchSize, int sequenceLength, Device device)
+    public (Tensor Inputs, Tensor Targets) FixedBatch(int index, int batchSize, int sequenceLength, Device device, int? startToken = null)
     {
         Require(sequenceLength);
         int windows = (tokens.Length - 1) / sequenceLength;
         var starts = Enumerable.Range(0, batchSize).Select(b => (index * batchSize + b) % windows * sequenceLength).ToArray();
-        return Gather(starts, sequenceLength, device);
+        return Gather(starts, sequenceLength, device, startToken);
     }
 
-    (Tensor, Tensor) Gather(int[] starts, int t, Device device)
+    (Tensor, Tensor) Gather(int[] starts, int t, Device device, int? startToken)
     {
         var inputs = new long[starts.Length * t];
         var targets = new long[starts.Length * t];
         for (int b = 0; b < starts.Length; b++)
             for (int i = 0; i < t; i++)
             {
-                inputs[b * t + i] = tokens[starts[b] + i];
-                targets[b * t + i] = tokens[starts[b] + i + 1];
+                // With a start token the inputs shift right by one: [s, x0 … x(T-2)] predicts [x0 … x(T-1)].
+                inputs[b * t + i] = startToken is { } s ? (i == 0 ? s : tokens[starts[b] + i - 1]) : tokens[starts[b] + i];
+                targets[b * t + i] = startToken is null ? tokens[starts[b] + i + 1] : tokens[starts[b] + i];
             }
         var shape = new long[] { starts.Length, t };
         return (torch.tensor(inputs, shape).to(device), torch.tensor(targets, shape).to(device));

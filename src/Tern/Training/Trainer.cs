@@ -41,6 +41,8 @@ public sealed class Trainer : IDisposable
         try
         {
             int vocab = model.Info.VocabSize;
+            if (options.StartToken is { } start && (start < 0 || start >= vocab))
+                throw new ArgumentException($"--start-token {start} is outside the model's vocabulary of {vocab}; pass an id such as config.json's bos_token_id.");
             train = TokenStream.Load(options.TrainTokens, options.TokenFormat, vocab);
             valid = options.ValidTokens is null ? null : TokenStream.Load(options.ValidTokens, options.TokenFormat, vocab);
             var select = options.TrainParameter ?? (_ => true);
@@ -141,7 +143,7 @@ public sealed class Trainer : IDisposable
         for (int micro = 0; micro < accumulation; micro++)
         {
             using var scope = torch.NewDisposeScope();
-            var (inputs, targets) = train.RandomBatch(ref sampler, options.BatchSize, options.SequenceLength, Model.Device);
+            var (inputs, targets) = train.RandomBatch(ref sampler, options.BatchSize, options.SequenceLength, Model.Device, options.StartToken);
             var loss = Loss(inputs, targets, withExtra: true);
             (loss / accumulation).backward();
             lossSum += loss.to(ScalarType.Float64).item<double>();
@@ -176,7 +178,7 @@ public sealed class Trainer : IDisposable
         for (int i = 0; i < options.EvalBatches; i++)
         {
             using var scope = torch.NewDisposeScope();
-            var (inputs, targets) = valid.FixedBatch(i, options.BatchSize, options.SequenceLength, Model.Device);
+            var (inputs, targets) = valid.FixedBatch(i, options.BatchSize, options.SequenceLength, Model.Device, options.StartToken);
             sum += Loss(inputs, targets, withExtra: false).to(ScalarType.Float64).item<double>();
         }
         return sum / options.EvalBatches;

@@ -62,6 +62,9 @@ public sealed record TrainerOptions
     public int CheckpointEvery { get; init; } = 500;
     /// <summary>Seeds the initial weights and the data sampler.</summary>
     public long Seed { get; init; } = 1234;
+    /// <summary>When set, every training and validation window starts with this token id (e.g. the model's
+    /// <c>bos_token_id</c>): a fixed first token on which the model can form an attention sink (StreamingLLM §3.3).</summary>
+    public int? StartToken { get; init; }
     /// <summary>Where to compute.</summary>
     public DeviceKind Device { get; init; } = DeviceKind.Auto;
     /// <summary>Type of the trained weights (fp32 recommended: AdamW state is kept in it).</summary>
@@ -89,7 +92,7 @@ public sealed record TrainerOptions
         ["gradient_accumulation"] = GradientAccumulation, ["learning_rate"] = LearningRate, ["warmup_steps"] = WarmupSteps,
         ["total_steps"] = TotalSteps, ["min_lr_ratio"] = MinLearningRateRatio, ["weight_decay"] = WeightDecay, ["beta1"] = Beta1,
         ["beta2"] = Beta2, ["eps"] = Epsilon, ["grad_clip"] = GradientClip, ["eval_every"] = EvalEvery, ["eval_batches"] = EvalBatches,
-        ["checkpoint_every"] = CheckpointEvery, ["seed"] = Seed, ["dtype"] = DType.ToString(), ["autocast"] = Autocast?.ToString(),
+        ["checkpoint_every"] = CheckpointEvery, ["seed"] = Seed, ["start_token"] = StartToken, ["dtype"] = DType.ToString(), ["autocast"] = Autocast?.ToString(),
     };
 
     /// <summary>Options read from a run-config JSON file (the keys of <see cref="ToJson"/>, any subset); keys it lacks keep
@@ -122,7 +125,7 @@ public sealed record TrainerOptions
                 "beta1" => o with { Beta1 = Get<double>() }, "beta2" => o with { Beta2 = Get<double>() }, "eps" => o with { Epsilon = Get<double>() },
                 "grad_clip" => o with { GradientClip = Get<double>() }, "eval_every" => o with { EvalEvery = Get<int>() },
                 "eval_batches" => o with { EvalBatches = Get<int>() }, "checkpoint_every" => o with { CheckpointEvery = Get<int>() },
-                "seed" => o with { Seed = Get<long>() }, "dtype" => o with { DType = Enum<ModelDType>() },
+                "seed" => o with { Seed = Get<long>() }, "start_token" => o with { StartToken = Get<int?>() }, "dtype" => o with { DType = Enum<ModelDType>() },
                 "autocast" => o with { Autocast = value is null ? null : Enum<ModelDType>() },
                 _ => throw new ArgumentException($"{path}: unknown key \"{key}\" (known: {string.Join(", ", baseline.ToJson().Select(kv => kv.Key))})."),
             };

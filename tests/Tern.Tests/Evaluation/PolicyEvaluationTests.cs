@@ -114,6 +114,22 @@ public sealed class PolicyEvaluationTests
     }
 
     [Fact]
+    public void AStartTokenBeginsEachStreamAndIsNeverScored()
+    {
+        using var model = Load();
+        var tokens = Tokens(40, model.Info.VocabSize, 6);
+        var options = new StreamingEvaluationOptions { Streams = 2, BucketSize = 5, StartToken = 3 };
+        var withStart = StreamingEvaluation.Run(model, tokens, DensePolicy.Instance, options);
+        // The same streams written out by hand: [3] + the first 19 tokens of each half.
+        var byHand = new[] { 0, 20 }.SelectMany(o => tokens.Skip(o).Take(19).Prepend(3)).ToArray();
+        var expected = StreamingEvaluation.Run(model, byHand, DensePolicy.Instance, options with { StartToken = null });
+        Assert.Equal(expected.MeanNll, withStart.MeanNll, 12);
+        Assert.Equal(2 * 19, withStart.BucketTokens.Sum());
+        Assert.Contains("outside the model's vocabulary", Assert.Throws<ArgumentException>(() =>
+            StreamingEvaluation.Run(model, tokens, DensePolicy.Instance, options with { StartToken = model.Info.VocabSize })).Message);
+    }
+
+    [Fact]
     public void TextsTooShortForTheRequestAreRefused()
     {
         using var model = Load();

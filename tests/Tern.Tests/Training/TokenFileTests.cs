@@ -38,6 +38,38 @@ public sealed class TokenFileTests
     }
 
     [Fact]
+    public void AStartTokenBeginsEveryWindowAndTheTargetsStayTheNextTokens()
+    {
+        string path = Path.Combine(Directory.CreateTempSubdirectory("tern-tokens-").FullName, "t.bin");
+        try
+        {
+            var ids = Enumerable.Range(10, 50).ToArray(); // id = 10 + offset, so each window shows where it starts
+            TokenFile.Write(path, ids, TokenFileFormat.UInt16);
+            var stream = TokenStream.Load(path, TokenFileFormat.UInt16, vocabSize: 100);
+            ulong rng = 7, same = 7;
+            var (plainIn, plainOut) = stream.RandomBatch(ref rng, 3, 8, TorchSharp.torch.CPU);
+            var (bosIn, bosOut) = stream.RandomBatch(ref same, 3, 8, TorchSharp.torch.CPU, startToken: 1);
+            for (int b = 0; b < 3; b++)
+            {
+                long first = plainIn[b, 0].item<long>();
+                Assert.Equal(1, bosIn[b, 0].item<long>());
+                for (int i = 1; i < 8; i++) Assert.Equal(first + i - 1, bosIn[b, i].item<long>());
+                for (int i = 0; i < 8; i++)
+                {
+                    Assert.Equal(first + i, bosOut[b, i].item<long>());
+                    Assert.Equal(first + i + 1, plainOut[b, i].item<long>());
+                }
+            }
+            var (validIn, _) = stream.FixedBatch(1, 2, 8, TorchSharp.torch.CPU, startToken: 1);
+            Assert.Equal(new long[] { 1, 10 + 16, 10 + 17 }, validIn[0].narrow(0, 0, 3).data<long>().ToArray());
+        }
+        finally
+        {
+            Directory.Delete(Path.GetDirectoryName(path)!, true);
+        }
+    }
+
+    [Fact]
     public void AnIdTooLargeForSixteenBitsIsRefused()
     {
         string path = Path.Combine(Path.GetTempPath(), $"tern-{Guid.NewGuid():N}.bin");
