@@ -8,7 +8,7 @@
 #                                       reference for tests/fixtures/default-model-reference.safetensors; results to $OUT
 # Data is made here by: tools/corpus/build.sh; tern tokenizer train/encode (docs/state-of-work.md, issue 3).
 set -euo pipefail
-D=/tmp/tern-data W=/tmp/tern-default
+D=/tmp/tern-data W=${W:-/tmp/tern-default}  # W and TRAIN_ARGS (extra train flags) let tools/gpu/sink_model.sh train a twin
 OUT=${OUT:-/tmp/tern-out}; mkdir -p "$OUT" "$W"
 tern() { dotnet .device/Tern.Cli/Tern.Cli.dll "$@"; }
 case ${1:?stage|train|status|finish} in
@@ -22,7 +22,7 @@ case ${1:?stage|train|status|finish} in
     setsid nohup bash -c "source .device/env.sh; dotnet .device/Tern.Cli/Tern.Cli.dll train --config bench/configs/tern-14m/config.json \
         --train $D/train.bin --valid $D/valid.bin --tokenizer $D/tokenizer --output $W/run --device cuda --autocast bf16 \
         --steps ${STEPS:-3000} --seq-len 1024 --batch-size 32 --lr 1e-3 --warmup 150 --min-lr-ratio 0.1 --weight-decay 0.1 \
-        --grad-clip 1.0 --eval-every 250 --eval-batches 5 --checkpoint-every 500 --seed 1234 > $W/train.log 2>&1; echo done > $W/train.done" \
+        --grad-clip 1.0 --eval-every 250 --eval-batches 5 --checkpoint-every 500 --seed 1234 ${TRAIN_ARGS:-} > $W/train.log 2>&1; echo done > $W/train.done" \
         > /dev/null 2>&1 < /dev/null &
     sleep 45; tr '\r' '\n' < $W/train.log | tail -5 ;;
   status)

@@ -3,7 +3,7 @@
 # attention sink forms, so StreamingLLM's contrast (window fails once the first token leaves the cache, sink stays flat)
 # shows on a model of Tern's own. Calls, one each:
 #   tools/gpu/sink_model.sh stage    copy data/gpu to /tmp/tern-data (carry data/gpu; not .device: together they pass 64 MiB)
-#   tools/gpu/sink_model.sh train    train in the background (needs .device): same recipe as tools/gpu/default_model.sh
+#   tools/gpu/sink_model.sh train    train in the background (needs .device): tools/gpu/default_model.sh's recipe + --start-token
 #   tools/gpu/sink_model.sh eval     after training: attention on the first token, and the stream evaluation, in the background
 #   tools/gpu/sink_model.sh status   the logs' last lines
 #   tools/gpu/sink_model.sh collect  results to $OUT (one archive; plots are drawn where it comes back: tern eval plot)
@@ -14,15 +14,7 @@ START=${START:-0}; D=/tmp/tern-data W=/tmp/tern-sink-$START
 OUT=${OUT:-/tmp/tern-out}; mkdir -p "$OUT" "$W"
 case ${1:?stage|train|eval|status|collect} in
   stage) bash tools/gpu/default_model.sh stage ;;
-  train)
-    source .device/env.sh
-    nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > $W/gpu.txt
-    setsid nohup bash -c "source .device/env.sh; dotnet .device/Tern.Cli/Tern.Cli.dll train --config bench/configs/tern-14m/config.json \
-        --train $D/train.bin --valid $D/valid.bin --tokenizer $D/tokenizer --output $W/run --device cuda --autocast bf16 \
-        --steps ${STEPS:-3000} --seq-len 1024 --batch-size 32 --lr 1e-3 --warmup 150 --min-lr-ratio 0.1 --weight-decay 0.1 \
-        --grad-clip 1.0 --eval-every 250 --eval-batches 5 --checkpoint-every 500 --seed 1234 --start-token $START > $W/train.log 2>&1
-        echo done > $W/train.done" > /dev/null 2>&1 < /dev/null &
-    sleep 40; tr '\r' '\n' < $W/train.log | grep -v '^$' | tail -3 ;;
+  train) W=$W TRAIN_ARGS="--start-token $START" bash tools/gpu/default_model.sh train ;;
   eval)
     test -f $W/train.done || { echo "training has not finished"; tr '\r' '\n' < $W/train.log | tail -3; exit 1; }
     setsid nohup bash -c "source .device/env.sh; T='dotnet .device/Tern.Cli/Tern.Cli.dll'; E='--model $W/run --device cuda --dtype fp32'
