@@ -1,0 +1,42 @@
+using System.Text.Json.Nodes;
+using Tern.Models;
+using Tern.Runtime;
+using Tern.Tokenization;
+
+namespace Tern.Tests.Serving;
+
+/// <summary>
+/// The llama-gqa fixture (2 layers, GQA, vocabulary 320, byte-level BPE with a ChatML template) copied to a temporary folder
+/// with a 512-position context, so that chat prompts and 64 concurrent requests fit; weights unchanged, fp32 on the CPU.
+/// </summary>
+internal sealed class ServingFixture : IDisposable
+{
+    public ServingFixture()
+    {
+        Directory.CreateDirectory(Folder);
+        foreach (string file in Directory.GetFiles(Fixtures.ModelDir("llama-gqa")))
+            File.Copy(file, Path.Combine(Folder, Path.GetFileName(file)));
+        var config = JsonNode.Parse(File.ReadAllText(Path.Combine(Folder, "config.json")))!;
+        config["max_position_embeddings"] = 512;
+        File.WriteAllText(Path.Combine(Folder, "config.json"), config.ToJsonString());
+        Model = CausalLanguageModel.Load(Folder, new ModelLoadOptions { Device = DeviceKind.Cpu });
+        Tokenizer = TernTokenizer.Load(Folder);
+    }
+
+    public string Folder { get; } = Path.Combine(Path.GetTempPath(), "tern-serving-" + Guid.NewGuid().ToString("N"));
+    public CausalLanguageModel Model { get; }
+    public TernTokenizer Tokenizer { get; }
+
+    /// <summary>Prompts of different lengths.</summary>
+    public static readonly string[] Prompts =
+    {
+        "The quick brown fox", "Once upon a time there was", "A", "Hello, world! How are you today?", "1 2 3 4 5",
+        "In the beginning", "Serving many requests at once is", "zebra",
+    };
+
+    public void Dispose()
+    {
+        Model.Dispose();
+        Directory.Delete(Folder, recursive: true);
+    }
+}
