@@ -191,7 +191,7 @@ public sealed class OpenAiServerTests : IAsyncLifetime
         Assert.Equal(status, (int)code);
         var error = body.GetProperty("error");
         Assert.False(string.IsNullOrEmpty(error.GetProperty("message").GetString()));
-        Assert.Equal(status == 404 ? "invalid_request_error" : "invalid_request_error", error.GetProperty("type").GetString());
+        Assert.Equal("invalid_request_error", error.GetProperty("type").GetString());
         Assert.Equal(param, error.GetProperty("param").GetString());
         await AssertStillServing();
     }
