@@ -1,4 +1,5 @@
 using System.Net;
+using System.Security.Cryptography;
 using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
@@ -33,7 +34,8 @@ public sealed record ServerOptions
     /// <summary>Largest request body in bytes (413 beyond).</summary>
     public long MaxBodyBytes { get; init; } = 1 << 20;
 
-    /// <summary>max_tokens when a request gives none (OpenAI's completions default is 16).</summary>
+    /// <summary>max_tokens of a completion request that gives none (OpenAI's default, 16); chat requests default to the
+    /// engine's <see cref="ServingOptions.MaxNewTokens"/>.</summary>
     public int DefaultMaxTokens { get; init; } = 16;
 
     /// <summary>Checks the values, with messages that name the option.</summary>
@@ -90,7 +92,7 @@ public sealed class TernServer : IAsyncDisposable
             try
             {
                 if (options.ApiKey is { } key && context.Request.Path.StartsWithSegments("/v1")
-                    && context.Request.Headers.Authorization.ToString() != "Bearer " + key)
+                    && !CryptographicOperations.FixedTimeEquals(Encoding.UTF8.GetBytes(context.Request.Headers.Authorization.ToString()), Encoding.UTF8.GetBytes("Bearer " + key)))
                     throw new ApiError(401, "Incorrect API key provided: pass it as 'Authorization: Bearer KEY'.", code: "invalid_api_key");
                 await next(context);
             }
@@ -132,7 +134,8 @@ public sealed class TernServer : IAsyncDisposable
 
     async Task Complete(HttpContext context, bool chat)
     {
-        var request = OpenAiRequest.Parse(await ReadBody(context), chat, options.DefaultMaxTokens, options.ModelId);
+        // Completions default to OpenAI's 16 tokens; chat replies run to the server's limit (or the context), as OpenAI's do.
+        var request = OpenAiRequest.Parse(await ReadBody(context), chat, chat ? engine.Options.MaxNewTokens : options.DefaultMaxTokens, options.ModelId);
         ServingRequest served;
         try
         {

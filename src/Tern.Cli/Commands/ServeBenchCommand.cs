@@ -11,7 +11,8 @@ using Tern.Serving;
 namespace Tern.Cli.Commands;
 
 /// <summary><c>tern bench serve</c>: aggregate tokens/s of the HTTP server against the number of concurrent streaming clients
-/// (loopback only), with the single-stream generator as the baseline; writes results.csv and results.md.</summary>
+/// (loopback only), against three baselines: one stream through the generator, a static batch of the same prompts through
+/// the generator, and the in-process engine under the same load; writes results.csv and results.md.</summary>
 internal static class ServeBenchCommand
 {
     static readonly string[] Prompts =
@@ -64,6 +65,25 @@ internal static class ServeBenchCommand
             await Stream(http, server.Address, Prompts[0], 2, cancellation); // warm-up
             foreach (int clients in clientCounts)
             {
+                // A static batch of the same prompts through the generator, the engine alone (in process), then the same
+                // load through HTTP.
+                watch.Restart();
+                long staticTokens = 0;
+                for (int i = 0; i < perClient; i++)
+                    staticTokens += generator.Generate(Enumerable.Range(0, clients).Select(c => Prompts[(c + i) % Prompts.Length]).ToArray(), options, cancellation)
+                        .Sequences.Sum(x => x.Tokens.Count);
+                rows.Add(new Row("static batch", clients, clients * perClient, staticTokens, watch.Elapsed.TotalSeconds, double.NaN, watch.Elapsed.TotalSeconds / perClient));
+                Print(rows[^1]);
+                watch.Restart();
+                var direct = await Task.WhenAll(Enumerable.Range(0, clients).Select(async c =>
+                {
+                    long tokens = 0;
+                    for (int i = 0; i < perClient; i++)
+                        tokens += (await engine.Submit(Prompts[(c + i) % Prompts.Length], options, cancellation).Completion).Tokens.Count;
+                    return tokens;
+                }));
+                rows.Add(new Row("engine", clients, clients * perClient, direct.Sum(), watch.Elapsed.TotalSeconds, double.NaN, double.NaN));
+                Print(rows[^1]);
                 watch.Restart();
                 var results = await Task.WhenAll(Enumerable.Range(0, clients).Select(async c =>
                 {
@@ -108,7 +128,7 @@ internal static class ServeBenchCommand
     }
 
     static void Print(Row row) => Console.WriteLine(
-        $"{row.Mode,-9} clients {row.Clients,3}: {row.Requests,4} requests, {row.Tokens,6} tokens in {row.Seconds,7:F2} s = {row.TokensPerSecond,8:F1} tok/s" +
+        $"{row.Mode,-12} clients {row.Clients,3}: {row.Requests,4} requests, {row.Tokens,6} tokens in {row.Seconds,7:F2} s = {row.TokensPerSecond,8:F1} tok/s" +
         $" (first token {row.MeanFirstTokenMs:F0} ms, request {row.MeanRequestSeconds:F2} s)");
 
     static void Write(string dir, string folder, Models.CausalLanguageModel model, int maxTokens, List<Row> rows)
@@ -123,7 +143,7 @@ internal static class ServeBenchCommand
             $"{DateTime.UtcNow.ToString("yyyy-MM-dd HH:mm", CultureInfo.InvariantCulture)} UTC.\n\n");
         md.AppendLine("| mode | clients | requests | tokens | seconds | aggregate tok/s | mean first token (ms) | mean request (s) |");
         md.AppendLine("|---|---|---|---|---|---|---|---|");
-        foreach (var x in rows) md.AppendLine($"| {x.Mode} | {x.Clients} | {x.Requests} | {x.Tokens} | {x.Seconds:F2} | {x.TokensPerSecond:F1} | {(double.IsNaN(x.MeanFirstTokenMs) ? "—" : x.MeanFirstTokenMs.ToString("F0", CultureInfo.InvariantCulture))} | {x.MeanRequestSeconds:F2} |");
+        foreach (var x in rows) md.AppendLine($"| {x.Mode} | {x.Clients} | {x.Requests} | {x.Tokens} | {x.Seconds:F2} | {x.TokensPerSecond:F1} | {(double.IsNaN(x.MeanFirstTokenMs) ? "—" : x.MeanFirstTokenMs.ToString("F0", CultureInfo.InvariantCulture))} | {(double.IsNaN(x.MeanRequestSeconds) ? "—" : x.MeanRequestSeconds.ToString("F2", CultureInfo.InvariantCulture))} |");
         File.WriteAllText(Path.Combine(dir, "results.md"), md.ToString());
         Console.WriteLine($"wrote {Path.Combine(dir, "results.csv")} and results.md");
     }

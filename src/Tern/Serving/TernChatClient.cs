@@ -57,19 +57,28 @@ public sealed class TernChatClient : IChatClient
     public async IAsyncEnumerable<ChatResponseUpdate> GetStreamingResponseAsync(IEnumerable<AIChatMessage> messages, ChatOptions? options = null,
         [EnumeratorCancellation] CancellationToken cancellationToken = default)
     {
-        var request = Submit(messages, options, cancellationToken);
-        string id = NewId();
-        var created = DateTimeOffset.UtcNow;
-        await foreach (var token in request.Tokens.ReadAllAsync(cancellationToken).ConfigureAwait(false))
-            if (token.Text.Length > 0)
-                yield return new ChatResponseUpdate(ChatRole.Assistant, token.Text) { ModelId = ModelId, ResponseId = id, MessageId = id, CreatedAt = created };
-        var output = await request.Completion.ConfigureAwait(false);
-        yield return new ChatResponseUpdate
+        // A caller that stops reading early cancels the request, so its cache slot is freed at the next step.
+        using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        try
         {
-            Role = ChatRole.Assistant, ModelId = ModelId, ResponseId = id, MessageId = id, CreatedAt = created,
-            FinishReason = Finish(output.FinishReason),
-            Contents = { new UsageContent(Usage(output)) },
-        };
+            var request = Submit(messages, options, stop.Token);
+            string id = NewId();
+            var created = DateTimeOffset.UtcNow;
+            await foreach (var token in request.Tokens.ReadAllAsync(cancellationToken).ConfigureAwait(false))
+                if (token.Text.Length > 0)
+                    yield return new ChatResponseUpdate(ChatRole.Assistant, token.Text) { ModelId = ModelId, ResponseId = id, MessageId = id, CreatedAt = created };
+            var output = await request.Completion.ConfigureAwait(false);
+            yield return new ChatResponseUpdate
+            {
+                Role = ChatRole.Assistant, ModelId = ModelId, ResponseId = id, MessageId = id, CreatedAt = created,
+                FinishReason = Finish(output.FinishReason),
+                Contents = { new UsageContent(Usage(output)) },
+            };
+        }
+        finally
+        {
+            stop.Cancel();
+        }
     }
 
     ServingRequest Submit(IEnumerable<AIChatMessage> messages, ChatOptions? options, CancellationToken cancellation)
