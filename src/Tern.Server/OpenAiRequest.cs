@@ -167,15 +167,7 @@ internal sealed record OpenAiRequest
         if (policy is null && budget is null && sinks is null && recent is null && bits is null && evictEvery is null) return null;
         try
         {
-            return KvCachePolicies.Create(new KvPolicyOptions
-            {
-                Policy = policy ?? "full",
-                Budget = budget is null ? null : KvBudget.Parse(budget),
-                Sinks = sinks,
-                Recent = recent is null ? null : KvBudget.Parse(recent, "--kv-recent"),
-                Bits = bits ?? 16,
-                EvictEvery = evictEvery ?? 1,
-            });
+            return KvCachePolicies.Create(KvPolicyOptions.Parse(policy, budget, sinks, recent, bits, evictEvery));
         }
         catch (ArgumentException e)
         {
