@@ -105,6 +105,7 @@ public sealed class TernServer : IAsyncDisposable
         app.MapGet("/v1/models", () => server!.Models());
         app.MapPost("/v1/completions", (HttpContext context) => server!.Complete(context, chat: false));
         app.MapPost("/v1/chat/completions", (HttpContext context) => server!.Complete(context, chat: true));
+        app.MapFallback((HttpContext context) => { throw new ApiError(404, $"{context.Request.Method} {context.Request.Path} is not an endpoint of this server.", code: "unknown_url"); });
         await app.StartAsync(cancellation);
         string address = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
         server = new TernServer(app, engine, options, new Uri(address.Replace("[::1]", "localhost")));
@@ -169,8 +170,13 @@ public sealed class TernServer : IAsyncDisposable
         }
         catch (Exception e) when (!context.Response.HasStarted && e is not ApiError)
         {
-            // The engine failed the request after admission (e.g. a policy impossible for this model).
-            throw new ApiError(e is ArgumentException ? 400 : 500, e.Message, type: e is ArgumentException ? "invalid_request_error" : "server_error");
+            // The engine failed the request after admission: a policy impossible for this model, the server stopping, a bug.
+            throw e switch
+            {
+                ArgumentException => new ApiError(400, e.Message),
+                ServingException { Error: ServingError.Unavailable } => new ApiError(503, e.Message, code: "service_unavailable", type: "server_error"),
+                _ => new ApiError(500, e.Message, type: "server_error"),
+            };
         }
     }
 

@@ -29,7 +29,7 @@ public sealed class OpenAiServerTests : IAsyncLifetime
     public async ValueTask InitializeAsync()
     {
         engine = ServingEngine.Start(fixture.Model, fixture.Tokenizer, new ServingOptions { MaxBatchSize = 16, MaxNewTokens = 200 });
-        server = await TernServer.StartAsync(engine, new ServerOptions { Port = 0, ApiKey = Key, ModelId = "tiny", MaxBodyBytes = 64 * 1024 });
+        server = await TernServer.StartAsync(engine, new ServerOptions { Port = 0, ApiKey = Key, ModelId = "tiny", MaxBodyBytes = 64 * 1024 }, Ct);
         http.DefaultRequestHeaders.Authorization = new("Bearer", Key);
     }
 
@@ -246,6 +246,11 @@ public sealed class OpenAiServerTests : IAsyncLifetime
         var unknown = await Assert.ThrowsAsync<ClientResultException>(() => Chat("gpt-4").CompleteChatAsync(Conversation, Greedy(4), Ct));
         Assert.Equal(404, unknown.Status);
         Assert.Contains("gpt-4", unknown.Message);
+        using (var nowhere = await http.GetAsync(new Uri(server.Address, "/v1/engines"), Ct))
+        {
+            Assert.Equal(HttpStatusCode.NotFound, nowhere.StatusCode);
+            Assert.Equal("unknown_url", JsonDocument.Parse(await nowhere.Content.ReadAsStringAsync(Ct)).RootElement.GetProperty("error").GetProperty("code").GetString());
+        }
         var models = JsonDocument.Parse(await http.GetStringAsync(new Uri(server.Address, "/v1/models"), Ct)).RootElement;
         Assert.Equal("tiny", models.GetProperty("data")[0].GetProperty("id").GetString());
         await AssertStillServing();
@@ -255,7 +260,7 @@ public sealed class OpenAiServerTests : IAsyncLifetime
     public async Task AFullQueueAnswers429AndTheServerRecovers()
     {
         using var small = ServingEngine.Start(fixture.Model, fixture.Tokenizer, new ServingOptions { MaxBatchSize = 1, MaxQueue = 0 });
-        await using var busy = await TernServer.StartAsync(small, new ServerOptions { Port = 0 });
+        await using var busy = await TernServer.StartAsync(small, new ServerOptions { Port = 0 }, Ct);
         using var client = new HttpClient();
         using var hold = CancellationTokenSource.CreateLinkedTokenSource(Ct);
         var running = client.PostAsync(new Uri(busy.Address, "/v1/completions"),

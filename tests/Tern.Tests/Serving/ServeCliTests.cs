@@ -41,7 +41,7 @@ public sealed class ServeCliTests
         }).ToArray();
 
         using var engine = ServingEngine.Start(fixture.Model, fixture.Tokenizer);
-        await using var server = await TernServer.StartAsync(engine, new ServerOptions { Port = 0 });
+        await using var server = await TernServer.StartAsync(engine, new ServerOptions { Port = 0 }, Ct);
         using var http = new HttpClient();
         async Task<string> Complete(string prompt)
         {

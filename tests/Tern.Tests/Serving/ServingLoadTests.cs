@@ -24,7 +24,7 @@ public sealed class ServingLoadTests : IAsyncLifetime
     public async ValueTask InitializeAsync()
     {
         engine = ServingEngine.Start(fixture.Model, fixture.Tokenizer, new ServingOptions { MaxBatchSize = Clients });
-        server = await TernServer.StartAsync(engine, new ServerOptions { Port = 0 });
+        server = await TernServer.StartAsync(engine, new ServerOptions { Port = 0 }, Ct);
     }
 
     public async ValueTask DisposeAsync()
