@@ -137,17 +137,12 @@ public sealed class KvCache : IDisposable
         return resized;
     }
 
-    /// <summary>Entries held by rows in use, over every layer and KV head (reads the count back from the device).</summary>
+    /// <summary>Entries held in every row, in use or not (a freed row must hold none), over every layer and KV head; reads
+    /// the count back from the device.</summary>
     public long OccupiedEntries()
     {
         long total = 0;
-        foreach (var l in layers)
-        {
-            if (l.Length == 0 || l.Rows == 0) continue;
-            using var counts = l.EntryCounts();
-            using var sum = counts.sum();
-            total += sum.item<long>();
-        }
+        foreach (var l in layers) total += l.OccupiedEntries();
         return total;
     }
 

@@ -203,6 +203,14 @@ public sealed class LayerKvCache : IDisposable
         HasHoles = source.HasHoles;
     }
 
+    /// <summary>Occupied slots below <see cref="Length"/> in every row (in use or not) and head, read back from the device.</summary>
+    internal long OccupiedEntries()
+    {
+        if (Length == 0) return 0;
+        using var scope = torch.NewDisposeScope();
+        return positions.narrow(2, 0, Length).ge(0).sum().item<long>();
+    }
+
     /// <summary>Number of occupied entries per sequence and head, [batch, kvHeads] (a device tensor).</summary>
     public Tensor EntryCounts() => ActivePositions.ge(0).sum(-1);
 

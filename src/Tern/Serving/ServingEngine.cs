@@ -33,7 +33,7 @@ public sealed class ServingEngine : IDisposable
     readonly long bytesPerToken;
     readonly object tokenizerLock = new();
     int queued; // submitted, not yet admitted
-    volatile ServingStats stats = new(0, 0, 0, 0, 0, 0, 0, 0, 0);
+    volatile ServingStats stats = new(0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
 
     // Scheduler state, touched by the loop thread only.
     readonly List<ServingRequest> waiting = new();
@@ -264,7 +264,8 @@ public sealed class ServingEngine : IDisposable
         var running = batches.SelectMany(b => b.Sequences).ToArray();
         stats = new ServingStats(running.Length, Volatile.Read(ref queued),
             running.Sum(s => (long)s.Request.ReservedTokens), batches.Sum(b => b.LiveTokens) * bytesPerToken,
-            batches.Sum(b => b.AllocatedBytes), steps, generated, completed, cancelled);
+            batches.Sum(b => b.AllocatedBytes), steps, generated, completed, cancelled,
+            Options.MeasureKvCache ? batches.Sum(b => b.OccupiedEntries()) * bytesPerToken / (model.Info.Layers * model.Info.KvHeads) : -1);
     }
 
     /// <summary>One running sequence: its request, sampler and stopping state, and the token it feeds next.</summary>
@@ -299,6 +300,9 @@ public sealed class ServingEngine : IDisposable
 
         public long LiveTokens => Sequences.Sum(s => (long)Math.Min(s.Fed, cache?.Options.Capacity ?? 0));
         public long AllocatedBytes => cache?.Bytes ?? 0;
+
+        /// <summary>Occupied entries over every row, layer and KV head, counted on the device.</summary>
+        public long OccupiedEntries() => cache?.OccupiedEntries() ?? 0;
 
         CausalLanguageModel Model => engine.model;
 

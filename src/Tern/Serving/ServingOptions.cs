@@ -20,6 +20,10 @@ public sealed record ServingOptions
     /// <summary>Most new tokens a request may ask for.</summary>
     public int MaxNewTokens { get; init; } = 1024;
 
+    /// <summary>Diagnostics: count the occupied cache entries on the device at every step boundary
+    /// (<see cref="ServingStats.MeasuredKvBytes"/>), at the cost of a device read per layer and step.</summary>
+    public bool MeasureKvCache { get; init; }
+
     /// <summary>Checks the values, with messages that name the option.</summary>
     public void Validate()
     {
@@ -62,5 +66,8 @@ public sealed class ServingException(ServingError error, string message, string?
 /// <param name="GeneratedTokens">Tokens generated so far, over all requests.</param>
 /// <param name="CompletedRequests">Requests finished (stopped or at their limit).</param>
 /// <param name="CancelledRequests">Requests cancelled by their caller.</param>
+/// <param name="MeasuredKvBytes">With <see cref="ServingOptions.MeasureKvCache"/>: the occupied slots counted in the caches
+/// themselves (every layer and KV head) times the bytes of a 16-bit-policy entry, to hold against
+/// <paramref name="LiveKvBytes"/>; else -1.</param>
 public sealed record ServingStats(int Running, int Waiting, long ReservedTokens, long LiveKvBytes, long AllocatedKvBytes,
-    long Steps, long GeneratedTokens, long CompletedRequests, long CancelledRequests);
+    long Steps, long GeneratedTokens, long CompletedRequests, long CancelledRequests, long MeasuredKvBytes = -1);

@@ -89,7 +89,7 @@ public sealed class ServingEngineTests : IDisposable
     {
         var options = Greedy(200);
         var expected = Reference(ServingFixture.Prompts[4], options);
-        using var engine = ServingEngine.Start(fixture.Model, fixture.Tokenizer, new ServingOptions { MaxBatchSize = 16 });
+        using var engine = ServingEngine.Start(fixture.Model, fixture.Tokenizer, new ServingOptions { MaxBatchSize = 16, MeasureKvCache = true });
         var sources = Enumerable.Range(0, 16).Select(_ => CancellationTokenSource.CreateLinkedTokenSource(Ct)).ToArray();
         var requests = sources.Select(s => engine.Submit(ServingFixture.Prompts[4], options, s.Token)).ToArray();
         foreach (var r in requests) await r.Tokens.WaitToReadAsync(Ct);
@@ -105,13 +105,16 @@ public sealed class ServingEngineTests : IDisposable
         long survivorsThen = after.LiveKvBytes - (after.Steps - before.Steps) * 8 * bytesPerToken;
         Assert.InRange(survivorsThen, before.LiveKvBytes / 2 - 16 * 2 * bytesPerToken, before.LiveKvBytes / 2 + 16 * 2 * bytesPerToken);
         Assert.True(before.LiveKvBytes >= 16 * 6 * bytesPerToken, $"{before.LiveKvBytes} bytes for 16 running sequences");
+        // The caches themselves hold exactly the running sequences' entries: the cancelled rows' slots are empty.
+        Assert.Equal(before.LiveKvBytes, before.MeasuredKvBytes);
+        Assert.Equal(after.LiveKvBytes, after.MeasuredKvBytes);
         for (int i = 0; i < 16; i++)
         {
             if (i % 2 == 0) await Assert.ThrowsAnyAsync<OperationCanceledException>(() => requests[i].Completion);
             else Assert.Equal(expected, (await requests[i].Completion).Tokens);
         }
         await WaitFor(() => engine.Stats.AllocatedKvBytes == 0);
-        Assert.Equal(8, engine.Stats.CancelledRequests);
+        Assert.Equal((8, 0L), (engine.Stats.CancelledRequests, engine.Stats.MeasuredKvBytes));
     }
 
     [Fact]

@@ -23,7 +23,7 @@ public sealed class ServingLoadTests : IAsyncLifetime
 
     public async ValueTask InitializeAsync()
     {
-        engine = ServingEngine.Start(fixture.Model, fixture.Tokenizer, new ServingOptions { MaxBatchSize = Clients });
+        engine = ServingEngine.Start(fixture.Model, fixture.Tokenizer, new ServingOptions { MaxBatchSize = Clients, MeasureKvCache = true });
         server = await TernServer.StartAsync(engine, new ServerOptions { Port = 0 }, Ct);
     }
 
@@ -101,13 +101,14 @@ public sealed class ServingLoadTests : IAsyncLifetime
         long survivorsThen = after.LiveKvBytes - (after.Steps - before.Steps) * after.Running * bytesPerToken;
         double freed = 1 - (double)survivorsThen / before.LiveKvBytes;
         Assert.Equal(Clients, before.Running);
+        Assert.Equal((before.LiveKvBytes, after.LiveKvBytes), (before.MeasuredKvBytes, after.MeasuredKvBytes)); // counted in the cache itself
         Assert.InRange(freed, 0.40, 0.60);
         GC.Collect();
         process.Refresh();
         long growth = process.WorkingSet64 - memoryAfterWave1;
         TestContext.Current.SendDiagnosticMessage(
             $"wave 1: {Clients} streams x 16 tokens in {watch.Elapsed.TotalSeconds:F2} s; wave 2: live KV {before.LiveKvBytes} B for {before.Running} -> " +
-            $"{after.LiveKvBytes} B for {after.Running} ({freed:P0} freed at the cancellation), pool {before.AllocatedKvBytes} B -> 0 when idle; " +
+            $"{after.LiveKvBytes} B for {after.Running} (measured in the cache: {before.MeasuredKvBytes} -> {after.MeasuredKvBytes}; {freed:P0} freed at the cancellation), pool {before.AllocatedKvBytes} B -> 0 when idle; " +
             $"working set +{growth / 1e6:F1} MB after wave 2");
         Assert.True(growth < 256L << 20, $"working set grew by {growth / 1e6:F0} MB over a wave of {Clients} streams");
     }
