@@ -40,32 +40,51 @@ internal sealed class SequenceProgress
     /// <summary>Why the sequence stopped, or null while it runs (reaching the token limit is the caller's to decide).</summary>
     public FinishReason? Finished { get; private set; }
 
-    /// <summary>Records a token; returns the text it adds (empty while a character is incomplete, or past a stop string).
-    /// <paramref name="lastToken"/> flushes a held-back character.</summary>
+    /// <summary>Records a token; returns the text it releases: what the detokenizer completed, less any tail that could still
+    /// turn out to start a stop string (held back until it cannot, or until the sequence ends), so streamed text never shows
+    /// part of a stop string. <paramref name="lastToken"/> flushes everything held back.</summary>
     public string Push(int id, bool lastToken)
     {
         Tokens.Add(id);
-        string delta = "";
-        if (decoder is not null)
+        if (decoder is null)
         {
-            // Text grows by what the streaming detokenizer completes; the last token also flushes a held-back character.
-            delta = decoder.Push(id);
-            if (lastToken || stopIds.Contains(id)) delta += decoder.Flush();
-            int searchFrom = Math.Max(0, Text.Length - longestStop);
-            Text += delta;
-            foreach (string stop in stopStrings)
-            {
-                int at = Text.IndexOf(stop, searchFrom, StringComparison.Ordinal);
-                if (at < 0) continue;
-                int deltaStart = Text.Length - delta.Length;
-                delta = at > deltaStart ? Text[deltaStart..at] : "";
-                Text = Text[..at];
-                Finished = FinishReason.StopString;
-                break;
-            }
+            if (stopIds.Contains(id)) Finished = FinishReason.StopToken;
+            return "";
+        }
+        string delta = decoder.Push(id);
+        bool ends = lastToken || stopIds.Contains(id);
+        if (ends) delta += decoder.Flush();
+        int searchFrom = Math.Max(0, Text.Length - longestStop);
+        Text += delta;
+        foreach (string stop in stopStrings)
+        {
+            int at = Text.IndexOf(stop, searchFrom, StringComparison.Ordinal);
+            if (at < 0) continue;
+            Text = Text[..at];
+            Finished = FinishReason.StopString;
+            break;
         }
         if (Finished is null && stopIds.Contains(id)) Finished = FinishReason.StopToken;
-        return delta;
+        int release = ends || Finished is not null ? Text.Length : Text.Length - PossibleStopStart();
+        string released = release > emitted ? Text[emitted..release] : "";
+        emitted = Math.Max(emitted, release);
+        return released;
+    }
+
+    int emitted; // characters of Text returned by Push so far
+
+    /// <summary>Length of the longest tail of <see cref="Text"/> that is a proper prefix of a stop string.</summary>
+    int PossibleStopStart()
+    {
+        int longest = 0;
+        foreach (string stop in stopStrings)
+            for (int k = Math.Min(stop.Length - 1, Text.Length); k > longest; k--)
+                if (string.CompareOrdinal(Text, Text.Length - k, stop, 0, k) == 0)
+                {
+                    longest = k;
+                    break;
+                }
+        return longest;
     }
 
     /// <summary>The output: the text is the one cut at the stop string, else the decoded tokens (null without a tokenizer).</summary>

@@ -77,11 +77,12 @@ public sealed class ServingLoadTests : IAsyncLifetime
         process.Refresh();
         long memoryAfterWave1 = process.WorkingSet64;
 
-        // Wave 2: 64 long streams; the even ones disconnect after 3 chunks.
+        // Wave 2: 64 long streams; the even ones (asking for more tokens, so that they cannot finish before the server sees
+        // the disconnect) disconnect after 3 chunks.
         var longExpected = Expected(120);
         var started = new CountdownEvent(Clients);
         var cancels = Enumerable.Range(0, Clients).Select(_ => CancellationTokenSource.CreateLinkedTokenSource(bounded.Token)).ToArray();
-        var streams = Enumerable.Range(0, Clients).Select(i => Task.Run(() => Stream(prompts[i % prompts.Length], 120, cancels[i].Token,
+        var streams = Enumerable.Range(0, Clients).Select(i => Task.Run(() => Stream(prompts[i % prompts.Length], i % 2 == 0 ? 480 : 120, cancels[i].Token,
             n => { if (n == 3) started.Signal(); }), bounded.Token)).ToArray();
         Assert.True(started.Wait(TimeSpan.FromSeconds(60), bounded.Token), "every stream should get three chunks");
         var before = engine.Stats;
