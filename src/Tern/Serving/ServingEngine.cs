@@ -177,32 +177,46 @@ public sealed class ServingEngine : IDisposable
             while (!stopping.IsCancellationRequested)
             {
                 if (!batches.Any(b => b.Sequences.Count > 0) && waiting.Count == 0 && !WaitForWork()) break;
-                while (incoming.Reader.TryRead(out var request)) waiting.Add(request);
-                DropCancelled();
-                Admit();
-                foreach (var batch in batches.ToArray())
-                    if (batch.Sequences.Count > 0) batch.Step();
-                foreach (var idle in batches.Where(b => !b.IsShared && b.Sequences.Count == 0).ToArray())
+                try
                 {
-                    idle.Dispose();
-                    batches.Remove(idle);
+                    Iterate();
                 }
-                shared.Fit();
+                catch (Exception e)
+                {
+                    // A bug or a device failure outside a step: the running requests end with it, the loop goes on.
+                    foreach (var batch in batches) batch.Abandon(e);
+                    batches.RemoveAll(b => !b.IsShared);
+                }
                 Publish();
             }
         }
         finally
         {
+            // However the loop ends, nothing is left waiting and nothing new is accepted.
+            incoming.Writer.TryComplete();
             var stopped = new ServingException(ServingError.Unavailable, "the server stopped before the request finished.");
             while (incoming.Reader.TryRead(out var request)) waiting.Add(request);
             foreach (var request in waiting) request.Fail(stopped);
-            foreach (var batch in batches)
-            {
-                foreach (var s in batch.Sequences.ToArray()) batch.Leave(s, stopped);
-                batch.Dispose();
-            }
+            waiting.Clear();
+            foreach (var batch in batches) batch.Abandon(stopped);
             Publish();
         }
+    }
+
+    /// <summary>One step boundary: take new requests, drop cancelled ones, admit, step every batch, fit the pool.</summary>
+    void Iterate()
+    {
+        while (incoming.Reader.TryRead(out var request)) waiting.Add(request);
+        DropCancelled();
+        Admit();
+        foreach (var batch in batches.ToArray())
+            if (batch.Sequences.Count > 0) batch.Step();
+        foreach (var idle in batches.Where(b => !b.IsShared && b.Sequences.Count == 0).ToArray())
+        {
+            idle.Dispose();
+            batches.Remove(idle);
+        }
+        shared.Fit();
     }
 
     bool WaitForWork()
@@ -397,8 +411,7 @@ public sealed class ServingEngine : IDisposable
             catch (Exception e)
             {
                 // A failed step leaves the cache in an unknown state: its sequences end with the error, the pool starts afresh.
-                foreach (var s in Sequences.ToArray()) Leave(s, e);
-                Release();
+                Abandon(e);
             }
         }
 
@@ -442,6 +455,14 @@ public sealed class ServingEngine : IDisposable
             if (cache is not null) cache.ActiveRows = Sequences.Count;
             if (Sequences.Count == 0) Release();
             Finish(s, error);
+        }
+
+        /// <summary>Ends every sequence with <paramref name="error"/> and releases the cache (its state is not trusted).</summary>
+        public void Abandon(Exception error)
+        {
+            foreach (var s in Sequences) Finish(s, error);
+            Sequences.Clear();
+            Release();
         }
 
         void Finish(Sequence s, Exception? error)
