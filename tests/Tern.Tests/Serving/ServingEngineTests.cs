@@ -140,6 +140,20 @@ public sealed class ServingEngineTests : IDisposable
         Assert.Equal(3, (await engine.Submit("hi", Greedy(3), Ct).Completion).Tokens.Count);
     }
 
+    [Fact]
+    public async Task StoppingEndsRunningAndWaitingRequestsAndRefusesNewOnes()
+    {
+        var engine = ServingEngine.Start(fixture.Model, fixture.Tokenizer, new ServingOptions { MaxBatchSize = 1 });
+        var running = engine.Submit("hi", Greedy(400), Ct);
+        await running.Tokens.WaitToReadAsync(Ct);
+        var waiting = engine.Submit("hi", Greedy(4), Ct);
+        engine.Dispose();
+        foreach (var request in new[] { running, waiting })
+            Assert.Equal(ServingError.Unavailable, (await Assert.ThrowsAsync<ServingException>(() => request.Completion)).Error);
+        Assert.Equal(ServingError.Unavailable, Assert.Throws<ServingException>(() => engine.Submit("hi", Greedy(4), Ct)).Error);
+        Assert.Equal(0, engine.Stats.AllocatedKvBytes);
+    }
+
     internal static async Task WaitFor(Func<bool> condition, int seconds = 20)
     {
         var until = DateTime.UtcNow.AddSeconds(seconds);
