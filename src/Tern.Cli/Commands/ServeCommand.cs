@@ -59,16 +59,17 @@ internal sealed class ServeFlags
     public Option<int?> MaxQueue { get; } = new("--max-queue") { Description = $"Requests that may wait; more get 429 (default {Defaults.MaxQueue})." };
     public Option<int?> MaxPromptTokens { get; } = new("--max-prompt-tokens") { Description = "Longest prompt in tokens (default: the model's context)." };
     public Option<int?> MaxTokens { get; } = new("--max-tokens") { Description = $"Largest max_tokens a request may ask for (default {Defaults.MaxNewTokens})." };
+    public Option<int?> MaxPrefillTokens { get; } = new("--max-prefill-tokens") { Description = $"Prompt tokens prefilled per step; more joiners wait a step (default {Defaults.MaxPrefillTokensPerStep})." };
     public Option<long?> MaxBodyBytes { get; } = new("--max-body-bytes") { Description = "Largest request body in bytes; 413 beyond (default 1 MiB)." };
 
     public void AddTo(Command command)
     {
-        foreach (var o in new Option[] { Host, Port, ModelId, MaxBatch, KvBudgetTokens, MaxQueue, MaxPromptTokens, MaxTokens, MaxBodyBytes }) command.Options.Add(o);
+        foreach (var o in new Option[] { Host, Port, ModelId, MaxBatch, KvBudgetTokens, MaxQueue, MaxPromptTokens, MaxTokens, MaxPrefillTokens, MaxBodyBytes }) command.Options.Add(o);
         command.Validators.Add(result =>
         {
             try
             {
-                Serving(result.GetValue(MaxBatch), result.GetValue(KvBudgetTokens), result.GetValue(MaxQueue), result.GetValue(MaxPromptTokens), result.GetValue(MaxTokens)).Validate();
+                Serving(result.GetValue(MaxBatch), result.GetValue(KvBudgetTokens), result.GetValue(MaxQueue), result.GetValue(MaxPromptTokens), result.GetValue(MaxTokens), result.GetValue(MaxPrefillTokens)).Validate();
                 Server(result.GetValue(Host), result.GetValue(Port), result.GetValue(MaxBodyBytes)).Validate();
             }
             catch (ArgumentException e)
@@ -79,15 +80,16 @@ internal sealed class ServeFlags
     }
 
     public ServingOptions Serving(ParseResult r) =>
-        Serving(r.GetValue(MaxBatch), r.GetValue(KvBudgetTokens), r.GetValue(MaxQueue), r.GetValue(MaxPromptTokens), r.GetValue(MaxTokens));
+        Serving(r.GetValue(MaxBatch), r.GetValue(KvBudgetTokens), r.GetValue(MaxQueue), r.GetValue(MaxPromptTokens), r.GetValue(MaxTokens), r.GetValue(MaxPrefillTokens));
 
-    static ServingOptions Serving(int? maxBatch, int? budget, int? queue, int? prompt, int? maxTokens) => new()
+    static ServingOptions Serving(int? maxBatch, int? budget, int? queue, int? prompt, int? maxTokens, int? prefill) => new()
     {
         MaxBatchSize = maxBatch ?? Defaults.MaxBatchSize,
         KvBudgetTokens = budget ?? 0,
         MaxQueue = queue ?? Defaults.MaxQueue,
         MaxPromptTokens = prompt ?? 0,
         MaxNewTokens = maxTokens ?? Defaults.MaxNewTokens,
+        MaxPrefillTokensPerStep = prefill ?? Defaults.MaxPrefillTokensPerStep,
     };
 
     static ServerOptions Server(string? host, int? port, long? maxBody)

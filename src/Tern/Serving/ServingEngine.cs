@@ -248,17 +248,20 @@ public sealed class ServingEngine : IDisposable
             }
     }
 
-    /// <summary>First come, first served: admits waiting requests while a slot and the KV budget allow.</summary>
+    /// <summary>First come, first served: admits waiting requests while a slot, the KV budget and the step's prefill budget allow.</summary>
     void Admit()
     {
         int running = batches.Sum(b => b.Sequences.Count);
         long reserved = batches.Sum(b => b.Sequences.Sum(s => (long)s.Request.ReservedTokens));
+        int prefill = 0;
         var joiners = new List<ServingRequest>();
         foreach (var request in waiting)
         {
             if (running + joiners.Count >= Options.MaxBatchSize || reserved + request.ReservedTokens > budget) break;
+            if (joiners.Count > 0 && prefill + request.PromptTokens.Count > Options.MaxPrefillTokensPerStep) break;
             joiners.Add(request);
             reserved += request.ReservedTokens;
+            prefill += request.PromptTokens.Count;
         }
         if (joiners.Count == 0) return;
         waiting.RemoveRange(0, joiners.Count);

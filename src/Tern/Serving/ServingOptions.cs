@@ -20,6 +20,10 @@ public sealed record ServingOptions
     /// <summary>Most new tokens a request may ask for.</summary>
     public int MaxNewTokens { get; init; } = 1024;
 
+    /// <summary>Prompt tokens prefilled at one step boundary: joiners past it wait for the next step, so a burst of long
+    /// prompts does not stall the running sequences for long (one prompt longer than this still joins alone).</summary>
+    public int MaxPrefillTokensPerStep { get; init; } = 4096;
+
     /// <summary>Diagnostics: count the occupied cache entries on the device at every step boundary
     /// (<see cref="ServingStats.MeasuredKvBytes"/>), at the cost of a device read per layer and step.</summary>
     public bool MeasureKvCache { get; init; }
@@ -32,6 +36,7 @@ public sealed record ServingOptions
         if (MaxQueue < 0) throw new ArgumentException($"--max-queue must be >= 0 (got {MaxQueue}).");
         if (MaxPromptTokens < 0) throw new ArgumentException($"--max-prompt-tokens must be >= 0 (got {MaxPromptTokens}; 0 = the model's context).");
         if (MaxNewTokens < 1) throw new ArgumentException($"--max-tokens must be at least 1 (got {MaxNewTokens}).");
+        if (MaxPrefillTokensPerStep < 1) throw new ArgumentException($"--max-prefill-tokens must be at least 1 (got {MaxPrefillTokensPerStep}).");
     }
 }
 

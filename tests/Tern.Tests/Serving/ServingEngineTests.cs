@@ -46,6 +46,11 @@ public sealed class ServingEngineTests : IDisposable
         foreach (var (prompt, request, maxNew) in staggered)
             Assert.Equal(expected[prompt][..maxNew], (await request.Completion).Tokens);
         Assert.Equal(0, engine.Stats.Running);
+
+        // A small prefill budget per step: the burst joins over several steps, one or two prompts at a time.
+        using var trickle = ServingEngine.Start(fixture.Model, fixture.Tokenizer, new ServingOptions { MaxBatchSize = 8, MaxPrefillTokensPerStep = 6 });
+        var spread = ServingFixture.Prompts.Select(p => trickle.Submit(p, options, Ct)).ToArray();
+        for (int i = 0; i < spread.Length; i++) Assert.Equal(expected[i][..24], (await spread[i].Completion).Tokens);
     }
 
     [Fact]
