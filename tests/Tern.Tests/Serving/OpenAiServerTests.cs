@@ -22,23 +22,22 @@ public sealed class OpenAiServerTests : IAsyncLifetime
 {
     const string Key = "test-key";
     readonly ServingFixture fixture = new();
-    ServingEngine engine = null!;
     TernServer server = null!;
     readonly HttpClient http = new();
 
+    ServingEngine engine => fixture.Engine;
+
     public async ValueTask InitializeAsync()
     {
-        engine = ServingEngine.Start(fixture.Model, fixture.Tokenizer, new ServingOptions { MaxBatchSize = 16, MaxNewTokens = 200 });
-        server = await TernServer.StartAsync(engine, new ServerOptions { Port = 0, ApiKey = Key, ModelId = "tiny", MaxBodyBytes = 64 * 1024 }, Ct);
+        server = await fixture.ServeAsync(new ServingOptions { MaxBatchSize = 16, MaxNewTokens = 200 },
+            new ServerOptions { Port = 0, ApiKey = Key, ModelId = "tiny", MaxBodyBytes = 64 * 1024 }, Ct);
         http.DefaultRequestHeaders.Authorization = new("Bearer", Key);
     }
 
     public async ValueTask DisposeAsync()
     {
         http.Dispose();
-        await server.DisposeAsync();
-        engine.Dispose();
-        fixture.Dispose();
+        await fixture.DisposeAsync();
     }
 
     static CancellationToken Ct => TestContext.Current.CancellationToken;

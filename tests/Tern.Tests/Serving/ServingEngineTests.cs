@@ -159,12 +159,12 @@ public sealed class ServingEngineTests : IDisposable
         Assert.Equal(0, engine.Stats.AllocatedKvBytes);
     }
 
-    internal static async Task WaitFor(Func<bool> condition, int seconds = 20)
+    internal static async Task WaitFor(Func<bool> condition, int seconds = 20, Func<object>? state = null)
     {
         var until = DateTime.UtcNow.AddSeconds(seconds);
         while (!condition())
         {
-            if (DateTime.UtcNow > until) throw new TimeoutException("the engine did not reach the expected state in time.");
+            if (DateTime.UtcNow > until) throw new TimeoutException($"the engine did not reach the expected state in time. {state?.Invoke()}");
             await Task.Delay(5, Ct);
         }
     }
