@@ -9,7 +9,6 @@ using Microsoft.AspNetCore.Hosting.Server;
 using Microsoft.AspNetCore.Hosting.Server.Features;
 using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.DependencyInjection;
-using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using Tern.Generation;
 using Tern.Serving;
@@ -112,9 +111,6 @@ public sealed class TernServer : IAsyncDisposable
         return server;
     }
 
-    /// <summary>Waits until the server stops (<paramref name="cancellation"/>, or <see cref="DisposeAsync"/>).</summary>
-    public Task WaitForShutdownAsync(CancellationToken cancellation = default) => app.WaitForShutdownAsync(cancellation);
-
     /// <summary>Stops listening.</summary>
     public async ValueTask DisposeAsync()
     {
@@ -146,12 +142,7 @@ public sealed class TernServer : IAsyncDisposable
         }
         catch (ServingException e)
         {
-            throw e.Error switch
-            {
-                ServingError.Overloaded => new ApiError(429, e.Message, code: "rate_limit_exceeded", type: "rate_limit_error"),
-                ServingError.Unavailable => new ApiError(503, e.Message, code: "service_unavailable", type: "server_error"),
-                _ => new ApiError(400, e.Message, chat && e.Field == "prompt" ? "messages" : e.Field),
-            };
+            throw Refusal(e, chat);
         }
         string id = (chat ? "chatcmpl-" : "cmpl-") + Guid.NewGuid().ToString("N");
         var response = new Response(id, chat ? "chat.completion" : "text_completion", DateTimeOffset.UtcNow.ToUnixTimeSeconds(), options.ModelId, chat);
@@ -174,11 +165,19 @@ public sealed class TernServer : IAsyncDisposable
             throw e switch
             {
                 ArgumentException => new ApiError(400, e.Message),
-                ServingException { Error: ServingError.Unavailable } => new ApiError(503, e.Message, code: "service_unavailable", type: "server_error"),
+                ServingException refused => Refusal(refused, chat),
                 _ => new ApiError(500, e.Message, type: "server_error"),
             };
         }
     }
+
+    /// <summary>The HTTP error for a request the engine refused.</summary>
+    static ApiError Refusal(ServingException e, bool chat) => e.Error switch
+    {
+        ServingError.Overloaded => new ApiError(429, e.Message, code: "rate_limit_exceeded", type: "rate_limit_error"),
+        ServingError.Unavailable => new ApiError(503, e.Message, code: "service_unavailable", type: "server_error"),
+        _ => new ApiError(400, e.Message, chat && e.Field == "prompt" ? "messages" : e.Field),
+    };
 
     static async Task Stream(HttpContext context, ServingRequest served, Response response, bool includeUsage)
     {

@@ -325,9 +325,10 @@ public sealed class ServingEngine : IDisposable
 
         public void Join(IReadOnlyList<ServingRequest> requests)
         {
-            var joiners = requests.Select(Begin).ToArray();
+            var joiners = new List<Sequence>(requests.Count);
             try
             {
+                foreach (var request in requests) joiners.Add(Begin(request));
                 using var scope = torch.NewDisposeScope();
                 Tensor logits = IsShared ? PrefillShared(joiners) : PrefillOwn(joiners[0]);
                 Sequences.AddRange(joiners);
@@ -345,6 +346,7 @@ public sealed class ServingEngine : IDisposable
                 foreach (var s in joiners)
                     if (Sequences.Contains(s)) Leave(s, e);
                     else Finish(s, e);
+                foreach (var request in requests.Skip(joiners.Count)) request.Fail(e);
             }
         }
 
