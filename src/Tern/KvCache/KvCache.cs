@@ -83,7 +83,7 @@ public sealed class KvCache : IDisposable
     public int ActiveRows
     {
         get => layers[0].Rows;
-        set
+        internal set
         {
             if (value < 0 || value > Options.BatchSize)
                 throw new ArgumentOutOfRangeException(nameof(value), $"active rows must be in [0, {Options.BatchSize}] (got {value}).");
@@ -115,8 +115,8 @@ public sealed class KvCache : IDisposable
     }
 
     /// <summary>Drops the empty slots of the rows in use, in every layer: each row's entries move to its front, in order, and
-    /// <see cref="Length"/> becomes the largest row's entry count.</summary>
-    public void Compact()
+    /// <see cref="Length"/> becomes the largest row's entry count (policies without per-entry state only).</summary>
+    internal void Compact()
     {
         foreach (var l in layers)
         {
