@@ -176,7 +176,7 @@ public sealed class ServingEngine : IDisposable
         {
             while (!stopping.IsCancellationRequested)
             {
-                if (!batches.Any(b => b.Sequences.Count > 0) && waiting.Count == 0 && !WaitForWork()) break;
+                if (!batches.Any(b => b.Busy) && waiting.Count == 0 && !WaitForWork()) break;
                 try
                 {
                     Iterate();
@@ -210,8 +210,8 @@ public sealed class ServingEngine : IDisposable
         DropCancelled();
         Admit();
         foreach (var batch in batches.ToArray())
-            if (batch.Sequences.Count > 0) batch.Step();
-        foreach (var idle in batches.Where(b => !b.IsShared && b.Sequences.Count == 0).ToArray())
+            if (batch.Busy) batch.Step();
+        foreach (var idle in batches.Where(b => !b.IsShared && !b.Busy).ToArray())
         {
             idle.Dispose();
             batches.Remove(idle);
@@ -241,23 +241,25 @@ public sealed class ServingEngine : IDisposable
             request.Fail(new OperationCanceledException(request.Cancellation));
         }
         foreach (var batch in batches)
-            foreach (var s in batch.Sequences.Where(s => s.Request.Cancellation.IsCancellationRequested).ToArray())
+            foreach (var s in batch.All.Where(s => s.Request.Cancellation.IsCancellationRequested).ToArray())
             {
                 cancelled++;
                 batch.Leave(s, new OperationCanceledException(s.Request.Cancellation));
             }
     }
 
-    /// <summary>First come, first served: admits waiting requests while a slot, the KV budget and the step's prefill budget allow.</summary>
+    /// <summary>First come, first served: admits waiting requests while a slot, the KV budget and the step's prefill budget
+    /// allow (and, for the shared batch, while no long prompt is being prefilled in chunks).</summary>
     void Admit()
     {
-        int running = batches.Sum(b => b.Sequences.Count);
-        long reserved = batches.Sum(b => b.Sequences.Sum(s => (long)s.Request.ReservedTokens));
+        int running = batches.Sum(b => b.All.Count());
+        long reserved = batches.Sum(b => b.All.Sum(s => (long)s.Request.ReservedTokens));
         int prefill = 0;
         var joiners = new List<ServingRequest>();
         foreach (var request in waiting)
         {
             if (running + joiners.Count >= Options.MaxBatchSize || reserved + request.ReservedTokens > budget) break;
+            if (shared.IsPrefilling && DecodeBatch.SharesPool(request.Options.CachePolicy)) break;
             if (joiners.Count > 0 && prefill + request.PromptTokens.Count > Options.MaxPrefillTokensPerStep) break;
             joiners.Add(request);
             reserved += request.ReservedTokens;
@@ -278,7 +280,7 @@ public sealed class ServingEngine : IDisposable
 
     void Publish()
     {
-        var running = batches.SelectMany(b => b.Sequences).ToArray();
+        var running = batches.SelectMany(b => b.All).ToArray();
         stats = new ServingStats(running.Length, Volatile.Read(ref queued),
             running.Sum(s => (long)s.Request.ReservedTokens), batches.Sum(b => b.LiveTokens) * bytesPerToken,
             batches.Sum(b => b.AllocatedBytes), steps, generated, completed, cancelled,
@@ -312,6 +314,33 @@ public sealed class ServingEngine : IDisposable
         public bool IsShared { get; } = isShared;
         public List<Sequence> Sequences { get; } = new();
 
+        /// <summary>A prompt longer than <see cref="ServingOptions.MaxPrefillTokensPerStep"/> being prefilled one chunk per step
+        /// in a scratch cache, so the running sequences keep decoding meanwhile; it joins after its last chunk.</summary>
+        sealed class ChunkedPrefill(Sequence joiner, ForwardBatch whole, ForwardBatch[] chunks, KvCache.KvCache scratch) : IDisposable
+        {
+            public Sequence Joiner { get; } = joiner;
+            public ForwardBatch[] Chunks { get; } = chunks;
+            public KvCache.KvCache Scratch { get; } = scratch;
+            public int Next { get; set; }
+
+            public void Dispose()
+            {
+                Scratch.Dispose();
+                whole.InputIds.Dispose();
+                whole.Positions.Dispose();
+            }
+        }
+
+        ChunkedPrefill? prefilling;
+
+        public bool IsPrefilling => prefilling is not null;
+
+        /// <summary>True while the batch has work: running sequences or a prompt being prefilled.</summary>
+        public bool Busy => Sequences.Count > 0 || prefilling is not null;
+
+        /// <summary>The running sequences and the one being prefilled.</summary>
+        public IEnumerable<Sequence> All => prefilling is null ? Sequences : Sequences.Append(prefilling.Joiner);
+
         /// <summary>True when a request's policy is served by the shared batch (the full 16-bit cache).</summary>
         public static bool SharesPool(IKvCachePolicy? policy) => policy is null || (policy is DensePolicy && policy.Bits == 16);
 
@@ -329,6 +358,11 @@ public sealed class ServingEngine : IDisposable
             try
             {
                 foreach (var request in requests) joiners.Add(Begin(request));
+                if (IsShared && joiners.Count == 1 && requests[0].PromptTokens.Count > engine.Options.MaxPrefillTokensPerStep)
+                {
+                    StartChunkedPrefill(joiners[0]);
+                    return;
+                }
                 using var scope = torch.NewDisposeScope();
                 Tensor logits = IsShared ? PrefillShared(joiners) : PrefillOwn(joiners[0]);
                 Sequences.AddRange(joiners);
@@ -376,6 +410,51 @@ public sealed class ServingEngine : IDisposable
             return logits;
         }
 
+        /// <summary>Starts prefilling one long prompt in chunks of <see cref="ServingOptions.MaxPrefillTokensPerStep"/> tokens
+        /// (the first runs now, the others at the next steps, before each decode step).</summary>
+        void StartChunkedPrefill(Sequence joiner)
+        {
+            var prompt = joiner.Request.PromptTokens;
+            int chunk = engine.Options.MaxPrefillTokensPerStep;
+            // Outside any dispose scope: the prompt's tensors live until the prefill ends (ChunkedPrefill.Dispose).
+            var whole = ForwardBatch.LeftPadded(new[] { prompt }, Model.Device, lastPositionOnly: true);
+            prefilling = new ChunkedPrefill(joiner, whole, whole.Chunks(chunk).ToArray(), Model.CreateCache(1, prompt.Count, maxStepTokens: chunk));
+            AdvancePrefill();
+        }
+
+        /// <summary>Runs the next chunk of the prompt being prefilled; after the last one it joins the running rows.</summary>
+        void AdvancePrefill()
+        {
+            var p = prefilling!;
+            try
+            {
+                using var scope = torch.NewDisposeScope();
+                var logits = Model.Forward(p.Chunks[p.Next++], p.Scratch);
+                if (p.Next < p.Chunks.Length) return;
+                int rows = Sequences.Count, length = p.Joiner.Request.PromptTokens.Count;
+                Fit(rows + 1, length);
+                cache!.ActiveRows = rows + 1;
+                cache.ImportRow(rows, p.Scratch, 0, 0, length);
+                Sequences.Add(p.Joiner);
+                prefilling = null;
+                p.Dispose();
+                Emit(new[] { p.Joiner }, logits);
+            }
+            catch (Exception e)
+            {
+                if (prefilling is not null) DropPrefill(e);
+                else throw;
+            }
+        }
+
+        void DropPrefill(Exception error)
+        {
+            var p = prefilling!;
+            prefilling = null;
+            p.Dispose();
+            Finish(p.Joiner, error);
+        }
+
         Tensor PrefillOwn(Sequence s)
         {
             var prompt = s.Request.PromptTokens;
@@ -388,6 +467,8 @@ public sealed class ServingEngine : IDisposable
         /// <summary>One decode step over every sequence of the batch.</summary>
         public void Step()
         {
+            if (prefilling is not null) AdvancePrefill();
+            if (Sequences.Count == 0) return;
             try
             {
                 Fit(Sequences.Count);
@@ -449,6 +530,11 @@ public sealed class ServingEngine : IDisposable
         /// running rows stay [0, n).</summary>
         public void Leave(Sequence s, Exception? error)
         {
+            if (prefilling?.Joiner == s)
+            {
+                DropPrefill(error ?? new InvalidOperationException("a sequence left before its prefill ended."));
+                return;
+            }
             int row = Sequences.IndexOf(s), last = Sequences.Count - 1;
             if (cache is not null)
             {
@@ -467,6 +553,7 @@ public sealed class ServingEngine : IDisposable
         {
             foreach (var s in Sequences) Finish(s, error);
             Sequences.Clear();
+            if (prefilling is not null) DropPrefill(error);
             Release();
         }
 
@@ -513,6 +600,10 @@ public sealed class ServingEngine : IDisposable
             cache = null;
         }
 
-        public void Dispose() => Release();
+        public void Dispose()
+        {
+            prefilling?.Dispose();
+            Release();
+        }
     }
 }

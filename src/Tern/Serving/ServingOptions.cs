@@ -20,8 +20,8 @@ public sealed record ServingOptions
     /// <summary>Most new tokens a request may ask for.</summary>
     public int MaxNewTokens { get; init; } = 1024;
 
-    /// <summary>Prompt tokens prefilled at one step boundary: joiners past it wait for the next step, so a burst of long
-    /// prompts does not stall the running sequences for long (one prompt longer than this still joins alone).</summary>
+    /// <summary>Prompt tokens prefilled at one step boundary: joiners past it wait for the next step, and a longer prompt is
+    /// prefilled in chunks of this many tokens, one per step, so the running sequences never stall for long.</summary>
     public int MaxPrefillTokensPerStep { get; init; } = 4096;
 
     /// <summary>Diagnostics: count the occupied cache entries on the device at every step boundary

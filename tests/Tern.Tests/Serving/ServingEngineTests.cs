@@ -54,6 +54,35 @@ public sealed class ServingEngineTests : IDisposable
     }
 
     [Fact]
+    public async Task ALongPromptIsPrefilledInChunksWhileOthersKeepDecoding()
+    {
+        string longPrompt = string.Join(" ", ServingFixture.Prompts); // far more than 4 tokens
+        int promptTokens = fixture.Tokenizer.Encode(longPrompt).Count;
+        // The same chunks through the generator (a prompt alone: chunks of 4 from its first token) and without chunks.
+        var chunked = Reference(longPrompt, Greedy(20) with { PrefillChunk = 4 });
+        Assert.Equal(Reference(longPrompt, Greedy(20)), chunked);
+        var shortExpected = Reference(ServingFixture.Prompts[0], Greedy(60));
+
+        using var engine = ServingEngine.Start(fixture.Model, fixture.Tokenizer, new ServingOptions { MaxBatchSize = 4, MaxPrefillTokensPerStep = 4 });
+        var running = engine.Submit(ServingFixture.Prompts[0], Greedy(60), Ct);
+        await running.Tokens.WaitToReadAsync(Ct);
+        long stepsBefore = engine.Stats.Steps;
+        var joining = engine.Submit(longPrompt, Greedy(20), Ct);
+        await joining.Tokens.WaitToReadAsync(Ct);
+        // Its first token came after one prefill chunk per step, each step also decoding the running sequence.
+        Assert.True(engine.Stats.Steps - stepsBefore >= (promptTokens + 3) / 4 - 1, $"{engine.Stats.Steps - stepsBefore} steps for {promptTokens} prompt tokens");
+        Assert.Equal(chunked, (await joining.Completion).Tokens);
+        Assert.Equal(shortExpected, (await running.Completion).Tokens);
+
+        // Cancelled while prefilling: dropped at the next boundary.
+        using var cancel = CancellationTokenSource.CreateLinkedTokenSource(Ct);
+        var dropped = engine.Submit(longPrompt, Greedy(20), cancel.Token);
+        cancel.Cancel();
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => dropped.Completion);
+        await WaitFor(() => engine.Stats.Running == 0 && engine.Stats.AllocatedKvBytes == 0);
+    }
+
+    [Fact]
     public async Task SeededSamplingAndPoliciesPerRequestMatchTheGenerator()
     {
         var sampled = new GenerationOptions { MaxNewTokens = 20, Temperature = 0.9, TopP = 0.9, Seed = 7, StopTokenIds = Array.Empty<int>() };
