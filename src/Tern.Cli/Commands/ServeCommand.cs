@@ -59,7 +59,7 @@ internal sealed class ServeFlags
     public Option<int?> MaxQueue { get; } = new("--max-queue") { Description = $"Requests that may wait; more get 429 (default {Defaults.MaxQueue})." };
     public Option<int?> MaxPromptTokens { get; } = new("--max-prompt-tokens") { Description = "Longest prompt in tokens (default: the model's context)." };
     public Option<int?> MaxTokens { get; } = new("--max-tokens") { Description = $"Largest max_tokens a request may ask for (default {Defaults.MaxNewTokens})." };
-    public Option<int?> MaxPrefillTokens { get; } = new("--max-prefill-tokens") { Description = $"Prompt tokens prefilled per step; more joiners wait a step (default {Defaults.MaxPrefillTokensPerStep})." };
+    public Option<int?> MaxPrefillTokens { get; } = new("--max-prefill-tokens") { Description = $"Prompt tokens prefilled per step: more joiners wait a step, a longer prompt is prefilled in chunks (default {Defaults.MaxPrefillTokensPerStep})." };
     public Option<long?> MaxBodyBytes { get; } = new("--max-body-bytes") { Description = "Largest request body in bytes; 413 beyond (default 1 MiB)." };
 
     public void AddTo(Command command)

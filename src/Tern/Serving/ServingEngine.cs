@@ -20,8 +20,10 @@ namespace Tern.Serving;
 /// load (<see cref="KvCache.KvCache.ActiveRows"/>; a finished row is refilled by the last one, holes are compacted away).
 /// A request with another KV policy (sink, h2o, quantized, ...) runs in a batch of its own, since policies evict per
 /// sequence with state of their own; it is still stepped alongside the others. Admission is first come, first served
-/// under <see cref="ServingOptions.MaxBatchSize"/> and <see cref="ServingOptions.KvBudgetTokens"/>; at most
-/// <see cref="ServingOptions.MaxQueue"/> requests wait. Greedy requests give the tokens <see cref="Generator"/> gives.
+/// under <see cref="ServingOptions.MaxBatchSize"/>, <see cref="ServingOptions.KvBudgetTokens"/> and
+/// <see cref="ServingOptions.MaxPrefillTokensPerStep"/> (a longer prompt is prefilled in chunks, one per step, while the others
+/// keep decoding); at most <see cref="ServingOptions.MaxQueue"/> requests wait. Greedy requests give the tokens
+/// <see cref="Generator"/> gives.
 /// </remarks>
 public sealed class ServingEngine : IDisposable
 {
