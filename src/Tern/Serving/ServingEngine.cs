@@ -35,7 +35,7 @@ public sealed class ServingEngine : IDisposable
     readonly long bytesPerToken;
     readonly object tokenizerLock = new();
     int queued; // submitted, not yet admitted
-    volatile ServingStats stats = new(0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+    volatile ServingStats stats = new(0, 0, 0, 0, 0, 0, 0, 0, 0);
 
     // Scheduler state, touched by the loop thread only.
     readonly List<ServingRequest> waiting = new();
