@@ -19,12 +19,11 @@ internal sealed class ApiError(int status, string message, string? param = null,
 /// <summary>
 /// A parsed <c>/v1/completions</c> or <c>/v1/chat/completions</c> body: the fields Tern serves, each type-checked with an
 /// error naming it, plus the Tern extensions (<c>kv_policy</c>, <c>kv_budget</c>, <c>kv_sink</c>, <c>kv_recent</c>,
-/// <c>kv_bits</c>, <c>kv_evict_every</c>, and as in vLLM <c>top_k</c>, <c>repetition_penalty</c>, <c>ignore_eos</c>). Unknown fields are ignored, as OpenAI
-/// clients send some that do not apply.
+/// <c>kv_bits</c>, <c>kv_evict_every</c>, and as in vLLM <c>top_k</c>, <c>repetition_penalty</c>, <c>ignore_eos</c>). Unknown
+/// fields are ignored, as OpenAI clients send some that do not apply.
 /// </summary>
 internal sealed record OpenAiRequest
 {
-    public required string Model { get; init; }
     public string? Prompt { get; init; }
     public IReadOnlyList<int>? PromptTokens { get; init; }
     public IReadOnlyList<ChatMessage>? Messages { get; init; }
@@ -74,7 +73,7 @@ internal sealed record OpenAiRequest
 
         return new OpenAiRequest
         {
-            Model = model, Prompt = prompt, PromptTokens = promptTokens, Messages = messages, Stream = stream, IncludeUsage = includeUsage,
+            Prompt = prompt, PromptTokens = promptTokens, Messages = messages, Stream = stream, IncludeUsage = includeUsage,
             Options = new GenerationOptions
             {
                 MaxNewTokens = maxTokens,
