@@ -108,6 +108,8 @@ public sealed class LayerKvCache : IDisposable
         {
             if (this.keys is not DenseKvStore k || this.values is not DenseKvStore v)
                 throw new InvalidOperationException("static-shape steps (CUDA graphs) need a 16-bit KV cache.");
+            if (Rows != positions.shape[0])
+                throw new InvalidOperationException("static-shape steps (CUDA graphs) write every row of the cache; it has rows out of use.");
             if (!Interop.FusedKernels.TryCacheAppend(k.Storage, v.Storage, Positions, keys, values, positions, slots))
             {
                 k.Storage.index_copy_(2, slots, keys);
