@@ -57,6 +57,21 @@ public sealed class TernChatClientTests : IDisposable
     }
 
     [Fact]
+    public async Task InvalidOptionsAreRefusedWithTheField()
+    {
+        IChatClient chat = client;
+        var tooLong = await Assert.ThrowsAsync<ServingException>(() => chat.GetResponseAsync("hi", new ChatOptions { MaxOutputTokens = 5000 }, Ct));
+        Assert.Equal((ServingError.InvalidRequest, "max_tokens"), (tooLong.Error, tooLong.Field));
+        var cold = await Assert.ThrowsAsync<ServingException>(() => chat.GetResponseAsync("hi", new ChatOptions { Temperature = -1 }, Ct));
+        Assert.Contains("temperature", cold.Message);
+        await Assert.ThrowsAsync<ServingException>(async () =>
+        {
+            await foreach (var _ in chat.GetStreamingResponseAsync("hi", new ChatOptions { TopP = 0 }, Ct)) { }
+        });
+        Assert.Equal(3, (await chat.GetResponseAsync("hi", Greedy(3), Ct)).Usage!.OutputTokenCount); // still serving
+    }
+
+    [Fact]
     public async Task ConcurrentCallsShareTheBatchAndCancellationFreesTheSlot()
     {
         var prompts = ServingFixture.Prompts;
