@@ -15,6 +15,7 @@ public static class Program
         {
             GenerateCommand.Create(),
             ChatCommand.Create(),
+            ServeCommand.Create(),
             InfoCommand.Create(),
             BenchCommand.Create(),
             EvalCommand.Create(),

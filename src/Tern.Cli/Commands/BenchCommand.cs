@@ -27,10 +27,11 @@ internal static class BenchCommand
         var kv = new KvPolicyFlags();
         kv.AddTo(command);
         command.SetAction(r => Run(r, common, kv, batches, prompts, newTokens, output, floor, label, noGraphs, prefillChunk));
+        command.Subcommands.Add(ServeBenchCommand.Create());
         return command;
     }
 
-    static int[] ParseInts(System.CommandLine.Parsing.ArgumentResult result)
+    internal static int[] ParseInts(System.CommandLine.Parsing.ArgumentResult result)
     {
         var values = new List<int>();
         foreach (var token in result.Tokens)
@@ -104,6 +105,6 @@ internal static class BenchCommand
         Console.WriteLine($"appended {rows.Count} row(s) to {path}");
     }
 
-    static string F(double v) => double.IsNaN(v) ? "" : v.ToString("0.###", CultureInfo.InvariantCulture);
+    internal static string F(double v) => double.IsNaN(v) ? "" : v.ToString("0.###", CultureInfo.InvariantCulture);
     static string Csv(string s) => s.Contains(',') || s.Contains('"') ? "\"" + s.Replace("\"", "\"\"") + "\"" : s;
 }

@@ -6,7 +6,7 @@ namespace Tern.Cli.Commands;
 /// <summary>The KV-cache policy flags of <c>tern generate</c> and <c>tern chat</c>, checked while parsing (one line, exit 2).</summary>
 internal sealed class KvPolicyFlags
 {
-    // Defaults are applied in Read: a command validator sees unset options without their default values.
+    // Defaults are applied in KvPolicyOptions.Parse: a command validator sees unset options without their default values.
     public Option<string?> Policy { get; } = new("--kv-policy")
     {
         Description = "KV-cache policy: full (default), window, window-recompute, sink (StreamingLLM) or h2o.",
@@ -33,7 +33,7 @@ internal sealed class KvPolicyFlags
         {
             try
             {
-                Read(result.GetValue(Policy), result.GetValue(Budget), result.GetValue(Sinks), result.GetValue(Recent), result.GetValue(Bits), result.GetValue(EvictEvery)).Validate();
+                KvPolicyOptions.Parse(result.GetValue(Policy), result.GetValue(Budget), result.GetValue(Sinks), result.GetValue(Recent), result.GetValue(Bits), result.GetValue(EvictEvery)).Validate();
             }
             catch (ArgumentException e)
             {
@@ -44,15 +44,5 @@ internal sealed class KvPolicyFlags
 
     /// <summary>The policy the flags describe (validated by the parser already).</summary>
     public IKvCachePolicy Create(ParseResult r) =>
-        KvCachePolicies.Create(Read(r.GetValue(Policy), r.GetValue(Budget), r.GetValue(Sinks), r.GetValue(Recent), r.GetValue(Bits), r.GetValue(EvictEvery)));
-
-    static KvPolicyOptions Read(string? policy, string? budget, int? sinks, string? recent, int? bits, int? evictEvery) => new()
-    {
-        Policy = policy ?? "full",
-        Budget = budget is null ? null : KvBudget.Parse(budget),
-        Sinks = sinks,
-        Recent = recent is null ? null : KvBudget.Parse(recent, "--kv-recent"),
-        Bits = bits ?? 16,
-        EvictEvery = evictEvery ?? 1,
-    };
+        KvCachePolicies.Create(KvPolicyOptions.Parse(r.GetValue(Policy), r.GetValue(Budget), r.GetValue(Sinks), r.GetValue(Recent), r.GetValue(Bits), r.GetValue(EvictEvery)));
 }

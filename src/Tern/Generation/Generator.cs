@@ -70,12 +70,8 @@ public sealed class Generator
         readonly bool streaming;
         readonly int batch, promptLength, maxNew;
         readonly HashSet<int> stopIds;
-        readonly List<int>[] tokens;
-        readonly string[] texts;
-        readonly FinishReason?[] finished;
+        readonly SequenceProgress[] progress;
         readonly Stopwatch prefillWatch = new(), decodeWatch = new();
-        readonly StreamingDecoder[]? decoders; // per sequence, when text is needed while generating
-        readonly int longestStop;
         int steps;
         Tensor? deviceTokens; // [batch, steps] when the host never looked
 
@@ -102,21 +98,11 @@ public sealed class Generator
             // Positions by cache index stay below the cache's capacity, so those policies may run past the model's context.
             bool positionsBounded = options.CachePolicy?.PositionsFollowCache ?? false;
             maxNew = positionsBounded ? options.MaxNewTokens : Math.Min(options.MaxNewTokens, info.MaxPositions - promptLength);
-            // Explicit stop ids always count; IgnoreEos only drops the model's end-of-sequence ids.
-            stopIds = options.StopTokenIds is { } explicitIds ? new HashSet<int>(explicitIds)
-                : options.IgnoreEos ? new HashSet<int>() : new HashSet<int>(owner.tokenizer?.EosTokenIds ?? ModelEos());
-            tokens = Enumerable.Range(0, batch).Select(_ => new List<int>()).ToArray();
-            texts = new string[batch];
-            Array.Fill(texts, "");
-            finished = new FinishReason?[batch];
-            if (options.StopStrings.Count > 0 && owner.tokenizer is null)
-                throw new ArgumentException("stop strings need a tokenizer to decode text.");
-            if (owner.tokenizer is { } tok && (streaming || options.StopStrings.Count > 0))
-                decoders = Enumerable.Range(0, batch).Select(_ => tok.CreateStreamingDecoder()).ToArray();
-            longestStop = options.StopStrings.Count == 0 ? 0 : options.StopStrings.Max(x => x.Length);
+            stopIds = SequenceProgress.StopIds(options, owner.tokenizer, owner.model);
+            bool needsText = streaming || options.StopStrings.Count > 0;
+            progress = Enumerable.Range(0, batch).Select(_ => new SequenceProgress(
+                needsText ? owner.tokenizer?.CreateStreamingDecoder() : null, options.StopStrings, stopIds)).ToArray();
         }
-
-        IReadOnlyList<int> ModelEos() => owner.model.Config.GetIntList("eos_token_id");
 
         bool HostNeedsTokens => streaming || stopIds.Count > 0 || options.StopStrings.Count > 0 || recomputes;
 
@@ -174,15 +160,15 @@ public sealed class Generator
                     long[] host = next.cpu().data<long>().ToArray(); // the one sync per step that stopping or streaming needs
                     produced = Record(host, lastStep: step + 1 >= maxNew);
                 }
-                bool done = step + 1 >= maxNew || finished.All(f => f is not null);
+                bool done = step + 1 >= maxNew || progress.All(p => p.Finished is not null);
                 if (produced is not null) yield return produced;
                 if (done) break;
 
                 using var stepScope = torch.NewDisposeScope();
-                int nowFinished = finished.Count(f => f is not null);
+                int nowFinished = progress.Count(p => p.Finished is not null);
                 if (graphDecoder is not null)
                 {
-                    if (nowFinished != finishedCount) graphDecoder.SetFinished(finished.Select(f => f is not null).ToArray());
+                    if (nowFinished != finishedCount) graphDecoder.SetFinished(progress.Select(p => p.Finished is not null).ToArray());
                     var previous = next;
                     next = graphDecoder.Step().MoveToOuterDisposeScope();
                     previous.Dispose(); // one step's tokens at a time, however long the generation
@@ -191,7 +177,7 @@ public sealed class Generator
                 {
                     if (nowFinished > 0)
                     {
-                        var finishedMask = torch.tensor(finished.Select(f => f is not null).ToArray()).to(device);
+                        var finishedMask = torch.tensor(progress.Select(p => p.Finished is not null).ToArray()).to(device);
                         next = torch.where(finishedMask, torch.tensor((long)padId, device: device), next);
                     }
                     if (fed is not null)
@@ -222,7 +208,7 @@ public sealed class Generator
             {
                 long[] all = deviceTokens.narrow(1, 0, steps).cpu().data<long>().ToArray();
                 for (int b = 0; b < batch; b++)
-                    for (int s = 0; s < steps; s++) tokens[b].Add((int)all[b * steps + s]);
+                    for (int s = 0; s < steps; s++) progress[b].Tokens.Add((int)all[b * steps + s]);
             }
             SyncIfCuda(device);
             decodeWatch.Stop();
@@ -235,32 +221,8 @@ public sealed class Generator
         {
             var produced = new List<GeneratedToken>(batch);
             for (int b = 0; b < batch; b++)
-            {
-                if (finished[b] is not null) continue;
-                int id = (int)host[b];
-                tokens[b].Add(id);
-                string delta = "";
-                if (decoders is not null)
-                {
-                    // Text grows by what the streaming detokenizer completes; the last token also flushes a held-back character.
-                    delta = decoders[b].Push(id);
-                    if (lastStep || stopIds.Contains(id)) delta += decoders[b].Flush();
-                    int searchFrom = Math.Max(0, texts[b].Length - longestStop);
-                    texts[b] += delta;
-                    foreach (string stop in options.StopStrings)
-                    {
-                        int at = texts[b].IndexOf(stop, searchFrom, StringComparison.Ordinal);
-                        if (at < 0) continue;
-                        int deltaStart = texts[b].Length - delta.Length;
-                        delta = at > deltaStart ? texts[b][deltaStart..at] : "";
-                        texts[b] = texts[b][..at];
-                        finished[b] = FinishReason.StopString;
-                        break;
-                    }
-                }
-                if (finished[b] is null && stopIds.Contains(id)) finished[b] = FinishReason.StopToken;
-                produced.Add(new GeneratedToken(b, id, delta));
-            }
+                if (progress[b].Finished is null)
+                    produced.Add(new GeneratedToken(b, (int)host[b], progress[b].Push((int)host[b], lastStep)));
             return produced;
         }
 
@@ -271,15 +233,8 @@ public sealed class Generator
 
         public GenerationResult Result()
         {
-            var outputs = new SequenceOutput[batch];
-            for (int b = 0; b < batch; b++)
-            {
-                string? text = null;
-                if (owner.tokenizer is { } tok)
-                    text = finished[b] == FinishReason.StopString ? texts[b] : tok.Decode(tokens[b]);
-                outputs[b] = new SequenceOutput(prompts[b], tokens[b], text, finished[b] ?? FinishReason.Length);
-            }
-            int generated = tokens.Sum(t => t.Count);
+            var outputs = Enumerable.Range(0, batch).Select(b => progress[b].Output(prompts[b], owner.tokenizer)).ToArray();
+            int generated = progress.Sum(p => p.Tokens.Count);
             var stats = new GenerationStats(batch, prompts.Sum(p => p.Count), generated, Math.Max(steps - 1, 0),
                 prefillWatch.Elapsed, decodeWatch.Elapsed);
             return new GenerationResult(outputs, stats);

@@ -28,9 +28,12 @@ internal sealed class Sampler : IDisposable
         {
             using var counts = torch.zeros(promptIds.shape[0], vocab, ScalarType.Int64, promptIds.device);
             counts.scatter_add_(1, promptIds, promptMask.to(ScalarType.Int64));
-            seen = counts.gt(0);
+            seen = counts.gt(0).DetachFromDisposeScope(); // owned by the sampler, whatever scope is open
         }
     }
+
+    /// <summary>True when the next token is the arg-max of the logits (temperature 0, no repetition penalty).</summary>
+    public bool IsPlainGreedy => options.Temperature == 0 && seen is null;
 
     /// <summary>Token ids [batch] (int64).</summary>
     public Tensor Next(Tensor logits)

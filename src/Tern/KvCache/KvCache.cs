@@ -73,7 +73,77 @@ public sealed class KvCache : IDisposable
     /// <summary>Records that each sequence passed <paramref name="tokens"/>[b] more real tokens through the model.</summary>
     public void Advance(IReadOnlyList<int> tokens)
     {
-        for (int b = 0; b < sequenceLengths.Length; b++) sequenceLengths[b] += tokens[b];
+        for (int b = 0; b < tokens.Count; b++) sequenceLengths[b] += tokens[b];
+    }
+
+    /// <summary>
+    /// Rows of the batch that forward steps run over: [0, ActiveRows) (all of <see cref="KvCacheOptions.BatchSize"/> by
+    /// default). Serving keeps its live sequences in the first rows and steps only those; rows past it keep their slots.
+    /// </summary>
+    public int ActiveRows
+    {
+        get => layers[0].Rows;
+        internal set
+        {
+            if (value < 0 || value > Options.BatchSize)
+                throw new ArgumentOutOfRangeException(nameof(value), $"active rows must be in [0, {Options.BatchSize}] (got {value}).");
+            foreach (var l in layers) l.Rows = value;
+        }
+    }
+
+    /// <summary>Slots in use per layer (the same in every layer for the policies serving batches: see <see cref="LayerKvCache.Length"/>).</summary>
+    public int Length => layers[0].Length;
+
+    /// <summary>Copies <paramref name="count"/> entries of row <paramref name="sourceRow"/> of <paramref name="source"/>, from slot
+    /// <paramref name="sourceStart"/>, into slots [0, count) of the empty row <paramref name="row"/> in every layer
+    /// (<see cref="LayerKvCache.ImportRow"/>).</summary>
+    internal void ImportRow(int row, KvCache source, int sourceRow, int sourceStart, int count)
+    {
+        for (int l = 0; l < layers.Length; l++) layers[l].ImportRow(row, source.layers[l], sourceRow, sourceStart, count);
+    }
+
+    /// <summary>Moves row <paramref name="from"/> into row <paramref name="to"/> and empties <paramref name="from"/>, in every layer.</summary>
+    internal void MoveRow(int from, int to)
+    {
+        foreach (var l in layers) l.MoveRow(from, to);
+    }
+
+    /// <summary>Empties row <paramref name="row"/> in every layer: its slots are free for compaction.</summary>
+    internal void EmptyRow(int row)
+    {
+        foreach (var l in layers) l.EmptyRow(row);
+    }
+
+    /// <summary>Drops the empty slots of the rows in use, in every layer: each row's entries move to its front, in order, and
+    /// <see cref="Length"/> becomes the largest row's entry count (policies without per-entry state only).</summary>
+    internal void Compact()
+    {
+        foreach (var l in layers)
+        {
+            using var occupied = l.ActivePositions.ge(0);
+            l.Keep(occupied);
+        }
+    }
+
+    /// <summary>A cache with the same layers and policy for <paramref name="batchSize"/> rows of <paramref name="capacity"/> slots,
+    /// holding this cache's rows in use and their entries (for a pool that grows and shrinks with its load; policies without
+    /// per-entry state only).</summary>
+    internal KvCache Resized(int batchSize, int capacity)
+    {
+        if (batchSize < ActiveRows || capacity < Length)
+            throw new ArgumentException($"a resized cache must hold {ActiveRows} rows of {Length} slots (asked {batchSize} x {capacity}).");
+        var resized = Create(Options with { BatchSize = batchSize, Capacity = capacity }, Policy);
+        for (int l = 0; l < layers.Length; l++) resized.layers[l].CopyFrom(layers[l]);
+        return resized;
+    }
+
+    /// <summary>Entries held in every row, in use or not (a freed row must hold none), over every layer and KV head; reads
+    /// the count back from the device.</summary>
+    public long OccupiedEntries()
+    {
+        long total = 0;
+        foreach (var l in layers) total += l.OccupiedEntries();
+        return total;
     }
 
     /// <summary>Host bookkeeping for a step executed by a CUDA-graph replay (or, negative, captured without executing):

@@ -79,6 +79,18 @@ public sealed record KvPolicyOptions
     /// extra entries.</summary>
     public int EvictEvery { get; init; } = 1;
 
+    /// <summary>Options from the settings as given on a command line or in a request (null = not given: the default); the
+    /// budgets are parsed (count or ratio) with messages naming the flag. Call <see cref="Validate"/> for the rest.</summary>
+    public static KvPolicyOptions Parse(string? policy, string? budget, int? sinks, string? recent, int? bits, int? evictEvery) => new()
+    {
+        Policy = policy ?? "full",
+        Budget = budget is null ? null : KvBudget.Parse(budget),
+        Sinks = sinks,
+        Recent = recent is null ? null : KvBudget.Parse(recent, "--kv-recent"),
+        Bits = bits ?? 16,
+        EvictEvery = evictEvery ?? 1,
+    };
+
     /// <summary>Checks what can be checked without a sequence length; messages name the flag.</summary>
     public void Validate()
     {

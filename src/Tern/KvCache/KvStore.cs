@@ -28,6 +28,29 @@ internal abstract class KvStore : IDisposable
     /// <summary>Bytes held.</summary>
     public abstract long Bytes { get; }
 
+    /// <summary>Rows [0, Rows) that <see cref="Write"/>, <see cref="Read"/> and <see cref="Compact"/> address (the batch by default).</summary>
+    public int Rows { get; set; }
+
+    /// <summary>Every tensor of the storage, each [batch, kvHeads, capacity, ...].</summary>
+    protected abstract IReadOnlyList<Tensor> Tensors { get; }
+
+    /// <summary>A tensor of the storage narrowed to the rows in use.</summary>
+    protected Tensor InRows(Tensor storage) => Rows == storage.shape[0] ? storage : storage.narrow(0, 0, Rows);
+
+    /// <summary>Copies slots [sourceStart, sourceStart + count) of <paramref name="source"/>'s row <paramref name="sourceRow"/> to
+    /// slots [start, start + count) of row <paramref name="row"/> (any rows, in use or not); both stores have the same layout.</summary>
+    public void CopyRow(KvStore source, int sourceRow, int sourceStart, int row, int start, int count)
+    {
+        var from = source.Tensors;
+        var to = Tensors;
+        for (int i = 0; i < to.Count; i++)
+        {
+            using var target = to[i].select(0, row).narrow(1, start, count);
+            using var slots = from[i].select(0, sourceRow).narrow(1, sourceStart, count);
+            target.copy_(slots);
+        }
+    }
+
     /// <inheritdoc />
     public abstract void Dispose();
 
@@ -50,16 +73,23 @@ internal sealed class DenseKvStore : KvStore
     {
         // The cache is disposed by its owner, not by whatever dispose scope is open when it is created.
         Storage = torch.zeros(new long[] { o.BatchSize, o.KvHeads, o.Capacity, o.HeadDim }, o.DType, o.Device).DetachFromDisposeScope();
+        Rows = o.BatchSize;
     }
 
     /// <summary>The whole storage, [batch, kvHeads, capacity, headDim].</summary>
     public Tensor Storage { get; }
 
-    public override void Write(int start, Tensor entries) => Storage.narrow(2, start, entries.shape[2]).copy_(entries);
+    protected override IReadOnlyList<Tensor> Tensors => new[] { Storage };
 
-    public override Tensor Read(int length) => length == Storage.shape[2] ? Storage : Storage.narrow(2, 0, length);
+    public override void Write(int start, Tensor entries) => InRows(Storage).narrow(2, start, entries.shape[2]).copy_(entries);
 
-    public override void Compact(Tensor order) => CompactTensor(Storage, order);
+    public override Tensor Read(int length)
+    {
+        var rows = InRows(Storage);
+        return length == Storage.shape[2] ? rows : rows.narrow(2, 0, length);
+    }
+
+    public override void Compact(Tensor order) => CompactTensor(InRows(Storage), order);
 
     public override long Bytes => Storage.NumberOfElements * Storage.ElementSize;
 
@@ -76,18 +106,18 @@ internal sealed class QuantizedKvStore : KvStore
 {
     readonly GroupQuantizationOptions quantization;
     readonly Tensor codes, step, min; // [B,H,capacity,groups,codesPerGroup] and [B,H,capacity,groups,1]
-    readonly long batch, heads, headDim;
+    readonly long heads, headDim;
     readonly ScalarType dtype;
 
     public QuantizedKvStore(KvCacheOptions o)
     {
         quantization = new GroupQuantizationOptions { Bits = o.Bits, GroupSize = GroupSize, Dimension = -1 };
-        (batch, heads, headDim, dtype) = (o.BatchSize, o.KvHeads, o.HeadDim, o.DType);
+        (Rows, heads, headDim, dtype) = (o.BatchSize, o.KvHeads, o.HeadDim, o.DType);
         long groups = (o.HeadDim + GroupSize - 1) / GroupSize;
         long codesPerGroup = o.Bits == 4 ? GroupSize / 2 : GroupSize;
-        codes = torch.zeros(new long[] { batch, heads, o.Capacity, groups, codesPerGroup }, ScalarType.Byte, o.Device).DetachFromDisposeScope();
-        step = torch.zeros(new long[] { batch, heads, o.Capacity, groups, 1 }, o.DType, o.Device).DetachFromDisposeScope();
-        min = torch.zeros(new long[] { batch, heads, o.Capacity, groups, 1 }, o.DType, o.Device).DetachFromDisposeScope();
+        codes = torch.zeros(new long[] { Rows, heads, o.Capacity, groups, codesPerGroup }, ScalarType.Byte, o.Device).DetachFromDisposeScope();
+        step = torch.zeros(new long[] { Rows, heads, o.Capacity, groups, 1 }, o.DType, o.Device).DetachFromDisposeScope();
+        min = torch.zeros(new long[] { Rows, heads, o.Capacity, groups, 1 }, o.DType, o.Device).DetachFromDisposeScope();
     }
 
     /// <summary>Elements per (step, min) pair: FlexGen's group size.</summary>
@@ -97,25 +127,27 @@ internal sealed class QuantizedKvStore : KvStore
     {
         using var q = GroupQuantizer.Quantize(entries, quantization);
         long t = entries.shape[2];
-        codes.narrow(2, start, t).copy_(q.Codes);
-        step.narrow(2, start, t).copy_(q.Step);
-        min.narrow(2, start, t).copy_(q.Min);
+        InRows(codes).narrow(2, start, t).copy_(q.Codes);
+        InRows(step).narrow(2, start, t).copy_(q.Step);
+        InRows(min).narrow(2, start, t).copy_(q.Min);
     }
 
     public override Tensor Read(int length)
     {
         // Views of the storage: the wrapper is not disposed (that would dispose the views, which the scope owns anyway).
-        var view = new QuantizedTensor(codes.narrow(2, 0, length), step.narrow(2, 0, length), min.narrow(2, 0, length),
-            new[] { batch, heads, length, headDim }, 3, dtype, quantization);
+        var view = new QuantizedTensor(InRows(codes).narrow(2, 0, length), InRows(step).narrow(2, 0, length), InRows(min).narrow(2, 0, length),
+            new[] { Rows, heads, length, headDim }, 3, dtype, quantization);
         return GroupQuantizer.Dequantize(view);
     }
 
     public override void Compact(Tensor order)
     {
-        CompactTensor(codes, order);
-        CompactTensor(step, order);
-        CompactTensor(min, order);
+        CompactTensor(InRows(codes), order);
+        CompactTensor(InRows(step), order);
+        CompactTensor(InRows(min), order);
     }
+
+    protected override IReadOnlyList<Tensor> Tensors => new[] { codes, step, min };
 
     public override long Bytes => codes.NumberOfElements + (step.NumberOfElements + min.NumberOfElements) * step.ElementSize;
 

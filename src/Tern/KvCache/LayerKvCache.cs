@@ -24,7 +24,7 @@ public sealed class LayerKvCache : IDisposable
         keys = KvStore.Create(options);
         values = KvStore.Create(options);
         // The cache is disposed by its owner, not by whatever dispose scope is open when it is created.
-        Positions = torch.full(new long[] { options.BatchSize, options.KvHeads, options.Capacity }, -1L, ScalarType.Int64, options.Device)
+        positions = torch.full(new long[] { options.BatchSize, options.KvHeads, options.Capacity }, -1L, ScalarType.Int64, options.Device)
             .DetachFromDisposeScope();
     }
 
@@ -58,8 +58,17 @@ public sealed class LayerKvCache : IDisposable
     /// <summary>Value storage [batch, kvHeads, capacity, headDim] (the storage itself with 16 bits, a dequantized copy otherwise).</summary>
     public Tensor Values => values.Read(Capacity);
 
-    /// <summary>Original token position of each slot [batch, kvHeads, capacity], -1 when empty.</summary>
-    public Tensor Positions { get; }
+    /// <summary>Original token position of each slot [batch, kvHeads, capacity], -1 when empty (rows in use only: see
+    /// <see cref="KvCache.ActiveRows"/>).</summary>
+    public Tensor Positions => Rows == positions.shape[0] ? positions : positions.narrow(0, 0, Rows);
+    readonly Tensor positions;
+
+    /// <summary>Rows of the batch that steps run over: [0, Rows) (<see cref="KvCache.ActiveRows"/>).</summary>
+    public int Rows
+    {
+        get => keys.Rows;
+        internal set => keys.Rows = values.Rows = value;
+    }
 
     /// <summary>Keys in use, [batch, kvHeads, Length, headDim] (a view with 16 bits, a dequantized copy otherwise).</summary>
     public Tensor ActiveKeys => keys.Read(Length);
@@ -99,6 +108,8 @@ public sealed class LayerKvCache : IDisposable
         {
             if (this.keys is not DenseKvStore k || this.values is not DenseKvStore v)
                 throw new InvalidOperationException("static-shape steps (CUDA graphs) need a 16-bit KV cache.");
+            if (Rows != positions.shape[0])
+                throw new InvalidOperationException("static-shape steps (CUDA graphs) write every row of the cache; it has rows out of use.");
             if (!Interop.FusedKernels.TryCacheAppend(k.Storage, v.Storage, Positions, keys, values, positions, slots))
             {
                 k.Storage.index_copy_(2, slots, keys);
@@ -145,6 +156,63 @@ public sealed class LayerKvCache : IDisposable
         Length = newLength;
     }
 
+    /// <summary>Copies <paramref name="count"/> entries of <paramref name="source"/>'s row <paramref name="sourceRow"/>, from its slot
+    /// <paramref name="sourceStart"/>, into slots [0, count) of this layer's empty row <paramref name="row"/>, growing
+    /// <see cref="Length"/> to <paramref name="count"/> when shorter (the other rows get empty slots there). Serving uses it to
+    /// move a prefilled sequence into a running batch. Both caches have the same storage layout and no policy state.</summary>
+    internal void ImportRow(int row, LayerKvCache source, int sourceRow, int sourceStart, int count)
+    {
+        if (policyState is not null || source.policyState is not null)
+            throw new InvalidOperationException("rows of a cache whose policy keeps per-entry state cannot be moved.");
+        if (count > Capacity) throw new InvalidOperationException($"KV cache of layer {Layer}: {count} entries exceed its {Capacity} slots.");
+        keys.CopyRow(source.keys, sourceRow, sourceStart, row, 0, count);
+        values.CopyRow(source.values, sourceRow, sourceStart, row, 0, count);
+        using (var target = positions.select(0, row).narrow(1, 0, count))
+        using (var from = source.positions.select(0, sourceRow).narrow(1, sourceStart, count))
+            target.copy_(from);
+        if (count != Length && (count < Length || Rows > 1)) HasHoles = true;
+        Length = Math.Max(Length, count);
+    }
+
+    /// <summary>Moves row <paramref name="from"/>'s entries into row <paramref name="to"/> (whose entries are dropped) and empties
+    /// row <paramref name="from"/>: how serving keeps its live sequences in rows [0, Rows).</summary>
+    internal void MoveRow(int from, int to)
+    {
+        if (Length == 0) return;
+        keys.CopyRow(keys, from, 0, to, 0, Length);
+        values.CopyRow(values, from, 0, to, 0, Length);
+        using (var target = positions.select(0, to).narrow(1, 0, Length))
+        using (var source = positions.select(0, from).narrow(1, 0, Length))
+            target.copy_(source);
+        EmptyRow(from);
+    }
+
+    /// <summary>Marks every slot of row <paramref name="row"/> empty (its entries stay in storage but are never attended to).</summary>
+    internal void EmptyRow(int row)
+    {
+        if (Length == 0) return;
+        using var slots = positions.select(0, row).narrow(1, 0, Length);
+        slots.fill_(-1);
+        HasHoles = true;
+    }
+
+    /// <summary>Copies rows [0, Rows) and slots [0, Length) of <paramref name="source"/> (same storage layout, no policy state)
+    /// into this empty layer, with its length and holes.</summary>
+    internal void CopyFrom(LayerKvCache source)
+    {
+        Rows = source.Rows;
+        for (int row = 0; row < Rows; row++) ImportRow(row, source, row, 0, source.Length);
+        HasHoles = source.HasHoles;
+    }
+
+    /// <summary>Occupied slots below <see cref="Length"/> in every row (in use or not) and head, read back from the device.</summary>
+    internal long OccupiedEntries()
+    {
+        if (Length == 0) return 0;
+        using var scope = torch.NewDisposeScope();
+        return positions.narrow(2, 0, Length).ge(0).sum().item<long>();
+    }
+
     /// <summary>Number of occupied entries per sequence and head, [batch, kvHeads] (a device tensor).</summary>
     public Tensor EntryCounts() => ActivePositions.ge(0).sum(-1);
 
@@ -154,7 +222,7 @@ public sealed class LayerKvCache : IDisposable
     /// <summary>Empties the layer (keeps the allocation; drops the policy's state).</summary>
     public void Clear()
     {
-        if (Length > 0) Positions.narrow(2, 0, Length).fill_(-1);
+        if (Length > 0) positions.narrow(2, 0, Length).fill_(-1);
         Length = 0;
         HasHoles = false;
         policyState?.Dispose();
@@ -166,7 +234,7 @@ public sealed class LayerKvCache : IDisposable
     {
         keys.Dispose();
         values.Dispose();
-        Positions.Dispose();
+        positions.Dispose();
         policyState?.Dispose();
     }
 }

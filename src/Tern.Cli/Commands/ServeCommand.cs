@@ -1,0 +1,105 @@
+using System.CommandLine;
+using Tern.Serving;
+using Tern.Server;
+
+namespace Tern.Cli.Commands;
+
+/// <summary><c>tern serve</c>: an OpenAI-compatible HTTP server with continuous batching.</summary>
+internal static class ServeCommand
+{
+    public static Command Create()
+    {
+        var common = new CommonOptions();
+        var flags = new ServeFlags();
+        var apiKey = new Option<string?>("--api-key") { Description = "Require 'Authorization: Bearer KEY' on /v1 requests (default: the TERN_API_KEY variable, else none)." };
+        var command = new Command("serve", "Serve a model over an OpenAI-compatible HTTP API (completions, chat, streaming) with continuous batching.") { apiKey };
+        common.AddTo(command);
+        flags.AddTo(command);
+        command.SetAction((r, cancellation) => RunAsync(r, common, flags, apiKey, cancellation));
+        return command;
+    }
+
+    static async Task<int> RunAsync(ParseResult r, CommonOptions common, ServeFlags flags, Option<string?> apiKey, CancellationToken cancellation)
+    {
+        var serving = flags.Serving(r);
+        var server = flags.Server(r, common) with { ApiKey = r.GetValue(apiKey) ?? Environment.GetEnvironmentVariable("TERN_API_KEY") };
+        server.Validate();
+        var (model, tokenizer, folder) = common.Load(r, needTokenizer: true);
+        using (model)
+        using (var engine = ServingEngine.Start(model, tokenizer, serving))
+        {
+            await using var host = await TernServer.StartAsync(engine, server, cancellation);
+            Console.Error.WriteLine($"serving {folder} as '{server.ModelId}' ({model.Info.ModelType}, {model.DType.ToString().ToLowerInvariant()} on " +
+                $"{model.Device.type.ToString().ToLowerInvariant()}) at {host.Address}v1 — batch {serving.MaxBatchSize}, queue {serving.MaxQueue}, " +
+                $"prompt <= {engine.MaxPromptTokens} tokens, max_tokens <= {serving.MaxNewTokens}{(server.ApiKey is null ? "" : ", API key required")}; Ctrl+C stops.");
+            try
+            {
+                await Task.Delay(Timeout.Infinite, cancellation);
+            }
+            catch (OperationCanceledException)
+            {
+            }
+            Console.Error.WriteLine("stopping.");
+        }
+        return 0;
+    }
+}
+
+/// <summary>The serving limits and listening flags shared by <c>tern serve</c> and <c>tern bench serve</c>, checked while
+/// parsing (defaults are applied in the readers: a validator sees unset options without their default values).</summary>
+internal sealed class ServeFlags
+{
+    static readonly ServingOptions Defaults = new();
+
+    public Option<string?> Host { get; } = new("--host") { Description = "Address to bind (default 127.0.0.1, loopback; 0.0.0.0 exposes the server)." };
+    public Option<int?> Port { get; } = new("--port") { Description = "Port (default 8000; 0 picks a free one)." };
+    public Option<string?> ModelId { get; } = new("--model-id") { Description = "Model id clients name (default: the model folder's name)." };
+    public Option<int?> MaxBatch { get; } = new("--max-batch") { Description = $"Sequences decoded together (default {Defaults.MaxBatchSize})." };
+    public Option<int?> KvBudgetTokens { get; } = new("--kv-budget-tokens") { Description = "KV-cache tokens running requests may reserve together (prompt + max_tokens each); default batch x context." };
+    public Option<int?> MaxQueue { get; } = new("--max-queue") { Description = $"Requests that may wait; more get 429 (default {Defaults.MaxQueue})." };
+    public Option<int?> MaxPromptTokens { get; } = new("--max-prompt-tokens") { Description = "Longest prompt in tokens (default: the model's context)." };
+    public Option<int?> MaxTokens { get; } = new("--max-tokens") { Description = $"Largest max_tokens a request may ask for (default {Defaults.MaxNewTokens})." };
+    public Option<int?> MaxPrefillTokens { get; } = new("--max-prefill-tokens") { Description = $"Prompt tokens prefilled per step: more joiners wait a step, a longer prompt is prefilled in chunks (default {Defaults.MaxPrefillTokensPerStep})." };
+    public Option<long?> MaxBodyBytes { get; } = new("--max-body-bytes") { Description = "Largest request body in bytes; 413 beyond (default 1 MiB)." };
+
+    public void AddTo(Command command)
+    {
+        foreach (var o in new Option[] { Host, Port, ModelId, MaxBatch, KvBudgetTokens, MaxQueue, MaxPromptTokens, MaxTokens, MaxPrefillTokens, MaxBodyBytes }) command.Options.Add(o);
+        command.Validators.Add(result =>
+        {
+            try
+            {
+                Serving(result.GetValue(MaxBatch), result.GetValue(KvBudgetTokens), result.GetValue(MaxQueue), result.GetValue(MaxPromptTokens), result.GetValue(MaxTokens), result.GetValue(MaxPrefillTokens)).Validate();
+                Server(result.GetValue(Host), result.GetValue(Port), result.GetValue(MaxBodyBytes)).Validate();
+            }
+            catch (ArgumentException e)
+            {
+                result.AddError(e.Message);
+            }
+        });
+    }
+
+    public ServingOptions Serving(ParseResult r) =>
+        Serving(r.GetValue(MaxBatch), r.GetValue(KvBudgetTokens), r.GetValue(MaxQueue), r.GetValue(MaxPromptTokens), r.GetValue(MaxTokens), r.GetValue(MaxPrefillTokens));
+
+    static ServingOptions Serving(int? maxBatch, int? budget, int? queue, int? prompt, int? maxTokens, int? prefill) => new()
+    {
+        MaxBatchSize = maxBatch ?? Defaults.MaxBatchSize,
+        KvBudgetTokens = budget ?? 0,
+        MaxQueue = queue ?? Defaults.MaxQueue,
+        MaxPromptTokens = prompt ?? 0,
+        MaxNewTokens = maxTokens ?? Defaults.MaxNewTokens,
+        MaxPrefillTokensPerStep = prefill ?? Defaults.MaxPrefillTokensPerStep,
+    };
+
+    static ServerOptions Server(string? host, int? port, long? maxBody)
+    {
+        var defaults = new ServerOptions();
+        return defaults with { Host = host ?? defaults.Host, Port = port ?? defaults.Port, MaxBodyBytes = maxBody ?? defaults.MaxBodyBytes };
+    }
+
+    public ServerOptions Server(ParseResult r, CommonOptions common) => Server(r.GetValue(Host), r.GetValue(Port), r.GetValue(MaxBodyBytes)) with
+    {
+        ModelId = r.GetValue(ModelId) ?? Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(common.ResolveModelFolder(r)))),
+    };
+}

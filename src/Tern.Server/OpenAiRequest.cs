@@ -1,0 +1,231 @@
+using System.Text.Json;
+using System.Text.RegularExpressions;
+using Tern.Generation;
+using Tern.KvCache;
+using Tern.Tokenization;
+
+namespace Tern.Server;
+
+/// <summary>A request body the server refuses: OpenAI's error object fields and the HTTP status.</summary>
+internal sealed class ApiError(int status, string message, string? param = null, string? code = null, string type = "invalid_request_error")
+    : Exception(message)
+{
+    public int Status { get; } = status;
+    public string? Param { get; } = param;
+    public string? Code { get; } = code;
+    public string Type { get; } = type;
+}
+
+/// <summary>
+/// A parsed <c>/v1/completions</c> or <c>/v1/chat/completions</c> body: the fields Tern serves, each type-checked with an
+/// error naming it, plus the Tern extensions (<c>kv_policy</c>, <c>kv_budget</c>, <c>kv_sink</c>, <c>kv_recent</c>,
+/// <c>kv_bits</c>, <c>kv_evict_every</c>, and as in vLLM <c>top_k</c>, <c>repetition_penalty</c>, <c>ignore_eos</c>). Unknown
+/// fields are ignored, as OpenAI clients send some that do not apply.
+/// </summary>
+internal sealed record OpenAiRequest
+{
+    public string? Prompt { get; init; }
+    public IReadOnlyList<int>? PromptTokens { get; init; }
+    public IReadOnlyList<ChatMessage>? Messages { get; init; }
+    public required bool Stream { get; init; }
+    public required bool IncludeUsage { get; init; }
+    public required GenerationOptions Options { get; init; }
+
+    static readonly Regex CliFlag = new(@"--kv-([a-z-]+)", RegexOptions.CultureInvariant);
+
+    /// <summary>Reads a body; <paramref name="chat"/> selects the chat shape (messages) over the completion shape (prompt).</summary>
+    /// <param name="defaultMaxTokens">max_tokens when the body has none.</param>
+    public static OpenAiRequest Parse(JsonElement body, bool chat, int defaultMaxTokens, string? servedModel)
+    {
+        if (body.ValueKind != JsonValueKind.Object) throw new ApiError(400, "the request body must be a JSON object.");
+        string model = String(body, "model") ?? throw new ApiError(400, "you must provide a model parameter.", "model");
+        if (servedModel is not null && model != servedModel)
+            throw new ApiError(404, $"The model '{model}' does not exist; this server serves '{servedModel}'.", "model", "model_not_found");
+        if (Int(body, "n") is { } n && n != 1) throw new ApiError(400, $"n must be 1 (got {n}): Tern returns one choice per request.", "n");
+        if (body.TryGetProperty("logprobs", out var logprobs) && (logprobs.ValueKind == JsonValueKind.True
+                || (logprobs.ValueKind == JsonValueKind.Number && logprobs.GetRawText() != "0")))
+            throw new ApiError(400, "logprobs are not supported.", "logprobs");
+        if (Bool(body, "echo") == true) throw new ApiError(400, "echo is not supported.", "echo");
+
+        string? prompt = null;
+        IReadOnlyList<int>? promptTokens = null;
+        IReadOnlyList<ChatMessage>? messages = null;
+        if (chat) messages = ReadMessages(body);
+        else (prompt, promptTokens) = ReadPrompt(body);
+
+        int maxTokens = Int(body, "max_completion_tokens") ?? Int(body, "max_tokens") ?? defaultMaxTokens;
+        string maxField = Has(body, "max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
+        if (maxTokens < 1) throw new ApiError(400, $"{maxField} must be at least 1 (got {maxTokens}).", maxField);
+        double temperature = Number(body, "temperature") ?? 1.0;
+        if (temperature is < 0 or > 2) throw new ApiError(400, $"temperature must be between 0 and 2 (got {temperature}).", "temperature");
+        double topP = Number(body, "top_p") ?? 1.0;
+        if (topP is <= 0 or > 1) throw new ApiError(400, $"top_p must be in (0, 1] (got {topP}).", "top_p");
+        int topK = Int(body, "top_k") ?? 0;
+        if (topK < 0) throw new ApiError(400, $"top_k must be >= 0 (got {topK}).", "top_k");
+        double repetition = Number(body, "repetition_penalty") ?? 1.0;
+        if (repetition <= 0) throw new ApiError(400, $"repetition_penalty must be > 0 (got {repetition}).", "repetition_penalty");
+        var stop = Stop(body);
+
+        bool stream = Bool(body, "stream") ?? false;
+        bool includeUsage = false;
+        if (Field(body, "stream_options", JsonValueKind.Object) is { } streamOptions)
+            includeUsage = Bool(streamOptions, "include_usage", "stream_options.include_usage") ?? false;
+
+        return new OpenAiRequest
+        {
+            Prompt = prompt, PromptTokens = promptTokens, Messages = messages, Stream = stream, IncludeUsage = includeUsage,
+            Options = new GenerationOptions
+            {
+                MaxNewTokens = maxTokens,
+                Temperature = temperature,
+                TopP = topP,
+                TopK = topK,
+                RepetitionPenalty = repetition,
+                Seed = Long(body, "seed"),
+                IgnoreEos = Bool(body, "ignore_eos") ?? false,
+                StopStrings = stop,
+                CachePolicy = Policy(body),
+            },
+        };
+    }
+
+    static (string?, IReadOnlyList<int>?) ReadPrompt(JsonElement body)
+    {
+        if (!body.TryGetProperty("prompt", out var p) || p.ValueKind == JsonValueKind.Null)
+            throw new ApiError(400, "you must provide a prompt.", "prompt");
+        if (p.ValueKind == JsonValueKind.String) return (NonEmpty(p.GetString()!, "prompt"), null);
+        if (p.ValueKind == JsonValueKind.Array)
+        {
+            var items = p.EnumerateArray().ToArray();
+            if (items.Length == 1 && items[0].ValueKind == JsonValueKind.String) return (NonEmpty(items[0].GetString()!, "prompt"), null);
+            if (items.Length > 0 && items.All(i => i.ValueKind == JsonValueKind.Number && i.TryGetInt32(out _)))
+                return (null, items.Select(i => i.GetInt32()).ToArray());
+            if (items.Length > 1 && items.All(i => i.ValueKind == JsonValueKind.String))
+                throw new ApiError(400, "prompt holds several prompts; send one request per prompt.", "prompt");
+        }
+        throw new ApiError(400, "prompt must be a string, an array of one string, or an array of token ids.", "prompt");
+    }
+
+    static string NonEmpty(string text, string field) =>
+        text.Length > 0 ? text : throw new ApiError(400, $"{field} is empty; it needs at least one character.", field);
+
+    static IReadOnlyList<ChatMessage> ReadMessages(JsonElement body)
+    {
+        var array = Field(body, "messages", JsonValueKind.Array) ?? throw new ApiError(400, "you must provide messages.", "messages");
+        var messages = new List<ChatMessage>();
+        int i = 0;
+        foreach (var m in array.EnumerateArray())
+        {
+            string at = $"messages[{i++}]";
+            if (m.ValueKind != JsonValueKind.Object) throw new ApiError(400, $"{at} must be an object with role and content.", at);
+            string role = String(m, "role", $"{at}.role") ?? throw new ApiError(400, $"{at}.role is missing.", $"{at}.role");
+            if (role is not ("system" or "developer" or "user" or "assistant"))
+                throw new ApiError(400, $"{at}.role must be system, developer, user or assistant (got '{role}').", $"{at}.role");
+            messages.Add(new ChatMessage(role == "developer" ? "system" : role, Content(m, $"{at}.content")));
+        }
+        if (messages.Count == 0) throw new ApiError(400, "messages is empty; it needs at least one message.", "messages");
+        return messages;
+    }
+
+    /// <summary>A message's content: a string, or an array of text parts.</summary>
+    static string Content(JsonElement message, string at)
+    {
+        if (!message.TryGetProperty("content", out var c) || c.ValueKind == JsonValueKind.Null) return "";
+        if (c.ValueKind == JsonValueKind.String) return c.GetString()!;
+        if (c.ValueKind == JsonValueKind.Array)
+            return string.Concat(c.EnumerateArray().Select((part, k) =>
+                part.ValueKind == JsonValueKind.Object && String(part, "type", $"{at}[{k}].type") == "text"
+                    ? String(part, "text", $"{at}[{k}].text") ?? ""
+                    : throw new ApiError(400, $"{at}[{k}] must be a text part: Tern models read text only.", $"{at}[{k}]")));
+        throw new ApiError(400, $"{at} must be a string or an array of text parts.", at);
+    }
+
+    static IReadOnlyList<string> Stop(JsonElement body)
+    {
+        if (!body.TryGetProperty("stop", out var s) || s.ValueKind == JsonValueKind.Null) return Array.Empty<string>();
+        string[] stops = s.ValueKind switch
+        {
+            JsonValueKind.String => new[] { s.GetString()! },
+            JsonValueKind.Array when s.EnumerateArray().All(x => x.ValueKind == JsonValueKind.String) => s.EnumerateArray().Select(x => x.GetString()!).ToArray(),
+            _ => throw new ApiError(400, "stop must be a string or an array of strings.", "stop"),
+        };
+        if (stops.Length > 4) throw new ApiError(400, $"stop holds {stops.Length} sequences; at most 4 are allowed.", "stop");
+        if (stops.Any(x => x.Length == 0)) throw new ApiError(400, "stop sequences must not be empty.", "stop");
+        return stops;
+    }
+
+    /// <summary>The Tern extensions: a KV-cache policy per request, validated with the CLI's messages (flags named as fields).</summary>
+    static IKvCachePolicy? Policy(JsonElement body)
+    {
+        string? policy = String(body, "kv_policy");
+        string? budget = BudgetText(body, "kv_budget");
+        int? sinks = Int(body, "kv_sink");
+        string? recent = BudgetText(body, "kv_recent");
+        int? bits = Int(body, "kv_bits");
+        int? evictEvery = Int(body, "kv_evict_every");
+        if (policy is null && budget is null && sinks is null && recent is null && bits is null && evictEvery is null) return null;
+        try
+        {
+            return KvCachePolicies.Create(KvPolicyOptions.Parse(policy, budget, sinks, recent, bits, evictEvery));
+        }
+        catch (ArgumentException e)
+        {
+            var field = CliFlag.Match(e.Message);
+            string message = CliFlag.Replace(e.Message, m => "kv_" + m.Groups[1].Value.Replace('-', '_'));
+            throw new ApiError(400, message, field.Success ? "kv_" + field.Groups[1].Value.Replace('-', '_') : "kv_policy");
+        }
+    }
+
+    static string? BudgetText(JsonElement body, string name) =>
+        body.TryGetProperty(name, out var v) ? v.ValueKind switch
+        {
+            JsonValueKind.Null => null,
+            JsonValueKind.String => v.GetString(),
+            JsonValueKind.Number => v.GetRawText(),
+            _ => throw new ApiError(400, $"{name} must be a token count or a ratio, as a number or a string.", name),
+        } : null;
+
+    // ------------------------------------------------------------------ typed field readers (null when absent or null)
+
+    static bool Has(JsonElement o, string name) => o.TryGetProperty(name, out var v) && v.ValueKind != JsonValueKind.Null;
+
+    static JsonElement? Field(JsonElement o, string name, JsonValueKind kind, string? path = null)
+    {
+        if (!o.TryGetProperty(name, out var v) || v.ValueKind == JsonValueKind.Null) return null;
+        if (v.ValueKind != kind) throw new ApiError(400, $"{path ?? name} must be {Describe(kind)} (got {Describe(v.ValueKind)}).", path ?? name);
+        return v;
+    }
+
+    static string? String(JsonElement o, string name, string? path = null) => Field(o, name, JsonValueKind.String, path)?.GetString();
+
+    static double? Number(JsonElement o, string name) => Field(o, name, JsonValueKind.Number)?.GetDouble();
+
+    static int? Int(JsonElement o, string name) => Long(o, name) is { } v
+        ? v is >= int.MinValue and <= int.MaxValue ? (int)v : throw new ApiError(400, $"{name} is out of range (got {v}).", name)
+        : null;
+
+    static long? Long(JsonElement o, string name) => Field(o, name, JsonValueKind.Number) is { } v
+        ? v.TryGetInt64(out long x) ? x : throw new ApiError(400, $"{name} must be an integer (got {v.GetRawText()}).", name)
+        : null;
+
+    static bool? Bool(JsonElement o, string name, string? path = null)
+    {
+        if (!o.TryGetProperty(name, out var v) || v.ValueKind == JsonValueKind.Null) return null;
+        return v.ValueKind switch
+        {
+            JsonValueKind.True => true,
+            JsonValueKind.False => false,
+            _ => throw new ApiError(400, $"{path ?? name} must be a boolean (got {Describe(v.ValueKind)}).", path ?? name),
+        };
+    }
+
+    static string Describe(JsonValueKind kind) => kind switch
+    {
+        JsonValueKind.Object => "an object",
+        JsonValueKind.Array => "an array",
+        JsonValueKind.String => "a string",
+        JsonValueKind.Number => "a number",
+        JsonValueKind.True or JsonValueKind.False => "a boolean",
+        _ => "null",
+    };
+}

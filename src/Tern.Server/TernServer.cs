@@ -1,0 +1,287 @@
+using System.Net;
+using System.Security.Cryptography;
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Hosting.Server;
+using Microsoft.AspNetCore.Hosting.Server.Features;
+using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
+using Tern.Generation;
+using Tern.Serving;
+
+namespace Tern.Server;
+
+/// <summary>Where and how the HTTP server listens.</summary>
+public sealed record ServerOptions
+{
+    /// <summary>Address to bind: loopback unless told otherwise (an IP address, or "localhost").</summary>
+    public string Host { get; init; } = "127.0.0.1";
+
+    /// <summary>Port; 0 picks a free one (see <see cref="TernServer.Address"/>).</summary>
+    public int Port { get; init; } = 8000;
+
+    /// <summary>When set, every <c>/v1</c> request needs <c>Authorization: Bearer</c> with this key.</summary>
+    public string? ApiKey { get; init; }
+
+    /// <summary>The model id clients name (<c>GET /v1/models</c>); requests naming another get a 404.</summary>
+    public string ModelId { get; init; } = "tern";
+
+    /// <summary>Largest request body in bytes (413 beyond).</summary>
+    public long MaxBodyBytes { get; init; } = 1 << 20;
+
+    /// <summary>max_tokens of a completion request that gives none (OpenAI's default, 16); chat requests default to the
+    /// engine's <see cref="ServingOptions.MaxNewTokens"/>.</summary>
+    public int DefaultMaxTokens { get; init; } = 16;
+
+    /// <summary>Checks the values, with messages that name the option.</summary>
+    public void Validate()
+    {
+        if (Port is < 0 or > 65535) throw new ArgumentException($"--port must be in [0, 65535] (got {Port}).");
+        if (Host != "localhost" && !IPAddress.TryParse(Host, out _)) throw new ArgumentException($"--host must be an IP address or localhost (got '{Host}').");
+        if (MaxBodyBytes < 1024) throw new ArgumentException($"the body limit must be at least 1024 bytes (got {MaxBodyBytes}).");
+        if (DefaultMaxTokens < 1) throw new ArgumentException($"the default max_tokens must be at least 1 (got {DefaultMaxTokens}).");
+        if (ApiKey is { Length: 0 }) throw new ArgumentException("--api-key must not be empty.");
+    }
+}
+
+/// <summary>
+/// An OpenAI-compatible HTTP server (ASP.NET Core Kestrel) over a <see cref="ServingEngine"/>: <c>POST /v1/completions</c>,
+/// <c>POST /v1/chat/completions</c> (both with <c>stream: true</c> as server-sent events), <c>GET /v1/models</c> and
+/// <c>GET /health</c>. Errors are OpenAI error objects with 400/401/404/413/429/503; a client that disconnects cancels its
+/// request, which frees its cache slot at the next step.
+/// </summary>
+public sealed class TernServer : IAsyncDisposable
+{
+    readonly WebApplication app;
+    readonly ServingEngine engine;
+    readonly ServerOptions options;
+    readonly long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
+
+    TernServer(WebApplication app, ServingEngine engine, ServerOptions options, Uri address)
+    {
+        this.app = app;
+        this.engine = engine;
+        this.options = options;
+        Address = address;
+    }
+
+    /// <summary>The address the server listens on (with the port picked when <see cref="ServerOptions.Port"/> is 0).</summary>
+    public Uri Address { get; }
+
+    /// <summary>Starts listening; the caller keeps the engine (and disposes it after the server).</summary>
+    public static async Task<TernServer> StartAsync(ServingEngine engine, ServerOptions options, CancellationToken cancellation = default)
+    {
+        options.Validate();
+        var builder = WebApplication.CreateSlimBuilder();
+        builder.Logging.ClearProviders();
+        builder.WebHost.UseKestrel(k =>
+        {
+            if (options.Host == "localhost") k.ListenLocalhost(options.Port);
+            else k.Listen(IPAddress.Parse(options.Host), options.Port);
+            k.Limits.MaxRequestBodySize = options.MaxBodyBytes;
+        });
+        var app = builder.Build();
+        TernServer? server = null;
+        app.Use(async (context, next) =>
+        {
+            try
+            {
+                if (options.ApiKey is { } key && context.Request.Path.StartsWithSegments("/v1")
+                    && !CryptographicOperations.FixedTimeEquals(Encoding.UTF8.GetBytes(context.Request.Headers.Authorization.ToString()), Encoding.UTF8.GetBytes("Bearer " + key)))
+                    throw new ApiError(401, "Incorrect API key provided: pass it as 'Authorization: Bearer KEY'.", code: "invalid_api_key");
+                await next(context);
+            }
+            catch (ApiError e) when (!context.Response.HasStarted)
+            {
+                await WriteError(context, e);
+            }
+        });
+        app.MapGet("/health", () => Json(new JsonObject { ["status"] = "ok" }));
+        app.MapGet("/v1/models", () => server!.Models());
+        app.MapPost("/v1/completions", (HttpContext context) => server!.Complete(context, chat: false));
+        app.MapPost("/v1/chat/completions", (HttpContext context) => server!.Complete(context, chat: true));
+        app.MapFallback((HttpContext context) => { throw new ApiError(404, $"{context.Request.Method} {context.Request.Path} is not an endpoint of this server.", code: "unknown_url"); });
+        await app.StartAsync(cancellation);
+        string address = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
+        server = new TernServer(app, engine, options, new Uri(address.Replace("[::1]", "localhost")));
+        return server;
+    }
+
+    /// <summary>Stops listening.</summary>
+    public async ValueTask DisposeAsync()
+    {
+        await app.StopAsync();
+        await app.DisposeAsync();
+    }
+
+    /// <summary>JSON as OpenAI writes it: non-ASCII text and quotes unescaped.</summary>
+    static readonly JsonSerializerOptions JsonOptions = new() { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
+
+    static IResult Json(JsonObject body) => Results.Text(body.ToJsonString(JsonOptions), "application/json", Encoding.UTF8);
+
+    IResult Models() => Json(new JsonObject
+    {
+        ["object"] = "list",
+        ["data"] = new JsonArray(new JsonObject { ["id"] = options.ModelId, ["object"] = "model", ["created"] = created, ["owned_by"] = "tern" }),
+    });
+
+    async Task Complete(HttpContext context, bool chat)
+    {
+        // Completions default to OpenAI's 16 tokens; chat replies run to the server's limit (or the context), as OpenAI's do.
+        var request = OpenAiRequest.Parse(await ReadBody(context), chat, chat ? engine.Options.MaxNewTokens : options.DefaultMaxTokens, options.ModelId);
+        ServingRequest served;
+        try
+        {
+            var prompt = request.Messages is { } messages ? engine.EncodeChat(messages)
+                : request.PromptTokens ?? engine.Encode(request.Prompt!);
+            served = engine.Submit(prompt, request.Options, context.RequestAborted);
+        }
+        catch (ServingException e)
+        {
+            throw Refusal(e, chat);
+        }
+        string id = (chat ? "chatcmpl-" : "cmpl-") + Guid.NewGuid().ToString("N");
+        var response = new Response(id, chat ? "chat.completion" : "text_completion", DateTimeOffset.UtcNow.ToUnixTimeSeconds(), options.ModelId, chat);
+        try
+        {
+            if (request.Stream) await Stream(context, served, response, request.IncludeUsage);
+            else
+            {
+                var output = await served.Completion;
+                await Json(response.Whole(output)).ExecuteAsync(context);
+            }
+        }
+        catch (OperationCanceledException) when (context.RequestAborted.IsCancellationRequested)
+        {
+            // The client left: the engine drops the request at its next step.
+        }
+        catch (Exception e) when (!context.Response.HasStarted && e is not ApiError)
+        {
+            // The engine failed the request after admission: a policy impossible for this model, the server stopping, a bug.
+            throw e switch
+            {
+                ArgumentException => new ApiError(400, e.Message),
+                ServingException refused => Refusal(refused, chat),
+                _ => new ApiError(500, e.Message, type: "server_error"),
+            };
+        }
+    }
+
+    /// <summary>The HTTP error for a request the engine refused.</summary>
+    static ApiError Refusal(ServingException e, bool chat) => e.Error switch
+    {
+        ServingError.Overloaded => new ApiError(429, e.Message, code: "rate_limit_exceeded", type: "rate_limit_error"),
+        ServingError.Unavailable => new ApiError(503, e.Message, code: "service_unavailable", type: "server_error"),
+        _ => new ApiError(400, e.Message, chat && e.Field == "prompt" ? "messages" : e.Field),
+    };
+
+    static async Task Stream(HttpContext context, ServingRequest served, Response response, bool includeUsage)
+    {
+        var http = context.Response;
+        http.ContentType = "text/event-stream";
+        http.Headers.CacheControl = "no-cache";
+        var aborted = context.RequestAborted;
+        if (response.Chat) await Event(http, response.Chunk(new JsonObject { ["role"] = "assistant", ["content"] = "" }, null), aborted);
+        try
+        {
+            await foreach (var token in served.Tokens.ReadAllAsync(aborted))
+                if (token.Text.Length > 0)
+                    await Event(http, response.Chunk(response.Chat ? new JsonObject { ["content"] = token.Text } : token.Text, null), aborted);
+            var output = await served.Completion;
+            await Event(http, response.Chunk(response.Chat ? new JsonObject() : "", output.FinishReason), aborted);
+            if (includeUsage) await Event(http, response.UsageChunk(output), aborted);
+        }
+        catch (Exception e) when (e is not OperationCanceledException || !aborted.IsCancellationRequested)
+        {
+            await Event(http, ErrorBody(new ApiError(500, e.Message, type: "server_error")), aborted);
+        }
+        await http.WriteAsync("data: [DONE]\n\n", aborted);
+        await http.Body.FlushAsync(aborted);
+    }
+
+    static async Task Event(HttpResponse http, JsonObject body, CancellationToken cancellation)
+    {
+        await http.WriteAsync("data: " + body.ToJsonString(JsonOptions) + "\n\n", cancellation);
+        await http.Body.FlushAsync(cancellation);
+    }
+
+    async Task<JsonElement> ReadBody(HttpContext context)
+    {
+        if (context.Request.ContentLength > options.MaxBodyBytes) throw TooLarge();
+        try
+        {
+            using var document = await JsonDocument.ParseAsync(context.Request.Body, cancellationToken: context.RequestAborted);
+            return document.RootElement.Clone();
+        }
+        catch (JsonException e)
+        {
+            throw new ApiError(400, $"the body is not valid JSON: {e.Message}");
+        }
+        catch (BadHttpRequestException e) when (e.StatusCode == StatusCodes.Status413PayloadTooLarge)
+        {
+            throw TooLarge();
+        }
+    }
+
+    ApiError TooLarge() => new(413, $"the request body exceeds the server's limit of {options.MaxBodyBytes} bytes.", code: "request_too_large");
+
+    static JsonObject ErrorBody(ApiError e) => new()
+    {
+        ["error"] = new JsonObject { ["message"] = e.Message, ["type"] = e.Type, ["param"] = e.Param, ["code"] = e.Code },
+    };
+
+    static async Task WriteError(HttpContext context, ApiError e)
+    {
+        context.Response.StatusCode = e.Status;
+        if (e.Status == 401) context.Response.Headers.WWWAuthenticate = "Bearer";
+        await Json(ErrorBody(e)).ExecuteAsync(context);
+    }
+
+    /// <summary>The OpenAI response objects of one request.</summary>
+    sealed record Response(string Id, string Object, long Created, string Model, bool Chat)
+    {
+        JsonObject Envelope(string objectName, JsonArray choices) => new()
+        {
+            ["id"] = Id, ["object"] = objectName, ["created"] = Created, ["model"] = Model, ["choices"] = choices,
+        };
+
+        public JsonObject Whole(SequenceOutput output)
+        {
+            var choice = new JsonObject { ["index"] = 0 };
+            if (Chat) choice["message"] = new JsonObject { ["role"] = "assistant", ["content"] = output.Text };
+            else choice["text"] = output.Text;
+            choice["logprobs"] = null;
+            choice["finish_reason"] = FinishReasonName(output.FinishReason);
+            var body = Envelope(Object, new JsonArray(choice));
+            body["usage"] = Usage(output);
+            return body;
+        }
+
+        /// <summary>A streamed chunk: a chat delta (object) or completion text (string), with the finish reason on the last.</summary>
+        public JsonObject Chunk(JsonNode delta, FinishReason? finish)
+        {
+            var choice = new JsonObject { ["index"] = 0, [Chat ? "delta" : "text"] = delta, ["logprobs"] = null, ["finish_reason"] = finish is { } f ? FinishReasonName(f) : null };
+            return Envelope(Chat ? "chat.completion.chunk" : "text_completion", new JsonArray(choice));
+        }
+
+        public JsonObject UsageChunk(SequenceOutput output)
+        {
+            var body = Envelope(Chat ? "chat.completion.chunk" : "text_completion", new JsonArray());
+            body["usage"] = Usage(output);
+            return body;
+        }
+
+        static string FinishReasonName(FinishReason reason) => reason == FinishReason.Length ? "length" : "stop";
+
+        static JsonObject Usage(SequenceOutput output) => new()
+        {
+            ["prompt_tokens"] = output.PromptTokens.Count,
+            ["completion_tokens"] = output.Tokens.Count,
+            ["total_tokens"] = output.PromptTokens.Count + output.Tokens.Count,
+        };
+    }
+}

@@ -1,0 +1,611 @@
+using System.Threading.Channels;
+using Tern.Generation;
+using Tern.KvCache;
+using Tern.Models;
+using Tern.Runtime;
+using Tern.Tokenization;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Tern.Serving;
+
+/// <summary>
+/// Continuous batching: one model serves many requests. A scheduler on one dedicated thread admits waiting requests into
+/// the running batch at step boundaries (their prompts are prefilled together and join), runs one decode step over every
+/// running sequence, streams each new token to its request and lets finished or cancelled sequences leave, so throughput
+/// grows with load instead of serialising requests.
+/// </summary>
+/// <remarks>
+/// Requests with the full 16-bit cache (the default) share one batch: a pool of cache rows that grows and shrinks with the
+/// load (<see cref="KvCache.KvCache.ActiveRows"/>; a finished row is refilled by the last one, holes are compacted away).
+/// A request with another KV policy (sink, h2o, quantized, ...) runs in a batch of its own, since policies evict per
+/// sequence with state of their own; it is still stepped alongside the others. Admission is first come, first served
+/// under <see cref="ServingOptions.MaxBatchSize"/>, <see cref="ServingOptions.KvBudgetTokens"/> and
+/// <see cref="ServingOptions.MaxPrefillTokensPerStep"/> (a longer prompt is prefilled in chunks, one per step, while the others
+/// keep decoding); at most <see cref="ServingOptions.MaxQueue"/> requests wait. Greedy requests give the tokens
+/// <see cref="Generator"/> gives.
+/// </remarks>
+public sealed class ServingEngine : IDisposable
+{
+    readonly CausalLanguageModel model;
+    readonly Channel<ServingRequest> incoming = Channel.CreateUnbounded<ServingRequest>(new UnboundedChannelOptions { SingleReader = true });
+    readonly CancellationTokenSource stopping = new();
+    readonly Thread loop;
+    readonly int budget, maxPrompt;
+    readonly long bytesPerToken;
+    readonly object tokenizerLock = new();
+    int queued; // submitted, not yet admitted
+    volatile ServingStats stats = new(0, 0, 0, 0, 0, 0, 0, 0, 0);
+
+    // Scheduler state, touched by the loop thread only.
+    readonly List<ServingRequest> waiting = new();
+    readonly List<DecodeBatch> batches = new();
+    readonly DecodeBatch shared;
+    long steps, generated, completed, cancelled;
+
+    ServingEngine(CausalLanguageModel model, TernTokenizer? tokenizer, ServingOptions options)
+    {
+        this.model = model;
+        Tokenizer = tokenizer;
+        Options = options;
+        var info = model.Info;
+        maxPrompt = options.MaxPromptTokens > 0 ? Math.Min(options.MaxPromptTokens, info.MaxPositions - 1) : info.MaxPositions - 1;
+        budget = options.KvBudgetTokens > 0 ? options.KvBudgetTokens : checked(options.MaxBatchSize * info.MaxPositions);
+        bytesPerToken = 2L * info.Layers * info.KvHeads * info.HeadDim * model.DType.ToScalarType().ElementSize();
+        shared = new DecodeBatch(this, DensePolicy.Instance, isShared: true);
+        batches.Add(shared);
+        loop = new Thread(Run) { IsBackground = true, Name = "tern-serving" };
+        loop.Start();
+    }
+
+    /// <summary>Starts an engine for <paramref name="model"/> (the caller keeps ownership of the model). The tokenizer is needed
+    /// for text prompts, text outputs and stop strings.</summary>
+    public static ServingEngine Start(CausalLanguageModel model, TernTokenizer? tokenizer, ServingOptions? options = null)
+    {
+        options ??= new ServingOptions();
+        options.Validate();
+        return new ServingEngine(model, tokenizer, options);
+    }
+
+    /// <summary>The limits.</summary>
+    public ServingOptions Options { get; }
+
+    /// <summary>The model served.</summary>
+    public CausalLanguageModel Model => model;
+
+    /// <summary>The tokenizer, or null.</summary>
+    public TernTokenizer? Tokenizer { get; }
+
+    /// <summary>Longest prompt accepted, in tokens.</summary>
+    public int MaxPromptTokens => maxPrompt;
+
+    /// <summary>The load, as of the last step boundary.</summary>
+    public ServingStats Stats => stats;
+
+    /// <summary>Tokenizes <paramref name="text"/> (safe to call from any thread).</summary>
+    public IReadOnlyList<int> Encode(string text, bool addSpecialTokens = true)
+    {
+        var tok = Tokenizer ?? throw new InvalidOperationException("text prompts need a tokenizer: start the engine with one.");
+        lock (tokenizerLock) return tok.Encode(text, addSpecialTokens);
+    }
+
+    /// <summary>Renders a conversation with the tokenizer's chat template (ending where the assistant's reply starts) and
+    /// tokenizes it, as <c>tern chat</c> does (safe to call from any thread).</summary>
+    public IReadOnlyList<int> EncodeChat(IEnumerable<ChatMessage> messages)
+    {
+        var tok = Tokenizer ?? throw new InvalidOperationException("chat prompts need a tokenizer: start the engine with one.");
+        lock (tokenizerLock)
+        {
+            chatFormatter ??= tok.CreateChatFormatter();
+            return tok.Encode(chatFormatter.Format(messages, addGenerationPrompt: true), addSpecialTokens: false);
+        }
+    }
+
+    ChatFormatter? chatFormatter;
+
+    /// <summary>Queues a text prompt (tokenized with the tokenizer's special tokens).</summary>
+    public ServingRequest Submit(string prompt, GenerationOptions options, CancellationToken cancellation = default) =>
+        Submit(Encode(prompt), options, cancellation);
+
+    /// <summary>Queues a token prompt. Throws <see cref="ServingException"/> when it is invalid or past a limit, when the
+    /// queue is full, or when the engine is stopping.</summary>
+    public ServingRequest Submit(IReadOnlyList<int> prompt, GenerationOptions options, CancellationToken cancellation = default)
+    {
+        if (stopping.IsCancellationRequested) throw new ServingException(ServingError.Unavailable, "the server is shutting down.");
+        try
+        {
+            options.Validate();
+        }
+        catch (ArgumentException e)
+        {
+            throw new ServingException(ServingError.InvalidRequest, e.Message);
+        }
+        var info = model.Info;
+        if (prompt.Count == 0) throw Invalid("the prompt has no tokens; it needs at least one.", "prompt");
+        if (prompt.Count > maxPrompt)
+            throw Invalid($"the prompt has {prompt.Count} tokens; this server accepts at most {maxPrompt} (the model's context is {info.MaxPositions}).", "prompt");
+        foreach (int id in prompt)
+            if (id < 0 || id >= info.VocabSize) throw Invalid($"token id {id} is outside the model's vocabulary of {info.VocabSize}.", "prompt");
+        if (options.MaxNewTokens > Options.MaxNewTokens)
+            throw Invalid($"max_tokens is {options.MaxNewTokens}; this server allows at most {Options.MaxNewTokens}.", "max_tokens");
+        if (options.StopStrings.Count > 0 && Tokenizer is null) throw Invalid("stop strings need a tokenizer.", "stop");
+        var policy = options.CachePolicy ?? DensePolicy.Instance;
+        // As in Generator: positions by cache index run past the context; otherwise the context bounds the completion.
+        int maxNew = policy.PositionsFollowCache ? options.MaxNewTokens : Math.Min(options.MaxNewTokens, info.MaxPositions - prompt.Count);
+        int reserved;
+        try
+        {
+            reserved = DecodeBatch.SharesPool(policy) ? prompt.Count + maxNew : policy.Capacity(prompt.Count + maxNew, prompt.Count);
+        }
+        catch (ArgumentException e)
+        {
+            throw Invalid(e.Message, "kv_budget");
+        }
+        if (reserved > budget)
+            throw Invalid($"the request needs {reserved} KV-cache tokens (prompt + max_tokens) but the server's budget is {budget}; lower max_tokens.", "max_tokens");
+        // Requests the next step boundary will admit do not count against the queue.
+        if (Interlocked.Increment(ref queued) > Options.MaxQueue + Math.Max(0, Options.MaxBatchSize - stats.Running))
+        {
+            Interlocked.Decrement(ref queued);
+            throw new ServingException(ServingError.Overloaded, $"the server is busy: {Options.MaxQueue} requests are already waiting; retry later.");
+        }
+        var request = new ServingRequest(prompt, options, maxNew, reserved, cancellation);
+        if (!incoming.Writer.TryWrite(request))
+        {
+            Interlocked.Decrement(ref queued);
+            throw new ServingException(ServingError.Unavailable, "the server is shutting down.");
+        }
+        return request;
+    }
+
+    static ServingException Invalid(string message, string field) => new(ServingError.InvalidRequest, message, field);
+
+    /// <summary>Stops the scheduler; requests still running or waiting end with <see cref="ServingException"/> (unavailable).</summary>
+    public void Dispose()
+    {
+        if (stopping.IsCancellationRequested) return;
+        incoming.Writer.TryComplete();
+        stopping.Cancel();
+        loop.Join();
+        stopping.Dispose();
+    }
+
+    // ------------------------------------------------------------------ the scheduler (loop thread)
+
+    void Run()
+    {
+        try
+        {
+            while (!stopping.IsCancellationRequested)
+            {
+                if (!batches.Any(b => b.Busy) && waiting.Count == 0 && !WaitForWork()) break;
+                try
+                {
+                    Iterate();
+                }
+                catch (Exception e)
+                {
+                    // A bug or a device failure outside a step: the running requests end with it, the loop goes on.
+                    foreach (var batch in batches) batch.Abandon(e);
+                    batches.RemoveAll(b => !b.IsShared);
+                }
+                Publish();
+            }
+        }
+        finally
+        {
+            // However the loop ends, nothing is left waiting and nothing new is accepted.
+            incoming.Writer.TryComplete();
+            var stopped = new ServingException(ServingError.Unavailable, "the server stopped before the request finished.");
+            while (incoming.Reader.TryRead(out var request)) waiting.Add(request);
+            foreach (var request in waiting) request.Fail(stopped);
+            waiting.Clear();
+            foreach (var batch in batches) batch.Abandon(stopped);
+            Publish();
+        }
+    }
+
+    /// <summary>One step boundary: take new requests, drop cancelled ones, admit, step every batch, fit the pool.</summary>
+    void Iterate()
+    {
+        while (incoming.Reader.TryRead(out var request)) waiting.Add(request);
+        DropCancelled();
+        Admit();
+        foreach (var batch in batches.ToArray())
+            if (batch.Busy) batch.Step();
+        foreach (var idle in batches.Where(b => !b.IsShared && !b.Busy).ToArray())
+        {
+            idle.Dispose();
+            batches.Remove(idle);
+        }
+        shared.Fit();
+    }
+
+    bool WaitForWork()
+    {
+        try
+        {
+            return incoming.Reader.WaitToReadAsync(stopping.Token).AsTask().GetAwaiter().GetResult();
+        }
+        catch (OperationCanceledException)
+        {
+            return false;
+        }
+    }
+
+    void DropCancelled()
+    {
+        foreach (var request in waiting.Where(r => r.Cancellation.IsCancellationRequested).ToArray())
+        {
+            waiting.Remove(request);
+            Interlocked.Decrement(ref queued);
+            cancelled++;
+            request.Fail(new OperationCanceledException(request.Cancellation));
+        }
+        foreach (var batch in batches)
+            foreach (var s in batch.All.Where(s => s.Request.Cancellation.IsCancellationRequested).ToArray())
+            {
+                cancelled++;
+                batch.Leave(s, new OperationCanceledException(s.Request.Cancellation));
+            }
+    }
+
+    /// <summary>First come, first served: admits waiting requests while a slot, the KV budget and the step's prefill budget
+    /// allow (and, for the shared batch, while no long prompt is being prefilled in chunks).</summary>
+    void Admit()
+    {
+        int running = batches.Sum(b => b.All.Count());
+        long reserved = batches.Sum(b => b.All.Sum(s => (long)s.Request.ReservedTokens));
+        int prefill = 0;
+        var joiners = new List<ServingRequest>();
+        foreach (var request in waiting)
+        {
+            if (running + joiners.Count >= Options.MaxBatchSize || reserved + request.ReservedTokens > budget) break;
+            if (shared.IsPrefilling && DecodeBatch.SharesPool(request.Options.CachePolicy)) break;
+            if (joiners.Count > 0 && prefill + request.PromptTokens.Count > Options.MaxPrefillTokensPerStep) break;
+            joiners.Add(request);
+            reserved += request.ReservedTokens;
+            prefill += request.PromptTokens.Count;
+        }
+        if (joiners.Count == 0) return;
+        waiting.RemoveRange(0, joiners.Count);
+        Interlocked.Add(ref queued, -joiners.Count);
+        var toShared = joiners.Where(r => DecodeBatch.SharesPool(r.Options.CachePolicy)).ToList();
+        if (toShared.Count > 0) shared.Join(toShared);
+        foreach (var request in joiners.Except(toShared))
+        {
+            var own = new DecodeBatch(this, request.Options.CachePolicy!, isShared: false);
+            batches.Add(own);
+            own.Join(new[] { request });
+        }
+    }
+
+    void Publish()
+    {
+        var running = batches.SelectMany(b => b.All).ToArray();
+        stats = new ServingStats(running.Length, Volatile.Read(ref queued),
+            running.Sum(s => (long)s.Request.ReservedTokens), batches.Sum(b => b.LiveTokens) * bytesPerToken,
+            batches.Sum(b => b.AllocatedBytes), steps, generated, completed, cancelled,
+            Options.MeasureKvCache ? batches.Sum(b => b.OccupiedEntries()) * bytesPerToken / (model.Info.Layers * model.Info.KvHeads) : -1);
+    }
+
+    /// <summary>One running sequence: its request, sampler and stopping state, and the token it feeds next.</summary>
+    sealed class Sequence(ServingRequest request, SequenceProgress progress, Sampler sampler) : IDisposable
+    {
+        public ServingRequest Request { get; } = request;
+        public SequenceProgress Progress { get; } = progress;
+        public Sampler Sampler { get; } = sampler;
+        /// <summary>Tokens fed to the model so far: the position of the next one.</summary>
+        public int Fed { get; set; }
+        /// <summary>The token fed at the next step.</summary>
+        public int Next { get; set; }
+        public void Dispose() => Sampler.Dispose();
+    }
+
+    /// <summary>
+    /// Sequences stepped together through one cache, row i holding sequence i. The shared batch (full 16-bit cache) admits
+    /// joiners at any step: their prompts are prefilled together in a scratch cache and copied into free rows; its pool grows
+    /// (×2) and shrinks (when a quarter is used) with the load and is released when idle. A batch of its own holds one
+    /// request with another KV policy, prefilled straight into its cache as <see cref="Generator"/> does.
+    /// </summary>
+    sealed class DecodeBatch(ServingEngine engine, IKvCachePolicy policy, bool isShared) : IDisposable
+    {
+        const int MinimumCapacity = 64;
+        KvCache.KvCache? cache;
+
+        public bool IsShared { get; } = isShared;
+        public List<Sequence> Sequences { get; } = new();
+
+        /// <summary>A prompt longer than <see cref="ServingOptions.MaxPrefillTokensPerStep"/> being prefilled one chunk per step
+        /// in a scratch cache, so the running sequences keep decoding meanwhile; it joins after its last chunk.</summary>
+        sealed class ChunkedPrefill(Sequence joiner, ForwardBatch whole, ForwardBatch[] chunks, KvCache.KvCache scratch) : IDisposable
+        {
+            public Sequence Joiner { get; } = joiner;
+            public ForwardBatch[] Chunks { get; } = chunks;
+            public KvCache.KvCache Scratch { get; } = scratch;
+            public int Next { get; set; }
+
+            public void Dispose()
+            {
+                Scratch.Dispose();
+                whole.InputIds.Dispose();
+                whole.Positions.Dispose();
+            }
+        }
+
+        ChunkedPrefill? prefilling;
+
+        public bool IsPrefilling => prefilling is not null;
+
+        /// <summary>True while the batch has work: running sequences or a prompt being prefilled.</summary>
+        public bool Busy => Sequences.Count > 0 || prefilling is not null;
+
+        /// <summary>The running sequences and the one being prefilled.</summary>
+        public IEnumerable<Sequence> All => prefilling is null ? Sequences : Sequences.Append(prefilling.Joiner);
+
+        /// <summary>True when a request's policy is served by the shared batch (the full 16-bit cache).</summary>
+        public static bool SharesPool(IKvCachePolicy? policy) => policy is null || (policy is DensePolicy && policy.Bits == 16);
+
+        public long LiveTokens => Sequences.Sum(s => (long)Math.Min(s.Fed, cache?.Options.Capacity ?? 0));
+        public long AllocatedBytes => cache?.Bytes ?? 0;
+
+        /// <summary>Occupied entries over every row, layer and KV head, counted on the device.</summary>
+        public long OccupiedEntries() => cache?.OccupiedEntries() ?? 0;
+
+        CausalLanguageModel Model => engine.model;
+
+        public void Join(IReadOnlyList<ServingRequest> requests)
+        {
+            var joiners = new List<Sequence>(requests.Count);
+            try
+            {
+                foreach (var request in requests) joiners.Add(Begin(request));
+                if (IsShared && joiners.Count == 1 && requests[0].PromptTokens.Count > engine.Options.MaxPrefillTokensPerStep)
+                {
+                    StartChunkedPrefill(joiners[0]);
+                    return;
+                }
+                using var scope = torch.NewDisposeScope();
+                Tensor logits = IsShared ? PrefillShared(joiners) : PrefillOwn(joiners[0]);
+                Sequences.AddRange(joiners);
+                cache!.ActiveRows = Sequences.Count;
+                Emit(joiners, logits);
+            }
+            catch (Exception e)
+            {
+                // Rows a failed prefill may have filled are emptied; joiners that were running leave, the others just fail.
+                if (cache is not null && cache.ActiveRows > Sequences.Count)
+                {
+                    for (int row = Sequences.Count; row < cache.ActiveRows; row++) cache.EmptyRow(row);
+                    cache.ActiveRows = Sequences.Count;
+                }
+                foreach (var s in joiners)
+                    if (Sequences.Contains(s)) Leave(s, e);
+                    else Finish(s, e);
+                foreach (var request in requests.Skip(joiners.Count)) request.Fail(e);
+            }
+        }
+
+        Sequence Begin(ServingRequest request)
+        {
+            var stopIds = SequenceProgress.StopIds(request.Options, engine.Tokenizer, Model);
+            var progress = new SequenceProgress(engine.Tokenizer?.CreateStreamingDecoder(), request.Options.StopStrings, stopIds);
+            using var scope = torch.NewDisposeScope();
+            var ids = torch.tensor(request.PromptTokens.Select(t => (long)t).ToArray(), new long[] { 1, request.PromptTokens.Count });
+            var sampler = new Sampler(request.Options, ids, torch.ones_like(ids, ScalarType.Bool), Model.Info.VocabSize);
+            return new Sequence(request, progress, sampler) { Fed = request.PromptTokens.Count };
+        }
+
+        /// <summary>Prefills the joiners' prompts (left-padded together) in a scratch cache and moves them into the rows after
+        /// the running ones; returns their next-token logits.</summary>
+        Tensor PrefillShared(IReadOnlyList<Sequence> joiners)
+        {
+            var prompts = joiners.Select(s => s.Request.PromptTokens).ToArray();
+            int longest = prompts.Max(p => p.Count);
+            int rows = Sequences.Count;
+            Fit(rows + joiners.Count, longest);
+            using var scratch = Model.CreateCache(joiners.Count, longest);
+            var logits = Model.Forward(ForwardBatch.LeftPadded(prompts, Model.Device, lastPositionOnly: true), scratch);
+            cache!.ActiveRows = rows + joiners.Count;
+            for (int j = 0; j < joiners.Count; j++)
+                cache.ImportRow(rows + j, scratch, j, longest - prompts[j].Count, prompts[j].Count);
+            return logits;
+        }
+
+        /// <summary>Starts prefilling one long prompt in chunks of <see cref="ServingOptions.MaxPrefillTokensPerStep"/> tokens
+        /// (the first runs now, the others at the next steps, before each decode step).</summary>
+        void StartChunkedPrefill(Sequence joiner)
+        {
+            var prompt = joiner.Request.PromptTokens;
+            int chunk = engine.Options.MaxPrefillTokensPerStep;
+            // Outside any dispose scope: the prompt's tensors live until the prefill ends (ChunkedPrefill.Dispose).
+            var whole = ForwardBatch.LeftPadded(new[] { prompt }, Model.Device, lastPositionOnly: true);
+            prefilling = new ChunkedPrefill(joiner, whole, whole.Chunks(chunk).ToArray(), Model.CreateCache(1, prompt.Count, maxStepTokens: chunk));
+            AdvancePrefill();
+        }
+
+        /// <summary>Runs the next chunk of the prompt being prefilled; after the last one it joins the running rows.</summary>
+        void AdvancePrefill()
+        {
+            var p = prefilling!;
+            try
+            {
+                using var scope = torch.NewDisposeScope();
+                var logits = Model.Forward(p.Chunks[p.Next++], p.Scratch);
+                if (p.Next < p.Chunks.Length) return;
+                int rows = Sequences.Count, length = p.Joiner.Request.PromptTokens.Count;
+                Fit(rows + 1, length);
+                cache!.ActiveRows = rows + 1;
+                cache.ImportRow(rows, p.Scratch, 0, 0, length);
+                Sequences.Add(p.Joiner);
+                prefilling = null;
+                p.Dispose();
+                Emit(new[] { p.Joiner }, logits);
+            }
+            catch (Exception e)
+            {
+                if (prefilling is not null) DropPrefill(e);
+                else throw;
+            }
+        }
+
+        void DropPrefill(Exception error)
+        {
+            var p = prefilling!;
+            prefilling = null;
+            p.Dispose();
+            Finish(p.Joiner, error);
+        }
+
+        Tensor PrefillOwn(Sequence s)
+        {
+            var prompt = s.Request.PromptTokens;
+            cache = Model.CreateCache(1, prompt.Count + s.Request.MaxNewTokens, policy, prompt.Count);
+            return policy.RecomputeWindow(cache, prompt.Count) is > 0 and var window
+                ? Model.RecomputeWindow(cache, new[] { prompt }, window)
+                : Model.Forward(ForwardBatch.LeftPadded(new[] { prompt }, Model.Device, lastPositionOnly: true), cache);
+        }
+
+        /// <summary>One decode step over every sequence of the batch.</summary>
+        public void Step()
+        {
+            if (prefilling is not null) AdvancePrefill();
+            if (Sequences.Count == 0) return;
+            try
+            {
+                Fit(Sequences.Count);
+                using var scope = torch.NewDisposeScope();
+                var c = cache!;
+                int n = Sequences.Count;
+                Tensor logits;
+                if (!IsShared && policy.RecomputeWindow(c, Sequences[0].Fed + 1) is > 0 and var window)
+                    logits = Model.RecomputeWindow(c, new[] { Sequences[0].Request.PromptTokens.Concat(Sequences[0].Progress.Tokens).ToArray() }, window);
+                else
+                {
+                    var positions = Sequences.Select(s => (long)s.Fed).ToArray();
+                    logits = Model.Forward(new ForwardBatch
+                    {
+                        InputIds = torch.tensor(Sequences.Select(s => (long)s.Next).ToArray(), new long[] { n, 1 }).to(Model.Device),
+                        Positions = torch.tensor(positions, new long[] { n, 1 }).to(Model.Device),
+                        RealTokens = Enumerable.Repeat(1, n).ToArray(),
+                        MaxPosition = (int)positions.Max(),
+                        LastPositionOnly = true,
+                    }, c);
+                }
+                foreach (var s in Sequences) s.Fed++;
+                engine.steps++;
+                Emit(Sequences.ToArray(), logits);
+            }
+            catch (Exception e)
+            {
+                // A failed step leaves the cache in an unknown state: its sequences end with the error, the pool starts afresh.
+                Abandon(e);
+            }
+        }
+
+        /// <summary>Samples each sequence's next token from its row of <paramref name="logits"/> [n, vocab], streams it, and
+        /// lets sequences that stopped leave.</summary>
+        void Emit(IReadOnlyList<Sequence> sequences, Tensor logits)
+        {
+            var next = sequences.All(s => s.Sampler.IsPlainGreedy)
+                ? logits.argmax(-1)
+                : torch.cat(sequences.Select((s, i) => s.Sampler.Next(logits.narrow(0, i, 1))).ToArray());
+            long[] host = next.cpu().data<long>().ToArray();
+            for (int i = 0; i < sequences.Count; i++)
+            {
+                var s = sequences[i];
+                int id = (int)host[i];
+                bool last = s.Progress.Tokens.Count + 1 >= s.Request.MaxNewTokens;
+                string delta = s.Progress.Push(id, last);
+                engine.generated++;
+                s.Request.Write(new GeneratedToken(0, id, delta));
+                if (last || s.Progress.Finished is not null)
+                {
+                    engine.completed++;
+                    Leave(s, null);
+                }
+                else s.Next = id;
+            }
+        }
+
+        /// <summary>Removes a sequence (finished when <paramref name="error"/> is null): the last row moves into its row, so the
+        /// running rows stay [0, n).</summary>
+        public void Leave(Sequence s, Exception? error)
+        {
+            if (prefilling?.Joiner == s)
+            {
+                DropPrefill(error ?? new InvalidOperationException("a sequence left before its prefill ended."));
+                return;
+            }
+            int row = Sequences.IndexOf(s), last = Sequences.Count - 1;
+            if (cache is not null)
+            {
+                if (row != last) cache.MoveRow(last, row);
+                else cache.EmptyRow(row);
+            }
+            Sequences[row] = Sequences[last];
+            Sequences.RemoveAt(last);
+            if (cache is not null) cache.ActiveRows = Sequences.Count;
+            if (Sequences.Count == 0) Release();
+            Finish(s, error);
+        }
+
+        /// <summary>Ends every sequence with <paramref name="error"/> and releases the cache (its state is not trusted).</summary>
+        public void Abandon(Exception error)
+        {
+            foreach (var s in Sequences) Finish(s, error);
+            Sequences.Clear();
+            if (prefilling is not null) DropPrefill(error);
+            Release();
+        }
+
+        void Finish(Sequence s, Exception? error)
+        {
+            if (error is null) s.Request.Complete(s.Progress.Output(s.Request.PromptTokens, engine.Tokenizer));
+            else s.Request.Fail(error);
+            s.Dispose();
+        }
+
+        /// <summary>Sizes the shared pool for <paramref name="rows"/> running rows and a step after joiners of up to
+        /// <paramref name="longest"/> prompt tokens: compacts away holes when the step would not fit or when the pool could
+        /// shrink, grows by doubling (when more than three quarters full), shrinks when a quarter or less is in use.</summary>
+        public void Fit(int rows = 0, int longest = 0)
+        {
+            if (!IsShared || (cache is null && rows == 0)) return;
+            if (cache is null)
+            {
+                cache = Model.CreateCache(Math.Min(Pow2(rows), engine.Options.MaxBatchSize), Pow2(Math.Max(MinimumCapacity, longest + 1)));
+                cache.ActiveRows = 0;
+                return;
+            }
+            rows = Math.Max(rows, cache.ActiveRows);
+            int allocatedRows = cache.Options.BatchSize, capacity = cache.Options.Capacity;
+            int Need() => Math.Max(cache.Length, longest) + 1;
+            if (Need() > capacity || (capacity > MinimumCapacity && Need() * 4 <= capacity)) cache.Compact();
+            int length = Need();
+            int newCapacity = capacity;
+            while (length * 4 > newCapacity * 3) newCapacity *= 2;
+            if (newCapacity > MinimumCapacity && length * 4 <= newCapacity) newCapacity = Math.Max(MinimumCapacity, Pow2(length * 2));
+            int newRows = rows > allocatedRows ? Math.Min(Pow2(rows), engine.Options.MaxBatchSize)
+                : rows * 4 <= allocatedRows ? Pow2(Math.Max(rows, 1)) : allocatedRows;
+            if (newRows == allocatedRows && newCapacity == capacity) return;
+            var resized = cache.Resized(newRows, newCapacity);
+            cache.Dispose();
+            cache = resized;
+        }
+
+        static int Pow2(int n) => n <= 1 ? 1 : 1 << (32 - System.Numerics.BitOperations.LeadingZeroCount((uint)(n - 1)));
+
+        void Release()
+        {
+            cache?.Dispose();
+            cache = null;
+        }
+
+        public void Dispose()
+        {
+            prefilling?.Dispose();
+            Release();
+        }
+    }
+}

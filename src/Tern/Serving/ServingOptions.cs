@@ -1,0 +1,78 @@
+namespace Tern.Serving;
+
+/// <summary>Limits of a <see cref="ServingEngine"/>: how many sequences run together, how much KV cache they may reserve,
+/// how many requests may wait, and the largest prompt and completion a request may ask for.</summary>
+public sealed record ServingOptions
+{
+    /// <summary>Sequences decoded together (rows of the running batch plus requests with their own cache policy).</summary>
+    public int MaxBatchSize { get; init; } = 32;
+
+    /// <summary>KV-cache tokens the running requests may reserve together: each reserves prompt + max new tokens (its cache's
+    /// capacity under a KV policy); a request waits while it does not fit. 0 = <see cref="MaxBatchSize"/> × the model's context.</summary>
+    public int KvBudgetTokens { get; init; }
+
+    /// <summary>Requests that may wait for a slot; one more is refused (<see cref="ServingError.Overloaded"/>).</summary>
+    public int MaxQueue { get; init; } = 256;
+
+    /// <summary>Longest prompt in tokens; 0 = the model's context minus one.</summary>
+    public int MaxPromptTokens { get; init; }
+
+    /// <summary>Most new tokens a request may ask for.</summary>
+    public int MaxNewTokens { get; init; } = 1024;
+
+    /// <summary>Prompt tokens prefilled at one step boundary: joiners past it wait for the next step, and a longer prompt is
+    /// prefilled in chunks of this many tokens, one per step, so the running sequences never stall for long.</summary>
+    public int MaxPrefillTokensPerStep { get; init; } = 4096;
+
+    /// <summary>Diagnostics: count the occupied cache entries on the device at every step boundary
+    /// (<see cref="ServingStats.MeasuredKvBytes"/>), at the cost of a device read per layer and step.</summary>
+    public bool MeasureKvCache { get; init; }
+
+    /// <summary>Checks the values, with messages that name the option.</summary>
+    public void Validate()
+    {
+        if (MaxBatchSize < 1) throw new ArgumentException($"--max-batch must be at least 1 (got {MaxBatchSize}).");
+        if (KvBudgetTokens < 0) throw new ArgumentException($"--kv-budget-tokens must be >= 0 (got {KvBudgetTokens}; 0 = batch x context).");
+        if (MaxQueue < 0) throw new ArgumentException($"--max-queue must be >= 0 (got {MaxQueue}).");
+        if (MaxPromptTokens < 0) throw new ArgumentException($"--max-prompt-tokens must be >= 0 (got {MaxPromptTokens}; 0 = the model's context).");
+        if (MaxNewTokens < 1) throw new ArgumentException($"--max-tokens must be at least 1 (got {MaxNewTokens}).");
+        if (MaxPrefillTokensPerStep < 1) throw new ArgumentException($"--max-prefill-tokens must be at least 1 (got {MaxPrefillTokensPerStep}).");
+    }
+}
+
+/// <summary>Why a <see cref="ServingEngine"/> refused or ended a request.</summary>
+public enum ServingError
+{
+    /// <summary>The request is invalid or past a limit (HTTP 400).</summary>
+    InvalidRequest,
+    /// <summary>The waiting queue is full (HTTP 429).</summary>
+    Overloaded,
+    /// <summary>The engine is stopping or stopped (HTTP 503).</summary>
+    Unavailable,
+}
+
+/// <summary>A request refused by the <see cref="ServingEngine"/>, with the request field to blame when there is one.</summary>
+public sealed class ServingException(ServingError error, string message, string? field = null) : Exception(message)
+{
+    /// <summary>The kind of refusal.</summary>
+    public ServingError Error { get; } = error;
+
+    /// <summary>The request field at fault (OpenAI's <c>param</c>), or null.</summary>
+    public string? Field { get; } = field;
+}
+
+/// <summary>A snapshot of the engine's load, updated at every step boundary.</summary>
+/// <param name="Running">Sequences in the running batches.</param>
+/// <param name="Waiting">Requests waiting for a slot.</param>
+/// <param name="ReservedTokens">KV tokens the running requests reserve (against <see cref="ServingOptions.KvBudgetTokens"/>).</param>
+/// <param name="LiveKvBytes">Bytes of the keys and values the running sequences hold.</param>
+/// <param name="AllocatedKvBytes">Bytes of KV cache allocated (the shared batch's pool grows and shrinks with the load).</param>
+/// <param name="Steps">Decode steps run so far.</param>
+/// <param name="GeneratedTokens">Tokens generated so far, over all requests.</param>
+/// <param name="CompletedRequests">Requests finished (stopped or at their limit).</param>
+/// <param name="CancelledRequests">Requests cancelled by their caller.</param>
+/// <param name="MeasuredKvBytes">With <see cref="ServingOptions.MeasureKvCache"/>: the occupied slots counted in the caches
+/// themselves (every layer and KV head) times the bytes of a 16-bit-policy entry, to hold against
+/// <paramref name="LiveKvBytes"/>; else -1.</param>
+public sealed record ServingStats(int Running, int Waiting, long ReservedTokens, long LiveKvBytes, long AllocatedKvBytes,
+    long Steps, long GeneratedTokens, long CompletedRequests, long CancelledRequests, long MeasuredKvBytes = -1);

@@ -1,0 +1,59 @@
+using System.Threading.Channels;
+using Tern.Generation;
+
+namespace Tern.Serving;
+
+/// <summary>
+/// A request submitted to a <see cref="ServingEngine"/>: its tokens arrive on <see cref="Tokens"/> as the engine produces
+/// them, and <see cref="Completion"/> gives the whole output once it stops. Cancelling the token passed to
+/// <see cref="ServingEngine.Submit(IReadOnlyList{int}, GenerationOptions, CancellationToken)"/> drops it at the next step
+/// boundary (its cache slot is freed); both then end with an <see cref="OperationCanceledException"/>.
+/// </summary>
+public sealed class ServingRequest
+{
+    readonly Channel<GeneratedToken> tokens = Channel.CreateUnbounded<GeneratedToken>(new UnboundedChannelOptions { SingleWriter = true });
+    readonly TaskCompletionSource<SequenceOutput> completion = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    internal ServingRequest(IReadOnlyList<int> prompt, GenerationOptions options, int maxNewTokens, int reservedTokens, CancellationToken cancellation)
+    {
+        PromptTokens = prompt;
+        Options = options;
+        MaxNewTokens = maxNewTokens;
+        ReservedTokens = reservedTokens;
+        Cancellation = cancellation;
+    }
+
+    /// <summary>The prompt's token ids.</summary>
+    public IReadOnlyList<int> PromptTokens { get; }
+
+    /// <summary>How the prompt is continued.</summary>
+    public GenerationOptions Options { get; }
+
+    /// <summary>New tokens at most: the request's limit, capped by the model's context for policies that do not roll positions.</summary>
+    public int MaxNewTokens { get; }
+
+    /// <summary>Every generated token in order, with the text it completes (<see cref="GeneratedToken.Sequence"/> is 0).</summary>
+    public ChannelReader<GeneratedToken> Tokens => tokens.Reader;
+
+    /// <summary>The output once the request stops.</summary>
+    public Task<SequenceOutput> Completion => completion.Task;
+
+    internal int ReservedTokens { get; }
+
+    internal CancellationToken Cancellation { get; }
+
+    internal void Write(GeneratedToken token) => tokens.Writer.TryWrite(token);
+
+    internal void Complete(SequenceOutput output)
+    {
+        tokens.Writer.TryComplete();
+        completion.TrySetResult(output);
+    }
+
+    internal void Fail(Exception error)
+    {
+        tokens.Writer.TryComplete(error);
+        if (error is OperationCanceledException oce) completion.TrySetCanceled(oce.CancellationToken);
+        else completion.TrySetException(error);
+    }
+}

@@ -1,0 +1,125 @@
+using System.Runtime.CompilerServices;
+using Microsoft.Extensions.AI;
+using Tern.Generation;
+using Tern.Models;
+using Tern.Tokenization;
+using AIChatMessage = Microsoft.Extensions.AI.ChatMessage;
+
+namespace Tern.Serving;
+
+/// <summary>
+/// An in-process <see cref="IChatClient"/> (Microsoft.Extensions.AI) over a <see cref="ServingEngine"/>: a .NET application
+/// uses a Tern model as it would any chat provider, streaming included, and concurrent calls share the engine's
+/// continuous batch. Prompts are rendered with the tokenizer's chat template.
+/// </summary>
+public sealed class TernChatClient : IChatClient
+{
+    readonly bool ownsEngine;
+
+    /// <summary>A client over a running engine (which the caller keeps and disposes).</summary>
+    public TernChatClient(ServingEngine engine, string? modelId = null)
+    {
+        Engine = engine ?? throw new ArgumentNullException(nameof(engine));
+        if (engine.Tokenizer is null) throw new ArgumentException("a chat client needs an engine started with a tokenizer.", nameof(engine));
+        ModelId = modelId ?? "tern";
+    }
+
+    /// <summary>A client that starts (and disposes) its own engine for <paramref name="model"/>; the caller keeps the model.</summary>
+    public TernChatClient(CausalLanguageModel model, TernTokenizer tokenizer, ServingOptions? options = null, string? modelId = null)
+        : this(ServingEngine.Start(model, tokenizer, options), modelId) => ownsEngine = true;
+
+    /// <summary>The engine requests go to.</summary>
+    public ServingEngine Engine { get; }
+
+    /// <summary>The model id reported in responses.</summary>
+    public string ModelId { get; }
+
+    /// <summary>Generation settings that <see cref="ChatOptions"/> do not cover (the KV-cache policy, repetition penalty, ...)
+    /// and the defaults for those they do (max tokens, temperature, top-p, top-k, seed, stop sequences).</summary>
+    public GenerationOptions Defaults { get; init; } = new() { MaxNewTokens = 256 };
+
+    /// <inheritdoc />
+    public async Task<ChatResponse> GetResponseAsync(IEnumerable<AIChatMessage> messages, ChatOptions? options = null, CancellationToken cancellationToken = default)
+    {
+        var request = Submit(messages, options, cancellationToken);
+        var output = await request.Completion.WaitAsync(cancellationToken).ConfigureAwait(false);
+        return new ChatResponse(new AIChatMessage(ChatRole.Assistant, output.Text))
+        {
+            ModelId = ModelId,
+            ResponseId = NewId(),
+            CreatedAt = DateTimeOffset.UtcNow,
+            FinishReason = Finish(output.FinishReason),
+            Usage = Usage(output),
+        };
+    }
+
+    /// <inheritdoc />
+    public async IAsyncEnumerable<ChatResponseUpdate> GetStreamingResponseAsync(IEnumerable<AIChatMessage> messages, ChatOptions? options = null,
+        [EnumeratorCancellation] CancellationToken cancellationToken = default)
+    {
+        // A caller that stops reading early cancels the request, so its cache slot is freed at the next step.
+        using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        try
+        {
+            var request = Submit(messages, options, stop.Token);
+            string id = NewId();
+            var created = DateTimeOffset.UtcNow;
+            await foreach (var token in request.Tokens.ReadAllAsync(cancellationToken).ConfigureAwait(false))
+                if (token.Text.Length > 0)
+                    yield return new ChatResponseUpdate(ChatRole.Assistant, token.Text) { ModelId = ModelId, ResponseId = id, MessageId = id, CreatedAt = created };
+            var output = await request.Completion.ConfigureAwait(false);
+            yield return new ChatResponseUpdate
+            {
+                Role = ChatRole.Assistant, ModelId = ModelId, ResponseId = id, MessageId = id, CreatedAt = created,
+                FinishReason = Finish(output.FinishReason),
+                Contents = { new UsageContent(Usage(output)) },
+            };
+        }
+        finally
+        {
+            stop.Cancel();
+        }
+    }
+
+    ServingRequest Submit(IEnumerable<AIChatMessage> messages, ChatOptions? options, CancellationToken cancellation)
+    {
+        var prompt = Engine.EncodeChat(messages.Select(m => new Tokenization.ChatMessage(m.Role.Value, m.Text)));
+        return Engine.Submit(prompt, Options(options), cancellation);
+    }
+
+    /// <summary>The generation options of a call: <see cref="Defaults"/> with what <paramref name="options"/> sets.</summary>
+    GenerationOptions Options(ChatOptions? options) => options is null ? Defaults : Defaults with
+    {
+        MaxNewTokens = options.MaxOutputTokens ?? Defaults.MaxNewTokens,
+        Temperature = options.Temperature ?? Defaults.Temperature,
+        TopP = options.TopP ?? Defaults.TopP,
+        TopK = options.TopK ?? Defaults.TopK,
+        Seed = options.Seed ?? Defaults.Seed,
+        StopStrings = options.StopSequences is { Count: > 0 } stops ? stops.ToArray() : Defaults.StopStrings,
+    };
+
+    static string NewId() => "chatcmpl-" + Guid.NewGuid().ToString("N");
+
+    static ChatFinishReason Finish(FinishReason reason) => reason == FinishReason.Length ? ChatFinishReason.Length : ChatFinishReason.Stop;
+
+    static UsageDetails Usage(SequenceOutput output) => new()
+    {
+        InputTokenCount = output.PromptTokens.Count,
+        OutputTokenCount = output.Tokens.Count,
+        TotalTokenCount = output.PromptTokens.Count + output.Tokens.Count,
+    };
+
+    /// <inheritdoc />
+    public object? GetService(Type serviceType, object? serviceKey = null) =>
+        serviceKey is not null ? null
+        : serviceType == typeof(ChatClientMetadata) ? new ChatClientMetadata("tern", null, ModelId)
+        : serviceType.IsInstanceOfType(this) ? this
+        : serviceType.IsInstanceOfType(Engine) ? Engine
+        : null;
+
+    /// <inheritdoc />
+    public void Dispose()
+    {
+        if (ownsEngine) Engine.Dispose();
+    }
+}

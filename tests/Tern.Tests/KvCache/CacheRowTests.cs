@@ -1,0 +1,89 @@
+using Tern.KvCache;
+using TorchSharp;
+using static TorchSharp.torch;
+using ModelCache = Tern.KvCache.KvCache;
+
+namespace Tern.Tests.KvCache;
+
+/// <summary>The row operations serving builds on (active rows, import, move, empty, compaction, resizing), on 16-bit and
+/// 8-bit storage: entries read back bit-identical where they land, freed rows hold nothing.</summary>
+public sealed class CacheRowTests
+{
+    const int B = 3, H = 2, D = 5, C = 12;
+
+    static ModelCache Create(int bits, int batch = B, int capacity = C) => ModelCache.Create(new KvCacheOptions
+    {
+        BatchSize = batch, Layers = 2, KvHeads = H, HeadDim = D, Capacity = capacity, DType = ScalarType.Float32, Device = torch.CPU, Bits = bits,
+    });
+
+    /// <summary>Appends <paramref name="tokens"/> entries per row to every layer, row b at positions from <paramref name="start"/>[b].</summary>
+    static void Fill(ModelCache cache, int tokens, int seed, params long[] start)
+    {
+        int rows = cache.ActiveRows;
+        var positions = torch.tensor(Enumerable.Range(0, rows).SelectMany(b => Enumerable.Range(0, tokens).Select(t => start[b] + t)).ToArray(), new long[] { rows, tokens });
+        for (int l = 0; l < cache.LayerCount; l++)
+        {
+            var gen = new torch.Generator((ulong)(seed + l));
+            cache[l].Append(torch.randn(new long[] { rows, H, tokens, D }, generator: gen), torch.randn(new long[] { rows, H, tokens, D }, generator: gen), positions, hasPadding: false);
+        }
+    }
+
+    static Tensor Row(Tensor t, int row, int start, int count) => t.select(0, row).narrow(1, start, count);
+
+    [Theory]
+    [InlineData(16)]
+    [InlineData(8)]
+    public void ImportMoveEmptyCompactAndResizeKeepEntriesExact(int bits)
+    {
+        using var scope = torch.NewDisposeScope();
+        using var cache = Create(bits);
+        cache.ActiveRows = 2;
+        Fill(cache, 6, seed: 1, 0, 10);
+        Assert.Equal(new long[] { 2, H, 6, D }, cache[0].ActiveKeys.shape);
+        Assert.True(cache[0].ActivePositions.ge(0).all().item<bool>());
+        Assert.Equal(2 * H * 6 * 2, cache.OccupiedEntries()); // row 2 never written
+
+        // A prefilled row of another cache (4 entries after 1 slot of padding) joins as row 2.
+        using var scratch = Create(bits, batch: 1, capacity: 5);
+        Fill(scratch, 5, seed: 7, -1);
+        scratch[0].Positions.narrow(2, 0, 1).fill_(-1); scratch[1].Positions.narrow(2, 0, 1).fill_(-1);
+        cache.ActiveRows = 3;
+        cache.ImportRow(2, scratch, 0, 1, 4);
+        Assert.Equal(6, cache.Length);
+        Assert.True(cache[0].HasHoles);
+        for (int l = 0; l < 2; l++)
+        {
+            Assert.True(Row(cache[l].Keys, 2, 0, 4).eq(Row(scratch[l].Keys, 0, 1, 4)).all().item<bool>());
+            Assert.True(Row(cache[l].Values, 2, 0, 4).eq(Row(scratch[l].Values, 0, 1, 4)).all().item<bool>());
+            Assert.Equal(new long[] { 0, 1, 2, 3, -1, -1 }, Row(cache[l].Positions, 2, 0, 6).select(0, 0).data<long>().ToArray());
+        }
+
+        // Row 0 leaves: the last row moves into it; the moved-from row holds nothing.
+        var movedKeys = Row(cache[1].Keys, 2, 0, 6).clone();
+        cache.MoveRow(2, 0);
+        cache.ActiveRows = 2;
+        Assert.True(Row(cache[1].Keys, 0, 0, 4).eq(movedKeys.narrow(1, 0, 4)).all().item<bool>());
+        Assert.Equal(H * (6 + 4) * 2, cache.OccupiedEntries()); // rows of 4 and 6 entries, 2 layers
+
+        // Compaction: the shorter row's entries stay in front; the length is the longest row's.
+        Fill(cache, 1, seed: 3, 4, 16);
+        cache.Compact();
+        Assert.Equal(7, cache.Length);
+        Assert.Equal(new long[] { 0, 1, 2, 3, 4, -1, -1 }, cache[0].Positions.select(0, 0).select(0, 0).narrow(0, 0, 7).data<long>().ToArray());
+        Assert.Equal(new long[] { 10, 11, 12, 13, 14, 15, 16 }, cache[0].Positions.select(0, 1).select(0, 1).narrow(0, 0, 7).data<long>().ToArray());
+
+        // Resizing keeps rows in use, slots, entries and holes.
+        using var resized = cache.Resized(4, 16);
+        Assert.Equal((2, 7, 4, 16), (resized.ActiveRows, resized.Length, resized.Options.BatchSize, resized.Options.Capacity));
+        for (int l = 0; l < 2; l++)
+        {
+            Assert.True(resized[l].ActiveKeys.eq(cache[l].ActiveKeys).all().item<bool>());
+            Assert.True(resized[l].ActivePositions.eq(cache[l].ActivePositions).all().item<bool>());
+        }
+        Assert.Equal(cache.OccupiedEntries(), resized.OccupiedEntries());
+
+        cache.EmptyRow(1);
+        Assert.Equal(2 * H * 5, cache.OccupiedEntries());
+        Assert.Throws<ArgumentOutOfRangeException>(() => cache.ActiveRows = 4);
+    }
+}

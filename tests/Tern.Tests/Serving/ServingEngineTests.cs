@@ -1,0 +1,200 @@
+using Tern.Generation;
+using Tern.KvCache;
+using Tern.Serving;
+
+namespace Tern.Tests.Serving;
+
+/// <summary>The continuous-batching engine: the same tokens as <see cref="Generator"/> alone, together and when requests
+/// join mid-run; per-request sampling and KV policies; cancellation freeing rows; queue limits.</summary>
+public sealed class ServingEngineTests : IDisposable
+{
+    readonly ServingFixture fixture = new();
+
+    public void Dispose() => fixture.Dispose();
+
+    static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    static GenerationOptions Greedy(int maxNew) => new() { MaxNewTokens = maxNew, StopTokenIds = Array.Empty<int>() };
+
+    int[] Reference(string prompt, GenerationOptions options) =>
+        new Generator(fixture.Model, fixture.Tokenizer).Generate(new[] { prompt }, options, Ct).Sequences[0].Tokens.ToArray();
+
+    [Fact]
+    public async Task GreedyTokensEqualTheGeneratorAloneTogetherAndJoiningMidRun()
+    {
+        var options = Greedy(24);
+        var expected = ServingFixture.Prompts.Select(p => Reference(p, Greedy(30))).ToArray();
+        using var engine = ServingEngine.Start(fixture.Model, fixture.Tokenizer, new ServingOptions { MaxBatchSize = 8 });
+
+        // Alone, one after the other.
+        for (int i = 0; i < 2; i++)
+            Assert.Equal(expected[i][..24], (await engine.Submit(ServingFixture.Prompts[i], options, Ct).Completion).Tokens);
+
+        // All at once.
+        var together = ServingFixture.Prompts.Select(p => engine.Submit(p, options, Ct)).ToArray();
+        for (int i = 0; i < together.Length; i++) Assert.Equal(expected[i][..24], (await together[i].Completion).Tokens);
+
+        // Staggered: each request joins while the earlier ones are mid-way (different max tokens, so rows leave at different steps).
+        var staggered = new List<(int Prompt, ServingRequest Request, int MaxNew)>();
+        for (int i = 0; i < ServingFixture.Prompts.Length; i++)
+        {
+            int maxNew = 6 + 3 * i; // up to 27
+            var request = engine.Submit(ServingFixture.Prompts[i], Greedy(maxNew), Ct);
+            staggered.Add((i, request, maxNew));
+            await request.Tokens.WaitToReadAsync(Ct); // at least its first token is out: the next one joins a running batch
+        }
+        foreach (var (prompt, request, maxNew) in staggered)
+            Assert.Equal(expected[prompt][..maxNew], (await request.Completion).Tokens);
+        Assert.Equal(0, engine.Stats.Running);
+
+        // A small prefill budget per step: the burst joins over several steps, one or two prompts at a time.
+        using var trickle = ServingEngine.Start(fixture.Model, fixture.Tokenizer, new ServingOptions { MaxBatchSize = 8, MaxPrefillTokensPerStep = 6 });
+        var spread = ServingFixture.Prompts.Select(p => trickle.Submit(p, options, Ct)).ToArray();
+        for (int i = 0; i < spread.Length; i++) Assert.Equal(expected[i][..24], (await spread[i].Completion).Tokens);
+    }
+
+    [Fact]
+    public async Task ALongPromptIsPrefilledInChunksWhileOthersKeepDecoding()
+    {
+        string longPrompt = string.Join(" ", ServingFixture.Prompts); // far more than 4 tokens
+        int promptTokens = fixture.Tokenizer.Encode(longPrompt).Count;
+        // The same chunks through the generator (a prompt alone: chunks of 4 from its first token) and without chunks.
+        var chunked = Reference(longPrompt, Greedy(20) with { PrefillChunk = 4 });
+        Assert.Equal(Reference(longPrompt, Greedy(20)), chunked);
+        var shortExpected = Reference(ServingFixture.Prompts[0], Greedy(60));
+
+        using var engine = ServingEngine.Start(fixture.Model, fixture.Tokenizer, new ServingOptions { MaxBatchSize = 4, MaxPrefillTokensPerStep = 4 });
+        var running = engine.Submit(ServingFixture.Prompts[0], Greedy(60), Ct);
+        await running.Tokens.WaitToReadAsync(Ct);
+        long stepsBefore = engine.Stats.Steps;
+        var joining = engine.Submit(longPrompt, Greedy(20), Ct);
+        await joining.Tokens.WaitToReadAsync(Ct);
+        // Its first token came after one prefill chunk per step, each step also decoding the running sequence.
+        Assert.True(engine.Stats.Steps - stepsBefore >= (promptTokens + 3) / 4 - 1, $"{engine.Stats.Steps - stepsBefore} steps for {promptTokens} prompt tokens");
+        Assert.Equal(chunked, (await joining.Completion).Tokens);
+        Assert.Equal(shortExpected, (await running.Completion).Tokens);
+
+        // Cancelled while prefilling: dropped at the next boundary.
+        using var cancel = CancellationTokenSource.CreateLinkedTokenSource(Ct);
+        var dropped = engine.Submit(longPrompt, Greedy(20), cancel.Token);
+        cancel.Cancel();
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => dropped.Completion);
+        await WaitFor(() => engine.Stats.Running == 0 && engine.Stats.AllocatedKvBytes == 0);
+    }
+
+    [Fact]
+    public async Task SeededSamplingAndPoliciesPerRequestMatchTheGenerator()
+    {
+        var sampled = new GenerationOptions { MaxNewTokens = 20, Temperature = 0.9, TopP = 0.9, Seed = 7, StopTokenIds = Array.Empty<int>() };
+        var sink = Greedy(40) with { CachePolicy = KvCachePolicies.Create(new KvPolicyOptions { Policy = "sink", Budget = KvBudget.Parse("12"), Sinks = 2 }) };
+        var quantized = Greedy(20) with { CachePolicy = KvCachePolicies.Create(new KvPolicyOptions { Policy = "full", Bits = 8 }) };
+        var cases = new[] { (ServingFixture.Prompts[1], sampled), (ServingFixture.Prompts[3], sink), (ServingFixture.Prompts[0], quantized), (ServingFixture.Prompts[6], Greedy(20)) };
+        var expected = cases.Select(c => Reference(c.Item1, c.Item2)).ToArray();
+        using var engine = ServingEngine.Start(fixture.Model, fixture.Tokenizer, new ServingOptions { MaxBatchSize = 8 });
+        var requests = cases.Select(c => engine.Submit(c.Item1, c.Item2, Ct)).ToArray();
+        for (int i = 0; i < cases.Length; i++) Assert.Equal(expected[i], (await requests[i].Completion).Tokens);
+        var reseeded = await engine.Submit(cases[0].Item1, sampled with { Seed = 8 }, Ct).Completion;
+        Assert.NotEqual(expected[0], reseeded.Tokens);
+    }
+
+    [Fact]
+    public async Task StreamedTextStopStringsAndFinishReasonsFollowTheGenerator()
+    {
+        var generator = new Generator(fixture.Model, fixture.Tokenizer);
+        var plain = generator.Generate(new[] { ServingFixture.Prompts[0] }, Greedy(30), Ct).Sequences[0];
+        string stop = plain.Text!.Substring(6, 2);
+        var stopped = generator.Generate(new[] { ServingFixture.Prompts[0] }, Greedy(30) with { StopStrings = new[] { stop } }, Ct).Sequences[0];
+        Assert.Equal(FinishReason.StopString, stopped.FinishReason);
+
+        using var engine = ServingEngine.Start(fixture.Model, fixture.Tokenizer);
+        var request = engine.Submit(ServingFixture.Prompts[0], Greedy(30) with { StopStrings = new[] { stop } }, Ct);
+        string streamed = "";
+        await foreach (var token in request.Tokens.ReadAllAsync(Ct)) streamed += token.Text;
+        var output = await request.Completion;
+        Assert.Equal(stopped.Text, output.Text);
+        Assert.Equal(stopped.Text, streamed);
+        Assert.Equal(FinishReason.StopString, output.FinishReason);
+        var full = await engine.Submit(ServingFixture.Prompts[0], Greedy(30), Ct).Completion;
+        Assert.Equal((plain.Text, FinishReason.Length), (full.Text, full.FinishReason));
+    }
+
+    [Fact]
+    public async Task CancellingHalfFreesTheirRowsAndTheOthersFinishCorrectly()
+    {
+        var options = Greedy(200);
+        var expected = Reference(ServingFixture.Prompts[4], options);
+        using var engine = ServingEngine.Start(fixture.Model, fixture.Tokenizer, new ServingOptions { MaxBatchSize = 16, MeasureKvCache = true });
+        var sources = Enumerable.Range(0, 16).Select(_ => CancellationTokenSource.CreateLinkedTokenSource(Ct)).ToArray();
+        var requests = sources.Select(s => engine.Submit(ServingFixture.Prompts[4], options, s.Token)).ToArray();
+        foreach (var r in requests) await r.Tokens.WaitToReadAsync(Ct);
+        await WaitFor(() => engine.Stats.Running == 16);
+        var before = engine.Stats;
+        for (int i = 0; i < 16; i += 2) sources[i].Cancel();
+        await WaitFor(() => engine.Stats.Running == 8);
+        var after = engine.Stats;
+        // Survivors grew by one token per step since; the cancelled rows' entries must be gone. (Requests admitted in
+        // different steps differ by a few tokens: allow two tokens per sequence.)
+        var info = fixture.Model.Info;
+        long bytesPerToken = 2L * info.Layers * info.KvHeads * info.HeadDim * sizeof(float);
+        long survivorsThen = after.LiveKvBytes - (after.Steps - before.Steps) * 8 * bytesPerToken;
+        Assert.InRange(survivorsThen, before.LiveKvBytes / 2 - 16 * 2 * bytesPerToken, before.LiveKvBytes / 2 + 16 * 2 * bytesPerToken);
+        Assert.True(before.LiveKvBytes >= 16 * 6 * bytesPerToken, $"{before.LiveKvBytes} bytes for 16 running sequences");
+        // The caches themselves hold exactly the running sequences' entries: the cancelled rows' slots are empty.
+        Assert.Equal(before.LiveKvBytes, before.MeasuredKvBytes);
+        Assert.Equal(after.LiveKvBytes, after.MeasuredKvBytes);
+        for (int i = 0; i < 16; i++)
+        {
+            if (i % 2 == 0) await Assert.ThrowsAnyAsync<OperationCanceledException>(() => requests[i].Completion);
+            else Assert.Equal(expected, (await requests[i].Completion).Tokens);
+        }
+        await WaitFor(() => engine.Stats.AllocatedKvBytes == 0);
+        Assert.Equal((8, 0L), (engine.Stats.CancelledRequests, engine.Stats.MeasuredKvBytes));
+    }
+
+    [Fact]
+    public async Task LimitsAreRefusedWithTheFieldAndAFullQueueIsOverloaded()
+    {
+        using var engine = ServingEngine.Start(fixture.Model, fixture.Tokenizer,
+            new ServingOptions { MaxBatchSize = 1, MaxQueue = 1, MaxPromptTokens = 8, MaxNewTokens = 50 });
+        var e = Assert.Throws<ServingException>(() => engine.Submit("a rather long prompt that has many tokens in it", Greedy(4), Ct));
+        Assert.Equal((ServingError.InvalidRequest, "prompt"), (e.Error, e.Field));
+        e = Assert.Throws<ServingException>(() => engine.Submit("hi", Greedy(51), Ct));
+        Assert.Equal((ServingError.InvalidRequest, "max_tokens"), (e.Error, e.Field));
+        e = Assert.Throws<ServingException>(() => engine.Submit("hi", Greedy(4) with { Temperature = -1 }, Ct));
+        Assert.Contains("temperature", e.Message);
+
+        using var hold = CancellationTokenSource.CreateLinkedTokenSource(Ct);
+        var running = engine.Submit("hi", Greedy(50), hold.Token);
+        await WaitFor(() => engine.Stats.Running == 1);
+        var queued = engine.Submit("hi", Greedy(4), Ct);
+        e = Assert.Throws<ServingException>(() => engine.Submit("hi", Greedy(4), Ct));
+        Assert.Equal(ServingError.Overloaded, e.Error);
+        hold.Cancel();
+        Assert.Equal(4, (await queued.Completion).Tokens.Count);
+        Assert.Equal(3, (await engine.Submit("hi", Greedy(3), Ct).Completion).Tokens.Count);
+    }
+
+    [Fact]
+    public async Task StoppingEndsRunningAndWaitingRequestsAndRefusesNewOnes()
+    {
+        var engine = ServingEngine.Start(fixture.Model, fixture.Tokenizer, new ServingOptions { MaxBatchSize = 1 });
+        var running = engine.Submit("hi", Greedy(400), Ct);
+        await running.Tokens.WaitToReadAsync(Ct);
+        var waiting = engine.Submit("hi", Greedy(4), Ct);
+        engine.Dispose();
+        foreach (var request in new[] { running, waiting })
+            Assert.Equal(ServingError.Unavailable, (await Assert.ThrowsAsync<ServingException>(() => request.Completion)).Error);
+        Assert.Equal(ServingError.Unavailable, Assert.Throws<ServingException>(() => engine.Submit("hi", Greedy(4), Ct)).Error);
+        Assert.Equal(0, engine.Stats.AllocatedKvBytes);
+    }
+
+    internal static async Task WaitFor(Func<bool> condition, int seconds = 20, Func<object>? state = null)
+    {
+        var until = DateTime.UtcNow.AddSeconds(seconds);
+        while (!condition())
+        {
+            if (DateTime.UtcNow > until) throw new TimeoutException($"the engine did not reach the expected state in time. {state?.Invoke()}");
+            await Task.Delay(5, Ct);
+        }
+    }
+}

@@ -1,0 +1,92 @@
+using Microsoft.Extensions.AI;
+using Tern.Generation;
+using Tern.Serving;
+using TernChat = Tern.Tokenization.ChatMessage;
+
+namespace Tern.Tests.Serving;
+
+/// <summary><see cref="TernChatClient"/> as an <see cref="IChatClient"/>: the same replies as the generator, streaming,
+/// stop sequences, usage, concurrency and cancellation, in process.</summary>
+public sealed class TernChatClientTests : IDisposable
+{
+    readonly ServingFixture fixture = new();
+    readonly TernChatClient client;
+
+    public TernChatClientTests() => client = new TernChatClient(fixture.Model, fixture.Tokenizer, new ServingOptions { MaxBatchSize = 8 }, "tiny");
+
+    public void Dispose()
+    {
+        client.Dispose();
+        fixture.Dispose();
+    }
+
+    static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    static ChatOptions Greedy(int max) => new() { Temperature = 0, MaxOutputTokens = max };
+
+    SequenceOutput Reference(string user, int maxNew, IReadOnlyList<string>? stop = null) =>
+        new Generator(fixture.Model, fixture.Tokenizer).GenerateTokens(new[] { client.Engine.EncodeChat(new[] { TernChat.User(user) }) },
+            new GenerationOptions { MaxNewTokens = maxNew, StopStrings = stop ?? Array.Empty<string>() }, Ct).Sequences[0];
+
+    [Fact]
+    public async Task RepliesStreamsAndStopsAsTheGenerator()
+    {
+        IChatClient chat = client;
+        var expected = Reference("Tell me a story", 24);
+        var response = await chat.GetResponseAsync("Tell me a story", Greedy(24), Ct);
+        Assert.Equal(expected.Text, response.Text);
+        Assert.Equal(ChatRole.Assistant, response.Messages[0].Role);
+        Assert.Equal(expected.FinishReason == FinishReason.Length ? ChatFinishReason.Length : ChatFinishReason.Stop, response.FinishReason);
+        Assert.Equal(expected.Tokens.Count, response.Usage!.OutputTokenCount);
+        Assert.Equal(expected.PromptTokens.Count, response.Usage.InputTokenCount);
+        Assert.Equal("tiny", response.ModelId);
+
+        var updates = new List<ChatResponseUpdate>();
+        await foreach (var update in chat.GetStreamingResponseAsync("Tell me a story", Greedy(24), Ct)) updates.Add(update);
+        Assert.Equal(expected.Text, string.Concat(updates.Select(u => u.Text)));
+        Assert.True(updates.Count > 2);
+        Assert.NotNull(updates[^1].FinishReason);
+        Assert.Equal(expected.Tokens.Count, updates.SelectMany(u => u.Contents).OfType<UsageContent>().Single().Details.OutputTokenCount);
+        Assert.Equal(expected.Text, (await updates.ToAsyncEnumerable().ToChatResponseAsync(Ct)).Text);
+
+        string stop = expected.Text!.Substring(expected.Text.Length / 2, 2);
+        var stopped = await chat.GetResponseAsync("Tell me a story", new ChatOptions { Temperature = 0, MaxOutputTokens = 24, StopSequences = new[] { stop } }, Ct);
+        Assert.Equal(Reference("Tell me a story", 24, new[] { stop }).Text, stopped.Text);
+        Assert.Equal(ChatFinishReason.Stop, stopped.FinishReason);
+        Assert.Equal("tern", chat.GetService<ChatClientMetadata>()!.ProviderName);
+    }
+
+    [Fact]
+    public async Task InvalidOptionsAreRefusedWithTheField()
+    {
+        IChatClient chat = client;
+        var tooLong = await Assert.ThrowsAsync<ServingException>(() => chat.GetResponseAsync("hi", new ChatOptions { MaxOutputTokens = 5000 }, Ct));
+        Assert.Equal((ServingError.InvalidRequest, "max_tokens"), (tooLong.Error, tooLong.Field));
+        var cold = await Assert.ThrowsAsync<ServingException>(() => chat.GetResponseAsync("hi", new ChatOptions { Temperature = -1 }, Ct));
+        Assert.Contains("temperature", cold.Message);
+        await Assert.ThrowsAsync<ServingException>(async () =>
+        {
+            await foreach (var _ in chat.GetStreamingResponseAsync("hi", new ChatOptions { TopP = 0 }, Ct)) { }
+        });
+        Assert.Equal(3, (await chat.GetResponseAsync("hi", Greedy(3), Ct)).Usage!.OutputTokenCount); // still serving
+    }
+
+    [Fact]
+    public async Task ConcurrentCallsShareTheBatchAndCancellationFreesTheSlot()
+    {
+        var prompts = ServingFixture.Prompts;
+        var expected = prompts.Select(p => Reference(p, 12).Text).ToArray();
+        var replies = await Task.WhenAll(prompts.Select(p => client.GetResponseAsync(new[] { new ChatMessage(ChatRole.User, p) }, Greedy(12), Ct)));
+        Assert.Equal(expected, replies.Select(r => r.Text));
+
+        using var cancel = CancellationTokenSource.CreateLinkedTokenSource(Ct);
+        int received = 0;
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(async () =>
+        {
+            await foreach (var update in client.GetStreamingResponseAsync(new[] { new ChatMessage(ChatRole.User, "count") }, Greedy(200), cancel.Token))
+                if (++received == 3) cancel.Cancel();
+        });
+        await ServingEngineTests.WaitFor(() => client.Engine.Stats.Running == 0);
+        Assert.Equal(1, client.Engine.Stats.CancelledRequests);
+    }
+}
