@@ -110,6 +110,15 @@ public sealed class LayerKvCache : IDisposable
         HasHoles |= hasPadding;
     }
 
+    /// <summary>Offloading: keys, values and positions of slots [0, <paramref name="length"/>) were just copied in from their
+    /// home tiers; the bookkeeping follows.</summary>
+    internal void Restore(int length, bool hasHoles)
+    {
+        if (length < 0 || length > Capacity) throw new ArgumentOutOfRangeException(nameof(length), $"{length} entries in {Capacity} slots.");
+        Length = length;
+        HasHoles = hasHoles;
+    }
+
     /// <summary>Host bookkeeping only: records that a replayed step appended <paramref name="tokens"/> entries
     /// (or, negative, takes back the count of a captured step that did not execute).</summary>
     internal void AdjustLength(int tokens) => Length += tokens;
