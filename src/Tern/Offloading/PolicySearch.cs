@@ -50,7 +50,7 @@ public static class PolicySearch
                 candidates++;
                 if (Solve(model, options, gbs, ngb) is not { } policy) break;
                 var prediction = model.Predict(policy);
-                if (best is null || prediction.TokensPerSecond > best.Prediction.TokensPerSecond) best = new Plan(policy, prediction, 0);
+                if (best is null || Better(prediction, gbs, best)) best = new Plan(policy, prediction, 0);
                 if (prediction.TokensPerSecond < previous) break;
                 previous = prediction.TokensPerSecond;
             }
@@ -65,6 +65,12 @@ public static class PolicySearch
         }
         return best with { Candidates = candidates };
     }
+
+    /// <summary>Higher predicted throughput wins; within 1% the larger GPU batch does, because the cost model has no per-batch
+    /// overhead (kernel launches, per-batch copies) and would otherwise split a block into many one-sequence batches.</summary>
+    static bool Better(Prediction candidate, int gbs, Plan best) =>
+        candidate.TokensPerSecond > best.Prediction.TokensPerSecond * 1.01
+        || (candidate.TokensPerSecond >= best.Prediction.TokensPerSecond * 0.99 && gbs > best.Policy.GpuBatchSize);
 
     static IEnumerable<int> BatchSizes(int max)
     {
