@@ -40,7 +40,7 @@ internal sealed class OffloadedWeights : IDisposable
 
     /// <summary>
     /// Places the weights of <paramref name="stageWeights"/> (host tensors, per stage in <c>StageWeights</c> order) on their tiers
-    /// by <paramref name="shares"/>, consuming them: each source is disposed once its home holds it (or becomes the home).
+    /// by <paramref name="shares"/>, consuming them: each source is disposed as soon as its home holds a copy.
     /// </summary>
     public static OffloadedWeights Place(IReadOnlyList<Tensor?[]> stageWeights, TierFractions shares, bool compress, Device device,
         ITransferEngine engine, OffloadDirectory? directory)
@@ -59,14 +59,16 @@ internal sealed class OffloadedWeights : IDisposable
         {
             using var noGrad = torch.no_grad();
             for (int i = 0; i < unique.Count; i++)
+            {
                 byTensor[unique[i]] = MakeHome(unique[i], tiers[i], Compresses(unique[i]), device, engine, directory, $"weight{i}");
+                unique[i].Dispose(); // host memory goes back tensor by tensor: a 30B model never needs two copies
+            }
         }
         catch
         {
             foreach (var h in byTensor.Values) DisposeHome(h);
             throw;
         }
-        foreach (var t in unique) t.Dispose();
         var placed = new OffloadedWeights(stageWeights.Select(s => s.Select(t => t is null ? null : byTensor[t]).ToArray()).ToArray());
         placed.homes.AddRange(byTensor.Values);
         return placed;

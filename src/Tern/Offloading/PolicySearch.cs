@@ -97,7 +97,7 @@ public static class PolicySearch
     {
         var w = options.Workload;
         int bls = gbs * ngb;
-        using var solver = Solver.CreateSolver("GLOP") ?? throw new InvalidOperationException("Google OR-Tools' GLOP solver is not available.");
+        using var solver = CreateSolver();
         var p = Enumerable.Range(0, 9).Select(i => solver.MakeNumVar(0, 1, $"p{i}")).ToArray();
         var tPre = solver.MakeNumVar(0, double.PositiveInfinity, "T_pre");
         var tGen = solver.MakeNumVar(0, double.PositiveInfinity, "T_gen");
@@ -131,6 +131,20 @@ public static class PolicySearch
         objective.SetMinimization();
         if (solver.Solve() != Solver.ResultStatus.OPTIMAL) return null;
         return Round(model, options, p.Select(v => v.SolutionValue()).ToArray(), gbs, ngb);
+    }
+
+    static Solver CreateSolver()
+    {
+        try
+        {
+            return Solver.CreateSolver("GLOP") ?? throw new InvalidOperationException("Google OR-Tools' GLOP solver is not available.");
+        }
+        catch (Exception e) when (e is DllNotFoundException or TypeInitializationException)
+        {
+            throw new InvalidOperationException(
+                "the policy search needs Google OR-Tools' native libraries, which this install lacks (tools/gpu/pack.sh drops them): " +
+                "run `tern offload plan` where they are and pass its policy to --offload.", e);
+        }
     }
 
     /// <summary>Whole percents (largest remainder within each triple), then share moved one percent at a time down a tier
