@@ -1,4 +1,3 @@
-using System.Collections.Concurrent;
 using Tern.Offloading;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -15,13 +14,7 @@ namespace Tern.Interop;
 internal sealed class CudaTransferEngine : ITransferEngine
 {
     readonly IntPtr copyStream, computeStream, computeMark;
-    readonly BlockingCollection<(Action Job, IntPtr After)> queue = new();
-    readonly Thread[] workers;
-    readonly List<Tensor> kept = new();
-    readonly object gate = new();
-    int pending;
-    Exception? failure;
-    [ThreadStatic] static bool onWorker;
+    readonly TransferWorkers workers;
 
     /// <param name="diskWorkers">Threads serving disk reads and writes.</param>
     public CudaTransferEngine(int diskWorkers = 4)
@@ -31,8 +24,7 @@ internal sealed class CudaTransferEngine : ITransferEngine
         computeStream = LibTorchCuda.IsAvailable ? LibTorchCuda.CurrentRawStream() : IntPtr.Zero;
         copyStream = CudaDriver.CreateNonBlockingStream();
         computeMark = CudaDriver.CreateEvent();
-        workers = Enumerable.Range(0, diskWorkers).Select(i => new Thread(Work) { IsBackground = true, Name = $"tern-offload-disk-{i}" }).ToArray();
-        foreach (var w in workers) w.Start();
+        workers = new TransferWorkers(diskWorkers, "tern-offload-disk", CudaDriver.EnsureContext);
     }
 
     /// <inheritdoc />
@@ -44,81 +36,47 @@ internal sealed class CudaTransferEngine : ITransferEngine
         long bytes = TensorMemory.Bytes(source);
         if (TensorMemory.Bytes(destination) != bytes || !destination.is_contiguous() || !source.is_contiguous())
             throw new ArgumentException($"copy of {bytes} bytes needs two contiguous tensors of equal size (got {TensorMemory.Bytes(destination)}).");
-        if (!onWorker)
+        if (!TransferWorkers.OnWorker)
         {
             // After the compute issued so far: its outputs are this copy's sources, its freed blocks may be this copy's target.
             CudaDriver.RecordEvent(computeMark, computeStream);
             CudaDriver.StreamWaitEvent(copyStream, computeMark);
         }
-        else CudaDriver.EnsureContext();
         CudaDriver.CopyAsync(TensorMemory.Pointer(destination), TensorMemory.Pointer(source), bytes, copyStream);
     }
 
     /// <inheritdoc />
     public void Enqueue(Action job)
     {
+        // The job starts once the copies issued before it are done (its staging buffer is filled).
         IntPtr after = CudaDriver.CreateEvent();
         CudaDriver.RecordEvent(after, copyStream);
-        lock (gate) pending++;
-        queue.Add((job, after));
-    }
-
-    void Work()
-    {
-        onWorker = true;
-        CudaDriver.EnsureContext();
-        foreach (var (job, after) in queue.GetConsumingEnumerable())
+        workers.Enqueue(job, before: () =>
         {
-            try
-            {
-                CudaDriver.SynchronizeEvent(after);
-                if (failure is null) job();
-            }
-            catch (Exception e)
-            {
-                lock (gate) failure ??= e;
-            }
-            finally
-            {
-                CudaDriver.DestroyEvent(after);
-                lock (gate)
-                {
-                    pending--;
-                    Monitor.PulseAll(gate);
-                }
-            }
-        }
+            try { CudaDriver.SynchronizeEvent(after); }
+            finally { CudaDriver.DestroyEvent(after); }
+        });
     }
 
     /// <inheritdoc />
-    public void KeepAlive(Tensor tensor) => kept.Add(tensor);
+    public void KeepAlive(Tensor tensor) => workers.KeepAlive(tensor);
 
     /// <inheritdoc />
-    public void Synchronize()
+    public void Synchronize() => workers.Drain(afterJobs: () =>
     {
-        lock (gate)
-            while (pending > 0) Monitor.Wait(gate);
         CudaDriver.SynchronizeStream(copyStream);
         CudaDriver.SynchronizeStream(computeStream);
-        foreach (var t in kept) t.Dispose();
-        kept.Clear();
-        Exception? e;
-        lock (gate) (e, failure) = (failure, null);
-        if (e is not null) throw new IOException($"offloading transfer failed: {e.Message}", e);
-    }
+    });
 
     /// <inheritdoc />
     public void Dispose()
     {
         try
         {
-            Synchronize();
+            workers.Dispose();
         }
         finally
         {
-            queue.CompleteAdding();
-            foreach (var w in workers) w.Join();
-            queue.Dispose();
             CudaDriver.DestroyEvent(computeMark);
             CudaDriver.DestroyStream(copyStream);
         }

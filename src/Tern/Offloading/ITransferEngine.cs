@@ -70,20 +70,7 @@ public sealed class SynchronousTransferEngine : ITransferEngine
 /// </summary>
 public sealed class BackgroundTransferEngine : ITransferEngine
 {
-    readonly BlockingCollection<Action> queue = new();
-    readonly Thread worker;
-    readonly List<Tensor> kept = new();
-    readonly object gate = new();
-    int pending;
-    Exception? failure;
-    [ThreadStatic] static bool onWorker;
-
-    /// <summary>Starts the worker.</summary>
-    public BackgroundTransferEngine()
-    {
-        worker = new Thread(Work) { IsBackground = true, Name = "tern-offload-transfers" };
-        worker.Start();
-    }
+    readonly TransferWorkers workers = new(1, "tern-offload-transfers");
 
     /// <inheritdoc />
     public bool PinsHostMemory => false;
@@ -91,66 +78,108 @@ public sealed class BackgroundTransferEngine : ITransferEngine
     /// <inheritdoc />
     public void Copy(Tensor destination, Tensor source)
     {
-        if (onWorker) destination.view(-1).copy_(source.view(-1)); // a job's own copy: the job is already in order
+        if (TransferWorkers.OnWorker) destination.view(-1).copy_(source.view(-1)); // a job's own copy: the job is already in order
         else Enqueue(() => destination.view(-1).copy_(source.view(-1)));
     }
 
     /// <inheritdoc />
-    public void Enqueue(Action job)
+    public void Enqueue(Action job) => workers.Enqueue(job);
+
+    /// <inheritdoc />
+    public void KeepAlive(Tensor tensor) => workers.KeepAlive(tensor);
+
+    /// <inheritdoc />
+    public void Synchronize() => workers.Drain(afterJobs: null);
+
+    /// <inheritdoc />
+    public void Dispose() => workers.Dispose();
+}
+
+/// <summary>
+/// Worker threads serving an engine's host jobs in order of issue (one thread: strictly in order), the count of jobs in
+/// flight, the first failure (rethrown by <see cref="Drain"/>, later jobs skipped) and the tensors kept alive until then.
+/// </summary>
+internal sealed class TransferWorkers : IDisposable
+{
+    readonly BlockingCollection<(Action Job, Action? Before)> queue = new();
+    readonly Thread[] threads;
+    readonly List<Tensor> kept = new();
+    readonly object gate = new();
+    int pending;
+    Exception? failure;
+    [ThreadStatic] static bool onWorker;
+
+    /// <param name="count">Threads.</param>
+    /// <param name="name">Thread name prefix.</param>
+    /// <param name="start">Runs first on each thread (a CUDA context).</param>
+    public TransferWorkers(int count, string name, Action? start = null)
     {
-        lock (gate) pending++;
-        queue.Add(job);
+        threads = Enumerable.Range(0, count).Select(i => new Thread(() => Work(start)) { IsBackground = true, Name = $"{name}-{i}" }).ToArray();
+        foreach (var t in threads) t.Start();
     }
 
-    void Work()
+    /// <summary>True on a worker thread.</summary>
+    public static bool OnWorker => onWorker;
+
+    /// <summary>Queues <paramref name="job"/>, preceded on its thread by <paramref name="before"/> (run even after a failure).</summary>
+    public void Enqueue(Action job, Action? before = null)
+    {
+        lock (gate) pending++;
+        queue.Add((job, before));
+    }
+
+    public void KeepAlive(Tensor tensor) => kept.Add(tensor);
+
+    void Work(Action? start)
     {
         onWorker = true;
-        foreach (var job in queue.GetConsumingEnumerable())
+        start?.Invoke();
+        foreach (var (job, before) in queue.GetConsumingEnumerable())
         {
             try
             {
+                before?.Invoke();
                 if (failure is null) job();
             }
             catch (Exception e)
             {
-                failure ??= e;
+                lock (gate) failure ??= e;
             }
-            lock (gate)
+            finally
             {
-                pending--;
-                Monitor.PulseAll(gate);
+                lock (gate)
+                {
+                    pending--;
+                    Monitor.PulseAll(gate);
+                }
             }
         }
     }
 
-    /// <inheritdoc />
-    public void KeepAlive(Tensor tensor) => kept.Add(tensor);
-
-    /// <inheritdoc />
-    public void Synchronize()
+    /// <summary>Waits for every job, runs <paramref name="afterJobs"/> (waiting for device work), frees the kept tensors and
+    /// rethrows the first failure.</summary>
+    public void Drain(Action? afterJobs)
     {
         lock (gate)
             while (pending > 0) Monitor.Wait(gate);
+        afterJobs?.Invoke();
         foreach (var t in kept) t.Dispose();
         kept.Clear();
-        if (failure is { } e)
-        {
-            failure = null;
-            throw new IOException($"offloading transfer failed: {e.Message}", e);
-        }
+        Exception? e;
+        lock (gate) (e, failure) = (failure, null);
+        if (e is not null) throw new IOException($"offloading transfer failed: {e.Message}", e);
     }
 
-    /// <inheritdoc />
     public void Dispose()
     {
         try
         {
-            Synchronize();
+            Drain(afterJobs: null);
         }
         finally
         {
             queue.CompleteAdding();
-            worker.Join();
+            foreach (var t in threads) t.Join();
             queue.Dispose();
         }
     }

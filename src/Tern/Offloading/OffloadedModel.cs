@@ -98,22 +98,25 @@ public sealed class OffloadedModel : IDisposable
         OffloadDirectory? directory = null;
         ITransferEngine? engine = null;
         CausalLanguageModel? model = null;
+        OffloadedWeights? placed = null;
         try
         {
             directory = usesDisk ? OffloadDirectory.Create(options.Directory!) : null;
             engine = CreateEngine(device, policy.Overlap);
             model = CausalLanguageModel.Create(config, source, device, dtype, trainable: false, weightDevice: torch.CPU);
             var stageWeights = Enumerable.Range(0, model.StageCount).Select(model.StageWeights).ToArray();
-            // The GPU share of the weights is checked against the cap before anything moves there.
-            budget.Reserve("weights", (long)(stageWeights.SelectMany(s => s).Where(t => t is not null).Distinct(ReferenceEqualityComparer.Instance)
-                .Sum(t => ((Tensor)t!).NumberOfElements * ((Tensor)t!).ElementSize) * policy.Weights.Gpu * (policy.CompressWeights ? 0.28 : 1)));
-            var placed = OffloadedWeights.Place(stageWeights, policy.Weights, policy.CompressWeights, device, engine, directory);
+            // The GPU share of the weights is checked against the cap before anything moves there, and exactly once placed.
+            double bytes = stageWeights.SelectMany(s => s).OfType<Tensor>().Distinct(ReferenceEqualityComparer.Instance).Cast<Tensor>()
+                .Sum(t => (double)t.NumberOfElements * t.ElementSize);
+            budget.Reserve("weights", (long)(bytes * policy.Weights.Gpu * (policy.CompressWeights ? CostModel.CompressionRatio * 2 / dtype.ElementSize() : 1)));
+            placed = OffloadedWeights.Place(stageWeights, policy.Weights, policy.CompressWeights, device, engine, directory);
             budget.Release("weights");
             budget.Reserve("weights", placed.BytesOn(Tier.Gpu));
             return new OffloadedModel(model, placed, engine, directory, budget, options);
         }
         catch
         {
+            placed?.Dispose();
             model?.Dispose();
             engine?.Dispose();
             directory?.Dispose();
@@ -150,7 +153,12 @@ public sealed class OffloadedModel : IDisposable
             decode += run.Decode;
             if (logits is not null) for (int i = 0; i < maxNewTokens; i++) logits[i].Add(torch.cat(run.Logits![i], 0).DetachFromDisposeScope());
         }
-        var merged = logits?.Select(l => { var m = torch.cat(l, 0).DetachFromDisposeScope(); foreach (var x in l) x.Dispose(); return m; }).ToArray();
+        var merged = logits?.Select(blocks =>
+        {
+            var all = torch.cat(blocks, 0).DetachFromDisposeScope();
+            foreach (var b in blocks) b.Dispose();
+            return all;
+        }).ToArray();
         return new OffloadedGeneration(tokens, merged, prefill, decode);
     }
 
@@ -174,7 +182,6 @@ public sealed class OffloadedModel : IDisposable
         readonly List<int>[][] generated;                   // [k][row]
         readonly List<Tensor>[]? logits;                    // [step] per batch
         readonly Stopwatch prefillWatch = new(), decodeWatch = new();
-        readonly long reserved;
         // In flight: weights per stage, cache and hidden loads per item, the previous item's outputs waiting to be stored.
         readonly Dictionary<int, OffloadedWeights.StageLoad> stageLoads = new();
         readonly Dictionary<int, (Tensor[] Keys, Tensor[] Values)> cacheLoads = new();
@@ -220,8 +227,7 @@ public sealed class OffloadedModel : IDisposable
                 + 2 * owner.weights.LargestStageBytes                                           // this stage's and the next stage's weights
                 + 4L * rows * longest * Math.Max(info.HiddenSize, info.KvHeads * info.HeadDim) * es // hidden in/out and new cache entries
                 + 2L * rows * longest * (long)info.KvHeads * info.HeadDim * es * (policy.Cache.Gpu < 1 ? 2 : 1); // loaded cache parts
-            reserved = kvGpu + hiddenGpu + workingBytes;
-            owner.budget.Reserve("block", reserved, $"KV cache {Units.Bytes(kvGpu)}, activations {Units.Bytes(hiddenGpu)}, working buffers {Units.Bytes(workingBytes)}");
+            owner.budget.Reserve("block", kvGpu + hiddenGpu + workingBytes, $"KV cache {Units.Bytes(kvGpu)}, activations {Units.Bytes(hiddenGpu)}, working buffers {Units.Bytes(workingBytes)}");
             try
             {
                 for (int k = 0; k < batches; k++)
@@ -443,6 +449,7 @@ public sealed class OffloadedModel : IDisposable
                 foreach (var p in cachePositions) p?.Dispose();
                 foreach (var c in working.Values) c.Dispose();
                 foreach (var b in inputs) { b?.InputIds.Dispose(); b?.Positions.Dispose(); }
+                if (logits is not null) foreach (var t in logits.SelectMany(l => l)) t.Dispose();
                 owner.budget.Release("block");
             }
         }
