@@ -36,6 +36,26 @@ public sealed class CudaTransferEngineTests
         Assert.True(Same(back, source * 2 + 1));
     }
 
+    [Theory]
+    [InlineData(1 << 10)]   // small: libtorch's pinned allocator
+    [InlineData(4 << 20)]   // large: registered in place with the driver
+    public void HostBuffersLoadAndStoreThroughTheCopyStream(int elements)
+    {
+        using var engine = new CudaTransferEngine();
+        var values = torch.randn(elements, ScalarType.Float32);
+        using var host = new HostBuffer(values.clone(), pin: true);
+        var loaded = host.Load(engine, Cuda, 0, new long[] { elements });
+        engine.Synchronize();
+        Assert.True(Same(loaded.cpu(), values));
+        using var doubled = (loaded * 2).DetachFromDisposeScope();
+        host.Store(engine, doubled, 0);
+        var again = host.Load(engine, Cuda, 0, new long[] { elements });
+        engine.Synchronize();
+        Assert.True(Same(again.cpu(), values * 2));
+        loaded.Dispose();
+        again.Dispose();
+    }
+
     [Fact]
     public void DiskJobsRunAfterTheCopiesIssuedBeforeThem()
     {

@@ -68,6 +68,23 @@ internal static partial class CudaDriver
     [LibraryImport(Library, EntryPoint = "cuMemcpyAsync")]
     private static partial int CuMemcpyAsync(IntPtr destination, IntPtr source, nuint bytes, IntPtr stream);
 
+    [LibraryImport(Library, EntryPoint = "cuMemHostRegister_v2")]
+    private static partial int CuMemHostRegister(IntPtr pointer, nuint bytes, uint flags);
+
+    [LibraryImport(Library, EntryPoint = "cuMemHostUnregister")]
+    private static partial int CuMemHostUnregister(IntPtr pointer);
+
+    /// <summary>Page-locks host memory in place (no copy, no rounding of the size); false when the driver refuses (for example
+    /// a range that shares pages with one already registered).</summary>
+    public static bool TryRegisterHostMemory(IntPtr pointer, long bytes)
+    {
+        EnsureContext();
+        return CuMemHostRegister(pointer, (nuint)bytes, 0) == 0;
+    }
+
+    /// <summary>Undoes <see cref="TryRegisterHostMemory"/>.</summary>
+    public static void UnregisterHostMemory(IntPtr pointer) => Check(CuMemHostUnregister(pointer), "cuMemHostUnregister");
+
     /// <summary>A new stream that does not synchronise with the legacy default stream (CU_STREAM_NON_BLOCKING).</summary>
     public static IntPtr CreateNonBlockingStream()
     {
