@@ -48,7 +48,10 @@ internal sealed class CudaTransferEngine : ITransferEngine
     /// <inheritdoc />
     public void Enqueue(Action job)
     {
-        // The job starts once the copies issued before it are done (its staging buffer is filled).
+        // The job starts once the copies issued before it are done (its staging buffer is filled); copies the job issues
+        // queue after the compute issued so far (their targets may reuse blocks that compute freed).
+        CudaDriver.RecordEvent(computeMark, computeStream);
+        CudaDriver.StreamWaitEvent(copyStream, computeMark);
         IntPtr after = CudaDriver.CreateEvent();
         CudaDriver.RecordEvent(after, copyStream);
         workers.Enqueue(job, before: () =>
