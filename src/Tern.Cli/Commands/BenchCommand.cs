@@ -117,7 +117,7 @@ internal static class BenchCommand
         {
             var (options, prediction) = offload.Resolve(r, folder, load.DType, device, prompt, steps, Console.Out);
             var policy = options.Policy;
-            OffloadFlags.Print(Console.Out, policy, prediction, projected: false);
+            OffloadFlags.Print(Console.Out, policy, prediction);
             var loadWatch = Stopwatch.StartNew();
             using var model = OffloadedModel.Load(folder, load, options);
             Console.WriteLine($"{card} | {model.Info.ModelType} | {load.DType.ShortName()} | weights placed in {loadWatch.Elapsed.TotalSeconds:F1} s: " +

@@ -88,7 +88,7 @@ internal static class GenerateCommand
         var ids = texts.Select(t => tokenizer.Encode(t)).ToArray();
         var device = ComputeOptions.ResolveDevice(load.Device);
         var (offloadOptions, prediction) = offload.Resolve(r, folder, load.DType, device, ids.Max(p => p.Count), options.MaxNewTokens, Console.Error);
-        OffloadFlags.Print(Console.Error, offloadOptions.Policy, prediction, projected: false);
+        OffloadFlags.Print(Console.Error, offloadOptions.Policy, prediction);
         using var model = OffloadedModel.Load(folder, load, offloadOptions);
         var result = model.Generate(ids, options.MaxNewTokens);
         for (int i = 0; i < texts.Count; i++)

@@ -64,13 +64,13 @@ internal static class OffloadCommand
             var workload = OffloadWorkload.FromConfig(folder, dt, r.GetValue(prompt), r.GetValue(gen));
             var capacity = flags.Capacity(r, d);
             var hardware = flags.Hardware(r, Console.Out);
-            var plan = PolicySearch.Find(new PlanOptions { Workload = workload, Hardware = hardware, Capacity = capacity, CompressWeights = r.GetValue(flags.Compress) });
+            var plan = PolicySearch.Find(flags.Plan(r, workload, hardware, capacity));
             var config = HfConfig.Load(folder);
             Console.WriteLine($"model:      {Path.GetFullPath(folder)} ({config.ModelType}, {workload.Layers} layers, hidden {workload.Hidden}, " +
                               $"{Units.Bytes(workload.LayerWeightBytes * workload.Layers)} of {dt.ShortName()} weights); prompt {workload.Prompt}, new {workload.Generate}");
             Console.WriteLine($"memory:     GPU {Units.Bytes(capacity.Gpu)}, CPU {Units.Bytes(capacity.Cpu)}, disk {Units.Bytes(capacity.Disk)} (plans fill at most 80%)");
             Console.WriteLine($"searched:   {plan.Candidates} (gbs, ngb) pairs, one LP each");
-            OffloadFlags.Print(Console.Out, plan.Policy, plan.Prediction, projected: false);
+            OffloadFlags.Print(Console.Out, plan.Policy, plan.Prediction);
             Console.WriteLine($"run it:     tern bench --model {folder} --dummy --dtype {dt.ShortName()} --offload \"{plan.Policy}\" --prompt {workload.Prompt} --new-tokens {workload.Generate}");
             return 0;
         });

@@ -18,10 +18,11 @@ internal sealed class OffloadFlags
     public Option<string?> Directory { get; } = new("--offload-dir") { Description = "Folder for the disk tier (a private subfolder is made and removed)." };
     public Option<string?> Profile { get; } = new("--profile") { Description = "Hardware profile from `tern offload calibrate` (default: FlexGen's T4 constants, labelled as such)." };
     public Option<bool> Compress { get; } = new("--compress-weights") { Description = "With --offload auto / plan: 4-bit group-quantized weights." };
+    public Option<bool> CpuAttention { get; } = new("--cpu-attention") { Description = "With --offload auto / plan: decode attention on the CPU where the cache lives (the whole cache in host memory)." };
 
     public void AddTo(Command command, bool withOffload = true)
     {
-        var options = new List<Option> { GpuMemory, CpuMemory, DiskMemory, Directory, Profile, Compress };
+        var options = new List<Option> { GpuMemory, CpuMemory, DiskMemory, Directory, Profile, Compress, CpuAttention };
         if (withOffload) options.Insert(0, Offload);
         foreach (var o in options) command.Options.Add(o);
         command.Validators.Add(result =>
@@ -69,9 +70,9 @@ internal sealed class OffloadFlags
         var capacity = Capacity(r, device);
         OffloadPolicy policy;
         if (r.GetValue(Offload) is "auto" or null)
-            policy = PolicySearch.Find(new PlanOptions { Workload = workload, Hardware = hardware, Capacity = capacity, CompressWeights = r.GetValue(Compress) }).Policy;
+            policy = PolicySearch.Find(Plan(r, workload, hardware, capacity)).Policy;
         else policy = OffloadPolicy.Parse(r.GetValue(Offload)!);
-        var prediction = new CostModel(workload, hardware, policy.CompressWeights).Predict(policy);
+        var prediction = new CostModel(workload, hardware, policy.CompressWeights, policy.CpuAttention).Predict(policy);
         var options = new OffloadOptions
         {
             Policy = policy,
@@ -81,16 +82,23 @@ internal sealed class OffloadFlags
         return (options, prediction);
     }
 
+    /// <summary>What the policy search works with, from the flags.</summary>
+    public PlanOptions Plan(ParseResult r, OffloadWorkload workload, HardwareProfile hardware, MemoryCapacity capacity) => new()
+    {
+        Workload = workload, Hardware = hardware, Capacity = capacity, CompressWeights = r.GetValue(Compress), CpuAttention = r.GetValue(CpuAttention),
+    };
+
     /// <summary>A readable table of a policy and its prediction.</summary>
-    public static void Print(TextWriter o, OffloadPolicy p, Prediction pred, bool projected)
+    public static void Print(TextWriter o, OffloadPolicy p, Prediction pred)
     {
         o.WriteLine($"policy:     {p}");
-        o.WriteLine($"block:      gbs {p.GpuBatchSize} × ngb {p.NumGpuBatches} = {p.BlockSize} sequences; weights {(p.CompressWeights ? "4-bit" : "16-bit")}; overlap {(p.Overlap ? "on" : "off")}");
+        o.WriteLine($"block:      gbs {p.GpuBatchSize} × ngb {p.NumGpuBatches} = {p.BlockSize} sequences; weights {(p.CompressWeights ? "4-bit" : "16-bit")}; " +
+                    $"decode attention on the {(p.CpuAttention ? "CPU" : "GPU")}; overlap {(p.Overlap ? "on" : "off")}");
         o.WriteLine($"{"",-12}{"GPU",7}{"CPU",7}{"disk",7}");
         foreach (var (name, f) in new[] { ("weights", p.Weights), ("KV cache", p.Cache), ("activations", p.Activations) })
             o.WriteLine($"{name,-12}{Pct(f.Gpu),7}{Pct(f.Cpu),7}{Pct(f.Disk),7}");
         o.WriteLine($"peak memory: GPU {Units.Bytes(pred.GpuPeakBytes)}, CPU {Units.Bytes(pred.CpuPeakBytes)}, disk {Units.Bytes(pred.DiskPeakBytes)}");
-        o.WriteLine($"{(projected ? "predicted" : "predicted")}:  prefill {pred.PrefillLayerSeconds * 1e3:F2} ms/layer, decode {pred.DecodeLayerSeconds * 1e3:F2} ms/layer, " +
+        o.WriteLine($"predicted:  prefill {pred.PrefillLayerSeconds * 1e3:F2} ms/layer, decode {pred.DecodeLayerSeconds * 1e3:F2} ms/layer, " +
                     $"block {pred.TotalSeconds:F1} s, throughput {pred.TokensPerSecond:F2} tokens/s");
     }
 

@@ -28,6 +28,9 @@ public sealed class LayerKvCache : IDisposable
             .DetachFromDisposeScope();
     }
 
+    /// <summary>Where keys, values and positions live.</summary>
+    public Device Device => Positions.device;
+
     /// <summary>Index of the layer.</summary>
     public int Layer { get; }
 

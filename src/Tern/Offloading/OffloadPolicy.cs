@@ -83,7 +83,8 @@ public sealed record OffloadPolicy
     public bool CompressWeights { get; init; }
     /// <summary>KV cache stored 4-bit group-quantized (not supported by the engine yet).</summary>
     public bool CompressCache { get; init; }
-    /// <summary>Decode attention on the CPU for sequences whose cache lives there (not supported by the engine yet).</summary>
+    /// <summary>Decode attention on the CPU, in fp32, where the cache lives (FlexGen's <c>--cpu-cache-compute</c>): only each
+    /// step's q, k, v cross to the host. Needs the whole cache on the CPU (kv=0/100/0) for now.</summary>
     public bool CpuAttention { get; init; }
     /// <summary>Transfers overlap compute (FlexGen's overlapped loop); off runs every transfer synchronously.</summary>
     public bool Overlap { get; init; } = true;
@@ -104,8 +105,8 @@ public sealed record OffloadPolicy
         if (NumGpuBatches < 1) throw new ArgumentException($"offload policy: ngb={NumGpuBatches}; the number of GPU batches must be at least 1.");
         if (CompressCache)
             throw new NotSupportedException("offload policy: kvbits=4 (compressed offloaded KV cache) is not supported yet; use kvbits=16.");
-        if (CpuAttention)
-            throw new NotSupportedException("offload policy: cpu-attn=on (decode attention on the CPU) is not supported yet; use cpu-attn=off.");
+        if (CpuAttention && Cache != TierFractions.All(Tier.Cpu))
+            throw new NotSupportedException($"offload policy: cpu-attn=on needs the whole KV cache in host memory (kv=0/100/0) for now (got kv={Cache}).");
         return this;
     }
 

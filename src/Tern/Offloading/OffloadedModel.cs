@@ -172,7 +172,8 @@ public sealed class OffloadedModel : IDisposable
         readonly int steps, stages, batches;
         readonly int[] capacity;                            // [k] slots: the batch's longest prompt + new tokens, as the plain runtime sizes its cache
         readonly IReadOnlyList<int>[][] prompts;            // [k][row]
-        readonly SequenceStore[][] keys, values;            // [k][layer]
+        readonly SequenceStore[][] keys, values;            // [k][layer], unless attention runs on the CPU
+        readonly KvCache.KvCache[]? hostCaches;             // [k] with cpu-attn: each batch's cache in host memory, attended there
         readonly SequenceStore[] hidden;                    // [k]
         readonly Tensor[] cachePositions;                   // [k] positions of the working cache's slots
         readonly int[] cacheLength;
@@ -209,6 +210,7 @@ public sealed class OffloadedModel : IDisposable
             cacheLength = new int[batches];
             cacheHoles = new bool[batches];
             inputs = new ForwardBatch?[batches];
+            hostCaches = owner.Policy.CpuAttention ? new KvCache.KvCache[batches] : null;
             generated = prompts.Select(b => b.Select(_ => new List<int>()).ToArray()).ToArray();
             logits = keepLogits ? Enumerable.Range(0, steps).Select(_ => new List<Tensor>()).ToArray() : null;
             var policy = owner.Policy;
@@ -235,7 +237,13 @@ public sealed class OffloadedModel : IDisposable
                     int n = prompts[k].Length;
                     keys[k] = new SequenceStore[info.Layers];
                     values[k] = new SequenceStore[info.Layers];
-                    for (int l = 0; l < info.Layers; l++)
+                    if (hostCaches is not null)
+                        hostCaches[k] = KvCache.KvCache.Create(new KvCacheOptions
+                        {
+                            BatchSize = n, Layers = info.Layers, KvHeads = info.KvHeads, HeadDim = info.HeadDim, Capacity = capacity[k],
+                            DType = owner.dtype, Device = torch.CPU,
+                        });
+                    else for (int l = 0; l < info.Layers; l++)
                     {
                         keys[k][l] = SequenceStore.Create(n, capacity[k], kvItem, owner.dtype, policy.Cache, device, engine, owner.directory, $"k-b{k}-l{l}");
                         values[k][l] = SequenceStore.Create(n, capacity[k], kvItem, owner.dtype, policy.Cache, device, engine, owner.directory, $"v-b{k}-l{l}");
@@ -293,7 +301,7 @@ public sealed class OffloadedModel : IDisposable
 
         Stopwatch WatchOf(int i) => i == 0 ? prefillWatch : decodeWatch;
 
-        bool NeedsCache(int i, int j) => i > 0 && j >= 1 && j < stages - 1;
+        bool NeedsCache(int i, int j) => hostCaches is null && i > 0 && j >= 1 && j < stages - 1;
 
         /// <summary>Issues the loads of item <paramref name="t"/> not yet in flight: its stage's weights (only when not
         /// prefetching: they are prefetched per stage), its batch's cache and its activations. Activations made by (i, j−1, k)
@@ -344,6 +352,7 @@ public sealed class OffloadedModel : IDisposable
             }
             Tensor output;
             if (j == 0) output = model.RunStage(0, w, null, batch, null, DensePolicy.Instance);
+            else if (hostCaches is not null && i > 0) output = model.RunStage(j, w, h, batch, hostCaches[k][j - 1], DensePolicy.Instance); // attends on the CPU
             else
             {
                 var cache = WorkingCache(prompts[k].Length, capacity[k]);
@@ -358,20 +367,38 @@ public sealed class OffloadedModel : IDisposable
                 cache.Positions.copy_(cachePositions[k]);
                 cache.Restore(length, cacheHoles[k]);
                 output = model.RunStage(j, w, h, batch, cache, DensePolicy.Instance);
-                int added = cache.Length - length;
-                var newKeys = cache.Keys.narrow(2, length, added).permute(2, 0, 1, 3).contiguous().DetachFromDisposeScope();
-                var newValues = cache.Values.narrow(2, length, added).permute(2, 0, 1, 3).contiguous().DetachFromDisposeScope();
                 if (j == 1) cachePositions[k].copy_(cache.Positions);
-                var (ks, vs) = (keys[k][j - 1], values[k][j - 1]);
-                deferredStores.Add(() =>
-                {
-                    ks.Store(engine, newKeys, length);
-                    vs.Store(engine, newValues, length);
-                });
+                StoreNewEntries(k, j - 1, cache, length);
             }
             var outputs = output.transpose(0, 1).contiguous().DetachFromDisposeScope(); // [tokens, rows, hidden]
             var store = hidden[k];
             deferredStores.Add(() => store.Store(engine, outputs, 0));
+        }
+
+        /// <summary>Sends the entries a block stage appended to the working cache to their home: deferred to the next item for
+        /// the tiers (FlexGen's store_cache(prev)); with CPU attention, the prefill's entries go straight to the host cache.</summary>
+        void StoreNewEntries(int k, int layer, LayerKvCache cache, int length)
+        {
+            int added = cache.Length - length;
+            if (hostCaches is not null)
+            {
+                // Prefill attends on the GPU (FlexGen too); decode then attends where this copy lives.
+                var home = hostCaches[k][layer];
+                home.Keys.narrow(2, 0, added).copy_(cache.Keys.narrow(2, 0, added));
+                home.Values.narrow(2, 0, added).copy_(cache.Values.narrow(2, 0, added));
+                home.Positions.copy_(cache.Positions);
+                home.Restore(added, cacheHoles[k]);
+                return;
+            }
+            // Slot-major [added, rows, kvHeads, headDim], as the homes hold them.
+            var newKeys = cache.Keys.narrow(2, length, added).permute(2, 0, 1, 3).contiguous().DetachFromDisposeScope();
+            var newValues = cache.Values.narrow(2, length, added).permute(2, 0, 1, 3).contiguous().DetachFromDisposeScope();
+            var (ks, vs) = (keys[k][layer], values[k][layer]);
+            deferredStores.Add(() =>
+            {
+                ks.Store(engine, newKeys, length);
+                vs.Store(engine, newValues, length);
+            });
         }
 
         /// <summary>The one-layer cache a block stage computes with (one per batch shape), filled from the homes before each use.</summary>
@@ -448,6 +475,7 @@ public sealed class OffloadedModel : IDisposable
                 foreach (var s in hidden) s?.Dispose();
                 foreach (var p in cachePositions) p?.Dispose();
                 foreach (var c in working.Values) c.Dispose();
+                if (hostCaches is not null) foreach (var c in hostCaches) c?.Dispose();
                 foreach (var b in inputs) { b?.InputIds.Dispose(); b?.Positions.Dispose(); }
                 if (logits is not null) foreach (var t in logits.SelectMany(l => l)) t.Dispose();
                 owner.budget.Release("block");

@@ -16,6 +16,8 @@ public sealed record PlanOptions
     public double Headroom { get; init; } = 0.8;
     /// <summary>Weights 4-bit compressed.</summary>
     public bool CompressWeights { get; init; }
+    /// <summary>Decode attention on the CPU where the cache lives (the engine then needs the whole cache on the CPU: c_c = 1).</summary>
+    public bool CpuAttention { get; init; }
     /// <summary>Largest GPU batch size tried.</summary>
     public int MaxGpuBatchSize { get; init; } = 1024;
 }
@@ -37,7 +39,7 @@ public static class PolicySearch
     /// <summary>The best policy, or an error saying why none fits.</summary>
     public static Plan Find(PlanOptions options)
     {
-        var model = new CostModel(options.Workload, options.Hardware, options.CompressWeights);
+        var model = new CostModel(options.Workload, options.Hardware, options.CompressWeights, options.CpuAttention);
         Plan? best = null;
         int candidates = 0;
         foreach (int gbs in BatchSizes(options.MaxGpuBatchSize))
@@ -107,6 +109,7 @@ public static class PolicySearch
             for (int i = first; i < first + 3; i++) sum.SetCoefficient(p[i], 1);
         }
         p[Lin.Hd].SetUb(0); // h_g + h_c = 1, FlexGen's optimizer
+        if (options.CpuAttention) p[Lin.Cc].SetLb(1); // Tern's CPU attention needs the whole cache in host memory
         void AtLeast(Variable t, Lin bound)
         {
             // t ≥ bound  ⇔  bound.C·p − t ≤ −bound.K
@@ -165,14 +168,14 @@ public static class PolicySearch
             var policy = new OffloadPolicy
             {
                 Weights = Triple(percent, 0), Cache = Triple(percent, 3), Activations = Triple(percent, 6),
-                GpuBatchSize = gbs, NumGpuBatches = ngb, CompressWeights = options.CompressWeights,
+                GpuBatchSize = gbs, NumGpuBatches = ngb, CompressWeights = options.CompressWeights, CpuAttention = options.CpuAttention,
             };
             var prediction = model.Predict(policy);
             var cap = options.Capacity;
             bool gpuOver = prediction.GpuPeakBytes > options.Headroom * cap.Gpu, cpuOver = prediction.CpuPeakBytes > options.Headroom * cap.Cpu;
             if (!gpuOver && !cpuOver && prediction.DiskPeakBytes <= options.Headroom * cap.Disk) return policy;
             // Move one percent down a tier (weights first, then cache; activations stay off the disk): GPU → CPU, else CPU → disk.
-            int from = (gpuOver ? new[] { 0, 3, 6 } : new[] { 1, 4 }).FirstOrDefault(i => percent[i] > 0, -1);
+            int from = (gpuOver ? new[] { 0, 3, 6 } : options.CpuAttention ? new[] { 1 } : new[] { 1, 4 }).FirstOrDefault(i => percent[i] > 0, -1);
             if (from < 0 || (!gpuOver && !cpuOver)) return null;
             percent[from]--;
             percent[from + 1]++;

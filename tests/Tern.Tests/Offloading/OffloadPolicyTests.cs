@@ -41,7 +41,7 @@ public sealed class OffloadPolicyTests
 
     [Theory]
     [InlineData("kvbits=4")]
-    [InlineData("cpu-attn=on")]
+    [InlineData("cpu-attn=on,kv=50/50/0")]
     public void RefusesWhatTheEngineCannotDoYet(string text) => Assert.Throws<NotSupportedException>(() => OffloadPolicy.Parse(text));
 
     [Fact]

@@ -65,6 +65,19 @@ public sealed class PolicySearchTests
     }
 
     [Fact]
+    public void CpuAttentionPlansKeepTheWholeCacheOnTheCpu()
+    {
+        var plan = PolicySearch.Find(new PlanOptions
+        {
+            Workload = OffloadWorkload.FromConfig(Opt30B, ModelDType.Float16, 512, 32), Hardware = HardwareProfile.FlexGenT4,
+            Capacity = new MemoryCapacity(16 * GiB, 200 * GiB, 0), CpuAttention = true, MaxGpuBatchSize = 64,
+        });
+        Assert.True(plan.Policy.CpuAttention);
+        Assert.Equal(TierFractions.All(Tier.Cpu), plan.Policy.Cache);
+        Assert.Equal(plan.Policy, OffloadPolicy.Parse(plan.Policy.ToString())); // and the engine accepts it
+    }
+
+    [Fact]
     public void ImpossibleBudgetsAreAClearError()
     {
         var e = Assert.Throws<InvalidOperationException>(() => PlanFor(Opt30B, 1 * GiB, 8 * GiB, disk: 0));
