@@ -8,7 +8,7 @@
 #                                                          measured vs predicted throughput (PROFILE: a calibrate output, sent along)
 #   tools/gpu/offload_bench.sh hf [BATCH]                  HF transformers + accelerate device_map, GPU capped at 16 GiB (projected)
 #   tools/gpu/offload_bench.sh ablation POLICY [PROFILE]   the same bench with overlap off, FlexGen's "no policy search"
-#                                                          (w=0/100/0 at the same block), and 4-bit weights
+#                                                          (w=0/100/0 at the same block), CPU attention toggled, 4-bit weights
 # Same card, same run: do calibrate + bench + hf on one warm machine and compare only numbers from the same card.
 set -uo pipefail
 source .device/env.sh
@@ -34,7 +34,9 @@ case ${1:?tests|calibrate|bench|hf|ablation} in
     profile=(); [[ -n ${3:-} ]] && profile=(--profile "$3")
     base=${2:?policy}
     blk=$(echo "$base" | grep -o 'gbs=[0-9]*,ngb=[0-9]*')
-    for variant in "$base,overlap=off|no overlap" "w=0/100/0,kv=0/100/0,act=0/100/0,$blk|no policy search (FlexGen's w=0/100)" "$base,wbits=4|4-bit weights"; do
+    attn="cpu-attn=off|no CPU attention"; [[ $base == *cpu-attn=off* ]] && attn="cpu-attn=on,kv=0/100/0|with CPU attention"
+    for variant in "$base,overlap=off|no overlap" "w=0/100/0,kv=0/100/0,act=0/100/0,$blk|no policy search (FlexGen's w=0/100)" \
+                   "$base,${attn%%|*}|${attn#*|}" "$base,wbits=4|4-bit weights"; do
       policy=${variant%%|*}; name=${variant#*|}
       tern bench "${COMMON[@]}" "${profile[@]}" --offload "$policy" --label "ablation: $name" 2>&1 | tee -a "$OUT/offload-ablation.txt"
     done ;;
