@@ -226,7 +226,7 @@ public sealed class OffloadedModel : IDisposable
             int rows = prompts.Max(b => b.Length), longest = block.Max(p => p.Count);
             long workingBytes = 2L * (rows * (long)info.KvHeads * capacity.Max() * info.HeadDim * es) // working cache keys + values
                 + batches * rows * (long)info.KvHeads * capacity.Max() * 8                      // slot positions
-                + 2 * owner.weights.LargestStageBytes                                           // this stage's and the next stage's weights
+                + 2 * owner.weights.LargestStageLoadBytes                                       // this stage's and the next stage's weights
                 + 4L * rows * longest * Math.Max(info.HiddenSize, info.KvHeads * info.HeadDim) * es // hidden in/out and new cache entries
                 + 2L * rows * longest * (long)info.KvHeads * info.HeadDim * es * (policy.Cache.Gpu < 1 ? 2 : 1); // loaded cache parts
             owner.budget.Reserve("block", kvGpu + hiddenGpu + workingBytes, $"KV cache {Units.Bytes(kvGpu)}, activations {Units.Bytes(hiddenGpu)}, working buffers {Units.Bytes(workingBytes)}");
