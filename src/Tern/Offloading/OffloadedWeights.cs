@@ -38,7 +38,7 @@ internal sealed class OffloadedWeights : IDisposable
     /// <summary>The most bytes loading one stage adds on the compute device: copies of its weights that live elsewhere, and
     /// the dequantized copies of compressed ones (resident uncompressed weights add nothing).</summary>
     public long LargestStageLoadBytes => stages.Max(s => s.OfType<Home>().Distinct().Sum(h =>
-        (h.Tier == Tier.Gpu ? 0 : h.Bytes) + (h.Compressed || h.Tier != Tier.Gpu ? TierBuffer.Count(h.Shape) * TierBuffer.ElementSize(h.DType) : 0)));
+        (h.Compressed && h.Tier != Tier.Gpu ? h.Bytes : 0) + (h.Compressed || h.Tier != Tier.Gpu ? TierBuffer.Count(h.Shape) * TierBuffer.ElementSize(h.DType) : 0)));
 
     /// <summary>
     /// Places the weights of <paramref name="stageWeights"/> (host tensors, per stage in <c>StageWeights</c> order) on their tiers
