@@ -100,42 +100,30 @@ public abstract class OffloadParityContract
     [MemberData(nameof(Cases))]
     public void LogitsAndTokensEqualThePlainRuntime(string fixture, string policy)
     {
-        string parent = Directory.CreateTempSubdirectory("tern-offload-test-").FullName;
-        try
-        {
-            var generation = RunOffloaded(fixture, policy, parent, out string? path);
-            using var model = CausalLanguageModel.Load(Fixtures.ModelDir(fixture), LoadOptions);
-            var prompts = Prompts(model.Info.VocabSize);
-            var parsed = OffloadPolicy.Parse(policy);
-            var (logits, tokens) = Reference(model, prompts, parsed.GpuBatchSize);
-            float tolerance = parsed.CpuAttention ? DelegatedAttentionTolerance : 0f;
-            for (int i = 0; i < NewTokens; i++)
-                Assert.True(MaxDiff(logits[i], generation.Logits![i]) <= tolerance, $"step {i}: max |Δ| {MaxDiff(logits[i], generation.Logits[i])}");
-            Assert.Equal(tokens.Select(t => t.ToArray()), generation.Tokens.Select(t => t.ToArray()));
-            if (path is not null) Assert.False(Directory.Exists(path), "offload files must be removed when the model is disposed");
-            Assert.Empty(Directory.GetFileSystemEntries(parent));
-        }
-        finally
-        {
-            Directory.Delete(parent, recursive: true);
-        }
+        using var temp = new TempDir();
+        string parent = temp.Path;
+        var generation = RunOffloaded(fixture, policy, parent, out string? path);
+        using var model = CausalLanguageModel.Load(Fixtures.ModelDir(fixture), LoadOptions);
+        var prompts = Prompts(model.Info.VocabSize);
+        var parsed = OffloadPolicy.Parse(policy);
+        var (logits, tokens) = Reference(model, prompts, parsed.GpuBatchSize);
+        float tolerance = parsed.CpuAttention ? DelegatedAttentionTolerance : 0f;
+        for (int i = 0; i < NewTokens; i++)
+            Assert.True(MaxDiff(logits[i], generation.Logits![i]) <= tolerance, $"step {i}: max |Δ| {MaxDiff(logits[i], generation.Logits[i])}");
+        Assert.Equal(tokens.Select(t => t.ToArray()), generation.Tokens.Select(t => t.ToArray()));
+        if (path is not null) Assert.False(Directory.Exists(path), "offload files must be removed when the model is disposed");
+        Assert.Empty(Directory.GetFileSystemEntries(parent));
     }
 
     [Fact]
     public void OverlapOnAndOffAgreeBitForBit()
     {
-        string parent = Directory.CreateTempSubdirectory("tern-offload-test-").FullName;
-        try
-        {
-            const string mixed = "w=30/40/30,kv=25/50/25,act=0/50/50,gbs=2,ngb=3";
-            var on = RunOffloaded("llama-gqa", mixed, parent, out _);
-            var off = RunOffloaded("llama-gqa", mixed + ",overlap=off", parent, out _);
-            for (int i = 0; i < NewTokens; i++) Assert.Equal(0f, MaxDiff(on.Logits![i], off.Logits![i]));
-        }
-        finally
-        {
-            Directory.Delete(parent, recursive: true);
-        }
+        using var temp = new TempDir();
+        string parent = temp.Path;
+        const string mixed = "w=30/40/30,kv=25/50/25,act=0/50/50,gbs=2,ngb=3";
+        var on = RunOffloaded("llama-gqa", mixed, parent, out _);
+        var off = RunOffloaded("llama-gqa", mixed + ",overlap=off", parent, out _);
+        for (int i = 0; i < NewTokens; i++) Assert.Equal(0f, MaxDiff(on.Logits![i], off.Logits![i]));
     }
 
     /// <summary>4-bit weights: the engine computes exactly what the plain runtime computes with every matrix replaced by its

@@ -60,24 +60,18 @@ public sealed class CudaTransferEngineTests
     [Fact]
     public void DiskJobsRunAfterTheCopiesIssuedBeforeThem()
     {
-        string parent = Directory.CreateTempSubdirectory("tern-cuda-engine-").FullName;
-        try
-        {
-            using var directory = OffloadDirectory.Create(parent);
-            using var engine = new CudaTransferEngine();
-            using var disk = new DiskBuffer(directory, 1 << 20, ScalarType.Float16, "probe");
-            using var values = torch.randn(1 << 20, ScalarType.Float16, Cuda);
-            disk.Store(engine, values, 0);              // device → pinned staging (copy stream) → file (worker, after the copy)
-            engine.Synchronize();
-            var loaded = disk.Load(engine, Cuda, 0, new long[] { 1 << 20 });
-            engine.Synchronize();
-            Assert.True(Same(loaded, values));
-            loaded.Dispose();
-        }
-        finally
-        {
-            Directory.Delete(parent, recursive: true);
-        }
+        using var temp = new TempDir();
+        string parent = temp.Path;
+        using var directory = OffloadDirectory.Create(parent);
+        using var engine = new CudaTransferEngine();
+        using var disk = new DiskBuffer(directory, 1 << 20, ScalarType.Float16, "probe");
+        using var values = torch.randn(1 << 20, ScalarType.Float16, Cuda);
+        disk.Store(engine, values, 0);              // device → pinned staging (copy stream) → file (worker, after the copy)
+        engine.Synchronize();
+        var loaded = disk.Load(engine, Cuda, 0, new long[] { 1 << 20 });
+        engine.Synchronize();
+        Assert.True(Same(loaded, values));
+        loaded.Dispose();
     }
 
     [Fact]

@@ -101,39 +101,27 @@ public sealed class OffloadErrorTests
     [Fact]
     public void AFullDiskFailsWhenSpaceIsReservedAndLeavesNoFile()
     {
-        string parent = Directory.CreateTempSubdirectory("tern-offload-full-").FullName;
-        try
-        {
-            using var directory = OffloadDirectory.Create(parent);
-            // More than any disk holds: the reservation (posix_fallocate) fails as a full disk does.
-            var e = Assert.Throws<IOException>(() => directory.CreateFile("huge", 1L << 60));
-            Assert.Contains("cannot reserve", e.Message);
-            Assert.Empty(Directory.GetFiles(directory.Path));
-        }
-        finally
-        {
-            Directory.Delete(parent, recursive: true);
-        }
+        using var temp = new TempDir();
+        string parent = temp.Path;
+        using var directory = OffloadDirectory.Create(parent);
+        // More than any disk holds: the reservation (posix_fallocate) fails as a full disk does.
+        var e = Assert.Throws<IOException>(() => directory.CreateFile("huge", 1L << 60));
+        Assert.Contains("cannot reserve", e.Message);
+        Assert.Empty(Directory.GetFiles(directory.Path));
     }
 
     [Fact]
     public void GpuCapTooSmallIsAnErrorAndCleansUp()
     {
-        string parent = Directory.CreateTempSubdirectory("tern-offload-cap-").FullName;
-        try
-        {
-            var e = Assert.Throws<InvalidOperationException>(() => Load("w=100/0/0,kv=0/0/100", parent, gpuLimit: 1000));
-            Assert.Contains("--gpu-mem", e.Message);
-            Assert.Empty(Directory.GetFileSystemEntries(parent));
-            // The weights fit, the block's KV cache and buffers do not: the error comes at generation and the block's files go.
-            using var model = Load("w=0/100/0,kv=100/0/0,gbs=8", parent, gpuLimit: 20_000);
-            Assert.Throws<InvalidOperationException>(() => model.Generate(new[] { new[] { 5, 6, 7 } }, 4));
-            Assert.Empty(Directory.GetFiles(model.OffloadPath ?? parent));
-        }
-        finally
-        {
-            Directory.Delete(parent, recursive: true);
-        }
+        using var temp = new TempDir();
+        string parent = temp.Path;
+        var e = Assert.Throws<InvalidOperationException>(() => Load("w=100/0/0,kv=0/0/100", parent, gpuLimit: 1000));
+        Assert.Contains("--gpu-mem", e.Message);
+        Assert.Empty(Directory.GetFileSystemEntries(parent));
+        // The weights fit, the block's KV cache and buffers do not: the error comes at generation and the block's files go.
+        using var model = Load("w=0/100/0,kv=100/0/0,gbs=8", parent, gpuLimit: 20_000);
+        Assert.Throws<InvalidOperationException>(() => model.Generate(new[] { new[] { 5, 6, 7 } }, 4));
+        Assert.Empty(Directory.GetFiles(model.OffloadPath ?? parent));
     }
 
     [Fact]

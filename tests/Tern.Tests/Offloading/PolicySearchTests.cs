@@ -97,23 +97,17 @@ public sealed class PolicySearchTests
     [Fact]
     public void ProfilesRoundTripAndBadFilesNameThemselves()
     {
-        string dir = Directory.CreateTempSubdirectory("tern-profile-").FullName;
-        try
-        {
-            string path = Path.Combine(dir, "hw.json");
-            HardwareProfile.FlexGenT4.Save(path);
-            var loaded = HardwareProfile.Load(path);
-            Assert.Equal(HardwareProfile.FlexGenT4.CpuToGpu, loaded.CpuToGpu);
-            Assert.Equal(HardwareProfile.FlexGenT4.CpuEfficiency, loaded.CpuEfficiency);
-            File.WriteAllText(path, "{ \"CpuToGpu\": 0 }");
-            Assert.Contains("CpuToGpu", Assert.Throws<InvalidDataException>(() => HardwareProfile.Load(path)).Message);
-            File.WriteAllText(path, "{ not json");
-            Assert.Contains(path, Assert.Throws<InvalidDataException>(() => HardwareProfile.Load(path)).Message);
-            Assert.Contains("calibrate", Assert.Throws<FileNotFoundException>(() => HardwareProfile.Load(Path.Combine(dir, "none.json"))).Message);
-        }
-        finally
-        {
-            Directory.Delete(dir, recursive: true);
-        }
+        using var temp = new TempDir();
+        string dir = temp.Path;
+        string path = Path.Combine(dir, "hw.json");
+        HardwareProfile.FlexGenT4.Save(path);
+        var loaded = HardwareProfile.Load(path);
+        Assert.Equal(HardwareProfile.FlexGenT4.CpuToGpu, loaded.CpuToGpu);
+        Assert.Equal(HardwareProfile.FlexGenT4.CpuEfficiency, loaded.CpuEfficiency);
+        File.WriteAllText(path, "{ \"CpuToGpu\": 0 }");
+        Assert.Contains("CpuToGpu", Assert.Throws<InvalidDataException>(() => HardwareProfile.Load(path)).Message);
+        File.WriteAllText(path, "{ not json");
+        Assert.Contains(path, Assert.Throws<InvalidDataException>(() => HardwareProfile.Load(path)).Message);
+        Assert.Contains("calibrate", Assert.Throws<FileNotFoundException>(() => HardwareProfile.Load(Path.Combine(dir, "none.json"))).Message);
     }
 }
