@@ -7,7 +7,8 @@
 #   tools/gpu/offload_bench.sh bench POLICY [PROFILE]      OPT-30B shape, fp16 dummy weights, --gpu-mem 16GB, prompt 512, gen 32:
 #                                                          measured vs predicted throughput (PROFILE: a calibrate output, sent along)
 #   tools/gpu/offload_bench.sh hf [BATCH]                  HF transformers + accelerate device_map, GPU capped at 16 GiB (projected)
-#   tools/gpu/offload_bench.sh ablation POLICY [PROFILE]   the same bench with overlap off, FlexGen's "no policy search"
+#   tools/gpu/offload_bench.sh ablation POLICY PROFILE [overlap|search|attention|4bit]
+#                                                          the same bench with overlap off, FlexGen's "no policy search"
 #                                                          (w=0/100/0 at the same block), CPU attention toggled, 4-bit weights
 # Same card, same run: do calibrate + bench + hf on one warm machine and compare only numbers from the same card.
 set -uo pipefail
@@ -33,11 +34,13 @@ case ${1:?tests|calibrate|bench|hf|ablation} in
   ablation)
     profile=(); [[ -n ${3:-} ]] && profile=(--profile "$3")
     base=${2:?policy}
-    blk=$(echo "$base" | grep -o 'gbs=[0-9]*,ngb=[0-9]*')
+    blk=$(echo "$base" | grep -o 'gbs=[0-9]*,ngb=[0-9]*'); state=$(echo "$base" | grep -o 'cpu-attn=[a-z]*' || echo cpu-attn=off)
     attn="cpu-attn=off|no CPU attention"; [[ $base == *cpu-attn=off* ]] && attn="cpu-attn=on,kv=0/100/0|with CPU attention"
-    for variant in "$base,overlap=off|no overlap" "w=0/100/0,kv=0/100/0,act=0/100/0,$blk|no policy search (FlexGen's w=0/100)" \
-                   "$base,${attn%%|*}|${attn#*|}" "$base,wbits=4|4-bit weights"; do
-      policy=${variant%%|*}; name=${variant#*|}
+    only=${4:-}   # overlap|search|attention|4bit: one variant per call (each is a full 30B run; a call lasts at most 10 minutes)
+    for variant in "overlap|$base,overlap=off|no overlap" "search|w=0/100/0,kv=0/100/0,act=0/100/0,$blk,$state|no policy search (FlexGen's w=0/100)" \
+                   "attention|$base,${attn%%|*}|${attn#*|}" "4bit|$base,wbits=4|4-bit weights"; do
+      key=${variant%%|*}; rest=${variant#*|}; policy=${rest%%|*}; name=${rest#*|}
+      [[ -n $only && $only != "$key" ]] && continue
       tern bench "${COMMON[@]}" "${profile[@]}" --offload "$policy" --label "ablation: $name" 2>&1 | tee -a "$OUT/offload-ablation.txt"
     done ;;
 esac
