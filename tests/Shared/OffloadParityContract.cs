@@ -33,7 +33,8 @@ public abstract class OffloadParityContract
     }
 
     /// <summary>The plain runtime over the same GPU batches: prefill, then greedy decode steps; logits per step [rows, vocab].</summary>
-    static (List<Tensor> Logits, List<List<int>> Tokens) Reference(CausalLanguageModel model, IReadOnlyList<IReadOnlyList<int>> prompts, int gbs)
+    static (List<Tensor> Logits, List<List<int>> Tokens) Reference(CausalLanguageModel model, IReadOnlyList<IReadOnlyList<int>> prompts, int gbs,
+        Tern.KvCache.IKvCachePolicy? cachePolicy = null)
     {
         var steps = Enumerable.Range(0, NewTokens).Select(_ => new List<Tensor>()).ToArray();
         var tokens = new List<List<int>>();
@@ -42,7 +43,7 @@ public abstract class OffloadParityContract
         {
             var batch = prompts.Skip(start).Take(gbs).ToArray();
             using var scope = torch.NewDisposeScope();
-            using var cache = model.CreateCache(batch.Length, batch.Max(p => p.Count) + NewTokens);
+            using var cache = model.CreateCache(batch.Length, batch.Max(p => p.Count) + NewTokens, cachePolicy);
             var logits = model.Forward(ForwardBatch.LeftPadded(batch, model.Device, lastPositionOnly: true), cache);
             var rows = batch.Select(_ => new List<int>()).ToList();
             for (int i = 0; ; i++)
@@ -124,6 +125,25 @@ public abstract class OffloadParityContract
         var on = RunOffloaded("llama-gqa", mixed, parent, out _);
         var off = RunOffloaded("llama-gqa", mixed + ",overlap=off", parent, out _);
         for (int i = 0; i < NewTokens; i++) Assert.Equal(0f, MaxDiff(on.Logits![i], off.Logits![i]));
+    }
+
+    /// <summary>4-bit KV cache: the offloaded codes are the plain runtime's 4-bit cache (the KV-policy issue's quantizer), moved
+    /// between tiers as codes, so the logits equal the plain runtime with <c>--kv-bits 4</c> bit for bit, wherever the codes live.</summary>
+    [Theory]
+    [InlineData("llama-gqa", "w=50/50/0,kv=0/50/50,act=0/100/0,gbs=2,ngb=3,kvbits=4")]
+    [InlineData("opt-prenorm", "kv=100/0/0,gbs=3,ngb=2,kvbits=4,overlap=off")]
+    public void FourBitCacheEqualsThePlainRuntimeWithAFourBitCache(string fixture, string policy)
+    {
+        using var temp = new TempDir();
+        var compressed = RunOffloaded(fixture, policy, temp.Path, out _);
+        using var model = CausalLanguageModel.Load(Fixtures.ModelDir(fixture), LoadOptions);
+        var prompts = Prompts(model.Info.VocabSize);
+        int gbs = OffloadPolicy.Parse(policy).GpuBatchSize;
+        var (quantized, tokens) = Reference(model, prompts, gbs, new Tern.KvCache.DensePolicy(bits: 4));
+        var (exact, _) = Reference(model, prompts, gbs);
+        for (int i = 0; i < NewTokens; i++) Assert.Equal(0f, MaxDiff(quantized[i], compressed.Logits![i]));
+        Assert.Equal(tokens.Select(t => t.ToArray()), compressed.Tokens.Select(t => t.ToArray()));
+        Assert.True(MaxDiff(exact[1], compressed.Logits![1]) > 1e-5, "the 4-bit cache must change the decode logits");
     }
 
     /// <summary>4-bit weights: the engine computes exactly what the plain runtime computes with every matrix replaced by its

@@ -72,7 +72,7 @@ internal sealed class OffloadFlags
         if (r.GetValue(Offload) is "auto" or null)
             policy = PolicySearch.Find(Plan(r, workload, hardware, capacity)).Policy;
         else policy = OffloadPolicy.Parse(r.GetValue(Offload)!);
-        var prediction = new CostModel(workload, hardware, policy.CompressWeights, policy.CpuAttention).Predict(policy);
+        var prediction = new CostModel(workload, hardware, policy.CompressWeights, policy.CpuAttention, policy.CompressCache).Predict(policy);
         var options = new OffloadOptions
         {
             Policy = policy,

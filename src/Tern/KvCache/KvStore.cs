@@ -28,6 +28,11 @@ internal abstract class KvStore : IDisposable
     /// <summary>Bytes held.</summary>
     public abstract long Bytes { get; }
 
+    /// <summary>The storage tensors, each [batch, kvHeads, capacity, ...] (slot dimension 2): the entries themselves, or the
+    /// codes and the (step, min) pairs. Offloading moves slots of these between tiers as they are, so a kept entry never
+    /// changes.</summary>
+    public abstract IReadOnlyList<Tensor> Parts { get; }
+
     /// <inheritdoc />
     public abstract void Dispose();
 
@@ -62,6 +67,8 @@ internal sealed class DenseKvStore : KvStore
     public override void Compact(Tensor order) => CompactTensor(Storage, order);
 
     public override long Bytes => Storage.NumberOfElements * Storage.ElementSize;
+
+    public override IReadOnlyList<Tensor> Parts => new[] { Storage };
 
     public override void Dispose() => Storage.Dispose();
 }
@@ -118,6 +125,8 @@ internal sealed class QuantizedKvStore : KvStore
     }
 
     public override long Bytes => codes.NumberOfElements + (step.NumberOfElements + min.NumberOfElements) * step.ElementSize;
+
+    public override IReadOnlyList<Tensor> Parts => new[] { codes, step, min };
 
     public override void Dispose()
     {

@@ -113,6 +113,9 @@ public sealed class LayerKvCache : IDisposable
         HasHoles |= hasPadding;
     }
 
+    /// <summary>Offloading: the storage tensors of keys then values, each [batch, kvHeads, capacity, ...] (see <c>KvStore.Parts</c>).</summary>
+    internal IReadOnlyList<Tensor> StorageParts => keys.Parts.Concat(values.Parts).ToArray();
+
     /// <summary>Offloading: keys, values and positions of slots [0, <paramref name="length"/>) were just copied in from their
     /// home tiers; the bookkeeping follows.</summary>
     internal void Restore(int length, bool hasHoles)

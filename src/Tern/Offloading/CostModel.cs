@@ -35,19 +35,22 @@ public sealed record Prediction(double PrefillLayerSeconds, double DecodeLayerSe
 /// bounds are the released optimizer's (cost_model.py): T_pre ≥ ctog_p + dtoc_p, gtoc_p + ctod_p, comp_p;
 /// T_gen ≥ ctog_g + X for X ∈ {gtoc_g, dtoc_g, ctod_g, comp_g}. Two deviations follow Tern's engine: without CPU attention
 /// the decode moves the CPU and disk share of the cache to the GPU every step (ctog_g, gtoc_g) and attends on the GPU;
-/// compressed weights count at their real 4.5/16 of the bytes (FlexGen: 1/4).
+/// compressed weights and cache count at their real 4.5/16 of the bytes (FlexGen: 1/4).
 /// </summary>
-public sealed class CostModel(OffloadWorkload w, HardwareProfile hw, bool compressWeights, bool cpuAttention = false)
+public sealed class CostModel(OffloadWorkload w, HardwareProfile hw, bool compressWeights, bool cpuAttention = false, bool compressCache = false)
 {
     /// <summary>Stored bytes per element of 4-bit group-quantized weights relative to 16-bit: 4 bits + two 16-bit numbers per 64.</summary>
     public const double CompressionRatio = 4.5 / 16;
 
     double Wi => w.LayerWeightBytes * (compressWeights ? CompressionRatio * 2 / w.ElementSize : 1);
 
+    /// <summary>KV-cache bytes per token and layer as stored (FlexGen's 4h in fp16; 4-bit codes with kvbits=4).</summary>
+    double Cb => w.CacheBytesPerToken * (compressCache ? CompressionRatio * 2 / w.ElementSize : 1);
+
     /// <summary>Lower bounds of the prefill layer time T_pre (seconds).</summary>
     internal Lin[] PrefillBounds(int bls)
     {
-        double s = w.Prompt, hb = w.HiddenBytesPerToken, cb = w.CacheBytesPerToken, h = w.AttentionWidth, wi = Wi;
+        double s = w.Prompt, hb = w.HiddenBytesPerToken, cb = Cb, h = w.AttentionWidth, wi = Wi;
         var ctog = (Lin.Of(wi, Lin.Wc, Lin.Wd) + Lin.Of(hb * s * bls, Lin.Hc, Lin.Hd)) / hw.CpuToGpu;
         var gtoc = Lin.Of(cb * (s + 1) * bls / hw.GpuToCpuCache, Lin.Cc, Lin.Cd) + Lin.Of(hb * s * bls / hw.GpuToCpuHidden, Lin.Hc, Lin.Hd);
         var dtoc = (Lin.Of(wi, Lin.Wd) + Lin.Of(hb * s * bls, Lin.Hd)) / hw.DiskToCpu;
@@ -59,7 +62,7 @@ public sealed class CostModel(OffloadWorkload w, HardwareProfile hw, bool compre
     /// <summary>Lower bounds of the decode layer time T_gen (seconds), at the average cache length s + n/2.</summary>
     internal Lin[] DecodeBounds(int bls, int gbs)
     {
-        double s = w.Prompt, n = w.Generate, hb = w.HiddenBytesPerToken, cb = w.CacheBytesPerToken, h = w.AttentionWidth, wi = Wi;
+        double s = w.Prompt, n = w.Generate, hb = w.HiddenBytesPerToken, cb = Cb, h = w.AttentionWidth, wi = Wi;
         double len = s + n / 2.0;
         var ctog = (Lin.Of(wi, Lin.Wc, Lin.Wd) + Lin.Of(hb * bls, Lin.Hc, Lin.Hd)) / hw.CpuToGpu;
         var gtoc = Lin.Of(hb * bls / hw.GpuToCpuHidden, Lin.Hc, Lin.Hd);
@@ -88,7 +91,7 @@ public sealed class CostModel(OffloadWorkload w, HardwareProfile hw, bool compre
     /// <summary>Peak bytes on the GPU, in prefill and in decode (home + working set; brief's table, in the model's element size).</summary>
     internal Lin[] GpuPeaks(int gbs, int ngb)
     {
-        double s = w.Prompt, n = w.Generate, h = w.Hidden, h2 = w.Intermediate, nh = w.Heads, hb = w.HiddenBytesPerToken, cb = w.CacheBytesPerToken;
+        double s = w.Prompt, n = w.Generate, h = w.Hidden, h2 = w.Intermediate, nh = w.Heads, hb = w.HiddenBytesPerToken, cb = Cb;
         double es = w.ElementSize, bls = (double)gbs * ngb, L = w.Layers, wi = Wi;
         double half = es / 2; // the brief's byte counts are fp16
         var homePre = Lin.Of(wi * L, Lin.Wg) + Lin.Of(hb * s * bls, Lin.Hg) + Lin.Of(cb * (s + n) * bls * L, Lin.Cg);
@@ -106,7 +109,7 @@ public sealed class CostModel(OffloadWorkload w, HardwareProfile hw, bool compre
     /// <summary>Peak bytes in host memory, in prefill and in decode.</summary>
     internal Lin[] CpuPeaks(int gbs, int ngb)
     {
-        double s = w.Prompt, n = w.Generate, h = w.Hidden, nh = w.Heads, hb = w.HiddenBytesPerToken, cb = w.CacheBytesPerToken;
+        double s = w.Prompt, n = w.Generate, h = w.Hidden, nh = w.Heads, hb = w.HiddenBytesPerToken, cb = Cb;
         double es = w.ElementSize, bls = (double)gbs * ngb, L = w.Layers, wi = Wi, half = es / 2;
         var pre = Lin.Of(wi * L, Lin.Wc) + Lin.Of(hb * s * bls, Lin.Hc) + Lin.Of(cb * s * bls * L, Lin.Cc)
             + Lin.Const(wi) + Lin.Of(-wi, Lin.Wg) + Lin.Const(hb * s * gbs) + Lin.Of(-hb * s * gbs, Lin.Hg);
@@ -119,7 +122,7 @@ public sealed class CostModel(OffloadWorkload w, HardwareProfile hw, bool compre
     internal Lin DiskPeak(int gbs, int ngb)
     {
         double s = w.Prompt, n = w.Generate, bls = (double)gbs * ngb;
-        return Lin.Of(Wi * w.Layers, Lin.Wd) + Lin.Of(w.HiddenBytesPerToken * s * bls, Lin.Hd) + Lin.Of(w.CacheBytesPerToken * (s + n) * bls * w.Layers, Lin.Cd);
+        return Lin.Of(Wi * w.Layers, Lin.Wd) + Lin.Of(w.HiddenBytesPerToken * s * bls, Lin.Hd) + Lin.Of(Cb * (s + n) * bls * w.Layers, Lin.Cd);
     }
 
     /// <summary>The fractions of <paramref name="policy"/> in the LP's order.</summary>

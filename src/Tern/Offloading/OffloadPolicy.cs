@@ -29,7 +29,8 @@ public sealed record OffloadPolicy
     public int NumGpuBatches { get; init; } = 1;
     /// <summary>Weights stored 4-bit group-quantized (groups of 64 along dim 0) and dequantized on the compute device.</summary>
     public bool CompressWeights { get; init; }
-    /// <summary>KV cache stored 4-bit group-quantized (not supported by the engine yet).</summary>
+    /// <summary>KV cache stored 4-bit group-quantized (groups of 64 along the head dimension, the KV-policy issue's
+    /// <c>QuantizedKvStore</c>): the working cache quantizes each new entry once and the codes move between tiers as codes.</summary>
     public bool CompressCache { get; init; }
     /// <summary>Decode attention on the CPU, in fp32, where the cache lives (FlexGen's <c>--cpu-cache-compute</c>): only each
     /// step's q, k, v cross to the host. Needs the whole cache on the CPU (kv=0/100/0) for now.</summary>
@@ -51,8 +52,8 @@ public sealed record OffloadPolicy
         Activations.Validate("act");
         if (GpuBatchSize < 1) throw new ArgumentException($"offload policy: gbs={GpuBatchSize}; the GPU batch size must be at least 1.");
         if (NumGpuBatches < 1) throw new ArgumentException($"offload policy: ngb={NumGpuBatches}; the number of GPU batches must be at least 1.");
-        if (CompressCache)
-            throw new NotSupportedException("offload policy: kvbits=4 (compressed offloaded KV cache) is not supported yet; use kvbits=16.");
+        if (CompressCache && CpuAttention)
+            throw new NotSupportedException("offload policy: kvbits=4 with cpu-attn=on is not supported (FlexGen turns CPU attention off with a compressed cache: dequantizing on the CPU dominates).");
         if (CpuAttention && Cache != TierFractions.All(Tier.Cpu))
             throw new NotSupportedException($"offload policy: cpu-attn=on needs the whole KV cache in host memory (kv=0/100/0) for now (got kv={Cache}).");
         return this;

@@ -172,7 +172,7 @@ public sealed class OffloadedModel : IDisposable
         readonly int steps, stages, batches;
         readonly int[] capacity;                            // [k] slots: the batch's longest prompt + new tokens, as the plain runtime sizes its cache
         readonly IReadOnlyList<int>[][] prompts;            // [k][row]
-        readonly SequenceStore[][] keys, values;            // [k][layer], unless attention runs on the CPU
+        readonly SequenceStore[][][] caches;                // [k][layer][part]: the working cache's storage parts (keys then values), unless attention runs on the CPU
         readonly KvCache.KvCache[]? hostCaches;             // [k] with cpu-attn: each batch's cache in host memory, attended there
         readonly SequenceStore[] hidden;                    // [k]
         readonly Tensor[] cachePositions;                   // [k] positions of the working cache's slots
@@ -185,7 +185,7 @@ public sealed class OffloadedModel : IDisposable
         readonly Stopwatch prefillWatch = new(), decodeWatch = new();
         // In flight: weights per stage, cache and hidden loads per item, the previous item's outputs waiting to be stored.
         readonly Dictionary<int, OffloadedWeights.StageLoad> stageLoads = new();
-        readonly Dictionary<int, (Tensor[] Keys, Tensor[] Values)> cacheLoads = new();
+        readonly Dictionary<int, Tensor[][]> cacheLoads = new();
         readonly Dictionary<int, Tensor[]> hiddenLoads = new();
         readonly List<Action> deferredStores = new();
 
@@ -202,9 +202,8 @@ public sealed class OffloadedModel : IDisposable
             prompts = Enumerable.Range(0, batches).Select(k => block.Skip(k * gbs).Take(gbs).ToArray()).ToArray();
             capacity = prompts.Select(b => b.Max(p => p.Count) + maxNewTokens).ToArray();
             var info = model.Info;
-            long[] kvItem = { info.KvHeads, info.HeadDim }, hiddenItem = { info.HiddenSize };
-            keys = new SequenceStore[batches][];
-            values = new SequenceStore[batches][];
+            long[] hiddenItem = { info.HiddenSize };
+            caches = new SequenceStore[batches][][];
             hidden = new SequenceStore[batches];
             cachePositions = new Tensor[batches];
             cacheLength = new int[batches];
@@ -217,10 +216,13 @@ public sealed class OffloadedModel : IDisposable
             int es = TierBuffer.ElementSize(owner.dtype);
             // Tern's accounting of what this block puts on the compute device, checked before anything is allocated.
             long kvGpu = 0, hiddenGpu = 0;
+            // Bytes of one slot of one sequence, keys and values, as the cache stores them (codes and pairs with kvbits=4).
+            double slotBytes = 2.0 * info.KvHeads * (policy.CompressCache
+                ? (info.HeadDim + 63) / 64 * (32 + 2 * es) : info.HeadDim * es);
             for (int k = 0; k < batches; k++)
             {
                 var b = prompts[k];
-                kvGpu += 2L * info.Layers * capacity[k] * policy.Cache.SplitRows(b.Length).Gpu * info.KvHeads * info.HeadDim * es;
+                kvGpu += (long)(info.Layers * capacity[k] * policy.Cache.SplitRows(b.Length).Gpu * slotBytes);
                 hiddenGpu += (long)b.Max(p => p.Count) * policy.Activations.SplitRows(b.Length).Gpu * info.HiddenSize * es;
             }
             int rows = prompts.Max(b => b.Length), longest = block.Max(p => p.Count);
@@ -235,18 +237,20 @@ public sealed class OffloadedModel : IDisposable
                 for (int k = 0; k < batches; k++)
                 {
                     int n = prompts[k].Length;
-                    keys[k] = new SequenceStore[info.Layers];
-                    values[k] = new SequenceStore[info.Layers];
+                    caches[k] = new SequenceStore[info.Layers][];
                     if (hostCaches is not null)
                         hostCaches[k] = KvCache.KvCache.Create(new KvCacheOptions
                         {
                             BatchSize = n, Layers = info.Layers, KvHeads = info.KvHeads, HeadDim = info.HeadDim, Capacity = capacity[k],
                             DType = owner.dtype, Device = torch.CPU,
                         });
-                    else for (int l = 0; l < info.Layers; l++)
+                    else
                     {
-                        keys[k][l] = SequenceStore.Create(n, capacity[k], kvItem, owner.dtype, policy.Cache, device, engine, owner.directory, $"k-b{k}-l{l}");
-                        values[k][l] = SequenceStore.Create(n, capacity[k], kvItem, owner.dtype, policy.Cache, device, engine, owner.directory, $"v-b{k}-l{l}");
+                        // One home per storage part of the working cache: [rows, kvHeads, slots, ...] kept slot-major.
+                        var parts = WorkingCache(n, capacity[k]).StorageParts;
+                        for (int l = 0; l < info.Layers; l++)
+                            caches[k][l] = parts.Select((part, i) => SequenceStore.Create(n, capacity[k], part.shape.Skip(3).Prepend(part.shape[1]).ToArray(),
+                                part.dtype, policy.Cache, device, engine, owner.directory, $"kv{i}-b{k}-l{l}")).ToArray();
                     }
                     hidden[k] = SequenceStore.Create(n, prompts[k].Max(p => p.Count), hiddenItem, owner.dtype, policy.Activations, device, engine, owner.directory, $"h-b{k}");
                     cachePositions[k] = torch.full(new long[] { n, info.KvHeads, capacity[k] }, -1L, ScalarType.Int64, device).DetachFromDisposeScope();
@@ -312,8 +316,7 @@ public sealed class OffloadedModel : IDisposable
             if (!prefetch && !stageLoads.ContainsKey(j)) stageLoads[j] = owner.weights.Load(j, engine, device);
             if (NeedsCache(i, j) && !cacheLoads.ContainsKey(t))
             {
-                int layer = j - 1;
-                cacheLoads[t] = (keys[k][layer].Load(engine, device, 0, cacheLength[k]), values[k][layer].Load(engine, device, 0, cacheLength[k]));
+                cacheLoads[t] = caches[k][j - 1].Select(home => home.Load(engine, device, 0, cacheLength[k])).ToArray();
             }
             if (j > 0 && !hiddenLoads.ContainsKey(t) && (!prefetch || batches > 2))
                 hiddenLoads[t] = hidden[k].Load(engine, device, 0, StepTokens(i, k));
@@ -359,10 +362,10 @@ public sealed class OffloadedModel : IDisposable
                 int length = cacheLength[k];
                 if (length > 0)
                 {
-                    var (kp, vp) = cacheLoads[t];
-                    // Loaded slot-major [length, rows, kvHeads, headDim]; the cache holds [rows, kvHeads, slots, headDim].
-                    cache.Keys.narrow(2, 0, length).copy_(SequenceStore.Assemble(kp).permute(1, 2, 0, 3));
-                    cache.Values.narrow(2, 0, length).copy_(SequenceStore.Assemble(vp).permute(1, 2, 0, 3));
+                    // Loaded slot-major [length, rows, kvHeads, ...]; the cache holds [rows, kvHeads, slots, ...].
+                    var parts = cache.StorageParts;
+                    for (int p = 0; p < parts.Count; p++)
+                        parts[p].narrow(2, 0, length).copy_(SequenceStore.Assemble(cacheLoads[t][p]).movedim(new long[] { 0 }, new long[] { 2 }));
                 }
                 cache.Positions.copy_(cachePositions[k]);
                 cache.Restore(length, cacheHoles[k]);
@@ -390,14 +393,12 @@ public sealed class OffloadedModel : IDisposable
                 home.Restore(added, cacheHoles[k]);
                 return;
             }
-            // Slot-major [added, rows, kvHeads, headDim], as the homes hold them.
-            var newKeys = cache.Keys.narrow(2, length, added).permute(2, 0, 1, 3).contiguous().DetachFromDisposeScope();
-            var newValues = cache.Values.narrow(2, length, added).permute(2, 0, 1, 3).contiguous().DetachFromDisposeScope();
-            var (ks, vs) = (keys[k][layer], values[k][layer]);
+            // Slot-major [added, rows, kvHeads, ...], as the homes hold them; codes move as codes, so they never re-quantize.
+            var entries = cache.StorageParts.Select(part => part.narrow(2, length, added).movedim(new long[] { 2 }, new long[] { 0 }).contiguous().DetachFromDisposeScope()).ToArray();
+            var homes = caches[k][layer];
             deferredStores.Add(() =>
             {
-                ks.Store(engine, newKeys, length);
-                vs.Store(engine, newValues, length);
+                for (int p = 0; p < homes.Length; p++) homes[p].Store(engine, entries[p], length);
             });
         }
 
@@ -410,7 +411,7 @@ public sealed class OffloadedModel : IDisposable
                 working[(rows, capacity)] = cache = KvCache.KvCache.Create(new KvCacheOptions
                 {
                     BatchSize = rows, Layers = 1, KvHeads = info.KvHeads, HeadDim = info.HeadDim, Capacity = capacity,
-                    DType = owner.dtype, Device = device,
+                    DType = owner.dtype, Device = device, Bits = owner.Policy.CompressCache ? 4 : 16,
                 });
             }
             return cache[0];
@@ -450,10 +451,7 @@ public sealed class OffloadedModel : IDisposable
 
         void Release(int t, int j, int k)
         {
-            if (cacheLoads.Remove(t, out var c))
-            {
-                foreach (var p in c.Keys.Concat(c.Values)) p.Dispose();
-            }
+            if (cacheLoads.Remove(t, out var c)) foreach (var p in c.SelectMany(l => l)) p.Dispose();
             if (hiddenLoads.Remove(t, out var h)) foreach (var p in h) p.Dispose();
             // A stage's weights serve all its GPU batches, then go (FlexGen donates the buffer after the last batch).
             if (k == batches - 1 && stageLoads.Remove(j, out var w)) w.Dispose();
@@ -469,9 +467,9 @@ public sealed class OffloadedModel : IDisposable
             {
                 deferredStores.Clear();
                 foreach (var w in stageLoads.Values) w.Dispose();
-                foreach (var (kp, vp) in cacheLoads.Values) foreach (var p in kp.Concat(vp)) p.Dispose();
+                foreach (var p in cacheLoads.Values.SelectMany(l => l).SelectMany(l => l)) p.Dispose();
                 foreach (var h in hiddenLoads.Values) foreach (var p in h) p.Dispose();
-                foreach (var s in keys.Concat(values)) if (s is not null) foreach (var x in s) x?.Dispose();
+                foreach (var s in caches.Where(c => c is not null).SelectMany(c => c).Where(l => l is not null).SelectMany(l => l)) s?.Dispose();
                 foreach (var s in hidden) s?.Dispose();
                 foreach (var p in cachePositions) p?.Dispose();
                 foreach (var c in working.Values) c.Dispose();

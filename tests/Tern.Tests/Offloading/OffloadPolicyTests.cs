@@ -40,7 +40,7 @@ public sealed class OffloadPolicyTests
     }
 
     [Theory]
-    [InlineData("kvbits=4")]
+    [InlineData("kvbits=4,cpu-attn=on,kv=0/100/0")]
     [InlineData("cpu-attn=on,kv=50/50/0")]
     public void RefusesWhatTheEngineCannotDoYet(string text) => Assert.Throws<NotSupportedException>(() => OffloadPolicy.Parse(text));
 
