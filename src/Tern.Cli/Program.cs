@@ -22,6 +22,7 @@ public static class Program
             TokenizerCommand.Create(),
             TrainCommand.Create(),
             ExportCommand.Create(),
+            OffloadCommand.Create(),
         };
         ParseResult parsed = root.Parse(args);
         if (parsed.Errors.Count > 0)

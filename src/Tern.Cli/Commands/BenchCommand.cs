@@ -3,6 +3,7 @@ using System.Diagnostics;
 using System.Globalization;
 using Tern.Generation;
 using Tern.Models;
+using Tern.Offloading;
 using Tern.Runtime;
 
 namespace Tern.Cli.Commands;
@@ -26,7 +27,11 @@ internal static class BenchCommand
         common.AddTo(command);
         var kv = new KvPolicyFlags();
         kv.AddTo(command);
-        command.SetAction(r => Run(r, common, kv, batches, prompts, newTokens, output, floor, label, noGraphs, prefillChunk));
+        var offload = new OffloadFlags();
+        offload.AddTo(command);
+        command.SetAction(r => offload.Enabled(r)
+            ? RunOffloaded(r, common, offload, prompts, newTokens, output, label)
+            : Run(r, common, kv, batches, prompts, newTokens, output, floor, label, noGraphs, prefillChunk));
         command.Subcommands.Add(ServeBenchCommand.Create());
         return command;
     }
@@ -91,6 +96,51 @@ internal static class BenchCommand
             Append(r.GetValue(output)!, rows);
             return 0;
         }
+    }
+
+    /// <summary>
+    /// FlexGen's benchmark: one block of gbs·ngb random prompts per prompt length through the offloaded model, after a short
+    /// warm-up; generation throughput = block·n / (prefill + decode) as FlexGen reports it, next to the cost model's prediction.
+    /// </summary>
+    static int RunOffloaded(ParseResult r, CommonOptions common, OffloadFlags offload, Option<int[]> prompts, Option<int> newTokens,
+        Option<string> output, Option<string?> label)
+    {
+        int steps = r.GetValue(newTokens);
+        var (folder, load) = common.LoadOptions(r);
+        // Offloaded models are large: constant dummy weights (FlexGen's and the HF baseline's choice; throughput does not depend
+        // on the values) fill 60 GB in seconds where the hashed normal noise would take many minutes on the CPU.
+        if (load.DummyWeights is not null) load = load with { DummyWeights = new Checkpoints.DummyWeightOptions { Kind = Checkpoints.DummyWeightKind.Constant } };
+        var device = ComputeOptions.ResolveDevice(load.Device);
+        string card = DeviceReport.Name(device);
+        var rows = new List<string>();
+        var random = new Random(0);
+        foreach (int prompt in r.GetValue(prompts)!)
+        {
+            var (options, prediction) = offload.Resolve(r, folder, load.DType, device, prompt, steps, Console.Out);
+            var policy = options.Policy;
+            OffloadFlags.Print(Console.Out, policy, prediction);
+            var loadWatch = Stopwatch.StartNew();
+            using var model = OffloadedModel.Load(folder, load, options);
+            Console.WriteLine($"{card} | {model.Info.ModelType} | {load.DType.ShortName()} | weights placed in {loadWatch.Elapsed.TotalSeconds:F1} s: " +
+                $"GPU {Units.Bytes(model.WeightBytesOn(Tier.Gpu))}, CPU {Units.Bytes(model.WeightBytesOn(Tier.Cpu))}, disk {Units.Bytes(model.WeightBytesOn(Tier.Disk))}");
+            IReadOnlyList<int> Random(int n) => Enumerable.Range(0, n).Select(_ => random.Next(model.Info.VocabSize)).ToArray();
+            model.Generate(Enumerable.Range(0, policy.GpuBatchSize).Select(_ => Random(Math.Min(prompt, 32))).ToArray(), 2); // warm-up
+            var result = model.Generate(Enumerable.Range(0, policy.BlockSize).Select(_ => Random(prompt)).ToArray(), steps);
+            double measured = result.TokensPerSecond;
+            double decodeTps = policy.BlockSize * (steps - 1) / result.Decode.TotalSeconds;
+            Console.WriteLine($"measured:   prefill {result.Prefill.TotalSeconds:F2} s, decode {result.Decode.TotalSeconds:F2} s ({decodeTps:F2} tokens/s), " +
+                $"throughput {measured:F2} tokens/s; predicted {prediction.TokensPerSecond:F2} ({measured / prediction.TokensPerSecond - 1:+0.0%;-0.0%} off); " +
+                $"peak GPU placement {Units.Bytes(model.PeakGpuBytes)}, device memory in use {DeviceReport.UsedBytes(device) / 1e9:F2} GB");
+            rows.Add(string.Join(',', new[]
+            {
+                DateTime.UtcNow.ToString("yyyy-MM-dd HH:mm", CultureInfo.InvariantCulture), Csv(card), device.type.ToString().ToLowerInvariant(),
+                Csv(folder + (r.GetValue(common.Dummy) ? " (dummy)" : "")), load.DType.ShortName(), policy.BlockSize.ToString(), prompt.ToString(), steps.ToString(),
+                F(result.Prefill.TotalMilliseconds), F(result.Decode.TotalMilliseconds / (steps - 1)), F(decodeTps), F(DeviceReport.UsedBytes(device) / 1e9),
+                "", "", Csv($"{r.GetValue(label)} [offload {policy}; generation {measured:0.###} tok/s; predicted {prediction.TokensPerSecond:0.###}]".Trim()),
+            }));
+        }
+        Append(r.GetValue(output)!, rows);
+        return 0;
     }
 
     const string Header = "date_utc,card,device,model,dtype,batch,prompt,new_tokens,prefill_ms,decode_ms_per_step,decode_tok_s,device_mem_gb,copy_TBps,floor_ms_per_step,label";

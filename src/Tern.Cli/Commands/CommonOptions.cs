@@ -43,6 +43,16 @@ internal sealed class CommonOptions
 
     public (CausalLanguageModel Model, TernTokenizer? Tokenizer, string Folder) Load(ParseResult result, bool needTokenizer)
     {
+        var (folder, options) = LoadOptions(result);
+        TernTokenizer? tokenizer = null;
+        if (needTokenizer) tokenizer = TernTokenizer.Load(folder);
+        var model = CausalLanguageModel.Load(folder, options);
+        return (model, tokenizer, folder);
+    }
+
+    /// <summary>The model folder and how to load it (device, dtype, dummy weights), without loading.</summary>
+    public (string Folder, ModelLoadOptions Options) LoadOptions(ParseResult result)
+    {
         string folder = ResolveModelFolder(result);
         if (!Directory.Exists(folder)) throw new DirectoryNotFoundException($"--model: the folder '{folder}' does not exist.");
         var device = ComputeOptions.ResolveDevice(ComputeOptions.ParseDevice(result.GetValue(Device)!));
@@ -56,9 +66,6 @@ internal sealed class CommonOptions
             DType = dtype,
             DummyWeights = result.GetValue(Dummy) ? new DummyWeightOptions() : null,
         };
-        TernTokenizer? tokenizer = null;
-        if (needTokenizer) tokenizer = TernTokenizer.Load(folder);
-        var model = CausalLanguageModel.Load(folder, options);
-        return (model, tokenizer, folder);
+        return (folder, options);
     }
 }

@@ -41,6 +41,89 @@ internal static partial class CudaDriver
     private static unsafe partial int CuLaunchKernel(IntPtr function, uint gridX, uint gridY, uint gridZ, uint blockX, uint blockY, uint blockZ,
         uint sharedBytes, IntPtr stream, void** parameters, void** extra);
 
+    [LibraryImport(Library, EntryPoint = "cuStreamCreate")]
+    private static partial int CuStreamCreate(out IntPtr stream, uint flags);
+
+    [LibraryImport(Library, EntryPoint = "cuStreamDestroy_v2")]
+    private static partial int CuStreamDestroy(IntPtr stream);
+
+    [LibraryImport(Library, EntryPoint = "cuStreamSynchronize")]
+    private static partial int CuStreamSynchronize(IntPtr stream);
+
+    [LibraryImport(Library, EntryPoint = "cuStreamWaitEvent")]
+    private static partial int CuStreamWaitEvent(IntPtr stream, IntPtr evt, uint flags);
+
+    [LibraryImport(Library, EntryPoint = "cuEventCreate")]
+    private static partial int CuEventCreate(out IntPtr evt, uint flags);
+
+    [LibraryImport(Library, EntryPoint = "cuEventRecord")]
+    private static partial int CuEventRecord(IntPtr evt, IntPtr stream);
+
+    [LibraryImport(Library, EntryPoint = "cuEventSynchronize")]
+    private static partial int CuEventSynchronize(IntPtr evt);
+
+    [LibraryImport(Library, EntryPoint = "cuEventDestroy_v2")]
+    private static partial int CuEventDestroy(IntPtr evt);
+
+    [LibraryImport(Library, EntryPoint = "cuMemcpyAsync")]
+    private static partial int CuMemcpyAsync(IntPtr destination, IntPtr source, nuint bytes, IntPtr stream);
+
+    [LibraryImport(Library, EntryPoint = "cuMemHostRegister_v2")]
+    private static partial int CuMemHostRegister(IntPtr pointer, nuint bytes, uint flags);
+
+    [LibraryImport(Library, EntryPoint = "cuMemHostUnregister")]
+    private static partial int CuMemHostUnregister(IntPtr pointer);
+
+    /// <summary>Page-locks host memory in place (no copy, no rounding of the size); false when the driver refuses (for example
+    /// a range that shares pages with one already registered).</summary>
+    public static bool TryRegisterHostMemory(IntPtr pointer, long bytes)
+    {
+        EnsureContext();
+        return CuMemHostRegister(pointer, (nuint)bytes, 0) == 0;
+    }
+
+    /// <summary>Undoes <see cref="TryRegisterHostMemory"/>.</summary>
+    public static void UnregisterHostMemory(IntPtr pointer) => Check(CuMemHostUnregister(pointer), "cuMemHostUnregister");
+
+    /// <summary>A new stream that does not synchronise with the legacy default stream (CU_STREAM_NON_BLOCKING).</summary>
+    public static IntPtr CreateNonBlockingStream()
+    {
+        EnsureContext();
+        Check(CuStreamCreate(out IntPtr stream, 1), "cuStreamCreate");
+        return stream;
+    }
+
+    /// <summary>Destroys a stream made by <see cref="CreateNonBlockingStream"/> (its queued work still completes).</summary>
+    public static void DestroyStream(IntPtr stream) => Check(CuStreamDestroy(stream), "cuStreamDestroy");
+
+    /// <summary>Blocks the host until <paramref name="stream"/>'s work is done.</summary>
+    public static void SynchronizeStream(IntPtr stream) => Check(CuStreamSynchronize(stream), "cuStreamSynchronize");
+
+    /// <summary>An event without timing (CU_EVENT_DISABLE_TIMING), the cheap kind for ordering.</summary>
+    public static IntPtr CreateEvent()
+    {
+        EnsureContext();
+        Check(CuEventCreate(out IntPtr evt, 2), "cuEventCreate");
+        return evt;
+    }
+
+    /// <summary>Records <paramref name="evt"/> at the current end of <paramref name="stream"/>'s queue.</summary>
+    public static void RecordEvent(IntPtr evt, IntPtr stream) => Check(CuEventRecord(evt, stream), "cuEventRecord");
+
+    /// <summary>Makes <paramref name="stream"/>'s later work wait for <paramref name="evt"/> (no host block).</summary>
+    public static void StreamWaitEvent(IntPtr stream, IntPtr evt) => Check(CuStreamWaitEvent(stream, evt, 0), "cuStreamWaitEvent");
+
+    /// <summary>Blocks the host until <paramref name="evt"/> has completed.</summary>
+    public static void SynchronizeEvent(IntPtr evt) => Check(CuEventSynchronize(evt), "cuEventSynchronize");
+
+    /// <summary>Destroys an event.</summary>
+    public static void DestroyEvent(IntPtr evt) => Check(CuEventDestroy(evt), "cuEventDestroy");
+
+    /// <summary>Queues a copy of <paramref name="bytes"/> between any two addresses of the unified address space (device memory,
+    /// pinned host memory; pageable host memory makes the call synchronous) on <paramref name="stream"/>.</summary>
+    public static void CopyAsync(IntPtr destination, IntPtr source, long bytes, IntPtr stream) =>
+        Check(CuMemcpyAsync(destination, source, (nuint)bytes, stream), "cuMemcpyAsync");
+
     /// <summary>Makes the primary context of GPU 0 (the one libtorch uses) current on this thread if none is.</summary>
     public static void EnsureContext()
     {

@@ -19,9 +19,6 @@ internal static unsafe partial class FusedKernels
     /// <summary>Why the kernels are not in use, when they are not.</summary>
     public static string? UnavailableReason { get; private set; }
 
-    [LibraryImport("LibTorchSharp", EntryPoint = "THSTensor_data")]
-    private static partial IntPtr TensorData(IntPtr tensor);
-
     static Loaded? Load()
     {
         if (Environment.GetEnvironmentVariable("TERN_FUSED_KERNELS") == "0")
@@ -65,7 +62,7 @@ internal static unsafe partial class FusedKernels
     // training forward (grad enabled) would get wrong or missing gradients. Inference runs under no_grad and keeps them.
     static bool Usable(Tensor t) => t.device.type == DeviceType.CUDA && TypeIndex(t.dtype) >= 0 && t.is_contiguous() && !torch.is_grad_enabled() && Available;
 
-    static IntPtr Ptr(Tensor t) => TensorData(t.Handle);
+    static IntPtr Ptr(Tensor t) => TensorMemory.Pointer(t);
 
     /// <summary>RMSNorm over the last dimension of a contiguous tensor; see fused.cu for the exact rounding.</summary>
     public static bool TryRmsNorm(Tensor x, Tensor weight, double eps, out Tensor y)

@@ -31,9 +31,6 @@ internal abstract class KvStore : IDisposable
     /// <summary>Rows [0, Rows) that <see cref="Write"/>, <see cref="Read"/> and <see cref="Compact"/> address (the batch by default).</summary>
     public int Rows { get; set; }
 
-    /// <summary>Every tensor of the storage, each [batch, kvHeads, capacity, ...].</summary>
-    protected abstract IReadOnlyList<Tensor> Tensors { get; }
-
     /// <summary>A tensor of the storage narrowed to the rows in use.</summary>
     protected Tensor InRows(Tensor storage) => Rows == storage.shape[0] ? storage : storage.narrow(0, 0, Rows);
 
@@ -41,8 +38,8 @@ internal abstract class KvStore : IDisposable
     /// slots [start, start + count) of row <paramref name="row"/> (any rows, in use or not); both stores have the same layout.</summary>
     public void CopyRow(KvStore source, int sourceRow, int sourceStart, int row, int start, int count)
     {
-        var from = source.Tensors;
-        var to = Tensors;
+        var from = source.Parts;
+        var to = Parts;
         for (int i = 0; i < to.Count; i++)
         {
             using var target = to[i].select(0, row).narrow(1, start, count);
@@ -50,6 +47,11 @@ internal abstract class KvStore : IDisposable
             target.copy_(slots);
         }
     }
+
+    /// <summary>The storage tensors, each [batch, kvHeads, capacity, ...] (slot dimension 2): the entries themselves, or the
+    /// codes and the (step, min) pairs. Offloading moves slots of these between tiers as they are, so a kept entry never
+    /// changes.</summary>
+    public abstract IReadOnlyList<Tensor> Parts { get; }
 
     /// <inheritdoc />
     public abstract void Dispose();
@@ -79,7 +81,6 @@ internal sealed class DenseKvStore : KvStore
     /// <summary>The whole storage, [batch, kvHeads, capacity, headDim].</summary>
     public Tensor Storage { get; }
 
-    protected override IReadOnlyList<Tensor> Tensors => new[] { Storage };
 
     public override void Write(int start, Tensor entries) => InRows(Storage).narrow(2, start, entries.shape[2]).copy_(entries);
 
@@ -92,6 +93,8 @@ internal sealed class DenseKvStore : KvStore
     public override void Compact(Tensor order) => CompactTensor(InRows(Storage), order);
 
     public override long Bytes => Storage.NumberOfElements * Storage.ElementSize;
+
+    public override IReadOnlyList<Tensor> Parts => new[] { Storage };
 
     public override void Dispose() => Storage.Dispose();
 }
@@ -147,9 +150,9 @@ internal sealed class QuantizedKvStore : KvStore
         CompactTensor(InRows(min), order);
     }
 
-    protected override IReadOnlyList<Tensor> Tensors => new[] { codes, step, min };
-
     public override long Bytes => codes.NumberOfElements + (step.NumberOfElements + min.NumberOfElements) * step.ElementSize;
+
+    public override IReadOnlyList<Tensor> Parts => new[] { codes, step, min };
 
     public override void Dispose()
     {

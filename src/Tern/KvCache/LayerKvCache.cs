@@ -28,6 +28,9 @@ public sealed class LayerKvCache : IDisposable
             .DetachFromDisposeScope();
     }
 
+    /// <summary>Where keys, values and positions live.</summary>
+    public Device Device => Positions.device;
+
     /// <summary>Index of the layer.</summary>
     public int Layer { get; }
 
@@ -119,6 +122,18 @@ public sealed class LayerKvCache : IDisposable
         }
         Length += tokens;
         HasHoles |= hasPadding;
+    }
+
+    /// <summary>Offloading: the storage tensors of keys then values, each [batch, kvHeads, capacity, ...] (see <c>KvStore.Parts</c>).</summary>
+    internal IReadOnlyList<Tensor> StorageParts => keys.Parts.Concat(values.Parts).ToArray();
+
+    /// <summary>Offloading: keys, values and positions of slots [0, <paramref name="length"/>) were just copied in from their
+    /// home tiers; the bookkeeping follows.</summary>
+    internal void Restore(int length, bool hasHoles)
+    {
+        if (length < 0 || length > Capacity) throw new ArgumentOutOfRangeException(nameof(length), $"{length} entries in {Capacity} slots.");
+        Length = length;
+        HasHoles = hasHoles;
     }
 
     /// <summary>Host bookkeeping only: records that a replayed step appended <paramref name="tokens"/> entries

@@ -36,6 +36,34 @@ internal static class Attention
     public static Tensor Forward(Tensor q, Tensor k, Tensor v, ForwardBatch batch, LayerKvCache cache, IKvCachePolicy policy, AttentionSettings s,
         RotaryEmbedding? cachedKeyRotation = null)
     {
+        if (cache.Device.type != q.device.type) return WhereTheCacheLives(q, k, v, batch, cache, policy, s, cachedKeyRotation);
+        return Forward(q, k, v, batch, cache, policy, s, cachedKeyRotation, cache.DType);
+    }
+
+    /// <summary>
+    /// FlexGen's CPU delegation (§1.1.4): the cache lives on another device than the computation (offloading puts it in host
+    /// memory), so attention runs there in fp32 — only this step's q, k, v travel to it and the output comes back, instead of
+    /// the whole cache crossing to the GPU.
+    /// </summary>
+    static Tensor WhereTheCacheLives(Tensor q, Tensor k, Tensor v, ForwardBatch batch, LayerKvCache cache, IKvCachePolicy policy, AttentionSettings s,
+        RotaryEmbedding? cachedKeyRotation)
+    {
+        var home = cache.Device;
+        var there = new ForwardBatch
+        {
+            InputIds = batch.InputIds, Positions = batch.Positions.to(home), RealTokens = batch.RealTokens, HasPadding = batch.HasPadding,
+            MaxPosition = batch.MaxPosition, LastPositionOnly = batch.LastPositionOnly,
+        };
+        var output = Forward(q.to(ScalarType.Float32, home), k.to(cache.DType, home), v.to(cache.DType, home), there, cache, policy, s,
+            cachedKeyRotation, ScalarType.Float32);
+        return output.to(q.dtype, q.device);
+    }
+
+    /// <param name="computeType">The type attention computes in: the cache's, or fp32 for delegated attention (keys and values
+    /// are then widened as they are read).</param>
+    static Tensor Forward(Tensor q, Tensor k, Tensor v, ForwardBatch batch, LayerKvCache cache, IKvCachePolicy policy, AttentionSettings s,
+        RotaryEmbedding? cachedKeyRotation, ScalarType computeType)
+    {
         long b = q.shape[0], t = q.shape[1];
         int h = s.Heads, hkv = s.KvHeads, g = s.Groups, d = s.HeadDim;
         if (s.QueryScale != 1.0) q = q * s.QueryScale;
@@ -43,7 +71,7 @@ internal static class Attention
         policy.BeforeAppend(cache, (int)t);
         cache.Append(k.transpose(1, 2), v.transpose(1, 2), batch.Positions, batch.HasPadding, batch.WriteSlots);
         var qh = q.transpose(1, 2); // [B,H,T,D]
-        if (qh.dtype != cache.DType) qh = qh.to(cache.DType); // queries take the cache's type (bf16 under autocast)
+        if (qh.dtype != computeType) qh = qh.to(computeType); // queries take the cache's type (bf16 under autocast)
         if (batch.WriteSlots is not null)
         {
             var result = StaticShapes(qh, batch, cache, policy, s);
@@ -53,6 +81,7 @@ internal static class Attention
         int length = cache.Length;
         var keys = cache.ActiveKeys;
         var values = cache.ActiveValues;
+        if (keys.dtype != computeType) (keys, values) = (keys.to(computeType), values.to(computeType));
         if (cachedKeyRotation is not null)
             keys = cachedKeyRotation.RotateCached(keys, cache.ActivePositions.ge(0).to(ScalarType.Int64).cumsum(-1) - 1, length);
         bool windowMatters = s.SlidingWindow > 0 && batch.MaxPosition + 1 > s.SlidingWindow;

@@ -78,14 +78,20 @@ public abstract class CausalLanguageModel : IDisposable
 
     /// <summary>Builds a model of <paramref name="config"/>'s architecture from a weight source; <paramref name="trainable"/> as
     /// <see cref="ModelLoadOptions.Trainable"/>.</summary>
-    public static CausalLanguageModel Create(HfConfig config, IWeightSource weights, Device device, ModelDType dtype, bool trainable = false)
+    public static CausalLanguageModel Create(HfConfig config, IWeightSource weights, Device device, ModelDType dtype, bool trainable = false) =>
+        Create(config, weights, device, dtype, trainable, device);
+
+    /// <summary>As <see cref="Create(HfConfig, IWeightSource, Device, ModelDType, bool)"/> with the weights loaded on
+    /// <paramref name="weightDevice"/> instead of the compute device: the starting point of an offloaded model, whose
+    /// <c>Tern.Offloading</c> engine then places every weight by its policy and runs the model stage by stage.</summary>
+    internal static CausalLanguageModel Create(HfConfig config, IWeightSource weights, Device device, ModelDType dtype, bool trainable, Device weightDevice)
     {
         string type = config.ModelType;
         if (!Architectures.TryGetValue(type, out var factory))
             throw new CheckpointException(
                 $"{config.Path}: model_type '{type}' is not supported; Tern runs {string.Join(", ", Architectures.Keys)}.");
         using var noGrad = torch.no_grad();
-        var loader = new WeightLoader(weights, dtype.ToScalarType(), device, trainable, "model.", "transformer.");
+        var loader = new WeightLoader(weights, dtype.ToScalarType(), device, weightDevice, trainable, "model.", "transformer.");
         var model = factory(config, loader);
         model.parameters = trainable ? loader.Parameters.ToArray() : null;
         model.Config = config;
@@ -199,6 +205,26 @@ public abstract class CausalLanguageModel : IDisposable
 
     /// <summary>The architecture's forward pass.</summary>
     protected abstract Tensor Run(ForwardBatch batch, KvCache.KvCache cache);
+
+    /// <summary>Stages of FlexGen's schedule (<c>Tern.Offloading</c>): stage 0 is the input embedding, stages 1..L the
+    /// transformer blocks, stage L + 1 the output head (final norm and LM head).</summary>
+    internal int StageCount => Info.Layers + 2;
+
+    /// <summary>The weight tensors of stage <paramref name="stage"/> in a fixed order, null where the architecture has none
+    /// (an absent bias). A tied LM head is the embedding's tensor object.</summary>
+    internal abstract Tensor?[] StageWeights(int stage);
+
+    /// <summary>
+    /// Runs one stage with <paramref name="weights"/> in <see cref="StageWeights"/>'s order (wherever they were loaded to):
+    /// the embedding takes <paramref name="batch"/>'s ids and returns hidden states [B,T,H]; a block takes and returns hidden
+    /// states, appending to <paramref name="cache"/> (its layer's cache); the head returns logits as <see cref="Forward"/> does.
+    /// The same code as <see cref="Run"/>, one stage at a time.
+    /// </summary>
+    internal abstract Tensor RunStage(int stage, Tensor?[] weights, Tensor? hidden, ForwardBatch batch, LayerKvCache? cache, IKvCachePolicy policy);
+
+    /// <summary>The hidden states a block stage needs, or an error naming the stage.</summary>
+    protected static Tensor Required(Tensor? hidden, int stage) =>
+        hidden ?? throw new ArgumentException($"stage {stage} is a transformer block and needs the previous stage's hidden states.");
 
     /// <summary>Picks the last position of hidden states [B,T,H] when only next-token logits are wanted.</summary>
     protected static Tensor SelectOutputs(Tensor hidden, ForwardBatch batch) =>

@@ -1,4 +1,5 @@
 using Tern.Checkpoints;
+using Tern.KvCache;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -66,24 +67,54 @@ internal sealed class Gpt2Model : CausalLanguageModel
 
     protected override Tensor Run(ForwardBatch batch, KvCache.KvCache cache)
     {
-        long b = batch.InputIds.shape[0], t = batch.InputIds.shape[1];
-        var h = wte.index_select(0, batch.InputIds.flatten()).view(b, t, -1)
-              + wpe.index_select(0, batch.ModelPositions.clamp_min(0).flatten()).view(b, t, -1);
+        var h = Embed(wte, wpe, batch);
         for (int i = 0; i < layers.Length; i++)
         {
-            var l = layers[i];
-            var s = l.Attention;
             var input = h;
             using var layerScope = torch.NewDisposeScope();
-            var qkv = l.Qkv.Forward(Norms.Layer(h, l.Ln1W, l.Ln1B, eps)).view(b, t, 3 * s.Heads, s.HeadDim);
-            var attended = Attention.Forward(qkv.narrow(2, 0, s.Heads), qkv.narrow(2, s.Heads, s.Heads), qkv.narrow(2, 2 * s.Heads, s.Heads),
-                batch, cache[i], cache.Policy, s);
-            h = l.Proj.ForwardAdd(attended, h);
-            h = l.FcProj.ForwardAdd(act.Apply(l.Fc.Forward(Norms.Layer(h, l.Ln2W, l.Ln2B, eps))), h);
+            h = Block(layers[i], h, batch, cache[i], cache.Policy);
             h.MoveToOuterDisposeScope();
             input.Dispose();
         }
-        return Linear.Apply(Norms.Layer(SelectOutputs(h, batch), lnFW, lnFB, eps), lmHead);
+        return Head(lnFW, lnFB, lmHead, h, batch);
+    }
+
+    static Tensor Embed(Tensor wte, Tensor wpe, ForwardBatch batch)
+    {
+        long b = batch.InputIds.shape[0], t = batch.InputIds.shape[1];
+        return wte.index_select(0, batch.InputIds.flatten()).view(b, t, -1)
+             + wpe.index_select(0, batch.ModelPositions.clamp_min(0).flatten()).view(b, t, -1);
+    }
+
+    Tensor Block(Layer l, Tensor h, ForwardBatch batch, LayerKvCache cache, IKvCachePolicy policy)
+    {
+        long b = h.shape[0], t = h.shape[1];
+        var s = l.Attention;
+        var qkv = l.Qkv.Forward(Norms.Layer(h, l.Ln1W, l.Ln1B, eps)).view(b, t, 3 * s.Heads, s.HeadDim);
+        var attended = Attention.Forward(qkv.narrow(2, 0, s.Heads), qkv.narrow(2, s.Heads, s.Heads), qkv.narrow(2, 2 * s.Heads, s.Heads),
+            batch, cache, policy, s);
+        h = l.Proj.ForwardAdd(attended, h);
+        return l.FcProj.ForwardAdd(act.Apply(l.Fc.Forward(Norms.Layer(h, l.Ln2W, l.Ln2B, eps))), h);
+    }
+
+    Tensor Head(Tensor normW, Tensor normB, Tensor head, Tensor h, ForwardBatch batch) =>
+        Linear.Apply(Norms.Layer(SelectOutputs(h, batch), normW, normB, eps), head);
+
+    internal override Tensor?[] StageWeights(int stage)
+    {
+        if (stage == 0) return new[] { wte, wpe };
+        if (stage == layers.Length + 1) return new[] { lnFW, lnFB, lmHead };
+        var l = layers[stage - 1];
+        return new[] { l.Ln1W, l.Ln1B, l.Qkv.Weight, l.Qkv.Bias, l.Proj.Weight, l.Proj.Bias, l.Ln2W, l.Ln2B, l.Fc.Weight, l.Fc.Bias, l.FcProj.Weight, l.FcProj.Bias };
+    }
+
+    internal override Tensor RunStage(int stage, Tensor?[] w, Tensor? hidden, ForwardBatch batch, LayerKvCache? cache, IKvCachePolicy policy)
+    {
+        if (stage == 0) return Embed(w[0]!, w[1]!, batch);
+        if (stage == layers.Length + 1) return Head(w[0]!, w[1]!, w[2]!, Required(hidden, stage), batch);
+        var layer = new Layer(w[0]!, w[1]!, new Linear(w[2]!, w[3]), new Linear(w[4]!, w[5]), w[6]!, w[7]!, new Linear(w[8]!, w[9]), new Linear(w[10]!, w[11]),
+            layers[stage - 1].Attention);
+        return Block(layer, Required(hidden, stage), batch, cache!, policy);
     }
 
     protected override void DisposeWeights()

@@ -1,4 +1,5 @@
 using Tern.Checkpoints;
+using Tern.KvCache;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -37,7 +38,7 @@ internal sealed class GptNeoXModel : CausalLanguageModel
         if (w.Trainable)
             throw new NotSupportedException("training GPT-NeoX (its q|k|v rows are reordered at load) is not supported yet: the trained tensor would not be the one in the checkpoint; train a Llama-family or OPT model.");
         // Row r of the per-head layout [head][q|k|v][dim] goes to [q|k|v][head][dim].
-        var order = torch.arange(3L * hidden).view(heads, 3, headDim).transpose(0, 1).reshape(-1).to(w.Device);
+        var order = torch.arange(3L * hidden).view(heads, 3, headDim).transpose(0, 1).reshape(-1).to(w.WeightDevice);
         embed = w.Get("gpt_neox.embed_in.weight", vocab, hidden);
         layers = new Layer[nLayers];
         for (int i = 0; i < nLayers; i++)
@@ -67,30 +68,52 @@ internal sealed class GptNeoXModel : CausalLanguageModel
 
     protected override Tensor Run(ForwardBatch batch, KvCache.KvCache cache)
     {
-        long b = batch.InputIds.shape[0], t = batch.InputIds.shape[1];
-        int heads = attention.Heads;
-        var h = embed.index_select(0, batch.InputIds.flatten()).view(b, t, -1);
+        var h = Embed(embed, batch);
         var rope = rotary.ForBatch(batch);
         for (int i = 0; i < layers.Length; i++)
         {
-            var l = layers[i];
             var input = h;
             using var layerScope = torch.NewDisposeScope();
-            var qkv = l.Qkv.Forward(Norms.Layer(h, l.Ln1W, l.Ln1B, eps)).view(b, t, 3 * heads, attention.HeadDim);
-            var (q, k, cachedKeys) = rope.QueryKey(qkv, heads, heads, cache.Policy.PositionsFollowCache);
-            var attended = Attention.Forward(q, k, qkv.narrow(2, 2 * heads, heads), batch, cache[i], cache.Policy, attention, cachedKeys);
-            var attnOut = l.Dense.Forward(attended);
-            if (parallel)
-                h = h + attnOut + l.Down.Forward(act.Apply(l.Up.Forward(Norms.Layer(h, l.Ln2W, l.Ln2B, eps))));
-            else
-            {
-                h = h + attnOut;
-                h = h + l.Down.Forward(act.Apply(l.Up.Forward(Norms.Layer(h, l.Ln2W, l.Ln2B, eps))));
-            }
+            h = Block(layers[i], h, batch, rope, cache[i], cache.Policy);
             h.MoveToOuterDisposeScope();
             input.Dispose();
         }
-        return Linear.Apply(Norms.Layer(SelectOutputs(h, batch), finalW, finalB, eps), lmHead);
+        return Head(finalW, finalB, lmHead, h, batch);
+    }
+
+    static Tensor Embed(Tensor embed, ForwardBatch batch) =>
+        embed.index_select(0, batch.InputIds.flatten()).view(batch.InputIds.shape[0], batch.InputIds.shape[1], -1);
+
+    Tensor Block(Layer l, Tensor h, ForwardBatch batch, RotaryEmbedding.RotaryStep rope, LayerKvCache cache, IKvCachePolicy policy)
+    {
+        long b = h.shape[0], t = h.shape[1];
+        int heads = attention.Heads;
+        var qkv = l.Qkv.Forward(Norms.Layer(h, l.Ln1W, l.Ln1B, eps)).view(b, t, 3 * heads, attention.HeadDim);
+        var (q, k, cachedKeys) = rope.QueryKey(qkv, heads, heads, policy.PositionsFollowCache);
+        var attended = Attention.Forward(q, k, qkv.narrow(2, 2 * heads, heads), batch, cache, policy, attention, cachedKeys);
+        var attnOut = l.Dense.Forward(attended);
+        if (parallel) return h + attnOut + l.Down.Forward(act.Apply(l.Up.Forward(Norms.Layer(h, l.Ln2W, l.Ln2B, eps))));
+        h = h + attnOut;
+        return h + l.Down.Forward(act.Apply(l.Up.Forward(Norms.Layer(h, l.Ln2W, l.Ln2B, eps))));
+    }
+
+    Tensor Head(Tensor normW, Tensor normB, Tensor head, Tensor h, ForwardBatch batch) =>
+        Linear.Apply(Norms.Layer(SelectOutputs(h, batch), normW, normB, eps), head);
+
+    internal override Tensor?[] StageWeights(int stage)
+    {
+        if (stage == 0) return new[] { embed };
+        if (stage == layers.Length + 1) return new[] { finalW, finalB, lmHead };
+        var l = layers[stage - 1];
+        return new[] { l.Ln1W, l.Ln1B, l.Qkv.Weight, l.Qkv.Bias, l.Dense.Weight, l.Dense.Bias, l.Ln2W, l.Ln2B, l.Up.Weight, l.Up.Bias, l.Down.Weight, l.Down.Bias };
+    }
+
+    internal override Tensor RunStage(int stage, Tensor?[] w, Tensor? hidden, ForwardBatch batch, LayerKvCache? cache, IKvCachePolicy policy)
+    {
+        if (stage == 0) return Embed(w[0]!, batch);
+        if (stage == layers.Length + 1) return Head(w[0]!, w[1]!, w[2]!, Required(hidden, stage), batch);
+        var layer = new Layer(w[0]!, w[1]!, new Linear(w[2]!, w[3]), new Linear(w[4]!, w[5]), w[6]!, w[7]!, new Linear(w[8]!, w[9]), new Linear(w[10]!, w[11]));
+        return Block(layer, Required(hidden, stage), batch, rotary.ForBatch(batch), cache!, policy);
     }
 
     protected override void DisposeWeights()

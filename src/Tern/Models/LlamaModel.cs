@@ -97,25 +97,51 @@ internal sealed class LlamaModel : CausalLanguageModel
 
     protected override Tensor Run(ForwardBatch batch, KvCache.KvCache cache)
     {
-        long b = batch.InputIds.shape[0], t = batch.InputIds.shape[1];
-        var h = embed.index_select(0, batch.InputIds.flatten()).view(b, t, -1);
+        var h = Embed(embed, batch);
         var rope = rotary.ForBatch(batch);
         for (int i = 0; i < layers.Length; i++)
         {
-            var layer = layers[i];
-            var s = layer.Attention;
             var input = h;
             using var layerScope = torch.NewDisposeScope();
-            var qkv = layer.Qkv.Forward(Norms.Rms(h, layer.InputNorm, eps)).view(b, t, s.Heads + 2 * s.KvHeads, s.HeadDim);
-            var (q, k, cachedKeys) = rope.QueryKey(qkv, s.Heads, s.KvHeads, cache.Policy.PositionsFollowCache);
-            var attended = Attention.Forward(q, k, qkv.narrow(2, s.Heads + s.KvHeads, s.KvHeads), batch, cache[i], cache.Policy, s, cachedKeys);
-            h = layer.Output.ForwardAdd(attended, h);
-            var gateUp = layer.GateUp.Forward(Norms.Rms(h, layer.PostNorm, eps));
-            h = layer.Down.ForwardAdd(act.Gated(gateUp, intermediate), h);
+            h = Block(layers[i], h, batch, rope, cache[i], cache.Policy);
             h.MoveToOuterDisposeScope();
             input.Dispose(); // free each layer's input now rather than at the end of the step
         }
-        return Linear.Apply(Norms.Rms(SelectOutputs(h, batch), finalNorm, eps), lmHead);
+        return Head(finalNorm, lmHead, h, batch);
+    }
+
+    static Tensor Embed(Tensor embed, ForwardBatch batch) =>
+        embed.index_select(0, batch.InputIds.flatten()).view(batch.InputIds.shape[0], batch.InputIds.shape[1], -1);
+
+    Tensor Block(Layer layer, Tensor h, ForwardBatch batch, RotaryEmbedding.RotaryStep rope, LayerKvCache cache, IKvCachePolicy policy)
+    {
+        long b = h.shape[0], t = h.shape[1];
+        var s = layer.Attention;
+        var qkv = layer.Qkv.Forward(Norms.Rms(h, layer.InputNorm, eps)).view(b, t, s.Heads + 2 * s.KvHeads, s.HeadDim);
+        var (q, k, cachedKeys) = rope.QueryKey(qkv, s.Heads, s.KvHeads, policy.PositionsFollowCache);
+        var attended = Attention.Forward(q, k, qkv.narrow(2, s.Heads + s.KvHeads, s.KvHeads), batch, cache, policy, s, cachedKeys);
+        h = layer.Output.ForwardAdd(attended, h);
+        var gateUp = layer.GateUp.Forward(Norms.Rms(h, layer.PostNorm, eps));
+        return layer.Down.ForwardAdd(act.Gated(gateUp, intermediate), h);
+    }
+
+    Tensor Head(Tensor norm, Tensor head, Tensor h, ForwardBatch batch) => Linear.Apply(Norms.Rms(SelectOutputs(h, batch), norm, eps), head);
+
+    internal override Tensor?[] StageWeights(int stage)
+    {
+        if (stage == 0) return new[] { embed };
+        if (stage == layers.Length + 1) return new[] { finalNorm, lmHead };
+        var l = layers[stage - 1];
+        return new[] { l.InputNorm, l.Qkv.Weight, l.Qkv.Bias, l.Output.Weight, l.Output.Bias, l.PostNorm, l.GateUp.Weight, l.GateUp.Bias, l.Down.Weight, l.Down.Bias };
+    }
+
+    internal override Tensor RunStage(int stage, Tensor?[] w, Tensor? hidden, ForwardBatch batch, LayerKvCache? cache, IKvCachePolicy policy)
+    {
+        if (stage == 0) return Embed(w[0]!, batch);
+        if (stage == layers.Length + 1) return Head(w[0]!, w[1]!, Required(hidden, stage), batch);
+        var layer = new Layer(w[0]!, new Linear(w[1]!, w[2]), new Linear(w[3]!, w[4]), w[5]!, new Linear(w[6]!, w[7]), new Linear(w[8]!, w[9]),
+            layers[stage - 1].Attention);
+        return Block(layer, Required(hidden, stage), batch, rotary.ForBatch(batch), cache!, policy);
     }
 
     protected override void DisposeWeights()

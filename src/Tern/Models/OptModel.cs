@@ -1,4 +1,5 @@
 using Tern.Checkpoints;
+using Tern.KvCache;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -70,33 +71,68 @@ internal sealed class OptModel : CausalLanguageModel
 
     protected override Tensor Run(ForwardBatch batch, KvCache.KvCache cache)
     {
-        long b = batch.InputIds.shape[0], t = batch.InputIds.shape[1];
-        var x = embed.index_select(0, batch.InputIds.flatten()).view(b, t, -1);
-        if (projectIn is not null) x = projectIn.Forward(x);
-        var pos = positions.index_select(0, (batch.ModelPositions.clamp_min(0) + PositionOffset).flatten()).view(b, t, -1);
-        var h = x + pos;
-        const double eps = 1e-5;
+        var h = Embed(StageWeights(0), batch);
         for (int i = 0; i < layers.Length; i++)
         {
-            var l = layers[i];
             var input = h;
             using var layerScope = torch.NewDisposeScope();
-            var a = preNorm ? Norms.Layer(h, l.AttnNormW, l.AttnNormB, eps) : h;
-            var qkv = l.Qkv.Forward(a).view(b, t, 3 * attention.Heads, attention.HeadDim);
-            var attended = Attention.Forward(qkv.narrow(2, 0, attention.Heads), qkv.narrow(2, attention.Heads, attention.Heads),
-                qkv.narrow(2, 2 * attention.Heads, attention.Heads), batch, cache[i], cache.Policy, attention);
-            h = l.Output.ForwardAdd(attended, h);
-            if (!preNorm) h = Norms.Layer(h, l.AttnNormW, l.AttnNormB, eps);
-            var m = preNorm ? Norms.Layer(h, l.MlpNormW, l.MlpNormB, eps) : h;
-            h = l.Fc2.ForwardAdd(act.Apply(l.Fc1.Forward(m)), h);
-            if (!preNorm) h = Norms.Layer(h, l.MlpNormW, l.MlpNormB, eps);
+            h = Block(layers[i], h, batch, cache[i], cache.Policy);
             h.MoveToOuterDisposeScope();
             input.Dispose();
         }
+        return Head(StageWeights(layers.Length + 1), h, batch);
+    }
+
+    const double Eps = 1e-5;
+
+    /// <summary>Token embedding (+ project_in) plus learned positions; <paramref name="w"/> = [embed, positions, project_in].</summary>
+    Tensor Embed(Tensor?[] w, ForwardBatch batch)
+    {
+        long b = batch.InputIds.shape[0], t = batch.InputIds.shape[1];
+        var x = w[0]!.index_select(0, batch.InputIds.flatten()).view(b, t, -1);
+        if (w[2] is { } projIn) x = new Linear(projIn, null).Forward(x);
+        var pos = w[1]!.index_select(0, (batch.ModelPositions.clamp_min(0) + PositionOffset).flatten()).view(b, t, -1);
+        return x + pos;
+    }
+
+    Tensor Block(Layer l, Tensor h, ForwardBatch batch, LayerKvCache cache, IKvCachePolicy policy)
+    {
+        long b = h.shape[0], t = h.shape[1];
+        var a = preNorm ? Norms.Layer(h, l.AttnNormW, l.AttnNormB, Eps) : h;
+        var qkv = l.Qkv.Forward(a).view(b, t, 3 * attention.Heads, attention.HeadDim);
+        var attended = Attention.Forward(qkv.narrow(2, 0, attention.Heads), qkv.narrow(2, attention.Heads, attention.Heads),
+            qkv.narrow(2, 2 * attention.Heads, attention.Heads), batch, cache, policy, attention);
+        h = l.Output.ForwardAdd(attended, h);
+        if (!preNorm) h = Norms.Layer(h, l.AttnNormW, l.AttnNormB, Eps);
+        var m = preNorm ? Norms.Layer(h, l.MlpNormW, l.MlpNormB, Eps) : h;
+        h = l.Fc2.ForwardAdd(act.Apply(l.Fc1.Forward(m)), h);
+        if (!preNorm) h = Norms.Layer(h, l.MlpNormW, l.MlpNormB, Eps);
+        return h;
+    }
+
+    /// <summary>Final norm, project_out, LM head; <paramref name="w"/> = [norm weight, norm bias, project_out, lm_head].</summary>
+    Tensor Head(Tensor?[] w, Tensor h, ForwardBatch batch)
+    {
         h = SelectOutputs(h, batch);
-        if (finalNormW is not null) h = Norms.Layer(h, finalNormW, finalNormB, eps);
-        if (projectOut is not null) h = projectOut.Forward(h);
-        return Linear.Apply(h, lmHead);
+        if (w[0] is { } normW) h = Norms.Layer(h, normW, w[1], Eps);
+        if (w[2] is { } projOut) h = new Linear(projOut, null).Forward(h);
+        return Linear.Apply(h, w[3]!);
+    }
+
+    internal override Tensor?[] StageWeights(int stage)
+    {
+        if (stage == 0) return new[] { embed, positions, projectIn?.Weight };
+        if (stage == layers.Length + 1) return new[] { finalNormW, finalNormB, projectOut?.Weight, lmHead };
+        var l = layers[stage - 1];
+        return new[] { l.AttnNormW, l.AttnNormB, l.Qkv.Weight, l.Qkv.Bias, l.Output.Weight, l.Output.Bias, l.MlpNormW, l.MlpNormB, l.Fc1.Weight, l.Fc1.Bias, l.Fc2.Weight, l.Fc2.Bias };
+    }
+
+    internal override Tensor RunStage(int stage, Tensor?[] w, Tensor? hidden, ForwardBatch batch, LayerKvCache? cache, IKvCachePolicy policy)
+    {
+        if (stage == 0) return Embed(w, batch);
+        if (stage == layers.Length + 1) return Head(w, Required(hidden, stage), batch);
+        var layer = new Layer(w[0]!, w[1]!, new Linear(w[2]!, w[3]), new Linear(w[4]!, w[5]), w[6]!, w[7]!, new Linear(w[8]!, w[9]), new Linear(w[10]!, w[11]));
+        return Block(layer, Required(hidden, stage), batch, cache!, policy);
     }
 
     protected override void DisposeWeights()

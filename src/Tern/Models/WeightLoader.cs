@@ -19,7 +19,13 @@ internal sealed class WeightLoader
     /// trainer turns it on) and recorded in <see cref="Parameters"/>: TorchSharp's optimizers and clip_grad_norm_ take
     /// Parameters, and wrapping at creation is the only moment the handle can be moved into one.</param>
     public WeightLoader(IWeightSource source, ScalarType dtype, Device device, bool trainable, params string[] optionalPrefixes)
+        : this(source, dtype, device, device, trainable, optionalPrefixes) { }
+
+    /// <param name="weightDevice">Where the weights are loaded when it differs from the compute <paramref name="device"/> (an
+    /// offloaded model loads them on the CPU and places them by its policy afterwards).</param>
+    public WeightLoader(IWeightSource source, ScalarType dtype, Device device, Device weightDevice, bool trainable, params string[] optionalPrefixes)
     {
+        WeightDevice = weightDevice;
         Trainable = trainable;
         this.source = source;
         this.optionalPrefixes = optionalPrefixes;
@@ -28,7 +34,10 @@ internal sealed class WeightLoader
     }
 
     public ScalarType DType { get; }
+    /// <summary>The compute device (rotary tables and other per-model buffers live here).</summary>
     public Device Device { get; }
+    /// <summary>Where the weights are loaded.</summary>
+    public Device WeightDevice { get; }
     public long ParameterCount { get; private set; }
     public IWeightSource Source => source;
     public bool Trainable { get; }
@@ -58,7 +67,7 @@ internal sealed class WeightLoader
     {
         string resolved = Resolve(name) ?? throw new CheckpointException(
             $"{source.Description}: tensor '{name}' is missing; the config's architecture needs it with shape [{string.Join(", ", shape)}].");
-        var tensor = source.Load(resolved, shape, DType, Device).DetachFromDisposeScope(); // weights live as long as the model
+        var tensor = source.Load(resolved, shape, DType, WeightDevice).DetachFromDisposeScope(); // weights live as long as the model
         ParameterCount += tensor.NumberOfElements;
         return Track(tensor, name);
     }

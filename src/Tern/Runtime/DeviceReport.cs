@@ -29,6 +29,11 @@ public static class DeviceReport
         return line is null ? -1 : long.Parse(line.Split(':')[1].Trim().Split(' ')[0]) * 1024;
     }
 
+    /// <summary>Free bytes of a CUDA device, or of host memory for the CPU (what the OS reports available).</summary>
+    public static long FreeBytes(Device device) => device.type == DeviceType.CUDA
+        ? CudaDriver.MemoryInfo()?.Free ?? 0
+        : GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
+
     /// <summary>Device-to-device copy bandwidth in bytes/s, counting bytes read and written (as the HF baseline script does).</summary>
     public static double CopyBandwidth(Device device, long bytes = 1L << 30, int repeats = 10)
     {

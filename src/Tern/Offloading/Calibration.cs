@@ -1,0 +1,149 @@
+using System.Diagnostics;
+using System.Runtime.InteropServices;
+using Microsoft.Win32.SafeHandles;
+using Tern.Runtime;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Tern.Offloading;
+
+/// <summary>How <see cref="Calibration"/> measures.</summary>
+public sealed record CalibrationOptions
+{
+    /// <summary>The compute device (CPU↔GPU links are measured only on CUDA; on the CPU the "GPU" tier is host memory).</summary>
+    public required Device Device { get; init; }
+    /// <summary>Type of the GEMM and attention probes.</summary>
+    public ModelDType DType { get; init; } = ModelDType.Float16;
+    /// <summary>Where the disk probe writes its file (deleted afterwards); null skips the disk and keeps <see cref="Fallback"/>'s.</summary>
+    public string? Directory { get; init; }
+    /// <summary>Bytes per transfer probe.</summary>
+    public long TransferBytes { get; init; } = 256L << 20;
+    /// <summary>Width of the GEMM probes (h); rows: 2048 for prefill, 32 for decode.</summary>
+    public int Width { get; init; } = 4096;
+    /// <summary>Constants kept where nothing can be measured.</summary>
+    public HardwareProfile Fallback { get; init; } = HardwareProfile.FlexGenT4;
+}
+
+/// <summary>
+/// Measures the cost model's constants on the machine at hand (<c>tern offload calibrate</c>): pinned CPU↔GPU copies, disk
+/// writes and reads (the file's pages are dropped from the page cache before reading), GEMM and batched attention products at
+/// prefill and decode shapes, and CPU attention in fp32. Each probe runs once to warm up, then three times; the best counts.
+/// FlexGen fitted its constants to whole-run latencies instead (profiling primitives over-predicts, its notes say): compare
+/// <c>tern bench --offload</c>'s measured and predicted throughput to see how far these land.
+/// </summary>
+public static class Calibration
+{
+    const int Repeats = 3;
+
+    /// <summary>Runs every probe; progress lines go to <paramref name="log"/>.</summary>
+    public static HardwareProfile Run(CalibrationOptions o, TextWriter log)
+    {
+        using var noGrad = torch.no_grad();
+        bool cuda = o.Device.type == DeviceType.CUDA;
+        var dt = o.DType.ToScalarType();
+        var p = o.Fallback with { Source = $"measured by tern offload calibrate on {DeviceReport.Name(o.Device)}, {o.DType.ShortName()}, {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC" };
+
+        long n = o.TransferBytes / 2;
+        using (var host = Host(n, cuda))
+        using (var device = torch.empty(n, ScalarType.Float16, o.Device))
+        {
+            double toGpu = Bandwidth(o.TransferBytes, () => device.copy_(host, true), cuda);
+            double toCpu = Bandwidth(o.TransferBytes, () => host.copy_(device, true), cuda);
+            log.WriteLine($"CPU→GPU {Gb(toGpu)}, GPU→CPU {Gb(toCpu)}{(cuda ? " (pinned)" : " (host memory copies: no GPU)")}");
+            p = p with { CpuToGpu = toGpu, GpuToCpuCache = toCpu, GpuToCpuHidden = toCpu };
+        }
+        if (o.Directory is not null)
+        {
+            var (write, read) = Disk(o.Directory, o.TransferBytes);
+            log.WriteLine($"disk write {Gb(write)}, read {Gb(read)} ({o.Directory})");
+            p = p with { DiskToCpu = read, CpuToDiskCachePrefill = write, CpuToDiskHiddenPrefill = write, CpuToDiskDecode = write };
+        }
+        else log.WriteLine("disk: not measured (no --offload-dir); keeping " + o.Fallback.Source);
+
+        int h = o.Width;
+        double gemmPrefill = Gemm(2048, h, dt, o.Device, cuda), gemmDecode = Gemm(32, h, dt, o.Device, cuda);
+        log.WriteLine($"GEMM prefill {Tf(gemmPrefill)}, decode {Tf(gemmDecode)}");
+        int heads = Math.Max(1, h / 128);
+        double attnPrefill = Attention(8 * heads, 512, 512, dt, o.Device, cuda), attnDecode = Attention(32 * heads, 1, 544, dt, o.Device, cuda);
+        double cpuAttention = Attention(32 * heads, 1, 544, ScalarType.Float32, torch.CPU, false);
+        log.WriteLine($"attention prefill {Tf(attnPrefill)}, decode {Tf(attnDecode)}, CPU fp32 decode {Tf(cpuAttention)}");
+        return p with
+        {
+            GemmPrefill = gemmPrefill, GemmDecode = gemmDecode, AttentionPrefill = attnPrefill, AttentionDecode = attnDecode, CpuAttention = cpuAttention,
+        };
+    }
+
+    static Tensor Host(long n, bool pin)
+    {
+        var t = torch.zeros(n, ScalarType.Float16);
+        if (!pin) return t;
+        var pinned = t.pin_memory();
+        t.Dispose();
+        return pinned;
+    }
+
+    static double Seconds(Action probe, bool cuda)
+    {
+        double best = double.MaxValue;
+        for (int i = 0; i <= Repeats; i++)
+        {
+            using var scope = torch.NewDisposeScope();
+            if (cuda) torch.cuda.synchronize();
+            var watch = Stopwatch.StartNew();
+            probe();
+            if (cuda) torch.cuda.synchronize();
+            if (i > 0) best = Math.Min(best, watch.Elapsed.TotalSeconds); // the first run warms up
+        }
+        return best;
+    }
+
+    static double Bandwidth(long bytes, Action copy, bool cuda) => bytes / Seconds(copy, cuda);
+
+    /// <summary>2·m·h·h FLOPs of an [m, h] × [h, h] product.</summary>
+    static double Gemm(int m, int h, ScalarType dt, Device device, bool cuda)
+    {
+        using var a = torch.randn(m, h, dt, device);
+        using var b = torch.randn(h, h, dt, device);
+        return 2.0 * m * h * h / Seconds(() => a.matmul(b), cuda);
+    }
+
+    /// <summary>q·kᵀ then p·v over <paramref name="batch"/> (sequence × head) pairs of head dimension 128: 4·batch·q·k·128 FLOPs.</summary>
+    static double Attention(int batch, int queries, int keys, ScalarType dt, Device device, bool cuda)
+    {
+        const int d = 128;
+        using var q = torch.randn(batch, queries, d, dt, device);
+        using var k = torch.randn(batch, d, keys, dt, device);
+        using var v = torch.randn(batch, keys, d, dt, device);
+        return 4.0 * batch * queries * keys * d / Seconds(() => q.bmm(k).bmm(v), cuda);
+    }
+
+    [DllImport("libc", SetLastError = true)]
+    static extern int posix_fadvise(int fd, long offset, long length, int advice);
+
+    /// <summary>Write (flushed to the device) and read (after dropping the file from the page cache) bandwidth.</summary>
+    static (double Write, double Read) Disk(string parent, long bytes)
+    {
+        using var directory = OffloadDirectory.Create(parent);
+        using var handle = directory.CreateFile("calibration", bytes);
+        var buffer = new byte[Math.Min(bytes, 64L << 20)];
+        new Random(1).NextBytes(buffer);
+        var watch = Stopwatch.StartNew();
+        for (long at = 0; at < bytes; at += buffer.Length) RandomAccess.Write(handle, buffer.AsSpan(0, (int)Math.Min(buffer.Length, bytes - at)), at);
+        RandomAccess.FlushToDisk(handle);
+        double write = bytes / watch.Elapsed.TotalSeconds;
+        DropCache(handle, bytes);
+        watch.Restart();
+        for (long at = 0; at < bytes; at += buffer.Length) RandomAccess.Read(handle, buffer.AsSpan(0, (int)Math.Min(buffer.Length, bytes - at)), at);
+        return (write, bytes / watch.Elapsed.TotalSeconds);
+    }
+
+    static void DropCache(SafeFileHandle handle, long bytes)
+    {
+        if (!OperatingSystem.IsLinux()) return;
+        const int DontNeed = 4; // POSIX_FADV_DONTNEED
+        posix_fadvise((int)handle.DangerousGetHandle(), 0, bytes, DontNeed);
+    }
+
+    static string Gb(double bytesPerSecond) => $"{bytesPerSecond / (1L << 30):0.00} GiB/s";
+    static string Tf(double flops) => $"{flops / 1e12:0.000} TFLOP/s";
+}

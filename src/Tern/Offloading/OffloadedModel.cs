@@ -1,0 +1,498 @@
+using System.Diagnostics;
+using Tern.Checkpoints;
+using Tern.KvCache;
+using Tern.Models;
+using Tern.Runtime;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Tern.Offloading;
+
+/// <summary>How to run a model offloaded.</summary>
+public sealed record OffloadOptions
+{
+    /// <summary>Placement, block shape and switches.</summary>
+    public required OffloadPolicy Policy { get; init; }
+    /// <summary>Folder under which the disk tier's private folder is made (FlexGen's <c>--offload-dir</c>); needed only when the
+    /// policy puts something on disk.</summary>
+    public string? Directory { get; init; }
+    /// <summary>Tern's own cap on the bytes it places on the compute device (weights, KV cache, activations and its working
+    /// buffers), so a smaller card can be emulated on a larger one; null = no cap.</summary>
+    public long? GpuMemoryLimit { get; init; }
+}
+
+/// <summary>The tokens (and, when asked, the logits) of an offloaded generation.</summary>
+/// <param name="Tokens">New tokens of each prompt, in prompt order.</param>
+/// <param name="Logits">When kept: the next-token logits of each step (prefill first), fp32 [prompts, vocab] on the CPU.</param>
+/// <param name="Prefill">Time of the prefill steps, summed over blocks.</param>
+/// <param name="Decode">Time of the decode steps, summed over blocks.</param>
+public sealed record OffloadedGeneration(IReadOnlyList<IReadOnlyList<int>> Tokens, IReadOnlyList<Tensor>? Logits, TimeSpan Prefill, TimeSpan Decode)
+{
+    /// <summary>Generated tokens per second, prefill included (FlexGen's generation throughput).</summary>
+    public double TokensPerSecond => Tokens.Sum(t => t.Count) / (Prefill + Decode).TotalSeconds;
+}
+
+/// <summary>
+/// FlexGen (Sheng et al. 2023) on Tern's models: the weights live on GPU / CPU / disk by the <see cref="OffloadPolicy"/>, the
+/// KV cache and activations per whole sequence, and generation walks the zig-zag block schedule (§1.1.1): for each token,
+/// for each stage (embedding, every block, the head), for each GPU batch — loading the next stage's weights once per stage
+/// and the next batch's cache and activations while the current one computes, storing the previous batch's (§1.1.2), with a
+/// barrier per step. The stages run the architecture's own code (<c>CausalLanguageModel.RunStage</c>), so every
+/// architecture Tern loads runs offloaded. Greedy decoding, the dense cache policy.
+/// </summary>
+public sealed class OffloadedModel : IDisposable
+{
+    readonly CausalLanguageModel model;
+    readonly OffloadedWeights weights;
+    readonly ITransferEngine engine;
+    readonly OffloadDirectory? directory;
+    readonly GpuBudget budget;
+    readonly ScalarType dtype;
+
+    OffloadedModel(CausalLanguageModel model, OffloadedWeights weights, ITransferEngine engine, OffloadDirectory? directory, GpuBudget budget, OffloadOptions options)
+    {
+        this.model = model;
+        this.weights = weights;
+        this.engine = engine;
+        this.directory = directory;
+        this.budget = budget;
+        Policy = options.Policy;
+        dtype = model.DType.ToScalarType();
+    }
+
+    /// <summary>The policy in force.</summary>
+    public OffloadPolicy Policy { get; }
+
+    /// <summary>The model's shape.</summary>
+    public ModelInfo Info => model.Info;
+
+    /// <summary>The compute device.</summary>
+    public Device Device => model.Device;
+
+    /// <summary>The disk tier's private folder, while the model lives (null when nothing is on disk).</summary>
+    public string? OffloadPath => directory?.Path;
+
+    /// <summary>Bytes of weights at home on each tier.</summary>
+    public long WeightBytesOn(Tier tier) => weights.BytesOn(tier);
+
+    /// <summary>The most bytes Tern has placed on the compute device at once so far (what the GPU cap limits).</summary>
+    public long PeakGpuBytes => budget.Peak;
+
+    /// <summary>Loads a Hugging Face model folder (or builds it from config.json with <see cref="ModelLoadOptions.DummyWeights"/>)
+    /// and places its weights by <paramref name="options"/>.</summary>
+    public static OffloadedModel Load(string modelDirectory, ModelLoadOptions load, OffloadOptions options)
+    {
+        var config = HfConfig.Load(modelDirectory);
+        using IWeightSource source = load.DummyWeights is { } dummy ? DummyWeightSource.Create(dummy) : CheckpointReader.Open(modelDirectory);
+        return Create(config, source, ComputeOptions.ResolveDevice(load.Device), load.DType, options);
+    }
+
+    /// <summary>Builds the model with its weights on the host, then moves each weight to its home tier.</summary>
+    public static OffloadedModel Create(HfConfig config, IWeightSource source, Device device, ModelDType dtype, OffloadOptions options)
+    {
+        var policy = options.Policy.Validate();
+        bool usesDisk = policy.Weights.Disk > 0 || policy.Cache.Disk > 0 || policy.Activations.Disk > 0;
+        if (usesDisk && options.Directory is null)
+            throw new ArgumentException($"offload policy {policy} puts data on disk; name a folder for it (--offload-dir).");
+        var budget = new GpuBudget(options.GpuMemoryLimit);
+        OffloadDirectory? directory = null;
+        ITransferEngine? engine = null;
+        CausalLanguageModel? model = null;
+        OffloadedWeights? placed = null;
+        try
+        {
+            directory = usesDisk ? OffloadDirectory.Create(options.Directory!) : null;
+            engine = CreateEngine(device, policy.Overlap);
+            model = CausalLanguageModel.Create(config, source, device, dtype, trainable: false, weightDevice: torch.CPU);
+            var stageWeights = Enumerable.Range(0, model.StageCount).Select(model.StageWeights).ToArray();
+            // The GPU share of the weights is checked against the cap before anything moves there, and exactly once placed.
+            double bytes = stageWeights.SelectMany(s => s).OfType<Tensor>().Distinct(ReferenceEqualityComparer.Instance).Cast<Tensor>()
+                .Sum(t => (double)t.NumberOfElements * t.ElementSize);
+            budget.Reserve("weights", (long)(bytes * policy.Weights.Gpu * (policy.CompressWeights ? CostModel.CompressionRatio * 2 / dtype.ElementSize() : 1)));
+            placed = OffloadedWeights.Place(stageWeights, policy.Weights, policy.CompressWeights, device, engine, directory);
+            budget.Release("weights");
+            budget.Reserve("weights", placed.BytesOn(Tier.Gpu));
+            return new OffloadedModel(model, placed, engine, directory, budget, options);
+        }
+        catch
+        {
+            placed?.Dispose();
+            model?.Dispose();
+            engine?.Dispose();
+            directory?.Dispose();
+            throw;
+        }
+    }
+
+    static ITransferEngine CreateEngine(Device device, bool overlap) => device.type == DeviceType.CUDA
+        ? overlap ? new Interop.CudaTransferEngine() : new SynchronousTransferEngine(pinsHostMemory: true)
+        : overlap ? new BackgroundTransferEngine() : new SynchronousTransferEngine();
+
+    /// <summary>
+    /// Greedy generation of <paramref name="maxNewTokens"/> tokens for each prompt, in blocks of gbs·ngb prompts (the last
+    /// block may be smaller). With <paramref name="keepLogits"/> every step's next-token logits are returned too.
+    /// </summary>
+    public OffloadedGeneration Generate(IReadOnlyList<IReadOnlyList<int>> prompts, int maxNewTokens, bool keepLogits = false)
+    {
+        if (prompts.Count == 0 || prompts.Any(p => p.Count == 0)) throw new ArgumentException("every prompt needs at least one token.");
+        if (maxNewTokens < 1) throw new ArgumentException($"max new tokens must be at least 1 (got {maxNewTokens}).");
+        int longest = prompts.Max(p => p.Count);
+        if (model.Info.LearnedPositions && longest + maxNewTokens - 1 > model.Info.MaxPositions)
+            throw new ArgumentException($"prompt of {longest} tokens + {maxNewTokens} new passes the {model.Info.MaxPositions} learned positions of this {model.Info.ModelType} model.");
+        var tokens = new List<IReadOnlyList<int>>();
+        var logits = keepLogits ? Enumerable.Range(0, maxNewTokens).Select(_ => new List<Tensor>()).ToArray() : null;
+        TimeSpan prefill = TimeSpan.Zero, decode = TimeSpan.Zero;
+        using var noGrad = torch.no_grad();
+        for (int start = 0; start < prompts.Count; start += Policy.BlockSize)
+        {
+            var block = prompts.Skip(start).Take(Policy.BlockSize).ToArray();
+            using var run = new BlockRun(this, block, maxNewTokens, keepLogits);
+            run.Execute();
+            tokens.AddRange(run.Tokens);
+            prefill += run.Prefill;
+            decode += run.Decode;
+            if (logits is not null) for (int i = 0; i < maxNewTokens; i++) logits[i].Add(torch.cat(run.Logits![i], 0).DetachFromDisposeScope());
+        }
+        var merged = logits?.Select(blocks =>
+        {
+            var all = torch.cat(blocks, 0).DetachFromDisposeScope();
+            foreach (var b in blocks) b.Dispose();
+            return all;
+        }).ToArray();
+        return new OffloadedGeneration(tokens, merged, prefill, decode);
+    }
+
+    /// <summary>One block of gbs·ngb sequences through the zig-zag schedule.</summary>
+    sealed class BlockRun : IDisposable
+    {
+        readonly OffloadedModel owner;
+        readonly CausalLanguageModel model;
+        readonly ITransferEngine engine;
+        readonly Device device;
+        readonly int steps, stages, batches;
+        readonly int[] capacity;                            // [k] slots: the batch's longest prompt + new tokens, as the plain runtime sizes its cache
+        readonly IReadOnlyList<int>[][] prompts;            // [k][row]
+        readonly SequenceStore[][][] caches;                // [k][layer][part]: the working cache's storage parts (keys then values), unless attention runs on the CPU
+        readonly KvCache.KvCache[]? hostCaches;             // [k] with cpu-attn: each batch's cache in host memory, attended there
+        readonly SequenceStore[] hidden;                    // [k]
+        readonly Tensor[] cachePositions;                   // [k] positions of the working cache's slots
+        readonly int[] cacheLength;
+        readonly bool[] cacheHoles;
+        readonly ForwardBatch?[] inputs;                    // [k] the current step's input
+        readonly Dictionary<(int Rows, int Capacity), KvCache.KvCache> working = new();
+        readonly List<int>[][] generated;                   // [k][row]
+        readonly List<Tensor>[]? logits;                    // [step] per batch
+        readonly Stopwatch prefillWatch = new(), decodeWatch = new();
+        // In flight: weights per stage, cache and hidden loads per item, the previous item's outputs waiting to be stored.
+        readonly Dictionary<int, OffloadedWeights.StageLoad> stageLoads = new();
+        readonly Dictionary<int, Tensor[][]> cacheLoads = new();
+        readonly Dictionary<int, Tensor[]> hiddenLoads = new();
+        readonly List<Action> deferredStores = new();
+
+        public BlockRun(OffloadedModel owner, IReadOnlyList<int>[] block, int maxNewTokens, bool keepLogits)
+        {
+            this.owner = owner;
+            model = owner.model;
+            engine = owner.engine;
+            device = model.Device;
+            steps = maxNewTokens;
+            stages = model.StageCount;
+            int gbs = owner.Policy.GpuBatchSize;
+            batches = (block.Length + gbs - 1) / gbs;
+            prompts = Enumerable.Range(0, batches).Select(k => block.Skip(k * gbs).Take(gbs).ToArray()).ToArray();
+            capacity = prompts.Select(b => b.Max(p => p.Count) + maxNewTokens).ToArray();
+            var info = model.Info;
+            long[] hiddenItem = { info.HiddenSize };
+            caches = new SequenceStore[batches][][];
+            hidden = new SequenceStore[batches];
+            cachePositions = new Tensor[batches];
+            cacheLength = new int[batches];
+            cacheHoles = new bool[batches];
+            inputs = new ForwardBatch?[batches];
+            hostCaches = owner.Policy.CpuAttention ? new KvCache.KvCache[batches] : null;
+            generated = prompts.Select(b => b.Select(_ => new List<int>()).ToArray()).ToArray();
+            logits = keepLogits ? Enumerable.Range(0, steps).Select(_ => new List<Tensor>()).ToArray() : null;
+            var policy = owner.Policy;
+            int es = TierBuffer.ElementSize(owner.dtype);
+            // Tern's accounting of what this block puts on the compute device, checked before anything is allocated.
+            long kvGpu = 0, hiddenGpu = 0;
+            // Bytes of one slot of one sequence, keys and values, as the cache stores them (codes and pairs with kvbits=4).
+            double slotBytes = 2.0 * info.KvHeads * (policy.CompressCache
+                ? (info.HeadDim + 63) / 64 * (32 + 2 * es) : info.HeadDim * es);
+            for (int k = 0; k < batches; k++)
+            {
+                var b = prompts[k];
+                kvGpu += (long)(info.Layers * capacity[k] * policy.Cache.SplitRows(b.Length).Gpu * slotBytes);
+                hiddenGpu += (long)b.Max(p => p.Count) * policy.Activations.SplitRows(b.Length).Gpu * info.HiddenSize * es;
+            }
+            int rows = prompts.Max(b => b.Length), longest = block.Max(p => p.Count);
+            long workingBytes = 2L * (rows * (long)info.KvHeads * capacity.Max() * info.HeadDim * es) // working cache keys + values
+                + batches * rows * (long)info.KvHeads * capacity.Max() * 8                      // slot positions
+                + 2 * owner.weights.LargestStageLoadBytes                                       // this stage's and the next stage's weights
+                + 4L * rows * longest * Math.Max(info.HiddenSize, info.KvHeads * info.HeadDim) * es // hidden in/out and new cache entries
+                + 2L * rows * longest * (long)info.KvHeads * info.HeadDim * es * (policy.Cache.Gpu < 1 ? 2 : 1); // loaded cache parts
+            owner.budget.Reserve("block", kvGpu + hiddenGpu + workingBytes, $"KV cache {Units.Bytes(kvGpu)}, activations {Units.Bytes(hiddenGpu)}, working buffers {Units.Bytes(workingBytes)}");
+            try
+            {
+                for (int k = 0; k < batches; k++)
+                {
+                    int n = prompts[k].Length;
+                    caches[k] = new SequenceStore[info.Layers][];
+                    if (hostCaches is not null)
+                        hostCaches[k] = KvCache.KvCache.Create(new KvCacheOptions
+                        {
+                            BatchSize = n, Layers = info.Layers, KvHeads = info.KvHeads, HeadDim = info.HeadDim, Capacity = capacity[k],
+                            DType = owner.dtype, Device = torch.CPU,
+                        });
+                    else
+                    {
+                        // One home per storage part of the working cache: [rows, kvHeads, slots, ...] kept slot-major.
+                        var parts = WorkingCache(n, capacity[k]).StorageParts;
+                        for (int l = 0; l < info.Layers; l++)
+                            caches[k][l] = parts.Select((part, i) => SequenceStore.Create(n, capacity[k], part.shape.Skip(3).Prepend(part.shape[1]).ToArray(),
+                                part.dtype, policy.Cache, device, engine, owner.directory, $"kv{i}-b{k}-l{l}")).ToArray();
+                    }
+                    hidden[k] = SequenceStore.Create(n, prompts[k].Max(p => p.Count), hiddenItem, owner.dtype, policy.Activations, device, engine, owner.directory, $"h-b{k}");
+                    cachePositions[k] = torch.full(new long[] { n, info.KvHeads, capacity[k] }, -1L, ScalarType.Int64, device).DetachFromDisposeScope();
+                }
+            }
+            catch
+            {
+                Dispose();
+                throw;
+            }
+        }
+
+        public IReadOnlyList<int>[] Tokens => generated.SelectMany(b => b).Select(l => (IReadOnlyList<int>)l).ToArray();
+        public List<Tensor>[]? Logits => logits;
+        public TimeSpan Prefill => prefillWatch.Elapsed;
+        public TimeSpan Decode => decodeWatch.Elapsed;
+
+        /// <summary>Item t of the schedule: token step i, stage j, GPU batch k (FlexGen's (i, j, k), zig-zag order).</summary>
+        (int I, int J, int K) Item(int t) => (t / (stages * batches), t / batches % stages, t % batches);
+
+        public void Execute()
+        {
+            int items = steps * stages * batches;
+            for (int t = 0; t < items; t++)
+            {
+                var (i, j, k) = Item(t);
+                var watch = WatchOf(i);
+                watch.Start();
+                IssueStores();                                       // store the previous batch's cache and activations
+                if (!stageLoads.ContainsKey(j) || (j > 0 && !hiddenLoads.ContainsKey(t)) || (NeedsCache(i, j) && !cacheLoads.ContainsKey(t)))
+                {
+                    // The first item, or activations that only now reached their home (fewer than three GPU batches).
+                    engine.Synchronize();
+                    IssueLoads(t, prefetch: false);
+                    engine.Synchronize();
+                }
+                // Load the next stage's weights (once per stage, at its first batch), the next batch's cache and activations.
+                if (k == 0 && t + batches < items && !stageLoads.ContainsKey((j + 1) % stages))
+                    stageLoads[(j + 1) % stages] = owner.weights.Load((j + 1) % stages, engine, device);
+                if (t + 1 < items) IssueLoads(t + 1, prefetch: true);
+                Compute(i, j, k, t);
+                engine.Synchronize();                                // FlexGen's barrier
+                Release(t, j, k);
+                watch.Stop();
+            }
+            var last = WatchOf(steps - 1);
+            last.Start();
+            IssueStores();
+            engine.Synchronize();
+            last.Stop();
+        }
+
+        Stopwatch WatchOf(int i) => i == 0 ? prefillWatch : decodeWatch;
+
+        bool NeedsCache(int i, int j) => hostCaches is null && i > 0 && j >= 1 && j < stages - 1;
+
+        /// <summary>Issues the loads of item <paramref name="t"/> not yet in flight: its stage's weights (only when not
+        /// prefetching: they are prefetched per stage), its batch's cache and its activations. Activations made by (i, j−1, k)
+        /// were stored ngb − 1 items before, so they are prefetched one item ahead only with three or more GPU batches.</summary>
+        void IssueLoads(int t, bool prefetch)
+        {
+            var (i, j, k) = Item(t);
+            if (!prefetch && !stageLoads.ContainsKey(j)) stageLoads[j] = owner.weights.Load(j, engine, device);
+            if (NeedsCache(i, j) && !cacheLoads.ContainsKey(t))
+            {
+                cacheLoads[t] = caches[k][j - 1].Select(home => home.Load(engine, device, 0, cacheLength[k])).ToArray();
+            }
+            if (j > 0 && !hiddenLoads.ContainsKey(t) && (!prefetch || batches > 2))
+                hiddenLoads[t] = hidden[k].Load(engine, device, 0, StepTokens(i, k));
+        }
+
+        int StepTokens(int i, int k) => i == 0 ? prompts[k].Max(p => p.Count) : 1;
+
+        void IssueStores()
+        {
+            foreach (var store in deferredStores) store();
+            deferredStores.Clear();
+        }
+
+        void Compute(int i, int j, int k, int t)
+        {
+            using var scope = torch.NewDisposeScope();
+            if (j == 0) inputs[k] = StepInput(i, k);
+            var batch = inputs[k]!;
+            var w = stageLoads[j].Weights;
+            Tensor? h = null;
+            if (j > 0)
+            {
+                // [tokens, rows, hidden] to [rows, tokens, hidden] with standard strides (a size-1 dimension keeps an odd stride
+                // through contiguous(), and GEMM kernels pick other blockings for it: the logits would move in the last bit).
+                var slotMajor = SequenceStore.Assemble(hiddenLoads[t]);
+                h = slotMajor.transpose(0, 1).contiguous().reshape(-1).view(slotMajor.shape[1], slotMajor.shape[0], -1);
+            }
+            if (j == stages - 1)
+            {
+                var stepLogits = model.RunStage(j, w, h, batch, null, DensePolicy.Instance);
+                var next = stepLogits.argmax(-1).cpu().data<long>().ToArray();
+                for (int r = 0; r < next.Length; r++) generated[k][r].Add((int)next[r]);
+                logits?[i].Add(stepLogits.to(ScalarType.Float32).cpu().DetachFromDisposeScope());
+                cacheLength[k] += StepTokens(i, k);
+                return;
+            }
+            Tensor output;
+            if (j == 0) output = model.RunStage(0, w, null, batch, null, DensePolicy.Instance);
+            else if (hostCaches is not null && i > 0) output = model.RunStage(j, w, h, batch, hostCaches[k][j - 1], DensePolicy.Instance); // attends on the CPU
+            else
+            {
+                var cache = WorkingCache(prompts[k].Length, capacity[k]);
+                int length = cacheLength[k];
+                if (length > 0)
+                {
+                    // Loaded slot-major [length, rows, kvHeads, ...]; the cache holds [rows, kvHeads, slots, ...].
+                    var parts = cache.StorageParts;
+                    for (int p = 0; p < parts.Count; p++)
+                        parts[p].narrow(2, 0, length).copy_(SequenceStore.Assemble(cacheLoads[t][p]).movedim(new long[] { 0 }, new long[] { 2 }));
+                }
+                cache.Positions.copy_(cachePositions[k]);
+                cache.Restore(length, cacheHoles[k]);
+                output = model.RunStage(j, w, h, batch, cache, DensePolicy.Instance);
+                if (j == 1) cachePositions[k].copy_(cache.Positions);
+                StoreNewEntries(k, j - 1, cache, length);
+            }
+            var outputs = output.transpose(0, 1).contiguous().DetachFromDisposeScope(); // [tokens, rows, hidden]
+            var store = hidden[k];
+            deferredStores.Add(() => store.Store(engine, outputs, 0));
+        }
+
+        /// <summary>Sends the entries a block stage appended to the working cache to their home: deferred to the next item for
+        /// the tiers (FlexGen's store_cache(prev)); with CPU attention, the prefill's entries go straight to the host cache.</summary>
+        void StoreNewEntries(int k, int layer, LayerKvCache cache, int length)
+        {
+            int added = cache.Length - length;
+            if (hostCaches is not null)
+            {
+                // Prefill attends on the GPU (FlexGen too); decode then attends where this copy lives.
+                var home = hostCaches[k][layer];
+                home.Keys.narrow(2, 0, added).copy_(cache.Keys.narrow(2, 0, added));
+                home.Values.narrow(2, 0, added).copy_(cache.Values.narrow(2, 0, added));
+                home.Positions.copy_(cache.Positions);
+                home.Restore(added, cacheHoles[k]);
+                return;
+            }
+            // Slot-major [added, rows, kvHeads, ...], as the homes hold them; codes move as codes, so they never re-quantize.
+            var entries = cache.StorageParts.Select(part => part.narrow(2, length, added).movedim(new long[] { 2 }, new long[] { 0 }).contiguous().DetachFromDisposeScope()).ToArray();
+            var homes = caches[k][layer];
+            deferredStores.Add(() =>
+            {
+                for (int p = 0; p < homes.Length; p++) homes[p].Store(engine, entries[p], length);
+            });
+        }
+
+        /// <summary>The one-layer cache a block stage computes with (one per batch shape), filled from the homes before each use.</summary>
+        LayerKvCache WorkingCache(int rows, int capacity)
+        {
+            if (!working.TryGetValue((rows, capacity), out var cache))
+            {
+                var info = model.Info;
+                working[(rows, capacity)] = cache = KvCache.KvCache.Create(new KvCacheOptions
+                {
+                    BatchSize = rows, Layers = 1, KvHeads = info.KvHeads, HeadDim = info.HeadDim, Capacity = capacity,
+                    DType = owner.dtype, Device = device, Bits = owner.Policy.CompressCache ? 4 : 16,
+                });
+            }
+            return cache[0];
+        }
+
+        /// <summary>Step i's input for GPU batch k: the left-padded prompts, then each row's last token at its next position.</summary>
+        ForwardBatch StepInput(int i, int k)
+        {
+            if (inputs[k] is { } previous)
+            {
+                previous.InputIds.Dispose();
+                previous.Positions.Dispose();
+            }
+            var rows = prompts[k];
+            ForwardBatch batch;
+            if (i == 0)
+            {
+                batch = ForwardBatch.LeftPadded(rows, device, padId: 0, lastPositionOnly: true);
+                cacheHoles[k] = batch.HasPadding;
+            }
+            else
+            {
+                int padded = rows.Max(p => p.Count);
+                batch = new ForwardBatch
+                {
+                    InputIds = torch.tensor(generated[k].Select(g => (long)g[^1]).ToArray(), new long[] { rows.Length, 1 }).to(device),
+                    Positions = torch.tensor(rows.Select(p => (long)(p.Count + i - 1)).ToArray(), new long[] { rows.Length, 1 }).to(device),
+                    RealTokens = Enumerable.Repeat(1, rows.Length).ToArray(),
+                    MaxPosition = padded + i - 1,
+                    LastPositionOnly = true,
+                };
+            }
+            batch.InputIds.DetachFromDisposeScope();
+            batch.Positions.DetachFromDisposeScope();
+            return batch;
+        }
+
+        void Release(int t, int j, int k)
+        {
+            if (cacheLoads.Remove(t, out var c)) foreach (var p in c.SelectMany(l => l)) p.Dispose();
+            if (hiddenLoads.Remove(t, out var h)) foreach (var p in h) p.Dispose();
+            // A stage's weights serve all its GPU batches, then go (FlexGen donates the buffer after the last batch).
+            if (k == batches - 1 && stageLoads.Remove(j, out var w)) w.Dispose();
+        }
+
+        public void Dispose()
+        {
+            try
+            {
+                engine.Synchronize();
+            }
+            finally
+            {
+                deferredStores.Clear();
+                foreach (var w in stageLoads.Values) w.Dispose();
+                foreach (var p in cacheLoads.Values.SelectMany(l => l).SelectMany(l => l)) p.Dispose();
+                foreach (var h in hiddenLoads.Values) foreach (var p in h) p.Dispose();
+                foreach (var s in caches.Where(c => c is not null).SelectMany(c => c).Where(l => l is not null).SelectMany(l => l)) s?.Dispose();
+                foreach (var s in hidden) s?.Dispose();
+                foreach (var p in cachePositions) p?.Dispose();
+                foreach (var c in working.Values) c.Dispose();
+                if (hostCaches is not null) foreach (var c in hostCaches) c?.Dispose();
+                foreach (var b in inputs) { b?.InputIds.Dispose(); b?.Positions.Dispose(); }
+                if (logits is not null) foreach (var t in logits.SelectMany(l => l)) t.Dispose();
+                owner.budget.Release("block");
+            }
+        }
+    }
+
+    /// <inheritdoc />
+    public void Dispose()
+    {
+        try
+        {
+            engine.Dispose();
+        }
+        finally
+        {
+            weights.Dispose();
+            model.Dispose();
+            directory?.Dispose();
+        }
+    }
+}

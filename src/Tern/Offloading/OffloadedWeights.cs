@@ -1,0 +1,155 @@
+using Tern.Compression;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Tern.Offloading;
+
+/// <summary>
+/// Every weight of a model at its home tier (<see cref="WeightPlacement"/>), optionally 4-bit group-quantized (FlexGen §1.1.5:
+/// groups of 64 along dim 0, 1-D tensors never compressed), and the loading of one stage's weights to the compute device.
+/// A tied tensor (LM head = embedding) has one home.
+/// </summary>
+internal sealed class OffloadedWeights : IDisposable
+{
+    /// <summary>FlexGen's weight compression: 4 bits, groups of 64 along the output-channel dimension (dim 0).</summary>
+    public static readonly GroupQuantizationOptions Compression = new() { Bits = 4, GroupSize = 64, Dimension = 0 };
+
+    readonly Home?[][] stages;
+    readonly List<Home> homes = new();
+
+    /// <summary>One tensor's home: one buffer, or three (codes, step, min) when compressed.</summary>
+    internal sealed class Home(Tier tier, TierBuffer[] parts, long[][] partShapes, long[] shape, int dimension, ScalarType dtype, bool compressed)
+    {
+        public Tier Tier => tier;
+        public long Bytes => parts.Sum(p => p.Bytes);
+        public TierBuffer[] Parts => parts;
+        public long[][] PartShapes => partShapes;
+        public long[] Shape => shape;
+        public int Dimension => dimension;
+        public ScalarType DType => dtype;
+        public bool Compressed => compressed;
+    }
+
+    OffloadedWeights(Home?[][] stages) => this.stages = stages;
+
+    /// <summary>Bytes at home on each tier.</summary>
+    public long BytesOn(Tier tier) => homes.Where(h => h.Tier == tier).Sum(h => h.Bytes);
+
+    /// <summary>The most bytes loading one stage adds on the compute device: copies of its weights that live elsewhere, and
+    /// the dequantized copies of compressed ones (resident uncompressed weights add nothing).</summary>
+    public long LargestStageLoadBytes => stages.Max(s => s.OfType<Home>().Distinct().Sum(h =>
+        (h.Compressed && h.Tier != Tier.Gpu ? h.Bytes : 0) + (h.Compressed || h.Tier != Tier.Gpu ? TierBuffer.Count(h.Shape) * TierBuffer.ElementSize(h.DType) : 0)));
+
+    /// <summary>
+    /// Places the weights of <paramref name="stageWeights"/> (host tensors, per stage in <c>StageWeights</c> order) on their tiers
+    /// by <paramref name="shares"/>, consuming them: each source is disposed as soon as its home holds a copy.
+    /// </summary>
+    public static OffloadedWeights Place(IReadOnlyList<Tensor?[]> stageWeights, TierFractions shares, bool compress, Device device,
+        ITransferEngine engine, OffloadDirectory? directory)
+    {
+        var unique = new List<Tensor>();
+        var seen = new HashSet<Tensor>(ReferenceEqualityComparer.Instance);
+        foreach (var t in stageWeights.SelectMany(s => s))
+            if (t is not null && seen.Add(t)) unique.Add(t);
+        bool Compresses(Tensor t) => compress && t.dim() >= 2;
+        long StoredBytes(Tensor t) => Compresses(t)
+            ? (t.NumberOfElements + 1) / 2 + 2 * TierBuffer.ElementSize(t.dtype) * (t.NumberOfElements / Math.Max(1, t.shape[0]) * ((t.shape[0] + 63) / 64))
+            : t.NumberOfElements * t.ElementSize;
+        var tiers = WeightPlacement.Assign(unique.Select(StoredBytes).ToArray(), shares);
+        var byTensor = new Dictionary<Tensor, Home>(ReferenceEqualityComparer.Instance);
+        try
+        {
+            using var noGrad = torch.no_grad();
+            for (int i = 0; i < unique.Count; i++)
+            {
+                byTensor[unique[i]] = MakeHome(unique[i], tiers[i], Compresses(unique[i]), device, engine, directory, $"weight{i}");
+                unique[i].Dispose(); // host memory goes back tensor by tensor: a 30B model never needs two copies
+            }
+        }
+        catch
+        {
+            foreach (var h in byTensor.Values) DisposeHome(h);
+            throw;
+        }
+        var placed = new OffloadedWeights(stageWeights.Select(s => s.Select(t => t is null ? null : byTensor[t]).ToArray()).ToArray());
+        placed.homes.AddRange(byTensor.Values);
+        return placed;
+    }
+
+    static Home MakeHome(Tensor source, Tier tier, bool compress, Device device, ITransferEngine engine, OffloadDirectory? directory, string name)
+    {
+        using var scope = torch.NewDisposeScope();
+        var shape = source.shape.ToArray();
+        Tensor[] parts;
+        int dimension = 0;
+        if (compress)
+        {
+            using var q = GroupQuantizer.Quantize(source, Compression);
+            parts = new[] { q.Codes.clone(), q.Step.clone(), q.Min.clone() };
+            dimension = q.Dimension;
+        }
+        else parts = new[] { source.contiguous() };
+        var partShapes = parts.Select(p => p.shape.ToArray()).ToArray();
+        var buffers = new List<TierBuffer>();
+        try
+        {
+            for (int i = 0; i < parts.Length; i++)
+            {
+                var flat = parts[i].contiguous().reshape(-1);
+                var buffer = tier switch
+                {
+                    Tier.Gpu => new DeviceBuffer(device.type == DeviceType.CPU ? flat.clone() : flat.to(device)),
+                    Tier.Cpu => (TierBuffer)new HostBuffer(flat.clone(), engine.PinsHostMemory),
+                    _ => new DiskBuffer(directory ?? throw new InvalidOperationException("the policy puts weights on disk but no offload directory was given."),
+                        flat.NumberOfElements, flat.dtype, $"{name}-{i}"),
+                };
+                buffers.Add(buffer);
+                if (buffer is DiskBuffer disk) disk.WriteNow(flat);
+            }
+        }
+        catch
+        {
+            foreach (var b in buffers) b.Dispose();
+            throw;
+        }
+        return new Home(tier, buffers.ToArray(), partShapes, shape, dimension, source.dtype, compress);
+    }
+
+    /// <summary>Starts loading stage <paramref name="stage"/>'s weights to <paramref name="device"/>; the result is usable after
+    /// the engine synchronizes.</summary>
+    public StageLoad Load(int stage, ITransferEngine engine, Device device) =>
+        new(stages[stage].Select(h => h?.Parts.Select((p, i) => p.Load(engine, device, 0, h.PartShapes[i])).ToArray()).ToArray(), stages[stage]);
+
+    /// <summary>One stage's weights on the compute device, in flight until the engine synchronizes.</summary>
+    internal sealed class StageLoad(Tensor[]?[] loaded, Home?[] homes) : IDisposable
+    {
+        Tensor?[]? materialized;
+
+        /// <summary>The weights, in <c>StageWeights</c> order (compressed ones dequantized once, on the compute device).</summary>
+        public Tensor?[] Weights => materialized ??= loaded.Select((parts, i) => parts is null ? null
+            : homes[i]!.Compressed
+                ? GroupQuantizer.Dequantize(new QuantizedTensor(parts[0], parts[1], parts[2], homes[i]!.Shape, homes[i]!.Dimension, homes[i]!.DType, Compression))
+                    .DetachFromDisposeScope()
+                : parts[0]).ToArray();
+
+        public void Dispose()
+        {
+            foreach (var parts in loaded)
+                if (parts is not null) foreach (var p in parts) p.Dispose();
+            if (materialized is not null)
+                for (int i = 0; i < materialized.Length; i++)
+                    if (homes[i]?.Compressed == true) materialized[i]?.Dispose();
+        }
+    }
+
+    static void DisposeHome(Home home)
+    {
+        foreach (var p in home.Parts) p.Dispose();
+    }
+
+    public void Dispose()
+    {
+        foreach (var h in homes) DisposeHome(h);
+        homes.Clear();
+    }
+}

@@ -1,0 +1,222 @@
+using Microsoft.Win32.SafeHandles;
+using Tern.Interop;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Tern.Offloading;
+
+/// <summary>
+/// A flat run of <see cref="Elements"/> elements kept on one tier: device memory, (pinned) host memory, or a preallocated
+/// file. Loads and stores go through an <see cref="ITransferEngine"/> and are complete after its next
+/// <see cref="ITransferEngine.Synchronize"/>; every tensor handed out is outside any dispose scope and owned by the caller.
+/// </summary>
+internal abstract class TierBuffer : IDisposable
+{
+    protected TierBuffer(long elements, ScalarType dtype)
+    {
+        Elements = elements;
+        DType = dtype;
+    }
+
+    /// <summary>Where the elements live.</summary>
+    public abstract Tier Tier { get; }
+
+    /// <summary>Capacity in elements.</summary>
+    public long Elements { get; }
+
+    /// <summary>Element type.</summary>
+    public ScalarType DType { get; }
+
+    /// <summary>Capacity in bytes.</summary>
+    public long Bytes => Elements * ElementSize(DType);
+
+    /// <summary>A buffer of <paramref name="elements"/> on <paramref name="tier"/>; disk buffers are files in <paramref name="directory"/>.</summary>
+    public static TierBuffer Create(Tier tier, long elements, ScalarType dtype, Device device, ITransferEngine engine, OffloadDirectory? directory, string name) => tier switch
+    {
+        Tier.Gpu => new DeviceBuffer(torch.empty(elements, dtype, device)),
+        Tier.Cpu => new HostBuffer(torch.empty(elements, dtype), engine.PinsHostMemory),
+        _ => new DiskBuffer(directory ?? throw new InvalidOperationException("the policy puts data on disk but no offload directory was given."),
+            elements, dtype, name),
+    };
+
+    /// <summary>Starts loading elements [offset, offset + count of <paramref name="shape"/>) into a new contiguous tensor of
+    /// <paramref name="shape"/> on <paramref name="device"/> (a view of the buffer itself on the GPU tier).</summary>
+    public abstract Tensor Load(ITransferEngine engine, Device device, long offset, long[] shape);
+
+    /// <summary>Starts storing <paramref name="source"/> (contiguous, on the compute device) at element <paramref name="offset"/>;
+    /// the caller keeps <paramref name="source"/> alive until the engine synchronizes.</summary>
+    public abstract void Store(ITransferEngine engine, Tensor source, long offset);
+
+    /// <inheritdoc />
+    public abstract void Dispose();
+
+    protected void CheckRange(long offset, long count)
+    {
+        if (offset < 0 || count < 0 || offset + count > Elements)
+            throw new ArgumentOutOfRangeException(nameof(offset), $"elements [{offset}, {offset + count}) are outside a {Tier} buffer of {Elements}.");
+    }
+
+    internal static int ElementSize(ScalarType dtype) => dtype switch
+    {
+        ScalarType.Byte or ScalarType.Int8 or ScalarType.Bool => 1,
+        ScalarType.Float16 or ScalarType.BFloat16 or ScalarType.Int16 => 2,
+        ScalarType.Float32 or ScalarType.Int32 => 4,
+        _ => 8,
+    };
+
+    internal static long Count(long[] shape) => shape.Aggregate(1L, (a, b) => a * b);
+}
+
+/// <summary>Elements resident on the compute device.</summary>
+internal sealed class DeviceBuffer(Tensor storage) : TierBuffer(storage.NumberOfElements, storage.dtype)
+{
+    readonly Tensor storage = storage.DetachFromDisposeScope();
+
+    public override Tier Tier => Tier.Gpu;
+
+    public override Tensor Load(ITransferEngine engine, Device device, long offset, long[] shape)
+    {
+        CheckRange(offset, Count(shape));
+        return storage.narrow(0, offset, Count(shape)).view(shape).DetachFromDisposeScope();
+    }
+
+    public override void Store(ITransferEngine engine, Tensor source, long offset)
+    {
+        CheckRange(offset, source.NumberOfElements);
+        storage.narrow(0, offset, source.NumberOfElements).copy_(source.reshape(-1));
+    }
+
+    public override void Dispose() => storage.Dispose();
+}
+
+/// <summary>
+/// Elements in host memory, page-locked when the engine asks (so copies to a GPU run asynchronously at full speed). Large
+/// buffers are registered with the driver in place (cuMemHostRegister: no copy, exact size); libtorch's pinned allocator,
+/// the fallback, rounds every block up to a power of two, which for a 30B model's weights costs a fifth more host memory.
+/// </summary>
+internal sealed class HostBuffer : TierBuffer
+{
+    const long RegisterFrom = 4L << 20; // smaller buffers may share pages with others, which the driver refuses to register twice
+    readonly Tensor storage;
+    readonly IntPtr registered;
+
+    public HostBuffer(Tensor storage, bool pin) : base(storage.NumberOfElements, storage.dtype)
+    {
+        if (pin && Bytes >= RegisterFrom && Interop.CudaDriver.TryRegisterHostMemory(Interop.TensorMemory.Pointer(storage), Bytes))
+            registered = Interop.TensorMemory.Pointer(storage);
+        else if (pin)
+        {
+            var pinned = storage.pin_memory();
+            storage.Dispose();
+            storage = pinned;
+        }
+        this.storage = storage.DetachFromDisposeScope();
+    }
+
+    public override Tier Tier => Tier.Cpu;
+
+    public override Tensor Load(ITransferEngine engine, Device device, long offset, long[] shape)
+    {
+        CheckRange(offset, Count(shape));
+        var target = torch.empty(shape, DType, device).DetachFromDisposeScope();
+        engine.Copy(target, storage.narrow(0, offset, Count(shape)));
+        return target;
+    }
+
+    public override void Store(ITransferEngine engine, Tensor source, long offset)
+    {
+        CheckRange(offset, source.NumberOfElements);
+        engine.Copy(storage.narrow(0, offset, source.NumberOfElements), source);
+    }
+
+    public override void Dispose()
+    {
+        if (registered != IntPtr.Zero) Interop.CudaDriver.UnregisterHostMemory(registered);
+        storage.Dispose();
+    }
+}
+
+/// <summary>
+/// Elements in a preallocated file of the offload directory, read and written with positional I/O by the engine's jobs
+/// (FlexGen's disk worker pool); a page-locked staging tensor relays between the file and a GPU.
+/// </summary>
+internal sealed class DiskBuffer : TierBuffer
+{
+    readonly SafeFileHandle file;
+
+    public DiskBuffer(OffloadDirectory directory, long elements, ScalarType dtype, string name) : base(elements, dtype)
+    {
+        file = directory.CreateFile(name, Bytes);
+    }
+
+    public override Tier Tier => Tier.Disk;
+
+    public override Tensor Load(ITransferEngine engine, Device device, long offset, long[] shape)
+    {
+        CheckRange(offset, Count(shape));
+        var target = torch.empty(shape, DType, device).DetachFromDisposeScope();
+        long at = offset * ElementSize(DType);
+        if (device.type == DeviceType.CPU) engine.Enqueue(() => Read(target, at));
+        else
+        {
+            var staging = Staging(engine, Count(shape));
+            engine.Enqueue(() =>
+            {
+                Read(staging, at);
+                engine.Copy(target, staging);
+            });
+        }
+        return target;
+    }
+
+    public override void Store(ITransferEngine engine, Tensor source, long offset)
+    {
+        CheckRange(offset, source.NumberOfElements);
+        long at = offset * ElementSize(DType);
+        if (source.device.type == DeviceType.CPU) engine.Enqueue(() => Write(source, at));
+        else
+        {
+            var staging = Staging(engine, source.NumberOfElements);
+            engine.Copy(staging, source);
+            engine.Enqueue(() => Write(staging, at));
+        }
+    }
+
+    /// <summary>Writes a host tensor at once (used while placing weights, before generation starts).</summary>
+    public void WriteNow(Tensor source) => Write(source.contiguous(), 0);
+
+    Tensor Staging(ITransferEngine engine, long count)
+    {
+        var staging = torch.empty(count, DType).DetachFromDisposeScope();
+        if (engine.PinsHostMemory)
+        {
+            var pinned = staging.pin_memory().DetachFromDisposeScope();
+            staging.Dispose();
+            staging = pinned;
+        }
+        engine.KeepAlive(staging);
+        return staging;
+    }
+
+    unsafe void Read(Tensor target, long fileOffset)
+    {
+        byte* p = (byte*)TensorMemory.Pointer(target);
+        long n = TensorMemory.Bytes(target);
+        for (long done = 0; done < n;)
+        {
+            int read = RandomAccess.Read(file, new Span<byte>(p + done, (int)Math.Min(n - done, 1 << 30)), fileOffset + done);
+            if (read <= 0) throw new EndOfStreamException($"offload file ended at byte {fileOffset + done} of a {Bytes}-byte buffer.");
+            done += read;
+        }
+    }
+
+    unsafe void Write(Tensor source, long fileOffset)
+    {
+        byte* p = (byte*)TensorMemory.Pointer(source);
+        long n = TensorMemory.Bytes(source);
+        for (long done = 0; done < n; done += 1 << 30)
+            RandomAccess.Write(file, new ReadOnlySpan<byte>(p + done, (int)Math.Min(n - done, 1 << 30)), fileOffset + done);
+    }
+
+    public override void Dispose() => file.Dispose();
+}

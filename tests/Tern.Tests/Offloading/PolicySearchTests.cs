@@ -1,0 +1,113 @@
+using Tern.Offloading;
+using Tern.Runtime;
+
+namespace Tern.Tests.Offloading;
+
+/// <summary>The cost model and the LP search (Google OR-Tools) on real shapes, with FlexGen's T4 constants.</summary>
+public sealed class PolicySearchTests
+{
+    const long GiB = 1L << 30;
+    static string Opt30B => Path.Combine(Fixtures.Root, "configs", "opt-30b");
+
+    static Plan PlanFor(string dir, long gpu, long cpu, long disk = 0, int prompt = 512, int gen = 32, bool compress = false) =>
+        PolicySearch.Find(new PlanOptions
+        {
+            Workload = OffloadWorkload.FromConfig(dir, ModelDType.Float16, prompt, gen),
+            Hardware = HardwareProfile.FlexGenT4,
+            Capacity = new MemoryCapacity(gpu, cpu, disk),
+            CompressWeights = compress,
+            MaxGpuBatchSize = 64,
+        });
+
+    [Fact]
+    public void WorkloadSizesComeFromTheConfigAlone()
+    {
+        var w = OffloadWorkload.FromConfig(Opt30B, ModelDType.Float16, 512, 32);
+        // FlexGen's model_bytes for OPT-30B: 2·(L·(h(3h+1) + h(h+1) + h(4h+1) + 4h(h+1) + 4h) + V(h+1)) ≈ 59.9 GB; Tern also
+        // counts the position table and the final norm.
+        double h = 7168, flexgen = 2 * (48 * (h * (3 * h + 1) + h * (h + 1) + h * (4 * h + 1) + 4 * h * (h + 1) + 4 * h) + 50272 * (h + 1));
+        Assert.InRange(w.LayerWeightBytes * w.Layers / flexgen, 0.999, 1.002);
+        Assert.Equal(4 * 7168, w.CacheBytesPerToken);   // FlexGen's 4h per token and layer in fp16
+        Assert.Equal(4 * 7168, w.Intermediate);
+    }
+
+    [Fact]
+    public void ASmallModelThatFitsGoesAllGpu()
+    {
+        var plan = PlanFor(Fixtures.ModelDir("llama-gqa"), 16 * GiB, 64 * GiB);
+        Assert.Equal(TierFractions.All(Tier.Gpu), plan.Policy.Weights);
+        Assert.Equal(TierFractions.All(Tier.Gpu), plan.Policy.Cache);
+        Assert.True(plan.Prediction.TokensPerSecond > 0);
+    }
+
+    [Fact]
+    public void Opt30BOnA16GBGpuPutsMostWeightsOnTheCpuAndFitsTheCaps()
+    {
+        var plan = PlanFor(Opt30B, 16 * GiB, 200 * GiB);
+        var p = plan.Policy;
+        Assert.InRange(p.Weights.Cpu, 0.6, 1.0);           // 60 GB of weights, 12.8 GB usable GPU
+        Assert.Equal(0, p.Weights.Disk);
+        Assert.True(plan.Prediction.GpuPeakBytes <= 0.8 * 16 * GiB);
+        Assert.True(plan.Prediction.CpuPeakBytes <= 0.8 * 200 * GiB);
+        Assert.True(p.BlockSize > 1, $"a block of one sequence cannot amortise the weight traffic ({p})");
+        // The search's choice beats the policy with everything it could move off the GPU put on the CPU at the same block.
+        var model = new CostModel(OffloadWorkload.FromConfig(Opt30B, ModelDType.Float16, 512, 32), HardwareProfile.FlexGenT4, false);
+        var allCpu = p with { Weights = TierFractions.All(Tier.Cpu), Cache = TierFractions.All(Tier.Cpu), Activations = TierFractions.All(Tier.Cpu) };
+        Assert.True(plan.Prediction.TokensPerSecond >= model.Predict(allCpu).TokensPerSecond * 0.999);
+    }
+
+    [Fact]
+    public void LessCpuMemoryPushesWeightsToDisk()
+    {
+        var plan = PlanFor(Opt30B, 16 * GiB, 40 * GiB, disk: 1000 * GiB);
+        Assert.True(plan.Policy.Weights.Disk > 0, plan.Policy.ToString());
+        Assert.True(plan.Prediction.CpuPeakBytes <= 0.8 * 40 * GiB);
+    }
+
+    [Fact]
+    public void CpuAttentionPlansKeepTheWholeCacheOnTheCpu()
+    {
+        var plan = PolicySearch.Find(new PlanOptions
+        {
+            Workload = OffloadWorkload.FromConfig(Opt30B, ModelDType.Float16, 512, 32), Hardware = HardwareProfile.FlexGenT4,
+            Capacity = new MemoryCapacity(16 * GiB, 200 * GiB, 0), CpuAttention = true, MaxGpuBatchSize = 64,
+        });
+        Assert.True(plan.Policy.CpuAttention);
+        Assert.Equal(TierFractions.All(Tier.Cpu), plan.Policy.Cache);
+        Assert.Equal(plan.Policy, OffloadPolicy.Parse(plan.Policy.ToString())); // and the engine accepts it
+    }
+
+    [Fact]
+    public void ImpossibleBudgetsAreAClearError()
+    {
+        var e = Assert.Throws<InvalidOperationException>(() => PlanFor(Opt30B, 1 * GiB, 8 * GiB, disk: 0));
+        Assert.Contains("no offloading policy fits", e.Message);
+        Assert.Contains("--cpu-mem", e.Message);
+    }
+
+    [Fact]
+    public void CompressionRaisesThePredictedThroughput()
+    {
+        var plain = PlanFor(Opt30B, 16 * GiB, 200 * GiB);
+        var compressed = PlanFor(Opt30B, 16 * GiB, 200 * GiB, compress: true);
+        Assert.True(compressed.Policy.CompressWeights);
+        Assert.True(compressed.Prediction.TokensPerSecond > plain.Prediction.TokensPerSecond);
+    }
+
+    [Fact]
+    public void ProfilesRoundTripAndBadFilesNameThemselves()
+    {
+        using var temp = new TempDir();
+        string dir = temp.Path;
+        string path = Path.Combine(dir, "hw.json");
+        HardwareProfile.FlexGenT4.Save(path);
+        var loaded = HardwareProfile.Load(path);
+        Assert.Equal(HardwareProfile.FlexGenT4.CpuToGpu, loaded.CpuToGpu);
+        Assert.Equal(HardwareProfile.FlexGenT4.CpuEfficiency, loaded.CpuEfficiency);
+        File.WriteAllText(path, "{ \"CpuToGpu\": 0 }");
+        Assert.Contains("CpuToGpu", Assert.Throws<InvalidDataException>(() => HardwareProfile.Load(path)).Message);
+        File.WriteAllText(path, "{ not json");
+        Assert.Contains(path, Assert.Throws<InvalidDataException>(() => HardwareProfile.Load(path)).Message);
+        Assert.Contains("calibrate", Assert.Throws<FileNotFoundException>(() => HardwareProfile.Load(Path.Combine(dir, "none.json"))).Message);
+    }
+}
