@@ -23,6 +23,11 @@ public abstract class OffloadParityContract
     /// on a CPU-only machine nothing is delegated and the logits stay identical).</summary>
     protected virtual float DelegatedAttentionTolerance => 0f;
 
+    /// <summary>Largest |Δlogit| between 4-bit offloaded weights and the reference's round-tripped ones: offloaded weights are
+    /// quantized on the host, the reference's where the model lives, and on CUDA the two round the dequantized values apart by
+    /// an ulp now and then (1.4e-6 seen on an H100); on the CPU they are bit-identical.</summary>
+    protected virtual float CompressedWeightTolerance => 0f;
+
     const int NewTokens = 4;
 
     /// <summary>Six prompts of different lengths (left padding inside every GPU batch), reproducible.</summary>
@@ -171,7 +176,7 @@ public abstract class OffloadParityContract
                 w.copy_(restored);
             }
         var (roundTripped, tokens) = Reference(model, prompts, 3);
-        for (int i = 0; i < NewTokens; i++) Assert.Equal(0f, MaxDiff(roundTripped[i], compressed.Logits![i]));
+        for (int i = 0; i < NewTokens; i++) Assert.InRange(MaxDiff(roundTripped[i], compressed.Logits![i]), 0f, CompressedWeightTolerance);
         Assert.Equal(tokens.Select(t => t.ToArray()), compressed.Tokens.Select(t => t.ToArray()));
         Assert.True(MaxDiff(exact[0], compressed.Logits![0]) > 1e-4, "4-bit weights must change the logits");
     }
