@@ -15,6 +15,7 @@ namespace Tern.Serving;
 public sealed class TernChatClient : IChatClient
 {
     readonly bool ownsEngine;
+    IDisposable? ownedModel;
 
     /// <summary>A client over a running engine (which the caller keeps and disposes).</summary>
     public TernChatClient(ServingEngine engine, string? modelId = null)
@@ -27,6 +28,24 @@ public sealed class TernChatClient : IChatClient
     /// <summary>A client that starts (and disposes) its own engine for <paramref name="model"/>; the caller keeps the model.</summary>
     public TernChatClient(CausalLanguageModel model, TernTokenizer tokenizer, ServingOptions? options = null, string? modelId = null)
         : this(ServingEngine.Start(model, tokenizer, options), modelId) => ownsEngine = true;
+
+    /// <summary>Loads a Hugging Face model folder (weights, config and tokenizer files) and starts an engine over it; the
+    /// client owns both and disposes them: <c>using IChatClient chat = TernChatClient.Load("models/default");</c></summary>
+    public static TernChatClient Load(string modelDirectory, ModelLoadOptions? load = null, ServingOptions? options = null, string? modelId = null)
+    {
+        var model = CausalLanguageModel.Load(modelDirectory, load);
+        try
+        {
+            var tokenizer = TernTokenizer.Load(modelDirectory);
+            return new TernChatClient(model, tokenizer, options, modelId ?? Path.GetFileName(Path.GetFullPath(modelDirectory).TrimEnd(Path.DirectorySeparatorChar)))
+                { ownedModel = model };
+        }
+        catch
+        {
+            model.Dispose();
+            throw;
+        }
+    }
 
     /// <summary>The engine requests go to.</summary>
     public ServingEngine Engine { get; }
@@ -121,5 +140,6 @@ public sealed class TernChatClient : IChatClient
     public void Dispose()
     {
         if (ownsEngine) Engine.Dispose();
+        ownedModel?.Dispose();
     }
 }

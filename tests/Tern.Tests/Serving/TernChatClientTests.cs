@@ -1,5 +1,7 @@
 using Microsoft.Extensions.AI;
 using Tern.Generation;
+using Tern.Models;
+using Tern.Runtime;
 using Tern.Serving;
 using TernChat = Tern.Tokenization.ChatMessage;
 
@@ -54,6 +56,20 @@ public sealed class TernChatClientTests : IDisposable
         Assert.Equal(Reference("Tell me a story", 24, new[] { stop }).Text, stopped.Text);
         Assert.Equal(ChatFinishReason.Stop, stopped.FinishReason);
         Assert.Equal("tern", chat.GetService<ChatClientMetadata>()!.ProviderName);
+    }
+
+    [Fact]
+    public async Task LoadOpensAModelFolderAndAnswersAsTheGenerator()
+    {
+        var expected = Reference("Tell me a story", 8);
+        using (IChatClient chat = TernChatClient.Load(fixture.Folder, new ModelLoadOptions { Device = DeviceKind.Cpu }))
+        {
+            var response = await chat.GetResponseAsync("Tell me a story", Greedy(8), Ct);
+            Assert.Equal(expected.Text, response.Text);
+            Assert.Equal(Path.GetFileName(fixture.Folder), response.ModelId);
+        }
+        string missing = Path.Combine(fixture.Folder, "missing");
+        Assert.Contains(missing, Assert.ThrowsAny<Exception>(() => TernChatClient.Load(missing)).Message);
     }
 
     [Fact]
