@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Runtime.InteropServices;
 using Microsoft.Win32.SafeHandles;
+using Tern.Checkpoints;
 using Tern.Runtime;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -67,10 +68,38 @@ public static class Calibration
         double attnPrefill = Attention(8 * heads, 512, 512, dt, o.Device, cuda), attnDecode = Attention(32 * heads, 1, 544, dt, o.Device, cuda);
         double cpuAttention = Attention(32 * heads, 1, 544, ScalarType.Float32, torch.CPU, false);
         log.WriteLine($"attention prefill {Tf(attnPrefill)}, decode {Tf(attnDecode)}, CPU fp32 decode {Tf(cpuAttention)}");
+        double itemOverhead = ItemOverhead(o, cuda);
+        log.WriteLine($"schedule item overhead {itemOverhead * 1e3:F3} ms");
         return p with
         {
             GemmPrefill = gemmPrefill, GemmDecode = gemmDecode, AttentionPrefill = attnPrefill, AttentionDecode = attnDecode, CpuAttention = cpuAttention,
+            ItemOverhead = itemOverhead,
         };
+    }
+
+    /// <summary>Decode seconds per schedule item of a tiny Llama (2 layers, hidden 64, dummy weights) offloaded with weights,
+    /// cache and activations in host memory, 8 GPU batches of one sequence: its compute and transfers are negligible, so the
+    /// time is the engine's fixed cost per item (barrier, issuing loads and stores, refilling the working cache).</summary>
+    static double ItemOverhead(CalibrationOptions o, bool cuda)
+    {
+        const int batches = 8, newTokens = 9, layers = 2;
+        var config = HfConfig.Parse("""
+            {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
+             "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 2, "vocab_size": 256,
+             "max_position_embeddings": 256, "rms_norm_eps": 1e-6, "tie_word_embeddings": false}
+            """, "the calibration's probe model");
+        using var source = DummyWeightSource.Create(new DummyWeightOptions());
+        var policy = OffloadPolicy.Parse($"w=0/100/0,kv=0/100/0,act=0/100/0,gbs=1,ngb={batches}");
+        using var model = OffloadedModel.Create(config, source, o.Device, cuda ? o.DType : ModelDType.Float32, new OffloadOptions { Policy = policy });
+        var prompts = Enumerable.Range(0, batches).Select(i => (IReadOnlyList<int>)Enumerable.Range(1 + i, 8).ToArray()).ToArray();
+        int items = (newTokens - 1) * (layers + 2) * batches; // decode steps × stages (embedding, blocks, head) × GPU batches
+        double best = double.MaxValue;
+        for (int r = 0; r <= Repeats; r++)
+        {
+            double seconds = model.Generate(prompts, newTokens).Decode.TotalSeconds;
+            if (r > 0) best = Math.Min(best, seconds / items); // the first run warms up
+        }
+        return best;
     }
 
     static Tensor Host(long n, bool pin)

@@ -35,7 +35,10 @@ public sealed record Prediction(double PrefillLayerSeconds, double DecodeLayerSe
 /// bounds are the released optimizer's (cost_model.py): T_pre ≥ ctog_p + dtoc_p, gtoc_p + ctod_p, comp_p;
 /// T_gen ≥ ctog_g + X for X ∈ {gtoc_g, dtoc_g, ctod_g, comp_g}. Two deviations follow Tern's engine: without CPU attention
 /// the decode moves the CPU and disk share of the cache to the GPU every step (ctog_g, gtoc_g) and attends on the GPU;
-/// compressed weights and cache count at their real 4.5/16 of the bytes (FlexGen: 1/4).
+/// compressed weights and cache count at their real 4.5/16 of the bytes (FlexGen: 1/4). One addition: every layer of a step
+/// runs ngb schedule items, each with a fixed cost (<see cref="HardwareProfile.ItemOverhead"/>) that overlaps nothing, so
+/// T_pre and T_gen grow by ngb·overhead; it is constant within one (gbs, ngb), so the LP is unchanged, but it steers the
+/// search away from many small GPU batches.
 /// </summary>
 public sealed class CostModel(OffloadWorkload w, HardwareProfile hw, bool compressWeights, bool cpuAttention = false, bool compressCache = false)
 {
@@ -137,7 +140,8 @@ public sealed class CostModel(OffloadWorkload w, HardwareProfile hw, bool compre
     {
         var p = Fractions(policy);
         int gbs = policy.GpuBatchSize, ngb = policy.NumGpuBatches, bls = gbs * ngb;
-        double pre = PrefillBounds(bls).Max(b => b.At(p)), gen = DecodeBounds(bls, gbs).Max(b => b.At(p));
+        double items = ngb * hw.ItemOverhead;
+        double pre = PrefillBounds(bls).Max(b => b.At(p)) + items, gen = DecodeBounds(bls, gbs).Max(b => b.At(p)) + items;
         double total = pre * w.Layers + gen * (w.Generate - 1) * w.Layers;
         return new Prediction(pre, gen, total, bls * (double)w.Generate / total,
             GpuPeaks(gbs, ngb).Max(b => b.At(p)), CpuPeaks(gbs, ngb).Max(b => b.At(p)), DiskPeak(gbs, ngb).At(p));

@@ -36,6 +36,10 @@ public sealed record HardwareProfile
     public double AttentionDecode { get; init; }
     /// <summary>CPU attention throughput in decode, fp32 (F_cpu).</summary>
     public double CpuAttention { get; init; }
+    /// <summary>Fixed cost of one item of the block schedule (one stage of one GPU batch: its barrier, loads and stores issued,
+    /// working cache refilled), in seconds, measured by running a tiny model offloaded. Not in FlexGen's model: with many small
+    /// GPU batches it dominates. 0 = not measured (FlexGen's constants, older profiles).</summary>
+    public double ItemOverhead { get; init; }
     /// <summary>FlexGen's efficiency correction of <see cref="CpuAttention"/> for small batches and widths (c1, c2, c3).</summary>
     public double[] CpuEfficiency { get; init; } = { 0.0168, 0.0328, 0.0621 };
 
@@ -81,6 +85,8 @@ public sealed record HardwareProfile
                      (nameof(AttentionPrefill), AttentionPrefill), (nameof(AttentionDecode), AttentionDecode), (nameof(CpuAttention), CpuAttention) })
             if (!(v > 0) || double.IsInfinity(v))
                 throw new InvalidDataException($"hardware profile {path}: {name} is {v}; every bandwidth and throughput must be a positive number.");
+        if (!(ItemOverhead >= 0) || double.IsInfinity(ItemOverhead))
+            throw new InvalidDataException($"hardware profile {path}: {nameof(ItemOverhead)} is {ItemOverhead}; it must be 0 or more seconds.");
         if (CpuEfficiency.Length != 3) throw new InvalidDataException($"hardware profile {path}: {nameof(CpuEfficiency)} needs three numbers (c1, c2, c3).");
         return this;
     }

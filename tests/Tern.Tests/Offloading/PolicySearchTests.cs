@@ -9,11 +9,12 @@ public sealed class PolicySearchTests
     const long GiB = 1L << 30;
     static string Opt30B => Path.Combine(Fixtures.Root, "configs", "opt-30b");
 
-    static Plan PlanFor(string dir, long gpu, long cpu, long disk = 0, int prompt = 512, int gen = 32, bool compress = false) =>
+    static Plan PlanFor(string dir, long gpu, long cpu, long disk = 0, int prompt = 512, int gen = 32, bool compress = false,
+        HardwareProfile? hardware = null) =>
         PolicySearch.Find(new PlanOptions
         {
             Workload = OffloadWorkload.FromConfig(dir, ModelDType.Float16, prompt, gen),
-            Hardware = HardwareProfile.FlexGenT4,
+            Hardware = hardware ?? HardwareProfile.FlexGenT4,
             Capacity = new MemoryCapacity(gpu, cpu, disk),
             CompressWeights = compress,
             MaxGpuBatchSize = 64,
@@ -54,6 +55,23 @@ public sealed class PolicySearchTests
         var model = new CostModel(OffloadWorkload.FromConfig(Opt30B, ModelDType.Float16, 512, 32), HardwareProfile.FlexGenT4, false);
         var allCpu = p with { Weights = TierFractions.All(Tier.Cpu), Cache = TierFractions.All(Tier.Cpu), Activations = TierFractions.All(Tier.Cpu) };
         Assert.True(plan.Prediction.TokensPerSecond >= model.Predict(allCpu).TokensPerSecond * 0.999);
+    }
+
+    [Fact]
+    public void EachScheduleItemsOverheadAddsToEveryLayerAndSteersTheSearchToFewerGpuBatches()
+    {
+        var w = OffloadWorkload.FromConfig(Opt30B, ModelDType.Float16, 512, 32);
+        var policy = OffloadPolicy.Parse("w=20/80/0,kv=0/100/0,act=0/100/0,gbs=4,ngb=12");
+        var slow = HardwareProfile.FlexGenT4 with { ItemOverhead = 0.002 };
+        var without = new CostModel(w, HardwareProfile.FlexGenT4, false).Predict(policy);
+        var with = new CostModel(w, slow, false).Predict(policy);
+        Assert.Equal(without.PrefillLayerSeconds + 12 * 0.002, with.PrefillLayerSeconds, 9);
+        Assert.Equal(without.DecodeLayerSeconds + 12 * 0.002, with.DecodeLayerSeconds, 9);
+        Assert.Equal(without.TotalSeconds + 12 * 0.002 * w.Layers * w.Generate, with.TotalSeconds, 6);
+
+        var free = PlanFor(Opt30B, 16 * GiB, 100 * GiB).Policy;
+        var costly = PlanFor(Opt30B, 16 * GiB, 100 * GiB, hardware: HardwareProfile.FlexGenT4 with { ItemOverhead = 0.05 }).Policy;
+        Assert.True(costly.NumGpuBatches < free.NumGpuBatches, $"{costly} vs {free}");
     }
 
     [Fact]
@@ -109,5 +127,23 @@ public sealed class PolicySearchTests
         File.WriteAllText(path, "{ not json");
         Assert.Contains(path, Assert.Throws<InvalidDataException>(() => HardwareProfile.Load(path)).Message);
         Assert.Contains("calibrate", Assert.Throws<FileNotFoundException>(() => HardwareProfile.Load(Path.Combine(dir, "none.json"))).Message);
+    }
+
+    [Fact]
+    public void CalibrationMeasuresEveryConstantAndTheScheduleItemOverheadOnTheCpu()
+    {
+        using var temp = new TempDir();
+        var log = new StringWriter();
+        var profile = Calibration.Run(new CalibrationOptions
+        {
+            Device = TorchSharp.torch.CPU, DType = ModelDType.Float32, Directory = temp.Path, TransferBytes = 1 << 20, Width = 128,
+        }, log);
+        Assert.InRange(profile.ItemOverhead, 1e-7, 1.0);
+        Assert.True(profile.GemmDecode > 0 && profile.CpuToGpu > 0 && profile.DiskToCpu > 0);
+        Assert.Contains("schedule item overhead", log.ToString());
+        string path = Path.Combine(temp.Path, "hw.json");
+        profile.Save(path);
+        Assert.Equal(profile.ItemOverhead, HardwareProfile.Load(path).ItemOverhead);
+        Assert.Empty(Directory.GetFiles(temp.Path).Where(f => f != path)); // the disk probe's file is gone
     }
 }
