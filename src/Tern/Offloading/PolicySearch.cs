@@ -68,8 +68,9 @@ public static class PolicySearch
         return best with { Candidates = candidates };
     }
 
-    /// <summary>Higher predicted throughput wins; within 1% the larger GPU batch does, because the cost model has no per-batch
-    /// overhead (kernel launches, per-batch copies) and would otherwise split a block into many one-sequence batches.</summary>
+    /// <summary>Higher predicted throughput wins; within 1% the larger GPU batch does: per-batch costs beyond the profile's
+    /// <see cref="HardwareProfile.ItemOverhead"/> (0 in FlexGen's constants) would otherwise let the search split a block into
+    /// many one-sequence batches.</summary>
     static bool Better(Prediction candidate, int gbs, Plan best) =>
         candidate.TokensPerSecond > best.Prediction.TokensPerSecond * 1.01
         || (candidate.TokensPerSecond >= best.Prediction.TokensPerSecond * 0.99 && gbs > best.Policy.GpuBatchSize);
