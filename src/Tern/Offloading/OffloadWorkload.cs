@@ -58,7 +58,7 @@ public sealed record OffloadWorkload
             Intermediate = (int)block.Where(t => t.dim() == 2).Max(t => t.shape[0]),
             LayerWeightBytes = all.Sum(t => (double)t.NumberOfElements) * es / info.Layers,
             LayerParameters = block.Sum(t => (double)t.NumberOfElements),
-            CacheBytesPerToken = 2.0 * info.KvHeads * info.HeadDim * es,
+            CacheBytesPerToken = (double)info.KvBytesPerToken(es) / info.Layers,
             ElementSize = es, Prompt = prompt, Generate = generate,
         };
     }

@@ -213,7 +213,7 @@ public sealed class OffloadedModel : IDisposable
             generated = prompts.Select(b => b.Select(_ => new List<int>()).ToArray()).ToArray();
             logits = keepLogits ? Enumerable.Range(0, steps).Select(_ => new List<Tensor>()).ToArray() : null;
             var policy = owner.Policy;
-            int es = TierBuffer.ElementSize(owner.dtype);
+            int es = owner.dtype.ElementSize();
             // Tern's accounting of what this block puts on the compute device, checked before anything is allocated.
             long kvGpu = 0, hiddenGpu = 0;
             // Bytes of one slot of one sequence, keys and values, as the cache stores them (codes and pairs with kvbits=4).

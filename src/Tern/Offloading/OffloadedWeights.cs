@@ -38,7 +38,7 @@ internal sealed class OffloadedWeights : IDisposable
     /// <summary>The most bytes loading one stage adds on the compute device: copies of its weights that live elsewhere, and
     /// the dequantized copies of compressed ones (resident uncompressed weights add nothing).</summary>
     public long LargestStageLoadBytes => stages.Max(s => s.OfType<Home>().Distinct().Sum(h =>
-        (h.Compressed && h.Tier != Tier.Gpu ? h.Bytes : 0) + (h.Compressed || h.Tier != Tier.Gpu ? TierBuffer.Count(h.Shape) * TierBuffer.ElementSize(h.DType) : 0)));
+        (h.Compressed && h.Tier != Tier.Gpu ? h.Bytes : 0) + (h.Compressed || h.Tier != Tier.Gpu ? TierBuffer.Count(h.Shape) * h.DType.ElementSize() : 0)));
 
     /// <summary>
     /// Places the weights of <paramref name="stageWeights"/> (host tensors, per stage in <c>StageWeights</c> order) on their tiers
@@ -53,7 +53,7 @@ internal sealed class OffloadedWeights : IDisposable
             if (t is not null && seen.Add(t)) unique.Add(t);
         bool Compresses(Tensor t) => compress && t.dim() >= 2;
         long StoredBytes(Tensor t) => Compresses(t)
-            ? (t.NumberOfElements + 1) / 2 + 2 * TierBuffer.ElementSize(t.dtype) * (t.NumberOfElements / Math.Max(1, t.shape[0]) * ((t.shape[0] + 63) / 64))
+            ? (t.NumberOfElements + 1) / 2 + 2 * t.dtype.ElementSize() * (t.NumberOfElements / Math.Max(1, t.shape[0]) * ((t.shape[0] + 63) / 64))
             : t.NumberOfElements * t.ElementSize;
         var tiers = WeightPlacement.Assign(unique.Select(StoredBytes).ToArray(), shares);
         var byTensor = new Dictionary<Tensor, Home>(ReferenceEqualityComparer.Instance);

@@ -28,7 +28,7 @@ internal abstract class TierBuffer : IDisposable
     public ScalarType DType { get; }
 
     /// <summary>Capacity in bytes.</summary>
-    public long Bytes => Elements * ElementSize(DType);
+    public long Bytes => Elements * DType.ElementSize();
 
     /// <summary>A buffer of <paramref name="elements"/> on <paramref name="tier"/>; disk buffers are files in <paramref name="directory"/>.</summary>
     public static TierBuffer Create(Tier tier, long elements, ScalarType dtype, Device device, ITransferEngine engine, OffloadDirectory? directory, string name) => tier switch
@@ -55,14 +55,6 @@ internal abstract class TierBuffer : IDisposable
         if (offset < 0 || count < 0 || offset + count > Elements)
             throw new ArgumentOutOfRangeException(nameof(offset), $"elements [{offset}, {offset + count}) are outside a {Tier} buffer of {Elements}.");
     }
-
-    internal static int ElementSize(ScalarType dtype) => dtype switch
-    {
-        ScalarType.Byte or ScalarType.Int8 or ScalarType.Bool => 1,
-        ScalarType.Float16 or ScalarType.BFloat16 or ScalarType.Int16 => 2,
-        ScalarType.Float32 or ScalarType.Int32 => 4,
-        _ => 8,
-    };
 
     internal static long Count(long[] shape) => shape.Aggregate(1L, (a, b) => a * b);
 }
@@ -155,7 +147,7 @@ internal sealed class DiskBuffer : TierBuffer
     {
         CheckRange(offset, Count(shape));
         var target = torch.empty(shape, DType, device).DetachFromDisposeScope();
-        long at = offset * ElementSize(DType);
+        long at = offset * DType.ElementSize();
         if (device.type == DeviceType.CPU) engine.Enqueue(() => Read(target, at));
         else
         {
@@ -172,7 +164,7 @@ internal sealed class DiskBuffer : TierBuffer
     public override void Store(ITransferEngine engine, Tensor source, long offset)
     {
         CheckRange(offset, source.NumberOfElements);
-        long at = offset * ElementSize(DType);
+        long at = offset * DType.ElementSize();
         if (source.device.type == DeviceType.CPU) engine.Enqueue(() => Write(source, at));
         else
         {

@@ -51,7 +51,7 @@ public sealed class ServingEngine : IDisposable
         var info = model.Info;
         maxPrompt = options.MaxPromptTokens > 0 ? Math.Min(options.MaxPromptTokens, info.MaxPositions - 1) : info.MaxPositions - 1;
         budget = options.KvBudgetTokens > 0 ? options.KvBudgetTokens : checked(options.MaxBatchSize * info.MaxPositions);
-        bytesPerToken = 2L * info.Layers * info.KvHeads * info.HeadDim * model.DType.ToScalarType().ElementSize();
+        bytesPerToken = info.KvBytesPerToken(model.DType.ElementSize());
         shared = new DecodeBatch(this, DensePolicy.Instance, isShared: true);
         batches.Add(shared);
         loop = new Thread(Run) { IsBackground = true, Name = "tern-serving" };
