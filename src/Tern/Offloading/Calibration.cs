@@ -19,7 +19,8 @@ public sealed record CalibrationOptions
     public string? Directory { get; init; }
     /// <summary>Bytes per transfer probe.</summary>
     public long TransferBytes { get; init; } = 256L << 20;
-    /// <summary>Width of the GEMM probes (h); rows: 2048 for prefill, 32 for decode.</summary>
+    /// <summary>Width of the GEMM probes (h): [2048, h] × [h, h] for prefill; decode's probes are twice as wide, [128, 2h] and
+    /// [1, 2h] × [2h, 2h] (the weight-streaming floor), so the weights outgrow the caches.</summary>
     public int Width { get; init; } = 4096;
     /// <summary>Constants kept where nothing can be measured.</summary>
     public HardwareProfile Fallback { get; init; } = HardwareProfile.FlexGenT4;
@@ -28,7 +29,8 @@ public sealed record CalibrationOptions
 /// <summary>
 /// Measures the cost model's constants on the machine at hand (<c>tern offload calibrate</c>): pinned CPU↔GPU copies, disk
 /// writes and reads (the file's pages are dropped from the page cache before reading), GEMM and batched attention products at
-/// prefill and decode shapes, and CPU attention in fp32. Each probe runs once to warm up, then three times; the best counts.
+/// prefill and decode shapes, the rate one-row products stream weights, CPU attention in fp32, and the schedule's cost per item
+/// (a tiny model run offloaded). Each probe runs once to warm up, then three times; the best counts.
 /// FlexGen fitted its constants to whole-run latencies instead (profiling primitives over-predicts, its notes say): compare
 /// <c>tern bench --offload</c>'s measured and predicted throughput to see how far these land.
 /// </summary>
@@ -62,8 +64,10 @@ public static class Calibration
         else log.WriteLine("disk: not measured (no --offload-dir); keeping " + o.Fallback.Source);
 
         int h = o.Width;
-        double gemmPrefill = Gemm(2048, h, dt, o.Device, cuda), gemmDecode = Gemm(32, h, dt, o.Device, cuda);
-        log.WriteLine($"GEMM prefill {Tf(gemmPrefill)}, decode {Tf(gemmDecode)}");
+        double gemmPrefill = Gemm(2048, h, dt, o.Device, cuda), gemmDecode = Gemm(128, 2 * h, dt, o.Device, cuda);
+        // A one-row product reads each weight once and does 2 FLOPs with it: FLOP/s × element size / 2 = bytes/s.
+        double weightStream = Gemm(1, 2 * h, dt, o.Device, cuda) * dt.ElementSize() / 2;
+        log.WriteLine($"GEMM prefill {Tf(gemmPrefill)}, decode {Tf(gemmDecode)}; one-row products stream weights at {Gb(weightStream)}");
         int heads = Math.Max(1, h / 128);
         double attnPrefill = Attention(8 * heads, 512, 512, dt, o.Device, cuda), attnDecode = Attention(32 * heads, 1, 544, dt, o.Device, cuda);
         double cpuAttention = Attention(32 * heads, 1, 544, ScalarType.Float32, torch.CPU, false);
@@ -72,7 +76,7 @@ public static class Calibration
         log.WriteLine($"schedule item overhead {itemOverhead * 1e3:F3} ms");
         return p with
         {
-            GemmPrefill = gemmPrefill, GemmDecode = gemmDecode, AttentionPrefill = attnPrefill, AttentionDecode = attnDecode, CpuAttention = cpuAttention,
+            GemmPrefill = gemmPrefill, GemmDecode = gemmDecode, DeviceMemoryBandwidth = weightStream, AttentionPrefill = attnPrefill, AttentionDecode = attnDecode, CpuAttention = cpuAttention,
             ItemOverhead = itemOverhead,
         };
     }

@@ -35,7 +35,9 @@ public sealed record Prediction(double PrefillLayerSeconds, double DecodeLayerSe
 /// bounds are the released optimizer's (cost_model.py): T_pre ≥ ctog_p + dtoc_p, gtoc_p + ctod_p, comp_p;
 /// T_gen ≥ ctog_g + X for X ∈ {gtoc_g, dtoc_g, ctod_g, comp_g}. Two deviations follow Tern's engine: without CPU attention
 /// the decode moves the CPU and disk share of the cache to the GPU every step (ctog_g, gtoc_g) and attends on the GPU;
-/// compressed weights and cache count at their real 4.5/16 of the bytes (FlexGen: 1/4). One addition: every layer of a step
+/// compressed weights and cache count at their real 4.5/16 of the bytes (FlexGen: 1/4). Two additions: the GEMM time of each
+/// GPU batch is bounded below by streaming the layer's weights from device memory (<see cref="HardwareProfile.DeviceMemoryBandwidth"/>,
+/// a roofline: at decode's small batches a GEMM is a GEMV), and every layer of a step
 /// runs ngb schedule items, each with a fixed cost (<see cref="HardwareProfile.ItemOverhead"/>) that overlaps nothing, so
 /// T_pre and T_gen grow by ngb·overhead; it is constant within one (gbs, ngb), so the LP is unchanged, but it steers the
 /// search away from many small GPU batches.
@@ -50,28 +52,38 @@ public sealed class CostModel(OffloadWorkload w, HardwareProfile hw, bool compre
     /// <summary>KV-cache bytes per token and layer as stored (FlexGen's 4h in fp16; 4-bit codes with kvbits=4).</summary>
     double Cb => w.CacheBytesPerToken * (compressCache ? CompressionRatio * 2 / w.ElementSize : 1);
 
+    /// <summary>Seconds of one GPU batch's products with a layer's weights (roofline): <paramref name="flops"/> at the GEMM
+    /// throughput, or, when longer, the time to stream the layer's (uncompressed) weights from device memory once — which every
+    /// GPU batch does, so that at small batches the compute grows with ngb, not with the tokens (FlexGen's F_mm alone would
+    /// price a one-sequence GEMV at a GEMM's rate).</summary>
+    double Gemm(double flops, double flopsPerSecond) =>
+        Math.Max(flops / flopsPerSecond, hw.DeviceMemoryBandwidth > 0 ? w.LayerWeightBytes / hw.DeviceMemoryBandwidth : 0);
+
+    /// <summary>Seconds to expand a layer's 4-bit weights once per stage (read the codes, write the 16-bit copy).</summary>
+    double Dequantize => compressWeights && hw.DeviceMemoryBandwidth > 0 ? (Wi + w.LayerWeightBytes) / hw.DeviceMemoryBandwidth : 0;
+
     /// <summary>Lower bounds of the prefill layer time T_pre (seconds).</summary>
-    internal Lin[] PrefillBounds(int bls)
+    internal Lin[] PrefillBounds(int gbs, int ngb)
     {
-        double s = w.Prompt, hb = w.HiddenBytesPerToken, cb = Cb, h = w.AttentionWidth, wi = Wi;
+        double s = w.Prompt, hb = w.HiddenBytesPerToken, cb = Cb, h = w.AttentionWidth, wi = Wi, bls = (double)gbs * ngb;
         var ctog = (Lin.Of(wi, Lin.Wc, Lin.Wd) + Lin.Of(hb * s * bls, Lin.Hc, Lin.Hd)) / hw.CpuToGpu;
         var gtoc = Lin.Of(cb * (s + 1) * bls / hw.GpuToCpuCache, Lin.Cc, Lin.Cd) + Lin.Of(hb * s * bls / hw.GpuToCpuHidden, Lin.Hc, Lin.Hd);
         var dtoc = (Lin.Of(wi, Lin.Wd) + Lin.Of(hb * s * bls, Lin.Hd)) / hw.DiskToCpu;
         var ctod = Lin.Of(cb * bls * (s + 1) / hw.CpuToDiskCachePrefill, Lin.Cd) + Lin.Of(hb * s * bls / hw.CpuToDiskHiddenPrefill, Lin.Hd);
-        var comp = Lin.Const(bls * s * 2 * w.LayerParameters / hw.GemmPrefill + 4.0 * bls * s * s * h / hw.AttentionPrefill);
+        var comp = Lin.Const(ngb * Gemm(gbs * s * 2 * w.LayerParameters, hw.GemmPrefill) + Dequantize + 4.0 * bls * s * s * h / hw.AttentionPrefill);
         return new[] { ctog + dtoc, gtoc + ctod, comp };
     }
 
     /// <summary>Lower bounds of the decode layer time T_gen (seconds), at the average cache length s + n/2.</summary>
-    internal Lin[] DecodeBounds(int bls, int gbs)
+    internal Lin[] DecodeBounds(int gbs, int ngb)
     {
-        double s = w.Prompt, n = w.Generate, hb = w.HiddenBytesPerToken, cb = Cb, h = w.AttentionWidth, wi = Wi;
+        double s = w.Prompt, n = w.Generate, hb = w.HiddenBytesPerToken, cb = Cb, h = w.AttentionWidth, wi = Wi, bls = (double)gbs * ngb;
         double len = s + n / 2.0;
         var ctog = (Lin.Of(wi, Lin.Wc, Lin.Wd) + Lin.Of(hb * bls, Lin.Hc, Lin.Hd)) / hw.CpuToGpu;
         var gtoc = Lin.Of(hb * bls / hw.GpuToCpuHidden, Lin.Hc, Lin.Hd);
         var dtoc = (Lin.Of(cb * bls * len, Lin.Cd) + Lin.Of(hb * bls, Lin.Hd)) / hw.DiskToCpu + Lin.Of(wi / (0.95 * hw.DiskToCpu), Lin.Wd);
         var ctod = (Lin.Of(cb * bls, Lin.Cd) + Lin.Of(hb * bls, Lin.Hd)) / hw.CpuToDiskDecode;
-        var comp = Lin.Const(bls * 2 * w.LayerParameters / hw.GemmDecode);
+        var comp = Lin.Const(ngb * Gemm(gbs * 2 * w.LayerParameters, hw.GemmDecode) + Dequantize);
         double attention = 4.0 * bls * len * h;
         if (cpuAttention)
         {
@@ -141,7 +153,7 @@ public sealed class CostModel(OffloadWorkload w, HardwareProfile hw, bool compre
         var p = Fractions(policy);
         int gbs = policy.GpuBatchSize, ngb = policy.NumGpuBatches, bls = gbs * ngb;
         double items = ngb * hw.ItemOverhead;
-        double pre = PrefillBounds(bls).Max(b => b.At(p)) + items, gen = DecodeBounds(bls, gbs).Max(b => b.At(p)) + items;
+        double pre = PrefillBounds(gbs, ngb).Max(b => b.At(p)) + items, gen = DecodeBounds(gbs, ngb).Max(b => b.At(p)) + items;
         double total = pre * w.Layers + gen * (w.Generate - 1) * w.Layers;
         return new Prediction(pre, gen, total, bls * (double)w.Generate / total,
             GpuPeaks(gbs, ngb).Max(b => b.At(p)), CpuPeaks(gbs, ngb).Max(b => b.At(p)), DiskPeak(gbs, ngb).At(p));

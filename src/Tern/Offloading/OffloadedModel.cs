@@ -35,8 +35,8 @@ public sealed record OffloadedGeneration(IReadOnlyList<IReadOnlyList<int>> Token
 /// <summary>
 /// FlexGen (Sheng et al. 2023) on Tern's models: the weights live on GPU / CPU / disk by the <see cref="OffloadPolicy"/>, the
 /// KV cache and activations per whole sequence, and generation walks the zig-zag block schedule (§1.1.1): for each token,
-/// for each stage (embedding, every block, the head), for each GPU batch — loading the next stage's weights once per stage
-/// and the next batch's cache and activations while the current one computes, storing the previous batch's (§1.1.2), with a
+/// for each stage (embedding, every block, the head), for each GPU batch — loading a share of the next stage's weights and
+/// the next batch's cache and activations while the current one computes, storing the previous batch's (§1.1.2), with a
 /// barrier per step. The stages run the architecture's own code (<c>CausalLanguageModel.RunStage</c>), so every
 /// architecture Tern loads runs offloaded. Greedy decoding, the dense cache policy.
 /// </summary>
@@ -287,9 +287,14 @@ public sealed class OffloadedModel : IDisposable
                     IssueLoads(t, prefetch: false);
                     engine.Synchronize();
                 }
-                // Load the next stage's weights (once per stage, at its first batch), the next batch's cache and activations.
-                if (k == 0 && t + batches < items && !stageLoads.ContainsKey((j + 1) % stages))
-                    stageLoads[(j + 1) % stages] = owner.weights.Load((j + 1) % stages, engine, device);
+                // Load the next stage's weights, a share per GPU batch so each item moves as much as its neighbours (FlexGen
+                // loads them whole at the first batch, where they overlap one batch's compute), and the next batch's cache and activations.
+                if (t + batches < items)
+                {
+                    int next = (j + 1) % stages;
+                    if (!stageLoads.TryGetValue(next, out var load)) stageLoads[next] = load = owner.weights.Begin(next, engine, device);
+                    load.IssueThrough((k + 1.0) / batches);
+                }
                 if (t + 1 < items) IssueLoads(t + 1, prefetch: true);
                 Compute(i, j, k, t);
                 engine.Synchronize();                                // FlexGen's barrier
@@ -313,7 +318,11 @@ public sealed class OffloadedModel : IDisposable
         void IssueLoads(int t, bool prefetch)
         {
             var (i, j, k) = Item(t);
-            if (!prefetch && !stageLoads.ContainsKey(j)) stageLoads[j] = owner.weights.Load(j, engine, device);
+            if (!prefetch && !stageLoads.ContainsKey(j))
+            {
+                stageLoads[j] = owner.weights.Begin(j, engine, device);
+                stageLoads[j].IssueThrough(1);
+            }
             if (NeedsCache(i, j) && !cacheLoads.ContainsKey(t))
             {
                 cacheLoads[t] = caches[k][j - 1].Select(home => home.Load(engine, device, 0, cacheLength[k])).ToArray();

@@ -115,15 +115,68 @@ internal sealed class OffloadedWeights : IDisposable
         return new Home(tier, buffers.ToArray(), partShapes, shape, dimension, source.dtype, compress);
     }
 
-    /// <summary>Starts loading stage <paramref name="stage"/>'s weights to <paramref name="device"/>; the result is usable after
-    /// the engine synchronizes.</summary>
-    public StageLoad Load(int stage, ITransferEngine engine, Device device) =>
-        new(stages[stage].Select(h => h?.Parts.Select((p, i) => p.Load(engine, device, 0, h.PartShapes[i])).ToArray()).ToArray(), stages[stage]);
+    /// <summary>Makes room on <paramref name="device"/> for stage <paramref name="stage"/>'s weights; the copies start as
+    /// <see cref="StageLoad.IssueThrough"/> asks, and the weights are usable once all are issued and the engine synchronizes.</summary>
+    public StageLoad Begin(int stage, ITransferEngine engine, Device device) => new(stages[stage], engine, device);
 
-    /// <summary>One stage's weights on the compute device, in flight until the engine synchronizes.</summary>
-    internal sealed class StageLoad(Tensor[]?[] loaded, Home?[] homes) : IDisposable
+    /// <summary>
+    /// One stage's weights on the compute device. Resident weights are views of their homes; the others get a target each and
+    /// are copied in byte ranges, so that the next stage's load can be spread over the current stage's GPU batches: each
+    /// schedule item then moves an equal share while it computes, instead of the first item carrying the whole layer.
+    /// </summary>
+    internal sealed class StageLoad : IDisposable
     {
+        const long Alignment = 1 << 16; // elements: pieces end on 64 Ki-element boundaries (disk reads stay page-aligned)
+        readonly Home?[] homes;
+        readonly ITransferEngine engine;
+        readonly Tensor[]?[] loaded;
+        readonly List<(TierBuffer Source, Tensor Target)> copies = new();
+        readonly long totalBytes;
+        long issuedBytes, pieceOffset;
+        int piece;
         Tensor?[]? materialized;
+
+        public StageLoad(Home?[] homes, ITransferEngine engine, Device device)
+        {
+            this.homes = homes;
+            this.engine = engine;
+            loaded = new Tensor[]?[homes.Length];
+            for (int i = 0; i < homes.Length; i++)
+            {
+                if (homes[i] is not { } h) continue;
+                loaded[i] = h.Parts.Select((p, n) =>
+                {
+                    if (p.Tier == Tier.Gpu) return p.Load(engine, device, 0, h.PartShapes[n]);
+                    var target = torch.empty(h.PartShapes[n], p.DType, device).DetachFromDisposeScope();
+                    copies.Add((p, target.view(-1)));
+                    return target;
+                }).ToArray();
+            }
+            totalBytes = copies.Sum(c => c.Source.Bytes);
+        }
+
+        /// <summary>Bytes this load copies (weights not resident on the compute device).</summary>
+        public long TotalBytes => totalBytes;
+
+        /// <summary>Bytes whose copies have been issued so far.</summary>
+        public long IssuedBytes => issuedBytes;
+
+        /// <summary>Issues the copies up to <paramref name="fraction"/> of the stage's bytes (1 issues the rest).</summary>
+        public void IssueThrough(double fraction)
+        {
+            long goal = fraction >= 1 ? totalBytes : (long)(fraction * totalBytes);
+            while (piece < copies.Count && issuedBytes < goal)
+            {
+                var (source, target) = copies[piece];
+                long left = source.Elements - pieceOffset;
+                long wanted = (goal - issuedBytes + source.DType.ElementSize() - 1) / source.DType.ElementSize();
+                long count = Math.Min(left, (wanted + Alignment - 1) / Alignment * Alignment);
+                source.LoadInto(engine, target.narrow(0, pieceOffset, count), pieceOffset);
+                issuedBytes += count * source.DType.ElementSize();
+                pieceOffset += count;
+                if (pieceOffset == source.Elements) (piece, pieceOffset) = (piece + 1, 0);
+            }
+        }
 
         /// <summary>The weights, in <c>StageWeights</c> order (compressed ones dequantized once, on the compute device).</summary>
         public Tensor?[] Weights => materialized ??= loaded.Select((parts, i) => parts is null ? null
@@ -134,6 +187,7 @@ internal sealed class OffloadedWeights : IDisposable
 
         public void Dispose()
         {
+            foreach (var (_, target) in copies) target.Dispose();
             foreach (var parts in loaded)
                 if (parts is not null) foreach (var p in parts) p.Dispose();
             if (materialized is not null)

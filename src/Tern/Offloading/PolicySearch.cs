@@ -124,8 +124,8 @@ public static class PolicySearch
             var c = solver.MakeConstraint(double.NegativeInfinity, (options.Headroom * capacity - bytes.K) / GiB);
             for (int i = 0; i < 9; i++) c.SetCoefficient(p[i], bytes.C[i] / GiB);
         }
-        foreach (var b in model.PrefillBounds(bls)) AtLeast(tPre, b);
-        foreach (var b in model.DecodeBounds(bls, gbs)) AtLeast(tGen, b);
+        foreach (var b in model.PrefillBounds(gbs, ngb)) AtLeast(tPre, b);
+        foreach (var b in model.DecodeBounds(gbs, ngb)) AtLeast(tGen, b);
         foreach (var m in model.GpuPeaks(gbs, ngb)) AtMost(m, options.Capacity.Gpu);
         foreach (var m in model.CpuPeaks(gbs, ngb)) AtMost(m, options.Capacity.Cpu);
         AtMost(model.DiskPeak(gbs, ngb), options.Capacity.Disk);

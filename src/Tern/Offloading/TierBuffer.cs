@@ -41,7 +41,16 @@ internal abstract class TierBuffer : IDisposable
 
     /// <summary>Starts loading elements [offset, offset + count of <paramref name="shape"/>) into a new contiguous tensor of
     /// <paramref name="shape"/> on <paramref name="device"/> (a view of the buffer itself on the GPU tier).</summary>
-    public abstract Tensor Load(ITransferEngine engine, Device device, long offset, long[] shape);
+    public virtual Tensor Load(ITransferEngine engine, Device device, long offset, long[] shape)
+    {
+        var target = torch.empty(shape, DType, device).DetachFromDisposeScope();
+        LoadInto(engine, target, offset);
+        return target;
+    }
+
+    /// <summary>Starts loading elements [offset, offset + its count) into <paramref name="target"/>, a contiguous tensor
+    /// (on the compute device or the host) that the caller keeps alive until the engine synchronizes.</summary>
+    public abstract void LoadInto(ITransferEngine engine, Tensor target, long offset);
 
     /// <summary>Starts storing <paramref name="source"/> (contiguous, on the compute device) at element <paramref name="offset"/>;
     /// the caller keeps <paramref name="source"/> alive until the engine synchronizes.</summary>
@@ -70,6 +79,12 @@ internal sealed class DeviceBuffer(Tensor storage) : TierBuffer(storage.NumberOf
     {
         CheckRange(offset, Count(shape));
         return storage.narrow(0, offset, Count(shape)).view(shape).DetachFromDisposeScope();
+    }
+
+    public override void LoadInto(ITransferEngine engine, Tensor target, long offset)
+    {
+        CheckRange(offset, target.NumberOfElements);
+        target.view(-1).copy_(storage.narrow(0, offset, target.NumberOfElements));
     }
 
     public override void Store(ITransferEngine engine, Tensor source, long offset)
@@ -107,12 +122,10 @@ internal sealed class HostBuffer : TierBuffer
 
     public override Tier Tier => Tier.Cpu;
 
-    public override Tensor Load(ITransferEngine engine, Device device, long offset, long[] shape)
+    public override void LoadInto(ITransferEngine engine, Tensor target, long offset)
     {
-        CheckRange(offset, Count(shape));
-        var target = torch.empty(shape, DType, device).DetachFromDisposeScope();
-        engine.Copy(target, storage.narrow(0, offset, Count(shape)));
-        return target;
+        CheckRange(offset, target.NumberOfElements);
+        engine.Copy(target, storage.narrow(0, offset, target.NumberOfElements));
     }
 
     public override void Store(ITransferEngine engine, Tensor source, long offset)
@@ -143,22 +156,20 @@ internal sealed class DiskBuffer : TierBuffer
 
     public override Tier Tier => Tier.Disk;
 
-    public override Tensor Load(ITransferEngine engine, Device device, long offset, long[] shape)
+    public override void LoadInto(ITransferEngine engine, Tensor target, long offset)
     {
-        CheckRange(offset, Count(shape));
-        var target = torch.empty(shape, DType, device).DetachFromDisposeScope();
+        CheckRange(offset, target.NumberOfElements);
         long at = offset * DType.ElementSize();
-        if (device.type == DeviceType.CPU) engine.Enqueue(() => Read(target, at));
+        if (target.device.type == DeviceType.CPU) engine.Enqueue(() => Read(target, at));
         else
         {
-            var staging = Staging(engine, Count(shape));
+            var staging = Staging(engine, target.NumberOfElements);
             engine.Enqueue(() =>
             {
                 Read(staging, at);
                 engine.Copy(target, staging);
             });
         }
-        return target;
     }
 
     public override void Store(ITransferEngine engine, Tensor source, long offset)

@@ -75,6 +75,24 @@ public sealed class PolicySearchTests
     }
 
     [Fact]
+    public void EachGpuBatchStreamsTheLayersWeightsAtLeastOnce()
+    {
+        // All on the GPU, so compute is the binding bound: decode = ngb · max(2·gbs·P / F_mm_g, W / B) + attention.
+        var w = OffloadWorkload.FromConfig(Opt30B, ModelDType.Float16, 512, 32);
+        var policy = OffloadPolicy.Parse("w=100/0/0,kv=100/0/0,act=100/0/0,gbs=1,ngb=4");
+        var roofline = HardwareProfile.FlexGenT4 with { DeviceMemoryBandwidth = 300e9 };
+        var flat = new CostModel(w, HardwareProfile.FlexGenT4, false).Predict(policy);
+        var floored = new CostModel(w, roofline, false).Predict(policy);
+        double gemv = 2 * w.LayerParameters / roofline.GemmDecode, stream = w.LayerWeightBytes / roofline.DeviceMemoryBandwidth;
+        Assert.True(stream > gemv);
+        Assert.Equal(flat.DecodeLayerSeconds + 4 * (stream - gemv), floored.DecodeLayerSeconds, 9);
+        // A batch large enough to be compute-bound is priced as before.
+        var big = policy with { GpuBatchSize = 256, NumGpuBatches = 1 };
+        Assert.Equal(new CostModel(w, HardwareProfile.FlexGenT4, false).Predict(big).DecodeLayerSeconds,
+            new CostModel(w, roofline, false).Predict(big).DecodeLayerSeconds, 9);
+    }
+
+    [Fact]
     public void LessCpuMemoryPushesWeightsToDisk()
     {
         var plan = PlanFor(Opt30B, 16 * GiB, 40 * GiB, disk: 1000 * GiB);
@@ -139,11 +157,12 @@ public sealed class PolicySearchTests
             Device = TorchSharp.torch.CPU, DType = ModelDType.Float32, Directory = temp.Path, TransferBytes = 1 << 20, Width = 128,
         }, log);
         Assert.InRange(profile.ItemOverhead, 1e-7, 1.0);
-        Assert.True(profile.GemmDecode > 0 && profile.CpuToGpu > 0 && profile.DiskToCpu > 0);
+        Assert.True(profile.GemmDecode > 0 && profile.CpuToGpu > 0 && profile.DiskToCpu > 0 && profile.DeviceMemoryBandwidth > 0);
         Assert.Contains("schedule item overhead", log.ToString());
         string path = Path.Combine(temp.Path, "hw.json");
         profile.Save(path);
         Assert.Equal(profile.ItemOverhead, HardwareProfile.Load(path).ItemOverhead);
+        Assert.Equal(profile.DeviceMemoryBandwidth, HardwareProfile.Load(path).DeviceMemoryBandwidth);
         Assert.Empty(Directory.GetFiles(temp.Path).Where(f => f != path)); // the disk probe's file is gone
     }
 }
