@@ -122,7 +122,8 @@ internal static class BenchCommand
             var loadWatch = Stopwatch.StartNew();
             using var model = OffloadedModel.Load(folder, load, options);
             Console.WriteLine($"{card} | {model.Info.ModelType} | {load.DType.ShortName()} | weights placed in {loadWatch.Elapsed.TotalSeconds:F1} s: " +
-                $"GPU {Units.Bytes(model.WeightBytesOn(Tier.Gpu))}, CPU {Units.Bytes(model.WeightBytesOn(Tier.Cpu))}, disk {Units.Bytes(model.WeightBytesOn(Tier.Disk))}");
+                $"GPU {Units.Bytes(model.WeightBytesOn(Tier.Gpu))}, CPU {Units.Bytes(model.WeightBytesOn(Tier.Cpu))}, disk {Units.Bytes(model.WeightBytesOn(Tier.Disk))}; " +
+                $"device memory in use {DeviceReport.UsedBytes(device) / 1e9:F2} GB");
             IReadOnlyList<int> Random(int n) => Enumerable.Range(0, n).Select(_ => random.Next(model.Info.VocabSize)).ToArray();
             model.Generate(Enumerable.Range(0, policy.GpuBatchSize).Select(_ => Random(Math.Min(prompt, 32))).ToArray(), 2); // warm-up
             var result = model.Generate(Enumerable.Range(0, policy.BlockSize).Select(_ => Random(prompt)).ToArray(), steps);

@@ -84,7 +84,8 @@ internal sealed class OffloadedWeights : IDisposable
         int dimension = 0;
         if (compress)
         {
-            using var q = GroupQuantizer.Quantize(source, Compression);
+            // On the compute device when it is a GPU: quantizing a 30B model on the host takes minutes.
+            using var q = GroupQuantizer.Quantize(device.type == DeviceType.CUDA ? source.to(device) : source, Compression);
             parts = new[] { q.Codes.clone(), q.Step.clone(), q.Min.clone() };
             dimension = q.Dimension;
         }
@@ -99,12 +100,12 @@ internal sealed class OffloadedWeights : IDisposable
                 var buffer = tier switch
                 {
                     Tier.Gpu => new DeviceBuffer(device.type == DeviceType.CPU ? flat.clone() : flat.to(device)),
-                    Tier.Cpu => (TierBuffer)new HostBuffer(flat.clone(), engine.PinsHostMemory),
+                    Tier.Cpu => (TierBuffer)new HostBuffer(flat.device.type == DeviceType.CPU ? flat.clone() : flat.cpu(), engine.PinsHostMemory),
                     _ => new DiskBuffer(directory ?? throw new InvalidOperationException("the policy puts weights on disk but no offload directory was given."),
                         flat.NumberOfElements, flat.dtype, $"{name}-{i}"),
                 };
                 buffers.Add(buffer);
-                if (buffer is DiskBuffer disk) disk.WriteNow(flat);
+                if (buffer is DiskBuffer disk) disk.WriteNow(flat.cpu());
             }
         }
         catch
@@ -126,7 +127,8 @@ internal sealed class OffloadedWeights : IDisposable
     /// </summary>
     internal sealed class StageLoad : IDisposable
     {
-        const long Alignment = 1 << 16; // elements: pieces end on 64 Ki-element boundaries (disk reads stay page-aligned)
+        /// <summary>Pieces end on multiples of this many elements (page-aligned disk reads for every element size).</summary>
+        internal const long Alignment = 4096;
         readonly Home?[] homes;
         readonly ITransferEngine engine;
         readonly Tensor[]?[] loaded;

@@ -32,7 +32,7 @@ public sealed class StageLoadTests
             load.IssueThrough((k + 1.0) / shares);
             // Each share reaches its goal and overshoots by less than one piece.
             Assert.InRange(load.IssuedBytes, Math.Min(load.TotalBytes, (long)((k + 1.0) / shares * load.TotalBytes)),
-                (long)((k + 1.0) / shares * load.TotalBytes) + 4 * (1 << 16));
+                (long)((k + 1.0) / shares * load.TotalBytes) + 4 * OffloadedWeights.StageLoad.Alignment);
             Assert.True(load.IssuedBytes >= previous);
             previous = load.IssuedBytes;
         }
