@@ -6,7 +6,7 @@
 #   tools/gpu/offload_bench.sh calibrate                   hardware profile of this card + local disk → $OUT/hardware-profile.json
 #   tools/gpu/offload_bench.sh bench POLICY [PROFILE]      OPT-30B shape, fp16 dummy weights, --gpu-mem 16GB, prompt 512, gen 32:
 #                                                          measured vs predicted throughput (PROFILE: a calibrate output, sent along)
-#   tools/gpu/offload_bench.sh hf [BATCH]                  HF transformers + accelerate device_map, GPU capped at 16 GiB (projected)
+#   tools/gpu/offload_bench.sh hf [BATCH]                  HF transformers + accelerate device_map, weights capped at HF_GPU_GIB (16) GiB (projected)
 #   tools/gpu/offload_bench.sh ablation POLICY PROFILE [overlap|search|attention|4bit]
 #                                                          the same bench with overlap off, FlexGen's "no policy search"
 #                                                          (w=0/100/0 at the same block), CPU attention toggled, 4-bit weights
@@ -30,7 +30,7 @@ case ${1:?tests|calibrate|bench|hf|ablation} in
     profile=(); [[ -n ${3:-} ]] && profile=(--profile "$3")
     tern bench "${COMMON[@]}" "${profile[@]}" --offload "${2:?policy from tern offload plan}" --label "tern offload opt-30b" 2>&1 | tee -a "$OUT/offload-bench.txt" ;;
   hf)
-    PYTHONUNBUFFERED=1 python3 tools/gpu/hf_offload_baseline.py ${2:-8} 16 ${HF_CPU_GIB:-110} 2>&1 | grep --line-buffered -v Warning | tee -a "$OUT/hf-offload.txt" ;;
+    PYTHONUNBUFFERED=1 python3 tools/gpu/hf_offload_baseline.py ${2:-8} ${HF_GPU_GIB:-16} ${HF_CPU_GIB:-110} 2>&1 | grep --line-buffered -v Warning | tee -a "$OUT/hf-offload.txt" ;;
   ablation)
     profile=(); [[ -n ${3:-} ]] && profile=(--profile "$3")
     base=${2:?policy}
