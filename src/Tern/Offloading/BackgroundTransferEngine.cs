@@ -16,8 +16,15 @@ public sealed class BackgroundTransferEngine : ITransferEngine
     /// <inheritdoc />
     public void Copy(Tensor destination, Tensor source)
     {
-        if (TransferWorkers.OnWorker) destination.view(-1).copy_(source.view(-1)); // a job's own copy: the job is already in order
-        else Enqueue(() => destination.view(-1).copy_(source.view(-1)));
+        if (TransferWorkers.OnWorker) CopyNow(destination, source); // a job's own copy: the job is already in order
+        else Enqueue(() => CopyNow(destination, source));
+    }
+
+    static void CopyNow(Tensor destination, Tensor source)
+    {
+        using var to = destination.view(-1);
+        using var from = source.view(-1);
+        to.copy_(from);
     }
 
     /// <inheritdoc />

@@ -16,7 +16,8 @@ public interface ITransferEngine : IDisposable
 
     /// <summary>Copies <paramref name="source"/> into <paramref name="destination"/> (both contiguous, same dtype and element
     /// count, either on the host or the compute device), after every copy issued before it and after the compute work issued
-    /// so far on the compute device. Callable from a job.</summary>
+    /// so far on the compute device. Callable from a job. Both must stay alive until <see cref="Synchronize"/>: a view made
+    /// for the copy goes to <see cref="KeepAlive"/> (left to the finalizer, it would pin its base's memory until a collection).</summary>
     void Copy(Tensor destination, Tensor source);
 
     /// <summary>Runs host work (disk reads and writes) after every copy issued before it.</summary>

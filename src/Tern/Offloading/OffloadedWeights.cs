@@ -150,7 +150,7 @@ internal sealed class OffloadedWeights : IDisposable
                 {
                     if (p.Tier == Tier.Gpu) return p.Load(engine, device, 0, h.PartShapes[n]);
                     var target = torch.empty(h.PartShapes[n], p.DType, device).DetachFromDisposeScope();
-                    copies.Add((p, target.view(-1)));
+                    copies.Add((p, target.view(-1).DetachFromDisposeScope()));
                     return target;
                 }).ToArray();
             }
@@ -173,7 +173,9 @@ internal sealed class OffloadedWeights : IDisposable
                 long left = source.Elements - pieceOffset;
                 long wanted = (goal - issuedBytes + source.DType.ElementSize() - 1) / source.DType.ElementSize();
                 long count = Math.Min(left, (wanted + Alignment - 1) / Alignment * Alignment);
-                source.LoadInto(engine, target.narrow(0, pieceOffset, count), pieceOffset);
+                var range = target.narrow(0, pieceOffset, count).DetachFromDisposeScope();
+                engine.KeepAlive(range); // a view holds the target's device memory: freed deterministically, after the copy
+                source.LoadInto(engine, range, pieceOffset);
                 issuedBytes += count * source.DType.ElementSize();
                 pieceOffset += count;
                 if (pieceOffset == source.Elements) (piece, pieceOffset) = (piece + 1, 0);

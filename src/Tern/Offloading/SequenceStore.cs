@@ -65,7 +65,8 @@ internal sealed class SequenceStore : IDisposable
         long count = slotMajor.shape[0];
         foreach (var (first, rows, buffer) in segments)
         {
-            var part = (segments.Length == 1 ? slotMajor : slotMajor.narrow(1, first, rows)).contiguous().DetachFromDisposeScope();
+            using var rowsOfTier = slotMajor.narrow(1, first, rows);
+            var part = rowsOfTier.contiguous().DetachFromDisposeScope();
             engine.KeepAlive(part);
             buffer.Store(engine, part, start * rows * itemElements);
         }

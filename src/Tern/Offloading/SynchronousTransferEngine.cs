@@ -15,7 +15,13 @@ public sealed class SynchronousTransferEngine : ITransferEngine
     public bool PinsHostMemory { get; }
 
     /// <inheritdoc />
-    public void Copy(Tensor destination, Tensor source) => destination.view(-1).copy_(source.view(-1));
+    public void Copy(Tensor destination, Tensor source)
+    {
+        // Views are disposed at once: left to the finalizer, each would keep a device buffer alive for a garbage collection.
+        using var to = destination.view(-1);
+        using var from = source.view(-1);
+        to.copy_(from);
+    }
 
     /// <inheritdoc />
     public void Enqueue(Action job) => job();

@@ -84,13 +84,17 @@ internal sealed class DeviceBuffer(Tensor storage) : TierBuffer(storage.NumberOf
     public override void LoadInto(ITransferEngine engine, Tensor target, long offset)
     {
         CheckRange(offset, target.NumberOfElements);
-        target.view(-1).copy_(storage.narrow(0, offset, target.NumberOfElements));
+        using var to = target.view(-1);
+        using var from = storage.narrow(0, offset, target.NumberOfElements);
+        to.copy_(from);
     }
 
     public override void Store(ITransferEngine engine, Tensor source, long offset)
     {
         CheckRange(offset, source.NumberOfElements);
-        storage.narrow(0, offset, source.NumberOfElements).copy_(source.reshape(-1));
+        using var to = storage.narrow(0, offset, source.NumberOfElements);
+        using var from = source.reshape(-1);
+        to.copy_(from);
     }
 
     public override void Dispose() => storage.Dispose();
@@ -125,13 +129,21 @@ internal sealed class HostBuffer : TierBuffer
     public override void LoadInto(ITransferEngine engine, Tensor target, long offset)
     {
         CheckRange(offset, target.NumberOfElements);
-        engine.Copy(target, storage.narrow(0, offset, target.NumberOfElements));
+        engine.Copy(target, Range(engine, offset, target.NumberOfElements));
     }
 
     public override void Store(ITransferEngine engine, Tensor source, long offset)
     {
         CheckRange(offset, source.NumberOfElements);
-        engine.Copy(storage.narrow(0, offset, source.NumberOfElements), source);
+        engine.Copy(Range(engine, offset, source.NumberOfElements), source);
+    }
+
+    /// <summary>A view of elements [offset, offset + count), freed when the engine synchronizes (a copy may still read it).</summary>
+    Tensor Range(ITransferEngine engine, long offset, long count)
+    {
+        var range = storage.narrow(0, offset, count).DetachFromDisposeScope();
+        engine.KeepAlive(range);
+        return range;
     }
 
     public override void Dispose()
