@@ -2,9 +2,11 @@ using System.Diagnostics;
 using System.Runtime.InteropServices;
 using Microsoft.Win32.SafeHandles;
 using Tern.Checkpoints;
+using Tern.Compression;
 using Tern.Runtime;
 using TorchSharp;
 using static TorchSharp.torch;
+using F = TorchSharp.torch.nn.functional;
 
 namespace Tern.Offloading;
 
@@ -69,15 +71,18 @@ public static class Calibration
         double weightStream = Gemm(1, 2 * h, dt, o.Device, cuda) * dt.ElementSize() / 2;
         log.WriteLine($"GEMM prefill {Tf(gemmPrefill)}, decode {Tf(gemmDecode)}; one-row products stream weights at {Gb(weightStream)}");
         int heads = Math.Max(1, h / 128);
-        double attnPrefill = Attention(8 * heads, 512, 512, dt, o.Device, cuda), attnDecode = Attention(32 * heads, 1, 544, dt, o.Device, cuda);
-        double cpuAttention = Attention(32 * heads, 1, 544, ScalarType.Float32, torch.CPU, false);
+        double attnPrefill = Attention(8 * heads, 512, 512, dt, dt, o.Device, cuda), attnDecode = Attention(32 * heads, 1, 544, dt, dt, o.Device, cuda);
+        // As the engine delegates it: a 16-bit host cache widened to fp32 as it is read.
+        double cpuAttention = Attention(32 * heads, 1, 544, dt, ScalarType.Float32, torch.CPU, false);
         log.WriteLine($"attention prefill {Tf(attnPrefill)}, decode {Tf(attnDecode)}, CPU fp32 decode {Tf(cpuAttention)}");
+        double dequantize = Dequantize(2 * h, dt, o.Device, cuda);
+        log.WriteLine($"4-bit weights expand at {Gb(dequantize)} (16-bit bytes out)");
         double itemOverhead = ItemOverhead(o, cuda);
         log.WriteLine($"schedule item overhead {itemOverhead * 1e3:F3} ms");
         return p with
         {
             GemmPrefill = gemmPrefill, GemmDecode = gemmDecode, DeviceMemoryBandwidth = weightStream, AttentionPrefill = attnPrefill, AttentionDecode = attnDecode, CpuAttention = cpuAttention,
-            ItemOverhead = itemOverhead,
+            ItemOverhead = itemOverhead, DequantizeBandwidth = dequantize,
         };
     }
 
@@ -140,14 +145,24 @@ public static class Calibration
         return 2.0 * m * h * h / Seconds(() => a.matmul(b), cuda);
     }
 
-    /// <summary>q·kᵀ then p·v over <paramref name="batch"/> (sequence × head) pairs of head dimension 128: 4·batch·q·k·128 FLOPs.</summary>
-    static double Attention(int batch, int queries, int keys, ScalarType dt, Device device, bool cuda)
+    /// <summary>Scaled dot-product attention over <paramref name="batch"/> (sequence × head) pairs of head dimension 128, keys
+    /// and values stored as <paramref name="stored"/> and read as <paramref name="compute"/>: 4·batch·q·k·128 FLOPs.</summary>
+    static double Attention(int batch, int queries, int keys, ScalarType stored, ScalarType compute, Device device, bool cuda)
     {
         const int d = 128;
-        using var q = torch.randn(batch, queries, d, dt, device);
-        using var k = torch.randn(batch, d, keys, dt, device);
-        using var v = torch.randn(batch, keys, d, dt, device);
-        return 4.0 * batch * queries * keys * d / Seconds(() => q.bmm(k).bmm(v), cuda);
+        using var q = torch.randn(1, batch, queries, d, compute, device);
+        using var k = torch.randn(1, batch, keys, d, stored, device);
+        using var v = torch.randn(1, batch, keys, d, stored, device);
+        return 4.0 * batch * queries * keys * d / Seconds(() => F.scaled_dot_product_attention(q, k.to(compute), v.to(compute)), cuda);
+    }
+
+    /// <summary>Bytes of 16-bit weights per second that <see cref="GroupQuantizer.Dequantize"/> restores from
+    /// FlexGen's 4-bit groups (what every offloaded stage with compressed weights runs).</summary>
+    static double Dequantize(int h, ScalarType dt, Device device, bool cuda)
+    {
+        using var w = torch.randn(h, h, dt, device);
+        using var q = GroupQuantizer.Quantize(w, OffloadedWeights.Compression);
+        return (double)h * h * dt.ElementSize() / Seconds(() => GroupQuantizer.Dequantize(q), cuda);
     }
 
     [DllImport("libc", SetLastError = true)]

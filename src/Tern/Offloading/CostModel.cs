@@ -25,6 +25,13 @@ internal readonly record struct Lin(double[] C, double K)
     public double At(IReadOnlyList<double> p) => K + C.Select((c, i) => c * p[i]).Sum();
 }
 
+/// <summary>One layer's times on each link and on the compute device (seconds, linear in the fractions).</summary>
+internal readonly record struct LayerTerms(Lin CpuToGpu, Lin GpuToCpu, Lin DiskToCpu, Lin CpuToDisk, Lin Compute)
+{
+    /// <summary>Every task after the other: the schedule with overlap off.</summary>
+    public Lin Serial => CpuToGpu + GpuToCpu + DiskToCpu + CpuToDisk + Compute;
+}
+
 /// <summary>A policy's predicted latencies, throughput and peak memory.</summary>
 public sealed record Prediction(double PrefillLayerSeconds, double DecodeLayerSeconds, double TotalSeconds, double TokensPerSecond,
     double GpuPeakBytes, double CpuPeakBytes, double DiskPeakBytes);
@@ -59,11 +66,26 @@ public sealed class CostModel(OffloadWorkload w, HardwareProfile hw, bool compre
     double Gemm(double flops, double flopsPerSecond) =>
         Math.Max(flops / flopsPerSecond, hw.DeviceMemoryBandwidth > 0 ? w.LayerWeightBytes / hw.DeviceMemoryBandwidth : 0);
 
-    /// <summary>Seconds to expand a layer's 4-bit weights once per stage (read the codes, write the 16-bit copy).</summary>
-    double Dequantize => compressWeights && hw.DeviceMemoryBandwidth > 0 ? (Wi + w.LayerWeightBytes) / hw.DeviceMemoryBandwidth : 0;
+    /// <summary>Seconds to expand a layer's 4-bit weights, once per stage.</summary>
+    double Dequantize => compressWeights && hw.DequantizeBandwidth > 0 ? w.LayerWeightBytes / hw.DequantizeBandwidth : 0;
 
-    /// <summary>Lower bounds of the prefill layer time T_pre (seconds).</summary>
+    /// <summary>Lower bounds of the prefill layer time T_pre (seconds): the released optimizer's pairing of the links.</summary>
     internal Lin[] PrefillBounds(int gbs, int ngb)
+    {
+        var t = PrefillTerms(gbs, ngb);
+        return new[] { t.CpuToGpu + t.DiskToCpu, t.GpuToCpu + t.CpuToDisk, t.Compute };
+    }
+
+    /// <summary>Lower bounds of the decode layer time T_gen (seconds): every link after the CPU→GPU loads, which share the
+    /// host's memory bus with them (the released optimizer's pairing).</summary>
+    internal Lin[] DecodeBounds(int gbs, int ngb)
+    {
+        var t = DecodeTerms(gbs, ngb);
+        return new[] { t.CpuToGpu + t.GpuToCpu, t.CpuToGpu + t.DiskToCpu, t.CpuToGpu + t.CpuToDisk, t.CpuToGpu + t.Compute };
+    }
+
+    /// <summary>The prefill's per-layer times, link by link.</summary>
+    LayerTerms PrefillTerms(int gbs, int ngb)
     {
         double s = w.Prompt, hb = w.HiddenBytesPerToken, cb = Cb, h = w.AttentionWidth, wi = Wi, bls = (double)gbs * ngb;
         var ctog = (Lin.Of(wi, Lin.Wc, Lin.Wd) + Lin.Of(hb * s * bls, Lin.Hc, Lin.Hd)) / hw.CpuToGpu;
@@ -71,11 +93,11 @@ public sealed class CostModel(OffloadWorkload w, HardwareProfile hw, bool compre
         var dtoc = (Lin.Of(wi, Lin.Wd) + Lin.Of(hb * s * bls, Lin.Hd)) / hw.DiskToCpu;
         var ctod = Lin.Of(cb * bls * (s + 1) / hw.CpuToDiskCachePrefill, Lin.Cd) + Lin.Of(hb * s * bls / hw.CpuToDiskHiddenPrefill, Lin.Hd);
         var comp = Lin.Const(ngb * Gemm(gbs * s * 2 * w.LayerParameters, hw.GemmPrefill) + Dequantize + 4.0 * bls * s * s * h / hw.AttentionPrefill);
-        return new[] { ctog + dtoc, gtoc + ctod, comp };
+        return new(ctog, gtoc, dtoc, ctod, comp);
     }
 
-    /// <summary>Lower bounds of the decode layer time T_gen (seconds), at the average cache length s + n/2.</summary>
-    internal Lin[] DecodeBounds(int gbs, int ngb)
+    /// <summary>The decode's per-layer times, link by link, at the average cache length s + n/2.</summary>
+    LayerTerms DecodeTerms(int gbs, int ngb)
     {
         double s = w.Prompt, n = w.Generate, hb = w.HiddenBytesPerToken, cb = Cb, h = w.AttentionWidth, wi = Wi, bls = (double)gbs * ngb;
         double len = s + n / 2.0;
@@ -100,7 +122,7 @@ public sealed class CostModel(OffloadWorkload w, HardwareProfile hw, bool compre
             gtoc += Lin.Of(cb * bls / hw.GpuToCpuCache, Lin.Cc, Lin.Cd);
             comp += Lin.Const(attention / hw.AttentionDecode);
         }
-        return new[] { ctog + gtoc, ctog + dtoc, ctog + ctod, ctog + comp };
+        return new(ctog, gtoc, dtoc, ctod, comp);
     }
 
     /// <summary>Peak bytes on the GPU, in prefill and in decode (home + working set; brief's table, in the model's element size).</summary>
@@ -153,7 +175,9 @@ public sealed class CostModel(OffloadWorkload w, HardwareProfile hw, bool compre
         var p = Fractions(policy);
         int gbs = policy.GpuBatchSize, ngb = policy.NumGpuBatches, bls = gbs * ngb;
         double items = ngb * hw.ItemOverhead;
-        double pre = PrefillBounds(gbs, ngb).Max(b => b.At(p)) + items, gen = DecodeBounds(gbs, ngb).Max(b => b.At(p)) + items;
+        // Overlap off runs every task of an item after the other: the terms add up instead of bounding each other.
+        double pre = (policy.Overlap ? PrefillBounds(gbs, ngb).Max(b => b.At(p)) : PrefillTerms(gbs, ngb).Serial.At(p)) + items;
+        double gen = (policy.Overlap ? DecodeBounds(gbs, ngb).Max(b => b.At(p)) : DecodeTerms(gbs, ngb).Serial.At(p)) + items;
         double total = pre * w.Layers + gen * (w.Generate - 1) * w.Layers;
         return new Prediction(pre, gen, total, bls * (double)w.Generate / total,
             GpuPeaks(gbs, ngb).Max(b => b.At(p)), CpuPeaks(gbs, ngb).Max(b => b.At(p)), DiskPeak(gbs, ngb).At(p));

@@ -40,6 +40,9 @@ public sealed record HardwareProfile
     /// floor of every GPU batch's GEMMs (<see cref="CostModel"/>). Not in FlexGen's model; 0 = not measured (FlexGen's
     /// constants, older profiles), and no floor applies.</summary>
     public double DeviceMemoryBandwidth { get; init; }
+    /// <summary>Bytes of 16-bit weights per second that the compute device restores from 4-bit groups (each stage with
+    /// compressed weights expands them once). Not in FlexGen's model; 0 = not measured, and expansion is taken as free.</summary>
+    public double DequantizeBandwidth { get; init; }
     /// <summary>Fixed cost of one item of the block schedule (one stage of one GPU batch: its barrier, loads and stores issued,
     /// working cache refilled), in seconds, measured by running a tiny model offloaded. Not in FlexGen's model: with many small
     /// GPU batches it dominates. 0 = not measured (FlexGen's constants, older profiles).</summary>
@@ -91,8 +94,9 @@ public sealed record HardwareProfile
                 throw new InvalidDataException($"hardware profile {path}: {name} is {v}; every bandwidth and throughput must be a positive number.");
         if (!(ItemOverhead >= 0) || double.IsInfinity(ItemOverhead))
             throw new InvalidDataException($"hardware profile {path}: {nameof(ItemOverhead)} is {ItemOverhead}; it must be 0 or more seconds.");
-        if (!(DeviceMemoryBandwidth >= 0) || double.IsInfinity(DeviceMemoryBandwidth))
-            throw new InvalidDataException($"hardware profile {path}: {nameof(DeviceMemoryBandwidth)} is {DeviceMemoryBandwidth}; it must be 0 (not measured) or a positive bandwidth.");
+        foreach (var (name, v) in new[] { (nameof(DeviceMemoryBandwidth), DeviceMemoryBandwidth), (nameof(DequantizeBandwidth), DequantizeBandwidth) })
+            if (!(v >= 0) || double.IsInfinity(v))
+                throw new InvalidDataException($"hardware profile {path}: {name} is {v}; it must be 0 (not measured) or a positive bandwidth.");
         if (CpuEfficiency.Length != 3) throw new InvalidDataException($"hardware profile {path}: {nameof(CpuEfficiency)} needs three numbers (c1, c2, c3).");
         return this;
     }

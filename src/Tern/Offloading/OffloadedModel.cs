@@ -174,6 +174,7 @@ public sealed class OffloadedModel : IDisposable
         readonly IReadOnlyList<int>[][] prompts;            // [k][row]
         readonly SequenceStore[][][] caches;                // [k][layer][part]: the working cache's storage parts (keys then values), unless attention runs on the CPU
         readonly KvCache.KvCache[]? hostCaches;             // [k] with cpu-attn: each batch's cache in host memory, attended there
+        readonly List<IntPtr> pinnedHostCaches = new();     // their page-locked storage, so the prefill's entries arrive at copy speed
         readonly SequenceStore[] hidden;                    // [k]
         readonly Tensor[] cachePositions;                   // [k] positions of the working cache's slots
         readonly int[] cacheLength;
@@ -239,11 +240,17 @@ public sealed class OffloadedModel : IDisposable
                     int n = prompts[k].Length;
                     caches[k] = new SequenceStore[info.Layers][];
                     if (hostCaches is not null)
+                    {
                         hostCaches[k] = KvCache.KvCache.Create(new KvCacheOptions
                         {
                             BatchSize = n, Layers = info.Layers, KvHeads = info.KvHeads, HeadDim = info.HeadDim, Capacity = capacity[k],
                             DType = owner.dtype, Device = torch.CPU,
                         });
+                        if (engine.PinsHostMemory)
+                            for (int l = 0; l < info.Layers; l++)
+                                foreach (var part in hostCaches[k][l].StorageParts)
+                                    if (HostBuffer.TryRegister(part, out var pinned)) pinnedHostCaches.Add(pinned);
+                    }
                     else
                     {
                         // One home per storage part of the working cache: [rows, kvHeads, slots, ...] kept slot-major.
@@ -482,6 +489,7 @@ public sealed class OffloadedModel : IDisposable
                 foreach (var s in hidden) s?.Dispose();
                 foreach (var p in cachePositions) p?.Dispose();
                 foreach (var c in working.Values) c.Dispose();
+                foreach (var p in pinnedHostCaches) Interop.CudaDriver.UnregisterHostMemory(p);
                 if (hostCaches is not null) foreach (var c in hostCaches) c?.Dispose();
                 foreach (var b in inputs) { b?.InputIds.Dispose(); b?.Positions.Dispose(); }
                 if (logits is not null) foreach (var t in logits.SelectMany(l => l)) t.Dispose();

@@ -113,8 +113,7 @@ internal sealed class HostBuffer : TierBuffer
 
     public HostBuffer(Tensor storage, bool pin) : base(storage.NumberOfElements, storage.dtype)
     {
-        if (pin && Bytes >= RegisterFrom && Interop.CudaDriver.TryRegisterHostMemory(Interop.TensorMemory.Pointer(storage), Bytes))
-            registered = Interop.TensorMemory.Pointer(storage);
+        if (pin && TryRegister(storage, out registered)) { }
         else if (pin)
         {
             var pinned = storage.pin_memory();
@@ -125,6 +124,16 @@ internal sealed class HostBuffer : TierBuffer
     }
 
     public override Tier Tier => Tier.Cpu;
+
+    /// <summary>Page-locks a large host tensor's memory in place (undo with <see cref="Interop.CudaDriver.UnregisterHostMemory"/>
+    /// before the tensor goes); false for small tensors or when the driver refuses.</summary>
+    internal static bool TryRegister(Tensor host, out IntPtr registered)
+    {
+        registered = Interop.TensorMemory.Pointer(host);
+        if (Interop.TensorMemory.Bytes(host) >= RegisterFrom && Interop.CudaDriver.TryRegisterHostMemory(registered, Interop.TensorMemory.Bytes(host))) return true;
+        registered = IntPtr.Zero;
+        return false;
+    }
 
     public override void LoadInto(ITransferEngine engine, Tensor target, long offset)
     {

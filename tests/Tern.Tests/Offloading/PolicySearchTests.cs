@@ -93,6 +93,27 @@ public sealed class PolicySearchTests
     }
 
     [Fact]
+    public void OverlapOffAddsTheTasksUpAndExpandingWeightsCostsItsMeasuredRate()
+    {
+        var w = OffloadWorkload.FromConfig(Opt30B, ModelDType.Float16, 512, 32);
+        var model = new CostModel(w, HardwareProfile.FlexGenT4, false);
+        // Nothing to move: overlap changes nothing.
+        var resident = OffloadPolicy.Parse("w=100/0/0,kv=100/0/0,act=100/0/0,gbs=4,ngb=2");
+        Assert.Equal(model.Predict(resident).DecodeLayerSeconds, model.Predict(resident with { Overlap = false }).DecodeLayerSeconds, 12);
+        // Weights and cache from the CPU: serial = loads + stores + compute, more than the longest bound.
+        var offloaded = OffloadPolicy.Parse("w=0/100/0,kv=0/100/0,act=0/100/0,gbs=64,ngb=4");
+        var on = model.Predict(offloaded);
+        var off = model.Predict(offloaded with { Overlap = false });
+        Assert.True(off.DecodeLayerSeconds > on.DecodeLayerSeconds * 1.01, $"{off.DecodeLayerSeconds} vs {on.DecodeLayerSeconds}");
+        Assert.True(off.TokensPerSecond < on.TokensPerSecond);
+
+        var compressed = resident with { CompressWeights = true };
+        var measured = HardwareProfile.FlexGenT4 with { DequantizeBandwidth = 500e9 };
+        Assert.Equal(new CostModel(w, HardwareProfile.FlexGenT4, true).Predict(compressed).DecodeLayerSeconds + w.LayerWeightBytes / 500e9,
+            new CostModel(w, measured, true).Predict(compressed).DecodeLayerSeconds, 12);
+    }
+
+    [Fact]
     public void LessCpuMemoryPushesWeightsToDisk()
     {
         var plan = PlanFor(Opt30B, 16 * GiB, 40 * GiB, disk: 1000 * GiB);
@@ -157,7 +178,7 @@ public sealed class PolicySearchTests
             Device = TorchSharp.torch.CPU, DType = ModelDType.Float32, Directory = temp.Path, TransferBytes = 1 << 20, Width = 128,
         }, log);
         Assert.InRange(profile.ItemOverhead, 1e-7, 1.0);
-        Assert.True(profile.GemmDecode > 0 && profile.CpuToGpu > 0 && profile.DiskToCpu > 0 && profile.DeviceMemoryBandwidth > 0);
+        Assert.True(profile.GemmDecode > 0 && profile.CpuToGpu > 0 && profile.DiskToCpu > 0 && profile.DeviceMemoryBandwidth > 0 && profile.DequantizeBandwidth > 0);
         Assert.Contains("schedule item overhead", log.ToString());
         string path = Path.Combine(temp.Path, "hw.json");
         profile.Save(path);
