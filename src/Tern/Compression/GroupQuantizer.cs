@@ -113,12 +113,12 @@ public static class GroupQuantizer
         using var scope = torch.NewDisposeScope();
         var codes = q.Codes;
         if (q.Options.Bits == 4)
-        {
-            var wide = codes.to(ScalarType.Int32);
-            codes = torch.stack(new[] { wide.bitwise_right_shift(4), wide.bitwise_and(15) }, -1)
+            codes = torch.stack(new[] { codes.bitwise_right_shift(4), codes.bitwise_and(15) }, -1)
                 .reshape(codes.shape[..^1].Append(codes.shape[^1] * 2).ToArray());
-        }
-        var groups = codes.to(ScalarType.Float32) * q.Step.to(ScalarType.Float32) + q.Min.to(ScalarType.Float32);
+        // x̂ = q·Δ + mn in one kernel, in the stored type: its products and sums run in fp32 and round once, as the fp32
+        // formula converted at the end does (q·Δ is exact in fp32), with a fraction of the memory traffic.
+        using var one = 1.ToScalar(); // disposed here, not by the finalizer (TorchSharp#1434)
+        var groups = torch.addcmul(q.Min, codes.to(q.Min.dtype), q.Step, one);
         var flat = groups.reshape(groups.shape[..^2].Append(groups.shape[^2] * groups.shape[^1]).ToArray());
         long n = q.Shape[q.Dimension];
         var restored = flat.narrow(-1, 0, n).movedim(new long[] { -1 }, new long[] { q.Dimension }).to(q.DType).contiguous();

@@ -40,6 +40,25 @@ public sealed class GroupQuantizerTests
         Assert.True(excess <= 0, $"error exceeds the bound by {excess}");
     }
 
+    /// <summary>The one-kernel x̂ = q·Δ + mn rounds exactly as the formula in fp32 converted once at the end.</summary>
+    [Theory]
+    [InlineData(4, ScalarType.Float16)]
+    [InlineData(4, ScalarType.BFloat16)]
+    [InlineData(8, ScalarType.Float16)]
+    public void DequantizationEqualsTheFp32FormulaRoundedOnce(int bits, ScalarType dtype)
+    {
+        using var scope = torch.NewDisposeScope();
+        torch.manual_seed(5);
+        var x = (torch.randn(256, 192) * 3 + 1).to(dtype);
+        using var q = GroupQuantizer.Quantize(x, new GroupQuantizationOptions { Bits = bits, GroupSize = 64, Dimension = 0 });
+        var codes = bits == 4
+            ? torch.stack(new[] { q.Codes.to(ScalarType.Int32).bitwise_right_shift(4), q.Codes.to(ScalarType.Int32).bitwise_and(15) }, -1).reshape(192, 4, 64)
+            : q.Codes;
+        var formula = (codes.to(ScalarType.Float32) * q.Step.to(ScalarType.Float32) + q.Min.to(ScalarType.Float32))
+            .reshape(192, 256).t().to(dtype);
+        Assert.True(GroupQuantizer.Dequantize(q).equal(formula).all().item<bool>());
+    }
+
     [Fact]
     public void FourBitCodesPackTwoPerByteEvenElementHigh()
     {
