@@ -31,8 +31,8 @@ public sealed record CalibrationOptions
 /// <summary>
 /// Measures the cost model's constants on the machine at hand (<c>tern offload calibrate</c>): pinned CPU↔GPU copies, disk
 /// writes and reads (the file's pages are dropped from the page cache before reading), GEMM and batched attention products at
-/// prefill and decode shapes, the rate one-row products stream weights, CPU attention in fp32, and the schedule's cost per item
-/// (a tiny model run offloaded). Each probe runs once to warm up, then three times; the best counts.
+/// prefill and decode shapes, the rate one-row products stream weights, CPU attention in fp32 over a 16-bit cache, the
+/// expansion of 4-bit weights, and the schedule's cost per item (a tiny model run offloaded). Each probe runs once to warm up, then three times; the best counts.
 /// FlexGen fitted its constants to whole-run latencies instead (profiling primitives over-predicts, its notes say): compare
 /// <c>tern bench --offload</c>'s measured and predicted throughput to see how far these land.
 /// </summary>

@@ -113,8 +113,7 @@ internal sealed class HostBuffer : TierBuffer
 
     public HostBuffer(Tensor storage, bool pin) : base(storage.NumberOfElements, storage.dtype)
     {
-        if (pin && TryRegister(storage, out registered)) { }
-        else if (pin)
+        if (pin && !TryRegister(storage, out registered))
         {
             var pinned = storage.pin_memory();
             storage.Dispose();
