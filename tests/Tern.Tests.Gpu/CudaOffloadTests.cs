@@ -11,7 +11,6 @@ public sealed class CudaOffloadParityTests : OffloadParityContract
 {
     protected override DeviceKind Device => DeviceKind.Cuda;
     protected override float DelegatedAttentionTolerance => 1e-4f;
-    protected override float CompressedWeightTolerance => 1e-5f;
 }
 
 /// <summary>The CUDA transfer engine on its own: pinned copies both ways, ordering after compute, disk jobs after copies.</summary>

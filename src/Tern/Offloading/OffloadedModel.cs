@@ -395,7 +395,7 @@ public sealed class OffloadedModel : IDisposable
         }
 
         /// <summary>Sends the entries a block stage appended to the working cache to their home: deferred to the next item for
-        /// the tiers (FlexGen's store_cache(prev)); with CPU attention, the prefill's entries go straight to the host cache.</summary>
+        /// the tiers (FlexGen's store_cache(prev)); with CPU attention, the prefill's entries go to the host cache the same way.</summary>
         void StoreNewEntries(int k, int layer, LayerKvCache cache, int length)
         {
             int added = cache.Length - length;
@@ -403,10 +403,28 @@ public sealed class OffloadedModel : IDisposable
             {
                 // Prefill attends on the GPU (FlexGen too); decode then attends where this copy lives.
                 var home = hostCaches[k][layer];
-                home.Keys.narrow(2, 0, added).copy_(cache.Keys.narrow(2, 0, added));
-                home.Values.narrow(2, 0, added).copy_(cache.Values.narrow(2, 0, added));
+                var sources = new[] { cache.Keys, cache.Values }.Select(t => t.narrow(2, 0, added).contiguous().DetachFromDisposeScope()).ToArray();
+                var targets = new[] { home.Keys, home.Values }.Select(t => t.narrow(2, 0, added).DetachFromDisposeScope()).ToArray();
                 home.Positions.copy_(cache.Positions);
-                home.Restore(added, cacheHoles[k]);
+                home.Restore(added, cacheHoles[k]); // read first in decode, long after the stores below have landed
+                deferredStores.Add(() =>
+                {
+                    // Into a page-locked staging tensor on the copy stream, then into the cache's slots on a worker (the slot
+                    // range is strided in the host cache: a direct copy would go through pageable memory, synchronously).
+                    for (int p = 0; p < 2; p++)
+                    {
+                        var (source, target) = (sources[p], targets[p]);
+                        var staging = TierBuffer.Staging(engine, source.NumberOfElements, source.dtype);
+                        engine.Copy(staging, source);
+                        engine.KeepAlive(source);
+                        engine.KeepAlive(target);
+                        engine.Enqueue(() =>
+                        {
+                            using var entries = staging.view(target.shape);
+                            target.copy_(entries);
+                        });
+                    }
+                });
                 return;
             }
             // Slot-major [added, rows, kvHeads, ...], as the homes hold them; codes move as codes, so they never re-quantize.

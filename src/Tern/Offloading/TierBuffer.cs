@@ -66,6 +66,22 @@ internal abstract class TierBuffer : IDisposable
     }
 
     internal static long Count(long[] shape) => shape.Aggregate(1L, (a, b) => a * b);
+
+    /// <summary>A host tensor of <paramref name="count"/> elements that relays a transfer between the compute device and
+    /// host memory it cannot reach at copy speed (a file, a strided view): page-locked on a GPU, freed when the engine
+    /// synchronizes.</summary>
+    internal static Tensor Staging(ITransferEngine engine, long count, ScalarType dtype)
+    {
+        var staging = torch.empty(count, dtype).DetachFromDisposeScope();
+        if (engine.PinsHostMemory)
+        {
+            var pinned = staging.pin_memory().DetachFromDisposeScope();
+            staging.Dispose();
+            staging = pinned;
+        }
+        engine.KeepAlive(staging);
+        return staging;
+    }
 }
 
 /// <summary>Elements resident on the compute device.</summary>
@@ -183,7 +199,7 @@ internal sealed class DiskBuffer : TierBuffer
         if (target.device.type == DeviceType.CPU) engine.Enqueue(() => Read(target, at));
         else
         {
-            var staging = Staging(engine, target.NumberOfElements);
+            var staging = Staging(engine, target.NumberOfElements, DType);
             engine.Enqueue(() =>
             {
                 Read(staging, at);
@@ -199,7 +215,7 @@ internal sealed class DiskBuffer : TierBuffer
         if (source.device.type == DeviceType.CPU) engine.Enqueue(() => Write(source, at));
         else
         {
-            var staging = Staging(engine, source.NumberOfElements);
+            var staging = Staging(engine, source.NumberOfElements, DType);
             engine.Copy(staging, source);
             engine.Enqueue(() => Write(staging, at));
         }
@@ -207,19 +223,6 @@ internal sealed class DiskBuffer : TierBuffer
 
     /// <summary>Writes a host tensor at once (used while placing weights, before generation starts).</summary>
     public void WriteNow(Tensor source) => Write(source.contiguous(), 0);
-
-    Tensor Staging(ITransferEngine engine, long count)
-    {
-        var staging = torch.empty(count, DType).DetachFromDisposeScope();
-        if (engine.PinsHostMemory)
-        {
-            var pinned = staging.pin_memory().DetachFromDisposeScope();
-            staging.Dispose();
-            staging = pinned;
-        }
-        engine.KeepAlive(staging);
-        return staging;
-    }
 
     unsafe void Read(Tensor target, long fileOffset)
     {
