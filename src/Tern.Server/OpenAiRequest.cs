@@ -1,7 +1,7 @@
 using System.Text.Json;
 using System.Text.RegularExpressions;
 using Tern.Generation;
-using Tern.KvCache;
+using Tern.Caching;
 using Tern.Tokenization;
 
 namespace Tern.Server;

@@ -1,9 +1,8 @@
-using Tern.KvCache;
+using Tern.Caching;
 using Tern.Models;
 using Tern.Runtime;
 using TorchSharp;
 using static TorchSharp.torch;
-using ModelCache = Tern.KvCache.KvCache;
 
 namespace Tern.Tests;
 
@@ -295,7 +294,7 @@ public abstract class KvCachePolicyContract
         var policy = CreatePolicy(tightBudget ? TightBudget(sequence) : sequence);
         int capacity = policy.Capacity(sequence, Math.Max(first, step));
         Assert.True(capacity >= 1, $"{policy.Name}: Capacity({sequence}, {Math.Max(first, step)}) = {capacity}");
-        using var cache = ModelCache.Create(new KvCacheOptions
+        using var cache = KvCache.Create(new KvCacheOptions
         {
             BatchSize = batch, Layers = layers, KvHeads = kvHeads, HeadDim = dim, Capacity = capacity,
             DType = ScalarType.Float32, Device = torch.CPU,
@@ -358,7 +357,7 @@ internal sealed class PolicyRun : IDisposable
         QueryPositions = new long[0, 0];
     }
 
-    public ModelCache Cache { get; }
+    public KvCache Cache { get; }
 
     /// <summary>Positions [batch, tokens] of the last step's queries (-1: padding).</summary>
     public long[,] QueryPositions { get; private set; }
@@ -443,7 +442,7 @@ internal sealed class RecordingPolicy : IKvCachePolicy
     public bool AppendOnly => inner.AppendOnly;
     public int Bits => inner.Bits;
     public bool PositionsFollowCache => inner.PositionsFollowCache;
-    public int RecomputeWindow(ModelCache cache, int sequenceLength) => inner.RecomputeWindow(cache, sequenceLength);
+    public int RecomputeWindow(KvCache cache, int sequenceLength) => inner.RecomputeWindow(cache, sequenceLength);
     public int Capacity(int maxSequenceLength, int maxStepTokens) => inner.Capacity(maxSequenceLength, maxStepTokens);
 
     public void BeforeAppend(LayerKvCache layer, int incomingTokens)

@@ -38,7 +38,7 @@ public abstract class OffloadParityContract
 
     /// <summary>The plain runtime over the same GPU batches: prefill, then greedy decode steps; logits per step [rows, vocab].</summary>
     static (List<Tensor> Logits, List<List<int>> Tokens) Reference(CausalLanguageModel model, IReadOnlyList<IReadOnlyList<int>> prompts, int gbs,
-        Tern.KvCache.IKvCachePolicy? cachePolicy = null)
+        Tern.Caching.IKvCachePolicy? cachePolicy = null)
     {
         var steps = Enumerable.Range(0, NewTokens).Select(_ => new List<Tensor>()).ToArray();
         var tokens = new List<List<int>>();
@@ -143,7 +143,7 @@ public abstract class OffloadParityContract
         using var model = CausalLanguageModel.Load(Fixtures.ModelDir(fixture), LoadOptions);
         var prompts = Prompts(model.Info.VocabSize);
         int gbs = OffloadPolicy.Parse(policy).GpuBatchSize;
-        var (quantized, tokens) = Reference(model, prompts, gbs, new Tern.KvCache.DensePolicy(bits: 4));
+        var (quantized, tokens) = Reference(model, prompts, gbs, new Tern.Caching.DensePolicy(bits: 4));
         var (exact, _) = Reference(model, prompts, gbs);
         for (int i = 0; i < NewTokens; i++) Assert.Equal(0f, MaxDiff(quantized[i], compressed.Logits![i]));
         Assert.Equal(tokens.Select(t => t.ToArray()), compressed.Tokens.Select(t => t.ToArray()));

@@ -2,7 +2,7 @@ using System.CommandLine;
 using System.Globalization;
 using System.Text;
 using Tern.Evaluation;
-using Tern.KvCache;
+using Tern.Caching;
 using Tern.Runtime;
 
 namespace Tern.Cli.Commands;

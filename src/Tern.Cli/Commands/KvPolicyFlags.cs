@@ -1,5 +1,5 @@
 using System.CommandLine;
-using Tern.KvCache;
+using Tern.Caching;
 
 namespace Tern.Cli.Commands;
 

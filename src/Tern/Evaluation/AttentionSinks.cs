@@ -1,4 +1,4 @@
-using Tern.KvCache;
+using Tern.Caching;
 using Tern.Models;
 using TorchSharp;
 using static TorchSharp.torch;

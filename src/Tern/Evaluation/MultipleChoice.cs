@@ -1,5 +1,5 @@
 using System.Text.RegularExpressions;
-using Tern.KvCache;
+using Tern.Caching;
 using Tern.Models;
 using Tern.Tokenization;
 

@@ -1,5 +1,5 @@
 using System.Diagnostics;
-using Tern.KvCache;
+using Tern.Caching;
 using Tern.Models;
 
 namespace Tern.Evaluation;

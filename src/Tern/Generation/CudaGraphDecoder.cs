@@ -1,5 +1,5 @@
 using Tern.Interop;
-using Tern.KvCache;
+using Tern.Caching;
 using Tern.Models;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -17,7 +17,7 @@ namespace Tern.Generation;
 internal sealed class CudaGraphDecoder : IDisposable
 {
     readonly CausalLanguageModel model;
-    readonly KvCache.KvCache cache;
+    readonly KvCache cache;
     readonly Sampler sampler;
     readonly Tensor ids, positions, slot, finished, pad;
     readonly int[] ones;
@@ -35,7 +35,7 @@ internal sealed class CudaGraphDecoder : IDisposable
 
     /// <param name="first">The token sampled from the prefill, [batch].</param>
     /// <param name="nextPositions">Position of that token in each sequence, [batch, 1].</param>
-    public CudaGraphDecoder(CausalLanguageModel model, KvCache.KvCache cache, Sampler sampler, Tensor first, Tensor nextPositions, int padId)
+    public CudaGraphDecoder(CausalLanguageModel model, KvCache cache, Sampler sampler, Tensor first, Tensor nextPositions, int padId)
     {
         this.model = model;
         this.cache = cache;

@@ -1,4 +1,4 @@
-using Tern.KvCache;
+using Tern.Caching;
 
 namespace Tern.Generation;
 

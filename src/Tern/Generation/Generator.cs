@@ -1,3 +1,4 @@
+using Tern.Caching;
 using System.Diagnostics;
 using System.Runtime.CompilerServices;
 using Tern.Models;
@@ -215,7 +216,7 @@ public sealed class Generator
             deviceTokens = null;
         }
 
-        Tensor Recompute(KvCache.KvCache cache, List<int>[] fed, int window) => owner.model.RecomputeWindow(cache, fed, window);
+        Tensor Recompute(KvCache cache, List<int>[] fed, int window) => owner.model.RecomputeWindow(cache, fed, window);
 
         List<GeneratedToken> Record(long[] host, bool lastStep)
         {

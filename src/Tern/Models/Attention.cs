@@ -1,4 +1,4 @@
-using Tern.KvCache;
+using Tern.Caching;
 using TorchSharp;
 using static TorchSharp.torch;
 using F = TorchSharp.torch.nn.functional;

@@ -1,5 +1,5 @@
 using Tern.Checkpoints;
-using Tern.KvCache;
+using Tern.Caching;
 using Tern.Runtime;
 using TorchSharp;
 using TorchSharp.Modules;
@@ -101,10 +101,10 @@ public abstract class CausalLanguageModel : IDisposable
     }
 
     /// <summary>A cache sized for this model: <paramref name="maxSequenceLength"/> tokens per sequence under <paramref name="policy"/>.</summary>
-    public KvCache.KvCache CreateCache(int batchSize, int maxSequenceLength, IKvCachePolicy? policy = null, int maxStepTokens = 1) =>
+    public KvCache CreateCache(int batchSize, int maxSequenceLength, IKvCachePolicy? policy = null, int maxStepTokens = 1) =>
         CreateCache(batchSize, maxSequenceLength, policy ?? DensePolicy.Instance, maxStepTokens, DType.ToScalarType());
 
-    KvCache.KvCache CreateCache(int batchSize, int maxSequenceLength, IKvCachePolicy policy, int maxStepTokens, ScalarType dtype)
+    KvCache CreateCache(int batchSize, int maxSequenceLength, IKvCachePolicy policy, int maxStepTokens, ScalarType dtype)
     {
         int capacity = policy.Capacity(maxSequenceLength, maxStepTokens);
         // Cache-index positions stay below the capacity: learned position tables must hold that many rows.
@@ -113,7 +113,7 @@ public abstract class CausalLanguageModel : IDisposable
                 $"--kv-policy {policy.Name} positions tokens by their cache index, which reaches {capacity - 1} with this --kv-budget " +
                 $"(budget plus one step of {maxStepTokens} tokens), but this {Info.ModelType} model has {Info.MaxPositions} learned positions; " +
                 "use a smaller budget or a shorter prompt.");
-        return KvCache.KvCache.Create(new KvCacheOptions
+        return KvCache.Create(new KvCacheOptions
         {
             BatchSize = batchSize,
             Layers = Info.Layers,
@@ -131,7 +131,7 @@ public abstract class CausalLanguageModel : IDisposable
     /// Runs one step: appends the batch's keys/values to <paramref name="cache"/> and returns logits
     /// ([batch, vocab] when <see cref="ForwardBatch.LastPositionOnly"/>, else [batch, tokens, vocab]) in the model's dtype.
     /// </summary>
-    public Tensor Forward(ForwardBatch batch, KvCache.KvCache cache)
+    public Tensor Forward(ForwardBatch batch, KvCache cache)
     {
         using var noGrad = torch.no_grad();
         using var scope = torch.NewDisposeScope();
@@ -147,7 +147,7 @@ public abstract class CausalLanguageModel : IDisposable
     /// <summary>StreamingLLM's re-computation baseline (<see cref="IKvCachePolicy.RecomputeWindow"/>): clears the cache and runs
     /// the last <paramref name="window"/> tokens of every sequence through it as a fresh left-padded prompt (positions from 0);
     /// returns the last position's logits [batch, vocab].</summary>
-    public Tensor RecomputeWindow(KvCache.KvCache cache, IReadOnlyList<IReadOnlyList<int>> tokens, int window)
+    public Tensor RecomputeWindow(KvCache cache, IReadOnlyList<IReadOnlyList<int>> tokens, int window)
     {
         cache.Clear();
         var windows = tokens.Select(f => (IReadOnlyList<int>)f.Skip(Math.Max(0, f.Count - window)).ToArray()).ToArray();
@@ -156,7 +156,7 @@ public abstract class CausalLanguageModel : IDisposable
 
     /// <summary>Positions by cache index (StreamingLLM): a new real token gets the number of entries its row holds before it.
     /// Rows are read from layer 0, KV head 0: policies that position by cache index evict alike in every layer and head.</summary>
-    static ForwardBatch AtCacheIndexes(ForwardBatch batch, KvCache.KvCache cache)
+    static ForwardBatch AtCacheIndexes(ForwardBatch batch, KvCache cache)
     {
         var held = cache[0].EntryCounts().select(1, 0).unsqueeze(1);              // [B,1]
         var real = batch.Positions.ge(0);
@@ -204,7 +204,7 @@ public abstract class CausalLanguageModel : IDisposable
     }
 
     /// <summary>The architecture's forward pass.</summary>
-    protected abstract Tensor Run(ForwardBatch batch, KvCache.KvCache cache);
+    protected abstract Tensor Run(ForwardBatch batch, KvCache cache);
 
     /// <summary>Stages of FlexGen's schedule (<c>Tern.Offloading</c>): stage 0 is the input embedding, stages 1..L the
     /// transformer blocks, stage L + 1 the output head (final norm and LM head).</summary>

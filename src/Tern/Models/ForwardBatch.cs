@@ -20,7 +20,7 @@ public sealed class ForwardBatch
 
     /// <summary>The positions the model embeds (rotary angles, learned-position rows), int64 [batch, tokens], -1 for padding:
     /// the original positions unless the cache policy positions tokens by their cache index
-    /// (<see cref="KvCache.IKvCachePolicy.PositionsFollowCache"/>). Masks always use <see cref="Positions"/>.</summary>
+    /// (<see cref="Caching.IKvCachePolicy.PositionsFollowCache"/>). Masks always use <see cref="Positions"/>.</summary>
     public Tensor ModelPositions { get => modelPositions ?? Positions; init => modelPositions = value; }
     readonly Tensor? modelPositions;
 

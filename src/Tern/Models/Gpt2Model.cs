@@ -1,5 +1,5 @@
 using Tern.Checkpoints;
-using Tern.KvCache;
+using Tern.Caching;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -65,7 +65,7 @@ internal sealed class Gpt2Model : CausalLanguageModel
         };
     }
 
-    protected override Tensor Run(ForwardBatch batch, KvCache.KvCache cache)
+    protected override Tensor Run(ForwardBatch batch, KvCache cache)
     {
         var h = Embed(wte, wpe, batch);
         for (int i = 0; i < layers.Length; i++)

@@ -1,5 +1,5 @@
 using Tern.Checkpoints;
-using Tern.KvCache;
+using Tern.Caching;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -66,7 +66,7 @@ internal sealed class GptNeoXModel : CausalLanguageModel
         };
     }
 
-    protected override Tensor Run(ForwardBatch batch, KvCache.KvCache cache)
+    protected override Tensor Run(ForwardBatch batch, KvCache cache)
     {
         var h = Embed(embed, batch);
         var rope = rotary.ForBatch(batch);

@@ -1,5 +1,5 @@
 using Tern.Checkpoints;
-using Tern.KvCache;
+using Tern.Caching;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -95,7 +95,7 @@ internal sealed class LlamaModel : CausalLanguageModel
         return Enumerable.Repeat(type == "mistral" ? window : 0, layers).ToArray();
     }
 
-    protected override Tensor Run(ForwardBatch batch, KvCache.KvCache cache)
+    protected override Tensor Run(ForwardBatch batch, KvCache cache)
     {
         var h = Embed(embed, batch);
         var rope = rotary.ForBatch(batch);

@@ -1,5 +1,5 @@
 using Tern.Checkpoints;
-using Tern.KvCache;
+using Tern.Caching;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -69,7 +69,7 @@ internal sealed class OptModel : CausalLanguageModel
         };
     }
 
-    protected override Tensor Run(ForwardBatch batch, KvCache.KvCache cache)
+    protected override Tensor Run(ForwardBatch batch, KvCache cache)
     {
         var h = Embed(StageWeights(0), batch);
         for (int i = 0; i < layers.Length; i++)

@@ -7,7 +7,7 @@ namespace Tern.Offloading;
 /// Every copy and job issued before <see cref="Synchronize"/> is complete when it returns (FlexGen's barrier); tensors handed
 /// to <see cref="KeepAlive"/> live until then. Implementations: <see cref="SynchronousTransferEngine"/> (overlap off: each
 /// transfer finishes before the call returns), <see cref="BackgroundTransferEngine"/> (CPU compute: one background worker),
-/// and <c>Interop.CudaTransferEngine</c> (a CUDA copy stream, events, a disk worker pool).
+/// and <see cref="CudaTransferEngine"/> (a CUDA copy stream, events, a disk worker pool).
 /// </summary>
 public interface ITransferEngine : IDisposable
 {

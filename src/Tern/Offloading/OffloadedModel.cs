@@ -1,6 +1,6 @@
 using System.Diagnostics;
 using Tern.Checkpoints;
-using Tern.KvCache;
+using Tern.Caching;
 using Tern.Models;
 using Tern.Runtime;
 using TorchSharp;
@@ -125,7 +125,7 @@ public sealed class OffloadedModel : IDisposable
     }
 
     static ITransferEngine CreateEngine(Device device, bool overlap) => device.type == DeviceType.CUDA
-        ? overlap ? new Interop.CudaTransferEngine() : new SynchronousTransferEngine(pinsHostMemory: true)
+        ? overlap ? new CudaTransferEngine() : new SynchronousTransferEngine(pinsHostMemory: true)
         : overlap ? new BackgroundTransferEngine() : new SynchronousTransferEngine();
 
     /// <summary>
@@ -173,14 +173,14 @@ public sealed class OffloadedModel : IDisposable
         readonly int[] capacity;                            // [k] slots: the batch's longest prompt + new tokens, as the plain runtime sizes its cache
         readonly IReadOnlyList<int>[][] prompts;            // [k][row]
         readonly SequenceStore[][][] caches;                // [k][layer][part]: the working cache's storage parts (keys then values), unless attention runs on the CPU
-        readonly KvCache.KvCache[]? hostCaches;             // [k] with cpu-attn: each batch's cache in host memory, attended there
+        readonly KvCache[]? hostCaches;             // [k] with cpu-attn: each batch's cache in host memory, attended there
         readonly List<IntPtr> pinnedHostCaches = new();     // their page-locked storage, so the prefill's entries arrive at copy speed
         readonly SequenceStore[] hidden;                    // [k]
         readonly Tensor[] cachePositions;                   // [k] positions of the working cache's slots
         readonly int[] cacheLength;
         readonly bool[] cacheHoles;
         readonly ForwardBatch?[] inputs;                    // [k] the current step's input
-        readonly Dictionary<(int Rows, int Capacity), KvCache.KvCache> working = new();
+        readonly Dictionary<(int Rows, int Capacity), KvCache> working = new();
         readonly List<int>[][] generated;                   // [k][row]
         readonly List<Tensor>[]? logits;                    // [step] per batch
         readonly Stopwatch prefillWatch = new(), decodeWatch = new();
@@ -210,7 +210,7 @@ public sealed class OffloadedModel : IDisposable
             cacheLength = new int[batches];
             cacheHoles = new bool[batches];
             inputs = new ForwardBatch?[batches];
-            hostCaches = owner.Policy.CpuAttention ? new KvCache.KvCache[batches] : null;
+            hostCaches = owner.Policy.CpuAttention ? new KvCache[batches] : null;
             generated = prompts.Select(b => b.Select(_ => new List<int>()).ToArray()).ToArray();
             logits = keepLogits ? Enumerable.Range(0, steps).Select(_ => new List<Tensor>()).ToArray() : null;
             var policy = owner.Policy;
@@ -241,7 +241,7 @@ public sealed class OffloadedModel : IDisposable
                     caches[k] = new SequenceStore[info.Layers][];
                     if (hostCaches is not null)
                     {
-                        hostCaches[k] = KvCache.KvCache.Create(new KvCacheOptions
+                        hostCaches[k] = KvCache.Create(new KvCacheOptions
                         {
                             BatchSize = n, Layers = info.Layers, KvHeads = info.KvHeads, HeadDim = info.HeadDim, Capacity = capacity[k],
                             DType = owner.dtype, Device = torch.CPU,
@@ -442,7 +442,7 @@ public sealed class OffloadedModel : IDisposable
             if (!working.TryGetValue((rows, capacity), out var cache))
             {
                 var info = model.Info;
-                working[(rows, capacity)] = cache = KvCache.KvCache.Create(new KvCacheOptions
+                working[(rows, capacity)] = cache = KvCache.Create(new KvCacheOptions
                 {
                     BatchSize = rows, Layers = 1, KvHeads = info.KvHeads, HeadDim = info.HeadDim, Capacity = capacity,
                     DType = owner.dtype, Device = device, Bits = owner.Policy.CompressCache ? 4 : 16,

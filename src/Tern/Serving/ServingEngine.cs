@@ -1,6 +1,6 @@
 using System.Threading.Channels;
 using Tern.Generation;
-using Tern.KvCache;
+using Tern.Caching;
 using Tern.Models;
 using Tern.Runtime;
 using Tern.Tokenization;
@@ -17,7 +17,7 @@ namespace Tern.Serving;
 /// </summary>
 /// <remarks>
 /// Requests with the full 16-bit cache (the default) share one batch: a pool of cache rows that grows and shrinks with the
-/// load (<see cref="KvCache.KvCache.ActiveRows"/>; a finished row is refilled by the last one, holes are compacted away).
+/// load (<see cref="KvCache.ActiveRows"/>; a finished row is refilled by the last one, holes are compacted away).
 /// A request with another KV policy (sink, h2o, quantized, ...) runs in a batch of its own, since policies evict per
 /// sequence with state of their own; it is still stepped alongside the others. Admission is first come, first served
 /// under <see cref="ServingOptions.MaxBatchSize"/>, <see cref="ServingOptions.KvBudgetTokens"/> and
@@ -311,18 +311,18 @@ public sealed class ServingEngine : IDisposable
     sealed class DecodeBatch(ServingEngine engine, IKvCachePolicy policy, bool isShared) : IDisposable
     {
         const int MinimumCapacity = 64;
-        KvCache.KvCache? cache;
+        KvCache? cache;
 
         public bool IsShared { get; } = isShared;
         public List<Sequence> Sequences { get; } = new();
 
         /// <summary>A prompt longer than <see cref="ServingOptions.MaxPrefillTokensPerStep"/> being prefilled one chunk per step
         /// in a scratch cache, so the running sequences keep decoding meanwhile; it joins after its last chunk.</summary>
-        sealed class ChunkedPrefill(Sequence joiner, ForwardBatch whole, ForwardBatch[] chunks, KvCache.KvCache scratch) : IDisposable
+        sealed class ChunkedPrefill(Sequence joiner, ForwardBatch whole, ForwardBatch[] chunks, KvCache scratch) : IDisposable
         {
             public Sequence Joiner { get; } = joiner;
             public ForwardBatch[] Chunks { get; } = chunks;
-            public KvCache.KvCache Scratch { get; } = scratch;
+            public KvCache Scratch { get; } = scratch;
             public int Next { get; set; }
 
             public void Dispose()

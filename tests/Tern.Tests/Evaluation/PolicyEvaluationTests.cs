@@ -1,5 +1,5 @@
 using Tern.Evaluation;
-using Tern.KvCache;
+using Tern.Caching;
 using Tern.Models;
 using Tern.Runtime;
 using TorchSharp;

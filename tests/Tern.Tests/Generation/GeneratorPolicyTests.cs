@@ -1,5 +1,5 @@
 using Tern.Generation;
-using Tern.KvCache;
+using Tern.Caching;
 using Tern.Models;
 
 namespace Tern.Tests.Generation;

@@ -157,7 +157,7 @@ public sealed class OpenAiServerTests : IAsyncLifetime
     public async Task KvPolicyExtensionsReachTheEngine()
     {
         string prompt = ServingFixture.Prompts[3];
-        var policy = Tern.KvCache.KvCachePolicies.Create(new Tern.KvCache.KvPolicyOptions { Policy = "sink", Budget = Tern.KvCache.KvBudget.OfTokens(10), Sinks = 2 });
+        var policy = Tern.Caching.KvCachePolicies.Create(new Tern.Caching.KvPolicyOptions { Policy = "sink", Budget = Tern.Caching.KvBudget.OfTokens(10), Sinks = 2 });
         var expected = new Generator(fixture.Model, fixture.Tokenizer).Generate(new[] { prompt },
             new GenerationOptions { MaxNewTokens = 30, CachePolicy = policy }, Ct).Sequences[0];
         Assert.NotEqual(Reference(fixture.Tokenizer.Encode(prompt), 30).Text, expected.Text); // the policy changes the output

@@ -1,10 +1,10 @@
-using Tern.KvCache;
+using Tern.Caching;
 using Tern.Models;
 using Tern.Runtime;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace Tern.Tests.KvCache;
+namespace Tern.Tests.Caching;
 
 /// <summary>Sink with eviction every 5 tokens: the contract still holds.</summary>
 public sealed class AmortisedSinkPolicyContractTests : KvCachePolicyContract

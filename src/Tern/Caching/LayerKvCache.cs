@@ -1,7 +1,7 @@
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace Tern.KvCache;
+namespace Tern.Caching;
 
 /// <summary>
 /// One layer's keys and values, preallocated as [batch, kvHeads, capacity, headDim] (in the model's dtype, or group-quantized

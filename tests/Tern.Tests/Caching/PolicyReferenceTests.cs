@@ -1,9 +1,9 @@
-using Tern.KvCache;
+using Tern.Caching;
 using Tern.Models;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace Tern.Tests.KvCache;
+namespace Tern.Tests.Caching;
 
 /// <summary>
 /// The sink and h2o policies against <see cref="ReferenceLlama"/>, which keeps everything and attends through keep sets its

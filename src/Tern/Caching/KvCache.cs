@@ -1,6 +1,6 @@
 using static TorchSharp.torch;
 
-namespace Tern.KvCache;
+namespace Tern.Caching;
 
 /// <summary>Shape and placement of a <see cref="KvCache"/>.</summary>
 public sealed record KvCacheOptions

@@ -1,6 +1,6 @@
 using static TorchSharp.torch;
 
-namespace Tern.KvCache;
+namespace Tern.Caching;
 
 /// <summary>The full cache: keeps every entry; the reference every other policy is held against. With 8 or 4 bits it is
 /// FlexGen's compressed cache: every entry kept, group-quantized.</summary>

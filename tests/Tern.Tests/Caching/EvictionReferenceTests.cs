@@ -1,12 +1,12 @@
 using System.Text.Json.Nodes;
 using Tern.Checkpoints;
-using Tern.KvCache;
+using Tern.Caching;
 using Tern.Models;
 using Tern.Runtime;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace Tern.Tests.KvCache;
+namespace Tern.Tests.Caching;
 
 /// <summary>
 /// A slow, obviously correct evicting policy for tests: per sequence and KV head h, keep the first <c>sinks</c> positions

@@ -1,9 +1,8 @@
-using Tern.KvCache;
+using Tern.Caching;
 using TorchSharp;
 using static TorchSharp.torch;
-using ModelCache = Tern.KvCache.KvCache;
 
-namespace Tern.Tests.KvCache;
+namespace Tern.Tests.Caching;
 
 /// <summary>
 /// <see cref="LayerKvCache"/> on odd sizes (batch 3, 2 KV heads, head dim 5, 11 slots), checked against host-side
@@ -12,7 +11,7 @@ namespace Tern.Tests.KvCache;
 public sealed class LayerKvCacheTests : IDisposable
 {
     const int B = 3, H = 2, D = 5, C = 11;
-    readonly ModelCache cache = ModelCache.Create(new KvCacheOptions
+    readonly KvCache cache = KvCache.Create(new KvCacheOptions
     {
         BatchSize = B, Layers = 2, KvHeads = H, HeadDim = D, Capacity = C, DType = ScalarType.Float32, Device = torch.CPU,
     });
@@ -349,13 +348,13 @@ public sealed class KvCacheTests
     [InlineData(1, 1, 1, 1, 0)]
     public void RejectsEmptyShapes(int batch, int layers, int kvHeads, int dim, int capacity)
     {
-        Assert.Throws<ArgumentException>(() => ModelCache.Create(Options(batch, layers, kvHeads, dim, capacity)));
+        Assert.Throws<ArgumentException>(() => KvCache.Create(Options(batch, layers, kvHeads, dim, capacity)));
     }
 
     [Fact]
     public void HoldsOneLayerCachePerLayerAndCountsTokens()
     {
-        using var cache = ModelCache.Create(Options());
+        using var cache = KvCache.Create(Options());
         Assert.Equal(3, cache.LayerCount);
         Assert.Same(DensePolicy.Instance, cache.Policy);
         for (int l = 0; l < 3; l++) Assert.Equal(l, cache[l].Layer);

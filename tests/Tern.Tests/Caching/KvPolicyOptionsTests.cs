@@ -1,7 +1,7 @@
-using Tern.KvCache;
+using Tern.Caching;
 using Tern.Models;
 
-namespace Tern.Tests.KvCache;
+namespace Tern.Tests.Caching;
 
 /// <summary>Policies by name, budgets as counts or ratios, and the rejections of impossible settings (messages name the flag).</summary>
 public sealed class KvPolicyOptionsTests

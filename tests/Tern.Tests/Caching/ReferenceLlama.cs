@@ -2,7 +2,7 @@ using Tern.Checkpoints;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace Tern.Tests.KvCache;
+namespace Tern.Tests.Caching;
 
 /// <summary>
 /// A slow, separately written Llama for one sequence that never evicts anything: it keeps every token's keys (rotated at their original position) and

@@ -1,6 +1,6 @@
-using Tern.KvCache;
+using Tern.Caching;
 
-namespace Tern.Tests.KvCache;
+namespace Tern.Tests.Caching;
 
 /// <summary>StreamingLLM with 4 sinks (cache-index positions, keys stored unrotated and rotated at use).</summary>
 public sealed class SinkPolicyContractTests : KvCachePolicyContract

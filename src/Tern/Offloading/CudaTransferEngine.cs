@@ -1,8 +1,8 @@
-using Tern.Offloading;
+using Tern.Interop;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace Tern.Interop;
+namespace Tern.Offloading;
 
 /// <summary>
 /// FlexGen's overlapped transfers on a CUDA device (§1.1.2), which TorchSharp cannot express: one non-blocking copy stream

@@ -2,7 +2,7 @@ using Tern.Compression;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace Tern.KvCache;
+namespace Tern.Caching;
 
 /// <summary>
 /// Storage of one layer's keys or values, [batch, kvHeads, capacity, headDim] slots: either plain tensors in the model's

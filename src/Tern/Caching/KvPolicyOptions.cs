@@ -1,6 +1,6 @@
 using System.Globalization;
 
-namespace Tern.KvCache;
+namespace Tern.Caching;
 
 /// <summary>A KV budget: an absolute number of entries per sequence, layer and head, or a ratio of the sequence length the
 /// cache is created for (<see cref="LayerKvCache.MaxSequenceLength"/>: prompt plus new tokens in generation).</summary>

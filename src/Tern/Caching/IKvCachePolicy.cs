@@ -1,6 +1,6 @@
 using static TorchSharp.torch;
 
-namespace Tern.KvCache;
+namespace Tern.Caching;
 
 /// <summary>
 /// Decides what a <see cref="KvCache"/> keeps. The generation loop and the models know no policy by name: they call these

@@ -1,10 +1,9 @@
-using Tern.KvCache;
+using Tern.Caching;
 using Tern.Models;
 using TorchSharp;
 using static TorchSharp.torch;
-using ModelCache = Tern.KvCache.KvCache;
 
-namespace Tern.Tests.KvCache;
+namespace Tern.Tests.Caching;
 
 /// <summary>The policy contract on the full cache (fused SDPA paths).</summary>
 public sealed class DensePolicyContractTests : KvCachePolicyContract
@@ -55,7 +54,7 @@ public sealed class DensePolicyTests
     [Fact]
     public void RefusesToOverflowInsteadOfEvicting()
     {
-        using var cache = ModelCache.Create(new KvCacheOptions
+        using var cache = KvCache.Create(new KvCacheOptions
         {
             BatchSize = 1, Layers = 2, KvHeads = 1, HeadDim = 2, Capacity = 4, DType = ScalarType.Float32, Device = torch.CPU,
         });

@@ -1,6 +1,6 @@
 using static TorchSharp.torch;
 
-namespace Tern.KvCache;
+namespace Tern.Caching;
 
 /// <summary>
 /// StreamingLLM's "sliding window with re-computation" baseline (Xiao et al. 2024, Fig. 1b): every token is predicted from

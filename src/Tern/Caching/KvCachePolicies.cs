@@ -1,4 +1,4 @@
-namespace Tern.KvCache;
+namespace Tern.Caching;
 
 /// <summary>Builds any KV-cache policy by name: the one place the names are known (the CLI and evaluation commands call it).</summary>
 public static class KvCachePolicies

@@ -1,9 +1,8 @@
-using Tern.KvCache;
+using Tern.Caching;
 using TorchSharp;
 using static TorchSharp.torch;
-using ModelCache = Tern.KvCache.KvCache;
 
-namespace Tern.Tests.KvCache;
+namespace Tern.Tests.Caching;
 
 /// <summary>The row operations serving builds on (active rows, import, move, empty, compaction, resizing), on 16-bit and
 /// 8-bit storage: entries read back bit-identical where they land, freed rows hold nothing.</summary>
@@ -11,13 +10,13 @@ public sealed class CacheRowTests
 {
     const int B = 3, H = 2, D = 5, C = 12;
 
-    static ModelCache Create(int bits, int batch = B, int capacity = C) => ModelCache.Create(new KvCacheOptions
+    static KvCache Create(int bits, int batch = B, int capacity = C) => KvCache.Create(new KvCacheOptions
     {
         BatchSize = batch, Layers = 2, KvHeads = H, HeadDim = D, Capacity = capacity, DType = ScalarType.Float32, Device = torch.CPU, Bits = bits,
     });
 
     /// <summary>Appends <paramref name="tokens"/> entries per row to every layer, row b at positions from <paramref name="start"/>[b].</summary>
-    static void Fill(ModelCache cache, int tokens, int seed, params long[] start)
+    static void Fill(KvCache cache, int tokens, int seed, params long[] start)
     {
         int rows = cache.ActiveRows;
         var positions = torch.tensor(Enumerable.Range(0, rows).SelectMany(b => Enumerable.Range(0, tokens).Select(t => start[b] + t)).ToArray(), new long[] { rows, tokens });

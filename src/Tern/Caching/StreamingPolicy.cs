@@ -1,7 +1,7 @@
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace Tern.KvCache;
+namespace Tern.Caching;
 
 /// <summary>
 /// StreamingLLM (Xiao et al., ICLR 2024): attention sinks plus a rolling window. After every step each row keeps

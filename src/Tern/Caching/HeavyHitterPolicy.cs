@@ -1,7 +1,7 @@
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace Tern.KvCache;
+namespace Tern.Caching;
 
 /// <summary>
 /// H2O, the Heavy-Hitter Oracle (Zhang et al., NeurIPS 2023), as its real-drop reference (§2.1.1 B): per layer, sequence and

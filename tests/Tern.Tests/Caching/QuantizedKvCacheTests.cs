@@ -1,10 +1,9 @@
 using Tern.Compression;
-using Tern.KvCache;
+using Tern.Caching;
 using TorchSharp;
 using static TorchSharp.torch;
-using ModelCache = Tern.KvCache.KvCache;
 
-namespace Tern.Tests.KvCache;
+namespace Tern.Tests.Caching;
 
 /// <summary>The group-quantized cache storage: what is read back is within the quantizer's bound of what was stored, kept
 /// entries stay bit-identical through eviction, and 16 bits store the model's dtype untouched.</summary>
@@ -12,7 +11,7 @@ public sealed class QuantizedKvCacheTests
 {
     const int B = 2, H = 3, T = 7;
 
-    static ModelCache Cache(int bits, int headDim) => ModelCache.Create(new KvCacheOptions
+    static KvCache Cache(int bits, int headDim) => KvCache.Create(new KvCacheOptions
     {
         BatchSize = B, Layers = 1, KvHeads = H, HeadDim = headDim, Capacity = 12, DType = ScalarType.Float32, Device = torch.CPU, Bits = bits,
     });
