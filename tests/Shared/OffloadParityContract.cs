@@ -163,9 +163,9 @@ public abstract class OffloadParityContract
         var (exact, _) = Reference(model, prompts, 3);
         var seen = new HashSet<Tensor>(ReferenceEqualityComparer.Instance);
         using (torch.no_grad())
-            foreach (var w in Enumerable.Range(0, model.StageCount).SelectMany(model.StageWeights))
+            foreach (var w in model.Parts.SelectMany(p => p.Tensors))
             {
-                if (w is null || w.dim() < 2 || !seen.Add(w)) continue;
+                if (w.dim() < 2 || !seen.Add(w)) continue;
                 using var scope = torch.NewDisposeScope();
                 using var q = Tern.Compression.GroupQuantizer.Quantize(w, OffloadedWeights.Compression);
                 var restored = Tern.Compression.GroupQuantizer.Dequantize(q);

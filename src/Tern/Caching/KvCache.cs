@@ -39,7 +39,7 @@ public sealed class KvCache : IDisposable
     {
         Options = options;
         Policy = policy;
-        layers = Enumerable.Range(0, options.Layers).Select(l => new LayerKvCache(l, options)).ToArray();
+        layers = Enumerable.Range(0, options.Layers).Select(l => new LayerKvCache(l, options, policy)).ToArray();
         sequenceLengths = new int[options.BatchSize];
     }
 

@@ -14,9 +14,10 @@ public sealed class LayerKvCache : IDisposable
     readonly KvStore keys, values;
     IDisposable? policyState;
 
-    internal LayerKvCache(int layer, KvCacheOptions options)
+    internal LayerKvCache(int layer, KvCacheOptions options, IKvCachePolicy policy)
     {
         Layer = layer;
+        Policy = policy;
         Capacity = options.Capacity;
         MaxSequenceLength = options.MaxSequenceLength > 0 ? options.MaxSequenceLength : options.Capacity;
         Bits = options.Bits;
@@ -27,6 +28,35 @@ public sealed class LayerKvCache : IDisposable
         positions = torch.full(new long[] { options.BatchSize, options.KvHeads, options.Capacity }, -1L, ScalarType.Int64, options.Device)
             .DetachFromDisposeScope();
     }
+
+    /// <summary>The policy deciding what this layer keeps; the cache runs it (<see cref="Update"/>, <see cref="Observe"/>,
+    /// <see cref="EndStep"/>), so the layers that attend through the cache know no policy.</summary>
+    public IKvCachePolicy Policy { get; }
+
+    /// <summary>True when keys are stored before the rotary embedding and attended at their cache index
+    /// (StreamingLLM's position rolling, <see cref="IKvCachePolicy.PositionsFollowCache"/>).</summary>
+    public bool KeysAtCacheIndex => Policy.PositionsFollowCache;
+
+    /// <summary>True when the policy wants this layer's attention probabilities (<see cref="Observe"/>).</summary>
+    public bool ObservesAttention => Policy.NeedsAttentionProbabilities;
+
+    /// <summary>
+    /// A layer's one hand-over of a step's new keys and values [batch, kvHeads, tokens, headDim] at
+    /// <paramref name="positions"/> [batch, tokens] (-1 for padding): the policy makes room, then they are appended
+    /// (at the device-held <paramref name="slots"/> in static-shape mode). Attention then reads the cache.
+    /// </summary>
+    public void Update(Tensor keys, Tensor values, Tensor positions, bool hasPadding, Tensor? slots = null)
+    {
+        Policy.BeforeAppend(this, (int)keys.shape[2]);
+        Append(keys, values, positions, hasPadding, slots);
+    }
+
+    /// <summary>Hands the policy one block of the step's attention probabilities [batch, heads, queries, Length] (fp32; only
+    /// when <see cref="ObservesAttention"/>).</summary>
+    public void Observe(Tensor probabilities) => Policy.ObserveAttention(this, probabilities);
+
+    /// <summary>The layer's attention for the step is done: the policy may evict now.</summary>
+    public void EndStep() => Policy.AfterStep(this);
 
     /// <summary>Where keys, values and positions live.</summary>
     public Device Device => Positions.device;

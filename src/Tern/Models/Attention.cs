@@ -33,11 +33,11 @@ internal static class Attention
     /// <summary>q [B,T,H,D], k and v [B,T,Hkv,D] (rotated); returns [B,T,H·D].</summary>
     /// <param name="cachedKeyRotation">When the policy positions keys by their cache index, k arrives unrotated and is stored
     /// so; every cached key is then rotated here to its index among its row's occupied slots.</param>
-    public static Tensor Forward(Tensor q, Tensor k, Tensor v, ForwardBatch batch, LayerKvCache cache, IKvCachePolicy policy, AttentionSettings s,
+    public static Tensor Forward(Tensor q, Tensor k, Tensor v, ForwardBatch batch, LayerKvCache cache, AttentionSettings s,
         RotaryEmbedding? cachedKeyRotation = null)
     {
-        if (cache.Device.type != q.device.type) return WhereTheCacheLives(q, k, v, batch, cache, policy, s, cachedKeyRotation);
-        return Forward(q, k, v, batch, cache, policy, s, cachedKeyRotation, cache.DType);
+        if (cache.Device.type != q.device.type) return WhereTheCacheLives(q, k, v, batch, cache, s, cachedKeyRotation);
+        return Forward(q, k, v, batch, cache, s, cachedKeyRotation, cache.DType);
     }
 
     /// <summary>
@@ -45,7 +45,7 @@ internal static class Attention
     /// memory), so attention runs there in fp32 — only this step's q, k, v travel to it and the output comes back, instead of
     /// the whole cache crossing to the GPU.
     /// </summary>
-    static Tensor WhereTheCacheLives(Tensor q, Tensor k, Tensor v, ForwardBatch batch, LayerKvCache cache, IKvCachePolicy policy, AttentionSettings s,
+    static Tensor WhereTheCacheLives(Tensor q, Tensor k, Tensor v, ForwardBatch batch, LayerKvCache cache, AttentionSettings s,
         RotaryEmbedding? cachedKeyRotation)
     {
         var home = cache.Device;
@@ -54,28 +54,27 @@ internal static class Attention
             InputIds = batch.InputIds, Positions = batch.Positions.to(home), RealTokens = batch.RealTokens, HasPadding = batch.HasPadding,
             MaxPosition = batch.MaxPosition, LastPositionOnly = batch.LastPositionOnly,
         };
-        var output = Forward(q.to(ScalarType.Float32, home), k.to(cache.DType, home), v.to(cache.DType, home), there, cache, policy, s,
+        var output = Forward(q.to(ScalarType.Float32, home), k.to(cache.DType, home), v.to(cache.DType, home), there, cache, s,
             cachedKeyRotation, ScalarType.Float32);
         return output.to(q.dtype, q.device);
     }
 
     /// <param name="computeType">The type attention computes in: the cache's, or fp32 for delegated attention (keys and values
     /// are then widened as they are read).</param>
-    static Tensor Forward(Tensor q, Tensor k, Tensor v, ForwardBatch batch, LayerKvCache cache, IKvCachePolicy policy, AttentionSettings s,
+    static Tensor Forward(Tensor q, Tensor k, Tensor v, ForwardBatch batch, LayerKvCache cache, AttentionSettings s,
         RotaryEmbedding? cachedKeyRotation, ScalarType computeType)
     {
         long b = q.shape[0], t = q.shape[1];
         int h = s.Heads, hkv = s.KvHeads, g = s.Groups, d = s.HeadDim;
         if (s.QueryScale != 1.0) q = q * s.QueryScale;
 
-        policy.BeforeAppend(cache, (int)t);
-        cache.Append(k.transpose(1, 2), v.transpose(1, 2), batch.Positions, batch.HasPadding, batch.WriteSlots);
+        cache.Update(k.transpose(1, 2), v.transpose(1, 2), batch.Positions, batch.HasPadding, batch.WriteSlots);
         var qh = q.transpose(1, 2); // [B,H,T,D]
         if (qh.dtype != computeType) qh = qh.to(computeType); // queries take the cache's type (bf16 under autocast)
         if (batch.WriteSlots is not null)
         {
-            var result = StaticShapes(qh, batch, cache, policy, s);
-            policy.AfterStep(cache);
+            var result = StaticShapes(qh, batch, cache, s);
+            cache.EndStep();
             return result;
         }
         int length = cache.Length;
@@ -86,7 +85,7 @@ internal static class Attention
             keys = cachedKeyRotation.RotateCached(keys, cache.ActivePositions.ge(0).to(ScalarType.Int64).cumsum(-1) - 1, length);
         bool windowMatters = s.SlidingWindow > 0 && batch.MaxPosition + 1 > s.SlidingWindow;
         Tensor output; // [B,H,T,D]
-        if (policy.NeedsAttentionProbabilities)
+        if (cache.ObservesAttention)
         {
             // Blocks of queries at a time, so that a long prefill never holds all of [B,H,T,L] in fp32 at once.
             var mask = Mask(batch, cache.ActivePositions, s);
@@ -98,7 +97,7 @@ internal static class Attention
                 var block = Explicit(qh.narrow(2, start, n), keys, values, mask.narrow(2, start, n), s, out var probabilities);
                 // Padding queries attend somewhere only to stay finite: policies must not count what they attend to.
                 if (batch.HasPadding) probabilities = probabilities.masked_fill(batch.Positions.narrow(1, start, n).lt(0).unsqueeze(1).unsqueeze(-1), 0);
-                policy.ObserveAttention(cache, probabilities);
+                cache.Observe(probabilities);
                 blocks.Add(block.MoveToOuterDisposeScope());
             }
             output = blocks.Count == 1 ? blocks[0] : torch.cat(blocks, 2);
@@ -122,7 +121,7 @@ internal static class Attention
             var mg = mask.unsqueeze(2).expand(b, hkv, g, t, length).reshape(b, hkv, g * t, length);
             output = F.scaled_dot_product_attention(qg, keys, values, mg).reshape(b, h, t, d);
         }
-        policy.AfterStep(cache);
+        cache.EndStep();
         return output.transpose(1, 2).reshape(b, t, h * d);
     }
 
@@ -131,7 +130,7 @@ internal static class Attention
     /// slots and those not yet written. The fused decode-attention kernel serves small batches; masked matrix products the rest.
     /// Returns [B,T,H·D].
     /// </summary>
-    static Tensor StaticShapes(Tensor qh, ForwardBatch batch, LayerKvCache cache, IKvCachePolicy policy, AttentionSettings s)
+    static Tensor StaticShapes(Tensor qh, ForwardBatch batch, LayerKvCache cache, AttentionSettings s)
     {
         long b = qh.shape[0], t = qh.shape[2];
         int h = s.Heads, hkv = s.KvHeads, g = s.Groups, d = s.HeadDim;
@@ -139,13 +138,13 @@ internal static class Attention
                 s.SlidingWindow, 1.0 / Math.Sqrt(d), out var fused))
             return fused;
         Tensor mask;
-        if (policy.AppendOnly && batch.SharedMask is { } shared && shared.Window == s.SlidingWindow)
+        if (cache.Policy.AppendOnly && batch.SharedMask is { } shared && shared.Window == s.SlidingWindow)
             mask = shared.Mask;
         else
         {
             var m = Mask(batch, cache.Positions, s); // [B,Hkv,T,Cap]
             mask = m.unsqueeze(2).expand(b, hkv, g, t, cache.Capacity).reshape(b, hkv, g * t, cache.Capacity);
-            if (policy.AppendOnly) batch.SharedMask = (s.SlidingWindow, mask.MoveToOuterDisposeScope()); // outlives this layer's scope
+            if (cache.Policy.AppendOnly) batch.SharedMask = (s.SlidingWindow, mask.MoveToOuterDisposeScope()); // outlives this layer's scope
         }
         var output = MatmulAttention(qh.reshape(b, hkv, g * t, d), cache.Keys, cache.Values, mask, d);
         return output.reshape(b, h, t, d).transpose(1, 2).reshape(b, t, h * d);

@@ -203,40 +203,66 @@ public abstract class CausalLanguageModel : IDisposable
         return logits.MoveToOuterDisposeScope();
     }
 
-    /// <summary>The architecture's forward pass.</summary>
-    protected abstract Tensor Run(ForwardBatch batch, KvCache cache);
+    /// <summary>The model's parts, each with its weights by checkpoint name: [0] the embedding, [1..L] the decoder layers,
+    /// [L + 1] the head (final norm and LM head). Set by the architecture's constructor.</summary>
+    internal IReadOnlyList<PartWeights> Parts { get; private protected set; } = Array.Empty<PartWeights>();
 
-    /// <summary>Stages of FlexGen's schedule (<c>Tern.Offloading</c>): stage 0 is the input embedding, stages 1..L the
-    /// transformer blocks, stage L + 1 the output head (final norm and LM head).</summary>
-    internal int StageCount => Info.Layers + 2;
+    /// <summary>The embedding part: token ids (and, for learned positions, positions) to hidden states [B,T,H].</summary>
+    private protected abstract Tensor Embed(PartWeights weights, ModelStep step);
 
-    /// <summary>The weight tensors of stage <paramref name="stage"/> in a fixed order, null where the architecture has none
-    /// (an absent bias). A tied LM head is the embedding's tensor object.</summary>
-    internal abstract Tensor?[] StageWeights(int stage);
+    /// <summary>Decoder layer <paramref name="layer"/>: hidden states in and out, keys and values through its cache.</summary>
+    private protected abstract Tensor Layer(int layer, PartWeights weights, Tensor hidden, ModelStep step, LayerKvCache cache);
+
+    /// <summary>The head: hidden states of the positions that want logits ([B,H] or [B,T,H]) to logits.</summary>
+    private protected abstract Tensor Head(PartWeights weights, Tensor hidden, ModelStep step);
+
+    /// <summary>The forward pass: embedding, every layer (each one's temporaries freed as it ends), head.</summary>
+    Tensor Run(ForwardBatch batch, KvCache cache)
+    {
+        var step = new ModelStep(batch);
+        var h = Embed(Parts[0], step);
+        for (int i = 0; i < Info.Layers; i++)
+        {
+            var input = h;
+            using var layerScope = torch.NewDisposeScope();
+            h = Layer(i, Parts[i + 1], h, step, cache[i]);
+            h.MoveToOuterDisposeScope();
+            input.Dispose(); // free each layer's input now rather than at the end of the step
+        }
+        return Head(Parts[^1], SelectOutputs(h, batch), step);
+    }
+
+    /// <summary>Stages of FlexGen's schedule (<c>Tern.Offloading</c>): the parts, in order.</summary>
+    internal int StageCount => Parts.Count;
 
     /// <summary>
-    /// Runs one stage with <paramref name="weights"/> in <see cref="StageWeights"/>'s order (wherever they were loaded to):
-    /// the embedding takes <paramref name="batch"/>'s ids and returns hidden states [B,T,H]; a block takes and returns hidden
-    /// states, appending to <paramref name="cache"/> (its layer's cache); the head returns logits as <see cref="Forward"/> does.
-    /// The same code as <see cref="Run"/>, one stage at a time.
+    /// Runs one part with <paramref name="weights"/> (the part's names over tensors wherever they were loaded to): the
+    /// embedding takes <paramref name="batch"/>'s ids and returns hidden states [B,T,H]; a layer takes and returns hidden states,
+    /// appending to <paramref name="cache"/> (its layer's cache); the head returns logits as <see cref="Forward"/> does.
+    /// The same code as <see cref="Forward"/>, one part at a time.
     /// </summary>
-    internal abstract Tensor RunStage(int stage, Tensor?[] weights, Tensor? hidden, ForwardBatch batch, LayerKvCache? cache, IKvCachePolicy policy);
-
-    /// <summary>The hidden states a block stage needs, or an error naming the stage.</summary>
-    protected static Tensor Required(Tensor? hidden, int stage) =>
-        hidden ?? throw new ArgumentException($"stage {stage} is a transformer block and needs the previous stage's hidden states.");
+    internal Tensor RunStage(int stage, PartWeights weights, Tensor? hidden, ForwardBatch batch, LayerKvCache? cache)
+    {
+        var step = new ModelStep(batch);
+        if (stage == 0) return Embed(weights, step);
+        var h = hidden ?? throw new ArgumentException($"stage {stage} follows the embedding and needs the previous stage's hidden states.");
+        if (stage == Parts.Count - 1) return Head(weights, SelectOutputs(h, batch), step);
+        return Layer(stage - 1, weights, h, step, cache ?? throw new ArgumentException($"stage {stage} is a decoder layer and needs its KV cache."));
+    }
 
     /// <summary>Picks the last position of hidden states [B,T,H] when only next-token logits are wanted.</summary>
-    protected static Tensor SelectOutputs(Tensor hidden, ForwardBatch batch) =>
+    static Tensor SelectOutputs(Tensor hidden, ForwardBatch batch) =>
         batch.LastPositionOnly ? hidden.select(1, hidden.shape[1] - 1) : hidden;
 
-    /// <summary>Releases the weights.</summary>
-    protected abstract void DisposeWeights();
+    /// <summary>Releases what the architecture holds besides its weights (rotary tables).</summary>
+    private protected virtual void DisposeBuffers() { }
 
     /// <inheritdoc />
     public void Dispose()
     {
-        DisposeWeights();
+        // A tied tensor (LM head = embedding) is listed in two parts and freed once.
+        foreach (var t in Parts.SelectMany(p => p.Tensors).Distinct(ReferenceEqualityComparer.Instance).Cast<Tensor>()) t.Dispose();
+        DisposeBuffers();
         GC.SuppressFinalize(this);
     }
 }

@@ -11,10 +11,7 @@ namespace Tern.Models;
 /// </summary>
 internal sealed class Gpt2Model : CausalLanguageModel
 {
-    sealed record Layer(Tensor Ln1W, Tensor Ln1B, Linear Qkv, Linear Proj, Tensor Ln2W, Tensor Ln2B, Linear Fc, Linear FcProj, AttentionSettings Attention);
-
-    readonly Tensor wte, wpe, lnFW, lnFB, lmHead;
-    readonly Layer[] layers;
+    readonly AttentionSettings[] attention;
     readonly double eps;
     readonly Activation act;
 
@@ -33,31 +30,41 @@ internal sealed class Gpt2Model : CausalLanguageModel
 
         if (w.Trainable)
             throw new NotSupportedException("training GPT-2 (its Conv1D weights are transposed at load) is not supported yet: the trained tensor would not be the one in the checkpoint; train a Llama-family or OPT model.");
-        Linear Conv1D(string prefix, long inF, long outF)
+        Linear Conv1D(PartLoader part, string name, long inF, long outF)
         {
-            var weight = w.Get(prefix + ".weight", inF, outF);
+            var weight = w.Get(part.Weights.Prefix + name + ".weight", inF, outF);
             var transposed = weight.t().contiguous().DetachFromDisposeScope();
             weight.Dispose();
-            return new Linear(transposed, w.Get(prefix + ".bias", outF));
+            return part.Add(name, new Linear(transposed, w.Get(part.Weights.Prefix + name + ".bias", outF)));
         }
 
-        wte = w.Get("transformer.wte.weight", vocab, hidden);
-        wpe = w.Get("transformer.wpe.weight", maxPos, hidden);
-        layers = new Layer[nLayers];
+        var embedding = w.Part("transformer.");
+        var wte = embedding.Get("wte.weight", vocab, hidden);
+        embedding.Get("wpe.weight", maxPos, hidden);
+        var parts = new List<PartWeights> { embedding.Weights };
+        attention = new AttentionSettings[nLayers];
         for (int i = 0; i < nLayers; i++)
         {
-            string p = $"transformer.h.{i}.";
+            var p = w.Part($"transformer.h.{i}.");
+            p.Get("ln_1.weight", hidden);
+            p.Get("ln_1.bias", hidden);
+            Conv1D(p, "attn.c_attn", hidden, 3 * hidden);
+            Conv1D(p, "attn.c_proj", hidden, hidden);
+            p.Get("ln_2.weight", hidden);
+            p.Get("ln_2.bias", hidden);
+            Conv1D(p, "mlp.c_fc", hidden, inner);
+            Conv1D(p, "mlp.c_proj", inner, hidden);
+            parts.Add(p.Weights);
             double scale = (scaleWeights ? 1.0 : Math.Sqrt(headDim)) / (byLayer ? i + 1 : 1);
-            layers[i] = new Layer(
-                w.Get(p + "ln_1.weight", hidden), w.Get(p + "ln_1.bias", hidden),
-                Conv1D(p + "attn.c_attn", hidden, 3 * hidden), Conv1D(p + "attn.c_proj", hidden, hidden),
-                w.Get(p + "ln_2.weight", hidden), w.Get(p + "ln_2.bias", hidden),
-                Conv1D(p + "mlp.c_fc", hidden, inner), Conv1D(p + "mlp.c_proj", inner, hidden),
-                new AttentionSettings(heads, heads, headDim) { QueryScale = scale });
+            attention[i] = new AttentionSettings(heads, heads, headDim) { QueryScale = scale };
         }
-        lnFW = w.Get("transformer.ln_f.weight", hidden);
-        lnFB = w.Get("transformer.ln_f.bias", hidden);
-        lmHead = c.GetBool("tie_word_embeddings") ?? true ? wte : w.Get("lm_head.weight", vocab, hidden);
+        var head = w.Part("");
+        head.Get("transformer.ln_f.weight", hidden);
+        head.Get("transformer.ln_f.bias", hidden);
+        if (c.GetBool("tie_word_embeddings") ?? true) head.Add("lm_head.weight", wte);
+        else head.Get("lm_head.weight", vocab, hidden);
+        parts.Add(head.Weights);
+        Parts = parts;
         Info = new ModelInfo
         {
             ModelType = "gpt2", VocabSize = vocab, HiddenSize = hidden, Layers = nLayers, Heads = heads, KvHeads = heads,
@@ -65,65 +72,25 @@ internal sealed class Gpt2Model : CausalLanguageModel
         };
     }
 
-    protected override Tensor Run(ForwardBatch batch, KvCache cache)
+    private protected override Tensor Embed(PartWeights w, ModelStep step)
     {
-        var h = Embed(wte, wpe, batch);
-        for (int i = 0; i < layers.Length; i++)
-        {
-            var input = h;
-            using var layerScope = torch.NewDisposeScope();
-            h = Block(layers[i], h, batch, cache[i], cache.Policy);
-            h.MoveToOuterDisposeScope();
-            input.Dispose();
-        }
-        return Head(lnFW, lnFB, lmHead, h, batch);
-    }
-
-    static Tensor Embed(Tensor wte, Tensor wpe, ForwardBatch batch)
-    {
+        var batch = step.Batch;
         long b = batch.InputIds.shape[0], t = batch.InputIds.shape[1];
-        return wte.index_select(0, batch.InputIds.flatten()).view(b, t, -1)
-             + wpe.index_select(0, batch.ModelPositions.clamp_min(0).flatten()).view(b, t, -1);
+        return w["wte.weight"].index_select(0, batch.InputIds.flatten()).view(b, t, -1)
+             + w["wpe.weight"].index_select(0, batch.ModelPositions.clamp_min(0).flatten()).view(b, t, -1);
     }
 
-    Tensor Block(Layer l, Tensor h, ForwardBatch batch, LayerKvCache cache, IKvCachePolicy policy)
+    private protected override Tensor Layer(int layer, PartWeights w, Tensor h, ModelStep step, LayerKvCache cache)
     {
         long b = h.shape[0], t = h.shape[1];
-        var s = l.Attention;
-        var qkv = l.Qkv.Forward(Norms.Layer(h, l.Ln1W, l.Ln1B, eps)).view(b, t, 3 * s.Heads, s.HeadDim);
+        var s = attention[layer];
+        var qkv = w.Linear("attn.c_attn").Forward(Norms.Layer(h, w["ln_1.weight"], w["ln_1.bias"], eps)).view(b, t, 3 * s.Heads, s.HeadDim);
         var attended = Attention.Forward(qkv.narrow(2, 0, s.Heads), qkv.narrow(2, s.Heads, s.Heads), qkv.narrow(2, 2 * s.Heads, s.Heads),
-            batch, cache, policy, s);
-        h = l.Proj.ForwardAdd(attended, h);
-        return l.FcProj.ForwardAdd(act.Apply(l.Fc.Forward(Norms.Layer(h, l.Ln2W, l.Ln2B, eps))), h);
+            step.Batch, cache, s);
+        h = w.Linear("attn.c_proj").ForwardAdd(attended, h);
+        return w.Linear("mlp.c_proj").ForwardAdd(act.Apply(w.Linear("mlp.c_fc").Forward(Norms.Layer(h, w["ln_2.weight"], w["ln_2.bias"], eps))), h);
     }
 
-    Tensor Head(Tensor normW, Tensor normB, Tensor head, Tensor h, ForwardBatch batch) =>
-        Linear.Apply(Norms.Layer(SelectOutputs(h, batch), normW, normB, eps), head);
-
-    internal override Tensor?[] StageWeights(int stage)
-    {
-        if (stage == 0) return new[] { wte, wpe };
-        if (stage == layers.Length + 1) return new[] { lnFW, lnFB, lmHead };
-        var l = layers[stage - 1];
-        return new[] { l.Ln1W, l.Ln1B, l.Qkv.Weight, l.Qkv.Bias, l.Proj.Weight, l.Proj.Bias, l.Ln2W, l.Ln2B, l.Fc.Weight, l.Fc.Bias, l.FcProj.Weight, l.FcProj.Bias };
-    }
-
-    internal override Tensor RunStage(int stage, Tensor?[] w, Tensor? hidden, ForwardBatch batch, LayerKvCache? cache, IKvCachePolicy policy)
-    {
-        if (stage == 0) return Embed(w[0]!, w[1]!, batch);
-        if (stage == layers.Length + 1) return Head(w[0]!, w[1]!, w[2]!, Required(hidden, stage), batch);
-        var layer = new Layer(w[0]!, w[1]!, new Linear(w[2]!, w[3]), new Linear(w[4]!, w[5]), w[6]!, w[7]!, new Linear(w[8]!, w[9]), new Linear(w[10]!, w[11]),
-            layers[stage - 1].Attention);
-        return Block(layer, Required(hidden, stage), batch, cache!, policy);
-    }
-
-    protected override void DisposeWeights()
-    {
-        if (!ReferenceEquals(lmHead, wte)) lmHead.Dispose();
-        wte.Dispose(); wpe.Dispose(); lnFW.Dispose(); lnFB.Dispose();
-        foreach (var l in layers)
-        {
-            l.Ln1W.Dispose(); l.Ln1B.Dispose(); l.Qkv.Dispose(); l.Proj.Dispose(); l.Ln2W.Dispose(); l.Ln2B.Dispose(); l.Fc.Dispose(); l.FcProj.Dispose();
-        }
-    }
+    private protected override Tensor Head(PartWeights w, Tensor h, ModelStep step) =>
+        Linear.Apply(Norms.Layer(h, w["transformer.ln_f.weight"], w["transformer.ln_f.bias"], eps), w["lm_head.weight"]);
 }

@@ -12,10 +12,7 @@ namespace Tern.Models;
 /// </summary>
 internal sealed class GptNeoXModel : CausalLanguageModel
 {
-    sealed record Layer(Tensor Ln1W, Tensor Ln1B, Linear Qkv, Linear Dense, Tensor Ln2W, Tensor Ln2B, Linear Up, Linear Down);
 
-    readonly Tensor embed, finalW, finalB, lmHead;
-    readonly Layer[] layers;
     readonly bool parallel;
     readonly double eps;
     readonly Activation act;
@@ -39,24 +36,32 @@ internal sealed class GptNeoXModel : CausalLanguageModel
             throw new NotSupportedException("training GPT-NeoX (its q|k|v rows are reordered at load) is not supported yet: the trained tensor would not be the one in the checkpoint; train a Llama-family or OPT model.");
         // Row r of the per-head layout [head][q|k|v][dim] goes to [q|k|v][head][dim].
         var order = torch.arange(3L * hidden).view(heads, 3, headDim).transpose(0, 1).reshape(-1).to(w.WeightDevice);
-        embed = w.Get("gpt_neox.embed_in.weight", vocab, hidden);
-        layers = new Layer[nLayers];
+        var embedding = w.Part("gpt_neox.");
+        var embed = embedding.Get("embed_in.weight", vocab, hidden);
+        var parts = new List<PartWeights> { embedding.Weights };
         for (int i = 0; i < nLayers; i++)
         {
-            string p = $"gpt_neox.layers.{i}.";
-            var qkv = w.Linear(p + "attention.query_key_value", 3 * hidden, hidden, bias);
-            var reordered = new Linear(qkv.Weight.index_select(0, order).DetachFromDisposeScope(), qkv.Bias?.index_select(0, order).DetachFromDisposeScope());
+            var p = w.Part($"gpt_neox.layers.{i}.");
+            p.Get("input_layernorm.weight", hidden);
+            p.Get("input_layernorm.bias", hidden);
+            var qkv = w.Linear(p.Weights.Prefix + "attention.query_key_value", 3 * hidden, hidden, bias);
+            p.Add("attention.query_key_value", new Linear(qkv.Weight.index_select(0, order).DetachFromDisposeScope(), qkv.Bias?.index_select(0, order).DetachFromDisposeScope()));
             qkv.Dispose();
-            layers[i] = new Layer(
-                w.Get(p + "input_layernorm.weight", hidden), w.Get(p + "input_layernorm.bias", hidden), reordered,
-                w.Linear(p + "attention.dense", hidden, hidden, bias),
-                w.Get(p + "post_attention_layernorm.weight", hidden), w.Get(p + "post_attention_layernorm.bias", hidden),
-                w.Linear(p + "mlp.dense_h_to_4h", inter, hidden, true), w.Linear(p + "mlp.dense_4h_to_h", hidden, inter, true));
+            p.Linear("attention.dense", hidden, hidden, bias);
+            p.Get("post_attention_layernorm.weight", hidden);
+            p.Get("post_attention_layernorm.bias", hidden);
+            p.Linear("mlp.dense_h_to_4h", inter, hidden, true);
+            p.Linear("mlp.dense_4h_to_h", hidden, inter, true);
+            parts.Add(p.Weights);
         }
         order.Dispose();
-        finalW = w.Get("gpt_neox.final_layer_norm.weight", hidden);
-        finalB = w.Get("gpt_neox.final_layer_norm.bias", hidden);
-        lmHead = c.GetBool("tie_word_embeddings") ?? false ? embed : w.Get("embed_out.weight", vocab, hidden);
+        var head = w.Part("");
+        head.Get("gpt_neox.final_layer_norm.weight", hidden);
+        head.Get("gpt_neox.final_layer_norm.bias", hidden);
+        if (c.GetBool("tie_word_embeddings") ?? false) head.Add("embed_out.weight", embed);
+        else head.Get("embed_out.weight", vocab, hidden);
+        parts.Add(head.Weights);
+        Parts = parts;
         rotary = new RotaryEmbedding(RopeSettings.FromConfig(c), headDim, w.Device, w.DType);
         Info = new ModelInfo
         {
@@ -66,63 +71,30 @@ internal sealed class GptNeoXModel : CausalLanguageModel
         };
     }
 
-    protected override Tensor Run(ForwardBatch batch, KvCache cache)
+    private protected override Tensor Embed(PartWeights w, ModelStep step)
     {
-        var h = Embed(embed, batch);
-        var rope = rotary.ForBatch(batch);
-        for (int i = 0; i < layers.Length; i++)
-        {
-            var input = h;
-            using var layerScope = torch.NewDisposeScope();
-            h = Block(layers[i], h, batch, rope, cache[i], cache.Policy);
-            h.MoveToOuterDisposeScope();
-            input.Dispose();
-        }
-        return Head(finalW, finalB, lmHead, h, batch);
+        var ids = step.Batch.InputIds;
+        return w["embed_in.weight"].index_select(0, ids.flatten()).view(ids.shape[0], ids.shape[1], -1);
     }
 
-    static Tensor Embed(Tensor embed, ForwardBatch batch) =>
-        embed.index_select(0, batch.InputIds.flatten()).view(batch.InputIds.shape[0], batch.InputIds.shape[1], -1);
-
-    Tensor Block(Layer l, Tensor h, ForwardBatch batch, RotaryEmbedding.RotaryStep rope, LayerKvCache cache, IKvCachePolicy policy)
+    private protected override Tensor Layer(int layer, PartWeights w, Tensor h, ModelStep step, LayerKvCache cache)
     {
         long b = h.shape[0], t = h.shape[1];
         int heads = attention.Heads;
-        var qkv = l.Qkv.Forward(Norms.Layer(h, l.Ln1W, l.Ln1B, eps)).view(b, t, 3 * heads, attention.HeadDim);
-        var (q, k, cachedKeys) = rope.QueryKey(qkv, heads, heads, policy.PositionsFollowCache);
-        var attended = Attention.Forward(q, k, qkv.narrow(2, 2 * heads, heads), batch, cache, policy, attention, cachedKeys);
-        var attnOut = l.Dense.Forward(attended);
-        if (parallel) return h + attnOut + l.Down.Forward(act.Apply(l.Up.Forward(Norms.Layer(h, l.Ln2W, l.Ln2B, eps))));
+        var qkv = w.Linear("attention.query_key_value").Forward(Norms.Layer(h, w["input_layernorm.weight"], w["input_layernorm.bias"], eps))
+            .view(b, t, 3 * heads, attention.HeadDim);
+        var (q, k, cachedKeys) = step.Rotary(rotary).QueryKey(qkv, heads, heads, cache.KeysAtCacheIndex);
+        var attended = Attention.Forward(q, k, qkv.narrow(2, 2 * heads, heads), step.Batch, cache, attention, cachedKeys);
+        var attnOut = w.Linear("attention.dense").Forward(attended);
+        Tensor Mlp(Tensor x) => w.Linear("mlp.dense_4h_to_h").Forward(act.Apply(w.Linear("mlp.dense_h_to_4h")
+            .Forward(Norms.Layer(x, w["post_attention_layernorm.weight"], w["post_attention_layernorm.bias"], eps))));
+        if (parallel) return h + attnOut + Mlp(h);
         h = h + attnOut;
-        return h + l.Down.Forward(act.Apply(l.Up.Forward(Norms.Layer(h, l.Ln2W, l.Ln2B, eps))));
+        return h + Mlp(h);
     }
 
-    Tensor Head(Tensor normW, Tensor normB, Tensor head, Tensor h, ForwardBatch batch) =>
-        Linear.Apply(Norms.Layer(SelectOutputs(h, batch), normW, normB, eps), head);
+    private protected override Tensor Head(PartWeights w, Tensor h, ModelStep step) =>
+        Linear.Apply(Norms.Layer(h, w["gpt_neox.final_layer_norm.weight"], w["gpt_neox.final_layer_norm.bias"], eps), w["embed_out.weight"]);
 
-    internal override Tensor?[] StageWeights(int stage)
-    {
-        if (stage == 0) return new[] { embed };
-        if (stage == layers.Length + 1) return new[] { finalW, finalB, lmHead };
-        var l = layers[stage - 1];
-        return new[] { l.Ln1W, l.Ln1B, l.Qkv.Weight, l.Qkv.Bias, l.Dense.Weight, l.Dense.Bias, l.Ln2W, l.Ln2B, l.Up.Weight, l.Up.Bias, l.Down.Weight, l.Down.Bias };
-    }
-
-    internal override Tensor RunStage(int stage, Tensor?[] w, Tensor? hidden, ForwardBatch batch, LayerKvCache? cache, IKvCachePolicy policy)
-    {
-        if (stage == 0) return Embed(w[0]!, batch);
-        if (stage == layers.Length + 1) return Head(w[0]!, w[1]!, w[2]!, Required(hidden, stage), batch);
-        var layer = new Layer(w[0]!, w[1]!, new Linear(w[2]!, w[3]), new Linear(w[4]!, w[5]), w[6]!, w[7]!, new Linear(w[8]!, w[9]), new Linear(w[10]!, w[11]));
-        return Block(layer, Required(hidden, stage), batch, rotary.ForBatch(batch), cache!, policy);
-    }
-
-    protected override void DisposeWeights()
-    {
-        if (!ReferenceEquals(lmHead, embed)) lmHead.Dispose();
-        embed.Dispose(); finalW.Dispose(); finalB.Dispose(); rotary.Dispose();
-        foreach (var l in layers)
-        {
-            l.Ln1W.Dispose(); l.Ln1B.Dispose(); l.Qkv.Dispose(); l.Dense.Dispose(); l.Ln2W.Dispose(); l.Ln2B.Dispose(); l.Up.Dispose(); l.Down.Dispose();
-        }
-    }
+    private protected override void DisposeBuffers() => rotary.Dispose();
 }

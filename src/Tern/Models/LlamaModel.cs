@@ -12,11 +12,7 @@ namespace Tern.Models;
 /// </summary>
 internal sealed class LlamaModel : CausalLanguageModel
 {
-    sealed record Layer(Tensor InputNorm, Linear Qkv, Linear Output, Tensor PostNorm, Linear GateUp, Linear Down, AttentionSettings Attention);
-
-    readonly Tensor embed, finalNorm, lmHead;
-    readonly bool tied;
-    readonly Layer[] layers;
+    readonly AttentionSettings[] attention;
     readonly RotaryEmbedding rotary;
     readonly Activation act;
     readonly double eps;
@@ -39,25 +35,30 @@ internal sealed class LlamaModel : CausalLanguageModel
         bool mlpBias = c.GetBool("mlp_bias") ?? false;
         int[] windows = LayerWindows(c, type, nLayers);
 
-        embed = w.Get("model.embed_tokens.weight", vocab, hidden);
-        layers = new Layer[nLayers];
+        var embedding = w.Part("model.");
+        var embed = embedding.Get("embed_tokens.weight", vocab, hidden);
+        var parts = new List<PartWeights> { embedding.Weights };
+        attention = new AttentionSettings[nLayers];
         for (int i = 0; i < nLayers; i++)
         {
-            string p = $"model.layers.{i}.";
-            var settings = new AttentionSettings(heads, kvHeads, headDim) { SlidingWindow = windows[i] };
-            layers[i] = new Layer(
-                w.Get(p + "input_layernorm.weight", hidden),
-                w.Fused(new[] { p + "self_attn.q_proj", p + "self_attn.k_proj", p + "self_attn.v_proj" },
-                    new long[] { heads * headDim, kvHeads * headDim, kvHeads * headDim }, hidden, qkvBias),
-                w.Linear(p + "self_attn.o_proj", hidden, heads * headDim, outBias),
-                w.Get(p + "post_attention_layernorm.weight", hidden),
-                w.Fused(new[] { p + "mlp.gate_proj", p + "mlp.up_proj" }, new long[] { intermediate, intermediate }, hidden, mlpBias),
-                w.Linear(p + "mlp.down_proj", hidden, intermediate, mlpBias),
-                settings);
+            var p = w.Part($"model.layers.{i}.");
+            p.Get("input_layernorm.weight", hidden);
+            p.Fused("self_attn.qkv_proj", new[] { "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj" },
+                new long[] { heads * headDim, kvHeads * headDim, kvHeads * headDim }, hidden, qkvBias);
+            p.Linear("self_attn.o_proj", hidden, heads * headDim, outBias);
+            p.Get("post_attention_layernorm.weight", hidden);
+            p.Fused("mlp.gate_up_proj", new[] { "mlp.gate_proj", "mlp.up_proj" }, new long[] { intermediate, intermediate }, hidden, mlpBias);
+            p.Linear("mlp.down_proj", hidden, intermediate, mlpBias);
+            parts.Add(p.Weights);
+            attention[i] = new AttentionSettings(heads, kvHeads, headDim) { SlidingWindow = windows[i] };
         }
-        finalNorm = w.Get("model.norm.weight", hidden);
-        tied = c.GetBool("tie_word_embeddings") ?? false; // as transformers: a saved lm_head is ignored when tied
-        lmHead = tied ? embed : w.Get("lm_head.weight", vocab, hidden);
+        var head = w.Part("");
+        head.Get("model.norm.weight", hidden);
+        // As transformers: a saved lm_head is ignored when the embeddings are tied.
+        if (c.GetBool("tie_word_embeddings") ?? false) head.Add("lm_head.weight", embed);
+        else head.Get("lm_head.weight", vocab, hidden);
+        parts.Add(head.Weights);
+        Parts = parts;
         rotary = new RotaryEmbedding(RopeSettings.FromConfig(c), headDim, w.Device, w.DType);
         Info = new ModelInfo
         {
@@ -95,64 +96,26 @@ internal sealed class LlamaModel : CausalLanguageModel
         return Enumerable.Repeat(type == "mistral" ? window : 0, layers).ToArray();
     }
 
-    protected override Tensor Run(ForwardBatch batch, KvCache cache)
+    private protected override Tensor Embed(PartWeights w, ModelStep step)
     {
-        var h = Embed(embed, batch);
-        var rope = rotary.ForBatch(batch);
-        for (int i = 0; i < layers.Length; i++)
-        {
-            var input = h;
-            using var layerScope = torch.NewDisposeScope();
-            h = Block(layers[i], h, batch, rope, cache[i], cache.Policy);
-            h.MoveToOuterDisposeScope();
-            input.Dispose(); // free each layer's input now rather than at the end of the step
-        }
-        return Head(finalNorm, lmHead, h, batch);
+        var ids = step.Batch.InputIds;
+        return w["embed_tokens.weight"].index_select(0, ids.flatten()).view(ids.shape[0], ids.shape[1], -1);
     }
 
-    static Tensor Embed(Tensor embed, ForwardBatch batch) =>
-        embed.index_select(0, batch.InputIds.flatten()).view(batch.InputIds.shape[0], batch.InputIds.shape[1], -1);
-
-    Tensor Block(Layer layer, Tensor h, ForwardBatch batch, RotaryEmbedding.RotaryStep rope, LayerKvCache cache, IKvCachePolicy policy)
+    private protected override Tensor Layer(int layer, PartWeights w, Tensor h, ModelStep step, LayerKvCache cache)
     {
         long b = h.shape[0], t = h.shape[1];
-        var s = layer.Attention;
-        var qkv = layer.Qkv.Forward(Norms.Rms(h, layer.InputNorm, eps)).view(b, t, s.Heads + 2 * s.KvHeads, s.HeadDim);
-        var (q, k, cachedKeys) = rope.QueryKey(qkv, s.Heads, s.KvHeads, policy.PositionsFollowCache);
-        var attended = Attention.Forward(q, k, qkv.narrow(2, s.Heads + s.KvHeads, s.KvHeads), batch, cache, policy, s, cachedKeys);
-        h = layer.Output.ForwardAdd(attended, h);
-        var gateUp = layer.GateUp.Forward(Norms.Rms(h, layer.PostNorm, eps));
-        return layer.Down.ForwardAdd(act.Gated(gateUp, intermediate), h);
+        var s = attention[layer];
+        var qkv = w.Linear("self_attn.qkv_proj").Forward(Norms.Rms(h, w["input_layernorm.weight"], eps)).view(b, t, s.Heads + 2 * s.KvHeads, s.HeadDim);
+        var (q, k, cachedKeys) = step.Rotary(rotary).QueryKey(qkv, s.Heads, s.KvHeads, cache.KeysAtCacheIndex);
+        var attended = Attention.Forward(q, k, qkv.narrow(2, s.Heads + s.KvHeads, s.KvHeads), step.Batch, cache, s, cachedKeys);
+        h = w.Linear("self_attn.o_proj").ForwardAdd(attended, h);
+        var gateUp = w.Linear("mlp.gate_up_proj").Forward(Norms.Rms(h, w["post_attention_layernorm.weight"], eps));
+        return w.Linear("mlp.down_proj").ForwardAdd(act.Gated(gateUp, intermediate), h);
     }
 
-    Tensor Head(Tensor norm, Tensor head, Tensor h, ForwardBatch batch) => Linear.Apply(Norms.Rms(SelectOutputs(h, batch), norm, eps), head);
+    private protected override Tensor Head(PartWeights w, Tensor h, ModelStep step) =>
+        Linear.Apply(Norms.Rms(h, w["model.norm.weight"], eps), w["lm_head.weight"]);
 
-    internal override Tensor?[] StageWeights(int stage)
-    {
-        if (stage == 0) return new[] { embed };
-        if (stage == layers.Length + 1) return new[] { finalNorm, lmHead };
-        var l = layers[stage - 1];
-        return new[] { l.InputNorm, l.Qkv.Weight, l.Qkv.Bias, l.Output.Weight, l.Output.Bias, l.PostNorm, l.GateUp.Weight, l.GateUp.Bias, l.Down.Weight, l.Down.Bias };
-    }
-
-    internal override Tensor RunStage(int stage, Tensor?[] w, Tensor? hidden, ForwardBatch batch, LayerKvCache? cache, IKvCachePolicy policy)
-    {
-        if (stage == 0) return Embed(w[0]!, batch);
-        if (stage == layers.Length + 1) return Head(w[0]!, w[1]!, Required(hidden, stage), batch);
-        var layer = new Layer(w[0]!, new Linear(w[1]!, w[2]), new Linear(w[3]!, w[4]), w[5]!, new Linear(w[6]!, w[7]), new Linear(w[8]!, w[9]),
-            layers[stage - 1].Attention);
-        return Block(layer, Required(hidden, stage), batch, rotary.ForBatch(batch), cache!, policy);
-    }
-
-    protected override void DisposeWeights()
-    {
-        embed.Dispose();
-        finalNorm.Dispose();
-        if (!tied) lmHead.Dispose();
-        foreach (var l in layers)
-        {
-            l.InputNorm.Dispose(); l.Qkv.Dispose(); l.Output.Dispose(); l.PostNorm.Dispose(); l.GateUp.Dispose(); l.Down.Dispose();
-        }
-        rotary.Dispose();
-    }
+    private protected override void DisposeBuffers() => rotary.Dispose();
 }

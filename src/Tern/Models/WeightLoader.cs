@@ -72,7 +72,8 @@ internal sealed class WeightLoader
         return Track(tensor, name);
     }
 
-    public Tensor? GetOptional(string name, params long[] shape) => Contains(name) ? Get(name, shape) : null;
+    /// <summary>A loader for the part whose checkpoint names start with <paramref name="prefix"/>.</summary>
+    public PartLoader Part(string prefix) => new(this, prefix);
 
     public Linear Linear(string prefix, long outFeatures, long inFeatures, bool bias) =>
         new(Get(prefix + ".weight", outFeatures, inFeatures), bias ? Get(prefix + ".bias", outFeatures) : null);
@@ -93,6 +94,36 @@ internal sealed class WeightLoader
                 prefixes.Select((p, i) => new ParameterPart(p + ".bias", outFeatures[i])).ToArray());
         return new Linear(weight, b);
     }
+}
+
+/// <summary>Loads the weights of one model part by names relative to its prefix and registers them in <see cref="Weights"/>:
+/// the one place an architecture lists a part's weights.</summary>
+internal sealed class PartLoader(WeightLoader loader, string prefix)
+{
+    /// <summary>The part's weights, as loaded so far.</summary>
+    public PartWeights Weights { get; } = new(prefix);
+
+    /// <summary>The underlying loader.</summary>
+    public WeightLoader Loader => loader;
+
+    public Tensor Get(string name, params long[] shape) => Weights.Add(name, loader.Get(prefix + name, shape));
+
+    public Linear Linear(string name, long outFeatures, long inFeatures, bool bias) => Add(name, loader.Linear(prefix + name, outFeatures, inFeatures, bias));
+
+    /// <summary>Linear maps of the same input fused by rows (<see cref="WeightLoader.Fused"/>), registered as <paramref name="name"/>.</summary>
+    public Linear Fused(string name, string[] parts, long[] outFeatures, long inFeatures, bool bias) =>
+        Add(name, loader.Fused(parts.Select(p => prefix + p).ToArray(), outFeatures, inFeatures, bias));
+
+    /// <summary>Registers a linear map (weights transformed at load, e.g. transposed or reordered) as <paramref name="name"/>.</summary>
+    public Linear Add(string name, Linear linear)
+    {
+        Weights.Add(name + ".weight", linear.Weight);
+        if (linear.Bias is not null) Weights.Add(name + ".bias", linear.Bias);
+        return linear;
+    }
+
+    /// <summary>Registers a tensor loaded elsewhere (a tied LM head is the embedding's tensor object).</summary>
+    public Tensor Add(string name, Tensor tensor) => Weights.Add(name, tensor);
 }
 
 /// <summary>A slice of rows of a <see cref="ModelParameter"/> that is one Hugging Face tensor.</summary>

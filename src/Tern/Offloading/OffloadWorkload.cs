@@ -48,9 +48,8 @@ public sealed record OffloadWorkload
         var meta = new torch.Device(DeviceType.META);
         using var model = CausalLanguageModel.Create(config, source, meta, dtype, trainable: false, weightDevice: meta);
         var info = model.Info;
-        var all = Enumerable.Range(0, model.StageCount).SelectMany(model.StageWeights).Where(t => t is not null)
-            .Distinct(ReferenceEqualityComparer.Instance).Cast<torch.Tensor>().ToArray();
-        var block = model.StageWeights(1).Where(t => t is not null).Cast<torch.Tensor>().ToArray();
+        var all = model.Parts.SelectMany(p => p.Tensors).Distinct(ReferenceEqualityComparer.Instance).Cast<torch.Tensor>().ToArray();
+        var block = model.Parts[1].Tensors;
         int es = dtype.ElementSize();
         return new OffloadWorkload
         {

@@ -104,9 +104,9 @@ public sealed class OffloadedModel : IDisposable
             directory = usesDisk ? OffloadDirectory.Create(options.Directory!) : null;
             engine = CreateEngine(device, policy.Overlap);
             model = CausalLanguageModel.Create(config, source, device, dtype, trainable: false, weightDevice: torch.CPU);
-            var stageWeights = Enumerable.Range(0, model.StageCount).Select(model.StageWeights).ToArray();
+            var stageWeights = model.Parts;
             // The GPU share of the weights is checked against the cap before anything moves there, and exactly once placed.
-            double bytes = stageWeights.SelectMany(s => s).OfType<Tensor>().Distinct(ReferenceEqualityComparer.Instance).Cast<Tensor>()
+            double bytes = stageWeights.SelectMany(s => s.Tensors).Distinct(ReferenceEqualityComparer.Instance).Cast<Tensor>()
                 .Sum(t => (double)t.NumberOfElements * t.ElementSize);
             budget.Reserve("weights", (long)(bytes * policy.Weights.Gpu * (policy.CompressWeights ? CostModel.CompressionRatio * 2 / dtype.ElementSize() : 1)));
             placed = OffloadedWeights.Place(stageWeights, policy.Weights, policy.CompressWeights, device, engine, directory);
@@ -362,7 +362,7 @@ public sealed class OffloadedModel : IDisposable
             }
             if (j == stages - 1)
             {
-                var stepLogits = model.RunStage(j, w, h, batch, null, DensePolicy.Instance);
+                var stepLogits = model.RunStage(j, w, h, batch, null);
                 var next = stepLogits.argmax(-1).cpu().data<long>().ToArray();
                 for (int r = 0; r < next.Length; r++) generated[k][r].Add((int)next[r]);
                 logits?[i].Add(stepLogits.to(ScalarType.Float32).cpu().DetachFromDisposeScope());
@@ -370,8 +370,8 @@ public sealed class OffloadedModel : IDisposable
                 return;
             }
             Tensor output;
-            if (j == 0) output = model.RunStage(0, w, null, batch, null, DensePolicy.Instance);
-            else if (hostCaches is not null && i > 0) output = model.RunStage(j, w, h, batch, hostCaches[k][j - 1], DensePolicy.Instance); // attends on the CPU
+            if (j == 0) output = model.RunStage(0, w, null, batch, null);
+            else if (hostCaches is not null && i > 0) output = model.RunStage(j, w, h, batch, hostCaches[k][j - 1]); // attends on the CPU
             else
             {
                 var cache = WorkingCache(prompts[k].Length, capacity[k]);
@@ -385,7 +385,7 @@ public sealed class OffloadedModel : IDisposable
                 }
                 cache.Positions.copy_(cachePositions[k]);
                 cache.Restore(length, cacheHoles[k]);
-                output = model.RunStage(j, w, h, batch, cache, DensePolicy.Instance);
+                output = model.RunStage(j, w, h, batch, cache);
                 if (j == 1) cachePositions[k].copy_(cache.Positions);
                 StoreNewEntries(k, j - 1, cache, length);
             }

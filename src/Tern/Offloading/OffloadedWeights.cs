@@ -1,4 +1,5 @@
 using Tern.Compression;
+using Tern.Models;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -14,7 +15,8 @@ internal sealed class OffloadedWeights : IDisposable
     /// <summary>FlexGen's weight compression: 4 bits, groups of 64 along the output-channel dimension (dim 0).</summary>
     public static readonly GroupQuantizationOptions Compression = new() { Bits = 4, GroupSize = 64, Dimension = 0 };
 
-    readonly Home?[][] stages;
+    readonly PartWeights[] parts;
+    readonly Home[][] stages;
     readonly List<Home> homes = new();
 
     /// <summary>One tensor's home: one buffer, or three (codes, step, min) when compressed.</summary>
@@ -30,27 +32,27 @@ internal sealed class OffloadedWeights : IDisposable
         public bool Compressed => compressed;
     }
 
-    OffloadedWeights(Home?[][] stages) => this.stages = stages;
+    OffloadedWeights(PartWeights[] parts, Home[][] stages) => (this.parts, this.stages) = (parts, stages);
 
     /// <summary>Bytes at home on each tier.</summary>
     public long BytesOn(Tier tier) => homes.Where(h => h.Tier == tier).Sum(h => h.Bytes);
 
     /// <summary>The most bytes loading one stage adds on the compute device: copies of its weights that live elsewhere, and
     /// the dequantized copies of compressed ones (resident uncompressed weights add nothing).</summary>
-    public long LargestStageLoadBytes => stages.Max(s => s.OfType<Home>().Distinct().Sum(h =>
+    public long LargestStageLoadBytes => stages.Max(s => s.Distinct().Sum(h =>
         (h.Compressed && h.Tier != Tier.Gpu ? h.Bytes : 0) + (h.Compressed || h.Tier != Tier.Gpu ? TierBuffer.Count(h.Shape) * h.DType.ElementSize() : 0)));
 
     /// <summary>
-    /// Places the weights of <paramref name="stageWeights"/> (host tensors, per stage in <c>StageWeights</c> order) on their tiers
-    /// by <paramref name="shares"/>, consuming them: each source is disposed as soon as its home holds a copy.
+    /// Places the weights of the model's parts (host tensors) on their tiers by <paramref name="shares"/>, consuming them: each
+    /// source is disposed as soon as its home holds a copy.
     /// </summary>
-    public static OffloadedWeights Place(IReadOnlyList<Tensor?[]> stageWeights, TierFractions shares, bool compress, Device device,
+    public static OffloadedWeights Place(IReadOnlyList<PartWeights> stageWeights, TierFractions shares, bool compress, Device device,
         ITransferEngine engine, OffloadDirectory? directory)
     {
         var unique = new List<Tensor>();
         var seen = new HashSet<Tensor>(ReferenceEqualityComparer.Instance);
-        foreach (var t in stageWeights.SelectMany(s => s))
-            if (t is not null && seen.Add(t)) unique.Add(t);
+        foreach (var t in stageWeights.SelectMany(s => s.Tensors))
+            if (seen.Add(t)) unique.Add(t);
         bool Compresses(Tensor t) => compress && t.dim() >= 2;
         long StoredBytes(Tensor t) => Compresses(t)
             ? (t.NumberOfElements + 1) / 2 + 2 * t.dtype.ElementSize() * (t.NumberOfElements / Math.Max(1, t.shape[0]) * ((t.shape[0] + 63) / 64))
@@ -71,7 +73,7 @@ internal sealed class OffloadedWeights : IDisposable
             foreach (var h in byTensor.Values) DisposeHome(h);
             throw;
         }
-        var placed = new OffloadedWeights(stageWeights.Select(s => s.Select(t => t is null ? null : byTensor[t]).ToArray()).ToArray());
+        var placed = new OffloadedWeights(stageWeights.ToArray(), stageWeights.Select(s => s.Tensors.Select(t => byTensor[t]).ToArray()).ToArray());
         placed.homes.AddRange(byTensor.Values);
         return placed;
     }
@@ -118,7 +120,7 @@ internal sealed class OffloadedWeights : IDisposable
 
     /// <summary>Makes room on <paramref name="device"/> for stage <paramref name="stage"/>'s weights; the copies start as
     /// <see cref="StageLoad.IssueThrough"/> asks, and the weights are usable once all are issued and the engine synchronizes.</summary>
-    public StageLoad Begin(int stage, ITransferEngine engine, Device device) => new(stages[stage], engine, device);
+    public StageLoad Begin(int stage, ITransferEngine engine, Device device) => new(parts[stage], stages[stage], engine, device);
 
     /// <summary>
     /// One stage's weights on the compute device. Resident weights are views of their homes; the others get a target each and
@@ -129,23 +131,26 @@ internal sealed class OffloadedWeights : IDisposable
     {
         /// <summary>Pieces end on multiples of this many elements (page-aligned disk reads for every element size).</summary>
         internal const long Alignment = 4096;
-        readonly Home?[] homes;
+        readonly PartWeights part;
+        readonly Home[] homes;
         readonly ITransferEngine engine;
-        readonly Tensor[]?[] loaded;
+        readonly Tensor[][] loaded;
         readonly List<(TierBuffer Source, Tensor Target)> copies = new();
         readonly long totalBytes;
         long issuedBytes, pieceOffset;
         int piece;
-        Tensor?[]? materialized;
+        PartWeights? materialized;
 
-        public StageLoad(Home?[] homes, ITransferEngine engine, Device device)
+        /// <param name="part">The part's weights as the model holds them (their names).</param>
+        public StageLoad(PartWeights part, Home[] homes, ITransferEngine engine, Device device)
         {
+            this.part = part;
             this.homes = homes;
             this.engine = engine;
-            loaded = new Tensor[]?[homes.Length];
+            loaded = new Tensor[homes.Length][];
             for (int i = 0; i < homes.Length; i++)
             {
-                if (homes[i] is not { } h) continue;
+                var h = homes[i];
                 loaded[i] = h.Parts.Select((p, n) =>
                 {
                     if (p.Tier == Tier.Gpu) return p.Load(engine, device, 0, h.PartShapes[n]);
@@ -182,21 +187,19 @@ internal sealed class OffloadedWeights : IDisposable
             }
         }
 
-        /// <summary>The weights, in <c>StageWeights</c> order (compressed ones dequantized once, on the compute device).</summary>
-        public Tensor?[] Weights => materialized ??= loaded.Select((parts, i) => parts is null ? null
-            : homes[i]!.Compressed
-                ? GroupQuantizer.Dequantize(new QuantizedTensor(parts[0], parts[1], parts[2], homes[i]!.Shape, homes[i]!.Dimension, homes[i]!.DType, Compression))
-                    .DetachFromDisposeScope()
-                : parts[0]).ToArray();
+        /// <summary>The part's weights on the compute device (compressed ones dequantized once there).</summary>
+        public PartWeights Weights => materialized ??= part.With(loaded.Select((parts, i) => homes[i].Compressed
+            ? GroupQuantizer.Dequantize(new QuantizedTensor(parts[0], parts[1], parts[2], homes[i].Shape, homes[i].Dimension, homes[i].DType, Compression))
+                .DetachFromDisposeScope()
+            : parts[0]).ToArray());
 
         public void Dispose()
         {
             foreach (var (_, target) in copies) target.Dispose();
-            foreach (var parts in loaded)
-                if (parts is not null) foreach (var p in parts) p.Dispose();
+            foreach (var p in loaded.SelectMany(parts => parts)) p.Dispose();
             if (materialized is not null)
-                for (int i = 0; i < materialized.Length; i++)
-                    if (homes[i]?.Compressed == true) materialized[i]?.Dispose();
+                for (int i = 0; i < homes.Length; i++)
+                    if (homes[i].Compressed) materialized.Tensors[i].Dispose();
         }
     }
 

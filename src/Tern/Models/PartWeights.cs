@@ -1,0 +1,57 @@
+using static TorchSharp.torch;
+
+namespace Tern.Models;
+
+/// <summary>
+/// The weights of one part of a model — the embedding, a decoder layer or the head — under their checkpoint names relative
+/// to the part's prefix ("input_layernorm.weight"). Fused tensors take vLLM's names ("self_attn.qkv_proj.weight" for q|k|v,
+/// "mlp.gate_up_proj.weight" for gate|up). An architecture states its weights once, when it loads them; running, disposal,
+/// placement and offloading go through this list, so they are generic.
+/// </summary>
+internal sealed class PartWeights
+{
+    readonly List<string> names = new();
+    readonly List<Tensor> tensors = new();
+    readonly Dictionary<string, int> index = new(StringComparer.Ordinal);
+
+    /// <param name="prefix">The checkpoint prefix of the part ("model.layers.3."), for messages and export.</param>
+    public PartWeights(string prefix) => Prefix = prefix;
+
+    /// <summary>The checkpoint prefix of the part.</summary>
+    public string Prefix { get; }
+
+    /// <summary>Relative names, in load order.</summary>
+    public IReadOnlyList<string> Names => names;
+
+    /// <summary>The tensors, in <see cref="Names"/>' order.</summary>
+    public IReadOnlyList<Tensor> Tensors => tensors;
+
+    /// <summary>Registers <paramref name="tensor"/> under <paramref name="name"/>; returns it.</summary>
+    public Tensor Add(string name, Tensor tensor)
+    {
+        if (!index.TryAdd(name, names.Count)) throw new InvalidOperationException($"weight '{Prefix}{name}' is registered twice.");
+        names.Add(name);
+        tensors.Add(tensor);
+        return tensor;
+    }
+
+    /// <summary>The weight called <paramref name="name"/>.</summary>
+    public Tensor this[string name] => index.TryGetValue(name, out int i) ? tensors[i]
+        : throw new KeyNotFoundException($"the model part '{Prefix}' has no weight '{name}'.");
+
+    /// <summary>The weight called <paramref name="name"/>, or null when the architecture has none (an absent bias).</summary>
+    public Tensor? Optional(string name) => index.TryGetValue(name, out int i) ? tensors[i] : null;
+
+    /// <summary>The linear map stored as <paramref name="name"/>.weight and (optionally) <paramref name="name"/>.bias.</summary>
+    public Linear Linear(string name) => new(this[name + ".weight"], Optional(name + ".bias"));
+
+    /// <summary>The same names over other tensors (e.g. copies loaded on the compute device), in <see cref="Names"/>' order.</summary>
+    public PartWeights With(IReadOnlyList<Tensor> others)
+    {
+        if (others.Count != tensors.Count)
+            throw new ArgumentException($"the model part '{Prefix}' has {tensors.Count} weights; {others.Count} were given.");
+        var copy = new PartWeights(Prefix);
+        for (int i = 0; i < others.Count; i++) copy.Add(names[i], others[i]);
+        return copy;
+    }
+}
