@@ -1,4 +1,5 @@
 using Tern.Caching;
+using Tern.Generation;
 using Tern.Models;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -35,7 +36,7 @@ public static class TeacherForcing
 {
     /// <summary>Scores every token after the prefix of each sequence (sequences may differ in length; shorter ones are padded
     /// at the end and their padding is not scored). The batch runs as one: a cache of batch = sequences.</summary>
-    public static TeacherForcingResult Score(CausalLanguageModel model, IReadOnlyList<IReadOnlyList<int>> sequences,
+    public static TeacherForcingResult Score(IStepModel model, IReadOnlyList<IReadOnlyList<int>> sequences,
         TeacherForcingOptions options, CancellationToken cancellation = default)
     {
         int batch = sequences.Count, prefix = options.PrefixLength;
@@ -48,7 +49,8 @@ public static class TeacherForcing
         var policy = options.Policy ?? DensePolicy.Instance;
 
         using var scope = torch.NewDisposeScope();
-        using var cache = model.CreateCache(batch, length, policy, maxStepTokens: prefix);
+        using var runner = model.CreateRunner(batch, length, prefix, policy);
+        var cache = runner.Cache!; // what the policy's re-computation rule reads
         var padded = new long[batch * length];
         for (int b = 0; b < batch; b++)
             for (int t = 0; t < sequences[b].Count; t++) padded[b * length + t] = sequences[b][t];
@@ -67,23 +69,23 @@ public static class TeacherForcing
         IReadOnlyList<int>[] Fed(int count) => sequences.Select(s => (IReadOnlyList<int>)s.Take(count).ToArray()).ToArray();
 
         var prefill = ForwardBatch.LeftPadded(Fed(prefix), device, lastPositionOnly: true);
-        Record(0, policy.RecomputeWindow(cache, prefix) is > 0 and var first ? model.RecomputeWindow(cache, Fed(prefix), first)
-            : model.Forward(prefill, cache));
+        Record(0, policy.RecomputeWindow(cache, prefix) is > 0 and var first ? WindowRecompute.Run(runner, device, Fed(prefix), first)
+            : runner.Forward(prefill));
         var ones = Enumerable.Repeat(1, batch).ToArray();
         for (int t = prefix; t < length - 1; t++)
         {
             cancellation.ThrowIfCancellationRequested();
             using var stepScope = torch.NewDisposeScope();
             var logits = policy.RecomputeWindow(cache, t + 1) is > 0 and var window
-                ? model.RecomputeWindow(cache, Fed(t + 1), window)
-                : model.Forward(new ForwardBatch
+                ? WindowRecompute.Run(runner, device, Fed(t + 1), window)
+                : runner.Forward(new ForwardBatch
                 {
                     InputIds = ids.narrow(1, t, 1),
                     Positions = torch.full(new long[] { batch, 1 }, (long)t, ScalarType.Int64, device),
                     RealTokens = ones,
                     MaxPosition = t,
                     LastPositionOnly = true,
-                }, cache);
+                });
             Record(t - prefix + 1, logits);
             if (options.Progress is { } progress && (t % 256 == 0 || t == length - 2)) progress.Report((t - prefix + 1.0) / Math.Max(1, targets - 1));
         }

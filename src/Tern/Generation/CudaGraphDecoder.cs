@@ -16,8 +16,9 @@ namespace Tern.Generation;
 /// </summary>
 internal sealed class CudaGraphDecoder : IDisposable
 {
-    readonly CausalLanguageModel model;
+    readonly IStepRunner runner;
     readonly KvCache cache;
+    readonly Device device;
     readonly Sampler sampler;
     readonly Tensor ids, positions, slot, finished, pad;
     readonly int[] ones;
@@ -25,22 +26,22 @@ internal sealed class CudaGraphDecoder : IDisposable
     LibTorchCuda.Graph? graph;
     int steps;
 
-    /// <summary>True when graphs can serve this request: CUDA, libtorch's graph symbols found, a cache of static capacity
-    /// (the full policy, 16 bits) and a deterministic sampler.</summary>
-    public static bool CanServe(CausalLanguageModel model, GenerationOptions options) =>
-        options.Temperature == 0 && (options.CachePolicy?.AppendOnly ?? true) && (options.CachePolicy?.Bits ?? 16) == 16
-        && (options.ForceStaticShapes || options.UseCudaGraphs && model.Device.type == DeviceType.CUDA && LibTorchCuda.IsAvailable);
+    /// <summary>True when graphs can serve this request: CUDA, libtorch's graph symbols found, an in-memory cache of static
+    /// capacity (the full policy, 16 bits) and a deterministic sampler.</summary>
+    public static bool CanServe(IStepRunner runner, Device device, GenerationOptions options) =>
+        runner.Cache is not null && options.Temperature == 0 && runner.Policy.AppendOnly && runner.Policy.Bits == 16
+        && (options.ForceStaticShapes || options.UseCudaGraphs && device.type == DeviceType.CUDA && LibTorchCuda.IsAvailable);
 
-    bool Capturing => model.Device.type == DeviceType.CUDA;
+    bool Capturing => device.type == DeviceType.CUDA;
 
     /// <param name="first">The token sampled from the prefill, [batch].</param>
     /// <param name="nextPositions">Position of that token in each sequence, [batch, 1].</param>
-    public CudaGraphDecoder(CausalLanguageModel model, KvCache cache, Sampler sampler, Tensor first, Tensor nextPositions, int padId)
+    public CudaGraphDecoder(IStepRunner runner, Sampler sampler, Tensor first, Tensor nextPositions, int padId)
     {
-        this.model = model;
-        this.cache = cache;
+        this.runner = runner;
+        cache = runner.Cache ?? throw new ArgumentException("CUDA graphs capture steps over an in-memory KV cache.");
         this.sampler = sampler;
-        var device = model.Device;
+        device = first.device;
         ids = first.unsqueeze(1).clone().DetachFromDisposeScope();
         positions = nextPositions.clone().DetachFromDisposeScope();
         slot = torch.tensor(new long[] { cache[0].Length }).to(device).DetachFromDisposeScope();
@@ -97,7 +98,7 @@ internal sealed class CudaGraphDecoder : IDisposable
     void Body()
     {
         using var scope = torch.NewDisposeScope();
-        var logits = model.Forward(new ForwardBatch
+        var logits = runner.Forward(new ForwardBatch
         {
             InputIds = ids,
             Positions = positions,
@@ -105,7 +106,7 @@ internal sealed class CudaGraphDecoder : IDisposable
             MaxPosition = maxPosition,
             LastPositionOnly = true,
             WriteSlots = slot,
-        }, cache);
+        });
         var next = torch.where(finished, pad, sampler.Next(logits));
         ids.copy_(next.unsqueeze(1));
         positions.add_(1);

@@ -15,11 +15,12 @@ namespace Tern.Generation;
 /// </summary>
 public sealed class Generator
 {
-    readonly CausalLanguageModel model;
+    readonly IStepModel model;
     readonly TernTokenizer? tokenizer;
 
-    /// <summary>A generator for <paramref name="model"/>; the tokenizer is needed for text prompts, stop strings and text outputs.</summary>
-    public Generator(CausalLanguageModel model, TernTokenizer? tokenizer = null)
+    /// <summary>A generator for <paramref name="model"/> (in memory, or offloaded); the tokenizer is needed for text prompts,
+    /// stop strings and text outputs.</summary>
+    public Generator(IStepModel model, TernTokenizer? tokenizer = null)
     {
         this.model = model;
         this.tokenizer = tokenizer;
@@ -120,22 +121,23 @@ public sealed class Generator
             var realLengths = prompts.Select(p => p.Count).ToArray();
             var prefill = ForwardBatch.LeftPadded(prompts, device, padId, lastPositionOnly: true);
             var chunks = options.PrefillChunk > 0 && options.PrefillChunk < promptLength ? prefill.Chunks(options.PrefillChunk).ToArray() : new[] { prefill };
-            using var cache = model.CreateCache(batch, promptLength + maxNew, options.CachePolicy, chunks.Max(c => (int)c.InputIds.shape[1]));
-            var policy = cache.Policy;
-            recomputes = policy.RecomputeWindow(cache, promptLength + maxNew) > 0;
+            using var runner = model.CreateRunner(batch, promptLength + maxNew, chunks.Max(c => (int)c.InputIds.shape[1]), options.CachePolicy);
+            var policy = runner.Policy;
+            var cache = runner.Cache;
+            recomputes = policy.RecomputeWindow(cache!, promptLength + maxNew) > 0;
             var fed = recomputes ? prompts.Select(p => p.ToList()).ToArray() : null; // every token each sequence has fed
             using var sampler = new Sampler(options, prefill.InputIds, prefill.Positions.ge(0), model.Info.VocabSize);
 
             prefillWatch.Start();
             Tensor logits;
-            if (policy.RecomputeWindow(cache, promptLength) is > 0 and var promptWindow) logits = Recompute(cache, fed!, promptWindow);
+            if (policy.RecomputeWindow(cache!, promptLength) is > 0 and var promptWindow) logits = WindowRecompute.Run(runner, device, fed!, promptWindow);
             else
             {
-                logits = model.Forward(chunks[0], cache);
+                logits = runner.Forward(chunks[0]);
                 foreach (var chunk in chunks.Skip(1))
                 {
                     logits.Dispose(); // only the last chunk's logits are sampled
-                    logits = model.Forward(chunk, cache);
+                    logits = runner.Forward(chunk);
                 }
             }
             var next = sampler.Next(logits);
@@ -145,8 +147,8 @@ public sealed class Generator
 
             var stepPositions = torch.tensor(realLengths.Select(n => (long)n).ToArray(), new long[] { batch, 1 }).to(device);
             var ones = Enumerable.Repeat(1, batch).ToArray();
-            using var graphDecoder = CudaGraphDecoder.CanServe(model, options)
-                ? new CudaGraphDecoder(model, cache, sampler, next, stepPositions, padId) : null;
+            using var graphDecoder = CudaGraphDecoder.CanServe(runner, device, options)
+                ? new CudaGraphDecoder(runner, sampler, next, stepPositions, padId) : null;
             int finishedCount = 0;
             decodeWatch.Start();
             for (int step = 0; ; step++)
@@ -186,16 +188,16 @@ public sealed class Generator
                         long[] host = next.cpu().data<long>().ToArray();
                         for (int b = 0; b < batch; b++) fed[b].Add((int)host[b]);
                     }
-                    var stepLogits = policy.RecomputeWindow(cache, promptLength + step + 1) is > 0 and var window
-                        ? Recompute(cache, fed!, window)
-                        : model.Forward(new ForwardBatch
+                    var stepLogits = policy.RecomputeWindow(cache!, promptLength + step + 1) is > 0 and var window
+                        ? WindowRecompute.Run(runner, device, fed!, window)
+                        : runner.Forward(new ForwardBatch
                     {
                         InputIds = next.unsqueeze(1),
                         Positions = stepPositions,
                         RealTokens = ones,
                         MaxPosition = promptLength + step,
                         LastPositionOnly = true,
-                    }, cache);
+                    });
                     var (previous, previousPositions) = (next, stepPositions);
                     next = sampler.Next(stepLogits).MoveToOuterDisposeScope();
                     stepPositions = (stepPositions + 1).MoveToOuterDisposeScope();
@@ -215,8 +217,6 @@ public sealed class Generator
             decodeWatch.Stop();
             deviceTokens = null;
         }
-
-        Tensor Recompute(KvCache cache, List<int>[] fed, int window) => owner.model.RecomputeWindow(cache, fed, window);
 
         List<GeneratedToken> Record(long[] host, bool lastStep)
         {

@@ -26,7 +26,7 @@ internal sealed class SequenceProgress
 
     /// <summary>The stop ids of a request: explicit ids always count; <see cref="GenerationOptions.IgnoreEos"/> drops only the
     /// end-of-sequence ids (the tokenizer's, else the model config's).</summary>
-    public static HashSet<int> StopIds(GenerationOptions options, TernTokenizer? tokenizer, CausalLanguageModel model) =>
+    public static HashSet<int> StopIds(GenerationOptions options, TernTokenizer? tokenizer, IStepModel model) =>
         options.StopTokenIds is { } explicitIds ? new HashSet<int>(explicitIds)
             : options.IgnoreEos ? new HashSet<int>()
             : new HashSet<int>(tokenizer?.EosTokenIds ?? model.Config.GetIntList("eos_token_id"));

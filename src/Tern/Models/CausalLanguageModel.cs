@@ -25,7 +25,7 @@ public sealed record ModelLoadOptions
 /// A decoder-only causal language model: token ids in, next-token logits out, keys and values kept in a
 /// <see cref="KvCache"/>. One subclass per architecture family, driven by the Hugging Face config.
 /// </summary>
-public abstract class CausalLanguageModel : IDisposable
+public abstract class CausalLanguageModel : IStepModel, IDisposable
 {
     /// <summary>Architectures by <c>model_type</c>.</summary>
     static readonly Dictionary<string, Func<HfConfig, WeightLoader, CausalLanguageModel>> Architectures = new()
@@ -127,6 +127,10 @@ public abstract class CausalLanguageModel : IDisposable
         }, policy);
     }
 
+    /// <inheritdoc />
+    public IStepRunner CreateRunner(int batchSize, int maxSequenceLength, int maxStepTokens, IKvCachePolicy? policy) =>
+        new CacheRunner(this, CreateCache(batchSize, maxSequenceLength, policy, maxStepTokens));
+
     /// <summary>
     /// Runs one step: appends the batch's keys/values to <paramref name="cache"/> and returns logits
     /// ([batch, vocab] when <see cref="ForwardBatch.LastPositionOnly"/>, else [batch, tokens, vocab]) in the model's dtype.
@@ -142,16 +146,6 @@ public abstract class CausalLanguageModel : IDisposable
         var logits = Run(batch, cache);
         cache.Advance(batch.RealTokens);
         return logits.MoveToOuterDisposeScope();
-    }
-
-    /// <summary>StreamingLLM's re-computation baseline (<see cref="IKvCachePolicy.RecomputeWindow"/>): clears the cache and runs
-    /// the last <paramref name="window"/> tokens of every sequence through it as a fresh left-padded prompt (positions from 0);
-    /// returns the last position's logits [batch, vocab].</summary>
-    public Tensor RecomputeWindow(KvCache cache, IReadOnlyList<IReadOnlyList<int>> tokens, int window)
-    {
-        cache.Clear();
-        var windows = tokens.Select(f => (IReadOnlyList<int>)f.Skip(Math.Max(0, f.Count - window)).ToArray()).ToArray();
-        return Forward(ForwardBatch.LeftPadded(windows, Device, lastPositionOnly: true), cache);
     }
 
     /// <summary>Positions by cache index (StreamingLLM): a new real token gets the number of entries its row holds before it.

@@ -73,12 +73,17 @@ public sealed class GeneratorPolicyTests
     {
         using var model = HfParityContract.LoadFixture("llama-gqa");
         var forced = new GenerationOptions { ForceStaticShapes = true };
-        Assert.True(CudaGraphDecoder.CanServe(model, forced));
-        Assert.True(CudaGraphDecoder.CanServe(model, forced with { CachePolicy = DensePolicy.Instance }));
-        Assert.False(CudaGraphDecoder.CanServe(model, forced with { CachePolicy = new DensePolicy(bits: 8) }));
-        Assert.False(CudaGraphDecoder.CanServe(model, forced with { CachePolicy = Sink(16) }));
+        bool CanServe(GenerationOptions options)
+        {
+            using var runner = model.CreateRunner(1, 32, 1, options.CachePolicy);
+            return CudaGraphDecoder.CanServe(runner, model.Device, options);
+        }
+        Assert.True(CanServe(forced));
+        Assert.True(CanServe(forced with { CachePolicy = DensePolicy.Instance }));
+        Assert.False(CanServe(forced with { CachePolicy = new DensePolicy(bits: 8) }));
+        Assert.False(CanServe(forced with { CachePolicy = Sink(16) }));
         var recompute = KvCachePolicies.Create(new KvPolicyOptions { Policy = "window-recompute", Budget = KvBudget.OfTokens(8) });
-        Assert.False(CudaGraphDecoder.CanServe(model, forced with { CachePolicy = recompute }));
+        Assert.False(CanServe(forced with { CachePolicy = recompute }));
     }
 
     /// <summary>Quantized and evicting policies run through the generator like the full cache: same prompt, tokens produced,
