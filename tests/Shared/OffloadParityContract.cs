@@ -1,3 +1,5 @@
+using Tern.Generation;
+using Generator = Tern.Generation.Generator;
 using Tern.Models;
 using Tern.Offloading;
 using Tern.Runtime;
@@ -118,6 +120,35 @@ public abstract class OffloadParityContract
         Assert.Equal(tokens.Select(t => t.ToArray()), generation.Tokens.Select(t => t.ToArray()));
         if (path is not null) Assert.False(Directory.Exists(path), "offload files must be removed when the model is disposed");
         Assert.Empty(Directory.GetFileSystemEntries(parent));
+    }
+
+    /// <summary>The generation loop is the same for an offloaded model: seeded sampling, stop tokens and streaming give what
+    /// the plain <see cref="Generator"/> gives (one GPU batch, so both pad the prompts alike and the logits are identical).</summary>
+    [Theory]
+    [InlineData("llama-gqa", "w=0/100/0,kv=0/100/0,act=0/100/0,gbs=6,ngb=1")]
+    [InlineData("opt-prenorm", "w=30/50/20,kv=34/33/33,act=0/50/50,gbs=6,ngb=1,overlap=off")]
+    public async Task SamplingStopsAndStreamingEqualThePlainGenerator(string fixture, string policy)
+    {
+        using var temp = new TempDir();
+        using var model = CausalLanguageModel.Load(Fixtures.ModelDir(fixture), LoadOptions);
+        using var offloaded = OffloadedModel.Load(Fixtures.ModelDir(fixture), LoadOptions,
+            new OffloadOptions { Policy = OffloadPolicy.Parse(policy), Directory = temp.Path });
+        var prompts = Prompts(model.Info.VocabSize);
+        var sampling = new GenerationOptions { MaxNewTokens = 6, Temperature = 0.9, TopK = 20, Seed = 3, IgnoreEos = true, OutputLogits = true };
+        var plain = new Generator(model).GenerateTokens(prompts, sampling);
+        var other = new Generator(offloaded).GenerateTokens(prompts, sampling);
+        for (int i = 0; i < plain.Logits!.Count; i++) Assert.Equal(0f, MaxDiff(plain.Logits[i], other.Logits![i]));
+        Assert.Equal(plain.Sequences.Select(q => q.Tokens.ToArray()), other.Sequences.Select(q => q.Tokens.ToArray()));
+
+        // A stop token that sequence 0 samples at its third step ends it there, in both.
+        var stopping = sampling with { OutputLogits = false, StopTokenIds = new[] { plain.Sequences[0].Tokens[2] } };
+        var expected = new List<GeneratedToken>();
+        await foreach (var t in new Generator(model).StreamAsync(prompts, stopping)) expected.Add(t);
+        var streamed = new List<GeneratedToken>();
+        await foreach (var t in new Generator(offloaded).StreamAsync(prompts, stopping)) streamed.Add(t);
+        Assert.Equal(expected, streamed);
+        Assert.True(streamed.Count(t => t.Sequence == 0) <= 3, "sequence 0 stops at its stop token");
+        foreach (var t in plain.Logits.Concat(other.Logits!)) t.Dispose();
     }
 
     [Fact]

@@ -1,5 +1,6 @@
 using System.CommandLine;
 using Tern.Generation;
+using Tern.Models;
 using Tern.Offloading;
 using Tern.Runtime;
 
@@ -43,13 +44,11 @@ internal static class GenerateCommand
                 throw new ArgumentException($"unknown option '{text}' (run 'tern generate --help' for the options; quote a prompt that starts with --).");
         if (texts.Count == 0) texts.Add("Once upon a time");
         var options = sampling.Read(r) with { CachePolicy = kv.Create(r) };
-        if (offload.Enabled(r)) return Offloaded(r, common, offload, texts, options);
-        var (model, tokenizer, folder) = common.Load(r, needTokenizer: true);
-        using (model)
+        var (model, tokenizer, description, blockSize, report) = offload.Enabled(r) ? LoadOffloaded(r, common, offload, texts, options) : Load(r, common);
+        using (model as IDisposable)
         {
             var generator = new Generator(model, tokenizer);
-            Console.Error.WriteLine($"model: {folder} ({model.Info.ModelType}, {model.Info.ParameterCount / 1e6:F1}M parameters, {model.DType.ToString().ToLowerInvariant()} on {model.Device.type.ToString().ToLowerInvariant()})");
-            GenerationResult result;
+            Console.Error.WriteLine(description);
             if (texts.Count == 1 && !r.GetValue(noStream))
             {
                 Console.Write(texts[0]);
@@ -63,41 +62,48 @@ internal static class GenerateCommand
                 Console.WriteLine();
                 double seconds = (DateTime.UtcNow - started).TotalSeconds;
                 Console.Error.WriteLine($"{count} tokens in {seconds:F2} s ({count / Math.Max(seconds, 1e-9):F1} tokens/s, streaming)");
-                return 0;
             }
-            result = generator.Generate(texts, options, cancellation);
-            for (int i = 0; i < result.Sequences.Count; i++)
+            else
             {
-                if (texts.Count > 1) Console.WriteLine($"--- [{i}] ({result.Sequences[i].FinishReason})");
-                Console.WriteLine(texts[i] + result.Sequences[i].Text);
+                // An offloaded model runs one block of gbs × ngb prompts at a time.
+                for (int start = 0; start < texts.Count; start += blockSize)
+                {
+                    var chunk = texts.Skip(start).Take(blockSize).ToArray();
+                    var result = generator.Generate(chunk, options, cancellation);
+                    for (int i = 0; i < chunk.Length; i++)
+                    {
+                        if (texts.Count > 1) Console.WriteLine($"--- [{start + i}] ({result.Sequences[i].FinishReason})");
+                        Console.WriteLine(chunk[i] + result.Sequences[i].Text);
+                    }
+                    var s = result.Stats;
+                    Console.Error.WriteLine($"prefill: {s.PromptTokens} tokens in {s.Prefill.TotalMilliseconds:F1} ms ({s.PrefillTokensPerSecond:F0} tokens/s); " +
+                        $"decode: {s.DecodeSteps} steps x batch {s.BatchSize} in {s.Decode.TotalSeconds:F2} s ({s.DecodeTokensPerSecond:F1} tokens/s, {s.DecodeMillisecondsPerStep:F2} ms/step)");
+                }
             }
-            var s = result.Stats;
-            Console.Error.WriteLine($"prefill: {s.PromptTokens} tokens in {s.Prefill.TotalMilliseconds:F1} ms ({s.PrefillTokensPerSecond:F0} tokens/s); " +
-                $"decode: {s.DecodeSteps} steps x batch {s.BatchSize} in {s.Decode.TotalSeconds:F2} s ({s.DecodeTokensPerSecond:F1} tokens/s, {s.DecodeMillisecondsPerStep:F2} ms/step)");
+            report?.Invoke();
             return 0;
         }
     }
 
-    /// <summary>FlexGen's greedy block generation with the model offloaded by --offload.</summary>
-    static int Offloaded(ParseResult r, CommonOptions common, OffloadFlags offload, List<string> texts, GenerationOptions options)
+    static (IStepModel, Tern.Tokenization.TernTokenizer, string, int, Action?) Load(ParseResult r, CommonOptions common)
     {
-        if (options.Temperature > 0 || options.CachePolicy is { Name: not "full" } or { Bits: not 16 })
-            throw new ArgumentException("--offload generates greedily with the full 16-bit cache (FlexGen's setting): drop --temperature and the --kv-* flags.");
+        var (model, tokenizer, folder) = common.Load(r, needTokenizer: true);
+        return (model, tokenizer!, $"model: {folder} ({model.Info.ModelType}, {model.Info.ParameterCount / 1e6:F1}M parameters, " +
+            $"{model.DType.ToString().ToLowerInvariant()} on {model.Device.type.ToString().ToLowerInvariant()})", int.MaxValue, null);
+    }
+
+    /// <summary>The model offloaded by --offload (FlexGen): placed by the policy given or searched, stepped in blocks.</summary>
+    static (IStepModel, Tern.Tokenization.TernTokenizer, string, int, Action?) LoadOffloaded(ParseResult r, CommonOptions common, OffloadFlags offload,
+        List<string> texts, GenerationOptions options)
+    {
         var (folder, load) = common.LoadOptions(r);
         var tokenizer = Tern.Tokenization.TernTokenizer.Load(folder);
-        var ids = texts.Select(t => tokenizer.Encode(t)).ToArray();
+        int longest = texts.Max(t => tokenizer.Encode(t).Count);
         var device = ComputeOptions.ResolveDevice(load.Device);
-        var (offloadOptions, prediction) = offload.Resolve(r, folder, load.DType, device, ids.Max(p => p.Count), options.MaxNewTokens, Console.Error);
+        var (offloadOptions, prediction) = offload.Resolve(r, folder, load.DType, device, longest, options.MaxNewTokens, Console.Error);
         OffloadFlags.Print(Console.Error, offloadOptions.Policy, prediction);
-        using var model = OffloadedModel.Load(folder, load, offloadOptions);
-        var result = model.Generate(ids, options.MaxNewTokens);
-        for (int i = 0; i < texts.Count; i++)
-        {
-            if (texts.Count > 1) Console.WriteLine($"--- [{i}]");
-            Console.WriteLine(texts[i] + tokenizer.Decode(result.Tokens[i]));
-        }
-        Console.Error.WriteLine($"offloaded: prefill {result.Prefill.TotalSeconds:F2} s, decode {result.Decode.TotalSeconds:F2} s, {result.TokensPerSecond:F2} tokens/s " +
-            $"(predicted {prediction.TokensPerSecond:F2}); peak GPU placement {Units.Bytes(model.PeakGpuBytes)}");
-        return 0;
+        var model = OffloadedModel.Load(folder, load, offloadOptions);
+        return (model, tokenizer, $"model: {folder} ({model.Info.ModelType}) offloaded: {model.Policy}", model.Policy.BlockSize,
+            () => Console.Error.WriteLine($"offloaded: predicted {prediction.TokensPerSecond:F2} tokens/s; peak GPU placement {Units.Bytes(model.PeakGpuBytes)}"));
     }
 }

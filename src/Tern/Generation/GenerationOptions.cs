@@ -1,4 +1,5 @@
 using Tern.Caching;
+using static TorchSharp.torch;
 
 namespace Tern.Generation;
 
@@ -48,6 +49,10 @@ public sealed record GenerationOptions
     public int PrefillChunk { get; init; }
 
     /// <summary>Checks the values, with messages that name the option.</summary>
+    /// <summary>When true the result keeps every step's next-token logits (transformers' <c>output_logits</c>): fp32
+    /// [batch, vocab] on the CPU, prefill first (<see cref="GenerationResult.Logits"/>). Steps then run eagerly.</summary>
+    public bool OutputLogits { get; init; }
+
     public void Validate()
     {
         if (MaxNewTokens < 1) throw new ArgumentException($"--max-new-tokens must be at least 1 (got {MaxNewTokens}).");
@@ -85,7 +90,9 @@ public sealed record GenerationStats(int BatchSize, int PromptTokens, int Genera
 }
 
 /// <summary>The outputs of a batch, in prompt order, and its timings.</summary>
-public sealed record GenerationResult(IReadOnlyList<SequenceOutput> Sequences, GenerationStats Stats);
+/// <param name="Logits">With <see cref="GenerationOptions.OutputLogits"/>: each step's next-token logits, fp32 [batch, vocab] on
+/// the CPU (the caller disposes them); null otherwise.</param>
+public sealed record GenerationResult(IReadOnlyList<SequenceOutput> Sequences, GenerationStats Stats, IReadOnlyList<Tensor>? Logits = null);
 
 /// <summary>A token as it is produced: which sequence, the id, and the text it completed (may be empty while a
 /// multi-byte character is still incomplete).</summary>

@@ -76,6 +76,7 @@ public sealed class Generator
         readonly Stopwatch prefillWatch = new(), decodeWatch = new();
         int steps;
         Tensor? deviceTokens; // [batch, steps] when the host never looked
+        readonly List<Tensor>? keptLogits; // with OutputLogits: each step's, fp32 on the CPU
 
         public Run(Generator owner, IReadOnlyList<IReadOnlyList<int>> prompts, GenerationOptions options, bool streaming)
         {
@@ -101,6 +102,7 @@ public sealed class Generator
             bool positionsBounded = options.CachePolicy?.PositionsFollowCache ?? false;
             maxNew = positionsBounded ? options.MaxNewTokens : Math.Min(options.MaxNewTokens, info.MaxPositions - promptLength);
             stopIds = SequenceProgress.StopIds(options, owner.tokenizer, owner.model);
+            keptLogits = options.OutputLogits ? new List<Tensor>() : null;
             bool needsText = streaming || options.StopStrings.Count > 0;
             progress = Enumerable.Range(0, batch).Select(_ => new SequenceProgress(
                 needsText ? owner.tokenizer?.CreateStreamingDecoder() : null, options.StopStrings, stopIds)).ToArray();
@@ -140,14 +142,14 @@ public sealed class Generator
                     logits = runner.Forward(chunk);
                 }
             }
-            var next = sampler.Next(logits);
+            var next = sampler.Next(Keep(logits));
             if (!HostNeedsTokens) deviceTokens = torch.empty(batch, maxNew, ScalarType.Int64, device);
             SyncIfCuda(device);
             prefillWatch.Stop();
 
             var stepPositions = torch.tensor(realLengths.Select(n => (long)n).ToArray(), new long[] { batch, 1 }).to(device);
             var ones = Enumerable.Repeat(1, batch).ToArray();
-            using var graphDecoder = CudaGraphDecoder.CanServe(runner, device, options)
+            using var graphDecoder = keptLogits is null && CudaGraphDecoder.CanServe(runner, device, options)
                 ? new CudaGraphDecoder(runner, sampler, next, stepPositions, padId) : null;
             int finishedCount = 0;
             decodeWatch.Start();
@@ -199,7 +201,7 @@ public sealed class Generator
                         LastPositionOnly = true,
                     });
                     var (previous, previousPositions) = (next, stepPositions);
-                    next = sampler.Next(stepLogits).MoveToOuterDisposeScope();
+                    next = sampler.Next(Keep(stepLogits)).MoveToOuterDisposeScope();
                     stepPositions = (stepPositions + 1).MoveToOuterDisposeScope();
                     previous.Dispose(); // one step's tensors at a time, however long the generation
                     previousPositions.Dispose();
@@ -216,6 +218,12 @@ public sealed class Generator
             SyncIfCuda(device);
             decodeWatch.Stop();
             deviceTokens = null;
+        }
+
+        Tensor Keep(Tensor logits)
+        {
+            keptLogits?.Add(logits.to(ScalarType.Float32).cpu().DetachFromDisposeScope());
+            return logits;
         }
 
         List<GeneratedToken> Record(long[] host, bool lastStep)
@@ -238,7 +246,7 @@ public sealed class Generator
             int generated = progress.Sum(p => p.Tokens.Count);
             var stats = new GenerationStats(batch, prompts.Sum(p => p.Count), generated, Math.Max(steps - 1, 0),
                 prefillWatch.Elapsed, decodeWatch.Elapsed);
-            return new GenerationResult(outputs, stats);
+            return new GenerationResult(outputs, stats, keptLogits);
         }
     }
 }

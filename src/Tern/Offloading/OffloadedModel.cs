@@ -1,5 +1,5 @@
-using System.Diagnostics;
 using Tern.Checkpoints;
+using Tern.Generation;
 using Tern.Caching;
 using Tern.Models;
 using Tern.Runtime;
@@ -40,7 +40,7 @@ public sealed record OffloadedGeneration(IReadOnlyList<IReadOnlyList<int>> Token
 /// barrier per step. The stages run the architecture's own code (<c>CausalLanguageModel.RunStage</c>), so every
 /// architecture Tern loads runs offloaded. Greedy decoding, the dense cache policy.
 /// </summary>
-public sealed class OffloadedModel : IDisposable
+public sealed class OffloadedModel : IStepModel, IDisposable
 {
     readonly CausalLanguageModel model;
     readonly OffloadedWeights weights;
@@ -129,49 +129,66 @@ public sealed class OffloadedModel : IDisposable
         : overlap ? new BackgroundTransferEngine() : new SynchronousTransferEngine();
 
     /// <summary>
-    /// Greedy generation of <paramref name="maxNewTokens"/> tokens for each prompt, in blocks of gbs·ngb prompts (the last
-    /// block may be smaller). With <paramref name="keepLogits"/> every step's next-token logits are returned too.
+    /// Greedy generation of <paramref name="maxNewTokens"/> tokens for each prompt (end-of-sequence ignored), in blocks of
+    /// gbs·ngb prompts (the last block may be smaller), through the same <see cref="Generation.Generator"/> as any model. With
+    /// <paramref name="keepLogits"/> every step's next-token logits are returned too.
     /// </summary>
     public OffloadedGeneration Generate(IReadOnlyList<IReadOnlyList<int>> prompts, int maxNewTokens, bool keepLogits = false)
     {
-        if (prompts.Count == 0 || prompts.Any(p => p.Count == 0)) throw new ArgumentException("every prompt needs at least one token.");
-        if (maxNewTokens < 1) throw new ArgumentException($"max new tokens must be at least 1 (got {maxNewTokens}).");
-        int longest = prompts.Max(p => p.Count);
-        if (model.Info.LearnedPositions && longest + maxNewTokens - 1 > model.Info.MaxPositions)
-            throw new ArgumentException($"prompt of {longest} tokens + {maxNewTokens} new passes the {model.Info.MaxPositions} learned positions of this {model.Info.ModelType} model.");
+        if (prompts.Count == 0) throw new ArgumentException("the batch holds no prompt.");
+        var options = new GenerationOptions { MaxNewTokens = maxNewTokens, IgnoreEos = true, OutputLogits = keepLogits };
+        var generator = new Generation.Generator(this);
         var tokens = new List<IReadOnlyList<int>>();
-        var logits = keepLogits ? Enumerable.Range(0, maxNewTokens).Select(_ => new List<Tensor>()).ToArray() : null;
+        var logits = new List<Tensor[]>();
         TimeSpan prefill = TimeSpan.Zero, decode = TimeSpan.Zero;
-        using var noGrad = torch.no_grad();
         for (int start = 0; start < prompts.Count; start += Policy.BlockSize)
         {
-            var block = prompts.Skip(start).Take(Policy.BlockSize).ToArray();
-            using var run = new BlockRun(this, block, maxNewTokens, keepLogits);
-            run.Execute();
-            tokens.AddRange(run.Tokens);
-            prefill += run.Prefill;
-            decode += run.Decode;
-            if (logits is not null) for (int i = 0; i < maxNewTokens; i++) logits[i].Add(torch.cat(run.Logits![i], 0).DetachFromDisposeScope());
+            var result = generator.GenerateTokens(prompts.Skip(start).Take(Policy.BlockSize).ToArray(), options);
+            tokens.AddRange(result.Sequences.Select(s => s.Tokens));
+            prefill += result.Stats.Prefill;
+            decode += result.Stats.Decode;
+            if (result.Logits is { } blockLogits) logits.Add(blockLogits.ToArray());
         }
-        var merged = logits?.Select(blocks =>
+        Tensor[]? merged = null;
+        if (keepLogits)
         {
-            var all = torch.cat(blocks, 0).DetachFromDisposeScope();
-            foreach (var b in blocks) b.Dispose();
-            return all;
-        }).ToArray();
+            // Per step, the blocks' rows in prompt order.
+            merged = Enumerable.Range(0, logits[0].Length).Select(i => torch.cat(logits.Select(b => b[i]).ToArray(), 0).DetachFromDisposeScope()).ToArray();
+            foreach (var t in logits.SelectMany(b => b)) t.Dispose();
+        }
         return new OffloadedGeneration(tokens, merged, prefill, decode);
     }
 
-    /// <summary>One block of gbs·ngb sequences through the zig-zag schedule.</summary>
-    sealed class BlockRun : IDisposable
+    /// <inheritdoc />
+    public HfConfig Config => model.Config;
+
+    /// <inheritdoc />
+    /// <remarks>The batch is one block of at most gbs·ngb sequences; its caches are the full cache of the offload policy
+    /// (16-bit, or 4-bit with kvbits=4), and every prompt runs as one prefill step.</remarks>
+    public IStepRunner CreateRunner(int batchSize, int maxSequenceLength, int maxStepTokens, IKvCachePolicy? policy)
+    {
+        if (batchSize < 1 || batchSize > Policy.BlockSize)
+            throw new ArgumentException($"an offloaded batch holds 1 to {Policy.BlockSize} sequences (gbs × ngb of {Policy}); got {batchSize}.");
+        policy ??= DensePolicy.Instance;
+        if (policy is not DensePolicy || policy.Bits != 16)
+            throw new ArgumentException($"offloading runs the full cache of its policy (kvbits in {Policy}); the KV policy '{policy.Name}' with {policy.Bits} bits is not supported offloaded yet.");
+        return new BlockRunner(this, batchSize, maxSequenceLength);
+    }
+
+    /// <summary>One block of gbs·ngb sequences through the zig-zag schedule, a step at a time: each <see cref="Forward"/> walks
+    /// every stage over every GPU batch of the step's rows; loads for the next item are in flight while one computes, across
+    /// step boundaries too.</summary>
+    sealed class BlockRunner : IStepRunner
     {
         readonly OffloadedModel owner;
         readonly CausalLanguageModel model;
         readonly ITransferEngine engine;
         readonly Device device;
-        readonly int steps, stages, batches;
-        readonly int[] capacity;                            // [k] slots: the batch's longest prompt + new tokens, as the plain runtime sizes its cache
-        readonly IReadOnlyList<int>[][] prompts;            // [k][row]
+        readonly int stages, batches, rowCount, maxSequenceLength;
+        int[] capacity = null!;                             // [k] slots: the batch's longest prompt + new tokens, as the plain runtime sizes its cache
+        int[][] prompts = null!;                            // [k][row] prompt lengths, known at the first step
+        readonly int[] fed;                                 // [row] tokens fed so far
+        int step;                                           // steps run so far
         readonly SequenceStore[][][] caches;                // [k][layer][part]: the working cache's storage parts (keys then values), unless attention runs on the CPU
         readonly KvCache[]? hostCaches;             // [k] with cpu-attn: each batch's cache in host memory, attended there
         readonly List<IntPtr> pinnedHostCaches = new();     // their page-locked storage, so the prefill's entries arrive at copy speed
@@ -181,38 +198,50 @@ public sealed class OffloadedModel : IDisposable
         readonly bool[] cacheHoles;
         readonly ForwardBatch?[] inputs;                    // [k] the current step's input
         readonly Dictionary<(int Rows, int Capacity), KvCache> working = new();
-        readonly List<int>[][] generated;                   // [k][row]
-        readonly List<Tensor>[]? logits;                    // [step] per batch
-        readonly Stopwatch prefillWatch = new(), decodeWatch = new();
+        readonly Tensor?[] stepLogits;                      // [k] the head's output of the current step
         // In flight: weights per stage, cache and hidden loads per item, the previous item's outputs waiting to be stored.
         readonly Dictionary<int, OffloadedWeights.StageLoad> stageLoads = new();
         readonly Dictionary<int, Tensor[][]> cacheLoads = new();
         readonly Dictionary<int, Tensor[]> hiddenLoads = new();
         readonly List<Action> deferredStores = new();
 
-        public BlockRun(OffloadedModel owner, IReadOnlyList<int>[] block, int maxNewTokens, bool keepLogits)
+        public BlockRunner(OffloadedModel owner, int rows, int maxSequenceLength)
         {
             this.owner = owner;
             model = owner.model;
             engine = owner.engine;
             device = model.Device;
-            steps = maxNewTokens;
             stages = model.StageCount;
-            int gbs = owner.Policy.GpuBatchSize;
-            batches = (block.Length + gbs - 1) / gbs;
-            prompts = Enumerable.Range(0, batches).Select(k => block.Skip(k * gbs).Take(gbs).ToArray()).ToArray();
-            capacity = prompts.Select(b => b.Max(p => p.Count) + maxNewTokens).ToArray();
-            var info = model.Info;
-            long[] hiddenItem = { info.HiddenSize };
+            rowCount = rows;
+            this.maxSequenceLength = maxSequenceLength;
+            batches = (rows + owner.Policy.GpuBatchSize - 1) / owner.Policy.GpuBatchSize;
+            fed = new int[rows];
             caches = new SequenceStore[batches][][];
             hidden = new SequenceStore[batches];
             cachePositions = new Tensor[batches];
             cacheLength = new int[batches];
             cacheHoles = new bool[batches];
             inputs = new ForwardBatch?[batches];
+            stepLogits = new Tensor?[batches];
             hostCaches = owner.Policy.CpuAttention ? new KvCache[batches] : null;
-            generated = prompts.Select(b => b.Select(_ => new List<int>()).ToArray()).ToArray();
-            logits = keepLogits ? Enumerable.Range(0, steps).Select(_ => new List<Tensor>()).ToArray() : null;
+        }
+
+        public IKvCachePolicy Policy => DensePolicy.Instance;
+
+        public KvCache? Cache => null;
+
+        public void Clear() => throw new NotSupportedException("an offloaded block's caches cannot be cleared and refilled (window re-computation).");
+
+        /// <summary>Sizes and places the block's caches and activations for prompts of <paramref name="lengths"/> tokens, with
+        /// Tern's accounting of what the block puts on the compute device checked before anything is allocated.</summary>
+        void Allocate(IReadOnlyList<int> lengths, int width)
+        {
+            int gbs = owner.Policy.GpuBatchSize;
+            prompts = Enumerable.Range(0, batches).Select(k => lengths.Skip(k * gbs).Take(gbs).ToArray()).ToArray();
+            // A batch padded to less than the block's width needs that many slots less, as the plain runtime would size it.
+            capacity = prompts.Select(b => maxSequenceLength - (width - b.Max())).ToArray();
+            var info = model.Info;
+            long[] hiddenItem = { info.HiddenSize };
             var policy = owner.Policy;
             int es = owner.dtype.ElementSize();
             // Tern's accounting of what this block puts on the compute device, checked before anything is allocated.
@@ -224,9 +253,9 @@ public sealed class OffloadedModel : IDisposable
             {
                 var b = prompts[k];
                 kvGpu += (long)(info.Layers * capacity[k] * policy.Cache.SplitRows(b.Length).Gpu * slotBytes);
-                hiddenGpu += (long)b.Max(p => p.Count) * policy.Activations.SplitRows(b.Length).Gpu * info.HiddenSize * es;
+                hiddenGpu += (long)b.Max() * policy.Activations.SplitRows(b.Length).Gpu * info.HiddenSize * es;
             }
-            int rows = prompts.Max(b => b.Length), longest = block.Max(p => p.Count);
+            int rows = prompts.Max(b => b.Length), longest = width;
             long workingBytes = 2L * (rows * (long)info.KvHeads * capacity.Max() * info.HeadDim * es) // working cache keys + values
                 + batches * rows * (long)info.KvHeads * capacity.Max() * 8                      // slot positions
                 + 2 * owner.weights.LargestStageLoadBytes                                       // this stage's and the next stage's weights
@@ -259,7 +288,7 @@ public sealed class OffloadedModel : IDisposable
                             caches[k][l] = parts.Select((part, i) => SequenceStore.Create(n, capacity[k], part.shape.Skip(3).Prepend(part.shape[1]).ToArray(),
                                 part.dtype, policy.Cache, device, engine, owner.directory, $"kv{i}-b{k}-l{l}")).ToArray();
                     }
-                    hidden[k] = SequenceStore.Create(n, prompts[k].Max(p => p.Count), hiddenItem, owner.dtype, policy.Activations, device, engine, owner.directory, $"h-b{k}");
+                    hidden[k] = SequenceStore.Create(n, prompts[k].Max(), hiddenItem, owner.dtype, policy.Activations, device, engine, owner.directory, $"h-b{k}");
                     cachePositions[k] = torch.full(new long[] { n, info.KvHeads, capacity[k] }, -1L, ScalarType.Int64, device).DetachFromDisposeScope();
                 }
             }
@@ -270,22 +299,22 @@ public sealed class OffloadedModel : IDisposable
             }
         }
 
-        public IReadOnlyList<int>[] Tokens => generated.SelectMany(b => b).Select(l => (IReadOnlyList<int>)l).ToArray();
-        public List<Tensor>[]? Logits => logits;
-        public TimeSpan Prefill => prefillWatch.Elapsed;
-        public TimeSpan Decode => decodeWatch.Elapsed;
-
         /// <summary>Item t of the schedule: token step i, stage j, GPU batch k (FlexGen's (i, j, k), zig-zag order).</summary>
         (int I, int J, int K) Item(int t) => (t / (stages * batches), t / batches % stages, t % batches);
 
-        public void Execute()
+        /// <summary>Runs step <see cref="step"/> over every stage and GPU batch; returns the rows' logits in row order.</summary>
+        public Tensor Forward(ForwardBatch input)
         {
-            int items = steps * stages * batches;
-            for (int t = 0; t < items; t++)
+            if (input.InputIds.shape[0] != rowCount)
+                throw new ArgumentException($"this offloaded block holds {rowCount} sequences; the step has {input.InputIds.shape[0]} rows.");
+            if (step == 0) Allocate(input.RealTokens, (int)input.InputIds.shape[1]);
+            else if (input.InputIds.shape[1] != 1) throw new ArgumentException("an offloaded block runs its prompts as one prefill step, then one token per step.");
+            using var noGrad = torch.no_grad();
+            int i = step;
+            for (int k = 0; k < batches; k++) inputs[k] = BatchInput(input, k);
+            for (int t = i * stages * batches; t < (i + 1) * stages * batches; t++)
             {
-                var (i, j, k) = Item(t);
-                var watch = WatchOf(i);
-                watch.Start();
+                var (_, j, k) = Item(t);
                 IssueStores();                                       // store the previous batch's cache and activations
                 if (!stageLoads.ContainsKey(j) || (j > 0 && !hiddenLoads.ContainsKey(t)) || (NeedsCache(i, j) && !cacheLoads.ContainsKey(t)))
                 {
@@ -294,28 +323,28 @@ public sealed class OffloadedModel : IDisposable
                     IssueLoads(t, prefetch: false);
                     engine.Synchronize();
                 }
-                // Load the next stage's weights, a share per GPU batch so each item moves as much as its neighbours (FlexGen
-                // loads them whole at the first batch, where they overlap one batch's compute), and the next batch's cache and activations.
-                if (t + batches < items)
-                {
-                    int next = (j + 1) % stages;
-                    if (!stageLoads.TryGetValue(next, out var load)) stageLoads[next] = load = owner.weights.Begin(next, engine, device);
-                    load.IssueThrough((k + 1.0) / batches);
-                }
-                if (t + 1 < items) IssueLoads(t + 1, prefetch: true);
+                // Load the next stage's weights (the next step's embedding after the head), a share per GPU batch so each item
+                // moves as much as its neighbours (FlexGen loads them whole at the first batch, where they overlap one batch's
+                // compute), and the next batch's cache and activations.
+                int next = (j + 1) % stages;
+                if (!stageLoads.TryGetValue(next, out var load)) stageLoads[next] = load = owner.weights.Begin(next, engine, device);
+                load.IssueThrough((k + 1.0) / batches);
+                IssueLoads(t + 1, prefetch: true);
                 Compute(i, j, k, t);
                 engine.Synchronize();                                // FlexGen's barrier
                 Release(t, j, k);
-                watch.Stop();
             }
-            var last = WatchOf(steps - 1);
-            last.Start();
-            IssueStores();
-            engine.Synchronize();
-            last.Stop();
+            for (int r = 0; r < rowCount; r++) fed[r] += input.RealTokens[r];
+            step++;
+            var logits = torch.cat(stepLogits!, 0);
+            for (int k = 0; k < batches; k++)
+            {
+                stepLogits[k]!.Dispose();
+                stepLogits[k] = null;
+            }
+            return logits;
         }
 
-        Stopwatch WatchOf(int i) => i == 0 ? prefillWatch : decodeWatch;
 
         bool NeedsCache(int i, int j) => hostCaches is null && i > 0 && j >= 1 && j < stages - 1;
 
@@ -338,7 +367,7 @@ public sealed class OffloadedModel : IDisposable
                 hiddenLoads[t] = hidden[k].Load(engine, device, 0, StepTokens(i, k));
         }
 
-        int StepTokens(int i, int k) => i == 0 ? prompts[k].Max(p => p.Count) : 1;
+        int StepTokens(int i, int k) => i == 0 ? prompts[k].Max() : 1;
 
         void IssueStores()
         {
@@ -349,7 +378,6 @@ public sealed class OffloadedModel : IDisposable
         void Compute(int i, int j, int k, int t)
         {
             using var scope = torch.NewDisposeScope();
-            if (j == 0) inputs[k] = StepInput(i, k);
             var batch = inputs[k]!;
             var w = stageLoads[j].Weights;
             Tensor? h = null;
@@ -362,10 +390,7 @@ public sealed class OffloadedModel : IDisposable
             }
             if (j == stages - 1)
             {
-                var stepLogits = model.RunStage(j, w, h, batch, null);
-                var next = stepLogits.argmax(-1).cpu().data<long>().ToArray();
-                for (int r = 0; r < next.Length; r++) generated[k][r].Add((int)next[r]);
-                logits?[i].Add(stepLogits.to(ScalarType.Float32).cpu().DetachFromDisposeScope());
+                stepLogits[k] = model.RunStage(j, w, h, batch, null).DetachFromDisposeScope();
                 cacheLength[k] += StepTokens(i, k);
                 return;
             }
@@ -451,33 +476,28 @@ public sealed class OffloadedModel : IDisposable
             return cache[0];
         }
 
-        /// <summary>Step i's input for GPU batch k: the left-padded prompts, then each row's last token at its next position.</summary>
-        ForwardBatch StepInput(int i, int k)
+        /// <summary>GPU batch k's rows of the step; a prefill drops the leading columns that are padding in every one of its rows,
+        /// so each GPU batch is padded to its own longest prompt, as the plain runtime would run it alone.</summary>
+        ForwardBatch BatchInput(ForwardBatch input, int k)
         {
             if (inputs[k] is { } previous)
             {
                 previous.InputIds.Dispose();
                 previous.Positions.Dispose();
             }
-            var rows = prompts[k];
-            ForwardBatch batch;
-            if (i == 0)
+            int first = k * owner.Policy.GpuBatchSize, n = prompts[k].Length;
+            var real = input.RealTokens.Skip(first).Take(n).ToArray();
+            int width = (int)input.InputIds.shape[1], columns = step == 0 ? real.Max() : width;
+            var batch = new ForwardBatch
             {
-                batch = ForwardBatch.LeftPadded(rows, device, padId: 0, lastPositionOnly: true);
-                cacheHoles[k] = batch.HasPadding;
-            }
-            else
-            {
-                int padded = rows.Max(p => p.Count);
-                batch = new ForwardBatch
-                {
-                    InputIds = torch.tensor(generated[k].Select(g => (long)g[^1]).ToArray(), new long[] { rows.Length, 1 }).to(device),
-                    Positions = torch.tensor(rows.Select(p => (long)(p.Count + i - 1)).ToArray(), new long[] { rows.Length, 1 }).to(device),
-                    RealTokens = Enumerable.Repeat(1, rows.Length).ToArray(),
-                    MaxPosition = padded + i - 1,
-                    LastPositionOnly = true,
-                };
-            }
+                InputIds = input.InputIds.narrow(0, first, n).narrow(1, width - columns, columns),
+                Positions = input.Positions.narrow(0, first, n).narrow(1, width - columns, columns),
+                RealTokens = real,
+                HasPadding = real.Any(r => r < columns),
+                MaxPosition = fed.Skip(first).Take(n).Max() + columns - 1,
+                LastPositionOnly = input.LastPositionOnly,
+            };
+            if (step == 0) cacheHoles[k] = batch.HasPadding;
             batch.InputIds.DetachFromDisposeScope();
             batch.Positions.DetachFromDisposeScope();
             return batch;
@@ -510,7 +530,7 @@ public sealed class OffloadedModel : IDisposable
                 foreach (var p in pinnedHostCaches) Interop.CudaDriver.UnregisterHostMemory(p);
                 if (hostCaches is not null) foreach (var c in hostCaches) c?.Dispose();
                 foreach (var b in inputs) { b?.InputIds.Dispose(); b?.Positions.Dispose(); }
-                if (logits is not null) foreach (var t in logits.SelectMany(l => l)) t.Dispose();
+                foreach (var t in stepLogits) t?.Dispose();
                 owner.budget.Release("block");
             }
         }
