@@ -82,7 +82,7 @@ public sealed class OffloadErrorTests
 
     [Fact]
     public void DiskShareWithoutADirectoryIsAnError() =>
-        Assert.Contains("--offload-dir", Assert.Throws<ArgumentException>(() => Load("w=0/0/100", null)).Message);
+        Assert.Equal(TernOption.OffloadDirectory, Assert.Throws<OptionException>(() => Load("w=0/0/100", null)).Option);
 
     [Fact]
     public void MissingDirectoryIsAnError()
