@@ -39,12 +39,12 @@ public static class Program
         }
         catch (Exception e) when (CliErrors.IsUserError(e))
         {
-            error.WriteLine($"tern: {e.Message}");
+            error.WriteLine($"tern: {CliErrors.Message(e)}");
             return 1;
         }
         catch (AggregateException e) when (e.InnerExceptions.Count == 1 && CliErrors.IsUserError(e.InnerException!))
         {
-            error.WriteLine($"tern: {e.InnerException!.Message}");
+            error.WriteLine($"tern: {CliErrors.Message(e.InnerException!)}");
             return 1;
         }
     }

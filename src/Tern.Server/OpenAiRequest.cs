@@ -1,7 +1,7 @@
 using System.Text.Json;
-using System.Text.RegularExpressions;
 using Tern.Generation;
 using Tern.Caching;
+using Tern.Runtime;
 using Tern.Tokenization;
 
 namespace Tern.Server;
@@ -14,6 +14,9 @@ internal sealed class ApiError(int status, string message, string? param = null,
     public string? Param { get; } = param;
     public string? Code { get; } = code;
     public string Type { get; } = type;
+
+    /// <summary>An invalid option in the request's words, blaming the field of the option the message names first.</summary>
+    public static ApiError For(OptionException e) => new(400, e.Render(OpenAiRequest.Field), OpenAiRequest.Field(e.Option));
 }
 
 /// <summary>
@@ -31,7 +34,24 @@ internal sealed record OpenAiRequest
     public required bool IncludeUsage { get; init; }
     public required GenerationOptions Options { get; init; }
 
-    static readonly Regex CliFlag = new(@"--kv-([a-z-]+)", RegexOptions.CultureInvariant);
+    /// <summary>The request field that sets each option the library's errors may name for a request.</summary>
+    static readonly Dictionary<TernOption, string> Fields = new()
+    {
+        [TernOption.KvPolicy] = "kv_policy",
+        [TernOption.KvBudget] = "kv_budget",
+        [TernOption.KvSink] = "kv_sink",
+        [TernOption.KvRecent] = "kv_recent",
+        [TernOption.KvBits] = "kv_bits",
+        [TernOption.KvEvictEvery] = "kv_evict_every",
+        [TernOption.MaxNewTokens] = "max_tokens",
+        [TernOption.Temperature] = "temperature",
+        [TernOption.TopK] = "top_k",
+        [TernOption.TopP] = "top_p",
+        [TernOption.RepetitionPenalty] = "repetition_penalty",
+    };
+
+    /// <summary>An option as a request spells it: its field (an option no request sets keeps its neutral name).</summary>
+    public static string Field(TernOption option) => Fields.GetValueOrDefault(option, option.Name);
 
     /// <summary>Reads a body; <paramref name="chat"/> selects the chat shape (messages) over the completion shape (prompt).</summary>
     /// <param name="defaultMaxTokens">max_tokens when the body has none.</param>
@@ -154,7 +174,7 @@ internal sealed record OpenAiRequest
         return stops;
     }
 
-    /// <summary>The Tern extensions: a KV-cache policy per request, validated with the CLI's messages (flags named as fields).</summary>
+    /// <summary>The Tern extensions: a KV-cache policy per request, validated by the library (options named as fields).</summary>
     static IKvCachePolicy? Policy(JsonElement body)
     {
         string? policy = String(body, "kv_policy");
@@ -168,11 +188,9 @@ internal sealed record OpenAiRequest
         {
             return KvCachePolicies.Create(KvPolicyOptions.Parse(policy, budget, sinks, recent, bits, evictEvery));
         }
-        catch (ArgumentException e)
+        catch (OptionException e)
         {
-            var field = CliFlag.Match(e.Message);
-            string message = CliFlag.Replace(e.Message, m => "kv_" + m.Groups[1].Value.Replace('-', '_'));
-            throw new ApiError(400, message, field.Success ? "kv_" + field.Groups[1].Value.Replace('-', '_') : "kv_policy");
+            throw ApiError.For(e);
         }
     }
 

@@ -11,6 +11,7 @@ using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
 using Tern.Generation;
+using Tern.Runtime;
 using Tern.Serving;
 
 namespace Tern.Server;
@@ -164,6 +165,7 @@ public sealed class TernServer : IAsyncDisposable
             // The engine failed the request after admission: a policy impossible for this model, the server stopping, a bug.
             throw e switch
             {
+                OptionException option => ApiError.For(option),
                 ArgumentException => new ApiError(400, e.Message),
                 ServingException refused => Refusal(refused, chat),
                 _ => new ApiError(500, e.Message, type: "server_error"),
@@ -176,6 +178,7 @@ public sealed class TernServer : IAsyncDisposable
     {
         ServingError.Overloaded => new ApiError(429, e.Message, code: "rate_limit_exceeded", type: "rate_limit_error"),
         ServingError.Unavailable => new ApiError(503, e.Message, code: "service_unavailable", type: "server_error"),
+        _ when e.InnerException is OptionException option => ApiError.For(option),
         _ => new ApiError(400, e.Message, chat && e.Field == "prompt" ? "messages" : e.Field),
     };
 

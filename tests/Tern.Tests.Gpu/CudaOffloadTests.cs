@@ -80,6 +80,6 @@ public sealed class CudaTransferEngineTests
         var e = Assert.Throws<InvalidOperationException>(() => OffloadedModel.Load(Fixtures.ModelDir("llama-gqa"),
             new Tern.Models.ModelLoadOptions { Device = DeviceKind.Cuda },
             new OffloadOptions { Policy = OffloadPolicy.AllGpu(), GpuMemoryLimit = 10_000 }));
-        Assert.Contains("--gpu-mem", e.Message);
+        Assert.Contains("GPU memory limit", e.Message);
     }
 }

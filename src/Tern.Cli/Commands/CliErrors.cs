@@ -1,12 +1,47 @@
 using Tern.Checkpoints;
+using Tern.Runtime;
 using Tern.Tokenization;
 
 namespace Tern.Cli.Commands;
 
-/// <summary>Which exceptions are the user's input (reported in one line) rather than bugs (reported with a trace).</summary>
+/// <summary>Which exceptions are the user's input (reported in one line) rather than bugs (reported with a trace), and how
+/// they read on the command line.</summary>
 internal static class CliErrors
 {
     public static bool IsUserError(Exception e) => e is CheckpointException or TokenizerException or ArgumentException
         or InvalidOperationException or FileNotFoundException or DirectoryNotFoundException or UnauthorizedAccessException
         or OperationCanceledException or IOException or NotSupportedException;
+
+    /// <summary>The flag that sets each option the library's errors name.</summary>
+    static readonly Dictionary<TernOption, string> Flags = new()
+    {
+        [TernOption.KvPolicy] = "--kv-policy",
+        [TernOption.KvBudget] = "--kv-budget",
+        [TernOption.KvSink] = "--kv-sink",
+        [TernOption.KvRecent] = "--kv-recent",
+        [TernOption.KvBits] = "--kv-bits",
+        [TernOption.KvEvictEvery] = "--kv-evict-every",
+        [TernOption.MaxNewTokens] = "--max-new-tokens",
+        [TernOption.PrefillChunk] = "--prefill-chunk",
+        [TernOption.Temperature] = "--temperature",
+        [TernOption.TopK] = "--top-k",
+        [TernOption.TopP] = "--top-p",
+        [TernOption.RepetitionPenalty] = "--repetition-penalty",
+        [TernOption.MaxBatchSize] = "--max-batch",
+        [TernOption.KvBudgetTokens] = "--kv-budget-tokens",
+        [TernOption.MaxQueue] = "--max-queue",
+        [TernOption.MaxPromptTokens] = "--max-prompt-tokens",
+        [TernOption.ServingMaxNewTokens] = "--max-tokens",
+        [TernOption.MaxPrefillTokensPerStep] = "--max-prefill-tokens",
+        [TernOption.OffloadDirectory] = "--offload-dir",
+        [TernOption.PerplexityWindow] = "--window",
+        [TernOption.PerplexityStride] = "--stride",
+        [TernOption.StartToken] = "--start-token",
+    };
+
+    /// <summary>An option as the command line spells it: its flag.</summary>
+    public static string Flag(TernOption option) => Flags.GetValueOrDefault(option, option.Name);
+
+    /// <summary>The one line to print for a user error: option errors name the flags.</summary>
+    public static string Message(Exception e) => e is OptionException option ? option.Render(Flag) : e.Message;
 }

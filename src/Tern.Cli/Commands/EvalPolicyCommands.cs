@@ -55,6 +55,13 @@ internal static class EvalPolicyCommands
         catch (FormatException) { throw new ArgumentException($"{flag} must be a comma-separated list of numbers (got '{text}')."); }
     }
 
+    /// <summary>Refuses a budget ratio outside (0, 1] before anything loads, naming the flag that gave it.</summary>
+    static void CheckRatios(IEnumerable<double> ratios)
+    {
+        try { foreach (double ratio in ratios) KvBudget.OfRatio(ratio); }
+        catch (OptionException e) { throw new ArgumentException(e.Render(_ => "--budgets")); }
+    }
+
     static IReadOnlyList<int> Tokens(ParseResult r, CommonOptions common, out Models.CausalLanguageModel model, out string folder)
     {
         var file = r.GetValue(Text)!;
@@ -97,7 +104,7 @@ internal static class EvalPolicyCommands
                             TokensPerStream = limit > 0 ? limit : r.GetValue(perStream), StartToken = r.GetValue(startToken),
                         };
                         string label = size == 0 ? spec.ToString() : $"{spec} {size}";
-                        var policy = KvCachePolicies.Create(spec.Options(KvBudget.OfTokens(Math.Max(size, 1), "--cache"))); // full ignores the budget
+                        var policy = KvCachePolicies.Create(spec.Options(KvBudget.OfTokens(Math.Max(size, 1)))); // full ignores the budget
                         var result = StreamingEvaluation.Run(model, tokens, policy, options, new ConsoleProgress(label), cancellation);
                         Console.Error.WriteLine();
                         rows.Add((label, result));
@@ -143,7 +150,7 @@ internal static class EvalPolicyCommands
         {
             var specs = Specs(r.GetValue(policies)!);
             double[] ratios = List(r.GetValue(budgets)!, "--budgets", s => double.Parse(s, CultureInfo.InvariantCulture));
-            foreach (double ratio in ratios) KvBudget.OfRatio(ratio, "--budgets");
+            CheckRatios(ratios);
             var tokens = Tokens(r, common, out var model, out string folder);
             using (model)
             {
@@ -155,7 +162,7 @@ internal static class EvalPolicyCommands
                 foreach (var spec in specs)
                     foreach (double ratio in ratios)
                     {
-                        var policy = KvCachePolicies.Create(spec.Options(KvBudget.OfRatio(ratio, "--budgets")));
+                        var policy = KvCachePolicies.Create(spec.Options(KvBudget.OfRatio(ratio)));
                         var point = BudgetEvaluation.Run(model, seqs, reference, policy, spec.ToString(), ratio, new ConsoleProgress($"{spec} {ratio:P0}"), cancellation);
                         Console.Error.WriteLine();
                         points.Add(point);
@@ -199,7 +206,7 @@ internal static class EvalPolicyCommands
         {
             var specs = Specs(r.GetValue(policies)!);
             double[] ratios = List(r.GetValue(budgets)!, "--budgets", s => double.Parse(s, CultureInfo.InvariantCulture));
-            foreach (double ratio in ratios) KvBudget.OfRatio(ratio, "--budgets");
+            CheckRatios(ratios);
             var files = r.GetValue(texts)!;
             foreach (var f in files) if (!f.Exists) throw new FileNotFoundException($"--text: '{f.FullName}' does not exist.");
             var tasks = files.Select(f => MultipleChoice.Cloze(Path.GetFileNameWithoutExtension(f.Name), File.ReadAllText(f.FullName), r.GetValue(items),
@@ -215,7 +222,7 @@ internal static class EvalPolicyCommands
                     foreach (var spec in specs)
                         foreach (double ratio in ratios)
                         {
-                            var policy = KvCachePolicies.Create(spec.Options(KvBudget.OfRatio(ratio, "--budgets")));
+                            var policy = KvCachePolicies.Create(spec.Options(KvBudget.OfRatio(ratio)));
                             rows.Add((spec.ToString(), ratio, MultipleChoice.Evaluate(model, tokenizer!, task, policy, new ConsoleProgress($"{task.Name} {spec} {ratio:P0}"), cancellation)));
                             Console.Error.WriteLine();
                         }

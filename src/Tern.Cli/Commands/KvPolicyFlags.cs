@@ -37,7 +37,7 @@ internal sealed class KvPolicyFlags
             }
             catch (ArgumentException e)
             {
-                result.AddError(e.Message);
+                result.AddError(CliErrors.Message(e));
             }
         });
     }

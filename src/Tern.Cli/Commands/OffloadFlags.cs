@@ -35,7 +35,7 @@ internal sealed class OffloadFlags
             }
             catch (Exception e) when (e is ArgumentException or NotSupportedException)
             {
-                result.AddError(e.Message);
+                result.AddError(CliErrors.Message(e));
             }
         });
     }

@@ -74,7 +74,7 @@ internal sealed class ServeFlags
             }
             catch (ArgumentException e)
             {
-                result.AddError(e.Message);
+                result.AddError(CliErrors.Message(e));
             }
         });
     }

@@ -1,3 +1,4 @@
+using Tern.Runtime;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -55,9 +56,9 @@ public sealed class HeavyHitterPolicy : IKvCachePolicy
     /// <summary>The budget k and recent window k_r for a cache created for <paramref name="sequenceLength"/> tokens.</summary>
     public (int Budget, int Recent) Sizes(int sequenceLength)
     {
-        int k = KvCachePolicies.Resolve(budget, sequenceLength, 1, "--kv-budget", "--kv-policy h2o");
+        int k = KvCachePolicies.Resolve(budget, sequenceLength, 1, Name);
         int r = recent is { } given ? given.Resolve(sequenceLength) : k / 2;
-        if (r > k) throw new ArgumentException($"--kv-recent {recent} gives {r} entries, more than the {k} of --kv-budget {budget}.");
+        if (r > k) throw new OptionException($"{TernOption.KvRecent} {recent} gives {r} entries, more than the {k} of {TernOption.KvBudget} {budget}.");
         return (k, r);
     }
 

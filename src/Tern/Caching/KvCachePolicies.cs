@@ -1,3 +1,5 @@
+using Tern.Runtime;
+
 namespace Tern.Caching;
 
 /// <summary>Builds any KV-cache policy by name: the one place the names are known (the CLI and evaluation commands call it).</summary>
@@ -18,7 +20,7 @@ public static class KvCachePolicies
             "window-recompute" => new WindowRecomputePolicy(budget, options.Bits),
             "sink" => new StreamingPolicy(budget, options.SinkCount, options.Bits, options.EvictEvery),
             "h2o" => new HeavyHitterPolicy(budget, options.Recent, options.NormalizeScores, options.Bits, options.EvictEvery),
-            _ => throw new ArgumentException($"--kv-policy '{options.Policy}' is unknown."), // Validate lets no other name through
+            _ => throw new OptionException($"{TernOption.KvPolicy} '{options.Policy}' is unknown."), // Validate lets no other name through
         };
     }
 
@@ -31,14 +33,14 @@ public static class KvCachePolicies
                 $"KV cache of layer {layer.Layer} is full: {layer.Length} + {incomingTokens} entries exceed its {layer.Capacity} slots ({why}).");
     }
 
-    /// <summary>A budget resolved for a layer's sequence length, refused with a message naming the flag when it leaves less
-    /// than <paramref name="minimum"/> entries.</summary>
-    internal static int Resolve(KvBudget budget, int sequenceLength, int minimum, string flag, string need)
+    /// <summary>A budget resolved for a layer's sequence length, refused when it leaves less than <paramref name="minimum"/>
+    /// entries to <paramref name="policy"/> (the policy's name as the message gives it).</summary>
+    internal static int Resolve(KvBudget budget, int sequenceLength, int minimum, string policy)
     {
         int tokens = budget.Resolve(sequenceLength);
         if (tokens < minimum)
-            throw new ArgumentException(
-                $"{flag} {budget} gives {tokens} entries for a {sequenceLength}-token sequence; {need} needs at least {minimum}.");
+            throw new OptionException(
+                $"{TernOption.KvBudget} {budget} gives {tokens} entries for a {sequenceLength}-token sequence; {TernOption.KvPolicy} {policy} needs at least {minimum}.");
         return tokens;
     }
 }

@@ -1,4 +1,5 @@
 using System.Globalization;
+using Tern.Runtime;
 
 namespace Tern.Caching;
 
@@ -17,23 +18,23 @@ public readonly record struct KvBudget
     /// <summary>True for a ratio budget.</summary>
     public bool IsRatio => Ratio > 0;
 
-    /// <summary>An absolute budget; <paramref name="flag"/> names the option in messages.</summary>
-    public static KvBudget OfTokens(int tokens, string flag = "--kv-budget") =>
-        tokens >= 1 ? new KvBudget(tokens, 0) : throw new ArgumentException($"{flag} must be at least 1 token (got {tokens}).");
+    /// <summary>An absolute budget; <paramref name="option"/> names the option in messages (default <see cref="TernOption.KvBudget"/>).</summary>
+    public static KvBudget OfTokens(int tokens, TernOption? option = null) =>
+        tokens >= 1 ? new KvBudget(tokens, 0) : throw new OptionException($"{option ?? TernOption.KvBudget} must be at least 1 token (got {tokens}).");
 
     /// <summary>A budget relative to the sequence length.</summary>
-    public static KvBudget OfRatio(double ratio, string flag = "--kv-budget") =>
+    public static KvBudget OfRatio(double ratio, TernOption? option = null) =>
         ratio > 0 && ratio <= 1 ? new KvBudget(0, ratio)
-            : throw new ArgumentException($"{flag} as a ratio must be in (0, 1] (got {ratio.ToString(CultureInfo.InvariantCulture)}).");
+            : throw new OptionException($"{option ?? TernOption.KvBudget} as a ratio must be in (0, 1] (got {ratio.ToString(CultureInfo.InvariantCulture)}).");
 
     /// <summary>Reads "512" (tokens) or "0.2" (a ratio: any number with a decimal point or exponent).</summary>
-    public static KvBudget Parse(string text, string flag = "--kv-budget")
+    public static KvBudget Parse(string text, TernOption? option = null)
     {
         text = text.Trim();
-        if (int.TryParse(text, NumberStyles.Integer, CultureInfo.InvariantCulture, out int tokens)) return OfTokens(tokens, flag);
+        if (int.TryParse(text, NumberStyles.Integer, CultureInfo.InvariantCulture, out int tokens)) return OfTokens(tokens, option);
         if (double.TryParse(text, NumberStyles.Float, CultureInfo.InvariantCulture, out double ratio) && double.IsFinite(ratio))
-            return OfRatio(ratio, flag);
-        throw new ArgumentException($"{flag} must be a token count such as 512 or a ratio such as 0.2 (got '{text}').");
+            return OfRatio(ratio, option);
+        throw new OptionException($"{option ?? TernOption.KvBudget} must be a token count such as 512 or a ratio such as 0.2 (got '{text}').");
     }
 
     /// <summary>The budget in entries for a sequence of <paramref name="sequenceLength"/> tokens: the token count, or
@@ -46,7 +47,7 @@ public readonly record struct KvBudget
 
 /// <summary>
 /// A KV-cache policy by name, as the command line gives it (<c>--kv-policy</c>, <c>--kv-budget</c>, <c>--kv-sink</c>,
-/// <c>--kv-recent</c>, <c>--kv-bits</c>); <see cref="KvCachePolicies.Create"/> builds it. Messages name the flags.
+/// <c>--kv-recent</c>, <c>--kv-bits</c>); <see cref="KvCachePolicies.Create"/> builds it. Errors are <see cref="OptionException"/>s.
 /// </summary>
 public sealed record KvPolicyOptions
 {
@@ -80,43 +81,43 @@ public sealed record KvPolicyOptions
     public int EvictEvery { get; init; } = 1;
 
     /// <summary>Options from the settings as given on a command line or in a request (null = not given: the default); the
-    /// budgets are parsed (count or ratio) with messages naming the flag. Call <see cref="Validate"/> for the rest.</summary>
+    /// budgets are parsed (count or ratio) with messages naming the option. Call <see cref="Validate"/> for the rest.</summary>
     public static KvPolicyOptions Parse(string? policy, string? budget, int? sinks, string? recent, int? bits, int? evictEvery) => new()
     {
         Policy = policy ?? "full",
         Budget = budget is null ? null : KvBudget.Parse(budget),
         Sinks = sinks,
-        Recent = recent is null ? null : KvBudget.Parse(recent, "--kv-recent"),
+        Recent = recent is null ? null : KvBudget.Parse(recent, TernOption.KvRecent),
         Bits = bits ?? 16,
         EvictEvery = evictEvery ?? 1,
     };
 
-    /// <summary>Checks what can be checked without a sequence length; messages name the flag.</summary>
+    /// <summary>Checks what can be checked without a sequence length; messages name the option.</summary>
     public void Validate()
     {
         if (!KvCachePolicies.Names.Contains(Policy))
-            throw new ArgumentException($"--kv-policy must be one of {string.Join(", ", KvCachePolicies.Names)} (got '{Policy}').");
+            throw new OptionException($"{TernOption.KvPolicy} must be one of {string.Join(", ", KvCachePolicies.Names)} (got '{Policy}').");
         ValidateBits(Bits);
         if (Policy == "full" && Budget is not null)
-            throw new ArgumentException("--kv-budget does not apply to --kv-policy full, which keeps every entry.");
+            throw new OptionException($"{TernOption.KvBudget} does not apply to {TernOption.KvPolicy} full, which keeps every entry.");
         if (Policy != "full" && Budget is null)
-            throw new ArgumentException($"--kv-policy {Policy} needs --kv-budget (a token count such as 512 or a ratio such as 0.2).");
+            throw new OptionException($"{TernOption.KvPolicy} {Policy} needs {TernOption.KvBudget} (a token count such as 512 or a ratio such as 0.2).");
         if (Sinks is not null && Policy != "sink")
-            throw new ArgumentException($"--kv-sink applies to --kv-policy sink only (got --kv-policy {Policy}).");
-        if (Sinks is < 0) throw new ArgumentException($"--kv-sink must be >= 0 (got {Sinks}).");
+            throw new OptionException($"{TernOption.KvSink} applies to {TernOption.KvPolicy} sink only (got {TernOption.KvPolicy} {Policy}).");
+        if (Sinks is < 0) throw new OptionException($"{TernOption.KvSink} must be >= 0 (got {Sinks}).");
         if (Recent is not null && Policy != "h2o")
-            throw new ArgumentException($"--kv-recent applies to --kv-policy h2o only (got --kv-policy {Policy}).");
+            throw new OptionException($"{TernOption.KvRecent} applies to {TernOption.KvPolicy} h2o only (got {TernOption.KvPolicy} {Policy}).");
         ValidateEvictEvery(EvictEvery);
         if (EvictEvery != 1 && Policy is not ("sink" or "window" or "h2o"))
-            throw new ArgumentException($"--kv-evict-every applies to --kv-policy sink, window and h2o (got --kv-policy {Policy}).");
+            throw new OptionException($"{TernOption.KvEvictEvery} applies to {TernOption.KvPolicy} sink, window and h2o (got {TernOption.KvPolicy} {Policy}).");
         if (NormalizeScores && Policy != "h2o")
-            throw new ArgumentException($"score normalisation applies to --kv-policy h2o only (got --kv-policy {Policy}).");
+            throw new OptionException($"score normalisation applies to {TernOption.KvPolicy} h2o only (got {TernOption.KvPolicy} {Policy}).");
         if (Budget is { } budget)
         {
             if (Policy == "sink" && !budget.IsRatio && SinkCount >= budget.Tokens)
-                throw new ArgumentException($"--kv-sink {SinkCount} must be smaller than --kv-budget {budget}: the budget holds the sinks and a recent window of at least one token.");
+                throw new OptionException($"{TernOption.KvSink} {SinkCount} must be smaller than {TernOption.KvBudget} {budget}: the budget holds the sinks and a recent window of at least one token.");
             if (Recent is { } recent && recent.IsRatio == budget.IsRatio && (recent.IsRatio ? recent.Ratio > budget.Ratio : recent.Tokens > budget.Tokens))
-                throw new ArgumentException($"--kv-recent {recent} must not exceed --kv-budget {budget}.");
+                throw new OptionException($"{TernOption.KvRecent} {recent} must not exceed {TernOption.KvBudget} {budget}.");
         }
     }
 
@@ -126,12 +127,12 @@ public sealed record KvPolicyOptions
     /// <summary>Rejects an eviction interval below 1.</summary>
     internal static void ValidateEvictEvery(int evictEvery)
     {
-        if (evictEvery < 1) throw new ArgumentException($"--kv-evict-every must be at least 1 (got {evictEvery}).");
+        if (evictEvery < 1) throw new OptionException($"{TernOption.KvEvictEvery} must be at least 1 (got {evictEvery}).");
     }
 
     /// <summary>Rejects bit widths other than 16, 8 and 4.</summary>
     internal static void ValidateBits(int bits)
     {
-        if (bits is not (16 or 8 or 4)) throw new ArgumentException($"--kv-bits must be 16, 8 or 4 (got {bits}).");
+        if (bits is not (16 or 8 or 4)) throw new OptionException($"{TernOption.KvBits} must be 16, 8 or 4 (got {bits}).");
     }
 }

@@ -1,3 +1,4 @@
+using Tern.Runtime;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -23,9 +24,9 @@ public sealed class StreamingPolicy : IKvCachePolicy
         KvPolicyOptions.ValidateEvictEvery(evictEvery);
         EvictEvery = evictEvery;
         KvPolicyOptions.ValidateBits(bits);
-        if (sinks < 0) throw new ArgumentException($"--kv-sink must be >= 0 (got {sinks}).");
+        if (sinks < 0) throw new OptionException($"{TernOption.KvSink} must be >= 0 (got {sinks}).");
         if (!budget.IsRatio && sinks >= budget.Tokens)
-            throw new ArgumentException($"--kv-sink {sinks} must be smaller than --kv-budget {budget}: the budget holds the sinks and a recent window of at least one token.");
+            throw new OptionException($"{TernOption.KvSink} {sinks} must be smaller than {TernOption.KvBudget} {budget}: the budget holds the sinks and a recent window of at least one token.");
         this.budget = budget;
         Sinks = sinks;
         Bits = bits;
@@ -54,7 +55,7 @@ public sealed class StreamingPolicy : IKvCachePolicy
 
     /// <summary>Entries per row after a step, for a cache created for <paramref name="sequenceLength"/> tokens.</summary>
     public int Budget(int sequenceLength) =>
-        KvCachePolicies.Resolve(budget, sequenceLength, Sinks + 1, "--kv-budget", $"--kv-policy {Name} with {Sinks} sinks");
+        KvCachePolicies.Resolve(budget, sequenceLength, Sinks + 1, $"{Name} with {Sinks} sinks");
 
     /// <inheritdoc />
     public int Capacity(int maxSequenceLength, int maxStepTokens) => Math.Min(maxSequenceLength, Budget(maxSequenceLength) + EvictEvery - 1 + maxStepTokens);

@@ -41,7 +41,7 @@ public sealed class WindowRecomputePolicy : IKvCachePolicy
 
     /// <summary>The window for a cache created for <paramref name="sequenceLength"/> tokens.</summary>
     public int Window(int sequenceLength) =>
-        KvCachePolicies.Resolve(window, sequenceLength, 1, "--kv-budget", "--kv-policy window-recompute");
+        KvCachePolicies.Resolve(window, sequenceLength, 1, Name);
 
     /// <inheritdoc />
     public int RecomputeWindow(KvCache cache, int sequenceLength)

@@ -1,4 +1,5 @@
 using Tern.Models;
+using Tern.Runtime;
 using TorchSharp;
 using static TorchSharp.torch;
 using F = TorchSharp.torch.nn.functional;
@@ -19,12 +20,12 @@ public sealed record PerplexityOptions
     public (int Window, int Stride) Resolve(ModelInfo model)
     {
         int window = Window == 0 ? model.MaxPositions : Window;
-        if (window < 2) throw new ArgumentException($"--window must be at least 2 tokens (got {window}).");
+        if (window < 2) throw new OptionException($"{TernOption.PerplexityWindow} must be at least 2 tokens (got {window}).");
         if (window > model.MaxPositions)
-            throw new ArgumentException($"--window {window} is longer than the model's context of {model.MaxPositions} (max_position_embeddings).");
+            throw new OptionException($"{TernOption.PerplexityWindow} {window} is longer than the model's context of {model.MaxPositions} (max_position_embeddings).");
         int stride = Stride == 0 ? Math.Max(1, window / 2) : Stride;
         // Windows must overlap by a token: a window's first token has no context of its own, the previous window scores it.
-        if (stride < 1 || stride >= window) throw new ArgumentException($"--stride must be in [1, window - 1 = {window - 1}] (got {stride}).");
+        if (stride < 1 || stride >= window) throw new OptionException($"{TernOption.PerplexityStride} must be in [1, window - 1 = {window - 1}] (got {stride}).");
         return (window, stride);
     }
 }

@@ -1,4 +1,5 @@
 using Tern.Caching;
+using Tern.Runtime;
 using static TorchSharp.torch;
 
 namespace Tern.Generation;
@@ -55,12 +56,12 @@ public sealed record GenerationOptions
 
     public void Validate()
     {
-        if (MaxNewTokens < 1) throw new ArgumentException($"--max-new-tokens must be at least 1 (got {MaxNewTokens}).");
-        if (PrefillChunk < 0) throw new ArgumentException($"--prefill-chunk must be >= 0 (got {PrefillChunk}).");
-        if (Temperature < 0 || double.IsNaN(Temperature)) throw new ArgumentException($"--temperature must be >= 0 (got {Temperature}).");
-        if (TopK < 0) throw new ArgumentException($"--top-k must be >= 0 (got {TopK}).");
-        if (!(TopP > 0 && TopP <= 1)) throw new ArgumentException($"--top-p must be in (0, 1] (got {TopP}).");
-        if (!(RepetitionPenalty > 0)) throw new ArgumentException($"--repetition-penalty must be > 0 (got {RepetitionPenalty}).");
+        if (MaxNewTokens < 1) throw new OptionException($"{TernOption.MaxNewTokens} must be at least 1 (got {MaxNewTokens}).");
+        if (PrefillChunk < 0) throw new OptionException($"{TernOption.PrefillChunk} must be >= 0 (got {PrefillChunk}).");
+        if (Temperature < 0 || double.IsNaN(Temperature)) throw new OptionException($"{TernOption.Temperature} must be >= 0 (got {Temperature}).");
+        if (TopK < 0) throw new OptionException($"{TernOption.TopK} must be >= 0 (got {TopK}).");
+        if (!(TopP > 0 && TopP <= 1)) throw new OptionException($"{TernOption.TopP} must be in (0, 1] (got {TopP}).");
+        if (!(RepetitionPenalty > 0)) throw new OptionException($"{TernOption.RepetitionPenalty} must be > 0 (got {RepetitionPenalty}).");
     }
 }
 

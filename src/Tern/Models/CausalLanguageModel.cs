@@ -109,10 +109,8 @@ public abstract class CausalLanguageModel : IStepModel, IDisposable
         int capacity = policy.Capacity(maxSequenceLength, maxStepTokens);
         // Cache-index positions stay below the capacity: learned position tables must hold that many rows.
         if (policy.PositionsFollowCache && Info.LearnedPositions && capacity > Info.MaxPositions)
-            throw new ArgumentException(
-                $"--kv-policy {policy.Name} positions tokens by their cache index, which reaches {capacity - 1} with this --kv-budget " +
-                $"(budget plus one step of {maxStepTokens} tokens), but this {Info.ModelType} model has {Info.MaxPositions} learned positions; " +
-                "use a smaller budget or a shorter prompt.");
+            throw new OptionException( // one literal: a FormattableString cannot be concatenated
+                $"{TernOption.KvPolicy} {policy.Name} positions tokens by their cache index, which reaches {capacity - 1} with this {TernOption.KvBudget} (budget plus one step of {maxStepTokens} tokens), but this {Info.ModelType} model has {Info.MaxPositions} learned positions; use a smaller budget or a shorter prompt.");
         return KvCache.Create(new KvCacheOptions
         {
             BatchSize = batchSize,

@@ -63,7 +63,7 @@ public static class Calibration
             log.WriteLine($"disk write {Gb(write)}, read {Gb(read)} ({o.Directory})");
             p = p with { DiskToCpu = read, CpuToDiskCachePrefill = write, CpuToDiskHiddenPrefill = write, CpuToDiskDecode = write };
         }
-        else log.WriteLine("disk: not measured (no --offload-dir); keeping " + o.Fallback.Source);
+        else log.WriteLine("disk: not measured (no directory given); keeping " + o.Fallback.Source);
 
         int h = o.Width;
         double gemmPrefill = Gemm(2048, h, dt, o.Device, cuda), gemmDecode = Gemm(128, 2 * h, dt, o.Device, cuda);

@@ -23,7 +23,7 @@ internal sealed class GpuBudget(long? limit)
         if (limit is { } cap && after > cap)
             throw new InvalidOperationException(
                 $"offloading: {what} needs {Units.Bytes(bytes)} on the GPU{(detail is null ? "" : $" ({detail})")}, which with the " +
-                $"{Units.Bytes(Used)} already placed passes the --gpu-mem cap of {Units.Bytes(cap)}; lower the policy's GPU shares or the GPU batch size, or use --offload auto.");
+                $"{Units.Bytes(Used)} already placed passes the GPU memory limit of {Units.Bytes(cap)}; lower the policy's GPU shares or the GPU batch size, or let the policy search pick one.");
         reservations[what] = reservations.GetValueOrDefault(what) + bytes;
         Peak = Math.Max(Peak, Used);
     }

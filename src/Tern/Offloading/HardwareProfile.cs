@@ -68,7 +68,7 @@ public sealed record HardwareProfile
     public static HardwareProfile Load(string path)
     {
         if (!File.Exists(path))
-            throw new FileNotFoundException($"hardware profile {path} does not exist; make one with `tern offload calibrate -o {path}`.", path);
+            throw new FileNotFoundException($"hardware profile {path} does not exist; make one with `tern offload calibrate`.", path);
         HardwareProfile? profile;
         try
         {

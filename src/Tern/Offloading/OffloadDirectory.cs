@@ -25,7 +25,7 @@ public sealed class OffloadDirectory : IDisposable
     {
         string full = System.IO.Path.GetFullPath(parent);
         if (!Directory.Exists(full))
-            throw new DirectoryNotFoundException($"offload directory {full} does not exist; create it or pass another with --offload-dir.");
+            throw new DirectoryNotFoundException($"offload directory {full} does not exist; create it or choose another.");
         RemoveOrphans(full);
         string path = System.IO.Path.Combine(full, $"{Prefix}{Environment.ProcessId}-{Guid.NewGuid():N}");
         try
@@ -39,7 +39,7 @@ public sealed class OffloadDirectory : IDisposable
         catch (Exception e) when (e is UnauthorizedAccessException or IOException)
         {
             TryDelete(path);
-            throw new UnauthorizedAccessException($"offload directory {full} is not writable ({e.Message}); pass a writable folder with --offload-dir.", e);
+            throw new UnauthorizedAccessException($"offload directory {full} is not writable ({e.Message}); choose a writable folder.", e);
         }
         return new OffloadDirectory(path);
     }
@@ -59,7 +59,7 @@ public sealed class OffloadDirectory : IDisposable
         {
             TryDeleteFile(path);
             throw new IOException(
-                $"offload directory {Path}: cannot reserve {Units.Bytes(bytes)} for {name} ({e.Message}); free disk space, lower the disk share of the policy, or pass another --offload-dir.", e);
+                $"offload directory {Path}: cannot reserve {Units.Bytes(bytes)} for {name} ({e.Message}); free disk space, lower the disk share of the policy, or choose another offload directory.", e);
         }
     }
 

@@ -93,7 +93,7 @@ public sealed class OffloadedModel : IStepModel, IDisposable
         var policy = options.Policy.Validate();
         bool usesDisk = policy.Weights.Disk > 0 || policy.Cache.Disk > 0 || policy.Activations.Disk > 0;
         if (usesDisk && options.Directory is null)
-            throw new ArgumentException($"offload policy {policy} puts data on disk; name a folder for it (--offload-dir).");
+            throw new OptionException($"offload policy {policy} puts data on disk; name a folder for it ({TernOption.OffloadDirectory}).");
         var budget = new GpuBudget(options.GpuMemoryLimit);
         OffloadDirectory? directory = null;
         ITransferEngine? engine = null;

@@ -63,7 +63,7 @@ public static class PolicySearch
             throw new InvalidOperationException(
                 $"no offloading policy fits: even one sequence of {w.Prompt} + {w.Generate} tokens needs more than {options.Headroom:P0} of the " +
                 $"given memory (GPU {Units.Bytes(options.Capacity.Gpu)}, CPU {Units.Bytes(options.Capacity.Cpu)}, disk {Units.Bytes(options.Capacity.Disk)}) " +
-                $"for {Units.Bytes(w.LayerWeightBytes * w.Layers)} of weights; raise --cpu-mem or --disk-mem, shorten the prompt, or compress the weights.");
+                $"for {Units.Bytes(w.LayerWeightBytes * w.Layers)} of weights; allow more CPU or disk memory, shorten the prompt, or compress the weights.");
         }
         return best with { Candidates = candidates };
     }
@@ -147,7 +147,7 @@ public static class PolicySearch
         {
             throw new InvalidOperationException(
                 "the policy search needs Google OR-Tools' native libraries, which this install lacks (tools/gpu/pack.sh drops them): " +
-                "run `tern offload plan` where they are and pass its policy to --offload.", e);
+                "run `tern offload plan` where they are and use the policy it prints.", e);
         }
     }
 

@@ -99,10 +99,10 @@ public static class ComputeOptions
             case DeviceKind.Cuda:
                 if (!IsCudaAvailable())
                     throw new InvalidOperationException(
-                        "--device cuda: no CUDA libtorch could be loaded or no GPU is visible. Put the torch/lib folder of a CUDA " +
+                        "CUDA was asked for, but no CUDA libtorch could be loaded or no GPU is visible. Put the torch/lib folder of a CUDA " +
                         "PyTorch install on LD_LIBRARY_PATH (for example `export LD_LIBRARY_PATH=$(python3 -c 'import torch,os;" +
                         "print(os.path.dirname(torch.__file__))')/lib:$LD_LIBRARY_PATH`), or reference a TorchSharp CUDA package; " +
-                        "or use --device cpu.");
+                        "or run on the CPU.");
                 return torch.CUDA;
             default:
                 return IsCudaAvailable() ? torch.CUDA : torch.CPU;

@@ -118,7 +118,7 @@ public sealed class ServingEngine : IDisposable
         }
         catch (ArgumentException e)
         {
-            throw new ServingException(ServingError.InvalidRequest, e.Message);
+            throw new ServingException(ServingError.InvalidRequest, e.Message, inner: e);
         }
         var info = model.Info;
         if (prompt.Count == 0) throw Invalid("the prompt has no tokens; it needs at least one.", "prompt");
@@ -139,7 +139,7 @@ public sealed class ServingEngine : IDisposable
         }
         catch (ArgumentException e)
         {
-            throw Invalid(e.Message, "kv_budget");
+            throw Invalid(e.Message, "kv_budget", e);
         }
         if (reserved > budget)
             throw Invalid($"the request needs {reserved} KV-cache tokens (prompt + max_tokens) but the server's budget is {budget}; lower max_tokens.", "max_tokens");
@@ -158,7 +158,7 @@ public sealed class ServingEngine : IDisposable
         return request;
     }
 
-    static ServingException Invalid(string message, string field) => new(ServingError.InvalidRequest, message, field);
+    static ServingException Invalid(string message, string field, Exception? inner = null) => new(ServingError.InvalidRequest, message, field, inner);
 
     /// <summary>Stops the scheduler; requests still running or waiting end with <see cref="ServingException"/> (unavailable).</summary>
     public void Dispose()

@@ -1,3 +1,5 @@
+using Tern.Runtime;
+
 namespace Tern.Serving;
 
 /// <summary>Limits of a <see cref="ServingEngine"/>: how many sequences run together, how much KV cache they may reserve,
@@ -31,12 +33,12 @@ public sealed record ServingOptions
     /// <summary>Checks the values, with messages that name the option.</summary>
     public void Validate()
     {
-        if (MaxBatchSize < 1) throw new ArgumentException($"--max-batch must be at least 1 (got {MaxBatchSize}).");
-        if (KvBudgetTokens < 0) throw new ArgumentException($"--kv-budget-tokens must be >= 0 (got {KvBudgetTokens}; 0 = batch x context).");
-        if (MaxQueue < 0) throw new ArgumentException($"--max-queue must be >= 0 (got {MaxQueue}).");
-        if (MaxPromptTokens < 0) throw new ArgumentException($"--max-prompt-tokens must be >= 0 (got {MaxPromptTokens}; 0 = the model's context).");
-        if (MaxNewTokens < 1) throw new ArgumentException($"--max-tokens must be at least 1 (got {MaxNewTokens}).");
-        if (MaxPrefillTokensPerStep < 1) throw new ArgumentException($"--max-prefill-tokens must be at least 1 (got {MaxPrefillTokensPerStep}).");
+        if (MaxBatchSize < 1) throw new OptionException($"{TernOption.MaxBatchSize} must be at least 1 (got {MaxBatchSize}).");
+        if (KvBudgetTokens < 0) throw new OptionException($"{TernOption.KvBudgetTokens} must be >= 0 (got {KvBudgetTokens}; 0 = batch x context).");
+        if (MaxQueue < 0) throw new OptionException($"{TernOption.MaxQueue} must be >= 0 (got {MaxQueue}).");
+        if (MaxPromptTokens < 0) throw new OptionException($"{TernOption.MaxPromptTokens} must be >= 0 (got {MaxPromptTokens}; 0 = the model's context).");
+        if (MaxNewTokens < 1) throw new OptionException($"{TernOption.ServingMaxNewTokens} must be at least 1 (got {MaxNewTokens}).");
+        if (MaxPrefillTokensPerStep < 1) throw new OptionException($"{TernOption.MaxPrefillTokensPerStep} must be at least 1 (got {MaxPrefillTokensPerStep}).");
     }
 }
 
@@ -51,8 +53,10 @@ public enum ServingError
     Unavailable,
 }
 
-/// <summary>A request refused by the <see cref="ServingEngine"/>, with the request field to blame when there is one.</summary>
-public sealed class ServingException(ServingError error, string message, string? field = null) : Exception(message)
+/// <summary>A request refused by the <see cref="ServingEngine"/>, with the request field to blame when there is one; an
+/// invalid option keeps its <see cref="OptionException"/> as the inner exception, for a server to name in its own words.</summary>
+public sealed class ServingException(ServingError error, string message, string? field = null, Exception? inner = null)
+    : Exception(message, inner)
 {
     /// <summary>The kind of refusal.</summary>
     public ServingError Error { get; } = error;

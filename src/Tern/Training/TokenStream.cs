@@ -32,7 +32,7 @@ public sealed class TokenStream
         {
             int id = width == 2 ? BitConverter.ToUInt16(bytes, 2 * i) : BitConverter.ToInt32(bytes, 4 * i);
             if (id < 0 || id >= vocabSize)
-                throw new InvalidDataException($"{path}: token {i} is id {id}, outside the model's vocabulary of {vocabSize} (wrong --token-format?).");
+                throw new InvalidDataException($"{path}: token {i} is id {id}, outside the model's vocabulary of {vocabSize} (wrong token file format?).");
             ids[i] = id;
         }
         return new TokenStream(path, ids);

@@ -42,7 +42,7 @@ public sealed class Trainer : IDisposable
         {
             int vocab = model.Info.VocabSize;
             if (options.StartToken is { } start && (start < 0 || start >= vocab))
-                throw new ArgumentException($"--start-token {start} is outside the model's vocabulary of {vocab}; pass an id such as config.json's bos_token_id.");
+                throw new OptionException($"{TernOption.StartToken} {start} is outside the model's vocabulary of {vocab}; pass an id such as config.json's bos_token_id.");
             train = TokenStream.Load(options.TrainTokens, options.TokenFormat, vocab);
             valid = options.ValidTokens is null ? null : TokenStream.Load(options.ValidTokens, options.TokenFormat, vocab);
             var select = options.TrainParameter ?? (_ => true);

@@ -68,9 +68,9 @@ public sealed class AmortisedEvictionTests
     [Fact]
     public void AnEvictionIntervalBelowOneOrForAnotherPolicyIsRefused()
     {
-        Assert.Contains("--kv-evict-every must be at least 1", Assert.Throws<ArgumentException>(() =>
+        Assert.Contains("KvPolicyOptions.EvictEvery must be at least 1", Assert.Throws<OptionException>(() =>
             KvCachePolicies.Create(new KvPolicyOptions { Policy = "sink", Budget = KvBudget.OfTokens(16), EvictEvery = 0 })).Message);
-        Assert.Contains("applies to --kv-policy sink, window and h2o", Assert.Throws<ArgumentException>(() =>
+        Assert.Contains("applies to KvPolicyOptions.Policy sink, window and h2o", Assert.Throws<OptionException>(() =>
             KvCachePolicies.Create(new KvPolicyOptions { Policy = "window-recompute", Budget = KvBudget.OfTokens(16), EvictEvery = 4 })).Message);
     }
 }

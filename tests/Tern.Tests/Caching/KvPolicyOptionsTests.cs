@@ -1,9 +1,10 @@
 using Tern.Caching;
 using Tern.Models;
+using Tern.Runtime;
 
 namespace Tern.Tests.Caching;
 
-/// <summary>Policies by name, budgets as counts or ratios, and the rejections of impossible settings (messages name the flag).</summary>
+/// <summary>Policies by name, budgets as counts or ratios, and the rejections of impossible settings (errors name the option).</summary>
 public sealed class KvPolicyOptionsTests
 {
     [Theory]
@@ -41,52 +42,54 @@ public sealed class KvPolicyOptionsTests
     }
 
     [Theory]
-    [InlineData("0", "--kv-budget must be at least 1 token")]
-    [InlineData("-3", "--kv-budget must be at least 1 token")]
-    [InlineData("1.5", "--kv-budget as a ratio must be in (0, 1]")]
-    [InlineData("0.0", "--kv-budget as a ratio must be in (0, 1]")]
-    [InlineData("lots", "--kv-budget must be a token count such as 512 or a ratio such as 0.2")]
+    [InlineData("0", "KvPolicyOptions.Budget must be at least 1 token")]
+    [InlineData("-3", "KvPolicyOptions.Budget must be at least 1 token")]
+    [InlineData("1.5", "KvPolicyOptions.Budget as a ratio must be in (0, 1]")]
+    [InlineData("0.0", "KvPolicyOptions.Budget as a ratio must be in (0, 1]")]
+    [InlineData("lots", "KvPolicyOptions.Budget must be a token count such as 512 or a ratio such as 0.2")]
     public void RejectsBudgetsThatAreNoCountOrRatio(string text, string message)
     {
-        var e = Assert.Throws<ArgumentException>(() => KvBudget.Parse(text));
+        var e = Assert.Throws<OptionException>(() => KvBudget.Parse(text));
+        Assert.Equal(TernOption.KvBudget, e.Option);
         Assert.StartsWith(message, e.Message);
     }
 
     public static TheoryData<KvPolicyOptions, string> Impossible => new()
     {
-        { new KvPolicyOptions { Policy = "lru" }, "--kv-policy must be one of full, window, window-recompute, sink, h2o" },
-        { new KvPolicyOptions { Bits = 3 }, "--kv-bits must be 16, 8 or 4 (got 3)" },
-        { new KvPolicyOptions { Policy = "sink" }, "--kv-policy sink needs --kv-budget" },
-        { new KvPolicyOptions { Budget = KvBudget.OfTokens(8) }, "--kv-budget does not apply to --kv-policy full" },
-        { new KvPolicyOptions { Policy = "sink", Budget = KvBudget.OfTokens(4) }, "--kv-sink 4 must be smaller than --kv-budget 4" },
-        { new KvPolicyOptions { Policy = "sink", Budget = KvBudget.OfTokens(8), Sinks = 9 }, "--kv-sink 9 must be smaller than --kv-budget 8" },
-        { new KvPolicyOptions { Policy = "sink", Budget = KvBudget.OfTokens(8), Sinks = -1 }, "--kv-sink must be >= 0" },
-        { new KvPolicyOptions { Policy = "window", Budget = KvBudget.OfTokens(8), Sinks = 2 }, "--kv-sink applies to --kv-policy sink only" },
-        { new KvPolicyOptions { Policy = "sink", Budget = KvBudget.OfTokens(8), Recent = KvBudget.OfTokens(2) }, "--kv-recent applies to --kv-policy h2o only" },
-        { new KvPolicyOptions { Policy = "h2o", Budget = KvBudget.OfTokens(8), Recent = KvBudget.OfTokens(9) }, "--kv-recent 9 must not exceed --kv-budget 8" },
-        { new KvPolicyOptions { Policy = "h2o", Budget = KvBudget.OfRatio(0.1), Recent = KvBudget.OfRatio(0.2) }, "--kv-recent 0.2 must not exceed --kv-budget 0.1" },
-        { new KvPolicyOptions { Policy = "sink", Budget = KvBudget.OfTokens(8), NormalizeScores = true }, "score normalisation applies to --kv-policy h2o only" },
+        { new KvPolicyOptions { Policy = "lru" }, "KvPolicyOptions.Policy must be one of full, window, window-recompute, sink, h2o" },
+        { new KvPolicyOptions { Bits = 3 }, "KvPolicyOptions.Bits must be 16, 8 or 4 (got 3)" },
+        { new KvPolicyOptions { Policy = "sink" }, "KvPolicyOptions.Policy sink needs KvPolicyOptions.Budget" },
+        { new KvPolicyOptions { Budget = KvBudget.OfTokens(8) }, "KvPolicyOptions.Budget does not apply to KvPolicyOptions.Policy full" },
+        { new KvPolicyOptions { Policy = "sink", Budget = KvBudget.OfTokens(4) }, "KvPolicyOptions.Sinks 4 must be smaller than KvPolicyOptions.Budget 4" },
+        { new KvPolicyOptions { Policy = "sink", Budget = KvBudget.OfTokens(8), Sinks = 9 }, "KvPolicyOptions.Sinks 9 must be smaller than KvPolicyOptions.Budget 8" },
+        { new KvPolicyOptions { Policy = "sink", Budget = KvBudget.OfTokens(8), Sinks = -1 }, "KvPolicyOptions.Sinks must be >= 0" },
+        { new KvPolicyOptions { Policy = "window", Budget = KvBudget.OfTokens(8), Sinks = 2 }, "KvPolicyOptions.Sinks applies to KvPolicyOptions.Policy sink only" },
+        { new KvPolicyOptions { Policy = "sink", Budget = KvBudget.OfTokens(8), Recent = KvBudget.OfTokens(2) }, "KvPolicyOptions.Recent applies to KvPolicyOptions.Policy h2o only" },
+        { new KvPolicyOptions { Policy = "h2o", Budget = KvBudget.OfTokens(8), Recent = KvBudget.OfTokens(9) }, "KvPolicyOptions.Recent 9 must not exceed KvPolicyOptions.Budget 8" },
+        { new KvPolicyOptions { Policy = "h2o", Budget = KvBudget.OfRatio(0.1), Recent = KvBudget.OfRatio(0.2) }, "KvPolicyOptions.Recent 0.2 must not exceed KvPolicyOptions.Budget 0.1" },
+        { new KvPolicyOptions { Policy = "sink", Budget = KvBudget.OfTokens(8), NormalizeScores = true }, "score normalisation applies to KvPolicyOptions.Policy h2o only" },
     };
 
     [Theory]
     [MemberData(nameof(Impossible))]
-    public void RejectsImpossibleSettingsNamingTheFlag(KvPolicyOptions options, string message)
+    public void RejectsImpossibleSettingsNamingTheOption(KvPolicyOptions options, string message)
     {
-        var e = Assert.Throws<ArgumentException>(() => KvCachePolicies.Create(options));
+        var e = Assert.Throws<OptionException>(() => KvCachePolicies.Create(options));
         Assert.StartsWith(message, e.Message);
     }
 
     /// <summary>Ratios resolve when the cache is created: one leaving no room for a step is refused before anything runs.</summary>
     [Theory]
-    [InlineData("sink", "0.05", "--kv-budget 0.05 gives 2 entries for a 40-token sequence; --kv-policy sink with 4 sinks needs at least 5")]
-    [InlineData("window", "0.01", "--kv-budget 0.01 gives 0 entries for a 40-token sequence; --kv-policy window with 0 sinks needs at least 1")]
-    [InlineData("h2o", "0.02", "--kv-budget 0.02 gives 0 entries for a 40-token sequence; --kv-policy h2o needs at least 1")]
-    [InlineData("window-recompute", "0.02", "--kv-budget 0.02 gives 0 entries for a 40-token sequence; --kv-policy window-recompute needs at least 1")]
+    [InlineData("sink", "0.05", "KvPolicyOptions.Budget 0.05 gives 2 entries for a 40-token sequence; KvPolicyOptions.Policy sink with 4 sinks needs at least 5")]
+    [InlineData("window", "0.01", "KvPolicyOptions.Budget 0.01 gives 0 entries for a 40-token sequence; KvPolicyOptions.Policy window with 0 sinks needs at least 1")]
+    [InlineData("h2o", "0.02", "KvPolicyOptions.Budget 0.02 gives 0 entries for a 40-token sequence; KvPolicyOptions.Policy h2o needs at least 1")]
+    [InlineData("window-recompute", "0.02", "KvPolicyOptions.Budget 0.02 gives 0 entries for a 40-token sequence; KvPolicyOptions.Policy window-recompute needs at least 1")]
     public void RejectsRatiosThatLeaveNoRoomForAStep(string name, string budget, string message)
     {
         using var model = HfParityContract.LoadFixture("llama-gqa");
         var policy = KvCachePolicies.Create(new KvPolicyOptions { Policy = name, Budget = KvBudget.Parse(budget) });
-        var e = Assert.Throws<ArgumentException>(() => model.CreateCache(1, 40, policy, 8));
+        var e = Assert.Throws<OptionException>(() => model.CreateCache(1, 40, policy, 8));
+        Assert.Equal(new[] { TernOption.KvBudget, TernOption.KvPolicy }, e.Options);
         Assert.Equal(message + ".", e.Message);
     }
 
@@ -94,8 +97,9 @@ public sealed class KvPolicyOptionsTests
     public void RejectsAnH2oRecentRatioLargerThanATokenBudget()
     {
         var policy = KvCachePolicies.Create(new KvPolicyOptions { Policy = "h2o", Budget = KvBudget.OfTokens(8), Recent = KvBudget.OfRatio(0.5) });
-        var e = Assert.Throws<ArgumentException>(() => policy.Capacity(40, 1));
-        Assert.StartsWith("--kv-recent 0.5 gives 20 entries, more than the 8 of --kv-budget 8", e.Message);
+        var e = Assert.Throws<OptionException>(() => policy.Capacity(40, 1));
+        Assert.Equal(TernOption.KvRecent, e.Option);
+        Assert.StartsWith("KvPolicyOptions.Recent 0.5 gives 20 entries, more than the 8 of KvPolicyOptions.Budget 8", e.Message);
         Assert.Equal((8, 4), ((HeavyHitterPolicy)KvCachePolicies.Create(new KvPolicyOptions { Policy = "h2o", Budget = KvBudget.OfTokens(8) })).Sizes(40));
     }
 
@@ -107,7 +111,8 @@ public sealed class KvPolicyOptionsTests
     {
         using var model = HfParityContract.LoadFixture(name);
         var policy = KvCachePolicies.Create(new KvPolicyOptions { Policy = "sink", Budget = KvBudget.OfTokens(60) });
-        var e = Assert.Throws<ArgumentException>(() => model.CreateCache(1, 500, policy, 8));
+        var e = Assert.Throws<OptionException>(() => model.CreateCache(1, 500, policy, 8));
+        Assert.Equal(new[] { TernOption.KvPolicy, TernOption.KvBudget }, e.Options);
         Assert.Contains("reaches 67", e.Message);
         Assert.Contains("has 64 learned positions", e.Message);
         using var fits = model.CreateCache(1, 500, policy, 4); // 60 + 4 slots: indexes up to 63

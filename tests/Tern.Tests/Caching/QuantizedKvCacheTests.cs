@@ -1,5 +1,6 @@
 using Tern.Compression;
 using Tern.Caching;
+using Tern.Runtime;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -108,8 +109,8 @@ public sealed class QuantizedKvCacheTests
     [Fact]
     public void RejectsOtherBitWidths()
     {
-        var e = Assert.Throws<ArgumentException>(() => Cache(3, 8));
-        Assert.Equal("--kv-bits must be 16, 8 or 4 (got 3).", e.Message);
+        var e = Assert.Throws<OptionException>(() => Cache(3, 8));
+        Assert.Equal("KvPolicyOptions.Bits must be 16, 8 or 4 (got 3).", e.Message);
         Assert.Equal(64, QuantizedKvStore.GroupSize);
     }
 }

@@ -85,6 +85,6 @@ public sealed class PerplexityTests
     public void ImpossibleWindowsAreRefused(int window, int stride)
     {
         using var model = Load();
-        Assert.Throws<ArgumentException>(() => Perplexity.Evaluate(model, Tokens(20, 320, 1), new PerplexityOptions { Window = window, Stride = stride }));
+        Assert.Throws<OptionException>(() => Perplexity.Evaluate(model, Tokens(20, 320, 1), new PerplexityOptions { Window = window, Stride = stride }));
     }
 }

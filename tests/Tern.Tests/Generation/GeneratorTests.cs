@@ -394,31 +394,31 @@ public sealed class GeneratorTests : IDisposable
         Assert.Contains(length.ToString(), ex.Message);
     }
 
-    public static TheoryData<GenerationOptions, string> BadOptions => new()
+    public static TheoryData<GenerationOptions, TernOption> BadOptions => new()
     {
-        { new GenerationOptions { MaxNewTokens = 0 }, "--max-new-tokens" },
-        { new GenerationOptions { MaxNewTokens = -3 }, "--max-new-tokens" },
-        { new GenerationOptions { Temperature = -0.1 }, "--temperature" },
-        { new GenerationOptions { Temperature = double.NaN }, "--temperature" },
-        { new GenerationOptions { TopK = -1 }, "--top-k" },
-        { new GenerationOptions { TopP = 0 }, "--top-p" },
-        { new GenerationOptions { TopP = 1.01 }, "--top-p" },
-        { new GenerationOptions { TopP = -0.5 }, "--top-p" },
-        { new GenerationOptions { TopP = double.NaN }, "--top-p" },
-        { new GenerationOptions { RepetitionPenalty = 0 }, "--repetition-penalty" },
-        { new GenerationOptions { RepetitionPenalty = -1 }, "--repetition-penalty" },
-        { new GenerationOptions { RepetitionPenalty = double.NaN }, "--repetition-penalty" },
+        { new GenerationOptions { MaxNewTokens = 0 }, TernOption.MaxNewTokens },
+        { new GenerationOptions { MaxNewTokens = -3 }, TernOption.MaxNewTokens },
+        { new GenerationOptions { Temperature = -0.1 }, TernOption.Temperature },
+        { new GenerationOptions { Temperature = double.NaN }, TernOption.Temperature },
+        { new GenerationOptions { TopK = -1 }, TernOption.TopK },
+        { new GenerationOptions { TopP = 0 }, TernOption.TopP },
+        { new GenerationOptions { TopP = 1.01 }, TernOption.TopP },
+        { new GenerationOptions { TopP = -0.5 }, TernOption.TopP },
+        { new GenerationOptions { TopP = double.NaN }, TernOption.TopP },
+        { new GenerationOptions { RepetitionPenalty = 0 }, TernOption.RepetitionPenalty },
+        { new GenerationOptions { RepetitionPenalty = -1 }, TernOption.RepetitionPenalty },
+        { new GenerationOptions { RepetitionPenalty = double.NaN }, TernOption.RepetitionPenalty },
     };
 
     [Theory]
     [MemberData(nameof(BadOptions))]
-    public void ValidateNamesTheBadOption(GenerationOptions options, string flag)
+    public void ValidateNamesTheBadOption(GenerationOptions options, TernOption option)
     {
-        var ex = Assert.Throws<ArgumentException>(options.Validate);
-        Assert.Contains(flag, ex.Message);
+        var ex = Assert.Throws<OptionException>(options.Validate);
+        Assert.Equal(option, ex.Option);
         var generator = new TernGenerator(model);
-        var fromGenerate = Assert.Throws<ArgumentException>(() => generator.GenerateTokens(Prompts, options, Ct));
-        Assert.Contains(flag, fromGenerate.Message);
+        var fromGenerate = Assert.Throws<OptionException>(() => generator.GenerateTokens(Prompts, options, Ct));
+        Assert.Equal(option, fromGenerate.Option);
     }
 
     [Fact]

@@ -82,7 +82,7 @@ public sealed class OffloadErrorTests
 
     [Fact]
     public void DiskShareWithoutADirectoryIsAnError() =>
-        Assert.Contains("--offload-dir", Assert.Throws<ArgumentException>(() => Load("w=0/0/100", null)).Message);
+        Assert.Equal(TernOption.OffloadDirectory, Assert.Throws<OptionException>(() => Load("w=0/0/100", null)).Option);
 
     [Fact]
     public void MissingDirectoryIsAnError()
@@ -116,7 +116,7 @@ public sealed class OffloadErrorTests
         using var temp = new TempDir();
         string parent = temp.Path;
         var e = Assert.Throws<InvalidOperationException>(() => Load("w=100/0/0,kv=0/0/100", parent, gpuLimit: 1000));
-        Assert.Contains("--gpu-mem", e.Message);
+        Assert.Contains("GPU memory limit", e.Message);
         Assert.Empty(Directory.GetFileSystemEntries(parent));
         // The weights fit, the block's KV cache and buffers do not: the error comes at generation and the block's files go.
         using var model = Load("w=0/100/0,kv=100/0/0,gbs=8", parent, gpuLimit: 20_000);

@@ -139,7 +139,7 @@ public sealed class PolicySearchTests
     {
         var e = Assert.Throws<InvalidOperationException>(() => PlanFor(Opt30B, 1 * GiB, 8 * GiB, disk: 0));
         Assert.Contains("no offloading policy fits", e.Message);
-        Assert.Contains("--cpu-mem", e.Message);
+        Assert.Contains("allow more CPU or disk memory", e.Message);
     }
 
     [Fact]

@@ -166,6 +166,22 @@ public sealed class OpenAiServerTests : IAsyncLifetime
         Assert.Equal(expected.Text, body.GetProperty("choices")[0].GetProperty("text").GetString());
     }
 
+    /// <summary>The library's option errors name the request's fields, the first as param, whether the request parser or the
+    /// engine finds them.</summary>
+    [Theory]
+    [InlineData("\"kv_policy\":\"sink\",\"kv_budget\":4", "kv_sink",
+        "kv_sink 4 must be smaller than kv_budget 4: the budget holds the sinks and a recent window of at least one token.")]
+    [InlineData("\"kv_policy\":\"sink\",\"kv_budget\":0.01,\"max_tokens\":10", "kv_budget", "kv_budget 0.01 gives 0 entries for a ")]
+    public async Task OptionErrorsNameTheRequestFields(string fields, string param, string message)
+    {
+        var (code, body) = await Post("/v1/completions", $$"""{"model":"tiny","prompt":"hi",{{fields}}}""");
+        Assert.Equal(HttpStatusCode.BadRequest, code);
+        var error = body.GetProperty("error");
+        Assert.Equal(param, error.GetProperty("param").GetString());
+        Assert.StartsWith(message, error.GetProperty("message").GetString());
+        await AssertStillServing();
+    }
+
     [Theory]
     [InlineData("{\"model\":\"tiny\",\"prompt\":\"hi\"", 400, null)]                                        // bad JSON
     [InlineData("[1,2]", 400, null)]                                                                         // not an object

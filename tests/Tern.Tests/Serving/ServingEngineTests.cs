@@ -1,5 +1,6 @@
 using Tern.Generation;
 using Tern.Caching;
+using Tern.Runtime;
 using Tern.Serving;
 
 namespace Tern.Tests.Serving;
@@ -161,7 +162,7 @@ public sealed class ServingEngineTests : IDisposable
         e = Assert.Throws<ServingException>(() => engine.Submit("hi", Greedy(51), Ct));
         Assert.Equal((ServingError.InvalidRequest, "max_tokens"), (e.Error, e.Field));
         e = Assert.Throws<ServingException>(() => engine.Submit("hi", Greedy(4) with { Temperature = -1 }, Ct));
-        Assert.Contains("temperature", e.Message);
+        Assert.Equal(TernOption.Temperature, Assert.IsType<OptionException>(e.InnerException).Option);
 
         using var hold = CancellationTokenSource.CreateLinkedTokenSource(Ct);
         var running = engine.Submit("hi", Greedy(50), hold.Token);

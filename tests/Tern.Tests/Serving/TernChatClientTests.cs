@@ -79,7 +79,7 @@ public sealed class TernChatClientTests : IDisposable
         var tooLong = await Assert.ThrowsAsync<ServingException>(() => chat.GetResponseAsync("hi", new ChatOptions { MaxOutputTokens = 5000 }, Ct));
         Assert.Equal((ServingError.InvalidRequest, "max_tokens"), (tooLong.Error, tooLong.Field));
         var cold = await Assert.ThrowsAsync<ServingException>(() => chat.GetResponseAsync("hi", new ChatOptions { Temperature = -1 }, Ct));
-        Assert.Contains("temperature", cold.Message);
+        Assert.Equal(TernOption.Temperature, Assert.IsType<OptionException>(cold.InnerException).Option);
         await Assert.ThrowsAsync<ServingException>(async () =>
         {
             await foreach (var _ in chat.GetStreamingResponseAsync("hi", new ChatOptions { TopP = 0 }, Ct)) { }

@@ -1,0 +1,67 @@
+namespace Tern.Runtime;
+
+/// <summary>
+/// An option by what it sets rather than by how a front end spells it: <see cref="OptionException"/> messages name options
+/// through these, and the CLI renders them as its flags, the server as its request fields. The neutral name
+/// (<see cref="Name"/>) is the options property that sets the option.
+/// </summary>
+public sealed class TernOption
+{
+    TernOption(string name) => Name = name;
+
+    /// <summary>The options property that sets the option, e.g. <c>KvPolicyOptions.Budget</c>.</summary>
+    public string Name { get; }
+
+    /// <inheritdoc />
+    public override string ToString() => Name;
+
+    // Plain strings rather than nameof: Runtime stays below the folders that define the options.
+
+    /// <summary>The KV-cache policy's name.</summary>
+    public static readonly TernOption KvPolicy = new("KvPolicyOptions.Policy");
+    /// <summary>The KV-cache budget (a token count or a ratio).</summary>
+    public static readonly TernOption KvBudget = new("KvPolicyOptions.Budget");
+    /// <summary>Attention sinks of the sink policy.</summary>
+    public static readonly TernOption KvSink = new("KvPolicyOptions.Sinks");
+    /// <summary>H2O's recent window.</summary>
+    public static readonly TernOption KvRecent = new("KvPolicyOptions.Recent");
+    /// <summary>Bits per cached element.</summary>
+    public static readonly TernOption KvBits = new("KvPolicyOptions.Bits");
+    /// <summary>Tokens the cache may overrun its budget by before it evicts.</summary>
+    public static readonly TernOption KvEvictEvery = new("KvPolicyOptions.EvictEvery");
+
+    /// <summary>Most tokens generated per sequence.</summary>
+    public static readonly TernOption MaxNewTokens = new("GenerationOptions.MaxNewTokens");
+    /// <summary>Prompt tokens run per prefill step.</summary>
+    public static readonly TernOption PrefillChunk = new("GenerationOptions.PrefillChunk");
+    /// <summary>Sampling temperature.</summary>
+    public static readonly TernOption Temperature = new("GenerationOptions.Temperature");
+    /// <summary>Top-k sampling.</summary>
+    public static readonly TernOption TopK = new("GenerationOptions.TopK");
+    /// <summary>Nucleus sampling mass.</summary>
+    public static readonly TernOption TopP = new("GenerationOptions.TopP");
+    /// <summary>Repetition penalty.</summary>
+    public static readonly TernOption RepetitionPenalty = new("GenerationOptions.RepetitionPenalty");
+
+    /// <summary>Sequences a serving engine decodes together.</summary>
+    public static readonly TernOption MaxBatchSize = new("ServingOptions.MaxBatchSize");
+    /// <summary>KV-cache tokens the running requests may reserve together.</summary>
+    public static readonly TernOption KvBudgetTokens = new("ServingOptions.KvBudgetTokens");
+    /// <summary>Requests that may wait for a slot.</summary>
+    public static readonly TernOption MaxQueue = new("ServingOptions.MaxQueue");
+    /// <summary>Longest prompt a request may send.</summary>
+    public static readonly TernOption MaxPromptTokens = new("ServingOptions.MaxPromptTokens");
+    /// <summary>Most new tokens a request may ask for.</summary>
+    public static readonly TernOption ServingMaxNewTokens = new("ServingOptions.MaxNewTokens");
+    /// <summary>Prompt tokens prefilled per serving step.</summary>
+    public static readonly TernOption MaxPrefillTokensPerStep = new("ServingOptions.MaxPrefillTokensPerStep");
+
+    /// <summary>Folder for the disk tier of offloading.</summary>
+    public static readonly TernOption OffloadDirectory = new("OffloadOptions.Directory");
+    /// <summary>Tokens per perplexity window.</summary>
+    public static readonly TernOption PerplexityWindow = new("PerplexityOptions.Window");
+    /// <summary>How far each perplexity window moves.</summary>
+    public static readonly TernOption PerplexityStride = new("PerplexityOptions.Stride");
+    /// <summary>Token that starts every training sequence.</summary>
+    public static readonly TernOption StartToken = new("TrainerOptions.StartToken");
+}
