@@ -442,7 +442,7 @@ internal sealed class RecordingPolicy : IKvCachePolicy
     public bool AppendOnly => inner.AppendOnly;
     public int Bits => inner.Bits;
     public bool PositionsFollowCache => inner.PositionsFollowCache;
-    public int RecomputeWindow(KvCache cache, int sequenceLength) => inner.RecomputeWindow(cache, sequenceLength);
+    public int RecomputeWindow(int maxSequenceLength, int sequenceLength) => inner.RecomputeWindow(maxSequenceLength, sequenceLength);
     public int Capacity(int maxSequenceLength, int maxStepTokens) => inner.Capacity(maxSequenceLength, maxStepTokens);
 
     public void BeforeAppend(LayerKvCache layer, int incomingTokens)

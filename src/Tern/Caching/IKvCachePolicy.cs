@@ -51,9 +51,10 @@ public interface IKvCachePolicy
 
     /// <summary>
     /// The seam for StreamingLLM's "sliding window with re-computation" baseline: before a step that would make the longest
-    /// sequence <paramref name="sequenceLength"/> tokens long, the generator asks how many of the last tokens of each sequence
-    /// to re-run through <paramref name="cache"/>, cleared (their positions starting at 0), instead of appending the step's
-    /// tokens; 0 appends as usual.
+    /// sequence <paramref name="sequenceLength"/> tokens long, the generator (of sequences of at most
+    /// <paramref name="maxSequenceLength"/> tokens, what a ratio window is a ratio of) asks how many of the last tokens of each
+    /// sequence to re-run through the cleared cache (their positions starting at 0), instead of appending the step's tokens;
+    /// 0 appends as usual.
     /// </summary>
-    int RecomputeWindow(KvCache cache, int sequenceLength) => 0;
+    int RecomputeWindow(int maxSequenceLength, int sequenceLength) => 0;
 }

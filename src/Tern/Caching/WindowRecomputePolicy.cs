@@ -44,9 +44,9 @@ public sealed class WindowRecomputePolicy : IKvCachePolicy
         KvCachePolicies.Resolve(window, sequenceLength, 1, Name);
 
     /// <inheritdoc />
-    public int RecomputeWindow(KvCache cache, int sequenceLength)
+    public int RecomputeWindow(int maxSequenceLength, int sequenceLength)
     {
-        int w = Window(cache.MaxSequenceLength);
+        int w = Window(maxSequenceLength);
         return sequenceLength > w ? w : 0;
     }
 

@@ -50,7 +50,6 @@ public static class TeacherForcing
 
         using var scope = torch.NewDisposeScope();
         using var runner = model.CreateRunner(batch, length, prefix, policy);
-        var cache = runner.Cache!; // what the policy's re-computation rule reads
         var padded = new long[batch * length];
         for (int b = 0; b < batch; b++)
             for (int t = 0; t < sequences[b].Count; t++) padded[b * length + t] = sequences[b][t];
@@ -69,14 +68,14 @@ public static class TeacherForcing
         IReadOnlyList<int>[] Fed(int count) => sequences.Select(s => (IReadOnlyList<int>)s.Take(count).ToArray()).ToArray();
 
         var prefill = ForwardBatch.LeftPadded(Fed(prefix), device, lastPositionOnly: true);
-        Record(0, policy.RecomputeWindow(cache, prefix) is > 0 and var first ? WindowRecompute.Run(runner, device, Fed(prefix), first)
+        Record(0, policy.RecomputeWindow(length, prefix) is > 0 and var first ? WindowRecompute.Run(runner, device, Fed(prefix), first)
             : runner.Forward(prefill));
         var ones = Enumerable.Repeat(1, batch).ToArray();
         for (int t = prefix; t < length - 1; t++)
         {
             cancellation.ThrowIfCancellationRequested();
             using var stepScope = torch.NewDisposeScope();
-            var logits = policy.RecomputeWindow(cache, t + 1) is > 0 and var window
+            var logits = policy.RecomputeWindow(length, t + 1) is > 0 and var window
                 ? WindowRecompute.Run(runner, device, Fed(t + 1), window)
                 : runner.Forward(new ForwardBatch
                 {

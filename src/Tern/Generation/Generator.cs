@@ -125,14 +125,13 @@ public sealed class Generator
             var chunks = options.PrefillChunk > 0 && options.PrefillChunk < promptLength ? prefill.Chunks(options.PrefillChunk).ToArray() : new[] { prefill };
             using var runner = model.CreateRunner(batch, promptLength + maxNew, chunks.Max(c => (int)c.InputIds.shape[1]), options.CachePolicy);
             var policy = runner.Policy;
-            var cache = runner.Cache;
-            recomputes = policy.RecomputeWindow(cache!, promptLength + maxNew) > 0;
+            recomputes = policy.RecomputeWindow(promptLength + maxNew, promptLength + maxNew) > 0;
             var fed = recomputes ? prompts.Select(p => p.ToList()).ToArray() : null; // every token each sequence has fed
             using var sampler = new Sampler(options, prefill.InputIds, prefill.Positions.ge(0), model.Info.VocabSize);
 
             prefillWatch.Start();
             Tensor logits;
-            if (policy.RecomputeWindow(cache!, promptLength) is > 0 and var promptWindow) logits = WindowRecompute.Run(runner, device, fed!, promptWindow);
+            if (policy.RecomputeWindow(promptLength + maxNew, promptLength) is > 0 and var promptWindow) logits = WindowRecompute.Run(runner, device, fed!, promptWindow);
             else
             {
                 logits = runner.Forward(chunks[0]);
@@ -190,7 +189,7 @@ public sealed class Generator
                         long[] host = next.cpu().data<long>().ToArray();
                         for (int b = 0; b < batch; b++) fed[b].Add((int)host[b]);
                     }
-                    var stepLogits = policy.RecomputeWindow(cache!, promptLength + step + 1) is > 0 and var window
+                    var stepLogits = policy.RecomputeWindow(promptLength + maxNew, promptLength + step + 1) is > 0 and var window
                         ? WindowRecompute.Run(runner, device, fed!, window)
                         : runner.Forward(new ForwardBatch
                     {

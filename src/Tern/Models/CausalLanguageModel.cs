@@ -148,7 +148,7 @@ public abstract class CausalLanguageModel : IStepModel, IDisposable
 
     /// <summary>Positions by cache index (StreamingLLM): a new real token gets the number of entries its row holds before it.
     /// Rows are read from layer 0, KV head 0: policies that position by cache index evict alike in every layer and head.</summary>
-    static ForwardBatch AtCacheIndexes(ForwardBatch batch, KvCache cache)
+    internal static ForwardBatch AtCacheIndexes(ForwardBatch batch, KvCache cache)
     {
         var held = cache[0].EntryCounts().select(1, 0).unsqueeze(1);              // [B,1]
         var real = batch.Positions.ge(0);

@@ -170,9 +170,12 @@ public sealed class OffloadedModel : IStepModel, IDisposable
         if (batchSize < 1 || batchSize > Policy.BlockSize)
             throw new ArgumentException($"an offloaded batch holds 1 to {Policy.BlockSize} sequences (gbs × ngb of {Policy}); got {batchSize}.");
         policy ??= DensePolicy.Instance;
-        if (policy is not DensePolicy || policy.Bits != 16)
-            throw new ArgumentException($"offloading runs the full cache of its policy (kvbits in {Policy}); the KV policy '{policy.Name}' with {policy.Bits} bits is not supported offloaded yet.");
-        return new BlockRunner(this, batchSize, maxSequenceLength);
+        bool plain = policy is DensePolicy && policy.Bits == 16;
+        // Another policy evicts, compacts and keeps per-entry state in place: its caches stay resident on the compute device.
+        if (!plain && (Policy.Cache.Gpu < 1 || Policy.CpuAttention || Policy.CompressCache))
+            throw new ArgumentException($"the KV policy '{policy.Name}' ({policy.Bits} bits) runs offloaded only with the whole cache on the GPU " +
+                $"(kv=100/0/0, without cpu-attn or kvbits); this offload policy is {Policy}.");
+        return new BlockRunner(this, batchSize, maxSequenceLength, plain ? null : policy);
     }
 
     /// <summary>One block of gbs·ngb sequences through the zig-zag schedule, a step at a time: each <see cref="Forward"/> walks
@@ -205,8 +208,11 @@ public sealed class OffloadedModel : IStepModel, IDisposable
         readonly Dictionary<int, Tensor[]> hiddenLoads = new();
         readonly List<Action> deferredStores = new();
 
-        public BlockRunner(OffloadedModel owner, int rows, int maxSequenceLength)
+        /// <param name="residentPolicy">A KV policy other than the plain full cache: each GPU batch then keeps a whole
+        /// <see cref="KvCache"/> under it on the compute device (no homes, no transfers).</param>
+        public BlockRunner(OffloadedModel owner, int rows, int maxSequenceLength, IKvCachePolicy? residentPolicy)
         {
+            this.residentPolicy = residentPolicy;
             this.owner = owner;
             model = owner.model;
             engine = owner.engine;
@@ -226,7 +232,10 @@ public sealed class OffloadedModel : IStepModel, IDisposable
             hostCaches = owner.Policy.CpuAttention ? new KvCache[batches] : null;
         }
 
-        public IKvCachePolicy Policy => DensePolicy.Instance;
+        readonly IKvCachePolicy? residentPolicy;
+        KvCache[]? resident;                                // [k] with a resident policy: each batch's whole cache
+
+        public IKvCachePolicy Policy => residentPolicy ?? DensePolicy.Instance;
 
         public KvCache? Cache => null;
 
@@ -249,10 +258,12 @@ public sealed class OffloadedModel : IStepModel, IDisposable
             // Bytes of one slot of one sequence, keys and values, as the cache stores them (codes and pairs with kvbits=4).
             double slotBytes = 2.0 * info.KvHeads * (policy.CompressCache
                 ? (info.HeadDim + 63) / 64 * (32 + 2 * es) : info.HeadDim * es);
+            if (residentPolicy is not null) slotBytes = 2.0 * info.KvHeads * (residentPolicy.Bits == 16 ? info.HeadDim * es : (info.HeadDim + 63) / 64 * (64 * residentPolicy.Bits / 8 + 2 * es));
             for (int k = 0; k < batches; k++)
             {
                 var b = prompts[k];
-                kvGpu += (long)(info.Layers * capacity[k] * policy.Cache.SplitRows(b.Length).Gpu * slotBytes);
+                int slots = residentPolicy?.Capacity(capacity[k], b.Max()) ?? capacity[k];
+                kvGpu += (long)(info.Layers * slots * policy.Cache.SplitRows(b.Length).Gpu * slotBytes);
                 hiddenGpu += (long)b.Max() * policy.Activations.SplitRows(b.Length).Gpu * info.HiddenSize * es;
             }
             int rows = prompts.Max(b => b.Length), longest = width;
@@ -268,7 +279,12 @@ public sealed class OffloadedModel : IStepModel, IDisposable
                 {
                     int n = prompts[k].Length;
                     caches[k] = new SequenceStore[info.Layers][];
-                    if (hostCaches is not null)
+                    if (residentPolicy is not null)
+                    {
+                        resident ??= new KvCache[batches];
+                        resident[k] = model.CreateCache(n, capacity[k], residentPolicy, prompts[k].Max());
+                    }
+                    else if (hostCaches is not null)
                     {
                         hostCaches[k] = KvCache.Create(new KvCacheOptions
                         {
@@ -346,7 +362,7 @@ public sealed class OffloadedModel : IStepModel, IDisposable
         }
 
 
-        bool NeedsCache(int i, int j) => hostCaches is null && i > 0 && j >= 1 && j < stages - 1;
+        bool NeedsCache(int i, int j) => hostCaches is null && resident is null && i > 0 && j >= 1 && j < stages - 1;
 
         /// <summary>Issues the loads of item <paramref name="t"/> not yet in flight: its stage's weights (only when not
         /// prefetching: they are prefetched per stage), its batch's cache and its activations. Activations made by (i, j−1, k)
@@ -396,6 +412,7 @@ public sealed class OffloadedModel : IStepModel, IDisposable
             }
             Tensor output;
             if (j == 0) output = model.RunStage(0, w, null, batch, null);
+            else if (resident is not null) output = model.RunStage(j, w, h, batch, resident[k][j - 1]);
             else if (hostCaches is not null && i > 0) output = model.RunStage(j, w, h, batch, hostCaches[k][j - 1]); // attends on the CPU
             else
             {
@@ -500,7 +517,8 @@ public sealed class OffloadedModel : IStepModel, IDisposable
             if (step == 0) cacheHoles[k] = batch.HasPadding;
             batch.InputIds.DetachFromDisposeScope();
             batch.Positions.DetachFromDisposeScope();
-            return batch;
+            // Positions by cache index (StreamingLLM), from the entries this batch's cache holds before the step.
+            return resident is not null && residentPolicy!.PositionsFollowCache ? CausalLanguageModel.AtCacheIndexes(batch, resident[k]) : batch;
         }
 
         void Release(int t, int j, int k)
@@ -531,6 +549,7 @@ public sealed class OffloadedModel : IStepModel, IDisposable
                 if (hostCaches is not null) foreach (var c in hostCaches) c?.Dispose();
                 foreach (var b in inputs) { b?.InputIds.Dispose(); b?.Positions.Dispose(); }
                 foreach (var t in stepLogits) t?.Dispose();
+                if (resident is not null) foreach (var c in resident) c?.Dispose();
                 owner.budget.Release("block");
             }
         }

@@ -461,7 +461,7 @@ public sealed class ServingEngine : IDisposable
         {
             var prompt = s.Request.PromptTokens;
             cache = Model.CreateCache(1, prompt.Count + s.Request.MaxNewTokens, policy, prompt.Count);
-            return policy.RecomputeWindow(cache, prompt.Count) is > 0 and var window
+            return policy.RecomputeWindow(cache.MaxSequenceLength, prompt.Count) is > 0 and var window
                 ? WindowRecompute.Run(new CacheRunner(Model, cache, ownsCache: false), Model.Device, new[] { prompt }, window)
                 : Model.Forward(ForwardBatch.LeftPadded(new[] { prompt }, Model.Device, lastPositionOnly: true), cache);
         }
@@ -478,7 +478,7 @@ public sealed class ServingEngine : IDisposable
                 var c = cache!;
                 int n = Sequences.Count;
                 Tensor logits;
-                if (!IsShared && policy.RecomputeWindow(c, Sequences[0].Fed + 1) is > 0 and var window)
+                if (!IsShared && policy.RecomputeWindow(c.MaxSequenceLength, Sequences[0].Fed + 1) is > 0 and var window)
                     logits = WindowRecompute.Run(new CacheRunner(Model, c, ownsCache: false), Model.Device,
                         new[] { Sequences[0].Request.PromptTokens.Concat(Sequences[0].Progress.Tokens).ToArray() }, window);
                 else
