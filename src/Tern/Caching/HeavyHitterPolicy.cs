@@ -74,13 +74,13 @@ public sealed class HeavyHitterPolicy : IKvCachePolicy
     public void ObserveAttention(LayerKvCache layer, Tensor probabilities)
     {
         using var scope = torch.NewDisposeScope();
-        var state = layer.PolicyState(() => new Scores(layer));
+        var state = layer.EntryState(2); // per entry: accumulated attention, queries that saw it
         long b = probabilities.shape[0], h = probabilities.shape[1], t = probabilities.shape[2], l = probabilities.shape[3];
-        long kvHeads = state.Values.shape[1], groups = h / kvHeads;
+        long kvHeads = state.shape[1], groups = h / kvHeads;
         var grouped = probabilities.view(b, kvHeads, groups, t, l);
-        state.Values.select(-1, 0).narrow(2, 0, l).add_(grouped.sum(new long[] { 2, 3 }));
+        state.select(-1, 0).narrow(2, 0, l).add_(grouped.sum(new long[] { 2, 3 }));
         if (NormalizeScores) // a query saw the entry when it gave it any probability (masked slots get exactly 0)
-            state.Values.select(-1, 1).narrow(2, 0, l).add_(grouped.select(2, 0).gt(0).sum(2).to(ScalarType.Float32));
+            state.select(-1, 1).narrow(2, 0, l).add_(grouped.select(2, 0).gt(0).sum(2).to(ScalarType.Float32));
     }
 
     /// <summary>Keeps the k_r most recent entries and the k − k_r older ones with the largest scores.</summary>
@@ -89,13 +89,13 @@ public sealed class HeavyHitterPolicy : IKvCachePolicy
         var (k, r) = Sizes(layer.MaxSequenceLength);
         if (layer.Length < k + EvictEvery) return; // amortised: one compaction per EvictEvery tokens
         using var scope = torch.NewDisposeScope();
-        var state = layer.PolicyState(() => new Scores(layer));
+        var state = layer.EntryState(2);
         var positions = layer.ActivePositions;
         var occupied = positions.ge(0);
         var last = positions.amax(new long[] { -1 }, keepdim: true);
         var isRecent = occupied & positions.gt(last - r);
         var candidates = occupied & isRecent.logical_not();
-        var scores = state.Values.narrow(2, 0, layer.Length);
+        var scores = state.narrow(2, 0, layer.Length);
         var rank = NormalizeScores ? scores.select(-1, 0) / scores.select(-1, 1).clamp_min(1) : scores.select(-1, 0);
         var keep = isRecent;
         int heavy = Math.Min(k - r, layer.Length);
@@ -105,15 +105,6 @@ public sealed class HeavyHitterPolicy : IKvCachePolicy
             keep = keep | (torch.zeros_like(candidates).scatter(-1, top, torch.ones_like(top, ScalarType.Bool)) & candidates);
         }
         // Without holes every row holds Length > k real entries: k_r recent plus k − k_r heavy ones stay.
-        layer.Keep(keep, layer.HasHoles ? null : k, state.Values);
-    }
-
-    /// <summary>Per-entry [batch, kvHeads, capacity, 2] fp32: accumulated attention and the number of queries that saw it.</summary>
-    sealed class Scores(LayerKvCache layer) : IDisposable
-    {
-        public Tensor Values { get; } = torch.zeros(new[] { layer.Positions.shape[0], layer.Positions.shape[1], layer.Capacity, 2L },
-            ScalarType.Float32, layer.Positions.device).DetachFromDisposeScope();
-
-        public void Dispose() => Values.Dispose();
+        layer.Keep(keep, layer.HasHoles ? null : k);
     }
 }

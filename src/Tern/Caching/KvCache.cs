@@ -115,7 +115,7 @@ public sealed class KvCache : IDisposable
     }
 
     /// <summary>Drops the empty slots of the rows in use, in every layer: each row's entries move to its front, in order, and
-    /// <see cref="Length"/> becomes the largest row's entry count (policies without per-entry state only).</summary>
+    /// <see cref="Length"/> becomes the largest row's entry count.</summary>
     internal void Compact()
     {
         foreach (var l in layers)
@@ -126,8 +126,7 @@ public sealed class KvCache : IDisposable
     }
 
     /// <summary>A cache with the same layers and policy for <paramref name="batchSize"/> rows of <paramref name="capacity"/> slots,
-    /// holding this cache's rows in use and their entries (for a pool that grows and shrinks with its load; policies without
-    /// per-entry state only).</summary>
+    /// holding this cache's rows in use and their entries (for a pool that grows and shrinks with its load).</summary>
     internal KvCache Resized(int batchSize, int capacity)
     {
         if (batchSize < ActiveRows || capacity < Length)

@@ -12,7 +12,7 @@ namespace Tern.Caching;
 public sealed class LayerKvCache : IDisposable
 {
     readonly KvStore keys, values;
-    IDisposable? policyState;
+    Tensor? entryState;
 
     internal LayerKvCache(int layer, KvCacheOptions options, IKvCachePolicy policy)
     {
@@ -112,12 +112,19 @@ public sealed class LayerKvCache : IDisposable
     /// <summary>Positions of the slots in use, [batch, kvHeads, Length] (a view).</summary>
     public Tensor ActivePositions => Positions.narrow(2, 0, Length);
 
-    /// <summary>Per-entry state a policy keeps for this layer (H2O's scores), owned by the cache: disposed with it and
-    /// dropped by <see cref="Clear"/>, so a policy object can serve any number of caches.</summary>
-    public T PolicyState<T>(Func<T> create) where T : class, IDisposable
+    /// <summary>
+    /// Per-entry state a policy keeps for this layer (H2O's accumulated attention): fp32 [batch, kvHeads, Capacity,
+    /// <paramref name="width"/>], made at the first call. The cache owns it, so one policy object serves any number of caches:
+    /// <see cref="Keep"/> compacts it with the entries, row moves carry it, free slots hold zeros, <see cref="Clear"/> drops it.
+    /// </summary>
+    public Tensor EntryState(int width)
     {
-        policyState ??= create();
-        return (T)policyState;
+        if (entryState is null)
+            entryState = torch.zeros(new[] { positions.shape[0], positions.shape[1], Capacity, (long)width }, ScalarType.Float32, Device)
+                .DetachFromDisposeScope();
+        else if (entryState.shape[3] != width)
+            throw new InvalidOperationException($"KV cache of layer {Layer}: entry state of width {entryState.shape[3]} asked as {width}.");
+        return Rows == entryState.shape[0] ? entryState : entryState.narrow(0, 0, Rows);
     }
 
     /// <summary>
@@ -175,9 +182,9 @@ public sealed class LayerKvCache : IDisposable
     /// values, positions and relative order, and move to the front. When every row keeps the same number of entries, pass
     /// it as <paramref name="keptPerRow"/> (known on the host); otherwise the largest count is read back from the device.
     /// </summary>
-    /// <param name="companion">Per-entry policy state [batch, kvHeads, Capacity, ...] (e.g. H2O's scores), compacted the same
-    /// way; its slots past the new length are zeroed, ready for the entries appended next.</param>
-    public void Keep(Tensor keep, int? keptPerRow = null, Tensor? companion = null)
+    /// <remarks>The <see cref="EntryState"/> is compacted the same way; its slots past the new length are zeroed, ready for the
+    /// entries appended next.</remarks>
+    public void Keep(Tensor keep, int? keptPerRow = null)
     {
         if (Length == 0) return;
         using var scope = torch.NewDisposeScope();
@@ -192,29 +199,44 @@ public sealed class LayerKvCache : IDisposable
         values.Compact(order);
         Positions.narrow(2, 0, newLength).copy_(positions);
         if (Length > newLength) Positions.narrow(2, newLength, Length - newLength).fill_(-1);
-        if (companion is not null)
+        if (entryState is not null)
         {
-            KvStore.CompactTensor(companion, order);
-            if (Length > newLength) companion.narrow(2, newLength, Length - newLength).zero_();
+            var state = EntryState((int)entryState.shape[3]);
+            KvStore.CompactTensor(state, order);
+            if (Length > newLength) state.narrow(2, newLength, Length - newLength).zero_();
         }
         if (keptPerRow is null) HasHoles = true;
         Length = newLength;
     }
 
+    /// <summary>The entry state over every row, in use or not (made zero at the first call).</summary>
+    Tensor AllRowsEntryState(int width)
+    {
+        EntryState(width);
+        return entryState!;
+    }
+
     /// <summary>Copies <paramref name="count"/> entries of <paramref name="source"/>'s row <paramref name="sourceRow"/>, from its slot
     /// <paramref name="sourceStart"/>, into slots [0, count) of this layer's empty row <paramref name="row"/>, growing
     /// <see cref="Length"/> to <paramref name="count"/> when shorter (the other rows get empty slots there). Serving uses it to
-    /// move a prefilled sequence into a running batch. Both caches have the same storage layout and no policy state.</summary>
+    /// move a prefilled sequence into a running batch. Both caches have the same storage layout; the entries' policy state
+    /// comes along.</summary>
     internal void ImportRow(int row, LayerKvCache source, int sourceRow, int sourceStart, int count)
     {
-        if (policyState is not null || source.policyState is not null)
-            throw new InvalidOperationException("rows of a cache whose policy keeps per-entry state cannot be moved.");
         if (count > Capacity) throw new InvalidOperationException($"KV cache of layer {Layer}: {count} entries exceed its {Capacity} slots.");
         keys.CopyRow(source.keys, sourceRow, sourceStart, row, 0, count);
         values.CopyRow(source.values, sourceRow, sourceStart, row, 0, count);
         using (var target = positions.select(0, row).narrow(1, 0, count))
         using (var from = source.positions.select(0, sourceRow).narrow(1, sourceStart, count))
             target.copy_(from);
+        if (source.entryState is not null || entryState is not null)
+        {
+            using var scope = torch.NewDisposeScope();
+            int width = (int)(source.entryState ?? entryState)!.shape[3];
+            var into = AllRowsEntryState(width).select(0, row);
+            into.zero_();
+            if (source.entryState is not null) into.narrow(1, 0, count).copy_(source.entryState.select(0, sourceRow).narrow(1, sourceStart, count));
+        }
         if (count != Length && (count < Length || Rows > 1)) HasHoles = true;
         Length = Math.Max(Length, count);
     }
@@ -229,6 +251,10 @@ public sealed class LayerKvCache : IDisposable
         using (var target = positions.select(0, to).narrow(1, 0, Length))
         using (var source = positions.select(0, from).narrow(1, 0, Length))
             target.copy_(source);
+        if (entryState is not null)
+            using (var target = entryState.select(0, to))
+            using (var source = entryState.select(0, from))
+                target.copy_(source);
         EmptyRow(from);
     }
 
@@ -238,10 +264,13 @@ public sealed class LayerKvCache : IDisposable
         if (Length == 0) return;
         using var slots = positions.select(0, row).narrow(1, 0, Length);
         slots.fill_(-1);
+        if (entryState is not null)
+            using (var state = entryState.select(0, row))
+                state.zero_();
         HasHoles = true;
     }
 
-    /// <summary>Copies rows [0, Rows) and slots [0, Length) of <paramref name="source"/> (same storage layout, no policy state)
+    /// <summary>Copies rows [0, Rows) and slots [0, Length) of <paramref name="source"/> (same storage layout, policy state included)
     /// into this empty layer, with its length and holes.</summary>
     internal void CopyFrom(LayerKvCache source)
     {
@@ -270,8 +299,8 @@ public sealed class LayerKvCache : IDisposable
         if (Length > 0) positions.narrow(2, 0, Length).fill_(-1);
         Length = 0;
         HasHoles = false;
-        policyState?.Dispose();
-        policyState = null;
+        entryState?.Dispose();
+        entryState = null;
     }
 
     /// <inheritdoc />
@@ -280,6 +309,6 @@ public sealed class LayerKvCache : IDisposable
         keys.Dispose();
         values.Dispose();
         positions.Dispose();
-        policyState?.Dispose();
+        entryState?.Dispose();
     }
 }
