@@ -4,7 +4,7 @@ namespace Tern.Caching;
 
 /// <summary>The full cache: keeps every entry; the reference every other policy is held against. With 8 or 4 bits it is
 /// FlexGen's compressed cache: every entry kept, group-quantized.</summary>
-public sealed class DensePolicy : IKvCachePolicy
+public sealed record DensePolicy : IKvCachePolicy
 {
     /// <summary>The shared 16-bit instance (the policy holds no state).</summary>
     public static DensePolicy Instance { get; } = new();

@@ -15,7 +15,7 @@ namespace Tern.Caching;
 /// batch; F counts the post-eviction probabilities, as the real-drop code does; padding queries count nothing. Keys keep
 /// their original positions (stored after rotary embedding), so nothing is re-rotated.
 /// </summary>
-public sealed class HeavyHitterPolicy : IKvCachePolicy
+public sealed record HeavyHitterPolicy : IKvCachePolicy
 {
     readonly KvBudget budget;
     readonly KvBudget? recent;
@@ -60,6 +60,14 @@ public sealed class HeavyHitterPolicy : IKvCachePolicy
         int r = recent is { } given ? given.Resolve(sequenceLength) : k / 2;
         if (r > k) throw new OptionException($"{TernOption.KvRecent} {recent} gives {r} entries, more than the {k} of {TernOption.KvBudget} {budget}.");
         return (k, r);
+    }
+
+    /// <inheritdoc />
+    public IKvCachePolicy ForSequenceLength(int maxSequenceLength)
+    {
+        if (!budget.IsRatio && recent is not { IsRatio: true }) return this;
+        var (k, r) = Sizes(maxSequenceLength);
+        return new HeavyHitterPolicy(KvBudget.OfTokens(k), KvBudget.OfTokens(r), NormalizeScores, Bits, EvictEvery);
     }
 
     /// <inheritdoc />

@@ -57,4 +57,9 @@ public interface IKvCachePolicy
     /// 0 appends as usual.
     /// </summary>
     int RecomputeWindow(int maxSequenceLength, int sequenceLength) => 0;
+
+    /// <summary>This policy with budgets given as ratios resolved to token counts for sequences of at most
+    /// <paramref name="maxSequenceLength"/> tokens (the same policy when its budgets are counts): what a cache shared by
+    /// sequences of different lengths (a serving pool) runs, so each behaves as in a cache of its own.</summary>
+    IKvCachePolicy ForSequenceLength(int maxSequenceLength) => this;
 }

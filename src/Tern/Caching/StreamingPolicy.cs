@@ -13,7 +13,7 @@ namespace Tern.Caching;
 /// any number of evictions, and quantized keys are never re-quantized. With S = 0 it is plain window attention, the baseline
 /// that fails once the first tokens leave the cache.
 /// </summary>
-public sealed class StreamingPolicy : IKvCachePolicy
+public sealed record StreamingPolicy : IKvCachePolicy
 {
     readonly KvBudget budget;
 
@@ -56,6 +56,10 @@ public sealed class StreamingPolicy : IKvCachePolicy
     /// <summary>Entries per row after a step, for a cache created for <paramref name="sequenceLength"/> tokens.</summary>
     public int Budget(int sequenceLength) =>
         KvCachePolicies.Resolve(budget, sequenceLength, Sinks + 1, $"{Name} with {Sinks} sinks");
+
+    /// <inheritdoc />
+    public IKvCachePolicy ForSequenceLength(int maxSequenceLength) =>
+        budget.IsRatio ? new StreamingPolicy(KvBudget.OfTokens(Budget(maxSequenceLength)), Sinks, Bits, EvictEvery) : this;
 
     /// <inheritdoc />
     public int Capacity(int maxSequenceLength, int maxStepTokens) => Math.Min(maxSequenceLength, Budget(maxSequenceLength) + EvictEvery - 1 + maxStepTokens);

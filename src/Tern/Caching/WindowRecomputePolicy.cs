@@ -8,7 +8,7 @@ namespace Tern.Caching;
 /// evicts; through <see cref="RecomputeWindow"/> it asks the generator to clear the cache and re-run the window once a
 /// sequence outgrows it. The cache is allocated for the whole sequence, like the full cache.
 /// </summary>
-public sealed class WindowRecomputePolicy : IKvCachePolicy
+public sealed record WindowRecomputePolicy : IKvCachePolicy
 {
     readonly KvBudget window;
 
@@ -38,6 +38,10 @@ public sealed class WindowRecomputePolicy : IKvCachePolicy
         Window(maxSequenceLength); // refuse an empty window before anything runs
         return maxSequenceLength;
     }
+
+    /// <inheritdoc />
+    public IKvCachePolicy ForSequenceLength(int maxSequenceLength) =>
+        window.IsRatio ? new WindowRecomputePolicy(KvBudget.OfTokens(Window(maxSequenceLength)), Bits) : this;
 
     /// <summary>The window for a cache created for <paramref name="sequenceLength"/> tokens.</summary>
     public int Window(int sequenceLength) =>

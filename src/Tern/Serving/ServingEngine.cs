@@ -16,10 +16,12 @@ namespace Tern.Serving;
 /// grows with load instead of serialising requests.
 /// </summary>
 /// <remarks>
-/// Requests with the full 16-bit cache (the default) share one batch: a pool of cache rows that grows and shrinks with the
-/// load (<see cref="KvCache.ActiveRows"/>; a finished row is refilled by the last one, holes are compacted away).
-/// A request with another KV policy (sink, h2o, quantized, ...) runs in a batch of its own, since policies evict per
-/// sequence with state of their own; it is still stepped alongside the others. Admission is first come, first served
+/// Requests with the same KV policy (the full 16-bit cache by default; sink, window, h2o, quantized, each with its budget
+/// resolved for the request's own length) share one batch: a pool of cache rows that grows and shrinks with the load
+/// (<see cref="KvCache.ActiveRows"/>; a finished row is refilled by the last one, holes are compacted away). Policies evict
+/// per row, and per-entry state (H2O's scores) moves with its row, so a pooled sequence keeps what it would keep alone.
+/// Each pool runs one forward pass per step, all pools every step. StreamingLLM's window re-computation is a per-sequence
+/// evaluation baseline and is refused. Admission is first come, first served
 /// under <see cref="ServingOptions.MaxBatchSize"/>, <see cref="ServingOptions.KvBudgetTokens"/> and
 /// <see cref="ServingOptions.MaxPrefillTokensPerStep"/> (a longer prompt is prefilled in chunks, one per step, while the others
 /// keep decoding); at most <see cref="ServingOptions.MaxQueue"/> requests wait. Greedy requests give the tokens
@@ -39,8 +41,8 @@ public sealed class ServingEngine : IDisposable
 
     // Scheduler state, touched by the loop thread only.
     readonly List<ServingRequest> waiting = new();
-    readonly List<DecodeBatch> batches = new();
-    readonly DecodeBatch shared;
+    readonly Dictionary<IKvCachePolicy, DecodeBatch> pools = new(); // by policy value
+    IEnumerable<DecodeBatch> batches => pools.Values;
     long steps, generated, completed, cancelled;
 
     ServingEngine(CausalLanguageModel model, TernTokenizer? tokenizer, ServingOptions options)
@@ -52,8 +54,6 @@ public sealed class ServingEngine : IDisposable
         maxPrompt = options.MaxPromptTokens > 0 ? Math.Min(options.MaxPromptTokens, info.MaxPositions - 1) : info.MaxPositions - 1;
         budget = options.KvBudgetTokens > 0 ? options.KvBudgetTokens : checked(options.MaxBatchSize * info.MaxPositions);
         bytesPerToken = info.KvBytesPerToken(model.DType.ElementSize());
-        shared = new DecodeBatch(this, DensePolicy.Instance, isShared: true);
-        batches.Add(shared);
         loop = new Thread(Run) { IsBackground = true, Name = "tern-serving" };
         loop.Start();
     }
@@ -132,15 +132,18 @@ public sealed class ServingEngine : IDisposable
         var policy = options.CachePolicy ?? DensePolicy.Instance;
         // As in Generator: positions by cache index run past the context; otherwise the context bounds the completion.
         int maxNew = policy.PositionsFollowCache ? options.MaxNewTokens : Math.Min(options.MaxNewTokens, info.MaxPositions - prompt.Count);
-        int reserved;
+        int reserved, length = prompt.Count + maxNew;
         try
         {
-            reserved = DecodeBatch.SharesPool(policy) ? prompt.Count + maxNew : policy.Capacity(prompt.Count + maxNew, prompt.Count);
+            policy = policy.ForSequenceLength(length);
+            reserved = policy.Capacity(length, prompt.Count);
         }
         catch (ArgumentException e)
         {
             throw Invalid(e.Message, "kv_budget", e);
         }
+        if (policy.RecomputeWindow(length, length) > 0)
+            throw Invalid($"the {policy.Name} policy re-runs a window of each sequence at every step, an evaluation baseline that a shared batch cannot serve; use sink or window.", "kv_policy");
         if (reserved > budget)
             throw Invalid($"the request needs {reserved} KV-cache tokens (prompt + max_tokens) but the server's budget is {budget}; lower max_tokens.", "max_tokens");
         // Requests the next step boundary will admit do not count against the queue.
@@ -149,7 +152,7 @@ public sealed class ServingEngine : IDisposable
             Interlocked.Decrement(ref queued);
             throw new ServingException(ServingError.Overloaded, $"the server is busy: {Options.MaxQueue} requests are already waiting; retry later.");
         }
-        var request = new ServingRequest(prompt, options, maxNew, reserved, cancellation);
+        var request = new ServingRequest(prompt, options, policy, maxNew, reserved, cancellation);
         if (!incoming.Writer.TryWrite(request))
         {
             Interlocked.Decrement(ref queued);
@@ -187,7 +190,6 @@ public sealed class ServingEngine : IDisposable
                 {
                     // A bug or a device failure outside a step: the running requests end with it, the loop goes on.
                     foreach (var batch in batches) batch.Abandon(e);
-                    batches.RemoveAll(b => !b.IsShared);
                 }
                 Publish();
             }
@@ -213,12 +215,12 @@ public sealed class ServingEngine : IDisposable
         Admit();
         foreach (var batch in batches.ToArray())
             if (batch.Busy) batch.Step();
-        foreach (var idle in batches.Where(b => !b.IsShared && !b.Busy).ToArray())
+        foreach (var batch in batches) batch.Fit();
+        foreach (var idle in pools.Where(p => !p.Value.Busy).ToArray())
         {
-            idle.Dispose();
-            batches.Remove(idle);
+            idle.Value.Dispose();
+            pools.Remove(idle.Key);
         }
-        shared.Fit();
     }
 
     bool WaitForWork()
@@ -261,7 +263,7 @@ public sealed class ServingEngine : IDisposable
         foreach (var request in waiting)
         {
             if (running + joiners.Count >= Options.MaxBatchSize || reserved + request.ReservedTokens > budget) break;
-            if (shared.IsPrefilling && DecodeBatch.SharesPool(request.Options.CachePolicy)) break;
+            if (pools.TryGetValue(request.Policy, out var pool) && pool.IsPrefilling) break;
             if (joiners.Count > 0 && prefill + request.PromptTokens.Count > Options.MaxPrefillTokensPerStep) break;
             joiners.Add(request);
             reserved += request.ReservedTokens;
@@ -270,13 +272,10 @@ public sealed class ServingEngine : IDisposable
         if (joiners.Count == 0) return;
         waiting.RemoveRange(0, joiners.Count);
         Interlocked.Add(ref queued, -joiners.Count);
-        var toShared = joiners.Where(r => DecodeBatch.SharesPool(r.Options.CachePolicy)).ToList();
-        if (toShared.Count > 0) shared.Join(toShared);
-        foreach (var request in joiners.Except(toShared))
+        foreach (var group in joiners.GroupBy(r => r.Policy))
         {
-            var own = new DecodeBatch(this, request.Options.CachePolicy!, isShared: false);
-            batches.Add(own);
-            own.Join(new[] { request });
+            if (!pools.TryGetValue(group.Key, out var pool)) pools[group.Key] = pool = new DecodeBatch(this, group.Key);
+            pool.Join(group.ToArray());
         }
     }
 
@@ -286,7 +285,8 @@ public sealed class ServingEngine : IDisposable
         stats = new ServingStats(running.Length, Volatile.Read(ref queued),
             running.Sum(s => (long)s.Request.ReservedTokens), batches.Sum(b => b.LiveTokens) * bytesPerToken,
             batches.Sum(b => b.AllocatedBytes), steps, generated, completed, cancelled,
-            Options.MeasureKvCache ? batches.Sum(b => b.OccupiedEntries()) * bytesPerToken / (model.Info.Layers * model.Info.KvHeads) : -1);
+            Options.MeasureKvCache ? batches.Sum(b => b.OccupiedEntries()) * bytesPerToken / (model.Info.Layers * model.Info.KvHeads) : -1,
+            batches.Count(b => b.Busy));
     }
 
     /// <summary>One running sequence: its request, sampler and stopping state, and the token it feeds next.</summary>
@@ -303,17 +303,16 @@ public sealed class ServingEngine : IDisposable
     }
 
     /// <summary>
-    /// Sequences stepped together through one cache, row i holding sequence i. The shared batch (full 16-bit cache) admits
-    /// joiners at any step: their prompts are prefilled together in a scratch cache and copied into free rows; its pool grows
-    /// (×2) and shrinks (when a quarter is used) with the load and is released when idle. A batch of its own holds one
-    /// request with another KV policy, prefilled straight into its cache as <see cref="Generator"/> does.
+    /// Sequences of one KV policy stepped together through one cache, row i holding sequence i. Joiners are admitted at any
+    /// step: their prompts are prefilled together in a scratch cache under the policy and their entries (with any per-entry
+    /// policy state) copied into free rows; the pool grows (×2) and shrinks (when a quarter is used) with the load and is
+    /// released when idle.
     /// </summary>
-    sealed class DecodeBatch(ServingEngine engine, IKvCachePolicy policy, bool isShared) : IDisposable
+    sealed class DecodeBatch(ServingEngine engine, IKvCachePolicy policy) : IDisposable
     {
         const int MinimumCapacity = 64;
         KvCache? cache;
 
-        public bool IsShared { get; } = isShared;
         public List<Sequence> Sequences { get; } = new();
 
         /// <summary>A prompt longer than <see cref="ServingOptions.MaxPrefillTokensPerStep"/> being prefilled one chunk per step
@@ -343,9 +342,6 @@ public sealed class ServingEngine : IDisposable
         /// <summary>The running sequences and the one being prefilled.</summary>
         public IEnumerable<Sequence> All => prefilling is null ? Sequences : Sequences.Append(prefilling.Joiner);
 
-        /// <summary>True when a request's policy is served by the shared batch (the full 16-bit cache).</summary>
-        public static bool SharesPool(IKvCachePolicy? policy) => policy is null || (policy is DensePolicy && policy.Bits == 16);
-
         public long LiveTokens => Sequences.Sum(s => (long)Math.Min(s.Fed, cache?.Options.Capacity ?? 0));
         public long AllocatedBytes => cache?.Bytes ?? 0;
 
@@ -360,13 +356,13 @@ public sealed class ServingEngine : IDisposable
             try
             {
                 foreach (var request in requests) joiners.Add(Begin(request));
-                if (IsShared && joiners.Count == 1 && requests[0].PromptTokens.Count > engine.Options.MaxPrefillTokensPerStep)
+                if (joiners.Count == 1 && requests[0].PromptTokens.Count > engine.Options.MaxPrefillTokensPerStep)
                 {
                     StartChunkedPrefill(joiners[0]);
                     return;
                 }
                 using var scope = torch.NewDisposeScope();
-                Tensor logits = IsShared ? PrefillShared(joiners) : PrefillOwn(joiners[0]);
+                Tensor logits = Prefill(joiners);
                 Sequences.AddRange(joiners);
                 cache!.ActiveRows = Sequences.Count;
                 Emit(joiners, logits);
@@ -396,20 +392,27 @@ public sealed class ServingEngine : IDisposable
             return new Sequence(request, progress, sampler) { Fed = request.PromptTokens.Count };
         }
 
-        /// <summary>Prefills the joiners' prompts (left-padded together) in a scratch cache and moves them into the rows after
-        /// the running ones; returns their next-token logits.</summary>
-        Tensor PrefillShared(IReadOnlyList<Sequence> joiners)
+        /// <summary>Prefills the joiners' prompts (left-padded together) in a scratch cache under the pool's policy and moves
+        /// them into the rows after the running ones; returns their next-token logits.</summary>
+        Tensor Prefill(IReadOnlyList<Sequence> joiners)
         {
             var prompts = joiners.Select(s => s.Request.PromptTokens).ToArray();
             int longest = prompts.Max(p => p.Count);
-            int rows = Sequences.Count;
-            Fit(rows + joiners.Count, longest);
-            using var scratch = Model.CreateCache(joiners.Count, longest);
+            Fit(Sequences.Count + joiners.Count, longest);
+            using var scratch = Model.CreateCache(joiners.Count, longest, policy, maxStepTokens: longest);
             var logits = Model.Forward(ForwardBatch.LeftPadded(prompts, Model.Device, lastPositionOnly: true), scratch);
-            cache!.ActiveRows = rows + joiners.Count;
-            for (int j = 0; j < joiners.Count; j++)
-                cache.ImportRow(rows + j, scratch, j, longest - prompts[j].Count, prompts[j].Count);
+            Import(scratch);
             return logits;
+        }
+
+        /// <summary>Appends the rows of a prefilled scratch cache after the running rows (each row's entries moved to its front
+        /// first: left padding and, for evicting policies, the slots the prefill freed, are dropped).</summary>
+        void Import(KvCache scratch)
+        {
+            scratch.Compact();
+            int rows = cache!.ActiveRows;
+            cache.ActiveRows = rows + scratch.ActiveRows;
+            for (int j = 0; j < scratch.ActiveRows; j++) cache.ImportRow(rows + j, scratch, j, 0, scratch.Length);
         }
 
         /// <summary>Starts prefilling one long prompt in chunks of <see cref="ServingOptions.MaxPrefillTokensPerStep"/> tokens
@@ -420,7 +423,7 @@ public sealed class ServingEngine : IDisposable
             int chunk = engine.Options.MaxPrefillTokensPerStep;
             // Outside any dispose scope: the prompt's tensors live until the prefill ends (ChunkedPrefill.Dispose).
             var whole = ForwardBatch.LeftPadded(new[] { prompt }, Model.Device, lastPositionOnly: true);
-            prefilling = new ChunkedPrefill(joiner, whole, whole.Chunks(chunk).ToArray(), Model.CreateCache(1, prompt.Count, maxStepTokens: chunk));
+            prefilling = new ChunkedPrefill(joiner, whole, whole.Chunks(chunk).ToArray(), Model.CreateCache(1, prompt.Count, policy, maxStepTokens: chunk));
             AdvancePrefill();
         }
 
@@ -433,10 +436,8 @@ public sealed class ServingEngine : IDisposable
                 using var scope = torch.NewDisposeScope();
                 var logits = Model.Forward(p.Chunks[p.Next++], p.Scratch);
                 if (p.Next < p.Chunks.Length) return;
-                int rows = Sequences.Count, length = p.Joiner.Request.PromptTokens.Count;
-                Fit(rows + 1, length);
-                cache!.ActiveRows = rows + 1;
-                cache.ImportRow(rows, p.Scratch, 0, 0, length);
+                Fit(Sequences.Count + 1, p.Scratch.Length);
+                Import(p.Scratch);
                 Sequences.Add(p.Joiner);
                 prefilling = null;
                 p.Dispose();
@@ -457,15 +458,6 @@ public sealed class ServingEngine : IDisposable
             Finish(p.Joiner, error);
         }
 
-        Tensor PrefillOwn(Sequence s)
-        {
-            var prompt = s.Request.PromptTokens;
-            cache = Model.CreateCache(1, prompt.Count + s.Request.MaxNewTokens, policy, prompt.Count);
-            return policy.RecomputeWindow(cache.MaxSequenceLength, prompt.Count) is > 0 and var window
-                ? WindowRecompute.Run(new CacheRunner(Model, cache, ownsCache: false), Model.Device, new[] { prompt }, window)
-                : Model.Forward(ForwardBatch.LeftPadded(new[] { prompt }, Model.Device, lastPositionOnly: true), cache);
-        }
-
         /// <summary>One decode step over every sequence of the batch.</summary>
         public void Step()
         {
@@ -477,22 +469,15 @@ public sealed class ServingEngine : IDisposable
                 using var scope = torch.NewDisposeScope();
                 var c = cache!;
                 int n = Sequences.Count;
-                Tensor logits;
-                if (!IsShared && policy.RecomputeWindow(c.MaxSequenceLength, Sequences[0].Fed + 1) is > 0 and var window)
-                    logits = WindowRecompute.Run(new CacheRunner(Model, c, ownsCache: false), Model.Device,
-                        new[] { Sequences[0].Request.PromptTokens.Concat(Sequences[0].Progress.Tokens).ToArray() }, window);
-                else
+                var positions = Sequences.Select(s => (long)s.Fed).ToArray();
+                var logits = Model.Forward(new ForwardBatch
                 {
-                    var positions = Sequences.Select(s => (long)s.Fed).ToArray();
-                    logits = Model.Forward(new ForwardBatch
-                    {
-                        InputIds = torch.tensor(Sequences.Select(s => (long)s.Next).ToArray(), new long[] { n, 1 }).to(Model.Device),
-                        Positions = torch.tensor(positions, new long[] { n, 1 }).to(Model.Device),
-                        RealTokens = Enumerable.Repeat(1, n).ToArray(),
-                        MaxPosition = (int)positions.Max(),
-                        LastPositionOnly = true,
-                    }, c);
-                }
+                    InputIds = torch.tensor(Sequences.Select(s => (long)s.Next).ToArray(), new long[] { n, 1 }).to(Model.Device),
+                    Positions = torch.tensor(positions, new long[] { n, 1 }).to(Model.Device),
+                    RealTokens = Enumerable.Repeat(1, n).ToArray(),
+                    MaxPosition = (int)positions.Max(),
+                    LastPositionOnly = true,
+                }, c);
                 foreach (var s in Sequences) s.Fed++;
                 engine.steps++;
                 Emit(Sequences.ToArray(), logits);
@@ -567,15 +552,15 @@ public sealed class ServingEngine : IDisposable
             s.Dispose();
         }
 
-        /// <summary>Sizes the shared pool for <paramref name="rows"/> running rows and a step after joiners of up to
+        /// <summary>Sizes the pool for <paramref name="rows"/> running rows and a step after joiners of up to
         /// <paramref name="longest"/> prompt tokens: compacts away holes when the step would not fit or when the pool could
         /// shrink, grows by doubling (when more than three quarters full), shrinks when a quarter or less is in use.</summary>
         public void Fit(int rows = 0, int longest = 0)
         {
-            if (!IsShared || (cache is null && rows == 0)) return;
+            if (cache is null && rows == 0) return;
             if (cache is null)
             {
-                cache = Model.CreateCache(Math.Min(Pow2(rows), engine.Options.MaxBatchSize), Pow2(Math.Max(MinimumCapacity, longest + 1)));
+                cache = Model.CreateCache(Math.Min(Pow2(rows), engine.Options.MaxBatchSize), Pow2(Math.Max(MinimumCapacity, longest + 1)), policy);
                 cache.ActiveRows = 0;
                 return;
             }

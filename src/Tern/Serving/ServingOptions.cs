@@ -70,7 +70,7 @@ public sealed class ServingException(ServingError error, string message, string?
 /// <param name="Waiting">Requests waiting for a slot.</param>
 /// <param name="ReservedTokens">KV tokens the running requests reserve (against <see cref="ServingOptions.KvBudgetTokens"/>).</param>
 /// <param name="LiveKvBytes">Bytes of the keys and values the running sequences hold.</param>
-/// <param name="AllocatedKvBytes">Bytes of KV cache allocated (the shared batch's pool grows and shrinks with the load).</param>
+/// <param name="AllocatedKvBytes">Bytes of KV cache allocated (each pool grows and shrinks with the load).</param>
 /// <param name="Steps">Decode steps run so far.</param>
 /// <param name="GeneratedTokens">Tokens generated so far, over all requests.</param>
 /// <param name="CompletedRequests">Requests finished (stopped or at their limit).</param>
@@ -78,5 +78,6 @@ public sealed class ServingException(ServingError error, string message, string?
 /// <param name="MeasuredKvBytes">With <see cref="ServingOptions.MeasureKvCache"/>: the occupied slots counted in the caches
 /// themselves (every layer and KV head) times the bytes of a 16-bit-policy entry, to hold against
 /// <paramref name="LiveKvBytes"/>; else -1.</param>
+/// <param name="Pools">Batches stepped at each step: one per KV policy among the running requests.</param>
 public sealed record ServingStats(int Running, int Waiting, long ReservedTokens, long LiveKvBytes, long AllocatedKvBytes,
-    long Steps, long GeneratedTokens, long CompletedRequests, long CancelledRequests, long MeasuredKvBytes = -1);
+    long Steps, long GeneratedTokens, long CompletedRequests, long CancelledRequests, long MeasuredKvBytes = -1, int Pools = 0);

@@ -1,3 +1,4 @@
+using Tern.Caching;
 using System.Threading.Channels;
 using Tern.Generation;
 
@@ -14,8 +15,10 @@ public sealed class ServingRequest
     readonly Channel<GeneratedToken> tokens = Channel.CreateUnbounded<GeneratedToken>(new UnboundedChannelOptions { SingleWriter = true });
     readonly TaskCompletionSource<SequenceOutput> completion = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
-    internal ServingRequest(IReadOnlyList<int> prompt, GenerationOptions options, int maxNewTokens, int reservedTokens, CancellationToken cancellation)
+    internal ServingRequest(IReadOnlyList<int> prompt, GenerationOptions options, IKvCachePolicy policy, int maxNewTokens, int reservedTokens,
+        CancellationToken cancellation)
     {
+        Policy = policy;
         PromptTokens = prompt;
         Options = options;
         MaxNewTokens = maxNewTokens;
@@ -39,6 +42,9 @@ public sealed class ServingRequest
     public Task<SequenceOutput> Completion => completion.Task;
 
     internal int ReservedTokens { get; }
+
+    /// <summary>The request's KV policy with ratio budgets resolved for its own length: the key of the pool it runs in.</summary>
+    internal IKvCachePolicy Policy { get; }
 
     internal CancellationToken Cancellation { get; }
 

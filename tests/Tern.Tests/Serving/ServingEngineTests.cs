@@ -98,6 +98,53 @@ public sealed class ServingEngineTests : IDisposable
         Assert.NotEqual(expected[0], reseeded.Tokens);
     }
 
+    /// <summary>Every KV policy is served in a shared pool: requests of the same policy share one batch (their budgets resolved
+    /// for their own lengths), different policies run side by side in one step, sequences join mid-run, and each request gets
+    /// the tokens the <see cref="Generator"/> gives it alone. Window re-computation is refused with the field.</summary>
+    [Fact]
+    public async Task EveryPolicyIsPooledAndEachRequestEqualsTheGeneratorAlone()
+    {
+        IKvCachePolicy Policy(string name, string? budget, int bits = 16, int? sinks = null, int evictEvery = 1) => KvCachePolicies.Create(new KvPolicyOptions
+        {
+            Policy = name, Budget = budget is null ? null : KvBudget.Parse(budget), Bits = bits, Sinks = sinks, EvictEvery = evictEvery,
+        });
+        var h2o = Policy("h2o", "0.5");
+        var cases = new (int Prompt, GenerationOptions Options)[]
+        {
+            (0, Greedy(40)),
+            (1, Greedy(40) with { CachePolicy = h2o }),
+            (3, Greedy(36) with { CachePolicy = h2o }),                        // same policy, other length: another budget
+            (6, Greedy(40) with { CachePolicy = Policy("h2o", "12") }),
+            (5, Greedy(40) with { CachePolicy = Policy("h2o", "12") }),        // shares the pool above
+            (2, Greedy(40) with { CachePolicy = Policy("sink", "10", sinks: 2) }),
+            (4, Greedy(40) with { CachePolicy = Policy("sink", "10", sinks: 2) }),
+            (7, Greedy(40) with { CachePolicy = Policy("window", "8", evictEvery: 4) }),
+            (3, Greedy(40) with { CachePolicy = Policy("full", null, bits: 8) }),
+        };
+        var expected = cases.Select(c => Reference(ServingFixture.Prompts[c.Prompt], c.Options)).ToArray();
+        using var engine = ServingEngine.Start(fixture.Model, fixture.Tokenizer, new ServingOptions { MaxBatchSize = 16 });
+
+        var together = cases.Select(c => engine.Submit(ServingFixture.Prompts[c.Prompt], c.Options, Ct)).ToArray();
+        await WaitFor(() => engine.Stats.Running == cases.Length);
+        Assert.Equal(7, engine.Stats.Pools); // nine requests, seven distinct policies once resolved
+        for (int i = 0; i < cases.Length; i++) Assert.Equal(expected[i], (await together[i].Completion).Tokens);
+
+        // Staggered: each joins its policy's pool while the earlier requests are mid-way.
+        var staggered = new List<ServingRequest>();
+        foreach (var c in cases)
+        {
+            var request = engine.Submit(ServingFixture.Prompts[c.Prompt], c.Options, Ct);
+            staggered.Add(request);
+            await request.Tokens.WaitToReadAsync(Ct);
+        }
+        for (int i = 0; i < cases.Length; i++) Assert.Equal(expected[i], (await staggered[i].Completion).Tokens);
+        await WaitFor(() => engine.Stats.Running == 0 && engine.Stats.AllocatedKvBytes == 0);
+
+        var recompute = Assert.Throws<ServingException>(() => engine.Submit(ServingFixture.Prompts[0],
+            Greedy(30) with { CachePolicy = Policy("window-recompute", "8") }, Ct));
+        Assert.Equal("kv_policy", recompute.Field);
+    }
+
     [Fact]
     public async Task StreamedTextStopStringsAndFinishReasonsFollowTheGenerator()
     {
