@@ -30,7 +30,7 @@ internal static class BenchCommand
         var offload = new OffloadFlags();
         offload.AddTo(command);
         command.SetAction(r => offload.Enabled(r)
-            ? RunOffloaded(r, common, offload, prompts, newTokens, output, label)
+            ? RunOffloaded(r, common, offload, kv, prompts, newTokens, output, label)
             : Run(r, common, kv, batches, prompts, newTokens, output, floor, label, noGraphs, prefillChunk));
         command.Subcommands.Add(ServeBenchCommand.Create());
         return command;
@@ -102,10 +102,11 @@ internal static class BenchCommand
     /// FlexGen's benchmark: one block of gbs·ngb random prompts per prompt length through the offloaded model, after a short
     /// warm-up; generation throughput = block·n / (prefill + decode) as FlexGen reports it, next to the cost model's prediction.
     /// </summary>
-    static int RunOffloaded(ParseResult r, CommonOptions common, OffloadFlags offload, Option<int[]> prompts, Option<int> newTokens,
+    static int RunOffloaded(ParseResult r, CommonOptions common, OffloadFlags offload, KvPolicyFlags kv, Option<int[]> prompts, Option<int> newTokens,
         Option<string> output, Option<string?> label)
     {
         int steps = r.GetValue(newTokens);
+        var kvPolicy = kv.Create(r);
         var (folder, load) = common.LoadOptions(r);
         // Offloaded models are large: constant dummy weights (FlexGen's and the HF baseline's choice; throughput does not depend
         // on the values) fill 60 GB in seconds where the hashed normal noise would take many minutes on the CPU.
@@ -116,7 +117,7 @@ internal static class BenchCommand
         var random = new Random(0);
         foreach (int prompt in r.GetValue(prompts)!)
         {
-            var (options, prediction) = offload.Resolve(r, folder, load.DType, device, prompt, steps, Console.Out);
+            var (options, prediction) = offload.Resolve(r, folder, load.DType, device, prompt, steps, Console.Out, kvPolicy);
             var policy = options.Policy;
             OffloadFlags.Print(Console.Out, policy, prediction);
             var loadWatch = Stopwatch.StartNew();
@@ -125,8 +126,8 @@ internal static class BenchCommand
                 $"GPU {Units.Bytes(model.WeightBytesOn(Tier.Gpu))}, CPU {Units.Bytes(model.WeightBytesOn(Tier.Cpu))}, disk {Units.Bytes(model.WeightBytesOn(Tier.Disk))}; " +
                 $"device memory in use {DeviceReport.UsedBytes(device) / 1e9:F2} GB");
             IReadOnlyList<int> Random(int n) => Enumerable.Range(0, n).Select(_ => random.Next(model.Info.VocabSize)).ToArray();
-            model.Generate(Enumerable.Range(0, policy.GpuBatchSize).Select(_ => Random(Math.Min(prompt, 32))).ToArray(), 2); // warm-up
-            var result = model.Generate(Enumerable.Range(0, policy.BlockSize).Select(_ => Random(prompt)).ToArray(), steps);
+            model.Generate(Enumerable.Range(0, policy.GpuBatchSize).Select(_ => Random(Math.Min(prompt, 32))).ToArray(), 2, cachePolicy: kvPolicy); // warm-up
+            var result = model.Generate(Enumerable.Range(0, policy.BlockSize).Select(_ => Random(prompt)).ToArray(), steps, cachePolicy: kvPolicy);
             double measured = result.TokensPerSecond;
             double decodeTps = policy.BlockSize * (steps - 1) / result.Decode.TotalSeconds;
             Console.WriteLine($"measured:   prefill {result.Prefill.TotalSeconds:F2} s, decode {result.Decode.TotalSeconds:F2} s ({decodeTps:F2} tokens/s), " +
@@ -137,7 +138,7 @@ internal static class BenchCommand
                 DateTime.UtcNow.ToString("yyyy-MM-dd HH:mm", CultureInfo.InvariantCulture), Csv(card), device.type.ToString().ToLowerInvariant(),
                 Csv(folder + (r.GetValue(common.Dummy) ? " (dummy)" : "")), load.DType.ShortName(), policy.BlockSize.ToString(), prompt.ToString(), steps.ToString(),
                 F(result.Prefill.TotalMilliseconds), F(result.Decode.TotalMilliseconds / (steps - 1)), F(decodeTps), F(DeviceReport.UsedBytes(device) / 1e9),
-                "", "", Csv($"{r.GetValue(label)} [offload {policy}; generation {measured:0.###} tok/s; predicted {prediction.TokensPerSecond:0.###}]".Trim()),
+                "", "", Csv($"{r.GetValue(label)} [offload {policy}; kv {kvPolicy.Name} {r.GetValue(kv.Budget)} {kvPolicy.Bits}-bit; generation {measured:0.###} tok/s; predicted {prediction.TokensPerSecond:0.###}]".Trim()),
             }));
         }
         Append(r.GetValue(output)!, rows);

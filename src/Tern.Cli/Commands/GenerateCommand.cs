@@ -100,7 +100,7 @@ internal static class GenerateCommand
         var tokenizer = Tern.Tokenization.TernTokenizer.Load(folder);
         int longest = texts.Max(t => tokenizer.Encode(t).Count);
         var device = ComputeOptions.ResolveDevice(load.Device);
-        var (offloadOptions, prediction) = offload.Resolve(r, folder, load.DType, device, longest, options.MaxNewTokens, Console.Error);
+        var (offloadOptions, prediction) = offload.Resolve(r, folder, load.DType, device, longest, options.MaxNewTokens, Console.Error, options.CachePolicy);
         OffloadFlags.Print(Console.Error, offloadOptions.Policy, prediction);
         var model = OffloadedModel.Load(folder, load, offloadOptions);
         return (model, tokenizer, $"model: {folder} ({model.Info.ModelType}) offloaded: {model.Policy}", model.Policy.BlockSize,

@@ -56,8 +56,14 @@ public sealed class CostModel(OffloadWorkload w, HardwareProfile hw, bool compre
 
     double Wi => w.LayerWeightBytes * (compressWeights ? CompressionRatio * 2 / w.ElementSize : 1);
 
-    /// <summary>KV-cache bytes per token and layer as stored (FlexGen's 4h in fp16; 4-bit codes with kvbits=4).</summary>
-    double Cb => w.CacheBytesPerToken * (compressCache ? CompressionRatio * 2 / w.ElementSize : 1);
+    /// <summary>KV-cache bytes per token and layer as stored (FlexGen's 4h in fp16; 4-bit codes with kvbits=4; the KV policy's
+    /// 8- or 4-bit codes with a (step, min) pair per 64 elements).</summary>
+    double Cb => w.CacheBytesPerToken * (compressCache ? CompressionRatio * 2 / w.ElementSize : 1)
+        * (w.CacheBits >= 16 ? 1 : (w.CacheBits / 8.0 + 2.0 * w.ElementSize / 64) / w.ElementSize);
+
+    /// <summary>Entries a sequence holds when it has seen <paramref name="tokens"/> tokens: all of them, or at most the KV
+    /// policy's budget.</summary>
+    double Kept(double tokens) => w.CacheTokens is { } budget ? Math.Min(budget, tokens) : tokens;
 
     /// <summary>Seconds of one GPU batch's products with a layer's weights (roofline): <paramref name="flops"/> at the GEMM
     /// throughput, or, when longer, the time to stream the layer's (uncompressed) weights from device memory once — which every
@@ -89,9 +95,9 @@ public sealed class CostModel(OffloadWorkload w, HardwareProfile hw, bool compre
     {
         double s = w.Prompt, hb = w.HiddenBytesPerToken, cb = Cb, h = w.AttentionWidth, wi = Wi, bls = (double)gbs * ngb;
         var ctog = (Lin.Of(wi, Lin.Wc, Lin.Wd) + Lin.Of(hb * s * bls, Lin.Hc, Lin.Hd)) / hw.CpuToGpu;
-        var gtoc = Lin.Of(cb * (s + 1) * bls / hw.GpuToCpuCache, Lin.Cc, Lin.Cd) + Lin.Of(hb * s * bls / hw.GpuToCpuHidden, Lin.Hc, Lin.Hd);
+        var gtoc = Lin.Of(cb * Kept(s + 1) * bls / hw.GpuToCpuCache, Lin.Cc, Lin.Cd) + Lin.Of(hb * s * bls / hw.GpuToCpuHidden, Lin.Hc, Lin.Hd);
         var dtoc = (Lin.Of(wi, Lin.Wd) + Lin.Of(hb * s * bls, Lin.Hd)) / hw.DiskToCpu;
-        var ctod = Lin.Of(cb * bls * (s + 1) / hw.CpuToDiskCachePrefill, Lin.Cd) + Lin.Of(hb * s * bls / hw.CpuToDiskHiddenPrefill, Lin.Hd);
+        var ctod = Lin.Of(cb * bls * Kept(s + 1) / hw.CpuToDiskCachePrefill, Lin.Cd) + Lin.Of(hb * s * bls / hw.CpuToDiskHiddenPrefill, Lin.Hd);
         var comp = Lin.Const(ngb * Gemm(gbs * s * 2 * w.LayerParameters, hw.GemmPrefill) + Dequantize + 4.0 * bls * s * s * h / hw.AttentionPrefill);
         return new(ctog, gtoc, dtoc, ctod, comp);
     }
@@ -100,7 +106,7 @@ public sealed class CostModel(OffloadWorkload w, HardwareProfile hw, bool compre
     LayerTerms DecodeTerms(int gbs, int ngb)
     {
         double s = w.Prompt, n = w.Generate, hb = w.HiddenBytesPerToken, cb = Cb, h = w.AttentionWidth, wi = Wi, bls = (double)gbs * ngb;
-        double len = s + n / 2.0;
+        double len = Kept(s + n / 2.0);
         var ctog = (Lin.Of(wi, Lin.Wc, Lin.Wd) + Lin.Of(hb * bls, Lin.Hc, Lin.Hd)) / hw.CpuToGpu;
         var gtoc = Lin.Of(hb * bls / hw.GpuToCpuHidden, Lin.Hc, Lin.Hd);
         var dtoc = (Lin.Of(cb * bls * len, Lin.Cd) + Lin.Of(hb * bls, Lin.Hd)) / hw.DiskToCpu + Lin.Of(wi / (0.95 * hw.DiskToCpu), Lin.Wd);
@@ -131,15 +137,15 @@ public sealed class CostModel(OffloadWorkload w, HardwareProfile hw, bool compre
         double s = w.Prompt, n = w.Generate, h = w.Hidden, h2 = w.Intermediate, nh = w.Heads, hb = w.HiddenBytesPerToken, cb = Cb;
         double es = w.ElementSize, bls = (double)gbs * ngb, L = w.Layers, wi = Wi;
         double half = es / 2; // the brief's byte counts are fp16
-        var homePre = Lin.Of(wi * L, Lin.Wg) + Lin.Of(hb * s * bls, Lin.Hg) + Lin.Of(cb * (s + n) * bls * L, Lin.Cg);
+        var homePre = Lin.Of(wi * L, Lin.Wg) + Lin.Of(hb * s * bls, Lin.Hg) + Lin.Of(cb * Kept(s + n) * bls * L, Lin.Cg);
         double ip = half * (8 * gbs * s * h + gbs * (2 * s * h + 2 * nh * s * s) + 2 * gbs * s * h + 4 * gbs * s * h + 2 * gbs * s * h2 + 2 * gbs * s * h);
         var workPre = Lin.Const(2 * wi) + Lin.Of(-2 * wi, Lin.Wg) + Lin.Const(hb * s * gbs) + Lin.Of(-hb * s * gbs, Lin.Hg) + Lin.Const(ip);
-        var homeDec = Lin.Of(wi * L, Lin.Wg) + Lin.Of(hb * bls, Lin.Hg) + Lin.Of(cb * (s + n) * bls * L, Lin.Cg);
+        var homeDec = Lin.Of(wi * L, Lin.Wg) + Lin.Of(hb * bls, Lin.Hg) + Lin.Of(cb * Kept(s + n) * bls * L, Lin.Cg);
         // Without CPU attention every GPU batch's cache is on the GPU while it computes (FlexGen's c_g factor becomes 1).
         Lin OnGpu(double bytes) => cpuAttention ? Lin.Of(bytes, Lin.Cg) : Lin.Const(bytes);
         double ig = half * (8 * gbs * h + 4 * gbs * h + 2 * gbs * h2 + 2 * gbs * h);
         var workDec = Lin.Const(2 * wi) + Lin.Of(-2 * wi, Lin.Wg) + Lin.Const(hb * gbs) + Lin.Of(-hb * gbs, Lin.Hg)
-            + OnGpu(cb * gbs * (s + n)) + OnGpu(half * gbs * (2 * h + 2 * (s + n) * h + 2 * nh * (s + n) + 2 * (s + n) * h + 2 * h)) + Lin.Const(ig);
+            + OnGpu(cb * gbs * Kept(s + n)) + OnGpu(half * gbs * (2 * h + 2 * (s + n) * h + 2 * nh * (s + n) + 2 * (s + n) * h + 2 * h)) + Lin.Const(ig);
         return new[] { homePre + workPre, homeDec + workDec };
     }
 
@@ -148,10 +154,10 @@ public sealed class CostModel(OffloadWorkload w, HardwareProfile hw, bool compre
     {
         double s = w.Prompt, n = w.Generate, h = w.Hidden, nh = w.Heads, hb = w.HiddenBytesPerToken, cb = Cb;
         double es = w.ElementSize, bls = (double)gbs * ngb, L = w.Layers, wi = Wi, half = es / 2;
-        var pre = Lin.Of(wi * L, Lin.Wc) + Lin.Of(hb * s * bls, Lin.Hc) + Lin.Of(cb * s * bls * L, Lin.Cc)
+        var pre = Lin.Of(wi * L, Lin.Wc) + Lin.Of(hb * s * bls, Lin.Hc) + Lin.Of(cb * Kept(s) * bls * L, Lin.Cc)
             + Lin.Const(wi) + Lin.Of(-wi, Lin.Wg) + Lin.Const(hb * s * gbs) + Lin.Of(-hb * s * gbs, Lin.Hg);
-        var dec = Lin.Of(wi * L, Lin.Wc) + Lin.Of(hb * bls, Lin.Hc) + Lin.Of(cb * (s + n) * bls * L, Lin.Cc)
-            + Lin.Of(wi, Lin.Wd) + Lin.Of(2 * hb * gbs, Lin.Hd) + Lin.Of(2 * cb * (s + n) * gbs, Lin.Cd) + Lin.Const(half * (2 * nh * (s + n) * gbs + 2 * h * gbs));
+        var dec = Lin.Of(wi * L, Lin.Wc) + Lin.Of(hb * bls, Lin.Hc) + Lin.Of(cb * Kept(s + n) * bls * L, Lin.Cc)
+            + Lin.Of(wi, Lin.Wd) + Lin.Of(2 * hb * gbs, Lin.Hd) + Lin.Of(2 * cb * Kept(s + n) * gbs, Lin.Cd) + Lin.Const(half * (2 * nh * (s + n) * gbs + 2 * h * gbs));
         return new[] { pre, dec };
     }
 
@@ -159,7 +165,7 @@ public sealed class CostModel(OffloadWorkload w, HardwareProfile hw, bool compre
     internal Lin DiskPeak(int gbs, int ngb)
     {
         double s = w.Prompt, n = w.Generate, bls = (double)gbs * ngb;
-        return Lin.Of(Wi * w.Layers, Lin.Wd) + Lin.Of(w.HiddenBytesPerToken * s * bls, Lin.Hd) + Lin.Of(Cb * (s + n) * bls * w.Layers, Lin.Cd);
+        return Lin.Of(Wi * w.Layers, Lin.Wd) + Lin.Of(w.HiddenBytesPerToken * s * bls, Lin.Hd) + Lin.Of(Cb * Kept(s + n) * bls * w.Layers, Lin.Cd);
     }
 
     /// <summary>The fractions of <paramref name="policy"/> in the LP's order.</summary>

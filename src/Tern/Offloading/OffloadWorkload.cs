@@ -1,3 +1,4 @@
+using Tern.Caching;
 using Tern.Checkpoints;
 using Tern.Models;
 using Tern.Runtime;
@@ -35,6 +36,16 @@ public sealed record OffloadWorkload
     public required int Prompt { get; init; }
     /// <summary>New tokens (n).</summary>
     public required int Generate { get; init; }
+
+    /// <summary>Cache entries a sequence keeps at most under its KV policy (H2O's or StreamingLLM's budget, plus the room its
+    /// eviction needs); null keeps all of prompt + generated.</summary>
+    public double? CacheTokens { get; init; }
+    /// <summary>Bits per stored cache element under the KV policy (16, or 8 / 4 group-quantized).</summary>
+    public int CacheBits { get; init; } = 16;
+
+    /// <summary>This workload with the cache that <paramref name="policy"/> keeps: its decode capacity per sequence and bits.</summary>
+    public OffloadWorkload WithKvPolicy(IKvCachePolicy policy) =>
+        this with { CacheTokens = policy.Capacity(Prompt + Generate, 1), CacheBits = policy.Bits };
 
     /// <summary>Activation bytes per token (2h for OPT in fp16).</summary>
     public double HiddenBytesPerToken => (double)Hidden * ElementSize;

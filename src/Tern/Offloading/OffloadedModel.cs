@@ -130,13 +130,14 @@ public sealed class OffloadedModel : IStepModel, IDisposable
 
     /// <summary>
     /// Greedy generation of <paramref name="maxNewTokens"/> tokens for each prompt (end-of-sequence ignored), in blocks of
-    /// gbs·ngb prompts (the last block may be smaller), through the same <see cref="Generation.Generator"/> as any model. With
-    /// <paramref name="keepLogits"/> every step's next-token logits are returned too.
+    /// gbs·ngb prompts (the last block may be smaller), through the same <see cref="Generation.Generator"/> as any model, the
+    /// caches under <paramref name="cachePolicy"/> (null: the full cache). With <paramref name="keepLogits"/> every step's
+    /// next-token logits are returned too.
     /// </summary>
-    public OffloadedGeneration Generate(IReadOnlyList<IReadOnlyList<int>> prompts, int maxNewTokens, bool keepLogits = false)
+    public OffloadedGeneration Generate(IReadOnlyList<IReadOnlyList<int>> prompts, int maxNewTokens, bool keepLogits = false, IKvCachePolicy? cachePolicy = null)
     {
         if (prompts.Count == 0) throw new ArgumentException("the batch holds no prompt.");
-        var options = new GenerationOptions { MaxNewTokens = maxNewTokens, IgnoreEos = true, OutputLogits = keepLogits };
+        var options = new GenerationOptions { MaxNewTokens = maxNewTokens, IgnoreEos = true, OutputLogits = keepLogits, CachePolicy = cachePolicy };
         var generator = new Generation.Generator(this);
         var tokens = new List<IReadOnlyList<int>>();
         var logits = new List<Tensor[]>();
@@ -162,6 +163,10 @@ public sealed class OffloadedModel : IStepModel, IDisposable
     /// <inheritdoc />
     public HfConfig Config => model.Config;
 
+    /// <summary>True when <paramref name="policy"/> is not the plain 16-bit full cache: it evicts, compacts or quantizes in
+    /// place and keeps per-entry state, so its caches stay on the compute device (kv=100/0/0) rather than travel.</summary>
+    public static bool NeedsResidentCache(IKvCachePolicy? policy) => policy is not null && !(policy is DensePolicy && policy.Bits == 16);
+
     /// <inheritdoc />
     /// <remarks>The batch is one block of at most gbs·ngb sequences; its caches are the full cache of the offload policy
     /// (16-bit, or 4-bit with kvbits=4), and every prompt runs as one prefill step.</remarks>
@@ -170,8 +175,7 @@ public sealed class OffloadedModel : IStepModel, IDisposable
         if (batchSize < 1 || batchSize > Policy.BlockSize)
             throw new ArgumentException($"an offloaded batch holds 1 to {Policy.BlockSize} sequences (gbs × ngb of {Policy}); got {batchSize}.");
         policy ??= DensePolicy.Instance;
-        bool plain = policy is DensePolicy && policy.Bits == 16;
-        // Another policy evicts, compacts and keeps per-entry state in place: its caches stay resident on the compute device.
+        bool plain = !NeedsResidentCache(policy);
         if (!plain && (Policy.Cache.Gpu < 1 || Policy.CpuAttention || Policy.CompressCache))
             throw new ArgumentException($"the KV policy '{policy.Name}' ({policy.Bits} bits) runs offloaded only with the whole cache on the GPU " +
                 $"(kv=100/0/0, without cpu-attn or kvbits); this offload policy is {Policy}.");
@@ -282,7 +286,8 @@ public sealed class OffloadedModel : IStepModel, IDisposable
                     if (residentPolicy is not null)
                     {
                         resident ??= new KvCache[batches];
-                        resident[k] = model.CreateCache(n, capacity[k], residentPolicy, prompts[k].Max());
+                        // Sized for decode steps: the prompt is prefilled in a one-layer scratch and what the policy keeps moves in.
+                        resident[k] = model.CreateCache(n, capacity[k], residentPolicy);
                     }
                     else if (hostCaches is not null)
                     {
@@ -412,7 +417,8 @@ public sealed class OffloadedModel : IStepModel, IDisposable
             }
             Tensor output;
             if (j == 0) output = model.RunStage(0, w, null, batch, null);
-            else if (resident is not null) output = model.RunStage(j, w, h, batch, resident[k][j - 1]);
+            else if (resident is not null && i > 0) output = model.RunStage(j, w, h, batch, resident[k][j - 1]);
+            else if (resident is not null) output = PrefillResident(j, w, h!, batch, k);
             else if (hostCaches is not null && i > 0) output = model.RunStage(j, w, h, batch, hostCaches[k][j - 1]); // attends on the CPU
             else
             {
@@ -434,6 +440,25 @@ public sealed class OffloadedModel : IStepModel, IDisposable
             var outputs = output.transpose(0, 1).contiguous().DetachFromDisposeScope(); // [tokens, rows, hidden]
             var store = hidden[k];
             deferredStores.Add(() => store.Store(engine, outputs, 0));
+        }
+
+        /// <summary>A resident cache's prefill: the layer attends densely over the prompt in a scratch cache under the policy
+        /// (which evicts down to its budget after the step, as it would in place), and the entries it keeps, with their policy
+        /// state, move into the batch's cache, which needs no room for the whole prompt.</summary>
+        Tensor PrefillResident(int j, PartWeights w, Tensor h, ForwardBatch batch, int k)
+        {
+            var layer = resident![k][j - 1];
+            var info = model.Info;
+            int width = (int)batch.InputIds.shape[1];
+            using var scratch = KvCache.Create(new KvCacheOptions
+            {
+                BatchSize = prompts[k].Length, Layers = 1, KvHeads = info.KvHeads, HeadDim = info.HeadDim, DType = owner.dtype, Device = device,
+                Capacity = residentPolicy!.Capacity(capacity[k], width), MaxSequenceLength = capacity[k], Bits = residentPolicy.Bits,
+            }, residentPolicy);
+            var output = model.RunStage(j, w, h, batch, scratch[0]);
+            scratch.Compact();
+            for (int r = 0; r < prompts[k].Length; r++) layer.ImportRow(r, scratch[0], r, 0, scratch.Length);
+            return output;
         }
 
         /// <summary>Sends the entries a block stage appended to the working cache to their home: deferred to the next item for

@@ -18,6 +18,9 @@ public sealed record PlanOptions
     public bool CompressWeights { get; init; }
     /// <summary>Decode attention on the CPU where the cache lives (the engine then needs the whole cache on the CPU: c_c = 1).</summary>
     public bool CpuAttention { get; init; }
+    /// <summary>The whole KV cache stays on the GPU (kv=100/0/0): what the engine needs to run a KV policy other than the plain
+    /// full cache (<see cref="OffloadedModel.NeedsResidentCache"/>), whose size the workload's <see cref="OffloadWorkload.CacheTokens"/> gives.</summary>
+    public bool CacheOnGpu { get; init; }
     /// <summary>Largest GPU batch size tried.</summary>
     public int MaxGpuBatchSize { get; init; } = 1024;
 }
@@ -111,6 +114,7 @@ public static class PolicySearch
         }
         p[Lin.Hd].SetUb(0); // h_g + h_c = 1, FlexGen's optimizer
         if (options.CpuAttention) p[Lin.Cc].SetLb(1); // Tern's CPU attention needs the whole cache in host memory
+        if (options.CacheOnGpu) p[Lin.Cg].SetLb(1);
         void AtLeast(Variable t, Lin bound)
         {
             // t ≥ bound  ⇔  bound.C·p − t ≤ −bound.K
@@ -176,7 +180,8 @@ public static class PolicySearch
             bool gpuOver = prediction.GpuPeakBytes > options.Headroom * cap.Gpu, cpuOver = prediction.CpuPeakBytes > options.Headroom * cap.Cpu;
             if (!gpuOver && !cpuOver && prediction.DiskPeakBytes <= options.Headroom * cap.Disk) return policy;
             // Move one percent down a tier (weights first, then cache; activations stay off the disk): GPU → CPU, else CPU → disk.
-            int from = (gpuOver ? new[] { 0, 3, 6 } : options.CpuAttention ? new[] { 1 } : new[] { 1, 4 }).FirstOrDefault(i => percent[i] > 0, -1);
+            int from = (gpuOver ? (options.CacheOnGpu ? new[] { 0, 6 } : new[] { 0, 3, 6 }) : options.CpuAttention || options.CacheOnGpu ? new[] { 1 } : new[] { 1, 4 })
+                .FirstOrDefault(i => percent[i] > 0, -1);
             if (from < 0 || (!gpuOver && !cpuOver)) return null;
             percent[from]--;
             percent[from + 1]++;
