@@ -151,20 +151,23 @@ public abstract class OffloadParityContract
         foreach (var t in plain.Logits.Concat(other.Logits!)) t.Dispose();
     }
 
-    /// <summary>KV policies compose with offloading (weights on the CPU and disk, the cache resident on the compute device):
-    /// h2o, sink, window and a quantized full cache give the plain <see cref="Generator"/>'s logits and tokens; a policy whose
-    /// cache would have to travel is refused with the reason.</summary>
+    /// <summary>KV policies compose with offloading (weights on the CPU and disk; each batch's cache resident on the compute
+    /// device, or in host memory and copied to the device a layer at a time): h2o, sink, window and a quantized full cache give
+    /// the plain <see cref="Generator"/>'s logits and tokens; a cache split over tiers is refused with the reason.</summary>
     [Theory]
-    [InlineData("llama-gqa", "h2o", "0.5")]
-    [InlineData("llama-gqa", "sink", "6")]
-    [InlineData("opt-prenorm", "window", "5")]
-    [InlineData("neox-parallel", "full", null, 8)]
-    public void KvPoliciesEqualThePlainGenerator(string fixture, string policyName, string? budget, int bits = 16)
+    [InlineData("llama-gqa", "h2o", "0.5", 16, "100/0/0")]
+    [InlineData("llama-gqa", "h2o", "0.5", 16, "0/100/0")]
+    [InlineData("llama-gqa", "sink", "6", 16, "100/0/0")]
+    [InlineData("gpt2", "sink", "6", 16, "0/100/0")]
+    [InlineData("opt-prenorm", "window", "5", 16, "0/100/0")]
+    [InlineData("neox-parallel", "full", null, 8, "100/0/0")]
+    [InlineData("qwen2", "h2o", "7", 4, "0/100/0")]
+    public void KvPoliciesEqualThePlainGenerator(string fixture, string policyName, string? budget, int bits, string cacheHome)
     {
         using var temp = new TempDir();
         using var model = CausalLanguageModel.Load(Fixtures.ModelDir(fixture), LoadOptions);
         using var offloaded = OffloadedModel.Load(Fixtures.ModelDir(fixture), LoadOptions,
-            new OffloadOptions { Policy = OffloadPolicy.Parse("w=0/50/50,kv=100/0/0,act=0/100/0,gbs=6,ngb=1"), Directory = temp.Path });
+            new OffloadOptions { Policy = OffloadPolicy.Parse($"w=0/50/50,kv={cacheHome},act=0/100/0,gbs=6,ngb=1"), Directory = temp.Path });
         var policy = Tern.Caching.KvCachePolicies.Create(new Tern.Caching.KvPolicyOptions
         {
             Policy = policyName, Budget = budget is null ? null : Tern.Caching.KvBudget.Parse(budget), Sinks = policyName == "sink" ? 2 : null, Bits = bits,
@@ -178,9 +181,9 @@ public abstract class OffloadParityContract
         foreach (var t in plain.Logits.Concat(other.Logits!)) t.Dispose();
 
         using var travelling = OffloadedModel.Load(Fixtures.ModelDir(fixture), LoadOptions,
-            new OffloadOptions { Policy = OffloadPolicy.Parse("w=0/100/0,kv=0/100/0,act=0/100/0,gbs=6,ngb=1") });
+            new OffloadOptions { Policy = OffloadPolicy.Parse("w=0/100/0,kv=50/50/0,act=0/100/0,gbs=6,ngb=1") });
         var refused = Assert.Throws<ArgumentException>(() => new Generator(travelling).GenerateTokens(prompts, options));
-        Assert.Contains("kv=100/0/0", refused.Message);
+        Assert.Contains("kv=0/100/0", refused.Message);
     }
 
     [Fact]

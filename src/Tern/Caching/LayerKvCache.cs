@@ -164,6 +164,25 @@ public sealed class LayerKvCache : IDisposable
     /// <summary>Offloading: the storage tensors of keys then values, each [batch, kvHeads, capacity, ...] (see <c>KvStore.Parts</c>).</summary>
     internal IReadOnlyList<Tensor> StorageParts => keys.Parts.Concat(values.Parts).ToArray();
 
+    /// <summary>Offloading: makes this layer a copy of <paramref name="source"/>, a layer of the same shape, policy and storage
+    /// on another device (a host-memory home and the compute device's working layer, in either direction): the entries in use
+    /// and every slot's position and policy state, in one copy per tensor.</summary>
+    internal void CopyEntriesFrom(LayerKvCache source)
+    {
+        if (source.Capacity != Capacity || source.positions.shape[0] != positions.shape[0])
+            throw new ArgumentException($"KV cache of layer {Layer}: a copy needs the same shape ({source.positions.shape[0]} x {source.Capacity} into {positions.shape[0]} x {Capacity}).");
+        using var scope = torch.NewDisposeScope();
+        int length = source.Length;
+        var (from, to) = (source.StorageParts, StorageParts);
+        if (length > 0)
+            for (int p = 0; p < to.Count; p++) to[p].narrow(2, 0, length).copy_(from[p].narrow(2, 0, length));
+        positions.copy_(source.positions);
+        if (source.entryState is not null) AllRowsEntryState((int)source.entryState.shape[3]).copy_(source.entryState);
+        else entryState?.zero_();
+        Length = length;
+        HasHoles = source.HasHoles;
+    }
+
     /// <summary>Offloading: keys, values and positions of slots [0, <paramref name="length"/>) were just copied in from their
     /// home tiers; the bookkeeping follows.</summary>
     internal void Restore(int length, bool hasHoles)

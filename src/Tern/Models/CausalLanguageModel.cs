@@ -150,7 +150,7 @@ public abstract class CausalLanguageModel : IStepModel, IDisposable
     /// Rows are read from layer 0, KV head 0: policies that position by cache index evict alike in every layer and head.</summary>
     internal static ForwardBatch AtCacheIndexes(ForwardBatch batch, KvCache cache)
     {
-        var held = cache[0].EntryCounts().select(1, 0).unsqueeze(1);              // [B,1]
+        var held = cache[0].EntryCounts().select(1, 0).unsqueeze(1).to(batch.Positions.device); // [B,1] (offloading may keep the cache in host memory)
         var real = batch.Positions.ge(0);
         var index = held + real.to(ScalarType.Int64).cumsum(1) - 1;
         var positions = torch.where(real, index, torch.tensor(-1L, device: index.device));

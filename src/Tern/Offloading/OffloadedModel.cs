@@ -164,7 +164,9 @@ public sealed class OffloadedModel : IStepModel, IDisposable
     public HfConfig Config => model.Config;
 
     /// <summary>True when <paramref name="policy"/> is not the plain 16-bit full cache: it evicts, compacts or quantizes in
-    /// place and keeps per-entry state, so its caches stay on the compute device (kv=100/0/0) rather than travel.</summary>
+    /// place and keeps per-entry state, so a batch's cache is one whole <see cref="KvCache"/> — on the compute device
+    /// (kv=100/0/0), or in host memory (kv=0/100/0) with each layer copied to the GPU and back around its use — rather than the
+    /// append-only homes of the full cache.</summary>
     public static bool NeedsResidentCache(IKvCachePolicy? policy) => policy is not null && !(policy is DensePolicy && policy.Bits == 16);
 
     /// <inheritdoc />
@@ -176,9 +178,9 @@ public sealed class OffloadedModel : IStepModel, IDisposable
             throw new ArgumentException($"an offloaded batch holds 1 to {Policy.BlockSize} sequences (gbs × ngb of {Policy}); got {batchSize}.");
         policy ??= DensePolicy.Instance;
         bool plain = !NeedsResidentCache(policy);
-        if (!plain && (Policy.Cache.Gpu < 1 || Policy.CpuAttention || Policy.CompressCache))
-            throw new ArgumentException($"the KV policy '{policy.Name}' ({policy.Bits} bits) runs offloaded only with the whole cache on the GPU " +
-                $"(kv=100/0/0, without cpu-attn or kvbits); this offload policy is {Policy}.");
+        if (!plain && (Policy.Cache.Gpu < 1 && Policy.Cache.Cpu < 1 || Policy.CpuAttention || Policy.CompressCache))
+            throw new ArgumentException($"the KV policy '{policy.Name}' ({policy.Bits} bits) runs offloaded with the whole cache on the GPU " +
+                $"(kv=100/0/0) or in host memory (kv=0/100/0), without cpu-attn or kvbits; this offload policy is {Policy}.");
         return new BlockRunner(this, batchSize, maxSequenceLength, plain ? null : policy);
     }
 
@@ -237,7 +239,8 @@ public sealed class OffloadedModel : IStepModel, IDisposable
         }
 
         readonly IKvCachePolicy? residentPolicy;
-        KvCache[]? resident;                                // [k] with a resident policy: each batch's whole cache
+        KvCache[]? resident;                                // [k] with a policy: each batch's whole cache, on the GPU or in host memory
+        bool travelling;                                    // the policy caches live in host memory and visit the GPU a layer at a time
 
         public IKvCachePolicy Policy => residentPolicy ?? DensePolicy.Instance;
 
@@ -286,8 +289,18 @@ public sealed class OffloadedModel : IStepModel, IDisposable
                     if (residentPolicy is not null)
                     {
                         resident ??= new KvCache[batches];
+                        travelling = policy.Cache.Gpu < 1;
                         // Sized for decode steps: the prompt is prefilled in a one-layer scratch and what the policy keeps moves in.
-                        resident[k] = model.CreateCache(n, capacity[k], residentPolicy);
+                        resident[k] = KvCache.Create(new KvCacheOptions
+                        {
+                            BatchSize = n, Layers = info.Layers, KvHeads = info.KvHeads, HeadDim = info.HeadDim, DType = owner.dtype,
+                            Capacity = residentPolicy.Capacity(capacity[k], 1), MaxSequenceLength = capacity[k], Bits = residentPolicy.Bits,
+                            Device = travelling ? torch.CPU : device,
+                        }, residentPolicy);
+                        if (travelling && engine.PinsHostMemory)
+                            for (int l = 0; l < info.Layers; l++)
+                                foreach (var part in resident[k][l].StorageParts)
+                                    if (HostBuffer.TryRegister(part, out var pinned)) pinnedHostCaches.Add(pinned);
                     }
                     else if (hostCaches is not null)
                     {
@@ -417,8 +430,15 @@ public sealed class OffloadedModel : IStepModel, IDisposable
             }
             Tensor output;
             if (j == 0) output = model.RunStage(0, w, null, batch, null);
-            else if (resident is not null && i > 0) output = model.RunStage(j, w, h, batch, resident[k][j - 1]);
-            else if (resident is not null) output = PrefillResident(j, w, h!, batch, k);
+            else if (resident is not null)
+            {
+                // A travelling layer is copied to the GPU's working layer, runs there, and goes back whole (eviction moves entries).
+                var home = resident[k][j - 1];
+                var layer = travelling ? WorkingLayer(home) : home;
+                if (travelling) layer.CopyEntriesFrom(home);
+                output = i > 0 ? model.RunStage(j, w, h, batch, layer) : PrefillResident(j, w, h!, batch, k, layer);
+                if (travelling) home.CopyEntriesFrom(layer);
+            }
             else if (hostCaches is not null && i > 0) output = model.RunStage(j, w, h, batch, hostCaches[k][j - 1]); // attends on the CPU
             else
             {
@@ -445,9 +465,8 @@ public sealed class OffloadedModel : IStepModel, IDisposable
         /// <summary>A resident cache's prefill: the layer attends densely over the prompt in a scratch cache under the policy
         /// (which evicts down to its budget after the step, as it would in place), and the entries it keeps, with their policy
         /// state, move into the batch's cache, which needs no room for the whole prompt.</summary>
-        Tensor PrefillResident(int j, PartWeights w, Tensor h, ForwardBatch batch, int k)
+        Tensor PrefillResident(int j, PartWeights w, Tensor h, ForwardBatch batch, int k, LayerKvCache layer)
         {
-            var layer = resident![k][j - 1];
             var info = model.Info;
             int width = (int)batch.InputIds.shape[1];
             using var scratch = KvCache.Create(new KvCacheOptions
@@ -503,6 +522,22 @@ public sealed class OffloadedModel : IStepModel, IDisposable
             });
         }
 
+        /// <summary>The compute device's copy of a travelling policy layer (one per shape), filled from its home before each use.</summary>
+        LayerKvCache WorkingLayer(LayerKvCache home)
+        {
+            int rows = (int)home.Positions.shape[0];
+            if (!working.TryGetValue((rows, -home.Capacity), out var cache))
+            {
+                var info = model.Info;
+                working[(rows, -home.Capacity)] = cache = KvCache.Create(new KvCacheOptions
+                {
+                    BatchSize = rows, Layers = 1, KvHeads = info.KvHeads, HeadDim = info.HeadDim, Capacity = home.Capacity,
+                    MaxSequenceLength = home.MaxSequenceLength, DType = owner.dtype, Device = device, Bits = home.Bits,
+                }, residentPolicy);
+            }
+            return cache[0];
+        }
+
         /// <summary>The one-layer cache a block stage computes with (one per batch shape), filled from the homes before each use.</summary>
         LayerKvCache WorkingCache(int rows, int capacity)
         {
@@ -532,8 +567,10 @@ public sealed class OffloadedModel : IStepModel, IDisposable
             int width = (int)input.InputIds.shape[1], columns = step == 0 ? real.Max() : width;
             var batch = new ForwardBatch
             {
-                InputIds = input.InputIds.narrow(0, first, n).narrow(1, width - columns, columns),
-                Positions = input.Positions.narrow(0, first, n).narrow(1, width - columns, columns),
+                // Own tensors with standard strides: the fused CUDA kernels take contiguous inputs only (a view would send them to
+                // the composite fallback, which rounds differently from the plain runtime).
+                InputIds = input.InputIds.narrow(0, first, n).narrow(1, width - columns, columns).contiguous().clone(),
+                Positions = input.Positions.narrow(0, first, n).narrow(1, width - columns, columns).contiguous().clone(),
                 RealTokens = real,
                 HasPadding = real.Any(r => r < columns),
                 MaxPosition = fed.Skip(first).Take(n).Max() + columns - 1,
