@@ -29,6 +29,11 @@ public abstract class OffloadParityContract
     /// quantized on the same device (on CUDA, 1.4e-6 was seen while offloaded weights were quantized on the host).</summary>
     protected virtual float CompressedWeightTolerance => 0f;
 
+    /// <summary>Largest |Δlogit| between an offloaded KV policy and the plain runtime's: the offloaded cache is sized for decode
+    /// (its prompt prefilled in a scratch), so attention reads the same entries through other strides; CPU kernels give the same
+    /// bits, CUDA's may reduce in another order (≈5e-7 seen on an H200 for h2o and quantized caches).</summary>
+    protected virtual float PolicyCacheTolerance => 0f;
+
     const int NewTokens = 4;
 
     /// <summary>Six prompts of different lengths (left padding inside every GPU batch), reproducible.</summary>
@@ -176,7 +181,7 @@ public abstract class OffloadParityContract
         var options = new GenerationOptions { MaxNewTokens = 8, IgnoreEos = true, OutputLogits = true, CachePolicy = policy };
         var plain = new Generator(model).GenerateTokens(prompts, options);
         var other = new Generator(offloaded).GenerateTokens(prompts, options);
-        for (int i = 0; i < plain.Logits!.Count; i++) Assert.Equal(0f, MaxDiff(plain.Logits[i], other.Logits![i]));
+        for (int i = 0; i < plain.Logits!.Count; i++) Assert.InRange(MaxDiff(plain.Logits[i], other.Logits![i]), 0f, PolicyCacheTolerance);
         Assert.Equal(plain.Sequences.Select(q => q.Tokens.ToArray()), other.Sequences.Select(q => q.Tokens.ToArray()));
         foreach (var t in plain.Logits.Concat(other.Logits!)) t.Dispose();
 

@@ -42,6 +42,13 @@ internal sealed class KvPolicyFlags
         });
     }
 
+    /// <summary>The KV flags given on the command line, as they were written (for a command line to repeat).</summary>
+    public static IEnumerable<string> Echo(ParseResult r, KvPolicyFlags kv)
+    {
+        foreach (var o in new Option[] { kv.Policy, kv.Budget, kv.Sinks, kv.Recent, kv.Bits, kv.EvictEvery })
+            if (r.GetResult(o) is { Implicit: false } given && given.Tokens.Count > 0) yield return $"{o.Name} {given.Tokens[0].Value}";
+    }
+
     /// <summary>The policy the flags describe (validated by the parser already).</summary>
     public IKvCachePolicy Create(ParseResult r) =>
         KvCachePolicies.Create(KvPolicyOptions.Parse(r.GetValue(Policy), r.GetValue(Budget), r.GetValue(Sinks), r.GetValue(Recent), r.GetValue(Bits), r.GetValue(EvictEvery)));

@@ -73,7 +73,7 @@ internal sealed class OffloadFlags
         var capacity = Capacity(r, device);
         OffloadPolicy policy;
         if (r.GetValue(Offload) is "auto" or null)
-            policy = PolicySearch.Find(Plan(r, workload, hardware, capacity) with { CacheOnGpu = OffloadedModel.NeedsResidentCache(kvPolicy) }).Policy;
+            policy = PolicySearch.Find(Plan(r, workload, hardware, capacity) with { WholeCache = OffloadedModel.NeedsResidentCache(kvPolicy) }).Policy;
         else policy = OffloadPolicy.Parse(r.GetValue(Offload)!);
         var prediction = new CostModel(workload, hardware, policy.CompressWeights, policy.CpuAttention, policy.CompressCache).Predict(policy);
         var options = new OffloadOptions

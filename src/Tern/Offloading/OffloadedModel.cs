@@ -475,7 +475,7 @@ public sealed class OffloadedModel : IStepModel, IDisposable
                 Capacity = residentPolicy!.Capacity(capacity[k], width), MaxSequenceLength = capacity[k], Bits = residentPolicy.Bits,
             }, residentPolicy);
             var output = model.RunStage(j, w, h, batch, scratch[0]);
-            scratch.Compact();
+            // Slot for slot (left padding included), as the plain runtime holds them: the policy left at most its budget.
             for (int r = 0; r < prompts[k].Length; r++) layer.ImportRow(r, scratch[0], r, 0, scratch.Length);
             return output;
         }

@@ -18,9 +18,10 @@ public sealed record PlanOptions
     public bool CompressWeights { get; init; }
     /// <summary>Decode attention on the CPU where the cache lives (the engine then needs the whole cache on the CPU: c_c = 1).</summary>
     public bool CpuAttention { get; init; }
-    /// <summary>The whole KV cache stays on the GPU (kv=100/0/0): what the engine needs to run a KV policy other than the plain
-    /// full cache (<see cref="OffloadedModel.NeedsResidentCache"/>), whose size the workload's <see cref="OffloadWorkload.CacheTokens"/> gives.</summary>
-    public bool CacheOnGpu { get; init; }
+    /// <summary>The KV cache lives whole on one tier, the GPU (kv=100/0/0) or host memory (kv=0/100/0): what the engine needs
+    /// to run a KV policy other than the plain full cache (<see cref="OffloadedModel.NeedsResidentCache"/>), whose size the
+    /// workload's <see cref="OffloadWorkload.CacheTokens"/> gives. The search solves both placements and keeps the better.</summary>
+    public bool WholeCache { get; init; }
     /// <summary>Largest GPU batch size tried.</summary>
     public int MaxGpuBatchSize { get; init; } = 1024;
 }
@@ -101,6 +102,14 @@ public static class PolicySearch
     /// <summary>The LP for one (gbs, ngb), rounded to a feasible whole-percent policy; null when infeasible.</summary>
     internal static OffloadPolicy? Solve(CostModel model, PlanOptions options, int gbs, int ngb)
     {
+        if (!options.WholeCache) return Solve(model, options, gbs, ngb, cacheTier: null);
+        var placements = new[] { Solve(model, options, gbs, ngb, Tier.Gpu), Solve(model, options, gbs, ngb, Tier.Cpu) }.OfType<OffloadPolicy>();
+        return placements.MaxBy(p => model.Predict(p).TokensPerSecond);
+    }
+
+    /// <param name="cacheTier">The one tier the whole cache must live on, or null for any split.</param>
+    static OffloadPolicy? Solve(CostModel model, PlanOptions options, int gbs, int ngb, Tier? cacheTier)
+    {
         var w = options.Workload;
         int bls = gbs * ngb;
         using var solver = CreateSolver();
@@ -114,7 +123,7 @@ public static class PolicySearch
         }
         p[Lin.Hd].SetUb(0); // h_g + h_c = 1, FlexGen's optimizer
         if (options.CpuAttention) p[Lin.Cc].SetLb(1); // Tern's CPU attention needs the whole cache in host memory
-        if (options.CacheOnGpu) p[Lin.Cg].SetLb(1);
+        if (cacheTier is { } tier) p[tier == Tier.Gpu ? Lin.Cg : Lin.Cc].SetLb(1);
         void AtLeast(Variable t, Lin bound)
         {
             // t ≥ bound  ⇔  bound.C·p − t ≤ −bound.K
@@ -138,7 +147,7 @@ public static class PolicySearch
         objective.SetCoefficient(tGen, (double)w.Layers * (w.Generate - 1));
         objective.SetMinimization();
         if (solver.Solve() != Solver.ResultStatus.OPTIMAL) return null;
-        return Round(model, options, p.Select(v => v.SolutionValue()).ToArray(), gbs, ngb);
+        return Round(model, options, p.Select(v => v.SolutionValue()).ToArray(), gbs, ngb, cacheTier is not null);
     }
 
     static Solver CreateSolver()
@@ -158,7 +167,7 @@ public static class PolicySearch
     /// <summary>Whole percents (largest remainder within each triple), then share moved one percent at a time down a tier
     /// (GPU → CPU while the GPU is over, else CPU → disk) until the rounded policy fits: the LP's optimum sits on a memory
     /// limit, which rounding may cross.</summary>
-    static OffloadPolicy? Round(CostModel model, PlanOptions options, double[] p, int gbs, int ngb)
+    static OffloadPolicy? Round(CostModel model, PlanOptions options, double[] p, int gbs, int ngb, bool cacheFixed)
     {
         int[] percent = new int[9];
         for (int first = 0; first < 9; first += 3)
@@ -180,7 +189,7 @@ public static class PolicySearch
             bool gpuOver = prediction.GpuPeakBytes > options.Headroom * cap.Gpu, cpuOver = prediction.CpuPeakBytes > options.Headroom * cap.Cpu;
             if (!gpuOver && !cpuOver && prediction.DiskPeakBytes <= options.Headroom * cap.Disk) return policy;
             // Move one percent down a tier (weights first, then cache; activations stay off the disk): GPU → CPU, else CPU → disk.
-            int from = (gpuOver ? (options.CacheOnGpu ? new[] { 0, 6 } : new[] { 0, 3, 6 }) : options.CpuAttention || options.CacheOnGpu ? new[] { 1 } : new[] { 1, 4 })
+            int from = (gpuOver ? (cacheFixed ? new[] { 0, 6 } : new[] { 0, 3, 6 }) : options.CpuAttention || cacheFixed ? new[] { 1 } : new[] { 1, 4 })
                 .FirstOrDefault(i => percent[i] > 0, -1);
             if (from < 0 || (!gpuOver && !cpuOver)) return null;
             percent[from]--;

@@ -127,7 +127,7 @@ public sealed class PolicySearchTests
         Assert.Equal((int)(0.2 * 1024) + 1, kept.CacheTokens);
         PlanOptions Options(OffloadWorkload w, bool onGpu) => new()
         {
-            Workload = w, Hardware = HardwareProfile.FlexGenT4, Capacity = new MemoryCapacity(16 * GiB, 200 * GiB, 0), MaxGpuBatchSize = 256, CacheOnGpu = onGpu,
+            Workload = w, Hardware = HardwareProfile.FlexGenT4, Capacity = new MemoryCapacity(16 * GiB, 200 * GiB, 0), MaxGpuBatchSize = 256, WholeCache = onGpu,
         };
         var dense = PolicySearch.Find(Options(full, false));
         var heavy = PolicySearch.Find(Options(kept, true));
