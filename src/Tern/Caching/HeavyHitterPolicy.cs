@@ -91,6 +91,9 @@ public sealed record HeavyHitterPolicy : IKvCachePolicy
             state.select(-1, 1).narrow(2, 0, l).add_(grouped.select(2, 0).gt(0).sum(2).to(ScalarType.Float32));
     }
 
+    /// <inheritdoc />
+    public bool EvictsAfter(LayerKvCache layer, int incomingTokens) => layer.Length + incomingTokens >= Sizes(layer.MaxSequenceLength).Budget + EvictEvery;
+
     /// <summary>Keeps the k_r most recent entries and the k − k_r older ones with the largest scores.</summary>
     public void AfterStep(LayerKvCache layer)
     {

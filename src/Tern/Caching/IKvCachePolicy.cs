@@ -37,6 +37,11 @@ public interface IKvCachePolicy
     /// <summary>Called after a layer's attention in every step: the policy may evict entries now.</summary>
     void AfterStep(LayerKvCache layer);
 
+    /// <summary>True when a step appending <paramref name="incomingTokens"/> entries to <paramref name="layer"/> ends in an
+    /// eviction (<see cref="AfterStep"/> compacts). Steps that do not can replay as a CUDA graph whatever the policy; the
+    /// generator runs the others eagerly.</summary>
+    bool EvictsAfter(LayerKvCache layer, int incomingTokens) => false;
+
     /// <summary>Bits per stored key/value element: 16 keeps the model's dtype, 8 or 4 store them group-quantized
     /// (<see cref="KvCacheOptions.Bits"/>). Part of the policy as in FlexGen, whose policy includes cache compression.</summary>
     int Bits => 16;

@@ -153,6 +153,14 @@ public sealed class KvCache : IDisposable
         for (int b = 0; b < sequenceLengths.Length; b++) sequenceLengths[b] += tokens;
     }
 
+    /// <summary>Static-shape steps write every layer at one slot: after an eviction left layers of different lengths (per-layer
+    /// H2O over uneven rows), each takes the longest's, its extra slots empty.</summary>
+    internal void AlignLengths()
+    {
+        int longest = layers.Max(l => l.Length);
+        foreach (var l in layers) l.PadTo(longest);
+    }
+
     /// <summary>Bytes held by keys and values.</summary>
     public long Bytes => layers.Sum(l => l.Bytes);
 

@@ -192,6 +192,15 @@ public sealed class LayerKvCache : IDisposable
         HasHoles = hasHoles;
     }
 
+    /// <summary>Extends the slots in use to <paramref name="length"/> (the new ones empty: positions -1, as every free slot).</summary>
+    internal void PadTo(int length)
+    {
+        if (length == Length) return;
+        if (length < Length || length > Capacity) throw new ArgumentOutOfRangeException(nameof(length), $"{Length} slots in use cannot become {length} of {Capacity}.");
+        Length = length;
+        HasHoles = true;
+    }
+
     /// <summary>Host bookkeeping only: records that a replayed step appended <paramref name="tokens"/> entries
     /// (or, negative, takes back the count of a captured step that did not execute).</summary>
     internal void AdjustLength(int tokens) => Length += tokens;
@@ -307,7 +316,7 @@ public sealed class LayerKvCache : IDisposable
     }
 
     /// <summary>Number of occupied entries per sequence and head, [batch, kvHeads] (a device tensor).</summary>
-    public Tensor EntryCounts() => ActivePositions.ge(0).sum(-1);
+    public Tensor EntryCounts() => Positions.ge(0).sum(-1); // every slot: free ones hold -1, and the shape stays static
 
     /// <summary>Bytes held by keys and values.</summary>
     public long Bytes => keys.Bytes + values.Bytes;

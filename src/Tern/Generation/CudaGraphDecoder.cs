@@ -26,10 +26,11 @@ internal sealed class CudaGraphDecoder : IDisposable
     LibTorchCuda.Graph? graph;
     int steps;
 
-    /// <summary>True when graphs can serve this request: CUDA, libtorch's graph symbols found, an in-memory cache of static
-    /// capacity (the full policy, 16 bits) and a deterministic sampler.</summary>
+    /// <summary>True when graphs can serve this request: CUDA, libtorch's graph symbols found, an in-memory 16-bit cache (any
+    /// policy that evicts in place: its eviction steps run eagerly) and a deterministic sampler.</summary>
     public static bool CanServe(IStepRunner runner, Device device, GenerationOptions options) =>
-        runner.Cache is not null && options.Temperature == 0 && runner.Policy.AppendOnly && runner.Policy.Bits == 16
+        runner.Cache is { } cache && options.Temperature == 0 && runner.Policy.Bits == 16
+        && runner.Policy.RecomputeWindow(cache.MaxSequenceLength, cache.MaxSequenceLength) == 0
         && (options.ForceStaticShapes || options.UseCudaGraphs && device.type == DeviceType.CUDA && LibTorchCuda.IsAvailable);
 
     bool Capturing => device.type == DeviceType.CUDA;
@@ -61,11 +62,20 @@ internal sealed class CudaGraphDecoder : IDisposable
     /// <summary>Runs one decode step; returns the new tokens, [batch] (a view of a buffer the next step overwrites).</summary>
     public Tensor Step()
     {
-        if (!Capturing)
-            Body(); // static shapes without a graph: how the CPU tests prove the captured body right
-        else if (steps == 0)
+        if (Evicts())
         {
-            // Warm up on the stream the capture will use, so cuBLAS handles and workspaces exist before capturing.
+            // The policy evicts after this step: it runs eagerly (compaction is host-driven), then every layer continues from
+            // one slot again.
+            Body();
+            cache.AlignLengths();
+            slot.fill_(cache[0].Length);
+        }
+        else if (!Capturing)
+            Body(); // static shapes without a graph: how the CPU tests prove the captured body right
+        else if (graph is null)
+        {
+            // Warm up on the stream the capture will use, so cuBLAS handles and workspaces exist before capturing; capture the
+            // next step unless it evicts (then a later one).
             torch.cuda.synchronize();
             var captureStream = LibTorchCuda.StreamFromPool();
             LibTorchCuda.SetCurrentStream(captureStream);
@@ -73,11 +83,14 @@ internal sealed class CudaGraphDecoder : IDisposable
             {
                 Body();
                 torch.cuda.synchronize();
-                graph = new LibTorchCuda.Graph();
-                graph.CaptureBegin();
-                Body();
-                graph.CaptureEnd();
-                cache.AdjustForReplay(-1); // the captured step was recorded on the host but has not run
+                if (!Evicts())
+                {
+                    graph = new LibTorchCuda.Graph();
+                    graph.CaptureBegin();
+                    Body();
+                    graph.CaptureEnd();
+                    cache.AdjustForReplay(-1); // the captured step was recorded on the host but has not run
+                }
             }
             finally
             {
@@ -92,6 +105,14 @@ internal sealed class CudaGraphDecoder : IDisposable
         }
         steps++;
         return ids.squeeze(1);
+    }
+
+    /// <summary>True when the next one-token step ends in an eviction in some layer.</summary>
+    bool Evicts()
+    {
+        for (int l = 0; l < cache.LayerCount; l++)
+            if (cache.Policy.EvictsAfter(cache[l], 1)) return true;
+        return false;
     }
 
     /// <summary>One decode step with static shapes that leaves its outputs in its own inputs.</summary>

@@ -73,7 +73,7 @@ internal static class Attention
         if (qh.dtype != computeType) qh = qh.to(computeType); // queries take the cache's type (bf16 under autocast)
         if (batch.WriteSlots is not null)
         {
-            var result = StaticShapes(qh, batch, cache, s);
+            var result = StaticShapes(qh, batch, cache, s, cachedKeyRotation);
             cache.EndStep();
             return result;
         }
@@ -130,13 +130,26 @@ internal static class Attention
     /// slots and those not yet written. The fused decode-attention kernel serves small batches; masked matrix products the rest.
     /// Returns [B,T,H·D].
     /// </summary>
-    static Tensor StaticShapes(Tensor qh, ForwardBatch batch, LayerKvCache cache, AttentionSettings s)
+    /// <remarks>Evicting policies run here too (their eviction steps run eagerly, outside any graph): keys stored unrotated are
+    /// rotated at their cache index over every slot, and a policy that observes attention gets the probabilities of every slot
+    /// (zero where masked).</remarks>
+    static Tensor StaticShapes(Tensor qh, ForwardBatch batch, LayerKvCache cache, AttentionSettings s, RotaryEmbedding? cachedKeyRotation)
     {
         long b = qh.shape[0], t = qh.shape[2];
         int h = s.Heads, hkv = s.KvHeads, g = s.Groups, d = s.HeadDim;
-        if (t == 1 && Interop.FusedKernels.TryDecodeAttention(qh, cache.Keys, cache.Values, cache.Positions, batch.Positions,
-                s.SlidingWindow, 1.0 / Math.Sqrt(d), out var fused))
+        var keys = cachedKeyRotation is null ? cache.Keys
+            : cachedKeyRotation.RotateCached(cache.Keys, cache.Positions.ge(0).to(ScalarType.Int64).cumsum(-1) - 1, cache.Capacity);
+        if (t == 1 && cachedKeyRotation is null && !cache.ObservesAttention && Interop.FusedKernels.TryDecodeAttention(qh, keys, cache.Values,
+                cache.Positions, batch.Positions, s.SlidingWindow, 1.0 / Math.Sqrt(d), out var fused))
             return fused;
+        Tensor output; // [B,H,T,D]
+        if (cache.ObservesAttention)
+        {
+            output = Explicit(qh, keys, cache.Values, Mask(batch, cache.Positions, s), s, out var probabilities);
+            if (batch.HasPadding) probabilities = probabilities.masked_fill(batch.Positions.lt(0).unsqueeze(1).unsqueeze(-1), 0);
+            cache.Observe(probabilities);
+            return output.transpose(1, 2).reshape(b, t, h * d);
+        }
         Tensor mask;
         if (cache.Policy.AppendOnly && batch.SharedMask is { } shared && shared.Window == s.SlidingWindow)
             mask = shared.Mask;
@@ -146,7 +159,7 @@ internal static class Attention
             mask = m.unsqueeze(2).expand(b, hkv, g, t, cache.Capacity).reshape(b, hkv, g * t, cache.Capacity);
             if (cache.Policy.AppendOnly) batch.SharedMask = (s.SlidingWindow, mask.MoveToOuterDisposeScope()); // outlives this layer's scope
         }
-        var output = MatmulAttention(qh.reshape(b, hkv, g * t, d), cache.Keys, cache.Values, mask, d);
+        output = MatmulAttention(qh.reshape(b, hkv, g * t, d), keys, cache.Values, mask, d);
         return output.reshape(b, h, t, d).transpose(1, 2).reshape(b, t, h * d);
     }
 

@@ -67,9 +67,10 @@ public sealed class GeneratorPolicyTests
         Assert.NotEqual(full.Sequences[0].Tokens, result.Sequences[0].Tokens);
     }
 
-    /// <summary>CUDA graphs (static shapes) serve the full 16-bit cache only; every other request runs eagerly.</summary>
+    /// <summary>CUDA graphs (static shapes) serve every 16-bit cache, evicting ones included; quantized caches and the
+    /// window re-computation run eagerly.</summary>
     [Fact]
-    public void StaticShapeStepsServeTheFullSixteenBitCacheOnly()
+    public void StaticShapeStepsServeEverySixteenBitCacheButRecomputation()
     {
         using var model = HfParityContract.LoadFixture("llama-gqa");
         var forced = new GenerationOptions { ForceStaticShapes = true };
@@ -81,7 +82,7 @@ public sealed class GeneratorPolicyTests
         Assert.True(CanServe(forced));
         Assert.True(CanServe(forced with { CachePolicy = DensePolicy.Instance }));
         Assert.False(CanServe(forced with { CachePolicy = new DensePolicy(bits: 8) }));
-        Assert.False(CanServe(forced with { CachePolicy = Sink(16) }));
+        Assert.True(CanServe(forced with { CachePolicy = Sink(16) }));
         var recompute = KvCachePolicies.Create(new KvPolicyOptions { Policy = "window-recompute", Budget = KvBudget.OfTokens(8) });
         Assert.False(CanServe(forced with { CachePolicy = recompute }));
     }

@@ -5,7 +5,8 @@ using Tern.Runtime;
 namespace Tern.Tests.Generation;
 
 /// <summary>The static-shape decode step (what a CUDA graph captures: writes at a device-held slot, attention over the whole
-/// cache with a mask) gives the same greedy tokens as the eager step, padded batches and sliding windows included.</summary>
+/// cache with a mask) gives the same greedy tokens as the eager step, padded batches and sliding windows included, and so
+/// do evicting policies (their eviction steps run eagerly between the static ones).</summary>
 public sealed class StaticShapeDecodeTests
 {
     [Theory]
@@ -20,6 +21,29 @@ public sealed class StaticShapeDecodeTests
         var generator = new Tern.Generation.Generator(model);
         var prompts = new IReadOnlyList<int>[] { new[] { 5, 9, 17, 33, 4 }, new[] { 7 }, new[] { 11, 12, 13, 14, 15, 16, 17, 18, 19 } };
         var options = new GenerationOptions { MaxNewTokens = 40, IgnoreEos = true, RepetitionPenalty = 1.3 };
+        var eager = generator.GenerateTokens(prompts, options);
+        var staticShapes = generator.GenerateTokens(prompts, options with { ForceStaticShapes = true });
+        for (int i = 0; i < prompts.Length; i++)
+            Assert.Equal(eager.Sequences[i].Tokens, staticShapes.Sequences[i].Tokens);
+    }
+
+    [Theory]
+    [InlineData("llama-gqa", "sink", "12", 1)]
+    [InlineData("llama-gqa", "sink", "12", 4)]
+    [InlineData("gpt2", "sink", "10", 3)]
+    [InlineData("neox-parallel", "window", "9", 2)]
+    [InlineData("llama-gqa", "h2o", "10", 1)]
+    [InlineData("opt-prenorm", "h2o", "0.4", 5)]
+    public void EvictingPoliciesStaticShapeStepsMatchEagerSteps(string name, string policyName, string budget, int evictEvery)
+    {
+        using var model = CausalLanguageModel.Load(Fixtures.ModelDir(name), new ModelLoadOptions { Device = DeviceKind.Cpu });
+        var generator = new Tern.Generation.Generator(model);
+        var prompts = new IReadOnlyList<int>[] { new[] { 5, 9, 17, 33, 4 }, new[] { 7 }, new[] { 11, 12, 13, 14, 15, 16, 17, 18, 19 } };
+        var policy = Tern.Caching.KvCachePolicies.Create(new Tern.Caching.KvPolicyOptions
+        {
+            Policy = policyName, Budget = Tern.Caching.KvBudget.Parse(budget), Sinks = policyName == "sink" ? 2 : null, EvictEvery = evictEvery,
+        });
+        var options = new GenerationOptions { MaxNewTokens = 40, IgnoreEos = true, CachePolicy = policy };
         var eager = generator.GenerateTokens(prompts, options);
         var staticShapes = generator.GenerateTokens(prompts, options with { ForceStaticShapes = true });
         for (int i = 0; i < prompts.Length; i++)
