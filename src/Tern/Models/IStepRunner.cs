@@ -45,17 +45,12 @@ public interface IStepModel
     IStepRunner CreateRunner(int batchSize, int maxSequenceLength, int maxStepTokens, IKvCachePolicy? policy);
 }
 
-/// <summary>The plain runner: a <see cref="CausalLanguageModel"/> over an in-memory <see cref="KvCache"/> (disposed with the
-/// runner when <paramref name="ownsCache"/>).</summary>
-internal sealed class CacheRunner(CausalLanguageModel model, KvCache cache, bool ownsCache = true) : IStepRunner
+/// <summary>The plain runner: a <see cref="CausalLanguageModel"/> over an in-memory <see cref="KvCache"/> it owns.</summary>
+internal sealed class CacheRunner(CausalLanguageModel model, KvCache cache) : IStepRunner
 {
     public IKvCachePolicy Policy => cache.Policy;
     public KvCache Cache => cache;
     public Tensor Forward(ForwardBatch step) => model.Forward(step, cache);
     public void Clear() => cache.Clear();
-
-    public void Dispose()
-    {
-        if (ownsCache) cache.Dispose();
-    }
+    public void Dispose() => cache.Dispose();
 }
