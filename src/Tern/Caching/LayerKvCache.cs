@@ -165,21 +165,21 @@ public sealed class LayerKvCache : IDisposable
     internal IReadOnlyList<Tensor> StorageParts => keys.Parts.Concat(values.Parts).ToArray();
 
     /// <summary>Offloading: makes this layer a copy of <paramref name="source"/>, a layer of the same shape, policy and storage
-    /// on another device (a host-memory home and the compute device's working layer, in either direction): the entries in use
-    /// and every slot's position and policy state, in one copy per tensor.</summary>
+    /// on another device (a host-memory home and the compute device's working layer, in either direction): its storage and
+    /// every slot's position and policy state, one copy per tensor, and the bookkeeping.</summary>
     internal void CopyEntriesFrom(LayerKvCache source)
     {
         if (source.Capacity != Capacity || source.positions.shape[0] != positions.shape[0])
             throw new ArgumentException($"KV cache of layer {Layer}: a copy needs the same shape ({source.positions.shape[0]} x {source.Capacity} into {positions.shape[0]} x {Capacity}).");
         using var scope = torch.NewDisposeScope();
-        int length = source.Length;
+        // Whole tensors: a slot range is strided, and a strided host side would go through a pageable staging copy and a CPU
+        // gather (seconds per step at 30B); a policy's capacity is its budget plus a step, so little travels in vain.
         var (from, to) = (source.StorageParts, StorageParts);
-        if (length > 0)
-            for (int p = 0; p < to.Count; p++) to[p].narrow(2, 0, length).copy_(from[p].narrow(2, 0, length));
+        for (int p = 0; p < to.Count; p++) to[p].copy_(from[p]);
         positions.copy_(source.positions);
         if (source.entryState is not null) AllRowsEntryState((int)source.entryState.shape[3]).copy_(source.entryState);
         else entryState?.zero_();
-        Length = length;
+        Length = source.Length;
         HasHoles = source.HasHoles;
     }
 
