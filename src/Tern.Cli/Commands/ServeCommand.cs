@@ -1,5 +1,9 @@
 using System.CommandLine;
+using Tern.Models;
+using Tern.Offloading;
+using Tern.Runtime;
 using Tern.Serving;
+using Tern.Tokenization;
 using Tern.Server;
 
 namespace Tern.Cli.Commands;
@@ -7,30 +11,57 @@ namespace Tern.Cli.Commands;
 /// <summary><c>tern serve</c>: an OpenAI-compatible HTTP server with continuous batching.</summary>
 internal static class ServeCommand
 {
+    /// <summary>The longest prompt an offloaded server plans for when --max-prompt-tokens is not given (FlexGen's benchmark prompt).</summary>
+    const int DefaultOffloadPrompt = 512;
+
     public static Command Create()
     {
         var common = new CommonOptions();
         var flags = new ServeFlags();
+        var offload = new OffloadFlags();
         var apiKey = new Option<string?>("--api-key") { Description = "Require 'Authorization: Bearer KEY' on /v1 requests (default: the TERN_API_KEY variable, else none)." };
         var command = new Command("serve", "Serve a model over an OpenAI-compatible HTTP API (completions, chat, streaming) with continuous batching.") { apiKey };
         common.AddTo(command);
         flags.AddTo(command);
-        command.SetAction((r, cancellation) => RunAsync(r, common, flags, apiKey, cancellation));
+        offload.AddTo(command);
+        command.SetAction((r, cancellation) => RunAsync(r, common, flags, offload, apiKey, cancellation));
         return command;
     }
 
-    static async Task<int> RunAsync(ParseResult r, CommonOptions common, ServeFlags flags, Option<string?> apiKey, CancellationToken cancellation)
+    static async Task<int> RunAsync(ParseResult r, CommonOptions common, ServeFlags flags, OffloadFlags offload, Option<string?> apiKey,
+        CancellationToken cancellation)
     {
         var serving = flags.Serving(r);
         var server = flags.Server(r, common) with { ApiKey = r.GetValue(apiKey) ?? Environment.GetEnvironmentVariable("TERN_API_KEY") };
         server.Validate();
-        var (model, tokenizer, folder) = common.Load(r, needTokenizer: true);
-        using (model)
+        IStepModel model;
+        TernTokenizer tokenizer;
+        string folder, mode = "continuous batching";
+        if (offload.Enabled(r))
+        {
+            // FlexGen's throughput mode: blocks of gbs x ngb requests, planned for the longest prompt and max_tokens served.
+            ModelLoadOptions load;
+            (folder, load) = common.LoadOptions(r);
+            tokenizer = TernTokenizer.Load(folder);
+            int prompt = serving.MaxPromptTokens > 0 ? serving.MaxPromptTokens : DefaultOffloadPrompt;
+            var (options, prediction) = offload.Resolve(r, folder, load.DType, ComputeOptions.ResolveDevice(load.Device), prompt, serving.MaxNewTokens, Console.Error);
+            OffloadFlags.Print(Console.Error, options.Policy, prediction);
+            serving = serving with { MaxBatchSize = r.GetValue(flags.MaxBatch) ?? options.Policy.BlockSize, MaxPromptTokens = prompt };
+            serving.Validate();
+            model = OffloadedModel.Load(folder, load, options);
+            mode = $"offloaded, blocks of {options.Policy.BlockSize}";
+        }
+        else
+        {
+            var (inMemory, loaded, path) = common.Load(r, needTokenizer: true);
+            (model, tokenizer, folder) = (inMemory, loaded!, path);
+        }
+        using (model as IDisposable)
         using (var engine = ServingEngine.Start(model, tokenizer, serving))
         {
             await using var host = await TernServer.StartAsync(engine, server, cancellation);
             Console.Error.WriteLine($"serving {folder} as '{server.ModelId}' ({model.Info.ModelType}, {model.DType.ToString().ToLowerInvariant()} on " +
-                $"{model.Device.type.ToString().ToLowerInvariant()}) at {host.Address}v1 — batch {serving.MaxBatchSize}, queue {serving.MaxQueue}, " +
+                $"{model.Device.type.ToString().ToLowerInvariant()}, {mode}) at {host.Address}v1 — batch {serving.MaxBatchSize}, queue {serving.MaxQueue}, " +
                 $"prompt <= {engine.MaxPromptTokens} tokens, max_tokens <= {serving.MaxNewTokens}{(server.ApiKey is null ? "" : ", API key required")}; Ctrl+C stops.");
             try
             {

@@ -40,6 +40,9 @@ public interface IStepModel
     /// <summary>The compute device.</summary>
     Device Device { get; }
 
+    /// <summary>Weight and activation type (what the cache stores).</summary>
+    Runtime.ModelDType DType { get; }
+
     /// <summary>A runner for <paramref name="batchSize"/> sequences of at most <paramref name="maxSequenceLength"/> tokens, fed in
     /// steps of at most <paramref name="maxStepTokens"/> tokens, their caches under <paramref name="policy"/> (null = full).</summary>
     IStepRunner CreateRunner(int batchSize, int maxSequenceLength, int maxStepTokens, IKvCachePolicy? policy);

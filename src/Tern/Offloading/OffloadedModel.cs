@@ -163,6 +163,9 @@ public sealed class OffloadedModel : IStepModel, IDisposable
     /// <inheritdoc />
     public HfConfig Config => model.Config;
 
+    /// <inheritdoc />
+    public ModelDType DType => model.DType;
+
     /// <summary>True when <paramref name="policy"/> is not the plain 16-bit full cache: it evicts, compacts or quantizes in
     /// place and keeps per-entry state, so a batch's cache is one whole <see cref="KvCache"/> — on the compute device
     /// (kv=100/0/0), or in host memory (kv=0/100/0) with each layer copied to the GPU and back around its use — rather than the

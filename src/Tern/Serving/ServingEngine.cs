@@ -29,7 +29,7 @@ namespace Tern.Serving;
 /// </remarks>
 public sealed class ServingEngine : IDisposable
 {
-    readonly CausalLanguageModel model;
+    readonly IStepModel model;
     readonly Channel<ServingRequest> incoming = Channel.CreateUnbounded<ServingRequest>(new UnboundedChannelOptions { SingleReader = true });
     readonly CancellationTokenSource stopping = new();
     readonly Thread loop;
@@ -41,11 +41,11 @@ public sealed class ServingEngine : IDisposable
 
     // Scheduler state, touched by the loop thread only.
     readonly List<ServingRequest> waiting = new();
-    readonly Dictionary<IKvCachePolicy, DecodeBatch> pools = new(); // by policy value
-    IEnumerable<DecodeBatch> batches => pools.Values;
+    readonly Dictionary<IKvCachePolicy, Batch> pools = new(); // by policy value
+    IEnumerable<Batch> batches => pools.Values;
     long steps, generated, completed, cancelled;
 
-    ServingEngine(CausalLanguageModel model, TernTokenizer? tokenizer, ServingOptions options)
+    ServingEngine(IStepModel model, TernTokenizer? tokenizer, ServingOptions options)
     {
         this.model = model;
         Tokenizer = tokenizer;
@@ -60,7 +60,7 @@ public sealed class ServingEngine : IDisposable
 
     /// <summary>Starts an engine for <paramref name="model"/> (the caller keeps ownership of the model). The tokenizer is needed
     /// for text prompts, text outputs and stop strings.</summary>
-    public static ServingEngine Start(CausalLanguageModel model, TernTokenizer? tokenizer, ServingOptions? options = null)
+    public static ServingEngine Start(IStepModel model, TernTokenizer? tokenizer, ServingOptions? options = null)
     {
         options ??= new ServingOptions();
         options.Validate();
@@ -71,7 +71,7 @@ public sealed class ServingEngine : IDisposable
     public ServingOptions Options { get; }
 
     /// <summary>The model served.</summary>
-    public CausalLanguageModel Model => model;
+    public IStepModel Model => model;
 
     /// <summary>The tokenizer, or null.</summary>
     public TernTokenizer? Tokenizer { get; }
@@ -253,9 +253,13 @@ public sealed class ServingEngine : IDisposable
     }
 
     /// <summary>First come, first served: admits waiting requests while a slot, the KV budget and the step's prefill budget
-    /// allow (and, for the shared batch, while no long prompt is being prefilled in chunks).</summary>
+    /// allow (and, for a pool, while no long prompt is being prefilled into it in chunks; for a model stepped in blocks, when
+    /// the last block has ended, the requests of one policy at the head of the queue).</summary>
     void Admit()
     {
+        // A model without row pools runs one block at a time (FlexGen's schedule holds the whole device).
+        bool blocks = model is not CausalLanguageModel;
+        if (blocks && batches.Any(b => b.Busy)) return;
         int running = batches.Sum(b => b.All.Count());
         long reserved = batches.Sum(b => b.All.Sum(s => (long)s.Request.ReservedTokens));
         int prefill = 0;
@@ -263,7 +267,8 @@ public sealed class ServingEngine : IDisposable
         foreach (var request in waiting)
         {
             if (running + joiners.Count >= Options.MaxBatchSize || reserved + request.ReservedTokens > budget) break;
-            if (pools.TryGetValue(request.Policy, out var pool) && pool.IsPrefilling) break;
+            if (pools.TryGetValue(request.Policy, out var pool) && !pool.Admits) break;
+            if (blocks && joiners.Count > 0 && !request.Policy.Equals(joiners[0].Policy)) break;
             if (joiners.Count > 0 && prefill + request.PromptTokens.Count > Options.MaxPrefillTokensPerStep) break;
             joiners.Add(request);
             reserved += request.ReservedTokens;
@@ -274,7 +279,8 @@ public sealed class ServingEngine : IDisposable
         Interlocked.Add(ref queued, -joiners.Count);
         foreach (var group in joiners.GroupBy(r => r.Policy))
         {
-            if (!pools.TryGetValue(group.Key, out var pool)) pools[group.Key] = pool = new DecodeBatch(this, group.Key);
+            if (!pools.TryGetValue(group.Key, out var pool))
+                pools[group.Key] = pool = model is CausalLanguageModel inMemory ? new DecodeBatch(this, inMemory, group.Key) : new BlockBatch(this, group.Key);
             pool.Join(group.ToArray());
         }
     }
@@ -302,18 +308,180 @@ public sealed class ServingEngine : IDisposable
         public void Dispose() => Sampler.Dispose();
     }
 
+    /// <summary>Sequences of one KV policy stepped together: what the scheduler admits into, steps and drops from.</summary>
+    abstract class Batch(ServingEngine engine) : IDisposable
+    {
+        protected ServingEngine Engine => engine;
+        public List<Sequence> Sequences { get; } = new();
+
+        /// <summary>True while the batch has work.</summary>
+        public abstract bool Busy { get; }
+        /// <summary>True when joiners may be admitted at this step boundary.</summary>
+        public abstract bool Admits { get; }
+        /// <summary>The sequences still running (and one being prefilled).</summary>
+        public abstract IEnumerable<Sequence> All { get; }
+        public abstract long LiveTokens { get; }
+        public abstract long AllocatedBytes { get; }
+        /// <summary>Occupied entries over every row, layer and KV head, counted on the device.</summary>
+        public abstract long OccupiedEntries();
+        public abstract void Join(IReadOnlyList<ServingRequest> requests);
+        /// <summary>One decode step over every sequence of the batch.</summary>
+        public abstract void Step();
+        /// <summary>Removes a sequence (finished when <paramref name="error"/> is null).</summary>
+        public abstract void Leave(Sequence s, Exception? error);
+        /// <summary>Ends every sequence with <paramref name="error"/> and releases the batch's state (it is not trusted).</summary>
+        public abstract void Abandon(Exception error);
+        /// <summary>Sizes the batch's memory for its load (pools only).</summary>
+        public virtual void Fit() { }
+        public abstract void Dispose();
+
+        protected Sequence Begin(ServingRequest request)
+        {
+            var stopIds = SequenceProgress.StopIds(request.Options, engine.Tokenizer, engine.model);
+            var progress = new SequenceProgress(engine.Tokenizer?.CreateStreamingDecoder(), request.Options.StopStrings, stopIds);
+            using var scope = torch.NewDisposeScope();
+            var ids = torch.tensor(request.PromptTokens.Select(t => (long)t).ToArray(), new long[] { 1, request.PromptTokens.Count });
+            var sampler = new Sampler(request.Options, ids, torch.ones_like(ids, ScalarType.Bool), engine.model.Info.VocabSize);
+            return new Sequence(request, progress, sampler) { Fed = request.PromptTokens.Count };
+        }
+
+        /// <summary>Samples each sequence's next token from its row of <paramref name="logits"/> [n, vocab], streams it, and
+        /// lets sequences that stopped leave.</summary>
+        protected void Emit(IReadOnlyList<Sequence> sequences, Tensor logits)
+        {
+            var next = sequences.All(s => s.Sampler.IsPlainGreedy)
+                ? logits.argmax(-1)
+                : torch.cat(sequences.Select((s, i) => s.Sampler.Next(logits.narrow(0, i, 1))).ToArray());
+            long[] host = next.cpu().data<long>().ToArray();
+            for (int i = 0; i < sequences.Count; i++)
+            {
+                var s = sequences[i];
+                int id = (int)host[i];
+                bool last = s.Progress.Tokens.Count + 1 >= s.Request.MaxNewTokens;
+                string delta = s.Progress.Push(id, last);
+                engine.generated++;
+                s.Request.Write(new GeneratedToken(0, id, delta));
+                if (last || s.Progress.Finished is not null)
+                {
+                    engine.completed++;
+                    Leave(s, null);
+                }
+                else s.Next = id;
+            }
+        }
+
+        protected void Finish(Sequence s, Exception? error)
+        {
+            if (error is null) s.Request.Complete(s.Progress.Output(s.Request.PromptTokens, engine.Tokenizer));
+            else s.Request.Fail(error);
+            s.Dispose();
+        }
+    }
+
+    /// <summary>
+    /// FlexGen's throughput mode for a model stepped through a runner without row pools (an offloaded model): the requests
+    /// admitted together form one block, prefilled at once and stepped until the last of them ends (finished rows feed padding,
+    /// as in <see cref="Generator"/>); the next block forms from the requests that waited meanwhile.
+    /// </summary>
+    sealed class BlockBatch(ServingEngine engine, IKvCachePolicy policy) : Batch(engine)
+    {
+        IStepRunner? runner;
+        Sequence[] rows = Array.Empty<Sequence>();          // the block's sequences by row, finished ones included
+        readonly HashSet<Sequence> live = new();
+
+        public override bool Busy => live.Count > 0;
+        public override bool Admits => runner is null;
+        public override IEnumerable<Sequence> All => rows.Where(live.Contains);
+        public override long LiveTokens => All.Sum(s => (long)s.Fed);
+        public override long AllocatedBytes => 0; // the runner's caches are placed by the offloading policy, outside this count
+        public override long OccupiedEntries() => 0;
+
+        public override void Join(IReadOnlyList<ServingRequest> requests)
+        {
+            var joiners = new List<Sequence>(requests.Count);
+            try
+            {
+                foreach (var request in requests) joiners.Add(Begin(request));
+                rows = joiners.ToArray();
+                foreach (var s in rows) live.Add(s);
+                Sequences.AddRange(rows);
+                var model = Engine.model;
+                var prompts = rows.Select(s => s.Request.PromptTokens).ToArray();
+                int longest = prompts.Max(p => p.Count);
+                runner = model.CreateRunner(rows.Length, longest + rows.Max(s => s.Request.MaxNewTokens), longest, policy);
+                using var scope = torch.NewDisposeScope();
+                Emit(rows, runner.Forward(ForwardBatch.LeftPadded(prompts, model.Device, lastPositionOnly: true)));
+            }
+            catch (Exception e)
+            {
+                foreach (var s in joiners.Where(live.Contains).ToArray()) Leave(s, e);
+                foreach (var request in requests.Skip(joiners.Count)) request.Fail(e);
+                Release();
+            }
+        }
+
+        public override void Step()
+        {
+            try
+            {
+                using var scope = torch.NewDisposeScope();
+                var device = Engine.model.Device;
+                int n = rows.Length;
+                var positions = rows.Select(s => (long)s.Fed).ToArray();
+                var logits = runner!.Forward(new ForwardBatch
+                {
+                    InputIds = torch.tensor(rows.Select(s => live.Contains(s) ? (long)s.Next : 0L).ToArray(), new long[] { n, 1 }).to(device),
+                    Positions = torch.tensor(positions, new long[] { n, 1 }).to(device),
+                    RealTokens = Enumerable.Repeat(1, n).ToArray(),
+                    MaxPosition = (int)positions.Max(),
+                    LastPositionOnly = true,
+                });
+                foreach (var s in rows) s.Fed++;
+                Engine.steps++;
+                var running = Enumerable.Range(0, n).Where(i => live.Contains(rows[i])).ToArray();
+                Emit(running.Select(i => rows[i]).ToArray(), logits.index_select(0, torch.tensor(running.Select(i => (long)i).ToArray()).to(device)));
+                if (live.Count == 0) Release();
+            }
+            catch (Exception e)
+            {
+                Abandon(e);
+            }
+        }
+
+        /// <summary>The sequence ends; its row keeps stepping (with padding) until the block ends.</summary>
+        public override void Leave(Sequence s, Exception? error)
+        {
+            if (!live.Remove(s)) return;
+            Sequences.Remove(s);
+            Finish(s, error);
+            if (live.Count == 0) Release();
+        }
+
+        public override void Abandon(Exception error)
+        {
+            foreach (var s in live.ToArray()) Leave(s, error);
+            Release();
+        }
+
+        void Release()
+        {
+            runner?.Dispose();
+            runner = null;
+        }
+
+        public override void Dispose() => Release();
+    }
+
     /// <summary>
     /// Sequences of one KV policy stepped together through one cache, row i holding sequence i. Joiners are admitted at any
     /// step: their prompts are prefilled together in a scratch cache under the policy and their entries (with any per-entry
     /// policy state) copied into free rows; the pool grows (×2) and shrinks (when a quarter is used) with the load and is
     /// released when idle.
     /// </summary>
-    sealed class DecodeBatch(ServingEngine engine, IKvCachePolicy policy) : IDisposable
+    sealed class DecodeBatch(ServingEngine engine, CausalLanguageModel model, IKvCachePolicy policy) : Batch(engine)
     {
         const int MinimumCapacity = 64;
         KvCache? cache;
-
-        public List<Sequence> Sequences { get; } = new();
 
         /// <summary>A prompt longer than <see cref="ServingOptions.MaxPrefillTokensPerStep"/> being prefilled one chunk per step
         /// in a scratch cache, so the running sequences keep decoding meanwhile; it joins after its last chunk.</summary>
@@ -334,23 +502,22 @@ public sealed class ServingEngine : IDisposable
 
         ChunkedPrefill? prefilling;
 
-        public bool IsPrefilling => prefilling is not null;
+        /// <summary>Joiners wait while a long prompt is being prefilled in chunks.</summary>
+        public override bool Admits => prefilling is null;
 
-        /// <summary>True while the batch has work: running sequences or a prompt being prefilled.</summary>
-        public bool Busy => Sequences.Count > 0 || prefilling is not null;
+        public override bool Busy => Sequences.Count > 0 || prefilling is not null;
 
         /// <summary>The running sequences and the one being prefilled.</summary>
-        public IEnumerable<Sequence> All => prefilling is null ? Sequences : Sequences.Append(prefilling.Joiner);
+        public override IEnumerable<Sequence> All => prefilling is null ? Sequences : Sequences.Append(prefilling.Joiner);
 
-        public long LiveTokens => Sequences.Sum(s => (long)Math.Min(s.Fed, cache?.Options.Capacity ?? 0));
-        public long AllocatedBytes => cache?.Bytes ?? 0;
+        public override long LiveTokens => Sequences.Sum(s => (long)Math.Min(s.Fed, cache?.Options.Capacity ?? 0));
+        public override long AllocatedBytes => cache?.Bytes ?? 0;
 
-        /// <summary>Occupied entries over every row, layer and KV head, counted on the device.</summary>
-        public long OccupiedEntries() => cache?.OccupiedEntries() ?? 0;
+        public override long OccupiedEntries() => cache?.OccupiedEntries() ?? 0;
 
-        CausalLanguageModel Model => engine.model;
+        CausalLanguageModel Model => model;
 
-        public void Join(IReadOnlyList<ServingRequest> requests)
+        public override void Join(IReadOnlyList<ServingRequest> requests)
         {
             var joiners = new List<Sequence>(requests.Count);
             try
@@ -380,16 +547,6 @@ public sealed class ServingEngine : IDisposable
                     else Finish(s, e);
                 foreach (var request in requests.Skip(joiners.Count)) request.Fail(e);
             }
-        }
-
-        Sequence Begin(ServingRequest request)
-        {
-            var stopIds = SequenceProgress.StopIds(request.Options, engine.Tokenizer, Model);
-            var progress = new SequenceProgress(engine.Tokenizer?.CreateStreamingDecoder(), request.Options.StopStrings, stopIds);
-            using var scope = torch.NewDisposeScope();
-            var ids = torch.tensor(request.PromptTokens.Select(t => (long)t).ToArray(), new long[] { 1, request.PromptTokens.Count });
-            var sampler = new Sampler(request.Options, ids, torch.ones_like(ids, ScalarType.Bool), Model.Info.VocabSize);
-            return new Sequence(request, progress, sampler) { Fed = request.PromptTokens.Count };
         }
 
         /// <summary>Prefills the joiners' prompts (left-padded together) in a scratch cache under the pool's policy and moves
@@ -458,8 +615,7 @@ public sealed class ServingEngine : IDisposable
             Finish(p.Joiner, error);
         }
 
-        /// <summary>One decode step over every sequence of the batch.</summary>
-        public void Step()
+        public override void Step()
         {
             if (prefilling is not null) AdvancePrefill();
             if (Sequences.Count == 0) return;
@@ -489,34 +645,9 @@ public sealed class ServingEngine : IDisposable
             }
         }
 
-        /// <summary>Samples each sequence's next token from its row of <paramref name="logits"/> [n, vocab], streams it, and
-        /// lets sequences that stopped leave.</summary>
-        void Emit(IReadOnlyList<Sequence> sequences, Tensor logits)
-        {
-            var next = sequences.All(s => s.Sampler.IsPlainGreedy)
-                ? logits.argmax(-1)
-                : torch.cat(sequences.Select((s, i) => s.Sampler.Next(logits.narrow(0, i, 1))).ToArray());
-            long[] host = next.cpu().data<long>().ToArray();
-            for (int i = 0; i < sequences.Count; i++)
-            {
-                var s = sequences[i];
-                int id = (int)host[i];
-                bool last = s.Progress.Tokens.Count + 1 >= s.Request.MaxNewTokens;
-                string delta = s.Progress.Push(id, last);
-                engine.generated++;
-                s.Request.Write(new GeneratedToken(0, id, delta));
-                if (last || s.Progress.Finished is not null)
-                {
-                    engine.completed++;
-                    Leave(s, null);
-                }
-                else s.Next = id;
-            }
-        }
-
         /// <summary>Removes a sequence (finished when <paramref name="error"/> is null): the last row moves into its row, so the
         /// running rows stay [0, n).</summary>
-        public void Leave(Sequence s, Exception? error)
+        public override void Leave(Sequence s, Exception? error)
         {
             if (prefilling?.Joiner == s)
             {
@@ -536,8 +667,7 @@ public sealed class ServingEngine : IDisposable
             Finish(s, error);
         }
 
-        /// <summary>Ends every sequence with <paramref name="error"/> and releases the cache (its state is not trusted).</summary>
-        public void Abandon(Exception error)
+        public override void Abandon(Exception error)
         {
             foreach (var s in Sequences) Finish(s, error);
             Sequences.Clear();
@@ -545,17 +675,12 @@ public sealed class ServingEngine : IDisposable
             Release();
         }
 
-        void Finish(Sequence s, Exception? error)
-        {
-            if (error is null) s.Request.Complete(s.Progress.Output(s.Request.PromptTokens, engine.Tokenizer));
-            else s.Request.Fail(error);
-            s.Dispose();
-        }
-
         /// <summary>Sizes the pool for <paramref name="rows"/> running rows and a step after joiners of up to
         /// <paramref name="longest"/> prompt tokens: compacts away holes when the step would not fit or when the pool could
         /// shrink, grows by doubling (when more than three quarters full), shrinks when a quarter or less is in use.</summary>
-        public void Fit(int rows = 0, int longest = 0)
+        public override void Fit() => Fit(0);
+
+        void Fit(int rows, int longest = 0)
         {
             if (cache is null && rows == 0) return;
             if (cache is null)
@@ -588,7 +713,7 @@ public sealed class ServingEngine : IDisposable
             cache = null;
         }
 
-        public void Dispose()
+        public override void Dispose()
         {
             prefilling?.Dispose();
             Release();

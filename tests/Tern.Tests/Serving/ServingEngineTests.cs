@@ -145,6 +145,30 @@ public sealed class ServingEngineTests : IDisposable
         Assert.Equal("kv_policy", recompute.Field);
     }
 
+    /// <summary>An offloaded model serves in FlexGen's throughput mode: requests admitted together form a block that runs until
+    /// its last request ends, the next block forms from those that waited; greedy, seeded, stopped and h2o requests (its cache
+    /// in host memory) each get what the <see cref="Generator"/> gives them alone, and the engine's stats follow.</summary>
+    [Fact]
+    public async Task AnOffloadedModelServesBlockAfterBlockAndEachRequestEqualsTheGeneratorAlone()
+    {
+        using var offloaded = Tern.Offloading.OffloadedModel.Load(fixture.Folder, new Tern.Models.ModelLoadOptions { Device = DeviceKind.Cpu },
+            new Tern.Offloading.OffloadOptions { Policy = Tern.Offloading.OffloadPolicy.Parse("w=0/100/0,kv=0/100/0,act=0/100/0,gbs=2,ngb=2") });
+        var h2o = KvCachePolicies.Create(new KvPolicyOptions { Policy = "h2o", Budget = KvBudget.Parse("8") });
+        var sampled = new GenerationOptions { MaxNewTokens = 20, Temperature = 0.9, TopP = 0.9, Seed = 7, StopTokenIds = Array.Empty<int>() };
+        var cases = new (int Prompt, GenerationOptions Options)[]
+        {
+            (0, Greedy(24)), (1, Greedy(12)), (3, sampled), (6, Greedy(30)),     // the first block
+            (2, Greedy(18)), (5, Greedy(16) with { CachePolicy = h2o }),        // queued behind it; another policy: a block of its own
+            (4, Greedy(16) with { CachePolicy = h2o }),
+        };
+        var expected = cases.Select(c => Reference(ServingFixture.Prompts[c.Prompt], c.Options)).ToArray();
+        using var engine = ServingEngine.Start(offloaded, fixture.Tokenizer, new ServingOptions { MaxBatchSize = 4 });
+        var requests = cases.Select(c => engine.Submit(ServingFixture.Prompts[c.Prompt], c.Options, Ct)).ToArray();
+        for (int i = 0; i < cases.Length; i++) Assert.Equal(expected[i], (await requests[i].Completion).Tokens);
+        await WaitFor(() => engine.Stats.Running == 0 && engine.Stats.Pools == 0);
+        Assert.Equal(cases.Sum(c => c.Options.MaxNewTokens), engine.Stats.GeneratedTokens);
+    }
+
     [Fact]
     public async Task StreamedTextStopStringsAndFinishReasonsFollowTheGenerator()
     {
