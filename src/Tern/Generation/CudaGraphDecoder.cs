@@ -49,7 +49,9 @@ internal sealed class CudaGraphDecoder : IDisposable
         finished = torch.zeros(first.shape[0], ScalarType.Bool, device).DetachFromDisposeScope();
         pad = torch.tensor((long)padId).to(device).DetachFromDisposeScope();
         ones = Enumerable.Repeat(1, (int)first.shape[0]).ToArray();
-        maxPosition = cache.Options.Capacity - 1;
+        // A bound of every position the run reaches (the rotary tables are sized by it before the capture, which freezes them):
+        // the sequence length, past the cache's capacity when a policy evicts.
+        maxPosition = cache.MaxSequenceLength - 1;
     }
 
     /// <summary>Marks sequences whose further tokens are replaced by padding (they stopped).</summary>
