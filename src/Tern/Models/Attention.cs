@@ -168,7 +168,8 @@ internal static class Attention
     static Tensor MatmulAttention(Tensor q, Tensor keys, Tensor values, Tensor mask, int d)
     {
         var scores = (q * (1.0 / Math.Sqrt(d))).matmul(keys.transpose(2, 3)).masked_fill(mask.logical_not(), double.NegativeInfinity);
-        return F.softmax(scores, -1, ScalarType.Float32).to(values.dtype).matmul(values);
+        // A row that sees no key (a free row of a serving pool's static step) attends to nothing rather than to NaN.
+        return F.softmax(scores, -1, ScalarType.Float32).nan_to_num_(0.0).to(values.dtype).matmul(values);
     }
 
     /// <summary>Visibility [B,Hkv,T,L]: key at original position p_k is visible to a query at p_q when 0 ≤ p_k ≤ p_q and
@@ -193,7 +194,7 @@ internal static class Attention
         var scores = qg.matmul(keys.transpose(2, 3)).to(ScalarType.Float32) * (1.0 / Math.Sqrt(d));
         var mg = mask.unsqueeze(2).expand(b, hkv, g, t, length).reshape(b, hkv, g * t, length);
         scores = scores.masked_fill(mg.logical_not(), double.NegativeInfinity);
-        var probs = F.softmax(scores, -1);
+        var probs = F.softmax(scores, -1).nan_to_num_(0.0); // as MatmulAttention: a row that sees no key attends to nothing
         probabilities = probs.view(b, s.Heads, t, length);
         return probs.to(values.dtype).matmul(values).reshape(b, s.Heads, t, d);
     }

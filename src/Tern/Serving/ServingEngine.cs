@@ -473,6 +473,84 @@ public sealed class ServingEngine : IDisposable
     }
 
     /// <summary>
+    /// A pool's decode step with static shapes (a CUDA graph per pool cache): every allocated row steps, the free ones with
+    /// position -1 (they see no key, attend to nothing, and what they write is never visible), so joins and leaves between
+    /// steps change only the inputs; the graph is captured anew when the pool is resized.
+    /// </summary>
+    sealed class StaticStep : IDisposable
+    {
+        readonly CausalLanguageModel model;
+        readonly KvCache cache;
+        readonly Tensor ids, positions, slot, logits;
+        readonly int rows, maxPosition;
+        readonly StepGraph graph;
+
+        public StaticStep(CausalLanguageModel model, KvCache cache, bool capture)
+        {
+            this.model = model;
+            this.cache = cache;
+            rows = cache.Options.BatchSize;
+            var device = model.Device;
+            ids = torch.zeros(new long[] { rows, 1 }, ScalarType.Int64, device).DetachFromDisposeScope();
+            positions = torch.full(new long[] { rows, 1 }, -1L, ScalarType.Int64, device).DetachFromDisposeScope();
+            slot = torch.zeros(1, ScalarType.Int64, device).DetachFromDisposeScope();
+            logits = torch.zeros(new long[] { rows, model.Info.VocabSize }, model.DType.ToScalarType(), device).DetachFromDisposeScope();
+            // Positions stay below the model's context (a completion is capped by it) or, rolled, below the capacity; the rotary
+            // tables are sized for that before the capture freezes them.
+            maxPosition = (model.Info.LearnedPositions ? model.Info.MaxPositions : Math.Max(model.Info.MaxPositions, cache.Options.Capacity)) - 1;
+            graph = new StepGraph(cache, slot, Body, capture);
+        }
+
+        public KvCache Cache => cache;
+
+        /// <summary>Steps rows [0, n) with these tokens at these positions; returns their logits [n, vocab] (a view of a buffer the
+        /// next step overwrites).</summary>
+        public Tensor Run(long[] nextIds, long[] nextPositions)
+        {
+            int n = nextIds.Length;
+            var hostIds = new long[rows];
+            var hostPositions = Enumerable.Repeat(-1L, rows).ToArray();
+            nextIds.CopyTo(hostIds, 0);
+            nextPositions.CopyTo(hostPositions, 0);
+            using (var i = torch.tensor(hostIds, new long[] { rows, 1 })) ids.copy_(i);
+            using (var p = torch.tensor(hostPositions, new long[] { rows, 1 })) positions.copy_(p);
+            slot.fill_(cache.Length);
+            cache.ActiveRows = rows;
+            try
+            {
+                graph.Run();
+            }
+            finally
+            {
+                cache.ActiveRows = n;
+            }
+            return logits.narrow(0, 0, n);
+        }
+
+        void Body()
+        {
+            using var scope = torch.NewDisposeScope();
+            logits.copy_(model.Forward(new ForwardBatch
+            {
+                InputIds = ids,
+                Positions = positions,
+                RealTokens = Enumerable.Repeat(1, rows).ToArray(),
+                HasPadding = true, // free rows: their queries are masked out of what policies observe
+                MaxPosition = maxPosition,
+                LastPositionOnly = true,
+                WriteSlots = slot,
+            }, cache));
+            slot.add_(1);
+        }
+
+        public void Dispose()
+        {
+            graph.Dispose();
+            foreach (var t in new[] { ids, positions, slot, logits }) t.Dispose();
+        }
+    }
+
+    /// <summary>
     /// Sequences of one KV policy stepped together through one cache, row i holding sequence i. Joiners are admitted at any
     /// step: their prompts are prefilled together in a scratch cache under the policy and their entries (with any per-entry
     /// policy state) copied into free rows; the pool grows (×2) and shrinks (when a quarter is used) with the load and is
@@ -482,6 +560,7 @@ public sealed class ServingEngine : IDisposable
     {
         const int MinimumCapacity = 64;
         KvCache? cache;
+        StaticStep? graphed;
 
         /// <summary>A prompt longer than <see cref="ServingOptions.MaxPrefillTokensPerStep"/> being prefilled one chunk per step
         /// in a scratch cache, so the running sequences keep decoding meanwhile; it joins after its last chunk.</summary>
@@ -523,7 +602,7 @@ public sealed class ServingEngine : IDisposable
             try
             {
                 foreach (var request in requests) joiners.Add(Begin(request));
-                if (joiners.Count == 1 && requests[0].PromptTokens.Count > engine.Options.MaxPrefillTokensPerStep)
+                if (joiners.Count == 1 && requests[0].PromptTokens.Count > Engine.Options.MaxPrefillTokensPerStep)
                 {
                     StartChunkedPrefill(joiners[0]);
                     return;
@@ -577,7 +656,7 @@ public sealed class ServingEngine : IDisposable
         void StartChunkedPrefill(Sequence joiner)
         {
             var prompt = joiner.Request.PromptTokens;
-            int chunk = engine.Options.MaxPrefillTokensPerStep;
+            int chunk = Engine.Options.MaxPrefillTokensPerStep;
             // Outside any dispose scope: the prompt's tensors live until the prefill ends (ChunkedPrefill.Dispose).
             var whole = ForwardBatch.LeftPadded(new[] { prompt }, Model.Device, lastPositionOnly: true);
             prefilling = new ChunkedPrefill(joiner, whole, whole.Chunks(chunk).ToArray(), Model.CreateCache(1, prompt.Count, policy, maxStepTokens: chunk));
@@ -626,7 +705,18 @@ public sealed class ServingEngine : IDisposable
                 var c = cache!;
                 int n = Sequences.Count;
                 var positions = Sequences.Select(s => (long)s.Fed).ToArray();
-                var logits = Model.Forward(new ForwardBatch
+                Tensor logits;
+                if ((Engine.Options.ForceStaticShapes || Engine.Options.UseCudaGraphs && StepGraph.CanCapture(Model.Device))
+                    && StepGraph.Serves(policy, c.MaxSequenceLength))
+                {
+                    if (graphed?.Cache != c)
+                    {
+                        graphed?.Dispose();
+                        graphed = new StaticStep(Model, c, capture: !Engine.Options.ForceStaticShapes);
+                    }
+                    logits = graphed.Run(Sequences.Select(s => (long)s.Next).ToArray(), positions);
+                }
+                else logits = Model.Forward(new ForwardBatch
                 {
                     InputIds = torch.tensor(Sequences.Select(s => (long)s.Next).ToArray(), new long[] { n, 1 }).to(Model.Device),
                     Positions = torch.tensor(positions, new long[] { n, 1 }).to(Model.Device),
@@ -635,7 +725,7 @@ public sealed class ServingEngine : IDisposable
                     LastPositionOnly = true,
                 }, c);
                 foreach (var s in Sequences) s.Fed++;
-                engine.steps++;
+                Engine.steps++;
                 Emit(Sequences.ToArray(), logits);
             }
             catch (Exception e)
@@ -675,17 +765,17 @@ public sealed class ServingEngine : IDisposable
             Release();
         }
 
+        public override void Fit() => Fit(0);
+
         /// <summary>Sizes the pool for <paramref name="rows"/> running rows and a step after joiners of up to
         /// <paramref name="longest"/> prompt tokens: compacts away holes when the step would not fit or when the pool could
         /// shrink, grows by doubling (when more than three quarters full), shrinks when a quarter or less is in use.</summary>
-        public override void Fit() => Fit(0);
-
         void Fit(int rows, int longest = 0)
         {
             if (cache is null && rows == 0) return;
             if (cache is null)
             {
-                cache = Model.CreateCache(Math.Min(Pow2(rows), engine.Options.MaxBatchSize), Pow2(Math.Max(MinimumCapacity, longest + 1)), policy);
+                cache = Model.CreateCache(Math.Min(Pow2(rows), Engine.Options.MaxBatchSize), Pow2(Math.Max(MinimumCapacity, longest + 1)), policy);
                 cache.ActiveRows = 0;
                 return;
             }
@@ -697,7 +787,7 @@ public sealed class ServingEngine : IDisposable
             int newCapacity = capacity;
             while (length * 4 > newCapacity * 3) newCapacity *= 2;
             if (newCapacity > MinimumCapacity && length * 4 <= newCapacity) newCapacity = Math.Max(MinimumCapacity, Pow2(length * 2));
-            int newRows = rows > allocatedRows ? Math.Min(Pow2(rows), engine.Options.MaxBatchSize)
+            int newRows = rows > allocatedRows ? Math.Min(Pow2(rows), Engine.Options.MaxBatchSize)
                 : rows * 4 <= allocatedRows ? Pow2(Math.Max(rows, 1)) : allocatedRows;
             if (newRows == allocatedRows && newCapacity == capacity) return;
             var resized = cache.Resized(newRows, newCapacity);
@@ -709,6 +799,8 @@ public sealed class ServingEngine : IDisposable
 
         void Release()
         {
+            graphed?.Dispose();
+            graphed = null;
             cache?.Dispose();
             cache = null;
         }

@@ -30,6 +30,13 @@ public sealed record ServingOptions
     /// (<see cref="ServingStats.MeasuredKvBytes"/>), at the cost of a device read per layer and step.</summary>
     public bool MeasureKvCache { get; init; }
 
+    /// <summary>On CUDA, pools of 16-bit caches decode through a CUDA graph per pool shape (static shapes over the pool's
+    /// allocated rows, free rows masked); false steps eagerly.</summary>
+    public bool UseCudaGraphs { get; init; } = true;
+
+    /// <summary>Tests: the static-shape step without a graph, so CPU runs prove the body a graph captures.</summary>
+    internal bool ForceStaticShapes { get; init; }
+
     /// <summary>Checks the values, with messages that name the option.</summary>
     public void Validate()
     {

@@ -20,12 +20,15 @@ public sealed class ServingEngineTests : IDisposable
     int[] Reference(string prompt, GenerationOptions options) =>
         new Generator(fixture.Model, fixture.Tokenizer).Generate(new[] { prompt }, options, Ct).Sequences[0].Tokens.ToArray();
 
-    [Fact]
-    public async Task GreedyTokensEqualTheGeneratorAloneTogetherAndJoiningMidRun()
+    /// <param name="staticShapes">Pools step with static shapes over all their rows, free ones masked (what a CUDA graph replays).</param>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task GreedyTokensEqualTheGeneratorAloneTogetherAndJoiningMidRun(bool staticShapes)
     {
         var options = Greedy(24);
         var expected = ServingFixture.Prompts.Select(p => Reference(p, Greedy(30))).ToArray();
-        using var engine = ServingEngine.Start(fixture.Model, fixture.Tokenizer, new ServingOptions { MaxBatchSize = 8 });
+        using var engine = ServingEngine.Start(fixture.Model, fixture.Tokenizer, new ServingOptions { MaxBatchSize = 8, ForceStaticShapes = staticShapes });
 
         // Alone, one after the other.
         for (int i = 0; i < 2; i++)
@@ -49,7 +52,7 @@ public sealed class ServingEngineTests : IDisposable
         Assert.Equal(0, engine.Stats.Running);
 
         // A small prefill budget per step: the burst joins over several steps, one or two prompts at a time.
-        using var trickle = ServingEngine.Start(fixture.Model, fixture.Tokenizer, new ServingOptions { MaxBatchSize = 8, MaxPrefillTokensPerStep = 6 });
+        using var trickle = ServingEngine.Start(fixture.Model, fixture.Tokenizer, new ServingOptions { MaxBatchSize = 8, MaxPrefillTokensPerStep = 6, ForceStaticShapes = staticShapes });
         var spread = ServingFixture.Prompts.Select(p => trickle.Submit(p, options, Ct)).ToArray();
         for (int i = 0; i < spread.Length; i++) Assert.Equal(expected[i][..24], (await spread[i].Completion).Tokens);
     }
@@ -101,8 +104,10 @@ public sealed class ServingEngineTests : IDisposable
     /// <summary>Every KV policy is served in a shared pool: requests of the same policy share one batch (their budgets resolved
     /// for their own lengths), different policies run side by side in one step, sequences join mid-run, and each request gets
     /// the tokens the <see cref="Generator"/> gives it alone. Window re-computation is refused with the field.</summary>
-    [Fact]
-    public async Task EveryPolicyIsPooledAndEachRequestEqualsTheGeneratorAlone()
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task EveryPolicyIsPooledAndEachRequestEqualsTheGeneratorAlone(bool staticShapes)
     {
         IKvCachePolicy Policy(string name, string? budget, int bits = 16, int? sinks = null, int evictEvery = 1) => KvCachePolicies.Create(new KvPolicyOptions
         {
@@ -122,7 +127,7 @@ public sealed class ServingEngineTests : IDisposable
             (3, Greedy(40) with { CachePolicy = Policy("full", null, bits: 8) }),
         };
         var expected = cases.Select(c => Reference(ServingFixture.Prompts[c.Prompt], c.Options)).ToArray();
-        using var engine = ServingEngine.Start(fixture.Model, fixture.Tokenizer, new ServingOptions { MaxBatchSize = 16 });
+        using var engine = ServingEngine.Start(fixture.Model, fixture.Tokenizer, new ServingOptions { MaxBatchSize = 16, ForceStaticShapes = staticShapes });
 
         var together = cases.Select(c => engine.Submit(ServingFixture.Prompts[c.Prompt], c.Options, Ct)).ToArray();
         await WaitFor(() => engine.Stats.Running == cases.Length);

@@ -354,7 +354,7 @@ __device__ void attn_combine(T* out, const float* partOut, const float* partMax,
         float num = 0.0f;
 #pragma unroll 8
         for (int s = 0; s < splits; s++) num += weight[s] * po[(long long)s * headDim + d];
-        out[(long long)bh * headDim + d] = store<T>(num / den);
+        out[(long long)bh * headDim + d] = store<T>(den > 0.0f ? num / den : 0.0f); // a row with no visible key (a free pool row) gets 0
     }
 }
 

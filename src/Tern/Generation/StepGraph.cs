@@ -1,0 +1,83 @@
+using Tern.Caching;
+using Tern.Interop;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Tern.Generation;
+
+/// <summary>
+/// A static-shape decode step (writes at a slot held on the device, attention over the whole preallocated cache with a mask)
+/// run as a CUDA graph: a TorchSharp step is hundreds of small launches whose host cost exceeds the GPU time at small
+/// batches; captured once, it launches as one. The first run warms up on the capture stream (cuBLAS handles, workspaces) and
+/// captures the step after it; later runs replay. Without a graph (the CPU, where tests prove the body) the body runs as it
+/// is. A step after which the cache's policy evicts runs eagerly, outside the graph (compaction is host-driven), and then
+/// every layer continues from one slot. Capture is thread-local, but keep one graph user per GPU: other threads' work on
+/// the device during a capture is not part of any contract here.
+/// </summary>
+internal sealed class StepGraph(KvCache cache, Tensor slot, Action body, bool capture) : IDisposable
+{
+    LibTorchCuda.Graph? graph;
+
+    /// <summary>The cache the captured step writes into (a graph serves one cache object).</summary>
+    public KvCache Cache => cache;
+
+    /// <summary>Runs one step: the body writes at <c>slot</c> and advances it.</summary>
+    public void Run()
+    {
+        if (Evicts())
+        {
+            body();
+            cache.AlignLengths();
+            slot.fill_(cache[0].Length);
+        }
+        else if (!capture)
+            body();
+        else if (graph is null)
+        {
+            torch.cuda.synchronize();
+            var captureStream = LibTorchCuda.StreamFromPool();
+            LibTorchCuda.SetCurrentStream(captureStream);
+            try
+            {
+                body();
+                torch.cuda.synchronize();
+                if (!Evicts()) // else a later step is captured
+                {
+                    graph = new LibTorchCuda.Graph();
+                    graph.CaptureBegin();
+                    body();
+                    graph.CaptureEnd();
+                    cache.AdjustForReplay(-1); // the captured step was recorded on the host but has not run
+                }
+            }
+            finally
+            {
+                LibTorchCuda.SetCurrentStream(LibTorchCuda.DefaultStream());
+            }
+            torch.cuda.synchronize();
+        }
+        else
+        {
+            graph.Replay();
+            cache.AdjustForReplay(1);
+        }
+    }
+
+    /// <summary>True when the next one-token step ends in an eviction in some layer.</summary>
+    bool Evicts()
+    {
+        for (int l = 0; l < cache.LayerCount; l++)
+            if (cache.Policy.EvictsAfter(cache[l], 1)) return true;
+        return false;
+    }
+
+    /// <summary>True when static-shape steps on <paramref name="device"/> can be captured as graphs.</summary>
+    public static bool CanCapture(Device device) => device.type == DeviceType.CUDA && LibTorchCuda.IsAvailable;
+
+    /// <summary>True when static-shape steps serve a cache under <paramref name="policy"/>: 16-bit entries, and no window
+    /// re-computation (which clears and refills the cache).</summary>
+    public static bool Serves(IKvCachePolicy policy, int maxSequenceLength) =>
+        policy.Bits == 16 && policy.RecomputeWindow(maxSequenceLength, maxSequenceLength) == 0;
+
+    public void Dispose() => graph?.Dispose(); // before the buffers its kernels point into
+}
