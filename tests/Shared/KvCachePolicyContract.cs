@@ -114,7 +114,7 @@ public abstract class KvCachePolicyContract
         using var model = Load(name);
         var prompts = Prompts(model.Info.VocabSize);
         int sequence = prompts.Max(p => p.Length) + DecodeSteps;
-        var recorder = new RecordingPolicy(CreatePolicy(tightBudget ? TightBudget(sequence) : sequence));
+        var recorder = RecordingPolicy.Wrap(CreatePolicy(tightBudget ? TightBudget(sequence) : sequence));
         using var dense = new PolicyRun(model, prompts, DecodeSteps, DensePolicy.Instance);
         using var run = new PolicyRun(model, prompts, DecodeSteps, recorder);
 
@@ -195,7 +195,7 @@ public abstract class KvCachePolicyContract
         using var model = Load(name);
         var prompts = Prompts(model.Info.VocabSize);
         int sequence = prompts.Max(p => p.Length) + DecodeSteps;
-        var recorder = new RecordingPolicy(CreatePolicy(tightBudget ? TightBudget(sequence) : sequence));
+        var recorder = RecordingPolicy.Wrap(CreatePolicy(tightBudget ? TightBudget(sequence) : sequence));
         using var run = new PolicyRun(model, prompts, DecodeSteps, recorder);
         int layers = model.Info.Layers;
 
@@ -213,14 +213,14 @@ public abstract class KvCachePolicyContract
         int forwards = DecodeSteps + 1;
         Assert.Equal(layers * forwards, recorder.BeforeAppendCalls);
         Assert.Equal(layers * forwards, recorder.AfterStepCalls);
-        Assert.Equal(recorder.NeedsAttentionProbabilities ? layers * forwards : 0, recorder.ObserveCalls);
+        Assert.Equal(recorder is IAttentionObserver ? layers * forwards : 0, recorder.ObserveCalls);
     }
 
     static void CheckProbabilities(CausalLanguageModel model, PolicyRun run, RecordingPolicy recorder, ref int seen, string what)
     {
         var records = recorder.Probabilities.Skip(seen).ToArray();
         seen = recorder.Probabilities.Count;
-        if (!recorder.NeedsAttentionProbabilities)
+        if (recorder is not IAttentionObserver)
         {
             Assert.Empty(records);
             return;
@@ -323,12 +323,12 @@ public abstract class KvCachePolicyContract
                 var keys = torch.randn(batch, kvHeads, t, dim);
                 layer.Append(keys, keys * 2, pos, padding);
                 Assert.True(layer.Length <= layer.Capacity);
-                if (policy.NeedsAttentionProbabilities)
+                if (policy is IAttentionObserver observer)
                 {
                     var occupied = layer.ActivePositions.ge(0).to(ScalarType.Float32);
                     var p = (occupied / occupied.sum(-1, keepdim: true)).unsqueeze(2).unsqueeze(2)
                         .expand(batch, kvHeads, groups, t, layer.Length).reshape(batch, kvHeads * groups, t, layer.Length);
-                    policy.ObserveAttention(layer, p);
+                    observer.ObserveAttention(layer, p);
                 }
                 policy.AfterStep(layer);
                 Assert.True(layer.Length <= layer.Capacity);
@@ -415,20 +415,28 @@ internal sealed class PolicyRun : IDisposable
     public void Dispose() => Cache.Dispose();
 }
 
-/// <summary>One <see cref="IKvCachePolicy.ObserveAttention"/> call: the probabilities and the layer's key positions then.</summary>
+/// <summary>One <see cref="IAttentionObserver.ObserveAttention"/> call: the probabilities and the layer's key positions then.</summary>
 internal sealed record ProbabilityRecord(int Layer, long[] Shape, ScalarType DType, float[] Values, long[] KeyPositions, int Length);
 
 /// <summary>
 /// Wraps a policy, forwards every call, and records what it is handed: every appended entry (keys, values and position,
 /// per layer, sequence and KV head, read right after the append and before the wrapped policy sees the step) and the
-/// attention probabilities.
+/// attention probabilities (the wrapper observes attention when the wrapped policy does: <see cref="Wrap"/>).
 /// </summary>
-internal sealed class RecordingPolicy : IKvCachePolicy
+internal class RecordingPolicy : IKvCachePolicy
 {
     readonly IKvCachePolicy inner;
     readonly Dictionary<int, (int Start, int Count)> pending = new();
 
-    public RecordingPolicy(IKvCachePolicy inner) => this.inner = inner;
+    RecordingPolicy(IKvCachePolicy inner) => this.inner = inner;
+
+    /// <summary>A recorder around <paramref name="inner"/>, itself an <see cref="IAttentionObserver"/> when the inner one is.</summary>
+    public static RecordingPolicy Wrap(IKvCachePolicy inner) => inner is IAttentionObserver ? new Observing(inner) : new RecordingPolicy(inner);
+
+    sealed class Observing(IKvCachePolicy inner) : RecordingPolicy(inner), IAttentionObserver
+    {
+        public void ObserveAttention(LayerKvCache layer, Tensor probabilities) => Record(layer, probabilities);
+    }
 
     public IKvCachePolicy Inner => inner;
     public Dictionary<(int Layer, int Batch, int Head, long Position), (float[] Key, float[] Value)> Appended { get; } = new();
@@ -438,7 +446,8 @@ internal sealed class RecordingPolicy : IKvCachePolicy
     public int AfterStepCalls { get; private set; }
 
     public string Name => inner.Name;
-    public bool NeedsAttentionProbabilities => inner.NeedsAttentionProbabilities;
+    public bool EvictsAfter(LayerKvCache layer, int incomingTokens) => inner.EvictsAfter(layer, incomingTokens);
+    public IKvCachePolicy ForSequenceLength(int maxSequenceLength) => inner.ForSequenceLength(maxSequenceLength);
     public bool AppendOnly => inner.AppendOnly;
     public int Bits => inner.Bits;
     public bool PositionsFollowCache => inner.PositionsFollowCache;
@@ -452,13 +461,13 @@ internal sealed class RecordingPolicy : IKvCachePolicy
         pending[layer.Layer] = (layer.Length, incomingTokens);
     }
 
-    public void ObserveAttention(LayerKvCache layer, Tensor probabilities)
+    void Record(LayerKvCache layer, Tensor probabilities)
     {
         ObserveCalls++;
         Capture(layer);
         Probabilities.Add(new ProbabilityRecord(layer.Layer, probabilities.shape.ToArray(), probabilities.dtype,
             HostArrays.Floats(probabilities), HostArrays.Longs(layer.ActivePositions), layer.Length));
-        inner.ObserveAttention(layer, probabilities);
+        ((IAttentionObserver)inner).ObserveAttention(layer, probabilities);
     }
 
     public void AfterStep(LayerKvCache layer)

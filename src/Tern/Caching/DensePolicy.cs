@@ -1,5 +1,3 @@
-using static TorchSharp.torch;
-
 namespace Tern.Caching;
 
 /// <summary>The full cache: keeps every entry; the reference every other policy is held against. With 8 or 4 bits it is
@@ -23,9 +21,6 @@ public sealed record DensePolicy : IKvCachePolicy
     public int Bits { get; }
 
     /// <inheritdoc />
-    public bool NeedsAttentionProbabilities => false;
-
-    /// <inheritdoc />
     public bool AppendOnly => true;
 
     /// <inheritdoc />
@@ -34,9 +29,6 @@ public sealed record DensePolicy : IKvCachePolicy
     /// <inheritdoc />
     public void BeforeAppend(LayerKvCache layer, int incomingTokens) =>
         KvCachePolicies.EnsureRoom(layer, incomingTokens, "the full policy never evicts; create the cache for the whole sequence length");
-
-    /// <inheritdoc />
-    public void ObserveAttention(LayerKvCache layer, Tensor probabilities) { }
 
     /// <inheritdoc />
     public void AfterStep(LayerKvCache layer) { }

@@ -15,7 +15,7 @@ namespace Tern.Caching;
 /// batch; F counts the post-eviction probabilities, as the real-drop code does; padding queries count nothing. Keys keep
 /// their original positions (stored after rotary embedding), so nothing is re-rotated.
 /// </summary>
-public sealed record HeavyHitterPolicy : IKvCachePolicy
+public sealed record HeavyHitterPolicy : IKvCachePolicy, IAttentionObserver
 {
     readonly KvBudget budget;
     readonly KvBudget? recent;
@@ -46,9 +46,6 @@ public sealed record HeavyHitterPolicy : IKvCachePolicy
 
     /// <inheritdoc />
     public int Bits { get; }
-
-    /// <inheritdoc />
-    public bool NeedsAttentionProbabilities => true;
 
     /// <inheritdoc />
     public bool AppendOnly => false;

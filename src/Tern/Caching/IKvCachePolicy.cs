@@ -1,5 +1,3 @@
-using static TorchSharp.torch;
-
 namespace Tern.Caching;
 
 /// <summary>
@@ -13,10 +11,6 @@ public interface IKvCachePolicy
     /// <summary>Short name, as on the command line ("full", "sink", "h2o", ...).</summary>
     string Name { get; }
 
-    /// <summary>True when the policy needs the attention probabilities of each layer (H2O); then attention takes the
-    /// explicit path that materialises them, and <see cref="ObserveAttention"/> is called.</summary>
-    bool NeedsAttentionProbabilities { get; }
-
     /// <summary>True when the policy never evicts: slots fill in order and every layer holds the same positions in the same
     /// slots. Then decode steps can run with static shapes (CUDA graphs) and layers can share one attention mask.</summary>
     bool AppendOnly { get; }
@@ -27,12 +21,6 @@ public interface IKvCachePolicy
 
     /// <summary>Called before <paramref name="incomingTokens"/> new entries are appended to a layer: evict here so they fit.</summary>
     void BeforeAppend(LayerKvCache layer, int incomingTokens);
-
-    /// <summary>Attention probabilities of one layer's step, shape [batch, heads, queries, layer.Length] (fp32; entries of
-    /// empty or masked slots and rows of padding queries are zero). A long step hands them over in consecutive blocks of its
-    /// queries (one call per block, all before <see cref="AfterStep"/>), so a policy should accumulate what it needs.
-    /// Only called when <see cref="NeedsAttentionProbabilities"/> is true.</summary>
-    void ObserveAttention(LayerKvCache layer, Tensor probabilities);
 
     /// <summary>Called after a layer's attention in every step: the policy may evict entries now.</summary>
     void AfterStep(LayerKvCache layer);

@@ -38,7 +38,7 @@ public sealed class LayerKvCache : IDisposable
     public bool KeysAtCacheIndex => Policy.PositionsFollowCache;
 
     /// <summary>True when the policy wants this layer's attention probabilities (<see cref="Observe"/>).</summary>
-    public bool ObservesAttention => Policy.NeedsAttentionProbabilities;
+    public bool ObservesAttention => Policy is IAttentionObserver;
 
     /// <summary>
     /// A layer's one hand-over of a step's new keys and values [batch, kvHeads, tokens, headDim] at
@@ -53,7 +53,7 @@ public sealed class LayerKvCache : IDisposable
 
     /// <summary>Hands the policy one block of the step's attention probabilities [batch, heads, queries, Length] (fp32; only
     /// when <see cref="ObservesAttention"/>).</summary>
-    public void Observe(Tensor probabilities) => Policy.ObserveAttention(this, probabilities);
+    public void Observe(Tensor probabilities) => ((IAttentionObserver)Policy).ObserveAttention(this, probabilities);
 
     /// <summary>The layer's attention for the step is done: the policy may evict now.</summary>
     public void EndStep() => Policy.AfterStep(this);

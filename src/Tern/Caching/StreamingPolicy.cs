@@ -45,9 +45,6 @@ public sealed record StreamingPolicy : IKvCachePolicy
     public int Bits { get; }
 
     /// <inheritdoc />
-    public bool NeedsAttentionProbabilities => false;
-
-    /// <inheritdoc />
     public bool AppendOnly => false;
 
     /// <inheritdoc />
@@ -67,9 +64,6 @@ public sealed record StreamingPolicy : IKvCachePolicy
     /// <inheritdoc />
     public void BeforeAppend(LayerKvCache layer, int incomingTokens) =>
         KvCachePolicies.EnsureRoom(layer, incomingTokens, $"the {Name} policy evicts after each step down to its budget");
-
-    /// <inheritdoc />
-    public void ObserveAttention(LayerKvCache layer, Tensor probabilities) { }
 
     /// <inheritdoc />
     public bool EvictsAfter(LayerKvCache layer, int incomingTokens) => layer.Length + incomingTokens >= Budget(layer.MaxSequenceLength) + EvictEvery;

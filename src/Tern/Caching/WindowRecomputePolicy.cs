@@ -1,5 +1,3 @@
-using static TorchSharp.torch;
-
 namespace Tern.Caching;
 
 /// <summary>
@@ -25,9 +23,6 @@ public sealed record WindowRecomputePolicy : IKvCachePolicy
 
     /// <inheritdoc />
     public int Bits { get; }
-
-    /// <inheritdoc />
-    public bool NeedsAttentionProbabilities => false;
 
     /// <summary>False: the generator clears and refills the cache, which static-shape steps cannot follow.</summary>
     public bool AppendOnly => false;
@@ -57,9 +52,6 @@ public sealed record WindowRecomputePolicy : IKvCachePolicy
     /// <inheritdoc />
     public void BeforeAppend(LayerKvCache layer, int incomingTokens) =>
         KvCachePolicies.EnsureRoom(layer, incomingTokens, "window-recompute never evicts; the generator re-runs the window instead");
-
-    /// <inheritdoc />
-    public void ObserveAttention(LayerKvCache layer, Tensor probabilities) { }
 
     /// <inheritdoc />
     public void AfterStep(LayerKvCache layer) { }

@@ -35,12 +35,11 @@ public static class AttentionSinks
     }
 
     /// <summary>The full cache, asking for probabilities and summing the share of the first keys per layer.</summary>
-    sealed class Probe(int layers, int firstTokens, int fromQuery) : IKvCachePolicy
+    sealed class Probe(int layers, int firstTokens, int fromQuery) : IKvCachePolicy, IAttentionObserver
     {
         public double[] Sums { get; } = new double[layers];
         public long[] Counts { get; } = new long[layers];
         public string Name => "attention-probe";
-        public bool NeedsAttentionProbabilities => true;
         public bool AppendOnly => false;
         public int Capacity(int maxSequenceLength, int maxStepTokens) => maxSequenceLength;
         public void BeforeAppend(LayerKvCache layer, int incomingTokens) { }

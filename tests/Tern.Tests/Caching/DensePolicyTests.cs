@@ -26,11 +26,10 @@ public sealed class ProbabilityRecordingDensePolicyContractTests : KvCachePolicy
 }
 
 /// <summary>Keeps everything, like <see cref="DensePolicy"/>, but needs the attention probabilities (and counts them).</summary>
-internal sealed class ProbabilityRecordingDensePolicy : IKvCachePolicy
+internal sealed class ProbabilityRecordingDensePolicy : IKvCachePolicy, IAttentionObserver
 {
     public int Observed { get; private set; }
     public string Name => "full+probabilities";
-    public bool NeedsAttentionProbabilities => true;
     public bool AppendOnly => true;
     public int Capacity(int maxSequenceLength, int maxStepTokens) => DensePolicy.Instance.Capacity(maxSequenceLength, maxStepTokens);
     public void BeforeAppend(LayerKvCache layer, int incomingTokens) => DensePolicy.Instance.BeforeAppend(layer, incomingTokens);
@@ -45,7 +44,7 @@ public sealed class DensePolicyTests
     {
         var policy = DensePolicy.Instance;
         Assert.Equal("full", policy.Name);
-        Assert.False(policy.NeedsAttentionProbabilities);
+        Assert.False(policy is IAttentionObserver);
         Assert.Equal(37, policy.Capacity(37, 1));
         Assert.Equal(37, policy.Capacity(37, 37));
         Assert.Same(DensePolicy.Instance, DensePolicy.Instance);

@@ -13,22 +13,26 @@ namespace Tern.Tests.Caching;
 /// and the last <c>windows[h]</c> positions of the sequence, evict the rest after every step (host-side loops, then
 /// <see cref="LayerKvCache.Keep"/>). Keep is only called when something is evicted.
 /// </summary>
-internal sealed class SinkWindowPolicy : IKvCachePolicy
+internal class SinkWindowPolicy : IKvCachePolicy
 {
     readonly int[] windows;
 
-    public SinkWindowPolicy(int sinks, int[] windows, bool needsProbabilities = false)
+    public SinkWindowPolicy(int sinks, int[] windows)
     {
         Sinks = sinks;
         this.windows = windows;
-        NeedsAttentionProbabilities = needsProbabilities;
+    }
+
+    /// <summary>The same policy asking for the attention probabilities (attention then takes its explicit path).</summary>
+    public sealed class Observing(int sinks, int[] windows) : SinkWindowPolicy(sinks, windows), IAttentionObserver
+    {
+        public void ObserveAttention(LayerKvCache layer, Tensor probabilities) { }
     }
 
     public int Sinks { get; }
     public int Window(int head) => windows[head % windows.Length];
     public int KeepCalls { get; private set; }
     public string Name => "sink-window (test)";
-    public bool NeedsAttentionProbabilities { get; }
     public bool AppendOnly => false;
 
     /// <summary>After a step at most sinks + max window entries per row remain; then a step of at most maxStepTokens comes.</summary>
@@ -39,8 +43,6 @@ internal sealed class SinkWindowPolicy : IKvCachePolicy
         if (layer.Length + incomingTokens > layer.Capacity)
             throw new InvalidOperationException($"sink-window: layer {layer.Layer} holds {layer.Length} + {incomingTokens} > {layer.Capacity}");
     }
-
-    public void ObserveAttention(LayerKvCache layer, Tensor probabilities) { }
 
     public void AfterStep(LayerKvCache layer)
     {
@@ -79,7 +81,7 @@ public sealed class SinkWindowPolicyContractTests : KvCachePolicyContract
 public sealed class SinkWindowWithProbabilitiesContractTests : KvCachePolicyContract
 {
     protected override IKvCachePolicy CreatePolicy(int sequenceLength) =>
-        new SinkWindowPolicy(2, new[] { sequenceLength, sequenceLength + 3 }, needsProbabilities: true);
+        new SinkWindowPolicy.Observing(2, new[] { sequenceLength, sequenceLength + 3 });
 
     protected override double Tolerance => 1e-5;
 }
@@ -104,7 +106,7 @@ public sealed class EvictionReferenceTests
         var prompts = ShortPrompts(model.Info.VocabSize);
         int steps = generated - 1;
         var policy = new SinkWindowPolicy(sinks, windows);
-        var recorder = new RecordingPolicy(policy);
+        var recorder = RecordingPolicy.Wrap(policy);
         using var run = new PolicyRun(model, prompts, steps, recorder);
         using var dense = new PolicyRun(model, prompts, steps, DensePolicy.Instance);
         Assert.Equal(sinks + 13 + prompts.Max(p => p.Length), run.Cache[0].Capacity);
