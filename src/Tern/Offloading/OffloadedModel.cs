@@ -37,8 +37,10 @@ public sealed record OffloadedGeneration(IReadOnlyList<IReadOnlyList<int>> Token
 /// KV cache and activations per whole sequence, and generation walks the zig-zag block schedule (§1.1.1): for each token,
 /// for each stage (embedding, every block, the head), for each GPU batch — loading a share of the next stage's weights and
 /// the next batch's cache and activations while the current one computes, storing the previous batch's (§1.1.2), with a
-/// barrier per step. The stages run the architecture's own code (<c>CausalLanguageModel.RunStage</c>), so every
-/// architecture Tern loads runs offloaded. Greedy decoding, the dense cache policy.
+/// barrier per step. The stages run the architecture's own parts (<c>CausalLanguageModel.RunStage</c>), so every
+/// architecture Tern loads runs offloaded. It is an <see cref="IStepModel"/>: the <see cref="Generation.Generator"/>, evaluation
+/// and the serving engine step it one token at a time (sampling, stop strings, streaming), and KV policies other than the
+/// plain full cache keep each batch's cache whole on the GPU or in host memory (<see cref="NeedsResidentCache"/>).
 /// </summary>
 public sealed class OffloadedModel : IStepModel, IDisposable
 {
