@@ -36,6 +36,8 @@ public abstract class OffloadParityContract
 
     const int NewTokens = 4;
 
+    static CancellationToken Ct => TestContext.Current.CancellationToken;
+
     /// <summary>Six prompts of different lengths (left padding inside every GPU batch), reproducible.</summary>
     static IReadOnlyList<int>[] Prompts(int vocab)
     {
@@ -140,17 +142,17 @@ public abstract class OffloadParityContract
             new OffloadOptions { Policy = OffloadPolicy.Parse(policy), Directory = temp.Path });
         var prompts = Prompts(model.Info.VocabSize);
         var sampling = new GenerationOptions { MaxNewTokens = 6, Temperature = 0.9, TopK = 20, Seed = 3, IgnoreEos = true, OutputLogits = true };
-        var plain = new Generator(model).GenerateTokens(prompts, sampling);
-        var other = new Generator(offloaded).GenerateTokens(prompts, sampling);
+        var plain = new Generator(model).GenerateTokens(prompts, sampling, Ct);
+        var other = new Generator(offloaded).GenerateTokens(prompts, sampling, Ct);
         for (int i = 0; i < plain.Logits!.Count; i++) Assert.Equal(0f, MaxDiff(plain.Logits[i], other.Logits![i]));
         Assert.Equal(plain.Sequences.Select(q => q.Tokens.ToArray()), other.Sequences.Select(q => q.Tokens.ToArray()));
 
         // A stop token that sequence 0 samples at its third step ends it there, in both.
         var stopping = sampling with { OutputLogits = false, StopTokenIds = new[] { plain.Sequences[0].Tokens[2] } };
         var expected = new List<GeneratedToken>();
-        await foreach (var t in new Generator(model).StreamAsync(prompts, stopping)) expected.Add(t);
+        await foreach (var t in new Generator(model).StreamAsync(prompts, stopping, Ct)) expected.Add(t);
         var streamed = new List<GeneratedToken>();
-        await foreach (var t in new Generator(offloaded).StreamAsync(prompts, stopping)) streamed.Add(t);
+        await foreach (var t in new Generator(offloaded).StreamAsync(prompts, stopping, Ct)) streamed.Add(t);
         Assert.Equal(expected, streamed);
         Assert.True(streamed.Count(t => t.Sequence == 0) <= 3, "sequence 0 stops at its stop token");
         foreach (var t in plain.Logits.Concat(other.Logits!)) t.Dispose();
@@ -179,15 +181,15 @@ public abstract class OffloadParityContract
         });
         var prompts = Prompts(model.Info.VocabSize);
         var options = new GenerationOptions { MaxNewTokens = 8, IgnoreEos = true, OutputLogits = true, CachePolicy = policy };
-        var plain = new Generator(model).GenerateTokens(prompts, options);
-        var other = new Generator(offloaded).GenerateTokens(prompts, options);
+        var plain = new Generator(model).GenerateTokens(prompts, options, Ct);
+        var other = new Generator(offloaded).GenerateTokens(prompts, options, Ct);
         for (int i = 0; i < plain.Logits!.Count; i++) Assert.InRange(MaxDiff(plain.Logits[i], other.Logits![i]), 0f, PolicyCacheTolerance);
         Assert.Equal(plain.Sequences.Select(q => q.Tokens.ToArray()), other.Sequences.Select(q => q.Tokens.ToArray()));
         foreach (var t in plain.Logits.Concat(other.Logits!)) t.Dispose();
 
         using var travelling = OffloadedModel.Load(Fixtures.ModelDir(fixture), LoadOptions,
             new OffloadOptions { Policy = OffloadPolicy.Parse("w=0/100/0,kv=50/50/0,act=0/100/0,gbs=6,ngb=1") });
-        var refused = Assert.Throws<ArgumentException>(() => new Generator(travelling).GenerateTokens(prompts, options));
+        var refused = Assert.Throws<ArgumentException>(() => new Generator(travelling).GenerateTokens(prompts, options, Ct));
         Assert.Contains("kv=0/100/0", refused.Message);
     }
 

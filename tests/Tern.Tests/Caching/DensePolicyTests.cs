@@ -42,7 +42,7 @@ public sealed class DensePolicyTests
     [Fact]
     public void DescribesItselfAsTheFullCache()
     {
-        var policy = DensePolicy.Instance;
+        IKvCachePolicy policy = DensePolicy.Instance;
         Assert.Equal("full", policy.Name);
         Assert.False(policy is IAttentionObserver);
         Assert.Equal(37, policy.Capacity(37, 1));

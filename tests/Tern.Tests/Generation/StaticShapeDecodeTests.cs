@@ -21,8 +21,8 @@ public sealed class StaticShapeDecodeTests
         var generator = new Tern.Generation.Generator(model);
         var prompts = new IReadOnlyList<int>[] { new[] { 5, 9, 17, 33, 4 }, new[] { 7 }, new[] { 11, 12, 13, 14, 15, 16, 17, 18, 19 } };
         var options = new GenerationOptions { MaxNewTokens = 40, IgnoreEos = true, RepetitionPenalty = 1.3 };
-        var eager = generator.GenerateTokens(prompts, options);
-        var staticShapes = generator.GenerateTokens(prompts, options with { ForceStaticShapes = true });
+        var eager = generator.GenerateTokens(prompts, options, TestContext.Current.CancellationToken);
+        var staticShapes = generator.GenerateTokens(prompts, options with { ForceStaticShapes = true }, TestContext.Current.CancellationToken);
         for (int i = 0; i < prompts.Length; i++)
             Assert.Equal(eager.Sequences[i].Tokens, staticShapes.Sequences[i].Tokens);
     }
@@ -44,8 +44,8 @@ public sealed class StaticShapeDecodeTests
             Policy = policyName, Budget = Tern.Caching.KvBudget.Parse(budget), Sinks = policyName == "sink" ? 2 : null, EvictEvery = evictEvery,
         });
         var options = new GenerationOptions { MaxNewTokens = 40, IgnoreEos = true, CachePolicy = policy };
-        var eager = generator.GenerateTokens(prompts, options);
-        var staticShapes = generator.GenerateTokens(prompts, options with { ForceStaticShapes = true });
+        var eager = generator.GenerateTokens(prompts, options, TestContext.Current.CancellationToken);
+        var staticShapes = generator.GenerateTokens(prompts, options with { ForceStaticShapes = true }, TestContext.Current.CancellationToken);
         for (int i = 0; i < prompts.Length; i++)
             Assert.Equal(eager.Sequences[i].Tokens, staticShapes.Sequences[i].Tokens);
     }
