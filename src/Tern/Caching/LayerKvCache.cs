@@ -18,6 +18,7 @@ public sealed class LayerKvCache : IDisposable
     {
         Layer = layer;
         Policy = policy;
+        headDim = options.HeadDim;
         Capacity = options.Capacity;
         MaxSequenceLength = options.MaxSequenceLength > 0 ? options.MaxSequenceLength : options.Capacity;
         Bits = options.Bits;
@@ -57,6 +58,23 @@ public sealed class LayerKvCache : IDisposable
 
     /// <summary>The layer's attention for the step is done: the policy may evict now.</summary>
     public void EndStep() => Policy.AfterStep(this);
+
+    /// <summary>
+    /// Keys as attention reads them when they are stored unrotated (StreamingLLM: each rotated to its index among its row's
+    /// occupied slots), kept by attention across steps: appending never changes an earlier entry's index, so a step rotates
+    /// only its own keys. Whatever moves entries (eviction, row moves and imports, restores, clearing) marks it stale and the
+    /// next step rotates every slot again, into the same tensor (a captured graph keeps writing there).
+    /// </summary>
+    internal Tensor AttendedKeys()
+    {
+        attendedKeys ??= torch.zeros(new[] { positions.shape[0], positions.shape[1], Capacity, (long)headDim }, DType, Device).DetachFromDisposeScope();
+        return Rows == attendedKeys.shape[0] ? attendedKeys : attendedKeys.narrow(0, 0, Rows);
+    }
+    Tensor? attendedKeys;
+    readonly int headDim;
+
+    /// <summary>True when <see cref="AttendedKeys"/> must be rotated again from the stored keys.</summary>
+    internal bool AttendedKeysStale { get; set; } = true;
 
     /// <summary>Where keys, values and positions live.</summary>
     public Device Device => Positions.device;
@@ -181,6 +199,7 @@ public sealed class LayerKvCache : IDisposable
         else entryState?.zero_();
         Length = source.Length;
         HasHoles = source.HasHoles;
+        AttendedKeysStale = true;
     }
 
     /// <summary>Offloading: keys, values and positions of slots [0, <paramref name="length"/>) were just copied in from their
@@ -190,6 +209,7 @@ public sealed class LayerKvCache : IDisposable
         if (length < 0 || length > Capacity) throw new ArgumentOutOfRangeException(nameof(length), $"{length} entries in {Capacity} slots.");
         Length = length;
         HasHoles = hasHoles;
+        AttendedKeysStale = true;
     }
 
     /// <summary>Extends the slots in use to <paramref name="length"/> (the new ones empty: positions -1, as every free slot).</summary>
@@ -235,6 +255,7 @@ public sealed class LayerKvCache : IDisposable
         }
         if (keptPerRow is null) HasHoles = true;
         Length = newLength;
+        AttendedKeysStale = true;
     }
 
     /// <summary>The entry state over every row, in use or not (made zero at the first call).</summary>
@@ -267,6 +288,7 @@ public sealed class LayerKvCache : IDisposable
         }
         if (count != Length && (count < Length || Rows > 1)) HasHoles = true;
         Length = Math.Max(Length, count);
+        AttendedKeysStale = true;
     }
 
     /// <summary>Moves row <paramref name="from"/>'s entries into row <paramref name="to"/> (whose entries are dropped) and empties
@@ -284,6 +306,7 @@ public sealed class LayerKvCache : IDisposable
             using (var source = entryState.select(0, from))
                 target.copy_(source);
         EmptyRow(from);
+        AttendedKeysStale = true;
     }
 
     /// <summary>Marks every slot of row <paramref name="row"/> empty (its entries stay in storage but are never attended to).</summary>
@@ -329,6 +352,7 @@ public sealed class LayerKvCache : IDisposable
         HasHoles = false;
         entryState?.Dispose();
         entryState = null;
+        AttendedKeysStale = true;
     }
 
     /// <inheritdoc />
@@ -338,5 +362,6 @@ public sealed class LayerKvCache : IDisposable
         values.Dispose();
         positions.Dispose();
         entryState?.Dispose();
+        attendedKeys?.Dispose();
     }
 }

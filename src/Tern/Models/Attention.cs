@@ -78,11 +78,9 @@ internal static class Attention
             return result;
         }
         int length = cache.Length;
-        var keys = cache.ActiveKeys;
+        var keys = cachedKeyRotation is null ? cache.ActiveKeys : KeysAtCacheIndex(cache, cachedKeyRotation, t, null).narrow(2, 0, length);
         var values = cache.ActiveValues;
         if (keys.dtype != computeType) (keys, values) = (keys.to(computeType), values.to(computeType));
-        if (cachedKeyRotation is not null)
-            keys = cachedKeyRotation.RotateCached(keys, cache.ActivePositions.ge(0).to(ScalarType.Int64).cumsum(-1) - 1, length);
         bool windowMatters = s.SlidingWindow > 0 && batch.MaxPosition + 1 > s.SlidingWindow;
         Tensor output; // [B,H,T,D]
         if (cache.ObservesAttention)
@@ -137,8 +135,7 @@ internal static class Attention
     {
         long b = qh.shape[0], t = qh.shape[2];
         int h = s.Heads, hkv = s.KvHeads, g = s.Groups, d = s.HeadDim;
-        var keys = cachedKeyRotation is null ? cache.Keys
-            : cachedKeyRotation.RotateCached(cache.Keys, cache.Positions.ge(0).to(ScalarType.Int64).cumsum(-1) - 1, cache.Capacity);
+        var keys = cachedKeyRotation is null ? cache.Keys : KeysAtCacheIndex(cache, cachedKeyRotation, t, batch.WriteSlots);
         if (t == 1 && cachedKeyRotation is null && !cache.ObservesAttention && Interop.FusedKernels.TryDecodeAttention(qh, keys, cache.Values,
                 cache.Positions, batch.Positions, s.SlidingWindow, 1.0 / Math.Sqrt(d), out var fused))
             return fused;
@@ -161,6 +158,31 @@ internal static class Attention
         }
         output = MatmulAttention(qh.reshape(b, hkv, g * t, d), keys, cache.Values, mask, d);
         return output.reshape(b, h, t, d).transpose(1, 2).reshape(b, t, h * d);
+    }
+
+    /// <summary>
+    /// StreamingLLM's keys at their cache index (stored unrotated; index = rank among the row's occupied slots), every slot
+    /// [B,Hkv,Capacity,D]: rotated whole when the cache marks them stale, else only the <paramref name="appended"/> entries
+    /// of this step (at <paramref name="slots"/> in a static-shape step, else at the end) — appending never changes an
+    /// earlier entry's rank, so the others are already right.
+    /// </summary>
+    static Tensor KeysAtCacheIndex(LayerKvCache cache, RotaryEmbedding rotation, long appended, Tensor? slots)
+    {
+        var stored = cache.Keys;
+        var ranks = cache.Positions.ge(0).to(ScalarType.Int64).cumsum(-1) - 1;
+        var attended = cache.AttendedKeys();
+        if (cache.AttendedKeysStale)
+        {
+            attended.copy_(rotation.RotateCached(stored, ranks, cache.Capacity));
+            cache.AttendedKeysStale = false;
+        }
+        else if (slots is null)
+        {
+            long start = cache.Length - appended;
+            attended.narrow(2, start, appended).copy_(rotation.RotateCached(stored.narrow(2, start, appended), ranks.narrow(2, start, appended), cache.Capacity));
+        }
+        else attended.index_copy_(2, slots, rotation.RotateCached(stored.index_select(2, slots), ranks.index_select(2, slots), cache.Capacity));
+        return attended;
     }
 
     /// <summary>softmax(q·kᵀ/√d, masked)·v through batched matrix products with an fp32 softmax. For masked decode steps it
