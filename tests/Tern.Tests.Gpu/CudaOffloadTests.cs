@@ -84,3 +84,10 @@ public sealed class CudaTransferEngineTests
         Assert.Contains("GPU memory limit", e.Message);
     }
 }
+
+/// <summary>Issue 12's compositions on CUDA: real CUDA graphs for every policy, serving pools and offloaded blocks.</summary>
+public sealed class CudaCompositionTests : CompositionContract
+{
+    protected override DeviceKind Device => DeviceKind.Cuda;
+    protected override bool Graphs => true;
+}
