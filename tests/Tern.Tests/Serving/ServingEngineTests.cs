@@ -131,8 +131,9 @@ public sealed class ServingEngineTests : IDisposable
         using var engine = ServingEngine.Start(fixture.Model, fixture.Tokenizer, new ServingOptions { MaxBatchSize = 16, ForceStaticShapes = staticShapes });
 
         var together = cases.Select(c => engine.Submit(ServingFixture.Prompts[c.Prompt], c.Options, Ct)).ToArray();
-        await WaitFor(() => engine.Stats.Running == cases.Length);
-        Assert.Equal(7, engine.Stats.Pools); // nine requests, seven distinct policies once resolved
+        ServingStats? seen = null; // one snapshot: the stats of one step boundary
+        await WaitFor(() => (seen = engine.Stats).Running == cases.Length);
+        Assert.Equal(7, seen!.Pools); // nine requests, seven distinct policies once resolved
         for (int i = 0; i < cases.Length; i++) Assert.Equal(expected[i], (await together[i].Completion).Tokens);
 
         // Staggered: each joins its policy's pool while the earlier requests are mid-way.
