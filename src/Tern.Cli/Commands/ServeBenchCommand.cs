@@ -28,9 +28,14 @@ internal static class ServeBenchCommand
         var maxTokens = new Option<int>("--max-tokens", "-n") { Description = "Tokens per request (EOS ignored).", DefaultValueFactory = _ => 64 };
         var requests = new Option<int>("--requests") { Description = "Requests per client, one after the other.", DefaultValueFactory = _ => 2 };
         var output = new Option<string>("--output", "-o") { Description = "Folder for results.csv and results.md.", DefaultValueFactory = _ => "bench/serving" };
-        var command = new Command("serve", "Aggregate tokens/s of 'tern serve' against the number of concurrent streaming clients (loopback).") { clients, maxTokens, requests, output };
+        var kvMix = new Option<string?>("--kv-mix")
+        {
+            Description = "Also run the engine with clients cycling through these KV policies, POLICY[:BUDGET] comma-separated " +
+                "(e.g. full,sink:256,h2o:0.2): the cost of pools of several policies stepping side by side against all-full.",
+        };
+        var command = new Command("serve", "Aggregate tokens/s of 'tern serve' against the number of concurrent streaming clients (loopback).") { clients, maxTokens, requests, output, kvMix };
         common.AddTo(command);
-        command.SetAction((r, cancellation) => RunAsync(r, common, clients, maxTokens, requests, output, cancellation));
+        command.SetAction((r, cancellation) => RunAsync(r, common, clients, maxTokens, requests, output, kvMix, cancellation));
         return command;
     }
 
@@ -40,10 +45,11 @@ internal static class ServeBenchCommand
     }
 
     static async Task<int> RunAsync(ParseResult r, CommonOptions common, Option<int[]> clientsOption, Option<int> maxTokensOption,
-        Option<int> requestsOption, Option<string> outputOption, CancellationToken cancellation)
+        Option<int> requestsOption, Option<string> outputOption, Option<string?> kvMixOption, CancellationToken cancellation)
     {
         int maxTokens = r.GetValue(maxTokensOption), perClient = r.GetValue(requestsOption);
         if (maxTokens < 1 || perClient < 1) throw new ArgumentException("--max-tokens and --requests must be at least 1.");
+        var mix = r.GetValue(kvMixOption) is { } spec ? ParseMix(spec) : null;
         int[] clientCounts = r.GetValue(clientsOption)!;
         var (model, tokenizer, folder) = common.Load(r, needTokenizer: true);
         using (model)
@@ -84,6 +90,19 @@ internal static class ServeBenchCommand
                 }));
                 rows.Add(new Row("engine", clients, clients * perClient, direct.Sum(), watch.Elapsed.TotalSeconds, double.NaN, double.NaN));
                 Print(rows[^1]);
+                if (mix is not null)
+                {
+                    watch.Restart();
+                    var mixed = await Task.WhenAll(Enumerable.Range(0, clients).Select(async c =>
+                    {
+                        long tokens = 0;
+                        for (int i = 0; i < perClient; i++)
+                            tokens += (await engine.Submit(Prompts[(c + i) % Prompts.Length], options with { CachePolicy = mix[c % mix.Length] }, cancellation).Completion).Tokens.Count;
+                        return tokens;
+                    }));
+                    rows.Add(new Row("engine mixed", clients, clients * perClient, mixed.Sum(), watch.Elapsed.TotalSeconds, double.NaN, double.NaN));
+                    Print(rows[^1]);
+                }
                 watch.Restart();
                 var results = await Task.WhenAll(Enumerable.Range(0, clients).Select(async c =>
                 {
@@ -99,6 +118,14 @@ internal static class ServeBenchCommand
             return 0;
         }
     }
+
+    /// <summary>The policies of <c>--kv-mix</c>: POLICY[:BUDGET], comma-separated (sink keeps its default sinks).</summary>
+    static Caching.IKvCachePolicy[] ParseMix(string spec) => spec.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries)
+        .Select(item =>
+        {
+            var parts = item.Split(':', 2);
+            return Caching.KvCachePolicies.Create(Caching.KvPolicyOptions.Parse(parts[0], parts.Length > 1 ? parts[1] : null, null, null, null, null));
+        }).ToArray();
 
     /// <summary>One streaming completion: completion tokens (from the usage chunk), time to the first text, total time.</summary>
     static async Task<(int Tokens, double FirstMs, double Seconds)> Stream(HttpClient http, Uri server, string prompt, int maxTokens, CancellationToken cancellation)
