@@ -35,6 +35,31 @@ public sealed class OffloadCommandTests
         Assert.Contains("tokens/s", output);
     }
 
+    /// <summary>`tern offload plan` with a KV policy keeps the policy's whole cache on one tier and prints a command that
+    /// repeats the --kv-* flags.</summary>
+    [Fact]
+    public void PlanWithAHeavyHitterCacheKeepsItOnOneTierAndRepeatsTheFlags()
+    {
+        var (code, output, _) = Run("offload", "plan", "--model", Path.Combine(Fixtures.Root, "configs", "opt-30b"),
+            "--gpu-mem", "16GB", "--cpu-mem", "100GB", "--prompt", "512", "--gen", "512", "--kv-policy", "h2o", "--kv-budget", "0.2");
+        Assert.Equal(0, code);
+        var policy = OffloadPolicy.Parse(output.Split('\n').Single(l => l.StartsWith("policy:", StringComparison.Ordinal))["policy:".Length..].Trim());
+        Assert.True(policy.Cache.Gpu == 1 || policy.Cache.Cpu == 1, policy.ToString());
+        Assert.Contains("--kv-policy h2o --kv-budget 0.2", output);
+    }
+
+    /// <summary>Offloaded generation takes sampling, stop and KV flags, as the plain runtime does, and streams.</summary>
+    [Fact]
+    public void OffloadedGenerationSamplesStopsAndRunsAKvPolicy()
+    {
+        var (code, output, errors) = Run("generate", "Hello there", "--model", Fixtures.ModelDir("llama-gqa"), "--device", "cpu",
+            "--offload", "w=0/100/0,kv=0/100/0,act=0/100/0,gbs=2,ngb=2", "--temperature", "0.8", "--seed", "1", "--top-p", "0.9",
+            "--kv-policy", "sink", "--kv-budget", "8", "--kv-sink", "2", "--max-new-tokens", "12", "--stop", "zzz");
+        Assert.True(code == 0, string.Join("\n", errors));
+        Assert.StartsWith("Hello there", output);
+        Assert.True(output.TrimEnd().Length > "Hello there".Length, output);
+    }
+
     [Theory]
     [InlineData("bench", "--offload", "w=50/40/0", "sum to 100%")]
     [InlineData("generate", "--offload", "gbs=0", "at least 1")]
