@@ -169,7 +169,9 @@ public abstract class OffloadParityContract
     [InlineData("opt-prenorm", "window", "5", 16, "0/100/0")]
     [InlineData("neox-parallel", "full", null, 8, "100/0/0")]
     [InlineData("qwen2", "h2o", "7", 4, "0/100/0")]
-    public void KvPoliciesEqualThePlainGenerator(string fixture, string policyName, string? budget, int bits, string cacheHome)
+    [InlineData("llama-gqa", "h2o", "0.5", 16, "0/100/0", 3)]  // steps between evictions send back only their entries
+    [InlineData("gpt2", "sink", "6", 16, "0/100/0", 4)]
+    public void KvPoliciesEqualThePlainGenerator(string fixture, string policyName, string? budget, int bits, string cacheHome, int evictEvery = 1)
     {
         using var temp = new TempDir();
         using var model = CausalLanguageModel.Load(Fixtures.ModelDir(fixture), LoadOptions);
@@ -178,6 +180,7 @@ public abstract class OffloadParityContract
         var policy = Tern.Caching.KvCachePolicies.Create(new Tern.Caching.KvPolicyOptions
         {
             Policy = policyName, Budget = budget is null ? null : Tern.Caching.KvBudget.Parse(budget), Sinks = policyName == "sink" ? 2 : null, Bits = bits,
+            EvictEvery = evictEvery,
         });
         var prompts = Prompts(model.Info.VocabSize);
         var options = new GenerationOptions { MaxNewTokens = 8, IgnoreEos = true, OutputLogits = true, CachePolicy = policy };

@@ -202,6 +202,29 @@ public sealed class LayerKvCache : IDisposable
         AttendedKeysStale = true;
     }
 
+    /// <summary>Offloading: makes this layer, a copy of <paramref name="source"/> (<see cref="CopyEntriesFrom"/>) from before a
+    /// step that appended and did not compact, a copy of it again: the appended slots' entries, and every slot's position and
+    /// policy state (which the step may have changed everywhere; they are small).</summary>
+    internal void CopyAppendedFrom(LayerKvCache source)
+    {
+        int added = source.Length - Length;
+        if (added < 0 || source.Capacity != Capacity)
+            throw new ArgumentException($"KV cache of layer {Layer}: {source.Length} entries cannot follow {Length} by appending.");
+        using var scope = torch.NewDisposeScope();
+        var (from, to) = (source.StorageParts, StorageParts);
+        // The slot range is strided on both sides: gathered on the source's device first, so only it travels.
+        if (added > 0)
+            for (int p = 0; p < to.Count; p++) to[p].narrow(2, Length, added).copy_(from[p].narrow(2, Length, added).contiguous());
+        positions.copy_(source.positions);
+        if (source.entryState is not null) AllRowsEntryState((int)source.entryState.shape[3]).copy_(source.entryState);
+        Length = source.Length;
+        HasHoles = source.HasHoles;
+        AttendedKeysStale = true;
+    }
+
+    /// <summary>Times entries were compacted (<see cref="Keep"/>): offloading copies a layer back whole only when it changed.</summary>
+    internal int Compactions { get; private set; }
+
     /// <summary>Offloading: keys, values and positions of slots [0, <paramref name="length"/>) were just copied in from their
     /// home tiers; the bookkeeping follows.</summary>
     internal void Restore(int length, bool hasHoles)
@@ -256,6 +279,7 @@ public sealed class LayerKvCache : IDisposable
         if (keptPerRow is null) HasHoles = true;
         Length = newLength;
         AttendedKeysStale = true;
+        Compactions++;
     }
 
     /// <summary>The entry state over every row, in use or not (made zero at the first call).</summary>

@@ -437,12 +437,15 @@ public sealed class OffloadedModel : IStepModel, IDisposable
             if (j == 0) output = model.RunStage(0, w, null, batch, null);
             else if (resident is not null)
             {
-                // A travelling layer is copied to the GPU's working layer, runs there, and goes back whole (eviction moves entries).
+                // A travelling layer is copied to the GPU's working layer and runs there; back go the step's new entries, or
+                // everything when the policy evicted (compaction moves entries).
                 var home = resident[k][j - 1];
                 var layer = travelling ? WorkingLayer(home) : home;
                 if (travelling) layer.CopyEntriesFrom(home);
+                int compactions = layer.Compactions;
                 output = i > 0 ? model.RunStage(j, w, h, batch, layer) : PrefillResident(j, w, h!, batch, k, layer);
-                if (travelling) home.CopyEntriesFrom(layer);
+                if (travelling && (i == 0 || layer.Compactions != compactions)) home.CopyEntriesFrom(layer);
+                else if (travelling) home.CopyAppendedFrom(layer);
             }
             else if (hostCaches is not null && i > 0) output = model.RunStage(j, w, h, batch, hostCaches[k][j - 1]); // attends on the CPU
             else
