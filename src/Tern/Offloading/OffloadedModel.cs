@@ -175,8 +175,9 @@ public sealed class OffloadedModel : IStepModel, IDisposable
     public static bool NeedsResidentCache(IKvCachePolicy? policy) => policy is not null && !(policy is DensePolicy && policy.Bits == 16);
 
     /// <inheritdoc />
-    /// <remarks>The batch is one block of at most gbs·ngb sequences; its caches are the full cache of the offload policy
-    /// (16-bit, or 4-bit with kvbits=4), and every prompt runs as one prefill step.</remarks>
+    /// <remarks>The batch is one block of at most gbs·ngb sequences, every prompt run as one prefill step. Its caches are the
+    /// offload policy's (16-bit, or 4-bit with kvbits=4, split over the tiers by the policy) for the plain full cache, or one
+    /// whole cache per GPU batch under <paramref name="policy"/> (<see cref="NeedsResidentCache"/>).</remarks>
     public IStepRunner CreateRunner(int batchSize, int maxSequenceLength, int maxStepTokens, IKvCachePolicy? policy)
     {
         if (batchSize < 1 || batchSize > Policy.BlockSize)
@@ -204,7 +205,7 @@ public sealed class OffloadedModel : IStepModel, IDisposable
         readonly int[] fed;                                 // [row] tokens fed so far
         int step;                                           // steps run so far
         readonly SequenceStore[][][] caches;                // [k][layer][part]: the working cache's storage parts (keys then values), unless attention runs on the CPU
-        readonly KvCache[]? hostCaches;             // [k] with cpu-attn: each batch's cache in host memory, attended there
+        readonly KvCache[]? hostCaches;                     // [k] with cpu-attn: each batch's cache in host memory, attended there
         readonly List<IntPtr> pinnedHostCaches = new();     // their page-locked storage, so the prefill's entries arrive at copy speed
         readonly SequenceStore[] hidden;                    // [k]
         readonly Tensor[] cachePositions;                   // [k] positions of the working cache's slots
@@ -220,7 +221,7 @@ public sealed class OffloadedModel : IStepModel, IDisposable
         readonly List<Action> deferredStores = new();
 
         /// <param name="residentPolicy">A KV policy other than the plain full cache: each GPU batch then keeps a whole
-        /// <see cref="KvCache"/> under it on the compute device (no homes, no transfers).</param>
+        /// <see cref="KvCache"/> under it, on the compute device or in host memory (no per-tier homes).</param>
         public BlockRunner(OffloadedModel owner, int rows, int maxSequenceLength, IKvCachePolicy? residentPolicy)
         {
             this.residentPolicy = residentPolicy;
