@@ -427,16 +427,19 @@ public sealed class ServingEngine : IDisposable
                 using var scope = torch.NewDisposeScope();
                 var device = Engine.model.Device;
                 int n = rows.Length;
-                var positions = rows.Select(s => (long)s.Fed).ToArray();
+                // A finished row steps as padding (position -1: it sees only its own entries, and no one sees what it writes),
+                // so it never runs past its own length (a learned-position model's context).
+                var positions = rows.Select(s => live.Contains(s) ? (long)s.Fed : -1L).ToArray();
                 var logits = runner!.Forward(new ForwardBatch
                 {
                     InputIds = torch.tensor(rows.Select(s => live.Contains(s) ? (long)s.Next : 0L).ToArray(), new long[] { n, 1 }).to(device),
                     Positions = torch.tensor(positions, new long[] { n, 1 }).to(device),
-                    RealTokens = Enumerable.Repeat(1, n).ToArray(),
+                    RealTokens = rows.Select(s => live.Contains(s) ? 1 : 0).ToArray(),
+                    HasPadding = live.Count < n,
                     MaxPosition = (int)positions.Max(),
                     LastPositionOnly = true,
                 });
-                foreach (var s in rows) s.Fed++;
+                foreach (var s in rows.Where(live.Contains)) s.Fed++;
                 Engine.steps++;
                 var running = Enumerable.Range(0, n).Where(i => live.Contains(rows[i])).ToArray();
                 Emit(running.Select(i => rows[i]).ToArray(), logits.index_select(0, torch.tensor(running.Select(i => (long)i).ToArray()).to(device)));

@@ -176,6 +176,26 @@ public sealed class ServingEngineTests : IDisposable
         Assert.Equal(cases.Sum(c => c.Options.MaxNewTokens), engine.Stats.GeneratedTokens);
     }
 
+    /// <summary>In a block, a row that finished steps as padding: with learned positions (OPT, 64 of them) a request capped by
+    /// the context ends while a short one runs on, and neither passes the context.</summary>
+    [Fact]
+    public async Task AFinishedRowOfABlockNeverRunsPastTheContext()
+    {
+        var dir = Fixtures.ModelDir("opt-prenorm");
+        using var plain = Tern.Models.CausalLanguageModel.Load(dir, new Tern.Models.ModelLoadOptions { Device = DeviceKind.Cpu });
+        using var offloaded = Tern.Offloading.OffloadedModel.Load(dir, new Tern.Models.ModelLoadOptions { Device = DeviceKind.Cpu },
+            new Tern.Offloading.OffloadOptions { Policy = Tern.Offloading.OffloadPolicy.Parse("w=0/100/0,kv=0/100/0,act=0/100/0,gbs=2,ngb=1") });
+        var rng = new Random(3);
+        var nearContext = Enumerable.Range(0, 58).Select(_ => rng.Next(3, plain.Info.VocabSize)).ToArray(); // 6 positions left
+        var shortPrompt = new[] { 5, 9, 17 };
+        var expected = new[] { nearContext, shortPrompt }.Select(p => new Generator(plain).GenerateTokens(new[] { (IReadOnlyList<int>)p }, Greedy(40), Ct)
+            .Sequences[0].Tokens).ToArray();
+        Assert.Equal(6, expected[0].Count);
+        using var engine = ServingEngine.Start(offloaded, null, new ServingOptions { MaxBatchSize = 2 });
+        var requests = new[] { engine.Submit(nearContext, Greedy(40), Ct), engine.Submit(shortPrompt, Greedy(40), Ct) };
+        for (int i = 0; i < 2; i++) Assert.Equal(expected[i], (await requests[i].Completion).Tokens);
+    }
+
     [Fact]
     public async Task StreamedTextStopStringsAndFinishReasonsFollowTheGenerator()
     {
