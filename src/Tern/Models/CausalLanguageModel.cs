@@ -138,9 +138,7 @@ public abstract class CausalLanguageModel : IStepModel, IDisposable
         using var noGrad = torch.no_grad();
         using var scope = torch.NewDisposeScope();
         if (cache.Policy.PositionsFollowCache) batch = AtCacheIndexes(batch, cache);
-        if (Info.LearnedPositions && batch.MaxModelPosition >= Info.MaxPositions)
-            throw new InvalidOperationException(
-                $"position {batch.MaxModelPosition} is past the {Info.MaxPositions} learned positions of this {Info.ModelType} model.");
+        CheckPositions(batch);
         var logits = Run(batch, cache);
         cache.Advance(batch.RealTokens);
         return logits.MoveToOuterDisposeScope();
@@ -236,10 +234,22 @@ public abstract class CausalLanguageModel : IStepModel, IDisposable
     internal Tensor RunStage(int stage, PartWeights weights, Tensor? hidden, ForwardBatch batch, LayerKvCache? cache)
     {
         var step = new ModelStep(batch);
-        if (stage == 0) return Embed(weights, step);
+        if (stage == 0)
+        {
+            CheckPositions(batch);
+            return Embed(weights, step);
+        }
         var h = hidden ?? throw new ArgumentException($"stage {stage} follows the embedding and needs the previous stage's hidden states.");
         if (stage == Parts.Count - 1) return Head(weights, SelectOutputs(h, batch), step);
         return Layer(stage - 1, weights, h, step, cache ?? throw new ArgumentException($"stage {stage} is a decoder layer and needs its KV cache."));
+    }
+
+    /// <summary>A clear error for positions past a learned position table (an index error in native code otherwise).</summary>
+    void CheckPositions(ForwardBatch batch)
+    {
+        if (Info.LearnedPositions && batch.MaxModelPosition >= Info.MaxPositions)
+            throw new InvalidOperationException(
+                $"position {batch.MaxModelPosition} is past the {Info.MaxPositions} learned positions of this {Info.ModelType} model.");
     }
 
     /// <summary>Picks the last position of hidden states [B,T,H] when only next-token logits are wanted.</summary>
