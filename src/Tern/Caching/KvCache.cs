@@ -153,6 +153,10 @@ public sealed class KvCache : IDisposable
         for (int b = 0; b < sequenceLengths.Length; b++) sequenceLengths[b] += tokens;
     }
 
+    /// <summary>True when some layer keeps keys rotated at their cache index that must all be rotated again
+    /// (<see cref="LayerKvCache.AttendedKeysStale"/>): a captured step only rotates its own.</summary>
+    internal bool AttendedKeysStale => layers.Any(l => l.KeysAtCacheIndex && l.AttendedKeysStale);
+
     /// <summary>Static-shape steps write every layer at one slot: after an eviction left layers of different lengths (per-layer
     /// H2O over uneven rows), each takes the longest's, its extra slots empty.</summary>
     internal void AlignLengths()
