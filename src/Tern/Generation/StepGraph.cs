@@ -11,9 +11,9 @@ namespace Tern.Generation;
 /// batches; captured once, it launches as one. The first run warms up on the capture stream (cuBLAS handles, workspaces) and
 /// captures the step after it; later runs replay. Without a graph (the CPU, where tests prove the body) the body runs as it
 /// is. A step after which the cache's policy evicts runs eagerly, outside the graph (compaction is host-driven), and then
-/// every layer continues from one slot; so does the step after anything moved entries while keys are rotated at their cache
-/// index (the graph replays the rotation of the step's own keys only). Capture is thread-local, but keep one graph user per GPU: other threads' work on
-/// the device during a capture is not part of any contract here.
+/// every layer continues from one slot; so does the step after anything moved entries while keys are rotated at their
+/// cache index (the graph replays the rotation of the step's own keys only). Capture is thread-local, but keep one graph
+/// user per GPU: other threads' work on the device during a capture is not part of any contract here.
 /// </summary>
 internal sealed class StepGraph(KvCache cache, Tensor slot, Action body, bool capture) : IDisposable
 {
