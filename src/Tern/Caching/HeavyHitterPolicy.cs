@@ -94,8 +94,8 @@ public sealed record HeavyHitterPolicy : IKvCachePolicy, IAttentionObserver
     /// <summary>Keeps the k_r most recent entries and the k − k_r older ones with the largest scores.</summary>
     public void AfterStep(LayerKvCache layer)
     {
+        if (!EvictsAfter(layer, 0)) return; // amortised: one compaction per EvictEvery tokens
         var (k, r) = Sizes(layer.MaxSequenceLength);
-        if (layer.Length < k + EvictEvery) return; // amortised: one compaction per EvictEvery tokens
         using var scope = torch.NewDisposeScope();
         var state = layer.EntryState(2);
         var positions = layer.ActivePositions;

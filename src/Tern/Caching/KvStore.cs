@@ -28,6 +28,15 @@ internal abstract class KvStore : IDisposable
     /// <summary>Bytes held.</summary>
     public abstract long Bytes { get; }
 
+    /// <summary>Bytes one entry of <paramref name="headDim"/> elements takes in storage of <paramref name="bits"/> bits per
+    /// element: the elements themselves at 16 bits (<paramref name="elementSize"/> bytes each), else the codes and one (step,
+    /// min) pair per group of 64, the last group zero-padded.</summary>
+    public static long EntryBytes(int headDim, int bits, int elementSize)
+    {
+        const int group = QuantizedKvStore.GroupSize;
+        return bits >= 16 ? (long)headDim * elementSize : (headDim + group - 1) / group * ((long)group * bits / 8 + 2 * elementSize);
+    }
+
     /// <summary>Rows [0, Rows) that <see cref="Write"/>, <see cref="Read"/> and <see cref="Compact"/> address (the batch by default).</summary>
     public int Rows { get; set; }
 

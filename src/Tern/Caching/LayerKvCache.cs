@@ -183,40 +183,27 @@ public sealed class LayerKvCache : IDisposable
     internal IReadOnlyList<Tensor> StorageParts => keys.Parts.Concat(values.Parts).ToArray();
 
     /// <summary>Offloading: makes this layer a copy of <paramref name="source"/>, a layer of the same shape, policy and storage
-    /// on another device (a host-memory home and the compute device's working layer, in either direction): its storage and
-    /// every slot's position and policy state, one copy per tensor, and the bookkeeping.</summary>
-    internal void CopyEntriesFrom(LayerKvCache source)
+    /// on another device (a host-memory home and the compute device's working layer, in either direction): its entries, every
+    /// slot's position and policy state, and the bookkeeping. With <paramref name="unchangedSlots"/> &gt; 0 the two already
+    /// hold the same entries there (the source only appended since it was a copy of this layer), and only the rest travels.</summary>
+    internal void CopyEntriesFrom(LayerKvCache source, int unchangedSlots = 0)
     {
-        if (source.Capacity != Capacity || source.positions.shape[0] != positions.shape[0])
-            throw new ArgumentException($"KV cache of layer {Layer}: a copy needs the same shape ({source.positions.shape[0]} x {source.Capacity} into {positions.shape[0]} x {Capacity}).");
+        if (source.Capacity != Capacity || source.positions.shape[0] != positions.shape[0] || unchangedSlots > source.Length)
+            throw new ArgumentException($"KV cache of layer {Layer}: {source.positions.shape[0]} x {source.Capacity} slots ({source.Length} in use) " +
+                $"cannot be copied into {positions.shape[0]} x {Capacity} keeping {unchangedSlots}.");
         using var scope = torch.NewDisposeScope();
-        // Whole tensors: a slot range is strided, and a strided host side would go through a pageable staging copy and a CPU
-        // gather (seconds per step at 30B); a policy's capacity is its budget plus a step, so little travels in vain.
         var (from, to) = (source.StorageParts, StorageParts);
-        for (int p = 0; p < to.Count; p++) to[p].copy_(from[p]);
+        int added = source.Length - unchangedSlots;
+        for (int p = 0; p < to.Count; p++)
+        {
+            // Whole tensors, or the new slots gathered on the source's side first: a slot range is strided, and a strided host
+            // side goes through a pageable staging copy and a CPU gather (seconds per step at 30B).
+            if (unchangedSlots == 0) to[p].copy_(from[p]);
+            else if (added > 0) to[p].narrow(2, unchangedSlots, added).copy_(from[p].narrow(2, unchangedSlots, added).contiguous());
+        }
         positions.copy_(source.positions);
         if (source.entryState is not null) AllRowsEntryState((int)source.entryState.shape[3]).copy_(source.entryState);
         else entryState?.zero_();
-        Length = source.Length;
-        HasHoles = source.HasHoles;
-        AttendedKeysStale = true;
-    }
-
-    /// <summary>Offloading: makes this layer, a copy of <paramref name="source"/> (<see cref="CopyEntriesFrom"/>) from before a
-    /// step that appended and did not compact, a copy of it again: the appended slots' entries, and every slot's position and
-    /// policy state (which the step may have changed everywhere; they are small).</summary>
-    internal void CopyAppendedFrom(LayerKvCache source)
-    {
-        int added = source.Length - Length;
-        if (added < 0 || source.Capacity != Capacity)
-            throw new ArgumentException($"KV cache of layer {Layer}: {source.Length} entries cannot follow {Length} by appending.");
-        using var scope = torch.NewDisposeScope();
-        var (from, to) = (source.StorageParts, StorageParts);
-        // The slot range is strided on both sides: gathered on the source's device first, so only it travels.
-        if (added > 0)
-            for (int p = 0; p < to.Count; p++) to[p].narrow(2, Length, added).copy_(from[p].narrow(2, Length, added).contiguous());
-        positions.copy_(source.positions);
-        if (source.entryState is not null) AllRowsEntryState((int)source.entryState.shape[3]).copy_(source.entryState);
         Length = source.Length;
         HasHoles = source.HasHoles;
         AttendedKeysStale = true;

@@ -72,8 +72,8 @@ public sealed record StreamingPolicy : IKvCachePolicy
     /// Every row and layer follows the same rule, so the rows stay aligned unless padding made them uneven.</summary>
     public void AfterStep(LayerKvCache layer)
     {
+        if (!EvictsAfter(layer, 0)) return; // amortised: one compaction per EvictEvery tokens
         int c = Budget(layer.MaxSequenceLength);
-        if (layer.Length < c + EvictEvery) return; // amortised: one compaction per EvictEvery tokens
         using var scope = torch.NewDisposeScope();
         var positions = layer.ActivePositions;
         var last = positions.amax(new long[] { -1 }, keepdim: true);

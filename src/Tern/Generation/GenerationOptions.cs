@@ -49,11 +49,11 @@ public sealed record GenerationOptions
     /// the policy kept of the earlier chunks.)</summary>
     public int PrefillChunk { get; init; }
 
-    /// <summary>Checks the values, with messages that name the option.</summary>
     /// <summary>When true the result keeps every step's next-token logits (transformers' <c>output_logits</c>): fp32
     /// [batch, vocab] on the CPU, prefill first (<see cref="GenerationResult.Logits"/>). Steps then run eagerly.</summary>
     public bool OutputLogits { get; init; }
 
+    /// <summary>Checks the values, with messages that name the option.</summary>
     public void Validate()
     {
         if (MaxNewTokens < 1) throw new OptionException($"{TernOption.MaxNewTokens} must be at least 1 (got {MaxNewTokens}).");

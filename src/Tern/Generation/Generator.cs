@@ -1,4 +1,3 @@
-using Tern.Caching;
 using System.Diagnostics;
 using System.Runtime.CompilerServices;
 using Tern.Models;

@@ -33,11 +33,11 @@ internal static class Attention
     /// <summary>q [B,T,H,D], k and v [B,T,Hkv,D] (rotated); returns [B,T,H·D].</summary>
     /// <param name="cachedKeyRotation">When the policy positions keys by their cache index, k arrives unrotated and is stored
     /// so; every cached key is then rotated here to its index among its row's occupied slots.</param>
-    public static Tensor Forward(Tensor q, Tensor k, Tensor v, ForwardBatch batch, LayerKvCache cache, AttentionSettings s,
+    public static Tensor Forward(Tensor q, Tensor k, Tensor v, ModelStep step, LayerKvCache cache, AttentionSettings s,
         RotaryEmbedding? cachedKeyRotation = null)
     {
-        if (cache.Device.type != q.device.type) return WhereTheCacheLives(q, k, v, batch, cache, s, cachedKeyRotation);
-        return Forward(q, k, v, batch, cache, s, cachedKeyRotation, cache.DType);
+        if (cache.Device.type != q.device.type) return WhereTheCacheLives(q, k, v, step.Batch, cache, s, cachedKeyRotation);
+        return Forward(q, k, v, step, cache, s, cachedKeyRotation, cache.DType);
     }
 
     /// <summary>
@@ -54,16 +54,17 @@ internal static class Attention
             InputIds = batch.InputIds, Positions = batch.Positions.to(home), RealTokens = batch.RealTokens, HasPadding = batch.HasPadding,
             MaxPosition = batch.MaxPosition, LastPositionOnly = batch.LastPositionOnly,
         };
-        var output = Forward(q.to(ScalarType.Float32, home), k.to(cache.DType, home), v.to(cache.DType, home), there, cache, s,
+        var output = Forward(q.to(ScalarType.Float32, home), k.to(cache.DType, home), v.to(cache.DType, home), new ModelStep(there), cache, s,
             cachedKeyRotation, ScalarType.Float32);
         return output.to(q.dtype, q.device);
     }
 
     /// <param name="computeType">The type attention computes in: the cache's, or fp32 for delegated attention (keys and values
     /// are then widened as they are read).</param>
-    static Tensor Forward(Tensor q, Tensor k, Tensor v, ForwardBatch batch, LayerKvCache cache, AttentionSettings s,
+    static Tensor Forward(Tensor q, Tensor k, Tensor v, ModelStep step, LayerKvCache cache, AttentionSettings s,
         RotaryEmbedding? cachedKeyRotation, ScalarType computeType)
     {
+        var batch = step.Batch;
         long b = q.shape[0], t = q.shape[1];
         int h = s.Heads, hkv = s.KvHeads, g = s.Groups, d = s.HeadDim;
         if (s.QueryScale != 1.0) q = q * s.QueryScale;
@@ -73,7 +74,7 @@ internal static class Attention
         if (qh.dtype != computeType) qh = qh.to(computeType); // queries take the cache's type (bf16 under autocast)
         if (batch.WriteSlots is not null)
         {
-            var result = StaticShapes(qh, batch, cache, s, cachedKeyRotation);
+            var result = StaticShapes(qh, step, cache, s, cachedKeyRotation);
             cache.EndStep();
             return result;
         }
@@ -131,8 +132,9 @@ internal static class Attention
     /// <remarks>Evicting policies run here too (their eviction steps run eagerly, outside any graph): keys stored unrotated are
     /// rotated at their cache index over every slot, and a policy that observes attention gets the probabilities of every slot
     /// (zero where masked).</remarks>
-    static Tensor StaticShapes(Tensor qh, ForwardBatch batch, LayerKvCache cache, AttentionSettings s, RotaryEmbedding? cachedKeyRotation)
+    static Tensor StaticShapes(Tensor qh, ModelStep step, LayerKvCache cache, AttentionSettings s, RotaryEmbedding? cachedKeyRotation)
     {
+        var batch = step.Batch;
         long b = qh.shape[0], t = qh.shape[2];
         int h = s.Heads, hkv = s.KvHeads, g = s.Groups, d = s.HeadDim;
         var keys = cachedKeyRotation is null ? cache.Keys : KeysAtCacheIndex(cache, cachedKeyRotation, t, batch.WriteSlots);
@@ -148,13 +150,13 @@ internal static class Attention
             return output.transpose(1, 2).reshape(b, t, h * d);
         }
         Tensor mask;
-        if (cache.Policy.AppendOnly && batch.SharedMask is { } shared && shared.Window == s.SlidingWindow)
+        if (cache.Policy.AppendOnly && step.SharedMask is { } shared && shared.Window == s.SlidingWindow)
             mask = shared.Mask;
         else
         {
             var m = Mask(batch, cache.Positions, s); // [B,Hkv,T,Cap]
             mask = m.unsqueeze(2).expand(b, hkv, g, t, cache.Capacity).reshape(b, hkv, g * t, cache.Capacity);
-            if (cache.Policy.AppendOnly) batch.SharedMask = (s.SlidingWindow, mask.MoveToOuterDisposeScope()); // outlives this layer's scope
+            if (cache.Policy.AppendOnly) step.SharedMask = (s.SlidingWindow, mask.MoveToOuterDisposeScope()); // outlives this layer's scope
         }
         output = MatmulAttention(qh.reshape(b, hkv, g * t, d), keys, cache.Values, mask, d);
         return output.reshape(b, h, t, d).transpose(1, 2).reshape(b, t, h * d);
@@ -173,7 +175,9 @@ internal static class Attention
         var attended = cache.AttendedKeys();
         if (cache.AttendedKeysStale)
         {
-            attended.copy_(rotation.RotateCached(stored, ranks, cache.Capacity));
+            // Slots in use only: the free ones are masked until a step writes (and rotates) its own.
+            long length = cache.Length;
+            attended.narrow(2, 0, length).copy_(rotation.RotateCached(stored.narrow(2, 0, length), ranks.narrow(2, 0, length), cache.Capacity));
             cache.AttendedKeysStale = false;
         }
         else if (slots is null)

@@ -44,10 +44,6 @@ public sealed class ForwardBatch
     /// </summary>
     public Tensor? WriteSlots { get; init; }
 
-    /// <summary>The attention mask of a static-shape step, computed by the first layer and reused by the others when the
-    /// cache policy keeps layers aligned; keyed by the sliding window it was made for. Owned by the step's dispose scope.</summary>
-    internal (int Window, Tensor Mask)? SharedMask { get; set; }
-
     /// <summary>This batch with the model positions given (everything else shared).</summary>
     internal ForwardBatch WithModelPositions(Tensor positions, int maxPosition) => new()
     {

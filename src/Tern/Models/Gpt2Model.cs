@@ -86,7 +86,7 @@ internal sealed class Gpt2Model : CausalLanguageModel
         var s = attention[layer];
         var qkv = w.Linear("attn.c_attn").Forward(Norms.Layer(h, w["ln_1.weight"], w["ln_1.bias"], eps)).view(b, t, 3 * s.Heads, s.HeadDim);
         var attended = Attention.Forward(qkv.narrow(2, 0, s.Heads), qkv.narrow(2, s.Heads, s.Heads), qkv.narrow(2, 2 * s.Heads, s.Heads),
-            step.Batch, cache, s);
+            step, cache, s);
         h = w.Linear("attn.c_proj").ForwardAdd(attended, h);
         return w.Linear("mlp.c_proj").ForwardAdd(act.Apply(w.Linear("mlp.c_fc").Forward(Norms.Layer(h, w["ln_2.weight"], w["ln_2.bias"], eps))), h);
     }

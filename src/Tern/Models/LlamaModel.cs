@@ -108,7 +108,7 @@ internal sealed class LlamaModel : CausalLanguageModel
         var s = attention[layer];
         var qkv = w.Linear("self_attn.qkv_proj").Forward(Norms.Rms(h, w["input_layernorm.weight"], eps)).view(b, t, s.Heads + 2 * s.KvHeads, s.HeadDim);
         var (q, k, cachedKeys) = step.Rotary(rotary).QueryKey(qkv, s.Heads, s.KvHeads, cache.KeysAtCacheIndex);
-        var attended = Attention.Forward(q, k, qkv.narrow(2, s.Heads + s.KvHeads, s.KvHeads), step.Batch, cache, s, cachedKeys);
+        var attended = Attention.Forward(q, k, qkv.narrow(2, s.Heads + s.KvHeads, s.KvHeads), step, cache, s, cachedKeys);
         h = w.Linear("self_attn.o_proj").ForwardAdd(attended, h);
         var gateUp = w.Linear("mlp.gate_up_proj").Forward(Norms.Rms(h, w["post_attention_layernorm.weight"], eps));
         return w.Linear("mlp.down_proj").ForwardAdd(act.Gated(gateUp, intermediate), h);

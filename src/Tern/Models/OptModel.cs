@@ -89,7 +89,7 @@ internal sealed class OptModel : CausalLanguageModel
         var a = preNorm ? Norms.Layer(h, attnNormW, attnNormB, Eps) : h;
         var qkv = w.Linear("self_attn.qkv_proj").Forward(a).view(b, t, 3 * attention.Heads, attention.HeadDim);
         var attended = Attention.Forward(qkv.narrow(2, 0, attention.Heads), qkv.narrow(2, attention.Heads, attention.Heads),
-            qkv.narrow(2, 2 * attention.Heads, attention.Heads), step.Batch, cache, attention);
+            qkv.narrow(2, 2 * attention.Heads, attention.Heads), step, cache, attention);
         h = w.Linear("self_attn.out_proj").ForwardAdd(attended, h);
         if (!preNorm) h = Norms.Layer(h, attnNormW, attnNormB, Eps);
         var m = preNorm ? Norms.Layer(h, mlpNormW, mlpNormB, Eps) : h;

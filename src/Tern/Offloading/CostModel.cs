@@ -123,8 +123,8 @@ public sealed class CostModel(OffloadWorkload w, HardwareProfile hw, bool compre
         }
         else
         {
-            // Tern's engine: the whole cache of each batch comes to the GPU, and the new entries go back (all of a KV policy's
-            // cache, whose eviction moves entries).
+            // Tern's engine: the whole cache of each batch comes to the GPU, and the new entries go back — all of a KV policy's
+            // cache after a step that evicted (compaction moves entries), charged here as if every step did.
             ctog += Lin.Of(cb * bls * len / hw.CpuToGpu, Lin.Cc, Lin.Cd);
             gtoc += Lin.Of(cb * bls * (w.CacheTokens is null ? 1 : len) / hw.GpuToCpuCache, Lin.Cc, Lin.Cd);
             comp += Lin.Const(attention / hw.AttentionDecode);

@@ -268,10 +268,8 @@ public sealed class OffloadedModel : IStepModel, IDisposable
             int es = owner.dtype.ElementSize();
             // Tern's accounting of what this block puts on the compute device, checked before anything is allocated.
             long kvGpu = 0, hiddenGpu = 0;
-            // Bytes of one slot of one sequence, keys and values, as the cache stores them (codes and pairs with kvbits=4).
-            double slotBytes = 2.0 * info.KvHeads * (policy.CompressCache
-                ? (info.HeadDim + 63) / 64 * (32 + 2 * es) : info.HeadDim * es);
-            if (residentPolicy is not null) slotBytes = 2.0 * info.KvHeads * (residentPolicy.Bits == 16 ? info.HeadDim * es : (info.HeadDim + 63) / 64 * (64 * residentPolicy.Bits / 8 + 2 * es));
+            // Bytes of one slot of one sequence, keys and values, as the cache stores them (codes and pairs when quantized).
+            double slotBytes = 2.0 * info.KvHeads * KvStore.EntryBytes(info.HeadDim, CacheBits, es);
             for (int k = 0; k < batches; k++)
             {
                 var b = prompts[k];
@@ -441,12 +439,11 @@ public sealed class OffloadedModel : IStepModel, IDisposable
                 // A travelling layer is copied to the GPU's working layer and runs there; back go the step's new entries, or
                 // everything when the policy evicted (compaction moves entries).
                 var home = resident[k][j - 1];
-                var layer = travelling ? WorkingLayer(home) : home;
+                var layer = travelling ? WorkingCache(prompts[k].Length, home.Capacity, home.MaxSequenceLength) : home;
                 if (travelling) layer.CopyEntriesFrom(home);
                 int compactions = layer.Compactions;
                 output = i > 0 ? model.RunStage(j, w, h, batch, layer) : PrefillResident(j, w, h!, batch, k, layer);
-                if (travelling && (i == 0 || layer.Compactions != compactions)) home.CopyEntriesFrom(layer);
-                else if (travelling) home.CopyAppendedFrom(layer);
+                if (travelling) home.CopyEntriesFrom(layer, i == 0 || layer.Compactions != compactions ? 0 : home.Length);
             }
             else if (hostCaches is not null && i > 0) output = model.RunStage(j, w, h, batch, hostCaches[k][j - 1]); // attends on the CPU
             else
@@ -531,24 +528,12 @@ public sealed class OffloadedModel : IStepModel, IDisposable
             });
         }
 
-        /// <summary>The compute device's copy of a travelling policy layer (one per shape), filled from its home before each use.</summary>
-        LayerKvCache WorkingLayer(LayerKvCache home)
-        {
-            int rows = (int)home.Positions.shape[0];
-            if (!working.TryGetValue((rows, -home.Capacity), out var cache))
-            {
-                var info = model.Info;
-                working[(rows, -home.Capacity)] = cache = KvCache.Create(new KvCacheOptions
-                {
-                    BatchSize = rows, Layers = 1, KvHeads = info.KvHeads, HeadDim = info.HeadDim, Capacity = home.Capacity,
-                    MaxSequenceLength = home.MaxSequenceLength, DType = owner.dtype, Device = device, Bits = home.Bits,
-                }, residentPolicy);
-            }
-            return cache[0];
-        }
+        /// <summary>Bits per cached element: the KV policy's, else the offload policy's (kvbits).</summary>
+        int CacheBits => residentPolicy?.Bits ?? (owner.Policy.CompressCache ? 4 : 16);
 
-        /// <summary>The one-layer cache a block stage computes with (one per batch shape), filled from the homes before each use.</summary>
-        LayerKvCache WorkingCache(int rows, int capacity)
+        /// <summary>The one-layer cache a block stage computes with on the compute device (one per batch shape, under the
+        /// block's KV policy), filled from the homes — or from a travelling policy layer — before each use.</summary>
+        LayerKvCache WorkingCache(int rows, int capacity, int maxSequenceLength = 0)
         {
             if (!working.TryGetValue((rows, capacity), out var cache))
             {
@@ -556,8 +541,8 @@ public sealed class OffloadedModel : IStepModel, IDisposable
                 working[(rows, capacity)] = cache = KvCache.Create(new KvCacheOptions
                 {
                     BatchSize = rows, Layers = 1, KvHeads = info.KvHeads, HeadDim = info.HeadDim, Capacity = capacity,
-                    DType = owner.dtype, Device = device, Bits = owner.Policy.CompressCache ? 4 : 16,
-                });
+                    MaxSequenceLength = maxSequenceLength, DType = owner.dtype, Device = device, Bits = CacheBits,
+                }, residentPolicy);
             }
             return cache[0];
         }

@@ -30,6 +30,7 @@ namespace Tern.Serving;
 public sealed class ServingEngine : IDisposable
 {
     readonly IStepModel model;
+    readonly CausalLanguageModel? inMemory; // pools of cache rows; null: an offloaded model, served in blocks
     readonly Channel<ServingRequest> incoming = Channel.CreateUnbounded<ServingRequest>(new UnboundedChannelOptions { SingleReader = true });
     readonly CancellationTokenSource stopping = new();
     readonly Thread loop;
@@ -48,6 +49,7 @@ public sealed class ServingEngine : IDisposable
     ServingEngine(IStepModel model, TernTokenizer? tokenizer, ServingOptions options)
     {
         this.model = model;
+        inMemory = model as CausalLanguageModel;
         Tokenizer = tokenizer;
         Options = options;
         var info = model.Info;
@@ -257,8 +259,8 @@ public sealed class ServingEngine : IDisposable
     /// the last block has ended, the requests of one policy at the head of the queue).</summary>
     void Admit()
     {
-        // A model without row pools runs one block at a time (FlexGen's schedule holds the whole device).
-        bool blocks = model is not CausalLanguageModel;
+        // A model without row pools runs one block at a time (FlexGen's schedule holds the whole device), prefilled at once.
+        bool blocks = inMemory is null;
         if (blocks && batches.Any(b => b.Busy)) return;
         int running = batches.Sum(b => b.All.Count());
         long reserved = batches.Sum(b => b.All.Sum(s => (long)s.Request.ReservedTokens));
@@ -269,7 +271,7 @@ public sealed class ServingEngine : IDisposable
             if (running + joiners.Count >= Options.MaxBatchSize || reserved + request.ReservedTokens > budget) break;
             if (pools.TryGetValue(request.Policy, out var pool) && !pool.Admits) break;
             if (blocks && joiners.Count > 0 && !request.Policy.Equals(joiners[0].Policy)) break;
-            if (joiners.Count > 0 && prefill + request.PromptTokens.Count > Options.MaxPrefillTokensPerStep) break;
+            if (!blocks && joiners.Count > 0 && prefill + request.PromptTokens.Count > Options.MaxPrefillTokensPerStep) break;
             joiners.Add(request);
             reserved += request.ReservedTokens;
             prefill += request.PromptTokens.Count;
@@ -280,7 +282,7 @@ public sealed class ServingEngine : IDisposable
         foreach (var group in joiners.GroupBy(r => r.Policy))
         {
             if (!pools.TryGetValue(group.Key, out var pool))
-                pools[group.Key] = pool = model is CausalLanguageModel inMemory ? new DecodeBatch(this, inMemory, group.Key) : new BlockBatch(this, group.Key);
+                pools[group.Key] = pool = inMemory is null ? new BlockBatch(this, group.Key) : new DecodeBatch(this, inMemory, group.Key);
             pool.Join(group.ToArray());
         }
     }
@@ -312,7 +314,6 @@ public sealed class ServingEngine : IDisposable
     abstract class Batch(ServingEngine engine) : IDisposable
     {
         protected ServingEngine Engine => engine;
-        public List<Sequence> Sequences { get; } = new();
 
         /// <summary>True while the batch has work.</summary>
         public abstract bool Busy { get; }
@@ -404,7 +405,6 @@ public sealed class ServingEngine : IDisposable
                 foreach (var request in requests) joiners.Add(Begin(request));
                 rows = joiners.ToArray();
                 foreach (var s in rows) live.Add(s);
-                Sequences.AddRange(rows);
                 var model = Engine.model;
                 var prompts = rows.Select(s => s.Request.PromptTokens).ToArray();
                 int longest = prompts.Max(p => p.Count);
@@ -455,7 +455,6 @@ public sealed class ServingEngine : IDisposable
         public override void Leave(Sequence s, Exception? error)
         {
             if (!live.Remove(s)) return;
-            Sequences.Remove(s);
             Finish(s, error);
             if (live.Count == 0) Release();
         }
@@ -486,6 +485,7 @@ public sealed class ServingEngine : IDisposable
         readonly KvCache cache;
         readonly Tensor ids, positions, slot, logits;
         readonly int rows, maxPosition;
+        readonly int[] ones;
         readonly StepGraph graph;
 
         public StaticStep(CausalLanguageModel model, KvCache cache, bool capture)
@@ -493,6 +493,7 @@ public sealed class ServingEngine : IDisposable
             this.model = model;
             this.cache = cache;
             rows = cache.Options.BatchSize;
+            ones = Enumerable.Repeat(1, rows).ToArray();
             var device = model.Device;
             ids = torch.zeros(new long[] { rows, 1 }, ScalarType.Int64, device).DetachFromDisposeScope();
             positions = torch.full(new long[] { rows, 1 }, -1L, ScalarType.Int64, device).DetachFromDisposeScope();
@@ -537,7 +538,7 @@ public sealed class ServingEngine : IDisposable
             {
                 InputIds = ids,
                 Positions = positions,
-                RealTokens = Enumerable.Repeat(1, rows).ToArray(),
+                RealTokens = ones,
                 HasPadding = true, // free rows: their queries are masked out of what policies observe
                 MaxPosition = maxPosition,
                 LastPositionOnly = true,
@@ -564,6 +565,7 @@ public sealed class ServingEngine : IDisposable
         const int MinimumCapacity = 64;
         KvCache? cache;
         StaticStep? graphed;
+        List<Sequence> Sequences { get; } = new(); // row i holds sequence i
 
         /// <summary>A prompt longer than <see cref="ServingOptions.MaxPrefillTokensPerStep"/> being prefilled one chunk per step
         /// in a scratch cache, so the running sequences keep decoding meanwhile; it joins after its last chunk.</summary>
@@ -596,8 +598,6 @@ public sealed class ServingEngine : IDisposable
         public override long AllocatedBytes => cache?.Bytes ?? 0;
 
         public override long OccupiedEntries() => cache?.OccupiedEntries() ?? 0;
-
-        CausalLanguageModel Model => model;
 
         public override void Join(IReadOnlyList<ServingRequest> requests)
         {
@@ -638,8 +638,8 @@ public sealed class ServingEngine : IDisposable
             var prompts = joiners.Select(s => s.Request.PromptTokens).ToArray();
             int longest = prompts.Max(p => p.Count);
             Fit(Sequences.Count + joiners.Count, longest);
-            using var scratch = Model.CreateCache(joiners.Count, longest, policy, maxStepTokens: longest);
-            var logits = Model.Forward(ForwardBatch.LeftPadded(prompts, Model.Device, lastPositionOnly: true), scratch);
+            using var scratch = model.CreateCache(joiners.Count, longest, policy, maxStepTokens: longest);
+            var logits = model.Forward(ForwardBatch.LeftPadded(prompts, model.Device, lastPositionOnly: true), scratch);
             Import(scratch);
             return logits;
         }
@@ -661,8 +661,8 @@ public sealed class ServingEngine : IDisposable
             var prompt = joiner.Request.PromptTokens;
             int chunk = Engine.Options.MaxPrefillTokensPerStep;
             // Outside any dispose scope: the prompt's tensors live until the prefill ends (ChunkedPrefill.Dispose).
-            var whole = ForwardBatch.LeftPadded(new[] { prompt }, Model.Device, lastPositionOnly: true);
-            prefilling = new ChunkedPrefill(joiner, whole, whole.Chunks(chunk).ToArray(), Model.CreateCache(1, prompt.Count, policy, maxStepTokens: chunk));
+            var whole = ForwardBatch.LeftPadded(new[] { prompt }, model.Device, lastPositionOnly: true);
+            prefilling = new ChunkedPrefill(joiner, whole, whole.Chunks(chunk).ToArray(), model.CreateCache(1, prompt.Count, policy, maxStepTokens: chunk));
             AdvancePrefill();
         }
 
@@ -673,7 +673,7 @@ public sealed class ServingEngine : IDisposable
             try
             {
                 using var scope = torch.NewDisposeScope();
-                var logits = Model.Forward(p.Chunks[p.Next++], p.Scratch);
+                var logits = model.Forward(p.Chunks[p.Next++], p.Scratch);
                 if (p.Next < p.Chunks.Length) return;
                 Fit(Sequences.Count + 1, p.Scratch.Length);
                 Import(p.Scratch);
@@ -709,20 +709,20 @@ public sealed class ServingEngine : IDisposable
                 int n = Sequences.Count;
                 var positions = Sequences.Select(s => (long)s.Fed).ToArray();
                 Tensor logits;
-                if ((Engine.Options.ForceStaticShapes || Engine.Options.UseCudaGraphs && StepGraph.CanCapture(Model.Device))
+                if ((Engine.Options.ForceStaticShapes || Engine.Options.UseCudaGraphs && StepGraph.CanCapture(model.Device))
                     && StepGraph.Serves(policy, c.MaxSequenceLength))
                 {
                     if (graphed?.Cache != c)
                     {
                         graphed?.Dispose();
-                        graphed = new StaticStep(Model, c, capture: !Engine.Options.ForceStaticShapes);
+                        graphed = new StaticStep(model, c, capture: !Engine.Options.ForceStaticShapes);
                     }
                     logits = graphed.Run(Sequences.Select(s => (long)s.Next).ToArray(), positions);
                 }
-                else logits = Model.Forward(new ForwardBatch
+                else logits = model.Forward(new ForwardBatch
                 {
-                    InputIds = torch.tensor(Sequences.Select(s => (long)s.Next).ToArray(), new long[] { n, 1 }).to(Model.Device),
-                    Positions = torch.tensor(positions, new long[] { n, 1 }).to(Model.Device),
+                    InputIds = torch.tensor(Sequences.Select(s => (long)s.Next).ToArray(), new long[] { n, 1 }).to(model.Device),
+                    Positions = torch.tensor(positions, new long[] { n, 1 }).to(model.Device),
                     RealTokens = Enumerable.Repeat(1, n).ToArray(),
                     MaxPosition = (int)positions.Max(),
                     LastPositionOnly = true,
@@ -778,7 +778,7 @@ public sealed class ServingEngine : IDisposable
             if (cache is null && rows == 0) return;
             if (cache is null)
             {
-                cache = Model.CreateCache(Math.Min(Pow2(rows), Engine.Options.MaxBatchSize), Pow2(Math.Max(MinimumCapacity, longest + 1)), policy);
+                cache = model.CreateCache(Math.Min(Pow2(rows), Engine.Options.MaxBatchSize), Pow2(Math.Max(MinimumCapacity, longest + 1)), policy);
                 cache.ActiveRows = 0;
                 return;
             }

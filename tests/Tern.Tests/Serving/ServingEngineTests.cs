@@ -176,6 +176,22 @@ public sealed class ServingEngineTests : IDisposable
         Assert.Equal(cases.Sum(c => c.Options.MaxNewTokens), engine.Stats.GeneratedTokens);
     }
 
+    /// <summary>A block prefills all its requests at once: the per-step prefill budget of continuous batching does not split it.</summary>
+    [Fact]
+    public async Task ABlockIsNotSplitByThePrefillBudget()
+    {
+        using var offloaded = Tern.Offloading.OffloadedModel.Load(fixture.Folder, new Tern.Models.ModelLoadOptions { Device = DeviceKind.Cpu },
+            new Tern.Offloading.OffloadOptions { Policy = Tern.Offloading.OffloadPolicy.Parse("w=0/100/0,kv=0/100/0,act=0/100/0,gbs=2,ngb=2") });
+        using var engine = ServingEngine.Start(offloaded, fixture.Tokenizer, new ServingOptions { MaxBatchSize = 4, MaxPrefillTokensPerStep = 2 });
+        // A first block runs while the four queue up behind it, so they are all waiting when the next block forms.
+        var first = engine.Submit(ServingFixture.Prompts[5], Greedy(120), Ct);
+        await first.Tokens.WaitToReadAsync(Ct);
+        var requests = ServingFixture.Prompts.Take(4).Select(p => engine.Submit(p, Greedy(8), Ct)).ToArray();
+        foreach (var r in requests.Append(first)) await r.Completion;
+        await WaitFor(() => engine.Stats.Running == 0); // the boundary after the last step publishes its count
+        Assert.Equal(119 + 7, engine.Stats.Steps); // then one block of four (7 decode steps), not four blocks (28)
+    }
+
     /// <summary>In a block, a row that finished steps as padding: with learned positions (OPT, 64 of them) a request capped by
     /// the context ends while a short one runs on, and neither passes the context.</summary>
     [Fact]
