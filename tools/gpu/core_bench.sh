@@ -8,13 +8,19 @@
 #                                              OPT-30B shape, fp16 dummy weights, --gpu-mem 16GB, CPU 100 GB, prompt 512 + GEN:
 #                                              the full cache against h2o 20% (policies planned here with `tern offload plan
 #                                              ... --profile bench/offload-h200-2026-11-27/hardware-profile.json [--kv-policy h2o
-#                                              --kv-budget 0.2]`: OR-Tools is not packed)
+#                                              --kv-budget 0.2]`: OR-Tools is not packed). MEASURE_STEPS=N: run the prefill and N
+#                                              decode steps, project the rest (`tern bench --measure-steps`); step times in
+#                                              $OUT/offload-steps.csv. FULL_POLICY may list several policies, `;`-separated.
+#   tools/gpu/core_bench.sh serve MODEL        `tern bench serve` (1 and 64 clients; full, sink:256 and h2o:0.2 mixed) on MODEL
+#                                              (a config + tokenizer folder, dummy weights)
+#   tools/gpu/core_bench.sh regression         no-regression rows: 7B batch 1 and 64 (graphs) and the issue-5 30B offload policy
+#                                              (OFFLOAD=0: the 7B rows only)
 set -uo pipefail
 source .device/env.sh
 OUT=${OUT:-/tmp/tern-out}; mkdir -p "$OUT"
 tern() { dotnet .device/Tern.Cli/Tern.Cli.dll "$@"; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$OUT/gpu.txt"
-case ${1:?tests|sink|h2o-offload} in
+case ${1:?tests|sink|h2o-offload|serve|regression} in
   tests)
     dotnet .device/Tern.Tests.Gpu/Tern.Tests.Gpu.dll > "$OUT/gpu-tests.txt" 2>&1
     grep -E "\[FAIL\]|Total:" "$OUT/gpu-tests.txt" | head -20 ;;
@@ -28,6 +34,20 @@ case ${1:?tests|sink|h2o-offload} in
   h2o-offload)
     C=(--model tests/fixtures/configs/opt-30b --dummy --device cuda --dtype fp16 --gpu-mem 16GB --cpu-mem 100GB --prompt 512
        --new-tokens "${2:?new tokens}" --offload-dir /tmp --output "$OUT/offload.csv" --profile bench/offload-h200-2026-11-27/hardware-profile.json)
-    tern bench "${C[@]}" --offload "${3:?full-cache policy}" --label "full cache" 2>&1 | tee -a "$OUT/h2o-offload.txt" | grep -E "policy:|block:|measured"
-    tern bench "${C[@]}" --offload "${4:?h2o policy}" --kv-policy h2o --kv-budget 0.2 --label "h2o 20%" 2>&1 | tee -a "$OUT/h2o-offload.txt" | grep -E "policy:|block:|measured" ;;
+    C+=(--measure-steps ${MEASURE_STEPS:-0})
+    IFS=';' read -ra fulls <<< "${3:?full-cache policy}"
+    for f in "${fulls[@]}"; do
+      timeout 540 dotnet .device/Tern.Cli/Tern.Cli.dll bench "${C[@]}" --offload "$f" --label "full cache" 2>&1 | tee -a "$OUT/h2o-offload.txt" | grep -E "policy:|block:|measured|projected"
+    done
+    timeout 540 dotnet .device/Tern.Cli/Tern.Cli.dll bench "${C[@]}" --offload "${4:?h2o policy}" --kv-policy h2o --kv-budget 0.2 --label "h2o 20%" 2>&1 | tee -a "$OUT/h2o-offload.txt" | grep -E "policy:|block:|measured|projected" ;;
+  serve)
+    tern bench serve --model "${2:?model folder with a tokenizer}" --dummy --device cuda --clients 1,64 --max-tokens 64 --requests 2 \
+      --kv-mix full,sink:256,h2o:0.2 -o "$OUT/serving" 2>&1 | tee -a "$OUT/serve.txt" | tail -30 ;;
+  regression)
+    tern bench --model bench/configs/llama2-7b --dummy --device cuda --dtype bf16 --batch 1,64 --prompt 512 --new-tokens 128 \
+      --floor --label "llama2-7b shape" --output "$OUT/results.csv" 2>&1 | tee -a "$OUT/bench.txt"
+    [[ ${OFFLOAD:-1} == 0 ]] && exit 0  # the same 30B run is `h2o-offload 32` with the issue-5 policy as its full cache
+    tern bench --model tests/fixtures/configs/opt-30b --dummy --device cuda --dtype fp16 --gpu-mem 16GB --cpu-mem 100GB --prompt 512 --new-tokens 32 \
+      --offload-dir /tmp --output "$OUT/offload.csv" --profile bench/offload-h200-2026-11-27/second-run/hardware-profile.json \
+      --offload "w=17/83/0,kv=0/100/0,act=0/100/0,gbs=8,ngb=6,wbits=16,kvbits=16,cpu-attn=off,overlap=on" --label "issue-5 policy" 2>&1 | tee -a "$OUT/bench.txt" | grep -E "policy:|measured" ;;
 esac

@@ -23,14 +23,19 @@ internal static class BenchCommand
         var label = new Option<string?>("--label") { Description = "Free text stored with the rows." };
         var noGraphs = new Option<bool>("--no-cuda-graphs") { Description = "Run decode steps eagerly on CUDA (no graph replay)." };
         var prefillChunk = new Option<int>("--prefill-chunk") { Description = "Prefill in steps of at most N tokens (0 = the whole prompt at once)." };
-        var command = new Command("bench", "Measure prefill and decode throughput and peak memory.") { batches, prompts, newTokens, output, floor, label, noGraphs, prefillChunk };
+        var measureSteps = new Option<int>("--measure-steps")
+        {
+            Description = "With --offload: run the prefill and only N decode steps of the --new-tokens generation (caches sized for all of it) and " +
+                "project the rest from the mean measured step (FlexGen's --cut-gen-len; labelled as projected). 0 = run every step.",
+        };
+        var command = new Command("bench", "Measure prefill and decode throughput and peak memory.") { batches, prompts, newTokens, output, floor, label, noGraphs, prefillChunk, measureSteps };
         common.AddTo(command);
         var kv = new KvPolicyFlags();
         kv.AddTo(command);
         var offload = new OffloadFlags();
         offload.AddTo(command);
         command.SetAction(r => offload.Enabled(r)
-            ? RunOffloaded(r, common, offload, kv, prompts, newTokens, output, label)
+            ? RunOffloaded(r, common, offload, kv, prompts, newTokens, output, label, measureSteps)
             : Run(r, common, kv, batches, prompts, newTokens, output, floor, label, noGraphs, prefillChunk));
         command.Subcommands.Add(ServeBenchCommand.Create());
         return command;
@@ -101,11 +106,18 @@ internal static class BenchCommand
     /// <summary>
     /// FlexGen's benchmark: one block of gbs·ngb random prompts per prompt length through the offloaded model, after a short
     /// warm-up; generation throughput = block·n / (prefill + decode) as FlexGen reports it, next to the cost model's prediction.
+    /// Every step is timed (the step times go to a <c>-steps.csv</c> beside the output); with <c>--measure-steps N</c> only the
+    /// prefill and N decode steps run and the remaining steps are projected at the mean of the measured ones after two warm
+    /// steps (FlexGen's <c>project_decode_latency</c>) — under-counting a cache that slows as it grows, so the row says so.
     /// </summary>
     static int RunOffloaded(ParseResult r, CommonOptions common, OffloadFlags offload, KvPolicyFlags kv, Option<int[]> prompts, Option<int> newTokens,
-        Option<string> output, Option<string?> label)
+        Option<string> output, Option<string?> label, Option<int> measureStepsOption)
     {
         int steps = r.GetValue(newTokens);
+        int measureSteps = r.GetValue(measureStepsOption);
+        if (measureSteps < 0 || measureSteps > 0 && measureSteps < 4)
+            throw new ArgumentException("--measure-steps must be 0 (every step) or at least 4 (two warm steps and the steps averaged).");
+        if (measureSteps >= steps - 1) measureSteps = 0; // nothing to project
         var kvPolicy = kv.Create(r);
         var (folder, load) = common.LoadOptions(r);
         // Offloaded models are large: constant dummy weights (FlexGen's and the HF baseline's choice; throughput does not depend
@@ -127,22 +139,59 @@ internal static class BenchCommand
                 $"device memory in use {DeviceReport.UsedBytes(device) / 1e9:F2} GB");
             IReadOnlyList<int> Random(int n) => Enumerable.Range(0, n).Select(_ => random.Next(model.Info.VocabSize)).ToArray();
             model.Generate(Enumerable.Range(0, policy.GpuBatchSize).Select(_ => Random(Math.Min(prompt, 32))).ToArray(), 2, cachePolicy: kvPolicy); // warm-up
-            var result = model.Generate(Enumerable.Range(0, policy.BlockSize).Select(_ => Random(prompt)).ToArray(), steps, cachePolicy: kvPolicy);
-            double measured = result.TokensPerSecond;
-            double decodeTps = policy.BlockSize * (steps - 1) / result.Decode.TotalSeconds;
-            Console.WriteLine($"measured:   prefill {result.Prefill.TotalSeconds:F2} s, decode {result.Decode.TotalSeconds:F2} s ({decodeTps:F2} tokens/s), " +
+            var stepSeconds = TimeSteps(model, Enumerable.Range(0, policy.BlockSize).Select(_ => Random(prompt)).ToArray(), steps, kvPolicy, measureSteps);
+            double prefillSeconds = stepSeconds[0];
+            var decodeMeasured = stepSeconds.Skip(1).ToArray();
+            double decodeSeconds = decodeMeasured.Sum() + (measureSteps > 0 ? decodeMeasured.Skip(2).Average() * (steps - 1 - decodeMeasured.Length) : 0);
+            double measured = policy.BlockSize * steps / (prefillSeconds + decodeSeconds);
+            double decodeTps = policy.BlockSize * (steps - 1) / decodeSeconds;
+            string how = measureSteps > 0
+                ? $"projected from the prefill and {decodeMeasured.Length} measured decode steps (mean {decodeMeasured.Skip(2).Average():F3} s after two warm steps; " +
+                  $"first {decodeMeasured[0]:F3}, last {decodeMeasured[^1]:F3} s)"
+                : "measured";
+            Console.WriteLine($"{how}:   prefill {prefillSeconds:F2} s, decode {decodeSeconds:F2} s ({decodeTps:F2} tokens/s), " +
                 $"throughput {measured:F2} tokens/s; predicted {prediction.TokensPerSecond:F2} ({measured / prediction.TokensPerSecond - 1:+0.0%;-0.0%} off); " +
                 $"peak GPU placement {Units.Bytes(model.PeakGpuBytes)}, device memory in use {DeviceReport.UsedBytes(device) / 1e9:F2} GB");
+            string rowLabel = $"{r.GetValue(label)} [offload {policy}; kv {kvPolicy.Name} {r.GetValue(kv.Budget)} {kvPolicy.Bits}-bit; generation {measured:0.###} tok/s" +
+                $"{(measureSteps > 0 ? $" projected from {decodeMeasured.Length} decode steps" : "")}; predicted {prediction.TokensPerSecond:0.###}]";
+            File.AppendAllText(StepsPath(r.GetValue(output)!), string.Concat(stepSeconds.Select((t, i) =>
+                $"{Csv(rowLabel.Trim())},{prompt},{steps},{i},{F(t * 1e3)}\n")));
             rows.Add(string.Join(',', new[]
             {
                 DateTime.UtcNow.ToString("yyyy-MM-dd HH:mm", CultureInfo.InvariantCulture), Csv(card), device.type.ToString().ToLowerInvariant(),
                 Csv(folder + (r.GetValue(common.Dummy) ? " (dummy)" : "")), load.DType.ShortName(), policy.BlockSize.ToString(), prompt.ToString(), steps.ToString(),
-                F(result.Prefill.TotalMilliseconds), F(result.Decode.TotalMilliseconds / (steps - 1)), F(decodeTps), F(DeviceReport.UsedBytes(device) / 1e9),
-                "", "", Csv($"{r.GetValue(label)} [offload {policy}; kv {kvPolicy.Name} {r.GetValue(kv.Budget)} {kvPolicy.Bits}-bit; generation {measured:0.###} tok/s; predicted {prediction.TokensPerSecond:0.###}]".Trim()),
+                F(prefillSeconds * 1e3), F(decodeSeconds * 1e3 / (steps - 1)), F(decodeTps), F(DeviceReport.UsedBytes(device) / 1e9),
+                "", "", Csv(rowLabel.Trim()),
             }));
         }
         Append(r.GetValue(output)!, rows);
         return 0;
+    }
+
+    /// <summary>Seconds of each step of one offloaded block (prefill first), the tokens streamed so each step ends at a host sync;
+    /// with <paramref name="measureSteps"/> &gt; 0 the generation (caches sized for <paramref name="steps"/>) stops after that many
+    /// decode steps.</summary>
+    static List<double> TimeSteps(OffloadedModel model, IReadOnlyList<IReadOnlyList<int>> prompts, int steps, Caching.IKvCachePolicy policy, int measureSteps)
+    {
+        var options = new GenerationOptions { MaxNewTokens = steps, IgnoreEos = true, CachePolicy = policy };
+        var times = new List<double>();
+        var watch = Stopwatch.StartNew();
+        int tokens = 0;
+        foreach (var _ in new Generator(model).StreamAsync(prompts, options).ToBlockingEnumerable())
+        {
+            if (++tokens % prompts.Count != 0) continue; // a step's last token ends it
+            times.Add(watch.Elapsed.TotalSeconds);
+            watch.Restart();
+            if (measureSteps > 0 && times.Count > measureSteps) break;
+        }
+        return times;
+    }
+
+    static string StepsPath(string output)
+    {
+        string path = Path.ChangeExtension(output, null) + "-steps.csv";
+        if (!File.Exists(path)) File.WriteAllText(path, "label,prompt,new_tokens,step,ms\n");
+        return path;
     }
 
     const string Header = "date_utc,card,device,model,dtype,batch,prompt,new_tokens,prefill_ms,decode_ms_per_step,decode_tok_s,device_mem_gb,copy_TBps,floor_ms_per_step,label";
