@@ -35,7 +35,7 @@ case ${1:?tests|sink|h2o-offload|serve|regression} in
     C=(--model tests/fixtures/configs/opt-30b --dummy --device cuda --dtype fp16 --gpu-mem 16GB --cpu-mem 100GB --prompt 512
        --new-tokens "${2:?new tokens}" --offload-dir /tmp --output "$OUT/offload.csv" --profile bench/offload-h200-2026-11-27/hardware-profile.json)
     C+=(--measure-steps ${MEASURE_STEPS:-0})
-    IFS=';' read -ra fulls <<< "${3:?full-cache policy}"
+    IFS=";" read -ra fulls <<< "${3?full-cache policies (may be empty)}"
     for f in "${fulls[@]}"; do
       timeout 540 dotnet .device/Tern.Cli/Tern.Cli.dll bench "${C[@]}" --offload "$f" --label "full cache" 2>&1 | tee -a "$OUT/h2o-offload.txt" | grep -E "policy:|block:|measured|projected"
     done
