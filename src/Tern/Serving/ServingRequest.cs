@@ -32,7 +32,7 @@ public sealed class ServingRequest
     /// <summary>How the prompt is continued.</summary>
     public GenerationOptions Options { get; }
 
-    /// <summary>New tokens at most: the request's limit, capped by the model's context for policies that do not roll positions.</summary>
+    /// <summary>New tokens at most: the request's limit, capped by the model's context for caches that do not roll positions.</summary>
     public int MaxNewTokens { get; }
 
     /// <summary>Every generated token in order, with the text it completes (<see cref="GeneratedToken.Sequence"/> is 0).</summary>

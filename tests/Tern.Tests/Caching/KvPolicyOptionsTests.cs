@@ -122,7 +122,7 @@ public sealed class KvPolicyOptionsTests
         using var model = HfParityContract.LoadFixture("llama-gqa");
         var options = new GenerationOptions { MaxNewTokens = 35, IgnoreEos = true }
             .WithKvPolicy(new KvPolicyOptions { Policy = "window-recompute", Budget = KvBudget.Parse("0.02") });
-        var e = Assert.Throws<OptionException>(() => new Generator(model).GenerateTokens(new IReadOnlyList<int>[] { new[] { 5, 9, 17, 33, 4 } }, options));
+        var e = Assert.Throws<OptionException>(() => new Generator(model).GenerateTokens(new IReadOnlyList<int>[] { new[] { 5, 9, 17, 33, 4 } }, options, TestContext.Current.CancellationToken));
         Assert.Equal(new[] { TernOption.KvBudget, TernOption.KvPolicy }, e.Options);
         Assert.Equal("KvPolicyOptions.Budget 0.02 gives 0 entries for a 40-token sequence; KvPolicyOptions.Policy window-recompute needs at least 1.", e.Message);
     }
