@@ -94,7 +94,7 @@ internal sealed record OpenAiRequest
         return new OpenAiRequest
         {
             Prompt = prompt, PromptTokens = promptTokens, Messages = messages, Stream = stream, IncludeUsage = includeUsage,
-            Options = new GenerationOptions
+            Options = KvPolicy(body, new GenerationOptions
             {
                 MaxNewTokens = maxTokens,
                 Temperature = temperature,
@@ -104,8 +104,7 @@ internal sealed record OpenAiRequest
                 Seed = Long(body, "seed"),
                 IgnoreEos = Bool(body, "ignore_eos") ?? false,
                 StopStrings = stop,
-                CachePolicy = Policy(body),
-            },
+            }),
         };
     }
 
@@ -174,8 +173,9 @@ internal sealed record OpenAiRequest
         return stops;
     }
 
-    /// <summary>The Tern extensions: a KV-cache policy per request, validated by the library (options named as fields).</summary>
-    static IKvCachePolicy? Policy(JsonElement body)
+    /// <summary>The Tern extensions: <paramref name="options"/> with a KV-cache policy per request, validated by the library
+    /// (options named as fields).</summary>
+    static GenerationOptions KvPolicy(JsonElement body, GenerationOptions options)
     {
         string? policy = String(body, "kv_policy");
         string? budget = BudgetText(body, "kv_budget");
@@ -183,10 +183,10 @@ internal sealed record OpenAiRequest
         string? recent = BudgetText(body, "kv_recent");
         int? bits = Int(body, "kv_bits");
         int? evictEvery = Int(body, "kv_evict_every");
-        if (policy is null && budget is null && sinks is null && recent is null && bits is null && evictEvery is null) return null;
+        if (policy is null && budget is null && sinks is null && recent is null && bits is null && evictEvery is null) return options;
         try
         {
-            return KvCachePolicies.Create(KvPolicyOptions.Parse(policy, budget, sinks, recent, bits, evictEvery));
+            return options.WithKvPolicy(KvPolicyOptions.Parse(policy, budget, sinks, recent, bits, evictEvery));
         }
         catch (OptionException e)
         {

@@ -32,7 +32,7 @@ public abstract class CompositionContract
         return new[] { 6, 2, 9, 4 }.Select(n => (IReadOnlyList<int>)Enumerable.Range(0, n).Select(_ => rng.Next(3, vocab)).ToArray()).ToArray();
     }
 
-    static IKvCachePolicy Policy(string name, string? budget = null, int? sinks = null, int evictEvery = 1, int bits = 16) =>
+    static KvCacheConfig Policy(string name, string? budget = null, int? sinks = null, int evictEvery = 1, int bits = 16) =>
         KvCachePolicies.Create(new KvPolicyOptions { Policy = name, Budget = budget is null ? null : KvBudget.Parse(budget), Sinks = sinks, EvictEvery = evictEvery, Bits = bits });
 
     public static TheoryData<string, string?, int?, int> Policies => new()
@@ -40,8 +40,8 @@ public abstract class CompositionContract
         { "full", null, null, 1 }, { "sink", "10", 2, 1 }, { "sink", "10", 2, 6 }, { "window", "9", null, 3 }, { "h2o", "10", null, 1 }, { "h2o", "0.4", null, 4 },
     };
 
-    GenerationOptions Greedy(int maxNew, IKvCachePolicy? policy = null) =>
-        new() { MaxNewTokens = maxNew, IgnoreEos = true, CachePolicy = policy, UseCudaGraphs = false };
+    GenerationOptions Greedy(int maxNew, KvCacheConfig? policy = null) =>
+        new() { MaxNewTokens = maxNew, IgnoreEos = true, Cache = policy, UseCudaGraphs = false };
 
     GenerationOptions StaticShapes(GenerationOptions eager) => Graphs ? eager with { UseCudaGraphs = true } : eager with { ForceStaticShapes = true };
 

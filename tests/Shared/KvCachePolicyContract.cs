@@ -12,13 +12,14 @@ namespace Tern.Tests;
 /// (b) whatever it keeps is bit-identical to what was appended and keeps its original position, in the original order;
 /// (c) when it asks for attention probabilities, they are distributions over the occupied, causally visible slots;
 /// (d) <see cref="IKvCachePolicy.Capacity"/> leaves room for everything the policy appends before it evicts.
-/// A subclass supplies the policy; the same tests run for every policy.
+/// A subclass supplies the cache (the policy, with the bits and position rolling it runs with); the same tests run for every
+/// policy.
 /// </summary>
 public abstract class KvCachePolicyContract
 {
-    /// <summary>The policy under test, with a budget that covers a whole sequence of <paramref name="sequenceLength"/>
+    /// <summary>The cache under test, its policy with a budget that covers a whole sequence of <paramref name="sequenceLength"/>
     /// tokens. The contract also asks for smaller lengths (a budget the sequence outgrows) to make the policy evict.</summary>
-    protected abstract IKvCachePolicy CreatePolicy(int sequenceLength);
+    protected abstract KvCacheConfig CreateConfig(int sequenceLength);
 
     /// <summary>Where the fixture models run.</summary>
     protected virtual DeviceKind Device => DeviceKind.Cpu;
@@ -73,8 +74,8 @@ public abstract class KvCachePolicyContract
         using var model = Load(name);
         var prompts = Prompts(model.Info.VocabSize);
         int sequence = prompts.Max(p => p.Length) + DecodeSteps;
-        using var dense = new PolicyRun(model, prompts, DecodeSteps, DensePolicy.Instance);
-        using var run = new PolicyRun(model, prompts, DecodeSteps, CreatePolicy(sequence));
+        using var dense = new PolicyRun(model, prompts, DecodeSteps, KvCacheConfig.Full);
+        using var run = new PolicyRun(model, prompts, DecodeSteps, CreateConfig(sequence));
 
         long[] next;
         using (var d = dense.Prefill())
@@ -114,9 +115,10 @@ public abstract class KvCachePolicyContract
         using var model = Load(name);
         var prompts = Prompts(model.Info.VocabSize);
         int sequence = prompts.Max(p => p.Length) + DecodeSteps;
-        var recorder = RecordingPolicy.Wrap(CreatePolicy(tightBudget ? TightBudget(sequence) : sequence));
-        using var dense = new PolicyRun(model, prompts, DecodeSteps, DensePolicy.Instance);
-        using var run = new PolicyRun(model, prompts, DecodeSteps, recorder);
+        var config = CreateConfig(tightBudget ? TightBudget(sequence) : sequence);
+        var recorder = RecordingPolicy.Wrap(config.Eviction);
+        using var dense = new PolicyRun(model, prompts, DecodeSteps, KvCacheConfig.Full);
+        using var run = new PolicyRun(model, prompts, DecodeSteps, config with { Eviction = recorder });
 
         long[] next;
         using (var d = dense.Prefill())
@@ -147,10 +149,10 @@ public abstract class KvCachePolicyContract
             var host = HostLayer.Read(layer);
             var reference = HostLayer.Read(dense.Cache[l]);
             var counts = HostArrays.Longs(layer.EntryCounts());
-            // Policies that position tokens by cache index store keys unrotated (only values compare with the dense run), and
+            // Caches that position tokens by cache index store keys unrotated (only values compare with the dense run), and
             // once they evict, learned position embeddings change even layer 0's entries.
-            bool compareKeys = !recorder.PositionsFollowCache;
-            bool compareWithDense = !tightBudget || (l == 0 && !recorder.PositionsFollowCache);
+            bool compareKeys = !layer.KeysAtCacheIndex;
+            bool compareWithDense = !tightBudget || (l == 0 && !layer.KeysAtCacheIndex);
             double tolerance = l == 0 ? StorageTolerance : Math.Max(Tolerance, StorageTolerance);
             for (int b = 0; b < host.Batch; b++)
                 for (int h = 0; h < host.Heads; h++)
@@ -195,8 +197,9 @@ public abstract class KvCachePolicyContract
         using var model = Load(name);
         var prompts = Prompts(model.Info.VocabSize);
         int sequence = prompts.Max(p => p.Length) + DecodeSteps;
-        var recorder = RecordingPolicy.Wrap(CreatePolicy(tightBudget ? TightBudget(sequence) : sequence));
-        using var run = new PolicyRun(model, prompts, DecodeSteps, recorder);
+        var config = CreateConfig(tightBudget ? TightBudget(sequence) : sequence);
+        var recorder = RecordingPolicy.Wrap(config.Eviction);
+        using var run = new PolicyRun(model, prompts, DecodeSteps, config with { Eviction = recorder });
         int layers = model.Info.Layers;
 
         int seen = 0;
@@ -270,7 +273,7 @@ public abstract class KvCachePolicyContract
     [InlineData(5, 5)]
     public void CapacityOfAFullBudgetHoldsTheWholeSequence(int sequence, int step)
     {
-        var policy = CreatePolicy(sequence);
+        var policy = CreateConfig(sequence).Eviction;
         Assert.True(policy.Capacity(sequence, step) >= sequence,
             $"{policy.Name}: Capacity({sequence}, {step}) = {policy.Capacity(sequence, step)} cannot hold a sequence its budget covers");
     }
@@ -291,7 +294,7 @@ public abstract class KvCachePolicyContract
     public void CapacityCoversWhatThePolicyNeeds(int sequence, int first, int step, bool tightBudget)
     {
         const int batch = 2, layers = 2, kvHeads = 2, groups = 2, dim = 4, pad = 3;
-        var policy = CreatePolicy(tightBudget ? TightBudget(sequence) : sequence);
+        var policy = CreateConfig(tightBudget ? TightBudget(sequence) : sequence).Eviction;
         int capacity = policy.Capacity(sequence, Math.Max(first, step));
         Assert.True(capacity >= 1, $"{policy.Name}: Capacity({sequence}, {Math.Max(first, step)}) = {capacity}");
         using var cache = KvCache.Create(new KvCacheOptions
@@ -348,12 +351,12 @@ internal sealed class PolicyRun : IDisposable
     readonly int promptLength;
     int decoded;
 
-    public PolicyRun(CausalLanguageModel model, IReadOnlyList<long[]> prompts, int decodeSteps, IKvCachePolicy policy)
+    public PolicyRun(CausalLanguageModel model, IReadOnlyList<long[]> prompts, int decodeSteps, KvCacheConfig config)
     {
         this.model = model;
         this.prompts = prompts.ToArray();
         promptLength = prompts.Max(p => p.Length);
-        Cache = model.CreateCache(prompts.Count, promptLength + decodeSteps, policy, promptLength);
+        Cache = model.CreateCache(prompts.Count, promptLength + decodeSteps, config, promptLength);
         QueryPositions = new long[0, 0];
     }
 
@@ -449,9 +452,6 @@ internal class RecordingPolicy : IKvCachePolicy
     public bool EvictsAfter(LayerKvCache layer, int incomingTokens) => inner.EvictsAfter(layer, incomingTokens);
     public IKvCachePolicy ForSequenceLength(int maxSequenceLength) => inner.ForSequenceLength(maxSequenceLength);
     public bool AppendOnly => inner.AppendOnly;
-    public int Bits => inner.Bits;
-    public bool PositionsFollowCache => inner.PositionsFollowCache;
-    public int RecomputeWindow(int maxSequenceLength, int sequenceLength) => inner.RecomputeWindow(maxSequenceLength, sequenceLength);
     public int Capacity(int maxSequenceLength, int maxStepTokens) => inner.Capacity(maxSequenceLength, maxStepTokens);
 
     public void BeforeAppend(LayerKvCache layer, int incomingTokens)

@@ -47,7 +47,7 @@ public abstract class OffloadParityContract
 
     /// <summary>The plain runtime over the same GPU batches: prefill, then greedy decode steps; logits per step [rows, vocab].</summary>
     static (List<Tensor> Logits, List<List<int>> Tokens) Reference(CausalLanguageModel model, IReadOnlyList<IReadOnlyList<int>> prompts, int gbs,
-        Tern.Caching.IKvCachePolicy? cachePolicy = null)
+        Tern.Caching.KvCacheConfig? cacheConfig = null)
     {
         var steps = Enumerable.Range(0, NewTokens).Select(_ => new List<Tensor>()).ToArray();
         var tokens = new List<List<int>>();
@@ -56,7 +56,7 @@ public abstract class OffloadParityContract
         {
             var batch = prompts.Skip(start).Take(gbs).ToArray();
             using var scope = torch.NewDisposeScope();
-            using var cache = model.CreateCache(batch.Length, batch.Max(p => p.Count) + NewTokens, cachePolicy);
+            using var cache = model.CreateCache(batch.Length, batch.Max(p => p.Count) + NewTokens, cacheConfig);
             var logits = model.Forward(ForwardBatch.LeftPadded(batch, model.Device, lastPositionOnly: true), cache);
             var rows = batch.Select(_ => new List<int>()).ToList();
             for (int i = 0; ; i++)
@@ -183,7 +183,7 @@ public abstract class OffloadParityContract
             EvictEvery = evictEvery,
         });
         var prompts = Prompts(model.Info.VocabSize);
-        var options = new GenerationOptions { MaxNewTokens = 8, IgnoreEos = true, OutputLogits = true, CachePolicy = policy };
+        var options = new GenerationOptions { MaxNewTokens = 8, IgnoreEos = true, OutputLogits = true, Cache = policy };
         var plain = new Generator(model).GenerateTokens(prompts, options, Ct);
         var other = new Generator(offloaded).GenerateTokens(prompts, options, Ct);
         for (int i = 0; i < plain.Logits!.Count; i++) Assert.InRange(MaxDiff(plain.Logits[i], other.Logits![i]), 0f, PolicyCacheTolerance);
@@ -219,7 +219,7 @@ public abstract class OffloadParityContract
         using var model = CausalLanguageModel.Load(Fixtures.ModelDir(fixture), LoadOptions);
         var prompts = Prompts(model.Info.VocabSize);
         int gbs = OffloadPolicy.Parse(policy).GpuBatchSize;
-        var (quantized, tokens) = Reference(model, prompts, gbs, new Tern.Caching.DensePolicy(bits: 4));
+        var (quantized, tokens) = Reference(model, prompts, gbs, new Tern.Caching.KvCacheConfig(bits: 4));
         var (exact, _) = Reference(model, prompts, gbs);
         for (int i = 0; i < NewTokens; i++) Assert.Equal(0f, MaxDiff(quantized[i], compressed.Logits![i]));
         Assert.Equal(tokens.Select(t => t.ToArray()), compressed.Tokens.Select(t => t.ToArray()));

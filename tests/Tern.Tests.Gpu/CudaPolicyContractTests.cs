@@ -10,21 +10,23 @@ public sealed class CudaSinkPolicyContractTests : KvCachePolicyContract
 {
     protected override DeviceKind Device => DeviceKind.Cuda;
     protected override double Tolerance => 1e-5;
-    protected override IKvCachePolicy CreatePolicy(int sequenceLength) => new StreamingPolicy(KvBudget.OfTokens(sequenceLength), sinks: 4);
+    protected override KvCacheConfig CreateConfig(int sequenceLength) =>
+        new(new StreamingPolicy(KvBudget.OfTokens(sequenceLength), sinks: 4), rollPositions: true);
 }
 
 public sealed class CudaWindowPolicyContractTests : KvCachePolicyContract
 {
     protected override DeviceKind Device => DeviceKind.Cuda;
     protected override double Tolerance => 1e-5;
-    protected override IKvCachePolicy CreatePolicy(int sequenceLength) => new StreamingPolicy(KvBudget.OfTokens(sequenceLength), sinks: 0);
+    protected override KvCacheConfig CreateConfig(int sequenceLength) =>
+        new(new StreamingPolicy(KvBudget.OfTokens(sequenceLength), sinks: 0), rollPositions: true);
 }
 
 public sealed class CudaHeavyHitterPolicyContractTests : KvCachePolicyContract
 {
     protected override DeviceKind Device => DeviceKind.Cuda;
     protected override double Tolerance => 1e-5;
-    protected override IKvCachePolicy CreatePolicy(int sequenceLength) => new HeavyHitterPolicy(KvBudget.OfTokens(sequenceLength));
+    protected override KvCacheConfig CreateConfig(int sequenceLength) => new(new HeavyHitterPolicy(KvBudget.OfTokens(sequenceLength)));
 }
 
 public sealed class CudaQuantized4BitHeavyHitterPolicyContractTests : KvCachePolicyContract
@@ -32,5 +34,5 @@ public sealed class CudaQuantized4BitHeavyHitterPolicyContractTests : KvCachePol
     protected override DeviceKind Device => DeviceKind.Cuda;
     protected override double Tolerance => 0.3;
     protected override double StorageTolerance => 0.3;
-    protected override IKvCachePolicy CreatePolicy(int sequenceLength) => new HeavyHitterPolicy(KvBudget.OfTokens(sequenceLength), bits: 4);
+    protected override KvCacheConfig CreateConfig(int sequenceLength) => new(new HeavyHitterPolicy(KvBudget.OfTokens(sequenceLength)), bits: 4);
 }

@@ -76,15 +76,15 @@ internal static class BenchCommand
             Console.WriteLine($"{"batch",5} {"prompt",6} {"new",5} {"prefill ms",11} {"decode ms/step",15} {"decode tok/s",13} {"peak GB",8}");
             var rows = new List<string>();
             var generator = new Generator(model);
-            var policy = kv.Create(r);
-            string policyLabel = policy.Name == "full" && policy.Bits == 16 ? "" : $" [kv {policy.Name}{(r.GetValue(kv.Budget) is { } b ? " " + b : "")}{(policy.Bits == 16 ? "" : $" {policy.Bits}-bit")}{(r.GetValue(kv.EvictEvery) is > 1 and var every ? $" evict every {every}" : "")}]";
+            var policy = kv.Read(r);
+            string policyLabel = policy.Policy == "full" && policy.Bits == 16 ? "" : $" [kv {policy.Policy}{(r.GetValue(kv.Budget) is { } b ? " " + b : "")}{(policy.Bits == 16 ? "" : $" {policy.Bits}-bit")}{(r.GetValue(kv.EvictEvery) is > 1 and var every ? $" evict every {every}" : "")}]";
             var random = new Random(0);
             foreach (int prompt in r.GetValue(prompts)!)
                 foreach (int batch in r.GetValue(batches)!)
                 {
                     var ids = Enumerable.Range(0, batch)
                         .Select(_ => (IReadOnlyList<int>)Enumerable.Range(0, prompt).Select(_ => random.Next(model.Info.VocabSize)).ToArray()).ToArray();
-                    var options = new GenerationOptions { MaxNewTokens = steps, IgnoreEos = true, UseCudaGraphs = !r.GetValue(noGraphs), CachePolicy = policy, PrefillChunk = r.GetValue(prefillChunk) };
+                    var options = new GenerationOptions { MaxNewTokens = steps, IgnoreEos = true, UseCudaGraphs = !r.GetValue(noGraphs), PrefillChunk = r.GetValue(prefillChunk) }.WithKvPolicy(policy);
                     generator.GenerateTokens(ids, options with { MaxNewTokens = 3 }); // warm-up: kernels, allocator, plans
                     var result = generator.GenerateTokens(ids, options);
                     long used = DeviceReport.UsedBytes(device);
@@ -118,7 +118,8 @@ internal static class BenchCommand
         if (measureSteps < 0 || measureSteps > 0 && measureSteps < 4)
             throw new ArgumentException("--measure-steps must be 0 (every step) or at least 4 (two warm steps and the steps averaged).");
         if (measureSteps >= steps - 1) measureSteps = 0; // nothing to project
-        var kvPolicy = kv.Create(r);
+        var kvPolicy = kv.Read(r);
+        var kvCache = Caching.KvCachePolicies.Create(kvPolicy);
         var (folder, load) = common.LoadOptions(r);
         // Offloaded models are large: constant dummy weights (FlexGen's and the HF baseline's choice; throughput does not depend
         // on the values) fill 60 GB in seconds where the hashed normal noise would take many minutes on the CPU.
@@ -129,7 +130,7 @@ internal static class BenchCommand
         var random = new Random(0);
         foreach (int prompt in r.GetValue(prompts)!)
         {
-            var (options, prediction) = offload.Resolve(r, folder, load.DType, device, prompt, steps, Console.Out, kvPolicy);
+            var (options, prediction) = offload.Resolve(r, folder, load.DType, device, prompt, steps, Console.Out, kvCache);
             var policy = options.Policy;
             OffloadFlags.Print(Console.Out, policy, prediction);
             var loadWatch = Stopwatch.StartNew();
@@ -138,7 +139,7 @@ internal static class BenchCommand
                 $"GPU {Units.Bytes(model.WeightBytesOn(Tier.Gpu))}, CPU {Units.Bytes(model.WeightBytesOn(Tier.Cpu))}, disk {Units.Bytes(model.WeightBytesOn(Tier.Disk))}; " +
                 $"device memory in use {DeviceReport.UsedBytes(device) / 1e9:F2} GB");
             IReadOnlyList<int> Random(int n) => Enumerable.Range(0, n).Select(_ => random.Next(model.Info.VocabSize)).ToArray();
-            model.Generate(Enumerable.Range(0, policy.GpuBatchSize).Select(_ => Random(Math.Min(prompt, 32))).ToArray(), 2, cachePolicy: kvPolicy); // warm-up
+            model.Generate(Enumerable.Range(0, policy.GpuBatchSize).Select(_ => Random(Math.Min(prompt, 32))).ToArray(), 2, cache: kvCache); // warm-up
             var stepSeconds = TimeSteps(model, Enumerable.Range(0, policy.BlockSize).Select(_ => Random(prompt)).ToArray(), steps, kvPolicy, measureSteps);
             double prefillSeconds = stepSeconds[0];
             var decodeMeasured = stepSeconds.Skip(1).ToArray();
@@ -152,7 +153,7 @@ internal static class BenchCommand
             Console.WriteLine($"{how}:   prefill {prefillSeconds:F2} s, decode {decodeSeconds:F2} s ({decodeTps:F2} tokens/s), " +
                 $"throughput {measured:F2} tokens/s; predicted {prediction.TokensPerSecond:F2} ({measured / prediction.TokensPerSecond - 1:+0.0%;-0.0%} off); " +
                 $"peak GPU placement {Units.Bytes(model.PeakGpuBytes)}, device memory in use {DeviceReport.UsedBytes(device) / 1e9:F2} GB");
-            string rowLabel = $"{r.GetValue(label)} [offload {policy}; kv {kvPolicy.Name} {r.GetValue(kv.Budget)} {kvPolicy.Bits}-bit; generation {measured:0.###} tok/s" +
+            string rowLabel = $"{r.GetValue(label)} [offload {policy}; kv {kvPolicy.Policy} {r.GetValue(kv.Budget)} {kvPolicy.Bits}-bit; generation {measured:0.###} tok/s" +
                 $"{(measureSteps > 0 ? $" projected from {decodeMeasured.Length} decode steps" : "")}; predicted {prediction.TokensPerSecond:0.###}]";
             File.AppendAllText(StepsPath(r.GetValue(output)!), string.Concat(stepSeconds.Select((t, i) =>
                 $"{Csv(rowLabel.Trim())},{prompt},{steps},{i},{F(t * 1e3)}\n")));
@@ -171,9 +172,9 @@ internal static class BenchCommand
     /// <summary>Seconds of each step of one offloaded block (prefill first), the tokens streamed so each step ends at a host sync;
     /// with <paramref name="measureSteps"/> &gt; 0 the generation (caches sized for <paramref name="steps"/>) stops after that many
     /// decode steps.</summary>
-    static List<double> TimeSteps(OffloadedModel model, IReadOnlyList<IReadOnlyList<int>> prompts, int steps, Caching.IKvCachePolicy policy, int measureSteps)
+    static List<double> TimeSteps(OffloadedModel model, IReadOnlyList<IReadOnlyList<int>> prompts, int steps, Caching.KvPolicyOptions policy, int measureSteps)
     {
-        var options = new GenerationOptions { MaxNewTokens = steps, IgnoreEos = true, CachePolicy = policy };
+        var options = new GenerationOptions { MaxNewTokens = steps, IgnoreEos = true }.WithKvPolicy(policy);
         var times = new List<double>();
         var watch = new Stopwatch();
         int tokens = 0;

@@ -24,7 +24,7 @@ internal static class ChatCommand
 
     static async Task<int> RunAsync(ParseResult r, CommonOptions common, SamplingOptions sampling, KvPolicyFlags kv, Option<string?> systemOption, CancellationToken cancellation)
     {
-        var options = sampling.Read(r) with { CachePolicy = kv.Create(r) };
+        var options = sampling.Read(r).WithKvPolicy(kv.Read(r));
         var (model, tokenizer, folder) = common.Load(r, needTokenizer: true);
         using (model)
         {

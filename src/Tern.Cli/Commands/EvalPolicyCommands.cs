@@ -104,7 +104,7 @@ internal static class EvalPolicyCommands
                             TokensPerStream = limit > 0 ? limit : r.GetValue(perStream), StartToken = r.GetValue(startToken),
                         };
                         string label = size == 0 ? spec.ToString() : $"{spec} {size}";
-                        var policy = KvCachePolicies.Create(spec.Options(KvBudget.OfTokens(Math.Max(size, 1)))); // full ignores the budget
+                        var policy = spec.Options(KvBudget.OfTokens(Math.Max(size, 1))); // full ignores the budget
                         var result = StreamingEvaluation.Run(model, tokens, policy, options, new ConsoleProgress(label), cancellation);
                         Console.Error.WriteLine();
                         rows.Add((label, result));
@@ -158,11 +158,11 @@ internal static class EvalPolicyCommands
                 seqs = WithStartToken(seqs, r.GetValue(startToken));
                 var reference = BudgetEvaluation.Reference(model, seqs, new ConsoleProgress("full cache"), cancellation);
                 Console.Error.WriteLine();
-                var points = new List<BudgetPoint> { BudgetEvaluation.Run(model, seqs, reference, KvCachePolicies.Create(new KvPolicyOptions()), "full", 1, null, cancellation) };
+                var points = new List<BudgetPoint> { BudgetEvaluation.Run(model, seqs, reference, new KvPolicyOptions(), "full", 1, null, cancellation) };
                 foreach (var spec in specs)
                     foreach (double ratio in ratios)
                     {
-                        var policy = KvCachePolicies.Create(spec.Options(KvBudget.OfRatio(ratio)));
+                        var policy = spec.Options(KvBudget.OfRatio(ratio));
                         var point = BudgetEvaluation.Run(model, seqs, reference, policy, spec.ToString(), ratio, new ConsoleProgress($"{spec} {ratio:P0}"), cancellation);
                         Console.Error.WriteLine();
                         points.Add(point);
@@ -222,7 +222,7 @@ internal static class EvalPolicyCommands
                     foreach (var spec in specs)
                         foreach (double ratio in ratios)
                         {
-                            var policy = KvCachePolicies.Create(spec.Options(KvBudget.OfRatio(ratio)));
+                            var policy = spec.Options(KvBudget.OfRatio(ratio));
                             rows.Add((spec.ToString(), ratio, MultipleChoice.Evaluate(model, tokenizer!, task, policy, new ConsoleProgress($"{task.Name} {spec} {ratio:P0}"), cancellation)));
                             Console.Error.WriteLine();
                         }

@@ -43,7 +43,7 @@ internal static class GenerateCommand
             if (text.StartsWith("--", StringComparison.Ordinal) && !text.Contains(' '))
                 throw new ArgumentException($"unknown option '{text}' (run 'tern generate --help' for the options; quote a prompt that starts with --).");
         if (texts.Count == 0) texts.Add("Once upon a time");
-        var options = sampling.Read(r) with { CachePolicy = kv.Create(r) };
+        var options = sampling.Read(r).WithKvPolicy(kv.Read(r));
         var (model, tokenizer, description, blockSize, report) = offload.Enabled(r) ? LoadOffloaded(r, common, offload, texts, options) : Load(r, common);
         using (model as IDisposable)
         {
@@ -100,7 +100,7 @@ internal static class GenerateCommand
         var tokenizer = Tern.Tokenization.TernTokenizer.Load(folder);
         int longest = texts.Max(t => tokenizer.Encode(t).Count);
         var device = ComputeOptions.ResolveDevice(load.Device);
-        var (offloadOptions, prediction) = offload.Resolve(r, folder, load.DType, device, longest, options.MaxNewTokens, Console.Error, options.CachePolicy);
+        var (offloadOptions, prediction) = offload.Resolve(r, folder, load.DType, device, longest, options.MaxNewTokens, Console.Error, options.Cache);
         OffloadFlags.Print(Console.Error, offloadOptions.Policy, prediction);
         var model = OffloadedModel.Load(folder, load, offloadOptions);
         return (model, tokenizer, $"model: {folder} ({model.Info.ModelType}) offloaded: {model.Policy}", model.Policy.BlockSize,

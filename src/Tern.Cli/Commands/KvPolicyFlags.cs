@@ -50,6 +50,6 @@ internal sealed class KvPolicyFlags
     }
 
     /// <summary>The policy the flags describe (validated by the parser already).</summary>
-    public IKvCachePolicy Create(ParseResult r) =>
-        KvCachePolicies.Create(KvPolicyOptions.Parse(r.GetValue(Policy), r.GetValue(Budget), r.GetValue(Sinks), r.GetValue(Recent), r.GetValue(Bits), r.GetValue(EvictEvery)));
+    public KvPolicyOptions Read(ParseResult r) =>
+        KvPolicyOptions.Parse(r.GetValue(Policy), r.GetValue(Budget), r.GetValue(Sinks), r.GetValue(Recent), r.GetValue(Bits), r.GetValue(EvictEvery));
 }

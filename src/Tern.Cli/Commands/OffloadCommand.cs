@@ -63,18 +63,18 @@ internal static class OffloadCommand
             string folder = r.GetValue(model)!;
             var dt = ComputeOptions.ParseDType(r.GetValue(dtype)!);
             var d = ComputeOptions.ResolveDevice(ComputeOptions.ParseDevice(r.GetValue(device)!));
-            var kvPolicy = kv.Create(r);
-            var workload = OffloadWorkload.FromConfig(folder, dt, r.GetValue(prompt), r.GetValue(gen)).WithKvPolicy(kvPolicy);
+            var kvCache = Caching.KvCachePolicies.Create(kv.Read(r));
+            var workload = OffloadWorkload.FromConfig(folder, dt, r.GetValue(prompt), r.GetValue(gen)).WithKvPolicy(kvCache);
             var capacity = flags.Capacity(r, d);
             var hardware = flags.Hardware(r, Console.Out);
-            var plan = PolicySearch.Find(flags.Plan(r, workload, hardware, capacity) with { WholeCache = OffloadedModel.NeedsResidentCache(kvPolicy) });
+            var plan = PolicySearch.Find(flags.Plan(r, workload, hardware, capacity) with { WholeCache = OffloadedModel.NeedsResidentCache(kvCache) });
             var config = HfConfig.Load(folder);
             Console.WriteLine($"model:      {Path.GetFullPath(folder)} ({config.ModelType}, {workload.Layers} layers, hidden {workload.Hidden}, " +
                               $"{Units.Bytes(workload.LayerWeightBytes * workload.Layers)} of {dt.ShortName()} weights); prompt {workload.Prompt}, new {workload.Generate}");
             Console.WriteLine($"memory:     GPU {Units.Bytes(capacity.Gpu)}, CPU {Units.Bytes(capacity.Cpu)}, disk {Units.Bytes(capacity.Disk)} (plans fill at most 80%)");
             Console.WriteLine($"searched:   {plan.Candidates} (gbs, ngb) pairs, one LP each");
             OffloadFlags.Print(Console.Out, plan.Policy, plan.Prediction);
-            string kvFlags = OffloadedModel.NeedsResidentCache(kvPolicy) ? " " + string.Join(' ', KvPolicyFlags.Echo(r, kv)) : "";
+            string kvFlags = OffloadedModel.NeedsResidentCache(kvCache) ? " " + string.Join(' ', KvPolicyFlags.Echo(r, kv)) : "";
             Console.WriteLine($"run it:     tern bench --model {folder} --dummy --dtype {dt.ShortName()} --offload \"{plan.Policy}\" --prompt {workload.Prompt} --new-tokens {workload.Generate}{kvFlags}");
             return 0;
         });

@@ -62,18 +62,18 @@ internal sealed class OffloadFlags
     }
 
     /// <summary>The policy (from the flag, or from the search for 'auto'), the options to run it and the cost model's prediction.</summary>
-    /// <param name="kvPolicy">The KV policy the sequences run under: the search sizes the block by the cache it keeps (and
-    /// keeps a non-plain policy's cache on the GPU, as the engine needs).</param>
+    /// <param name="kvCache">The KV cache the sequences run over: the search sizes the block by what it keeps (and keeps a
+    /// non-plain cache whole, as the engine needs).</param>
     public (OffloadOptions Options, Prediction Prediction) Resolve(ParseResult r, string folder, ModelDType dtype, TorchSharp.torch.Device device,
-        int prompt, int generate, TextWriter log, Tern.Caching.IKvCachePolicy? kvPolicy = null)
+        int prompt, int generate, TextWriter log, Tern.Caching.KvCacheConfig? kvCache = null)
     {
         var workload = OffloadWorkload.FromConfig(folder, dtype, prompt, generate);
-        if (kvPolicy is not null) workload = workload.WithKvPolicy(kvPolicy);
+        if (kvCache is not null) workload = workload.WithKvPolicy(kvCache);
         var hardware = Hardware(r, log);
         var capacity = Capacity(r, device);
         OffloadPolicy policy;
         if (r.GetValue(Offload) is "auto" or null)
-            policy = PolicySearch.Find(Plan(r, workload, hardware, capacity) with { WholeCache = OffloadedModel.NeedsResidentCache(kvPolicy) }).Policy;
+            policy = PolicySearch.Find(Plan(r, workload, hardware, capacity) with { WholeCache = OffloadedModel.NeedsResidentCache(kvCache) }).Policy;
         else policy = OffloadPolicy.Parse(r.GetValue(Offload)!);
         var prediction = new CostModel(workload, hardware, policy.CompressWeights, policy.CpuAttention, policy.CompressCache).Predict(policy);
         var options = new OffloadOptions

@@ -97,7 +97,7 @@ internal static class ServeBenchCommand
                     {
                         long tokens = 0;
                         for (int i = 0; i < perClient; i++)
-                            tokens += (await engine.Submit(Prompts[(c + i) % Prompts.Length], options with { CachePolicy = mix[c % mix.Length] }, cancellation).Completion).Tokens.Count;
+                            tokens += (await engine.Submit(Prompts[(c + i) % Prompts.Length], options.WithKvPolicy(mix[c % mix.Length]), cancellation).Completion).Tokens.Count;
                         return tokens;
                     }));
                     rows.Add(new Row("engine mixed", clients, clients * perClient, mixed.Sum(), watch.Elapsed.TotalSeconds, double.NaN, double.NaN));
@@ -120,11 +120,13 @@ internal static class ServeBenchCommand
     }
 
     /// <summary>The policies of <c>--kv-mix</c>: POLICY[:BUDGET], comma-separated (sink keeps its default sinks).</summary>
-    static Caching.IKvCachePolicy[] ParseMix(string spec) => spec.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries)
+    static Caching.KvPolicyOptions[] ParseMix(string spec) => spec.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries)
         .Select(item =>
         {
             var parts = item.Split(':', 2);
-            return Caching.KvCachePolicies.Create(Caching.KvPolicyOptions.Parse(parts[0], parts.Length > 1 ? parts[1] : null, null, null, null, null));
+            var policy = Caching.KvPolicyOptions.Parse(parts[0], parts.Length > 1 ? parts[1] : null, null, null, null, null);
+            policy.Validate(); // before the model loads
+            return policy;
         }).ToArray();
 
     /// <summary>One streaming completion: completion tokens (from the usage chunk), time to the first text, total time.</summary>

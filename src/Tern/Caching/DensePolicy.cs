@@ -1,24 +1,16 @@
 namespace Tern.Caching;
 
-/// <summary>The full cache: keeps every entry; the reference every other policy is held against. With 8 or 4 bits it is
-/// FlexGen's compressed cache: every entry kept, group-quantized.</summary>
+/// <summary>The full cache: keeps every entry; the reference every other policy is held against. Over 8 or 4 bits
+/// (<see cref="KvCacheConfig.Bits"/>) it is FlexGen's compressed cache: every entry kept, group-quantized.</summary>
 public sealed record DensePolicy : IKvCachePolicy
 {
-    /// <summary>The shared 16-bit instance (the policy holds no state).</summary>
+    /// <summary>The one instance (the policy holds no state).</summary>
     public static DensePolicy Instance { get; } = new();
 
-    /// <summary>A full cache storing <paramref name="bits"/> per element (16, 8 or 4).</summary>
-    public DensePolicy(int bits = 16)
-    {
-        KvPolicyOptions.ValidateBits(bits);
-        Bits = bits;
-    }
+    DensePolicy() { }
 
     /// <inheritdoc />
     public string Name => "full";
-
-    /// <inheritdoc />
-    public int Bits { get; }
 
     /// <inheritdoc />
     public bool AppendOnly => true;

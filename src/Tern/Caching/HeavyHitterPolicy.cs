@@ -24,14 +24,12 @@ public sealed record HeavyHitterPolicy : IKvCachePolicy, IAttentionObserver
     /// most recent tokens; with <paramref name="normalizeScores"/> tokens rank by mean rather than summed attention;
     /// <paramref name="evictEvery"/> &gt; 1 lets the cache overrun the budget by up to that many − 1 tokens and evicts them
     /// together (FlexGen's amortised variant; scores keep accumulating meanwhile).</summary>
-    public HeavyHitterPolicy(KvBudget budget, KvBudget? recent = null, bool normalizeScores = false, int bits = 16, int evictEvery = 1)
+    public HeavyHitterPolicy(KvBudget budget, KvBudget? recent = null, bool normalizeScores = false, int evictEvery = 1)
     {
-        KvPolicyOptions.ValidateBits(bits);
         KvPolicyOptions.ValidateEvictEvery(evictEvery);
         this.budget = budget;
         this.recent = recent;
         NormalizeScores = normalizeScores;
-        Bits = bits;
         EvictEvery = evictEvery;
     }
 
@@ -43,9 +41,6 @@ public sealed record HeavyHitterPolicy : IKvCachePolicy, IAttentionObserver
 
     /// <inheritdoc />
     public string Name => "h2o";
-
-    /// <inheritdoc />
-    public int Bits { get; }
 
     /// <inheritdoc />
     public bool AppendOnly => false;
@@ -64,7 +59,7 @@ public sealed record HeavyHitterPolicy : IKvCachePolicy, IAttentionObserver
     {
         if (!budget.IsRatio && recent is not { IsRatio: true }) return this;
         var (k, r) = Sizes(maxSequenceLength);
-        return new HeavyHitterPolicy(KvBudget.OfTokens(k), KvBudget.OfTokens(r), NormalizeScores, Bits, EvictEvery);
+        return new HeavyHitterPolicy(KvBudget.OfTokens(k), KvBudget.OfTokens(r), NormalizeScores, EvictEvery);
     }
 
     /// <inheritdoc />

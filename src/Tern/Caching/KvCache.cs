@@ -20,6 +20,9 @@ public sealed record KvCacheOptions
     /// <summary>Bits per stored key/value element: 16 keeps <see cref="DType"/>; 8 or 4 store FlexGen group-quantized codes
     /// (groups of 64 along the head dimension), dequantized for attention.</summary>
     public int Bits { get; init; } = 16;
+    /// <summary>Keys are stored before the rotary embedding and tokens positioned by their cache index
+    /// (<see cref="KvCacheConfig.RollPositions"/>).</summary>
+    public bool RollPositions { get; init; }
     /// <summary>Longest sequence the cache serves (what ratio budgets are ratios of); 0 means <see cref="Capacity"/>.</summary>
     public int MaxSequenceLength { get; init; }
     /// <summary>Where the cache lives.</summary>

@@ -8,18 +8,19 @@ public static class KvCachePolicies
     /// <summary>The policy names, as <c>--kv-policy</c> accepts them.</summary>
     public static IReadOnlyList<string> Names { get; } = new[] { "full", "window", "window-recompute", "sink", "h2o" };
 
-    /// <summary>Validates <paramref name="options"/> and builds the policy.</summary>
-    public static IKvCachePolicy Create(KvPolicyOptions options)
+    /// <summary>Validates <paramref name="options"/> and builds the cache they name: sink and window roll positions
+    /// (StreamingLLM); window-recompute runs over the full cache (its window is <see cref="KvPolicyOptions.RecomputeWindow"/>,
+    /// a way of stepping rather than of caching).</summary>
+    public static KvCacheConfig Create(KvPolicyOptions options)
     {
         options.Validate();
         var budget = options.Budget.GetValueOrDefault();
         return options.Policy switch
         {
-            "full" => options.Bits == 16 ? DensePolicy.Instance : new DensePolicy(options.Bits),
-            "window" => new StreamingPolicy(budget, sinks: 0, options.Bits, options.EvictEvery),
-            "window-recompute" => new WindowRecomputePolicy(budget, options.Bits),
-            "sink" => new StreamingPolicy(budget, options.SinkCount, options.Bits, options.EvictEvery),
-            "h2o" => new HeavyHitterPolicy(budget, options.Recent, options.NormalizeScores, options.Bits, options.EvictEvery),
+            "full" or "window-recompute" => new KvCacheConfig(bits: options.Bits),
+            "window" or "sink" => new KvCacheConfig(new StreamingPolicy(budget, options.Policy == "sink" ? options.SinkCount : 0, options.EvictEvery),
+                options.Bits, rollPositions: true),
+            "h2o" => new KvCacheConfig(new HeavyHitterPolicy(budget, options.Recent, options.NormalizeScores, options.EvictEvery), options.Bits),
             _ => throw new OptionException($"{TernOption.KvPolicy} '{options.Policy}' is unknown."), // Validate lets no other name through
         };
     }

@@ -121,6 +121,10 @@ public sealed record KvPolicyOptions
         }
     }
 
+    /// <summary>The window StreamingLLM's re-computation baseline re-runs at every step (window-recompute's budget; null for
+    /// the other policies, which append).</summary>
+    public KvBudget? RecomputeWindow => Policy == "window-recompute" ? Budget : null;
+
     /// <summary>Sinks of the sink policy with the default applied.</summary>
     internal int SinkCount => Sinks ?? DefaultSinks;
 

@@ -22,6 +22,7 @@ public sealed class LayerKvCache : IDisposable
         Capacity = options.Capacity;
         MaxSequenceLength = options.MaxSequenceLength > 0 ? options.MaxSequenceLength : options.Capacity;
         Bits = options.Bits;
+        KeysAtCacheIndex = options.RollPositions;
         DType = options.DType;
         keys = KvStore.Create(options);
         values = KvStore.Create(options);
@@ -35,8 +36,8 @@ public sealed class LayerKvCache : IDisposable
     public IKvCachePolicy Policy { get; }
 
     /// <summary>True when keys are stored before the rotary embedding and attended at their cache index
-    /// (StreamingLLM's position rolling, <see cref="IKvCachePolicy.PositionsFollowCache"/>).</summary>
-    public bool KeysAtCacheIndex => Policy.PositionsFollowCache;
+    /// (StreamingLLM's position rolling, <see cref="KvCacheOptions.RollPositions"/>).</summary>
+    public bool KeysAtCacheIndex { get; }
 
     /// <summary>True when the policy wants this layer's attention probabilities (<see cref="Observe"/>).</summary>
     public bool ObservesAttention => Policy is IAttentionObserver;
@@ -101,8 +102,8 @@ public sealed class LayerKvCache : IDisposable
     /// <summary>True when some slot below <see cref="Length"/> is empty (padding or uneven eviction), so attention needs a mask.</summary>
     public bool HasHoles { get; private set; }
 
-    /// <summary>Key storage [batch, kvHeads, capacity, headDim], stored after rotary embedding (before it when the policy
-    /// positions keys by their cache index, <see cref="IKvCachePolicy.PositionsFollowCache"/>). With 16 bits this is the
+    /// <summary>Key storage [batch, kvHeads, capacity, headDim], stored after rotary embedding (before it when the cache
+    /// positions keys by their cache index, <see cref="KeysAtCacheIndex"/>). With 16 bits this is the
     /// storage itself; with 8 or 4 bits a dequantized copy.</summary>
     public Tensor Keys => keys.Read(Capacity);
 

@@ -9,8 +9,9 @@ namespace Tern.Caching;
 /// [the first S tokens ever seen][the last W tokens], C = S + W entries (the paper's "S + W" cache, e.g. 4 + 2044), and
 /// positions are assigned inside the cache (§3.2): a key's rotary position is its index in the cache and a new token's is the
 /// number of entries before it, so a cached key at index i is attended with R(i)·k. Keys are stored before the rotary
-/// embedding and rotated at their cache index every step (<see cref="IKvCachePolicy.PositionsFollowCache"/>): exact after
-/// any number of evictions, and quantized keys are never re-quantized. With S = 0 it is plain window attention, the baseline
+/// embedding and rotated at their cache index every step (<see cref="KvCacheConfig.RollPositions"/>, which
+/// <see cref="KvCachePolicies.Create"/> sets for this policy): exact after any number of evictions, and quantized keys are
+/// never re-quantized. With S = 0 it is plain window attention, the baseline
 /// that fails once the first tokens leave the cache.
 /// </summary>
 public sealed record StreamingPolicy : IKvCachePolicy
@@ -19,17 +20,15 @@ public sealed record StreamingPolicy : IKvCachePolicy
 
     /// <summary>A cache of <paramref name="budget"/> entries per row, the first <paramref name="sinks"/> of them sinks;
     /// <paramref name="evictEvery"/> &gt; 1 lets the window overrun by up to that many − 1 tokens and evicts them together.</summary>
-    public StreamingPolicy(KvBudget budget, int sinks, int bits = 16, int evictEvery = 1)
+    public StreamingPolicy(KvBudget budget, int sinks, int evictEvery = 1)
     {
         KvPolicyOptions.ValidateEvictEvery(evictEvery);
         EvictEvery = evictEvery;
-        KvPolicyOptions.ValidateBits(bits);
         if (sinks < 0) throw new OptionException($"{TernOption.KvSink} must be >= 0 (got {sinks}).");
         if (!budget.IsRatio && sinks >= budget.Tokens)
             throw new OptionException($"{TernOption.KvSink} {sinks} must be smaller than {TernOption.KvBudget} {budget}: the budget holds the sinks and a recent window of at least one token.");
         this.budget = budget;
         Sinks = sinks;
-        Bits = bits;
     }
 
     /// <summary>Eviction runs once the window has overrun the budget by this many tokens (1 = after every step, the paper's rule).</summary>
@@ -42,13 +41,7 @@ public sealed record StreamingPolicy : IKvCachePolicy
     public string Name => Sinks == 0 ? "window" : "sink";
 
     /// <inheritdoc />
-    public int Bits { get; }
-
-    /// <inheritdoc />
     public bool AppendOnly => false;
-
-    /// <inheritdoc />
-    public bool PositionsFollowCache => true;
 
     /// <summary>Entries per row after a step, for a cache created for <paramref name="sequenceLength"/> tokens.</summary>
     public int Budget(int sequenceLength) =>
@@ -56,7 +49,7 @@ public sealed record StreamingPolicy : IKvCachePolicy
 
     /// <inheritdoc />
     public IKvCachePolicy ForSequenceLength(int maxSequenceLength) =>
-        budget.IsRatio ? new StreamingPolicy(KvBudget.OfTokens(Budget(maxSequenceLength)), Sinks, Bits, EvictEvery) : this;
+        budget.IsRatio ? new StreamingPolicy(KvBudget.OfTokens(Budget(maxSequenceLength)), Sinks, EvictEvery) : this;
 
     /// <inheritdoc />
     public int Capacity(int maxSequenceLength, int maxStepTokens) => Math.Min(maxSequenceLength, Budget(maxSequenceLength) + EvictEvery - 1 + maxStepTokens);

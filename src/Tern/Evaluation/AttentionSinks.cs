@@ -26,7 +26,7 @@ public static class AttentionSinks
         if (firstTokens < 1 || firstTokens > fromQuery + 1 || fromQuery >= length)
             throw new ArgumentException($"need 1 ≤ first tokens ({firstTokens}) ≤ from-query ({fromQuery}) + 1 and from-query < length ({length}).");
         var probe = new Probe(model.Info.Layers, firstTokens, fromQuery);
-        using (var cache = model.CreateCache(sequences.Count, length, probe, maxStepTokens: length))
+        using (var cache = model.CreateCache(sequences.Count, length, new KvCacheConfig(probe), maxStepTokens: length))
         using (var scope = torch.NewDisposeScope())
             model.Forward(ForwardBatch.LeftPadded(sequences, model.Device, lastPositionOnly: true), cache);
         // Uniform attention gives the first k keys k / (q + 1) at query position q.

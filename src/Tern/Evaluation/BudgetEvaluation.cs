@@ -23,11 +23,12 @@ public static class BudgetEvaluation
         IProgress<double>? progress = null, CancellationToken cancellation = default) =>
         TeacherForcing.Score(model, sequences, new TeacherForcingOptions { Progress = progress }, cancellation);
 
-    /// <summary>Scores <paramref name="sequences"/> under <paramref name="policy"/> and compares with <paramref name="reference"/>.</summary>
+    /// <summary>Scores <paramref name="sequences"/> under the KV-cache policy <paramref name="policy"/> names and compares with
+    /// <paramref name="reference"/>.</summary>
     public static BudgetPoint Run(CausalLanguageModel model, IReadOnlyList<IReadOnlyList<int>> sequences, TeacherForcingResult reference,
-        IKvCachePolicy policy, string label, double budget, IProgress<double>? progress = null, CancellationToken cancellation = default)
+        KvPolicyOptions policy, string label, double budget, IProgress<double>? progress = null, CancellationToken cancellation = default)
     {
-        var scores = TeacherForcing.Score(model, sequences, new TeacherForcingOptions { Policy = policy, Progress = progress }, cancellation);
+        var scores = TeacherForcing.Score(model, sequences, new TeacherForcingOptions { Progress = progress }.WithKvPolicy(policy), cancellation);
         double nll = 0;
         long tokens = 0, agree = 0;
         for (int b = 0; b < sequences.Count; b++)

@@ -24,7 +24,7 @@ public sealed record ChoiceResult(string Task, int Items, double Accuracy, doubl
 public static partial class MultipleChoice
 {
     /// <summary>Scores every item of <paramref name="task"/> (the choices of an item run as one batch).</summary>
-    public static ChoiceResult Evaluate(CausalLanguageModel model, TernTokenizer tokenizer, ChoiceTask task, IKvCachePolicy? policy = null,
+    public static ChoiceResult Evaluate(CausalLanguageModel model, TernTokenizer tokenizer, ChoiceTask task, KvPolicyOptions? policy = null,
         IProgress<double>? progress = null, CancellationToken cancellation = default)
     {
         int correct = 0, correctNormalized = 0;
@@ -34,7 +34,7 @@ public static partial class MultipleChoice
             var context = tokenizer.Encode(item.Context, addSpecialTokens: false);
             var choices = item.Choices.Select(c => tokenizer.Encode(c, addSpecialTokens: false)).ToArray();
             var sequences = choices.Select(c => (IReadOnlyList<int>)context.Concat(c).ToArray()).ToArray();
-            var scores = TeacherForcing.Score(model, sequences, new TeacherForcingOptions { Policy = policy, PrefixLength = context.Count }, cancellation);
+            var scores = TeacherForcing.Score(model, sequences, new TeacherForcingOptions { PrefixLength = context.Count }.WithKvPolicy(policy ?? new KvPolicyOptions()), cancellation);
             var loglik = choices.Select((c, b) => scores.LogProbs[b].Take(c.Count).Sum(x => (double)x)).ToArray();
             var perByte = loglik.Select((l, b) => l / Math.Max(1, System.Text.Encoding.UTF8.GetByteCount(item.Choices[b]))).ToArray();
             if (ArgMax(loglik) == item.Answer) correct++;

@@ -37,8 +37,8 @@ public sealed record StreamingEvaluationResult(string Policy, int Streams, int T
 /// </summary>
 public static class StreamingEvaluation
 {
-    /// <summary>Scores <paramref name="tokens"/> under <paramref name="policy"/>.</summary>
-    public static StreamingEvaluationResult Run(CausalLanguageModel model, IReadOnlyList<int> tokens, IKvCachePolicy policy,
+    /// <summary>Scores <paramref name="tokens"/> under the KV-cache policy <paramref name="policy"/> names.</summary>
+    public static StreamingEvaluationResult Run(CausalLanguageModel model, IReadOnlyList<int> tokens, KvPolicyOptions policy,
         StreamingEvaluationOptions options, IProgress<double>? progress = null, CancellationToken cancellation = default)
     {
         if (options.Streams < 1) throw new ArgumentException($"streams must be at least 1 (got {options.Streams}).");
@@ -53,7 +53,7 @@ public static class StreamingEvaluation
             : tokens.Skip(s * perStream).Take(perStream).ToArray())).ToArray();
 
         var clock = Stopwatch.StartNew();
-        var scores = TeacherForcing.Score(model, streams, new TeacherForcingOptions { Policy = policy, PrefixLength = 1, Progress = progress }, cancellation);
+        var scores = TeacherForcing.Score(model, streams, new TeacherForcingOptions { PrefixLength = 1, Progress = progress }.WithKvPolicy(policy), cancellation);
         int buckets = (perStream + options.BucketSize - 1) / options.BucketSize; // targets sit at positions 1 .. perStream - 1
         var sum = new double[buckets];
         var count = new long[buckets];
@@ -64,7 +64,7 @@ public static class StreamingEvaluation
                 sum[position / options.BucketSize] -= row[j];
                 count[position / options.BucketSize]++;
             }
-        return new StreamingEvaluationResult(policy.Name, options.Streams, perStream, options.BucketSize,
+        return new StreamingEvaluationResult(policy.Policy, options.Streams, perStream, options.BucketSize,
             sum.Select((s, k) => count[k] > 0 ? s / count[k] : double.NaN).ToArray(), count, sum.Sum() / count.Sum(),
             clock.Elapsed.TotalSeconds);
     }

@@ -10,8 +10,16 @@ namespace Tern.Evaluation;
 /// <summary>How <see cref="TeacherForcing.Score"/> runs.</summary>
 public sealed record TeacherForcingOptions
 {
-    /// <summary>The KV-cache policy the model runs under; null = the full cache.</summary>
-    public IKvCachePolicy? Policy { get; init; }
+    /// <summary>The KV cache the model runs over; null = the full 16-bit cache.</summary>
+    public KvCacheConfig? Cache { get; init; }
+
+    /// <summary>StreamingLLM's re-computation baseline, as <see cref="GenerationOptions.RecomputeWindow"/> (a ratio is of
+    /// the longest sequence); null appends every token.</summary>
+    public KvBudget? RecomputeWindow { get; init; }
+
+    /// <summary>These options with the KV-cache policy <paramref name="kv"/> names (validated): its cache, and for
+    /// window-recompute its window.</summary>
+    public TeacherForcingOptions WithKvPolicy(KvPolicyOptions kv) => this with { Cache = KvCachePolicies.Create(kv), RecomputeWindow = kv.RecomputeWindow };
 
     /// <summary>Tokens of every sequence run as one prefill (as a prompt would be) before the one-token steps; at least 1.</summary>
     public int PrefixLength { get; init; } = 1;
@@ -46,10 +54,10 @@ public static class TeacherForcing
             throw new ArgumentException($"every sequence needs more than the {prefix} prefix tokens (the shortest has {sequences.Min(s => s.Count)}).");
         int length = sequences.Max(s => s.Count), targets = length - prefix;
         var device = model.Device;
-        var policy = options.Policy ?? DensePolicy.Instance;
+        var recompute = WindowRecompute.For(options.RecomputeWindow, length);
 
         using var scope = torch.NewDisposeScope();
-        using var runner = model.CreateRunner(batch, length, prefix, policy);
+        using var runner = model.CreateRunner(batch, length, prefix, options.Cache);
         var padded = new long[batch * length];
         for (int b = 0; b < batch; b++)
             for (int t = 0; t < sequences[b].Count; t++) padded[b * length + t] = sequences[b][t];
@@ -68,15 +76,14 @@ public static class TeacherForcing
         IReadOnlyList<int>[] Fed(int count) => sequences.Select(s => (IReadOnlyList<int>)s.Take(count).ToArray()).ToArray();
 
         var prefill = ForwardBatch.LeftPadded(Fed(prefix), device, lastPositionOnly: true);
-        Record(0, policy.RecomputeWindow(length, prefix) is > 0 and var first ? WindowRecompute.Run(runner, device, Fed(prefix), first)
-            : runner.Forward(prefill));
+        Record(0, recompute?.Applies(prefix) == true ? recompute.Run(runner, device, Fed(prefix)) : runner.Forward(prefill));
         var ones = Enumerable.Repeat(1, batch).ToArray();
         for (int t = prefix; t < length - 1; t++)
         {
             cancellation.ThrowIfCancellationRequested();
             using var stepScope = torch.NewDisposeScope();
-            var logits = policy.RecomputeWindow(length, t + 1) is > 0 and var window
-                ? WindowRecompute.Run(runner, device, Fed(t + 1), window)
+            var logits = recompute?.Applies(t + 1) == true
+                ? recompute.Run(runner, device, Fed(t + 1))
                 : runner.Forward(new ForwardBatch
                 {
                     InputIds = ids.narrow(1, t, 1),

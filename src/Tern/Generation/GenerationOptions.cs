@@ -40,8 +40,13 @@ public sealed record GenerationOptions
     /// <summary>Tests only: run the static-shape decode step (the body a CUDA graph captures) on any device, without capture.</summary>
     internal bool ForceStaticShapes { get; init; }
 
-    /// <summary>The KV-cache policy of the request; null is the full cache.</summary>
-    public IKvCachePolicy? CachePolicy { get; init; }
+    /// <summary>The KV cache of the request (eviction, bits, position rolling); null is the full 16-bit cache.</summary>
+    public KvCacheConfig? Cache { get; init; }
+
+    /// <summary>StreamingLLM's re-computation baseline: once a sequence is longer than this window (a token count, or a ratio
+    /// of prompt + new tokens), every step clears the cache and re-runs the last window tokens at positions from 0 instead
+    /// of appending. Null appends as usual. An evaluation baseline: CUDA graphs and serving do not run it.</summary>
+    public KvBudget? RecomputeWindow { get; init; }
 
     /// <summary>Runs the prompt through the model in steps of at most this many tokens (0 = one step). The cache then needs
     /// room for one chunk rather than the whole prompt beyond its budget, which is what lets an evicting policy hold a large
@@ -52,6 +57,10 @@ public sealed record GenerationOptions
     /// <summary>When true the result keeps every step's next-token logits (transformers' <c>output_logits</c>): fp32
     /// [batch, vocab] on the CPU, prefill first (<see cref="GenerationResult.Logits"/>). Steps then run eagerly.</summary>
     public bool OutputLogits { get; init; }
+
+    /// <summary>These options with the KV-cache policy <paramref name="kv"/> names (validated): its cache, and for
+    /// window-recompute its window.</summary>
+    public GenerationOptions WithKvPolicy(KvPolicyOptions kv) => this with { Cache = KvCachePolicies.Create(kv), RecomputeWindow = kv.RecomputeWindow };
 
     /// <summary>Checks the values, with messages that name the option.</summary>
     public void Validate()

@@ -97,9 +97,10 @@ public sealed class Generator
             if (promptLength >= info.MaxPositions)
                 throw new ArgumentException(
                     $"the prompt has {promptLength} tokens but the model's context is {info.MaxPositions} (max_position_embeddings in config.json); shorten the prompt.");
-            // Positions by cache index stay below the cache's capacity, so those policies may run past the model's context.
-            bool positionsBounded = options.CachePolicy?.PositionsFollowCache ?? false;
+            // Positions by cache index stay below the cache's capacity, so those caches may run past the model's context.
+            bool positionsBounded = options.Cache?.RollPositions ?? false;
             maxNew = positionsBounded ? options.MaxNewTokens : Math.Min(options.MaxNewTokens, info.MaxPositions - promptLength);
+            recompute = WindowRecompute.For(options.RecomputeWindow, promptLength + maxNew);
             stopIds = SequenceProgress.StopIds(options, owner.tokenizer, owner.model);
             keptLogits = options.OutputLogits ? new List<Tensor>() : null;
             bool needsText = streaming || options.StopStrings.Count > 0;
@@ -107,10 +108,10 @@ public sealed class Generator
                 needsText ? owner.tokenizer?.CreateStreamingDecoder() : null, options.StopStrings, stopIds)).ToArray();
         }
 
-        bool HostNeedsTokens => streaming || stopIds.Count > 0 || options.StopStrings.Count > 0 || recomputes;
+        bool HostNeedsTokens => streaming || stopIds.Count > 0 || options.StopStrings.Count > 0 || recompute is not null;
 
-        /// <summary>True when the policy re-runs a window of tokens at some step (the host then keeps every token fed).</summary>
-        bool recomputes;
+        /// <summary>Set when some step re-runs a window of tokens (the host then keeps every token fed).</summary>
+        readonly WindowRecompute? recompute;
 
         /// <summary>Runs the loop; yields once per decode step (with the new tokens when streaming).</summary>
         public IEnumerable<List<GeneratedToken>?> Steps(CancellationToken cancellation)
@@ -122,15 +123,13 @@ public sealed class Generator
             var realLengths = prompts.Select(p => p.Count).ToArray();
             var prefill = ForwardBatch.LeftPadded(prompts, device, padId, lastPositionOnly: true);
             var chunks = options.PrefillChunk > 0 && options.PrefillChunk < promptLength ? prefill.Chunks(options.PrefillChunk).ToArray() : new[] { prefill };
-            using var runner = model.CreateRunner(batch, promptLength + maxNew, chunks.Max(c => (int)c.InputIds.shape[1]), options.CachePolicy);
-            var policy = runner.Policy;
-            recomputes = policy.RecomputeWindow(promptLength + maxNew, promptLength + maxNew) > 0;
-            var fed = recomputes ? prompts.Select(p => p.ToList()).ToArray() : null; // every token each sequence has fed
+            using var runner = model.CreateRunner(batch, promptLength + maxNew, chunks.Max(c => (int)c.InputIds.shape[1]), options.Cache);
+            var fed = recompute is not null ? prompts.Select(p => p.ToList()).ToArray() : null; // every token each sequence has fed
             using var sampler = new Sampler(options, prefill.InputIds, prefill.Positions.ge(0), model.Info.VocabSize);
 
             prefillWatch.Start();
             Tensor logits;
-            if (policy.RecomputeWindow(promptLength + maxNew, promptLength) is > 0 and var promptWindow) logits = WindowRecompute.Run(runner, device, fed!, promptWindow);
+            if (recompute?.Applies(promptLength) == true) logits = recompute.Run(runner, device, fed!);
             else
             {
                 logits = runner.Forward(chunks[0]);
@@ -188,8 +187,8 @@ public sealed class Generator
                         long[] host = next.cpu().data<long>().ToArray();
                         for (int b = 0; b < batch; b++) fed[b].Add((int)host[b]);
                     }
-                    var stepLogits = policy.RecomputeWindow(promptLength + maxNew, promptLength + step + 1) is > 0 and var window
-                        ? WindowRecompute.Run(runner, device, fed!, window)
+                    var stepLogits = recompute?.Applies(promptLength + step + 1) == true
+                        ? recompute.Run(runner, device, fed!)
                         : runner.Forward(new ForwardBatch
                     {
                         InputIds = next.unsqueeze(1),

@@ -77,10 +77,9 @@ internal sealed class StepGraph(KvCache cache, Tensor slot, Action body, bool ca
     /// <summary>True when static-shape steps on <paramref name="device"/> can be captured as graphs.</summary>
     public static bool CanCapture(Device device) => device.type == DeviceType.CUDA && LibTorchCuda.IsAvailable;
 
-    /// <summary>True when static-shape steps serve a cache under <paramref name="policy"/>: 16-bit entries, and no window
-    /// re-computation (which clears and refills the cache).</summary>
-    public static bool Serves(IKvCachePolicy policy, int maxSequenceLength) =>
-        policy.Bits == 16 && policy.RecomputeWindow(maxSequenceLength, maxSequenceLength) == 0;
+    /// <summary>True when static-shape steps serve <paramref name="cache"/>: its entries are 16-bit (only the 16-bit store
+    /// writes at a device-held slot, <see cref="LayerKvCache.Append"/>).</summary>
+    public static bool Serves(KvCache cache) => cache.Options.Bits == 16;
 
     public void Dispose() => graph?.Dispose(); // before the buffers its kernels point into
 }

@@ -100,18 +100,19 @@ public abstract class CausalLanguageModel : IStepModel, IDisposable
         return model;
     }
 
-    /// <summary>A cache sized for this model: <paramref name="maxSequenceLength"/> tokens per sequence under <paramref name="policy"/>.</summary>
-    public KvCache CreateCache(int batchSize, int maxSequenceLength, IKvCachePolicy? policy = null, int maxStepTokens = 1) =>
-        CreateCache(batchSize, maxSequenceLength, policy ?? DensePolicy.Instance, maxStepTokens, DType.ToScalarType());
+    /// <summary>A cache sized for this model: <paramref name="maxSequenceLength"/> tokens per sequence as <paramref name="config"/>
+    /// asks (null: the full 16-bit cache).</summary>
+    public KvCache CreateCache(int batchSize, int maxSequenceLength, KvCacheConfig? config = null, int maxStepTokens = 1) =>
+        CreateCache(batchSize, maxSequenceLength, config ?? KvCacheConfig.Full, maxStepTokens, DType.ToScalarType());
 
-    KvCache CreateCache(int batchSize, int maxSequenceLength, IKvCachePolicy policy, int maxStepTokens, ScalarType dtype)
+    KvCache CreateCache(int batchSize, int maxSequenceLength, KvCacheConfig config, int maxStepTokens, ScalarType dtype)
     {
-        int capacity = policy.Capacity(maxSequenceLength, maxStepTokens);
+        int capacity = config.Eviction.Capacity(maxSequenceLength, maxStepTokens);
         // Cache-index positions stay below the capacity: learned position tables must hold that many rows.
-        if (policy.PositionsFollowCache && Info.LearnedPositions && capacity > Info.MaxPositions)
+        if (config.RollPositions && Info.LearnedPositions && capacity > Info.MaxPositions)
             throw new OptionException( // one literal: a FormattableString cannot be concatenated
-                $"{TernOption.KvPolicy} {policy.Name} positions tokens by their cache index, which reaches {capacity - 1} with this {TernOption.KvBudget} (budget plus one step of {maxStepTokens} tokens), but this {Info.ModelType} model has {Info.MaxPositions} learned positions; use a smaller budget or a shorter prompt.");
-        return KvCache.Create(new KvCacheOptions
+                $"{TernOption.KvPolicy} {config.Eviction.Name} positions tokens by their cache index, which reaches {capacity - 1} with this {TernOption.KvBudget} (budget plus one step of {maxStepTokens} tokens), but this {Info.ModelType} model has {Info.MaxPositions} learned positions; use a smaller budget or a shorter prompt.");
+        return config.CreateCache(new KvCacheOptions
         {
             BatchSize = batchSize,
             Layers = Info.Layers,
@@ -119,15 +120,14 @@ public abstract class CausalLanguageModel : IStepModel, IDisposable
             HeadDim = Info.HeadDim,
             Capacity = capacity,
             MaxSequenceLength = maxSequenceLength,
-            Bits = policy.Bits,
             DType = dtype,
             Device = Device,
-        }, policy);
+        });
     }
 
     /// <inheritdoc />
-    public IStepRunner CreateRunner(int batchSize, int maxSequenceLength, int maxStepTokens, IKvCachePolicy? policy) =>
-        new CacheRunner(this, CreateCache(batchSize, maxSequenceLength, policy, maxStepTokens));
+    public IStepRunner CreateRunner(int batchSize, int maxSequenceLength, int maxStepTokens, KvCacheConfig? cache) =>
+        new CacheRunner(this, CreateCache(batchSize, maxSequenceLength, cache, maxStepTokens));
 
     /// <summary>
     /// Runs one step: appends the batch's keys/values to <paramref name="cache"/> and returns logits
@@ -137,7 +137,7 @@ public abstract class CausalLanguageModel : IStepModel, IDisposable
     {
         using var noGrad = torch.no_grad();
         using var scope = torch.NewDisposeScope();
-        if (cache.Policy.PositionsFollowCache) batch = AtCacheIndexes(batch, cache);
+        if (cache.Options.RollPositions) batch = AtCacheIndexes(batch, cache);
         CheckPositions(batch);
         var logits = Run(batch, cache);
         cache.Advance(batch.RealTokens);
@@ -188,7 +188,7 @@ public abstract class CausalLanguageModel : IStepModel, IDisposable
             MaxPosition = (int)t - 1,
         };
         // Under autocast keys and values are kept in its type, so attention runs in it as torch.autocast's SDPA does.
-        using var cache = CreateCache((int)b, (int)t, DensePolicy.Instance, (int)t, Autocast.Current ?? DType.ToScalarType());
+        using var cache = CreateCache((int)b, (int)t, KvCacheConfig.Full, (int)t, Autocast.Current ?? DType.ToScalarType());
         var logits = Run(batch, cache);
         return logits.MoveToOuterDisposeScope();
     }

@@ -19,8 +19,8 @@ public sealed class ForwardBatch
     public required IReadOnlyList<int> RealTokens { get; init; }
 
     /// <summary>The positions the model embeds (rotary angles, learned-position rows), int64 [batch, tokens], -1 for padding:
-    /// the original positions unless the cache policy positions tokens by their cache index
-    /// (<see cref="Caching.IKvCachePolicy.PositionsFollowCache"/>). Masks always use <see cref="Positions"/>.</summary>
+    /// the original positions unless the cache positions tokens by their cache index
+    /// (<see cref="Caching.KvCacheConfig.RollPositions"/>). Masks always use <see cref="Positions"/>.</summary>
     public Tensor ModelPositions { get => modelPositions ?? Positions; init => modelPositions = value; }
     readonly Tensor? modelPositions;
 

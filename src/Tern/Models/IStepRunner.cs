@@ -12,9 +12,6 @@ namespace Tern.Models;
 /// </summary>
 public interface IStepRunner : IDisposable
 {
-    /// <summary>The policy deciding what the sequences' caches keep.</summary>
-    IKvCachePolicy Policy { get; }
-
     /// <summary>The in-memory cache the steps run over, when there is one (CUDA graphs capture steps over it); null when the
     /// state lives elsewhere (offloaded).</summary>
     KvCache? Cache { get; }
@@ -44,14 +41,13 @@ public interface IStepModel
     Runtime.ModelDType DType { get; }
 
     /// <summary>A runner for <paramref name="batchSize"/> sequences of at most <paramref name="maxSequenceLength"/> tokens, fed in
-    /// steps of at most <paramref name="maxStepTokens"/> tokens, their caches under <paramref name="policy"/> (null = full).</summary>
-    IStepRunner CreateRunner(int batchSize, int maxSequenceLength, int maxStepTokens, IKvCachePolicy? policy);
+    /// steps of at most <paramref name="maxStepTokens"/> tokens, their caches as <paramref name="cache"/> asks (null = full).</summary>
+    IStepRunner CreateRunner(int batchSize, int maxSequenceLength, int maxStepTokens, KvCacheConfig? cache);
 }
 
 /// <summary>The plain runner: a <see cref="CausalLanguageModel"/> over an in-memory <see cref="KvCache"/> it owns.</summary>
 internal sealed class CacheRunner(CausalLanguageModel model, KvCache cache) : IStepRunner
 {
-    public IKvCachePolicy Policy => cache.Policy;
     public KvCache Cache => cache;
     public Tensor Forward(ForwardBatch step) => model.Forward(step, cache);
     public void Clear() => cache.Clear();

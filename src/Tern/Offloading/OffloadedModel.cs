@@ -133,13 +133,13 @@ public sealed class OffloadedModel : IStepModel, IDisposable
     /// <summary>
     /// Greedy generation of <paramref name="maxNewTokens"/> tokens for each prompt (end-of-sequence ignored), in blocks of
     /// gbs·ngb prompts (the last block may be smaller), through the same <see cref="Generation.Generator"/> as any model, the
-    /// caches under <paramref name="cachePolicy"/> (null: the full cache). With <paramref name="keepLogits"/> every step's
+    /// caches as <paramref name="cache"/> asks (null: the full cache). With <paramref name="keepLogits"/> every step's
     /// next-token logits are returned too.
     /// </summary>
-    public OffloadedGeneration Generate(IReadOnlyList<IReadOnlyList<int>> prompts, int maxNewTokens, bool keepLogits = false, IKvCachePolicy? cachePolicy = null)
+    public OffloadedGeneration Generate(IReadOnlyList<IReadOnlyList<int>> prompts, int maxNewTokens, bool keepLogits = false, KvCacheConfig? cache = null)
     {
         if (prompts.Count == 0) throw new ArgumentException("the batch holds no prompt.");
-        var options = new GenerationOptions { MaxNewTokens = maxNewTokens, IgnoreEos = true, OutputLogits = keepLogits, CachePolicy = cachePolicy };
+        var options = new GenerationOptions { MaxNewTokens = maxNewTokens, IgnoreEos = true, OutputLogits = keepLogits, Cache = cache };
         var generator = new Generation.Generator(this);
         var tokens = new List<IReadOnlyList<int>>();
         var logits = new List<Tensor[]>();
@@ -168,26 +168,26 @@ public sealed class OffloadedModel : IStepModel, IDisposable
     /// <inheritdoc />
     public ModelDType DType => model.DType;
 
-    /// <summary>True when <paramref name="policy"/> is not the plain 16-bit full cache: it evicts, compacts or quantizes in
-    /// place and keeps per-entry state, so a batch's cache is one whole <see cref="KvCache"/> — on the compute device
-    /// (kv=100/0/0), or in host memory (kv=0/100/0) with each layer copied to the GPU and back around its use — rather than the
-    /// append-only homes of the full cache.</summary>
-    public static bool NeedsResidentCache(IKvCachePolicy? policy) => policy is not null && !(policy is DensePolicy && policy.Bits == 16);
+    /// <summary>True when <paramref name="cache"/> is not the plain 16-bit full cache: it evicts, compacts, quantizes or rolls
+    /// positions in place and keeps per-entry state, so a batch's cache is one whole <see cref="KvCache"/> — on the compute
+    /// device (kv=100/0/0), or in host memory (kv=0/100/0) with each layer copied to the GPU and back around its use — rather
+    /// than the append-only homes of the full cache.</summary>
+    public static bool NeedsResidentCache(KvCacheConfig? cache) => cache is not null && cache != KvCacheConfig.Full;
 
     /// <inheritdoc />
     /// <remarks>The batch is one block of at most gbs·ngb sequences, every prompt run as one prefill step. Its caches are the
     /// offload policy's (16-bit, or 4-bit with kvbits=4, split over the tiers by the policy) for the plain full cache, or one
-    /// whole cache per GPU batch under <paramref name="policy"/> (<see cref="NeedsResidentCache"/>).</remarks>
-    public IStepRunner CreateRunner(int batchSize, int maxSequenceLength, int maxStepTokens, IKvCachePolicy? policy)
+    /// whole cache per GPU batch as <paramref name="cache"/> asks (<see cref="NeedsResidentCache"/>).</remarks>
+    public IStepRunner CreateRunner(int batchSize, int maxSequenceLength, int maxStepTokens, KvCacheConfig? cache)
     {
         if (batchSize < 1 || batchSize > Policy.BlockSize)
             throw new ArgumentException($"an offloaded batch holds 1 to {Policy.BlockSize} sequences (gbs × ngb of {Policy}); got {batchSize}.");
-        policy ??= DensePolicy.Instance;
-        bool plain = !NeedsResidentCache(policy);
-        if (!plain && (Policy.Cache.Gpu < 1 && Policy.Cache.Cpu < 1 || Policy.CpuAttention || Policy.CompressCache))
-            throw new ArgumentException($"the KV policy '{policy.Name}' ({policy.Bits} bits) runs offloaded with the whole cache on the GPU " +
+        if (!NeedsResidentCache(cache))
+            return new BlockRunner(this, batchSize, maxSequenceLength, new KvCacheConfig(bits: Policy.CompressCache ? 4 : 16), whole: false);
+        if (Policy.Cache.Gpu < 1 && Policy.Cache.Cpu < 1 || Policy.CpuAttention || Policy.CompressCache)
+            throw new ArgumentException($"the KV policy '{cache!.Eviction.Name}' ({cache.Bits} bits) runs offloaded with the whole cache on the GPU " +
                 $"(kv=100/0/0) or in host memory (kv=0/100/0), without cpu-attn or kvbits; this offload policy is {Policy}.");
-        return new BlockRunner(this, batchSize, maxSequenceLength, plain ? null : policy);
+        return new BlockRunner(this, batchSize, maxSequenceLength, cache!, whole: true);
     }
 
     /// <summary>One block of gbs·ngb sequences through the zig-zag schedule, a step at a time: each <see cref="Forward"/> walks
@@ -220,11 +220,12 @@ public sealed class OffloadedModel : IStepModel, IDisposable
         readonly Dictionary<int, Tensor[]> hiddenLoads = new();
         readonly List<Action> deferredStores = new();
 
-        /// <param name="residentPolicy">A KV policy other than the plain full cache: each GPU batch then keeps a whole
-        /// <see cref="KvCache"/> under it, on the compute device or in host memory (no per-tier homes).</param>
-        public BlockRunner(OffloadedModel owner, int rows, int maxSequenceLength, IKvCachePolicy? residentPolicy)
+        /// <param name="config">The block's caches: the plain full cache (16 bits, or the offload policy's kvbits) or, with
+        /// <paramref name="whole"/>, another configuration, each GPU batch then keeping a whole <see cref="KvCache"/> as it asks,
+        /// on the compute device or in host memory (no per-tier homes).</param>
+        public BlockRunner(OffloadedModel owner, int rows, int maxSequenceLength, KvCacheConfig config, bool whole)
         {
-            this.residentPolicy = residentPolicy;
+            this.config = config;
             this.owner = owner;
             model = owner.model;
             engine = owner.engine;
@@ -242,13 +243,12 @@ public sealed class OffloadedModel : IStepModel, IDisposable
             inputs = new ForwardBatch?[batches];
             stepLogits = new Tensor?[batches];
             hostCaches = owner.Policy.CpuAttention ? new KvCache[batches] : null;
+            resident = whole ? new KvCache[batches] : null;
         }
 
-        readonly IKvCachePolicy? residentPolicy;
-        KvCache[]? resident;                                // [k] with a policy: each batch's whole cache, on the GPU or in host memory
-        bool travelling;                                    // the policy caches live in host memory and visit the GPU a layer at a time
-
-        public IKvCachePolicy Policy => residentPolicy ?? DensePolicy.Instance;
+        readonly KvCacheConfig config;
+        readonly KvCache[]? resident;                       // [k] whole caches: each batch's, on the GPU or in host memory
+        bool travelling;                                    // whole caches live in host memory and visit the GPU a layer at a time
 
         public KvCache? Cache => null;
 
@@ -269,11 +269,11 @@ public sealed class OffloadedModel : IStepModel, IDisposable
             // Tern's accounting of what this block puts on the compute device, checked before anything is allocated.
             long kvGpu = 0, hiddenGpu = 0;
             // Bytes of one slot of one sequence, keys and values, as the cache stores them (codes and pairs when quantized).
-            double slotBytes = 2.0 * info.KvHeads * KvStore.EntryBytes(info.HeadDim, CacheBits, es);
+            double slotBytes = 2.0 * info.KvHeads * KvStore.EntryBytes(info.HeadDim, config.Bits, es);
             for (int k = 0; k < batches; k++)
             {
                 var b = prompts[k];
-                int slots = residentPolicy?.Capacity(capacity[k], b.Max()) ?? capacity[k];
+                int slots = config.Eviction.Capacity(capacity[k], b.Max());
                 kvGpu += (long)(info.Layers * slots * policy.Cache.SplitRows(b.Length).Gpu * slotBytes);
                 hiddenGpu += (long)b.Max() * policy.Activations.SplitRows(b.Length).Gpu * info.HiddenSize * es;
             }
@@ -290,17 +290,16 @@ public sealed class OffloadedModel : IStepModel, IDisposable
                 {
                     int n = prompts[k].Length;
                     caches[k] = new SequenceStore[info.Layers][];
-                    if (residentPolicy is not null)
+                    if (resident is not null)
                     {
-                        resident ??= new KvCache[batches];
                         travelling = policy.Cache.Gpu < 1;
                         // Sized for decode steps: the prompt is prefilled in a one-layer scratch and what the policy keeps moves in.
-                        resident[k] = KvCache.Create(new KvCacheOptions
+                        resident[k] = config.CreateCache(new KvCacheOptions
                         {
                             BatchSize = n, Layers = info.Layers, KvHeads = info.KvHeads, HeadDim = info.HeadDim, DType = owner.dtype,
-                            Capacity = residentPolicy.Capacity(capacity[k], 1), MaxSequenceLength = capacity[k], Bits = residentPolicy.Bits,
+                            Capacity = config.Eviction.Capacity(capacity[k], 1), MaxSequenceLength = capacity[k],
                             Device = travelling ? torch.CPU : device,
-                        }, residentPolicy);
+                        });
                         if (travelling && engine.PinsHostMemory)
                             for (int l = 0; l < info.Layers; l++)
                                 foreach (var part in resident[k][l].StorageParts)
@@ -475,11 +474,11 @@ public sealed class OffloadedModel : IStepModel, IDisposable
         {
             var info = model.Info;
             int width = (int)batch.InputIds.shape[1];
-            using var scratch = KvCache.Create(new KvCacheOptions
+            using var scratch = config.CreateCache(new KvCacheOptions
             {
                 BatchSize = prompts[k].Length, Layers = 1, KvHeads = info.KvHeads, HeadDim = info.HeadDim, DType = owner.dtype, Device = device,
-                Capacity = residentPolicy!.Capacity(capacity[k], width), MaxSequenceLength = capacity[k], Bits = residentPolicy.Bits,
-            }, residentPolicy);
+                Capacity = config.Eviction.Capacity(capacity[k], width), MaxSequenceLength = capacity[k],
+            });
             var output = model.RunStage(j, w, h, batch, scratch[0]);
             // Slot for slot (left padding included), as the plain runtime holds them: the policy left at most its budget.
             for (int r = 0; r < prompts[k].Length; r++) layer.ImportRow(r, scratch[0], r, 0, scratch.Length);
@@ -528,9 +527,6 @@ public sealed class OffloadedModel : IStepModel, IDisposable
             });
         }
 
-        /// <summary>Bits per cached element: the KV policy's, else the offload policy's (kvbits).</summary>
-        int CacheBits => residentPolicy?.Bits ?? (owner.Policy.CompressCache ? 4 : 16);
-
         /// <summary>The one-layer cache a block stage computes with on the compute device (one per batch shape, under the
         /// block's KV policy), filled from the homes — or from a travelling policy layer — before each use.</summary>
         LayerKvCache WorkingCache(int rows, int capacity, int maxSequenceLength = 0)
@@ -538,11 +534,11 @@ public sealed class OffloadedModel : IStepModel, IDisposable
             if (!working.TryGetValue((rows, capacity), out var cache))
             {
                 var info = model.Info;
-                working[(rows, capacity)] = cache = KvCache.Create(new KvCacheOptions
+                working[(rows, capacity)] = cache = config.CreateCache(new KvCacheOptions
                 {
                     BatchSize = rows, Layers = 1, KvHeads = info.KvHeads, HeadDim = info.HeadDim, Capacity = capacity,
-                    MaxSequenceLength = maxSequenceLength, DType = owner.dtype, Device = device, Bits = CacheBits,
-                }, residentPolicy);
+                    MaxSequenceLength = maxSequenceLength, DType = owner.dtype, Device = device,
+                });
             }
             return cache[0];
         }
@@ -574,7 +570,7 @@ public sealed class OffloadedModel : IStepModel, IDisposable
             batch.InputIds.DetachFromDisposeScope();
             batch.Positions.DetachFromDisposeScope();
             // Positions by cache index (StreamingLLM), from the entries this batch's cache holds before the step.
-            return resident is not null && residentPolicy!.PositionsFollowCache ? CausalLanguageModel.AtCacheIndexes(batch, resident[k]) : batch;
+            return resident is not null && config.RollPositions ? CausalLanguageModel.AtCacheIndexes(batch, resident[k]) : batch;
         }
 
         void Release(int t, int j, int k)

@@ -16,7 +16,7 @@ namespace Tern.Serving;
 /// grows with load instead of serialising requests.
 /// </summary>
 /// <remarks>
-/// Requests with the same KV policy (the full 16-bit cache by default; sink, window, h2o, quantized, each with its budget
+/// Requests with the same KV cache (the full 16-bit cache by default; sink, window, h2o, quantized, each with its budget
 /// resolved for the request's own length) share one batch: a pool of cache rows that grows and shrinks with the load
 /// (<see cref="KvCache.ActiveRows"/>; a finished row is refilled by the last one, holes are compacted away). Policies evict
 /// per row, and per-entry state (H2O's scores) moves with its row, so a pooled sequence keeps what it would keep alone.
@@ -42,7 +42,7 @@ public sealed class ServingEngine : IDisposable
 
     // Scheduler state, touched by the loop thread only.
     readonly List<ServingRequest> waiting = new();
-    readonly Dictionary<IKvCachePolicy, Batch> pools = new(); // by policy value
+    readonly Dictionary<KvCacheConfig, Batch> pools = new(); // by configuration value
     IEnumerable<Batch> batches => pools.Values;
     long steps, generated, completed, cancelled;
 
@@ -131,21 +131,24 @@ public sealed class ServingEngine : IDisposable
         if (options.MaxNewTokens > Options.MaxNewTokens)
             throw Invalid($"max_tokens is {options.MaxNewTokens}; this server allows at most {Options.MaxNewTokens}.", "max_tokens");
         if (options.StopStrings.Count > 0 && Tokenizer is null) throw Invalid("stop strings need a tokenizer.", "stop");
-        var policy = options.CachePolicy ?? DensePolicy.Instance;
+        if (options.RecomputeWindow is not null)
+        {
+            var refused = new OptionException($"{TernOption.KvPolicy} window-recompute re-runs a window of each sequence at every step, an evaluation baseline that a shared batch cannot serve; use sink or window.");
+            throw Invalid(refused.Message, "kv_policy", refused);
+        }
+        var cache = options.Cache ?? KvCacheConfig.Full;
         // As in Generator: positions by cache index run past the context; otherwise the context bounds the completion.
-        int maxNew = policy.PositionsFollowCache ? options.MaxNewTokens : Math.Min(options.MaxNewTokens, info.MaxPositions - prompt.Count);
+        int maxNew = cache.RollPositions ? options.MaxNewTokens : Math.Min(options.MaxNewTokens, info.MaxPositions - prompt.Count);
         int reserved, length = prompt.Count + maxNew;
         try
         {
-            policy = policy.ForSequenceLength(length);
-            reserved = policy.Capacity(length, prompt.Count);
+            cache = cache.ForSequenceLength(length);
+            reserved = cache.Eviction.Capacity(length, prompt.Count);
         }
         catch (ArgumentException e)
         {
             throw Invalid(e.Message, "kv_budget", e);
         }
-        if (policy.RecomputeWindow(length, length) > 0)
-            throw Invalid($"the {policy.Name} policy re-runs a window of each sequence at every step, an evaluation baseline that a shared batch cannot serve; use sink or window.", "kv_policy");
         if (reserved > budget)
             throw Invalid($"the request needs {reserved} KV-cache tokens (prompt + max_tokens) but the server's budget is {budget}; lower max_tokens.", "max_tokens");
         // Requests the next step boundary will admit do not count against the queue.
@@ -154,7 +157,7 @@ public sealed class ServingEngine : IDisposable
             Interlocked.Decrement(ref queued);
             throw new ServingException(ServingError.Overloaded, $"the server is busy: {Options.MaxQueue} requests are already waiting; retry later.");
         }
-        var request = new ServingRequest(prompt, options, policy, maxNew, reserved, cancellation);
+        var request = new ServingRequest(prompt, options, cache, maxNew, reserved, cancellation);
         if (!incoming.Writer.TryWrite(request))
         {
             Interlocked.Decrement(ref queued);
@@ -256,7 +259,7 @@ public sealed class ServingEngine : IDisposable
 
     /// <summary>First come, first served: admits waiting requests while a slot, the KV budget and the step's prefill budget
     /// allow (and, for a pool, while no long prompt is being prefilled into it in chunks; for a model stepped in blocks, when
-    /// the last block has ended, the requests of one policy at the head of the queue).</summary>
+    /// the last block has ended, the requests of one cache configuration at the head of the queue).</summary>
     void Admit()
     {
         // A model without row pools runs one block at a time (FlexGen's schedule holds the whole device), prefilled at once.
@@ -269,8 +272,8 @@ public sealed class ServingEngine : IDisposable
         foreach (var request in waiting)
         {
             if (running + joiners.Count >= Options.MaxBatchSize || reserved + request.ReservedTokens > budget) break;
-            if (pools.TryGetValue(request.Policy, out var pool) && !pool.Admits) break;
-            if (blocks && joiners.Count > 0 && !request.Policy.Equals(joiners[0].Policy)) break;
+            if (pools.TryGetValue(request.Cache, out var pool) && !pool.Admits) break;
+            if (blocks && joiners.Count > 0 && !request.Cache.Equals(joiners[0].Cache)) break;
             if (!blocks && joiners.Count > 0 && prefill + request.PromptTokens.Count > Options.MaxPrefillTokensPerStep) break;
             joiners.Add(request);
             reserved += request.ReservedTokens;
@@ -279,7 +282,7 @@ public sealed class ServingEngine : IDisposable
         if (joiners.Count == 0) return;
         waiting.RemoveRange(0, joiners.Count);
         Interlocked.Add(ref queued, -joiners.Count);
-        foreach (var group in joiners.GroupBy(r => r.Policy))
+        foreach (var group in joiners.GroupBy(r => r.Cache))
         {
             if (!pools.TryGetValue(group.Key, out var pool))
                 pools[group.Key] = pool = inMemory is null ? new BlockBatch(this, group.Key) : new DecodeBatch(this, inMemory, group.Key);
@@ -310,7 +313,7 @@ public sealed class ServingEngine : IDisposable
         public void Dispose() => Sampler.Dispose();
     }
 
-    /// <summary>Sequences of one KV policy stepped together: what the scheduler admits into, steps and drops from.</summary>
+    /// <summary>Sequences of one KV cache configuration stepped together: what the scheduler admits into, steps and drops from.</summary>
     abstract class Batch(ServingEngine engine) : IDisposable
     {
         protected ServingEngine Engine => engine;
@@ -384,7 +387,7 @@ public sealed class ServingEngine : IDisposable
     /// admitted together form one block, prefilled at once and stepped until the last of them ends (finished rows feed padding,
     /// as in <see cref="Generator"/>); the next block forms from the requests that waited meanwhile.
     /// </summary>
-    sealed class BlockBatch(ServingEngine engine, IKvCachePolicy policy) : Batch(engine)
+    sealed class BlockBatch(ServingEngine engine, KvCacheConfig config) : Batch(engine)
     {
         IStepRunner? runner;
         Sequence[] rows = Array.Empty<Sequence>();          // the block's sequences by row, finished ones included
@@ -408,7 +411,7 @@ public sealed class ServingEngine : IDisposable
                 var model = Engine.model;
                 var prompts = rows.Select(s => s.Request.PromptTokens).ToArray();
                 int longest = prompts.Max(p => p.Count);
-                runner = model.CreateRunner(rows.Length, longest + rows.Max(s => s.Request.MaxNewTokens), longest, policy);
+                runner = model.CreateRunner(rows.Length, longest + rows.Max(s => s.Request.MaxNewTokens), longest, config);
                 using var scope = torch.NewDisposeScope();
                 Emit(rows, runner.Forward(ForwardBatch.LeftPadded(prompts, model.Device, lastPositionOnly: true)));
             }
@@ -555,12 +558,12 @@ public sealed class ServingEngine : IDisposable
     }
 
     /// <summary>
-    /// Sequences of one KV policy stepped together through one cache, row i holding sequence i. Joiners are admitted at any
+    /// Sequences of one KV cache configuration stepped together through one cache, row i holding sequence i. Joiners are admitted at any
     /// step: their prompts are prefilled together in a scratch cache under the policy and their entries (with any per-entry
     /// policy state) copied into free rows; the pool grows (×2) and shrinks (when a quarter is used) with the load and is
     /// released when idle.
     /// </summary>
-    sealed class DecodeBatch(ServingEngine engine, CausalLanguageModel model, IKvCachePolicy policy) : Batch(engine)
+    sealed class DecodeBatch(ServingEngine engine, CausalLanguageModel model, KvCacheConfig config) : Batch(engine)
     {
         const int MinimumCapacity = 64;
         KvCache? cache;
@@ -638,7 +641,7 @@ public sealed class ServingEngine : IDisposable
             var prompts = joiners.Select(s => s.Request.PromptTokens).ToArray();
             int longest = prompts.Max(p => p.Count);
             Fit(Sequences.Count + joiners.Count, longest);
-            using var scratch = model.CreateCache(joiners.Count, longest, policy, maxStepTokens: longest);
+            using var scratch = model.CreateCache(joiners.Count, longest, config, maxStepTokens: longest);
             var logits = model.Forward(ForwardBatch.LeftPadded(prompts, model.Device, lastPositionOnly: true), scratch);
             Import(scratch);
             return logits;
@@ -662,7 +665,7 @@ public sealed class ServingEngine : IDisposable
             int chunk = Engine.Options.MaxPrefillTokensPerStep;
             // Outside any dispose scope: the prompt's tensors live until the prefill ends (ChunkedPrefill.Dispose).
             var whole = ForwardBatch.LeftPadded(new[] { prompt }, model.Device, lastPositionOnly: true);
-            prefilling = new ChunkedPrefill(joiner, whole, whole.Chunks(chunk).ToArray(), model.CreateCache(1, prompt.Count, policy, maxStepTokens: chunk));
+            prefilling = new ChunkedPrefill(joiner, whole, whole.Chunks(chunk).ToArray(), model.CreateCache(1, prompt.Count, config, maxStepTokens: chunk));
             AdvancePrefill();
         }
 
@@ -710,7 +713,7 @@ public sealed class ServingEngine : IDisposable
                 var positions = Sequences.Select(s => (long)s.Fed).ToArray();
                 Tensor logits;
                 if ((Engine.Options.ForceStaticShapes || Engine.Options.UseCudaGraphs && StepGraph.CanCapture(model.Device))
-                    && StepGraph.Serves(policy, c.MaxSequenceLength))
+                    && StepGraph.Serves(c))
                 {
                     if (graphed?.Cache != c)
                     {
@@ -778,7 +781,7 @@ public sealed class ServingEngine : IDisposable
             if (cache is null && rows == 0) return;
             if (cache is null)
             {
-                cache = model.CreateCache(Math.Min(Pow2(rows), Engine.Options.MaxBatchSize), Pow2(Math.Max(MinimumCapacity, longest + 1)), policy);
+                cache = model.CreateCache(Math.Min(Pow2(rows), Engine.Options.MaxBatchSize), Pow2(Math.Max(MinimumCapacity, longest + 1)), config);
                 cache.ActiveRows = 0;
                 return;
             }

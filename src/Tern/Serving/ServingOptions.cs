@@ -85,6 +85,6 @@ public sealed class ServingException(ServingError error, string message, string?
 /// <param name="MeasuredKvBytes">With <see cref="ServingOptions.MeasureKvCache"/>: the occupied slots counted in the caches
 /// themselves (every layer and KV head) times the bytes of a 16-bit-policy entry, to hold against
 /// <paramref name="LiveKvBytes"/>; else -1.</param>
-/// <param name="Pools">Batches stepped at each step: one per KV policy among the running requests.</param>
+/// <param name="Pools">Batches stepped at each step: one per KV cache configuration among the running requests.</param>
 public sealed record ServingStats(int Running, int Waiting, long ReservedTokens, long LiveKvBytes, long AllocatedKvBytes,
     long Steps, long GeneratedTokens, long CompletedRequests, long CancelledRequests, long MeasuredKvBytes = -1, int Pools = 0);

@@ -15,10 +15,10 @@ public sealed class ServingRequest
     readonly Channel<GeneratedToken> tokens = Channel.CreateUnbounded<GeneratedToken>(new UnboundedChannelOptions { SingleWriter = true });
     readonly TaskCompletionSource<SequenceOutput> completion = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
-    internal ServingRequest(IReadOnlyList<int> prompt, GenerationOptions options, IKvCachePolicy policy, int maxNewTokens, int reservedTokens,
+    internal ServingRequest(IReadOnlyList<int> prompt, GenerationOptions options, KvCacheConfig cache, int maxNewTokens, int reservedTokens,
         CancellationToken cancellation)
     {
-        Policy = policy;
+        Cache = cache;
         PromptTokens = prompt;
         Options = options;
         MaxNewTokens = maxNewTokens;
@@ -32,7 +32,7 @@ public sealed class ServingRequest
     /// <summary>How the prompt is continued.</summary>
     public GenerationOptions Options { get; }
 
-    /// <summary>New tokens at most: the request's limit, capped by the model's context for policies that do not roll positions.</summary>
+    /// <summary>New tokens at most: the request's limit, capped by the model's context for caches that do not roll positions.</summary>
     public int MaxNewTokens { get; }
 
     /// <summary>Every generated token in order, with the text it completes (<see cref="GeneratedToken.Sequence"/> is 0).</summary>
@@ -43,8 +43,8 @@ public sealed class ServingRequest
 
     internal int ReservedTokens { get; }
 
-    /// <summary>The request's KV policy with ratio budgets resolved for its own length: the key of the pool it runs in.</summary>
-    internal IKvCachePolicy Policy { get; }
+    /// <summary>The request's KV cache with ratio budgets resolved for its own length: the key of the pool it runs in.</summary>
+    internal KvCacheConfig Cache { get; }
 
     internal CancellationToken Cancellation { get; }
 

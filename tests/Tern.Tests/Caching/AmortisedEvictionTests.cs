@@ -9,23 +9,24 @@ namespace Tern.Tests.Caching;
 /// <summary>Sink with eviction every 5 tokens: the contract still holds.</summary>
 public sealed class AmortisedSinkPolicyContractTests : KvCachePolicyContract
 {
-    protected override IKvCachePolicy CreatePolicy(int sequenceLength) => new StreamingPolicy(KvBudget.OfTokens(sequenceLength), sinks: 4, evictEvery: 5);
+    protected override KvCacheConfig CreateConfig(int sequenceLength) =>
+        new(new StreamingPolicy(KvBudget.OfTokens(sequenceLength), sinks: 4, evictEvery: 5), rollPositions: true);
 }
 
 /// <summary>H2O with eviction every 5 tokens: the contract still holds.</summary>
 public sealed class AmortisedHeavyHitterPolicyContractTests : KvCachePolicyContract
 {
-    protected override IKvCachePolicy CreatePolicy(int sequenceLength) => new HeavyHitterPolicy(KvBudget.OfTokens(sequenceLength), evictEvery: 5);
+    protected override KvCacheConfig CreateConfig(int sequenceLength) => new(new HeavyHitterPolicy(KvBudget.OfTokens(sequenceLength), evictEvery: 5));
     protected override double Tolerance => 1e-5;
 }
 
 public sealed class AmortisedEvictionTests
 {
-    /// <summary>One token per step through a cache under <paramref name="policy"/>: after each step, the original positions
-    /// layer 0 holds (sequence 0, KV head 0).</summary>
+    /// <summary>One token per step through a cache under <paramref name="policy"/> (positions rolled, as sink runs): after each
+    /// step, the original positions layer 0 holds (sequence 0, KV head 0).</summary>
     static List<long[]> Run(CausalLanguageModel model, IKvCachePolicy policy, int[] tokens)
     {
-        using var cache = model.CreateCache(1, tokens.Length, policy);
+        using var cache = model.CreateCache(1, tokens.Length, new KvCacheConfig(policy, rollPositions: true));
         var kept = new List<long[]>();
         for (int t = 0; t < tokens.Length; t++)
         {

@@ -27,8 +27,8 @@ public sealed class AttendedKeysTests
         var sink = new StreamingPolicy(KvBudget.OfTokens(12), sinks: 2, evictEvery: evictEvery);
         var options = new GenerationOptions { MaxNewTokens = 40, IgnoreEos = true, OutputLogits = !staticShapes, ForceStaticShapes = staticShapes };
         var ct = TestContext.Current.CancellationToken;
-        var kept = new Generator(model).GenerateTokens(prompts, options with { CachePolicy = sink }, ct);
-        var rotatedEachStep = new Generator(model).GenerateTokens(prompts, options with { CachePolicy = new RotateEverySlot(sink) }, ct);
+        var kept = new Generator(model).GenerateTokens(prompts, options with { Cache = new KvCacheConfig(sink, rollPositions: true) }, ct);
+        var rotatedEachStep = new Generator(model).GenerateTokens(prompts, options with { Cache = new KvCacheConfig(new RotateEverySlot(sink), rollPositions: true) }, ct);
         for (int i = 0; i < prompts.Length; i++) Assert.Equal(kept.Sequences[i].Tokens, rotatedEachStep.Sequences[i].Tokens);
         if (kept.Logits is null) return;
         for (int step = 0; step < kept.Logits.Count; step++)
@@ -41,8 +41,6 @@ public sealed class AttendedKeysTests
     {
         public string Name => inner.Name;
         public bool AppendOnly => inner.AppendOnly;
-        public int Bits => inner.Bits;
-        public bool PositionsFollowCache => inner.PositionsFollowCache;
         public int Capacity(int maxSequenceLength, int maxStepTokens) => inner.Capacity(maxSequenceLength, maxStepTokens);
         public bool EvictsAfter(LayerKvCache layer, int incomingTokens) => inner.EvictsAfter(layer, incomingTokens);
         public void AfterStep(LayerKvCache layer) => inner.AfterStep(layer);

@@ -8,7 +8,7 @@ namespace Tern.Tests.Caching;
 /// <summary>The policy contract on the full cache (fused SDPA paths).</summary>
 public sealed class DensePolicyContractTests : KvCachePolicyContract
 {
-    protected override IKvCachePolicy CreatePolicy(int sequenceLength) => DensePolicy.Instance;
+    protected override KvCacheConfig CreateConfig(int sequenceLength) => KvCacheConfig.Full;
 
     /// <summary>The full cache against itself: bit-identical.</summary>
     protected override double Tolerance => 0;
@@ -20,7 +20,7 @@ public sealed class DensePolicyContractTests : KvCachePolicyContract
 /// </summary>
 public sealed class ProbabilityRecordingDensePolicyContractTests : KvCachePolicyContract
 {
-    protected override IKvCachePolicy CreatePolicy(int sequenceLength) => new ProbabilityRecordingDensePolicy();
+    protected override KvCacheConfig CreateConfig(int sequenceLength) => new(new ProbabilityRecordingDensePolicy());
 
     protected override double Tolerance => 1e-5;
 }
@@ -81,8 +81,8 @@ public sealed class DensePolicyTests
         var prompts = reference.Prompts;
         int steps = reference.NewTokens - 1;
         var policy = new ProbabilityRecordingDensePolicy();
-        using var fused = new PolicyRun(model, prompts, steps, DensePolicy.Instance);
-        using var explicitRun = new PolicyRun(model, prompts, steps, policy);
+        using var fused = new PolicyRun(model, prompts, steps, KvCacheConfig.Full);
+        using var explicitRun = new PolicyRun(model, prompts, steps, new KvCacheConfig(policy));
 
         using (var f = fused.Prefill())
         using (var e = explicitRun.Prefill())

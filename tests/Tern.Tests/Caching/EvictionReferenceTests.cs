@@ -74,14 +74,14 @@ internal class SinkWindowPolicy : IKvCachePolicy
 /// <summary>The contract on the sink-window policy: the tight-budget runs evict (unevenly per head).</summary>
 public sealed class SinkWindowPolicyContractTests : KvCachePolicyContract
 {
-    protected override IKvCachePolicy CreatePolicy(int sequenceLength) => new SinkWindowPolicy(2, new[] { sequenceLength, sequenceLength + 3 });
+    protected override KvCacheConfig CreateConfig(int sequenceLength) => new(new SinkWindowPolicy(2, new[] { sequenceLength, sequenceLength + 3 }));
 }
 
 /// <summary>The contract on the sink-window policy taking the explicit path: probabilities with evicted holes.</summary>
 public sealed class SinkWindowWithProbabilitiesContractTests : KvCachePolicyContract
 {
-    protected override IKvCachePolicy CreatePolicy(int sequenceLength) =>
-        new SinkWindowPolicy.Observing(2, new[] { sequenceLength, sequenceLength + 3 });
+    protected override KvCacheConfig CreateConfig(int sequenceLength) =>
+        new(new SinkWindowPolicy.Observing(2, new[] { sequenceLength, sequenceLength + 3 }));
 
     protected override double Tolerance => 1e-5;
 }
@@ -107,8 +107,8 @@ public sealed class EvictionReferenceTests
         int steps = generated - 1;
         var policy = new SinkWindowPolicy(sinks, windows);
         var recorder = RecordingPolicy.Wrap(policy);
-        using var run = new PolicyRun(model, prompts, steps, recorder);
-        using var dense = new PolicyRun(model, prompts, steps, DensePolicy.Instance);
+        using var run = new PolicyRun(model, prompts, steps, new KvCacheConfig(recorder));
+        using var dense = new PolicyRun(model, prompts, steps, KvCacheConfig.Full);
         Assert.Equal(sinks + 13 + prompts.Max(p => p.Length), run.Cache[0].Capacity);
 
         long[] next;
@@ -171,8 +171,8 @@ public sealed class EvictionReferenceTests
         using var model = Llama();
         var prompts = KvCachePolicyContract.Prompts(model.Info.VocabSize, 6, 3, 5);
         var policy = new SinkWindowPolicy(2, new[] { 6 + steps - 2, 6 + steps + 4 });
-        using var run = new PolicyRun(model, prompts, steps, policy);
-        using var dense = new PolicyRun(model, prompts, steps, DensePolicy.Instance);
+        using var run = new PolicyRun(model, prompts, steps, new KvCacheConfig(policy));
+        using var dense = new PolicyRun(model, prompts, steps, KvCacheConfig.Full);
         long[] next;
         using (var p = run.Prefill())
         using (var d = dense.Prefill())
@@ -204,8 +204,8 @@ public sealed class EvictionReferenceTests
         Assert.True(prompts.Max(p => p.Length) <= window, "the prefill must not be windowed");
         int steps = generated - 1;
         var policy = new SinkWindowPolicy(0, new[] { window });
-        using var run = new PolicyRun(model, prompts, steps, policy);
-        using var dense = new PolicyRun(model, prompts, steps, DensePolicy.Instance);
+        using var run = new PolicyRun(model, prompts, steps, new KvCacheConfig(policy));
+        using var dense = new PolicyRun(model, prompts, steps, KvCacheConfig.Full);
 
         var stepLogits = new List<Tensor>();
         var fed = prompts.Select(p => p.ToList()).ToArray();

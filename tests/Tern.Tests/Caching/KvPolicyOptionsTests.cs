@@ -1,4 +1,5 @@
 using Tern.Caching;
+using Tern.Generation;
 using Tern.Models;
 using Tern.Runtime;
 
@@ -7,23 +8,44 @@ namespace Tern.Tests.Caching;
 /// <summary>Policies by name, budgets as counts or ratios, and the rejections of impossible settings (errors name the option).</summary>
 public sealed class KvPolicyOptionsTests
 {
+    /// <summary>Each name gives its eviction and the cache options it runs with; window-recompute runs over the full cache
+    /// and re-runs its window (a way of stepping, not an eviction).</summary>
     [Theory]
-    [InlineData("full", null, typeof(DensePolicy))]
-    [InlineData("window", "16", typeof(StreamingPolicy))]
-    [InlineData("window-recompute", "16", typeof(WindowRecomputePolicy))]
-    [InlineData("sink", "16", typeof(StreamingPolicy))]
-    [InlineData("h2o", "0.2", typeof(HeavyHitterPolicy))]
-    public void CreatesEachPolicyByName(string name, string? budget, Type type)
+    [InlineData("full", null, typeof(DensePolicy), "full", false)]
+    [InlineData("window", "16", typeof(StreamingPolicy), "window", true)]
+    [InlineData("window-recompute", "16", typeof(DensePolicy), "full", false)]
+    [InlineData("sink", "16", typeof(StreamingPolicy), "sink", true)]
+    [InlineData("h2o", "0.2", typeof(HeavyHitterPolicy), "h2o", false)]
+    public void CreatesEachPolicyByName(string name, string? budget, Type type, string eviction, bool rollsPositions)
     {
         foreach (int bits in new[] { 16, 8, 4 })
         {
-            var policy = KvCachePolicies.Create(new KvPolicyOptions { Policy = name, Budget = budget is null ? null : KvBudget.Parse(budget), Bits = bits });
-            Assert.IsType(type, policy);
-            Assert.Equal(name, policy.Name);
-            Assert.Equal(bits, policy.Bits);
+            var options = new KvPolicyOptions { Policy = name, Budget = budget is null ? null : KvBudget.Parse(budget), Bits = bits };
+            var cache = KvCachePolicies.Create(options);
+            Assert.IsType(type, cache.Eviction);
+            Assert.Equal(eviction, cache.Eviction.Name);
+            Assert.Equal(bits, cache.Bits);
+            Assert.Equal(rollsPositions, cache.RollPositions);
+            Assert.Equal(name == "window-recompute" ? options.Budget : null, options.RecomputeWindow);
         }
-        Assert.Same(DensePolicy.Instance, KvCachePolicies.Create(new KvPolicyOptions()));
+        Assert.Equal(KvCacheConfig.Full, KvCachePolicies.Create(new KvPolicyOptions()));
+        Assert.Same(DensePolicy.Instance, KvCachePolicies.Create(new KvPolicyOptions()).Eviction);
         Assert.Equal(KvCachePolicies.Names.Count, KvCachePolicies.Names.Distinct().Count());
+    }
+
+    /// <summary>Serving pools are keyed by the configuration: equal settings compare equal, any difference does not.</summary>
+    [Fact]
+    public void ConfigurationsCompareByValue()
+    {
+        KvCacheConfig Sink(int bits = 16) => KvCachePolicies.Create(new KvPolicyOptions { Policy = "sink", Budget = KvBudget.Parse("0.5"), Bits = bits });
+        Assert.Equal(Sink(), Sink());
+        Assert.Equal(Sink().GetHashCode(), Sink().GetHashCode());
+        Assert.NotEqual(Sink(), Sink(8));
+        Assert.NotEqual(Sink(), Sink() with { RollPositions = false });
+        Assert.Equal(Sink().ForSequenceLength(40), Sink(16).ForSequenceLength(40));
+        Assert.NotEqual(Sink().ForSequenceLength(40), Sink().ForSequenceLength(36));
+        Assert.Equal(16, Sink().ForSequenceLength(36).Bits);
+        Assert.Throws<OptionException>(() => KvCacheConfig.Full with { Bits = 3 });
     }
 
     [Fact]
@@ -83,7 +105,6 @@ public sealed class KvPolicyOptionsTests
     [InlineData("sink", "0.05", "KvPolicyOptions.Budget 0.05 gives 2 entries for a 40-token sequence; KvPolicyOptions.Policy sink with 4 sinks needs at least 5")]
     [InlineData("window", "0.01", "KvPolicyOptions.Budget 0.01 gives 0 entries for a 40-token sequence; KvPolicyOptions.Policy window with 0 sinks needs at least 1")]
     [InlineData("h2o", "0.02", "KvPolicyOptions.Budget 0.02 gives 0 entries for a 40-token sequence; KvPolicyOptions.Policy h2o needs at least 1")]
-    [InlineData("window-recompute", "0.02", "KvPolicyOptions.Budget 0.02 gives 0 entries for a 40-token sequence; KvPolicyOptions.Policy window-recompute needs at least 1")]
     public void RejectsRatiosThatLeaveNoRoomForAStep(string name, string budget, string message)
     {
         using var model = HfParityContract.LoadFixture("llama-gqa");
@@ -93,14 +114,27 @@ public sealed class KvPolicyOptionsTests
         Assert.Equal(message + ".", e.Message);
     }
 
+    /// <summary>A re-computation window given as a ratio resolves when the generation starts: one leaving no token is refused
+    /// before anything runs.</summary>
+    [Fact]
+    public void RejectsARecomputeWindowRatioThatLeavesNoToken()
+    {
+        using var model = HfParityContract.LoadFixture("llama-gqa");
+        var options = new GenerationOptions { MaxNewTokens = 35, IgnoreEos = true }
+            .WithKvPolicy(new KvPolicyOptions { Policy = "window-recompute", Budget = KvBudget.Parse("0.02") });
+        var e = Assert.Throws<OptionException>(() => new Generator(model).GenerateTokens(new IReadOnlyList<int>[] { new[] { 5, 9, 17, 33, 4 } }, options, TestContext.Current.CancellationToken));
+        Assert.Equal(new[] { TernOption.KvBudget, TernOption.KvPolicy }, e.Options);
+        Assert.Equal("KvPolicyOptions.Budget 0.02 gives 0 entries for a 40-token sequence; KvPolicyOptions.Policy window-recompute needs at least 1.", e.Message);
+    }
+
     [Fact]
     public void RejectsAnH2oRecentRatioLargerThanATokenBudget()
     {
-        var policy = KvCachePolicies.Create(new KvPolicyOptions { Policy = "h2o", Budget = KvBudget.OfTokens(8), Recent = KvBudget.OfRatio(0.5) });
+        var policy = KvCachePolicies.Create(new KvPolicyOptions { Policy = "h2o", Budget = KvBudget.OfTokens(8), Recent = KvBudget.OfRatio(0.5) }).Eviction;
         var e = Assert.Throws<OptionException>(() => policy.Capacity(40, 1));
         Assert.Equal(TernOption.KvRecent, e.Option);
         Assert.StartsWith("KvPolicyOptions.Recent 0.5 gives 20 entries, more than the 8 of KvPolicyOptions.Budget 8", e.Message);
-        Assert.Equal((8, 4), ((HeavyHitterPolicy)KvCachePolicies.Create(new KvPolicyOptions { Policy = "h2o", Budget = KvBudget.OfTokens(8) })).Sizes(40));
+        Assert.Equal((8, 4), ((HeavyHitterPolicy)KvCachePolicies.Create(new KvPolicyOptions { Policy = "h2o", Budget = KvBudget.OfTokens(8) }).Eviction).Sizes(40));
     }
 
     /// <summary>Learned position tables (OPT, GPT-2) must hold every cache index: a budget past them is refused.</summary>

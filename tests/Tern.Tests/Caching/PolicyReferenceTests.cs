@@ -49,7 +49,7 @@ public sealed class PolicyReferenceTests
         using var model = HfParityContract.LoadFixture(fixture);
         var prompts = KvCachePolicyContract.Prompts(model.Info.VocabSize, 9, 4);
         var references = prompts.Select(_ => new ReferenceLlama(fixture, 9 + Generated) { PositionsByIndex = positionsByIndex, Evict = rule }).ToArray();
-        using var run = new PolicyRun(model, prompts, Generated, policy);
+        using var run = new PolicyRun(model, prompts, Generated, new KvCacheConfig(policy, rollPositions: positionsByIndex));
         try
         {
             long[] next;

@@ -93,7 +93,7 @@ public sealed class QuantizedKvCacheTests
         Assert.True(HostArrays.BitEqual(keys, cache[0].ActiveKeys));
         Assert.True(HostArrays.BitEqual(keys * 3, cache[0].ActiveValues));
         Assert.Equal((long)B * H * 12 * 8 * 4 * 2, cache.Bytes);
-        Assert.Same(DensePolicy.Instance, KvCachePolicies.Create(new KvPolicyOptions { Bits = 16 }));
+        Assert.Equal(KvCacheConfig.Full, KvCachePolicies.Create(new KvPolicyOptions { Bits = 16 }));
     }
 
     [Fact]

@@ -58,8 +58,8 @@ public sealed class PolicyEvaluationTests
         using var model = Load();
         var tokens = Tokens(60, model.Info.VocabSize, 3);
         var options = new StreamingEvaluationOptions { Streams = 2, BucketSize = 8 };
-        var dense = StreamingEvaluation.Run(model, tokens, DensePolicy.Instance, options);
-        var policy = KvCachePolicies.Create(new KvPolicyOptions { Policy = name, Budget = KvBudget.OfTokens(30) });
+        var dense = StreamingEvaluation.Run(model, tokens, new KvPolicyOptions(), options);
+        var policy = new KvPolicyOptions { Policy = name, Budget = KvBudget.OfTokens(30) };
         var covered = StreamingEvaluation.Run(model, tokens, policy, options);
         Assert.Equal(dense.BucketTokens, covered.BucketTokens);
         Assert.Equal(29, dense.BucketTokens.Sum() / 2); // every target after the first token of each stream, once
@@ -67,7 +67,7 @@ public sealed class PolicyEvaluationTests
 
         var sequences = BudgetEvaluation.Sequences(tokens, 2, 30);
         var reference = BudgetEvaluation.Reference(model, sequences);
-        var point = BudgetEvaluation.Run(model, sequences, reference, KvCachePolicies.Create(new KvPolicyOptions { Policy = name, Budget = KvBudget.OfRatio(1) }), name, 1);
+        var point = BudgetEvaluation.Run(model, sequences, reference, new KvPolicyOptions { Policy = name, Budget = KvBudget.OfRatio(1) }, name, 1);
         Assert.Equal(1.0, point.Agreement);
         Assert.Equal(58, point.Tokens);
     }
@@ -79,8 +79,8 @@ public sealed class PolicyEvaluationTests
         var sequences = new[] { Tokens(310, model.Info.VocabSize, 6), Tokens(310, model.Info.VocabSize, 7) };
         var options = new TeacherForcingOptions { PrefixLength = 300 }; // 300 queries: two blocks of the explicit path
         var dense = TeacherForcing.Score(model, sequences, options);
-        var h2o = TeacherForcing.Score(model, sequences, options with { Policy = new HeavyHitterPolicy(KvBudget.OfTokens(310)) });
-        var tight = TeacherForcing.Score(model, sequences, options with { Policy = new HeavyHitterPolicy(KvBudget.OfTokens(100)) });
+        var h2o = TeacherForcing.Score(model, sequences, options with { Cache = new KvCacheConfig(new HeavyHitterPolicy(KvBudget.OfTokens(310))) });
+        var tight = TeacherForcing.Score(model, sequences, options with { Cache = new KvCacheConfig(new HeavyHitterPolicy(KvBudget.OfTokens(100))) });
         for (int b = 0; b < 2; b++)
             for (int j = 0; j < 10; j++) Assert.True(Math.Abs(dense.LogProbs[b][j] - h2o.LogProbs[b][j]) < 1e-4, $"seq {b} target {300 + j}");
         Assert.NotEqual(dense.LogProbs[0][5], tight.LogProbs[0][5]); // and the prefill's scores did evict
@@ -92,8 +92,8 @@ public sealed class PolicyEvaluationTests
         using var model = Load();
         var tokens = Tokens(90, model.Info.VocabSize, 4);
         var options = new StreamingEvaluationOptions { Streams = 3, BucketSize = 10 };
-        var dense = StreamingEvaluation.Run(model, tokens, DensePolicy.Instance, options);
-        var window = StreamingEvaluation.Run(model, tokens, KvCachePolicies.Create(new KvPolicyOptions { Policy = "window", Budget = KvBudget.OfTokens(6) }), options);
+        var dense = StreamingEvaluation.Run(model, tokens, new KvPolicyOptions(), options);
+        var window = StreamingEvaluation.Run(model, tokens, new KvPolicyOptions { Policy = "window", Budget = KvBudget.OfTokens(6) }, options);
         Assert.Equal(new long[] { 27, 30, 30 }, dense.BucketTokens); // positions 1..9, 10..19, 20..29 of 3 streams
         Assert.True(Math.Abs(dense.BucketNll[0] - window.BucketNll[0]) > 0 || Math.Abs(dense.BucketNll[1] - window.BucketNll[1]) > 1e-3);
         Assert.Equal(dense.BucketNll[0], window.BucketNll[0], 0.5); // same text, same model: close at the start
@@ -119,14 +119,14 @@ public sealed class PolicyEvaluationTests
         using var model = Load();
         var tokens = Tokens(40, model.Info.VocabSize, 6);
         var options = new StreamingEvaluationOptions { Streams = 2, BucketSize = 5, StartToken = 3 };
-        var withStart = StreamingEvaluation.Run(model, tokens, DensePolicy.Instance, options);
+        var withStart = StreamingEvaluation.Run(model, tokens, new KvPolicyOptions(), options);
         // The same streams written out by hand: [3] + the first 19 tokens of each half.
         var byHand = new[] { 0, 20 }.SelectMany(o => tokens.Skip(o).Take(19).Prepend(3)).ToArray();
-        var expected = StreamingEvaluation.Run(model, byHand, DensePolicy.Instance, options with { StartToken = null });
+        var expected = StreamingEvaluation.Run(model, byHand, new KvPolicyOptions(), options with { StartToken = null });
         Assert.Equal(expected.MeanNll, withStart.MeanNll, 12);
         Assert.Equal(2 * 19, withStart.BucketTokens.Sum());
         Assert.Contains("outside the model's vocabulary", Assert.Throws<ArgumentException>(() =>
-            StreamingEvaluation.Run(model, tokens, DensePolicy.Instance, options with { StartToken = model.Info.VocabSize })).Message);
+            StreamingEvaluation.Run(model, tokens, new KvPolicyOptions(), options with { StartToken = model.Info.VocabSize })).Message);
     }
 
     [Fact]
@@ -134,7 +134,7 @@ public sealed class PolicyEvaluationTests
     {
         using var model = Load();
         var tokens = Tokens(20, model.Info.VocabSize, 5);
-        Assert.Contains("too few", Assert.Throws<ArgumentException>(() => StreamingEvaluation.Run(model, tokens, DensePolicy.Instance, new StreamingEvaluationOptions { Streams = 4, TokensPerStream = 10 })).Message);
+        Assert.Contains("too few", Assert.Throws<ArgumentException>(() => StreamingEvaluation.Run(model, tokens, new KvPolicyOptions(), new StreamingEvaluationOptions { Streams = 4, TokensPerStream = 10 })).Message);
         Assert.Contains("too few", Assert.Throws<ArgumentException>(() => BudgetEvaluation.Sequences(tokens, 3, 10)).Message);
         Assert.Contains("prefix", Assert.Throws<ArgumentException>(() => TeacherForcing.Score(model, new[] { tokens }, new TeacherForcingOptions { PrefixLength = 20 })).Message);
     }

@@ -12,10 +12,10 @@ public sealed class GeneratorPolicyTests
 
     static readonly IReadOnlyList<int>[] Prompt = { new[] { 5, 9, 17, 33, 4 } };
 
-    static GenerationOptions Greedy(int tokens, IKvCachePolicy? policy = null) =>
-        new() { MaxNewTokens = tokens, IgnoreEos = true, CachePolicy = policy };
+    static GenerationOptions Greedy(int tokens, KvCacheConfig? cache = null) =>
+        new() { MaxNewTokens = tokens, IgnoreEos = true, Cache = cache };
 
-    static IKvCachePolicy Sink(int budget) => KvCachePolicies.Create(new KvPolicyOptions { Policy = "sink", Budget = KvBudget.OfTokens(budget) });
+    static KvCacheConfig Sink(int budget) => KvCachePolicies.Create(new KvPolicyOptions { Policy = "sink", Budget = KvBudget.OfTokens(budget) });
 
     /// <summary>Every fixture has 64 positions; under sink the generator goes on to 300 new tokens, and until the cache first
     /// evicts its tokens are those of the full cache.</summary>
@@ -45,9 +45,9 @@ public sealed class GeneratorPolicyTests
         const int window = 8, tokens = 30;
         using var model = HfParityContract.LoadFixture("llama-gqa");
         var generator = new Generator(model);
-        var policy = KvCachePolicies.Create(new KvPolicyOptions { Policy = "window-recompute", Budget = KvBudget.OfTokens(window) });
+        var recompute = Greedy(tokens).WithKvPolicy(new KvPolicyOptions { Policy = "window-recompute", Budget = KvBudget.OfTokens(window) });
         var prompts = new IReadOnlyList<int>[] { new[] { 5, 9, 17, 33, 4, 8, 100, 71, 3, 12 }, new[] { 7, 19 } };
-        var result = generator.GenerateTokens(prompts, Greedy(tokens, policy), Ct);
+        var result = generator.GenerateTokens(prompts, recompute, Ct);
         var full = generator.GenerateTokens(prompts, Greedy(tokens), Ct);
         for (int b = 0; b < prompts.Length; b++)
         {
@@ -76,15 +76,14 @@ public sealed class GeneratorPolicyTests
         var forced = new GenerationOptions { ForceStaticShapes = true };
         bool CanServe(GenerationOptions options)
         {
-            using var runner = model.CreateRunner(1, 32, 1, options.CachePolicy);
+            using var runner = model.CreateRunner(1, 32, 1, options.Cache);
             return CudaGraphDecoder.CanServe(runner, model.Device, options);
         }
         Assert.True(CanServe(forced));
-        Assert.True(CanServe(forced with { CachePolicy = DensePolicy.Instance }));
-        Assert.False(CanServe(forced with { CachePolicy = new DensePolicy(bits: 8) }));
-        Assert.True(CanServe(forced with { CachePolicy = Sink(16) }));
-        var recompute = KvCachePolicies.Create(new KvPolicyOptions { Policy = "window-recompute", Budget = KvBudget.OfTokens(8) });
-        Assert.False(CanServe(forced with { CachePolicy = recompute }));
+        Assert.True(CanServe(forced with { Cache = KvCacheConfig.Full }));
+        Assert.False(CanServe(forced with { Cache = new KvCacheConfig(bits: 8) }));
+        Assert.True(CanServe(forced with { Cache = Sink(16) }));
+        Assert.False(CanServe(forced.WithKvPolicy(new KvPolicyOptions { Policy = "window-recompute", Budget = KvBudget.OfTokens(8) })));
     }
 
     /// <summary>Quantized and evicting policies run through the generator like the full cache: same prompt, tokens produced,
@@ -95,7 +94,7 @@ public sealed class GeneratorPolicyTests
         using var model = HfParityContract.LoadFixture("llama-gqa");
         var generator = new Generator(model);
         var full = generator.GenerateTokens(Prompt, Greedy(20), Ct).Sequences[0].Tokens;
-        var eight = generator.GenerateTokens(Prompt, Greedy(20, new DensePolicy(bits: 8)), Ct).Sequences[0].Tokens;
+        var eight = generator.GenerateTokens(Prompt, Greedy(20, new KvCacheConfig(bits: 8)), Ct).Sequences[0].Tokens;
         Assert.Equal(full, eight);
         foreach (string name in new[] { "sink", "h2o" })
         {

@@ -43,7 +43,7 @@ public sealed class StaticShapeDecodeTests
         {
             Policy = policyName, Budget = Tern.Caching.KvBudget.Parse(budget), Sinks = policyName == "sink" ? 2 : null, EvictEvery = evictEvery,
         });
-        var options = new GenerationOptions { MaxNewTokens = 40, IgnoreEos = true, CachePolicy = policy };
+        var options = new GenerationOptions { MaxNewTokens = 40, IgnoreEos = true, Cache = policy };
         var eager = generator.GenerateTokens(prompts, options, TestContext.Current.CancellationToken);
         var staticShapes = generator.GenerateTokens(prompts, options with { ForceStaticShapes = true }, TestContext.Current.CancellationToken);
         for (int i = 0; i < prompts.Length; i++)

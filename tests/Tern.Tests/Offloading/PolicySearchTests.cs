@@ -135,7 +135,7 @@ public sealed class PolicySearchTests
         Assert.True(heavy.Prediction.GpuPeakBytes <= 0.8 * 16 * GiB);
         Assert.True(heavy.Prediction.TokensPerSecond > dense.Prediction.TokensPerSecond, $"{heavy.Prediction.TokensPerSecond} vs {dense.Prediction.TokensPerSecond}");
 
-        var eightBit = full.WithKvPolicy(new Tern.Caching.DensePolicy(bits: 8));
+        var eightBit = full.WithKvPolicy(new Tern.Caching.KvCacheConfig(bits: 8));
         var model16 = new CostModel(full, HardwareProfile.FlexGenT4, false);
         var model8 = new CostModel(eightBit, HardwareProfile.FlexGenT4, false);
         var allGpuCache = dense.Policy with { Cache = TierFractions.All(Tier.Gpu) };

@@ -30,7 +30,7 @@ public sealed class OptionExceptionTests
         { () => new KvPolicyOptions { Policy = "lru" }.Validate(), TernOption.KvPolicy },
         { () => new KvPolicyOptions { Policy = "sink", Budget = KvBudget.OfTokens(8), Sinks = 9 }.Validate(), TernOption.KvSink },
         { () => new KvPolicyOptions { Policy = "h2o", Budget = KvBudget.OfTokens(8), EvictEvery = 0 }.Validate(), TernOption.KvEvictEvery },
-        { () => new StreamingPolicy(KvBudget.OfTokens(8), sinks: 0, bits: 5), TernOption.KvBits },
+        { () => new KvCacheConfig(new StreamingPolicy(KvBudget.OfTokens(8), sinks: 0), bits: 5), TernOption.KvBits },
         { () => new GenerationOptions { PrefillChunk = -1 }.Validate(), TernOption.PrefillChunk },
         { () => new ServingOptions { MaxBatchSize = 0 }.Validate(), TernOption.MaxBatchSize },
         { () => new ServingOptions { MaxNewTokens = 0 }.Validate(), TernOption.ServingMaxNewTokens },

@@ -159,7 +159,7 @@ public sealed class OpenAiServerTests : IAsyncLifetime
         string prompt = ServingFixture.Prompts[3];
         var policy = Tern.Caching.KvCachePolicies.Create(new Tern.Caching.KvPolicyOptions { Policy = "sink", Budget = Tern.Caching.KvBudget.OfTokens(10), Sinks = 2 });
         var expected = new Generator(fixture.Model, fixture.Tokenizer).Generate(new[] { prompt },
-            new GenerationOptions { MaxNewTokens = 30, CachePolicy = policy }, Ct).Sequences[0];
+            new GenerationOptions { MaxNewTokens = 30, Cache = policy }, Ct).Sequences[0];
         Assert.NotEqual(Reference(fixture.Tokenizer.Encode(prompt), 30).Text, expected.Text); // the policy changes the output
         var (status, body) = await Post("/v1/completions", $$"""{"model":"tiny","prompt":"{{prompt}}","max_tokens":30,"temperature":0,"kv_policy":"sink","kv_budget":"10","kv_sink":2}""");
         Assert.Equal(HttpStatusCode.OK, status);

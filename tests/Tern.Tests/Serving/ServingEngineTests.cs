@@ -91,8 +91,8 @@ public sealed class ServingEngineTests : IDisposable
     public async Task SeededSamplingAndPoliciesPerRequestMatchTheGenerator()
     {
         var sampled = new GenerationOptions { MaxNewTokens = 20, Temperature = 0.9, TopP = 0.9, Seed = 7, StopTokenIds = Array.Empty<int>() };
-        var sink = Greedy(40) with { CachePolicy = KvCachePolicies.Create(new KvPolicyOptions { Policy = "sink", Budget = KvBudget.Parse("12"), Sinks = 2 }) };
-        var quantized = Greedy(20) with { CachePolicy = KvCachePolicies.Create(new KvPolicyOptions { Policy = "full", Bits = 8 }) };
+        var sink = Greedy(40) with { Cache = KvCachePolicies.Create(new KvPolicyOptions { Policy = "sink", Budget = KvBudget.Parse("12"), Sinks = 2 }) };
+        var quantized = Greedy(20) with { Cache = KvCachePolicies.Create(new KvPolicyOptions { Policy = "full", Bits = 8 }) };
         var cases = new[] { (ServingFixture.Prompts[1], sampled), (ServingFixture.Prompts[3], sink), (ServingFixture.Prompts[0], quantized), (ServingFixture.Prompts[6], Greedy(20)) };
         var expected = cases.Select(c => Reference(c.Item1, c.Item2)).ToArray();
         using var engine = ServingEngine.Start(fixture.Model, fixture.Tokenizer, new ServingOptions { MaxBatchSize = 8 });
@@ -110,7 +110,7 @@ public sealed class ServingEngineTests : IDisposable
     [InlineData(true)]
     public async Task EveryPolicyIsPooledAndEachRequestEqualsTheGeneratorAlone(bool staticShapes)
     {
-        IKvCachePolicy Policy(string name, string? budget, int bits = 16, int? sinks = null, int evictEvery = 1) => KvCachePolicies.Create(new KvPolicyOptions
+        KvCacheConfig Policy(string name, string? budget, int bits = 16, int? sinks = null, int evictEvery = 1) => KvCachePolicies.Create(new KvPolicyOptions
         {
             Policy = name, Budget = budget is null ? null : KvBudget.Parse(budget), Bits = bits, Sinks = sinks, EvictEvery = evictEvery,
         });
@@ -118,14 +118,14 @@ public sealed class ServingEngineTests : IDisposable
         var cases = new (int Prompt, GenerationOptions Options)[]
         {
             (0, Greedy(40)),
-            (1, Greedy(40) with { CachePolicy = h2o }),
-            (3, Greedy(36) with { CachePolicy = h2o }),                        // same policy, other length: another budget
-            (6, Greedy(40) with { CachePolicy = Policy("h2o", "12") }),
-            (5, Greedy(40) with { CachePolicy = Policy("h2o", "12") }),        // shares the pool above
-            (2, Greedy(40) with { CachePolicy = Policy("sink", "10", sinks: 2) }),
-            (4, Greedy(40) with { CachePolicy = Policy("sink", "10", sinks: 2) }),
-            (7, Greedy(40) with { CachePolicy = Policy("window", "8", evictEvery: 4) }),
-            (3, Greedy(40) with { CachePolicy = Policy("full", null, bits: 8) }),
+            (1, Greedy(40) with { Cache = h2o }),
+            (3, Greedy(36) with { Cache = h2o }),                        // same policy, other length: another budget
+            (6, Greedy(40) with { Cache = Policy("h2o", "12") }),
+            (5, Greedy(40) with { Cache = Policy("h2o", "12") }),        // shares the pool above
+            (2, Greedy(40) with { Cache = Policy("sink", "10", sinks: 2) }),
+            (4, Greedy(40) with { Cache = Policy("sink", "10", sinks: 2) }),
+            (7, Greedy(40) with { Cache = Policy("window", "8", evictEvery: 4) }),
+            (3, Greedy(40) with { Cache = Policy("full", null, bits: 8) }),
         };
         var expected = cases.Select(c => Reference(ServingFixture.Prompts[c.Prompt], c.Options)).ToArray();
         using var engine = ServingEngine.Start(fixture.Model, fixture.Tokenizer, new ServingOptions { MaxBatchSize = 16, ForceStaticShapes = staticShapes });
@@ -148,8 +148,9 @@ public sealed class ServingEngineTests : IDisposable
         await WaitFor(() => engine.Stats.Running == 0 && engine.Stats.AllocatedKvBytes == 0);
 
         var recompute = Assert.Throws<ServingException>(() => engine.Submit(ServingFixture.Prompts[0],
-            Greedy(30) with { CachePolicy = Policy("window-recompute", "8") }, Ct));
+            Greedy(30).WithKvPolicy(new KvPolicyOptions { Policy = "window-recompute", Budget = KvBudget.Parse("8") }), Ct));
         Assert.Equal("kv_policy", recompute.Field);
+        Assert.Equal(Tern.Runtime.TernOption.KvPolicy, Assert.IsType<Tern.Runtime.OptionException>(recompute.InnerException).Option);
     }
 
     /// <summary>An offloaded model serves in FlexGen's throughput mode: requests admitted together form a block that runs until
@@ -165,8 +166,8 @@ public sealed class ServingEngineTests : IDisposable
         var cases = new (int Prompt, GenerationOptions Options)[]
         {
             (0, Greedy(24)), (1, Greedy(12)), (3, sampled), (6, Greedy(30)),     // the first block
-            (2, Greedy(18)), (5, Greedy(16) with { CachePolicy = h2o }),        // queued behind it; another policy: a block of its own
-            (4, Greedy(16) with { CachePolicy = h2o }),
+            (2, Greedy(18)), (5, Greedy(16) with { Cache = h2o }),        // queued behind it; another policy: a block of its own
+            (4, Greedy(16) with { Cache = h2o }),
         };
         var expected = cases.Select(c => Reference(ServingFixture.Prompts[c.Prompt], c.Options)).ToArray();
         using var engine = ServingEngine.Start(offloaded, fixture.Tokenizer, new ServingOptions { MaxBatchSize = 4 });
