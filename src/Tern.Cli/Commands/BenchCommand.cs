@@ -197,9 +197,9 @@ internal static class BenchCommand
         public TorchSharp.torch.Device Device => inner.Device;
         public ModelDType DType => inner.DType;
 
-        public IStepRunner CreateRunner(int batchSize, int maxSequenceLength, int maxStepTokens, Caching.IKvCachePolicy? policy)
+        public IStepRunner CreateRunner(int batchSize, int maxSequenceLength, int maxStepTokens, Caching.KvCacheConfig? cache)
         {
-            var runner = inner.CreateRunner(batchSize, maxSequenceLength, maxStepTokens, policy);
+            var runner = inner.CreateRunner(batchSize, maxSequenceLength, maxStepTokens, cache);
             watch.Restart();
             return runner;
         }
