@@ -183,11 +183,11 @@ public sealed class OffloadedModel : IStepModel, IDisposable
         if (batchSize < 1 || batchSize > Policy.BlockSize)
             throw new ArgumentException($"an offloaded batch holds 1 to {Policy.BlockSize} sequences (gbs × ngb of {Policy}); got {batchSize}.");
         if (!NeedsResidentCache(cache))
-            return new BlockRunner(this, batchSize, maxSequenceLength, new KvCacheConfig(bits: Policy.CompressCache ? 4 : 16), whole: false);
+            return new BlockRunner(this, batchSize, maxSequenceLength, maxStepTokens, new KvCacheConfig(bits: Policy.CompressCache ? 4 : 16), whole: false);
         if (Policy.Cache.Gpu < 1 && Policy.Cache.Cpu < 1 || Policy.CpuAttention || Policy.CompressCache)
             throw new ArgumentException($"the KV policy '{cache!.Eviction.Name}' ({cache.Bits} bits) runs offloaded with the whole cache on the GPU " +
                 $"(kv=100/0/0) or in host memory (kv=0/100/0), without cpu-attn or kvbits; this offload policy is {Policy}.");
-        return new BlockRunner(this, batchSize, maxSequenceLength, cache!, whole: true);
+        return new BlockRunner(this, batchSize, maxSequenceLength, maxStepTokens, cache!, whole: true);
     }
 
     /// <summary>One block of gbs·ngb sequences through the zig-zag schedule, a step at a time: each <see cref="Forward"/> walks
@@ -200,7 +200,8 @@ public sealed class OffloadedModel : IStepModel, IDisposable
         readonly ITransferEngine engine;
         readonly Device device;
         readonly int stages, batches, rowCount, maxSequenceLength;
-        int[] capacity = null!;                             // [k] slots: the batch's longest prompt + new tokens, as the plain runtime sizes its cache
+        readonly int[] batchRows;                           // [k] sequences of GPU batch k
+        readonly int prefillWidth;                          // the activations' slots
         int[][] prompts = null!;                            // [k][row] prompt lengths, known at the first step
         readonly int[] fed;                                 // [row] tokens fed so far
         int step;                                           // steps run so far
@@ -223,7 +224,8 @@ public sealed class OffloadedModel : IStepModel, IDisposable
         /// <param name="config">The block's caches: the plain full cache (16 bits, or the offload policy's kvbits) or, with
         /// <paramref name="whole"/>, another configuration, each GPU batch then keeping a whole <see cref="KvCache"/> as it asks,
         /// on the compute device or in host memory (no per-tier homes).</param>
-        public BlockRunner(OffloadedModel owner, int rows, int maxSequenceLength, KvCacheConfig config, bool whole)
+        /// <param name="maxStepTokens">The widest step (the prefill): the activations' slots.</param>
+        public BlockRunner(OffloadedModel owner, int rows, int maxSequenceLength, int maxStepTokens, KvCacheConfig config, bool whole)
         {
             this.config = config;
             this.owner = owner;
@@ -244,6 +246,10 @@ public sealed class OffloadedModel : IStepModel, IDisposable
             stepLogits = new Tensor?[batches];
             hostCaches = owner.Policy.CpuAttention ? new KvCache[batches] : null;
             resident = whole ? new KvCache[batches] : null;
+            int gbs = owner.Policy.GpuBatchSize;
+            batchRows = Enumerable.Range(0, batches).Select(k => Math.Min(gbs, rows - k * gbs)).ToArray();
+            prefillWidth = maxStepTokens;
+            Allocate(maxStepTokens);
         }
 
         readonly KvCacheConfig config;
@@ -254,14 +260,12 @@ public sealed class OffloadedModel : IStepModel, IDisposable
 
         public void Clear() => throw new NotSupportedException("an offloaded block's caches cannot be cleared and refilled (window re-computation).");
 
-        /// <summary>Sizes and places the block's caches and activations for prompts of <paramref name="lengths"/> tokens, with
+        /// <summary>Sizes and places the block's caches (<see cref="maxSequenceLength"/> slots a sequence, as the plain runtime
+        /// sizes its cache) and activations (<paramref name="width"/> slots) when the runner is made, as FlexGen allocates its
+        /// cache homes before generating (page-locking tens of GB of host memory takes seconds, not part of the prefill), with
         /// Tern's accounting of what the block puts on the compute device checked before anything is allocated.</summary>
-        void Allocate(IReadOnlyList<int> lengths, int width)
+        void Allocate(int width)
         {
-            int gbs = owner.Policy.GpuBatchSize;
-            prompts = Enumerable.Range(0, batches).Select(k => lengths.Skip(k * gbs).Take(gbs).ToArray()).ToArray();
-            // A batch padded to less than the block's width needs that many slots less, as the plain runtime would size it.
-            capacity = prompts.Select(b => maxSequenceLength - (width - b.Max())).ToArray();
             var info = model.Info;
             long[] hiddenItem = { info.HiddenSize };
             var policy = owner.Policy;
@@ -270,16 +274,15 @@ public sealed class OffloadedModel : IStepModel, IDisposable
             long kvGpu = 0, hiddenGpu = 0;
             // Bytes of one slot of one sequence, keys and values, as the cache stores them (codes and pairs when quantized).
             double slotBytes = 2.0 * info.KvHeads * KvStore.EntryBytes(info.HeadDim, config.Bits, es);
-            for (int k = 0; k < batches; k++)
+            int slots = config.Eviction.Capacity(maxSequenceLength, width);
+            foreach (int n in batchRows)
             {
-                var b = prompts[k];
-                int slots = config.Eviction.Capacity(capacity[k], b.Max());
-                kvGpu += (long)(info.Layers * slots * policy.Cache.SplitRows(b.Length).Gpu * slotBytes);
-                hiddenGpu += (long)b.Max() * policy.Activations.SplitRows(b.Length).Gpu * info.HiddenSize * es;
+                kvGpu += (long)(info.Layers * slots * policy.Cache.SplitRows(n).Gpu * slotBytes);
+                hiddenGpu += (long)width * policy.Activations.SplitRows(n).Gpu * info.HiddenSize * es;
             }
-            int rows = prompts.Max(b => b.Length), longest = width;
-            long workingBytes = 2L * (rows * (long)info.KvHeads * capacity.Max() * info.HeadDim * es) // working cache keys + values
-                + batches * rows * (long)info.KvHeads * capacity.Max() * 8                      // slot positions
+            int rows = batchRows[0], longest = width;
+            long workingBytes = 2L * (rows * (long)info.KvHeads * maxSequenceLength * info.HeadDim * es) // working cache keys + values
+                + batches * rows * (long)info.KvHeads * maxSequenceLength * 8                   // slot positions
                 + 2 * owner.weights.LargestStageLoadBytes                                       // this stage's and the next stage's weights
                 + 4L * rows * longest * Math.Max(info.HiddenSize, info.KvHeads * info.HeadDim) * es // hidden in/out and new cache entries
                 + 2L * rows * longest * (long)info.KvHeads * info.HeadDim * es * (policy.Cache.Gpu < 1 ? 2 : 1); // loaded cache parts
@@ -288,7 +291,7 @@ public sealed class OffloadedModel : IStepModel, IDisposable
             {
                 for (int k = 0; k < batches; k++)
                 {
-                    int n = prompts[k].Length;
+                    int n = batchRows[k];
                     caches[k] = new SequenceStore[info.Layers][];
                     if (resident is not null)
                     {
@@ -297,7 +300,7 @@ public sealed class OffloadedModel : IStepModel, IDisposable
                         resident[k] = config.CreateCache(new KvCacheOptions
                         {
                             BatchSize = n, Layers = info.Layers, KvHeads = info.KvHeads, HeadDim = info.HeadDim, DType = owner.dtype,
-                            Capacity = config.Eviction.Capacity(capacity[k], 1), MaxSequenceLength = capacity[k],
+                            Capacity = config.Eviction.Capacity(maxSequenceLength, 1), MaxSequenceLength = maxSequenceLength,
                             Device = travelling ? torch.CPU : device,
                         });
                         if (travelling && engine.PinsHostMemory)
@@ -309,7 +312,7 @@ public sealed class OffloadedModel : IStepModel, IDisposable
                     {
                         hostCaches[k] = KvCache.Create(new KvCacheOptions
                         {
-                            BatchSize = n, Layers = info.Layers, KvHeads = info.KvHeads, HeadDim = info.HeadDim, Capacity = capacity[k],
+                            BatchSize = n, Layers = info.Layers, KvHeads = info.KvHeads, HeadDim = info.HeadDim, Capacity = maxSequenceLength,
                             DType = owner.dtype, Device = torch.CPU,
                         });
                         if (engine.PinsHostMemory)
@@ -320,13 +323,13 @@ public sealed class OffloadedModel : IStepModel, IDisposable
                     else
                     {
                         // One home per storage part of the working cache: [rows, kvHeads, slots, ...] kept slot-major.
-                        var parts = WorkingCache(n, capacity[k]).StorageParts;
+                        var parts = WorkingCache(n, maxSequenceLength).StorageParts;
                         for (int l = 0; l < info.Layers; l++)
-                            caches[k][l] = parts.Select((part, i) => SequenceStore.Create(n, capacity[k], part.shape.Skip(3).Prepend(part.shape[1]).ToArray(),
+                            caches[k][l] = parts.Select((part, i) => SequenceStore.Create(n, maxSequenceLength, part.shape.Skip(3).Prepend(part.shape[1]).ToArray(),
                                 part.dtype, policy.Cache, device, engine, owner.directory, $"kv{i}-b{k}-l{l}")).ToArray();
                     }
-                    hidden[k] = SequenceStore.Create(n, prompts[k].Max(), hiddenItem, owner.dtype, policy.Activations, device, engine, owner.directory, $"h-b{k}");
-                    cachePositions[k] = torch.full(new long[] { n, info.KvHeads, capacity[k] }, -1L, ScalarType.Int64, device).DetachFromDisposeScope();
+                    hidden[k] = SequenceStore.Create(n, width, hiddenItem, owner.dtype, policy.Activations, device, engine, owner.directory, $"h-b{k}");
+                    cachePositions[k] = torch.full(new long[] { n, info.KvHeads, maxSequenceLength }, -1L, ScalarType.Int64, device).DetachFromDisposeScope();
                 }
             }
             catch
@@ -344,7 +347,13 @@ public sealed class OffloadedModel : IStepModel, IDisposable
         {
             if (input.InputIds.shape[0] != rowCount)
                 throw new ArgumentException($"this offloaded block holds {rowCount} sequences; the step has {input.InputIds.shape[0]} rows.");
-            if (step == 0) Allocate(input.RealTokens, (int)input.InputIds.shape[1]);
+            if (step == 0)
+            {
+                if (input.InputIds.shape[1] > prefillWidth)
+                    throw new ArgumentException($"this offloaded block was made for prompts of at most {prefillWidth} tokens; the prefill has {input.InputIds.shape[1]}.");
+                int gbs = owner.Policy.GpuBatchSize;
+                prompts = Enumerable.Range(0, batches).Select(k => input.RealTokens.Skip(k * gbs).Take(batchRows[k]).ToArray()).ToArray();
+            }
             else if (input.InputIds.shape[1] != 1) throw new ArgumentException("an offloaded block runs its prompts as one prefill step, then one token per step.");
             using var noGrad = torch.no_grad();
             int i = step;
@@ -447,7 +456,7 @@ public sealed class OffloadedModel : IStepModel, IDisposable
             else if (hostCaches is not null && i > 0) output = model.RunStage(j, w, h, batch, hostCaches[k][j - 1]); // attends on the CPU
             else
             {
-                var cache = WorkingCache(prompts[k].Length, capacity[k]);
+                var cache = WorkingCache(prompts[k].Length, maxSequenceLength);
                 int length = cacheLength[k];
                 if (length > 0)
                 {
@@ -477,7 +486,7 @@ public sealed class OffloadedModel : IStepModel, IDisposable
             using var scratch = config.CreateCache(new KvCacheOptions
             {
                 BatchSize = prompts[k].Length, Layers = 1, KvHeads = info.KvHeads, HeadDim = info.HeadDim, DType = owner.dtype, Device = device,
-                Capacity = config.Eviction.Capacity(capacity[k], width), MaxSequenceLength = capacity[k],
+                Capacity = config.Eviction.Capacity(maxSequenceLength, width), MaxSequenceLength = maxSequenceLength,
             });
             var output = model.RunStage(j, w, h, batch, scratch[0]);
             // Slot for slot (left padding included), as the plain runtime holds them: the policy left at most its budget.
