@@ -43,9 +43,11 @@ public sealed record OffloadWorkload
     /// <summary>Bits per stored cache element under the KV policy (16, or 8 / 4 group-quantized).</summary>
     public int CacheBits { get; init; } = 16;
 
-    /// <summary>This workload with the cache that <paramref name="cache"/> keeps: its decode capacity per sequence and bits.</summary>
+    /// <summary>This workload with the cache that <paramref name="cache"/> keeps: its bits, and the decode capacity per sequence
+    /// of a policy that evicts (one that never does keeps every entry: <see cref="CacheTokens"/> stays null, and only a step's
+    /// new entries go back to their home).</summary>
     public OffloadWorkload WithKvPolicy(KvCacheConfig cache) =>
-        this with { CacheTokens = cache.Eviction.Capacity(Prompt + Generate, 1), CacheBits = cache.Bits };
+        this with { CacheTokens = cache.Eviction.AppendOnly ? null : cache.Eviction.Capacity(Prompt + Generate, 1), CacheBits = cache.Bits };
 
     /// <summary>Activation bytes per token (2h for OPT in fp16).</summary>
     public double HiddenBytesPerToken => (double)Hidden * ElementSize;

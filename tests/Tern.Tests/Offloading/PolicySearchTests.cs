@@ -144,6 +144,22 @@ public sealed class PolicySearchTests
         Assert.InRange(cache8 / cache16, 0.53, 0.54); // (8 bits + a 16-bit pair per 64) / 16 bits
     }
 
+    /// <summary>The plain full cache, given as a cache configuration (what <c>tern offload plan</c> passes without --kv-*), plans
+    /// exactly as no configuration: its entries are all kept and only a step's new ones go back to their home (charging the
+    /// whole cache back every step, as for an evicting policy, made the search pick a slower block).</summary>
+    [Fact]
+    public void TheFullCacheAsAConfigurationPlansAsNone()
+    {
+        var plain = OffloadWorkload.FromConfig(Opt30B, ModelDType.Float16, 512, 32);
+        var configured = plain.WithKvPolicy(Tern.Caching.KvCacheConfig.Full);
+        Assert.Null(configured.CacheTokens);
+        PlanOptions Options(OffloadWorkload w) => new() { Workload = w, Hardware = HardwareProfile.FlexGenT4, Capacity = new MemoryCapacity(16 * GiB, 200 * GiB, 0) };
+        var a = PolicySearch.Find(Options(plain));
+        var b = PolicySearch.Find(Options(configured));
+        Assert.Equal(a.Policy, b.Policy);
+        Assert.Equal(a.Prediction.TokensPerSecond, b.Prediction.TokensPerSecond);
+    }
+
     [Fact]
     public void LessCpuMemoryPushesWeightsToDisk()
     {
