@@ -7,7 +7,7 @@
 #   tools/gpu/core_bench.sh h2o-offload GEN FULL_POLICY H2O_POLICY
 #                                              OPT-30B shape, fp16 dummy weights, --gpu-mem 16GB, CPU 100 GB, prompt 512 + GEN:
 #                                              the full cache against h2o 20% (policies planned here with `tern offload plan
-#                                              ... --profile bench/offload-h200-2026-11-27/hardware-profile.json [--kv-policy h2o
+#                                              ... --profile bench/offload-h200-2026-11-27/second-run/hardware-profile.json [--kv-policy h2o
 #                                              --kv-budget 0.2]`: OR-Tools is not packed). MEASURE_STEPS=N: run the prefill and N
 #                                              decode steps, project the rest (`tern bench --measure-steps`); step times in
 #                                              $OUT/offload-steps.csv. FULL_POLICY may list several policies, `;`-separated.
@@ -33,7 +33,7 @@ case ${1:?tests|sink|h2o-offload|serve|regression} in
     done ;;
   h2o-offload)
     C=(--model tests/fixtures/configs/opt-30b --dummy --device cuda --dtype fp16 --gpu-mem 16GB --cpu-mem 100GB --prompt 512
-       --new-tokens "${2:?new tokens}" --offload-dir /tmp --output "$OUT/offload.csv" --profile bench/offload-h200-2026-11-27/hardware-profile.json)
+       --new-tokens "${2:?new tokens}" --offload-dir /tmp --output "$OUT/offload.csv" --profile bench/offload-h200-2026-11-27/second-run/hardware-profile.json)
     C+=(--measure-steps ${MEASURE_STEPS:-0})
     IFS=";" read -ra fulls <<< "${3?full-cache policies (may be empty)}"
     for f in "${fulls[@]}"; do
