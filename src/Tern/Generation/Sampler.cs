@@ -17,7 +17,7 @@ internal sealed class Sampler : IDisposable
     public Sampler(GenerationOptions options, Tensor promptIds, Tensor promptMask, int vocab)
     {
         this.options = options;
-        if (options.Temperature > 0)
+        if (Samples)
         {
             long seed = options.Seed ?? Random.Shared.NextInt64();
             // TorchSharp 0.107 creates CPU generators only; on CUDA the device's default generator is seeded instead.
@@ -33,7 +33,11 @@ internal sealed class Sampler : IDisposable
     }
 
     /// <summary>True when the next token is the arg-max of the logits (temperature 0, no repetition penalty).</summary>
-    public bool IsPlainGreedy => options.Temperature == 0 && seen is null;
+    public bool IsPlainGreedy => !Samples && seen is null;
+
+    /// <summary>True when tokens are drawn: a temperature that is not 0 in the fp32 the scores are computed in (a smaller one,
+    /// such as 1e-45, is the arg-max, its limit).</summary>
+    bool Samples => (float)options.Temperature > 0;
 
     /// <summary>Token ids [batch] (int64).</summary>
     public Tensor Next(Tensor logits)
@@ -44,13 +48,16 @@ internal sealed class Sampler : IDisposable
         {
             double p = options.RepetitionPenalty;
             scores = torch.where(seen, torch.where(scores.lt(0), scores * p, scores / p), scores);
+            scores = scores.clamp(float.MinValue, float.MaxValue); // a tiny penalty (1e-38) overflows to ±inf
         }
         Tensor next;
-        if (options.Temperature == 0)
+        if (!Samples)
             next = scores.argmax(-1);
         else
         {
-            scores = scores / options.Temperature;
+            // Shifted by the row maximum first: a tiny temperature (1e-38) then drives every other score to −inf instead of
+            // overflowing the best one to +inf (inf − inf is NaN in softmax), so the draw tends to the arg-max as it should.
+            scores = (scores - scores.amax(new long[] { -1 }, keepdim: true)) / options.Temperature;
             if (options.TopK > 0 && options.TopK < scores.shape[1])
             {
                 var kth = scores.topk(options.TopK).values.narrow(1, options.TopK - 1, 1);

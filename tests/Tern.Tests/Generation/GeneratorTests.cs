@@ -84,6 +84,22 @@ public sealed class GeneratorTests : IDisposable
         Assert.Equal(ReferenceGreedy, Tokens(sampled));
     }
 
+    /// <summary>Degenerate settings never abort the draw (issue 18: "probability tensor contains either inf, nan or element
+    /// &lt; 0"): a temperature of 1e-38 overflowed the best score to +inf; it now samples the arg-max, as the limit says. A
+    /// penalty of 1e-38 overflows seen tokens' positive scores; they are clamped, and generation goes on.</summary>
+    [Theory]
+    [InlineData(1e-38)]
+    [InlineData(double.Epsilon)]
+    public void ATinyTemperatureIsGreedyAndATinyPenaltyDoesNotAbort(double tiny)
+    {
+        var generator = new TernGenerator(model);
+        Assert.Equal(ReferenceGreedy, Tokens(generator.GenerateTokens(Prompts, Greedy() with { Temperature = tiny, Seed = 13 }, Ct)));
+        var penalised = generator.GenerateTokens(Prompts, Greedy() with { Temperature = 1.0, RepetitionPenalty = tiny, Seed = 14 }, Ct);
+        Assert.All(penalised.Sequences, s => Assert.All(s.Tokens, t => Assert.InRange(t, 0, model.Info.VocabSize - 1)));
+        var greedyPenalised = generator.GenerateTokens(Prompts, Greedy() with { RepetitionPenalty = tiny }, Ct);
+        Assert.All(greedyPenalised.Sequences, s => Assert.NotEmpty(s.Tokens));
+    }
+
     [Fact]
     public void RepetitionPenaltyChangesTheOutput()
     {
