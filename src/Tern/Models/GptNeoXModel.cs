@@ -34,8 +34,14 @@ internal sealed class GptNeoXModel : CausalLanguageModel
 
         if (w.Trainable)
             throw new NotSupportedException("training GPT-NeoX (its q|k|v rows are reordered at load) is not supported yet: the trained tensor would not be the one in the checkpoint; train a Llama-family or OPT model.");
-        // Row r of the per-head layout [head][q|k|v][dim] goes to [q|k|v][head][dim].
-        var order = torch.arange(3L * hidden).view(heads, 3, headDim).transpose(0, 1).reshape(-1).to(w.WeightDevice);
+        // Rows of the per-head layout [head][q|k|v][dim] go to [q|k|v][head][dim]: a transposed view made contiguous (no
+        // gather, so it also runs on the meta device that `tern info` and `tern offload plan` size models on).
+        Tensor Reorder(Tensor t)
+        {
+            using var scope = torch.NewDisposeScope();
+            return t.view(new long[] { heads, 3, headDim }.Concat(t.shape.Skip(1)).ToArray()).transpose(0, 1).contiguous().view(t.shape)
+                .DetachFromDisposeScope();
+        }
         var embedding = w.Part("gpt_neox.");
         var embed = embedding.Get("embed_in.weight", vocab, hidden);
         var parts = new List<PartWeights> { embedding.Weights };
@@ -45,7 +51,7 @@ internal sealed class GptNeoXModel : CausalLanguageModel
             p.Get("input_layernorm.weight", hidden);
             p.Get("input_layernorm.bias", hidden);
             var qkv = w.Linear(p.Weights.Prefix + "attention.query_key_value", 3 * hidden, hidden, bias);
-            p.Add("attention.query_key_value", new Linear(qkv.Weight.index_select(0, order).DetachFromDisposeScope(), qkv.Bias?.index_select(0, order).DetachFromDisposeScope()));
+            p.Add("attention.query_key_value", new Linear(Reorder(qkv.Weight), qkv.Bias is null ? null : Reorder(qkv.Bias)));
             qkv.Dispose();
             p.Linear("attention.dense", hidden, hidden, bias);
             p.Get("post_attention_layernorm.weight", hidden);
@@ -54,7 +60,6 @@ internal sealed class GptNeoXModel : CausalLanguageModel
             p.Linear("mlp.dense_4h_to_h", hidden, inter, true);
             parts.Add(p.Weights);
         }
-        order.Dispose();
         var head = w.Part("");
         head.Get("gpt_neox.final_layer_norm.weight", hidden);
         head.Get("gpt_neox.final_layer_norm.bias", hidden);

@@ -32,6 +32,20 @@ public sealed class PolicySearchTests
         Assert.Equal(4 * 7168, w.Intermediate);
     }
 
+    /// <summary>Every architecture sizes on the meta device (`tern offload plan`, `tern info`): GPT-NeoX's q|k|v reordering
+    /// used a gather that has no meta kernel and aborted the process (issue 18).</summary>
+    [Theory]
+    [InlineData("neox-parallel")]
+    [InlineData("neox-sequential")]
+    [InlineData("gpt2")]
+    [InlineData("opt-prenorm")]
+    [InlineData("qwen2")]
+    public void EveryArchitectureSizesOnTheMetaDevice(string fixture)
+    {
+        var w = OffloadWorkload.FromConfig(Fixtures.ModelDir(fixture), ModelDType.Float16, 16, 8);
+        Assert.True(w.Layers > 0 && w.LayerWeightBytes > 0 && w.CacheBytesPerToken > 0);
+    }
+
     [Fact]
     public void ASmallModelThatFitsGoesAllGpu()
     {
