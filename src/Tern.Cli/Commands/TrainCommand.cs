@@ -118,25 +118,21 @@ internal static class TrainCommand
             string deviceName = DeviceReport.Name(trainer.Model.Device);
             Console.Error.WriteLine($"{(hasCheckpoint ? "resuming" : "training")} {trainer.Model.Info.ModelType} ({trainer.Model.Info.ParameterCount:N0} parameters) " +
                                     $"on {deviceName}, {(options.Autocast is { } amp ? amp.ShortName() + " autocast" : options.DType.ShortName())}, from step {trainer.Step}/{options.TotalSteps}");
-            var steps = new List<TrainingProgress>();
-            string log = Path.Combine(options.OutputDirectory, "train-log.jsonl");
+            string log = Path.Combine(options.OutputDirectory, TrainingLog.FileName);
+            TrainingLog.TruncateAfter(log, trainer.Step); // rows a killed run logged past its checkpoint are computed again
             trainer.StepCompleted += p =>
             {
-                steps.Add(p);
                 string valid = p.ValidLoss is { } v ? $"  valid {v:F4}" : "";
                 Console.Error.Write(string.Create(CultureInfo.InvariantCulture,
                     $"\rstep {p.Step}/{p.TotalSteps}  loss {p.Loss:F4}  lr {p.LearningRate:E2}  grad {p.GradNorm:F2}  {p.TokensPerSecond:N0} tok/s{valid}   "));
                 if (p.ValidLoss is not null) Console.Error.WriteLine();
-                var line = new JsonObject { ["step"] = p.Step, ["loss"] = p.Loss, ["lr"] = p.LearningRate, ["grad_norm"] = p.GradNorm,
-                    ["tokens_per_second"] = p.TokensPerSecond, ["tokens"] = p.TokensSeen };
-                if (p.ValidLoss is { } vl) line["valid_loss"] = vl;
-                File.AppendAllText(log, line.ToJsonString() + "\n");
+                TrainingLog.Append(log, p);
             };
             trainer.Run(cancellation: cancellation);
             Console.Error.WriteLine();
-            WriteSummary(Path.Combine(options.OutputDirectory, "train-summary.json"), trainer, deviceName, steps);
             if (File.Exists(log))
             {
+                WriteSummary(Path.Combine(options.OutputDirectory, "train-summary.json"), trainer, deviceName, log);
                 try
                 {
                     LossCurve.FromLog(log).SavePng(Path.Combine(options.OutputDirectory, "loss-curve.png"),
@@ -159,23 +155,25 @@ internal static class TrainCommand
         return 0;
     }
 
-    /// <summary>Throughput over the steps after the first few (allocator and kernel warm-up), model FLOPs utilisation where
-    /// the card's peak is known, and the final losses: printed and written next to the log.</summary>
-    static void WriteSummary(string path, Trainer trainer, string deviceName, List<TrainingProgress> steps)
+    /// <summary>Throughput over the logged steps after the first few (allocator and kernel warm-up), model FLOPs utilisation
+    /// where the card's peak is known, and the final losses: printed and written next to the log. Read from the log, so a run
+    /// resumed with no step left (its export had failed) still writes it.</summary>
+    static void WriteSummary(string path, Trainer trainer, string deviceName, string log)
     {
-        if (steps.Count == 0) return;
+        var rows = TrainingLog.Read(log).Select(r => r.Row).ToList();
+        if (rows.Count == 0) return;
         // Every step consumes the same tokens, so the steady rate is the harmonic mean of the per-step rates.
-        var steady = steps.Count > 10 ? steps.Skip(5).ToList() : steps;
-        double tokensPerSecond = steady.Count / steady.Sum(p => 1 / p.TokensPerSecond);
+        var steady = rows.Count > 10 ? rows.Skip(5).ToList() : rows;
+        double tokensPerSecond = steady.Count / steady.Sum(r => 1 / (double)r["tokens_per_second"]!);
         double flops = trainer.FlopsPerToken;
         double? mfu = trainer.PeakFlops is { } peak ? tokensPerSecond * flops / peak : null;
-        var last = steps[^1];
+        var last = rows[^1];
         var summary = new JsonObject
         {
-            ["device"] = deviceName, ["parameters"] = trainer.Model.Info.ParameterCount, ["steps"] = last.Step,
+            ["device"] = deviceName, ["parameters"] = trainer.Model.Info.ParameterCount, ["steps"] = (int)last["step"]!,
             ["tokens_per_second"] = Math.Round(tokensPerSecond), ["flops_per_token"] = flops,
             ["model_tflops_per_second"] = Math.Round(tokensPerSecond * flops / 1e12, 2), ["mfu"] = mfu is { } m ? Math.Round(m, 4) : null,
-            ["final_loss"] = last.Loss, ["final_valid_loss"] = steps.LastOrDefault(p => p.ValidLoss is not null)?.ValidLoss,
+            ["final_loss"] = (double)last["loss"]!, ["final_valid_loss"] = rows.LastOrDefault(r => r["valid_loss"] is not null)?["valid_loss"]?.GetValue<double>(),
         };
         AtomicFile.Write(path, s => s.Write(System.Text.Encoding.UTF8.GetBytes(summary.ToJsonString(new() { WriteIndented = true }) + "\n")));
         Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture,

@@ -15,24 +15,16 @@ public sealed class LossCurve
     /// <summary>Steps with a validation loss, in order.</summary>
     public IReadOnlyDictionary<int, double> Validation => valid;
 
-    /// <summary>
-    /// Reads a log of one JSON object per line (<c>step</c>, <c>loss</c>, optional <c>valid_loss</c>). A resumed run logs again
-    /// the steps it redoes after its last checkpoint; the later line of a step wins, as it is the one the run continued from.
-    /// </summary>
+    /// <summary>Reads a run's <see cref="TrainingLog"/> (<c>step</c>, <c>loss</c>, optional <c>valid_loss</c>); should a step
+    /// appear twice (a log written before resumed runs cut it back), the later row wins, as it is the one the run continued
+    /// from.</summary>
     public static LossCurve FromLog(string path)
     {
         var curve = new LossCurve();
-        int number = 0;
-        foreach (string line in File.ReadLines(path))
+        foreach (var (line, step, row) in TrainingLog.Read(path))
         {
-            number++;
-            if (string.IsNullOrWhiteSpace(line)) continue;
-            JsonNode? node;
-            try { node = JsonNode.Parse(line); }
-            catch (System.Text.Json.JsonException e) { throw new InvalidDataException($"{path}:{number}: not a JSON object ({e.Message}).", e); }
-            int step = node?["step"]?.GetValue<int>() ?? throw new InvalidDataException($"{path}:{number}: no \"step\".");
-            curve.train[step] = node["loss"]?.GetValue<double>() ?? throw new InvalidDataException($"{path}:{number}: no \"loss\".");
-            if (node["valid_loss"] is JsonNode v) curve.valid[step] = v.GetValue<double>();
+            curve.train[step] = row["loss"]?.GetValue<double>() ?? throw new InvalidDataException($"{path}:{line}: no \"loss\".");
+            if (row["valid_loss"] is JsonNode v) curve.valid[step] = v.GetValue<double>();
             else curve.valid.Remove(step);
         }
         return curve;

@@ -83,6 +83,7 @@ public sealed class Trainer : IDisposable
     {
         options.Validate();
         var device = ComputeOptions.ResolveDevice(options.Device);
+        TrainingCheckpoint.RemoveStaleTemporaries(options.OutputDirectory);
         var model = CausalLanguageModel.CreateRandom(config, device, options.DType, options.Seed);
         var trainer = new Trainer(model, options, new TrainingCheckpoint.State(0, (ulong)options.Seed ^ 0x5DEECE66DUL, 0));
         trainer.WriteRunConfig();
@@ -100,6 +101,7 @@ public sealed class Trainer : IDisposable
         string dir = TrainingCheckpoint.Find(options.OutputDirectory)
             ?? throw new TrainingCheckpointException($"{Path.GetFullPath(options.OutputDirectory)}: no {TrainingCheckpoint.LastName} to resume from.");
         var state = TrainingCheckpoint.Verify(dir);
+        TrainingCheckpoint.RemoveStaleTemporaries(options.OutputDirectory);
         CausalLanguageModel model;
         try
         {

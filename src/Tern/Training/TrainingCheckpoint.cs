@@ -43,6 +43,14 @@ public static class TrainingCheckpoint
         return Directory.Exists(prev) ? prev : null; // a crash between the two renames of a save
     }
 
+    /// <summary>Removes the temporary folders of saves that never finished (a process killed while writing): a run calls it
+    /// when it starts or resumes, when no save of its own is under way.</summary>
+    public static void RemoveStaleTemporaries(string outputDirectory)
+    {
+        if (!Directory.Exists(outputDirectory)) return;
+        foreach (string temp in Directory.GetDirectories(outputDirectory, ".checkpoint-*.tmp")) Directory.Delete(temp, recursive: true);
+    }
+
     /// <summary>Writes a checkpoint: <paramref name="writeFiles"/> fills the temporary folder, then the state file is
     /// written with the checksums and the folder is swapped in.</summary>
     public static string Save(string outputDirectory, State state, Action<string> writeFiles, Action<string>? onFile = null)

@@ -4,6 +4,33 @@ namespace Tern.Tests.Training;
 
 public sealed class LossCurveTests
 {
+    /// <summary>A resumed run cuts its log back to the checkpoint's step before logging again, so every step has one row
+    /// (issue 18: 45 rows for 30 steps); the cut is atomic and keeps the rows as written.</summary>
+    [Fact]
+    public void AResumedRunCutsTheLogBackToItsCheckpoint()
+    {
+        string dir = Directory.CreateTempSubdirectory("tern-log-").FullName;
+        try
+        {
+            string log = Path.Combine(dir, TrainingLog.FileName);
+            for (int step = 1; step <= 5; step++)
+                TrainingLog.Append(log, new TrainingProgress(step, 10, 5.0 - step, 1e-3, 1.0, 1000, step * 64L, step == 4 ? 3.3 : null));
+            string before = File.ReadAllText(log);
+            TrainingLog.TruncateAfter(log, 3); // killed after step 5, resumed from the step-3 checkpoint
+            Assert.Equal(new[] { 1, 2, 3 }, TrainingLog.Read(log).Select(r => r.Step));
+            Assert.StartsWith(File.ReadAllText(log), before);
+            TrainingLog.Append(log, new TrainingProgress(4, 10, 0.9, 1e-3, 1.0, 1000, 256, null));
+            Assert.Equal(new[] { 1, 2, 3, 4 }, TrainingLog.Read(log).Select(r => r.Step));
+            Assert.Empty(LossCurve.FromLog(log).Validation); // the dropped step-4 row held the only validation loss
+            TrainingLog.TruncateAfter(Path.Combine(dir, "none.jsonl"), 3); // no log yet: nothing to do
+            Assert.False(File.Exists(Path.Combine(dir, "none.jsonl")));
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
     [Fact]
     public void TheLogOfAResumedRunKeepsTheLaterLineOfEachStepAndDrawsAPng()
     {

@@ -180,6 +180,27 @@ public class TrainerTests
         Assert.Equal(4, resumed.Step);
     }
 
+    /// <summary>A save killed midway leaves its temporary folder; starting or resuming a run removes it (issue 18: they
+    /// stayed forever), and the checkpoint itself is untouched.</summary>
+    [Fact]
+    public void StartingOrResumingRemovesTheTemporaryFoldersOfKilledSaves()
+    {
+        using var dir = new TempDir();
+        var options = Options(dir);
+        string Stale() => Directory.CreateDirectory(Path.Combine(options.OutputDirectory, $".checkpoint-{Guid.NewGuid():N}.tmp")).FullName;
+        Directory.CreateDirectory(options.OutputDirectory);
+        File.WriteAllText(Path.Combine(Stale(), "model.safetensors"), "half written");
+        using (var trainer = Trainer.Create(TinyConfig(), options))
+        {
+            Assert.Empty(Directory.GetDirectories(options.OutputDirectory, ".checkpoint-*.tmp"));
+            trainer.Run(stopAfterStep: 4);
+        }
+        Stale();
+        using var resumed = Trainer.Resume(options);
+        Assert.Empty(Directory.GetDirectories(options.OutputDirectory, ".checkpoint-*.tmp"));
+        Assert.Equal(4, resumed.Step);
+    }
+
     [Fact]
     public void RunConfigFilesRoundTripAndNameTheirMistakes()
     {
