@@ -14,6 +14,8 @@ internal sealed class ApiError(int status, string message, string? param = null,
     public string? Param { get; } = param;
     public string? Code { get; } = code;
     public string Type { get; } = type;
+    /// <summary>With 405: the method the endpoint takes.</summary>
+    public string? Allow { get; init; }
 
     /// <summary>An invalid option in the request's words, blaming the field of the option the message names first.</summary>
     public static ApiError For(OptionException e) => new(400, e.Render(OpenAiRequest.Field), OpenAiRequest.Field(e.Option));

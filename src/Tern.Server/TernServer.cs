@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Net;
 using System.Security.Cryptography;
 using System.Text;
@@ -105,12 +106,27 @@ public sealed class TernServer : IAsyncDisposable
         app.MapGet("/v1/models", () => server!.Models());
         app.MapPost("/v1/completions", (HttpContext context) => server!.Complete(context, chat: false));
         app.MapPost("/v1/chat/completions", (HttpContext context) => server!.Complete(context, chat: true));
-        app.MapFallback((HttpContext context) => { throw new ApiError(404, $"{context.Request.Method} {context.Request.Path} is not an endpoint of this server.", code: "unknown_url"); });
+        app.MapFallback((HttpContext context) =>
+        {
+            string path = context.Request.Path.Value ?? "";
+            throw Endpoints.TryGetValue(path.TrimEnd('/'), out string? method)
+                ? new ApiError(405, $"{path} takes {method}, not {context.Request.Method}.", code: "method_not_allowed") { Allow = method }
+                : new ApiError(404, $"{context.Request.Method} {path} is not an endpoint of this server.", code: "unknown_url");
+        });
         await app.StartAsync(cancellation);
         string address = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
         server = new TernServer(app, engine, options, new Uri(address.Replace("[::1]", "localhost")));
         return server;
     }
+
+    /// <summary>The endpoints and the one method each takes: a wrong method gets 405 with Allow (RFC 9110 §15.5.6).</summary>
+    static readonly Dictionary<string, string> Endpoints = new()
+    {
+        ["/health"] = "GET", ["/v1/models"] = "GET", ["/v1/completions"] = "POST", ["/v1/chat/completions"] = "POST",
+    };
+
+    /// <summary>Seconds a client told 429 or 503 waits before trying again (the Retry-After header).</summary>
+    const int RetryAfterSeconds = 1;
 
     /// <summary>Stops listening.</summary>
     public async ValueTask DisposeAsync()
@@ -241,6 +257,8 @@ public sealed class TernServer : IAsyncDisposable
     {
         context.Response.StatusCode = e.Status;
         if (e.Status == 401) context.Response.Headers.WWWAuthenticate = "Bearer";
+        if (e.Status is 429 or 503) context.Response.Headers.RetryAfter = RetryAfterSeconds.ToString(CultureInfo.InvariantCulture);
+        if (e.Allow is { } allow) context.Response.Headers.Allow = allow;
         await Json(ErrorBody(e)).ExecuteAsync(context);
     }
 

@@ -266,6 +266,13 @@ public sealed class OpenAiServerTests : IAsyncLifetime
             Assert.Equal(HttpStatusCode.NotFound, nowhere.StatusCode);
             Assert.Equal("unknown_url", JsonDocument.Parse(await nowhere.Content.ReadAsStringAsync(Ct)).RootElement.GetProperty("error").GetProperty("code").GetString());
         }
+        // A known endpoint with the wrong method: 405 naming the method it takes, with Allow (issue 18: it was 404).
+        using (var wrongMethod = await http.GetAsync(new Uri(server.Address, "/v1/chat/completions"), Ct))
+        {
+            Assert.Equal(HttpStatusCode.MethodNotAllowed, wrongMethod.StatusCode);
+            Assert.Equal("POST", string.Join(",", wrongMethod.Content.Headers.Allow));
+            Assert.Contains("POST", JsonDocument.Parse(await wrongMethod.Content.ReadAsStringAsync(Ct)).RootElement.GetProperty("error").GetProperty("message").GetString());
+        }
         var models = JsonDocument.Parse(await http.GetStringAsync(new Uri(server.Address, "/v1/models"), Ct)).RootElement;
         Assert.Equal("tiny", models.GetProperty("data")[0].GetProperty("id").GetString());
         await AssertStillServing();
@@ -283,6 +290,7 @@ public sealed class OpenAiServerTests : IAsyncLifetime
         await ServingEngineTests.WaitFor(() => small.Stats.Running == 1);
         using var refused = await client.PostAsync(new Uri(busy.Address, "/v1/completions"), new StringContent("""{"model":"tern","prompt":"hi"}"""), Ct);
         Assert.Equal(HttpStatusCode.TooManyRequests, refused.StatusCode);
+        Assert.Equal(TimeSpan.FromSeconds(1), refused.Headers.RetryAfter?.Delta); // issue 18: 429 had no Retry-After
         Assert.Equal("rate_limit_exceeded", JsonDocument.Parse(await refused.Content.ReadAsStringAsync(Ct)).RootElement.GetProperty("error").GetProperty("code").GetString());
         hold.Cancel(); // the client disconnects: its slot frees at the next step
         await Assert.ThrowsAnyAsync<OperationCanceledException>(() => running);
