@@ -59,6 +59,45 @@ internal sealed record OpenAiRequest
     /// <param name="defaultMaxTokens">max_tokens when the body has none.</param>
     public static OpenAiRequest Parse(JsonElement body, bool chat, int defaultMaxTokens, string? servedModel)
     {
+        CheckText(body, "");
+        return ParseFields(body, chat, defaultMaxTokens, servedModel);
+    }
+
+    /// <summary>Refuses text that is not Unicode anywhere in the body — invalid UTF-8 bytes, or a lone surrogate escaped as
+    /// \ud800 — with a 400 naming the field, before any field is read (the reader throws on reading such a string).</summary>
+    static void CheckText(JsonElement e, string path)
+    {
+        switch (e.ValueKind)
+        {
+            case JsonValueKind.String:
+                try { e.GetString(); }
+                catch (InvalidOperationException) // the kind is a string: only the text itself can be wrong
+                {
+                    throw new ApiError(400, $"{(path.Length == 0 ? "the body" : path)} is not valid UTF-8 text (invalid bytes, or a lone surrogate such as \\ud800): send Unicode text.",
+                        path.Length == 0 ? null : path);
+                }
+                break;
+            case JsonValueKind.Array:
+                int i = 0;
+                foreach (var item in e.EnumerateArray()) CheckText(item, $"{path}[{i++}]");
+                break;
+            case JsonValueKind.Object:
+                foreach (var property in e.EnumerateObject())
+                {
+                    string name;
+                    try { name = property.Name; }
+                    catch (InvalidOperationException)
+                    {
+                        throw new ApiError(400, $"a field name in {(path.Length == 0 ? "the body" : path)} is not valid UTF-8 text: send Unicode text.", path.Length == 0 ? null : path);
+                    }
+                    CheckText(property.Value, path.Length == 0 ? name : $"{path}.{name}");
+                }
+                break;
+        }
+    }
+
+    static OpenAiRequest ParseFields(JsonElement body, bool chat, int defaultMaxTokens, string? servedModel)
+    {
         if (body.ValueKind != JsonValueKind.Object) throw new ApiError(400, "the request body must be a JSON object.");
         string model = String(body, "model") ?? throw new ApiError(400, "you must provide a model parameter.", "model");
         if (servedModel is not null && model != servedModel)

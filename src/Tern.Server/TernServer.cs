@@ -39,6 +39,9 @@ public sealed record ServerOptions
     /// engine's <see cref="ServingOptions.MaxNewTokens"/>.</summary>
     public int DefaultMaxTokens { get; init; } = 16;
 
+    /// <summary>Where the server logs what clients are not told: the details of its 500s (default: standard error).</summary>
+    public TextWriter? Log { get; init; }
+
     /// <summary>Checks the values, with messages that name the option.</summary>
     public void Validate()
     {
@@ -53,7 +56,7 @@ public sealed record ServerOptions
 /// <summary>
 /// An OpenAI-compatible HTTP server (ASP.NET Core Kestrel) over a <see cref="ServingEngine"/>: <c>POST /v1/completions</c>,
 /// <c>POST /v1/chat/completions</c> (both with <c>stream: true</c> as server-sent events), <c>GET /v1/models</c> and
-/// <c>GET /health</c>. Errors are OpenAI error objects with 400/401/404/413/429/503; a client that disconnects cancels its
+/// <c>GET /health</c>. Errors are OpenAI error objects with 400/401/404/405/413/429/503 (429 and 503 with Retry-After), and 500 with a request id whose details go to <see cref="ServerOptions.Log"/>; a client that disconnects cancels its
 /// request, which frees its cache slot at the next step.
 /// </summary>
 public sealed class TernServer : IAsyncDisposable
@@ -100,6 +103,10 @@ public sealed class TernServer : IAsyncDisposable
             catch (ApiError e) when (!context.Response.HasStarted)
             {
                 await WriteError(context, e);
+            }
+            catch (Exception e) when (!context.Response.HasStarted && !(e is OperationCanceledException && context.RequestAborted.IsCancellationRequested))
+            {
+                await WriteError(context, Internal(e, options.Log));
             }
         });
         app.MapGet("/health", () => Json(new JsonObject { ["status"] = "ok" }));
@@ -184,7 +191,7 @@ public sealed class TernServer : IAsyncDisposable
                 OptionException option => ApiError.For(option),
                 ArgumentException => new ApiError(400, e.Message),
                 ServingException refused => Refusal(refused, chat),
-                _ => new ApiError(500, e.Message, type: "server_error"),
+                _ => Internal(e, options.Log),
             };
         }
     }
@@ -198,7 +205,16 @@ public sealed class TernServer : IAsyncDisposable
         _ => new ApiError(400, e.Message, chat && e.Field == "prompt" ? "messages" : e.Field),
     };
 
-    static async Task Stream(HttpContext context, ServingRequest served, Response response, bool includeUsage)
+    /// <summary>The 500 of an unexpected failure: the client gets an OpenAI error object with a request id and no internal
+    /// detail (a native message can carry stack frames and paths); the log gets the id and the whole exception.</summary>
+    internal static ApiError Internal(Exception e, TextWriter? log)
+    {
+        string id = "req_" + Guid.NewGuid().ToString("N");
+        (log ?? Console.Error).WriteLine($"{DateTimeOffset.UtcNow:O} 500 {id}: {e}");
+        return new ApiError(500, $"The server had an error while processing your request (request id {id}); its log has the details.", type: "server_error");
+    }
+
+    async Task Stream(HttpContext context, ServingRequest served, Response response, bool includeUsage)
     {
         var http = context.Response;
         http.ContentType = "text/event-stream";
@@ -216,7 +232,7 @@ public sealed class TernServer : IAsyncDisposable
         }
         catch (Exception e) when (e is not OperationCanceledException || !aborted.IsCancellationRequested)
         {
-            await Event(http, ErrorBody(new ApiError(500, e.Message, type: "server_error")), aborted);
+            await Event(http, ErrorBody(Internal(e, options.Log)), aborted);
         }
         await http.WriteAsync("data: [DONE]\n\n", aborted);
         await http.Body.FlushAsync(aborted);

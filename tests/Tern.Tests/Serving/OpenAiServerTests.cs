@@ -278,6 +278,46 @@ public sealed class OpenAiServerTests : IAsyncLifetime
         await AssertStillServing();
     }
 
+    /// <summary>Text that is not Unicode — invalid UTF-8 bytes, or a lone surrogate escaped in JSON — in any text field is a
+    /// 400 naming the field (issue 18: a 500 with an empty body), and the server goes on serving.</summary>
+    [Theory]
+    [InlineData("/v1/completions", "{\"model\":\"tiny\",\"prompt\":\"\\ud800\"}", "prompt")]
+    [InlineData("/v1/completions", "{\"model\":\"tiny\",\"prompt\":\"hi\",\"stop\":[\"\\udfff\"]}", "stop[0]")]
+    [InlineData("/v1/completions", "{\"model\":\"\\ud800tiny\",\"prompt\":\"hi\"}", "model")]
+    [InlineData("/v1/chat/completions", "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":\"a\\ud83d\"}]}", "messages[0].content")]
+    [InlineData("/v1/completions", "INVALID-UTF8", "prompt")]
+    public async Task TextThatIsNotUnicodeIsA400(string path, string json, string field)
+    {
+        byte[] body = json == "INVALID-UTF8"
+            ? Encoding.UTF8.GetBytes("{\"model\":\"tiny\",\"prompt\":\"a").Concat(new byte[] { 0xFF, 0xFE }).Concat(Encoding.UTF8.GetBytes("\"}")).ToArray()
+            : Encoding.UTF8.GetBytes(json);
+        using var content = new ByteArrayContent(body);
+        content.Headers.ContentType = new System.Net.Http.Headers.MediaTypeHeaderValue("application/json");
+        using var response = await http.PostAsync(new Uri(server.Address, path), content, Ct);
+        string text = await response.Content.ReadAsStringAsync(Ct);
+        Assert.True(response.StatusCode == HttpStatusCode.BadRequest, $"{(int)response.StatusCode}: {text}");
+        var error = JsonDocument.Parse(text).RootElement.GetProperty("error");
+        Assert.Contains("UTF-8", error.GetProperty("message").GetString());
+        Assert.Equal(field, error.GetProperty("param").GetString());
+        await AssertStillServing();
+    }
+
+    /// <summary>An unexpected failure reaches the client as an OpenAI error object with a request id and none of the internal
+    /// message (issue 18: libtorch asserts with stack frames and paths), and the server log gets the id and the exception.</summary>
+    [Fact]
+    public void AnInternalErrorTellsTheClientAnIdAndTheLogTheDetails()
+    {
+        var log = new StringWriter();
+        var error = TernServer.Internal(new InvalidOperationException("schema_.has_value() INTERNAL ASSERT FAILED at /pytorch/aten/src/core.cpp:42"), log);
+        Assert.Equal(500, error.Status);
+        Assert.Equal("server_error", error.Type);
+        Assert.DoesNotContain("pytorch", error.Message);
+        string id = System.Text.RegularExpressions.Regex.Match(error.Message, "req_[0-9a-f]{32}").Value;
+        Assert.NotEmpty(id);
+        Assert.Contains(id, log.ToString());
+        Assert.Contains("INTERNAL ASSERT FAILED at /pytorch/aten/src/core.cpp:42", log.ToString());
+    }
+
     [Fact]
     public async Task AFullQueueAnswers429AndTheServerRecovers()
     {
