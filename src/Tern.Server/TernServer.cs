@@ -56,8 +56,9 @@ public sealed record ServerOptions
 /// <summary>
 /// An OpenAI-compatible HTTP server (ASP.NET Core Kestrel) over a <see cref="ServingEngine"/>: <c>POST /v1/completions</c>,
 /// <c>POST /v1/chat/completions</c> (both with <c>stream: true</c> as server-sent events), <c>GET /v1/models</c> and
-/// <c>GET /health</c>. Errors are OpenAI error objects with 400/401/404/405/413/429/503 (429 and 503 with Retry-After), and 500 with a request id whose details go to <see cref="ServerOptions.Log"/>; a client that disconnects cancels its
-/// request, which frees its cache slot at the next step.
+/// <c>GET /health</c>. Errors are OpenAI error objects with 400/401/404/405/413/429/503 (429 and 503 with Retry-After), and
+/// 500 with a request id whose details go to <see cref="ServerOptions.Log"/>; a client that disconnects cancels its request,
+/// which frees its cache slot at the next step.
 /// </summary>
 public sealed class TernServer : IAsyncDisposable
 {
