@@ -35,7 +35,10 @@ public static class Program
         }
         try
         {
-            return parsed.Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
+            // Ctrl+C / SIGTERM cancel a command's token and, after two seconds, end the process; serve drains on its own.
+            var configuration = new InvocationConfiguration { EnableDefaultExceptionHandler = false };
+            if (parsed.CommandResult.Command.Name == ServeCommand.Name) configuration.ProcessTerminationTimeout = null;
+            return parsed.Invoke(configuration);
         }
         catch (Exception e) when (CliErrors.IsUserError(e))
         {

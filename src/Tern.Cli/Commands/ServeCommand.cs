@@ -1,4 +1,5 @@
 using System.CommandLine;
+using System.Runtime.InteropServices;
 using Tern.Models;
 using Tern.Offloading;
 using Tern.Runtime;
@@ -20,17 +21,41 @@ internal static class ServeCommand
         var flags = new ServeFlags();
         var offload = new OffloadFlags();
         var apiKey = new Option<string?>("--api-key") { Description = "Require 'Authorization: Bearer KEY' on /v1 requests (default: the TERN_API_KEY variable, else none)." };
-        var command = new Command("serve", "Serve a model over an OpenAI-compatible HTTP API (completions, chat, streaming) with continuous batching.") { apiKey };
+        var drain = new Option<double>("--drain-timeout")
+        {
+            Description = "On SIGTERM or Ctrl+C: refuse new requests (503) and let running ones finish for at most this many seconds, then end " +
+                "the rest with an error and exit 0 (a second signal stops at once).",
+            DefaultValueFactory = _ => 30,
+        };
+        drain.Validators.Add(v => { if (!(v.GetValueOrDefault<double>() >= 0)) v.AddError("--drain-timeout must be >= 0 seconds."); });
+        var command = new Command(Name, "Serve a model over an OpenAI-compatible HTTP API (completions, chat, streaming) with continuous batching.") { apiKey, drain };
         common.AddTo(command);
         flags.AddTo(command);
         offload.AddTo(command);
-        command.SetAction((r, cancellation) => RunAsync(r, common, flags, offload, apiKey, cancellation));
+        command.SetAction((r, _) => RunAsync(r, common, flags, offload, apiKey, drain));
         return command;
     }
 
+    /// <summary>The command's name: it handles termination signals itself (<see cref="Program"/> leaves them to it), to drain.</summary>
+    public const string Name = "serve";
+
     static async Task<int> RunAsync(ParseResult r, CommonOptions common, ServeFlags flags, OffloadFlags offload, Option<string?> apiKey,
-        CancellationToken cancellation)
+        Option<double> drainTimeout)
     {
+        // First SIGTERM / SIGINT / SIGQUIT: drain; a second one: stop now. Cancelling the signal keeps the runtime from
+        // exiting under the requests in flight (which reached clients as libtorch asserts, exit 143).
+        using var stop = new CancellationTokenSource();
+        using var hurry = new CancellationTokenSource();
+        void OnSignal(PosixSignalContext context)
+        {
+            context.Cancel = true;
+            if (stop.IsCancellationRequested) hurry.Cancel();
+            else stop.Cancel();
+        }
+        using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, OnSignal);
+        using var interrupt = PosixSignalRegistration.Create(PosixSignal.SIGINT, OnSignal);
+        using var quit = PosixSignalRegistration.Create(PosixSignal.SIGQUIT, OnSignal);
+        var cancellation = stop.Token;
         var serving = flags.Serving(r);
         var server = flags.Server(r, common) with { ApiKey = r.GetValue(apiKey) ?? Environment.GetEnvironmentVariable("TERN_API_KEY") };
         server.Validate();
@@ -73,7 +98,13 @@ internal static class ServeCommand
             catch (OperationCanceledException)
             {
             }
-            Console.Error.WriteLine("stopping.");
+            var deadline = TimeSpan.FromSeconds(r.GetValue(drainTimeout));
+            Console.Error.WriteLine($"stopping: new requests get 503; {engine.Outstanding} running or waiting may finish within {deadline.TotalSeconds:0.#} s (a second signal stops now).");
+            bool drained = await engine.DrainAsync(deadline, hurry.Token);
+            if (!drained) Console.Error.WriteLine($"stopping: {engine.Outstanding} request(s) did not finish; they end with an error.");
+            engine.Dispose(); // ends what is left (unavailable): their clients get an error object, their streams [DONE]
+            await host.DisposeAsync(); // the HTTP responses finish, then the listener closes
+            Console.Error.WriteLine("stopped.");
         }
         return 0;
     }

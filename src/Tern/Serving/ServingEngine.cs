@@ -38,6 +38,8 @@ public sealed class ServingEngine : IDisposable
     readonly long bytesPerToken;
     readonly object tokenizerLock = new();
     int queued; // submitted, not yet admitted
+    int outstanding; // submitted, not yet finished (however they end)
+    volatile bool draining;
     volatile ServingStats stats = new(0, 0, 0, 0, 0, 0, 0, 0, 0);
 
     // Scheduler state, touched by the loop thread only.
@@ -113,7 +115,7 @@ public sealed class ServingEngine : IDisposable
     /// queue is full, or when the engine is stopping.</summary>
     public ServingRequest Submit(IReadOnlyList<int> prompt, GenerationOptions options, CancellationToken cancellation = default)
     {
-        if (stopping.IsCancellationRequested) throw new ServingException(ServingError.Unavailable, "the server is shutting down.");
+        if (stopping.IsCancellationRequested || draining) throw new ServingException(ServingError.Unavailable, "the server is shutting down.");
         try
         {
             options.Validate();
@@ -158,15 +160,45 @@ public sealed class ServingEngine : IDisposable
             throw new ServingException(ServingError.Overloaded, $"the server is busy: {Options.MaxQueue} requests are already waiting; retry later.");
         }
         var request = new ServingRequest(prompt, options, cache, maxNew, reserved, cancellation);
+        Interlocked.Increment(ref outstanding);
         if (!incoming.Writer.TryWrite(request))
         {
             Interlocked.Decrement(ref queued);
+            Interlocked.Decrement(ref outstanding);
             throw new ServingException(ServingError.Unavailable, "the server is shutting down.");
         }
+        request.Completion.ContinueWith(_ => Interlocked.Decrement(ref outstanding), TaskScheduler.Default);
         return request;
     }
 
     static ServingException Invalid(string message, string field, Exception? inner = null) => new(ServingError.InvalidRequest, message, field, inner);
+
+    /// <summary>
+    /// A graceful stop's first half: from now on <see cref="Submit(IReadOnlyList{int}, GenerationOptions, CancellationToken)"/>
+    /// refuses (unavailable), and the returned task completes once every request already submitted has finished, or after
+    /// <paramref name="deadline"/> (or when <paramref name="cancellation"/> fires), whichever comes first; true when all
+    /// finished. <see cref="Dispose"/> then ends whatever is left with <see cref="ServingException"/> (unavailable).
+    /// </summary>
+    public async Task<bool> DrainAsync(TimeSpan deadline, CancellationToken cancellation = default)
+    {
+        draining = true;
+        var until = DateTime.UtcNow + deadline;
+        while (Volatile.Read(ref outstanding) > 0 && DateTime.UtcNow < until && !cancellation.IsCancellationRequested)
+        {
+            try
+            {
+                await Task.Delay(TimeSpan.FromMilliseconds(20), cancellation);
+            }
+            catch (OperationCanceledException)
+            {
+                break;
+            }
+        }
+        return Volatile.Read(ref outstanding) == 0;
+    }
+
+    /// <summary>Requests submitted and not yet finished.</summary>
+    public int Outstanding => Volatile.Read(ref outstanding);
 
     /// <summary>Stops the scheduler; requests still running or waiting end with <see cref="ServingException"/> (unavailable).</summary>
     public void Dispose()

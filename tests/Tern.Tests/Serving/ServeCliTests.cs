@@ -54,6 +54,71 @@ public sealed class ServeCliTests
         Assert.Equal(printed.Concat(printed), await Task.WhenAll(prompts.Concat(prompts).Select(Complete)));
     }
 
+    /// <summary>
+    /// <c>kill -TERM</c> of a real <c>tern serve</c> process with a stream in flight (issue 18: clients got a libtorch assert as
+    /// a 500, the process exited 143): the stream ends whole with its finish reason, a request after the signal gets 503 with
+    /// Retry-After, and the process exits 0.
+    /// </summary>
+    [Fact]
+    public async Task SigtermDrainsTheRequestsInFlightAndExitsZero()
+    {
+        if (!OperatingSystem.IsLinux()) return;
+        using var fixture = new ServingFixture();
+        string cli = Path.Combine(AppContext.BaseDirectory, "Tern.Cli.dll");
+        var start = new System.Diagnostics.ProcessStartInfo("dotnet")
+        {
+            ArgumentList = { cli, "serve", "--model", fixture.Folder, "--model-id", "tern", "--device", "cpu", "--port", "0", "--drain-timeout", "60" },
+            RedirectStandardError = true, RedirectStandardOutput = true,
+        };
+        using var process = System.Diagnostics.Process.Start(start)!;
+        try
+        {
+            var log = new System.Collections.Concurrent.ConcurrentQueue<string>();
+            var address = new TaskCompletionSource<Uri>();
+            process.ErrorDataReceived += (_, e) =>
+            {
+                if (e.Data is null) return;
+                log.Enqueue(e.Data);
+                var match = System.Text.RegularExpressions.Regex.Match(e.Data, @" at (http://\S+/)v1 ");
+                if (match.Success) address.TrySetResult(new Uri(match.Groups[1].Value));
+            };
+            process.BeginErrorReadLine();
+            process.BeginOutputReadLine();
+            var server = await address.Task.WaitAsync(TimeSpan.FromSeconds(60), Ct);
+
+            using var http = new HttpClient();
+            using var request = new HttpRequestMessage(HttpMethod.Post, new Uri(server, "v1/completions"))
+            {
+                Content = JsonContent.Create(new { model = "tern", prompt = "Once upon a time", max_tokens = 480, stream = true, ignore_eos = true, temperature = 0 }),
+            };
+            using var response = await http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, Ct);
+            var stream = await response.Content.ReadAsStreamAsync(Ct);
+            var events = ServerSentEvents.Read(stream, Ct).GetAsyncEnumerator(Ct);
+            Assert.True(await events.MoveNextAsync()); // the stream is running
+            System.Diagnostics.Process.Start("kill", $"-TERM {process.Id}")!.WaitForExit();
+            await ServingEngineTests.WaitFor(() => log.Any(l => l.StartsWith("stopping:", StringComparison.Ordinal)), 30, () => string.Join("\n", log));
+            Assert.Contains(log, l => l.Contains("; 1 running or waiting may finish", StringComparison.Ordinal)); // the signal came mid-stream
+
+            using (var late = await http.PostAsync(new Uri(server, "v1/completions"), JsonContent.Create(new { model = "tern", prompt = "hi" }), Ct))
+            {
+                Assert.Equal(System.Net.HttpStatusCode.ServiceUnavailable, late.StatusCode);
+                Assert.NotNull(late.Headers.RetryAfter);
+            }
+            var rest = new List<string> { events.Current };
+            while (await events.MoveNextAsync()) rest.Add(events.Current);
+            Assert.Equal("[DONE]", rest[^1]);
+            var last = JsonDocument.Parse(rest[^2]).RootElement.GetProperty("choices")[0];
+            Assert.Equal("length", last.GetProperty("finish_reason").GetString());
+            Assert.DoesNotContain(rest, e => e.Contains("\"error\"", StringComparison.Ordinal));
+            Assert.True(process.WaitForExit(TimeSpan.FromSeconds(60)), string.Join("\n", log));
+            Assert.True(process.ExitCode == 0, $"exit {process.ExitCode}: {string.Join("\n", log)}");
+        }
+        finally
+        {
+            if (!process.HasExited) process.Kill(entireProcessTree: true);
+        }
+    }
+
     [Theory]
     [InlineData("--max-batch 0", "tern: --max-batch must be at least 1 (got 0).")]
     [InlineData("--max-tokens 0", "tern: --max-tokens must be at least 1 (got 0).")]

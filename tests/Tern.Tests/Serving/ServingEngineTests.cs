@@ -304,6 +304,34 @@ public sealed class ServingEngineTests : IDisposable
         Assert.Equal(0, engine.Stats.AllocatedKvBytes);
     }
 
+    /// <summary>A graceful stop (issue 18): draining refuses new requests as unavailable and lets the running ones finish
+    /// whole; past its deadline it reports what is left, which <see cref="ServingEngine.Dispose"/> ends as unavailable.</summary>
+    [Fact]
+    public async Task DrainingRefusesNewRequestsAndLetsRunningOnesFinish()
+    {
+        using (var engine = ServingEngine.Start(fixture.Model, fixture.Tokenizer, new ServingOptions { MaxBatchSize = 4 }))
+        {
+            var running = engine.Submit(ServingFixture.Prompts[0], Greedy(30) with { IgnoreEos = true }, Ct);
+            await running.Tokens.WaitToReadAsync(Ct);
+            var drained = engine.DrainAsync(TimeSpan.FromSeconds(60), Ct);
+            var refused = Assert.Throws<ServingException>(() => engine.Submit(ServingFixture.Prompts[1], Greedy(4), Ct));
+            Assert.Equal(ServingError.Unavailable, refused.Error);
+            Assert.True(await drained);
+            Assert.Equal(30, (await running.Completion).Tokens.Count);
+            Assert.Equal(0, engine.Outstanding);
+        }
+        using (var engine = ServingEngine.Start(fixture.Model, fixture.Tokenizer, new ServingOptions { MaxBatchSize = 4 }))
+        {
+            var slow = engine.Submit(ServingFixture.Prompts[0], Greedy(400) with { IgnoreEos = true }, Ct);
+            await slow.Tokens.WaitToReadAsync(Ct);
+            Assert.False(await engine.DrainAsync(TimeSpan.Zero, Ct));
+            Assert.Equal(1, engine.Outstanding);
+            engine.Dispose();
+            var ended = await Assert.ThrowsAsync<ServingException>(() => slow.Completion);
+            Assert.Equal(ServingError.Unavailable, ended.Error);
+        }
+    }
+
     internal static async Task WaitFor(Func<bool> condition, int seconds = 20, Func<object>? state = null)
     {
         var until = DateTime.UtcNow.AddSeconds(seconds);
