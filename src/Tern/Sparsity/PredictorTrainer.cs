@@ -93,7 +93,7 @@ public static class PredictorTrainer
         int k = HeadCount(headNorms.shape[1], fraction);
         using var scope = torch.NewDisposeScope();
         var top = headNorms.topk(k, 1).indexes;
-        return torch.zeros_like(headNorms, ScalarType.Float32).scatter_(1, top, 1f).MoveToOuterDisposeScope();
+        return torch.zeros_like(headNorms, ScalarType.Float32).scatter_(1, top, torch.ones(top.shape, ScalarType.Float32)).MoveToOuterDisposeScope();
     }
 
     static int HeadCount(long heads, double fraction) => (int)Math.Ceiling(fraction * heads - 1e-9);
