@@ -44,7 +44,7 @@ public sealed record ModelIdentity
 
     /// <summary>True when MLP neurons are exactly zero when inactive: a ReLU MLP (OPT's fc1, or a Llama-family gated MLP with
     /// <c>hidden_act</c> relu, whose neuron is off when relu(gate·x) is zero).</summary>
-    public bool HasReluMlp => Activation == "relu" && ModelType is "opt" or "llama" or "mistral" or "qwen2";
+    [JsonIgnore] public bool HasReluMlp => Activation == "relu" && ModelType is "opt" or "llama" or "mistral" or "qwen2";
 
     /// <summary>Throws unless <see cref="HasReluMlp"/>: SwiGLU/GELU neurons are never exactly off, so "fires" has no meaning.</summary>
     public void RequireReluMlp()
