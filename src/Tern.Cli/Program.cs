@@ -23,6 +23,7 @@ public static class Program
             TrainCommand.Create(),
             ExportCommand.Create(),
             OffloadCommand.Create(),
+            SparsityCommand.Create(),
         };
         ParseResult parsed = root.Parse(args);
         if (parsed.Errors.Count > 0)
