@@ -19,6 +19,25 @@ internal sealed record Linear(Tensor Weight, Tensor? Bias) : IDisposable
     public static Tensor Apply(Tensor x, Tensor weight, Tensor? bias = null) => Runtime.Autocast.Current is null
         ? F.linear(x, weight, bias)
         : F.linear(Runtime.Autocast.Cast(x), Runtime.Autocast.Cast(weight), bias is null ? null : Runtime.Autocast.Cast(bias));
+
+    /// <summary>Only the outputs <paramref name="rows"/> (int64 [B, k], per batch row) of x [B, T, in]: [B, T, k], reading just
+    /// those rows of W (DejaVu's sparse up-projection; index ops here, a fused gather-GEMV kernel is the GPU's next step).</summary>
+    public Tensor ForwardRows(Tensor x, Tensor rows)
+    {
+        long b = rows.shape[0], k = rows.shape[1];
+        var y = x.matmul(Weight.index_select(0, rows.flatten()).view(b, k, -1).transpose(1, 2));
+        return Bias is null ? y : y + Bias.index_select(0, rows.flatten()).view(b, 1, k);
+    }
+
+    /// <summary>residual + a·W[:, columns]ᵀ + b: <paramref name="a"/> [B, T, k] holds the values of the inputs
+    /// <paramref name="columns"/> (int64 [B, k]), the others being zero (DejaVu's sparse down-projection).</summary>
+    public Tensor ForwardColumnsAdd(Tensor a, Tensor columns, Tensor residual)
+    {
+        long b = columns.shape[0], k = columns.shape[1];
+        var y = a.matmul(Weight.index_select(1, columns.flatten()).view(-1, b, k).permute(1, 2, 0));
+        return residual + (Bias is null ? y : y + Bias);
+    }
+
     public void Dispose()
     {
         Weight.Dispose();

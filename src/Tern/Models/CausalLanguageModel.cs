@@ -209,11 +209,12 @@ public abstract class CausalLanguageModel : IStepModel, IDisposable
     /// <summary>The forward pass: embedding, every layer (each one's temporaries freed as it ends), head.</summary>
     Tensor Run(ForwardBatch batch, KvCache cache)
     {
-        var step = new ModelStep(batch);
+        var step = new ModelStep(batch, Sparsity?.ForStep(batch));
         var h = Embed(Parts[0], step);
         for (int i = 0; i < Info.Layers; i++)
         {
             var input = h;
+            step.Sparsity?.LayerInput(i, h); // outside the layer's scope: what it predicts for the next layer must outlive it
             using var layerScope = torch.NewDisposeScope();
             h = Layer(i, Parts[i + 1], h, step, cache[i]);
             h.MoveToOuterDisposeScope();
@@ -221,6 +222,10 @@ public abstract class CausalLanguageModel : IStepModel, IDisposable
         }
         return Head(Parts[^1], SelectOutputs(h, batch), step);
     }
+
+    /// <summary>DejaVu's contextual sparsity for the steps <see cref="Forward"/> runs (null: dense). Offloaded stages
+    /// (<see cref="RunStage"/>) run dense: their layers of one step are not consecutive calls.</summary>
+    public IContextualSparsity? Sparsity { get; set; }
 
     /// <summary>Stages of FlexGen's schedule (<c>Tern.Offloading</c>): the parts, in order.</summary>
     internal int StageCount => Parts.Count;

@@ -110,8 +110,13 @@ internal sealed class LlamaModel : CausalLanguageModel
         var (q, k, cachedKeys) = step.Rotary(rotary).QueryKey(qkv, s.Heads, s.KvHeads, cache.KeysAtCacheIndex);
         var attended = Attention.Forward(q, k, qkv.narrow(2, s.Heads + s.KvHeads, s.KvHeads), step, cache, s, cachedKeys);
         h = w.Linear("self_attn.o_proj").ForwardAdd(attended, h);
-        var gateUp = w.Linear("mlp.gate_up_proj").Forward(Norms.Rms(h, w["post_attention_layernorm.weight"], eps));
-        return w.Linear("mlp.down_proj").ForwardAdd(act.Gated(gateUp, intermediate), h);
+        var m = Norms.Rms(h, w["post_attention_layernorm.weight"], eps);
+        var gateUp = w.Linear("mlp.gate_up_proj");
+        // DejaVu: a neuron whose gate is silent adds nothing — its gate and up rows and its down column are skipped.
+        if (step.Sparsity?.Neurons(layer, () => Linear.Apply(m, gateUp.Weight.narrow(0, 0, intermediate), gateUp.Bias?.narrow(0, 0, intermediate))) is { } neurons)
+            return w.Linear("mlp.down_proj").ForwardColumnsAdd(
+                act.Gated(gateUp.ForwardRows(m, torch.cat(new[] { neurons, neurons + intermediate }, 1)), (int)neurons.shape[1]), neurons, h);
+        return w.Linear("mlp.down_proj").ForwardAdd(act.Gated(gateUp.Forward(m), intermediate), h);
     }
 
     private protected override Tensor Head(PartWeights w, Tensor h, ModelStep step) =>

@@ -6,12 +6,15 @@ namespace Tern.Models;
 /// One forward step as a model's parts see it: the batch, and what the layers derive from it once per step rather than
 /// once per layer (the rotary angles at the step's positions, a static-shape step's attention mask).
 /// </summary>
-internal sealed class ModelStep(ForwardBatch batch)
+internal sealed class ModelStep(ForwardBatch batch, ISparsityStep? sparsity = null)
 {
     RotaryEmbedding.RotaryStep? rotary;
 
     /// <summary>The step's input.</summary>
     public ForwardBatch Batch => batch;
+
+    /// <summary>Which MLP neurons the layers compute (DejaVu); null: every one.</summary>
+    public ISparsityStep? Sparsity => sparsity;
 
     /// <summary>The step's rotation by <paramref name="embedding"/> (one per model), made at the first layer that asks.</summary>
     public RotaryEmbedding.RotaryStep Rotary(RotaryEmbedding embedding) => rotary ??= embedding.ForBatch(batch);

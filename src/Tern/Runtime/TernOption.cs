@@ -64,4 +64,6 @@ public sealed class TernOption
     public static readonly TernOption PerplexityStride = new("PerplexityOptions.Stride");
     /// <summary>Token that starts every training sequence.</summary>
     public static readonly TernOption StartToken = new("TrainerOptions.StartToken");
+    /// <summary>Fraction of MLP neurons a sparse decode step computes (DejaVu).</summary>
+    public static readonly TernOption SparsityMlp = new("SparsityOptions.MlpActive");
 }

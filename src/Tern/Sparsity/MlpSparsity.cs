@@ -1,0 +1,113 @@
+using Tern.Models;
+using Tern.Runtime;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Tern.Sparsity;
+
+/// <summary>How <see cref="MlpSparsity"/> picks the neurons a layer computes.</summary>
+public enum NeuronRule
+{
+    /// <summary>The top-k of the layer's learned predictor (DejaVu §4.2; with lookahead it read the previous layer's input).</summary>
+    Predicted,
+    /// <summary>The top-k of the true pre-activations: the bound a predictor can reach (it costs the dense product).</summary>
+    Oracle,
+    /// <summary>k neurons drawn at random: the floor.</summary>
+    Random,
+}
+
+/// <summary>Contextual MLP sparsity of a model's decode steps.</summary>
+public sealed record SparsityOptions
+{
+    /// <summary>Fraction of each layer's neurons computed (DejaVu's kernel study: 0.05–0.2); 1 runs dense.</summary>
+    public double MlpActive { get; init; } = 1.0;
+
+    /// <summary>The selection rule.</summary>
+    public NeuronRule Rule { get; init; } = NeuronRule.Predicted;
+
+    /// <summary>Seed of <see cref="NeuronRule.Random"/>.</summary>
+    public long Seed { get; init; }
+
+    /// <summary>Checks the values, with messages that name the option.</summary>
+    public void Validate()
+    {
+        if (!(MlpActive > 0 && MlpActive <= 1)) throw new OptionException($"{TernOption.SparsityMlp} must be in (0, 1], the fraction of neurons computed (got {MlpActive}).");
+    }
+}
+
+/// <summary>
+/// DejaVu's MLP sparsity (Liu et al. 2023, §4): in each decode step, layer ℓ computes only the k = ⌈MlpActive·I⌉ neurons its
+/// rule selects per sequence — the top-k of the learned predictor's logits (read from layer ℓ−1's input with lookahead, so the
+/// selection is ready before the layer runs), of the true pre-activations (oracle), or at random. A ReLU neuron outside the
+/// selection contributes relu(·) = 0 only if it was silent anyway: the predictor's recall bounds the error. Prefill steps run
+/// dense, as DejaVu's. Set on a model through <see cref="CausalLanguageModel.Sparsity"/>.
+/// </summary>
+public sealed class MlpSparsity : IContextualSparsity
+{
+    readonly SparsityOptions options;
+    readonly SparsityPredictors? predictors;
+    readonly int neurons, active, layers;
+    readonly torch.Generator? random;
+
+    MlpSparsity(SparsityOptions options, SparsityPredictors? predictors, int neurons, int layers)
+    {
+        this.options = options;
+        this.predictors = predictors;
+        this.neurons = neurons;
+        this.layers = layers;
+        active = (int)Math.Ceiling(options.MlpActive * neurons);
+        if (options.Rule == NeuronRule.Random) random = new torch.Generator((ulong)options.Seed);
+    }
+
+    /// <summary>MLP sparsity for <paramref name="model"/>; <paramref name="predictors"/> (trained for it) are needed by
+    /// <see cref="NeuronRule.Predicted"/>. Refuses models whose MLP is not ReLU (their neurons are never exactly silent).</summary>
+    public static MlpSparsity Create(CausalLanguageModel model, SparsityOptions options, SparsityPredictors? predictors = null)
+    {
+        options.Validate();
+        var identity = ModelIdentity.Of(model.Config);
+        identity.RequireReluMlp();
+        if (options.Rule == NeuronRule.Predicted)
+        {
+            if (predictors is null) throw new OptionException($"{TernOption.SparsityMlp} with learned predictors needs them: train them with 'tern sparsity train'.");
+            if (!predictors.Manifest.Mlp || predictors.Layers.Any(l => l.Mlp is null))
+                throw new OptionException($"these predictors hold no MLP predictors (trained with --heads-only); train them again for MLP sparsity.");
+        }
+        return new MlpSparsity(options, predictors, identity.IntermediateSize, model.Info.Layers);
+    }
+
+    /// <summary>Neurons each layer computes per sequence.</summary>
+    public int ActiveNeurons => active;
+
+    /// <inheritdoc />
+    public ISparsityStep? ForStep(ForwardBatch batch) =>
+        batch.InputIds.shape[1] != 1 || active >= neurons ? null : new Step(this, batch.InputIds.shape[0]); // prefill, or k = all: dense
+
+    sealed class Step(MlpSparsity owner, long rows) : ISparsityStep
+    {
+        readonly Tensor?[] logits = new Tensor?[owner.layers]; // predicted layers' logits [B, I], in the step's dispose scope
+        Device device = torch.CPU;
+
+        public void LayerInput(int layer, Tensor hidden)
+        {
+            device = hidden.device;
+            if (owner.options.Rule != NeuronRule.Predicted) return;
+            bool lookahead = owner.predictors!.Manifest.Lookahead;
+            var x = hidden.select(1, hidden.shape[1] - 1); // [B, hidden]: decode steps have one token
+            // Predictors whose source is this layer: ℓ + 1 with lookahead (and ℓ itself for layer 0), else ℓ.
+            foreach (int target in new[] { layer, layer + 1 })
+                if (target < owner.layers && PredictorTrainer.SourceLayer(target, lookahead) == layer && logits[target] is null)
+                    logits[target] = owner.predictors.Layers[target].Mlp!.Logits(x);
+        }
+
+        public Tensor? Neurons(int layer, Func<Tensor> preActivations)
+        {
+            var scores = owner.options.Rule switch
+            {
+                NeuronRule.Predicted => logits[layer] ?? throw new InvalidOperationException($"layer {layer}'s predictor has not run: layer inputs come in order."),
+                NeuronRule.Oracle => preActivations().select(1, -1),
+                _ => torch.rand(new long[] { rows, owner.neurons }, generator: owner.random),
+            };
+            return scores.topk(owner.active, dim: -1).indexes.sort(dim: -1).Values.to(device); // ascending: rows read in order
+        }
+    }
+}

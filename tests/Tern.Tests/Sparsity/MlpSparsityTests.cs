@@ -1,0 +1,105 @@
+using Tern.Generation;
+using Tern.Models;
+using Tern.Runtime;
+using Tern.Sparsity;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Tern.Tests.Sparsity;
+
+/// <summary>DejaVu's sparse MLP on the decode path: the layers compute only the selected neurons (gathered rows of the
+/// up-projection, columns of the down-projection), and a selection that holds every neuron that fires gives the dense
+/// result — the sparse products are exact, only the selection can lose anything.</summary>
+public sealed class MlpSparsityTests
+{
+    static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    static readonly IReadOnlyList<int>[] Prompts = { new[] { 5, 17, 42, 9, 3 }, new[] { 7, 7, 100, 2 } };
+
+    static CausalLanguageModel Load(string fixture) => CausalLanguageModel.Load(Fixtures.ModelDir(fixture), new ModelLoadOptions { Device = DeviceKind.Cpu, DType = ModelDType.Float32 });
+
+    static GenerationResult Generate(CausalLanguageModel model, int steps = 8) =>
+        new Tern.Generation.Generator(model).GenerateTokens(Prompts, new GenerationOptions { MaxNewTokens = steps, IgnoreEos = true, OutputLogits = true }, Ct);
+
+    /// <summary>Counts, over every decode step and layer, the most neurons any sequence fires (through the seam: the layers
+    /// hand the true pre-activations to whoever asks), and leaves the step dense.</summary>
+    sealed class FiringCounter : IContextualSparsity, ISparsityStep
+    {
+        public int MostFiring { get; private set; }
+        public ISparsityStep? ForStep(ForwardBatch batch) => batch.InputIds.shape[1] == 1 ? this : null;
+        public void LayerInput(int layer, Tensor hidden) { }
+        public Tensor? Neurons(int layer, Func<Tensor> preActivations)
+        {
+            using var firing = preActivations().gt(0).sum(-1);
+            MostFiring = Math.Max(MostFiring, (int)firing.max().item<long>());
+            return null;
+        }
+    }
+
+    [Theory]
+    [InlineData("llama-linear-relu-f16")] // a gated MLP: a neuron is silent when relu(gate) is
+    [InlineData("opt-prenorm")]
+    public void AnOracleHoldingEveryFiringNeuronGivesTheDenseLogits(string fixture)
+    {
+        using var model = Load(fixture);
+        var dense = Generate(model);
+        var counter = new FiringCounter();
+        model.Sparsity = counter;
+        Generate(model);
+        int neurons = ModelIdentity.Of(model.Config).IntermediateSize;
+        Assert.InRange(counter.MostFiring, 1, neurons - 1); // some neurons are silent, so the sparse path computes fewer
+        model.Sparsity = MlpSparsity.Create(model, new SparsityOptions { Rule = NeuronRule.Oracle, MlpActive = (double)counter.MostFiring / neurons });
+        var sparse = Generate(model);
+        Assert.Equal(dense.Sequences.Select(s => s.Tokens), sparse.Sequences.Select(s => s.Tokens));
+        for (int i = 0; i < dense.Logits!.Count; i++)
+            Assert.True(dense.Logits[i].allclose(sparse.Logits![i], rtol: 1e-5, atol: 1e-5), $"step {i}");
+    }
+
+    [Fact]
+    public void FewerNeuronsThanFireChangeTheLogitsAndPrefillStaysDense()
+    {
+        using var model = Load("opt-prenorm");
+        var dense = Generate(model, steps: 4);
+        foreach (var rule in new[] { NeuronRule.Oracle, NeuronRule.Random })
+        {
+            model.Sparsity = MlpSparsity.Create(model, new SparsityOptions { Rule = rule, MlpActive = 0.1, Seed = 3 });
+            var sparse = Generate(model, steps: 4);
+            Assert.True(dense.Logits![0].allclose(sparse.Logits![0]), $"{rule}: the prefill runs dense");
+            Assert.False(dense.Logits[1].allclose(sparse.Logits[1], rtol: 1e-4, atol: 1e-4), $"{rule}: 10% of the neurons is not the dense step");
+        }
+    }
+
+    /// <summary>Learned predictors (trained on the model's own activations) drive the selection, with lookahead: a layer's
+    /// neurons are chosen from the previous layer's input, before the layer runs.</summary>
+    [Fact]
+    public void TrainedPredictorsSelectTheNeuronsOfDecodeSteps()
+    {
+        using var model = Load("llama-linear-relu-f16");
+        var random = new Random(1);
+        var tokens = Enumerable.Range(0, 2048).Select(_ => random.Next(model.Info.VocabSize)).ToArray();
+        var data = ActivationCollector.Collect(model, tokens, new CollectOptions { MaxTokens = 1024, SequenceLength = 64 });
+        using var predictors = PredictorTrainer.Train(data, new PredictorTrainingOptions { Epochs = 3 });
+        Assert.True(predictors.Manifest.Lookahead);
+        model.Sparsity = MlpSparsity.Create(model, new SparsityOptions { Rule = NeuronRule.Predicted, MlpActive = 0.5 }, predictors);
+        var sparse = Generate(model, steps: 6);
+        Assert.All(sparse.Sequences, s => Assert.Equal(6, s.Tokens.Count));
+        model.Sparsity = null;
+        var dense = Generate(model, steps: 6);
+        // Every neuron (k = all) is the dense step, exactly.
+        model.Sparsity = MlpSparsity.Create(model, new SparsityOptions { Rule = NeuronRule.Predicted, MlpActive = 1.0 }, predictors);
+        var all = Generate(model, steps: 6);
+        for (int i = 0; i < dense.Logits!.Count; i++) Assert.True(dense.Logits[i].allclose(all.Logits![i], rtol: 0, atol: 0), $"step {i}");
+        Assert.Throws<OptionException>(() => MlpSparsity.Create(model, new SparsityOptions { Rule = NeuronRule.Predicted, MlpActive = 0.5 }));
+    }
+
+    [Fact]
+    public void ModelsWithoutAReluMlpAndBadFractionsAreRefused()
+    {
+        using var swiglu = Load("llama-gqa");
+        var e = Assert.ThrowsAny<Exception>(() => MlpSparsity.Create(swiglu, new SparsityOptions { Rule = NeuronRule.Oracle, MlpActive = 0.1 }));
+        Assert.Contains("ReLU", e.Message);
+        using var opt = Load("opt-prenorm");
+        var bad = Assert.Throws<OptionException>(() => MlpSparsity.Create(opt, new SparsityOptions { Rule = NeuronRule.Oracle, MlpActive = 0 }));
+        Assert.Equal(TernOption.SparsityMlp, bad.Option);
+    }
+}
