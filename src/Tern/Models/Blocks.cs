@@ -20,22 +20,23 @@ internal sealed record Linear(Tensor Weight, Tensor? Bias) : IDisposable
         ? F.linear(x, weight, bias)
         : F.linear(Runtime.Autocast.Cast(x), Runtime.Autocast.Cast(weight), bias is null ? null : Runtime.Autocast.Cast(bias));
 
-    /// <summary>Only the outputs <paramref name="rows"/> (int64 [B, k], per batch row) of x [B, T, in]: [B, T, k], reading just
+    /// <summary>Only the outputs <paramref name="rows"/> (int64 [B, T, k], per token) of x [B, T, in]: [B, T, k], reading just
     /// those rows of W (DejaVu's sparse up-projection; index ops here, a fused gather-GEMV kernel is the GPU's next step).</summary>
     public Tensor ForwardRows(Tensor x, Tensor rows)
     {
-        long b = rows.shape[0], k = rows.shape[1];
-        var y = x.matmul(Weight.index_select(0, rows.flatten()).view(b, k, -1).transpose(1, 2));
-        return Bias is null ? y : y + Bias.index_select(0, rows.flatten()).view(b, 1, k);
+        long n = rows.shape[0] * rows.shape[1], k = rows.shape[2];
+        var y = x.reshape(n, 1, -1).matmul(Weight.index_select(0, rows.flatten()).view(n, k, -1).transpose(1, 2));
+        if (Bias is not null) y = y + Bias.index_select(0, rows.flatten()).view(n, 1, k);
+        return y.view(rows.shape);
     }
 
     /// <summary>residual + a·W[:, columns]ᵀ + b: <paramref name="a"/> [B, T, k] holds the values of the inputs
-    /// <paramref name="columns"/> (int64 [B, k]), the others being zero (DejaVu's sparse down-projection).</summary>
+    /// <paramref name="columns"/> (int64 [B, T, k], per token), the others being zero (DejaVu's sparse down-projection).</summary>
     public Tensor ForwardColumnsAdd(Tensor a, Tensor columns, Tensor residual)
     {
-        long b = columns.shape[0], k = columns.shape[1];
-        var y = a.matmul(Weight.index_select(1, columns.flatten()).view(-1, b, k).permute(1, 2, 0));
-        return residual + (Bias is null ? y : y + Bias);
+        long n = columns.shape[0] * columns.shape[1], k = columns.shape[2];
+        var y = a.reshape(n, 1, k).matmul(Weight.index_select(1, columns.flatten()).view(-1, n, k).permute(1, 2, 0));
+        return residual + (Bias is null ? y : y + Bias).view(residual.shape);
     }
 
     public void Dispose()

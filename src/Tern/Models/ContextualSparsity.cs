@@ -9,8 +9,8 @@ namespace Tern.Models;
 /// </summary>
 public interface IContextualSparsity
 {
-    /// <summary>The selector of one forward step, or null to run the step dense (DejaVu sparsifies generation steps; a
-    /// prefill runs dense). It may carry state from layer to layer: a lookahead predictor reads layer ℓ's input for ℓ + 1.</summary>
+    /// <summary>The selector of one forward step, or null to run the step dense (DejaVu sparsifies generation steps; a prefill
+    /// may run dense). It may carry state from layer to layer: a lookahead predictor reads layer ℓ's input for ℓ + 1.</summary>
     ISparsityStep? ForStep(ForwardBatch batch);
 }
 
@@ -20,7 +20,7 @@ public interface ISparsityStep
     /// <summary>Layer <paramref name="layer"/>'s input [B, T, hidden], before the layer runs (what lookahead predictors read).</summary>
     void LayerInput(int layer, Tensor hidden);
 
-    /// <summary>The MLP neurons layer <paramref name="layer"/> computes for each row: int64 [B, k], or null for all of them.
+    /// <summary>The MLP neurons layer <paramref name="layer"/> computes for each token: int64 [B, T, k], or null for all of them.
     /// <paramref name="preActivations"/> gives the true pre-activations [B, T, intermediate] (the oracle's rule; it costs the
     /// dense product, so other rules do not call it).</summary>
     Tensor? Neurons(int layer, Func<Tensor> preActivations);

@@ -28,6 +28,10 @@ public sealed record SparsityOptions
     /// <summary>Seed of <see cref="NeuronRule.Random"/>.</summary>
     public long Seed { get; init; }
 
+    /// <summary>Also steps of several tokens (a prefill, a perplexity window), each token choosing its own neurons: how
+    /// DejaVu measures quality. Off: those steps run dense and generation sparsifies its decode steps only.</summary>
+    public bool EveryToken { get; init; }
+
     /// <summary>Checks the values, with messages that name the option.</summary>
     public void Validate()
     {
@@ -39,8 +43,9 @@ public sealed record SparsityOptions
 /// DejaVu's MLP sparsity (Liu et al. 2023, §4): in each decode step, layer ℓ computes only the k = ⌈MlpActive·I⌉ neurons its
 /// rule selects per sequence — the top-k of the learned predictor's logits (read from layer ℓ−1's input with lookahead, so the
 /// selection is ready before the layer runs), of the true pre-activations (oracle), or at random. A ReLU neuron outside the
-/// selection contributes relu(·) = 0 only if it was silent anyway: the predictor's recall bounds the error. Prefill steps run
-/// dense, as DejaVu's. Set on a model through <see cref="CausalLanguageModel.Sparsity"/>.
+/// selection contributes relu(·) = 0 only if it was silent anyway: the predictor's recall bounds the error. Each token chooses
+/// its own neurons; prefill steps run dense unless <see cref="SparsityOptions.EveryToken"/>. Set on a model through
+/// <see cref="CausalLanguageModel.Sparsity"/>.
 /// </summary>
 public sealed class MlpSparsity : IContextualSparsity
 {
@@ -80,11 +85,12 @@ public sealed class MlpSparsity : IContextualSparsity
 
     /// <inheritdoc />
     public ISparsityStep? ForStep(ForwardBatch batch) =>
-        batch.InputIds.shape[1] != 1 || active >= neurons ? null : new Step(this, batch.InputIds.shape[0]); // prefill, or k = all: dense
+        (batch.InputIds.shape[1] != 1 && !options.EveryToken) || active >= neurons ? null // k = all: dense
+            : new Step(this, batch.InputIds.shape[0], batch.InputIds.shape[1]);
 
-    sealed class Step(MlpSparsity owner, long rows) : ISparsityStep
+    sealed class Step(MlpSparsity owner, long rows, long tokens) : ISparsityStep
     {
-        readonly Tensor?[] logits = new Tensor?[owner.layers]; // predicted layers' logits [B, I], in the step's dispose scope
+        readonly Tensor?[] logits = new Tensor?[owner.layers]; // predicted layers' logits [B, T, I], in the step's dispose scope
         Device device = torch.CPU;
 
         public void LayerInput(int layer, Tensor hidden)
@@ -92,11 +98,10 @@ public sealed class MlpSparsity : IContextualSparsity
             device = hidden.device;
             if (owner.options.Rule != NeuronRule.Predicted) return;
             bool lookahead = owner.predictors!.Manifest.Lookahead;
-            var x = hidden.select(1, hidden.shape[1] - 1); // [B, hidden]: decode steps have one token
             // Predictors whose source is this layer: ℓ + 1 with lookahead (and ℓ itself for layer 0), else ℓ.
             foreach (int target in new[] { layer, layer + 1 })
                 if (target < owner.layers && PredictorTrainer.SourceLayer(target, lookahead) == layer && logits[target] is null)
-                    logits[target] = owner.predictors.Layers[target].Mlp!.Logits(x);
+                    logits[target] = owner.predictors.Layers[target].Mlp!.Logits(hidden);
         }
 
         public Tensor? Neurons(int layer, Func<Tensor> preActivations)
@@ -104,8 +109,8 @@ public sealed class MlpSparsity : IContextualSparsity
             var scores = owner.options.Rule switch
             {
                 NeuronRule.Predicted => logits[layer] ?? throw new InvalidOperationException($"layer {layer}'s predictor has not run: layer inputs come in order."),
-                NeuronRule.Oracle => preActivations().select(1, -1),
-                _ => torch.rand(new long[] { rows, owner.neurons }, generator: owner.random),
+                NeuronRule.Oracle => preActivations(),
+                _ => torch.rand(new long[] { rows, tokens, owner.neurons }, generator: owner.random),
             };
             return scores.topk(owner.active, dim: -1).indexes.sort(dim: -1).Values.to(device); // ascending: rows read in order
         }

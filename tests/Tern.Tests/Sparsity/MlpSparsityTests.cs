@@ -26,7 +26,7 @@ public sealed class MlpSparsityTests
     sealed class FiringCounter : IContextualSparsity, ISparsityStep
     {
         public int MostFiring { get; private set; }
-        public ISparsityStep? ForStep(ForwardBatch batch) => batch.InputIds.shape[1] == 1 ? this : null;
+        public ISparsityStep? ForStep(ForwardBatch batch) => this;
         public void LayerInput(int layer, Tensor hidden) { }
         public Tensor? Neurons(int layer, Func<Tensor> preActivations)
         {
@@ -36,10 +36,14 @@ public sealed class MlpSparsityTests
         }
     }
 
+    /// <summary>With <see cref="SparsityOptions.EveryToken"/> the prefill is sparse too, each token choosing its own neurons
+    /// (how quality is measured); otherwise decode steps only.</summary>
     [Theory]
-    [InlineData("llama-linear-relu-f16")] // a gated MLP: a neuron is silent when relu(gate) is
-    [InlineData("opt-prenorm")]
-    public void AnOracleHoldingEveryFiringNeuronGivesTheDenseLogits(string fixture)
+    [InlineData("llama-linear-relu-f16", false)] // a gated MLP: a neuron is silent when relu(gate) is
+    [InlineData("llama-linear-relu-f16", true)]
+    [InlineData("opt-prenorm", false)]
+    [InlineData("opt-prenorm", true)]
+    public void AnOracleHoldingEveryFiringNeuronGivesTheDenseLogits(string fixture, bool everyToken)
     {
         using var model = Load(fixture);
         var dense = Generate(model);
@@ -48,7 +52,7 @@ public sealed class MlpSparsityTests
         Generate(model);
         int neurons = ModelIdentity.Of(model.Config).IntermediateSize;
         Assert.InRange(counter.MostFiring, 1, neurons - 1); // some neurons are silent, so the sparse path computes fewer
-        model.Sparsity = MlpSparsity.Create(model, new SparsityOptions { Rule = NeuronRule.Oracle, MlpActive = (double)counter.MostFiring / neurons });
+        model.Sparsity = MlpSparsity.Create(model, new SparsityOptions { Rule = NeuronRule.Oracle, MlpActive = (double)counter.MostFiring / neurons, EveryToken = everyToken });
         var sparse = Generate(model);
         Assert.Equal(dense.Sequences.Select(s => s.Tokens), sparse.Sequences.Select(s => s.Tokens));
         for (int i = 0; i < dense.Logits!.Count; i++)
@@ -66,6 +70,8 @@ public sealed class MlpSparsityTests
             var sparse = Generate(model, steps: 4);
             Assert.True(dense.Logits![0].allclose(sparse.Logits![0]), $"{rule}: the prefill runs dense");
             Assert.False(dense.Logits[1].allclose(sparse.Logits[1], rtol: 1e-4, atol: 1e-4), $"{rule}: 10% of the neurons is not the dense step");
+            model.Sparsity = MlpSparsity.Create(model, new SparsityOptions { Rule = rule, MlpActive = 0.1, Seed = 3, EveryToken = true });
+            Assert.False(dense.Logits[0].allclose(Generate(model, steps: 1).Logits![0], rtol: 1e-4, atol: 1e-4), $"{rule}: a sparse prefill");
         }
     }
 
