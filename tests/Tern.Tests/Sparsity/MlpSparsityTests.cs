@@ -59,6 +59,22 @@ public sealed class MlpSparsityTests
             Assert.True(dense.Logits[i].allclose(sparse.Logits![i], rtol: 1e-5, atol: 1e-5), $"step {i}");
     }
 
+    /// <summary>At 10% of the neurons the oracle's logits stay nearer the dense ones than random selection's, token by token.</summary>
+    [Fact]
+    public void TheOracleIsNearerTheDenseLogitsThanRandomSelection()
+    {
+        using var model = Load("opt-prenorm");
+        var dense = Generate(model, steps: 1).Logits![0];
+        double Distance(NeuronRule rule)
+        {
+            model.Sparsity = MlpSparsity.Create(model, new SparsityOptions { Rule = rule, MlpActive = 0.1, Seed = 5, EveryToken = true });
+            using var sparse = Generate(model, steps: 1).Logits![0];
+            return (sparse - dense).square().mean().item<float>();
+        }
+        double oracle = Distance(NeuronRule.Oracle), random = Distance(NeuronRule.Random);
+        Assert.True(oracle < random, $"oracle {oracle} vs random {random}");
+    }
+
     [Fact]
     public void FewerNeuronsThanFireChangeTheLogitsAndPrefillStaysDense()
     {
@@ -96,6 +112,39 @@ public sealed class MlpSparsityTests
         var all = Generate(model, steps: 6);
         for (int i = 0; i < dense.Logits!.Count; i++) Assert.True(dense.Logits[i].allclose(all.Logits![i], rtol: 0, atol: 0), $"step {i}");
         Assert.Throws<OptionException>(() => MlpSparsity.Create(model, new SparsityOptions { Rule = NeuronRule.Predicted, MlpActive = 0.5 }));
+    }
+
+    /// <summary>The quality table: dense first, then each rule per fraction, the model's own sparsity setting restored, CSV
+    /// and PNG written. (On this random-weight model perplexity says little; the oracle's advantage is tested on logits.)</summary>
+    [Fact]
+    public void TheEvaluationComparesTheOracleWithRandomSelection()
+    {
+        using var model = Load("opt-prenorm");
+        var random = new Random(2);
+        var tokens = Enumerable.Range(0, 300).Select(_ => random.Next(model.Info.VocabSize)).ToArray();
+        var rows = SparsityEvaluation.Run(model, tokens, new SparsityEvaluationOptions
+        {
+            MlpActive = new[] { 0.5, 0.1 }, Perplexity = new Tern.Evaluation.PerplexityOptions { Window = 64, Stride = 32 }, Seed = 1,
+        });
+        Assert.Null(model.Sparsity);
+        Assert.Equal(5, rows.Count);
+        var dense = rows[0];
+        Assert.Null(dense.Rule);
+        Assert.All(rows, r => Assert.True(double.IsFinite(r.Perplexity) && r.ScoredTokens == 299));
+        Assert.Equal(new NeuronRule?[] { null, NeuronRule.Oracle, NeuronRule.Oracle, NeuronRule.Random, NeuronRule.Random }, rows.Select(r => r.Rule));
+        Assert.Equal(7, rows.Single(r => r.Rule == NeuronRule.Oracle && r.MlpActive == 0.1).ActiveNeurons); // ⌈0.1 · 64⌉
+        string dir = Directory.CreateTempSubdirectory("tern-sparsity-eval-").FullName;
+        try
+        {
+            SparsityEvaluation.SaveCsv(Path.Combine(dir, "sparsity.csv"), rows);
+            Assert.Equal(6, File.ReadAllLines(Path.Combine(dir, "sparsity.csv")).Length);
+            SparsityEvaluation.SavePlot(Path.Combine(dir, "sparsity.png"), "opt-prenorm", rows);
+            Assert.True(new FileInfo(Path.Combine(dir, "sparsity.png")).Length > 2000);
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
     }
 
     [Fact]
