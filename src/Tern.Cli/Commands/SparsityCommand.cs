@@ -10,11 +10,68 @@ namespace Tern.Cli.Commands;
 /// <summary><c>tern sparsity collect|train</c>: DejaVu's contextual-sparsity predictors (activation data, then per-layer predictors).</summary>
 internal static class SparsityCommand
 {
-    public static Command Create() => new("sparsity", "DejaVu contextual sparsity: collect activations, train per-layer neuron and head predictors.")
+    public static Command Create() => new("sparsity", "DejaVu contextual sparsity: collect activations, train per-layer neuron and head predictors, evaluate.")
     {
         Collect(),
         Train(),
+        Evaluate(),
     };
+
+    /// <summary><c>tern sparsity eval</c>: perplexity against the fraction of MLP neurons computed, for the trained predictors
+    /// (when the model folder has them), the oracle and random selection; a table, a CSV and a PNG.</summary>
+    internal static Command Evaluate()
+    {
+        var d = new SparsityEvaluationOptions();
+        var common = new CommonOptions();
+        var text = new Option<FileInfo>("--text") { Description = "UTF-8 text to score.", Required = true };
+        var maxTokens = new Option<int>("--max-tokens") { Description = "Score at most the first N tokens of the text.", DefaultValueFactory = _ => 8192 };
+        var fractions = new Option<string>("--mlp") { Description = "Fractions of MLP neurons computed, comma-separated.", DefaultValueFactory = _ => string.Join(',', d.MlpActive) };
+        var window = new Option<int?>("--window") { Description = "Tokens per perplexity window (default: the model's context, at most 1024)." };
+        var stride = new Option<int?>("--stride") { Description = "How far each window moves (default: half the window)." };
+        var output = new Option<string>("--output", "-o") { Description = "Folder for sparsity.csv and sparsity.png.", Required = true };
+        var command = new Command("eval", "Perplexity against the fraction of MLP neurons computed: learned predictors vs the oracle vs random selection.")
+        {
+            text, maxTokens, fractions, window, stride, output,
+        };
+        common.AddTo(command);
+        command.SetAction((r, cancellation) =>
+        {
+            var file = r.GetValue(text)!;
+            if (!file.Exists) throw new FileNotFoundException($"--text: '{file.FullName}' does not exist.");
+            double[] mlp;
+            try
+            {
+                mlp = r.GetValue(fractions)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
+                    .Select(f => double.Parse(f, System.Globalization.CultureInfo.InvariantCulture)).ToArray();
+            }
+            catch (FormatException)
+            {
+                throw new ArgumentException($"--mlp must be fractions such as 0.5,0.1 (got '{r.GetValue(fractions)}').");
+            }
+            var (model, tokenizer, folder) = common.Load(r, needTokenizer: true);
+            using (model)
+            {
+                var ids = tokenizer!.Encode(File.ReadAllText(file.FullName), addSpecialTokens: false).Take(r.GetValue(maxTokens)).ToArray();
+                using var predictors = File.Exists(Path.Combine(SparsityPredictors.DirectoryOf(folder), SparsityPredictors.ManifestFile))
+                    ? SparsityPredictors.LoadFor(model, folder) : null;
+                if (predictors is null) Console.Error.WriteLine($"note: {SparsityPredictors.DirectoryOf(folder)} holds no predictors ('tern sparsity train'); oracle and random only.");
+                var perplexity = new Tern.Evaluation.PerplexityOptions();
+                if (r.GetValue(window) is { } w) perplexity = perplexity with { Window = w };
+                if (r.GetValue(stride) is { } st) perplexity = perplexity with { Stride = st };
+                Console.WriteLine($"{"rule",-10} {"MLP active",10} {"neurons",8} {"perplexity",11}");
+                var rows = SparsityEvaluation.Run(model, ids, new SparsityEvaluationOptions { MlpActive = mlp, Perplexity = perplexity }, predictors,
+                    new SyncProgress<SparsityEvaluationRow>(row => Console.WriteLine(
+                        $"{row.Rule?.ToString().ToLowerInvariant() ?? "dense",-10} {row.MlpActive,10:P0} {row.ActiveNeurons,8} {row.Perplexity,11:F3}")), cancellation);
+                string dir = r.GetValue(output)!;
+                Directory.CreateDirectory(dir);
+                SparsityEvaluation.SaveCsv(Path.Combine(dir, "sparsity.csv"), rows);
+                SparsityEvaluation.SavePlot(Path.Combine(dir, "sparsity.png"), $"{Path.GetFileName(Path.GetFullPath(folder))}: MLP sparsity, {rows[0].ScoredTokens:N0} tokens of {file.Name}", rows);
+                Console.WriteLine($"wrote {Path.GetFullPath(Path.Combine(dir, "sparsity.csv"))} and sparsity.png");
+            }
+            return Task.FromResult(0);
+        });
+        return command;
+    }
 
     static Command Collect()
     {
