@@ -36,9 +36,10 @@ public static class Program
         }
         try
         {
-            // Ctrl+C / SIGTERM cancel a command's token and, after two seconds, end the process; serve drains on its own.
+            // Ctrl+C / SIGTERM cancel a command's token and, after two seconds, end the process; serve drains and chat stops a
+            // reply on their own.
             var configuration = new InvocationConfiguration { EnableDefaultExceptionHandler = false };
-            if (parsed.CommandResult.Command.Name == ServeCommand.Name) configuration.ProcessTerminationTimeout = null;
+            if (parsed.CommandResult.Command.Name is ServeCommand.Name or ChatCommand.Name) configuration.ProcessTerminationTimeout = null;
             return parsed.Invoke(configuration);
         }
         catch (Exception e) when (CliErrors.IsUserError(e))
