@@ -57,7 +57,7 @@ internal static class BenchCommand
         Option<string> output, Option<bool> floorOption, Option<string?> label, Option<bool> noGraphs, Option<int> prefillChunk)
     {
         int steps = r.GetValue(newTokens);
-        if (steps < 2) throw new ArgumentException("--new-tokens must be at least 2 (one prefill token plus decode steps).");
+        if (steps < 2) throw new UsageException("--new-tokens must be at least 2 (one prefill token plus decode steps).");
         var (model, _, folder) = common.Load(r, needTokenizer: false);
         using (model)
         {
@@ -116,7 +116,7 @@ internal static class BenchCommand
         int steps = r.GetValue(newTokens);
         int measureSteps = r.GetValue(measureStepsOption);
         if (measureSteps < 0 || measureSteps > 0 && measureSteps < 4)
-            throw new ArgumentException("--measure-steps must be 0 (every step) or at least 4 (two warm steps and the steps averaged).");
+            throw new UsageException("--measure-steps must be 0 (every step) or at least 4 (two warm steps and the steps averaged).");
         if (measureSteps >= steps - 1) measureSteps = 0; // nothing to project
         var kvPolicy = kv.Read(r);
         var kvCache = Caching.KvCachePolicies.Create(kvPolicy);

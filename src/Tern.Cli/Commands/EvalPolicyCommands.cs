@@ -19,7 +19,7 @@ internal static class EvalPolicyCommands
             var parts = text.Trim().Split(':');
             int bits = 16;
             if (parts.Length > 2 || parts.Length == 2 && !int.TryParse(parts[1], out bits))
-                throw new ArgumentException($"--policy '{text}': write NAME or NAME:BITS, e.g. sink or h2o:4.");
+                throw new UsageException($"--policy '{text}': write NAME or NAME:BITS, e.g. sink or h2o:4.");
             var spec = new PolicySpec(parts[0], bits);
             spec.Options(KvBudget.OfTokens(1 << 20)).Validate(); // names the flag on a bad name or bit width
             return spec;
@@ -52,14 +52,14 @@ internal static class EvalPolicyCommands
     static T[] List<T>(string text, string flag, Func<string, T> parse)
     {
         try { return text.Split(',', StringSplitOptions.RemoveEmptyEntries).Select(s => parse(s.Trim())).ToArray(); }
-        catch (FormatException) { throw new ArgumentException($"{flag} must be a comma-separated list of numbers (got '{text}')."); }
+        catch (FormatException) { throw new UsageException($"{flag} must be a comma-separated list of numbers (got '{text}')."); }
     }
 
     /// <summary>Refuses a budget ratio outside (0, 1] before anything loads, naming the flag that gave it.</summary>
     static void CheckRatios(IEnumerable<double> ratios)
     {
         try { foreach (double ratio in ratios) KvBudget.OfRatio(ratio); }
-        catch (OptionException e) { throw new ArgumentException(e.Render(_ => "--budgets")); }
+        catch (OptionException e) { throw new UsageException(e.Render(_ => "--budgets")); }
     }
 
     static IReadOnlyList<int> Tokens(ParseResult r, CommonOptions common, out Models.CausalLanguageModel model, out string folder)

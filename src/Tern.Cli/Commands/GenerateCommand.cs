@@ -39,9 +39,6 @@ internal static class GenerateCommand
             if (r.GetValue(lines)) texts.AddRange(content.Split('\n').Select(l => l.TrimEnd('\r')).Where(l => l.Length > 0));
             else texts.Add(content);
         }
-        foreach (string text in texts)
-            if (text.StartsWith("--", StringComparison.Ordinal) && !text.Contains(' '))
-                throw new ArgumentException($"unknown option '{text}' (run 'tern generate --help' for the options; quote a prompt that starts with --).");
         if (texts.Count == 0) texts.Add("Once upon a time");
         var options = sampling.Read(r).WithKvPolicy(kv.Read(r));
         var (model, tokenizer, description, blockSize, report) = offload.Enabled(r) ? LoadOffloaded(r, common, offload, texts, options) : Load(r, common);

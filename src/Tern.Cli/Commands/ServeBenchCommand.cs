@@ -48,7 +48,7 @@ internal static class ServeBenchCommand
         Option<int> requestsOption, Option<string> outputOption, Option<string?> kvMixOption, CancellationToken cancellation)
     {
         int maxTokens = r.GetValue(maxTokensOption), perClient = r.GetValue(requestsOption);
-        if (maxTokens < 1 || perClient < 1) throw new ArgumentException("--max-tokens and --requests must be at least 1.");
+        if (maxTokens < 1 || perClient < 1) throw new UsageException("--max-tokens and --requests must be at least 1.");
         var mix = r.GetValue(kvMixOption) is { } spec ? ParseMix(spec) : null;
         int[] clientCounts = r.GetValue(clientsOption)!;
         var (model, tokenizer, folder) = common.Load(r, needTokenizer: true);

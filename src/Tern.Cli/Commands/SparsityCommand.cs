@@ -37,7 +37,7 @@ internal static class SparsityCommand
         command.SetAction((r, cancellation) =>
         {
             var (textFile, tokenFile) = (r.GetValue(text), r.GetValue(tokens));
-            if ((textFile is null) == (tokenFile is null)) throw new ArgumentException("give exactly one of --text and --tokens.");
+            if ((textFile is null) == (tokenFile is null)) throw new UsageException("give exactly one of --text and --tokens.");
             var input = (textFile ?? tokenFile)!;
             if (!input.Exists) throw new FileNotFoundException($"{(textFile is null ? "--tokens" : "--text")}: '{input.FullName}' does not exist.");
             var options = new CollectOptions
