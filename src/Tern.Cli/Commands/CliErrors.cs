@@ -13,7 +13,7 @@ internal sealed class UsageException(string message) : ArgumentException(message
 internal static class CliErrors
 {
     public static bool IsUserError(Exception e) => e is CheckpointException or TokenizerException or ArgumentException
-        or InvalidOperationException or FileNotFoundException or DirectoryNotFoundException or UnauthorizedAccessException
+        or InvalidOperationException or InvalidDataException or FileNotFoundException or DirectoryNotFoundException or UnauthorizedAccessException
         or OperationCanceledException or IOException or NotSupportedException;
 
     /// <summary>True for errors in what was typed rather than in what happened while running: an option the library refused

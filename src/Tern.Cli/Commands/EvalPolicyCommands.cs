@@ -64,11 +64,10 @@ internal static class EvalPolicyCommands
 
     static IReadOnlyList<int> Tokens(ParseResult r, CommonOptions common, out Models.CausalLanguageModel model, out string folder)
     {
-        var file = r.GetValue(Text)!;
-        if (!file.Exists) throw new FileNotFoundException($"--text: '{file.FullName}' does not exist.");
+        string text = TextFiles.Read(r.GetValue(Text)!.FullName, "--text");
         var (loaded, tokenizer, dir) = common.Load(r, needTokenizer: true);
         (model, folder) = (loaded, dir);
-        return tokenizer!.Encode(File.ReadAllText(file.FullName), addSpecialTokens: false);
+        return tokenizer!.Encode(text, addSpecialTokens: false);
     }
 
     public static Command Stream()
@@ -208,8 +207,7 @@ internal static class EvalPolicyCommands
             double[] ratios = List(r.GetValue(budgets)!, "--budgets", s => double.Parse(s, CultureInfo.InvariantCulture));
             CheckRatios(ratios);
             var files = r.GetValue(texts)!;
-            foreach (var f in files) if (!f.Exists) throw new FileNotFoundException($"--text: '{f.FullName}' does not exist.");
-            var tasks = files.Select(f => MultipleChoice.Cloze(Path.GetFileNameWithoutExtension(f.Name), File.ReadAllText(f.FullName), r.GetValue(items),
+            var tasks = files.Select(f => MultipleChoice.Cloze(Path.GetFileNameWithoutExtension(f.Name), TextFiles.Read(f.FullName, "--text"), r.GetValue(items),
                 r.GetValue(contextChars), r.GetValue(words), r.GetValue(choices), r.GetValue(seed))).ToArray();
             var (model, tokenizer, folder) = common.Load(r, needTokenizer: true);
             using (model)

@@ -49,7 +49,7 @@ internal static class SparsityCommand
             using (model)
             {
                 IReadOnlyList<int> ids;
-                if (tokenizer is not null) ids = tokenizer.Encode(File.ReadAllText(input.FullName), addSpecialTokens: false);
+                if (tokenizer is not null) ids = tokenizer.Encode(TextFiles.Read(input.FullName, "--text"), addSpecialTokens: false);
                 else
                 {
                     var stream = TokenStream.Load(input.FullName, r.GetValue(format) == "i32" ? TokenFileFormat.Int32 : TokenFileFormat.UInt16, model.Info.VocabSize);
