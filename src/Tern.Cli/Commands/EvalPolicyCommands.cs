@@ -45,7 +45,8 @@ internal static class EvalPolicyCommands
     static IReadOnlyList<IReadOnlyList<int>> WithStartToken(IReadOnlyList<IReadOnlyList<int>> sequences, int? start) => start is { } s
         ? sequences.Select(q => (IReadOnlyList<int>)q.Take(q.Count - 1).Prepend(s).ToArray()).ToArray()
         : sequences;
-    static Option<string> OutputOption(string name) => new("--output", "-o") { Description = $"Folder for {name}.csv and the PNG plots.", DefaultValueFactory = _ => "bench/eval" };
+    static Option<string> OutputOption(string name) => new("--output", "-o") { Description = $"Folder for {name}.csv and the PNG plots (default {DefaultOutput}).", DefaultValueFactory = _ => DefaultOutput };
+    static readonly string DefaultOutput = ResultsFolder.For("eval");
 
     static IReadOnlyList<PolicySpec> Specs(string[] values) => values.SelectMany(v => v.Split(',', StringSplitOptions.RemoveEmptyEntries)).Select(PolicySpec.Parse).ToArray();
 
