@@ -39,7 +39,9 @@ public static class Program
             // Ctrl+C / SIGTERM cancel a command's token and, after two seconds, end the process; serve drains and chat stops a
             // reply on their own.
             var configuration = new InvocationConfiguration { EnableDefaultExceptionHandler = false };
-            if (parsed.CommandResult.Command.Name is ServeCommand.Name or ChatCommand.Name) configuration.ProcessTerminationTimeout = null;
+            if (parsed.CommandResult.Parent is CommandResult { Command: var parent } && parent == root
+                && parsed.CommandResult.Command.Name is ServeCommand.Name or ChatCommand.Name) // not 'tern bench serve'
+                configuration.ProcessTerminationTimeout = null;
             return parsed.Invoke(configuration);
         }
         catch (Exception e) when (Unwrap(e) is var inner && CliErrors.IsUsageError(inner))
