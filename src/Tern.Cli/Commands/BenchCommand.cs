@@ -18,7 +18,7 @@ internal static class BenchCommand
         var batches = new Option<int[]>("--batch", "-b") { Description = "Batch sizes (repeat or comma-separate).", DefaultValueFactory = _ => new[] { 1 }, CustomParser = ParseInts };
         var prompts = new Option<int[]>("--prompt", "-p") { Description = "Prompt lengths in tokens.", DefaultValueFactory = _ => new[] { 128 }, CustomParser = ParseInts };
         var newTokens = new Option<int>("--new-tokens", "-n") { Description = "Tokens generated per sequence.", DefaultValueFactory = _ => 32 };
-        var output = new Option<string>("--output", "-o") { Description = "CSV file the rows are appended to.", DefaultValueFactory = _ => "bench/results.csv" };
+        var output = new Option<string>("--output", "-o") { Description = $"CSV file the rows are appended to (default {DefaultOutput}).", DefaultValueFactory = _ => DefaultOutput };
         var floor = new Option<bool>("--floor") { Description = "Also measure device copy bandwidth and the weight-read floor per decode step." };
         var label = new Option<string?>("--label") { Description = "Free text stored with the rows." };
         var noGraphs = new Option<bool>("--no-cuda-graphs") { Description = "Run decode steps eagerly on CUDA (no graph replay)." };
@@ -57,7 +57,7 @@ internal static class BenchCommand
         Option<string> output, Option<bool> floorOption, Option<string?> label, Option<bool> noGraphs, Option<int> prefillChunk)
     {
         int steps = r.GetValue(newTokens);
-        if (steps < 2) throw new ArgumentException("--new-tokens must be at least 2 (one prefill token plus decode steps).");
+        if (steps < 2) throw new UsageException("--new-tokens must be at least 2 (one prefill token plus decode steps).");
         var (model, _, folder) = common.Load(r, needTokenizer: false);
         using (model)
         {
@@ -116,7 +116,7 @@ internal static class BenchCommand
         int steps = r.GetValue(newTokens);
         int measureSteps = r.GetValue(measureStepsOption);
         if (measureSteps < 0 || measureSteps > 0 && measureSteps < 4)
-            throw new ArgumentException("--measure-steps must be 0 (every step) or at least 4 (two warm steps and the steps averaged).");
+            throw new UsageException("--measure-steps must be 0 (every step) or at least 4 (two warm steps and the steps averaged).");
         if (measureSteps >= steps - 1) measureSteps = 0; // nothing to project
         var kvPolicy = kv.Read(r);
         var kvCache = Caching.KvCachePolicies.Create(kvPolicy);
@@ -205,6 +205,9 @@ internal static class BenchCommand
         }
     }
 
+    /// <summary>The rows' file without -o: outside the checkout, whose bench/results.csv is tracked.</summary>
+    static readonly string DefaultOutput = ResultsFolder.For(Path.Combine("bench", "results.csv"));
+
     static string StepsPath(string output)
     {
         string path = Path.ChangeExtension(output, null) + "-steps.csv";
@@ -221,7 +224,7 @@ internal static class BenchCommand
         bool fresh = !File.Exists(path);
         // One write per call, so a crash never leaves half a row behind.
         File.AppendAllText(path, (fresh ? Header + "\n" : "") + string.Join("\n", rows) + "\n");
-        Console.WriteLine($"appended {rows.Count} row(s) to {path}");
+        Console.WriteLine($"appended {rows.Count} row(s) to {Path.GetFullPath(path)}");
     }
 
     internal static string F(double v) => double.IsNaN(v) ? "" : v.ToString("0.###", CultureInfo.InvariantCulture);

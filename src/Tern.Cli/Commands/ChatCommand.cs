@@ -1,7 +1,5 @@
 using System.CommandLine;
-using System.Text;
-using Tern.Generation;
-using Tern.Tokenization;
+using System.Runtime.InteropServices;
 
 namespace Tern.Cli.Commands;
 
@@ -14,15 +12,18 @@ internal static class ChatCommand
         var sampling = new SamplingOptions();
         var kv = new KvPolicyFlags();
         var system = new Option<string?>("--system") { Description = "System prompt." };
-        var command = new Command("chat", "Talk with a model (type /exit to leave, /reset to start over; Ctrl+C stops a reply).") { system };
+        var command = new Command(Name, "Talk with a model (type /exit to leave, /reset to start over; Ctrl+C stops a reply).") { system };
         common.AddTo(command);
         sampling.AddTo(command);
         kv.AddTo(command);
-        command.SetAction((r, cancellation) => RunAsync(r, common, sampling, kv, system, cancellation));
+        command.SetAction((r, _) => RunAsync(r, common, sampling, kv, system));
         return command;
     }
 
-    static async Task<int> RunAsync(ParseResult r, CommonOptions common, SamplingOptions sampling, KvPolicyFlags kv, Option<string?> systemOption, CancellationToken cancellation)
+    /// <summary>The command's name: it handles Ctrl+C itself (<see cref="Program"/> leaves signals to it), to stop a reply only.</summary>
+    public const string Name = "chat";
+
+    static async Task<int> RunAsync(ParseResult r, CommonOptions common, SamplingOptions sampling, KvPolicyFlags kv, Option<string?> systemOption)
     {
         var options = sampling.Read(r).WithKvPolicy(kv.Read(r));
         var (model, tokenizer, folder) = common.Load(r, needTokenizer: true);
@@ -31,48 +32,13 @@ internal static class ChatCommand
             var formatter = tokenizer!.CreateChatFormatter();
             if (formatter.UsesFallback)
                 Console.Error.WriteLine($"note: {formatter.Template.Warning ?? "no chat template"}; using a plain 'User:/Assistant:' layout.");
-            Console.Error.WriteLine($"chatting with {folder} ({model.Info.ModelType}); /exit leaves, /reset forgets the conversation.");
-            var generator = new Generator(model, tokenizer);
-            var history = new List<ChatMessage>();
-            string? systemPrompt = r.GetValue(systemOption);
-            if (!string.IsNullOrEmpty(systemPrompt)) history.Add(new ChatMessage("system", systemPrompt));
-            while (!cancellation.IsCancellationRequested)
-            {
-                Console.Write("> ");
-                string? line = Console.ReadLine();
-                if (line is null || line.Trim() == "/exit") break;
-                if (line.Trim() == "/reset")
-                {
-                    history.RemoveAll(m => m.Role != "system");
-                    continue;
-                }
-                if (line.Trim().Length == 0) continue;
-                history.Add(new ChatMessage("user", line));
-                var prompt = tokenizer.Encode(formatter.Format(history, addGenerationPrompt: true), addSpecialTokens: false);
-                var reply = new StringBuilder();
-                // Ctrl+C ends this reply only; a second one during input leaves.
-                using var replyCancel = CancellationTokenSource.CreateLinkedTokenSource(cancellation);
-                ConsoleCancelEventHandler onCancel = (_, e) => { e.Cancel = true; replyCancel.Cancel(); };
-                Console.CancelKeyPress += onCancel;
-                try
-                {
-                    await foreach (var token in generator.StreamAsync(new[] { prompt }, options, replyCancel.Token))
-                    {
-                        Console.Write(token.Text);
-                        reply.Append(token.Text);
-                    }
-                }
-                catch (OperationCanceledException) when (!cancellation.IsCancellationRequested)
-                {
-                    Console.Write(" [stopped]");
-                }
-                finally
-                {
-                    Console.CancelKeyPress -= onCancel;
-                }
-                Console.WriteLine();
-                history.Add(new ChatMessage("assistant", reply.ToString()));
-            }
+            Console.Error.WriteLine($"chatting with {folder} ({model.Info.ModelType}); /exit leaves, /reset forgets the conversation, " +
+                "Ctrl+C stops a reply (at the prompt: leaves).");
+            using var session = new ChatSession(model, tokenizer, formatter, options, r.GetValue(systemOption));
+            // Cancelling the signals keeps the runtime from ending the process: Ctrl+C stops the reply, SIGTERM the session.
+            using var interrupt = PosixSignalRegistration.Create(PosixSignal.SIGINT, c => { c.Cancel = true; session.Interrupt(); });
+            using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, c => { c.Cancel = true; session.End(); });
+            await session.RunAsync(Console.In, Console.Out, Console.Error);
             return 0;
         }
     }

@@ -4,13 +4,21 @@ using Tern.Tokenization;
 
 namespace Tern.Cli.Commands;
 
+/// <summary>A bad flag value or combination found while a command runs (the parser finds most): exit code 2, like the parser's
+/// errors, with a pointer to the command's help.</summary>
+internal sealed class UsageException(string message) : ArgumentException(message);
+
 /// <summary>Which exceptions are the user's input (reported in one line) rather than bugs (reported with a trace), and how
 /// they read on the command line.</summary>
 internal static class CliErrors
 {
     public static bool IsUserError(Exception e) => e is CheckpointException or TokenizerException or ArgumentException
-        or InvalidOperationException or FileNotFoundException or DirectoryNotFoundException or UnauthorizedAccessException
+        or InvalidOperationException or InvalidDataException or FileNotFoundException or DirectoryNotFoundException or UnauthorizedAccessException
         or OperationCanceledException or IOException or NotSupportedException;
+
+    /// <summary>True for errors in what was typed rather than in what happened while running: an option the library refused
+    /// (<see cref="OptionException"/>) or a <see cref="UsageException"/>.</summary>
+    public static bool IsUsageError(Exception e) => e is OptionException or UsageException;
 
     /// <summary>The flag that sets each option the library's errors name.</summary>
     static readonly Dictionary<TernOption, string> Flags = new()

@@ -24,12 +24,12 @@ internal static class EvalCommand
         Option<int> maxTokens, CancellationToken cancellation)
     {
         var file = r.GetValue(textOption)!;
-        if (!file.Exists) throw new FileNotFoundException($"--text: '{file.FullName}' does not exist.");
+        string text = TextFiles.Read(file.FullName, "--text");
         var (model, tokenizer, folder) = common.Load(r, needTokenizer: true);
         using (model)
         {
             var clock = Stopwatch.StartNew();
-            IReadOnlyList<int> tokens = tokenizer!.Encode(File.ReadAllText(file.FullName), addSpecialTokens: false);
+            IReadOnlyList<int> tokens = tokenizer!.Encode(text, addSpecialTokens: false);
             int limit = r.GetValue(maxTokens);
             if (limit > 0 && tokens.Count > limit) tokens = tokens.Take(limit).ToArray();
             var progress = new ConsoleProgress("scoring");

@@ -19,7 +19,7 @@ internal static class EvalPolicyCommands
             var parts = text.Trim().Split(':');
             int bits = 16;
             if (parts.Length > 2 || parts.Length == 2 && !int.TryParse(parts[1], out bits))
-                throw new ArgumentException($"--policy '{text}': write NAME or NAME:BITS, e.g. sink or h2o:4.");
+                throw new UsageException($"--policy '{text}': write NAME or NAME:BITS, e.g. sink or h2o:4.");
             var spec = new PolicySpec(parts[0], bits);
             spec.Options(KvBudget.OfTokens(1 << 20)).Validate(); // names the flag on a bad name or bit width
             return spec;
@@ -45,30 +45,30 @@ internal static class EvalPolicyCommands
     static IReadOnlyList<IReadOnlyList<int>> WithStartToken(IReadOnlyList<IReadOnlyList<int>> sequences, int? start) => start is { } s
         ? sequences.Select(q => (IReadOnlyList<int>)q.Take(q.Count - 1).Prepend(s).ToArray()).ToArray()
         : sequences;
-    static Option<string> OutputOption(string name) => new("--output", "-o") { Description = $"Folder for {name}.csv and the PNG plots.", DefaultValueFactory = _ => "bench/eval" };
+    static Option<string> OutputOption(string name) => new("--output", "-o") { Description = $"Folder for {name}.csv and the PNG plots (default {DefaultOutput}).", DefaultValueFactory = _ => DefaultOutput };
+    static readonly string DefaultOutput = ResultsFolder.For("eval");
 
     static IReadOnlyList<PolicySpec> Specs(string[] values) => values.SelectMany(v => v.Split(',', StringSplitOptions.RemoveEmptyEntries)).Select(PolicySpec.Parse).ToArray();
 
     static T[] List<T>(string text, string flag, Func<string, T> parse)
     {
         try { return text.Split(',', StringSplitOptions.RemoveEmptyEntries).Select(s => parse(s.Trim())).ToArray(); }
-        catch (FormatException) { throw new ArgumentException($"{flag} must be a comma-separated list of numbers (got '{text}')."); }
+        catch (FormatException) { throw new UsageException($"{flag} must be a comma-separated list of numbers (got '{text}')."); }
     }
 
     /// <summary>Refuses a budget ratio outside (0, 1] before anything loads, naming the flag that gave it.</summary>
     static void CheckRatios(IEnumerable<double> ratios)
     {
         try { foreach (double ratio in ratios) KvBudget.OfRatio(ratio); }
-        catch (OptionException e) { throw new ArgumentException(e.Render(_ => "--budgets")); }
+        catch (OptionException e) { throw new UsageException(e.Render(_ => "--budgets")); }
     }
 
     static IReadOnlyList<int> Tokens(ParseResult r, CommonOptions common, out Models.CausalLanguageModel model, out string folder)
     {
-        var file = r.GetValue(Text)!;
-        if (!file.Exists) throw new FileNotFoundException($"--text: '{file.FullName}' does not exist.");
+        string text = TextFiles.Read(r.GetValue(Text)!.FullName, "--text");
         var (loaded, tokenizer, dir) = common.Load(r, needTokenizer: true);
         (model, folder) = (loaded, dir);
-        return tokenizer!.Encode(File.ReadAllText(file.FullName), addSpecialTokens: false);
+        return tokenizer!.Encode(text, addSpecialTokens: false);
     }
 
     public static Command Stream()
@@ -208,8 +208,7 @@ internal static class EvalPolicyCommands
             double[] ratios = List(r.GetValue(budgets)!, "--budgets", s => double.Parse(s, CultureInfo.InvariantCulture));
             CheckRatios(ratios);
             var files = r.GetValue(texts)!;
-            foreach (var f in files) if (!f.Exists) throw new FileNotFoundException($"--text: '{f.FullName}' does not exist.");
-            var tasks = files.Select(f => MultipleChoice.Cloze(Path.GetFileNameWithoutExtension(f.Name), File.ReadAllText(f.FullName), r.GetValue(items),
+            var tasks = files.Select(f => MultipleChoice.Cloze(Path.GetFileNameWithoutExtension(f.Name), TextFiles.Read(f.FullName, "--text"), r.GetValue(items),
                 r.GetValue(contextChars), r.GetValue(words), r.GetValue(choices), r.GetValue(seed))).ToArray();
             var (model, tokenizer, folder) = common.Load(r, needTokenizer: true);
             using (model)

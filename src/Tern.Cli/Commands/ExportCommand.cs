@@ -20,7 +20,7 @@ internal static class ExportCommand
         {
             long maxBytes;
             try { maxBytes = CheckpointExport.ParseSize(r.GetValue(shard)!); }
-            catch (ArgumentException e) { throw new ArgumentException($"--max-shard-size: {e.Message}"); }
+            catch (ArgumentException e) { throw new UsageException($"--max-shard-size: {e.Message}"); }
             var options = new ExportOptions
             {
                 DType = r.GetValue(dtype) is { } d ? ComputeOptions.ParseDType(d) : null,

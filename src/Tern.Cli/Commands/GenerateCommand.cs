@@ -34,30 +34,32 @@ internal static class GenerateCommand
         var texts = new List<string>(r.GetValue(promptsArg) ?? Array.Empty<string>());
         if (r.GetValue(promptFile) is { } file)
         {
-            if (!file.Exists) throw new FileNotFoundException($"--prompt-file: '{file.FullName}' does not exist.");
-            string content = await File.ReadAllTextAsync(file.FullName, cancellation);
+            string content = TextFiles.Read(file.FullName, "--prompt-file");
             if (r.GetValue(lines)) texts.AddRange(content.Split('\n').Select(l => l.TrimEnd('\r')).Where(l => l.Length > 0));
             else texts.Add(content);
         }
-        foreach (string text in texts)
-            if (text.StartsWith("--", StringComparison.Ordinal) && !text.Contains(' '))
-                throw new ArgumentException($"unknown option '{text}' (run 'tern generate --help' for the options; quote a prompt that starts with --).");
         if (texts.Count == 0) texts.Add("Once upon a time");
+        // Before the model loads: an empty prompt has nothing to continue.
+        if (texts.FindIndex(string.IsNullOrEmpty) is var empty and >= 0)
+            throw new UsageException(r.GetValue(promptFile) is { } source ? $"--prompt-file '{source.FullName}' holds an empty prompt; give it some text."
+                : texts.Count > 1 ? $"<prompt> {empty} of the batch is empty; every prompt needs at least one character." : "<prompt> is empty; give some text to continue.");
         var options = sampling.Read(r).WithKvPolicy(kv.Read(r));
         var (model, tokenizer, description, blockSize, report) = offload.Enabled(r) ? LoadOffloaded(r, common, offload, texts, options) : Load(r, common);
         using (model as IDisposable)
         {
             var generator = new Generator(model, tokenizer);
             Console.Error.WriteLine(description);
+            var prompts = texts.Select(t => tokenizer.Encode(t, addSpecialTokens: true)).ToArray();
+            if (ContextCap.Note(model.Info, prompts.Max(p => p.Count), options) is { } note) Console.Error.WriteLine(note);
             if (texts.Count == 1 && !r.GetValue(noStream))
             {
-                Console.Write(texts[0]);
                 var started = DateTime.UtcNow;
                 int count = 0;
-                await foreach (var token in generator.StreamAsync(texts, options, cancellation))
+                // The prompt is echoed with the first token: a prompt the generator refuses (too long) is not printed whole.
+                await foreach (var token in generator.StreamAsync(prompts, options, cancellation))
                 {
+                    if (count++ == 0) Console.Write(texts[0]);
                     Console.Write(token.Text);
-                    count++;
                 }
                 Console.WriteLine();
                 double seconds = (DateTime.UtcNow - started).TotalSeconds;
@@ -69,7 +71,7 @@ internal static class GenerateCommand
                 for (int start = 0; start < texts.Count; start += blockSize)
                 {
                     var chunk = texts.Skip(start).Take(blockSize).ToArray();
-                    var result = generator.Generate(chunk, options, cancellation);
+                    var result = generator.GenerateTokens(prompts.Skip(start).Take(blockSize).ToArray(), options, cancellation);
                     for (int i = 0; i < chunk.Length; i++)
                     {
                         if (texts.Count > 1) Console.WriteLine($"--- [{start + i}] ({result.Sequences[i].FinishReason})");

@@ -27,7 +27,7 @@ internal static class ServeBenchCommand
         var clients = new Option<int[]>("--clients", "-c") { Description = "Concurrent streaming clients (comma-separated).", DefaultValueFactory = _ => new[] { 1, 4, 16, 64 }, CustomParser = BenchCommand.ParseInts };
         var maxTokens = new Option<int>("--max-tokens", "-n") { Description = "Tokens per request (EOS ignored).", DefaultValueFactory = _ => 64 };
         var requests = new Option<int>("--requests") { Description = "Requests per client, one after the other.", DefaultValueFactory = _ => 2 };
-        var output = new Option<string>("--output", "-o") { Description = "Folder for results.csv and results.md.", DefaultValueFactory = _ => "bench/serving" };
+        var output = new Option<string>("--output", "-o") { Description = $"Folder for results.csv and results.md (default {DefaultOutput}).", DefaultValueFactory = _ => DefaultOutput };
         var kvMix = new Option<string?>("--kv-mix")
         {
             Description = "Also run the engine with clients cycling through these KV policies, POLICY[:BUDGET] comma-separated " +
@@ -48,7 +48,7 @@ internal static class ServeBenchCommand
         Option<int> requestsOption, Option<string> outputOption, Option<string?> kvMixOption, CancellationToken cancellation)
     {
         int maxTokens = r.GetValue(maxTokensOption), perClient = r.GetValue(requestsOption);
-        if (maxTokens < 1 || perClient < 1) throw new ArgumentException("--max-tokens and --requests must be at least 1.");
+        if (maxTokens < 1 || perClient < 1) throw new UsageException("--max-tokens and --requests must be at least 1.");
         var mix = r.GetValue(kvMixOption) is { } spec ? ParseMix(spec) : null;
         int[] clientCounts = r.GetValue(clientsOption)!;
         var (model, tokenizer, folder) = common.Load(r, needTokenizer: true);
@@ -160,6 +160,8 @@ internal static class ServeBenchCommand
         $"{row.Mode,-12} clients {row.Clients,3}: {row.Requests,4} requests, {row.Tokens,6} tokens in {row.Seconds,7:F2} s = {row.TokensPerSecond,8:F1} tok/s" +
         $" (first token {row.MeanFirstTokenMs:F0} ms, request {row.MeanRequestSeconds:F2} s)");
 
+    static readonly string DefaultOutput = ResultsFolder.For("serving");
+
     static void Write(string dir, string folder, Models.CausalLanguageModel model, int maxTokens, List<Row> rows)
     {
         Directory.CreateDirectory(dir);
@@ -174,6 +176,6 @@ internal static class ServeBenchCommand
         md.AppendLine("|---|---|---|---|---|---|---|---|");
         foreach (var x in rows) md.AppendLine($"| {x.Mode} | {x.Clients} | {x.Requests} | {x.Tokens} | {x.Seconds:F2} | {x.TokensPerSecond:F1} | {(double.IsNaN(x.MeanFirstTokenMs) ? "—" : x.MeanFirstTokenMs.ToString("F0", CultureInfo.InvariantCulture))} | {(double.IsNaN(x.MeanRequestSeconds) ? "—" : x.MeanRequestSeconds.ToString("F2", CultureInfo.InvariantCulture))} |");
         File.WriteAllText(Path.Combine(dir, "results.md"), md.ToString());
-        Console.WriteLine($"wrote {Path.Combine(dir, "results.csv")} and results.md");
+        Console.WriteLine($"wrote {Path.GetFullPath(Path.Combine(dir, "results.csv"))} and results.md");
     }
 }

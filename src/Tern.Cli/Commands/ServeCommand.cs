@@ -72,7 +72,7 @@ internal static class ServeCommand
             var (options, prediction) = offload.Resolve(r, folder, load.DType, ComputeOptions.ResolveDevice(load.Device), prompt, serving.MaxNewTokens, Console.Error);
             OffloadFlags.Print(Console.Error, options.Policy, prediction);
             if (r.GetValue(flags.MaxBatch) is { } batch && batch > options.Policy.BlockSize)
-                throw new ArgumentException($"--max-batch {batch} exceeds the offloaded block of gbs x ngb = {options.Policy.BlockSize} sequences ({options.Policy}); " +
+                throw new UsageException($"--max-batch {batch} exceeds the offloaded block of gbs x ngb = {options.Policy.BlockSize} sequences ({options.Policy}); " +
                     "lower it, or choose a policy with a larger block.");
             serving = serving with { MaxBatchSize = r.GetValue(flags.MaxBatch) ?? options.Policy.BlockSize, MaxPromptTokens = prompt };
             serving.Validate();

@@ -94,7 +94,7 @@ internal static class SparsityCommand
         command.SetAction((r, cancellation) =>
         {
             var (textFile, tokenFile) = (r.GetValue(text), r.GetValue(tokens));
-            if ((textFile is null) == (tokenFile is null)) throw new ArgumentException("give exactly one of --text and --tokens.");
+            if ((textFile is null) == (tokenFile is null)) throw new UsageException("give exactly one of --text and --tokens.");
             var input = (textFile ?? tokenFile)!;
             if (!input.Exists) throw new FileNotFoundException($"{(textFile is null ? "--tokens" : "--text")}: '{input.FullName}' does not exist.");
             var options = new CollectOptions
@@ -106,7 +106,7 @@ internal static class SparsityCommand
             using (model)
             {
                 IReadOnlyList<int> ids;
-                if (tokenizer is not null) ids = tokenizer.Encode(File.ReadAllText(input.FullName), addSpecialTokens: false);
+                if (tokenizer is not null) ids = tokenizer.Encode(TextFiles.Read(input.FullName, "--text"), addSpecialTokens: false);
                 else
                 {
                     var stream = TokenStream.Load(input.FullName, r.GetValue(format) == "i32" ? TokenFileFormat.Int32 : TokenFileFormat.UInt16, model.Info.VocabSize);

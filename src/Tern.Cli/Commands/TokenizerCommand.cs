@@ -48,10 +48,9 @@ internal static class TokenizerCommand
 
     static int Encode(string tokenizerDir, string input, string output, Tern.Training.TokenFileFormat format)
     {
-        if (!File.Exists(input)) throw new FileNotFoundException($"--input: '{Path.GetFullPath(input)}' does not exist.", input);
+        string content = TextFiles.Read(input, "--input");
         var tokenizer = TernTokenizer.Load(tokenizerDir);
         var clock = Stopwatch.StartNew();
-        string content = File.ReadAllText(input);
         var progress = new ConsoleProgress("encoding");
         int[] ids = Tern.Training.TokenFile.Encode(tokenizer, content, progress: progress);
         Tern.Training.TokenFile.Write(output, ids, format);
@@ -63,7 +62,7 @@ internal static class TokenizerCommand
 
     static int Train(string[] inputs, string output, string? evaluate, BpeTrainerOptions options)
     {
-        if (evaluate is not null && !File.Exists(evaluate)) throw new FileNotFoundException($"Evaluation file '{Path.GetFullPath(evaluate)}' does not exist.", evaluate);
+        string? evaluation = evaluate is null ? null : TextFiles.Read(evaluate, "--eval");
         var clock = Stopwatch.StartNew();
         string lastLine = "";
         var progress = new Progress<BpeTrainingProgress>(p =>
@@ -79,14 +78,14 @@ internal static class TokenizerCommand
                           $"({result.UniqueWords:N0} distinct) in {clock.Elapsed.TotalSeconds:F1} s (merging {result.Elapsed.TotalSeconds:F1} s)");
         if (options.VocabSize > result.VocabSize)
             Console.WriteLine($"note: the text ran out of pairs occurring {options.MinFrequency}+ times before {options.VocabSize} entries");
-        if (evaluate is not null)
+        if (evaluation is not null)
         {
             var tokenizer = TernTokenizer.Load(result.Directory);
-            string text = File.ReadAllText(evaluate, Encoding.UTF8);
+            string text = evaluation;
             var evalClock = Stopwatch.StartNew();
             int tokens = tokenizer.Encode(text, addSpecialTokens: false).Count;
             long bytes = Encoding.UTF8.GetByteCount(text);
-            Console.WriteLine($"{Path.GetFileName(evaluate)}: {bytes:N0} bytes -> {tokens:N0} tokens, {bytes / (double)Math.Max(1, tokens):F3} bytes/token " +
+            Console.WriteLine($"{Path.GetFileName(evaluate!)}: {bytes:N0} bytes -> {tokens:N0} tokens, {bytes / (double)Math.Max(1, tokens):F3} bytes/token " +
                               $"(encoded in {evalClock.Elapsed.TotalSeconds:F1} s)");
         }
         return 0;

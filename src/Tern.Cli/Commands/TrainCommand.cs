@@ -74,7 +74,7 @@ internal static class TrainCommand
                 },
             };
             if (string.IsNullOrEmpty(o.TrainTokens))
-                throw new ArgumentException("--train is required (or a --run-config / resumed run that names train_tokens).");
+                throw new UsageException("--train is required (or a --run-config / resumed run that names train_tokens).");
             return Task.FromResult(Run(r.GetValue(config), r.GetValue(resume), o, cancellation));
         });
         command.Subcommands.Add(PlotCommand());
@@ -109,7 +109,7 @@ internal static class TrainCommand
         if (hasCheckpoint) trainer = Trainer.Resume(options);
         else
         {
-            if (configPath is null) throw new ArgumentException(resume ? "--resume: no checkpoint in --output yet, and no --config to start one." : "--config is required for a new run.");
+            if (configPath is null) throw new UsageException(resume ? "--resume: no checkpoint in --output yet, and no --config to start one." : "--config is required for a new run.");
             if (!File.Exists(configPath)) throw new FileNotFoundException($"--config: '{Path.GetFullPath(configPath)}' does not exist.", configPath);
             trainer = Trainer.Create(HfConfig.Parse(File.ReadAllText(configPath), configPath), options);
         }

@@ -14,8 +14,8 @@ public sealed class CliErrorsTests
     {
         var error = new StringWriter();
         int code = Program.Run(new[] { "generate", "--model", "no/such/folder", "--top-p", "0" }, error);
-        Assert.Equal(1, code);
-        Assert.Equal("tern: --top-p must be in (0, 1] (got 0).", error.ToString().TrimEnd());
+        Assert.Equal(2, code); // a bad value, as the parser's errors
+        Assert.StartsWith("tern: --top-p must be in (0, 1] (got 0).", error.ToString());
     }
 
     [Fact]

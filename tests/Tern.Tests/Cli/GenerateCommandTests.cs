@@ -1,0 +1,105 @@
+using Tern.Cli;
+
+namespace Tern.Tests.Cli;
+
+/// <summary>Issue 18's "every limit that cuts output says so" and "inputs are checked before anything loads", on
+/// <c>tern generate</c> and the commands that read text files (llama-gqa: a 64-position context).</summary>
+public sealed class GenerateCommandTests
+{
+    static (int Code, string Out, string Err) Run(params string[] args)
+    {
+        var output = new StringWriter();
+        var error = new StringWriter();
+        var (previousOut, previousError) = (Console.Out, Console.Error);
+        Console.SetOut(output);
+        Console.SetError(error);
+        try
+        {
+            int code = Program.Run(args, error);
+            return (code, output.ToString(), error.ToString());
+        }
+        finally
+        {
+            Console.SetOut(previousOut);
+            Console.SetError(previousError);
+        }
+    }
+
+    static readonly string Model = Fixtures.ModelDir("llama-gqa");
+
+    [Fact]
+    public void MaxNewTokensCutByTheContextIsNoted()
+    {
+        var (code, _, err) = Run("generate", "Hi", "--model", Model, "--device", "cpu", "--max-new-tokens", "100000");
+        Assert.True(code == 0, err);
+        Assert.Matches(@"note: generation capped at \d+ new tokens by the model's context \(max_position_embeddings 64 minus a \d+-token prompt\); --max-new-tokens 100000 asks for more\.", err);
+
+        (code, _, err) = Run("generate", "Hi", "--model", Model, "--device", "cpu", "--max-new-tokens", "8");
+        Assert.True(code == 0, err);
+        Assert.DoesNotContain("capped", err);
+    }
+
+    [Fact]
+    public void AnOverLongPromptIsNotEchoed()
+    {
+        string prompt = string.Concat(Enumerable.Repeat("word ", 500));
+        var (code, output, err) = Run("generate", prompt, "--model", Model, "--device", "cpu");
+        Assert.Equal(1, code);
+        Assert.DoesNotContain("word word", output + err);
+        Assert.Contains("shorten the prompt", err);
+    }
+
+    [Fact]
+    public void AnEmptyPromptIsRefusedBeforeTheModelLoads()
+    {
+        // The model folder does not exist: the prompt's error comes first.
+        var (code, _, err) = Run("generate", "", "--model", "no/such/folder");
+        Assert.Equal(2, code);
+        Assert.StartsWith("tern: <prompt> is empty; give some text to continue.", err);
+    }
+
+    [Theory]
+    [InlineData(new byte[] { (byte)'a', (byte)'b', 0, (byte)'c' }, "a NUL byte at offset 2")]
+    [InlineData(new byte[] { (byte)'a', 0xC3, 0x28, (byte)'b' }, "invalid UTF-8 at offset 1")]
+    public void BinaryTextFilesAreRefusedByName(byte[] content, string why)
+    {
+        string file = Path.Combine(Path.GetTempPath(), $"tern-binary-{Guid.NewGuid():N}.txt");
+        File.WriteAllBytes(file, content);
+        try
+        {
+            foreach (var args in new[]
+            {
+                new[] { "eval", "ppl", "--text", file, "--model", Model, "--device", "cpu" },
+                new[] { "eval", "stream", "--text", file, "--model", Model, "--device", "cpu" },
+                new[] { "generate", "--prompt-file", file, "--model", Model, "--device", "cpu" },
+            })
+            {
+                var (code, _, err) = Run(args);
+                Assert.Equal(1, code);
+                string flag = args[1] == "--prompt-file" ? "--prompt-file" : "--text";
+                Assert.Equal($"tern: {flag}: '{file}' looks binary ({why}); pass a UTF-8 text file.", err.Trim());
+            }
+        }
+        finally
+        {
+            File.Delete(file);
+        }
+    }
+
+    [Fact]
+    public void AUtf8TextWithAByteOrderMarkIsText()
+    {
+        string file = Path.Combine(Path.GetTempPath(), $"tern-text-{Guid.NewGuid():N}.txt");
+        File.WriteAllText(file, "Once upon a time, a small model read a story. " + string.Concat(Enumerable.Repeat("Then it read more. ", 10)), new System.Text.UTF8Encoding(true));
+        try
+        {
+            var (code, output, err) = Run("eval", "ppl", "--text", file, "--model", Model, "--device", "cpu");
+            Assert.True(code == 0, err);
+            Assert.Contains("perplexity", output);
+        }
+        finally
+        {
+            File.Delete(file);
+        }
+    }
+}
