@@ -28,6 +28,7 @@ internal static class CliErrors
         [TernOption.KvSink] = "--kv-sink",
         [TernOption.KvRecent] = "--kv-recent",
         [TernOption.KvBits] = "--kv-bits",
+        [TernOption.SparsityMlp] = "--mlp",
         [TernOption.KvEvictEvery] = "--kv-evict-every",
         [TernOption.MaxNewTokens] = "--max-new-tokens",
         [TernOption.PrefillChunk] = "--prefill-chunk",

@@ -17,7 +17,7 @@ internal static class EvalCommand
         var ppl = new Command("ppl", "Perplexity of a text: sliding windows, every token after the first scored exactly once.") { text, window, stride, maxTokens };
         common.AddTo(ppl);
         ppl.SetAction((r, cancellation) => Task.FromResult(Perplexity(r, common, text, window, stride, maxTokens, cancellation)));
-        return new Command("eval", "Evaluate a model.") { ppl, EvalPolicyCommands.Stream(), EvalPolicyCommands.Budget(), EvalPolicyCommands.Choice(), EvalPolicyCommands.Sinks(), EvalPolicyCommands.Plot() };
+        return new Command("eval", "Evaluate a model.") { ppl, EvalPolicyCommands.Stream(), EvalPolicyCommands.Budget(), EvalPolicyCommands.Choice(), EvalPolicyCommands.Sinks(), EvalPolicyCommands.Plot(), SparsityCommand.Evaluate() };
     }
 
     static int Perplexity(ParseResult r, CommonOptions common, Option<FileInfo> textOption, Option<int> window, Option<int> stride,

@@ -10,14 +10,13 @@ namespace Tern.Cli.Commands;
 /// <summary><c>tern sparsity collect|train</c>: DejaVu's contextual-sparsity predictors (activation data, then per-layer predictors).</summary>
 internal static class SparsityCommand
 {
-    public static Command Create() => new("sparsity", "DejaVu contextual sparsity: collect activations, train per-layer neuron and head predictors, evaluate.")
+    public static Command Create() => new("sparsity", "DejaVu contextual sparsity: collect activations, train per-layer neuron and head predictors.")
     {
         Collect(),
         Train(),
-        Evaluate(),
     };
 
-    /// <summary><c>tern sparsity eval</c>: perplexity against the fraction of MLP neurons computed, for the trained predictors
+    /// <summary><c>tern eval sparsity</c>: perplexity against the fraction of MLP neurons computed, for the trained predictors
     /// (when the model folder has them), the oracle and random selection; a table, a CSV and a PNG.</summary>
     internal static Command Evaluate()
     {
@@ -28,8 +27,9 @@ internal static class SparsityCommand
         var fractions = new Option<string>("--mlp") { Description = "Fractions of MLP neurons computed, comma-separated.", DefaultValueFactory = _ => string.Join(',', d.MlpActive) };
         var window = new Option<int?>("--window") { Description = "Tokens per perplexity window (default: the model's context, at most 1024)." };
         var stride = new Option<int?>("--stride") { Description = "How far each window moves (default: half the window)." };
-        var output = new Option<string>("--output", "-o") { Description = "Folder for sparsity.csv and sparsity.png.", Required = true };
-        var command = new Command("eval", "Perplexity against the fraction of MLP neurons computed: learned predictors vs the oracle vs random selection.")
+        string defaultOutput = ResultsFolder.For("eval");
+        var output = new Option<string>("--output", "-o") { Description = $"Folder for sparsity.csv and sparsity.png (default {defaultOutput}).", DefaultValueFactory = _ => defaultOutput };
+        var command = new Command("sparsity", "Perplexity against the fraction of MLP neurons computed: learned predictors vs the oracle vs random selection.")
         {
             text, maxTokens, fractions, window, stride, output,
         };
@@ -46,12 +46,12 @@ internal static class SparsityCommand
             }
             catch (FormatException)
             {
-                throw new ArgumentException($"--mlp must be fractions such as 0.5,0.1 (got '{r.GetValue(fractions)}').");
+                throw new UsageException($"--mlp must be fractions such as 0.5,0.1 (got '{r.GetValue(fractions)}').");
             }
             var (model, tokenizer, folder) = common.Load(r, needTokenizer: true);
             using (model)
             {
-                var ids = tokenizer!.Encode(File.ReadAllText(file.FullName), addSpecialTokens: false).Take(r.GetValue(maxTokens)).ToArray();
+                var ids = tokenizer!.Encode(TextFiles.Read(file.FullName, "--text"), addSpecialTokens: false).Take(r.GetValue(maxTokens)).ToArray();
                 using var predictors = File.Exists(Path.Combine(SparsityPredictors.DirectoryOf(folder), SparsityPredictors.ManifestFile))
                     ? SparsityPredictors.LoadFor(model, folder) : null;
                 if (predictors is null) Console.Error.WriteLine($"note: {SparsityPredictors.DirectoryOf(folder)} holds no predictors ('tern sparsity train'); oracle and random only.");
