@@ -8,16 +8,18 @@ public sealed record PlotSeries(string Label, double[] X, double[] Y);
 /// <summary>Evaluation curves as PNG files (ScottPlot), written atomically.</summary>
 public static class LinePlot
 {
-    /// <summary>Draws the series with markers and a legend; NaN points are left out.</summary>
+    /// <summary>Draws the series with markers and a legend; NaN points are left out. <paramref name="logY"/> draws y on a
+    /// log scale, ticked at powers of ten (values spanning orders of magnitude, such as perplexities).</summary>
     public static void Save(string path, string title, string xLabel, string yLabel, IEnumerable<PlotSeries> series,
-        bool logX = false, int width = 1000, int height = 560)
+        bool logX = false, int width = 1000, int height = 560, bool logY = false)
     {
         var plot = new ScottPlot.Plot();
         foreach (var s in series)
         {
-            var points = s.X.Zip(s.Y).Where(p => double.IsFinite(p.First) && double.IsFinite(p.Second)).ToArray();
+            var points = s.X.Zip(s.Y).Where(p => double.IsFinite(p.First) && double.IsFinite(p.Second) && (!logY || p.Second > 0)).ToArray();
             if (points.Length == 0) continue;
-            var line = plot.Add.ScatterLine(points.Select(p => logX ? Math.Log10(p.First) : p.First).ToArray(), points.Select(p => p.Second).ToArray());
+            var line = plot.Add.ScatterLine(points.Select(p => logX ? Math.Log10(p.First) : p.First).ToArray(),
+                points.Select(p => logY ? Math.Log10(p.Second) : p.Second).ToArray());
             line.LegendText = s.Label;
             line.MarkerSize = points.Length <= 40 ? 6 : 0;
         }
@@ -27,6 +29,16 @@ public static class LinePlot
             var ticks = series.SelectMany(s => s.X).Where(x => x > 0).Distinct().Order().ToArray();
             plot.Axes.Bottom.TickGenerator = new ScottPlot.TickGenerators.NumericManual(
                 ticks.Select(Math.Log10).ToArray(), ticks.Select(t => t.ToString("0.###", System.Globalization.CultureInfo.InvariantCulture)).ToArray());
+        }
+        if (logY)
+        {
+            var ys = series.SelectMany(s => s.Y).Where(y => y > 0 && double.IsFinite(y)).ToArray();
+            if (ys.Length > 0)
+            {
+                var decades = Enumerable.Range((int)Math.Floor(Math.Log10(ys.Min())), (int)Math.Ceiling(Math.Log10(ys.Max())) - (int)Math.Floor(Math.Log10(ys.Min())) + 1).ToArray();
+                plot.Axes.Left.TickGenerator = new ScottPlot.TickGenerators.NumericManual(
+                    decades.Select(d => (double)d).ToArray(), decades.Select(d => Math.Pow(10, d).ToString("#,0.###", System.Globalization.CultureInfo.InvariantCulture)).ToArray());
+            }
         }
         plot.Title(title);
         plot.XLabel(xLabel);

@@ -80,7 +80,7 @@ public static class SparsityEvaluation
         var series = rows.Where(r => r.Rule is not null).GroupBy(r => r.Rule).Select(g =>
             new PlotSeries(Name(g.Key), g.OrderBy(r => r.MlpActive).Select(r => r.MlpActive).ToArray(), g.OrderBy(r => r.MlpActive).Select(r => r.Perplexity).ToArray()))
             .Append(new PlotSeries("dense", fractions, fractions.Select(_ => dense.Perplexity).ToArray()));
-        LinePlot.Save(path, title, "fraction of MLP neurons computed", "perplexity", series, logX: true);
+        LinePlot.Save(path, title, "fraction of MLP neurons computed", "perplexity", series, logX: true, logY: true);
     }
 
     static string Name(NeuronRule? rule) => rule?.ToString().ToLowerInvariant() ?? "dense";
