@@ -6,24 +6,7 @@ namespace Tern.Tests.Cli;
 /// <c>tern generate</c> and the commands that read text files (llama-gqa: a 64-position context).</summary>
 public sealed class GenerateCommandTests
 {
-    static (int Code, string Out, string Err) Run(params string[] args)
-    {
-        var output = new StringWriter();
-        var error = new StringWriter();
-        var (previousOut, previousError) = (Console.Out, Console.Error);
-        Console.SetOut(output);
-        Console.SetError(error);
-        try
-        {
-            int code = Program.Run(args, error);
-            return (code, output.ToString(), error.ToString());
-        }
-        finally
-        {
-            Console.SetOut(previousOut);
-            Console.SetError(previousError);
-        }
-    }
+    static (int Code, string Out, string Err) Run(params string[] args) => CliProcess.Run(args);
 
     static readonly string Model = Fixtures.ModelDir("llama-gqa");
 

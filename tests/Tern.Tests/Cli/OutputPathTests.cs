@@ -7,23 +7,7 @@ namespace Tern.Tests.Cli;
 /// evaluations wrote into bench/eval) and the commands print where they wrote.</summary>
 public sealed class OutputPathTests
 {
-    static (int Code, string Out, string Err) Run(params string[] args)
-    {
-        var output = new StringWriter();
-        var error = new StringWriter();
-        var (previousOut, previousError) = (Console.Out, Console.Error);
-        Console.SetOut(output);
-        Console.SetError(error);
-        try
-        {
-            return (Program.Run(args, error), output.ToString(), error.ToString());
-        }
-        finally
-        {
-            Console.SetOut(previousOut);
-            Console.SetError(previousError);
-        }
-    }
+    static (int Code, string Out, string Err) Run(params string[] args) => CliProcess.Run(args);
 
     [Theory]
     [InlineData("bench", "bench/results.csv")]
