@@ -80,10 +80,12 @@ public sealed class ChatSessionTests
         string config = Path.Combine(fixture.Folder, "config.json");
         File.WriteAllText(config, File.ReadAllText(config).Replace("\"max_position_embeddings\":512", "\"max_position_embeddings\":100000"));
         Assert.Contains("100000", File.ReadAllText(config));
-        var start = new System.Diagnostics.ProcessStartInfo("dotnet")
+        // SIGINT back to its default in the child: a test run started as a background job (`cmd &` without job control)
+        // inherits SIGINT ignored, and a process that starts with it ignored never sees Ctrl+C (as a background job should not).
+        var start = new System.Diagnostics.ProcessStartInfo("env")
         {
-            ArgumentList = { Path.Combine(AppContext.BaseDirectory, "Tern.Cli.dll"), "chat", "--model", fixture.Folder, "--device", "cpu",
-                "--max-new-tokens", "90000", "--ignore-eos" },
+            ArgumentList = { "--default-signal=INT", "dotnet", Path.Combine(AppContext.BaseDirectory, "Tern.Cli.dll"), "chat", "--model", fixture.Folder,
+                "--device", "cpu", "--max-new-tokens", "90000", "--ignore-eos" },
             RedirectStandardInput = true, RedirectStandardOutput = true, RedirectStandardError = true,
         };
         start.Environment["DOTNET_GCgen0size"] = "0x10000000";
