@@ -19,7 +19,7 @@ internal sealed class Sampler : IDisposable
         this.options = options;
         if (Samples)
         {
-            long seed = options.Seed ?? Random.Shared.NextInt64();
+            long seed = Mix(options.Seed ?? Random.Shared.NextInt64());
             // TorchSharp 0.107 creates CPU generators only; on CUDA the device's default generator is seeded instead.
             if (promptIds.device.type == DeviceType.CUDA) torch.cuda.manual_seed(seed);
             else generator = new torch.Generator((ulong)seed, promptIds.device);
@@ -30,6 +30,16 @@ internal sealed class Sampler : IDisposable
             counts.scatter_add_(1, promptIds, promptMask.to(ScalarType.Int64));
             seen = counts.gt(0).DetachFromDisposeScope(); // owned by the sampler, whatever scope is open
         }
+    }
+
+    /// <summary>libtorch's CPU generator (mt19937) keeps the low 32 bits of its seed: seeds that differ only above them drew
+    /// the same tokens. SplitMix64's finaliser spreads every bit of the seed over the low ones first.</summary>
+    static long Mix(long seed)
+    {
+        ulong z = unchecked((ulong)seed + 0x9E3779B97F4A7C15UL);
+        z = unchecked((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL);
+        z = unchecked((z ^ (z >> 27)) * 0x94D049BB133111EBUL);
+        return unchecked((long)(z ^ (z >> 31)));
     }
 
     /// <summary>True when the next token is the arg-max of the logits (temperature 0, no repetition penalty).</summary>

@@ -63,8 +63,10 @@ public sealed class GeneratorTests : IDisposable
         var a = Tokens(generator.GenerateTokens(Prompts, Sampled(7), Ct));
         var b = Tokens(generator.GenerateTokens(Prompts, Sampled(7), Ct));
         var c = Tokens(generator.GenerateTokens(Prompts, Sampled(8), Ct));
+        var high = Tokens(generator.GenerateTokens(Prompts, Sampled(7 + (1L << 32)), Ct)); // issue 18: only the low 32 bits counted
         Assert.Equal(a, b);
         Assert.NotEqual(a, c);
+        Assert.NotEqual(a, high);
         Assert.NotEqual(ReferenceGreedy, a.Select(x => x.Take(10).ToArray()).ToArray());
     }
 
