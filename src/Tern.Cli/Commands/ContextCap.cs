@@ -10,8 +10,7 @@ internal static class ContextCap
     /// <paramref name="promptTokens"/> tokens; null when they fit (or the prompt alone is too long: that is an error).</summary>
     public static string? Note(ModelInfo info, int promptTokens, GenerationOptions options)
     {
-        if (options.Cache?.RollPositions == true) return null; // positions by cache index never run past the context
-        int room = info.MaxPositions - promptTokens;
+        int room = options.NewTokensFor(info, promptTokens); // the generator's own rule
         if (room <= 0 || options.MaxNewTokens <= room) return null;
         return $"note: generation capped at {room} new tokens by the model's context (max_position_embeddings {info.MaxPositions} " +
             $"minus a {promptTokens}-token prompt); --max-new-tokens {options.MaxNewTokens} asks for more.";

@@ -62,6 +62,11 @@ public sealed record GenerationOptions
     /// window-recompute its window.</summary>
     public GenerationOptions WithKvPolicy(KvPolicyOptions kv) => this with { Cache = KvCachePolicies.Create(kv), RecomputeWindow = kv.RecomputeWindow };
 
+    /// <summary>The new tokens a prompt of <paramref name="promptTokens"/> tokens gets: <see cref="MaxNewTokens"/>, cut to the
+    /// model's context unless the cache rolls positions (positions by cache index stay below its capacity).</summary>
+    public int NewTokensFor(Models.ModelInfo info, int promptTokens) =>
+        Cache?.RollPositions == true ? MaxNewTokens : Math.Min(MaxNewTokens, info.MaxPositions - promptTokens);
+
     /// <summary>Checks the values, with messages that name the option.</summary>
     public void Validate()
     {

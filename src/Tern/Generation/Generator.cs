@@ -97,9 +97,7 @@ public sealed class Generator
             if (promptLength >= info.MaxPositions)
                 throw new ArgumentException(
                     $"the prompt has {promptLength} tokens but the model's context is {info.MaxPositions} (max_position_embeddings in config.json); shorten the prompt.");
-            // Positions by cache index stay below the cache's capacity, so those caches may run past the model's context.
-            bool positionsBounded = options.Cache?.RollPositions ?? false;
-            maxNew = positionsBounded ? options.MaxNewTokens : Math.Min(options.MaxNewTokens, info.MaxPositions - promptLength);
+            maxNew = options.NewTokensFor(info, promptLength);
             recompute = WindowRecompute.For(options.RecomputeWindow, promptLength + maxNew);
             stopIds = SequenceProgress.StopIds(options, owner.tokenizer, owner.model);
             keptLogits = options.OutputLogits ? new List<Tensor>() : null;

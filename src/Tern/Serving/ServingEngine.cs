@@ -139,8 +139,7 @@ public sealed class ServingEngine : IDisposable
             throw Invalid(refused.Message, "kv_policy", refused);
         }
         var cache = options.Cache ?? KvCacheConfig.Full;
-        // As in Generator: positions by cache index run past the context; otherwise the context bounds the completion.
-        int maxNew = cache.RollPositions ? options.MaxNewTokens : Math.Min(options.MaxNewTokens, info.MaxPositions - prompt.Count);
+        int maxNew = options.NewTokensFor(info, prompt.Count);
         int reserved, length = prompt.Count + maxNew;
         try
         {

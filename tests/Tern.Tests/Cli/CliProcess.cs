@@ -22,4 +22,11 @@ internal static class CliProcess
             Console.SetError(previousError);
         }
     }
+
+    /// <summary>The exit code and the non-empty lines written to standard error.</summary>
+    public static (int Code, string[] Lines) Errors(params string[] args)
+    {
+        var (code, _, error) = Run(args);
+        return (code, error.Split('\n', StringSplitOptions.RemoveEmptyEntries).Select(l => l.TrimEnd('\r')).ToArray());
+    }
 }

@@ -6,12 +6,7 @@ namespace Tern.Tests.Cli;
 /// 2 for what was typed wrong, with a hint naming the command as typed; 1 for a failure while running.</summary>
 public sealed class ExitCodeTests
 {
-    static (int Code, string[] Lines) Run(params string[] args)
-    {
-        var error = new StringWriter();
-        int code = Program.Run(args, error);
-        return (code, error.ToString().Split('\n', StringSplitOptions.RemoveEmptyEntries).Select(l => l.TrimEnd('\r')).ToArray());
-    }
+    static (int Code, string[] Lines) Run(params string[] args) => CliProcess.Errors(args);
 
     [Theory]
     [InlineData("generate --bogus", "tern generate")]

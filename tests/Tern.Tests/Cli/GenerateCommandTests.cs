@@ -1,4 +1,3 @@
-using Tern.Cli;
 
 namespace Tern.Tests.Cli;
 

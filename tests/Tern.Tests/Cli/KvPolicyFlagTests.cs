@@ -1,17 +1,10 @@
-using Tern.Cli;
-
 namespace Tern.Tests.Cli;
 
 /// <summary>The KV-cache flags of <c>tern generate</c> and <c>tern chat</c>: impossible settings stop the parse with one line
 /// naming the flag and exit code 2, before any model is loaded (the model folder here does not exist).</summary>
 public sealed class KvPolicyFlagTests
 {
-    static (int Code, string[] Lines) Run(params string[] args)
-    {
-        var error = new StringWriter();
-        int code = Program.Run(args, error);
-        return (code, error.ToString().Split('\n', StringSplitOptions.RemoveEmptyEntries).Select(l => l.TrimEnd('\r')).ToArray());
-    }
+    static (int Code, string[] Lines) Run(params string[] args) => CliProcess.Errors(args);
 
     [Theory]
     [InlineData("--kv-policy lru", "tern: --kv-policy must be one of full, window, window-recompute, sink, h2o (got 'lru').")]

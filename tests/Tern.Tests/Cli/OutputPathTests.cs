@@ -1,4 +1,3 @@
-using Tern.Cli;
 using Tern.Cli.Commands;
 
 namespace Tern.Tests.Cli;
