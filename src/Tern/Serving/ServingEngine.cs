@@ -1,6 +1,7 @@
 using System.Threading.Channels;
 using Tern.Generation;
 using Tern.Caching;
+using Tern.Interop;
 using Tern.Models;
 using Tern.Runtime;
 using Tern.Tokenization;
@@ -36,6 +37,7 @@ public sealed class ServingEngine : IDisposable
     readonly Thread loop;
     readonly int budget, maxPrompt;
     readonly long bytesPerToken;
+    readonly bool overlap; // ServingOptions.OverlapSteps resolved for the model's device
     readonly object tokenizerLock = new();
     int queued; // submitted, not yet admitted
     int outstanding; // submitted, not yet finished (however they end)
@@ -58,6 +60,7 @@ public sealed class ServingEngine : IDisposable
         maxPrompt = options.MaxPromptTokens > 0 ? Math.Min(options.MaxPromptTokens, info.MaxPositions - 1) : info.MaxPositions - 1;
         budget = options.KvBudgetTokens > 0 ? options.KvBudgetTokens : checked(options.MaxBatchSize * info.MaxPositions);
         bytesPerToken = info.KvBytesPerToken(model.DType.ElementSize());
+        overlap = options.OverlapSteps ?? model.Device.type == DeviceType.CUDA;
         loop = new Thread(Run) { IsBackground = true, Name = "tern-serving" };
         loop.Start();
     }
@@ -339,8 +342,12 @@ public sealed class ServingEngine : IDisposable
         public Sampler Sampler { get; } = sampler;
         /// <summary>Tokens fed to the model so far: the position of the next one.</summary>
         public int Fed { get; set; }
-        /// <summary>The token fed at the next step.</summary>
+        /// <summary>The token fed at the next step (batches stepped in blocks; pools keep it on the device).</summary>
         public int Next { get; set; }
+        /// <summary>True once the sequence has finished or failed: tokens still in flight for it are dropped.</summary>
+        public bool Left { get; set; }
+        /// <summary>True while a decode step would produce a token the request still wants (the prefill gave the first).</summary>
+        public bool WantsStep => Fed - Request.PromptTokens.Count + 1 < Request.MaxNewTokens;
         public void Dispose() => Sampler.Dispose();
     }
 
@@ -382,16 +389,21 @@ public sealed class ServingEngine : IDisposable
 
         /// <summary>Samples each sequence's next token from its row of <paramref name="logits"/> [n, vocab], streams it, and
         /// lets sequences that stopped leave.</summary>
-        protected void Emit(IReadOnlyList<Sequence> sequences, Tensor logits)
+        protected void Emit(IReadOnlyList<Sequence> sequences, Tensor logits) => Deliver(sequences, Select(sequences, logits).cpu().data<long>().ToArray());
+
+        /// <summary>Each sequence's next token from its row of <paramref name="logits"/> [n, vocab], int64 [n] on the device.</summary>
+        protected static Tensor Select(IReadOnlyList<Sequence> sequences, Tensor logits) => sequences.All(s => s.Sampler.IsPlainGreedy)
+            ? logits.argmax(-1)
+            : torch.cat(sequences.Select((s, i) => s.Sampler.Next(logits.narrow(0, i, 1))).ToArray());
+
+        /// <summary>Streams each sequence's token and lets sequences that stopped leave; a null entry (a row that stepped as
+        /// padding) and a sequence that left meanwhile are skipped.</summary>
+        protected void Deliver(IReadOnlyList<Sequence?> sequences, long[] tokens)
         {
-            var next = sequences.All(s => s.Sampler.IsPlainGreedy)
-                ? logits.argmax(-1)
-                : torch.cat(sequences.Select((s, i) => s.Sampler.Next(logits.narrow(0, i, 1))).ToArray());
-            long[] host = next.cpu().data<long>().ToArray();
             for (int i = 0; i < sequences.Count; i++)
             {
-                var s = sequences[i];
-                int id = (int)host[i];
+                if (sequences[i] is not { Left: false } s) continue;
+                int id = (int)tokens[i];
                 bool last = s.Progress.Tokens.Count + 1 >= s.Request.MaxNewTokens;
                 string delta = s.Progress.Push(id, last);
                 engine.generated++;
@@ -407,6 +419,7 @@ public sealed class ServingEngine : IDisposable
 
         protected void Finish(Sequence s, Exception? error)
         {
+            s.Left = true;
             if (error is null) s.Request.Complete(s.Progress.Output(s.Request.PromptTokens, engine.Tokenizer));
             else s.Request.Fail(error);
             s.Dispose();
@@ -541,17 +554,15 @@ public sealed class ServingEngine : IDisposable
 
         public KvCache Cache => cache;
 
-        /// <summary>Steps rows [0, n) with these tokens at these positions; returns their logits [n, vocab] (a view of a buffer the
-        /// next step overwrites).</summary>
-        public Tensor Run(long[] nextIds, long[] nextPositions)
+        /// <summary>Steps rows [0, n) with these tokens (int64 [n] on the device) at these positions (-1: the row steps as
+        /// padding); returns their logits [n, vocab] (a view of a buffer the next step overwrites).</summary>
+        public Tensor Run(Tensor nextIds, long[] nextPositions)
         {
-            int n = nextIds.Length;
-            var hostIds = new long[rows];
+            int n = nextPositions.Length;
+            ids.narrow(0, 0, n).copy_(nextIds.unsqueeze(1));
             var hostPositions = Enumerable.Repeat(-1L, rows).ToArray();
-            nextIds.CopyTo(hostIds, 0);
             nextPositions.CopyTo(hostPositions, 0);
-            using (var i = torch.tensor(hostIds, new long[] { rows, 1 })) ids.copy_(i);
-            using (var p = torch.tensor(hostPositions, new long[] { rows, 1 })) positions.copy_(p);
+            using (var p = torch.tensor(hostPositions, new long[] { rows, 1 })) positions.copy_(p, true); // no wait for the device
             slot.fill_(cache.Length);
             cache.ActiveRows = rows;
             try
@@ -600,6 +611,16 @@ public sealed class ServingEngine : IDisposable
         KvCache? cache;
         StaticStep? graphed;
         List<Sequence> Sequences { get; } = new(); // row i holds sequence i
+        Tensor? nextIds;           // int64 [MaxBatchSize] on the device: row i's next input token, never read back to feed it
+        HostReadback? readback;
+        Launched? pending;         // the last step, its tokens not yet streamed (overlapped steps)
+
+        /// <summary>A launched step: the sequence each row stepped for (null: the row stepped as padding) and its tokens on their
+        /// way to the host.</summary>
+        sealed record Launched(Sequence?[] Rows, HostReadback.Ticket Tokens);
+
+        Tensor NextIds => nextIds ??= torch.zeros(Engine.Options.MaxBatchSize, ScalarType.Int64, model.Device).DetachFromDisposeScope();
+        HostReadback Readback => readback ??= new HostReadback(model.Device, Engine.Options.MaxBatchSize);
 
         /// <summary>A prompt longer than <see cref="ServingOptions.MaxPrefillTokensPerStep"/> being prefilled one chunk per step
         /// in a scratch cache, so the running sequences keep decoding meanwhile; it joins after its last chunk.</summary>
@@ -645,10 +666,7 @@ public sealed class ServingEngine : IDisposable
                     return;
                 }
                 using var scope = torch.NewDisposeScope();
-                Tensor logits = Prefill(joiners);
-                Sequences.AddRange(joiners);
-                cache!.ActiveRows = Sequences.Count;
-                Emit(joiners, logits);
+                AddRows(joiners, Prefill(joiners));
             }
             catch (Exception e)
             {
@@ -676,6 +694,18 @@ public sealed class ServingEngine : IDisposable
             var logits = model.Forward(ForwardBatch.LeftPadded(prompts, model.Device, lastPositionOnly: true), scratch);
             Import(scratch);
             return logits;
+        }
+
+        /// <summary>Makes the prefilled joiners (imported into the rows after the running ones) running rows, their first
+        /// tokens (from <paramref name="logits"/>) streamed and fed to the next step.</summary>
+        void AddRows(IReadOnlyList<Sequence> joiners, Tensor logits)
+        {
+            int start = Sequences.Count;
+            Sequences.AddRange(joiners);
+            cache!.ActiveRows = Sequences.Count;
+            var first = Select(joiners, logits);
+            NextIds.narrow(0, start, joiners.Count).copy_(first);
+            Deliver(joiners, first.cpu().data<long>().ToArray());
         }
 
         /// <summary>Appends the rows of a prefilled scratch cache after the running rows (each row's entries moved to its front
@@ -711,10 +741,9 @@ public sealed class ServingEngine : IDisposable
                 if (p.Next < p.Chunks.Length) return;
                 Fit(Sequences.Count + 1, p.Scratch.Length);
                 Import(p.Scratch);
-                Sequences.Add(p.Joiner);
                 prefilling = null;
                 p.Dispose();
-                Emit(new[] { p.Joiner }, logits);
+                AddRows(new[] { p.Joiner }, logits);
             }
             catch (Exception e)
             {
@@ -731,45 +760,71 @@ public sealed class ServingEngine : IDisposable
             Finish(p.Joiner, error);
         }
 
+        /// <summary>
+        /// One decode step over the running rows. Overlapped (<see cref="ServingOptions.OverlapSteps"/>): the step is queued
+        /// before the previous step's tokens are streamed, its input tokens taken on the device from the previous step's
+        /// selection, so the device never waits for the host; a sequence whose stop is seen late steps once more, discarded.
+        /// </summary>
         public override void Step()
         {
             if (prefilling is not null) AdvancePrefill();
             if (Sequences.Count == 0) return;
             try
             {
-                Fit(Sequences.Count);
-                using var scope = torch.NewDisposeScope();
-                var c = cache!;
-                int n = Sequences.Count;
-                var positions = Sequences.Select(s => (long)s.Fed).ToArray();
-                Tensor logits;
-                if ((Engine.Options.ForceStaticShapes || Engine.Options.UseCudaGraphs && StepGraph.CanCapture(model.Device))
-                    && StepGraph.Serves(c))
-                {
-                    if (graphed?.Cache != c)
-                    {
-                        graphed?.Dispose();
-                        graphed = new StaticStep(model, c, capture: !Engine.Options.ForceStaticShapes);
-                    }
-                    logits = graphed.Run(Sequences.Select(s => (long)s.Next).ToArray(), positions);
-                }
-                else logits = model.Forward(new ForwardBatch
-                {
-                    InputIds = torch.tensor(Sequences.Select(s => (long)s.Next).ToArray(), new long[] { n, 1 }).to(model.Device),
-                    Positions = torch.tensor(positions, new long[] { n, 1 }).to(model.Device),
-                    RealTokens = Enumerable.Repeat(1, n).ToArray(),
-                    MaxPosition = (int)positions.Max(),
-                    LastPositionOnly = true,
-                }, c);
-                foreach (var s in Sequences) s.Fed++;
-                Engine.steps++;
-                Emit(Sequences.ToArray(), logits);
+                var launched = Sequences.Any(s => s.WantsStep) ? Launch() : null;
+                var previous = pending;
+                pending = Engine.overlap ? launched : null;
+                var collect = Engine.overlap ? previous : launched;
+                if (collect is null && launched is null) throw new InvalidOperationException("a pool with running sequences has no step in flight.");
+                if (collect is not null) Deliver(collect.Rows, Readback.Wait(collect.Tokens));
             }
             catch (Exception e)
             {
                 // A failed step leaves the cache in an unknown state: its sequences end with the error, the pool starts afresh.
                 Abandon(e);
             }
+        }
+
+        /// <summary>Queues one step: rows whose sequence wants no more tokens step as padding (position -1), so the step's
+        /// shapes stay those of the pool.</summary>
+        Launched Launch()
+        {
+            Fit(Sequences.Count);
+            using var scope = torch.NewDisposeScope();
+            var c = cache!;
+            var device = model.Device;
+            var rows = Sequences.Select(s => s.WantsStep ? s : null).ToArray();
+            var positions = rows.Select(s => s is null ? -1L : s.Fed).ToArray();
+            var ids = NextIds.narrow(0, 0, rows.Length);
+            Tensor logits;
+            if ((Engine.Options.ForceStaticShapes || Engine.Options.UseCudaGraphs && StepGraph.CanCapture(device)) && StepGraph.Serves(c))
+            {
+                if (graphed?.Cache != c)
+                {
+                    graphed?.Dispose();
+                    graphed = new StaticStep(model, c, capture: !Engine.Options.ForceStaticShapes);
+                }
+                logits = graphed.Run(ids, positions);
+            }
+            else
+            {
+                var stepPositions = torch.empty(rows.Length, 1, ScalarType.Int64, device);
+                using (var host = torch.tensor(positions, new long[] { rows.Length, 1 })) stepPositions.copy_(host, true); // no wait for the device
+                logits = model.Forward(new ForwardBatch
+                {
+                    InputIds = ids.unsqueeze(1),
+                    Positions = stepPositions,
+                    RealTokens = rows.Select(s => s is null ? 0 : 1).ToArray(),
+                    HasPadding = rows.Contains(null),
+                    MaxPosition = (int)positions.Max(),
+                    LastPositionOnly = true,
+                }, c);
+            }
+            foreach (var s in rows) if (s is not null) s.Fed++;
+            Engine.steps++;
+            var next = Select(Sequences, logits);
+            ids.copy_(next); // the next step's input, without a trip through the host
+            return new Launched(rows, Readback.Start(next));
         }
 
         /// <summary>Removes a sequence (finished when <paramref name="error"/> is null): the last row moves into its row, so the
@@ -784,7 +839,11 @@ public sealed class ServingEngine : IDisposable
             int row = Sequences.IndexOf(s), last = Sequences.Count - 1;
             if (cache is not null)
             {
-                if (row != last) cache.MoveRow(last, row);
+                if (row != last)
+                {
+                    cache.MoveRow(last, row);
+                    NextIds.narrow(0, row, 1).copy_(NextIds.narrow(0, last, 1));
+                }
                 else cache.EmptyRow(row);
             }
             Sequences[row] = Sequences[last];
@@ -836,6 +895,11 @@ public sealed class ServingEngine : IDisposable
 
         void Release()
         {
+            pending = null; // its rows have all left
+            readback?.Dispose(); // after the copies in flight
+            readback = null;
+            nextIds?.Dispose();
+            nextIds = null;
             graphed?.Dispose();
             graphed = null;
             cache?.Dispose();

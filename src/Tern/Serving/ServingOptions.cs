@@ -34,6 +34,12 @@ public sealed record ServingOptions
     /// allocated rows, free rows masked); false steps eagerly.</summary>
     public bool UseCudaGraphs { get; init; } = true;
 
+    /// <summary>Queue each decode step before streaming the previous step's tokens (vLLM's asynchronous scheduling): the
+    /// device never waits while the host detokenizes, streams and schedules, and a sequence whose stop is seen late steps once
+    /// more (discarded). Null: on CUDA only — on the CPU the host computes the steps itself, and overlapping would only delay
+    /// each token by a step.</summary>
+    public bool? OverlapSteps { get; init; }
+
     /// <summary>Tests: the static-shape step without a graph, so CPU runs prove the body a graph captures.</summary>
     internal bool ForceStaticShapes { get; init; }
 

@@ -21,14 +21,17 @@ public sealed class ServingEngineTests : IDisposable
         new Generator(fixture.Model, fixture.Tokenizer).Generate(new[] { prompt }, options, Ct).Sequences[0].Tokens.ToArray();
 
     /// <param name="staticShapes">Pools step with static shapes over all their rows, free ones masked (what a CUDA graph replays).</param>
+    /// <param name="overlap">Each step is queued before the previous step's tokens are streamed (<see cref="ServingOptions.OverlapSteps"/>).</param>
     [Theory]
-    [InlineData(false)]
-    [InlineData(true)]
-    public async Task GreedyTokensEqualTheGeneratorAloneTogetherAndJoiningMidRun(bool staticShapes)
+    [InlineData(false, false)]
+    [InlineData(true, false)]
+    [InlineData(false, true)]
+    [InlineData(true, true)]
+    public async Task GreedyTokensEqualTheGeneratorAloneTogetherAndJoiningMidRun(bool staticShapes, bool overlap)
     {
         var options = Greedy(24);
         var expected = ServingFixture.Prompts.Select(p => Reference(p, Greedy(30))).ToArray();
-        using var engine = ServingEngine.Start(fixture.Model, fixture.Tokenizer, new ServingOptions { MaxBatchSize = 8, ForceStaticShapes = staticShapes });
+        using var engine = ServingEngine.Start(fixture.Model, fixture.Tokenizer, new ServingOptions { MaxBatchSize = 8, ForceStaticShapes = staticShapes, OverlapSteps = overlap });
 
         // Alone, one after the other.
         for (int i = 0; i < 2; i++)
@@ -53,13 +56,15 @@ public sealed class ServingEngineTests : IDisposable
         await WaitFor(() => engine.Stats.Running == 0);
 
         // A small prefill budget per step: the burst joins over several steps, one or two prompts at a time.
-        using var trickle = ServingEngine.Start(fixture.Model, fixture.Tokenizer, new ServingOptions { MaxBatchSize = 8, MaxPrefillTokensPerStep = 6, ForceStaticShapes = staticShapes });
+        using var trickle = ServingEngine.Start(fixture.Model, fixture.Tokenizer, new ServingOptions { MaxBatchSize = 8, MaxPrefillTokensPerStep = 6, ForceStaticShapes = staticShapes, OverlapSteps = overlap });
         var spread = ServingFixture.Prompts.Select(p => trickle.Submit(p, options, Ct)).ToArray();
         for (int i = 0; i < spread.Length; i++) Assert.Equal(expected[i][..24], (await spread[i].Completion).Tokens);
     }
 
-    [Fact]
-    public async Task ALongPromptIsPrefilledInChunksWhileOthersKeepDecoding()
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task ALongPromptIsPrefilledInChunksWhileOthersKeepDecoding(bool overlap)
     {
         string longPrompt = string.Join(" ", ServingFixture.Prompts); // far more than 4 tokens
         int promptTokens = fixture.Tokenizer.Encode(longPrompt).Count;
@@ -68,7 +73,7 @@ public sealed class ServingEngineTests : IDisposable
         Assert.Equal(Reference(longPrompt, Greedy(20)), chunked);
         var shortExpected = Reference(ServingFixture.Prompts[0], Greedy(60));
 
-        using var engine = ServingEngine.Start(fixture.Model, fixture.Tokenizer, new ServingOptions { MaxBatchSize = 4, MaxPrefillTokensPerStep = 4 });
+        using var engine = ServingEngine.Start(fixture.Model, fixture.Tokenizer, new ServingOptions { MaxBatchSize = 4, MaxPrefillTokensPerStep = 4, OverlapSteps = overlap });
         var running = engine.Submit(ServingFixture.Prompts[0], Greedy(60), Ct);
         await running.Tokens.WaitToReadAsync(Ct);
         long stepsBefore = engine.Stats.Steps;
@@ -87,15 +92,17 @@ public sealed class ServingEngineTests : IDisposable
         await WaitFor(() => engine.Stats.Running == 0 && engine.Stats.AllocatedKvBytes == 0);
     }
 
-    [Fact]
-    public async Task SeededSamplingAndPoliciesPerRequestMatchTheGenerator()
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task SeededSamplingAndPoliciesPerRequestMatchTheGenerator(bool overlap)
     {
         var sampled = new GenerationOptions { MaxNewTokens = 20, Temperature = 0.9, TopP = 0.9, Seed = 7, StopTokenIds = Array.Empty<int>() };
         var sink = Greedy(40) with { Cache = KvCachePolicies.Create(new KvPolicyOptions { Policy = "sink", Budget = KvBudget.Parse("12"), Sinks = 2 }) };
         var quantized = Greedy(20) with { Cache = KvCachePolicies.Create(new KvPolicyOptions { Policy = "full", Bits = 8 }) };
         var cases = new[] { (ServingFixture.Prompts[1], sampled), (ServingFixture.Prompts[3], sink), (ServingFixture.Prompts[0], quantized), (ServingFixture.Prompts[6], Greedy(20)) };
         var expected = cases.Select(c => Reference(c.Item1, c.Item2)).ToArray();
-        using var engine = ServingEngine.Start(fixture.Model, fixture.Tokenizer, new ServingOptions { MaxBatchSize = 8 });
+        using var engine = ServingEngine.Start(fixture.Model, fixture.Tokenizer, new ServingOptions { MaxBatchSize = 8, OverlapSteps = overlap });
         var requests = cases.Select(c => engine.Submit(c.Item1, c.Item2, Ct)).ToArray();
         for (int i = 0; i < cases.Length; i++) Assert.Equal(expected[i], (await requests[i].Completion).Tokens);
         var reseeded = await engine.Submit(cases[0].Item1, sampled with { Seed = 8 }, Ct).Completion;
@@ -106,9 +113,11 @@ public sealed class ServingEngineTests : IDisposable
     /// for their own lengths), different policies run side by side in one step, sequences join mid-run, and each request gets
     /// the tokens the <see cref="Generator"/> gives it alone. Window re-computation is refused with the field.</summary>
     [Theory]
-    [InlineData(false)]
-    [InlineData(true)]
-    public async Task EveryPolicyIsPooledAndEachRequestEqualsTheGeneratorAlone(bool staticShapes)
+    [InlineData(false, false)]
+    [InlineData(true, false)]
+    [InlineData(false, true)]
+    [InlineData(true, true)]
+    public async Task EveryPolicyIsPooledAndEachRequestEqualsTheGeneratorAlone(bool staticShapes, bool overlap)
     {
         KvCacheConfig Policy(string name, string? budget, int bits = 16, int? sinks = null, int evictEvery = 1) => KvCachePolicies.Create(new KvPolicyOptions
         {
@@ -128,7 +137,7 @@ public sealed class ServingEngineTests : IDisposable
             (3, Greedy(40) with { Cache = Policy("full", null, bits: 8) }),
         };
         var expected = cases.Select(c => Reference(ServingFixture.Prompts[c.Prompt], c.Options)).ToArray();
-        using var engine = ServingEngine.Start(fixture.Model, fixture.Tokenizer, new ServingOptions { MaxBatchSize = 16, ForceStaticShapes = staticShapes });
+        using var engine = ServingEngine.Start(fixture.Model, fixture.Tokenizer, new ServingOptions { MaxBatchSize = 16, ForceStaticShapes = staticShapes, OverlapSteps = overlap });
 
         var together = cases.Select(c => engine.Submit(ServingFixture.Prompts[c.Prompt], c.Options, Ct)).ToArray();
         ServingStats? seen = null; // one snapshot: the stats of one step boundary
@@ -213,8 +222,10 @@ public sealed class ServingEngineTests : IDisposable
         for (int i = 0; i < 2; i++) Assert.Equal(expected[i], (await requests[i].Completion).Tokens);
     }
 
-    [Fact]
-    public async Task StreamedTextStopStringsAndFinishReasonsFollowTheGenerator()
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task StreamedTextStopStringsAndFinishReasonsFollowTheGenerator(bool overlap)
     {
         var generator = new Generator(fixture.Model, fixture.Tokenizer);
         var plain = generator.Generate(new[] { ServingFixture.Prompts[0] }, Greedy(30), Ct).Sequences[0];
@@ -222,7 +233,7 @@ public sealed class ServingEngineTests : IDisposable
         var stopped = generator.Generate(new[] { ServingFixture.Prompts[0] }, Greedy(30) with { StopStrings = new[] { stop } }, Ct).Sequences[0];
         Assert.Equal(FinishReason.StopString, stopped.FinishReason);
 
-        using var engine = ServingEngine.Start(fixture.Model, fixture.Tokenizer);
+        using var engine = ServingEngine.Start(fixture.Model, fixture.Tokenizer, new ServingOptions { OverlapSteps = overlap });
         var request = engine.Submit(ServingFixture.Prompts[0], Greedy(30) with { StopStrings = new[] { stop } }, Ct);
         string streamed = "";
         await foreach (var token in request.Tokens.ReadAllAsync(Ct)) streamed += token.Text;
@@ -234,12 +245,14 @@ public sealed class ServingEngineTests : IDisposable
         Assert.Equal((plain.Text, FinishReason.Length), (full.Text, full.FinishReason));
     }
 
-    [Fact]
-    public async Task CancellingHalfFreesTheirRowsAndTheOthersFinishCorrectly()
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task CancellingHalfFreesTheirRowsAndTheOthersFinishCorrectly(bool overlap)
     {
         var options = Greedy(200);
         var expected = Reference(ServingFixture.Prompts[4], options);
-        using var engine = ServingEngine.Start(fixture.Model, fixture.Tokenizer, new ServingOptions { MaxBatchSize = 16, MeasureKvCache = true });
+        using var engine = ServingEngine.Start(fixture.Model, fixture.Tokenizer, new ServingOptions { MaxBatchSize = 16, MeasureKvCache = true, OverlapSteps = overlap });
         var sources = Enumerable.Range(0, 16).Select(_ => CancellationTokenSource.CreateLinkedTokenSource(Ct)).ToArray();
         var requests = sources.Select(s => engine.Submit(ServingFixture.Prompts[4], options, s.Token)).ToArray();
         foreach (var r in requests) await r.Tokens.WaitToReadAsync(Ct);
