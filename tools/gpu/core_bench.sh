@@ -12,7 +12,8 @@
 #                                              decode steps, project the rest (`tern bench --measure-steps`); step times in
 #                                              $OUT/offload-steps.csv. FULL_POLICY may list several policies, `;`-separated.
 #   tools/gpu/core_bench.sh serve MODEL        `tern bench serve` (1 and 64 clients; full, sink:256 and h2o:0.2 mixed) on MODEL
-#                                              (a config + tokenizer folder, dummy weights)
+#                                              (a config + tokenizer folder, dummy weights); REQUESTS (8) per client of
+#                                              MAX_TOKENS (256) each
 #   tools/gpu/core_bench.sh regression         no-regression rows: 7B batch 1 and 64 (graphs) and the issue-5 30B offload policy
 #                                              (OFFLOAD=0: the 7B rows only)
 set -uo pipefail
@@ -41,7 +42,7 @@ case ${1:?tests|sink|h2o-offload|serve|regression} in
     done
     timeout 540 dotnet .device/Tern.Cli/Tern.Cli.dll bench "${C[@]}" --offload "${4:?h2o policy}" --kv-policy h2o --kv-budget 0.2 --label "h2o 20%" 2>&1 | tee -a "$OUT/h2o-offload.txt" | grep -E "policy:|block:|measured|projected" ;;
   serve)
-    tern bench serve --model "${2:?model folder with a tokenizer}" --dummy --device cuda --clients 1,64 --max-tokens 64 --requests 2 \
+    tern bench serve --model "${2:?model folder with a tokenizer}" --dummy --device cuda --clients 1,64 --max-tokens ${MAX_TOKENS:-256} --requests ${REQUESTS:-8} \
       --kv-mix full,sink:256,h2o:0.2 -o "$OUT/serving" 2>&1 | tee -a "$OUT/serve.txt" | tail -30 ;;
   regression)
     tern bench --model bench/configs/llama2-7b --dummy --device cuda --dtype bf16 --batch 1,64 --prompt 512 --new-tokens 128 \

@@ -8,7 +8,9 @@ cd "$(git rev-parse --show-toplevel)"
 projects=("$@")
 [ ${#projects[@]} -eq 0 ] && projects=(src/Tern.Cli/Tern.Cli.csproj tests/Tern.Tests.Gpu/Tern.Tests.Gpu.csproj)
 ../shared/device/pack "${projects[@]}"
-find .device -maxdepth 3 -type f \( -name 'libSkiaSharp.so' -o -name 'libHarfBuzzSharp.so' \) -delete
+find .device -maxdepth 3 -type f \( -name 'libSkiaSharp.so' -o -name 'libHarfBuzzSharp.so' -o -name '*.xml' \) -delete
+# Satellite resource assemblies (translated messages of xunit, System.CommandLine, ...): English is enough there.
+find .device -mindepth 2 -maxdepth 2 -type d \( -name '??' -o -name '??-*' \) -exec rm -rf {} +
 # Google OR-Tools' natives (~65 MB: the LP of `tern offload plan` / `--offload auto`) would break the 64 MiB too: plans are made
 # here and passed to the GPU machine as explicit policies (tools/gpu/offload_bench.sh); there `--offload auto` says so.
 find .device -type f \( -name 'libortools.so*' -o -name 'libscip.so*' -o -name 'libhighs.so*' -o -name 'libCbc*.so*' -o -name 'libClp*.so*' \
