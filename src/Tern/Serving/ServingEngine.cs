@@ -689,7 +689,7 @@ public sealed class ServingEngine : IDisposable
         {
             var prompts = joiners.Select(s => s.Request.PromptTokens).ToArray();
             int longest = prompts.Max(p => p.Count);
-            Fit(Sequences.Count + joiners.Count, longest);
+            Fit(Sequences.Count + joiners.Count, longest, Ahead(joiners));
             using var scratch = model.CreateCache(joiners.Count, longest, config, maxStepTokens: longest);
             var logits = model.Forward(ForwardBatch.LeftPadded(prompts, model.Device, lastPositionOnly: true), scratch);
             Import(scratch);
@@ -739,7 +739,7 @@ public sealed class ServingEngine : IDisposable
                 using var scope = torch.NewDisposeScope();
                 var logits = model.Forward(p.Chunks[p.Next++], p.Scratch);
                 if (p.Next < p.Chunks.Length) return;
-                Fit(Sequences.Count + 1, p.Scratch.Length);
+                Fit(Sequences.Count + 1, p.Scratch.Length, Ahead(new[] { p.Joiner }));
                 Import(p.Scratch);
                 prefilling = null;
                 p.Dispose();
@@ -789,7 +789,7 @@ public sealed class ServingEngine : IDisposable
         /// shapes stay those of the pool.</summary>
         Launched Launch()
         {
-            Fit(Sequences.Count);
+            Fit(Sequences.Count, 0, Ahead());
             using var scope = torch.NewDisposeScope();
             var c = cache!;
             var device = model.Device;
@@ -861,28 +861,44 @@ public sealed class ServingEngine : IDisposable
             Release();
         }
 
-        public override void Fit() => Fit(0);
+        public override void Fit() => Fit(0, 0, Ahead());
 
-        /// <summary>Sizes the pool for <paramref name="rows"/> running rows and a step after joiners of up to
-        /// <paramref name="longest"/> prompt tokens: compacts away holes when the step would not fit or when the pool could
-        /// shrink, grows by doubling (when more than three quarters full), shrinks when a quarter or less is in use.</summary>
-        void Fit(int rows, int longest = 0)
+        /// <summary>Steps the pool may still run for its rows and <paramref name="joiners"/> (the most tokens a row still wants,
+        /// plus the overlapped step), when its cache only appends; 0 when its policy evicts (its capacity is the policy's).</summary>
+        int Ahead(IEnumerable<Sequence>? joiners = null) => !config.Eviction.AppendOnly ? 0
+            : Sequences.Concat(joiners ?? Enumerable.Empty<Sequence>()).Select(s => s.Request.MaxNewTokens - (s.Fed - s.Request.PromptTokens.Count))
+                .DefaultIfEmpty(0).Max() + 1;
+
+        /// <summary>Sizes the pool for <paramref name="rows"/> running rows, joiners of up to <paramref name="longest"/> prompt
+        /// tokens and <paramref name="ahead"/> more steps: compacts away holes when they would not fit or when the pool could
+        /// shrink; a cache that only appends is sized once for what its rows still want (rounded up to 64 slots: a resize
+        /// re-captures the pool's CUDA graph, and attention reads every slot), an evicting one grows by doubling (when more
+        /// than three quarters full); both shrink when a quarter or less is in use.</summary>
+        void Fit(int rows, int longest, int ahead)
         {
             if (cache is null && rows == 0) return;
             if (cache is null)
             {
-                cache = model.CreateCache(Math.Min(Pow2(rows), Engine.Options.MaxBatchSize), Pow2(Math.Max(MinimumCapacity, longest + 1)), config);
+                int length = Math.Max(longest + ahead + 1, MinimumCapacity);
+                cache = model.CreateCache(Math.Min(Pow2(rows), Engine.Options.MaxBatchSize), ahead > 0 ? RoundUp(length) : Pow2(length), config);
                 cache.ActiveRows = 0;
                 return;
             }
             rows = Math.Max(rows, cache.ActiveRows);
             int allocatedRows = cache.Options.BatchSize, capacity = cache.Options.Capacity;
-            int Need() => Math.Max(cache.Length, longest) + 1;
+            int Need() => Math.Max(cache.Length, longest) + ahead + 1;
             if (Need() > capacity || (capacity > MinimumCapacity && Need() * 4 <= capacity)) cache.Compact();
-            int length = Need();
+            int need = Need();
             int newCapacity = capacity;
-            while (length * 4 > newCapacity * 3) newCapacity *= 2;
-            if (newCapacity > MinimumCapacity && length * 4 <= newCapacity) newCapacity = Math.Max(MinimumCapacity, Pow2(length * 2));
+            if (ahead > 0)
+            {
+                if (need > capacity || (capacity > MinimumCapacity && need * 4 <= capacity)) newCapacity = RoundUp(need);
+            }
+            else
+            {
+                while (need * 4 > newCapacity * 3) newCapacity *= 2;
+                if (newCapacity > MinimumCapacity && need * 4 <= newCapacity) newCapacity = Math.Max(MinimumCapacity, Pow2(need * 2));
+            }
             int newRows = rows > allocatedRows ? Math.Min(Pow2(rows), Engine.Options.MaxBatchSize)
                 : rows * 4 <= allocatedRows ? Pow2(Math.Max(rows, 1)) : allocatedRows;
             if (newRows == allocatedRows && newCapacity == capacity) return;
@@ -890,6 +906,8 @@ public sealed class ServingEngine : IDisposable
             cache.Dispose();
             cache = resized;
         }
+
+        static int RoundUp(int n) => Math.Max(MinimumCapacity, (n + MinimumCapacity - 1) / MinimumCapacity * MinimumCapacity);
 
         static int Pow2(int n) => n <= 1 ? 1 : 1 << (32 - System.Numerics.BitOperations.LeadingZeroCount((uint)(n - 1)));
 
