@@ -4,7 +4,6 @@ using System.Text.RegularExpressions;
 using Tern.Caching;
 using Tern.Evaluation;
 using Tern.Models;
-using Tern.Runtime;
 using Tern.Training;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -35,9 +34,9 @@ public sealed class TrainingDynamicsProbe
     public string CsvPath { get; }
 
     /// <summary>A probe writing to <paramref name="directory"/> that measures attention on <paramref name="windows"/> (equal-length
-    /// token sequences, the same at every step). Rows a previous run wrote after <paramref name="resumedStep"/> are dropped: a
-    /// resumed run computes those steps again.</summary>
-    public static TrainingDynamicsProbe Create(string directory, IReadOnlyList<IReadOnlyList<int>> windows, int resumedStep = 0)
+    /// token sequences, the same at every step). A fresh run (<paramref name="resumedStep"/> null) starts a new CSV; a run resumed
+    /// at a step keeps the rows up to it and drops later ones, which it computes again.</summary>
+    public static TrainingDynamicsProbe Create(string directory, IReadOnlyList<IReadOnlyList<int>> windows, int? resumedStep = null)
     {
         if (windows.Count == 0 || windows[0].Count < 2 || windows.Any(w => w.Count != windows[0].Count))
             throw new ArgumentException("the probe needs one or more windows of equal length ≥ 2.");
@@ -46,8 +45,10 @@ public sealed class TrainingDynamicsProbe
         if (File.Exists(csv))
         {
             var lines = File.ReadAllLines(csv);
-            var kept = lines.Take(1).Concat(lines.Skip(1).Where(l => int.Parse(l.Split(',')[0], CultureInfo.InvariantCulture) <= resumedStep));
-            AtomicFile.Write(csv, s => s.Write(Encoding.UTF8.GetBytes(string.Concat(kept.Select(l => l + "\n")))));
+            var kept = resumedStep is { } step
+                ? lines.Take(1).Concat(lines.Skip(1).Where(l => int.Parse(l.Split(',')[0], CultureInfo.InvariantCulture) <= step))
+                : [];
+            LabFiles.Write(directory, CsvName, string.Concat(kept.Select(l => l + "\n")));
         }
         return new TrainingDynamicsProbe(csv, windows);
     }
