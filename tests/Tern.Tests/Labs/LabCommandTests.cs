@@ -76,5 +76,11 @@ public sealed class LabCommandTests
         var rows = File.ReadAllLines(dir.File($"probed/dynamics/{TrainingDynamicsProbe.CsvName}")).Skip(1).Select(l => l.Split(',')).ToArray();
         Assert.Equal(new[] { "0", "0", "3", "3", "6", "6" }, rows.Select(r => r[0]));
         Assert.True(File.Exists(dir.File("probed/dynamics/attention-entropy.png")));
+
+        // Its own cadence, independent of validation; the start and the last step always.
+        (code, _, error) = CliProcess.Run([.. Args(dir.File("every")), "--probe-dynamics", "--probe-windows", "1", "--probe-every", "4"]);
+        Assert.True(code == 0, error);
+        rows = File.ReadAllLines(dir.File($"every/dynamics/{TrainingDynamicsProbe.CsvName}")).Skip(1).Select(l => l.Split(',')).ToArray();
+        Assert.Equal(new[] { "0", "0", "4", "4", "6", "6" }, rows.Select(r => r[0]));
     }
 }
