@@ -132,8 +132,6 @@ public static class Joma
         var firstClass = new double[steps][];
         var gradW = new double[d * k];
         var gradZ = new double[mc];
-        var f = new double[d];
-        var o = new double[k];
         for (int t = 0; t < steps; t++)
         {
             var (s, n) = Predicted();
@@ -143,36 +141,46 @@ public static class Joma
             attention[t] = Softmax(z.Select(v => v / tau).ToArray());
             firstClass[t] = Enumerable.Range(0, mc).Select(l => w[l * k]).ToArray();
 
-            Array.Clear(gradW);
-            Array.Clear(gradZ);
-            double total = 0;
-            for (int c = 0; c < k; c++)
-            {
-                // b_c = exp(z/τ) ⊙ x_c / Σ_l exp(z_l/τ) x_lc;  f_c = U_C b_c + u_q (residual);  logits o = W ᵀ f_c; CE with label c
-                var b = Softmax(z.Select((v, l) => v / tau + Math.Log(x[l, c])).ToArray());
-                Array.Clear(f);
-                Array.Copy(b, f, mc);
-                f[mc] = 1;
-                for (int j = 0; j < k; j++) o[j] = Enumerable.Range(0, d).Sum(i => f[i] * w[i * k + j]);
-                var p = Softmax(o);
-                total -= Math.Log(p[c]);
-                // g_o = (softmax(o) − e_c)/K;  dW += f g_oᵀ;  g_b = (W g_o)[:M_c];  dz_l += b_l (g_b,l − b·g_b) / τ
-                for (int j = 0; j < k; j++) o[j] = (p[j] - (j == c ? 1 : 0)) / k;
-                var gb = new double[mc];
-                for (int i = 0; i < d; i++)
-                    for (int j = 0; j < k; j++)
-                    {
-                        gradW[i * k + j] += f[i] * o[j];
-                        if (i < mc) gb[i] += w[i * k + j] * o[j];
-                    }
-                double mean = b.Zip(gb, (a, g) => a * g).Sum();
-                for (int l = 0; l < mc; l++) gradZ[l] += b[l] * (gb[l] - mean) / tau;
-            }
-            loss[t] = total / k;
+            loss[t] = LinearLossAndGradients(x, w, z, d, tau, gradW, gradZ);
             for (int i = 0; i < w.Length; i++) w[i] -= lr * gradW[i];
             for (int l = 0; l < mc; l++) z[l] -= lr * gradZ[l];
         }
         return new JomaLinearRun(options, invariant, squaredPart, normPart, loss, attention, firstClass);
+    }
+
+    /// <summary>The linear case's loss, mean cross-entropy over the K classes (one long-sequence sample each), and its exact
+    /// gradients into <paramref name="gradW"/> ([d, K] row-major) and <paramref name="gradZ"/>.</summary>
+    internal static double LinearLossAndGradients(double[,] x, double[] w, double[] z, int d, double tau, double[] gradW, double[] gradZ)
+    {
+        int mc = x.GetLength(0), k = x.GetLength(1);
+        Array.Clear(gradW);
+        Array.Clear(gradZ);
+        var f = new double[d];
+        var o = new double[k];
+        double total = 0;
+        for (int c = 0; c < k; c++)
+        {
+            // b_c = exp(z/τ) ⊙ x_c / Σ_l exp(z_l/τ) x_lc;  f_c = U_C b_c + u_q (residual);  logits o = Wᵀ f_c; CE with label c
+            var b = Softmax(z.Select((v, l) => v / tau + Math.Log(x[l, c])).ToArray());
+            Array.Clear(f);
+            Array.Copy(b, f, mc);
+            f[mc] = 1;
+            for (int j = 0; j < k; j++) o[j] = Enumerable.Range(0, d).Sum(i => f[i] * w[i * k + j]);
+            var p = Softmax(o);
+            total -= Math.Log(p[c]);
+            // g_o = (softmax(o) − e_c)/K;  dW += f g_oᵀ;  g_b = (W g_o)[:M_c];  dz_l += b_l (g_b,l − b·g_b) / τ
+            for (int j = 0; j < k; j++) o[j] = (p[j] - (j == c ? 1 : 0)) / k;
+            var gb = new double[mc];
+            for (int i = 0; i < d; i++)
+                for (int j = 0; j < k; j++)
+                {
+                    gradW[i * k + j] += f[i] * o[j];
+                    if (i < mc) gb[i] += w[i * k + j] * o[j];
+                }
+            double mean = b.Zip(gb, (a, g) => a * g).Sum();
+            for (int l = 0; l < mc; l++) gradZ[l] += b[l] * (gb[l] - mean) / tau;
+        }
+        return total / k;
     }
 
     /// <summary>NC(a, b): cosine similarity after mean-centring (the official script's <c>norm_corr</c>, without its 1e-8).</summary>

@@ -1,4 +1,6 @@
 using Tern.Labs;
+using TorchSharp;
+using static TorchSharp.torch;
 
 namespace Tern.Tests.Labs;
 
@@ -33,5 +35,36 @@ public sealed class JomaTests
         Assert.Equal(0.942, run.Entropy.Min(), 3);
         Assert.InRange(run.SparsestStep, 660, 680);
         Assert.Equal(1.55, run.Entropy[^1], 2);
+    }
+
+    /// <summary>The hand-written gradients of the linear case equal TorchSharp's autograd of the official script's forward pass
+    /// (B = softmax-weighted X, F = U_C B + u_q, CE(Fᵀ W)), in fp64.</summary>
+    [Fact]
+    public void LinearGradientsMatchAutograd()
+    {
+        const int mc = 6, k = 4, d = 9;
+        const double tau = 0.5;
+        using var scope = torch.NewDisposeScope();
+        var generator = new Generator(3);
+        var xt = torch.rand(mc, k, ScalarType.Float64, generator: generator) + 0.1;
+        xt = xt / xt.sum(0, keepdim: true);
+        var wt = (torch.randn(d, k, ScalarType.Float64, generator: generator) * 0.7).requires_grad_(true);
+        var zt = (torch.randn(mc, ScalarType.Float64, generator: generator) * 0.7).requires_grad_(true);
+        var b = (zt / tau).exp().unsqueeze(1) * xt;
+        b = b / b.sum(0, keepdim: true);
+        var u = torch.eye(d, mc + 1, ScalarType.Float64);
+        var f = u.narrow(1, 0, mc).matmul(b) + u.narrow(1, mc, 1);
+        var loss = torch.nn.functional.cross_entropy(f.t().matmul(wt), torch.arange(k, ScalarType.Int64));
+        loss.backward();
+
+        var x = new double[mc, k];
+        for (int l = 0; l < mc; l++) for (int c = 0; c < k; c++) x[l, c] = xt[l, c].item<double>();
+        var gradW = new double[d * k];
+        var gradZ = new double[mc];
+        double mine = Joma.LinearLossAndGradients(x, wt.detach().data<double>().ToArray(), zt.detach().data<double>().ToArray(), d, tau, gradW, gradZ);
+        Assert.Equal(loss.item<double>(), mine, 12);
+        Assert.All(gradW.Zip(wt.grad!.data<double>().ToArray()), p => Assert.Equal(p.Second, p.First, 12));
+        Assert.All(gradZ.Zip(zt.grad!.data<double>().ToArray()), p => Assert.Equal(p.Second, p.First, 12));
+        Assert.Contains(gradZ, g => Math.Abs(g) > 1e-3); // the check has something to check
     }
 }
