@@ -46,7 +46,7 @@ public sealed class TrainingDynamicsProbe
         {
             var lines = File.ReadAllLines(csv);
             var kept = resumedStep is { } step
-                ? lines.Take(1).Concat(lines.Skip(1).Where(l => int.Parse(l.Split(',')[0], CultureInfo.InvariantCulture) <= step))
+                ? lines.Take(1).Concat(lines.Skip(1).Where(l => l.Length > 0 && int.Parse(l.Split(',')[0], CultureInfo.InvariantCulture) <= step))
                 : [];
             LabFiles.Write(directory, CsvName, string.Concat(kept.Select(l => l + "\n")));
         }
