@@ -11,8 +11,8 @@ using static TorchSharp.torch;
 namespace Tern.Labs;
 
 /// <summary>
-/// JoMA's measurements on a real model during training (paper §6; the official WikiText runs): per layer, the attention
-/// entropy on a fixed probe window and the stable rank of the MLP's weights, appended to a CSV at each call of
+/// JoMA's measurements on a real model during training (as the paper does on WikiText and on Pythia checkpoints): per layer,
+/// the attention entropy on a fixed probe window and the stable rank of the MLP's weights, appended to a CSV at each call of
 /// <see cref="Record"/> and plotted over steps. JoMA predicts that attention first sparsifies (entropy falls) and then becomes
 /// denser again. Attention is read through a cache policy (<see cref="IAttentionObserver"/>), the model untouched.
 /// </summary>
