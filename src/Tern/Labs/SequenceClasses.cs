@@ -40,8 +40,8 @@ public sealed record SequenceClassOptions
 /// its tokens (the common ones first, then its distinct ones, in increasing probability).</summary>
 public sealed record SequenceFact(int Query, int Next, int[] Tokens, float[] Probabilities, int CommonCount);
 
-/// <summary>A batch: context tokens [B, T−1] (ids), query token and label per sequence, and which fact each came from.</summary>
-public sealed record SequenceBatch(int[][] Context, int[] Query, int[] Label, int[] Fact);
+/// <summary>A batch: context tokens [B, T−1] (ids), and the query token and label of each sequence.</summary>
+public sealed record SequenceBatch(int[][] Context, int[] Query, int[] Label);
 
 /// <summary>
 /// Scan &amp; Snap's sequence classes. Token ids: [common][distinct blocks, one per fact][query tokens][next tokens], so the
@@ -99,18 +99,17 @@ public sealed class SequenceClasses
         var tokens = new int[batchSize][];
         var query = new int[batchSize];
         var label = new int[batchSize];
-        var fact = new int[batchSize];
         using var scope = torch.NewDisposeScope();
         var probabilities = Facts.Select(f => torch.tensor(f.Probabilities)).ToArray();
         for (int b = 0; b < batchSize; b++)
         {
-            fact[b] = random.Below(Facts.Count);
-            var f = Facts[fact[b]];
-            long[] drawn = torch.multinomial(probabilities[fact[b]], context, replacement: true, generator: generator).data<long>().ToArray();
+            int fact = random.Below(Facts.Count);
+            var f = Facts[fact];
+            long[] drawn = torch.multinomial(probabilities[fact], context, replacement: true, generator: generator).data<long>().ToArray();
             tokens[b] = drawn.Select(i => f.Tokens[i]).ToArray();
             query[b] = f.Query;
             label[b] = f.Next;
         }
-        return new SequenceBatch(tokens, query, label, fact);
+        return new SequenceBatch(tokens, query, label);
     }
 }
