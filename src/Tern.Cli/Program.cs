@@ -30,6 +30,7 @@ public static class Program
             ExportCommand.Create(),
             OffloadCommand.Create(),
             SparsityCommand.Create(),
+            LabCommand.Create(),
         };
         ParseResult parsed = root.Parse(args);
         var problems = parsed.Errors.Select(e => e.Message).Concat(SwallowedFlags(parsed)).ToList();

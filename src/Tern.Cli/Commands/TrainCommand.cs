@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Globalization;
 using System.Text.Json.Nodes;
 using Tern.Checkpoints;
+using Tern.Labs;
 using Tern.Runtime;
 using Tern.Training;
 
@@ -40,9 +41,12 @@ internal static class TrainCommand
         device.AcceptOnlyFromAmong("cpu", "cuda", "auto");
         var autocast = new Option<string>("--autocast") { Description = "bf16 mixed precision (fp32 weights and optimizer): auto = on for CUDA, off for CPU.", DefaultValueFactory = _ => "auto" };
         autocast.AcceptOnlyFromAmong("auto", "bf16", "off");
+        var probe = new Option<bool>("--probe-dynamics") { Description = $"JoMA's probe: at step 0, every --probe-every steps and the last, per layer the attention entropy on fixed validation windows and the MLP weights' stable rank, into <output>/{ProbeFolder}/ (CSV, PNGs)." };
+        var probeWindows = new Option<int>("--probe-windows") { Description = "Windows (of --seq-len tokens, from the start of --valid, else --train) the probe measures attention on.", DefaultValueFactory = _ => 4 };
+        var probeEvery = new Option<int?>("--probe-every") { Description = "Probe every N steps (default: --eval-every, else --checkpoint-every)." };
         var command = new Command("train", "Train a causal language model from a config and token files; writes an HF model folder.")
             { config, runConfig, trainFile, validFile, output, resume, tokenizer, format, steps, seq, batch, accum, lr, warmup, minLr, decay,
-              clip, evalEvery, evalBatches, ckptEvery, seed, startToken, device, autocast };
+              clip, evalEvery, evalBatches, ckptEvery, seed, startToken, device, autocast, probe, probeWindows, probeEvery };
         command.SetAction((r, cancellation) =>
         {
             string outputDir = r.GetValue(output)!;
@@ -75,7 +79,15 @@ internal static class TrainCommand
             };
             if (string.IsNullOrEmpty(o.TrainTokens))
                 throw new UsageException("--train is required (or a --run-config / resumed run that names train_tokens).");
-            return Task.FromResult(Run(r.GetValue(config), r.GetValue(resume), o, cancellation));
+            ProbeSchedule? schedule = null;
+            if (r.GetValue(probe))
+            {
+                int windows = r.GetValue(probeWindows), every = r.GetValue(probeEvery) ?? (o.EvalEvery > 0 ? o.EvalEvery : o.CheckpointEvery);
+                if (windows < 1) throw new UsageException($"--probe-windows must be at least 1 (got {windows}).");
+                if (every < 0) throw new UsageException($"--probe-every must not be negative (got {every}).");
+                schedule = new ProbeSchedule(windows, every);
+            }
+            return Task.FromResult(Run(r.GetValue(config), r.GetValue(resume), o, schedule, cancellation));
         });
         command.Subcommands.Add(PlotCommand());
         return command;
@@ -100,7 +112,13 @@ internal static class TrainCommand
         return command;
     }
 
-    static int Run(string? configPath, bool resume, TrainerOptions options, CancellationToken cancellation)
+    /// <summary>Where <c>--probe-dynamics</c> writes, inside the run folder.</summary>
+    const string ProbeFolder = "dynamics";
+
+    /// <summary><c>--probe-dynamics</c>: windows measured, and every how many steps (0: the start and the end only).</summary>
+    sealed record ProbeSchedule(int Windows, int Every);
+
+    static int Run(string? configPath, bool resume, TrainerOptions options, ProbeSchedule? probeSchedule, CancellationToken cancellation)
     {
         bool hasCheckpoint = TrainingCheckpoint.Find(options.OutputDirectory) is not null;
         if (hasCheckpoint && !resume)
@@ -128,21 +146,16 @@ internal static class TrainCommand
                 if (p.ValidLoss is not null) Console.Error.WriteLine();
                 TrainingLog.Append(log, p);
             };
+            var probe = probeSchedule is { } schedule ? Probe(trainer, options, schedule) : null;
             trainer.Run(cancellation: cancellation);
             Console.Error.WriteLine();
+            if (probe is not null) Plot(() => TrainingDynamicsProbe.Plot(probe.CsvPath, $"{trainer.Model.Info.ModelType}, {trainer.Model.Info.ParameterCount / 1e6:F1}M parameters"),
+                $"tern lab joma plot {probe.CsvPath}");
             if (File.Exists(log))
             {
                 WriteSummary(Path.Combine(options.OutputDirectory, "train-summary.json"), trainer, deviceName, log);
-                try
-                {
-                    LossCurve.FromLog(log).SavePng(Path.Combine(options.OutputDirectory, "loss-curve.png"),
-                        $"{trainer.Model.Info.ModelType}, {trainer.Model.Info.ParameterCount / 1e6:F1}M parameters, {trainer.Step} steps");
-                }
-                catch (Exception e) when (e is DllNotFoundException or TypeInitializationException)
-                {
-                    // The GPU machine's pack leaves out the plotting natives (tools/gpu/pack.sh); draw it where the log comes back.
-                    Console.Error.WriteLine($"note: loss-curve.png not drawn here ({e.GetType().Name}); draw it with 'tern train plot {log}'");
-                }
+                Plot(() => LossCurve.FromLog(log).SavePng(Path.Combine(options.OutputDirectory, "loss-curve.png"),
+                    $"{trainer.Model.Info.ModelType}, {trainer.Model.Info.ParameterCount / 1e6:F1}M parameters, {trainer.Step} steps"), $"tern train plot {log}");
             }
             if (trainer.Step < options.TotalSteps)
             {
@@ -153,6 +166,32 @@ internal static class TrainCommand
             Console.WriteLine($"wrote {Path.GetFullPath(options.OutputDirectory)} after {trainer.Step} steps ({trainer.TokensSeen:N0} tokens)");
         }
         return 0;
+    }
+
+    /// <summary>Draws a plot where the plotting natives exist: the GPU machine's pack leaves them out (tools/gpu/pack.sh), so
+    /// there it says how to draw it where the results come back.</summary>
+    static void Plot(Action draw, string redraw)
+    {
+        try { draw(); }
+        catch (Exception e) when (e is DllNotFoundException or TypeInitializationException)
+        {
+            Console.Error.WriteLine($"note: plot not drawn here ({e.GetType().Name}); draw it with '{redraw}'");
+        }
+    }
+
+    /// <summary>JoMA's training probe on the trainer's <c>StepCompleted</c> seam: the run's start (a fresh run), every
+    /// <see cref="ProbeSchedule.Every"/> steps and the last step, on the same windows each time.</summary>
+    static TrainingDynamicsProbe Probe(Trainer trainer, TrainerOptions options, ProbeSchedule schedule)
+    {
+        var source = TokenStream.Load(options.ValidTokens ?? options.TrainTokens, options.TokenFormat, trainer.Model.Info.VocabSize);
+        var probe = TrainingDynamicsProbe.Create(Path.Combine(options.OutputDirectory, ProbeFolder),
+            TrainingDynamicsProbe.Windows(source, schedule.Windows, options.SequenceLength, options.StartToken), trainer.Step == 0 ? null : trainer.Step);
+        if (trainer.Step == 0) probe.Record(trainer.Model, 0);
+        trainer.StepCompleted += p =>
+        {
+            if (p.Step == p.TotalSteps || schedule.Every > 0 && p.Step % schedule.Every == 0) probe.Record(trainer.Model, p.Step);
+        };
+        return probe;
     }
 
     /// <summary>Throughput over the logged steps after the first few (allocator and kernel warm-up), model FLOPs utilisation

@@ -1,0 +1,70 @@
+using Tern.Labs;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Tern.Tests.Labs;
+
+public sealed class JomaTests
+{
+    /// <summary>Linear case (paper Figs. 2–3): the attention logits z(t) track the invariant's prediction from the MLP weights,
+    /// NC ≥ 0.99 over all 2000 steps, while z moves far from its start and attention sparsifies onto the distinct tokens (so the
+    /// correlation is not that of a logit vector that never moved).</summary>
+    [Fact]
+    public void TheLinearInvariantHoldsWhileAttentionSparsifies()
+    {
+        var run = Joma.RunLinear(new JomaLinearOptions());
+        Assert.All(run.Invariant, nc => Assert.True(nc > 0.99, $"NC {nc:F4}"));
+        Assert.True(run.SquaredPart.Min() < 0.5, "the squared projections alone should not explain z: the ‖w‖² term matters");
+        Assert.True(run.Loss[^1] < run.Loss[0] - 0.3, $"loss {run.Loss[0]:F3} → {run.Loss[^1]:F3}");
+        double start = ScanSnap.Entropy(run.Attention[0]), end = ScanSnap.Entropy(run.Attention[^1]);
+        Assert.True(end < start - 0.3, $"attention entropy {start:F3} → {end:F3}");
+        double distinct(double[] a) => a.Take(run.Options.Distinct).Sum();
+        Assert.True(distinct(run.Attention[^1]) > distinct(run.Attention[0]) + 0.2);
+    }
+
+    /// <summary>Nonlinear toy (Fig. 4, the official script's recipe): entropy starts at ln 10, falls to its minimum near step 669
+    /// (sparse: the largest targets learned first), then rises again (denser) — 2.303 → 0.942 → 1.55.</summary>
+    [Fact]
+    public void TheNonlinearToyFirstSparsifiesThenBecomesDenser()
+    {
+        var run = Joma.RunNonlinear(new JomaNonlinearOptions());
+        // μ = sort(3r + 1), r the first ten torch.rand draws after manual_seed(0) (libtorch's generator, shared with PyTorch).
+        double[] r = [0.4963, 0.7682, 0.0885, 0.1320, 0.3074, 0.6341, 0.4901, 0.8964, 0.4556, 0.6323];
+        Assert.Equal(r.Order(), run.Target.Select(v => Math.Round((v - 1) / 3, 4)));
+        Assert.Equal(Math.Log(10), run.Entropy[0], 12);
+        Assert.Equal(0.942, run.Entropy.Min(), 3);
+        Assert.InRange(run.SparsestStep, 660, 680);
+        Assert.Equal(1.55, run.Entropy[^1], 2);
+    }
+
+    /// <summary>The hand-written gradients of the linear case equal TorchSharp's autograd of the official script's forward pass
+    /// (B = softmax-weighted X, F = U_C B + u_q, CE(Fᵀ W)), in fp64.</summary>
+    [Fact]
+    public void LinearGradientsMatchAutograd()
+    {
+        const int mc = 6, k = 4, d = 9;
+        const double tau = 0.5;
+        using var scope = torch.NewDisposeScope();
+        var generator = new Generator(3);
+        var xt = torch.rand(mc, k, ScalarType.Float64, generator: generator) + 0.1;
+        xt = xt / xt.sum(0, keepdim: true);
+        var wt = (torch.randn(d, k, ScalarType.Float64, generator: generator) * 0.7).requires_grad_(true);
+        var zt = (torch.randn(mc, ScalarType.Float64, generator: generator) * 0.7).requires_grad_(true);
+        var b = (zt / tau).exp().unsqueeze(1) * xt;
+        b = b / b.sum(0, keepdim: true);
+        var u = torch.eye(d, mc + 1, ScalarType.Float64);
+        var f = u.narrow(1, 0, mc).matmul(b) + u.narrow(1, mc, 1);
+        var loss = torch.nn.functional.cross_entropy(f.t().matmul(wt), torch.arange(k, ScalarType.Int64));
+        loss.backward();
+
+        var x = new double[mc, k];
+        for (int l = 0; l < mc; l++) for (int c = 0; c < k; c++) x[l, c] = xt[l, c].item<double>();
+        var gradW = new double[d * k];
+        var gradZ = new double[mc];
+        double mine = Joma.LinearLossAndGradients(x, wt.detach().data<double>().ToArray(), zt.detach().data<double>().ToArray(), d, tau, gradW, gradZ);
+        Assert.Equal(loss.item<double>(), mine, 12);
+        Assert.All(gradW.Zip(wt.grad!.data<double>().ToArray()), p => Assert.Equal(p.Second, p.First, 12));
+        Assert.All(gradZ.Zip(zt.grad!.data<double>().ToArray()), p => Assert.Equal(p.Second, p.First, 12));
+        Assert.Contains(gradZ, g => Math.Abs(g) > 1e-3); // the check has something to check
+    }
+}
