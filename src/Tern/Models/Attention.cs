@@ -33,11 +33,39 @@ internal static class Attention
     /// <summary>q [B,T,H,D], k and v [B,T,Hkv,D] (rotated); returns [B,T,H·D].</summary>
     /// <param name="cachedKeyRotation">When the policy positions keys by their cache index, k arrives unrotated and is stored
     /// so; every cached key is then rotated here to its index among its row's occupied slots.</param>
-    public static Tensor Forward(Tensor q, Tensor k, Tensor v, ModelStep step, LayerKvCache cache, AttentionSettings s,
+    public static Tensor Forward(Tensor q, Tensor k, Tensor v, ModelStep step, LayerState state, AttentionSettings s,
         RotaryEmbedding? cachedKeyRotation = null)
     {
+        if (state.Segments is { } segments) return Segmented(q, k, v, segments, state.Layer, s, cachedKeyRotation);
+        var cache = state.Cache!;
         if (cache.Device.type != q.device.type) return WhereTheCacheLives(q, k, v, step.Batch, cache, s, cachedKeyRotation);
         return Forward(q, k, v, step, cache, s, cachedKeyRotation, cache.DType);
+    }
+
+    /// <summary>
+    /// A step whose row ranges belong to caches of different configurations: each range attends through its own cache, as a
+    /// step over that cache alone would. Keys arrive unrotated when some cache keeps them at their cache index; a range whose
+    /// cache stores them rotated gets them rotated here, at its positions.
+    /// </summary>
+    static Tensor Segmented(Tensor q, Tensor k, Tensor v, IReadOnlyList<StepSegment> segments, int layer, AttentionSettings s,
+        RotaryEmbedding? cachedKeyRotation)
+    {
+        var outputs = new Tensor[segments.Count];
+        for (int i = 0; i < segments.Count; i++)
+        {
+            var (start, rows, caches, step) = (segments[i].Start, segments[i].Rows, segments[i].Cache, segments[i].Step);
+            var cache = caches[layer];
+            var keys = k.narrow(0, start, rows);
+            RotaryEmbedding? rotation = null;
+            if (cachedKeyRotation is not null && cache.KeysAtCacheIndex) rotation = cachedKeyRotation;
+            else if (cachedKeyRotation is not null)
+            {
+                var (cos, sin) = cachedKeyRotation.Lookup(step.Batch.ModelPositions, step.Batch.MaxModelPosition);
+                keys = cachedKeyRotation.Apply(keys, cos, sin);
+            }
+            outputs[i] = Forward(q.narrow(0, start, rows), keys, v.narrow(0, start, rows), step, cache, s, rotation);
+        }
+        return torch.cat(outputs, 0);
     }
 
     /// <summary>

@@ -200,23 +200,57 @@ public abstract class CausalLanguageModel : IStepModel, IDisposable
     /// <summary>The embedding part: token ids (and, for learned positions, positions) to hidden states [B,T,H].</summary>
     private protected abstract Tensor Embed(PartWeights weights, ModelStep step);
 
-    /// <summary>Decoder layer <paramref name="layer"/>: hidden states in and out, keys and values through its cache.</summary>
-    private protected abstract Tensor Layer(int layer, PartWeights weights, Tensor hidden, ModelStep step, LayerKvCache cache);
+    /// <summary>Decoder layer <paramref name="layer"/>: hidden states in and out, keys and values through its cache (or, for a
+    /// segmented step, each row range's cache).</summary>
+    private protected abstract Tensor Layer(int layer, PartWeights weights, Tensor hidden, ModelStep step, LayerState cache);
 
     /// <summary>The head: hidden states of the positions that want logits ([B,H] or [B,T,H]) to logits.</summary>
     private protected abstract Tensor Head(PartWeights weights, Tensor hidden, ModelStep step);
 
-    /// <summary>The forward pass: embedding, every layer (each one's temporaries freed as it ends), head.</summary>
-    Tensor Run(ForwardBatch batch, KvCache cache)
+    /// <summary>
+    /// Runs one step whose rows belong to several caches, consecutive ranges of <paramref name="caches"/>' active rows in
+    /// order (serving pools of different KV cache configurations): everything but attention runs once over all rows, each
+    /// range attends through its own cache under its own policy. Each range's logits equal those of <see cref="Forward(ForwardBatch, KvCache)"/>
+    /// over its cache alone. Dynamic shapes only (no <see cref="ForwardBatch.WriteSlots"/>).
+    /// </summary>
+    internal Tensor Forward(ForwardBatch batch, IReadOnlyList<KvCache> caches)
     {
-        var step = new ModelStep(batch, Sparsity?.ForStep(batch));
+        if (caches.Count == 1) return Forward(batch, caches[0]);
+        if (batch.WriteSlots is not null) throw new ArgumentException("a step over several caches runs with dynamic shapes (no write slots).");
+        using var noGrad = torch.no_grad();
+        using var scope = torch.NewDisposeScope();
+        var segments = new List<StepSegment>(caches.Count);
+        int start = 0;
+        foreach (var cache in caches)
+        {
+            var rows = batch.Rows(start, cache.ActiveRows);
+            if (cache.Options.RollPositions) rows = AtCacheIndexes(rows, cache);
+            segments.Add(new StepSegment(start, cache.ActiveRows, cache, new ModelStep(rows)));
+            start += cache.ActiveRows;
+        }
+        if (start != batch.InputIds.shape[0])
+            throw new ArgumentException($"the caches hold {start} active rows; the step has {batch.InputIds.shape[0]}.");
+        if (segments.Any(s => s.Cache.Options.RollPositions))
+            batch = batch.WithModelPositions(torch.cat(segments.Select(s => s.Step.Batch.ModelPositions).ToArray()), segments.Max(s => s.Step.Batch.MaxModelPosition));
+        CheckPositions(batch);
+        var logits = Run(new ModelStep(batch, Sparsity?.ForStep(batch)), layer => LayerState.Of(segments, layer));
+        foreach (var s in segments) s.Cache.Advance(s.Step.Batch.RealTokens);
+        return logits.MoveToOuterDisposeScope();
+    }
+
+    Tensor Run(ForwardBatch batch, KvCache cache) => Run(new ModelStep(batch, Sparsity?.ForStep(batch)), layer => cache[layer]);
+
+    /// <summary>The forward pass: embedding, every layer (each one's temporaries freed as it ends), head.</summary>
+    Tensor Run(ModelStep step, Func<int, LayerState> layerState)
+    {
+        var batch = step.Batch;
         var h = Embed(Parts[0], step);
         for (int i = 0; i < Info.Layers; i++)
         {
             var input = h;
             step.Sparsity?.LayerInput(i, h); // outside the layer's scope: what it predicts for the next layer must outlive it
             using var layerScope = torch.NewDisposeScope();
-            h = Layer(i, Parts[i + 1], h, step, cache[i]);
+            h = Layer(i, Parts[i + 1], h, step, layerState(i));
             h.MoveToOuterDisposeScope();
             input.Dispose(); // free each layer's input now rather than at the end of the step
         }

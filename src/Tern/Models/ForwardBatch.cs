@@ -51,6 +51,19 @@ public sealed class ForwardBatch
         LastPositionOnly = LastPositionOnly, WriteSlots = WriteSlots, ModelPositions = positions, MaxModelPosition = maxPosition,
     };
 
+    /// <summary>Rows [<paramref name="start"/>, start + <paramref name="count"/>) of this batch (views; host bounds kept).</summary>
+    internal ForwardBatch Rows(int start, int count)
+    {
+        var real = RealTokens.Skip(start).Take(count).ToArray();
+        long tokens = InputIds.shape[1];
+        return new ForwardBatch
+        {
+            InputIds = InputIds.narrow(0, start, count), Positions = Positions.narrow(0, start, count), RealTokens = real,
+            HasPadding = HasPadding && real.Any(n => n < tokens), MaxPosition = MaxPosition, LastPositionOnly = LastPositionOnly,
+            ModelPositions = ModelPositions.narrow(0, start, count), MaxModelPosition = MaxModelPosition,
+        };
+    }
+
     /// <summary>
     /// A prefill batch of prompts of different lengths, left-padded to the longest with <paramref name="padId"/>: real tokens
     /// get positions 0, 1, … of their own sequence, padding gets -1 (masked everywhere).

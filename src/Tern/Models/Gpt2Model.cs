@@ -80,7 +80,7 @@ internal sealed class Gpt2Model : CausalLanguageModel
              + w["wpe.weight"].index_select(0, batch.ModelPositions.clamp_min(0).flatten()).view(b, t, -1);
     }
 
-    private protected override Tensor Layer(int layer, PartWeights w, Tensor h, ModelStep step, LayerKvCache cache)
+    private protected override Tensor Layer(int layer, PartWeights w, Tensor h, ModelStep step, LayerState cache)
     {
         long b = h.shape[0], t = h.shape[1];
         var s = attention[layer];

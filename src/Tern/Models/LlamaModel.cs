@@ -102,7 +102,7 @@ internal sealed class LlamaModel : CausalLanguageModel
         return w["embed_tokens.weight"].index_select(0, ids.flatten()).view(ids.shape[0], ids.shape[1], -1);
     }
 
-    private protected override Tensor Layer(int layer, PartWeights w, Tensor h, ModelStep step, LayerKvCache cache)
+    private protected override Tensor Layer(int layer, PartWeights w, Tensor h, ModelStep step, LayerState cache)
     {
         long b = h.shape[0], t = h.shape[1];
         var s = attention[layer];

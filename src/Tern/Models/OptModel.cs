@@ -81,7 +81,7 @@ internal sealed class OptModel : CausalLanguageModel
         return x + pos;
     }
 
-    private protected override Tensor Layer(int layer, PartWeights w, Tensor h, ModelStep step, LayerKvCache cache)
+    private protected override Tensor Layer(int layer, PartWeights w, Tensor h, ModelStep step, LayerState cache)
     {
         long b = h.shape[0], t = h.shape[1];
         var (attnNormW, attnNormB) = (w["self_attn_layer_norm.weight"], w["self_attn_layer_norm.bias"]);
