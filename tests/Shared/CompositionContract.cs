@@ -57,8 +57,12 @@ public abstract class CompositionContract
         for (int i = 0; i < prompts.Length; i++) Assert.Equal(expected.Sequences[i].Tokens, captured.Sequences[i].Tokens);
     }
 
-    [Fact]
-    public async Task ServingPoolsOfEveryPolicyStepSideBySideWithStaticShapes()
+    /// <param name="together">Pools of different policies step in one forward pass (dynamic shapes), else each its own
+    /// static-shape pass (a CUDA graph on CUDA).</param>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task ServingPoolsOfEveryPolicyStepSideBySideWithStaticShapesOrTogether(bool together)
     {
         using var model = CausalLanguageModel.Load(Fixtures.ModelDir("llama-gqa"), Load);
         var prompts = Prompts(model.Info.VocabSize);
@@ -68,7 +72,7 @@ public abstract class CompositionContract
             (0, Greedy(30, Policy("h2o", "12", evictEvery: 3))), (2, Greedy(26, Policy("window", "8"))), (1, Greedy(20, Policy("full", bits: 8))),
         };
         var expected = cases.Select(c => new Generator(model).GenerateTokens(new[] { prompts[c.Item1] }, c.Item2, Ct).Sequences[0].Tokens).ToArray();
-        using var engine = ServingEngine.Start(model, null, new ServingOptions { MaxBatchSize = 8, UseCudaGraphs = Graphs, ForceStaticShapes = !Graphs });
+        using var engine = ServingEngine.Start(model, null, new ServingOptions { MaxBatchSize = 8, UseCudaGraphs = Graphs, ForceStaticShapes = !Graphs, StepPoolsTogether = together });
         var requests = cases.Select(c => engine.Submit(prompts[c.Item1], c.Item2, Ct)).ToArray();
         for (int i = 0; i < cases.Length; i++) Assert.Equal(expected[i], (await requests[i].Completion).Tokens);
     }

@@ -252,8 +252,10 @@ public sealed class ServingEngine : IDisposable
         while (incoming.Reader.TryRead(out var request)) waiting.Add(request);
         DropCancelled();
         Admit();
-        foreach (var batch in batches.ToArray())
-            if (batch.Busy) batch.Step();
+        var busy = batches.Where(b => b.Busy).ToArray();
+        var pooled = busy.OfType<DecodeBatch>().ToArray();
+        if (Options.StepPoolsTogether && pooled.Length > 1) DecodeBatch.StepTogether(pooled);
+        foreach (var batch in Options.StepPoolsTogether && pooled.Length > 1 ? busy.Except(pooled) : busy) batch.Step();
         foreach (var batch in batches) batch.Fit();
         foreach (var idle in pools.Where(p => !p.Value.Busy).ToArray())
         {
@@ -771,12 +773,7 @@ public sealed class ServingEngine : IDisposable
             if (Sequences.Count == 0) return;
             try
             {
-                var launched = Sequences.Any(s => s.WantsStep) ? Launch() : null;
-                var previous = pending;
-                pending = Engine.overlap ? launched : null;
-                var collect = Engine.overlap ? previous : launched;
-                if (collect is null && launched is null) throw new InvalidOperationException("a pool with running sequences has no step in flight.");
-                if (collect is not null) Deliver(collect.Rows, Readback.Wait(collect.Tokens));
+                Collect(Sequences.Any(s => s.WantsStep) ? Launch() : null);
             }
             catch (Exception e)
             {
@@ -785,16 +782,105 @@ public sealed class ServingEngine : IDisposable
             }
         }
 
-        /// <summary>Queues one step: rows whose sequence wants no more tokens step as padding (position -1), so the step's
-        /// shapes stay those of the pool.</summary>
+        /// <summary>
+        /// One decode step over the rows of several pools in one forward pass (<see cref="ServingOptions.StepPoolsTogether"/>):
+        /// the weights are read once for every row, attention runs per pool under its own policy
+        /// (<see cref="CausalLanguageModel.Forward(ForwardBatch, IReadOnlyList{KvCache})"/>), with dynamic shapes.
+        /// </summary>
+        public static void StepTogether(IReadOnlyList<DecodeBatch> pools)
+        {
+            var parts = new List<(DecodeBatch Pool, Sequence?[] Rows)>();
+            foreach (var pool in pools)
+            {
+                if (pool.prefilling is not null) pool.AdvancePrefill();
+                if (pool.Sequences.Count == 0) continue;
+                if (!pool.Sequences.Any(s => s.WantsStep))
+                {
+                    pool.Collect(null);
+                    continue;
+                }
+                try
+                {
+                    pool.Fit(pool.Sequences.Count, 0, pool.Ahead());
+                    parts.Add((pool, pool.StepRows()));
+                }
+                catch (Exception e)
+                {
+                    pool.Abandon(e);
+                }
+            }
+            if (parts.Count == 1)
+            {
+                parts[0].Pool.Step();
+                return;
+            }
+            if (parts.Count == 0) return;
+            var launched = new Launched[parts.Count];
+            try
+            {
+                using var scope = torch.NewDisposeScope();
+                var engine = parts[0].Pool.Engine;
+                var model = engine.inMemory!;
+                var rows = parts.SelectMany(p => p.Rows).ToArray();
+                var logits = model.Forward(EagerStep(torch.cat(parts.Select(p => p.Pool.NextIds.narrow(0, 0, p.Rows.Length)).ToArray()), rows, model.Device),
+                    parts.Select(p => p.Pool.cache!).ToArray());
+                engine.steps++;
+                int start = 0;
+                for (int i = 0; i < parts.Count; i++)
+                {
+                    launched[i] = parts[i].Pool.Record(parts[i].Rows, logits.narrow(0, start, parts[i].Rows.Length));
+                    start += parts[i].Rows.Length;
+                }
+            }
+            catch (Exception e)
+            {
+                // The pools' caches are in an unknown state: every pool of the step starts afresh.
+                foreach (var (pool, _) in parts) pool.Abandon(e);
+                return;
+            }
+            for (int i = 0; i < parts.Count; i++)
+            {
+                try
+                {
+                    parts[i].Pool.Collect(launched[i]);
+                }
+                catch (Exception e)
+                {
+                    parts[i].Pool.Abandon(e);
+                }
+            }
+        }
+
+        /// <summary>The running rows as a step sees them: each row's sequence, or null where it steps as padding (it wants no
+        /// more tokens).</summary>
+        Sequence?[] StepRows() => Sequences.Select(s => s.WantsStep ? s : null).ToArray();
+
+        /// <summary>A one-token step of these rows (padding at position -1), with dynamic shapes.</summary>
+        static ForwardBatch EagerStep(Tensor ids, Sequence?[] rows, Device device)
+        {
+            var positions = rows.Select(s => s is null ? -1L : s.Fed).ToArray();
+            var stepPositions = torch.empty(rows.Length, 1, ScalarType.Int64, device);
+            using (var host = torch.tensor(positions, new long[] { rows.Length, 1 })) stepPositions.copy_(host, true); // no wait for the device
+            return new ForwardBatch
+            {
+                InputIds = ids.unsqueeze(1),
+                Positions = stepPositions,
+                RealTokens = rows.Select(s => s is null ? 0 : 1).ToArray(),
+                HasPadding = rows.Contains(null),
+                MaxPosition = (int)positions.Max(),
+                LastPositionOnly = true,
+            };
+        }
+
+        /// <summary>Queues this pool's step alone: rows whose sequence wants no more tokens step as padding (position -1), so the
+        /// step's shapes stay those of the pool.</summary>
         Launched Launch()
         {
             Fit(Sequences.Count, 0, Ahead());
             using var scope = torch.NewDisposeScope();
             var c = cache!;
             var device = model.Device;
-            var rows = Sequences.Select(s => s.WantsStep ? s : null).ToArray();
-            var positions = rows.Select(s => s is null ? -1L : s.Fed).ToArray();
+            var rows = StepRows();
             var ids = NextIds.narrow(0, 0, rows.Length);
             Tensor logits;
             if ((Engine.Options.ForceStaticShapes || Engine.Options.UseCudaGraphs && StepGraph.CanCapture(device)) && StepGraph.Serves(c))
@@ -804,27 +890,32 @@ public sealed class ServingEngine : IDisposable
                     graphed?.Dispose();
                     graphed = new StaticStep(model, c, capture: !Engine.Options.ForceStaticShapes);
                 }
-                logits = graphed.Run(ids, positions);
+                logits = graphed.Run(ids, rows.Select(s => s is null ? -1L : s.Fed).ToArray());
             }
-            else
-            {
-                var stepPositions = torch.empty(rows.Length, 1, ScalarType.Int64, device);
-                using (var host = torch.tensor(positions, new long[] { rows.Length, 1 })) stepPositions.copy_(host, true); // no wait for the device
-                logits = model.Forward(new ForwardBatch
-                {
-                    InputIds = ids.unsqueeze(1),
-                    Positions = stepPositions,
-                    RealTokens = rows.Select(s => s is null ? 0 : 1).ToArray(),
-                    HasPadding = rows.Contains(null),
-                    MaxPosition = (int)positions.Max(),
-                    LastPositionOnly = true,
-                }, c);
-            }
-            foreach (var s in rows) if (s is not null) s.Fed++;
+            else logits = model.Forward(EagerStep(ids, rows, device), c);
             Engine.steps++;
+            return Record(rows, logits);
+        }
+
+        /// <summary>After a step of the pool's rows (<paramref name="logits"/> [rows, vocab]): advances them, selects their next
+        /// tokens on the device, feeds them to the next step and starts reading them back.</summary>
+        Launched Record(Sequence?[] rows, Tensor logits)
+        {
+            foreach (var s in rows) if (s is not null) s.Fed++;
             var next = Select(Sequences, logits);
-            ids.copy_(next); // the next step's input, without a trip through the host
+            NextIds.narrow(0, 0, rows.Length).copy_(next); // the next step's input, without a trip through the host
             return new Launched(rows, Readback.Start(next));
+        }
+
+        /// <summary>Streams the tokens of the step before <paramref name="launched"/> when steps overlap, else of
+        /// <paramref name="launched"/> itself (null: no step was queued now).</summary>
+        void Collect(Launched? launched)
+        {
+            var previous = pending;
+            pending = Engine.overlap ? launched : null;
+            var collect = Engine.overlap ? previous : launched;
+            if (collect is null && launched is null) throw new InvalidOperationException("a pool with running sequences has no step in flight.");
+            if (collect is not null) Deliver(collect.Rows, Readback.Wait(collect.Tokens));
         }
 
         /// <summary>Removes a sequence (finished when <paramref name="error"/> is null): the last row moves into its row, so the

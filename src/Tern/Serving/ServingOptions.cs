@@ -40,6 +40,11 @@ public sealed record ServingOptions
     /// each token by a step.</summary>
     public bool? OverlapSteps { get; init; }
 
+    /// <summary>When requests of several KV cache configurations run (pools of different policies), step them in one forward
+    /// pass (the weights read once for every row, attention per pool) rather than one pass per pool; that pass runs with
+    /// dynamic shapes (no CUDA graph).</summary>
+    public bool StepPoolsTogether { get; init; } = true;
+
     /// <summary>Tests: the static-shape step without a graph, so CPU runs prove the body a graph captures.</summary>
     internal bool ForceStaticShapes { get; init; }
 

@@ -110,14 +110,16 @@ public sealed class ServingEngineTests : IDisposable
     }
 
     /// <summary>Every KV policy is served in a shared pool: requests of the same policy share one batch (their budgets resolved
-    /// for their own lengths), different policies run side by side in one step, sequences join mid-run, and each request gets
-    /// the tokens the <see cref="Generator"/> gives it alone. Window re-computation is refused with the field.</summary>
+    /// for their own lengths), different policies run in one forward pass (<paramref name="together"/>) or one pass per pool,
+    /// sequences join mid-run, and each request gets the tokens the <see cref="Generator"/> gives it alone. Window
+    /// re-computation is refused with the field.</summary>
     [Theory]
-    [InlineData(false, false)]
-    [InlineData(true, false)]
-    [InlineData(false, true)]
-    [InlineData(true, true)]
-    public async Task EveryPolicyIsPooledAndEachRequestEqualsTheGeneratorAlone(bool staticShapes, bool overlap)
+    [InlineData(false, false, true)]
+    [InlineData(false, true, true)]
+    [InlineData(false, false, false)]
+    [InlineData(true, false, false)]
+    [InlineData(true, true, false)]
+    public async Task EveryPolicyIsPooledAndEachRequestEqualsTheGeneratorAlone(bool staticShapes, bool overlap, bool together)
     {
         KvCacheConfig Policy(string name, string? budget, int bits = 16, int? sinks = null, int evictEvery = 1) => KvCachePolicies.Create(new KvPolicyOptions
         {
@@ -137,13 +139,17 @@ public sealed class ServingEngineTests : IDisposable
             (3, Greedy(40) with { Cache = Policy("full", null, bits: 8) }),
         };
         var expected = cases.Select(c => Reference(ServingFixture.Prompts[c.Prompt], c.Options)).ToArray();
-        using var engine = ServingEngine.Start(fixture.Model, fixture.Tokenizer, new ServingOptions { MaxBatchSize = 16, ForceStaticShapes = staticShapes, OverlapSteps = overlap });
+        using var engine = ServingEngine.Start(fixture.Model, fixture.Tokenizer, new ServingOptions { MaxBatchSize = 16, ForceStaticShapes = staticShapes, OverlapSteps = overlap, StepPoolsTogether = together });
 
-        var together = cases.Select(c => engine.Submit(ServingFixture.Prompts[c.Prompt], c.Options, Ct)).ToArray();
+        var all = cases.Select(c => engine.Submit(ServingFixture.Prompts[c.Prompt], c.Options, Ct)).ToArray();
         ServingStats? seen = null; // one snapshot: the stats of one step boundary
         await WaitFor(() => (seen = engine.Stats).Running == cases.Length);
         Assert.Equal(7, seen!.Pools); // nine requests, seven distinct policies once resolved
-        for (int i = 0; i < cases.Length; i++) Assert.Equal(expected[i], (await together[i].Completion).Tokens);
+        for (int i = 0; i < cases.Length; i++) Assert.Equal(expected[i], (await all[i].Completion).Tokens);
+        // One forward pass a step for every pool, or one a pool: 40 tokens need 39 decode steps of each.
+        await WaitFor(() => engine.Stats.Running == 0);
+        long steps = engine.Stats.Steps;
+        Assert.True(together ? steps < 2 * 40 : steps > 5 * 39, $"{steps} steps");
 
         // Staggered: each joins its policy's pool while the earlier requests are mid-way.
         var staggered = new List<ServingRequest>();
