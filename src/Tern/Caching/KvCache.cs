@@ -121,6 +121,13 @@ public sealed class KvCache : IDisposable
     /// <see cref="Length"/> becomes the largest row's entry count.</summary>
     internal void Compact()
     {
+        if (ActiveRows == 0)
+        {
+            // Nothing to keep (an idle serving pool): back to a fresh cache's state, in place (a captured graph keeps its tensors).
+            foreach (var l in layers) l.EmptyAll();
+            Array.Clear(sequenceLengths);
+            return;
+        }
         foreach (var l in layers)
         {
             using var occupied = l.ActivePositions.ge(0);

@@ -303,6 +303,16 @@ public sealed class LayerKvCache : IDisposable
         AttendedKeysStale = true;
     }
 
+    /// <summary>Empties every row in place, as a fresh layer is (storage, policy state and the tensors a CUDA graph captured stay).</summary>
+    internal void EmptyAll()
+    {
+        if (Length > 0) positions.narrow(2, 0, Length).fill_(-1);
+        entryState?.zero_();
+        Length = 0;
+        HasHoles = false;
+        AttendedKeysStale = true;
+    }
+
     /// <summary>Moves row <paramref name="from"/>'s entries into row <paramref name="to"/> (whose entries are dropped) and empties
     /// row <paramref name="from"/>: how serving keeps its live sequences in rows [0, Rows).</summary>
     internal void MoveRow(int from, int to)

@@ -25,7 +25,7 @@ internal sealed class StepGraph(KvCache cache, Tensor slot, Action body, bool ca
     /// <summary>Runs one step: the body writes at <c>slot</c> and advances it.</summary>
     public void Run()
     {
-        if (Evicts())
+        if (EvictsAfterNextStep(cache))
         {
             body();
             cache.AlignLengths();
@@ -44,7 +44,7 @@ internal sealed class StepGraph(KvCache cache, Tensor slot, Action body, bool ca
             {
                 body();
                 torch.cuda.synchronize();
-                if (!Evicts()) // else a later step is captured
+                if (!EvictsAfterNextStep(cache)) // else a later step is captured
                 {
                     graph = new LibTorchCuda.Graph();
                     graph.CaptureBegin();
@@ -66,8 +66,9 @@ internal sealed class StepGraph(KvCache cache, Tensor slot, Action body, bool ca
         }
     }
 
-    /// <summary>True when the next one-token step ends in an eviction in some layer.</summary>
-    bool Evicts()
+    /// <summary>True when the next one-token step over <paramref name="cache"/> ends in an eviction in some layer (it then runs
+    /// eagerly, outside any graph).</summary>
+    public static bool EvictsAfterNextStep(KvCache cache)
     {
         for (int l = 0; l < cache.LayerCount; l++)
             if (cache.Policy.EvictsAfter(cache[l], 1)) return true;

@@ -47,6 +47,9 @@ public sealed class ServingEngine : IDisposable
     // Scheduler state, touched by the loop thread only.
     readonly List<ServingRequest> waiting = new();
     readonly Dictionary<KvCacheConfig, Batch> pools = new(); // by configuration value
+    /// <summary>How long an idle pool keeps its cache and CUDA graph for the next requests of its configuration (requests that
+    /// arrive in rounds would otherwise re-allocate and re-capture them every round).</summary>
+    static readonly TimeSpan IdlePoolLifetime = TimeSpan.FromSeconds(1);
     IEnumerable<Batch> batches => pools.Values;
     long steps, generated, completed, cancelled;
 
@@ -257,22 +260,32 @@ public sealed class ServingEngine : IDisposable
         if (Options.StepPoolsTogether && pooled.Length > 1) DecodeBatch.StepTogether(pooled);
         foreach (var batch in Options.StepPoolsTogether && pooled.Length > 1 ? busy.Except(pooled) : busy) batch.Step();
         foreach (var batch in batches) batch.Fit();
-        foreach (var idle in pools.Where(p => !p.Value.Busy).ToArray())
+        var now = DateTime.UtcNow;
+        foreach (var (config, pool) in pools.ToArray())
         {
-            idle.Value.Dispose();
-            pools.Remove(idle.Key);
+            if (pool.Busy) pool.IdleSince = null;
+            else if ((pool.IdleSince ??= now) + IdlePoolLifetime <= now)
+            {
+                pool.Dispose();
+                pools.Remove(config);
+            }
         }
     }
 
+    /// <summary>Waits for a request (true) or for the engine to stop (false); wakes up meanwhile (true) when an idle pool's
+    /// lifetime ends, so that the next boundary releases it.</summary>
     bool WaitForWork()
     {
+        var expiry = pools.Values.Min(p => p.IdleSince + IdlePoolLifetime);
+        using var wake = CancellationTokenSource.CreateLinkedTokenSource(stopping.Token);
+        if (expiry is { } at) wake.CancelAfter(TimeSpan.FromMilliseconds(Math.Max(1, (at - DateTime.UtcNow).TotalMilliseconds)));
         try
         {
-            return incoming.Reader.WaitToReadAsync(stopping.Token).AsTask().GetAwaiter().GetResult();
+            return incoming.Reader.WaitToReadAsync(wake.Token).AsTask().GetAwaiter().GetResult();
         }
         catch (OperationCanceledException)
         {
-            return false;
+            return !stopping.IsCancellationRequested;
         }
     }
 
@@ -360,6 +373,8 @@ public sealed class ServingEngine : IDisposable
 
         /// <summary>True while the batch has work.</summary>
         public abstract bool Busy { get; }
+        /// <summary>When the batch last stopped having work (null while busy): the engine releases it after a while.</summary>
+        public DateTime? IdleSince { get; set; }
         /// <summary>True when joiners may be admitted at this step boundary.</summary>
         public abstract bool Admits { get; }
         /// <summary>The sequences still running (and one being prefilled).</summary>
@@ -883,7 +898,9 @@ public sealed class ServingEngine : IDisposable
             var rows = StepRows();
             var ids = NextIds.narrow(0, 0, rows.Length);
             Tensor logits;
-            if ((Engine.Options.ForceStaticShapes || Engine.Options.UseCudaGraphs && StepGraph.CanCapture(device)) && StepGraph.Serves(c))
+            // A step that evicts runs eagerly anyway: over the pool's live slots (dynamic shapes), not over every static slot.
+            bool staticShapes = (Engine.Options.ForceStaticShapes || Engine.Options.UseCudaGraphs && StepGraph.CanCapture(device)) && StepGraph.Serves(c);
+            if (staticShapes && !StepGraph.EvictsAfterNextStep(c))
             {
                 if (graphed?.Cache != c)
                 {
@@ -892,7 +909,11 @@ public sealed class ServingEngine : IDisposable
                 }
                 logits = graphed.Run(ids, rows.Select(s => s is null ? -1L : s.Fed).ToArray());
             }
-            else logits = model.Forward(EagerStep(ids, rows, device), c);
+            else
+            {
+                logits = model.Forward(EagerStep(ids, rows, device), c);
+                if (staticShapes) c.AlignLengths(); // the static steps that follow write every layer at one slot
+            }
             Engine.steps++;
             return Record(rows, logits);
         }
@@ -940,7 +961,13 @@ public sealed class ServingEngine : IDisposable
             Sequences[row] = Sequences[last];
             Sequences.RemoveAt(last);
             if (cache is not null) cache.ActiveRows = Sequences.Count;
-            if (Sequences.Count == 0) Release();
+            if (Sequences.Count == 0)
+            {
+                // The pool idles: it keeps its cache (emptied as a fresh one is) and its graph for the next requests.
+                if (pending is not null) Readback.Drop(pending.Tokens);
+                pending = null;
+                cache?.Compact();
+            }
             Finish(s, error);
         }
 
@@ -952,7 +979,17 @@ public sealed class ServingEngine : IDisposable
             Release();
         }
 
-        public override void Fit() => Fit(0, 0, Ahead());
+        /// <summary>Boundaries in a row at which the pool could have shrunk; it shrinks after <see cref="ShrinkAfter"/> (a pool
+        /// that resizes re-captures its CUDA graph: load that dips for a moment should not cost two captures).</summary>
+        int lowUse;
+        const int ShrinkAfter = 64;
+
+        /// <summary>Step-boundary housekeeping: an idle pool keeps its shapes for the next requests; a busy one shrinks after a
+        /// sustained low use.</summary>
+        public override void Fit()
+        {
+            if (Sequences.Count > 0 || prefilling is not null) Fit(0, 0, Ahead(), housekeeping: true);
+        }
 
         /// <summary>Steps the pool may still run for its rows and <paramref name="joiners"/> (the most tokens a row still wants,
         /// plus the overlapped step), when its cache only appends; 0 when its policy evicts (its capacity is the policy's).</summary>
@@ -961,11 +998,12 @@ public sealed class ServingEngine : IDisposable
                 .DefaultIfEmpty(0).Max() + 1;
 
         /// <summary>Sizes the pool for <paramref name="rows"/> running rows, joiners of up to <paramref name="longest"/> prompt
-        /// tokens and <paramref name="ahead"/> more steps: compacts away holes when they would not fit or when the pool could
-        /// shrink; a cache that only appends is sized once for what its rows still want (rounded up to 64 slots: a resize
-        /// re-captures the pool's CUDA graph, and attention reads every slot), an evicting one grows by doubling (when more
-        /// than three quarters full); both shrink when a quarter or less is in use.</summary>
-        void Fit(int rows, int longest, int ahead)
+        /// tokens and <paramref name="ahead"/> more steps. It grows when they would not fit: a cache that only appends is sized
+        /// once for what its rows still want (rounded up to 64 slots: a resize re-captures the pool's CUDA graph, and attention
+        /// reads every slot), an evicting one doubles when more than three quarters full; holes are compacted away first. It
+        /// shrinks (rows, or slots, to a quarter or less in use) only at <paramref name="housekeeping"/> boundaries, after
+        /// <see cref="ShrinkAfter"/> of them in a row could have.</summary>
+        void Fit(int rows, int longest, int ahead, bool housekeeping = false)
         {
             if (cache is null && rows == 0) return;
             if (cache is null)
@@ -978,20 +1016,18 @@ public sealed class ServingEngine : IDisposable
             rows = Math.Max(rows, cache.ActiveRows);
             int allocatedRows = cache.Options.BatchSize, capacity = cache.Options.Capacity;
             int Need() => Math.Max(cache.Length, longest) + ahead + 1;
-            if (Need() > capacity || (capacity > MinimumCapacity && Need() * 4 <= capacity)) cache.Compact();
+            bool fewerRows = allocatedRows > 1 && rows * 4 <= allocatedRows, fewerSlots = capacity > MinimumCapacity && Need() * 4 <= capacity;
+            if (housekeeping) lowUse = fewerRows || fewerSlots ? lowUse + 1 : 0;
+            bool shrink = housekeeping && lowUse >= ShrinkAfter;
+            if (Need() > capacity || shrink && fewerSlots) cache.Compact();
             int need = Need();
             int newCapacity = capacity;
-            if (ahead > 0)
-            {
-                if (need > capacity || (capacity > MinimumCapacity && need * 4 <= capacity)) newCapacity = RoundUp(need);
-            }
-            else
-            {
-                while (need * 4 > newCapacity * 3) newCapacity *= 2;
-                if (newCapacity > MinimumCapacity && need * 4 <= newCapacity) newCapacity = Math.Max(MinimumCapacity, Pow2(need * 2));
-            }
+            if (ahead > 0 && need > capacity) newCapacity = RoundUp(need);
+            while (ahead == 0 && need * 4 > newCapacity * 3) newCapacity *= 2;
+            if (shrink && capacity > MinimumCapacity && need * 4 <= capacity) newCapacity = ahead > 0 ? RoundUp(need) : Math.Max(MinimumCapacity, Pow2(need * 2));
             int newRows = rows > allocatedRows ? Math.Min(Pow2(rows), Engine.Options.MaxBatchSize)
-                : rows * 4 <= allocatedRows ? Pow2(Math.Max(rows, 1)) : allocatedRows;
+                : shrink && fewerRows ? Pow2(Math.Max(rows, 1)) : allocatedRows;
+            if (shrink) lowUse = 0;
             if (newRows == allocatedRows && newCapacity == capacity) return;
             var resized = cache.Resized(newRows, newCapacity);
             cache.Dispose();
