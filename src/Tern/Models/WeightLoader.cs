@@ -114,6 +114,17 @@ internal sealed class PartLoader(WeightLoader loader, string prefix)
     public Linear Fused(string name, string[] parts, long[] outFeatures, long inFeatures, bool bias) =>
         Add(name, loader.Fused(parts.Select(p => prefix + p).ToArray(), outFeatures, inFeatures, bias));
 
+    /// <summary>Loads a factored linear map (<see cref="LowRankLayout"/>): <c>weight_a</c> [width, in], <c>weight_b</c>
+    /// [out, width], the original variant's frozen <c>weight</c> [out, in] and the bias when <paramref name="bias"/>.</summary>
+    public void Factored(string name, LowRankLayout layout, long outFeatures, long inFeatures, bool bias)
+    {
+        int width = layout.Linears[Weights.Prefix + name].Width;
+        if (layout.Variant == LowRankVariant.Original) Get(name + ".weight", outFeatures, inFeatures);
+        Get(name + ".weight_a", width, inFeatures);
+        Get(name + ".weight_b", outFeatures, width);
+        if (bias) Get(name + ".bias", outFeatures);
+    }
+
     /// <summary>Registers a linear map (weights transformed at load, e.g. transposed or reordered) as <paramref name="name"/>.</summary>
     public Linear Add(string name, Linear linear)
     {
