@@ -4,6 +4,7 @@ using System.Text.Json.Nodes;
 using Tern.Checkpoints;
 using Tern.Runtime;
 using Tern.Training;
+using Tern.Training.InRank;
 
 namespace Tern.Cli.Commands;
 
@@ -40,9 +41,24 @@ internal static class TrainCommand
         device.AcceptOnlyFromAmong("cpu", "cuda", "auto");
         var autocast = new Option<string>("--autocast") { Description = "bf16 mixed precision (fp32 weights and optimizer): auto = on for CUDA, off for CPU.", DefaultValueFactory = _ => "auto" };
         autocast.AcceptOnlyFromAmong("auto", "bf16", "off");
+        var r0 = new InRankOptions();
+        var inrank = new Option<bool>("--inrank") { Description = "InRank: train the MLP linears as growing low-rank products B·A, then at the discovered rank (Llama family)." };
+        var inrankVariant = new Option<string>("--inrank-variant") { Description = "efficient (W = B·A, as released) or original (W = W0 + B·A, W0 frozen).", DefaultValueFactory = _ => "efficient" };
+        inrankVariant.AcceptOnlyFromAmong("efficient", "original");
+        var inrankRank = new Option<int>("--inrank-initial-rank") { Description = "InRank's initial rank r0.", DefaultValueFactory = _ => r0.InitialRank };
+        var inrankBuffer = new Option<int>("--inrank-buffer") { Description = "InRank's buffer b of live components past the rank (rank cap Rmax − b).", DefaultValueFactory = _ => r0.Buffer };
+        var inrankThreshold = new Option<double>("--inrank-threshold") { Description = "InRank's explained-variance threshold α.", DefaultValueFactory = _ => r0.Threshold };
+        var inrankWarmup = new Option<int>("--inrank-warmup") { Description = "Forward passes before InRank's first rank check.", DefaultValueFactory = _ => r0.Warmup };
+        var inrankEvery = new Option<int>("--inrank-check-every") { Description = "A rank check every N forward passes (validation counts, as released).", DefaultValueFactory = _ => r0.CheckEvery };
+        var inrankStage1 = new Option<int>("--inrank-stage1-steps") { Description = "Optimizer steps of rank discovery; then the factors are truncated to their ranks.", DefaultValueFactory = _ => r0.Stage1Steps };
+        var inrankScale = new Option<double>("--inrank-init-scale") { Description = "Scale of the Kaiming-uniform initial factors.", DefaultValueFactory = _ => r0.InitScale };
+        var inrankMoments = new Option<string>("--inrank-moments") { Description = "Adam moments of the factors at the hand-off: slice (as released) or reset.", DefaultValueFactory = _ => "slice" };
+        inrankMoments.AcceptOnlyFromAmong("slice", "reset");
+        var lowRank = new Option<int?>("--low-rank") { Description = "Fixed-rank control: every MLP linear B·A at this rank throughout (no rank discovery)." };
         var command = new Command("train", "Train a causal language model from a config and token files; writes an HF model folder.")
             { config, runConfig, trainFile, validFile, output, resume, tokenizer, format, steps, seq, batch, accum, lr, warmup, minLr, decay,
-              clip, evalEvery, evalBatches, ckptEvery, seed, startToken, device, autocast };
+              clip, evalEvery, evalBatches, ckptEvery, seed, startToken, device, autocast,
+              inrank, inrankVariant, inrankRank, inrankBuffer, inrankThreshold, inrankWarmup, inrankEvery, inrankStage1, inrankScale, inrankMoments, lowRank };
         command.SetAction((r, cancellation) =>
         {
             string outputDir = r.GetValue(output)!;
@@ -73,6 +89,24 @@ internal static class TrainCommand
                     _ => o.Autocast, // from the run config
                 },
             };
+            // InRank: on when asked (--inrank or --low-rank) or in the run config; its flags override the config's values.
+            bool Given(Option option) => r.GetResult(option) is { Implicit: false };
+            if (r.GetValue(inrank) || Given(lowRank) || o.InRank is not null)
+            {
+                var ir = o.InRank ?? new InRankOptions();
+                o = o with
+                {
+                    InRank = ir with
+                    {
+                        Variant = Given(inrankVariant) ? Enum.Parse<Tern.Models.LowRankVariant>(r.GetValue(inrankVariant)!, true) : ir.Variant,
+                        InitialRank = Pick(inrankRank, ir.InitialRank), Buffer = Pick(inrankBuffer, ir.Buffer), Threshold = Pick(inrankThreshold, ir.Threshold),
+                        Warmup = Pick(inrankWarmup, ir.Warmup), CheckEvery = Pick(inrankEvery, ir.CheckEvery), Stage1Steps = Pick(inrankStage1, ir.Stage1Steps),
+                        InitScale = Pick(inrankScale, ir.InitScale),
+                        Moments = Given(inrankMoments) ? Enum.Parse<MomentHandoff>(r.GetValue(inrankMoments)!, true) : ir.Moments,
+                        FixedRank = Pick(lowRank, ir.FixedRank),
+                    },
+                };
+            }
             if (string.IsNullOrEmpty(o.TrainTokens))
                 throw new UsageException("--train is required (or a --run-config / resumed run that names train_tokens).");
             return Task.FromResult(Run(r.GetValue(config), r.GetValue(resume), o, cancellation));
@@ -84,16 +118,18 @@ internal static class TrainCommand
     /// <summary><c>tern train plot LOG</c>: draws a run's loss curve where the plotting natives exist (a GPU pack leaves them out).</summary>
     static Command PlotCommand()
     {
-        var log = new Argument<string>("log") { Description = "A run's train-log.jsonl." };
+        var log = new Argument<string>("log") { Description = "A run's train-log.jsonl (loss curve) or inrank-log.jsonl (rank of each MLP linear against the step)." };
         var output = new Option<string?>("--output", "-o") { Description = "PNG to write (default: loss-curve.png next to the log)." };
         var title = new Option<string>("--title") { Description = "Plot title.", DefaultValueFactory = _ => "training loss" };
-        var command = new Command("plot", "Draw the loss curve of a run's train-log.jsonl as a PNG.") { log, output, title };
+        var command = new Command("plot", "Draw the loss curve of a run's train-log.jsonl, or the ranks of its inrank-log.jsonl, as a PNG.") { log, output, title };
         command.SetAction(r =>
         {
             string path = r.GetValue(log)!;
             if (!File.Exists(path)) throw new FileNotFoundException($"'{Path.GetFullPath(path)}' does not exist.", path);
-            string png = r.GetValue(output) ?? Path.Combine(Path.GetDirectoryName(Path.GetFullPath(path))!, "loss-curve.png");
-            LossCurve.FromLog(path).SavePng(png, r.GetValue(title)!);
+            bool ranks = Path.GetFileName(path) == RankLog.FileName;
+            string png = r.GetValue(output) ?? Path.Combine(Path.GetDirectoryName(Path.GetFullPath(path))!, ranks ? RankLog.PlotName : "loss-curve.png");
+            if (ranks) RankLog.SavePng(path, png, r.GetResult(title) is { Implicit: false } ? r.GetValue(title)! : "InRank: rank of each MLP linear");
+            else LossCurve.FromLog(path).SavePng(png, r.GetValue(title)!);
             Console.WriteLine(png);
             return 0;
         });
@@ -142,6 +178,18 @@ internal static class TrainCommand
                 {
                     // The GPU machine's pack leaves out the plotting natives (tools/gpu/pack.sh); draw it where the log comes back.
                     Console.Error.WriteLine($"note: loss-curve.png not drawn here ({e.GetType().Name}); draw it with 'tern train plot {log}'");
+                }
+            }
+            string ranks = Path.Combine(options.OutputDirectory, RankLog.FileName);
+            if (File.Exists(ranks))
+            {
+                try
+                {
+                    RankLog.SavePng(ranks, Path.Combine(options.OutputDirectory, RankLog.PlotName), "InRank: rank of each MLP linear");
+                }
+                catch (Exception e) when (e is DllNotFoundException or TypeInitializationException)
+                {
+                    Console.Error.WriteLine($"note: {RankLog.PlotName} not drawn here ({e.GetType().Name}); draw it with 'tern train plot {ranks}'");
                 }
             }
             if (trainer.Step < options.TotalSteps)

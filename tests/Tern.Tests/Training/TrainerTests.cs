@@ -31,7 +31,7 @@ public class TrainerTests
         return ids.Take(length).ToArray();
     }
 
-    static TrainerOptions Options(TempDir dir, int steps = 12) => new()
+    internal static TrainerOptions Options(TempDir dir, int steps = 12) => new()
     {
         OutputDirectory = dir.File("out"),
         TrainTokens = Tokens(dir, "train.bin", 4000, 1),

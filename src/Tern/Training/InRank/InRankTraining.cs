@@ -11,7 +11,7 @@ namespace Tern.Training.InRank;
 /// InRank in a <see cref="Trainer"/> run: the factored MLPs of a fresh model (config.json's <c>low_rank</c> section, Kaiming-
 /// uniform factors), the rank check every <see cref="InRankOptions.CheckEvery"/> forward passes, the stage hand-off, and the
 /// forward count a checkpoint keeps (<see cref="StateFile"/>) so a resumed run decides exactly as the interrupted one would have.
-/// Every check and the hand-off append rows to <see cref="LogFile"/> in the run folder (<see cref="RankLog"/>).
+/// Every check and the hand-off append rows to <see cref="RankLog.FileName"/> in the run folder (<see cref="RankLog"/>).
 /// </summary>
 internal sealed class InRankTraining
 {
