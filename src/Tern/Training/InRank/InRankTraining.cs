@@ -85,7 +85,13 @@ internal sealed class InRankTraining
                 var values = (torch.rand(p.shape, ScalarType.Float64, generator: generator) * 2 - 1) * bound;
                 p.copy_(values.to(p.dtype).to(p.device));
             }
-        if (File.Exists(Path.Combine(outputDirectory, RankLog.FileName))) File.Delete(Path.Combine(outputDirectory, RankLog.FileName));
+        string log = Path.Combine(outputDirectory, RankLog.FileName);
+        if (File.Exists(log)) File.Delete(log);
+        if (layout.Stage == 1)
+        {
+            Directory.CreateDirectory(outputDirectory);
+            RankLog.Append(log, layout.Linears.Select(l => RankLog.Start(l.Key, l.Value.Rank, layout.Live(l.Key))));
+        }
         return new InRankTraining(model, options, outputDirectory, forwards: 0);
     }
 

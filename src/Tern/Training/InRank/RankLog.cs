@@ -4,7 +4,7 @@ using Tern.Evaluation;
 namespace Tern.Training.InRank;
 
 /// <summary>
-/// A run's <c>inrank-log.jsonl</c>: one row per factored linear map at every rank check — <c>step</c> (the optimizer step the
+/// A run's <c>inrank-log.jsonl</c>: one row per factored linear map at the start (step 0: r0), at every rank check — <c>step</c> (the optimizer step the
 /// forward pass belongs to), <c>forward</c>, <c>linear</c>, <c>rank</c>, <c>live</c>, <c>explained</c> (g of the last k tried;
 /// null at the cap) and <c>top</c> (the 20 largest singular values of the live product) — and one per linear at the stage
 /// hand-off (<c>handoff: true</c>, the kept rank). A resumed run cuts it back to its checkpoint's step, as the training log.
@@ -23,6 +23,12 @@ public static class RankLog
         ["step"] = step, ["forward"] = forward, ["linear"] = linear, ["rank"] = decision.Rank, ["live"] = live,
         ["explained"] = double.IsNaN(decision.Explained) ? null : decision.Explained,
         ["top"] = new JsonArray(spectrum.Take(TopValues).Select(v => (JsonNode?)JsonValue.Create(v)).ToArray()),
+    };
+
+    /// <summary>The row of one linear when rank discovery starts (step 0).</summary>
+    public static JsonObject Start(string linear, int rank, long live) => new()
+    {
+        ["step"] = 0, ["forward"] = 0, ["linear"] = linear, ["rank"] = rank, ["live"] = live,
     };
 
     /// <summary>The row of one linear at the stage hand-off.</summary>
