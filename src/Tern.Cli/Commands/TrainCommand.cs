@@ -42,7 +42,7 @@ internal static class TrainCommand
         var autocast = new Option<string>("--autocast") { Description = "bf16 mixed precision (fp32 weights and optimizer): auto = on for CUDA, off for CPU.", DefaultValueFactory = _ => "auto" };
         autocast.AcceptOnlyFromAmong("auto", "bf16", "off");
         var r0 = new InRankOptions();
-        var inrank = new Option<bool>("--inrank") { Description = "InRank: train the MLP linears as growing low-rank products B·A, then at the discovered rank (Llama family)." };
+        var inrank = new Option<bool>("--inrank") { Description = "InRank: train the MLP linears as growing low-rank products B·A, then at the discovered rank (Llama family, GPT-2)." };
         var inrankVariant = new Option<string>("--inrank-variant") { Description = "efficient (W = B·A, as released) or original (W = W0 + B·A, W0 frozen).", DefaultValueFactory = _ => "efficient" };
         inrankVariant.AcceptOnlyFromAmong("efficient", "original");
         var inrankRank = new Option<int>("--inrank-initial-rank") { Description = "InRank's initial rank r0.", DefaultValueFactory = _ => r0.InitialRank };

@@ -64,8 +64,9 @@ public static class CheckpointExport
                 var a = reader.LoadAsStored(linear + ".weight_a").narrow(0, 0, live);
                 var b = reader.LoadAsStored(linear + ".weight_b").narrow(1, 0, live);
                 var w = b.to(ScalarType.Float64).matmul(a.to(ScalarType.Float64));
+                if (layout.DenseTransposed) w = w.t(); // stored [in, out] (GPT-2's Conv1D)
                 if (layout.Variant == Models.LowRankVariant.Original) w = w + reader.LoadAsStored(linear + ".weight").to(ScalarType.Float64);
-                tensors.Add((linear + ".weight", Cast(w.to(a.dtype))));
+                tensors.Add((linear + ".weight", Cast(w.to(a.dtype).contiguous())));
                 continue;
             }
             tensors.Add((name, Cast(reader.LoadAsStored(name))));

@@ -38,18 +38,21 @@ public abstract class CausalLanguageModel : IStepModel, IDisposable
         ["gpt2"] = (c, w) => new Gpt2Model(c, w),
     };
 
-    /// <summary>The MLP linear maps (full name, out, in) of the architectures InRank can factor, by <c>model_type</c>.</summary>
-    static readonly Dictionary<string, Func<HfConfig, IEnumerable<(string Name, long Out, long In)>>> MlpLinearsByType = new()
+    /// <summary>The MLP linear maps (full name, out, in) of the architectures InRank can factor, by <c>model_type</c>, and
+    /// whether their dense weights are stored transposed ([in, out]).</summary>
+    static readonly Dictionary<string, (Func<HfConfig, IEnumerable<(string Name, long Out, long In)>> Linears, bool Transposed)> MlpLinearsByType = new()
     {
-        ["llama"] = LlamaModel.MlpLinearMaps,
-        ["mistral"] = LlamaModel.MlpLinearMaps,
-        ["qwen2"] = LlamaModel.MlpLinearMaps,
+        ["llama"] = (LlamaModel.MlpLinearMaps, false),
+        ["mistral"] = (LlamaModel.MlpLinearMaps, false),
+        ["qwen2"] = (LlamaModel.MlpLinearMaps, false),
+        ["gpt2"] = (Gpt2Model.MlpLinearMaps, true),
     };
 
-    /// <summary>The MLP linear maps of every block of <paramref name="config"/>'s model (full name, out, in); null when the
-    /// architecture cannot have factored (low-rank) MLPs.</summary>
-    public static IReadOnlyList<(string Name, long Out, long In)>? MlpLinears(HfConfig config) =>
-        MlpLinearsByType.TryGetValue(config.ModelType, out var list) ? list(config).ToArray() : null;
+    /// <summary>The MLP linear maps of every block of <paramref name="config"/>'s model (full name, out, in) and whether the
+    /// checkpoint stores their dense weights transposed (GPT-2's Conv1D); null when the architecture cannot have factored
+    /// (low-rank) MLPs.</summary>
+    public static (IReadOnlyList<(string Name, long Out, long In)> Linears, bool DenseTransposed)? MlpLinears(HfConfig config) =>
+        MlpLinearsByType.TryGetValue(config.ModelType, out var entry) ? (entry.Linears(config).ToArray(), entry.Transposed) : null;
 
     /// <summary>The factored linear maps of an InRank model (config.json's <c>low_rank</c> section); null: all dense.</summary>
     public LowRankLayout? LowRank { get; private protected init; }

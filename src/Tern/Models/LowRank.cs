@@ -29,7 +29,8 @@ public sealed class LowRankFactor
 ///              "linears": {"model.layers.0.mlp.up_proj": {"rank": 2, "width": 256}, ...}}
 /// </code>
 /// A factored linear <c>L</c> stores <c>L.weight_a</c> [width, in] and <c>L.weight_b</c> [out, width] (plus, for the original
-/// variant, the frozen <c>L.weight</c> [out, in]; and <c>L.bias</c> when the architecture has one). The forward pass uses the
+/// variant, the frozen <c>L.weight</c> [out, in], or [in, out] where <c>"dense_transposed": true</c> says the architecture
+/// stores it so, as GPT-2; and <c>L.bias</c> when the architecture has one). The forward pass uses the
 /// first <see cref="Live"/> components: rank + buffer in stage 1 (rank discovery), rank in stage 2. The section is what a loader
 /// detects: without it every linear is dense.
 /// </summary>
@@ -56,6 +57,9 @@ public sealed class LowRankLayout
     public int Stage { get; set; }
     /// <summary>Components live past the rank in stage 1 (InRank's buffer b).</summary>
     public int Buffer { get; }
+    /// <summary>True when the architecture stores its dense weights transposed, [in, out] (GPT-2's Conv1D): the original
+    /// variant's W0 is read so, and a dense export writes W so.</summary>
+    public bool DenseTransposed { get; init; }
     /// <summary>The factored linear maps by full name, in model order.</summary>
     public IReadOnlyDictionary<string, LowRankFactor> Linears => linears;
 
@@ -78,7 +82,10 @@ public sealed class LowRankLayout
     {
         var list = new JsonObject();
         foreach (var (name, f) in linears) list[name] = new JsonObject { ["rank"] = f.Rank, ["width"] = f.Width };
-        return new JsonObject { ["variant"] = Variant.ToString().ToLowerInvariant(), ["stage"] = Stage, ["buffer"] = Buffer, ["linears"] = list };
+        var json = new JsonObject { ["variant"] = Variant.ToString().ToLowerInvariant(), ["stage"] = Stage, ["buffer"] = Buffer };
+        if (DenseTransposed) json["dense_transposed"] = true;
+        json["linears"] = list;
+        return json;
     }
 
     /// <summary>The layout of <paramref name="config"/>'s <c>low_rank</c> section; null when it has none. Errors name the field.</summary>
@@ -104,7 +111,7 @@ public sealed class LowRankLayout
                 linears[name] = f;
             }
             if (stage is not (1 or 2)) throw config.Error($"{ConfigKey}.stage", $"is {stage} (expected 1 or 2)");
-            return new LowRankLayout(variant, stage, buffer, linears);
+            return new LowRankLayout(variant, stage, buffer, linears) { DenseTransposed = (bool?)section["dense_transposed"] ?? false };
         }
         catch (Exception e) when (e is InvalidOperationException or FormatException or NullReferenceException)
         {

@@ -75,7 +75,7 @@ public sealed record TrainerOptions
     public ModelDType? Autocast { get; init; }
 
     /// <summary>InRank: the MLP linears trained as growing low-rank products, then at the discovered fixed rank (or at
-    /// <see cref="InRankOptions.FixedRank"/> throughout); null = dense. Llama-family models.</summary>
+    /// <see cref="InRankOptions.FixedRank"/> throughout); null = dense. Llama-family and GPT-2 models.</summary>
     public InRankOptions? InRank { get; init; }
 
     /// <summary>Which parameters train, by <see cref="ModelParameter.Name"/>; null = all. The others stay frozen.</summary>

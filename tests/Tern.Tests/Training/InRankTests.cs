@@ -244,6 +244,37 @@ public class InRankTests
         }
     }
 
+    /// <summary>The release's model: GPT-2 with both MLP linears (c_fc, c_proj) factored, in either variant, through the
+    /// hand-off; the saved model loads, and its dense export (Conv1D [in, out] again) gives the same logits.</summary>
+    [Theory]
+    [InlineData(LowRankVariant.Efficient)]
+    [InlineData(LowRankVariant.Original)]
+    public void Gpt2TrainsWithInRankAndExportsDense(LowRankVariant variant)
+    {
+        using var dir = new TempDir();
+        var options = TrainerTests.Options(dir, steps: 8) with { InRank = Small with { Variant = variant }, CheckpointEvery = 0 };
+        using (var trainer = Trainer.Create(TrainableArchitectureTests.TinyGpt2(), options))
+        {
+            Assert.Equal(new[] { "transformer.h.0.mlp.c_fc", "transformer.h.0.mlp.c_proj", "transformer.h.1.mlp.c_fc", "transformer.h.1.mlp.c_proj" },
+                trainer.Model.LowRank!.Linears.Keys);
+            trainer.Run();
+            Assert.Equal(2, trainer.Model.LowRank.Stage);
+        }
+        string dense = dir.File("dense");
+        CheckpointExport.Run(options.OutputDirectory, dense, new ExportOptions { Dense = true });
+        using (var reader = CheckpointReader.Open(dense))
+            Assert.Equal(new long[] { 32, 128 }, reader.LoadAsStored("transformer.h.0.mlp.c_fc.weight").shape); // Conv1D: [in, out]
+        using var scope = torch.NewDisposeScope();
+        var prompt = new[] { new[] { 5, 9, 13, 17, 21, 25, 30, 31 } };
+        Tensor Logits(string folder)
+        {
+            using var model = CausalLanguageModel.Load(folder, new ModelLoadOptions { Device = DeviceKind.Cpu });
+            using var cache = model.CreateCache(1, 8, maxStepTokens: 8);
+            return model.Forward(ForwardBatch.LeftPadded(prompt, torch.CPU), cache);
+        }
+        Assert.True(Logits(dense).allclose(Logits(options.OutputDirectory), rtol: 0, atol: 1e-4));
+    }
+
     static void CopyFolder(string from, string to)
     {
         Directory.CreateDirectory(to);

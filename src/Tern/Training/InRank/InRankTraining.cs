@@ -44,9 +44,9 @@ internal sealed class InRankTraining
     {
         options.Validate();
         var mlp = CausalLanguageModel.MlpLinears(config) ?? throw new OptionException(
-            $"{TernOption.InRankInitialRank}: InRank factors the MLPs of Llama-family models; '{config.ModelType}' ({config.Path}) is not supported yet.");
+            $"{TernOption.InRankInitialRank}: InRank factors the MLPs of Llama-family and GPT-2 models; '{config.ModelType}' ({config.Path}) is not supported yet.");
         var linears = new Dictionary<string, LowRankFactor>(StringComparer.Ordinal);
-        foreach (var (name, outFeatures, inFeatures) in mlp)
+        foreach (var (name, outFeatures, inFeatures) in mlp.Linears)
         {
             int full = (int)Math.Min(outFeatures, inFeatures), maxRank = full / 2;
             if (options.FixedRank is { } rank)
@@ -61,7 +61,8 @@ internal sealed class InRankTraining
                 linears[name] = new LowRankFactor { Rank = options.InitialRank, Width = maxRank };
             }
         }
-        var layout = new LowRankLayout(options.Variant, options.FixedRank is null ? 1 : 2, options.FixedRank is null ? options.Buffer : 0, linears);
+        var layout = new LowRankLayout(options.Variant, options.FixedRank is null ? 1 : 2, options.FixedRank is null ? options.Buffer : 0, linears)
+            { DenseTransposed = mlp.DenseTransposed };
         var json = config.Json.DeepClone().AsObject();
         json[LowRankLayout.ConfigKey] = layout.ToJson();
         return HfConfig.Parse(json.ToJsonString(), config.Path);
