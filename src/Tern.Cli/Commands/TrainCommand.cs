@@ -172,7 +172,7 @@ internal static class TrainCommand
                 try
                 {
                     LossCurve.FromLog(log).SavePng(Path.Combine(options.OutputDirectory, "loss-curve.png"),
-                        $"{trainer.Model.Info.ModelType}, {trainer.Model.Info.ParameterCount / 1e6:F1}M parameters, {trainer.Step} steps");
+                        $"{trainer.Model.Info.ModelType}, {trainer.ParameterCount / 1e6:F1}M parameters, {trainer.Step} steps");
                 }
                 catch (Exception e) when (e is DllNotFoundException or TypeInitializationException)
                 {
@@ -218,7 +218,7 @@ internal static class TrainCommand
         var last = rows[^1];
         var summary = new JsonObject
         {
-            ["device"] = deviceName, ["parameters"] = trainer.Model.Info.ParameterCount, ["steps"] = (int)last["step"]!,
+            ["device"] = deviceName, ["parameters"] = trainer.ParameterCount, ["steps"] = (int)last["step"]!,
             ["tokens_per_second"] = Math.Round(tokensPerSecond), ["flops_per_token"] = flops,
             ["model_tflops_per_second"] = Math.Round(tokensPerSecond * flops / 1e12, 2), ["mfu"] = mfu is { } m ? Math.Round(m, 4) : null,
             ["final_loss"] = (double)last["loss"]!, ["final_valid_loss"] = rows.LastOrDefault(r => r["valid_loss"] is not null)?["valid_loss"]?.GetValue<double>(),

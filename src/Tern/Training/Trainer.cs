@@ -177,7 +177,11 @@ public sealed class Trainer : IDisposable
     }
 
     /// <summary>Training FLOPs per token of this model at the run's sequence length (<see cref="ModelFlops.TrainingPerToken"/>).</summary>
-    public double FlopsPerToken => ModelFlops.TrainingPerToken(Model.Info, options.SequenceLength, Model.Config.GetBool("tie_word_embeddings") ?? false);
+    public double FlopsPerToken => ModelFlops.TrainingPerToken(Model.Info with { ParameterCount = ParameterCount }, options.SequenceLength,
+        Model.Config.GetBool("tie_word_embeddings") ?? false);
+
+    /// <summary>The model's parameters now (tied tensors once): InRank's hand-off shrinks them below the loaded count.</summary>
+    public long ParameterCount => Model.Parameters.Sum(p => p.Tensor.NumberOfElements);
 
     /// <summary>The device's peak FLOP/s for the run's matrix products, when known (<see cref="ModelFlops.PeakPerSecond"/>).</summary>
     public double? PeakFlops => ModelFlops.PeakPerSecond(DeviceReport.Name(Model.Device), (options.Autocast ?? options.DType).ToScalarType());
