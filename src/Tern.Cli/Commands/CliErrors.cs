@@ -46,6 +46,7 @@ internal static class CliErrors
         [TernOption.PerplexityWindow] = "--window",
         [TernOption.PerplexityStride] = "--stride",
         [TernOption.StartToken] = "--start-token",
+        [TernOption.InRank] = "--inrank",
         [TernOption.InRankInitialRank] = "--inrank-initial-rank",
         [TernOption.InRankBuffer] = "--inrank-buffer",
         [TernOption.InRankThreshold] = "--inrank-threshold",

@@ -64,6 +64,8 @@ public sealed class TernOption
     public static readonly TernOption PerplexityStride = new("PerplexityOptions.Stride");
     /// <summary>Token that starts every training sequence.</summary>
     public static readonly TernOption StartToken = new("TrainerOptions.StartToken");
+    /// <summary>InRank's low-rank MLP training itself.</summary>
+    public static readonly TernOption InRank = new("TrainerOptions.InRank");
     /// <summary>InRank's initial rank r0.</summary>
     public static readonly TernOption InRankInitialRank = new("InRankOptions.InitialRank");
     /// <summary>InRank's buffer b of live components past the rank.</summary>

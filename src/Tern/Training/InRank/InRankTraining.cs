@@ -44,7 +44,7 @@ internal sealed class InRankTraining
     {
         options.Validate();
         var mlp = CausalLanguageModel.MlpLinears(config) ?? throw new OptionException(
-            $"{TernOption.InRankInitialRank}: InRank factors the MLPs of Llama-family and GPT-2 models; '{config.ModelType}' ({config.Path}) is not supported yet.");
+            $"{TernOption.InRank} factors the MLPs of Llama-family and GPT-2 models; '{config.ModelType}' ({config.Path}) is not supported yet.");
         var linears = new Dictionary<string, LowRankFactor>(StringComparer.Ordinal);
         foreach (var (name, outFeatures, inFeatures) in mlp.Linears)
         {
