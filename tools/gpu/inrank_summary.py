@@ -32,14 +32,14 @@ for name in ("full", "inrank", "fixed"):
 
 full = rows["full"]
 print(f"Device: {read('gpu.txt', '?')}; control rank {read('control-rank.txt', '?')}.\n")
-print("| run | parameters | valid ppl | Δ vs full | KJV ppl | mean MLP rank (% of full) | wall s | × full | peak MiB | × full | tokens/s |")
-print("|---|---|---|---|---|---|---|---|---|---|---|")
+print("| run | parameters (model smaller) | valid ppl | Δ vs full | KJV ppl | mean MLP rank (% of full) | wall s (faster) | peak MiB (smaller) | tokens/s |")
+print("|---|---|---|---|---|---|---|---|---|")
 for name, label in (("full", "full rank"), ("inrank", "InRank"), ("fixed", "fixed-rank control")):
     r = rows[name]
     ranks = list(r["ranks"].values())
     mean = f"{sum(ranks) / len(ranks):.1f} ({100 * sum(ranks) / len(ranks) / r['full_rank']:.1f}%)" if ranks else "full"
-    print(f"| {label} | {r['params']:,} | {r['valid']:.3f} | {100 * (r['valid'] / full['valid'] - 1):+.2f}% | {r['kjv']:.3f} | {mean} | "
-          f"{r['wall']:.0f} | {full['wall'] / r['wall']:.2f}× faster | {r['peak']:.0f} | {full['peak'] / r['peak']:.2f}× smaller | {r['tps']:,.0f} |")
+    print(f"| {label} | {r['params']:,} ({full['params'] / r['params']:.2f}×) | {r['valid']:.3f} | {100 * (r['valid'] / full['valid'] - 1):+.2f}% | "
+          f"{r['kjv']:.3f} | {mean} | {r['wall']:.0f} ({full['wall'] / r['wall']:.2f}×) | {r['peak']:.0f} ({full['peak'] / r['peak']:.2f}×) | {r['tps']:,.0f} |")
 dense = re.search(r"perplexity ([0-9.]+)", read("inrank/dense-eval/ppl-validation.txt", "") or "")
 print(f"\nInRank exported dense (`tern export --dense`): validation perplexity {dense.group(1) if dense else '?'}; "
       f"{read('inrank/transformers.txt', 'transformers not run')}")
