@@ -46,9 +46,18 @@ public static class RankLog
         TrainingLog.Read(path).GroupBy(r => (string)r.Row["linear"]!)
             .Select(g => (g.Key, g.Select(r => (double)r.Step).ToArray(), g.Select(r => (double)(int)r.Row["rank"]!).ToArray())).ToArray();
 
-    /// <summary>Draws every linear's rank against the optimizer step as a PNG.</summary>
+    /// <summary>Draws every linear's rank against the optimizer step as a PNG: a staircase (the rank holds between checks).</summary>
     public static void SavePng(string logPath, string pngPath, string title) =>
-        LinePlot.Save(pngPath, title, "optimizer step", "rank", Trajectories(logPath).Select(t => new PlotSeries(Short(t.Linear), t.Steps, t.Ranks)));
+        LinePlot.Save(pngPath, title, "optimizer step", "rank", Trajectories(logPath).Select(t =>
+        {
+            var (x, y) = (new List<double>(), new List<double>());
+            for (int i = 0; i < t.Steps.Length; i++)
+            {
+                if (i > 0) { x.Add(t.Steps[i]); y.Add(t.Ranks[i - 1]); }
+                x.Add(t.Steps[i]); y.Add(t.Ranks[i]);
+            }
+            return new PlotSeries(Short(t.Linear), x.ToArray(), y.ToArray());
+        }));
 
     /// <summary>"model.layers.3.mlp.up_proj" → "3.up_proj": legends stay readable.</summary>
     static string Short(string linear)
