@@ -55,7 +55,7 @@ public class InRankTests
     public void QrSpectrumEqualsTheDirectSvd(int m, int live, int n)
     {
         using var scope = torch.NewDisposeScope();
-        var generator = new torch.Generator(42);
+        using var generator = new torch.Generator(42);
         var b = torch.randn(new long[] { m, live }, ScalarType.Float64, generator: generator);
         var a = torch.randn(new long[] { live, n }, ScalarType.Float64, generator: generator);
         double[] direct = torch.linalg.svdvals(b.matmul(a)).data<double>().ToArray();
@@ -69,7 +69,7 @@ public class InRankTests
     public void TruncationSplitsTheRootOfTheSingularValuesIntoBothFactors()
     {
         using var scope = torch.NewDisposeScope();
-        var generator = new torch.Generator(5);
+        using var generator = new torch.Generator(5);
         var b = torch.randn(new long[] { 24, 9 }, ScalarType.Float64, generator: generator);
         var a = torch.randn(new long[] { 9, 16 }, ScalarType.Float64, generator: generator);
         var (newA, newB) = RankRule.Truncate(b, a, 4);

@@ -76,7 +76,7 @@ internal sealed class InRankTraining
     {
         var layout = model.LowRank ?? throw new InvalidOperationException("the model has no low_rank section; build it from InRankTraining.Prepare's config.");
         using var noGrad = torch.no_grad();
-        var generator = new torch.Generator(unchecked((ulong)seed ^ 0x1A2B3C4D5E6F7788UL));
+        using var generator = new torch.Generator(unchecked((ulong)seed ^ 0x1A2B3C4D5E6F7788UL));
         foreach (var name in layout.Linears.Keys)
             foreach (string factor in new[] { ".weight_a", ".weight_b" })
             {
