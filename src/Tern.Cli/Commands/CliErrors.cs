@@ -46,6 +46,15 @@ internal static class CliErrors
         [TernOption.PerplexityWindow] = "--window",
         [TernOption.PerplexityStride] = "--stride",
         [TernOption.StartToken] = "--start-token",
+        [TernOption.InRank] = "--inrank",
+        [TernOption.InRankInitialRank] = "--inrank-initial-rank",
+        [TernOption.InRankBuffer] = "--inrank-buffer",
+        [TernOption.InRankThreshold] = "--inrank-threshold",
+        [TernOption.InRankWarmup] = "--inrank-warmup",
+        [TernOption.InRankCheckEvery] = "--inrank-check-every",
+        [TernOption.InRankStage1Steps] = "--inrank-stage1-steps",
+        [TernOption.InRankInitScale] = "--inrank-init-scale",
+        [TernOption.InRankFixedRank] = "--low-rank",
     };
 
     /// <summary>An option as the command line spells it: its flag.</summary>

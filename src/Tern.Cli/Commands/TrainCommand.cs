@@ -5,6 +5,7 @@ using Tern.Checkpoints;
 using Tern.Labs;
 using Tern.Runtime;
 using Tern.Training;
+using Tern.Training.InRank;
 
 namespace Tern.Cli.Commands;
 
@@ -44,9 +45,24 @@ internal static class TrainCommand
         var probe = new Option<bool>("--probe-dynamics") { Description = $"JoMA's probe: at step 0, every --probe-every steps and the last, per layer the attention entropy on fixed validation windows and the MLP weights' stable rank, into <output>/{ProbeFolder}/ (CSV, PNGs)." };
         var probeWindows = new Option<int>("--probe-windows") { Description = "Windows (of --seq-len tokens, from the start of --valid, else --train) the probe measures attention on.", DefaultValueFactory = _ => 4 };
         var probeEvery = new Option<int?>("--probe-every") { Description = "Probe every N steps (default: --eval-every, else --checkpoint-every)." };
+        var r0 = new InRankOptions();
+        var inrank = new Option<bool>("--inrank") { Description = "InRank: train the MLP linears as growing low-rank products B·A, then at the discovered rank (Llama family, GPT-2)." };
+        var inrankVariant = new Option<string>("--inrank-variant") { Description = "efficient (W = B·A, as released) or original (W = W0 + B·A, W0 frozen).", DefaultValueFactory = _ => "efficient" };
+        inrankVariant.AcceptOnlyFromAmong("efficient", "original");
+        var inrankRank = new Option<int>("--inrank-initial-rank") { Description = "InRank's initial rank r0.", DefaultValueFactory = _ => r0.InitialRank };
+        var inrankBuffer = new Option<int>("--inrank-buffer") { Description = "InRank's buffer b of live components past the rank (rank cap Rmax − b).", DefaultValueFactory = _ => r0.Buffer };
+        var inrankThreshold = new Option<double>("--inrank-threshold") { Description = "InRank's explained-variance threshold α.", DefaultValueFactory = _ => r0.Threshold };
+        var inrankWarmup = new Option<int>("--inrank-warmup") { Description = "Forward passes before InRank's first rank check.", DefaultValueFactory = _ => r0.Warmup };
+        var inrankEvery = new Option<int>("--inrank-check-every") { Description = "A rank check every N forward passes (validation counts, as released).", DefaultValueFactory = _ => r0.CheckEvery };
+        var inrankStage1 = new Option<int>("--inrank-stage1-steps") { Description = "Optimizer steps of rank discovery; then the factors are truncated to their ranks.", DefaultValueFactory = _ => r0.Stage1Steps };
+        var inrankScale = new Option<double>("--inrank-init-scale") { Description = "Scale of the Kaiming-uniform initial factors.", DefaultValueFactory = _ => r0.InitScale };
+        var inrankMoments = new Option<string>("--inrank-moments") { Description = "Adam moments of the factors at the hand-off: slice (as released) or reset.", DefaultValueFactory = _ => "slice" };
+        inrankMoments.AcceptOnlyFromAmong("slice", "reset");
+        var lowRank = new Option<int?>("--low-rank") { Description = "Fixed-rank control: every MLP linear B·A at this rank throughout (no rank discovery)." };
         var command = new Command("train", "Train a causal language model from a config and token files; writes an HF model folder.")
             { config, runConfig, trainFile, validFile, output, resume, tokenizer, format, steps, seq, batch, accum, lr, warmup, minLr, decay,
-              clip, evalEvery, evalBatches, ckptEvery, seed, startToken, device, autocast, probe, probeWindows, probeEvery };
+              clip, evalEvery, evalBatches, ckptEvery, seed, startToken, device, autocast, probe, probeWindows, probeEvery,
+              inrank, inrankVariant, inrankRank, inrankBuffer, inrankThreshold, inrankWarmup, inrankEvery, inrankStage1, inrankScale, inrankMoments, lowRank };
         command.SetAction((r, cancellation) =>
         {
             string outputDir = r.GetValue(output)!;
@@ -77,6 +93,24 @@ internal static class TrainCommand
                     _ => o.Autocast, // from the run config
                 },
             };
+            // InRank: on when asked (--inrank or --low-rank) or in the run config; its flags override the config's values.
+            bool Given(Option option) => r.GetResult(option) is { Implicit: false };
+            if (r.GetValue(inrank) || Given(lowRank) || o.InRank is not null)
+            {
+                var ir = o.InRank ?? new InRankOptions();
+                o = o with
+                {
+                    InRank = ir with
+                    {
+                        Variant = Given(inrankVariant) ? Enum.Parse<Tern.Models.LowRankVariant>(r.GetValue(inrankVariant)!, true) : ir.Variant,
+                        InitialRank = Pick(inrankRank, ir.InitialRank), Buffer = Pick(inrankBuffer, ir.Buffer), Threshold = Pick(inrankThreshold, ir.Threshold),
+                        Warmup = Pick(inrankWarmup, ir.Warmup), CheckEvery = Pick(inrankEvery, ir.CheckEvery), Stage1Steps = Pick(inrankStage1, ir.Stage1Steps),
+                        InitScale = Pick(inrankScale, ir.InitScale),
+                        Moments = Given(inrankMoments) ? Enum.Parse<MomentHandoff>(r.GetValue(inrankMoments)!, true) : ir.Moments,
+                        FixedRank = Pick(lowRank, ir.FixedRank),
+                    },
+                };
+            }
             if (string.IsNullOrEmpty(o.TrainTokens))
                 throw new UsageException("--train is required (or a --run-config / resumed run that names train_tokens).");
             ProbeSchedule? schedule = null;
@@ -96,16 +130,18 @@ internal static class TrainCommand
     /// <summary><c>tern train plot LOG</c>: draws a run's loss curve where the plotting natives exist (a GPU pack leaves them out).</summary>
     static Command PlotCommand()
     {
-        var log = new Argument<string>("log") { Description = "A run's train-log.jsonl." };
+        var log = new Argument<string>("log") { Description = "A run's train-log.jsonl (loss curve) or inrank-log.jsonl (rank of each MLP linear against the step)." };
         var output = new Option<string?>("--output", "-o") { Description = "PNG to write (default: loss-curve.png next to the log)." };
         var title = new Option<string>("--title") { Description = "Plot title.", DefaultValueFactory = _ => "training loss" };
-        var command = new Command("plot", "Draw the loss curve of a run's train-log.jsonl as a PNG.") { log, output, title };
+        var command = new Command("plot", "Draw the loss curve of a run's train-log.jsonl, or the ranks of its inrank-log.jsonl, as a PNG.") { log, output, title };
         command.SetAction(r =>
         {
             string path = r.GetValue(log)!;
             if (!File.Exists(path)) throw new FileNotFoundException($"'{Path.GetFullPath(path)}' does not exist.", path);
-            string png = r.GetValue(output) ?? Path.Combine(Path.GetDirectoryName(Path.GetFullPath(path))!, "loss-curve.png");
-            LossCurve.FromLog(path).SavePng(png, r.GetValue(title)!);
+            bool ranks = Path.GetFileName(path) == RankLog.FileName;
+            string png = r.GetValue(output) ?? Path.Combine(Path.GetDirectoryName(Path.GetFullPath(path))!, ranks ? RankLog.PlotName : "loss-curve.png");
+            if (ranks) RankLog.SavePng(path, png, r.GetResult(title) is { Implicit: false } ? r.GetValue(title)! : "InRank: rank of each MLP linear");
+            else LossCurve.FromLog(path).SavePng(png, r.GetValue(title)!);
             Console.WriteLine(png);
             return 0;
         });
@@ -155,8 +191,11 @@ internal static class TrainCommand
             {
                 WriteSummary(Path.Combine(options.OutputDirectory, "train-summary.json"), trainer, deviceName, log);
                 Plot(() => LossCurve.FromLog(log).SavePng(Path.Combine(options.OutputDirectory, "loss-curve.png"),
-                    $"{trainer.Model.Info.ModelType}, {trainer.Model.Info.ParameterCount / 1e6:F1}M parameters, {trainer.Step} steps"), $"tern train plot {log}");
+                    $"{trainer.Model.Info.ModelType}, {trainer.ParameterCount / 1e6:F1}M parameters, {trainer.Step} steps"), $"tern train plot {log}");
             }
+            string ranks = Path.Combine(options.OutputDirectory, RankLog.FileName);
+            if (File.Exists(ranks))
+                Plot(() => RankLog.SavePng(ranks, Path.Combine(options.OutputDirectory, RankLog.PlotName), "InRank: rank of each MLP linear"), $"tern train plot {ranks}");
             if (trainer.Step < options.TotalSteps)
             {
                 trainer.SaveCheckpoint(); // interrupted (Ctrl+C): keep every finished step
@@ -209,7 +248,7 @@ internal static class TrainCommand
         var last = rows[^1];
         var summary = new JsonObject
         {
-            ["device"] = deviceName, ["parameters"] = trainer.Model.Info.ParameterCount, ["steps"] = (int)last["step"]!,
+            ["device"] = deviceName, ["parameters"] = trainer.ParameterCount, ["steps"] = (int)last["step"]!,
             ["tokens_per_second"] = Math.Round(tokensPerSecond), ["flops_per_token"] = flops,
             ["model_tflops_per_second"] = Math.Round(tokensPerSecond * flops / 1e12, 2), ["mfu"] = mfu is { } m ? Math.Round(m, 4) : null,
             ["final_loss"] = (double)last["loss"]!, ["final_valid_loss"] = rows.LastOrDefault(r => r["valid_loss"] is not null)?["valid_loss"]?.GetValue<double>(),

@@ -15,6 +15,10 @@ public sealed record ExportOptions
     /// <summary>Largest weight file; a model that does not fit one is split into shards plus an index (as transformers'
     /// <c>save_pretrained(max_shard_size=…)</c>).</summary>
     public long MaxShardBytes { get; init; } = 5L << 30;
+
+    /// <summary>Multiply factored (InRank, <see cref="Models.LowRankLayout"/>) linear maps back into ordinary dense weights and
+    /// drop config.json's <c>low_rank</c> section, so any Hugging Face loader reads the model. No effect on a dense model.</summary>
+    public bool Dense { get; init; }
 }
 
 /// <summary>
@@ -47,14 +51,30 @@ public static class CheckpointExport
         using var reader = CheckpointReader.Open(from);
         using var scope = torch.NewDisposeScope();
         var target = options.DType?.ToScalarType();
-        var tensors = reader.Names.Select(name =>
+        var layout = options.Dense ? Models.LowRankLayout.FromConfig(HfConfig.Parse(config.ToJsonString(), configPath)) : null;
+        Tensor Cast(Tensor stored) => target is { } t && stored.is_floating_point() && stored.dtype != t ? stored.to(t) : stored;
+        var tensors = new List<(string, Tensor)>();
+        foreach (string name in reader.Names)
         {
-            var stored = reader.LoadAsStored(name);
-            return (name, target is { } t && stored.is_floating_point() && stored.dtype != t ? stored.to(t) : stored);
-        }).ToArray();
+            if (layout is not null && FactorOf(name, layout) is { } linear)
+            {
+                // W = (W0 +) B[:, :live]·A[:live, :], once per linear, where its first tensor comes.
+                if (tensors.Any(t => t.Item1 == linear + ".weight")) continue;
+                long live = layout.Live(linear);
+                var a = reader.LoadAsStored(linear + ".weight_a").narrow(0, 0, live);
+                var b = reader.LoadAsStored(linear + ".weight_b").narrow(1, 0, live);
+                var w = b.to(ScalarType.Float64).matmul(a.to(ScalarType.Float64));
+                if (layout.DenseTransposed) w = w.t(); // stored [in, out] (GPT-2's Conv1D)
+                if (layout.Variant == Models.LowRankVariant.Original) w = w + reader.LoadAsStored(linear + ".weight").to(ScalarType.Float64);
+                tensors.Add((linear + ".weight", Cast(w.to(a.dtype).contiguous())));
+                continue;
+            }
+            tensors.Add((name, Cast(reader.LoadAsStored(name))));
+        }
         Directory.CreateDirectory(to);
         var written = SafetensorsWriter.WriteSharded(to, tensors, options.MaxShardBytes);
 
+        if (layout is not null) config.Remove(Models.LowRankLayout.ConfigKey);
         if (options.DType is { } dtype)
         {
             // transformers 5 reads "dtype"; 4.x wrote "torch_dtype". Keep whichever the config uses, "dtype" when neither.
@@ -72,6 +92,15 @@ public static class CheckpointExport
             if (File.Exists(Path.Combine(from, file)))
                 File.Copy(Path.Combine(from, file), Path.Combine(to, file), overwrite: true);
         return written;
+    }
+
+    /// <summary>The factored linear a tensor belongs to (its <c>weight_a</c>, <c>weight_b</c>, or the original variant's
+    /// <c>weight</c>), or null.</summary>
+    static string? FactorOf(string name, Models.LowRankLayout layout)
+    {
+        foreach (string suffix in new[] { ".weight_a", ".weight_b", ".weight" })
+            if (name.EndsWith(suffix, StringComparison.Ordinal) && layout.Contains(name[..^suffix.Length])) return name[..^suffix.Length];
+        return null;
     }
 
     /// <summary>Parses a size such as <c>15MB</c>, <c>2GB</c>, <c>500KiB</c> or a byte count (decimal units are powers of

@@ -38,6 +38,25 @@ public abstract class CausalLanguageModel : IStepModel, IDisposable
         ["gpt2"] = (c, w) => new Gpt2Model(c, w),
     };
 
+    /// <summary>The MLP linear maps (full name, out, in) of the architectures InRank can factor, by <c>model_type</c>, and
+    /// whether their dense weights are stored transposed ([in, out]).</summary>
+    static readonly Dictionary<string, (Func<HfConfig, IEnumerable<(string Name, long Out, long In)>> Linears, bool Transposed)> MlpLinearsByType = new()
+    {
+        ["llama"] = (LlamaModel.MlpLinearMaps, false),
+        ["mistral"] = (LlamaModel.MlpLinearMaps, false),
+        ["qwen2"] = (LlamaModel.MlpLinearMaps, false),
+        ["gpt2"] = (Gpt2Model.MlpLinearMaps, true),
+    };
+
+    /// <summary>The MLP linear maps of every block of <paramref name="config"/>'s model (full name, out, in) and whether the
+    /// checkpoint stores their dense weights transposed (GPT-2's Conv1D); null when the architecture cannot have factored
+    /// (low-rank) MLPs.</summary>
+    public static (IReadOnlyList<(string Name, long Out, long In)> Linears, bool DenseTransposed)? MlpLinears(HfConfig config) =>
+        MlpLinearsByType.TryGetValue(config.ModelType, out var entry) ? (entry.Linears(config).ToArray(), entry.Transposed) : null;
+
+    /// <summary>The factored linear maps of an InRank model (config.json's <c>low_rank</c> section); null: all dense.</summary>
+    public LowRankLayout? LowRank { get; private protected init; }
+
     /// <summary>The <c>model_type</c> values Tern can load.</summary>
     public static IReadOnlyCollection<string> SupportedModelTypes => Architectures.Keys;
 
@@ -90,6 +109,8 @@ public abstract class CausalLanguageModel : IStepModel, IDisposable
         if (!Architectures.TryGetValue(type, out var factory))
             throw new CheckpointException(
                 $"{config.Path}: model_type '{type}' is not supported; Tern runs {string.Join(", ", Architectures.Keys)}.");
+        if (config.Has(LowRankLayout.ConfigKey) && !MlpLinearsByType.ContainsKey(type))
+            throw new CheckpointException($"{config.Path}: a '{LowRankLayout.ConfigKey}' (InRank) section on a {type} model; factored MLPs are supported for {string.Join(", ", MlpLinearsByType.Keys)}.");
         using var noGrad = torch.no_grad();
         var loader = new WeightLoader(weights, dtype.ToScalarType(), device, weightDevice, trainable, "model.", "transformer.");
         var model = factory(config, loader);
@@ -162,6 +183,28 @@ public abstract class CausalLanguageModel : IStepModel, IDisposable
     /// Only for models built with <see cref="ModelLoadOptions.Trainable"/> or <see cref="CreateRandom"/>.</summary>
     public IReadOnlyList<ModelParameter> Parameters => parameters ?? throw new InvalidOperationException(
         "this model was loaded for inference; load it with ModelLoadOptions.Trainable (or CreateRandom) to train it.");
+
+    /// <summary>Puts <paramref name="value"/> (taken over, as a new autograd parameter with requires_grad off) in the place of
+    /// the parameter <paramref name="name"/> — a factor resized at InRank's stage hand-off — and frees the old tensor.</summary>
+    internal ModelParameter ReplaceParameter(string name, Tensor value)
+    {
+        var all = parameters ?? throw new InvalidOperationException("only a trainable model's parameters can be replaced.");
+        int i = Array.FindIndex(all, p => p.Name == name);
+        if (i < 0 || all[i].Parts.Count != 1) throw new KeyNotFoundException($"the model has no single parameter '{name}'.");
+        var part = Parts.Single(p => name.StartsWith(p.Prefix, StringComparison.Ordinal) && p.Names.Contains(name[p.Prefix.Length..]));
+        var parameter = (Parameter)new Parameter(value, requires_grad: false).DetachFromDisposeScope();
+        part.Replace(name[part.Prefix.Length..], parameter).Dispose();
+        all[i] = new ModelParameter(name, parameter, new[] { new ParameterPart(name, parameter.shape[0]) });
+        return all[i];
+    }
+
+    /// <summary>config.json as the model now is: the loaded config with the current <see cref="LowRank"/> section.</summary>
+    public System.Text.Json.Nodes.JsonObject ConfigJson()
+    {
+        var json = Config.Json.DeepClone().AsObject();
+        if (LowRank is { } lowRank) json[LowRankLayout.ConfigKey] = lowRank.ToJson();
+        return json;
+    }
 
     /// <summary>The weights under their Hugging Face names and shapes (fused tensors split back by rows), as views that
     /// share memory with the model: what a safetensors file of this model holds.</summary>

@@ -28,15 +28,9 @@ internal sealed class Gpt2Model : CausalLanguageModel
         bool scaleWeights = c.GetBool("scale_attn_weights") ?? true;
         bool byLayer = c.GetBool("scale_attn_by_inverse_layer_idx") ?? false;
 
-        if (w.Trainable)
-            throw new NotSupportedException("training GPT-2 (its Conv1D weights are transposed at load) is not supported yet: the trained tensor would not be the one in the checkpoint; train a Llama-family or OPT model.");
-        Linear Conv1D(PartLoader part, string name, long inF, long outF)
-        {
-            var weight = w.Get(part.Weights.Prefix + name + ".weight", inF, outF);
-            var transposed = weight.t().contiguous().DetachFromDisposeScope();
-            weight.Dispose();
-            return part.Add(name, new Linear(transposed, w.Get(part.Weights.Prefix + name + ".bias", outF)));
-        }
+        LowRank = LowRankLayout.FromConfig(c);
+        Linear Conv1D(PartLoader part, string name, long inF, long outF) => part.Add(name,
+            new Linear(w.GetTransposed(part.Weights.Prefix + name + ".weight", inF, outF), w.Get(part.Weights.Prefix + name + ".bias", outF)));
 
         var embedding = w.Part("transformer.");
         var wte = embedding.Get("wte.weight", vocab, hidden);
@@ -52,8 +46,17 @@ internal sealed class Gpt2Model : CausalLanguageModel
             Conv1D(p, "attn.c_proj", hidden, hidden);
             p.Get("ln_2.weight", hidden);
             p.Get("ln_2.bias", hidden);
-            Conv1D(p, "mlp.c_fc", hidden, inner);
-            Conv1D(p, "mlp.c_proj", inner, hidden);
+            if (LowRank is { } lowRank && lowRank.Contains(p.Weights.Prefix + "mlp.c_fc"))
+            {
+                // InRank (its release's model): both MLP linears as products; the factors are Tern's [width, in] / [out, width].
+                p.Factored("mlp.c_fc", lowRank, inner, hidden, bias: true);
+                p.Factored("mlp.c_proj", lowRank, hidden, inner, bias: true);
+            }
+            else
+            {
+                Conv1D(p, "mlp.c_fc", hidden, inner);
+                Conv1D(p, "mlp.c_proj", inner, hidden);
+            }
             parts.Add(p.Weights);
             double scale = (scaleWeights ? 1.0 : Math.Sqrt(headDim)) / (byLayer ? i + 1 : 1);
             attention[i] = new AttentionSettings(heads, heads, headDim) { QueryScale = scale };
@@ -88,7 +91,24 @@ internal sealed class Gpt2Model : CausalLanguageModel
         var attended = Attention.Forward(qkv.narrow(2, 0, s.Heads), qkv.narrow(2, s.Heads, s.Heads), qkv.narrow(2, 2 * s.Heads, s.Heads),
             step, cache, s);
         h = w.Linear("attn.c_proj").ForwardAdd(attended, h);
-        return w.Linear("mlp.c_proj").ForwardAdd(act.Apply(w.Linear("mlp.c_fc").Forward(Norms.Layer(h, w["ln_2.weight"], w["ln_2.bias"], eps))), h);
+        var m = Norms.Layer(h, w["ln_2.weight"], w["ln_2.bias"], eps);
+        if (LowRank is { } lowRank && lowRank.Contains(w.Prefix + "mlp.c_fc"))
+        {
+            FactoredLinear Mlp(string name) => w.Factored(name, lowRank.Live(w.Prefix + name));
+            return Mlp("mlp.c_proj").ForwardAdd(act.Apply(Mlp("mlp.c_fc").Forward(m)), h);
+        }
+        return w.Linear("mlp.c_proj").ForwardAdd(act.Apply(w.Linear("mlp.c_fc").Forward(m)), h);
+    }
+
+    /// <summary>The MLP linear maps of every block (full name, out, in): what InRank factors (fc1, fc2 as released).</summary>
+    internal static IEnumerable<(string Name, long Out, long In)> MlpLinearMaps(HfConfig c)
+    {
+        int hidden = c.RequireInt("n_embd", "hidden_size"), inner = c.GetInt("n_inner") ?? 4 * hidden;
+        for (int i = 0; i < c.RequireInt("n_layer", "num_hidden_layers"); i++)
+        {
+            yield return ($"transformer.h.{i}.mlp.c_fc", inner, hidden);
+            yield return ($"transformer.h.{i}.mlp.c_proj", hidden, inner);
+        }
     }
 
     private protected override Tensor Head(PartWeights w, Tensor h, ModelStep step) =>

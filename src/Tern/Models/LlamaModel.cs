@@ -34,6 +34,7 @@ internal sealed class LlamaModel : CausalLanguageModel
         bool outBias = type != "qwen2" && (c.GetBool("attention_bias") ?? false);
         bool mlpBias = c.GetBool("mlp_bias") ?? false;
         int[] windows = LayerWindows(c, type, nLayers);
+        LowRank = LowRankLayout.FromConfig(c);
 
         var embedding = w.Part("model.");
         var embed = embedding.Get("embed_tokens.weight", vocab, hidden);
@@ -47,8 +48,18 @@ internal sealed class LlamaModel : CausalLanguageModel
                 new long[] { heads * headDim, kvHeads * headDim, kvHeads * headDim }, hidden, qkvBias);
             p.Linear("self_attn.o_proj", hidden, heads * headDim, outBias);
             p.Get("post_attention_layernorm.weight", hidden);
-            p.Fused("mlp.gate_up_proj", new[] { "mlp.gate_proj", "mlp.up_proj" }, new long[] { intermediate, intermediate }, hidden, mlpBias);
-            p.Linear("mlp.down_proj", hidden, intermediate, mlpBias);
+            if (LowRank is { } lowRank && lowRank.Contains(p.Weights.Prefix + "mlp.down_proj"))
+            {
+                // InRank: each MLP linear its own product (gate and up are not fused: their factors differ).
+                p.Factored("mlp.gate_proj", lowRank, intermediate, hidden, mlpBias);
+                p.Factored("mlp.up_proj", lowRank, intermediate, hidden, mlpBias);
+                p.Factored("mlp.down_proj", lowRank, hidden, intermediate, mlpBias);
+            }
+            else
+            {
+                p.Fused("mlp.gate_up_proj", new[] { "mlp.gate_proj", "mlp.up_proj" }, new long[] { intermediate, intermediate }, hidden, mlpBias);
+                p.Linear("mlp.down_proj", hidden, intermediate, mlpBias);
+            }
             parts.Add(p.Weights);
             attention[i] = new AttentionSettings(heads, kvHeads, headDim) { SlidingWindow = windows[i] };
         }
@@ -66,6 +77,18 @@ internal sealed class LlamaModel : CausalLanguageModel
             HeadDim = headDim, MaxPositions = c.GetInt("max_position_embeddings") ?? 2048, LearnedPositions = false,
             ParameterCount = w.ParameterCount,
         };
+    }
+
+    /// <summary>The MLP linear maps of every layer (full name, out, in): what InRank factors.</summary>
+    internal static IEnumerable<(string Name, long Out, long In)> MlpLinearMaps(HfConfig c)
+    {
+        int hidden = c.RequireInt("hidden_size"), intermediate = c.RequireInt("intermediate_size");
+        for (int i = 0; i < c.RequireInt("num_hidden_layers"); i++)
+        {
+            yield return ($"model.layers.{i}.mlp.gate_proj", intermediate, hidden);
+            yield return ($"model.layers.{i}.mlp.up_proj", intermediate, hidden);
+            yield return ($"model.layers.{i}.mlp.down_proj", hidden, intermediate);
+        }
     }
 
     /// <summary>
@@ -111,6 +134,12 @@ internal sealed class LlamaModel : CausalLanguageModel
         var attended = Attention.Forward(q, k, qkv.narrow(2, s.Heads + s.KvHeads, s.KvHeads), step, cache, s, cachedKeys);
         h = w.Linear("self_attn.o_proj").ForwardAdd(attended, h);
         var m = Norms.Rms(h, w["post_attention_layernorm.weight"], eps);
+        if (LowRank is { } lowRank && lowRank.Contains(w.Prefix + "mlp.down_proj"))
+        {
+            if (step.Sparsity is not null) throw new NotSupportedException("contextual sparsity over a low-rank (InRank) MLP is not supported; export it with 'tern export --dense' first.");
+            FactoredLinear Mlp(string name) => w.Factored(name, lowRank.Live(w.Prefix + name));
+            return Mlp("mlp.down_proj").ForwardAdd(act.Apply(Mlp("mlp.gate_proj").Forward(m)) * Mlp("mlp.up_proj").Forward(m), h);
+        }
         var gateUp = w.Linear("mlp.gate_up_proj");
         // DejaVu: a neuron whose gate is silent adds nothing — its gate and up rows and its down column are skipped.
         if (step.Sparsity?.Neurons(layer, () => Linear.Apply(m, gateUp.Weight.narrow(0, 0, intermediate), gateUp.Bias?.narrow(0, 0, intermediate))) is { } neurons)

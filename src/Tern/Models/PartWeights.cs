@@ -45,6 +45,21 @@ internal sealed class PartWeights
     /// <summary>The linear map stored as <paramref name="name"/>.weight and (optionally) <paramref name="name"/>.bias.</summary>
     public Linear Linear(string name) => new(this[name + ".weight"], Optional(name + ".bias"));
 
+    /// <summary>The factored linear map stored as <paramref name="name"/>.weight_a / .weight_b (and .weight for the original
+    /// variant's frozen part, .bias when present), running its first <paramref name="live"/> components.</summary>
+    public FactoredLinear Factored(string name, long live) =>
+        new(Optional(name + ".weight"), this[name + ".weight_a"], this[name + ".weight_b"], Optional(name + ".bias"), live);
+
+    /// <summary>Puts <paramref name="tensor"/> in the place of the weight called <paramref name="name"/> (a factor resized
+    /// at InRank's stage hand-off); returns the tensor it replaced, which the caller owns.</summary>
+    public Tensor Replace(string name, Tensor tensor)
+    {
+        int i = index.TryGetValue(name, out int at) ? at : throw new KeyNotFoundException($"the model part '{Prefix}' has no weight '{name}'.");
+        var old = tensors[i];
+        tensors[i] = tensor;
+        return old;
+    }
+
     /// <summary>The same names over other tensors (e.g. copies loaded on the compute device), in <see cref="Names"/>' order.</summary>
     public PartWeights With(IReadOnlyList<Tensor> others)
     {

@@ -45,11 +45,11 @@ internal sealed class WeightLoader
     /// <summary>Every tensor handed out so far, in load order (fused tensors once, under their parts' names).</summary>
     public List<ModelParameter> Parameters { get; } = new();
 
-    Tensor Track(Tensor tensor, string name, IReadOnlyList<ParameterPart>? parts = null)
+    Tensor Track(Tensor tensor, string name, IReadOnlyList<ParameterPart>? parts = null, bool transposed = false)
     {
         if (!Trainable) return tensor;
         var parameter = (Parameter)new Parameter(tensor, requires_grad: false).DetachFromDisposeScope();
-        Parameters.Add(new ModelParameter(name, parameter, parts ?? new[] { new ParameterPart(name, parameter.shape[0]) }));
+        Parameters.Add(new ModelParameter(name, parameter, parts ?? new[] { new ParameterPart(name, parameter.shape[0]) }) { Transposed = transposed });
         return parameter;
     }
 
@@ -70,6 +70,19 @@ internal sealed class WeightLoader
         var tensor = source.Load(resolved, shape, DType, WeightDevice).DetachFromDisposeScope(); // weights live as long as the model
         ParameterCount += tensor.NumberOfElements;
         return Track(tensor, name);
+    }
+
+    /// <summary>The tensor stored as [<paramref name="rows"/>, <paramref name="columns"/>] (GPT-2's Conv1D: [in, out]),
+    /// transposed once into a contiguous [columns, rows] (a linear map's [out, in]). Trainable: the transposed tensor is the
+    /// parameter, and saving transposes it back (<see cref="ModelParameter.Transposed"/>).</summary>
+    public Tensor GetTransposed(string name, long rows, long columns)
+    {
+        string resolved = Resolve(name) ?? throw new CheckpointException(
+            $"{source.Description}: tensor '{name}' is missing; the config's architecture needs it with shape [{rows}, {columns}].");
+        using var stored = source.Load(resolved, new[] { rows, columns }, DType, WeightDevice);
+        var tensor = stored.t().contiguous().DetachFromDisposeScope();
+        ParameterCount += tensor.NumberOfElements;
+        return Track(tensor, name, transposed: true);
     }
 
     /// <summary>A loader for the part whose checkpoint names start with <paramref name="prefix"/>.</summary>
@@ -114,6 +127,21 @@ internal sealed class PartLoader(WeightLoader loader, string prefix)
     public Linear Fused(string name, string[] parts, long[] outFeatures, long inFeatures, bool bias) =>
         Add(name, loader.Fused(parts.Select(p => prefix + p).ToArray(), outFeatures, inFeatures, bias));
 
+    /// <summary>Loads a factored linear map (<see cref="LowRankLayout"/>): <c>weight_a</c> [width, in], <c>weight_b</c>
+    /// [out, width], the original variant's frozen <c>weight</c> [out, in] and the bias when <paramref name="bias"/>.</summary>
+    public void Factored(string name, LowRankLayout layout, long outFeatures, long inFeatures, bool bias)
+    {
+        int width = layout.Linears[Weights.Prefix + name].Width;
+        if (layout.Variant == LowRankVariant.Original)
+        {
+            if (layout.DenseTransposed) Weights.Add(name + ".weight", loader.GetTransposed(prefix + name + ".weight", inFeatures, outFeatures));
+            else Get(name + ".weight", outFeatures, inFeatures);
+        }
+        Get(name + ".weight_a", width, inFeatures);
+        Get(name + ".weight_b", outFeatures, width);
+        if (bias) Get(name + ".bias", outFeatures);
+    }
+
     /// <summary>Registers a linear map (weights transformed at load, e.g. transposed or reordered) as <paramref name="name"/>.</summary>
     public Linear Add(string name, Linear linear)
     {
@@ -137,9 +165,14 @@ public sealed record ParameterPart(string Name, long Rows);
 /// </summary>
 public sealed record ModelParameter(string Name, Parameter Tensor, IReadOnlyList<ParameterPart> Parts)
 {
-    /// <summary>The Hugging Face tensors of this parameter: views of row ranges of <see cref="Tensor"/>.</summary>
+    /// <summary>True when the Hugging Face tensor is the transpose of <see cref="Tensor"/> (GPT-2's Conv1D weights, [in, out]
+    /// in the checkpoint, trained as a linear map's [out, in]).</summary>
+    public bool Transposed { get; init; }
+
+    /// <summary>The Hugging Face tensors of this parameter: views of row ranges of <see cref="Tensor"/> (or of its transpose).</summary>
     public IEnumerable<(string Name, Tensor Tensor)> HfTensors()
     {
+        if (Transposed) { yield return (Parts[0].Name, Tensor.detach().t()); yield break; }
         if (Parts.Count == 1) { yield return (Parts[0].Name, Tensor); yield break; }
         long offset = 0;
         foreach (var part in Parts)

@@ -64,6 +64,24 @@ public sealed class TernOption
     public static readonly TernOption PerplexityStride = new("PerplexityOptions.Stride");
     /// <summary>Token that starts every training sequence.</summary>
     public static readonly TernOption StartToken = new("TrainerOptions.StartToken");
+    /// <summary>InRank's low-rank MLP training itself.</summary>
+    public static readonly TernOption InRank = new("TrainerOptions.InRank");
+    /// <summary>InRank's initial rank r0.</summary>
+    public static readonly TernOption InRankInitialRank = new("InRankOptions.InitialRank");
+    /// <summary>InRank's buffer b of live components past the rank.</summary>
+    public static readonly TernOption InRankBuffer = new("InRankOptions.Buffer");
+    /// <summary>InRank's explained-variance threshold α.</summary>
+    public static readonly TernOption InRankThreshold = new("InRankOptions.Threshold");
+    /// <summary>Forward passes before InRank's first rank check.</summary>
+    public static readonly TernOption InRankWarmup = new("InRankOptions.Warmup");
+    /// <summary>Forward passes between InRank's rank checks.</summary>
+    public static readonly TernOption InRankCheckEvery = new("InRankOptions.CheckEvery");
+    /// <summary>Optimizer steps of InRank's rank discovery.</summary>
+    public static readonly TernOption InRankStage1Steps = new("InRankOptions.Stage1Steps");
+    /// <summary>Scale of InRank's initial factors.</summary>
+    public static readonly TernOption InRankInitScale = new("InRankOptions.InitScale");
+    /// <summary>The rank of the fixed-rank low-rank control.</summary>
+    public static readonly TernOption InRankFixedRank = new("InRankOptions.FixedRank");
     /// <summary>Fraction of MLP neurons a sparse decode step computes (DejaVu).</summary>
     public static readonly TernOption SparsityMlp = new("SparsityOptions.MlpActive");
 }

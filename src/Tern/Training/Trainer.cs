@@ -4,6 +4,7 @@ using System.Text.Json.Nodes;
 using Tern.Checkpoints;
 using Tern.Models;
 using Tern.Runtime;
+using Tern.Training.InRank;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -30,33 +31,25 @@ public sealed class Trainer : IDisposable
     readonly TrainerOptions options;
     readonly TokenStream train;
     readonly TokenStream? valid;
-    readonly Parameter[] trained;
-    readonly AdamW optimizer;
+    readonly InRankTraining? inRank;
+    Parameter[] trained = null!;
+    string[] optimizerOrder = null!; // parameter names in the optimizer's state order
+    AdamW optimizer = null!;
     ulong sampler;
 
-    Trainer(CausalLanguageModel model, TrainerOptions options, TrainingCheckpoint.State state)
+    Trainer(CausalLanguageModel model, TrainerOptions options, TrainingCheckpoint.State state, Func<InRankTraining>? inRank = null)
     {
         this.options = options;
         Model = model;
         try
         {
+            this.inRank = inRank?.Invoke();
             int vocab = model.Info.VocabSize;
             if (options.StartToken is { } start && (start < 0 || start >= vocab))
                 throw new OptionException($"{TernOption.StartToken} {start} is outside the model's vocabulary of {vocab}; pass an id such as config.json's bos_token_id.");
             train = TokenStream.Load(options.TrainTokens, options.TokenFormat, vocab);
             valid = options.ValidTokens is null ? null : TokenStream.Load(options.ValidTokens, options.TokenFormat, vocab);
-            var select = options.TrainParameter ?? (_ => true);
-            foreach (var p in model.Parameters) p.Tensor.requires_grad_(select(p.Name));
-            var chosen = model.Parameters.Where(p => select(p.Name)).ToArray();
-            if (chosen.Length == 0) throw new ArgumentException("TrainParameter selects no parameter to train.");
-            trained = chosen.Select(p => p.Tensor).ToArray();
-            // As in most LM recipes, weight decay pulls matrices and embeddings only; norm weights and biases (1-D) are left alone.
-            var groups = new List<AdamW.ParamGroup>();
-            var decayed = chosen.Where(p => p.Tensor.dim() >= 2).Select(p => p.Tensor).ToArray();
-            var plain = chosen.Where(p => p.Tensor.dim() < 2).Select(p => p.Tensor).ToArray();
-            if (decayed.Length > 0) groups.Add(new AdamW.ParamGroup(decayed, new AdamW.Options { weight_decay = options.WeightDecay }));
-            if (plain.Length > 0) groups.Add(new AdamW.ParamGroup(plain, new AdamW.Options { weight_decay = 0 }));
-            optimizer = torch.optim.AdamW(groups, options.LearningRate, options.Beta1, options.Beta2, options.Epsilon, options.WeightDecay);
+            BuildOptimizer();
             Step = state.Step;
             sampler = state.SamplerState;
             TokensSeen = state.TokensSeen;
@@ -66,6 +59,57 @@ public sealed class Trainer : IDisposable
             model.Dispose();
             throw;
         }
+    }
+
+    /// <summary>A fresh AdamW over the parameters the run trains (all but the frozen ones).</summary>
+    void BuildOptimizer()
+    {
+        var select = options.TrainParameter ?? (_ => true);
+        bool Trains(string name) => select(name) && Model.LowRank?.IsFrozen(name) != true; // InRank's original variant: W0 stays
+        foreach (var p in Model.Parameters) p.Tensor.requires_grad_(Trains(p.Name));
+        var chosen = Model.Parameters.Where(p => Trains(p.Name)).ToArray();
+        if (chosen.Length == 0) throw new ArgumentException("TrainParameter selects no parameter to train.");
+        trained = chosen.Select(p => p.Tensor).ToArray();
+        // As in most LM recipes, weight decay pulls matrices and embeddings only; norm weights and biases (1-D) are left alone.
+        var groups = new List<AdamW.ParamGroup>();
+        var decayed = chosen.Where(p => p.Tensor.dim() >= 2).ToArray();
+        var plain = chosen.Where(p => p.Tensor.dim() < 2).ToArray();
+        if (decayed.Length > 0) groups.Add(new AdamW.ParamGroup(decayed.Select(p => p.Tensor), new AdamW.Options { weight_decay = options.WeightDecay }));
+        if (plain.Length > 0) groups.Add(new AdamW.ParamGroup(plain.Select(p => p.Tensor), new AdamW.Options { weight_decay = 0 }));
+        optimizerOrder = decayed.Concat(plain).Select(p => p.Name).ToArray();
+        optimizer = torch.optim.AdamW(groups, options.LearningRate, options.Beta1, options.Beta2, options.Epsilon, options.WeightDecay);
+    }
+
+    /// <summary>
+    /// InRank's stage hand-off after the last step of stage 1: the factors are truncated to their discovered ranks
+    /// (<see cref="InRankTraining.HandOff"/>) and the optimizer is rebuilt over the new parameters. The other parameters keep
+    /// their Adam state; the factors' moments are sliced as released or reset (<see cref="InRankOptions.Moments"/>).
+    /// </summary>
+    void HandOff()
+    {
+        var before = optimizer.state_dict().State.Cast<AdamW.State>().ToArray(); // read while the old parameters live
+        var beforeOrder = optimizerOrder;
+        var resized = inRank!.HandOff(Step);
+        var old = optimizer;
+        BuildOptimizer();
+        var after = optimizer.state_dict().State.Cast<AdamW.State>().ToArray();
+        using (torch.no_grad())
+            for (int i = 0; i < after.Length; i++)
+            {
+                using var scope = torch.NewDisposeScope();
+                var from = before[Array.IndexOf(beforeOrder, optimizerOrder[i])];
+                Tensor? mean = from.exp_avg, square = from.exp_avg_sq;
+                if (resized.TryGetValue(optimizerOrder[i], out int rank))
+                {
+                    mean = inRank.CarryMoment(optimizerOrder[i], from.exp_avg, rank);
+                    square = inRank.CarryMoment(optimizerOrder[i], from.exp_avg_sq, rank);
+                }
+                if (mean is null || square is null) continue; // reset: zero moments, Adam step 0
+                after[i].exp_avg.copy_(mean);
+                after[i].exp_avg_sq.copy_(square);
+                after[i].step = from.step;
+            }
+        old.Dispose();
     }
 
     /// <summary>The model being trained.</summary>
@@ -84,8 +128,10 @@ public sealed class Trainer : IDisposable
         options.Validate();
         var device = ComputeOptions.ResolveDevice(options.Device);
         TrainingCheckpoint.RemoveStaleTemporaries(options.OutputDirectory);
+        if (options.InRank is { } inRank) config = InRankTraining.Prepare(config, inRank);
         var model = CausalLanguageModel.CreateRandom(config, device, options.DType, options.Seed);
-        var trainer = new Trainer(model, options, new TrainingCheckpoint.State(0, (ulong)options.Seed ^ 0x5DEECE66DUL, 0));
+        var trainer = new Trainer(model, options, new TrainingCheckpoint.State(0, (ulong)options.Seed ^ 0x5DEECE66DUL, 0),
+            options.InRank is { } o ? () => InRankTraining.Start(model, o, options.Seed, options.OutputDirectory) : null);
         trainer.WriteRunConfig();
         return trainer;
     }
@@ -111,7 +157,13 @@ public sealed class Trainer : IDisposable
         {
             throw new TrainingCheckpointException($"{dir}: the checkpoint's model does not load: {e.Message}", e);
         }
-        var trainer = new Trainer(model, options, state);
+        if (model.LowRank is not null && options.InRank is null)
+        {
+            model.Dispose();
+            throw new ArgumentException($"{dir}: the checkpoint's model is low-rank (InRank); resume it with the run's InRank options.");
+        }
+        var trainer = new Trainer(model, options, state,
+            options.InRank is { } inRank ? () => InRankTraining.Resume(model, inRank, dir, options.OutputDirectory, state.Step) : null);
         try
         {
             trainer.optimizer.load_state_dict(Path.Combine(dir, TrainingCheckpoint.OptimizerFile));
@@ -125,7 +177,11 @@ public sealed class Trainer : IDisposable
     }
 
     /// <summary>Training FLOPs per token of this model at the run's sequence length (<see cref="ModelFlops.TrainingPerToken"/>).</summary>
-    public double FlopsPerToken => ModelFlops.TrainingPerToken(Model.Info, options.SequenceLength, Model.Config.GetBool("tie_word_embeddings") ?? false);
+    public double FlopsPerToken => ModelFlops.TrainingPerToken(Model.Info with { ParameterCount = ParameterCount }, options.SequenceLength,
+        Model.Config.GetBool("tie_word_embeddings") ?? false);
+
+    /// <summary>The model's parameters now (tied tensors once): InRank's hand-off shrinks them below the loaded count.</summary>
+    public long ParameterCount => Model.Parameters.Sum(p => p.Tensor.NumberOfElements);
 
     /// <summary>The device's peak FLOP/s for the run's matrix products, when known (<see cref="ModelFlops.PeakPerSecond"/>).</summary>
     public double? PeakFlops => ModelFlops.PeakPerSecond(DeviceReport.Name(Model.Device), (options.Autocast ?? options.DType).ToScalarType());
@@ -146,6 +202,7 @@ public sealed class Trainer : IDisposable
         {
             using var scope = torch.NewDisposeScope();
             var (inputs, targets) = train.RandomBatch(ref sampler, options.BatchSize, options.SequenceLength, Model.Device, options.StartToken);
+            inRank?.BeforeForward(Step + 1);
             var loss = Loss(inputs, targets, withExtra: true);
             (loss / accumulation).backward();
             lossSum += loss.to(ScalarType.Float64).item<double>();
@@ -156,6 +213,7 @@ public sealed class Trainer : IDisposable
             norm = torch.nn.utils.clip_grad_norm_(trained, options.GradientClip > 0 ? options.GradientClip : double.PositiveInfinity);
         optimizer.step();
         Step++;
+        if (inRank?.HandOffDue(Step) == true) HandOff();
         long tokens = (long)accumulation * options.BatchSize * options.SequenceLength;
         TokensSeen += tokens;
         return new TrainingProgress(Step, options.TotalSteps, lossSum / accumulation, lr, norm, tokens / clock.Elapsed.TotalSeconds, TokensSeen, null);
@@ -181,6 +239,7 @@ public sealed class Trainer : IDisposable
         {
             using var scope = torch.NewDisposeScope();
             var (inputs, targets) = valid.FixedBatch(i, options.BatchSize, options.SequenceLength, Model.Device, options.StartToken);
+            inRank?.BeforeForward(Step); // the release counts validation passes too
             sum += Loss(inputs, targets, withExtra: false).to(ScalarType.Float64).item<double>();
         }
         return sum / options.EvalBatches;
@@ -212,6 +271,7 @@ public sealed class Trainer : IDisposable
         WriteWeights(dir);
         options.OnCheckpointFile?.Invoke(Path.Combine(dir, CheckpointReader.SingleFileName));
         optimizer.save_state_dict(Path.Combine(dir, TrainingCheckpoint.OptimizerFile));
+        inRank?.SaveState(dir);
     }, options.OnCheckpointFile);
 
     /// <summary>Writes the model as a Hugging Face folder: config.json, model.safetensors (HF names, fused tensors split),
@@ -220,7 +280,7 @@ public sealed class Trainer : IDisposable
     {
         Directory.CreateDirectory(directory);
         WriteWeights(directory);
-        var config = Model.Config.Json;
+        var config = Model.ConfigJson();
         var generation = new JsonObject { ["_from_model_config"] = true };
         foreach (string key in new[] { "bos_token_id", "eos_token_id", "pad_token_id" })
             if (config[key] is { } value) generation[key] = value.DeepClone();
@@ -234,7 +294,7 @@ public sealed class Trainer : IDisposable
 
     void WriteWeights(string directory)
     {
-        WriteJson(Path.Combine(directory, "config.json"), Model.Config.Json);
+        WriteJson(Path.Combine(directory, "config.json"), Model.ConfigJson());
         using var noGrad = torch.no_grad();
         SafetensorsWriter.Write(Path.Combine(directory, CheckpointReader.SingleFileName), Model.StateDict());
     }

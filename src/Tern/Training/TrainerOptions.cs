@@ -2,6 +2,7 @@ using System.Text.Json;
 using System.Text.Json.Nodes;
 using Tern.Models;
 using Tern.Runtime;
+using Tern.Training.InRank;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -73,6 +74,10 @@ public sealed record TrainerOptions
     /// norms and the loss stay fp32. Only bf16: fp16 would need loss scaling. Null = off.</summary>
     public ModelDType? Autocast { get; init; }
 
+    /// <summary>InRank: the MLP linears trained as growing low-rank products, then at the discovered fixed rank (or at
+    /// <see cref="InRankOptions.FixedRank"/> throughout); null = dense. Llama-family and GPT-2 models.</summary>
+    public InRankOptions? InRank { get; init; }
+
     /// <summary>Which parameters train, by <see cref="ModelParameter.Name"/>; null = all. The others stay frozen.</summary>
     public Func<string, bool>? TrainParameter { get; init; }
     /// <summary>Extra loss terms added to the cross-entropy of each micro-batch: (model, input ids [B,T], logits [B,T,V]) → scalar.</summary>
@@ -93,6 +98,7 @@ public sealed record TrainerOptions
         ["total_steps"] = TotalSteps, ["min_lr_ratio"] = MinLearningRateRatio, ["weight_decay"] = WeightDecay, ["beta1"] = Beta1,
         ["beta2"] = Beta2, ["eps"] = Epsilon, ["grad_clip"] = GradientClip, ["eval_every"] = EvalEvery, ["eval_batches"] = EvalBatches,
         ["checkpoint_every"] = CheckpointEvery, ["seed"] = Seed, ["start_token"] = StartToken, ["dtype"] = DType.ToString(), ["autocast"] = Autocast?.ToString(),
+        ["inrank"] = InRank?.ToJson(),
     };
 
     /// <summary>Options read from a run-config JSON file (the keys of <see cref="ToJson"/>, any subset); keys it lacks keep
@@ -127,6 +133,7 @@ public sealed record TrainerOptions
                 "eval_batches" => o with { EvalBatches = Get<int>() }, "checkpoint_every" => o with { CheckpointEvery = Get<int>() },
                 "seed" => o with { Seed = Get<long>() }, "start_token" => o with { StartToken = Get<int?>() }, "dtype" => o with { DType = Enum<ModelDType>() },
                 "autocast" => o with { Autocast = value is null ? null : Enum<ModelDType>() },
+                "inrank" => o with { InRank = value is null ? null : InRankOptions.FromJson(value, path) },
                 _ => throw new ArgumentException($"{path}: unknown key \"{key}\" (known: {string.Join(", ", baseline.ToJson().Select(kv => kv.Key))})."),
             };
         }
@@ -147,6 +154,7 @@ public sealed record TrainerOptions
         if (Beta1 is < 0 or >= 1 || Beta2 is < 0 or >= 1) throw new ArgumentException("betas must be in [0, 1).");
         if (Autocast is { } amp && amp != ModelDType.BFloat16)
             throw new ArgumentException($"{nameof(Autocast)} must be bf16 (got {amp.ShortName()}): fp16 would need loss scaling, which Tern does not do.");
+        InRank?.Validate();
         if (Autocast is not null && DType != ModelDType.Float32)
             throw new ArgumentException($"{nameof(Autocast)} keeps fp32 master weights: train with {nameof(DType)} fp32 (got {DType.ShortName()}).");
     }
