@@ -107,7 +107,7 @@ public sealed record HeavyHitterPolicy : IKvCachePolicy, IAttentionObserver
             var top = rank.masked_fill(candidates.logical_not(), double.NegativeInfinity).topk(heavy, -1).indexes;
             keep = keep | (torch.zeros_like(candidates).scatter(-1, top, torch.ones_like(top, ScalarType.Bool)) & candidates);
         }
-        // Without holes every row holds Length > k real entries: k_r recent plus k − k_r heavy ones stay.
-        layer.Keep(keep, layer.HasHoles ? null : k);
+        // At most k_r recent (distinct positions) plus k − k_r heavy ones stay; exactly k in a row without empty slots.
+        layer.Keep(keep, k);
     }
 }

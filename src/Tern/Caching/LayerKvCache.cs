@@ -238,8 +238,10 @@ public sealed class LayerKvCache : IDisposable
 
     /// <summary>
     /// Evicts every entry whose <paramref name="keep"/> flag [batch, kvHeads, Length] is false; survivors keep their
-    /// values, positions and relative order, and move to the front. When every row keeps the same number of entries, pass
-    /// it as <paramref name="keptPerRow"/> (known on the host); otherwise the largest count is read back from the device.
+    /// values, positions and relative order, and move to the front. <paramref name="keptPerRow"/>, when given, bounds the
+    /// entries any row keeps (known on the host: no read-back, which would stall the device once per layer) and becomes the
+    /// new length; a row keeps fewer only if it held empty slots, so the layer has holes after exactly when it had before.
+    /// Without it the largest count is read back from the device and the layer is taken to have holes.
     /// </summary>
     /// <remarks>The <see cref="EntryState"/> is compacted the same way; its slots past the new length are zeroed, ready for the
     /// entries appended next.</remarks>

@@ -71,7 +71,7 @@ public sealed record StreamingPolicy : IKvCachePolicy
         var positions = layer.ActivePositions;
         var last = positions.amax(new long[] { -1 }, keepdim: true);
         var keep = positions.lt(Sinks) | positions.gt(last - (c - Sinks));
-        // Without holes every row holds Length > C real entries and keeps exactly C.
-        layer.Keep(keep, layer.HasHoles ? null : c);
+        // At most C entries stay (distinct positions); exactly C in a row without empty slots.
+        layer.Keep(keep, c);
     }
 }
