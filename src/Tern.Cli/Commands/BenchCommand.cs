@@ -34,9 +34,14 @@ internal static class BenchCommand
         kv.AddTo(command);
         var offload = new OffloadFlags();
         offload.AddTo(command);
-        command.SetAction(r => offload.Enabled(r)
-            ? RunOffloaded(r, common, offload, kv, prompts, newTokens, output, label, measureSteps)
-            : Run(r, common, kv, batches, prompts, newTokens, output, floor, label, noGraphs, prefillChunk));
+        var sparsity = new SparsityFlags();
+        sparsity.AddTo(command);
+        command.SetAction(r =>
+        {
+            if (!offload.Enabled(r)) return Run(r, common, kv, sparsity, batches, prompts, newTokens, output, floor, label, noGraphs, prefillChunk);
+            sparsity.RefuseWithOffload(r);
+            return RunOffloaded(r, common, offload, kv, prompts, newTokens, output, label, measureSteps);
+        });
         command.Subcommands.Add(ServeBenchCommand.Create());
         return command;
     }
@@ -53,13 +58,14 @@ internal static class BenchCommand
         return values.ToArray();
     }
 
-    static int Run(ParseResult r, CommonOptions common, KvPolicyFlags kv, Option<int[]> batches, Option<int[]> prompts, Option<int> newTokens,
+    static int Run(ParseResult r, CommonOptions common, KvPolicyFlags kv, SparsityFlags sparsity, Option<int[]> batches, Option<int[]> prompts, Option<int> newTokens,
         Option<string> output, Option<bool> floorOption, Option<string?> label, Option<bool> noGraphs, Option<int> prefillChunk)
     {
         int steps = r.GetValue(newTokens);
         if (steps < 2) throw new UsageException("--new-tokens must be at least 2 (one prefill token plus decode steps).");
         var (model, _, folder) = common.Load(r, needTokenizer: false);
         using (model)
+        using (sparsity.Apply(r, model, folder))
         {
             var device = model.Device;
             string card = DeviceReport.Name(device);

@@ -29,6 +29,7 @@ internal static class CliErrors
         [TernOption.KvRecent] = "--kv-recent",
         [TernOption.KvBits] = "--kv-bits",
         [TernOption.SparsityMlp] = "--mlp",
+        [TernOption.Sparsity] = "--sparsity",
         [TernOption.KvEvictEvery] = "--kv-evict-every",
         [TernOption.MaxNewTokens] = "--max-new-tokens",
         [TernOption.PrefillChunk] = "--prefill-chunk",

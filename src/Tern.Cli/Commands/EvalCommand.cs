@@ -16,17 +16,20 @@ internal static class EvalCommand
         var maxTokens = new Option<int>("--max-tokens") { Description = "Score only the first N tokens of the text (0 = all)." };
         var ppl = new Command("ppl", "Perplexity of a text: sliding windows, every token after the first scored exactly once.") { text, window, stride, maxTokens };
         common.AddTo(ppl);
-        ppl.SetAction((r, cancellation) => Task.FromResult(Perplexity(r, common, text, window, stride, maxTokens, cancellation)));
+        var sparsity = new SparsityFlags();
+        sparsity.AddTo(ppl);
+        ppl.SetAction((r, cancellation) => Task.FromResult(Perplexity(r, common, sparsity, text, window, stride, maxTokens, cancellation)));
         return new Command("eval", "Evaluate a model.") { ppl, EvalPolicyCommands.Stream(), EvalPolicyCommands.Budget(), EvalPolicyCommands.Choice(), EvalPolicyCommands.Sinks(), EvalPolicyCommands.Plot(), SparsityCommand.Evaluate() };
     }
 
-    static int Perplexity(ParseResult r, CommonOptions common, Option<FileInfo> textOption, Option<int> window, Option<int> stride,
+    static int Perplexity(ParseResult r, CommonOptions common, SparsityFlags sparsity, Option<FileInfo> textOption, Option<int> window, Option<int> stride,
         Option<int> maxTokens, CancellationToken cancellation)
     {
         var file = r.GetValue(textOption)!;
         string text = TextFiles.Read(file.FullName, "--text");
         var (model, tokenizer, folder) = common.Load(r, needTokenizer: true);
         using (model)
+        using (sparsity.Apply(r, model, folder, everyToken: true))
         {
             var clock = Stopwatch.StartNew();
             IReadOnlyList<int> tokens = tokenizer!.Encode(text, addSpecialTokens: false);

@@ -15,6 +15,7 @@ internal static class GenerateCommand
         var sampling = new SamplingOptions();
         var kv = new KvPolicyFlags();
         var offload = new OffloadFlags();
+        var sparsity = new SparsityFlags();
         var prompts = new Argument<string[]>("prompt") { Description = "Prompt text (several make a batch).", Arity = ArgumentArity.ZeroOrMore };
         var promptFile = new Option<FileInfo?>("--prompt-file", "-f") { Description = "Read the prompt from a file (with --lines: one prompt per line)." };
         var lines = new Option<bool>("--lines") { Description = "Treat each non-empty line of --prompt-file as a prompt of the batch." };
@@ -24,11 +25,13 @@ internal static class GenerateCommand
         sampling.AddTo(command);
         kv.AddTo(command);
         offload.AddTo(command);
-        command.SetAction((result, cancellation) => RunAsync(result, common, sampling, kv, offload, prompts, promptFile, lines, noStream, cancellation));
+        sparsity.AddTo(command);
+        command.SetAction((result, cancellation) => RunAsync(result, common, sampling, kv, offload, sparsity, prompts, promptFile, lines, noStream, cancellation));
         return command;
     }
 
-    static async Task<int> RunAsync(ParseResult r, CommonOptions common, SamplingOptions sampling, KvPolicyFlags kv, OffloadFlags offload, Argument<string[]> promptsArg,
+    static async Task<int> RunAsync(ParseResult r, CommonOptions common, SamplingOptions sampling, KvPolicyFlags kv, OffloadFlags offload,
+        SparsityFlags sparsityFlags, Argument<string[]> promptsArg,
         Option<FileInfo?> promptFile, Option<bool> lines, Option<bool> noStream, CancellationToken cancellation)
     {
         var texts = new List<string>(r.GetValue(promptsArg) ?? Array.Empty<string>());
@@ -44,8 +47,10 @@ internal static class GenerateCommand
             throw new UsageException(r.GetValue(promptFile) is { } source ? $"--prompt-file '{source.FullName}' holds an empty prompt; give it some text."
                 : texts.Count > 1 ? $"<prompt> {empty} of the batch is empty; every prompt needs at least one character." : "<prompt> is empty; give some text to continue.");
         var options = sampling.Read(r).WithKvPolicy(kv.Read(r));
+        if (offload.Enabled(r)) sparsityFlags.RefuseWithOffload(r);
         var (model, tokenizer, description, blockSize, report) = offload.Enabled(r) ? LoadOffloaded(r, common, offload, texts, options) : Load(r, common);
         using (model as IDisposable)
+        using (model is CausalLanguageModel inMemory ? sparsityFlags.Apply(r, inMemory, common.ResolveModelFolder(r)) : null)
         {
             var generator = new Generator(model, tokenizer);
             Console.Error.WriteLine(description);

@@ -20,6 +20,7 @@ internal static class ServeCommand
         var common = new CommonOptions();
         var flags = new ServeFlags();
         var offload = new OffloadFlags();
+        var sparsity = new SparsityFlags();
         var apiKey = new Option<string?>("--api-key") { Description = "Require 'Authorization: Bearer KEY' on /v1 requests (default: the TERN_API_KEY variable, else none)." };
         var drain = new Option<double>("--drain-timeout")
         {
@@ -32,15 +33,16 @@ internal static class ServeCommand
         common.AddTo(command);
         flags.AddTo(command);
         offload.AddTo(command);
-        command.SetAction((r, _) => RunAsync(r, common, flags, offload, apiKey, drain));
+        sparsity.AddTo(command);
+        command.SetAction((r, _) => RunAsync(r, common, flags, offload, sparsity, apiKey, drain));
         return command;
     }
 
     /// <summary>The command's name: it handles termination signals itself (<see cref="Program"/> leaves them to it), to drain.</summary>
     public const string Name = "serve";
 
-    static async Task<int> RunAsync(ParseResult r, CommonOptions common, ServeFlags flags, OffloadFlags offload, Option<string?> apiKey,
-        Option<double> drainTimeout)
+    static async Task<int> RunAsync(ParseResult r, CommonOptions common, ServeFlags flags, OffloadFlags offload, SparsityFlags sparsity,
+        Option<string?> apiKey, Option<double> drainTimeout)
     {
         // First SIGTERM / SIGINT / SIGQUIT: drain; a second one: stop now. Cancelling the signal keeps the runtime from
         // exiting under the requests in flight (which reached clients as libtorch asserts, exit 143).
@@ -65,6 +67,7 @@ internal static class ServeCommand
         if (offload.Enabled(r))
         {
             // FlexGen's throughput mode: blocks of gbs x ngb requests, planned for the longest prompt and max_tokens served.
+            sparsity.RefuseWithOffload(r);
             ModelLoadOptions load;
             (folder, load) = common.LoadOptions(r);
             tokenizer = TernTokenizer.Load(folder);
@@ -85,6 +88,7 @@ internal static class ServeCommand
             (model, tokenizer, folder) = (inMemory, loaded!, path);
         }
         using (model as IDisposable)
+        using (model is CausalLanguageModel inMemoryModel ? sparsity.Apply(r, inMemoryModel, folder) : null)
         using (var engine = ServingEngine.Start(model, tokenizer, serving))
         {
             await using var host = await TernServer.StartAsync(engine, server, cancellation);

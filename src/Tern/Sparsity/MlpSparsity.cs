@@ -37,6 +37,30 @@ public sealed record SparsityOptions
     {
         if (!(MlpActive > 0 && MlpActive <= 1)) throw new OptionException($"{TernOption.SparsityMlp} must be in (0, 1], the fraction of neurons computed (got {MlpActive}).");
     }
+
+    /// <summary>Reads <c>mlp=F[,rule=predicted|oracle|random][,seed=N]</c> (the CLI's <c>--sparsity</c>, a request's field).</summary>
+    public static SparsityOptions Parse(string spec)
+    {
+        var options = new SparsityOptions();
+        bool mlp = false;
+        foreach (string item in spec.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+        {
+            var (key, value) = item.Split('=', 2) is [var k, var v] ? (k.Trim().ToLowerInvariant(), v.Trim()) : (item.ToLowerInvariant(), "");
+            var invariant = System.Globalization.CultureInfo.InvariantCulture;
+            options = key switch
+            {
+                "mlp" when double.TryParse(value, System.Globalization.NumberStyles.Float, invariant, out double f) => options with { MlpActive = f },
+                "rule" when Enum.TryParse<NeuronRule>(value, ignoreCase: true, out var rule) && !int.TryParse(value, out _) => options with { Rule = rule },
+                "seed" when long.TryParse(value, invariant, out long seed) => options with { Seed = seed },
+                "heads" => throw new OptionException($"{TernOption.Sparsity}: head sparsity (heads=) is not built yet; only mlp= is (DejaVu's MLP sparsity)."),
+                _ => throw new OptionException($"{TernOption.Sparsity}: '{item}' is not understood; write mlp=FRACTION[,rule=predicted|oracle|random][,seed=N], e.g. mlp=0.1."),
+            };
+            mlp |= key == "mlp";
+        }
+        if (!mlp) throw new OptionException($"{TernOption.Sparsity} '{spec}' names no fraction: write e.g. mlp=0.1 (the fraction of MLP neurons computed).");
+        options.Validate();
+        return options;
+    }
 }
 
 /// <summary>
@@ -47,12 +71,13 @@ public sealed record SparsityOptions
 /// its own neurons; prefill steps run dense unless <see cref="SparsityOptions.EveryToken"/>. Set on a model through
 /// <see cref="CausalLanguageModel.Sparsity"/>.
 /// </summary>
-public sealed class MlpSparsity : IContextualSparsity
+public sealed class MlpSparsity : IContextualSparsity, IDisposable
 {
     readonly SparsityOptions options;
     readonly SparsityPredictors? predictors;
     readonly int neurons, active, layers;
     readonly torch.Generator? random;
+    SparsityPredictors? owned;
 
     MlpSparsity(SparsityOptions options, SparsityPredictors? predictors, int neurons, int layers)
     {
@@ -80,8 +105,42 @@ public sealed class MlpSparsity : IContextualSparsity
         return new MlpSparsity(options, predictors, identity.IntermediateSize, model.Info.Layers);
     }
 
+    /// <summary>MLP sparsity for <paramref name="model"/>, loaded from <paramref name="modelDirectory"/>: the learned
+    /// predictors saved next to the model (<c>sparsity/</c>, checked against it) when the rule needs them, moved to the
+    /// model's device and owned by the result.</summary>
+    public static MlpSparsity Load(CausalLanguageModel model, string modelDirectory, SparsityOptions options)
+    {
+        if (options.Rule != NeuronRule.Predicted) return Create(model, options);
+        ModelIdentity.Of(model.Config).RequireReluMlp(); // before reading predictors for a model that cannot use them
+        var predictors = SparsityPredictors.LoadFor(model, modelDirectory);
+        if (model.Device.type != DeviceType.CPU)
+        {
+            using var onCpu = predictors;
+            predictors = onCpu.To(model.Device);
+        }
+        try
+        {
+            var sparsity = Create(model, options, predictors);
+            sparsity.owned = predictors;
+            return sparsity;
+        }
+        catch
+        {
+            predictors.Dispose();
+            throw;
+        }
+    }
+
     /// <summary>Neurons each layer computes per sequence.</summary>
     public int ActiveNeurons => active;
+
+    /// <summary>Releases what <see cref="Load"/> loaded.</summary>
+    public void Dispose()
+    {
+        owned?.Dispose();
+        owned = null;
+        random?.Dispose();
+    }
 
     /// <inheritdoc />
     public ISparsityStep? ForStep(ForwardBatch batch) =>

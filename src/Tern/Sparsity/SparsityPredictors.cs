@@ -98,9 +98,15 @@ public sealed class SparsityPredictors : IDisposable
         AtomicFile.Write(Path.Combine(dir, ManifestFile), s => JsonSerializer.Serialize(s, Manifest, ActivationData.Json));
     }
 
-    /// <summary>Loads the predictors saved next to <paramref name="model"/> (loaded from <paramref name="modelDirectory"/>), checked against it.</summary>
+    /// <summary>Loads the predictors saved next to <paramref name="model"/> (loaded from <paramref name="modelDirectory"/>), checked
+    /// against it, onto the CPU.</summary>
     public static SparsityPredictors LoadFor(CausalLanguageModel model, string modelDirectory) =>
         Load(modelDirectory, ModelIdentity.Of(model.Config));
+
+    /// <summary>A copy on <paramref name="device"/> (these stay as they are): where the model runs, so that a step's predictions
+    /// never cross to the host.</summary>
+    public SparsityPredictors To(Device device) => new(Manifest,
+        Layers.Select(l => new LayerPredictors(l.Mlp?.To(device), l.MlpStats, l.Heads.To(device), l.HeadStats)).ToArray());
 
     /// <summary>Loads the predictors under <paramref name="modelDirectory"/>/sparsity onto the CPU, refusing (with the field and the
     /// fix) predictors made for another model than <paramref name="expected"/> or files that disagree with their manifest.</summary>

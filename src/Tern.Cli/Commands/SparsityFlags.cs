@@ -1,0 +1,57 @@
+using System.CommandLine;
+using Tern.Models;
+using Tern.Runtime;
+using Tern.Sparsity;
+
+namespace Tern.Cli.Commands;
+
+/// <summary>DejaVu's <c>--sparsity</c> flag of the commands that run a loaded model (generate, bench, serve, eval ppl), checked
+/// while parsing (one line, exit 2).</summary>
+internal sealed class SparsityFlags
+{
+    public Option<string?> Spec { get; } = new("--sparsity")
+    {
+        Description = "DejaVu contextual sparsity of decode steps: mlp=FRACTION[,rule=predicted|oracle|random][,seed=N] (ReLU MLPs; " +
+            "predicted reads the predictors of 'tern sparsity train' next to the model). Default: dense.",
+    };
+
+    public void AddTo(Command command)
+    {
+        command.Options.Add(Spec);
+        command.Validators.Add(result =>
+        {
+            if (result.GetValue(Spec) is not { } spec) return;
+            try
+            {
+                SparsityOptions.Parse(spec);
+            }
+            catch (ArgumentException e)
+            {
+                result.AddError(CliErrors.Message(e));
+            }
+        });
+    }
+
+    /// <summary>Refuses the flag next to <c>--offload</c>: an offloaded model's stages run dense.</summary>
+    public void RefuseWithOffload(ParseResult r)
+    {
+        if (Read(r) is not null)
+            throw new UsageException("--sparsity runs a model in memory; an offloaded model's stages run dense. Drop one of --sparsity and --offload.");
+    }
+
+    /// <summary>The options the flag describes, or null when it is not given (validated by the parser already).</summary>
+    public SparsityOptions? Read(ParseResult r) => r.GetValue(Spec) is { } spec ? SparsityOptions.Parse(spec) : null;
+
+    /// <summary>Puts the sparsity the flag asks for on <paramref name="model"/> (loaded from <paramref name="folder"/>); the result
+    /// (null when dense) owns the predictors it loaded. <paramref name="everyToken"/>: steps of several tokens (evaluation
+    /// windows) are sparse too, each token choosing its neurons, as DejaVu measures quality.</summary>
+    public MlpSparsity? Apply(ParseResult r, CausalLanguageModel model, string folder, bool everyToken = false)
+    {
+        if (Read(r) is not { } options) return null;
+        options = options with { EveryToken = everyToken };
+        var sparsity = MlpSparsity.Load(model, folder, options);
+        model.Sparsity = sparsity;
+        Console.Error.WriteLine($"sparsity: {sparsity.ActiveNeurons} of each layer's MLP neurons per decode token ({options.Rule.ToString().ToLowerInvariant()})");
+        return sparsity;
+    }
+}

@@ -1,0 +1,57 @@
+using System.Globalization;
+
+namespace Tern.Tests.Cli;
+
+/// <summary>DejaVu's <c>--sparsity</c> on the commands that run a model: bad specifications stop the parse with one line
+/// naming the flag (exit 2); on the shipped ReLU model, k = all neurons is the dense run, and fewer neurons change it.</summary>
+public sealed class SparsityFlagTests
+{
+    [Theory]
+    [InlineData("mlp=1.5", "tern: --mlp must be in (0, 1], the fraction of neurons computed (got 1.5).")]
+    [InlineData("rule=oracle", "tern: --sparsity 'rule=oracle' names no fraction: write e.g. mlp=0.1 (the fraction of MLP neurons computed).")]
+    [InlineData("mlp=0.1,rule=best", "tern: --sparsity: 'rule=best' is not understood; write mlp=FRACTION[,rule=predicted|oracle|random][,seed=N], e.g. mlp=0.1.")]
+    [InlineData("mlp=0.1,heads=0.5", "tern: --sparsity: head sparsity (heads=) is not built yet; only mlp= is (DejaVu's MLP sparsity).")]
+    public void BadSpecificationsAreOneLineAndExitTwo(string spec, string message)
+    {
+        foreach (var command in new[] { new[] { "generate" }, new[] { "bench" }, new[] { "serve" }, new[] { "eval", "ppl", "--text", "x" } })
+        {
+            var (code, lines) = CliProcess.Errors(command.Concat(new[] { "--model", "no/such/folder", "--sparsity", spec }).ToArray());
+            Assert.Equal(2, code);
+            Assert.Equal(message, lines[0]);
+        }
+    }
+
+    [Fact]
+    public void OffloadedModelsRefuseIt()
+    {
+        var (code, lines) = CliProcess.Errors("generate", "--model", "no/such/folder", "--sparsity", "mlp=0.5,rule=oracle", "--offload", "auto");
+        Assert.Equal(2, code);
+        Assert.StartsWith("tern: --sparsity runs a model in memory", lines[0]);
+    }
+
+    static readonly string DefaultModel = Path.GetFullPath(Path.Combine(Fixtures.Root, "..", "..", "models", "default"));
+
+    static double Perplexity(string text, params string[] extra)
+    {
+        var (code, output, error) = CliProcess.Run(new[] { "eval", "ppl", "--model", DefaultModel, "--device", "cpu", "--text", text, "--max-tokens", "96", "--window", "48" }.Concat(extra).ToArray());
+        Assert.True(code == 0, error);
+        string number = output.Split("perplexity ")[1].Split(' ')[0];
+        return double.Parse(number, CultureInfo.InvariantCulture);
+    }
+
+    [Fact]
+    public void EveryNeuronIsTheDenseRunAndFewerChangeIt()
+    {
+        string text = Path.Combine(Fixtures.Root, "..", "..", "README.md");
+        double dense = Perplexity(text);
+        Assert.Equal(dense, Perplexity(text, "--sparsity", "mlp=1,rule=oracle"));
+        Assert.NotEqual(dense, Perplexity(text, "--sparsity", "mlp=0.05,rule=random"));
+
+        var (code, output, error) = CliProcess.Run("generate", "--model", DefaultModel, "--device", "cpu", "A dictionary is", "--max-new-tokens", "6", "--no-stream");
+        var (sparseCode, sparseOutput, sparseError) = CliProcess.Run("generate", "--model", DefaultModel, "--device", "cpu", "A dictionary is", "--max-new-tokens", "6", "--no-stream",
+            "--sparsity", "mlp=1,rule=oracle");
+        Assert.True(code == 0 && sparseCode == 0, error + sparseError);
+        Assert.Equal(output, sparseOutput);
+        Assert.Contains("sparsity: ", sparseError);
+    }
+}
