@@ -65,7 +65,7 @@ internal static class BenchCommand
         if (steps < 2) throw new UsageException("--new-tokens must be at least 2 (one prefill token plus decode steps).");
         var (model, _, folder) = common.Load(r, needTokenizer: false);
         using (model)
-        using (sparsity.Apply(r, model, folder))
+        using (sparsity.Apply(r, common, model))
         {
             var device = model.Device;
             string card = DeviceReport.Name(device);

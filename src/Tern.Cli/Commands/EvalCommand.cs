@@ -29,7 +29,7 @@ internal static class EvalCommand
         string text = TextFiles.Read(file.FullName, "--text");
         var (model, tokenizer, folder) = common.Load(r, needTokenizer: true);
         using (model)
-        using (sparsity.Apply(r, model, folder, everyToken: true))
+        using (sparsity.Apply(r, common, model, everyToken: true))
         {
             var clock = Stopwatch.StartNew();
             IReadOnlyList<int> tokens = tokenizer!.Encode(text, addSpecialTokens: false);

@@ -50,7 +50,7 @@ internal static class GenerateCommand
         if (offload.Enabled(r)) sparsityFlags.RefuseWithOffload(r);
         var (model, tokenizer, description, blockSize, report) = offload.Enabled(r) ? LoadOffloaded(r, common, offload, texts, options) : Load(r, common);
         using (model as IDisposable)
-        using (model is CausalLanguageModel inMemory ? sparsityFlags.Apply(r, inMemory, common.ResolveModelFolder(r)) : null)
+        using (model is CausalLanguageModel inMemory ? sparsityFlags.Apply(r, common, inMemory) : null)
         {
             var generator = new Generator(model, tokenizer);
             Console.Error.WriteLine(description);

@@ -88,7 +88,7 @@ internal static class ServeCommand
             (model, tokenizer, folder) = (inMemory, loaded!, path);
         }
         using (model as IDisposable)
-        using (model is CausalLanguageModel inMemoryModel ? sparsity.Apply(r, inMemoryModel, folder) : null)
+        using (model is CausalLanguageModel inMemoryModel ? sparsity.Apply(r, common, inMemoryModel) : null)
         using (var engine = ServingEngine.Start(model, tokenizer, serving))
         {
             await using var host = await TernServer.StartAsync(engine, server, cancellation);

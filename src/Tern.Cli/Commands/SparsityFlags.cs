@@ -42,14 +42,17 @@ internal sealed class SparsityFlags
     /// <summary>The options the flag describes, or null when it is not given (validated by the parser already).</summary>
     public SparsityOptions? Read(ParseResult r) => r.GetValue(Spec) is { } spec ? SparsityOptions.Parse(spec) : null;
 
-    /// <summary>Puts the sparsity the flag asks for on <paramref name="model"/> (loaded from <paramref name="folder"/>); the result
-    /// (null when dense) owns the predictors it loaded. <paramref name="everyToken"/>: steps of several tokens (evaluation
+    /// <summary>Puts the sparsity the flag asks for on <paramref name="model"/> (loaded by <paramref name="common"/>'s flags); the
+    /// result (null when dense) owns the predictors it loaded. <paramref name="everyToken"/>: steps of several tokens (evaluation
     /// windows) are sparse too, each token choosing its neurons, as DejaVu measures quality.</summary>
-    public MlpSparsity? Apply(ParseResult r, CausalLanguageModel model, string folder, bool everyToken = false)
+    public MlpSparsity? Apply(ParseResult r, CommonOptions common, CausalLanguageModel model, bool everyToken = false)
     {
         if (Read(r) is not { } options) return null;
         options = options with { EveryToken = everyToken };
-        var sparsity = MlpSparsity.Load(model, folder, options);
+        bool dummy = r.GetValue(common.Dummy);
+        if (dummy && options.Rule == NeuronRule.Predicted)
+            Console.Error.WriteLine("note: --dummy weights: the predictors are untrained ones of the default ranks (their cost, not their choices)");
+        var sparsity = dummy ? MlpSparsity.ForTiming(model, options) : MlpSparsity.Load(model, common.ResolveModelFolder(r), options);
         model.Sparsity = sparsity;
         Console.Error.WriteLine($"sparsity: {sparsity.ActiveNeurons} of each layer's MLP neurons per decode token ({options.Rule.ToString().ToLowerInvariant()})");
         return sparsity;

@@ -118,6 +118,21 @@ public sealed class MlpSparsity : IContextualSparsity, IDisposable
             using var onCpu = predictors;
             predictors = onCpu.To(model.Device);
         }
+        return Owning(model, options, predictors);
+    }
+
+    /// <summary>MLP sparsity whose learned rule runs untrained predictors of the default ranks (random weights, on the model's
+    /// device): what a throughput measurement of a model with dummy weights needs — the predictors' cost, not their choices.</summary>
+    public static MlpSparsity ForTiming(CausalLanguageModel model, SparsityOptions options, long seed = 0)
+    {
+        if (options.Rule != NeuronRule.Predicted) return Create(model, options);
+        var identity = ModelIdentity.Of(model.Config);
+        identity.RequireReluMlp();
+        return Owning(model, options, SparsityPredictors.Untrained(identity, model.Device, seed));
+    }
+
+    static MlpSparsity Owning(CausalLanguageModel model, SparsityOptions options, SparsityPredictors predictors)
+    {
         try
         {
             var sparsity = Create(model, options, predictors);

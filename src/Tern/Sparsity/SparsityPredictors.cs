@@ -3,6 +3,7 @@ using System.Text.Json.Serialization;
 using Tern.Checkpoints;
 using Tern.Models;
 using Tern.Runtime;
+using TorchSharp;
 using static TorchSharp.torch;
 
 namespace Tern.Sparsity;
@@ -102,6 +103,30 @@ public sealed class SparsityPredictors : IDisposable
     /// against it, onto the CPU.</summary>
     public static SparsityPredictors LoadFor(CausalLanguageModel model, string modelDirectory) =>
         Load(modelDirectory, ModelIdentity.Of(model.Config));
+
+    /// <summary>Predictors of <paramref name="model"/>'s shape at the default ranks with random weights (normal, 1/√fan-in),
+    /// never trained (their stats say so: no epochs, NaN results): for throughput measurements of models with dummy weights.</summary>
+    public static SparsityPredictors Untrained(ModelIdentity model, Device device, long seed)
+    {
+        var (mlpRank, headRank) = PredictorTrainer.DefaultRanks(model);
+        using var random = new torch.Generator((ulong)seed);
+        LowRankPredictor Random(int rank, int outputs) => new(
+            (torch.randn(new long[] { model.HiddenSize, rank }, generator: random) / Math.Sqrt(model.HiddenSize)).to(device).DetachFromDisposeScope(),
+            (torch.randn(new long[] { rank, outputs }, generator: random) / Math.Sqrt(rank)).to(device).DetachFromDisposeScope());
+        PredictorStats Stats(int layer, int rank) => new()
+        {
+            SourceLayer = PredictorTrainer.SourceLayer(layer, lookahead: true), Rank = rank, Epochs = 0, TrainLoss = Array.Empty<double>(),
+            LabelWeight = double.NaN, Recall = double.NaN, Precision = double.NaN, K = 0, RecallAtK = double.NaN, TrueActive = double.NaN,
+            PredictedActive = double.NaN,
+        };
+        var layers = Enumerable.Range(0, model.Layers).Select(l => new LayerPredictors(
+            Random(mlpRank, model.IntermediateSize), Stats(l, mlpRank), Random(headRank, model.Heads), Stats(l, headRank))).ToArray();
+        var manifest = new PredictorManifest
+        {
+            Model = model, Lookahead = true, Mlp = true, MlpRank = mlpRank, HeadRank = headRank, HeadFraction = double.NaN, Tokens = 0,
+        };
+        return new SparsityPredictors(manifest, layers);
+    }
 
     /// <summary>A copy on <paramref name="device"/> (these stay as they are): where the model runs, so that a step's predictions
     /// never cross to the host.</summary>

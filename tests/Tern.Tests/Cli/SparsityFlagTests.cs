@@ -29,6 +29,18 @@ public sealed class SparsityFlagTests
         Assert.StartsWith("tern: --sparsity runs a model in memory", lines[0]);
     }
 
+    /// <summary>A model with dummy weights has no trained predictors: the bench times untrained ones of the default ranks.</summary>
+    [Fact]
+    public void TheBenchOfDummyWeightsRunsUntrainedPredictors()
+    {
+        using var dir = new TempDir();
+        var (code, _, error) = CliProcess.Run("bench", "--model", DefaultModel, "--dummy", "--device", "cpu", "--prompt", "8", "--new-tokens", "4",
+            "--sparsity", "mlp=0.1", "-o", Path.Combine(dir.Path, "results.csv"));
+        Assert.True(code == 0, error);
+        Assert.Contains("untrained ones of the default ranks", error);
+        Assert.Contains("sparsity: ", error);
+    }
+
     static readonly string DefaultModel = Path.GetFullPath(Path.Combine(Fixtures.Root, "..", "..", "models", "default"));
 
     static double Perplexity(string text, params string[] extra)
