@@ -809,15 +809,14 @@ public sealed class ServingEngine : IDisposable
             {
                 if (pool.prefilling is not null) pool.AdvancePrefill();
                 if (pool.Sequences.Count == 0) continue;
-                if (!pool.Sequences.Any(s => s.WantsStep))
-                {
-                    pool.Collect(null);
-                    continue;
-                }
                 try
                 {
-                    pool.Fit(pool.Sequences.Count, 0, pool.Ahead());
-                    parts.Add((pool, pool.StepRows()));
+                    if (!pool.Sequences.Any(s => s.WantsStep)) pool.Collect(null);
+                    else
+                    {
+                        pool.Fit(pool.Sequences.Count, 0, pool.Ahead());
+                        parts.Add((pool, pool.StepRows()));
+                    }
                 }
                 catch (Exception e)
                 {
@@ -826,7 +825,15 @@ public sealed class ServingEngine : IDisposable
             }
             if (parts.Count == 1)
             {
-                parts[0].Pool.Step();
+                var pool = parts[0].Pool;
+                try
+                {
+                    pool.Collect(pool.Launch()); // alone after all: its own (static-shape) step
+                }
+                catch (Exception e)
+                {
+                    pool.Abandon(e);
+                }
                 return;
             }
             if (parts.Count == 0) return;
