@@ -7,7 +7,9 @@ namespace Tern.Distillation;
 /// The distilled long convolution as a diagonal recurrence, per channel c and mode n (SH convention, brief §1.5):
 /// s_t = λ s_{t−1} + w_t,  y_t = Re Σ_n R_n s_t[n] + D w_t,  s_{−1} = 0,
 /// which equals y = ĥ * w with ĥ_t = Re Σ R λ^t + D·[t = 0] (the paper's x_{t+1} = Λx_t + Bu_t, y_t = Re(Cx_t) + Du_t with the
-/// state taken after absorbing u_t: B = 1, C = R). State s is complex [B, C, S]; batched over rows and channels.
+/// state taken after absorbing u_t: B = 1, C = R). State s is complex [B, C, S]; batched over rows and channels. Inputs may carry
+/// extra dimensions after the channel, [B, C, K…], that share channel c's filter (MultiHyena's N×N entries of head c): the state is
+/// then [B, C, K…, S].
 /// </summary>
 public sealed class ModalRecurrence : IDisposable
 {
@@ -43,8 +45,10 @@ public sealed class ModalRecurrence : IDisposable
         return new ModalRecurrence(filters, poles.DetachFromDisposeScope(), residues.DetachFromDisposeScope(), direct.DetachFromDisposeScope());
     }
 
-    /// <summary>A zero state [<paramref name="batch"/>, C, S] (nothing seen yet), in the caller's dispose scope.</summary>
-    public Tensor NewState(long batch) => torch.zeros(new[] { batch, Poles.shape[0], Poles.shape[1] }, StateType, Poles.device);
+    /// <summary>A zero state [<paramref name="batch"/>, C, <paramref name="tied"/>…, S] (nothing seen yet), in the caller's dispose
+    /// scope.</summary>
+    public Tensor NewState(long batch, params long[] tied) =>
+        torch.zeros(new[] { batch, Poles.shape[0] }.Concat(tied).Append(Poles.shape[1]).ToArray(), StateType, Poles.device);
 
     /// <summary>The modal kernel ĥ [C, <paramref name="length"/>] in the output type (powers computed in fp64).</summary>
     public Tensor Kernel(int length)
@@ -54,45 +58,57 @@ public sealed class ModalRecurrence : IDisposable
     }
 
     /// <summary>
-    /// The prompt's outputs y = ĥ * w for <paramref name="input"/> w [B, C, T], by FFT (<see cref="LongConvolution"/>).
+    /// The prompt's outputs y = ĥ * w for <paramref name="input"/> w [B, C, K…, T], by FFT (<see cref="LongConvolution"/>).
     /// </summary>
     public Tensor Convolve(Tensor input)
     {
         using var scope = torch.NewDisposeScope();
-        return LongConvolution.Causal(input.to(OutputType), Kernel((int)input.shape[2])).MoveToOuterDisposeScope();
+        var kernel = Tied(Kernel((int)input.shape[^1]), input.dim() - 1);
+        return LongConvolution.Causal(input.to(OutputType), kernel).MoveToOuterDisposeScope();
     }
 
     /// <summary>
-    /// The state after a prompt w [B, C, T], in closed form: s[b, c, n] = Σ_{k&lt;T} λ_{c,n}^{T−1−k} w[b, c, k] (one batched
+    /// The state after a prompt w [B, C, K…, T], in closed form: s[b, c, n] = Σ_{k&lt;T} λ_{c,n}^{T−1−k} w[b, c, k] (one batched
     /// product with the fp64 powers λ^j, j = T−1 … 0), i.e. the state after the last prompt token, ready for <see cref="Step"/>
     /// on token T. Leading zeros in w change nothing, so left-padded rows of different lengths share one call; right padding
     /// would not (the state would decay through the pad). Costs O(B·C·S·T) time and O(C·S·T) memory for the powers.
     /// </summary>
     public Tensor Prefill(Tensor input)
     {
-        if (input.dim() != 3 || input.shape[1] != Poles.shape[0])
-            throw new ArgumentException($"the prompt must be [B, {Poles.shape[0]}, T], got [{string.Join(", ", input.shape)}].", nameof(input));
+        if (input.dim() < 3 || input.shape[1] != Poles.shape[0])
+            throw new ArgumentException($"the prompt must be [B, {Poles.shape[0]}, …, T], got [{string.Join(", ", input.shape)}].", nameof(input));
         using var scope = torch.NewDisposeScope();
-        long length = input.shape[2];
+        long length = input.shape[^1];
         var exponents = torch.arange(length - 1, -1, -1, ScalarType.Float64, Poles.device);   // T−1−k for k = 0..T−1
         var (re, im) = ModalFilters.PowersOf(Poles, exponents);                              // [C, S, T]
-        var w = input.to(ScalarType.Float64).unsqueeze(2);                                    // [B, C, 1, T]
-        var stateRe = w.matmul(re.transpose(1, 2)).squeeze(2);                                // [B, C, S]
-        var stateIm = w.matmul(im.transpose(1, 2)).squeeze(2);
-        return torch.complex(stateRe, stateIm).to(StateType).MoveToOuterDisposeScope();
+        var w = input.to(ScalarType.Float64).reshape(input.shape[0], input.shape[1], -1, length); // [B, C, K, T]
+        var stateRe = w.matmul(re.transpose(1, 2));                                           // [B, C, K, S]
+        var stateIm = w.matmul(im.transpose(1, 2));
+        var shape = input.shape[..^1].Append(Poles.shape[1]).ToArray();
+        return torch.complex(stateRe, stateIm).to(StateType).view(shape).MoveToOuterDisposeScope();
     }
 
     /// <summary>
-    /// One token: <paramref name="state"/> [B, C, S] ← λ ⊙ state + w (in place), and returns y [B, C] = Re Σ_n R ⊙ state + D ⊙ w
-    /// for <paramref name="input"/> w [B, C], in the output type, in the caller's dispose scope.
+    /// One token: <paramref name="state"/> [B, C, K…, S] ← λ ⊙ state + w (in place), and returns y [B, C, K…] =
+    /// Re Σ_n R ⊙ state + D ⊙ w for <paramref name="input"/> w [B, C, K…], in the output type, in the caller's dispose scope.
     /// </summary>
     public Tensor Step(Tensor state, Tensor input)
     {
         using var scope = torch.NewDisposeScope();
         var w = input.to(OutputType);
-        state.mul_(Poles).add_(w.unsqueeze(2).to(StateType));
-        var y = (state * Residues).real.sum(2) + Direct * w;
+        state.mul_(Tied(Poles, state.dim() - 1)).add_(w.unsqueeze(-1).to(StateType));
+        var direct = Direct.view(new[] { Direct.shape[0] }.Concat(Enumerable.Repeat(1L, (int)w.dim() - 2)).ToArray());
+        var y = (state * Tied(Residues, state.dim() - 1)).real.sum(-1) + direct * w;
         return y.MoveToOuterDisposeScope();
+    }
+
+    /// <summary>[C, X] viewed as [C, 1…, X] with <paramref name="dims"/> dimensions in all, to broadcast against [B, C, K…, X].</summary>
+    static Tensor Tied(Tensor perChannel, long dims)
+    {
+        var shape = new long[dims];
+        Array.Fill(shape, 1L);
+        (shape[0], shape[^1]) = (perChannel.shape[0], perChannel.shape[1]);
+        return perChannel.view(shape);
     }
 
     /// <inheritdoc />

@@ -11,12 +11,14 @@ public class HyenaOperatorTests
 {
     static readonly HyenaOptions Small = new() { Width = 6, MaxLength = 64, FilterWidth = 16, EmbedDim = 9, SineFrequency = 1 };
 
-    [Fact]
-    public void ForwardFollowsTheCodeOrderTapByTap()
+    [Theory]
+    [InlineData(0)]
+    [InlineData(2)]
+    public void ForwardFollowsTheCodeOrderTapByTap(int heads)
     {
         using var scope = torch.NewDisposeScope();
         using var generator = new torch.Generator(21);
-        using var op = HyenaOperator.Create(Small, generator);
+        using var op = HyenaOperator.Create(Small with { Heads = heads }, generator);
         const int length = 12, d = 6;
         var u = torch.randn(new long[] { 1, length, d }, ScalarType.Float64, generator: generator);
         var y = op.Forward(u.to(ScalarType.Float32)).to(ScalarType.Float64);
@@ -32,15 +34,28 @@ public class HyenaOperatorTests
                 if (t - 2 + j >= 0) acc += taps[.., j] * z[t - 2 + j];
             zf[t] = acc;
         }
-        var (x0, x1, v) = (zf.narrow(1, 0, d), zf.narrow(1, d, d), zf.narrow(1, 2 * d, d));
-        var h = op.Filters(length)[0].to(ScalarType.Float64).t();                                   // [L, D]
-        var gated = x1 * v;                                                                         // gate before the conv
+        var (q, k, v) = (zf.narrow(1, 0, d), zf.narrow(1, d, d), zf.narrow(1, 2 * d, d));
+        var h = op.Filters(length)[0].to(ScalarType.Float64);                                       // [D or M, L]
+        var beta = w["filter_fn.bias"];
         var expected = torch.zeros(length, d, ScalarType.Float64);
         for (int t = 0; t < length; t++)
         {
-            var conv = torch.zeros(d, ScalarType.Float64);
-            for (int s = 0; s <= t; s++) conv += h[s] * gated[t - s];
-            expected[t] = x0[t] * (conv + w["filter_fn.bias"] * gated[t]);
+            if (heads == 0)
+            {
+                var gated = k * v;                                                                  // gate before the conv
+                var conv = torch.zeros(d, ScalarType.Float64);
+                for (int s = 0; s <= t; s++) conv += h[.., s] * gated[t - s];
+                expected[t] = q[t] * (conv + beta * gated[t]);
+                continue;
+            }
+            int n = d / heads;
+            for (int m = 0; m < heads; m++)
+            {
+                Tensor Z(int i) => k[i].narrow(0, m * n, n).outer(v[i].narrow(0, m * n, n));       // Z[i, j] = k_i v_j
+                var mixed = beta[m] * Z(t);
+                for (int s = 0; s <= t; s++) mixed += h[m, s] * Z(t - s);
+                expected[t].narrow(0, m * n, n).copy_(q[t].narrow(0, m * n, n).matmul(mixed));     // y_j = Σ_i q_i W[i, j]
+            }
         }
         expected = expected.matmul(w["out_proj.weight"].t()) + w["out_proj.bias"];
         Assert.True(DistillationTestData.RelativeError(y[0], expected) < 1e-5);
@@ -62,13 +77,15 @@ public class HyenaOperatorTests
         Assert.Equal(new long[] { 2, 20, 6 }, op.Forward(u).shape);
     }
 
-    [Fact]
-    public void DistilledRecurrentLayerEqualsItsConvolutionModeAcrossThePrefillHandOff()
+    [Theory]
+    [InlineData(0)]
+    [InlineData(2)]
+    public void DistilledRecurrentLayerEqualsItsConvolutionModeAcrossThePrefillHandOff(int heads)
     {
         const int prompt = 20, decode = 10;
         using var scope = torch.NewDisposeScope();
         using var generator = new torch.Generator(23);
-        using var op = HyenaOperator.Create(Small, generator);
+        using var op = HyenaOperator.Create(Small with { Heads = heads }, generator);
         var fit = ModalFit.Fit(op.Filters(64)[0], new ModalFitOptions { Modes = 8, Iterations = 50 }, "layer 0");
         using var recurrence = ModalRecurrence.Create(fit.Filters);
         var u = torch.randn(new long[] { 2, prompt + decode, 6 }, generator: generator);
@@ -77,14 +94,14 @@ public class HyenaOperatorTests
         using (state)
         {
             Assert.Equal(new long[] { 2, 18, 2 }, state.Fir.shape);
-            Assert.Equal(new long[] { 2, 6, 8 }, state.Modal.shape);
+            Assert.Equal(heads == 0 ? new long[] { 2, 6, 8 } : new long[] { 2, 2, 3, 3, 8 }, state.Modal.shape);
             var steps = Enumerable.Range(prompt, decode).Select(t => op.Step(u.select(1, t), state, recurrence)).ToArray();
             var recurrent = torch.cat(new[] { prefill, torch.stack(steps, 1) }, 1);
             var distilledConv = op.Forward(u, recurrence.Kernel(prompt + decode).unsqueeze(0));
             double error = DistillationTestData.RelativeError(recurrent, distilledConv);
             double vsOriginal = DistillationTestData.RelativeError(distilledConv, op.Forward(u));
             TestContext.Current.TestOutputHelper?.WriteLine(
-                $"recurrent vs distilled conv {error:E2}; distilled vs original layer {vsOriginal:E2}; filter errors max {fit.RelativeError.Max():E2}");
+                $"heads {heads}: recurrent vs distilled conv {error:E2}; distilled vs original layer {vsOriginal:E2}; filter errors max {fit.RelativeError.Max():E2}");
             Assert.True(error < 1e-5, $"{error}");
         }
     }

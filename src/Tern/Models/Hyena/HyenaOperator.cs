@@ -30,6 +30,12 @@ public sealed record HyenaOptions
     public double SlowDecay { get; init; } = 1.5;
     /// <summary>Added to the window: h·(exp(−|δ| t_norm) + shift).</summary>
     public double DecayShift { get; init; }
+    /// <summary>M &gt; 0: MultiHyena (brief §1.3, order 2 only) with M heads of width D/M, one long filter per head tied across its
+    /// channels (k vᵀ per step, convolved, contracted with q over the k index); 0: Hyena, one filter per channel.</summary>
+    public int Heads { get; init; }
+
+    /// <summary>Long filters per convolution: M for MultiHyena, D for Hyena.</summary>
+    public int FilterChannels => Heads > 0 ? Heads : Width;
 }
 
 /// <summary>
@@ -37,7 +43,8 @@ public sealed record HyenaOptions
 /// z = u·W_inᵀ + b_in; z̃ = causal depthwise conv of width 3 (the last tap on the current sample, pitfall 5);
 /// [x_0, …, x_{N−1}, v] = split(z̃); for i = N−1 … 1: v ← v ⊙ x_i (gate first, pitfall 4), v ← h^(i) * v + β^(i) ⊙ v;
 /// y = (v ⊙ x_0)·W_outᵀ + b_out. The long filters h = Modulate(FFN(PosEmb(t))) are the implicit filter (sine-activated MLP,
-/// exponential decay window). Weights are plain tensors named as safari's state dict; the operator owns them.
+/// exponential decay window). With <see cref="HyenaOptions.Heads"/> it is MultiHyena (order 2, brief §1.3): the long filter of head m
+/// convolves k vᵀ, and y = Wᵀq per head. Weights are plain tensors named as safari's state dict; the operator owns them.
 /// For order 2, <see cref="Prefill"/> and <see cref="Step"/> run the distilled layer recurrently.
 /// </summary>
 public sealed class HyenaOperator : IDisposable
@@ -61,9 +68,11 @@ public sealed class HyenaOperator : IDisposable
     {
         if (options.Order < 2) throw new ArgumentOutOfRangeException(nameof(options), options.Order, "Order must be at least 2.");
         if (options.EmbedDim < 3 || options.EmbedDim % 2 == 0) throw new ArgumentOutOfRangeException(nameof(options), options.EmbedDim, "EmbedDim must be odd and at least 3.");
+        if (options.Heads > 0 && (options.Order != 2 || options.Width % options.Heads != 0))
+            throw new ArgumentOutOfRangeException(nameof(options), options.Heads, $"MultiHyena needs order 2 and heads dividing the width {options.Width}.");
         using var scope = torch.NewDisposeScope();
         int d = options.Width, n = options.Order, f = options.FilterWidth, e = options.EmbedDim, l = options.MaxLength;
-        int filters = d * (n - 1);
+        int filters = options.FilterChannels * (n - 1);
         Tensor Uniform(long fanIn, params long[] shape) => torch.rand(shape, generator: generator).mul_(2).sub_(1).mul_(1 / Math.Sqrt(fanIn));
         var w = new Dictionary<string, Tensor>
         {
@@ -100,7 +109,7 @@ public sealed class HyenaOperator : IDisposable
     }
 
     /// <summary>
-    /// The long filters actually convolved (post-modulation, what distillation fits; pitfall 2): [N−1, D, L] for
+    /// The long filters actually convolved (post-modulation, what distillation fits; pitfall 2): [N−1, D or M, L] for
     /// L = <paramref name="length"/> ≤ L_max (the first L taps of the L_max window, as safari's position embedding slices). Filter
     /// o is applied with gate x_{N−1−o}. In the caller's dispose scope.
     /// </summary>
@@ -121,7 +130,7 @@ public sealed class HyenaOperator : IDisposable
         h = F.linear(h, W($"filter_fn.implicit_filter.{layer + 2}.weight"));                           // [1, L_max, D(N−1)]
         var window = (-W("filter_fn.modulation.deltas").abs() * W("filter_fn.pos_emb.t")).exp() + Options.DecayShift;
         h = (h * window).narrow(1, 0, length);
-        return h.view(length, Options.Order - 1, Options.Width).permute(1, 2, 0).contiguous().MoveToOuterDisposeScope(); // 'l (o d) -> o d l'
+        return h.view(length, Options.Order - 1, Options.FilterChannels).permute(1, 2, 0).contiguous().MoveToOuterDisposeScope(); // 'l (o d) -> o d l'
     }
 
     /// <summary>The operator on <paramref name="input"/> u [B, L, D] with its own implicit filters.</summary>
@@ -132,7 +141,7 @@ public sealed class HyenaOperator : IDisposable
     }
 
     /// <summary>
-    /// The operator on <paramref name="input"/> u [B, L, D] with the given long filters [N−1, D, ≥ L] (its own, or distilled
+    /// The operator on <paramref name="input"/> u [B, L, D] with the given long filters [N−1, D or M, ≥ L] (its own, or distilled
     /// kernels ĥ: the distilled layer in convolution mode), the long convolutions by FFT zero-padded to ≥ 2L.
     /// </summary>
     public Tensor Forward(Tensor input, Tensor filters)
@@ -140,6 +149,13 @@ public sealed class HyenaOperator : IDisposable
         using var scope = torch.NewDisposeScope();
         var (streams, _) = Project(input);
         int n = Options.Order;
+        if (n == 2)
+        {
+            var pre = PreGate(streams[1], streams[2]);
+            var kernel = filters[0].narrow(-1, 0, input.shape[1]);
+            var conv = LongConvolution.Causal(pre, kernel.view(new[] { kernel.shape[0] }.Concat(Enumerable.Repeat(1L, (int)pre.dim() - 3)).Append(kernel.shape[1]).ToArray()));
+            return OutProject(PostGate(streams[0], conv + Beta(pre) * pre)).MoveToOuterDisposeScope();
+        }
         var beta = W("filter_fn.bias").view(n - 1, Options.Width, 1);
         var v = streams[n];
         for (int o = 0; o < n - 1; o++)
@@ -159,8 +175,8 @@ public sealed class HyenaOperator : IDisposable
         RequireOrder2(recurrence);
         using var scope = torch.NewDisposeScope();
         var (streams, projected) = Project(input);
-        var w = (streams[1] * streams[2]).to(recurrence.OutputType);                               // pre-gate x1 ⊙ v, [B, D, T]
-        var y = streams[0] * (recurrence.Convolve(w) + W("filter_fn.bias").view(-1, 1) * w).to(input.dtype);
+        var w = PreGate(streams[1], streams[2]).to(recurrence.OutputType);                         // [B, D, T] or [B, M, N, N, T]
+        var y = PostGate(streams[0], (recurrence.Convolve(w) + Beta(w) * w).to(input.dtype));
         long t = projected.shape[2];
         var fir = t >= 2 ? projected.narrow(2, t - 2, 2) : F.pad(projected, new long[] { 2 - t, 0 });  // z_{T−2}, z_{T−1}
         var state = new HyenaState(fir.contiguous().MoveToOuterDisposeScope(), recurrence.Prefill(w).MoveToOuterDisposeScope());
@@ -181,9 +197,9 @@ public sealed class HyenaOperator : IDisposable
         var filtered = (window * taps).sum(2) + W("short_filter.bias");
         state.Fir.copy_(window.narrow(2, 1, 2));
         var parts = filtered.chunk(3, 1);
-        var w = (parts[1] * parts[2]).to(recurrence.OutputType);
+        var w = PreGate(parts[1], parts[2]).to(recurrence.OutputType);
         var conv = recurrence.Step(state.Modal, w);
-        var y = parts[0] * (conv + W("filter_fn.bias") * w).to(input.dtype);
+        var y = PostGate(parts[0], (conv + Beta(w) * w).to(input.dtype));
         return OutProject(y).MoveToOuterDisposeScope();
     }
 
@@ -197,6 +213,28 @@ public sealed class HyenaOperator : IDisposable
         return (filtered.chunk(Options.Order + 1, 1), z);
     }
 
+    /// <summary>What the long filter convolves, from the gate k = x_1 and v, each [B, D, rest…]: Hyena's k ⊙ v [B, D, rest…]
+    /// or MultiHyena's per-head outer product Z[i, j] = k_i v_j, [B, M, N, N, rest…].</summary>
+    Tensor PreGate(Tensor k, Tensor v)
+    {
+        if (Options.Heads == 0) return k * v;
+        var shape = HeadShape(k);
+        return k.view(shape).unsqueeze(3) * v.view(shape).unsqueeze(2);
+    }
+
+    /// <summary>The output gate q = x_0 [B, D, rest…] on the mixed streams: Hyena's q ⊙ m, or MultiHyena's contraction over the
+    /// k index y_j = Σ_i q_i W[i, j] (pitfall 7: a matrix–vector product), back to [B, D, rest…].</summary>
+    Tensor PostGate(Tensor q, Tensor mixed) =>
+        Options.Heads == 0 ? q * mixed : (q.view(HeadShape(q)).unsqueeze(3) * mixed).sum(2).reshape(q.shape);
+
+    /// <summary>[B, D, rest…] as [B, M, N, rest…].</summary>
+    long[] HeadShape(Tensor x) =>
+        new[] { x.shape[0], Options.Heads, Options.Width / Options.Heads }.Concat(x.shape[2..]).ToArray();
+
+    /// <summary>The skip β (order 2) as [C, 1…] to broadcast against a pre-gated tensor [B, C, …].</summary>
+    Tensor Beta(Tensor pre) =>
+        W("filter_fn.bias").to(pre.dtype).view(new[] { (long)Options.FilterChannels }.Concat(Enumerable.Repeat(1L, (int)pre.dim() - 2)).ToArray());
+
     Tensor OutProject(Tensor y) => F.linear(y.dim() == 3 ? y.transpose(1, 2) : y, W("out_proj.weight"), W("out_proj.bias"));
 
     Tensor W(string name) => _weights[name];
@@ -204,8 +242,8 @@ public sealed class HyenaOperator : IDisposable
     void RequireOrder2(ModalRecurrence recurrence)
     {
         if (Options.Order != 2) throw new NotSupportedException($"recurrent Hyena is implemented for order 2 (one long convolution), not {Options.Order}.");
-        if (recurrence.Filters.Channels != Options.Width)
-            throw new ArgumentException($"the distilled bank has {recurrence.Filters.Channels} filters; the operator has {Options.Width} channels.", nameof(recurrence));
+        if (recurrence.Filters.Channels != Options.FilterChannels)
+            throw new ArgumentException($"the distilled bank has {recurrence.Filters.Channels} filters; the operator convolves {Options.FilterChannels}.", nameof(recurrence));
     }
 
     /// <inheritdoc />
@@ -217,8 +255,8 @@ public sealed class HyenaOperator : IDisposable
 
 /// <summary>
 /// A distilled order-2 Hyena layer's state for a batch after some tokens: <paramref name="Fir"/> [B, 3D, 2] the last two
-/// in-projected rows z_{t−2}, z_{t−1} (before the short conv, activation type), and <paramref name="Modal"/> [B, D, S] the complex
-/// modal state after the last token. Both are updated in place by <see cref="HyenaOperator.Step"/>; the caller owns them.
+/// in-projected rows z_{t−2}, z_{t−1} (before the short conv, activation type), and <paramref name="Modal"/> the complex modal
+/// state after the last token, [B, D, S] (Hyena) or [B, M, N, N, S] (MultiHyena, N = D/M). Both are updated in place by <see cref="HyenaOperator.Step"/>; the caller owns them.
 /// </summary>
 public sealed record HyenaState(Tensor Fir, Tensor Modal) : IDisposable
 {
