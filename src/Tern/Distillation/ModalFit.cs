@@ -47,7 +47,45 @@ public static class ModalFit
     /// <param name="filters">The taps actually convolved (post-modulation, pitfall 2), one filter per row.</param>
     /// <param name="options">Order and optimiser settings.</param>
     /// <param name="layer">Names the filters in errors (e.g. "layer 3").</param>
-    public static ModalFitResult Fit(Tensor filters, ModalFitOptions options, string layer = "filters")
+    public static ModalFitResult Fit(Tensor filters, ModalFitOptions options, string layer = "filters") => Fit(filters, options, layer, null);
+
+    /// <summary>
+    /// Fits every row of <paramref name="filters"/> [C, L] at each of <paramref name="modes"/> (ascending). Each order is fitted twice,
+    /// from ERA alone and warm-started (filter by filter, the better in least squares of ERA at the new order and the previous
+    /// poles plus the new order's ERA poles farthest from them), and each filter keeps the better fit. The warm start contains the
+    /// previous fit, so the error never rises with the order (measured: ERA alone let it rise, 0.148 → 0.175 from S = 8 to 16 on
+    /// one filter; the warm start alone can stall where ERA's refinement escapes, 0.095 vs 0.025). Costs two fits per order.
+    /// </summary>
+    public static ModalFitResult[] Sweep(Tensor filters, IReadOnlyList<int> modes, ModalFitOptions options, string layer = "filters")
+    {
+        for (int i = 1; i < modes.Count; i++)
+            if (modes[i] <= modes[i - 1]) throw new ArgumentException($"orders must ascend (found {modes[i - 1]} then {modes[i]}).", nameof(modes));
+        var results = new ModalFitResult[modes.Count];
+        for (int i = 0; i < modes.Count; i++)
+        {
+            var cold = Fit(filters, options with { Modes = modes[i] }, layer, null);
+            results[i] = i == 0 ? cold : Better(cold, Fit(filters, options with { Modes = modes[i] }, layer, results[i - 1].Filters), layer);
+        }
+        return results;
+    }
+
+    /// <summary>Filter by filter, the fit of lower error.</summary>
+    static ModalFitResult Better(ModalFitResult a, ModalFitResult b, string layer)
+    {
+        int channels = a.Filters.Channels, modes = a.Filters.Modes;
+        var (poles, residues, direct) = (new Complex[channels * modes], new Complex[channels * modes], new double[channels]);
+        var (error, initial) = (new double[channels], new double[channels]);
+        for (int c = 0; c < channels; c++)
+        {
+            var pick = b.RelativeError[c] < a.RelativeError[c] ? b : a;
+            for (int m = 0; m < modes; m++)
+                (poles[c * modes + m], residues[c * modes + m]) = (pick.Filters.Poles[c * modes + m], pick.Filters.Residues[c * modes + m]);
+            (direct[c], error[c], initial[c]) = (pick.Filters.Direct[c], pick.RelativeError[c], pick.InitialRelativeError[c]);
+        }
+        return new ModalFitResult(ModalFilters.Create(layer, modes, poles, residues, direct), error, initial);
+    }
+
+    static ModalFitResult Fit(Tensor filters, ModalFitOptions options, string layer, ModalFilters? warm)
     {
         if (filters.dim() != 2) throw new ArgumentException($"{layer}: filters must be [C, L], got [{string.Join(", ", filters.shape)}].", nameof(filters));
         if (options.Modes < 1) throw new ArgumentOutOfRangeException(nameof(options), options.Modes, "Modes must be positive.");
@@ -66,8 +104,24 @@ public static class ModalFit
             using var scope = torch.NewDisposeScope();
             int n = Math.Min(options.FiltersPerBatch, channels - start);
             var h = filters.narrow(0, start, n).detach().to(ScalarType.Float64, CPU);
-            var (nu, theta) = Initialise(h, options, random);
             var t = torch.arange(length, ScalarType.Float64);
+            var era = Initialise(h, options, random);
+            var (nu, theta) = Parameters(era, options);
+            if (warm is not null)
+            {
+                // The previous poles, plus the new order's ERA poles farthest from them.
+                var extended = era.Select((candidates, i) =>
+                {
+                    var previous = warm.Poles.Skip((start + i) * warm.Modes).Take(warm.Modes).ToList();
+                    return previous.Concat(candidates.OrderByDescending(z => previous.Min(p => (p - z).Magnitude)).Take(modes - warm.Modes)).ToList();
+                }).ToArray();
+                var (nuWarm, thetaWarm) = Parameters(extended, options);
+                using (torch.no_grad())
+                {
+                    var better = Loss(nuWarm, thetaWarm, h, t, options).lt(Loss(nu, theta, h, t, options)).unsqueeze(1);
+                    (nu, theta) = (torch.where(better, nuWarm, nu), torch.where(better, thetaWarm, theta));
+                }
+            }
             var (bestNu, bestTheta, bestLoss, firstLoss) = Refine(h, nu, theta, t, options);
             using var noGrad = torch.no_grad();
             var phi = Design(bestNu, bestTheta, t, options);
@@ -104,9 +158,9 @@ public static class ModalFit
     /// Σ_d^{−1/2} with H↑_ij = h_{i+j+shift+1}; the poles are A's eigenvalues. Of each conjugate pair the upper one is a mode, each
     /// real eigenvalue is a mode; the S of largest |λ| are kept, clipped into the parameterisation's range. Modes ERA cannot supply
     /// are seeded stable poles (r ∈ [0.5, 0.99]·ρ_max, θ ∈ [0, π]); least squares gives them ~zero residues on a low-order filter.
-    /// Returns (ν, θ) [n, S].
+    /// Returns the S poles of each filter (upper half plane).
     /// </summary>
-    static (Tensor Nu, Tensor Theta) Initialise(Tensor h, ModalFitOptions options, Random random)
+    static List<Complex>[] Initialise(Tensor h, ModalFitOptions options, Random random)
     {
         using var scope = torch.NewDisposeScope();
         using var noGrad = torch.no_grad();
@@ -116,8 +170,7 @@ public static class ModalFit
         var shifted = HankelSpectrum.Hankel(h, k, shift + 1);
         var (u, sigma, vh) = linalg.svd(hankel, fullMatrices: false);
         var s = sigma.contiguous().data<double>().ToArray();
-        var nu = new double[n * modes];
-        var theta = new double[n * modes];
+        var poles = new List<Complex>[n];
         for (int i = 0; i < n; i++)
         {
             double top = s[i * k];
@@ -141,15 +194,32 @@ public static class ModalFit
             var chosen = candidates.OrderByDescending(z => z.Magnitude).Take(modes).ToList();
             while (chosen.Count < modes)
                 chosen.Add(Complex.FromPolarCoordinates((0.5 + 0.49 * random.NextDouble()) * options.MaxRadius, Math.PI * random.NextDouble()));
+            poles[i] = chosen;
+        }
+        return poles;
+    }
+
+    /// <summary>(ν, θ) [n, S] of n filters' S poles each, radii clipped into the parameterisation's open range.</summary>
+    static (Tensor Nu, Tensor Theta) Parameters(IReadOnlyList<List<Complex>> poles, ModalFitOptions options)
+    {
+        int n = poles.Count, modes = options.Modes;
+        var nu = new double[n * modes];
+        var theta = new double[n * modes];
+        for (int i = 0; i < n; i++)
             for (int m = 0; m < modes; m++)
             {
-                double r = Math.Clamp(chosen[m].Magnitude / options.MaxRadius, 1e-12, 1 - 1e-12);
+                double r = Math.Clamp(poles[i][m].Magnitude / options.MaxRadius, 1e-12, 1 - 1e-12);
                 nu[i * modes + m] = Math.Log(-Math.Log(r));   // r/ρ_max = exp(−exp ν)
-                theta[i * modes + m] = Math.Abs(chosen[m].Phase);
+                theta[i * modes + m] = Math.Abs(poles[i][m].Phase);
             }
-        }
-        return (torch.tensor(nu, ScalarType.Float64).view(n, modes).MoveToOuterDisposeScope(),
-                torch.tensor(theta, ScalarType.Float64).view(n, modes).MoveToOuterDisposeScope());
+        return (torch.tensor(nu, ScalarType.Float64).view(n, modes), torch.tensor(theta, ScalarType.Float64).view(n, modes));
+    }
+
+    /// <summary>‖h − Φc*‖² / ‖h‖² per filter [n] for poles (ν, θ), c* the least-squares residues.</summary>
+    static Tensor Loss(Tensor nu, Tensor theta, Tensor h, Tensor t, ModalFitOptions options)
+    {
+        var (_, fit) = Residues(Design(nu, theta, t, options), h, options.Ridge);
+        return (fit - h).square().sum(1) / h.square().sum(1).clamp_min(1e-300);
     }
 
     /// <summary>

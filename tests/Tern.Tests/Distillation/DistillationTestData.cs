@@ -28,13 +28,13 @@ static class DistillationTestData
 
     /// <summary>
     /// Hyena-like implicit filters [C, L] (brief §1.2): positional features [t_norm, cos(f_k ω_t), −sin(f_k ω_t)] (E = 33),
-    /// FFN E→F→F→C with sin(w·x) activations (F = 32, w = 14), times the exponential window exp(−|δ_c| t_norm) with δ spanning
+    /// FFN E→F→F→C with sin(w·x) activations (F = 32, w = <paramref name="sineFrequency"/>: 14 in safari's Pile config), times the exponential window exp(−|δ_c| t_norm) with δ spanning
     /// ln(1e−2)/1.5 … ln(1e−2)/0.3 over channels. Random N(0, 1/fan_in) weights from <paramref name="seed"/>; fp64.
     /// </summary>
-    public static Tensor HyenaLikeFilters(int channels, int length, int seed)
+    public static Tensor HyenaLikeFilters(int channels, int length, int seed, double sineFrequency = 14)
     {
         const int bands = 16, width = 32;
-        const double w = 14;
+        double w = sineFrequency;
         using var scope = torch.NewDisposeScope();
         using var generator = new torch.Generator((ulong)seed);
         var tNorm = torch.linspace(0, 1, length, ScalarType.Float64).unsqueeze(1);

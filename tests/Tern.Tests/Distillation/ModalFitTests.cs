@@ -47,7 +47,7 @@ public class ModalFitTests
         using var scope = torch.NewDisposeScope();
         var filters = DistillationTestData.HyenaLikeFilters(channels: 4, length, seed: 6);
         var orders = new[] { 1, 2, 4, 8, 16 };
-        var errors = orders.Select(s => ModalFit.Fit(filters, new ModalFitOptions { Modes = s, Iterations = 50 })).ToArray();
+        var errors = ModalFit.Sweep(filters, orders, new ModalFitOptions { Iterations = 50 });
         var output = TestContext.Current.TestOutputHelper;
         for (int i = 0; i < orders.Length; i++)
             output?.WriteLine($"S = {orders[i],2}: relative ℓ2 per filter {string.Join(" ", errors[i].RelativeError.Select(e => e.ToString("E2")))}" +
