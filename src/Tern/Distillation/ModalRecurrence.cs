@@ -1,0 +1,121 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Tern.Distillation;
+
+/// <summary>
+/// The distilled long convolution as a diagonal recurrence, per channel c and mode n (SH convention, brief §1.5):
+/// s_t = λ s_{t−1} + w_t,  y_t = Re Σ_n R_n s_t[n] + D w_t,  s_{−1} = 0,
+/// which equals y = ĥ * w with ĥ_t = Re Σ R λ^t + D·[t = 0] (the paper's x_{t+1} = Λx_t + Bu_t, y_t = Re(Cx_t) + Du_t with the
+/// state taken after absorbing u_t: B = 1, C = R). State s is complex [B, C, S]; batched over rows and channels. Inputs may carry
+/// extra dimensions after the channel, [B, C, K…], that share channel c's filter (MultiHyena's N×N entries of head c): the state is
+/// then [B, C, K…, S].
+/// </summary>
+public sealed class ModalRecurrence : IDisposable
+{
+    ModalRecurrence(ModalFilters filters, Tensor poles, Tensor residues, Tensor direct)
+    {
+        (Filters, Poles, Residues, Direct) = (filters, poles, residues, direct);
+    }
+
+    /// <summary>The bank this recurrence runs.</summary>
+    public ModalFilters Filters { get; }
+    /// <summary>λ [C, S], in the state's complex type.</summary>
+    public Tensor Poles { get; }
+    /// <summary>R [C, S], in the state's complex type.</summary>
+    public Tensor Residues { get; }
+    /// <summary>D [C], in the state's real type.</summary>
+    public Tensor Direct { get; }
+    /// <summary>The state's type: complex64 (default: fp32 state as stripedhyena keeps it) or complex128.</summary>
+    public ScalarType StateType => Poles.dtype;
+    /// <summary>The outputs' real type (fp32 for complex64 state, fp64 for complex128).</summary>
+    public ScalarType OutputType => StateType == ScalarType.ComplexFloat64 ? ScalarType.Float64 : ScalarType.Float32;
+
+    /// <summary>Puts <paramref name="filters"/> on <paramref name="device"/> with state type <paramref name="stateType"/>.</summary>
+    public static ModalRecurrence Create(ModalFilters filters, Device? device = null, ScalarType stateType = ScalarType.ComplexFloat32)
+    {
+        if (stateType is not (ScalarType.ComplexFloat32 or ScalarType.ComplexFloat64))
+            throw new ArgumentException($"the modal state must be complex64 or complex128, not {stateType}.", nameof(stateType));
+        device ??= CPU;
+        var real = stateType == ScalarType.ComplexFloat64 ? ScalarType.Float64 : ScalarType.Float32;
+        using var scope = torch.NewDisposeScope();
+        var poles = filters.ComplexTensor(filters.Poles).to(stateType, device);
+        var residues = filters.ComplexTensor(filters.Residues).to(stateType, device);
+        var direct = torch.tensor(filters.Direct.ToArray(), ScalarType.Float64).to(real, device);
+        return new ModalRecurrence(filters, poles.DetachFromDisposeScope(), residues.DetachFromDisposeScope(), direct.DetachFromDisposeScope());
+    }
+
+    /// <summary>A zero state [<paramref name="batch"/>, C, <paramref name="tied"/>…, S] (nothing seen yet), in the caller's dispose
+    /// scope.</summary>
+    public Tensor NewState(long batch, params long[] tied) =>
+        torch.zeros(new[] { batch, Poles.shape[0] }.Concat(tied).Append(Poles.shape[1]).ToArray(), StateType, Poles.device);
+
+    /// <summary>The modal kernel ĥ [C, <paramref name="length"/>] in the output type (powers computed in fp64).</summary>
+    public Tensor Kernel(int length)
+    {
+        using var scope = torch.NewDisposeScope();
+        return Filters.Kernel(length).to(OutputType, Poles.device).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// The prompt's outputs y = ĥ * w for <paramref name="input"/> w [B, C, K…, T], by FFT (<see cref="LongConvolution"/>).
+    /// </summary>
+    public Tensor Convolve(Tensor input)
+    {
+        using var scope = torch.NewDisposeScope();
+        var kernel = Tied(Kernel((int)input.shape[^1]), input.dim() - 1);
+        return LongConvolution.Causal(input.to(OutputType), kernel).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// The state after a prompt w [B, C, K…, T], in closed form: s[b, c, n] = Σ_{k&lt;T} λ_{c,n}^{T−1−k} w[b, c, k] (one batched
+    /// product with the fp64 powers λ^j, j = T−1 … 0), i.e. the state after the last prompt token, ready for <see cref="Step"/>
+    /// on token T. Leading zeros in w change nothing, so left-padded rows of different lengths share one call; right padding
+    /// would not (the state would decay through the pad). Costs O(B·C·S·T) time and O(C·S·T) memory for the powers.
+    /// </summary>
+    public Tensor Prefill(Tensor input)
+    {
+        if (input.dim() < 3 || input.shape[1] != Poles.shape[0])
+            throw new ArgumentException($"the prompt must be [B, {Poles.shape[0]}, …, T], got [{string.Join(", ", input.shape)}].", nameof(input));
+        using var scope = torch.NewDisposeScope();
+        long length = input.shape[^1];
+        var exponents = torch.arange(length - 1, -1, -1, ScalarType.Float64, Poles.device);   // T−1−k for k = 0..T−1
+        var (re, im) = ModalFilters.PowersOf(Poles, exponents);                              // [C, S, T]
+        var w = input.to(ScalarType.Float64).reshape(input.shape[0], input.shape[1], -1, length); // [B, C, K, T]
+        var stateRe = w.matmul(re.transpose(1, 2));                                           // [B, C, K, S]
+        var stateIm = w.matmul(im.transpose(1, 2));
+        var shape = input.shape[..^1].Append(Poles.shape[1]).ToArray();
+        return torch.complex(stateRe, stateIm).to(StateType).view(shape).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// One token: <paramref name="state"/> [B, C, K…, S] ← λ ⊙ state + w (in place), and returns y [B, C, K…] =
+    /// Re Σ_n R ⊙ state + D ⊙ w for <paramref name="input"/> w [B, C, K…], in the output type, in the caller's dispose scope.
+    /// </summary>
+    public Tensor Step(Tensor state, Tensor input)
+    {
+        using var scope = torch.NewDisposeScope();
+        var w = input.to(OutputType);
+        state.mul_(Tied(Poles, state.dim() - 1)).add_(w.unsqueeze(-1).to(StateType));
+        var direct = Direct.view(new[] { Direct.shape[0] }.Concat(Enumerable.Repeat(1L, (int)w.dim() - 2)).ToArray());
+        var y = (state * Tied(Residues, state.dim() - 1)).real.sum(-1) + direct * w;
+        return y.MoveToOuterDisposeScope();
+    }
+
+    /// <summary>[C, X] viewed as [C, 1…, X] with <paramref name="dims"/> dimensions in all, to broadcast against [B, C, K…, X].</summary>
+    static Tensor Tied(Tensor perChannel, long dims)
+    {
+        var shape = new long[dims];
+        Array.Fill(shape, 1L);
+        (shape[0], shape[^1]) = (perChannel.shape[0], perChannel.shape[1]);
+        return perChannel.view(shape);
+    }
+
+    /// <inheritdoc />
+    public void Dispose()
+    {
+        Poles.Dispose();
+        Residues.Dispose();
+        Direct.Dispose();
+    }
+}
