@@ -55,10 +55,19 @@ public static class CheckpointExport
         Directory.CreateDirectory(to);
         var written = SafetensorsWriter.WriteSharded(to, tensors, options.MaxShardBytes);
 
-        if (options.DType is { } dtype)
+        WriteCompanions(from, to, config, options.DType);
+        return written;
+    }
+
+    /// <summary>Writes <paramref name="config"/> (its dtype set to <paramref name="dtype"/> when given) as
+    /// <paramref name="to"/>/config.json and copies the other model files (generation config, tokenizer) from
+    /// <paramref name="from"/>: everything of a model folder but the weights.</summary>
+    internal static void WriteCompanions(string from, string to, JsonObject config, ModelDType? dtype)
+    {
+        if (dtype is { } type)
         {
             // transformers 5 reads "dtype"; 4.x wrote "torch_dtype". Keep whichever the config uses, "dtype" when neither.
-            string name = dtype switch { ModelDType.BFloat16 => "bfloat16", ModelDType.Float16 => "float16", _ => "float32" };
+            string name = type switch { ModelDType.BFloat16 => "bfloat16", ModelDType.Float16 => "float16", _ => "float32" };
             bool legacy = config.ContainsKey("torch_dtype");
             if (legacy) config["torch_dtype"] = name;
             if (!legacy || config.ContainsKey("dtype")) config["dtype"] = name;
@@ -71,7 +80,6 @@ public static class CheckpointExport
         foreach (string file in CompanionFiles)
             if (File.Exists(Path.Combine(from, file)))
                 File.Copy(Path.Combine(from, file), Path.Combine(to, file), overwrite: true);
-        return written;
     }
 
     /// <summary>Parses a size such as <c>15MB</c>, <c>2GB</c>, <c>500KiB</c> or a byte count (decimal units are powers of

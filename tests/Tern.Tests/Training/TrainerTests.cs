@@ -11,7 +11,8 @@ namespace Tern.Tests.Training;
 
 public class TrainerTests
 {
-    const int Vocab = 64, Seq = 16;
+    internal const int Vocab = 64;
+    const int Seq = 16;
 
     /// <summary>A tiny Llama: hidden 32, 2 layers, GQA (4 heads, 2 KV heads), relu gated MLP.</summary>
     internal static HfConfig TinyConfig(double initRange = 0.02, bool tied = false) => HfConfig.Parse($$"""
