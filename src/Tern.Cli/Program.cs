@@ -30,6 +30,7 @@ public static class Program
             ExportCommand.Create(),
             OffloadCommand.Create(),
             SparsityCommand.Create(),
+            CompressCommand.Create(),
             LabCommand.Create(),
         };
         ParseResult parsed = root.Parse(args);

@@ -23,7 +23,7 @@ public class TrainerTests
         """);
 
     /// <summary>A repetitive stream (a few fixed phrases in a seeded random order): learnable within tens of steps.</summary>
-    static int[] Stream(int length, int seed)
+    internal static int[] Stream(int length, int seed)
     {
         var rng = new Random(seed);
         int[][] phrases = { new[] { 5, 9, 13, 17, 21, 25 }, new[] { 30, 31, 32, 33 }, new[] { 40, 7, 40, 8, 40, 9, 2 } };
