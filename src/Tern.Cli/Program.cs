@@ -31,6 +31,7 @@ public static class Program
             OffloadCommand.Create(),
             SparsityCommand.Create(),
             CompressCommand.Create(),
+            PromptCommand.Create(),
             LabCommand.Create(),
         };
         ParseResult parsed = root.Parse(args);

@@ -15,6 +15,7 @@ internal static class GenerateCommand
         var sampling = new SamplingOptions();
         var kv = new KvPolicyFlags();
         var offload = new OffloadFlags();
+        var softPrompt = new SoftPromptFlag();
         var prompts = new Argument<string[]>("prompt") { Description = "Prompt text (several make a batch).", Arity = ArgumentArity.ZeroOrMore };
         var promptFile = new Option<FileInfo?>("--prompt-file", "-f") { Description = "Read the prompt from a file (with --lines: one prompt per line)." };
         var lines = new Option<bool>("--lines") { Description = "Treat each non-empty line of --prompt-file as a prompt of the batch." };
@@ -24,11 +25,12 @@ internal static class GenerateCommand
         sampling.AddTo(command);
         kv.AddTo(command);
         offload.AddTo(command);
-        command.SetAction((result, cancellation) => RunAsync(result, common, sampling, kv, offload, prompts, promptFile, lines, noStream, cancellation));
+        softPrompt.AddTo(command);
+        command.SetAction((result, cancellation) => RunAsync(result, common, sampling, kv, offload, softPrompt, prompts, promptFile, lines, noStream, cancellation));
         return command;
     }
 
-    static async Task<int> RunAsync(ParseResult r, CommonOptions common, SamplingOptions sampling, KvPolicyFlags kv, OffloadFlags offload, Argument<string[]> promptsArg,
+    static async Task<int> RunAsync(ParseResult r, CommonOptions common, SamplingOptions sampling, KvPolicyFlags kv, OffloadFlags offload, SoftPromptFlag softPrompt, Argument<string[]> promptsArg,
         Option<FileInfo?> promptFile, Option<bool> lines, Option<bool> noStream, CancellationToken cancellation)
     {
         var texts = new List<string>(r.GetValue(promptsArg) ?? Array.Empty<string>());
@@ -44,7 +46,9 @@ internal static class GenerateCommand
             throw new UsageException(r.GetValue(promptFile) is { } source ? $"--prompt-file '{source.FullName}' holds an empty prompt; give it some text."
                 : texts.Count > 1 ? $"<prompt> {empty} of the batch is empty; every prompt needs at least one character." : "<prompt> is empty; give some text to continue.");
         var options = sampling.Read(r).WithKvPolicy(kv.Read(r));
-        var (model, tokenizer, description, blockSize, report) = offload.Enabled(r) ? LoadOffloaded(r, common, offload, texts, options) : Load(r, common);
+        if (offload.Enabled(r) && r.GetValue(softPrompt.File) is not null)
+            throw new UsageException("--soft-prompt does not run with --offload yet; drop one of them.");
+        var (model, tokenizer, description, blockSize, report) = offload.Enabled(r) ? LoadOffloaded(r, common, offload, texts, options) : Load(r, common, softPrompt);
         using (model as IDisposable)
         {
             var generator = new Generator(model, tokenizer);
@@ -87,11 +91,18 @@ internal static class GenerateCommand
         }
     }
 
-    static (IStepModel, Tern.Tokenization.TernTokenizer, string, int, Action?) Load(ParseResult r, CommonOptions common)
+    static (IStepModel, Tern.Tokenization.TernTokenizer, string, int, Action?) Load(ParseResult r, CommonOptions common, SoftPromptFlag softPrompt)
     {
         var (model, tokenizer, folder) = common.Load(r, needTokenizer: true);
-        return (model, tokenizer!, $"model: {folder} ({model.Info.ModelType}, {model.Info.ParameterCount / 1e6:F1}M parameters, " +
-            $"{model.DType.ToString().ToLowerInvariant()} on {model.Device.type.ToString().ToLowerInvariant()})", int.MaxValue, null);
+        string description = $"model: {folder} ({model.Info.ModelType}, {model.Info.ParameterCount / 1e6:F1}M parameters, " +
+            $"{model.DType.ToString().ToLowerInvariant()} on {model.Device.type.ToString().ToLowerInvariant()})";
+        Tern.Prompting.SoftPrompt? prompt;
+        try { prompt = softPrompt.Load(r, model); }
+        catch { model.Dispose(); throw; }
+        if (prompt is null) return (model, tokenizer!, description, int.MaxValue, null);
+        using (prompt)
+            return (Tern.Prompting.PromptedModel.Create(model, prompt, ownModel: true), tokenizer!,
+                $"{description}, soft prompt of {prompt.Length} vectors ({r.GetValue(softPrompt.File)!.Name}, prefilled once)", int.MaxValue, null);
     }
 
     /// <summary>The model offloaded by --offload (FlexGen): placed by the policy given or searched, stepped in blocks.</summary>

@@ -18,6 +18,7 @@ public sealed class PromptedModel : IStepModel, IDisposable
     readonly CausalLanguageModel model;
     readonly (Tensor Keys, Tensor Values)[] prefix; // per layer, [1, kvHeads, n, headDim]
     readonly int n;
+    bool ownsModel;
 
     PromptedModel(CausalLanguageModel model, (Tensor, Tensor)[] prefix, int n)
     {
@@ -27,8 +28,16 @@ public sealed class PromptedModel : IStepModel, IDisposable
         Info = model.Info with { MaxPositions = model.Info.MaxPositions - n };
     }
 
-    /// <summary>Prefills <paramref name="prompt"/> through <paramref name="model"/> once (the model is borrowed, not owned).</summary>
-    public static PromptedModel Create(CausalLanguageModel model, SoftPrompt prompt)
+    /// <summary>Prefills <paramref name="prompt"/> through <paramref name="model"/> once. The model is borrowed unless
+    /// <paramref name="ownModel"/>, in which case disposing this disposes it.</summary>
+    public static PromptedModel Create(CausalLanguageModel model, SoftPrompt prompt, bool ownModel = false)
+    {
+        var prompted = Prefill(model, prompt);
+        prompted.ownsModel = ownModel;
+        return prompted;
+    }
+
+    static PromptedModel Prefill(CausalLanguageModel model, SoftPrompt prompt)
     {
         int n = prompt.Length;
         if (n >= model.Info.MaxPositions)
@@ -91,6 +100,7 @@ public sealed class PromptedModel : IStepModel, IDisposable
             k.Dispose();
             v.Dispose();
         }
+        if (ownsModel) model.Dispose();
     }
 
     /// <summary>Steps over a cache that holds the prompt's entries first; text positions shifted by n.</summary>
