@@ -35,6 +35,11 @@ public sealed class CompressPromptCommandTests
         (code, output, error) = CliProcess.Run("generate", "-m", compressed, "--device", "cpu", "--max-new-tokens", "3", "--no-stream", "--soft-prompt", prompt, "the quick");
         Assert.True(code == 0, error);
         Assert.Contains("soft prompt of 3 vectors", error);
+
+        string csv = dir.File("bench.csv");
+        (code, output, error) = CliProcess.Run("bench", "-m", compressed, "--device", "cpu", "--batch", "2", "--prompt", "5", "--new-tokens", "3", "-o", csv, "--soft-prompt", prompt);
+        Assert.True(code == 0, error);
+        Assert.Contains("[soft prompt 3]", File.ReadAllText(csv));
     }
 
     [Theory]
