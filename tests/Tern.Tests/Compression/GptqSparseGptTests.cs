@@ -170,7 +170,7 @@ public sealed class GptqSparseGptTests
         {
             using var original = CausalLanguageModel.CreateRandom(config, torch.CPU, ModelDType.Float32, seed: 3);
             using var model = CausalLanguageModel.CreateRandom(config, torch.CPU, ModelDType.Float32, seed: 3);
-            var report = ModelCompressor.Run(model, calibration, options);
+            var report = ModelCompressor.Run(model, calibration, options, cancellation: TestContext.Current.CancellationToken);
             Assert.Equal(2 * 7, report.Tensors.Count); // q, k, v, o, gate, up, down per layer
             string folder = dir.File(options.Name);
             ModelCompressor.Save(model, dir.Path, folder, report, ModelDType.Float32);

@@ -46,8 +46,8 @@ public sealed class SoftPromptTests
         var prefixIds = torch.tensor(all.Take(n).Select(x => (long)x).ToArray());
         using var prompt = SoftPrompt.FromTensor(model.EmbeddingRows(model.Info.VocabSize).index_select(0, prefixIds));
         var text = all.Skip(n).ToArray();
-        var prompted = Perplexity.Evaluate(model, text, new PerplexityOptions { Window = w, Stride = w - 1 }, prompt);
-        var plain = Perplexity.Evaluate(model, text, new PerplexityOptions { Window = w, Stride = w - 1 });
+        var prompted = Perplexity.Evaluate(model, text, new PerplexityOptions { Window = w, Stride = w - 1 }, prompt, cancellation: TestContext.Current.CancellationToken);
+        var plain = Perplexity.Evaluate(model, text, new PerplexityOptions { Window = w, Stride = w - 1 }, cancellation: TestContext.Current.CancellationToken);
         Assert.Equal(plain.ScoredTokens, prompted.ScoredTokens);
         Assert.Equal(w - 1, prompted.ScoredTokens);
         double expected = PlainNll(model, all, n + 1, n + w); // the first text token is not scored, with or without the prompt
@@ -65,16 +65,16 @@ public sealed class SoftPromptTests
         using var empty = SoftPrompt.FromVocabulary(model, 0);
         var text = Tokens(70, model.Info.VocabSize, 5);
         var options = new PerplexityOptions { Window = 16, Stride = 8 };
-        var plain = Perplexity.Evaluate(model, text, options); // what 'tern eval ppl' runs
-        var prompted = Perplexity.Evaluate(model, text, options, empty);
+        var plain = Perplexity.Evaluate(model, text, options, cancellation: TestContext.Current.CancellationToken); // what 'tern eval ppl' runs
+        var prompted = Perplexity.Evaluate(model, text, options, empty, cancellation: TestContext.Current.CancellationToken);
         Assert.Equal(plain.NegativeLogLikelihood, prompted.NegativeLogLikelihood);
         Assert.Equal(plain.ScoredTokens, prompted.ScoredTokens);
 
         using var prefixed = PromptedModel.Create(model, empty);
         var generation = new GenerationOptions { MaxNewTokens = 6, IgnoreEos = true };
         var prompts = new[] { (IReadOnlyList<int>)text.Take(7).ToArray(), text.Skip(20).Take(3).ToArray() };
-        var a = new Tern.Generation.Generator(model).GenerateTokens(prompts, generation);
-        var b = new Tern.Generation.Generator(prefixed).GenerateTokens(prompts, generation);
+        var a = new Tern.Generation.Generator(model).GenerateTokens(prompts, generation, TestContext.Current.CancellationToken);
+        var b = new Tern.Generation.Generator(prefixed).GenerateTokens(prompts, generation, TestContext.Current.CancellationToken);
         Assert.Equal(a.Sequences.Select(s => s.Tokens), b.Sequences.Select(s => s.Tokens));
     }
 
@@ -92,7 +92,7 @@ public sealed class SoftPromptTests
         using var prompt = SoftPrompt.FromTensor(torch.randn(new long[] { 4, model.TokenEmbeddingWidth }, generator: gen));
         using var prefixed = PromptedModel.Create(model, prompt);
         var texts = new[] { Tokens(6, model.Info.VocabSize, 1), Tokens(3, model.Info.VocabSize, 2) };
-        var result = new Tern.Generation.Generator(prefixed).GenerateTokens(texts, new GenerationOptions { MaxNewTokens = 5, IgnoreEos = true });
+        var result = new Tern.Generation.Generator(prefixed).GenerateTokens(texts, new GenerationOptions { MaxNewTokens = 5, IgnoreEos = true }, TestContext.Current.CancellationToken);
         for (int s = 0; s < texts.Length; s++)
         {
             var ids = texts[s].ToList();
@@ -126,8 +126,8 @@ public sealed class SoftPromptTests
             Tokens = 4, Steps = 25, WarmupSteps = 3, LearningRate = 3e-2, BatchSize = 2, SequenceLength = 16, EvalEvery = 5, EvalTokens = 200,
         };
         using var initial = SoftPrompt.FromVocabulary(model, 4);
-        double start = Perplexity.Evaluate(model, valid.Take(200).ToArray(), new PerplexityOptions { Window = 16, Stride = 15 }, initial).MeanNll;
-        var result = SoftPromptTrainer.Train(model, train, valid, options);
+        double start = Perplexity.Evaluate(model, valid.Take(200).ToArray(), new PerplexityOptions { Window = 16, Stride = 15 }, initial, cancellation: TestContext.Current.CancellationToken).MeanNll;
+        var result = SoftPromptTrainer.Train(model, train, valid, options, cancellation: TestContext.Current.CancellationToken);
         using var trained = result.Prompt;
         Assert.True(result.BestValidNll < start - 0.05, $"validation NLL {result.BestValidNll:F4} did not drop below the initial prompt's {start:F4}");
         foreach (var (name, tensor) in model.StateDict())
