@@ -106,7 +106,7 @@ public static class ModelCompressor
         var windows = options.Method == CompressionMethod.Rtn ? new List<Tensor>() : CalibrationWindows(calibration, options, length);
         try
         {
-            var hidden = windows.Select(ids => Detached(model.RunStage(0, model.Parts[0], null, Batch(model, ids), null))).ToList();
+            var hidden = windows.Select(ids => model.RunStage(0, model.Parts[0], null, Batch(model, ids), null).DetachFromDisposeScope()).ToList();
             using var caches = new CacheSet(model, length);
             for (int layer = 0; layer < model.Info.Layers; layer++)
             {
@@ -235,8 +235,6 @@ public static class ModelCompressor
             MaxPosition = t - 1,
         };
     }
-
-    static Tensor Detached(Tensor t) => t.DetachFromDisposeScope();
 
     /// <summary>The linear maps layer <paramref name="layer"/> runs, in the order it runs them (found by running it once on
     /// one calibration batch, or on a single token for RTN).</summary>
