@@ -30,6 +30,8 @@ public static class Program
             ExportCommand.Create(),
             OffloadCommand.Create(),
             SparsityCommand.Create(),
+            CompressCommand.Create(),
+            PromptCommand.Create(),
             LabCommand.Create(),
         };
         ParseResult parsed = root.Parse(args);

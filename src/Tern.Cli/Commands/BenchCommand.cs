@@ -36,10 +36,13 @@ internal static class BenchCommand
         offload.AddTo(command);
         var sparsity = new SparsityFlags();
         sparsity.AddTo(command);
+        var softPrompt = new SoftPromptFlag();
+        softPrompt.AddTo(command);
         command.SetAction(r =>
         {
-            if (!offload.Enabled(r)) return Run(r, common, kv, sparsity, batches, prompts, newTokens, output, floor, label, noGraphs, prefillChunk);
+            if (!offload.Enabled(r)) return Run(r, common, kv, sparsity, softPrompt, batches, prompts, newTokens, output, floor, label, noGraphs, prefillChunk);
             sparsity.RefuseWithOffload(r);
+            if (r.GetValue(softPrompt.File) is not null) throw new UsageException("--soft-prompt does not run with --offload yet; drop one of them.");
             return RunOffloaded(r, common, offload, kv, prompts, newTokens, output, label, measureSteps);
         });
         command.Subcommands.Add(ServeBenchCommand.Create());
@@ -58,7 +61,7 @@ internal static class BenchCommand
         return values.ToArray();
     }
 
-    static int Run(ParseResult r, CommonOptions common, KvPolicyFlags kv, SparsityFlags sparsity, Option<int[]> batches, Option<int[]> prompts, Option<int> newTokens,
+    static int Run(ParseResult r, CommonOptions common, KvPolicyFlags kv, SparsityFlags sparsity, SoftPromptFlag softPrompt, Option<int[]> batches, Option<int[]> prompts, Option<int> newTokens,
         Option<string> output, Option<bool> floorOption, Option<string?> label, Option<bool> noGraphs, Option<int> prefillChunk)
     {
         int steps = r.GetValue(newTokens);
@@ -81,7 +84,11 @@ internal static class BenchCommand
             Console.WriteLine($"{card} | {model.Info.ModelType} {model.Info.ParameterCount / 1e6:F1}M params | {model.DType.ShortName()}");
             Console.WriteLine($"{"batch",5} {"prompt",6} {"new",5} {"prefill ms",11} {"decode ms/step",15} {"decode tok/s",13} {"peak GB",8}");
             var rows = new List<string>();
-            var generator = new Generator(model);
+            // With a soft prompt its keys and values are prefilled here, once; the timed prefills run the text only.
+            using var soft = softPrompt.Load(r, model);
+            using var prompted = soft is null ? null : Tern.Prompting.PromptedModel.Create(model, soft);
+            var generator = new Generator(prompted is null ? model : prompted);
+            string promptLabel = soft is null ? "" : $" [soft prompt {soft.Length}]";
             var policy = kv.Read(r);
             string policyLabel = policy.Policy == "full" && policy.Bits == 16 ? "" : $" [kv {policy.Policy}{(r.GetValue(kv.Budget) is { } b ? " " + b : "")}{(policy.Bits == 16 ? "" : $" {policy.Bits}-bit")}{(r.GetValue(kv.EvictEvery) is > 1 and var every ? $" evict every {every}" : "")}]";
             var random = new Random(0);
@@ -101,7 +108,7 @@ internal static class BenchCommand
                         DateTime.UtcNow.ToString("yyyy-MM-dd HH:mm", CultureInfo.InvariantCulture), Csv(card), device.type.ToString().ToLowerInvariant(),
                         Csv(folder + (r.GetValue(common.Dummy) ? " (dummy)" : "")), model.DType.ShortName(), batch.ToString(), prompt.ToString(), steps.ToString(),
                         F(s.Prefill.TotalMilliseconds), F(s.DecodeMillisecondsPerStep), F(s.DecodeTokensPerSecond), F(used / 1e9),
-                        F(copyTBps), F(floorMs), Csv((r.GetValue(label) ?? "") + policyLabel + (r.GetValue(prefillChunk) is > 0 and var chunk ? $" [prefill chunk {chunk}]" : "") + (device.type == TorchSharp.DeviceType.CUDA && r.GetValue(noGraphs) ? " [eager]" : "")),
+                        F(copyTBps), F(floorMs), Csv((r.GetValue(label) ?? "") + policyLabel + promptLabel + (r.GetValue(prefillChunk) is > 0 and var chunk ? $" [prefill chunk {chunk}]" : "") + (device.type == TorchSharp.DeviceType.CUDA && r.GetValue(noGraphs) ? " [eager]" : "")),
                     }));
                 }
             Append(r.GetValue(output)!, rows);

@@ -19,3 +19,9 @@ internal sealed class ConsoleProgress(string label) : IProgress<double>
         }
     }
 }
+
+/// <summary>Progress reported synchronously on the reporting thread (in order, unlike <see cref="Progress{T}"/>).</summary>
+internal sealed class SyncProgress<T>(Action<T> report) : IProgress<T>
+{
+    public void Report(T value) => report(value);
+}

@@ -281,7 +281,7 @@ internal static class EvalPolicyCommands
     {
         var dir = new Argument<string>("folder") { Description = "Folder with stream.csv, budget.csv and/or choice.csv." };
         var title = new Option<string?>("--title") { Description = "Plot title (default: the folder's title.txt, else its name)." };
-        var command = new Command("plot", "Draw the PNG plots of evaluation CSVs (stream.csv, budget.csv, choice.csv) in a folder.") { dir, title };
+        var command = new Command("plot", "Draw the PNG plots of evaluation CSVs (stream.csv, budget.csv, choice.csv, ctp.csv) in a folder.") { dir, title };
         command.SetAction(r =>
         {
             string folder = r.GetValue(dir)!;
@@ -307,6 +307,16 @@ internal static class EvalPolicyCommands
                 LinePlot.Save(Path.Combine(dir, "stream.png"), $"{title}: NLL by position, text fed token by token",
                     "position in the stream (tokens)", "mean NLL (nats/token) = ln perplexity",
                     ReadCsv(stream).GroupBy(c => c[0]).Select(g => new PlotSeries(g.Key, g.Select(c => (D(c[1]) + D(c[2])) / 2).ToArray(), g.Select(c => D(c[4])).ToArray())));
+            string ctp = Path.Combine(dir, "ctp.csv");
+            if (File.Exists(ctp)) // model,text,prompt,scored_tokens,mean_nll,perplexity,released_perplexity; prompt "none" or "own"
+            {
+                var rows = ReadCsv(ctp);
+                var models = rows.Select(c => c[0]).Distinct().ToArray();
+                LinePlot.Save(Path.Combine(dir, "ctp.png"), title, "model", "perplexity (log scale)",
+                    rows.Where(c => c[2] is "none" or "own").GroupBy(c => $"{c[1]}, {(c[2] == "none" ? "no prompt" : "own soft prompt")}")
+                        .Select(g => new PlotSeries(g.Key, g.Select(c => (double)Array.IndexOf(models, c[0])).ToArray(), g.Select(c => D(c[5])).ToArray())),
+                    logY: true, width: 1200, xCategories: models);
+            }
             string budget = Path.Combine(dir, "budget.csv");
             if (File.Exists(budget)) // policy,budget,tokens,mean_nll,perplexity,agreement
             {

@@ -185,9 +185,4 @@ internal static class SparsityCommand
         });
         return command;
     }
-
-    sealed class SyncProgress<T>(Action<T> report) : IProgress<T>
-    {
-        public void Report(T value) => report(value);
-    }
 }

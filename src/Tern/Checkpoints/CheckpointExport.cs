@@ -75,10 +75,19 @@ public static class CheckpointExport
         var written = SafetensorsWriter.WriteSharded(to, tensors, options.MaxShardBytes);
 
         if (layout is not null) config.Remove(Models.LowRankLayout.ConfigKey);
-        if (options.DType is { } dtype)
+        WriteCompanions(from, to, config, options.DType);
+        return written;
+    }
+
+    /// <summary>Writes <paramref name="config"/> (its dtype set to <paramref name="dtype"/> when given) as
+    /// <paramref name="to"/>/config.json and copies the other model files (generation config, tokenizer) from
+    /// <paramref name="from"/>: everything of a model folder but the weights.</summary>
+    internal static void WriteCompanions(string from, string to, JsonObject config, ModelDType? dtype)
+    {
+        if (dtype is { } type)
         {
             // transformers 5 reads "dtype"; 4.x wrote "torch_dtype". Keep whichever the config uses, "dtype" when neither.
-            string name = dtype switch { ModelDType.BFloat16 => "bfloat16", ModelDType.Float16 => "float16", _ => "float32" };
+            string name = type switch { ModelDType.BFloat16 => "bfloat16", ModelDType.Float16 => "float16", _ => "float32" };
             bool legacy = config.ContainsKey("torch_dtype");
             if (legacy) config["torch_dtype"] = name;
             if (!legacy || config.ContainsKey("dtype")) config["dtype"] = name;
@@ -91,7 +100,6 @@ public static class CheckpointExport
         foreach (string file in CompanionFiles)
             if (File.Exists(Path.Combine(from, file)))
                 File.Copy(Path.Combine(from, file), Path.Combine(to, file), overwrite: true);
-        return written;
     }
 
     /// <summary>The factored linear a tensor belongs to (its <c>weight_a</c>, <c>weight_b</c>, or the original variant's

@@ -6,7 +6,7 @@ namespace Tern.Compression;
 /// <summary>How <see cref="GroupQuantizer"/> compresses a tensor.</summary>
 public sealed record GroupQuantizationOptions
 {
-    /// <summary>Bits per code: 4 (two codes per byte) or 8.</summary>
+    /// <summary>Bits per code: 2, 3 or 4 (two codes per byte) or 8.</summary>
     public int Bits { get; init; } = 4;
 
     /// <summary>Consecutive elements sharing one (step, min) pair. FlexGen uses 64.</summary>
@@ -18,7 +18,7 @@ public sealed record GroupQuantizationOptions
 
     internal void Validate()
     {
-        if (Bits is not (4 or 8)) throw new ArgumentException($"quantization bits must be 4 or 8 (got {Bits}).");
+        if (Bits is not (2 or 3 or 4 or 8)) throw new ArgumentException($"quantization bits must be 2, 3, 4 or 8 (got {Bits}).");
         if (GroupSize < 2 || GroupSize % 2 != 0) throw new ArgumentException($"the group size must be an even number ≥ 2 (got {GroupSize}).");
     }
 }
@@ -37,7 +37,7 @@ public sealed class QuantizedTensor : IDisposable
         Options = options;
     }
 
-    /// <summary>uint8 codes, [..., groups, groupSize / 2] for 4 bits (even element in the high nibble), [..., groups, groupSize] for 8.</summary>
+    /// <summary>uint8 codes, [..., groups, groupSize / 2] for 2–4 bits (even element in the high nibble), [..., groups, groupSize] for 8.</summary>
     public Tensor Codes { get; }
 
     /// <summary>Quantization step (max − min) / (2^bits − 1) of each group, [..., groups, 1], in the original dtype.</summary>
@@ -87,17 +87,14 @@ public static class GroupQuantizer
         int dim = options.Dimension < 0 ? options.Dimension + (int)x.dim() : options.Dimension;
         if (dim < 0 || dim >= x.dim()) throw new ArgumentException($"dimension {options.Dimension} does not exist in a tensor of {x.dim()} dimensions.");
         int g = options.GroupSize;
-        long levels = (1L << options.Bits) - 1;
         using var scope = torch.NewDisposeScope();
         var moved = x.movedim(new long[] { dim }, new long[] { -1 }).to(ScalarType.Float32);
         long n = moved.shape[^1], padded = (n + g - 1) / g * g;
         if (padded != n) moved = torch.nn.functional.pad(moved, new long[] { 0, padded - n });
         var groups = moved.reshape(moved.shape[..^1].Append(padded / g).Append(g).ToArray());
-        var mn = groups.amin(new long[] { -1 }, keepdim: true);
-        var step = (groups.amax(new long[] { -1 }, keepdim: true) - mn) / levels;
-        var safeStep = torch.where(step.gt(0), step, torch.ones_like(step)); // constant group: every code 0, x̂ = mn exactly
-        var codes = ((groups - mn) / safeStep).round().clamp(0, levels).to(ScalarType.Byte);
-        if (options.Bits == 4)
+        var (step, mn) = Range(groups, options.Bits);
+        var codes = Codes(groups, step, mn, options.Bits).to(ScalarType.Byte);
+        if (options.Bits <= 4)
         {
             var pairs = codes.reshape(codes.shape[..^1].Append(g / 2).Append(2).ToArray());
             codes = (pairs.select(-1, 0) * 16 + pairs.select(-1, 1)).to(ScalarType.Byte); // even element in the high nibble
@@ -107,12 +104,30 @@ public static class GroupQuantizer
         return result;
     }
 
+    /// <summary>The grid of each group of <paramref name="groups"/> (groups along the last dimension): step Δ = (max − min) /
+    /// (2^bits − 1) and min, both [..., 1]. GPTQ and SparseGPT quantize on this grid too, so every method shares one quantizer.</summary>
+    internal static (Tensor Step, Tensor Min) Range(Tensor groups, int bits)
+    {
+        var mn = groups.amin(new long[] { -1 }, keepdim: true);
+        return ((groups.amax(new long[] { -1 }, keepdim: true) - mn) / ((1L << bits) - 1), mn);
+    }
+
+    /// <summary>q = clamp(round((x − min) / Δ), 0, 2^bits − 1), as floats; a constant group (Δ = 0) gets code 0 (x̂ = min exactly).</summary>
+    internal static Tensor Codes(Tensor x, Tensor step, Tensor min, int bits)
+    {
+        var safeStep = torch.where(step.gt(0), step, torch.ones_like(step));
+        return ((x - min) / safeStep).round().clamp(0, (1L << bits) - 1);
+    }
+
+    /// <summary>x̂ = q·Δ + min for q = <see cref="Codes"/>: <paramref name="x"/> rounded to its grid, unpacked.</summary>
+    internal static Tensor RoundToGrid(Tensor x, Tensor step, Tensor min, int bits) => Codes(x, step, min, bits) * step + min;
+
     /// <summary>Restores an approximation of the original tensor, in its dtype and shape.</summary>
     public static Tensor Dequantize(QuantizedTensor q)
     {
         using var scope = torch.NewDisposeScope();
         var codes = q.Codes;
-        if (q.Options.Bits == 4)
+        if (q.Options.Bits <= 4)
             codes = torch.stack(new[] { codes.bitwise_right_shift(4), codes.bitwise_and(15) }, -1)
                 .reshape(codes.shape[..^1].Append(codes.shape[^1] * 2).ToArray());
         // x̂ = q·Δ + mn in one kernel, in the stored type: its products and sums run in fp32 and round once, as the fp32

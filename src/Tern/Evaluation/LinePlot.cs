@@ -9,9 +9,10 @@ public sealed record PlotSeries(string Label, double[] X, double[] Y);
 public static class LinePlot
 {
     /// <summary>Draws the series with markers and a legend; NaN points are left out. <paramref name="logY"/> draws y on a
-    /// log scale, ticked at powers of ten (values spanning orders of magnitude, such as perplexities).</summary>
+    /// log scale, ticked at powers of ten (values spanning orders of magnitude, such as perplexities). With
+    /// <paramref name="xCategories"/> the x values are indexes 0, 1, … of those labels (one tick each).</summary>
     public static void Save(string path, string title, string xLabel, string yLabel, IEnumerable<PlotSeries> series,
-        bool logX = false, int width = 1000, int height = 560, bool logY = false)
+        bool logX = false, int width = 1000, int height = 560, bool logY = false, IReadOnlyList<string>? xCategories = null)
     {
         var plot = new ScottPlot.Plot();
         foreach (var s in series)
@@ -30,6 +31,9 @@ public static class LinePlot
             plot.Axes.Bottom.TickGenerator = new ScottPlot.TickGenerators.NumericManual(
                 ticks.Select(Math.Log10).ToArray(), ticks.Select(t => t.ToString("0.###", System.Globalization.CultureInfo.InvariantCulture)).ToArray());
         }
+        if (xCategories is not null)
+            plot.Axes.Bottom.TickGenerator = new ScottPlot.TickGenerators.NumericManual(
+                Enumerable.Range(0, xCategories.Count).Select(i => (double)i).ToArray(), xCategories.ToArray());
         if (logY)
         {
             var ys = series.SelectMany(s => s.Y).Where(y => y > 0 && double.IsFinite(y)).ToArray();

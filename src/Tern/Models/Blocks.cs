@@ -7,12 +7,21 @@ namespace Tern.Models;
 /// <summary>A linear map y = x·Wᵀ + b with W stored [out, in] as in transformers.</summary>
 internal sealed record Linear(Tensor Weight, Tensor? Bias) : IDisposable
 {
-    public Tensor Forward(Tensor x) =>
-        Interop.FusedKernels.TryGemv(x, Weight, Bias, null, out var y) ? y : Apply(x, Weight, Bias);
+    /// <summary>Sees every input of <see cref="Forward"/> and <see cref="ForwardAdd"/> (calibration of GPTQ / SparseGPT).</summary>
+    public Action<Tensor>? InputObserver { get; init; }
+
+    public Tensor Forward(Tensor x)
+    {
+        InputObserver?.Invoke(x);
+        return Interop.FusedKernels.TryGemv(x, Weight, Bias, null, out var y) ? y : Apply(x, Weight, Bias);
+    }
 
     /// <summary>residual + x·Wᵀ + b, in one kernel where the one-row GEMV serves.</summary>
-    public Tensor ForwardAdd(Tensor x, Tensor residual) =>
-        Interop.FusedKernels.TryGemv(x, Weight, Bias, residual, out var y) ? y : residual + Apply(x, Weight, Bias);
+    public Tensor ForwardAdd(Tensor x, Tensor residual)
+    {
+        InputObserver?.Invoke(x);
+        return Interop.FusedKernels.TryGemv(x, Weight, Bias, residual, out var y) ? y : residual + Apply(x, Weight, Bias);
+    }
 
     /// <summary>x·Wᵀ + b, in the <see cref="Runtime.Autocast"/> type inside an autocast scope (the output keeps that type;
     /// a residual sum with an fp32 stream promotes back to fp32).</summary>

@@ -216,12 +216,18 @@ public abstract class CausalLanguageModel : IStepModel, IDisposable
     /// dense cache of exactly T slots: appending copies the keys/values into the cache tensors, which autograd tracks like any
     /// other op (tested against finite differences). The fused CUDA kernels step aside while grad is enabled.
     /// </summary>
-    public Tensor ForwardTraining(Tensor inputIds)
+    /// <param name="inputIds">Token ids [B,T].</param>
+    /// <param name="prefix">Optional input vectors [n, E] placed before every row (a soft prompt, see
+    /// <see cref="ForwardBatch.PrefixEmbeddings"/>): the sequences become n + T long and the logits [B, n + T, V]; gradients
+    /// reach the prefix.</param>
+    public Tensor ForwardTraining(Tensor inputIds, Tensor? prefix = null)
     {
-        long b = inputIds.shape[0], t = inputIds.shape[1];
+        long b = inputIds.shape[0], t = inputIds.shape[1] + (prefix?.shape[0] ?? 0);
         if (Info.LearnedPositions && t > Info.MaxPositions)
             throw new InvalidOperationException($"sequence length {t} is past the {Info.MaxPositions} learned positions of this {Info.ModelType} model.");
         using var scope = torch.NewDisposeScope();
+        if (prefix is not null) // placeholder ids where the prefix goes
+            inputIds = torch.cat(new[] { torch.zeros(b, prefix.shape[0], ScalarType.Int64, inputIds.device), inputIds }, 1);
         var positions = torch.arange(t, ScalarType.Int64, Device).unsqueeze(0).expand(b, t).contiguous();
         var batch = new ForwardBatch
         {
@@ -229,6 +235,7 @@ public abstract class CausalLanguageModel : IStepModel, IDisposable
             Positions = positions,
             RealTokens = Enumerable.Repeat((int)t, (int)b).ToArray(),
             MaxPosition = (int)t - 1,
+            PrefixEmbeddings = prefix?.to(Device),
         };
         // Under autocast keys and values are kept in its type, so attention runs in it as torch.autocast's SDPA does.
         using var cache = CreateCache((int)b, (int)t, KvCacheConfig.Full, (int)t, Autocast.Current ?? DType.ToScalarType());
@@ -239,6 +246,37 @@ public abstract class CausalLanguageModel : IStepModel, IDisposable
     /// <summary>The model's parts, each with its weights by checkpoint name: [0] the embedding, [1..L] the decoder layers,
     /// [L + 1] the head (final norm and LM head). Set by the architecture's constructor.</summary>
     internal IReadOnlyList<PartWeights> Parts { get; private protected set; } = Array.Empty<PartWeights>();
+
+    /// <summary>The name of the token-embedding table in the embedding part.</summary>
+    private protected virtual string TokenTable => "embed_tokens.weight";
+
+    /// <summary>The token embeddings of the step's ids [B,T,E], the first rows replaced by <see cref="ForwardBatch.PrefixEmbeddings"/>
+    /// when the step has them: what every architecture's <see cref="Embed"/> starts from.</summary>
+    private protected Tensor TokenEmbeddings(PartWeights weights, ModelStep step)
+    {
+        var ids = step.Batch.InputIds;
+        long b = ids.shape[0], t = ids.shape[1];
+        var table = weights[TokenTable];
+        var x = table.index_select(0, ids.flatten()).view(b, t, -1);
+        if (step.Batch.PrefixEmbeddings is not { } prefix) return x;
+        long n = prefix.shape[0];
+        if (n > t || prefix.shape[1] != x.shape[2])
+            throw new ArgumentException($"a prefix of {n} × {prefix.shape[1]} does not fit a step of {t} tokens of width {x.shape[2]}.");
+        var head = prefix.to(x.dtype).unsqueeze(0).expand(b, n, -1);
+        return n == t ? head : torch.cat(new[] { head, x.narrow(1, n, t - n) }, 1);
+    }
+
+    /// <summary>Width of the token embeddings (the hidden size, or OPT's word_embed_proj_dim): what a soft prompt's vectors hold.</summary>
+    public long TokenEmbeddingWidth => Parts[0][TokenTable].shape[1];
+
+    /// <summary>Rows 0..<paramref name="count"/>−1 of the token-embedding table, an fp32 copy (a soft prompt's starting point).</summary>
+    public Tensor EmbeddingRows(int count)
+    {
+        var table = Parts[0][TokenTable];
+        if (count < 0 || count > table.shape[0]) throw new ArgumentException($"the vocabulary has {table.shape[0]} rows; {count} were asked for.");
+        using var noGrad = torch.no_grad();
+        return table.narrow(0, 0, count).to(ScalarType.Float32, copy: true).cpu();
+    }
 
     /// <summary>The embedding part: token ids (and, for learned positions, positions) to hidden states [B,T,H].</summary>
     private protected abstract Tensor Embed(PartWeights weights, ModelStep step);

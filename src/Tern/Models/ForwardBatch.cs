@@ -44,11 +44,19 @@ public sealed class ForwardBatch
     /// </summary>
     public Tensor? WriteSlots { get; init; }
 
+    /// <summary>
+    /// Input vectors [n, hidden] (a soft prompt) that replace the token embeddings of the first n positions of every row, in the
+    /// token-embedding space (before learned positions or an input projection are applied); the ids there are placeholders.
+    /// Only for steps without padding that start the sequences.
+    /// </summary>
+    public Tensor? PrefixEmbeddings { get; init; }
+
     /// <summary>This batch with the model positions given (everything else shared).</summary>
     internal ForwardBatch WithModelPositions(Tensor positions, int maxPosition) => new()
     {
         InputIds = InputIds, Positions = Positions, RealTokens = RealTokens, HasPadding = HasPadding, MaxPosition = MaxPosition,
         LastPositionOnly = LastPositionOnly, WriteSlots = WriteSlots, ModelPositions = positions, MaxModelPosition = maxPosition,
+        PrefixEmbeddings = PrefixEmbeddings,
     };
 
     /// <summary>Rows [<paramref name="start"/>, start + <paramref name="count"/>) of this batch (views; host bounds kept).</summary>

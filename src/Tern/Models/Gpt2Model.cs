@@ -75,11 +75,13 @@ internal sealed class Gpt2Model : CausalLanguageModel
         };
     }
 
+    private protected override string TokenTable => "wte.weight";
+
     private protected override Tensor Embed(PartWeights w, ModelStep step)
     {
         var batch = step.Batch;
         long b = batch.InputIds.shape[0], t = batch.InputIds.shape[1];
-        return w["wte.weight"].index_select(0, batch.InputIds.flatten()).view(b, t, -1)
+        return TokenEmbeddings(w, step)
              + w["wpe.weight"].index_select(0, batch.ModelPositions.clamp_min(0).flatten()).view(b, t, -1);
     }
 

@@ -76,10 +76,11 @@ internal sealed class GptNeoXModel : CausalLanguageModel
         };
     }
 
+    private protected override string TokenTable => "embed_in.weight";
+
     private protected override Tensor Embed(PartWeights w, ModelStep step)
     {
-        var ids = step.Batch.InputIds;
-        return w["embed_in.weight"].index_select(0, ids.flatten()).view(ids.shape[0], ids.shape[1], -1);
+        return TokenEmbeddings(w, step);
     }
 
     private protected override Tensor Layer(int layer, PartWeights w, Tensor h, ModelStep step, LayerState cache)

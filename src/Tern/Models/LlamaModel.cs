@@ -121,8 +121,7 @@ internal sealed class LlamaModel : CausalLanguageModel
 
     private protected override Tensor Embed(PartWeights w, ModelStep step)
     {
-        var ids = step.Batch.InputIds;
-        return w["embed_tokens.weight"].index_select(0, ids.flatten()).view(ids.shape[0], ids.shape[1], -1);
+        return TokenEmbeddings(w, step);
     }
 
     private protected override Tensor Layer(int layer, PartWeights w, Tensor h, ModelStep step, LayerState cache)

@@ -75,7 +75,7 @@ internal sealed class OptModel : CausalLanguageModel
     {
         var batch = step.Batch;
         long b = batch.InputIds.shape[0], t = batch.InputIds.shape[1];
-        var x = w["embed_tokens.weight"].index_select(0, batch.InputIds.flatten()).view(b, t, -1);
+        var x = TokenEmbeddings(w, step);
         if (w.Optional("project_in.weight") is not null) x = w.Linear("project_in").Forward(x);
         var pos = w["embed_positions.weight"].index_select(0, (batch.ModelPositions.clamp_min(0) + PositionOffset).flatten()).view(b, t, -1);
         return x + pos;

@@ -43,7 +43,12 @@ internal sealed class PartWeights
     public Tensor? Optional(string name) => index.TryGetValue(name, out int i) ? tensors[i] : null;
 
     /// <summary>The linear map stored as <paramref name="name"/>.weight and (optionally) <paramref name="name"/>.bias.</summary>
-    public Linear Linear(string name) => new(this[name + ".weight"], Optional(name + ".bias"));
+    public Linear Linear(string name) =>
+        new(this[name + ".weight"], Optional(name + ".bias")) { InputObserver = LinearInputs is { } see ? x => see(name, x) : null };
+
+    /// <summary>When set, receives the input of every linear map the part runs densely, with the map's name
+    /// ("self_attn.qkv_proj"): how compression calibrates without a hook inside each architecture.</summary>
+    public Action<string, Tensor>? LinearInputs { get; init; }
 
     /// <summary>The factored linear map stored as <paramref name="name"/>.weight_a / .weight_b (and .weight for the original
     /// variant's frozen part, .bias when present), running its first <paramref name="live"/> components.</summary>
@@ -61,11 +66,11 @@ internal sealed class PartWeights
     }
 
     /// <summary>The same names over other tensors (e.g. copies loaded on the compute device), in <see cref="Names"/>' order.</summary>
-    public PartWeights With(IReadOnlyList<Tensor> others)
+    public PartWeights With(IReadOnlyList<Tensor> others, Action<string, Tensor>? linearInputs = null)
     {
         if (others.Count != tensors.Count)
             throw new ArgumentException($"the model part '{Prefix}' has {tensors.Count} weights; {others.Count} were given.");
-        var copy = new PartWeights(Prefix);
+        var copy = new PartWeights(Prefix) { LinearInputs = linearInputs };
         for (int i = 0; i < others.Count; i++) copy.Add(names[i], others[i]);
         return copy;
     }

@@ -86,4 +86,21 @@ public sealed class TernOption
     public static readonly TernOption SparsityMlp = new("SparsityOptions.MlpActive");
     /// <summary>DejaVu's sparsity as one specification (<c>mlp=0.1,rule=predicted</c>).</summary>
     public static readonly TernOption Sparsity = new("SparsityOptions");
+
+    /// <summary>Bits per compressed weight (GPTQ, RTN, SparseGPT's joint quantization).</summary>
+    public static readonly TernOption CompressBits = new("CompressionOptions.Bits");
+    /// <summary>Input columns sharing one quantization grid.</summary>
+    public static readonly TernOption CompressGroupSize = new("CompressionOptions.GroupSize");
+    /// <summary>Hessian damping of GPTQ and SparseGPT.</summary>
+    public static readonly TernOption CompressDamping = new("CompressionOptions.Damping");
+    /// <summary>Fraction of weights SparseGPT sets to zero.</summary>
+    public static readonly TernOption CompressSparsity = new("CompressionOptions.Sparsity");
+    /// <summary>Calibration sequences of GPTQ and SparseGPT.</summary>
+    public static readonly TernOption CalibrationSamples = new("CompressionOptions.CalibrationSamples");
+    /// <summary>Tokens per calibration sequence.</summary>
+    public static readonly TernOption CalibrationLength = new("CompressionOptions.CalibrationLength");
+    /// <summary>Vectors of a soft prompt.</summary>
+    public static readonly TernOption SoftPromptTokens = new("SoftPromptTrainingOptions.Tokens");
+    /// <summary>A soft prompt file.</summary>
+    public static readonly TernOption SoftPromptFile = new("SoftPrompt.File");
 }

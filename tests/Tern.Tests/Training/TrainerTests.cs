@@ -11,7 +11,8 @@ namespace Tern.Tests.Training;
 
 public class TrainerTests
 {
-    const int Vocab = 64, Seq = 16;
+    internal const int Vocab = 64;
+    const int Seq = 16;
 
     /// <summary>A tiny Llama: hidden 32, 2 layers, GQA (4 heads, 2 KV heads), relu gated MLP.</summary>
     internal static HfConfig TinyConfig(double initRange = 0.02, bool tied = false) => HfConfig.Parse($$"""
@@ -22,7 +23,7 @@ public class TrainerTests
         """);
 
     /// <summary>A repetitive stream (a few fixed phrases in a seeded random order): learnable within tens of steps.</summary>
-    static int[] Stream(int length, int seed)
+    internal static int[] Stream(int length, int seed)
     {
         var rng = new Random(seed);
         int[][] phrases = { new[] { 5, 9, 13, 17, 21, 25 }, new[] { 30, 31, 32, 33 }, new[] { 40, 7, 40, 8, 40, 9, 2 } };
