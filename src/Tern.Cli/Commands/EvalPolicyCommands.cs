@@ -308,13 +308,19 @@ internal static class EvalPolicyCommands
                     "position in the stream (tokens)", "mean NLL (nats/token) = ln perplexity",
                     ReadCsv(stream).GroupBy(c => c[0]).Select(g => new PlotSeries(g.Key, g.Select(c => (D(c[1]) + D(c[2])) / 2).ToArray(), g.Select(c => D(c[4])).ToArray())));
             string ctp = Path.Combine(dir, "ctp.csv");
-            if (File.Exists(ctp)) // model,text,prompt,scored_tokens,mean_nll,perplexity,released_perplexity; prompt "none" or "own"
+            if (File.Exists(ctp)) // model,text,prompt,scored_tokens,mean_nll,perplexity,released_perplexity; prompt "none", "own", "from-MODEL" or "init"
             {
                 var rows = ReadCsv(ctp);
                 var models = rows.Select(c => c[0]).Distinct().ToArray();
+                // Per model and text: no prompt, and its own prompt or else a transferred one (one point each).
+                var prompted = rows.Where(c => c[2] == "own" || c[2].StartsWith("from-", StringComparison.Ordinal))
+                    .GroupBy(c => (c[0], c[1])).Select(g => g.FirstOrDefault(c => c[2] == "own") ?? g.First());
                 LinePlot.Save(Path.Combine(dir, "ctp.png"), title, "model", "perplexity (log scale)",
-                    rows.Where(c => c[2] is "none" or "own").GroupBy(c => $"{c[1]}, {(c[2] == "none" ? "no prompt" : "own soft prompt")}")
-                        .Select(g => new PlotSeries(g.Key, g.Select(c => (double)Array.IndexOf(models, c[0])).ToArray(), g.Select(c => D(c[5])).ToArray())),
+                    rows.Where(c => c[2] == "none").Select(c => (Series: $"{c[1]}, no prompt", Row: c))
+                        .Concat(prompted.Select(c => (Series: $"{c[1]}, soft prompt (own or transferred)", Row: c)))
+                        .GroupBy(p => p.Series)
+                        .Select(g => g.OrderBy(p => Array.IndexOf(models, p.Row[0])).ToArray())
+                        .Select(g => new PlotSeries(g[0].Series, g.Select(p => (double)Array.IndexOf(models, p.Row[0])).ToArray(), g.Select(p => D(p.Row[5])).ToArray())),
                     logY: true, width: 1200, xCategories: models);
             }
             string budget = Path.Combine(dir, "budget.csv");

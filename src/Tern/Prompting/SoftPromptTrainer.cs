@@ -61,8 +61,9 @@ public sealed record SoftPromptTrainingResult(SoftPrompt Prompt, int BestStep, d
 
 /// <summary>
 /// Prompt tuning over a frozen model (Compress-Then-Prompt, §3.2 of the brief): E = [P; Embed(X)], the loss the next-token
-/// cross-entropy of the text positions only (prompt positions predict nothing), summed over positions and averaged over the
-/// batch as the released script does; AdamW on P alone, gradient clipping, linear warm-up and decay; validation with the
+/// cross-entropy of the text positions only (prompt positions predict nothing; unlike the released script, the last prompt
+/// vector is not asked for the first text token, so training targets the same tokens the evaluator scores), summed over
+/// positions and averaged over the batch as the released script does; AdamW on P alone, gradient clipping, linear warm-up and decay; validation with the
 /// shared perplexity evaluator every <see cref="SoftPromptTrainingOptions.EvalEvery"/> steps, the best prompt kept. The
 /// model's weights are never handed to the optimizer and do not require gradients, so they stay bit-identical.
 /// </summary>
