@@ -79,11 +79,13 @@ internal static class ServeCommand
                     "lower it, or choose a policy with a larger block.");
             serving = serving with { MaxBatchSize = r.GetValue(flags.MaxBatch) ?? options.Policy.BlockSize, MaxPromptTokens = prompt };
             serving.Validate();
+            Console.Error.WriteLine($"loading {folder} (offloaded: placing the weights by the policy) ...");
             model = OffloadedModel.Load(folder, load, options);
             mode = $"offloaded, blocks of {options.Policy.BlockSize}";
         }
         else
         {
+            Console.Error.WriteLine($"loading {common.ResolveModelFolder(r)} ...");
             var (inMemory, loaded, path) = common.Load(r, needTokenizer: true);
             (model, tokenizer, folder) = (inMemory, loaded!, path);
         }
