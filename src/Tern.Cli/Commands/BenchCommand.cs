@@ -42,7 +42,7 @@ internal static class BenchCommand
         {
             if (!offload.Enabled(r)) return Run(r, common, kv, sparsity, softPrompt, batches, prompts, newTokens, output, floor, label, noGraphs, prefillChunk);
             sparsity.RefuseWithOffload(r);
-            if (r.GetValue(softPrompt.File) is not null) throw new UsageException("--soft-prompt does not run with --offload yet; drop one of them.");
+            softPrompt.RefuseWithOffload(r);
             return RunOffloaded(r, common, offload, kv, prompts, newTokens, output, label, measureSteps);
         });
         command.Subcommands.Add(ServeBenchCommand.Create());

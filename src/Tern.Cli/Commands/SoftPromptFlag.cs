@@ -11,6 +11,12 @@ internal sealed class SoftPromptFlag
 
     public void AddTo(Command command) => command.Options.Add(File);
 
+    /// <summary>Refuses the flag next to <c>--offload</c>: an offloaded model's runners do not start from a prefilled prompt.</summary>
+    public void RefuseWithOffload(ParseResult r)
+    {
+        if (r.GetValue(File) is not null) throw new UsageException("--soft-prompt does not run with --offload yet; drop one of them.");
+    }
+
     /// <summary>The prompt given, checked against <paramref name="model"/>; null without the flag.</summary>
     public SoftPrompt? Load(ParseResult r, CausalLanguageModel model) =>
         r.GetValue(File) is { } file ? SoftPrompt.Load(file.FullName, model) : null;

@@ -50,8 +50,7 @@ internal sealed class HostReadback : IDisposable
             return new Ticket(b, n);
         }
         buffers[b].narrow(0, 0, n).copy_(values, true);
-        // The stream libtorch queued the copy on (the legacy default stream when its symbols are not reachable).
-        CudaDriver.RecordEvent(events![b], LibTorchCuda.IsAvailable ? LibTorchCuda.CurrentRawStream() : IntPtr.Zero);
+        CudaDriver.RecordEvent(events![b], LibTorchCuda.CurrentRawStreamOrDefault()); // the stream libtorch queued the copy on
         return new Ticket(b, n);
     }
 

@@ -91,6 +91,10 @@ internal static unsafe class LibTorchCuda
         return api.RawStream(&current);
     }
 
+    /// <summary><see cref="CurrentRawStream"/>, or the legacy default stream (0) when libtorch's stream symbols are not reachable
+    /// (libtorch then launches there).</summary>
+    public static IntPtr CurrentRawStreamOrDefault() => IsAvailable ? CurrentRawStream() : IntPtr.Zero;
+
     /// <summary>Makes <paramref name="stream"/> the one libtorch launches on from this thread.</summary>
     public static void SetCurrentStream(CudaStream stream) => Require().SetCurrentStream(stream);
 

@@ -58,11 +58,7 @@ internal static class Attention
             var keys = k.narrow(0, start, rows);
             RotaryEmbedding? rotation = null;
             if (cachedKeyRotation is not null && cache.KeysAtCacheIndex) rotation = cachedKeyRotation;
-            else if (cachedKeyRotation is not null)
-            {
-                var (cos, sin) = cachedKeyRotation.Lookup(step.Batch.ModelPositions, step.Batch.MaxModelPosition);
-                keys = cachedKeyRotation.Apply(keys, cos, sin);
-            }
+            else if (cachedKeyRotation is not null) keys = step.Rotary(cachedKeyRotation).RotateCopy(keys); // cos/sin gathered once a step
             outputs[i] = Forward(q.narrow(0, start, rows), keys, v.narrow(0, start, rows), step, cache, s, rotation);
         }
         return torch.cat(outputs, 0);

@@ -139,13 +139,20 @@ internal sealed class RotaryEmbedding : IDisposable
         {
             if (Interop.FusedKernels.TryRotaryInPlace(qkv, heads, owner.HeadDim, owner.RotaryDim, batch.ModelPositions, owner.cosTable!, owner.sinTable!))
                 return qkv.narrow(2, 0, heads);
+            return RotateCopy(qkv.narrow(2, 0, heads));
+        }
+
+        /// <summary>x [batch, tokens, heads, headDim] rotated at the step's positions, as a new tensor (keys that arrived
+        /// unrotated for a cache that stores them rotated, in a step over several caches).</summary>
+        public Tensor RotateCopy(Tensor x)
+        {
             if (gathered is null)
             {
                 // Gathered once per step inside the first layer's scope: move them to the step's scope for the other layers.
                 var (cos, sin) = owner.Lookup(batch.ModelPositions, batch.MaxModelPosition);
                 gathered = (cos.MoveToOuterDisposeScope(), sin.MoveToOuterDisposeScope());
             }
-            return owner.Apply(qkv.narrow(2, 0, heads), gathered.Value.Cos, gathered.Value.Sin);
+            return owner.Apply(x, gathered.Value.Cos, gathered.Value.Sin);
         }
     }
 

@@ -20,8 +20,7 @@ internal sealed class CudaTransferEngine : ITransferEngine
     public CudaTransferEngine(int diskWorkers = 4)
     {
         CudaDriver.EnsureContext();
-        // The stream libtorch launches compute on from this thread (the legacy default stream when no symbol is reachable).
-        computeStream = LibTorchCuda.IsAvailable ? LibTorchCuda.CurrentRawStream() : IntPtr.Zero;
+        computeStream = LibTorchCuda.CurrentRawStreamOrDefault(); // where libtorch launches compute from this thread
         copyStream = CudaDriver.CreateNonBlockingStream();
         computeMark = CudaDriver.CreateEvent();
         workers = new TransferWorkers(diskWorkers, "tern-offload-disk", CudaDriver.EnsureContext);
