@@ -10,14 +10,15 @@ namespace Tern.Generation;
 /// run as a CUDA graph: a TorchSharp step is hundreds of small launches whose host cost exceeds the GPU time at small
 /// batches; captured once, it launches as one. The first run warms up on the capture stream (cuBLAS handles, workspaces) and
 /// captures the step after it; later runs replay. Without a graph (the CPU, where tests prove the body) the body runs as it
-/// is. A step after which the cache's policy evicts runs eagerly, outside the graph (compaction is host-driven), and then
-/// every layer continues from one slot; so does the step after anything moved entries while keys are rotated at their
+/// is. A step after which the cache's policy compacts runs eagerly, outside the graph (compaction is host-driven), and then
+/// every layer continues from one slot (an eviction in place, H2O's steady state, is part of the graph); so does the step after anything moved entries while keys are rotated at their
 /// cache index (the graph replays the rotation of the step's own keys only). Capture is thread-local, but keep one graph
 /// user per GPU: other threads' work on the device during a capture is not part of any contract here.
 /// </summary>
 internal sealed class StepGraph(KvCache cache, Tensor slot, Action body, bool capture) : IDisposable
 {
     LibTorchCuda.Graph? graph;
+    bool graphFillsFreeSlots;
 
     /// <summary>The cache the captured step writes into (a graph serves one cache object).</summary>
     public KvCache Cache => cache;
@@ -35,8 +36,13 @@ internal sealed class StepGraph(KvCache cache, Tensor slot, Action body, bool ca
             body();
         else if (graph is not null && cache.AttendedKeysStale)
             body(); // entries moved (an eviction, a join): a replay would rotate only its own keys, so every slot goes eagerly
-        else if (graph is null)
+        else if (graph is null || graphFillsFreeSlots != FillsFreeSlotsNextStep(cache))
         {
+            // First capture, or the cache changed how steps write (appending at a slot, or into the slots an in-place eviction
+            // freed): capture that step instead.
+            graph?.Dispose();
+            graph = null;
+            graphFillsFreeSlots = FillsFreeSlotsNextStep(cache);
             torch.cuda.synchronize();
             var captureStream = LibTorchCuda.StreamFromPool();
             LibTorchCuda.SetCurrentStream(captureStream);
@@ -65,6 +71,10 @@ internal sealed class StepGraph(KvCache cache, Tensor slot, Action body, bool ca
             cache.AdjustForReplay(1);
         }
     }
+
+    /// <summary>True when the next one-token step over <paramref name="cache"/> writes into free slots (an evicting policy's
+    /// steady state, <see cref="IKvCachePolicy.FillsFreeSlots"/>) rather than at the device-held slot.</summary>
+    static bool FillsFreeSlotsNextStep(KvCache cache) => cache.Policy.FillsFreeSlots(cache[0], 1);
 
     /// <summary>True when the next one-token step over <paramref name="cache"/> ends in an eviction in some layer (it then runs
     /// eagerly, outside any graph).</summary>
