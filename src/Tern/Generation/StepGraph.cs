@@ -15,34 +15,48 @@ namespace Tern.Generation;
 /// cache index (the graph replays the rotation of the step's own keys only). Capture is thread-local, but keep one graph
 /// user per GPU: other threads' work on the device during a capture is not part of any contract here.
 /// </summary>
-internal sealed class StepGraph(KvCache cache, Tensor slot, Action body, bool capture) : IDisposable
+internal sealed class StepGraph : IDisposable
 {
+    readonly (KvCache Cache, Tensor Slot)[] caches;
+    readonly Action body;
+    readonly bool capture;
     LibTorchCuda.Graph? graph;
-    bool graphFillsFreeSlots;
+    bool[] graphFillsFreeSlots = [];
 
-    /// <summary>The cache the captured step writes into (a graph serves one cache object).</summary>
-    public KvCache Cache => cache;
+    /// <summary>A step over one cache whose body writes at <paramref name="slot"/> and advances it.</summary>
+    public StepGraph(KvCache cache, Tensor slot, Action body, bool capture) : this(new[] { (cache, slot) }, body, capture) { }
 
-    /// <summary>Runs one step: the body writes at <c>slot</c> and advances it.</summary>
+    /// <summary>A step over several caches (serving pools stepped in one forward pass), each written at its own slot, which the
+    /// body advances.</summary>
+    public StepGraph(IReadOnlyList<(KvCache Cache, Tensor Slot)> caches, Action body, bool capture) =>
+        (this.caches, this.body, this.capture) = (caches.ToArray(), body, capture);
+
+    /// <summary>The caches the captured step writes into (a graph serves these cache objects).</summary>
+    public IEnumerable<KvCache> Caches => caches.Select(c => c.Cache);
+
+    /// <summary>Runs one step: the body writes at each cache's slot and advances it.</summary>
     public void Run()
     {
-        if (EvictsAfterNextStep(cache))
+        if (caches.Any(c => EvictsAfterNextStep(c.Cache)))
         {
             body();
-            cache.AlignLengths();
-            slot.fill_(cache[0].Length);
+            foreach (var (cache, slot) in caches)
+            {
+                cache.AlignLengths();
+                slot.fill_(cache[0].Length);
+            }
         }
         else if (!capture)
             body();
-        else if (graph is not null && cache.AttendedKeysStale)
+        else if (graph is not null && caches.Any(c => c.Cache.AttendedKeysStale))
             body(); // entries moved (an eviction, a join): a replay would rotate only its own keys, so every slot goes eagerly
-        else if (graph is null || graphFillsFreeSlots != FillsFreeSlotsNextStep(cache))
+        else if (graph is null || !graphFillsFreeSlots.SequenceEqual(caches.Select(c => FillsFreeSlotsNextStep(c.Cache))))
         {
-            // First capture, or the cache changed how steps write (appending at a slot, or into the slots an in-place eviction
+            // First capture, or a cache changed how steps write (appending at its slot, or into the slots an in-place eviction
             // freed): capture that step instead.
             graph?.Dispose();
             graph = null;
-            graphFillsFreeSlots = FillsFreeSlotsNextStep(cache);
+            graphFillsFreeSlots = caches.Select(c => FillsFreeSlotsNextStep(c.Cache)).ToArray();
             torch.cuda.synchronize();
             var captureStream = LibTorchCuda.StreamFromPool();
             LibTorchCuda.SetCurrentStream(captureStream);
@@ -50,13 +64,13 @@ internal sealed class StepGraph(KvCache cache, Tensor slot, Action body, bool ca
             {
                 body();
                 torch.cuda.synchronize();
-                if (!EvictsAfterNextStep(cache)) // else a later step is captured
+                if (!caches.Any(c => EvictsAfterNextStep(c.Cache))) // else a later step is captured
                 {
                     graph = new LibTorchCuda.Graph();
                     graph.CaptureBegin();
                     body();
                     graph.CaptureEnd();
-                    cache.AdjustForReplay(-1); // the captured step was recorded on the host but has not run
+                    foreach (var c in caches) c.Cache.AdjustForReplay(-1); // the captured step was recorded on the host but has not run
                 }
             }
             finally
@@ -68,7 +82,7 @@ internal sealed class StepGraph(KvCache cache, Tensor slot, Action body, bool ca
         else
         {
             graph.Replay();
-            cache.AdjustForReplay(1);
+            foreach (var c in caches) c.Cache.AdjustForReplay(1);
         }
     }
 
