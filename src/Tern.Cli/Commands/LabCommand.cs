@@ -77,19 +77,19 @@ internal static class LabCommand
         return command;
     }
 
-    /// <summary><c>tern lab joma</c>: the linear case with its invariant and the nonlinear toy; <c>tern lab joma plot CSV</c>
+    /// <summary><c>tern lab joma</c>: the linear and nonlinear cases with their invariant and the nonlinear toy; <c>tern lab joma plot CSV</c>
     /// draws a training probe's CSV (<c>tern train --probe-dynamics</c>).</summary>
     static Command JomaCommand()
     {
         var linear = new JomaLinearOptions();
         var nonlinear = new JomaNonlinearOptions();
-        var steps = new Option<int>("--steps") { Description = "SGD steps of the linear case.", DefaultValueFactory = _ => linear.Steps };
+        var steps = new Option<int>("--steps") { Description = "SGD steps of the linear and nonlinear cases.", DefaultValueFactory = _ => linear.Steps };
         var toySteps = new Option<int>("--toy-steps") { Description = "Steps of the nonlinear toy.", DefaultValueFactory = _ => nonlinear.Steps };
-        var uniform = new Option<bool>("--uniform-distinct") { Description = "Linear case: distinct tokens' probabilities U(0, 0.5) instead of Gaussian bumps moving with the class." };
-        var seed = new Option<long>("--seed") { Description = "Seed of the linear case's data and initial weights.", DefaultValueFactory = _ => linear.Seed };
+        var uniform = new Option<bool>("--uniform-distinct") { Description = "Linear and nonlinear cases: distinct tokens' probabilities U(0, 0.5) instead of Gaussian bumps moving with the class." };
+        var seed = new Option<long>("--seed") { Description = "Seed of the linear and nonlinear cases' data and initial weights.", DefaultValueFactory = _ => linear.Seed };
         string defaultOutput = ResultsFolder.For(Path.Combine("lab", "joma"));
         var output = new Option<string>("--output", "-o") { Description = $"Folder for the CSV files and PNG plots (default {defaultOutput}).", DefaultValueFactory = _ => defaultOutput };
-        var command = new Command("joma", "JoMA's toy dynamics: the linear case (attention logits follow the MLP weights through the invariant) and the nonlinear toy (attention sparsifies, then becomes denser).")
+        var command = new Command("joma", "JoMA's toy dynamics: the linear and nonlinear (ReLU MLP) cases (attention logits follow the MLP weights through the invariant) and the nonlinear toy (attention sparsifies, then becomes denser).")
         {
             steps, toySteps, uniform, seed, output, JomaPlotCommand(),
         };
@@ -101,10 +101,13 @@ internal static class LabCommand
             var lr = Joma.RunLinear(lo);
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"linear: NC(z, ẑ) ≥ {lr.Invariant.Min():F4} over {lo.Steps} steps; attention entropy {ScanSnap.Entropy(lr.Attention[0]):F3} → {ScanSnap.Entropy(lr.Attention[^1]):F3}"));
+            var nc = Joma.RunNonlinearCase(new JomaNonlinearCaseOptions { Recipe = lo });
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"nonlinear case ({nc.Options.Activation} MLP, z trained): NC(z, ẑ) ≥ {nc.Invariant.Min():F4}, NC(z − z(0), ẑ − ẑ(0)) ≥ {nc.MinChange:F4} (Σ v_j² term alone ≥ {nc.MinSquaredChange:F4}) over {lo.Steps} steps; attention entropy {ScanSnap.Entropy(nc.Attention[0]):F3} → {ScanSnap.Entropy(nc.Attention[^1]):F3}"));
             var nr = Joma.RunNonlinear(no);
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"nonlinear toy: entropy {nr.Entropy[0]:F3} → {nr.Entropy.Min():F3} at step {nr.SparsestStep} → {nr.Entropy[^1]:F3} at step {no.Steps - 1}"));
-            var files = JomaReport.SaveLinear(lr, dir).Concat(JomaReport.SaveNonlinear(nr, dir));
+            var files = JomaReport.SaveLinear(lr, dir).Concat(JomaReport.SaveNonlinearCase(nc, dir)).Concat(JomaReport.SaveNonlinear(nr, dir));
             Console.WriteLine($"wrote {string.Join(", ", files.Select(Path.GetFileName))} in {Path.GetFullPath(dir)}");
             return 0;
         });

@@ -34,6 +34,26 @@ public static class JomaReport
         return files;
     }
 
+    /// <summary>Writes <c>nonlinear-invariant.csv</c> (step, NC(z, ẑ), NC of the changes z − z(0) against ẑ − ẑ(0) and against
+    /// its Σ v_j² term alone, loss, attention entropy) and <c>nonlinear-invariant.png</c> (the three from step 1 on). Returns the files.</summary>
+    public static IReadOnlyList<string> SaveNonlinearCase(JomaNonlinearCaseRun run, string directory)
+    {
+        Directory.CreateDirectory(directory);
+        var csv = new StringBuilder("step,nc_invariant,nc_change,nc_squared_change,loss,attention_entropy\n");
+        for (int t = 0; t < run.Invariant.Length; t++)
+            csv.Append(CultureInfo.InvariantCulture,
+                $"{t},{run.Invariant[t]:R},{run.Change[t]:R},{run.SquaredChange[t]:R},{run.Loss[t]:R},{ScanSnap.Entropy(run.Attention[t]):R}\n");
+        var files = new List<string> { LabFiles.Write(directory, "nonlinear-invariant.csv", csv.ToString()) };
+        double[] steps = Enumerable.Range(1, run.Invariant.Length - 1).Select(t => (double)t).ToArray();
+        string png = Path.Combine(directory, "nonlinear-invariant.png");
+        LinePlot.Save(png, $"JoMA nonlinear case ({run.Options.Activation} MLP): attention logits z(t) against the invariant's ẑ(t)", "step",
+            "normalised correlation",
+            [new("NC(ẑ, z)", steps, run.Invariant[1..]), new("NC(ẑ − ẑ(0), z − z(0))", steps, run.Change[1..]),
+             new("NC of the changes, Σ v_j² term alone", steps, run.SquaredChange[1..])]);
+        files.Add(png);
+        return files;
+    }
+
     /// <summary>Writes <c>nonlinear.csv</c> (step, entropy, v), <c>nonlinear-entropy.png</c> (Fig. 4 right: sparse, then denser)
     /// and <c>nonlinear-v.png</c> (each component of v over time, dashed targets in the legend's order). Returns the files.</summary>
     public static IReadOnlyList<string> SaveNonlinear(JomaNonlinearRun run, string directory)

@@ -49,7 +49,8 @@ public sealed class LabCommandTests
         var (code, output, error) = CliProcess.Run("lab", "joma", "--steps", "200", "--toy-steps", "800", "-o", dir.Path);
         Assert.True(code == 0, error);
         Assert.Contains("at step 669", output);
-        foreach (string name in new[] { "linear.csv", "linear-invariant.png", "linear-components.png", "nonlinear.csv", "nonlinear-entropy.png", "nonlinear-v.png" })
+        Assert.Contains("nonlinear case (Relu MLP, z trained): NC(z, ẑ) ≥ 0.9", output);
+        foreach (string name in new[] { "linear.csv", "linear-invariant.png", "linear-components.png", "nonlinear-invariant.csv", "nonlinear-invariant.png", "nonlinear.csv", "nonlinear-entropy.png", "nonlinear-v.png" })
             Assert.True(File.Exists(dir.File(name)), name);
     }
 
