@@ -70,10 +70,8 @@ public sealed record HeavyHitterPolicy : IKvCachePolicy, IAttentionObserver
     public int Capacity(int maxSequenceLength, int maxStepTokens) => Math.Min(maxSequenceLength, Sizes(maxSequenceLength).Budget + EvictEvery - 1 + maxStepTokens);
 
     /// <inheritdoc />
-    public void BeforeAppend(LayerKvCache layer, int incomingTokens)
-    {
-        if (!FillsFreeSlots(layer, incomingTokens)) KvCachePolicies.EnsureRoom(layer, incomingTokens, "h2o evicts after each step down to its budget");
-    }
+    public void BeforeAppend(LayerKvCache layer, int incomingTokens) =>
+        KvCachePolicies.EnsureRoom(layer, incomingTokens, "h2o evicts after each step down to its budget");
 
     /// <summary>Adds the step's probabilities [B,H,T,L] to each entry's score, summed over the step's queries and the query
     /// heads of each KV head; with normalisation also counts the queries that saw the entry.</summary>

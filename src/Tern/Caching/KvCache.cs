@@ -167,6 +167,31 @@ public sealed class KvCache : IDisposable
     /// (<see cref="LayerKvCache.AttendedKeysStale"/>): a captured step only rotates its own.</summary>
     internal bool AttendedKeysStale => layers.Any(l => l.KeysAtCacheIndex && l.AttendedKeysStale);
 
+    /// <summary>
+    /// Serving pools of a cache that only appends: each row's one-token steps write at the row's own next slot (its first free
+    /// one: a pool's rows hold their entries at [0, count) without holes), not at one slot shared by every row, so rows that
+    /// joined at different steps do not stretch the cache (a shared slot left a late joiner's entries spread over the pool's
+    /// whole history). Every slot counts as in use (<see cref="FillToCapacity"/>); the pool knows each row's length.
+    /// </summary>
+    internal bool RowSlots
+    {
+        get => layers[0].RowSlots;
+        set { foreach (var l in layers) l.RowSlots = value; }
+    }
+
+    /// <summary>With <see cref="RowSlots"/>: every slot in use, so steps fill each row's free slots below the length.</summary>
+    internal void FillToCapacity()
+    {
+        foreach (var l in layers) l.PadTo(l.Capacity);
+    }
+
+    /// <summary>With <see cref="RowSlots"/>: the slots in use back to <paramref name="length"/>, the longest row's entry count
+    /// (known to the pool), before a resize copies them.</summary>
+    internal void TrimTo(int length)
+    {
+        foreach (var l in layers) l.TrimTo(length);
+    }
+
     /// <summary>Static-shape steps write every layer at one slot: after an eviction left layers of different lengths (per-layer
     /// H2O over uneven rows), each takes the longest's, its extra slots empty.</summary>
     internal void AlignLengths()

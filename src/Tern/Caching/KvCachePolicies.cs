@@ -29,7 +29,7 @@ public static class KvCachePolicies
     /// <see cref="IKvCachePolicy.Capacity"/> leaves room for a step, so it fires only on a misuse).</summary>
     internal static void EnsureRoom(LayerKvCache layer, int incomingTokens, string why)
     {
-        if (layer.Length + incomingTokens > layer.Capacity)
+        if (layer.Length + incomingTokens > layer.Capacity && !layer.FillsFreeSlots(incomingTokens)) // free slots wait below the length
             throw new InvalidOperationException(
                 $"KV cache of layer {layer.Layer} is full: {layer.Length} + {incomingTokens} entries exceed its {layer.Capacity} slots ({why}).");
     }

@@ -51,8 +51,24 @@ public sealed class LayerKvCache : IDisposable
     {
         int tokens = (int)keys.shape[2];
         Policy.BeforeAppend(this, tokens);
-        if (Policy.FillsFreeSlots(this, tokens)) AppendIntoFreeSlots(keys, values, positions);
+        if (FillsFreeSlots(tokens)) AppendIntoFreeSlots(keys, values, positions);
         else Append(keys, values, positions, hasPadding, slots);
+    }
+
+    /// <summary>True when a step of <paramref name="tokens"/> writes each row's and head's entry into its first free slot below
+    /// the length, which stays: the policy's steady state (<see cref="IKvCachePolicy.FillsFreeSlots"/>) or a serving pool's
+    /// own slot per row (<see cref="RowSlots"/> with every slot in use).</summary>
+    internal bool FillsFreeSlots(int tokens) =>
+        Policy.FillsFreeSlots(this, tokens) || RowSlots && tokens == 1 && Length == Capacity && Policy.AppendOnly;
+
+    /// <summary>See <see cref="KvCache.RowSlots"/>.</summary>
+    internal bool RowSlots { get; set; }
+
+    /// <summary>Slots in use back to <paramref name="length"/>; every slot past it must be free (the caller knows).</summary>
+    internal void TrimTo(int length)
+    {
+        if (length < 0 || length > Length) throw new ArgumentOutOfRangeException(nameof(length), $"{Length} slots in use cannot become {length}.");
+        Length = length;
     }
 
     /// <summary>Hands the policy one block of the step's attention probabilities [batch, heads, queries, Length] (fp32; only
@@ -275,7 +291,7 @@ public sealed class LayerKvCache : IDisposable
     /// (or, negative, takes back the count of a captured step that did not execute).</summary>
     internal void AdjustLength(int tokens)
     {
-        if (!Policy.FillsFreeSlots(this, Math.Abs(tokens))) Length += tokens; // a step into free slots kept the length
+        if (!FillsFreeSlots(Math.Abs(tokens))) Length += tokens; // a step into free slots kept the length
     }
 
     /// <summary>

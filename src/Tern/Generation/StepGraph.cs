@@ -87,8 +87,9 @@ internal sealed class StepGraph : IDisposable
     }
 
     /// <summary>True when the next one-token step over <paramref name="cache"/> writes into free slots (an evicting policy's
-    /// steady state, <see cref="IKvCachePolicy.FillsFreeSlots"/>) rather than at the device-held slot.</summary>
-    static bool FillsFreeSlotsNextStep(KvCache cache) => cache.Policy.FillsFreeSlots(cache[0], 1);
+    /// steady state, or a serving pool's slot per row: <see cref="LayerKvCache.FillsFreeSlots"/>) rather than at the
+    /// device-held slot.</summary>
+    static bool FillsFreeSlotsNextStep(KvCache cache) => cache[0].FillsFreeSlots(1);
 
     /// <summary>True when the next one-token step over <paramref name="cache"/> ends in an eviction in some layer (it then runs
     /// eagerly, outside any graph).</summary>

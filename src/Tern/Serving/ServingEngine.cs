@@ -1067,15 +1067,20 @@ public sealed class ServingEngine : IDisposable
                 int length = Math.Max(longest + ahead + 1, MinimumCapacity);
                 cache = model.CreateCache(Math.Min(Pow2(rows), Engine.Options.MaxBatchSize), ahead > 0 ? RoundUp(length) : Pow2(length), config);
                 cache.ActiveRows = 0;
+                UseRowSlots();
                 return;
             }
             rows = Math.Max(rows, cache.ActiveRows);
             int allocatedRows = cache.Options.BatchSize, capacity = cache.Options.Capacity;
-            int Need() => Math.Max(cache.Length, longest) + ahead + 1;
+            // With a slot per row a row needs its prompt and its tokens, wherever the others are; with one slot for every row the
+            // pool's length grows with each step until a compaction.
+            int Need() => cache.RowSlots
+                ? Math.Max(Sequences.Select(s => s.Request.PromptTokens.Count + s.Request.MaxNewTokens + 1).DefaultIfEmpty(0).Max(), longest + ahead + 1)
+                : Math.Max(cache.Length, longest) + ahead + 1;
             bool fewerRows = allocatedRows > 1 && rows * 4 <= allocatedRows, fewerSlots = capacity > MinimumCapacity && Need() * 4 <= capacity;
             if (housekeeping) lowUse = fewerRows || fewerSlots ? lowUse + 1 : 0;
             bool shrink = housekeeping && lowUse >= ShrinkAfter;
-            if (Need() > capacity || shrink && fewerSlots) cache.Compact();
+            if (!cache.RowSlots && (Need() > capacity || shrink && fewerSlots)) cache.Compact();
             int need = Need();
             int newCapacity = capacity;
             if (ahead > 0 && need > capacity) newCapacity = RoundUp(need);
@@ -1084,11 +1089,26 @@ public sealed class ServingEngine : IDisposable
             int newRows = rows > allocatedRows ? Math.Min(Pow2(rows), Engine.Options.MaxBatchSize)
                 : shrink && fewerRows ? Pow2(Math.Max(rows, 1)) : allocatedRows;
             if (shrink) lowUse = 0;
-            if (newRows == allocatedRows && newCapacity == capacity) return;
+            if (newRows == allocatedRows && newCapacity == capacity)
+            {
+                UseRowSlots();
+                return;
+            }
+            if (cache.RowSlots) cache.TrimTo(Sequences.Select(s => s.Fed).DefaultIfEmpty(0).Max()); // a row's entries: [0, tokens fed)
             var resized = cache.Resized(newRows, newCapacity);
             Engine.Forget(cache);
             cache.Dispose();
             cache = resized;
+            UseRowSlots();
+        }
+
+        /// <summary>A pool of a cache that only appends steps each row at its own slot (<see cref="KvCache.RowSlots"/>) when its
+        /// steps have static shapes; every slot then counts as in use.</summary>
+        void UseRowSlots()
+        {
+            if (!config.Eviction.AppendOnly || !Engine.StaticShapesServe(cache!)) return;
+            cache!.RowSlots = true;
+            cache.FillToCapacity();
         }
 
         static int RoundUp(int n) => Math.Max(MinimumCapacity, (n + MinimumCapacity - 1) / MinimumCapacity * MinimumCapacity);

@@ -61,6 +61,43 @@ public sealed class ServingEngineTests : IDisposable
         for (int i = 0; i < spread.Length; i++) Assert.Equal(expected[i][..24], (await spread[i].Completion).Tokens);
     }
 
+    /// <summary>With static shapes each row of a full-cache pool writes at its own next slot: requests that keep joining a
+    /// running pool (each the moment the one before it streams its first token, for four rounds) never hold more KV slots than
+    /// the same requests all at once, where one shared write slot let the pool's length grow with every late joiner.</summary>
+    [Fact]
+    public async Task RowsJoiningARunningPoolDoNotStretchItsSlots()
+    {
+        var options = Greedy(20);
+        var expected = ServingFixture.Prompts.Select(p => Reference(p, options)).ToArray();
+        using var engine = ServingEngine.Start(fixture.Model, fixture.Tokenizer, new ServingOptions { MaxBatchSize = 8, ForceStaticShapes = true });
+        long peak = 0;
+        using var watching = new CancellationTokenSource();
+        var watcher = Task.Run(async () =>
+        {
+            while (!watching.IsCancellationRequested)
+            {
+                peak = Math.Max(peak, engine.Stats.AllocatedKvBytes);
+                await Task.Delay(1);
+            }
+        });
+        var burst = ServingFixture.Prompts.Select(p => engine.Submit(p, options, Ct)).ToArray();
+        for (int i = 0; i < burst.Length; i++) Assert.Equal(expected[i], (await burst[i].Completion).Tokens);
+        long burstPeak = peak;
+
+        var rolling = new List<(int Prompt, ServingRequest Request)>();
+        for (int i = 0; i < 4 * ServingFixture.Prompts.Length; i++)
+        {
+            int prompt = i % ServingFixture.Prompts.Length;
+            var request = engine.Submit(ServingFixture.Prompts[prompt], options, Ct);
+            rolling.Add((prompt, request));
+            await request.Tokens.WaitToReadAsync(Ct);
+        }
+        foreach (var (prompt, request) in rolling) Assert.Equal(expected[prompt], (await request.Completion).Tokens);
+        watching.Cancel();
+        await watcher;
+        Assert.True(burstPeak > 0 && peak <= burstPeak, $"rolling joins allocated {peak} bytes of KV cache at most, all at once {burstPeak}");
+    }
+
     [Theory]
     [InlineData(false)]
     [InlineData(true)]
