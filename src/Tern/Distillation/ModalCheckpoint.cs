@@ -11,7 +11,13 @@ namespace Tern.Distillation;
 /// <param name="Layer">The layer's index in the model.</param>
 /// <param name="Filters">The modal bank (SH convention).</param>
 /// <param name="RelativeError">‖h − ĥ‖₂ / ‖h‖₂ per filter.</param>
-public sealed record DistilledLayer(int Layer, ModalFilters Filters, IReadOnlyList<double> RelativeError);
+public sealed record DistilledLayer(int Layer, ModalFilters Filters, IReadOnlyList<double> RelativeError)
+{
+    /// <summary>The order each filter's Hankel spectrum suggests (<see cref="HankelSpectrum.Order"/>), when computed.</summary>
+    public IReadOnlyList<int>? HankelOrders { get; init; }
+    /// <summary>The fits of every order of a sweep, when the layer was swept.</summary>
+    public OrderSweep? Sweep { get; init; }
+}
 
 /// <summary>
 /// The distilled filters of a model folder: <c>modal.safetensors</c> (per layer i: <c>layers.i.poles</c> and

@@ -358,7 +358,7 @@ public abstract class CausalLanguageModel : IStepModel, IDisposable
         set
         {
             if (value is not null && HasRecurrentLayers)
-                throw new OptionException($"{TernOption.Sparsity} skips MLP neurons of decode steps, which this {Info.ModelType} model (recurrent layers) does not support; run it dense.");
+                throw new OptionException($"{TernOption.Sparsity} is not supported by this {Info.ModelType} model (recurrent layers); run it dense.");
             field = value;
         }
     }
