@@ -1,0 +1,103 @@
+using Tern.Distillation;
+using Tern.Tests.Models;
+using Tern.Tests.Training;
+using Tern.Training;
+using TorchSharp;
+
+namespace Tern.Tests.Cli;
+
+/// <summary>A MultiHyena model through the command line and the trainer: <c>tern train</c> (and an exact resume), <c>tern distill
+/// hyena</c> (the error table, the order sweep monotone on the trained model, an unstable folder refused), then <c>tern
+/// generate</c> and <c>tern eval ppl</c> on the distilled folder.</summary>
+public sealed class HyenaCommandTests
+{
+    const string Tokenizer = "llama-gqa"; // vocabulary 320: the config below matches it
+
+    static string Config(TempDir dir)
+    {
+        string path = dir.File("hyena.json");
+        var json = TinyHyena.Config().Json.DeepClone().AsObject();
+        json["vocab_size"] = 320;
+        File.WriteAllText(path, json.ToJsonString());
+        return path;
+    }
+
+    [Fact]
+    public void TrainDistillGenerateAndEvaluateThroughTheCommandLine()
+    {
+        using var dir = new TempDir();
+        var o = TrainerTests.Options(dir);
+        var (code, _, error) = CliProcess.Run("train", "--config", Config(dir), "--train", o.TrainTokens, "--valid", o.ValidTokens!, "-o", dir.File("run"),
+            "--device", "cpu", "--steps", "20", "--seq-len", "16", "--batch-size", "4", "--lr", "1e-2", "--warmup", "3", "--eval-every", "10",
+            "--eval-batches", "2", "--tokenizer", Fixtures.ModelDir(Tokenizer));
+        Assert.True(code == 0, error);
+        Assert.Contains("multihyena", error);
+
+        // The order sweep on the trained model: no filter's error rises with the order, and the table shows every order.
+        string run = dir.File("run");
+        (code, var table, error) = CliProcess.Run("distill", "hyena", "--model", run, "--out", dir.File("swept"), "--orders", "2,4,8", "--iterations", "15");
+        Assert.True(code == 0, error);
+        Assert.Contains("layer 2/2", error);
+        Assert.Contains("d=8", table);
+        var report = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(dir.File("swept"), ModalCheckpoint.ReportFile)))!;
+        foreach (var layer in report["layers"]!.AsArray())
+        {
+            var sweep = layer!["sweep"]!.AsArray().Select(o => o!["relative_error"]!.AsArray().Select(e => (double)e!).ToArray()).ToArray();
+            for (int c = 0; c < sweep[0].Length; c++)
+                for (int k = 1; k < sweep.Length; k++)
+                    Assert.True(sweep[k][c] <= sweep[k - 1][c] * (1 + 1e-9), $"layer {layer["layer"]}, filter {c}: {sweep[k - 1][c]} then {sweep[k][c]}");
+            TestContext.Current.TestOutputHelper?.WriteLine($"layer {layer["layer"]}: worst error by order " + string.Join(", ", sweep.Select(e => e.Max().ToString("E2"))));
+        }
+
+        (code, _, error) = CliProcess.Run("distill", "hyena", "--model", run, "--out", dir.File("distilled"), "--order", "4");
+        Assert.True(code == 0, error);
+        string distilled = dir.File("distilled");
+        (code, var text, error) = CliProcess.Run("generate", "--model", distilled, "--device", "cpu", "--max-new-tokens", "8", "--no-stream", "The quick brown fox");
+        Assert.True(code == 0, error);
+        Assert.False(string.IsNullOrWhiteSpace(text));
+        string corpus = dir.File("text.txt");
+        File.WriteAllText(corpus, string.Join(" ", Enumerable.Repeat("The quick brown fox jumps over the lazy dog.", 6)));
+        (code, text, error) = CliProcess.Run("eval", "ppl", "--model", distilled, "--device", "cpu", "--text", corpus, "--window", "24", "--stride", "12");
+        Assert.True(code == 0, error);
+        Assert.Contains("perplexity", text + error, StringComparison.OrdinalIgnoreCase);
+
+        // A pole pushed outside the unit circle: the folder is refused, naming the layer and the filter.
+        var banks = ModalCheckpoint.Load(distilled, new[] { 0, 1 });
+        var poles = banks[0].Poles.ToArray();
+        poles[1 * banks[0].Modes] = System.Numerics.Complex.FromPolarCoordinates(1.5, 0.1);
+        using (var scope = torch.NewDisposeScope())
+        {
+            TorchSharp.torch.Tensor Pairs(IEnumerable<System.Numerics.Complex> v, ModalFilters f) =>
+                TorchSharp.torch.tensor(v.SelectMany(z => new[] { z.Real, z.Imaginary }).ToArray(), new long[] { f.Channels, f.Modes, 2 });
+            var tensors = new List<(string, TorchSharp.torch.Tensor)>();
+            for (int l = 0; l < 2; l++)
+            {
+                tensors.Add(($"layers.{l}.poles", Pairs(l == 0 ? poles : banks[l].Poles, banks[l])));
+                tensors.Add(($"layers.{l}.residues", Pairs(banks[l].Residues, banks[l])));
+                tensors.Add(($"layers.{l}.direct", TorchSharp.torch.tensor(banks[l].Direct.ToArray())));
+            }
+            Tern.Checkpoints.SafetensorsWriter.Write(Path.Combine(distilled, ModalCheckpoint.WeightsFile), tensors,
+                new Dictionary<string, string> { ["convention"] = ModalCheckpoint.Convention });
+        }
+        (code, _, error) = CliProcess.Run("generate", "--model", distilled, "--device", "cpu", "--max-new-tokens", "4", "The quick");
+        Assert.NotEqual(0, code);
+        Assert.Contains("layer 0, filter 1", error);
+    }
+
+    [Fact]
+    public void TrainingResumesExactly()
+    {
+        using var full = new TempDir();
+        List<double> reference;
+        using (var trainer = Trainer.Create(TinyHyena.Config(), TrainerTests.Options(full, steps: 8)))
+            reference = trainer.Run().Select(h => h.Loss).ToList();
+        Assert.True(reference[^1] < reference[0], string.Join(", ", reference));
+
+        using var split = new TempDir();
+        var options = TrainerTests.Options(split, steps: 8);
+        using (var trainer = Trainer.Create(TinyHyena.Config(), options)) trainer.Run(stopAfterStep: 5); // checkpoint at step 4
+        using var resumed = Trainer.Resume(options);
+        Assert.Equal(4, resumed.Step);
+        Assert.Equal(reference.Skip(4), resumed.Run().Select(h => h.Loss));
+    }
+}
