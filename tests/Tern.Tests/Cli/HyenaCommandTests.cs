@@ -84,6 +84,23 @@ public sealed class HyenaCommandTests
         Assert.Contains("layer 0, filter 1", error);
     }
 
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void BenchRunsAConfigWithDummyWeightsUndistilledOrDistilled(bool distilled)
+    {
+        using var dir = new TempDir();
+        var json = TinyHyena.Config().Json.DeepClone().AsObject();
+        if (distilled) json["distilled"] = new System.Text.Json.Nodes.JsonObject { ["modes"] = 4 }; // random stable banks of 4 modes
+        Directory.CreateDirectory(dir.File("shape"));
+        File.WriteAllText(dir.File("shape/config.json"), json.ToJsonString());
+        var (code, text, error) = CliProcess.Run("bench", "--model", dir.File("shape"), "--dummy", "--device", "cpu", "-b", "1,2", "-p", "8", "-n", "4",
+            "-o", dir.File("bench.csv"));
+        Assert.True(code == 0, error);
+        Assert.Contains("multihyena", text);
+        Assert.Equal(3, File.ReadAllLines(dir.File("bench.csv")).Length); // header and a row per batch size
+    }
+
     [Fact]
     public void TrainingResumesExactly()
     {

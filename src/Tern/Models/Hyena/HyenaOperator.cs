@@ -308,7 +308,10 @@ public sealed class HyenaOperator : IDisposable
         // Column c of the row as the conv reads it: zero before its padding ends, the tail at [p, p + 2), its tokens after.
         var leading = real.logical_not().sum(1, keepdim: true);                                         // p, [B, 1]
         var c = torch.arange(t + 2, ScalarType.Int64, input.device).unsqueeze(0);
-        var source = torch.where(c.lt(leading), torch.tensor(2L, device: input.device), torch.where(c.lt(leading + 2), c - leading, c)); // column 2 is zero when p > 0
+        // c < p → 2 (a padding column, zero), p ≤ c < p + 2 → c − p, else c; in arithmetic, with no host value (a CUDA graph captures it).
+        var before = c.lt(leading).to(ScalarType.Int64);
+        var tail = c.lt(leading + 2).to(ScalarType.Int64) - before;
+        var source = c + before * (c.neg() + 2) - tail * leading;
         var aligned = extended.gather(2, source.unsqueeze(1).expand(b, extended.shape[1], t + 2));
         using (torch.no_grad()) fir.copy_(aligned.narrow(2, t, 2));
         var filtered = F.conv1d(aligned, W("short_filter.weight").to(z.dtype), W("short_filter.bias").to(z.dtype), groups: z.shape[1]);
