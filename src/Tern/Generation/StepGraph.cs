@@ -29,7 +29,7 @@ internal sealed class StepGraph(KvCache cache, Tensor slot, Action body, bool ca
         {
             body();
             cache.AlignLengths();
-            slot.fill_(cache[0].Length);
+            slot.fill_(cache.Length);
         }
         else if (!capture)
             body();

@@ -2,7 +2,6 @@ using Tern.Distillation;
 using Tern.Tests.Models;
 using Tern.Tests.Training;
 using Tern.Training;
-using TorchSharp;
 
 namespace Tern.Tests.Cli;
 
@@ -62,23 +61,7 @@ public sealed class HyenaCommandTests
         Assert.Contains("perplexity", text + error, StringComparison.OrdinalIgnoreCase);
 
         // A pole pushed outside the unit circle: the folder is refused, naming the layer and the filter.
-        var banks = ModalCheckpoint.Load(distilled, new[] { 0, 1 });
-        var poles = banks[0].Poles.ToArray();
-        poles[1 * banks[0].Modes] = System.Numerics.Complex.FromPolarCoordinates(1.5, 0.1);
-        using (var scope = torch.NewDisposeScope())
-        {
-            TorchSharp.torch.Tensor Pairs(IEnumerable<System.Numerics.Complex> v, ModalFilters f) =>
-                TorchSharp.torch.tensor(v.SelectMany(z => new[] { z.Real, z.Imaginary }).ToArray(), new long[] { f.Channels, f.Modes, 2 });
-            var tensors = new List<(string, TorchSharp.torch.Tensor)>();
-            for (int l = 0; l < 2; l++)
-            {
-                tensors.Add(($"layers.{l}.poles", Pairs(l == 0 ? poles : banks[l].Poles, banks[l])));
-                tensors.Add(($"layers.{l}.residues", Pairs(banks[l].Residues, banks[l])));
-                tensors.Add(($"layers.{l}.direct", TorchSharp.torch.tensor(banks[l].Direct.ToArray())));
-            }
-            Tern.Checkpoints.SafetensorsWriter.Write(Path.Combine(distilled, ModalCheckpoint.WeightsFile), tensors,
-                new Dictionary<string, string> { ["convention"] = ModalCheckpoint.Convention });
-        }
+        TinyHyena.ReplacePole(distilled, layer: 0, filter: 1, mode: 0, System.Numerics.Complex.FromPolarCoordinates(1.5, 0.1));
         (code, _, error) = CliProcess.Run("generate", "--model", distilled, "--device", "cpu", "--max-new-tokens", "4", "The quick");
         Assert.NotEqual(0, code);
         Assert.Contains("layer 0, filter 1", error);

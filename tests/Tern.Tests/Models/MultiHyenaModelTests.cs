@@ -46,6 +46,27 @@ internal static class TinyHyena
     }
 
     internal static CausalLanguageModel Load(string folder) => CausalLanguageModel.Load(folder, new ModelLoadOptions { Device = DeviceKind.Cpu });
+
+    /// <summary>Rewrites the two-layer banks of a distilled <paramref name="folder"/> with pole <paramref name="mode"/> of filter
+    /// <paramref name="filter"/> in layer <paramref name="layer"/> replaced by <paramref name="pole"/> (ModalFilters refuses to
+    /// build an unstable bank, so the tensors are written directly).</summary>
+    internal static void ReplacePole(string folder, int layer, int filter, int mode, System.Numerics.Complex pole)
+    {
+        var banks = ModalCheckpoint.Load(folder, new[] { 0, 1 });
+        using var scope = torch.NewDisposeScope();
+        Tensor Pairs(IEnumerable<System.Numerics.Complex> values, ModalFilters f) =>
+            torch.tensor(values.SelectMany(v => new[] { v.Real, v.Imaginary }).ToArray(), new long[] { f.Channels, f.Modes, 2 });
+        var tensors = new List<(string, Tensor)>();
+        foreach (var (l, bank) in banks)
+        {
+            var poles = bank.Poles.ToArray();
+            if (l == layer) poles[filter * bank.Modes + mode] = pole;
+            tensors.Add(($"layers.{l}.poles", Pairs(poles, bank)));
+            tensors.Add(($"layers.{l}.residues", Pairs(bank.Residues, bank)));
+            tensors.Add(($"layers.{l}.direct", torch.tensor(bank.Direct.ToArray())));
+        }
+        SafetensorsWriter.Write(Path.Combine(folder, ModalCheckpoint.WeightsFile), tensors, new Dictionary<string, string> { ["convention"] = ModalCheckpoint.Convention });
+    }
 }
 
 /// <summary>
@@ -205,30 +226,11 @@ public sealed class MultiHyenaModelTests : IDisposable
     public void ADistilledFolderWithAnUnstablePoleOrAMissingBankIsRefusedNamingTheLayerAndFilter()
     {
         string folder = TinyHyena.Distill(dir, TinyHyena.Save(dir));
-        var banks = ModalCheckpoint.Load(folder, new[] { 0, 1 });
-        var poles = banks[1].Poles.ToArray();
-        poles[1 * banks[1].Modes + 2] = System.Numerics.Complex.FromPolarCoordinates(1.01, 0.3); // layer 1, filter 1, mode 2
-        // ModalFilters refuses to build the bad bank: the tensors are written directly.
-        WriteBanks(folder, banks[0], poles, banks[1]);
+        TinyHyena.ReplacePole(folder, layer: 1, filter: 1, mode: 2, System.Numerics.Complex.FromPolarCoordinates(1.01, 0.3));
         var e = Assert.Throws<CheckpointException>(() => TinyHyena.Load(folder));
         Assert.Contains("layer 1, filter 1", e.Message);
         Assert.Contains("|λ|", e.Message);
         File.Delete(Path.Combine(folder, ModalCheckpoint.WeightsFile));
         Assert.Contains(ModalCheckpoint.WeightsFile, Assert.Throws<CheckpointException>(() => TinyHyena.Load(folder)).Message);
-    }
-
-    static void WriteBanks(string folder, ModalFilters layer0, System.Numerics.Complex[] poles1, ModalFilters layer1)
-    {
-        using var scope = torch.NewDisposeScope();
-        Tensor Pairs(IReadOnlyList<System.Numerics.Complex> values, int channels, int modes) =>
-            torch.tensor(values.SelectMany(v => new[] { v.Real, v.Imaginary }).ToArray(), new long[] { channels, modes, 2 });
-        var tensors = new List<(string, Tensor)>
-        {
-            ("layers.0.poles", Pairs(layer0.Poles, layer0.Channels, layer0.Modes)), ("layers.0.residues", Pairs(layer0.Residues, layer0.Channels, layer0.Modes)),
-            ("layers.0.direct", torch.tensor(layer0.Direct.ToArray())),
-            ("layers.1.poles", Pairs(poles1, layer1.Channels, layer1.Modes)), ("layers.1.residues", Pairs(layer1.Residues, layer1.Channels, layer1.Modes)),
-            ("layers.1.direct", torch.tensor(layer1.Direct.ToArray())),
-        };
-        SafetensorsWriter.Write(Path.Combine(folder, ModalCheckpoint.WeightsFile), tensors, new Dictionary<string, string> { ["convention"] = ModalCheckpoint.Convention });
     }
 }
