@@ -67,7 +67,7 @@ public sealed class KvCache : IDisposable
     public KvCacheOptions Options { get; }
 
     /// <summary>Longest sequence the cache serves (<see cref="KvCacheOptions.MaxSequenceLength"/>, or the capacity).</summary>
-    public int MaxSequenceLength => layers[0].MaxSequenceLength;
+    public int MaxSequenceLength => Options.MaxSequenceLength > 0 ? Options.MaxSequenceLength : Options.Capacity;
 
     /// <summary>The policy deciding what the cache keeps.</summary>
     public IKvCachePolicy Policy { get; }
