@@ -57,8 +57,8 @@ public abstract class CompositionContract
         for (int i = 0; i < prompts.Length; i++) Assert.Equal(expected.Sequences[i].Tokens, captured.Sequences[i].Tokens);
     }
 
-    /// <param name="together">Pools of different policies step in one forward pass (dynamic shapes), else each its own
-    /// static-shape pass (a CUDA graph on CUDA).</param>
+    /// <param name="together">Pools of different policies step in one static-shape forward pass (one CUDA graph over their
+    /// caches on CUDA), else each its own; h2o's steady state (eviction in place) is part of the graph.</param>
     [Theory]
     [InlineData(false)]
     [InlineData(true)]
@@ -69,7 +69,8 @@ public abstract class CompositionContract
         var cases = new[]
         {
             (0, Greedy(30)), (1, Greedy(24)), (2, Greedy(30, Policy("sink", "10", 2))), (3, Greedy(30, Policy("sink", "10", 2))),
-            (0, Greedy(30, Policy("h2o", "12", evictEvery: 3))), (2, Greedy(26, Policy("window", "8"))), (1, Greedy(20, Policy("full", bits: 8))),
+            (0, Greedy(30, Policy("h2o", "12", evictEvery: 3))), (3, Greedy(30, Policy("h2o", "10"))), (2, Greedy(26, Policy("window", "8"))),
+            (1, Greedy(20, Policy("full", bits: 8))),
         };
         var expected = cases.Select(c => new Generator(model).GenerateTokens(new[] { prompts[c.Item1] }, c.Item2, Ct).Sequences[0].Tokens).ToArray();
         using var engine = ServingEngine.Start(model, null, new ServingOptions { MaxBatchSize = 8, UseCudaGraphs = Graphs, ForceStaticShapes = !Graphs, StepPoolsTogether = together });

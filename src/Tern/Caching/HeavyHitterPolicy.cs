@@ -14,6 +14,10 @@ namespace Tern.Caching;
 /// (a mean would rank the same: it divides a whole row by the group size); eviction is per sequence, not summed over the
 /// batch; F counts the post-eviction probabilities, as the real-drop code does; padding queries count nothing. Keys keep
 /// their original positions (stored after rotary embedding), so nothing is re-rotated.
+/// With eviction after every step the cache reaches a steady state of k + 1 slots: each one-token step writes its entry into
+/// the slot its row and head freed last, and the eviction empties the lowest-scoring slot in place (no compaction), so the
+/// step's shapes never change and it replays as a CUDA graph. Slot order is then not position order (attention masks by
+/// position and is order-free).
 /// </summary>
 public sealed record HeavyHitterPolicy : IKvCachePolicy, IAttentionObserver
 {
@@ -66,8 +70,10 @@ public sealed record HeavyHitterPolicy : IKvCachePolicy, IAttentionObserver
     public int Capacity(int maxSequenceLength, int maxStepTokens) => Math.Min(maxSequenceLength, Sizes(maxSequenceLength).Budget + EvictEvery - 1 + maxStepTokens);
 
     /// <inheritdoc />
-    public void BeforeAppend(LayerKvCache layer, int incomingTokens) =>
-        KvCachePolicies.EnsureRoom(layer, incomingTokens, "h2o evicts after each step down to its budget");
+    public void BeforeAppend(LayerKvCache layer, int incomingTokens)
+    {
+        if (!FillsFreeSlots(layer, incomingTokens)) KvCachePolicies.EnsureRoom(layer, incomingTokens, "h2o evicts after each step down to its budget");
+    }
 
     /// <summary>Adds the step's probabilities [B,H,T,L] to each entry's score, summed over the step's queries and the query
     /// heads of each KV head; with normalisation also counts the queries that saw the entry.</summary>
@@ -84,12 +90,19 @@ public sealed record HeavyHitterPolicy : IKvCachePolicy, IAttentionObserver
     }
 
     /// <inheritdoc />
-    public bool EvictsAfter(LayerKvCache layer, int incomingTokens) => layer.Length + incomingTokens >= Sizes(layer.MaxSequenceLength).Budget + EvictEvery;
+    public bool EvictsAfter(LayerKvCache layer, int incomingTokens) =>
+        !FillsFreeSlots(layer, incomingTokens) && layer.Length + incomingTokens >= Sizes(layer.MaxSequenceLength).Budget + EvictEvery;
 
-    /// <summary>Keeps the k_r most recent entries and the k − k_r older ones with the largest scores.</summary>
+    /// <summary>The steady state of eviction after every step: k + 1 slots in use, each row and head holding at most k entries
+    /// before the step, so a free slot waits below the length for the one new entry.</summary>
+    public bool FillsFreeSlots(LayerKvCache layer, int incomingTokens) =>
+        EvictEvery == 1 && incomingTokens == 1 && layer.Length == Sizes(layer.MaxSequenceLength).Budget + 1;
+
+    /// <summary>Keeps the k_r most recent entries and the k − k_r older ones with the largest scores: in place when at most one
+    /// entry per row and head is over the budget (<see cref="FillsFreeSlots"/>), else by compaction.</summary>
     public void AfterStep(LayerKvCache layer)
     {
-        if (!EvictsAfter(layer, 0)) return; // amortised: one compaction per EvictEvery tokens
+        if (layer.Length < Sizes(layer.MaxSequenceLength).Budget + EvictEvery) return; // amortised: one eviction per EvictEvery tokens
         var (k, r) = Sizes(layer.MaxSequenceLength);
         using var scope = torch.NewDisposeScope();
         var state = layer.EntryState(2);
@@ -100,6 +113,13 @@ public sealed record HeavyHitterPolicy : IKvCachePolicy, IAttentionObserver
         var candidates = occupied & isRecent.logical_not();
         var scores = state.narrow(2, 0, layer.Length);
         var rank = NormalizeScores ? scores.select(-1, 0) / scores.select(-1, 1).clamp_min(1) : scores.select(-1, 0);
+        if (EvictEvery == 1 && layer.Length == k + 1)
+        {
+            // One entry over at most: a row and head holding k + 1 evicts its lowest-ranked candidate, F(j) smallest (§2.1.1).
+            var victim = rank.masked_fill(candidates.logical_not(), double.PositiveInfinity).argmin(-1, keepdim: true);
+            layer.EmptySlots(victim, occupied.sum(-1, keepdim: true).gt(k));
+            return;
+        }
         var keep = isRecent;
         int heavy = Math.Min(k - r, layer.Length);
         if (heavy > 0)

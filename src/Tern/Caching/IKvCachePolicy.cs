@@ -31,6 +31,12 @@ public interface IKvCachePolicy
     /// generator runs the others eagerly.</summary>
     bool EvictsAfter(LayerKvCache layer, int incomingTokens) => false;
 
+    /// <summary>True when a step appending <paramref name="incomingTokens"/> entries to <paramref name="layer"/> writes each row's
+    /// and head's entry into a free slot below <see cref="LayerKvCache.Length"/> (one the policy emptied in place) instead of
+    /// at the end: the layer's length, hence every shape of the step, stays the same, so an evicting policy's steady-state
+    /// steps replay as CUDA graphs.</summary>
+    bool FillsFreeSlots(LayerKvCache layer, int incomingTokens) => false;
+
     /// <summary>This policy with budgets given as ratios resolved to token counts for sequences of at most
     /// <paramref name="maxSequenceLength"/> tokens (the same policy when its budgets are counts): what a cache shared by
     /// sequences of different lengths (a serving pool) runs, so each behaves as in a cache of its own.</summary>

@@ -65,6 +65,18 @@ internal abstract class KvStore : IDisposable
     /// <inheritdoc />
     public abstract void Dispose();
 
+    /// <summary>Writes one entry per row and head, <paramref name="entries"/> [rows, heads, 1, headDim], at slot
+    /// <paramref name="slots"/> [rows, heads, 1] of each.</summary>
+    public abstract void WriteAt(Tensor slots, Tensor entries);
+
+    /// <summary>Scatters <paramref name="entries"/> [B,H,1,...] into <paramref name="storage"/> [B,H,capacity,...] at slot
+    /// <paramref name="slots"/> [B,H,1] of each row and head.</summary>
+    internal static void ScatterTensor(Tensor storage, Tensor slots, Tensor entries)
+    {
+        var index = slots.reshape(slots.shape.Concat(Enumerable.Repeat(1L, storage.shape.Length - 3)).ToArray()).expand(entries.shape);
+        storage.scatter_(2, index, entries);
+    }
+
     /// <summary>Gathers slots <paramref name="order"/> [B,H,n] of <paramref name="storage"/> [B,H,capacity,...] into its front.</summary>
     internal static void CompactTensor(Tensor storage, Tensor order)
     {
@@ -92,6 +104,8 @@ internal sealed class DenseKvStore : KvStore
 
 
     public override void Write(int start, Tensor entries) => InRows(Storage).narrow(2, start, entries.shape[2]).copy_(entries);
+
+    public override void WriteAt(Tensor slots, Tensor entries) => ScatterTensor(InRows(Storage), slots, entries);
 
     public override Tensor Read(int length)
     {
@@ -142,6 +156,14 @@ internal sealed class QuantizedKvStore : KvStore
         InRows(codes).narrow(2, start, t).copy_(q.Codes);
         InRows(step).narrow(2, start, t).copy_(q.Step);
         InRows(min).narrow(2, start, t).copy_(q.Min);
+    }
+
+    public override void WriteAt(Tensor slots, Tensor entries)
+    {
+        using var q = GroupQuantizer.Quantize(entries, quantization);
+        ScatterTensor(InRows(codes), slots, q.Codes);
+        ScatterTensor(InRows(step), slots, q.Step);
+        ScatterTensor(InRows(min), slots, q.Min);
     }
 
     public override Tensor Read(int length)

@@ -49,8 +49,10 @@ public sealed class LayerKvCache : IDisposable
     /// </summary>
     public void Update(Tensor keys, Tensor values, Tensor positions, bool hasPadding, Tensor? slots = null)
     {
-        Policy.BeforeAppend(this, (int)keys.shape[2]);
-        Append(keys, values, positions, hasPadding, slots);
+        int tokens = (int)keys.shape[2];
+        Policy.BeforeAppend(this, tokens);
+        if (Policy.FillsFreeSlots(this, tokens)) AppendIntoFreeSlots(keys, values, positions);
+        else Append(keys, values, positions, hasPadding, slots);
     }
 
     /// <summary>Hands the policy one block of the step's attention probabilities [batch, heads, queries, Length] (fp32; only
@@ -180,6 +182,42 @@ public sealed class LayerKvCache : IDisposable
         HasHoles |= hasPadding;
     }
 
+    /// <summary>
+    /// Writes one entry per row and head [batch, kvHeads, 1, headDim] at position [batch, 1] into the first free slot of that
+    /// row and head, below <see cref="Length"/> (<see cref="IKvCachePolicy.FillsFreeSlots"/>: the policy freed one there), so
+    /// the length stays. Static shapes: the slots are found on the device.
+    /// </summary>
+    void AppendIntoFreeSlots(Tensor keys, Tensor values, Tensor positions)
+    {
+        using var scope = torch.NewDisposeScope();
+        var free = ActivePositions.lt(0).to(ScalarType.Int32).argmax(-1, keepdim: true); // [B,Hkv,1]: the first maximum
+        this.keys.WriteAt(free, keys);
+        this.values.WriteAt(free, values);
+        ActivePositions.scatter_(2, free, positions.unsqueeze(1).expand(free.shape));
+        HasHoles = true;
+        AttendedKeysStale = true;
+        Rewrites++;
+    }
+
+    /// <summary>Empties slot <paramref name="slots"/> [batch, kvHeads, 1] of each row and head where <paramref name="where"/>
+    /// [batch, kvHeads, 1] holds (an eviction in place: the length stays, the next entry of that row and head goes there); its
+    /// policy state is zeroed.</summary>
+    public void EmptySlots(Tensor slots, Tensor where)
+    {
+        using var scope = torch.NewDisposeScope();
+        var positions = ActivePositions;
+        positions.scatter_(2, slots, positions.gather(2, slots).masked_fill(where, -1));
+        if (entryState is not null)
+        {
+            var state = EntryState((int)entryState.shape[3]).narrow(2, 0, Length);
+            var index = slots.unsqueeze(-1).expand(slots.shape[0], slots.shape[1], 1, state.shape[3]);
+            state.scatter_(2, index, state.gather(2, index).masked_fill(where.unsqueeze(-1), 0));
+        }
+        HasHoles = true;
+        AttendedKeysStale = true;
+        Rewrites++;
+    }
+
     /// <summary>Offloading: the storage tensors of keys then values, each [batch, kvHeads, capacity, ...] (see <c>KvStore.Parts</c>).</summary>
     internal IReadOnlyList<Tensor> StorageParts => keys.Parts.Concat(values.Parts).ToArray();
 
@@ -210,8 +248,9 @@ public sealed class LayerKvCache : IDisposable
         AttendedKeysStale = true;
     }
 
-    /// <summary>Times entries were compacted (<see cref="Keep"/>): offloading copies a layer back whole only when it changed.</summary>
-    internal int Compactions { get; private set; }
+    /// <summary>Times entries changed other than by appending at the end (compaction by <see cref="Keep"/>, eviction and
+    /// writes in place): offloading copies a layer back whole only when it changed.</summary>
+    internal int Rewrites { get; private set; }
 
     /// <summary>Offloading: keys, values and positions of slots [0, <paramref name="length"/>) were just copied in from their
     /// home tiers; the bookkeeping follows.</summary>
@@ -234,7 +273,10 @@ public sealed class LayerKvCache : IDisposable
 
     /// <summary>Host bookkeeping only: records that a replayed step appended <paramref name="tokens"/> entries
     /// (or, negative, takes back the count of a captured step that did not execute).</summary>
-    internal void AdjustLength(int tokens) => Length += tokens;
+    internal void AdjustLength(int tokens)
+    {
+        if (!Policy.FillsFreeSlots(this, Math.Abs(tokens))) Length += tokens; // a step into free slots kept the length
+    }
 
     /// <summary>
     /// Evicts every entry whose <paramref name="keep"/> flag [batch, kvHeads, Length] is false; survivors keep their
@@ -269,7 +311,7 @@ public sealed class LayerKvCache : IDisposable
         if (keptPerRow is null) HasHoles = true;
         Length = newLength;
         AttendedKeysStale = true;
-        Compactions++;
+        Rewrites++;
     }
 
     /// <summary>The entry state over every row, in use or not (made zero at the first call).</summary>

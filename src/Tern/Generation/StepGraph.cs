@@ -10,33 +10,53 @@ namespace Tern.Generation;
 /// run as a CUDA graph: a TorchSharp step is hundreds of small launches whose host cost exceeds the GPU time at small
 /// batches; captured once, it launches as one. The first run warms up on the capture stream (cuBLAS handles, workspaces) and
 /// captures the step after it; later runs replay. Without a graph (the CPU, where tests prove the body) the body runs as it
-/// is. A step after which the cache's policy evicts runs eagerly, outside the graph (compaction is host-driven), and then
-/// every layer continues from one slot; so does the step after anything moved entries while keys are rotated at their
+/// is. A step after which the cache's policy compacts runs eagerly, outside the graph (compaction is host-driven), and then
+/// every layer continues from one slot (an eviction in place, H2O's steady state, is part of the graph); so does the step after anything moved entries while keys are rotated at their
 /// cache index (the graph replays the rotation of the step's own keys only). Capture is thread-local, but keep one graph
 /// user per GPU: other threads' work on the device during a capture is not part of any contract here.
 /// </summary>
-internal sealed class StepGraph(KvCache cache, Tensor slot, Action body, bool capture) : IDisposable
+internal sealed class StepGraph : IDisposable
 {
+    readonly (KvCache Cache, Tensor Slot)[] caches;
+    readonly Action body;
+    readonly bool capture;
     LibTorchCuda.Graph? graph;
+    bool[] graphFillsFreeSlots = [];
 
-    /// <summary>The cache the captured step writes into (a graph serves one cache object).</summary>
-    public KvCache Cache => cache;
+    /// <summary>A step over one cache whose body writes at <paramref name="slot"/> and advances it.</summary>
+    public StepGraph(KvCache cache, Tensor slot, Action body, bool capture) : this(new[] { (cache, slot) }, body, capture) { }
 
-    /// <summary>Runs one step: the body writes at <c>slot</c> and advances it.</summary>
+    /// <summary>A step over several caches (serving pools stepped in one forward pass), each written at its own slot, which the
+    /// body advances.</summary>
+    public StepGraph(IReadOnlyList<(KvCache Cache, Tensor Slot)> caches, Action body, bool capture) =>
+        (this.caches, this.body, this.capture) = (caches.ToArray(), body, capture);
+
+    /// <summary>The caches the captured step writes into (a graph serves these cache objects).</summary>
+    public IEnumerable<KvCache> Caches => caches.Select(c => c.Cache);
+
+    /// <summary>Runs one step: the body writes at each cache's slot and advances it.</summary>
     public void Run()
     {
-        if (EvictsAfterNextStep(cache))
+        if (caches.Any(c => EvictsAfterNextStep(c.Cache)))
         {
             body();
-            cache.AlignLengths();
-            slot.fill_(cache.Length);
+            foreach (var (cache, slot) in caches)
+            {
+                cache.AlignLengths();
+                slot.fill_(cache.Length);
+            }
         }
         else if (!capture)
             body();
-        else if (graph is not null && cache.AttendedKeysStale)
+        else if (graph is not null && caches.Any(c => c.Cache.AttendedKeysStale))
             body(); // entries moved (an eviction, a join): a replay would rotate only its own keys, so every slot goes eagerly
-        else if (graph is null)
+        else if (graph is null || !graphFillsFreeSlots.SequenceEqual(caches.Select(c => FillsFreeSlotsNextStep(c.Cache))))
         {
+            // First capture, or a cache changed how steps write (appending at its slot, or into the slots an in-place eviction
+            // freed): capture that step instead.
+            graph?.Dispose();
+            graph = null;
+            graphFillsFreeSlots = caches.Select(c => FillsFreeSlotsNextStep(c.Cache)).ToArray();
             torch.cuda.synchronize();
             var captureStream = LibTorchCuda.StreamFromPool();
             LibTorchCuda.SetCurrentStream(captureStream);
@@ -44,13 +64,13 @@ internal sealed class StepGraph(KvCache cache, Tensor slot, Action body, bool ca
             {
                 body();
                 torch.cuda.synchronize();
-                if (!EvictsAfterNextStep(cache)) // else a later step is captured
+                if (!caches.Any(c => EvictsAfterNextStep(c.Cache))) // else a later step is captured
                 {
                     graph = new LibTorchCuda.Graph();
                     graph.CaptureBegin();
                     body();
                     graph.CaptureEnd();
-                    cache.AdjustForReplay(-1); // the captured step was recorded on the host but has not run
+                    foreach (var c in caches) c.Cache.AdjustForReplay(-1); // the captured step was recorded on the host but has not run
                 }
             }
             finally
@@ -62,9 +82,13 @@ internal sealed class StepGraph(KvCache cache, Tensor slot, Action body, bool ca
         else
         {
             graph.Replay();
-            cache.AdjustForReplay(1);
+            foreach (var c in caches) c.Cache.AdjustForReplay(1);
         }
     }
+
+    /// <summary>True when the next one-token step over <paramref name="cache"/> writes into free slots (an evicting policy's
+    /// steady state, <see cref="IKvCachePolicy.FillsFreeSlots"/>) rather than at the device-held slot.</summary>
+    static bool FillsFreeSlotsNextStep(KvCache cache) => cache.LayerCount > 0 && cache.Policy.FillsFreeSlots(cache[0], 1);
 
     /// <summary>True when the next one-token step over <paramref name="cache"/> ends in an eviction in some layer (it then runs
     /// eagerly, outside any graph).</summary>

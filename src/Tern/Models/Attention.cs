@@ -162,7 +162,8 @@ internal static class Attention
         long b = qh.shape[0], t = qh.shape[2];
         int h = s.Heads, hkv = s.KvHeads, g = s.Groups, d = s.HeadDim;
         var keys = cachedKeyRotation is null ? cache.Keys : KeysAtCacheIndex(cache, cachedKeyRotation, t, batch.WriteSlots);
-        if (t == 1 && cachedKeyRotation is null && !cache.ObservesAttention && Interop.FusedKernels.TryDecodeAttention(qh, keys, cache.Values,
+        // Keys rotated at their cache index (StreamingLLM) are as contiguous as the stored ones, and masks use original positions.
+        if (t == 1 && !cache.ObservesAttention && Interop.FusedKernels.TryDecodeAttention(qh, keys, cache.Values,
                 cache.Positions, batch.Positions, s.SlidingWindow, 1.0 / Math.Sqrt(d), out var fused))
             return fused;
         Tensor output; // [B,H,T,D]

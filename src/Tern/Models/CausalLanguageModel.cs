@@ -304,19 +304,22 @@ public abstract class CausalLanguageModel : IStepModel, IDisposable
     /// Runs one step whose rows belong to several caches, consecutive ranges of <paramref name="caches"/>' active rows in
     /// order (serving pools of different KV cache configurations): everything but attention runs once over all rows, each
     /// range attends through its own cache under its own policy. Each range's logits equal those of <see cref="Forward(ForwardBatch, KvCache)"/>
-    /// over its cache alone. Dynamic shapes only (no <see cref="ForwardBatch.WriteSlots"/>).
+    /// over its cache alone. With <paramref name="writeSlots"/> (one device-held slot per cache, <see cref="ForwardBatch.WriteSlots"/>)
+    /// every range steps with static shapes, as a CUDA graph captures it; the batch itself then carries none.
     /// </summary>
-    internal Tensor Forward(ForwardBatch batch, IReadOnlyList<KvCache> caches)
+    internal Tensor Forward(ForwardBatch batch, IReadOnlyList<KvCache> caches, IReadOnlyList<Tensor>? writeSlots = null)
     {
-        if (caches.Count == 1) return Forward(batch, caches[0]);
-        if (batch.WriteSlots is not null) throw new ArgumentException("a step over several caches runs with dynamic shapes (no write slots).");
+        if (batch.WriteSlots is not null) throw new ArgumentException("a step over several caches takes one write slot per cache, not the batch's.");
+        if (writeSlots is not null && writeSlots.Count != caches.Count) throw new ArgumentException($"{writeSlots.Count} write slots for {caches.Count} caches.");
+        if (caches.Count == 1) return Forward(writeSlots is null ? batch : batch.WithWriteSlots(writeSlots[0]), caches[0]);
         using var noGrad = torch.no_grad();
         using var scope = torch.NewDisposeScope();
         var segments = new List<StepSegment>(caches.Count);
         int start = 0;
-        foreach (var cache in caches)
+        for (int i = 0; i < caches.Count; i++)
         {
-            var rows = batch.Rows(start, cache.ActiveRows);
+            var cache = caches[i];
+            var rows = batch.Rows(start, cache.ActiveRows, writeSlots?[i]);
             if (cache.Options.RollPositions) rows = AtCacheIndexes(rows, cache);
             segments.Add(new StepSegment(start, cache.ActiveRows, cache, new ModelStep(rows)));
             start += cache.ActiveRows;

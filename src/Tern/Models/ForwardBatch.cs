@@ -59,8 +59,17 @@ public sealed class ForwardBatch
         PrefixEmbeddings = PrefixEmbeddings,
     };
 
-    /// <summary>Rows [<paramref name="start"/>, start + <paramref name="count"/>) of this batch (views; host bounds kept).</summary>
-    internal ForwardBatch Rows(int start, int count)
+    /// <summary>This batch writing at <paramref name="slots"/> (<see cref="WriteSlots"/>; everything else shared).</summary>
+    internal ForwardBatch WithWriteSlots(Tensor slots) => new()
+    {
+        InputIds = InputIds, Positions = Positions, RealTokens = RealTokens, HasPadding = HasPadding, MaxPosition = MaxPosition,
+        LastPositionOnly = LastPositionOnly, WriteSlots = slots, ModelPositions = ModelPositions, MaxModelPosition = MaxModelPosition,
+        PrefixEmbeddings = PrefixEmbeddings,
+    };
+
+    /// <summary>Rows [<paramref name="start"/>, start + <paramref name="count"/>) of this batch (views; host bounds kept), writing
+    /// at <paramref name="writeSlots"/> when given.</summary>
+    internal ForwardBatch Rows(int start, int count, Tensor? writeSlots = null)
     {
         var real = RealTokens.Skip(start).Take(count).ToArray();
         long tokens = InputIds.shape[1];
@@ -68,7 +77,7 @@ public sealed class ForwardBatch
         {
             InputIds = InputIds.narrow(0, start, count), Positions = Positions.narrow(0, start, count), RealTokens = real,
             HasPadding = HasPadding && real.Any(n => n < tokens), MaxPosition = MaxPosition, LastPositionOnly = LastPositionOnly,
-            ModelPositions = ModelPositions.narrow(0, start, count), MaxModelPosition = MaxModelPosition,
+            ModelPositions = ModelPositions.narrow(0, start, count), MaxModelPosition = MaxModelPosition, WriteSlots = writeSlots,
         };
     }
 

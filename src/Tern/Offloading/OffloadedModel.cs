@@ -451,9 +451,9 @@ public sealed class OffloadedModel : IStepModel, IDisposable
                 var home = resident[k][j - 1];
                 var layer = travelling ? WorkingCache(prompts[k].Length, home.Capacity, home.MaxSequenceLength) : home;
                 if (travelling) layer.CopyEntriesFrom(home);
-                int compactions = layer.Compactions;
+                int rewrites = layer.Rewrites;
                 output = i > 0 ? model.RunStage(j, w, h, batch, layer) : PrefillResident(j, w, h!, batch, k, layer);
-                if (travelling) home.CopyEntriesFrom(layer, i == 0 || layer.Compactions != compactions ? 0 : home.Length);
+                if (travelling) home.CopyEntriesFrom(layer, i == 0 || layer.Rewrites != rewrites ? 0 : home.Length);
             }
             else if (hostCaches is not null && i > 0) output = model.RunStage(j, w, h, batch, hostCaches[k][j - 1]); // attends on the CPU
             else

@@ -32,6 +32,7 @@ public sealed class ServingEngine : IDisposable
 {
     readonly IStepModel model;
     readonly CausalLanguageModel? inMemory; // pools of cache rows; null: an offloaded model, served in blocks
+    StaticStep? together; // the static-shape step of the pools last stepped in one forward pass
     readonly Channel<ServingRequest> incoming = Channel.CreateUnbounded<ServingRequest>(new UnboundedChannelOptions { SingleReader = true });
     readonly CancellationTokenSource stopping = new();
     readonly Thread loop;
@@ -245,8 +246,23 @@ public sealed class ServingEngine : IDisposable
             foreach (var request in waiting) request.Fail(stopped);
             waiting.Clear();
             foreach (var batch in batches) batch.Abandon(stopped);
+            together?.Dispose();
+            together = null;
             Publish();
         }
+    }
+
+    /// <summary>Static-shape steps (CUDA graphs, or forced) serve this pool cache: the engine asks for them and its entries are
+    /// 16-bit.</summary>
+    bool StaticShapesServe(KvCache cache) =>
+        (Options.ForceStaticShapes || Options.UseCudaGraphs && StepGraph.CanCapture(cache.Options.Device)) && StepGraph.Serves(cache);
+
+    /// <summary>A pool's cache goes away (released or resized): the step of several pools captured over it goes with it.</summary>
+    void Forget(KvCache cache)
+    {
+        if (together is null || !together.Caches.Contains(cache)) return;
+        together.Dispose();
+        together = null;
     }
 
     /// <summary>One step boundary: take new requests, drop cancelled ones, admit, step every batch, fit the pool.</summary>
@@ -539,58 +555,72 @@ public sealed class ServingEngine : IDisposable
     }
 
     /// <summary>
-    /// A pool's decode step with static shapes (a CUDA graph per pool cache): every allocated row steps, the free ones with
-    /// position -1 (they see no key, attend to nothing, and what they write is never visible), so joins and leaves between
-    /// steps change only the inputs; the graph is captured anew when the pool is resized.
+    /// A decode step with static shapes over one pool's cache or, in one forward pass, several pools' caches (a CUDA graph per
+    /// set of caches): every allocated row of each steps, the free ones with position -1 (they see no key, attend to nothing,
+    /// and what they write is never visible), so joins and leaves between steps change only the inputs; the graph is captured
+    /// anew when a pool is resized (a new cache object) or the set of pools changes.
     /// </summary>
     sealed class StaticStep : IDisposable
     {
         readonly CausalLanguageModel model;
-        readonly KvCache cache;
-        readonly Tensor ids, positions, slot, logits;
+        readonly KvCache[] caches;
+        readonly Tensor[] slots;
+        readonly int[] offsets; // first row of each cache's rows in the step
+        readonly Tensor ids, positions, logits;
         readonly int rows, maxPosition;
         readonly int[] ones;
         readonly StepGraph graph;
 
-        public StaticStep(CausalLanguageModel model, KvCache cache, bool capture)
+        public StaticStep(CausalLanguageModel model, IReadOnlyList<KvCache> caches, bool capture)
         {
             this.model = model;
-            this.cache = cache;
-            rows = cache.Options.BatchSize;
+            this.caches = caches.ToArray();
+            offsets = new int[caches.Count];
+            for (int i = 1; i < caches.Count; i++) offsets[i] = offsets[i - 1] + caches[i - 1].Options.BatchSize;
+            rows = offsets[^1] + caches[^1].Options.BatchSize;
             ones = Enumerable.Repeat(1, rows).ToArray();
             var device = model.Device;
             ids = torch.zeros(new long[] { rows, 1 }, ScalarType.Int64, device).DetachFromDisposeScope();
             positions = torch.full(new long[] { rows, 1 }, -1L, ScalarType.Int64, device).DetachFromDisposeScope();
-            slot = torch.zeros(1, ScalarType.Int64, device).DetachFromDisposeScope();
+            slots = caches.Select(_ => torch.zeros(1, ScalarType.Int64, device).DetachFromDisposeScope()).ToArray();
             logits = torch.zeros(new long[] { rows, model.Info.VocabSize }, model.DType.ToScalarType(), device).DetachFromDisposeScope();
             // Positions stay below the model's context (a completion is capped by it) or, rolled, below the capacity; the rotary
             // tables are sized for that before the capture freezes them.
-            maxPosition = (model.Info.LearnedPositions ? model.Info.MaxPositions : Math.Max(model.Info.MaxPositions, cache.Options.Capacity)) - 1;
-            graph = new StepGraph(cache, slot, Body, capture);
+            maxPosition = (model.Info.LearnedPositions ? model.Info.MaxPositions : Math.Max(model.Info.MaxPositions, caches.Max(c => c.Options.Capacity))) - 1;
+            graph = new StepGraph(this.caches.Zip(slots).ToArray(), Body, capture);
         }
 
-        public KvCache Cache => cache;
+        /// <summary>The caches the step writes into.</summary>
+        public IReadOnlyList<KvCache> Caches => caches;
 
-        /// <summary>Steps rows [0, n) with these tokens (int64 [n] on the device) at these positions (-1: the row steps as
-        /// padding); returns their logits [n, vocab] (a view of a buffer the next step overwrites).</summary>
-        public Tensor Run(Tensor nextIds, long[] nextPositions)
+        /// <summary>True when this step runs over exactly these caches, in this order.</summary>
+        public bool Serves(IReadOnlyList<KvCache> set) => set.Count == caches.Length && set.Zip(caches).All(p => ReferenceEquals(p.First, p.Second));
+
+        /// <summary>Steps rows [0, n) of each cache with these tokens (int64 [n] on the device) at these positions (-1: the row
+        /// steps as padding); returns each cache's logits [n, vocab] (views of a buffer the next step overwrites).</summary>
+        public Tensor[] Run(IReadOnlyList<(Tensor NextIds, long[] Positions)> parts)
         {
-            int n = nextPositions.Length;
-            ids.narrow(0, 0, n).copy_(nextIds.unsqueeze(1));
             var hostPositions = Enumerable.Repeat(-1L, rows).ToArray();
-            nextPositions.CopyTo(hostPositions, 0);
+            var active = new int[caches.Length];
+            for (int i = 0; i < caches.Length; i++)
+            {
+                var (nextIds, nextPositions) = parts[i];
+                ids.narrow(0, offsets[i], nextPositions.Length).copy_(nextIds.unsqueeze(1));
+                nextPositions.CopyTo(hostPositions, offsets[i]);
+                slots[i].fill_(caches[i].Length);
+                active[i] = caches[i].ActiveRows;
+                caches[i].ActiveRows = caches[i].Options.BatchSize;
+            }
             using (var p = torch.tensor(hostPositions, new long[] { rows, 1 })) positions.copy_(p, true); // no wait for the device
-            slot.fill_(cache.Length);
-            cache.ActiveRows = rows;
             try
             {
                 graph.Run();
             }
             finally
             {
-                cache.ActiveRows = n;
+                for (int i = 0; i < caches.Length; i++) caches[i].ActiveRows = active[i];
             }
-            return logits.narrow(0, 0, n);
+            return caches.Select((_, i) => logits.narrow(0, offsets[i], parts[i].Positions.Length)).ToArray();
         }
 
         void Body()
@@ -604,15 +634,14 @@ public sealed class ServingEngine : IDisposable
                 HasPadding = true, // free rows: their queries are masked out of what policies observe
                 MaxPosition = maxPosition,
                 LastPositionOnly = true,
-                WriteSlots = slot,
-            }, cache));
-            slot.add_(1);
+            }, caches, slots));
+            foreach (var slot in slots) slot.add_(1);
         }
 
         public void Dispose()
         {
             graph.Dispose();
-            foreach (var t in new[] { ids, positions, slot, logits }) t.Dispose();
+            foreach (var t in new[] { ids, positions, logits }.Concat(slots)) t.Dispose();
         }
     }
 
@@ -843,16 +872,33 @@ public sealed class ServingEngine : IDisposable
                 using var scope = torch.NewDisposeScope();
                 var engine = parts[0].Pool.Engine;
                 var model = engine.inMemory!;
-                var rows = parts.SelectMany(p => p.Rows).ToArray();
-                var logits = model.Forward(EagerStep(torch.cat(parts.Select(p => p.Pool.NextIds.narrow(0, 0, p.Rows.Length)).ToArray()), rows, model.Device),
-                    parts.Select(p => p.Pool.cache!).ToArray());
-                engine.steps++;
-                int start = 0;
-                for (int i = 0; i < parts.Count; i++)
+                var caches = parts.Select(p => p.Pool.cache!).ToArray();
+                bool staticShapes = caches.All(engine.StaticShapesServe);
+                Tensor[] logits;
+                if (staticShapes && !caches.Any(StepGraph.EvictsAfterNextStep))
                 {
-                    launched[i] = parts[i].Pool.Record(parts[i].Rows, logits.narrow(0, start, parts[i].Rows.Length));
-                    start += parts[i].Rows.Length;
+                    if (engine.together?.Serves(caches) != true)
+                    {
+                        engine.together?.Dispose();
+                        engine.together = new StaticStep(model, caches, capture: !engine.Options.ForceStaticShapes);
+                    }
+                    logits = engine.together.Run(parts.Select(p => (p.Pool.NextIds.narrow(0, 0, p.Rows.Length), Positions(p.Rows))).ToArray());
                 }
+                else
+                {
+                    var rows = parts.SelectMany(p => p.Rows).ToArray();
+                    var all = model.Forward(EagerStep(torch.cat(parts.Select(p => p.Pool.NextIds.narrow(0, 0, p.Rows.Length)).ToArray()), rows, model.Device), caches);
+                    if (staticShapes) foreach (var c in caches) c.AlignLengths(); // the static steps that follow write every layer at one slot
+                    int start = 0;
+                    logits = new Tensor[parts.Count];
+                    for (int i = 0; i < parts.Count; i++)
+                    {
+                        logits[i] = all.narrow(0, start, parts[i].Rows.Length);
+                        start += parts[i].Rows.Length;
+                    }
+                }
+                engine.steps++;
+                for (int i = 0; i < parts.Count; i++) launched[i] = parts[i].Pool.Record(parts[i].Rows, logits[i]);
             }
             catch (Exception e)
             {
@@ -872,6 +918,9 @@ public sealed class ServingEngine : IDisposable
                 }
             }
         }
+
+        /// <summary>Each row's position in the step: its sequence's next, or -1 where it steps as padding.</summary>
+        static long[] Positions(Sequence?[] rows) => rows.Select(s => s is null ? -1L : s.Fed).ToArray();
 
         /// <summary>The running rows as a step sees them: each row's sequence, or null where it steps as padding (it wants no
         /// more tokens).</summary>
@@ -906,15 +955,15 @@ public sealed class ServingEngine : IDisposable
             var ids = NextIds.narrow(0, 0, rows.Length);
             Tensor logits;
             // A step that evicts runs eagerly anyway: over the pool's live slots (dynamic shapes), not over every static slot.
-            bool staticShapes = (Engine.Options.ForceStaticShapes || Engine.Options.UseCudaGraphs && StepGraph.CanCapture(device)) && StepGraph.Serves(c);
+            bool staticShapes = Engine.StaticShapesServe(c);
             if (staticShapes && !StepGraph.EvictsAfterNextStep(c))
             {
-                if (graphed?.Cache != c)
+                if (graphed?.Serves(new[] { c }) != true)
                 {
                     graphed?.Dispose();
-                    graphed = new StaticStep(model, c, capture: !Engine.Options.ForceStaticShapes);
+                    graphed = new StaticStep(model, new[] { c }, capture: !Engine.Options.ForceStaticShapes);
                 }
-                logits = graphed.Run(ids, rows.Select(s => s is null ? -1L : s.Fed).ToArray());
+                logits = graphed.Run(new[] { (ids, Positions(rows)) })[0];
             }
             else
             {
@@ -1037,6 +1086,7 @@ public sealed class ServingEngine : IDisposable
             if (shrink) lowUse = 0;
             if (newRows == allocatedRows && newCapacity == capacity) return;
             var resized = cache.Resized(newRows, newCapacity);
+            Engine.Forget(cache);
             cache.Dispose();
             cache = resized;
         }
@@ -1054,6 +1104,7 @@ public sealed class ServingEngine : IDisposable
             nextIds = null;
             graphed?.Dispose();
             graphed = null;
+            if (cache is not null) Engine.Forget(cache);
             cache?.Dispose();
             cache = null;
         }

@@ -119,6 +119,8 @@ public sealed class ServingEngineTests : IDisposable
     [InlineData(false, false, false)]
     [InlineData(true, false, false)]
     [InlineData(true, true, false)]
+    [InlineData(true, false, true)]
+    [InlineData(true, true, true)]
     public async Task EveryPolicyIsPooledAndEachRequestEqualsTheGeneratorAlone(bool staticShapes, bool overlap, bool together)
     {
         KvCacheConfig Policy(string name, string? budget, int bits = 16, int? sinks = null, int evictEvery = 1) => KvCachePolicies.Create(new KvPolicyOptions
