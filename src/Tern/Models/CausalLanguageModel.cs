@@ -129,6 +129,7 @@ public abstract class CausalLanguageModel : IStepModel, IDisposable
 
     KvCache CreateCache(int batchSize, int maxSequenceLength, KvCacheConfig config, int maxStepTokens, ScalarType dtype)
     {
+        RequireCache(config);
         int capacity = config.Eviction.Capacity(maxSequenceLength, maxStepTokens);
         var shape = CacheShape(new KvCacheOptions
         {
@@ -148,10 +149,13 @@ public abstract class CausalLanguageModel : IStepModel, IDisposable
         return config.CreateCache(shape);
     }
 
-    /// <summary>The cache an architecture steps through for <paramref name="config"/>: by default <paramref name="options"/>, a KV
-    /// layer per decoder layer. A model with recurrent layers adds their per-sequence state
-    /// (<see cref="KvCacheOptions.Recurrent"/>) and may drop the KV layers; it refuses configurations it cannot run
-    /// (<see cref="OptionException"/>).</summary>
+    /// <summary>Refuses (<see cref="OptionException"/>) a cache configuration the architecture cannot run; every one by default.
+    /// Serving asks when a request arrives, before it queues.</summary>
+    internal virtual void RequireCache(KvCacheConfig config) { }
+
+    /// <summary>The cache an architecture steps through: by default <paramref name="options"/>, a KV layer per decoder layer. A
+    /// model with recurrent layers adds their per-sequence state (<see cref="KvCacheOptions.Recurrent"/>) and may drop the KV
+    /// layers.</summary>
     private protected virtual KvCacheOptions CacheShape(KvCacheOptions options, KvCacheConfig config) => options;
 
     /// <summary>True when the model's layers keep a recurrent per-sequence state (Hyena) in the cache besides or instead of keys

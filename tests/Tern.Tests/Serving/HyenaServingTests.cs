@@ -1,3 +1,4 @@
+using Tern.Caching;
 using Tern.Generation;
 using Tern.Serving;
 using Tern.Tests.Models;
@@ -19,6 +20,19 @@ public sealed class HyenaServingTests : IDisposable
     {
         new[] { 5, 9, 13, 17, 21, 25, 30 }, new[] { 3, 40 }, new[] { 7, 8, 9, 10, 11 }, new[] { 33 }, new[] { 12, 14, 16, 18, 20, 22, 24, 26, 28 },
     };
+
+    [Fact]
+    public void ARequestForAnEvictingOrQuantisedCacheIsRefusedWhenSubmitted()
+    {
+        using var model = TinyHyena.Load(TinyHyena.Save(dir));
+        using var engine = ServingEngine.Start(model, null, new ServingOptions { MaxBatchSize = 2 });
+        var sink = KvCachePolicies.Create(new KvPolicyOptions { Policy = "sink", Budget = KvBudget.Parse("8"), Sinks = 2 });
+        var e = Assert.Throws<ServingException>(() => { engine.Submit(Prompts[0], Greedy(4) with { Cache = sink }, Ct); });
+        Assert.Equal(ServingError.InvalidRequest, e.Error);
+        Assert.Equal("kv_policy", e.Field);
+        var bits = KvCachePolicies.Create(new KvPolicyOptions { Policy = "full", Bits = 4 });
+        Assert.Equal("kv_bits", Assert.Throws<ServingException>(() => { engine.Submit(Prompts[0], Greedy(4) with { Cache = bits }, Ct); }).Field);
+    }
 
     [Theory]
     [InlineData(false, false)]

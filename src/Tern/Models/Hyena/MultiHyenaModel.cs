@@ -165,12 +165,17 @@ internal sealed class MultiHyenaModel : CausalLanguageModel
 
     /// <summary>Only the full cache: eviction or quantisation would drop or alter inputs the long convolution still weighs, and a
     /// distilled model holds no tokens at all.</summary>
-    private protected override KvCacheOptions CacheShape(KvCacheOptions options, KvCacheConfig config)
+    internal override void RequireCache(KvCacheConfig config)
     {
         if (config.Eviction is not DensePolicy || config.RollPositions)
             throw new OptionException($"{TernOption.KvPolicy} {config.Eviction.Name} evicts cached tokens, but a MultiHyena model's long convolution weighs every past token (or, distilled, keeps no tokens at all); run it with the full cache.");
         if (config.Bits != 16)
             throw new OptionException($"{TernOption.KvBits} {config.Bits} quantises cached tokens; a MultiHyena model's cache holds its convolution's exact inputs (distilled: none); run it with 16 bits.");
+    }
+
+    /// <summary>The short conv's tail per layer, and the modal state when distilled (then no KV layers).</summary>
+    private protected override KvCacheOptions CacheShape(KvCacheOptions options, KvCacheConfig config)
+    {
         int d = mixer.Width, n = mixer.Width / mixer.Heads;
         var state = new List<RecurrentTensor>();
         for (int l = 0; l < Info.Layers; l++)
