@@ -64,7 +64,9 @@ bench() {
   for length in $LENGTHS; do
     say "bench $name: context $length, batches $BATCHES"
     $TERN bench --model "$W/shapes/$name" --dummy --device "$DEVICE" -b $(echo $BATCHES | tr ' ' ',') -p "$length" -n "$NEW" \
-      --label "$name" -o "$W/bench.csv" 2>&1 | grep -v '^appended' | tail -n +3 || say "  $name at $length failed (out of memory?)"
+      --label "$name" -o "$W/bench.csv" > "$W/bench-run.txt" 2>&1 || say "  $name at $length failed (out of memory?)"
+    grep -v '^appended' "$W/bench-run.txt" | tail -n +3
+    sed -n "s/^state per sequence after [0-9]* tokens: \([0-9.]*\) MB/$name,$length,\1/p" "$W/bench-run.txt" >> "$W/state.csv"
   done
 }
 
@@ -89,8 +91,12 @@ if rows:
     k = {c.lower(): c for c in rows[0]}
     col = lambda frag: next(v for c, v in k.items() if frag in c)
     print("\n## Decode per token against the context (dummy weights)\n")
-    print("| model | context | " + " | ".join(f"ms/token b={b}" for b in batches) + " | tok/s at b=" + str(batches[-1]) + " | MB per sequence |")
-    print("|---|---|" + "---|" * (len(batches) + 2))
+    state = {}
+    if os.path.exists(os.path.join(w, "state.csv")):
+        for label, length, mb in csv.reader(open(os.path.join(w, "state.csv"))): state[(label, int(length))] = mb
+    print("| model | context | " + " | ".join(f"ms/token b={b}" for b in batches) + " | tok/s at b=" + str(batches[-1])
+          + " | state MB per sequence | device MB per sequence (with prefill transients) |")
+    print("|---|---|" + "---|" * (len(batches) + 3))
     table = {}
     for r in rows: table.setdefault((r[col("label")], int(r[col("prompt")])), {})[int(r[col("batch")])] = r
     for (label, length), by in sorted(table.items()):
@@ -99,7 +105,7 @@ if rows:
         mem = "-"
         if len(batches) > 1 and all(b in by for b in (batches[0], batches[-1])):
             mem = f'{(float(by[batches[-1]][col("device_mem")]) - float(by[batches[0]][col("device_mem")])) * 1e3 / (batches[-1] - batches[0]):.1f}'
-        print(f"| {label} | {length} | " + " | ".join(ms) + f" | {tps} | {mem} |")
+        print(f"| {label} | {length} | " + " | ".join(ms) + f" | {tps} | {state.get((label, length), '-')} | {mem} |")
 EOF
   cat "$W/summary.md"
 }
@@ -116,12 +122,12 @@ case ${1:?stage|start|status|collect|all|cpu} in
   collect)
     test -f "$W/bench.done" || { echo "the bench has not finished"; tail -3 "$W/bench.log"; }
     cp "$W/summary.md" "$OUT/" 2> /dev/null
-    (cd "$W" && tar -czf "$OUT/hyena-results.tar.gz" --exclude='*.safetensors' --exclude='checkpoint-*' summary.md bench.log bench.csv gpu.txt \
+    (cd "$W" && tar -czf "$OUT/hyena-results.tar.gz" --exclude='*.safetensors' --exclude='checkpoint-*' summary.md bench.log bench.csv state.csv gpu.txt \
       */run/train-log.jsonl */run/train-summary.json */run/config.json */wall.txt */ppl-*.txt distilled-*/model/modal.json \
       distilled-*/distill.log shapes 2> /dev/null)
     ls -la "$OUT" ;;
   all)
-    rm -f "$W/bench.done" "$W/bench.csv"
+    rm -f "$W/bench.done" "$W/bench.csv" "$W/state.csv"
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$W/gpu.txt" 2> /dev/null || echo "$DEVICE" > "$W/gpu.txt"
     train hyena bench/configs/multihyena-14m/config.json || exit 1
     [ "$TRANSFORMER" = 1 ] && { train transformer bench/configs/tern-14m/config.json || exit 1; }

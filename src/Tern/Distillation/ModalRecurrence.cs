@@ -118,8 +118,9 @@ public sealed class ModalRecurrence : IDisposable
         var y = Convolve(input);                                                                     // [B, C, K…, T]
         var p = leading.to(ScalarType.Float64).view(b, 1, 1, 1);
         var (re, im) = ModalFilters.PowersOf(Poles, (torch.arange(t, ScalarType.Float64, Poles.device).view(1, 1, 1, t) - p + 1).clamp_min(0)); // [B, C, S, T]
-        var carried = (Tied(Residues, state.dim() - 1) * state).to(ScalarType.ComplexFloat64).reshape(b, state.shape[1], -1, state.shape[^1]); // [B, C, K, S]
-        var carry = carried.real.matmul(re) - carried.imag.matmul(im);                             // Re Σ_n R s λ^e, [B, C, K, T]
+        // Powers in fp64, the product in the state's precision: the carry is as large as the step's outputs.
+        var carried = (Tied(Residues, state.dim() - 1) * state).reshape(b, state.shape[1], -1, state.shape[^1]); // [B, C, K, S]
+        var carry = carried.real.matmul(re.to(OutputType)) - carried.imag.matmul(im.to(OutputType));   // Re Σ_n R s λ^e, [B, C, K, T]
         y = y + carry.view(y.shape).to(y.dtype);
         var (decayRe, decayIm) = ModalFilters.PowersOf(Poles, p.neg() + t);                             // λ^{T−p}, [B, C, S, 1]
         var decay = torch.complex(decayRe, decayIm).view(new[] { b, state.shape[1] }.Concat(Enumerable.Repeat(1L, (int)state.dim() - 3)).Append(state.shape[^1]).ToArray());
