@@ -74,7 +74,8 @@ public sealed class HyenaCommandTests
     {
         using var dir = new TempDir();
         var json = TinyHyena.Config().Json.DeepClone().AsObject();
-        if (distilled) json["distilled"] = new System.Text.Json.Nodes.JsonObject { ["modes"] = 4 }; // random stable banks of 4 modes
+        // Random stable banks of S modes per layer, listed as a distilled folder lists them.
+        if (distilled) json["distilled"] = new System.Text.Json.Nodes.JsonObject { ["modes"] = new System.Text.Json.Nodes.JsonArray(4, 2) };
         Directory.CreateDirectory(dir.File("shape"));
         File.WriteAllText(dir.File("shape/config.json"), json.ToJsonString());
         var (code, text, error) = CliProcess.Run("bench", "--model", dir.File("shape"), "--dummy", "--device", "cpu", "-b", "1,2", "-p", "8", "-n", "4",

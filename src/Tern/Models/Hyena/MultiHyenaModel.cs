@@ -124,8 +124,15 @@ internal sealed class MultiHyenaModel : CausalLanguageModel
         IReadOnlyDictionary<int, ModalFilters> banks;
         if (dummy is not null)
         {
-            int modes = c.GetObject(DistilledKey)?["modes"]?.GetValue<int>() ?? 8;
-            banks = Enumerable.Range(0, layers).ToDictionary(l => l, l => RandomBank(mixer.Heads, modes, new Random((int)dummy.Seed + l)));
+            // "modes": S for every layer, or a distilled folder's list of S per layer.
+            var node = c.GetObject(DistilledKey)?["modes"];
+            int Modes(int layer) => node switch
+            {
+                System.Text.Json.Nodes.JsonArray list when layer < list.Count => list[layer]!.GetValue<int>(),
+                System.Text.Json.Nodes.JsonValue one => one.GetValue<int>(),
+                _ => 8,
+            };
+            banks = Enumerable.Range(0, layers).ToDictionary(l => l, l => RandomBank(mixer.Heads, Modes(l), new Random((int)dummy.Seed + l)));
         }
         else
         {
