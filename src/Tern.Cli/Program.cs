@@ -33,6 +33,7 @@ public static class Program
             CompressCommand.Create(),
             PromptCommand.Create(),
             LabCommand.Create(),
+            DistillCommand.Create(),
         };
         ParseResult parsed = root.Parse(args);
         var problems = parsed.Errors.Select(e => e.Message).Concat(SwallowedFlags(parsed)).ToList();

@@ -91,3 +91,11 @@ public sealed class CudaCompositionTests : CompositionContract
     protected override DeviceKind Device => DeviceKind.Cuda;
     protected override bool Graphs => true;
 }
+
+/// <summary>MultiHyena models on CUDA: decode steps captured as CUDA graphs (undistilled and distilled), by the generator and
+/// by serving pools, give the eager tokens.</summary>
+public sealed class CudaHyenaStepTests : HyenaStepContract
+{
+    protected override DeviceKind Device => DeviceKind.Cuda;
+    protected override bool Graphs => true;
+}

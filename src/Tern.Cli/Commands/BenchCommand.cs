@@ -93,6 +93,10 @@ internal static class BenchCommand
             string policyLabel = policy.Policy == "full" && policy.Bits == 16 ? "" : $" [kv {policy.Policy}{(r.GetValue(kv.Budget) is { } b ? " " + b : "")}{(policy.Bits == 16 ? "" : $" {policy.Bits}-bit")}{(r.GetValue(kv.EvictEvery) is > 1 and var every ? $" evict every {every}" : "")}]";
             var random = new Random(0);
             foreach (int prompt in r.GetValue(prompts)!)
+            {
+                // What one sequence holds at the end (KV cache, or a recurrent model's fixed-size state): an allocation, not an estimate.
+                using (var one = model.CreateCache(1, prompt + steps, Caching.KvCachePolicies.Create(policy), maxStepTokens: prompt))
+                    Console.WriteLine($"state per sequence after {prompt + steps} tokens: {one.Bytes / 1e6:F3} MB");
                 foreach (int batch in r.GetValue(batches)!)
                 {
                     var ids = Enumerable.Range(0, batch)
@@ -111,6 +115,7 @@ internal static class BenchCommand
                         F(copyTBps), F(floorMs), Csv((r.GetValue(label) ?? "") + policyLabel + promptLabel + (r.GetValue(prefillChunk) is > 0 and var chunk ? $" [prefill chunk {chunk}]" : "") + (device.type == TorchSharp.DeviceType.CUDA && r.GetValue(noGraphs) ? " [eager]" : "")),
                     }));
                 }
+            }
             Append(r.GetValue(output)!, rows);
             return 0;
         }

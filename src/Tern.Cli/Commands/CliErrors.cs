@@ -44,6 +44,7 @@ internal static class CliErrors
         [TernOption.ServingMaxNewTokens] = "--max-tokens",
         [TernOption.MaxPrefillTokensPerStep] = "--max-prefill-tokens",
         [TernOption.OffloadDirectory] = "--offload-dir",
+        [TernOption.Offload] = "--offload",
         [TernOption.CompressBits] = "--bits",
         [TernOption.CompressGroupSize] = "--group-size",
         [TernOption.CompressDamping] = "--damp",

@@ -27,11 +27,16 @@ public sealed record KvCacheOptions
     public int MaxSequenceLength { get; init; }
     /// <summary>Where the cache lives.</summary>
     public required Device Device { get; init; }
+    /// <summary>The per-sequence state of the model's recurrent layers (<see cref="RecurrentState"/>), when it has some; a
+    /// purely recurrent model has no KV layers (<see cref="Layers"/> 0).</summary>
+    public IReadOnlyList<RecurrentTensor>? Recurrent { get; init; }
 }
 
 /// <summary>
-/// The key/value cache of a whole model for one batch: a preallocated <see cref="LayerKvCache"/> per layer, and the
-/// policy that decides what stays. Per-sequence token counts are tracked on the host.
+/// The per-sequence state of a whole model for one batch: a preallocated <see cref="LayerKvCache"/> per attention layer, the
+/// policy that decides what stays, and the fixed-size state of recurrent layers (<see cref="Recurrent"/>) when the model has
+/// some. Row operations (serving's moves, imports, emptying, resizing) apply to both, so whoever steps and pools rows treats
+/// every model alike. Per-sequence token counts are tracked on the host.
 /// </summary>
 public sealed class KvCache : IDisposable
 {
@@ -43,13 +48,16 @@ public sealed class KvCache : IDisposable
         Options = options;
         Policy = policy;
         layers = Enumerable.Range(0, options.Layers).Select(l => new LayerKvCache(l, options, policy)).ToArray();
+        Recurrent = options.Recurrent is { } layout ? new RecurrentState(layout, options.BatchSize, options.Device) : null;
         sequenceLengths = new int[options.BatchSize];
+        activeRows = options.BatchSize;
     }
 
     /// <summary>Allocates a cache. <paramref name="policy"/> defaults to <see cref="DensePolicy"/>.</summary>
     public static KvCache Create(KvCacheOptions options, IKvCachePolicy? policy = null)
     {
-        if (options.BatchSize < 1 || options.Layers < 1 || options.KvHeads < 1 || options.HeadDim < 1 || options.Capacity < 1)
+        bool kvShape = options.Layers == 0 && options.Recurrent is not null || options.Layers >= 1 && options.KvHeads >= 1 && options.HeadDim >= 1 && options.Capacity >= 1;
+        if (options.BatchSize < 1 || !kvShape)
             throw new ArgumentException($"invalid KV cache shape {options}");
         KvPolicyOptions.ValidateBits(options.Bits);
         return new KvCache(options, policy ?? DensePolicy.Instance);
@@ -59,7 +67,7 @@ public sealed class KvCache : IDisposable
     public KvCacheOptions Options { get; }
 
     /// <summary>Longest sequence the cache serves (<see cref="KvCacheOptions.MaxSequenceLength"/>, or the capacity).</summary>
-    public int MaxSequenceLength => layers[0].MaxSequenceLength;
+    public int MaxSequenceLength => Options.MaxSequenceLength > 0 ? Options.MaxSequenceLength : Options.Capacity;
 
     /// <summary>The policy deciding what the cache keeps.</summary>
     public IKvCachePolicy Policy { get; }
@@ -67,8 +75,11 @@ public sealed class KvCache : IDisposable
     /// <summary>The cache of one layer.</summary>
     public LayerKvCache this[int layer] => layers[layer];
 
-    /// <summary>Number of layers.</summary>
+    /// <summary>Number of KV layers (0 for a purely recurrent model).</summary>
     public int LayerCount => layers.Length;
+
+    /// <summary>The recurrent layers' per-sequence state; null when the model has none.</summary>
+    public RecurrentState? Recurrent { get; }
 
     /// <summary>Tokens each sequence has passed through the model so far (padding excluded), whatever was evicted since.</summary>
     public IReadOnlyList<int> SequenceLengths => sequenceLengths;
@@ -85,17 +96,21 @@ public sealed class KvCache : IDisposable
     /// </summary>
     public int ActiveRows
     {
-        get => layers[0].Rows;
+        get => activeRows;
         internal set
         {
             if (value < 0 || value > Options.BatchSize)
                 throw new ArgumentOutOfRangeException(nameof(value), $"active rows must be in [0, {Options.BatchSize}] (got {value}).");
             foreach (var l in layers) l.Rows = value;
+            if (Recurrent is not null) Recurrent.Rows = value;
+            activeRows = value;
         }
     }
+    int activeRows;
 
-    /// <summary>Slots in use per layer (the same in every layer for the policies serving batches: see <see cref="LayerKvCache.Length"/>).</summary>
-    public int Length => layers[0].Length;
+    /// <summary>Slots in use per layer (the same in every layer for the policies serving batches: see <see cref="LayerKvCache.Length"/>);
+    /// 0 without KV layers.</summary>
+    public int Length => layers.Length > 0 ? layers[0].Length : 0;
 
     /// <summary>Copies <paramref name="count"/> entries of row <paramref name="sourceRow"/> of <paramref name="source"/>, from slot
     /// <paramref name="sourceStart"/>, into slots [0, count) of the empty row <paramref name="row"/> in every layer
@@ -103,18 +118,21 @@ public sealed class KvCache : IDisposable
     internal void ImportRow(int row, KvCache source, int sourceRow, int sourceStart, int count)
     {
         for (int l = 0; l < layers.Length; l++) layers[l].ImportRow(row, source.layers[l], sourceRow, sourceStart, count);
+        Recurrent?.ImportRow(row, source.Recurrent!, sourceRow);
     }
 
     /// <summary>Moves row <paramref name="from"/> into row <paramref name="to"/> and empties <paramref name="from"/>, in every layer.</summary>
     internal void MoveRow(int from, int to)
     {
         foreach (var l in layers) l.MoveRow(from, to);
+        Recurrent?.MoveRow(from, to);
     }
 
     /// <summary>Empties row <paramref name="row"/> in every layer: its slots are free for compaction.</summary>
     internal void EmptyRow(int row)
     {
         foreach (var l in layers) l.EmptyRow(row);
+        Recurrent?.EmptyRow(row);
     }
 
     /// <summary>Drops the empty slots of the rows in use, in every layer: each row's entries move to its front, in order, and
@@ -125,6 +143,7 @@ public sealed class KvCache : IDisposable
         {
             // Nothing to keep (an idle serving pool): back to a fresh cache's state, in place (a captured graph keeps its tensors).
             foreach (var l in layers) l.EmptyAll();
+            Recurrent?.Clear();
             Array.Clear(sequenceLengths);
             return;
         }
@@ -143,6 +162,8 @@ public sealed class KvCache : IDisposable
             throw new ArgumentException($"a resized cache must hold {ActiveRows} rows of {Length} slots (asked {batchSize} x {capacity}).");
         var resized = Create(Options with { BatchSize = batchSize, Capacity = capacity }, Policy);
         for (int l = 0; l < layers.Length; l++) resized.layers[l].CopyFrom(layers[l]);
+        resized.Recurrent?.CopyFrom(Recurrent!);
+        resized.ActiveRows = ActiveRows;
         return resized;
     }
 
@@ -175,9 +196,14 @@ public sealed class KvCache : IDisposable
     /// </summary>
     internal bool RowSlots
     {
-        get => layers[0].RowSlots;
-        set { foreach (var l in layers) l.RowSlots = value; }
+        get => rowSlots;
+        set
+        {
+            rowSlots = value;
+            foreach (var l in layers) l.RowSlots = value;
+        }
     }
+    bool rowSlots;
 
     /// <summary>With <see cref="RowSlots"/>: every slot in use, so steps fill each row's free slots below the length.</summary>
     internal void FillToCapacity()
@@ -196,17 +222,18 @@ public sealed class KvCache : IDisposable
     /// H2O over uneven rows), each takes the longest's, its extra slots empty.</summary>
     internal void AlignLengths()
     {
-        int longest = layers.Max(l => l.Length);
+        int longest = layers.Length == 0 ? 0 : layers.Max(l => l.Length);
         foreach (var l in layers) l.PadTo(longest);
     }
 
-    /// <summary>Bytes held by keys and values.</summary>
-    public long Bytes => layers.Sum(l => l.Bytes);
+    /// <summary>Bytes held by keys and values, and by the recurrent state.</summary>
+    public long Bytes => layers.Sum(l => l.Bytes) + (Recurrent?.Bytes ?? 0);
 
     /// <summary>Empties every layer.</summary>
     public void Clear()
     {
         foreach (var l in layers) l.Clear();
+        Recurrent?.Clear();
         Array.Clear(sequenceLengths);
     }
 
@@ -214,5 +241,6 @@ public sealed class KvCache : IDisposable
     public void Dispose()
     {
         foreach (var l in layers) l.Dispose();
+        Recurrent?.Dispose();
     }
 }

@@ -155,12 +155,7 @@ public static class ModelCompressor
     /// <paramref name="source"/>, and <see cref="ManifestFile"/>.</summary>
     public static void Save(CausalLanguageModel model, string source, string destination, CompressionReport report, ModelDType dtype)
     {
-        string to = Path.GetFullPath(destination);
-        if (Directory.Exists(to) && Directory.EnumerateFileSystemEntries(to).Any())
-            throw new IOException($"the output folder '{to}' exists and is not empty; choose a new folder or remove it.");
-        string temp = Path.Combine(Path.GetDirectoryName(to)!, $".{Path.GetFileName(to)}.{Guid.NewGuid():N}.tmp");
-        Directory.CreateDirectory(temp);
-        try
+        AtomicFolder.Write(destination, temp =>
         {
             using (var scope = torch.NewDisposeScope())
             using (torch.no_grad())
@@ -171,14 +166,7 @@ public static class ModelCompressor
             }
             CheckpointExport.WriteCompanions(source, temp, (JsonObject)model.Config.Json.DeepClone(), dtype);
             AtomicFile.Write(Path.Combine(temp, ManifestFile), s => JsonSerializer.Serialize(s, Manifest(report), new JsonSerializerOptions { WriteIndented = true }));
-            if (Directory.Exists(to)) Directory.Delete(to);
-            Directory.Move(temp, to);
-        }
-        catch
-        {
-            try { Directory.Delete(temp, recursive: true); } catch (IOException) { } catch (UnauthorizedAccessException) { }
-            throw;
-        }
+        });
     }
 
     static JsonObject Manifest(CompressionReport r) => new()

@@ -1,4 +1,8 @@
+using System.Text.Json.Nodes;
+using Tern.Checkpoints;
+using Tern.Models;
 using Tern.Models.Hyena;
+using Tern.Runtime;
 using TorchSharp;
 
 namespace Tern.Distillation;
@@ -17,7 +21,17 @@ public sealed record HyenaDistillOptions
     public int HankelSize { get; init; } = 256;
     /// <summary>The fit's settings (its <see cref="ModalFitOptions.Modes"/> is replaced by the chosen S).</summary>
     public ModalFitOptions Fit { get; init; } = new();
+    /// <summary>An order sweep instead of one order: every layer is fitted at each S (ascending, <see cref="ModalFit.Sweep"/>)
+    /// and keeps the smallest whose worst filter meets <see cref="MaxError"/> (the largest when none does).</summary>
+    public IReadOnlyList<int>? SweepModes { get; init; }
+    /// <summary>The relative ℓ2 error a sweep's chosen order must reach on every filter of the layer.</summary>
+    public double MaxError { get; init; } = 1e-2;
 }
+
+/// <summary>A layer's fits at each order of a sweep.</summary>
+/// <param name="Modes">S of each fit, ascending.</param>
+/// <param name="RelativeError">Per fit, the relative ℓ2 error of each filter.</param>
+public sealed record OrderSweep(IReadOnlyList<int> Modes, IReadOnlyList<IReadOnlyList<double>> RelativeError);
 
 /// <summary>
 /// Distils order-2 Hyena / MultiHyena layers (brief §1.4's pipeline): per layer, the post-window filters actually convolved, an
@@ -32,10 +46,65 @@ public static class HyenaDistiller
         if (layer.Options.Order != 2)
             throw new NotSupportedException($"layer {index}: distillation is implemented for order-2 Hyena (one long convolution), not order {layer.Options.Order}.");
         using var scope = torch.NewDisposeScope();
-        var filters = layer.Filters(layer.Options.MaxLength)[0];
-        int modes = options.Modes ?? Math.Clamp(HankelModes(filters, options), 1, options.MaxModes);
+        var filters = layer.Filters(layer.Options.MaxLength)[0].detach(); // the fit differentiates its own parameters only
+        int size = Math.Min(options.HankelSize, (int)(filters.shape[1] + 1) / 2);
+        var hankelOrders = HankelSpectrum.Compute(filters, size).Select(s => s.Order(options.HankelTolerance)).ToArray();
+        if (options.SweepModes is { } sweep)
+        {
+            var fits = ModalFit.Sweep(filters, sweep, options.Fit, $"layer {index}");
+            var pick = fits.FirstOrDefault(f => f.RelativeError.Max() <= options.MaxError) ?? fits[^1];
+            return new DistilledLayer(index, pick.Filters, pick.RelativeError)
+            {
+                HankelOrders = hankelOrders,
+                Sweep = new OrderSweep(sweep, fits.Select(f => (IReadOnlyList<double>)f.RelativeError).ToArray()),
+            };
+        }
+        int modes = options.Modes ?? Math.Clamp((hankelOrders.Max() + 1) / 2, 1, options.MaxModes);
         var fit = ModalFit.Fit(filters, options.Fit with { Modes = modes }, $"layer {index}");
-        return new DistilledLayer(index, fit.Filters, fit.RelativeError);
+        return new DistilledLayer(index, fit.Filters, fit.RelativeError) { HankelOrders = hankelOrders };
+    }
+
+    /// <summary>
+    /// Distils every layer of the MultiHyena model in <paramref name="modelDirectory"/> and writes a distilled model folder at
+    /// <paramref name="outputDirectory"/>, atomically (<see cref="AtomicFolder"/>): the model's files, config.json with a
+    /// <c>distilled</c> section, and the banks (<see cref="ModalCheckpoint"/>). <paramref name="progress"/> hears of each layer
+    /// as it starts and ends. Refuses another architecture, or a model already distilled.
+    /// </summary>
+    public static IReadOnlyList<DistilledLayer> DistillModel(string modelDirectory, string outputDirectory, HyenaDistillOptions options,
+        Action<string>? progress = null)
+    {
+        using var model = CausalLanguageModel.Load(modelDirectory, new ModelLoadOptions { Device = DeviceKind.Cpu });
+        if (model is not MultiHyenaModel hyena)
+            throw new ArgumentException($"{modelDirectory}: a {model.Info.ModelType} model has no long convolutions to distil; this takes a multihyena model.");
+        if (hyena.Distilled) throw new ArgumentException($"{modelDirectory}: the model is distilled already; distil the original model.");
+        var layers = new List<DistilledLayer>();
+        for (int i = 0; i < model.Info.Layers; i++)
+        {
+            var clock = System.Diagnostics.Stopwatch.StartNew();
+            progress?.Invoke($"layer {i + 1}/{model.Info.Layers}: fitting {hyena.Mixer.Heads} filters of {hyena.Mixer.MaxLength} taps…");
+            using var op = hyena.Operator(i);
+            var layer = DistillLayer(op, i, options);
+            layers.Add(layer);
+            progress?.Invoke($"layer {i + 1}/{model.Info.Layers}: order {2 * layer.Filters.Modes} (S = {layer.Filters.Modes}), worst filter error {layer.RelativeError.Max():E2}, {clock.Elapsed.TotalSeconds:F1} s");
+        }
+        AtomicFolder.Write(outputDirectory, temp =>
+        {
+            foreach (string file in Directory.EnumerateFiles(modelDirectory))
+            {
+                string name = Path.GetFileName(file);
+                if (name.EndsWith(".safetensors", StringComparison.Ordinal) && name != ModalCheckpoint.WeightsFile || name.EndsWith(".safetensors.index.json", StringComparison.Ordinal))
+                    File.Copy(file, Path.Combine(temp, name));
+            }
+            var config = model.Config.Json.DeepClone().AsObject();
+            config[MultiHyenaModel.DistilledKey] = new JsonObject
+            {
+                ["modes"] = new JsonArray(layers.Select(l => (JsonNode)l.Filters.Modes).ToArray()),
+                ["max_relative_error"] = new JsonArray(layers.Select(l => (JsonNode)l.RelativeError.Max()).ToArray()),
+            };
+            CheckpointExport.WriteCompanions(modelDirectory, temp, config, null);
+            ModalCheckpoint.Save(temp, layers);
+        });
+        return layers;
     }
 
     /// <summary>Distils <paramref name="layers"/> (layer i is index i) and writes them into <paramref name="directory"/>.</summary>
@@ -44,13 +113,5 @@ public static class HyenaDistiller
         var distilled = layers.Select((layer, i) => DistillLayer(layer, i, options)).ToArray();
         ModalCheckpoint.Save(directory, distilled);
         return distilled;
-    }
-
-    /// <summary>⌈d/2⌉ for the largest Hankel order over the layer's filters [C, L].</summary>
-    static int HankelModes(torch.Tensor filters, HyenaDistillOptions options)
-    {
-        int size = Math.Min(options.HankelSize, (int)(filters.shape[1] + 1) / 2);
-        int order = HankelSpectrum.Compute(filters, size).Max(s => s.Order(options.HankelTolerance));
-        return (order + 1) / 2;
     }
 }

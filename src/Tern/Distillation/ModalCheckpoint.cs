@@ -11,12 +11,19 @@ namespace Tern.Distillation;
 /// <param name="Layer">The layer's index in the model.</param>
 /// <param name="Filters">The modal bank (SH convention).</param>
 /// <param name="RelativeError">‖h − ĥ‖₂ / ‖h‖₂ per filter.</param>
-public sealed record DistilledLayer(int Layer, ModalFilters Filters, IReadOnlyList<double> RelativeError);
+public sealed record DistilledLayer(int Layer, ModalFilters Filters, IReadOnlyList<double> RelativeError)
+{
+    /// <summary>The order each filter's Hankel spectrum suggests (<see cref="HankelSpectrum.Order"/>), when computed.</summary>
+    public IReadOnlyList<int>? HankelOrders { get; init; }
+    /// <summary>The fits of every order of a sweep, when the layer was swept.</summary>
+    public OrderSweep? Sweep { get; init; }
+}
 
 /// <summary>
 /// The distilled filters of a model folder: <c>modal.safetensors</c> (per layer i: <c>layers.i.poles</c> and
 /// <c>layers.i.residues</c> F64 [C, S, 2] as (Re, Im) pairs, <c>layers.i.direct</c> F64 [C]; fp64 because they are few and
-/// powers near |λ| = 1 need the digits) and <c>modal.json</c>, a report of orders and errors per layer and filter.
+/// powers near |λ| = 1 need the digits) and <c>modal.json</c>, a report of orders and errors per layer and filter (with the
+/// Hankel orders and an order sweep's errors when the distillation computed them).
 /// </summary>
 public static class ModalCheckpoint
 {
@@ -48,6 +55,8 @@ public static class ModalCheckpoint
             layer = l.Layer, filters = l.Filters.Channels, modes = l.Filters.Modes,
             max_relative_error = l.RelativeError.Max(), mean_relative_error = l.RelativeError.Average(),
             relative_error = l.RelativeError,
+            hankel_orders = l.HankelOrders,
+            sweep = l.Sweep is { } sweep ? sweep.Modes.Select((m, k) => new { order = 2 * m, relative_error = sweep.RelativeError[k] }) : null,
         });
         AtomicFile.Write(Path.Combine(directory, ReportFile), s => JsonSerializer.Serialize(s, new { convention = Convention, layers = report }, Json));
     }

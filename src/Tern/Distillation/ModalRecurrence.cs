@@ -91,14 +91,40 @@ public sealed class ModalRecurrence : IDisposable
     /// <summary>
     /// One token: <paramref name="state"/> [B, C, K…, S] ← λ ⊙ state + w (in place), and returns y [B, C, K…] =
     /// Re Σ_n R ⊙ state + D ⊙ w for <paramref name="input"/> w [B, C, K…], in the output type, in the caller's dispose scope.
+    /// Rows where <paramref name="real"/> [B] is false (padding: a row that does not step) keep their state.
     /// </summary>
-    public Tensor Step(Tensor state, Tensor input)
+    public Tensor Step(Tensor state, Tensor input, Tensor? real = null)
     {
         using var scope = torch.NewDisposeScope();
         var w = input.to(OutputType);
-        state.mul_(Tied(Poles, state.dim() - 1)).add_(w.unsqueeze(-1).to(StateType));
-        var direct = Direct.view(new[] { Direct.shape[0] }.Concat(Enumerable.Repeat(1L, (int)w.dim() - 2)).ToArray());
-        var y = (state * Tied(Residues, state.dim() - 1)).real.sum(-1) + direct * w;
+        var next = state * Tied(Poles, state.dim() - 1) + w.unsqueeze(-1).to(StateType);
+        if (real is null) state.copy_(next);
+        else state.copy_(torch.where(real.view(new[] { real.shape[0] }.Concat(Enumerable.Repeat(1L, (int)state.dim() - 1)).ToArray()), next, state));
+        var y = (next * Tied(Residues, state.dim() - 1)).real.sum(-1) + Direct.view(new[] { Direct.shape[0] }.Concat(Enumerable.Repeat(1L, (int)w.dim() - 2)).ToArray()) * w;
+        return y.MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// Several tokens continuing from <paramref name="state"/> [B, C, K…, S] (updated in place): <paramref name="input"/> w
+    /// [B, C, K…, T] whose row b starts with <paramref name="leading"/>[b] padding steps (zero in w) before its real tokens.
+    /// Real token j of row b (j ≥ p_b) gets y_j = (ĥ * w)_j + Re Σ_n R_n λ_n^{j−p_b+1} s_n — the FFT convolution of the step plus
+    /// the decayed state it continues from — and the state becomes λ^{T−p_b} s + Σ_k λ^{T−1−k} w_k (<see cref="Prefill"/> for a
+    /// zero state). Equals <see cref="Step"/> token by token; outputs at padding are meaningless. Powers in fp64.
+    /// </summary>
+    public Tensor Run(Tensor state, Tensor input, Tensor leading)
+    {
+        using var scope = torch.NewDisposeScope();
+        long b = input.shape[0], t = input.shape[^1];
+        var y = Convolve(input);                                                                     // [B, C, K…, T]
+        var p = leading.to(ScalarType.Float64).view(b, 1, 1, 1);
+        var (re, im) = ModalFilters.PowersOf(Poles, (torch.arange(t, ScalarType.Float64, Poles.device).view(1, 1, 1, t) - p + 1).clamp_min(0)); // [B, C, S, T]
+        // Powers in fp64, the product in the state's precision: the carry is as large as the step's outputs.
+        var carried = (Tied(Residues, state.dim() - 1) * state).reshape(b, state.shape[1], -1, state.shape[^1]); // [B, C, K, S]
+        var carry = carried.real.matmul(re.to(OutputType)) - carried.imag.matmul(im.to(OutputType));   // Re Σ_n R s λ^e, [B, C, K, T]
+        y = y + carry.view(y.shape).to(y.dtype);
+        var (decayRe, decayIm) = ModalFilters.PowersOf(Poles, p.neg() + t);                             // λ^{T−p}, [B, C, S, 1]
+        var decay = torch.complex(decayRe, decayIm).view(new[] { b, state.shape[1] }.Concat(Enumerable.Repeat(1L, (int)state.dim() - 3)).Append(state.shape[^1]).ToArray());
+        state.copy_((decay * state.to(ScalarType.ComplexFloat64)).to(StateType) + Prefill(input));
         return y.MoveToOuterDisposeScope();
     }
 

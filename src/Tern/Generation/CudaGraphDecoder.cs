@@ -35,7 +35,7 @@ internal sealed class CudaGraphDecoder : IDisposable
         var device = first.device;
         ids = first.unsqueeze(1).clone().DetachFromDisposeScope();
         positions = nextPositions.clone().DetachFromDisposeScope();
-        slot = torch.tensor(new long[] { cache[0].Length }).to(device).DetachFromDisposeScope();
+        slot = torch.tensor(new long[] { cache.Length }).to(device).DetachFromDisposeScope();
         finished = torch.zeros(first.shape[0], ScalarType.Bool, device).DetachFromDisposeScope();
         pad = torch.tensor((long)padId).to(device).DetachFromDisposeScope();
         ones = Enumerable.Repeat(1, (int)first.shape[0]).ToArray();

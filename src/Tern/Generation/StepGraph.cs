@@ -43,7 +43,7 @@ internal sealed class StepGraph : IDisposable
             foreach (var (cache, slot) in caches)
             {
                 cache.AlignLengths();
-                slot.fill_(cache[0].Length);
+                slot.fill_(cache.Length);
             }
         }
         else if (!capture)
@@ -89,7 +89,7 @@ internal sealed class StepGraph : IDisposable
     /// <summary>True when the next one-token step over <paramref name="cache"/> writes into free slots (an evicting policy's
     /// steady state, or a serving pool's slot per row: <see cref="LayerKvCache.FillsFreeSlots"/>) rather than at the
     /// device-held slot.</summary>
-    static bool FillsFreeSlotsNextStep(KvCache cache) => cache[0].FillsFreeSlots(1);
+    static bool FillsFreeSlotsNextStep(KvCache cache) => cache.LayerCount > 0 && cache[0].FillsFreeSlots(1);
 
     /// <summary>True when the next one-token step over <paramref name="cache"/> ends in an eviction in some layer (it then runs
     /// eagerly, outside any graph).</summary>

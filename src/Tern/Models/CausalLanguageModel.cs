@@ -36,6 +36,7 @@ public abstract class CausalLanguageModel : IStepModel, IDisposable
         ["opt"] = (c, w) => new OptModel(c, w),
         ["gpt_neox"] = (c, w) => new GptNeoXModel(c, w),
         ["gpt2"] = (c, w) => new Gpt2Model(c, w),
+        ["multihyena"] = (c, w) => new Hyena.MultiHyenaModel(c, w),
     };
 
     /// <summary>The MLP linear maps (full name, out, in) of the architectures InRank can factor, by <c>model_type</c>, and
@@ -128,12 +129,9 @@ public abstract class CausalLanguageModel : IStepModel, IDisposable
 
     KvCache CreateCache(int batchSize, int maxSequenceLength, KvCacheConfig config, int maxStepTokens, ScalarType dtype)
     {
+        RequireCache(config);
         int capacity = config.Eviction.Capacity(maxSequenceLength, maxStepTokens);
-        // Cache-index positions stay below the capacity: learned position tables must hold that many rows.
-        if (config.RollPositions && Info.LearnedPositions && capacity > Info.MaxPositions)
-            throw new OptionException( // one literal: a FormattableString cannot be concatenated
-                $"{TernOption.KvPolicy} {config.Eviction.Name} positions tokens by their cache index, which reaches {capacity - 1} with this {TernOption.KvBudget} (budget plus one step of {maxStepTokens} tokens), but this {Info.ModelType} model has {Info.MaxPositions} learned positions; use a smaller budget or a shorter prompt.");
-        return config.CreateCache(new KvCacheOptions
+        var shape = CacheShape(new KvCacheOptions
         {
             BatchSize = batchSize,
             Layers = Info.Layers,
@@ -143,8 +141,26 @@ public abstract class CausalLanguageModel : IStepModel, IDisposable
             MaxSequenceLength = maxSequenceLength,
             DType = dtype,
             Device = Device,
-        });
+        }, config);
+        // Cache-index positions stay below the capacity: learned position tables must hold that many rows.
+        if (config.RollPositions && Info.LearnedPositions && capacity > Info.MaxPositions)
+            throw new OptionException( // one literal: a FormattableString cannot be concatenated
+                $"{TernOption.KvPolicy} {config.Eviction.Name} positions tokens by their cache index, which reaches {capacity - 1} with this {TernOption.KvBudget} (budget plus one step of {maxStepTokens} tokens), but this {Info.ModelType} model has {Info.MaxPositions} learned positions; use a smaller budget or a shorter prompt.");
+        return config.CreateCache(shape);
     }
+
+    /// <summary>Refuses (<see cref="OptionException"/>) a cache configuration the architecture cannot run; every one by default.
+    /// Serving asks when a request arrives, before it queues.</summary>
+    internal virtual void RequireCache(KvCacheConfig config) { }
+
+    /// <summary>The cache an architecture steps through: by default <paramref name="options"/>, a KV layer per decoder layer. A
+    /// model with recurrent layers adds their per-sequence state (<see cref="KvCacheOptions.Recurrent"/>) and may drop the KV
+    /// layers.</summary>
+    private protected virtual KvCacheOptions CacheShape(KvCacheOptions options, KvCacheConfig config) => options;
+
+    /// <summary>True when the model's layers keep a recurrent per-sequence state (Hyena) in the cache besides or instead of keys
+    /// and values: such a model runs in memory only, densely (no offloading, no contextual sparsity).</summary>
+    public bool HasRecurrentLayers { get; private protected init; }
 
     /// <inheritdoc />
     public IStepRunner CreateRunner(int batchSize, int maxSequenceLength, int maxStepTokens, KvCacheConfig? cache) =>
@@ -322,7 +338,7 @@ public abstract class CausalLanguageModel : IStepModel, IDisposable
         return logits.MoveToOuterDisposeScope();
     }
 
-    Tensor Run(ForwardBatch batch, KvCache cache) => Run(new ModelStep(batch, Sparsity?.ForStep(batch)), layer => cache[layer]);
+    Tensor Run(ForwardBatch batch, KvCache cache) => Run(new ModelStep(batch, Sparsity?.ForStep(batch)), layer => LayerState.Of(cache, layer));
 
     /// <summary>The forward pass: embedding, every layer (each one's temporaries freed as it ends), head.</summary>
     Tensor Run(ModelStep step, Func<int, LayerState> layerState)
@@ -343,7 +359,16 @@ public abstract class CausalLanguageModel : IStepModel, IDisposable
 
     /// <summary>DejaVu's contextual sparsity for the steps <see cref="Forward"/> runs (null: dense). Offloaded stages
     /// (<see cref="RunStage"/>) run dense: their layers of one step are not consecutive calls.</summary>
-    public IContextualSparsity? Sparsity { get; set; }
+    public IContextualSparsity? Sparsity
+    {
+        get;
+        set
+        {
+            if (value is not null && HasRecurrentLayers)
+                throw new OptionException($"{TernOption.Sparsity} is not supported by this {Info.ModelType} model (recurrent layers); run it dense.");
+            field = value;
+        }
+    }
 
     /// <summary>Stages of FlexGen's schedule (<c>Tern.Offloading</c>): the parts, in order.</summary>
     internal int StageCount => Parts.Count;

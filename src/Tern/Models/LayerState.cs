@@ -5,14 +5,21 @@ namespace Tern.Models;
 /// <summary>
 /// What a decoder layer's attention runs over in one step: one cache's layer or, for a batch whose consecutive row ranges
 /// belong to caches of different configurations (serving pools of different KV policies stepped in one forward pass), each
-/// cache's layer over its own rows. Everything else in the layer runs once over all rows.
+/// cache's layer over its own rows. Everything else in the layer runs once over all rows. A recurrent layer (Hyena) finds its
+/// per-sequence state in <see cref="Recurrent"/>, which the same cache holds.
 /// </summary>
 internal readonly struct LayerState
 {
-    LayerState(LayerKvCache? cache, IReadOnlyList<StepSegment>? segments, int layer) => (Cache, Segments, Layer) = (cache, segments, layer);
+    LayerState(LayerKvCache? cache, IReadOnlyList<StepSegment>? segments, int layer, RecurrentState? recurrent = null) =>
+        (Cache, Segments, Layer, Recurrent) = (cache, segments, layer, recurrent);
 
-    /// <summary>The layer of the one cache every row steps through; null for a segmented step.</summary>
+    /// <summary>The layer of the one cache every row steps through; null for a segmented step, or when the cache has no KV
+    /// layers (a purely recurrent model).</summary>
     public LayerKvCache? Cache { get; }
+
+    /// <summary>The recurrent layers' state of the one cache every row steps through (<see cref="KvCache.Recurrent"/>); null
+    /// for a segmented step and for models without recurrent layers.</summary>
+    public RecurrentState? Recurrent { get; }
 
     /// <summary>The row ranges and their caches of a segmented step; null for one cache.</summary>
     public IReadOnlyList<StepSegment>? Segments { get; }
@@ -33,6 +40,11 @@ internal readonly struct LayerState
     }
 
     public static implicit operator LayerState(LayerKvCache cache) => new(cache, null, cache.Layer);
+
+    /// <summary>Layer <paramref name="layer"/> of <paramref name="cache"/>: its KV layer (when the cache has KV layers) and the
+    /// recurrent state.</summary>
+    public static LayerState Of(KvCache cache, int layer) =>
+        new(cache.LayerCount > 0 ? cache[layer] : null, null, layer, cache.Recurrent);
 
     /// <summary>Layer <paramref name="layer"/> of a segmented step.</summary>
     public static LayerState Of(IReadOnlyList<StepSegment> segments, int layer) => new(null, segments, layer);

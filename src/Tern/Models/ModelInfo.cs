@@ -3,7 +3,7 @@ namespace Tern.Models;
 /// <summary>The shape of a loaded model, for messages, <c>tern info</c> and memory estimates.</summary>
 public sealed record ModelInfo
 {
-    /// <summary>Architecture as in config.json's <c>model_type</c> (llama, mistral, qwen2, opt, gpt_neox, gpt2).</summary>
+    /// <summary>Architecture as in config.json's <c>model_type</c> (llama, mistral, qwen2, opt, gpt_neox, gpt2, multihyena).</summary>
     public required string ModelType { get; init; }
     /// <summary>Vocabulary size of the embedding.</summary>
     public required int VocabSize { get; init; }
@@ -23,6 +23,9 @@ public sealed record ModelInfo
     public required bool LearnedPositions { get; init; }
     /// <summary>Parameters loaded (tied embeddings counted once).</summary>
     public long ParameterCount { get; init; }
-    /// <summary>KV-cache bytes per token for a given element size.</summary>
-    public long KvBytesPerToken(int elementSize) => 2L * Layers * KvHeads * HeadDim * elementSize;
+    /// <summary>False for a model that keeps no keys or values per token (a distilled Hyena model: a fixed-size recurrent state
+    /// per sequence instead).</summary>
+    public bool CachesTokens { get; init; } = true;
+    /// <summary>KV-cache bytes per token for a given element size (0 when the model caches no tokens).</summary>
+    public long KvBytesPerToken(int elementSize) => CachesTokens ? 2L * Layers * KvHeads * HeadDim * elementSize : 0;
 }

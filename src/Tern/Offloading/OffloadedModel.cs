@@ -106,6 +106,8 @@ public sealed class OffloadedModel : IStepModel, IDisposable
             directory = usesDisk ? OffloadDirectory.Create(options.Directory!) : null;
             engine = CreateEngine(device, policy.Overlap);
             model = CausalLanguageModel.Create(config, source, device, dtype, trainable: false, weightDevice: torch.CPU);
+            if (model.HasRecurrentLayers)
+                throw new OptionException($"{TernOption.Offload} streams a model's layers with their KV caches; this {config.ModelType} model keeps a recurrent state per layer, which offloading does not place. Run it in memory.");
             var stageWeights = model.Parts;
             // The GPU share of the weights is checked against the cap before anything moves there, and exactly once placed.
             double bytes = stageWeights.SelectMany(s => s.Tensors).Distinct(ReferenceEqualityComparer.Instance).Cast<Tensor>()

@@ -58,6 +58,8 @@ public sealed class TernOption
 
     /// <summary>Folder for the disk tier of offloading.</summary>
     public static readonly TernOption OffloadDirectory = new("OffloadOptions.Directory");
+    /// <summary>The offloading policy (running a model offloaded at all).</summary>
+    public static readonly TernOption Offload = new("OffloadOptions.Policy");
     /// <summary>Tokens per perplexity window.</summary>
     public static readonly TernOption PerplexityWindow = new("PerplexityOptions.Window");
     /// <summary>How far each perplexity window moves.</summary>

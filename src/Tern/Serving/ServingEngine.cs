@@ -146,6 +146,14 @@ public sealed class ServingEngine : IDisposable
             throw Invalid(refused.Message, "kv_policy", refused);
         }
         var cache = options.Cache ?? KvCacheConfig.Full;
+        try
+        {
+            inMemory?.RequireCache(cache);
+        }
+        catch (OptionException e)
+        {
+            throw Invalid(e.Message, e.Option == TernOption.KvBits ? "kv_bits" : "kv_policy", e);
+        }
         int maxNew = options.NewTokensFor(info, prompt.Count);
         int reserved, length = prompt.Count + maxNew;
         try

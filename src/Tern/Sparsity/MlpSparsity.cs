@@ -94,6 +94,7 @@ public sealed class MlpSparsity : IContextualSparsity, IDisposable
     public static MlpSparsity Create(CausalLanguageModel model, SparsityOptions options, SparsityPredictors? predictors = null)
     {
         options.Validate();
+        RequireDenseSteps(model);
         var identity = ModelIdentity.Of(model.Config);
         identity.RequireReluMlp();
         if (options.Rule == NeuronRule.Predicted)
@@ -111,6 +112,7 @@ public sealed class MlpSparsity : IContextualSparsity, IDisposable
     public static MlpSparsity Load(CausalLanguageModel model, string modelDirectory, SparsityOptions options)
     {
         if (options.Rule != NeuronRule.Predicted) return Create(model, options);
+        RequireDenseSteps(model);
         ModelIdentity.Of(model.Config).RequireReluMlp(); // before reading predictors for a model that cannot use them
         var predictors = SparsityPredictors.LoadFor(model, modelDirectory);
         if (model.Device.type != DeviceType.CPU)
@@ -126,9 +128,17 @@ public sealed class MlpSparsity : IContextualSparsity, IDisposable
     public static MlpSparsity ForTiming(CausalLanguageModel model, SparsityOptions options, long seed = 0)
     {
         if (options.Rule != NeuronRule.Predicted) return Create(model, options);
+        RequireDenseSteps(model);
         var identity = ModelIdentity.Of(model.Config);
         identity.RequireReluMlp();
         return Owning(model, options, SparsityPredictors.Untrained(identity, model.Device, seed));
+    }
+
+    /// <summary>Refuses a model with recurrent layers (Hyena) before anything reads its config as a Transformer's.</summary>
+    static void RequireDenseSteps(CausalLanguageModel model)
+    {
+        if (model.HasRecurrentLayers)
+            throw new OptionException($"{TernOption.Sparsity} skips MLP neurons of decode steps, which this {model.Info.ModelType} model (recurrent layers) does not support; run it dense.");
     }
 
     static MlpSparsity Owning(CausalLanguageModel model, SparsityOptions options, SparsityPredictors predictors)

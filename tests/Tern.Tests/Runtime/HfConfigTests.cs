@@ -206,7 +206,7 @@ public sealed class HfConfigTests : IDisposable
     {
         var ex = BuildFails("llama-gqa", j => j["model_type"] = "bert", "'bert'");
         foreach (string type in CausalLanguageModel.SupportedModelTypes) Assert.Contains(type, ex.Message);
-        Assert.Equal(new[] { "llama", "mistral", "qwen2", "opt", "gpt_neox", "gpt2" }.Order(), CausalLanguageModel.SupportedModelTypes.Order());
+        Assert.Equal(new[] { "llama", "mistral", "qwen2", "opt", "gpt_neox", "gpt2", "multihyena" }.Order(), CausalLanguageModel.SupportedModelTypes.Order());
     }
 
     [Fact]
