@@ -13,6 +13,9 @@ namespace Tern.Tests.Checkpoints;
 /// tokenizer, and continues prompts greedily with the same tokens as Tern.</summary>
 public class GgufExportTests
 {
+    // llama.cpp logs every load to stderr; the test log keeps only failures.
+    static GgufExportTests() => NativeLogConfig.llama_log_set((_, _) => { });
+
     static string DefaultModel => Path.GetFullPath(Path.Combine(Fixtures.Root, "..", "..", "models", "default"));
 
     /// <summary>The default model with SiLU in place of its ReLU: llama.cpp's llama architecture only runs SiLU MLPs.</summary>
