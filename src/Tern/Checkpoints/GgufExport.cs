@@ -54,7 +54,12 @@ public static class GgufExport
         gguf.Add("llama.attention.layer_norm_rms_epsilon", (float)(config.GetDouble("rms_norm_eps") ?? 1e-6));
         AddTokenizer(gguf, modelDirectory, tokenizer, shape.Vocab);
 
-        foreach (var (hf, name, permuteHeads) in TensorNames(config, shape.Layers))
+        var names = TensorNames(config, shape.Layers).ToArray();
+        // A tied model may still store lm_head.weight (a copy of the embedding); rotary inverse frequencies are recomputed.
+        var known = names.Select(t => t.Hf).Append("lm_head.weight").ToHashSet();
+        if (reader.Names.FirstOrDefault(n => !known.Contains(n) && !n.EndsWith("rotary_emb.inv_freq", StringComparison.Ordinal)) is { } extra)
+            throw new CheckpointException($"{modelDirectory}: tensor {extra} has no place in llama.cpp's llama architecture.");
+        foreach (var (hf, name, heads) in names)
         {
             if (!reader.Contains(hf))
                 throw new CheckpointException($"{modelDirectory}: tensor {hf} is missing.");
@@ -62,7 +67,6 @@ public static class GgufExport
             var type = dims.Length == 1 ? GgufTensorType.F32
                 : options.Type == GgufTensorType.Q8_0 && dims[^1] % GgufWriter.Q8BlockSize != 0 ? GgufTensorType.F16
                 : options.Type;
-            int heads = permuteHeads;
             gguf.AddTensor(name, dims, type, () =>
             {
                 var w = reader.LoadAsStored(hf, ScalarType.Float32);
@@ -70,10 +74,6 @@ public static class GgufExport
                 return heads == 0 ? w : w.reshape(heads, 2, dims[0] / heads / 2, dims[1]).transpose(1, 2).reshape(dims);
             });
         }
-        var known = TensorNames(config, shape.Layers).Select(t => t.Hf).ToHashSet();
-        if (reader.Names.FirstOrDefault(n => !known.Contains(n) && !n.EndsWith("rotary_emb.inv_freq", StringComparison.Ordinal)) is { } extra)
-            throw new CheckpointException($"{modelDirectory}: tensor {extra} has no place in llama.cpp's llama architecture.");
-
         AtomicFile.Write(outputFile, gguf.Write);
     }
 
@@ -140,10 +140,15 @@ public static class GgufExport
         var tokens = new string?[vocabSize];
         var types = new int[vocabSize];
         foreach (var (token, id) in model!["vocab"]!.AsObject())
-            if ((int)id! is int i && i < vocabSize) (tokens[i], types[i]) = (token, 1); // 1: normal
+        {
+            int i = (int)id!;
+            if (i < vocabSize) (tokens[i], types[i]) = (token, 1); // 1: normal
+        }
         foreach (var added in json["added_tokens"]?.AsArray() ?? [])
-            if ((int)added!["id"]! is int i && i < vocabSize)
-                (tokens[i], types[i]) = ((string)added["content"]!, (bool?)added["special"] == true ? 3 : 4); // control, user-defined
+        {
+            int i = (int)added!["id"]!;
+            if (i < vocabSize) (tokens[i], types[i]) = ((string)added["content"]!, (bool?)added["special"] == true ? 3 : 4); // control, user-defined
+        }
         for (int i = 0; i < vocabSize; i++)
             if (tokens[i] is null) (tokens[i], types[i]) = ($"[PAD{i}]", 5); // unused rows of a padded embedding
         var merges = model["merges"]!.AsArray()
