@@ -181,6 +181,24 @@ public abstract class CausalLanguageModel : IStepModel, IDisposable
         return logits.MoveToOuterDisposeScope();
     }
 
+    /// <summary>
+    /// Logits of one sequence in one call, as Hugging Face's <c>model(input_ids).logits[0]</c> or llama.cpp's per-token
+    /// logits: row t holds the scores of the token after <c>ids[0..t]</c> (unnormalised, one per vocabulary entry), in fp32
+    /// on the host. No cache outlives the call; for generation use <see cref="Generation.Generator.GenerateTokens"/>.
+    /// </summary>
+    /// <param name="ids">Token ids (at least one), e.g. from <see cref="Tokenization.TernTokenizer.Encode"/>.</param>
+    /// <returns><c>[ids.Count][vocab]</c>.</returns>
+    public float[][] Logits(IReadOnlyList<int> ids)
+    {
+        if (ids.Count == 0) throw new ArgumentException("logits need at least one token id.", nameof(ids));
+        using var scope = torch.NewDisposeScope();
+        using var cache = CreateCache(1, ids.Count, maxStepTokens: ids.Count);
+        var logits = Forward(ForwardBatch.LeftPadded([ids], Device), cache)[0].to(ScalarType.Float32, torch.CPU).contiguous(); // [T, V]
+        float[] flat = logits.data<float>().ToArray();
+        int vocab = (int)logits.shape[1];
+        return Enumerable.Range(0, ids.Count).Select(t => flat.AsSpan(t * vocab, vocab).ToArray()).ToArray();
+    }
+
     /// <summary>Positions by cache index (StreamingLLM): a new real token gets the number of entries its row holds before it.
     /// Rows are read from layer 0, KV head 0: policies that position by cache index evict alike in every layer and head.</summary>
     internal static ForwardBatch AtCacheIndexes(ForwardBatch batch, KvCache cache)
