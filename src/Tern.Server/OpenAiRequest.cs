@@ -35,6 +35,10 @@ internal sealed record OpenAiRequest
     public required bool Stream { get; init; }
     public required bool IncludeUsage { get; init; }
     public required GenerationOptions Options { get; init; }
+    /// <summary>Completions: the reply starts with the prompt (with its scores when logprobs are asked for).</summary>
+    public bool Echo { get; init; }
+    /// <summary>max_tokens 0 with echo: the reply is the prompt alone.</summary>
+    public bool ScoreOnly { get; init; }
 
     /// <summary>The request field that sets each option the library's errors may name for a request.</summary>
     static readonly Dictionary<TernOption, string> Fields = new()
@@ -50,6 +54,8 @@ internal sealed record OpenAiRequest
         [TernOption.TopK] = "top_k",
         [TernOption.TopP] = "top_p",
         [TernOption.RepetitionPenalty] = "repetition_penalty",
+        [TernOption.Logprobs] = "logprobs",
+        [TernOption.PromptLogprobs] = "logprobs",
     };
 
     /// <summary>An option as a request spells it: its field (an option no request sets keeps its neutral name).</summary>
@@ -103,10 +109,7 @@ internal sealed record OpenAiRequest
         if (servedModel is not null && model != servedModel)
             throw new ApiError(404, $"The model '{model}' does not exist; this server serves '{servedModel}'.", "model", "model_not_found");
         if (Int(body, "n") is { } n && n != 1) throw new ApiError(400, $"n must be 1 (got {n}): Tern returns one choice per request.", "n");
-        if (body.TryGetProperty("logprobs", out var logprobs) && (logprobs.ValueKind == JsonValueKind.True
-                || (logprobs.ValueKind == JsonValueKind.Number && logprobs.GetRawText() != "0")))
-            throw new ApiError(400, "logprobs are not supported.", "logprobs");
-        if (Bool(body, "echo") == true) throw new ApiError(400, "echo is not supported.", "echo");
+        var (logprobs, echo) = chat ? (ChatLogprobs(body), false) : (CompletionLogprobs(body), Bool(body, "echo") ?? false);
 
         string? prompt = null;
         IReadOnlyList<int>? promptTokens = null;
@@ -116,7 +119,9 @@ internal sealed record OpenAiRequest
 
         int maxTokens = Int(body, "max_completion_tokens") ?? Int(body, "max_tokens") ?? defaultMaxTokens;
         string maxField = Has(body, "max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
-        if (maxTokens < 1) throw new ApiError(400, $"{maxField} must be at least 1 (got {maxTokens}).", maxField);
+        // max_tokens 0 with echo only scores the prompt (evaluation clients): one token is generated and dropped.
+        bool scoreOnly = echo && maxTokens == 0;
+        if (maxTokens < 1 && !scoreOnly) throw new ApiError(400, $"{maxField} must be at least 1 (got {maxTokens}){(chat ? "" : "; 0 is allowed with echo")}.", maxField);
         double temperature = Number(body, "temperature") ?? 1.0;
         if (temperature is < 0 or > 2) throw new ApiError(400, $"temperature must be between 0 and 2 (got {temperature}).", "temperature");
         double topP = Number(body, "top_p") ?? 1.0;
@@ -135,9 +140,12 @@ internal sealed record OpenAiRequest
         return new OpenAiRequest
         {
             Prompt = prompt, PromptTokens = promptTokens, Messages = messages, Stream = stream, IncludeUsage = includeUsage,
+            Echo = echo, ScoreOnly = scoreOnly,
             Options = KvPolicy(body, new GenerationOptions
             {
-                MaxNewTokens = maxTokens,
+                MaxNewTokens = Math.Max(maxTokens, 1),
+                Logprobs = logprobs,
+                PromptLogprobs = echo ? logprobs : null,
                 Temperature = temperature,
                 TopP = topP,
                 TopK = topK,
@@ -147,6 +155,27 @@ internal sealed record OpenAiRequest
                 StopStrings = stop,
             }),
         };
+    }
+
+    /// <summary>Chat: <c>logprobs</c> (bool) and <c>top_logprobs</c> (0–20, with logprobs true) as the top count, or null.</summary>
+    static int? ChatLogprobs(JsonElement body)
+    {
+        bool wanted = Bool(body, "logprobs") ?? false;
+        int? top = Int(body, "top_logprobs");
+        if (top is < 0 or > TokenLogprob.MaxTop)
+            throw new ApiError(400, $"top_logprobs must be between 0 and {TokenLogprob.MaxTop} (got {top}).", "top_logprobs");
+        if (top is not null && !wanted) throw new ApiError(400, "top_logprobs needs logprobs set to true.", "top_logprobs");
+        return wanted ? top ?? 0 : null;
+    }
+
+    /// <summary>Completions: <c>logprobs</c> (0–20: the top count; each token's own logprob always comes), or null.</summary>
+    static int? CompletionLogprobs(JsonElement body)
+    {
+        if (!body.TryGetProperty("logprobs", out var v) || v.ValueKind == JsonValueKind.Null) return null;
+        if (v.ValueKind != JsonValueKind.Number || !v.TryGetInt32(out int top))
+            throw new ApiError(400, $"logprobs must be an integer between 0 and {TokenLogprob.MaxTop} on completions (got {v.GetRawText()}).", "logprobs");
+        if (top is < 0 or > TokenLogprob.MaxTop) throw new ApiError(400, $"logprobs must be between 0 and {TokenLogprob.MaxTop} (got {top}).", "logprobs");
+        return top;
     }
 
     static (string?, IReadOnlyList<int>?) ReadPrompt(JsonElement body)

@@ -170,7 +170,11 @@ public sealed class TernServer : IAsyncDisposable
             throw Refusal(e, chat);
         }
         string id = (chat ? "chatcmpl-" : "cmpl-") + Guid.NewGuid().ToString("N");
-        var response = new Response(id, chat ? "chat.completion" : "text_completion", DateTimeOffset.UtcNow.ToUnixTimeSeconds(), options.ModelId, chat);
+        var response = new Response(id, chat ? "chat.completion" : "text_completion", DateTimeOffset.UtcNow.ToUnixTimeSeconds(), options.ModelId, chat)
+        {
+            Request = request, Served = served, Logprobs = new LogprobsJson(engine.Tokenizer),
+            PromptText = request.Echo ? request.Prompt ?? engine.Tokenizer?.Decode(served.PromptTokens) ?? "" : "",
+        };
         try
         {
             if (request.Stream) await Stream(context, served, response, request.IncludeUsage);
@@ -224,11 +228,22 @@ public sealed class TernServer : IAsyncDisposable
         if (response.Chat) await Event(http, response.Chunk(new JsonObject { ["role"] = "assistant", ["content"] = "" }, null), aborted);
         try
         {
+            // Tokens that complete no text yet (part of a character) pass their logprobs on to the next chunk that has text.
+            var pending = new List<GeneratedToken>();
+            bool echoed = !response.Request.Echo;
             await foreach (var token in served.Tokens.ReadAllAsync(aborted))
-                if (token.Text.Length > 0)
-                    await Event(http, response.Chunk(response.Chat ? new JsonObject { ["content"] = token.Text } : token.Text, null), aborted);
+            {
+                if (!echoed) await Event(http, response.EchoChunk(), aborted);
+                echoed = true;
+                if (response.Request.ScoreOnly) continue;
+                pending.Add(token);
+                if (token.Text.Length == 0) continue;
+                await Event(http, response.Chunk(response.Chat ? new JsonObject { ["content"] = token.Text } : token.Text, null, pending), aborted);
+                pending.Clear();
+            }
+            if (!echoed) await Event(http, response.EchoChunk(), aborted);
             var output = await served.Completion;
-            await Event(http, response.Chunk(response.Chat ? new JsonObject() : "", output.FinishReason), aborted);
+            await Event(http, response.Chunk(response.Chat ? new JsonObject() : "", output.FinishReason, pending), aborted);
             if (includeUsage) await Event(http, response.UsageChunk(output), aborted);
         }
         catch (Exception e) when (e is not OperationCanceledException || !aborted.IsCancellationRequested)
@@ -282,28 +297,57 @@ public sealed class TernServer : IAsyncDisposable
     /// <summary>The OpenAI response objects of one request.</summary>
     sealed record Response(string Id, string Object, long Created, string Model, bool Chat)
     {
+        public required OpenAiRequest Request { get; init; }
+        public required ServingRequest Served { get; init; }
+        public required LogprobsJson Logprobs { get; init; }
+        /// <summary>The text an echo starts with (empty without echo).</summary>
+        public required string PromptText { get; init; }
+        int textOffset; // completions: characters of the choice's text streamed so far (logprobs' text_offset)
+
         JsonObject Envelope(string objectName, JsonArray choices) => new()
         {
             ["id"] = Id, ["object"] = objectName, ["created"] = Created, ["model"] = Model, ["choices"] = choices,
         };
 
+        bool WantsLogprobs => Request.Options.Logprobs is not null;
+
         public JsonObject Whole(SequenceOutput output)
         {
             var choice = new JsonObject { ["index"] = 0 };
+            var generated = Request.ScoreOnly ? Array.Empty<TokenLogprob>() : output.Logprobs ?? (IReadOnlyList<TokenLogprob>)Array.Empty<TokenLogprob>();
+            string text = Request.ScoreOnly ? "" : output.Text ?? "";
             if (Chat) choice["message"] = new JsonObject { ["role"] = "assistant", ["content"] = output.Text };
-            else choice["text"] = output.Text;
-            choice["logprobs"] = null;
-            choice["finish_reason"] = FinishReasonName(output.FinishReason);
+            else choice["text"] = PromptText + text;
+            choice["logprobs"] = !WantsLogprobs ? null : Chat ? Logprobs.Chat(generated)
+                : CompletionLogprobs(EchoedScores().Concat(generated.Select(t => (t.TokenId, (TokenLogprob?)t))).ToArray());
+            choice["finish_reason"] = FinishReasonName(Request.ScoreOnly ? FinishReason.Length : output.FinishReason);
             var body = Envelope(Object, new JsonArray(choice));
             body["usage"] = Usage(output);
             return body;
         }
 
-        /// <summary>A streamed chunk: a chat delta (object) or completion text (string), with the finish reason on the last.</summary>
-        public JsonObject Chunk(JsonNode delta, FinishReason? finish)
+        /// <summary>An echo's prompt tokens with their scores (none without echo).</summary>
+        IEnumerable<(int, TokenLogprob?)> EchoedScores() => !Request.Echo ? Enumerable.Empty<(int, TokenLogprob?)>()
+            : Served.PromptTokens.Select((id, i) => (id, Served.PromptLogprobs?[i]));
+
+        JsonObject CompletionLogprobs(IReadOnlyList<(int, TokenLogprob?)> tokens) => Logprobs.Completion(tokens, ref textOffset);
+
+        /// <summary>A streamed chunk: a chat delta (object) or completion text (string), with the finish reason on the last and
+        /// the logprobs of <paramref name="tokens"/> when asked for.</summary>
+        public JsonObject Chunk(JsonNode delta, FinishReason? finish, IReadOnlyList<GeneratedToken>? tokens = null)
         {
-            var choice = new JsonObject { ["index"] = 0, [Chat ? "delta" : "text"] = delta, ["logprobs"] = null, ["finish_reason"] = finish is { } f ? FinishReasonName(f) : null };
+            JsonNode? logprobs = !WantsLogprobs || tokens is null ? null
+                : Chat ? Logprobs.Chat(tokens.Select(t => t.Logprob!))
+                : CompletionLogprobs(tokens.Select(t => (t.TokenId, t.Logprob)).ToArray());
+            var choice = new JsonObject { ["index"] = 0, [Chat ? "delta" : "text"] = delta, ["logprobs"] = logprobs, ["finish_reason"] = finish is { } f ? FinishReasonName(f) : null };
             return Envelope(Chat ? "chat.completion.chunk" : "text_completion", new JsonArray(choice));
+        }
+
+        /// <summary>A completion stream's first chunk with echo: the prompt (and its scores).</summary>
+        public JsonObject EchoChunk()
+        {
+            var choice = new JsonObject { ["index"] = 0, ["text"] = PromptText, ["logprobs"] = WantsLogprobs ? CompletionLogprobs(EchoedScores().ToArray()) : null, ["finish_reason"] = null };
+            return Envelope("text_completion", new JsonArray(choice));
         }
 
         public JsonObject UsageChunk(SequenceOutput output)
@@ -315,11 +359,15 @@ public sealed class TernServer : IAsyncDisposable
 
         static string FinishReasonName(FinishReason reason) => reason == FinishReason.Length ? "length" : "stop";
 
-        static JsonObject Usage(SequenceOutput output) => new()
+        JsonObject Usage(SequenceOutput output)
         {
-            ["prompt_tokens"] = output.PromptTokens.Count,
-            ["completion_tokens"] = output.Tokens.Count,
-            ["total_tokens"] = output.PromptTokens.Count + output.Tokens.Count,
-        };
+            int completion = Request.ScoreOnly ? 0 : output.Tokens.Count;
+            return new()
+            {
+                ["prompt_tokens"] = output.PromptTokens.Count,
+                ["completion_tokens"] = completion,
+                ["total_tokens"] = output.PromptTokens.Count + completion,
+            };
+        }
     }
 }

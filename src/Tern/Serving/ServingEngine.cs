@@ -398,9 +398,11 @@ public sealed class ServingEngine : IDisposable
         {
             var stopIds = SequenceProgress.StopIds(request.Options, engine.Tokenizer, engine.model);
             var progress = new SequenceProgress(engine.Tokenizer?.CreateStreamingDecoder(), request.Options.StopStrings, stopIds);
+            if (request.Options.PromptLogprobs is { } top)
+                request.PromptLogprobs = progress.PromptLogprobs = TokenLogprob.ScorePrompt(engine.model, request.PromptTokens, top);
             using var scope = torch.NewDisposeScope();
             var ids = torch.tensor(request.PromptTokens.Select(t => (long)t).ToArray(), new long[] { 1, request.PromptTokens.Count });
-            var sampler = new Sampler(request.Options, ids, torch.ones_like(ids, ScalarType.Bool), engine.model.Info.VocabSize);
+            var sampler = new Sampler(request.Options, ids, torch.ones_like(ids, ScalarType.Bool), engine.model.Info.VocabSize, stopIds, request.MaxNewTokens);
             return new Sequence(request, progress, sampler) { Fed = request.PromptTokens.Count };
         }
 
@@ -422,9 +424,10 @@ public sealed class ServingEngine : IDisposable
                 if (sequences[i] is not { Left: false } s) continue;
                 int id = (int)tokens[i];
                 bool last = s.Progress.Tokens.Count + 1 >= s.Request.MaxNewTokens;
-                string delta = s.Progress.Push(id, last);
+                var logprob = s.Request.Options.Logprobs is null ? null : s.Sampler.TakeLogprob(0);
+                string delta = s.Progress.Push(id, last, logprob);
                 engine.generated++;
-                s.Request.Write(new GeneratedToken(0, id, delta));
+                s.Request.Write(new GeneratedToken(0, id, delta, logprob));
                 if (last || s.Progress.Finished is not null)
                 {
                     engine.completed++;
