@@ -233,6 +233,9 @@ public sealed class TernTokenizer
     /// <summary>The token string of an id (byte-level tokens in their mapped form, e.g. "Ġthe"), or null.</summary>
     public string? IdToToken(int id) => id >= 0 && id < _idToToken.Length ? _idToToken[id] : null;
 
+    /// <summary>One past the largest token id (ids below it may have holes).</summary>
+    internal int IdLimit => _idToToken.Length;
+
     /// <summary>The UTF-8 bytes a vocabulary token adds to the text wherever it stands (a byte-level token may hold part of a
     /// character; SentencePiece's ▁ is a space, <c>&lt;0xNN&gt;</c> its byte), or null for added/special tokens and unknown
     /// ids. What constrained decoding matches tokens by, and what logprobs report as a token's <c>bytes</c>.</summary>
