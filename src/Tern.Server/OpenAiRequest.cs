@@ -39,6 +39,11 @@ internal sealed record OpenAiRequest
     public bool Echo { get; init; }
     /// <summary>max_tokens 0 with echo: the reply is the prompt alone.</summary>
     public bool ScoreOnly { get; init; }
+    /// <summary><c>response_format</c>: null for text, else the JSON schema (json_schema) or null schema (json_object).</summary>
+    public JsonFormat? Format { get; init; }
+
+    /// <summary>A JSON response format: any object (<see cref="Schema"/> null) or a document of the schema.</summary>
+    public sealed record JsonFormat(JsonElement? Schema);
 
     /// <summary>The request field that sets each option the library's errors may name for a request.</summary>
     static readonly Dictionary<TernOption, string> Fields = new()
@@ -132,6 +137,10 @@ internal sealed record OpenAiRequest
         if (repetition <= 0) throw new ApiError(400, $"repetition_penalty must be > 0 (got {repetition}).", "repetition_penalty");
         var stop = Stop(body);
 
+        var format = ResponseFormat(body);
+        bool ignoreEos = Bool(body, "ignore_eos") ?? false;
+        if (format is not null && ignoreEos)
+            throw new ApiError(400, "response_format needs the end-of-sequence token to end the document: drop ignore_eos.", "ignore_eos");
         bool stream = Bool(body, "stream") ?? false;
         bool includeUsage = false;
         if (Field(body, "stream_options", JsonValueKind.Object) is { } streamOptions)
@@ -140,7 +149,7 @@ internal sealed record OpenAiRequest
         return new OpenAiRequest
         {
             Prompt = prompt, PromptTokens = promptTokens, Messages = messages, Stream = stream, IncludeUsage = includeUsage,
-            Echo = echo, ScoreOnly = scoreOnly,
+            Echo = echo, ScoreOnly = scoreOnly, Format = format,
             Options = KvPolicy(body, new GenerationOptions
             {
                 MaxNewTokens = Math.Max(maxTokens, 1),
@@ -151,10 +160,32 @@ internal sealed record OpenAiRequest
                 TopK = topK,
                 RepetitionPenalty = repetition,
                 Seed = Long(body, "seed"),
-                IgnoreEos = Bool(body, "ignore_eos") ?? false,
+                IgnoreEos = ignoreEos,
                 StopStrings = stop,
             }),
         };
+    }
+
+    /// <summary><c>response_format</c>: text (null), json_object, or json_schema with its <c>schema</c> (OpenAI's shape).</summary>
+    static JsonFormat? ResponseFormat(JsonElement body)
+    {
+        if (Field(body, "response_format", JsonValueKind.Object) is not { } format) return null;
+        string type = String(format, "type", "response_format.type") ?? throw new ApiError(400, "response_format.type is missing.", "response_format.type");
+        switch (type)
+        {
+            case "text": return null;
+            case "json_object": return new JsonFormat(null);
+            case "json_schema":
+                var spec = Field(format, "json_schema", JsonValueKind.Object, "response_format.json_schema")
+                    ?? throw new ApiError(400, "response_format.json_schema is missing: give {\"name\", \"schema\"}.", "response_format.json_schema");
+                String(spec, "name", "response_format.json_schema.name");
+                Bool(spec, "strict", "response_format.json_schema.strict");
+                var schema = Field(spec, "schema", JsonValueKind.Object, "response_format.json_schema.schema")
+                    ?? throw new ApiError(400, "response_format.json_schema.schema is missing.", "response_format.json_schema.schema");
+                return new JsonFormat(schema);
+            default:
+                throw new ApiError(400, $"response_format.type must be text, json_object or json_schema (got '{type}').", "response_format.type");
+        }
     }
 
     /// <summary>Chat: <c>logprobs</c> (bool) and <c>top_logprobs</c> (0–20, with logprobs true) as the top count, or null.</summary>

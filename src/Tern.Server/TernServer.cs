@@ -14,6 +14,7 @@ using Microsoft.Extensions.Logging;
 using Tern.Generation;
 using Tern.Runtime;
 using Tern.Serving;
+using Tern.Structured;
 
 namespace Tern.Server;
 
@@ -163,7 +164,7 @@ public sealed class TernServer : IAsyncDisposable
         {
             var prompt = request.Messages is { } messages ? engine.EncodeChat(messages)
                 : request.PromptTokens ?? engine.Encode(request.Prompt!);
-            served = engine.Submit(prompt, request.Options, context.RequestAborted);
+            served = engine.Submit(prompt, request.Options with { Constraint = Constraint(request.Format) }, context.RequestAborted);
         }
         catch (ServingException e)
         {
@@ -198,6 +199,22 @@ public sealed class TernServer : IAsyncDisposable
                 ServingException refused => Refusal(refused, chat),
                 _ => Internal(e, options.Log),
             };
+        }
+    }
+
+    /// <summary>The constraint of a JSON response format (null: text); a schema outside the supported subset is a 400 naming
+    /// its keyword.</summary>
+    JsonConstraint? Constraint(OpenAiRequest.JsonFormat? format)
+    {
+        if (format is null) return null;
+        var tokenizer = engine.Tokenizer ?? throw new ApiError(400, "response_format needs a tokenizer; this server has none.", "response_format");
+        try
+        {
+            return format.Schema is { } schema ? JsonConstraint.ForSchema(schema, tokenizer) : JsonConstraint.Object(tokenizer);
+        }
+        catch (UnsupportedSchemaException e)
+        {
+            throw new ApiError(400, $"response_format.json_schema.schema: {e.Message}", "response_format.json_schema.schema", "unsupported_schema_keyword");
         }
     }
 

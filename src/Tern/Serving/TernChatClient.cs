@@ -2,6 +2,7 @@ using System.Runtime.CompilerServices;
 using Microsoft.Extensions.AI;
 using Tern.Generation;
 using Tern.Models;
+using Tern.Structured;
 using Tern.Tokenization;
 using AIChatMessage = Microsoft.Extensions.AI.ChatMessage;
 
@@ -10,7 +11,8 @@ namespace Tern.Serving;
 /// <summary>
 /// An in-process <see cref="IChatClient"/> (Microsoft.Extensions.AI) over a <see cref="ServingEngine"/>: a .NET application
 /// uses a Tern model as it would any chat provider, streaming included, and concurrent calls share the engine's
-/// continuous batch. Prompts are rendered with the tokenizer's chat template.
+/// continuous batch. Prompts are rendered with the tokenizer's chat template; <see cref="ChatOptions.ResponseFormat"/> JSON
+/// (any object, or a schema) is honoured by constrained decoding.
 /// </summary>
 public sealed class TernChatClient : IChatClient
 {
@@ -115,6 +117,17 @@ public sealed class TernChatClient : IChatClient
         TopK = options.TopK ?? Defaults.TopK,
         Seed = options.Seed ?? Defaults.Seed,
         StopStrings = options.StopSequences is { Count: > 0 } stops ? stops.ToArray() : Defaults.StopStrings,
+        Constraint = Constraint(options.ResponseFormat) ?? Defaults.Constraint,
+    };
+
+    /// <summary><see cref="ChatResponseFormat.Json"/> and <see cref="ChatResponseFormat.ForJsonSchema(System.Text.Json.JsonElement, string?, string?)"/>
+    /// through constrained decoding (<see cref="JsonConstraint"/>); text (or none): null. A schema outside the supported
+    /// subset throws <see cref="UnsupportedSchemaException"/> naming the keyword.</summary>
+    JsonConstraint? Constraint(ChatResponseFormat? format) => format switch
+    {
+        ChatResponseFormatJson { Schema: { } schema } => JsonConstraint.ForSchema(schema, Engine.Tokenizer!),
+        ChatResponseFormatJson => JsonConstraint.Object(Engine.Tokenizer!),
+        _ => null,
     };
 
     static string NewId() => "chatcmpl-" + Guid.NewGuid().ToString("N");

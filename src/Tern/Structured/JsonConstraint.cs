@@ -1,4 +1,5 @@
 using System.Collections.Concurrent;
+using System.Diagnostics;
 using System.Runtime.CompilerServices;
 using System.Text.Json;
 using Tern.Generation;
@@ -25,7 +26,7 @@ public sealed class JsonConstraint : ITokenConstraint
     readonly Dictionary<State, Entry> entries = new();
     readonly Dictionary<(Entry, int Budget, string Stops, string Device), Tensor> tensors = new();
     readonly object gate = new();
-    long hits, misses;
+    long hits, misses, maskTicks;
 
     /// <summary>Masks cached at most (beyond, masks are built per step).</summary>
     const int MaxCachedMasks = 8192;
@@ -42,10 +43,11 @@ public sealed class JsonConstraint : ITokenConstraint
     public static JsonConstraint Object(TernTokenizer tokenizer) => Cached(tokenizer, "", () => SchemaNode.AnyObject);
 
     /// <summary>A document valid under <paramref name="schema"/> (json_schema). Throws <see cref="UnsupportedSchemaException"/>
-    /// naming a keyword outside the supported subset. Constraints are cached per tokenizer and schema text, so requests with
-    /// the same schema share masks.</summary>
-    public static JsonConstraint ForSchema(JsonElement schema, TernTokenizer tokenizer) =>
-        Cached(tokenizer, schema.GetRawText(), () => JsonSchemaCompiler.Compile(schema));
+    /// naming a keyword outside the supported subset. With <paramref name="shareMasks"/> constraints are kept per tokenizer and
+    /// schema text, so requests with the same schema share masks; without, the constraint is new (its cache starts empty).</summary>
+    public static JsonConstraint ForSchema(JsonElement schema, TernTokenizer tokenizer, bool shareMasks = true) => shareMasks
+        ? Cached(tokenizer, schema.GetRawText(), () => JsonSchemaCompiler.Compile(schema))
+        : new JsonConstraint(JsonSchemaCompiler.Compile(schema), tokenizer);
 
     static JsonConstraint Cached(TernTokenizer tokenizer, string key, Func<SchemaNode> compile)
     {
@@ -64,6 +66,10 @@ public sealed class JsonConstraint : ITokenConstraint
     {
         get { lock (gate) return (hits, misses); }
     }
+
+    /// <summary>Host time spent so far finding masks and advancing sequences' states (what the constraint adds per step besides
+    /// the masked fill on the device).</summary>
+    public TimeSpan MaskTime => Stopwatch.GetElapsedTime(0, Interlocked.Read(ref maskTicks));
 
     /// <inheritdoc />
     public ITokenMask Start(IReadOnlyCollection<int> stopIds, int vocab)
@@ -131,6 +137,19 @@ public sealed class JsonConstraint : ITokenConstraint
     /// with <paramref name="left"/> tokens left (this one included).</summary>
     Tensor? Allowed(State state, int[] stops, int vocab, Device device, int left)
     {
+        long started = Stopwatch.GetTimestamp();
+        try
+        {
+            return AllowedUntimed(state, stops, vocab, device, left);
+        }
+        finally
+        {
+            Interlocked.Add(ref maskTicks, Stopwatch.GetTimestamp() - started);
+        }
+    }
+
+    Tensor? AllowedUntimed(State state, int[] stops, int vocab, Device device, int left)
+    {
         lock (gate)
         {
             var entry = EntryFor(state);
@@ -166,10 +185,12 @@ public sealed class JsonConstraint : ITokenConstraint
                 state = null; // a stop token ends the document (the mask allowed it only when complete)
                 return;
             }
+            long started = Stopwatch.GetTimestamp();
             var stacks = state.Stacks;
             foreach (byte b in bytes)
                 if ((stacks = JsonGrammar.Advance(stacks, b)).Count == 0) break;
             state = stacks.Count == 0 ? null : new State(stacks);
+            Interlocked.Add(ref owner.maskTicks, Stopwatch.GetTimestamp() - started);
         }
     }
 }

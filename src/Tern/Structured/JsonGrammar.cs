@@ -51,10 +51,10 @@ internal static class JsonGrammar
             case ObjectFrame o: StepObject(s, o, b, output); break;
             case ArrayFrame a: StepArray(s, a, b, output); break;
             case StringFrame str:
-                if (str.Next(b) is { } after) output.Add(after.Closed ? Pop(s) : s.With(after));
+                if (str.Next(b) is { } after) output.Add(after.Closed ? Pop(s) : ReferenceEquals(after, str) ? s : s.With(after)); // most bytes change nothing
                 break;
             case NumberFrame n:
-                if (n.Next(b) is { } more) output.Add(s.With(more));
+                if (n.Next(b) is { } more) output.Add(ReferenceEquals(more, n) ? s : s.With(more));
                 if (n.Complete) Feed(s.Parent, b, output);
                 break;
             case LiteralFrame l:
@@ -366,7 +366,7 @@ internal sealed record NumberFrame(bool Integer, NumberPhase Phase) : Frame
             NumberPhase.Exponent or NumberPhase.ExponentSign or NumberPhase.ExponentDigits when digit => NumberPhase.ExponentDigits,
             _ => null,
         };
-        return next is { } p ? this with { Phase = p } : null;
+        return next is not { } p ? null : p == Phase ? this : this with { Phase = p };
     }
 }
 
