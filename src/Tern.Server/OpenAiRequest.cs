@@ -2,6 +2,7 @@ using System.Text.Json;
 using Tern.Generation;
 using Tern.Caching;
 using Tern.Runtime;
+using Tern.Structured;
 using Tern.Tokenization;
 
 namespace Tern.Server;
@@ -44,6 +45,21 @@ internal sealed record OpenAiRequest
 
     /// <summary>A JSON response format: any object (<see cref="Schema"/> null) or a document of the schema.</summary>
     public sealed record JsonFormat(JsonElement? Schema);
+
+    /// <summary>Chat <c>tools</c> as sent (function tools), or null.</summary>
+    public IReadOnlyList<JsonElement>? Tools { get; init; }
+    /// <summary>The functions of <see cref="Tools"/>.</summary>
+    public IReadOnlyList<ToolFunction> Functions { get; init; } = Array.Empty<ToolFunction>();
+    /// <summary><c>tool_choice</c>: "auto" (the reply may call), "none" (it does not), "required" (it calls one), or the
+    /// name of the function it must call.</summary>
+    public string ToolChoice { get; init; } = "auto";
+
+    /// <summary>True when the reply is read for tool calls.</summary>
+    public bool ReadsToolCalls => Tools is not null && ToolChoice != "none";
+
+    /// <summary>The functions the reply is forced to call one of (tool_choice "required" or a name), or null.</summary>
+    public IReadOnlyList<ToolFunction>? Forced => Tools is null || ToolChoice is "auto" or "none" ? null
+        : ToolChoice == "required" ? Functions : Functions.Where(f => f.Name == ToolChoice).ToArray();
 
     /// <summary>The request field that sets each option the library's errors may name for a request.</summary>
     static readonly Dictionary<TernOption, string> Fields = new()
@@ -138,6 +154,7 @@ internal sealed record OpenAiRequest
         var stop = Stop(body);
 
         var format = ResponseFormat(body);
+        var (tools, functions, toolChoice) = chat ? ReadTools(body) : (null, Array.Empty<ToolFunction>(), "auto");
         bool ignoreEos = Bool(body, "ignore_eos") ?? false;
         if (format is not null && ignoreEos)
             throw new ApiError(400, "response_format needs the end-of-sequence token to end the document: drop ignore_eos.", "ignore_eos");
@@ -149,7 +166,7 @@ internal sealed record OpenAiRequest
         return new OpenAiRequest
         {
             Prompt = prompt, PromptTokens = promptTokens, Messages = messages, Stream = stream, IncludeUsage = includeUsage,
-            Echo = echo, ScoreOnly = scoreOnly, Format = format,
+            Echo = echo, ScoreOnly = scoreOnly, Format = format, Tools = tools, Functions = functions, ToolChoice = toolChoice,
             Options = KvPolicy(body, new GenerationOptions
             {
                 MaxNewTokens = Math.Max(maxTokens, 1),
@@ -164,6 +181,42 @@ internal sealed record OpenAiRequest
                 StopStrings = stop,
             }),
         };
+    }
+
+    /// <summary>Chat <c>tools</c> (function tools: name, optional description and parameters schema) and <c>tool_choice</c>.</summary>
+    static (IReadOnlyList<JsonElement>?, IReadOnlyList<ToolFunction>, string) ReadTools(JsonElement body)
+    {
+        var functions = new List<ToolFunction>();
+        var tools = new List<JsonElement>();
+        if (Field(body, "tools", JsonValueKind.Array) is { } array)
+        {
+            int i = 0;
+            foreach (var tool in array.EnumerateArray())
+            {
+                string at = $"tools[{i++}]";
+                if (tool.ValueKind != JsonValueKind.Object || String(tool, "type", $"{at}.type") != "function")
+                    throw new ApiError(400, $"{at} must be an object with type \"function\".", $"{at}.type");
+                var function = Field(tool, "function", JsonValueKind.Object, $"{at}.function") ?? throw new ApiError(400, $"{at}.function is missing.", $"{at}.function");
+                string name = String(function, "name", $"{at}.function.name") ?? throw new ApiError(400, $"{at}.function.name is missing.", $"{at}.function.name");
+                if (functions.Any(f => f.Name == name)) throw new ApiError(400, $"{at}.function.name '{name}' is given twice.", $"{at}.function.name");
+                functions.Add(new ToolFunction(name, Field(function, "parameters", JsonValueKind.Object, $"{at}.function.parameters")?.Clone()));
+                tools.Add(tool.Clone());
+            }
+        }
+        string choice = "auto";
+        if (body.TryGetProperty("tool_choice", out var c) && c.ValueKind != JsonValueKind.Null)
+        {
+            choice = c.ValueKind switch
+            {
+                JsonValueKind.String when c.GetString() is "auto" or "none" or "required" => c.GetString()!,
+                JsonValueKind.Object when Field(c, "function", JsonValueKind.Object, "tool_choice.function") is { } f
+                    && String(f, "name", "tool_choice.function.name") is { } name => functions.Any(x => x.Name == name) ? name
+                        : throw new ApiError(400, $"tool_choice names the function '{name}', which is not in tools.", "tool_choice"),
+                _ => throw new ApiError(400, "tool_choice must be \"auto\", \"none\", \"required\" or {\"type\": \"function\", \"function\": {\"name\": …}}.", "tool_choice"),
+            };
+            if (functions.Count == 0 && choice != "none") throw new ApiError(400, "tool_choice needs tools.", "tool_choice");
+        }
+        return (functions.Count > 0 ? tools : null, functions, choice);
     }
 
     /// <summary><c>response_format</c>: text (null), json_object, or json_schema with its <c>schema</c> (OpenAI's shape).</summary>
@@ -239,12 +292,35 @@ internal sealed record OpenAiRequest
             string at = $"messages[{i++}]";
             if (m.ValueKind != JsonValueKind.Object) throw new ApiError(400, $"{at} must be an object with role and content.", at);
             string role = String(m, "role", $"{at}.role") ?? throw new ApiError(400, $"{at}.role is missing.", $"{at}.role");
-            if (role is not ("system" or "developer" or "user" or "assistant"))
-                throw new ApiError(400, $"{at}.role must be system, developer, user or assistant (got '{role}').", $"{at}.role");
-            messages.Add(new ChatMessage(role == "developer" ? "system" : role, Content(m, $"{at}.content")));
+            if (role is not ("system" or "developer" or "user" or "assistant" or "tool"))
+                throw new ApiError(400, $"{at}.role must be system, developer, user, assistant or tool (got '{role}').", $"{at}.role");
+            messages.Add(new ChatMessage(role == "developer" ? "system" : role, Content(m, $"{at}.content")) { ToolCalls = role == "assistant" ? CallsOf(m, at) : null });
         }
         if (messages.Count == 0) throw new ApiError(400, "messages is empty; it needs at least one message.", "messages");
         return messages;
+    }
+
+    /// <summary>An assistant message's <c>tool_calls</c> (function calls with arguments as a JSON object's text), or null.</summary>
+    static IReadOnlyList<ChatToolCall>? CallsOf(JsonElement message, string at)
+    {
+        if (Field(message, "tool_calls", JsonValueKind.Array, $"{at}.tool_calls") is not { } calls) return null;
+        return calls.EnumerateArray().Select((call, j) =>
+        {
+            string path = $"{at}.tool_calls[{j}].function";
+            var function = call.ValueKind == JsonValueKind.Object ? Field(call, "function", JsonValueKind.Object, path) : null;
+            string name = (function is { } f ? String(f, "name", $"{path}.name") : null) ?? throw new ApiError(400, $"{path}.name is missing.", $"{path}.name");
+            string arguments = String(function!.Value, "arguments", $"{path}.arguments") ?? "{}";
+            try
+            {
+                using var parsed = JsonDocument.Parse(arguments);
+                if (parsed.RootElement.ValueKind != JsonValueKind.Object) throw new JsonException();
+            }
+            catch (JsonException)
+            {
+                throw new ApiError(400, $"{path}.arguments must be a JSON object's text.", $"{path}.arguments");
+            }
+            return new ChatToolCall(name, arguments);
+        }).ToArray();
     }
 
     /// <summary>A message's content: a string, or an array of text parts.</summary>

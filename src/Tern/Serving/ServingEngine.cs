@@ -100,14 +100,15 @@ public sealed class ServingEngine : IDisposable
     }
 
     /// <summary>Renders a conversation with the tokenizer's chat template (ending where the assistant's reply starts) and
-    /// tokenizes it, as <c>tern chat</c> does (safe to call from any thread).</summary>
-    public IReadOnlyList<int> EncodeChat(IEnumerable<ChatMessage> messages)
+    /// tokenizes it, as <c>tern chat</c> does (safe to call from any thread). <paramref name="tools"/> (OpenAI's function tool
+    /// objects) need a template that supports them: otherwise <see cref="NotSupportedException"/>.</summary>
+    public IReadOnlyList<int> EncodeChat(IEnumerable<ChatMessage> messages, IReadOnlyList<System.Text.Json.JsonElement>? tools = null)
     {
         var tok = Tokenizer ?? throw new InvalidOperationException("chat prompts need a tokenizer: start the engine with one.");
         lock (tokenizerLock)
         {
             chatFormatter ??= tok.CreateChatFormatter();
-            return tok.Encode(chatFormatter.Format(messages, addGenerationPrompt: true), addSpecialTokens: false);
+            return tok.Encode(chatFormatter.Format(messages, addGenerationPrompt: true, tools), addSpecialTokens: false);
         }
     }
 
