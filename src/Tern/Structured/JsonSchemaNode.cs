@@ -66,7 +66,7 @@ internal sealed class ObjectNode(PropertyNode[] properties, ulong required, Sche
     public ulong Required { get; } = required;
     public SchemaNode? Additional { get; } = additional;
 
-    /// <summary>Sets <see cref="MinLength"/> once the property nodes have theirs.</summary>
+    /// <summary>Sets <see cref="SchemaNode.MinLength"/> once the property nodes have theirs.</summary>
     public ObjectNode Resolve()
     {
         // "{", the required members with a comma between them, "}": CloseLength's count (a comma before each member, "}").

@@ -12,7 +12,7 @@ namespace Tern.Tests.Serving;
 /// with a 512-position context (by default), so that chat prompts and 64 concurrent requests fit; weights unchanged, fp32 on the CPU.
 /// <see cref="ServeAsync"/> serves it on loopback.
 /// </summary>
-internal sealed class ServingFixture : IDisposable, IAsyncDisposable
+public sealed class ServingFixture : IDisposable, IAsyncDisposable
 {
     /// <param name="chatTemplate">A chat template to use instead of the fixture's (e.g. one with tools).</param>
     /// <param name="context">The context (max_position_embeddings) the copy gets.</param>

@@ -3,7 +3,6 @@ using System.Text;
 using System.Text.Json;
 using Tern.Evaluation;
 using Tern.Generation;
-using Tern.Server;
 using Tern.Serving;
 using Tern.Tests.Serving;
 
@@ -14,44 +13,22 @@ namespace Tern.Tests.Structured;
 /// (what <c>tern eval</c> scores with) for the same text, through the generator, the engine and the HTTP server, streamed
 /// or not; limits are refused with a 400 naming the field.
 /// </summary>
-public sealed class LogprobsTests : IAsyncLifetime
+public sealed class LogprobsTests() : ServedModel(new ServingFixture(), new ServingOptions { MaxBatchSize = 4, MaxNewTokens = 64 })
 {
-    readonly ServingFixture fixture = new();
-    TernServer server = null!;
-    readonly HttpClient http = new();
-
-    public async ValueTask InitializeAsync() =>
-        server = await fixture.ServeAsync(new ServingOptions { MaxBatchSize = 4, MaxNewTokens = 64 }, new ServerOptions { Port = 0, ModelId = "tiny" }, Ct);
-
-    public async ValueTask DisposeAsync()
-    {
-        http.Dispose();
-        await fixture.DisposeAsync();
-    }
-
-    static CancellationToken Ct => TestContext.Current.CancellationToken;
-
     const float Tolerance = 2e-4f; // one full prefill against one-token steps: fp32 rounding only
 
     /// <summary>TeacherForcing's log p of every token of <paramref name="tokens"/> after the first <paramref name="prefix"/>.</summary>
     float[] Eval(IReadOnlyList<int> tokens, int prefix) =>
-        TeacherForcing.Score(fixture.Model, new[] { tokens }, new TeacherForcingOptions { PrefixLength = prefix }, Ct).LogProbs[0];
-
-    async Task<(HttpStatusCode, JsonElement)> Post(string path, string json)
-    {
-        using var content = new StringContent(json, Encoding.UTF8, "application/json");
-        using var response = await http.PostAsync(new Uri(server.Address, path), content, Ct);
-        return (response.StatusCode, JsonDocument.Parse(await response.Content.ReadAsStringAsync(Ct)).RootElement.Clone());
-    }
+        TeacherForcing.Score(Fixture.Model, new[] { tokens }, new TeacherForcingOptions { PrefixLength = prefix }, Ct).LogProbs[0];
 
     [Fact]
     public async Task GeneratedTokensCarryTheirEvalScoresInTheGeneratorAndTheEngine()
     {
-        var prompt = fixture.Tokenizer.Encode(ServingFixture.Prompts[1]);
+        var prompt = Fixture.Tokenizer.Encode(ServingFixture.Prompts[1]);
         // Sampled (temperature 0.8): logprobs are of the raw distribution, not of the one sampled from.
         var options = new GenerationOptions { MaxNewTokens = 12, Temperature = 0.8, Seed = 5, Logprobs = 3, IgnoreEos = true };
-        var generated = new Generator(fixture.Model, fixture.Tokenizer).GenerateTokens(new[] { prompt }, options, Ct).Sequences[0];
-        var served = await fixture.Engine.Submit(prompt, options, Ct).Completion;
+        var generated = new Generator(Fixture.Model, Fixture.Tokenizer).GenerateTokens(new[] { prompt }, options, Ct).Sequences[0];
+        var served = await Fixture.Engine.Submit(prompt, options, Ct).Completion;
         foreach (var output in new[] { generated, served })
         {
             Assert.Equal(output.Tokens, output.Logprobs!.Select(l => l.TokenId));
@@ -73,7 +50,7 @@ public sealed class LogprobsTests : IAsyncLifetime
     public async Task EchoScoresThePromptAsEvalDoes(int maxTokens)
     {
         string prompt = ServingFixture.Prompts[3];
-        var tokens = fixture.Tokenizer.Encode(prompt);
+        var tokens = Fixture.Tokenizer.Encode(prompt);
         var expected = Eval(tokens, 1);
         var (status, body) = await Post("/v1/completions",
             $$"""{"model":"tiny","prompt":"{{prompt}}","max_tokens":{{maxTokens}},"echo":true,"logprobs":2,"temperature":0}""");
@@ -112,12 +89,12 @@ public sealed class LogprobsTests : IAsyncLifetime
         var bytes = content.SelectMany(c => c.GetProperty("bytes").EnumerateArray().Select(b => (byte)b.GetInt32())).ToArray();
         Assert.StartsWith(reply, Encoding.UTF8.GetString(bytes));
 
-        using var request = new HttpRequestMessage(HttpMethod.Post, new Uri(server.Address, "/v1/chat/completions"))
+        using var request = new HttpRequestMessage(HttpMethod.Post, new Uri(Server.Address, "/v1/chat/completions"))
         {
             Content = new StringContent($$"""{"model":"tiny","messages":{{messages}},"max_tokens":10,"temperature":0,"logprobs":true,"top_logprobs":2,"stream":true}""",
                 Encoding.UTF8, "application/json"),
         };
-        using var response = await http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, Ct);
+        using var response = await Http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, Ct);
         var events = await ServerSentEvents.ReadAll(await response.Content.ReadAsStreamAsync(Ct), Ct);
         var streamed = events[..^1].Select(e => JsonDocument.Parse(e).RootElement.GetProperty("choices")[0].GetProperty("logprobs"))
             .Where(l => l.ValueKind == JsonValueKind.Object).SelectMany(l => l.GetProperty("content").EnumerateArray()).ToArray();
@@ -134,11 +111,5 @@ public sealed class LogprobsTests : IAsyncLifetime
     [InlineData("/v1/completions", "\"logprobs\":true", "logprobs")]
     [InlineData("/v1/completions", "\"echo\":\"yes\"", "echo")]
     [InlineData("/v1/completions", "\"max_tokens\":0", "max_tokens")]
-    public async Task LimitsAreRefusedNamingTheField(string path, string fields, string param)
-    {
-        string shape = path.Contains("chat") ? "\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]" : "\"prompt\":\"hi\"";
-        var (status, body) = await Post(path, $$"""{"model":"tiny",{{shape}},{{fields}}}""");
-        Assert.Equal(HttpStatusCode.BadRequest, status);
-        Assert.Equal(param, body.GetProperty("error").GetProperty("param").GetString());
-    }
+    public async Task LimitsAreRefusedNamingTheField(string path, string fields, string param) => await AssertRefused(fields, param, path);
 }

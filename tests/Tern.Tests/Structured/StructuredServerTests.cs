@@ -1,15 +1,9 @@
-using System.ClientModel;
-using System.ClientModel.Primitives;
-using System.Net;
-using System.Text;
 using System.Text.Json;
 using Json.Schema;
 using Microsoft.Extensions.AI;
 using AIFormat = Microsoft.Extensions.AI.ChatResponseFormat;
 using SdkFormat = OpenAI.Chat.ChatResponseFormat;
-using OpenAI;
 using OpenAI.Chat;
-using Tern.Server;
 using Tern.Serving;
 using Tern.Tests.Serving;
 
@@ -20,25 +14,8 @@ namespace Tern.Tests.Structured;
 /// reply (valid whatever the weights), json_object, the same through <see cref="TernChatClient"/>'s
 /// <see cref="ChatOptions.ResponseFormat"/>; bad response formats get a 400 naming the field.
 /// </summary>
-public sealed class StructuredServerTests : IAsyncLifetime
+public sealed class StructuredServerTests() : ServedModel(new ServingFixture(), new ServingOptions { MaxBatchSize = 4, MaxNewTokens = 256 })
 {
-    readonly ServingFixture fixture = new();
-    TernServer server = null!;
-    readonly HttpClient http = new();
-
-    public async ValueTask InitializeAsync() =>
-        server = await fixture.ServeAsync(new ServingOptions { MaxBatchSize = 4, MaxNewTokens = 256 }, new ServerOptions { Port = 0, ModelId = "tiny" }, Ct);
-
-    public async ValueTask DisposeAsync()
-    {
-        http.Dispose();
-        await fixture.DisposeAsync();
-    }
-
-    static CancellationToken Ct => TestContext.Current.CancellationToken;
-
-    ChatClient Chat() => new("tiny", new ApiKeyCredential("unused"), new OpenAIClientOptions { Endpoint = new Uri(server.Address, "v1"), RetryPolicy = new ClientRetryPolicy(0) });
-
     const string Schema = """
         {"type":"object","properties":{"city":{"type":"string"},"days":{"type":"integer"},"unit":{"enum":["c","f"]},
           "hours":{"type":"array","items":{"type":"number"},"minItems":1,"maxItems":3}},
@@ -85,7 +62,7 @@ public sealed class StructuredServerTests : IAsyncLifetime
     [Fact]
     public async Task TheChatClientHonoursResponseFormat()
     {
-        using var client = new TernChatClient(fixture.Engine);
+        using var client = new TernChatClient(Fixture.Engine);
         IChatClient chat = client;
         var reply = await chat.GetResponseAsync("Weather for Paris as JSON.",
             new ChatOptions { Temperature = 1, Seed = 3, MaxOutputTokens = 200, ResponseFormat = AIFormat.ForJsonSchema(JsonDocument.Parse(Schema).RootElement, "weather") }, Ct);
@@ -103,11 +80,7 @@ public sealed class StructuredServerTests : IAsyncLifetime
     [InlineData("\"response_format\":{\"type\":\"json_object\"},\"ignore_eos\":true", "ignore_eos")]
     public async Task BadResponseFormatsAreRefusedNamingTheField(string fields, string param)
     {
-        using var content = new StringContent($$"""{"model":"tiny","messages":[{"role":"user","content":"hi"}],{{fields}}}""", Encoding.UTF8, "application/json");
-        using var response = await http.PostAsync(new Uri(server.Address, "/v1/chat/completions"), content, Ct);
-        Assert.Equal(HttpStatusCode.BadRequest, response.StatusCode);
-        var error = JsonDocument.Parse(await response.Content.ReadAsStringAsync(Ct)).RootElement.GetProperty("error");
-        Assert.Equal(param, error.GetProperty("param").GetString());
-        if (fields.Contains("pattern")) Assert.Contains("'pattern'", error.GetProperty("message").GetString());
+        string message = await AssertRefused(fields, param);
+        if (fields.Contains("pattern")) Assert.Contains("'pattern'", message);
     }
 }

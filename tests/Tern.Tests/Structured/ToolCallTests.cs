@@ -1,10 +1,6 @@
-using System.ClientModel;
-using System.ClientModel.Primitives;
-using System.Net;
 using System.Text;
 using System.Text.Json;
 using Json.Schema;
-using OpenAI;
 using OpenAI.Chat;
 using Tern.Server;
 using Tern.Serving;
@@ -21,7 +17,7 @@ namespace Tern.Tests.Structured;
 /// finish reason tool_calls, arguments valid under the function's parameters; tool turns render as the template does; a
 /// template without tools answers tools with a 400 naming the field; replies are parsed in the Hermes and Llama 3.1 formats.
 /// </summary>
-public sealed class ToolCallTests : IAsyncLifetime
+public sealed class ToolCallTests() : ServedModel(new ServingFixture(ToolsTemplate, context: 2048), new ServingOptions { MaxBatchSize = 4, MaxNewTokens = 128 }) // the tools' system turn alone is ~500 byte-level tokens
 {
     /// <summary>Qwen2.5's template, shortened to what Tern detects: ChatML that refers to tools.</summary>
     const string ToolsTemplate = "{%- if tools %}{{- '<|im_start|>system\\n' }}{{- '# Tools' }}{%- for tool in tools %}{{- tool | tojson }}{%- endfor %}" +
@@ -32,23 +28,6 @@ public sealed class ToolCallTests : IAsyncLifetime
     const string Parameters = """
         {"type":"object","properties":{"city":{"type":"string"},"unit":{"enum":["celsius","fahrenheit"]}},"required":["city","unit"],"additionalProperties":false}
         """;
-
-    readonly ServingFixture fixture = new(ToolsTemplate, context: 2048); // the tools' system turn alone is ~500 byte-level tokens
-    TernServer server = null!;
-    readonly HttpClient http = new();
-
-    public async ValueTask InitializeAsync() =>
-        server = await fixture.ServeAsync(new ServingOptions { MaxBatchSize = 4, MaxNewTokens = 128 }, new ServerOptions { Port = 0, ModelId = "tiny" }, Ct);
-
-    public async ValueTask DisposeAsync()
-    {
-        http.Dispose();
-        await fixture.DisposeAsync();
-    }
-
-    static CancellationToken Ct => TestContext.Current.CancellationToken;
-
-    ChatClient Chat() => new("tiny", new ApiKeyCredential("unused"), new OpenAIClientOptions { Endpoint = new Uri(server.Address, "v1"), RetryPolicy = new ClientRetryPolicy(0) });
 
     static readonly ChatTool Weather = ChatTool.CreateFunctionTool("get_weather", "The weather in a city.", BinaryData.FromString(Parameters));
     static readonly ChatTool Time = ChatTool.CreateFunctionTool("get_time", "The time in a city.", BinaryData.FromString("""{"type":"object","properties":{"city":{"type":"string"}},"required":["city"]}"""));
@@ -92,9 +71,34 @@ public sealed class ToolCallTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task TheChatClientReturnsFunctionCalls()
+    {
+        using var client = new TernChatClient(Fixture.Engine);
+        Microsoft.Extensions.AI.IChatClient chat = client;
+        var weather = Microsoft.Extensions.AI.AIFunctionFactory.Create((string city, int days) => $"sunny in {city} for {days} days", "get_weather");
+        var options = new Microsoft.Extensions.AI.ChatOptions
+        {
+            Temperature = 1, Seed = 2, MaxOutputTokens = 100, Tools = [weather], ToolMode = Microsoft.Extensions.AI.ChatToolMode.RequireSpecific("get_weather"),
+        };
+        var history = new List<Microsoft.Extensions.AI.ChatMessage> { new(Microsoft.Extensions.AI.ChatRole.User, "Weather in Paris?") };
+        var response = await chat.GetResponseAsync(history, options, Ct);
+        Assert.Equal(Microsoft.Extensions.AI.ChatFinishReason.ToolCalls, response.FinishReason);
+        var call = Assert.Single(response.Messages.SelectMany(m => m.Contents).OfType<Microsoft.Extensions.AI.FunctionCallContent>());
+        Assert.Equal("get_weather", call.Name);
+        Assert.Contains("city", call.Arguments!.Keys); // required by the function's schema (which leaves other keys open)
+        Assert.Contains("days", call.Arguments.Keys);
+
+        // The call and its result go back into the conversation; tool mode none reads the reply as text.
+        history.AddRange(response.Messages);
+        history.Add(new Microsoft.Extensions.AI.ChatMessage(Microsoft.Extensions.AI.ChatRole.Tool, [new Microsoft.Extensions.AI.FunctionResultContent(call.CallId, "sunny")]));
+        var text = await chat.GetResponseAsync(history, new Microsoft.Extensions.AI.ChatOptions { MaxOutputTokens = 8, Tools = [weather], ToolMode = Microsoft.Extensions.AI.ChatToolMode.None }, Ct);
+        Assert.NotEqual(Microsoft.Extensions.AI.ChatFinishReason.ToolCalls, text.FinishReason);
+    }
+
+    [Fact]
     public void ToolTurnsRenderAsQwensTemplate()
     {
-        var formatter = fixture.Tokenizer.CreateChatFormatter();
+        var formatter = Fixture.Tokenizer.CreateChatFormatter();
         Assert.True(formatter.Template.SupportsTools);
         using var tool = JsonDocument.Parse("""{"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}""");
         string prompt = formatter.Format(new[]
@@ -139,11 +143,7 @@ public sealed class ToolCallTests : IAsyncLifetime
     public async Task BadToolRequestsAreRefusedNamingTheField(bool plainTemplate, string fields, string param)
     {
         await using var plain = plainTemplate ? new ServingFixture() : null;
-        var address = plain is null ? server.Address : (await plain.ServeAsync(new ServingOptions(), new ServerOptions { Port = 0, ModelId = "tiny" }, Ct)).Address;
-        using var content = new StringContent($$"""{"model":"tiny","messages":[{"role":"user","content":"hi"}],{{fields}}}""", Encoding.UTF8, "application/json");
-        using var response = await http.PostAsync(new Uri(address, "/v1/chat/completions"), content, Ct);
-        string body = await response.Content.ReadAsStringAsync(Ct);
-        Assert.True(response.StatusCode == HttpStatusCode.BadRequest, body);
-        Assert.Equal(param, JsonDocument.Parse(body).RootElement.GetProperty("error").GetProperty("param").GetString());
+        var address = plain is null ? null : (await plain.ServeAsync(new ServingOptions(), new ServerOptions { Port = 0, ModelId = "tiny" }, Ct)).Address;
+        await AssertRefused(fields, param, address: address);
     }
 }
