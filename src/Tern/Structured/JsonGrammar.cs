@@ -4,15 +4,27 @@ namespace Tern.Structured;
 /// A byte-level pushdown automaton for JSON documents of a <see cref="SchemaNode"/>: a state is a set of stacks of frames
 /// (a set because anyOf and an ending number or literal can go more than one way); each byte of UTF-8 text advances every
 /// stack. Frames are immutable records, so states are values: they key the mask cache and are shared freely. Whitespace
-/// between tokens is allowed in runs of at most <see cref="MaxWhitespace"/> bytes (a newline and an indent); a stack also
+/// between tokens is what pretty-printing writes, as llama.cpp's JSON grammars allow it: one space, or a newline and an indent
+/// of at most <see cref="MaxIndent"/> spaces or tabs (a model cannot stall in whitespace); a stack also
 /// knows the fewest bytes that complete its document (<see cref="Distance"/>), which lets a sequence finish within its budget.
 /// </summary>
 internal static class JsonGrammar
 {
-    /// <summary>Longest whitespace run between two tokens of the document.</summary>
-    public const int MaxWhitespace = 24;
+    /// <summary>Longest indent after a newline between two tokens of the document.</summary>
+    public const int MaxIndent = 20;
 
-    public static Stack Start(SchemaNode root) => new(new ValueFrame(root, 0), null);
+    /// <summary>The whitespace state after <paramref name="b"/> (0: none yet, 1: one space, 2 + k: a newline and k indent
+    /// bytes; -1: none allowed), or null when the byte cannot extend the run.</summary>
+    static int? Whitespace(int ws, byte b) => (ws, b) switch
+    {
+        (0, (byte)' ') => 1,
+        (0, (byte)'\n') => 2,
+        ( >= 2, (byte)' ' or (byte)'\t') when ws - 2 < MaxIndent => ws + 1,
+        _ => null,
+    };
+
+    /// <summary>The start: the document begins with its value (no whitespace before it, as llama.cpp's root).</summary>
+    public static Stack Start(SchemaNode root) => new(new ValueFrame(root, -1), null);
 
     /// <summary>The stacks <paramref name="b"/> leads to from <paramref name="states"/> (none: the byte is not allowed).</summary>
     public static List<Stack> Advance(IReadOnlyList<Stack> states, byte b)
@@ -45,7 +57,7 @@ internal static class JsonGrammar
         switch (s.Top)
         {
             case ValueFrame v:
-                if (IsWhitespace(b)) { if (v.Ws < MaxWhitespace) output.Add(s.With(v with { Ws = v.Ws + 1 })); }
+                if (IsWhitespace(b)) { if (Whitespace(v.Ws, b) is { } ws) output.Add(s.With(v with { Ws = ws })); }
                 else StartValue(v.Node, s.Parent, b, output);
                 break;
             case ObjectFrame o: StepObject(s, o, b, output); break;
@@ -95,11 +107,11 @@ internal static class JsonGrammar
     static void StepObject(Stack s, ObjectFrame o, byte b, List<Stack> output)
     {
         var node = o.Node;
-        bool ws = IsWhitespace(b);
+        bool blank = IsWhitespace(b);
         switch (o.Phase)
         {
-            case ObjectPhase.Open or ObjectPhase.Comma or ObjectPhase.Colon or ObjectPhase.AfterValue when ws:
-                if (o.Ws < MaxWhitespace) output.Add(s.With(o with { Ws = o.Ws + 1 }));
+            case ObjectPhase.Open or ObjectPhase.Comma or ObjectPhase.Colon or ObjectPhase.AfterValue when blank:
+                if (Whitespace(o.Ws, b) is { } ws) output.Add(s.With(o with { Ws = ws }));
                 break;
             case ObjectPhase.Open or ObjectPhase.Comma when b == '"':
                 output.Add(s.With(o with { Phase = ObjectPhase.Key, Ws = 0, Key = "" }));
@@ -133,7 +145,7 @@ internal static class JsonGrammar
         var node = a.Node;
         if (IsWhitespace(b))
         {
-            if (a.Ws < MaxWhitespace) output.Add(s.With(a with { Ws = a.Ws + 1 }));
+            if (Whitespace(a.Ws, b) is { } ws) output.Add(s.With(a with { Ws = ws }));
             return;
         }
         switch (a.Phase)
@@ -197,7 +209,7 @@ internal sealed record DoneFrame : Frame
     public override int Remaining => 0;
 }
 
-/// <summary>Where a value of <see cref="Node"/> starts (after <see cref="Ws"/> whitespace bytes).</summary>
+/// <summary>Where a value of <see cref="Node"/> starts (<see cref="Ws"/>: the whitespace before it, see JsonGrammar).</summary>
 internal sealed record ValueFrame(SchemaNode Node, int Ws) : Frame
 {
     public override int Remaining => Node.MinLength;
