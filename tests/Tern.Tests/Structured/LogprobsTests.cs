@@ -31,15 +31,16 @@ public sealed class LogprobsTests() : ServedModel(new ServingFixture(), new Serv
         var served = await Fixture.Engine.Submit(prompt, options, Ct).Completion;
         foreach (var output in new[] { generated, served })
         {
-            Assert.Equal(output.Tokens, output.Logprobs!.Select(l => l.TokenId));
+            var logprobs = Assert.IsAssignableFrom<IReadOnlyList<TokenLogprob>>(output.Logprobs);
+            Assert.Equal(output.Tokens, logprobs.Select(l => l.TokenId));
             var expected = Eval(prompt.Concat(output.Tokens).ToArray(), prompt.Count);
             for (int i = 0; i < output.Tokens.Count; i++)
             {
-                Assert.Equal(expected[i], output.Logprobs[i].Logprob, Tolerance);
-                var top = output.Logprobs[i].Top;
+                Assert.Equal(expected[i], logprobs[i].Logprob, Tolerance);
+                var top = logprobs[i].Top;
                 Assert.Equal(3, top.Count);
                 Assert.True(top[0].Logprob >= top[1].Logprob && top[1].Logprob >= top[2].Logprob);
-                Assert.True(top[0].Logprob >= output.Logprobs[i].Logprob - 1e-6);
+                Assert.True(top[0].Logprob >= logprobs[i].Logprob - 1e-6);
             }
         }
     }
