@@ -45,7 +45,7 @@ internal static class JsonBenchCommand
         using (model)
         {
             var generator = new Generator(model, tokenizer);
-            Console.WriteLine($"{DeviceReport.Name(model.Device)} | {folder} {model.Info.ParameterCount / 1e6:F1}M params, vocabulary {model.Info.VocabSize} | {model.DType.ShortName()} | {steps} tokens per sequence, EOS ignored");
+            Console.WriteLine($"{DeviceReport.Name(model.Device)} | {folder} {model.Info.ParameterCount / 1e6:F1}M params, vocabulary {model.Info.VocabSize} | {model.DType.ShortName()} | at most {steps} tokens per sequence, sampled (unconstrained runs ignore EOS; constrained ones end with their document)");
             Console.WriteLine($"{"batch",5} {"unconstrained",14} {"masks computed",15} {"(host)",8} {"masks cached",13} {"(host)",8} {"cached overhead",16} {"states",7}   (ms per decode step, best of 3)");
             foreach (int batch in r.GetValue(batchesOption)!)
             {

@@ -26,7 +26,9 @@ namespace Tern.Serving;
 /// under <see cref="ServingOptions.MaxBatchSize"/>, <see cref="ServingOptions.KvBudgetTokens"/> and
 /// <see cref="ServingOptions.MaxPrefillTokensPerStep"/> (a longer prompt is prefilled in chunks, one per step, while the others
 /// keep decoding); at most <see cref="ServingOptions.MaxQueue"/> requests wait. Greedy requests give the tokens
-/// <see cref="Generator"/> gives.
+/// <see cref="Generator"/> gives. Each sequence samples through its own sampler (as the generator's rows do), which applies the
+/// request's <see cref="GenerationOptions.Constraint"/> and records its <see cref="GenerationOptions.Logprobs"/>; a constrained
+/// sequence reads its token back at every step (its next mask depends on it), so on CUDA it does not overlap its steps' reads.
 /// </remarks>
 public sealed class ServingEngine : IDisposable
 {
