@@ -28,7 +28,8 @@ namespace Tern.Serving;
 /// keep decoding); at most <see cref="ServingOptions.MaxQueue"/> requests wait. Greedy requests give the tokens
 /// <see cref="Generator"/> gives. Each sequence samples through its own sampler (as the generator's rows do), which applies the
 /// request's <see cref="GenerationOptions.Constraint"/> and records its <see cref="GenerationOptions.Logprobs"/>; a constrained
-/// sequence reads its token back at every step (its next mask depends on it), so on CUDA it does not overlap its steps' reads.
+/// sequence reads its token back as it is drawn (its next mask depends on it), so on CUDA a step holding one waits for the
+/// device before the next step is queued.
 /// </remarks>
 public sealed class ServingEngine : IDisposable
 {
