@@ -108,29 +108,34 @@ public sealed class JsonConstraint : ITokenConstraint
         misses++;
         var tokens = new List<int>();
         var distances = new List<int>();
-        Walk(trie.Root, state.Stacks, tokens, distances);
+        Walk(trie.Root, state.Stacks, Distance(state.Stacks), tokens, distances);
         return entries[state] = new Entry(tokens.ToArray(), distances.ToArray(), state.Stacks.Any(JsonGrammar.CanEnd));
     }
 
-    /// <summary>Depth-first over the trie, advancing the automaton one byte per edge; a dead state prunes the subtree.</summary>
-    static void Walk(TokenTrie.Node node, List<Stack> states, List<int> tokens, List<int> distances)
+    /// <summary>Depth-first over the trie, advancing the automaton one byte per edge; a dead state prunes the subtree. A byte
+    /// that leaves the state as it was keeps its distance (<paramref name="distance"/> is that of <paramref name="states"/>).</summary>
+    static void Walk(TokenTrie.Node node, List<Stack> states, int distance, List<int> tokens, List<int> distances)
     {
         for (int i = 0; i < node.Bytes.Length; i++)
         {
             var next = JsonGrammar.Advance(states, node.Bytes[i]);
             if (next.Count == 0) continue;
+            int after = ReferenceEquals(next, states) ? distance : Distance(next);
             var child = node.Children[i];
-            if (child.Tokens.Length > 0)
+            foreach (int t in child.Tokens)
             {
-                int distance = next.Min(JsonGrammar.Distance);
-                foreach (int t in child.Tokens)
-                {
-                    tokens.Add(t);
-                    distances.Add(distance);
-                }
+                tokens.Add(t);
+                distances.Add(after);
             }
-            Walk(child, next, tokens, distances);
+            Walk(child, next, after, tokens, distances);
         }
+    }
+
+    static int Distance(List<Stack> stacks)
+    {
+        int best = int.MaxValue;
+        foreach (var s in stacks) best = Math.Min(best, JsonGrammar.Distance(s));
+        return best;
     }
 
     /// <summary>The allowed tokens of <paramref name="state"/> as bool [vocab] on <paramref name="device"/>, for a sequence

@@ -26,9 +26,21 @@ internal static class JsonGrammar
     /// <summary>The start: the document begins with its value (no whitespace before it, as llama.cpp's root).</summary>
     public static Stack Start(SchemaNode root) => new(new ValueFrame(root, -1), null);
 
-    /// <summary>The stacks <paramref name="b"/> leads to from <paramref name="states"/> (none: the byte is not allowed).</summary>
-    public static List<Stack> Advance(IReadOnlyList<Stack> states, byte b)
+    [ThreadStatic] static List<Stack>? scratch;
+    static readonly List<Stack> None = new();
+
+    /// <summary>The stacks <paramref name="b"/> leads to from <paramref name="states"/> (empty: the byte is not allowed). The
+    /// lists are never changed once returned: a byte that changes nothing (most bytes inside a string) returns
+    /// <paramref name="states"/> itself, and the mask walk then allocates nothing for it.</summary>
+    public static List<Stack> Advance(List<Stack> states, byte b)
     {
+        if (states.Count == 1)
+        {
+            var one = scratch ??= new List<Stack>(4);
+            one.Clear();
+            Step(states[0], b, one);
+            return one.Count == 0 ? None : one.Count == 1 && ReferenceEquals(one[0], states[0]) ? states : new List<Stack>(one);
+        }
         var next = new List<Stack>(states.Count);
         foreach (var s in states) Step(s, b, next);
         if (next.Count > 1)
