@@ -2,6 +2,7 @@ using System.Text.Json;
 using Tern.Generation;
 using Tern.Caching;
 using Tern.Runtime;
+using Tern.Structured;
 using Tern.Tokenization;
 
 namespace Tern.Server;
@@ -35,6 +36,30 @@ internal sealed record OpenAiRequest
     public required bool Stream { get; init; }
     public required bool IncludeUsage { get; init; }
     public required GenerationOptions Options { get; init; }
+    /// <summary>Completions: the reply starts with the prompt (with its scores when logprobs are asked for).</summary>
+    public bool Echo { get; init; }
+    /// <summary>max_tokens 0 with echo: the reply is the prompt alone.</summary>
+    public bool ScoreOnly { get; init; }
+    /// <summary><c>response_format</c>: null for text, else the JSON schema (json_schema) or null schema (json_object).</summary>
+    public JsonFormat? Format { get; init; }
+
+    /// <summary>A JSON response format: any object (<see cref="Schema"/> null) or a document of the schema.</summary>
+    public sealed record JsonFormat(JsonElement? Schema);
+
+    /// <summary>Chat <c>tools</c> as sent (function tools), or null.</summary>
+    public IReadOnlyList<JsonElement>? Tools { get; init; }
+    /// <summary>The functions of <see cref="Tools"/>.</summary>
+    public IReadOnlyList<ToolFunction> Functions { get; init; } = Array.Empty<ToolFunction>();
+    /// <summary><c>tool_choice</c>: "auto" (the reply may call), "none" (it does not), "required" (it calls one), or the
+    /// name of the function it must call.</summary>
+    public string ToolChoice { get; init; } = "auto";
+
+    /// <summary>True when the reply is read for tool calls.</summary>
+    public bool ReadsToolCalls => Tools is not null && ToolChoice != "none";
+
+    /// <summary>The functions the reply is forced to call one of (tool_choice "required" or a name), or null.</summary>
+    public IReadOnlyList<ToolFunction>? Forced => Tools is null || ToolChoice is "auto" or "none" ? null
+        : ToolChoice == "required" ? Functions : Functions.Where(f => f.Name == ToolChoice).ToArray();
 
     /// <summary>The request field that sets each option the library's errors may name for a request.</summary>
     static readonly Dictionary<TernOption, string> Fields = new()
@@ -50,6 +75,8 @@ internal sealed record OpenAiRequest
         [TernOption.TopK] = "top_k",
         [TernOption.TopP] = "top_p",
         [TernOption.RepetitionPenalty] = "repetition_penalty",
+        [TernOption.Logprobs] = "logprobs",
+        [TernOption.PromptLogprobs] = "logprobs",
     };
 
     /// <summary>An option as a request spells it: its field (an option no request sets keeps its neutral name).</summary>
@@ -103,10 +130,7 @@ internal sealed record OpenAiRequest
         if (servedModel is not null && model != servedModel)
             throw new ApiError(404, $"The model '{model}' does not exist; this server serves '{servedModel}'.", "model", "model_not_found");
         if (Int(body, "n") is { } n && n != 1) throw new ApiError(400, $"n must be 1 (got {n}): Tern returns one choice per request.", "n");
-        if (body.TryGetProperty("logprobs", out var logprobs) && (logprobs.ValueKind == JsonValueKind.True
-                || (logprobs.ValueKind == JsonValueKind.Number && logprobs.GetRawText() != "0")))
-            throw new ApiError(400, "logprobs are not supported.", "logprobs");
-        if (Bool(body, "echo") == true) throw new ApiError(400, "echo is not supported.", "echo");
+        var (logprobs, echo) = chat ? (ChatLogprobs(body), false) : (CompletionLogprobs(body), Bool(body, "echo") ?? false);
 
         string? prompt = null;
         IReadOnlyList<int>? promptTokens = null;
@@ -116,7 +140,9 @@ internal sealed record OpenAiRequest
 
         int maxTokens = Int(body, "max_completion_tokens") ?? Int(body, "max_tokens") ?? defaultMaxTokens;
         string maxField = Has(body, "max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
-        if (maxTokens < 1) throw new ApiError(400, $"{maxField} must be at least 1 (got {maxTokens}).", maxField);
+        // max_tokens 0 with echo only scores the prompt (evaluation clients): one token is generated and dropped.
+        bool scoreOnly = echo && maxTokens == 0;
+        if (maxTokens < 1 && !scoreOnly) throw new ApiError(400, $"{maxField} must be at least 1 (got {maxTokens}){(chat ? "" : "; 0 is allowed with echo")}.", maxField);
         double temperature = Number(body, "temperature") ?? 1.0;
         if (temperature is < 0 or > 2) throw new ApiError(400, $"temperature must be between 0 and 2 (got {temperature}).", "temperature");
         double topP = Number(body, "top_p") ?? 1.0;
@@ -127,6 +153,11 @@ internal sealed record OpenAiRequest
         if (repetition <= 0) throw new ApiError(400, $"repetition_penalty must be > 0 (got {repetition}).", "repetition_penalty");
         var stop = Stop(body);
 
+        var format = ResponseFormat(body);
+        var (tools, functions, toolChoice) = chat ? ReadTools(body) : (null, Array.Empty<ToolFunction>(), "auto");
+        bool ignoreEos = Bool(body, "ignore_eos") ?? false;
+        if (format is not null && ignoreEos)
+            throw new ApiError(400, "response_format needs the end-of-sequence token to end the document: drop ignore_eos.", "ignore_eos");
         bool stream = Bool(body, "stream") ?? false;
         bool includeUsage = false;
         if (Field(body, "stream_options", JsonValueKind.Object) is { } streamOptions)
@@ -135,18 +166,100 @@ internal sealed record OpenAiRequest
         return new OpenAiRequest
         {
             Prompt = prompt, PromptTokens = promptTokens, Messages = messages, Stream = stream, IncludeUsage = includeUsage,
+            Echo = echo, ScoreOnly = scoreOnly, Format = format, Tools = tools, Functions = functions, ToolChoice = toolChoice,
             Options = KvPolicy(body, new GenerationOptions
             {
-                MaxNewTokens = maxTokens,
+                MaxNewTokens = Math.Max(maxTokens, 1),
+                Logprobs = logprobs,
+                PromptLogprobs = echo ? logprobs : null,
                 Temperature = temperature,
                 TopP = topP,
                 TopK = topK,
                 RepetitionPenalty = repetition,
                 Seed = Long(body, "seed"),
-                IgnoreEos = Bool(body, "ignore_eos") ?? false,
+                IgnoreEos = ignoreEos,
                 StopStrings = stop,
             }),
         };
+    }
+
+    /// <summary>Chat <c>tools</c> (function tools: name, optional description and parameters schema) and <c>tool_choice</c>.</summary>
+    static (IReadOnlyList<JsonElement>?, IReadOnlyList<ToolFunction>, string) ReadTools(JsonElement body)
+    {
+        var functions = new List<ToolFunction>();
+        var tools = new List<JsonElement>();
+        if (Field(body, "tools", JsonValueKind.Array) is { } array)
+        {
+            int i = 0;
+            foreach (var tool in array.EnumerateArray())
+            {
+                string at = $"tools[{i++}]";
+                if (tool.ValueKind != JsonValueKind.Object || String(tool, "type", $"{at}.type") != "function")
+                    throw new ApiError(400, $"{at} must be an object with type \"function\".", $"{at}.type");
+                var function = Field(tool, "function", JsonValueKind.Object, $"{at}.function") ?? throw new ApiError(400, $"{at}.function is missing.", $"{at}.function");
+                string name = String(function, "name", $"{at}.function.name") ?? throw new ApiError(400, $"{at}.function.name is missing.", $"{at}.function.name");
+                if (functions.Any(f => f.Name == name)) throw new ApiError(400, $"{at}.function.name '{name}' is given twice.", $"{at}.function.name");
+                functions.Add(new ToolFunction(name, Field(function, "parameters", JsonValueKind.Object, $"{at}.function.parameters")?.Clone()));
+                tools.Add(tool.Clone());
+            }
+        }
+        string choice = "auto";
+        if (body.TryGetProperty("tool_choice", out var c) && c.ValueKind != JsonValueKind.Null)
+        {
+            choice = c.ValueKind switch
+            {
+                JsonValueKind.String when c.GetString() is "auto" or "none" or "required" => c.GetString()!,
+                JsonValueKind.Object when Field(c, "function", JsonValueKind.Object, "tool_choice.function") is { } f
+                    && String(f, "name", "tool_choice.function.name") is { } name => functions.Any(x => x.Name == name) ? name
+                        : throw new ApiError(400, $"tool_choice names the function '{name}', which is not in tools.", "tool_choice"),
+                _ => throw new ApiError(400, "tool_choice must be \"auto\", \"none\", \"required\" or {\"type\": \"function\", \"function\": {\"name\": …}}.", "tool_choice"),
+            };
+            if (functions.Count == 0 && choice != "none") throw new ApiError(400, "tool_choice needs tools.", "tool_choice");
+        }
+        return (functions.Count > 0 ? tools : null, functions, choice);
+    }
+
+    /// <summary><c>response_format</c>: text (null), json_object, or json_schema with its <c>schema</c> (OpenAI's shape).</summary>
+    static JsonFormat? ResponseFormat(JsonElement body)
+    {
+        if (Field(body, "response_format", JsonValueKind.Object) is not { } format) return null;
+        string type = String(format, "type", "response_format.type") ?? throw new ApiError(400, "response_format.type is missing.", "response_format.type");
+        switch (type)
+        {
+            case "text": return null;
+            case "json_object": return new JsonFormat(null);
+            case "json_schema":
+                var spec = Field(format, "json_schema", JsonValueKind.Object, "response_format.json_schema")
+                    ?? throw new ApiError(400, "response_format.json_schema is missing: give {\"name\", \"schema\"}.", "response_format.json_schema");
+                String(spec, "name", "response_format.json_schema.name");
+                Bool(spec, "strict", "response_format.json_schema.strict");
+                var schema = Field(spec, "schema", JsonValueKind.Object, "response_format.json_schema.schema")
+                    ?? throw new ApiError(400, "response_format.json_schema.schema is missing.", "response_format.json_schema.schema");
+                return new JsonFormat(schema);
+            default:
+                throw new ApiError(400, $"response_format.type must be text, json_object or json_schema (got '{type}').", "response_format.type");
+        }
+    }
+
+    /// <summary>Chat: <c>logprobs</c> (bool) and <c>top_logprobs</c> (0–20, with logprobs true) as the top count, or null.</summary>
+    static int? ChatLogprobs(JsonElement body)
+    {
+        bool wanted = Bool(body, "logprobs") ?? false;
+        int? top = Int(body, "top_logprobs");
+        if (top is < 0 or > TokenLogprob.MaxTop)
+            throw new ApiError(400, $"top_logprobs must be between 0 and {TokenLogprob.MaxTop} (got {top}).", "top_logprobs");
+        if (top is not null && !wanted) throw new ApiError(400, "top_logprobs needs logprobs set to true.", "top_logprobs");
+        return wanted ? top ?? 0 : null;
+    }
+
+    /// <summary>Completions: <c>logprobs</c> (0–20: the top count; each token's own logprob always comes), or null.</summary>
+    static int? CompletionLogprobs(JsonElement body)
+    {
+        if (!body.TryGetProperty("logprobs", out var v) || v.ValueKind == JsonValueKind.Null) return null;
+        if (v.ValueKind != JsonValueKind.Number || !v.TryGetInt32(out int top))
+            throw new ApiError(400, $"logprobs must be an integer between 0 and {TokenLogprob.MaxTop} on completions (got {v.GetRawText()}).", "logprobs");
+        if (top is < 0 or > TokenLogprob.MaxTop) throw new ApiError(400, $"logprobs must be between 0 and {TokenLogprob.MaxTop} (got {top}).", "logprobs");
+        return top;
     }
 
     static (string?, IReadOnlyList<int>?) ReadPrompt(JsonElement body)
@@ -179,12 +292,35 @@ internal sealed record OpenAiRequest
             string at = $"messages[{i++}]";
             if (m.ValueKind != JsonValueKind.Object) throw new ApiError(400, $"{at} must be an object with role and content.", at);
             string role = String(m, "role", $"{at}.role") ?? throw new ApiError(400, $"{at}.role is missing.", $"{at}.role");
-            if (role is not ("system" or "developer" or "user" or "assistant"))
-                throw new ApiError(400, $"{at}.role must be system, developer, user or assistant (got '{role}').", $"{at}.role");
-            messages.Add(new ChatMessage(role == "developer" ? "system" : role, Content(m, $"{at}.content")));
+            if (role is not ("system" or "developer" or "user" or "assistant" or "tool"))
+                throw new ApiError(400, $"{at}.role must be system, developer, user, assistant or tool (got '{role}').", $"{at}.role");
+            messages.Add(new ChatMessage(role == "developer" ? "system" : role, Content(m, $"{at}.content")) { ToolCalls = role == "assistant" ? CallsOf(m, at) : null });
         }
         if (messages.Count == 0) throw new ApiError(400, "messages is empty; it needs at least one message.", "messages");
         return messages;
+    }
+
+    /// <summary>An assistant message's <c>tool_calls</c> (function calls with arguments as a JSON object's text), or null.</summary>
+    static IReadOnlyList<ChatToolCall>? CallsOf(JsonElement message, string at)
+    {
+        if (Field(message, "tool_calls", JsonValueKind.Array, $"{at}.tool_calls") is not { } calls) return null;
+        return calls.EnumerateArray().Select((call, j) =>
+        {
+            string path = $"{at}.tool_calls[{j}].function";
+            var function = call.ValueKind == JsonValueKind.Object ? Field(call, "function", JsonValueKind.Object, path) : null;
+            string name = (function is { } f ? String(f, "name", $"{path}.name") : null) ?? throw new ApiError(400, $"{path}.name is missing.", $"{path}.name");
+            string arguments = String(function!.Value, "arguments", $"{path}.arguments") ?? "{}";
+            try
+            {
+                using var parsed = JsonDocument.Parse(arguments);
+                if (parsed.RootElement.ValueKind != JsonValueKind.Object) throw new JsonException();
+            }
+            catch (JsonException)
+            {
+                throw new ApiError(400, $"{path}.arguments must be a JSON object's text.", $"{path}.arguments");
+            }
+            return new ChatToolCall(name, arguments);
+        }).ToArray();
     }
 
     /// <summary>A message's content: a string, or an array of text parts.</summary>

@@ -14,6 +14,7 @@ using Microsoft.Extensions.Logging;
 using Tern.Generation;
 using Tern.Runtime;
 using Tern.Serving;
+using Tern.Structured;
 
 namespace Tern.Server;
 
@@ -161,16 +162,20 @@ public sealed class TernServer : IAsyncDisposable
         ServingRequest served;
         try
         {
-            var prompt = request.Messages is { } messages ? engine.EncodeChat(messages)
+            var prompt = request.Messages is { } messages ? EncodeChat(messages, request.Tools)
                 : request.PromptTokens ?? engine.Encode(request.Prompt!);
-            served = engine.Submit(prompt, request.Options, context.RequestAborted);
+            served = engine.Submit(prompt, request.Options with { Constraint = Constraint(request) }, context.RequestAborted);
         }
         catch (ServingException e)
         {
             throw Refusal(e, chat);
         }
         string id = (chat ? "chatcmpl-" : "cmpl-") + Guid.NewGuid().ToString("N");
-        var response = new Response(id, chat ? "chat.completion" : "text_completion", DateTimeOffset.UtcNow.ToUnixTimeSeconds(), options.ModelId, chat);
+        var response = new Response(id, chat ? "chat.completion" : "text_completion", DateTimeOffset.UtcNow.ToUnixTimeSeconds(), options.ModelId, chat)
+        {
+            Request = request, Served = served, Logprobs = new LogprobsJson(engine.Tokenizer),
+            PromptText = request.Echo ? request.Prompt ?? engine.Tokenizer?.Decode(served.PromptTokens) ?? "" : "",
+        };
         try
         {
             if (request.Stream) await Stream(context, served, response, request.IncludeUsage);
@@ -194,6 +199,37 @@ public sealed class TernServer : IAsyncDisposable
                 ServingException refused => Refusal(refused, chat),
                 _ => Internal(e, options.Log),
             };
+        }
+    }
+
+    /// <summary>A chat prompt; tools (or tool turns) with a template that does not render them are a 400 naming the field.</summary>
+    IReadOnlyList<int> EncodeChat(IReadOnlyList<Tern.Tokenization.ChatMessage> messages, IReadOnlyList<JsonElement>? tools)
+    {
+        try
+        {
+            return engine.EncodeChat(messages, tools);
+        }
+        catch (NotSupportedException e)
+        {
+            throw new ApiError(400, $"{(tools is null ? "messages" : "tools")}: {e.Message}", tools is null ? "messages" : "tools");
+        }
+    }
+
+    /// <summary>The constraint of a request: a forced tool call (tool_choice "required" or a named function), else its JSON
+    /// response format (null: text). A schema outside the supported subset is a 400 naming its keyword.</summary>
+    JsonConstraint? Constraint(OpenAiRequest request)
+    {
+        if (request.Forced is null && request.Format is null) return null;
+        var tokenizer = engine.Tokenizer ?? throw new ApiError(400, "response_format and tools need a tokenizer; this server has none.", "response_format");
+        string field = request.Forced is not null ? "tools" : "response_format.json_schema.schema";
+        try
+        {
+            return request.Forced is { } functions ? JsonConstraint.ForSchema(ToolCalls.Schema(functions), tokenizer)
+                : request.Format!.Schema is { } schema ? JsonConstraint.ForSchema(schema, tokenizer) : JsonConstraint.Object(tokenizer);
+        }
+        catch (UnsupportedSchemaException e)
+        {
+            throw new ApiError(400, $"{field}: {e.Message}", field, "unsupported_schema_keyword");
         }
     }
 
@@ -224,11 +260,30 @@ public sealed class TernServer : IAsyncDisposable
         if (response.Chat) await Event(http, response.Chunk(new JsonObject { ["role"] = "assistant", ["content"] = "" }, null), aborted);
         try
         {
+            // Tokens that complete no text yet (part of a character) pass their logprobs on to the next chunk that has text.
+            // A reply read for tool calls is held back and sent whole at the end, as text or as calls.
+            var pending = new List<GeneratedToken>();
+            bool echoed = !response.Request.Echo;
             await foreach (var token in served.Tokens.ReadAllAsync(aborted))
-                if (token.Text.Length > 0)
-                    await Event(http, response.Chunk(response.Chat ? new JsonObject { ["content"] = token.Text } : token.Text, null), aborted);
+            {
+                if (!echoed) await Event(http, response.EchoChunk(), aborted);
+                echoed = true;
+                if (response.Request.ScoreOnly) continue;
+                pending.Add(token);
+                if (token.Text.Length == 0 || response.Request.ReadsToolCalls) continue;
+                await Event(http, response.Chunk(response.Chat ? new JsonObject { ["content"] = token.Text } : token.Text, null, pending), aborted);
+                pending.Clear();
+            }
+            if (!echoed) await Event(http, response.EchoChunk(), aborted);
             var output = await served.Completion;
-            await Event(http, response.Chunk(response.Chat ? new JsonObject() : "", output.FinishReason), aborted);
+            var (content, calls) = response.Reply(output);
+            if (response.Request.ReadsToolCalls)
+            {
+                var delta = calls.Count > 0 ? new JsonObject { ["tool_calls"] = Response.ToolCallsJson(calls, withIndex: true) } : new JsonObject { ["content"] = content };
+                await Event(http, response.Chunk(delta, null, pending), aborted);
+                pending.Clear();
+            }
+            await Event(http, response.Chunk(response.Chat ? new JsonObject() : "", output.FinishReason, pending, calledTools: calls.Count > 0), aborted);
             if (includeUsage) await Event(http, response.UsageChunk(output), aborted);
         }
         catch (Exception e) when (e is not OperationCanceledException || !aborted.IsCancellationRequested)
@@ -282,28 +337,78 @@ public sealed class TernServer : IAsyncDisposable
     /// <summary>The OpenAI response objects of one request.</summary>
     sealed record Response(string Id, string Object, long Created, string Model, bool Chat)
     {
+        public required OpenAiRequest Request { get; init; }
+        public required ServingRequest Served { get; init; }
+        public required LogprobsJson Logprobs { get; init; }
+        /// <summary>The text an echo starts with (empty without echo).</summary>
+        public required string PromptText { get; init; }
+        int textOffset; // completions: characters of the choice's text streamed so far (logprobs' text_offset)
+
         JsonObject Envelope(string objectName, JsonArray choices) => new()
         {
             ["id"] = Id, ["object"] = objectName, ["created"] = Created, ["model"] = Model, ["choices"] = choices,
         };
 
+        bool WantsLogprobs => Request.Options.Logprobs is not null;
+
         public JsonObject Whole(SequenceOutput output)
         {
             var choice = new JsonObject { ["index"] = 0 };
-            if (Chat) choice["message"] = new JsonObject { ["role"] = "assistant", ["content"] = output.Text };
-            else choice["text"] = output.Text;
-            choice["logprobs"] = null;
-            choice["finish_reason"] = FinishReasonName(output.FinishReason);
+            var generated = Request.ScoreOnly ? Array.Empty<TokenLogprob>() : output.Logprobs ?? (IReadOnlyList<TokenLogprob>)Array.Empty<TokenLogprob>();
+            string text = Request.ScoreOnly ? "" : output.Text ?? "";
+            var (content, calls) = Reply(output);
+            if (Chat)
+            {
+                var message = new JsonObject { ["role"] = "assistant", ["content"] = content };
+                if (calls.Count > 0) message["tool_calls"] = ToolCallsJson(calls, withIndex: false);
+                choice["message"] = message;
+            }
+            else choice["text"] = PromptText + text;
+            choice["logprobs"] = !WantsLogprobs ? null : Chat ? Logprobs.Chat(generated)
+                : CompletionLogprobs(EchoedScores().Concat(generated.Select(t => (t.TokenId, (TokenLogprob?)t))).ToArray());
+            choice["finish_reason"] = calls.Count > 0 ? "tool_calls" : FinishReasonName(Request.ScoreOnly ? FinishReason.Length : output.FinishReason);
             var body = Envelope(Object, new JsonArray(choice));
             body["usage"] = Usage(output);
             return body;
         }
 
-        /// <summary>A streamed chunk: a chat delta (object) or completion text (string), with the finish reason on the last.</summary>
-        public JsonObject Chunk(JsonNode delta, FinishReason? finish)
+        /// <summary>The reply's text and the tool calls read from it (none unless the request reads them).</summary>
+        public (string? Content, IReadOnlyList<Tern.Tokenization.ChatToolCall> Calls) Reply(SequenceOutput output) => Request.ReadsToolCalls
+            ? ToolCalls.Parse(output.Text ?? "", Request.Functions) : (output.Text, Array.Empty<Tern.Tokenization.ChatToolCall>());
+
+        /// <summary>OpenAI's <c>tool_calls</c> (in a stream's delta each call has its index).</summary>
+        public static JsonArray ToolCallsJson(IReadOnlyList<Tern.Tokenization.ChatToolCall> calls, bool withIndex) => new(calls.Select((c, i) =>
         {
-            var choice = new JsonObject { ["index"] = 0, [Chat ? "delta" : "text"] = delta, ["logprobs"] = null, ["finish_reason"] = finish is { } f ? FinishReasonName(f) : null };
+            var call = new JsonObject();
+            if (withIndex) call["index"] = i;
+            call["id"] = "call_" + Guid.NewGuid().ToString("N")[..24];
+            call["type"] = "function";
+            call["function"] = new JsonObject { ["name"] = c.Name, ["arguments"] = c.Arguments };
+            return (JsonNode)call;
+        }).ToArray());
+
+        /// <summary>An echo's prompt tokens with their scores (none without echo).</summary>
+        IEnumerable<(int, TokenLogprob?)> EchoedScores() => !Request.Echo ? Enumerable.Empty<(int, TokenLogprob?)>()
+            : Served.PromptTokens.Select((id, i) => (id, Served.PromptLogprobs?[i]));
+
+        JsonObject CompletionLogprobs(IReadOnlyList<(int, TokenLogprob?)> tokens) => Logprobs.Completion(tokens, ref textOffset);
+
+        /// <summary>A streamed chunk: a chat delta (object) or completion text (string), with the finish reason on the last and
+        /// the logprobs of <paramref name="tokens"/> when asked for.</summary>
+        public JsonObject Chunk(JsonNode delta, FinishReason? finish, IReadOnlyList<GeneratedToken>? tokens = null, bool calledTools = false)
+        {
+            JsonNode? logprobs = !WantsLogprobs || tokens is null ? null
+                : Chat ? Logprobs.Chat(tokens.Select(t => t.Logprob!))
+                : CompletionLogprobs(tokens.Select(t => (t.TokenId, t.Logprob)).ToArray());
+            var choice = new JsonObject { ["index"] = 0, [Chat ? "delta" : "text"] = delta, ["logprobs"] = logprobs, ["finish_reason"] = calledTools ? "tool_calls" : finish is { } f ? FinishReasonName(f) : null };
             return Envelope(Chat ? "chat.completion.chunk" : "text_completion", new JsonArray(choice));
+        }
+
+        /// <summary>A completion stream's first chunk with echo: the prompt (and its scores).</summary>
+        public JsonObject EchoChunk()
+        {
+            var choice = new JsonObject { ["index"] = 0, ["text"] = PromptText, ["logprobs"] = WantsLogprobs ? CompletionLogprobs(EchoedScores().ToArray()) : null, ["finish_reason"] = null };
+            return Envelope("text_completion", new JsonArray(choice));
         }
 
         public JsonObject UsageChunk(SequenceOutput output)
@@ -315,11 +420,15 @@ public sealed class TernServer : IAsyncDisposable
 
         static string FinishReasonName(FinishReason reason) => reason == FinishReason.Length ? "length" : "stop";
 
-        static JsonObject Usage(SequenceOutput output) => new()
+        JsonObject Usage(SequenceOutput output)
         {
-            ["prompt_tokens"] = output.PromptTokens.Count,
-            ["completion_tokens"] = output.Tokens.Count,
-            ["total_tokens"] = output.PromptTokens.Count + output.Tokens.Count,
-        };
+            int completion = Request.ScoreOnly ? 0 : output.Tokens.Count;
+            return new()
+            {
+                ["prompt_tokens"] = output.PromptTokens.Count,
+                ["completion_tokens"] = completion,
+                ["total_tokens"] = output.PromptTokens.Count + completion,
+            };
+        }
     }
 }

@@ -46,6 +46,7 @@ internal static class BenchCommand
             return RunOffloaded(r, common, offload, kv, prompts, newTokens, output, label, measureSteps);
         });
         command.Subcommands.Add(ServeBenchCommand.Create());
+        command.Subcommands.Add(JsonBenchCommand.Create());
         return command;
     }
 

@@ -28,12 +28,14 @@ internal static class GenerateCommand
         offload.AddTo(command);
         sparsity.AddTo(command);
         softPrompt.AddTo(command);
-        command.SetAction((result, cancellation) => RunAsync(result, common, sampling, kv, offload, sparsity, softPrompt, prompts, promptFile, lines, noStream, cancellation));
+        var json = new JsonFlags();
+        json.AddTo(command);
+        command.SetAction((result, cancellation) => RunAsync(result, common, sampling, kv, offload, sparsity, softPrompt, json, prompts, promptFile, lines, noStream, cancellation));
         return command;
     }
 
     static async Task<int> RunAsync(ParseResult r, CommonOptions common, SamplingOptions sampling, KvPolicyFlags kv, OffloadFlags offload,
-        SparsityFlags sparsityFlags, SoftPromptFlag softPrompt, Argument<string[]> promptsArg,
+        SparsityFlags sparsityFlags, SoftPromptFlag softPrompt, JsonFlags json, Argument<string[]> promptsArg,
         Option<FileInfo?> promptFile, Option<bool> lines, Option<bool> noStream, CancellationToken cancellation)
     {
         var texts = new List<string>(r.GetValue(promptsArg) ?? Array.Empty<string>());
@@ -58,6 +60,7 @@ internal static class GenerateCommand
         using (model as IDisposable)
         using (sparse)
         {
+            options = options with { Constraint = json.Read(r, tokenizer) };
             var generator = new Generator(model, tokenizer);
             Console.Error.WriteLine(description);
             var prompts = texts.Select(t => tokenizer.Encode(t, addSpecialTokens: true)).ToArray();

@@ -20,9 +20,10 @@ internal sealed class CudaGraphDecoder : IDisposable
 
     /// <summary>True when graphs can serve this request: CUDA, libtorch's graph symbols found, an in-memory 16-bit cache (any
     /// policy that evicts in place: its eviction steps run eagerly), no window re-computation (which clears and refills the
-    /// cache) and a deterministic sampler.</summary>
+    /// cache) and a deterministic sampler that reads nothing back (no constraint, no logprobs).</summary>
     public static bool CanServe(IStepRunner runner, Device device, GenerationOptions options) =>
         runner.Cache is { } cache && options.Temperature == 0 && StepGraph.Serves(cache) && options.RecomputeWindow is null
+        && options.Constraint is null && options.Logprobs is null
         && (options.ForceStaticShapes || options.UseCudaGraphs && StepGraph.CanCapture(device));
 
     /// <param name="first">The token sampled from the prefill, [batch].</param>

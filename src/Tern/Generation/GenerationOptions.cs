@@ -58,6 +58,20 @@ public sealed record GenerationOptions
     /// [batch, vocab] on the CPU, prefill first (<see cref="GenerationResult.Logits"/>). Steps then run eagerly.</summary>
     public bool OutputLogits { get; init; }
 
+    /// <summary>Null: no logprobs. n in [0, <see cref="TokenLogprob.MaxTop"/>]: every generated token carries its logprob and
+    /// the n most likely tokens at its position (<see cref="GeneratedToken.Logprob"/>, <see cref="SequenceOutput.Logprobs"/>).
+    /// Logprobs are of the raw model distribution (see <see cref="TokenLogprob"/>).</summary>
+    public int? Logprobs { get; init; }
+
+    /// <summary>Null: the prompt is not scored. n in [0, <see cref="TokenLogprob.MaxTop"/>]: every prompt token but the first
+    /// gets its logprob and the n most likely tokens (<see cref="SequenceOutput.PromptLogprobs"/>; an echo's scores), from
+    /// one extra forward pass over the prompt.</summary>
+    public int? PromptLogprobs { get; init; }
+
+    /// <summary>A rule on which tokens may come next (e.g. <see cref="Structured.JsonConstraint"/>); null: any token. Each
+    /// sequence gets its own state; the mask applies to the logits before sampling.</summary>
+    public ITokenConstraint? Constraint { get; init; }
+
     /// <summary>These options with the KV-cache policy <paramref name="kv"/> names (validated): its cache, and for
     /// window-recompute its window.</summary>
     public GenerationOptions WithKvPolicy(KvPolicyOptions kv) => this with { Cache = KvCachePolicies.Create(kv), RecomputeWindow = kv.RecomputeWindow };
@@ -76,6 +90,8 @@ public sealed record GenerationOptions
         if (TopK < 0) throw new OptionException($"{TernOption.TopK} must be >= 0 (got {TopK}).");
         if (!(TopP > 0 && TopP <= 1)) throw new OptionException($"{TernOption.TopP} must be in (0, 1] (got {TopP}).");
         if (!(RepetitionPenalty > 0)) throw new OptionException($"{TernOption.RepetitionPenalty} must be > 0 (got {RepetitionPenalty}).");
+        if (Logprobs is < 0 or > TokenLogprob.MaxTop) throw new OptionException($"{TernOption.Logprobs} must be in [0, {TokenLogprob.MaxTop}] (got {Logprobs}).");
+        if (PromptLogprobs is < 0 or > TokenLogprob.MaxTop) throw new OptionException($"{TernOption.PromptLogprobs} must be in [0, {TokenLogprob.MaxTop}] (got {PromptLogprobs}).");
     }
 }
 
@@ -91,7 +107,11 @@ public enum FinishReason
 }
 
 /// <summary>One continued prompt.</summary>
-public sealed record SequenceOutput(IReadOnlyList<int> PromptTokens, IReadOnlyList<int> Tokens, string? Text, FinishReason FinishReason);
+/// <param name="Logprobs">With <see cref="GenerationOptions.Logprobs"/>: one entry per generated token; null otherwise.</param>
+/// <param name="PromptLogprobs">With <see cref="GenerationOptions.PromptLogprobs"/>: one entry per prompt token, the first
+/// null (it has no context); null otherwise.</param>
+public sealed record SequenceOutput(IReadOnlyList<int> PromptTokens, IReadOnlyList<int> Tokens, string? Text, FinishReason FinishReason,
+    IReadOnlyList<TokenLogprob>? Logprobs = null, IReadOnlyList<TokenLogprob?>? PromptLogprobs = null);
 
 /// <summary>Timings of a generation call.</summary>
 public sealed record GenerationStats(int BatchSize, int PromptTokens, int GeneratedTokens, int DecodeSteps, TimeSpan Prefill, TimeSpan Decode)
@@ -110,5 +130,5 @@ public sealed record GenerationStats(int BatchSize, int PromptTokens, int Genera
 public sealed record GenerationResult(IReadOnlyList<SequenceOutput> Sequences, GenerationStats Stats, IReadOnlyList<Tensor>? Logits = null);
 
 /// <summary>A token as it is produced: which sequence, the id, and the text it completed (may be empty while a
-/// multi-byte character is still incomplete).</summary>
-public sealed record GeneratedToken(int Sequence, int TokenId, string Text);
+/// multi-byte character is still incomplete), with its logprob when <see cref="GenerationOptions.Logprobs"/> asks.</summary>
+public sealed record GeneratedToken(int Sequence, int TokenId, string Text, TokenLogprob? Logprob = null);

@@ -106,7 +106,7 @@ public sealed class Generator
                 needsText ? owner.tokenizer?.CreateStreamingDecoder() : null, options.StopStrings, stopIds)).ToArray();
         }
 
-        bool HostNeedsTokens => streaming || stopIds.Count > 0 || options.StopStrings.Count > 0 || recompute is not null;
+        bool HostNeedsTokens => streaming || stopIds.Count > 0 || options.StopStrings.Count > 0 || recompute is not null || options.Logprobs is not null;
 
         /// <summary>Set when some step re-runs a window of tokens (the host then keeps every token fed).</summary>
         readonly WindowRecompute? recompute;
@@ -123,7 +123,9 @@ public sealed class Generator
             var chunks = options.PrefillChunk > 0 && options.PrefillChunk < promptLength ? prefill.Chunks(options.PrefillChunk).ToArray() : new[] { prefill };
             using var runner = model.CreateRunner(batch, promptLength + maxNew, chunks.Max(c => (int)c.InputIds.shape[1]), options.Cache);
             var fed = recompute is not null ? prompts.Select(p => p.ToList()).ToArray() : null; // every token each sequence has fed
-            using var sampler = new Sampler(options, prefill.InputIds, prefill.Positions.ge(0), model.Info.VocabSize);
+            using var sampler = new Sampler(options, prefill.InputIds, prefill.Positions.ge(0), model.Info.VocabSize, stopIds, maxNew);
+            if (options.PromptLogprobs is { } top)
+                for (int b = 0; b < batch; b++) progress[b].PromptLogprobs = TokenLogprob.ScorePrompt(model, prompts[b], top);
 
             prefillWatch.Start();
             Tensor logits;
@@ -158,7 +160,7 @@ public sealed class Generator
                 else
                 {
                     long[] host = next.cpu().data<long>().ToArray(); // the one sync per step that stopping or streaming needs
-                    produced = Record(host, lastStep: step + 1 >= maxNew);
+                    produced = Record(host, lastStep: step + 1 >= maxNew, sampler);
                 }
                 bool done = step + 1 >= maxNew || progress.All(p => p.Finished is not null);
                 if (produced is not null) yield return produced;
@@ -221,12 +223,15 @@ public sealed class Generator
             return logits;
         }
 
-        List<GeneratedToken> Record(long[] host, bool lastStep)
+        List<GeneratedToken> Record(long[] host, bool lastStep, Sampler sampler)
         {
             var produced = new List<GeneratedToken>(batch);
             for (int b = 0; b < batch; b++)
+            {
+                var logprob = options.Logprobs is null ? null : sampler.TakeLogprob(b); // every row drew, finished or not
                 if (progress[b].Finished is null)
-                    produced.Add(new GeneratedToken(b, (int)host[b], progress[b].Push((int)host[b], lastStep)));
+                    produced.Add(new GeneratedToken(b, (int)host[b], progress[b].Push((int)host[b], lastStep, logprob), logprob));
+            }
             return produced;
         }
 

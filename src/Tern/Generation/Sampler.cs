@@ -6,17 +6,31 @@ namespace Tern.Generation;
 
 /// <summary>
 /// Turns next-token logits [batch, vocab] into token ids on the device, in transformers' order: repetition penalty, then
-/// temperature, top-k, top-p, then arg-max or a multinomial draw. Tokens already seen are tracked as a device mask.
+/// temperature, top-k, top-p, then arg-max or a multinomial draw. Tokens already seen are tracked as a device mask. A
+/// <see cref="GenerationOptions.Constraint"/> masks each row's logits before the draw (its state then follows the drawn tokens,
+/// read back each step); <see cref="GenerationOptions.Logprobs"/> records each row's raw logprobs, taken with
+/// <see cref="TakeLogprob"/>. The one step path of <see cref="Generator"/> and the serving engine.
 /// </summary>
 internal sealed class Sampler : IDisposable
 {
     readonly GenerationOptions options;
     readonly torch.Generator? generator;
     readonly Tensor? seen; // [batch, vocab] bool: tokens present in prompt or output (repetition penalty)
+    readonly ITokenMask[]? masks; // per row, with a constraint
+    readonly Queue<TokenLogprob>[]? logprobs; // per row, drawn and not yet taken (an overlapped step draws ahead)
+    readonly int vocab, maxNew;
+    int drawn; // draws so far: the constraint's budget is maxNew − drawn
 
-    public Sampler(GenerationOptions options, Tensor promptIds, Tensor promptMask, int vocab)
+    /// <param name="stopIds">The tokens that end a sequence (a constraint allows them once its rule is satisfied).</param>
+    /// <param name="maxNew">The tokens each row may produce (a constraint finishes within them where it can).</param>
+    public Sampler(GenerationOptions options, Tensor promptIds, Tensor promptMask, int vocab, IReadOnlyCollection<int>? stopIds = null, int maxNew = int.MaxValue)
     {
         this.options = options;
+        this.vocab = vocab;
+        this.maxNew = maxNew;
+        int rows = (int)promptIds.shape[0];
+        masks = options.Constraint is { } constraint ? Enumerable.Range(0, rows).Select(_ => constraint.Start(stopIds ?? Array.Empty<int>(), vocab)).ToArray() : null;
+        logprobs = options.Logprobs is not null ? Enumerable.Range(0, rows).Select(_ => new Queue<TokenLogprob>()).ToArray() : null;
         if (Samples)
         {
             long seed = Mix(options.Seed ?? Random.Shared.NextInt64());
@@ -42,8 +56,12 @@ internal sealed class Sampler : IDisposable
         return unchecked((long)(z ^ (z >> 31)));
     }
 
-    /// <summary>True when the next token is the arg-max of the logits (temperature 0, no repetition penalty).</summary>
-    public bool IsPlainGreedy => !Samples && seen is null;
+    /// <summary>True when the next token is the arg-max of the logits and nothing else is recorded (temperature 0, no
+    /// repetition penalty, constraint or logprobs).</summary>
+    public bool IsPlainGreedy => !Samples && seen is null && masks is null && logprobs is null;
+
+    /// <summary>Row <paramref name="row"/>'s logprob of its oldest draw not yet taken (with <see cref="GenerationOptions.Logprobs"/>).</summary>
+    public TokenLogprob TakeLogprob(int row) => logprobs![row].Dequeue();
 
     /// <summary>True when tokens are drawn: a temperature that is not 0 in the fp32 the scores are computed in (a smaller one,
     /// such as 1e-45, is the arg-max, its limit).</summary>
@@ -60,6 +78,7 @@ internal sealed class Sampler : IDisposable
             scores = torch.where(seen, torch.where(scores.lt(0), scores * p, scores / p), scores);
             scores = scores.clamp(float.MinValue, float.MaxValue); // a tiny penalty (1e-38) overflows to ±inf
         }
+        if (masks is not null && Allowed(scores.device) is { } allowed) scores = scores.masked_fill(allowed.logical_not(), double.NegativeInfinity);
         Tensor next;
         if (!Samples)
             next = scores.argmax(-1);
@@ -84,7 +103,28 @@ internal sealed class Sampler : IDisposable
             next = torch.multinomial(F.softmax(scores, -1), 1, generator: generator).squeeze(1);
         }
         seen?.scatter_(1, next.unsqueeze(1), torch.ones(next.shape[0], 1, ScalarType.Bool, next.device));
+        if (logprobs is not null)
+        {
+            var drawnLogprobs = TokenLogprob.FromLogits(logits, next, options.Logprobs!.Value); // the raw logits: see TokenLogprob
+            for (int b = 0; b < logprobs.Length; b++) logprobs[b].Enqueue(drawnLogprobs[b]);
+        }
+        if (masks is not null)
+        {
+            long[] host = next.cpu().data<long>().ToArray(); // the next mask depends on this token
+            for (int b = 0; b < masks.Length; b++) masks[b].Accept((int)host[b]);
+        }
+        drawn++;
         return next.MoveToOuterDisposeScope();
+    }
+
+    /// <summary>The rows' allowed tokens, bool [rows, vocab], or null when every row allows any.</summary>
+    Tensor? Allowed(Device device)
+    {
+        int left = Math.Max(1, maxNew - drawn);
+        var rows = masks!.Select(m => m.Allowed(device, left)).ToArray();
+        if (rows.All(r => r is null)) return null;
+        Tensor? any = null;
+        return torch.stack(rows.Select(r => r ?? (any ??= torch.ones(vocab, ScalarType.Bool, device))).ToArray());
     }
 
     public void Dispose()

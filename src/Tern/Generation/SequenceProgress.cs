@@ -34,6 +34,12 @@ internal sealed class SequenceProgress
     /// <summary>Tokens generated so far.</summary>
     public List<int> Tokens { get; } = new();
 
+    /// <summary>The generated tokens' logprobs, when the request asks for them (null otherwise).</summary>
+    List<TokenLogprob>? logprobs;
+
+    /// <summary>The prompt's scores, when the request asks for them (<see cref="GenerationOptions.PromptLogprobs"/>).</summary>
+    public IReadOnlyList<TokenLogprob?>? PromptLogprobs { get; set; }
+
     /// <summary>Text so far (cut before a stop string once one appears); empty without a detokenizer.</summary>
     public string Text { get; private set; } = "";
 
@@ -43,9 +49,10 @@ internal sealed class SequenceProgress
     /// <summary>Records a token; returns the text it releases: what the detokenizer completed, less any tail that could still
     /// turn out to start a stop string (held back until it cannot, or until the sequence ends), so streamed text never shows
     /// part of a stop string. <paramref name="lastToken"/> flushes everything held back.</summary>
-    public string Push(int id, bool lastToken)
+    public string Push(int id, bool lastToken, TokenLogprob? logprob = null)
     {
         Tokens.Add(id);
+        if (logprob is not null) (logprobs ??= new()).Add(logprob);
         if (decoder is null)
         {
             if (stopIds.Contains(id)) Finished = FinishReason.StopToken;
@@ -90,5 +97,5 @@ internal sealed class SequenceProgress
     /// <summary>The output: the text is the one cut at the stop string, else the decoded tokens (null without a tokenizer).</summary>
     public SequenceOutput Output(IReadOnlyList<int> prompt, TernTokenizer? tokenizer) =>
         new(prompt, Tokens, tokenizer is null ? null : Finished == FinishReason.StopString ? Text : tokenizer.Decode(Tokens),
-            Finished ?? FinishReason.Length);
+            Finished ?? FinishReason.Length, logprobs, PromptLogprobs);
 }

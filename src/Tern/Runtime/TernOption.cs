@@ -42,6 +42,10 @@ public sealed class TernOption
     public static readonly TernOption TopP = new("GenerationOptions.TopP");
     /// <summary>Repetition penalty.</summary>
     public static readonly TernOption RepetitionPenalty = new("GenerationOptions.RepetitionPenalty");
+    /// <summary>Most likely tokens reported per generated position.</summary>
+    public static readonly TernOption Logprobs = new("GenerationOptions.Logprobs");
+    /// <summary>Most likely tokens reported per prompt position.</summary>
+    public static readonly TernOption PromptLogprobs = new("GenerationOptions.PromptLogprobs");
 
     /// <summary>Sequences a serving engine decodes together.</summary>
     public static readonly TernOption MaxBatchSize = new("ServingOptions.MaxBatchSize");

@@ -26,7 +26,10 @@ namespace Tern.Serving;
 /// under <see cref="ServingOptions.MaxBatchSize"/>, <see cref="ServingOptions.KvBudgetTokens"/> and
 /// <see cref="ServingOptions.MaxPrefillTokensPerStep"/> (a longer prompt is prefilled in chunks, one per step, while the others
 /// keep decoding); at most <see cref="ServingOptions.MaxQueue"/> requests wait. Greedy requests give the tokens
-/// <see cref="Generator"/> gives.
+/// <see cref="Generator"/> gives. Each sequence samples through its own sampler (as the generator's rows do), which applies the
+/// request's <see cref="GenerationOptions.Constraint"/> and records its <see cref="GenerationOptions.Logprobs"/>; a constrained
+/// sequence reads its token back as it is drawn (its next mask depends on it), so on CUDA a step holding one waits for the
+/// device before the next step is queued.
 /// </remarks>
 public sealed class ServingEngine : IDisposable
 {
@@ -101,14 +104,15 @@ public sealed class ServingEngine : IDisposable
     }
 
     /// <summary>Renders a conversation with the tokenizer's chat template (ending where the assistant's reply starts) and
-    /// tokenizes it, as <c>tern chat</c> does (safe to call from any thread).</summary>
-    public IReadOnlyList<int> EncodeChat(IEnumerable<ChatMessage> messages)
+    /// tokenizes it, as <c>tern chat</c> does (safe to call from any thread). <paramref name="tools"/> (OpenAI's function tool
+    /// objects) need a template that supports them: otherwise <see cref="NotSupportedException"/>.</summary>
+    public IReadOnlyList<int> EncodeChat(IEnumerable<ChatMessage> messages, IReadOnlyList<System.Text.Json.JsonElement>? tools = null)
     {
         var tok = Tokenizer ?? throw new InvalidOperationException("chat prompts need a tokenizer: start the engine with one.");
         lock (tokenizerLock)
         {
             chatFormatter ??= tok.CreateChatFormatter();
-            return tok.Encode(chatFormatter.Format(messages, addGenerationPrompt: true), addSpecialTokens: false);
+            return tok.Encode(chatFormatter.Format(messages, addGenerationPrompt: true, tools), addSpecialTokens: false);
         }
     }
 
@@ -422,9 +426,11 @@ public sealed class ServingEngine : IDisposable
         {
             var stopIds = SequenceProgress.StopIds(request.Options, engine.Tokenizer, engine.model);
             var progress = new SequenceProgress(engine.Tokenizer?.CreateStreamingDecoder(), request.Options.StopStrings, stopIds);
+            if (request.Options.PromptLogprobs is { } top)
+                request.PromptLogprobs = progress.PromptLogprobs = TokenLogprob.ScorePrompt(engine.model, request.PromptTokens, top);
             using var scope = torch.NewDisposeScope();
             var ids = torch.tensor(request.PromptTokens.Select(t => (long)t).ToArray(), new long[] { 1, request.PromptTokens.Count });
-            var sampler = new Sampler(request.Options, ids, torch.ones_like(ids, ScalarType.Bool), engine.model.Info.VocabSize);
+            var sampler = new Sampler(request.Options, ids, torch.ones_like(ids, ScalarType.Bool), engine.model.Info.VocabSize, stopIds, request.MaxNewTokens);
             return new Sequence(request, progress, sampler) { Fed = request.PromptTokens.Count };
         }
 
@@ -446,9 +452,10 @@ public sealed class ServingEngine : IDisposable
                 if (sequences[i] is not { Left: false } s) continue;
                 int id = (int)tokens[i];
                 bool last = s.Progress.Tokens.Count + 1 >= s.Request.MaxNewTokens;
-                string delta = s.Progress.Push(id, last);
+                var logprob = s.Request.Options.Logprobs is null ? null : s.Sampler.TakeLogprob(0);
+                string delta = s.Progress.Push(id, last, logprob);
                 engine.generated++;
-                s.Request.Write(new GeneratedToken(0, id, delta));
+                s.Request.Write(new GeneratedToken(0, id, delta, logprob));
                 if (last || s.Progress.Finished is not null)
                 {
                     engine.completed++;

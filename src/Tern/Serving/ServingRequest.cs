@@ -38,6 +38,10 @@ public sealed class ServingRequest
     /// <summary>Every generated token in order, with the text it completes (<see cref="GeneratedToken.Sequence"/> is 0).</summary>
     public ChannelReader<GeneratedToken> Tokens => tokens.Reader;
 
+    /// <summary>With <see cref="GenerationOptions.PromptLogprobs"/>: the prompt's scores, set before the first token arrives on
+    /// <see cref="Tokens"/> (a stream can echo them first); null otherwise.</summary>
+    public IReadOnlyList<TokenLogprob?>? PromptLogprobs { get; internal set; }
+
     /// <summary>The output once the request stops.</summary>
     public Task<SequenceOutput> Completion => completion.Task;
 

@@ -2,6 +2,10 @@ using System.Runtime.CompilerServices;
 using Microsoft.Extensions.AI;
 using Tern.Generation;
 using Tern.Models;
+using Tern.Structured;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using ChatToolCall = Tern.Tokenization.ChatToolCall;
 using Tern.Tokenization;
 using AIChatMessage = Microsoft.Extensions.AI.ChatMessage;
 
@@ -10,7 +14,10 @@ namespace Tern.Serving;
 /// <summary>
 /// An in-process <see cref="IChatClient"/> (Microsoft.Extensions.AI) over a <see cref="ServingEngine"/>: a .NET application
 /// uses a Tern model as it would any chat provider, streaming included, and concurrent calls share the engine's
-/// continuous batch. Prompts are rendered with the tokenizer's chat template.
+/// continuous batch. Prompts are rendered with the tokenizer's chat template; <see cref="ChatOptions.ResponseFormat"/> JSON
+/// (any object, or a schema) is honoured by constrained decoding; <see cref="ChatOptions.Tools"/> (function declarations) go
+/// through a template that renders tools, and calls in the reply come back as <see cref="FunctionCallContent"/> (a required
+/// <see cref="ChatOptions.ToolMode"/> forces one through the JSON constraint).
 /// </summary>
 public sealed class TernChatClient : IChatClient
 {
@@ -60,14 +67,15 @@ public sealed class TernChatClient : IChatClient
     /// <inheritdoc />
     public async Task<ChatResponse> GetResponseAsync(IEnumerable<AIChatMessage> messages, ChatOptions? options = null, CancellationToken cancellationToken = default)
     {
-        var request = Submit(messages, options, cancellationToken);
+        var (request, functions) = Submit(messages, options, cancellationToken);
         var output = await request.Completion.WaitAsync(cancellationToken).ConfigureAwait(false);
-        return new ChatResponse(new AIChatMessage(ChatRole.Assistant, output.Text))
+        var (contents, called) = Reply(output, functions);
+        return new ChatResponse(new AIChatMessage(ChatRole.Assistant, contents))
         {
             ModelId = ModelId,
             ResponseId = NewId(),
             CreatedAt = DateTimeOffset.UtcNow,
-            FinishReason = Finish(output.FinishReason),
+            FinishReason = called ? ChatFinishReason.ToolCalls : Finish(output.FinishReason),
             Usage = Usage(output),
         };
     }
@@ -80,18 +88,20 @@ public sealed class TernChatClient : IChatClient
         using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         try
         {
-            var request = Submit(messages, options, stop.Token);
+            var (request, functions) = Submit(messages, options, stop.Token);
             string id = NewId();
             var created = DateTimeOffset.UtcNow;
+            // A reply read for tool calls comes whole at the end, as text or as calls.
             await foreach (var token in request.Tokens.ReadAllAsync(cancellationToken).ConfigureAwait(false))
-                if (token.Text.Length > 0)
+                if (token.Text.Length > 0 && functions is null)
                     yield return new ChatResponseUpdate(ChatRole.Assistant, token.Text) { ModelId = ModelId, ResponseId = id, MessageId = id, CreatedAt = created };
             var output = await request.Completion.ConfigureAwait(false);
-            yield return new ChatResponseUpdate
+            var (contents, called) = functions is null ? (new List<AIContent>(), false) : Reply(output, functions);
+            contents.Add(new UsageContent(Usage(output)));
+            yield return new ChatResponseUpdate(ChatRole.Assistant, contents)
             {
-                Role = ChatRole.Assistant, ModelId = ModelId, ResponseId = id, MessageId = id, CreatedAt = created,
-                FinishReason = Finish(output.FinishReason),
-                Contents = { new UsageContent(Usage(output)) },
+                ModelId = ModelId, ResponseId = id, MessageId = id, CreatedAt = created,
+                FinishReason = called ? ChatFinishReason.ToolCalls : Finish(output.FinishReason),
             };
         }
         finally
@@ -100,10 +110,47 @@ public sealed class TernChatClient : IChatClient
         }
     }
 
-    ServingRequest Submit(IEnumerable<AIChatMessage> messages, ChatOptions? options, CancellationToken cancellation)
+    /// <summary>Submits a call; returns the functions its reply is read for calls to (null: none, or tool mode none).</summary>
+    (ServingRequest, IReadOnlyList<ToolFunction>?) Submit(IEnumerable<AIChatMessage> messages, ChatOptions? options, CancellationToken cancellation)
     {
-        var prompt = Engine.EncodeChat(messages.Select(m => new Tokenization.ChatMessage(m.Role.Value, m.Text)));
-        return Engine.Submit(prompt, Options(options), cancellation);
+        var declarations = options?.Tools?.OfType<AIFunctionDeclaration>().ToArray() ?? Array.Empty<AIFunctionDeclaration>();
+        var tools = declarations.Select(f => JsonSerializer.SerializeToElement(new JsonObject
+        {
+            ["type"] = "function",
+            ["function"] = new JsonObject { ["name"] = f.Name, ["description"] = f.Description, ["parameters"] = JsonNode.Parse(f.JsonSchema.GetRawText()) },
+        })).ToArray();
+        var functions = declarations.Select(f => new ToolFunction(f.Name, f.JsonSchema)).ToArray();
+        var prompt = Engine.EncodeChat(messages.Select(TernMessage), tools.Length > 0 ? tools : null);
+        var generation = Options(options);
+        // A required tool mode forces a call (to the named function, or to any) through the JSON constraint.
+        if (functions.Length > 0 && options!.ToolMode is RequiredChatToolMode required)
+            generation = generation with
+            {
+                Constraint = JsonConstraint.ForSchema(ToolCalls.Schema(required.RequiredFunctionName is { } name ? functions.Where(f => f.Name == name) : functions), Engine.Tokenizer!),
+            };
+        bool reads = functions.Length > 0 && options!.ToolMode is not NoneChatToolMode;
+        return (Engine.Submit(prompt, generation, cancellation), reads ? functions : null);
+    }
+
+    /// <summary>A message as the chat template takes it: function calls of an assistant turn, a tool turn's results as text.</summary>
+    static Tokenization.ChatMessage TernMessage(AIChatMessage m)
+    {
+        var calls = m.Contents.OfType<FunctionCallContent>().Select(c => new ChatToolCall(c.Name, JsonSerializer.Serialize(c.Arguments ?? new Dictionary<string, object?>()))).ToArray();
+        if (m.Role == ChatRole.Tool)
+            return new Tokenization.ChatMessage("tool", string.Concat(m.Contents.OfType<FunctionResultContent>().Select(r => r.Result as string ?? JsonSerializer.Serialize(r.Result))));
+        return new Tokenization.ChatMessage(m.Role.Value, m.Text) { ToolCalls = calls.Length > 0 ? calls : null };
+    }
+
+    /// <summary>The reply's contents: its text, and the calls read from it when <paramref name="functions"/> are given (true
+    /// when there are some).</summary>
+    static (List<AIContent>, bool) Reply(SequenceOutput output, IReadOnlyList<ToolFunction>? functions)
+    {
+        var (text, calls) = functions is null ? (output.Text, Array.Empty<ChatToolCall>()) : ToolCalls.Parse(output.Text ?? "", functions);
+        var contents = new List<AIContent>();
+        if (text is not null) contents.Add(new TextContent(text));
+        foreach (var call in calls)
+            contents.Add(new FunctionCallContent("call_" + Guid.NewGuid().ToString("N")[..24], call.Name, JsonSerializer.Deserialize<Dictionary<string, object?>>(call.Arguments)));
+        return (contents, calls.Count > 0);
     }
 
     /// <summary>The generation options of a call: <see cref="Defaults"/> with what <paramref name="options"/> sets.</summary>
@@ -115,6 +162,17 @@ public sealed class TernChatClient : IChatClient
         TopK = options.TopK ?? Defaults.TopK,
         Seed = options.Seed ?? Defaults.Seed,
         StopStrings = options.StopSequences is { Count: > 0 } stops ? stops.ToArray() : Defaults.StopStrings,
+        Constraint = Constraint(options.ResponseFormat) ?? Defaults.Constraint,
+    };
+
+    /// <summary><see cref="ChatResponseFormat.Json"/> and <see cref="ChatResponseFormat.ForJsonSchema(System.Text.Json.JsonElement, string?, string?)"/>
+    /// through constrained decoding (<see cref="JsonConstraint"/>); text (or none): null. A schema outside the supported
+    /// subset throws <see cref="UnsupportedSchemaException"/> naming the keyword.</summary>
+    JsonConstraint? Constraint(ChatResponseFormat? format) => format switch
+    {
+        ChatResponseFormatJson { Schema: { } schema } => JsonConstraint.ForSchema(schema, Engine.Tokenizer!),
+        ChatResponseFormatJson => JsonConstraint.Object(Engine.Tokenizer!),
+        _ => null,
     };
 
     static string NewId() => "chatcmpl-" + Guid.NewGuid().ToString("N");

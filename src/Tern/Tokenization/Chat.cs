@@ -4,13 +4,20 @@ using System.Text.RegularExpressions;
 
 namespace Tern.Tokenization;
 
-/// <summary>One chat turn: <paramref name="Role"/> is "system", "user" or "assistant".</summary>
+/// <summary>One chat turn: <paramref name="Role"/> is "system", "user", "assistant" or "tool" (a tool's result, with a
+/// template that supports tools).</summary>
 public sealed record ChatMessage(string Role, string Content)
 {
+    /// <summary>The functions an assistant turn called (rendered by templates that support tools), or null.</summary>
+    public IReadOnlyList<ChatToolCall>? ToolCalls { get; init; }
+
     public static ChatMessage System(string content) => new("system", content);
     public static ChatMessage User(string content) => new("user", content);
     public static ChatMessage Assistant(string content) => new("assistant", content);
 }
+
+/// <summary>A function call of an assistant turn: the function's name and its arguments as a JSON object's text.</summary>
+public sealed record ChatToolCall(string Name, string Arguments);
 
 /// <summary>The chat prompt layouts Tern can render without a Jinja engine.</summary>
 public enum ChatTemplateShape
@@ -57,6 +64,10 @@ public sealed class ChatTemplate
 
     /// <summary>True when prompts are rendered with the plain "User:/Assistant:" fallback.</summary>
     public bool UsesFallback => Shape == ChatTemplateShape.Plain;
+
+    /// <summary>True when the template renders tools (it refers to <c>tools</c>) in a layout Tern renders them in: ChatML
+    /// with Hermes/Qwen's <c>&lt;tools&gt;</c> block and <c>&lt;tool_call&gt;</c> replies.</summary>
+    public bool SupportsTools => Shape == ChatTemplateShape.ChatML && Source is { } source && source.Contains("tools", StringComparison.Ordinal);
 
     /// <summary>A note for the user when the fallback replaces a template, else null.</summary>
     public string? Warning => IsRecognized ? null
@@ -139,18 +150,68 @@ public sealed class ChatFormatter
     /// <summary>True when the plain fallback is used (no template, or an unrecognised one: see <see cref="ChatTemplate.Warning"/>).</summary>
     public bool UsesFallback => Template.UsesFallback;
 
-    /// <summary>The prompt for <paramref name="messages"/>; with <paramref name="addGenerationPrompt"/> it ends where the assistant's reply starts.</summary>
-    public string Format(IEnumerable<ChatMessage> messages, bool addGenerationPrompt = true)
+    /// <summary>The prompt for <paramref name="messages"/>; with <paramref name="addGenerationPrompt"/> it ends where the assistant's
+    /// reply starts. <paramref name="tools"/> (each a JSON object <c>{"type": "function", "function": {...}}</c>) need a template
+    /// that <see cref="ChatTemplate.SupportsTools"/>.</summary>
+    public string Format(IEnumerable<ChatMessage> messages, bool addGenerationPrompt = true, IReadOnlyList<System.Text.Json.JsonElement>? tools = null)
     {
         ArgumentNullException.ThrowIfNull(messages);
         var list = messages.ToList();
+        bool hasTools = tools is { Count: > 0 } || list.Any(m => m.ToolCalls is { Count: > 0 } || IsRole(m, "tool"));
+        if (hasTools && !Template.SupportsTools)
+            throw new NotSupportedException("this model's chat template does not render tools (tool definitions, tool calls or tool results).");
         return Template.Shape switch
         {
             ChatTemplateShape.Llama2 => FormatLlama2(list),
             ChatTemplateShape.Llama3 => FormatLlama3(list, addGenerationPrompt),
+            ChatTemplateShape.ChatML when hasTools => FormatChatMLTools(list, addGenerationPrompt, tools ?? Array.Empty<System.Text.Json.JsonElement>()),
             ChatTemplateShape.ChatML => FormatChatML(list, addGenerationPrompt),
             _ => FormatPlain(list, addGenerationPrompt),
         };
+    }
+
+    /// <summary>ChatML with tools as Qwen2.5's (Hermes-style) template renders them: a system turn listing the tools in
+    /// <c>&lt;tools&gt;</c>, assistant calls as <c>&lt;tool_call&gt;</c> blocks, consecutive tool results in one user turn of
+    /// <c>&lt;tool_response&gt;</c> blocks. JSON is written as Jinja's <c>tojson</c> writes it (Python's separators).</summary>
+    private string FormatChatMLTools(List<ChatMessage> messages, bool addGenerationPrompt, IReadOnlyList<System.Text.Json.JsonElement> tools)
+    {
+        var sb = new StringBuilder();
+        bool leadingSystem = messages.Count > 0 && IsRole(messages[0], "system");
+        if (tools.Count > 0)
+        {
+            sb.Append("<|im_start|>system\n").Append(leadingSystem ? messages[0].Content : Template.DefaultSystemPrompt ?? "")
+              .Append("\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n")
+              .Append("You are provided with function signatures within <tools></tools> XML tags:\n<tools>");
+            foreach (var tool in tools) sb.Append('\n').Append(PythonJson.Write(tool));
+            sb.Append("\n</tools>\n\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\n")
+              .Append("<tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n");
+        }
+        else if (leadingSystem) sb.Append("<|im_start|>system\n").Append(messages[0].Content).Append("<|im_end|>\n");
+        else if (Template.DefaultSystemPrompt is { } defaultSystem) sb.Append("<|im_start|>system\n").Append(defaultSystem).Append("<|im_end|>\n");
+        for (int i = leadingSystem ? 1 : 0; i < messages.Count; i++)
+        {
+            var m = messages[i];
+            if (IsRole(m, "tool"))
+            {
+                if (i == 0 || !IsRole(messages[i - 1], "tool")) sb.Append("<|im_start|>user");
+                sb.Append("\n<tool_response>\n").Append(m.Content).Append("\n</tool_response>");
+                if (i == messages.Count - 1 || !IsRole(messages[i + 1], "tool")) sb.Append("<|im_end|>\n");
+            }
+            else if (IsRole(m, "assistant") && m.ToolCalls is { Count: > 0 } calls)
+            {
+                sb.Append("<|im_start|>assistant");
+                if (m.Content.Length > 0) sb.Append('\n').Append(m.Content);
+                foreach (var call in calls)
+                {
+                    using var arguments = System.Text.Json.JsonDocument.Parse(call.Arguments);
+                    sb.Append("\n<tool_call>\n{\"name\": \"").Append(call.Name).Append("\", \"arguments\": ").Append(PythonJson.Write(arguments.RootElement)).Append("}\n</tool_call>");
+                }
+                sb.Append("<|im_end|>\n");
+            }
+            else sb.Append("<|im_start|>").Append(m.Role).Append('\n').Append(m.Content).Append("<|im_end|>\n");
+        }
+        if (addGenerationPrompt) sb.Append("<|im_start|>assistant\n");
+        return sb.ToString();
     }
 
     private static bool IsRole(ChatMessage m, string role) => string.Equals(m.Role, role, StringComparison.Ordinal);
@@ -223,5 +284,54 @@ public sealed class ChatFormatter
         }
         if (addGenerationPrompt) sb.Append("Assistant:");
         return sb.ToString();
+    }
+}
+
+/// <summary>JSON as Python's <c>json.dumps(x, ensure_ascii=False)</c> (Jinja's <c>tojson</c> in transformers) writes it: ", " and
+/// ": " between items, non-ASCII text kept.</summary>
+internal static class PythonJson
+{
+    private static readonly System.Text.Json.JsonSerializerOptions Relaxed = new() { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
+
+    public static string Write(System.Text.Json.JsonElement e)
+    {
+        var sb = new StringBuilder();
+        Append(sb, e);
+        return sb.ToString();
+    }
+
+    private static void Append(StringBuilder sb, System.Text.Json.JsonElement e)
+    {
+        switch (e.ValueKind)
+        {
+            case System.Text.Json.JsonValueKind.Object:
+                sb.Append('{');
+                bool first = true;
+                foreach (var p in e.EnumerateObject())
+                {
+                    if (!first) sb.Append(", ");
+                    first = false;
+                    sb.Append(System.Text.Json.JsonSerializer.Serialize(p.Name, Relaxed)).Append(": ");
+                    Append(sb, p.Value);
+                }
+                sb.Append('}');
+                break;
+            case System.Text.Json.JsonValueKind.Array:
+                sb.Append('[');
+                int i = 0;
+                foreach (var item in e.EnumerateArray())
+                {
+                    if (i++ > 0) sb.Append(", ");
+                    Append(sb, item);
+                }
+                sb.Append(']');
+                break;
+            case System.Text.Json.JsonValueKind.String:
+                sb.Append(System.Text.Json.JsonSerializer.Serialize(e.GetString(), Relaxed));
+                break;
+            default:
+                sb.Append(e.GetRawText());
+                break;
+        }
     }
 }

@@ -233,6 +233,27 @@ public sealed class TernTokenizer
     /// <summary>The token string of an id (byte-level tokens in their mapped form, e.g. "Ġthe"), or null.</summary>
     public string? IdToToken(int id) => id >= 0 && id < _idToToken.Length ? _idToToken[id] : null;
 
+    /// <summary>One past the largest token id (ids below it may have holes).</summary>
+    internal int IdLimit => _idToToken.Length;
+
+    /// <summary>The UTF-8 bytes a vocabulary token adds to the text wherever it stands (a byte-level token may hold part of a
+    /// character; SentencePiece's ▁ is a space, <c>&lt;0xNN&gt;</c> its byte), or null for added/special tokens and unknown
+    /// ids. What constrained decoding matches tokens by, and what logprobs report as a token's <c>bytes</c>.</summary>
+    public byte[]? TokenBytes(int id)
+    {
+        if (id < 0 || id >= _idToToken.Length || _idToToken[id] is not { } token || _addedById.ContainsKey(id)) return null;
+        if (_byteLevel)
+        {
+            var bytes = new List<byte>(token.Length);
+            ByteLevel.AppendBytes(token, bytes);
+            return bytes.ToArray();
+        }
+        if (token.Length == 6 && token.StartsWith("<0x", StringComparison.Ordinal) && token[5] == '>'
+            && byte.TryParse(token.AsSpan(3, 2), System.Globalization.NumberStyles.HexNumber, null, out byte b))
+            return [b];
+        return System.Text.Encoding.UTF8.GetBytes(token.Replace('\u2581', ' '));
+    }
+
     /// <summary>A one-line summary for <c>tern info</c>.</summary>
     public string Describe()
     {

@@ -9,19 +9,27 @@ namespace Tern.Tests.Serving;
 
 /// <summary>
 /// The llama-gqa fixture (2 layers, GQA, vocabulary 320, byte-level BPE with a ChatML template) copied to a temporary folder
-/// with a 512-position context, so that chat prompts and 64 concurrent requests fit; weights unchanged, fp32 on the CPU.
+/// with a 512-position context (by default), so that chat prompts and 64 concurrent requests fit; weights unchanged, fp32 on the CPU.
 /// <see cref="ServeAsync"/> serves it on loopback.
 /// </summary>
-internal sealed class ServingFixture : IDisposable, IAsyncDisposable
+public sealed class ServingFixture : IDisposable, IAsyncDisposable
 {
-    public ServingFixture()
+    /// <param name="chatTemplate">A chat template to use instead of the fixture's (e.g. one with tools).</param>
+    /// <param name="context">The context (max_position_embeddings) the copy gets.</param>
+    public ServingFixture(string? chatTemplate = null, int context = 512)
     {
         Directory.CreateDirectory(Folder);
         foreach (string file in Directory.GetFiles(Fixtures.ModelDir("llama-gqa")))
             File.Copy(file, Path.Combine(Folder, Path.GetFileName(file)));
         var config = JsonNode.Parse(File.ReadAllText(Path.Combine(Folder, "config.json")))!;
-        config["max_position_embeddings"] = 512;
+        config["max_position_embeddings"] = context;
         File.WriteAllText(Path.Combine(Folder, "config.json"), config.ToJsonString());
+        if (chatTemplate is not null)
+        {
+            var tokenizerConfig = JsonNode.Parse(File.ReadAllText(Path.Combine(Folder, "tokenizer_config.json")))!;
+            tokenizerConfig["chat_template"] = chatTemplate;
+            File.WriteAllText(Path.Combine(Folder, "tokenizer_config.json"), tokenizerConfig.ToJsonString());
+        }
         Model = CausalLanguageModel.Load(Folder, new ModelLoadOptions { Device = DeviceKind.Cpu });
         Tokenizer = TernTokenizer.Load(Folder);
     }

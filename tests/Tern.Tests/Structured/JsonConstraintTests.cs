@@ -1,0 +1,110 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Json.Schema;
+using Tern.Generation;
+using Tern.Models;
+using Tern.Runtime;
+using Tern.Serving;
+using Tern.Structured;
+using Tern.Tests.Serving;
+using Tern.Tokenization;
+
+namespace Tern.Tests.Structured;
+
+/// <summary>
+/// Constrained decoding (<see cref="JsonConstraint"/>): 50 generated schemas on the default model (greedy, through the serving
+/// engine's continuous batch) and 25 on a random-weight model (sampled at temperature 1, through the generator) — every reply
+/// parses and validates against its schema (JsonSchema.Net), also when max_tokens barely fits the document; json_object
+/// replies always parse; unsupported keywords are refused naming them.
+/// </summary>
+public sealed class JsonConstraintTests
+{
+    static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    static string DefaultModelDir => Path.GetFullPath(Path.Combine(Fixtures.Root, "..", "..", "models", "default"));
+
+    static void AssertValid(JsonObject schema, SequenceOutput output, string where)
+    {
+        string text = output.Text!;
+        JsonDocument document;
+        try
+        {
+            document = JsonDocument.Parse(text);
+        }
+        catch (JsonException e)
+        {
+            throw new Xunit.Sdk.XunitException($"{where}: the reply is not JSON ({e.Message}), finish {output.FinishReason}: {text}\nschema: {schema.ToJsonString()}");
+        }
+        using (document)
+        {
+            var result = JsonSchema.FromText(schema.ToJsonString()).Evaluate(document.RootElement, new EvaluationOptions { OutputFormat = OutputFormat.List });
+            Assert.True(result.IsValid, $"{where}: {text}\nschema: {schema.ToJsonString()}\nerrors: {string.Join("; ", (result.Details ?? []).Where(d => d.Errors is not null).SelectMany(d => d.Errors!.Values))}");
+        }
+    }
+
+    [Fact]
+    public async Task FiftySchemasOnTheDefaultModelAlwaysParseAndValidate()
+    {
+        using var model = CausalLanguageModel.Load(DefaultModelDir, new ModelLoadOptions { Device = DeviceKind.Cpu });
+        var tokenizer = TernTokenizer.Load(DefaultModelDir);
+        using var engine = ServingEngine.Start(model, tokenizer, new ServingOptions { MaxBatchSize = 16 });
+        var schemas = JsonSchemas.Generate(50, seed: 18);
+        var requests = schemas.Select((schema, i) =>
+        {
+            var constraint = JsonConstraint.ForSchema(JsonDocument.Parse(schema.ToJsonString()).RootElement, tokenizer);
+            // Some budgets barely hold the smallest document: it must still close.
+            int max = i % 5 == 4 ? constraint.MinDocumentBytes + 2 : Math.Max(160, constraint.MinDocumentBytes + 40);
+            return engine.Submit("The answer, as JSON:", new GenerationOptions { MaxNewTokens = max, Constraint = constraint }, Ct);
+        }).ToArray();
+        for (int i = 0; i < schemas.Count; i++) AssertValid(schemas[i], await requests[i].Completion, $"schema {i}");
+    }
+
+    [Fact]
+    public void RandomWeightsCannotBreakTheSchemaNorJsonObject()
+    {
+        using var fixture = new ServingFixture(); // random weights, byte-level BPE of 320 tokens
+        var generator = new Generator(fixture.Model, fixture.Tokenizer);
+        var schemas = JsonSchemas.Generate(25, seed: 7);
+        for (int i = 0; i < schemas.Count; i++)
+        {
+            var constraint = JsonConstraint.ForSchema(JsonDocument.Parse(schemas[i].ToJsonString()).RootElement, fixture.Tokenizer);
+            var options = new GenerationOptions { MaxNewTokens = constraint.MinDocumentBytes + 10 * (i % 4), Temperature = 1, Seed = i, Constraint = constraint };
+            AssertValid(schemas[i], generator.Generate(new[] { "Hello" }, options, Ct).Sequences[0], $"schema {i}");
+        }
+        var anyObject = new JsonObject { ["type"] = "object" };
+        for (int seed = 0; seed < 10; seed++)
+        {
+            var options = new GenerationOptions { MaxNewTokens = 60, Temperature = 1, Seed = seed, Constraint = JsonConstraint.Object(fixture.Tokenizer) };
+            AssertValid(anyObject, generator.Generate(new[] { "Hello" }, options, Ct).Sequences[0], $"json_object {seed}");
+        }
+    }
+
+    [Fact]
+    public void MasksAreCachedByState()
+    {
+        using var fixture = new ServingFixture();
+        var constraint = JsonConstraint.ForSchema(JsonDocument.Parse("""{"type":"object","properties":{"a":{"type":"array","items":{"type":"integer"}}},"required":["a"],"additionalProperties":false}""").RootElement, fixture.Tokenizer);
+        var generator = new Generator(fixture.Model, fixture.Tokenizer);
+        var options = new GenerationOptions { MaxNewTokens = 40, Temperature = 1, Seed = 1, Constraint = constraint };
+        var first = generator.Generate(new[] { "Hello" }, options, Ct).Sequences[0];
+        var (hits, misses) = constraint.CacheStats;
+        var again = generator.Generate(new[] { "Hello" }, options, Ct).Sequences[0];
+        Assert.Equal(first.Tokens, again.Tokens);
+        Assert.Equal(misses, constraint.CacheStats.Misses); // every state met again is a look-up
+        Assert.True(constraint.CacheStats.Hits >= hits + first.Tokens.Count);
+    }
+
+    [Theory]
+    [InlineData("""{"type":"string","pattern":"^a"}""", "pattern")]
+    [InlineData("""{"type":"object","properties":{"n":{"type":"number","minimum":0}}}""", "minimum")]
+    [InlineData("""{"allOf":[{"type":"string"}]}""", "allOf")]
+    [InlineData("""{"$defs":{"T":{"type":"array","items":{"$ref":"#/$defs/T"}}},"$ref":"#/$defs/T"}""", "$ref")]
+    [InlineData("""{"type":"object","required":["x"]}""", "required")]
+    public void UnsupportedKeywordsAreRefusedByName(string schema, string keyword)
+    {
+        using var fixture = new ServingFixture();
+        var e = Assert.Throws<UnsupportedSchemaException>(() => JsonConstraint.ForSchema(JsonDocument.Parse(schema).RootElement, fixture.Tokenizer));
+        Assert.Equal(keyword, e.Keyword);
+        Assert.Contains(keyword, e.Message);
+    }
+}
