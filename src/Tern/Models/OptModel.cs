@@ -90,7 +90,7 @@ internal sealed class OptModel : CausalLanguageModel
         var qkv = w.Linear("self_attn.qkv_proj").Forward(a).view(b, t, 3 * attention.Heads, attention.HeadDim);
         var attended = Attention.Forward(qkv.narrow(2, 0, attention.Heads), qkv.narrow(2, attention.Heads, attention.Heads),
             qkv.narrow(2, 2 * attention.Heads, attention.Heads), step, cache, attention);
-        h = w.Linear("self_attn.out_proj").ForwardAdd(attended, h);
+        h = Attention.Project(w.Linear("self_attn.out_proj"), attended, h, layer, step, attention);
         if (!preNorm) h = Norms.Layer(h, attnNormW, attnNormB, Eps);
         var m = preNorm ? Norms.Layer(h, mlpNormW, mlpNormB, Eps) : h;
         var fc1 = w.Linear("fc1");

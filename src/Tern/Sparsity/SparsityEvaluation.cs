@@ -19,7 +19,7 @@ public sealed record SparsityEvaluationOptions
 }
 
 /// <summary>One perplexity: a rule at a fraction of the neurons (the dense run is rule null, fraction 1).</summary>
-public sealed record SparsityEvaluationRow(NeuronRule? Rule, double MlpActive, int ActiveNeurons, double Perplexity, long ScoredTokens);
+public sealed record SparsityEvaluationRow(SelectionRule? Rule, double MlpActive, int ActiveNeurons, double Perplexity, long ScoredTokens);
 
 /// <summary>
 /// DejaVu's quality question (§5.1): perplexity as fewer MLP neurons are computed, every token choosing its own, for the
@@ -36,7 +36,7 @@ public static class SparsityEvaluation
         int neurons = ModelIdentity.Of(model.Config).IntermediateSize;
         var previous = model.Sparsity;
         var rows = new List<SparsityEvaluationRow>();
-        SparsityEvaluationRow Measure(NeuronRule? rule, double fraction, int active)
+        SparsityEvaluationRow Measure(SelectionRule? rule, double fraction, int active)
         {
             var result = Tern.Evaluation.Perplexity.Evaluate(model, tokens, options.Perplexity, cancellation: cancellation);
             var row = new SparsityEvaluationRow(rule, fraction, active, result.Perplexity, result.ScoredTokens);
@@ -48,11 +48,11 @@ public static class SparsityEvaluation
         {
             model.Sparsity = null;
             Measure(null, 1.0, neurons);
-            var rules = predictors is null ? new[] { NeuronRule.Oracle, NeuronRule.Random } : new[] { NeuronRule.Predicted, NeuronRule.Oracle, NeuronRule.Random };
+            var rules = predictors is null ? new[] { SelectionRule.Oracle, SelectionRule.Random } : new[] { SelectionRule.Predicted, SelectionRule.Oracle, SelectionRule.Random };
             foreach (var rule in rules)
                 foreach (double fraction in options.MlpActive)
                 {
-                    var sparsity = MlpSparsity.Create(model, new SparsityOptions { Rule = rule, MlpActive = fraction, Seed = options.Seed, EveryToken = true }, predictors);
+                    var sparsity = DejaVuSparsity.Create(model, new SparsityOptions { Rule = rule, MlpActive = fraction, Seed = options.Seed, EveryToken = true }, predictors);
                     model.Sparsity = sparsity;
                     Measure(rule, fraction, sparsity.ActiveNeurons);
                 }
@@ -83,5 +83,5 @@ public static class SparsityEvaluation
         LinePlot.Save(path, title, "fraction of MLP neurons computed", "perplexity", series, logX: true, logY: true);
     }
 
-    static string Name(NeuronRule? rule) => rule?.ToString().ToLowerInvariant() ?? "dense";
+    static string Name(SelectionRule? rule) => rule?.ToString().ToLowerInvariant() ?? "dense";
 }

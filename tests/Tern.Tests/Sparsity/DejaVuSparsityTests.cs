@@ -10,7 +10,7 @@ namespace Tern.Tests.Sparsity;
 /// <summary>DejaVu's sparse MLP on the decode path: the layers compute only the selected neurons (gathered rows of the
 /// up-projection, columns of the down-projection), and a selection that holds every neuron that fires gives the dense
 /// result — the sparse products are exact, only the selection can lose anything.</summary>
-public sealed class MlpSparsityTests
+public sealed class DejaVuSparsityTests
 {
     static CancellationToken Ct => TestContext.Current.CancellationToken;
 
@@ -28,6 +28,7 @@ public sealed class MlpSparsityTests
         public int MostFiring { get; private set; }
         public ISparsityStep? ForStep(ForwardBatch batch) => this;
         public void LayerInput(int layer, Tensor hidden) { }
+        public Tensor? Heads(int layer, Func<Tensor> headOutputs) => null;
         public Tensor? Neurons(int layer, Func<Tensor> preActivations)
         {
             using var firing = preActivations().gt(0).sum(-1);
@@ -52,7 +53,7 @@ public sealed class MlpSparsityTests
         Generate(model);
         int neurons = ModelIdentity.Of(model.Config).IntermediateSize;
         Assert.InRange(counter.MostFiring, 1, neurons - 1); // some neurons are silent, so the sparse path computes fewer
-        model.Sparsity = MlpSparsity.Create(model, new SparsityOptions { Rule = NeuronRule.Oracle, MlpActive = (double)counter.MostFiring / neurons, EveryToken = everyToken });
+        model.Sparsity = DejaVuSparsity.Create(model, new SparsityOptions { Rule = SelectionRule.Oracle, MlpActive = (double)counter.MostFiring / neurons, EveryToken = everyToken });
         var sparse = Generate(model);
         Assert.Equal(dense.Sequences.Select(s => s.Tokens), sparse.Sequences.Select(s => s.Tokens));
         for (int i = 0; i < dense.Logits!.Count; i++)
@@ -65,13 +66,13 @@ public sealed class MlpSparsityTests
     {
         using var model = Load("opt-prenorm");
         var dense = Generate(model, steps: 1).Logits![0];
-        double Distance(NeuronRule rule)
+        double Distance(SelectionRule rule)
         {
-            model.Sparsity = MlpSparsity.Create(model, new SparsityOptions { Rule = rule, MlpActive = 0.1, Seed = 5, EveryToken = true });
+            model.Sparsity = DejaVuSparsity.Create(model, new SparsityOptions { Rule = rule, MlpActive = 0.1, Seed = 5, EveryToken = true });
             using var sparse = Generate(model, steps: 1).Logits![0];
             return (sparse - dense).square().mean().item<float>();
         }
-        double oracle = Distance(NeuronRule.Oracle), random = Distance(NeuronRule.Random);
+        double oracle = Distance(SelectionRule.Oracle), random = Distance(SelectionRule.Random);
         Assert.True(oracle < random, $"oracle {oracle} vs random {random}");
     }
 
@@ -80,13 +81,13 @@ public sealed class MlpSparsityTests
     {
         using var model = Load("opt-prenorm");
         var dense = Generate(model, steps: 4);
-        foreach (var rule in new[] { NeuronRule.Oracle, NeuronRule.Random })
+        foreach (var rule in new[] { SelectionRule.Oracle, SelectionRule.Random })
         {
-            model.Sparsity = MlpSparsity.Create(model, new SparsityOptions { Rule = rule, MlpActive = 0.1, Seed = 3 });
+            model.Sparsity = DejaVuSparsity.Create(model, new SparsityOptions { Rule = rule, MlpActive = 0.1, Seed = 3 });
             var sparse = Generate(model, steps: 4);
             Assert.True(dense.Logits![0].allclose(sparse.Logits![0]), $"{rule}: the prefill runs dense");
             Assert.False(dense.Logits[1].allclose(sparse.Logits[1], rtol: 1e-4, atol: 1e-4), $"{rule}: 10% of the neurons is not the dense step");
-            model.Sparsity = MlpSparsity.Create(model, new SparsityOptions { Rule = rule, MlpActive = 0.1, Seed = 3, EveryToken = true });
+            model.Sparsity = DejaVuSparsity.Create(model, new SparsityOptions { Rule = rule, MlpActive = 0.1, Seed = 3, EveryToken = true });
             Assert.False(dense.Logits[0].allclose(Generate(model, steps: 1).Logits![0], rtol: 1e-4, atol: 1e-4), $"{rule}: a sparse prefill");
         }
     }
@@ -102,16 +103,16 @@ public sealed class MlpSparsityTests
         var data = ActivationCollector.Collect(model, tokens, new CollectOptions { MaxTokens = 1024, SequenceLength = 64 });
         using var predictors = PredictorTrainer.Train(data, new PredictorTrainingOptions { Epochs = 3 });
         Assert.True(predictors.Manifest.Lookahead);
-        model.Sparsity = MlpSparsity.Create(model, new SparsityOptions { Rule = NeuronRule.Predicted, MlpActive = 0.5 }, predictors);
+        model.Sparsity = DejaVuSparsity.Create(model, new SparsityOptions { Rule = SelectionRule.Predicted, MlpActive = 0.5 }, predictors);
         var sparse = Generate(model, steps: 6);
         Assert.All(sparse.Sequences, s => Assert.Equal(6, s.Tokens.Count));
         model.Sparsity = null;
         var dense = Generate(model, steps: 6);
         // Every neuron (k = all) is the dense step, exactly.
-        model.Sparsity = MlpSparsity.Create(model, new SparsityOptions { Rule = NeuronRule.Predicted, MlpActive = 1.0 }, predictors);
+        model.Sparsity = DejaVuSparsity.Create(model, new SparsityOptions { Rule = SelectionRule.Predicted, MlpActive = 1.0 }, predictors);
         var all = Generate(model, steps: 6);
         for (int i = 0; i < dense.Logits!.Count; i++) Assert.True(dense.Logits[i].allclose(all.Logits![i], rtol: 0, atol: 0), $"step {i}");
-        Assert.Throws<OptionException>(() => MlpSparsity.Create(model, new SparsityOptions { Rule = NeuronRule.Predicted, MlpActive = 0.5 }));
+        Assert.Throws<OptionException>(() => DejaVuSparsity.Create(model, new SparsityOptions { Rule = SelectionRule.Predicted, MlpActive = 0.5 }));
     }
 
     /// <summary>The quality table: dense first, then each rule per fraction, the model's own sparsity setting restored, CSV
@@ -131,8 +132,8 @@ public sealed class MlpSparsityTests
         var dense = rows[0];
         Assert.Null(dense.Rule);
         Assert.All(rows, r => Assert.True(double.IsFinite(r.Perplexity) && r.ScoredTokens == 299));
-        Assert.Equal(new NeuronRule?[] { null, NeuronRule.Oracle, NeuronRule.Oracle, NeuronRule.Random, NeuronRule.Random }, rows.Select(r => r.Rule));
-        Assert.Equal(7, rows.Single(r => r.Rule == NeuronRule.Oracle && r.MlpActive == 0.1).ActiveNeurons); // ⌈0.1 · 64⌉
+        Assert.Equal(new SelectionRule?[] { null, SelectionRule.Oracle, SelectionRule.Oracle, SelectionRule.Random, SelectionRule.Random }, rows.Select(r => r.Rule));
+        Assert.Equal(7, rows.Single(r => r.Rule == SelectionRule.Oracle && r.MlpActive == 0.1).ActiveNeurons); // ⌈0.1 · 64⌉
         string dir = Directory.CreateTempSubdirectory("tern-sparsity-eval-").FullName;
         try
         {
@@ -151,10 +152,10 @@ public sealed class MlpSparsityTests
     public void ModelsWithoutAReluMlpAndBadFractionsAreRefused()
     {
         using var swiglu = Load("llama-gqa");
-        var e = Assert.ThrowsAny<Exception>(() => MlpSparsity.Create(swiglu, new SparsityOptions { Rule = NeuronRule.Oracle, MlpActive = 0.1 }));
+        var e = Assert.ThrowsAny<Exception>(() => DejaVuSparsity.Create(swiglu, new SparsityOptions { Rule = SelectionRule.Oracle, MlpActive = 0.1 }));
         Assert.Contains("ReLU", e.Message);
         using var opt = Load("opt-prenorm");
-        var bad = Assert.Throws<OptionException>(() => MlpSparsity.Create(opt, new SparsityOptions { Rule = NeuronRule.Oracle, MlpActive = 0 }));
+        var bad = Assert.Throws<OptionException>(() => DejaVuSparsity.Create(opt, new SparsityOptions { Rule = SelectionRule.Oracle, MlpActive = 0 }));
         Assert.Equal(TernOption.SparsityMlp, bad.Option);
     }
 }
