@@ -115,8 +115,9 @@ public sealed class DejaVuSparsityTests
         Assert.Throws<OptionException>(() => DejaVuSparsity.Create(model, new SparsityOptions { Rule = SelectionRule.Predicted, MlpActive = 0.5 }));
     }
 
-    /// <summary>The quality table: dense first, then each rule per fraction, the model's own sparsity setting restored, CSV
-    /// and PNG written. (On this random-weight model perplexity says little; the oracle's advantage is tested on logits.)</summary>
+    /// <summary>The quality table: dense first, then per kind (MLP, heads, both) each rule per fraction, with each rule's recall
+    /// of the oracle's units; the model's own sparsity setting restored, CSV and a PNG per kind written. (On this random-weight
+    /// model perplexity says little; the oracle's advantage is tested on logits.)</summary>
     [Fact]
     public void TheEvaluationComparesTheOracleWithRandomSelection()
     {
@@ -125,27 +126,39 @@ public sealed class DejaVuSparsityTests
         var tokens = Enumerable.Range(0, 300).Select(_ => random.Next(model.Info.VocabSize)).ToArray();
         var rows = SparsityEvaluation.Run(model, tokens, new SparsityEvaluationOptions
         {
-            MlpActive = new[] { 0.5, 0.1 }, Perplexity = new Tern.Evaluation.PerplexityOptions { Window = 64, Stride = 32 }, Seed = 1,
+            MlpActive = new[] { 0.5, 0.1 }, HeadsActive = new[] { 0.5 }, CombinedHeads = 0.25,
+            Perplexity = new Tern.Evaluation.PerplexityOptions { Window = 64, Stride = 32 }, Seed = 1,
         });
         Assert.Null(model.Sparsity);
-        Assert.Equal(5, rows.Count);
+        Assert.Equal(11, rows.Count);
         var dense = rows[0];
-        Assert.Null(dense.Rule);
-        Assert.All(rows, r => Assert.True(double.IsFinite(r.Perplexity) && r.ScoredTokens == 299));
-        Assert.Equal(new SelectionRule?[] { null, SelectionRule.Oracle, SelectionRule.Oracle, SelectionRule.Random, SelectionRule.Random }, rows.Select(r => r.Rule));
-        Assert.Equal(7, rows.Single(r => r.Rule == SelectionRule.Oracle && r.MlpActive == 0.1).ActiveNeurons); // ⌈0.1 · 64⌉
-        string dir = Directory.CreateTempSubdirectory("tern-sparsity-eval-").FullName;
-        try
+        Assert.Equal((SparsityKind.Dense, (SelectionRule?)null), (dense.Kind, dense.Rule));
+        Assert.All(rows, r => Assert.True(double.IsFinite(r.Perplexity) && r.ScoredTokens == 299 && r.Accuracy is null));
+        var (oracle, rand) = (SelectionRule.Oracle, SelectionRule.Random);
+        Assert.Equal(new (SparsityKind, SelectionRule?)[]
         {
-            SparsityEvaluation.SaveCsv(Path.Combine(dir, "sparsity.csv"), rows);
-            Assert.Equal(6, File.ReadAllLines(Path.Combine(dir, "sparsity.csv")).Length);
-            SparsityEvaluation.SavePlot(Path.Combine(dir, "sparsity.png"), "opt-prenorm", rows);
-            Assert.True(new FileInfo(Path.Combine(dir, "sparsity.png")).Length > 2000);
-        }
-        finally
-        {
-            Directory.Delete(dir, recursive: true);
-        }
+            (SparsityKind.Dense, null), (SparsityKind.Mlp, oracle), (SparsityKind.Mlp, oracle), (SparsityKind.Mlp, rand), (SparsityKind.Mlp, rand),
+            (SparsityKind.Heads, oracle), (SparsityKind.Heads, rand),
+            (SparsityKind.Both, oracle), (SparsityKind.Both, oracle), (SparsityKind.Both, rand), (SparsityKind.Both, rand),
+        }, rows.Select(r => (r.Kind, r.Rule)));
+        var tenth = rows.Single(r => r.Kind == SparsityKind.Mlp && r.Rule == oracle && r.MlpActive == 0.1);
+        Assert.Equal((7, 4), (tenth.ActiveNeurons, tenth.ActiveHeads)); // ⌈0.1 · 64⌉, every head
+        var both = rows.Single(r => r.Kind == SparsityKind.Both && r.Rule == rand && r.MlpActive == 0.5);
+        Assert.Equal((32, 1), (both.ActiveNeurons, both.ActiveHeads)); // ⌈0.5 · 64⌉, ⌈0.25 · 4⌉
+        // Recall of the oracle's choice: 1 for the oracle itself, about k/units for random selection; NaN where nothing is sparse.
+        Assert.All(rows.Where(r => r.Rule == oracle), r => Assert.True(r.Kind == SparsityKind.Heads ? double.IsNaN(r.MlpRecall) : r.MlpRecall == 1));
+        var randomHeads = rows.Single(r => r.Kind == SparsityKind.Heads && r.Rule == rand);
+        Assert.InRange(randomHeads.HeadRecall, 0.3, 0.7); // 2 of 4 heads at random
+        Assert.True(double.IsNaN(randomHeads.MlpRecall));
+        Assert.InRange(rows.Single(r => r.Kind == SparsityKind.Mlp && r.Rule == rand && r.MlpActive == 0.1).MlpRecall, 0.0, 0.3);
+        using var dir = new TempDir();
+        SparsityEvaluation.SaveCsv(Path.Combine(dir.Path, "sparsity.csv"), rows);
+        var csv = File.ReadAllLines(Path.Combine(dir.Path, "sparsity.csv"));
+        Assert.Equal(12, csv.Length);
+        Assert.StartsWith("kind,rule,mlp_active,heads_active,active_neurons,active_heads,perplexity,scored_tokens,mlp_recall,head_recall,accuracy", csv[0]);
+        var plots = SparsityEvaluation.SavePlots(dir.Path, "opt-prenorm", rows);
+        Assert.Equal(new[] { "sparsity-mlp.png", "sparsity-heads.png", "sparsity-both.png" }, plots.Select(Path.GetFileName));
+        Assert.All(plots, p => Assert.True(new FileInfo(p).Length > 2000));
     }
 
     [Fact]
