@@ -171,11 +171,12 @@ internal static class SparsityCommand
         var batch = new Option<int>("--batch-size") { Description = "Token rows per step.", DefaultValueFactory = _ => d.BatchSize };
         var headsOnly = new Option<bool>("--heads-only") { Description = "Train head predictors only." };
         var sameLayer = new Option<bool>("--same-layer") { Description = "Pair each layer's predictors with its own input (the reference MLP script) instead of the previous layer's (lookahead)." };
+        var mlpInput = new Option<bool>("--mlp-input") { Description = "MLP predictors read the residual after attention (the MLP block's input, as the reference's MLP training) instead of the layer's input; with lookahead layer ℓ's predicts ℓ+1." };
         var device = new Option<string>("--device") { Description = "cpu, cuda or auto.", DefaultValueFactory = _ => "auto" };
         device.AcceptOnlyFromAmong("cpu", "cuda", "auto");
         var command = new Command("train", "Train per-layer low-rank predictors of firing MLP neurons and active heads (weighted BCE, lookahead).")
         {
-            model, data, rank, headRank, epochs, lr, headLr, headFraction, batch, headsOnly, sameLayer, device,
+            model, data, rank, headRank, epochs, lr, headLr, headFraction, batch, headsOnly, sameLayer, mlpInput, device,
         };
         command.SetAction((r, cancellation) =>
         {
@@ -188,7 +189,7 @@ internal static class SparsityCommand
             {
                 MlpRank = r.GetValue(rank), HeadRank = r.GetValue(headRank), Epochs = r.GetValue(epochs), LearningRate = r.GetValue(lr),
                 HeadLearningRate = r.GetValue(headLr), HeadFraction = r.GetValue(headFraction), BatchSize = r.GetValue(batch),
-                Mlp = !r.GetValue(headsOnly), Lookahead = !r.GetValue(sameLayer),
+                Mlp = !r.GetValue(headsOnly), Lookahead = !r.GetValue(sameLayer), MlpReadsMlpInput = r.GetValue(mlpInput),
                 Device = ComputeOptions.ResolveDevice(ComputeOptions.ParseDevice(r.GetValue(device)!)),
             };
             var clock = Stopwatch.StartNew();
@@ -202,7 +203,7 @@ internal static class SparsityCommand
             var m = predictors.Manifest;
             Console.WriteLine($"wrote {Path.GetFullPath(SparsityPredictors.DirectoryOf(folder))} ({SparsityPredictors.WeightsFile}, {SparsityPredictors.ManifestFile}): " +
                 $"{m.Model.Layers} layers, {(m.Mlp ? $"MLP rank {m.MlpRank}, " : "heads only, ")}head rank {m.HeadRank}, " +
-                $"{(m.Lookahead ? "lookahead" : "same-layer")} pairing, {m.Tokens:N0} tokens ({clock.Elapsed.TotalSeconds:F1} s)");
+                $"{(m.Lookahead ? "lookahead" : "same-layer")} pairing{(m.MlpReadsMlpInput ? ", MLP predictors on the MLP input" : "")}, {m.Tokens:N0} tokens ({clock.Elapsed.TotalSeconds:F1} s)");
             return Task.FromResult(0);
         });
         return command;

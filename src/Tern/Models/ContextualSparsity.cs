@@ -29,7 +29,8 @@ public interface ISparsityStep
     Tensor? Heads(int layer, Func<Tensor> headOutputs);
 
     /// <summary>The MLP neurons layer <paramref name="layer"/> computes for each token: int64 [B, T, k], or null for all of them.
-    /// <paramref name="preActivations"/> gives the true pre-activations [B, T, intermediate] (the oracle's rule; it costs the
-    /// dense product, so other rules do not call it).</summary>
-    Tensor? Neurons(int layer, Func<Tensor> preActivations);
+    /// <paramref name="mlpInput"/> is the residual stream entering the MLP block [B, T, hidden] (after attention, before the
+    /// norm: what DejaVu's released MLP predictors read); <paramref name="preActivations"/> gives the true pre-activations
+    /// [B, T, intermediate] (the oracle's rule; it costs the dense product, so other rules do not call it).</summary>
+    Tensor? Neurons(int layer, Tensor mlpInput, Func<Tensor> preActivations);
 }

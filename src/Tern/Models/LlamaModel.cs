@@ -137,13 +137,13 @@ internal sealed class LlamaModel : CausalLanguageModel
         {
             FactoredLinear Mlp(string name) => w.Factored(name, lowRank.Live(w.Prefix + name));
             var gate = Mlp("mlp.gate_proj").Forward(m);
-            if (step.Sparsity?.Neurons(layer, () => gate) is not null)
+            if (step.Sparsity?.Neurons(layer, h, () => gate) is not null)
                 throw new NotSupportedException("MLP neuron sparsity over a low-rank (InRank) MLP is not supported; export it with 'tern export --dense' first.");
             return Mlp("mlp.down_proj").ForwardAdd(act.Apply(gate) * Mlp("mlp.up_proj").Forward(m), h);
         }
         var gateUp = w.Linear("mlp.gate_up_proj");
         // DejaVu: a neuron whose gate is silent adds nothing — its gate and up rows and its down column are skipped.
-        if (step.Sparsity?.Neurons(layer, () => Linear.Apply(m, gateUp.Weight.narrow(0, 0, intermediate), gateUp.Bias?.narrow(0, 0, intermediate))) is { } neurons)
+        if (step.Sparsity?.Neurons(layer, h, () => Linear.Apply(m, gateUp.Weight.narrow(0, 0, intermediate), gateUp.Bias?.narrow(0, 0, intermediate))) is { } neurons)
             return w.Linear("mlp.down_proj").ForwardColumnsAdd(
                 act.Gated(gateUp.ForwardRows(m, torch.cat(new[] { neurons, neurons + intermediate }, -1)), (int)neurons.shape[^1]), neurons, h);
         return w.Linear("mlp.down_proj").ForwardAdd(act.Gated(gateUp.Forward(m), intermediate), h);

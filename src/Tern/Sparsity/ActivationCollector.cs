@@ -21,13 +21,15 @@ public sealed record CollectOptions
 /// <param name="Input">The residual stream entering the layer, [B,T,hidden], model dtype.</param>
 /// <param name="HeadOutputs">Each head's attention output before the output projection, [B,T,H,D] fp32.</param>
 /// <param name="MlpActive">Bool [B,T,intermediate], or null without MLP collection.</param>
-internal sealed record LayerCapture(Tensor Input, Tensor HeadOutputs, Tensor? MlpActive) : IDisposable
+/// <param name="MlpInput">The residual stream entering the MLP block, [B,T,hidden], model dtype; null without MLP collection.</param>
+internal sealed record LayerCapture(Tensor Input, Tensor HeadOutputs, Tensor? MlpActive, Tensor? MlpInput) : IDisposable
 {
     public void Dispose()
     {
         Input.Dispose();
         HeadOutputs.Dispose();
         MlpActive?.Dispose();
+        MlpInput?.Dispose();
     }
 }
 
@@ -43,9 +45,9 @@ internal sealed record CapturedPass(IReadOnlyList<LayerCapture> Layers, Tensor L
 
 /// <summary>
 /// DejaVu's data collection (Liu et al. 2023, §4 and the released scripts): run the dense model over a corpus and record, per
-/// layer, its input (the residual stream before the norm: what the predictors read), which MLP neurons fire (label:
-/// post-ReLU &gt; 0) and each head's output norm (label: the top heads by ‖o_h‖). The model's own forward pass hands all three
-/// to DejaVu's seam (<see cref="IContextualSparsity"/>), which a recording step keeps: no layer maths is repeated here.
+/// layer, its input (the residual stream before the norm: what the predictors read), the MLP block's input (the residual
+/// after attention: what the released MLP predictors read), which MLP neurons fire (label: post-ReLU &gt; 0) and each head's
+/// output norm (label: the top heads by ‖o_h‖). The model's own forward pass hands all of them to DejaVu's seam (<see cref="IContextualSparsity"/>), which a recording step keeps: no layer maths is repeated here.
 /// </summary>
 public static class ActivationCollector
 {
@@ -66,7 +68,8 @@ public static class ActivationCollector
         var inputs = new List<Tensor>[layers];
         var active = new List<Tensor>[layers];
         var norms = new List<Tensor>[layers];
-        for (int i = 0; i < layers; i++) (inputs[i], active[i], norms[i]) = (new(), new(), new());
+        var mlpInputs = new List<Tensor>[layers];
+        for (int i = 0; i < layers; i++) (inputs[i], active[i], norms[i], mlpInputs[i]) = (new(), new(), new(), new());
         try
         {
             int kept = 0;
@@ -85,18 +88,19 @@ public static class ActivationCollector
                     // ‖o_h‖ per token and head: [B,T,H,D] → [B·T, H].
                     norms[i].Add(Rows(c.HeadOutputs.norm(-1), keep).cpu().DetachFromDisposeScope());
                     if (c.MlpActive is { } a) active[i].Add(Rows(a, keep).cpu().DetachFromDisposeScope());
+                    if (c.MlpInput is { } m) mlpInputs[i].Add(Rows(m, keep).to(ScalarType.BFloat16, torch.CPU).DetachFromDisposeScope());
                 }
                 kept += keep;
                 progress?.Report((double)kept / wanted);
             }
             var data = new LayerActivations[layers];
             for (int i = 0; i < layers; i++)
-                data[i] = new LayerActivations(Cat(inputs[i]), options.Mlp ? Cat(active[i]) : null, Cat(norms[i]));
+                data[i] = new LayerActivations(Cat(inputs[i]), options.Mlp ? Cat(active[i]) : null, Cat(norms[i]), options.Mlp ? Cat(mlpInputs[i]) : null);
             return new ActivationData(new ActivationManifest { Model = identity, Tokens = kept, SequenceLength = t, Mlp = options.Mlp }, data);
         }
         finally
         {
-            foreach (var list in inputs.Concat(active).Concat(norms))
+            foreach (var list in inputs.Concat(active).Concat(norms).Concat(mlpInputs))
                 foreach (var x in list) x.Dispose();
         }
     }
@@ -141,7 +145,7 @@ public static class ActivationCollector
     /// past each layer's dispose scope, and selects nothing.</summary>
     sealed class Recorder(int layers, bool mlp) : IContextualSparsity, ISparsityStep, IDisposable
     {
-        readonly Tensor?[] inputs = new Tensor?[layers], heads = new Tensor?[layers], firing = new Tensor?[layers];
+        readonly Tensor?[] inputs = new Tensor?[layers], heads = new Tensor?[layers], firing = new Tensor?[layers], mlpInputs = new Tensor?[layers];
 
         public ISparsityStep ForStep(ForwardBatch batch) => this;
 
@@ -154,19 +158,21 @@ public static class ActivationCollector
             return null;
         }
 
-        public Tensor? Neurons(int layer, Func<Tensor> preActivations)
+        public Tensor? Neurons(int layer, Tensor mlpInput, Func<Tensor> preActivations)
         {
-            if (mlp) firing[layer] = preActivations().gt(0).DetachFromDisposeScope(); // label: relu(·) > 0
+            if (!mlp) return null;
+            firing[layer] = preActivations().gt(0).DetachFromDisposeScope(); // label: relu(·) > 0
+            mlpInputs[layer] = mlpInput.alias().DetachFromDisposeScope();
             return null;
         }
 
         public IReadOnlyList<LayerCapture> Layers() => Enumerable.Range(0, layers).Select(i => new LayerCapture(
             inputs[i] ?? throw new InvalidOperationException($"layer {i} handed no input to the seam."),
-            heads[i] ?? throw new InvalidOperationException($"layer {i} handed no head outputs to the seam."), firing[i])).ToArray();
+            heads[i] ?? throw new InvalidOperationException($"layer {i} handed no head outputs to the seam."), firing[i], mlpInputs[i])).ToArray();
 
         public void Dispose()
         {
-            foreach (var x in inputs.Concat(heads).Concat(firing)) x?.Dispose();
+            foreach (var x in inputs.Concat(heads).Concat(firing).Concat(mlpInputs)) x?.Dispose();
         }
     }
 

@@ -190,26 +190,40 @@ public sealed class DejaVuSparsity : IContextualSparsity, IDisposable
         readonly Tensor?[] neuronLogits = new Tensor?[owner.layers], headLogits = new Tensor?[owner.layers];
         Device device = torch.CPU;
 
+        bool Predicted => owner.options.Rule == SelectionRule.Predicted;
+        bool MlpReadsMlpInput => owner.predictors!.Manifest.MlpReadsMlpInput;
+
         public void LayerInput(int layer, Tensor hidden)
         {
             device = hidden.device;
-            if (owner.options.Rule != SelectionRule.Predicted) return;
-            bool lookahead = owner.predictors!.Manifest.Lookahead;
-            // Predictors whose source is this layer: ℓ + 1 with lookahead (and ℓ itself for layer 0), else ℓ.
-            foreach (int target in new[] { layer, layer + 1 })
-            {
-                if (target >= owner.layers || PredictorTrainer.SourceLayer(target, lookahead) != layer) continue;
-                var predictor = owner.predictors.Layers[target];
-                if (owner.SparseMlp) neuronLogits[target] ??= predictor.Mlp!.Logits(hidden);
-                if (owner.SparseHeads) headLogits[target] ??= predictor.Heads.Logits(hidden);
-            }
+            if (Predicted) Predict(layer, hidden, mlp: owner.SparseMlp && !MlpReadsMlpInput, heads: owner.SparseHeads);
         }
 
         public Tensor? Heads(int layer, Func<Tensor> headOutputs) => owner.SparseHeads
             ? Select(layer, headLogits, () => headOutputs().to(ScalarType.Float32).norm(-1), owner.heads, owner.ActiveHeads) : null;
 
-        public Tensor? Neurons(int layer, Func<Tensor> preActivations) => owner.SparseMlp
-            ? Select(layer, neuronLogits, preActivations, owner.neurons, owner.ActiveNeurons) : null;
+        public Tensor? Neurons(int layer, Tensor mlpInput, Func<Tensor> preActivations)
+        {
+            if (!owner.SparseMlp) return null;
+            if (Predicted && MlpReadsMlpInput) Predict(layer, mlpInput, mlp: true, heads: false);
+            return Select(layer, neuronLogits, preActivations, owner.neurons, owner.ActiveNeurons);
+        }
+
+        /// <summary>Runs the predictors whose source is layer <paramref name="layer"/>'s <paramref name="input"/>: ℓ + 1's with
+        /// lookahead (and ℓ's own for layer 0), else ℓ's.</summary>
+        void Predict(int layer, Tensor input, bool mlp, bool heads)
+        {
+            foreach (int target in new[] { layer, layer + 1 })
+            {
+                if (target >= owner.layers || PredictorTrainer.SourceLayer(target, owner.predictors!.Manifest.Lookahead) != layer) continue;
+                var predictor = owner.predictors.Layers[target];
+                if (mlp) neuronLogits[target] ??= Keep(predictor.Mlp!.Logits(input), target != layer);
+                if (heads) headLogits[target] ??= predictor.Heads.Logits(input);
+            }
+        }
+
+        // Logits for the next layer made inside this layer (from its MLP input) move out of the layer's dispose scope, to the step's.
+        static Tensor Keep(Tensor logits, bool nextLayer) => nextLayer ? logits.MoveToOuterDisposeScope() : logits;
 
         /// <summary>The top-<paramref name="k"/> of <paramref name="units"/> by the rule's scores, int64 [B, T, k] ascending.</summary>
         Tensor Select(int layer, Tensor?[] predicted, Func<Tensor> truth, int units, int k)

@@ -158,9 +158,9 @@ public static class SparsityEvaluation
                 return selected;
             }
 
-            public Tensor? Neurons(int layer, Func<Tensor> preActivations)
+            public Tensor? Neurons(int layer, Tensor mlpInput, Func<Tensor> preActivations)
             {
-                if (inner.Neurons(layer, preActivations) is not { } selected) return null;
+                if (inner.Neurons(layer, mlpInput, preActivations) is not { } selected) return null;
                 var (hits, total) = Overlap(selected, preActivations());
                 (owner.neuronHits, owner.neuronTotal) = (owner.neuronHits + hits, owner.neuronTotal + total);
                 return selected;

@@ -69,4 +69,23 @@ public sealed class SparsityFlagTests
         Assert.Equal(output, sparseOutput);
         Assert.Contains("sparsity: ", sparseError);
     }
+
+    /// <summary><c>tern eval sparsity</c> on the shipped model without predictors: heads rows for the oracle and random
+    /// selection, the recall of random heads, cloze accuracy in every row, the CSV and the heads plot.</summary>
+    [Fact]
+    public void TheEvaluationMeasuresHeadsWithClozeAccuracy()
+    {
+        using var dir = new TempDir();
+        string text = Path.Combine(Fixtures.Root, "..", "..", "README.md");
+        var (code, output, error) = CliProcess.Run("eval", "sparsity", "--model", DefaultModel, "--device", "cpu", "--text", text, "--max-tokens", "96",
+            "--window", "48", "--mlp", "none", "--heads", "0.5", "--combined-heads", "none", "--choice-items", "3", "-o", dir.Path);
+        Assert.True(code == 0, error);
+        Assert.Contains("holds no predictors", error);
+        var csv = File.ReadAllLines(Path.Combine(dir.Path, "sparsity.csv"));
+        Assert.Equal(new[] { "dense,dense", "heads,oracle", "heads,random" }, csv.Skip(1).Select(l => string.Join(',', l.Split(',').Take(2))));
+        Assert.All(csv.Skip(1), l => Assert.Matches(@",(0|0\.\d+|1)$", l)); // an accuracy in every row
+        Assert.True(File.Exists(Path.Combine(dir.Path, "sparsity-heads.png")));
+        Assert.False(File.Exists(Path.Combine(dir.Path, "sparsity-mlp.png")));
+        Assert.Contains("sparsity-heads.png", output);
+    }
 }

@@ -48,6 +48,7 @@ public class ActivationCollectorTests
             var actual = l + 1 < layers.Count ? h + mlpOut : pass.Logits;
             Assert.True(actual.allclose(next, rtol: 1e-4, atol: 1e-4), $"layer {l}: dense recomputation differs from the model's output");
             Assert.True(c.MlpActive!.Equals(pre.gt(0)), $"layer {l}: firing mask differs from relu > 0");
+            Assert.True(c.MlpInput!.allclose(h, rtol: 1e-5, atol: 1e-5), $"layer {l}: the MLP block's input is the residual after attention");
             var fraction = c.MlpActive!.to(ScalarType.Float32).mean().item<float>();
             Assert.InRange(fraction, 0.01, 0.99); // a mask that is all on or all off would test nothing
         }
@@ -79,6 +80,7 @@ public class ActivationCollectorTests
             Assert.Equal(new long[] { 40, 32 }, d.Inputs.shape);
             Assert.Equal(new long[] { 40, 64 }, d.MlpActive!.shape);
             Assert.Equal(new long[] { 40, 4 }, d.HeadNorms.shape);
+            Assert.True(d.MlpInputs!.to(ScalarType.Float32).allclose(layers[l].MlpInput!.flatten(0, 1).narrow(0, 0, 40), rtol: 1e-2, atol: 1e-2)); // bf16
             var expected = layers[l].Input.flatten(0, 1).narrow(0, 0, 40);
             Assert.True(d.Inputs.to(ScalarType.Float32).allclose(expected, rtol: 1e-2, atol: 1e-2)); // stored in bf16
             Assert.True(d.MlpActive!.Equals(layers[l].MlpActive!.flatten(0, 1).narrow(0, 0, 40)));

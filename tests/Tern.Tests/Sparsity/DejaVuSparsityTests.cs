@@ -29,7 +29,7 @@ public sealed class DejaVuSparsityTests
         public ISparsityStep? ForStep(ForwardBatch batch) => this;
         public void LayerInput(int layer, Tensor hidden) { }
         public Tensor? Heads(int layer, Func<Tensor> headOutputs) => null;
-        public Tensor? Neurons(int layer, Func<Tensor> preActivations)
+        public Tensor? Neurons(int layer, Tensor mlpInput, Func<Tensor> preActivations)
         {
             using var firing = preActivations().gt(0).sum(-1);
             MostFiring = Math.Max(MostFiring, (int)firing.max().item<long>());
@@ -92,27 +92,36 @@ public sealed class DejaVuSparsityTests
         }
     }
 
-    /// <summary>Learned predictors (trained on the model's own activations) drive the selection, with lookahead: a layer's
-    /// neurons are chosen from the previous layer's input, before the layer runs.</summary>
-    [Fact]
-    public void TrainedPredictorsSelectTheNeuronsOfDecodeSteps()
+    /// <summary>Learned predictors (trained on the model's own activations) drive the selection: with lookahead a layer's
+    /// neurons are chosen from the previous layer's input (or MLP-block input), before the layer runs; without it from the
+    /// layer's own MLP-block input (the released MLP training's pairing).</summary>
+    [Theory]
+    [InlineData(true, false)]
+    [InlineData(true, true)]
+    [InlineData(false, true)]
+    public void TrainedPredictorsSelectTheNeuronsOfDecodeSteps(bool lookahead, bool mlpInput)
     {
         using var model = Load("llama-linear-relu-f16");
         var random = new Random(1);
         var tokens = Enumerable.Range(0, 2048).Select(_ => random.Next(model.Info.VocabSize)).ToArray();
-        var data = ActivationCollector.Collect(model, tokens, new CollectOptions { MaxTokens = 1024, SequenceLength = 64 });
-        using var predictors = PredictorTrainer.Train(data, new PredictorTrainingOptions { Epochs = 3 });
-        Assert.True(predictors.Manifest.Lookahead);
+        using var data = ActivationCollector.Collect(model, tokens, new CollectOptions { MaxTokens = 1024, SequenceLength = 64 });
+        using var predictors = PredictorTrainer.Train(data, new PredictorTrainingOptions { Epochs = 3, Lookahead = lookahead, MlpReadsMlpInput = mlpInput });
+        Assert.Equal((lookahead, mlpInput), (predictors.Manifest.Lookahead, predictors.Manifest.MlpReadsMlpInput));
         model.Sparsity = DejaVuSparsity.Create(model, new SparsityOptions { Rule = SelectionRule.Predicted, MlpActive = 0.5 }, predictors);
         var sparse = Generate(model, steps: 6);
         Assert.All(sparse.Sequences, s => Assert.Equal(6, s.Tokens.Count));
         model.Sparsity = null;
         var dense = Generate(model, steps: 6);
+        Assert.False(dense.Logits![1].allclose(sparse.Logits![1], rtol: 1e-4, atol: 1e-4), "half the neurons is not the dense step");
         // Every neuron (k = all) is the dense step, exactly.
         model.Sparsity = DejaVuSparsity.Create(model, new SparsityOptions { Rule = SelectionRule.Predicted, MlpActive = 1.0 }, predictors);
         var all = Generate(model, steps: 6);
         for (int i = 0; i < dense.Logits!.Count; i++) Assert.True(dense.Logits[i].allclose(all.Logits![i], rtol: 0, atol: 0), $"step {i}");
         Assert.Throws<OptionException>(() => DejaVuSparsity.Create(model, new SparsityOptions { Rule = SelectionRule.Predicted, MlpActive = 0.5 }));
+        // Activations of an older Tern hold no MLP-block inputs: predictors that read them are refused by name.
+        var old = new ActivationData(data.Manifest, data.Layers.Select(l => l with { MlpInputs = null }).ToArray());
+        var e = Assert.Throws<SparsityException>(() => PredictorTrainer.Train(old, new PredictorTrainingOptions { Epochs = 1, MlpReadsMlpInput = true }));
+        Assert.Contains("collect them again", e.Message);
     }
 
     /// <summary>The quality table: dense first, then per kind (MLP, heads, both) each rule per fraction, with each rule's recall

@@ -27,7 +27,7 @@ public sealed class HeadSparsityTests
         public Func<ForwardBatch, bool> Sparse { get; init; } = _ => true;
         public ISparsityStep? ForStep(ForwardBatch batch) => Sparse(batch) ? this : null;
         public void LayerInput(int layer, Tensor hidden) { }
-        public Tensor? Neurons(int layer, Func<Tensor> preActivations) => null;
+        public Tensor? Neurons(int layer, Tensor mlpInput, Func<Tensor> preActivations) => null;
         public Tensor? Heads(int layer, Func<Tensor> headOutputs)
         {
             if (onlyLayer is { } only && layer != only) return null;
