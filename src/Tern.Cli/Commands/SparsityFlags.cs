@@ -55,9 +55,8 @@ internal sealed class SparsityFlags
             Console.Error.WriteLine("note: --dummy weights: the predictors are untrained ones of the default ranks (their cost, not their choices)");
         var sparsity = dummy ? DejaVuSparsity.ForTiming(model, options) : DejaVuSparsity.Load(model, common.ResolveModelFolder(r), options);
         model.Sparsity = sparsity;
-        var info = model.Info;
         Console.Error.WriteLine($"sparsity: {sparsity.ActiveNeurons} of each layer's {ModelIdentity.Of(model.Config).IntermediateSize} MLP neurons and " +
-            $"{sparsity.ActiveHeads} of its {info.Heads} heads per {(everyToken ? "token" : "decode token")} ({options.Rule.ToString().ToLowerInvariant()})");
+            $"{sparsity.ActiveHeads} of its {model.Info.Heads} heads per {(everyToken ? "token" : "decode token")} ({options.Rule.ToString().ToLowerInvariant()})");
         return sparsity;
     }
 }

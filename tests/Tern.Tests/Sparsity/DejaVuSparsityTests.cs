@@ -16,9 +16,11 @@ public sealed class DejaVuSparsityTests
 
     static readonly IReadOnlyList<int>[] Prompts = { new[] { 5, 17, 42, 9, 3 }, new[] { 7, 7, 100, 2 } };
 
-    static CausalLanguageModel Load(string fixture) => CausalLanguageModel.Load(Fixtures.ModelDir(fixture), new ModelLoadOptions { Device = DeviceKind.Cpu, DType = ModelDType.Float32 });
+    /// <summary>A fixture in fp32 on the CPU.</summary>
+    internal static CausalLanguageModel Load(string fixture) => CausalLanguageModel.Load(Fixtures.ModelDir(fixture), new ModelLoadOptions { Device = DeviceKind.Cpu, DType = ModelDType.Float32 });
 
-    static GenerationResult Generate(CausalLanguageModel model, int steps = 8) =>
+    /// <summary>Greedy generation from two prompts of different lengths, with every step's logits.</summary>
+    internal static GenerationResult Generate(CausalLanguageModel model, int steps = 8) =>
         new Tern.Generation.Generator(model).GenerateTokens(Prompts, new GenerationOptions { MaxNewTokens = steps, IgnoreEos = true, OutputLogits = true }, Ct);
 
     /// <summary>Counts, over every decode step and layer, the most neurons any sequence fires (through the seam: the layers

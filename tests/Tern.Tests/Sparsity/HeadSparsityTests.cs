@@ -1,10 +1,10 @@
 using Tern.Caching;
-using Tern.Generation;
 using Tern.Models;
 using Tern.Runtime;
 using Tern.Sparsity;
 using TorchSharp;
 using static TorchSharp.torch;
+using static Tern.Tests.Sparsity.DejaVuSparsityTests;
 
 namespace Tern.Tests.Sparsity;
 
@@ -12,15 +12,6 @@ namespace Tern.Tests.Sparsity;
 /// as zero), the keys and values of every head are still cached, and keeping every head is the dense model.</summary>
 public sealed class HeadSparsityTests
 {
-    static CancellationToken Ct => TestContext.Current.CancellationToken;
-
-    static readonly IReadOnlyList<int>[] Prompts = { new[] { 5, 17, 42, 9, 3 }, new[] { 7, 7, 100, 2 } };
-
-    static CausalLanguageModel Load(string fixture) => CausalLanguageModel.Load(Fixtures.ModelDir(fixture), new ModelLoadOptions { Device = DeviceKind.Cpu, DType = ModelDType.Float32 });
-
-    static GenerationResult Generate(CausalLanguageModel model, int steps = 6) =>
-        new Tern.Generation.Generator(model).GenerateTokens(Prompts, new GenerationOptions { MaxNewTokens = steps, IgnoreEos = true, OutputLogits = true }, Ct);
-
     /// <summary>Keeps the same heads for every token of the layers it names (all when null), in the steps <see cref="Sparse"/> allows.</summary>
     sealed class FixedHeads(long[] heads, int? onlyLayer = null) : IContextualSparsity, ISparsityStep
     {
@@ -187,7 +178,7 @@ public sealed class HeadSparsityTests
         using var both = PredictorTrainer.Train(all, new PredictorTrainingOptions { Epochs = 2 });
         using var combined = DejaVuSparsity.Create(relu, new SparsityOptions { HeadsActive = 0.5, MlpActive = 0.25 }, both);
         relu.Sparsity = combined;
-        Assert.All(Generate(relu).Sequences, s => Assert.Equal(6, s.Tokens.Count));
+        Assert.All(Generate(relu, steps: 6).Sequences, s => Assert.Equal(6, s.Tokens.Count));
         using var headsOnly = PredictorTrainer.Train(all, new PredictorTrainingOptions { Epochs = 1, Mlp = false });
         var refused = Assert.Throws<OptionException>(() => DejaVuSparsity.Create(relu, new SparsityOptions { HeadsActive = 0.5, MlpActive = 0.25 }, headsOnly));
         Assert.Contains("--heads-only", refused.Message);
