@@ -29,6 +29,7 @@ internal static class CliErrors
         [TernOption.KvRecent] = "--kv-recent",
         [TernOption.KvBits] = "--kv-bits",
         [TernOption.SparsityMlp] = "--mlp",
+        [TernOption.SparsityHeads] = "--heads",
         [TernOption.Sparsity] = "--sparsity",
         [TernOption.KvEvictEvery] = "--kv-evict-every",
         [TernOption.MaxNewTokens] = "--max-new-tokens",

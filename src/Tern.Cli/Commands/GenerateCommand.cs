@@ -109,7 +109,7 @@ internal static class GenerateCommand
         var (model, tokenizer, folder) = common.Load(r, needTokenizer: true);
         string description = $"model: {folder} ({model.Info.ModelType}, {model.Info.ParameterCount / 1e6:F1}M parameters, " +
             $"{model.DType.ToString().ToLowerInvariant()} on {model.Device.type.ToString().ToLowerInvariant()})";
-        Tern.Sparsity.MlpSparsity? sparse = null;
+        Tern.Sparsity.DejaVuSparsity? sparse = null;
         Tern.Prompting.SoftPrompt? prompt;
         try
         {

@@ -16,61 +16,83 @@ internal static class SparsityCommand
         Train(),
     };
 
-    /// <summary><c>tern eval sparsity</c>: perplexity against the fraction of MLP neurons computed, for the trained predictors
-    /// (when the model folder has them), the oracle and random selection; a table, a CSV and a PNG.</summary>
+    /// <summary><c>tern eval sparsity</c>: perplexity (and cloze multiple-choice accuracy) against the fraction of MLP neurons
+    /// and attention heads computed, for the trained predictors (when the model folder has them), the oracle and random
+    /// selection, with each rule's recall of the oracle's choice; a table, a CSV and a PNG per kind.</summary>
     internal static Command Evaluate()
     {
         var d = new SparsityEvaluationOptions();
         var common = new CommonOptions();
-        var text = new Option<FileInfo>("--text") { Description = "UTF-8 text to score.", Required = true };
+        var text = new Option<FileInfo>("--text") { Description = "UTF-8 text to score (and to draw cloze questions from).", Required = true };
         var maxTokens = new Option<int>("--max-tokens") { Description = "Score at most the first N tokens of the text.", DefaultValueFactory = _ => 8192 };
-        var fractions = new Option<string>("--mlp") { Description = "Fractions of MLP neurons computed, comma-separated.", DefaultValueFactory = _ => string.Join(',', d.MlpActive) };
+        var mlpFractions = new Option<string>("--mlp") { Description = "Fractions of MLP neurons computed, comma-separated (ReLU MLPs; 'none' for no MLP rows).", DefaultValueFactory = _ => string.Join(',', d.MlpActive) };
+        var headFractions = new Option<string>("--heads") { Description = "Fractions of attention heads computed, comma-separated ('none' for no head rows).", DefaultValueFactory = _ => string.Join(',', d.HeadsActive) };
+        var combined = new Option<string>("--combined-heads") { Description = "Heads fraction paired with each --mlp fraction in the rows that sparsify both ('none': no such rows).", DefaultValueFactory = _ => d.CombinedHeads?.ToString(System.Globalization.CultureInfo.InvariantCulture) ?? "none" };
+        var choiceItems = new Option<int>("--choice-items") { Description = "Cloze questions drawn from the text (the true next 6 words among 4 spans of the same text; 0: none).", DefaultValueFactory = _ => 0 };
         var window = new Option<int?>("--window") { Description = "Tokens per perplexity window (default: the model's context, at most 1024)." };
         var stride = new Option<int?>("--stride") { Description = "How far each window moves (default: half the window)." };
         string defaultOutput = ResultsFolder.For("eval");
-        var output = new Option<string>("--output", "-o") { Description = $"Folder for sparsity.csv and sparsity.png (default {defaultOutput}).", DefaultValueFactory = _ => defaultOutput };
-        var command = new Command("sparsity", "Perplexity against the fraction of MLP neurons computed: learned predictors vs the oracle vs random selection.")
+        var output = new Option<string>("--output", "-o") { Description = $"Folder for sparsity.csv and sparsity-{{mlp,heads,both}}.png (default {defaultOutput}).", DefaultValueFactory = _ => defaultOutput };
+        var command = new Command("sparsity", "Perplexity against the fraction of MLP neurons and attention heads computed: learned predictors vs the oracle vs random selection.")
         {
-            text, maxTokens, fractions, window, stride, output,
+            text, maxTokens, mlpFractions, headFractions, combined, choiceItems, window, stride, output,
         };
         common.AddTo(command);
         command.SetAction((r, cancellation) =>
         {
             var file = r.GetValue(text)!;
             if (!file.Exists) throw new FileNotFoundException($"--text: '{file.FullName}' does not exist.");
-            double[] mlp;
-            try
+            var options = new SparsityEvaluationOptions
             {
-                mlp = r.GetValue(fractions)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
-                    .Select(f => double.Parse(f, System.Globalization.CultureInfo.InvariantCulture)).ToArray();
-            }
-            catch (FormatException)
-            {
-                throw new UsageException($"--mlp must be fractions such as 0.5,0.1 (got '{r.GetValue(fractions)}').");
-            }
+                MlpActive = Fractions(r.GetValue(mlpFractions)!, "--mlp"), HeadsActive = Fractions(r.GetValue(headFractions)!, "--heads"),
+                CombinedHeads = Fractions(r.GetValue(combined)!, "--combined-heads") switch
+                {
+                    [] => null,
+                    [var h] => h,
+                    _ => throw new UsageException($"--combined-heads is one fraction, or none (got '{r.GetValue(combined)}')."),
+                },
+            };
+            if (r.GetValue(window) is { } w) options = options with { Perplexity = options.Perplexity with { Window = w } };
+            if (r.GetValue(stride) is { } st) options = options with { Perplexity = options.Perplexity with { Stride = st } };
+            string corpus = TextFiles.Read(file.FullName, "--text");
+            var cloze = r.GetValue(choiceItems) is > 0 and var items ? Tern.Evaluation.MultipleChoice.Cloze(Path.GetFileNameWithoutExtension(file.Name), corpus, items) : null;
             var (model, tokenizer, folder) = common.Load(r, needTokenizer: true);
             using (model)
             {
-                var ids = tokenizer!.Encode(TextFiles.Read(file.FullName, "--text"), addSpecialTokens: false).Take(r.GetValue(maxTokens)).ToArray();
+                var ids = tokenizer!.Encode(corpus, addSpecialTokens: false).Take(r.GetValue(maxTokens)).ToArray();
                 using var predictors = File.Exists(Path.Combine(SparsityPredictors.DirectoryOf(folder), SparsityPredictors.ManifestFile))
                     ? SparsityPredictors.LoadFor(model, folder) : null;
                 if (predictors is null) Console.Error.WriteLine($"note: {SparsityPredictors.DirectoryOf(folder)} holds no predictors ('tern sparsity train'); oracle and random only.");
-                var perplexity = new Tern.Evaluation.PerplexityOptions();
-                if (r.GetValue(window) is { } w) perplexity = perplexity with { Window = w };
-                if (r.GetValue(stride) is { } st) perplexity = perplexity with { Stride = st };
-                Console.WriteLine($"{"rule",-10} {"MLP active",10} {"neurons",8} {"perplexity",11}");
-                var rows = SparsityEvaluation.Run(model, ids, new SparsityEvaluationOptions { MlpActive = mlp, Perplexity = perplexity }, predictors,
+                if (!ModelIdentity.Of(model.Config).HasReluMlp) Console.Error.WriteLine("note: no ReLU MLP, so no MLP rows: heads only.");
+                Console.WriteLine($"{"kind",-6} {"rule",-10} {"MLP",6} {"heads",6} {"perplexity",11} {"MLP recall",10} {"head recall",11}{(cloze is null ? "" : $" {"accuracy",8}")}");
+                var rows = SparsityEvaluation.Run(model, ids, options, predictors, cloze is null ? null : (cloze, tokenizer),
                     new SyncProgress<SparsityEvaluationRow>(row => Console.WriteLine(
-                        $"{row.Rule?.ToString().ToLowerInvariant() ?? "dense",-10} {row.MlpActive,10:P0} {row.ActiveNeurons,8} {row.Perplexity,11:F3}")), cancellation);
+                        $"{SparsityEvaluation.Name(row.Kind),-6} {SparsityEvaluation.Name(row.Rule),-10} {row.MlpActive,6:P0} {row.HeadsActive,6:P0} {row.Perplexity,11:F3} " +
+                        $"{row.MlpRecall,10:F3} {row.HeadRecall,11:F3}{(row.Accuracy is { } a ? $" {a,8:P1}" : "")}")), cancellation);
                 string dir = r.GetValue(output)!;
                 Directory.CreateDirectory(dir);
                 SparsityEvaluation.SaveCsv(Path.Combine(dir, "sparsity.csv"), rows);
-                SparsityEvaluation.SavePlot(Path.Combine(dir, "sparsity.png"), $"{Path.GetFileName(Path.GetFullPath(folder))}: MLP sparsity, {rows[0].ScoredTokens:N0} tokens of {file.Name}", rows);
-                Console.WriteLine($"wrote {Path.GetFullPath(Path.Combine(dir, "sparsity.csv"))} and sparsity.png");
+                var plots = SparsityEvaluation.SavePlots(dir, $"{Path.GetFileName(Path.GetFullPath(folder))}: DejaVu sparsity, {rows[0].ScoredTokens:N0} tokens of {file.Name}", rows);
+                Console.WriteLine($"wrote {Path.GetFullPath(Path.Combine(dir, "sparsity.csv"))} and {string.Join(", ", plots.Select(Path.GetFileName))}");
             }
             return Task.FromResult(0);
         });
         return command;
+    }
+
+    /// <summary>Comma-separated fractions ("none": no fraction).</summary>
+    static double[] Fractions(string list, string flag)
+    {
+        if (list.Trim().Equals("none", StringComparison.OrdinalIgnoreCase)) return Array.Empty<double>();
+        try
+        {
+            return list.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
+                .Select(f => double.Parse(f, System.Globalization.CultureInfo.InvariantCulture)).ToArray();
+        }
+        catch (FormatException)
+        {
+            throw new UsageException($"{flag} must be fractions such as 0.5,0.1, or none (got '{list}').");
+        }
     }
 
     static Command Collect()
@@ -149,11 +171,12 @@ internal static class SparsityCommand
         var batch = new Option<int>("--batch-size") { Description = "Token rows per step.", DefaultValueFactory = _ => d.BatchSize };
         var headsOnly = new Option<bool>("--heads-only") { Description = "Train head predictors only." };
         var sameLayer = new Option<bool>("--same-layer") { Description = "Pair each layer's predictors with its own input (the reference MLP script) instead of the previous layer's (lookahead)." };
+        var mlpInput = new Option<bool>("--mlp-input") { Description = "MLP predictors read the residual after attention (the MLP block's input, as the reference's MLP training) instead of the layer's input; with lookahead layer ℓ's predicts ℓ+1." };
         var device = new Option<string>("--device") { Description = "cpu, cuda or auto.", DefaultValueFactory = _ => "auto" };
         device.AcceptOnlyFromAmong("cpu", "cuda", "auto");
         var command = new Command("train", "Train per-layer low-rank predictors of firing MLP neurons and active heads (weighted BCE, lookahead).")
         {
-            model, data, rank, headRank, epochs, lr, headLr, headFraction, batch, headsOnly, sameLayer, device,
+            model, data, rank, headRank, epochs, lr, headLr, headFraction, batch, headsOnly, sameLayer, mlpInput, device,
         };
         command.SetAction((r, cancellation) =>
         {
@@ -166,7 +189,7 @@ internal static class SparsityCommand
             {
                 MlpRank = r.GetValue(rank), HeadRank = r.GetValue(headRank), Epochs = r.GetValue(epochs), LearningRate = r.GetValue(lr),
                 HeadLearningRate = r.GetValue(headLr), HeadFraction = r.GetValue(headFraction), BatchSize = r.GetValue(batch),
-                Mlp = !r.GetValue(headsOnly), Lookahead = !r.GetValue(sameLayer),
+                Mlp = !r.GetValue(headsOnly), Lookahead = !r.GetValue(sameLayer), MlpReadsMlpInput = r.GetValue(mlpInput),
                 Device = ComputeOptions.ResolveDevice(ComputeOptions.ParseDevice(r.GetValue(device)!)),
             };
             var clock = Stopwatch.StartNew();
@@ -180,7 +203,7 @@ internal static class SparsityCommand
             var m = predictors.Manifest;
             Console.WriteLine($"wrote {Path.GetFullPath(SparsityPredictors.DirectoryOf(folder))} ({SparsityPredictors.WeightsFile}, {SparsityPredictors.ManifestFile}): " +
                 $"{m.Model.Layers} layers, {(m.Mlp ? $"MLP rank {m.MlpRank}, " : "heads only, ")}head rank {m.HeadRank}, " +
-                $"{(m.Lookahead ? "lookahead" : "same-layer")} pairing, {m.Tokens:N0} tokens ({clock.Elapsed.TotalSeconds:F1} s)");
+                $"{(m.Lookahead ? "lookahead" : "same-layer")} pairing{(m.MlpReadsMlpInput ? ", MLP predictors on the MLP input" : "")}, {m.Tokens:N0} tokens ({clock.Elapsed.TotalSeconds:F1} s)");
             return Task.FromResult(0);
         });
         return command;

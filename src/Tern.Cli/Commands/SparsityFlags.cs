@@ -11,7 +11,8 @@ internal sealed class SparsityFlags
 {
     public Option<string?> Spec { get; } = new("--sparsity")
     {
-        Description = "DejaVu contextual sparsity of decode steps: mlp=FRACTION[,rule=predicted|oracle|random][,seed=N] (ReLU MLPs; " +
+        Description = "DejaVu contextual sparsity of decode steps: mlp=FRACTION,heads=FRACTION[,rule=predicted|oracle|random][,seed=N], " +
+            "either fraction optional (mlp= needs a ReLU MLP; heads= serves every architecture, keys and values of skipped heads still cached; " +
             "predicted reads the predictors of 'tern sparsity train' next to the model). Default: dense.",
     };
 
@@ -44,17 +45,18 @@ internal sealed class SparsityFlags
 
     /// <summary>Puts the sparsity the flag asks for on <paramref name="model"/> (loaded by <paramref name="common"/>'s flags); the
     /// result (null when dense) owns the predictors it loaded. <paramref name="everyToken"/>: steps of several tokens (evaluation
-    /// windows) are sparse too, each token choosing its neurons, as DejaVu measures quality.</summary>
-    public MlpSparsity? Apply(ParseResult r, CommonOptions common, CausalLanguageModel model, bool everyToken = false)
+    /// windows) are sparse too, each token choosing its neurons and heads, as DejaVu measures quality.</summary>
+    public DejaVuSparsity? Apply(ParseResult r, CommonOptions common, CausalLanguageModel model, bool everyToken = false)
     {
         if (Read(r) is not { } options) return null;
         options = options with { EveryToken = everyToken };
         bool dummy = r.GetValue(common.Dummy);
-        if (dummy && options.Rule == NeuronRule.Predicted)
+        if (dummy && options.Rule == SelectionRule.Predicted)
             Console.Error.WriteLine("note: --dummy weights: the predictors are untrained ones of the default ranks (their cost, not their choices)");
-        var sparsity = dummy ? MlpSparsity.ForTiming(model, options) : MlpSparsity.Load(model, common.ResolveModelFolder(r), options);
+        var sparsity = dummy ? DejaVuSparsity.ForTiming(model, options) : DejaVuSparsity.Load(model, common.ResolveModelFolder(r), options);
         model.Sparsity = sparsity;
-        Console.Error.WriteLine($"sparsity: {sparsity.ActiveNeurons} of each layer's MLP neurons per decode token ({options.Rule.ToString().ToLowerInvariant()})");
+        Console.Error.WriteLine($"sparsity: {sparsity.ActiveNeurons} of each layer's {ModelIdentity.Of(model.Config).IntermediateSize} MLP neurons and " +
+            $"{sparsity.ActiveHeads} of its {model.Info.Heads} heads per {(everyToken ? "token" : "decode token")} ({options.Rule.ToString().ToLowerInvariant()})");
         return sparsity;
     }
 }

@@ -43,6 +43,22 @@ internal static class Attention
     }
 
     /// <summary>
+    /// residual + o_proj(<paramref name="attended"/> [B,T,H·D]): DejaVu's head sparsity (Liu et al. 2023) when the step selects heads — the
+    /// output of a skipped head counts as zero, so only the kept heads' column blocks W_out[:, h·D:(h+1)·D] are read (gathered
+    /// columns, as the sparse MLP's down-projection). Keys and values of every head were cached by <see cref="Forward"/>.
+    /// </summary>
+    public static Tensor Project(Linear output, Tensor attended, Tensor residual, int layer, ModelStep step, AttentionSettings s)
+    {
+        long b = attended.shape[0], t = attended.shape[1];
+        var perHead = attended.reshape(b, t, s.Heads, s.HeadDim);
+        if (step.Sparsity?.Heads(layer, () => perHead) is not { } heads) return output.ForwardAdd(attended, residual);
+        var selected = heads.unsqueeze(-1); // [B,T,k,1]
+        var kept = perHead.gather(2, selected.expand(b, t, heads.shape[2], s.HeadDim)); // [B,T,k,D]
+        var columns = selected * s.HeadDim + torch.arange(s.HeadDim, ScalarType.Int64, heads.device); // head h: columns h·D … h·D + D − 1
+        return output.ForwardColumnsAdd(kept.flatten(2), columns.flatten(2), residual);
+    }
+
+    /// <summary>
     /// A step whose row ranges belong to caches of different configurations: each range attends through its own cache, as a
     /// step over that cache alone would. Keys arrive unrotated when some cache keeps them at their cache index; a range whose
     /// cache stores them rotated gets them rotated here, at its positions.

@@ -40,7 +40,8 @@ internal sealed record Linear(Tensor Weight, Tensor? Bias) : IDisposable
     }
 
     /// <summary>residual + a·W[:, columns]ᵀ + b: <paramref name="a"/> [B, T, k] holds the values of the inputs
-    /// <paramref name="columns"/> (int64 [B, T, k], per token), the others being zero (DejaVu's sparse down-projection).</summary>
+    /// <paramref name="columns"/> (int64 [B, T, k], per token), the others being zero (DejaVu's sparse down-projection, and its
+    /// output projection over the kept heads).</summary>
     public Tensor ForwardColumnsAdd(Tensor a, Tensor columns, Tensor residual)
     {
         long n = columns.shape[0] * columns.shape[1], k = columns.shape[2];

@@ -3,9 +3,10 @@ using static TorchSharp.torch;
 namespace Tern.Models;
 
 /// <summary>
-/// DejaVu's seam (Liu et al. 2023, contextual sparsity): which MLP neurons each decoder layer computes in a step. The layers
-/// ask through <see cref="ISparsityStep"/> and know no selection rule; <c>Tern.Sparsity</c> holds the rules (learned
-/// predictors, the oracle, random) and the sparse products. Set on a model with <see cref="CausalLanguageModel.Sparsity"/>.
+/// DejaVu's seam (Liu et al. 2023, contextual sparsity): which MLP neurons and which attention heads each decoder layer
+/// computes in a step. The layers ask through <see cref="ISparsityStep"/> and know no selection rule; <c>Tern.Sparsity</c>
+/// holds the rules (learned predictors, the oracle, random) and the sparse products. Set on a model with
+/// <see cref="CausalLanguageModel.Sparsity"/>.
 /// </summary>
 public interface IContextualSparsity
 {
@@ -14,14 +15,22 @@ public interface IContextualSparsity
     ISparsityStep? ForStep(ForwardBatch batch);
 }
 
-/// <summary>One step's selections, asked layer by layer in order.</summary>
+/// <summary>One step's selections, asked layer by layer in order. What a layer hands out lives in the layer's dispose scope:
+/// keep it past the layer with <c>DetachFromDisposeScope</c>.</summary>
 public interface ISparsityStep
 {
     /// <summary>Layer <paramref name="layer"/>'s input [B, T, hidden], before the layer runs (what lookahead predictors read).</summary>
     void LayerInput(int layer, Tensor hidden);
 
+    /// <summary>The query heads whose attention output layer <paramref name="layer"/> projects for each token: int64 [B, T, k]
+    /// in ascending order, or null for all of them. <paramref name="headOutputs"/> gives every head's output before the output
+    /// projection, [B, T, heads, head_dim] (the oracle ranks heads by its norm). Keys and values of every head are cached
+    /// whatever is chosen, so a later token never reads a missing entry.</summary>
+    Tensor? Heads(int layer, Func<Tensor> headOutputs);
+
     /// <summary>The MLP neurons layer <paramref name="layer"/> computes for each token: int64 [B, T, k], or null for all of them.
-    /// <paramref name="preActivations"/> gives the true pre-activations [B, T, intermediate] (the oracle's rule; it costs the
-    /// dense product, so other rules do not call it).</summary>
-    Tensor? Neurons(int layer, Func<Tensor> preActivations);
+    /// <paramref name="mlpInput"/> is the residual stream entering the MLP block [B, T, hidden] (after attention, before the
+    /// norm: what DejaVu's released MLP predictors read); <paramref name="preActivations"/> gives the true pre-activations
+    /// [B, T, intermediate] (the oracle's rule; it costs the dense product, so other rules do not call it).</summary>
+    Tensor? Neurons(int layer, Tensor mlpInput, Func<Tensor> preActivations);
 }

@@ -92,7 +92,7 @@ internal sealed class Gpt2Model : CausalLanguageModel
         var qkv = w.Linear("attn.c_attn").Forward(Norms.Layer(h, w["ln_1.weight"], w["ln_1.bias"], eps)).view(b, t, 3 * s.Heads, s.HeadDim);
         var attended = Attention.Forward(qkv.narrow(2, 0, s.Heads), qkv.narrow(2, s.Heads, s.Heads), qkv.narrow(2, 2 * s.Heads, s.Heads),
             step, cache, s);
-        h = w.Linear("attn.c_proj").ForwardAdd(attended, h);
+        h = Attention.Project(w.Linear("attn.c_proj"), attended, h, layer, step, s);
         var m = Norms.Layer(h, w["ln_2.weight"], w["ln_2.bias"], eps);
         if (LowRank is { } lowRank && lowRank.Contains(w.Prefix + "mlp.c_fc"))
         {

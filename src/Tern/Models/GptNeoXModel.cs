@@ -91,12 +91,11 @@ internal sealed class GptNeoXModel : CausalLanguageModel
             .view(b, t, 3 * heads, attention.HeadDim);
         var (q, k, cachedKeys) = step.Rotary(rotary).QueryKey(qkv, heads, heads, cache.KeysAtCacheIndex);
         var attended = Attention.Forward(q, k, qkv.narrow(2, 2 * heads, heads), step, cache, attention, cachedKeys);
-        var attnOut = w.Linear("attention.dense").Forward(attended);
         Tensor Mlp(Tensor x) => w.Linear("mlp.dense_4h_to_h").Forward(act.Apply(w.Linear("mlp.dense_h_to_4h")
             .Forward(Norms.Layer(x, w["post_attention_layernorm.weight"], w["post_attention_layernorm.bias"], eps))));
-        if (parallel) return h + attnOut + Mlp(h);
-        h = h + attnOut;
-        return h + Mlp(h);
+        var parallelMlp = parallel ? Mlp(h) : null; // the parallel residual reads the layer's input
+        h = Attention.Project(w.Linear("attention.dense"), attended, h, layer, step, attention);
+        return h + (parallelMlp ?? Mlp(h));
     }
 
     private protected override Tensor Head(PartWeights w, Tensor h, ModelStep step) =>

@@ -131,17 +131,19 @@ internal sealed class LlamaModel : CausalLanguageModel
         var qkv = w.Linear("self_attn.qkv_proj").Forward(Norms.Rms(h, w["input_layernorm.weight"], eps)).view(b, t, s.Heads + 2 * s.KvHeads, s.HeadDim);
         var (q, k, cachedKeys) = step.Rotary(rotary).QueryKey(qkv, s.Heads, s.KvHeads, cache.KeysAtCacheIndex);
         var attended = Attention.Forward(q, k, qkv.narrow(2, s.Heads + s.KvHeads, s.KvHeads), step, cache, s, cachedKeys);
-        h = w.Linear("self_attn.o_proj").ForwardAdd(attended, h);
+        h = Attention.Project(w.Linear("self_attn.o_proj"), attended, h, layer, step, s);
         var m = Norms.Rms(h, w["post_attention_layernorm.weight"], eps);
         if (LowRank is { } lowRank && lowRank.Contains(w.Prefix + "mlp.down_proj"))
         {
-            if (step.Sparsity is not null) throw new NotSupportedException("contextual sparsity over a low-rank (InRank) MLP is not supported; export it with 'tern export --dense' first.");
             FactoredLinear Mlp(string name) => w.Factored(name, lowRank.Live(w.Prefix + name));
-            return Mlp("mlp.down_proj").ForwardAdd(act.Apply(Mlp("mlp.gate_proj").Forward(m)) * Mlp("mlp.up_proj").Forward(m), h);
+            var gate = Mlp("mlp.gate_proj").Forward(m);
+            if (step.Sparsity?.Neurons(layer, h, () => gate) is not null)
+                throw new NotSupportedException("MLP neuron sparsity over a low-rank (InRank) MLP is not supported; export it with 'tern export --dense' first.");
+            return Mlp("mlp.down_proj").ForwardAdd(act.Apply(gate) * Mlp("mlp.up_proj").Forward(m), h);
         }
         var gateUp = w.Linear("mlp.gate_up_proj");
         // DejaVu: a neuron whose gate is silent adds nothing — its gate and up rows and its down column are skipped.
-        if (step.Sparsity?.Neurons(layer, () => Linear.Apply(m, gateUp.Weight.narrow(0, 0, intermediate), gateUp.Bias?.narrow(0, 0, intermediate))) is { } neurons)
+        if (step.Sparsity?.Neurons(layer, h, () => Linear.Apply(m, gateUp.Weight.narrow(0, 0, intermediate), gateUp.Bias?.narrow(0, 0, intermediate))) is { } neurons)
             return w.Linear("mlp.down_proj").ForwardColumnsAdd(
                 act.Gated(gateUp.ForwardRows(m, torch.cat(new[] { neurons, neurons + intermediate }, -1)), (int)neurons.shape[^1]), neurons, h);
         return w.Linear("mlp.down_proj").ForwardAdd(act.Gated(gateUp.Forward(m), intermediate), h);

@@ -13,7 +13,7 @@ internal sealed class ModelStep(ForwardBatch batch, ISparsityStep? sparsity = nu
     /// <summary>The step's input.</summary>
     public ForwardBatch Batch => batch;
 
-    /// <summary>Which MLP neurons the layers compute (DejaVu); null: every one.</summary>
+    /// <summary>Which MLP neurons and attention heads the layers compute (DejaVu); null: every one.</summary>
     public ISparsityStep? Sparsity => sparsity;
 
     /// <summary>The step's rotation by <paramref name="embedding"/> (one per model), made at the first layer that asks.</summary>

@@ -90,12 +90,12 @@ internal sealed class OptModel : CausalLanguageModel
         var qkv = w.Linear("self_attn.qkv_proj").Forward(a).view(b, t, 3 * attention.Heads, attention.HeadDim);
         var attended = Attention.Forward(qkv.narrow(2, 0, attention.Heads), qkv.narrow(2, attention.Heads, attention.Heads),
             qkv.narrow(2, 2 * attention.Heads, attention.Heads), step, cache, attention);
-        h = w.Linear("self_attn.out_proj").ForwardAdd(attended, h);
+        h = Attention.Project(w.Linear("self_attn.out_proj"), attended, h, layer, step, attention);
         if (!preNorm) h = Norms.Layer(h, attnNormW, attnNormB, Eps);
         var m = preNorm ? Norms.Layer(h, mlpNormW, mlpNormB, Eps) : h;
         var fc1 = w.Linear("fc1");
         // DejaVu: only the neurons the step selects are computed (fc1 rows, fc2 columns); the others' ReLU would be 0.
-        h = step.Sparsity?.Neurons(layer, () => fc1.Forward(m)) is { } neurons
+        h = step.Sparsity?.Neurons(layer, h, () => fc1.Forward(m)) is { } neurons
             ? w.Linear("fc2").ForwardColumnsAdd(act.Apply(fc1.ForwardRows(m, neurons)), neurons, h)
             : w.Linear("fc2").ForwardAdd(act.Apply(fc1.Forward(m)), h);
         if (!preNorm) h = Norms.Layer(h, mlpNormW, mlpNormB, Eps);

@@ -90,6 +90,8 @@ public sealed class TernOption
     public static readonly TernOption InRankFixedRank = new("InRankOptions.FixedRank");
     /// <summary>Fraction of MLP neurons a sparse decode step computes (DejaVu).</summary>
     public static readonly TernOption SparsityMlp = new("SparsityOptions.MlpActive");
+    /// <summary>Fraction of attention heads a sparse decode step projects (DejaVu).</summary>
+    public static readonly TernOption SparsityHeads = new("SparsityOptions.HeadsActive");
     /// <summary>DejaVu's sparsity as one specification (<c>mlp=0.1,rule=predicted</c>).</summary>
     public static readonly TernOption Sparsity = new("SparsityOptions");
 

@@ -11,7 +11,9 @@ namespace Tern.Sparsity;
 /// <param name="Inputs">The residual stream entering the layer, [N, hidden] (bf16: half the bytes, no fp16 overflow).</param>
 /// <param name="MlpActive">Which MLP neurons fire, bool [N, intermediate]; null when only heads were collected.</param>
 /// <param name="HeadNorms">‖o_h‖ of each head's attention output before the output projection, fp32 [N, heads].</param>
-public sealed record LayerActivations(Tensor Inputs, Tensor? MlpActive, Tensor HeadNorms) : IDisposable
+/// <param name="MlpInputs">The residual stream entering the MLP block (after attention, before its norm), [N, hidden] bf16;
+/// null when only heads were collected, or in folders of an older Tern.</param>
+public sealed record LayerActivations(Tensor Inputs, Tensor? MlpActive, Tensor HeadNorms, Tensor? MlpInputs = null) : IDisposable
 {
     /// <inheritdoc />
     public void Dispose()
@@ -19,6 +21,7 @@ public sealed record LayerActivations(Tensor Inputs, Tensor? MlpActive, Tensor H
         Inputs.Dispose();
         MlpActive?.Dispose();
         HeadNorms.Dispose();
+        MlpInputs?.Dispose();
     }
 }
 
@@ -37,7 +40,8 @@ public sealed record ActivationManifest
 
 /// <summary>
 /// Per-layer activations of a model over a corpus (<see cref="ActivationCollector"/>), in memory or in a folder:
-/// <c>activations.json</c> plus <c>layer-NNN.safetensors</c> (tensors <c>inputs</c>, <c>mlp_active</c>, <c>head_norms</c>).
+/// <c>activations.json</c> plus <c>layer-NNN.safetensors</c> (tensors <c>inputs</c>, <c>mlp_active</c>, <c>head_norms</c>,
+/// <c>mlp_inputs</c>).
 /// </summary>
 public sealed class ActivationData : IDisposable
 {
@@ -72,6 +76,7 @@ public sealed class ActivationData : IDisposable
             var l = Layers[i];
             var tensors = new List<(string, Tensor)> { ("inputs", l.Inputs), ("head_norms", l.HeadNorms) };
             if (l.MlpActive is { } active) tensors.Add(("mlp_active", active));
+            if (l.MlpInputs is { } mlpInputs) tensors.Add(("mlp_inputs", mlpInputs));
             SafetensorsWriter.Write(LayerFile(directory, i), tensors);
         }
         AtomicFile.Write(Path.Combine(directory, ManifestFile), s => JsonSerializer.Serialize(s, Manifest, Json));
@@ -93,11 +98,13 @@ public sealed class ActivationData : IDisposable
                 string path = LayerFile(directory, i);
                 if (!File.Exists(path)) throw new FileNotFoundException($"{path} is missing ({manifest.Model.Layers} layers expected); collect the activations again.");
                 using var file = SafetensorsFile.Open(path);
-                var l = new LayerActivations(file.Load("inputs"), manifest.Mlp ? file.Load("mlp_active") : null, file.Load("head_norms"));
+                var l = new LayerActivations(file.Load("inputs"), manifest.Mlp ? file.Load("mlp_active") : null, file.Load("head_norms"),
+                    file.TryGetInfo("mlp_inputs", out _) ? file.Load("mlp_inputs") : null);
                 layers.Add(l);
                 Check(path, "inputs", l.Inputs, manifest.Tokens, manifest.Model.HiddenSize, "hidden_size");
                 Check(path, "head_norms", l.HeadNorms, manifest.Tokens, manifest.Model.Heads, "num_attention_heads");
                 if (l.MlpActive is { } a) Check(path, "mlp_active", a, manifest.Tokens, manifest.Model.IntermediateSize, "intermediate_size");
+                if (l.MlpInputs is { } m) Check(path, "mlp_inputs", m, manifest.Tokens, manifest.Model.HiddenSize, "hidden_size");
             }
         }
         catch

@@ -46,14 +46,16 @@ public sealed record ModelIdentity
     /// <c>hidden_act</c> relu, whose neuron is off when relu(gate·x) is zero).</summary>
     [JsonIgnore] public bool HasReluMlp => Activation == "relu" && ModelType is "opt" or "llama" or "mistral" or "qwen2";
 
+    const string HeadsOnly = "--heads-only to collect and train, heads= without mlp= to run";
+
     /// <summary>Throws unless <see cref="HasReluMlp"/>: SwiGLU/GELU neurons are never exactly off, so "fires" has no meaning.</summary>
     public void RequireReluMlp()
     {
         if (HasReluMlp) return;
         throw new SparsityException(Activation == "relu"
-            ? $"MLP neuron sparsity is implemented for OPT and Llama-family MLPs; this model is '{ModelType}'. Use attention-head sparsity only (--heads-only)."
+            ? $"MLP neuron sparsity is implemented for OPT and Llama-family MLPs; this model is '{ModelType}'. Use attention-head sparsity only ({HeadsOnly})."
             : $"MLP neuron sparsity needs a ReLU MLP, whose inactive neurons are exactly zero; this {ModelType} model's activation is '{Activation}' " +
-              "(SwiGLU/GELU neurons are never exactly off). Use attention-head sparsity only (--heads-only).");
+              $"(SwiGLU/GELU neurons are never exactly off). Use attention-head sparsity only ({HeadsOnly}).");
     }
 
     /// <summary>Throws naming the first field where <paramref name="actual"/> differs from this identity (what <paramref name="what"/>

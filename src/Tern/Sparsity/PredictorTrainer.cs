@@ -16,6 +16,10 @@ public sealed record PredictorTrainingOptions
     /// <summary>Layer ℓ's predictors read layer ℓ−1's input (layer 0 reads its own: the embedding output). The released MLP
     /// training pairs the same layer, which the asynchronous system cannot use; we train what inference will run.</summary>
     public bool Lookahead { get; init; } = true;
+    /// <summary>The MLP predictors read the residual stream entering the MLP block (after attention, before the norm) instead of
+    /// the layer's input: what DejaVu's released MLP training reads (its input is nearer the neurons' own). With
+    /// <see cref="Lookahead"/> layer ℓ's MLP input predicts ℓ + 1 (the latency system's side stream), without it ℓ itself.</summary>
+    public bool MlpReadsMlpInput { get; init; }
     /// <summary>Train MLP neuron predictors (when the data has masks).</summary>
     public bool Mlp { get; init; } = true;
     /// <summary>Fraction k of heads labelled active per token: the top ⌈k·heads⌉ by output norm (run_c4_att.sh: 0.3).</summary>
@@ -108,6 +112,8 @@ public static class PredictorTrainer
         var (defaultMlp, defaultHeads) = DefaultRanks(model);
         int mlpRank = options.MlpRank ?? defaultMlp, headRank = options.HeadRank ?? defaultHeads;
         if (mlpRank < 1 || headRank < 1) throw new ArgumentException($"ranks must be positive (MLP {mlpRank}, heads {headRank}).");
+        if (mlp && options.MlpReadsMlpInput && data.Layers.Any(l => l.MlpInputs is null))
+            throw new SparsityException("these activations hold no MLP-block inputs (collected by an older Tern); collect them again to train predictors that read them.");
         if (data.Manifest.Tokens < 2) throw new SparsityException($"{data.Manifest.Tokens} token(s) collected; training needs at least 2 (one held out).");
         var layers = new List<LayerPredictors>();
         try
@@ -122,7 +128,8 @@ public static class PredictorTrainer
                 PredictorStats? mlpStats = null;
                 if (mlp)
                 {
-                    (mlpPredictor, mlpStats) = Fit(x, data.Layers[l].MlpActive!, source, mlpRank, options.LearningRate, 0.005, null, options, seed: 2 * l);
+                    var mlpX = options.MlpReadsMlpInput ? data.Layers[source].MlpInputs! : x;
+                    (mlpPredictor, mlpStats) = Fit(mlpX, data.Layers[l].MlpActive!, source, mlpRank, options.LearningRate, 0.005, null, options, seed: 2 * l);
                     progress?.Report((l, "mlp", mlpStats));
                 }
                 var headLabels = TopHeads(data.Layers[l].HeadNorms, options.HeadFraction);
@@ -138,7 +145,7 @@ public static class PredictorTrainer
         }
         return new SparsityPredictors(new PredictorManifest
         {
-            Model = model, Lookahead = options.Lookahead, Mlp = mlp, MlpRank = mlp ? mlpRank : null, HeadRank = headRank,
+            Model = model, Lookahead = options.Lookahead, Mlp = mlp, MlpReadsMlpInput = mlp && options.MlpReadsMlpInput, MlpRank = mlp ? mlpRank : null, HeadRank = headRank,
             HeadFraction = options.HeadFraction, Tokens = data.Manifest.Tokens,
         }, layers);
     }

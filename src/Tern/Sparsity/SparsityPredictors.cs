@@ -34,6 +34,9 @@ public sealed record PredictorManifest
     [JsonPropertyName("lookahead")] public required bool Lookahead { get; init; }
     /// <summary>True when MLP neuron predictors are present.</summary>
     [JsonPropertyName("mlp")] public required bool Mlp { get; init; }
+    /// <summary>The MLP predictors read the residual stream entering a layer's MLP block (after attention) rather than the layer's
+    /// input (<see cref="PredictorTrainingOptions.MlpReadsMlpInput"/>); absent in older files: false.</summary>
+    [JsonPropertyName("mlp_reads_mlp_input")] public bool MlpReadsMlpInput { get; init; }
     /// <summary>Rank of the MLP predictors (null without them).</summary>
     [JsonPropertyName("mlp_rank")] public int? MlpRank { get; init; }
     /// <summary>Rank of the head predictors.</summary>

@@ -3,14 +3,15 @@ using System.Globalization;
 namespace Tern.Tests.Cli;
 
 /// <summary>DejaVu's <c>--sparsity</c> on the commands that run a model: bad specifications stop the parse with one line
-/// naming the flag (exit 2); on the shipped ReLU model, k = all neurons is the dense run, and fewer neurons change it.</summary>
+/// naming the flag (exit 2); on the shipped ReLU model, k = all neurons and heads is the dense run, and fewer change it.</summary>
 public sealed class SparsityFlagTests
 {
     [Theory]
     [InlineData("mlp=1.5", "tern: --mlp must be in (0, 1], the fraction of neurons computed (got 1.5).")]
-    [InlineData("rule=oracle", "tern: --sparsity 'rule=oracle' names no fraction: write e.g. mlp=0.1 (the fraction of MLP neurons computed).")]
-    [InlineData("mlp=0.1,rule=best", "tern: --sparsity: 'rule=best' is not understood; write mlp=FRACTION[,rule=predicted|oracle|random][,seed=N], e.g. mlp=0.1.")]
-    [InlineData("mlp=0.1,heads=0.5", "tern: --sparsity: head sparsity (heads=) is not built yet; only mlp= is (DejaVu's MLP sparsity).")]
+    [InlineData("heads=0", "tern: --heads must be in (0, 1], the fraction of heads computed (got 0).")]
+    [InlineData("rule=oracle", "tern: --sparsity 'rule=oracle' names no fraction: write e.g. mlp=0.1 or heads=0.5 (the fractions of MLP neurons and attention heads computed).")]
+    [InlineData("mlp=0.1,rule=best", "tern: --sparsity: 'rule=best' is not understood; write mlp=FRACTION,heads=FRACTION[,rule=predicted|oracle|random][,seed=N], e.g. mlp=0.1,heads=0.5.")]
+    [InlineData("mlp=0.1,heads=half", "tern: --sparsity: 'heads=half' is not understood; write mlp=FRACTION,heads=FRACTION[,rule=predicted|oracle|random][,seed=N], e.g. mlp=0.1,heads=0.5.")]
     public void BadSpecificationsAreOneLineAndExitTwo(string spec, string message)
     {
         foreach (var command in new[] { new[] { "generate" }, new[] { "bench" }, new[] { "serve" }, new[] { "eval", "ppl", "--text", "x" } })
@@ -35,7 +36,7 @@ public sealed class SparsityFlagTests
     {
         using var dir = new TempDir();
         var (code, _, error) = CliProcess.Run("bench", "--model", DefaultModel, "--dummy", "--device", "cpu", "--prompt", "8", "--new-tokens", "4",
-            "--sparsity", "mlp=0.1", "-o", Path.Combine(dir.Path, "results.csv"));
+            "--sparsity", "mlp=0.1,heads=0.5", "-o", Path.Combine(dir.Path, "results.csv"));
         Assert.True(code == 0, error);
         Assert.Contains("untrained ones of the default ranks", error);
         Assert.Contains("sparsity: ", error);
@@ -52,18 +53,39 @@ public sealed class SparsityFlagTests
     }
 
     [Fact]
-    public void EveryNeuronIsTheDenseRunAndFewerChangeIt()
+    public void EveryNeuronAndHeadIsTheDenseRunAndFewerChangeIt()
     {
         string text = Path.Combine(Fixtures.Root, "..", "..", "README.md");
         double dense = Perplexity(text);
         Assert.Equal(dense, Perplexity(text, "--sparsity", "mlp=1,rule=oracle"));
         Assert.NotEqual(dense, Perplexity(text, "--sparsity", "mlp=0.05,rule=random"));
+        Assert.Equal(dense, Perplexity(text, "--sparsity", "heads=1,rule=random"));
+        Assert.NotEqual(dense, Perplexity(text, "--sparsity", "heads=0.25,rule=oracle"));
 
         var (code, output, error) = CliProcess.Run("generate", "--model", DefaultModel, "--device", "cpu", "A dictionary is", "--max-new-tokens", "6", "--no-stream");
         var (sparseCode, sparseOutput, sparseError) = CliProcess.Run("generate", "--model", DefaultModel, "--device", "cpu", "A dictionary is", "--max-new-tokens", "6", "--no-stream",
-            "--sparsity", "mlp=1,rule=oracle");
+            "--sparsity", "mlp=1,heads=1,rule=oracle");
         Assert.True(code == 0 && sparseCode == 0, error + sparseError);
         Assert.Equal(output, sparseOutput);
         Assert.Contains("sparsity: ", sparseError);
+    }
+
+    /// <summary><c>tern eval sparsity</c> on the shipped model without predictors: heads rows for the oracle and random
+    /// selection, the recall of random heads, cloze accuracy in every row, the CSV and the heads plot.</summary>
+    [Fact]
+    public void TheEvaluationMeasuresHeadsWithClozeAccuracy()
+    {
+        using var dir = new TempDir();
+        string text = Path.Combine(Fixtures.Root, "..", "..", "README.md");
+        var (code, output, error) = CliProcess.Run("eval", "sparsity", "--model", DefaultModel, "--device", "cpu", "--text", text, "--max-tokens", "96",
+            "--window", "48", "--mlp", "none", "--heads", "0.5", "--combined-heads", "none", "--choice-items", "3", "-o", dir.Path);
+        Assert.True(code == 0, error);
+        Assert.Contains("holds no predictors", error);
+        var csv = File.ReadAllLines(Path.Combine(dir.Path, "sparsity.csv"));
+        Assert.Equal(new[] { "dense,dense", "heads,oracle", "heads,random" }, csv.Skip(1).Select(l => string.Join(',', l.Split(',').Take(2))));
+        Assert.All(csv.Skip(1), l => Assert.Matches(@",(0|0\.\d+|1)$", l)); // an accuracy in every row
+        Assert.True(File.Exists(Path.Combine(dir.Path, "sparsity-heads.png")));
+        Assert.False(File.Exists(Path.Combine(dir.Path, "sparsity-mlp.png")));
+        Assert.Contains("sparsity-heads.png", output);
     }
 }

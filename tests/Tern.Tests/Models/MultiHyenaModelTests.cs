@@ -216,7 +216,7 @@ public sealed class MultiHyenaModelTests : IDisposable
         Assert.Throws<OptionException>(() => new Generator(model).GenerateTokens(new[] { Prompts[0] }, Greedy(2) with { Cache = sink }));
         var bits = KvCachePolicies.Create(new KvPolicyOptions { Policy = "full", Bits = 8 });
         Assert.Equal(TernOption.KvBits, Assert.Throws<OptionException>(() => model.CreateCache(1, 16, bits)).Option);
-        Assert.Equal(TernOption.Sparsity, Assert.Throws<OptionException>(() => model.Sparsity = MlpSparsity.Create(model, new SparsityOptions { MlpActive = 0.5, Rule = NeuronRule.Random })).Option);
+        Assert.Equal(TernOption.Sparsity, Assert.Throws<OptionException>(() => model.Sparsity = DejaVuSparsity.Create(model, new SparsityOptions { MlpActive = 0.5, Rule = SelectionRule.Random })).Option);
         var offload = Assert.Throws<OptionException>(() => OffloadedModel.Load(folder, new ModelLoadOptions { Device = DeviceKind.Cpu },
             new OffloadOptions { Policy = OffloadPolicy.Parse("w=0/100/0,kv=0/100/0,act=0/100/0,gbs=1,ngb=1") }));
         Assert.Equal(TernOption.Offload, offload.Option);

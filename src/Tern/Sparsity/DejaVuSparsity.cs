@@ -1,0 +1,243 @@
+using Tern.Models;
+using Tern.Runtime;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Tern.Sparsity;
+
+/// <summary>How <see cref="DejaVuSparsity"/> picks the neurons and heads a layer computes.</summary>
+public enum SelectionRule
+{
+    /// <summary>The top-k of the layer's learned predictor (DejaVu §4.2; with lookahead it read the previous layer's input).</summary>
+    Predicted,
+    /// <summary>The top-k of the true scores — neurons by pre-activation, heads by output norm ‖o_h‖: the bound a predictor can
+    /// reach (it costs the dense products).</summary>
+    Oracle,
+    /// <summary>k units drawn at random: the floor.</summary>
+    Random,
+}
+
+/// <summary>Contextual MLP and attention-head sparsity of a model's decode steps.</summary>
+public sealed record SparsityOptions
+{
+    /// <summary>Fraction of each layer's MLP neurons computed (DejaVu's kernel study: 0.05–0.2); 1 runs the MLP dense.</summary>
+    public double MlpActive { get; init; } = 1.0;
+
+    /// <summary>Fraction of each layer's attention heads projected (DejaVu: 0.25–0.5 on OPT-175B); 1 runs attention dense.</summary>
+    public double HeadsActive { get; init; } = 1.0;
+
+    /// <summary>The selection rule, for neurons and heads alike.</summary>
+    public SelectionRule Rule { get; init; } = SelectionRule.Predicted;
+
+    /// <summary>Seed of <see cref="SelectionRule.Random"/>.</summary>
+    public long Seed { get; init; }
+
+    /// <summary>Also steps of several tokens (a prefill, a perplexity window), each token choosing its own units: how
+    /// DejaVu measures quality. Off: those steps run dense and generation sparsifies its decode steps only.</summary>
+    public bool EveryToken { get; init; }
+
+    /// <summary>Checks the values, with messages that name the option.</summary>
+    public void Validate()
+    {
+        if (!(MlpActive > 0 && MlpActive <= 1)) throw new OptionException($"{TernOption.SparsityMlp} must be in (0, 1], the fraction of neurons computed (got {MlpActive}).");
+        if (!(HeadsActive > 0 && HeadsActive <= 1)) throw new OptionException($"{TernOption.SparsityHeads} must be in (0, 1], the fraction of heads computed (got {HeadsActive}).");
+    }
+
+    const string Syntax = "mlp=FRACTION,heads=FRACTION[,rule=predicted|oracle|random][,seed=N]";
+
+    /// <summary>Reads <c>mlp=F,heads=F[,rule=predicted|oracle|random][,seed=N]</c>, either fraction optional (the CLI's
+    /// <c>--sparsity</c>, a request's field).</summary>
+    public static SparsityOptions Parse(string spec)
+    {
+        var options = new SparsityOptions();
+        bool fraction = false;
+        foreach (string item in spec.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+        {
+            var (key, value) = item.Split('=', 2) is [var k, var v] ? (k.Trim().ToLowerInvariant(), v.Trim()) : (item.ToLowerInvariant(), "");
+            var invariant = System.Globalization.CultureInfo.InvariantCulture;
+            bool number = double.TryParse(value, System.Globalization.NumberStyles.Float, invariant, out double f);
+            options = key switch
+            {
+                "mlp" when number => options with { MlpActive = f },
+                "heads" when number => options with { HeadsActive = f },
+                "rule" when Enum.TryParse<SelectionRule>(value, ignoreCase: true, out var rule) && !int.TryParse(value, out _) => options with { Rule = rule },
+                "seed" when long.TryParse(value, invariant, out long seed) => options with { Seed = seed },
+                _ => throw new OptionException($"{TernOption.Sparsity}: '{item}' is not understood; write {Syntax}, e.g. mlp=0.1,heads=0.5."),
+            };
+            fraction |= key is "mlp" or "heads";
+        }
+        if (!fraction) throw new OptionException($"{TernOption.Sparsity} '{spec}' names no fraction: write e.g. mlp=0.1 or heads=0.5 (the fractions of MLP neurons and attention heads computed).");
+        options.Validate();
+        return options;
+    }
+}
+
+/// <summary>
+/// DejaVu's contextual sparsity (Liu et al. 2023, §4): in each decode step, layer ℓ computes only the k = ⌈MlpActive·I⌉ MLP
+/// neurons and projects only the k = ⌈HeadsActive·H⌉ attention heads its rule selects per token — the top-k of the learned
+/// predictors' logits (read from layer ℓ−1's input with lookahead, so the selection is ready before the layer runs), of the
+/// true scores (oracle), or at random. A ReLU neuron outside the selection contributes relu(·) = 0 only if it was silent
+/// anyway; a skipped head's output counts as zero (its keys and values are still cached). Each token chooses its own units;
+/// prefill steps run dense unless <see cref="SparsityOptions.EveryToken"/>. Set on a model through
+/// <see cref="CausalLanguageModel.Sparsity"/>.
+/// </summary>
+public sealed class DejaVuSparsity : IContextualSparsity, IDisposable
+{
+    readonly SparsityOptions options;
+    readonly SparsityPredictors? predictors;
+    readonly int neurons, heads, layers;
+    readonly torch.Generator? random;
+    SparsityPredictors? owned;
+
+    DejaVuSparsity(SparsityOptions options, SparsityPredictors? predictors, ModelIdentity model)
+    {
+        this.options = options;
+        this.predictors = predictors;
+        (neurons, heads, layers) = (model.IntermediateSize, model.Heads, model.Layers);
+        ActiveNeurons = (int)Math.Ceiling(options.MlpActive * neurons);
+        ActiveHeads = (int)Math.Ceiling(options.HeadsActive * heads);
+        if (options.Rule == SelectionRule.Random) random = new torch.Generator((ulong)options.Seed);
+    }
+
+    /// <summary>Sparsity for <paramref name="model"/>; <paramref name="predictors"/> (trained for it) are needed by
+    /// <see cref="SelectionRule.Predicted"/>. Refuses MLP sparsity where the MLP is not ReLU (its neurons are never exactly
+    /// silent); head sparsity serves every architecture (Llama family, SwiGLU included; OPT; GPT-2; GPT-NeoX).</summary>
+    public static DejaVuSparsity Create(CausalLanguageModel model, SparsityOptions options, SparsityPredictors? predictors = null)
+    {
+        var identity = Supported(model, options);
+        if (options.Rule == SelectionRule.Predicted)
+        {
+            if (predictors is null) throw new OptionException($"{TernOption.Sparsity} with learned predictors needs them: train them with 'tern sparsity train'.");
+            if (options.MlpActive < 1 && (!predictors.Manifest.Mlp || predictors.Layers.Any(l => l.Mlp is null)))
+                throw new OptionException($"these predictors hold no MLP predictors (trained with --heads-only); train them again for MLP sparsity, or ask for heads= only.");
+        }
+        return new DejaVuSparsity(options, predictors, identity);
+    }
+
+    /// <summary>The model's identity, once the options are valid and the model's MLP can run them.</summary>
+    static ModelIdentity Supported(CausalLanguageModel model, SparsityOptions options)
+    {
+        options.Validate();
+        // Before anything reads the config as a Transformer's: recurrent layers (Hyena) have no neurons or heads to skip.
+        if (model.HasRecurrentLayers)
+            throw new OptionException($"{TernOption.Sparsity} skips MLP neurons and attention heads of decode steps, which this {model.Info.ModelType} model (recurrent layers) does not have; run it dense.");
+        var identity = ModelIdentity.Of(model.Config);
+        if (options.MlpActive < 1) identity.RequireReluMlp();
+        return identity;
+    }
+
+    /// <summary>Sparsity for <paramref name="model"/>, loaded from <paramref name="modelDirectory"/>: the learned predictors
+    /// saved next to the model (<c>sparsity/</c>, checked against it) when the rule needs them, moved to the model's device and
+    /// owned by the result.</summary>
+    public static DejaVuSparsity Load(CausalLanguageModel model, string modelDirectory, SparsityOptions options)
+    {
+        if (options.Rule != SelectionRule.Predicted) return Create(model, options);
+        Supported(model, options); // before reading predictors for a model that cannot use them
+        var predictors = SparsityPredictors.LoadFor(model, modelDirectory);
+        if (model.Device.type != DeviceType.CPU)
+        {
+            using var onCpu = predictors;
+            predictors = onCpu.To(model.Device);
+        }
+        return Owning(model, options, predictors);
+    }
+
+    /// <summary>Sparsity whose learned rule runs untrained predictors of the default ranks (random weights, on the model's
+    /// device): what a throughput measurement of a model with dummy weights needs — the predictors' cost, not their choices.</summary>
+    public static DejaVuSparsity ForTiming(CausalLanguageModel model, SparsityOptions options, long seed = 0)
+    {
+        if (options.Rule != SelectionRule.Predicted) return Create(model, options);
+        return Owning(model, options, SparsityPredictors.Untrained(Supported(model, options), model.Device, seed));
+    }
+
+    static DejaVuSparsity Owning(CausalLanguageModel model, SparsityOptions options, SparsityPredictors predictors)
+    {
+        try
+        {
+            var sparsity = Create(model, options, predictors);
+            sparsity.owned = predictors;
+            return sparsity;
+        }
+        catch
+        {
+            predictors.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>MLP neurons each layer computes per token.</summary>
+    public int ActiveNeurons { get; }
+
+    /// <summary>Attention heads each layer projects per token.</summary>
+    public int ActiveHeads { get; }
+
+    bool SparseMlp => ActiveNeurons < neurons;
+    bool SparseHeads => ActiveHeads < heads;
+
+    /// <summary>Releases what <see cref="Load"/> loaded.</summary>
+    public void Dispose()
+    {
+        owned?.Dispose();
+        owned = null;
+        random?.Dispose();
+    }
+
+    /// <inheritdoc />
+    public ISparsityStep? ForStep(ForwardBatch batch) =>
+        (batch.InputIds.shape[1] != 1 && !options.EveryToken) || !(SparseMlp || SparseHeads) ? null // k = all: dense
+            : new Step(this, batch.InputIds.shape[0], batch.InputIds.shape[1]);
+
+    sealed class Step(DejaVuSparsity owner, long rows, long tokens) : ISparsityStep
+    {
+        // Predicted layers' logits [B, T, units], in the step's dispose scope.
+        readonly Tensor?[] neuronLogits = new Tensor?[owner.layers], headLogits = new Tensor?[owner.layers];
+        Device device = torch.CPU;
+
+        bool Predicted => owner.options.Rule == SelectionRule.Predicted;
+        bool MlpReadsMlpInput => owner.predictors!.Manifest.MlpReadsMlpInput;
+
+        public void LayerInput(int layer, Tensor hidden)
+        {
+            device = hidden.device;
+            if (Predicted) Predict(layer, hidden, mlp: owner.SparseMlp && !MlpReadsMlpInput, heads: owner.SparseHeads);
+        }
+
+        public Tensor? Heads(int layer, Func<Tensor> headOutputs) => owner.SparseHeads
+            ? Select(layer, headLogits, () => headOutputs().to(ScalarType.Float32).norm(-1), owner.heads, owner.ActiveHeads) : null;
+
+        public Tensor? Neurons(int layer, Tensor mlpInput, Func<Tensor> preActivations)
+        {
+            if (!owner.SparseMlp) return null;
+            if (Predicted && MlpReadsMlpInput) Predict(layer, mlpInput, mlp: true, heads: false);
+            return Select(layer, neuronLogits, preActivations, owner.neurons, owner.ActiveNeurons);
+        }
+
+        /// <summary>Runs the predictors whose source is layer <paramref name="layer"/>'s <paramref name="input"/>: ℓ + 1's with
+        /// lookahead (and ℓ's own for layer 0), else ℓ's.</summary>
+        void Predict(int layer, Tensor input, bool mlp, bool heads)
+        {
+            foreach (int target in new[] { layer, layer + 1 })
+            {
+                if (target >= owner.layers || PredictorTrainer.SourceLayer(target, owner.predictors!.Manifest.Lookahead) != layer) continue;
+                var predictor = owner.predictors.Layers[target];
+                if (mlp) neuronLogits[target] ??= Keep(predictor.Mlp!.Logits(input), target != layer);
+                if (heads) headLogits[target] ??= predictor.Heads.Logits(input);
+            }
+        }
+
+        // Logits for the next layer made inside this layer (from its MLP input) move out of the layer's dispose scope, to the step's.
+        static Tensor Keep(Tensor logits, bool nextLayer) => nextLayer ? logits.MoveToOuterDisposeScope() : logits;
+
+        /// <summary>The top-<paramref name="k"/> of <paramref name="units"/> by the rule's scores, int64 [B, T, k] ascending.</summary>
+        Tensor Select(int layer, Tensor?[] predicted, Func<Tensor> truth, int units, int k)
+        {
+            var scores = owner.options.Rule switch
+            {
+                SelectionRule.Predicted => predicted[layer] ?? throw new InvalidOperationException($"layer {layer}'s predictor has not run: layer inputs come in order."),
+                SelectionRule.Oracle => truth(),
+                _ => torch.rand(new long[] { rows, tokens, units }, generator: owner.random),
+            };
+            return scores.topk(k, dim: -1).indexes.sort(dim: -1).Values.to(device); // ascending: rows read in order
+        }
+    }
+}
