@@ -11,6 +11,7 @@
 #   tools/gpu/hyena_bench.sh status    the logs' last lines
 #   tools/gpu/hyena_bench.sh collect   summary.md + one archive of logs, reports and CSVs to $OUT
 #   tools/gpu/hyena_bench.sh all       everything in the foreground (what `start` runs); every step prints what it does
+#   tools/gpu/hyena_bench.sh speed     only the decode-speed rows (dummy weights at the three shapes, no training)
 #   tools/gpu/hyena_bench.sh cpu       a rehearsal of `all` on the CPU: tiny run on random ids, minutes on 2 cores (Release CLI)
 # Environment: STEPS (3000), SEQ (1024), BATCH (32), DEVICE (cuda), ORDERS ("2 4 8 16 32 64"), ITERS (Adam steps of the fit,
 # 200), LENGTHS ("1024 2048 4096 8192 16384"), BATCHES ("1 16": memory per sequence is the difference over the batches),
@@ -110,12 +111,20 @@ EOF
   cat "$W/summary.md"
 }
 
-case ${1:?stage|start|status|collect|all|cpu} in
+case ${1:?stage|start|status|collect|all|speed|cpu} in
   stage) bash tools/gpu/default_model.sh stage ;;
   start)
     setsid nohup bash -c "source .device/env.sh; bash tools/gpu/hyena_bench.sh all > $W/bench.log 2>&1; echo done > $W/bench.done" \
       > /dev/null 2>&1 < /dev/null &
     sleep 30; tail -5 "$W/bench.log" ;;
+  speed) # the decode-speed rows only (dummy weights, no training): shapes, then bench and summary
+    rm -f "$W/bench.csv" "$W/state.csv"
+    nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$W/gpu.txt" 2> /dev/null || echo "$DEVICE" > "$W/gpu.txt"
+    shape hyena bench/configs/multihyena-14m/config.json
+    shape distilled bench/configs/multihyena-14m/config.json '{"distilled": {"modes": 8}}'
+    shape transformer bench/configs/tern-14m/config.json
+    for name in transformer hyena distilled; do bench "$name"; done
+    summary ;;
   status)
     tail -"${LINES:-6}" "$W/bench.log"
     for f in "$W"/*/train.log; do [ -f "$f" ] && { echo "== $f"; tr '\r' '\n' < "$f" | grep -v '^$' | tail -2; }; done ;;
