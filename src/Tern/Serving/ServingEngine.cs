@@ -1118,10 +1118,11 @@ public sealed class ServingEngine : IDisposable
         }
 
         /// <summary>A pool of a cache that only appends steps each row at its own slot (<see cref="KvCache.RowSlots"/>) when its
-        /// steps have static shapes; every slot then counts as in use.</summary>
+        /// steps have static shapes and it has rows to join at different steps (a pool of one row keeps the shared slot, whose
+        /// fused write costs less); every slot then counts as in use.</summary>
         void UseRowSlots()
         {
-            if (!config.Eviction.AppendOnly || !Engine.StaticShapesServe(cache!)) return;
+            if (!config.Eviction.AppendOnly || !Engine.StaticShapesServe(cache!) || cache!.Options.BatchSize == 1) return;
             cache!.RowSlots = true;
             cache.FillToCapacity();
         }
