@@ -31,9 +31,6 @@ internal sealed class StepGraph : IDisposable
     public StepGraph(IReadOnlyList<(KvCache Cache, Tensor Slot)> caches, Action body, bool capture) =>
         (this.caches, this.body, this.capture) = (caches.ToArray(), body, capture);
 
-    /// <summary>The caches the captured step writes into (a graph serves these cache objects).</summary>
-    public IEnumerable<KvCache> Caches => caches.Select(c => c.Cache);
-
     /// <summary>Runs one step: the body writes at each cache's slot and advances it.</summary>
     public void Run()
     {
