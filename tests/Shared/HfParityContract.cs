@@ -121,10 +121,10 @@ public abstract class HfParityContract
         var prompts = reference.Prompts.Select(p => (IReadOnlyList<int>)p.Select(x => (int)x).ToArray()).ToArray();
         for (int i = 0; i < prompts.Length; i++)
         {
-            var single = generator.GenerateTokens(new[] { prompts[i] }, options).Sequences[0].Tokens;
+            var single = generator.GenerateTokens(new[] { prompts[i] }, options, cancellation: TestContext.Current.CancellationToken).Sequences[0].Tokens;
             Assert.Equal(reference.Greedy[i].Select(x => (int)x), single);
         }
-        var batch = generator.GenerateTokens(prompts, options).Sequences;
+        var batch = generator.GenerateTokens(prompts, options, cancellation: TestContext.Current.CancellationToken).Sequences;
         for (int i = 0; i < prompts.Length; i++)
             Assert.Equal(reference.PaddedGreedy[i].Select(x => (int)x), batch[i].Tokens);
     }

@@ -10,6 +10,8 @@ namespace Tern.Tests.Cli;
 /// generate</c> and <c>tern eval ppl</c> on the distilled folder.</summary>
 public sealed class HyenaCommandTests
 {
+    static CancellationToken Ct => TestContext.Current.CancellationToken;
+
     const string Tokenizer = "llama-gqa"; // vocabulary 320: the config below matches it
 
     static string Config(TempDir dir)
@@ -91,14 +93,14 @@ public sealed class HyenaCommandTests
         using var full = new TempDir();
         List<double> reference;
         using (var trainer = Trainer.Create(TinyHyena.Config(), TrainerTests.Options(full, steps: 8)))
-            reference = trainer.Run().Select(h => h.Loss).ToList();
+            reference = trainer.Run(cancellation: Ct).Select(h => h.Loss).ToList();
         Assert.True(reference[^1] < reference[0], string.Join(", ", reference));
 
         using var split = new TempDir();
         var options = TrainerTests.Options(split, steps: 8);
-        using (var trainer = Trainer.Create(TinyHyena.Config(), options)) trainer.Run(stopAfterStep: 5); // checkpoint at step 4
+        using (var trainer = Trainer.Create(TinyHyena.Config(), options)) trainer.Run(stopAfterStep: 5, cancellation: Ct); // checkpoint at step 4
         using var resumed = Trainer.Resume(options);
         Assert.Equal(4, resumed.Step);
-        Assert.Equal(reference.Skip(4), resumed.Run().Select(h => h.Loss));
+        Assert.Equal(reference.Skip(4), resumed.Run(cancellation: Ct).Select(h => h.Loss));
     }
 }

@@ -10,6 +10,8 @@ namespace Tern.Tests.Evaluation;
 
 public sealed class PerplexityTests
 {
+    static CancellationToken Ct => TestContext.Current.CancellationToken;
+
     static CausalLanguageModel Load() => CausalLanguageModel.Load(Fixtures.ModelDir("llama-gqa"), new ModelLoadOptions { Device = DeviceKind.Cpu });
 
     static int[] Tokens(int n, int vocab, int seed)
@@ -27,7 +29,7 @@ public sealed class PerplexityTests
     public void EveryTokenButTheFirstIsScoredExactlyOnce(int n, int window, int stride)
     {
         using var model = Load();
-        var result = Perplexity.Evaluate(model, Tokens(n, model.Info.VocabSize, n), new PerplexityOptions { Window = window, Stride = stride });
+        var result = Perplexity.Evaluate(model, Tokens(n, model.Info.VocabSize, n), new PerplexityOptions { Window = window, Stride = stride }, cancellation: Ct);
         Assert.Equal(n - 1, result.ScoredTokens);
     }
 
@@ -44,7 +46,7 @@ public sealed class PerplexityTests
         using var logProbs = F.log_softmax(logits.narrow(0, 0, t - 1), -1);
         using var targets = torch.tensor(prefix.Skip(1).Select(x => (long)x).ToArray()).unsqueeze(1);
         double hfNll = -logProbs.gather(1, targets).sum().item<float>();
-        var result = Perplexity.Evaluate(model, prefix, new PerplexityOptions { Window = 64 });
+        var result = Perplexity.Evaluate(model, prefix, new PerplexityOptions { Window = 64 }, cancellation: Ct);
         Assert.Equal(t - 1, result.ScoredTokens);
         Assert.True(Math.Abs(result.NegativeLogLikelihood - hfNll) < 1e-3, $"{result.NegativeLogLikelihood} vs {hfNll}");
     }
@@ -56,7 +58,7 @@ public sealed class PerplexityTests
         using var model = Load();
         var tokens = Tokens(30, model.Info.VocabSize, 7);
         const int window = 8, stride = 3;
-        var result = Perplexity.Evaluate(model, tokens, new PerplexityOptions { Window = window, Stride = stride });
+        var result = Perplexity.Evaluate(model, tokens, new PerplexityOptions { Window = window, Stride = stride }, cancellation: Ct);
 
         double expected = 0;
         int scoredUpTo = 1;
@@ -85,6 +87,6 @@ public sealed class PerplexityTests
     public void ImpossibleWindowsAreRefused(int window, int stride)
     {
         using var model = Load();
-        Assert.Throws<OptionException>(() => Perplexity.Evaluate(model, Tokens(20, 320, 1), new PerplexityOptions { Window = window, Stride = stride }));
+        Assert.Throws<OptionException>(() => Perplexity.Evaluate(model, Tokens(20, 320, 1), new PerplexityOptions { Window = window, Stride = stride }, cancellation: Ct));
     }
 }

@@ -10,6 +10,8 @@ namespace Tern.Tests.Evaluation;
 
 public sealed class PolicyEvaluationTests
 {
+    static CancellationToken Ct => TestContext.Current.CancellationToken;
+
     static CausalLanguageModel Load(string name = "llama-gqa") => CausalLanguageModel.Load(Fixtures.ModelDir(name), new ModelLoadOptions { Device = DeviceKind.Cpu });
 
     static int[] Tokens(int n, int vocab, int seed)
@@ -34,7 +36,7 @@ public sealed class PolicyEvaluationTests
     {
         using var model = Load();
         var sequences = new[] { Tokens(40, model.Info.VocabSize, 1), Tokens(33, model.Info.VocabSize, 2) };
-        var result = TeacherForcing.Score(model, sequences, new TeacherForcingOptions { PrefixLength = prefix });
+        var result = TeacherForcing.Score(model, sequences, new TeacherForcingOptions { PrefixLength = prefix }, cancellation: Ct);
         for (int b = 0; b < sequences.Length; b++)
         {
             var expected = OnePass(model, sequences[b]).Skip(prefix - 1).ToArray();
@@ -58,16 +60,16 @@ public sealed class PolicyEvaluationTests
         using var model = Load();
         var tokens = Tokens(60, model.Info.VocabSize, 3);
         var options = new StreamingEvaluationOptions { Streams = 2, BucketSize = 8 };
-        var dense = StreamingEvaluation.Run(model, tokens, new KvPolicyOptions(), options);
+        var dense = StreamingEvaluation.Run(model, tokens, new KvPolicyOptions(), options, cancellation: Ct);
         var policy = new KvPolicyOptions { Policy = name, Budget = KvBudget.OfTokens(30) };
-        var covered = StreamingEvaluation.Run(model, tokens, policy, options);
+        var covered = StreamingEvaluation.Run(model, tokens, policy, options, cancellation: Ct);
         Assert.Equal(dense.BucketTokens, covered.BucketTokens);
         Assert.Equal(29, dense.BucketTokens.Sum() / 2); // every target after the first token of each stream, once
         for (int k = 0; k < dense.BucketNll.Length; k++) Assert.True(Math.Abs(dense.BucketNll[k] - covered.BucketNll[k]) < 1e-4, $"bucket {k}");
 
         var sequences = BudgetEvaluation.Sequences(tokens, 2, 30);
-        var reference = BudgetEvaluation.Reference(model, sequences);
-        var point = BudgetEvaluation.Run(model, sequences, reference, new KvPolicyOptions { Policy = name, Budget = KvBudget.OfRatio(1) }, name, 1);
+        var reference = BudgetEvaluation.Reference(model, sequences, cancellation: Ct);
+        var point = BudgetEvaluation.Run(model, sequences, reference, new KvPolicyOptions { Policy = name, Budget = KvBudget.OfRatio(1) }, name, 1, cancellation: Ct);
         Assert.Equal(1.0, point.Agreement);
         Assert.Equal(58, point.Tokens);
     }
@@ -78,9 +80,9 @@ public sealed class PolicyEvaluationTests
         using var model = Load();
         var sequences = new[] { Tokens(310, model.Info.VocabSize, 6), Tokens(310, model.Info.VocabSize, 7) };
         var options = new TeacherForcingOptions { PrefixLength = 300 }; // 300 queries: two blocks of the explicit path
-        var dense = TeacherForcing.Score(model, sequences, options);
-        var h2o = TeacherForcing.Score(model, sequences, options with { Cache = new KvCacheConfig(new HeavyHitterPolicy(KvBudget.OfTokens(310))) });
-        var tight = TeacherForcing.Score(model, sequences, options with { Cache = new KvCacheConfig(new HeavyHitterPolicy(KvBudget.OfTokens(100))) });
+        var dense = TeacherForcing.Score(model, sequences, options, cancellation: Ct);
+        var h2o = TeacherForcing.Score(model, sequences, options with { Cache = new KvCacheConfig(new HeavyHitterPolicy(KvBudget.OfTokens(310))) }, cancellation: Ct);
+        var tight = TeacherForcing.Score(model, sequences, options with { Cache = new KvCacheConfig(new HeavyHitterPolicy(KvBudget.OfTokens(100))) }, cancellation: Ct);
         for (int b = 0; b < 2; b++)
             for (int j = 0; j < 10; j++) Assert.True(Math.Abs(dense.LogProbs[b][j] - h2o.LogProbs[b][j]) < 1e-4, $"seq {b} target {300 + j}");
         Assert.NotEqual(dense.LogProbs[0][5], tight.LogProbs[0][5]); // and the prefill's scores did evict
@@ -92,8 +94,8 @@ public sealed class PolicyEvaluationTests
         using var model = Load();
         var tokens = Tokens(90, model.Info.VocabSize, 4);
         var options = new StreamingEvaluationOptions { Streams = 3, BucketSize = 10 };
-        var dense = StreamingEvaluation.Run(model, tokens, new KvPolicyOptions(), options);
-        var window = StreamingEvaluation.Run(model, tokens, new KvPolicyOptions { Policy = "window", Budget = KvBudget.OfTokens(6) }, options);
+        var dense = StreamingEvaluation.Run(model, tokens, new KvPolicyOptions(), options, cancellation: Ct);
+        var window = StreamingEvaluation.Run(model, tokens, new KvPolicyOptions { Policy = "window", Budget = KvBudget.OfTokens(6) }, options, cancellation: Ct);
         Assert.Equal(new long[] { 27, 30, 30 }, dense.BucketTokens); // positions 1..9, 10..19, 20..29 of 3 streams
         Assert.True(Math.Abs(dense.BucketNll[0] - window.BucketNll[0]) > 0 || Math.Abs(dense.BucketNll[1] - window.BucketNll[1]) > 1e-3);
         Assert.Equal(dense.BucketNll[0], window.BucketNll[0], 0.5); // same text, same model: close at the start
@@ -119,14 +121,14 @@ public sealed class PolicyEvaluationTests
         using var model = Load();
         var tokens = Tokens(40, model.Info.VocabSize, 6);
         var options = new StreamingEvaluationOptions { Streams = 2, BucketSize = 5, StartToken = 3 };
-        var withStart = StreamingEvaluation.Run(model, tokens, new KvPolicyOptions(), options);
+        var withStart = StreamingEvaluation.Run(model, tokens, new KvPolicyOptions(), options, cancellation: Ct);
         // The same streams written out by hand: [3] + the first 19 tokens of each half.
         var byHand = new[] { 0, 20 }.SelectMany(o => tokens.Skip(o).Take(19).Prepend(3)).ToArray();
-        var expected = StreamingEvaluation.Run(model, byHand, new KvPolicyOptions(), options with { StartToken = null });
+        var expected = StreamingEvaluation.Run(model, byHand, new KvPolicyOptions(), options with { StartToken = null }, cancellation: Ct);
         Assert.Equal(expected.MeanNll, withStart.MeanNll, 12);
         Assert.Equal(2 * 19, withStart.BucketTokens.Sum());
         Assert.Contains("outside the model's vocabulary", Assert.Throws<ArgumentException>(() =>
-            StreamingEvaluation.Run(model, tokens, new KvPolicyOptions(), options with { StartToken = model.Info.VocabSize })).Message);
+            StreamingEvaluation.Run(model, tokens, new KvPolicyOptions(), options with { StartToken = model.Info.VocabSize }, cancellation: Ct)).Message);
     }
 
     [Fact]
@@ -134,8 +136,8 @@ public sealed class PolicyEvaluationTests
     {
         using var model = Load();
         var tokens = Tokens(20, model.Info.VocabSize, 5);
-        Assert.Contains("too few", Assert.Throws<ArgumentException>(() => StreamingEvaluation.Run(model, tokens, new KvPolicyOptions(), new StreamingEvaluationOptions { Streams = 4, TokensPerStream = 10 })).Message);
+        Assert.Contains("too few", Assert.Throws<ArgumentException>(() => StreamingEvaluation.Run(model, tokens, new KvPolicyOptions(), new StreamingEvaluationOptions { Streams = 4, TokensPerStream = 10 }, cancellation: Ct)).Message);
         Assert.Contains("too few", Assert.Throws<ArgumentException>(() => BudgetEvaluation.Sequences(tokens, 3, 10)).Message);
-        Assert.Contains("prefix", Assert.Throws<ArgumentException>(() => TeacherForcing.Score(model, new[] { tokens }, new TeacherForcingOptions { PrefixLength = 20 })).Message);
+        Assert.Contains("prefix", Assert.Throws<ArgumentException>(() => TeacherForcing.Score(model, new[] { tokens }, new TeacherForcingOptions { PrefixLength = 20 }, cancellation: Ct)).Message);
     }
 }

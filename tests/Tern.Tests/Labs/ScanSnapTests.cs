@@ -4,6 +4,8 @@ namespace Tern.Tests.Labs;
 
 public sealed class ScanSnapTests
 {
+    static CancellationToken Ct => TestContext.Current.CancellationToken;
+
     /// <summary>The official Fig. 4 run's log (luckmatters <c>ssl/real-dataset/scan_snap/figure_4.log</c>, seed 2): the loss at
     /// every second iteration, as printed (fp32 on a GPU).</summary>
     static readonly (int Iteration, double Loss)[] OfficialLog =
@@ -46,7 +48,7 @@ public sealed class ScanSnapTests
             Run = new ScanSnapOptions { ZeroInit = false, Seed = 1, Data = new SequenceClassOptions { NumLast = 1, NextPerLast = 2 } },
             LearningRatesZ = [0.5, 1], Ratios = [1, 10], Seeds = 2,
         };
-        var cells = ScanSnapSweep.Run(options).ToDictionary(c => (c.LearningRateZ, c.Ratio));
+        var cells = ScanSnapSweep.Run(options, cancellation: Ct).ToDictionary(c => (c.LearningRateZ, c.Ratio));
         foreach (double lrZ in options.LearningRatesZ)
             Assert.True(cells[(lrZ, 10)].Final > cells[(lrZ, 1)].Final + 0.05,
                 $"η_Z {lrZ}: final entropy {cells[(lrZ, 1)].Final:F3} at η_Y/η_Z 1, {cells[(lrZ, 10)].Final:F3} at 10");

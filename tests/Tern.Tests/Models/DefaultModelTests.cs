@@ -15,6 +15,8 @@ namespace Tern.Tests.Models;
 /// </summary>
 public class DefaultModelTests
 {
+    static CancellationToken Ct => TestContext.Current.CancellationToken;
+
     static string ModelDir => Path.GetFullPath(Path.Combine(Fixtures.Root, "..", "..", "models", "default"));
 
     [Fact]
@@ -39,7 +41,7 @@ public class DefaultModelTests
             Assert.True(diff <= 1e-4, $"prompt {i}: max |Δlogit| = {diff:E2}");
 
             long[] greedy = reference.Load($"greedy_{i}").data<long>().ToArray()[ids.Length..];
-            var tokens = generator.GenerateTokens(new[] { ids }, new GenerationOptions { MaxNewTokens = newTokens, IgnoreEos = true }).Sequences[0].Tokens;
+            var tokens = generator.GenerateTokens(new[] { ids }, new GenerationOptions { MaxNewTokens = newTokens, IgnoreEos = true }, cancellation: Ct).Sequences[0].Tokens;
             Assert.Equal(greedy.Select(x => (int)x), tokens);
         }
     }

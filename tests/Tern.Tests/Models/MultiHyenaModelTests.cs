@@ -76,6 +76,8 @@ internal static class TinyHyena
 /// </summary>
 public sealed class MultiHyenaModelTests : IDisposable
 {
+    static CancellationToken Ct => TestContext.Current.CancellationToken;
+
     readonly TempDir dir = new();
     public void Dispose() => dir.Dispose();
 
@@ -115,7 +117,7 @@ public sealed class MultiHyenaModelTests : IDisposable
         string folder = TinyHyena.Save(dir);
         if (distilled) folder = TinyHyena.Distill(dir, folder);
         using var model = TinyHyena.Load(folder);
-        var result = new Generator(model).GenerateTokens(new[] { Prompts[0] }, Greedy(12, chunk));
+        var result = new Generator(model).GenerateTokens(new[] { Prompts[0] }, Greedy(12, chunk), cancellation: Ct);
         double difference = MaxDifference(model, result, 0);
         TestContext.Current.TestOutputHelper?.WriteLine($"distilled {distilled}, chunk {chunk}: max |Δlogit| {difference:E2}");
         Assert.True(difference < 1e-5, $"{difference}");
@@ -132,10 +134,10 @@ public sealed class MultiHyenaModelTests : IDisposable
         var generator = new Generator(model);
         foreach (int chunk in new[] { 0, 4 })
         {
-            var together = generator.GenerateTokens(Prompts, Greedy(10, chunk));
+            var together = generator.GenerateTokens(Prompts, Greedy(10, chunk), cancellation: Ct);
             for (int i = 0; i < Prompts.Length; i++)
             {
-                var alone = generator.GenerateTokens(new[] { Prompts[i] }, Greedy(10));
+                var alone = generator.GenerateTokens(new[] { Prompts[i] }, Greedy(10), cancellation: Ct);
                 Assert.Equal(alone.Sequences[0].Tokens, together.Sequences[i].Tokens);
                 for (int s = 0; s < 10; s++)
                     Assert.True((alone.Logits![s][0] - together.Logits![s][i]).abs().max().item<float>() < 1e-5, $"row {i}, step {s}, chunk {chunk}");
@@ -213,7 +215,7 @@ public sealed class MultiHyenaModelTests : IDisposable
         var e = Assert.Throws<OptionException>(() => model.CreateCache(1, 16, h2o));
         Assert.Equal(TernOption.KvPolicy, e.Option);
         var sink = KvCachePolicies.Create(new KvPolicyOptions { Policy = "sink", Budget = KvBudget.Parse("8"), Sinks = 2 });
-        Assert.Throws<OptionException>(() => new Generator(model).GenerateTokens(new[] { Prompts[0] }, Greedy(2) with { Cache = sink }));
+        Assert.Throws<OptionException>(() => new Generator(model).GenerateTokens(new[] { Prompts[0] }, Greedy(2) with { Cache = sink }, cancellation: Ct));
         var bits = KvCachePolicies.Create(new KvPolicyOptions { Policy = "full", Bits = 8 });
         Assert.Equal(TernOption.KvBits, Assert.Throws<OptionException>(() => model.CreateCache(1, 16, bits)).Option);
         Assert.Equal(TernOption.Sparsity, Assert.Throws<OptionException>(() => model.Sparsity = DejaVuSparsity.Create(model, new SparsityOptions { MlpActive = 0.5, Rule = SelectionRule.Random })).Option);

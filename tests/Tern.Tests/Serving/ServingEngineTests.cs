@@ -79,7 +79,7 @@ public sealed class ServingEngineTests : IDisposable
                 peak = Math.Max(peak, engine.Stats.AllocatedKvBytes);
                 await Task.Delay(1);
             }
-        });
+        }, Ct);
         var burst = ServingFixture.Prompts.Select(p => engine.Submit(p, options, Ct)).ToArray();
         for (int i = 0; i < burst.Length; i++) Assert.Equal(expected[i], (await burst[i].Completion).Tokens);
         long burstPeak = peak;

@@ -8,6 +8,8 @@ namespace Tern.Tests.Sparsity;
 
 public class ActivationCollectorTests
 {
+    static CancellationToken Ct => TestContext.Current.CancellationToken;
+
     static Tensor Ids(long vocab, int b, int t, int seed) => torch.randint(0, vocab, new long[] { b, t }, generator: new torch.Generator((ulong)seed));
 
     /// <summary>Recomputes each layer densely in the test from the recorded input and head outputs: the result must be the
@@ -68,7 +70,7 @@ public class ActivationCollectorTests
     {
         using var model = HfParityContract.LoadFixture("opt-prenorm");
         var tokens = Enumerable.Range(0, 100).Select(i => (i * 37 + 11) % model.Info.VocabSize).ToArray();
-        using var data = ActivationCollector.Collect(model, tokens, new CollectOptions { MaxTokens = 40, SequenceLength = 16, BatchSize = 2 });
+        using var data = ActivationCollector.Collect(model, tokens, new CollectOptions { MaxTokens = 40, SequenceLength = 16, BatchSize = 2 }, cancellation: Ct);
         Assert.Equal(40, data.Manifest.Tokens);
         using var scope = torch.NewDisposeScope();
         var ids = torch.tensor(tokens.Take(48).Select(x => (long)x).ToArray(), new long[] { 3, 16 });
@@ -93,12 +95,12 @@ public class ActivationCollectorTests
     {
         using var model = HfParityContract.LoadFixture("llama-gqa");
         var tokens = Enumerable.Range(0, 64).Select(i => i % model.Info.VocabSize).ToArray();
-        var e = Assert.Throws<SparsityException>(() => ActivationCollector.Collect(model, tokens, new CollectOptions { SequenceLength = 16 }));
+        var e = Assert.Throws<SparsityException>(() => ActivationCollector.Collect(model, tokens, new CollectOptions { SequenceLength = 16 }, cancellation: Ct));
         Assert.Contains("'silu'", e.Message);
         Assert.Contains("ReLU", e.Message);
         Assert.Contains("--heads-only", e.Message);
 
-        using var data = ActivationCollector.Collect(model, tokens, new CollectOptions { SequenceLength = 16, Mlp = false });
+        using var data = ActivationCollector.Collect(model, tokens, new CollectOptions { SequenceLength = 16, Mlp = false }, cancellation: Ct);
         Assert.False(data.Manifest.Mlp);
         Assert.All(data.Layers, l => Assert.Null(l.MlpActive));
         using var dir = new TempDir();
@@ -107,7 +109,7 @@ public class ActivationCollectorTests
         Assert.Equal(data.Manifest, loaded.Manifest);
         Assert.True(loaded.Layers[1].HeadNorms.Equals(data.Layers[1].HeadNorms));
         // Training neuron predictors on heads-only data of a SwiGLU model names the reason.
-        var t = Assert.Throws<SparsityException>(() => PredictorTrainer.Train(loaded, new PredictorTrainingOptions { Epochs = 1 }));
+        var t = Assert.Throws<SparsityException>(() => PredictorTrainer.Train(loaded, new PredictorTrainingOptions { Epochs = 1 }, cancellation: Ct));
         Assert.Contains("'silu'", t.Message);
     }
 }

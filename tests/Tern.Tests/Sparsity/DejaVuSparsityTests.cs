@@ -106,8 +106,8 @@ public sealed class DejaVuSparsityTests
         using var model = Load("llama-linear-relu-f16");
         var random = new Random(1);
         var tokens = Enumerable.Range(0, 2048).Select(_ => random.Next(model.Info.VocabSize)).ToArray();
-        using var data = ActivationCollector.Collect(model, tokens, new CollectOptions { MaxTokens = 1024, SequenceLength = 64 });
-        using var predictors = PredictorTrainer.Train(data, new PredictorTrainingOptions { Epochs = 3, Lookahead = lookahead, MlpReadsMlpInput = mlpInput });
+        using var data = ActivationCollector.Collect(model, tokens, new CollectOptions { MaxTokens = 1024, SequenceLength = 64 }, cancellation: Ct);
+        using var predictors = PredictorTrainer.Train(data, new PredictorTrainingOptions { Epochs = 3, Lookahead = lookahead, MlpReadsMlpInput = mlpInput }, cancellation: Ct);
         Assert.Equal((lookahead, mlpInput), (predictors.Manifest.Lookahead, predictors.Manifest.MlpReadsMlpInput));
         model.Sparsity = DejaVuSparsity.Create(model, new SparsityOptions { Rule = SelectionRule.Predicted, MlpActive = 0.5 }, predictors);
         var sparse = Generate(model, steps: 6);
@@ -122,7 +122,7 @@ public sealed class DejaVuSparsityTests
         Assert.Throws<OptionException>(() => DejaVuSparsity.Create(model, new SparsityOptions { Rule = SelectionRule.Predicted, MlpActive = 0.5 }));
         // Activations of an older Tern hold no MLP-block inputs: predictors that read them are refused by name.
         var old = new ActivationData(data.Manifest, data.Layers.Select(l => l with { MlpInputs = null }).ToArray());
-        var e = Assert.Throws<SparsityException>(() => PredictorTrainer.Train(old, new PredictorTrainingOptions { Epochs = 1, MlpReadsMlpInput = true }));
+        var e = Assert.Throws<SparsityException>(() => PredictorTrainer.Train(old, new PredictorTrainingOptions { Epochs = 1, MlpReadsMlpInput = true }, cancellation: Ct));
         Assert.Contains("collect them again", e.Message);
     }
 
@@ -139,7 +139,7 @@ public sealed class DejaVuSparsityTests
         {
             MlpActive = new[] { 0.5, 0.1 }, HeadsActive = new[] { 0.5 }, CombinedHeads = 0.25,
             Perplexity = new Tern.Evaluation.PerplexityOptions { Window = 64, Stride = 32 }, Seed = 1,
-        });
+        }, cancellation: Ct);
         Assert.Null(model.Sparsity);
         Assert.Equal(11, rows.Count);
         var dense = rows[0];

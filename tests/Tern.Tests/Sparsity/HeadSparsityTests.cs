@@ -12,6 +12,8 @@ namespace Tern.Tests.Sparsity;
 /// as zero), the keys and values of every head are still cached, and keeping every head is the dense model.</summary>
 public sealed class HeadSparsityTests
 {
+    static CancellationToken Ct => TestContext.Current.CancellationToken;
+
     /// <summary>Keeps the same heads for every token of the layers it names (all when null), in the steps <see cref="Sparse"/> allows.</summary>
     sealed class FixedHeads(long[] heads, int? onlyLayer = null) : IContextualSparsity, ISparsityStep
     {
@@ -159,8 +161,8 @@ public sealed class HeadSparsityTests
         using (var swiglu = Load("llama-gqa"))
         {
             var tokens = Enumerable.Range(0, 1024).Select(_ => random.Next(swiglu.Info.VocabSize)).ToArray();
-            using var data = ActivationCollector.Collect(swiglu, tokens, new CollectOptions { MaxTokens = 512, SequenceLength = 64, Mlp = false });
-            using var predictors = PredictorTrainer.Train(data, new PredictorTrainingOptions { Epochs = 2, Mlp = false });
+            using var data = ActivationCollector.Collect(swiglu, tokens, new CollectOptions { MaxTokens = 512, SequenceLength = 64, Mlp = false }, cancellation: Ct);
+            using var predictors = PredictorTrainer.Train(data, new PredictorTrainingOptions { Epochs = 2, Mlp = false }, cancellation: Ct);
             using var sparsity = DejaVuSparsity.Create(swiglu, new SparsityOptions { HeadsActive = 0.5 }, predictors);
             Assert.Equal(2, sparsity.ActiveHeads);
             swiglu.Sparsity = sparsity;
@@ -174,12 +176,12 @@ public sealed class HeadSparsityTests
         }
         using var relu = Load("llama-linear-relu-f16");
         var corpus = Enumerable.Range(0, 1024).Select(_ => random.Next(relu.Info.VocabSize)).ToArray();
-        using var all = ActivationCollector.Collect(relu, corpus, new CollectOptions { MaxTokens = 512, SequenceLength = 64 });
-        using var both = PredictorTrainer.Train(all, new PredictorTrainingOptions { Epochs = 2 });
+        using var all = ActivationCollector.Collect(relu, corpus, new CollectOptions { MaxTokens = 512, SequenceLength = 64 }, cancellation: Ct);
+        using var both = PredictorTrainer.Train(all, new PredictorTrainingOptions { Epochs = 2 }, cancellation: Ct);
         using var combined = DejaVuSparsity.Create(relu, new SparsityOptions { HeadsActive = 0.5, MlpActive = 0.25 }, both);
         relu.Sparsity = combined;
         Assert.All(Generate(relu, steps: 6).Sequences, s => Assert.Equal(6, s.Tokens.Count));
-        using var headsOnly = PredictorTrainer.Train(all, new PredictorTrainingOptions { Epochs = 1, Mlp = false });
+        using var headsOnly = PredictorTrainer.Train(all, new PredictorTrainingOptions { Epochs = 1, Mlp = false }, cancellation: Ct);
         var refused = Assert.Throws<OptionException>(() => DejaVuSparsity.Create(relu, new SparsityOptions { HeadsActive = 0.5, MlpActive = 0.25 }, headsOnly));
         Assert.Contains("--heads-only", refused.Message);
     }

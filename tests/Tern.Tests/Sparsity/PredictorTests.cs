@@ -7,6 +7,8 @@ namespace Tern.Tests.Sparsity;
 
 public class PredictorTests
 {
+    static CancellationToken Ct => TestContext.Current.CancellationToken;
+
     const int Hidden = 16, Neurons = 32, Heads = 4, Tokens = 2048;
 
     static ModelIdentity Identity(int layers, int hidden = Hidden) => new()
@@ -41,8 +43,8 @@ public class PredictorTests
 
         using var data = Lookahead(3);
         var options = new PredictorTrainingOptions { Epochs = 15, BatchSize = 256, LearningRate = 1e-2, HeadLearningRate = 1e-2, StopRecall = 1.1 };
-        using var ahead = PredictorTrainer.Train(data, options);
-        using var same = PredictorTrainer.Train(data, options with { Lookahead = false });
+        using var ahead = PredictorTrainer.Train(data, options, cancellation: Ct);
+        using var same = PredictorTrainer.Train(data, options with { Lookahead = false }, cancellation: Ct);
         Assert.True(ahead.Manifest.Lookahead);
         Assert.Equal(new[] { 0, 0, 1 }, ahead.Manifest.Layers.Select(l => l.Mlp!.SourceLayer));
         Assert.Equal(new[] { 0, 1, 2 }, same.Manifest.Layers.Select(l => l.Mlp!.SourceLayer));

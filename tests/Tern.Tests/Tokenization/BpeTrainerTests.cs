@@ -7,6 +7,8 @@ namespace Tern.Tests.Tokenization;
 /// <summary><see cref="BpeTrainer"/>: determinism, vocabulary size, byte coverage, merge order, the HF folder it writes, errors.</summary>
 public sealed class BpeTrainerTests : IDisposable
 {
+    static CancellationToken Ct => TestContext.Current.CancellationToken;
+
     private readonly string _temp = Directory.CreateTempSubdirectory("tern-bpe-").FullName;
 
     public void Dispose() => Directory.Delete(_temp, recursive: true);
@@ -136,14 +138,14 @@ public sealed class BpeTrainerTests : IDisposable
         Assert.Throws<ArgumentException>(() => BpeTrainer.Create(new BpeTrainerOptions { SpecialTokens = new[] { "" } }));
 
         string missing = Path.Combine(_temp, "nope.txt");
-        var f = Assert.Throws<FileNotFoundException>(() => BpeTrainer.TrainFiles(new[] { missing }, Dir("x")));
+        var f = Assert.Throws<FileNotFoundException>(() => BpeTrainer.TrainFiles(new[] { missing }, Dir("x"), cancellationToken: Ct));
         Assert.Contains(missing, f.Message);
 
         string empty = Path.Combine(_temp, "empty.txt");
         File.WriteAllText(empty, "");
-        var e2 = Assert.Throws<ArgumentException>(() => BpeTrainer.TrainFiles(new[] { empty }, Dir("x")));
+        var e2 = Assert.Throws<ArgumentException>(() => BpeTrainer.TrainFiles(new[] { empty }, Dir("x"), cancellationToken: Ct));
         Assert.Contains("no text", e2.Message);
-        Assert.Throws<ArgumentException>(() => BpeTrainer.TrainFiles(Array.Empty<string>(), Dir("x")));
+        Assert.Throws<ArgumentException>(() => BpeTrainer.TrainFiles(Array.Empty<string>(), Dir("x"), cancellationToken: Ct));
         Assert.False(File.Exists(Path.Combine(Dir("x"), "tokenizer.json")));
     }
 }

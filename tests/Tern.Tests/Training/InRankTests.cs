@@ -13,6 +13,8 @@ namespace Tern.Tests.Training;
 /// <summary>InRank (issue 15): the released rank rule, the QR spectrum, the stage hand-off, exact resume, export.</summary>
 public class InRankTests
 {
+    static CancellationToken Ct => TestContext.Current.CancellationToken;
+
     /// <summary>Small enough for the tiny Llama (hidden 32, intermediate 64: Rmax 16): checks from the 4th forward pass, every
     /// 2nd, rank discovery over 6 steps.</summary>
     static readonly InRankOptions Small = new() { InitialRank = 2, Buffer = 4, Warmup = 3, CheckEvery = 2, Stage1Steps = 6, Threshold = 0.9 };
@@ -156,7 +158,7 @@ public class InRankTests
         var fullOptions = TrainerTests.Options(full) with { InRank = inRank };
         using (var trainer = Trainer.Create(config, fullOptions))
         {
-            reference = trainer.Run().Select(h => h.Loss).ToList();
+            reference = trainer.Run(cancellation: Ct).Select(h => h.Loss).ToList();
             referenceWeights = Weights(trainer.Model);
             Assert.Equal(2, trainer.Model.LowRank!.Stage);
             referenceLog = File.ReadAllText(Path.Combine(fullOptions.OutputDirectory, RankLog.FileName));
@@ -174,18 +176,18 @@ public class InRankTests
         using var split = new TempDir();
         var options = TrainerTests.Options(split) with { InRank = inRank };
         using (var trainer = Trainer.Create(config, options))
-            Assert.Equal(reference.Take(6), trainer.Run(stopAfterStep: 6).Select(h => h.Loss)); // killed after the hand-off; checkpoint at 4 (stage 1)
+            Assert.Equal(reference.Take(6), trainer.Run(stopAfterStep: 6, cancellation: Ct).Select(h => h.Loss)); // killed after the hand-off; checkpoint at 4 (stage 1)
         using (var trainer = Trainer.Resume(options))
         {
             Assert.Equal(4, trainer.Step);
             Assert.Equal(1, trainer.Model.LowRank!.Stage);
-            Assert.Equal(reference.Skip(4).Take(6), trainer.Run(stopAfterStep: 10).Select(h => h.Loss)); // killed; checkpoint at 8 (stage 2)
+            Assert.Equal(reference.Skip(4).Take(6), trainer.Run(stopAfterStep: 10, cancellation: Ct).Select(h => h.Loss)); // killed; checkpoint at 8 (stage 2)
         }
         using (var trainer = Trainer.Resume(options))
         {
             Assert.Equal(8, trainer.Step);
             Assert.Equal(2, trainer.Model.LowRank!.Stage);
-            Assert.Equal(reference.Skip(8), trainer.Run().Select(h => h.Loss));
+            Assert.Equal(reference.Skip(8), trainer.Run(cancellation: Ct).Select(h => h.Loss));
             var weights = Weights(trainer.Model);
             Assert.Equal(referenceWeights.Keys, weights.Keys);
             foreach (var (name, bytes) in referenceWeights) Assert.True(bytes.AsSpan().SequenceEqual(weights[name]), $"{name} differs after resume");
@@ -211,10 +213,10 @@ public class InRankTests
         using var dir = new TempDir();
         var options = TrainerTests.Options(dir, steps: 8) with { InRank = Small, CheckpointEvery = 4 };
         using var trainer = Trainer.Create(TrainerTests.TinyConfig(), options);
-        trainer.Run(stopAfterStep: 4);
+        trainer.Run(stopAfterStep: 4, cancellation: Ct);
         string stage1 = dir.File("stage1");
         CopyFolder(Path.Combine(options.OutputDirectory, TrainingCheckpoint.LastName), stage1); // a stage-1 model: buffer live
-        trainer.Run();
+        trainer.Run(cancellation: Ct);
         using var scope = torch.NewDisposeScope();
         var prompt = new[] { new[] { 5, 9, 13, 17, 21, 25, 30, 31 }, new[] { 40, 7, 40, 8, 40, 9, 2, 5 } };
         Tensor Generate(string folder)
@@ -259,7 +261,7 @@ public class InRankTests
         {
             Assert.Equal(new[] { "transformer.h.0.mlp.c_fc", "transformer.h.0.mlp.c_proj", "transformer.h.1.mlp.c_fc", "transformer.h.1.mlp.c_proj" },
                 trainer.Model.LowRank!.Linears.Keys);
-            trainer.Run();
+            trainer.Run(cancellation: Ct);
             Assert.Equal(2, trainer.Model.LowRank.Stage);
         }
         string dense = dir.File("dense");
@@ -290,7 +292,7 @@ public class InRankTests
         using var trainer = Trainer.Create(TrainerTests.TinyConfig(), TrainerTests.Options(dir, steps: 3) with
             { InRank = Small with { Variant = LowRankVariant.Original }, CheckpointEvery = 0, EvalEvery = 0 });
         var before = Weights(trainer.Model);
-        var history = trainer.Run();
+        var history = trainer.Run(cancellation: Ct);
         var after = Weights(trainer.Model);
         Assert.Contains("model.layers.0.mlp.up_proj.weight", before.Keys);
         foreach (var (name, bytes) in before)
@@ -307,7 +309,7 @@ public class InRankTests
         using var dir = new TempDir();
         var options = TrainerTests.Options(dir, steps: 30) with { InRank = new InRankOptions { FixedRank = 5 }, CheckpointEvery = 0, EvalEvery = 0, GradientAccumulation = 1 };
         using var trainer = Trainer.Create(TrainerTests.TinyConfig(), options);
-        var history = trainer.Run();
+        var history = trainer.Run(cancellation: Ct);
         Assert.All(trainer.Model.LowRank!.Linears.Values, f => Assert.Equal((5, 5), (f.Rank, f.Width)));
         Assert.Equal(new long[] { 5, 32 }, trainer.Model.Parameters.Single(p => p.Name == "model.layers.0.mlp.up_proj.weight_a").Tensor.shape);
         Assert.False(File.Exists(Path.Combine(options.OutputDirectory, RankLog.FileName)));

@@ -11,6 +11,8 @@ namespace Tern.Tests.Training;
 
 public class TrainerTests
 {
+    static CancellationToken Ct => TestContext.Current.CancellationToken;
+
     internal const int Vocab = 64;
     const int Seq = 16;
 
@@ -107,7 +109,7 @@ public class TrainerTests
     {
         using var dir = new TempDir();
         using var trainer = Trainer.Create(TinyConfig(), Options(dir, steps: 50) with { CheckpointEvery = 0, EvalEvery = 0, GradientAccumulation = 1 });
-        var history = trainer.Run();
+        var history = trainer.Run(cancellation: Ct);
         Assert.Equal(50, history.Count);
         double first = history.Take(3).Average(h => h.Loss), last = history.TakeLast(3).Average(h => h.Loss);
         Assert.True(last < 0.5 * first, $"loss went from {first:F3} to {last:F3}");
@@ -133,7 +135,7 @@ public class TrainerTests
             Assert.True(error is > 0 and < 0.05, $"bf16 logits differ from fp32 by {error}"); // > 0: bf16 really ran
         }
         Assert.Null(Autocast.Current); // the scope closed
-        var history = trainer.Run();
+        var history = trainer.Run(cancellation: Ct);
         Assert.All(trainer.Model.Parameters, p => Assert.Equal(ScalarType.Float32, p.Tensor.dtype)); // fp32 master weights
         double first = history.Take(3).Average(h => h.Loss), last = history.TakeLast(3).Average(h => h.Loss);
         Assert.True(last < 0.5 * first, $"loss went from {first:F3} to {last:F3}");
@@ -171,7 +173,7 @@ public class TrainerTests
     {
         using var dir = new TempDir();
         var options = Options(dir);
-        using (var trainer = Trainer.Create(TinyConfig(), options)) trainer.Run(stopAfterStep: 4);
+        using (var trainer = Trainer.Create(TinyConfig(), options)) trainer.Run(stopAfterStep: 4, cancellation: Ct);
         var e = Assert.Throws<ArgumentException>(() => Trainer.Resume(options with { LearningRate = 1e-2, BatchSize = 8 }));
         Assert.Contains("learning_rate", e.Message);
         Assert.Contains("batch_size 4 → 8", e.Message);
@@ -194,7 +196,7 @@ public class TrainerTests
         using (var trainer = Trainer.Create(TinyConfig(), options))
         {
             Assert.Empty(Directory.GetDirectories(options.OutputDirectory, ".checkpoint-*.tmp"));
-            trainer.Run(stopAfterStep: 4);
+            trainer.Run(stopAfterStep: 4, cancellation: Ct);
         }
         Stale();
         using var resumed = Trainer.Resume(options);
@@ -235,7 +237,7 @@ public class TrainerTests
         Dictionary<string, byte[]> referenceWeights;
         using (var trainer = Trainer.Create(TinyConfig(), Options(full)))
         {
-            var history = trainer.Run();
+            var history = trainer.Run(cancellation: Ct);
             reference = history.Select(h => h.Loss).ToList();
             referenceWeights = Weights(trainer.Model);
             Assert.Equal(12, trainer.Step);
@@ -245,13 +247,13 @@ public class TrainerTests
         var options = Options(split);
         using (var trainer = Trainer.Create(TinyConfig(), options))
         {
-            var before = trainer.Run(stopAfterStep: 6); // checkpoint at step 4; steps 5 and 6 are lost with the "killed" process
+            var before = trainer.Run(stopAfterStep: 6, cancellation: Ct); // checkpoint at step 4; steps 5 and 6 are lost with the "killed" process
             Assert.Equal(reference.Take(6), before.Select(h => h.Loss));
         }
         using (var trainer = Trainer.Resume(options))
         {
             Assert.Equal(4, trainer.Step);
-            var after = trainer.Run();
+            var after = trainer.Run(cancellation: Ct);
             Assert.Equal(reference.Skip(4), after.Select(h => h.Loss)); // exact, not approximate
             var weights = Weights(trainer.Model);
             Assert.Equal(referenceWeights.Keys, weights.Keys);
@@ -264,7 +266,7 @@ public class TrainerTests
     {
         using var dir = new TempDir();
         var options = Options(dir, steps: 8);
-        using (var trainer = Trainer.Create(TinyConfig(), options)) trainer.Run(stopAfterStep: 4); // checkpoint at 4
+        using (var trainer = Trainer.Create(TinyConfig(), options)) trainer.Run(stopAfterStep: 4, cancellation: Ct); // checkpoint at 4
         string last = Path.Combine(options.OutputDirectory, TrainingCheckpoint.LastName);
 
         // A save that fails midway (here: while the optimizer file is being recorded) leaves checkpoint-last as it was.
@@ -272,7 +274,7 @@ public class TrainerTests
         var failing = options with { OnCheckpointFile = f => { if (f.EndsWith(TrainingCheckpoint.OptimizerFile)) { failures++; throw new IOException("disk full (simulated)"); } } };
         using (var trainer = Trainer.Resume(failing))
         {
-            trainer.Run(stopAfterStep: 6);
+            trainer.Run(stopAfterStep: 6, cancellation: Ct);
             Assert.Throws<IOException>(() => trainer.SaveCheckpoint());
         }
         Assert.Equal(1, failures);
@@ -316,7 +318,7 @@ public class TrainerTests
         using var dir = new TempDir();
         var options = Options(dir, steps: 5) with { CheckpointEvery = 0, EvalEvery = 0 };
         using var trainer = Trainer.Create(TinyConfig(tied: true), options);
-        trainer.Run();
+        trainer.Run(cancellation: Ct);
         foreach (string f in new[] { "config.json", "model.safetensors", "generation_config.json" })
             Assert.True(File.Exists(Path.Combine(options.OutputDirectory, f)), f);
 
@@ -345,7 +347,7 @@ public class TrainerTests
         };
         using var trainer = Trainer.Create(TinyConfig(), options);
         var before = Weights(trainer.Model);
-        var history = trainer.Run();
+        var history = trainer.Run(cancellation: Ct);
         var after = Weights(trainer.Model);
         Assert.Equal(3 * options.GradientAccumulation, calls);
         foreach (var (name, bytes) in before)
@@ -358,6 +360,8 @@ public class TrainerTests
 /// Conv1D weights train (saved transposed back).</summary>
 public sealed class TrainableArchitectureTests
 {
+    static CancellationToken Ct => TestContext.Current.CancellationToken;
+
     [Theory]
     [InlineData("neox-parallel")]
     public void RewrittenWeightsAreRefusedForTraining(string name)
@@ -404,7 +408,7 @@ public sealed class TrainableArchitectureTests
         using var dir = new TempDir();
         var options = TrainerTests.Options(dir, steps: 30) with { CheckpointEvery = 0, EvalEvery = 0, GradientAccumulation = 1 };
         using var trainer = Trainer.Create(TinyGpt2(), options);
-        var history = trainer.Run();
+        var history = trainer.Run(cancellation: Ct);
         double first = history.Take(3).Average(h => h.Loss), last = history.TakeLast(3).Average(h => h.Loss);
         Assert.True(last < 0.7 * first, $"loss went from {first:F3} to {last:F3}");
         using var loaded = CausalLanguageModel.Load(options.OutputDirectory, new ModelLoadOptions { Device = DeviceKind.Cpu });
