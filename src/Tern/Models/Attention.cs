@@ -45,7 +45,7 @@ internal static class Attention
     /// <summary>
     /// residual + o_proj(<paramref name="attended"/> [B,T,H·D]): DejaVu's head sparsity (Liu et al. 2023) when the step selects heads — the
     /// output of a skipped head counts as zero, so only the kept heads' column blocks W_out[:, h·D:(h+1)·D] are read (gathered
-    /// columns, as the sparse MLP's down-projection). Keys and values of every head were cached by <see cref="Forward"/>.
+    /// columns, as the sparse MLP's down-projection). Keys and values of every head were cached by <see cref="Forward(Tensor, Tensor, Tensor, ModelStep, LayerState, AttentionSettings, RotaryEmbedding?)"/>.
     /// </summary>
     public static Tensor Project(Linear output, Tensor attended, Tensor residual, int layer, ModelStep step, AttentionSettings s)
     {

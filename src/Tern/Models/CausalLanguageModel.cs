@@ -246,7 +246,7 @@ public abstract class CausalLanguageModel : IStepModel, IDisposable
 
     /// <summary>
     /// A training forward pass over whole sequences: token ids [B,T] (positions 0..T-1, no padding) to logits [B,T,V], with
-    /// autograd recording when grad is enabled. It runs the same architecture code as <see cref="Forward"/> through a fresh
+    /// autograd recording when grad is enabled. It runs the same architecture code as <see cref="Forward(ForwardBatch, KvCache)"/> through a fresh
     /// dense cache of exactly T slots: appending copies the keys/values into the cache tensors, which autograd tracks like any
     /// other op (tested against finite differences). The fused CUDA kernels step aside while grad is enabled.
     /// </summary>
@@ -375,7 +375,7 @@ public abstract class CausalLanguageModel : IStepModel, IDisposable
         return Head(Parts[^1], SelectOutputs(h, batch), step);
     }
 
-    /// <summary>DejaVu's contextual sparsity for the steps <see cref="Forward"/> runs (null: dense). Offloaded stages
+    /// <summary>DejaVu's contextual sparsity for the steps <see cref="Forward(ForwardBatch, KvCache)"/> runs (null: dense). Offloaded stages
     /// (<see cref="RunStage"/>) run dense: their layers of one step are not consecutive calls.</summary>
     public IContextualSparsity? Sparsity
     {
@@ -394,8 +394,8 @@ public abstract class CausalLanguageModel : IStepModel, IDisposable
     /// <summary>
     /// Runs one part with <paramref name="weights"/> (the part's names over tensors wherever they were loaded to): the
     /// embedding takes <paramref name="batch"/>'s ids and returns hidden states [B,T,H]; a layer takes and returns hidden states,
-    /// appending to <paramref name="cache"/> (its layer's cache); the head returns logits as <see cref="Forward"/> does.
-    /// The same code as <see cref="Forward"/>, one part at a time.
+    /// appending to <paramref name="cache"/> (its layer's cache); the head returns logits as <see cref="Forward(ForwardBatch, KvCache)"/> does.
+    /// The same code as <see cref="Forward(ForwardBatch, KvCache)"/>, one part at a time.
     /// </summary>
     internal Tensor RunStage(int stage, PartWeights weights, Tensor? hidden, ForwardBatch batch, LayerKvCache? cache)
     {

@@ -17,7 +17,7 @@ public interface IStepRunner : IDisposable
     KvCache? Cache { get; }
 
     /// <summary>Runs one step (a prefill chunk or a decode step) over every row, appending to the rows' state; returns logits
-    /// as <see cref="CausalLanguageModel.Forward"/> does, on the compute device.</summary>
+    /// as <see cref="CausalLanguageModel.Forward(ForwardBatch, KvCache)"/> does, on the compute device.</summary>
     Tensor Forward(ForwardBatch step);
 
     /// <summary>Empties every row's state (StreamingLLM's re-computation baseline then re-runs a window into it).</summary>

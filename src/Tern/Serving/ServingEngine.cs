@@ -844,7 +844,7 @@ public sealed class ServingEngine : IDisposable
         /// <summary>
         /// One decode step over the rows of several pools in one forward pass (<see cref="ServingOptions.StepPoolsTogether"/>):
         /// the weights are read once for every row, attention runs per pool under its own policy
-        /// (<see cref="CausalLanguageModel.Forward(ForwardBatch, IReadOnlyList{KvCache})"/>), with dynamic shapes.
+        /// (<see cref="CausalLanguageModel.Forward(ForwardBatch, IReadOnlyList{KvCache}, IReadOnlyList{Tensor})"/>), with dynamic shapes.
         /// </summary>
         public static void StepTogether(IReadOnlyList<DecodeBatch> pools)
         {

@@ -106,7 +106,7 @@ public static class ActivationCollector
     }
 
     /// <summary>
-    /// One dense forward pass over <paramref name="ids"/> [B,T] (positions 0..T-1) through <see cref="CausalLanguageModel.Forward"/>,
+    /// One dense forward pass over <paramref name="ids"/> [B,T] (positions 0..T-1) through <see cref="CausalLanguageModel.Forward(ForwardBatch, Caching.KvCache)"/>,
     /// recorded through DejaVu's seam (<see cref="Recorder"/>): every layer's input, head outputs and (with <paramref name="mlp"/>)
     /// MLP firing mask, and the logits of every position. The result owns its tensors.
     /// </summary>
