@@ -32,8 +32,10 @@ internal static class ExportCommand
                 DType = r.GetValue(dtype) is { } d ? ComputeOptions.ParseDType(d) : null,
                 MaxShardBytes = maxBytes,
                 Dense = r.GetValue(dense),
+                Progress = new ConsoleProgress("exporting"),
             };
             var written = CheckpointExport.Run(r.GetValue(model)!, r.GetValue(output)!, options);
+            Console.Error.WriteLine();
             foreach (string file in written) Console.WriteLine($"{file}  {new FileInfo(file).Length / 1e6:F1} MB");
             return 0;
         });

@@ -19,6 +19,9 @@ public sealed record ExportOptions
     /// <summary>Multiply factored (InRank, <see cref="Models.LowRankLayout"/>) linear maps back into ordinary dense weights and
     /// drop config.json's <c>low_rank</c> section, so any Hugging Face loader reads the model. No effect on a dense model.</summary>
     public bool Dense { get; init; }
+
+    /// <summary>Told the fraction done (tensors read and converted, then the files written) as the export runs; null: silent.</summary>
+    public IProgress<double>? Progress { get; init; }
 }
 
 /// <summary>
@@ -54,8 +57,11 @@ public static class CheckpointExport
         var layout = options.Dense ? Models.LowRankLayout.FromConfig(HfConfig.Parse(config.ToJsonString(), configPath)) : null;
         Tensor Cast(Tensor stored) => target is { } t && stored.is_floating_point() && stored.dtype != t ? stored.to(t) : stored;
         var tensors = new List<(string, Tensor)>();
-        foreach (string name in reader.Names)
+        var names = reader.Names.ToList();
+        for (int i = 0; i < names.Count; i++)
         {
+            string name = names[i];
+            options.Progress?.Report(0.9 * i / names.Count); // reading and converting; writing the shards is the last tenth
             if (layout is not null && FactorOf(name, layout) is { } linear)
             {
                 // W = (W0 +) B[:, :live]·A[:live, :], once per linear, where its first tensor comes.
@@ -72,10 +78,12 @@ public static class CheckpointExport
             tensors.Add((name, Cast(reader.LoadAsStored(name))));
         }
         Directory.CreateDirectory(to);
+        options.Progress?.Report(0.9);
         var written = SafetensorsWriter.WriteSharded(to, tensors, options.MaxShardBytes);
 
         if (layout is not null) config.Remove(Models.LowRankLayout.ConfigKey);
         WriteCompanions(from, to, config, options.DType);
+        options.Progress?.Report(1.0);
         return written;
     }
 

@@ -22,7 +22,14 @@ public class CheckpointExportTests
     {
         using var dir = new TempDir();
         string source = Fixtures.ModelDir("llama-gqa"), output = dir.File("bf16");
-        var written = CheckpointExport.Run(source, output, new ExportOptions { DType = ModelDType.BFloat16, MaxShardBytes = 40_000 });
+        var reports = new List<double>();
+        var written = CheckpointExport.Run(source, output, new ExportOptions
+        {
+            DType = ModelDType.BFloat16, MaxShardBytes = 40_000, Progress = new Tern.Cli.Commands.SyncProgress<double>(reports.Add),
+        });
+        // Progress: one report a tensor, then the write, rising to 1 at the end.
+        Assert.True(reports.Count > 3 && reports[^1] == 1.0, $"{reports.Count} progress reports, the last {reports.LastOrDefault()}");
+        Assert.True(reports.Zip(reports.Skip(1)).All(p => p.Second >= p.First), "progress never goes back");
 
         Assert.True(written.Count >= 3, $"expected shards and an index, got {written.Count} files");
         Assert.EndsWith(CheckpointReader.IndexFileName, written[^1]);
