@@ -200,8 +200,8 @@ public sealed class LayerKvCache : IDisposable
 
     /// <summary>
     /// Writes one entry per row and head [batch, kvHeads, 1, headDim] at position [batch, 1] into the first free slot of that
-    /// row and head, below <see cref="Length"/> (<see cref="IKvCachePolicy.FillsFreeSlots"/>: the policy freed one there), so
-    /// the length stays. Static shapes: the slots are found on the device.
+    /// row and head, below <see cref="Length"/> (<see cref="FillsFreeSlots"/>: the one the policy freed, or a pool row's next),
+    /// so the length stays. Static shapes: the slots are found on the device.
     /// </summary>
     void AppendIntoFreeSlots(Tensor keys, Tensor values, Tensor positions)
     {
