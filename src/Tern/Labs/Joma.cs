@@ -214,11 +214,8 @@ public static class Joma
         double total = 0;
         for (int c = 0; c < k; c++)
         {
-            // b_c = exp(z/τ) ⊙ x_c / Σ_l exp(z_l/τ) x_lc;  f_c = U_C b_c + u_q (residual);  logits o = Wᵀ f_c; CE with label c
-            var b = Softmax(z.Select((v, l) => v / tau + Math.Log(x[l, c])).ToArray());
-            Array.Clear(f);
-            Array.Copy(b, f, mc);
-            f[mc] = 1;
+            // logits o = Wᵀ f_c; CE with label c
+            var b = Attend(x, z, tau, c, f);
             for (int j = 0; j < k; j++) o[j] = Enumerable.Range(0, d).Sum(i => f[i] * w[i * k + j]);
             var p = Softmax(o);
             total -= Math.Log(p[c]);
@@ -231,8 +228,7 @@ public static class Joma
                     gradW[i * k + j] += f[i] * o[j];
                     if (i < mc) gb[i] += w[i * k + j] * o[j];
                 }
-            double mean = b.Zip(gb, (a, g) => a * g).Sum();
-            for (int l = 0; l < mc; l++) gradZ[l] += b[l] * (gb[l] - mean) / tau;
+            AddAttentionGradient(b, gb, tau, gradZ);
         }
         return total / k;
     }
@@ -309,11 +305,8 @@ public static class Joma
         double total = 0;
         for (int c = 0; c < k; c++)
         {
-            // b_c as in the linear case; f_c = U_C b_c + u_q; p = Wᵀ f_c; hidden = φ(p); logits o = Aᵀ hidden; CE with label c
-            var b = Softmax(z.Select((v, l) => v / tau + Math.Log(x[l, c])).ToArray());
-            Array.Clear(f);
-            Array.Copy(b, f, mc);
-            f[mc] = 1;
+            // p = Wᵀ f_c; hidden = φ(p); logits o = Aᵀ hidden; CE with label c
+            var b = Attend(x, z, tau, c, f);
             for (int j = 0; j < h; j++)
             {
                 p[j] = 0;
@@ -347,10 +340,28 @@ public static class Joma
                     gradW[i * h + j] += f[i] * gp[j];
                     if (i < mc) gb[i] += w[i * h + j] * gp[j];
                 }
-            double mean = b.Zip(gb, (u, g) => u * g).Sum();
-            for (int l = 0; l < mc; l++) gradZ[l] += b[l] * (gb[l] - mean) / tau;
+            AddAttentionGradient(b, gb, tau, gradZ);
         }
         return total / k;
+    }
+
+    /// <summary>Class <paramref name="c"/>'s attention b_c = exp(z/τ) ⊙ x_c / Σ_l exp(z_l/τ) x_lc and the layer's output
+    /// f_c = U_C b_c + u_q (the residual's query one-hot) written into <paramref name="f"/>; returns b_c.</summary>
+    static double[] Attend(double[,] x, double[] z, double tau, int c, double[] f)
+    {
+        int mc = x.GetLength(0);
+        var b = Softmax(z.Select((v, l) => v / tau + Math.Log(x[l, c])).ToArray());
+        Array.Clear(f);
+        Array.Copy(b, f, mc);
+        f[mc] = 1;
+        return b;
+    }
+
+    /// <summary>Back through the attention softmax: dz_l += b_l (g_b,l − b·g_b) / τ, given g_b = ∂L/∂b_c.</summary>
+    static void AddAttentionGradient(double[] b, double[] gb, double tau, double[] gradZ)
+    {
+        double mean = b.Zip(gb, (u, g) => u * g).Sum();
+        for (int l = 0; l < b.Length; l++) gradZ[l] += b[l] * (gb[l] - mean) / tau;
     }
 
     /// <summary>NC(a, b): cosine similarity after mean-centring (the official script's <c>norm_corr</c>, without its 1e-8).</summary>
