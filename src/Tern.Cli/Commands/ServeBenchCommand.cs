@@ -39,9 +39,10 @@ internal static class ServeBenchCommand
         return command;
     }
 
-    /// <param name="Steps">Decode steps the engine ran for the row (0: not the engine).</param>
-    sealed record Row(string Mode, int Clients, int Requests, long Tokens, double Seconds, double MeanFirstTokenMs, double MeanRequestSeconds, long Steps = 0)
+    /// <param name="Engine">What the engine did for the row (null: not the engine).</param>
+    sealed record Row(string Mode, int Clients, int Requests, long Tokens, double Seconds, double MeanFirstTokenMs, double MeanRequestSeconds, EngineWork? Engine = null)
     {
+        long Steps => Engine?.Steps ?? 0;
         public double TokensPerSecond => Tokens / Seconds;
         /// <summary>Sequences a decode step advanced on average (each request's first token comes from its prefill).</summary>
         public double RowsPerStep => Steps > 0 ? (double)(Tokens - Requests) / Steps : double.NaN;
@@ -84,7 +85,7 @@ internal static class ServeBenchCommand
                         .Sequences.Sum(x => x.Tokens.Count);
                 rows.Add(new Row("static batch", clients, clients * perClient, staticTokens, watch.Elapsed.TotalSeconds, double.NaN, watch.Elapsed.TotalSeconds / perClient));
                 Print(rows[^1]);
-                long steps = engine.Stats.Steps;
+                var stats = engine.Stats;
                 watch.Restart();
                 var direct = await Task.WhenAll(Enumerable.Range(0, clients).Select(async c =>
                 {
@@ -93,11 +94,11 @@ internal static class ServeBenchCommand
                         tokens += (await engine.Submit(Prompts[(c + i) % Prompts.Length], options, cancellation).Completion).Tokens.Count;
                     return tokens;
                 }));
-                rows.Add(new Row("engine", clients, clients * perClient, direct.Sum(), watch.Elapsed.TotalSeconds, double.NaN, double.NaN, await StepsSince(engine, steps)));
+                rows.Add(new Row("engine", clients, clients * perClient, direct.Sum(), watch.Elapsed.TotalSeconds, double.NaN, double.NaN, await WorkSince(engine, stats)));
                 Print(rows[^1]);
                 if (mix is not null)
                 {
-                    steps = engine.Stats.Steps;
+                    stats = engine.Stats;
                     watch.Restart();
                     var mixed = await Task.WhenAll(Enumerable.Range(0, clients).Select(async c =>
                     {
@@ -106,10 +107,10 @@ internal static class ServeBenchCommand
                             tokens += (await engine.Submit(Prompts[(c + i) % Prompts.Length], options.WithKvPolicy(mix[c % mix.Length]), cancellation).Completion).Tokens.Count;
                         return tokens;
                     }));
-                    rows.Add(new Row("engine mixed", clients, clients * perClient, mixed.Sum(), watch.Elapsed.TotalSeconds, double.NaN, double.NaN, await StepsSince(engine, steps)));
+                    rows.Add(new Row("engine mixed", clients, clients * perClient, mixed.Sum(), watch.Elapsed.TotalSeconds, double.NaN, double.NaN, await WorkSince(engine, stats)));
                     Print(rows[^1]);
                 }
-                steps = engine.Stats.Steps;
+                stats = engine.Stats;
                 watch.Restart();
                 var results = await Task.WhenAll(Enumerable.Range(0, clients).Select(async c =>
                 {
@@ -118,7 +119,7 @@ internal static class ServeBenchCommand
                     return own;
                 }));
                 var all = results.SelectMany(x => x).ToArray();
-                rows.Add(new Row("server", clients, all.Length, all.Sum(x => (long)x.Tokens), watch.Elapsed.TotalSeconds, all.Average(x => x.FirstMs), all.Average(x => x.Seconds), await StepsSince(engine, steps)));
+                rows.Add(new Row("server", clients, all.Length, all.Sum(x => (long)x.Tokens), watch.Elapsed.TotalSeconds, all.Average(x => x.FirstMs), all.Average(x => x.Seconds), await WorkSince(engine, stats)));
                 Print(rows[^1]);
             }
             Write(r.GetValue(outputOption)!, folder, model, maxTokens, rows);
@@ -126,12 +127,16 @@ internal static class ServeBenchCommand
         }
     }
 
-    /// <summary>Decode steps since <paramref name="before"/>, once the engine is idle (stats are published at step boundaries:
-    /// the last completion can be seen before the boundary that follows it).</summary>
-    static async Task<long> StepsSince(ServingEngine engine, long before)
+    /// <summary>What the engine did for a row: decode steps, prefill passes and the scheduler time they took, graph captures.</summary>
+    sealed record EngineWork(long Steps, long Prefills, double PrefillSeconds, long Captures);
+
+    /// <summary>The engine's work since <paramref name="before"/>, once it is idle (stats are published at step boundaries: the
+    /// last completion can be seen before the boundary that follows it).</summary>
+    static async Task<EngineWork> WorkSince(ServingEngine engine, ServingStats before)
     {
         for (int i = 0; i < 100 && engine.Stats.Running > 0; i++) await Task.Delay(10);
-        return engine.Stats.Steps - before;
+        var now = engine.Stats;
+        return new(now.Steps - before.Steps, now.Prefills - before.Prefills, now.PrefillSeconds - before.PrefillSeconds, now.GraphCaptures - before.GraphCaptures);
     }
 
     /// <summary>The policies of <c>--kv-mix</c>: POLICY[:BUDGET], comma-separated (sink keeps its default sinks).</summary>
@@ -174,7 +179,7 @@ internal static class ServeBenchCommand
     static void Print(Row row) => Console.WriteLine(
         $"{row.Mode,-12} clients {row.Clients,3}: {row.Requests,4} requests, {row.Tokens,6} tokens in {row.Seconds,7:F2} s = {row.TokensPerSecond,8:F1} tok/s" +
         $" (first token {row.MeanFirstTokenMs:F0} ms, request {row.MeanRequestSeconds:F2} s" +
-        (row.Steps > 0 ? $"; {row.Steps} steps, {row.RowsPerStep:F1} rows and {row.MsPerStep:F3} ms a step)" : ")"));
+        (row.Engine is { } e ? $"; {e.Steps} steps, {row.RowsPerStep:F1} rows and {row.MsPerStep:F3} ms a step; {e.Prefills} prefills, {e.PrefillSeconds:F2} s; {e.Captures} graph captures)" : ")"));
 
     static readonly string DefaultOutput = ResultsFolder.For("serving");
 
@@ -182,17 +187,17 @@ internal static class ServeBenchCommand
     {
         Directory.CreateDirectory(dir);
         string F(double v) => BenchCommand.F(v);
-        var csv = new StringBuilder("mode,clients,requests,completion_tokens,seconds,aggregate_tok_s,mean_first_token_ms,mean_request_s,engine_steps,rows_per_step,ms_per_step\n");
+        var csv = new StringBuilder("mode,clients,requests,completion_tokens,seconds,aggregate_tok_s,mean_first_token_ms,mean_request_s,engine_steps,rows_per_step,ms_per_step,prefills,prefill_s,graph_captures\n");
         foreach (var x in rows) csv.AppendLine(string.Join(',', x.Mode, x.Clients, x.Requests, x.Tokens, F(x.Seconds), F(x.TokensPerSecond), F(x.MeanFirstTokenMs), F(x.MeanRequestSeconds),
-            x.Steps, F(x.RowsPerStep), F(x.MsPerStep)));
+            x.Engine?.Steps ?? 0, F(x.RowsPerStep), F(x.MsPerStep), x.Engine?.Prefills ?? 0, F(x.Engine?.PrefillSeconds ?? double.NaN), x.Engine?.Captures ?? 0));
         File.WriteAllText(Path.Combine(dir, "results.csv"), csv.ToString());
         string device = $"{Runtime.DeviceReport.Name(model.Device)}, {model.DType.ToString().ToLowerInvariant()}";
         var md = new StringBuilder($"`tern bench serve` on {folder} ({device}), {maxTokens} tokens per request (EOS ignored), streaming over loopback HTTP, " +
             $"{DateTime.UtcNow.ToString("yyyy-MM-dd HH:mm", CultureInfo.InvariantCulture)} UTC.\n\n");
-        md.AppendLine("| mode | clients | requests | tokens | seconds | aggregate tok/s | mean first token (ms) | mean request (s) | engine steps | rows a step | ms a step |");
-        md.AppendLine("|---|---|---|---|---|---|---|---|---|---|---|");
+        md.AppendLine("| mode | clients | requests | tokens | seconds | aggregate tok/s | mean first token (ms) | mean request (s) | engine steps | rows a step | ms a step | prefills (s) | graph captures |");
+        md.AppendLine("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         foreach (var x in rows) md.AppendLine($"| {x.Mode} | {x.Clients} | {x.Requests} | {x.Tokens} | {x.Seconds:F2} | {x.TokensPerSecond:F1} | {(double.IsNaN(x.MeanFirstTokenMs) ? "—" : x.MeanFirstTokenMs.ToString("F0", CultureInfo.InvariantCulture))} | {(double.IsNaN(x.MeanRequestSeconds) ? "—" : x.MeanRequestSeconds.ToString("F2", CultureInfo.InvariantCulture))} | " +
-            (x.Steps > 0 ? FormattableString.Invariant($"{x.Steps} | {x.RowsPerStep:F1} | {x.MsPerStep:F3} |") : "— | — | — |"));
+            (x.Engine is { } e ? FormattableString.Invariant($"{e.Steps} | {x.RowsPerStep:F1} | {x.MsPerStep:F3} | {e.Prefills} ({e.PrefillSeconds:F2}) | {e.Captures} |") : "— | — | — | — | — |"));
         File.WriteAllText(Path.Combine(dir, "results.md"), md.ToString());
         Console.WriteLine($"wrote {Path.GetFullPath(Path.Combine(dir, "results.csv"))} and results.md");
     }

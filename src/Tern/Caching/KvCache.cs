@@ -112,13 +112,13 @@ public sealed class KvCache : IDisposable
     /// 0 without KV layers.</summary>
     public int Length => layers.Length > 0 ? layers[0].Length : 0;
 
-    /// <summary>Copies <paramref name="count"/> entries of row <paramref name="sourceRow"/> of <paramref name="source"/>, from slot
-    /// <paramref name="sourceStart"/>, into slots [0, count) of the empty row <paramref name="row"/> in every layer
-    /// (<see cref="LayerKvCache.ImportRow"/>).</summary>
-    internal void ImportRow(int row, KvCache source, int sourceRow, int sourceStart, int count)
+    /// <summary>Copies <paramref name="count"/> entries of rows [sourceRow, sourceRow + rows) of <paramref name="source"/>, from
+    /// slot <paramref name="sourceStart"/>, into slots [0, count) of the empty rows [row, row + rows) in every layer
+    /// (<see cref="LayerKvCache.ImportRows"/>).</summary>
+    internal void ImportRows(int row, KvCache source, int sourceRow, int rows, int sourceStart, int count)
     {
-        for (int l = 0; l < layers.Length; l++) layers[l].ImportRow(row, source.layers[l], sourceRow, sourceStart, count);
-        Recurrent?.ImportRow(row, source.Recurrent!, sourceRow);
+        for (int l = 0; l < layers.Length; l++) layers[l].ImportRows(row, source.layers[l], sourceRow, rows, sourceStart, count);
+        Recurrent?.ImportRows(row, source.Recurrent!, sourceRow, rows);
     }
 
     /// <summary>Moves row <paramref name="from"/> into row <paramref name="to"/> and empties <paramref name="from"/>, in every layer.</summary>
@@ -128,11 +128,11 @@ public sealed class KvCache : IDisposable
         Recurrent?.MoveRow(from, to);
     }
 
-    /// <summary>Empties row <paramref name="row"/> in every layer: its slots are free for compaction.</summary>
-    internal void EmptyRow(int row)
+    /// <summary>Empties rows [row, row + rows) in every layer: their slots are free for compaction.</summary>
+    internal void EmptyRows(int row, int rows)
     {
-        foreach (var l in layers) l.EmptyRow(row);
-        Recurrent?.EmptyRow(row);
+        foreach (var l in layers) l.EmptyRows(row, rows);
+        Recurrent?.EmptyRows(row, rows);
     }
 
     /// <summary>Drops the empty slots of the rows in use, in every layer: each row's entries move to its front, in order, and

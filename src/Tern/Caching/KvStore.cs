@@ -43,16 +43,16 @@ internal abstract class KvStore : IDisposable
     /// <summary>A tensor of the storage narrowed to the rows in use.</summary>
     protected Tensor InRows(Tensor storage) => Rows == storage.shape[0] ? storage : storage.narrow(0, 0, Rows);
 
-    /// <summary>Copies slots [sourceStart, sourceStart + count) of <paramref name="source"/>'s row <paramref name="sourceRow"/> to
-    /// slots [start, start + count) of row <paramref name="row"/> (any rows, in use or not); both stores have the same layout.</summary>
-    public void CopyRow(KvStore source, int sourceRow, int sourceStart, int row, int start, int count)
+    /// <summary>Copies slots [sourceStart, sourceStart + count) of <paramref name="source"/>'s rows [sourceRow, sourceRow + rows)
+    /// to slots [start, start + count) of rows [row, row + rows) (any rows, in use or not); both stores have the same layout.</summary>
+    public void CopyRows(KvStore source, int sourceRow, int sourceStart, int row, int start, int count, int rows)
     {
         var from = source.Parts;
         var to = Parts;
         for (int i = 0; i < to.Count; i++)
         {
-            using var target = to[i].select(0, row).narrow(1, start, count);
-            using var slots = from[i].select(0, sourceRow).narrow(1, sourceStart, count);
+            using var target = to[i].narrow(0, row, rows).narrow(2, start, count);
+            using var slots = from[i].narrow(0, sourceRow, rows).narrow(2, sourceStart, count);
             target.copy_(slots);
         }
     }

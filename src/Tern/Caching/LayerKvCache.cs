@@ -337,28 +337,28 @@ public sealed class LayerKvCache : IDisposable
         return entryState!;
     }
 
-    /// <summary>Copies <paramref name="count"/> entries of <paramref name="source"/>'s row <paramref name="sourceRow"/>, from its slot
-    /// <paramref name="sourceStart"/>, into slots [0, count) of this layer's empty row <paramref name="row"/>, growing
+    /// <summary>Copies <paramref name="count"/> entries of <paramref name="source"/>'s rows [sourceRow, sourceRow + rows), from
+    /// their slot <paramref name="sourceStart"/>, into slots [0, count) of this layer's empty rows [row, row + rows), growing
     /// <see cref="Length"/> to <paramref name="count"/> when shorter (the other rows get empty slots there). Serving uses it to
-    /// move a prefilled sequence into a running batch. Both caches have the same storage layout; the entries' policy state
-    /// comes along.</summary>
-    internal void ImportRow(int row, LayerKvCache source, int sourceRow, int sourceStart, int count)
+    /// move prefilled sequences into a running batch (a block of rows in one copy per tensor). Both caches have the same storage
+    /// layout; the entries' policy state comes along.</summary>
+    internal void ImportRows(int row, LayerKvCache source, int sourceRow, int rows, int sourceStart, int count)
     {
         if (count > Capacity) throw new InvalidOperationException($"KV cache of layer {Layer}: {count} entries exceed its {Capacity} slots.");
-        keys.CopyRow(source.keys, sourceRow, sourceStart, row, 0, count);
-        values.CopyRow(source.values, sourceRow, sourceStart, row, 0, count);
-        using (var target = positions.select(0, row).narrow(1, 0, count))
-        using (var from = source.positions.select(0, sourceRow).narrow(1, sourceStart, count))
+        keys.CopyRows(source.keys, sourceRow, sourceStart, row, 0, count, rows);
+        values.CopyRows(source.values, sourceRow, sourceStart, row, 0, count, rows);
+        using (var target = positions.narrow(0, row, rows).narrow(2, 0, count))
+        using (var from = source.positions.narrow(0, sourceRow, rows).narrow(2, sourceStart, count))
             target.copy_(from);
         if (source.entryState is not null || entryState is not null)
         {
             using var scope = torch.NewDisposeScope();
             int width = (int)(source.entryState ?? entryState)!.shape[3];
-            var into = AllRowsEntryState(width).select(0, row);
+            var into = AllRowsEntryState(width).narrow(0, row, rows);
             into.zero_();
-            if (source.entryState is not null) into.narrow(1, 0, count).copy_(source.entryState.select(0, sourceRow).narrow(1, sourceStart, count));
+            if (source.entryState is not null) into.narrow(2, 0, count).copy_(source.entryState.narrow(0, sourceRow, rows).narrow(2, sourceStart, count));
         }
-        if (count != Length && (count < Length || Rows > 1)) HasHoles = true;
+        if (count != Length && (count < Length || Rows > rows) || source.HasHoles) HasHoles = true;
         Length = Math.Max(Length, count);
         AttendedKeysStale = true;
     }
@@ -378,8 +378,8 @@ public sealed class LayerKvCache : IDisposable
     internal void MoveRow(int from, int to)
     {
         if (Length == 0) return;
-        keys.CopyRow(keys, from, 0, to, 0, Length);
-        values.CopyRow(values, from, 0, to, 0, Length);
+        keys.CopyRows(keys, from, 0, to, 0, Length, 1);
+        values.CopyRows(values, from, 0, to, 0, Length, 1);
         using (var target = positions.select(0, to).narrow(1, 0, Length))
         using (var source = positions.select(0, from).narrow(1, 0, Length))
             target.copy_(source);
@@ -387,18 +387,18 @@ public sealed class LayerKvCache : IDisposable
             using (var target = entryState.select(0, to))
             using (var source = entryState.select(0, from))
                 target.copy_(source);
-        EmptyRow(from);
+        EmptyRows(from, 1);
         AttendedKeysStale = true;
     }
 
-    /// <summary>Marks every slot of row <paramref name="row"/> empty (its entries stay in storage but are never attended to).</summary>
-    internal void EmptyRow(int row)
+    /// <summary>Marks every slot of rows [row, row + rows) empty (their entries stay in storage but are never attended to).</summary>
+    internal void EmptyRows(int row, int rows)
     {
-        if (Length == 0) return;
-        using var slots = positions.select(0, row).narrow(1, 0, Length);
+        if (Length == 0 || rows == 0) return;
+        using var slots = positions.narrow(0, row, rows).narrow(2, 0, Length);
         slots.fill_(-1);
         if (entryState is not null)
-            using (var state = entryState.select(0, row))
+            using (var state = entryState.narrow(0, row, rows))
                 state.zero_();
         HasHoles = true;
     }
@@ -408,7 +408,7 @@ public sealed class LayerKvCache : IDisposable
     internal void CopyFrom(LayerKvCache source)
     {
         Rows = source.Rows;
-        for (int row = 0; row < Rows; row++) ImportRow(row, source, row, 0, source.Length);
+        ImportRows(0, source, 0, Rows, 0, source.Length);
         HasHoles = source.HasHoles;
     }
 

@@ -44,27 +44,27 @@ public sealed class RecurrentState : IDisposable
     /// <summary>Bytes held over every row.</summary>
     public long Bytes => tensors.Values.Sum(t => t.NumberOfElements * t.ElementSize);
 
-    /// <summary>Row <paramref name="row"/> becomes a copy of <paramref name="source"/>'s row <paramref name="sourceRow"/> (same layout).</summary>
-    internal void ImportRow(int row, RecurrentState source, int sourceRow)
+    /// <summary>Rows [row, row + rows) become a copy of <paramref name="source"/>'s rows [sourceRow, sourceRow + rows) (same layout).</summary>
+    internal void ImportRows(int row, RecurrentState source, int sourceRow, int rows)
     {
         foreach (var (name, t) in tensors)
-            using (var into = t.select(0, row))
-            using (var from = source.tensors[name].select(0, sourceRow))
+            using (var into = t.narrow(0, row, rows))
+            using (var from = source.tensors[name].narrow(0, sourceRow, rows))
                 into.copy_(from);
     }
 
     /// <summary>Moves row <paramref name="from"/> into row <paramref name="to"/> and empties row <paramref name="from"/>.</summary>
     internal void MoveRow(int from, int to)
     {
-        ImportRow(to, this, from);
-        EmptyRow(from);
+        ImportRows(to, this, from, 1);
+        EmptyRows(from, 1);
     }
 
-    /// <summary>Row <paramref name="row"/> becomes the state of a sequence that has seen nothing.</summary>
-    internal void EmptyRow(int row)
+    /// <summary>Rows [row, row + rows) become the state of sequences that have seen nothing.</summary>
+    internal void EmptyRows(int row, int rows)
     {
         foreach (var t in tensors.Values)
-            using (var r = t.select(0, row))
+            using (var r = t.narrow(0, row, rows))
                 r.zero_();
     }
 
@@ -72,7 +72,7 @@ public sealed class RecurrentState : IDisposable
     internal void CopyFrom(RecurrentState source)
     {
         Rows = source.Rows;
-        for (int row = 0; row < Rows; row++) ImportRow(row, source, row);
+        ImportRows(0, source, 0, Rows);
     }
 
     /// <summary>Every row becomes empty, in place.</summary>

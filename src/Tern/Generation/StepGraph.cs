@@ -64,6 +64,7 @@ internal sealed class StepGraph : IDisposable
                 if (!caches.Any(c => EvictsAfterNextStep(c.Cache))) // else a later step is captured
                 {
                     graph = new LibTorchCuda.Graph();
+                    Captures++;
                     graph.CaptureBegin();
                     body();
                     graph.CaptureEnd();
@@ -82,6 +83,9 @@ internal sealed class StepGraph : IDisposable
             foreach (var c in caches) c.Cache.AdjustForReplay(1);
         }
     }
+
+    /// <summary>Graphs captured so far (the first step, and each change of how the caches write).</summary>
+    public int Captures { get; private set; }
 
     /// <summary>True when the next one-token step over <paramref name="cache"/> writes into free slots (an evicting policy's
     /// steady state, or a serving pool's slot per row: <see cref="LayerKvCache.FillsFreeSlots"/>) rather than at the

@@ -492,7 +492,7 @@ public sealed class OffloadedModel : IStepModel, IDisposable
             });
             var output = model.RunStage(j, w, h, batch, scratch[0]);
             // Slot for slot (left padding included), as the plain runtime holds them: the policy left at most its budget.
-            for (int r = 0; r < prompts[k].Length; r++) layer.ImportRow(r, scratch[0], r, 0, scratch.Length);
+            layer.ImportRows(0, scratch[0], 0, prompts[k].Length, 0, scratch.Length);
             return output;
         }
 

@@ -55,7 +55,8 @@ public sealed class ServingEngine : IDisposable
     /// arrive in rounds would otherwise re-allocate and re-capture them every round).</summary>
     static readonly TimeSpan IdlePoolLifetime = TimeSpan.FromSeconds(1);
     IEnumerable<Batch> batches => pools.Values;
-    long steps, generated, completed, cancelled;
+    long steps, generated, completed, cancelled, prefills, captures;
+    double prefillSeconds;
 
     ServingEngine(IStepModel model, TernTokenizer? tokenizer, ServingOptions options)
     {
@@ -359,12 +360,15 @@ public sealed class ServingEngine : IDisposable
         if (joiners.Count == 0) return;
         waiting.RemoveRange(0, joiners.Count);
         Interlocked.Add(ref queued, -joiners.Count);
+        var watch = System.Diagnostics.Stopwatch.StartNew();
         foreach (var group in joiners.GroupBy(r => r.Cache))
         {
             if (!pools.TryGetValue(group.Key, out var pool))
                 pools[group.Key] = pool = inMemory is null ? new BlockBatch(this, group.Key) : new DecodeBatch(this, inMemory, group.Key);
             pool.Join(group.ToArray());
+            prefills++;
         }
+        prefillSeconds += watch.Elapsed.TotalSeconds;
     }
 
     void Publish()
@@ -374,7 +378,7 @@ public sealed class ServingEngine : IDisposable
             running.Sum(s => (long)s.Request.ReservedTokens), batches.Sum(b => b.LiveTokens) * bytesPerToken,
             batches.Sum(b => b.AllocatedBytes), steps, generated, completed, cancelled,
             Options.MeasureKvCache ? batches.Sum(b => b.OccupiedEntries()) * bytesPerToken / (model.Info.Layers * model.Info.KvHeads) : -1,
-            batches.Count(b => b.Busy));
+            batches.Count(b => b.Busy), prefills, prefillSeconds, captures);
     }
 
     /// <summary>One running sequence: its request, sampler and stopping state, and the token it feeds next.</summary>
@@ -447,6 +451,7 @@ public sealed class ServingEngine : IDisposable
         /// padding) and a sequence that left meanwhile are skipped.</summary>
         protected void Deliver(IReadOnlyList<Sequence?> sequences, long[] tokens)
         {
+            var finished = new List<Sequence>();
             for (int i = 0; i < sequences.Count; i++)
             {
                 if (sequences[i] is not { Left: false } s) continue;
@@ -459,10 +464,17 @@ public sealed class ServingEngine : IDisposable
                 if (last || s.Progress.Finished is not null)
                 {
                     engine.completed++;
-                    Leave(s, null);
+                    finished.Add(s);
                 }
                 else s.Next = id;
             }
+            if (finished.Count > 0) LeaveFinished(finished);
+        }
+
+        /// <summary>Sequences that finished at one step leave (together where the batch can do better than one by one).</summary>
+        protected virtual void LeaveFinished(IReadOnlyList<Sequence> finished)
+        {
+            foreach (var s in finished) Leave(s, null);
         }
 
         protected void Finish(Sequence s, Exception? error)
@@ -577,6 +589,7 @@ public sealed class ServingEngine : IDisposable
     /// </summary>
     sealed class StaticStep : IDisposable
     {
+        readonly ServingEngine engine;
         readonly CausalLanguageModel model;
         readonly KvCache[] caches;
         readonly Tensor[] slots;
@@ -586,8 +599,9 @@ public sealed class ServingEngine : IDisposable
         readonly int[] ones;
         readonly StepGraph graph;
 
-        public StaticStep(CausalLanguageModel model, IReadOnlyList<KvCache> caches, bool capture)
+        public StaticStep(ServingEngine engine, CausalLanguageModel model, IReadOnlyList<KvCache> caches, bool capture)
         {
+            this.engine = engine;
             this.model = model;
             this.caches = caches.ToArray();
             offsets = new int[caches.Count];
@@ -627,6 +641,7 @@ public sealed class ServingEngine : IDisposable
                 caches[i].ActiveRows = caches[i].Options.BatchSize;
             }
             using (var p = torch.tensor(hostPositions, new long[] { rows, 1 })) positions.copy_(p, true); // no wait for the device
+            int captured = graph.Captures;
             try
             {
                 graph.Run();
@@ -634,6 +649,7 @@ public sealed class ServingEngine : IDisposable
             finally
             {
                 for (int i = 0; i < caches.Length; i++) caches[i].ActiveRows = active[i];
+                engine.captures += graph.Captures - captured;
             }
             return caches.Select((_, i) => logits.narrow(0, offsets[i], parts[i].Positions.Length)).ToArray();
         }
@@ -734,7 +750,7 @@ public sealed class ServingEngine : IDisposable
                 // Rows a failed prefill may have filled are emptied; joiners that were running leave, the others just fail.
                 if (cache is not null && cache.ActiveRows > Sequences.Count)
                 {
-                    for (int row = Sequences.Count; row < cache.ActiveRows; row++) cache.EmptyRow(row);
+                    cache.EmptyRows(Sequences.Count, cache.ActiveRows - Sequences.Count);
                     cache.ActiveRows = Sequences.Count;
                 }
                 foreach (var s in joiners)
@@ -776,7 +792,7 @@ public sealed class ServingEngine : IDisposable
             scratch.Compact();
             int rows = cache!.ActiveRows;
             cache.ActiveRows = rows + scratch.ActiveRows;
-            for (int j = 0; j < scratch.ActiveRows; j++) cache.ImportRow(rows + j, scratch, j, 0, scratch.Length);
+            cache.ImportRows(rows, scratch, 0, scratch.ActiveRows, 0, scratch.Length);
         }
 
         /// <summary>Starts prefilling one long prompt in chunks of <see cref="ServingOptions.MaxPrefillTokensPerStep"/> tokens
@@ -895,7 +911,7 @@ public sealed class ServingEngine : IDisposable
                     if (engine.together?.Serves(caches) != true)
                     {
                         engine.together?.Dispose();
-                        engine.together = new StaticStep(model, caches, capture: !engine.Options.ForceStaticShapes);
+                        engine.together = new StaticStep(engine, model, caches, capture: !engine.Options.ForceStaticShapes);
                     }
                     logits = engine.together.Run(parts.Select(p => (p.Pool.NextIds.narrow(0, 0, p.Rows.Length), Positions(p.Rows))).ToArray());
                 }
@@ -976,7 +992,7 @@ public sealed class ServingEngine : IDisposable
                 if (graphed?.Serves(new[] { c }) != true)
                 {
                     graphed?.Dispose();
-                    graphed = new StaticStep(model, new[] { c }, capture: !Engine.Options.ForceStaticShapes);
+                    graphed = new StaticStep(Engine, model, new[] { c }, capture: !Engine.Options.ForceStaticShapes);
                 }
                 logits = graphed.Run(new[] { (ids, Positions(rows)) })[0];
             }
@@ -1027,19 +1043,41 @@ public sealed class ServingEngine : IDisposable
                     cache.MoveRow(last, row);
                     NextIds.narrow(0, row, 1).copy_(NextIds.narrow(0, last, 1));
                 }
-                else cache.EmptyRow(row);
+                else cache.EmptyRows(row, 1);
             }
             Sequences[row] = Sequences[last];
             Sequences.RemoveAt(last);
-            if (cache is not null) cache.ActiveRows = Sequences.Count;
-            if (Sequences.Count == 0)
-            {
-                // The pool idles: it keeps its cache (emptied as a fresh one is) and its graph for the next requests.
-                if (pending is not null) Readback.Drop(pending.Tokens);
-                pending = null;
-                cache?.Compact();
-            }
+            RowsLeft();
             Finish(s, error);
+        }
+
+        /// <summary>The last rows leave in one range (a round of requests that ends together: every row, and no row moves); the
+        /// others one by one, from the highest row down, each filled by the last row.</summary>
+        protected override void LeaveFinished(IReadOnlyList<Sequence> finished)
+        {
+            var leaving = finished.ToHashSet();
+            int end = Sequences.Count;
+            while (end > 0 && leaving.Contains(Sequences[end - 1])) end--;
+            var tail = Sequences.GetRange(end, Sequences.Count - end);
+            if (tail.Count > 0)
+            {
+                cache?.EmptyRows(end, tail.Count);
+                Sequences.RemoveRange(end, tail.Count);
+                RowsLeft();
+                foreach (var s in tail) Finish(s, null);
+            }
+            foreach (var s in finished.Except(tail).OrderByDescending(Sequences.IndexOf).ToArray()) Leave(s, null);
+        }
+
+        /// <summary>Rows [0, Sequences.Count) stay in use; a pool left without any idles: it keeps its cache (emptied as a fresh
+        /// one is) and its graph for the next requests.</summary>
+        void RowsLeft()
+        {
+            if (cache is not null) cache.ActiveRows = Sequences.Count;
+            if (Sequences.Count > 0) return;
+            if (pending is not null) Readback.Drop(pending.Tokens);
+            pending = null;
+            cache?.Compact();
         }
 
         public override void Abandon(Exception error)

@@ -97,5 +97,11 @@ public sealed class ServingException(ServingError error, string message, string?
 /// themselves (every layer and KV head) times the bytes of a 16-bit-policy entry, to hold against
 /// <paramref name="LiveKvBytes"/>; else -1.</param>
 /// <param name="Pools">Batches stepped at each step: one per KV cache configuration among the running requests.</param>
+/// <param name="Prefills">Forward passes that prefilled joining requests (joiners of one boundary share one).</param>
+/// <param name="PrefillSeconds">Scheduler time spent admitting joiners: their prefills and the moves of their entries into the
+/// running rows (host time; the device work it queues is waited for by the steps that follow).</param>
+/// <param name="GraphCaptures">CUDA graphs captured for decode steps (a pool re-captures when it is resized or the set of pools
+/// stepped together changes).</param>
 public sealed record ServingStats(int Running, int Waiting, long ReservedTokens, long LiveKvBytes, long AllocatedKvBytes,
-    long Steps, long GeneratedTokens, long CompletedRequests, long CancelledRequests, long MeasuredKvBytes = -1, int Pools = 0);
+    long Steps, long GeneratedTokens, long CompletedRequests, long CancelledRequests, long MeasuredKvBytes = -1, int Pools = 0,
+    long Prefills = 0, double PrefillSeconds = 0, long GraphCaptures = 0);

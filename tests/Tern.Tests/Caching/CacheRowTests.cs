@@ -47,7 +47,7 @@ public sealed class CacheRowTests
         Fill(scratch, 5, seed: 7, -1);
         scratch[0].Positions.narrow(2, 0, 1).fill_(-1); scratch[1].Positions.narrow(2, 0, 1).fill_(-1);
         cache.ActiveRows = 3;
-        cache.ImportRow(2, scratch, 0, 1, 4);
+        cache.ImportRows(2, scratch, 0, 1, 1, 4);
         Assert.Equal(6, cache.Length);
         Assert.True(cache[0].HasHoles);
         for (int l = 0; l < 2; l++)
@@ -81,8 +81,32 @@ public sealed class CacheRowTests
         }
         Assert.Equal(cache.OccupiedEntries(), resized.OccupiedEntries());
 
-        cache.EmptyRow(1);
+        cache.EmptyRows(1, 1);
         Assert.Equal(2 * H * 5, cache.OccupiedEntries());
         Assert.Throws<ArgumentOutOfRangeException>(() => cache.ActiveRows = 4);
+    }
+
+    [Theory]
+    [InlineData(16)]
+    [InlineData(8)]
+    public void ABlockOfRowsImportsAsEachRowAlone(int bits)
+    {
+        using var scope = torch.NewDisposeScope();
+        using var scratch = Create(bits, batch: 2, capacity: 5);
+        scratch.ActiveRows = 2;
+        Fill(scratch, 5, seed: 7, -1, 9);
+        using var block = Create(bits);
+        using var single = Create(bits);
+        block.ActiveRows = single.ActiveRows = 3;
+        block.ImportRows(1, scratch, 0, 2, 1, 4);
+        for (int r = 0; r < 2; r++) single.ImportRows(1 + r, scratch, r, 1, 1, 4);
+        Assert.Equal((4, true), (block.Length, block[0].HasHoles));
+        for (int l = 0; l < 2; l++)
+        {
+            Assert.True(block[l].Keys.eq(single[l].Keys).all().item<bool>());
+            Assert.True(block[l].Values.eq(single[l].Values).all().item<bool>());
+            Assert.True(block[l].Positions.eq(single[l].Positions).all().item<bool>());
+        }
+        Assert.Equal(2 * H * 4 * 2, block.OccupiedEntries());
     }
 }
