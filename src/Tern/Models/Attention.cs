@@ -93,6 +93,7 @@ internal static class Attention
         {
             InputIds = batch.InputIds, Positions = batch.Positions.to(home), RealTokens = batch.RealTokens, HasPadding = batch.HasPadding,
             MaxPosition = batch.MaxPosition, LastPositionOnly = batch.LastPositionOnly,
+            ModelPositions = batch.ModelPositions.to(home), MaxModelPosition = batch.MaxModelPosition,
         };
         var output = Forward(q.to(ScalarType.Float32, home), k.to(cache.DType, home), v.to(cache.DType, home), new ModelStep(there), cache, s,
             cachedKeyRotation, ScalarType.Float32);
@@ -119,7 +120,7 @@ internal static class Attention
             return result;
         }
         int length = cache.Length;
-        var keys = cachedKeyRotation is null ? cache.ActiveKeys : KeysAtCacheIndex(cache, cachedKeyRotation, t, null).narrow(2, 0, length);
+        var keys = cachedKeyRotation is null ? cache.ActiveKeys : KeysAtCacheIndex(cache, cachedKeyRotation, step, t, null).narrow(2, 0, length);
         var values = cache.ActiveValues;
         if (keys.dtype != computeType) (keys, values) = (keys.to(computeType), values.to(computeType));
         bool windowMatters = s.SlidingWindow > 0 && batch.MaxPosition + 1 > s.SlidingWindow;
@@ -177,7 +178,7 @@ internal static class Attention
         var batch = step.Batch;
         long b = qh.shape[0], t = qh.shape[2];
         int h = s.Heads, hkv = s.KvHeads, g = s.Groups, d = s.HeadDim;
-        var keys = cachedKeyRotation is null ? cache.Keys : KeysAtCacheIndex(cache, cachedKeyRotation, t, batch.WriteSlots);
+        var keys = cachedKeyRotation is null ? cache.Keys : KeysAtCacheIndex(cache, cachedKeyRotation, step, t, batch.WriteSlots);
         // Keys rotated at their cache index (StreamingLLM) are as contiguous as the stored ones, and masks use original positions.
         if (t == 1 && !cache.ObservesAttention && Interop.FusedKernels.TryDecodeAttention(qh, keys, cache.Values,
                 cache.Positions, batch.Positions, s.SlidingWindow, 1.0 / Math.Sqrt(d), out var fused))
@@ -205,28 +206,28 @@ internal static class Attention
 
     /// <summary>
     /// StreamingLLM's keys at their cache index (stored unrotated; index = rank among the row's occupied slots), every slot
-    /// [B,Hkv,Capacity,D]: rotated whole when the cache marks them stale, else only the <paramref name="appended"/> entries
-    /// of this step (at <paramref name="slots"/> in a static-shape step, else at the end) — appending never changes an
-    /// earlier entry's rank, so the others are already right.
+    /// [B,Hkv,Capacity,D]: rotated whole when the cache marks them stale, else only this step's <paramref name="tokens"/> keys,
+    /// as stored (at <paramref name="slots"/> in a static-shape step, else at the end) — appending never changes an earlier
+    /// entry's rank, so the others are already right. A new key's rank is the number of entries its row held before it: the
+    /// step's model position, whose rotation the step gathers once for every layer.
     /// </summary>
-    static Tensor KeysAtCacheIndex(LayerKvCache cache, RotaryEmbedding rotation, long appended, Tensor? slots)
+    static Tensor KeysAtCacheIndex(LayerKvCache cache, RotaryEmbedding rotation, ModelStep step, long tokens, Tensor? slots)
     {
-        var stored = cache.Keys;
-        var ranks = cache.Positions.ge(0).to(ScalarType.Int64).cumsum(-1) - 1;
         var attended = cache.AttendedKeys();
         if (cache.AttendedKeysStale)
         {
             // Slots in use only: the free ones are masked until a step writes (and rotates) its own.
             long length = cache.Length;
-            attended.narrow(2, 0, length).copy_(rotation.RotateCached(stored.narrow(2, 0, length), ranks.narrow(2, 0, length), cache.Capacity));
+            var ranks = cache.Positions.narrow(2, 0, length).ge(0).to(ScalarType.Int64).cumsum(-1) - 1;
+            attended.narrow(2, 0, length).copy_(rotation.RotateCached(cache.Keys.narrow(2, 0, length), ranks, cache.Capacity));
             cache.AttendedKeysStale = false;
+            return attended;
         }
-        else if (slots is null)
-        {
-            long start = cache.Length - appended;
-            attended.narrow(2, start, appended).copy_(rotation.RotateCached(stored.narrow(2, start, appended), ranks.narrow(2, start, appended), cache.Capacity));
-        }
-        else attended.index_copy_(2, slots, rotation.RotateCached(stored.index_select(2, slots), ranks.index_select(2, slots), cache.Capacity));
+        long start = cache.Length - tokens;
+        var stored = slots is null ? cache.Keys.narrow(2, start, tokens) : cache.Keys.index_select(2, slots); // [B,Hkv,T,D]
+        var rotated = step.Rotary(rotation).RotateCopy(stored.transpose(1, 2)).transpose(1, 2);
+        if (slots is null) attended.narrow(2, start, tokens).copy_(rotated);
+        else attended.index_copy_(2, slots, rotated);
         return attended;
     }
 
