@@ -45,13 +45,15 @@ public sealed class LayerKvCache : IDisposable
     /// <summary>
     /// A layer's one hand-over of a step's new keys and values [batch, kvHeads, tokens, headDim] at
     /// <paramref name="positions"/> [batch, tokens] (-1 for padding): the policy makes room, then they are appended
-    /// (at the device-held <paramref name="slots"/> in static-shape mode). Attention then reads the cache.
+    /// (at the device-held <paramref name="slots"/> in static-shape mode: int64 [tokens], or with <see cref="RowSlots"/> each
+    /// row's own, [batch]). Attention then reads the cache.
     /// </summary>
     public void Update(Tensor keys, Tensor values, Tensor positions, bool hasPadding, Tensor? slots = null)
     {
         int tokens = (int)keys.shape[2];
         Policy.BeforeAppend(this, tokens);
-        if (FillsFreeSlots(tokens)) AppendIntoFreeSlots(keys, values, positions);
+        if (RowSlots && slots is not null && tokens == 1) AppendAtRowSlots(keys, values, positions, slots);
+        else if (FillsFreeSlots(tokens)) AppendIntoFreeSlots(keys, values, positions);
         else Append(keys, values, positions, hasPadding, slots);
     }
 
@@ -210,6 +212,28 @@ public sealed class LayerKvCache : IDisposable
         this.keys.WriteAt(free, keys);
         this.values.WriteAt(free, values);
         ActivePositions.scatter_(2, free, positions.unsqueeze(1).expand(free.shape));
+        HasHoles = true;
+        AttendedKeysStale = true;
+        Rewrites++;
+    }
+
+    /// <summary>
+    /// Writes one entry per row [batch, kvHeads, 1, headDim] at position [batch, 1] into that row's slot, int64
+    /// <paramref name="slots"/> [batch] on the device (<see cref="RowSlots"/>: the pool knows each row's next free slot, so
+    /// nothing searches for it); the length stays.
+    /// </summary>
+    void AppendAtRowSlots(Tensor keys, Tensor values, Tensor positions, Tensor slots)
+    {
+        bool fused = this.keys is DenseKvStore k && this.values is DenseKvStore v && Rows == k.Storage.shape[0]
+            && Interop.FusedKernels.TryCacheAppend(k.Storage, v.Storage, Positions, keys, values, positions, slots);
+        if (!fused)
+        {
+            using var scope = torch.NewDisposeScope();
+            var at = slots.view(-1, 1, 1).expand(Rows, keys.shape[1], 1); // [B,Hkv,1]
+            this.keys.WriteAt(at, keys);
+            this.values.WriteAt(at, values);
+            Positions.scatter_(2, at, positions.unsqueeze(1).expand(at.shape));
+        }
         HasHoles = true;
         AttendedKeysStale = true;
         Rewrites++;

@@ -119,15 +119,18 @@ internal static unsafe partial class FusedKernels
     }
 
     /// <summary>Appends one token per sequence (k, v views [B, Hkv, 1, D] with a contiguous last dimension, positions [B, 1])
-    /// to a layer's cache tensors at the slot held in <paramref name="slot"/> (int64 [1]).</summary>
+    /// to a layer's cache tensors at the slot held in <paramref name="slot"/>: int64 [1] for every row, or [B] (contiguous),
+    /// each row's own.</summary>
     public static bool TryCacheAppend(Tensor keys, Tensor values, Tensor cachePositions, Tensor k, Tensor v, Tensor positions, Tensor slot)
     {
         if (!Usable(keys) || k.shape[2] != 1 || k.stride(-1) != 1 || v.stride(-1) != 1 || k.dtype != keys.dtype || v.dtype != keys.dtype
             || !positions.is_contiguous() || positions.NumberOfElements != k.shape[0]) return false;
+        int slotStride = slot.NumberOfElements == 1 ? 0 : 1;
+        if (slotStride == 1 && (slot.NumberOfElements != k.shape[0] || !slot.is_contiguous())) return false;
         int kvHeads = (int)keys.shape[1], cap = (int)keys.shape[2], headDim = (int)keys.shape[3];
         long kb = k.stride(0), kh = k.stride(1), vb = v.stride(0), vh = v.stride(1);
         IntPtr pk = Ptr(keys), pv = Ptr(values), pc = Ptr(cachePositions), sk = Ptr(k), sv = Ptr(v), pp = Ptr(positions), ps = Ptr(slot);
-        void** args = stackalloc void*[] { &pk, &pv, &pc, &sk, &sv, &kb, &kh, &vb, &vh, &pp, &ps, &kvHeads, &cap, &headDim };
+        void** args = stackalloc void*[] { &pk, &pv, &pc, &sk, &sv, &kb, &kh, &vb, &vh, &pp, &ps, &slotStride, &kvHeads, &cap, &headDim };
         CudaDriver.Launch(Kernels.Value!.CacheAppend[TypeIndex(keys.dtype)], (uint)(k.shape[0] * kvHeads), (uint)Math.Min(256, (headDim + 31) / 32 * 32),
             LibTorchCuda.CurrentRawStream(), args);
         return true;

@@ -592,9 +592,9 @@ public sealed class ServingEngine : IDisposable
         readonly ServingEngine engine;
         readonly CausalLanguageModel model;
         readonly KvCache[] caches;
-        readonly Tensor[] slots;
+        readonly Tensor[] slots;   // each cache's write slot: one for every row, or (RowSlots) a view of rowSlots
         readonly int[] offsets; // first row of each cache's rows in the step
-        readonly Tensor ids, positions, logits;
+        readonly Tensor ids, positions, rowSlots, logits;
         readonly int rows, maxPosition;
         readonly int[] ones;
         readonly StepGraph graph;
@@ -611,7 +611,9 @@ public sealed class ServingEngine : IDisposable
             var device = model.Device;
             ids = torch.zeros(new long[] { rows, 1 }, ScalarType.Int64, device).DetachFromDisposeScope();
             positions = torch.full(new long[] { rows, 1 }, -1L, ScalarType.Int64, device).DetachFromDisposeScope();
-            slots = caches.Select(_ => torch.zeros(1, ScalarType.Int64, device).DetachFromDisposeScope()).ToArray();
+            rowSlots = torch.zeros(rows, ScalarType.Int64, device).DetachFromDisposeScope();
+            slots = caches.Select((c, i) => (c.RowSlots ? rowSlots.narrow(0, offsets[i], c.Options.BatchSize) : torch.zeros(1, ScalarType.Int64, device))
+                .DetachFromDisposeScope()).ToArray();
             logits = torch.zeros(new long[] { rows, model.Info.VocabSize }, model.DType.ToScalarType(), device).DetachFromDisposeScope();
             // Positions stay below the model's context (a completion is capped by it) or, rolled, below the capacity; the rotary
             // tables are sized for that before the capture freezes them.
@@ -626,21 +628,26 @@ public sealed class ServingEngine : IDisposable
         public bool Serves(IReadOnlyList<KvCache> set) => set.Count == caches.Length && set.Zip(caches).All(p => ReferenceEquals(p.First, p.Second));
 
         /// <summary>Steps rows [0, n) of each cache with these tokens (int64 [n] on the device) at these positions (-1: the row
-        /// steps as padding); returns each cache's logits [n, vocab] (views of a buffer the next step overwrites).</summary>
-        public Tensor[] Run(IReadOnlyList<(Tensor NextIds, long[] Positions)> parts)
+        /// steps as padding), writing each row of a <see cref="KvCache.RowSlots"/> cache at its slot (<c>Slots</c>, the row's
+        /// entry count); returns each cache's logits [n, vocab] (views of a buffer the next step overwrites).</summary>
+        public Tensor[] Run(IReadOnlyList<(Tensor NextIds, long[] Positions, long[]? Slots)> parts)
         {
             var hostPositions = Enumerable.Repeat(-1L, rows).ToArray();
+            var hostSlots = new long[rows]; // free rows write their -1 at slot 0 of an empty row
             var active = new int[caches.Length];
             for (int i = 0; i < caches.Length; i++)
             {
-                var (nextIds, nextPositions) = parts[i];
+                var (nextIds, nextPositions, rowSlotsOf) = parts[i];
                 ids.narrow(0, offsets[i], nextPositions.Length).copy_(nextIds.unsqueeze(1));
                 nextPositions.CopyTo(hostPositions, offsets[i]);
-                slots[i].fill_(caches[i].Length);
+                if (caches[i].RowSlots) rowSlotsOf!.CopyTo(hostSlots, offsets[i]);
+                else slots[i].fill_(caches[i].Length);
                 active[i] = caches[i].ActiveRows;
                 caches[i].ActiveRows = caches[i].Options.BatchSize;
             }
             using (var p = torch.tensor(hostPositions, new long[] { rows, 1 })) positions.copy_(p, true); // no wait for the device
+            if (caches.Any(c => c.RowSlots))
+                using (var s = torch.tensor(hostSlots)) rowSlots.copy_(s, true);
             int captured = graph.Captures;
             try
             {
@@ -666,13 +673,14 @@ public sealed class ServingEngine : IDisposable
                 MaxPosition = maxPosition,
                 LastPositionOnly = true,
             }, caches, slots));
-            foreach (var slot in slots) slot.add_(1);
+            for (int i = 0; i < caches.Length; i++)
+                if (!caches[i].RowSlots) slots[i].add_(1); // row slots come from the host each step
         }
 
         public void Dispose()
         {
             graph.Dispose();
-            foreach (var t in new[] { ids, positions, logits }.Concat(slots)) t.Dispose();
+            foreach (var t in new[] { ids, positions, rowSlots, logits }.Concat(slots)) t.Dispose();
         }
     }
 
@@ -913,7 +921,7 @@ public sealed class ServingEngine : IDisposable
                         engine.together?.Dispose();
                         engine.together = new StaticStep(engine, model, caches, capture: !engine.Options.ForceStaticShapes);
                     }
-                    logits = engine.together.Run(parts.Select(p => (p.Pool.NextIds.narrow(0, 0, p.Rows.Length), Positions(p.Rows))).ToArray());
+                    logits = engine.together.Run(parts.Select(p => (p.Pool.NextIds.narrow(0, 0, p.Rows.Length), Positions(p.Rows), p.Pool.RowSlotsOf())).ToArray());
                 }
                 else
                 {
@@ -949,6 +957,9 @@ public sealed class ServingEngine : IDisposable
                 }
             }
         }
+
+        /// <summary>With <see cref="KvCache.RowSlots"/>: each row's next slot, its entry count (a row holds its entries at [0, fed)).</summary>
+        long[]? RowSlotsOf() => cache!.RowSlots ? Sequences.Select(s => (long)s.Fed).ToArray() : null;
 
         /// <summary>Each row's position in the step: its sequence's next, or -1 where it steps as padding.</summary>
         static long[] Positions(Sequence?[] rows) => rows.Select(s => s is null ? -1L : s.Fed).ToArray();
@@ -994,7 +1005,7 @@ public sealed class ServingEngine : IDisposable
                     graphed?.Dispose();
                     graphed = new StaticStep(Engine, model, new[] { c }, capture: !Engine.Options.ForceStaticShapes);
                 }
-                logits = graphed.Run(new[] { (ids, Positions(rows)) })[0];
+                logits = graphed.Run(new[] { (ids, Positions(rows), RowSlotsOf()) })[0];
             }
             else
             {
@@ -1156,11 +1167,10 @@ public sealed class ServingEngine : IDisposable
         }
 
         /// <summary>A pool of a cache that only appends steps each row at its own slot (<see cref="KvCache.RowSlots"/>) when its
-        /// steps have static shapes and it has rows to join at different steps (a pool of one row keeps the shared slot, whose
-        /// fused write costs less); every slot then counts as in use.</summary>
+        /// steps have static shapes; every slot then counts as in use.</summary>
         void UseRowSlots()
         {
-            if (!config.Eviction.AppendOnly || !Engine.StaticShapesServe(cache!) || cache!.Options.BatchSize == 1) return;
+            if (!config.Eviction.AppendOnly || !Engine.StaticShapesServe(cache!)) return;
             cache!.RowSlots = true;
             cache.FillToCapacity();
         }

@@ -184,15 +184,16 @@ __device__ __forceinline__ void unpack_vec(uint4 v, float* out, float*)
 __device__ __forceinline__ void unpack_vec(uint4 v, float* out, bf16* t) { unpack8(v, out, t); }
 __device__ __forceinline__ void unpack_vec(uint4 v, float* out, f16* t) { unpack8(v, out, t); }
 
-// Appends one token per sequence to a layer's cache at the slot held on the device: keys and values [B, Hkv, Cap, D] from
-// source views (last dimension contiguous, given batch and head strides), positions [B, Hkv, Cap] from pos[B].
-// One block per (sequence, KV head).
+// Appends one token per sequence to a layer's cache at the slot held on the device (one for every row, slotStride 0, or each
+// row's own, slotStride 1): keys and values [B, Hkv, Cap, D] from source views (last dimension contiguous, given batch and
+// head strides), positions [B, Hkv, Cap] from pos[B]. One block per (sequence, KV head).
 template <typename T>
 __device__ void cache_append(T* keys, T* values, long long* cachePos, const T* k, const T* v, long long kBatch, long long kHead,
-                             long long vBatch, long long vHead, const long long* pos, const long long* slot, int kvHeads, int cap, int headDim)
+                             long long vBatch, long long vHead, const long long* pos, const long long* slot, int slotStride, int kvHeads,
+                             int cap, int headDim)
 {
     int b = blockIdx.x / kvHeads, h = blockIdx.x - b * kvHeads;
-    long long s = *slot;
+    long long s = slot[b * slotStride];
     long long cell = (long long)(b * kvHeads + h) * cap + s;
     const T* ks = k + b * kBatch + h * kHead;
     const T* vs = v + b * vBatch + h * vHead;
@@ -369,8 +370,8 @@ INSTANTIATE_GEMV(f16, f16)
                                           const T* c, const T* s) { rotary<T>(qkv, rowStride, heads, headDim, rot, pos, c, s); }    \
     extern "C" __global__ void gated_##S(T* y, const T* gu, long long rows, int n, int kind) { gated<T>(y, gu, rows, n, kind); }  \
     extern "C" __global__ void cache_append_##S(T* keys, T* values, long long* cp, const T* k, const T* v, long long kb, long long kh, \
-        long long vb, long long vh, const long long* pos, const long long* slot, int kvHeads, int cap, int headDim)                   \
-        { cache_append<T>(keys, values, cp, k, v, kb, kh, vb, vh, pos, slot, kvHeads, cap, headDim); }                                 \
+        long long vb, long long vh, const long long* pos, const long long* slot, int ss, int kvHeads, int cap, int headDim)           \
+        { cache_append<T>(keys, values, cp, k, v, kb, kh, vb, vh, pos, slot, ss, kvHeads, cap, headDim); }                             \
     extern "C" __global__ void attn_split_##S(float* po, float* pm, float* ps, const T* q, long long qb, long long qh, const T* keys,    \
         const T* values, const long long* cp, const long long* qpos, int heads, int kvHeads, int cap, int headDim, int window, float scale) \
         { attn_split<T>(po, pm, ps, q, qb, qh, keys, values, cp, qpos, heads, kvHeads, cap, headDim, window, scale); }                  \
