@@ -136,8 +136,9 @@ public sealed class KvCache : IDisposable
     }
 
     /// <summary>Drops the empty slots of the rows in use, in every layer: each row's entries move to its front, in order, and
-    /// <see cref="Length"/> becomes the largest row's entry count.</summary>
-    internal void Compact()
+    /// <see cref="Length"/> becomes the largest row's entry count — <paramref name="longestRow"/> when the caller knows it
+    /// (no read-back from the device, which would wait for it once per layer).</summary>
+    internal void Compact(int? longestRow = null)
     {
         if (ActiveRows == 0)
         {
@@ -150,7 +151,7 @@ public sealed class KvCache : IDisposable
         foreach (var l in layers)
         {
             using var occupied = l.ActivePositions.ge(0);
-            l.Keep(occupied);
+            l.Keep(occupied, longestRow);
         }
     }
 

@@ -5,7 +5,7 @@ namespace Tern.Interop;
 
 /// <summary>
 /// Reads small int64 results (a step's tokens) back to the host without waiting for work queued after them: on CUDA each
-/// read is a non-blocking copy into one of two pinned buffers marked by an event, so the host can queue the next step before
+/// read is a non-blocking copy into one of a few pinned buffers marked by an event, so the host can queue the next step before
 /// it reads the previous step's tokens (vLLM's asynchronous scheduling). On the CPU a read is a plain copy.
 /// </summary>
 internal sealed class HostReadback : IDisposable
@@ -15,33 +15,33 @@ internal sealed class HostReadback : IDisposable
 
     readonly Tensor[]? buffers;
     readonly IntPtr[]? events;
-    readonly bool[] busy = new bool[2];
+    readonly bool[] busy;
     Tensor?[]? hostCopies;
-    int next;
 
     /// <param name="capacity">Most values one read carries.</param>
-    public HostReadback(Device device, int capacity)
+    /// <param name="reads">Most reads in flight at once.</param>
+    public HostReadback(Device device, int capacity, int reads)
     {
+        busy = new bool[reads];
         if (device.type != DeviceType.CUDA)
         {
-            hostCopies = new Tensor?[2];
+            hostCopies = new Tensor?[reads];
             return;
         }
-        buffers = new Tensor[2];
-        events = new IntPtr[2];
-        for (int i = 0; i < 2; i++)
+        buffers = new Tensor[reads];
+        events = new IntPtr[reads];
+        for (int i = 0; i < reads; i++)
         {
             buffers[i] = torch.empty(capacity, ScalarType.Int64).pin_memory().DetachFromDisposeScope();
             events[i] = CudaDriver.CreateEvent();
         }
     }
 
-    /// <summary>Starts copying <paramref name="values"/> (int64 [n]) to the host. At most two reads are in flight.</summary>
+    /// <summary>Starts copying <paramref name="values"/> (int64 [n]) to the host.</summary>
     public Ticket Start(Tensor values)
     {
-        int b = next;
-        if (busy[b]) throw new InvalidOperationException("two reads are already in flight: wait for one first.");
-        next = 1 - next;
+        int b = Array.IndexOf(busy, false);
+        if (b < 0) throw new InvalidOperationException($"{busy.Length} reads are already in flight: wait for one first.");
         busy[b] = true;
         int n = (int)values.shape[0];
         if (buffers is null)
@@ -79,7 +79,7 @@ internal sealed class HostReadback : IDisposable
     {
         if (buffers is not null)
         {
-            for (int i = 0; i < 2; i++)
+            for (int i = 0; i < buffers.Length; i++)
             {
                 CudaDriver.SynchronizeEvent(events![i]); // a copy may still be writing into the buffer
                 CudaDriver.DestroyEvent(events[i]);

@@ -699,13 +699,16 @@ public sealed class ServingEngine : IDisposable
         Tensor? nextIds;           // int64 [MaxBatchSize] on the device: row i's next input token, never read back to feed it
         HostReadback? readback;
         Launched? pending;         // the last step, its tokens not yet streamed (overlapped steps)
+        readonly List<Launched> joined = new(); // joiners' first tokens (from their prefill) on their way to the host
 
         /// <summary>A launched step: the sequence each row stepped for (null: the row stepped as padding) and its tokens on their
         /// way to the host.</summary>
         sealed record Launched(Sequence?[] Rows, HostReadback.Ticket Tokens);
 
         Tensor NextIds => nextIds ??= torch.zeros(Engine.Options.MaxBatchSize, ScalarType.Int64, model.Device).DetachFromDisposeScope();
-        HostReadback Readback => readback ??= new HostReadback(model.Device, Engine.Options.MaxBatchSize);
+        // Reads in flight: the step being streamed, the step queued after it, and the first tokens of joiners admitted at a
+        // boundary and of a chunked prefill ending there.
+        HostReadback Readback => readback ??= new HostReadback(model.Device, Engine.Options.MaxBatchSize, reads: 4);
 
         /// <summary>A prompt longer than <see cref="ServingOptions.MaxPrefillTokensPerStep"/> being prefilled one chunk per step
         /// in a scratch cache, so the running sequences keep decoding meanwhile; it joins after its last chunk.</summary>
@@ -782,7 +785,8 @@ public sealed class ServingEngine : IDisposable
         }
 
         /// <summary>Makes the prefilled joiners (imported into the rows after the running ones) running rows, their first
-        /// tokens (from <paramref name="logits"/>) streamed and fed to the next step.</summary>
+        /// tokens (from <paramref name="logits"/>) fed to the next step and streamed when that step is collected (read back
+        /// without waiting for the device: the step is queued first).</summary>
         void AddRows(IReadOnlyList<Sequence> joiners, Tensor logits)
         {
             int start = Sequences.Count;
@@ -790,14 +794,14 @@ public sealed class ServingEngine : IDisposable
             cache!.ActiveRows = Sequences.Count;
             var first = Select(joiners, logits);
             NextIds.narrow(0, start, joiners.Count).copy_(first);
-            Deliver(joiners, first.cpu().data<long>().ToArray());
+            joined.Add(new Launched(joiners.ToArray<Sequence?>(), Readback.Start(first)));
         }
 
         /// <summary>Appends the rows of a prefilled scratch cache after the running rows (each row's entries moved to its front
         /// first: left padding and, for evicting policies, the slots the prefill freed, are dropped).</summary>
         void Import(KvCache scratch)
         {
-            scratch.Compact();
+            scratch.Compact(config.Eviction.AppendOnly ? scratch.Length : null); // appending only, the longest prompt keeps every slot
             int rows = cache!.ActiveRows;
             cache.ActiveRows = rows + scratch.ActiveRows;
             cache.ImportRows(rows, scratch, 0, scratch.ActiveRows, 0, scratch.Length);
@@ -1033,7 +1037,12 @@ public sealed class ServingEngine : IDisposable
             var previous = pending;
             pending = Engine.overlap ? launched : null;
             var collect = Engine.overlap ? previous : launched;
-            if (collect is null && launched is null) throw new InvalidOperationException("a pool with running sequences has no step in flight.");
+            bool firstTokens = joined.Count > 0;
+            if (collect is null && launched is null && !firstTokens) throw new InvalidOperationException("a pool with running sequences has no step in flight.");
+            // Joiners' first tokens go first: the step just queued holds their second.
+            var first = joined.ToArray();
+            joined.Clear();
+            foreach (var j in first) Deliver(j.Rows, Readback.Wait(j.Tokens));
             if (collect is not null) Deliver(collect.Rows, Readback.Wait(collect.Tokens));
         }
 
@@ -1088,6 +1097,8 @@ public sealed class ServingEngine : IDisposable
             if (Sequences.Count > 0) return;
             if (pending is not null) Readback.Drop(pending.Tokens);
             pending = null;
+            foreach (var j in joined) Readback.Drop(j.Tokens);
+            joined.Clear();
             cache?.Compact();
         }
 
@@ -1182,6 +1193,7 @@ public sealed class ServingEngine : IDisposable
         void Release()
         {
             pending = null; // its rows have all left
+            joined.Clear();
             readback?.Dispose(); // after the copies in flight
             readback = null;
             nextIds?.Dispose();
