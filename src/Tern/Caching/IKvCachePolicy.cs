@@ -31,6 +31,10 @@ public interface IKvCachePolicy
     /// generator runs the others eagerly.</summary>
     bool EvictsAfter(LayerKvCache layer, int incomingTokens) => false;
 
+    /// <summary>True when <see cref="AfterStep"/>'s eviction reads nothing back from the device (every count it needs is known
+    /// on the host), so a step that ends in it can be captured as a CUDA graph and replayed when it recurs in the same state.</summary>
+    bool EvictsWithoutReadBack => false;
+
     /// <summary>True when a step appending <paramref name="incomingTokens"/> entries to <paramref name="layer"/> writes each row's
     /// and head's entry into a free slot below <see cref="LayerKvCache.Length"/> (one the policy emptied in place) instead of
     /// at the end: the layer's length, hence every shape of the step, stays the same, so an evicting policy's steady-state

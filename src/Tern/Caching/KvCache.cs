@@ -185,6 +185,16 @@ public sealed class KvCache : IDisposable
         for (int b = 0; b < sequenceLengths.Length; b++) sequenceLengths[b] += tokens;
     }
 
+    /// <summary>Every layer's host bookkeeping (<see cref="LayerKvCache.Bookkeeping"/>).</summary>
+    internal (int Length, bool HasHoles, bool AttendedKeysStale)[] Bookkeeping
+    {
+        get => layers.Select(l => l.Bookkeeping).ToArray();
+        set
+        {
+            for (int l = 0; l < layers.Length; l++) layers[l].Bookkeeping = value[l];
+        }
+    }
+
     /// <summary>True when some layer keeps keys rotated at their cache index that must all be rotated again
     /// (<see cref="LayerKvCache.AttendedKeysStale"/>): a captured step only rotates its own.</summary>
     internal bool AttendedKeysStale => layers.Any(l => l.KeysAtCacheIndex && l.AttendedKeysStale);

@@ -311,6 +311,13 @@ public sealed class LayerKvCache : IDisposable
         HasHoles = true;
     }
 
+    /// <summary>The host's bookkeeping of the layer (a CUDA graph replayed for a step records what the captured step left).</summary>
+    internal (int Length, bool HasHoles, bool AttendedKeysStale) Bookkeeping
+    {
+        get => (Length, HasHoles, AttendedKeysStale);
+        set => (Length, HasHoles, AttendedKeysStale) = value;
+    }
+
     /// <summary>Host bookkeeping only: records that a replayed step appended <paramref name="tokens"/> entries
     /// (or, negative, takes back the count of a captured step that did not execute).</summary>
     internal void AdjustLength(int tokens)

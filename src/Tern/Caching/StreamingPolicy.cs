@@ -61,6 +61,9 @@ public sealed record StreamingPolicy : IKvCachePolicy
     /// <inheritdoc />
     public bool EvictsAfter(LayerKvCache layer, int incomingTokens) => layer.Length + incomingTokens >= Budget(layer.MaxSequenceLength) + EvictEvery;
 
+    /// <inheritdoc />
+    public bool EvictsWithoutReadBack => true; // the budget is the kept count: Keep(keep, C)
+
     /// <summary>Evicts, per row, everything but the sinks (original position &lt; S) and the W = C − S most recent tokens.
     /// Every row and layer follows the same rule, so the rows stay aligned unless padding made them uneven.</summary>
     public void AfterStep(LayerKvCache layer)

@@ -10,10 +10,14 @@ namespace Tern.Generation;
 /// run as a CUDA graph: a TorchSharp step is hundreds of small launches whose host cost exceeds the GPU time at small
 /// batches; captured once, it launches as one. The first run warms up on the capture stream (cuBLAS handles, workspaces) and
 /// captures the step after it; later runs replay. Without a graph (the CPU, where tests prove the body) the body runs as it
-/// is. A step after which the cache's policy compacts runs eagerly, outside the graph (compaction is host-driven), and then
-/// every layer continues from one slot (an eviction in place, H2O's steady state, is part of the graph); so does the step after anything moved entries while keys are rotated at their
-/// cache index (the graph replays the rotation of the step's own keys only). Capture is thread-local, but keep one graph
-/// user per GPU: other threads' work on the device during a capture is not part of any contract here.
+/// is. A step after which the cache's policy compacts, and the step after anything moved entries while keys are rotated at
+/// their cache index (the main graph rotates the step's own keys only), leave other bookkeeping than one more entry at the
+/// slot: they run eagerly, and every layer then continues from one slot (an eviction in place, H2O's steady state, is part of
+/// the main graph). When such a step recurs in the same state — a sink cache evicts at the same length every EvictEvery
+/// steps, and the step after re-rotates the same slots — and its policy evicts without reading back from the device, it is
+/// captured the second time (the first warmed it up) into a graph of its own, replayed from then on with the bookkeeping the
+/// captured step left. Capture is thread-local, but keep one graph user per GPU: other threads' work on the device during a
+/// capture is not part of any contract here.
 /// </summary>
 internal sealed class StepGraph : IDisposable
 {
@@ -22,6 +26,12 @@ internal sealed class StepGraph : IDisposable
     readonly bool capture;
     LibTorchCuda.Graph? graph;
     bool[] graphFillsFreeSlots = [];
+
+    /// <summary>Graphs of steps captured for one host state (evictions, re-rotations), and what each leaves: every layer's
+    /// bookkeeping and the tokens each row advanced.</summary>
+    readonly Dictionary<string, (LibTorchCuda.Graph Graph, (int, bool, bool)[][] Bookkeeping, int[][] Advanced)> stateGraphs = new();
+    readonly HashSet<string> statesSeen = new();
+    const int MaxStateGraphs = 8; // each holds a private memory pool
 
     /// <summary>A step over one cache whose body writes at <paramref name="slot"/> and advances it.</summary>
     public StepGraph(KvCache cache, Tensor slot, Action body, bool capture) : this(new[] { (cache, slot) }, body, capture) { }
@@ -34,19 +44,17 @@ internal sealed class StepGraph : IDisposable
     /// <summary>Runs one step: the body writes at each cache's slot and advances it.</summary>
     public void Run()
     {
-        if (caches.Any(c => EvictsAfterNextStep(c.Cache)))
+        bool evicts = caches.Any(c => EvictsAfterNextStep(c.Cache));
+        // Entries moved (an eviction, a join) while keys sit at their cache index: the main graph would rotate only its own.
+        bool stale = capture && graph is not null && caches.Any(c => c.Cache.AttendedKeysStale);
+        if (evicts || stale)
         {
+            if (capture && (!evicts || caches.All(c => c.Cache.Policy.EvictsWithoutReadBack)) && RunForState(evicts)) return;
             body();
-            foreach (var (cache, slot) in caches)
-            {
-                cache.AlignLengths();
-                slot.fill_(cache.Length);
-            }
+            if (evicts) AfterEviction();
         }
         else if (!capture)
             body();
-        else if (graph is not null && caches.Any(c => c.Cache.AttendedKeysStale))
-            body(); // entries moved (an eviction, a join): a replay would rotate only its own keys, so every slot goes eagerly
         else if (graph is null || !graphFillsFreeSlots.SequenceEqual(caches.Select(c => FillsFreeSlotsNextStep(c.Cache))))
         {
             // First capture, or a cache changed how steps write (appending at its slot, or into the slots an in-place eviction
@@ -84,6 +92,61 @@ internal sealed class StepGraph : IDisposable
         }
     }
 
+    /// <summary>After a step that evicted: every layer continues from one slot, the device-held one.</summary>
+    void AfterEviction()
+    {
+        foreach (var (cache, slot) in caches)
+        {
+            cache.AlignLengths();
+            slot.fill_(cache.Length);
+        }
+    }
+
+    /// <summary>Runs a step of the caches' current host state through the graph captured for it, capturing it when the state
+    /// is met a second time; false when it runs eagerly.</summary>
+    bool RunForState(bool evicts)
+    {
+        string key = string.Join('|', caches.Select(c => string.Join(';', c.Cache.Bookkeeping)));
+        if (stateGraphs.TryGetValue(key, out var known))
+        {
+            known.Graph.Replay();
+            for (int i = 0; i < caches.Length; i++)
+            {
+                caches[i].Cache.Bookkeeping = known.Bookkeeping[i];
+                caches[i].Cache.Advance(known.Advanced[i]);
+            }
+            return true;
+        }
+        if (statesSeen.Add(key) || stateGraphs.Count >= MaxStateGraphs) return false;
+        var lengths = caches.Select(c => c.Cache.SequenceLengths.ToArray()).ToArray();
+        torch.cuda.synchronize();
+        LibTorchCuda.SetCurrentStream(LibTorchCuda.StreamFromPool());
+        var captured = new LibTorchCuda.Graph();
+        try
+        {
+            captured.CaptureBegin();
+            body();
+            if (evicts) AfterEviction();
+            captured.CaptureEnd();
+        }
+        catch
+        {
+            captured.Dispose();
+            throw;
+        }
+        finally
+        {
+            LibTorchCuda.SetCurrentStream(LibTorchCuda.DefaultStream());
+        }
+        Captures++;
+        // The host's bookkeeping is now what the captured step leaves; the device runs it by replaying.
+        var advanced = caches.Select((c, i) => c.Cache.SequenceLengths.Select((n, b) => n - lengths[i][b]).ToArray()).ToArray();
+        stateGraphs[key] = (captured, caches.Select(c => c.Cache.Bookkeeping).ToArray(), advanced);
+        torch.cuda.synchronize();
+        captured.Replay();
+        return true;
+    }
+
     /// <summary>Graphs captured so far (the first step, and each change of how the caches write).</summary>
     public int Captures { get; private set; }
 
@@ -108,5 +171,11 @@ internal sealed class StepGraph : IDisposable
     /// writes at a device-held slot, <see cref="LayerKvCache.Append"/>).</summary>
     public static bool Serves(KvCache cache) => cache.Options.Bits == 16;
 
-    public void Dispose() => graph?.Dispose(); // before the buffers its kernels point into
+    public void Dispose()
+    {
+        // Before the buffers their kernels point into.
+        graph?.Dispose();
+        foreach (var state in stateGraphs.Values) state.Graph.Dispose();
+        stateGraphs.Clear();
+    }
 }
