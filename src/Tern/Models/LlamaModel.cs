@@ -144,8 +144,7 @@ internal sealed class LlamaModel : CausalLanguageModel
         var gateUp = w.Linear("mlp.gate_up_proj");
         // DejaVu: a neuron whose gate is silent adds nothing — its gate and up rows and its down column are skipped.
         if (step.Sparsity?.Neurons(layer, h, () => Linear.Apply(m, gateUp.Weight.narrow(0, 0, intermediate), gateUp.Bias?.narrow(0, 0, intermediate))) is { } neurons)
-            return w.Linear("mlp.down_proj").ForwardColumnsAdd(
-                act.Gated(gateUp.ForwardRows(m, torch.cat(new[] { neurons, neurons + intermediate }, -1)), (int)neurons.shape[^1]), neurons, h);
+            return w.Linear("mlp.down_proj").ForwardColumnsAdd(gateUp.ForwardGatedRows(m, neurons, act, intermediate), neurons, h);
         return w.Linear("mlp.down_proj").ForwardAdd(act.Gated(gateUp.Forward(m), intermediate), h);
     }
 

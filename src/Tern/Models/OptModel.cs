@@ -96,7 +96,7 @@ internal sealed class OptModel : CausalLanguageModel
         var fc1 = w.Linear("fc1");
         // DejaVu: only the neurons the step selects are computed (fc1 rows, fc2 columns); the others' ReLU would be 0.
         h = step.Sparsity?.Neurons(layer, h, () => fc1.Forward(m)) is { } neurons
-            ? w.Linear("fc2").ForwardColumnsAdd(act.Apply(fc1.ForwardRows(m, neurons)), neurons, h)
+            ? w.Linear("fc2").ForwardColumnsAdd(fc1.ForwardRows(m, neurons, act), neurons, h)
             : w.Linear("fc2").ForwardAdd(act.Apply(fc1.Forward(m)), h);
         if (!preNorm) h = Norms.Layer(h, mlpNormW, mlpNormB, Eps);
         return h;
