@@ -34,7 +34,7 @@ internal sealed record Linear(Tensor Weight, Tensor? Bias) : IDisposable
     public Tensor ForwardRows(Tensor x, Tensor rows) =>
         Interop.FusedKernels.TryGatherRows(x, Weight, Bias, rows, -1, 0, out var y) ? y : GatheredRows(x, rows);
 
-    /// <summary><paramref name="act"/> of <see cref="ForwardRows"/> (an MLP's up-projection over its selected neurons), the
+    /// <summary><paramref name="act"/> of <see cref="ForwardRows(Tensor, Tensor)"/> (an MLP's up-projection over its selected neurons), the
     /// activation fused into the gather-GEMV on CUDA.</summary>
     public Tensor ForwardRows(Tensor x, Tensor rows, Activation act) =>
         act.Kind >= 0 && Interop.FusedKernels.TryGatherRows(x, Weight, Bias, rows, act.Kind, 0, out var y) ? y : act.Apply(GatheredRows(x, rows));

@@ -174,6 +174,9 @@ public sealed class DejaVuSparsity : IContextualSparsity, IDisposable
     bool SparseMlp => ActiveNeurons < neurons;
     bool SparseHeads => ActiveHeads < heads;
 
+    /// <inheritdoc />
+    public bool SkipsNeurons => SparseMlp;
+
     /// <summary>Releases what <see cref="Load"/> loaded.</summary>
     public void Dispose()
     {
@@ -204,6 +207,10 @@ public sealed class DejaVuSparsity : IContextualSparsity, IDisposable
 
         public Tensor? Heads(int layer, Func<Tensor> headOutputs) => owner.SparseHeads
             ? Select(layer, headLogits, () => headOutputs().to(ScalarType.Float32).norm(-1), owner.heads, owner.ActiveHeads) : null;
+
+        // Predictors (read before the layer) and random draws choose without the head outputs; the oracle needs them.
+        public Tensor? HeadsAhead(int layer) => owner.SparseHeads && owner.options.Rule != SelectionRule.Oracle
+            ? Select(layer, headLogits, () => throw new InvalidOperationException("the oracle ranks heads by their outputs"), owner.heads, owner.ActiveHeads) : null;
 
         public Tensor? Neurons(int layer, Tensor mlpInput, Func<Tensor> preActivations)
         {
