@@ -389,9 +389,15 @@ public abstract class CausalLanguageModel : IStepModel, IDisposable
         }
     }
 
-    /// <summary>The weight, in each decoder layer's part, of the MLP down-projection whose columns DejaVu's sparse steps read
-    /// (null: the architecture has no neuron sparsity).</summary>
-    private protected virtual string? NeuronColumnsWeight => null;
+    /// <summary>The linear maps of a decoder layer's MLP that DejaVu's neuron sparsity reads by rows (up; gated: [gate | up]
+    /// stacked) and by columns (down), by name in the layer's part; null when the architecture has no neuron sparsity.</summary>
+    private protected virtual (string Up, string Down, bool Gated)? SparseMlpNames => null;
+
+    /// <summary>Layer <paramref name="layer"/>'s MLP as DejaVu's sparse products read it, or null (no neuron sparsity, or an
+    /// InRank-factored MLP): what <c>tern bench</c> times the gather-GEMV on.</summary>
+    internal (Linear Up, Linear Down, bool Gated)? SparseMlp(int layer) =>
+        SparseMlpNames is { } n && Parts[layer + 1].Optional(n.Down + ".weight") is not null
+            ? (Parts[layer + 1].Linear(n.Up), Parts[layer + 1].Linear(n.Down), n.Gated) : null;
 
     /// <summary>
     /// Lays each MLP down-projection W [hidden, neurons] out as DejaVu keeps it for neuron sparsity on CUDA: stored transposed (the
@@ -403,7 +409,8 @@ public abstract class CausalLanguageModel : IStepModel, IDisposable
     /// </summary>
     void StoreDownProjections(bool transposed)
     {
-        if (NeuronColumnsWeight is not { } name) return;
+        if (SparseMlpNames is not { } names) return;
+        string name = names.Down + ".weight";
         using var noGrad = torch.no_grad();
         for (int i = 1; i < Parts.Count - 1; i++)
         {

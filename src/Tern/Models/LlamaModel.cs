@@ -164,7 +164,7 @@ internal sealed class LlamaModel : CausalLanguageModel
     private protected override Tensor Head(PartWeights w, Tensor h, ModelStep step) =>
         Linear.Apply(Norms.Rms(h, w["model.norm.weight"], eps), w["lm_head.weight"]);
 
-    private protected override string? NeuronColumnsWeight => "mlp.down_proj.weight";
+    private protected override (string Up, string Down, bool Gated)? SparseMlpNames => ("mlp.gate_up_proj", "mlp.down_proj", true);
 
     private protected override void DisposeBuffers() => rotary.Dispose();
 }

@@ -113,7 +113,7 @@ internal sealed class OptModel : CausalLanguageModel
         return h;
     }
 
-    private protected override string? NeuronColumnsWeight => "fc2.weight";
+    private protected override (string Up, string Down, bool Gated)? SparseMlpNames => ("fc1", "fc2", false);
 
     /// <summary>Final norm, project_out, LM head.</summary>
     private protected override Tensor Head(PartWeights w, Tensor h, ModelStep step)

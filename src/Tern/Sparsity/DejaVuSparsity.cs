@@ -133,13 +133,17 @@ public sealed class DejaVuSparsity : IContextualSparsity, IDisposable
     {
         if (options.Rule != SelectionRule.Predicted) return Create(model, options);
         Supported(model, options); // before reading predictors for a model that cannot use them
-        var predictors = SparsityPredictors.LoadFor(model, modelDirectory);
-        if (model.Device.type != DeviceType.CPU)
-        {
-            using var onCpu = predictors;
-            predictors = onCpu.To(model.Device);
-        }
-        return Owning(model, options, predictors);
+        return Owning(model, options, Placed(SparsityPredictors.LoadFor(model, modelDirectory), model));
+    }
+
+    /// <summary><paramref name="predictors"/> (disposed) moved where <paramref name="model"/> runs: on CUDA in its type, as
+    /// DejaVu's latency path runs them in fp16 — an fp32 copy would read twice the bytes each step, at OPT-30B's shape 84 MB per
+    /// layer, as much as the 10%-sparse MLP itself; on the CPU in fp32 as trained.</summary>
+    static SparsityPredictors Placed(SparsityPredictors predictors, CausalLanguageModel model)
+    {
+        if (model.Device.type == DeviceType.CPU) return predictors;
+        using var source = predictors;
+        return source.To(model.Device, model.Device.type == DeviceType.CUDA ? model.DType.ToScalarType() : null);
     }
 
     /// <summary>Sparsity whose learned rule runs untrained predictors of the default ranks (random weights, on the model's
@@ -147,7 +151,7 @@ public sealed class DejaVuSparsity : IContextualSparsity, IDisposable
     public static DejaVuSparsity ForTiming(CausalLanguageModel model, SparsityOptions options, long seed = 0)
     {
         if (options.Rule != SelectionRule.Predicted) return Create(model, options);
-        return Owning(model, options, SparsityPredictors.Untrained(Supported(model, options), model.Device, seed));
+        return Owning(model, options, Placed(SparsityPredictors.Untrained(Supported(model, options), torch.CPU, seed), model));
     }
 
     static DejaVuSparsity Owning(CausalLanguageModel model, SparsityOptions options, SparsityPredictors predictors)
@@ -164,6 +168,9 @@ public sealed class DejaVuSparsity : IContextualSparsity, IDisposable
             throw;
         }
     }
+
+    /// <summary>The learned predictors the rule runs, where the model runs (null for the oracle and random rules).</summary>
+    internal SparsityPredictors? Predictors => predictors;
 
     /// <summary>MLP neurons each layer computes per token.</summary>
     public int ActiveNeurons { get; }
