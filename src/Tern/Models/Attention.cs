@@ -43,15 +43,15 @@ internal static class Attention
     }
 
     /// <summary>
-    /// The query heads layer <paramref name="layer"/> computes in this step, when DejaVu's selection is known before attention
+    /// The query heads layer <paramref name="layer"/> (input <paramref name="hidden"/> [B,T,·]) computes in this step, when DejaVu's selection is known before attention
     /// (<see cref="ISparsityStep.HeadsAhead"/>) and the step can skip the others' queries and attention: int64 [B, 1, k]; else null
     /// (every head). Decode steps over one cache on the computing device whose policy needs no attention probabilities (H2O
     /// observes every head's) and that stores keys rotated.
     /// </summary>
-    public static Tensor? KeptHeads(int layer, ModelStep step, LayerState state)
+    public static Tensor? KeptHeads(int layer, Tensor hidden, ModelStep step, LayerState state)
     {
-        if (step.Sparsity is not { } sparsity || step.Batch.InputIds.shape[1] != 1 || state.Cache is not { } cache) return null;
-        if (cache.ObservesAttention || cache.KeysAtCacheIndex || cache.Device.type != step.Batch.InputIds.device.type) return null;
+        if (step.Sparsity is not { } sparsity || hidden.shape[1] != 1 || state.Cache is not { } cache) return null;
+        if (cache.ObservesAttention || cache.KeysAtCacheIndex || cache.Device.type != hidden.device.type) return null;
         return sparsity.HeadsAhead(layer);
     }
 

@@ -129,7 +129,7 @@ internal sealed class LlamaModel : CausalLanguageModel
         long b = h.shape[0], t = h.shape[1];
         var s = attention[layer];
         var normed = Norms.Rms(h, w["input_layernorm.weight"], eps);
-        if (Attention.KeptHeads(layer, step, cache) is { } kept)
+        if (Attention.KeptHeads(layer, h, step, cache) is { } kept)
         {
             // DejaVu's head-subset attention: the kept heads' query rows and every key/value row, attention of the kept heads.
             int k = (int)kept.shape[2];

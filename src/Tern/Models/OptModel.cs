@@ -88,7 +88,7 @@ internal sealed class OptModel : CausalLanguageModel
         var (mlpNormW, mlpNormB) = (w["final_layer_norm.weight"], w["final_layer_norm.bias"]);
         var a = preNorm ? Norms.Layer(h, attnNormW, attnNormB, Eps) : h;
         int heads = attention.Heads;
-        if (Attention.KeptHeads(layer, step, cache) is { } kept)
+        if (Attention.KeptHeads(layer, h, step, cache) is { } kept)
         {
             // DejaVu's head-subset attention: the kept heads' query rows and every key/value row, attention of the kept heads.
             int k = (int)kept.shape[2];
