@@ -77,7 +77,8 @@ public sealed record SparsityOptions
 /// neurons and projects only the k = ⌈HeadsActive·H⌉ attention heads its rule selects per token — the top-k of the learned
 /// predictors' logits (read from layer ℓ−1's input with lookahead, so the selection is ready before the layer runs), of the
 /// true scores (oracle), or at random. A ReLU neuron outside the selection contributes relu(·) = 0 only if it was silent
-/// anyway; a skipped head's output counts as zero (its keys and values are still cached). Each token chooses its own units;
+/// anyway; a skipped head's output counts as zero (its keys and values are still cached; when the rule chooses before attention
+/// — predictors, random — decode steps compute only the kept heads' queries and attention). Each token chooses its own units;
 /// prefill steps run dense unless <see cref="SparsityOptions.EveryToken"/>. Set on a model through
 /// <see cref="CausalLanguageModel.Sparsity"/>.
 /// </summary>
