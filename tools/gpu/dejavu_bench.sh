@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue 13 (DejaVu) on the GPU machine, from the repository root with .device made by tools/gpu/pack.sh; one call each, each
 # well under the 10-minute call limit:
-#   tools/gpu/dejavu_bench.sh tests    the DejaVu GPU tests (gather-GEMV kernels against the dense maths, head-subset decode)
+#   tools/gpu/dejavu_bench.sh tests    the DejaVu GPU tests (gather-GEMV kernels against the dense maths, head-subset decode
+#                                      against the CPU composite path) and the fused kernels' (decode attention changed with them)
 #   tools/gpu/dejavu_bench.sh bench    batch-1 decode of the OPT-30B shape (tests/fixtures/configs/opt-30b), fp16 dummy weights
 #                                      made once on the GPU (60 GB), every level on that one model (`tern bench --sparsity-sweep`):
 #                                      dense, then MLP 5/10/20% active × heads 50/100% and heads 50% alone, untrained predictors
@@ -19,7 +20,8 @@ LEVELS=${LEVELS:-"dense;heads=0.5;mlp=0.05;mlp=0.05,heads=0.5;mlp=0.1;mlp=0.1,he
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$OUT/gpu.txt"
 case ${1:?tests|bench} in
   tests)
-    dotnet .device/Tern.Tests.Gpu/Tern.Tests.Gpu.dll -class Tern.Tests.Gpu.SparseKernelTests > "$OUT/dejavu-tests.txt" 2>&1
+    dotnet .device/Tern.Tests.Gpu/Tern.Tests.Gpu.dll -class Tern.Tests.Gpu.SparseKernelTests -class Tern.Tests.Gpu.FusedKernelTests \
+      > "$OUT/dejavu-tests.txt" 2>&1
     grep -E "\[FAIL\]|Assert|Total:" "$OUT/dejavu-tests.txt" | head -40 ;;
   bench)
     mode=""; [[ ${GRAPHS:-1} == 0 ]] && mode="--no-cuda-graphs"

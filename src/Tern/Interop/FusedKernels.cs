@@ -5,8 +5,9 @@ using static TorchSharp.torch;
 namespace Tern.Interop;
 
 /// <summary>
-/// The fused kernels of <c>Kernels/fused.cu</c> and DejaVu's sparse products of <c>Kernels/sparse.cu</c> (one program): compiled with NVRTC for the GPU at hand on first use and launched on
-/// libtorch's current stream, so they order with libtorch's own work and are captured into CUDA graphs. Each Try method
+/// The fused kernels of <c>Kernels/fused.cu</c> and DejaVu's sparse products of <c>Kernels/sparse.cu</c> (one program):
+/// compiled with NVRTC for the GPU at hand on first use and launched on libtorch's current stream, so they order with
+/// libtorch's own work and are captured into CUDA graphs. Each Try method
 /// returns false (and the caller keeps its composite path) off CUDA, for unsupported layouts, when NVRTC is missing, or when
 /// TERN_FUSED_KERNELS=0.
 /// </summary>

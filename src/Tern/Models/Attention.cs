@@ -43,17 +43,23 @@ internal static class Attention
     }
 
     /// <summary>
-    /// The query heads layer <paramref name="layer"/> (input <paramref name="hidden"/> [B,T,·]) computes in this step, when DejaVu's selection is known before attention
-    /// (<see cref="ISparsityStep.HeadsAhead"/>) and the step can skip the others' queries and attention: int64 [B, 1, k]; else null
-    /// (every head). Decode steps over one cache on the computing device whose policy needs no attention probabilities (H2O
-    /// observes every head's) and that stores keys rotated.
+    /// The query heads layer <paramref name="layer"/> (input <paramref name="hidden"/> [B,T,·]) computes in this step, when
+    /// DejaVu's selection is known before attention (<see cref="ISparsityStep.HeadsAhead"/>) and the step can skip the others'
+    /// queries and attention: int64 [B, 1, k]; else null (every head). Decode steps of at most
+    /// <see cref="KeptHeadsLargestBatch"/> rows over one cache on the computing device whose policy needs no attention
+    /// probabilities (H2O observes every head's) and that stores keys rotated.
     /// </summary>
     public static Tensor? KeptHeads(int layer, Tensor hidden, ModelStep step, LayerState state)
     {
-        if (step.Sparsity is not { } sparsity || hidden.shape[1] != 1 || state.Cache is not { } cache) return null;
+        if (step.Sparsity is not { } sparsity || hidden.shape[1] != 1 || hidden.shape[0] > KeptHeadsLargestBatch) return null;
+        if (state.Cache is not { } cache) return null;
         if (cache.ObservesAttention || cache.KeysAtCacheIndex || cache.Device.type != hidden.device.type) return null;
         return sparsity.HeadsAhead(layer);
     }
+
+    /// <summary>DejaVu is a batch-1 method: past the fused decode attention's few rows the kept heads' keys and values are gathered
+    /// (a copy of k/H of the cache per layer), which costs more than attending with every head.</summary>
+    const int KeptHeadsLargestBatch = 4;
 
     /// <summary>The rows of a fused [q | k | v] projection (q: Heads·D rows, then k and v: KvHeads·D each) a step over the kept
     /// <paramref name="heads"/> [B, T, k] reads: the kept heads' query rows and every key and value row (keys and values of every
@@ -61,7 +67,8 @@ internal static class Attention
     public static Tensor QkvRows(Tensor heads, AttentionSettings s)
     {
         long b = heads.shape[0], t = heads.shape[1];
-        var keysAndValues = torch.arange((long)s.Heads * s.HeadDim, (long)(s.Heads + 2 * s.KvHeads) * s.HeadDim, ScalarType.Int64, heads.device);
+        long d = s.HeadDim;
+        var keysAndValues = torch.arange(s.Heads * d, (s.Heads + 2 * s.KvHeads) * d, ScalarType.Int64, heads.device);
         return torch.cat(new[] { HeadColumns(heads, s), keysAndValues.expand(b, t, -1) }, -1);
     }
 
@@ -232,7 +239,8 @@ internal static class Attention
         if (kept is not null)
         {
             var kv = KvHeadOf(kept, s);
-            var selected = MatmulAttention(qh, PerKeptHead(keys, kv), PerKeptHead(cache.Values, kv), PerKeptHead(Mask(batch, cache.Positions, s), kv), d);
+            var visible = PerKeptHead(Mask(batch, cache.Positions, s), kv);
+            var selected = MatmulAttention(qh, PerKeptHead(keys, kv), PerKeptHead(cache.Values, kv), visible, d);
             return selected.transpose(1, 2).reshape(b, t, h * d);
         }
         Tensor output; // [B,H,T,D]
