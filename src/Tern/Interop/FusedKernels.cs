@@ -207,7 +207,7 @@ internal static unsafe partial class FusedKernels
     static bool Vectorizable(Tensor t, long k) => k * t.ElementSize % 16 == 0;
 
     static bool Selection(Tensor selected, Tensor x) =>
-        selected.dtype == ScalarType.Int64 && selected.is_contiguous() && selected.device == x.device;
+        selected.dtype == ScalarType.Int64 && selected.is_contiguous() && selected.device_type == x.device_type && selected.device_index == x.device_index;
 
     /// <summary>
     /// DejaVu's sparse up-projection (its stage 1): y [.., k] = act(x·W[rows]ᵀ + b[rows]) for the int64 <paramref name="rows"/>

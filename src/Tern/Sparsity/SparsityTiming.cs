@@ -13,7 +13,8 @@ namespace Tern.Sparsity;
 /// <param name="SparseMlpMs">The sparse MLP's two gather-GEMVs (selected rows of the up-projection with the activation, selected
 /// columns of the down-projection with the residual); NaN for a dense MLP.</param>
 /// <param name="SparseMlpBytes">Weight bytes those read: the selected neurons' rows and columns (biases left out).</param>
-/// <param name="DenseMlpMs">The same layer's dense MLP (up, activation, down) for comparison.</param>
+/// <param name="DenseMlpMs">The same layer's dense MLP (up, activation, down) for comparison, its down-projection laid out as the
+/// sparse level keeps it (transposed on CUDA under neuron sparsity: cuBLAS then reads it, not the one-row GEMV of a dense run).</param>
 /// <param name="DenseMlpBytes">Weight bytes the dense MLP reads (biases left out).</param>
 public sealed record SparsityTimes(double PredictorMs, double SparseMlpMs, double SparseMlpBytes, double DenseMlpMs, double DenseMlpBytes)
 {
