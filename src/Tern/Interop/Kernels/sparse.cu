@@ -15,11 +15,14 @@ __device__ __forceinline__ float warp_dot(const T* __restrict__ wrow, const uint
     int chunks = K / V;
     float acc = 0.0f, fa[8], fb[8];
     int i = lane;
-    for (; i + 32 < chunks; i += 64) // two loads of W in flight per lane
+    for (; i + 96 < chunks; i += 128) // four loads of W in flight per lane, as fused.cu's gemv
     {
-        uint4 a0 = w[i], a1 = w[i + 32], b0 = __ldg(xv + i), b1 = __ldg(xv + i + 32);
+        uint4 a0 = w[i], a1 = w[i + 32], a2 = w[i + 64], a3 = w[i + 96];
+        uint4 b0 = __ldg(xv + i), b1 = __ldg(xv + i + 32), b2 = __ldg(xv + i + 64), b3 = __ldg(xv + i + 96);
         unpack_vec(a0, fa, (T*)0); unpack_vec(b0, fb, (T*)0); for (int j = 0; j < V; j++) acc += fa[j] * fb[j];
         unpack_vec(a1, fa, (T*)0); unpack_vec(b1, fb, (T*)0); for (int j = 0; j < V; j++) acc += fa[j] * fb[j];
+        unpack_vec(a2, fa, (T*)0); unpack_vec(b2, fb, (T*)0); for (int j = 0; j < V; j++) acc += fa[j] * fb[j];
+        unpack_vec(a3, fa, (T*)0); unpack_vec(b3, fb, (T*)0); for (int j = 0; j < V; j++) acc += fa[j] * fb[j];
     }
     for (; i < chunks; i += 32)
     {
