@@ -5,6 +5,7 @@ using Tern.Generation;
 using Tern.Models;
 using Tern.Offloading;
 using Tern.Runtime;
+using Tern.Sparsity;
 
 namespace Tern.Cli.Commands;
 
@@ -28,7 +29,13 @@ internal static class BenchCommand
             Description = "With --offload: run the prefill and only N decode steps of the --new-tokens generation (caches sized for all of it) and " +
                 "project the rest from the mean measured step (FlexGen's --cut-gen-len; labelled as projected). 0 = run every step.",
         };
-        var command = new Command("bench", "Measure prefill and decode throughput and peak memory.") { batches, prompts, newTokens, output, floor, label, noGraphs, prefillChunk, measureSteps };
+        var sweep = new Option<string?>("--sparsity-sweep")
+        {
+            Description = "DejaVu levels run one after another on the one loaded model, ';'-separated, each 'dense' or a --sparsity value " +
+                "(e.g. \"dense;mlp=0.1,heads=0.5\"): decode ms/step and the speed-up over the dense level per row; each sparse level also " +
+                "reports its predictor time per layer and the sparse MLP's achieved bandwidth (bytes read / time, against the floor with --floor).",
+        };
+        var command = new Command("bench", "Measure prefill and decode throughput and peak memory.") { batches, prompts, newTokens, output, floor, label, noGraphs, prefillChunk, measureSteps, sweep };
         common.AddTo(command);
         var kv = new KvPolicyFlags();
         kv.AddTo(command);
@@ -38,10 +45,28 @@ internal static class BenchCommand
         sparsity.AddTo(command);
         var softPrompt = new SoftPromptFlag();
         softPrompt.AddTo(command);
+        command.Validators.Add(result =>
+        {
+            if (result.GetValue(sweep) is not { } levels) return;
+            if (result.GetValue(sparsity.Spec) is not null) result.AddError("--sparsity-sweep runs its own levels; drop --sparsity.");
+            try
+            {
+                SweepLevels(levels);
+            }
+            catch (ArgumentException e)
+            {
+                result.AddError(CliErrors.Message(e));
+            }
+        });
         command.SetAction(r =>
         {
-            if (!offload.Enabled(r)) return Run(r, common, kv, sparsity, softPrompt, batches, prompts, newTokens, output, floor, label, noGraphs, prefillChunk);
+            if (!offload.Enabled(r))
+            {
+                var levels = r.GetValue(sweep) is { } spec ? SweepLevels(spec) : new[] { sparsity.Read(r) };
+                return Run(r, common, kv, levels, softPrompt, batches, prompts, newTokens, output, floor, label, noGraphs, prefillChunk);
+            }
             sparsity.RefuseWithOffload(r);
+            if (r.GetValue(sweep) is not null) throw new UsageException("--sparsity-sweep runs a model in memory; an offloaded model's stages run dense. Drop one of --sparsity-sweep and --offload.");
             softPrompt.RefuseWithOffload(r);
             return RunOffloaded(r, common, offload, kv, prompts, newTokens, output, label, measureSteps);
         });
@@ -62,14 +87,18 @@ internal static class BenchCommand
         return values.ToArray();
     }
 
-    static int Run(ParseResult r, CommonOptions common, KvPolicyFlags kv, SparsityFlags sparsity, SoftPromptFlag softPrompt, Option<int[]> batches, Option<int[]> prompts, Option<int> newTokens,
-        Option<string> output, Option<bool> floorOption, Option<string?> label, Option<bool> noGraphs, Option<int> prefillChunk)
+    /// <summary>The levels of <c>--sparsity-sweep</c>: null for 'dense', else the options a <c>--sparsity</c> value gives.</summary>
+    static SparsityOptions?[] SweepLevels(string spec) => spec.Split(';', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
+        .Select(level => level.Equals("dense", StringComparison.OrdinalIgnoreCase) ? null : SparsityOptions.Parse(level)).ToArray() is { Length: > 0 } levels
+        ? levels : throw new OptionException($"--sparsity-sweep names no level: write e.g. \"dense;mlp=0.1,heads=0.5\".");
+
+    static int Run(ParseResult r, CommonOptions common, KvPolicyFlags kv, IReadOnlyList<SparsityOptions?> levels, SoftPromptFlag softPrompt, Option<int[]> batches,
+        Option<int[]> prompts, Option<int> newTokens, Option<string> output, Option<bool> floorOption, Option<string?> label, Option<bool> noGraphs, Option<int> prefillChunk)
     {
         int steps = r.GetValue(newTokens);
         if (steps < 2) throw new UsageException("--new-tokens must be at least 2 (one prefill token plus decode steps).");
         var (model, _, folder) = common.Load(r, needTokenizer: false);
         using (model)
-        using (sparsity.Apply(r, common, model))
         {
             var device = model.Device;
             string card = DeviceReport.Name(device);
@@ -92,35 +121,64 @@ internal static class BenchCommand
             string promptLabel = soft is null ? "" : $" [soft prompt {soft.Length}]";
             var policy = kv.Read(r);
             string policyLabel = policy.Policy == "full" && policy.Bits == 16 ? "" : $" [kv {policy.Policy}{(r.GetValue(kv.Budget) is { } b ? " " + b : "")}{(policy.Bits == 16 ? "" : $" {policy.Bits}-bit")}{(r.GetValue(kv.EvictEvery) is > 1 and var every ? $" evict every {every}" : "")}]";
-            var random = new Random(0);
-            foreach (int prompt in r.GetValue(prompts)!)
+            var denseMs = new Dictionary<(int Batch, int Prompt), double>();
+            foreach (var level in levels)
             {
-                // What one sequence holds at the end (KV cache, or a recurrent model's fixed-size state): an allocation, not an estimate.
-                using (var one = model.CreateCache(1, prompt + steps, Caching.KvCachePolicies.Create(policy), maxStepTokens: prompt))
-                    Console.WriteLine($"state per sequence after {prompt + steps} tokens: {one.Bytes / 1e6:F3} MB");
-                foreach (int batch in r.GetValue(batches)!)
+                var random = new Random(0); // every level decodes the same prompts
+                using var applied = SparsityFlags.Apply(r, common, model, level);
+                string levelLabel = levels.Count == 1 && level is null ? "" : $" [{Describe(level)}]";
+                if (applied is not null)
                 {
-                    var ids = Enumerable.Range(0, batch)
-                        .Select(_ => (IReadOnlyList<int>)Enumerable.Range(0, prompt).Select(_ => random.Next(model.Info.VocabSize)).ToArray()).ToArray();
-                    var options = new GenerationOptions { MaxNewTokens = steps, IgnoreEos = true, UseCudaGraphs = !r.GetValue(noGraphs), PrefillChunk = r.GetValue(prefillChunk) }.WithKvPolicy(policy);
-                    generator.GenerateTokens(ids, options with { MaxNewTokens = 3 }); // warm-up: kernels, allocator, plans
-                    var result = generator.GenerateTokens(ids, options);
-                    long used = DeviceReport.UsedBytes(device);
-                    var s = result.Stats;
-                    Console.WriteLine($"{batch,5} {prompt,6} {steps,5} {s.Prefill.TotalMilliseconds,11:F1} {s.DecodeMillisecondsPerStep,15:F3} {s.DecodeTokensPerSecond,13:F1} {used / 1e9,8:F2}");
-                    rows.Add(string.Join(',', new[]
+                    var times = Sparsity.SparsityTiming.Measure(model, applied);
+                    string bandwidth = double.IsNaN(times.SparseMlpMs) ? "MLP dense" :
+                        $"sparse MLP {times.SparseMlpMs:F4} ms/layer reading {times.SparseMlpBytes / 1e6:F1} MB: {times.SparseMlpBandwidth / 1e12:F2} TB/s" +
+                        (double.IsNaN(copyTBps) ? "" : $" ({times.SparseMlpBandwidth / 1e12 / copyTBps:P0} of the copy bandwidth)");
+                    Console.WriteLine($"{Describe(level)}: predictors {times.PredictorMs:F4} ms/layer; {bandwidth}; dense MLP {times.DenseMlpMs:F4} ms/layer, " +
+                        $"{times.DenseMlpBytes / 1e6:F1} MB: {times.DenseMlpBandwidth / 1e12:F2} TB/s");
+                    levelLabel += $" [predictors {times.PredictorMs:0.####} ms/layer; sparse MLP {times.SparseMlpMs:0.####} ms/layer {times.SparseMlpBandwidth / 1e12:0.##} TB/s; dense MLP {times.DenseMlpMs:0.####} ms/layer {times.DenseMlpBandwidth / 1e12:0.##} TB/s]";
+                }
+                try
+                {
+                    foreach (int prompt in r.GetValue(prompts)!)
                     {
-                        DateTime.UtcNow.ToString("yyyy-MM-dd HH:mm", CultureInfo.InvariantCulture), Csv(card), device.type.ToString().ToLowerInvariant(),
-                        Csv(folder + (r.GetValue(common.Dummy) ? " (dummy)" : "")), model.DType.ShortName(), batch.ToString(), prompt.ToString(), steps.ToString(),
-                        F(s.Prefill.TotalMilliseconds), F(s.DecodeMillisecondsPerStep), F(s.DecodeTokensPerSecond), F(used / 1e9),
-                        F(copyTBps), F(floorMs), Csv((r.GetValue(label) ?? "") + policyLabel + promptLabel + (r.GetValue(prefillChunk) is > 0 and var chunk ? $" [prefill chunk {chunk}]" : "") + (device.type == TorchSharp.DeviceType.CUDA && r.GetValue(noGraphs) ? " [eager]" : "")),
-                    }));
+                        // What one sequence holds at the end (KV cache, or a recurrent model's fixed-size state): an allocation, not an estimate.
+                        using (var one = model.CreateCache(1, prompt + steps, Caching.KvCachePolicies.Create(policy), maxStepTokens: prompt))
+                            Console.WriteLine($"state per sequence after {prompt + steps} tokens: {one.Bytes / 1e6:F3} MB");
+                        foreach (int batch in r.GetValue(batches)!)
+                        {
+                            var ids = Enumerable.Range(0, batch)
+                                .Select(_ => (IReadOnlyList<int>)Enumerable.Range(0, prompt).Select(_ => random.Next(model.Info.VocabSize)).ToArray()).ToArray();
+                            var options = new GenerationOptions { MaxNewTokens = steps, IgnoreEos = true, UseCudaGraphs = !r.GetValue(noGraphs), PrefillChunk = r.GetValue(prefillChunk) }.WithKvPolicy(policy);
+                            generator.GenerateTokens(ids, options with { MaxNewTokens = 3 }); // warm-up: kernels, allocator, plans
+                            var result = generator.GenerateTokens(ids, options);
+                            long used = DeviceReport.UsedBytes(device);
+                            var s = result.Stats;
+                            string speedUp = "";
+                            if (level is null) denseMs[(batch, prompt)] = s.DecodeMillisecondsPerStep;
+                            else if (denseMs.TryGetValue((batch, prompt), out double dense)) speedUp = $" [{dense / s.DecodeMillisecondsPerStep:F2}x dense decode]";
+                            Console.WriteLine($"{batch,5} {prompt,6} {steps,5} {s.Prefill.TotalMilliseconds,11:F1} {s.DecodeMillisecondsPerStep,15:F3} {s.DecodeTokensPerSecond,13:F1} {used / 1e9,8:F2}{levelLabel}{speedUp}");
+                            rows.Add(string.Join(',', new[]
+                            {
+                                DateTime.UtcNow.ToString("yyyy-MM-dd HH:mm", CultureInfo.InvariantCulture), Csv(card), device.type.ToString().ToLowerInvariant(),
+                                Csv(folder + (r.GetValue(common.Dummy) ? " (dummy)" : "")), model.DType.ShortName(), batch.ToString(), prompt.ToString(), steps.ToString(),
+                                F(s.Prefill.TotalMilliseconds), F(s.DecodeMillisecondsPerStep), F(s.DecodeTokensPerSecond), F(used / 1e9),
+                                F(copyTBps), F(floorMs), Csv((r.GetValue(label) ?? "") + levelLabel + speedUp + policyLabel + promptLabel + (r.GetValue(prefillChunk) is > 0 and var chunk ? $" [prefill chunk {chunk}]" : "") + (device.type == TorchSharp.DeviceType.CUDA && r.GetValue(noGraphs) ? " [eager]" : "")),
+                            }));
+                        }
+                    }
+                }
+                finally
+                {
+                    model.Sparsity = null; // before the level's predictors are released; lays the down-projections out for dense steps again
                 }
             }
             Append(r.GetValue(output)!, rows);
             return 0;
         }
     }
+
+    static string Describe(SparsityOptions? level) => level is null ? "dense"
+        : FormattableString.Invariant($"sparsity mlp={level.MlpActive:0.###},heads={level.HeadsActive:0.###},{level.Rule.ToString().ToLowerInvariant()}");
 
     /// <summary>
     /// FlexGen's benchmark: one block of gbs·ngb random prompts per prompt length through the offloaded model, after a short

@@ -46,9 +46,14 @@ internal sealed class SparsityFlags
     /// <summary>Puts the sparsity the flag asks for on <paramref name="model"/> (loaded by <paramref name="common"/>'s flags); the
     /// result (null when dense) owns the predictors it loaded. <paramref name="everyToken"/>: steps of several tokens (evaluation
     /// windows) are sparse too, each token choosing its neurons and heads, as DejaVu measures quality.</summary>
-    public DejaVuSparsity? Apply(ParseResult r, CommonOptions common, CausalLanguageModel model, bool everyToken = false)
+    public DejaVuSparsity? Apply(ParseResult r, CommonOptions common, CausalLanguageModel model, bool everyToken = false) =>
+        Apply(r, common, model, Read(r), everyToken);
+
+    /// <summary>Puts <paramref name="requested"/> (null: dense) on <paramref name="model"/>, as the flag would (a level of
+    /// <c>tern bench --sparsity-sweep</c>).</summary>
+    public static DejaVuSparsity? Apply(ParseResult r, CommonOptions common, CausalLanguageModel model, SparsityOptions? requested, bool everyToken = false)
     {
-        if (Read(r) is not { } options) return null;
+        if (requested is not { } options) return null;
         options = options with { EveryToken = everyToken };
         bool dummy = r.GetValue(common.Dummy);
         if (dummy && options.Rule == SelectionRule.Predicted)

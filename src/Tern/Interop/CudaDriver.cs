@@ -163,7 +163,11 @@ internal static partial class CudaDriver
 
     /// <summary>Launches a kernel on a two-dimensional grid.</summary>
     public static unsafe void Launch(IntPtr function, uint gridX, uint gridY, uint block, IntPtr stream, void** parameters) =>
-        Check(CuLaunchKernel(function, gridX, gridY, 1, block, 1, 1, 0, stream, parameters, null), "cuLaunchKernel");
+        Launch(function, gridX, gridY, 1, block, stream, parameters);
+
+    /// <summary>Launches a kernel on a three-dimensional grid.</summary>
+    public static unsafe void Launch(IntPtr function, uint gridX, uint gridY, uint gridZ, uint block, IntPtr stream, void** parameters) =>
+        Check(CuLaunchKernel(function, gridX, gridY, gridZ, block, 1, 1, 0, stream, parameters, null), "cuLaunchKernel");
 
     static void Check(int result, string call)
     {

@@ -5,14 +5,16 @@ using static TorchSharp.torch;
 namespace Tern.Interop;
 
 /// <summary>
-/// The fused kernels of <c>Kernels/fused.cu</c>: compiled with NVRTC for the GPU at hand on first use and launched on
-/// libtorch's current stream, so they order with libtorch's own work and are captured into CUDA graphs. Each Try method
+/// The fused kernels of <c>Kernels/fused.cu</c> and DejaVu's sparse products of <c>Kernels/sparse.cu</c> (one program):
+/// compiled with NVRTC for the GPU at hand on first use and launched on libtorch's current stream, so they order with
+/// libtorch's own work and are captured into CUDA graphs. Each Try method
 /// returns false (and the caller keeps its composite path) off CUDA, for unsupported layouts, when NVRTC is missing, or when
 /// TERN_FUSED_KERNELS=0.
 /// </summary>
 internal static unsafe partial class FusedKernels
 {
-    sealed record Loaded(IntPtr[] RmsNorm, IntPtr[] Rotary, IntPtr[] Gated, IntPtr[] Gemv, IntPtr[] CacheAppend, IntPtr[] AttnSplit, IntPtr[] AttnCombine);
+    sealed record Loaded(IntPtr[] RmsNorm, IntPtr[] Rotary, IntPtr[] Gated, IntPtr[] Gemv, IntPtr[] CacheAppend, IntPtr[] AttnSplit, IntPtr[] AttnCombine,
+        IntPtr[] GatherRows, IntPtr[] GatherColumns, IntPtr[] ColumnsFinish, IntPtr[] GatherColumnRuns);
 
     static readonly Lazy<Loaded?> Kernels = new(Load);
 
@@ -29,16 +31,22 @@ internal static unsafe partial class FusedKernels
         try
         {
             if (!LibTorchCuda.IsAvailable) throw new InvalidOperationException(LibTorchCuda.MissingReason);
-            using var stream = typeof(FusedKernels).Assembly.GetManifestResourceStream("Tern.Kernels.fused.cu")
-                ?? throw new InvalidOperationException("embedded kernel source missing");
-            string source = new StreamReader(stream).ReadToEnd();
+            string Source(string file)
+            {
+                using var stream = typeof(FusedKernels).Assembly.GetManifestResourceStream("Tern.Kernels." + file)
+                    ?? throw new InvalidOperationException($"embedded kernel source {file} missing");
+                return new StreamReader(stream).ReadToEnd();
+            }
+            string source = Source("fused.cu") + "\n" + Source("sparse.cu"); // sparse.cu uses fused.cu's helpers
             var (major, minor) = CudaDriver.ComputeCapability();
             byte[] cubin = Nvrtc.CompileToCubin(source, "fused.cu", $"sm_{major}{minor}");
             string[] suffixes = { "f32", "bf16", "f16" };
-            string[] perType = { "rms_norm_", "rotary_", "gated_", "cache_append_", "attn_split_", "attn_combine_" };
+            string[] perType = { "rms_norm_", "rotary_", "gated_", "cache_append_", "attn_split_", "attn_combine_", "gather_rows_", "gather_columns_",
+                "columns_finish_", "gather_column_runs_" };
             var all = CudaDriver.LoadKernels(cubin, perType.SelectMany(k => suffixes.Select(s => k + s)).Concat(new[] { "gemv_bf16", "gemv_f16" }));
             IntPtr[] Of(int kernel) => all.Skip(kernel * 3).Take(3).ToArray();
-            return new Loaded(Of(0), Of(1), Of(2), new[] { IntPtr.Zero, all[18], all[19] }, Of(3), Of(4), Of(5));
+            int gemv = perType.Length * 3;
+            return new Loaded(Of(0), Of(1), Of(2), new[] { IntPtr.Zero, all[gemv], all[gemv + 1] }, Of(3), Of(4), Of(5), Of(6), Of(7), Of(8), Of(9));
         }
         catch (Exception e) when (e is InvalidOperationException or DllNotFoundException or EntryPointNotFoundException)
         {
@@ -139,13 +147,16 @@ internal static unsafe partial class FusedKernels
     /// <summary>
     /// Decode attention of one query per sequence (q view [B, H, 1, D], last dimension contiguous; query positions [B, 1])
     /// over a whole layer cache, masked by the cached positions; returns [B, 1, H·D]. Two kernels (split, combine) replace the
-    /// seven of the composite path.
+    /// seven of the composite path. With <paramref name="keptHeads"/> (int64 [B, k], ascending; DejaVu's head subset) q holds
+    /// those query heads only and so does the output, [B, 1, k·D]; query head h reads KV head h / <paramref name="groups"/>.
     /// </summary>
     public static bool TryDecodeAttention(Tensor q, Tensor keys, Tensor values, Tensor cachePositions, Tensor queryPositions,
-        int window, double scale, out Tensor output)
+        int window, double scale, out Tensor output, Tensor? keptHeads = null, int groups = 0)
     {
         output = null!;
         int heads = (int)q.shape[1], kvHeads = (int)keys.shape[1], cap = (int)keys.shape[2], headDim = (int)keys.shape[3];
+        if (keptHeads is null) groups = heads / kvHeads;
+        else if (keptHeads.dtype != ScalarType.Int64 || !keptHeads.is_contiguous() || keptHeads.NumberOfElements != q.shape[0] * heads || groups < 1) return false;
         // Measured: ahead of the masked-matmul path at batch 1; behind it at 16 and 64 (H200: 7.64 vs 7.13 and 16.0 vs 12.1 ms/step).
         const int largestBatch = 4;
         if (q.shape[0] > largestBatch) return false;
@@ -162,11 +173,11 @@ internal static unsafe partial class FusedKernels
         using var partSum = torch.empty(new long[] { batch * heads * splits }, ScalarType.Float32, q.device);
         output = torch.empty(new long[] { batch, 1, heads * headDim }, q.dtype, q.device);
         IntPtr po = Ptr(partOut), pm = Ptr(partMax), ps = Ptr(partSum), pq = Ptr(q), pk = Ptr(keys), pv = Ptr(values), pc = Ptr(cachePositions),
-            pp = Ptr(queryPositions), py = Ptr(output);
+            pp = Ptr(queryPositions), py = Ptr(output), ph = keptHeads is null ? IntPtr.Zero : Ptr(keptHeads);
         float sc = (float)scale;
         IntPtr stream = LibTorchCuda.CurrentRawStream();
         int t = TypeIndex(q.dtype);
-        void** splitArgs = stackalloc void*[] { &po, &pm, &ps, &pq, &qb, &qh, &pk, &pv, &pc, &pp, &heads, &kvHeads, &cap, &headDim, &window, &sc };
+        void** splitArgs = stackalloc void*[] { &po, &pm, &ps, &pq, &qb, &qh, &pk, &pv, &pc, &pp, &ph, &heads, &groups, &kvHeads, &cap, &headDim, &window, &sc };
         CudaDriver.Launch(Kernels.Value!.AttnSplit[t], (uint)(batch * heads), (uint)splits, 128, stream, splitArgs);
         void** combineArgs = stackalloc void*[] { &py, &po, &pm, &ps, &splits, &headDim };
         CudaDriver.Launch(Kernels.Value!.AttnCombine[t], (uint)(batch * heads), 1, (uint)Math.Min(256, headDim), stream, combineArgs);
@@ -188,6 +199,79 @@ internal static unsafe partial class FusedKernels
         long total = rows * n;
         CudaDriver.Launch(Kernels.Value!.Gated[TypeIndex(gateUp.dtype)], (uint)Math.Min(65535, (total + 255) / 256), 256,
             LibTorchCuda.CurrentRawStream(), args);
+        return true;
+    }
+
+    /// <summary>A weight [out, in] stored transposed (a view of a contiguous [in, out] tensor): what
+    /// <see cref="TryGatherColumnsAdd"/> reads one selected input's weights from as one contiguous row.</summary>
+    public static bool StoredTransposed(Tensor weight) => weight.dim() == 2 && weight.stride(0) == 1 && weight.stride(1) == weight.shape[0];
+
+    // 16-byte loads: rows of K elements must start on 16-byte boundaries.
+    static bool Vectorizable(Tensor t, long k) => k * t.ElementSize % 16 == 0;
+
+    static bool Selection(Tensor selected, Tensor x) =>
+        selected.dtype == ScalarType.Int64 && selected.is_contiguous() && selected.device_type == x.device_type && selected.device_index == x.device_index;
+
+    /// <summary>
+    /// DejaVu's sparse up-projection (its stage 1): y [.., k] = act(x·W[rows]ᵀ + b[rows]) for the int64 <paramref name="rows"/>
+    /// [.., k] each token of x [.., in] selects, reading only those rows of W [out, in]. <paramref name="kind"/> &lt; 0: no activation
+    /// (else <see cref="Models.Activation.Kind"/>); <paramref name="up"/> &gt; 0: a gated MLP whose row r is a gate and row r + up
+    /// its up-projection, y = act(gate)·up.
+    /// </summary>
+    public static bool TryGatherRows(Tensor x, Tensor weight, Tensor? bias, Tensor rows, int kind, long up, out Tensor y)
+    {
+        y = null!;
+        int inputs = (int)weight.shape[1], k = (int)rows.shape[^1];
+        if (!Usable(x) || x.shape[^1] != inputs || !weight.is_contiguous() || weight.dtype != x.dtype || !Vectorizable(x, inputs)
+            || !Selection(rows, x) || rows.NumberOfElements / k != x.NumberOfElements / inputs) return false;
+        if (bias is not null && (!bias.is_contiguous() || bias.dtype != x.dtype)) return false;
+        long tokens = x.NumberOfElements / inputs;
+        y = torch.empty(rows.shape, x.dtype, x.device);
+        IntPtr py = Ptr(y), pw = Ptr(weight), px = Ptr(x), pb = bias is null ? IntPtr.Zero : Ptr(bias), pr = Ptr(rows);
+        void** args = stackalloc void*[] { &py, &pw, &px, &pb, &pr, &tokens, &k, &inputs, &kind, &up };
+        const int warpsPerBlock = 8;
+        CudaDriver.Launch(Kernels.Value!.GatherRows[TypeIndex(x.dtype)], (uint)((tokens * k + warpsPerBlock - 1) / warpsPerBlock), 32 * warpsPerBlock,
+            LibTorchCuda.CurrentRawStream(), args);
+        return true;
+    }
+
+    /// <summary>
+    /// DejaVu's sparse down- and output projections (its stage 2): y = residual + a·W[:, columns]ᵀ + b for the values
+    /// <paramref name="a"/> [.., kc] of the int64 <paramref name="columns"/> [.., kc] each token selects, reading only those columns of
+    /// W [out, in]. A weight <see cref="StoredTransposed"/> is read a selected column at a time, each one contiguous row of Wᵀ (the
+    /// MLP's neurons); a row-major one only when the columns come in aligned runs of <paramref name="run"/> (a head's block of
+    /// head_dim columns, contiguous in every row of W).
+    /// </summary>
+    public static bool TryGatherColumnsAdd(Tensor a, Tensor weight, Tensor? bias, Tensor columns, Tensor residual, int run, out Tensor y)
+    {
+        y = null!;
+        int outputs = (int)weight.shape[0], inputs = (int)weight.shape[1], kc = (int)columns.shape[^1];
+        long tokens = a.NumberOfElements / Math.Max(1, kc);
+        if (!Usable(a) || a.shape[^1] != kc || weight.dtype != a.dtype || !Selection(columns, a) || columns.NumberOfElements != a.NumberOfElements
+            || !residual.is_contiguous() || residual.dtype != a.dtype || residual.NumberOfElements != tokens * outputs) return false;
+        if (bias is not null && (!bias.is_contiguous() || bias.dtype != a.dtype)) return false;
+        int t = TypeIndex(a.dtype), vec = 16 / (int)a.ElementSize;
+        bool transposed = StoredTransposed(weight) && Vectorizable(a, outputs);
+        if (!transposed && !(weight.is_contiguous() && run % vec == 0 && kc % vec == 0 && Vectorizable(a, inputs))) return false;
+        y = torch.empty(residual.shape, a.dtype, a.device);
+        IntPtr stream = LibTorchCuda.CurrentRawStream();
+        IntPtr py = Ptr(y), pw = Ptr(weight), pa = Ptr(a), pc = Ptr(columns), pb = bias is null ? IntPtr.Zero : Ptr(bias), pr = Ptr(residual);
+        if (transposed)
+        {
+            // Splits of 32 selected inputs: at OPT-30B's width and 10% of its neurons, ~90 splits × 7 blocks keep every SM reading.
+            const int perSplit = 32, threads = 128;
+            int splits = Math.Max(1, (kc + perSplit - 1) / perSplit), per = perSplit;
+            using var partial = torch.empty(new long[] { tokens * splits * outputs }, ScalarType.Float32, a.device);
+            IntPtr pp = Ptr(partial);
+            void** gather = stackalloc void*[] { &pp, &pw, &pa, &pc, &kc, &outputs, &per };
+            CudaDriver.Launch(Kernels.Value!.GatherColumns[t], (uint)((outputs / vec + threads - 1) / threads), (uint)splits, (uint)tokens, threads, stream, gather);
+            void** finish = stackalloc void*[] { &py, &pp, &pb, &pr, &splits, &outputs, &tokens };
+            CudaDriver.Launch(Kernels.Value!.ColumnsFinish[t], (uint)Math.Min(65535, (tokens * outputs + 255) / 256), 256, stream, finish);
+            return true;
+        }
+        void** args = stackalloc void*[] { &py, &pw, &pa, &pc, &pb, &pr, &kc, &outputs, &inputs, &tokens };
+        const int warpsPerBlock = 8;
+        CudaDriver.Launch(Kernels.Value!.GatherColumnRuns[t], (uint)((tokens * outputs + warpsPerBlock - 1) / warpsPerBlock), 32 * warpsPerBlock, stream, args);
         return true;
     }
 }

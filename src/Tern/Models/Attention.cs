@@ -43,6 +43,53 @@ internal static class Attention
     }
 
     /// <summary>
+    /// The query heads layer <paramref name="layer"/> (input <paramref name="hidden"/> [B,T,·]) computes in this step, when
+    /// DejaVu's selection is known before attention (<see cref="ISparsityStep.HeadsAhead"/>) and the step can skip the others'
+    /// queries and attention: int64 [B, 1, k]; else null (every head). Decode steps of at most
+    /// <see cref="KeptHeadsLargestBatch"/> rows over one cache on the computing device whose policy needs no attention
+    /// probabilities (H2O observes every head's) and that stores keys rotated.
+    /// </summary>
+    public static Tensor? KeptHeads(int layer, Tensor hidden, ModelStep step, LayerState state)
+    {
+        if (step.Sparsity is not { } sparsity || hidden.shape[1] != 1 || hidden.shape[0] > KeptHeadsLargestBatch) return null;
+        if (state.Cache is not { } cache) return null;
+        if (cache.ObservesAttention || cache.KeysAtCacheIndex || cache.Device.type != hidden.device.type) return null;
+        return sparsity.HeadsAhead(layer);
+    }
+
+    /// <summary>DejaVu is a batch-1 method: past the fused decode attention's few rows the kept heads' keys and values are gathered
+    /// (a copy of k/H of the cache per layer), which costs more than attending with every head.</summary>
+    const int KeptHeadsLargestBatch = 4;
+
+    /// <summary>The rows of a fused [q | k | v] projection (q: Heads·D rows, then k and v: KvHeads·D each) a step over the kept
+    /// <paramref name="heads"/> [B, T, k] reads: the kept heads' query rows and every key and value row (keys and values of every
+    /// head are cached, so no later token reads a missing entry), int64 [B, T, k·D + 2·KvHeads·D].</summary>
+    public static Tensor QkvRows(Tensor heads, AttentionSettings s)
+    {
+        long b = heads.shape[0], t = heads.shape[1];
+        long d = s.HeadDim;
+        var keysAndValues = torch.arange(s.Heads * d, (s.Heads + 2 * s.KvHeads) * d, ScalarType.Int64, heads.device);
+        return torch.cat(new[] { HeadColumns(heads, s), keysAndValues.expand(b, t, -1) }, -1);
+    }
+
+    /// <summary>
+    /// Attention of the kept query <paramref name="heads"/> only (int64 [B, 1, k], from <see cref="KeptHeads"/>): q [B,1,k,D],
+    /// k and v [B,1,Hkv,D] of every KV head (all cached); returns the kept heads' outputs [B,1,k·D]. Under GQA kept head h reads
+    /// KV head h / G.
+    /// </summary>
+    public static Tensor ForwardKept(Tensor q, Tensor k, Tensor v, Tensor heads, ModelStep step, LayerState state, AttentionSettings s) =>
+        Forward(q, k, v, step, state.Cache!, s, null, state.Cache!.DType, heads);
+
+    /// <summary>residual + o_proj of the kept heads' outputs <paramref name="attended"/> [B,T,k·D] (<paramref name="heads"/>
+    /// [B,T,k]): only their column blocks W_out[:, h·D:(h+1)·D] are read.</summary>
+    public static Tensor ProjectKept(Linear output, Tensor attended, Tensor heads, Tensor residual, AttentionSettings s) =>
+        output.ForwardColumnsAdd(attended, HeadColumns(heads, s), residual, s.HeadDim);
+
+    // Head h's columns h·D … h·D + D − 1, per kept head in order: int64 [B, T, k·D].
+    static Tensor HeadColumns(Tensor heads, AttentionSettings s) =>
+        (heads.unsqueeze(-1) * s.HeadDim + torch.arange(s.HeadDim, ScalarType.Int64, heads.device)).flatten(2);
+
+    /// <summary>
     /// residual + o_proj(<paramref name="attended"/> [B,T,H·D]): DejaVu's head sparsity (Liu et al. 2023) when the step selects heads — the
     /// output of a skipped head counts as zero, so only the kept heads' column blocks W_out[:, h·D:(h+1)·D] are read (gathered
     /// columns, as the sparse MLP's down-projection). Keys and values of every head were cached by <see cref="Forward(Tensor, Tensor, Tensor, ModelStep, LayerState, AttentionSettings, RotaryEmbedding?)"/>.
@@ -52,10 +99,8 @@ internal static class Attention
         long b = attended.shape[0], t = attended.shape[1];
         var perHead = attended.reshape(b, t, s.Heads, s.HeadDim);
         if (step.Sparsity?.Heads(layer, () => perHead) is not { } heads) return output.ForwardAdd(attended, residual);
-        var selected = heads.unsqueeze(-1); // [B,T,k,1]
-        var kept = perHead.gather(2, selected.expand(b, t, heads.shape[2], s.HeadDim)); // [B,T,k,D]
-        var columns = selected * s.HeadDim + torch.arange(s.HeadDim, ScalarType.Int64, heads.device); // head h: columns h·D … h·D + D − 1
-        return output.ForwardColumnsAdd(kept.flatten(2), columns.flatten(2), residual);
+        var kept = perHead.gather(2, heads.unsqueeze(-1).expand(b, t, heads.shape[2], s.HeadDim)); // [B,T,k,D]
+        return ProjectKept(output, kept.flatten(2), heads, residual, s);
     }
 
     /// <summary>
@@ -102,12 +147,13 @@ internal static class Attention
 
     /// <param name="computeType">The type attention computes in: the cache's, or fp32 for delegated attention (keys and values
     /// are then widened as they are read).</param>
+    /// <param name="kept">The kept query heads [B,1,k] of a head-sparse decode step (q holds theirs only), or null.</param>
     static Tensor Forward(Tensor q, Tensor k, Tensor v, ModelStep step, LayerKvCache cache, AttentionSettings s,
-        RotaryEmbedding? cachedKeyRotation, ScalarType computeType)
+        RotaryEmbedding? cachedKeyRotation, ScalarType computeType, Tensor? kept = null)
     {
         var batch = step.Batch;
         long b = q.shape[0], t = q.shape[1];
-        int h = s.Heads, hkv = s.KvHeads, g = s.Groups, d = s.HeadDim;
+        int h = (int)q.shape[2], hkv = s.KvHeads, g = s.Groups, d = s.HeadDim;
         if (s.QueryScale != 1.0) q = q * s.QueryScale;
 
         cache.Update(k.transpose(1, 2), v.transpose(1, 2), batch.Positions, batch.HasPadding, batch.WriteSlots);
@@ -115,7 +161,7 @@ internal static class Attention
         if (qh.dtype != computeType) qh = qh.to(computeType); // queries take the cache's type (bf16 under autocast)
         if (batch.WriteSlots is not null)
         {
-            var result = StaticShapes(qh, step, cache, s, cachedKeyRotation);
+            var result = StaticShapes(qh, step, cache, s, cachedKeyRotation, kept);
             cache.EndStep();
             return result;
         }
@@ -125,7 +171,14 @@ internal static class Attention
         if (keys.dtype != computeType) (keys, values) = (keys.to(computeType), values.to(computeType));
         bool windowMatters = s.SlidingWindow > 0 && batch.MaxPosition + 1 > s.SlidingWindow;
         Tensor output; // [B,H,T,D]
-        if (cache.ObservesAttention)
+        if (kept is not null)
+        {
+            // The kept heads' own KV heads, one per query head; one query each (a decode step).
+            var kv = KvHeadOf(kept, s);
+            var mask = cache.HasHoles || windowMatters ? PerKeptHead(Mask(batch, cache.ActivePositions, s), kv) : null;
+            output = F.scaled_dot_product_attention(qh, PerKeptHead(keys, kv), PerKeptHead(values, kv), mask);
+        }
+        else if (cache.ObservesAttention)
         {
             // Blocks of queries at a time, so that a long prefill never holds all of [B,H,T,L] in fp32 at once.
             var mask = Mask(batch, cache.ActivePositions, s);
@@ -173,16 +226,24 @@ internal static class Attention
     /// <remarks>Evicting policies run here too (their eviction steps run eagerly, outside any graph): keys stored unrotated are
     /// rotated at their cache index over every slot, and a policy that observes attention gets the probabilities of every slot
     /// (zero where masked).</remarks>
-    static Tensor StaticShapes(Tensor qh, ModelStep step, LayerKvCache cache, AttentionSettings s, RotaryEmbedding? cachedKeyRotation)
+    static Tensor StaticShapes(Tensor qh, ModelStep step, LayerKvCache cache, AttentionSettings s, RotaryEmbedding? cachedKeyRotation,
+        Tensor? kept)
     {
         var batch = step.Batch;
         long b = qh.shape[0], t = qh.shape[2];
-        int h = s.Heads, hkv = s.KvHeads, g = s.Groups, d = s.HeadDim;
+        int h = (int)qh.shape[1], hkv = s.KvHeads, g = s.Groups, d = s.HeadDim;
         var keys = cachedKeyRotation is null ? cache.Keys : KeysAtCacheIndex(cache, cachedKeyRotation, step, t, batch.WriteSlots);
         // Keys rotated at their cache index (StreamingLLM) are as contiguous as the stored ones, and masks use original positions.
         if (t == 1 && !cache.ObservesAttention && Interop.FusedKernels.TryDecodeAttention(qh, keys, cache.Values,
-                cache.Positions, batch.Positions, s.SlidingWindow, 1.0 / Math.Sqrt(d), out var fused))
+                cache.Positions, batch.Positions, s.SlidingWindow, 1.0 / Math.Sqrt(d), out var fused, kept?.flatten(1), g))
             return fused;
+        if (kept is not null)
+        {
+            var kv = KvHeadOf(kept, s);
+            var visible = PerKeptHead(Mask(batch, cache.Positions, s), kv);
+            var selected = MatmulAttention(qh, PerKeptHead(keys, kv), PerKeptHead(cache.Values, kv), visible, d);
+            return selected.transpose(1, 2).reshape(b, t, h * d);
+        }
         Tensor output; // [B,H,T,D]
         if (cache.ObservesAttention)
         {
@@ -230,6 +291,13 @@ internal static class Attention
         else attended.index_copy_(2, slots, rotated);
         return attended;
     }
+
+    // Query head h reads KV head h / G: [B, k] for kept heads [B, 1, k].
+    static Tensor KvHeadOf(Tensor kept, AttentionSettings s) => kept.flatten(1).div(s.Groups, rounding_mode: RoundingMode.floor);
+
+    // x [B, Hkv, L, ·] (keys, values, masks) as one row per kept query head: [B, k, L, ·].
+    static Tensor PerKeptHead(Tensor x, Tensor kvHeads) =>
+        x.gather(1, kvHeads.view(kvHeads.shape[0], kvHeads.shape[1], 1, 1).expand(kvHeads.shape[0], kvHeads.shape[1], x.shape[2], x.shape[3]));
 
     /// <summary>softmax(q·kᵀ/√d, masked)·v through batched matrix products with an fp32 softmax. For masked decode steps it
     /// beat SDPA's masked kernel at every batch size on an H100 (bench/README.md), so static-shape steps use it.</summary>

@@ -30,8 +30,23 @@ internal sealed record Linear(Tensor Weight, Tensor? Bias) : IDisposable
         : F.linear(Runtime.Autocast.Cast(x), Runtime.Autocast.Cast(weight), bias is null ? null : Runtime.Autocast.Cast(bias));
 
     /// <summary>Only the outputs <paramref name="rows"/> (int64 [B, T, k], per token) of x [B, T, in]: [B, T, k], reading just
-    /// those rows of W (DejaVu's sparse up-projection; index ops here, a fused gather-GEMV kernel is the GPU's next step).</summary>
-    public Tensor ForwardRows(Tensor x, Tensor rows)
+    /// those rows of W (DejaVu's sparse up-projection, and the query rows of kept heads), through the fused gather-GEMV on CUDA.</summary>
+    public Tensor ForwardRows(Tensor x, Tensor rows) =>
+        Interop.FusedKernels.TryGatherRows(x, Weight, Bias, rows, -1, 0, out var y) ? y : GatheredRows(x, rows);
+
+    /// <summary><paramref name="act"/> of <see cref="ForwardRows(Tensor, Tensor)"/> (an MLP's up-projection over its selected neurons), the
+    /// activation fused into the gather-GEMV on CUDA.</summary>
+    public Tensor ForwardRows(Tensor x, Tensor rows, Activation act) =>
+        act.Kind >= 0 && Interop.FusedKernels.TryGatherRows(x, Weight, Bias, rows, act.Kind, 0, out var y) ? y : act.Apply(GatheredRows(x, rows));
+
+    /// <summary>act(gate)·up of a gated MLP's selected <paramref name="neurons"/> (int64 [B, T, k]) for W = [gate | up] stacked, the
+    /// up-projection of neuron n being row n + <paramref name="up"/>: [B, T, k], reading only those rows.</summary>
+    public Tensor ForwardGatedRows(Tensor x, Tensor neurons, Activation act, long up) =>
+        act.Kind >= 0 && Interop.FusedKernels.TryGatherRows(x, Weight, Bias, neurons, act.Kind, up, out var y) ? y
+            : act.Gated(GatheredRows(x, torch.cat(new[] { neurons, neurons + up }, -1)), (int)neurons.shape[^1]);
+
+    // The index-op path (CPU, and the fallback): each token's rows gathered into its own [k, in] matrix.
+    Tensor GatheredRows(Tensor x, Tensor rows)
     {
         long n = rows.shape[0] * rows.shape[1], k = rows.shape[2];
         var y = x.reshape(n, 1, -1).matmul(Weight.index_select(0, rows.flatten()).view(n, k, -1).transpose(1, 2));
@@ -41,9 +56,11 @@ internal sealed record Linear(Tensor Weight, Tensor? Bias) : IDisposable
 
     /// <summary>residual + a·W[:, columns]ᵀ + b: <paramref name="a"/> [B, T, k] holds the values of the inputs
     /// <paramref name="columns"/> (int64 [B, T, k], per token), the others being zero (DejaVu's sparse down-projection, and its
-    /// output projection over the kept heads).</summary>
-    public Tensor ForwardColumnsAdd(Tensor a, Tensor columns, Tensor residual)
+    /// output projection over the kept heads, whose columns come in aligned runs of <paramref name="run"/> = head_dim). Through the
+    /// fused gather-GEMV on CUDA when W is <see cref="Interop.FusedKernels.StoredTransposed"/> or the columns come in runs.</summary>
+    public Tensor ForwardColumnsAdd(Tensor a, Tensor columns, Tensor residual, int run = 1)
     {
+        if (Interop.FusedKernels.TryGatherColumnsAdd(a, Weight, Bias, columns, residual, run, out var fused)) return fused;
         long n = columns.shape[0] * columns.shape[1], k = columns.shape[2];
         var y = a.reshape(n, 1, k).matmul(Weight.index_select(1, columns.flatten()).view(-1, n, k).permute(1, 2, 0));
         return residual + (Bias is null ? y : y + Bias).view(residual.shape);

@@ -13,6 +13,10 @@ public interface IContextualSparsity
     /// <summary>The selector of one forward step, or null to run the step dense (DejaVu sparsifies generation steps; a prefill
     /// may run dense). It may carry state from layer to layer: a lookahead predictor reads layer ℓ's input for ℓ + 1.</summary>
     ISparsityStep? ForStep(ForwardBatch batch);
+
+    /// <summary>True when steps may skip MLP neurons: on CUDA the model then keeps each MLP down-projection stored transposed,
+    /// so that a selected neuron's output weights are one contiguous row for the gather-GEMV.</summary>
+    bool SkipsNeurons => false;
 }
 
 /// <summary>One step's selections, asked layer by layer in order. What a layer hands out lives in the layer's dispose scope:
@@ -27,6 +31,12 @@ public interface ISparsityStep
     /// projection, [B, T, heads, head_dim] (the oracle ranks heads by its norm). Keys and values of every head are cached
     /// whatever is chosen, so a later token never reads a missing entry.</summary>
     Tensor? Heads(int layer, Func<Tensor> headOutputs);
+
+    /// <summary>The query heads of layer <paramref name="layer"/>, as <see cref="Heads"/> gives them, when they are known before its
+    /// attention runs (a predictor's lookahead, a random draw): the layer then computes only those heads' queries and attention
+    /// (keys and values of every head still), and does not ask <see cref="Heads"/>. Null when the choice needs the head outputs
+    /// (the oracle) or keeps every head.</summary>
+    Tensor? HeadsAhead(int layer) => null;
 
     /// <summary>The MLP neurons layer <paramref name="layer"/> computes for each token: int64 [B, T, k], or null for all of them.
     /// <paramref name="mlpInput"/> is the residual stream entering the MLP block [B, T, hidden] (after attention, before the

@@ -128,10 +128,23 @@ internal sealed class LlamaModel : CausalLanguageModel
     {
         long b = h.shape[0], t = h.shape[1];
         var s = attention[layer];
-        var qkv = w.Linear("self_attn.qkv_proj").Forward(Norms.Rms(h, w["input_layernorm.weight"], eps)).view(b, t, s.Heads + 2 * s.KvHeads, s.HeadDim);
-        var (q, k, cachedKeys) = step.Rotary(rotary).QueryKey(qkv, s.Heads, s.KvHeads, cache.KeysAtCacheIndex);
-        var attended = Attention.Forward(q, k, qkv.narrow(2, s.Heads + s.KvHeads, s.KvHeads), step, cache, s, cachedKeys);
-        h = Attention.Project(w.Linear("self_attn.o_proj"), attended, h, layer, step, s);
+        var normed = Norms.Rms(h, w["input_layernorm.weight"], eps);
+        if (Attention.KeptHeads(layer, h, step, cache) is { } kept)
+        {
+            // DejaVu's head-subset attention: the kept heads' query rows and every key/value row, attention of the kept heads.
+            int k = (int)kept.shape[2];
+            var rows = w.Linear("self_attn.qkv_proj").ForwardRows(normed, Attention.QkvRows(kept, s)).view(b, t, k + 2 * s.KvHeads, s.HeadDim);
+            var (keptQ, keys, _) = step.Rotary(rotary).QueryKey(rows, k, s.KvHeads, keysAtCacheIndex: false);
+            var keptOutputs = Attention.ForwardKept(keptQ, keys, rows.narrow(2, k + s.KvHeads, s.KvHeads), kept, step, cache, s);
+            h = Attention.ProjectKept(w.Linear("self_attn.o_proj"), keptOutputs, kept, h, s);
+        }
+        else
+        {
+            var qkv = w.Linear("self_attn.qkv_proj").Forward(normed).view(b, t, s.Heads + 2 * s.KvHeads, s.HeadDim);
+            var (q, k, cachedKeys) = step.Rotary(rotary).QueryKey(qkv, s.Heads, s.KvHeads, cache.KeysAtCacheIndex);
+            var attended = Attention.Forward(q, k, qkv.narrow(2, s.Heads + s.KvHeads, s.KvHeads), step, cache, s, cachedKeys);
+            h = Attention.Project(w.Linear("self_attn.o_proj"), attended, h, layer, step, s);
+        }
         var m = Norms.Rms(h, w["post_attention_layernorm.weight"], eps);
         if (LowRank is { } lowRank && lowRank.Contains(w.Prefix + "mlp.down_proj"))
         {
@@ -144,13 +157,14 @@ internal sealed class LlamaModel : CausalLanguageModel
         var gateUp = w.Linear("mlp.gate_up_proj");
         // DejaVu: a neuron whose gate is silent adds nothing — its gate and up rows and its down column are skipped.
         if (step.Sparsity?.Neurons(layer, h, () => Linear.Apply(m, gateUp.Weight.narrow(0, 0, intermediate), gateUp.Bias?.narrow(0, 0, intermediate))) is { } neurons)
-            return w.Linear("mlp.down_proj").ForwardColumnsAdd(
-                act.Gated(gateUp.ForwardRows(m, torch.cat(new[] { neurons, neurons + intermediate }, -1)), (int)neurons.shape[^1]), neurons, h);
+            return w.Linear("mlp.down_proj").ForwardColumnsAdd(gateUp.ForwardGatedRows(m, neurons, act, intermediate), neurons, h);
         return w.Linear("mlp.down_proj").ForwardAdd(act.Gated(gateUp.Forward(m), intermediate), h);
     }
 
     private protected override Tensor Head(PartWeights w, Tensor h, ModelStep step) =>
         Linear.Apply(Norms.Rms(h, w["model.norm.weight"], eps), w["lm_head.weight"]);
+
+    private protected override (string Up, string Down, bool Gated)? SparseMlpNames => ("mlp.gate_up_proj", "mlp.down_proj", true);
 
     private protected override void DisposeBuffers() => rotary.Dispose();
 }

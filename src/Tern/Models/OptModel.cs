@@ -87,20 +87,33 @@ internal sealed class OptModel : CausalLanguageModel
         var (attnNormW, attnNormB) = (w["self_attn_layer_norm.weight"], w["self_attn_layer_norm.bias"]);
         var (mlpNormW, mlpNormB) = (w["final_layer_norm.weight"], w["final_layer_norm.bias"]);
         var a = preNorm ? Norms.Layer(h, attnNormW, attnNormB, Eps) : h;
-        var qkv = w.Linear("self_attn.qkv_proj").Forward(a).view(b, t, 3 * attention.Heads, attention.HeadDim);
-        var attended = Attention.Forward(qkv.narrow(2, 0, attention.Heads), qkv.narrow(2, attention.Heads, attention.Heads),
-            qkv.narrow(2, 2 * attention.Heads, attention.Heads), step, cache, attention);
-        h = Attention.Project(w.Linear("self_attn.out_proj"), attended, h, layer, step, attention);
+        int heads = attention.Heads;
+        if (Attention.KeptHeads(layer, h, step, cache) is { } kept)
+        {
+            // DejaVu's head-subset attention: the kept heads' query rows and every key/value row, attention of the kept heads.
+            int k = (int)kept.shape[2];
+            var rows = w.Linear("self_attn.qkv_proj").ForwardRows(a, Attention.QkvRows(kept, attention)).view(b, t, k + 2 * heads, attention.HeadDim);
+            var keptOutputs = Attention.ForwardKept(rows.narrow(2, 0, k), rows.narrow(2, k, heads), rows.narrow(2, k + heads, heads), kept, step, cache, attention);
+            h = Attention.ProjectKept(w.Linear("self_attn.out_proj"), keptOutputs, kept, h, attention);
+        }
+        else
+        {
+            var qkv = w.Linear("self_attn.qkv_proj").Forward(a).view(b, t, 3 * heads, attention.HeadDim);
+            var attended = Attention.Forward(qkv.narrow(2, 0, heads), qkv.narrow(2, heads, heads), qkv.narrow(2, 2 * heads, heads), step, cache, attention);
+            h = Attention.Project(w.Linear("self_attn.out_proj"), attended, h, layer, step, attention);
+        }
         if (!preNorm) h = Norms.Layer(h, attnNormW, attnNormB, Eps);
         var m = preNorm ? Norms.Layer(h, mlpNormW, mlpNormB, Eps) : h;
         var fc1 = w.Linear("fc1");
         // DejaVu: only the neurons the step selects are computed (fc1 rows, fc2 columns); the others' ReLU would be 0.
         h = step.Sparsity?.Neurons(layer, h, () => fc1.Forward(m)) is { } neurons
-            ? w.Linear("fc2").ForwardColumnsAdd(act.Apply(fc1.ForwardRows(m, neurons)), neurons, h)
+            ? w.Linear("fc2").ForwardColumnsAdd(fc1.ForwardRows(m, neurons, act), neurons, h)
             : w.Linear("fc2").ForwardAdd(act.Apply(fc1.Forward(m)), h);
         if (!preNorm) h = Norms.Layer(h, mlpNormW, mlpNormB, Eps);
         return h;
     }
+
+    private protected override (string Up, string Down, bool Gated)? SparseMlpNames => ("fc1", "fc2", false);
 
     /// <summary>Final norm, project_out, LM head.</summary>
     private protected override Tensor Head(PartWeights w, Tensor h, ModelStep step)

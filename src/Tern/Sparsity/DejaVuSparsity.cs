@@ -77,7 +77,8 @@ public sealed record SparsityOptions
 /// neurons and projects only the k = ⌈HeadsActive·H⌉ attention heads its rule selects per token — the top-k of the learned
 /// predictors' logits (read from layer ℓ−1's input with lookahead, so the selection is ready before the layer runs), of the
 /// true scores (oracle), or at random. A ReLU neuron outside the selection contributes relu(·) = 0 only if it was silent
-/// anyway; a skipped head's output counts as zero (its keys and values are still cached). Each token chooses its own units;
+/// anyway; a skipped head's output counts as zero (its keys and values are still cached; when the rule chooses before attention
+/// — predictors, random — decode steps compute only the kept heads' queries and attention). Each token chooses its own units;
 /// prefill steps run dense unless <see cref="SparsityOptions.EveryToken"/>. Set on a model through
 /// <see cref="CausalLanguageModel.Sparsity"/>.
 /// </summary>
@@ -133,13 +134,17 @@ public sealed class DejaVuSparsity : IContextualSparsity, IDisposable
     {
         if (options.Rule != SelectionRule.Predicted) return Create(model, options);
         Supported(model, options); // before reading predictors for a model that cannot use them
-        var predictors = SparsityPredictors.LoadFor(model, modelDirectory);
-        if (model.Device.type != DeviceType.CPU)
-        {
-            using var onCpu = predictors;
-            predictors = onCpu.To(model.Device);
-        }
-        return Owning(model, options, predictors);
+        return Owning(model, options, Placed(SparsityPredictors.LoadFor(model, modelDirectory), model));
+    }
+
+    /// <summary><paramref name="predictors"/> (disposed) moved where <paramref name="model"/> runs: on CUDA in its type, as
+    /// DejaVu's latency path runs them in fp16 — an fp32 copy would read twice the bytes each step, at OPT-30B's shape 84 MB per
+    /// layer, as much as the 10%-sparse MLP itself; on the CPU in fp32 as trained.</summary>
+    static SparsityPredictors Placed(SparsityPredictors predictors, CausalLanguageModel model)
+    {
+        if (model.Device.type == DeviceType.CPU) return predictors;
+        using var source = predictors;
+        return source.To(model.Device, model.Device.type == DeviceType.CUDA ? model.DType.ToScalarType() : null);
     }
 
     /// <summary>Sparsity whose learned rule runs untrained predictors of the default ranks (random weights, on the model's
@@ -147,7 +152,7 @@ public sealed class DejaVuSparsity : IContextualSparsity, IDisposable
     public static DejaVuSparsity ForTiming(CausalLanguageModel model, SparsityOptions options, long seed = 0)
     {
         if (options.Rule != SelectionRule.Predicted) return Create(model, options);
-        return Owning(model, options, SparsityPredictors.Untrained(Supported(model, options), model.Device, seed));
+        return Owning(model, options, Placed(SparsityPredictors.Untrained(Supported(model, options), torch.CPU, seed), model));
     }
 
     static DejaVuSparsity Owning(CausalLanguageModel model, SparsityOptions options, SparsityPredictors predictors)
@@ -165,6 +170,9 @@ public sealed class DejaVuSparsity : IContextualSparsity, IDisposable
         }
     }
 
+    /// <summary>The learned predictors the rule runs, where the model runs (null for the oracle and random rules).</summary>
+    internal SparsityPredictors? Predictors => predictors;
+
     /// <summary>MLP neurons each layer computes per token.</summary>
     public int ActiveNeurons { get; }
 
@@ -173,6 +181,9 @@ public sealed class DejaVuSparsity : IContextualSparsity, IDisposable
 
     bool SparseMlp => ActiveNeurons < neurons;
     bool SparseHeads => ActiveHeads < heads;
+
+    /// <inheritdoc />
+    public bool SkipsNeurons => SparseMlp;
 
     /// <summary>Releases what <see cref="Load"/> loaded.</summary>
     public void Dispose()
@@ -204,6 +215,10 @@ public sealed class DejaVuSparsity : IContextualSparsity, IDisposable
 
         public Tensor? Heads(int layer, Func<Tensor> headOutputs) => owner.SparseHeads
             ? Select(layer, headLogits, () => headOutputs().to(ScalarType.Float32).norm(-1), owner.heads, owner.ActiveHeads) : null;
+
+        // Predictors (read before the layer) and random draws choose without the head outputs; the oracle needs them.
+        public Tensor? HeadsAhead(int layer) => owner.SparseHeads && owner.options.Rule != SelectionRule.Oracle
+            ? Select(layer, headLogits, () => throw new InvalidOperationException("the oracle ranks heads by their outputs"), owner.heads, owner.ActiveHeads) : null;
 
         public Tensor? Neurons(int layer, Tensor mlpInput, Func<Tensor> preActivations)
         {

@@ -30,8 +30,9 @@ public sealed class LowRankPredictor : IDisposable
     /// by top-K at inference.</summary>
     public Tensor Logits(Tensor x) => x.to(A.dtype, A.device).matmul(A).matmul(B);
 
-    /// <summary>A copy on <paramref name="device"/> (this one stays as it is).</summary>
-    public LowRankPredictor To(Device device) => new(A.to(device, copy: true).DetachFromDisposeScope(), B.to(device, copy: true).DetachFromDisposeScope());
+    /// <summary>A copy on <paramref name="device"/>, in <paramref name="dtype"/> (default: as it is); this one stays as it is.</summary>
+    public LowRankPredictor To(Device device, ScalarType? dtype = null) => new(
+        A.to(dtype ?? A.dtype, device, copy: true).DetachFromDisposeScope(), B.to(dtype ?? B.dtype, device, copy: true).DetachFromDisposeScope());
 
     /// <inheritdoc />
     public void Dispose()

@@ -138,6 +138,8 @@ public static class SparsityEvaluation
 
         public ISparsityStep? ForStep(ForwardBatch batch) => inner.ForStep(batch) is { } step ? new Step(this, step) : null;
 
+        public bool SkipsNeurons => inner.SkipsNeurons;
+
         static (double Hits, double Total) Overlap(Tensor selected, Tensor scores)
         {
             using var scope = torch.NewDisposeScope();

@@ -131,10 +131,10 @@ public sealed class SparsityPredictors : IDisposable
         return new SparsityPredictors(manifest, layers);
     }
 
-    /// <summary>A copy on <paramref name="device"/> (these stay as they are): where the model runs, so that a step's predictions
-    /// never cross to the host.</summary>
-    public SparsityPredictors To(Device device) => new(Manifest,
-        Layers.Select(l => new LayerPredictors(l.Mlp?.To(device), l.MlpStats, l.Heads.To(device), l.HeadStats)).ToArray());
+    /// <summary>A copy on <paramref name="device"/>, in <paramref name="dtype"/> (default: fp32 as saved); these stay as they are:
+    /// where the model runs, so that a step's predictions never cross to the host.</summary>
+    public SparsityPredictors To(Device device, ScalarType? dtype = null) => new(Manifest,
+        Layers.Select(l => new LayerPredictors(l.Mlp?.To(device, dtype), l.MlpStats, l.Heads.To(device, dtype), l.HeadStats)).ToArray());
 
     /// <summary>Loads the predictors under <paramref name="modelDirectory"/>/sparsity onto the CPU, refusing (with the field and the
     /// fix) predictors made for another model than <paramref name="expected"/> or files that disagree with their manifest.</summary>

@@ -42,6 +42,32 @@ public sealed class SparsityFlagTests
         Assert.Contains("sparsity: ", error);
     }
 
+    /// <summary><c>--sparsity-sweep</c> runs its levels on one loaded model: a row per level, each sparse one with its predictor
+    /// time, sparse MLP bandwidth and speed-up over the dense level; bad levels and a second --sparsity stop the parse.</summary>
+    [Fact]
+    public void TheSweepRunsEveryLevelOnOneModel()
+    {
+        using var dir = new TempDir();
+        string csv = Path.Combine(dir.Path, "results.csv");
+        var (code, output, error) = CliProcess.Run("bench", "--model", DefaultModel, "--dummy", "--device", "cpu", "--prompt", "8", "--new-tokens", "4",
+            "--sparsity-sweep", "dense; mlp=0.1,heads=0.5 ;heads=0.5", "-o", csv);
+        Assert.True(code == 0, error);
+        var rows = File.ReadAllLines(csv).Skip(1).ToArray();
+        Assert.Equal(3, rows.Length);
+        Assert.Contains("[dense]", rows[0]);
+        Assert.Contains("[sparsity mlp=0.1,heads=0.5,predicted] [predictors ", rows[1]);
+        Assert.Contains("x dense decode]", rows[1]);
+        Assert.Contains("[sparsity mlp=1,heads=0.5,predicted]", rows[2]);
+        Assert.Contains("sparse MLP ", output);
+
+        var (both, lines) = CliProcess.Errors("bench", "--model", "no/such/folder", "--sparsity", "heads=0.5", "--sparsity-sweep", "dense");
+        Assert.Equal(2, both);
+        Assert.Equal("tern: --sparsity-sweep runs its own levels; drop --sparsity.", lines[0]);
+        var (bad, badLines) = CliProcess.Errors("bench", "--model", "no/such/folder", "--sparsity-sweep", "dense;mlp=2");
+        Assert.Equal(2, bad);
+        Assert.Equal("tern: --mlp must be in (0, 1], the fraction of neurons computed (got 2).", badLines[0]);
+    }
+
     static readonly string DefaultModel = Path.GetFullPath(Path.Combine(Fixtures.Root, "..", "..", "models", "default"));
 
     static double Perplexity(string text, params string[] extra)

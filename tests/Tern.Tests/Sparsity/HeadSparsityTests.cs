@@ -1,3 +1,4 @@
+using Tern.Generation;
 using Tern.Caching;
 using Tern.Models;
 using Tern.Runtime;
@@ -17,9 +18,18 @@ public sealed class HeadSparsityTests
     /// <summary>Keeps the same heads for every token of the layers it names (all when null), in the steps <see cref="Sparse"/> allows.</summary>
     sealed class FixedHeads(long[] heads, int? onlyLayer = null) : IContextualSparsity, ISparsityStep
     {
+        long rows;
         public Func<ForwardBatch, bool> Sparse { get; init; } = _ => true;
-        public ISparsityStep? ForStep(ForwardBatch batch) => Sparse(batch) ? this : null;
+        /// <summary>Hands the heads out before attention too, as predictors do: decode steps then compute only theirs.</summary>
+        public bool Ahead { get; init; }
+        public ISparsityStep? ForStep(ForwardBatch batch)
+        {
+            rows = batch.InputIds.shape[0];
+            return Sparse(batch) ? this : null;
+        }
         public void LayerInput(int layer, Tensor hidden) { }
+        public Tensor? HeadsAhead(int layer) => Ahead && (onlyLayer is null || layer == onlyLayer)
+            ? torch.tensor(heads).expand(rows, 1, heads.Length).contiguous() : null;
         public Tensor? Neurons(int layer, Tensor mlpInput, Func<Tensor> preActivations) => null;
         public Tensor? Heads(int layer, Func<Tensor> headOutputs)
         {
@@ -54,6 +64,59 @@ public sealed class HeadSparsityTests
         Assert.Equal(dense.Sequences.Select(s => s.Tokens), selected.Sequences.Select(s => s.Tokens));
         for (int i = 0; i < dense.Logits!.Count; i++)
             Assert.True(dense.Logits[i].allclose(selected.Logits![i], rtol: 1e-5, atol: 1e-5), $"step {i}");
+    }
+
+    /// <summary>
+    /// Head-subset attention (the selection known before attention: only the kept heads' query rows and attention, keys and values
+    /// of every head) gives what projecting the kept heads of a full attention gives, with padding (two prompts of different
+    /// lengths: the masked path); under GQA kept heads 1 and 2 read different KV heads, 0 and 1 the same. Keeping every head
+    /// this way is the dense run.
+    /// </summary>
+    [Theory]
+    [InlineData("llama-gqa", new long[] { 1, 2 })]
+    [InlineData("llama-gqa", new long[] { 0, 1 })]
+    [InlineData("llama-gqa", new long[] { 0, 1, 2, 3 })]
+    [InlineData("opt-prenorm", new long[] { 0, 3 })]
+    public void HeadSubsetAttentionEqualsProjectingTheKeptHeads(string fixture, long[] kept)
+    {
+        using var model = Load(fixture);
+        GenerationResult Run(IContextualSparsity? sparsity)
+        {
+            model.Sparsity = sparsity;
+            return Generate(model, steps: 6);
+        }
+        var projected = Run(new FixedHeads(kept));
+        var subset = Run(new FixedHeads(kept) { Ahead = true });
+        Assert.Equal(projected.Sequences.Select(s => s.Tokens), subset.Sequences.Select(s => s.Tokens));
+        for (int i = 0; i < projected.Logits!.Count; i++)
+            Assert.True(projected.Logits[i].allclose(subset.Logits![i], rtol: 1e-5, atol: 1e-5), $"step {i}");
+        if (kept.Length < model.Info.Heads) return;
+        var dense = Run(null);
+        for (int i = 0; i < dense.Logits!.Count; i++)
+            Assert.True(dense.Logits[i].allclose(subset.Logits![i], rtol: 1e-5, atol: 1e-5), $"every head, step {i}");
+    }
+
+    /// <summary>The same in a static-shape step (what a CUDA graph captures: attention over every preallocated slot, masked), on
+    /// the composite path the CPU runs.</summary>
+    [Theory]
+    [InlineData("llama-gqa", new long[] { 0, 3 })]
+    [InlineData("opt-prenorm", new long[] { 1 })]
+    public void HeadSubsetAttentionOfAStaticShapeStep(string fixture, long[] kept)
+    {
+        using var model = Load(fixture);
+        long[] prompt = { 5, 17, 42, 9, 3 };
+        Tensor Decode(IContextualSparsity sparsity)
+        {
+            model.Sparsity = sparsity;
+            using var cache = model.CreateCache(1, 16, maxStepTokens: prompt.Length);
+            model.Forward(Step(prompt, 0), cache).Dispose();
+            var logits = model.Forward(Step(new long[] { 11 }, prompt.Length).WithWriteSlots(torch.tensor(new long[] { cache.Length })), cache);
+            model.Sparsity = null;
+            return logits;
+        }
+        using var projected = Decode(new FixedHeads(kept) { Sparse = b => b.InputIds.shape[1] == 1 });
+        using var subset = Decode(new FixedHeads(kept) { Sparse = b => b.InputIds.shape[1] == 1, Ahead = true });
+        Assert.True(projected.allclose(subset, rtol: 1e-5, atol: 1e-5));
     }
 
     /// <summary>k = every head (and every neuron) is the dense run, bit for bit, whatever the rule.</summary>
@@ -95,9 +158,11 @@ public sealed class HeadSparsityTests
     /// layers' inputs, hence their keys, legitimately; the last layer isolates what skipping does to the cache.)
     /// </summary>
     [Theory]
-    [InlineData("llama-gqa")]
-    [InlineData("opt-prenorm")]
-    public void SkippedHeadsStillWriteTheirKeysAndValues(string fixture)
+    [InlineData("llama-gqa", false)]
+    [InlineData("opt-prenorm", false)]
+    [InlineData("llama-gqa", true)] // head-subset attention: the kept heads' queries only, every key and value
+    [InlineData("opt-prenorm", true)]
+    public void SkippedHeadsStillWriteTheirKeysAndValues(string fixture, bool ahead)
     {
         using var model = Load(fixture);
         long[] prompt = { 5, 17, 42, 9, 3 }, next = { 11, 60, 2, 8 };
@@ -115,6 +180,7 @@ public sealed class HeadSparsityTests
         var (sparse, sparseCache) = Run(new FixedHeads(new long[] { 2 }, onlyLayer: layer)
         {
             Sparse = b => b.InputIds.shape[1] == 1 && ++decodes <= 3, // three sparse decode steps, then a dense one
+            Ahead = ahead,
         });
         using (denseCache)
         using (sparseCache)

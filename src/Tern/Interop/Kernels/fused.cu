@@ -224,20 +224,22 @@ __device__ __forceinline__ float block_max(float v, float* shared)
 // Decode attention, split over the cache (flash-decoding): block (b·H + h, split) scores its SPLIT keys against query h of
 // sequence b, and leaves its unnormalised output, max and exp-sum for attn_combine. A key at original position kp is visible
 // to a query at p when kp ≥ 0 and kp ≤ p and (no window or p − kp < window); padding queries (p < 0) see every occupied slot.
+// With headIndex (DejaVu's kept heads, [B·heads]) block b·heads + j attends query j of sequence b as head headIndex[b·heads + j]
+// (q and the output hold the kept heads only); query head h reads KV head h / queryGroups.
 // 128 threads. Keys and values are read with 16-byte loads: a row of D elements is spread over D/VEC lanes (VEC = 16 bytes of
 // T), and every load of a loop is issued before its results are used — at batch 1 this kernel is pure latency.
 #define SPLIT 64
 #define SPLIT_THREADS 128
 template <typename T>
 __device__ void attn_split(float* partOut, float* partMax, float* partSum, const T* q, long long qBatch, long long qHead,
-                           const T* keys, const T* values, const long long* cachePos, const long long* qpos,
-                           int heads, int kvHeads, int cap, int headDim, int window, float scale)
+                           const T* keys, const T* values, const long long* cachePos, const long long* qpos, const long long* headIndex,
+                           int heads, int queryGroups, int kvHeads, int cap, int headDim, int window, float scale)
 {
     const int VEC = 16 / (int)sizeof(T);
     __shared__ float prob[SPLIT];
     __shared__ float partial[SPLIT_THREADS * 8]; // per thread, its VEC output dims (VEC ≤ 8)
     int bh = blockIdx.x, split = blockIdx.y, splits = gridDim.y;
-    int b = bh / heads, h = bh - b * heads, hk = h / (heads / kvHeads);
+    int b = bh / heads, j = bh - b * heads, hk = (headIndex ? (int)headIndex[bh] : j) / queryGroups;
     long long p = qpos[b];
     long long base = (long long)(b * kvHeads + hk) * cap;
     const uint4* K = reinterpret_cast<const uint4*>(keys + base * headDim);
@@ -252,7 +254,7 @@ __device__ void attn_split(float* partOut, float* partMax, float* partSum, const
     // This thread's VEC query dims, scaled.
     float qv[8];
     {
-        const T* qrow = q + b * qBatch + h * qHead + sub * VEC;
+        const T* qrow = q + b * qBatch + j * qHead + sub * VEC;
         for (int e = 0; e < VEC; e++) qv[e] = load(qrow[e]) * scale;
     }
 
@@ -373,8 +375,9 @@ INSTANTIATE_GEMV(f16, f16)
         long long vb, long long vh, const long long* pos, const long long* slot, int ss, int kvHeads, int cap, int headDim)           \
         { cache_append<T>(keys, values, cp, k, v, kb, kh, vb, vh, pos, slot, ss, kvHeads, cap, headDim); }                             \
     extern "C" __global__ void attn_split_##S(float* po, float* pm, float* ps, const T* q, long long qb, long long qh, const T* keys,    \
-        const T* values, const long long* cp, const long long* qpos, int heads, int kvHeads, int cap, int headDim, int window, float scale) \
-        { attn_split<T>(po, pm, ps, q, qb, qh, keys, values, cp, qpos, heads, kvHeads, cap, headDim, window, scale); }                  \
+        const T* values, const long long* cp, const long long* qpos, const long long* hi, int heads, int groups, int kvHeads, int cap,    \
+        int headDim, int window, float scale)                                                                                            \
+        { attn_split<T>(po, pm, ps, q, qb, qh, keys, values, cp, qpos, hi, heads, groups, kvHeads, cap, headDim, window, scale); }      \
     extern "C" __global__ void attn_combine_##S(T* out, const float* po, const float* pm, const float* ps, int splits, int headDim)       \
         { attn_combine<T>(out, po, pm, ps, splits, headDim); }
 INSTANTIATE(float, f32)

@@ -1,0 +1,201 @@
+using Tern.Generation;
+using Tern.Interop;
+using Tern.Models;
+using Tern.Runtime;
+using Tern.Sparsity;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Tern.Tests.Gpu;
+
+/// <summary>DejaVu's gather-GEMV kernels (Kernels/sparse.cu) and head-subset decode attention against the dense maths, and a
+/// sparse model on CUDA (kernels, head subset, transposed down-projections) against the same selections on the CPU's
+/// composite path.</summary>
+public sealed class SparseKernelTests
+{
+    public SparseKernelTests() => ComputeOptions.ResolveDevice(DeviceKind.Cuda);
+
+    static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    public static TheoryData<ModelDType> DTypes => new() { ModelDType.Float32, ModelDType.BFloat16, ModelDType.Float16 };
+
+    /// <summary>|actual − expected| ≤ rel·(|expected| + 1), rel = roundings of the element type (fp32: a tight 1e-5).</summary>
+    static void AssertClose(Tensor expected, Tensor actual, ModelDType dtype, string what, int roundings = 1)
+    {
+        using var scope = torch.NewDisposeScope();
+        var e = expected.to(ScalarType.Float32).cpu();
+        var a = actual.to(ScalarType.Float32).cpu();
+        Assert.Equal(e.shape, a.shape);
+        double rel = roundings * (dtype == ModelDType.Float32 ? 1e-5 : dtype == ModelDType.BFloat16 ? 1.0 / 64 : 1.0 / 512);
+        var excess = ((a - e).abs() - (e.abs() * rel + rel)).max().item<float>();
+        Assert.True(excess <= 0, $"{what} {dtype}: max |Δ| exceeds the bound by {excess}");
+    }
+
+    // k distinct indices below n per token, ascending, int64 [tokens, 1, k] on the GPU.
+    static Tensor Selection(int tokens, long n, int k) => torch.stack(Enumerable.Range(0, tokens)
+        .Select(_ => torch.randperm(n, ScalarType.Int64).narrow(0, 0, k).sort().Values).ToArray()).view(tokens, 1, k).to(CUDA);
+
+    /// <summary>Selected rows with bias, with ReLU, and gated (relu(gate)·up of rows r and r + n): against the dense product's
+    /// selected outputs in fp32. Two tokens, each with its own rows.</summary>
+    [Theory]
+    [MemberData(nameof(DTypes))]
+    public void GatherRowsMatchesTheDenseProduct(ModelDType dtype)
+    {
+        using var scope = torch.NewDisposeScope();
+        using var inference = torch.no_grad();
+        var t = dtype.ToScalarType();
+        int n = 3000, hidden = 1024, k = 301;
+        var x = torch.randn(2, 1, hidden, device: CUDA).to(t);
+        var w = (torch.randn(2 * n, hidden, device: CUDA) * 0.05).to(t);
+        var b = torch.randn(2 * n, device: CUDA).to(t);
+        var rows = Selection(2, n, k);
+        var dense = (x.to(ScalarType.Float32).matmul(w.to(ScalarType.Float32).t()) + b.to(ScalarType.Float32)).to(t); // [2,1,2n]
+
+        Assert.True(FusedKernels.TryGatherRows(x, w, b, rows, -1, 0, out var plain));
+        AssertClose(dense.gather(-1, rows), plain, dtype, "rows");
+        Assert.True(FusedKernels.TryGatherRows(x, w, b, rows, 1, 0, out var relu));
+        AssertClose(dense.gather(-1, rows).relu(), relu, dtype, "relu rows");
+        Assert.True(FusedKernels.TryGatherRows(x, w, b, rows, 1, n, out var gated));
+        AssertClose(dense.gather(-1, rows).relu() * dense.gather(-1, rows + n), gated, dtype, "gated rows", roundings: 2);
+        Assert.False(FusedKernels.TryGatherRows(x, w, b, rows.to(ScalarType.Int32), -1, 0, out _)); // int64 selections only
+    }
+
+    /// <summary>Selected columns of a down-projection stored transposed (one contiguous row of Wᵀ per neuron), with bias and
+    /// residual: residual + a·W[:, cols]ᵀ + b, against the dense product with the other inputs zero. The row-major layout of the
+    /// same weight is refused for single columns (the composite path serves it).</summary>
+    [Theory]
+    [MemberData(nameof(DTypes))]
+    public void GatherColumnsOfATransposedWeightMatchTheDenseProduct(ModelDType dtype)
+    {
+        using var scope = torch.NewDisposeScope();
+        using var inference = torch.no_grad();
+        var t = dtype.ToScalarType();
+        int hidden = 1024, n = 4000, k = 333; // k not a multiple of the 32-column split
+        var w = (torch.randn(hidden, n, device: CUDA) * 0.05).to(t);
+        var transposed = w.t().contiguous().t();
+        Assert.True(FusedKernels.StoredTransposed(transposed));
+        var b = torch.randn(hidden, device: CUDA).to(t);
+        var residual = torch.randn(2, 1, hidden, device: CUDA).to(t);
+        var cols = Selection(2, n, k);
+        var a = torch.randn(2, 1, k, device: CUDA).to(t);
+        var full = torch.zeros(2, 1, n, device: CUDA).scatter_(-1, cols, a.to(ScalarType.Float32));
+        var reference = residual.to(ScalarType.Float32) + (full.matmul(w.to(ScalarType.Float32).t()) + b.to(ScalarType.Float32)).to(t).to(ScalarType.Float32);
+
+        Assert.True(FusedKernels.TryGatherColumnsAdd(a, transposed, b, cols, residual, 1, out var y));
+        AssertClose(reference, y, dtype, "transposed columns", roundings: 2);
+        Assert.False(FusedKernels.TryGatherColumnsAdd(a, w, b, cols, residual, 1, out _));
+    }
+
+    /// <summary>The output projection over kept heads: columns in runs of head_dim read in place from the row-major W_out,
+    /// against the dense product with the skipped heads' outputs zero.</summary>
+    [Theory]
+    [MemberData(nameof(DTypes))]
+    public void GatherColumnRunsMatchTheDenseProduct(ModelDType dtype)
+    {
+        using var scope = torch.NewDisposeScope();
+        using var inference = torch.no_grad();
+        var t = dtype.ToScalarType();
+        int heads = 28, d = 128, hidden = 1536, kept = 14;
+        var w = (torch.randn(hidden, heads * d, device: CUDA) * 0.05).to(t);
+        var b = torch.randn(hidden, device: CUDA).to(t);
+        var residual = torch.randn(2, 1, hidden, device: CUDA).to(t);
+        var selected = Selection(2, heads, kept);
+        var cols = (selected.unsqueeze(-1) * d + torch.arange(d, ScalarType.Int64, CUDA)).flatten(2); // [2,1,kept·d]
+        var a = torch.randn(2, 1, kept * d, device: CUDA).to(t);
+        var full = torch.zeros(2, 1, heads * d, device: CUDA).scatter_(-1, cols, a.to(ScalarType.Float32));
+        var reference = residual.to(ScalarType.Float32) + (full.matmul(w.to(ScalarType.Float32).t()) + b.to(ScalarType.Float32)).to(t).to(ScalarType.Float32);
+
+        Assert.True(FusedKernels.TryGatherColumnsAdd(a, w, b, cols, residual, d, out var y));
+        AssertClose(reference, y, dtype, "head column runs", roundings: 2);
+        var bare = new Linear(w, null).ForwardColumnsAdd(a, cols, residual, d); // through Linear, no bias
+        AssertClose(residual.to(ScalarType.Float32) + full.matmul(w.to(ScalarType.Float32).t()).to(t).to(ScalarType.Float32), bare, dtype, "Linear", roundings: 2);
+    }
+
+    /// <summary>Decode attention of kept query heads only (GQA: each reads its own KV head) equals those heads' rows of the
+    /// full decode attention.</summary>
+    [Theory]
+    [MemberData(nameof(DTypes))]
+    public void DecodeAttentionOverKeptHeadsEqualsThoseHeadsOfTheFullAttention(ModelDType dtype)
+    {
+        using var scope = torch.NewDisposeScope();
+        using var inference = torch.no_grad();
+        var t = dtype.ToScalarType();
+        int b = 2, heads = 8, kvHeads = 2, cap = 130, d = 64, filled = 100, kept = 3;
+        var keys = torch.randn(b, kvHeads, cap, d, device: CUDA).to(t);
+        var values = torch.randn(b, kvHeads, cap, d, device: CUDA).to(t);
+        var pos = torch.arange(cap, device: CUDA).to(ScalarType.Int64).expand(b, kvHeads, cap).clone();
+        pos.narrow(2, filled, cap - filled).fill_(-1);
+        var qpos = torch.tensor(new long[] { filled - 1, filled - 1 }, new long[] { b, 1 }).to(CUDA);
+        var q = torch.randn(b, heads, 1, d, device: CUDA).to(t);
+        Assert.True(FusedKernels.TryDecodeAttention(q, keys, values, pos, qpos, 0, 1.0 / Math.Sqrt(d), out var full));
+        var selected = Selection(b, heads, kept).view(b, kept);
+        var keptQ = q.gather(1, selected.view(b, kept, 1, 1).expand(b, kept, 1, d));
+        Assert.True(FusedKernels.TryDecodeAttention(keptQ, keys, values, pos, qpos, 0, 1.0 / Math.Sqrt(d), out var subset, selected, heads / kvHeads));
+        var expected = full.view(b, heads, d).gather(1, selected.view(b, kept, 1).expand(b, kept, d)).reshape(b, 1, kept * d);
+        AssertClose(expected, subset, dtype, "kept heads");
+    }
+
+    /// <summary>
+    /// A sparse model on CUDA — gather-GEMV MLP over down-projections stored transposed, head-subset attention (kept heads'
+    /// query rows, attention over them, their o_proj columns) — gives the CPU composite path's logits for the same random
+    /// selections (a seeded CPU generator draws them on both), on a gated ReLU Llama and on OPT; dense again once sparsity is off.
+    /// </summary>
+    [Theory]
+    [InlineData("llama-linear-relu-f16")]
+    [InlineData("opt-prenorm")]
+    public void SparseDecodeOnCudaEqualsTheCompositePath(string fixture)
+    {
+        var prompts = new[] { new[] { 5, 17, 42, 9, 3 }, new[] { 7, 7, 100, 2 } };
+        var options = new SparsityOptions { Rule = SelectionRule.Random, MlpActive = 0.25, HeadsActive = 0.5, Seed = 3 };
+        List<Tensor> Logits(DeviceKind device, bool sparse)
+        {
+            using var model = CausalLanguageModel.Load(Fixtures.ModelDir(fixture), new ModelLoadOptions { Device = device, DType = ModelDType.Float32 });
+            using var sparsity = sparse ? DejaVuSparsity.Create(model, options) : null;
+            model.Sparsity = sparsity;
+            var result = new Tern.Generation.Generator(model).GenerateTokens(prompts,
+                new GenerationOptions { MaxNewTokens = 6, IgnoreEos = true, OutputLogits = true }, Ct); // logits: eager steps
+            model.Sparsity = null;
+            return result.Logits!.Select(l => l.cpu()).ToList();
+        }
+        var composite = Logits(DeviceKind.Cpu, sparse: true);
+        var cuda = Logits(DeviceKind.Cuda, sparse: true);
+        for (int i = 0; i < composite.Count; i++)
+            Assert.True(composite[i].allclose(cuda[i], rtol: 1e-4, atol: 1e-4), $"step {i}: max |Δ| {(composite[i] - cuda[i]).abs().max().item<float>()}");
+        var dense = Logits(DeviceKind.Cuda, sparse: false);
+        Assert.False(dense[1].allclose(cuda[1], rtol: 1e-4, atol: 1e-4), "the sparse decode steps differ from the dense ones");
+    }
+
+    /// <summary>The same in a static-shape decode step (what a CUDA graph captures: the fused decode attention over the kept
+    /// heads, every preallocated slot masked), against the CPU's composite static step.</summary>
+    [Theory]
+    [InlineData("llama-linear-relu-f16")]
+    [InlineData("opt-prenorm")]
+    public void StaticShapeSparseStepOnCudaEqualsTheCompositePath(string fixture)
+    {
+        long[] prompt = { 5, 17, 42, 9, 3 };
+        var options = new SparsityOptions { Rule = SelectionRule.Random, MlpActive = 0.25, HeadsActive = 0.5, Seed = 4 };
+        Tensor Decode(DeviceKind device)
+        {
+            using var model = CausalLanguageModel.Load(Fixtures.ModelDir(fixture), new ModelLoadOptions { Device = device, DType = ModelDType.Float32 });
+            using var sparsity = DejaVuSparsity.Create(model, options);
+            model.Sparsity = sparsity;
+            var on = model.Device;
+            ForwardBatch Step(long[] ids, int start) => new()
+            {
+                InputIds = torch.tensor(ids, new long[] { 1, ids.Length }).to(on),
+                Positions = torch.arange(start, start + ids.Length, ScalarType.Int64).unsqueeze(0).to(on),
+                RealTokens = new[] { ids.Length },
+                MaxPosition = start + ids.Length - 1,
+                LastPositionOnly = true,
+            };
+            using var cache = model.CreateCache(1, 16, maxStepTokens: prompt.Length);
+            model.Forward(Step(prompt, 0), cache).Dispose();
+            var logits = model.Forward(Step(new long[] { 11 }, prompt.Length).WithWriteSlots(torch.tensor(new long[] { cache.Length }).to(on)), cache).cpu();
+            model.Sparsity = null;
+            return logits;
+        }
+        using var composite = Decode(DeviceKind.Cpu);
+        using var cuda = Decode(DeviceKind.Cuda);
+        Assert.True(composite.allclose(cuda, rtol: 1e-4, atol: 1e-4), $"max |Δ| {(composite - cuda).abs().max().item<float>()}");
+    }
+}
