@@ -202,7 +202,8 @@ public sealed class TernServer : IAsyncDisposable
         }
     }
 
-    /// <summary>A chat prompt; tools (or tool turns) with a template that does not render them are a 400 naming the field.</summary>
+    /// <summary>A chat prompt; tools (or tool turns) with a template that does not render them, or a conversation the template
+    /// cannot render with tools, are a 400 naming the field.</summary>
     IReadOnlyList<int> EncodeChat(IReadOnlyList<Tern.Tokenization.ChatMessage> messages, IReadOnlyList<JsonElement>? tools)
     {
         try
@@ -212,6 +213,10 @@ public sealed class TernServer : IAsyncDisposable
         catch (NotSupportedException e)
         {
             throw new ApiError(400, $"{(tools is null ? "messages" : "tools")}: {e.Message}", tools is null ? "messages" : "tools");
+        }
+        catch (ArgumentException e) when (e.ParamName == "messages")
+        {
+            throw new ApiError(400, $"messages: {e.Message.Replace(" (Parameter 'messages')", "", StringComparison.Ordinal)}", "messages");
         }
     }
 
@@ -224,7 +229,7 @@ public sealed class TernServer : IAsyncDisposable
         string field = request.Forced is not null ? "tools" : "response_format.json_schema.schema";
         try
         {
-            return request.Forced is { } functions ? JsonConstraint.ForSchema(ToolCalls.Schema(functions), tokenizer)
+            return request.Forced is { } functions ? JsonConstraint.ForSchema(ToolCalls.Schema(functions, engine.ChatTemplate.ToolCallArguments), tokenizer)
                 : request.Format!.Schema is { } schema ? JsonConstraint.ForSchema(schema, tokenizer) : JsonConstraint.Object(tokenizer);
         }
         catch (UnsupportedSchemaException e)

@@ -126,7 +126,8 @@ public sealed class TernChatClient : IChatClient
         if (functions.Length > 0 && options!.ToolMode is RequiredChatToolMode required)
             generation = generation with
             {
-                Constraint = JsonConstraint.ForSchema(ToolCalls.Schema(required.RequiredFunctionName is { } name ? functions.Where(f => f.Name == name) : functions), Engine.Tokenizer!),
+                Constraint = JsonConstraint.ForSchema(ToolCalls.Schema(required.RequiredFunctionName is { } name ? functions.Where(f => f.Name == name) : functions,
+                    Engine.ChatTemplate.ToolCallArguments), Engine.Tokenizer!),
             };
         bool reads = functions.Length > 0 && options!.ToolMode is not NoneChatToolMode;
         return (Engine.Submit(prompt, generation, cancellation), reads ? functions : null);
