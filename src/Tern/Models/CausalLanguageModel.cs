@@ -19,6 +19,8 @@ public sealed record ModelLoadOptions
     /// <summary>When true the weights are autograd <see cref="Parameter"/>s listed in <see cref="CausalLanguageModel.Parameters"/>,
     /// ready for training (requires_grad is left off; the trainer turns it on for the tensors it trains).</summary>
     public bool Trainable { get; init; }
+    /// <summary>Receives the fraction of the weights loaded (by elements), from 0 to 1, on the loading thread.</summary>
+    public IProgress<double>? Progress { get; init; }
 }
 
 /// <summary>
@@ -80,11 +82,24 @@ public abstract class CausalLanguageModel : IStepModel, IDisposable
         var config = HfConfig.Load(modelDirectory);
         Device device = ComputeOptions.ResolveDevice(options.Device);
         IWeightSource source = options.DummyWeights is { } dummy ? DummyWeightSource.Create(dummy) : CheckpointReader.Open(modelDirectory);
+        if (options.Progress is { } progress) source = new ReportingWeightSource(source, ElementsToLoad(config, source), progress);
         CausalLanguageModel model;
         using (source) model = Create(config, source, device, options.DType, options.Trainable);
+        options.Progress?.Report(1.0);
         // Compile the fused kernels now (NVRTC, about a second) rather than inside the first timed forward pass.
         if (device.type == DeviceType.CUDA) _ = Interop.FusedKernels.Available;
         return model;
+    }
+
+    /// <summary>The elements a load reads from <paramref name="source"/>: a checkpoint's tensors, or for generated weights
+    /// those of the model built on the meta device (shapes without a byte of weights).</summary>
+    static long ElementsToLoad(HfConfig config, IWeightSource source)
+    {
+        if (source is CheckpointReader checkpoint)
+            return checkpoint.Names.Sum(name => checkpoint.Info(name).Shape.Aggregate(1L, (n, d) => n * d));
+        using var meta = DummyWeightSource.Create(new DummyWeightOptions { Kind = DummyWeightKind.Constant });
+        using var model = Create(config, meta, new Device(DeviceType.META), ModelDType.Float32);
+        return model.Info.ParameterCount;
     }
 
     /// <summary>A model with fresh random weights as transformers initialises them: normal(0, initializer_range) matrices
