@@ -1,4 +1,5 @@
 using System.Runtime.CompilerServices;
+using System.Text;
 using Microsoft.Extensions.AI;
 using Tern.Generation;
 using Tern.Models;
@@ -99,24 +100,33 @@ public sealed class TernChatClient : IChatClient
             var (request, functions) = Submit(messages, options, stop.Token);
             string id = NewId();
             var created = DateTimeOffset.UtcNow;
-            // A reply read for tool calls comes whole at the end, as text or as calls. Tokens that complete no text yet (part
-            // of a character) go with the next update that has text.
+            // A reply read for tool calls streams its text; its calls come whole in the last update, as M.E.AI's OpenAI adapter
+            // gathers streamed calls. Tokens that complete no text yet (part of a character, or text the tool-call reader
+            // holds back) go with the next update that has text.
+            var reader = functions is null ? null : new ToolCallStream(functions);
+            var calls = new List<(string Name, StringBuilder Arguments)>();
             var pending = new List<GeneratedToken>();
             await foreach (var token in request.Tokens.ReadAllAsync(cancellationToken).ConfigureAwait(false))
             {
                 pending.Add(token);
-                if (token.Text.Length == 0 || functions is not null) continue;
-                yield return new ChatResponseUpdate(ChatRole.Assistant, string.Concat(pending.Select(t => t.Text)))
+                if (token.Text.Length == 0) continue;
+                string text = reader is null ? string.Concat(pending.Select(t => t.Text)) : Gather(reader.Push(token.Text), calls);
+                if (text.Length == 0) continue;
+                yield return new ChatResponseUpdate(ChatRole.Assistant, text)
                     { ModelId = ModelId, ResponseId = id, MessageId = id, CreatedAt = created, RawRepresentation = pending.ToArray() };
                 pending.Clear();
             }
             var output = await request.Completion.ConfigureAwait(false);
-            var (contents, called) = functions is null ? (new List<AIContent>(), false) : Reply(output, functions);
+            var contents = new List<AIContent>();
+            if (reader is not null && Gather(reader.Finish(), calls) is { Length: > 0 } rest) contents.Add(new TextContent(rest));
+            foreach (var (name, arguments) in calls)
+                contents.Add(FunctionCallContent.CreateFromParsedArguments(arguments.ToString(), CallId(), name,
+                    json => JsonSerializer.Deserialize<Dictionary<string, object?>>(json)!)); // a call cut short carries its parse error
             contents.Add(new UsageContent(Usage(output)));
             yield return new ChatResponseUpdate(ChatRole.Assistant, contents)
             {
                 ModelId = ModelId, ResponseId = id, MessageId = id, CreatedAt = created, RawRepresentation = output,
-                FinishReason = called ? ChatFinishReason.ToolCalls : Finish(output.FinishReason),
+                FinishReason = calls.Count > 0 ? ChatFinishReason.ToolCalls : Finish(output.FinishReason),
             };
         }
         finally
@@ -157,6 +167,21 @@ public sealed class TernChatClient : IChatClient
         return new Tokenization.ChatMessage(m.Role.Value, m.Text) { ToolCalls = calls.Length > 0 ? calls : null };
     }
 
+    /// <summary>The text of <paramref name="deltas"/>; the calls' names and argument pieces go to <paramref name="calls"/>.</summary>
+    static string Gather(IReadOnlyList<ToolCallDelta> deltas, List<(string Name, StringBuilder Arguments)> calls)
+    {
+        var text = new StringBuilder();
+        foreach (var delta in deltas)
+        {
+            if (delta.Content is { } content) text.Append(content);
+            else if (delta.Name is { } name) calls.Add((name, new StringBuilder()));
+            else calls[delta.Index].Arguments.Append(delta.Arguments);
+        }
+        return text.ToString();
+    }
+
+    static string CallId() => "call_" + Guid.NewGuid().ToString("N")[..24];
+
     /// <summary>The reply's contents: its text, and the calls read from it when <paramref name="functions"/> are given (true
     /// when there are some).</summary>
     static (List<AIContent>, bool) Reply(SequenceOutput output, IReadOnlyList<ToolFunction>? functions)
@@ -165,7 +190,7 @@ public sealed class TernChatClient : IChatClient
         var contents = new List<AIContent>();
         if (text is not null) contents.Add(new TextContent(text));
         foreach (var call in calls)
-            contents.Add(new FunctionCallContent("call_" + Guid.NewGuid().ToString("N")[..24], call.Name, JsonSerializer.Deserialize<Dictionary<string, object?>>(call.Arguments)));
+            contents.Add(new FunctionCallContent(CallId(), call.Name, JsonSerializer.Deserialize<Dictionary<string, object?>>(call.Arguments)));
         return (contents, calls.Count > 0);
     }
 

@@ -126,6 +126,28 @@ public sealed class ToolCallTests() : ServedModel(new ServingFixture(ToolsTempla
     }
 
     [Fact]
+    public async Task TheChatClientStreamsAReplyWithACall()
+    {
+        using var client = new TernChatClient(Fixture.Engine);
+        Microsoft.Extensions.AI.IChatClient chat = client;
+        var weather = Microsoft.Extensions.AI.AIFunctionFactory.Create((string city) => $"sunny in {city}", "get_weather");
+        var options = new Microsoft.Extensions.AI.ChatOptions
+        {
+            Temperature = 1, Seed = 5, MaxOutputTokens = 100, Tools = [weather], ToolMode = Microsoft.Extensions.AI.ChatToolMode.RequireAny,
+        };
+        var updates = new List<Microsoft.Extensions.AI.ChatResponseUpdate>();
+        await foreach (var update in chat.GetStreamingResponseAsync([new Microsoft.Extensions.AI.ChatMessage(Microsoft.Extensions.AI.ChatRole.User, "Weather in Oslo?")], options, Ct))
+            updates.Add(update);
+        var response = Microsoft.Extensions.AI.ChatResponseExtensions.ToChatResponse(updates);
+        Assert.Equal(Microsoft.Extensions.AI.ChatFinishReason.ToolCalls, response.FinishReason);
+        var call = Assert.Single(response.Messages.SelectMany(m => m.Contents).OfType<Microsoft.Extensions.AI.FunctionCallContent>());
+        Assert.Equal("get_weather", call.Name);
+        Assert.Null(call.Exception);
+        Assert.Contains("city", call.Arguments!.Keys);
+        Assert.Equal("", response.Text); // a forced call has no text
+    }
+
+    [Fact]
     public void ToolTurnsRenderAsQwensTemplate()
     {
         var formatter = Fixture.Tokenizer.CreateChatFormatter();
