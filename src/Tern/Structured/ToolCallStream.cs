@@ -25,17 +25,17 @@ public sealed class ToolCallStream(IReadOnlyCollection<ToolFunction> functions)
     bool inBlock; // the call is inside <tool_call> … </tool_call> (else the reply is the call)
     string pending = "";
     string blank = ""; // blanks before a <tool_call> tag: dropped before a call, kept before a block that stays text
-    string reply = ""; // the whole reply, for Mode.Whole
+    readonly System.Text.StringBuilder reply = new(); // the whole reply, for Mode.Whole
     int depth;
     bool inString, escaped;
 
-    /// <summary>The calls started so far.</summary>
+    /// <summary>The calls read so far (a call counts once its arguments are complete).</summary>
     public int Calls { get; private set; }
 
     /// <summary>The deltas the next piece of the reply completes.</summary>
     public IReadOnlyList<ToolCallDelta> Push(string text)
     {
-        reply += text;
+        reply.Append(text);
         pending += text;
         var output = new List<ToolCallDelta>();
         while (Step(output, end: false)) { }
@@ -49,7 +49,7 @@ public sealed class ToolCallStream(IReadOnlyCollection<ToolFunction> functions)
         while (Step(output, end: true)) { }
         if (mode == Mode.Whole)
         {
-            var (content, calls) = ToolCalls.Parse(reply, functions);
+            var (content, calls) = ToolCalls.Parse(reply.ToString(), functions);
             if (content is not null) output.Add(new ToolCallDelta(content));
             foreach (var call in calls) Whole(call, output);
         }
