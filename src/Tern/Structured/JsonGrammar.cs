@@ -53,7 +53,8 @@ internal static class JsonGrammar
 
     /// <summary>True when the document may end here.</summary>
     public static bool CanEnd(Stack s) => s.Top is DoneFrame
-        || s.Parent is null && s.Top is NumberFrame { Complete: true } or IntegerFrame { Complete: true } or LiteralFrame { Complete: true };
+        || s.Parent is null && s.Top is NumberFrame { Complete: true } or IntegerFrame { Complete: true } or BoundedNumberFrame { Complete: true }
+            or LiteralFrame { Complete: true };
 
     /// <summary>Fewest bytes that complete the document of <paramref name="s"/>.</summary>
     public static int Distance(Stack s)
@@ -86,6 +87,10 @@ internal static class JsonGrammar
                 if (i.Next(b) is { } digit) output.Add(s.With(digit));
                 if (i.Complete) Feed(s.Parent, b, output);
                 break;
+            case BoundedNumberFrame bn:
+                if (bn.Next(b) is { } further) output.Add(s.With(further));
+                if (bn.Complete) Feed(s.Parent, b, output);
+                break;
             case LiteralFrame l:
                 if (l.Next(b) is { } longer) output.Add(s.With(longer));
                 if (l.Complete) Feed(s.Parent, b, output);
@@ -112,6 +117,9 @@ internal static class JsonGrammar
             case ObjectNode o when b == '{': output.Add(new Stack(new ObjectFrame(o, 0, ObjectPhase.Open, 0, "", -1), parent)); break;
             case ArrayNode a when b == '[': output.Add(new Stack(new ArrayFrame(a, 0, ArrayPhase.Open, 0), parent)); break;
             case StringNode str when b == '"': output.Add(new Stack(StringFrame.Start(str), parent)); break;
+            case BoundedNumberNode bounded:
+                if (BoundedNumberFrame.Begin(bounded, b) is { } start) output.Add(new Stack(start, parent));
+                break;
             case NumberNode { Bounded: true } n:
                 if (IntegerFrame.Begin(n, b) is { } integer) output.Add(new Stack(integer, parent));
                 break;
@@ -451,6 +459,100 @@ internal sealed record IntegerFrame(NumberNode Node, bool Negative, long Magnitu
             if (max is { } top && low > top) return int.MaxValue;
             if (low + span - 1 >= min) return k;
         }
+    }
+}
+
+/// <summary>Inside a number with bounds (<see cref="BoundedNumberNode"/>): its sign, the value of its digits so far, the
+/// integer digits written (0: none yet) and the decimals (-1: no dot yet; 0: a dot and no decimal yet). A byte is allowed only
+/// when some number in the bounds still starts with the text.</summary>
+internal sealed record BoundedNumberFrame(BoundedNumberNode Node, bool Negative, decimal Magnitude, int IntDigits, int Fraction) : Frame
+{
+    static readonly decimal[] Powers = Enumerable.Range(0, 2 * BoundedNumberNode.MaxIntDigits + 1).Select(e => Pow(e)).ToArray();
+    static readonly decimal[] Steps = Enumerable.Range(0, BoundedNumberNode.MaxFraction + 1).Select(e => 1m / Pow(e)).ToArray();
+
+    static decimal Pow(int e)
+    {
+        decimal p = 1;
+        for (int i = 0; i < e; i++) p *= 10;
+        return p;
+    }
+
+    /// <summary>Before the first digit, after the sign if <paramref name="negative"/>.</summary>
+    public static BoundedNumberFrame Start(BoundedNumberNode node, bool negative) => new(node, negative, 0, 0, -1);
+
+    public static BoundedNumberFrame? Begin(BoundedNumberNode node, byte b)
+    {
+        if (b != '-') return Start(node, false).Next(b);
+        var minus = Start(node, true);
+        return minus.Extra() < int.MaxValue ? minus : null;
+    }
+
+    public bool Complete => IntDigits > 0 && Fraction != 0 && Extra() == 0;
+
+    public override int Remaining => Extra();
+
+    public BoundedNumberFrame? Next(byte b)
+    {
+        BoundedNumberFrame next;
+        if (b == '.')
+        {
+            if (IntDigits == 0 || Fraction >= 0) return null;
+            next = this with { Fraction = 0 };
+        }
+        else if (b is >= (byte)'0' and <= (byte)'9')
+        {
+            int d = b - '0';
+            if (Fraction >= 0)
+            {
+                if (Fraction == BoundedNumberNode.MaxFraction) return null;
+                next = this with { Magnitude = Magnitude + d * Steps[Fraction + 1], Fraction = Fraction + 1 };
+            }
+            else
+            {
+                if (IntDigits > 0 && Magnitude == 0 || IntDigits == BoundedNumberNode.MaxIntDigits) return null; // no digit after a leading zero
+                next = this with { Magnitude = Magnitude * 10 + d, IntDigits = IntDigits + 1 };
+            }
+        }
+        else return null;
+        return next.Extra() < int.MaxValue ? next : null;
+    }
+
+    /// <summary>Fewest bytes still to write for a number in the bounds (0: this one is; int.MaxValue: none can be).</summary>
+    int Extra()
+    {
+        var (min, max) = Node.Magnitudes(Negative);
+        if (Fraction >= 0)
+        {
+            // Decimals written: more of them refine the value within [m, m + 10^-f) (after a bare dot, [m, m + 1) with one at least).
+            for (int fd = Math.Max(Fraction, 1); fd <= BoundedNumberNode.MaxFraction; fd++)
+                if (Hits(Magnitude, Magnitude + Steps[Fraction], fd, min, max)) return fd - Fraction;
+            return int.MaxValue;
+        }
+        // Integer digits: k more of them give [v·10^k, (v+1)·10^k), then perhaps a dot and fd decimals; from nothing, k digits
+        // give [10^(k-1), 10^k) ([0, 10) for one).
+        int best = int.MaxValue;
+        int first = IntDigits == 0 ? 1 : 0, last = IntDigits == 0 ? BoundedNumberNode.MaxIntDigits : Magnitude == 0 ? 0 : BoundedNumberNode.MaxIntDigits - IntDigits;
+        for (int k = first; k <= last && k < best; k++)
+        {
+            decimal from = IntDigits == 0 ? (k == 1 ? 0 : Powers[k - 1]) : Magnitude * Powers[k];
+            decimal to = IntDigits == 0 ? Powers[k] : (Magnitude + 1) * Powers[k];
+            if (max is { } top && from > top.Value) break;
+            if (Hits(from, to, 0, min, max)) best = k;
+            for (int fd = 1; fd <= BoundedNumberNode.MaxFraction && k + 1 + fd < best; fd++)
+                if (Hits(from, to, fd, min, max)) best = k + 1 + fd;
+        }
+        return best;
+    }
+
+    /// <summary>True when a magnitude with at most <paramref name="decimals"/> decimals in [<paramref name="from"/>,
+    /// <paramref name="to"/>) is within the bounds (<paramref name="from"/> has no more decimals than that).</summary>
+    static bool Hits(decimal from, decimal to, int decimals, Bound min, Bound? max)
+    {
+        decimal step = Steps[decimals];
+        decimal x = decimal.Ceiling(min.Value / step) * step;
+        if (min.Exclusive && x == min.Value) x += step;
+        x = Math.Max(from, x);
+        return x < to && (max is not { } top || x < top.Value || !top.Exclusive && x == top.Value);
     }
 }
 

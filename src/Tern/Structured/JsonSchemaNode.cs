@@ -157,6 +157,35 @@ internal sealed class NumberNode : SchemaNode
     }
 }
 
+/// <summary>A bound on a magnitude: its value and whether the value itself is excluded.</summary>
+internal readonly record struct Bound(decimal Value, bool Exclusive);
+
+/// <summary>A number (fractions allowed) between bounds <see cref="Low"/>/<see cref="High"/> (null: none), each inclusive or
+/// exclusive, within ±<see cref="Limit"/>. Its values are written <c>-?int(.decimals)?</c> with at most
+/// <see cref="MaxIntDigits"/> integer digits and <see cref="MaxFraction"/> decimals, no exponent (a subset of JSON's
+/// numbers, all in the bounds), by <see cref="BoundedNumberFrame"/>.</summary>
+internal sealed class BoundedNumberNode : SchemaNode
+{
+    public const decimal Limit = 1_000_000_000_000m;
+    public const int MaxIntDigits = 13, MaxFraction = 12;
+
+    public BoundedNumberNode(Bound? low, Bound? high)
+    {
+        Low = low;
+        High = high;
+        int positive = BoundedNumberFrame.Start(this, false).Remaining, negative = BoundedNumberFrame.Start(this, true).Remaining;
+        MinLength = Math.Min(positive, negative == int.MaxValue ? int.MaxValue : 1 + negative);
+    }
+
+    public Bound? Low { get; }
+    public Bound? High { get; }
+
+    /// <summary>The magnitudes a number of this sign may have: from <c>Min</c>, up to <c>Max</c> (null: unbounded).</summary>
+    public (Bound Min, Bound? Max) Magnitudes(bool negative) => negative
+        ? (High is { } h && h.Value <= 0 ? new Bound(-h.Value, h.Exclusive) : new Bound(0, false), Low is { } l ? new Bound(-l.Value, l.Exclusive) : null)
+        : (Low is { } lo && lo.Value >= 0 ? lo : new Bound(0, false), High);
+}
+
 /// <summary>One of a fixed set of values (enum, const, boolean, null), each as its compact JSON bytes.</summary>
 internal sealed class LiteralNode : SchemaNode
 {
@@ -173,10 +202,9 @@ internal sealed class LiteralNode : SchemaNode
 
 /// <summary>
 /// Compiles a JSON schema (the subset vLLM and llama.cpp users write: type object/array/string/number/integer/boolean/null,
-/// properties, required, additionalProperties, items, minItems, maxItems, minLength, maxLength, integer minimum, maximum,
+/// properties, required, additionalProperties, items, minItems, maxItems, minLength, maxLength, minimum, maximum,
 /// exclusiveMinimum and exclusiveMaximum, enum, const, anyOf, oneOf, $ref into $defs or definitions, type lists,
-/// annotations) into <see cref="SchemaNode"/>s; any other keyword is refused naming it, as are bounds that no value meets and
-/// bounds on a number that is not an integer.
+/// annotations) into <see cref="SchemaNode"/>s; any other keyword is refused naming it, as are bounds that no value meets.
 /// </summary>
 internal static class JsonSchemaCompiler
 {
@@ -256,9 +284,7 @@ internal static class JsonSchemaCompiler
             "object" => Object(s, at),
             "array" => Array(s, at),
             "string" => String(s, at),
-            "number" => Bounds[2..].FirstOrDefault(k => s.TryGetProperty(k, out _)) is { } bound
-                ? throw new UnsupportedSchemaException($"{bound} at {at} bounds a number; constrained decoding bounds integers only (\"type\": \"integer\").", bound)
-                : new NumberNode(false),
+            "number" => Bounds[2..].Any(k => s.TryGetProperty(k, out _)) ? Number(s, at) : new NumberNode(false),
             "integer" => Integer(s, at),
             "boolean" => LiteralNode.Of("true", "false"),
             "null" => LiteralNode.Of("null"),
@@ -331,6 +357,38 @@ internal static class JsonSchemaCompiler
                 throw new UnsupportedSchemaException($"{keyword} at {at} is above the maximum: no integer lies in [{lo}, {hi}].", keyword);
             }
             return new NumberNode(true, lo, hi);
+        }
+
+        /// <summary>A number with bounds: the tighter of minimum and exclusiveMinimum (and of maximum and exclusiveMaximum),
+        /// exclusive when both are equal; draft 4's boolean exclusiveMinimum/exclusiveMaximum make minimum/maximum exclusive.</summary>
+        static SchemaNode Number(JsonElement s, string at)
+        {
+            bool exclusiveLow = s.TryGetProperty("exclusiveMinimum", out var el) && el.ValueKind == JsonValueKind.True;
+            bool exclusiveHigh = s.TryGetProperty("exclusiveMaximum", out var eh) && eh.ValueKind == JsonValueKind.True;
+            Bound? Tighter(Bound? a, Bound? b, int sign) => a is null ? b : b is null ? a
+                : a.Value.Value == b.Value.Value ? new Bound(a.Value.Value, a.Value.Exclusive || b.Value.Exclusive)
+                : sign * a.Value.Value > sign * b.Value.Value ? a : b;
+            var low = Tighter(Decimal(s, "minimum", at) is { } min ? new Bound(min, exclusiveLow) : null,
+                Decimal(s, "exclusiveMinimum", at) is { } emin ? new Bound(emin, true) : null, 1);
+            var high = Tighter(Decimal(s, "maximum", at) is { } max ? new Bound(max, exclusiveHigh) : null,
+                Decimal(s, "exclusiveMaximum", at) is { } emax ? new Bound(emax, true) : null, -1);
+            var node = new BoundedNumberNode(low, high);
+            if (node.MinLength == int.MaxValue)
+            {
+                string keyword = s.TryGetProperty("minimum", out _) ? "minimum" : "exclusiveMinimum";
+                throw new UnsupportedSchemaException($"{keyword} at {at}: no number with at most {BoundedNumberNode.MaxFraction} decimals lies within the bounds.", keyword);
+            }
+            return node;
+        }
+
+        /// <summary>A numeric bound of a number, or null when absent (or a draft 4 boolean).</summary>
+        static decimal? Decimal(JsonElement s, string keyword, string at)
+        {
+            if (!s.TryGetProperty(keyword, out var v) || v.ValueKind is JsonValueKind.True or JsonValueKind.False) return null;
+            if (v.ValueKind != JsonValueKind.Number) throw new UnsupportedSchemaException($"{keyword} at {at} must be a number.", keyword);
+            if (!v.TryGetDecimal(out decimal x) || Math.Abs(x) > BoundedNumberNode.Limit)
+                throw new UnsupportedSchemaException($"{keyword} at {at} is beyond ±10^12, the largest bound of a number supported.", keyword);
+            return x;
         }
 
         static long? Max(long? a, long? b) => a is null ? b : b is null ? a : Math.Max(a.Value, b.Value);

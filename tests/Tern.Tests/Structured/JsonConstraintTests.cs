@@ -14,7 +14,7 @@ namespace Tern.Tests.Structured;
 /// <summary>
 /// Constrained decoding (<see cref="JsonConstraint"/>): 50 generated schemas on the default model (greedy, through the serving
 /// engine's continuous batch) and 25 on a random-weight model (sampled at temperature 1, through the generator) — every reply
-/// parses and validates against its schema (JsonSchema.Net), also when max_tokens barely fits the document; length and integer
+/// parses and validates against its schema (JsonSchema.Net), also when max_tokens barely fits the document; length and number
 /// bounds hold; json_object replies always parse; unsupported keywords and impossible bounds are refused naming them.
 /// </summary>
 public sealed class JsonConstraintTests
@@ -94,7 +94,7 @@ public sealed class JsonConstraintTests
         Assert.True(constraint.CacheStats.Hits >= hits + first.Tokens.Count);
     }
 
-    /// <summary>Length and integer bounds at their edges (tight, one-sided, exclusive, either sign, far from zero), sampled at
+    /// <summary>Length and number bounds at their edges (tight, one-sided, exclusive, either sign, far from zero), sampled at
     /// temperature 1 on random weights with budgets from the document's fewest bytes up: every reply validates.</summary>
     [Theory]
     [InlineData("""{"type":"string","minLength":3,"maxLength":3}""")]
@@ -109,6 +109,13 @@ public sealed class JsonConstraintTests
     [InlineData("""{"type":"integer","minimum":0.5,"maximum":99.5}""")]
     [InlineData("""{"type":"integer","minimum":-1000000000000000000,"maximum":-999999999999999990}""")]
     [InlineData("""{"type":"object","properties":{"n":{"type":["integer","null"],"minimum":5,"exclusiveMaximum":9},"s":{"type":"string","minLength":2}},"required":["n","s"],"additionalProperties":false}""")]
+    [InlineData("""{"type":"number","minimum":0.25,"maximum":0.3}""")]
+    [InlineData("""{"type":"number","exclusiveMinimum":-1.5,"exclusiveMaximum":-1.4}""")]
+    [InlineData("""{"type":"number","minimum":100.5}""")]
+    [InlineData("""{"type":"number","exclusiveMaximum":0}""")]
+    [InlineData("""{"type":"number","minimum":-0.001,"maximum":0.001}""")]
+    [InlineData("""{"type":"number","exclusiveMinimum":2,"maximum":2.0001}""")]
+    [InlineData("""{"type":"array","items":{"type":"number","minimum":-3,"exclusiveMaximum":3.5},"minItems":3,"maxItems":3}""")]
     public void BoundsHoldInEveryReply(string schema)
     {
         using var fixture = new ServingFixture();
@@ -133,7 +140,9 @@ public sealed class JsonConstraintTests
 
     [Theory]
     [InlineData("""{"type":"string","pattern":"^a"}""", "pattern")]
-    [InlineData("""{"type":"object","properties":{"n":{"type":"number","minimum":0}}}""", "minimum")]
+    [InlineData("""{"type":"object","properties":{"n":{"type":"number","maximum":1e13}}}""", "maximum")]
+    [InlineData("""{"type":"number","exclusiveMinimum":1,"exclusiveMaximum":1}""", "exclusiveMinimum")]
+    [InlineData("""{"type":"number","minimum":0.0000000000001,"maximum":0.0000000000009}""", "minimum")]
     [InlineData("""{"type":"string","minLength":5,"maxLength":4}""", "minLength")]
     [InlineData("""{"type":"integer","minimum":3,"exclusiveMaximum":3}""", "minimum")]
     [InlineData("""{"type":"integer","exclusiveMinimum":2.5,"maximum":2.9}""", "exclusiveMinimum")]

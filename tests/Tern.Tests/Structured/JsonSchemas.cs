@@ -4,7 +4,7 @@ namespace Tern.Tests.Structured;
 
 /// <summary>JSON schemas of the subset constrained decoding supports, generated from a seed: nested objects (required and
 /// optional members, additionalProperties false or open), arrays with item counts, strings with length bounds, enums, const,
-/// numbers, integers (with bounds), booleans, null, anyOf, $defs/$ref.</summary>
+/// numbers and integers (with bounds), booleans, null, anyOf, $defs/$ref.</summary>
 internal static class JsonSchemas
 {
     static readonly string[] Names = { "name", "age", "tags", "id", "kind", "value", "items", "ok", "score", "meta", "city", "unit" };
@@ -38,10 +38,10 @@ internal static class JsonSchemas
         return schema;
     }
 
-    /// <summary>An integer with bounds: inclusive or exclusive, one side or both, either sign.</summary>
+    /// <summary>An integer or a number with bounds: inclusive or exclusive, one side or both, either sign.</summary>
     static JsonObject Integer(Random r)
     {
-        var schema = new JsonObject { ["type"] = "integer" };
+        var schema = new JsonObject { ["type"] = r.Next(2) == 0 ? "integer" : "number" };
         int low = r.Next(-2000, 2000), width = r.Next(0, r.Next(2) == 0 ? 10 : 5000);
         switch (r.Next(4))
         {
