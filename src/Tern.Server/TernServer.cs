@@ -202,7 +202,8 @@ public sealed class TernServer : IAsyncDisposable
         }
     }
 
-    /// <summary>A chat prompt; tools (or tool turns) with a template that does not render them are a 400 naming the field.</summary>
+    /// <summary>A chat prompt; tools (or tool turns) with a template that does not render them, or a conversation the template
+    /// cannot render with tools, are a 400 naming the field.</summary>
     IReadOnlyList<int> EncodeChat(IReadOnlyList<Tern.Tokenization.ChatMessage> messages, IReadOnlyList<JsonElement>? tools)
     {
         try
@@ -212,6 +213,10 @@ public sealed class TernServer : IAsyncDisposable
         catch (NotSupportedException e)
         {
             throw new ApiError(400, $"{(tools is null ? "messages" : "tools")}: {e.Message}", tools is null ? "messages" : "tools");
+        }
+        catch (ArgumentException e) when (e.ParamName == "messages")
+        {
+            throw new ApiError(400, $"messages: {e.Message.Replace(" (Parameter 'messages')", "", StringComparison.Ordinal)}", "messages");
         }
     }
 
@@ -224,7 +229,7 @@ public sealed class TernServer : IAsyncDisposable
         string field = request.Forced is not null ? "tools" : "response_format.json_schema.schema";
         try
         {
-            return request.Forced is { } functions ? JsonConstraint.ForSchema(ToolCalls.Schema(functions), tokenizer)
+            return request.Forced is { } functions ? JsonConstraint.ForSchema(ToolCalls.Schema(functions, engine.ChatTemplate.ToolCallArguments), tokenizer)
                 : request.Format!.Schema is { } schema ? JsonConstraint.ForSchema(schema, tokenizer) : JsonConstraint.Object(tokenizer);
         }
         catch (UnsupportedSchemaException e)
@@ -260,9 +265,18 @@ public sealed class TernServer : IAsyncDisposable
         if (response.Chat) await Event(http, response.Chunk(new JsonObject { ["role"] = "assistant", ["content"] = "" }, null), aborted);
         try
         {
-            // Tokens that complete no text yet (part of a character) pass their logprobs on to the next chunk that has text.
-            // A reply read for tool calls is held back and sent whole at the end, as text or as calls.
+            // Tokens that complete no text yet (part of a character), or text a tool-call reader holds back, pass their logprobs
+            // on to the next chunk. A reply read for tool calls streams its text and each call's name, then its arguments.
             var pending = new List<GeneratedToken>();
+            var calls = response.Request.ReadsToolCalls ? new ToolCallStream(response.Request.Functions) : null;
+            async Task Deltas(IReadOnlyList<ToolCallDelta> deltas)
+            {
+                foreach (var delta in deltas)
+                {
+                    await Event(http, response.Chunk(Response.DeltaJson(delta), null, pending), aborted);
+                    pending.Clear();
+                }
+            }
             bool echoed = !response.Request.Echo;
             await foreach (var token in served.Tokens.ReadAllAsync(aborted))
             {
@@ -270,20 +284,19 @@ public sealed class TernServer : IAsyncDisposable
                 echoed = true;
                 if (response.Request.ScoreOnly) continue;
                 pending.Add(token);
-                if (token.Text.Length == 0 || response.Request.ReadsToolCalls) continue;
+                if (token.Text.Length == 0) continue;
+                if (calls is not null)
+                {
+                    await Deltas(calls.Push(token.Text));
+                    continue;
+                }
                 await Event(http, response.Chunk(response.Chat ? new JsonObject { ["content"] = token.Text } : token.Text, null, pending), aborted);
                 pending.Clear();
             }
             if (!echoed) await Event(http, response.EchoChunk(), aborted);
             var output = await served.Completion;
-            var (content, calls) = response.Reply(output);
-            if (response.Request.ReadsToolCalls)
-            {
-                var delta = calls.Count > 0 ? new JsonObject { ["tool_calls"] = Response.ToolCallsJson(calls, withIndex: true) } : new JsonObject { ["content"] = content };
-                await Event(http, response.Chunk(delta, null, pending), aborted);
-                pending.Clear();
-            }
-            await Event(http, response.Chunk(response.Chat ? new JsonObject() : "", output.FinishReason, pending, calledTools: calls.Count > 0), aborted);
+            if (calls is not null) await Deltas(calls.Finish());
+            await Event(http, response.Chunk(response.Chat ? new JsonObject() : "", output.FinishReason, pending, calledTools: calls?.Calls > 0), aborted);
             if (includeUsage) await Event(http, response.UsageChunk(output), aborted);
         }
         catch (Exception e) when (e is not OperationCanceledException || !aborted.IsCancellationRequested)
@@ -360,7 +373,7 @@ public sealed class TernServer : IAsyncDisposable
             if (Chat)
             {
                 var message = new JsonObject { ["role"] = "assistant", ["content"] = content };
-                if (calls.Count > 0) message["tool_calls"] = ToolCallsJson(calls, withIndex: false);
+                if (calls.Count > 0) message["tool_calls"] = ToolCallsJson(calls);
                 choice["message"] = message;
             }
             else choice["text"] = PromptText + text;
@@ -376,16 +389,29 @@ public sealed class TernServer : IAsyncDisposable
         public (string? Content, IReadOnlyList<Tern.Tokenization.ChatToolCall> Calls) Reply(SequenceOutput output) => Request.ReadsToolCalls
             ? ToolCalls.Parse(output.Text ?? "", Request.Functions) : (output.Text, Array.Empty<Tern.Tokenization.ChatToolCall>());
 
-        /// <summary>OpenAI's <c>tool_calls</c> (in a stream's delta each call has its index).</summary>
-        public static JsonArray ToolCallsJson(IReadOnlyList<Tern.Tokenization.ChatToolCall> calls, bool withIndex) => new(calls.Select((c, i) =>
+        /// <summary>OpenAI's <c>tool_calls</c> of a whole reply.</summary>
+        public static JsonArray ToolCallsJson(IReadOnlyList<Tern.Tokenization.ChatToolCall> calls) => new(calls.Select(c => (JsonNode)new JsonObject
         {
-            var call = new JsonObject();
-            if (withIndex) call["index"] = i;
-            call["id"] = "call_" + Guid.NewGuid().ToString("N")[..24];
-            call["type"] = "function";
-            call["function"] = new JsonObject { ["name"] = c.Name, ["arguments"] = c.Arguments };
-            return (JsonNode)call;
+            ["id"] = CallId(), ["type"] = "function", ["function"] = new JsonObject { ["name"] = c.Name, ["arguments"] = c.Arguments },
         }).ToArray());
+
+        static string CallId() => "call_" + Guid.NewGuid().ToString("N")[..24];
+
+        /// <summary>A streamed chat delta of a reply read for tool calls: text, a call's start (index, id, type and name, as
+        /// OpenAI sends it first), or a piece of its arguments.</summary>
+        public static JsonObject DeltaJson(ToolCallDelta delta)
+        {
+            if (delta.Content is { } content) return new JsonObject { ["content"] = content };
+            var call = new JsonObject { ["index"] = delta.Index };
+            if (delta.Name is { } name)
+            {
+                call["id"] = CallId();
+                call["type"] = "function";
+                call["function"] = new JsonObject { ["name"] = name, ["arguments"] = "" };
+            }
+            else call["function"] = new JsonObject { ["arguments"] = delta.Arguments };
+            return new JsonObject { ["tool_calls"] = new JsonArray(call) };
+        }
 
         /// <summary>An echo's prompt tokens with their scores (none without echo).</summary>
         IEnumerable<(int, TokenLogprob?)> EchoedScores() => !Request.Echo ? Enumerable.Empty<(int, TokenLogprob?)>()

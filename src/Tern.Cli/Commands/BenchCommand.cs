@@ -97,7 +97,7 @@ internal static class BenchCommand
     {
         int steps = r.GetValue(newTokens);
         if (steps < 2) throw new UsageException("--new-tokens must be at least 2 (one prefill token plus decode steps).");
-        var (model, _, folder) = common.Load(r, needTokenizer: false);
+        var (model, _, folder) = common.Load(r, needTokenizer: false, progress: true);
         using (model)
         {
             var device = model.Device;

@@ -41,12 +41,16 @@ internal sealed class CommonOptions
             "no --model given and no default model is shipped yet: pass a Hugging Face model folder, e.g. --model tests/fixtures/models/llama-gqa");
     }
 
-    public (CausalLanguageModel Model, TernTokenizer? Tokenizer, string Folder) Load(ParseResult result, bool needTokenizer)
+    /// <summary>The model (and tokenizer) the options name; with <paramref name="progress"/>, a progress line on stderr while the
+    /// weights load (ended by a newline).</summary>
+    public (CausalLanguageModel Model, TernTokenizer? Tokenizer, string Folder) Load(ParseResult result, bool needTokenizer, bool progress = false)
     {
         var (folder, options) = LoadOptions(result);
+        if (progress) options = options with { Progress = new ConsoleProgress($"loading {folder}") };
         TernTokenizer? tokenizer = null;
         if (needTokenizer) tokenizer = TernTokenizer.Load(folder);
         var model = CausalLanguageModel.Load(folder, options);
+        if (progress) Console.Error.WriteLine();
         return (model, tokenizer, folder);
     }
 

@@ -19,6 +19,8 @@ public sealed record ModelLoadOptions
     /// <summary>When true the weights are autograd <see cref="Parameter"/>s listed in <see cref="CausalLanguageModel.Parameters"/>,
     /// ready for training (requires_grad is left off; the trainer turns it on for the tensors it trains).</summary>
     public bool Trainable { get; init; }
+    /// <summary>Receives the fraction of the weights loaded (by elements), from 0 to 1, on the loading thread.</summary>
+    public IProgress<double>? Progress { get; init; }
 }
 
 /// <summary>
@@ -80,11 +82,24 @@ public abstract class CausalLanguageModel : IStepModel, IDisposable
         var config = HfConfig.Load(modelDirectory);
         Device device = ComputeOptions.ResolveDevice(options.Device);
         IWeightSource source = options.DummyWeights is { } dummy ? DummyWeightSource.Create(dummy) : CheckpointReader.Open(modelDirectory);
+        var progress = options.Progress is { } report ? new LoadProgress(report, ElementsToLoad(config, source, options.DummyWeights)) : null;
         CausalLanguageModel model;
-        using (source) model = Create(config, source, device, options.DType, options.Trainable);
+        using (source) model = Create(config, source, device, options.DType, options.Trainable, device, progress);
+        options.Progress?.Report(1.0);
         // Compile the fused kernels now (NVRTC, about a second) rather than inside the first timed forward pass.
         if (device.type == DeviceType.CUDA) _ = Interop.FusedKernels.Available;
         return model;
+    }
+
+    /// <summary>The elements a load reads: a checkpoint's tensors, or for generated weights (<paramref name="dummy"/>) those of
+    /// the model built from them on the meta device (shapes without a byte of weights).</summary>
+    static long ElementsToLoad(HfConfig config, IWeightSource source, DummyWeightOptions? dummy)
+    {
+        if (source is CheckpointReader checkpoint)
+            return checkpoint.Names.Sum(name => checkpoint.Info(name).Shape.Aggregate(1L, (n, d) => n * d));
+        using var meta = DummyWeightSource.Create(dummy);
+        using var model = Create(config, meta, new Device(DeviceType.META), ModelDType.Float32);
+        return model.Info.ParameterCount;
     }
 
     /// <summary>A model with fresh random weights as transformers initialises them: normal(0, initializer_range) matrices
@@ -104,7 +119,8 @@ public abstract class CausalLanguageModel : IStepModel, IDisposable
     /// <summary>As <see cref="Create(HfConfig, IWeightSource, Device, ModelDType, bool)"/> with the weights loaded on
     /// <paramref name="weightDevice"/> instead of the compute device: the starting point of an offloaded model, whose
     /// <c>Tern.Offloading</c> engine then places every weight by its policy and runs the model stage by stage.</summary>
-    internal static CausalLanguageModel Create(HfConfig config, IWeightSource weights, Device device, ModelDType dtype, bool trainable, Device weightDevice)
+    internal static CausalLanguageModel Create(HfConfig config, IWeightSource weights, Device device, ModelDType dtype, bool trainable, Device weightDevice,
+        LoadProgress? progress = null)
     {
         string type = config.ModelType;
         if (!Architectures.TryGetValue(type, out var factory))
@@ -113,7 +129,7 @@ public abstract class CausalLanguageModel : IStepModel, IDisposable
         if (config.Has(LowRankLayout.ConfigKey) && !MlpLinearsByType.ContainsKey(type))
             throw new CheckpointException($"{config.Path}: a '{LowRankLayout.ConfigKey}' (InRank) section on a {type} model; factored MLPs are supported for {string.Join(", ", MlpLinearsByType.Keys)}.");
         using var noGrad = torch.no_grad();
-        var loader = new WeightLoader(weights, dtype.ToScalarType(), device, weightDevice, trainable, "model.", "transformer.");
+        var loader = new WeightLoader(weights, dtype.ToScalarType(), device, weightDevice, trainable, "model.", "transformer.") { Progress = progress };
         var model = factory(config, loader);
         model.parameters = trainable ? loader.Parameters.ToArray() : null;
         model.Config = config;

@@ -42,6 +42,15 @@ internal sealed class WeightLoader
     public IWeightSource Source => source;
     public bool Trainable { get; }
 
+    /// <summary>Where the fraction of the weights loaded goes (null: nowhere).</summary>
+    public LoadProgress? Progress { get; init; }
+
+    void Count(Tensor tensor)
+    {
+        ParameterCount += tensor.NumberOfElements;
+        Progress?.Report(ParameterCount);
+    }
+
     /// <summary>Every tensor handed out so far, in load order (fused tensors once, under their parts' names).</summary>
     public List<ModelParameter> Parameters { get; } = new();
 
@@ -68,7 +77,7 @@ internal sealed class WeightLoader
         string resolved = Resolve(name) ?? throw new CheckpointException(
             $"{source.Description}: tensor '{name}' is missing; the config's architecture needs it with shape [{string.Join(", ", shape)}].");
         var tensor = source.Load(resolved, shape, DType, WeightDevice).DetachFromDisposeScope(); // weights live as long as the model
-        ParameterCount += tensor.NumberOfElements;
+        Count(tensor);
         return Track(tensor, name);
     }
 
@@ -81,7 +90,7 @@ internal sealed class WeightLoader
             $"{source.Description}: tensor '{name}' is missing; the config's architecture needs it with shape [{rows}, {columns}].");
         using var stored = source.Load(resolved, new[] { rows, columns }, DType, WeightDevice);
         var tensor = stored.t().contiguous().DetachFromDisposeScope();
-        ParameterCount += tensor.NumberOfElements;
+        Count(tensor);
         return Track(tensor, name, transposed: true);
     }
 
@@ -180,5 +189,15 @@ public sealed record ModelParameter(string Name, Parameter Tensor, IReadOnlyList
             yield return (part.Name, Tensor.detach().narrow(0, offset, part.Rows));
             offset += part.Rows;
         }
+    }
+}
+
+/// <summary>A model load's progress: the fraction of <paramref name="Total"/> elements loaded (capped at 1: a model may load
+/// fewer or more elements than counted, e.g. with tied embeddings).</summary>
+internal sealed record LoadProgress(IProgress<double> Fraction, long Total)
+{
+    public void Report(long loaded)
+    {
+        if (Total > 0) Fraction.Report(Math.Min(1.0, (double)loaded / Total));
     }
 }

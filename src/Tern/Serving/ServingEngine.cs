@@ -110,13 +110,13 @@ public sealed class ServingEngine : IDisposable
     public IReadOnlyList<int> EncodeChat(IEnumerable<ChatMessage> messages, IReadOnlyList<System.Text.Json.JsonElement>? tools = null)
     {
         var tok = Tokenizer ?? throw new InvalidOperationException("chat prompts need a tokenizer: start the engine with one.");
-        lock (tokenizerLock)
-        {
-            chatFormatter ??= tok.CreateChatFormatter();
-            return tok.Encode(chatFormatter.Format(messages, addGenerationPrompt: true, tools), addSpecialTokens: false);
-        }
+        lock (tokenizerLock) return tok.Encode(ChatFormatter.Format(messages, addGenerationPrompt: true, tools), addSpecialTokens: false);
     }
 
+    /// <summary>The tokenizer's chat template, as <see cref="EncodeChat"/> renders it (what a forced tool call writes depends on it).</summary>
+    public ChatTemplate ChatTemplate => ChatFormatter.Template;
+
+    ChatFormatter ChatFormatter => chatFormatter ??= (Tokenizer ?? throw new InvalidOperationException("chat prompts need a tokenizer: start the engine with one.")).CreateChatFormatter();
     ChatFormatter? chatFormatter;
 
     /// <summary>Queues a text prompt (tokenized with the tokenizer's special tokens).</summary>

@@ -1,4 +1,5 @@
 using System.Runtime.CompilerServices;
+using System.Text;
 using Microsoft.Extensions.AI;
 using Tern.Generation;
 using Tern.Models;
@@ -18,6 +19,12 @@ namespace Tern.Serving;
 /// (any object, or a schema) is honoured by constrained decoding; <see cref="ChatOptions.Tools"/> (function declarations) go
 /// through a template that renders tools, and calls in the reply come back as <see cref="FunctionCallContent"/> (a required
 /// <see cref="ChatOptions.ToolMode"/> forces one through the JSON constraint).
+/// <para>As Microsoft.Extensions.AI's OpenAI adapter takes its provider's options from <see cref="ChatOptions.RawRepresentationFactory"/>
+/// and returns the provider's reply as <c>RawRepresentation</c>, this client takes <see cref="GenerationOptions"/> from the
+/// factory (e.g. <see cref="GenerationOptions.Logprobs"/>, a KV-cache policy) and returns the engine's output: a response's
+/// <see cref="ChatResponse.RawRepresentation"/> is the <see cref="SequenceOutput"/> (with <see cref="SequenceOutput.Logprobs"/>),
+/// a streamed text update's is the <see cref="GeneratedToken"/>s it holds (each with its <see cref="GeneratedToken.Logprob"/>),
+/// and the last update's is the <see cref="SequenceOutput"/>.</para>
 /// </summary>
 public sealed class TernChatClient : IChatClient
 {
@@ -61,7 +68,8 @@ public sealed class TernChatClient : IChatClient
     public string ModelId { get; }
 
     /// <summary>Generation settings that <see cref="ChatOptions"/> do not cover (the KV-cache policy, repetition penalty, ...)
-    /// and the defaults for those they do (max tokens, temperature, top-p, top-k, seed, stop sequences).</summary>
+    /// and the defaults for those they do (max tokens, temperature, top-p, top-k, seed, stop sequences). A call whose
+    /// <see cref="ChatOptions.RawRepresentationFactory"/> returns <see cref="GenerationOptions"/> uses those instead.</summary>
     public GenerationOptions Defaults { get; init; } = new() { MaxNewTokens = 256 };
 
     /// <inheritdoc />
@@ -70,8 +78,9 @@ public sealed class TernChatClient : IChatClient
         var (request, functions) = Submit(messages, options, cancellationToken);
         var output = await request.Completion.WaitAsync(cancellationToken).ConfigureAwait(false);
         var (contents, called) = Reply(output, functions);
-        return new ChatResponse(new AIChatMessage(ChatRole.Assistant, contents))
+        return new ChatResponse(new AIChatMessage(ChatRole.Assistant, contents) { RawRepresentation = output })
         {
+            RawRepresentation = output,
             ModelId = ModelId,
             ResponseId = NewId(),
             CreatedAt = DateTimeOffset.UtcNow,
@@ -91,17 +100,33 @@ public sealed class TernChatClient : IChatClient
             var (request, functions) = Submit(messages, options, stop.Token);
             string id = NewId();
             var created = DateTimeOffset.UtcNow;
-            // A reply read for tool calls comes whole at the end, as text or as calls.
+            // A reply read for tool calls streams its text; its calls come whole in the last update, as M.E.AI's OpenAI adapter
+            // gathers streamed calls. Tokens that complete no text yet (part of a character, or text the tool-call reader
+            // holds back) go with the next update that has text.
+            var reader = functions is null ? null : new ToolCallStream(functions);
+            var calls = new List<(string Name, StringBuilder Arguments)>();
+            var pending = new List<GeneratedToken>();
             await foreach (var token in request.Tokens.ReadAllAsync(cancellationToken).ConfigureAwait(false))
-                if (token.Text.Length > 0 && functions is null)
-                    yield return new ChatResponseUpdate(ChatRole.Assistant, token.Text) { ModelId = ModelId, ResponseId = id, MessageId = id, CreatedAt = created };
+            {
+                pending.Add(token);
+                if (token.Text.Length == 0) continue;
+                string text = reader is null ? string.Concat(pending.Select(t => t.Text)) : Gather(reader.Push(token.Text), calls);
+                if (text.Length == 0) continue;
+                yield return new ChatResponseUpdate(ChatRole.Assistant, text)
+                    { ModelId = ModelId, ResponseId = id, MessageId = id, CreatedAt = created, RawRepresentation = pending.ToArray() };
+                pending.Clear();
+            }
             var output = await request.Completion.ConfigureAwait(false);
-            var (contents, called) = functions is null ? (new List<AIContent>(), false) : Reply(output, functions);
+            var contents = new List<AIContent>();
+            if (reader is not null && Gather(reader.Finish(), calls) is { Length: > 0 } rest) contents.Add(new TextContent(rest));
+            foreach (var (name, arguments) in calls)
+                contents.Add(FunctionCallContent.CreateFromParsedArguments(arguments.ToString(), CallId(), name,
+                    json => JsonSerializer.Deserialize<Dictionary<string, object?>>(json)!)); // a call cut short carries its parse error
             contents.Add(new UsageContent(Usage(output)));
             yield return new ChatResponseUpdate(ChatRole.Assistant, contents)
             {
-                ModelId = ModelId, ResponseId = id, MessageId = id, CreatedAt = created,
-                FinishReason = called ? ChatFinishReason.ToolCalls : Finish(output.FinishReason),
+                ModelId = ModelId, ResponseId = id, MessageId = id, CreatedAt = created, RawRepresentation = output,
+                FinishReason = calls.Count > 0 ? ChatFinishReason.ToolCalls : Finish(output.FinishReason),
             };
         }
         finally
@@ -126,7 +151,8 @@ public sealed class TernChatClient : IChatClient
         if (functions.Length > 0 && options!.ToolMode is RequiredChatToolMode required)
             generation = generation with
             {
-                Constraint = JsonConstraint.ForSchema(ToolCalls.Schema(required.RequiredFunctionName is { } name ? functions.Where(f => f.Name == name) : functions), Engine.Tokenizer!),
+                Constraint = JsonConstraint.ForSchema(ToolCalls.Schema(required.RequiredFunctionName is { } name ? functions.Where(f => f.Name == name) : functions,
+                    Engine.ChatTemplate.ToolCallArguments), Engine.Tokenizer!),
             };
         bool reads = functions.Length > 0 && options!.ToolMode is not NoneChatToolMode;
         return (Engine.Submit(prompt, generation, cancellation), reads ? functions : null);
@@ -141,6 +167,21 @@ public sealed class TernChatClient : IChatClient
         return new Tokenization.ChatMessage(m.Role.Value, m.Text) { ToolCalls = calls.Length > 0 ? calls : null };
     }
 
+    /// <summary>The text of <paramref name="deltas"/>; the calls' names and argument pieces go to <paramref name="calls"/>.</summary>
+    static string Gather(IReadOnlyList<ToolCallDelta> deltas, List<(string Name, StringBuilder Arguments)> calls)
+    {
+        var text = new StringBuilder();
+        foreach (var delta in deltas)
+        {
+            if (delta.Content is { } content) text.Append(content);
+            else if (delta.Name is { } name) calls.Add((name, new StringBuilder()));
+            else calls[delta.Index].Arguments.Append(delta.Arguments);
+        }
+        return text.ToString();
+    }
+
+    static string CallId() => "call_" + Guid.NewGuid().ToString("N")[..24];
+
     /// <summary>The reply's contents: its text, and the calls read from it when <paramref name="functions"/> are given (true
     /// when there are some).</summary>
     static (List<AIContent>, bool) Reply(SequenceOutput output, IReadOnlyList<ToolFunction>? functions)
@@ -149,21 +190,27 @@ public sealed class TernChatClient : IChatClient
         var contents = new List<AIContent>();
         if (text is not null) contents.Add(new TextContent(text));
         foreach (var call in calls)
-            contents.Add(new FunctionCallContent("call_" + Guid.NewGuid().ToString("N")[..24], call.Name, JsonSerializer.Deserialize<Dictionary<string, object?>>(call.Arguments)));
+            contents.Add(new FunctionCallContent(CallId(), call.Name, JsonSerializer.Deserialize<Dictionary<string, object?>>(call.Arguments)));
         return (contents, calls.Count > 0);
     }
 
-    /// <summary>The generation options of a call: <see cref="Defaults"/> with what <paramref name="options"/> sets.</summary>
-    GenerationOptions Options(ChatOptions? options) => options is null ? Defaults : Defaults with
+    /// <summary>The generation options of a call: those <see cref="ChatOptions.RawRepresentationFactory"/> returns (when it
+    /// returns <see cref="GenerationOptions"/>), else <see cref="Defaults"/>, with what <paramref name="options"/> sets.</summary>
+    GenerationOptions Options(ChatOptions? options)
     {
-        MaxNewTokens = options.MaxOutputTokens ?? Defaults.MaxNewTokens,
-        Temperature = options.Temperature ?? Defaults.Temperature,
-        TopP = options.TopP ?? Defaults.TopP,
-        TopK = options.TopK ?? Defaults.TopK,
-        Seed = options.Seed ?? Defaults.Seed,
-        StopStrings = options.StopSequences is { Count: > 0 } stops ? stops.ToArray() : Defaults.StopStrings,
-        Constraint = Constraint(options.ResponseFormat) ?? Defaults.Constraint,
-    };
+        if (options is null) return Defaults;
+        var raw = options.RawRepresentationFactory?.Invoke(this) as GenerationOptions ?? Defaults;
+        return raw with
+        {
+            MaxNewTokens = options.MaxOutputTokens ?? raw.MaxNewTokens,
+            Temperature = options.Temperature ?? raw.Temperature,
+            TopP = options.TopP ?? raw.TopP,
+            TopK = options.TopK ?? raw.TopK,
+            Seed = options.Seed ?? raw.Seed,
+            StopStrings = options.StopSequences is { Count: > 0 } stops ? stops.ToArray() : raw.StopStrings,
+            Constraint = Constraint(options.ResponseFormat) ?? raw.Constraint,
+        };
+    }
 
     /// <summary><see cref="ChatResponseFormat.Json"/> and <see cref="ChatResponseFormat.ForJsonSchema(System.Text.Json.JsonElement, string?, string?)"/>
     /// through constrained decoding (<see cref="JsonConstraint"/>); text (or none): null. A schema outside the supported

@@ -52,7 +52,9 @@ internal static class JsonGrammar
     }
 
     /// <summary>True when the document may end here.</summary>
-    public static bool CanEnd(Stack s) => s.Top is DoneFrame || s.Parent is null && s.Top is NumberFrame { Complete: true } or LiteralFrame { Complete: true };
+    public static bool CanEnd(Stack s) => s.Top is DoneFrame
+        || s.Parent is null && s.Top is NumberFrame { Complete: true } or IntegerFrame { Complete: true } or BoundedNumberFrame { Complete: true }
+            or LiteralFrame { Complete: true };
 
     /// <summary>Fewest bytes that complete the document of <paramref name="s"/>.</summary>
     public static int Distance(Stack s)
@@ -81,6 +83,14 @@ internal static class JsonGrammar
                 if (n.Next(b) is { } more) output.Add(ReferenceEquals(more, n) ? s : s.With(more));
                 if (n.Complete) Feed(s.Parent, b, output);
                 break;
+            case IntegerFrame i:
+                if (i.Next(b) is { } digit) output.Add(s.With(digit));
+                if (i.Complete) Feed(s.Parent, b, output);
+                break;
+            case BoundedNumberFrame bn:
+                if (bn.Next(b) is { } further) output.Add(s.With(further));
+                if (bn.Complete) Feed(s.Parent, b, output);
+                break;
             case LiteralFrame l:
                 if (l.Next(b) is { } longer) output.Add(s.With(longer));
                 if (l.Complete) Feed(s.Parent, b, output);
@@ -106,7 +116,13 @@ internal static class JsonGrammar
                 break;
             case ObjectNode o when b == '{': output.Add(new Stack(new ObjectFrame(o, 0, ObjectPhase.Open, 0, "", -1), parent)); break;
             case ArrayNode a when b == '[': output.Add(new Stack(new ArrayFrame(a, 0, ArrayPhase.Open, 0), parent)); break;
-            case StringNode when b == '"': output.Add(new Stack(StringFrame.Open, parent)); break;
+            case StringNode str when b == '"': output.Add(new Stack(StringFrame.Start(str), parent)); break;
+            case BoundedNumberNode bounded:
+                if (BoundedNumberFrame.Begin(bounded, b) is { } start) output.Add(new Stack(start, parent));
+                break;
+            case NumberNode { Bounded: true } n:
+                if (IntegerFrame.Begin(n, b) is { } integer) output.Add(new Stack(integer, parent));
+                break;
             case NumberNode n:
                 if (NumberFrame.Begin(n.Integer, b) is { } number) output.Add(new Stack(number, parent));
                 break;
@@ -312,18 +328,24 @@ internal sealed record ArrayFrame(ArrayNode Node, int Count, ArrayPhase Phase, i
     }
 }
 
-/// <summary>Inside a string: after a backslash (<see cref="Escape"/> 1), in a \u escape (2–5: 4–1 hex digits left), with
-/// UTF-8 continuation bytes owed; <see cref="Closed"/> once the closing quote came.</summary>
-internal sealed record StringFrame(int Escape, int Utf8Pending, bool Closed) : Frame
+/// <summary>Inside a string of <see cref="Node"/>: after a backslash (<see cref="Escape"/> 1), in a \u escape (2–5: 4–1 hex
+/// digits left), with UTF-8 continuation bytes owed; <see cref="Count"/> characters started (up to the node's
+/// <see cref="StringNode.CountCap"/>); <see cref="Closed"/> once the closing quote came.</summary>
+internal sealed record StringFrame(StringNode Node, int Escape, int Utf8Pending, int Count, bool Closed) : Frame
 {
-    public static readonly StringFrame Open = new(0, 0, false);
+    /// <summary>After the opening quote.</summary>
+    public static StringFrame Start(StringNode node) => new(node, 0, 0, 0, false);
 
     public override int Remaining => Escape switch
     {
-        0 => Utf8Pending + 1,
-        1 => 2,
-        _ => 6 - Escape + 1,
-    };
+        0 => Utf8Pending,
+        1 => 1,
+        _ => 6 - Escape,
+    } + Math.Max(0, Node.Min - Count) + 1; // what the character started needs, a byte per character missing, the quote
+
+    /// <summary>This frame with one more character started, or null when the string is at its maximum length.</summary>
+    StringFrame? Character(int escape, int utf8Pending) =>
+        Count >= Node.Max ? null : this with { Escape = escape, Utf8Pending = utf8Pending, Count = Math.Min(Count + 1, Node.CountCap) };
 
     /// <summary>The frame after <paramref name="b"/>, or null when the byte cannot come here. Lone surrogates (\uD800–\uDFFF)
     /// and control characters are refused: the text must be valid Unicode.</summary>
@@ -332,7 +354,7 @@ internal sealed record StringFrame(int Escape, int Utf8Pending, bool Closed) : F
         if (Escape == 1)
             return b switch
             {
-                (byte)'"' or (byte)'\\' or (byte)'/' or (byte)'b' or (byte)'f' or (byte)'n' or (byte)'r' or (byte)'t' => Open,
+                (byte)'"' or (byte)'\\' or (byte)'/' or (byte)'b' or (byte)'f' or (byte)'n' or (byte)'r' or (byte)'t' => this with { Escape = 0 },
                 (byte)'u' => this with { Escape = 2 },
                 _ => null,
             };
@@ -340,7 +362,7 @@ internal sealed record StringFrame(int Escape, int Utf8Pending, bool Closed) : F
         {
             bool hex = b is >= (byte)'0' and <= (byte)'9' or >= (byte)'a' and <= (byte)'f' or >= (byte)'A' and <= (byte)'F';
             if (!hex || Escape == 2 && b is (byte)'d' or (byte)'D') return null;
-            return Escape == 5 ? Open : this with { Escape = Escape + 1 };
+            return this with { Escape = Escape == 5 ? 0 : Escape + 1 };
         }
         if (b >= 0x80)
         {
@@ -348,18 +370,18 @@ internal sealed record StringFrame(int Escape, int Utf8Pending, bool Closed) : F
             if (Utf8Pending > 0) return null;
             return b switch
             {
-                >= 0xC2 and <= 0xDF => this with { Utf8Pending = 1 },
-                >= 0xE0 and <= 0xEF => this with { Utf8Pending = 2 },
-                >= 0xF0 and <= 0xF4 => this with { Utf8Pending = 3 },
+                >= 0xC2 and <= 0xDF => Character(0, 1),
+                >= 0xE0 and <= 0xEF => Character(0, 2),
+                >= 0xF0 and <= 0xF4 => Character(0, 3),
                 _ => null,
             };
         }
         if (Utf8Pending > 0 || b < 0x20) return null;
         return b switch
         {
-            (byte)'"' => this with { Closed = true },
-            (byte)'\\' => this with { Escape = 1 },
-            _ => this,
+            (byte)'"' => Count >= Node.Min ? this with { Closed = true } : null,
+            (byte)'\\' => Character(1, 0),
+            _ => Count < Node.CountCap ? Character(0, 0) : Count < Node.Max ? this : null, // past the cap a character changes nothing
         };
     }
 }
@@ -391,6 +413,146 @@ internal sealed record NumberFrame(bool Integer, NumberPhase Phase) : Frame
             _ => null,
         };
         return next is not { } p ? null : p == Phase ? this : this with { Phase = p };
+    }
+}
+
+/// <summary>Inside an integer with bounds (<see cref="NumberNode.Lo"/>, <see cref="NumberNode.Hi"/>): its sign and the
+/// magnitude of its digits so far (<see cref="Started"/> once there is one). A digit is allowed only when some integer in the
+/// bounds still starts with the digits; a magnitude past 10^18 (past every bound) is kept as 10^18 + 1, as all such
+/// magnitudes are alike.</summary>
+internal sealed record IntegerFrame(NumberNode Node, bool Negative, long Magnitude, bool Started) : Frame
+{
+    const long Beyond = NumberNode.BoundLimit + 1;
+
+    public static IntegerFrame? Begin(NumberNode node, byte b)
+    {
+        if (b != '-') return new IntegerFrame(node, false, 0, false).Next(b);
+        var minus = new IntegerFrame(node, true, 0, false);
+        return minus.Reachable ? minus : null;
+    }
+
+    public bool Complete => Started && ExtraDigits() == 0;
+
+    public override int Remaining => ExtraDigits();
+
+    public IntegerFrame? Next(byte b)
+    {
+        if (b is < (byte)'0' or > (byte)'9' || Started && Magnitude == 0) return null; // no digit after a leading zero
+        long magnitude = (long)Int128.Min((Int128)Magnitude * 10 + (b - '0'), Beyond);
+        var next = this with { Magnitude = magnitude, Started = true };
+        return next.Reachable ? next : null;
+    }
+
+    bool Reachable => ExtraDigits() < int.MaxValue;
+
+    /// <summary>Fewest digits still to write for an integer in the bounds (0: this one is; int.MaxValue: none can be).</summary>
+    int ExtraDigits()
+    {
+        var (min, max) = Node.Magnitudes(Negative);
+        if (max is { } m && m < min) return int.MaxValue;
+        if (!Started) return min.ToString(System.Globalization.CultureInfo.InvariantCulture).Length;
+        if (Magnitude == 0) return min == 0 ? 0 : int.MaxValue; // "0" or "-0" takes no more digits
+        // With k more digits the magnitude is in [m·10^k, m·10^k + 10^k - 1].
+        Int128 low = Magnitude, span = 1;
+        for (int k = 0; ; k++, low *= 10, span *= 10)
+        {
+            if (max is { } top && low > top) return int.MaxValue;
+            if (low + span - 1 >= min) return k;
+        }
+    }
+}
+
+/// <summary>Inside a number with bounds (<see cref="BoundedNumberNode"/>): its sign, the value of its digits so far, the
+/// integer digits written (0: none yet) and the decimals (-1: no dot yet; 0: a dot and no decimal yet). A byte is allowed only
+/// when some number in the bounds still starts with the text.</summary>
+internal sealed record BoundedNumberFrame(BoundedNumberNode Node, bool Negative, decimal Magnitude, int IntDigits, int Fraction) : Frame
+{
+    static readonly decimal[] Powers = Enumerable.Range(0, 2 * BoundedNumberNode.MaxIntDigits + 1).Select(e => Pow(e)).ToArray();
+    static readonly decimal[] Steps = Enumerable.Range(0, BoundedNumberNode.MaxFraction + 1).Select(e => 1m / Pow(e)).ToArray();
+
+    static decimal Pow(int e)
+    {
+        decimal p = 1;
+        for (int i = 0; i < e; i++) p *= 10;
+        return p;
+    }
+
+    /// <summary>Before the first digit, after the sign if <paramref name="negative"/>.</summary>
+    public static BoundedNumberFrame Start(BoundedNumberNode node, bool negative) => new(node, negative, 0, 0, -1);
+
+    public static BoundedNumberFrame? Begin(BoundedNumberNode node, byte b)
+    {
+        if (b != '-') return Start(node, false).Next(b);
+        var minus = Start(node, true);
+        return minus.Extra() < int.MaxValue ? minus : null;
+    }
+
+    public bool Complete => IntDigits > 0 && Fraction != 0 && Extra() == 0;
+
+    public override int Remaining => Extra();
+
+    public BoundedNumberFrame? Next(byte b)
+    {
+        BoundedNumberFrame next;
+        if (b == '.')
+        {
+            if (IntDigits == 0 || Fraction >= 0) return null;
+            next = this with { Fraction = 0 };
+        }
+        else if (b is >= (byte)'0' and <= (byte)'9')
+        {
+            int d = b - '0';
+            if (Fraction >= 0)
+            {
+                if (Fraction == BoundedNumberNode.MaxFraction) return null;
+                next = this with { Magnitude = Magnitude + d * Steps[Fraction + 1], Fraction = Fraction + 1 };
+            }
+            else
+            {
+                if (IntDigits > 0 && Magnitude == 0 || IntDigits == BoundedNumberNode.MaxIntDigits) return null; // no digit after a leading zero
+                next = this with { Magnitude = Magnitude * 10 + d, IntDigits = IntDigits + 1 };
+            }
+        }
+        else return null;
+        return next.Extra() < int.MaxValue ? next : null;
+    }
+
+    /// <summary>Fewest bytes still to write for a number in the bounds (0: this one is; int.MaxValue: none can be).</summary>
+    int Extra()
+    {
+        var (min, max) = Node.Magnitudes(Negative);
+        if (Fraction >= 0)
+        {
+            // Decimals written: more of them refine the value within [m, m + 10^-f) (after a bare dot, [m, m + 1) with one at least).
+            for (int fd = Math.Max(Fraction, 1); fd <= BoundedNumberNode.MaxFraction; fd++)
+                if (Hits(Magnitude, Magnitude + Steps[Fraction], fd, min, max)) return fd - Fraction;
+            return int.MaxValue;
+        }
+        // Integer digits: k more of them give [v·10^k, (v+1)·10^k), then perhaps a dot and fd decimals; from nothing, k digits
+        // give [10^(k-1), 10^k) ([0, 10) for one).
+        int best = int.MaxValue;
+        int first = IntDigits == 0 ? 1 : 0, last = IntDigits == 0 ? BoundedNumberNode.MaxIntDigits : Magnitude == 0 ? 0 : BoundedNumberNode.MaxIntDigits - IntDigits;
+        for (int k = first; k <= last && k < best; k++)
+        {
+            decimal from = IntDigits == 0 ? (k == 1 ? 0 : Powers[k - 1]) : Magnitude * Powers[k];
+            decimal to = IntDigits == 0 ? Powers[k] : (Magnitude + 1) * Powers[k];
+            if (max is { } top && from > top.Value) break;
+            if (Hits(from, to, 0, min, max)) best = k;
+            for (int fd = 1; fd <= BoundedNumberNode.MaxFraction && k + 1 + fd < best; fd++)
+                if (Hits(from, to, fd, min, max)) best = k + 1 + fd;
+        }
+        return best;
+    }
+
+    /// <summary>True when a magnitude with at most <paramref name="decimals"/> decimals in [<paramref name="from"/>,
+    /// <paramref name="to"/>) is within the bounds (<paramref name="from"/> has no more decimals than that).</summary>
+    static bool Hits(decimal from, decimal to, int decimals, Bound min, Bound? max)
+    {
+        decimal step = Steps[decimals];
+        decimal x = decimal.Ceiling(min.Value / step) * step;
+        if (min.Exclusive && x == min.Value) x += step;
+        x = Math.Max(from, x);
+        return x < to && (max is not { } top || x < top.Value || !top.Exclusive && x == top.Value);
     }
 }
 

@@ -101,23 +101,89 @@ internal sealed class ArrayNode : SchemaNode
     public int Max { get; }
 }
 
-/// <summary>Any string.</summary>
+/// <summary>A string of <see cref="Min"/> to <see cref="Max"/> characters (Unicode code points, as JSON schema counts them;
+/// an escape is one).</summary>
 internal sealed class StringNode : SchemaNode
 {
-    public static readonly StringNode Instance = new();
-    StringNode() => MinLength = 2;
+    /// <summary>Any string.</summary>
+    public static readonly StringNode Instance = new(0, int.MaxValue);
+
+    public StringNode(int min, int max)
+    {
+        Min = min;
+        Max = max;
+        MinLength = 2 + min; // the quotes and a byte per character at least
+    }
+
+    public int Min { get; }
+    public int Max { get; }
+
+    /// <summary>Where a string frame stops counting characters: past it, counts behave alike (0 for any string, whose frames
+    /// then never change inside the text, so masks are shared).</summary>
+    public int CountCap => Max < int.MaxValue ? Max : Min;
 }
 
-/// <summary>A number; <see cref="Integer"/> allows no fraction or exponent.</summary>
+/// <summary>A number; <see cref="Integer"/> allows no fraction or exponent. An integer may have inclusive bounds
+/// <see cref="Lo"/>/<see cref="Hi"/> (null: none; within ±<see cref="BoundLimit"/>), written digit by digit by
+/// <see cref="IntegerFrame"/>.</summary>
 internal sealed class NumberNode : SchemaNode
 {
-    public NumberNode(bool integer)
+    /// <summary>Largest magnitude of a bound.</summary>
+    public const long BoundLimit = 1_000_000_000_000_000_000;
+
+    public NumberNode(bool integer, long? lo = null, long? hi = null)
     {
         Integer = integer;
-        MinLength = 1;
+        Lo = lo;
+        Hi = hi;
+        MinLength = Bounded ? Math.Min(Shortest(false), Shortest(true)) : 1;
     }
 
     public bool Integer { get; }
+    public long? Lo { get; }
+    public long? Hi { get; }
+    public bool Bounded => Lo is not null || Hi is not null;
+
+    /// <summary>The magnitudes a number of this sign may have, [Min, Max] (Max null: unbounded); Min > Max when none.</summary>
+    public (long Min, long? Max) Magnitudes(bool negative) => negative
+        ? (Math.Max(-(Hi ?? 0), 0), Lo is { } lo ? -lo : null)
+        : (Math.Max(Lo ?? 0, 0), Hi);
+
+    /// <summary>Bytes of the shortest number of this sign in the bounds (int.MaxValue: none).</summary>
+    int Shortest(bool negative)
+    {
+        var (min, max) = Magnitudes(negative);
+        return max is { } m && m < min ? int.MaxValue : (negative ? 1 : 0) + min.ToString(System.Globalization.CultureInfo.InvariantCulture).Length;
+    }
+}
+
+/// <summary>A bound on a magnitude: its value and whether the value itself is excluded.</summary>
+internal readonly record struct Bound(decimal Value, bool Exclusive);
+
+/// <summary>A number (fractions allowed) between bounds <see cref="Low"/>/<see cref="High"/> (null: none), each inclusive or
+/// exclusive, within ±<see cref="Limit"/>. Its values are written <c>-?int(.decimals)?</c> with at most
+/// <see cref="MaxIntDigits"/> integer digits and <see cref="MaxFraction"/> decimals, no exponent (a subset of JSON's
+/// numbers, all in the bounds), by <see cref="BoundedNumberFrame"/>.</summary>
+internal sealed class BoundedNumberNode : SchemaNode
+{
+    public const decimal Limit = 1_000_000_000_000m;
+    public const int MaxIntDigits = 13, MaxFraction = 12;
+
+    public BoundedNumberNode(Bound? low, Bound? high)
+    {
+        Low = low;
+        High = high;
+        int positive = BoundedNumberFrame.Start(this, false).Remaining, negative = BoundedNumberFrame.Start(this, true).Remaining;
+        MinLength = Math.Min(positive, negative == int.MaxValue ? int.MaxValue : 1 + negative);
+    }
+
+    public Bound? Low { get; }
+    public Bound? High { get; }
+
+    /// <summary>The magnitudes a number of this sign may have: from <c>Min</c>, up to <c>Max</c> (null: unbounded).</summary>
+    public (Bound Min, Bound? Max) Magnitudes(bool negative) => negative
+        ? (High is { } h && h.Value <= 0 ? new Bound(-h.Value, h.Exclusive) : new Bound(0, false), Low is { } l ? new Bound(-l.Value, l.Exclusive) : null)
+        : (Low is { } lo && lo.Value >= 0 ? lo : new Bound(0, false), High);
 }
 
 /// <summary>One of a fixed set of values (enum, const, boolean, null), each as its compact JSON bytes.</summary>
@@ -136,8 +202,9 @@ internal sealed class LiteralNode : SchemaNode
 
 /// <summary>
 /// Compiles a JSON schema (the subset vLLM and llama.cpp users write: type object/array/string/number/integer/boolean/null,
-/// properties, required, additionalProperties, items, minItems, maxItems, enum, const, anyOf, oneOf, $ref into $defs or
-/// definitions, type lists, annotations) into <see cref="SchemaNode"/>s; any other keyword is refused naming it.
+/// properties, required, additionalProperties, items, minItems, maxItems, minLength, maxLength, minimum, maximum,
+/// exclusiveMinimum and exclusiveMaximum, enum, const, anyOf, oneOf, $ref into $defs or definitions, type lists,
+/// annotations) into <see cref="SchemaNode"/>s; any other keyword is refused naming it, as are bounds that no value meets.
 /// </summary>
 internal static class JsonSchemaCompiler
 {
@@ -173,6 +240,10 @@ internal static class JsonSchemaCompiler
                 if (!Annotations.Contains(p.Name) && !Supported.Contains(p.Name))
                     throw new UnsupportedSchemaException($"the JSON schema keyword '{p.Name}' (at {at}) is not supported by constrained decoding; " +
                         $"supported: {string.Join(", ", Supported)}.", p.Name);
+            if (Bounds.FirstOrDefault(k => s.TryGetProperty(k, out _)) is { } bound
+                && (!s.TryGetProperty("type", out _) || NotBesideBounds.Any(k => s.TryGetProperty(k, out _))))
+                throw new UnsupportedSchemaException($"{bound} at {at} needs a \"type\" beside it (and no $ref, const, enum, anyOf or oneOf): " +
+                    "bounds apply to the values of that type.", bound);
             if (s.TryGetProperty("$ref", out var reference)) return Ref(reference, at);
             if (s.TryGetProperty("const", out var constant)) return new LiteralNode(new[] { Encode(constant) });
             if (s.TryGetProperty("enum", out var values))
@@ -196,18 +267,25 @@ internal static class JsonSchemaCompiler
             throw new UnsupportedSchemaException($"type at {at} must be a type name or an array of them.", "type");
         }
 
+        /// <summary>The keywords that bound a string's length or a number's value.</summary>
+        static readonly string[] Bounds = { "minLength", "maxLength", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum" };
+
+        /// <summary>Keywords whose schema the compiler takes without its type, so that bounds beside them would go unenforced.</summary>
+        static readonly string[] NotBesideBounds = { "$ref", "const", "enum", "anyOf", "oneOf" };
+
         static readonly string[] Supported =
         {
-            "type", "properties", "required", "additionalProperties", "items", "minItems", "maxItems", "enum", "const", "anyOf", "oneOf", "$ref",
+            "type", "properties", "required", "additionalProperties", "items", "minItems", "maxItems", "minLength", "maxLength",
+            "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "enum", "const", "anyOf", "oneOf", "$ref",
         };
 
         SchemaNode Typed(string type, JsonElement s, string at) => type switch
         {
             "object" => Object(s, at),
             "array" => Array(s, at),
-            "string" => StringNode.Instance,
-            "number" => new NumberNode(false),
-            "integer" => new NumberNode(true),
+            "string" => String(s, at),
+            "number" => Bounds[2..].Any(k => s.TryGetProperty(k, out _)) ? Number(s, at) : new NumberNode(false),
+            "integer" => Integer(s, at),
             "boolean" => LiteralNode.Of("true", "false"),
             "null" => LiteralNode.Of("null"),
             _ => throw new UnsupportedSchemaException($"type '{type}' at {at} is not a JSON schema type.", "type"),
@@ -254,6 +332,77 @@ internal static class JsonSchemaCompiler
             int min = Count(s, "minItems", at) ?? 0, max = Count(s, "maxItems", at) ?? int.MaxValue;
             if (min > max) throw new UnsupportedSchemaException($"minItems {min} is more than maxItems {max} at {at}.", "minItems");
             return new ArrayNode(items, min, max);
+        }
+
+        static SchemaNode String(JsonElement s, string at)
+        {
+            int min = Count(s, "minLength", at) ?? 0, max = Count(s, "maxLength", at) ?? int.MaxValue;
+            if (min > max) throw new UnsupportedSchemaException($"minLength {min} is more than maxLength {max} at {at}: no string has such a length.", "minLength");
+            return min == 0 && max == int.MaxValue ? StringNode.Instance : new StringNode(min, max);
+        }
+
+        /// <summary>An integer with its bounds as inclusive integers: minimum 1.5 is 2, exclusiveMinimum 3 is 4 (draft 4's
+        /// boolean exclusiveMinimum/exclusiveMaximum make minimum/maximum exclusive).</summary>
+        static SchemaNode Integer(JsonElement s, string at)
+        {
+            bool exclusiveLow = s.TryGetProperty("exclusiveMinimum", out var el) && el.ValueKind == JsonValueKind.True;
+            bool exclusiveHigh = s.TryGetProperty("exclusiveMaximum", out var eh) && eh.ValueKind == JsonValueKind.True;
+            long? lo = Max(Bound(s, "minimum", at, exclusiveLow ? x => decimal.Floor(x) + 1 : decimal.Ceiling),
+                Bound(s, "exclusiveMinimum", at, x => decimal.Floor(x) + 1));
+            long? hi = Min(Bound(s, "maximum", at, exclusiveHigh ? x => decimal.Ceiling(x) - 1 : decimal.Floor),
+                Bound(s, "exclusiveMaximum", at, x => decimal.Ceiling(x) - 1));
+            if (lo > hi)
+            {
+                string keyword = s.TryGetProperty("minimum", out _) ? "minimum" : "exclusiveMinimum";
+                throw new UnsupportedSchemaException($"{keyword} at {at} is above the maximum: no integer lies in [{lo}, {hi}].", keyword);
+            }
+            return new NumberNode(true, lo, hi);
+        }
+
+        /// <summary>A number with bounds: the tighter of minimum and exclusiveMinimum (and of maximum and exclusiveMaximum),
+        /// exclusive when both are equal; draft 4's boolean exclusiveMinimum/exclusiveMaximum make minimum/maximum exclusive.</summary>
+        static SchemaNode Number(JsonElement s, string at)
+        {
+            bool exclusiveLow = s.TryGetProperty("exclusiveMinimum", out var el) && el.ValueKind == JsonValueKind.True;
+            bool exclusiveHigh = s.TryGetProperty("exclusiveMaximum", out var eh) && eh.ValueKind == JsonValueKind.True;
+            Bound? Tighter(Bound? a, Bound? b, int sign) => a is null ? b : b is null ? a
+                : a.Value.Value == b.Value.Value ? new Bound(a.Value.Value, a.Value.Exclusive || b.Value.Exclusive)
+                : sign * a.Value.Value > sign * b.Value.Value ? a : b;
+            var low = Tighter(Decimal(s, "minimum", at) is { } min ? new Bound(min, exclusiveLow) : null,
+                Decimal(s, "exclusiveMinimum", at) is { } emin ? new Bound(emin, true) : null, 1);
+            var high = Tighter(Decimal(s, "maximum", at) is { } max ? new Bound(max, exclusiveHigh) : null,
+                Decimal(s, "exclusiveMaximum", at) is { } emax ? new Bound(emax, true) : null, -1);
+            var node = new BoundedNumberNode(low, high);
+            if (node.MinLength == int.MaxValue)
+            {
+                string keyword = s.TryGetProperty("minimum", out _) ? "minimum" : "exclusiveMinimum";
+                throw new UnsupportedSchemaException($"{keyword} at {at}: no number with at most {BoundedNumberNode.MaxFraction} decimals lies within the bounds.", keyword);
+            }
+            return node;
+        }
+
+        /// <summary>A numeric bound of a number, or null when absent (or a draft 4 boolean).</summary>
+        static decimal? Decimal(JsonElement s, string keyword, string at)
+        {
+            if (!s.TryGetProperty(keyword, out var v) || v.ValueKind is JsonValueKind.True or JsonValueKind.False) return null;
+            if (v.ValueKind != JsonValueKind.Number) throw new UnsupportedSchemaException($"{keyword} at {at} must be a number.", keyword);
+            if (!v.TryGetDecimal(out decimal x) || Math.Abs(x) > BoundedNumberNode.Limit)
+                throw new UnsupportedSchemaException($"{keyword} at {at} is beyond ±10^12, the largest bound of a number supported.", keyword);
+            return x;
+        }
+
+        static long? Max(long? a, long? b) => a is null ? b : b is null ? a : Math.Max(a.Value, b.Value);
+        static long? Min(long? a, long? b) => a is null ? b : b is null ? a : Math.Min(a.Value, b.Value);
+
+        /// <summary>A numeric bound as an inclusive integer (<paramref name="round"/>), or null when absent (or a draft 4 boolean).</summary>
+        static long? Bound(JsonElement s, string keyword, string at, Func<decimal, decimal> round)
+        {
+            if (!s.TryGetProperty(keyword, out var v) || v.ValueKind is JsonValueKind.True or JsonValueKind.False) return null;
+            if (v.ValueKind != JsonValueKind.Number) throw new UnsupportedSchemaException($"{keyword} at {at} must be a number.", keyword);
+            decimal r = v.TryGetDecimal(out decimal x) && Math.Abs(x) <= NumberNode.BoundLimit ? round(x) : decimal.MaxValue;
+            if (Math.Abs(r) > NumberNode.BoundLimit)
+                throw new UnsupportedSchemaException($"{keyword} at {at} is beyond ±10^18, the largest integer bound supported.", keyword);
+            return (long)r;
         }
 
         static int? Count(JsonElement s, string keyword, string at) => !s.TryGetProperty(keyword, out var v) ? null

@@ -55,8 +55,9 @@ public static partial class ToolCalls
     }
 
     /// <summary>The schema of one call to one of <paramref name="functions"/>: <c>{"name": NAME, "arguments": {…}}</c>, whose
-    /// arguments follow the function's parameters.</summary>
-    public static JsonElement Schema(IEnumerable<ToolFunction> functions)
+    /// arguments follow the function's parameters; <paramref name="argumentsName"/> is the key the chat template shows the model
+    /// (<see cref="ChatTemplate.ToolCallArguments"/>: Llama 3.1 writes "parameters").</summary>
+    public static JsonElement Schema(IEnumerable<ToolFunction> functions, string argumentsName = "arguments")
     {
         var options = new JsonArray(functions.Select(f => (JsonNode)new JsonObject
         {
@@ -64,9 +65,9 @@ public static partial class ToolCalls
             ["properties"] = new JsonObject
             {
                 ["name"] = new JsonObject { ["const"] = f.Name },
-                ["arguments"] = f.Parameters is { } p ? JsonNode.Parse(p.GetRawText()) : new JsonObject { ["type"] = "object" },
+                [argumentsName] = f.Parameters is { } p ? JsonNode.Parse(p.GetRawText()) : new JsonObject { ["type"] = "object" },
             },
-            ["required"] = new JsonArray("name", "arguments"),
+            ["required"] = new JsonArray("name", argumentsName),
             ["additionalProperties"] = false,
         }).ToArray());
         return JsonDocument.Parse(new JsonObject { ["anyOf"] = options }.ToJsonString()).RootElement.Clone();

@@ -66,8 +66,18 @@ public sealed class ChatTemplate
     public bool UsesFallback => Shape == ChatTemplateShape.Plain;
 
     /// <summary>True when the template renders tools (it refers to <c>tools</c>) in a layout Tern renders them in: ChatML
-    /// with Hermes/Qwen's <c>&lt;tools&gt;</c> block and <c>&lt;tool_call&gt;</c> replies.</summary>
-    public bool SupportsTools => Shape == ChatTemplateShape.ChatML && Source is { } source && source.Contains("tools", StringComparison.Ordinal);
+    /// with Hermes/Qwen's <c>&lt;tools&gt;</c> block and <c>&lt;tool_call&gt;</c> replies, or Llama 3.1/3.2's JSON tool calls
+    /// (the tools in the first user turn, calls as <c>{"name": …, "parameters": …}</c>, results as <c>ipython</c> turns).</summary>
+    public bool SupportsTools => Source is { } source && source.Contains("tools", StringComparison.Ordinal) && Shape switch
+    {
+        ChatTemplateShape.ChatML => true,
+        ChatTemplateShape.Llama3 => KnowledgeCutoff is not null && source.Contains("ipython", StringComparison.Ordinal),
+        _ => false,
+    };
+
+    /// <summary>The key of a tool call's arguments in the JSON the template shows the model: <c>"parameters"</c> for Llama 3.1+,
+    /// <c>"arguments"</c> otherwise (what a forced call writes: see <see cref="Structured.ToolCalls.Schema"/>).</summary>
+    public string ToolCallArguments => Shape == ChatTemplateShape.Llama3 ? "parameters" : "arguments";
 
     /// <summary>A note for the user when the fallback replaces a template, else null.</summary>
     public string? Warning => IsRecognized ? null
@@ -93,7 +103,8 @@ public sealed class ChatTemplate
             return new ChatTemplate(template, ChatTemplateShape.Llama3, true)
             {
                 KnowledgeCutoff = cutoff.Success ? UnescapeJinja(cutoff.Groups[1].Value) : null,
-                DefaultDate = date.Success ? date.Groups[1].Value : null,
+                // Llama 3.2 dates the prompt today through transformers' strftime_now; its literal date is the fallback without it.
+                DefaultDate = date.Success && !template.Contains("strftime_now", StringComparison.Ordinal) ? date.Groups[1].Value : null,
             };
         }
         if (template.Contains("<|im_start|>", StringComparison.Ordinal))
@@ -152,7 +163,9 @@ public sealed class ChatFormatter
 
     /// <summary>The prompt for <paramref name="messages"/>; with <paramref name="addGenerationPrompt"/> it ends where the assistant's
     /// reply starts. <paramref name="tools"/> (each a JSON object <c>{"type": "function", "function": {...}}</c>) need a template
-    /// that <see cref="ChatTemplate.SupportsTools"/>.</summary>
+    /// that <see cref="ChatTemplate.SupportsTools"/> (else <see cref="NotSupportedException"/>); a conversation the template
+    /// cannot render with them (Llama 3.1: several calls in one turn, no user message for the tools) throws
+    /// <see cref="ArgumentException"/>.</summary>
     public string Format(IEnumerable<ChatMessage> messages, bool addGenerationPrompt = true, IReadOnlyList<System.Text.Json.JsonElement>? tools = null)
     {
         ArgumentNullException.ThrowIfNull(messages);
@@ -163,7 +176,7 @@ public sealed class ChatFormatter
         return Template.Shape switch
         {
             ChatTemplateShape.Llama2 => FormatLlama2(list),
-            ChatTemplateShape.Llama3 => FormatLlama3(list, addGenerationPrompt),
+            ChatTemplateShape.Llama3 => FormatLlama3(list, addGenerationPrompt, tools is { Count: > 0 } ? tools : null),
             ChatTemplateShape.ChatML when hasTools => FormatChatMLTools(list, addGenerationPrompt, tools ?? Array.Empty<System.Text.Json.JsonElement>()),
             ChatTemplateShape.ChatML => FormatChatML(list, addGenerationPrompt),
             _ => FormatPlain(list, addGenerationPrompt),
@@ -239,7 +252,11 @@ public sealed class ChatFormatter
         return sb.ToString();
     }
 
-    private string FormatLlama3(List<ChatMessage> messages, bool addGenerationPrompt)
+    /// <summary>Llama 3; with 3.1+'s dated system block, and its JSON tools as Llama 3.1/3.2's templates render them (with
+    /// <c>tools_in_user_message</c> at its default, true): "Environment: ipython" in the system block, the tools (as
+    /// <c>tojson(indent=4)</c>) in the first user turn, a call as <c>{"name": …, "parameters": …}</c> (one per turn), a tool
+    /// result as an <c>ipython</c> turn holding the result's text as a JSON string.</summary>
+    private string FormatLlama3(List<ChatMessage> messages, bool addGenerationPrompt, IReadOnlyList<System.Text.Json.JsonElement>? tools)
     {
         var sb = new StringBuilder(BosToken);
         if (Template.KnowledgeCutoff is { } cutoff)
@@ -252,13 +269,35 @@ public sealed class ChatFormatter
                 messages = messages.Skip(1).ToList();
             }
             string date = Template.DefaultDate ?? DateTime.Now.ToString("dd MMM yyyy", CultureInfo.InvariantCulture);
-            sb.Append("<|start_header_id|>system<|end_header_id|>\n\n")
-              .Append("Cutting Knowledge Date: ").Append(cutoff).Append('\n')
+            sb.Append("<|start_header_id|>system<|end_header_id|>\n\n");
+            if (tools is not null) sb.Append("Environment: ipython\n");
+            sb.Append("Cutting Knowledge Date: ").Append(cutoff).Append('\n')
               .Append("Today Date: ").Append(date).Append("\n\n")
               .Append(system).Append("<|eot_id|>");
         }
+        if (tools is not null)
+        {
+            if (messages.Count == 0) throw new ArgumentException("this model's chat template puts the tools in the first user message, and there is none.", nameof(messages));
+            sb.Append("<|start_header_id|>user<|end_header_id|>\n\n")
+              .Append("Given the following functions, please respond with a JSON for a function call with its proper arguments that best answers the given prompt.\n\n")
+              .Append("Respond in the format {\"name\": function name, \"parameters\": dictionary of argument name and its value}.Do not use variables.\n\n");
+            foreach (var tool in tools) sb.Append(PythonJson.Write(tool, indent: 4)).Append("\n\n");
+            sb.Append(Strip(messages[0].Content)).Append("<|eot_id|>");
+            messages = messages.Skip(1).ToList();
+        }
         foreach (var m in messages)
-            sb.Append("<|start_header_id|>").Append(m.Role).Append("<|end_header_id|>\n\n").Append(Strip(m.Content)).Append("<|eot_id|>");
+        {
+            if (IsRole(m, "tool"))
+                sb.Append("<|start_header_id|>ipython<|end_header_id|>\n\n").Append(PythonJson.Write(m.Content)).Append("<|eot_id|>");
+            else if (m.ToolCalls is { Count: > 0 } calls)
+            {
+                if (calls.Count > 1) throw new ArgumentException($"this model's chat template renders one tool call per assistant message (got {calls.Count}).", nameof(messages));
+                using var arguments = System.Text.Json.JsonDocument.Parse(calls[0].Arguments);
+                sb.Append("<|start_header_id|>assistant<|end_header_id|>\n\n{\"name\": \"").Append(calls[0].Name).Append("\", \"parameters\": ")
+                  .Append(PythonJson.Write(arguments.RootElement)).Append("}<|eot_id|>");
+            }
+            else sb.Append("<|start_header_id|>").Append(m.Role).Append("<|end_header_id|>\n\n").Append(Strip(m.Content)).Append("<|eot_id|>");
+        }
         if (addGenerationPrompt) sb.Append("<|start_header_id|>assistant<|end_header_id|>\n\n");
         return sb.ToString();
     }
@@ -287,51 +326,53 @@ public sealed class ChatFormatter
     }
 }
 
-/// <summary>JSON as Python's <c>json.dumps(x, ensure_ascii=False)</c> (Jinja's <c>tojson</c> in transformers) writes it: ", " and
-/// ": " between items, non-ASCII text kept.</summary>
+/// <summary>JSON as Python's <c>json.dumps(x, ensure_ascii=False, indent=…)</c> (Jinja's <c>tojson</c> in transformers) writes
+/// it: ", " and ": " between items (with an indent: "," at each line's end), non-ASCII text kept.</summary>
 internal static class PythonJson
 {
     private static readonly System.Text.Json.JsonSerializerOptions Relaxed = new() { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
 
-    public static string Write(System.Text.Json.JsonElement e)
+    public static string Write(System.Text.Json.JsonElement e, int? indent = null)
     {
         var sb = new StringBuilder();
-        Append(sb, e);
+        Append(sb, e, indent, 0);
         return sb.ToString();
     }
 
-    private static void Append(StringBuilder sb, System.Text.Json.JsonElement e)
+    /// <summary>A string as a JSON string literal.</summary>
+    public static string Write(string s) => System.Text.Json.JsonSerializer.Serialize(s, Relaxed);
+
+    private static void Append(StringBuilder sb, System.Text.Json.JsonElement e, int? indent, int depth)
     {
         switch (e.ValueKind)
         {
             case System.Text.Json.JsonValueKind.Object:
-                sb.Append('{');
-                bool first = true;
-                foreach (var p in e.EnumerateObject())
-                {
-                    if (!first) sb.Append(", ");
-                    first = false;
-                    sb.Append(System.Text.Json.JsonSerializer.Serialize(p.Name, Relaxed)).Append(": ");
-                    Append(sb, p.Value);
-                }
-                sb.Append('}');
+                Items(sb, '{', '}', e.EnumerateObject().Select(p => ((string?)p.Name, p.Value)).ToList(), indent, depth);
                 break;
             case System.Text.Json.JsonValueKind.Array:
-                sb.Append('[');
-                int i = 0;
-                foreach (var item in e.EnumerateArray())
-                {
-                    if (i++ > 0) sb.Append(", ");
-                    Append(sb, item);
-                }
-                sb.Append(']');
+                Items(sb, '[', ']', e.EnumerateArray().Select(v => ((string?)null, v)).ToList(), indent, depth);
                 break;
             case System.Text.Json.JsonValueKind.String:
-                sb.Append(System.Text.Json.JsonSerializer.Serialize(e.GetString(), Relaxed));
+                sb.Append(Write(e.GetString()!));
                 break;
             default:
                 sb.Append(e.GetRawText());
                 break;
         }
+    }
+
+    /// <summary>An object's members (with names) or an array's items; empty ones stay <c>{}</c>/<c>[]</c> as in Python.</summary>
+    private static void Items(StringBuilder sb, char open, char close, List<(string? Name, System.Text.Json.JsonElement Value)> items, int? indent, int depth)
+    {
+        sb.Append(open);
+        for (int i = 0; i < items.Count; i++)
+        {
+            if (indent is { } n) sb.Append(i > 0 ? ",\n" : "\n").Append(' ', n * (depth + 1));
+            else if (i > 0) sb.Append(", ");
+            if (items[i].Name is { } name) sb.Append(Write(name)).Append(": ");
+            Append(sb, items[i].Value, indent, depth + 1);
+        }
+        if (indent is { } m && items.Count > 0) sb.Append('\n').Append(' ', m * depth);
+        sb.Append(close);
     }
 }

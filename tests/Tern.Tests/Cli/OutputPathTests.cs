@@ -32,6 +32,9 @@ public sealed class OutputPathTests
             var (code, output, err) = Run("bench", "--model", Fixtures.ModelDir("llama-gqa"), "--device", "cpu", "--prompt", "8", "--new-tokens", "2", "-o", file);
             Assert.True(code == 0, err);
             Assert.Contains($"appended 1 row(s) to {file}", output);
+            Assert.Contains("loading", err); // the load's progress, on stderr only
+            Assert.Contains("100.0%", err);
+            Assert.DoesNotContain("loading", output);
             Assert.Equal(2, File.ReadAllLines(file).Length);
         }
         finally

@@ -105,4 +105,50 @@ public sealed class TernChatClientTests : IDisposable
         await ServingEngineTests.WaitFor(() => client.Engine.Stats.Running == 0);
         Assert.Equal(1, client.Engine.Stats.CancelledRequests);
     }
+
+    /// <summary>Logprobs asked for through <see cref="ChatOptions.RawRepresentationFactory"/> (as M.E.AI's OpenAI adapter takes
+    /// its provider's options) come back in the raw representations: the response's <see cref="SequenceOutput"/> and each
+    /// streamed update's tokens, equal to <c>tern eval</c>'s scores (<see cref="Tern.Evaluation.TeacherForcing"/>) of the reply.</summary>
+    [Fact]
+    public async Task LogprobsComeBackInTheRawRepresentationsAsEvalScoresThem()
+    {
+        IChatClient chat = client;
+        var options = new ChatOptions
+        {
+            Temperature = 0, MaxOutputTokens = 12,
+            RawRepresentationFactory = _ => client.Defaults with { Logprobs = 3, IgnoreEos = true },
+        };
+        var response = await chat.GetResponseAsync("Tell me a story", options, Ct);
+        var output = Assert.IsType<SequenceOutput>(response.RawRepresentation);
+        Assert.Same(output, response.Messages[0].RawRepresentation);
+        var logprobs = Assert.IsAssignableFrom<IReadOnlyList<TokenLogprob>>(output.Logprobs);
+        Assert.Equal(12, logprobs.Count);
+        Assert.Equal(output.Tokens, logprobs.Select(l => l.TokenId));
+        var expected = Tern.Evaluation.TeacherForcing.Score(fixture.Model, new[] { output.PromptTokens.Concat(output.Tokens).ToArray() },
+            new Tern.Evaluation.TeacherForcingOptions { PrefixLength = output.PromptTokens.Count }, Ct).LogProbs[0];
+        for (int i = 0; i < logprobs.Count; i++)
+        {
+            Assert.Equal(expected[i], logprobs[i].Logprob, 2e-4f);
+            Assert.Equal(3, logprobs[i].Top.Count);
+        }
+
+        // Streamed: the text updates carry the tokens they hold, logprobs included; the last update carries the whole output.
+        var streamed = new List<GeneratedToken>();
+        object? last = null;
+        await foreach (var update in chat.GetStreamingResponseAsync("Tell me a story", options, Ct))
+        {
+            if (update.RawRepresentation is IReadOnlyList<GeneratedToken> tokens)
+            {
+                Assert.Equal(update.Text, string.Concat(tokens.Select(t => t.Text)));
+                streamed.AddRange(tokens);
+            }
+            last = update.RawRepresentation;
+        }
+        Assert.Equal(output.Tokens, Assert.IsType<SequenceOutput>(last).Tokens);
+        Assert.Equal(output.Tokens.Take(streamed.Count), streamed.Select(t => t.TokenId));
+        for (int i = 0; i < streamed.Count; i++) Assert.Equal(logprobs[i].Logprob, streamed[i].Logprob!.Logprob, 2e-4f);
+
+        // Without the factory's options there are none.
+        Assert.Null(Assert.IsType<SequenceOutput>((await chat.GetResponseAsync("Tell me a story", Greedy(4), Ct)).RawRepresentation).Logprobs);
+    }
 }

@@ -78,9 +78,11 @@ public sealed class StructuredServerTests() : ServedModel(new ServingFixture(), 
     [InlineData("\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"x\"}}", "response_format.json_schema.schema")]
     [InlineData("\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"x\",\"schema\":{\"type\":\"string\",\"pattern\":\"a+\"}}}", "response_format.json_schema.schema")]
     [InlineData("\"response_format\":{\"type\":\"json_object\"},\"ignore_eos\":true", "ignore_eos")]
+    [InlineData("\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"x\",\"schema\":{\"type\":\"string\",\"minLength\":3,\"maxLength\":2}}}", "response_format.json_schema.schema")]
     public async Task BadResponseFormatsAreRefusedNamingTheField(string fields, string param)
     {
         string message = await AssertRefused(fields, param);
         if (fields.Contains("pattern")) Assert.Contains("'pattern'", message);
+        if (fields.Contains("minLength")) Assert.Contains("minLength 3 is more than maxLength 2", message);
     }
 }

@@ -70,6 +70,36 @@ public sealed class ToolCallTests() : ServedModel(new ServingFixture(ToolsTempla
         AssertArguments(arguments.ToString());
     }
 
+    /// <summary>A streamed call arrives as OpenAI streams it: a chunk with the call's index, id, type and name (arguments
+    /// empty), then its arguments, in several chunks when the model wrote the name first (the constraint lets it write
+    /// the arguments first: then they come whole once the call ends), then the finish reason tool_calls.</summary>
+    [Fact]
+    public async Task AStreamedCallSendsItsNameThenItsArgumentsInPieces()
+    {
+        int streamed = 0;
+        for (int seed = 1; seed <= 4; seed++)
+        {
+            using var content = new StringContent($$$"""
+                {"model":"tiny","stream":true,"temperature":1,"seed":{{{seed}}},"max_tokens":120,"messages":[{"role":"user","content":"Weather?"}],
+                 "tools":[{"type":"function","function":{"name":"get_weather","parameters":{{{Parameters}}}}}],"tool_choice":"required"}
+                """, Encoding.UTF8, "application/json");
+            using var response = await Http.PostAsync(new Uri(Server.Address, "/v1/chat/completions"), content, Ct);
+            var chunks = (await response.Content.ReadAsStringAsync(Ct)).Split("\n\n", StringSplitOptions.RemoveEmptyEntries)
+                .Select(e => e["data: ".Length..]).Where(d => d != "[DONE]").Select(d => JsonDocument.Parse(d).RootElement.GetProperty("choices")[0]).ToList();
+            var calls = chunks.Where(c => c.GetProperty("delta").TryGetProperty("tool_calls", out _)).Select(c => c.GetProperty("delta").GetProperty("tool_calls")[0]).ToList();
+            var first = calls[0];
+            Assert.Equal(0, first.GetProperty("index").GetInt32());
+            Assert.StartsWith("call_", first.GetProperty("id").GetString());
+            Assert.Equal("get_weather", first.GetProperty("function").GetProperty("name").GetString());
+            Assert.Equal("", first.GetProperty("function").GetProperty("arguments").GetString());
+            Assert.All(calls.Skip(1), c => Assert.False(c.TryGetProperty("id", out _)));
+            AssertArguments(string.Concat(calls.Skip(1).Select(c => c.GetProperty("function").GetProperty("arguments").GetString())));
+            Assert.Equal("tool_calls", chunks[^1].GetProperty("finish_reason").GetString());
+            if (calls.Count > 3) streamed++;
+        }
+        Assert.True(streamed > 0, "no call's arguments came in pieces");
+    }
+
     [Fact]
     public async Task TheChatClientReturnsFunctionCalls()
     {
@@ -93,6 +123,28 @@ public sealed class ToolCallTests() : ServedModel(new ServingFixture(ToolsTempla
         history.Add(new Microsoft.Extensions.AI.ChatMessage(Microsoft.Extensions.AI.ChatRole.Tool, [new Microsoft.Extensions.AI.FunctionResultContent(call.CallId, "sunny")]));
         var text = await chat.GetResponseAsync(history, new Microsoft.Extensions.AI.ChatOptions { MaxOutputTokens = 8, Tools = [weather], ToolMode = Microsoft.Extensions.AI.ChatToolMode.None }, Ct);
         Assert.NotEqual(Microsoft.Extensions.AI.ChatFinishReason.ToolCalls, text.FinishReason);
+    }
+
+    [Fact]
+    public async Task TheChatClientStreamsAReplyWithACall()
+    {
+        using var client = new TernChatClient(Fixture.Engine);
+        Microsoft.Extensions.AI.IChatClient chat = client;
+        var weather = Microsoft.Extensions.AI.AIFunctionFactory.Create((string city) => $"sunny in {city}", "get_weather");
+        var options = new Microsoft.Extensions.AI.ChatOptions
+        {
+            Temperature = 1, Seed = 5, MaxOutputTokens = 100, Tools = [weather], ToolMode = Microsoft.Extensions.AI.ChatToolMode.RequireAny,
+        };
+        var updates = new List<Microsoft.Extensions.AI.ChatResponseUpdate>();
+        await foreach (var update in chat.GetStreamingResponseAsync([new Microsoft.Extensions.AI.ChatMessage(Microsoft.Extensions.AI.ChatRole.User, "Weather in Oslo?")], options, Ct))
+            updates.Add(update);
+        var response = Microsoft.Extensions.AI.ChatResponseExtensions.ToChatResponse(updates);
+        Assert.Equal(Microsoft.Extensions.AI.ChatFinishReason.ToolCalls, response.FinishReason);
+        var call = Assert.Single(response.Messages.SelectMany(m => m.Contents).OfType<Microsoft.Extensions.AI.FunctionCallContent>());
+        Assert.Equal("get_weather", call.Name);
+        Assert.Null(call.Exception);
+        Assert.Contains("city", call.Arguments!.Keys);
+        Assert.Equal("", response.Text); // a forced call has no text
     }
 
     [Fact]
