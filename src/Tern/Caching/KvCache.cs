@@ -121,6 +121,16 @@ public sealed class KvCache : IDisposable
         Recurrent?.ImportRows(row, source.Recurrent!, sourceRow, rows);
     }
 
+    /// <summary>Copies every entry of row <paramref name="sourceRow"/> of <paramref name="source"/> (each layer its own
+    /// [0, length), with their policy state, and the recurrent state) into the empty row <paramref name="row"/>: a sequence
+    /// that starts from another's state, such as a soft prompt's prefilled entries.</summary>
+    internal void ImportRow(int row, KvCache source, int sourceRow)
+    {
+        for (int l = 0; l < layers.Length; l++) layers[l].ImportRow(row, source.layers[l], sourceRow, 0, source.layers[l].Length);
+        Recurrent?.ImportRow(row, source.Recurrent!, sourceRow);
+        sequenceLengths[row] = source.sequenceLengths[sourceRow];
+    }
+
     /// <summary>Moves row <paramref name="from"/> into row <paramref name="to"/> and empties <paramref name="from"/>, in every layer.</summary>
     internal void MoveRow(int from, int to)
     {
