@@ -1,9 +1,13 @@
+using System.Net;
+using System.Text;
+using System.Text.Json;
 using Tern.Caching;
 using Tern.Generation;
 using Tern.Models;
 using Tern.Offloading;
 using Tern.Prompting;
 using Tern.Runtime;
+using Tern.Server;
 using Tern.Serving;
 using TorchSharp;
 using Generator = Tern.Generation.Generator;
@@ -156,6 +160,41 @@ public sealed class SoftPromptServingTests : IDisposable
         var plain = engine.Submit(ids[..20], Greedy(100), Ct);
         Assert.Equal(40 - 20, plain.MaxNewTokens);
         await plain.Completion;
+    }
+
+    /// <summary>Over HTTP a request picks a prompt by the body field <c>soft_prompt</c>; without it the default prompt runs; an
+    /// unknown name is a 400 naming the field.</summary>
+    [Fact]
+    public async Task ARequestPicksItsPromptByTheSoftPromptField()
+    {
+        var server = await fixture.ServeAsync(new ServingOptions
+        {
+            SoftPrompts = new Dictionary<string, SoftPrompt> { [ServingOptions.DefaultSoftPrompt] = seven, ["four"] = four },
+        }, new ServerOptions { Port = 0, ModelId = "tiny" }, Ct);
+        try
+        {
+            using var http = new HttpClient();
+            async Task<(HttpStatusCode, JsonElement)> Post(string json)
+            {
+                using var response = await http.PostAsync(new Uri(server.Address, "/v1/completions"), new StringContent(json, Encoding.UTF8, "application/json"), Ct);
+                return (response.StatusCode, JsonDocument.Parse(await response.Content.ReadAsStringAsync(Ct)).RootElement.Clone());
+            }
+            string text = ServingFixture.Prompts[1];
+            foreach (var (field, prompt) in new[] { ("", seven), (",\"soft_prompt\":\"four\"", four) })
+            {
+                var (code, body) = await Post($$"""{"model":"tiny","prompt":"{{text}}","max_tokens":12,"temperature":0{{field}}}""");
+                Assert.Equal(HttpStatusCode.OK, code);
+                Assert.Equal(fixture.Tokenizer.Decode(Reference(prompt, text, Greedy(12))), body.GetProperty("choices")[0].GetProperty("text").GetString());
+            }
+            var (refused, error) = await Post("""{"model":"tiny","prompt":"hi","soft_prompt":"nine"}""");
+            Assert.Equal(HttpStatusCode.BadRequest, refused);
+            Assert.Equal("soft_prompt", error.GetProperty("error").GetProperty("param").GetString());
+        }
+        finally
+        {
+            await server.DisposeAsync();
+            fixture.Engine.Dispose();
+        }
     }
 
     [Fact]
