@@ -119,8 +119,11 @@ public sealed class ServingEngine : IDisposable
     /// <summary>The tokenizer, or null.</summary>
     public TernTokenizer? Tokenizer { get; }
 
-    /// <summary>Longest prompt accepted, in tokens (after a soft prompt of n vectors, at most the context minus n minus one).</summary>
-    public int MaxPromptTokens => maxPrompt;
+    /// <summary>Longest prompt accepted, in tokens, after the default soft prompt if there is one (a soft prompt of n vectors
+    /// leaves at most the context minus n minus one).</summary>
+    public int MaxPromptTokens => LongestPrompt(softPrompts.GetValueOrDefault(ServingOptions.DefaultSoftPrompt));
+
+    int LongestPrompt(PromptedModel? soft) => Math.Min(maxPrompt, model.Info.MaxPositions - 1 - (soft?.PromptLength ?? 0));
 
     /// <summary>The load, as of the last step boundary.</summary>
     public ServingStats Stats => stats;
@@ -176,7 +179,7 @@ public sealed class ServingEngine : IDisposable
             throw Invalid(softPrompts.Count == 0 ? $"this server has no soft prompts (asked for '{softPrompt}')."
                 : $"this server has no soft prompt '{softPrompt}'; it has {string.Join(", ", softPrompts.Keys.Where(k => k.Length > 0).Select(k => $"'{k}'"))}.", "soft_prompt");
         soft ??= softPrompts.GetValueOrDefault(ServingOptions.DefaultSoftPrompt);
-        int n = soft?.PromptLength ?? 0, longest = Math.Min(maxPrompt, info.MaxPositions - 1 - n);
+        int n = soft?.PromptLength ?? 0, longest = LongestPrompt(soft);
         if (prompt.Count == 0) throw Invalid("the prompt has no tokens; it needs at least one.", "prompt");
         if (prompt.Count > longest)
             throw Invalid($"the prompt has {prompt.Count} tokens; this server accepts at most {longest} (the model's context is {info.MaxPositions}{(n > 0 ? $", of which the soft prompt takes {n}" : "")}).", "prompt");

@@ -1,6 +1,7 @@
 using System.Net;
 using System.Text;
 using System.Text.Json;
+using Microsoft.Extensions.AI;
 using Tern.Caching;
 using Tern.Generation;
 using Tern.Models;
@@ -195,6 +196,23 @@ public sealed class SoftPromptServingTests : IDisposable
             await server.DisposeAsync();
             fixture.Engine.Dispose();
         }
+    }
+
+    /// <summary><see cref="TernChatClient"/> picks a named prompt through <see cref="ChatOptions.AdditionalProperties"/>.</summary>
+    [Fact]
+    public async Task TheChatClientPicksANamedPrompt()
+    {
+        using var client = new TernChatClient(fixture.Model, fixture.Tokenizer,
+            new ServingOptions { SoftPrompts = new Dictionary<string, SoftPrompt> { ["four"] = four } });
+        var ids = client.Engine.EncodeChat(new[] { Tern.Tokenization.ChatMessage.User("Tell me a story") });
+        using var prompted = PromptedModel.Create(fixture.Model, four);
+        var expected = new Generator(prompted, fixture.Tokenizer).GenerateTokens(new[] { ids }, new GenerationOptions { MaxNewTokens = 16 }, Ct).Sequences[0];
+        var options = new ChatOptions
+        {
+            Temperature = 0, MaxOutputTokens = 16, AdditionalProperties = new() { [TernChatClient.SoftPromptProperty] = "four" },
+        };
+        var response = await ((IChatClient)client).GetResponseAsync("Tell me a story", options, Ct);
+        Assert.Equal(expected.Text, response.Text);
     }
 
     [Fact]
