@@ -14,8 +14,12 @@ internal sealed class SoftPromptFlag
     /// <summary>Refuses the flag next to <c>--offload</c>: an offloaded model's runners do not start from a prefilled prompt.</summary>
     public void RefuseWithOffload(ParseResult r)
     {
-        if (r.GetValue(File) is not null) throw new UsageException("--soft-prompt does not run with --offload yet; drop one of them.");
+        if (r.GetValue(File) is not null) throw new UsageException(WithOffload);
     }
+
+    /// <summary>Why <c>--soft-prompt</c> and <c>--offload</c> do not go together (generate, bench, serve).</summary>
+    internal const string WithOffload = "--soft-prompt runs a model in memory: an offloaded model's blocks keep their caches where the policy places them, " +
+        "and they do not start from a prefilled prompt yet. Drop one of --soft-prompt and --offload.";
 
     /// <summary>The prompt given, checked against <paramref name="model"/>; null without the flag.</summary>
     public SoftPrompt? Load(ParseResult r, CausalLanguageModel model) =>
@@ -41,7 +45,7 @@ internal sealed class ServedSoftPromptsFlag
     /// <summary>Refuses the flag next to <c>--offload</c>, before anything loads (the engine would refuse it too).</summary>
     public void RefuseWithOffload(ParseResult r)
     {
-        if (Given(r)) throw new UsageException("--soft-prompt serves a model in memory: an offloaded model's blocks do not start from a prefilled prompt yet. Drop one of --soft-prompt and --offload.");
+        if (Given(r)) throw new UsageException(SoftPromptFlag.WithOffload);
     }
 
     /// <summary>The prompts by name ("" for the unnamed one), each checked against <paramref name="model"/>; empty without the
