@@ -110,11 +110,7 @@ public sealed class PromptedModel : IStepModel, IDisposable
     internal void ImportPrefix(KvCache cache, int firstRow, int rows, KvCacheConfig config)
     {
         if (n == 0) return;
-        lock (prefixes)
-        {
-            var prefix = Prefix(config);
-            for (int row = firstRow; row < firstRow + rows; row++) cache.ImportRow(row, prefix, 0);
-        }
+        lock (prefixes) cache.ImportIntoRows(firstRow, rows, Prefix(config));
     }
 
     /// <summary>The prompt's entries under <paramref name="config"/> in a one-row cache, prefilled the first time.</summary>
@@ -140,7 +136,7 @@ public sealed class PromptedModel : IStepModel, IDisposable
                 LastPositionOnly = true,
                 PrefixEmbeddings = prompt.Embeddings.to(model.Device),
             }, cache);
-            cache.Compact(); // slots a policy freed are not copied into every row
+            if (!config.Eviction.AppendOnly) cache.Compact(); // slots a policy freed are not copied into every row
         }
         catch
         {
