@@ -40,7 +40,8 @@ internal static class ServeCommand
         return command;
     }
 
-    /// <summary>The soft prompts served, for the start-up line: ", soft prompt of 20 vectors before every request; named: a (20), b (8)".</summary>
+    /// <summary>The soft prompts served, for the start-up line: ", soft prompt of 20 vectors before every request, soft prompts
+    /// by body field soft_prompt: a (20), b (8)".</summary>
     static string SoftPromptsNote(ServingEngine engine)
     {
         var prompts = engine.SoftPrompts;

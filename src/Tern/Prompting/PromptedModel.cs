@@ -69,9 +69,6 @@ public sealed class PromptedModel : IStepModel, IDisposable
     /// <summary>Positions the prompt takes.</summary>
     public int PromptLength => n;
 
-    /// <summary>The model the prompt runs before.</summary>
-    public CausalLanguageModel Model => model;
-
     /// <inheritdoc />
     public HfConfig Config => model.Config;
 
