@@ -164,7 +164,7 @@ public sealed class TernServer : IAsyncDisposable
         {
             var prompt = request.Messages is { } messages ? EncodeChat(messages, request.Tools)
                 : request.PromptTokens ?? engine.Encode(request.Prompt!);
-            served = engine.Submit(prompt, request.Options with { Constraint = Constraint(request) }, context.RequestAborted);
+            served = engine.Submit(prompt, request.Options with { Constraint = Constraint(request) }, request.SoftPrompt, context.RequestAborted);
         }
         catch (ServingException e)
         {

@@ -21,6 +21,7 @@ internal static class ServeCommand
         var flags = new ServeFlags();
         var offload = new OffloadFlags();
         var sparsity = new SparsityFlags();
+        var softPrompts = new ServedSoftPromptsFlag();
         var apiKey = new Option<string?>("--api-key") { Description = "Require 'Authorization: Bearer KEY' on /v1 requests (default: the TERN_API_KEY variable, else none)." };
         var drain = new Option<double>("--drain-timeout")
         {
@@ -34,15 +35,27 @@ internal static class ServeCommand
         flags.AddTo(command);
         offload.AddTo(command);
         sparsity.AddTo(command);
-        command.SetAction((r, _) => RunAsync(r, common, flags, offload, sparsity, apiKey, drain));
+        softPrompts.AddTo(command);
+        command.SetAction((r, _) => RunAsync(r, common, flags, offload, sparsity, softPrompts, apiKey, drain));
         return command;
+    }
+
+    /// <summary>The soft prompts served, for the start-up line: ", soft prompt of 20 vectors before every request, soft prompts
+    /// by body field soft_prompt: a (20), b (8)".</summary>
+    static string SoftPromptsNote(ServingEngine engine)
+    {
+        var prompts = engine.SoftPrompts;
+        if (prompts.Count == 0) return "";
+        string note = prompts.TryGetValue(ServingOptions.DefaultSoftPrompt, out int n) ? $", soft prompt of {n} vectors before every request" : "";
+        var named = prompts.Where(p => p.Key.Length > 0).Select(p => $"{p.Key} ({p.Value})").ToArray();
+        return named.Length == 0 ? note : $"{note}, soft prompts by body field soft_prompt: {string.Join(", ", named)}";
     }
 
     /// <summary>The command's name: it handles termination signals itself (<see cref="Program"/> leaves them to it), to drain.</summary>
     public const string Name = "serve";
 
     static async Task<int> RunAsync(ParseResult r, CommonOptions common, ServeFlags flags, OffloadFlags offload, SparsityFlags sparsity,
-        Option<string?> apiKey, Option<double> drainTimeout)
+        ServedSoftPromptsFlag softPromptsFlag, Option<string?> apiKey, Option<double> drainTimeout)
     {
         // First SIGTERM / SIGINT / SIGQUIT: drain; a second one: stop now. Cancelling the signal keeps the runtime from
         // exiting under the requests in flight (which reached clients as libtorch asserts, exit 143).
@@ -68,6 +81,7 @@ internal static class ServeCommand
         {
             // FlexGen's throughput mode: blocks of gbs x ngb requests, planned for the longest prompt and max_tokens served.
             sparsity.RefuseWithOffload(r);
+            softPromptsFlag.RefuseWithOffload(r);
             ModelLoadOptions load;
             (folder, load) = common.LoadOptions(r);
             tokenizer = TernTokenizer.Load(folder);
@@ -89,14 +103,25 @@ internal static class ServeCommand
             var (inMemory, loaded, path) = common.Load(r, needTokenizer: true);
             (model, tokenizer, folder) = (inMemory, loaded!, path);
         }
-        using (model as IDisposable)
-        using (model is CausalLanguageModel inMemoryModel ? sparsity.Apply(r, common, inMemoryModel) : null)
-        using (var engine = ServingEngine.Start(model, tokenizer, serving))
+        using var disposeModel = model as IDisposable;
+        using var sparse = model is CausalLanguageModel sparseModel ? sparsity.Apply(r, common, sparseModel) : null;
+        var softPrompts = model is CausalLanguageModel promptedModel ? softPromptsFlag.Load(r, promptedModel) : new();
+        ServingEngine engine;
+        try
+        {
+            // The engine copies the prompts and prefills them once.
+            engine = ServingEngine.Start(model, tokenizer, softPrompts.Count == 0 ? serving : serving with { SoftPrompts = softPrompts });
+        }
+        finally
+        {
+            foreach (var prompt in softPrompts.Values) prompt.Dispose();
+        }
+        using (engine)
         {
             await using var host = await TernServer.StartAsync(engine, server, cancellation);
             Console.Error.WriteLine($"serving {folder} as '{server.ModelId}' ({model.Info.ModelType}, {model.DType.ToString().ToLowerInvariant()} on " +
                 $"{model.Device.type.ToString().ToLowerInvariant()}, {mode}) at {host.Address}v1 — batch {serving.MaxBatchSize}, queue {serving.MaxQueue}, " +
-                $"prompt <= {engine.MaxPromptTokens} tokens, max_tokens <= {serving.MaxNewTokens}{(server.ApiKey is null ? "" : ", API key required")}; Ctrl+C stops.");
+                $"prompt <= {engine.MaxPromptTokens} tokens, max_tokens <= {serving.MaxNewTokens}{SoftPromptsNote(engine)}{(server.ApiKey is null ? "" : ", API key required")}; Ctrl+C stops.");
             try
             {
                 await Task.Delay(Timeout.Infinite, cancellation);

@@ -14,10 +14,63 @@ internal sealed class SoftPromptFlag
     /// <summary>Refuses the flag next to <c>--offload</c>: an offloaded model's runners do not start from a prefilled prompt.</summary>
     public void RefuseWithOffload(ParseResult r)
     {
-        if (r.GetValue(File) is not null) throw new UsageException("--soft-prompt does not run with --offload yet; drop one of them.");
+        if (r.GetValue(File) is not null) throw new UsageException(WithOffload);
     }
+
+    /// <summary>Why <c>--soft-prompt</c> and <c>--offload</c> do not go together (generate, bench, serve).</summary>
+    internal const string WithOffload = "--soft-prompt runs a model in memory: an offloaded model's blocks keep their caches where the policy places them, " +
+        "and they do not start from a prefilled prompt yet. Drop one of --soft-prompt and --offload.";
 
     /// <summary>The prompt given, checked against <paramref name="model"/>; null without the flag.</summary>
     public SoftPrompt? Load(ParseResult r, CausalLanguageModel model) =>
         r.GetValue(File) is { } file ? SoftPrompt.Load(file.FullName, model) : null;
+}
+
+/// <summary><c>tern serve --soft-prompt [NAME=]FILE</c>, repeated: the prompts a server holds. An unnamed one runs before every
+/// request that names none; a named one runs before the requests whose body field <c>soft_prompt</c> names it.</summary>
+internal sealed class ServedSoftPromptsFlag
+{
+    public Option<string[]> Values { get; } = new("--soft-prompt")
+    {
+        Description = "Soft prompt (safetensors from 'tern prompt train') placed before requests: FILE for every request that names none, " +
+            "NAME=FILE (repeatable) for requests whose body field soft_prompt names it. Its keys and values are computed once and copied into each request's cache.",
+        Arity = ArgumentArity.ZeroOrMore,
+    };
+
+    public void AddTo(Command command) => command.Options.Add(Values);
+
+    /// <summary>True when the flag is given.</summary>
+    public bool Given(ParseResult r) => r.GetValue(Values) is { Length: > 0 };
+
+    /// <summary>Refuses the flag next to <c>--offload</c>, before anything loads (the engine would refuse it too).</summary>
+    public void RefuseWithOffload(ParseResult r)
+    {
+        if (Given(r)) throw new UsageException(SoftPromptFlag.WithOffload);
+    }
+
+    /// <summary>The prompts by name ("" for the unnamed one), each checked against <paramref name="model"/>; empty without the
+    /// flag. The caller disposes them.</summary>
+    public Dictionary<string, SoftPrompt> Load(ParseResult r, CausalLanguageModel model)
+    {
+        var prompts = new Dictionary<string, SoftPrompt>();
+        try
+        {
+            foreach (string value in r.GetValue(Values) ?? Array.Empty<string>())
+            {
+                // NAME=FILE unless the whole value is a file (a path may hold '=').
+                int eq = value.IndexOf('=');
+                var (name, path) = eq > 0 && !System.IO.File.Exists(value) ? (value[..eq], value[(eq + 1)..]) : ("", value);
+                if (prompts.ContainsKey(name))
+                    throw new UsageException(name.Length == 0 ? "--soft-prompt FILE is given twice; name all but one (NAME=FILE)."
+                        : $"--soft-prompt names '{name}' twice; give each prompt its own name.");
+                prompts[name] = SoftPrompt.Load(Path.GetFullPath(path), model);
+            }
+        }
+        catch
+        {
+            foreach (var prompt in prompts.Values) prompt.Dispose();
+            throw;
+        }
+        return prompts;
+    }
 }

@@ -121,6 +121,17 @@ public sealed class KvCache : IDisposable
         Recurrent?.ImportRows(row, source.Recurrent!, sourceRow, rows);
     }
 
+    /// <summary>Copies every entry of the one-row cache <paramref name="source"/> (each layer its own [0, length), with their
+    /// policy state, and the recurrent state) into each of the empty rows [row, row + rows): sequences that start from the
+    /// same state, such as a soft prompt's prefilled entries.</summary>
+    internal void ImportIntoRows(int row, int rows, KvCache source)
+    {
+        if (source.Options.BatchSize != 1) throw new ArgumentException("the source of a broadcast import holds one row.", nameof(source));
+        for (int l = 0; l < layers.Length; l++) layers[l].ImportRows(row, source.layers[l], 0, rows, 0, source.layers[l].Length);
+        Recurrent?.ImportRows(row, source.Recurrent!, 0, rows);
+        for (int r = row; r < row + rows; r++) sequenceLengths[r] = source.sequenceLengths[0];
+    }
+
     /// <summary>Moves row <paramref name="from"/> into row <paramref name="to"/> and empties <paramref name="from"/>, in every layer.</summary>
     internal void MoveRow(int from, int to)
     {

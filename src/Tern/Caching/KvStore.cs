@@ -44,7 +44,8 @@ internal abstract class KvStore : IDisposable
     protected Tensor InRows(Tensor storage) => Rows == storage.shape[0] ? storage : storage.narrow(0, 0, Rows);
 
     /// <summary>Copies slots [sourceStart, sourceStart + count) of <paramref name="source"/>'s rows [sourceRow, sourceRow + rows)
-    /// to slots [start, start + count) of rows [row, row + rows) (any rows, in use or not); both stores have the same layout.</summary>
+    /// to slots [start, start + count) of rows [row, row + rows) (any rows, in use or not); both stores have the same layout. A
+    /// one-row source fills every row.</summary>
     public void CopyRows(KvStore source, int sourceRow, int sourceStart, int row, int start, int count, int rows)
     {
         var from = source.Parts;
@@ -52,7 +53,7 @@ internal abstract class KvStore : IDisposable
         for (int i = 0; i < to.Count; i++)
         {
             using var target = to[i].narrow(0, row, rows).narrow(2, start, count);
-            using var slots = from[i].narrow(0, sourceRow, rows).narrow(2, sourceStart, count);
+            using var slots = from[i].narrow(0, sourceRow, from[i].shape[0] == 1 ? 1 : rows).narrow(2, sourceStart, count);
             target.copy_(slots);
         }
     }

@@ -372,14 +372,15 @@ public sealed class LayerKvCache : IDisposable
     /// their slot <paramref name="sourceStart"/>, into slots [0, count) of this layer's empty rows [row, row + rows), growing
     /// <see cref="Length"/> to <paramref name="count"/> when shorter (the other rows get empty slots there). Serving uses it to
     /// move prefilled sequences into a running batch (a block of rows in one copy per tensor). Both caches have the same storage
-    /// layout; the entries' policy state comes along.</summary>
+    /// layout; the entries' policy state comes along. A one-row source fills every row (a soft prompt's entries starting each).</summary>
     internal void ImportRows(int row, LayerKvCache source, int sourceRow, int rows, int sourceStart, int count)
     {
         if (count > Capacity) throw new InvalidOperationException($"KV cache of layer {Layer}: {count} entries exceed its {Capacity} slots.");
         keys.CopyRows(source.keys, sourceRow, sourceStart, row, 0, count, rows);
         values.CopyRows(source.values, sourceRow, sourceStart, row, 0, count, rows);
+        int sourceRows = source.positions.shape[0] == 1 ? 1 : rows;
         using (var target = positions.narrow(0, row, rows).narrow(2, 0, count))
-        using (var from = source.positions.narrow(0, sourceRow, rows).narrow(2, sourceStart, count))
+        using (var from = source.positions.narrow(0, sourceRow, sourceRows).narrow(2, sourceStart, count))
             target.copy_(from);
         if (source.entryState is not null || entryState is not null)
         {
@@ -387,7 +388,7 @@ public sealed class LayerKvCache : IDisposable
             int width = (int)(source.entryState ?? entryState)!.shape[3];
             var into = AllRowsEntryState(width).narrow(0, row, rows);
             into.zero_();
-            if (source.entryState is not null) into.narrow(2, 0, count).copy_(source.entryState.narrow(0, sourceRow, rows).narrow(2, sourceStart, count));
+            if (source.entryState is not null) into.narrow(2, 0, count).copy_(source.entryState.narrow(0, sourceRow, sourceRows).narrow(2, sourceStart, count));
         }
         if (count != Length && (count < Length || Rows > rows) || source.HasHoles) HasHoles = true;
         Length = Math.Max(Length, count);

@@ -44,12 +44,13 @@ public sealed class RecurrentState : IDisposable
     /// <summary>Bytes held over every row.</summary>
     public long Bytes => tensors.Values.Sum(t => t.NumberOfElements * t.ElementSize);
 
-    /// <summary>Rows [row, row + rows) become a copy of <paramref name="source"/>'s rows [sourceRow, sourceRow + rows) (same layout).</summary>
+    /// <summary>Rows [row, row + rows) become a copy of <paramref name="source"/>'s rows [sourceRow, sourceRow + rows) (same layout;
+    /// a one-row source fills every row).</summary>
     internal void ImportRows(int row, RecurrentState source, int sourceRow, int rows)
     {
         foreach (var (name, t) in tensors)
             using (var into = t.narrow(0, row, rows))
-            using (var from = source.tensors[name].narrow(0, sourceRow, rows))
+            using (var from = source.tensors[name].narrow(0, sourceRow, source.tensors[name].shape[0] == 1 ? 1 : rows))
                 into.copy_(from);
     }
 

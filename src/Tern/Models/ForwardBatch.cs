@@ -83,9 +83,11 @@ public sealed class ForwardBatch
 
     /// <summary>
     /// A prefill batch of prompts of different lengths, left-padded to the longest with <paramref name="padId"/>: real tokens
-    /// get positions 0, 1, … of their own sequence, padding gets -1 (masked everywhere).
+    /// get positions 0, 1, … of their own sequence (from <paramref name="firstPosition"/> on, when entries such as a soft
+    /// prompt's precede them in the cache), padding gets -1 (masked everywhere).
     /// </summary>
-    public static ForwardBatch LeftPadded(IReadOnlyList<IReadOnlyList<int>> prompts, Device device, int padId = 0, bool lastPositionOnly = false)
+    public static ForwardBatch LeftPadded(IReadOnlyList<IReadOnlyList<int>> prompts, Device device, int padId = 0, bool lastPositionOnly = false,
+        int firstPosition = 0)
     {
         int batch = prompts.Count, length = prompts.Max(p => p.Count);
         var ids = new long[batch * length];
@@ -97,7 +99,7 @@ public sealed class ForwardBatch
             {
                 bool real = t >= offset;
                 ids[b * length + t] = real ? prompts[b][t - offset] : padId;
-                positions[b * length + t] = real ? t - offset : -1;
+                positions[b * length + t] = real ? firstPosition + t - offset : -1;
             }
         }
         return new ForwardBatch
@@ -106,7 +108,7 @@ public sealed class ForwardBatch
             Positions = torch.tensor(positions, new long[] { batch, length }).to(device),
             RealTokens = prompts.Select(p => p.Count).ToArray(),
             HasPadding = prompts.Any(p => p.Count < length),
-            MaxPosition = length - 1,
+            MaxPosition = firstPosition + length - 1,
             LastPositionOnly = lastPositionOnly,
         };
     }
@@ -129,7 +131,7 @@ public sealed class ForwardBatch
                 Positions = Positions.narrow(1, start, n),
                 RealTokens = padding.Select(p => Math.Max(0, start + n - Math.Max(start, p))).ToArray(),
                 HasPadding = padding.Any(p => p > start),
-                MaxPosition = start + n - 1,
+                MaxPosition = MaxPosition - (length - start - n), // the whole's last column holds its largest position
                 LastPositionOnly = LastPositionOnly, // only the last chunk's logits are used: skip the LM head elsewhere
             };
         }

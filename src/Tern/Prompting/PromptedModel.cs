@@ -8,63 +8,59 @@ using static TorchSharp.torch;
 namespace Tern.Prompting;
 
 /// <summary>
-/// A model that runs every sequence after a soft prompt: the prompt's keys and values are computed once, when this is made,
-/// and every runner's cache starts from a copy of them (pitfall 7: no n extra positions of prefill per request). Text
-/// positions start at n, after the prompt's. Generation and evaluation step it like any <see cref="IStepModel"/>; the
-/// generation loop knows nothing of prompts. Full caches only (an eviction policy could evict the prompt).
+/// A model that runs every sequence after a soft prompt: the prompt's keys and values are computed once per KV cache
+/// configuration (<see cref="ImportPrefix"/>), and every runner's cache, like every serving row, starts from a copy of them
+/// (pitfall 7: no n extra positions of prefill per request). Text positions start at n, after the prompt's. Generation and
+/// evaluation step it like any <see cref="IStepModel"/>; the generation loop knows nothing of prompts.
 /// </summary>
+/// <remarks>
+/// Under a KV policy the prompt's entries are what a sequence under that policy keeps after prefilling the prompt alone, as a
+/// first prefill chunk (its own attention is full causal, then the policy evicts, quantizes or records scores as it does after
+/// any step); from then on they are entries like any other: a sink keeps the prompt's first vectors as its sinks, a window or
+/// H2O may evict them as the sequence grows, and a quantized cache stores them quantized.
+/// </remarks>
 public sealed class PromptedModel : IStepModel, IDisposable
 {
+    /// <summary>Cache configurations whose prefixes are kept; ratio budgets resolve per sequence length, so a server may meet
+    /// many: the least recently used beyond these are dropped (and prefilled again if met again).</summary>
+    const int KeptConfigurations = 16;
+
     readonly CausalLanguageModel model;
-    readonly (Tensor Keys, Tensor Values)[] prefix; // per layer, [1, kvHeads, n, headDim]
+    readonly SoftPrompt prompt; // a copy of the caller's, owned
     readonly int n;
+    readonly LinkedList<(KvCacheConfig Config, KvCache Prefix)> prefixes = new(); // most recently used first
     bool ownsModel;
 
-    PromptedModel(CausalLanguageModel model, (Tensor, Tensor)[] prefix, int n)
+    PromptedModel(CausalLanguageModel model, SoftPrompt prompt)
     {
         this.model = model;
-        this.prefix = prefix;
-        this.n = n;
+        this.prompt = prompt;
+        n = prompt.Length;
         Info = model.Info with { MaxPositions = model.Info.MaxPositions - n };
     }
 
-    /// <summary>Prefills <paramref name="prompt"/> through <paramref name="model"/> once. The model is borrowed unless
-    /// <paramref name="ownModel"/>, in which case disposing this disposes it.</summary>
+    /// <summary>Wraps <paramref name="model"/> with <paramref name="prompt"/> (copied: the caller keeps its own) and prefills the
+    /// prompt under the full cache. The model is borrowed unless <paramref name="ownModel"/>, in which case disposing this
+    /// disposes it.</summary>
     public static PromptedModel Create(CausalLanguageModel model, SoftPrompt prompt, bool ownModel = false)
     {
-        var prompted = Prefill(model, prompt);
+        if (prompt.Embeddings.shape[1] != model.TokenEmbeddingWidth)
+            throw new OptionException($"{TernOption.SoftPromptFile}: the prompt's vectors are {prompt.Embeddings.shape[1]} wide; this model's token embeddings are {model.TokenEmbeddingWidth} wide.");
+        if (prompt.Length >= model.Info.MaxPositions)
+            throw new OptionException($"{TernOption.SoftPromptFile}: a prompt of {prompt.Length} vectors leaves no room in the model's {model.Info.MaxPositions} positions.");
+        var prompted = new PromptedModel(model, SoftPrompt.FromTensor(prompt.Embeddings, prompt.Metadata));
+        try
+        {
+            if (prompted.n > 0)
+                lock (prompted.prefixes) prompted.Prefix(KvCacheConfig.Full);
+        }
+        catch
+        {
+            prompted.Dispose();
+            throw;
+        }
         prompted.ownsModel = ownModel;
         return prompted;
-    }
-
-    static PromptedModel Prefill(CausalLanguageModel model, SoftPrompt prompt)
-    {
-        int n = prompt.Length;
-        if (n >= model.Info.MaxPositions)
-            throw new OptionException($"{TernOption.SoftPromptFile}: a prompt of {n} vectors leaves no room in the model's {model.Info.MaxPositions} positions.");
-        var prefix = new (Tensor, Tensor)[model.Info.Layers];
-        if (n == 0)
-        {
-            for (int l = 0; l < prefix.Length; l++) prefix[l] = (torch.empty(0).DetachFromDisposeScope(), torch.empty(0).DetachFromDisposeScope());
-            return new PromptedModel(model, prefix, 0);
-        }
-        using var cache = model.CreateCache(1, n, maxStepTokens: n);
-        using (var scope = torch.NewDisposeScope())
-        {
-            var batch = new ForwardBatch
-            {
-                InputIds = torch.zeros(1, n, ScalarType.Int64, model.Device), // placeholders under the prompt
-                Positions = torch.arange(n, ScalarType.Int64, model.Device).unsqueeze(0),
-                RealTokens = new[] { n },
-                MaxPosition = n - 1,
-                LastPositionOnly = true,
-                PrefixEmbeddings = prompt.Embeddings.to(model.Device),
-            };
-            model.Forward(batch, cache);
-        }
-        for (int l = 0; l < prefix.Length; l++)
-            prefix[l] = (cache[l].ActiveKeys.clone().DetachFromDisposeScope(), cache[l].ActiveValues.clone().DetachFromDisposeScope());
-        return new PromptedModel(model, prefix, n);
     }
 
     /// <summary>The model's shape, its context shortened by the prompt's n positions.</summary>
@@ -82,29 +78,91 @@ public sealed class PromptedModel : IStepModel, IDisposable
     /// <inheritdoc />
     public ModelDType DType => model.DType;
 
+    /// <summary>The configuration a runner or serving row for sequences of at most <paramref name="maxSequenceLength"/> text
+    /// tokens uses: <paramref name="cache"/> with its ratio budgets resolved for the prompt's entries plus the text.</summary>
+    public KvCacheConfig Resolve(KvCacheConfig? cache, int maxSequenceLength) => (cache ?? KvCacheConfig.Full).ForSequenceLength(maxSequenceLength + n);
+
     /// <inheritdoc />
     public IStepRunner CreateRunner(int batchSize, int maxSequenceLength, int maxStepTokens, KvCacheConfig? cache)
     {
-        if (cache is not null && cache != KvCacheConfig.Full)
-            throw new OptionException($"{TernOption.SoftPromptFile}: a soft prompt runs with the full KV cache (its entries must not be evicted or quantized); leave {TernOption.KvPolicy} at full.");
-        var runner = new Runner(this, model.CreateCache(batchSize, maxSequenceLength + n, KvCacheConfig.Full, maxStepTokens));
-        runner.Clear();
+        var config = Resolve(cache, maxSequenceLength);
+        var runner = new Runner(this, model.CreateCache(batchSize, maxSequenceLength + n, config, maxStepTokens), config);
+        try
+        {
+            runner.Clear();
+        }
+        catch
+        {
+            runner.Dispose();
+            throw;
+        }
         return runner;
+    }
+
+    /// <summary>
+    /// Copies the prompt's entries under <paramref name="config"/> (resolved: <see cref="Resolve"/>) into the empty rows
+    /// [<paramref name="firstRow"/>, + <paramref name="rows"/>) of <paramref name="cache"/>, with the policy state they carry; the
+    /// first time a configuration is met, the prompt is prefilled under it (safe to call from any thread).
+    /// </summary>
+    internal void ImportPrefix(KvCache cache, int firstRow, int rows, KvCacheConfig config)
+    {
+        if (n == 0) return;
+        lock (prefixes) cache.ImportIntoRows(firstRow, rows, Prefix(config));
+    }
+
+    /// <summary>The prompt's entries under <paramref name="config"/> in a one-row cache, prefilled the first time.</summary>
+    KvCache Prefix(KvCacheConfig config)
+    {
+        for (var node = prefixes.First; node is not null; node = node.Next)
+        {
+            if (!node.Value.Config.Equals(config)) continue;
+            prefixes.Remove(node);
+            prefixes.AddFirst(node);
+            return node.Value.Prefix;
+        }
+        var cache = model.CreateCache(1, n, config, maxStepTokens: n);
+        try
+        {
+            using var scope = torch.NewDisposeScope();
+            model.Forward(new ForwardBatch
+            {
+                InputIds = torch.zeros(1, n, ScalarType.Int64, model.Device), // placeholders under the prompt
+                Positions = torch.arange(n, ScalarType.Int64, model.Device).unsqueeze(0),
+                RealTokens = new[] { n },
+                MaxPosition = n - 1,
+                LastPositionOnly = true,
+                PrefixEmbeddings = prompt.Embeddings.to(model.Device),
+            }, cache);
+            if (!config.Eviction.AppendOnly) cache.Compact(); // slots a policy freed are not copied into every row
+        }
+        catch
+        {
+            cache.Dispose();
+            throw;
+        }
+        prefixes.AddFirst((config, cache));
+        if (prefixes.Count > KeptConfigurations)
+        {
+            prefixes.Last!.Value.Prefix.Dispose();
+            prefixes.RemoveLast();
+        }
+        return cache;
     }
 
     /// <inheritdoc />
     public void Dispose()
     {
-        foreach (var (k, v) in prefix)
+        lock (prefixes)
         {
-            k.Dispose();
-            v.Dispose();
+            foreach (var (_, prefix) in prefixes) prefix.Dispose();
+            prefixes.Clear();
         }
+        prompt.Dispose();
         if (ownsModel) model.Dispose();
     }
 
     /// <summary>Steps over a cache that holds the prompt's entries first; text positions shifted by n.</summary>
-    sealed class Runner(PromptedModel owner, KvCache cache) : IStepRunner
+    sealed class Runner(PromptedModel owner, KvCache cache, KvCacheConfig config) : IStepRunner
     {
         /// <summary>None: graph capture and other direct cache users would not know of the prompt's entries.</summary>
         public KvCache? Cache => null;
@@ -114,34 +172,28 @@ public sealed class PromptedModel : IStepModel, IDisposable
             if (step.WriteSlots is not null) throw new InvalidOperationException("a prompted model runs eagerly (no static-shape steps).");
             if (owner.n == 0) return owner.model.Forward(step, cache);
             using var scope = torch.NewDisposeScope();
-            var shifted = new ForwardBatch
-            {
-                InputIds = step.InputIds,
-                Positions = torch.where(step.Positions.ge(0), step.Positions + owner.n, step.Positions),
-                RealTokens = step.RealTokens,
-                HasPadding = step.HasPadding,
-                MaxPosition = step.MaxPosition + owner.n,
-                LastPositionOnly = step.LastPositionOnly,
-            };
-            return owner.model.Forward(shifted, cache).MoveToOuterDisposeScope();
+            return owner.model.Forward(Shifted(step, owner.n), cache).MoveToOuterDisposeScope();
         }
 
         /// <summary>Back to the prompt alone in every row.</summary>
         public void Clear()
         {
             cache.Clear();
-            if (owner.n == 0) return;
-            using var scope = torch.NewDisposeScope();
-            int rows = cache.Options.BatchSize;
-            var positions = torch.arange(owner.n, ScalarType.Int64, owner.model.Device).unsqueeze(0).expand(rows, owner.n);
-            for (int l = 0; l < cache.LayerCount; l++)
-            {
-                var (k, v) = owner.prefix[l];
-                cache[l].Append(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1), positions, hasPadding: false);
-            }
-            cache.Advance(Enumerable.Repeat(owner.n, rows).ToArray());
+            owner.ImportPrefix(cache, 0, cache.Options.BatchSize, config);
         }
 
         public void Dispose() => cache.Dispose();
     }
+
+    /// <summary><paramref name="step"/> with its real positions moved <paramref name="offset"/> on (padding stays -1): text after
+    /// a prompt of that many entries.</summary>
+    static ForwardBatch Shifted(ForwardBatch step, int offset) => new()
+    {
+        InputIds = step.InputIds,
+        Positions = torch.where(step.Positions.ge(0), step.Positions + offset, step.Positions),
+        RealTokens = step.RealTokens,
+        HasPadding = step.HasPadding,
+        MaxPosition = step.MaxPosition + offset,
+        LastPositionOnly = step.LastPositionOnly,
+    };
 }

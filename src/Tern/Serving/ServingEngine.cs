@@ -3,6 +3,7 @@ using Tern.Generation;
 using Tern.Caching;
 using Tern.Interop;
 using Tern.Models;
+using Tern.Prompting;
 using Tern.Runtime;
 using Tern.Tokenization;
 using TorchSharp;
@@ -29,12 +30,15 @@ namespace Tern.Serving;
 /// <see cref="Generator"/> gives. Each sequence samples through its own sampler (as the generator's rows do), which applies the
 /// request's <see cref="GenerationOptions.Constraint"/> and records its <see cref="GenerationOptions.Logprobs"/>; a constrained
 /// sequence reads its token back as it is drawn (its next mask depends on it), so on CUDA a step holding one waits for the
-/// device before the next step is queued.
+/// device before the next step is queued. A request with a soft prompt (<see cref="ServingOptions.SoftPrompts"/>) starts its
+/// row from the prompt's entries, prefilled once per pool configuration (<see cref="PromptedModel"/>), and gives the tokens
+/// <see cref="Generator"/> gives over that <see cref="PromptedModel"/>.
 /// </remarks>
 public sealed class ServingEngine : IDisposable
 {
     readonly IStepModel model;
     readonly CausalLanguageModel? inMemory; // pools of cache rows; null: an offloaded model, served in blocks
+    readonly IReadOnlyDictionary<string, PromptedModel> softPrompts; // by name, owned
     StaticStep? together; // the static-shape step of the pools last stepped in one forward pass
     readonly Channel<ServingRequest> incoming = Channel.CreateUnbounded<ServingRequest>(new UnboundedChannelOptions { SingleReader = true });
     readonly CancellationTokenSource stopping = new();
@@ -58,9 +62,10 @@ public sealed class ServingEngine : IDisposable
     long steps, generated, completed, cancelled, prefills, captures;
     double prefillSeconds;
 
-    ServingEngine(IStepModel model, TernTokenizer? tokenizer, ServingOptions options)
+    ServingEngine(IStepModel model, TernTokenizer? tokenizer, ServingOptions options, IReadOnlyDictionary<string, PromptedModel> softPrompts)
     {
         this.model = model;
+        this.softPrompts = softPrompts;
         inMemory = model as CausalLanguageModel;
         Tokenizer = tokenizer;
         Options = options;
@@ -79,8 +84,31 @@ public sealed class ServingEngine : IDisposable
     {
         options ??= new ServingOptions();
         options.Validate();
-        return new ServingEngine(model, tokenizer, options);
+        return new ServingEngine(model, tokenizer, options, PrefillSoftPrompts(model, options));
     }
+
+    /// <summary>The soft prompts of <paramref name="options"/>, each prefilled under the full cache (other configurations are
+    /// prefilled when a pool of theirs first meets the prompt).</summary>
+    static Dictionary<string, PromptedModel> PrefillSoftPrompts(IStepModel model, ServingOptions options)
+    {
+        var prompts = new Dictionary<string, PromptedModel>();
+        if (options.SoftPrompts is not { Count: > 0 } given) return prompts;
+        if (model is not CausalLanguageModel inMemory)
+            throw new OptionException($"{TernOption.SoftPromptFile} runs with a model in memory: an offloaded model ({TernOption.Offload}) steps blocks whose caches its policy places, and they do not start from a prefilled prompt yet. Drop one of them.");
+        try
+        {
+            foreach (var (name, prompt) in given) prompts[name] = PromptedModel.Create(inMemory, prompt);
+        }
+        catch
+        {
+            foreach (var prompted in prompts.Values) prompted.Dispose();
+            throw;
+        }
+        return prompts;
+    }
+
+    /// <summary>The names of the soft prompts served (<see cref="ServingOptions.SoftPrompts"/>) and their lengths in vectors.</summary>
+    public IReadOnlyDictionary<string, int> SoftPrompts => softPrompts.ToDictionary(p => p.Key, p => p.Value.PromptLength);
 
     /// <summary>The limits.</summary>
     public ServingOptions Options { get; }
@@ -91,8 +119,11 @@ public sealed class ServingEngine : IDisposable
     /// <summary>The tokenizer, or null.</summary>
     public TernTokenizer? Tokenizer { get; }
 
-    /// <summary>Longest prompt accepted, in tokens.</summary>
-    public int MaxPromptTokens => maxPrompt;
+    /// <summary>Longest prompt accepted, in tokens, after the default soft prompt if there is one (a soft prompt of n vectors
+    /// leaves at most the context minus n minus one).</summary>
+    public int MaxPromptTokens => LongestPrompt(softPrompts.GetValueOrDefault(ServingOptions.DefaultSoftPrompt));
+
+    int LongestPrompt(PromptedModel? soft) => Math.Min(maxPrompt, model.Info.MaxPositions - 1 - (soft?.PromptLength ?? 0));
 
     /// <summary>The load, as of the last step boundary.</summary>
     public ServingStats Stats => stats;
@@ -123,9 +154,15 @@ public sealed class ServingEngine : IDisposable
     public ServingRequest Submit(string prompt, GenerationOptions options, CancellationToken cancellation = default) =>
         Submit(Encode(prompt), options, cancellation);
 
-    /// <summary>Queues a token prompt. Throws <see cref="ServingException"/> when it is invalid or past a limit, when the
-    /// queue is full, or when the engine is stopping.</summary>
-    public ServingRequest Submit(IReadOnlyList<int> prompt, GenerationOptions options, CancellationToken cancellation = default)
+    /// <summary>Queues a token prompt after the default soft prompt, if the engine has one. Throws <see cref="ServingException"/>
+    /// when it is invalid or past a limit, when the queue is full, or when the engine is stopping.</summary>
+    public ServingRequest Submit(IReadOnlyList<int> prompt, GenerationOptions options, CancellationToken cancellation = default) =>
+        Submit(prompt, options, null, cancellation);
+
+    /// <summary>Queues a token prompt after the soft prompt named <paramref name="softPrompt"/> (null: the default one, if
+    /// any; see <see cref="ServingOptions.SoftPrompts"/>). Throws <see cref="ServingException"/> when it is invalid or past a
+    /// limit, when the queue is full, or when the engine is stopping.</summary>
+    public ServingRequest Submit(IReadOnlyList<int> prompt, GenerationOptions options, string? softPrompt, CancellationToken cancellation = default)
     {
         if (stopping.IsCancellationRequested || draining) throw new ServingException(ServingError.Unavailable, "the server is shutting down.");
         try
@@ -137,9 +174,15 @@ public sealed class ServingEngine : IDisposable
             throw new ServingException(ServingError.InvalidRequest, e.Message, inner: e);
         }
         var info = model.Info;
+        PromptedModel? soft = null;
+        if (softPrompt is not null && !softPrompts.TryGetValue(softPrompt, out soft))
+            throw Invalid(softPrompts.Count == 0 ? $"this server has no soft prompts (asked for '{softPrompt}')."
+                : $"this server has no soft prompt '{softPrompt}'; it has {string.Join(", ", softPrompts.Keys.Where(k => k.Length > 0).Select(k => $"'{k}'"))}.", "soft_prompt");
+        soft ??= softPrompts.GetValueOrDefault(ServingOptions.DefaultSoftPrompt);
+        int n = soft?.PromptLength ?? 0, longest = LongestPrompt(soft);
         if (prompt.Count == 0) throw Invalid("the prompt has no tokens; it needs at least one.", "prompt");
-        if (prompt.Count > maxPrompt)
-            throw Invalid($"the prompt has {prompt.Count} tokens; this server accepts at most {maxPrompt} (the model's context is {info.MaxPositions}).", "prompt");
+        if (prompt.Count > longest)
+            throw Invalid($"the prompt has {prompt.Count} tokens; this server accepts at most {longest} (the model's context is {info.MaxPositions}{(n > 0 ? $", of which the soft prompt takes {n}" : "")}).", "prompt");
         foreach (int id in prompt)
             if (id < 0 || id >= info.VocabSize) throw Invalid($"token id {id} is outside the model's vocabulary of {info.VocabSize}.", "prompt");
         if (options.MaxNewTokens > Options.MaxNewTokens)
@@ -159,12 +202,13 @@ public sealed class ServingEngine : IDisposable
         {
             throw Invalid(e.Message, e.Option == TernOption.KvBits ? "kv_bits" : "kv_policy", e);
         }
-        int maxNew = options.NewTokensFor(info, prompt.Count);
+        // A soft prompt's entries are the row's first: they take context, and their share of the cache is reserved.
+        int maxNew = options.NewTokensFor(soft?.Info ?? info, prompt.Count);
         int reserved, length = prompt.Count + maxNew;
         try
         {
-            cache = cache.ForSequenceLength(length);
-            reserved = cache.Eviction.Capacity(length, prompt.Count);
+            cache = soft?.Resolve(cache, length) ?? cache.ForSequenceLength(length);
+            reserved = cache.Eviction.Capacity(n + length, prompt.Count);
         }
         catch (ArgumentException e)
         {
@@ -178,7 +222,7 @@ public sealed class ServingEngine : IDisposable
             Interlocked.Decrement(ref queued);
             throw new ServingException(ServingError.Overloaded, $"the server is busy: {Options.MaxQueue} requests are already waiting; retry later.");
         }
-        var request = new ServingRequest(prompt, options, cache, maxNew, reserved, cancellation);
+        var request = new ServingRequest(prompt, options, soft, cache, maxNew, reserved, cancellation);
         Interlocked.Increment(ref outstanding);
         if (!incoming.Writer.TryWrite(request))
         {
@@ -227,6 +271,7 @@ public sealed class ServingEngine : IDisposable
         stopping.Cancel();
         loop.Join();
         stopping.Dispose();
+        foreach (var prompted in softPrompts.Values) prompted.Dispose();
     }
 
     // ------------------------------------------------------------------ the scheduler (loop thread)
@@ -393,8 +438,10 @@ public sealed class ServingEngine : IDisposable
         public int Next { get; set; }
         /// <summary>True once the sequence has finished or failed: tokens still in flight for it are dropped.</summary>
         public bool Left { get; set; }
+        /// <summary>Tokens generated and fed back so far.</summary>
+        public int FedBack => Fed - Request.PrefilledTokens;
         /// <summary>True while a decode step would produce a token the request still wants (the prefill gave the first).</summary>
-        public bool WantsStep => Fed - Request.PromptTokens.Count + 1 < Request.MaxNewTokens;
+        public bool WantsStep => FedBack + 1 < Request.MaxNewTokens;
         public void Dispose() => Sampler.Dispose();
     }
 
@@ -431,11 +478,11 @@ public sealed class ServingEngine : IDisposable
             var stopIds = SequenceProgress.StopIds(request.Options, engine.Tokenizer, engine.model);
             var progress = new SequenceProgress(engine.Tokenizer?.CreateStreamingDecoder(), request.Options.StopStrings, stopIds);
             if (request.Options.PromptLogprobs is { } top)
-                request.PromptLogprobs = progress.PromptLogprobs = TokenLogprob.ScorePrompt(engine.model, request.PromptTokens, top);
+                request.PromptLogprobs = progress.PromptLogprobs = TokenLogprob.ScorePrompt(request.SoftPrompt ?? engine.model, request.PromptTokens, top);
             using var scope = torch.NewDisposeScope();
             var ids = torch.tensor(request.PromptTokens.Select(t => (long)t).ToArray(), new long[] { 1, request.PromptTokens.Count });
             var sampler = new Sampler(request.Options, ids, torch.ones_like(ids, ScalarType.Bool), engine.model.Info.VocabSize, stopIds, request.MaxNewTokens);
-            return new Sequence(request, progress, sampler) { Fed = request.PromptTokens.Count };
+            return new Sequence(request, progress, sampler) { Fed = request.PrefilledTokens };
         }
 
         /// <summary>Samples each sequence's next token from its row of <paramref name="logits"/> [n, vocab], streams it, and
@@ -753,8 +800,12 @@ public sealed class ServingEngine : IDisposable
                     StartChunkedPrefill(joiners[0]);
                     return;
                 }
-                using var scope = torch.NewDisposeScope();
-                AddRows(joiners, Prefill(joiners));
+                // Joiners of one soft prompt (or none) are prefilled together: their rows start from the same entries.
+                foreach (var group in joiners.GroupBy(s => s.Request.SoftPrompt))
+                {
+                    using var scope = torch.NewDisposeScope();
+                    AddRows(group.ToArray(), Prefill(group.ToArray()));
+                }
             }
             catch (Exception e)
             {
@@ -771,17 +822,36 @@ public sealed class ServingEngine : IDisposable
             }
         }
 
-        /// <summary>Prefills the joiners' prompts (left-padded together) in a scratch cache under the pool's policy and moves
-        /// them into the rows after the running ones; returns their next-token logits.</summary>
+        /// <summary>Prefills the prompts of joiners of one soft prompt (left-padded together, after the soft prompt's entries,
+        /// copied into each row) in a scratch cache under the pool's policy and moves them into the rows after the running ones;
+        /// returns their next-token logits.</summary>
         Tensor Prefill(IReadOnlyList<Sequence> joiners)
         {
             var prompts = joiners.Select(s => s.Request.PromptTokens).ToArray();
-            int longest = prompts.Max(p => p.Count);
-            Fit(Sequences.Count + joiners.Count, longest, Ahead(joiners));
-            using var scratch = model.CreateCache(joiners.Count, longest, config, maxStepTokens: longest);
-            var logits = model.Forward(ForwardBatch.LeftPadded(prompts, model.Device, lastPositionOnly: true), scratch);
+            var soft = joiners[0].Request.SoftPrompt;
+            int n = soft?.PromptLength ?? 0, longest = prompts.Max(p => p.Count);
+            Fit(Sequences.Count + joiners.Count, n + longest, Ahead(joiners));
+            using var scratch = Scratch(joiners.Count, soft, longest, longest);
+            var logits = model.Forward(ForwardBatch.LeftPadded(prompts, model.Device, lastPositionOnly: true, firstPosition: n), scratch);
             Import(scratch);
             return logits;
+        }
+
+        /// <summary>A cache under the pool's policy for <paramref name="rows"/> prompts of at most <paramref name="longest"/>
+        /// tokens fed in steps of <paramref name="stepTokens"/>, each row starting from <paramref name="soft"/>'s entries.</summary>
+        KvCache Scratch(int rows, PromptedModel? soft, int longest, int stepTokens)
+        {
+            var scratch = model.CreateCache(rows, (soft?.PromptLength ?? 0) + longest, config, maxStepTokens: stepTokens);
+            try
+            {
+                soft?.ImportPrefix(scratch, 0, rows, config);
+            }
+            catch
+            {
+                scratch.Dispose();
+                throw;
+            }
+            return scratch;
         }
 
         /// <summary>Makes the prefilled joiners (imported into the rows after the running ones) running rows, their first
@@ -812,10 +882,12 @@ public sealed class ServingEngine : IDisposable
         void StartChunkedPrefill(Sequence joiner)
         {
             var prompt = joiner.Request.PromptTokens;
+            var soft = joiner.Request.SoftPrompt;
             int chunk = Engine.Options.MaxPrefillTokensPerStep;
+            var scratch = Scratch(1, soft, prompt.Count, chunk);
             // Outside any dispose scope: the prompt's tensors live until the prefill ends (ChunkedPrefill.Dispose).
-            var whole = ForwardBatch.LeftPadded(new[] { prompt }, model.Device, lastPositionOnly: true);
-            prefilling = new ChunkedPrefill(joiner, whole, whole.Chunks(chunk).ToArray(), model.CreateCache(1, prompt.Count, config, maxStepTokens: chunk));
+            var whole = ForwardBatch.LeftPadded(new[] { prompt }, model.Device, lastPositionOnly: true, firstPosition: soft?.PromptLength ?? 0);
+            prefilling = new ChunkedPrefill(joiner, whole, whole.Chunks(chunk).ToArray(), scratch);
             AdvancePrefill();
         }
 
@@ -1125,11 +1197,11 @@ public sealed class ServingEngine : IDisposable
         /// <summary>Steps the pool may still run for its rows and <paramref name="joiners"/> (the most tokens a row still wants,
         /// plus the overlapped step), when its cache only appends; 0 when its policy evicts (its capacity is the policy's).</summary>
         int Ahead(IEnumerable<Sequence>? joiners = null) => !config.Eviction.AppendOnly ? 0
-            : Sequences.Concat(joiners ?? Enumerable.Empty<Sequence>()).Select(s => s.Request.MaxNewTokens - (s.Fed - s.Request.PromptTokens.Count))
+            : Sequences.Concat(joiners ?? Enumerable.Empty<Sequence>()).Select(s => s.Request.MaxNewTokens - s.FedBack)
                 .DefaultIfEmpty(0).Max() + 1;
 
-        /// <summary>Sizes the pool for <paramref name="rows"/> running rows, joiners of up to <paramref name="longest"/> prompt
-        /// tokens and <paramref name="ahead"/> more steps. It grows when they would not fit: a cache that only appends is sized
+        /// <summary>Sizes the pool for <paramref name="rows"/> running rows, joiners of up to <paramref name="longest"/> entries
+        /// (a soft prompt's and the prompt's) and <paramref name="ahead"/> more steps. It grows when they would not fit: a cache that only appends is sized
         /// once for what its rows still want (rounded up to 64 slots: a resize re-captures the pool's CUDA graph, and attention
         /// reads every slot), an evicting one doubles when more than three quarters full; holes are compacted away first. It
         /// shrinks (rows, or slots, to a quarter or less in use) only at <paramref name="housekeeping"/> boundaries, after
@@ -1150,7 +1222,7 @@ public sealed class ServingEngine : IDisposable
             // With a slot per row a row needs its prompt and its tokens, wherever the others are; with one slot for every row the
             // pool's length grows with each step until a compaction.
             int Need() => cache.RowSlots
-                ? Math.Max(Sequences.Select(s => s.Request.PromptTokens.Count + s.Request.MaxNewTokens + 1).DefaultIfEmpty(0).Max(), longest + ahead + 1)
+                ? Math.Max(Sequences.Select(s => s.Request.PrefilledTokens + s.Request.MaxNewTokens + 1).DefaultIfEmpty(0).Max(), longest + ahead + 1)
                 : Math.Max(cache.Length, longest) + ahead + 1;
             bool fewerRows = allocatedRows > 1 && rows * 4 <= allocatedRows, fewerSlots = capacity > MinimumCapacity && Need() * 4 <= capacity;
             if (housekeeping) lowUse = fewerRows || fewerSlots ? lowUse + 1 : 0;

@@ -1,3 +1,4 @@
+using Tern.Prompting;
 using Tern.Runtime;
 
 namespace Tern.Serving;
@@ -45,6 +46,19 @@ public sealed record ServingOptions
     /// dynamic shapes (no CUDA graph).</summary>
     public bool StepPoolsTogether { get; init; } = true;
 
+    /// <summary>
+    /// Soft prompts (<c>tern prompt train</c>) served by name: a request picks one by its name, and the one named ""
+    /// (<see cref="DefaultSoftPrompt"/>), when given, runs before every request that names none. Each prompt's n entries are
+    /// prefilled once per KV cache configuration and copied into a row's cache when the row joins its pool; its text positions
+    /// start at n, and the entries count in the row's cache (the context left to prompt and max_tokens, reserved tokens).
+    /// Rows of different prompts share a pool. A model stepped in blocks (offloaded) refuses them. The engine copies the
+    /// prompts when it starts: the caller keeps its own.
+    /// </summary>
+    public IReadOnlyDictionary<string, SoftPrompt>? SoftPrompts { get; init; }
+
+    /// <summary>The name of the soft prompt that runs before requests that name none.</summary>
+    public const string DefaultSoftPrompt = "";
+
     /// <summary>Tests: the static-shape step without a graph, so CPU runs prove the body a graph captures.</summary>
     internal bool ForceStaticShapes { get; init; }
 
@@ -57,6 +71,9 @@ public sealed record ServingOptions
         if (MaxPromptTokens < 0) throw new OptionException($"{TernOption.MaxPromptTokens} must be >= 0 (got {MaxPromptTokens}; 0 = the model's context).");
         if (MaxNewTokens < 1) throw new OptionException($"{TernOption.ServingMaxNewTokens} must be at least 1 (got {MaxNewTokens}).");
         if (MaxPrefillTokensPerStep < 1) throw new OptionException($"{TernOption.MaxPrefillTokensPerStep} must be at least 1 (got {MaxPrefillTokensPerStep}).");
+        foreach (string name in SoftPrompts?.Keys ?? Enumerable.Empty<string>())
+            if (!name.All(c => char.IsAsciiLetterOrDigit(c) || c is '-' or '_' or '.'))
+                throw new OptionException($"{TernOption.SoftPromptFile}: a prompt's name is letters, digits, '-', '_' or '.' (got '{name}').");
     }
 }
 

@@ -1,6 +1,7 @@
 using Tern.Caching;
 using System.Threading.Channels;
 using Tern.Generation;
+using Tern.Prompting;
 
 namespace Tern.Serving;
 
@@ -15,9 +16,10 @@ public sealed class ServingRequest
     readonly Channel<GeneratedToken> tokens = Channel.CreateUnbounded<GeneratedToken>(new UnboundedChannelOptions { SingleWriter = true });
     readonly TaskCompletionSource<SequenceOutput> completion = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
-    internal ServingRequest(IReadOnlyList<int> prompt, GenerationOptions options, KvCacheConfig cache, int maxNewTokens, int reservedTokens,
-        CancellationToken cancellation)
+    internal ServingRequest(IReadOnlyList<int> prompt, GenerationOptions options, PromptedModel? softPrompt, KvCacheConfig cache,
+        int maxNewTokens, int reservedTokens, CancellationToken cancellation)
     {
+        SoftPrompt = softPrompt;
         Cache = cache;
         PromptTokens = prompt;
         Options = options;
@@ -46,6 +48,12 @@ public sealed class ServingRequest
     public Task<SequenceOutput> Completion => completion.Task;
 
     internal int ReservedTokens { get; }
+
+    /// <summary>The soft prompt the request runs after (its entries start the row), or null.</summary>
+    internal PromptedModel? SoftPrompt { get; }
+
+    /// <summary>Entries the request's row holds once its prompt is prefilled: the soft prompt's and the prompt's.</summary>
+    internal int PrefilledTokens => (SoftPrompt?.PromptLength ?? 0) + PromptTokens.Count;
 
     /// <summary>The request's KV cache with ratio budgets resolved for its own length: the key of the pool it runs in.</summary>
     internal KvCacheConfig Cache { get; }

@@ -18,7 +18,8 @@ namespace Tern.Serving;
 /// continuous batch. Prompts are rendered with the tokenizer's chat template; <see cref="ChatOptions.ResponseFormat"/> JSON
 /// (any object, or a schema) is honoured by constrained decoding; <see cref="ChatOptions.Tools"/> (function declarations) go
 /// through a template that renders tools, and calls in the reply come back as <see cref="FunctionCallContent"/> (a required
-/// <see cref="ChatOptions.ToolMode"/> forces one through the JSON constraint).
+/// <see cref="ChatOptions.ToolMode"/> forces one through the JSON constraint). A call runs after the engine's default soft
+/// prompt, if it has one, or after the one named by <see cref="ChatOptions.AdditionalProperties"/>[<see cref="SoftPromptProperty"/>].
 /// <para>As Microsoft.Extensions.AI's OpenAI adapter takes its provider's options from <see cref="ChatOptions.RawRepresentationFactory"/>
 /// and returns the provider's reply as <c>RawRepresentation</c>, this client takes <see cref="GenerationOptions"/> from the
 /// factory (e.g. <see cref="GenerationOptions.Logprobs"/>, a KV-cache policy) and returns the engine's output: a response's
@@ -60,6 +61,10 @@ public sealed class TernChatClient : IChatClient
             throw;
         }
     }
+
+    /// <summary>The <see cref="ChatOptions.AdditionalProperties"/> key whose string value names the engine's soft prompt a call
+    /// runs after (<see cref="ServingOptions.SoftPrompts"/>), as the server's body field does.</summary>
+    public const string SoftPromptProperty = "soft_prompt";
 
     /// <summary>The engine requests go to.</summary>
     public ServingEngine Engine { get; }
@@ -155,7 +160,8 @@ public sealed class TernChatClient : IChatClient
                     Engine.ChatTemplate.ToolCallArguments), Engine.Tokenizer!),
             };
         bool reads = functions.Length > 0 && options!.ToolMode is not NoneChatToolMode;
-        return (Engine.Submit(prompt, generation, cancellation), reads ? functions : null);
+        string? softPrompt = options?.AdditionalProperties?.TryGetValue(SoftPromptProperty, out string? named) == true ? named : null;
+        return (Engine.Submit(prompt, generation, softPrompt, cancellation), reads ? functions : null);
     }
 
     /// <summary>A message as the chat template takes it: function calls of an assistant turn, a tool turn's results as text.</summary>

@@ -29,6 +29,32 @@ public sealed class CacheRowTests
 
     static Tensor Row(Tensor t, int row, int start, int count) => t.select(0, row).narrow(1, start, count);
 
+    /// <summary>A one-row cache (a soft prompt's entries) fills a block of rows in one copy, exactly, and leaves no holes when
+    /// it fills every row in use (decode keeps its unmasked path).</summary>
+    [Theory]
+    [InlineData(16)]
+    [InlineData(8)]
+    public void AOneRowCacheFillsEveryRowOfABlock(int bits)
+    {
+        using var scope = torch.NewDisposeScope();
+        using var prefix = Create(bits, batch: 1, capacity: 4);
+        Fill(prefix, 4, seed: 3, 0);
+        using var cache = Create(bits);
+        cache.ImportIntoRows(0, B, prefix);
+        Assert.Equal(4, cache.Length);
+        for (int l = 0; l < 2; l++)
+        {
+            Assert.False(cache[l].HasHoles);
+            for (int row = 0; row < B; row++)
+            {
+                Assert.True(Row(cache[l].Keys, row, 0, 4).eq(Row(prefix[l].Keys, 0, 0, 4)).all().item<bool>());
+                Assert.True(Row(cache[l].Values, row, 0, 4).eq(Row(prefix[l].Values, 0, 0, 4)).all().item<bool>());
+                Assert.Equal(new long[] { 0, 1, 2, 3 }, Row(cache[l].Positions, row, 0, 4).select(0, 0).data<long>().ToArray());
+            }
+        }
+        Assert.Equal(B * 2 * H * 4, cache.OccupiedEntries());
+    }
+
     [Theory]
     [InlineData(16)]
     [InlineData(8)]

@@ -113,6 +113,40 @@ public sealed class SoftPromptTests
         Assert.Equal(model.Info.MaxPositions - 4, prefixed.Info.MaxPositions);
     }
 
+    /// <summary>Under a KV policy the prompt's entries are what the policy keeps of the prompt prefilled as a first chunk: with
+    /// P = the embeddings of real tokens, generation through <see cref="PromptedModel"/> equals the plain model's over those
+    /// tokens + the text, prefilled in chunks of n (the prompt's, then the text's), under the same policy.</summary>
+    [Theory]
+    [InlineData("sink", "10", 2, 1, 16)]
+    [InlineData("sink", "10", 2, 4, 16)]
+    [InlineData("sink", "5", 1, 1, 16)] // the prompt's own prefill evicts some of it
+    [InlineData("window", "8", null, 1, 16)]
+    [InlineData("h2o", "10", null, 1, 16)]
+    [InlineData("h2o", "0.5", null, 3, 16)]
+    [InlineData("full", null, null, 1, 8)]
+    public void UnderAPolicyThePromptIsAFirstPrefillChunk(string policy, string? budget, int? sinks, int evictEvery, int bits)
+    {
+        using var model = HfParityContract.LoadFixture("llama-gqa");
+        using var scope = torch.NewDisposeScope();
+        int n = 6;
+        var prefix = Tokens(n, model.Info.VocabSize, 4);
+        using var prompt = SoftPrompt.FromTensor(model.EmbeddingRows(model.Info.VocabSize).index_select(0, torch.tensor(prefix.Select(x => (long)x).ToArray())));
+        using var prompted = PromptedModel.Create(model, prompt);
+        var cache = Tern.Caching.KvCachePolicies.Create(new Tern.Caching.KvPolicyOptions
+        {
+            Policy = policy, Budget = budget is null ? null : Tern.Caching.KvBudget.Parse(budget), Sinks = sinks, EvictEvery = evictEvery, Bits = bits,
+        });
+        var options = new GenerationOptions { MaxNewTokens = 24, IgnoreEos = true, Cache = cache };
+        foreach (int length in new[] { 3, 6 })
+        {
+            var text = Tokens(length, model.Info.VocabSize, 10 + length);
+            var withPrompt = new Tern.Generation.Generator(prompted).GenerateTokens(new[] { text }, options, TestContext.Current.CancellationToken);
+            var plain = new Tern.Generation.Generator(model).GenerateTokens(new[] { prefix.Concat(text).ToArray() }, options with { PrefillChunk = n },
+                TestContext.Current.CancellationToken);
+            Assert.Equal(plain.Sequences[0].Tokens, withPrompt.Sequences[0].Tokens);
+        }
+    }
+
     [Fact]
     public void TrainingLeavesTheModelBitIdenticalAndLowersValidationLoss()
     {

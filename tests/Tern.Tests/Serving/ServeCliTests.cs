@@ -119,6 +119,74 @@ public sealed class ServeCliTests
         }
     }
 
+    /// <summary><c>tern serve --soft-prompt FILE --soft-prompt NAME=FILE</c>, a real process: a request without
+    /// <c>soft_prompt</c> gets the text <c>tern generate --soft-prompt FILE</c> prints, one naming the other prompt the text
+    /// generate prints with that one; the start-up line lists them.</summary>
+    [Fact]
+    public async Task ServedSoftPromptsGiveTernGeneratesText()
+    {
+        using var fixture = new ServingFixture();
+        using var dir = new TempDir();
+        string seven = dir.File("seven.safetensors"), four = dir.File("four.safetensors");
+        var generator = new TorchSharp.torch.Generator(8);
+        foreach (var (path, n) in new[] { (seven, 7), (four, 4) })
+        {
+            using var vectors = TorchSharp.torch.randn(new long[] { n, fixture.Model.TokenEmbeddingWidth }, generator: generator);
+            using var prompt = Tern.Prompting.SoftPrompt.FromTensor(vectors);
+            prompt.Save(path);
+        }
+        string text = ServingFixture.Prompts[1];
+        string Generate(string file)
+        {
+            var (code, output, error) = Run("generate", text, "--model", fixture.Folder, "--device", "cpu", "--max-new-tokens", "16", "--soft-prompt", file);
+            Assert.True(code == 0, error);
+            return output.TrimEnd('\n');
+        }
+        string withSeven = Generate(seven), withFour = Generate(four);
+        Assert.NotEqual(withSeven, withFour);
+
+        string cli = Path.Combine(AppContext.BaseDirectory, "Tern.Cli.dll");
+        var start = new System.Diagnostics.ProcessStartInfo("dotnet")
+        {
+            ArgumentList = { cli, "serve", "--model", fixture.Folder, "--model-id", "tern", "--device", "cpu", "--port", "0", "--soft-prompt", seven, "--soft-prompt", $"four={four}" },
+            RedirectStandardError = true, RedirectStandardOutput = true,
+        };
+        using var process = System.Diagnostics.Process.Start(start)!;
+        try
+        {
+            var started = new TaskCompletionSource<string>();
+            process.ErrorDataReceived += (_, e) => { if (e.Data?.Contains(" at http://", StringComparison.Ordinal) == true) started.TrySetResult(e.Data); };
+            process.BeginErrorReadLine();
+            process.BeginOutputReadLine();
+            string line = await started.Task.WaitAsync(TimeSpan.FromSeconds(60), Ct);
+            Assert.Contains("soft prompt of 7 vectors before every request, soft prompts by body field soft_prompt: four (4)", line);
+            var server = new Uri(System.Text.RegularExpressions.Regex.Match(line, @" at (http://\S+/)v1 ").Groups[1].Value);
+            using var http = new HttpClient();
+            async Task<string> Complete(string? softPrompt)
+            {
+                object body = softPrompt is null ? new { model = "tern", prompt = text, max_tokens = 16, temperature = 0 }
+                    : new { model = "tern", prompt = text, max_tokens = 16, temperature = 0, soft_prompt = softPrompt };
+                using var response = await http.PostAsJsonAsync(new Uri(server, "v1/completions"), body, Ct);
+                using var json = JsonDocument.Parse(await response.Content.ReadAsStringAsync(Ct));
+                return text + json.RootElement.GetProperty("choices")[0].GetProperty("text").GetString();
+            }
+            Assert.Equal(withSeven, await Complete(null));
+            Assert.Equal(withFour, await Complete("four"));
+        }
+        finally
+        {
+            if (!process.HasExited) process.Kill(entireProcessTree: true);
+        }
+    }
+
+    [Fact]
+    public void ServedSoftPromptsAreRefusedWithOffloadBeforeLoading()
+    {
+        var (code, _, error) = Run("serve", "--model", "no-such-folder", "--soft-prompt", "p.safetensors", "--offload", "auto");
+        Assert.Equal(2, code);
+        Assert.Contains("Drop one of --soft-prompt and --offload", error);
+    }
+
     [Theory]
     [InlineData("--max-batch 0", "tern: --max-batch must be at least 1 (got 0).")]
     [InlineData("--max-tokens 0", "tern: --max-tokens must be at least 1 (got 0).")]

@@ -1,0 +1,227 @@
+using System.Net;
+using System.Text;
+using System.Text.Json;
+using Microsoft.Extensions.AI;
+using Tern.Caching;
+using Tern.Generation;
+using Tern.Models;
+using Tern.Offloading;
+using Tern.Prompting;
+using Tern.Runtime;
+using Tern.Server;
+using Tern.Serving;
+using TorchSharp;
+using Generator = Tern.Generation.Generator;
+
+namespace Tern.Tests.Serving;
+
+/// <summary>Soft prompts served (<see cref="ServingOptions.SoftPrompts"/>): each row starts from the prompt's entries, prefilled
+/// once, and gives the tokens <see cref="Generator"/> gives over the <see cref="PromptedModel"/> (what <c>tern generate
+/// --soft-prompt</c> runs), eagerly and with static shapes, under every KV policy, with rows of several prompts in one pool.</summary>
+public sealed class SoftPromptServingTests : IDisposable
+{
+    readonly ServingFixture fixture = new();
+    readonly SoftPrompt four, seven;
+
+    public SoftPromptServingTests()
+    {
+        var generator = new torch.Generator(5);
+        using var a = torch.randn(new long[] { 4, fixture.Model.TokenEmbeddingWidth }, generator: generator);
+        using var b = torch.randn(new long[] { 7, fixture.Model.TokenEmbeddingWidth }, generator: generator);
+        four = SoftPrompt.FromTensor(a);
+        seven = SoftPrompt.FromTensor(b);
+    }
+
+    public void Dispose()
+    {
+        four.Dispose();
+        seven.Dispose();
+        fixture.Dispose();
+    }
+
+    static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    static GenerationOptions Greedy(int maxNew, KvCacheConfig? cache = null) => new() { MaxNewTokens = maxNew, StopTokenIds = Array.Empty<int>(), Cache = cache };
+
+    static KvCacheConfig Policy(string name, string? budget = null, int? sinks = null, int evictEvery = 1, int bits = 16) =>
+        KvCachePolicies.Create(new KvPolicyOptions { Policy = name, Budget = budget is null ? null : KvBudget.Parse(budget), Sinks = sinks, EvictEvery = evictEvery, Bits = bits });
+
+    /// <summary>What <c>tern generate --soft-prompt</c> gives for <paramref name="text"/> alone.</summary>
+    int[] Reference(SoftPrompt? prompt, string text, GenerationOptions options)
+    {
+        if (prompt is null) return new Generator(fixture.Model, fixture.Tokenizer).Generate(new[] { text }, options, Ct).Sequences[0].Tokens.ToArray();
+        using var prompted = PromptedModel.Create(fixture.Model, prompt);
+        return new Generator(prompted, fixture.Tokenizer).Generate(new[] { text }, options, Ct).Sequences[0].Tokens.ToArray();
+    }
+
+    [Theory]
+    [InlineData(false, false)]
+    [InlineData(true, false)]
+    [InlineData(false, true)]
+    [InlineData(true, true)]
+    public async Task GreedyTokensEqualThePromptedGeneratorAloneTogetherJoiningAndChunked(bool staticShapes, bool overlap)
+    {
+        var expected = ServingFixture.Prompts.Select(p => Reference(seven, p, Greedy(24))).ToArray();
+        Assert.NotEqual(ServingFixture.Prompts.Select(p => Reference(null, p, Greedy(24))), expected); // the prompt matters
+        var prompts = new Dictionary<string, SoftPrompt> { [ServingOptions.DefaultSoftPrompt] = seven };
+        using var engine = ServingEngine.Start(fixture.Model, fixture.Tokenizer,
+            new ServingOptions { MaxBatchSize = 8, ForceStaticShapes = staticShapes, OverlapSteps = overlap, SoftPrompts = prompts });
+
+        Assert.Equal(expected[0], (await engine.Submit(ServingFixture.Prompts[0], Greedy(24), Ct).Completion).Tokens);
+        var together = ServingFixture.Prompts.Select(p => engine.Submit(p, Greedy(24), Ct)).ToArray();
+        for (int i = 0; i < together.Length; i++) Assert.Equal(expected[i], (await together[i].Completion).Tokens);
+
+        var staggered = new List<(int Prompt, ServingRequest Request, int MaxNew)>();
+        for (int i = 0; i < ServingFixture.Prompts.Length; i++)
+        {
+            int maxNew = 6 + 2 * i;
+            var request = engine.Submit(ServingFixture.Prompts[i], Greedy(maxNew), Ct);
+            staggered.Add((i, request, maxNew));
+            await request.Tokens.WaitToReadAsync(Ct);
+        }
+        foreach (var (prompt, request, maxNew) in staggered) Assert.Equal(expected[prompt][..maxNew], (await request.Completion).Tokens);
+
+        // Prompts longer than the prefill budget are prefilled in chunks, after the soft prompt's entries.
+        using var trickle = ServingEngine.Start(fixture.Model, fixture.Tokenizer,
+            new ServingOptions { MaxBatchSize = 8, MaxPrefillTokensPerStep = 3, ForceStaticShapes = staticShapes, OverlapSteps = overlap, SoftPrompts = prompts });
+        var spread = ServingFixture.Prompts.Select(p => trickle.Submit(p, Greedy(24), Ct)).ToArray();
+        for (int i = 0; i < spread.Length; i++) Assert.Equal(expected[i], (await spread[i].Completion).Tokens);
+    }
+
+    /// <summary>Requests of two named prompts and of none share one pool (one KV configuration), each row after its own
+    /// prompt's entries.</summary>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task RowsOfSeveralNamedPromptsShareAPool(bool staticShapes)
+    {
+        var named = new (string? Name, SoftPrompt? Prompt)[] { ("four", four), ("seven", seven), (null, null) };
+        var cases = ServingFixture.Prompts.Select((p, i) => (Text: p, named[i % 3].Name, named[i % 3].Prompt)).ToArray();
+        var expected = cases.Select(c => Reference(c.Prompt, c.Text, Greedy(20))).ToArray();
+        using var engine = ServingEngine.Start(fixture.Model, fixture.Tokenizer, new ServingOptions
+        {
+            MaxBatchSize = 8, ForceStaticShapes = staticShapes, SoftPrompts = new Dictionary<string, SoftPrompt> { ["four"] = four, ["seven"] = seven },
+        });
+        Assert.Equal(new Dictionary<string, int> { ["four"] = 4, ["seven"] = 7 }, engine.SoftPrompts);
+        var requests = cases.Select(c => engine.Submit(fixture.Tokenizer.Encode(c.Text), Greedy(20), c.Name, Ct)).ToArray();
+        int pools = 0;
+        while (!requests.All(r => r.Completion.IsCompleted))
+        {
+            pools = Math.Max(pools, engine.Stats.Pools);
+            await Task.Delay(1, Ct);
+        }
+        for (int i = 0; i < cases.Length; i++) Assert.Equal(expected[i], (await requests[i].Completion).Tokens);
+        Assert.Equal(1, pools);
+
+        var unknown = Assert.Throws<ServingException>(() => engine.Submit(new[] { 10, 11 }, Greedy(4), "nine", Ct));
+        Assert.Equal("soft_prompt", unknown.Field);
+        Assert.Contains("'four', 'seven'", unknown.Message);
+    }
+
+    /// <summary>Pools of every policy, with and without static shapes, side by side or stepped together: the prompt's entries
+    /// under each policy are those <see cref="PromptedModel"/> gives its runners, so the tokens equal its generator's.</summary>
+    [Theory]
+    [InlineData(false, false)]
+    [InlineData(true, false)]
+    [InlineData(true, true)]
+    public async Task PoolsOfEveryPolicyGiveThePromptedGeneratorsTokens(bool staticShapes, bool together)
+    {
+        var cases = new[]
+        {
+            (0, Greedy(30)), (1, Greedy(24, Policy("sink", "10", 2))), (2, Greedy(30, Policy("sink", "10", 2, evictEvery: 4))),
+            (3, Greedy(30, Policy("h2o", "12", evictEvery: 3))), (4, Greedy(30, Policy("h2o", "0.4"))), (5, Greedy(26, Policy("window", "8"))),
+            (6, Greedy(20, Policy("full", bits: 8))),
+        };
+        var expected = cases.Select(c => Reference(seven, ServingFixture.Prompts[c.Item1], c.Item2)).ToArray();
+        using var engine = ServingEngine.Start(fixture.Model, fixture.Tokenizer, new ServingOptions
+        {
+            MaxBatchSize = 8, ForceStaticShapes = staticShapes, StepPoolsTogether = together,
+            SoftPrompts = new Dictionary<string, SoftPrompt> { [ServingOptions.DefaultSoftPrompt] = seven },
+        });
+        var requests = cases.Select(c => engine.Submit(ServingFixture.Prompts[c.Item1], c.Item2, Ct)).ToArray();
+        for (int i = 0; i < cases.Length; i++) Assert.Equal(expected[i], (await requests[i].Completion).Tokens);
+    }
+
+    /// <summary>The prompt's entries count in the row: the context left to the prompt and to max_tokens is n shorter, and
+    /// the reserved KV tokens include them.</summary>
+    [Fact]
+    public async Task ThePromptsEntriesCountAgainstTheContextAndTheBudget()
+    {
+        using var small = new ServingFixture(context: 40);
+        using var engine = ServingEngine.Start(small.Model, small.Tokenizer,
+            new ServingOptions { MaxBatchSize = 2, KvBudgetTokens = 40, SoftPrompts = new Dictionary<string, SoftPrompt> { ["p"] = seven } });
+        var ids = Enumerable.Range(10, 33).ToArray();
+        var tooLong = Assert.Throws<ServingException>(() => engine.Submit(ids, Greedy(4), "p", Ct)); // 7 + 33 leaves no position to predict from
+        Assert.Equal("prompt", tooLong.Field);
+        Assert.Contains("the soft prompt takes 7", tooLong.Message);
+        Assert.Equal(4, (await engine.Submit(ids, Greedy(4), Ct).Completion).Tokens.Count); // without it, 33 tokens fit
+        var request = engine.Submit(ids[..20], Greedy(100), "p", Ct);
+        Assert.Equal(40 - 7 - 20, request.MaxNewTokens);
+        Assert.Equal(40 - 7 - 20, (await request.Completion).Tokens.Count);
+        var plain = engine.Submit(ids[..20], Greedy(100), Ct);
+        Assert.Equal(40 - 20, plain.MaxNewTokens);
+        await plain.Completion;
+    }
+
+    /// <summary>Over HTTP a request picks a prompt by the body field <c>soft_prompt</c>; without it the default prompt runs; an
+    /// unknown name is a 400 naming the field.</summary>
+    [Fact]
+    public async Task ARequestPicksItsPromptByTheSoftPromptField()
+    {
+        var server = await fixture.ServeAsync(new ServingOptions
+        {
+            SoftPrompts = new Dictionary<string, SoftPrompt> { [ServingOptions.DefaultSoftPrompt] = seven, ["four"] = four },
+        }, new ServerOptions { Port = 0, ModelId = "tiny" }, Ct);
+        try
+        {
+            using var http = new HttpClient();
+            async Task<(HttpStatusCode, JsonElement)> Post(string json)
+            {
+                using var response = await http.PostAsync(new Uri(server.Address, "/v1/completions"), new StringContent(json, Encoding.UTF8, "application/json"), Ct);
+                return (response.StatusCode, JsonDocument.Parse(await response.Content.ReadAsStringAsync(Ct)).RootElement.Clone());
+            }
+            string text = ServingFixture.Prompts[1];
+            foreach (var (field, prompt) in new[] { ("", seven), (",\"soft_prompt\":\"four\"", four) })
+            {
+                var (code, body) = await Post($$"""{"model":"tiny","prompt":"{{text}}","max_tokens":12,"temperature":0{{field}}}""");
+                Assert.Equal(HttpStatusCode.OK, code);
+                Assert.Equal(fixture.Tokenizer.Decode(Reference(prompt, text, Greedy(12))), body.GetProperty("choices")[0].GetProperty("text").GetString());
+            }
+            var (refused, error) = await Post("""{"model":"tiny","prompt":"hi","soft_prompt":"nine"}""");
+            Assert.Equal(HttpStatusCode.BadRequest, refused);
+            Assert.Equal("soft_prompt", error.GetProperty("error").GetProperty("param").GetString());
+        }
+        finally
+        {
+            await server.DisposeAsync();
+            fixture.Engine.Dispose();
+        }
+    }
+
+    /// <summary><see cref="TernChatClient"/> picks a named prompt through <see cref="ChatOptions.AdditionalProperties"/>.</summary>
+    [Fact]
+    public async Task TheChatClientPicksANamedPrompt()
+    {
+        using var client = new TernChatClient(fixture.Model, fixture.Tokenizer,
+            new ServingOptions { SoftPrompts = new Dictionary<string, SoftPrompt> { ["four"] = four } });
+        var ids = client.Engine.EncodeChat(new[] { Tern.Tokenization.ChatMessage.User("Tell me a story") });
+        using var prompted = PromptedModel.Create(fixture.Model, four);
+        var expected = new Generator(prompted, fixture.Tokenizer).GenerateTokens(new[] { ids }, new GenerationOptions { MaxNewTokens = 16 }, Ct).Sequences[0];
+        var options = new ChatOptions
+        {
+            Temperature = 0, MaxOutputTokens = 16, AdditionalProperties = new() { [TernChatClient.SoftPromptProperty] = "four" },
+        };
+        var response = await ((IChatClient)client).GetResponseAsync("Tell me a story", options, Ct);
+        Assert.Equal(expected.Text, response.Text);
+    }
+
+    [Fact]
+    public void AnOffloadedModelRefusesSoftPromptsNamingBothOptions()
+    {
+        using var offloaded = OffloadedModel.Load(fixture.Folder, new ModelLoadOptions { Device = DeviceKind.Cpu },
+            new OffloadOptions { Policy = OffloadPolicy.Parse("w=0/100/0,kv=100/0/0,act=0/100/0,gbs=2,ngb=1") });
+        var e = Assert.Throws<OptionException>(() => ServingEngine.Start(offloaded, fixture.Tokenizer,
+            new ServingOptions { SoftPrompts = new Dictionary<string, SoftPrompt> { [ServingOptions.DefaultSoftPrompt] = four } }));
+        Assert.Equal(new[] { TernOption.SoftPromptFile, TernOption.Offload }, e.Options);
+    }
+}
