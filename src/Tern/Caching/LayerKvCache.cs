@@ -208,13 +208,7 @@ public sealed class LayerKvCache : IDisposable
     void AppendIntoFreeSlots(Tensor keys, Tensor values, Tensor positions)
     {
         using var scope = torch.NewDisposeScope();
-        var free = ActivePositions.lt(0).to(ScalarType.Int32).argmax(-1, keepdim: true); // [B,Hkv,1]: the first maximum
-        this.keys.WriteAt(free, keys);
-        this.values.WriteAt(free, values);
-        ActivePositions.scatter_(2, free, positions.unsqueeze(1).expand(free.shape));
-        HasHoles = true;
-        AttendedKeysStale = true;
-        Rewrites++;
+        WriteAt(ActivePositions.lt(0).to(ScalarType.Int32).argmax(-1, keepdim: true), keys, values, positions); // [B,Hkv,1]: the first maximum
     }
 
     /// <summary>
@@ -226,14 +220,24 @@ public sealed class LayerKvCache : IDisposable
     {
         bool fused = this.keys is DenseKvStore k && this.values is DenseKvStore v && Rows == k.Storage.shape[0]
             && Interop.FusedKernels.TryCacheAppend(k.Storage, v.Storage, Positions, keys, values, positions, slots);
-        if (!fused)
+        if (fused)
         {
-            using var scope = torch.NewDisposeScope();
-            var at = slots.view(-1, 1, 1).expand(Rows, keys.shape[1], 1); // [B,Hkv,1]
-            this.keys.WriteAt(at, keys);
-            this.values.WriteAt(at, values);
-            Positions.scatter_(2, at, positions.unsqueeze(1).expand(at.shape));
+            HasHoles = true;
+            AttendedKeysStale = true;
+            Rewrites++;
+            return;
         }
+        using var scope = torch.NewDisposeScope();
+        WriteAt(slots.view(-1, 1, 1).expand(Rows, keys.shape[1], 1), keys, values, positions);
+    }
+
+    /// <summary>Writes one entry per row and head [batch, kvHeads, 1, headDim] at position [batch, 1] into slot
+    /// <paramref name="at"/> [batch, kvHeads, 1] of each, below the length (which stays).</summary>
+    void WriteAt(Tensor at, Tensor keys, Tensor values, Tensor positions)
+    {
+        this.keys.WriteAt(at, keys);
+        this.values.WriteAt(at, values);
+        Positions.scatter_(2, at, positions.unsqueeze(1).expand(at.shape));
         HasHoles = true;
         AttendedKeysStale = true;
         Rewrites++;

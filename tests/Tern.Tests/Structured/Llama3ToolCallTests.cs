@@ -17,15 +17,9 @@ public sealed class Llama3ToolCallTests() : ServedModel(new ServingFixture(Llama
 {
     static readonly string Llama31 = File.ReadAllText(Path.Combine(Fixtures.Root, "chat-templates", "llama-3.1-instruct.jinja"));
 
-    const string Parameters = """
-        {"type":"object","properties":{"city":{"type":"string"},"unit":{"enum":["celsius","fahrenheit"]}},"required":["city","unit"],"additionalProperties":false}
-        """;
+    static readonly ChatTool Weather = ToolCallTests.Weather, Time = ToolCallTests.Time;
 
-    static readonly ChatTool Weather = ChatTool.CreateFunctionTool("get_weather", "The weather in a city.", BinaryData.FromString(Parameters));
-    static readonly ChatTool Time = ChatTool.CreateFunctionTool("get_time", "The time in a city.", BinaryData.FromString("""{"type":"object","properties":{"city":{"type":"string"}},"required":["city"]}"""));
-
-    static void AssertArguments(string arguments) =>
-        Assert.True(JsonSchema.FromText(Parameters).Evaluate(JsonDocument.Parse(arguments).RootElement).IsValid, arguments);
+    static void AssertArguments(string arguments) => ToolCallTests.AssertArguments(arguments);
 
     [Fact]
     public async Task TheSdkReadsAForcedToolCall()

@@ -25,14 +25,15 @@ public sealed class ToolCallTests() : ServedModel(new ServingFixture(ToolsTempla
         "{%- for message in messages %}{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}{%- endfor %}" +
         "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}";
 
-    const string Parameters = """
+    /// <summary>The tools both template families are tested with (<see cref="Llama3ToolCallTests"/> too).</summary>
+    internal const string Parameters = """
         {"type":"object","properties":{"city":{"type":"string"},"unit":{"enum":["celsius","fahrenheit"]}},"required":["city","unit"],"additionalProperties":false}
         """;
 
-    static readonly ChatTool Weather = ChatTool.CreateFunctionTool("get_weather", "The weather in a city.", BinaryData.FromString(Parameters));
-    static readonly ChatTool Time = ChatTool.CreateFunctionTool("get_time", "The time in a city.", BinaryData.FromString("""{"type":"object","properties":{"city":{"type":"string"}},"required":["city"]}"""));
+    internal static readonly ChatTool Weather = ChatTool.CreateFunctionTool("get_weather", "The weather in a city.", BinaryData.FromString(Parameters));
+    internal static readonly ChatTool Time = ChatTool.CreateFunctionTool("get_time", "The time in a city.", BinaryData.FromString("""{"type":"object","properties":{"city":{"type":"string"}},"required":["city"]}"""));
 
-    static void AssertArguments(string arguments) =>
+    internal static void AssertArguments(string arguments) =>
         Assert.True(JsonSchema.FromText(Parameters).Evaluate(JsonDocument.Parse(arguments).RootElement).IsValid, arguments);
 
     [Fact]
