@@ -211,7 +211,7 @@ internal static class BenchCommand
             var policy = options.Policy;
             OffloadFlags.Print(Console.Out, policy, prediction);
             var loadWatch = Stopwatch.StartNew();
-            using var model = OffloadedModel.Load(folder, load, options);
+            using var model = CommonOptions.LoadOffloaded(folder, load, options);
             Console.WriteLine($"{card} | {model.Info.ModelType} | {load.DType.ShortName()} | weights placed in {loadWatch.Elapsed.TotalSeconds:F1} s: " +
                 $"GPU {Units.Bytes(model.WeightBytesOn(Tier.Gpu))}, CPU {Units.Bytes(model.WeightBytesOn(Tier.Cpu))}, disk {Units.Bytes(model.WeightBytesOn(Tier.Disk))}; " +
                 $"device memory in use {DeviceReport.UsedBytes(device) / 1e9:F2} GB");

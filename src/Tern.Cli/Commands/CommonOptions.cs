@@ -1,6 +1,7 @@
 using System.CommandLine;
 using Tern.Checkpoints;
 using Tern.Models;
+using Tern.Offloading;
 using Tern.Runtime;
 using Tern.Tokenization;
 
@@ -52,6 +53,14 @@ internal sealed class CommonOptions
         var model = CausalLanguageModel.Load(folder, options);
         if (progress) Console.Error.WriteLine();
         return (model, tokenizer, folder);
+    }
+
+    /// <summary>An offloaded model (FlexGen) loaded with a progress line on stderr (ended by a newline), then placed by its policy.</summary>
+    public static OffloadedModel LoadOffloaded(string folder, ModelLoadOptions load, OffloadOptions options)
+    {
+        var model = OffloadedModel.Load(folder, load with { Progress = new ConsoleProgress($"loading {folder}") }, options);
+        Console.Error.WriteLine();
+        return model;
     }
 
     /// <summary>The model folder and how to load it (device, dtype, dummy weights), without loading.</summary>

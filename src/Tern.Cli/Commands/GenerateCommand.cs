@@ -138,7 +138,7 @@ internal static class GenerateCommand
         var device = ComputeOptions.ResolveDevice(load.Device);
         var (offloadOptions, prediction) = offload.Resolve(r, folder, load.DType, device, longest, options.MaxNewTokens, Console.Error, options.Cache);
         OffloadFlags.Print(Console.Error, offloadOptions.Policy, prediction);
-        var model = OffloadedModel.Load(folder, load, offloadOptions);
+        var model = CommonOptions.LoadOffloaded(folder, load, offloadOptions);
         return (model, tokenizer, $"model: {folder} ({model.Info.ModelType}) offloaded: {model.Policy}", model.Policy.BlockSize,
             () => Console.Error.WriteLine($"offloaded: predicted {prediction.TokensPerSecond:F2} tokens/s; peak GPU placement {Units.Bytes(model.PeakGpuBytes)}"), null);
     }

@@ -93,8 +93,7 @@ internal static class ServeCommand
                     "lower it, or choose a policy with a larger block.");
             serving = serving with { MaxBatchSize = r.GetValue(flags.MaxBatch) ?? options.Policy.BlockSize, MaxPromptTokens = prompt };
             serving.Validate();
-            Console.Error.WriteLine($"loading {folder} (offloaded: placing the weights by the policy) ...");
-            model = OffloadedModel.Load(folder, load, options);
+            model = CommonOptions.LoadOffloaded(folder, load, options);
             mode = $"offloaded, blocks of {options.Policy.BlockSize}";
         }
         else

@@ -93,7 +93,7 @@ public abstract class CausalLanguageModel : IStepModel, IDisposable
 
     /// <summary>The elements a load reads: a checkpoint's tensors, or for generated weights (<paramref name="dummy"/>) those of
     /// the model built from them on the meta device (shapes without a byte of weights).</summary>
-    static long ElementsToLoad(HfConfig config, IWeightSource source, DummyWeightOptions? dummy)
+    internal static long ElementsToLoad(HfConfig config, IWeightSource source, DummyWeightOptions? dummy)
     {
         if (source is CheckpointReader checkpoint)
             return checkpoint.Names.Sum(name => checkpoint.Info(name).Shape.Aggregate(1L, (n, d) => n * d));

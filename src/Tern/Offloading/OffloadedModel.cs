@@ -81,16 +81,22 @@ public sealed class OffloadedModel : IStepModel, IDisposable
     public long PeakGpuBytes => budget.Peak;
 
     /// <summary>Loads a Hugging Face model folder (or builds it from config.json with <see cref="ModelLoadOptions.DummyWeights"/>)
-    /// and places its weights by <paramref name="options"/>.</summary>
+    /// and places its weights by <paramref name="options"/>; <see cref="ModelLoadOptions.Progress"/> hears how much of the
+    /// weights is loaded (to the host; placing them follows).</summary>
     public static OffloadedModel Load(string modelDirectory, ModelLoadOptions load, OffloadOptions options)
     {
         var config = HfConfig.Load(modelDirectory);
         using IWeightSource source = load.DummyWeights is { } dummy ? DummyWeightSource.Create(dummy) : CheckpointReader.Open(modelDirectory);
-        return Create(config, source, ComputeOptions.ResolveDevice(load.Device), load.DType, options);
+        var progress = load.Progress is { } report
+            ? new LoadProgress(report, CausalLanguageModel.ElementsToLoad(config, source, load.DummyWeights)) : null;
+        return Create(config, source, ComputeOptions.ResolveDevice(load.Device), load.DType, options, progress);
     }
 
     /// <summary>Builds the model with its weights on the host, then moves each weight to its home tier.</summary>
-    public static OffloadedModel Create(HfConfig config, IWeightSource source, Device device, ModelDType dtype, OffloadOptions options)
+    public static OffloadedModel Create(HfConfig config, IWeightSource source, Device device, ModelDType dtype, OffloadOptions options) =>
+        Create(config, source, device, dtype, options, null);
+
+    static OffloadedModel Create(HfConfig config, IWeightSource source, Device device, ModelDType dtype, OffloadOptions options, LoadProgress? progress)
     {
         var policy = options.Policy.Validate();
         bool usesDisk = policy.Weights.Disk > 0 || policy.Cache.Disk > 0 || policy.Activations.Disk > 0;
@@ -105,7 +111,8 @@ public sealed class OffloadedModel : IStepModel, IDisposable
         {
             directory = usesDisk ? OffloadDirectory.Create(options.Directory!) : null;
             engine = CreateEngine(device, policy.Overlap);
-            model = CausalLanguageModel.Create(config, source, device, dtype, trainable: false, weightDevice: torch.CPU);
+            model = CausalLanguageModel.Create(config, source, device, dtype, trainable: false, weightDevice: torch.CPU, progress);
+            progress?.Fraction.Report(1.0);
             if (model.HasRecurrentLayers)
                 throw new OptionException($"{TernOption.Offload} streams a model's layers with their KV caches; this {config.ModelType} model keeps a recurrent state per layer, which offloading does not place. Run it in memory.");
             var stageWeights = model.Parts;
