@@ -42,24 +42,25 @@ internal sealed class CommonOptions
             "no --model given and no default model is shipped yet: pass a Hugging Face model folder, e.g. --model tests/fixtures/models/llama-gqa");
     }
 
-    /// <summary>The model (and tokenizer) the options name; with <paramref name="progress"/>, a progress line on stderr while the
-    /// weights load (ended by a newline).</summary>
+    /// <summary>The model (and tokenizer) the options name, with a progress line on stderr while the weights load when that
+    /// takes more than a second (with <paramref name="progress"/>, from the start), ended by a newline.</summary>
     public (CausalLanguageModel Model, TernTokenizer? Tokenizer, string Folder) Load(ParseResult result, bool needTokenizer, bool progress = false)
     {
         var (folder, options) = LoadOptions(result);
-        if (progress) options = options with { Progress = new ConsoleProgress($"loading {folder}") };
+        var bar = new ConsoleProgress($"loading {folder}", progress ? TimeSpan.Zero : TimeSpan.FromSeconds(1));
         TernTokenizer? tokenizer = null;
         if (needTokenizer) tokenizer = TernTokenizer.Load(folder);
-        var model = CausalLanguageModel.Load(folder, options);
-        if (progress) Console.Error.WriteLine();
+        var model = CausalLanguageModel.Load(folder, options with { Progress = bar });
+        bar.End();
         return (model, tokenizer, folder);
     }
 
     /// <summary>An offloaded model (FlexGen) loaded with a progress line on stderr (ended by a newline), then placed by its policy.</summary>
     public static OffloadedModel LoadOffloaded(string folder, ModelLoadOptions load, OffloadOptions options)
     {
-        var model = OffloadedModel.Load(folder, load with { Progress = new ConsoleProgress($"loading {folder}") }, options);
-        Console.Error.WriteLine();
+        var bar = new ConsoleProgress($"loading {folder}");
+        var model = OffloadedModel.Load(folder, load with { Progress = bar }, options);
+        bar.End();
         return model;
     }
 
