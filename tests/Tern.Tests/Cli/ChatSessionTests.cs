@@ -68,12 +68,26 @@ public sealed class ChatSessionTests
         Assert.Equal("system", Assert.Single(session.History).Role);
     }
 
+    static bool CanOpenPseudoTerminal()
+    {
+        if (!File.Exists("/usr/bin/script")) return false;
+        using var probe = System.Diagnostics.Process.Start(new System.Diagnostics.ProcessStartInfo("script", ["-q", "-e", "-c", "true", "/dev/null"])
+        {
+            RedirectStandardInput = true, RedirectStandardOutput = true, RedirectStandardError = true,
+        })!;
+        return probe.WaitForExit(10_000) && probe.ExitCode == 0;
+    }
+
     /// <summary>A real <c>tern chat</c> process: SIGINT during a reply stops it (the next prompt is answered), SIGINT at the
-    /// prompt ends the session with exit 0.</summary>
-    [Fact]
-    public async Task SigintStopsTheReplyThenEndsTheSessionAtThePrompt()
+    /// prompt ends the session with exit 0 — sent by <c>kill</c>, or as a user sends it: Ctrl+C typed into the pseudo-terminal
+    /// the session runs in (util-linux's <c>script</c> makes one; its line discipline turns ^C into SIGINT).</summary>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task SigintStopsTheReplyThenEndsTheSessionAtThePrompt(bool pseudoTerminal)
     {
         if (!OperatingSystem.IsLinux()) return;
+        Assert.SkipWhen(pseudoTerminal && !CanOpenPseudoTerminal(), "util-linux's script cannot open a pseudo-terminal here");
         var ct = TestContext.Current.CancellationToken;
         using var fixture = new ServingFixture();
         // A context long enough that no reply ends before the signal.
@@ -82,12 +96,14 @@ public sealed class ChatSessionTests
         Assert.Contains("100000", File.ReadAllText(config));
         // SIGINT back to its default in the child: a test run started as a background job (`cmd &` without job control)
         // inherits SIGINT ignored, and a process that starts with it ignored never sees Ctrl+C (as a background job should not).
-        var start = new System.Diagnostics.ProcessStartInfo("env")
+        string[] chat = { "env", "--default-signal=INT", "dotnet", Path.Combine(AppContext.BaseDirectory, "Tern.Cli.dll"), "chat", "--model", fixture.Folder,
+            "--device", "cpu", "--max-new-tokens", "90000", "--ignore-eos" };
+        var start = new System.Diagnostics.ProcessStartInfo(pseudoTerminal ? "script" : chat[0])
         {
-            ArgumentList = { "--default-signal=INT", "dotnet", Path.Combine(AppContext.BaseDirectory, "Tern.Cli.dll"), "chat", "--model", fixture.Folder,
-                "--device", "cpu", "--max-new-tokens", "90000", "--ignore-eos" },
             RedirectStandardInput = true, RedirectStandardOutput = true, RedirectStandardError = true,
         };
+        var arguments = pseudoTerminal ? new[] { "-q", "-f", "-e", "-c", string.Join(' ', chat.Select(a => $"'{a}'")), "/dev/null" } : chat.Skip(1);
+        foreach (string a in arguments) start.ArgumentList.Add(a);
         start.Environment["DOTNET_GCgen0size"] = "0x10000000";
         using var process = System.Diagnostics.Process.Start(start)!;
         try
@@ -110,20 +126,34 @@ public sealed class ChatSessionTests
                     await Task.Delay(50, ct);
                 }
             }
-            void Interrupt() => System.Diagnostics.Process.Start("kill", new[] { "-INT", process.Id.ToString() })!.WaitForExit();
+            async Task Interrupt()
+            {
+                if (!pseudoTerminal)
+                {
+                    System.Diagnostics.Process.Start("kill", new[] { "-INT", process.Id.ToString() })!.WaitForExit();
+                    return;
+                }
+                await process.StandardInput.WriteAsync('\x03'); // Ctrl+C, as typed
+                await process.StandardInput.FlushAsync(ct);
+            }
 
-            await process.StandardInput.WriteLineAsync("Hello");
-            await process.StandardInput.FlushAsync(ct);
-            await Until(o => o.Length > 40); // "> " and the reply streaming
-            Interrupt();
+            // A line as typed: Enter is a carriage return in a terminal (its line discipline makes it a newline).
+            async Task Say(string line)
+            {
+                int before = Output().Length;
+                await process.StandardInput.WriteAsync(line + (pseudoTerminal ? "\r" : "\n"));
+                await process.StandardInput.FlushAsync(ct);
+                await Until(o => o.Length > before + line.Length + 40); // the reply streaming
+            }
+
+            await Until(o => o.EndsWith("> ", StringComparison.Ordinal));
+            await Say("Hello");
+            await Interrupt();
             await Until(o => o.Contains("[stopped]") && o.EndsWith("> ", StringComparison.Ordinal));
-            await process.StandardInput.WriteLineAsync("Again");
-            await process.StandardInput.FlushAsync(ct);
-            int before = Output().Length;
-            await Until(o => o.Length > before + 40);
-            Interrupt();
+            await Say("Again");
+            await Interrupt();
             await Until(o => o.Split("[stopped]").Length == 3 && o.EndsWith("> ", StringComparison.Ordinal));
-            Interrupt();
+            await Interrupt();
             await process.WaitForExitAsync(ct).WaitAsync(TimeSpan.FromSeconds(30), ct);
             Assert.True(process.ExitCode == 0, await errors);
             await reading;
