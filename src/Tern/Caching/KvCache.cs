@@ -214,7 +214,8 @@ public sealed class KvCache : IDisposable
     /// Serving pools of a cache that only appends: each row's one-token steps write at the row's own next slot (its first free
     /// one: a pool's rows hold their entries at [0, count) without holes), not at one slot shared by every row, so rows that
     /// joined at different steps do not stretch the cache (a shared slot left a late joiner's entries spread over the pool's
-    /// whole history). Every slot counts as in use (<see cref="FillToCapacity"/>); the pool knows each row's length.
+    /// whole history). Every slot counts as in use (<see cref="FillToCapacity"/>); the pool knows each row's length and hands it
+    /// to static-shape steps as the row's slot (an eager step finds the first free slot on the device).
     /// </summary>
     internal bool RowSlots
     {
