@@ -1112,9 +1112,12 @@ public sealed class ServingEngine : IDisposable
             bool firstTokens = joined.Count > 0;
             if (collect is null && launched is null && !firstTokens) throw new InvalidOperationException("a pool with running sequences has no step in flight.");
             // Joiners' first tokens go first: the step just queued holds their second.
-            var first = joined.ToArray();
-            joined.Clear();
-            foreach (var j in first) Deliver(j.Rows, Readback.Wait(j.Tokens));
+            if (firstTokens)
+            {
+                var first = joined.ToArray(); // delivering may end the pool's rows, which drops what is still listed
+                joined.Clear();
+                foreach (var j in first) Deliver(j.Rows, Readback.Wait(j.Tokens));
+            }
             if (collect is not null) Deliver(collect.Rows, Readback.Wait(collect.Tokens));
         }
 

@@ -79,21 +79,10 @@ internal static class JsonGrammar
             case StringFrame str:
                 if (str.Next(b) is { } after) output.Add(after.Closed ? Pop(s) : ReferenceEquals(after, str) ? s : s.With(after)); // most bytes change nothing
                 break;
-            case NumberFrame n:
-                if (n.Next(b) is { } more) output.Add(ReferenceEquals(more, n) ? s : s.With(more));
-                if (n.Complete) Feed(s.Parent, b, output);
-                break;
-            case IntegerFrame i:
-                if (i.Next(b) is { } digit) output.Add(s.With(digit));
-                if (i.Complete) Feed(s.Parent, b, output);
-                break;
-            case BoundedNumberFrame bn:
-                if (bn.Next(b) is { } further) output.Add(s.With(further));
-                if (bn.Complete) Feed(s.Parent, b, output);
-                break;
-            case LiteralFrame l:
-                if (l.Next(b) is { } longer) output.Add(s.With(longer));
-                if (l.Complete) Feed(s.Parent, b, output);
+            case ScalarFrame scalar:
+                // The byte may extend the value and, where the value may end here, also belong to what follows it.
+                if (scalar.Next(b) is { } next) output.Add(ReferenceEquals(next, scalar) ? s : s.With(next));
+                if (scalar.Complete) Feed(s.Parent, b, output);
                 break;
         }
     }
@@ -229,6 +218,15 @@ internal sealed class Stack : IEquatable<Stack>
 internal abstract record Frame
 {
     public abstract int Remaining { get; }
+}
+
+/// <summary>A value written byte by byte with no frames inside it (a number, a bounded number, a literal): a byte extends it
+/// (<see cref="Next"/>: null when it cannot), and where it is <see cref="Complete"/> the next byte may belong to its parent.</summary>
+internal abstract record ScalarFrame : Frame
+{
+    public abstract bool Complete { get; }
+
+    public abstract ScalarFrame? Next(byte b);
 }
 
 /// <summary>After the document.</summary>
@@ -389,15 +387,15 @@ internal sealed record StringFrame(StringNode Node, int Escape, int Utf8Pending,
 internal enum NumberPhase { Minus, Zero, Int, Dot, Fraction, Exponent, ExponentSign, ExponentDigits }
 
 /// <summary>Inside a number (JSON's grammar; an integer has no fraction or exponent).</summary>
-internal sealed record NumberFrame(bool Integer, NumberPhase Phase) : Frame
+internal sealed record NumberFrame(bool Integer, NumberPhase Phase) : ScalarFrame
 {
     public static NumberFrame? Begin(bool integer, byte b) => b == '-' ? new(integer, NumberPhase.Minus) : new NumberFrame(integer, NumberPhase.Minus).Next(b);
 
-    public bool Complete => Phase is NumberPhase.Zero or NumberPhase.Int or NumberPhase.Fraction or NumberPhase.ExponentDigits;
+    public override bool Complete => Phase is NumberPhase.Zero or NumberPhase.Int or NumberPhase.Fraction or NumberPhase.ExponentDigits;
 
     public override int Remaining => Complete ? 0 : 1;
 
-    public NumberFrame? Next(byte b)
+    public override NumberFrame? Next(byte b)
     {
         bool digit = b is >= (byte)'0' and <= (byte)'9';
         NumberPhase? next = Phase switch
@@ -420,7 +418,7 @@ internal sealed record NumberFrame(bool Integer, NumberPhase Phase) : Frame
 /// magnitude of its digits so far (<see cref="Started"/> once there is one). A digit is allowed only when some integer in the
 /// bounds still starts with the digits; a magnitude past 10^18 (past every bound) is kept as 10^18 + 1, as all such
 /// magnitudes are alike.</summary>
-internal sealed record IntegerFrame(NumberNode Node, bool Negative, long Magnitude, bool Started) : Frame
+internal sealed record IntegerFrame(NumberNode Node, bool Negative, long Magnitude, bool Started) : ScalarFrame
 {
     const long Beyond = NumberNode.BoundLimit + 1;
 
@@ -431,11 +429,11 @@ internal sealed record IntegerFrame(NumberNode Node, bool Negative, long Magnitu
         return minus.Reachable ? minus : null;
     }
 
-    public bool Complete => Started && ExtraDigits() == 0;
+    public override bool Complete => Started && ExtraDigits() == 0;
 
     public override int Remaining => ExtraDigits();
 
-    public IntegerFrame? Next(byte b)
+    public override IntegerFrame? Next(byte b)
     {
         if (b is < (byte)'0' or > (byte)'9' || Started && Magnitude == 0) return null; // no digit after a leading zero
         long magnitude = (long)Int128.Min((Int128)Magnitude * 10 + (b - '0'), Beyond);
@@ -465,7 +463,7 @@ internal sealed record IntegerFrame(NumberNode Node, bool Negative, long Magnitu
 /// <summary>Inside a number with bounds (<see cref="BoundedNumberNode"/>): its sign, the value of its digits so far, the
 /// integer digits written (0: none yet) and the decimals (-1: no dot yet; 0: a dot and no decimal yet). A byte is allowed only
 /// when some number in the bounds still starts with the text.</summary>
-internal sealed record BoundedNumberFrame(BoundedNumberNode Node, bool Negative, decimal Magnitude, int IntDigits, int Fraction) : Frame
+internal sealed record BoundedNumberFrame(BoundedNumberNode Node, bool Negative, decimal Magnitude, int IntDigits, int Fraction) : ScalarFrame
 {
     static readonly decimal[] Powers = Enumerable.Range(0, 2 * BoundedNumberNode.MaxIntDigits + 1).Select(e => Pow(e)).ToArray();
     static readonly decimal[] Steps = Enumerable.Range(0, BoundedNumberNode.MaxFraction + 1).Select(e => 1m / Pow(e)).ToArray();
@@ -487,11 +485,11 @@ internal sealed record BoundedNumberFrame(BoundedNumberNode Node, bool Negative,
         return minus.Extra() < int.MaxValue ? minus : null;
     }
 
-    public bool Complete => IntDigits > 0 && Fraction != 0 && Extra() == 0;
+    public override bool Complete => IntDigits > 0 && Fraction != 0 && Extra() == 0;
 
     public override int Remaining => Extra();
 
-    public BoundedNumberFrame? Next(byte b)
+    public override BoundedNumberFrame? Next(byte b)
     {
         BoundedNumberFrame next;
         if (b == '.')
@@ -557,13 +555,13 @@ internal sealed record BoundedNumberFrame(BoundedNumberNode Node, bool Negative,
 }
 
 /// <summary>Inside one of a literal node's values: the bytes written so far.</summary>
-internal sealed record LiteralFrame(LiteralNode Node, byte[] Written) : Frame
+internal sealed record LiteralFrame(LiteralNode Node, byte[] Written) : ScalarFrame
 {
-    public bool Complete => Node.Values.Any(v => v.AsSpan().SequenceEqual(Written));
+    public override bool Complete => Node.Values.Any(v => v.AsSpan().SequenceEqual(Written));
 
     public override int Remaining => Node.Values.Where(v => v.AsSpan().StartsWith(Written)).Min(v => v.Length - Written.Length);
 
-    public LiteralFrame? Next(byte b)
+    public override LiteralFrame? Next(byte b)
     {
         byte[] longer = [.. Written, b];
         return Node.Values.Any(v => v.AsSpan().StartsWith(longer)) ? this with { Written = longer } : null;

@@ -80,15 +80,11 @@ public sealed class JomaTests
         xt = xt / xt.sum(0, keepdim: true);
         var wt = (torch.randn(d, k, ScalarType.Float64, generator: generator) * 0.7).requires_grad_(true);
         var zt = (torch.randn(mc, ScalarType.Float64, generator: generator) * 0.7).requires_grad_(true);
-        var b = (zt / tau).exp().unsqueeze(1) * xt;
-        b = b / b.sum(0, keepdim: true);
-        var u = torch.eye(d, mc + 1, ScalarType.Float64);
-        var f = u.narrow(1, 0, mc).matmul(b) + u.narrow(1, mc, 1);
+        var f = Features(xt, zt, d, tau);
         var loss = torch.nn.functional.cross_entropy(f.t().matmul(wt), torch.arange(k, ScalarType.Int64));
         loss.backward();
 
-        var x = new double[mc, k];
-        for (int l = 0; l < mc; l++) for (int c = 0; c < k; c++) x[l, c] = xt[l, c].item<double>();
+        var x = Matrix(xt);
         var gradW = new double[d * k];
         var gradZ = new double[mc];
         double mine = Joma.LinearLossAndGradients(x, wt.detach().data<double>().ToArray(), zt.detach().data<double>().ToArray(), d, tau, gradW, gradZ);
@@ -114,17 +110,13 @@ public sealed class JomaTests
         var wt = (torch.randn(d, h, ScalarType.Float64, generator: generator) * 0.7).requires_grad_(true);
         var at = (torch.randn(h, k, ScalarType.Float64, generator: generator) * 0.7).requires_grad_(true);
         var zt = (torch.randn(mc, ScalarType.Float64, generator: generator) * 0.7).requires_grad_(true);
-        var b = (zt / tau).exp().unsqueeze(1) * xt;
-        b = b / b.sum(0, keepdim: true);
-        var u = torch.eye(d, mc + 1, ScalarType.Float64);
-        var f = u.narrow(1, 0, mc).matmul(b) + u.narrow(1, mc, 1);
+        var f = Features(xt, zt, d, tau);
         var p = f.t().matmul(wt);
         var hidden = activation == JomaActivation.Relu ? torch.nn.functional.relu(p) : torch.nn.functional.silu(p);
         var loss = torch.nn.functional.cross_entropy(hidden.matmul(at), torch.arange(k, ScalarType.Int64));
         loss.backward();
 
-        var x = new double[mc, k];
-        for (int l = 0; l < mc; l++) for (int c = 0; c < k; c++) x[l, c] = xt[l, c].item<double>();
+        var x = Matrix(xt);
         var gradW = new double[d * h];
         var gradA = new double[h * k];
         var gradZ = new double[mc];
@@ -136,5 +128,23 @@ public sealed class JomaTests
         Assert.All(gradZ.Zip(zt.grad!.data<double>().ToArray()), q => Assert.Equal(q.Second, q.First, 12));
         Assert.Contains(gradZ, g => Math.Abs(g) > 1e-3);
         Assert.Contains(p.data<double>().ToArray(), v => v < 0); // ReLU's kink is exercised
+    }
+
+    /// <summary>The official script's forward pass up to the top layer: F = U_C B + u_q, B the columns of
+    /// <paramref name="xt"/> [M_C, K] weighted by exp(z/τ) and renormalised, U = the first columns of I_d.</summary>
+    static Tensor Features(Tensor xt, Tensor zt, int d, double tau)
+    {
+        long mc = xt.shape[0];
+        var b = (zt / tau).exp().unsqueeze(1) * xt;
+        b = b / b.sum(0, keepdim: true);
+        var u = torch.eye(d, mc + 1, ScalarType.Float64);
+        return u.narrow(1, 0, mc).matmul(b) + u.narrow(1, mc, 1);
+    }
+
+    static double[,] Matrix(Tensor t)
+    {
+        var m = new double[t.shape[0], t.shape[1]];
+        for (int i = 0; i < m.GetLength(0); i++) for (int j = 0; j < m.GetLength(1); j++) m[i, j] = t[i, j].item<double>();
+        return m;
     }
 }
