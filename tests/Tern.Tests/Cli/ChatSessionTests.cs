@@ -102,7 +102,9 @@ public sealed class ChatSessionTests
         {
             RedirectStandardInput = true, RedirectStandardOutput = true, RedirectStandardError = true,
         };
-        var arguments = pseudoTerminal ? new[] { "-q", "-f", "-e", "-c", string.Join(' ', chat.Select(a => $"'{a}'")), "/dev/null" } : chat.Skip(1);
+        // `script` runs the command through $SHELL (/bin/sh where unset, as under CI): `exec`, so that no shell stays in the
+        // terminal's foreground group to die of the Ctrl+C that the session handles.
+        var arguments = pseudoTerminal ? new[] { "-q", "-f", "-e", "-c", "exec " + string.Join(' ', chat.Select(a => $"'{a}'")), "/dev/null" } : chat.Skip(1);
         foreach (string a in arguments) start.ArgumentList.Add(a);
         start.Environment["DOTNET_GCgen0size"] = "0x10000000";
         using var process = System.Diagnostics.Process.Start(start)!;
