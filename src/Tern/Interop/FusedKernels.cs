@@ -7,9 +7,9 @@ namespace Tern.Interop;
 /// <summary>
 /// The fused kernels of <c>Kernels/fused.cu</c> and DejaVu's sparse products of <c>Kernels/sparse.cu</c> (one program):
 /// compiled with NVRTC for the GPU at hand on first use and launched on libtorch's current stream, so they order with
-/// libtorch's own work and are captured into CUDA graphs. Each Try method
-/// returns false (and the caller keeps its composite path) off CUDA, for unsupported layouts, when NVRTC is missing, or when
-/// TERN_FUSED_KERNELS=0.
+/// libtorch's own work and are captured into CUDA graphs. On the CPU some run as <see cref="CpuKernels"/>.
+/// Each Try method returns false (and the caller keeps its composite path) for unsupported devices and layouts, when NVRTC
+/// is missing, when TERN_FUSED_KERNELS=0, or inside <see cref="Suspend"/>.
 /// </summary>
 internal static unsafe partial class FusedKernels
 {
@@ -18,12 +18,38 @@ internal static unsafe partial class FusedKernels
 
     static readonly Lazy<Loaded?> Kernels = new(Load);
 
+    static readonly bool Disabled = Environment.GetEnvironmentVariable("TERN_FUSED_KERNELS") == "0";
+    static int suspended;
+
+    /// <summary>Turns every fused kernel off, on both devices, until the result is disposed: what tests compare the kernels
+    /// with.</summary>
+    public static IDisposable Suspend()
+    {
+        Interlocked.Increment(ref suspended);
+        return new Resumption();
+    }
+
+    sealed class Resumption : IDisposable
+    {
+        int disposed;
+
+        public void Dispose()
+        {
+            if (Interlocked.Exchange(ref disposed, 1) == 0) Interlocked.Decrement(ref suspended);
+        }
+    }
+
+    static bool Off => Disabled || Volatile.Read(ref suspended) > 0;
+
+    // The CPU's kernels serve tensors in host memory.
+    static bool OnCpu(Tensor t) => t.device.type == DeviceType.CPU && !Off;
+
     /// <summary>Why the kernels are not in use, when they are not.</summary>
     public static string? UnavailableReason { get; private set; }
 
     static Loaded? Load()
     {
-        if (Environment.GetEnvironmentVariable("TERN_FUSED_KERNELS") == "0")
+        if (Disabled)
         {
             UnavailableReason = "disabled by TERN_FUSED_KERNELS=0";
             return null;
@@ -68,7 +94,8 @@ internal static unsafe partial class FusedKernels
 
     // Not while autograd records: the kernels write raw memory behind libtorch's back, so no backward exists for them and a
     // training forward (grad enabled) would get wrong or missing gradients. Inference runs under no_grad and keeps them.
-    static bool Usable(Tensor t) => t.device.type == DeviceType.CUDA && TypeIndex(t.dtype) >= 0 && t.is_contiguous() && !torch.is_grad_enabled() && Available;
+    static bool Usable(Tensor t) => t.device.type == DeviceType.CUDA && TypeIndex(t.dtype) >= 0 && t.is_contiguous() && !torch.is_grad_enabled()
+        && !Off && Available;
 
     static IntPtr Ptr(Tensor t) => TensorMemory.Pointer(t);
 
@@ -76,6 +103,7 @@ internal static unsafe partial class FusedKernels
     public static bool TryRmsNorm(Tensor x, Tensor weight, double eps, out Tensor y)
     {
         y = null!;
+        if (OnCpu(x)) return CpuKernels.TryRmsNorm(x, weight, eps, out y);
         if (!Usable(x) || !weight.is_contiguous() || weight.dtype != x.dtype) return false;
         int cols = (int)x.shape[^1];
         if (cols > 8 * 1024) return false; // the kernel holds at most 8 elements per thread of a 1024-thread block
@@ -93,6 +121,7 @@ internal static unsafe partial class FusedKernels
     /// buffer, with positions int64 [rows] and cos / signed-sin tables [positions, rotaryDim].</summary>
     public static bool TryRotaryInPlace(Tensor qkv, int heads, int headDim, int rotaryDim, Tensor positions, Tensor cos, Tensor sin)
     {
+        if (OnCpu(qkv)) return CpuKernels.TryRotaryInPlace(qkv, heads, headDim, rotaryDim, positions, cos, sin);
         if (!Usable(qkv) || !positions.is_contiguous() || positions.dtype != ScalarType.Int64 || cos.dtype != qkv.dtype) return false;
         long rows = positions.NumberOfElements;
         long rowStride = qkv.NumberOfElements / rows;
@@ -105,11 +134,13 @@ internal static unsafe partial class FusedKernels
 
     /// <summary>
     /// y = x·Wᵀ (+ bias) (+ residual) for a single row x (decode at batch 1), 16-bit types only: cuBLAS reads W well below the
-    /// memory bandwidth at one row. Returns false for more rows, fp32, or shapes the kernel does not take (K % 8 ≠ 0).
+    /// memory bandwidth at one row. Returns false for more rows, fp32, or shapes the kernel does not take (K % 8 ≠ 0). On the
+    /// CPU: bf16 of any number of rows (<see cref="CpuKernels.TryLinear"/>).
     /// </summary>
     public static bool TryGemv(Tensor x, Tensor weight, Tensor? bias, Tensor? residual, out Tensor y)
     {
         y = null!;
+        if (OnCpu(x)) return CpuKernels.TryLinear(x, weight, bias, residual, out y);
         int k = (int)weight.shape[1], n = (int)weight.shape[0];
         if (x.dtype == ScalarType.Float32 || x.shape[^1] != k || x.NumberOfElements != k || k % 8 != 0) return false;
         if (!Usable(x) || !weight.is_contiguous() || weight.dtype != x.dtype) return false;
@@ -163,7 +194,7 @@ internal static unsafe partial class FusedKernels
         int rowVecs = headDim * (int)keys.ElementSize / 16; // 16-byte pieces per row: a power of two from 4 to 32
         if (!Usable(keys) || q.shape[2] != 1 || q.stride(-1) != 1 || q.dtype != keys.dtype || headDim * keys.ElementSize % 16 != 0
             || rowVecs < 4 || rowVecs > 32 || (rowVecs & (rowVecs - 1)) != 0 || !keys.is_contiguous() || !values.is_contiguous()
-            || !queryPositions.is_contiguous() || queryPositions.NumberOfElements != q.shape[0]) return false;
+            || !cachePositions.is_contiguous() || !queryPositions.is_contiguous() || queryPositions.NumberOfElements != q.shape[0]) return false;
         const int split = 64, maxSplits = 1024; // SPLIT and the combine's shared array in fused.cu
         int splits = (cap + split - 1) / split;
         if (splits > maxSplits) return false;
@@ -189,6 +220,7 @@ internal static unsafe partial class FusedKernels
     public static bool TryGated(Tensor gateUp, int n, int kind, out Tensor y)
     {
         y = null!;
+        if (OnCpu(gateUp)) return CpuKernels.TryGated(gateUp, n, kind, out y);
         if (!Usable(gateUp)) return false;
         var shape = gateUp.shape.ToArray();
         shape[^1] = n;

@@ -114,5 +114,5 @@ internal sealed class Gpt2Model : CausalLanguageModel
     }
 
     private protected override Tensor Head(PartWeights w, Tensor h, ModelStep step) =>
-        Linear.Apply(Norms.Layer(h, w["transformer.ln_f.weight"], w["transformer.ln_f.bias"], eps), w["lm_head.weight"]);
+        Linear.Project(Norms.Layer(h, w["transformer.ln_f.weight"], w["transformer.ln_f.bias"], eps), w["lm_head.weight"]);
 }

@@ -99,7 +99,7 @@ internal sealed class GptNeoXModel : CausalLanguageModel
     }
 
     private protected override Tensor Head(PartWeights w, Tensor h, ModelStep step) =>
-        Linear.Apply(Norms.Layer(h, w["gpt_neox.final_layer_norm.weight"], w["gpt_neox.final_layer_norm.bias"], eps), w["embed_out.weight"]);
+        Linear.Project(Norms.Layer(h, w["gpt_neox.final_layer_norm.weight"], w["gpt_neox.final_layer_norm.bias"], eps), w["embed_out.weight"]);
 
     private protected override void DisposeBuffers() => rotary.Dispose();
 }

@@ -162,7 +162,7 @@ internal sealed class LlamaModel : CausalLanguageModel
     }
 
     private protected override Tensor Head(PartWeights w, Tensor h, ModelStep step) =>
-        Linear.Apply(Norms.Rms(h, w["model.norm.weight"], eps), w["lm_head.weight"]);
+        Linear.Project(Norms.Rms(h, w["model.norm.weight"], eps), w["lm_head.weight"]);
 
     private protected override (string Up, string Down, bool Gated)? SparseMlpNames => ("mlp.gate_up_proj", "mlp.down_proj", true);
 

@@ -120,6 +120,6 @@ internal sealed class OptModel : CausalLanguageModel
     {
         if (w.Optional("model.decoder.final_layer_norm.weight") is { } normW) h = Norms.Layer(h, normW, w["model.decoder.final_layer_norm.bias"], Eps);
         if (w.Optional("model.decoder.project_out.weight") is not null) h = w.Linear("model.decoder.project_out").Forward(h);
-        return Linear.Apply(h, w["lm_head.weight"]);
+        return Linear.Project(h, w["lm_head.weight"]);
     }
 }

@@ -221,7 +221,7 @@ internal sealed class MultiHyenaModel : CausalLanguageModel
     }
 
     private protected override Tensor Head(PartWeights w, Tensor h, ModelStep step) =>
-        Linear.Apply(Norms.Layer(h, w["backbone.ln_f.weight"], w["backbone.ln_f.bias"], eps), w["lm_head.weight"]);
+        Linear.Project(Norms.Layer(h, w["backbone.ln_f.weight"], w["backbone.ln_f.bias"], eps), w["lm_head.weight"]);
 
     private protected override void DisposeBuffers()
     {

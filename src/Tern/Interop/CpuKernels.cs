@@ -1,0 +1,326 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Tern.Interop;
+
+/// <summary>
+/// The CPU's versions of <c>Kernels/fused.cu</c>'s RMSNorm, rotary (in place) and gated activation on tensor data pointers,
+/// and bf16 linear maps through MKL's <c>cblas_gemm_bf16bf16f32</c>. A decode step on the CPU at batch 1 is mostly libtorch
+/// dispatch and allocation around a few small GEMVs (a profile of the default model: about 70% of the main thread): each
+/// kernel here does in one pass what the composite path does in 3–9 libtorch ops; and libtorch reaches a bf16 GEMV through a
+/// oneDNN path 3–4× slower than MKL's own bf16 GEMM, which the libtorch library exports. fp32 and bf16, computed in fp32 and
+/// rounded where the composite path rounds; other types, autograd and views keep the composite path. Reached through
+/// <see cref="FusedKernels"/>, which routes by device. (A decode-attention kernel was tried here and dropped: libtorch's SDPA
+/// beat it at every context length on this machine.)
+/// </summary>
+internal static unsafe partial class CpuKernels
+{
+    // Work (elements touched) past which a kernel splits its rows over the thread pool; below it one thread is faster.
+    const long ParallelWork = 1 << 21;
+
+    static bool Usable(Tensor t) => t.device.type == DeviceType.CPU && t.dtype is ScalarType.Float32 or ScalarType.BFloat16
+        && t.is_contiguous() && !torch.is_grad_enabled();
+
+    static byte* Ptr(Tensor t) => (byte*)TensorMemory.Pointer(t);
+
+    /// <summary>RMSNorm over the last dimension: y = w · round(x / √(mean(x²) + ε)), as fused.cu's <c>rms_norm</c>.</summary>
+    public static bool TryRmsNorm(Tensor x, Tensor weight, double eps, out Tensor y)
+    {
+        y = null!;
+        if (!Usable(x) || !weight.is_contiguous() || weight.dtype != x.dtype) return false;
+        int cols = (int)x.shape[^1];
+        long rows = x.NumberOfElements / cols;
+        y = torch.empty_like(x);
+        var job = new RmsNormJob { X = Ptr(x), Y = Ptr(y), W = Ptr(weight), Cols = cols, Eps = (float)eps };
+        if (x.dtype == ScalarType.BFloat16) Run<RmsNormJob, Bf16>(ref job, rows, rows * cols);
+        else Run<RmsNormJob, F32>(ref job, rows, rows * cols);
+        return true;
+    }
+
+    struct RmsNormJob : IRowJob
+    {
+        public byte* X, Y, W;
+        public int Cols;
+        public float Eps;
+
+        public void Rows<T>(long from, long to) where T : struct, IElement
+        {
+            int n = Cols;
+            for (long r = from; r < to; r++)
+            {
+                byte* x = X + r * n * T.Size, y = Y + r * n * T.Size;
+                var squares = Vector256<float>.Zero;
+                int i = 0;
+                for (; i + 8 <= n; i += 8)
+                {
+                    var v = T.Load8(x, i);
+                    squares = Vector256.FusedMultiplyAdd(v, v, squares);
+                }
+                float sum = Vector256.Sum(squares);
+                for (; i < n; i++) sum += T.Load(x, i) * T.Load(x, i);
+                var inv = Vector256.Create(1f / MathF.Sqrt(sum / n + Eps));
+                for (i = 0; i + 8 <= n; i += 8) T.Store8(T.Load8(W, i) * T.Round8(T.Load8(x, i) * inv), y, i);
+                for (; i < n; i++) T.Store(T.Load(W, i) * T.Round(T.Load(x, i) * inv[0]), y, i);
+            }
+        }
+    }
+
+    /// <summary>Rotary embedding in place ("rotate half", sign in the sin table) on the first <paramref name="heads"/> heads of
+    /// each token row of a contiguous buffer, positions int64 [rows] (below 0: position 0), as fused.cu's <c>rotary</c>.</summary>
+    public static bool TryRotaryInPlace(Tensor qkv, int heads, int headDim, int rotaryDim, Tensor positions, Tensor cos, Tensor sin)
+    {
+        if (!Usable(qkv) || !positions.is_contiguous() || positions.dtype != ScalarType.Int64 || cos.dtype != qkv.dtype
+            || !cos.is_contiguous() || !sin.is_contiguous()) return false;
+        long rows = positions.NumberOfElements;
+        var job = new RotaryJob
+        {
+            Qkv = Ptr(qkv), Cos = Ptr(cos), Sin = Ptr(sin), Positions = (long*)Ptr(positions), RowStride = qkv.NumberOfElements / rows,
+            Heads = heads, HeadDim = headDim, RotaryDim = rotaryDim,
+        };
+        if (qkv.dtype == ScalarType.BFloat16) Run<RotaryJob, Bf16>(ref job, rows, rows * heads * rotaryDim);
+        else Run<RotaryJob, F32>(ref job, rows, rows * heads * rotaryDim);
+        return true;
+    }
+
+    struct RotaryJob : IRowJob
+    {
+        public byte* Qkv, Cos, Sin;
+        public long* Positions;
+        public long RowStride;
+        public int Heads, HeadDim, RotaryDim;
+
+        public void Rows<T>(long from, long to) where T : struct, IElement
+        {
+            int half = RotaryDim / 2;
+            for (long r = from; r < to; r++)
+            {
+                long p = Math.Max(0, Positions[r]);
+                byte* c = Cos + p * RotaryDim * T.Size, s = Sin + p * RotaryDim * T.Size;
+                for (int h = 0; h < Heads; h++)
+                {
+                    byte* x = Qkv + (r * RowStride + (long)h * HeadDim) * T.Size;
+                    int i = 0;
+                    for (; i + 8 <= half; i += 8)
+                    {
+                        Vector256<float> a = T.Load8(x, i), b = T.Load8(x, i + half);
+                        T.Store8(a * T.Load8(c, i) + b * T.Load8(s, i), x, i);
+                        T.Store8(b * T.Load8(c, i + half) + a * T.Load8(s, i + half), x, i + half);
+                    }
+                    for (; i < half; i++)
+                    {
+                        float a = T.Load(x, i), b = T.Load(x, i + half);
+                        T.Store(a * T.Load(c, i) + b * T.Load(s, i), x, i);
+                        T.Store(b * T.Load(c, i + half) + a * T.Load(s, i + half), x, i + half);
+                    }
+                }
+            }
+        }
+    }
+
+    /// <summary>y = round(act(gate)) · up for [gate | up] = gateUp[..., 0:2n]; <paramref name="kind"/> 0 silu, 1 relu, 3 gelu
+    /// (tanh). Exact gelu (2) keeps the composite path (.NET has no erf).</summary>
+    public static bool TryGated(Tensor gateUp, int n, int kind, out Tensor y)
+    {
+        y = null!;
+        if (!Usable(gateUp) || kind is not (0 or 1 or 3)) return false;
+        var shape = gateUp.shape.ToArray();
+        shape[^1] = n;
+        y = torch.empty(shape, gateUp.dtype);
+        long rows = gateUp.NumberOfElements / (2L * n);
+        var job = new GatedJob { GateUp = Ptr(gateUp), Y = Ptr(y), N = n, Kind = kind };
+        if (gateUp.dtype == ScalarType.BFloat16) Run<GatedJob, Bf16>(ref job, rows, rows * n);
+        else Run<GatedJob, F32>(ref job, rows, rows * n);
+        return true;
+    }
+
+    struct GatedJob : IRowJob
+    {
+        public byte* GateUp, Y;
+        public int N, Kind;
+
+        public void Rows<T>(long from, long to) where T : struct, IElement
+        {
+            int n = N;
+            for (long r = from; r < to; r++)
+            {
+                byte* g = GateUp + r * 2 * n * T.Size, u = g + n * T.Size, y = Y + r * n * T.Size;
+                int i = 0;
+                if (Kind == 1)
+                    for (; i + 8 <= n; i += 8) T.Store8(Vector256.Max(T.Load8(g, i), Vector256<float>.Zero) * T.Load8(u, i), y, i);
+                for (; i < n; i++) T.Store(T.Round(Activate(T.Load(g, i), Kind)) * T.Load(u, i), y, i);
+            }
+        }
+    }
+
+    static float Activate(float g, int kind) => kind switch
+    {
+        0 => g / (1f + MathF.Exp(-g)),
+        1 => g > 0f ? g : 0f,
+        _ => 0.5f * g * (1f + MathF.Tanh(0.7978845608028654f * (g + 0.044715f * g * g * g))),
+    };
+
+    /// <summary>
+    /// y = x·Wᵀ (+ bias) (+ residual) for bf16 x [..., K] and W [N, K] (contiguous), through MKL's bf16 GEMM with fp32
+    /// accumulation, rounded as the composite path rounds: round(round(x·Wᵀ + b) + residual). False for other types, or where
+    /// the libtorch library does not export the GEMM.
+    /// </summary>
+    public static bool TryLinear(Tensor x, Tensor weight, Tensor? bias, Tensor? residual, out Tensor y)
+    {
+        y = null!;
+        if (!Usable(x) || x.dtype != ScalarType.BFloat16 || !weight.is_contiguous() || weight.dtype != x.dtype || weight.dim() != 2
+            || MklUnavailable) return false;
+        long n = weight.shape[0], k = weight.shape[1];
+        if (x.shape[^1] != k) return false;
+        long m = x.NumberOfElements / k;
+        if (bias is not null && (!bias.is_contiguous() || bias.dtype != x.dtype || bias.NumberOfElements != n)) return false;
+        if (residual is not null && (!residual.is_contiguous() || residual.dtype != x.dtype || residual.NumberOfElements != m * n)) return false;
+        var shape = x.shape.ToArray();
+        shape[^1] = n;
+        using var accumulated = torch.empty(new[] { m, n }, ScalarType.Float32);
+        try
+        {
+            GemmBf16(RowMajor, NoTrans, Trans, m, n, k, 1f, (IntPtr)Ptr(x), k, (IntPtr)Ptr(weight), k, 0f, (IntPtr)Ptr(accumulated), n);
+        }
+        catch (Exception e) when (e is EntryPointNotFoundException or DllNotFoundException)
+        {
+            MklUnavailable = true;
+            return false;
+        }
+        y = torch.empty(shape, x.dtype);
+        var job = new LinearOutputJob
+        {
+            Accumulated = (float*)Ptr(accumulated), Bias = bias is null ? null : Ptr(bias), Residual = residual is null ? null : Ptr(residual),
+            Y = Ptr(y), N = (int)n,
+        };
+        Run<LinearOutputJob, Bf16>(ref job, m, m * n);
+        return true;
+    }
+
+    static bool MklUnavailable;
+    const int RowMajor = 101, NoTrans = 111, Trans = 112;
+
+    [LibraryImport("libtorch_cpu", EntryPoint = "cblas_gemm_bf16bf16f32")]
+    private static partial void GemmBf16(int layout, int transA, int transB, long m, long n, long k, float alpha, IntPtr a, long lda,
+        IntPtr b, long ldb, float beta, IntPtr c, long ldc);
+
+    struct LinearOutputJob : IRowJob
+    {
+        public float* Accumulated;
+        public byte* Bias, Residual, Y;
+        public int N;
+
+        public void Rows<T>(long from, long to) where T : struct, IElement
+        {
+            int n = N;
+            for (long r = from; r < to; r++)
+            {
+                float* a = Accumulated + r * n;
+                byte* y = Y + r * n * T.Size, residual = Residual is null ? null : Residual + r * n * T.Size;
+                int i = 0;
+                for (; i + 8 <= n; i += 8)
+                {
+                    var v = Vector256.Load(a + i);
+                    if (Bias is not null) v += T.Load8(Bias, i);
+                    if (residual is not null) v = T.Load8(residual, i) + T.Round8(v);
+                    T.Store8(v, y, i);
+                }
+                for (; i < n; i++)
+                {
+                    float v = a[i];
+                    if (Bias is not null) v += T.Load(Bias, i);
+                    if (residual is not null) v = T.Load(residual, i) + T.Round(v);
+                    T.Store(v, y, i);
+                }
+            }
+        }
+    }
+
+    /// <summary>A kernel's work over rows, specialised by element type (the JIT compiles one body per type).</summary>
+    interface IRowJob
+    {
+        void Rows<T>(long from, long to) where T : struct, IElement;
+    }
+
+    /// <summary>Runs a job over [0, rows): on this thread for small work, else in one chunk per core.</summary>
+    static void Run<TJob, T>(ref TJob job, long rows, long work) where TJob : struct, IRowJob where T : struct, IElement
+    {
+        int chunks = (int)Math.Min(rows, Environment.ProcessorCount);
+        if (work < ParallelWork || chunks < 2)
+        {
+            job.Rows<T>(0, rows);
+            return;
+        }
+        var copy = job;
+        Parallel.For(0, chunks, c => copy.Rows<T>(rows * c / chunks, rows * (c + 1) / chunks));
+    }
+
+    /// <summary>An element type as the kernels read and write it: loads widen to fp32, stores round to the type.</summary>
+    interface IElement
+    {
+        static abstract int Size { get; }
+        static abstract Vector256<float> Load8(byte* p, long index);
+        static abstract void Store8(Vector256<float> v, byte* p, long index);
+        static abstract float Load(byte* p, long index);
+        static abstract void Store(float v, byte* p, long index);
+        /// <summary>v rounded to the type and back (what storing and reloading gives).</summary>
+        static abstract Vector256<float> Round8(Vector256<float> v);
+        static abstract float Round(float v);
+    }
+
+    struct F32 : IElement
+    {
+        public static int Size => 4;
+        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector256<float> Load8(byte* p, long index) => Vector256.Load((float*)p + index);
+        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static void Store8(Vector256<float> v, byte* p, long index) => v.Store((float*)p + index);
+        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static float Load(byte* p, long index) => ((float*)p)[index];
+        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static void Store(float v, byte* p, long index) => ((float*)p)[index] = v;
+        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector256<float> Round8(Vector256<float> v) => v;
+        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static float Round(float v) => v;
+    }
+
+    /// <summary>bf16: the high half of an fp32, rounded to nearest even as libtorch's <c>c10::BFloat16</c>.</summary>
+    struct Bf16 : IElement
+    {
+        public static int Size => 2;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<float> Load8(byte* p, long index) =>
+            Vector256.ShiftLeft(Vector256.WidenLower(Vector128.Load((ushort*)p + index).ToVector256Unsafe()), 16).AsSingle();
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void Store8(Vector256<float> v, byte* p, long index)
+        {
+            var bits = v.AsUInt32();
+            var rounded = (bits + Vector256.Create(0x7FFFu) + ((bits >> 16) & Vector256.Create(1u))) >> 16;
+            rounded = Vector256.ConditionalSelect(Vector256.Equals(v, v).AsUInt32(), rounded, Vector256.Create(0x7FC0u)); // NaN stays NaN
+            Vector128.Narrow(rounded.GetLower(), rounded.GetUpper()).Store((ushort*)p + index);
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static float Load(byte* p, long index) => BitConverter.Int32BitsToSingle(((ushort*)p)[index] << 16);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void Store(float v, byte* p, long index) => ((ushort*)p)[index] = ToBf16(v);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<float> Round8(Vector256<float> v)
+        {
+            var bits = v.AsUInt32();
+            var rounded = ((bits + Vector256.Create(0x7FFFu) + ((bits >> 16) & Vector256.Create(1u))) >> 16) << 16;
+            return Vector256.ConditionalSelect(Vector256.Equals(v, v).AsUInt32(), rounded, bits).AsSingle();
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static float Round(float v) => BitConverter.Int32BitsToSingle(ToBf16(v) << 16);
+
+        static ushort ToBf16(float f)
+        {
+            if (float.IsNaN(f)) return 0x7FC0;
+            uint u = BitConverter.SingleToUInt32Bits(f);
+            return (ushort)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+        }
+    }
+}

@@ -1,0 +1,177 @@
+using Tern.Generation;
+using Tern.Interop;
+using Tern.Models;
+using Tern.Runtime;
+using Tern.Tokenization;
+using TorchSharp;
+using static TorchSharp.torch;
+using F = TorchSharp.torch.nn.functional;
+
+namespace Tern.Tests.Runtime;
+
+/// <summary>
+/// The CPU's fused kernels (<see cref="CpuKernels"/>, reached through <see cref="FusedKernels"/>) against the composite
+/// libtorch path they replace: fp32 within float rounding, bf16 within one bf16 step of the result; autograd keeps the
+/// composite path; the default model generates the same greedy tokens with and without them, in fp32 and bf16.
+/// </summary>
+public class CpuKernelTests
+{
+    static Tensor Random(ScalarType type, params long[] shape)
+    {
+        torch.manual_seed(shape.Aggregate(7L, (a, b) => a * 31 + b));
+        return torch.randn(shape).to(type);
+    }
+
+    // |a − b| ≤ tolerance · max(1, |b|) elementwise: one bf16 step is 2⁻⁸ of the value.
+    static void Close(Tensor expected, Tensor actual, double tolerance)
+    {
+        Assert.Equal(expected.shape, actual.shape);
+        Assert.Equal(expected.dtype, actual.dtype);
+        using var scope = torch.NewDisposeScope();
+        var e = expected.to(ScalarType.Float64);
+        var a = actual.to(ScalarType.Float64);
+        double worst = ((e - a).abs() / e.abs().clamp_min(1)).max().item<double>();
+        Assert.True(worst <= tolerance, $"relative difference {worst} > {tolerance}");
+    }
+
+    static double Tolerance(ScalarType type) => type == ScalarType.BFloat16 ? 1.0 / 128 : 1e-5;
+
+    public static TheoryData<string> Types => new() { "fp32", "bf16" };
+
+    static ScalarType TypeOf(string name) => name == "bf16" ? ScalarType.BFloat16 : ScalarType.Float32;
+
+    [Theory]
+    [MemberData(nameof(Types))]
+    public void RmsNormMatchesTheComposite(string typeName)
+    {
+        using var scope = torch.NewDisposeScope();
+        using var noGrad = torch.no_grad();
+        var type = TypeOf(typeName);
+        var x = Random(type, 3, 5, 67); // an odd width: the vector loop's tail
+        var w = Random(type, 67);
+        Assert.True(FusedKernels.TryRmsNorm(x, w, 1e-6, out var fused));
+        Tensor composite;
+        using (FusedKernels.Suspend()) composite = Norms.Rms(x, w, 1e-6);
+        Close(composite, fused, Tolerance(type));
+    }
+
+    [Theory]
+    [MemberData(nameof(Types))]
+    public void RotaryInPlaceMatchesTheComposite(string typeName)
+    {
+        using var scope = torch.NewDisposeScope();
+        using var noGrad = torch.no_grad();
+        var type = TypeOf(typeName);
+        const int heads = 5, rotated = 3, headDim = 24, rotaryDim = 16; // partial rotary: the rest of each head stays
+        var qkv = Random(type, 2, 3, heads, headDim);
+        var positions = torch.tensor(new long[] { 0, 4, 9, -1, 2, 7 }); // −1: padding, rotated as position 0
+        var angles = torch.arange(12).to(ScalarType.Float32).unsqueeze(1) * torch.linspace(0.1, 1.0, rotaryDim / 2).unsqueeze(0);
+        var cos = torch.cat(new[] { angles.cos(), angles.cos() }, 1).to(type);
+        var sin = torch.cat(new[] { -angles.sin(), angles.sin() }, 1).to(type); // the sign of rotate_half lives in the table
+        var expected = qkv.clone();
+        var flat = positions.clamp_min(0);
+        var part = expected.narrow(2, 0, rotated).narrow(-1, 0, rotaryDim);
+        var c = cos.index_select(0, flat).view(2, 3, 1, rotaryDim);
+        var s = sin.index_select(0, flat).view(2, 3, 1, rotaryDim);
+        part.copy_(torch.addcmul(part * c, part.roll(rotaryDim / 2, -1), s, 1));
+
+        Assert.True(FusedKernels.TryRotaryInPlace(qkv, rotated, headDim, rotaryDim, positions, cos, sin));
+        Close(expected, qkv, Tolerance(type));
+        Assert.True(qkv.narrow(2, rotated, heads - rotated).equal(expected.narrow(2, rotated, heads - rotated)).all().item<bool>());
+        Assert.True(qkv.narrow(2, 0, rotated).narrow(-1, rotaryDim, headDim - rotaryDim).equal(
+            expected.narrow(2, 0, rotated).narrow(-1, rotaryDim, headDim - rotaryDim)).all().item<bool>());
+    }
+
+    [Theory]
+    [InlineData("fp32", "silu")]
+    [InlineData("fp32", "relu")]
+    [InlineData("fp32", "gelu_pytorch_tanh")]
+    [InlineData("bf16", "silu")]
+    [InlineData("bf16", "relu")]
+    public void GatedActivationMatchesTheComposite(string typeName, string activation)
+    {
+        using var scope = torch.NewDisposeScope();
+        using var noGrad = torch.no_grad();
+        var type = TypeOf(typeName);
+        var act = Activations.Get(activation, null!, "hidden_act");
+        var gateUp = Random(type, 2, 3, 2 * 37);
+        Assert.True(FusedKernels.TryGated(gateUp, 37, act.Kind, out var fused));
+        Tensor composite;
+        using (FusedKernels.Suspend()) composite = act.Gated(gateUp, 37);
+        Close(composite, fused, Tolerance(type));
+    }
+
+    [Fact]
+    public void ExactGeluAndAutogradKeepTheComposite()
+    {
+        using var scope = torch.NewDisposeScope();
+        var x = Random(ScalarType.Float32, 2, 16);
+        using (torch.no_grad()) Assert.False(FusedKernels.TryGated(x, 8, Activations.Get("gelu", null!, "hidden_act").Kind, out _));
+        using (torch.enable_grad()) Assert.False(FusedKernels.TryRmsNorm(x, torch.ones(16), 1e-6, out _)); // no backward for raw memory
+        using (torch.no_grad())
+        using (FusedKernels.Suspend()) Assert.False(FusedKernels.TryRmsNorm(x, torch.ones(16), 1e-6, out _));
+    }
+
+    [Theory]
+    [InlineData(1, false, false)]
+    [InlineData(1, true, true)]
+    [InlineData(7, true, false)]
+    [InlineData(7, false, true)]
+    public void Bf16LinearMatchesTheComposite(int rows, bool withBias, bool withResidual)
+    {
+        using var scope = torch.NewDisposeScope();
+        using var noGrad = torch.no_grad();
+        var x = Random(ScalarType.BFloat16, 1, rows, 72);
+        var w = Random(ScalarType.BFloat16, 45, 72);
+        var bias = withBias ? Random(ScalarType.BFloat16, 45) : null;
+        var residual = withResidual ? Random(ScalarType.BFloat16, 1, rows, 45) : null;
+        Assert.True(FusedKernels.TryGemv(x, w, bias, residual, out var fused));
+        var expected = F.linear(x, w, bias);
+        if (residual is not null) expected = residual + expected;
+        // Where the composite rounds between the product, the bias and the residual differs by libtorch's kernel: within two
+        // bf16 steps of the largest output.
+        Assert.Equal(expected.shape, fused.shape);
+        double worst = (expected.to(ScalarType.Float32) - fused.to(ScalarType.Float32)).abs().max().item<float>();
+        Assert.True(worst <= expected.to(ScalarType.Float32).abs().max().item<float>() / 64, $"difference {worst}");
+        Assert.False(FusedKernels.TryGemv(x.to(ScalarType.Float32), w.to(ScalarType.Float32), null, null, out _)); // fp32: libtorch's MKL call already
+    }
+
+    static string DefaultModel => Path.GetFullPath(Path.Combine(Fixtures.Root, "..", "..", "models", "default"));
+
+    [Fact]
+    public void TheDefaultModelGeneratesTheSameTokensWithAndWithoutThem()
+    {
+        using var model = CausalLanguageModel.Load(DefaultModel, new ModelLoadOptions { Device = DeviceKind.Cpu, DType = ModelDType.Float32 });
+        var tokenizer = TernTokenizer.Load(DefaultModel);
+        var options = new GenerationOptions { MaxNewTokens = 24 };
+        string[] prompts = { "In the beginning", "The quick brown fox" };
+        var fused = new Tern.Generation.Generator(model, tokenizer).Generate(prompts, options, TestContext.Current.CancellationToken);
+        GenerationResult composite;
+        using (FusedKernels.Suspend()) composite = new Tern.Generation.Generator(model, tokenizer).Generate(prompts, options, TestContext.Current.CancellationToken);
+        for (int i = 0; i < prompts.Length; i++) Assert.Equal(composite.Sequences[i].Tokens, fused.Sequences[i].Tokens);
+    }
+
+    /// <summary>In bf16 the roundings differ (one bf16 linear for libtorch's oneDNN one), so greedy tokens may part at a near
+    /// tie: the logits of every position stay within a few bf16 steps of the logit scale and pick the same token.</summary>
+    [Fact]
+    public void TheDefaultModelInBf16GivesTheSameLogitsWithinRounding()
+    {
+        using var model = CausalLanguageModel.Load(DefaultModel, new ModelLoadOptions { Device = DeviceKind.Cpu, DType = ModelDType.BFloat16 });
+        var ids = TernTokenizer.Load(DefaultModel).Encode("In the beginning God created the heaven and the earth. And the earth was without form").ToArray();
+        float[][] fused = model.Logits(ids), composite;
+        using (FusedKernels.Suspend()) composite = model.Logits(ids);
+        int agree = 0;
+        double worst = 0, scale = 0;
+        for (int t = 0; t < ids.Length; t++)
+        {
+            for (int v = 0; v < fused[t].Length; v++)
+            {
+                worst = Math.Max(worst, Math.Abs(fused[t][v] - composite[t][v]));
+                scale = Math.Max(scale, Math.Abs(composite[t][v]));
+            }
+            if (Array.IndexOf(fused[t], fused[t].Max()) == Array.IndexOf(composite[t], composite[t].Max())) agree++;
+        }
+        Assert.True(worst <= scale / 16, $"largest logit difference {worst} at a logit scale of {scale}");
+        Assert.True(agree >= ids.Length - 1, $"the top token agrees at {agree} of {ids.Length} positions");
+    }
+}
