@@ -163,9 +163,9 @@ internal static unsafe partial class CpuKernels
     };
 
     /// <summary>
-    /// y = x·Wᵀ (+ bias) (+ residual) for bf16 x [..., K] and W [N, K] (contiguous), through MKL's bf16 GEMM with fp32
-    /// accumulation, rounded as the composite path rounds: round(round(x·Wᵀ + b) + residual). False for other types, or where
-    /// the libtorch library does not export the GEMM.
+    /// y = x·Wᵀ (+ bias) (+ residual) for bf16 x [..., K] of at most 16 rows and W [N, K] (contiguous), through MKL's bf16
+    /// GEMM with fp32 accumulation, rounded as the composite path rounds: round(round(x·Wᵀ + b) + residual). False for other
+    /// types, more rows, or where the libtorch library does not export the GEMM.
     /// </summary>
     public static bool TryLinear(Tensor x, Tensor weight, Tensor? bias, Tensor? residual, out Tensor y)
     {
@@ -175,6 +175,7 @@ internal static unsafe partial class CpuKernels
         long n = weight.shape[0], k = weight.shape[1];
         if (x.shape[^1] != k) return false;
         long m = x.NumberOfElements / k;
+        if (m > LargestBf16GemmRows) return false; // a prefill: libtorch's oneDNN path is ahead there
         if (bias is not null && (!bias.is_contiguous() || bias.dtype != x.dtype || bias.NumberOfElements != n)) return false;
         if (residual is not null && (!residual.is_contiguous() || residual.dtype != x.dtype || residual.NumberOfElements != m * n)) return false;
         var shape = x.shape.ToArray();
@@ -200,6 +201,10 @@ internal static unsafe partial class CpuKernels
     }
 
     static bool MklUnavailable;
+    // Decode-sized products only: at 128 rows (a prefill) MKL's bf16 GEMM, which emulates bf16 products on this machine, took
+    // 1.6× the time of libtorch's path. (A single-threaded AVX-512 bf16 GEMV beat MKL's on small weights in isolation and lost
+    // in the decode step, as the AVX2 fp32 one before it.)
+    const long LargestBf16GemmRows = 16;
     const int RowMajor = 101, NoTrans = 111, Trans = 112;
 
     [LibraryImport("libtorch_cpu", EntryPoint = "cblas_gemm_bf16bf16f32")]

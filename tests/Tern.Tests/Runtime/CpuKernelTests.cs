@@ -134,6 +134,7 @@ public class CpuKernelTests
         double worst = (expected.to(ScalarType.Float32) - fused.to(ScalarType.Float32)).abs().max().item<float>();
         Assert.True(worst <= expected.to(ScalarType.Float32).abs().max().item<float>() / 64, $"difference {worst}");
         Assert.False(FusedKernels.TryGemv(x.to(ScalarType.Float32), w.to(ScalarType.Float32), null, null, out _)); // fp32: libtorch's MKL call already
+        Assert.False(FusedKernels.TryGemv(Random(ScalarType.BFloat16, 1, 17, 72), w, null, null, out _)); // a prefill: libtorch's path
     }
 
     static string DefaultModel => Path.GetFullPath(Path.Combine(Fixtures.Root, "..", "..", "models", "default"));
