@@ -46,6 +46,7 @@ internal static unsafe partial class CpuKernels
         public int Cols;
         public float Eps;
 
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)] // hot from the first call: no unoptimised tier
         public void Rows<T>(long from, long to) where T : struct, IElement
         {
             int n = Cols;
@@ -92,6 +93,7 @@ internal static unsafe partial class CpuKernels
         public long RowStride;
         public int Heads, HeadDim, RotaryDim;
 
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)] // hot from the first call: no unoptimised tier
         public void Rows<T>(long from, long to) where T : struct, IElement
         {
             int half = RotaryDim / 2;
@@ -141,6 +143,7 @@ internal static unsafe partial class CpuKernels
         public byte* GateUp, Y;
         public int N, Kind;
 
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)] // hot from the first call: no unoptimised tier
         public void Rows<T>(long from, long to) where T : struct, IElement
         {
             int n = N;
@@ -217,6 +220,7 @@ internal static unsafe partial class CpuKernels
         public byte* Bias, Residual, Y;
         public int N;
 
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)] // hot from the first call: no unoptimised tier
         public void Rows<T>(long from, long to) where T : struct, IElement
         {
             int n = N;
