@@ -76,6 +76,9 @@ internal static unsafe partial class CpuKernels
         if (!Usable(qkv) || !positions.is_contiguous() || positions.dtype != ScalarType.Int64 || cos.dtype != qkv.dtype
             || !cos.is_contiguous() || !sin.is_contiguous()) return false;
         long rows = positions.NumberOfElements;
+        // Decode-sized steps only: a prefill keeps the composite path, whose rotated copies are contiguous (what libtorch's
+        // flash attention reads fastest); rotated in place, q and k stay strided views of the fused projection.
+        if (rows > LargestRotaryRows) return false;
         var job = new RotaryJob
         {
             Qkv = Ptr(qkv), Cos = Ptr(cos), Sin = Ptr(sin), Positions = (long*)Ptr(positions), RowStride = qkv.NumberOfElements / rows,
@@ -85,6 +88,8 @@ internal static unsafe partial class CpuKernels
         else Run<RotaryJob, F32>(ref job, rows, rows * heads * rotaryDim);
         return true;
     }
+
+    const long LargestRotaryRows = 64;
 
     struct RotaryJob : IRowJob
     {

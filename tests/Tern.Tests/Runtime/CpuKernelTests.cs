@@ -75,6 +75,7 @@ public class CpuKernelTests
         var s = sin.index_select(0, flat).view(2, 3, 1, rotaryDim);
         part.copy_(torch.addcmul(part * c, part.roll(rotaryDim / 2, -1), s, 1));
 
+        Assert.False(FusedKernels.TryRotaryInPlace(Random(type, 1, 65, heads, headDim), rotated, headDim, rotaryDim, torch.zeros(65, ScalarType.Int64), cos, sin));
         Assert.True(FusedKernels.TryRotaryInPlace(qkv, rotated, headDim, rotaryDim, positions, cos, sin));
         Close(expected, qkv, Tolerance(type));
         Assert.True(qkv.narrow(2, rotated, heads - rotated).equal(expected.narrow(2, rotated, heads - rotated)).all().item<bool>());
