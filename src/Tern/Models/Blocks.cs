@@ -13,7 +13,7 @@ internal sealed record Linear(Tensor Weight, Tensor? Bias) : IDisposable
     public Tensor Forward(Tensor x)
     {
         InputObserver?.Invoke(x);
-        return Project(x, Weight, Bias);
+        return Interop.FusedKernels.TryGemv(x, Weight, Bias, null, out var y) ? y : Apply(x, Weight, Bias);
     }
 
     /// <summary>residual + x·Wᵀ + b, in one kernel where the one-row GEMV serves.</summary>
@@ -23,10 +23,10 @@ internal sealed record Linear(Tensor Weight, Tensor? Bias) : IDisposable
         return Interop.FusedKernels.TryGemv(x, Weight, Bias, residual, out var y) ? y : residual + Apply(x, Weight, Bias);
     }
 
-    /// <summary>x·Wᵀ + b through the fused GEMV where it serves (one 16-bit row on CUDA, bf16 on the CPU), else
-    /// <see cref="Apply"/>: what the models' heads call.</summary>
+    /// <summary>The models' heads: x·Wᵀ + b, on the CPU through the fused bf16 GEMV where it serves, else <see cref="Apply"/>.
+    /// CUDA keeps cuBLAS here: the one-row GEMV kernel is not yet measured on vocabulary-sized weights.</summary>
     public static Tensor Project(Tensor x, Tensor weight, Tensor? bias = null) =>
-        Interop.FusedKernels.TryGemv(x, weight, bias, null, out var y) ? y : Apply(x, weight, bias);
+        x.device.type == DeviceType.CPU && Interop.FusedKernels.TryGemv(x, weight, bias, null, out var y) ? y : Apply(x, weight, bias);
 
     /// <summary>x·Wᵀ + b, in the <see cref="Runtime.Autocast"/> type inside an autocast scope (the output keeps that type;
     /// a residual sum with an fp32 stream promotes back to fp32).</summary>
