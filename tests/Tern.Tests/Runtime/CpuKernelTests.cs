@@ -118,6 +118,7 @@ public class CpuKernelTests
     [InlineData(1, true, true)]
     [InlineData(7, true, false)]
     [InlineData(7, false, true)]
+    [InlineData(40, true, true)] // a prefill: widened to fp32
     public void Bf16LinearMatchesTheComposite(int rows, bool withBias, bool withResidual)
     {
         using var scope = torch.NewDisposeScope();
@@ -135,7 +136,6 @@ public class CpuKernelTests
         double worst = (expected.to(ScalarType.Float32) - fused.to(ScalarType.Float32)).abs().max().item<float>();
         Assert.True(worst <= expected.to(ScalarType.Float32).abs().max().item<float>() / 64, $"difference {worst}");
         Assert.False(FusedKernels.TryGemv(x.to(ScalarType.Float32), w.to(ScalarType.Float32), null, null, out _)); // fp32: libtorch's MKL call already
-        Assert.False(FusedKernels.TryGemv(Random(ScalarType.BFloat16, 1, 17, 72), w, null, null, out _)); // a prefill: libtorch's path
     }
 
     static string DefaultModel => Path.GetFullPath(Path.Combine(Fixtures.Root, "..", "..", "models", "default"));
