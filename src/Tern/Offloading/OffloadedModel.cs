@@ -51,9 +51,10 @@ public sealed class OffloadedModel : IStepModel, IDisposable
     readonly GpuBudget budget;
     readonly ScalarType dtype;
 
-    OffloadedModel(CausalLanguageModel model, OffloadedWeights weights, ITransferEngine engine, OffloadDirectory? directory, GpuBudget budget, OffloadOptions options)
+    OffloadedModel(CausalLanguageModel model, long tokenEmbeddingWidth, OffloadedWeights weights, ITransferEngine engine, OffloadDirectory? directory, GpuBudget budget, OffloadOptions options)
     {
         this.model = model;
+        TokenEmbeddingWidth = tokenEmbeddingWidth;
         this.weights = weights;
         this.engine = engine;
         this.directory = directory;
@@ -70,6 +71,9 @@ public sealed class OffloadedModel : IStepModel, IDisposable
 
     /// <summary>The compute device.</summary>
     public Device Device => model.Device;
+
+    /// <summary>Width of the token embeddings (what a soft prompt's vectors hold), read before the weights were placed.</summary>
+    public long TokenEmbeddingWidth { get; }
 
     /// <summary>The disk tier's private folder, while the model lives (null when nothing is on disk).</summary>
     public string? OffloadPath => directory?.Path;
@@ -115,6 +119,7 @@ public sealed class OffloadedModel : IStepModel, IDisposable
             progress?.Fraction.Report(1.0);
             if (model.HasRecurrentLayers)
                 throw new OptionException($"{TernOption.Offload} streams a model's layers with their KV caches; this {config.ModelType} model keeps a recurrent state per layer, which offloading does not place. Run it in memory.");
+            long width = model.TokenEmbeddingWidth; // the host copy of the table goes once placed
             var stageWeights = model.Parts;
             // The GPU share of the weights is checked against the cap before anything moves there, and exactly once placed.
             double bytes = stageWeights.SelectMany(s => s.Tensors).Distinct(ReferenceEqualityComparer.Instance).Cast<Tensor>()
@@ -123,7 +128,7 @@ public sealed class OffloadedModel : IStepModel, IDisposable
             placed = OffloadedWeights.Place(stageWeights, policy.Weights, policy.CompressWeights, device, engine, directory);
             budget.Release("weights");
             budget.Reserve("weights", placed.BytesOn(Tier.Gpu));
-            return new OffloadedModel(model, placed, engine, directory, budget, options);
+            return new OffloadedModel(model, width, placed, engine, directory, budget, options);
         }
         catch
         {
@@ -364,6 +369,7 @@ public sealed class OffloadedModel : IStepModel, IDisposable
                 prompts = Enumerable.Range(0, batches).Select(k => input.RealTokens.Skip(k * gbs).Take(batchRows[k]).ToArray()).ToArray();
             }
             else if (input.InputIds.shape[1] != 1) throw new ArgumentException("an offloaded block runs its prompts as one prefill step, then one token per step.");
+            else if (input.PrefixEmbeddings is not null) throw new ArgumentException("a prefix (soft prompt) goes with the prefill step, which starts the sequences.");
             using var noGrad = torch.no_grad();
             int i = step;
             for (int k = 0; k < batches; k++) inputs[k] = BatchInput(input, k);
@@ -573,16 +579,21 @@ public sealed class OffloadedModel : IStepModel, IDisposable
             int first = k * owner.Policy.GpuBatchSize, n = prompts[k].Length;
             var real = input.RealTokens.Skip(first).Take(n).ToArray();
             int width = (int)input.InputIds.shape[1], columns = step == 0 ? real.Max() : width;
+            // A soft prompt's columns (PrefixEmbeddings) lead every row, its padding follows them: the padding dropped is theirs.
+            int prefix = input.PrefixEmbeddings is { } embeddings ? (int)embeddings.shape[0] : 0;
+            Tensor Columns(Tensor rows) => prefix == 0 ? rows.narrow(1, width - columns, columns)
+                : torch.cat(new[] { rows.narrow(1, 0, prefix), rows.narrow(1, width - columns + prefix, columns - prefix) }, 1);
             var batch = new ForwardBatch
             {
                 // Own tensors with standard strides: the fused CUDA kernels take contiguous inputs only (a view would send them to
                 // the composite fallback, which rounds differently from the plain runtime).
-                InputIds = input.InputIds.narrow(0, first, n).narrow(1, width - columns, columns).contiguous().clone(),
-                Positions = input.Positions.narrow(0, first, n).narrow(1, width - columns, columns).contiguous().clone(),
+                InputIds = Columns(input.InputIds.narrow(0, first, n)).contiguous().clone(),
+                Positions = Columns(input.Positions.narrow(0, first, n)).contiguous().clone(),
                 RealTokens = real,
                 HasPadding = real.Any(r => r < columns),
                 MaxPosition = fed.Skip(first).Take(n).Max() + columns - 1,
                 LastPositionOnly = input.LastPositionOnly,
+                PrefixEmbeddings = input.PrefixEmbeddings, // read by the embedding stage of this step only
             };
             if (step == 0) cacheHoles[k] = batch.HasPadding;
             batch.InputIds.DetachFromDisposeScope();

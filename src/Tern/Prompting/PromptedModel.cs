@@ -1,6 +1,7 @@
 using Tern.Caching;
 using Tern.Checkpoints;
 using Tern.Models;
+using Tern.Offloading;
 using Tern.Runtime;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -14,6 +15,12 @@ namespace Tern.Prompting;
 /// evaluation step it like any <see cref="IStepModel"/>; the generation loop knows nothing of prompts.
 /// </summary>
 /// <remarks>
+/// An offloaded model (<see cref="Create(OffloadedModel, SoftPrompt, bool)"/>) keeps its blocks' caches at the policy's homes,
+/// which cannot start from a copy: there each block's prefill step carries the prompt's vectors in front of its text
+/// (<see cref="ForwardBatch.PrefixEmbeddings"/>), so the prompt's entries are computed with the block's first step and land in
+/// the same slots (prompt, padding, text) as the in-memory cache holds them; every later step is shifted as here.
+/// </remarks>
+/// <remarks>
 /// Under a KV policy the prompt's entries are what a sequence under that policy keeps after prefilling the prompt alone, as a
 /// first prefill chunk (its own attention is full causal, then the policy evicts, quantizes or records scores as it does after
 /// any step); from then on they are entries like any other: a sink keeps the prompt's first vectors as its sinks, a window or
@@ -25,18 +32,30 @@ public sealed class PromptedModel : IStepModel, IDisposable
     /// many: the least recently used beyond these are dropped (and prefilled again if met again).</summary>
     const int KeptConfigurations = 16;
 
-    readonly CausalLanguageModel model;
+    readonly IStepModel inner;         // what runs the steps
+    readonly CausalLanguageModel? model; // in memory: the prompt's entries are prefilled once and copied; null when offloaded
     readonly SoftPrompt prompt; // a copy of the caller's, owned
     readonly int n;
     readonly LinkedList<(KvCacheConfig Config, KvCache Prefix)> prefixes = new(); // most recently used first
     bool ownsModel;
 
-    PromptedModel(CausalLanguageModel model, SoftPrompt prompt)
+    PromptedModel(IStepModel inner, CausalLanguageModel? model, SoftPrompt prompt)
     {
+        this.inner = inner;
         this.model = model;
         this.prompt = prompt;
         n = prompt.Length;
-        Info = model.Info with { MaxPositions = model.Info.MaxPositions - n };
+        Info = inner.Info with { MaxPositions = inner.Info.MaxPositions - n };
+    }
+
+    /// <summary>A copy of <paramref name="prompt"/>, checked against a model of that token-embedding width and context.</summary>
+    static SoftPrompt Checked(SoftPrompt prompt, long tokenEmbeddingWidth, ModelInfo info)
+    {
+        if (prompt.Embeddings.shape[1] != tokenEmbeddingWidth)
+            throw new OptionException($"{TernOption.SoftPromptFile}: the prompt's vectors are {prompt.Embeddings.shape[1]} wide; this model's token embeddings are {tokenEmbeddingWidth} wide.");
+        if (prompt.Length >= info.MaxPositions)
+            throw new OptionException($"{TernOption.SoftPromptFile}: a prompt of {prompt.Length} vectors leaves no room in the model's {info.MaxPositions} positions.");
+        return SoftPrompt.FromTensor(prompt.Embeddings, prompt.Metadata);
     }
 
     /// <summary>Wraps <paramref name="model"/> with <paramref name="prompt"/> (copied: the caller keeps its own) and prefills the
@@ -44,11 +63,7 @@ public sealed class PromptedModel : IStepModel, IDisposable
     /// disposes it.</summary>
     public static PromptedModel Create(CausalLanguageModel model, SoftPrompt prompt, bool ownModel = false)
     {
-        if (prompt.Embeddings.shape[1] != model.TokenEmbeddingWidth)
-            throw new OptionException($"{TernOption.SoftPromptFile}: the prompt's vectors are {prompt.Embeddings.shape[1]} wide; this model's token embeddings are {model.TokenEmbeddingWidth} wide.");
-        if (prompt.Length >= model.Info.MaxPositions)
-            throw new OptionException($"{TernOption.SoftPromptFile}: a prompt of {prompt.Length} vectors leaves no room in the model's {model.Info.MaxPositions} positions.");
-        var prompted = new PromptedModel(model, SoftPrompt.FromTensor(prompt.Embeddings, prompt.Metadata));
+        var prompted = new PromptedModel(model, model, Checked(prompt, model.TokenEmbeddingWidth, model.Info));
         try
         {
             if (prompted.n > 0)
@@ -63,6 +78,12 @@ public sealed class PromptedModel : IStepModel, IDisposable
         return prompted;
     }
 
+    /// <summary>Wraps the offloaded <paramref name="model"/> with <paramref name="prompt"/> (copied): nothing is prefilled here,
+    /// each block's prefill step carries the prompt (n more positions of prefill per block), under the full KV cache only. The
+    /// model is borrowed unless <paramref name="ownModel"/>.</summary>
+    public static PromptedModel Create(OffloadedModel model, SoftPrompt prompt, bool ownModel = false) =>
+        new(model, null, Checked(prompt, model.TokenEmbeddingWidth, model.Info)) { ownsModel = ownModel };
+
     /// <summary>The model's shape, its context shortened by the prompt's n positions.</summary>
     public ModelInfo Info { get; }
 
@@ -70,13 +91,13 @@ public sealed class PromptedModel : IStepModel, IDisposable
     public int PromptLength => n;
 
     /// <inheritdoc />
-    public HfConfig Config => model.Config;
+    public HfConfig Config => inner.Config;
 
     /// <inheritdoc />
-    public Device Device => model.Device;
+    public Device Device => inner.Device;
 
     /// <inheritdoc />
-    public ModelDType DType => model.DType;
+    public ModelDType DType => inner.DType;
 
     /// <summary>The configuration a runner or serving row for sequences of at most <paramref name="maxSequenceLength"/> text
     /// tokens uses: <paramref name="cache"/> with its ratio budgets resolved for the prompt's entries plus the text.</summary>
@@ -85,6 +106,14 @@ public sealed class PromptedModel : IStepModel, IDisposable
     /// <inheritdoc />
     public IStepRunner CreateRunner(int batchSize, int maxSequenceLength, int maxStepTokens, KvCacheConfig? cache)
     {
+        if (model is null)
+        {
+            // A policy's cache would keep what it evicts from prompt and text prefilled together, not from the prompt alone.
+            if (OffloadedModel.NeedsResidentCache(cache))
+                throw new OptionException($"{TernOption.SoftPromptFile} with {TernOption.Offload} runs the full KV cache (the prompt is prefilled with each block's text); drop {TernOption.KvPolicy} or {TernOption.Offload}.");
+            var offloaded = inner.CreateRunner(batchSize, maxSequenceLength + n, maxStepTokens + n, cache);
+            return n == 0 ? offloaded : new PrefillingRunner(this, offloaded);
+        }
         var config = Resolve(cache, maxSequenceLength);
         var runner = new Runner(this, model.CreateCache(batchSize, maxSequenceLength + n, config, maxStepTokens), config);
         try
@@ -107,6 +136,7 @@ public sealed class PromptedModel : IStepModel, IDisposable
     internal void ImportPrefix(KvCache cache, int firstRow, int rows, KvCacheConfig config)
     {
         if (n == 0) return;
+        if (model is null) throw new InvalidOperationException("an offloaded model's prompt is prefilled with each block; no entries are kept to copy.");
         lock (prefixes) cache.ImportIntoRows(firstRow, rows, Prefix(config));
     }
 
@@ -120,7 +150,7 @@ public sealed class PromptedModel : IStepModel, IDisposable
             prefixes.AddFirst(node);
             return node.Value.Prefix;
         }
-        var cache = model.CreateCache(1, n, config, maxStepTokens: n);
+        var cache = model!.CreateCache(1, n, config, maxStepTokens: n);
         try
         {
             using var scope = torch.NewDisposeScope();
@@ -158,7 +188,7 @@ public sealed class PromptedModel : IStepModel, IDisposable
             prefixes.Clear();
         }
         prompt.Dispose();
-        if (ownsModel) model.Dispose();
+        if (ownsModel) (inner as IDisposable)?.Dispose();
     }
 
     /// <summary>Steps over a cache that holds the prompt's entries first; text positions shifted by n.</summary>
@@ -170,9 +200,9 @@ public sealed class PromptedModel : IStepModel, IDisposable
         public Tensor Forward(ForwardBatch step)
         {
             if (step.WriteSlots is not null) throw new InvalidOperationException("a prompted model runs eagerly (no static-shape steps).");
-            if (owner.n == 0) return owner.model.Forward(step, cache);
+            if (owner.n == 0) return owner.model!.Forward(step, cache);
             using var scope = torch.NewDisposeScope();
-            return owner.model.Forward(Shifted(step, owner.n), cache).MoveToOuterDisposeScope();
+            return owner.model!.Forward(Shifted(step, owner.n), cache).MoveToOuterDisposeScope();
         }
 
         /// <summary>Back to the prompt alone in every row.</summary>
@@ -183,6 +213,56 @@ public sealed class PromptedModel : IStepModel, IDisposable
         }
 
         public void Dispose() => cache.Dispose();
+    }
+
+    /// <summary>Steps an offloaded block: its prefill with the prompt's vectors in front (<see cref="Prefixed"/>), every later
+    /// step shifted by n.</summary>
+    sealed class PrefillingRunner(PromptedModel owner, IStepRunner inner) : IStepRunner
+    {
+        bool prefilled;
+
+        /// <summary>None: the state lives with the offloaded block.</summary>
+        public KvCache? Cache => null;
+
+        public Tensor Forward(ForwardBatch step)
+        {
+            if (step.WriteSlots is not null) throw new InvalidOperationException("a prompted model runs eagerly (no static-shape steps).");
+            using var scope = torch.NewDisposeScope();
+            var logits = inner.Forward(prefilled ? Shifted(step, owner.n) : Prefixed(step, owner.prompt.Embeddings.to(owner.Device)));
+            prefilled = true;
+            // Logits of every position: the prompt's are not the caller's.
+            if (!step.LastPositionOnly) logits = logits.narrow(1, logits.shape[1] - step.InputIds.shape[1], step.InputIds.shape[1]);
+            return logits.MoveToOuterDisposeScope();
+        }
+
+        public void Clear()
+        {
+            inner.Clear();
+            prefilled = false;
+        }
+
+        public void Dispose() => inner.Dispose();
+    }
+
+    /// <summary>The first step <paramref name="step"/> (a prefill, left-padded) after the prompt <paramref name="prefix"/> [n,
+    /// width]: n placeholder columns at positions 0..n−1 that the embedding replaces by the prompt's vectors, then the step's own
+    /// columns shifted by n (<see cref="Shifted"/>); a row's padding thus lies between the prompt and its text, as in the
+    /// in-memory cache.</summary>
+    static ForwardBatch Prefixed(ForwardBatch step, Tensor prefix)
+    {
+        var text = Shifted(step, (int)prefix.shape[0]);
+        long rows = step.InputIds.shape[0], n = prefix.shape[0];
+        var device = step.InputIds.device;
+        return new ForwardBatch
+        {
+            InputIds = torch.cat(new[] { torch.zeros(rows, n, ScalarType.Int64, device), step.InputIds }, 1),
+            Positions = torch.cat(new[] { torch.arange(n, ScalarType.Int64, device).unsqueeze(0).expand(rows, n), text.Positions }, 1),
+            RealTokens = step.RealTokens.Select(t => t + (int)n).ToArray(),
+            HasPadding = step.HasPadding,
+            MaxPosition = text.MaxPosition,
+            LastPositionOnly = step.LastPositionOnly,
+            PrefixEmbeddings = prefix,
+        };
     }
 
     /// <summary><paramref name="step"/> with its real positions moved <paramref name="offset"/> on (padding stays -1): text after
