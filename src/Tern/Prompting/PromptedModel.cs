@@ -110,7 +110,7 @@ public sealed class PromptedModel : IStepModel, IDisposable
         {
             // A policy's cache would keep what it evicts from prompt and text prefilled together, not from the prompt alone.
             if (OffloadedModel.NeedsResidentCache(cache))
-                throw new OptionException($"{TernOption.SoftPromptFile} with {TernOption.Offload} runs the full KV cache (the prompt is prefilled with each block's text); drop {TernOption.KvPolicy} or {TernOption.Offload}.");
+                throw new OptionException($"{TernOption.SoftPromptFile} with {TernOption.Offload} runs the full KV cache (the prompt is prefilled with each block's text); drop {TernOption.KvPolicy} and {TernOption.KvBits}, or {TernOption.Offload}.");
             var offloaded = inner.CreateRunner(batchSize, maxSequenceLength + n, maxStepTokens + n, cache);
             return n == 0 ? offloaded : new PrefillingRunner(this, offloaded);
         }
