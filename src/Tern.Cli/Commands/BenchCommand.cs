@@ -185,7 +185,7 @@ internal static class BenchCommand
     /// Every step is timed (the step times go to a <c>-steps.csv</c> beside the output); with <c>--measure-steps N</c> only the
     /// prefill and N decode steps run and the remaining steps are projected at the mean of the measured ones after two warm
     /// steps (FlexGen's <c>project_decode_latency</c>) — under-counting a cache that slows as it grows, so the row says so.
-    /// With <c>--soft-prompt</c> every block's prefill runs the prompt's vectors before its text (timed with it).
+    /// With <c>--soft-prompt</c> every block's prefill first runs the prompt alone over one row (timed with it).
     /// </summary>
     static int RunOffloaded(ParseResult r, CommonOptions common, OffloadFlags offload, KvPolicyFlags kv, SoftPromptFlag softPrompt, Option<int[]> prompts,
         Option<int> newTokens, Option<string> output, Option<string?> label, Option<int> measureStepsOption)

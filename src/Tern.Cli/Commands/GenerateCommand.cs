@@ -135,7 +135,7 @@ internal static class GenerateCommand
     {
         var (folder, load) = common.LoadOptions(r);
         var tokenizer = Tern.Tokenization.TernTokenizer.Load(folder);
-        int longest = texts.Max(t => tokenizer.Encode(t).Count) + softPrompt.Length(r); // a block prefills the soft prompt with its text
+        int longest = texts.Max(t => tokenizer.Encode(t).Count) + softPrompt.Length(r); // a block's caches hold the soft prompt's entries too
         var device = ComputeOptions.ResolveDevice(load.Device);
         var (offloadOptions, prediction) = offload.Resolve(r, folder, load.DType, device, longest, options.MaxNewTokens, Console.Error, options.Cache);
         OffloadFlags.Print(Console.Error, offloadOptions.Policy, prediction);

@@ -15,12 +15,11 @@ internal sealed class SoftPromptFlag
     public void AddTo(Command command) => command.Options.Add(File);
 
     /// <summary>Refuses the flag next to <c>--offload</c> under a KV policy other than the full cache, before anything loads
-    /// (the prompted model would refuse it too): an offloaded block prefills the prompt with its text, and a policy would evict
-    /// from both together rather than from the prompt alone as in memory.</summary>
+    /// (the prompted model would refuse it too): an offloaded policy cache does not start from the prompt's entries.</summary>
     public void RefuseWithOffload(ParseResult r, KvCacheConfig? cache)
     {
         if (r.GetValue(File) is not null && OffloadedModel.NeedsResidentCache(cache))
-            throw new UsageException("--soft-prompt with --offload runs the full KV cache (each offloaded block prefills the prompt with its text); " +
+            throw new UsageException("--soft-prompt with --offload runs the full KV cache (an offloaded policy cache does not start from the prompt's entries); " +
                 "drop --kv-policy and --kv-bits, or --offload.");
     }
 

@@ -47,7 +47,7 @@ public sealed class ForwardBatch
     /// <summary>
     /// Input vectors [n, hidden] (a soft prompt) that replace the token embeddings of the first n positions of every row, in the
     /// token-embedding space (before learned positions or an input projection are applied); the ids there are placeholders.
-    /// Only for steps that start the sequences, with no padding among the first n columns (an offloaded prefill pads after them).
+    /// Only for steps without padding that start the sequences.
     /// </summary>
     public Tensor? PrefixEmbeddings { get; init; }
 

@@ -15,16 +15,14 @@ namespace Tern.Prompting;
 /// evaluation step it like any <see cref="IStepModel"/>; the generation loop knows nothing of prompts.
 /// </summary>
 /// <remarks>
-/// An offloaded model (<see cref="Create(OffloadedModel, SoftPrompt, bool)"/>) keeps its blocks' caches at the policy's homes,
-/// which cannot start from a copy: there each block's prefill step carries the prompt's vectors in front of its text
-/// (<see cref="ForwardBatch.PrefixEmbeddings"/>), so the prompt's entries are computed with the block's first step and land in
-/// the same slots (prompt, padding, text) as the in-memory cache holds them; every later step is shifted as here.
-/// </remarks>
-/// <remarks>
-/// Under a KV policy the prompt's entries are what a sequence under that policy keeps after prefilling the prompt alone, as a
+/// <para>Under a KV policy the prompt's entries are what a sequence under that policy keeps after prefilling the prompt alone, as a
 /// first prefill chunk (its own attention is full causal, then the policy evicts, quantizes or records scores as it does after
 /// any step); from then on they are entries like any other: a sink keeps the prompt's first vectors as its sinks, a window or
-/// H2O may evict them as the sequence grows, and a quantized cache stores them quantized.
+/// H2O may evict them as the sequence grows, and a quantized cache stores them quantized.</para>
+/// <para>An offloaded model (<see cref="Create(OffloadedModel, SoftPrompt, bool)"/>) keeps its blocks' caches at the policy's
+/// homes and streams its weights, so nothing is prefilled ahead: each block's prefill first runs the prompt alone over one row
+/// (<see cref="PromptStep"/>, the step prefilled here in memory), stage by stage with the text, and every row's cache starts
+/// from those entries; text positions are shifted as here. The full KV cache only.</para>
 /// </remarks>
 public sealed class PromptedModel : IStepModel, IDisposable
 {
@@ -79,8 +77,8 @@ public sealed class PromptedModel : IStepModel, IDisposable
     }
 
     /// <summary>Wraps the offloaded <paramref name="model"/> with <paramref name="prompt"/> (copied): nothing is prefilled here,
-    /// each block's prefill step carries the prompt (n more positions of prefill per block), under the full KV cache only. The
-    /// model is borrowed unless <paramref name="ownModel"/>.</summary>
+    /// each block's prefill runs the prompt once before its text, under the full KV cache only. The model is borrowed unless
+    /// <paramref name="ownModel"/>.</summary>
     public static PromptedModel Create(OffloadedModel model, SoftPrompt prompt, bool ownModel = false) =>
         new(model, null, Checked(prompt, model.TokenEmbeddingWidth, model.Info)) { ownsModel = ownModel };
 
@@ -108,11 +106,11 @@ public sealed class PromptedModel : IStepModel, IDisposable
     {
         if (model is null)
         {
-            // A policy's cache would keep what it evicts from prompt and text prefilled together, not from the prompt alone.
+            // An offloaded policy cache is prefilled in a scratch per GPU batch, which does not start from the prompt's entries.
             if (OffloadedModel.NeedsResidentCache(cache))
-                throw new OptionException($"{TernOption.SoftPromptFile} with {TernOption.Offload} runs the full KV cache (the prompt is prefilled with each block's text); drop {TernOption.KvPolicy} and {TernOption.KvBits}, or {TernOption.Offload}.");
-            var offloaded = inner.CreateRunner(batchSize, maxSequenceLength + n, maxStepTokens + n, cache);
-            return n == 0 ? offloaded : new PrefillingRunner(this, offloaded);
+                throw new OptionException($"{TernOption.SoftPromptFile} with {TernOption.Offload} runs the full KV cache (an offloaded policy cache does not start from the prompt's entries); drop {TernOption.KvPolicy} and {TernOption.KvBits}, or {TernOption.Offload}.");
+            var offloaded = ((OffloadedModel)inner).CreateRunner(batchSize, maxSequenceLength + n, maxStepTokens, cache, n == 0 ? null : prompt.Embeddings);
+            return n == 0 ? offloaded : new OffloadedRunner(n, offloaded);
         }
         var config = Resolve(cache, maxSequenceLength);
         var runner = new Runner(this, model.CreateCache(batchSize, maxSequenceLength + n, config, maxStepTokens), config);
@@ -136,7 +134,7 @@ public sealed class PromptedModel : IStepModel, IDisposable
     internal void ImportPrefix(KvCache cache, int firstRow, int rows, KvCacheConfig config)
     {
         if (n == 0) return;
-        if (model is null) throw new InvalidOperationException("an offloaded model's prompt is prefilled with each block; no entries are kept to copy.");
+        if (model is null) throw new InvalidOperationException("an offloaded model's prompt is prefilled with each block's text; no entries are kept to copy.");
         lock (prefixes) cache.ImportIntoRows(firstRow, rows, Prefix(config));
     }
 
@@ -154,15 +152,7 @@ public sealed class PromptedModel : IStepModel, IDisposable
         try
         {
             using var scope = torch.NewDisposeScope();
-            model.Forward(new ForwardBatch
-            {
-                InputIds = torch.zeros(1, n, ScalarType.Int64, model.Device), // placeholders under the prompt
-                Positions = torch.arange(n, ScalarType.Int64, model.Device).unsqueeze(0),
-                RealTokens = new[] { n },
-                MaxPosition = n - 1,
-                LastPositionOnly = true,
-                PrefixEmbeddings = prompt.Embeddings.to(model.Device),
-            }, cache);
+            model.Forward(PromptStep(prompt.Embeddings, model.Device), cache);
             if (!config.Eviction.AppendOnly) cache.Compact(); // slots a policy freed are not copied into every row
         }
         catch
@@ -215,54 +205,37 @@ public sealed class PromptedModel : IStepModel, IDisposable
         public void Dispose() => cache.Dispose();
     }
 
-    /// <summary>Steps an offloaded block: its prefill with the prompt's vectors in front (<see cref="Prefixed"/>), every later
-    /// step shifted by n.</summary>
-    sealed class PrefillingRunner(PromptedModel owner, IStepRunner inner) : IStepRunner
+    /// <summary>The step that prefills a prompt of vectors <paramref name="embeddings"/> [n, width] alone, one row, on
+    /// <paramref name="device"/> (in memory here, per block when offloaded).</summary>
+    internal static ForwardBatch PromptStep(Tensor embeddings, Device device)
     {
-        bool prefilled;
+        int n = (int)embeddings.shape[0];
+        return new ForwardBatch
+        {
+            InputIds = torch.zeros(1, n, ScalarType.Int64, device), // placeholders under the prompt
+            Positions = torch.arange(n, ScalarType.Int64, device).unsqueeze(0),
+            RealTokens = new[] { n },
+            MaxPosition = n - 1,
+            LastPositionOnly = true,
+            PrefixEmbeddings = embeddings.to(device),
+        };
+    }
 
+    /// <summary>Steps an offloaded block whose rows start from the prompt's entries: text positions shifted by n.</summary>
+    sealed class OffloadedRunner(int n, IStepRunner inner) : IStepRunner
+    {
         /// <summary>None: the state lives with the offloaded block.</summary>
         public KvCache? Cache => null;
 
         public Tensor Forward(ForwardBatch step)
         {
-            if (step.WriteSlots is not null) throw new InvalidOperationException("a prompted model runs eagerly (no static-shape steps).");
             using var scope = torch.NewDisposeScope();
-            var logits = inner.Forward(prefilled ? Shifted(step, owner.n) : Prefixed(step, owner.prompt.Embeddings.to(owner.Device)));
-            prefilled = true;
-            // Logits of every position: the prompt's are not the caller's.
-            if (!step.LastPositionOnly) logits = logits.narrow(1, logits.shape[1] - step.InputIds.shape[1], step.InputIds.shape[1]);
-            return logits.MoveToOuterDisposeScope();
+            return inner.Forward(Shifted(step, n)).MoveToOuterDisposeScope();
         }
 
-        public void Clear()
-        {
-            inner.Clear();
-            prefilled = false;
-        }
+        public void Clear() => inner.Clear();
 
         public void Dispose() => inner.Dispose();
-    }
-
-    /// <summary>The first step <paramref name="step"/> (a prefill, left-padded) after the prompt <paramref name="prefix"/> [n,
-    /// width]: n placeholder columns at positions 0..n−1 that the embedding replaces by the prompt's vectors, then the step's own
-    /// columns shifted by n (<see cref="Shifted"/>); a row's padding thus lies between the prompt and its text, as in the
-    /// in-memory cache.</summary>
-    static ForwardBatch Prefixed(ForwardBatch step, Tensor prefix)
-    {
-        var text = Shifted(step, (int)prefix.shape[0]);
-        long rows = step.InputIds.shape[0], n = prefix.shape[0];
-        var device = step.InputIds.device;
-        return new ForwardBatch
-        {
-            InputIds = torch.cat(new[] { torch.zeros(rows, n, ScalarType.Int64, device), step.InputIds }, 1),
-            Positions = torch.cat(new[] { torch.arange(n, ScalarType.Int64, device).unsqueeze(0).expand(rows, n), text.Positions }, 1),
-            RealTokens = step.RealTokens.Select(t => t + (int)n).ToArray(),
-            HasPadding = step.HasPadding,
-            MaxPosition = text.MaxPosition,
-            LastPositionOnly = step.LastPositionOnly,
-            PrefixEmbeddings = prefix,
-        };
     }
 
     /// <summary><paramref name="step"/> with its real positions moved <paramref name="offset"/> on (padding stays -1): text after

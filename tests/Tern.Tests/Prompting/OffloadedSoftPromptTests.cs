@@ -9,17 +9,13 @@ using static TorchSharp.torch;
 
 namespace Tern.Tests.Prompting;
 
-/// <summary>A soft prompt on an offloaded model (each block's prefill carries the prompt's vectors) gives what the in-memory
-/// <see cref="PromptedModel"/> gives (the prompt's entries prefilled once and copied): the same greedy tokens and the same logits
-/// to float rounding, for placements over the GPU tier, host memory and disk.</summary>
+/// <summary>A soft prompt on an offloaded model (each block's prefill runs the prompt alone over one row, stage by stage, and
+/// every row starts from its entries) gives what the in-memory <see cref="PromptedModel"/> gives (the prompt's entries prefilled
+/// once and copied): the same greedy tokens and, on the CPU as in <see cref="OffloadParityContract"/>, bit-identical logits, for
+/// placements over the GPU tier, host memory and disk, with and without overlap and CPU attention.</summary>
 public sealed class OffloadedSoftPromptTests
 {
     const int NewTokens = 5;
-
-    /// <summary>Largest |Δlogit|: in memory the prompt's entries come from a [1, n] step alone, offloaded from the block's
-    /// [rows, n + T] prefill (other GEMM shapes, masked rather than causal attention), so the CPU kernels may round their last
-    /// bits differently (≤ 6.6e-7 seen); a text-only offloaded run is bit for bit (<see cref="OffloadParityContract"/>).</summary>
-    const float Tolerance = 2e-6f;
 
     static readonly ModelLoadOptions Cpu = new() { Device = DeviceKind.Cpu };
 
@@ -38,9 +34,10 @@ public sealed class OffloadedSoftPromptTests
     /// <summary>Greedy tokens and every step's logits ([rows, vocab], fp32 on the CPU) of <paramref name="prompts"/> through
     /// <paramref name="model"/>, <paramref name="rows"/> prompts per generation (the offloaded model's GPU batches, each padded
     /// to its own longest prompt).</summary>
-    static (List<int[]> Tokens, List<Tensor> Logits) Generate(IStepModel model, IReadOnlyList<IReadOnlyList<int>> prompts, int rows)
+    static (List<int[]> Tokens, List<Tensor> Logits) Generate(IStepModel model, IReadOnlyList<IReadOnlyList<int>> prompts, int rows,
+        Tern.Caching.KvCacheConfig? cache = null)
     {
-        var options = new GenerationOptions { MaxNewTokens = NewTokens, IgnoreEos = true, OutputLogits = true };
+        var options = new GenerationOptions { MaxNewTokens = NewTokens, IgnoreEos = true, OutputLogits = true, Cache = cache };
         var tokens = new List<int[]>();
         var steps = Enumerable.Range(0, NewTokens).Select(_ => new List<Tensor>()).ToArray();
         for (int start = 0; start < prompts.Count; start += rows)
@@ -55,7 +52,7 @@ public sealed class OffloadedSoftPromptTests
     }
 
     /// <summary>Offloaded blocks of six prompts (several GPU batches padded each to its own longest prompt; one GPU batch of all
-    /// six) against the in-memory prompted model over the same GPU batches: tokens equal, logits within <see cref="Tolerance"/>.</summary>
+    /// six) against the in-memory prompted model over the same GPU batches: tokens and logits equal.</summary>
     [Theory]
     [InlineData("llama-gqa", "w=30/50/20,kv=34/33/33,act=0/50/50,gbs=2,ngb=3", 4)]
     [InlineData("llama-gqa", "w=0/100/0,kv=0/100/0,act=0/100/0,gbs=6,ngb=1,overlap=off", 3)]
@@ -79,17 +76,44 @@ public sealed class OffloadedSoftPromptTests
         for (int i = 0; i < NewTokens; i++)
         {
             float diff = (expectedLogits[i] - logits[i]).abs().max().item<float>();
-            Assert.True(diff <= Tolerance, $"step {i}: max |Δlogit| {diff}");
+            Assert.True(diff == 0f, $"step {i}: max |Δlogit| {diff}");
         }
         Assert.Equal(expectedTokens, tokens);
         // The prompt changes what is generated: the test would pass vacuously if it were dropped.
         var (plainTokens, plainLogits) = Generate(offloaded, prompts, offloaded.Policy.BlockSize);
         Assert.NotEqual(plainLogits[0].max().item<float>(), logits[0].max().item<float>());
         foreach (var t in expectedLogits.Concat(logits).Concat(plainLogits)) t.Dispose();
+
+        // An empty prompt changes nothing.
+        using var empty = SoftPrompt.FromTensor(torch.zeros(0, model.TokenEmbeddingWidth));
+        using var unprompted = PromptedModel.Create(offloaded, empty);
+        var (emptyTokens, emptyLogits) = Generate(unprompted, prompts, offloaded.Policy.BlockSize);
+        Assert.Equal(plainTokens, emptyTokens);
+        foreach (var t in emptyLogits) t.Dispose();
     }
 
-    /// <summary>A KV policy other than the full cache would evict from prompt and text prefilled together, not from the prompt
-    /// alone as in memory: refused, naming the options; a prompt of another width is refused as in memory.</summary>
+    /// <summary>The offload policy's 4-bit cache (kvbits=4) holds the prompt's entries as the in-memory 4-bit cache does:
+    /// equal to the in-memory prompted model under <c>--kv-bits 4</c>, bit for bit.</summary>
+    [Fact]
+    public void FourBitOffloadedCacheEqualsTheInMemoryFourBitCache()
+    {
+        using var temp = new TempDir();
+        using var model = CausalLanguageModel.Load(Fixtures.ModelDir("llama-gqa"), Cpu);
+        using var offloaded = OffloadedModel.Load(Fixtures.ModelDir("llama-gqa"), Cpu,
+            new OffloadOptions { Policy = OffloadPolicy.Parse("w=50/50/0,kv=0/50/50,act=0/100/0,gbs=2,ngb=3,kvbits=4"), Directory = temp.Path });
+        using var prompt = RandomPrompt(model.TokenEmbeddingWidth, 4);
+        using var inMemory = PromptedModel.Create(model, prompt);
+        using var prompted = PromptedModel.Create(offloaded, prompt);
+        var prompts = Prompts(model.Info.VocabSize);
+        var (expectedTokens, expectedLogits) = Generate(inMemory, prompts, offloaded.Policy.GpuBatchSize, new Tern.Caching.KvCacheConfig(bits: 4));
+        var (tokens, logits) = Generate(prompted, prompts, offloaded.Policy.BlockSize);
+        for (int i = 0; i < NewTokens; i++) Assert.Equal(0f, (expectedLogits[i] - logits[i]).abs().max().item<float>());
+        Assert.Equal(expectedTokens, tokens);
+        foreach (var t in expectedLogits.Concat(logits)) t.Dispose();
+    }
+
+    /// <summary>A KV policy other than the full cache (whose offloaded caches are prefilled in a scratch, not from the prompt's
+    /// entries) is refused, naming the options; a prompt of another width is refused as in memory.</summary>
     [Fact]
     public void KvPoliciesAndOtherWidthsAreRefused()
     {
