@@ -67,8 +67,7 @@ internal static class BenchCommand
             }
             sparsity.RefuseWithOffload(r);
             if (r.GetValue(sweep) is not null) throw new UsageException("--sparsity-sweep runs a model in memory; an offloaded model's stages run dense. Drop one of --sparsity-sweep and --offload.");
-            softPrompt.RefuseWithOffload(r);
-            return RunOffloaded(r, common, offload, kv, prompts, newTokens, output, label, measureSteps);
+            return RunOffloaded(r, common, offload, kv, softPrompt, prompts, newTokens, output, label, measureSteps);
         });
         command.Subcommands.Add(ServeBenchCommand.Create());
         command.Subcommands.Add(JsonBenchCommand.Create());
@@ -186,9 +185,10 @@ internal static class BenchCommand
     /// Every step is timed (the step times go to a <c>-steps.csv</c> beside the output); with <c>--measure-steps N</c> only the
     /// prefill and N decode steps run and the remaining steps are projected at the mean of the measured ones after two warm
     /// steps (FlexGen's <c>project_decode_latency</c>) — under-counting a cache that slows as it grows, so the row says so.
+    /// With <c>--soft-prompt</c> every block's prefill first runs the prompt alone over one row (timed with it).
     /// </summary>
-    static int RunOffloaded(ParseResult r, CommonOptions common, OffloadFlags offload, KvPolicyFlags kv, Option<int[]> prompts, Option<int> newTokens,
-        Option<string> output, Option<string?> label, Option<int> measureStepsOption)
+    static int RunOffloaded(ParseResult r, CommonOptions common, OffloadFlags offload, KvPolicyFlags kv, SoftPromptFlag softPrompt, Option<int[]> prompts,
+        Option<int> newTokens, Option<string> output, Option<string?> label, Option<int> measureStepsOption)
     {
         int steps = r.GetValue(newTokens);
         int measureSteps = r.GetValue(measureStepsOption);
@@ -197,6 +197,8 @@ internal static class BenchCommand
         if (measureSteps >= steps - 1) measureSteps = 0; // nothing to project
         var kvPolicy = kv.Read(r);
         var kvCache = Caching.KvCachePolicies.Create(kvPolicy);
+        softPrompt.RefuseWithOffload(r, kvCache);
+        int softLength = softPrompt.Length(r);
         var (folder, load) = common.LoadOptions(r);
         // Offloaded models are large: constant dummy weights (FlexGen's and the HF baseline's choice; throughput does not depend
         // on the values) fill 60 GB in seconds where the hashed normal noise would take many minutes on the CPU.
@@ -207,7 +209,7 @@ internal static class BenchCommand
         var random = new Random(0);
         foreach (int prompt in r.GetValue(prompts)!)
         {
-            var (options, prediction) = offload.Resolve(r, folder, load.DType, device, prompt, steps, Console.Out, kvCache);
+            var (options, prediction) = offload.Resolve(r, folder, load.DType, device, prompt + softLength, steps, Console.Out, kvCache);
             var policy = options.Policy;
             OffloadFlags.Print(Console.Out, policy, prediction);
             var loadWatch = Stopwatch.StartNew();
@@ -216,8 +218,12 @@ internal static class BenchCommand
                 $"GPU {Units.Bytes(model.WeightBytesOn(Tier.Gpu))}, CPU {Units.Bytes(model.WeightBytesOn(Tier.Cpu))}, disk {Units.Bytes(model.WeightBytesOn(Tier.Disk))}; " +
                 $"device memory in use {DeviceReport.UsedBytes(device) / 1e9:F2} GB");
             IReadOnlyList<int> Random(int n) => Enumerable.Range(0, n).Select(_ => random.Next(model.Info.VocabSize)).ToArray();
-            model.Generate(Enumerable.Range(0, policy.GpuBatchSize).Select(_ => Random(Math.Min(prompt, 32))).ToArray(), 2, cache: kvCache); // warm-up
-            var stepSeconds = TimeSteps(model, Enumerable.Range(0, policy.BlockSize).Select(_ => Random(prompt)).ToArray(), steps, kvPolicy, measureSteps);
+            using var soft = softPrompt.Load(r, model.TokenEmbeddingWidth);
+            using var prompted = soft is null ? null : Tern.Prompting.PromptedModel.Create(model, soft);
+            IStepModel stepped = prompted is null ? model : prompted;
+            new Generator(stepped).GenerateTokens(Enumerable.Range(0, policy.GpuBatchSize).Select(_ => Random(Math.Min(prompt, 32))).ToArray(),
+                new GenerationOptions { MaxNewTokens = 2, IgnoreEos = true, Cache = kvCache }); // warm-up
+            var stepSeconds = TimeSteps(stepped, Enumerable.Range(0, policy.BlockSize).Select(_ => Random(prompt)).ToArray(), steps, kvPolicy, measureSteps);
             double prefillSeconds = stepSeconds[0];
             var decodeMeasured = stepSeconds.Skip(1).ToArray();
             double decodeSeconds = decodeMeasured.Sum() + (measureSteps > 0 ? decodeMeasured.Skip(2).Average() * (steps - 1 - decodeMeasured.Length) : 0);
@@ -231,7 +237,8 @@ internal static class BenchCommand
                 $"throughput {measured:F2} tokens/s; predicted {prediction.TokensPerSecond:F2} ({measured / prediction.TokensPerSecond - 1:+0.0%;-0.0%} off); " +
                 $"peak GPU placement {Units.Bytes(model.PeakGpuBytes)}, device memory in use {DeviceReport.UsedBytes(device) / 1e9:F2} GB");
             string rowLabel = $"{r.GetValue(label)} [offload {policy}; kv {kvPolicy.Policy} {r.GetValue(kv.Budget)} {kvPolicy.Bits}-bit; generation {measured:0.###} tok/s" +
-                $"{(measureSteps > 0 ? $" projected from {decodeMeasured.Length} decode steps" : "")}; predicted {prediction.TokensPerSecond:0.###}]";
+                $"{(measureSteps > 0 ? $" projected from {decodeMeasured.Length} decode steps" : "")}; predicted {prediction.TokensPerSecond:0.###}]" +
+                (soft is null ? "" : $" [soft prompt {soft.Length}]");
             File.AppendAllText(StepsPath(r.GetValue(output)!), string.Concat(stepSeconds.Select((t, i) =>
                 $"{Csv(rowLabel.Trim())},{prompt},{steps},{i},{F(t * 1e3)}\n")));
             rows.Add(string.Join(',', new[]
@@ -249,7 +256,7 @@ internal static class BenchCommand
     /// <summary>Seconds of each step of one offloaded block (prefill first), the tokens streamed so each step ends at a host sync;
     /// with <paramref name="measureSteps"/> &gt; 0 the generation (caches sized for <paramref name="steps"/>) stops after that many
     /// decode steps.</summary>
-    static List<double> TimeSteps(OffloadedModel model, IReadOnlyList<IReadOnlyList<int>> prompts, int steps, Caching.KvPolicyOptions policy, int measureSteps)
+    static List<double> TimeSteps(IStepModel model, IReadOnlyList<IReadOnlyList<int>> prompts, int steps, Caching.KvPolicyOptions policy, int measureSteps)
     {
         var options = new GenerationOptions { MaxNewTokens = steps, IgnoreEos = true }.WithKvPolicy(policy);
         var times = new List<double>();

@@ -54,9 +54,9 @@ internal static class GenerateCommand
         if (offload.Enabled(r))
         {
             sparsityFlags.RefuseWithOffload(r);
-            softPrompt.RefuseWithOffload(r);
+            softPrompt.RefuseWithOffload(r, options.Cache);
         }
-        var (model, tokenizer, description, blockSize, report, sparse) = offload.Enabled(r) ? LoadOffloaded(r, common, offload, texts, options) : Load(r, common, softPrompt, sparsityFlags);
+        var (model, tokenizer, description, blockSize, report, sparse) = offload.Enabled(r) ? LoadOffloaded(r, common, offload, softPrompt, texts, options) : Load(r, common, softPrompt, sparsityFlags);
         using (model as IDisposable)
         using (sparse)
         {
@@ -128,18 +128,31 @@ internal static class GenerateCommand
                 $"{description}, soft prompt of {prompt.Length} vectors ({r.GetValue(softPrompt.File)!.Name}, prefilled once)", int.MaxValue, null, sparse);
     }
 
-    /// <summary>The model offloaded by --offload (FlexGen): placed by the policy given or searched, stepped in blocks.</summary>
+    /// <summary>The model offloaded by --offload (FlexGen): placed by the policy given or searched, stepped in blocks, wrapped in
+    /// its soft prompt when one is given (prefilled with each block).</summary>
     static (IStepModel, Tern.Tokenization.TernTokenizer, string, int, Action?, IDisposable?) LoadOffloaded(ParseResult r, CommonOptions common, OffloadFlags offload,
-        List<string> texts, GenerationOptions options)
+        SoftPromptFlag softPrompt, List<string> texts, GenerationOptions options)
     {
         var (folder, load) = common.LoadOptions(r);
         var tokenizer = Tern.Tokenization.TernTokenizer.Load(folder);
-        int longest = texts.Max(t => tokenizer.Encode(t).Count);
+        int longest = texts.Max(t => tokenizer.Encode(t).Count) + softPrompt.Length(r); // a block's caches hold the soft prompt's entries too
         var device = ComputeOptions.ResolveDevice(load.Device);
         var (offloadOptions, prediction) = offload.Resolve(r, folder, load.DType, device, longest, options.MaxNewTokens, Console.Error, options.Cache);
         OffloadFlags.Print(Console.Error, offloadOptions.Policy, prediction);
         var model = CommonOptions.LoadOffloaded(folder, load, offloadOptions);
-        return (model, tokenizer, $"model: {folder} ({model.Info.ModelType}) offloaded: {model.Policy}", model.Policy.BlockSize,
-            () => Console.Error.WriteLine($"offloaded: predicted {prediction.TokensPerSecond:F2} tokens/s; peak GPU placement {Units.Bytes(model.PeakGpuBytes)}"), null);
+        string description = $"model: {folder} ({model.Info.ModelType}) offloaded: {model.Policy}";
+        Action report = () => Console.Error.WriteLine($"offloaded: predicted {prediction.TokensPerSecond:F2} tokens/s; peak GPU placement {Units.Bytes(model.PeakGpuBytes)}");
+        try
+        {
+            using var prompt = softPrompt.Load(r, model.TokenEmbeddingWidth);
+            if (prompt is null) return (model, tokenizer, description, model.Policy.BlockSize, report, null);
+            return (Tern.Prompting.PromptedModel.Create(model, prompt, ownModel: true), tokenizer,
+                $"{description}, soft prompt of {prompt.Length} vectors ({r.GetValue(softPrompt.File)!.Name}, prefilled with each block)", model.Policy.BlockSize, report, null);
+        }
+        catch
+        {
+            model.Dispose();
+            throw;
+        }
     }
 }

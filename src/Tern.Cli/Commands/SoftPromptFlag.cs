@@ -1,5 +1,8 @@
 using System.CommandLine;
+using Tern.Caching;
+using Tern.Checkpoints;
 using Tern.Models;
+using Tern.Offloading;
 using Tern.Prompting;
 
 namespace Tern.Cli.Commands;
@@ -11,19 +14,41 @@ internal sealed class SoftPromptFlag
 
     public void AddTo(Command command) => command.Options.Add(File);
 
-    /// <summary>Refuses the flag next to <c>--offload</c>: an offloaded model's runners do not start from a prefilled prompt.</summary>
-    public void RefuseWithOffload(ParseResult r)
+    /// <summary>Refuses the flag next to <c>--offload</c> under a KV policy other than the full cache, before anything loads
+    /// (the prompted model would refuse it too): an offloaded policy cache does not start from the prompt's entries.</summary>
+    public void RefuseWithOffload(ParseResult r, KvCacheConfig? cache)
     {
-        if (r.GetValue(File) is not null) throw new UsageException(WithOffload);
+        if (r.GetValue(File) is not null && OffloadedModel.NeedsResidentCache(cache))
+            throw new UsageException("--soft-prompt with --offload runs the full KV cache (an offloaded policy cache does not start from the prompt's entries); " +
+                "drop --kv-policy and --kv-bits, or --offload.");
     }
 
-    /// <summary>Why <c>--soft-prompt</c> and <c>--offload</c> do not go together (generate, bench, serve).</summary>
-    internal const string WithOffload = "--soft-prompt runs a model in memory: an offloaded model's blocks keep their caches where the policy places them, " +
-        "and they do not start from a prefilled prompt yet. Drop one of --soft-prompt and --offload.";
+    /// <summary>Why <c>tern serve</c> takes <c>--soft-prompt</c> and <c>--offload</c> apart.</summary>
+    internal const string WithOffload = "tern serve --soft-prompt runs a model in memory: the server copies a prompt's prefilled keys and values into each request's cache, " +
+        "which an offloaded model keeps where its policy places them. Drop one of --soft-prompt and --offload ('tern generate' and 'tern bench' take both).";
+
+    /// <summary>Positions the prompt file takes (0 without the flag or without a readable prompt, which <see cref="Load(ParseResult, long)"/>
+    /// then reports), from its header before a model loads: an offload policy plans for them.</summary>
+    public int Length(ParseResult r)
+    {
+        if (r.GetValue(File) is not { Exists: true } file) return 0;
+        try
+        {
+            using var header = SafetensorsFile.Open(file.FullName);
+            return header.TryGetInfo(SoftPrompt.TensorName, out var info) && info.Shape.Count == 2 ? (int)info.Shape[0] : 0;
+        }
+        catch (CheckpointException)
+        {
+            return 0;
+        }
+    }
 
     /// <summary>The prompt given, checked against <paramref name="model"/>; null without the flag.</summary>
-    public SoftPrompt? Load(ParseResult r, CausalLanguageModel model) =>
-        r.GetValue(File) is { } file ? SoftPrompt.Load(file.FullName, model) : null;
+    public SoftPrompt? Load(ParseResult r, CausalLanguageModel model) => Load(r, model.TokenEmbeddingWidth);
+
+    /// <summary>The prompt given, checked against a model of that token-embedding width (an offloaded one's); null without the flag.</summary>
+    public SoftPrompt? Load(ParseResult r, long tokenEmbeddingWidth) =>
+        r.GetValue(File) is { } file ? SoftPrompt.Load(file.FullName, tokenEmbeddingWidth) : null;
 }
 
 /// <summary><c>tern serve --soft-prompt [NAME=]FILE</c>, repeated: the prompts a server holds. An unnamed one runs before every

@@ -51,9 +51,10 @@ public sealed class OffloadedModel : IStepModel, IDisposable
     readonly GpuBudget budget;
     readonly ScalarType dtype;
 
-    OffloadedModel(CausalLanguageModel model, OffloadedWeights weights, ITransferEngine engine, OffloadDirectory? directory, GpuBudget budget, OffloadOptions options)
+    OffloadedModel(CausalLanguageModel model, long tokenEmbeddingWidth, OffloadedWeights weights, ITransferEngine engine, OffloadDirectory? directory, GpuBudget budget, OffloadOptions options)
     {
         this.model = model;
+        TokenEmbeddingWidth = tokenEmbeddingWidth;
         this.weights = weights;
         this.engine = engine;
         this.directory = directory;
@@ -70,6 +71,9 @@ public sealed class OffloadedModel : IStepModel, IDisposable
 
     /// <summary>The compute device.</summary>
     public Device Device => model.Device;
+
+    /// <summary>Width of the token embeddings (what a soft prompt's vectors hold), read before the weights were placed.</summary>
+    public long TokenEmbeddingWidth { get; }
 
     /// <summary>The disk tier's private folder, while the model lives (null when nothing is on disk).</summary>
     public string? OffloadPath => directory?.Path;
@@ -115,6 +119,7 @@ public sealed class OffloadedModel : IStepModel, IDisposable
             progress?.Fraction.Report(1.0);
             if (model.HasRecurrentLayers)
                 throw new OptionException($"{TernOption.Offload} streams a model's layers with their KV caches; this {config.ModelType} model keeps a recurrent state per layer, which offloading does not place. Run it in memory.");
+            long width = model.TokenEmbeddingWidth; // the host copy of the table goes once placed
             var stageWeights = model.Parts;
             // The GPU share of the weights is checked against the cap before anything moves there, and exactly once placed.
             double bytes = stageWeights.SelectMany(s => s.Tensors).Distinct(ReferenceEqualityComparer.Instance).Cast<Tensor>()
@@ -123,7 +128,7 @@ public sealed class OffloadedModel : IStepModel, IDisposable
             placed = OffloadedWeights.Place(stageWeights, policy.Weights, policy.CompressWeights, device, engine, directory);
             budget.Release("weights");
             budget.Reserve("weights", placed.BytesOn(Tier.Gpu));
-            return new OffloadedModel(model, placed, engine, directory, budget, options);
+            return new OffloadedModel(model, width, placed, engine, directory, budget, options);
         }
         catch
         {
@@ -187,16 +192,24 @@ public sealed class OffloadedModel : IStepModel, IDisposable
     /// <remarks>The batch is one block of at most gbs·ngb sequences, every prompt run as one prefill step. Its caches are the
     /// offload policy's (16-bit, or 4-bit with kvbits=4, split over the tiers by the policy) for the plain full cache, or one
     /// whole cache per GPU batch as <paramref name="cache"/> asks (<see cref="NeedsResidentCache"/>).</remarks>
-    public IStepRunner CreateRunner(int batchSize, int maxSequenceLength, int maxStepTokens, KvCacheConfig? cache)
+    public IStepRunner CreateRunner(int batchSize, int maxSequenceLength, int maxStepTokens, KvCacheConfig? cache) =>
+        CreateRunner(batchSize, maxSequenceLength, maxStepTokens, cache, null);
+
+    /// <summary>A runner whose rows start with the entries of <paramref name="prompt"/> (a soft prompt's vectors [n, width], or
+    /// null): its prefill runs the prompt alone over one row first, stage by stage with the text, as
+    /// <see cref="Prompting.PromptedModel"/> prefills it in memory, and every row's cache starts from those n entries. The
+    /// steps' positions count them (text from n on); <paramref name="maxSequenceLength"/> includes them. Full cache only.</summary>
+    internal IStepRunner CreateRunner(int batchSize, int maxSequenceLength, int maxStepTokens, KvCacheConfig? cache, Tensor? prompt)
     {
         if (batchSize < 1 || batchSize > Policy.BlockSize)
             throw new ArgumentException($"an offloaded batch holds 1 to {Policy.BlockSize} sequences (gbs × ngb of {Policy}); got {batchSize}.");
         if (!NeedsResidentCache(cache))
-            return new BlockRunner(this, batchSize, maxSequenceLength, maxStepTokens, new KvCacheConfig(bits: Policy.CompressCache ? 4 : 16), whole: false);
+            return new BlockRunner(this, batchSize, maxSequenceLength, maxStepTokens, new KvCacheConfig(bits: Policy.CompressCache ? 4 : 16), whole: false, prompt);
+        if (prompt is not null) throw new ArgumentException("an offloaded block's soft prompt runs under the full KV cache only.");
         if (Policy.Cache.Gpu < 1 && Policy.Cache.Cpu < 1 || Policy.CpuAttention || Policy.CompressCache)
             throw new ArgumentException($"the KV policy '{cache!.Eviction.Name}' ({cache.Bits} bits) runs offloaded with the whole cache on the GPU " +
                 $"(kv=100/0/0) or in host memory (kv=0/100/0), without cpu-attn or kvbits; this offload policy is {Policy}.");
-        return new BlockRunner(this, batchSize, maxSequenceLength, maxStepTokens, cache!, whole: true);
+        return new BlockRunner(this, batchSize, maxSequenceLength, maxStepTokens, cache!, whole: true, prompt: null);
     }
 
     /// <summary>One block of gbs·ngb sequences through the zig-zag schedule, a step at a time: each <see cref="Forward"/> walks
@@ -234,7 +247,8 @@ public sealed class OffloadedModel : IStepModel, IDisposable
         /// <paramref name="whole"/>, another configuration, each GPU batch then keeping a whole <see cref="KvCache"/> as it asks,
         /// on the compute device or in host memory (no per-tier homes).</param>
         /// <param name="maxStepTokens">The widest step (the prefill): the activations' slots.</param>
-        public BlockRunner(OffloadedModel owner, int rows, int maxSequenceLength, int maxStepTokens, KvCacheConfig config, bool whole)
+        /// <param name="prompt">A soft prompt's vectors [n, width] whose entries start every row, or null.</param>
+        public BlockRunner(OffloadedModel owner, int rows, int maxSequenceLength, int maxStepTokens, KvCacheConfig config, bool whole, Tensor? prompt)
         {
             this.config = config;
             this.owner = owner;
@@ -258,8 +272,31 @@ public sealed class OffloadedModel : IStepModel, IDisposable
             int gbs = owner.Policy.GpuBatchSize;
             batchRows = Enumerable.Range(0, batches).Select(k => Math.Min(gbs, rows - k * gbs)).ToArray();
             prefillWidth = maxStepTokens;
+            promptLength = prompt is null ? 0 : (int)prompt.shape[0];
             Allocate(maxStepTokens);
+            if (prompt is null) return;
+            try
+            {
+                using var scope = torch.NewDisposeScope();
+                promptStep = Prompting.PromptedModel.PromptStep(prompt.clone(), device); // its own vectors: the runner disposes them
+                foreach (var t in new[] { promptStep.InputIds, promptStep.Positions, promptStep.PrefixEmbeddings! }) t.DetachFromDisposeScope();
+                promptCache = model.CreateCache(1, promptLength, config, maxStepTokens: promptLength); // as PromptedModel's in memory
+                // Every row holds the prompt's n entries at positions 0..n−1 before its text.
+                foreach (var positions in cachePositions) positions.narrow(2, 0, promptLength).copy_(torch.arange(promptLength, ScalarType.Int64, device));
+                Array.Fill(fed, promptLength);
+                Array.Fill(cacheLength, promptLength);
+            }
+            catch
+            {
+                Dispose();
+                throw;
+            }
         }
+
+        readonly int promptLength;                          // a soft prompt's entries, first in every row (0: none)
+        readonly ForwardBatch? promptStep;                  // its step: the prompt alone over one row, run once with the prefill
+        readonly KvCache? promptCache;                      // [layer] its entries, copied into each GPU batch's rows at the prefill
+        Tensor? promptHidden;                               // its hidden states between the prefill's stages
 
         readonly KvCacheConfig config;
         readonly KvCache[]? resident;                       // [k] whole caches: each batch's, on the GPU or in host memory
@@ -294,7 +331,8 @@ public sealed class OffloadedModel : IStepModel, IDisposable
                 + batches * rows * (long)info.KvHeads * maxSequenceLength * 8                   // slot positions
                 + 2 * owner.weights.LargestStageLoadBytes                                       // this stage's and the next stage's weights
                 + 4L * rows * longest * Math.Max(info.HiddenSize, info.KvHeads * info.HeadDim) * es // hidden in/out and new cache entries
-                + 2L * rows * longest * (long)info.KvHeads * info.HeadDim * es * (policy.Cache.Gpu < 1 ? 2 : 1); // loaded cache parts
+                + 2L * rows * longest * (long)info.KvHeads * info.HeadDim * es * (policy.Cache.Gpu < 1 ? 2 : 1) // loaded cache parts
+                + 2L * promptLength * (info.Layers * (long)info.KvHeads * info.HeadDim + info.HiddenSize) * es;  // a soft prompt's entries and hidden states
             owner.budget.Reserve("block", kvGpu + hiddenGpu + workingBytes, $"KV cache {Units.Bytes(kvGpu)}, activations {Units.Bytes(hiddenGpu)}, working buffers {Units.Bytes(workingBytes)}");
             try
             {
@@ -364,6 +402,7 @@ public sealed class OffloadedModel : IStepModel, IDisposable
                 prompts = Enumerable.Range(0, batches).Select(k => input.RealTokens.Skip(k * gbs).Take(batchRows[k]).ToArray()).ToArray();
             }
             else if (input.InputIds.shape[1] != 1) throw new ArgumentException("an offloaded block runs its prompts as one prefill step, then one token per step.");
+            if (input.PrefixEmbeddings is not null) throw new ArgumentException("an offloaded block takes a soft prompt when it is made (OffloadedModel.CreateRunner), not with a step.");
             using var noGrad = torch.no_grad();
             int i = step;
             for (int k = 0; k < batches; k++) inputs[k] = BatchInput(input, k);
@@ -443,6 +482,8 @@ public sealed class OffloadedModel : IStepModel, IDisposable
                 var slotMajor = SequenceStore.Assemble(hiddenLoads[t]);
                 h = slotMajor.transpose(0, 1).contiguous().reshape(-1).view(slotMajor.shape[1], slotMajor.shape[0], -1);
             }
+            // The prompt runs alone through each stage before the stage's first GPU batch needs its entries.
+            if (i == 0 && k == 0 && promptStep is not null && j < stages - 1) RunPrompt(j, w);
             if (j == stages - 1)
             {
                 stepLogits[k] = model.RunStage(j, w, h, batch, null).DetachFromDisposeScope();
@@ -467,7 +508,14 @@ public sealed class OffloadedModel : IStepModel, IDisposable
             {
                 var cache = WorkingCache(prompts[k].Length, maxSequenceLength);
                 int length = cacheLength[k];
-                if (length > 0)
+                if (i == 0 && promptCache is not null)
+                {
+                    // The prefill starts from the prompt's entries in every row; they go home with the step's own.
+                    var parts = cache.StorageParts;
+                    var promptParts = promptCache[j - 1].StorageParts;
+                    for (int p = 0; p < parts.Count; p++) parts[p].narrow(2, 0, length).copy_(promptParts[p].narrow(2, 0, length));
+                }
+                else if (length > 0)
                 {
                     // Loaded slot-major [length, rows, kvHeads, ...]; the cache holds [rows, kvHeads, slots, ...].
                     var parts = cache.StorageParts;
@@ -478,11 +526,22 @@ public sealed class OffloadedModel : IStepModel, IDisposable
                 cache.Restore(length, cacheHoles[k]);
                 output = model.RunStage(j, w, h, batch, cache);
                 if (j == 1) cachePositions[k].copy_(cache.Positions);
-                StoreNewEntries(k, j - 1, cache, length);
+                StoreNewEntries(k, j - 1, cache, i == 0 ? 0 : length);
             }
             var outputs = output.transpose(0, 1).contiguous().DetachFromDisposeScope(); // [tokens, rows, hidden]
             var store = hidden[k];
             deferredStores.Add(() => store.Store(engine, outputs, 0));
+        }
+
+        /// <summary>Block stage <paramref name="j"/> (or the embedding) over the prompt alone, one row, into its own cache: the
+        /// same step as <see cref="Prompting.PromptedModel"/>'s prefill in memory, so its entries are the same.</summary>
+        void RunPrompt(int j, PartWeights w)
+        {
+            using var scope = torch.NewDisposeScope();
+            var h = model.RunStage(j, w, promptHidden, promptStep!, j == 0 ? null : promptCache![j - 1]).DetachFromDisposeScope();
+            promptHidden?.Dispose();
+            promptHidden = j == stages - 2 ? null : h; // the head needs no prompt logits
+            if (promptHidden is null) h.Dispose();
         }
 
         /// <summary>A resident cache's prefill: the layer attends densely over the prompt in a scratch cache under the policy
@@ -620,6 +679,9 @@ public sealed class OffloadedModel : IStepModel, IDisposable
                 foreach (var b in inputs) { b?.InputIds.Dispose(); b?.Positions.Dispose(); }
                 foreach (var t in stepLogits) t?.Dispose();
                 if (resident is not null) foreach (var c in resident) c?.Dispose();
+                promptCache?.Dispose();
+                promptHidden?.Dispose();
+                foreach (var t in new[] { promptStep?.InputIds, promptStep?.Positions, promptStep?.PrefixEmbeddings }) t?.Dispose();
                 owner.budget.Release("block");
             }
         }

@@ -1,6 +1,7 @@
 using Tern.Caching;
 using Tern.Checkpoints;
 using Tern.Models;
+using Tern.Offloading;
 using Tern.Runtime;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -14,10 +15,14 @@ namespace Tern.Prompting;
 /// evaluation step it like any <see cref="IStepModel"/>; the generation loop knows nothing of prompts.
 /// </summary>
 /// <remarks>
-/// Under a KV policy the prompt's entries are what a sequence under that policy keeps after prefilling the prompt alone, as a
+/// <para>Under a KV policy the prompt's entries are what a sequence under that policy keeps after prefilling the prompt alone, as a
 /// first prefill chunk (its own attention is full causal, then the policy evicts, quantizes or records scores as it does after
 /// any step); from then on they are entries like any other: a sink keeps the prompt's first vectors as its sinks, a window or
-/// H2O may evict them as the sequence grows, and a quantized cache stores them quantized.
+/// H2O may evict them as the sequence grows, and a quantized cache stores them quantized.</para>
+/// <para>An offloaded model (<see cref="Create(OffloadedModel, SoftPrompt, bool)"/>) keeps its blocks' caches at the policy's
+/// homes and streams its weights, so nothing is prefilled ahead: each block's prefill first runs the prompt alone over one row
+/// (<see cref="PromptStep"/>, the step prefilled here in memory), stage by stage with the text, and every row's cache starts
+/// from those entries; text positions are shifted as here. The full KV cache only.</para>
 /// </remarks>
 public sealed class PromptedModel : IStepModel, IDisposable
 {
@@ -25,18 +30,30 @@ public sealed class PromptedModel : IStepModel, IDisposable
     /// many: the least recently used beyond these are dropped (and prefilled again if met again).</summary>
     const int KeptConfigurations = 16;
 
-    readonly CausalLanguageModel model;
+    readonly IStepModel inner;         // what runs the steps
+    readonly CausalLanguageModel? model; // in memory: the prompt's entries are prefilled once and copied; null when offloaded
     readonly SoftPrompt prompt; // a copy of the caller's, owned
     readonly int n;
     readonly LinkedList<(KvCacheConfig Config, KvCache Prefix)> prefixes = new(); // most recently used first
     bool ownsModel;
 
-    PromptedModel(CausalLanguageModel model, SoftPrompt prompt)
+    PromptedModel(IStepModel inner, CausalLanguageModel? model, SoftPrompt prompt)
     {
+        this.inner = inner;
         this.model = model;
         this.prompt = prompt;
         n = prompt.Length;
-        Info = model.Info with { MaxPositions = model.Info.MaxPositions - n };
+        Info = inner.Info with { MaxPositions = inner.Info.MaxPositions - n };
+    }
+
+    /// <summary>A copy of <paramref name="prompt"/>, checked against a model of that token-embedding width and context.</summary>
+    static SoftPrompt Checked(SoftPrompt prompt, long tokenEmbeddingWidth, ModelInfo info)
+    {
+        if (prompt.Embeddings.shape[1] != tokenEmbeddingWidth)
+            throw new OptionException($"{TernOption.SoftPromptFile}: the prompt's vectors are {prompt.Embeddings.shape[1]} wide; this model's token embeddings are {tokenEmbeddingWidth} wide.");
+        if (prompt.Length >= info.MaxPositions)
+            throw new OptionException($"{TernOption.SoftPromptFile}: a prompt of {prompt.Length} vectors leaves no room in the model's {info.MaxPositions} positions.");
+        return SoftPrompt.FromTensor(prompt.Embeddings, prompt.Metadata);
     }
 
     /// <summary>Wraps <paramref name="model"/> with <paramref name="prompt"/> (copied: the caller keeps its own) and prefills the
@@ -44,11 +61,7 @@ public sealed class PromptedModel : IStepModel, IDisposable
     /// disposes it.</summary>
     public static PromptedModel Create(CausalLanguageModel model, SoftPrompt prompt, bool ownModel = false)
     {
-        if (prompt.Embeddings.shape[1] != model.TokenEmbeddingWidth)
-            throw new OptionException($"{TernOption.SoftPromptFile}: the prompt's vectors are {prompt.Embeddings.shape[1]} wide; this model's token embeddings are {model.TokenEmbeddingWidth} wide.");
-        if (prompt.Length >= model.Info.MaxPositions)
-            throw new OptionException($"{TernOption.SoftPromptFile}: a prompt of {prompt.Length} vectors leaves no room in the model's {model.Info.MaxPositions} positions.");
-        var prompted = new PromptedModel(model, SoftPrompt.FromTensor(prompt.Embeddings, prompt.Metadata));
+        var prompted = new PromptedModel(model, model, Checked(prompt, model.TokenEmbeddingWidth, model.Info));
         try
         {
             if (prompted.n > 0)
@@ -63,6 +76,12 @@ public sealed class PromptedModel : IStepModel, IDisposable
         return prompted;
     }
 
+    /// <summary>Wraps the offloaded <paramref name="model"/> with <paramref name="prompt"/> (copied): nothing is prefilled here,
+    /// each block's prefill runs the prompt once before its text, under the full KV cache only. The model is borrowed unless
+    /// <paramref name="ownModel"/>.</summary>
+    public static PromptedModel Create(OffloadedModel model, SoftPrompt prompt, bool ownModel = false) =>
+        new(model, null, Checked(prompt, model.TokenEmbeddingWidth, model.Info)) { ownsModel = ownModel };
+
     /// <summary>The model's shape, its context shortened by the prompt's n positions.</summary>
     public ModelInfo Info { get; }
 
@@ -70,13 +89,13 @@ public sealed class PromptedModel : IStepModel, IDisposable
     public int PromptLength => n;
 
     /// <inheritdoc />
-    public HfConfig Config => model.Config;
+    public HfConfig Config => inner.Config;
 
     /// <inheritdoc />
-    public Device Device => model.Device;
+    public Device Device => inner.Device;
 
     /// <inheritdoc />
-    public ModelDType DType => model.DType;
+    public ModelDType DType => inner.DType;
 
     /// <summary>The configuration a runner or serving row for sequences of at most <paramref name="maxSequenceLength"/> text
     /// tokens uses: <paramref name="cache"/> with its ratio budgets resolved for the prompt's entries plus the text.</summary>
@@ -85,6 +104,14 @@ public sealed class PromptedModel : IStepModel, IDisposable
     /// <inheritdoc />
     public IStepRunner CreateRunner(int batchSize, int maxSequenceLength, int maxStepTokens, KvCacheConfig? cache)
     {
+        if (model is null)
+        {
+            // An offloaded policy cache is prefilled in a scratch per GPU batch, which does not start from the prompt's entries.
+            if (OffloadedModel.NeedsResidentCache(cache))
+                throw new OptionException($"{TernOption.SoftPromptFile} with {TernOption.Offload} runs the full KV cache (an offloaded policy cache does not start from the prompt's entries); drop {TernOption.KvPolicy} and {TernOption.KvBits}, or {TernOption.Offload}.");
+            var offloaded = ((OffloadedModel)inner).CreateRunner(batchSize, maxSequenceLength + n, maxStepTokens, cache, n == 0 ? null : prompt.Embeddings);
+            return n == 0 ? offloaded : new OffloadedRunner(n, offloaded);
+        }
         var config = Resolve(cache, maxSequenceLength);
         var runner = new Runner(this, model.CreateCache(batchSize, maxSequenceLength + n, config, maxStepTokens), config);
         try
@@ -107,6 +134,7 @@ public sealed class PromptedModel : IStepModel, IDisposable
     internal void ImportPrefix(KvCache cache, int firstRow, int rows, KvCacheConfig config)
     {
         if (n == 0) return;
+        if (model is null) throw new InvalidOperationException("an offloaded model's prompt is prefilled with each block's text; no entries are kept to copy.");
         lock (prefixes) cache.ImportIntoRows(firstRow, rows, Prefix(config));
     }
 
@@ -120,19 +148,11 @@ public sealed class PromptedModel : IStepModel, IDisposable
             prefixes.AddFirst(node);
             return node.Value.Prefix;
         }
-        var cache = model.CreateCache(1, n, config, maxStepTokens: n);
+        var cache = model!.CreateCache(1, n, config, maxStepTokens: n);
         try
         {
             using var scope = torch.NewDisposeScope();
-            model.Forward(new ForwardBatch
-            {
-                InputIds = torch.zeros(1, n, ScalarType.Int64, model.Device), // placeholders under the prompt
-                Positions = torch.arange(n, ScalarType.Int64, model.Device).unsqueeze(0),
-                RealTokens = new[] { n },
-                MaxPosition = n - 1,
-                LastPositionOnly = true,
-                PrefixEmbeddings = prompt.Embeddings.to(model.Device),
-            }, cache);
+            model.Forward(PromptStep(prompt.Embeddings, model.Device), cache);
             if (!config.Eviction.AppendOnly) cache.Compact(); // slots a policy freed are not copied into every row
         }
         catch
@@ -158,7 +178,7 @@ public sealed class PromptedModel : IStepModel, IDisposable
             prefixes.Clear();
         }
         prompt.Dispose();
-        if (ownsModel) model.Dispose();
+        if (ownsModel) (inner as IDisposable)?.Dispose();
     }
 
     /// <summary>Steps over a cache that holds the prompt's entries first; text positions shifted by n.</summary>
@@ -170,9 +190,9 @@ public sealed class PromptedModel : IStepModel, IDisposable
         public Tensor Forward(ForwardBatch step)
         {
             if (step.WriteSlots is not null) throw new InvalidOperationException("a prompted model runs eagerly (no static-shape steps).");
-            if (owner.n == 0) return owner.model.Forward(step, cache);
+            if (owner.n == 0) return owner.model!.Forward(step, cache);
             using var scope = torch.NewDisposeScope();
-            return owner.model.Forward(Shifted(step, owner.n), cache).MoveToOuterDisposeScope();
+            return owner.model!.Forward(Shifted(step, owner.n), cache).MoveToOuterDisposeScope();
         }
 
         /// <summary>Back to the prompt alone in every row.</summary>
@@ -183,6 +203,39 @@ public sealed class PromptedModel : IStepModel, IDisposable
         }
 
         public void Dispose() => cache.Dispose();
+    }
+
+    /// <summary>The step that prefills a prompt of vectors <paramref name="embeddings"/> [n, width] alone, one row, on
+    /// <paramref name="device"/> (in memory here, per block when offloaded).</summary>
+    internal static ForwardBatch PromptStep(Tensor embeddings, Device device)
+    {
+        int n = (int)embeddings.shape[0];
+        return new ForwardBatch
+        {
+            InputIds = torch.zeros(1, n, ScalarType.Int64, device), // placeholders under the prompt
+            Positions = torch.arange(n, ScalarType.Int64, device).unsqueeze(0),
+            RealTokens = new[] { n },
+            MaxPosition = n - 1,
+            LastPositionOnly = true,
+            PrefixEmbeddings = embeddings.to(device),
+        };
+    }
+
+    /// <summary>Steps an offloaded block whose rows start from the prompt's entries: text positions shifted by n.</summary>
+    sealed class OffloadedRunner(int n, IStepRunner inner) : IStepRunner
+    {
+        /// <summary>None: the state lives with the offloaded block.</summary>
+        public KvCache? Cache => null;
+
+        public Tensor Forward(ForwardBatch step)
+        {
+            using var scope = torch.NewDisposeScope();
+            return inner.Forward(Shifted(step, n)).MoveToOuterDisposeScope();
+        }
+
+        public void Clear() => inner.Clear();
+
+        public void Dispose() => inner.Dispose();
     }
 
     /// <summary><paramref name="step"/> with its real positions moved <paramref name="offset"/> on (padding stays -1): text after

@@ -49,14 +49,18 @@ public sealed class SoftPrompt : IDisposable
     }
 
     /// <summary>Reads a prompt file and checks that it fits <paramref name="model"/> (same token-embedding width).</summary>
-    public static SoftPrompt Load(string path, CausalLanguageModel model)
+    public static SoftPrompt Load(string path, CausalLanguageModel model) => Load(path, model.TokenEmbeddingWidth);
+
+    /// <summary>Reads a prompt file and checks that its vectors are <paramref name="tokenEmbeddingWidth"/> wide (an offloaded
+    /// model's <see cref="Offloading.OffloadedModel.TokenEmbeddingWidth"/>).</summary>
+    public static SoftPrompt Load(string path, long tokenEmbeddingWidth)
     {
         if (!File.Exists(path)) throw new OptionException($"{TernOption.SoftPromptFile} '{Path.GetFullPath(path)}' does not exist; train one with 'tern prompt train'.");
         using var file = SafetensorsFile.Open(path);
         if (!file.Contains(TensorName))
             throw new OptionException($"{TernOption.SoftPromptFile} '{path}' holds no '{TensorName}' tensor; is it a file written by 'tern prompt train'?");
         var info = file.Info(TensorName);
-        long width = model.TokenEmbeddingWidth;
+        long width = tokenEmbeddingWidth;
         if (info.Shape.Count != 2 || info.Shape[1] != width)
             throw new OptionException($"{TernOption.SoftPromptFile} '{path}' is [{string.Join(", ", info.Shape)}]; this model's token embeddings are {width} wide (a prompt transfers only between models of the same width and tokenizer).");
         return new SoftPrompt(file.Load(TensorName, ScalarType.Float32, torch.CPU).DetachFromDisposeScope(), file.Metadata.ToDictionary());

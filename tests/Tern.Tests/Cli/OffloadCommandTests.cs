@@ -60,6 +60,35 @@ public sealed class OffloadCommandTests
         Assert.True(output.TrimEnd().Length > "Hello there".Length, output);
     }
 
+    /// <summary><c>--soft-prompt</c> with <c>--offload</c>: <c>tern generate</c> prints what it prints in memory with the same
+    /// prompt (greedy), <c>tern bench</c> labels its row; under a KV policy the pair is refused before anything loads.</summary>
+    [Fact]
+    public void OffloadedGenerationAndBenchRunASoftPrompt()
+    {
+        using var dir = new TempDir();
+        string model = Fixtures.ModelDir("llama-gqa"), file = dir.File("prompt.safetensors");
+        using (var loaded = Tern.Models.CausalLanguageModel.Load(model, new Tern.Models.ModelLoadOptions { Device = Tern.Runtime.DeviceKind.Cpu }))
+        using (var prompt = Tern.Prompting.SoftPrompt.FromTensor(TorchSharp.torch.randn(new long[] { 3, loaded.TokenEmbeddingWidth }, generator: new TorchSharp.torch.Generator(5))))
+            prompt.Save(file);
+        string[] common = { "generate", "Hello there", "General Kenobi", "--model", model, "--device", "cpu", "--max-new-tokens", "6", "--no-stream", "--soft-prompt", file };
+        var (code, expected, errors) = Run(common);
+        Assert.True(code == 0, string.Join("\n", errors));
+        (code, var output, errors) = Run(common.Concat(new[] { "--offload", "w=0/50/50,kv=0/100/0,act=0/100/0,gbs=1,ngb=2", "--offload-dir", dir.Path }).ToArray());
+        Assert.True(code == 0, string.Join("\n", errors));
+        Assert.Equal(expected, output);
+        Assert.Contains("General Kenobi", output);
+
+        string csv = dir.File("bench.csv");
+        (code, _, errors) = Run("bench", "--model", model, "--device", "cpu", "--prompt", "5", "--new-tokens", "3", "-o", csv, "--soft-prompt", file,
+            "--offload", "w=0/100/0,kv=0/100/0,act=0/100/0,gbs=2,ngb=1");
+        Assert.True(code == 0, string.Join("\n", errors));
+        Assert.Contains("[soft prompt 3]", File.ReadAllText(csv));
+
+        (code, _, errors) = Run("generate", "--model", "no/such/folder", "--soft-prompt", file, "--offload", "auto", "--kv-policy", "window", "--kv-budget", "8");
+        Assert.Equal(2, code);
+        Assert.Contains("drop --kv-policy", errors[0]);
+    }
+
     [Theory]
     [InlineData("bench", "--offload", "w=50/40/0", "sum to 100%")]
     [InlineData("generate", "--offload", "gbs=0", "at least 1")]
