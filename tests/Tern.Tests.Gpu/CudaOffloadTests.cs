@@ -14,6 +14,13 @@ public sealed class CudaOffloadParityTests : OffloadParityContract
     protected override float PolicyCacheTolerance => 2e-6f;
 }
 
+/// <summary>The offloaded soft-prompt contract on CUDA (not yet run on a GPU when written: the tolerance is the policy caches').</summary>
+public sealed class CudaOffloadedSoftPromptTests : OffloadedSoftPromptContract
+{
+    protected override DeviceKind Device => DeviceKind.Cuda;
+    protected override float Tolerance => 2e-6f;
+}
+
 /// <summary>The CUDA transfer engine on its own: pinned copies both ways, ordering after compute, disk jobs after copies.</summary>
 public sealed class CudaTransferEngineTests
 {
