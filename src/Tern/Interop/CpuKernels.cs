@@ -10,8 +10,9 @@ namespace Tern.Interop;
 /// The CPU's versions of <c>Kernels/fused.cu</c>'s RMSNorm, rotary (in place) and gated activation on tensor data pointers,
 /// and bf16 linear maps through MKL's <c>cblas_gemm_bf16bf16f32</c>. A decode step on the CPU at batch 1 is mostly libtorch
 /// dispatch and allocation around a few small GEMVs (a profile of the default model: about 70% of the main thread): each
-/// kernel here does in one pass what the composite path does in 3–9 libtorch ops; and libtorch reaches a bf16 GEMV through a
-/// oneDNN path 3–4× slower than MKL's own bf16 GEMM, which the libtorch library exports. fp32 and bf16, computed in fp32 and
+/// kernel here does in one pass what the composite path does in 3–9 libtorch ops; and libtorch's own bf16 linear map was
+/// 2–4× slower than calling MKL's bf16 GEMM, which the libtorch library exports, in most timings of the default model's shapes
+/// (the step's A/B is in bench/README.md). fp32 and bf16, computed in fp32 and
 /// rounded where the composite path rounds; other types, autograd and views keep the composite path. Reached through
 /// <see cref="FusedKernels"/>, which routes by device. (A decode-attention kernel was tried here and dropped: libtorch's SDPA
 /// beat it at every context length on this machine.)
@@ -197,30 +198,41 @@ internal static unsafe partial class CpuKernels
         if (residual is not null && (!residual.is_contiguous() || residual.dtype != x.dtype || residual.NumberOfElements != m * n)) return false;
         var shape = x.shape.ToArray();
         shape[^1] = n;
-        using var accumulated = torch.empty(new[] { m, n }, ScalarType.Float32);
+        // The fp32 products in a pooled array, not a tensor: no libtorch allocation per linear map of a decode step.
+        float[] buffer = System.Buffers.ArrayPool<float>.Shared.Rent((int)(m * n));
         try
         {
-            GemmBf16(RowMajor, NoTrans, Trans, m, n, k, 1f, (IntPtr)Ptr(x), k, (IntPtr)Ptr(weight), k, 0f, (IntPtr)Ptr(accumulated), n);
+            fixed (float* accumulated = buffer)
+            {
+                try
+                {
+                    GemmBf16(RowMajor, NoTrans, Trans, m, n, k, 1f, (IntPtr)Ptr(x), k, (IntPtr)Ptr(weight), k, 0f, (IntPtr)accumulated, n);
+                }
+                catch (Exception e) when (e is EntryPointNotFoundException or DllNotFoundException)
+                {
+                    MklUnavailable = true;
+                    return false;
+                }
+                y = torch.empty(shape, x.dtype);
+                var job = new LinearOutputJob
+                {
+                    Accumulated = accumulated, Bias = bias is null ? null : Ptr(bias), Residual = residual is null ? null : Ptr(residual),
+                    Y = Ptr(y), N = (int)n,
+                };
+                Run<LinearOutputJob, Bf16>(ref job, m, m * n);
+                return true;
+            }
         }
-        catch (Exception e) when (e is EntryPointNotFoundException or DllNotFoundException)
+        finally
         {
-            MklUnavailable = true;
-            return false;
+            System.Buffers.ArrayPool<float>.Shared.Return(buffer);
         }
-        y = torch.empty(shape, x.dtype);
-        var job = new LinearOutputJob
-        {
-            Accumulated = (float*)Ptr(accumulated), Bias = bias is null ? null : Ptr(bias), Residual = residual is null ? null : Ptr(residual),
-            Y = Ptr(y), N = (int)n,
-        };
-        Run<LinearOutputJob, Bf16>(ref job, m, m * n);
-        return true;
     }
 
     static bool MklUnavailable;
-    // MKL's bf16 GEMM for decode-sized products only: at 128 rows (a prefill) it took 1.6× the time of libtorch's path (MKL
-    // emulates bf16 products on this machine) and 1.8× that of widening to fp32. (A single-threaded AVX-512 bf16 GEMV beat MKL's on small weights in isolation and lost
-    // in the decode step, as the AVX2 fp32 one before it.)
+    // MKL's bf16 GEMM for decode-sized products only: at 128 rows (a prefill, 1408×384) it was no faster than libtorch's path
+    // (925–959 against 854–969 µs) and slower than widening to fp32 (593–625 µs). A single-threaded AVX-512 bf16 GEMV beat MKL's
+    // on small weights in isolation and was not faster in the decode step, as the AVX2 fp32 one before it.
     const long LargestBf16GemmRows = 16;
     const int RowMajor = 101, NoTrans = 111, Trans = 112;
 
