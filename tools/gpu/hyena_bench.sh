@@ -11,17 +11,18 @@
 #   tools/gpu/hyena_bench.sh status    the logs' last lines
 #   tools/gpu/hyena_bench.sh collect   summary.md + one archive of logs, reports and CSVs to $OUT
 #   tools/gpu/hyena_bench.sh all       everything in the foreground (what `start` runs); every step prints what it does
+#   tools/gpu/hyena_bench.sh quality   only the trainings, perplexities and distillations (the first half of `all`)
 #   tools/gpu/hyena_bench.sh speed     only the decode-speed rows (dummy weights at the three shapes, no training)
 #   tools/gpu/hyena_bench.sh cpu       a rehearsal of `all` on the CPU: tiny run on random ids, minutes on 2 cores (Release CLI)
 # Environment: STEPS (3000), SEQ (1024), BATCH (32), DEVICE (cuda), ORDERS ("2 4 8 16 32 64"), ITERS (Adam steps of the fit,
 # 200), LENGTHS ("1024 2048 4096 8192 16384"), BATCHES ("1 16": memory per sequence is the difference over the batches),
-# NEW (decode steps timed at each length, 64), TRANSFORMER (1: train the Transformer twin too), BIG (0), EVAL_TOKENS (0 = all),
+# NEW (decode steps timed at each length, 64), TRANSFORMER (1: train the Transformer twin too), BIG (0), SMALL (1: the 14M shapes), EVAL_TOKENS (0 = all),
 # D (data), W (work folder), TERN (the CLI command).
 set -uo pipefail
 D=${D:-/tmp/tern-data} W=${W:-/tmp/tern-hyena} OUT=${OUT:-/tmp/tern-out}
 STEPS=${STEPS:-3000} SEQ=${SEQ:-1024} BATCH=${BATCH:-32} DEVICE=${DEVICE:-cuda} ITERS=${ITERS:-200} NEW=${NEW:-64}
 ORDERS=${ORDERS:-"2 4 8 16 32 64"} LENGTHS=${LENGTHS:-"1024 2048 4096 8192 16384"} BATCHES=${BATCHES:-"1 16"}
-TRANSFORMER=${TRANSFORMER:-1} BIG=${BIG:-0} EVAL_TOKENS=${EVAL_TOKENS:-0} AUTOCAST=${AUTOCAST:-bf16}
+TRANSFORMER=${TRANSFORMER:-1} BIG=${BIG:-0} SMALL=${SMALL:-1} EVAL_TOKENS=${EVAL_TOKENS:-0} AUTOCAST=${AUTOCAST:-bf16}
 TERN=${TERN:-dotnet .device/Tern.Cli/Tern.Cli.dll}
 mkdir -p "$OUT" "$W"
 say() { echo "[$(date +%H:%M:%S)] $*"; }
@@ -71,6 +72,38 @@ bench() {
   done
 }
 
+# The trainings, their perplexities and the distillation at every order of ORDERS (the quality rows of the summary).
+quality() {
+  nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$W/gpu.txt" 2> /dev/null || echo "$DEVICE" > "$W/gpu.txt"
+  train hyena bench/configs/multihyena-14m/config.json || return 1
+  [ "$TRANSFORMER" = 1 ] && { train transformer bench/configs/tern-14m/config.json || return 1; }
+  for name in hyena transformer; do [ -d "$W/$name/run" ] && { say "perplexity: $name"; perplexity "$W/$name/run" "$W/$name"; }; done
+  for d in $ORDERS; do
+    say "distilling at order $d"; rm -rf "$W/distilled-$d"; mkdir -p "$W/distilled-$d"
+    $TERN distill hyena --model "$W/hyena/run" --out "$W/distilled-$d/model" --order "$d" --iterations "$ITERS" 2>&1 \
+      | tee "$W/distilled-$d/distill.log" | grep -E '^layer [0-9]+/|^wrote' || return 1
+    perplexity "$W/distilled-$d/model" "$W/distilled-$d"
+  done
+}
+
+# Dummy-weight shape folders for the decode rows: the 14M shapes (unless SMALL=0) and, with BIG=1, a 1.3B shape of each
+# (GPT-3 XL's width and depth).
+shapes() {
+  rm -rf "$W/shapes"
+  if [ "$SMALL" = 1 ]; then
+    shape hyena bench/configs/multihyena-14m/config.json
+    shape distilled bench/configs/multihyena-14m/config.json '{"distilled": {"modes": 8}}'
+    shape transformer bench/configs/tern-14m/config.json
+  fi
+  if [ "$BIG" = 1 ]; then
+    local hyena='"hidden_size": 2048, "num_hidden_layers": 24, "vocab_size": 50304, "num_heads": 256, "intermediate_size": 8192'
+    shape hyena-1.3b bench/configs/multihyena-14m/config.json "{$hyena}"
+    shape distilled-1.3b bench/configs/multihyena-14m/config.json "{$hyena, \"distilled\": {\"modes\": 8}}"
+    shape transformer-1.3b bench/configs/tern-14m/config.json \
+      '{"hidden_size": 2048, "num_hidden_layers": 24, "vocab_size": 50304, "num_attention_heads": 16, "num_key_value_heads": 16, "intermediate_size": 5504}'
+  fi
+}
+
 summary() {
   python3 - "$W" "$ORDERS" "$BATCHES" > "$W/summary.md" << 'EOF'
 import csv, json, os, re, sys
@@ -111,7 +144,7 @@ EOF
   cat "$W/summary.md"
 }
 
-case ${1:?stage|start|status|collect|all|speed|cpu} in
+case ${1:?stage|start|status|collect|all|quality|speed|cpu} in
   stage) bash tools/gpu/default_model.sh stage ;;
   start)
     setsid nohup bash -c "source .device/env.sh; bash tools/gpu/hyena_bench.sh all > $W/bench.log 2>&1; echo done > $W/bench.done" \
@@ -120,10 +153,8 @@ case ${1:?stage|start|status|collect|all|speed|cpu} in
   speed) # the decode-speed rows only (dummy weights, no training): shapes, then bench and summary
     rm -f "$W/bench.csv" "$W/state.csv"
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$W/gpu.txt" 2> /dev/null || echo "$DEVICE" > "$W/gpu.txt"
-    shape hyena bench/configs/multihyena-14m/config.json
-    shape distilled bench/configs/multihyena-14m/config.json '{"distilled": {"modes": 8}}'
-    shape transformer bench/configs/tern-14m/config.json
-    for name in transformer hyena distilled; do bench "$name"; done
+    shapes
+    for name in transformer-1.3b distilled-1.3b hyena-1.3b transformer distilled hyena; do [ -d "$W/shapes/$name" ] && bench "$name"; done
     summary ;;
   status)
     tail -"${LINES:-6}" "$W/bench.log"
@@ -131,33 +162,16 @@ case ${1:?stage|start|status|collect|all|speed|cpu} in
   collect)
     test -f "$W/bench.done" || { echo "the bench has not finished"; tail -3 "$W/bench.log"; }
     cp "$W/summary.md" "$OUT/" 2> /dev/null
-    (cd "$W" && tar -czf "$OUT/hyena-results.tar.gz" --exclude='*.safetensors' --exclude='checkpoint-*' summary.md bench.log bench.csv state.csv gpu.txt \
+    (cd "$W" && tar -czf "$OUT/hyena-results.tar.gz" --exclude='*.safetensors' --exclude='checkpoint-*' summary.md quality.log bench.log bench.csv state.csv gpu.txt \
       */run/train-log.jsonl */run/train-summary.json */run/config.json */wall.txt */ppl-*.txt distilled-*/model/modal.json \
       distilled-*/distill.log shapes 2> /dev/null)
     ls -la "$OUT" ;;
+  quality) quality ;;
   all)
     rm -f "$W/bench.done" "$W/bench.csv" "$W/state.csv"
-    nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$W/gpu.txt" 2> /dev/null || echo "$DEVICE" > "$W/gpu.txt"
-    train hyena bench/configs/multihyena-14m/config.json || exit 1
-    [ "$TRANSFORMER" = 1 ] && { train transformer bench/configs/tern-14m/config.json || exit 1; }
-    for name in hyena transformer; do [ -d "$W/$name/run" ] && { say "perplexity: $name"; perplexity "$W/$name/run" "$W/$name"; }; done
-    for d in $ORDERS; do
-      say "distilling at order $d"; rm -rf "$W/distilled-$d"; mkdir -p "$W/distilled-$d"
-      $TERN distill hyena --model "$W/hyena/run" --out "$W/distilled-$d/model" --order "$d" --iterations "$ITERS" 2>&1 \
-        | tee "$W/distilled-$d/distill.log" | grep -E '^layer [0-9]+/|^wrote' || exit 1
-      perplexity "$W/distilled-$d/model" "$W/distilled-$d"
-    done
-    shape hyena bench/configs/multihyena-14m/config.json
-    shape distilled bench/configs/multihyena-14m/config.json '{"distilled": {"modes": 8}}'
-    shape transformer bench/configs/tern-14m/config.json
-    if [ "$BIG" = 1 ]; then # a 1.3B shape of each (GPT-3 XL's width and depth)
-      hyena='"hidden_size": 2048, "num_hidden_layers": 24, "vocab_size": 50304, "num_heads": 256, "intermediate_size": 8192'
-      shape hyena-1.3b bench/configs/multihyena-14m/config.json "{$hyena}"
-      shape distilled-1.3b bench/configs/multihyena-14m/config.json "{$hyena, \"distilled\": {\"modes\": 8}}"
-      shape transformer-1.3b bench/configs/tern-14m/config.json \
-        '{"hidden_size": 2048, "num_hidden_layers": 24, "vocab_size": 50304, "num_attention_heads": 16, "num_key_value_heads": 16, "intermediate_size": 5504}'
-    fi
-    for name in $(ls "$W/shapes"); do bench "$name"; done
+    quality || exit 1
+    shapes
+    for name in transformer-1.3b distilled-1.3b hyena-1.3b transformer distilled hyena; do [ -d "$W/shapes/$name" ] && bench "$name"; done
     summary ;;
   cpu)
     C=/tmp/tern-hyena-cpu; rm -rf $C; mkdir -p $C/data/tokenizer
