@@ -340,6 +340,41 @@ public sealed class OpenAiServerTests : IAsyncLifetime
         Assert.Equal(1, small.Stats.CancelledRequests);
     }
 
+    /// <summary>Requests the server ends because it stops (<c>tern serve</c>'s drain deadline passed, then the engine is
+    /// disposed) end as refused, not failed: a running stream gets a <c>service_unavailable</c> error event and [DONE], a whole
+    /// reply a 503; neither is an internal error, and the log records no 500 (issue 18).</summary>
+    [Fact]
+    public async Task RequestsEndedByTheServerStoppingAreUnavailableNotInternalErrors()
+    {
+        using var longer = new ServingFixture(context: 2048);
+        var log = new StringWriter();
+        var stopping = ServingEngine.Start(longer.Model, longer.Tokenizer, new ServingOptions { MaxBatchSize = 2, MaxNewTokens = 2000 });
+        await using var host = await TernServer.StartAsync(stopping, new ServerOptions { Port = 0, Log = TextWriter.Synchronized(log) }, Ct);
+        using var client = new HttpClient();
+        const string Body = """{"model":"tern","prompt":"hi","max_tokens":2000,"ignore_eos":true,"temperature":0""";
+        using var request = new HttpRequestMessage(HttpMethod.Post, new Uri(host.Address, "/v1/completions"))
+        {
+            Content = new StringContent(Body + ""","stream":true}""", Encoding.UTF8, "application/json"),
+        };
+        using var response = await client.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, Ct);
+        var events = ServerSentEvents.Read(await response.Content.ReadAsStreamAsync(Ct), Ct).GetAsyncEnumerator(Ct);
+        Assert.True(await events.MoveNextAsync()); // the stream is running
+        var whole = client.PostAsync(new Uri(host.Address, "/v1/completions"), new StringContent(Body + "}", Encoding.UTF8, "application/json"), Ct);
+        await ServingEngineTests.WaitFor(() => stopping.Stats.Running == 2);
+        stopping.Dispose();
+
+        var rest = new List<string> { events.Current };
+        while (await events.MoveNextAsync()) rest.Add(events.Current);
+        Assert.Equal("[DONE]", rest[^1]);
+        var error = JsonDocument.Parse(rest[^2]).RootElement.GetProperty("error");
+        Assert.Equal("service_unavailable", error.GetProperty("code").GetString());
+        Assert.DoesNotContain("request id", error.GetProperty("message").GetString());
+        using var refused = await whole;
+        Assert.Equal(HttpStatusCode.ServiceUnavailable, refused.StatusCode);
+        Assert.Equal("service_unavailable", JsonDocument.Parse(await refused.Content.ReadAsStringAsync(Ct)).RootElement.GetProperty("error").GetProperty("code").GetString());
+        Assert.DoesNotContain(" 500 ", log.ToString());
+    }
+
     async Task AssertStillServing()
     {
         var (code, body) = await Post("/v1/completions", """{"model":"tiny","prompt":"hi","max_tokens":2,"temperature":0}""");
