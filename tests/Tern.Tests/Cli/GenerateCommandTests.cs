@@ -46,25 +46,28 @@ public sealed class GenerateCommandTests
     public void BinaryTextFilesAreRefusedByName(byte[] content, string why)
     {
         string file = Path.Combine(Path.GetTempPath(), $"tern-binary-{Guid.NewGuid():N}.txt");
+        string output = Path.Combine(Path.GetTempPath(), $"tern-tokenizer-{Guid.NewGuid():N}");
         File.WriteAllBytes(file, content);
         try
         {
-            foreach (var args in new[]
+            foreach (var (flag, args) in new[]
             {
-                new[] { "eval", "ppl", "--text", file, "--model", Model, "--device", "cpu" },
-                new[] { "eval", "stream", "--text", file, "--model", Model, "--device", "cpu" },
-                new[] { "generate", "--prompt-file", file, "--model", Model, "--device", "cpu" },
+                ("--text", new[] { "eval", "ppl", "--text", file, "--model", Model, "--device", "cpu" }),
+                ("--text", new[] { "eval", "stream", "--text", file, "--model", Model, "--device", "cpu" }),
+                ("--prompt-file", new[] { "generate", "--prompt-file", file, "--model", Model, "--device", "cpu" }),
+                ("--input", new[] { "tokenizer", "train", "--input", file, "--output", output, "--vocab-size", "300" }),
             })
             {
                 var (code, _, err) = Run(args);
                 Assert.Equal(1, code);
-                string flag = args[1] == "--prompt-file" ? "--prompt-file" : "--text";
                 Assert.Equal($"tern: {flag}: '{file}' looks binary ({why}); pass a UTF-8 text file.", err.Trim());
             }
+            Assert.False(Directory.Exists(output)); // refused before anything is written
         }
         finally
         {
             File.Delete(file);
+            if (Directory.Exists(output)) Directory.Delete(output, recursive: true);
         }
     }
 
