@@ -302,6 +302,38 @@ public sealed class OpenAiServerTests : IAsyncLifetime
         await AssertStillServing();
     }
 
+    /// <summary>Degenerate sampling settings never fail a request (issue 18: temperature or repetition_penalty 1e-38 was a 500
+    /// carrying libtorch's "probability tensor contains either inf, nan or element &lt; 0" and its native stack): a tiny
+    /// temperature is greedy, streamed or not; a tiny penalty still generates every token asked for. This fixture's logits are
+    /// small: 1e-38 alone does not overflow them, 1e-42 and 5e-324 do.</summary>
+    [Theory]
+    [InlineData("1e-38")]
+    [InlineData("1e-42")]
+    [InlineData("5e-324")]
+    public async Task TinyTemperaturesAndPenaltiesAreServed(string tiny)
+    {
+        string Body(string fields) => $$"""{"model":"tiny","prompt":"Once upon a time","max_tokens":12,"ignore_eos":true,{{fields}}}""";
+        var (code, greedy) = await Post("/v1/completions", Body("\"temperature\":0"));
+        Assert.Equal(HttpStatusCode.OK, code);
+        string expected = greedy.GetProperty("choices")[0].GetProperty("text").GetString()!;
+        foreach (string fields in new[] { $"\"temperature\":{tiny},\"seed\":1", $"\"temperature\":{tiny},\"seed\":2,\"stream\":true" })
+        {
+            using var response = await http.PostAsync(new Uri(server.Address, "/v1/completions"), new StringContent(Body(fields), Encoding.UTF8, "application/json"), Ct);
+            string text = await response.Content.ReadAsStringAsync(Ct);
+            Assert.True(response.StatusCode == HttpStatusCode.OK, text);
+            Assert.Equal(expected, fields.Contains("stream", StringComparison.Ordinal)
+                ? string.Concat(text.Split('\n').Where(l => l.StartsWith("data: {", StringComparison.Ordinal))
+                    .Select(l => JsonDocument.Parse(l["data: ".Length..]).RootElement.GetProperty("choices")[0].GetProperty("text").GetString()))
+                : JsonDocument.Parse(text).RootElement.GetProperty("choices")[0].GetProperty("text").GetString());
+        }
+        foreach (string fields in new[] { $"\"repetition_penalty\":{tiny},\"temperature\":1,\"seed\":3", $"\"repetition_penalty\":{tiny},\"temperature\":0" })
+        {
+            var (status, body) = await Post("/v1/completions", Body(fields));
+            Assert.True(status == HttpStatusCode.OK, body.ToString());
+            Assert.Equal(12, body.GetProperty("usage").GetProperty("completion_tokens").GetInt32());
+        }
+    }
+
     /// <summary>An unexpected failure reaches the client as an OpenAI error object with a request id and none of the internal
     /// message (issue 18: libtorch asserts with stack frames and paths), and the server log gets the id and the exception.</summary>
     [Fact]
