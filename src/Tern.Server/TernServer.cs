@@ -191,16 +191,21 @@ public sealed class TernServer : IAsyncDisposable
         }
         catch (Exception e) when (!context.Response.HasStarted && e is not ApiError)
         {
-            // The engine failed the request after admission: a policy impossible for this model, the server stopping, a bug.
-            throw e switch
-            {
-                OptionException option => ApiError.For(option),
-                ArgumentException => new ApiError(400, e.Message),
-                ServingException refused => Refusal(refused, chat),
-                _ => Internal(e, options.Log),
-            };
+            throw Failure(e, chat);
         }
     }
+
+    /// <summary>The error of a request the engine failed after admission: a policy impossible for this model (400), the server
+    /// stopping before it finished (503, <c>service_unavailable</c>), else an internal error (500, logged). A stream already
+    /// running gets the same error object as its last event.</summary>
+    ApiError Failure(Exception e, bool chat) => e switch
+    {
+        ApiError api => api,
+        OptionException option => ApiError.For(option),
+        ArgumentException => new ApiError(400, e.Message),
+        ServingException refused => Refusal(refused, chat),
+        _ => Internal(e, options.Log),
+    };
 
     /// <summary>A chat prompt; tools (or tool turns) with a template that does not render them, or a conversation the template
     /// cannot render with tools, are a 400 naming the field.</summary>
@@ -301,7 +306,8 @@ public sealed class TernServer : IAsyncDisposable
         }
         catch (Exception e) when (e is not OperationCanceledException || !aborted.IsCancellationRequested)
         {
-            await Event(http, ErrorBody(Internal(e, options.Log)), aborted);
+            // Ended by the server stopping (the drain deadline passed): service_unavailable, as a whole reply's 503; not a 500.
+            await Event(http, ErrorBody(Failure(e, response.Chat)), aborted);
         }
         await http.WriteAsync("data: [DONE]\n\n", aborted);
         await http.Body.FlushAsync(aborted);

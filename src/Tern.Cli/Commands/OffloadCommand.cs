@@ -16,6 +16,10 @@ internal static class OffloadCommand
         return command;
     }
 
+    /// <summary>Where <c>tern offload calibrate</c> writes when -o is not given: the per-user results folder, not the current
+    /// folder (a checkout, often).</summary>
+    static readonly string DefaultProfile = ResultsFolder.For("hardware-profile.json");
+
     static Command Calibrate()
     {
         var device = new Option<string>("--device") { Description = "cpu, cuda or auto.", DefaultValueFactory = _ => "auto" };
@@ -23,7 +27,7 @@ internal static class OffloadCommand
         var dtype = new Option<string>("--dtype") { Description = "Type of the GEMM probes: fp16 (default), bf16, fp32.", DefaultValueFactory = _ => "fp16" };
         dtype.AcceptOnlyFromAmong("fp32", "bf16", "fp16");
         var dir = new Option<string?>("--offload-dir") { Description = "Folder whose disk is measured (a probe file is written there and removed)." };
-        var output = new Option<string>("--output", "-o") { Description = "Profile file written (JSON, atomically).", DefaultValueFactory = _ => "hardware-profile.json" };
+        var output = new Option<string>("--output", "-o") { Description = $"Profile file written, JSON, atomically (default {DefaultProfile}).", DefaultValueFactory = _ => DefaultProfile };
         var size = new Option<string>("--size") { Description = "Bytes per transfer probe.", DefaultValueFactory = _ => "256MB" };
         var width = new Option<int>("--width") { Description = "Width h of the GEMM probes.", DefaultValueFactory = _ => 4096 };
         var command = new Command("calibrate", "Measure CPU↔GPU and disk bandwidths and GEMM / attention throughput; write a hardware profile.")
@@ -36,8 +40,10 @@ internal static class OffloadCommand
                 Device = d, DType = ComputeOptions.ParseDType(r.GetValue(dtype)!), Directory = r.GetValue(dir),
                 TransferBytes = Units.ParseBytes(r.GetValue(size)!, "--size"), Width = r.GetValue(width),
             }, Console.Out);
-            profile.Save(r.GetValue(output)!);
-            Console.WriteLine($"wrote {Path.GetFullPath(r.GetValue(output)!)}");
+            string path = Path.GetFullPath(r.GetValue(output)!);
+            Directory.CreateDirectory(Path.GetDirectoryName(path)!);
+            profile.Save(path);
+            Console.WriteLine($"wrote {path}");
             return 0;
         });
         return command;

@@ -1,7 +1,7 @@
 namespace Tern.Cli.Commands;
 
-/// <summary>Where <c>tern bench</c> and <c>tern eval</c> write when -o/--output is not given: a per-user folder, never the
-/// current checkout (whose bench/ holds tracked, published results).</summary>
+/// <summary>Where <c>tern bench</c>, <c>tern eval</c>, <c>tern lab</c> and <c>tern offload calibrate</c> write when -o/--output
+/// is not given: a per-user folder, never the current checkout (whose bench/ holds tracked, published results).</summary>
 internal static class ResultsFolder
 {
     /// <summary><paramref name="name"/> under the user's data folder (~/.local/share/tern on Linux), or under ./tern-results

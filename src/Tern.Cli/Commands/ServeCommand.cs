@@ -131,8 +131,8 @@ internal static class ServeCommand
             var deadline = TimeSpan.FromSeconds(r.GetValue(drainTimeout));
             Console.Error.WriteLine($"stopping: new requests get 503; {engine.Outstanding} running or waiting may finish within {deadline.TotalSeconds:0.#} s (a second signal stops now).");
             bool drained = await engine.DrainAsync(deadline, hurry.Token);
-            if (!drained) Console.Error.WriteLine($"stopping: {engine.Outstanding} request(s) did not finish; they end with an error.");
-            engine.Dispose(); // ends what is left (unavailable): their clients get an error object, their streams [DONE]
+            if (!drained) Console.Error.WriteLine($"stopping: {engine.Outstanding} request(s) did not finish; they end as unavailable (503, or a service_unavailable error event in a stream).");
+            engine.Dispose(); // ends what is left (unavailable): their clients get a service_unavailable error object, their streams then [DONE]
             await host.DisposeAsync(); // the HTTP responses finish, then the listener closes
             Console.Error.WriteLine("stopped.");
         }

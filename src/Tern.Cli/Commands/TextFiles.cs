@@ -2,8 +2,9 @@ using System.Text;
 
 namespace Tern.Cli.Commands;
 
-/// <summary>Text inputs (--text, --input, --prompt-file): read as strict UTF-8, so that a binary file (a token file, a
-/// checkpoint) is refused by name instead of being scored or trained on as replacement characters.</summary>
+/// <summary>Text inputs (--text, --input of tokenizer train and encode, --prompt-file): read as strict UTF-8, so that a
+/// binary file (a token file, a checkpoint) is refused by name instead of being scored or trained on as replacement
+/// characters.</summary>
 internal static class TextFiles
 {
     static readonly UTF8Encoding Strict = new(encoderShouldEmitUTF8Identifier: false, throwOnInvalidBytes: true);

@@ -72,7 +72,10 @@ internal static class TokenizerCommand
             lastLine = line;
             Console.Error.Write($"\r{line}   ");
         });
-        var result = BpeTrainer.TrainFiles(inputs, output, options, progress);
+        // Each input read as strict UTF-8 first (TextFiles), so that a binary file is refused by name before anything is written.
+        var trainer = BpeTrainer.Create(options);
+        foreach (string input in inputs) trainer.AddText(TextFiles.Read(input, "--input"), progress);
+        var result = trainer.Train(output, progress);
         Console.Error.WriteLine();
         Console.WriteLine($"wrote {result.Directory}: vocabulary {result.VocabSize} ({result.Merges} merges) from {result.Words:N0} words " +
                           $"({result.UniqueWords:N0} distinct) in {clock.Elapsed.TotalSeconds:F1} s (merging {result.Elapsed.TotalSeconds:F1} s)");

@@ -187,7 +187,8 @@ public sealed class CheckpointReader : IWeightSource
         }
     }
 
-    /// <summary>Reads and checks <c>weight_map</c>: a JSON object of tensor name to shard file name, no duplicates.</summary>
+    /// <summary>Reads and checks <c>weight_map</c>: a JSON object of tensor name to shard file name, no duplicates, its text
+    /// Unicode; every failure names the index file.</summary>
     static List<KeyValuePair<string, string>> ReadWeightMap(string indexPath)
     {
         byte[] bytes;
@@ -247,6 +248,13 @@ public sealed class CheckpointReader : IWeightSource
         catch (JsonException ex)
         {
             throw new CheckpointException($"{indexPath}: the index is not valid JSON: {ex.Message}", ex);
+        }
+        catch (InvalidOperationException ex)
+        {
+            // The reader checks structure, not the text of names and strings: invalid UTF-8 bytes or a lone surrogate escape
+            // only fail when a name or value is read, without the file.
+            throw new CheckpointException($"{indexPath}: the index holds text that is not valid UTF-8 (invalid bytes, or a lone surrogate " +
+                $"such as \\ud800): {ex.Message}", ex);
         }
         return result;
     }

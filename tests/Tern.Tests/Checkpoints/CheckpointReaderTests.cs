@@ -172,6 +172,24 @@ public sealed class CheckpointReaderTests
         Assert.Contains(fragment, ex.Message);
     }
 
+    /// <summary>An index whose text is not Unicode — invalid UTF-8 bytes in a tensor name, or a lone surrogate escaped in a
+    /// shard name — names the index (issue 18: "Cannot transcode invalid UTF-8 JSON text", without the file).</summary>
+    [Theory]
+    [InlineData(new byte[] { 0xFF, 0xFE }, "model.norm.weight")]
+    [InlineData(new byte[] { (byte)'\\', (byte)'u', (byte)'d', (byte)'8', (byte)'0', (byte)'0' }, "model-00001-of-00004.safetensors")]
+    public void AnIndexThatIsNotUnicodeNamesTheFile(byte[] inserted, string after)
+    {
+        using var dir = CopyOfShardedFixture();
+        string path = dir.File(CheckpointReader.IndexFileName);
+        byte[] bytes = File.ReadAllBytes(path);
+        int at = bytes.AsSpan().IndexOf(System.Text.Encoding.UTF8.GetBytes("\"" + after + "\"")) + 1;
+        Assert.True(at > 0, $"the fixture's index has no \"{after}\"");
+        File.WriteAllBytes(path, [.. bytes[..at], .. inserted, .. bytes[at..]]);
+        var ex = Assert.Throws<CheckpointException>(() => CheckpointReader.Open(dir.Path));
+        Assert.Contains(path, ex.Message);
+        Assert.Contains("UTF-8", ex.Message);
+    }
+
     [Fact]
     public void InvalidShardNamesTheShard()
     {

@@ -14,6 +14,7 @@ public sealed class OutputPathTests
     [InlineData("eval stream", "eval")]
     [InlineData("eval budget", "eval")]
     [InlineData("eval choice", "eval")]
+    [InlineData("offload calibrate", "hardware-profile.json")]
     public void DefaultsAreAPerUserFolder(string command, string name)
     {
         var (code, help, _) = Run(command.Split(' ').Append("--help").ToArray());

@@ -302,6 +302,38 @@ public sealed class OpenAiServerTests : IAsyncLifetime
         await AssertStillServing();
     }
 
+    /// <summary>Degenerate sampling settings never fail a request (issue 18: temperature or repetition_penalty 1e-38 was a 500
+    /// carrying libtorch's "probability tensor contains either inf, nan or element &lt; 0" and its native stack): a tiny
+    /// temperature is greedy, streamed or not; a tiny penalty still generates every token asked for. This fixture's logits are
+    /// small: 1e-38 alone does not overflow them, 1e-42 and 5e-324 do.</summary>
+    [Theory]
+    [InlineData("1e-38")]
+    [InlineData("1e-42")]
+    [InlineData("5e-324")]
+    public async Task TinyTemperaturesAndPenaltiesAreServed(string tiny)
+    {
+        string Body(string fields) => $$"""{"model":"tiny","prompt":"Once upon a time","max_tokens":12,"ignore_eos":true,{{fields}}}""";
+        var (code, greedy) = await Post("/v1/completions", Body("\"temperature\":0"));
+        Assert.Equal(HttpStatusCode.OK, code);
+        string expected = greedy.GetProperty("choices")[0].GetProperty("text").GetString()!;
+        foreach (string fields in new[] { $"\"temperature\":{tiny},\"seed\":1", $"\"temperature\":{tiny},\"seed\":2,\"stream\":true" })
+        {
+            using var response = await http.PostAsync(new Uri(server.Address, "/v1/completions"), new StringContent(Body(fields), Encoding.UTF8, "application/json"), Ct);
+            string text = await response.Content.ReadAsStringAsync(Ct);
+            Assert.True(response.StatusCode == HttpStatusCode.OK, text);
+            Assert.Equal(expected, fields.Contains("stream", StringComparison.Ordinal)
+                ? string.Concat(text.Split('\n').Where(l => l.StartsWith("data: {", StringComparison.Ordinal))
+                    .Select(l => JsonDocument.Parse(l["data: ".Length..]).RootElement.GetProperty("choices")[0].GetProperty("text").GetString()))
+                : JsonDocument.Parse(text).RootElement.GetProperty("choices")[0].GetProperty("text").GetString());
+        }
+        foreach (string fields in new[] { $"\"repetition_penalty\":{tiny},\"temperature\":1,\"seed\":3", $"\"repetition_penalty\":{tiny},\"temperature\":0" })
+        {
+            var (status, body) = await Post("/v1/completions", Body(fields));
+            Assert.True(status == HttpStatusCode.OK, body.ToString());
+            Assert.Equal(12, body.GetProperty("usage").GetProperty("completion_tokens").GetInt32());
+        }
+    }
+
     /// <summary>An unexpected failure reaches the client as an OpenAI error object with a request id and none of the internal
     /// message (issue 18: libtorch asserts with stack frames and paths), and the server log gets the id and the exception.</summary>
     [Fact]
@@ -338,6 +370,41 @@ public sealed class OpenAiServerTests : IAsyncLifetime
         using var after = await client.PostAsync(new Uri(busy.Address, "/v1/completions"), new StringContent("""{"model":"tern","prompt":"hi","max_tokens":3}"""), Ct);
         Assert.Equal(HttpStatusCode.OK, after.StatusCode);
         Assert.Equal(1, small.Stats.CancelledRequests);
+    }
+
+    /// <summary>Requests the server ends because it stops (<c>tern serve</c>'s drain deadline passed, then the engine is
+    /// disposed) end as refused, not failed: a running stream gets a <c>service_unavailable</c> error event and [DONE], a whole
+    /// reply a 503; neither is an internal error, and the log records no 500 (issue 18).</summary>
+    [Fact]
+    public async Task RequestsEndedByTheServerStoppingAreUnavailableNotInternalErrors()
+    {
+        using var longer = new ServingFixture(context: 2048);
+        var log = new StringWriter();
+        var stopping = ServingEngine.Start(longer.Model, longer.Tokenizer, new ServingOptions { MaxBatchSize = 2, MaxNewTokens = 2000 });
+        await using var host = await TernServer.StartAsync(stopping, new ServerOptions { Port = 0, Log = TextWriter.Synchronized(log) }, Ct);
+        using var client = new HttpClient();
+        const string Body = """{"model":"tern","prompt":"hi","max_tokens":2000,"ignore_eos":true,"temperature":0""";
+        using var request = new HttpRequestMessage(HttpMethod.Post, new Uri(host.Address, "/v1/completions"))
+        {
+            Content = new StringContent(Body + ""","stream":true}""", Encoding.UTF8, "application/json"),
+        };
+        using var response = await client.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, Ct);
+        var events = ServerSentEvents.Read(await response.Content.ReadAsStreamAsync(Ct), Ct).GetAsyncEnumerator(Ct);
+        Assert.True(await events.MoveNextAsync()); // the stream is running
+        var whole = client.PostAsync(new Uri(host.Address, "/v1/completions"), new StringContent(Body + "}", Encoding.UTF8, "application/json"), Ct);
+        await ServingEngineTests.WaitFor(() => stopping.Stats.Running == 2);
+        stopping.Dispose();
+
+        var rest = new List<string> { events.Current };
+        while (await events.MoveNextAsync()) rest.Add(events.Current);
+        Assert.Equal("[DONE]", rest[^1]);
+        var error = JsonDocument.Parse(rest[^2]).RootElement.GetProperty("error");
+        Assert.Equal("service_unavailable", error.GetProperty("code").GetString());
+        Assert.DoesNotContain("request id", error.GetProperty("message").GetString());
+        using var refused = await whole;
+        Assert.Equal(HttpStatusCode.ServiceUnavailable, refused.StatusCode);
+        Assert.Equal("service_unavailable", JsonDocument.Parse(await refused.Content.ReadAsStringAsync(Ct)).RootElement.GetProperty("error").GetProperty("code").GetString());
+        Assert.DoesNotContain(" 500 ", log.ToString());
     }
 
     async Task AssertStillServing()
