@@ -8,7 +8,7 @@ namespace Tern.Interop;
 
 /// <summary>
 /// The CPU's versions of <c>Kernels/fused.cu</c>'s RMSNorm, rotary (in place) and gated activation on tensor data pointers,
-/// and bf16 linear maps through MKL's <c>cblas_gemm_bf16bf16f32</c>. A decode step on the CPU at batch 1 is mostly libtorch
+/// and decode-sized linear maps through MKL's GEMMs, split over the cores. A decode step on the CPU at batch 1 is mostly libtorch
 /// dispatch and allocation around a few small GEMVs (a profile of the default model: about 70% of the main thread): each
 /// kernel here does in one pass what the composite path does in 3–9 libtorch ops; and libtorch's own bf16 linear map was
 /// 2–4× slower than calling MKL's bf16 GEMM, which the libtorch library exports, in most timings of the default model's shapes
@@ -172,19 +172,23 @@ internal static unsafe partial class CpuKernels
     };
 
     /// <summary>
-    /// y = x·Wᵀ (+ bias) (+ residual) for bf16 x [..., K] and W [N, K] (contiguous): up to 16 rows through MKL's bf16 GEMM,
-    /// more through fp32 operands; fp32 accumulation, rounded as the composite path rounds: round(round(x·Wᵀ + b) + residual).
-    /// False for other types, or where the libtorch library does not export the GEMM.
+    /// y = x·Wᵀ (+ bias) (+ residual) for x [..., K] and W [N, K] (contiguous, one type). Decode-sized products (up to 16 rows)
+    /// call MKL (exported by the libtorch library) directly: bf16 through its bf16 GEMM at any size, fp32 when W is large
+    /// enough to split; a large W is split into column blocks, one per core. bf16 prefills take fp32 operands. fp32
+    /// accumulation, rounded as the composite path rounds: round(round(x·Wᵀ + b) + residual). False for other types, small
+    /// fp32 products and fp32 prefills (libtorch's one MKL call is as fast there), or where the library lacks the GEMM.
     /// </summary>
     public static bool TryLinear(Tensor x, Tensor weight, Tensor? bias, Tensor? residual, out Tensor y)
     {
         y = null!;
-        if (!Usable(x) || x.dtype != ScalarType.BFloat16 || !weight.is_contiguous() || weight.dtype != x.dtype || weight.dim() != 2) return false;
+        if (!Usable(x) || !weight.is_contiguous() || weight.dtype != x.dtype || weight.dim() != 2) return false;
+        bool bf16 = x.dtype == ScalarType.BFloat16;
         long n = weight.shape[0], k = weight.shape[1];
         if (x.shape[^1] != k) return false;
         long m = x.NumberOfElements / k;
-        if (m > LargestBf16GemmRows)
+        if (m > LargestDecodeRows)
         {
+            if (!bf16) return false;
             // A prefill: both operands widened to fp32 (one pass over the weight) for MKL's fp32 GEMM, 1.2–1.5× faster than
             // libtorch's bf16 path on the default model's 128-token prefill, level with an fp32 model's.
             using var scope = torch.NewDisposeScope();
@@ -193,7 +197,9 @@ internal static unsafe partial class CpuKernels
             y = (residual is null ? rounded : residual + rounded).MoveToOuterDisposeScope();
             return true;
         }
-        if (MklUnavailable) return false;
+        // fp32 only: MKL's bf16 GEMM on a CPU without bf16 arithmetic was slower split (the 1.1B shape's batch-1 step 613 → 728 ms).
+        int parts = !bf16 && n * k >= SplitElements ? CoreTeam.Shared.Size : 1;
+        if (MklUnavailable || (!bf16 && parts == 1)) return false;
         if (bias is not null && (!bias.is_contiguous() || bias.dtype != x.dtype || bias.NumberOfElements != n)) return false;
         if (residual is not null && (!residual.is_contiguous() || residual.dtype != x.dtype || residual.NumberOfElements != m * n)) return false;
         var shape = x.shape.ToArray();
@@ -206,9 +212,10 @@ internal static unsafe partial class CpuKernels
             {
                 try
                 {
-                    GemmBf16(RowMajor, NoTrans, Trans, m, n, k, 1f, (IntPtr)Ptr(x), k, (IntPtr)Ptr(weight), k, 0f, (IntPtr)accumulated, n);
+                    Products(bf16, m, n, k, Ptr(x), Ptr(weight), accumulated, parts);
                 }
-                catch (Exception e) when (e is EntryPointNotFoundException or DllNotFoundException)
+                catch (Exception e) when (e is EntryPointNotFoundException or DllNotFoundException
+                    || e is AggregateException { InnerException: EntryPointNotFoundException or DllNotFoundException })
                 {
                     MklUnavailable = true;
                     return false;
@@ -219,7 +226,8 @@ internal static unsafe partial class CpuKernels
                     Accumulated = accumulated, Bias = bias is null ? null : Ptr(bias), Residual = residual is null ? null : Ptr(residual),
                     Y = Ptr(y), N = (int)n,
                 };
-                Run<LinearOutputJob, Bf16>(ref job, m, m * n);
+                if (bf16) Run<LinearOutputJob, Bf16>(ref job, m, m * n);
+                else Run<LinearOutputJob, F32>(ref job, m, m * n);
                 return true;
             }
         }
@@ -229,16 +237,75 @@ internal static unsafe partial class CpuKernels
         }
     }
 
+    /// <summary>accumulated [m, n] = x [m, k] · W [n, k]ᵀ in fp32, W's rows split into <paramref name="parts"/> blocks computed
+    /// side by side: MKL runs products of a few rows on one thread (a GEMV-shaped call never uses the second core), so the
+    /// cores share the weight's bytes instead.</summary>
+    static void Products(bool bf16, long m, long n, long k, byte* x, byte* weight, float* accumulated, int parts)
+    {
+        long size = bf16 ? 2 : 4;
+        if (parts == 1)
+        {
+            Block(bf16, m, n, 0, n, k, x, weight, accumulated);
+            return;
+        }
+        // Blocks of whole cache lines of output (16 floats), so that the parts never write one line; MKL sequential in each part
+        // (its own threads on top of the team's oversubscribe the cores: 1.2× slower than unsplit at eight rows).
+        nint px = (nint)x, pw = (nint)weight, pa = (nint)accumulated;
+        CoreTeam.Shared.Run(p =>
+        {
+            long from = n * p / parts / 16 * 16, to = p == parts - 1 ? n : n * (p + 1) / parts / 16 * 16;
+            if (to <= from) return;
+            int sequential = 1;
+            int previous = MklThreadsLocal(&sequential);
+            try
+            {
+                Block(bf16, m, n, from, to, k, (byte*)px, (byte*)pw + from * k * size, (float*)pa);
+            }
+            finally
+            {
+                MklThreadsLocal(&previous);
+            }
+        });
+    }
+
+    /// <summary>Columns [from, to) of accumulated [m, n] from W's rows [from, to) (<paramref name="weightRows"/> points at row
+    /// <paramref name="from"/>).</summary>
+    static void Block(bool bf16, long m, long n, long from, long to, long k, byte* x, byte* weightRows, float* accumulated)
+    {
+        if (bf16)
+        {
+            GemmBf16(RowMajor, NoTrans, Trans, m, to - from, k, 1f, (IntPtr)x, k, (IntPtr)weightRows, k, 0f, (IntPtr)(accumulated + from), n);
+            return;
+        }
+        // Fortran's column-major view of the same product: accumulatedᵀ [n, m] = W [n, k] · xᵀ (the cblas sgemm is not exported).
+        byte transW = (byte)'T', transX = (byte)'N';
+        int rows = (int)(to - from), cols = (int)m, inner = (int)k, ldw = (int)k, ldx = (int)k, lda = (int)n;
+        float one = 1, zero = 0;
+        Sgemm(&transW, &transX, &rows, &cols, &inner, &one, (float*)weightRows, &ldw, (float*)x, &ldx, &zero, accumulated + from, &lda);
+    }
+
     static bool MklUnavailable;
-    // MKL's bf16 GEMM for decode-sized products only: at 128 rows (a prefill, 1408×384) it was no faster than libtorch's path
-    // (925–959 against 854–969 µs) and slower than widening to fp32 (593–625 µs). A single-threaded AVX-512 bf16 GEMV beat MKL's
-    // on small weights in isolation and was not faster in the decode step, as the AVX2 fp32 one before it.
-    const long LargestBf16GemmRows = 16;
+    // Decode-sized products only: MKL's bf16 GEMM at 128 rows (a prefill, 1408×384) was no faster than libtorch's path
+    // (925–959 against 854–969 µs) and slower than widening to fp32 (593–625 µs); MKL threads its own fp32 GEMM at such sizes.
+    // A single-threaded AVX-512 bf16 GEMV beat MKL's on small weights in isolation and was not faster in the decode step, as
+    // the AVX2 fp32 one before it.
+    const long LargestDecodeRows = 16;
+    // Weights (elements) from which an fp32 decode product is split over the cores. Eight 5632×2048 weights on the development
+    // machine's two cores: one row 11.0–15.3 ms split against libtorch's 21.9–23.3, eight rows 33.4–37.9 against 51.6–57.7.
+    // Below, the hand-off to a second thread costs about what it saves (mixed timings at 1152×384 and 8192×384).
+    const long SplitElements = 4L << 20;
     const int RowMajor = 101, NoTrans = 111, Trans = 112;
 
     [LibraryImport("libtorch_cpu", EntryPoint = "cblas_gemm_bf16bf16f32")]
     private static partial void GemmBf16(int layout, int transA, int transB, long m, long n, long k, float alpha, IntPtr a, long lda,
         IntPtr b, long ldb, float beta, IntPtr c, long ldc);
+
+    [LibraryImport("libtorch_cpu", EntryPoint = "MKL_SET_NUM_THREADS_LOCAL")]
+    private static partial int MklThreadsLocal(int* n);
+
+    [LibraryImport("libtorch_cpu", EntryPoint = "SGEMM")]
+    private static partial void Sgemm(byte* transA, byte* transB, int* m, int* n, int* k, float* alpha, float* a, int* lda, float* b,
+        int* ldb, float* beta, float* c, int* ldc);
 
     struct LinearOutputJob : IRowJob
     {

@@ -135,7 +135,7 @@ internal static unsafe partial class FusedKernels
     /// <summary>
     /// y = x·Wᵀ (+ bias) (+ residual) for a single row x (decode at batch 1), 16-bit types only: cuBLAS reads W well below the
     /// memory bandwidth at one row. Returns false for more rows, fp32, or shapes the kernel does not take (K % 8 ≠ 0). On the
-    /// CPU: bf16 of any number of rows (<see cref="CpuKernels.TryLinear"/>).
+    /// CPU: <see cref="CpuKernels.TryLinear"/>.
     /// </summary>
     public static bool TryGemv(Tensor x, Tensor weight, Tensor? bias, Tensor? residual, out Tensor y)
     {

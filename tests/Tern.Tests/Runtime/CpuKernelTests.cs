@@ -138,6 +138,30 @@ public class CpuKernelTests
         Assert.False(FusedKernels.TryGemv(x.to(ScalarType.Float32), w.to(ScalarType.Float32), null, null, out _)); // fp32: libtorch's MKL call already
     }
 
+    [Theory]
+    [InlineData("fp32", 1)]
+    [InlineData("fp32", 5)]
+    [InlineData("bf16", 1)]
+    [InlineData("bf16", 5)]
+    public void LargeDecodeProductsAreSplitOverTheCoresAndMatchTheComposite(string typeName, int rows)
+    {
+        using var scope = torch.NewDisposeScope();
+        using var noGrad = torch.no_grad();
+        var type = TypeOf(typeName);
+        // 2072×2048 passes the split threshold (4M elements); 2072 rows of W do not halve into whole 16-column blocks.
+        var x = Random(type, 1, rows, 2048);
+        var w = Random(type, 2072, 2048);
+        var bias = Random(type, 2072);
+        var residual = Random(type, 1, rows, 2072);
+        Assert.True(FusedKernels.TryGemv(x, w, bias, residual, out var fused));
+        var expected = residual + F.linear(x, w, bias);
+        Assert.Equal(expected.shape, fused.shape);
+        Assert.Equal(type, fused.dtype);
+        double worst = (expected.to(ScalarType.Float32) - fused.to(ScalarType.Float32)).abs().max().item<float>();
+        double scale = expected.to(ScalarType.Float32).abs().max().item<float>();
+        Assert.True(worst <= scale * (type == ScalarType.BFloat16 ? 1.0 / 64 : 1e-5), $"difference {worst} of {scale}");
+    }
+
     static string DefaultModel => Path.GetFullPath(Path.Combine(Fixtures.Root, "..", "..", "models", "default"));
 
     [Fact]

@@ -1,0 +1,30 @@
+using Tern.Interop;
+
+namespace Tern.Tests.Runtime;
+
+/// <summary>The CPU kernels' team of threads: every part runs once a run, on as many threads as the team has; a part's
+/// exception reaches the caller and the team keeps working.</summary>
+public class CoreTeamTests
+{
+    [Fact]
+    public void EveryPartRunsOnceARun()
+    {
+        var team = CoreTeam.Shared;
+        var counts = new int[team.Size];
+        for (int run = 0; run < 2000; run++) team.Run(p => Interlocked.Increment(ref counts[p]));
+        Assert.All(counts, c => Assert.Equal(2000, c));
+    }
+
+    [Fact]
+    public void APartsExceptionReachesTheCallerAndTheTeamGoesOn()
+    {
+        var team = CoreTeam.Shared;
+        int failing = team.Size - 1; // a worker's part where there is one, else the caller's
+        var e = Record.Exception(() => team.Run(p => { if (p == failing) throw new InvalidOperationException("part failed"); }));
+        Assert.NotNull(e);
+        Assert.Contains("part failed", e is AggregateException a ? a.InnerException!.Message : e.Message);
+        int ran = 0;
+        team.Run(_ => Interlocked.Increment(ref ran));
+        Assert.Equal(team.Size, ran);
+    }
+}
