@@ -114,17 +114,18 @@ public class CpuKernelTests
     }
 
     [Theory]
-    [InlineData(1, false, false)]
-    [InlineData(1, true, true)]
-    [InlineData(7, true, false)]
-    [InlineData(7, false, true)]
-    [InlineData(40, true, true)] // a prefill: widened to fp32
-    public void Bf16LinearMatchesTheComposite(int rows, bool withBias, bool withResidual)
+    [InlineData(1, false, false, 72)]
+    [InlineData(1, true, true, 72)]
+    [InlineData(7, true, false, 72)]
+    [InlineData(7, false, true, 72)]
+    [InlineData(6, true, true, 75)] // a width that is not a whole number of vectors
+    [InlineData(40, true, true, 72)] // a prefill: widened to fp32
+    public void Bf16LinearMatchesTheComposite(int rows, bool withBias, bool withResidual, int width)
     {
         using var scope = torch.NewDisposeScope();
         using var noGrad = torch.no_grad();
-        var x = Random(ScalarType.BFloat16, 1, rows, 72);
-        var w = Random(ScalarType.BFloat16, 45, 72);
+        var x = Random(ScalarType.BFloat16, 1, rows, width);
+        var w = Random(ScalarType.BFloat16, 45, width);
         var bias = withBias ? Random(ScalarType.BFloat16, 45) : null;
         var residual = withResidual ? Random(ScalarType.BFloat16, 1, rows, 45) : null;
         Assert.True(FusedKernels.TryGemv(x, w, bias, residual, out var fused));
