@@ -8,7 +8,7 @@ namespace Tern.Interop;
 
 /// <summary>
 /// The CPU's versions of <c>Kernels/fused.cu</c>'s RMSNorm, rotary (in place) and gated activation on tensor data pointers,
-/// and decode-sized linear maps through MKL's GEMMs, split over the cores. A decode step on the CPU at batch 1 is mostly libtorch
+/// and linear maps through MKL's GEMMs or an own bf16 kernel, split over the cores. A decode step on the CPU at batch 1 is mostly libtorch
 /// dispatch and allocation around a few small GEMVs (a profile of the default model: about 70% of the main thread): each
 /// kernel here does in one pass what the composite path does in 3–9 libtorch ops; and libtorch's own bf16 linear map was
 /// 2–4× slower than calling MKL's bf16 GEMM, which the libtorch library exports, in most timings of the default model's shapes
@@ -172,12 +172,12 @@ internal static unsafe partial class CpuKernels
     };
 
     /// <summary>
-    /// y = x·Wᵀ (+ bias) (+ residual) for x [..., K] and W [N, K] (contiguous, one type). Decode-sized products (up to 16 rows)
-    /// call MKL (exported by the libtorch library) directly: bf16 through its bf16 GEMM at any size, fp32 when W is large
-    /// enough to split; a large W is split into column blocks, one per core. bf16 prefills widen both operands to fp32 for
-    /// MKL's fp32 GEMM. fp32
-    /// accumulation, rounded as the composite path rounds: round(round(x·Wᵀ + b) + residual). False for other types, small
-    /// fp32 products and fp32 prefills (libtorch's one MKL call is as fast there), or where the library lacks the GEMM.
+    /// y = x·Wᵀ (+ bias) (+ residual) for x [..., K] and W [N, K] (contiguous, one type). Decode-sized products (up to 16 rows):
+    /// fp32 when W is large enough to split into a column block per core, each through MKL (exported by the libtorch library);
+    /// bf16 through MKL's bf16 GEMM where the CPU has bf16 arithmetic, else widened in registers (<see cref="WidenedProducts"/>).
+    /// bf16 prefills widen both operands to fp32 for MKL's fp32 GEMM. fp32 accumulation, rounded as the composite path rounds:
+    /// round(round(x·Wᵀ + b) + residual). False for other types, small fp32 products and fp32 prefills (libtorch's one MKL call
+    /// is as fast there), or where the library lacks the GEMM.
     /// </summary>
     public static bool TryLinear(Tensor x, Tensor weight, Tensor? bias, Tensor? residual, out Tensor y)
     {

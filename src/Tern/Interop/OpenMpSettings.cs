@@ -7,8 +7,8 @@ namespace Tern.Interop;
 /// <summary>
 /// libtorch's CPU threads (GNU OpenMP) spin after every parallel region by default, holding the other cores while the decode
 /// step goes on: the CPU kernels' own split of a linear map over the cores (<see cref="CoreTeam"/>) then shares its core with
-/// a spinning thread. Told to sleep at once (<c>OMP_WAIT_POLICY=PASSIVE</c>), the 1.1B shape's fp32 decode step fell from
-/// 220–239 to 149–179 ms at batch 1 and from 594–651 to 420–455 ms at batch 8 on the 2-core development machine.
+/// a spinning thread. The 1.1B shape's fp32 decode step on the 2-core development machine, batch 1 / 8: 286–300 / 641–667 ms
+/// split beside spinning threads (unsplit 220–239 / 639–651), 149–179 / 410–455 ms once they sleep (<c>OMP_WAIT_POLICY=PASSIVE</c>).
 /// libgomp reads the variable once, when it is loaded, so it is set when this assembly is loaded, before Tern touches
 /// libtorch; a value the user set is kept.
 /// </summary>
