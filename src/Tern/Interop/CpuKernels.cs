@@ -190,7 +190,7 @@ internal static unsafe partial class CpuKernels
         bool prefill = m > LargestDecodeRows;
         if (prefill && !bf16) return false;
         // MKL's bf16 GEMM is split only where it is emulated: a CPU with bf16 arithmetic runs it on its own threads.
-        int parts = n * k >= SplitElements && !(bf16 && NativeBf16) && !prefill ? CoreTeam.Shared.Size : 1;
+        int parts = n * k >= SplitElements && !(bf16 && UseMklBf16) && !prefill ? CoreTeam.Shared.Size : 1;
         if (MklUnavailable || (!bf16 && parts == 1)) return false;
         if (bias is not null && (!bias.is_contiguous() || bias.dtype != x.dtype || bias.NumberOfElements != n)) return false;
         if (residual is not null && (!residual.is_contiguous() || residual.dtype != x.dtype || residual.NumberOfElements != m * n)) return false;
@@ -236,7 +236,7 @@ internal static unsafe partial class CpuKernels
     static void Products(bool bf16, long m, long n, long k, byte* x, byte* weight, float* accumulated, int parts)
     {
         long size = bf16 ? 2 : 4;
-        if (bf16 && !NativeBf16)
+        if (bf16 && !UseMklBf16)
         {
             WidenedProducts(m, n, k, x, weight, accumulated, parts);
             return;
@@ -420,6 +420,12 @@ internal static unsafe partial class CpuKernels
 
     /// <summary>Whether the CPU has bf16 arithmetic (AVX512_BF16: CPUID leaf 7, sub-leaf 1, EAX bit 5), which MKL's bf16 GEMM
     /// uses; without it MKL emulates it slowly and <see cref="WidenedProducts"/> takes its place.</summary>
+    static bool UseMklBf16 => NativeBf16 && !WidenBf16Everywhere;
+
+    /// <summary>Takes <see cref="WidenedProducts"/> for bf16 on any CPU: for tests, so that the kernel is checked on hosts with
+    /// bf16 arithmetic too.</summary>
+    internal static bool WidenBf16Everywhere { get; set; }
+
     static readonly bool NativeBf16 = System.Runtime.Intrinsics.X86.X86Base.IsSupported
         && System.Runtime.Intrinsics.X86.X86Base.CpuId(7, 0).Eax >= 1
         && (System.Runtime.Intrinsics.X86.X86Base.CpuId(7, 1).Eax & (1 << 5)) != 0;

@@ -163,6 +163,33 @@ public class CpuKernelTests
         Assert.True(worst <= scale * (type == ScalarType.BFloat16 ? 1.0 / 64 : 1e-5), $"difference {worst} of {scale}");
     }
 
+    [Theory]
+    [InlineData(1, 72, 45)]
+    [InlineData(6, 75, 45)]
+    [InlineData(3, 2048, 2072)] // split over the cores
+    public void WidenedBf16ProductsMatchTheCompositeOnEveryCpu(int rows, int width, int outputs)
+    {
+        // The widening kernel is what CPUs without bf16 arithmetic take; forced here so that hosts with it check it as well.
+        CpuKernels.WidenBf16Everywhere = true;
+        try
+        {
+            using var scope = torch.NewDisposeScope();
+            using var noGrad = torch.no_grad();
+            var x = Random(ScalarType.BFloat16, 1, rows, width);
+            var w = Random(ScalarType.BFloat16, outputs, width);
+            var bias = Random(ScalarType.BFloat16, outputs);
+            var residual = Random(ScalarType.BFloat16, 1, rows, outputs);
+            Assert.True(FusedKernels.TryGemv(x, w, bias, residual, out var fused));
+            var expected = residual + F.linear(x, w, bias);
+            double worst = (expected.to(ScalarType.Float32) - fused.to(ScalarType.Float32)).abs().max().item<float>();
+            Assert.True(worst <= expected.to(ScalarType.Float32).abs().max().item<float>() / 64, $"difference {worst}");
+        }
+        finally
+        {
+            CpuKernels.WidenBf16Everywhere = false;
+        }
+    }
+
     static string DefaultModel => Path.GetFullPath(Path.Combine(Fixtures.Root, "..", "..", "models", "default"));
 
     [Fact]
