@@ -63,6 +63,18 @@ internal sealed class CoreTeam
         }
     }
 
+    /// <summary>Runs <paramref name="range"/>(from, to) over [0, <paramref name="count"/>) cut into a part per thread, each
+    /// bound a multiple of <paramref name="align"/> (the last part takes the rest); empty parts are skipped.</summary>
+    public void Split(long count, long align, Action<long, long> range)
+    {
+        int parts = Size;
+        Run(p =>
+        {
+            long from = count * p / parts / align * align, to = p == parts - 1 ? count : count * (p + 1) / parts / align * align;
+            if (to > from) range(from, to);
+        });
+    }
+
     void Work(int part)
     {
         var signal = start[part - 1];

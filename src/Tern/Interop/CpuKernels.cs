@@ -19,7 +19,7 @@ namespace Tern.Interop;
 /// </summary>
 internal static unsafe partial class CpuKernels
 {
-    // Work (elements touched) past which a kernel splits its rows over the thread pool; below it one thread is faster.
+    // Work (elements touched) past which a kernel splits its rows over the cores; below it one thread is faster.
     const long ParallelWork = 1 << 21;
 
     static bool Usable(Tensor t) => t.device.type == DeviceType.CPU && t.dtype is ScalarType.Float32 or ScalarType.BFloat16
@@ -190,8 +190,8 @@ internal static unsafe partial class CpuKernels
         bool prefill = m > LargestDecodeRows;
         if (prefill && !bf16) return false;
         // MKL's bf16 GEMM is split only where it is emulated: a CPU with bf16 arithmetic runs it on its own threads.
-        int parts = n * k >= SplitElements && !(bf16 && UseMklBf16) && !prefill ? CoreTeam.Shared.Size : 1;
-        if (MklUnavailable || (!bf16 && parts == 1)) return false;
+        bool split = n * k >= SplitElements && !(bf16 && UseMklBf16) && !prefill && CoreTeam.Shared.Size > 1;
+        if (MklUnavailable || (!bf16 && !split)) return false;
         if (bias is not null && (!bias.is_contiguous() || bias.dtype != x.dtype || bias.NumberOfElements != n)) return false;
         if (residual is not null && (!residual.is_contiguous() || residual.dtype != x.dtype || residual.NumberOfElements != m * n)) return false;
         var shape = x.shape.ToArray();
@@ -205,7 +205,7 @@ internal static unsafe partial class CpuKernels
                 try
                 {
                     if (prefill) WidenedGemm(m, n, k, Ptr(x), Ptr(weight), accumulated);
-                    else Products(bf16, m, n, k, Ptr(x), Ptr(weight), accumulated, parts);
+                    else Products(bf16, m, n, k, Ptr(x), Ptr(weight), accumulated, split);
                 }
                 catch (Exception e) when (e is EntryPointNotFoundException or DllNotFoundException
                     || e is AggregateException { InnerException: EntryPointNotFoundException or DllNotFoundException })
@@ -230,29 +230,27 @@ internal static unsafe partial class CpuKernels
         }
     }
 
-    /// <summary>accumulated [m, n] = x [m, k] · W [n, k]ᵀ in fp32, W's rows split into <paramref name="parts"/> blocks computed
-    /// side by side: MKL runs products of a few rows on one thread (a GEMV-shaped call never uses the second core), so the
-    /// cores share the weight's bytes instead.</summary>
-    static void Products(bool bf16, long m, long n, long k, byte* x, byte* weight, float* accumulated, int parts)
+    /// <summary>accumulated [m, n] = x [m, k] · W [n, k]ᵀ in fp32, W's rows split (<paramref name="split"/>) into a block per
+    /// core computed side by side: MKL runs products of a few rows on one thread (a GEMV-shaped call never uses the second
+    /// core), so the cores share the weight's bytes instead.</summary>
+    static void Products(bool bf16, long m, long n, long k, byte* x, byte* weight, float* accumulated, bool split)
     {
-        long size = bf16 ? 2 : 4;
         if (bf16 && !UseMklBf16)
         {
-            WidenedProducts(m, n, k, x, weight, accumulated, parts);
+            WidenedProducts(m, n, k, x, weight, accumulated, split);
             return;
         }
-        if (parts == 1)
+        if (!split)
         {
             Block(bf16, m, n, 0, n, k, x, weight, accumulated);
             return;
         }
         // Blocks of whole cache lines of output (16 floats), so that the parts never write one line; MKL sequential in each part
         // (its own threads on top of the team's oversubscribe the cores: 1.2× slower than unsplit at eight rows).
+        long size = bf16 ? 2 : 4;
         nint px = (nint)x, pw = (nint)weight, pa = (nint)accumulated;
-        CoreTeam.Shared.Run(p =>
+        CoreTeam.Shared.Split(n, 16, (from, to) =>
         {
-            long from = n * p / parts / 16 * 16, to = p == parts - 1 ? n : n * (p + 1) / parts / 16 * 16;
-            if (to <= from) return;
             int sequential = 1;
             int previous = MklThreadsLocal(&sequential);
             try
@@ -288,7 +286,7 @@ internal static unsafe partial class CpuKernels
     /// widened in registers (two bytes a weight from memory against fp32's four) for up to four rows of x at a time, x widened
     /// to fp32 once; the weight's rows split over the cores.
     /// </summary>
-    static void WidenedProducts(long m, long n, long k, byte* x, byte* weight, float* accumulated, int parts)
+    static void WidenedProducts(long m, long n, long k, byte* x, byte* weight, float* accumulated, bool split)
     {
         float[] wide = System.Buffers.ArrayPool<float>.Shared.Rent((int)(m * k));
         try
@@ -297,9 +295,8 @@ internal static unsafe partial class CpuKernels
             {
                 Widen((ushort*)x, xs, m * k);
                 nint px = (nint)xs, pw = (nint)weight, pa = (nint)accumulated;
-                if (parts == 1) WidenedRows(m, n, k, xs, weight, accumulated, 0, n);
-                else CoreTeam.Shared.Run(p => WidenedRows(m, n, k, (float*)px, (byte*)pw, (float*)pa, n * p / parts / 16 * 16,
-                    p == parts - 1 ? n : n * (p + 1) / parts / 16 * 16));
+                if (split) CoreTeam.Shared.Split(n, 16, (from, to) => WidenedRows(m, n, k, (float*)px, (byte*)pw, (float*)pa, from, to));
+                else WidenedRows(m, n, k, xs, weight, accumulated, 0, n);
             }
         }
         finally
@@ -374,14 +371,13 @@ internal static unsafe partial class CpuKernels
     /// <summary>count bf16 values widened to fp32, split over the cores when there are many.</summary>
     static void Widen(ushort* source, float* destination, long count)
     {
-        int parts = count >= SplitElements ? CoreTeam.Shared.Size : 1;
-        if (parts == 1)
+        if (count < SplitElements)
         {
             WidenRange(source, destination, 0, count);
             return;
         }
         nint ps = (nint)source, pd = (nint)destination;
-        CoreTeam.Shared.Run(p => WidenRange((ushort*)ps, (float*)pd, count * p / parts / 8 * 8, p == parts - 1 ? count : count * (p + 1) / parts / 8 * 8));
+        CoreTeam.Shared.Split(count, 8, (from, to) => WidenRange((ushort*)ps, (float*)pd, from, to));
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
@@ -389,7 +385,7 @@ internal static unsafe partial class CpuKernels
     {
         long i = from;
         for (; i + 8 <= to; i += 8) Widen8(source + i).Store(destination + i);
-        for (; i < to; i++) destination[i] = BitConverter.Int32BitsToSingle(source[i] << 16);
+        for (; i < to; i++) destination[i] = Bf16.Load((byte*)source, i);
     }
 
     /// <summary>One row: w (bf16) · x (fp32) over k, four independent sums so that the FMAs' latency overlaps.</summary>
@@ -407,7 +403,7 @@ internal static unsafe partial class CpuKernels
         }
         for (; i + 8 <= k; i += 8) a0 = Vector256.FusedMultiplyAdd(Widen8(w + i), Vector256.Load(x + i), a0);
         float sum = Vector256.Sum((a0 + a1) + (a2 + a3));
-        for (; i < k; i++) sum += BitConverter.Int32BitsToSingle(w[i] << 16) * x[i];
+        for (; i < k; i++) sum += Bf16.Load((byte*)w, i) * x[i];
         return sum;
     }
 
@@ -492,17 +488,16 @@ internal static unsafe partial class CpuKernels
         void Rows<T>(long from, long to) where T : struct, IElement;
     }
 
-    /// <summary>Runs a job over [0, rows): on this thread for small work, else in one chunk per core.</summary>
+    /// <summary>Runs a job over [0, rows): on this thread for small work, else in one chunk per core (<see cref="CoreTeam"/>).</summary>
     static void Run<TJob, T>(ref TJob job, long rows, long work) where TJob : struct, IRowJob where T : struct, IElement
     {
-        int chunks = (int)Math.Min(rows, Environment.ProcessorCount);
-        if (work < ParallelWork || chunks < 2)
+        if (work < ParallelWork || rows < 2 || CoreTeam.Shared.Size == 1)
         {
             job.Rows<T>(0, rows);
             return;
         }
         var copy = job;
-        Parallel.For(0, chunks, c => copy.Rows<T>(rows * c / chunks, rows * (c + 1) / chunks));
+        CoreTeam.Shared.Split(rows, 1, (from, to) => copy.Rows<T>(from, to));
     }
 
     /// <summary>An element type as the kernels read and write it: loads widen to fp32, stores round to the type.</summary>

@@ -15,6 +15,24 @@ public class CoreTeamTests
         Assert.All(counts, c => Assert.Equal(2000, c));
     }
 
+    [Theory]
+    [InlineData(2072, 16)]
+    [InlineData(5, 1)]
+    [InlineData(1, 8)]
+    public void SplitCoversTheRangeOnceInAlignedParts(long count, long align)
+    {
+        var covered = new int[count];
+        var bounds = new System.Collections.Concurrent.ConcurrentBag<(long From, long To)>();
+        CoreTeam.Shared.Split(count, align, (from, to) =>
+        {
+            bounds.Add((from, to));
+            for (long i = from; i < to; i++) Interlocked.Increment(ref covered[i]);
+        });
+        Assert.All(covered, c => Assert.Equal(1, c));
+        Assert.All(bounds, b => Assert.True(b.To > b.From && b.From % align == 0, $"[{b.From}, {b.To})"));
+        Assert.True(bounds.Count <= CoreTeam.Shared.Size);
+    }
+
     [Fact]
     public void APartsExceptionReachesTheCallerAndTheTeamGoesOn()
     {
