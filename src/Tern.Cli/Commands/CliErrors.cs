@@ -65,6 +65,7 @@ internal static class CliErrors
         [TernOption.InRankCheckEvery] = "--inrank-check-every",
         [TernOption.InRankStage1Steps] = "--inrank-stage1-steps",
         [TernOption.InRankInitScale] = "--inrank-init-scale",
+        [TernOption.InRankMaxRankFraction] = "--inrank-max-rank-fraction",
         [TernOption.InRankFixedRank] = "--low-rank",
     };
 

@@ -86,6 +86,8 @@ public sealed class TernOption
     public static readonly TernOption InRankStage1Steps = new("InRankOptions.Stage1Steps");
     /// <summary>Scale of InRank's initial factors.</summary>
     public static readonly TernOption InRankInitScale = new("InRankOptions.InitScale");
+    /// <summary>InRank's Rmax as a fraction of the full rank.</summary>
+    public static readonly TernOption InRankMaxRankFraction = new("InRankOptions.MaxRankFraction");
     /// <summary>The rank of the fixed-rank low-rank control.</summary>
     public static readonly TernOption InRankFixedRank = new("InRankOptions.FixedRank");
     /// <summary>Fraction of MLP neurons a sparse decode step computes (DejaVu).</summary>

@@ -329,6 +329,18 @@ public class InRankTests
     }
 
     [Fact]
+    public void RmaxFollowsTheMaxRankFraction()
+    {
+        // TinyConfig's MLP linears have full rank 32: released Rmax 16, so the rank cap is 16 − b; at fraction 1 it is 32 − b.
+        Assert.All(LowRankLayout.FromConfig(Config(Small))!.Linears.Values, f => Assert.Equal(16, f.Width));
+        Assert.All(LowRankLayout.FromConfig(Config(Small with { MaxRankFraction = 1 }))!.Linears.Values, f => Assert.Equal(32, f.Width));
+        Assert.Equal(TernOption.InRankMaxRankFraction, Assert.Throws<OptionException>(() => (Small with { MaxRankFraction = 1.5 }).Validate()).Options[0]);
+        Assert.Equal(TernOption.InRankMaxRankFraction, Assert.Throws<OptionException>(() => (Small with { MaxRankFraction = 0 }).Validate()).Options[0]);
+        var e = Assert.Throws<OptionException>(() => Config(Small with { Buffer = 14, MaxRankFraction = 0.25 })); // 2 + 14 > Rmax 8
+        Assert.Contains(TernOption.InRankMaxRankFraction, e.Options);
+    }
+
+    [Fact]
     public void RunConfigsCarryTheInRankOptions()
     {
         using var dir = new TempDir();

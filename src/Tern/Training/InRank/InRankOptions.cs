@@ -27,6 +27,9 @@ public sealed record InRankOptions
     public int InitialRank { get; init; } = 2;
     /// <summary>Components live past the rank in stage 1, b (<c>buffer_modes</c>); the rank is capped at Rmax − b.</summary>
     public int Buffer { get; init; } = 100;
+    /// <summary>Rmax, the components allocated in stage 1, as a fraction of the full rank min(m, n) (released: ½). The rank is
+    /// capped at Rmax − b: raising the fraction shows where the rule would stop on its own.</summary>
+    public double MaxRankFraction { get; init; } = 0.5;
     /// <summary>Explained-variance threshold α.</summary>
     public double Threshold { get; init; } = 0.9;
     /// <summary>Forward passes before the first rank check.</summary>
@@ -47,7 +50,7 @@ public sealed record InRankOptions
     /// <summary>The options as the run config's <c>inrank</c> object.</summary>
     public JsonObject ToJson() => new()
     {
-        ["variant"] = Variant.ToString().ToLowerInvariant(), ["initial_rank"] = InitialRank, ["buffer"] = Buffer, ["threshold"] = Threshold,
+        ["variant"] = Variant.ToString().ToLowerInvariant(), ["initial_rank"] = InitialRank, ["buffer"] = Buffer, ["max_rank_fraction"] = MaxRankFraction, ["threshold"] = Threshold,
         ["warmup"] = Warmup, ["check_every"] = CheckEvery, ["stage1_steps"] = Stage1Steps, ["init_scale"] = InitScale,
         ["moments"] = Moments.ToString().ToLowerInvariant(), ["fixed_rank"] = FixedRank,
     };
@@ -71,7 +74,8 @@ public sealed record InRankOptions
             o = key switch
             {
                 "variant" => o with { Variant = Enum<LowRankVariant>() }, "initial_rank" => o with { InitialRank = Get<int>() },
-                "buffer" => o with { Buffer = Get<int>() }, "threshold" => o with { Threshold = Get<double>() },
+                "buffer" => o with { Buffer = Get<int>() }, "max_rank_fraction" => o with { MaxRankFraction = Get<double>() },
+                "threshold" => o with { Threshold = Get<double>() },
                 "warmup" => o with { Warmup = Get<int>() }, "check_every" => o with { CheckEvery = Get<int>() },
                 "stage1_steps" => o with { Stage1Steps = Get<int>() }, "init_scale" => o with { InitScale = Get<double>() },
                 "moments" => o with { Moments = Enum<MomentHandoff>() }, "fixed_rank" => o with { FixedRank = Get<int?>() },
@@ -86,6 +90,7 @@ public sealed record InRankOptions
     {
         if (InitialRank < 1) throw new OptionException($"{TernOption.InRankInitialRank} must be at least 1 (got {InitialRank}).");
         if (Buffer < 1) throw new OptionException($"{TernOption.InRankBuffer} must be at least 1 (got {Buffer}).");
+        if (!(MaxRankFraction is > 0 and <= 1)) throw new OptionException($"{TernOption.InRankMaxRankFraction} must be in (0, 1] (got {MaxRankFraction}).");
         if (!(Threshold is > 0 and < 1)) throw new OptionException($"{TernOption.InRankThreshold} must be in (0, 1) (got {Threshold}).");
         if (Warmup < 0) throw new OptionException($"{TernOption.InRankWarmup} must not be negative (got {Warmup}).");
         if (CheckEvery < 1) throw new OptionException($"{TernOption.InRankCheckEvery} must be at least 1 (got {CheckEvery}).");

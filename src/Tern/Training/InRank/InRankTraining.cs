@@ -37,7 +37,7 @@ internal sealed class InRankTraining
 
     /// <summary>
     /// <paramref name="config"/> with a <c>low_rank</c> section for a fresh run: every MLP linear (out m, in n) allocated
-    /// Rmax = ⌊min(m, n)/2⌋ components at rank r0 (stage 1), or, with <see cref="InRankOptions.FixedRank"/>, that rank in stage 2.
+    /// Rmax = ⌊min(m, n) · <see cref="InRankOptions.MaxRankFraction"/>⌋ (released: ⌊min(m, n)/2⌋) components at rank r0 (stage 1), or, with <see cref="InRankOptions.FixedRank"/>, that rank in stage 2.
     /// </summary>
     /// <exception cref="OptionException">The architecture has no factored MLPs, or a rank or buffer does not fit a layer.</exception>
     public static HfConfig Prepare(HfConfig config, InRankOptions options)
@@ -48,7 +48,7 @@ internal sealed class InRankTraining
         var linears = new Dictionary<string, LowRankFactor>(StringComparer.Ordinal);
         foreach (var (name, outFeatures, inFeatures) in mlp.Linears)
         {
-            int full = (int)Math.Min(outFeatures, inFeatures), maxRank = full / 2;
+            int full = (int)Math.Min(outFeatures, inFeatures), maxRank = (int)(full * options.MaxRankFraction);
             if (options.FixedRank is { } rank)
             {
                 if (rank > full) throw new OptionException($"{TernOption.InRankFixedRank} {rank} is above the full rank {full} of {name} [{outFeatures}×{inFeatures}].");
@@ -57,7 +57,7 @@ internal sealed class InRankTraining
             else
             {
                 if (options.InitialRank + options.Buffer > maxRank)
-                    throw new OptionException($"{TernOption.InRankInitialRank} {options.InitialRank} + {TernOption.InRankBuffer} {options.Buffer} exceed Rmax = {maxRank} (half the full rank) of {name} [{outFeatures}×{inFeatures}]; use a smaller buffer on this model.");
+                    throw new OptionException($"{TernOption.InRankInitialRank} {options.InitialRank} + {TernOption.InRankBuffer} {options.Buffer} exceed Rmax = {maxRank} ({options.MaxRankFraction:0.##} of the full rank) of {name} [{outFeatures}×{inFeatures}]; use a smaller buffer or a larger {TernOption.InRankMaxRankFraction} on this model.");
                 linears[name] = new LowRankFactor { Rank = options.InitialRank, Width = maxRank };
             }
         }
