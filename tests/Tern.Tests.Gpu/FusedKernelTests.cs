@@ -126,4 +126,35 @@ public sealed class FusedKernelTests
         var reference = F.softmax(scores.masked_fill(mask.logical_not(), double.NegativeInfinity), -1).matmul(vx).reshape(b, 1, heads * d);
         AssertClose(reference, fused, dtype, "decode attention");
     }
+
+    /// <summary>LaughingHyena's fused modal step against the composite of <see cref="Tern.Distillation.ModalRecurrence.Step"/>
+    /// (the same recurrence with the kernels suspended): outputs and the updated state, a row that does not step keeping its state,
+    /// K not a multiple of anything and every power-of-two S up to 32.</summary>
+    [Theory]
+    [InlineData(1)]
+    [InlineData(8)]
+    [InlineData(32)]
+    public void ModalStepMatchesComposite(int modes)
+    {
+        using var scope = torch.NewDisposeScope();
+        using var inference = torch.no_grad();
+        int channels = 4;
+        var random = new Random(modes);
+        System.Numerics.Complex Draw(double radius) => System.Numerics.Complex.FromPolarCoordinates(radius * (0.3 + 0.7 * random.NextDouble()), Math.PI * random.NextDouble());
+        var poles = Enumerable.Range(0, channels * modes).Select(_ => Draw(0.999)).ToArray();
+        var residues = Enumerable.Range(0, channels * modes).Select(_ => Draw(2)).ToArray();
+        var direct = Enumerable.Range(0, channels).Select(_ => random.NextDouble() - 0.5).ToArray();
+        using var recurrence = Tern.Distillation.ModalRecurrence.Create(Tern.Distillation.ModalFilters.Create("test", modes, poles, residues, direct), CUDA);
+        var state = torch.randn(new long[] { 3, channels, 5, 7, modes }, ScalarType.ComplexFloat32, device: CUDA);
+        var w = torch.randn(3, channels, 5, 7, device: CUDA);
+        var live = torch.tensor(new[] { true, false, true }).to(CUDA);
+        var (fusedState, compositeState) = (state.clone(), state.clone());
+        var fused = recurrence.Step(fusedState, w, live);
+        Tensor composite;
+        using (FusedKernels.Suspend()) composite = recurrence.Step(compositeState, w, live);
+        AssertClose(composite, fused, ModelDType.Float32, "modal step outputs", roundings: 4);
+        AssertClose(torch.view_as_real(compositeState), torch.view_as_real(fusedState), ModelDType.Float32, "modal step state");
+        Assert.True(fusedState[1].eq(state[1]).all().item<bool>(), "a row that does not step keeps its state");
+        Assert.False(fusedState[0].eq(state[0]).all().item<bool>());
+    }
 }

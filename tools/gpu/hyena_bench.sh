@@ -2,7 +2,7 @@
 # Issue 14: LaughingHyena on the GPU machine. Trains the MultiHyena LM (bench/configs/multihyena-14m, 14.5M parameters) and,
 # for equal terms, the default Transformer's config (bench/configs/tern-14m) with the default model's recipe
 # (tools/gpu/default_model.sh: 3000 steps × 32 × 1024 tokens, AdamW 1e-3, bf16 autocast); distils the MultiHyena model at
-# each order of $ORDERS (tern distill hyena --order d); perplexity of every model on the validation split and the held-out
+# each order of $ORDERS in one sweep (tern distill hyena --orders … --each-order); perplexity of every model on the validation split and the held-out
 # KJV; then decode throughput and memory per sequence against the context length ($LENGTHS) for the distilled and
 # undistilled MultiHyena and the Transformer at the same shape (dummy weights, contexts up to 16k+), and optionally at a 1.3B
 # shape (BIG=1). Calls, one each (the machine goes back 30 s after a call, so the work runs in the background):
@@ -13,6 +13,7 @@
 #   tools/gpu/hyena_bench.sh all       everything in the foreground (what `start` runs); every step prints what it does
 #   tools/gpu/hyena_bench.sh quality   only the trainings, perplexities and distillations (the first half of `all`)
 #   tools/gpu/hyena_bench.sh speed     only the decode-speed rows (dummy weights at the three shapes, no training)
+#   tools/gpu/hyena_bench.sh summary   summary.md from whatever $W holds
 #   tools/gpu/hyena_bench.sh cpu       a rehearsal of `all` on the CPU: tiny run on random ids, minutes on 2 cores (Release CLI)
 # Environment: STEPS (3000), SEQ (1024), BATCH (32), DEVICE (cuda), ORDERS ("2 4 8 16 32 64"), ITERS (Adam steps of the fit,
 # 200), LENGTHS ("1024 2048 4096 8192 16384"), BATCHES ("1 16": memory per sequence is the difference over the batches),
@@ -78,11 +79,13 @@ quality() {
   train hyena bench/configs/multihyena-14m/config.json || return 1
   [ "$TRANSFORMER" = 1 ] && { train transformer bench/configs/tern-14m/config.json || return 1; }
   for name in hyena transformer; do [ -d "$W/$name/run" ] && { say "perplexity: $name"; perplexity "$W/$name/run" "$W/$name"; }; done
+  # One sweep over every order (each order warm-started from the previous one, so no filter's error rises with the order), a
+  # model folder per order (--each-order).
+  say "distilling: one sweep over orders $ORDERS"; rm -rf "$W/distilled"
+  $TERN distill hyena --model "$W/hyena/run" --out "$W/distilled" --orders "$(echo $ORDERS | tr ' ' ',')" --each-order --iterations "$ITERS" 2>&1 \
+    | tee "$W/distill.log" | grep -E '^layer [0-9]+/|^wrote' || return 1
   for d in $ORDERS; do
-    say "distilling at order $d"; rm -rf "$W/distilled-$d"; mkdir -p "$W/distilled-$d"
-    $TERN distill hyena --model "$W/hyena/run" --out "$W/distilled-$d/model" --order "$d" --iterations "$ITERS" 2>&1 \
-      | tee "$W/distilled-$d/distill.log" | grep -E '^layer [0-9]+/|^wrote' || return 1
-    perplexity "$W/distilled-$d/model" "$W/distilled-$d"
+    mkdir -p "$W/distilled-$d"; perplexity "$W/distilled/order-$d" "$W/distilled-$d"
   done
 }
 
@@ -116,7 +119,7 @@ print("| model | validation ppl | KJV ppl | worst filter error | train wall s |\
 for name in ["transformer", "hyena"] + [f"distilled-{d}" for d in orders]:
     if not os.path.isdir(os.path.join(w, name)): continue
     err = "-"
-    report = os.path.join(w, name, "model", "modal.json")
+    report = os.path.join(w, "distilled", "order-" + name.split("-")[1], "modal.json") if name.startswith("distilled-") else ""
     if os.path.exists(report): err = f'{max(l["max_relative_error"] for l in json.load(open(report))["layers"]):.2e}'
     wall = open(os.path.join(w, name, "wall.txt")).read().strip() if os.path.exists(os.path.join(w, name, "wall.txt")) else "-"
     print(f"| {name} | {ppl(name, 'validation')} | {ppl(name, 'kjv')} | {err} | {wall} |")
@@ -144,7 +147,7 @@ EOF
   cat "$W/summary.md"
 }
 
-case ${1:?stage|start|status|collect|all|quality|speed|cpu} in
+case ${1:?stage|start|status|collect|all|quality|speed|summary|cpu} in
   stage) bash tools/gpu/default_model.sh stage ;;
   start)
     setsid nohup bash -c "source .device/env.sh; bash tools/gpu/hyena_bench.sh all > $W/bench.log 2>&1; echo done > $W/bench.done" \
@@ -163,10 +166,11 @@ case ${1:?stage|start|status|collect|all|quality|speed|cpu} in
     test -f "$W/bench.done" || { echo "the bench has not finished"; tail -3 "$W/bench.log"; }
     cp "$W/summary.md" "$OUT/" 2> /dev/null
     (cd "$W" && tar -czf "$OUT/hyena-results.tar.gz" --exclude='*.safetensors' --exclude='checkpoint-*' summary.md quality.log bench.log bench.csv state.csv gpu.txt \
-      */run/train-log.jsonl */run/train-summary.json */run/config.json */wall.txt */ppl-*.txt distilled-*/model/modal.json \
-      distilled-*/distill.log shapes 2> /dev/null)
+      */run/train-log.jsonl */run/train-summary.json */run/config.json */wall.txt */ppl-*.txt distilled/order-*/modal.json \
+      distill.log shapes 2> /dev/null)
     ls -la "$OUT" ;;
   quality) quality ;;
+  summary) summary ;;
   all)
     rm -f "$W/bench.done" "$W/bench.csv" "$W/state.csv"
     quality || exit 1

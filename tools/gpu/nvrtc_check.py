@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
-"""Compile-checks Tern's NVRTC kernels without a GPU: src/Tern/Interop/Kernels/fused.cu + sparse.cu as one program (as
+"""Compile-checks Tern's NVRTC kernels without a GPU: src/Tern/Interop/Kernels/fused.cu + sparse.cu + modal.cu as one program (as
 FusedKernels loads them), with Nvrtc.cs's options, for the architectures given (default sm_90). Needs only libnvrtc (Debian's
 libnvrtc11.2 from non-free, or a CUDA toolkit). Exit 1 with NVRTC's log on an error.
     python3 tools/gpu/nvrtc_check.py [sm_80 sm_90 ...]"""
 import ctypes, ctypes.util, pathlib, sys
 
 root = pathlib.Path(__file__).resolve().parents[2] / "src/Tern/Interop/Kernels"
-source = "\n".join((root / f).read_text() for f in ("fused.cu", "sparse.cu")).encode()
+source = "\n".join((root / f).read_text() for f in ("fused.cu", "sparse.cu", "modal.cu")).encode()
 for name in ("libnvrtc.so", "libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so.11.2"):
     try:
         nvrtc = ctypes.CDLL(name)

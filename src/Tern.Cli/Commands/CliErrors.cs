@@ -14,7 +14,7 @@ internal static class CliErrors
 {
     public static bool IsUserError(Exception e) => e is CheckpointException or TokenizerException or ArgumentException
         or InvalidOperationException or InvalidDataException or FileNotFoundException or DirectoryNotFoundException or UnauthorizedAccessException
-        or OperationCanceledException or IOException or NotSupportedException;
+        or OperationCanceledException or IOException or NotSupportedException || IsOutOfMemory(e);
 
     /// <summary>True for errors in what was typed rather than in what happened while running: an option the library refused
     /// (<see cref="OptionException"/>) or a <see cref="UsageException"/>.</summary>
@@ -73,5 +73,26 @@ internal static class CliErrors
     public static string Flag(TernOption option) => Flags.GetValueOrDefault(option, option.Name);
 
     /// <summary>The one line to print for a user error: option errors name the flags.</summary>
-    public static string Message(Exception e) => e is OptionException option ? option.Render(Flag) : e.Message;
+    public static string Message(Exception e) => e switch
+    {
+        OptionException option => option.Render(Flag),
+        _ when IsOutOfMemory(e) => OutOfMemory(e),
+        _ => e.Message,
+    };
+
+    /// <summary>libtorch's allocation failures (CUDA's caching allocator or the host's): what was asked cannot fit, which the
+    /// user can change, so one line and no trace.</summary>
+    public static bool IsOutOfMemory(Exception e) => e is System.Runtime.InteropServices.ExternalException
+        && new[] { "out of memory", "not enough memory", "can't allocate memory" }.Any(m => e.Message.Contains(m, StringComparison.OrdinalIgnoreCase));
+
+    // libtorch's first sentences (what was asked, what is free) without its allocator advice and C++ frames, then what to change.
+    static string OutOfMemory(Exception e)
+    {
+        string detail = e.Message.Split('\n')[0].Trim();
+        if (detail.IndexOf("DefaultCPUAllocator: ", StringComparison.Ordinal) is >= 0 and var host) detail = "host memory: " + detail[(host + 21)..];
+        foreach (string tail in new[] { " Including non-PyTorch", " If reserved", " (most recent call first)" })
+            if (detail.IndexOf(tail, StringComparison.Ordinal) is > 0 and var cut) detail = detail[..cut];
+        return $"{detail.TrimEnd()} Ask for less memory: a smaller batch or prompt, --prefill-chunk, a quantized KV cache (--kv-bits 8 or 4), "
+            + "or --offload.";
+    }
 }

@@ -18,15 +18,17 @@ internal static class DistillCommand
         var order = new Option<int?>("--order") { Description = "State order d of every filter (S = d/2 complex modes; even). Default: each layer's Hankel spectrum decides." };
         var orders = new Option<string?>("--orders") { Description = "An order sweep, e.g. 2,4,8,16: every order is fitted and each layer keeps the smallest within --max-error." };
         var maxError = new Option<double>("--max-error") { Description = "With --orders: the relative ℓ2 error every filter of a layer must reach.", DefaultValueFactory = _ => d.MaxError };
+        var eachOrder = new Option<bool>("--each-order") { Description = "With --orders: also write one model folder per order (order-d inside --out), for quality against the order." };
         var tolerance = new Option<double>("--hankel-tolerance") { Description = "Without an order: the smallest d with σ_d/σ_0 below this, per filter (the layer takes the largest).", DefaultValueFactory = _ => d.HankelTolerance };
         var iterations = new Option<int>("--iterations") { Description = "Adam steps refining the poles after the ERA initialisation.", DefaultValueFactory = _ => d.Fit.Iterations };
         var command = new Command("hyena", "LaughingHyena: fit every long filter of a MultiHyena model with a modal SSM (Hankel spectrum → order, ERA + least-squares residues + Adam on the poles); writes a model folder that generates with O(1) work per token.")
         {
-            model, output, order, orders, maxError, tolerance, iterations,
+            model, output, order, orders, maxError, eachOrder, tolerance, iterations,
         };
         command.SetAction(r =>
         {
             if (r.GetValue(order) is not null && r.GetValue(orders) is not null) throw new UsageException("give --order or --orders, not both.");
+            if (r.GetValue(eachOrder) && r.GetValue(orders) is null) throw new UsageException("--each-order writes the folders of an order sweep: give --orders too.");
             var options = d with { HankelTolerance = r.GetValue(tolerance), MaxError = r.GetValue(maxError), Fit = d.Fit with { Iterations = r.GetValue(iterations) } };
             if (r.GetValue(order) is { } single) options = options with { Modes = Modes(single, "--order") };
             if (r.GetValue(orders) is { } list)
@@ -41,7 +43,7 @@ internal static class DistillCommand
                     throw new UsageException($"--orders must be even orders such as 2,4,8 (got '{list}').");
                 }
                 if (sweep.Length == 0 || sweep.Zip(sweep.Skip(1)).Any(p => p.Second <= p.First)) throw new UsageException($"--orders must ascend (got '{list}').");
-                options = options with { SweepModes = sweep };
+                options = options with { SweepModes = sweep, WriteEachOrder = r.GetValue(eachOrder) };
             }
             string folder = r.GetValue(model)!;
             if (!Directory.Exists(folder)) throw new DirectoryNotFoundException($"--model: the folder '{folder}' does not exist.");

@@ -26,12 +26,16 @@ public sealed record HyenaDistillOptions
     public IReadOnlyList<int>? SweepModes { get; init; }
     /// <summary>The relative ℓ2 error a sweep's chosen order must reach on every filter of the layer.</summary>
     public double MaxError { get; init; } = 1e-2;
+    /// <summary>With a sweep, <see cref="HyenaDistiller.DistillModel"/> also writes one model folder per order
+    /// (<c>order-d</c> inside the output folder, every layer at that order): the quality-against-order curve from one sweep.</summary>
+    public bool WriteEachOrder { get; init; }
 }
 
 /// <summary>A layer's fits at each order of a sweep.</summary>
 /// <param name="Modes">S of each fit, ascending.</param>
 /// <param name="RelativeError">Per fit, the relative ℓ2 error of each filter.</param>
-public sealed record OrderSweep(IReadOnlyList<int> Modes, IReadOnlyList<IReadOnlyList<double>> RelativeError);
+/// <param name="Fits">Per fit, the modal bank.</param>
+public sealed record OrderSweep(IReadOnlyList<int> Modes, IReadOnlyList<IReadOnlyList<double>> RelativeError, IReadOnlyList<ModalFilters> Fits);
 
 /// <summary>
 /// Distils order-2 Hyena / MultiHyena layers (brief §1.4's pipeline): per layer, the post-window filters actually convolved, an
@@ -56,7 +60,7 @@ public static class HyenaDistiller
             return new DistilledLayer(index, pick.Filters, pick.RelativeError)
             {
                 HankelOrders = hankelOrders,
-                Sweep = new OrderSweep(sweep, fits.Select(f => (IReadOnlyList<double>)f.RelativeError).ToArray()),
+                Sweep = new OrderSweep(sweep, fits.Select(f => (IReadOnlyList<double>)f.RelativeError).ToArray(), fits.Select(f => f.Filters).ToArray()),
             };
         }
         int modes = options.Modes ?? Math.Clamp((hankelOrders.Max() + 1) / 2, 1, options.MaxModes);
@@ -87,6 +91,23 @@ public static class HyenaDistiller
             layers.Add(layer);
             progress?.Invoke($"layer {i + 1}/{model.Info.Layers}: order {2 * layer.Filters.Modes} (S = {layer.Filters.Modes}), worst filter error {layer.RelativeError.Max():E2}, {clock.Elapsed.TotalSeconds:F1} s");
         }
+        if (options.WriteEachOrder && options.SweepModes is { } sweep)
+        {
+            // The chosen model at the top, and one folder per order of the sweep inside it.
+            var each = sweep.Select((modes, k) => (Order: 2 * modes,
+                Layers: layers.Select(l => new DistilledLayer(l.Layer, l.Sweep!.Fits[k], l.Sweep.RelativeError[k]) { HankelOrders = l.HankelOrders }).ToArray())).ToArray();
+            Write(model, modelDirectory, outputDirectory, layers, temp =>
+            {
+                foreach (var (order, orderLayers) in each) Write(model, modelDirectory, Path.Combine(temp, $"order-{order}"), orderLayers, null);
+            });
+        }
+        else Write(model, modelDirectory, outputDirectory, layers, null);
+        return layers;
+    }
+
+    /// <summary>A distilled model folder, atomically: the original's weights and companions, config.json with the
+    /// <c>distilled</c> section, the banks; <paramref name="more"/> adds files to the folder before it is moved in place.</summary>
+    static void Write(CausalLanguageModel model, string modelDirectory, string outputDirectory, IReadOnlyList<DistilledLayer> layers, Action<string>? more) =>
         AtomicFolder.Write(outputDirectory, temp =>
         {
             foreach (string file in Directory.EnumerateFiles(modelDirectory))
@@ -103,9 +124,8 @@ public static class HyenaDistiller
             };
             CheckpointExport.WriteCompanions(modelDirectory, temp, config, null);
             ModalCheckpoint.Save(temp, layers);
+            more?.Invoke(temp);
         });
-        return layers;
-    }
 
     /// <summary>Distils <paramref name="layers"/> (layer i is index i) and writes them into <paramref name="directory"/>.</summary>
     public static IReadOnlyList<DistilledLayer> Distill(IReadOnlyList<HyenaOperator> layers, string directory, HyenaDistillOptions options)

@@ -66,14 +66,16 @@ public sealed class ModalFilters
         return new ModalFilters(channels, modes, poles, residues, direct);
     }
 
-    /// <summary>The modal kernel ĥ [C, <paramref name="length"/>] in fp64 on the CPU, in the caller's dispose scope.</summary>
-    public Tensor Kernel(int length)
+    /// <summary>The modal kernel ĥ [C, <paramref name="length"/>] in fp64 on <paramref name="device"/> (the CPU by default),
+    /// in the caller's dispose scope.</summary>
+    public Tensor Kernel(int length, Device? device = null)
     {
         using var scope = torch.NewDisposeScope();
-        var (pole, residue) = (ComplexTensor(Poles), ComplexTensor(Residues));
-        var (re, im) = PowersOf(pole, torch.arange(length, ScalarType.Float64));          // λ^t, [C, S, L]
+        device ??= CPU;
+        var (pole, residue) = (ComplexTensor(Poles).to(device), ComplexTensor(Residues).to(device));
+        var (re, im) = PowersOf(pole, torch.arange(length, ScalarType.Float64, device));  // λ^t, [C, S, L]
         var h = (residue.real.unsqueeze(-1) * re - residue.imag.unsqueeze(-1) * im).sum(1); // Re(R λ^t) summed over modes
-        h.select(1, 0).add_(torch.tensor(Direct.ToArray(), ScalarType.Float64));
+        h.select(1, 0).add_(torch.tensor(Direct.ToArray(), ScalarType.Float64).to(device));
         return h.MoveToOuterDisposeScope();
     }
 

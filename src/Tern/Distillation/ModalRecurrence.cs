@@ -13,6 +13,9 @@ namespace Tern.Distillation;
 /// </summary>
 public sealed class ModalRecurrence : IDisposable
 {
+    readonly object kernelLock = new();
+    Tensor? kernel; // ĥ [C, ≥ every length asked] in the output type, on the state's device
+
     ModalRecurrence(ModalFilters filters, Tensor poles, Tensor residues, Tensor direct)
     {
         (Filters, Poles, Residues, Direct) = (filters, poles, residues, direct);
@@ -50,11 +53,23 @@ public sealed class ModalRecurrence : IDisposable
     public Tensor NewState(long batch, params long[] tied) =>
         torch.zeros(new[] { batch, Poles.shape[0] }.Concat(tied).Append(Poles.shape[1]).ToArray(), StateType, Poles.device);
 
-    /// <summary>The modal kernel ĥ [C, <paramref name="length"/>] in the output type (powers computed in fp64).</summary>
+    /// <summary>The modal kernel ĥ [C, <paramref name="length"/>] in the output type (powers computed in fp64 on the state's device once,
+    /// kept for every shorter length): a view, in the caller's dispose scope.</summary>
     public Tensor Kernel(int length)
     {
-        using var scope = torch.NewDisposeScope();
-        return Filters.Kernel(length).to(OutputType, Poles.device).MoveToOuterDisposeScope();
+        lock (kernelLock)
+        {
+            if (kernel is null || kernel.shape[1] < length)
+            {
+                // Computed on the state's device and kept for the longest length asked (rounded up to a power of two): a prefill of a
+                // 1.3B-shape model at 16k tokens spent 9.7 s recomputing every layer's powers on the CPU.
+                using var scope = torch.NewDisposeScope();
+                var longer = Filters.Kernel((int)Math.Min(int.MaxValue, System.Numerics.BitOperations.RoundUpToPowerOf2((uint)length)), Poles.device).to(OutputType);
+                kernel?.Dispose();
+                kernel = longer.DetachFromDisposeScope();
+            }
+            return kernel.narrow(1, 0, length);
+        }
     }
 
     /// <summary>
@@ -91,12 +106,15 @@ public sealed class ModalRecurrence : IDisposable
     /// <summary>
     /// One token: <paramref name="state"/> [B, C, K…, S] ← λ ⊙ state + w (in place), and returns y [B, C, K…] =
     /// Re Σ_n R ⊙ state + D ⊙ w for <paramref name="input"/> w [B, C, K…], in the output type, in the caller's dispose scope.
-    /// Rows where <paramref name="real"/> [B] is false (padding: a row that does not step) keep their state.
+    /// Rows where <paramref name="real"/> [B] is false (padding: a row that does not step) keep their state. On CUDA with a
+    /// complex64 state, one fused kernel reads and writes the state once (<c>Interop/Kernels/modal.cu</c>).
     /// </summary>
     public Tensor Step(Tensor state, Tensor input, Tensor? real = null)
     {
         using var scope = torch.NewDisposeScope();
         var w = input.to(OutputType);
+        if (Interop.FusedKernels.TryModalStep(state, w.contiguous(), real?.contiguous(), Poles, Residues, Direct, out var fused))
+            return fused.MoveToOuterDisposeScope();
         var next = state * Tied(Poles, state.dim() - 1) + w.unsqueeze(-1).to(StateType);
         if (real is null) state.copy_(next);
         else state.copy_(torch.where(real.view(new[] { real.shape[0] }.Concat(Enumerable.Repeat(1L, (int)state.dim() - 1)).ToArray()), next, state));
@@ -140,6 +158,7 @@ public sealed class ModalRecurrence : IDisposable
     /// <inheritdoc />
     public void Dispose()
     {
+        kernel?.Dispose();
         Poles.Dispose();
         Residues.Dispose();
         Direct.Dispose();

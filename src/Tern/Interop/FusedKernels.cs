@@ -5,7 +5,8 @@ using static TorchSharp.torch;
 namespace Tern.Interop;
 
 /// <summary>
-/// The fused kernels of <c>Kernels/fused.cu</c> and DejaVu's sparse products of <c>Kernels/sparse.cu</c> (one program):
+/// The fused kernels of <c>Kernels/fused.cu</c>, DejaVu's sparse products of <c>Kernels/sparse.cu</c> and LaughingHyena's
+/// modal step of <c>Kernels/modal.cu</c> (one program):
 /// compiled with NVRTC for the GPU at hand on first use and launched on libtorch's current stream, so they order with
 /// libtorch's own work and are captured into CUDA graphs. On the CPU some run as <see cref="CpuKernels"/>.
 /// Each Try method returns false (and the caller keeps its composite path) for unsupported devices and layouts, when NVRTC
@@ -14,7 +15,7 @@ namespace Tern.Interop;
 internal static unsafe partial class FusedKernels
 {
     sealed record Loaded(IntPtr[] RmsNorm, IntPtr[] Rotary, IntPtr[] Gated, IntPtr[] Gemv, IntPtr[] CacheAppend, IntPtr[] AttnSplit, IntPtr[] AttnCombine,
-        IntPtr[] GatherRows, IntPtr[] GatherColumns, IntPtr[] ColumnsFinish, IntPtr[] GatherColumnRuns);
+        IntPtr[] GatherRows, IntPtr[] GatherColumns, IntPtr[] ColumnsFinish, IntPtr[] GatherColumnRuns, IntPtr ModalStep);
 
     static readonly Lazy<Loaded?> Kernels = new(Load);
 
@@ -63,16 +64,16 @@ internal static unsafe partial class FusedKernels
                     ?? throw new InvalidOperationException($"embedded kernel source {file} missing");
                 return new StreamReader(stream).ReadToEnd();
             }
-            string source = Source("fused.cu") + "\n" + Source("sparse.cu"); // sparse.cu uses fused.cu's helpers
+            string source = Source("fused.cu") + "\n" + Source("sparse.cu") + "\n" + Source("modal.cu"); // sparse.cu uses fused.cu's helpers
             var (major, minor) = CudaDriver.ComputeCapability();
             byte[] cubin = Nvrtc.CompileToCubin(source, "fused.cu", $"sm_{major}{minor}");
             string[] suffixes = { "f32", "bf16", "f16" };
             string[] perType = { "rms_norm_", "rotary_", "gated_", "cache_append_", "attn_split_", "attn_combine_", "gather_rows_", "gather_columns_",
                 "columns_finish_", "gather_column_runs_" };
-            var all = CudaDriver.LoadKernels(cubin, perType.SelectMany(k => suffixes.Select(s => k + s)).Concat(new[] { "gemv_bf16", "gemv_f16" }));
+            var all = CudaDriver.LoadKernels(cubin, perType.SelectMany(k => suffixes.Select(s => k + s)).Concat(new[] { "gemv_bf16", "gemv_f16", "modal_step" }));
             IntPtr[] Of(int kernel) => all.Skip(kernel * 3).Take(3).ToArray();
             int gemv = perType.Length * 3;
-            return new Loaded(Of(0), Of(1), Of(2), new[] { IntPtr.Zero, all[gemv], all[gemv + 1] }, Of(3), Of(4), Of(5), Of(6), Of(7), Of(8), Of(9));
+            return new Loaded(Of(0), Of(1), Of(2), new[] { IntPtr.Zero, all[gemv], all[gemv + 1] }, Of(3), Of(4), Of(5), Of(6), Of(7), Of(8), Of(9), all[gemv + 2]);
         }
         catch (Exception e) when (e is InvalidOperationException or DllNotFoundException or EntryPointNotFoundException)
         {
@@ -231,6 +232,28 @@ internal static unsafe partial class FusedKernels
         long total = rows * n;
         CudaDriver.Launch(Kernels.Value!.Gated[TypeIndex(gateUp.dtype)], (uint)Math.Min(65535, (total + 255) / 256), 256,
             LibTorchCuda.CurrentRawStream(), args);
+        return true;
+    }
+
+    /// <summary>
+    /// One token of a modal recurrence (<see cref="Distillation.ModalRecurrence.Step"/>): <paramref name="state"/> [B, C, K…, S]
+    /// complex64, updated in place for rows where <paramref name="live"/> [B] (bool) is true, and y [B, C, K…] = Re Σ_s R x' + D w
+    /// from w [B, C, K…] fp32, poles and residues [C, S] complex64, direct [C] fp32. CUDA only; S must be a power of two ≤ 32.
+    /// </summary>
+    public static bool TryModalStep(Tensor state, Tensor w, Tensor? live, Tensor poles, Tensor residues, Tensor direct, out Tensor y)
+    {
+        y = null!;
+        int modes = (int)state.shape[^1];
+        if (!Usable(w) || w.dtype != ScalarType.Float32 || state.dtype != ScalarType.ComplexFloat32 || !state.is_contiguous()
+            || poles.dtype != ScalarType.ComplexFloat32 || !poles.is_contiguous() || !residues.is_contiguous() || !direct.is_contiguous()
+            || direct.dtype != ScalarType.Float32 || modes > 32 || (modes & (modes - 1)) != 0
+            || live is not null && (live.dtype != ScalarType.Bool || !live.is_contiguous())) return false;
+        long items = w.NumberOfElements, k = items / (w.shape[0] * w.shape[1]);
+        int channels = (int)w.shape[1];
+        y = torch.empty_like(w);
+        IntPtr ps = Ptr(state), py = Ptr(y), pw = Ptr(w), pl = live is null ? IntPtr.Zero : Ptr(live), pp = Ptr(poles), pr = Ptr(residues), pd = Ptr(direct);
+        void** args = stackalloc void*[] { &ps, &py, &pw, &pl, &pp, &pr, &pd, &items, &channels, &k, &modes };
+        CudaDriver.Launch(Kernels.Value!.ModalStep, (uint)((items * modes + 255) / 256), 256, LibTorchCuda.CurrentRawStream(), args);
         return true;
     }
 

@@ -27,4 +27,19 @@ public sealed class CliErrorsTests
             Assert.Throws<OptionException>(() => new ServingOptions { MaxPrefillTokensPerStep = 0 }.Validate())));
         Assert.Equal("no such file", CliErrors.Message(new FileNotFoundException("no such file")));
     }
+
+    [Fact]
+    public void AnAllocationLibTorchRefusesIsOneLineNamingWhatToChange()
+    {
+        // A real failure of libtorch's allocator (the host's here; CUDA's reads "CUDA out of memory. Tried to allocate …").
+        var e = Assert.ThrowsAny<System.Runtime.InteropServices.ExternalException>(() => TorchSharp.torch.empty(1L << 50).Dispose());
+        Assert.True(CliErrors.IsUserError(e), e.GetType() + ": " + e.Message);
+        string message = CliErrors.Message(e);
+        Assert.StartsWith("host memory: can't allocate memory: you tried to allocate 4503599627370496 bytes.", message);
+        Assert.DoesNotContain("\n", message);
+        Assert.Contains("memory", message);
+        Assert.Contains("--prefill-chunk", message);
+        var cuda = new System.Runtime.InteropServices.ExternalException("CUDA out of memory. Tried to allocate 12.00 GiB. GPU 0 has a total capacity of 139.80 GiB of which 9.95 GiB is free. Including non-PyTorch memory, this process has 129.84 GiB memory in use.\nException raised from malloc");
+        Assert.StartsWith("CUDA out of memory. Tried to allocate 12.00 GiB. GPU 0 has a total capacity of 139.80 GiB of which 9.95 GiB is free. Ask for less memory", CliErrors.Message(cuda));
+    }
 }

@@ -36,7 +36,7 @@ public sealed class HyenaCommandTests
 
         // The order sweep on the trained model: no filter's error rises with the order, and the table shows every order.
         string run = dir.File("run");
-        (code, var table, error) = CliProcess.Run("distill", "hyena", "--model", run, "--out", dir.File("swept"), "--orders", "2,4,8", "--iterations", "15");
+        (code, var table, error) = CliProcess.Run("distill", "hyena", "--model", run, "--out", dir.File("swept"), "--orders", "2,4,8", "--iterations", "15", "--each-order");
         Assert.True(code == 0, error);
         Assert.Contains("layer 2/2", error);
         Assert.Contains("d=8", table);
@@ -48,7 +48,19 @@ public sealed class HyenaCommandTests
                 for (int k = 1; k < sweep.Length; k++)
                     Assert.True(sweep[k][c] <= sweep[k - 1][c] * (1 + 1e-9), $"layer {layer["layer"]}, filter {c}: {sweep[k - 1][c]} then {sweep[k][c]}");
             TestContext.Current.TestOutputHelper?.WriteLine($"layer {layer["layer"]}: worst error by order " + string.Join(", ", sweep.Select(e => e.Max().ToString("E2"))));
+            // --each-order: a model folder per order, every layer at that order with the sweep's fit.
+            foreach (var (order, k) in new[] { (2, 0), (4, 1), (8, 2) })
+            {
+                string folder = Path.Combine(dir.File("swept"), $"order-{order}");
+                var config = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(folder, "config.json")))!;
+                Assert.All(config["distilled"]!["modes"]!.AsArray(), m => Assert.Equal(order / 2, (int)m!));
+                var saved = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(folder, ModalCheckpoint.ReportFile)))!["layers"]!
+                    .AsArray().Single(l => (int)l!["layer"]! == (int)layer["layer"]!)!;
+                Assert.Equal(sweep[k].Max(), saved["max_relative_error"]!.GetValue<double>(), 12);
+            }
         }
+        (code, var swept, error) = CliProcess.Run("generate", "--model", Path.Combine(dir.File("swept"), "order-2"), "--device", "cpu", "--max-new-tokens", "4", "--no-stream", "The quick");
+        Assert.True(code == 0, error);
 
         (code, _, error) = CliProcess.Run("distill", "hyena", "--model", run, "--out", dir.File("distilled"), "--order", "4");
         Assert.True(code == 0, error);
