@@ -36,8 +36,15 @@ public sealed class HyenaCommandTests
 
         // The order sweep on the trained model: no filter's error rises with the order, and the table shows every order.
         string run = dir.File("run");
-        (code, var table, error) = CliProcess.Run("distill", "hyena", "--model", run, "--out", dir.File("swept"), "--orders", "2,4,8", "--iterations", "15", "--each-order");
+        string corpus = dir.File("text.txt");
+        File.WriteAllText(corpus, string.Join(" ", Enumerable.Repeat("The quick brown fox jumps over the lazy dog.", 6)));
+        (code, var table, error) = CliProcess.Run("distill", "hyena", "--model", run, "--out", dir.File("swept"), "--orders", "2,4,8", "--iterations", "15", "--each-order",
+            "--eval-text", corpus, "--device", "cpu");
         Assert.True(code == 0, error);
+        // --eval-text: the original's and every order's perplexity, and the curve.
+        Assert.Matches(@"original\s+-\s+\d+\.\d{3}\s+\+0\.00%", table);
+        foreach (int d in new[] { 2, 4, 8 }) Assert.Matches($@"order {d}\s+{d}\s+\d+\.\d{{3}}", table);
+        Assert.True(new FileInfo(Path.Combine(dir.File("swept"), "perplexity-by-order.png")).Length > 1000);
         Assert.Contains("layer 2/2", error);
         Assert.Contains("d=8", table);
         var report = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(dir.File("swept"), ModalCheckpoint.ReportFile)))!;
@@ -68,8 +75,6 @@ public sealed class HyenaCommandTests
         (code, var text, error) = CliProcess.Run("generate", "--model", distilled, "--device", "cpu", "--max-new-tokens", "8", "--no-stream", "The quick brown fox");
         Assert.True(code == 0, error);
         Assert.False(string.IsNullOrWhiteSpace(text));
-        string corpus = dir.File("text.txt");
-        File.WriteAllText(corpus, string.Join(" ", Enumerable.Repeat("The quick brown fox jumps over the lazy dog.", 6)));
         (code, text, error) = CliProcess.Run("eval", "ppl", "--model", distilled, "--device", "cpu", "--text", corpus, "--window", "24", "--stride", "12");
         Assert.True(code == 0, error);
         Assert.Contains("perplexity", text + error, StringComparison.OrdinalIgnoreCase);
