@@ -190,8 +190,10 @@ internal static unsafe partial class CpuKernels
         bool prefill = m > LargestDecodeRows;
         if (prefill && !bf16) return false;
         // MKL's bf16 GEMM is split only where it is emulated: a CPU with bf16 arithmetic runs it on its own threads.
-        bool split = n * k >= SplitElements && !(bf16 && UseMklBf16) && !prefill && CoreTeam.Shared.Size > 1;
-        if (MklUnavailable || (!bf16 && !split)) return false;
+        bool own = !prefill && (bf16 ? !UseMklBf16 : OwnFp32Products);
+        bool split = n * k >= (own ? OwnSplitElements : SplitElements) && !(bf16 && UseMklBf16) && !prefill && CoreTeam.Shared.Size > 1;
+        if (!bf16 && !split && !own) return false;
+        if (MklUnavailable && !own) return false;
         if (bias is not null && (!bias.is_contiguous() || bias.dtype != x.dtype || bias.NumberOfElements != n)) return false;
         if (residual is not null && (!residual.is_contiguous() || residual.dtype != x.dtype || residual.NumberOfElements != m * n)) return false;
         var shape = x.shape.ToArray();
@@ -205,6 +207,8 @@ internal static unsafe partial class CpuKernels
                 try
                 {
                     if (prefill) WidenedGemm(m, n, k, Ptr(x), Ptr(weight), accumulated);
+                    else if (own && bf16) WidenedProducts(m, n, k, Ptr(x), Ptr(weight), accumulated, split);
+                    else if (own) OwnRows<F32>(m, n, k, (float*)Ptr(x), Ptr(weight), accumulated, split);
                     else Products(bf16, m, n, k, Ptr(x), Ptr(weight), accumulated, split);
                 }
                 catch (Exception e) when (e is EntryPointNotFoundException or DllNotFoundException
@@ -235,11 +239,6 @@ internal static unsafe partial class CpuKernels
     /// core), so the cores share the weight's bytes instead.</summary>
     static void Products(bool bf16, long m, long n, long k, byte* x, byte* weight, float* accumulated, bool split)
     {
-        if (bf16 && !UseMklBf16)
-        {
-            WidenedProducts(m, n, k, x, weight, accumulated, split);
-            return;
-        }
         if (!split)
         {
             Block(bf16, m, n, 0, n, k, x, weight, accumulated);
@@ -294,9 +293,7 @@ internal static unsafe partial class CpuKernels
             fixed (float* xs = wide)
             {
                 Widen((ushort*)x, xs, m * k);
-                nint px = (nint)xs, pw = (nint)weight, pa = (nint)accumulated;
-                if (split) CoreTeam.Shared.Split(n, 16, (from, to) => WidenedRows(m, n, k, (float*)px, (byte*)pw, (float*)pa, from, to));
-                else WidenedRows(m, n, k, xs, weight, accumulated, 0, n);
+                OwnRows<Bf16>(m, n, k, xs, weight, accumulated, split);
             }
         }
         finally
@@ -305,16 +302,29 @@ internal static unsafe partial class CpuKernels
         }
     }
 
+    /// <summary>accumulated [m, n] = x [m, k] (fp32) · W [n, k]ᵀ (fp32 or bf16, widened in registers) by the own AVX2 kernel,
+    /// W's rows split over the cores when <paramref name="split"/>.</summary>
+    static void OwnRows<T>(long m, long n, long k, float* x, byte* weight, float* accumulated, bool split) where T : struct, IElement
+    {
+        if (!split)
+        {
+            Rows<T>(m, n, k, x, weight, accumulated, 0, n);
+            return;
+        }
+        nint px = (nint)x, pw = (nint)weight, pa = (nint)accumulated;
+        CoreTeam.Shared.Split(n, 16, (from, to) => Rows<T>(m, n, k, (float*)px, (byte*)pw, (float*)pa, from, to));
+    }
+
     [MethodImpl(MethodImplOptions.AggressiveOptimization)] // hot from the first call: no unoptimised tier
-    static void WidenedRows(long m, long n, long k, float* x, byte* weight, float* accumulated, long from, long to)
+    static void Rows<T>(long m, long n, long k, float* x, byte* weight, float* accumulated, long from, long to) where T : struct, IElement
     {
         long vectorEnd = k / 8 * 8;
         for (long j = from; j < to; j++)
         {
-            byte* w = weight + j * k * 2;
+            byte* w = weight + j * k * T.Size;
             if (m == 1)
             {
-                accumulated[j] = WidenedDot((ushort*)w, x, k);
+                accumulated[j] = Dot<T>(w, x, k);
                 continue;
             }
             for (long r = 0; r < m; r += 4)
@@ -324,7 +334,7 @@ internal static unsafe partial class CpuKernels
                 Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
                 for (long i = 0; i < vectorEnd; i += 8)
                 {
-                    var wv = Widen8((ushort*)w + i);
+                    var wv = Load8<T>(w, i);
                     a0 = Vector256.FusedMultiplyAdd(wv, Vector256.Load(x0 + i), a0);
                     a1 = Vector256.FusedMultiplyAdd(wv, Vector256.Load(x1 + i), a1);
                     a2 = Vector256.FusedMultiplyAdd(wv, Vector256.Load(x2 + i), a2);
@@ -333,7 +343,7 @@ internal static unsafe partial class CpuKernels
                 float s0 = Vector256.Sum(a0), s1 = Vector256.Sum(a1), s2 = Vector256.Sum(a2), s3 = Vector256.Sum(a3);
                 for (long i = vectorEnd; i < k; i++)
                 {
-                    float wi = Bf16.Load(w, i);
+                    float wi = T.Load(w, i);
                     s0 += wi * x0[i]; s1 += wi * x1[i]; s2 += wi * x2[i]; s3 += wi * x3[i];
                 }
                 accumulated[r * n + j] = s0;
@@ -388,24 +398,29 @@ internal static unsafe partial class CpuKernels
         for (; i < to; i++) destination[i] = Bf16.Load((byte*)source, i);
     }
 
-    /// <summary>One row: w (bf16) · x (fp32) over k, four independent sums so that the FMAs' latency overlaps.</summary>
+    /// <summary>One row: w · x (fp32) over k, four independent sums so that the FMAs' latency overlaps.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static float WidenedDot(ushort* w, float* x, long k)
+    static float Dot<T>(byte* w, float* x, long k) where T : struct, IElement
     {
         Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
         long i = 0;
         for (; i + 32 <= k; i += 32)
         {
-            a0 = Vector256.FusedMultiplyAdd(Widen8(w + i), Vector256.Load(x + i), a0);
-            a1 = Vector256.FusedMultiplyAdd(Widen8(w + i + 8), Vector256.Load(x + i + 8), a1);
-            a2 = Vector256.FusedMultiplyAdd(Widen8(w + i + 16), Vector256.Load(x + i + 16), a2);
-            a3 = Vector256.FusedMultiplyAdd(Widen8(w + i + 24), Vector256.Load(x + i + 24), a3);
+            a0 = Vector256.FusedMultiplyAdd(Load8<T>(w, i), Vector256.Load(x + i), a0);
+            a1 = Vector256.FusedMultiplyAdd(Load8<T>(w, i + 8), Vector256.Load(x + i + 8), a1);
+            a2 = Vector256.FusedMultiplyAdd(Load8<T>(w, i + 16), Vector256.Load(x + i + 16), a2);
+            a3 = Vector256.FusedMultiplyAdd(Load8<T>(w, i + 24), Vector256.Load(x + i + 24), a3);
         }
-        for (; i + 8 <= k; i += 8) a0 = Vector256.FusedMultiplyAdd(Widen8(w + i), Vector256.Load(x + i), a0);
+        for (; i + 8 <= k; i += 8) a0 = Vector256.FusedMultiplyAdd(Load8<T>(w, i), Vector256.Load(x + i), a0);
         float sum = Vector256.Sum((a0 + a1) + (a2 + a3));
-        for (; i < k; i++) sum += Bf16.Load((byte*)w, i) * x[i];
+        for (; i < k; i++) sum += T.Load(w, i) * x[i];
         return sum;
     }
+
+    /// <summary>Eight weights as fp32: loaded (fp32) or widened with AVX2's one-instruction zero-extending load (bf16).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector256<float> Load8<T>(byte* w, long i) where T : struct, IElement =>
+        typeof(T) == typeof(Bf16) ? Widen8((ushort*)w + i) : T.Load8(w, i);
 
     /// <summary>Eight bf16 values widened to fp32: AVX2's zero-extending load is one instruction (the portable widening
     /// made the 1.1B shape's batch-1 step 1.6× slower).</summary>
@@ -426,6 +441,28 @@ internal static unsafe partial class CpuKernels
         && System.Runtime.Intrinsics.X86.X86Base.CpuId(7, 0).Eax >= 1
         && (System.Runtime.Intrinsics.X86.X86Base.CpuId(7, 1).Eax & (1 << 5)) != 0;
 
+    /// <summary>
+    /// Whether fp32 decode products take the own AVX2 kernel (<see cref="Rows{T}"/>) rather than MKL: MKL picks its kernels by
+    /// CPU vendor and runs a generic, non-AVX2 sgemv on AMD CPUs (mkl_blas_def_xsgemv: 58% of the default model's decode profile
+    /// on an EPYC host). On Intel CPUs MKL's own kernels stay (an AVX2 GEMV was not faster in the step there, ninth session).
+    /// <c>TERN_CPU_GEMV=own</c> or <c>=mkl</c> overrides the choice; <see cref="OwnFp32Everywhere"/> forces it for tests.
+    /// </summary>
+    internal static bool OwnFp32Products => OwnFp32Everywhere || OwnFp32ByDefault;
+
+    /// <summary>Takes the own fp32 kernel on any CPU: for tests, so that it is checked on Intel hosts too.</summary>
+    internal static bool OwnFp32Everywhere { get; set; }
+
+    static readonly bool OwnFp32ByDefault = System.Runtime.Intrinsics.X86.Avx2.IsSupported && System.Runtime.Intrinsics.X86.Fma.IsSupported
+        && Environment.GetEnvironmentVariable("TERN_CPU_GEMV") switch { "own" => true, "mkl" => false, _ => !GenuineIntel() };
+
+    /// <summary>CPUID's vendor string is "GenuineIntel" (EBX, EDX, ECX of leaf 0).</summary>
+    static bool GenuineIntel()
+    {
+        if (!System.Runtime.Intrinsics.X86.X86Base.IsSupported) return false;
+        var (_, ebx, ecx, edx) = System.Runtime.Intrinsics.X86.X86Base.CpuId(0, 0);
+        return ebx == 0x756E6547 && edx == 0x49656E69 && ecx == 0x6C65746E; // "Genu" "ineI" "ntel"
+    }
+
     static bool MklUnavailable;
     // Decode-sized products only: MKL's bf16 GEMM at 128 rows (a prefill, 1408×384) was no faster than libtorch's path
     // (925–959 against 854–969 µs) and slower than widening to fp32 (593–625 µs); MKL threads its own fp32 GEMM at such sizes.
@@ -436,6 +473,9 @@ internal static unsafe partial class CpuKernels
     // machine's two cores: one row 11.0–15.3 ms split against libtorch's 21.9–23.3, eight rows 33.4–37.9 against 51.6–57.7.
     // Below, the hand-off to a second thread costs about what it saves (mixed timings at 1152×384 and 8192×384).
     const long SplitElements = 4L << 20;
+    // The same for the own kernels (bf16 widened, fp32 on non-Intel CPUs), whose parts hand off through the core team without
+    // MKL's thread settings: the default model's 1152×384 and 1408×384 weights (1.8–2.2 MB fp32) split too.
+    const long OwnSplitElements = 256L << 10;
     const int RowMajor = 101, NoTrans = 111, Trans = 112;
 
     [LibraryImport("libtorch_cpu", EntryPoint = "cblas_gemm_bf16bf16f32")]

@@ -136,7 +136,8 @@ public class CpuKernelTests
         Assert.Equal(expected.shape, fused.shape);
         double worst = (expected.to(ScalarType.Float32) - fused.to(ScalarType.Float32)).abs().max().item<float>();
         Assert.True(worst <= expected.to(ScalarType.Float32).abs().max().item<float>() / 64, $"difference {worst}");
-        Assert.False(FusedKernels.TryGemv(x.to(ScalarType.Float32), w.to(ScalarType.Float32), null, null, out _)); // fp32: libtorch's MKL call already
+        // fp32: libtorch's MKL call, except where MKL runs its generic kernels (non-Intel CPUs) and the own kernel takes it.
+        Assert.Equal(CpuKernels.OwnFp32Products && rows <= 16, FusedKernels.TryGemv(x.to(ScalarType.Float32), w.to(ScalarType.Float32), null, null, out _));
     }
 
     [Theory]
@@ -187,6 +188,37 @@ public class CpuKernelTests
         finally
         {
             CpuKernels.WidenBf16Everywhere = false;
+        }
+    }
+
+    [Theory]
+    [InlineData(1, 72, 45)]
+    [InlineData(6, 75, 45)]
+    [InlineData(1, 384, 1152)] // split over the cores (the default model's qkv_proj)
+    [InlineData(8, 384, 1411)] // split, two blocks of four rows, an output count no block size divides
+    public void OwnFp32ProductsMatchTheCompositeOnEveryCpu(int rows, int width, int outputs)
+    {
+        // The own AVX2 kernel is what non-Intel CPUs take for fp32 decode products; forced here so that Intel hosts check it too.
+        if (!System.Runtime.Intrinsics.X86.Avx2.IsSupported) return;
+        CpuKernels.OwnFp32Everywhere = true;
+        try
+        {
+            using var scope = torch.NewDisposeScope();
+            using var noGrad = torch.no_grad();
+            var x = Random(ScalarType.Float32, 1, rows, width);
+            var w = Random(ScalarType.Float32, outputs, width);
+            var bias = Random(ScalarType.Float32, outputs);
+            var residual = Random(ScalarType.Float32, 1, rows, outputs);
+            Assert.True(FusedKernels.TryGemv(x, w, bias, residual, out var fused));
+            var expected = residual + F.linear(x, w, bias);
+            double worst = (expected - fused).abs().max().item<float>();
+            Assert.True(worst <= expected.abs().max().item<float>() * 1e-5, $"difference {worst}");
+            Assert.True(FusedKernels.TryGemv(x, w, null, null, out var plain));
+            Assert.True((F.linear(x, w) - plain).abs().max().item<float>() <= expected.abs().max().item<float>() * 1e-5);
+        }
+        finally
+        {
+            CpuKernels.OwnFp32Everywhere = false;
         }
     }
 
