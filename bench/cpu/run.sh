@@ -4,7 +4,8 @@
 # written as GGUF by `tern export`; Tern timed by `tern bench`, llama.cpp by bench/cpu/LlamaCppBench, one after the other in
 # one run, batch 1 and 8, the pair repeated REPEAT times, alternating (a shared 2-core VM drifts by 2× between minutes): the
 # table gives each row's median. results.csv and results.md in OUT. Run it on a quiet machine (no builds alongside).
-#   bench/cpu/run.sh        MODEL (models/default), OUT (bench/cpu-DATE), PROMPT (128), NEW (128), THREADS (nproc), REPEAT (3)
+#   bench/cpu/run.sh        MODEL (models/default), OUT (bench/cpu-DATE), PROMPT (128), NEW (128), THREADS (nproc), REPEAT (3),
+#                           MKL_ROW (1: also Tern fp32 with MKL's sgemv, TERN_CPU_GEMV=mkl, where the own kernel is the default)
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
 MODEL=${MODEL:-models/default} OUT=${OUT:-bench/cpu-$(date -u +%F)} PROMPT=${PROMPT:-128} NEW=${NEW:-128} THREADS=${THREADS:-$(nproc)}
@@ -23,13 +24,15 @@ tern export --model "$twin" --format gguf --dtype fp32 -o "$work/model-f32.gguf"
 tern export --model "$twin" --format gguf --dtype fp16 -o "$work/model-f16.gguf" 2>/dev/null
 echo "engine,weights,threads,batch,prompt,new_tokens,prefill_ms,decode_ms_per_step,decode_tok_s" > "$OUT/results.csv"
 for run in $(seq "$REPEAT"); do
-  for dtype in fp32 bf16; do
+  for variant in fp32 bf16 $([ "${MKL_ROW:-0}" = 1 ] && echo fp32-mkl); do
     rm -f "$work/tern.csv"
-    tern bench --model "$twin" --device cpu --dtype $dtype --batch "$BATCHES" --prompt "$PROMPT" --new-tokens "$NEW" -o "$work/tern.csv" > /dev/null 2>&1
-    python3 - "$work/tern.csv" "$dtype" "$THREADS" >> "$OUT/results.csv" <<'PY'
+    TERN_CPU_GEMV=$([ $variant = fp32-mkl ] && echo mkl || echo "${TERN_CPU_GEMV:-}") \
+      tern bench --model "$twin" --device cpu --dtype ${variant%-mkl} --batch "$BATCHES" --prompt "$PROMPT" --new-tokens "$NEW" -o "$work/tern.csv" > /dev/null 2>&1
+    python3 - "$work/tern.csv" "$variant" "$THREADS" >> "$OUT/results.csv" <<'PY'
 import csv, sys
+engine = "tern (MKL sgemv)" if sys.argv[2].endswith("-mkl") else "tern"
 for r in csv.DictReader(open(sys.argv[1])):
-    print(",".join(["tern", sys.argv[2], sys.argv[3], r["batch"], r["prompt"], r["new_tokens"], r["prefill_ms"], r["decode_ms_per_step"], r["decode_tok_s"]]))
+    print(",".join([engine, sys.argv[2].removesuffix("-mkl"), sys.argv[3], r["batch"], r["prompt"], r["new_tokens"], r["prefill_ms"], r["decode_ms_per_step"], r["decode_tok_s"]]))
 PY
   done
   for gguf in f32 f16; do

@@ -173,11 +173,12 @@ internal static unsafe partial class CpuKernels
 
     /// <summary>
     /// y = x·Wᵀ (+ bias) (+ residual) for x [..., K] and W [N, K] (contiguous, one type). Decode-sized products (up to 16 rows):
-    /// fp32 when W is large enough to split into a column block per core, each through MKL (exported by the libtorch library);
-    /// bf16 through MKL's bf16 GEMM where the CPU has bf16 arithmetic, else widened in registers (<see cref="WidenedProducts"/>).
-    /// bf16 prefills widen both operands to fp32 for MKL's fp32 GEMM. fp32 accumulation, rounded as the composite path rounds:
-    /// round(round(x·Wᵀ + b) + residual). False for other types, small fp32 products and fp32 prefills (libtorch's one MKL call
-    /// is as fast there), or where the library lacks the GEMM.
+    /// fp32 through the own AVX2 kernel where MKL runs generic code (<see cref="OwnFp32Products"/>), else when W is large enough
+    /// to split into a column block per core, each through MKL (exported by the libtorch library); bf16 through MKL's bf16 GEMM
+    /// where the CPU has bf16 arithmetic, else widened in registers (<see cref="WidenedProducts"/>). bf16 prefills widen both
+    /// operands to fp32 for MKL's fp32 GEMM. fp32 accumulation, rounded as the composite path rounds:
+    /// round(round(x·Wᵀ + b) + residual). False for other types, fp32 prefills and small fp32 products on Intel CPUs (libtorch's
+    /// one MKL call is as fast there), or where the library lacks the GEMM.
     /// </summary>
     public static bool TryLinear(Tensor x, Tensor weight, Tensor? bias, Tensor? residual, out Tensor y)
     {
@@ -327,30 +328,52 @@ internal static unsafe partial class CpuKernels
                 accumulated[j] = Dot<T>(w, x, k);
                 continue;
             }
+            // Two weight rows against four rows of x: eight sums from six loads per eight columns (one weight row: four sums
+            // from five), so that more of each cycle's two loads feed the FMAs.
+            bool pair = j + 1 < to;
+            byte* w1 = pair ? w + k * T.Size : w;
             for (long r = 0; r < m; r += 4)
             {
                 long rows = Math.Min(4, m - r);
                 float* x0 = x + r * k, x1 = x0 + (rows > 1 ? k : 0), x2 = x0 + (rows > 2 ? 2 * k : 0), x3 = x0 + (rows > 3 ? 3 * k : 0);
-                Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
+                Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default, b0 = default, b1 = default, b2 = default, b3 = default;
                 for (long i = 0; i < vectorEnd; i += 8)
                 {
                     var wv = Load8<T>(w, i);
-                    a0 = Vector256.FusedMultiplyAdd(wv, Vector256.Load(x0 + i), a0);
-                    a1 = Vector256.FusedMultiplyAdd(wv, Vector256.Load(x1 + i), a1);
-                    a2 = Vector256.FusedMultiplyAdd(wv, Vector256.Load(x2 + i), a2);
-                    a3 = Vector256.FusedMultiplyAdd(wv, Vector256.Load(x3 + i), a3);
+                    var wu = Load8<T>(w1, i);
+                    var v0 = Vector256.Load(x0 + i);
+                    a0 = Vector256.FusedMultiplyAdd(wv, v0, a0);
+                    b0 = Vector256.FusedMultiplyAdd(wu, v0, b0);
+                    var v1 = Vector256.Load(x1 + i);
+                    a1 = Vector256.FusedMultiplyAdd(wv, v1, a1);
+                    b1 = Vector256.FusedMultiplyAdd(wu, v1, b1);
+                    var v2 = Vector256.Load(x2 + i);
+                    a2 = Vector256.FusedMultiplyAdd(wv, v2, a2);
+                    b2 = Vector256.FusedMultiplyAdd(wu, v2, b2);
+                    var v3 = Vector256.Load(x3 + i);
+                    a3 = Vector256.FusedMultiplyAdd(wv, v3, a3);
+                    b3 = Vector256.FusedMultiplyAdd(wu, v3, b3);
                 }
                 float s0 = Vector256.Sum(a0), s1 = Vector256.Sum(a1), s2 = Vector256.Sum(a2), s3 = Vector256.Sum(a3);
+                float t0 = Vector256.Sum(b0), t1 = Vector256.Sum(b1), t2 = Vector256.Sum(b2), t3 = Vector256.Sum(b3);
                 for (long i = vectorEnd; i < k; i++)
                 {
-                    float wi = T.Load(w, i);
+                    float wi = T.Load(w, i), ui = T.Load(w1, i);
                     s0 += wi * x0[i]; s1 += wi * x1[i]; s2 += wi * x2[i]; s3 += wi * x3[i];
+                    t0 += ui * x0[i]; t1 += ui * x1[i]; t2 += ui * x2[i]; t3 += ui * x3[i];
                 }
-                accumulated[r * n + j] = s0;
-                if (rows > 1) accumulated[(r + 1) * n + j] = s1;
-                if (rows > 2) accumulated[(r + 2) * n + j] = s2;
-                if (rows > 3) accumulated[(r + 3) * n + j] = s3;
+                Store(r, j, s0, s1, s2, s3);
+                if (pair) Store(r, j + 1, t0, t1, t2, t3);
+
+                void Store(long r, long column, float s0, float s1, float s2, float s3)
+                {
+                    accumulated[r * n + column] = s0;
+                    if (rows > 1) accumulated[(r + 1) * n + column] = s1;
+                    if (rows > 2) accumulated[(r + 2) * n + column] = s2;
+                    if (rows > 3) accumulated[(r + 3) * n + column] = s3;
+                }
             }
+            if (pair) j++;
         }
     }
 
