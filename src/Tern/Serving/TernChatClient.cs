@@ -63,7 +63,8 @@ public sealed class TernChatClient : IChatClient
     }
 
     /// <summary>The <see cref="ChatOptions.AdditionalProperties"/> key whose string value names the engine's soft prompt a call
-    /// runs after (<see cref="ServingOptions.SoftPrompts"/>), as the server's body field does.</summary>
+    /// runs after (<see cref="ServingOptions.SoftPrompts"/>; <see cref="ServingOptions.NoSoftPrompt"/>: none, not even the
+    /// default one), as the server's body field does.</summary>
     public const string SoftPromptProperty = "soft_prompt";
 
     /// <summary>The engine requests go to.</summary>
