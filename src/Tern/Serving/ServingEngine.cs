@@ -166,8 +166,8 @@ public sealed class ServingEngine : IDisposable
         Submit(prompt, options, null, cancellation);
 
     /// <summary>Queues a token prompt after the soft prompt named <paramref name="softPrompt"/> (null: the default one, if
-    /// any; <see cref="ServingOptions.NoSoftPrompt"/>: none; see <see cref="ServingOptions.SoftPrompts"/>). Throws <see cref="ServingException"/> when it is invalid or past a
-    /// limit, when the queue is full, or when the engine is stopping.</summary>
+    /// any; <see cref="ServingOptions.NoSoftPrompt"/>: none; see <see cref="ServingOptions.SoftPrompts"/>). Throws
+    /// <see cref="ServingException"/> when it is invalid or past a limit, when the queue is full, or when the engine is stopping.</summary>
     public ServingRequest Submit(IReadOnlyList<int> prompt, GenerationOptions options, string? softPrompt, CancellationToken cancellation = default)
     {
         if (stopping.IsCancellationRequested || draining) throw new ServingException(ServingError.Unavailable, "the server is shutting down.");
@@ -186,7 +186,7 @@ public sealed class ServingEngine : IDisposable
             ServingOptions.NoSoftPrompt => null, // opted out of the default prompt
             _ => softPrompts.TryGetValue(softPrompt, out var named) ? named
                 : throw Invalid(softPrompts.Count == 0 ? $"this server has no soft prompts (asked for '{softPrompt}')."
-                    : $"this server has no soft prompt '{softPrompt}'; it has {string.Join(", ", softPrompts.Keys.Where(k => k.Length > 0).Select(k => $"'{k}'"))} (or '{ServingOptions.NoSoftPrompt}').", "soft_prompt"),
+                    : $"this server has no soft prompt '{softPrompt}'; a request names one of {string.Join(", ", softPrompts.Keys.Where(k => k.Length > 0).Append(ServingOptions.NoSoftPrompt).Select(k => $"'{k}'"))}.", "soft_prompt"),
         };
         int n = soft?.PromptLength ?? 0, longest = LongestPrompt(soft);
         if (prompt.Count == 0) throw Invalid("the prompt has no tokens; it needs at least one.", "prompt");

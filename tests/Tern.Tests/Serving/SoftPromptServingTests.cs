@@ -253,6 +253,14 @@ public sealed class SoftPromptServingTests : IDisposable
         }
         Assert.NotEqual(expected[0], Reference(null, cases[0].Text, cases[0].Options)); // the prompt matters
 
+        // An echo's scores run after the prompt too (a runner of the prompted model over the prompt alone).
+        var scored = Greedy(2) with { PromptLogprobs = 1 };
+        var ids = fixture.Tokenizer.Encode(ServingFixture.Prompts[6]);
+        var (offloadedScores, inMemoryScores) = (engine.Submit(ids, scored, "four", Ct), inMemory.Submit(ids, scored, "four", Ct));
+        await Task.WhenAll(offloadedScores.Completion, inMemoryScores.Completion);
+        Assert.Equal(inMemoryScores.PromptLogprobs!.Select(t => t?.TokenId), offloadedScores.PromptLogprobs!.Select(t => t?.TokenId));
+        for (int i = 1; i < ids.Count; i++) Assert.Equal(inMemoryScores.PromptLogprobs[i]!.Logprob, offloadedScores.PromptLogprobs[i]!.Logprob, 1e-5f);
+
         var refused = Assert.Throws<ServingException>(() => engine.Submit(fixture.Tokenizer.Encode(cases[0].Text), Greedy(8, h2o), Ct));
         Assert.Equal("kv_policy", refused.Field);
         var option = Assert.IsType<OptionException>(refused.InnerException);
