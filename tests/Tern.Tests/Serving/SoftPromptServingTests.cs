@@ -206,12 +206,13 @@ public sealed class SoftPromptServingTests : IDisposable
         }
     }
 
-    /// <summary><see cref="TernChatClient"/> picks a named prompt through <see cref="ChatOptions.AdditionalProperties"/>.</summary>
+    /// <summary><see cref="TernChatClient"/> picks a named prompt through <see cref="ChatOptions.AdditionalProperties"/>, or none
+    /// (opting out of the default prompt); its usage counts the text as input and the prompt's vectors apart.</summary>
     [Fact]
     public async Task TheChatClientPicksANamedPrompt()
     {
         using var client = new TernChatClient(fixture.Model, fixture.Tokenizer,
-            new ServingOptions { SoftPrompts = new Dictionary<string, SoftPrompt> { ["four"] = four } });
+            new ServingOptions { SoftPrompts = new Dictionary<string, SoftPrompt> { ["four"] = four, [ServingOptions.DefaultSoftPrompt] = seven } });
         var ids = client.Engine.EncodeChat(new[] { Tern.Tokenization.ChatMessage.User("Tell me a story") });
         using var prompted = PromptedModel.Create(fixture.Model, four);
         var expected = new Generator(prompted, fixture.Tokenizer).GenerateTokens(new[] { ids }, new GenerationOptions { MaxNewTokens = 16 }, Ct).Sequences[0];
@@ -221,6 +222,14 @@ public sealed class SoftPromptServingTests : IDisposable
         };
         var response = await ((IChatClient)client).GetResponseAsync("Tell me a story", options, Ct);
         Assert.Equal(expected.Text, response.Text);
+        Assert.Equal(ids.Count, response.Usage!.InputTokenCount);
+        Assert.Equal(4, response.Usage.AdditionalCounts!["soft_prompt_tokens"]);
+
+        var plain = new Generator(fixture.Model, fixture.Tokenizer).GenerateTokens(new[] { ids }, new GenerationOptions { MaxNewTokens = 16 }, Ct).Sequences[0];
+        options.AdditionalProperties[TernChatClient.SoftPromptProperty] = ServingOptions.NoSoftPrompt;
+        var none = await ((IChatClient)client).GetResponseAsync("Tell me a story", options, Ct);
+        Assert.Equal(plain.Text, none.Text);
+        Assert.Null(none.Usage!.AdditionalCounts);
     }
 
     /// <summary>An offloaded model serves soft prompts in FlexGen's blocks: requests of the default prompt, of a named one and
