@@ -25,7 +25,7 @@ internal sealed class ApiError(int status, string message, string? param = null,
 /// <summary>
 /// A parsed <c>/v1/completions</c> or <c>/v1/chat/completions</c> body: the fields Tern serves, each type-checked with an
 /// error naming it, plus the Tern extensions (<c>kv_policy</c>, <c>kv_budget</c>, <c>kv_sink</c>, <c>kv_recent</c>,
-/// <c>kv_bits</c>, <c>kv_evict_every</c>, <c>soft_prompt</c> — the name of a soft prompt the server holds —, and as in vLLM <c>top_k</c>, <c>repetition_penalty</c>, <c>ignore_eos</c>). Unknown
+/// <c>kv_bits</c>, <c>kv_evict_every</c>, <c>soft_prompt</c> — the name of a soft prompt the server holds, or <c>"none"</c> —, and as in vLLM <c>top_k</c>, <c>repetition_penalty</c>, <c>ignore_eos</c>). Unknown
 /// fields are ignored, as OpenAI clients send some that do not apply.
 /// </summary>
 internal sealed record OpenAiRequest
@@ -40,7 +40,8 @@ internal sealed record OpenAiRequest
     public bool Echo { get; init; }
     /// <summary>max_tokens 0 with echo: the reply is the prompt alone.</summary>
     public bool ScoreOnly { get; init; }
-    /// <summary><c>soft_prompt</c>: the name of the server's soft prompt to run before the prompt (null: its default one, if any).</summary>
+    /// <summary><c>soft_prompt</c>: the name of the server's soft prompt to run before the prompt; <c>"none"</c>
+    /// (<see cref="Tern.Serving.ServingOptions.NoSoftPrompt"/>) runs none, not even the default one; absent or null: the default one, if any.</summary>
     public string? SoftPrompt { get; init; }
     /// <summary><c>response_format</c>: null for text, else the JSON schema (json_schema) or null schema (json_object).</summary>
     public JsonFormat? Format { get; init; }
@@ -72,6 +73,7 @@ internal sealed record OpenAiRequest
         [TernOption.KvRecent] = "kv_recent",
         [TernOption.KvBits] = "kv_bits",
         [TernOption.KvEvictEvery] = "kv_evict_every",
+        [TernOption.SoftPromptFile] = "soft_prompt",
         [TernOption.MaxNewTokens] = "max_tokens",
         [TernOption.Temperature] = "temperature",
         [TernOption.TopK] = "top_k",

@@ -452,15 +452,19 @@ public sealed class TernServer : IAsyncDisposable
 
         static string FinishReasonName(FinishReason reason) => reason == FinishReason.Length ? "length" : "stop";
 
+        /// <summary>OpenAI's usage: <c>prompt_tokens</c> counts the text's tokens, what a client sent and bills; a soft prompt's
+        /// vectors, which take positions too, are told apart in <c>prompt_tokens_details.soft_prompt_tokens</c>.</summary>
         JsonObject Usage(SequenceOutput output)
         {
             int completion = Request.ScoreOnly ? 0 : output.Tokens.Count;
-            return new()
+            var usage = new JsonObject
             {
                 ["prompt_tokens"] = output.PromptTokens.Count,
                 ["completion_tokens"] = completion,
                 ["total_tokens"] = output.PromptTokens.Count + completion,
             };
+            if (Served.SoftPromptTokens > 0) usage["prompt_tokens_details"] = new JsonObject { ["soft_prompt_tokens"] = Served.SoftPromptTokens };
+            return usage;
         }
     }
 }

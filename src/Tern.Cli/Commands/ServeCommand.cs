@@ -79,14 +79,15 @@ internal static class ServeCommand
         string folder, mode = "continuous batching";
         if (offload.Enabled(r))
         {
-            // FlexGen's throughput mode: blocks of gbs x ngb requests, planned for the longest prompt and max_tokens served.
+            // FlexGen's throughput mode: blocks of gbs x ngb requests, planned for the longest prompt and max_tokens served (after
+            // the longest soft prompt's entries, which a block's caches hold first).
             sparsity.RefuseWithOffload(r);
-            softPromptsFlag.RefuseWithOffload(r);
             ModelLoadOptions load;
             (folder, load) = common.LoadOptions(r);
             tokenizer = TernTokenizer.Load(folder);
             int prompt = serving.MaxPromptTokens > 0 ? serving.MaxPromptTokens : DefaultOffloadPrompt;
-            var (options, prediction) = offload.Resolve(r, folder, load.DType, ComputeOptions.ResolveDevice(load.Device), prompt, serving.MaxNewTokens, Console.Error);
+            var (options, prediction) = offload.Resolve(r, folder, load.DType, ComputeOptions.ResolveDevice(load.Device),
+                prompt + softPromptsFlag.LongestLength(r), serving.MaxNewTokens, Console.Error);
             OffloadFlags.Print(Console.Error, options.Policy, prediction);
             if (r.GetValue(flags.MaxBatch) is { } batch && batch > options.Policy.BlockSize)
                 throw new UsageException($"--max-batch {batch} exceeds the offloaded block of gbs x ngb = {options.Policy.BlockSize} sequences ({options.Policy}); " +
@@ -104,7 +105,12 @@ internal static class ServeCommand
         }
         using var disposeModel = model as IDisposable;
         using var sparse = model is CausalLanguageModel sparseModel ? sparsity.Apply(r, common, sparseModel) : null;
-        var softPrompts = model is CausalLanguageModel promptedModel ? softPromptsFlag.Load(r, promptedModel) : new();
+        var softPrompts = softPromptsFlag.Load(r, model switch
+        {
+            CausalLanguageModel inMemory => inMemory.TokenEmbeddingWidth,
+            OffloadedModel offloaded => offloaded.TokenEmbeddingWidth,
+            _ => throw new InvalidOperationException($"tern serve loads a model in memory or offloaded, not a {model.GetType().Name}."),
+        });
         ServingEngine engine;
         try
         {

@@ -23,18 +23,18 @@ internal sealed class SoftPromptFlag
                 "drop --kv-policy and --kv-bits, or --offload.");
     }
 
-    /// <summary>Why <c>tern serve</c> takes <c>--soft-prompt</c> and <c>--offload</c> apart.</summary>
-    internal const string WithOffload = "tern serve --soft-prompt runs a model in memory: the server copies a prompt's prefilled keys and values into each request's cache, " +
-        "which an offloaded model keeps where its policy places them. Drop one of --soft-prompt and --offload ('tern generate' and 'tern bench' take both).";
-
     /// <summary>Positions the prompt file takes (0 without the flag or without a readable prompt, which <see cref="Load(ParseResult, long)"/>
     /// then reports), from its header before a model loads: an offload policy plans for them.</summary>
-    public int Length(ParseResult r)
+    public int Length(ParseResult r) => r.GetValue(File) is { } file ? HeaderLength(file.FullName) : 0;
+
+    /// <summary>Positions the prompt file at <paramref name="path"/> takes, from its header (0 when it is missing or not a
+    /// prompt: loading it reports why).</summary>
+    internal static int HeaderLength(string path)
     {
-        if (r.GetValue(File) is not { Exists: true } file) return 0;
+        if (!System.IO.File.Exists(path)) return 0;
         try
         {
-            using var header = SafetensorsFile.Open(file.FullName);
+            using var header = SafetensorsFile.Open(path);
             return header.TryGetInfo(SoftPrompt.TensorName, out var info) && info.Shape.Count == 2 ? (int)info.Shape[0] : 0;
         }
         catch (CheckpointException)
@@ -58,7 +58,8 @@ internal sealed class ServedSoftPromptsFlag
     public Option<string[]> Values { get; } = new("--soft-prompt")
     {
         Description = "Soft prompt (safetensors from 'tern prompt train') placed before requests: FILE for every request that names none, " +
-            "NAME=FILE (repeatable) for requests whose body field soft_prompt names it. Its keys and values are computed once and copied into each request's cache.",
+            "NAME=FILE (repeatable) for requests whose body field soft_prompt names it (\"none\": no prompt). Its keys and values are computed once and copied into each request's cache " +
+            "(with --offload: with each block, of one prompt's requests, under the full KV cache).",
         Arity = ArgumentArity.ZeroOrMore,
     };
 
@@ -67,28 +68,31 @@ internal sealed class ServedSoftPromptsFlag
     /// <summary>True when the flag is given.</summary>
     public bool Given(ParseResult r) => r.GetValue(Values) is { Length: > 0 };
 
-    /// <summary>Refuses the flag next to <c>--offload</c>, before anything loads (the engine would refuse it too).</summary>
-    public void RefuseWithOffload(ParseResult r)
-    {
-        if (Given(r)) throw new UsageException(SoftPromptFlag.WithOffload);
-    }
+    /// <summary>Positions the longest prompt takes (0 without the flag), from the files' headers before a model loads: an
+    /// offload policy plans for them (a block's caches hold a prompt's entries before the text).</summary>
+    public int LongestLength(ParseResult r) => Files(r).Select(f => SoftPromptFlag.HeaderLength(f.Path)).DefaultIfEmpty(0).Max();
 
-    /// <summary>The prompts by name ("" for the unnamed one), each checked against <paramref name="model"/>; empty without the
-    /// flag. The caller disposes them.</summary>
-    public Dictionary<string, SoftPrompt> Load(ParseResult r, CausalLanguageModel model)
+    /// <summary>The values given, as (name, full path): NAME=FILE unless the whole value is a file (a path may hold '=').</summary>
+    IEnumerable<(string Name, string Path)> Files(ParseResult r) => (r.GetValue(Values) ?? Array.Empty<string>()).Select(value =>
+    {
+        int eq = value.IndexOf('=');
+        var (name, path) = eq > 0 && !System.IO.File.Exists(value) ? (value[..eq], value[(eq + 1)..]) : ("", value);
+        return (name, Path.GetFullPath(path));
+    });
+
+    /// <summary>The prompts by name ("" for the unnamed one), each checked against a model of that token-embedding width (in
+    /// memory or offloaded); empty without the flag. The caller disposes them.</summary>
+    public Dictionary<string, SoftPrompt> Load(ParseResult r, long tokenEmbeddingWidth)
     {
         var prompts = new Dictionary<string, SoftPrompt>();
         try
         {
-            foreach (string value in r.GetValue(Values) ?? Array.Empty<string>())
+            foreach (var (name, path) in Files(r))
             {
-                // NAME=FILE unless the whole value is a file (a path may hold '=').
-                int eq = value.IndexOf('=');
-                var (name, path) = eq > 0 && !System.IO.File.Exists(value) ? (value[..eq], value[(eq + 1)..]) : ("", value);
                 if (prompts.ContainsKey(name))
                     throw new UsageException(name.Length == 0 ? "--soft-prompt FILE is given twice; name all but one (NAME=FILE)."
                         : $"--soft-prompt names '{name}' twice; give each prompt its own name.");
-                prompts[name] = SoftPrompt.Load(Path.GetFullPath(path), model);
+                prompts[name] = SoftPrompt.Load(path, tokenEmbeddingWidth);
             }
         }
         catch

@@ -106,9 +106,7 @@ public sealed class PromptedModel : IStepModel, IDisposable
     {
         if (model is null)
         {
-            // An offloaded policy cache is prefilled in a scratch per GPU batch, which does not start from the prompt's entries.
-            if (OffloadedModel.NeedsResidentCache(cache))
-                throw new OptionException($"{TernOption.SoftPromptFile} with {TernOption.Offload} runs the full KV cache (an offloaded policy cache does not start from the prompt's entries); drop {TernOption.KvPolicy} and {TernOption.KvBits}, or {TernOption.Offload}.");
+            RequireCache(cache);
             var offloaded = ((OffloadedModel)inner).CreateRunner(batchSize, maxSequenceLength + n, maxStepTokens, cache, n == 0 ? null : prompt.Embeddings);
             return n == 0 ? offloaded : new OffloadedRunner(n, offloaded);
         }
@@ -124,6 +122,16 @@ public sealed class PromptedModel : IStepModel, IDisposable
             throw;
         }
         return runner;
+    }
+
+    /// <summary>Throws the <see cref="OptionException"/> that <see cref="CreateRunner"/> throws under <paramref name="cache"/>,
+    /// before any runner is made (a server checks a request with it): an offloaded model's prompt runs under the full KV cache
+    /// only; in memory every configuration runs.</summary>
+    internal void RequireCache(KvCacheConfig? cache)
+    {
+        // An offloaded policy cache is prefilled in a scratch per GPU batch, which does not start from the prompt's entries.
+        if (model is null && OffloadedModel.NeedsResidentCache(cache))
+            throw new OptionException($"{TernOption.SoftPromptFile} with {TernOption.Offload} runs the full KV cache (an offloaded policy cache does not start from the prompt's entries); drop {TernOption.KvPolicy} and {TernOption.KvBits}, or {TernOption.Offload}.");
     }
 
     /// <summary>

@@ -3,6 +3,7 @@ using Tern.Generation;
 using Tern.Caching;
 using Tern.Interop;
 using Tern.Models;
+using Tern.Offloading;
 using Tern.Prompting;
 using Tern.Runtime;
 using Tern.Tokenization;
@@ -32,7 +33,8 @@ namespace Tern.Serving;
 /// sequence reads its token back as it is drawn (its next mask depends on it), so on CUDA a step holding one waits for the
 /// device before the next step is queued. A request with a soft prompt (<see cref="ServingOptions.SoftPrompts"/>) starts its
 /// row from the prompt's entries, prefilled once per pool configuration (<see cref="PromptedModel"/>), and gives the tokens
-/// <see cref="Generator"/> gives over that <see cref="PromptedModel"/>.
+/// <see cref="Generator"/> gives over that <see cref="PromptedModel"/>; an offloaded model's block holds the requests of one
+/// soft prompt (or none), whose runner prefills it with the block.
 /// </remarks>
 public sealed class ServingEngine : IDisposable
 {
@@ -87,17 +89,21 @@ public sealed class ServingEngine : IDisposable
         return new ServingEngine(model, tokenizer, options, PrefillSoftPrompts(model, options));
     }
 
-    /// <summary>The soft prompts of <paramref name="options"/>, each prefilled under the full cache (other configurations are
-    /// prefilled when a pool of theirs first meets the prompt).</summary>
+    /// <summary>The soft prompts of <paramref name="options"/>: in memory each prefilled under the full cache (other
+    /// configurations are prefilled when a pool of theirs first meets the prompt); offloaded, prefilled with each block.</summary>
     static Dictionary<string, PromptedModel> PrefillSoftPrompts(IStepModel model, ServingOptions options)
     {
         var prompts = new Dictionary<string, PromptedModel>();
         if (options.SoftPrompts is not { Count: > 0 } given) return prompts;
-        if (model is not CausalLanguageModel inMemory)
-            throw new OptionException($"{TernOption.SoftPromptFile} runs with a model in memory: an offloaded model ({TernOption.Offload}) steps blocks whose caches its policy places, and they do not start from a prefilled prompt yet. Drop one of them.");
         try
         {
-            foreach (var (name, prompt) in given) prompts[name] = PromptedModel.Create(inMemory, prompt);
+            foreach (var (name, prompt) in given)
+                prompts[name] = model switch
+                {
+                    CausalLanguageModel inMemory => PromptedModel.Create(inMemory, prompt),
+                    OffloadedModel offloaded => PromptedModel.Create(offloaded, prompt),
+                    _ => throw new ArgumentException($"soft prompts run over a model in memory or an offloaded one, not a {model.GetType().Name}."),
+                };
         }
         catch
         {
@@ -160,8 +166,8 @@ public sealed class ServingEngine : IDisposable
         Submit(prompt, options, null, cancellation);
 
     /// <summary>Queues a token prompt after the soft prompt named <paramref name="softPrompt"/> (null: the default one, if
-    /// any; see <see cref="ServingOptions.SoftPrompts"/>). Throws <see cref="ServingException"/> when it is invalid or past a
-    /// limit, when the queue is full, or when the engine is stopping.</summary>
+    /// any; <see cref="ServingOptions.NoSoftPrompt"/>: none; see <see cref="ServingOptions.SoftPrompts"/>). Throws
+    /// <see cref="ServingException"/> when it is invalid or past a limit, when the queue is full, or when the engine is stopping.</summary>
     public ServingRequest Submit(IReadOnlyList<int> prompt, GenerationOptions options, string? softPrompt, CancellationToken cancellation = default)
     {
         if (stopping.IsCancellationRequested || draining) throw new ServingException(ServingError.Unavailable, "the server is shutting down.");
@@ -174,11 +180,14 @@ public sealed class ServingEngine : IDisposable
             throw new ServingException(ServingError.InvalidRequest, e.Message, inner: e);
         }
         var info = model.Info;
-        PromptedModel? soft = null;
-        if (softPrompt is not null && !softPrompts.TryGetValue(softPrompt, out soft))
-            throw Invalid(softPrompts.Count == 0 ? $"this server has no soft prompts (asked for '{softPrompt}')."
-                : $"this server has no soft prompt '{softPrompt}'; it has {string.Join(", ", softPrompts.Keys.Where(k => k.Length > 0).Select(k => $"'{k}'"))}.", "soft_prompt");
-        soft ??= softPrompts.GetValueOrDefault(ServingOptions.DefaultSoftPrompt);
+        var soft = softPrompt switch
+        {
+            null => softPrompts.GetValueOrDefault(ServingOptions.DefaultSoftPrompt),
+            ServingOptions.NoSoftPrompt => null, // opted out of the default prompt
+            _ => softPrompts.TryGetValue(softPrompt, out var named) ? named
+                : throw Invalid(softPrompts.Count == 0 ? $"this server has no soft prompts (asked for '{softPrompt}')."
+                    : $"this server has no soft prompt '{softPrompt}'; a request names one of {string.Join(", ", softPrompts.Keys.Where(k => k.Length > 0).Append(ServingOptions.NoSoftPrompt).Select(k => $"'{k}'"))}.", "soft_prompt"),
+        };
         int n = soft?.PromptLength ?? 0, longest = LongestPrompt(soft);
         if (prompt.Count == 0) throw Invalid("the prompt has no tokens; it needs at least one.", "prompt");
         if (prompt.Count > longest)
@@ -197,10 +206,12 @@ public sealed class ServingEngine : IDisposable
         try
         {
             inMemory?.RequireCache(cache);
+            soft?.RequireCache(cache);
         }
         catch (OptionException e)
         {
-            throw Invalid(e.Message, e.Option == TernOption.KvBits ? "kv_bits" : "kv_policy", e);
+            // The field that chose the cache: its bits, or its policy.
+            throw Invalid(e.Message, e.Option == TernOption.KvBits || cache.Eviction is DensePolicy ? "kv_bits" : "kv_policy", e);
         }
         // A soft prompt's entries are the row's first: they take context, and their share of the cache is reserved.
         int maxNew = options.NewTokensFor(soft?.Info ?? info, prompt.Count);
@@ -396,7 +407,8 @@ public sealed class ServingEngine : IDisposable
         {
             if (running + joiners.Count >= Options.MaxBatchSize || reserved + request.ReservedTokens > budget) break;
             if (pools.TryGetValue(request.Cache, out var pool) && !pool.Admits) break;
-            if (blocks && joiners.Count > 0 && !request.Cache.Equals(joiners[0].Cache)) break;
+            // A block's rows share one cache configuration and one soft prompt (or none): every row starts from its entries.
+            if (blocks && joiners.Count > 0 && (!request.Cache.Equals(joiners[0].Cache) || request.SoftPrompt != joiners[0].SoftPrompt)) break;
             if (!blocks && joiners.Count > 0 && prefill + request.PromptTokens.Count > Options.MaxPrefillTokensPerStep) break;
             joiners.Add(request);
             reserved += request.ReservedTokens;
@@ -562,7 +574,8 @@ public sealed class ServingEngine : IDisposable
                 var model = Engine.model;
                 var prompts = rows.Select(s => s.Request.PromptTokens).ToArray();
                 int longest = prompts.Max(p => p.Count);
-                runner = model.CreateRunner(rows.Length, longest + rows.Max(s => s.Request.MaxNewTokens), longest, config);
+                // A soft prompt's runner prefills it with the block and shifts the text's positions after its entries.
+                runner = ((IStepModel?)rows[0].Request.SoftPrompt ?? model).CreateRunner(rows.Length, longest + rows.Max(s => s.Request.MaxNewTokens), longest, config);
                 using var scope = torch.NewDisposeScope();
                 Emit(rows, runner.Forward(ForwardBatch.LeftPadded(prompts, model.Device, lastPositionOnly: true)));
             }
@@ -582,8 +595,9 @@ public sealed class ServingEngine : IDisposable
                 var device = Engine.model.Device;
                 int n = rows.Length;
                 // A finished row steps as padding (position -1: it sees only its own entries, and no one sees what it writes),
-                // so it never runs past its own length (a learned-position model's context).
-                var positions = rows.Select(s => live.Contains(s) ? (long)s.Fed : -1L).ToArray();
+                // so it never runs past its own length (a learned-position model's context). Text positions: a soft prompt's
+                // runner moves them after its entries.
+                var positions = rows.Select(s => live.Contains(s) ? (long)(s.Fed - s.Request.SoftPromptTokens) : -1L).ToArray();
                 var logits = runner!.Forward(new ForwardBatch
                 {
                     InputIds = torch.tensor(rows.Select(s => live.Contains(s) ? (long)s.Next : 0L).ToArray(), new long[] { n, 1 }).to(device),

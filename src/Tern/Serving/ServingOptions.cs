@@ -51,13 +51,18 @@ public sealed record ServingOptions
     /// (<see cref="DefaultSoftPrompt"/>), when given, runs before every request that names none. Each prompt's n entries are
     /// prefilled once per KV cache configuration and copied into a row's cache when the row joins its pool; its text positions
     /// start at n, and the entries count in the row's cache (the context left to prompt and max_tokens, reserved tokens).
-    /// Rows of different prompts share a pool. A model stepped in blocks (offloaded) refuses them. The engine copies the
-    /// prompts when it starts: the caller keeps its own.
+    /// Rows of different prompts share a pool. A model stepped in blocks (offloaded) prefills a prompt with each block (every
+    /// row of a block runs after the same prompt, or none; the next request of another prompt starts the next block), under the
+    /// full KV cache only: a request's other <c>kv_policy</c> or <c>kv_bits</c> with a prompt is refused. A request opts out of the
+    /// default prompt by naming <see cref="NoSoftPrompt"/>. The engine copies the prompts when it starts: the caller keeps its own.
     /// </summary>
     public IReadOnlyDictionary<string, SoftPrompt>? SoftPrompts { get; init; }
 
     /// <summary>The name of the soft prompt that runs before requests that name none.</summary>
     public const string DefaultSoftPrompt = "";
+
+    /// <summary>The name a request gives to run after no soft prompt, not even the default one (no prompt may take it).</summary>
+    public const string NoSoftPrompt = "none";
 
     /// <summary>Tests: the static-shape step without a graph, so CPU runs prove the body a graph captures.</summary>
     internal bool ForceStaticShapes { get; init; }
@@ -74,6 +79,8 @@ public sealed record ServingOptions
         foreach (string name in SoftPrompts?.Keys ?? Enumerable.Empty<string>())
             if (!name.All(c => char.IsAsciiLetterOrDigit(c) || c is '-' or '_' or '.'))
                 throw new OptionException($"{TernOption.SoftPromptFile}: a prompt's name is letters, digits, '-', '_' or '.' (got '{name}').");
+            else if (name == NoSoftPrompt)
+                throw new OptionException($"{TernOption.SoftPromptFile}: '{NoSoftPrompt}' names no prompt (a request opts out of the default one with it); choose another name.");
     }
 }
 

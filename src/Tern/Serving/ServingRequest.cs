@@ -44,6 +44,10 @@ public sealed class ServingRequest
     /// <see cref="Tokens"/> (a stream can echo them first); null otherwise.</summary>
     public IReadOnlyList<TokenLogprob?>? PromptLogprobs { get; internal set; }
 
+    /// <summary>Vectors of the soft prompt the request runs after (0: none): positions its row holds before
+    /// <see cref="PromptTokens"/>, which do not count among them.</summary>
+    public int SoftPromptTokens => SoftPrompt?.PromptLength ?? 0;
+
     /// <summary>The output once the request stops.</summary>
     public Task<SequenceOutput> Completion => completion.Task;
 
@@ -53,7 +57,7 @@ public sealed class ServingRequest
     internal PromptedModel? SoftPrompt { get; }
 
     /// <summary>Entries the request's row holds once its prompt is prefilled: the soft prompt's and the prompt's.</summary>
-    internal int PrefilledTokens => (SoftPrompt?.PromptLength ?? 0) + PromptTokens.Count;
+    internal int PrefilledTokens => SoftPromptTokens + PromptTokens.Count;
 
     /// <summary>The request's KV cache with ratio budgets resolved for its own length: the key of the pool it runs in.</summary>
     internal KvCacheConfig Cache { get; }

@@ -63,7 +63,8 @@ public sealed class TernChatClient : IChatClient
     }
 
     /// <summary>The <see cref="ChatOptions.AdditionalProperties"/> key whose string value names the engine's soft prompt a call
-    /// runs after (<see cref="ServingOptions.SoftPrompts"/>), as the server's body field does.</summary>
+    /// runs after (<see cref="ServingOptions.SoftPrompts"/>; <see cref="ServingOptions.NoSoftPrompt"/>: none, not even the
+    /// default one), as the server's body field does.</summary>
     public const string SoftPromptProperty = "soft_prompt";
 
     /// <summary>The engine requests go to.</summary>
@@ -90,7 +91,7 @@ public sealed class TernChatClient : IChatClient
             ResponseId = NewId(),
             CreatedAt = DateTimeOffset.UtcNow,
             FinishReason = called ? ChatFinishReason.ToolCalls : Finish(output.FinishReason),
-            Usage = Usage(output),
+            Usage = Usage(request, output),
         };
     }
 
@@ -127,7 +128,7 @@ public sealed class TernChatClient : IChatClient
             foreach (var (name, arguments) in calls)
                 contents.Add(FunctionCallContent.CreateFromParsedArguments(arguments.ToString(), CallId(), name,
                     json => JsonSerializer.Deserialize<Dictionary<string, object?>>(json)!)); // a call cut short carries its parse error
-            contents.Add(new UsageContent(Usage(output)));
+            contents.Add(new UsageContent(Usage(request, output)));
             yield return new ChatResponseUpdate(ChatRole.Assistant, contents)
             {
                 ModelId = ModelId, ResponseId = id, MessageId = id, CreatedAt = created, RawRepresentation = output,
@@ -232,11 +233,14 @@ public sealed class TernChatClient : IChatClient
 
     static ChatFinishReason Finish(FinishReason reason) => reason == FinishReason.Length ? ChatFinishReason.Length : ChatFinishReason.Stop;
 
-    static UsageDetails Usage(SequenceOutput output) => new()
+    /// <summary>The input counts the text's tokens, as the server's <c>prompt_tokens</c> does; a soft prompt's vectors are the
+    /// additional count <c>soft_prompt_tokens</c>.</summary>
+    static UsageDetails Usage(ServingRequest request, SequenceOutput output) => new()
     {
         InputTokenCount = output.PromptTokens.Count,
         OutputTokenCount = output.Tokens.Count,
         TotalTokenCount = output.PromptTokens.Count + output.Tokens.Count,
+        AdditionalCounts = request.SoftPromptTokens == 0 ? null : new() { ["soft_prompt_tokens"] = request.SoftPromptTokens },
     };
 
     /// <inheritdoc />

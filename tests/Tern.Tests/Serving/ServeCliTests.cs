@@ -119,12 +119,16 @@ public sealed class ServeCliTests
         }
     }
 
-    /// <summary><c>tern serve --soft-prompt FILE --soft-prompt NAME=FILE</c>, a real process: a request without
-    /// <c>soft_prompt</c> gets the text <c>tern generate --soft-prompt FILE</c> prints, one naming the other prompt the text
-    /// generate prints with that one; the start-up line lists them.</summary>
-    [Fact]
-    public async Task ServedSoftPromptsGiveTernGeneratesText()
+    /// <summary><c>tern serve --soft-prompt FILE --soft-prompt NAME=FILE</c>, a real process, in memory and offloaded: a request
+    /// without <c>soft_prompt</c> gets the text <c>tern generate --soft-prompt FILE</c> prints (with the same <c>--offload</c>),
+    /// one naming the other prompt the text generate prints with that one, one naming "none" the text generate prints without
+    /// a prompt; the start-up line lists them.</summary>
+    [Theory]
+    [InlineData(null)]
+    [InlineData("w=0/100/0,kv=0/100/0,act=0/100/0,gbs=2,ngb=2")]
+    public async Task ServedSoftPromptsGiveTernGeneratesText(string? offload)
     {
+        var offloading = offload is null ? Array.Empty<string>() : new[] { "--offload", offload };
         using var fixture = new ServingFixture();
         using var dir = new TempDir();
         string seven = dir.File("seven.safetensors"), four = dir.File("four.safetensors");
@@ -136,21 +140,24 @@ public sealed class ServeCliTests
             prompt.Save(path);
         }
         string text = ServingFixture.Prompts[1];
-        string Generate(string file)
+        string Generate(string? file)
         {
-            var (code, output, error) = Run("generate", text, "--model", fixture.Folder, "--device", "cpu", "--max-new-tokens", "16", "--soft-prompt", file);
+            var (code, output, error) = Run(new[] { "generate", text, "--model", fixture.Folder, "--device", "cpu", "--max-new-tokens", "16" }
+                .Concat(file is null ? Array.Empty<string>() : new[] { "--soft-prompt", file }).Concat(offloading).ToArray());
             Assert.True(code == 0, error);
             return output.TrimEnd('\n');
         }
-        string withSeven = Generate(seven), withFour = Generate(four);
+        string withSeven = Generate(seven), withFour = Generate(four), plain = Generate(null);
         Assert.NotEqual(withSeven, withFour);
+        Assert.NotEqual(withSeven, plain);
 
         string cli = Path.Combine(AppContext.BaseDirectory, "Tern.Cli.dll");
         var start = new System.Diagnostics.ProcessStartInfo("dotnet")
         {
-            ArgumentList = { cli, "serve", "--model", fixture.Folder, "--model-id", "tern", "--device", "cpu", "--port", "0", "--soft-prompt", seven, "--soft-prompt", $"four={four}" },
             RedirectStandardError = true, RedirectStandardOutput = true,
         };
+        foreach (string arg in new[] { cli, "serve", "--model", fixture.Folder, "--model-id", "tern", "--device", "cpu", "--port", "0", "--soft-prompt", seven, "--soft-prompt", $"four={four}" }
+            .Concat(offloading)) start.ArgumentList.Add(arg);
         using var process = System.Diagnostics.Process.Start(start)!;
         try
         {
@@ -172,19 +179,12 @@ public sealed class ServeCliTests
             }
             Assert.Equal(withSeven, await Complete(null));
             Assert.Equal(withFour, await Complete("four"));
+            Assert.Equal(plain, await Complete("none"));
         }
         finally
         {
             if (!process.HasExited) process.Kill(entireProcessTree: true);
         }
-    }
-
-    [Fact]
-    public void ServedSoftPromptsAreRefusedWithOffloadBeforeLoading()
-    {
-        var (code, _, error) = Run("serve", "--model", "no-such-folder", "--soft-prompt", "p.safetensors", "--offload", "auto");
-        Assert.Equal(2, code);
-        Assert.Contains("Drop one of --soft-prompt and --offload", error);
     }
 
     [Theory]

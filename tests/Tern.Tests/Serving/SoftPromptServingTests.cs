@@ -163,8 +163,9 @@ public sealed class SoftPromptServingTests : IDisposable
         await plain.Completion;
     }
 
-    /// <summary>Over HTTP a request picks a prompt by the body field <c>soft_prompt</c>; without it the default prompt runs; an
-    /// unknown name is a 400 naming the field.</summary>
+    /// <summary>Over HTTP a request picks a prompt by the body field <c>soft_prompt</c>; without it (or null) the default prompt
+    /// runs, with <c>"none"</c> no prompt (the plain model's text); an unknown name is a 400 naming the field. Usage counts the
+    /// text's tokens as <c>prompt_tokens</c> and the prompt's vectors as <c>prompt_tokens_details.soft_prompt_tokens</c>.</summary>
     [Fact]
     public async Task ARequestPicksItsPromptByTheSoftPromptField()
     {
@@ -181,11 +182,18 @@ public sealed class SoftPromptServingTests : IDisposable
                 return (response.StatusCode, JsonDocument.Parse(await response.Content.ReadAsStringAsync(Ct)).RootElement.Clone());
             }
             string text = ServingFixture.Prompts[1];
-            foreach (var (field, prompt) in new[] { ("", seven), (",\"soft_prompt\":\"four\"", four) })
+            int textTokens = fixture.Tokenizer.Encode(text).Count;
+            foreach (var (field, prompt) in new[] { ("", seven), (",\"soft_prompt\":null", seven), (",\"soft_prompt\":\"four\"", four), (",\"soft_prompt\":\"none\"", null) })
             {
                 var (code, body) = await Post($$"""{"model":"tiny","prompt":"{{text}}","max_tokens":12,"temperature":0{{field}}}""");
                 Assert.Equal(HttpStatusCode.OK, code);
                 Assert.Equal(fixture.Tokenizer.Decode(Reference(prompt, text, Greedy(12))), body.GetProperty("choices")[0].GetProperty("text").GetString());
+                // prompt_tokens counts the text (what OpenAI clients count and bill); the prompt's vectors are told apart.
+                var usage = body.GetProperty("usage");
+                Assert.Equal(textTokens, usage.GetProperty("prompt_tokens").GetInt32());
+                Assert.Equal(textTokens + 12, usage.GetProperty("total_tokens").GetInt32());
+                if (prompt is null) Assert.False(usage.TryGetProperty("prompt_tokens_details", out _));
+                else Assert.Equal(prompt.Length, usage.GetProperty("prompt_tokens_details").GetProperty("soft_prompt_tokens").GetInt32());
             }
             var (refused, error) = await Post("""{"model":"tiny","prompt":"hi","soft_prompt":"nine"}""");
             Assert.Equal(HttpStatusCode.BadRequest, refused);
@@ -198,12 +206,13 @@ public sealed class SoftPromptServingTests : IDisposable
         }
     }
 
-    /// <summary><see cref="TernChatClient"/> picks a named prompt through <see cref="ChatOptions.AdditionalProperties"/>.</summary>
+    /// <summary><see cref="TernChatClient"/> picks a named prompt through <see cref="ChatOptions.AdditionalProperties"/>, or none
+    /// (opting out of the default prompt); its usage counts the text as input and the prompt's vectors apart.</summary>
     [Fact]
     public async Task TheChatClientPicksANamedPrompt()
     {
         using var client = new TernChatClient(fixture.Model, fixture.Tokenizer,
-            new ServingOptions { SoftPrompts = new Dictionary<string, SoftPrompt> { ["four"] = four } });
+            new ServingOptions { SoftPrompts = new Dictionary<string, SoftPrompt> { ["four"] = four, [ServingOptions.DefaultSoftPrompt] = seven } });
         var ids = client.Engine.EncodeChat(new[] { Tern.Tokenization.ChatMessage.User("Tell me a story") });
         using var prompted = PromptedModel.Create(fixture.Model, four);
         var expected = new Generator(prompted, fixture.Tokenizer).GenerateTokens(new[] { ids }, new GenerationOptions { MaxNewTokens = 16 }, Ct).Sequences[0];
@@ -213,15 +222,68 @@ public sealed class SoftPromptServingTests : IDisposable
         };
         var response = await ((IChatClient)client).GetResponseAsync("Tell me a story", options, Ct);
         Assert.Equal(expected.Text, response.Text);
+        Assert.Equal(ids.Count, response.Usage!.InputTokenCount);
+        Assert.Equal(4, response.Usage.AdditionalCounts!["soft_prompt_tokens"]);
+
+        var plain = new Generator(fixture.Model, fixture.Tokenizer).GenerateTokens(new[] { ids }, new GenerationOptions { MaxNewTokens = 16 }, Ct).Sequences[0];
+        options.AdditionalProperties[TernChatClient.SoftPromptProperty] = ServingOptions.NoSoftPrompt;
+        var none = await ((IChatClient)client).GetResponseAsync("Tell me a story", options, Ct);
+        Assert.Equal(plain.Text, none.Text);
+        Assert.Null(none.Usage!.AdditionalCounts);
     }
 
+    /// <summary>An offloaded model serves soft prompts in FlexGen's blocks: requests of the default prompt, of a named one and
+    /// of none (<see cref="ServingOptions.NoSoftPrompt"/>), queued together, form blocks of one prompt each in their order, each
+    /// row after its prompt's entries prefilled with the block; every request's greedy tokens equal the in-memory engine's, the
+    /// prompted generator's alone and, for the default prompt, those of the offloaded prompted generator (<c>tern generate
+    /// --soft-prompt --offload</c>). A KV policy with a prompt is refused naming the options; without one it runs.</summary>
     [Fact]
-    public void AnOffloadedModelRefusesSoftPromptsNamingBothOptions()
+    public async Task AnOffloadedModelServesSoftPromptsBlockByBlockAsInMemory()
     {
         using var offloaded = OffloadedModel.Load(fixture.Folder, new ModelLoadOptions { Device = DeviceKind.Cpu },
-            new OffloadOptions { Policy = OffloadPolicy.Parse("w=0/100/0,kv=100/0/0,act=0/100/0,gbs=2,ngb=1") });
-        var e = Assert.Throws<OptionException>(() => ServingEngine.Start(offloaded, fixture.Tokenizer,
-            new ServingOptions { SoftPrompts = new Dictionary<string, SoftPrompt> { [ServingOptions.DefaultSoftPrompt] = four } }));
-        Assert.Equal(new[] { TernOption.SoftPromptFile, TernOption.Offload }, e.Options);
+            new OffloadOptions { Policy = OffloadPolicy.Parse("w=0/100/0,kv=0/100/0,act=0/100/0,gbs=2,ngb=2") });
+        var named = new (string? Name, SoftPrompt? Prompt)[] { (null, seven), (null, seven), ("four", four), (ServingOptions.NoSoftPrompt, null) };
+        var cases = ServingFixture.Prompts.Select((p, i) => (Text: p, named[i % 4].Name, named[i % 4].Prompt, Options: Greedy(10 + i))).ToList();
+        var h2o = Policy("h2o", "8");
+        cases.Add((ServingFixture.Prompts[2], ServingOptions.NoSoftPrompt, null, Greedy(12, h2o))); // a policy without a prompt runs
+        var expected = cases.Select(c => Reference(c.Prompt, c.Text, c.Options)).ToArray();
+        using (var promptedOffloaded = PromptedModel.Create(offloaded, seven))
+            Assert.Equal(expected[0], new Generator(promptedOffloaded, fixture.Tokenizer).Generate(new[] { cases[0].Text }, cases[0].Options, Ct).Sequences[0].Tokens);
+        var prompts = new Dictionary<string, SoftPrompt> { [ServingOptions.DefaultSoftPrompt] = seven, ["four"] = four };
+        using var engine = ServingEngine.Start(offloaded, fixture.Tokenizer, new ServingOptions { MaxBatchSize = 4, SoftPrompts = prompts });
+        using var inMemory = ServingEngine.Start(fixture.Model, fixture.Tokenizer, new ServingOptions { MaxBatchSize = 4, SoftPrompts = prompts });
+        Assert.Equal(new Dictionary<string, int> { [""] = 7, ["four"] = 4 }, engine.SoftPrompts);
+        var requests = cases.Select(c => engine.Submit(fixture.Tokenizer.Encode(c.Text), c.Options, c.Name, Ct)).ToArray();
+        var references = cases.Select(c => inMemory.Submit(fixture.Tokenizer.Encode(c.Text), c.Options, c.Name, Ct)).ToArray();
+        for (int i = 0; i < cases.Count; i++)
+        {
+            Assert.Equal(expected[i], (await requests[i].Completion).Tokens);
+            Assert.Equal(expected[i], (await references[i].Completion).Tokens);
+        }
+        Assert.NotEqual(expected[0], Reference(null, cases[0].Text, cases[0].Options)); // the prompt matters
+
+        // An echo's scores run after the prompt too (a runner of the prompted model over the prompt alone).
+        var scored = Greedy(2) with { PromptLogprobs = 1 };
+        var ids = fixture.Tokenizer.Encode(ServingFixture.Prompts[6]);
+        var (offloadedScores, inMemoryScores) = (engine.Submit(ids, scored, "four", Ct), inMemory.Submit(ids, scored, "four", Ct));
+        await Task.WhenAll(offloadedScores.Completion, inMemoryScores.Completion);
+        Assert.Equal(inMemoryScores.PromptLogprobs!.Select(t => t?.TokenId), offloadedScores.PromptLogprobs!.Select(t => t?.TokenId));
+        for (int i = 1; i < ids.Count; i++) Assert.Equal(inMemoryScores.PromptLogprobs[i]!.Logprob, offloadedScores.PromptLogprobs[i]!.Logprob, 1e-5f);
+
+        var refused = Assert.Throws<ServingException>(() => engine.Submit(fixture.Tokenizer.Encode(cases[0].Text), Greedy(8, h2o), Ct));
+        Assert.Equal("kv_policy", refused.Field);
+        var option = Assert.IsType<OptionException>(refused.InnerException);
+        Assert.Equal(new[] { TernOption.SoftPromptFile, TernOption.Offload, TernOption.KvPolicy, TernOption.KvBits }, option.Options);
+        var bits = Assert.Throws<ServingException>(() => engine.Submit(fixture.Tokenizer.Encode(cases[0].Text), Greedy(8, Policy("full", bits: 8)), "four", Ct));
+        Assert.Equal("kv_bits", bits.Field);
+    }
+
+    /// <summary>"none" is the name a request opts out with: no prompt may take it.</summary>
+    [Fact]
+    public void NoPromptMayBeNamedNone()
+    {
+        var e = Assert.Throws<OptionException>(() => ServingEngine.Start(fixture.Model, fixture.Tokenizer,
+            new ServingOptions { SoftPrompts = new Dictionary<string, SoftPrompt> { [ServingOptions.NoSoftPrompt] = four } }));
+        Assert.Equal(TernOption.SoftPromptFile, e.Option);
     }
 }
