@@ -14,6 +14,7 @@
 #   tools/gpu/hyena_bench.sh quality   only the trainings, perplexities and distillations (the first half of `all`)
 #   tools/gpu/hyena_bench.sh speed     only the decode-speed rows (dummy weights at the three shapes, no training)
 #   tools/gpu/hyena_bench.sh summary   summary.md from whatever $W holds
+#   tools/gpu/hyena_bench.sh largest   the goal's row in one run: 1.3B Transformer at 16k, batch 16; distilled at 16k, 64/128/256
 #   tools/gpu/hyena_bench.sh cpu       a rehearsal of `all` on the CPU: tiny run on random ids, minutes on 2 cores (Release CLI)
 # Environment: STEPS (3000), SEQ (1024), BATCH (32), DEVICE (cuda), ORDERS ("2 4 8 16 32 64"), ITERS (Adam steps of the fit,
 # 200), LENGTHS ("1024 2048 4096 8192 16384"), BATCHES ("1 16": memory per sequence is the difference over the batches),
@@ -147,7 +148,7 @@ EOF
   cat "$W/summary.md"
 }
 
-case ${1:?stage|start|status|collect|all|quality|speed|summary|cpu} in
+case ${1:?stage|start|status|collect|all|quality|speed|summary|largest|cpu} in
   stage) bash tools/gpu/default_model.sh stage ;;
   start)
     setsid nohup bash -c "source .device/env.sh; bash tools/gpu/hyena_bench.sh all > $W/bench.log 2>&1; echo done > $W/bench.done" \
@@ -159,6 +160,16 @@ case ${1:?stage|start|status|collect|all|quality|speed|summary|cpu} in
     shapes
     for name in transformer-1.3b distilled-1.3b hyena-1.3b transformer distilled hyena; do [ -d "$W/shapes/$name" ] && bench "$name"; done
     summary ;;
+  largest) # issue 14's goal row in one run: the 1.3B Transformer at 16k at its largest batch, the distilled model at 16k at large batches
+    mkdir -p "$W"; rm -f "$W/largest.csv"; LENGTHS=16384; SMALL=0; BIG=1; shapes
+    nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$W/gpu.txt" 2> /dev/null || echo "$DEVICE" > "$W/gpu.txt"
+    for run in "transformer-1.3b 16 0" "distilled-1.3b 64 1024" "distilled-1.3b 128 1024" "distilled-1.3b 256 1024"; do
+      set -- $run
+      say "largest: $1 at 16384, batch $2 (prefill chunk $3)"
+      timeout 300 $TERN bench --model "$W/shapes/$1" --dummy --device "$DEVICE" -b "$2" -p 16384 -n "$NEW" --prefill-chunk "$3" --label "$1" \
+        -o "$W/largest.csv" 2>&1 | tr '\r' '\n' | grep -E '^ +[0-9]+ +16384|state per|memory' | cut -c1-240
+    done
+    cat "$W/largest.csv" ;;
   status)
     tail -"${LINES:-6}" "$W/bench.log"
     for f in "$W"/*/train.log; do [ -f "$f" ] && { echo "== $f"; tr '\r' '\n' < "$f" | grep -v '^$' | tail -2; }; done ;;

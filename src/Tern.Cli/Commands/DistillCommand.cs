@@ -62,7 +62,10 @@ internal static class DistillCommand
             Console.WriteLine($"wrote {written}");
             if (r.GetValue(evalText) is { } scored)
             {
-                var models = new List<(string Label, int Order, string Folder)> { ("original", 0, folder), ("distilled", 2 * layers.Max(l => l.Filters.Modes), written) };
+                var models = new List<(string Label, int Order, string Folder)> { ("original", 0, folder) };
+                // The chosen model is one of the per-order folders when every layer kept the same order: scored once, there.
+                if (!options.WriteEachOrder || layers.Any(l => l.Filters.Modes != layers[0].Filters.Modes))
+                    models.Add(("distilled", 2 * layers.Max(l => l.Filters.Modes), written));
                 if (options.WriteEachOrder) models.AddRange(options.SweepModes!.Select(m => ($"order {2 * m}", 2 * m, Path.Combine(written, $"order-{2 * m}"))));
                 EvaluateOrders(models, text, scored.Name, r.GetValue(evalTokens), evalDevice.type == TorchSharp.DeviceType.CUDA ? DeviceKind.Cuda : DeviceKind.Cpu,
                     options.WriteEachOrder ? Path.Combine(written, "perplexity-by-order.png") : null, cancellation);
