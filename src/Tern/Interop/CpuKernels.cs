@@ -404,7 +404,7 @@ internal static unsafe partial class CpuKernels
     /// <summary>count bf16 values widened to fp32, split over the cores when there are many.</summary>
     static void Widen(ushort* source, float* destination, long count)
     {
-        if (count < SplitElements)
+        if (count < OwnSplitElements)
         {
             WidenRange(source, destination, 0, count);
             return;
