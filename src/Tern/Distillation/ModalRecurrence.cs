@@ -61,8 +61,9 @@ public sealed class ModalRecurrence : IDisposable
         {
             if (kernel is null || kernel.shape[1] < length)
             {
-                // Computed on the state's device and kept for the longest length asked (rounded up to a power of two): a prefill of a
-                // 1.3B-shape model at 16k tokens spent 9.7 s recomputing every layer's powers on the CPU.
+                // Computed on the state's device and kept for the longest length asked (rounded up to a power of two): it was
+                // recomputed on the CPU for every layer and prefill chunk (a 16k-token prefill at the 1.3B shape took 9.7 s then;
+                // how much of it this was is not measured).
                 using var scope = torch.NewDisposeScope();
                 var longer = Filters.Kernel((int)Math.Min(int.MaxValue, System.Numerics.BitOperations.RoundUpToPowerOf2((uint)length)), Poles.device).to(OutputType);
                 kernel?.Dispose();
@@ -96,8 +97,8 @@ public sealed class ModalRecurrence : IDisposable
         long length = input.shape[^1];
         var exponents = torch.arange(length - 1, -1, -1, ScalarType.Float64, Poles.device);   // T−1−k for k = 0..T−1
         var (re, im) = ModalFilters.PowersOf(Poles, exponents);                              // [C, S, T]
-        // Powers in fp64, the product in the outputs' type, both parts in one pass over w: widening w to fp64 made a 1.3B-shape
-        // prefill chunk (64 rows × 1024 tokens) copy 8.6 GB a layer.
+        // Powers in fp64, the product in the outputs' type, both parts in one pass over w: widening w to fp64 copied, by its
+        // shapes, 8.6 GB a layer for a 1.3B-shape prefill chunk of 64 rows × 1024 tokens.
         var powers = torch.cat(new[] { re, im }, 1).transpose(1, 2).to(OutputType);          // [C, T, 2S]
         var w = input.to(OutputType).reshape(input.shape[0], input.shape[1], -1, length);     // [B, C, K, T]
         var parts = w.matmul(powers);                                                         // [B, C, K, 2S]

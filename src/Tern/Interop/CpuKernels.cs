@@ -189,11 +189,12 @@ internal static unsafe partial class CpuKernels
         if (x.shape[^1] != k) return false;
         long m = x.NumberOfElements / k;
         bool prefill = m > LargestDecodeRows;
-        if (prefill && !bf16) return false;
-        // MKL's bf16 GEMM is split only where it is emulated: a CPU with bf16 arithmetic runs it on its own threads.
+        if (prefill && !bf16) return false; // libtorch's one threaded MKL GEMM
+        // Decode products: Tern's kernel (bf16 without bf16 arithmetic, fp32 where MKL runs generic code), else MKL — whose bf16
+        // GEMM threads itself where the CPU has bf16 arithmetic, and whose fp32 products are split here only when large.
         bool own = !prefill && (bf16 ? !UseMklBf16 : OwnFp32Products);
-        bool split = n * k >= (own ? OwnSplitElements : SplitElements) && !(bf16 && UseMklBf16) && !prefill && CoreTeam.Shared.Size > 1;
-        if (!bf16 && !split && !own) return false;
+        bool split = !prefill && !(bf16 && !own) && CoreTeam.Shared.Size > 1 && n * k >= (own ? OwnSplitElements : SplitElements);
+        if (!bf16 && !own && !split) return false; // a small fp32 product: libtorch's one MKL call
         if (MklUnavailable && !own) return false;
         if (bias is not null && (!bias.is_contiguous() || bias.dtype != x.dtype || bias.NumberOfElements != n)) return false;
         if (residual is not null && (!residual.is_contiguous() || residual.dtype != x.dtype || residual.NumberOfElements != m * n)) return false;
@@ -362,19 +363,21 @@ internal static unsafe partial class CpuKernels
                     s0 += wi * x0[i]; s1 += wi * x1[i]; s2 += wi * x2[i]; s3 += wi * x3[i];
                     t0 += ui * x0[i]; t1 += ui * x1[i]; t2 += ui * x2[i]; t3 += ui * x3[i];
                 }
-                Store(r, j, s0, s1, s2, s3);
-                if (pair) Store(r, j + 1, t0, t1, t2, t3);
-
-                void Store(long r, long column, float s0, float s1, float s2, float s3)
-                {
-                    accumulated[r * n + column] = s0;
-                    if (rows > 1) accumulated[(r + 1) * n + column] = s1;
-                    if (rows > 2) accumulated[(r + 2) * n + column] = s2;
-                    if (rows > 3) accumulated[(r + 3) * n + column] = s3;
-                }
+                Store(accumulated + r * n + j, n, rows, s0, s1, s2, s3);
+                if (pair) Store(accumulated + r * n + j + 1, n, rows, t0, t1, t2, t3);
             }
             if (pair) j++;
         }
+    }
+
+    /// <summary>Up to four sums into one column of consecutive rows of a row-major output (row stride <paramref name="n"/>).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static void Store(float* column, long n, long rows, float s0, float s1, float s2, float s3)
+    {
+        column[0] = s0;
+        if (rows > 1) column[n] = s1;
+        if (rows > 2) column[2 * n] = s2;
+        if (rows > 3) column[3 * n] = s3;
     }
 
     /// <summary>

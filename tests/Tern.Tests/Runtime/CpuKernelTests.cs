@@ -165,60 +165,39 @@ public class CpuKernelTests
     }
 
     [Theory]
-    [InlineData(1, 72, 45)]
-    [InlineData(6, 75, 45)]
-    [InlineData(3, 2048, 2072)] // split over the cores
-    public void WidenedBf16ProductsMatchTheCompositeOnEveryCpu(int rows, int width, int outputs)
+    [InlineData(ScalarType.BFloat16, 1, 72, 45)]
+    [InlineData(ScalarType.BFloat16, 6, 75, 45)]
+    [InlineData(ScalarType.BFloat16, 3, 2048, 2072)] // split over the cores
+    [InlineData(ScalarType.Float32, 1, 72, 45)]
+    [InlineData(ScalarType.Float32, 6, 75, 45)]
+    [InlineData(ScalarType.Float32, 1, 384, 1152)] // split over the cores (the default model's qkv_proj)
+    [InlineData(ScalarType.Float32, 8, 384, 1411)] // split, two blocks of four rows, an output count no block size divides
+    public void OwnProductsMatchTheCompositeOnEveryCpu(ScalarType type, int rows, int width, int outputs)
     {
-        // The widening kernel is what CPUs without bf16 arithmetic take; forced here so that hosts with it check it as well.
-        CpuKernels.WidenBf16Everywhere = true;
+        // Tern's product kernel is what CPUs without bf16 arithmetic take for bf16 (widening) and non-Intel CPUs for fp32 decode
+        // products; forced here so that every host checks both.
+        CpuKernels.WidenBf16Everywhere = CpuKernels.OwnFp32Everywhere = true;
         try
         {
             using var scope = torch.NewDisposeScope();
             using var noGrad = torch.no_grad();
-            var x = Random(ScalarType.BFloat16, 1, rows, width);
-            var w = Random(ScalarType.BFloat16, outputs, width);
-            var bias = Random(ScalarType.BFloat16, outputs);
-            var residual = Random(ScalarType.BFloat16, 1, rows, outputs);
+            var x = Random(type, 1, rows, width);
+            var w = Random(type, outputs, width);
+            var bias = Random(type, outputs);
+            var residual = Random(type, 1, rows, outputs);
+            double bound = type == ScalarType.BFloat16 ? 1.0 / 64 : 1e-5; // one bf16 rounding of the output, or fp32 summation order
             Assert.True(FusedKernels.TryGemv(x, w, bias, residual, out var fused));
-            var expected = residual + F.linear(x, w, bias);
-            double worst = (expected.to(ScalarType.Float32) - fused.to(ScalarType.Float32)).abs().max().item<float>();
-            Assert.True(worst <= expected.to(ScalarType.Float32).abs().max().item<float>() / 64, $"difference {worst}");
-        }
-        finally
-        {
-            CpuKernels.WidenBf16Everywhere = false;
-        }
-    }
-
-    [Theory]
-    [InlineData(1, 72, 45)]
-    [InlineData(6, 75, 45)]
-    [InlineData(1, 384, 1152)] // split over the cores (the default model's qkv_proj)
-    [InlineData(8, 384, 1411)] // split, two blocks of four rows, an output count no block size divides
-    public void OwnFp32ProductsMatchTheCompositeOnEveryCpu(int rows, int width, int outputs)
-    {
-        // The own AVX2 kernel is what non-Intel CPUs take for fp32 decode products; forced here so that Intel hosts check it too.
-        if (!System.Runtime.Intrinsics.X86.Avx2.IsSupported) return;
-        CpuKernels.OwnFp32Everywhere = true;
-        try
-        {
-            using var scope = torch.NewDisposeScope();
-            using var noGrad = torch.no_grad();
-            var x = Random(ScalarType.Float32, 1, rows, width);
-            var w = Random(ScalarType.Float32, outputs, width);
-            var bias = Random(ScalarType.Float32, outputs);
-            var residual = Random(ScalarType.Float32, 1, rows, outputs);
-            Assert.True(FusedKernels.TryGemv(x, w, bias, residual, out var fused));
-            var expected = residual + F.linear(x, w, bias);
-            double worst = (expected - fused).abs().max().item<float>();
-            Assert.True(worst <= expected.abs().max().item<float>() * 1e-5, $"difference {worst}");
+            var expected = (residual + F.linear(x, w, bias)).to(ScalarType.Float32);
+            double worst = (expected - fused.to(ScalarType.Float32)).abs().max().item<float>();
+            Assert.True(worst <= expected.abs().max().item<float>() * bound, $"difference {worst}");
             Assert.True(FusedKernels.TryGemv(x, w, null, null, out var plain));
-            Assert.True((F.linear(x, w) - plain).abs().max().item<float>() <= expected.abs().max().item<float>() * 1e-5);
+            var product = F.linear(x, w).to(ScalarType.Float32);
+            double worstPlain = (product - plain.to(ScalarType.Float32)).abs().max().item<float>();
+            Assert.True(worstPlain <= product.abs().max().item<float>() * bound, $"difference {worstPlain} without bias and residual");
         }
         finally
         {
-            CpuKernels.OwnFp32Everywhere = false;
+            CpuKernels.WidenBf16Everywhere = CpuKernels.OwnFp32Everywhere = false;
         }
     }
 
