@@ -92,7 +92,7 @@ internal static class CliErrors
         if (detail.IndexOf("DefaultCPUAllocator: ", StringComparison.Ordinal) is >= 0 and var host) detail = "host memory: " + detail[(host + 21)..];
         foreach (string tail in new[] { " Including non-PyTorch", " If reserved", " (most recent call first)" })
             if (detail.IndexOf(tail, StringComparison.Ordinal) is > 0 and var cut) detail = detail[..cut];
-        return $"{detail.TrimEnd()} Ask for less memory: a smaller batch or prompt, --prefill-chunk, a quantized KV cache (--kv-bits 8 or 4), "
-            + "or --offload.";
+        return $"{detail.TrimEnd()} Ask for less memory: a smaller batch or sequence; when generating, also --prefill-chunk, a quantized "
+            + "KV cache (--kv-bits 8 or 4) or --offload.";
     }
 }
