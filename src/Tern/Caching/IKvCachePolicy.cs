@@ -2,7 +2,9 @@ namespace Tern.Caching;
 
 /// <summary>
 /// Decides what a <see cref="KvCache"/> keeps, and nothing else: how entries are stored and positioned is the cache's
-/// (<see cref="KvCacheConfig"/>). The cache calls these hooks and a policy evicts through <see cref="LayerKvCache.Keep"/>.
+/// (<see cref="KvCacheConfig"/>). The cache calls these hooks and a policy evicts through <see cref="LayerKvCache.Keep"/> (any
+/// kept set), <see cref="LayerKvCache.KeepPrefixAndSuffix"/> (a prefix and a contiguous suffix of rows without holes: a shift)
+/// or <see cref="LayerKvCache.EmptySlots"/> (in place).
 /// Every policy must keep the contract tested by <c>KvCachePolicyContract</c>: entries it keeps are bit-identical to what was
 /// appended and keep their original positions; with a budget that covers the whole sequence it gives the same logits as
 /// <see cref="DensePolicy"/>.

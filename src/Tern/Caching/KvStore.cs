@@ -19,11 +19,22 @@ internal abstract class KvStore : IDisposable
     public abstract void Write(int start, Tensor entries);
 
     /// <summary>Entries of slots [0, length) as [batch, kvHeads, length, headDim] in the model's dtype.</summary>
-    public abstract Tensor Read(int length);
+    public Tensor Read(int length) => Read(0, length);
+
+    /// <summary>Entries of slots [start, start + count) as [batch, kvHeads, count, headDim] in the model's dtype.</summary>
+    public abstract Tensor Read(int start, int count);
 
     /// <summary>Moves the entries at <paramref name="order"/> [batch, kvHeads, n] (slot indexes below the current length) to
     /// slots [0, n), each row in its own order.</summary>
     public abstract void Compact(Tensor order);
+
+    /// <summary>Moves the entries of slots [from, from + count) to slots [to, to + count), every row in use alike (the slots
+    /// left behind keep stale entries: the caller marks them free).</summary>
+    public void Shift(int from, int to, int count)
+    {
+        using var scope = torch.NewDisposeScope(); // owns the row views, never the storage InRows may return itself
+        foreach (var part in Parts) ShiftTensor(InRows(part), from, to, count);
+    }
 
     /// <summary>Bytes held.</summary>
     public abstract long Bytes { get; }
@@ -88,6 +99,17 @@ internal abstract class KvStore : IDisposable
         var gathered = storage.gather(2, index); // a copy, so overlapping source and target slots are safe
         storage.narrow(2, 0, n).copy_(gathered);
     }
+
+    /// <summary>Copies slots [from, from + count) of <paramref name="storage"/> [B,H,capacity,...] to slots [to, to + count).</summary>
+    internal static void ShiftTensor(Tensor storage, int from, int to, int count)
+    {
+        if (from == to || count == 0) return;
+        using var scope = torch.NewDisposeScope();
+        // The ranges overlap whenever fewer slots move down than the block holds (sink: one evicted token, a window of
+        // thousands); copy_ refuses partially overlapping tensors and an element-order copy would read slots it already
+        // overwrote, so the block goes through a temporary (one extra copy of the block, no index).
+        storage.narrow(2, to, count).copy_(storage.narrow(2, from, count).clone());
+    }
 }
 
 /// <summary>Keys or values as one preallocated tensor in the model's dtype.</summary>
@@ -108,10 +130,10 @@ internal sealed class DenseKvStore : KvStore
 
     public override void WriteAt(Tensor slots, Tensor entries) => ScatterTensor(InRows(Storage), slots, entries);
 
-    public override Tensor Read(int length)
+    public override Tensor Read(int start, int count)
     {
         var rows = InRows(Storage);
-        return length == Storage.shape[2] ? rows : rows.narrow(2, 0, length);
+        return start == 0 && count == Storage.shape[2] ? rows : rows.narrow(2, start, count);
     }
 
     public override void Compact(Tensor order) => CompactTensor(InRows(Storage), order);
@@ -167,11 +189,11 @@ internal sealed class QuantizedKvStore : KvStore
         ScatterTensor(InRows(min), slots, q.Min);
     }
 
-    public override Tensor Read(int length)
+    public override Tensor Read(int start, int count)
     {
         // Views of the storage: the wrapper is not disposed (that would dispose the views, which the scope owns anyway).
-        var view = new QuantizedTensor(InRows(codes).narrow(2, 0, length), InRows(step).narrow(2, 0, length), InRows(min).narrow(2, 0, length),
-            new[] { Rows, heads, length, headDim }, 3, dtype, quantization);
+        var view = new QuantizedTensor(InRows(codes).narrow(2, start, count), InRows(step).narrow(2, start, count), InRows(min).narrow(2, start, count),
+            new[] { Rows, heads, count, headDim }, 3, dtype, quantization);
         return GroupQuantizer.Dequantize(view);
     }
 

@@ -7,7 +7,8 @@ namespace Tern.Caching;
 /// One layer's keys and values, preallocated as [batch, kvHeads, capacity, headDim] (in the model's dtype, or group-quantized
 /// when <see cref="KvCacheOptions.Bits"/> is 8 or 4), with the original token position of every entry in
 /// [batch, kvHeads, capacity] (-1 marks an empty slot: padding or never written). Slots [0, Length) are in use; entries are
-/// appended at Length and evicted per head by <see cref="Keep"/>, which compacts the survivors to the front.
+/// appended at Length and evicted per head by <see cref="Keep"/>, which compacts the survivors to the front (or, for a kept
+/// prefix and suffix in rows without holes, by <see cref="KeepPrefixAndSuffix"/>, which moves the suffix down).
 /// </summary>
 public sealed class LayerKvCache : IDisposable
 {
@@ -84,7 +85,8 @@ public sealed class LayerKvCache : IDisposable
     /// Keys as attention reads them when they are stored unrotated (StreamingLLM: each rotated to its index among its row's
     /// occupied slots), kept by attention across steps: appending never changes an earlier entry's index, so a step rotates
     /// only its own keys. Whatever moves entries (eviction, row moves and imports, restores, clearing) marks it stale and the
-    /// next step rotates every slot again, into the same tensor (a captured graph keeps writing there).
+    /// next step rotates every slot again, into the same tensor (a captured graph keeps writing there) — except a shift
+    /// (<see cref="KeepPrefixAndSuffix"/>), whose moved block attention rotates again in the step that evicted.
     /// </summary>
     internal Tensor AttendedKeys()
     {
@@ -96,6 +98,23 @@ public sealed class LayerKvCache : IDisposable
 
     /// <summary>True when <see cref="AttendedKeys"/> must be rotated again from the stored keys.</summary>
     internal bool AttendedKeysStale { get; set; } = true;
+
+    /// <summary>The block of slots [Start, Start + Count) that <see cref="KeepPrefixAndSuffix"/> moved down since attention last
+    /// took it (<see cref="TakeMovedKeys"/>): its <see cref="AttendedKeys"/> still hold the keys rotated at their old index.</summary>
+    (int Start, int Count)? movedKeys;
+
+    /// <summary>The block whose keys a shift moved (see <see cref="KeepPrefixAndSuffix"/>), to be rotated at its new cache index
+    /// from the stored keys; null when none moved or every slot is stale anyway. Taking it clears it.</summary>
+    internal (int Start, int Count)? TakeMovedKeys()
+    {
+        var moved = AttendedKeysStale ? null : movedKeys;
+        movedKeys = null;
+        return moved;
+    }
+
+    /// <summary>Stored keys of slots [start, start + count), [batch, kvHeads, count, headDim] (a view with 16 bits, a
+    /// dequantized copy otherwise).</summary>
+    internal Tensor StoredKeys(int start, int count) => keys.Read(start, count);
 
     /// <summary>Where keys, values and positions live.</summary>
     public Device Device => Positions.device;
@@ -363,6 +382,45 @@ public sealed class LayerKvCache : IDisposable
         Length = newLength;
         AttendedKeysStale = true;
         Rewrites++;
+    }
+
+    /// <summary>
+    /// Keeps, in every row and head, slots [0, <paramref name="prefix"/>) and the last <paramref name="suffix"/> slots in use,
+    /// and evicts those between: StreamingLLM's rolling cache with attention sinks (the first S entries and the W most recent)
+    /// when every row holds its entries in order at [0, <see cref="Length"/>). The kept suffix moves down to slot
+    /// <paramref name="prefix"/> as one block per tensor — keys, values, positions, <see cref="EntryState"/> — with no sort and
+    /// no index (<see cref="Keep"/> sorts and gathers every slot); the length becomes prefix + suffix.
+    /// </summary>
+    /// <remarks>Only for a layer without holes (<see cref="HasHoles"/> false): there slot order is entry order in every row, so
+    /// this keeps exactly what <see cref="Keep"/> keeps for the first-and-last rule, in the same slots. With keys at their
+    /// cache index the moved block's index drops by the evicted count; the sinks' stays. Attention rotates the moved block
+    /// again right after the step's eviction (<see cref="TakeMovedKeys"/>; the cache knows no rotary embedding), so the next
+    /// step rotates only its own key, as after an append.</remarks>
+    public void KeepPrefixAndSuffix(int prefix, int suffix)
+    {
+        if (HasHoles) throw new InvalidOperationException($"KV cache of layer {Layer}: keeping a prefix and a suffix by a shift needs rows without holes.");
+        if (prefix < 0 || suffix < 0) throw new ArgumentOutOfRangeException(nameof(prefix), $"prefix {prefix} and suffix {suffix} must be >= 0.");
+        int evicted = Length - prefix - suffix;
+        if (evicted <= 0) return;
+        int from = Length - suffix;
+        keys.Shift(from, prefix, suffix);
+        values.Shift(from, prefix, suffix);
+        using (var scope = torch.NewDisposeScope())
+        {
+            KvStore.ShiftTensor(Positions, from, prefix, suffix);
+            Positions.narrow(2, prefix + suffix, evicted).fill_(-1);
+            if (entryState is not null)
+            {
+                var state = EntryState((int)entryState.shape[3]);
+                KvStore.ShiftTensor(state, from, prefix, suffix);
+                state.narrow(2, prefix + suffix, evicted).zero_(); // free slots hold zeros
+            }
+        }
+        Length = prefix + suffix;
+        Rewrites++;
+        if (!KeysAtCacheIndex || AttendedKeysStale) return;
+        if (movedKeys is null) movedKeys = (prefix, suffix);
+        else AttendedKeysStale = true; // a second shift before attention rotated the first: rotate every slot instead
     }
 
     /// <summary>The entry state over every row, in use or not (made zero at the first call).</summary>

@@ -66,10 +66,19 @@ public sealed record StreamingPolicy : IKvCachePolicy
 
     /// <summary>Evicts, per row, everything but the sinks (original position &lt; S) and the W = C − S most recent tokens.
     /// Every row and layer follows the same rule, so the rows stay aligned unless padding made them uneven.</summary>
+    /// <remarks>The kept set is a prefix plus a contiguous suffix of each row's entries. Rows without holes hold their entries
+    /// in order at every slot in use, so the cache keeps slots [0, S) and the last W by moving that block down
+    /// (<see cref="LayerKvCache.KeepPrefixAndSuffix"/>: one copy, its keys rotated again at their new cache index in one
+    /// pass); rows made uneven by padding go through the general compaction (<see cref="LayerKvCache.Keep"/>), by position.</remarks>
     public void AfterStep(LayerKvCache layer)
     {
         if (!EvictsAfter(layer, 0)) return; // amortised: one compaction per EvictEvery tokens
         int c = Budget(layer.MaxSequenceLength);
+        if (!layer.HasHoles)
+        {
+            layer.KeepPrefixAndSuffix(Sinks, c - Sinks);
+            return;
+        }
         using var scope = torch.NewDisposeScope();
         var positions = layer.ActivePositions;
         var last = positions.amax(new long[] { -1 }, keepdim: true);

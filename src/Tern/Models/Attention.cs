@@ -162,7 +162,7 @@ internal static class Attention
         if (batch.WriteSlots is not null)
         {
             var result = StaticShapes(qh, step, cache, s, cachedKeyRotation, kept);
-            cache.EndStep();
+            EndStep(cache, cachedKeyRotation);
             return result;
         }
         int length = cache.Length;
@@ -214,8 +214,24 @@ internal static class Attention
             var mg = mask.unsqueeze(2).expand(b, hkv, g, t, length).reshape(b, hkv, g * t, length);
             output = F.scaled_dot_product_attention(qg, keys, values, mg).reshape(b, h, t, d);
         }
-        cache.EndStep();
+        EndStep(cache, cachedKeyRotation);
         return output.transpose(1, 2).reshape(b, t, h * d);
+    }
+
+    /// <summary>
+    /// The layer's attention is done: the cache's policy may evict. When it kept its entries by moving a block down
+    /// (<see cref="LayerKvCache.KeepPrefixAndSuffix"/>, StreamingLLM's sinks + window) and keys sit at their cache index, the
+    /// moved keys are rotated at their new index now, from the stored keys: slot = index there (no holes), so one rotation by
+    /// a slice of the tables replaces sorting ranks and gathering a table row per slot, and the next step rotates only its
+    /// own key (it replays as the plain graph step). Bit-identical to rotating every slot again.
+    /// </summary>
+    static void EndStep(LayerKvCache cache, RotaryEmbedding? cachedKeyRotation)
+    {
+        cache.EndStep();
+        if (cache.TakeMovedKeys() is not { } moved || cachedKeyRotation is null) return;
+        using var scope = torch.NewDisposeScope();
+        cache.AttendedKeys().narrow(2, moved.Start, moved.Count)
+            .copy_(cachedKeyRotation.RotateRange(cache.StoredKeys(moved.Start, moved.Count), moved.Start));
     }
 
     /// <summary>

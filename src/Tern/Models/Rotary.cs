@@ -175,6 +175,16 @@ internal sealed class RotaryEmbedding : IDisposable
         return Apply(keys, cosTable!.index_select(0, flat).view(shape), sinTable!.index_select(0, flat).view(shape));
     }
 
+    /// <summary>Rotates cached keys [batch, kvHeads, n, headDim], stored unrotated, to positions start, start + 1, …, start + n − 1
+    /// in every row and head (StreamingLLM's cache-index positions of a block of slots in rows without holes): a slice of the
+    /// tables, so the same values <see cref="RotateCached"/> gathers for those positions, without the gather.</summary>
+    public Tensor RotateRange(Tensor keys, int start)
+    {
+        int n = (int)keys.shape[2];
+        EnsureTable(start + n);
+        return Apply(keys, cosTable!.narrow(0, start, n), sinTable!.narrow(0, start, n)); // [n, rotaryDim], broadcast over rows and heads
+    }
+
     /// <summary>Rotates x [batch, tokens, heads, headDim].</summary>
     public Tensor Apply(Tensor x, Tensor cos, Tensor sin)
     {
