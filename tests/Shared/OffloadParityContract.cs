@@ -177,11 +177,7 @@ public abstract class OffloadParityContract
         using var model = CausalLanguageModel.Load(Fixtures.ModelDir(fixture), LoadOptions);
         using var offloaded = OffloadedModel.Load(Fixtures.ModelDir(fixture), LoadOptions,
             new OffloadOptions { Policy = OffloadPolicy.Parse($"w=0/50/50,kv={cacheHome},act=0/100/0,gbs=6,ngb=1"), Directory = temp.Path });
-        var policy = Tern.Caching.KvCachePolicies.Create(new Tern.Caching.KvPolicyOptions
-        {
-            Policy = policyName, Budget = budget is null ? null : Tern.Caching.KvBudget.Parse(budget), Sinks = policyName == "sink" ? 2 : null, Bits = bits,
-            EvictEvery = evictEvery,
-        });
+        var policy = KvConfig(policyName, budget, bits, evictEvery);
         var prompts = Prompts(model.Info.VocabSize);
         var options = new GenerationOptions { MaxNewTokens = 8, IgnoreEos = true, OutputLogits = true, Cache = policy };
         var plain = new Generator(model).GenerateTokens(prompts, options, Ct);
@@ -195,6 +191,14 @@ public abstract class OffloadParityContract
         var refused = Assert.Throws<ArgumentException>(() => new Generator(travelling).GenerateTokens(prompts, options, Ct));
         Assert.Contains("kv=0/100/0", refused.Message);
     }
+
+    /// <summary>The KV cache configuration the policy cases name (two sinks for a sink).</summary>
+    internal static Tern.Caching.KvCacheConfig KvConfig(string policyName, string? budget, int bits, int evictEvery) =>
+        Tern.Caching.KvCachePolicies.Create(new Tern.Caching.KvPolicyOptions
+        {
+            Policy = policyName, Budget = budget is null ? null : Tern.Caching.KvBudget.Parse(budget), Sinks = policyName == "sink" ? 2 : null, Bits = bits,
+            EvictEvery = evictEvery,
+        });
 
     [Fact]
     public void OverlapOnAndOffAgreeBitForBit()

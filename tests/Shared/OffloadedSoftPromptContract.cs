@@ -120,20 +120,63 @@ public abstract class OffloadedSoftPromptContract
         foreach (var t in expectedLogits.Concat(logits)) t.Dispose();
     }
 
-    /// <summary>A KV policy other than the full cache (whose offloaded caches are prefilled in a scratch, not from the prompt's
-    /// entries) is refused, naming the options; a prompt of another width is refused as in memory.</summary>
+    /// <summary>KV policies and quantized caches compose with the offloaded prompt (each GPU batch's whole cache on the compute
+    /// device, kv=100/0/0, or in host memory, kv=0/100/0; one GPU batch or two): the prompt's entries are what the policy keeps of
+    /// the prompt alone, a first prefill chunk, and every row's prefill starts from them, as in the in-memory prompted model
+    /// under the same configuration — tokens equal, logits bit for bit on the CPU. Cases where the prompt alone outgrows the
+    /// budget (a rolling policy's text then starts at the kept count), ratio budgets (resolved for prompt + text; one GPU batch,
+    /// so both sides resolve them for the same longest prompt), learned positions, amortised eviction, 8 and 4 bits.</summary>
+    [Theory]
+    [InlineData("llama-gqa", "h2o", "6", 16, "100/0/0", 7, 3)]     // the prompt alone overruns by one: evicted in place, compacted
+    [InlineData("llama-gqa", "h2o", "0.5", 16, "0/100/0", 8, 6)]
+    [InlineData("llama-gqa", "h2o", "6", 16, "0/100/0", 4, 3, 3)]   // steps between evictions send back only their entries
+    [InlineData("qwen2", "h2o", "7", 4, "0/100/0", 5, 3)]
+    [InlineData("llama-gqa", "sink", "6", 16, "100/0/0", 8, 3)]    // the prompt alone evicts down to the budget
+    [InlineData("llama-gqa", "sink", "6", 8, "0/100/0", 3, 6)]
+    [InlineData("gpt2", "sink", "6", 16, "0/100/0", 9, 3, 4)]
+    [InlineData("opt-prenorm", "window", "5", 16, "0/100/0", 7, 3)]
+    [InlineData("opt-prenorm", "window", "0.4", 16, "100/0/0", 4, 6)]
+    [InlineData("llama-gqa", "full", null, 8, "100/0/0", 4, 3)]
+    [InlineData("neox-parallel", "full", null, 4, "0/100/0", 5, 6)]
+    public void KvPoliciesEqualTheInMemoryPromptedModel(string fixture, string policyName, string? budget, int bits, string cacheHome, int promptTokens, int gbs, int evictEvery = 1)
+    {
+        using var temp = new TempDir();
+        using var model = CausalLanguageModel.Load(Fixtures.ModelDir(fixture), Load);
+        using var offloaded = OffloadedModel.Load(Fixtures.ModelDir(fixture), Load,
+            new OffloadOptions { Policy = OffloadPolicy.Parse($"w=0/50/50,kv={cacheHome},act=0/100/0,gbs={gbs},ngb={6 / gbs}"), Directory = temp.Path });
+        var cache = OffloadParityContract.KvConfig(policyName, budget, bits, evictEvery);
+        using var prompt = RandomPrompt(model.TokenEmbeddingWidth, promptTokens);
+        using var inMemory = PromptedModel.Create(model, prompt);
+        using var prompted = PromptedModel.Create(offloaded, prompt);
+        var prompts = Prompts(model.Info.VocabSize);
+        var (expectedTokens, expectedLogits) = Generate(inMemory, prompts, gbs, cache);
+        var (tokens, logits) = Generate(prompted, prompts, offloaded.Policy.BlockSize, cache);
+        for (int i = 0; i < NewTokens; i++)
+        {
+            float diff = (expectedLogits[i] - logits[i]).abs().max().item<float>();
+            Assert.True(diff <= Tolerance, $"step {i}: max |Δlogit| {diff}");
+        }
+        Assert.Equal(expectedTokens, tokens);
+        // The configuration changes what is computed: the test would pass vacuously if the block ran the full cache.
+        var (_, fullLogits) = Generate(inMemory, prompts, gbs);
+        Assert.NotEqual(0f, (fullLogits[^1] - logits[^1]).abs().max().item<float>());
+        foreach (var t in expectedLogits.Concat(logits).Concat(fullLogits)) t.Dispose();
+    }
+
+    /// <summary>What still cannot run is refused as without a prompt: a KV policy over a cache split across tiers (it needs the
+    /// whole cache on the GPU or in host memory, the message says so); a prompt of another width is refused as in memory.</summary>
     [Fact]
-    public void KvPoliciesAndOtherWidthsAreRefused()
+    public void SplitPolicyCachesAndOtherWidthsAreRefused()
     {
         using var offloaded = OffloadedModel.Load(Fixtures.ModelDir("llama-gqa"), Load,
-            new OffloadOptions { Policy = OffloadPolicy.Parse("w=0/100/0,kv=100/0/0,act=0/100/0,gbs=2,ngb=1") });
+            new OffloadOptions { Policy = OffloadPolicy.Parse("w=0/100/0,kv=50/50/0,act=0/100/0,gbs=2,ngb=1") });
         using var prompt = RandomPrompt(offloaded.TokenEmbeddingWidth, 3);
         using var prompted = PromptedModel.Create(offloaded, prompt);
         var window = Tern.Caching.KvCachePolicies.Create(new Tern.Caching.KvPolicyOptions { Policy = "window", Budget = Tern.Caching.KvBudget.Parse("8") });
-        var refused = Assert.Throws<OptionException>(() => new Generator(prompted).GenerateTokens(Prompts(offloaded.Info.VocabSize).Take(2).ToArray(),
+        var refused = Assert.Throws<ArgumentException>(() => new Generator(prompted).GenerateTokens(Prompts(offloaded.Info.VocabSize).Take(2).ToArray(),
             new GenerationOptions { MaxNewTokens = 2, IgnoreEos = true, Cache = window }, Ct));
-        Assert.Contains(TernOption.KvPolicy.Name, refused.Message);
-        Assert.Contains(TernOption.Offload.Name, refused.Message);
+        Assert.Contains("kv=100/0/0", refused.Message);
+        Assert.Contains("kv=0/100/0", refused.Message);
 
         using var wide = RandomPrompt(offloaded.TokenEmbeddingWidth + 1, 3);
         Assert.Contains("wide", Assert.Throws<OptionException>(() => PromptedModel.Create(offloaded, wide)).Message);

@@ -14,11 +14,11 @@
 #   tools/gpu/hyena_bench.sh quality   only the trainings, perplexities and distillations (the first half of `all`)
 #   tools/gpu/hyena_bench.sh speed     only the decode-speed rows (dummy weights at the three shapes, no training)
 #   tools/gpu/hyena_bench.sh summary   summary.md from whatever $W holds
-#   tools/gpu/hyena_bench.sh largest   the goal's row in one run: 1.3B Transformer at 16k, batch 16; distilled at 16k, 64/128/256
+#   tools/gpu/hyena_bench.sh largest   the goal rows in one run at 16k: 1.3B Transformer (batch 1/16/32/40), Hyena (1/16), distilled (1…512)
 #   tools/gpu/hyena_bench.sh cpu       a rehearsal of `all` on the CPU: tiny run on random ids, minutes on 2 cores (Release CLI)
 # Environment: STEPS (3000), SEQ (1024), BATCH (32), DEVICE (cuda), ORDERS ("2 4 8 16 32 64"), ITERS (Adam steps of the fit,
 # 200), LENGTHS ("1024 2048 4096 8192 16384"), BATCHES ("1 16": memory per sequence is the difference over the batches),
-# NEW (decode steps timed at each length, 64), TRANSFORMER (1: train the Transformer twin too), BIG (0), SMALL (1: the 14M shapes), EVAL_TOKENS (0 = all),
+# NEW (decode steps timed at each length, 64), RUNS (largest: "model batch prefill-chunk;…"), TRANSFORMER (1: train the Transformer twin too), BIG (0), SMALL (1: the 14M shapes), EVAL_TOKENS (0 = all),
 # D (data), W (work folder), TERN (the CLI command).
 set -uo pipefail
 D=${D:-/tmp/tern-data} W=${W:-/tmp/tern-hyena} OUT=${OUT:-/tmp/tern-out}
@@ -160,14 +160,18 @@ case ${1:?stage|start|status|collect|all|quality|speed|summary|largest|cpu} in
     shapes
     for name in transformer-1.3b distilled-1.3b hyena-1.3b transformer distilled hyena; do [ -d "$W/shapes/$name" ] && bench "$name"; done
     summary ;;
-  largest) # issue 14's goal row in one run: the 1.3B Transformer at 16k at its largest batch, the distilled model at 16k at large batches
-    mkdir -p "$W"; rm -f "$W/largest.csv"; LENGTHS=16384; SMALL=0; BIG=1; shapes
+  largest) # issue 14's goal rows in one run at 16k: every model at batch 1 and at its largest batch. Prefills are chunked (1024
+    # tokens) for the Transformer too, so its batch is bounded by its cache, not by a whole-prompt prefill's activations.
+    mkdir -p "$W"; rm -f "$W/largest.csv" "$W/largest-state.csv"; LENGTHS=16384; SMALL=0; BIG=1; shapes
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$W/gpu.txt" 2> /dev/null || echo "$DEVICE" > "$W/gpu.txt"
-    for run in "transformer-1.3b 16 0" "distilled-1.3b 64 1024" "distilled-1.3b 128 1024" "distilled-1.3b 256 1024"; do
+    IFS=';' read -ra runs <<< "${RUNS:-transformer-1.3b 1 1024;transformer-1.3b 16 1024;transformer-1.3b 32 1024;transformer-1.3b 40 1024;hyena-1.3b 1 0;hyena-1.3b 16 0;distilled-1.3b 1 1024;distilled-1.3b 16 1024;distilled-1.3b 64 1024;distilled-1.3b 128 1024;distilled-1.3b 256 256}"
+    for run in "${runs[@]}"; do
       set -- $run
       say "largest: $1 at 16384, batch $2 (prefill chunk $3)"
       timeout 300 $TERN bench --model "$W/shapes/$1" --dummy --device "$DEVICE" -b "$2" -p 16384 -n "$NEW" --prefill-chunk "$3" --label "$1" \
-        -o "$W/largest.csv" 2>&1 | tr '\r' '\n' | grep -E '^ +[0-9]+ +16384|state per|memory' | cut -c1-240
+        -o "$W/largest.csv" > "$W/largest-run.txt" 2>&1 || say "  $1 batch $2: exit $? (out of memory or timeout)"
+      tr '\r' '\n' < "$W/largest-run.txt" | grep -E '^ +[0-9]+ +16384|state per|memory|rror' | cut -c1-240
+      sed -n "s/^state per sequence after [0-9]* tokens: \([0-9.]*\) MB/$1,16384,\1/p" "$W/largest-run.txt" >> "$W/largest-state.csv"
     done
     cat "$W/largest.csv" ;;
   status)

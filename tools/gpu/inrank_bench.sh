@@ -11,13 +11,13 @@
 #                                       export (Tern and transformers), summary.md (what `start` runs)
 # Environment: STEPS (3000), SEQ (1024), BATCH (32), DEVICE (cuda), STAGE1 (1040 optimizer steps of rank discovery: the
 # release's 130 steps × 8 micro-batches = 1,040 forward passes, ≈ 33 checks at its warm-up 200 / every 25), INRANK_ARGS
-# (more --inrank-* flags), CONFIG, D (data), W (work folder), TERN (the CLI command), EVAL_TOKENS (0 = whole texts).
+# (more --inrank-* flags), CONTROL (1: train the fixed-rank control too), CONFIG, D (data), W (work folder), TERN (the CLI command), EVAL_TOKENS (0 = whole texts).
 # A CPU smoke test of the same commands: see bench/README.md, "InRank".
 set -uo pipefail
 D=${D:-/tmp/tern-data} W=${W:-/tmp/tern-inrank} OUT=${OUT:-/tmp/tern-out}
 CONFIG=${CONFIG:-bench/configs/tern-30m/config.json}
 STEPS=${STEPS:-3000} SEQ=${SEQ:-1024} BATCH=${BATCH:-32} DEVICE=${DEVICE:-cuda} STAGE1=${STAGE1:-1040} EVAL_TOKENS=${EVAL_TOKENS:-0}
-INRANK_ARGS=${INRANK_ARGS:-}
+INRANK_ARGS=${INRANK_ARGS:-} CONTROL=${CONTROL:-1}
 TERN=${TERN:-dotnet .device/Tern.Cli/Tern.Cli.dll}
 mkdir -p "$OUT" "$W"
 
@@ -74,8 +74,8 @@ case ${1:?stage|start|status|collect|all} in
     rank=$(python3 -c 'import json,sys; l=json.load(open(sys.argv[1]))["low_rank"]["linears"]; print(round(sum(v["rank"] for v in l.values())/len(l)))' \
       "$W/inrank/run/config.json") || exit 1
     echo "$rank" > "$W/control-rank.txt"
-    echo "== fixed rank $rank"; train fixed --low-rank "$rank" || exit 1
-    for name in full inrank fixed; do echo "== perplexity: $name"; perplexity "$W/$name/run" "$W/$name"; done
+    if [ "$CONTROL" = 1 ]; then echo "== fixed rank $rank"; train fixed --low-rank "$rank" || exit 1; fi
+    for name in full inrank fixed; do [ -d "$W/$name/run" ] || continue; echo "== perplexity: $name"; perplexity "$W/$name/run" "$W/$name"; done
     # Item 3: the low-rank model multiplied back into an ordinary HF folder gives the same perplexity, and transformers loads it.
     rm -rf "$W/inrank/dense"
     $TERN export --model "$W/inrank/run" --output "$W/inrank/dense" --dense > /dev/null || exit 1

@@ -21,6 +21,8 @@ def ppl(name, text):
 
 rows = {}
 for name in ("full", "inrank", "fixed"):
+    if not os.path.isdir(os.path.join(work, name)):
+        continue  # the control is optional (CONTROL=0)
     summary = json.loads(read(f"{name}/run/train-summary.json", "{}"))
     config = json.loads(read(f"{name}/run/config.json", "{}"))
     low = config.get("low_rank", {}).get("linears", {})
@@ -35,6 +37,8 @@ print(f"Device: {read('gpu.txt', '?')}; control rank {read('control-rank.txt', '
 print("| run | parameters (model smaller) | valid ppl | Δ vs full | KJV ppl | mean MLP rank (% of full) | wall s (faster) | peak MiB (smaller) | tokens/s |")
 print("|---|---|---|---|---|---|---|---|---|")
 for name, label in (("full", "full rank"), ("inrank", "InRank"), ("fixed", "fixed-rank control")):
+    if name not in rows:
+        continue
     r = rows[name]
     ranks = list(r["ranks"].values())
     mean = f"{sum(ranks) / len(ranks):.1f} ({100 * sum(ranks) / len(ranks) / r['full_rank']:.1f}%)" if ranks else "full"

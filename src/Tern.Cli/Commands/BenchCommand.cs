@@ -197,7 +197,6 @@ internal static class BenchCommand
         if (measureSteps >= steps - 1) measureSteps = 0; // nothing to project
         var kvPolicy = kv.Read(r);
         var kvCache = Caching.KvCachePolicies.Create(kvPolicy);
-        softPrompt.RefuseWithOffload(r, kvCache);
         int softLength = softPrompt.Length(r);
         var (folder, load) = common.LoadOptions(r);
         // Offloaded models are large: constant dummy weights (FlexGen's and the HF baseline's choice; throughput does not depend

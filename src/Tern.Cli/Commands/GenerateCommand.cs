@@ -51,11 +51,7 @@ internal static class GenerateCommand
             throw new UsageException(r.GetValue(promptFile) is { } source ? $"--prompt-file '{source.FullName}' holds an empty prompt; give it some text."
                 : texts.Count > 1 ? $"<prompt> {empty} of the batch is empty; every prompt needs at least one character." : "<prompt> is empty; give some text to continue.");
         var options = sampling.Read(r).WithKvPolicy(kv.Read(r));
-        if (offload.Enabled(r))
-        {
-            sparsityFlags.RefuseWithOffload(r);
-            softPrompt.RefuseWithOffload(r, options.Cache);
-        }
+        if (offload.Enabled(r)) sparsityFlags.RefuseWithOffload(r);
         var (model, tokenizer, description, blockSize, report, sparse) = offload.Enabled(r) ? LoadOffloaded(r, common, offload, softPrompt, texts, options) : Load(r, common, softPrompt, sparsityFlags);
         using (model as IDisposable)
         using (sparse)

@@ -1,8 +1,6 @@
 using System.CommandLine;
-using Tern.Caching;
 using Tern.Checkpoints;
 using Tern.Models;
-using Tern.Offloading;
 using Tern.Prompting;
 
 namespace Tern.Cli.Commands;
@@ -13,15 +11,6 @@ internal sealed class SoftPromptFlag
     public Option<FileInfo?> File { get; } = new("--soft-prompt") { Description = "Soft prompt (safetensors from 'tern prompt train') placed before every input." };
 
     public void AddTo(Command command) => command.Options.Add(File);
-
-    /// <summary>Refuses the flag next to <c>--offload</c> under a KV policy other than the full cache, before anything loads
-    /// (the prompted model would refuse it too): an offloaded policy cache does not start from the prompt's entries.</summary>
-    public void RefuseWithOffload(ParseResult r, KvCacheConfig? cache)
-    {
-        if (r.GetValue(File) is not null && OffloadedModel.NeedsResidentCache(cache))
-            throw new UsageException("--soft-prompt with --offload runs the full KV cache (an offloaded policy cache does not start from the prompt's entries); " +
-                "drop --kv-policy and --kv-bits, or --offload.");
-    }
 
     /// <summary>Positions the prompt file takes (0 without the flag or without a readable prompt, which <see cref="Load(ParseResult, long)"/>
     /// then reports), from its header before a model loads: an offload policy plans for them.</summary>
@@ -59,7 +48,7 @@ internal sealed class ServedSoftPromptsFlag
     {
         Description = "Soft prompt (safetensors from 'tern prompt train') placed before requests: FILE for every request that names none, " +
             "NAME=FILE (repeatable) for requests whose body field soft_prompt names it (\"none\": no prompt). Its keys and values are computed once and copied into each request's cache " +
-            "(with --offload: with each block, of one prompt's requests, under the full KV cache).",
+            "(with --offload: with each block, of one prompt's requests).",
         Arity = ArgumentArity.ZeroOrMore,
     };
 

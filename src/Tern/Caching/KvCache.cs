@@ -146,9 +146,8 @@ public sealed class KvCache : IDisposable
         Recurrent?.EmptyRows(row, rows);
     }
 
-    /// <summary>Drops the empty slots of the rows in use, in every layer: each row's entries move to its front, in order, and
-    /// <see cref="Length"/> becomes the largest row's entry count — <paramref name="longestRow"/> when the caller knows it
-    /// (no read-back from the device, which would wait for it once per layer).</summary>
+    /// <summary>Drops the empty slots of the rows in use, in every layer (<see cref="LayerKvCache.Compact"/>; with
+    /// <paramref name="longestRow"/> known, no read-back from the device, which would wait for it once per layer).</summary>
     internal void Compact(int? longestRow = null)
     {
         if (ActiveRows == 0)
@@ -159,11 +158,7 @@ public sealed class KvCache : IDisposable
             Array.Clear(sequenceLengths);
             return;
         }
-        foreach (var l in layers)
-        {
-            using var occupied = l.ActivePositions.ge(0);
-            l.Keep(occupied, longestRow);
-        }
+        foreach (var l in layers) l.Compact(longestRow);
     }
 
     /// <summary>A cache with the same layers and policy for <paramref name="batchSize"/> rows of <paramref name="capacity"/> slots,

@@ -423,6 +423,15 @@ public sealed class LayerKvCache : IDisposable
         else AttendedKeysStale = true; // a second shift before attention rotated the first: rotate every slot instead
     }
 
+    /// <summary>Drops the empty slots of the rows in use: each row's entries move to its front, in order, and
+    /// <see cref="Length"/> becomes the largest row's entry count — <paramref name="longestRow"/> when the caller knows it
+    /// (no read-back from the device).</summary>
+    internal void Compact(int? longestRow = null)
+    {
+        using var occupied = ActivePositions.ge(0);
+        Keep(occupied, longestRow);
+    }
+
     /// <summary>The entry state over every row, in use or not (made zero at the first call).</summary>
     Tensor AllRowsEntryState(int width)
     {

@@ -217,14 +217,19 @@ public abstract class CausalLanguageModel : IStepModel, IDisposable
 
     /// <summary>Positions by cache index (StreamingLLM): a new real token gets the number of entries its row holds before it.
     /// Rows are read from layer 0, KV head 0: policies that position by cache index evict alike in every layer and head.</summary>
-    internal static ForwardBatch AtCacheIndexes(ForwardBatch batch, KvCache cache)
+    internal static ForwardBatch AtCacheIndexes(ForwardBatch batch, KvCache cache) =>
+        AtCacheIndexes(batch, cache[0].EntryCounts().select(1, 0).unsqueeze(1), cache[0].Capacity);
+
+    /// <summary>Positions by cache index after <paramref name="held"/> entries per row (int64 [B,1], or one count for every row;
+    /// on any device: offloading may keep the cache in host memory, or know the count ahead) in a cache of
+    /// <paramref name="capacity"/> slots.</summary>
+    internal static ForwardBatch AtCacheIndexes(ForwardBatch batch, Tensor held, int capacity)
     {
-        var held = cache[0].EntryCounts().select(1, 0).unsqueeze(1).to(batch.Positions.device); // [B,1] (offloading may keep the cache in host memory)
         var real = batch.Positions.ge(0);
-        var index = held + real.to(ScalarType.Int64).cumsum(1) - 1;
+        var index = held.to(batch.Positions.device) + real.to(ScalarType.Int64).cumsum(1) - 1;
         var positions = torch.where(real, index, torch.tensor(-1L, device: index.device));
         // Indexes stay below the capacity, and never exceed the original positions.
-        return batch.WithModelPositions(positions, Math.Min(batch.MaxPosition, cache[0].Capacity - 1));
+        return batch.WithModelPositions(positions, Math.Min(batch.MaxPosition, capacity - 1));
     }
 
     ModelParameter[]? parameters;

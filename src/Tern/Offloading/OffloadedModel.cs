@@ -197,19 +197,21 @@ public sealed class OffloadedModel : IStepModel, IDisposable
 
     /// <summary>A runner whose rows start with the entries of <paramref name="prompt"/> (a soft prompt's vectors [n, width], or
     /// null): its prefill runs the prompt alone over one row first, stage by stage with the text, as
-    /// <see cref="Prompting.PromptedModel"/> prefills it in memory, and every row's cache starts from those n entries. The
-    /// steps' positions count them (text from n on); <paramref name="maxSequenceLength"/> includes them. Full cache only.</summary>
+    /// <see cref="Prompting.PromptedModel"/> prefills it in memory, and every row's cache starts from the entries
+    /// <paramref name="cache"/> keeps of it (all n under the full cache; under a policy, what it kept after the prompt's own
+    /// step, as a first prefill chunk). The steps' positions count them (text from n on); <paramref name="maxSequenceLength"/>
+    /// includes them, and <paramref name="cache"/> comes resolved for it (<see cref="KvCacheConfig.ForSequenceLength"/>), as the
+    /// prompt's own one-row cache is sized for the prompt alone.</summary>
     internal IStepRunner CreateRunner(int batchSize, int maxSequenceLength, int maxStepTokens, KvCacheConfig? cache, Tensor? prompt)
     {
         if (batchSize < 1 || batchSize > Policy.BlockSize)
             throw new ArgumentException($"an offloaded batch holds 1 to {Policy.BlockSize} sequences (gbs × ngb of {Policy}); got {batchSize}.");
         if (!NeedsResidentCache(cache))
             return new BlockRunner(this, batchSize, maxSequenceLength, maxStepTokens, new KvCacheConfig(bits: Policy.CompressCache ? 4 : 16), whole: false, prompt);
-        if (prompt is not null) throw new ArgumentException("an offloaded block's soft prompt runs under the full KV cache only.");
         if (Policy.Cache.Gpu < 1 && Policy.Cache.Cpu < 1 || Policy.CpuAttention || Policy.CompressCache)
             throw new ArgumentException($"the KV policy '{cache!.Eviction.Name}' ({cache.Bits} bits) runs offloaded with the whole cache on the GPU " +
                 $"(kv=100/0/0) or in host memory (kv=0/100/0), without cpu-attn or kvbits; this offload policy is {Policy}.");
-        return new BlockRunner(this, batchSize, maxSequenceLength, maxStepTokens, cache!, whole: true, prompt: null);
+        return new BlockRunner(this, batchSize, maxSequenceLength, maxStepTokens, cache!, whole: true, prompt);
     }
 
     /// <summary>One block of gbs·ngb sequences through the zig-zag schedule, a step at a time: each <see cref="Forward"/> walks
@@ -281,6 +283,7 @@ public sealed class OffloadedModel : IStepModel, IDisposable
                 promptStep = Prompting.PromptedModel.PromptStep(prompt.clone(), device); // its own vectors: the runner disposes them
                 foreach (var t in new[] { promptStep.InputIds, promptStep.Positions, promptStep.PrefixEmbeddings! }) t.DetachFromDisposeScope();
                 promptCache = model.CreateCache(1, promptLength, config, maxStepTokens: promptLength); // as PromptedModel's in memory
+                if (resident is not null && config.RollPositions) rolledPromptEntries = RollingPromptEntries(config, promptLength);
                 // Every row holds the prompt's n entries at positions 0..n−1 before its text.
                 foreach (var positions in cachePositions) positions.narrow(2, 0, promptLength).copy_(torch.arange(promptLength, ScalarType.Int64, device));
                 Array.Fill(fed, promptLength);
@@ -297,6 +300,7 @@ public sealed class OffloadedModel : IStepModel, IDisposable
         readonly ForwardBatch? promptStep;                  // its step: the prompt alone over one row, run once with the prefill
         readonly KvCache? promptCache;                      // [layer] its entries, copied into each GPU batch's rows at the prefill
         Tensor? promptHidden;                               // its hidden states between the prefill's stages
+        readonly int rolledPromptEntries;                   // under a rolling policy: the prompt's entries each row holds before its text
 
         readonly KvCacheConfig config;
         readonly KvCache[]? resident;                       // [k] whole caches: each batch's, on the GPU or in host memory
@@ -538,15 +542,40 @@ public sealed class OffloadedModel : IStepModel, IDisposable
         void RunPrompt(int j, PartWeights w)
         {
             using var scope = torch.NewDisposeScope();
-            var h = model.RunStage(j, w, promptHidden, promptStep!, j == 0 ? null : promptCache![j - 1]).DetachFromDisposeScope();
+            var layer = j == 0 ? null : promptCache![j - 1];
+            var h = model.RunStage(j, w, promptHidden, promptStep!, layer).DetachFromDisposeScope();
             promptHidden?.Dispose();
             promptHidden = j == stages - 2 ? null : h; // the head needs no prompt logits
             if (promptHidden is null) h.Dispose();
+            if (layer is null || config.Eviction.AppendOnly) return;
+            layer.Compact(); // as PromptedModel's prefix: slots the policy freed are not copied into every row
+            if (j == 1 && config.RollPositions && layer.EntryCounts()[0, 0].item<long>() is var kept && kept != rolledPromptEntries)
+                throw new InvalidOperationException($"the KV policy '{config.Eviction.Name}' kept {kept} of the soft prompt's entries in layer 0, not the {rolledPromptEntries} " +
+                    "its positions alone gave, which the text's positions counted: a policy that positions by cache index must evict by position alone.");
+        }
+
+        /// <summary>Entries a rolling policy (<see cref="KvCacheConfig.RollPositions"/>) keeps of a soft prompt of
+        /// <paramref name="tokens"/> run alone, which the text's positions count from the prefill's embedding stage on, before a
+        /// layer has run the prompt. Such a policy evicts by position, alike in every layer and head (what lets positions be read
+        /// from one), so its choice over the prompt's positions in a one-head cache of placeholder entries is its layers' choice
+        /// (checked once layer 0 has run the prompt).</summary>
+        static int RollingPromptEntries(KvCacheConfig config, int tokens)
+        {
+            using var scope = torch.NewDisposeScope();
+            using var cache = (config with { Bits = 16 }).CreateCache(new KvCacheOptions
+            {
+                BatchSize = 1, Layers = 1, KvHeads = 1, HeadDim = 1, Capacity = tokens, MaxSequenceLength = tokens, DType = ScalarType.Float32, Device = torch.CPU,
+            });
+            var placeholders = torch.zeros(1, 1, tokens, 1);
+            cache[0].Update(placeholders, placeholders, torch.arange(tokens, ScalarType.Int64).unsqueeze(0), hasPadding: false);
+            cache[0].EndStep();
+            return (int)cache[0].EntryCounts()[0, 0].item<long>();
         }
 
         /// <summary>A resident cache's prefill: the layer attends densely over the prompt in a scratch cache under the policy
         /// (which evicts down to its budget after the step, as it would in place), and the entries it keeps, with their policy
-        /// state, move into the batch's cache, which needs no room for the whole prompt.</summary>
+        /// state, move into the batch's cache, which needs no room for the whole prompt. A soft prompt's kept entries start
+        /// every row of the scratch, as the in-memory prompted model's cache starts from them.</summary>
         Tensor PrefillResident(int j, PartWeights w, Tensor h, ForwardBatch batch, int k, LayerKvCache layer)
         {
             var info = model.Info;
@@ -556,6 +585,7 @@ public sealed class OffloadedModel : IStepModel, IDisposable
                 BatchSize = prompts[k].Length, Layers = 1, KvHeads = info.KvHeads, HeadDim = info.HeadDim, DType = owner.dtype, Device = device,
                 Capacity = config.Eviction.Capacity(maxSequenceLength, width), MaxSequenceLength = maxSequenceLength,
             });
+            if (promptCache is not null) scratch[0].ImportRows(0, promptCache[j - 1], 0, prompts[k].Length, 0, promptCache[j - 1].Length);
             var output = model.RunStage(j, w, h, batch, scratch[0]);
             // Slot for slot (left padding included), as the plain runtime holds them: the policy left at most its budget.
             layer.ImportRows(0, scratch[0], 0, prompts[k].Length, 0, scratch.Length);
@@ -646,8 +676,12 @@ public sealed class OffloadedModel : IStepModel, IDisposable
             if (step == 0) cacheHoles[k] = batch.HasPadding;
             batch.InputIds.DetachFromDisposeScope();
             batch.Positions.DetachFromDisposeScope();
-            // Positions by cache index (StreamingLLM), from the entries this batch's cache holds before the step.
-            return resident is not null && config.RollPositions ? CausalLanguageModel.AtCacheIndexes(batch, resident[k]) : batch;
+            if (resident is null || !config.RollPositions) return batch;
+            // Positions by cache index (StreamingLLM), from the entries this batch's cache holds before the step: at the prefill,
+            // a soft prompt's (its layers' scratches receive them, not the batch's cache).
+            if (step > 0 || promptStep is null) return CausalLanguageModel.AtCacheIndexes(batch, resident[k]);
+            using var held = torch.tensor((long)rolledPromptEntries, device: device);
+            return CausalLanguageModel.AtCacheIndexes(batch, held, resident[k][0].Capacity);
         }
 
         void Release(int t, int j, int k)

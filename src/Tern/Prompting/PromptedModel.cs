@@ -21,8 +21,10 @@ namespace Tern.Prompting;
 /// H2O may evict them as the sequence grows, and a quantized cache stores them quantized.</para>
 /// <para>An offloaded model (<see cref="Create(OffloadedModel, SoftPrompt, bool)"/>) keeps its blocks' caches at the policy's
 /// homes and streams its weights, so nothing is prefilled ahead: each block's prefill first runs the prompt alone over one row
-/// (<see cref="PromptStep"/>, the step prefilled here in memory), stage by stage with the text, and every row's cache starts
-/// from those entries; text positions are shifted as here. The full KV cache only.</para>
+/// (<see cref="PromptStep"/>, the step prefilled here in memory, under the same resolved configuration), stage by stage with
+/// the text, and every row's cache starts from the entries it keeps; text positions are shifted as here. Every KV configuration
+/// the offloaded model runs composes: a policy or quantized cache there is each GPU batch's whole cache, on the GPU or in host
+/// memory, whose prefill starts from the prompt's kept entries.</para>
 /// </remarks>
 public sealed class PromptedModel : IStepModel, IDisposable
 {
@@ -77,8 +79,8 @@ public sealed class PromptedModel : IStepModel, IDisposable
     }
 
     /// <summary>Wraps the offloaded <paramref name="model"/> with <paramref name="prompt"/> (copied): nothing is prefilled here,
-    /// each block's prefill runs the prompt once before its text, under the full KV cache only. The model is borrowed unless
-    /// <paramref name="ownModel"/>.</summary>
+    /// each block's prefill runs the prompt once before its text, under the block's KV configuration. The model is borrowed
+    /// unless <paramref name="ownModel"/>.</summary>
     public static PromptedModel Create(OffloadedModel model, SoftPrompt prompt, bool ownModel = false) =>
         new(model, null, Checked(prompt, model.TokenEmbeddingWidth, model.Info)) { ownsModel = ownModel };
 
@@ -104,13 +106,12 @@ public sealed class PromptedModel : IStepModel, IDisposable
     /// <inheritdoc />
     public IStepRunner CreateRunner(int batchSize, int maxSequenceLength, int maxStepTokens, KvCacheConfig? cache)
     {
+        var config = Resolve(cache, maxSequenceLength);
         if (model is null)
         {
-            RequireCache(cache);
-            var offloaded = ((OffloadedModel)inner).CreateRunner(batchSize, maxSequenceLength + n, maxStepTokens, cache, n == 0 ? null : prompt.Embeddings);
+            var offloaded = ((OffloadedModel)inner).CreateRunner(batchSize, maxSequenceLength + n, maxStepTokens, config, n == 0 ? null : prompt.Embeddings);
             return n == 0 ? offloaded : new OffloadedRunner(n, offloaded);
         }
-        var config = Resolve(cache, maxSequenceLength);
         var runner = new Runner(this, model.CreateCache(batchSize, maxSequenceLength + n, config, maxStepTokens), config);
         try
         {
@@ -122,16 +123,6 @@ public sealed class PromptedModel : IStepModel, IDisposable
             throw;
         }
         return runner;
-    }
-
-    /// <summary>Throws the <see cref="OptionException"/> that <see cref="CreateRunner"/> throws under <paramref name="cache"/>,
-    /// before any runner is made (a server checks a request with it): an offloaded model's prompt runs under the full KV cache
-    /// only; in memory every configuration runs.</summary>
-    internal void RequireCache(KvCacheConfig? cache)
-    {
-        // An offloaded policy cache is prefilled in a scratch per GPU batch, which does not start from the prompt's entries.
-        if (model is null && OffloadedModel.NeedsResidentCache(cache))
-            throw new OptionException($"{TernOption.SoftPromptFile} with {TernOption.Offload} runs the full KV cache (an offloaded policy cache does not start from the prompt's entries); drop {TernOption.KvPolicy} and {TernOption.KvBits}, or {TernOption.Offload}.");
     }
 
     /// <summary>

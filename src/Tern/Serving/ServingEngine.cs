@@ -206,7 +206,6 @@ public sealed class ServingEngine : IDisposable
         try
         {
             inMemory?.RequireCache(cache);
-            soft?.RequireCache(cache);
         }
         catch (OptionException e)
         {

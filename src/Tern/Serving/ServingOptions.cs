@@ -52,8 +52,8 @@ public sealed record ServingOptions
     /// prefilled once per KV cache configuration and copied into a row's cache when the row joins its pool; its text positions
     /// start at n, and the entries count in the row's cache (the context left to prompt and max_tokens, reserved tokens).
     /// Rows of different prompts share a pool. A model stepped in blocks (offloaded) prefills a prompt with each block (every
-    /// row of a block runs after the same prompt, or none; the next request of another prompt starts the next block), under the
-    /// full KV cache only: a request's other <c>kv_policy</c> or <c>kv_bits</c> with a prompt is refused. A request opts out of the
+    /// row of a block runs after the same prompt, or none, under one cache configuration; the next request of another starts the
+    /// next block), its entries what that configuration keeps of it, as in memory. A request opts out of the
     /// default prompt by naming <see cref="NoSoftPrompt"/>. The engine copies the prompts when it starts: the caller keeps its own.
     /// </summary>
     public IReadOnlyDictionary<string, SoftPrompt>? SoftPrompts { get; init; }

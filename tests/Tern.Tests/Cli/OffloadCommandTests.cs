@@ -61,7 +61,9 @@ public sealed class OffloadCommandTests
     }
 
     /// <summary><c>--soft-prompt</c> with <c>--offload</c>: <c>tern generate</c> prints what it prints in memory with the same
-    /// prompt (greedy), <c>tern bench</c> labels its row; under a KV policy the pair is refused before anything loads.</summary>
+    /// prompt (greedy), also under a KV policy (<c>--kv-policy h2o</c>: the prompt's entries are what the policy keeps of it, as
+    /// in memory); <c>tern bench</c> labels its row. A policy over a cache split across tiers stays refused, naming the placements
+    /// it needs, as without a prompt.</summary>
     [Fact]
     public void OffloadedGenerationAndBenchRunASoftPrompt()
     {
@@ -84,9 +86,15 @@ public sealed class OffloadCommandTests
         Assert.True(code == 0, string.Join("\n", errors));
         Assert.Contains("[soft prompt 3]", File.ReadAllText(csv));
 
-        (code, _, errors) = Run("generate", "--model", "no/such/folder", "--soft-prompt", file, "--offload", "auto", "--kv-policy", "window", "--kv-budget", "8");
-        Assert.Equal(2, code);
-        Assert.Contains("drop --kv-policy", errors[0]);
+        string[] h2o = { "--kv-policy", "h2o", "--kv-budget", "4" };
+        (code, expected, errors) = Run(common.Concat(h2o).ToArray());
+        Assert.True(code == 0, string.Join("\n", errors));
+        (code, output, errors) = Run(common.Concat(h2o).Concat(new[] { "--offload", "w=0/50/50,kv=100/0/0,act=0/100/0,gbs=1,ngb=2", "--offload-dir", dir.Path }).ToArray());
+        Assert.True(code == 0, string.Join("\n", errors));
+        Assert.Equal(expected, output);
+        (code, _, errors) = Run(common.Concat(h2o).Concat(new[] { "--offload", "w=0/100/0,kv=50/50/0,act=0/100/0,gbs=1,ngb=2" }).ToArray());
+        Assert.NotEqual(0, code);
+        Assert.Contains("kv=0/100/0", string.Join("\n", errors));
     }
 
     [Theory]

@@ -236,7 +236,8 @@ public sealed class SoftPromptServingTests : IDisposable
     /// of none (<see cref="ServingOptions.NoSoftPrompt"/>), queued together, form blocks of one prompt each in their order, each
     /// row after its prompt's entries prefilled with the block; every request's greedy tokens equal the in-memory engine's, the
     /// prompted generator's alone and, for the default prompt, those of the offloaded prompted generator (<c>tern generate
-    /// --soft-prompt --offload</c>). A KV policy with a prompt is refused naming the options; without one it runs.</summary>
+    /// --soft-prompt --offload</c>). Requests under a KV policy or a quantized cache (fields kv_policy, kv_bits) run after a prompt
+    /// as without one: the prompt's entries are what the policy keeps of it, as in memory.</summary>
     [Fact]
     public async Task AnOffloadedModelServesSoftPromptsBlockByBlockAsInMemory()
     {
@@ -246,6 +247,11 @@ public sealed class SoftPromptServingTests : IDisposable
         var cases = ServingFixture.Prompts.Select((p, i) => (Text: p, named[i % 4].Name, named[i % 4].Prompt, Options: Greedy(10 + i))).ToList();
         var h2o = Policy("h2o", "8");
         cases.Add((ServingFixture.Prompts[2], ServingOptions.NoSoftPrompt, null, Greedy(12, h2o))); // a policy without a prompt runs
+        // With a prompt, each of its own block (one cache configuration per block): the window's prompt alone outgrows the budget.
+        cases.Add((ServingFixture.Prompts[3], null, seven, Greedy(12, h2o)));
+        cases.Add((ServingFixture.Prompts[4], "four", four, Greedy(10, Policy("sink", "6", sinks: 2))));
+        cases.Add((ServingFixture.Prompts[5], null, seven, Greedy(10, Policy("window", "5"))));
+        cases.Add((ServingFixture.Prompts[6], "four", four, Greedy(8, Policy("full", bits: 8))));
         var expected = cases.Select(c => Reference(c.Prompt, c.Text, c.Options)).ToArray();
         using (var promptedOffloaded = PromptedModel.Create(offloaded, seven))
             Assert.Equal(expected[0], new Generator(promptedOffloaded, fixture.Tokenizer).Generate(new[] { cases[0].Text }, cases[0].Options, Ct).Sequences[0].Tokens);
@@ -269,13 +275,6 @@ public sealed class SoftPromptServingTests : IDisposable
         await Task.WhenAll(offloadedScores.Completion, inMemoryScores.Completion);
         Assert.Equal(inMemoryScores.PromptLogprobs!.Select(t => t?.TokenId), offloadedScores.PromptLogprobs!.Select(t => t?.TokenId));
         for (int i = 1; i < ids.Count; i++) Assert.Equal(inMemoryScores.PromptLogprobs[i]!.Logprob, offloadedScores.PromptLogprobs[i]!.Logprob, 1e-5f);
-
-        var refused = Assert.Throws<ServingException>(() => engine.Submit(fixture.Tokenizer.Encode(cases[0].Text), Greedy(8, h2o), Ct));
-        Assert.Equal("kv_policy", refused.Field);
-        var option = Assert.IsType<OptionException>(refused.InnerException);
-        Assert.Equal(new[] { TernOption.SoftPromptFile, TernOption.Offload, TernOption.KvPolicy, TernOption.KvBits }, option.Options);
-        var bits = Assert.Throws<ServingException>(() => engine.Submit(fixture.Tokenizer.Encode(cases[0].Text), Greedy(8, Policy("full", bits: 8)), "four", Ct));
-        Assert.Equal("kv_bits", bits.Field);
     }
 
     /// <summary>"none" is the name a request opts out with: no prompt may take it.</summary>
