@@ -11,13 +11,13 @@
 #                                       export (Tern and transformers), summary.md (what `start` runs)
 # Environment: STEPS (3000), SEQ (1024), BATCH (32), DEVICE (cuda), STAGE1 (1040 optimizer steps of rank discovery: the
 # release's 130 steps × 8 micro-batches = 1,040 forward passes, ≈ 33 checks at its warm-up 200 / every 25), INRANK_ARGS
-# (more --inrank-* flags), CONTROL (1: train the fixed-rank control too), CONFIG, D (data), W (work folder), TERN (the CLI command), EVAL_TOKENS (0 = whole texts).
+# (more --inrank-* flags), CONTROL (1: train the fixed-rank control too), FULL (1: train the full-rank run too), CONFIG, D (data), W (work folder), TERN (the CLI command), EVAL_TOKENS (0 = whole texts).
 # A CPU smoke test of the same commands: see bench/README.md, "InRank".
 set -uo pipefail
 D=${D:-/tmp/tern-data} W=${W:-/tmp/tern-inrank} OUT=${OUT:-/tmp/tern-out}
 CONFIG=${CONFIG:-bench/configs/tern-30m/config.json}
 STEPS=${STEPS:-3000} SEQ=${SEQ:-1024} BATCH=${BATCH:-32} DEVICE=${DEVICE:-cuda} STAGE1=${STAGE1:-1040} EVAL_TOKENS=${EVAL_TOKENS:-0}
-INRANK_ARGS=${INRANK_ARGS:-} CONTROL=${CONTROL:-1}
+INRANK_ARGS=${INRANK_ARGS:-} CONTROL=${CONTROL:-1} FULL=${FULL:-1}
 TERN=${TERN:-dotnet .device/Tern.Cli/Tern.Cli.dll}
 mkdir -p "$OUT" "$W"
 
@@ -68,7 +68,7 @@ case ${1:?stage|start|status|collect|all} in
   all)
     rm -f "$W/bench.done"
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$W/gpu.txt" 2> /dev/null || echo "$DEVICE" > "$W/gpu.txt"
-    echo "== full rank"; train full || exit 1
+    if [ "$FULL" = 1 ]; then echo "== full rank"; train full || exit 1; fi
     echo "== InRank"; train inrank --inrank --inrank-stage1-steps "$STAGE1" $INRANK_ARGS || exit 1
     # The control: one rank for every MLP linear (as the release's fixed-rank baseline), InRank's mean final rank.
     rank=$(python3 -c 'import json,sys; l=json.load(open(sys.argv[1]))["low_rank"]["linears"]; print(round(sum(v["rank"] for v in l.values())/len(l)))' \
@@ -89,7 +89,7 @@ with torch.no_grad(): loss = model(ids, labels=ids).loss.item()
 print(f"transformers loads the dense export: first {ids.shape[1]} validation tokens, loss {loss:.4f}, perplexity {torch.exp(torch.tensor(loss)).item():.3f}")
 PY
     cat "$W/inrank/transformers.txt"
-    python3 tools/gpu/inrank_summary.py "$W" > "$W/summary.md" && cat "$W/summary.md" ;;
+    [ -d "$W/full/run" ] && python3 tools/gpu/inrank_summary.py "$W" > "$W/summary.md" && cat "$W/summary.md" ;;
   collect)
     test -f "$W/bench.done" || { echo "the comparison has not finished"; tail -5 "$W/bench.log"; exit 1; }
     for name in full inrank fixed; do tr '\r' '\n' < "$W/$name/train.log" | grep -v '^$' > "$W/$name/train-clean.log"; done
