@@ -98,8 +98,10 @@ public sealed class ModalRecurrence : IDisposable
         var exponents = torch.arange(length - 1, -1, -1, ScalarType.Float64, Poles.device);   // T−1−k for k = 0..T−1
         var (re, im) = ModalFilters.PowersOf(Poles, exponents);                              // [C, S, T]
         // Powers in fp64, the product in the outputs' type, both parts in one pass over w: widening w to fp64 copied, by its
-        // shapes, 8.6 GB a layer for a 1.3B-shape prefill chunk of 64 rows × 1024 tokens.
-        var powers = torch.cat(new[] { re, im }, 1).transpose(1, 2).to(OutputType);          // [C, T, 2S]
+        // shapes, 8.6 GB a layer for a 1.3B-shape prefill chunk of 64 rows × 1024 tokens. Contiguous (a copy of C·T·2S): transposed,
+        // the CPU's batched product gave a row results that depended on the rows beside it (in the last bits: 9.5e−7 on products
+        // of order 1), so a step run over blocks of rows (HyenaOperator.StepBlockElements) did not equal it run whole.
+        var powers = torch.cat(new[] { re, im }, 1).transpose(1, 2).to(OutputType).contiguous(); // [C, T, 2S]
         var w = input.to(OutputType).reshape(input.shape[0], input.shape[1], -1, length);     // [B, C, K, T]
         var parts = w.matmul(powers);                                                         // [B, C, K, 2S]
         long modes = Poles.shape[1];

@@ -225,7 +225,49 @@ public sealed class HyenaOperator : IDisposable
     /// y_t = Re(R x_t) + D w_t (<see cref="ModalRecurrence.Step"/>); several: the FFT convolution with ĥ plus the decayed state
     /// (<see cref="ModalRecurrence.Run"/>). Padding never changes a row's state, so rows of any lengths step exactly.
     /// </summary>
+    /// <remarks>Several tokens run over blocks of rows (<see cref="StepBlockRows"/>) when w of all rows would exceed
+    /// <see cref="StepBlockElements"/>: every step of a row depends on that row alone, and <paramref name="fir"/> and
+    /// <paramref name="modal"/> are updated through their rows' views.</remarks>
     internal Tensor Stepped(Tensor input, Tensor fir, Tensor modal, ModalRecurrence recurrence, Tensor positions)
+    {
+        long b = input.shape[0], rows = StepBlockRows(b, input.shape[1]);
+        if (rows == b) return SteppedRows(input, fir, modal, recurrence, positions);
+        using var scope = torch.NewDisposeScope();
+        Tensor? output = null;
+        for (long r = 0; r < b; r += rows)
+        {
+            long n = Math.Min(rows, b - r);
+            using var block = torch.NewDisposeScope();                                                  // one block's temporaries at a time
+            var y = SteppedRows(input.narrow(0, r, n), fir.narrow(0, r, n), modal.narrow(0, r, n), recurrence, positions.narrow(0, r, n));
+            output ??= torch.empty(new[] { b }.Concat(y.shape[1..]).ToArray(), y.dtype, y.device).MoveToOuterDisposeScope();
+            output.narrow(0, r, n).copy_(y);
+        }
+        return output!.MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// Elements of w (the step's pre-gated streams, <see cref="PreGate"/>) that one block of rows of a several-token step may hold:
+    /// 2^28 (1 GiB in fp32). The step's large temporaries — the projected streams, w, its FFT padded to 2T complex and the powers
+    /// of the carry — grow with rows × tokens (w alone holds D·N per token for MultiHyena): at the 1.3B shape (D = 2048, 256 heads
+    /// of N = 8) a 16k-token prefill in 1,024-token chunks ran out of an H200's memory at 256 rows (an allocation of 32 GiB) and
+    /// peaked at 137 GB of 140 at 128 rows, while 256-token chunks were too slow (over 300 s). The work is linear in rows, so
+    /// the memory need not be; the budget keeps each block large (16 rows of 1,024 tokens at that shape). Settable for tests (tiny
+    /// blocks).
+    /// </summary>
+    internal static long StepBlockElements { get; set; } = 1L << 28;
+
+    /// <summary>Rows per block of a step of <paramref name="tokens"/> tokens over <paramref name="batch"/> rows: all of them for one
+    /// token (the decode step, fused and graphed, stays whole) or while w fits <see cref="StepBlockElements"/>; else as many as fit,
+    /// at least one (a row that alone exceeds the budget runs whole).</summary>
+    internal long StepBlockRows(long batch, long tokens)
+    {
+        if (tokens <= 1 || batch <= 1) return batch;
+        long perRow = tokens * (Options.Heads > 0 ? (long)Options.Width * (Options.Width / Options.Heads) : Options.Width);
+        return Math.Clamp(StepBlockElements / perRow, 1, batch);
+    }
+
+    /// <summary><see cref="Stepped(Tensor, Tensor, Tensor, ModalRecurrence, Tensor)"/> over all of its rows at once.</summary>
+    Tensor SteppedRows(Tensor input, Tensor fir, Tensor modal, ModalRecurrence recurrence, Tensor positions)
     {
         using var scope = torch.NewDisposeScope();
         var real = positions.ge(0);
