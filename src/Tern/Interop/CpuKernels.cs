@@ -555,9 +555,9 @@ internal static unsafe partial class CpuKernels
     }
 
     /// <summary>Runs a job over [0, rows): on this thread for small work, else in one chunk per core (<see cref="CoreTeam"/>).</summary>
-    static void Run<TJob, T>(ref TJob job, long rows, long work) where TJob : struct, IRowJob where T : struct, IElement
+    static void Run<TJob, T>(ref TJob job, long rows, long work, long parallelWork = ParallelWork) where TJob : struct, IRowJob where T : struct, IElement
     {
-        if (work < ParallelWork || rows < 2 || CoreTeam.Shared.Size == 1)
+        if (work < parallelWork || rows < 2 || CoreTeam.Shared.Size == 1)
         {
             job.Rows<T>(0, rows);
             return;

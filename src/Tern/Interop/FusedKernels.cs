@@ -216,6 +216,14 @@ internal static unsafe partial class FusedKernels
         return true;
     }
 
+    /// <summary>Decode attention with every cached entry visible, on the CPU (<see cref="CpuKernels.TryDecodeAttention"/>: q
+    /// [B, Hkv, G, D], keys and values [B, Hkv, T, D] → [B, Hkv, G, D]); false on CUDA, whose steps take the masked kernel above.</summary>
+    public static bool TryUnmaskedDecodeAttention(Tensor q, Tensor keys, Tensor values, out Tensor output)
+    {
+        output = null!;
+        return OnCpu(q) && CpuKernels.TryDecodeAttention(q, keys, values, out output);
+    }
+
     /// <summary>y = act(gate) · up for a contiguous [..., 2n] tensor holding [gate | up]; <paramref name="kind"/>:
     /// 0 silu, 1 relu, 2 gelu, 3 gelu (tanh).</summary>
     public static bool TryGated(Tensor gateUp, int n, int kind, out Tensor y)

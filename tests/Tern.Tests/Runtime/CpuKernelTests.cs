@@ -84,6 +84,26 @@ public class CpuKernelTests
     }
 
     [Theory]
+    [InlineData("fp32", 1, 1, 1)]      // one cached entry
+    [InlineData("fp32", 1, 1, 200)]
+    [InlineData("fp32", 2, 3, 700)]    // grouped queries, rows, split over the cores
+    [InlineData("bf16", 1, 1, 200)]
+    [InlineData("bf16", 2, 3, 700)]
+    public void UnmaskedDecodeAttentionMatchesSdpaOverACachesView(string typeName, int rows, int groups, int length)
+    {
+        using var scope = torch.NewDisposeScope();
+        using var noGrad = torch.no_grad();
+        var type = TypeOf(typeName);
+        const int kvHeads = 2, dim = 64, capacity = 1024;
+        // A cache's first `length` slots: rows of D contiguous, heads and batch rows at the capacity's strides.
+        var keys = Random(type, rows, kvHeads, capacity, dim).narrow(2, 0, length);
+        var values = (Random(type, rows, kvHeads, capacity, dim) * 2).narrow(2, 0, length);
+        var q = Random(type, rows, kvHeads, groups, dim) * 3; // sharper softmax than unit scores
+        Assert.True(FusedKernels.TryUnmaskedDecodeAttention(q, keys, values, out var fused));
+        Close(F.scaled_dot_product_attention(q, keys, values), fused, Tolerance(type));
+    }
+
+    [Theory]
     [InlineData("fp32", "silu")]
     [InlineData("fp32", "relu")]
     [InlineData("fp32", "gelu_pytorch_tanh")]
