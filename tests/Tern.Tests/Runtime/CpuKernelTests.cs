@@ -83,6 +83,19 @@ public class CpuKernelTests
             expected.narrow(2, 0, rotated).narrow(-1, rotaryDim, headDim - rotaryDim)).all().item<bool>());
     }
 
+    [Fact]
+    public void Bf16PrefillOverManyWeightTilesMatchesTheWidenedProduct()
+    {
+        using var scope = torch.NewDisposeScope();
+        using var noGrad = torch.no_grad();
+        // k = 1024: a tile is 64 weight rows, so 1,000 rows make tiles on both cores, the last ones partial.
+        var x = Random(ScalarType.BFloat16, 2, 20, 1024);
+        var w = Random(ScalarType.BFloat16, 1000, 1024);
+        Assert.True(FusedKernels.TryGemv(x, w, null, null, out var fused));
+        var exact = F.linear(x.to(ScalarType.Float32), w.to(ScalarType.Float32)); // fp32 products of the same bf16 values
+        Close(exact.to(ScalarType.BFloat16), fused, Tolerance(ScalarType.BFloat16));
+    }
+
     [Theory]
     [InlineData("fp32", 1, 1, 1)]      // one cached entry
     [InlineData("fp32", 1, 1, 200)]
