@@ -23,11 +23,10 @@ internal static unsafe partial class CpuKernels
     {
         output = null!;
         if (!Usable(q) || q.dim() != 4 || keys.dim() != 4 || values.dim() != 4 || keys.dtype != q.dtype || values.dtype != q.dtype) return false;
-        long b = q.shape[0], hkv = q.shape[1], g = q.shape[2], d = q.shape[3], t = keys.shape[2];
-        if (d % 8 != 0 || d > 256 || g > 16 || t < 1 || t > 1 << 14 || keys.shape[0] != b || keys.shape[1] != hkv || keys.shape[3] != d
-            || !values.shape.SequenceEqual(keys.shape)) return false;
-        foreach (var kv in new[] { keys, values })
-            if (kv.device.type != DeviceType.CPU || kv.stride(3) != 1 || kv.stride(2) != d) return false;
+        long b = q.size(0), hkv = q.size(1), g = q.size(2), d = q.size(3), t = keys.size(2);
+        bool Fits(Tensor kv) => kv.device.type == DeviceType.CPU && kv.size(0) == b && kv.size(1) == hkv && kv.size(2) == t
+            && kv.size(3) == d && kv.stride(3) == 1 && kv.stride(2) == d; // rows of D contiguous: a cache's first T slots
+        if (d % 8 != 0 || d > 256 || g > 16 || t < 1 || t > 1 << 14 || !Fits(keys) || !Fits(values)) return false;
         output = torch.empty_like(q);
         var job = new DecodeAttentionJob
         {

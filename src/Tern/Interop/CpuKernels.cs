@@ -175,8 +175,8 @@ internal static unsafe partial class CpuKernels
     /// y = x·Wᵀ (+ bias) (+ residual) for x [..., K] and W [N, K] (contiguous, one type). Decode-sized products (up to 16 rows):
     /// fp32 through the own AVX2 kernel where MKL runs generic code (<see cref="OwnFp32Products"/>), else when W is large enough
     /// to split into a column block per core, each through MKL (exported by the libtorch library); bf16 through MKL's bf16 GEMM
-    /// where the CPU has bf16 arithmetic, else widened in registers (<see cref="WidenedProducts"/>). bf16 prefills widen both
-    /// operands to fp32 for MKL's fp32 GEMM. fp32 accumulation, rounded as the composite path rounds:
+    /// where the CPU has bf16 arithmetic, else widened in registers (<see cref="WidenedProducts"/>). bf16 prefills widen to fp32
+    /// for MKL's fp32 GEMM (<see cref="WidenedGemm"/>). fp32 accumulation, rounded as the composite path rounds:
     /// round(round(x·Wᵀ + b) + residual). False for other types, fp32 prefills and small fp32 products on Intel CPUs (libtorch's
     /// one MKL call is as fast there), or where the library lacks the GEMM.
     /// </summary>
@@ -250,19 +250,22 @@ internal static unsafe partial class CpuKernels
         // (its own threads on top of the team's oversubscribe the cores: 1.2× slower than unsplit at eight rows).
         long size = bf16 ? 2 : 4;
         nint px = (nint)x, pw = (nint)weight, pa = (nint)accumulated;
-        CoreTeam.Shared.Split(n, 16, (from, to) =>
+        CoreTeam.Shared.Split(n, 16, (from, to) => MklSequential(() => Block(bf16, m, n, from, to, k, (byte*)px, (byte*)pw + from * k * size, (float*)pa)));
+    }
+
+    /// <summary>Runs <paramref name="part"/> with MKL on this thread alone: a core's part of a product split over the team.</summary>
+    static void MklSequential(Action part)
+    {
+        int sequential = 1;
+        int previous = MklThreadsLocal(&sequential);
+        try
         {
-            int sequential = 1;
-            int previous = MklThreadsLocal(&sequential);
-            try
-            {
-                Block(bf16, m, n, from, to, k, (byte*)px, (byte*)pw + from * k * size, (float*)pa);
-            }
-            finally
-            {
-                MklThreadsLocal(&previous);
-            }
-        });
+            part();
+        }
+        finally
+        {
+            MklThreadsLocal(&previous);
+        }
     }
 
     /// <summary>Columns [from, to) of accumulated [m, n] from W's rows [from, to) (<paramref name="weightRows"/> points at row
@@ -398,10 +401,8 @@ internal static unsafe partial class CpuKernels
                 // read it back, 8 bytes a weight beyond the 2 read (bf16 prefill 0.78–0.86× fp32's with it).
                 long tile = Math.Max(16, WidenedTileBytes / (4 * k) / 16 * 16);
                 nint pxs = (nint)px, pw = (nint)weight, pa = (nint)accumulated;
-                CoreTeam.Shared.Split(n, 16, (from, to) =>
+                CoreTeam.Shared.Split(n, 16, (from, to) => MklSequential(() =>
                 {
-                    int sequential = 1;
-                    int previous = MklThreadsLocal(&sequential);
                     float[] wide = System.Buffers.ArrayPool<float>.Shared.Rent((int)(Math.Min(tile, to - from) * k));
                     try
                     {
@@ -416,9 +417,8 @@ internal static unsafe partial class CpuKernels
                     finally
                     {
                         System.Buffers.ArrayPool<float>.Shared.Return(wide);
-                        MklThreadsLocal(&previous);
                     }
-                });
+                }));
             }
         }
         finally

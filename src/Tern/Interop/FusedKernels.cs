@@ -217,11 +217,14 @@ internal static unsafe partial class FusedKernels
     }
 
     /// <summary>Decode attention with every cached entry visible, on the CPU (<see cref="CpuKernels.TryDecodeAttention"/>: q
-    /// [B, Hkv, G, D], keys and values [B, Hkv, T, D] → [B, Hkv, G, D]); false on CUDA, whose steps take the masked kernel above.</summary>
+    /// [B, Hkv, G, D], any strides, keys and values [B, Hkv, T, D] → [B, Hkv, G, D]); false on CUDA, whose steps take the masked
+    /// kernel above.</summary>
     public static bool TryUnmaskedDecodeAttention(Tensor q, Tensor keys, Tensor values, out Tensor output)
     {
         output = null!;
-        return OnCpu(q) && CpuKernels.TryDecodeAttention(q, keys, values, out output);
+        if (!OnCpu(q)) return false;
+        using var rows = q.contiguous(); // a view of the step's q, k, v rows when the batch holds several sequences
+        return CpuKernels.TryDecodeAttention(rows, keys, values, out output);
     }
 
     /// <summary>y = act(gate) · up for a contiguous [..., 2n] tensor holding [gate | up]; <paramref name="kind"/>:

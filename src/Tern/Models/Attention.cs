@@ -199,7 +199,7 @@ internal static class Attention
         {
             // Decode without holes: every cached entry is visible; no mask, so SDPA may use its fastest kernel (Tern's on the CPU).
             var qg = qh.reshape(b, hkv, g, d);
-            output = (Interop.FusedKernels.TryUnmaskedDecodeAttention(qg.contiguous(), keys, values, out var fused) ? fused
+            output = (Interop.FusedKernels.TryUnmaskedDecodeAttention(qg, keys, values, out var fused) ? fused
                 : F.scaled_dot_product_attention(qg, keys, values)).reshape(b, h, 1, d);
         }
         else if (!cache.HasHoles && !windowMatters && length == t)
