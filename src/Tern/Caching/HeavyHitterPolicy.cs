@@ -79,8 +79,8 @@ public sealed record HeavyHitterPolicy : IKvCachePolicy, IAttentionObserver
     {
         using var scope = torch.NewDisposeScope();
         var state = layer.EntryState(2); // per entry: accumulated attention, queries that saw it
-        long b = probabilities.shape[0], h = probabilities.shape[1], t = probabilities.shape[2], l = probabilities.shape[3];
-        long kvHeads = state.shape[1], groups = h / kvHeads;
+        long b = probabilities.size(0), h = probabilities.size(1), t = probabilities.size(2), l = probabilities.size(3);
+        long kvHeads = state.size(1), groups = h / kvHeads;
         var grouped = probabilities.view(b, kvHeads, groups, t, l);
         state.select(-1, 0).narrow(2, 0, l).add_(grouped.sum(new long[] { 2, 3 }));
         if (NormalizeScores) // a query saw the entry when it gave it any probability (masked slots get exactly 0)

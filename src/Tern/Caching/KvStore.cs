@@ -52,7 +52,7 @@ internal abstract class KvStore : IDisposable
     public int Rows { get; set; }
 
     /// <summary>A tensor of the storage narrowed to the rows in use.</summary>
-    protected Tensor InRows(Tensor storage) => Rows == storage.shape[0] ? storage : storage.narrow(0, 0, Rows);
+    protected Tensor InRows(Tensor storage) => Rows == storage.size(0) ? storage : storage.narrow(0, 0, Rows);
 
     /// <summary>Copies slots [sourceStart, sourceStart + count) of <paramref name="source"/>'s rows [sourceRow, sourceRow + rows)
     /// to slots [start, start + count) of rows [row, row + rows) (any rows, in use or not); both stores have the same layout. A
@@ -64,7 +64,7 @@ internal abstract class KvStore : IDisposable
         for (int i = 0; i < to.Count; i++)
         {
             using var target = to[i].narrow(0, row, rows).narrow(2, start, count);
-            using var slots = from[i].narrow(0, sourceRow, from[i].shape[0] == 1 ? 1 : rows).narrow(2, sourceStart, count);
+            using var slots = from[i].narrow(0, sourceRow, from[i].size(0) == 1 ? 1 : rows).narrow(2, sourceStart, count);
             target.copy_(slots);
         }
     }
@@ -92,7 +92,7 @@ internal abstract class KvStore : IDisposable
     /// <summary>Gathers slots <paramref name="order"/> [B,H,n] of <paramref name="storage"/> [B,H,capacity,...] into its front.</summary>
     internal static void CompactTensor(Tensor storage, Tensor order)
     {
-        long n = order.shape[2];
+        long n = order.size(2);
         var shape = storage.shape.ToArray();
         shape[2] = n;
         var index = order.reshape(order.shape.Concat(Enumerable.Repeat(1L, storage.shape.Length - 3)).ToArray()).expand(shape);
@@ -126,14 +126,14 @@ internal sealed class DenseKvStore : KvStore
     public Tensor Storage { get; }
 
 
-    public override void Write(int start, Tensor entries) => InRows(Storage).narrow(2, start, entries.shape[2]).copy_(entries);
+    public override void Write(int start, Tensor entries) => InRows(Storage).narrow(2, start, entries.size(2)).copy_(entries);
 
     public override void WriteAt(Tensor slots, Tensor entries) => ScatterTensor(InRows(Storage), slots, entries);
 
     public override Tensor Read(int start, int count)
     {
         var rows = InRows(Storage);
-        return start == 0 && count == Storage.shape[2] ? rows : rows.narrow(2, start, count);
+        return start == 0 && count == Storage.size(2) ? rows : rows.narrow(2, start, count);
     }
 
     public override void Compact(Tensor order) => CompactTensor(InRows(Storage), order);
@@ -175,7 +175,7 @@ internal sealed class QuantizedKvStore : KvStore
     public override void Write(int start, Tensor entries)
     {
         using var q = GroupQuantizer.Quantize(entries, quantization);
-        long t = entries.shape[2];
+        long t = entries.size(2);
         InRows(codes).narrow(2, start, t).copy_(q.Codes);
         InRows(step).narrow(2, start, t).copy_(q.Step);
         InRows(min).narrow(2, start, t).copy_(q.Min);

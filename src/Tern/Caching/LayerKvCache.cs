@@ -51,7 +51,7 @@ public sealed class LayerKvCache : IDisposable
     /// </summary>
     public void Update(Tensor keys, Tensor values, Tensor positions, bool hasPadding, Tensor? slots = null)
     {
-        int tokens = (int)keys.shape[2];
+        int tokens = (int)keys.size(2);
         Policy.BeforeAppend(this, tokens);
         if (RowSlots && slots is not null && tokens == 1) AppendAtRowSlots(keys, values, positions, slots);
         else if (FillsFreeSlots(tokens)) AppendIntoFreeSlots(keys, values, positions);
@@ -90,8 +90,8 @@ public sealed class LayerKvCache : IDisposable
     /// </summary>
     internal Tensor AttendedKeys()
     {
-        attendedKeys ??= torch.zeros(new[] { positions.shape[0], positions.shape[1], Capacity, (long)headDim }, DType, Device).DetachFromDisposeScope();
-        return Rows == attendedKeys.shape[0] ? attendedKeys : attendedKeys.narrow(0, 0, Rows);
+        attendedKeys ??= torch.zeros(new[] { positions.size(0), positions.size(1), Capacity, (long)headDim }, DType, Device).DetachFromDisposeScope();
+        return Rows == attendedKeys.size(0) ? attendedKeys : attendedKeys.narrow(0, 0, Rows);
     }
     Tensor? attendedKeys;
     readonly int headDim;
@@ -151,7 +151,7 @@ public sealed class LayerKvCache : IDisposable
 
     /// <summary>Original token position of each slot [batch, kvHeads, capacity], -1 when empty (rows in use only: see
     /// <see cref="KvCache.ActiveRows"/>).</summary>
-    public Tensor Positions => Rows == positions.shape[0] ? positions : positions.narrow(0, 0, Rows);
+    public Tensor Positions => Rows == positions.size(0) ? positions : positions.narrow(0, 0, Rows);
     readonly Tensor positions;
 
     /// <summary>Rows of the batch that steps run over: [0, Rows) (<see cref="KvCache.ActiveRows"/>).</summary>
@@ -178,11 +178,11 @@ public sealed class LayerKvCache : IDisposable
     public Tensor EntryState(int width)
     {
         if (entryState is null)
-            entryState = torch.zeros(new[] { positions.shape[0], positions.shape[1], Capacity, (long)width }, ScalarType.Float32, Device)
+            entryState = torch.zeros(new[] { positions.size(0), positions.size(1), Capacity, (long)width }, ScalarType.Float32, Device)
                 .DetachFromDisposeScope();
-        else if (entryState.shape[3] != width)
-            throw new InvalidOperationException($"KV cache of layer {Layer}: entry state of width {entryState.shape[3]} asked as {width}.");
-        return Rows == entryState.shape[0] ? entryState : entryState.narrow(0, 0, Rows);
+        else if (entryState.size(3) != width)
+            throw new InvalidOperationException($"KV cache of layer {Layer}: entry state of width {entryState.size(3)} asked as {width}.");
+        return Rows == entryState.size(0) ? entryState : entryState.narrow(0, 0, Rows);
     }
 
     /// <summary>
@@ -193,7 +193,7 @@ public sealed class LayerKvCache : IDisposable
     /// they must equal [Length, Length + tokens) at execution time.</param>
     public void Append(Tensor keys, Tensor values, Tensor positions, bool hasPadding, Tensor? slots = null)
     {
-        int tokens = (int)keys.shape[2];
+        int tokens = (int)keys.size(2);
         if (Length + tokens > Capacity)
             throw new InvalidOperationException($"KV cache of layer {Layer}: {Length} + {tokens} entries exceed its {Capacity} slots.");
         if (slots is null)
@@ -206,13 +206,13 @@ public sealed class LayerKvCache : IDisposable
         {
             if (this.keys is not DenseKvStore k || this.values is not DenseKvStore v)
                 throw new InvalidOperationException("static-shape steps (CUDA graphs) need a 16-bit KV cache.");
-            if (Rows != positions.shape[0])
+            if (Rows != positions.size(0))
                 throw new InvalidOperationException("static-shape steps (CUDA graphs) write every row of the cache; it has rows out of use.");
             if (!Interop.FusedKernels.TryCacheAppend(k.Storage, v.Storage, Positions, keys, values, positions, slots))
             {
                 k.Storage.index_copy_(2, slots, keys);
                 v.Storage.index_copy_(2, slots, values);
-                Positions.index_copy_(2, slots, positions.unsqueeze(1).expand(Positions.shape[0], Positions.shape[1], tokens));
+                Positions.index_copy_(2, slots, positions.unsqueeze(1).expand(Positions.size(0), Positions.size(1), tokens));
             }
         }
         Length += tokens;
@@ -237,7 +237,7 @@ public sealed class LayerKvCache : IDisposable
     /// </summary>
     void AppendAtRowSlots(Tensor keys, Tensor values, Tensor positions, Tensor slots)
     {
-        bool fused = this.keys is DenseKvStore k && this.values is DenseKvStore v && Rows == k.Storage.shape[0]
+        bool fused = this.keys is DenseKvStore k && this.values is DenseKvStore v && Rows == k.Storage.size(0)
             && Interop.FusedKernels.TryCacheAppend(k.Storage, v.Storage, Positions, keys, values, positions, slots);
         if (fused)
         {
@@ -247,7 +247,7 @@ public sealed class LayerKvCache : IDisposable
             return;
         }
         using var scope = torch.NewDisposeScope();
-        WriteAt(slots.view(-1, 1, 1).expand(Rows, keys.shape[1], 1), keys, values, positions);
+        WriteAt(slots.view(-1, 1, 1).expand(Rows, keys.size(1), 1), keys, values, positions);
     }
 
     /// <summary>Writes one entry per row and head [batch, kvHeads, 1, headDim] at position [batch, 1] into slot
@@ -272,8 +272,8 @@ public sealed class LayerKvCache : IDisposable
         positions.scatter_(2, slots, positions.gather(2, slots).masked_fill(where, -1));
         if (entryState is not null)
         {
-            var state = EntryState((int)entryState.shape[3]).narrow(2, 0, Length);
-            var index = slots.unsqueeze(-1).expand(slots.shape[0], slots.shape[1], 1, state.shape[3]);
+            var state = EntryState((int)entryState.size(3)).narrow(2, 0, Length);
+            var index = slots.unsqueeze(-1).expand(slots.size(0), slots.size(1), 1, state.size(3));
             state.scatter_(2, index, state.gather(2, index).masked_fill(where.unsqueeze(-1), 0));
         }
         HasHoles = true;
@@ -290,9 +290,9 @@ public sealed class LayerKvCache : IDisposable
     /// hold the same entries there (the source only appended since it was a copy of this layer), and only the rest travels.</summary>
     internal void CopyEntriesFrom(LayerKvCache source, int unchangedSlots = 0)
     {
-        if (source.Capacity != Capacity || source.positions.shape[0] != positions.shape[0] || unchangedSlots > source.Length)
-            throw new ArgumentException($"KV cache of layer {Layer}: {source.positions.shape[0]} x {source.Capacity} slots ({source.Length} in use) " +
-                $"cannot be copied into {positions.shape[0]} x {Capacity} keeping {unchangedSlots}.");
+        if (source.Capacity != Capacity || source.positions.size(0) != positions.size(0) || unchangedSlots > source.Length)
+            throw new ArgumentException($"KV cache of layer {Layer}: {source.positions.size(0)} x {source.Capacity} slots ({source.Length} in use) " +
+                $"cannot be copied into {positions.size(0)} x {Capacity} keeping {unchangedSlots}.");
         using var scope = torch.NewDisposeScope();
         var (from, to) = (source.StorageParts, StorageParts);
         int added = source.Length - unchangedSlots;
@@ -304,7 +304,7 @@ public sealed class LayerKvCache : IDisposable
             else if (added > 0) to[p].narrow(2, unchangedSlots, added).copy_(from[p].narrow(2, unchangedSlots, added).contiguous());
         }
         positions.copy_(source.positions);
-        if (source.entryState is not null) AllRowsEntryState((int)source.entryState.shape[3]).copy_(source.entryState);
+        if (source.entryState is not null) AllRowsEntryState((int)source.entryState.size(3)).copy_(source.entryState);
         else entryState?.zero_();
         Length = source.Length;
         HasHoles = source.HasHoles;
@@ -374,7 +374,7 @@ public sealed class LayerKvCache : IDisposable
         if (Length > newLength) Positions.narrow(2, newLength, Length - newLength).fill_(-1);
         if (entryState is not null)
         {
-            var state = EntryState((int)entryState.shape[3]);
+            var state = EntryState((int)entryState.size(3));
             KvStore.CompactTensor(state, order);
             if (Length > newLength) state.narrow(2, newLength, Length - newLength).zero_();
         }
@@ -411,7 +411,7 @@ public sealed class LayerKvCache : IDisposable
             Positions.narrow(2, prefix + suffix, evicted).fill_(-1);
             if (entryState is not null)
             {
-                var state = EntryState((int)entryState.shape[3]);
+                var state = EntryState((int)entryState.size(3));
                 KvStore.ShiftTensor(state, from, prefix, suffix);
                 state.narrow(2, prefix + suffix, evicted).zero_(); // free slots hold zeros
             }
@@ -449,14 +449,14 @@ public sealed class LayerKvCache : IDisposable
         if (count > Capacity) throw new InvalidOperationException($"KV cache of layer {Layer}: {count} entries exceed its {Capacity} slots.");
         keys.CopyRows(source.keys, sourceRow, sourceStart, row, 0, count, rows);
         values.CopyRows(source.values, sourceRow, sourceStart, row, 0, count, rows);
-        int sourceRows = source.positions.shape[0] == 1 ? 1 : rows;
+        int sourceRows = source.positions.size(0) == 1 ? 1 : rows;
         using (var target = positions.narrow(0, row, rows).narrow(2, 0, count))
         using (var from = source.positions.narrow(0, sourceRow, sourceRows).narrow(2, sourceStart, count))
             target.copy_(from);
         if (source.entryState is not null || entryState is not null)
         {
             using var scope = torch.NewDisposeScope();
-            int width = (int)(source.entryState ?? entryState)!.shape[3];
+            int width = (int)(source.entryState ?? entryState)!.size(3);
             var into = AllRowsEntryState(width).narrow(0, row, rows);
             into.zero_();
             if (source.entryState is not null) into.narrow(2, 0, count).copy_(source.entryState.narrow(0, sourceRow, sourceRows).narrow(2, sourceStart, count));

@@ -37,7 +37,7 @@ public sealed class RecurrentState : IDisposable
         get
         {
             var all = tensors.TryGetValue(name, out var t) ? t : throw new KeyNotFoundException($"the recurrent state has no tensor '{name}'.");
-            return Rows == all.shape[0] ? all : all.narrow(0, 0, Rows);
+            return Rows == all.size(0) ? all : all.narrow(0, 0, Rows);
         }
     }
 
@@ -50,7 +50,7 @@ public sealed class RecurrentState : IDisposable
     {
         foreach (var (name, t) in tensors)
             using (var into = t.narrow(0, row, rows))
-            using (var from = source.tensors[name].narrow(0, sourceRow, source.tensors[name].shape[0] == 1 ? 1 : rows))
+            using (var from = source.tensors[name].narrow(0, sourceRow, source.tensors[name].size(0) == 1 ? 1 : rows))
                 into.copy_(from);
     }
 

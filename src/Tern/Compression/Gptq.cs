@@ -53,7 +53,7 @@ public static class Gptq
     {
         options.Validate();
         using var scope = torch.NewDisposeScope();
-        int columns = (int)weight.shape[1];
+        int columns = (int)weight.size(1);
         // act-order: decreasing H_jj.
         var order = options.ActOrder ? hessian.diagonal().argsort(descending: true).cpu() : null;
         var (w, u) = HessianSolver.Prepare(weight, hessian, options.Damping, order);

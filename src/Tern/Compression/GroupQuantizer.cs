@@ -89,7 +89,7 @@ public static class GroupQuantizer
         int g = options.GroupSize;
         using var scope = torch.NewDisposeScope();
         var moved = x.movedim(new long[] { dim }, new long[] { -1 }).to(ScalarType.Float32);
-        long n = moved.shape[^1], padded = (n + g - 1) / g * g;
+        long n = moved.size(-1), padded = (n + g - 1) / g * g;
         if (padded != n) moved = torch.nn.functional.pad(moved, new long[] { 0, padded - n });
         var groups = moved.reshape(moved.shape[..^1].Append(padded / g).Append(g).ToArray());
         var (step, mn) = Range(groups, options.Bits);
@@ -129,12 +129,12 @@ public static class GroupQuantizer
         var codes = q.Codes;
         if (q.Options.Bits <= 4)
             codes = torch.stack(new[] { codes.bitwise_right_shift(4), codes.bitwise_and(15) }, -1)
-                .reshape(codes.shape[..^1].Append(codes.shape[^1] * 2).ToArray());
+                .reshape(codes.shape[..^1].Append(codes.size(-1) * 2).ToArray());
         // x̂ = q·Δ + mn in one kernel, in the stored type: its products and sums run in fp32 and round once, as the fp32
         // formula converted at the end does (q·Δ is exact in fp32), with a fraction of the memory traffic.
         using var one = 1.ToScalar(); // disposed here, not by the finalizer (TorchSharp#1434)
         var groups = torch.addcmul(q.Min, codes.to(q.Min.dtype), q.Step, one);
-        var flat = groups.reshape(groups.shape[..^2].Append(groups.shape[^2] * groups.shape[^1]).ToArray());
+        var flat = groups.reshape(groups.shape[..^2].Append(groups.size(-2) * groups.size(-1)).ToArray());
         long n = q.Shape[q.Dimension];
         var restored = flat.narrow(-1, 0, n).movedim(new long[] { -1 }, new long[] { q.Dimension }).to(q.DType).contiguous();
         return restored.MoveToOuterDisposeScope();

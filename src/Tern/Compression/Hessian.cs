@@ -21,9 +21,9 @@ public sealed class HessianAccumulator : IDisposable
     public void Add(Tensor x)
     {
         using var scope = torch.NewDisposeScope();
-        var rows = x.reshape(-1, x.shape[^1]).to(ScalarType.Float64, torch.CPU);
+        var rows = x.reshape(-1, x.size(-1)).to(ScalarType.Float64, torch.CPU);
         sum.add_(rows.t().matmul(rows));
-        Samples += rows.shape[0];
+        Samples += rows.size(0);
     }
 
     /// <summary>H = 2XXᵀ / N, fp64 [in, in], on the CPU.</summary>
@@ -81,7 +81,7 @@ internal static class HessianSolver
             {
                 Dispose();
                 using var scope = torch.NewDisposeScope();
-                var span = groupSize > 0 ? w.narrow(1, column, Math.Min(groupSize, (int)w.shape[1] - column)) : w;
+                var span = groupSize > 0 ? w.narrow(1, column, Math.Min(groupSize, (int)w.size(1) - column)) : w;
                 var (step, min) = GroupQuantizer.Range(span, bits);
                 current = (step.squeeze(1).DetachFromDisposeScope(), min.squeeze(1).DetachFromDisposeScope());
             }

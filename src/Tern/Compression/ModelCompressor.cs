@@ -214,7 +214,7 @@ public static class ModelCompressor
 
     static ForwardBatch Batch(CausalLanguageModel model, Tensor ids)
     {
-        int b = (int)ids.shape[0], t = (int)ids.shape[1];
+        int b = (int)ids.size(0), t = (int)ids.size(1);
         return new ForwardBatch
         {
             InputIds = ids.to(model.Device),
@@ -242,7 +242,7 @@ public static class ModelCompressor
     static Dictionary<string, Tensor> Calibrate(CausalLanguageModel model, int layer, string[] group, List<Tensor> windows, List<Tensor> hidden, CacheSet caches)
     {
         var part = model.Parts[layer + 1];
-        var accumulators = group.ToDictionary(n => n, n => new HessianAccumulator((int)part[n + ".weight"].shape[1]));
+        var accumulators = group.ToDictionary(n => n, n => new HessianAccumulator((int)part[n + ".weight"].size(1)));
         try
         {
             var observed = part.With(part.Tensors, (name, x) => { if (accumulators.TryGetValue(name, out var a)) a.Add(x); });
@@ -295,7 +295,7 @@ public static class ModelCompressor
     /// <summary>RTN: <see cref="GroupQuantizer"/> with groups along the input dimension (a group per row when the group size is 0).</summary>
     static Tensor RoundToNearest(Tensor weight, CompressionOptions o)
     {
-        int columns = (int)weight.shape[1];
+        int columns = (int)weight.size(1);
         int group = o.GroupSize > 0 ? o.GroupSize : columns + columns % 2;
         using var q = GroupQuantizer.Quantize(weight.to(ScalarType.Float32), new GroupQuantizationOptions { Bits = o.Bits, GroupSize = group, Dimension = 1 });
         return GroupQuantizer.Dequantize(q).to(weight.dtype);
@@ -310,7 +310,7 @@ public static class ModelCompressor
 
         public Caching.LayerKvCache Layer(Tensor ids, int layer)
         {
-            long b = ids.shape[0];
+            long b = ids.size(0);
             if (!caches.TryGetValue(b, out var cache))
                 caches[b] = cache = model.CreateCache((int)b, length, maxStepTokens: length);
             cache[layer].Clear();

@@ -47,7 +47,7 @@ public static class SparseGpt
     {
         options.Validate();
         using var scope = torch.NewDisposeScope();
-        int rows = (int)weight.shape[0], columns = (int)weight.shape[1];
+        int rows = (int)weight.size(0), columns = (int)weight.size(1);
         var (w, u) = HessianSolver.Prepare(weight, hessian, options.Damping);
         using var grid = options.Bits > 0 ? new HessianSolver.Grid(options.Bits, options.GroupSize) : null;
         double loss = 0;

@@ -17,7 +17,7 @@ public sealed record HankelSpectrum(double[] Values)
     public static HankelSpectrum[] Compute(Tensor filters, int? size = null)
     {
         if (filters.dim() != 2) throw new ArgumentException($"filters must be [C, L], got [{string.Join(", ", filters.shape)}].", nameof(filters));
-        int length = (int)filters.shape[1];
+        int length = (int)filters.size(1);
         int k = size ?? (length + 1) / 2;
         if (k < 1 || 2 * k - 1 > length)
             throw new ArgumentOutOfRangeException(nameof(size), k, $"a {k}×{k} Hankel matrix needs {2 * k - 1} taps; the filters have {length}.");
@@ -25,7 +25,7 @@ public sealed record HankelSpectrum(double[] Values)
         using var noGrad = torch.no_grad();
         var hankel = Hankel(filters.to(ScalarType.Float64, CPU), k, 0);
         var sigma = linalg.svdvals(hankel).contiguous().data<double>().ToArray();
-        return Enumerable.Range(0, (int)filters.shape[0]).Select(c => new HankelSpectrum(sigma.AsSpan(c * k, k).ToArray())).ToArray();
+        return Enumerable.Range(0, (int)filters.size(0)).Select(c => new HankelSpectrum(sigma.AsSpan(c * k, k).ToArray())).ToArray();
     }
 
     /// <summary>The spectrum of one filter.</summary>

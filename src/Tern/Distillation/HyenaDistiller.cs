@@ -51,7 +51,7 @@ public static class HyenaDistiller
             throw new NotSupportedException($"layer {index}: distillation is implemented for order-2 Hyena (one long convolution), not order {layer.Options.Order}.");
         using var scope = torch.NewDisposeScope();
         var filters = layer.Filters(layer.Options.MaxLength)[0].detach(); // the fit differentiates its own parameters only
-        int size = Math.Min(options.HankelSize, (int)(filters.shape[1] + 1) / 2);
+        int size = Math.Min(options.HankelSize, (int)(filters.size(1) + 1) / 2);
         var hankelOrders = HankelSpectrum.Compute(filters, size).Select(s => s.Order(options.HankelTolerance)).ToArray();
         if (options.SweepModes is { } sweep)
         {

@@ -26,9 +26,9 @@ public static class LongConvolution
     /// </summary>
     public static Tensor Causal(Tensor input, Tensor filter)
     {
-        long length = input.shape[^1];
-        if (filter.shape[^1] < length)
-            throw new ArgumentException($"the filter has {filter.shape[^1]} taps, fewer than the input's {length} steps.", nameof(filter));
+        long length = input.size(-1);
+        if (filter.size(-1) < length)
+            throw new ArgumentException($"the filter has {filter.size(-1)} taps, fewer than the input's {length} steps.", nameof(filter));
         using var scope = torch.NewDisposeScope();
         var type = input.dtype == ScalarType.Float64 || filter.dtype == ScalarType.Float64 ? ScalarType.Float64 : ScalarType.Float32;
         long n = FftSize(length);

@@ -85,11 +85,11 @@ public static class ModalCheckpoint
                 return file.Load(key, ScalarType.Float64);
             }
             var (poles, residues, direct) = (Field("poles"), Field("residues"), Field("direct"));
-            if (poles.dim() != 3 || poles.shape[2] != 2)
+            if (poles.dim() != 3 || poles.size(2) != 2)
                 throw new InvalidDataException($"{path}, {name}: poles are [{string.Join(", ", poles.shape)}], expected [filters, modes, 2].");
             if (!residues.shape.SequenceEqual(poles.shape))
                 throw new InvalidDataException($"{path}, {name}: residues are [{string.Join(", ", residues.shape)}], poles [{string.Join(", ", poles.shape)}].");
-            banks[layer] = ModalFilters.Create($"{path}, {name}", (int)poles.shape[1], Complexes(poles), Complexes(residues), direct.data<double>().ToArray());
+            banks[layer] = ModalFilters.Create($"{path}, {name}", (int)poles.size(1), Complexes(poles), Complexes(residues), direct.data<double>().ToArray());
         }
         return banks;
     }

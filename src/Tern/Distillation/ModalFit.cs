@@ -90,7 +90,7 @@ public static class ModalFit
         if (filters.dim() != 2) throw new ArgumentException($"{layer}: filters must be [C, L], got [{string.Join(", ", filters.shape)}].", nameof(filters));
         if (options.Modes < 1) throw new ArgumentOutOfRangeException(nameof(options), options.Modes, "Modes must be positive.");
         if (options.MaxRadius is <= 0 or >= 1) throw new ArgumentOutOfRangeException(nameof(options), options.MaxRadius, "MaxRadius must lie in (0, 1).");
-        int channels = (int)filters.shape[0], length = (int)filters.shape[1], modes = options.Modes;
+        int channels = (int)filters.size(0), length = (int)filters.size(1), modes = options.Modes;
         int shift = options.DirectTerm ? 1 : 0;
         if ((length - shift) / 2 < 1) throw new ArgumentException($"{layer}: {length} taps are too few to fit.", nameof(filters));
         var random = new Random(options.Seed);
@@ -130,7 +130,7 @@ public static class ModalFit
             var lambda = torch.polar(radius, bestTheta).contiguous();
             var c = coefficients.contiguous().data<double>().ToArray();
             var re = torch.view_as_real(lambda).contiguous().data<double>().ToArray();
-            int columns = (int)coefficients.shape[1];
+            int columns = (int)coefficients.size(1);
             for (int i = 0; i < n; i++)
             {
                 int row = start + i;
@@ -164,7 +164,7 @@ public static class ModalFit
     {
         using var scope = torch.NewDisposeScope();
         using var noGrad = torch.no_grad();
-        int n = (int)h.shape[0], length = (int)h.shape[1], modes = options.Modes, shift = options.DirectTerm ? 1 : 0;
+        int n = (int)h.size(0), length = (int)h.size(1), modes = options.Modes, shift = options.DirectTerm ? 1 : 0;
         int k = Math.Min(options.HankelSize, (length - shift) / 2);
         var hankel = HankelSpectrum.Hankel(h, k, shift);
         var shifted = HankelSpectrum.Hankel(h, k, shift + 1);
@@ -235,7 +235,7 @@ public static class ModalFit
         var nu = new Parameter(nu0.clone());
         var theta = new Parameter(theta0.clone());
         using var optimizer = torch.optim.Adam(new[] { nu, theta }, options.LearningRate);
-        Tensor bestNu = nu0.clone(), bestTheta = theta0.clone(), bestLoss = torch.full(h.shape[0], double.PositiveInfinity, ScalarType.Float64);
+        Tensor bestNu = nu0.clone(), bestTheta = theta0.clone(), bestLoss = torch.full(h.size(0), double.PositiveInfinity, ScalarType.Float64);
         double[]? first = null;
         for (int step = 0; step <= options.Iterations; step++)
         {
@@ -269,7 +269,7 @@ public static class ModalFit
         var columns = new List<Tensor> { magnitude * angle.cos(), -(magnitude * angle.sin()) };
         if (options.DirectTerm)
         {
-            var unit = torch.zeros(nu.shape[0], t.shape[0], 1, ScalarType.Float64);
+            var unit = torch.zeros(nu.size(0), t.size(0), 1, ScalarType.Float64);
             unit.select(1, 0).fill_(1.0);
             columns.Add(unit);
         }
@@ -281,7 +281,7 @@ public static class ModalFit
     static (Tensor Coefficients, Tensor Fit) Residues(Tensor phi, Tensor h, double ridge)
     {
         var gram = phi.transpose(1, 2).matmul(phi);
-        long m = gram.shape[2];
+        long m = gram.size(2);
         var epsilon = gram.diagonal(0, 1, 2).mean(new long[] { 1 }) * ridge;
         gram = gram + epsilon.view(-1, 1, 1) * torch.eye(m, dtype: ScalarType.Float64);
         var c = linalg.solve(gram, phi.transpose(1, 2).matmul(h.unsqueeze(2)));

@@ -51,7 +51,7 @@ public sealed class ModalRecurrence : IDisposable
     /// <summary>A zero state [<paramref name="batch"/>, C, <paramref name="tied"/>…, S] (nothing seen yet), in the caller's dispose
     /// scope.</summary>
     public Tensor NewState(long batch, params long[] tied) =>
-        torch.zeros(new[] { batch, Poles.shape[0] }.Concat(tied).Append(Poles.shape[1]).ToArray(), StateType, Poles.device);
+        torch.zeros(new[] { batch, Poles.size(0) }.Concat(tied).Append(Poles.size(1)).ToArray(), StateType, Poles.device);
 
     /// <summary>The modal kernel ĥ [C, <paramref name="length"/>] in the output type (powers computed in fp64 on the state's device once,
     /// kept for every shorter length): a view, in the caller's dispose scope.</summary>
@@ -59,7 +59,7 @@ public sealed class ModalRecurrence : IDisposable
     {
         lock (kernelLock)
         {
-            if (kernel is null || kernel.shape[1] < length)
+            if (kernel is null || kernel.size(1) < length)
             {
                 // Computed on the state's device and kept for the longest length asked (rounded up to a power of two): it was
                 // recomputed on the CPU for every layer and prefill chunk (a 16k-token prefill at the 1.3B shape took 9.7 s then;
@@ -79,7 +79,7 @@ public sealed class ModalRecurrence : IDisposable
     public Tensor Convolve(Tensor input)
     {
         using var scope = torch.NewDisposeScope();
-        var kernel = Tied(Kernel((int)input.shape[^1]), input.dim() - 1);
+        var kernel = Tied(Kernel((int)input.size(-1)), input.dim() - 1);
         return LongConvolution.Causal(input.to(OutputType), kernel).MoveToOuterDisposeScope();
     }
 
@@ -91,10 +91,10 @@ public sealed class ModalRecurrence : IDisposable
     /// </summary>
     public Tensor Prefill(Tensor input)
     {
-        if (input.dim() < 3 || input.shape[1] != Poles.shape[0])
-            throw new ArgumentException($"the prompt must be [B, {Poles.shape[0]}, …, T], got [{string.Join(", ", input.shape)}].", nameof(input));
+        if (input.dim() < 3 || input.size(1) != Poles.size(0))
+            throw new ArgumentException($"the prompt must be [B, {Poles.size(0)}, …, T], got [{string.Join(", ", input.shape)}].", nameof(input));
         using var scope = torch.NewDisposeScope();
-        long length = input.shape[^1];
+        long length = input.size(-1);
         var exponents = torch.arange(length - 1, -1, -1, ScalarType.Float64, Poles.device);   // T−1−k for k = 0..T−1
         var (re, im) = ModalFilters.PowersOf(Poles, exponents);                              // [C, S, T]
         // Powers in fp64, the product in the outputs' type, both parts in one pass over w: widening w to fp64 copied, by its
@@ -102,9 +102,9 @@ public sealed class ModalRecurrence : IDisposable
         // the CPU's batched product gave a row results that depended on the rows beside it (in the last bits: 9.5e−7 on products
         // of order 1), so a step run over blocks of rows (HyenaOperator.StepBlockElements) did not equal it run whole.
         var powers = torch.cat(new[] { re, im }, 1).transpose(1, 2).to(OutputType).contiguous(); // [C, T, 2S]
-        var w = input.to(OutputType).reshape(input.shape[0], input.shape[1], -1, length);     // [B, C, K, T]
+        var w = input.to(OutputType).reshape(input.size(0), input.size(1), -1, length);     // [B, C, K, T]
         var parts = w.matmul(powers);                                                         // [B, C, K, 2S]
-        long modes = Poles.shape[1];
+        long modes = Poles.size(1);
         var shape = input.shape[..^1].Append(modes).ToArray();
         return torch.complex(parts.narrow(-1, 0, modes), parts.narrow(-1, modes, modes)).to(StateType).view(shape).MoveToOuterDisposeScope();
     }
@@ -123,8 +123,8 @@ public sealed class ModalRecurrence : IDisposable
             return fused.MoveToOuterDisposeScope();
         var next = state * Tied(Poles, state.dim() - 1) + w.unsqueeze(-1).to(StateType);
         if (real is null) state.copy_(next);
-        else state.copy_(torch.where(real.view(new[] { real.shape[0] }.Concat(Enumerable.Repeat(1L, (int)state.dim() - 1)).ToArray()), next, state));
-        var y = (next * Tied(Residues, state.dim() - 1)).real.sum(-1) + Direct.view(new[] { Direct.shape[0] }.Concat(Enumerable.Repeat(1L, (int)w.dim() - 2)).ToArray()) * w;
+        else state.copy_(torch.where(real.view(new[] { real.size(0) }.Concat(Enumerable.Repeat(1L, (int)state.dim() - 1)).ToArray()), next, state));
+        var y = (next * Tied(Residues, state.dim() - 1)).real.sum(-1) + Direct.view(new[] { Direct.size(0) }.Concat(Enumerable.Repeat(1L, (int)w.dim() - 2)).ToArray()) * w;
         return y.MoveToOuterDisposeScope();
     }
 
@@ -138,16 +138,16 @@ public sealed class ModalRecurrence : IDisposable
     public Tensor Run(Tensor state, Tensor input, Tensor leading)
     {
         using var scope = torch.NewDisposeScope();
-        long b = input.shape[0], t = input.shape[^1];
+        long b = input.size(0), t = input.size(-1);
         var y = Convolve(input);                                                                     // [B, C, K…, T]
         var p = leading.to(ScalarType.Float64).view(b, 1, 1, 1);
         var (re, im) = ModalFilters.PowersOf(Poles, (torch.arange(t, ScalarType.Float64, Poles.device).view(1, 1, 1, t) - p + 1).clamp_min(0)); // [B, C, S, T]
         // Powers in fp64, the product in the state's precision: the carry is as large as the step's outputs.
-        var carried = (Tied(Residues, state.dim() - 1) * state).reshape(b, state.shape[1], -1, state.shape[^1]); // [B, C, K, S]
+        var carried = (Tied(Residues, state.dim() - 1) * state).reshape(b, state.size(1), -1, state.size(-1)); // [B, C, K, S]
         var carry = carried.real.matmul(re.to(OutputType)) - carried.imag.matmul(im.to(OutputType));   // Re Σ_n R s λ^e, [B, C, K, T]
         y = y + carry.view(y.shape).to(y.dtype);
         var (decayRe, decayIm) = ModalFilters.PowersOf(Poles, p.neg() + t);                             // λ^{T−p}, [B, C, S, 1]
-        var decay = torch.complex(decayRe, decayIm).view(new[] { b, state.shape[1] }.Concat(Enumerable.Repeat(1L, (int)state.dim() - 3)).Append(state.shape[^1]).ToArray());
+        var decay = torch.complex(decayRe, decayIm).view(new[] { b, state.size(1) }.Concat(Enumerable.Repeat(1L, (int)state.dim() - 3)).Append(state.size(-1)).ToArray());
         state.copy_((decay * state.to(ScalarType.ComplexFloat64)).to(StateType) + Prefill(input));
         return y.MoveToOuterDisposeScope();
     }
@@ -157,7 +157,7 @@ public sealed class ModalRecurrence : IDisposable
     {
         var shape = new long[dims];
         Array.Fill(shape, 1L);
-        (shape[0], shape[^1]) = (perChannel.shape[0], perChannel.shape[1]);
+        (shape[0], shape[^1]) = (perChannel.size(0), perChannel.size(1));
         return perChannel.view(shape);
     }
 

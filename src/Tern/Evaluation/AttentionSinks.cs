@@ -49,7 +49,7 @@ public static class AttentionSinks
 
         public void ObserveAttention(LayerKvCache layer, Tensor probabilities)
         {
-            long b = probabilities.shape[0], h = probabilities.shape[1], t = probabilities.shape[2];
+            long b = probabilities.size(0), h = probabilities.size(1), t = probabilities.size(2);
             int start = queriesSeen[layer.Layer], skip = Math.Max(0, fromQuery - start);
             queriesSeen[layer.Layer] += (int)t;
             if (skip >= t) return;

@@ -37,9 +37,9 @@ internal sealed class CudaGraphDecoder : IDisposable
         ids = first.unsqueeze(1).clone().DetachFromDisposeScope();
         positions = nextPositions.clone().DetachFromDisposeScope();
         slot = torch.tensor(new long[] { cache.Length }).to(device).DetachFromDisposeScope();
-        finished = torch.zeros(first.shape[0], ScalarType.Bool, device).DetachFromDisposeScope();
+        finished = torch.zeros(first.size(0), ScalarType.Bool, device).DetachFromDisposeScope();
         pad = torch.tensor((long)padId).to(device).DetachFromDisposeScope();
-        ones = Enumerable.Repeat(1, (int)first.shape[0]).ToArray();
+        ones = Enumerable.Repeat(1, (int)first.size(0)).ToArray();
         // A bound of every position the run reaches (the rotary tables are sized by it before the capture, which freezes them):
         // the sequence length, past the cache's capacity when a policy evicts.
         maxPosition = cache.MaxSequenceLength - 1;

@@ -121,7 +121,7 @@ public sealed class Generator
             var realLengths = prompts.Select(p => p.Count).ToArray();
             var prefill = ForwardBatch.LeftPadded(prompts, device, padId, lastPositionOnly: true);
             var chunks = options.PrefillChunk > 0 && options.PrefillChunk < promptLength ? prefill.Chunks(options.PrefillChunk).ToArray() : new[] { prefill };
-            using var runner = model.CreateRunner(batch, promptLength + maxNew, chunks.Max(c => (int)c.InputIds.shape[1]), options.Cache);
+            using var runner = model.CreateRunner(batch, promptLength + maxNew, chunks.Max(c => (int)c.InputIds.size(1)), options.Cache);
             var fed = recompute is not null ? prompts.Select(p => p.ToList()).ToArray() : null; // every token each sequence has fed
             using var sampler = new Sampler(options, prefill.InputIds, prefill.Positions.ge(0), model.Info.VocabSize, stopIds, maxNew);
             if (options.PromptLogprobs is { } top)

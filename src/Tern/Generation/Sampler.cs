@@ -28,19 +28,19 @@ internal sealed class Sampler : IDisposable
         this.options = options;
         this.vocab = vocab;
         this.maxNew = maxNew;
-        int rows = (int)promptIds.shape[0];
+        int rows = (int)promptIds.size(0);
         masks = options.Constraint is { } constraint ? Enumerable.Range(0, rows).Select(_ => constraint.Start(stopIds ?? Array.Empty<int>(), vocab)).ToArray() : null;
         logprobs = options.Logprobs is not null ? Enumerable.Range(0, rows).Select(_ => new Queue<TokenLogprob>()).ToArray() : null;
         if (Samples)
         {
             long seed = Mix(options.Seed ?? Random.Shared.NextInt64());
             // TorchSharp 0.107 creates CPU generators only; on CUDA the device's default generator is seeded instead.
-            if (promptIds.device.type == DeviceType.CUDA) torch.cuda.manual_seed(seed);
+            if (promptIds.device_type == DeviceType.CUDA) torch.cuda.manual_seed(seed);
             else generator = new torch.Generator((ulong)seed, promptIds.device);
         }
         if (options.RepetitionPenalty != 1.0)
         {
-            using var counts = torch.zeros(promptIds.shape[0], vocab, ScalarType.Int64, promptIds.device);
+            using var counts = torch.zeros(promptIds.size(0), vocab, ScalarType.Int64, promptIds.device);
             counts.scatter_add_(1, promptIds, promptMask.to(ScalarType.Int64));
             seen = counts.gt(0).DetachFromDisposeScope(); // owned by the sampler, whatever scope is open
         }
@@ -87,7 +87,7 @@ internal sealed class Sampler : IDisposable
             // Shifted by the row maximum first: a tiny temperature (1e-38) then drives every other score to −inf instead of
             // overflowing the best one to +inf (inf − inf is NaN in softmax), so the draw tends to the arg-max as it should.
             scores = (scores - scores.amax(new long[] { -1 }, keepdim: true)) / options.Temperature;
-            if (options.TopK > 0 && options.TopK < scores.shape[1])
+            if (options.TopK > 0 && options.TopK < scores.size(1))
             {
                 var kth = scores.topk(options.TopK).values.narrow(1, options.TopK - 1, 1);
                 scores = scores.masked_fill(scores.lt(kth), double.NegativeInfinity);
@@ -97,12 +97,12 @@ internal sealed class Sampler : IDisposable
                 var (sorted, indices) = scores.sort(-1, descending: false);
                 var cumulative = F.softmax(sorted, -1).cumsum(-1);
                 var remove = cumulative.le(1 - options.TopP);
-                remove.narrow(1, remove.shape[1] - 1, 1).fill_(false); // always keep the most likely token
+                remove.narrow(1, remove.size(1) - 1, 1).fill_(false); // always keep the most likely token
                 scores = scores.masked_fill(remove.scatter(1, indices, remove), double.NegativeInfinity);
             }
             next = torch.multinomial(F.softmax(scores, -1), 1, generator: generator).squeeze(1);
         }
-        seen?.scatter_(1, next.unsqueeze(1), torch.ones(next.shape[0], 1, ScalarType.Bool, next.device));
+        seen?.scatter_(1, next.unsqueeze(1), torch.ones(next.size(0), 1, ScalarType.Bool, next.device));
         if (logprobs is not null)
         {
             var drawnLogprobs = TokenLogprob.FromLogits(logits, next, options.Logprobs!.Value); // the raw logits: see TokenLogprob

@@ -24,7 +24,7 @@ internal static unsafe partial class CpuKernels
         output = null!;
         if (!Usable(q) || q.dim() != 4 || keys.dim() != 4 || values.dim() != 4 || keys.dtype != q.dtype || values.dtype != q.dtype) return false;
         long b = q.size(0), hkv = q.size(1), g = q.size(2), d = q.size(3), t = keys.size(2);
-        bool Fits(Tensor kv) => kv.device.type == DeviceType.CPU && kv.size(0) == b && kv.size(1) == hkv && kv.size(2) == t
+        bool Fits(Tensor kv) => kv.device_type == DeviceType.CPU && kv.size(0) == b && kv.size(1) == hkv && kv.size(2) == t
             && kv.size(3) == d && kv.stride(3) == 1 && kv.stride(2) == d; // rows of D contiguous: a cache's first T slots
         if (d % 8 != 0 || d > 256 || g > 16 || t < 1 || t > 1 << 14 || !Fits(keys) || !Fits(values)) return false;
         output = torch.empty_like(q);

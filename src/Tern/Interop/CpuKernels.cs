@@ -22,7 +22,7 @@ internal static unsafe partial class CpuKernels
     // Work (elements touched) past which a kernel splits its rows over the cores; below it one thread is faster.
     const long ParallelWork = 1 << 21;
 
-    static bool Usable(Tensor t) => t.device.type == DeviceType.CPU && t.dtype is ScalarType.Float32 or ScalarType.BFloat16
+    static bool Usable(Tensor t) => t.device_type == DeviceType.CPU && t.dtype is ScalarType.Float32 or ScalarType.BFloat16
         && t.is_contiguous() && !torch.is_grad_enabled();
 
     static byte* Ptr(Tensor t) => (byte*)TensorMemory.Pointer(t);
@@ -32,7 +32,7 @@ internal static unsafe partial class CpuKernels
     {
         y = null!;
         if (!Usable(x) || !weight.is_contiguous() || weight.dtype != x.dtype) return false;
-        int cols = (int)x.shape[^1];
+        int cols = (int)x.size(-1);
         long rows = x.NumberOfElements / cols;
         y = torch.empty_like(x);
         var job = new RmsNormJob { X = Ptr(x), Y = Ptr(y), W = Ptr(weight), Cols = cols, Eps = (float)eps };
@@ -185,8 +185,8 @@ internal static unsafe partial class CpuKernels
         y = null!;
         if (!Usable(x) || !weight.is_contiguous() || weight.dtype != x.dtype || weight.dim() != 2) return false;
         bool bf16 = x.dtype == ScalarType.BFloat16;
-        long n = weight.shape[0], k = weight.shape[1];
-        if (x.shape[^1] != k) return false;
+        long n = weight.size(0), k = weight.size(1);
+        if (x.size(-1) != k) return false;
         long m = x.NumberOfElements / k;
         bool prefill = m > LargestDecodeRows;
         if (prefill && !bf16) return false; // libtorch's one threaded MKL GEMM

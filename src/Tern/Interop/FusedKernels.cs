@@ -43,7 +43,7 @@ internal static unsafe partial class FusedKernels
     static bool Off => Disabled || Volatile.Read(ref suspended) > 0;
 
     // The CPU's kernels serve tensors in host memory.
-    static bool OnCpu(Tensor t) => t.device.type == DeviceType.CPU && !Off;
+    static bool OnCpu(Tensor t) => t.device_type == DeviceType.CPU && !Off;
 
     /// <summary>Why the kernels are not in use, when they are not.</summary>
     public static string? UnavailableReason { get; private set; }
@@ -95,7 +95,7 @@ internal static unsafe partial class FusedKernels
 
     // Not while autograd records: the kernels write raw memory behind libtorch's back, so no backward exists for them and a
     // training forward (grad enabled) would get wrong or missing gradients. Inference runs under no_grad and keeps them.
-    static bool Usable(Tensor t) => t.device.type == DeviceType.CUDA && TypeIndex(t.dtype) >= 0 && t.is_contiguous() && !torch.is_grad_enabled()
+    static bool Usable(Tensor t) => t.device_type == DeviceType.CUDA && TypeIndex(t.dtype) >= 0 && t.is_contiguous() && !torch.is_grad_enabled()
         && !Off && Available;
 
     static IntPtr Ptr(Tensor t) => TensorMemory.Pointer(t);
@@ -106,7 +106,7 @@ internal static unsafe partial class FusedKernels
         y = null!;
         if (OnCpu(x)) return CpuKernels.TryRmsNorm(x, weight, eps, out y);
         if (!Usable(x) || !weight.is_contiguous() || weight.dtype != x.dtype) return false;
-        int cols = (int)x.shape[^1];
+        int cols = (int)x.size(-1);
         if (cols > 8 * 1024) return false; // the kernel holds at most 8 elements per thread of a 1024-thread block
         long rows = x.NumberOfElements / cols;
         y = torch.empty_like(x);
@@ -142,8 +142,8 @@ internal static unsafe partial class FusedKernels
     {
         y = null!;
         if (OnCpu(x)) return CpuKernels.TryLinear(x, weight, bias, residual, out y);
-        int k = (int)weight.shape[1], n = (int)weight.shape[0];
-        if (x.dtype == ScalarType.Float32 || x.shape[^1] != k || x.NumberOfElements != k || k % 8 != 0) return false;
+        int k = (int)weight.size(1), n = (int)weight.size(0);
+        if (x.dtype == ScalarType.Float32 || x.size(-1) != k || x.NumberOfElements != k || k % 8 != 0) return false;
         if (!Usable(x) || !weight.is_contiguous() || weight.dtype != x.dtype) return false;
         if (bias is not null && (!bias.is_contiguous() || bias.dtype != x.dtype)) return false;
         if (residual is not null && (!residual.is_contiguous() || residual.dtype != x.dtype || residual.NumberOfElements != n)) return false;
@@ -163,15 +163,15 @@ internal static unsafe partial class FusedKernels
     /// each row's own.</summary>
     public static bool TryCacheAppend(Tensor keys, Tensor values, Tensor cachePositions, Tensor k, Tensor v, Tensor positions, Tensor slot)
     {
-        if (!Usable(keys) || k.shape[2] != 1 || k.stride(-1) != 1 || v.stride(-1) != 1 || k.dtype != keys.dtype || v.dtype != keys.dtype
-            || !positions.is_contiguous() || positions.NumberOfElements != k.shape[0]) return false;
+        if (!Usable(keys) || k.size(2) != 1 || k.stride(-1) != 1 || v.stride(-1) != 1 || k.dtype != keys.dtype || v.dtype != keys.dtype
+            || !positions.is_contiguous() || positions.NumberOfElements != k.size(0)) return false;
         int slotStride = slot.NumberOfElements == 1 ? 0 : 1;
-        if (slotStride == 1 && (slot.NumberOfElements != k.shape[0] || !slot.is_contiguous())) return false;
-        int kvHeads = (int)keys.shape[1], cap = (int)keys.shape[2], headDim = (int)keys.shape[3];
+        if (slotStride == 1 && (slot.NumberOfElements != k.size(0) || !slot.is_contiguous())) return false;
+        int kvHeads = (int)keys.size(1), cap = (int)keys.size(2), headDim = (int)keys.size(3);
         long kb = k.stride(0), kh = k.stride(1), vb = v.stride(0), vh = v.stride(1);
         IntPtr pk = Ptr(keys), pv = Ptr(values), pc = Ptr(cachePositions), sk = Ptr(k), sv = Ptr(v), pp = Ptr(positions), ps = Ptr(slot);
         void** args = stackalloc void*[] { &pk, &pv, &pc, &sk, &sv, &kb, &kh, &vb, &vh, &pp, &ps, &slotStride, &kvHeads, &cap, &headDim };
-        CudaDriver.Launch(Kernels.Value!.CacheAppend[TypeIndex(keys.dtype)], (uint)(k.shape[0] * kvHeads), (uint)Math.Min(256, (headDim + 31) / 32 * 32),
+        CudaDriver.Launch(Kernels.Value!.CacheAppend[TypeIndex(keys.dtype)], (uint)(k.size(0) * kvHeads), (uint)Math.Min(256, (headDim + 31) / 32 * 32),
             LibTorchCuda.CurrentRawStream(), args);
         return true;
     }
@@ -186,20 +186,20 @@ internal static unsafe partial class FusedKernels
         int window, double scale, out Tensor output, Tensor? keptHeads = null, int groups = 0)
     {
         output = null!;
-        int heads = (int)q.shape[1], kvHeads = (int)keys.shape[1], cap = (int)keys.shape[2], headDim = (int)keys.shape[3];
+        int heads = (int)q.size(1), kvHeads = (int)keys.size(1), cap = (int)keys.size(2), headDim = (int)keys.size(3);
         if (keptHeads is null) groups = heads / kvHeads;
-        else if (keptHeads.dtype != ScalarType.Int64 || !keptHeads.is_contiguous() || keptHeads.NumberOfElements != q.shape[0] * heads || groups < 1) return false;
+        else if (keptHeads.dtype != ScalarType.Int64 || !keptHeads.is_contiguous() || keptHeads.NumberOfElements != q.size(0) * heads || groups < 1) return false;
         // Measured: ahead of the masked-matmul path at batch 1; behind it at 16 and 64 (H200: 7.64 vs 7.13 and 16.0 vs 12.1 ms/step).
         const int largestBatch = 4;
-        if (q.shape[0] > largestBatch) return false;
+        if (q.size(0) > largestBatch) return false;
         int rowVecs = headDim * (int)keys.ElementSize / 16; // 16-byte pieces per row: a power of two from 4 to 32
-        if (!Usable(keys) || q.shape[2] != 1 || q.stride(-1) != 1 || q.dtype != keys.dtype || headDim * keys.ElementSize % 16 != 0
+        if (!Usable(keys) || q.size(2) != 1 || q.stride(-1) != 1 || q.dtype != keys.dtype || headDim * keys.ElementSize % 16 != 0
             || rowVecs < 4 || rowVecs > 32 || (rowVecs & (rowVecs - 1)) != 0 || !keys.is_contiguous() || !values.is_contiguous()
-            || !cachePositions.is_contiguous() || !queryPositions.is_contiguous() || queryPositions.NumberOfElements != q.shape[0]) return false;
+            || !cachePositions.is_contiguous() || !queryPositions.is_contiguous() || queryPositions.NumberOfElements != q.size(0)) return false;
         const int split = 64, maxSplits = 1024; // SPLIT and the combine's shared array in fused.cu
         int splits = (cap + split - 1) / split;
         if (splits > maxSplits) return false;
-        long batch = q.shape[0], qb = q.stride(0), qh = q.stride(1);
+        long batch = q.size(0), qb = q.stride(0), qh = q.stride(1);
         using var partOut = torch.empty(new long[] { batch * heads * splits * headDim }, ScalarType.Float32, q.device);
         using var partMax = torch.empty(new long[] { batch * heads * splits }, ScalarType.Float32, q.device);
         using var partSum = torch.empty(new long[] { batch * heads * splits }, ScalarType.Float32, q.device);
@@ -254,13 +254,13 @@ internal static unsafe partial class FusedKernels
     public static bool TryModalStep(Tensor state, Tensor w, Tensor? live, Tensor poles, Tensor residues, Tensor direct, out Tensor y)
     {
         y = null!;
-        int modes = (int)state.shape[^1];
+        int modes = (int)state.size(-1);
         if (!Usable(w) || w.dtype != ScalarType.Float32 || state.dtype != ScalarType.ComplexFloat32 || !state.is_contiguous()
             || poles.dtype != ScalarType.ComplexFloat32 || !poles.is_contiguous() || !residues.is_contiguous() || !direct.is_contiguous()
             || direct.dtype != ScalarType.Float32 || modes > 32 || (modes & (modes - 1)) != 0
             || live is not null && (live.dtype != ScalarType.Bool || !live.is_contiguous())) return false;
-        long items = w.NumberOfElements, k = items / (w.shape[0] * w.shape[1]);
-        int channels = (int)w.shape[1];
+        long items = w.NumberOfElements, k = items / (w.size(0) * w.size(1));
+        int channels = (int)w.size(1);
         y = torch.empty_like(w);
         IntPtr ps = Ptr(state), py = Ptr(y), pw = Ptr(w), pl = live is null ? IntPtr.Zero : Ptr(live), pp = Ptr(poles), pr = Ptr(residues), pd = Ptr(direct);
         void** args = stackalloc void*[] { &ps, &py, &pw, &pl, &pp, &pr, &pd, &items, &channels, &k, &modes };
@@ -270,7 +270,7 @@ internal static unsafe partial class FusedKernels
 
     /// <summary>A weight [out, in] stored transposed (a view of a contiguous [in, out] tensor): what
     /// <see cref="TryGatherColumnsAdd"/> reads one selected input's weights from as one contiguous row.</summary>
-    public static bool StoredTransposed(Tensor weight) => weight.dim() == 2 && weight.stride(0) == 1 && weight.stride(1) == weight.shape[0];
+    public static bool StoredTransposed(Tensor weight) => weight.dim() == 2 && weight.stride(0) == 1 && weight.stride(1) == weight.size(0);
 
     // 16-byte loads: rows of K elements must start on 16-byte boundaries.
     static bool Vectorizable(Tensor t, long k) => k * t.ElementSize % 16 == 0;
@@ -287,8 +287,8 @@ internal static unsafe partial class FusedKernels
     public static bool TryGatherRows(Tensor x, Tensor weight, Tensor? bias, Tensor rows, int kind, long up, out Tensor y)
     {
         y = null!;
-        int inputs = (int)weight.shape[1], k = (int)rows.shape[^1];
-        if (!Usable(x) || x.shape[^1] != inputs || !weight.is_contiguous() || weight.dtype != x.dtype || !Vectorizable(x, inputs)
+        int inputs = (int)weight.size(1), k = (int)rows.size(-1);
+        if (!Usable(x) || x.size(-1) != inputs || !weight.is_contiguous() || weight.dtype != x.dtype || !Vectorizable(x, inputs)
             || !Selection(rows, x) || rows.NumberOfElements / k != x.NumberOfElements / inputs) return false;
         if (bias is not null && (!bias.is_contiguous() || bias.dtype != x.dtype)) return false;
         long tokens = x.NumberOfElements / inputs;
@@ -311,9 +311,9 @@ internal static unsafe partial class FusedKernels
     public static bool TryGatherColumnsAdd(Tensor a, Tensor weight, Tensor? bias, Tensor columns, Tensor residual, int run, out Tensor y)
     {
         y = null!;
-        int outputs = (int)weight.shape[0], inputs = (int)weight.shape[1], kc = (int)columns.shape[^1];
+        int outputs = (int)weight.size(0), inputs = (int)weight.size(1), kc = (int)columns.size(-1);
         long tokens = a.NumberOfElements / Math.Max(1, kc);
-        if (!Usable(a) || a.shape[^1] != kc || weight.dtype != a.dtype || !Selection(columns, a) || columns.NumberOfElements != a.NumberOfElements
+        if (!Usable(a) || a.size(-1) != kc || weight.dtype != a.dtype || !Selection(columns, a) || columns.NumberOfElements != a.NumberOfElements
             || !residual.is_contiguous() || residual.dtype != a.dtype || residual.NumberOfElements != tokens * outputs) return false;
         if (bias is not null && (!bias.is_contiguous() || bias.dtype != a.dtype)) return false;
         int t = TypeIndex(a.dtype), vec = 16 / (int)a.ElementSize;

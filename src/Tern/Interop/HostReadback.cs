@@ -43,7 +43,7 @@ internal sealed class HostReadback : IDisposable
         int b = Array.IndexOf(busy, false);
         if (b < 0) throw new InvalidOperationException($"{busy.Length} reads are already in flight: wait for one first.");
         busy[b] = true;
-        int n = (int)values.shape[0];
+        int n = (int)values.size(0);
         if (buffers is null)
         {
             hostCopies![b] = values.cpu().clone().DetachFromDisposeScope();

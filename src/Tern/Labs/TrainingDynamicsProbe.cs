@@ -176,7 +176,7 @@ public sealed class TrainingDynamicsProbe
             using var scope = torch.NewDisposeScope();
             // Masked keys have probability 0 and add 0 log 0 = 0 (xlogy).
             Sums[layer.Layer] -= probabilities.xlogy(probabilities).sum().to(ScalarType.Float64).item<double>();
-            Counts[layer.Layer] += probabilities.shape[0] * probabilities.shape[1] * probabilities.shape[2];
+            Counts[layer.Layer] += probabilities.size(0) * probabilities.size(1) * probabilities.size(2);
         }
     }
 }

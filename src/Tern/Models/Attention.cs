@@ -38,7 +38,7 @@ internal static class Attention
     {
         if (state.Segments is { } segments) return Segmented(q, k, v, segments, state.Layer, s, cachedKeyRotation);
         var cache = state.Cache!;
-        if (cache.Device.type != q.device.type) return WhereTheCacheLives(q, k, v, step.Batch, cache, s, cachedKeyRotation);
+        if (cache.Device.type != q.device_type) return WhereTheCacheLives(q, k, v, step.Batch, cache, s, cachedKeyRotation);
         return Forward(q, k, v, step, cache, s, cachedKeyRotation, cache.DType);
     }
 
@@ -51,9 +51,9 @@ internal static class Attention
     /// </summary>
     public static Tensor? KeptHeads(int layer, Tensor hidden, ModelStep step, LayerState state)
     {
-        if (step.Sparsity is not { } sparsity || hidden.shape[1] != 1 || hidden.shape[0] > KeptHeadsLargestBatch) return null;
+        if (step.Sparsity is not { } sparsity || hidden.size(1) != 1 || hidden.size(0) > KeptHeadsLargestBatch) return null;
         if (state.Cache is not { } cache) return null;
-        if (cache.ObservesAttention || cache.KeysAtCacheIndex || cache.Device.type != hidden.device.type) return null;
+        if (cache.ObservesAttention || cache.KeysAtCacheIndex || cache.Device.type != hidden.device_type) return null;
         return sparsity.HeadsAhead(layer);
     }
 
@@ -66,7 +66,7 @@ internal static class Attention
     /// head are cached, so no later token reads a missing entry), int64 [B, T, k·D + 2·KvHeads·D].</summary>
     public static Tensor QkvRows(Tensor heads, AttentionSettings s)
     {
-        long b = heads.shape[0], t = heads.shape[1];
+        long b = heads.size(0), t = heads.size(1);
         long d = s.HeadDim;
         var keysAndValues = torch.arange(s.Heads * d, (s.Heads + 2 * s.KvHeads) * d, ScalarType.Int64, heads.device);
         return torch.cat(new[] { HeadColumns(heads, s), keysAndValues.expand(b, t, -1) }, -1);
@@ -96,10 +96,10 @@ internal static class Attention
     /// </summary>
     public static Tensor Project(Linear output, Tensor attended, Tensor residual, int layer, ModelStep step, AttentionSettings s)
     {
-        long b = attended.shape[0], t = attended.shape[1];
+        long b = attended.size(0), t = attended.size(1);
         var perHead = attended.reshape(b, t, s.Heads, s.HeadDim);
         if (step.Sparsity?.Heads(layer, () => perHead) is not { } heads) return output.ForwardAdd(attended, residual);
-        var kept = perHead.gather(2, heads.unsqueeze(-1).expand(b, t, heads.shape[2], s.HeadDim)); // [B,T,k,D]
+        var kept = perHead.gather(2, heads.unsqueeze(-1).expand(b, t, heads.size(2), s.HeadDim)); // [B,T,k,D]
         return ProjectKept(output, kept.flatten(2), heads, residual, s);
     }
 
@@ -152,8 +152,8 @@ internal static class Attention
         RotaryEmbedding? cachedKeyRotation, ScalarType computeType, Tensor? kept = null)
     {
         var batch = step.Batch;
-        long b = q.shape[0], t = q.shape[1];
-        int h = (int)q.shape[2], hkv = s.KvHeads, g = s.Groups, d = s.HeadDim;
+        long b = q.size(0), t = q.size(1);
+        int h = (int)q.size(2), hkv = s.KvHeads, g = s.Groups, d = s.HeadDim;
         if (s.QueryScale != 1.0) q = q * s.QueryScale;
 
         cache.Update(k.transpose(1, 2), v.transpose(1, 2), batch.Positions, batch.HasPadding, batch.WriteSlots);
@@ -248,8 +248,8 @@ internal static class Attention
         Tensor? kept)
     {
         var batch = step.Batch;
-        long b = qh.shape[0], t = qh.shape[2];
-        int h = (int)qh.shape[1], hkv = s.KvHeads, g = s.Groups, d = s.HeadDim;
+        long b = qh.size(0), t = qh.size(2);
+        int h = (int)qh.size(1), hkv = s.KvHeads, g = s.Groups, d = s.HeadDim;
         var keys = cachedKeyRotation is null ? cache.Keys : KeysAtCacheIndex(cache, cachedKeyRotation, step, t, batch.WriteSlots);
         // Keys rotated at their cache index (StreamingLLM) are as contiguous as the stored ones, and masks use original positions.
         if (t == 1 && !cache.ObservesAttention && Interop.FusedKernels.TryDecodeAttention(qh, keys, cache.Values,
@@ -315,7 +315,7 @@ internal static class Attention
 
     // x [B, Hkv, L, ·] (keys, values, masks) as one row per kept query head: [B, k, L, ·].
     static Tensor PerKeptHead(Tensor x, Tensor kvHeads) =>
-        x.gather(1, kvHeads.view(kvHeads.shape[0], kvHeads.shape[1], 1, 1).expand(kvHeads.shape[0], kvHeads.shape[1], x.shape[2], x.shape[3]));
+        x.gather(1, kvHeads.view(kvHeads.size(0), kvHeads.size(1), 1, 1).expand(kvHeads.size(0), kvHeads.size(1), x.size(2), x.size(3)));
 
     /// <summary>softmax(q·kᵀ/√d, masked)·v through batched matrix products with an fp32 softmax. For masked decode steps it
     /// beat SDPA's masked kernel at every batch size on an H100 (bench/README.md), so static-shape steps use it.</summary>
@@ -341,9 +341,9 @@ internal static class Attention
     /// <summary>softmax(q·kᵀ/√d + mask)·v with fp32 softmax; returns probabilities as [B,H,T,L] fp32.</summary>
     static Tensor Explicit(Tensor qh, Tensor keys, Tensor values, Tensor mask, AttentionSettings s, out Tensor probabilities)
     {
-        long b = qh.shape[0], t = qh.shape[2];
+        long b = qh.size(0), t = qh.size(2);
         int hkv = s.KvHeads, g = s.Groups, d = s.HeadDim;
-        long length = keys.shape[2];
+        long length = keys.size(2);
         var qg = qh.reshape(b, hkv, g * t, d);
         var scores = qg.matmul(keys.transpose(2, 3)).to(ScalarType.Float32) * (1.0 / Math.Sqrt(d));
         var mg = mask.unsqueeze(2).expand(b, hkv, g, t, length).reshape(b, hkv, g * t, length);

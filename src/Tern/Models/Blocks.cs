@@ -26,7 +26,7 @@ internal sealed record Linear(Tensor Weight, Tensor? Bias) : IDisposable
     /// <summary>The models' heads: x·Wᵀ + b, on the CPU through the fused bf16 GEMV where it serves, else <see cref="Apply"/>.
     /// CUDA keeps cuBLAS here: the one-row GEMV kernel is not yet measured on vocabulary-sized weights.</summary>
     public static Tensor Project(Tensor x, Tensor weight, Tensor? bias = null) =>
-        x.device.type == DeviceType.CPU && Interop.FusedKernels.TryGemv(x, weight, bias, null, out var y) ? y : Apply(x, weight, bias);
+        x.device_type == DeviceType.CPU && Interop.FusedKernels.TryGemv(x, weight, bias, null, out var y) ? y : Apply(x, weight, bias);
 
     /// <summary>x·Wᵀ + b, in the <see cref="Runtime.Autocast"/> type inside an autocast scope (the output keeps that type;
     /// a residual sum with an fp32 stream promotes back to fp32).</summary>
@@ -48,12 +48,12 @@ internal sealed record Linear(Tensor Weight, Tensor? Bias) : IDisposable
     /// up-projection of neuron n being row n + <paramref name="up"/>: [B, T, k], reading only those rows.</summary>
     public Tensor ForwardGatedRows(Tensor x, Tensor neurons, Activation act, long up) =>
         act.Kind >= 0 && Interop.FusedKernels.TryGatherRows(x, Weight, Bias, neurons, act.Kind, up, out var y) ? y
-            : act.Gated(GatheredRows(x, torch.cat(new[] { neurons, neurons + up }, -1)), (int)neurons.shape[^1]);
+            : act.Gated(GatheredRows(x, torch.cat(new[] { neurons, neurons + up }, -1)), (int)neurons.size(-1));
 
     // The index-op path (CPU, and the fallback): each token's rows gathered into its own [k, in] matrix.
     Tensor GatheredRows(Tensor x, Tensor rows)
     {
-        long n = rows.shape[0] * rows.shape[1], k = rows.shape[2];
+        long n = rows.size(0) * rows.size(1), k = rows.size(2);
         var y = x.reshape(n, 1, -1).matmul(Weight.index_select(0, rows.flatten()).view(n, k, -1).transpose(1, 2));
         if (Bias is not null) y = y + Bias.index_select(0, rows.flatten()).view(n, 1, k);
         return y.view(rows.shape);
@@ -66,7 +66,7 @@ internal sealed record Linear(Tensor Weight, Tensor? Bias) : IDisposable
     public Tensor ForwardColumnsAdd(Tensor a, Tensor columns, Tensor residual, int run = 1)
     {
         if (Interop.FusedKernels.TryGatherColumnsAdd(a, Weight, Bias, columns, residual, run, out var fused)) return fused;
-        long n = columns.shape[0] * columns.shape[1], k = columns.shape[2];
+        long n = columns.size(0) * columns.size(1), k = columns.size(2);
         var y = a.reshape(n, 1, k).matmul(Weight.index_select(1, columns.flatten()).view(-1, n, k).permute(1, 2, 0));
         return residual + (Bias is null ? y : y + Bias).view(residual.shape);
     }
@@ -94,7 +94,7 @@ internal static class Norms
 
     /// <summary>LayerNorm over the last dimension.</summary>
     public static Tensor Layer(Tensor x, Tensor weight, Tensor? bias, double eps) =>
-        F.layer_norm(x, new[] { x.shape[^1] }, weight, bias, eps);
+        F.layer_norm(x, new[] { x.size(-1) }, weight, bias, eps);
 }
 
 /// <summary>An activation function as configured by <c>hidden_act</c> / <c>activation_function</c>.</summary>

@@ -211,7 +211,7 @@ public abstract class CausalLanguageModel : IStepModel, IDisposable
         using var cache = CreateCache(1, ids.Count, maxStepTokens: ids.Count);
         var logits = Forward(ForwardBatch.LeftPadded([ids], Device), cache)[0].to(ScalarType.Float32, torch.CPU).contiguous(); // [T, V]
         float[] flat = logits.data<float>().ToArray();
-        int vocab = (int)logits.shape[1];
+        int vocab = (int)logits.size(1);
         return Enumerable.Range(0, ids.Count).Select(t => flat.AsSpan(t * vocab, vocab).ToArray()).ToArray();
     }
 
@@ -249,7 +249,7 @@ public abstract class CausalLanguageModel : IStepModel, IDisposable
         var part = Parts.Single(p => name.StartsWith(p.Prefix, StringComparison.Ordinal) && p.Names.Contains(name[p.Prefix.Length..]));
         var parameter = (Parameter)new Parameter(value, requires_grad: false).DetachFromDisposeScope();
         part.Replace(name[part.Prefix.Length..], parameter).Dispose();
-        all[i] = new ModelParameter(name, parameter, new[] { new ParameterPart(name, parameter.shape[0]) });
+        all[i] = new ModelParameter(name, parameter, new[] { new ParameterPart(name, parameter.size(0)) });
         return all[i];
     }
 
@@ -277,12 +277,12 @@ public abstract class CausalLanguageModel : IStepModel, IDisposable
     /// reach the prefix.</param>
     public Tensor ForwardTraining(Tensor inputIds, Tensor? prefix = null)
     {
-        long b = inputIds.shape[0], t = inputIds.shape[1] + (prefix?.shape[0] ?? 0);
+        long b = inputIds.size(0), t = inputIds.size(1) + (prefix?.size(0) ?? 0);
         if (Info.LearnedPositions && t > Info.MaxPositions)
             throw new InvalidOperationException($"sequence length {t} is past the {Info.MaxPositions} learned positions of this {Info.ModelType} model.");
         using var scope = torch.NewDisposeScope();
         if (prefix is not null) // placeholder ids where the prefix goes
-            inputIds = torch.cat(new[] { torch.zeros(b, prefix.shape[0], ScalarType.Int64, inputIds.device), inputIds }, 1);
+            inputIds = torch.cat(new[] { torch.zeros(b, prefix.size(0), ScalarType.Int64, inputIds.device), inputIds }, 1);
         var positions = torch.arange(t, ScalarType.Int64, Device).unsqueeze(0).expand(b, t).contiguous();
         var batch = new ForwardBatch
         {
@@ -310,25 +310,25 @@ public abstract class CausalLanguageModel : IStepModel, IDisposable
     private protected Tensor TokenEmbeddings(PartWeights weights, ModelStep step)
     {
         var ids = step.Batch.InputIds;
-        long b = ids.shape[0], t = ids.shape[1];
+        long b = ids.size(0), t = ids.size(1);
         var table = weights[TokenTable];
         var x = table.index_select(0, ids.flatten()).view(b, t, -1);
         if (step.Batch.PrefixEmbeddings is not { } prefix) return x;
-        long n = prefix.shape[0];
-        if (n > t || prefix.shape[1] != x.shape[2])
-            throw new ArgumentException($"a prefix of {n} × {prefix.shape[1]} does not fit a step of {t} tokens of width {x.shape[2]}.");
+        long n = prefix.size(0);
+        if (n > t || prefix.size(1) != x.size(2))
+            throw new ArgumentException($"a prefix of {n} × {prefix.size(1)} does not fit a step of {t} tokens of width {x.size(2)}.");
         var head = prefix.to(x.dtype).unsqueeze(0).expand(b, n, -1);
         return n == t ? head : torch.cat(new[] { head, x.narrow(1, n, t - n) }, 1);
     }
 
     /// <summary>Width of the token embeddings (the hidden size, or OPT's word_embed_proj_dim): what a soft prompt's vectors hold.</summary>
-    public long TokenEmbeddingWidth => Parts[0][TokenTable].shape[1];
+    public long TokenEmbeddingWidth => Parts[0][TokenTable].size(1);
 
     /// <summary>Rows 0..<paramref name="count"/>−1 of the token-embedding table, an fp32 copy (a soft prompt's starting point).</summary>
     public Tensor EmbeddingRows(int count)
     {
         var table = Parts[0][TokenTable];
-        if (count < 0 || count > table.shape[0]) throw new ArgumentException($"the vocabulary has {table.shape[0]} rows; {count} were asked for.");
+        if (count < 0 || count > table.size(0)) throw new ArgumentException($"the vocabulary has {table.size(0)} rows; {count} were asked for.");
         using var noGrad = torch.no_grad();
         return table.narrow(0, 0, count).to(ScalarType.Float32, copy: true).cpu();
     }
@@ -367,8 +367,8 @@ public abstract class CausalLanguageModel : IStepModel, IDisposable
             segments.Add(new StepSegment(start, cache.ActiveRows, cache, new ModelStep(rows)));
             start += cache.ActiveRows;
         }
-        if (start != batch.InputIds.shape[0])
-            throw new ArgumentException($"the caches hold {start} active rows; the step has {batch.InputIds.shape[0]}.");
+        if (start != batch.InputIds.size(0))
+            throw new ArgumentException($"the caches hold {start} active rows; the step has {batch.InputIds.size(0)}.");
         if (segments.Any(s => s.Cache.Options.RollPositions))
             batch = batch.WithModelPositions(torch.cat(segments.Select(s => s.Step.Batch.ModelPositions).ToArray()), segments.Max(s => s.Step.Batch.MaxModelPosition));
         CheckPositions(batch);
@@ -476,7 +476,7 @@ public abstract class CausalLanguageModel : IStepModel, IDisposable
 
     /// <summary>Picks the last position of hidden states [B,T,H] when only next-token logits are wanted.</summary>
     static Tensor SelectOutputs(Tensor hidden, ForwardBatch batch) =>
-        batch.LastPositionOnly ? hidden.select(1, hidden.shape[1] - 1) : hidden;
+        batch.LastPositionOnly ? hidden.select(1, hidden.size(1) - 1) : hidden;
 
     /// <summary>Releases what the architecture holds besides its weights (rotary tables).</summary>
     private protected virtual void DisposeBuffers() { }

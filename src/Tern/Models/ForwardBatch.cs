@@ -72,7 +72,7 @@ public sealed class ForwardBatch
     internal ForwardBatch Rows(int start, int count, Tensor? writeSlots = null)
     {
         var real = RealTokens.Skip(start).Take(count).ToArray();
-        long tokens = InputIds.shape[1];
+        long tokens = InputIds.size(1);
         return new ForwardBatch
         {
             InputIds = InputIds.narrow(0, start, count), Positions = Positions.narrow(0, start, count), RealTokens = real,
@@ -119,7 +119,7 @@ public sealed class ForwardBatch
     /// </summary>
     public IEnumerable<ForwardBatch> Chunks(int size)
     {
-        int length = (int)InputIds.shape[1];
+        int length = (int)InputIds.size(1);
         int[] padding = RealTokens.Select(n => length - n).ToArray();
         int first = Math.Min(length, Math.Max(size, padding.Max() + 1));
         for (int start = 0; start < length; start += start == 0 ? first : size)

@@ -80,14 +80,14 @@ internal sealed class Gpt2Model : CausalLanguageModel
     private protected override Tensor Embed(PartWeights w, ModelStep step)
     {
         var batch = step.Batch;
-        long b = batch.InputIds.shape[0], t = batch.InputIds.shape[1];
+        long b = batch.InputIds.size(0), t = batch.InputIds.size(1);
         return TokenEmbeddings(w, step)
              + w["wpe.weight"].index_select(0, batch.ModelPositions.clamp_min(0).flatten()).view(b, t, -1);
     }
 
     private protected override Tensor Layer(int layer, PartWeights w, Tensor h, ModelStep step, LayerState cache)
     {
-        long b = h.shape[0], t = h.shape[1];
+        long b = h.size(0), t = h.size(1);
         var s = attention[layer];
         var qkv = w.Linear("attn.c_attn").Forward(Norms.Layer(h, w["ln_1.weight"], w["ln_1.bias"], eps)).view(b, t, 3 * s.Heads, s.HeadDim);
         var attended = Attention.Forward(qkv.narrow(2, 0, s.Heads), qkv.narrow(2, s.Heads, s.Heads), qkv.narrow(2, 2 * s.Heads, s.Heads),

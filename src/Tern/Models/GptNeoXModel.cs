@@ -85,7 +85,7 @@ internal sealed class GptNeoXModel : CausalLanguageModel
 
     private protected override Tensor Layer(int layer, PartWeights w, Tensor h, ModelStep step, LayerState cache)
     {
-        long b = h.shape[0], t = h.shape[1];
+        long b = h.size(0), t = h.size(1);
         int heads = attention.Heads;
         var qkv = w.Linear("attention.query_key_value").Forward(Norms.Layer(h, w["input_layernorm.weight"], w["input_layernorm.bias"], eps))
             .view(b, t, 3 * heads, attention.HeadDim);

@@ -126,13 +126,13 @@ internal sealed class LlamaModel : CausalLanguageModel
 
     private protected override Tensor Layer(int layer, PartWeights w, Tensor h, ModelStep step, LayerState cache)
     {
-        long b = h.shape[0], t = h.shape[1];
+        long b = h.size(0), t = h.size(1);
         var s = attention[layer];
         var normed = Norms.Rms(h, w["input_layernorm.weight"], eps);
         if (Attention.KeptHeads(layer, h, step, cache) is { } kept)
         {
             // DejaVu's head-subset attention: the kept heads' query rows and every key/value row, attention of the kept heads.
-            int k = (int)kept.shape[2];
+            int k = (int)kept.size(2);
             var rows = w.Linear("self_attn.qkv_proj").ForwardRows(normed, Attention.QkvRows(kept, s)).view(b, t, k + 2 * s.KvHeads, s.HeadDim);
             var (keptQ, keys, _) = step.Rotary(rotary).QueryKey(rows, k, s.KvHeads, keysAtCacheIndex: false);
             var keptOutputs = Attention.ForwardKept(keptQ, keys, rows.narrow(2, k + s.KvHeads, s.KvHeads), kept, step, cache, s);

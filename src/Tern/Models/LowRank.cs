@@ -126,8 +126,8 @@ internal sealed record FactoredLinear(Tensor? Dense, Tensor A, Tensor B, Tensor?
 {
     public Tensor Forward(Tensor x)
     {
-        var a = Live == A.shape[0] ? A : A.narrow(0, 0, Live);
-        var b = Live == B.shape[1] ? B : B.narrow(1, 0, Live);
+        var a = Live == A.size(0) ? A : A.narrow(0, 0, Live);
+        var b = Live == B.size(1) ? B : B.narrow(1, 0, Live);
         var y = Linear.Apply(Linear.Apply(x, a), b, Bias);
         return Dense is null ? y : y + Linear.Apply(x, Dense);
     }

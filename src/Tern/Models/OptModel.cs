@@ -74,7 +74,7 @@ internal sealed class OptModel : CausalLanguageModel
     private protected override Tensor Embed(PartWeights w, ModelStep step)
     {
         var batch = step.Batch;
-        long b = batch.InputIds.shape[0], t = batch.InputIds.shape[1];
+        long b = batch.InputIds.size(0), t = batch.InputIds.size(1);
         var x = TokenEmbeddings(w, step);
         if (w.Optional("project_in.weight") is not null) x = w.Linear("project_in").Forward(x);
         var pos = w["embed_positions.weight"].index_select(0, (batch.ModelPositions.clamp_min(0) + PositionOffset).flatten()).view(b, t, -1);
@@ -83,7 +83,7 @@ internal sealed class OptModel : CausalLanguageModel
 
     private protected override Tensor Layer(int layer, PartWeights w, Tensor h, ModelStep step, LayerState cache)
     {
-        long b = h.shape[0], t = h.shape[1];
+        long b = h.size(0), t = h.size(1);
         var (attnNormW, attnNormB) = (w["self_attn_layer_norm.weight"], w["self_attn_layer_norm.bias"]);
         var (mlpNormW, mlpNormB) = (w["final_layer_norm.weight"], w["final_layer_norm.bias"]);
         var a = preNorm ? Norms.Layer(h, attnNormW, attnNormB, Eps) : h;
@@ -91,7 +91,7 @@ internal sealed class OptModel : CausalLanguageModel
         if (Attention.KeptHeads(layer, h, step, cache) is { } kept)
         {
             // DejaVu's head-subset attention: the kept heads' query rows and every key/value row, attention of the kept heads.
-            int k = (int)kept.shape[2];
+            int k = (int)kept.size(2);
             var rows = w.Linear("self_attn.qkv_proj").ForwardRows(a, Attention.QkvRows(kept, attention)).view(b, t, k + 2 * heads, attention.HeadDim);
             var keptOutputs = Attention.ForwardKept(rows.narrow(2, 0, k), rows.narrow(2, k, heads), rows.narrow(2, k + heads, heads), kept, step, cache, attention);
             h = Attention.ProjectKept(w.Linear("self_attn.out_proj"), keptOutputs, kept, h, attention);

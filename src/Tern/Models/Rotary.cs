@@ -99,8 +99,8 @@ internal sealed class RotaryEmbedding : IDisposable
 
     void EnsureTable(int positions)
     {
-        if (cosTable is not null && cosTable.shape[0] >= positions) return;
-        int size = Math.Max(positions, 2 * (int)(cosTable?.shape[0] ?? 512));
+        if (cosTable is not null && cosTable.size(0) >= positions) return;
+        int size = Math.Max(positions, 2 * (int)(cosTable?.size(0) ?? 512));
         cosTable?.Dispose();
         sinTable?.Dispose();
         using var scope = torch.NewDisposeScope();
@@ -161,7 +161,7 @@ internal sealed class RotaryEmbedding : IDisposable
     {
         EnsureTable(maxPosition + 1);
         var flat = positions.clamp_min(0).flatten();
-        long b = positions.shape[0], t = positions.shape[1];
+        long b = positions.size(0), t = positions.size(1);
         return (cosTable!.index_select(0, flat).view(b, t, 1, RotaryDim), sinTable!.index_select(0, flat).view(b, t, 1, RotaryDim));
     }
 
@@ -180,7 +180,7 @@ internal sealed class RotaryEmbedding : IDisposable
     /// tables, so the same values <see cref="RotateCached"/> gathers for those positions, without the gather.</summary>
     public Tensor RotateRange(Tensor keys, int start)
     {
-        int n = (int)keys.shape[2];
+        int n = (int)keys.size(2);
         EnsureTable(start + n);
         return Apply(keys, cosTable!.narrow(0, start, n), sinTable!.narrow(0, start, n)); // [n, rotaryDim], broadcast over rows and heads
     }

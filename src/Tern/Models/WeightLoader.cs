@@ -58,7 +58,7 @@ internal sealed class WeightLoader
     {
         if (!Trainable) return tensor;
         var parameter = (Parameter)new Parameter(tensor, requires_grad: false).DetachFromDisposeScope();
-        Parameters.Add(new ModelParameter(name, parameter, parts ?? new[] { new ParameterPart(name, parameter.shape[0]) }) { Transposed = transposed });
+        Parameters.Add(new ModelParameter(name, parameter, parts ?? new[] { new ParameterPart(name, parameter.size(0)) }) { Transposed = transposed });
         return parameter;
     }
 

@@ -67,7 +67,7 @@ public sealed record OffloadWorkload
         return new OffloadWorkload
         {
             Layers = info.Layers, Hidden = info.HiddenSize, AttentionWidth = info.Heads * info.HeadDim, Heads = info.Heads,
-            Intermediate = (int)block.Where(t => t.dim() == 2).Max(t => t.shape[0]),
+            Intermediate = (int)block.Where(t => t.dim() == 2).Max(t => t.size(0)),
             LayerWeightBytes = all.Sum(t => (double)t.NumberOfElements) * es / info.Layers,
             LayerParameters = block.Sum(t => (double)t.NumberOfElements),
             CacheBytesPerToken = (double)info.KvBytesPerToken(es) / info.Layers,

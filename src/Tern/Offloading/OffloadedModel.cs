@@ -274,7 +274,7 @@ public sealed class OffloadedModel : IStepModel, IDisposable
             int gbs = owner.Policy.GpuBatchSize;
             batchRows = Enumerable.Range(0, batches).Select(k => Math.Min(gbs, rows - k * gbs)).ToArray();
             prefillWidth = maxStepTokens;
-            promptLength = prompt is null ? 0 : (int)prompt.shape[0];
+            promptLength = prompt is null ? 0 : (int)prompt.size(0);
             Allocate(maxStepTokens);
             if (prompt is null) return;
             try
@@ -376,7 +376,7 @@ public sealed class OffloadedModel : IStepModel, IDisposable
                         // One home per storage part of the working cache: [rows, kvHeads, slots, ...] kept slot-major.
                         var parts = WorkingCache(n, maxSequenceLength).StorageParts;
                         for (int l = 0; l < info.Layers; l++)
-                            caches[k][l] = parts.Select((part, i) => SequenceStore.Create(n, maxSequenceLength, part.shape.Skip(3).Prepend(part.shape[1]).ToArray(),
+                            caches[k][l] = parts.Select((part, i) => SequenceStore.Create(n, maxSequenceLength, part.shape.Skip(3).Prepend(part.size(1)).ToArray(),
                                 part.dtype, policy.Cache, device, engine, owner.directory, $"kv{i}-b{k}-l{l}")).ToArray();
                     }
                     hidden[k] = SequenceStore.Create(n, width, hiddenItem, owner.dtype, policy.Activations, device, engine, owner.directory, $"h-b{k}");
@@ -396,16 +396,16 @@ public sealed class OffloadedModel : IStepModel, IDisposable
         /// <summary>Runs step <see cref="step"/> over every stage and GPU batch; returns the rows' logits in row order.</summary>
         public Tensor Forward(ForwardBatch input)
         {
-            if (input.InputIds.shape[0] != rowCount)
-                throw new ArgumentException($"this offloaded block holds {rowCount} sequences; the step has {input.InputIds.shape[0]} rows.");
+            if (input.InputIds.size(0) != rowCount)
+                throw new ArgumentException($"this offloaded block holds {rowCount} sequences; the step has {input.InputIds.size(0)} rows.");
             if (step == 0)
             {
-                if (input.InputIds.shape[1] > prefillWidth)
-                    throw new ArgumentException($"this offloaded block was made for prompts of at most {prefillWidth} tokens; the prefill has {input.InputIds.shape[1]}.");
+                if (input.InputIds.size(1) > prefillWidth)
+                    throw new ArgumentException($"this offloaded block was made for prompts of at most {prefillWidth} tokens; the prefill has {input.InputIds.size(1)}.");
                 int gbs = owner.Policy.GpuBatchSize;
                 prompts = Enumerable.Range(0, batches).Select(k => input.RealTokens.Skip(k * gbs).Take(batchRows[k]).ToArray()).ToArray();
             }
-            else if (input.InputIds.shape[1] != 1) throw new ArgumentException("an offloaded block runs its prompts as one prefill step, then one token per step.");
+            else if (input.InputIds.size(1) != 1) throw new ArgumentException("an offloaded block runs its prompts as one prefill step, then one token per step.");
             if (input.PrefixEmbeddings is not null) throw new ArgumentException("an offloaded block takes a soft prompt when it is made (OffloadedModel.CreateRunner), not with a step.");
             using var noGrad = torch.no_grad();
             int i = step;
@@ -484,7 +484,7 @@ public sealed class OffloadedModel : IStepModel, IDisposable
                 // [tokens, rows, hidden] to [rows, tokens, hidden] with standard strides (a size-1 dimension keeps an odd stride
                 // through contiguous(), and GEMM kernels pick other blockings for it: the logits would move in the last bit).
                 var slotMajor = SequenceStore.Assemble(hiddenLoads[t]);
-                h = slotMajor.transpose(0, 1).contiguous().reshape(-1).view(slotMajor.shape[1], slotMajor.shape[0], -1);
+                h = slotMajor.transpose(0, 1).contiguous().reshape(-1).view(slotMajor.size(1), slotMajor.size(0), -1);
             }
             // The prompt runs alone through each stage before the stage's first GPU batch needs its entries.
             if (i == 0 && k == 0 && promptStep is not null && j < stages - 1) RunPrompt(j, w);
@@ -579,7 +579,7 @@ public sealed class OffloadedModel : IStepModel, IDisposable
         Tensor PrefillResident(int j, PartWeights w, Tensor h, ForwardBatch batch, int k, LayerKvCache layer)
         {
             var info = model.Info;
-            int width = (int)batch.InputIds.shape[1];
+            int width = (int)batch.InputIds.size(1);
             using var scratch = config.CreateCache(new KvCacheOptions
             {
                 BatchSize = prompts[k].Length, Layers = 1, KvHeads = info.KvHeads, HeadDim = info.HeadDim, DType = owner.dtype, Device = device,
@@ -661,7 +661,7 @@ public sealed class OffloadedModel : IStepModel, IDisposable
             }
             int first = k * owner.Policy.GpuBatchSize, n = prompts[k].Length;
             var real = input.RealTokens.Skip(first).Take(n).ToArray();
-            int width = (int)input.InputIds.shape[1], columns = step == 0 ? real.Max() : width;
+            int width = (int)input.InputIds.size(1), columns = step == 0 ? real.Max() : width;
             var batch = new ForwardBatch
             {
                 // Own tensors with standard strides: the fused CUDA kernels take contiguous inputs only (a view would send them to

@@ -55,7 +55,7 @@ internal sealed class OffloadedWeights : IDisposable
             if (seen.Add(t)) unique.Add(t);
         bool Compresses(Tensor t) => compress && t.dim() >= 2;
         long StoredBytes(Tensor t) => Compresses(t)
-            ? (t.NumberOfElements + 1) / 2 + 2 * t.dtype.ElementSize() * (t.NumberOfElements / Math.Max(1, t.shape[0]) * ((t.shape[0] + 63) / 64))
+            ? (t.NumberOfElements + 1) / 2 + 2 * t.dtype.ElementSize() * (t.NumberOfElements / Math.Max(1, t.size(0)) * ((t.size(0) + 63) / 64))
             : t.NumberOfElements * t.ElementSize;
         var tiers = WeightPlacement.Assign(unique.Select(StoredBytes).ToArray(), shares);
         var byTensor = new Dictionary<Tensor, Home>(ReferenceEqualityComparer.Instance);
@@ -102,7 +102,7 @@ internal sealed class OffloadedWeights : IDisposable
                 var buffer = tier switch
                 {
                     Tier.Gpu => new DeviceBuffer(device.type == DeviceType.CPU ? flat.clone() : flat.to(device)),
-                    Tier.Cpu => (TierBuffer)new HostBuffer(flat.device.type == DeviceType.CPU ? flat.clone() : flat.cpu(), engine.PinsHostMemory),
+                    Tier.Cpu => (TierBuffer)new HostBuffer(flat.device_type == DeviceType.CPU ? flat.clone() : flat.cpu(), engine.PinsHostMemory),
                     _ => new DiskBuffer(directory ?? throw new InvalidOperationException("the policy puts weights on disk but no offload directory was given."),
                         flat.NumberOfElements, flat.dtype, $"{name}-{i}"),
                 };

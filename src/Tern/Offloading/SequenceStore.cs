@@ -62,7 +62,7 @@ internal sealed class SequenceStore : IDisposable
     /// [start, start + count); the engine keeps what it needs alive and <paramref name="slotMajor"/> is the engine's to free.</summary>
     public void Store(ITransferEngine engine, Tensor slotMajor, int start)
     {
-        long count = slotMajor.shape[0];
+        long count = slotMajor.size(0);
         foreach (var (first, rows, buffer) in segments)
         {
             using var rowsOfTier = slotMajor.narrow(1, first, rows);

@@ -196,7 +196,7 @@ internal sealed class DiskBuffer : TierBuffer
     {
         CheckRange(offset, target.NumberOfElements);
         long at = offset * DType.ElementSize();
-        if (target.device.type == DeviceType.CPU) engine.Enqueue(() => Read(target, at));
+        if (target.device_type == DeviceType.CPU) engine.Enqueue(() => Read(target, at));
         else
         {
             var staging = Staging(engine, target.NumberOfElements, DType);
@@ -212,7 +212,7 @@ internal sealed class DiskBuffer : TierBuffer
     {
         CheckRange(offset, source.NumberOfElements);
         long at = offset * DType.ElementSize();
-        if (source.device.type == DeviceType.CPU) engine.Enqueue(() => Write(source, at));
+        if (source.device_type == DeviceType.CPU) engine.Enqueue(() => Write(source, at));
         else
         {
             var staging = Staging(engine, source.NumberOfElements, DType);

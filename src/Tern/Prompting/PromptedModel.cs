@@ -51,8 +51,8 @@ public sealed class PromptedModel : IStepModel, IDisposable
     /// <summary>A copy of <paramref name="prompt"/>, checked against a model of that token-embedding width and context.</summary>
     static SoftPrompt Checked(SoftPrompt prompt, long tokenEmbeddingWidth, ModelInfo info)
     {
-        if (prompt.Embeddings.shape[1] != tokenEmbeddingWidth)
-            throw new OptionException($"{TernOption.SoftPromptFile}: the prompt's vectors are {prompt.Embeddings.shape[1]} wide; this model's token embeddings are {tokenEmbeddingWidth} wide.");
+        if (prompt.Embeddings.size(1) != tokenEmbeddingWidth)
+            throw new OptionException($"{TernOption.SoftPromptFile}: the prompt's vectors are {prompt.Embeddings.size(1)} wide; this model's token embeddings are {tokenEmbeddingWidth} wide.");
         if (prompt.Length >= info.MaxPositions)
             throw new OptionException($"{TernOption.SoftPromptFile}: a prompt of {prompt.Length} vectors leaves no room in the model's {info.MaxPositions} positions.");
         return SoftPrompt.FromTensor(prompt.Embeddings, prompt.Metadata);
@@ -208,7 +208,7 @@ public sealed class PromptedModel : IStepModel, IDisposable
     /// <paramref name="device"/> (in memory here, per block when offloaded).</summary>
     internal static ForwardBatch PromptStep(Tensor embeddings, Device device)
     {
-        int n = (int)embeddings.shape[0];
+        int n = (int)embeddings.size(0);
         return new ForwardBatch
         {
             InputIds = torch.zeros(1, n, ScalarType.Int64, device), // placeholders under the prompt

@@ -29,7 +29,7 @@ public sealed class SoftPrompt : IDisposable
     public IReadOnlyDictionary<string, string> Metadata { get; }
 
     /// <summary>n, the positions the prompt takes.</summary>
-    public int Length => (int)Embeddings.shape[0];
+    public int Length => (int)Embeddings.size(0);
 
     /// <summary>The released code's working initialisation: a copy of the embeddings of token ids 0..n−1.</summary>
     public static SoftPrompt FromVocabulary(CausalLanguageModel model, int tokens)

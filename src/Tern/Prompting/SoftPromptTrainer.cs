@@ -102,7 +102,7 @@ public static class SoftPromptTrainer
                 {
                     var (inputs, targets) = Windows(train, random, options.BatchSize, t, model.Device);
                     var logits = model.ForwardTraining(inputs, prompt).narrow(1, n, t); // prompt positions predict nothing
-                    var sum = F.cross_entropy(logits.reshape(-1, logits.shape[^1]).to(ScalarType.Float32), targets.reshape(-1), reduction: nn.Reduction.Sum);
+                    var sum = F.cross_entropy(logits.reshape(-1, logits.size(-1)).to(ScalarType.Float32), targets.reshape(-1), reduction: nn.Reduction.Sum);
                     (sum / options.BatchSize).backward();
                     loss = sum.item<float>() / (options.BatchSize * t);
                     torch.nn.utils.clip_grad_norm_(new[] { prompt }, options.GradientClip > 0 ? options.GradientClip : double.PositiveInfinity);

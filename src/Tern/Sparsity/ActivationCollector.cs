@@ -113,7 +113,7 @@ public static class ActivationCollector
     internal static CapturedPass Record(CausalLanguageModel model, Tensor ids, bool mlp)
     {
         if (mlp) ModelIdentity.Of(model.Config).RequireReluMlp();
-        int b = (int)ids.shape[0], t = (int)ids.shape[1];
+        int b = (int)ids.size(0), t = (int)ids.size(1);
         var batch = new ForwardBatch
         {
             InputIds = ids.to(model.Device),

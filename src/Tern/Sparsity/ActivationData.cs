@@ -117,7 +117,7 @@ public sealed class ActivationData : IDisposable
 
     static void Check(string path, string name, Tensor t, int tokens, int width, string field)
     {
-        if (t.dim() != 2 || t.shape[0] != tokens || t.shape[1] != width)
+        if (t.dim() != 2 || t.size(0) != tokens || t.size(1) != width)
             throw new SparsityException($"{path}: '{name}' is [{string.Join(", ", t.shape)}], expected [{tokens}, {width}] ({field} {width} in {ManifestFile}); collect the activations again.");
     }
 

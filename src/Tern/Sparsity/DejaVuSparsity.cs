@@ -195,8 +195,8 @@ public sealed class DejaVuSparsity : IContextualSparsity, IDisposable
 
     /// <inheritdoc />
     public ISparsityStep? ForStep(ForwardBatch batch) =>
-        (batch.InputIds.shape[1] != 1 && !options.EveryToken) || !(SparseMlp || SparseHeads) ? null // k = all: dense
-            : new Step(this, batch.InputIds.shape[0], batch.InputIds.shape[1]);
+        (batch.InputIds.size(1) != 1 && !options.EveryToken) || !(SparseMlp || SparseHeads) ? null // k = all: dense
+            : new Step(this, batch.InputIds.size(0), batch.InputIds.size(1));
 
     sealed class Step(DejaVuSparsity owner, long rows, long tokens) : ISparsityStep
     {

@@ -11,7 +11,7 @@ public sealed class LowRankPredictor : IDisposable
     /// <summary>Takes ownership of <paramref name="a"/> [hidden, rank] and <paramref name="b"/> [rank, outputs].</summary>
     public LowRankPredictor(Tensor a, Tensor b)
     {
-        if (a.dim() != 2 || b.dim() != 2 || a.shape[1] != b.shape[0])
+        if (a.dim() != 2 || b.dim() != 2 || a.size(1) != b.size(0))
             throw new ArgumentException($"A [{string.Join(", ", a.shape)}] and B [{string.Join(", ", b.shape)}] do not chain as [hidden, rank]·[rank, outputs].");
         A = a;
         B = b;
@@ -22,9 +22,9 @@ public sealed class LowRankPredictor : IDisposable
     /// <summary>[rank, outputs].</summary>
     public Tensor B { get; }
     /// <summary>The rank r.</summary>
-    public int Rank => (int)A.shape[1];
+    public int Rank => (int)A.size(1);
     /// <summary>Units predicted (neurons or heads).</summary>
-    public int Outputs => (int)B.shape[1];
+    public int Outputs => (int)B.size(1);
 
     /// <summary>Logits [.., outputs] for inputs [.., hidden]; a unit is predicted active where its logit is ≥ 0 (sigmoid ≥ 0.5), or
     /// by top-K at inference.</summary>

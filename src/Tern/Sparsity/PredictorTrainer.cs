@@ -94,7 +94,7 @@ public static class PredictorTrainer
     public static Tensor TopHeads(Tensor headNorms, double fraction)
     {
         if (fraction <= 0 || fraction > 1) throw new ArgumentException($"the head fraction must be in (0, 1] (found {fraction}).");
-        int k = HeadCount(headNorms.shape[1], fraction);
+        int k = HeadCount(headNorms.size(1), fraction);
         using var scope = torch.NewDisposeScope();
         var top = headNorms.topk(k, 1).indexes;
         return torch.zeros_like(headNorms, ScalarType.Float32).scatter_(1, top, torch.ones(top.shape, ScalarType.Float32)).MoveToOuterDisposeScope();
@@ -160,8 +160,8 @@ public static class PredictorTrainer
         double learningRate, double extraWeight, int? k, PredictorTrainingOptions options, long seed)
     {
         var device = options.Device ?? torch.CPU;
-        long n = inputs.shape[0], hidden = inputs.shape[1], outputs = labels.shape[1];
-        if (labels.shape[0] != n) throw new ArgumentException($"{n} input rows but {labels.shape[0]} label rows.");
+        long n = inputs.size(0), hidden = inputs.size(1), outputs = labels.size(1);
+        if (labels.size(0) != n) throw new ArgumentException($"{n} input rows but {labels.size(0)} label rows.");
         using var scope = torch.NewDisposeScope();
         var generator = new torch.Generator((ulong)(options.Seed * 1000 + seed));
         var x = inputs.to(ScalarType.Float32, device);
@@ -196,7 +196,7 @@ public static class PredictorTrainer
                 var loss = F.binary_cross_entropy_with_logits(xb.matmul(a).matmul(b), yb, weight: yb * (1 - w) + (1 - yb) * w);
                 loss.backward();
                 optimizer.step();
-                lossSum += loss.item<float>() * idx.shape[0];
+                lossSum += loss.item<float>() * idx.size(0);
             }
             losses.Add(lossSum / trainRows);
             var e = Evaluate(xValid, yValid, a, b, topK);
@@ -240,7 +240,7 @@ public static class PredictorTrainer
         double positives = y.sum().item<float>(), chosen = predicted.sum().item<float>();
         double hits = (predicted * y).sum().item<float>();
         double topHits = y.gather(1, logits.topk(k, 1).indexes).sum().item<float>();
-        long rows = x.shape[0];
+        long rows = x.size(0);
         return new Evaluation(positives > 0 ? hits / positives : 1, chosen > 0 ? hits / chosen : 1, positives > 0 ? topHits / positives : 1,
             positives / rows, chosen / rows);
     }

@@ -143,7 +143,7 @@ public static class SparsityEvaluation
         static (double Hits, double Total) Overlap(Tensor selected, Tensor scores)
         {
             using var scope = torch.NewDisposeScope();
-            var top = scores.topk((int)selected.shape[^1], dim: -1);
+            var top = scores.topk((int)selected.size(-1), dim: -1);
             var truth = torch.zeros(scores.shape, ScalarType.Bool, scores.device).scatter_(-1, top.indexes, top.values.gt(0));
             return (truth.gather(-1, selected).sum().item<long>(), truth.sum().item<long>());
         }

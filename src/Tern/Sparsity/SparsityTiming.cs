@@ -62,7 +62,7 @@ public static class SparsityTiming
         if (mlps.All(m => m is not null) && layers > 0)
         {
             var (up0, down0, gated) = mlps[0]!.Value;
-            long neurons = down0.Weight.shape[1];
+            long neurons = down0.Weight.size(1);
             int k = sparsity.ActiveNeurons;
             var act = Activations.Get(ModelIdentity.Of(model.Config).Activation, model.Config, "hidden_act");
             // One selection per layer, ascending like the predictors' top-k: drawn once, outside the timed passes.

@@ -223,7 +223,7 @@ public sealed class Trainer : IDisposable
     {
         using var amp = options.Autocast is { } type ? Autocast.Enter(type.ToScalarType()) : null;
         var logits = Model.ForwardTraining(inputs);
-        var loss = F.cross_entropy(logits.reshape(-1, logits.shape[^1]).to(ScalarType.Float32), targets.reshape(-1));
+        var loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).to(ScalarType.Float32), targets.reshape(-1));
         if (withExtra && options.ExtraLoss is { } extra) loss = loss + extra(Model, inputs, logits);
         return loss;
     }

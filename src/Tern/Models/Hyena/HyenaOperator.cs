@@ -164,7 +164,7 @@ public sealed class HyenaOperator : IDisposable
     public Tensor Forward(Tensor input)
     {
         using var scope = torch.NewDisposeScope();
-        return Forward(input, Filters((int)input.shape[1])).MoveToOuterDisposeScope();
+        return Forward(input, Filters((int)input.size(1))).MoveToOuterDisposeScope();
     }
 
     /// <summary>
@@ -194,7 +194,7 @@ public sealed class HyenaOperator : IDisposable
     public (Tensor Output, HyenaState State) Prefill(Tensor input, ModalRecurrence recurrence)
     {
         RequireOrder2(recurrence);
-        long b = input.shape[0], t = input.shape[1];
+        long b = input.size(0), t = input.size(1);
         var state = new HyenaState(torch.zeros(b, 3L * Options.Width, 2, dtype: input.dtype, device: input.device).DetachFromDisposeScope(),
             NewModalState(b, recurrence).DetachFromDisposeScope());
         using var scope = torch.NewDisposeScope();
@@ -210,7 +210,7 @@ public sealed class HyenaOperator : IDisposable
     {
         RequireOrder2(recurrence);
         using var scope = torch.NewDisposeScope();
-        var positions = torch.zeros(input.shape[0], 1, ScalarType.Int64, input.device);
+        var positions = torch.zeros(input.size(0), 1, ScalarType.Int64, input.device);
         return Stepped(input.unsqueeze(1), state.Fir, state.Modal, recurrence, positions).squeeze(1).MoveToOuterDisposeScope();
     }
 
@@ -230,7 +230,7 @@ public sealed class HyenaOperator : IDisposable
     /// <paramref name="modal"/> are updated through their rows' views.</remarks>
     internal Tensor Stepped(Tensor input, Tensor fir, Tensor modal, ModalRecurrence recurrence, Tensor positions)
     {
-        long b = input.shape[0], rows = StepBlockRows(b, input.shape[1]);
+        long b = input.size(0), rows = StepBlockRows(b, input.size(1));
         if (rows == b) return SteppedRows(input, fir, modal, recurrence, positions);
         using var scope = torch.NewDisposeScope();
         Tensor? output = null;
@@ -273,7 +273,7 @@ public sealed class HyenaOperator : IDisposable
         var real = positions.ge(0);
         var streams = Project(input, fir, real);
         var w = (PreGate(streams[1], streams[2]) * RealAlongTime(real, Options.Heads > 0 ? 5 : 3)).to(recurrence.OutputType);
-        var conv = input.shape[1] == 1
+        var conv = input.size(1) == 1
             ? recurrence.Step(modal, w.select(-1, 0), real.select(1, 0)).unsqueeze(-1)
             : recurrence.Run(modal, w, real.logical_not().sum(1));
         return OutProject(PostGate(streams[0], (conv + Beta(w) * w).to(input.dtype))).MoveToOuterDisposeScope();
@@ -296,7 +296,7 @@ public sealed class HyenaOperator : IDisposable
         var streams = Project(input, fir, real);
         var mask = RealAlongTime(real, 3);
         var (q, k, v) = (streams[0], streams[1] * mask, streams[2] * mask);
-        long b = input.shape[0], t = input.shape[1];
+        long b = input.size(0), t = input.size(1);
         int m = Options.Heads, n = Options.Width / m;
         Tensor Heads(Tensor x) => x.view(b, m, n, t).transpose(2, 3);                                 // [B, D, T] → [B, M, T, N]
         bool fresh = cache.Length == 0 && batch.WriteSlots is null;
@@ -309,8 +309,8 @@ public sealed class HyenaOperator : IDisposable
         var visible = held.unsqueeze(2).ge(0) & lag.ge(0);
         var taps = filters.to(ScalarType.Float32).clone();
         taps.select(1, 0).add_(Beta(taps));                                                          // h_0 + β: the skip is lag 0
-        long span = taps.shape[1];
-        var weights = taps.view(1, m, 1, span).expand(b, m, t, span).gather(3, lag.clamp(0, span - 1).expand(b, m, t, lag.shape[3]));
+        long span = taps.size(1);
+        var weights = taps.view(1, m, 1, span).expand(b, m, t, span).gather(3, lag.clamp(0, span - 1).expand(b, m, t, lag.size(3)));
         var scores = Heads(q).to(keys.dtype).matmul(keys.transpose(2, 3)).to(ScalarType.Float32) * weights * visible;
         var y = scores.to(values.dtype).matmul(values);                                              // [B, M, T, N]
         return OutProject(y.transpose(2, 3).reshape(b, Options.Width, t).to(input.dtype)).MoveToOuterDisposeScope();
@@ -321,17 +321,17 @@ public sealed class HyenaOperator : IDisposable
     Tensor Convolved(Tensor[] streams, Tensor filter)
     {
         var pre = PreGate(streams[1], streams[2]);
-        var kernel = filter.narrow(-1, 0, pre.shape[^1]);
-        var conv = LongConvolution.Causal(pre, kernel.view(new[] { kernel.shape[0] }.Concat(Enumerable.Repeat(1L, (int)pre.dim() - 3)).Append(kernel.shape[1]).ToArray()));
+        var kernel = filter.narrow(-1, 0, pre.size(-1));
+        var conv = LongConvolution.Causal(pre, kernel.view(new[] { kernel.size(0) }.Concat(Enumerable.Repeat(1L, (int)pre.dim() - 3)).Append(kernel.size(1)).ToArray()));
         return PostGate(streams[0], conv + Beta(pre) * pre);
     }
 
     /// <summary>The N + 1 streams [x_0, …, x_{N−1}, v], each [B, D, L] (after the short conv) of a whole sequence u [B, L, D].</summary>
     Tensor[] Project(Tensor input)
     {
-        long b = input.shape[0], length = input.shape[1];
+        long b = input.size(0), length = input.size(1);
         var z = Linear.Apply(input, W("in_proj.weight"), W("in_proj.bias")).transpose(1, 2);         // [B, (N+1)D, L]
-        var filtered = F.conv1d(z, W("short_filter.weight").to(z.dtype), W("short_filter.bias").to(z.dtype), padding: 2, groups: z.shape[1]).narrow(2, 0, length);
+        var filtered = F.conv1d(z, W("short_filter.weight").to(z.dtype), W("short_filter.bias").to(z.dtype), padding: 2, groups: z.size(1)).narrow(2, 0, length);
         return filtered.chunk(Options.Order + 1, 1);
     }
 
@@ -344,7 +344,7 @@ public sealed class HyenaOperator : IDisposable
     /// </summary>
     Tensor[] Project(Tensor input, Tensor fir, Tensor real)
     {
-        long b = input.shape[0], t = input.shape[1];
+        long b = input.size(0), t = input.size(1);
         var z = (Linear.Apply(input, W("in_proj.weight"), W("in_proj.bias")) * real.unsqueeze(2)).transpose(1, 2); // [B, (N+1)D, T]
         var extended = torch.cat(new[] { fir.to(z.dtype), z }, 2);                                      // tail, then the step
         // Column c of the row as the conv reads it: zero before its padding ends, the tail at [p, p + 2), its tokens after.
@@ -354,9 +354,9 @@ public sealed class HyenaOperator : IDisposable
         var before = c.lt(leading).to(ScalarType.Int64);
         var tail = c.lt(leading + 2).to(ScalarType.Int64) - before;
         var source = c + before * (c.neg() + 2) - tail * leading;
-        var aligned = extended.gather(2, source.unsqueeze(1).expand(b, extended.shape[1], t + 2));
+        var aligned = extended.gather(2, source.unsqueeze(1).expand(b, extended.size(1), t + 2));
         using (torch.no_grad()) fir.copy_(aligned.narrow(2, t, 2));
-        var filtered = F.conv1d(aligned, W("short_filter.weight").to(z.dtype), W("short_filter.bias").to(z.dtype), groups: z.shape[1]);
+        var filtered = F.conv1d(aligned, W("short_filter.weight").to(z.dtype), W("short_filter.bias").to(z.dtype), groups: z.size(1));
         return filtered.chunk(Options.Order + 1, 1);
     }
 
@@ -364,7 +364,7 @@ public sealed class HyenaOperator : IDisposable
     static Tensor RealAlongTime(Tensor real, int dims)
     {
         var shape = Enumerable.Repeat(1L, dims).ToArray();
-        (shape[0], shape[^1]) = (real.shape[0], real.shape[1]);
+        (shape[0], shape[^1]) = (real.size(0), real.size(1));
         return real.view(shape);
     }
 
@@ -384,7 +384,7 @@ public sealed class HyenaOperator : IDisposable
 
     /// <summary>[B, D, rest…] as [B, M, N, rest…].</summary>
     long[] HeadShape(Tensor x) =>
-        new[] { x.shape[0], Options.Heads, Options.Width / Options.Heads }.Concat(x.shape[2..]).ToArray();
+        new[] { x.size(0), Options.Heads, Options.Width / Options.Heads }.Concat(x.shape[2..]).ToArray();
 
     /// <summary>The skip β (order 2) as [C, 1…] to broadcast against a pre-gated tensor [B, C, …].</summary>
     Tensor Beta(Tensor pre) =>

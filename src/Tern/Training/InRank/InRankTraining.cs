@@ -82,7 +82,7 @@ internal sealed class InRankTraining
             {
                 using var scope = torch.NewDisposeScope();
                 var p = Parameter(model, name + factor);
-                double bound = options.InitScale / Math.Sqrt(p.shape[1]); // fan_in: n for A [width, n], width for B [m, width]
+                double bound = options.InitScale / Math.Sqrt(p.size(1)); // fan_in: n for A [width, n], width for B [m, width]
                 var values = (torch.rand(p.shape, ScalarType.Float64, generator: generator) * 2 - 1) * bound;
                 p.copy_(values.to(p.dtype).to(p.device));
             }

@@ -68,7 +68,7 @@ public static class RankRule
         var (_, rb) = torch.linalg.qr(b.to(ScalarType.Float64));
         var (_, ra) = torch.linalg.qr(a.t().to(ScalarType.Float64));
         var core = torch.linalg.svdvals(rb.matmul(ra.t())).cpu().data<double>().ToArray();
-        var s = new double[Math.Min(b.shape[0], a.shape[1])];
+        var s = new double[Math.Min(b.size(0), a.size(1))];
         core.AsSpan(0, Math.Min(core.Length, s.Length)).CopyTo(s);
         return s;
     }
@@ -85,7 +85,7 @@ public static class RankRule
         var (qb, rb) = torch.linalg.qr(b.to(ScalarType.Float64));
         var (qa, ra) = torch.linalg.qr(a.t().to(ScalarType.Float64));
         var (u, sigma, vh) = torch.linalg.svd(rb.matmul(ra.t()), fullMatrices: false);
-        if (rank > sigma.shape[0]) throw new ArgumentOutOfRangeException(nameof(rank), rank, $"the product has only {sigma.shape[0]} components.");
+        if (rank > sigma.size(0)) throw new ArgumentOutOfRangeException(nameof(rank), rank, $"the product has only {sigma.size(0)} components.");
         var root = sigma.narrow(0, 0, rank).sqrt();
         var newB = qb.matmul(u.narrow(1, 0, rank)) * root;                      // Ũ_r diag(√σ_r)
         var newA = root.unsqueeze(1) * vh.narrow(0, 0, rank).matmul(qa.t());    // diag(√σ_r) Ṽ_rᵀ
