@@ -12,7 +12,8 @@ internal static unsafe partial class CpuKernels
     const long ParallelAttentionWork = 1 << 17;
 
     /// <summary>
-    /// Decode attention with every cached entry visible (no mask): q [B, Hkv, G, D] (contiguous; G query heads per KV head),
+    /// Decode attention with every cached entry visible (no mask): q [B, Hkv, G, D] (G query heads per KV head; rows of D
+    /// contiguous, any other strides: a view of the step's fused projection is read in place),
     /// keys and values [B, Hkv, T, D] with rows of D contiguous (a cache's view of its first T slots), softmax(q·kᵀ/√D)·v →
     /// [B, Hkv, G, D] in q's type, fp32 throughout and rounded once, as libtorch's flash kernel. Why not libtorch's: at one query
     /// its flash kernel multiplies through MKL's GEMV, which runs generic code on non-Intel CPUs, and threads through OpenMP
@@ -22,15 +23,15 @@ internal static unsafe partial class CpuKernels
     public static bool TryDecodeAttention(Tensor q, Tensor keys, Tensor values, out Tensor output)
     {
         output = null!;
-        if (!Usable(q) || q.dim() != 4 || keys.dim() != 4 || values.dim() != 4 || keys.dtype != q.dtype || values.dtype != q.dtype) return false;
+        if (!UsableView(q) || q.dim() != 4 || keys.dim() != 4 || values.dim() != 4 || keys.dtype != q.dtype || values.dtype != q.dtype) return false;
         long b = q.size(0), hkv = q.size(1), g = q.size(2), d = q.size(3), t = keys.size(2);
         bool Fits(Tensor kv) => kv.device_type == DeviceType.CPU && kv.size(0) == b && kv.size(1) == hkv && kv.size(2) == t
             && kv.size(3) == d && kv.stride(3) == 1 && kv.stride(2) == d; // rows of D contiguous: a cache's first T slots
-        if (d % 8 != 0 || d > 256 || g > 16 || t < 1 || t > 1 << 14 || !Fits(keys) || !Fits(values)) return false;
-        output = torch.empty_like(q);
+        if (d % 8 != 0 || d > 256 || g > 16 || t < 1 || t > 1 << 14 || q.stride(3) != 1 || !Fits(keys) || !Fits(values)) return false;
+        output = torch.empty(new[] { b, hkv, g, d }, q.dtype);
         var job = new DecodeAttentionJob
         {
-            Q = Ptr(q), K = Ptr(keys), V = Ptr(values), Y = Ptr(output), Heads = (int)hkv, Groups = (int)g, Dim = (int)d, Length = (int)t,
+            Q = Ptr(q), QueryBatch = q.stride(0), QueryHead = q.stride(1), QueryGroup = q.stride(2), K = Ptr(keys), V = Ptr(values), Y = Ptr(output), Heads = (int)hkv, Groups = (int)g, Dim = (int)d, Length = (int)t,
             KeyBatch = keys.stride(0), KeyHead = keys.stride(1), ValueBatch = values.stride(0), ValueHead = values.stride(1),
             Scale = 1f / MathF.Sqrt(d),
         };
@@ -45,7 +46,7 @@ internal static unsafe partial class CpuKernels
     {
         public byte* Q, K, V, Y;
         public int Heads, Groups, Dim, Length;
-        public long KeyBatch, KeyHead, ValueBatch, ValueHead;
+        public long QueryBatch, QueryHead, QueryGroup, KeyBatch, KeyHead, ValueBatch, ValueHead;
         public float Scale;
 
         [MethodImpl(MethodImplOptions.AggressiveOptimization)]
@@ -60,7 +61,7 @@ internal static unsafe partial class CpuKernels
                 byte* k = K + (b * KeyBatch + h * KeyHead) * T.Size, v = V + (b * ValueBatch + h * ValueHead) * T.Size;
                 for (int g = 0; g < Groups; g++)
                 {
-                    long qRow = (r * Groups + g) * d;
+                    long qRow = b * QueryBatch + h * QueryHead + g * QueryGroup, yRow = (r * Groups + g) * d;
                     float max = float.NegativeInfinity;
                     for (int j = 0; j < n; j++)
                     {
@@ -80,7 +81,7 @@ internal static unsafe partial class CpuKernels
                             Vector256.FusedMultiplyAdd(p, T.Load8(v, (long)j * d + i), Vector256.Load(acc + i)).Store(acc + i);
                     }
                     var inverse = Vector256.Create(1f / sum);
-                    for (int i = 0; i < d; i += 8) T.Store8(Vector256.Load(acc + i) * inverse, Y, qRow + i);
+                    for (int i = 0; i < d; i += 8) T.Store8(Vector256.Load(acc + i) * inverse, Y, yRow + i);
                 }
             }
         }

@@ -22,8 +22,10 @@ internal static unsafe partial class CpuKernels
     // Work (elements touched) past which a kernel splits its rows over the cores; below it one thread is faster.
     const long ParallelWork = 1 << 21;
 
-    static bool Usable(Tensor t) => t.device_type == DeviceType.CPU && t.dtype is ScalarType.Float32 or ScalarType.BFloat16
-        && t.is_contiguous() && !torch.is_grad_enabled();
+    static bool Usable(Tensor t) => UsableView(t) && t.is_contiguous();
+
+    // A tensor a kernel reads by its strides (any layout).
+    static bool UsableView(Tensor t) => t.device_type == DeviceType.CPU && t.dtype is ScalarType.Float32 or ScalarType.BFloat16 && !torch.is_grad_enabled();
 
     static byte* Ptr(Tensor t) => (byte*)TensorMemory.Pointer(t);
 
@@ -134,9 +136,7 @@ internal static unsafe partial class CpuKernels
     {
         y = null!;
         if (!Usable(gateUp) || kind is not (0 or 1 or 3)) return false;
-        var shape = gateUp.shape.ToArray();
-        shape[^1] = n;
-        y = torch.empty(shape, gateUp.dtype);
+        y = torch.empty(TensorMemory.ShapeWithLast(gateUp, n), gateUp.dtype);
         long rows = gateUp.NumberOfElements / (2L * n);
         var job = new GatedJob { GateUp = Ptr(gateUp), Y = Ptr(y), N = n, Kind = kind };
         if (gateUp.dtype == ScalarType.BFloat16) Run<GatedJob, Bf16>(ref job, rows, rows * n);
@@ -198,8 +198,7 @@ internal static unsafe partial class CpuKernels
         if (MklUnavailable && !own) return false;
         if (bias is not null && (!bias.is_contiguous() || bias.dtype != x.dtype || bias.NumberOfElements != n)) return false;
         if (residual is not null && (!residual.is_contiguous() || residual.dtype != x.dtype || residual.NumberOfElements != m * n)) return false;
-        var shape = x.shape.ToArray();
-        shape[^1] = n;
+        var shape = TensorMemory.ShapeWithLast(x, n);
         // The fp32 products in a pooled array, not a tensor: no libtorch allocation per linear map of a decode step.
         float[] buffer = System.Buffers.ArrayPool<float>.Shared.Rent((int)(m * n));
         try

@@ -147,9 +147,7 @@ internal static unsafe partial class FusedKernels
         if (!Usable(x) || !weight.is_contiguous() || weight.dtype != x.dtype) return false;
         if (bias is not null && (!bias.is_contiguous() || bias.dtype != x.dtype)) return false;
         if (residual is not null && (!residual.is_contiguous() || residual.dtype != x.dtype || residual.NumberOfElements != n)) return false;
-        var shape = x.shape.ToArray();
-        shape[^1] = n;
-        y = torch.empty(shape, x.dtype, x.device);
+        y = torch.empty(TensorMemory.ShapeWithLast(x, n), x.dtype, x.device);
         IntPtr py = Ptr(y), pw = Ptr(weight), px = Ptr(x), pb = bias is null ? IntPtr.Zero : Ptr(bias), pr = residual is null ? IntPtr.Zero : Ptr(residual);
         void** args = stackalloc void*[] { &py, &pw, &px, &pb, &pr, &n, &k };
         const int warpsPerBlock = 8;
@@ -217,14 +215,12 @@ internal static unsafe partial class FusedKernels
     }
 
     /// <summary>Decode attention with every cached entry visible, on the CPU (<see cref="CpuKernels.TryDecodeAttention"/>: q
-    /// [B, Hkv, G, D], any strides, keys and values [B, Hkv, T, D] → [B, Hkv, G, D]); false on CUDA, whose steps take the masked
+    /// [B, Hkv, G, D], rows of D contiguous, keys and values [B, Hkv, T, D] → [B, Hkv, G, D]); false on CUDA, whose steps take the masked
     /// kernel above.</summary>
     public static bool TryUnmaskedDecodeAttention(Tensor q, Tensor keys, Tensor values, out Tensor output)
     {
         output = null!;
-        if (!OnCpu(q)) return false;
-        using var rows = q.contiguous(); // a view of the step's q, k, v rows when the batch holds several sequences
-        return CpuKernels.TryDecodeAttention(rows, keys, values, out output);
+        return OnCpu(q) && CpuKernels.TryDecodeAttention(q, keys, values, out output);
     }
 
     /// <summary>y = act(gate) · up for a contiguous [..., 2n] tensor holding [gate | up]; <paramref name="kind"/>:
@@ -234,9 +230,7 @@ internal static unsafe partial class FusedKernels
         y = null!;
         if (OnCpu(gateUp)) return CpuKernels.TryGated(gateUp, n, kind, out y);
         if (!Usable(gateUp)) return false;
-        var shape = gateUp.shape.ToArray();
-        shape[^1] = n;
-        y = torch.empty(shape, gateUp.dtype, gateUp.device);
+        y = torch.empty(TensorMemory.ShapeWithLast(gateUp, n), gateUp.dtype, gateUp.device);
         long rows = gateUp.NumberOfElements / (2L * n);
         IntPtr py = Ptr(y), pg = Ptr(gateUp);
         void** args = stackalloc void*[] { &py, &pg, &rows, &n, &kind };

@@ -12,6 +12,17 @@ internal static partial class TensorMemory
     /// <summary>The address of <paramref name="tensor"/>'s first element.</summary>
     public static IntPtr Pointer(Tensor tensor) => TensorData(tensor.Handle);
 
+    /// <summary><paramref name="tensor"/>'s sizes with the last one replaced by <paramref name="last"/>: the shape of a
+    /// kernel's output. Read a dimension at a time: TorchSharp's <c>shape</c> fills its array through a native callback,
+    /// ~40× the cost of <c>size(d)</c>, which a decode step's small kernels felt.</summary>
+    public static long[] ShapeWithLast(Tensor tensor, long last)
+    {
+        var shape = new long[tensor.dim()];
+        for (int d = 0; d < shape.Length - 1; d++) shape[d] = tensor.size(d);
+        shape[^1] = last;
+        return shape;
+    }
+
     /// <summary>Bytes of a contiguous tensor.</summary>
     public static long Bytes(Tensor tensor) => tensor.NumberOfElements * tensor.ElementSize;
 }

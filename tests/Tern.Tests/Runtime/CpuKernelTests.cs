@@ -97,12 +97,14 @@ public class CpuKernelTests
     }
 
     [Theory]
-    [InlineData("fp32", 1, 1, 1)]      // one cached entry
-    [InlineData("fp32", 1, 1, 200)]
-    [InlineData("fp32", 2, 3, 700)]    // grouped queries, rows, split over the cores
-    [InlineData("bf16", 1, 1, 200)]
-    [InlineData("bf16", 2, 3, 700)]
-    public void UnmaskedDecodeAttentionMatchesSdpaOverACachesView(string typeName, int rows, int groups, int length)
+    [InlineData("fp32", 1, 1, 1, false)]      // one cached entry
+    [InlineData("fp32", 1, 1, 200, false)]
+    [InlineData("fp32", 2, 3, 700, false)]    // grouped queries, rows, split over the cores
+    [InlineData("bf16", 1, 1, 200, false)]
+    [InlineData("bf16", 2, 3, 700, false)]
+    [InlineData("fp32", 3, 2, 300, true)]     // q read in place from a step's fused [q | k | v] projection
+    [InlineData("bf16", 3, 2, 300, true)]
+    public void UnmaskedDecodeAttentionMatchesSdpaOverACachesView(string typeName, int rows, int groups, int length, bool projectionView)
     {
         using var scope = torch.NewDisposeScope();
         using var noGrad = torch.no_grad();
@@ -112,6 +114,13 @@ public class CpuKernelTests
         var keys = Random(type, rows, kvHeads, capacity, dim).narrow(2, 0, length);
         var values = (Random(type, rows, kvHeads, capacity, dim) * 2).narrow(2, 0, length);
         var q = Random(type, rows, kvHeads, groups, dim) * 3; // sharper softmax than unit scores
+        if (projectionView)
+        {
+            // As attention takes it: [B, 1, H + 2·Hkv, D] → the query heads, transposed to [B, H, 1, D], grouped by KV head.
+            var qkv = Random(type, rows, 1, kvHeads * groups + 2 * kvHeads, dim) * 3;
+            q = qkv.narrow(2, 0, kvHeads * groups).transpose(1, 2).reshape(rows, kvHeads, groups, dim);
+            Assert.False(q.is_contiguous()); // rows a projection row apart
+        }
         Assert.True(FusedKernels.TryUnmaskedDecodeAttention(q, keys, values, out var fused));
         Close(F.scaled_dot_product_attention(q, keys, values), fused, Tolerance(type));
     }
