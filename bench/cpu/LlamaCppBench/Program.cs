@@ -48,7 +48,15 @@ foreach (int batch in batches)
         }
         decodeMs = watch.Elapsed.TotalMilliseconds;
     }
-    Run(3, out _, out _); // warm-up
+    // Warm-up as `tern bench` warms up (its WarmUp): at least a second, until a round compiles no method (LLamaSharp's
+    // marshalling is JIT-compiled too), so both engines are timed in their steady state.
+    var warm = Stopwatch.StartNew();
+    long compiled;
+    do
+    {
+        compiled = System.Runtime.JitInfo.GetCompiledMethodCount();
+        Run(3, out _, out _);
+    } while (warm.Elapsed.TotalSeconds < 15 && (warm.Elapsed.TotalSeconds < 1 || System.Runtime.JitInfo.GetCompiledMethodCount() != compiled));
     Run(steps, out double prefill, out double decode);
     double perStep = decode / steps;
     Console.WriteLine(string.Join(',', "llama.cpp", Path.GetFileName(path), threads, batch, prompt, steps,

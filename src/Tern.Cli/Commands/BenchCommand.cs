@@ -148,7 +148,8 @@ internal static class BenchCommand
                             var ids = Enumerable.Range(0, batch)
                                 .Select(_ => (IReadOnlyList<int>)Enumerable.Range(0, prompt).Select(_ => random.Next(model.Info.VocabSize)).ToArray()).ToArray();
                             var options = new GenerationOptions { MaxNewTokens = steps, IgnoreEos = true, UseCudaGraphs = !r.GetValue(noGraphs), PrefillChunk = r.GetValue(prefillChunk) }.WithKvPolicy(policy);
-                            generator.GenerateTokens(ids, options with { MaxNewTokens = 3 }); // warm-up: kernels, allocator, plans
+                            // Warm-up: kernels, allocator, plans, and the JIT's compiled code.
+                            WarmUp.UntilSteady(() => generator.GenerateTokens(ids, options with { MaxNewTokens = Math.Min(steps, 16) }));
                             var result = generator.GenerateTokens(ids, options);
                             long used = DeviceReport.UsedBytes(device);
                             var s = result.Stats;

@@ -51,7 +51,7 @@ internal static class JsonBenchCommand
             {
                 var prompts = Enumerable.Range(0, batch).Select(i => tokenizer!.Encode($"Record {i} as JSON:")).ToArray();
                 var plain = new GenerationOptions { MaxNewTokens = steps, IgnoreEos = true, Temperature = 1, Seed = 1 };
-                generator.GenerateTokens(prompts, plain with { MaxNewTokens = 3 }); // warm-up
+                WarmUp.UntilSteady(() => generator.GenerateTokens(prompts, plain with { MaxNewTokens = 3 }));
                 double unconstrained = Enumerable.Range(0, 3).Min(_ => generator.GenerateTokens(prompts, plain).Stats.DecodeMillisecondsPerStep);
                 // A constraint of its own computes each mask once (its first run), then finds them cached (the runs after). A
                 // sequence ends with its document (the mask then allows only EOS), so constrained runs may step less; the cost is per step.
