@@ -71,8 +71,18 @@ internal static unsafe partial class CpuKernels
                         scores[j] = s;
                         if (s > max) max = s;
                     }
-                    float sum = 0f;
-                    for (int j = 0; j < n; j++) sum += scores[j] = MathF.Exp(scores[j] - max);
+                    // exp(s − max) eight scores at a time (a scalar exp a score was ~⅕ of a batch-8 step at a 256 context).
+                    var maxes = Vector256.Create(max);
+                    var sums = Vector256<float>.Zero;
+                    int e = 0;
+                    for (; e + 8 <= n; e += 8)
+                    {
+                        var p = Vector256.Exp(Vector256.Load(scores + e) - maxes);
+                        p.Store(scores + e);
+                        sums += p;
+                    }
+                    float sum = Vector256.Sum(sums);
+                    for (; e < n; e++) sum += scores[e] = MathF.Exp(scores[e] - max);
                     for (int i = 0; i < d; i += 8) Vector256<float>.Zero.Store(acc + i);
                     for (int j = 0; j < n; j++)
                     {

@@ -157,11 +157,23 @@ internal static unsafe partial class CpuKernels
             {
                 byte* g = GateUp + r * 2 * n * T.Size, u = g + n * T.Size, y = Y + r * n * T.Size;
                 int i = 0;
-                if (Kind == 1)
-                    for (; i + 8 <= n; i += 8) T.Store8(Vector256.Max(T.Load8(g, i), Vector256<float>.Zero) * T.Load8(u, i), y, i);
+                for (; i + 8 <= n; i += 8) T.Store8(T.Round8(Activate8(T.Load8(g, i), Kind)) * T.Load8(u, i), y, i);
                 for (; i < n; i++) T.Store(T.Round(Activate(T.Load(g, i), Kind)) * T.Load(u, i), y, i);
             }
         }
+    }
+
+    /// <summary><see cref="Activate"/> of eight values at once (vectorised exp: a scalar exp a neuron was ~1.4 ms of a
+    /// batch-8 SiLU step of the default model's shape).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector256<float> Activate8(Vector256<float> g, int kind)
+    {
+        var one = Vector256.Create(1f);
+        if (kind == 1) return Vector256.Max(g, Vector256<float>.Zero);
+        if (kind == 0) return g / (one + Vector256.Exp(-g));
+        // gelu (tanh): 0.5·g·(1 + tanh(u)) = g·(1 − 1 / (exp(2u) + 1)); exp's overflow to ∞ gives g, its underflow 0.
+        var u = Vector256.Create(0.7978845608028654f) * (g + Vector256.Create(0.044715f) * g * g * g);
+        return g * (one - one / (Vector256.Exp(u + u) + one));
     }
 
     static float Activate(float g, int kind) => kind switch
