@@ -1,3 +1,5 @@
+using System.Runtime.CompilerServices;
+
 namespace Tern.Interop;
 
 /// <summary>
@@ -63,17 +65,25 @@ internal sealed class CoreTeam
         }
     }
 
-    /// <summary>Runs <paramref name="range"/>(from, to) over [0, <paramref name="count"/>) cut into a part per thread, each
-    /// bound a multiple of <paramref name="align"/> (the last part takes the rest); empty parts are skipped.</summary>
+    /// <summary>Runs <paramref name="range"/>(from, to) over [0, <paramref name="count"/>) cut into chunks whose bounds are
+    /// multiples of <paramref name="align"/> (the last chunk takes the rest), <see cref="ChunksPerThread"/> a thread, each thread
+    /// taking the next chunk until none is left: a worker that starts late (woken, or its core briefly taken on a shared VM)
+    /// leaves its chunks to the others instead of keeping the caller waiting for a fixed half (~25 µs a split on average, a
+    /// sixth of the default model's batch-1 step, when each thread had one part).</summary>
     public void Split(long count, long align, Action<long, long> range)
     {
-        int parts = Size;
-        Run(p =>
+        long chunks = Size * ChunksPerThread, chunk = ((count + chunks - 1) / chunks + align - 1) / align * align;
+        var next = new StrongBox<long>(0);
+        Run(_ =>
         {
-            long from = count * p / parts / align * align, to = p == parts - 1 ? count : count * (p + 1) / parts / align * align;
-            if (to > from) range(from, to);
+            for (long from; (from = (Interlocked.Increment(ref next.Value) - 1) * chunk) < count;)
+                range(from, Math.Min(count, from + chunk));
         });
     }
+
+    /// <summary>Chunks a thread's share of a <see cref="Split"/> is cut into: enough to even out a late start, few enough that
+    /// each stays long next to taking it (a decode step's products: tens of microseconds a chunk).</summary>
+    const int ChunksPerThread = 4;
 
     void Work(int part)
     {
