@@ -83,7 +83,7 @@ internal sealed class CoreTeam
 
     /// <summary>Chunks a thread's share of a <see cref="Split"/> is cut into: enough to even out a late start, few enough that
     /// each stays long next to taking it (a decode step's products: tens of microseconds a chunk).</summary>
-    const int ChunksPerThread = 4;
+    internal const int ChunksPerThread = 4;
 
     void Work(int part)
     {

@@ -2,8 +2,8 @@ using Tern.Interop;
 
 namespace Tern.Tests.Runtime;
 
-/// <summary>The CPU kernels' team of threads: every part runs once a run, on as many threads as the team has; a part's
-/// exception reaches the caller and the team keeps working.</summary>
+/// <summary>The CPU kernels' team of threads: every part runs once a run, on as many threads as the team has; a split covers its
+/// range once in aligned chunks, a few a thread; a part's exception reaches the caller and the team keeps working.</summary>
 public class CoreTeamTests
 {
     [Fact]
@@ -19,7 +19,7 @@ public class CoreTeamTests
     [InlineData(2072, 16)]
     [InlineData(5, 1)]
     [InlineData(1, 8)]
-    public void SplitCoversTheRangeOnceInAlignedParts(long count, long align)
+    public void SplitCoversTheRangeOnceInAlignedChunks(long count, long align)
     {
         var covered = new int[count];
         var bounds = new System.Collections.Concurrent.ConcurrentBag<(long From, long To)>();
@@ -30,7 +30,7 @@ public class CoreTeamTests
         });
         Assert.All(covered, c => Assert.Equal(1, c));
         Assert.All(bounds, b => Assert.True(b.To > b.From && b.From % align == 0, $"[{b.From}, {b.To})"));
-        Assert.True(bounds.Count <= CoreTeam.Shared.Size);
+        Assert.True(bounds.Count <= CoreTeam.Shared.Size * CoreTeam.ChunksPerThread);
     }
 
     [Fact]
