@@ -347,13 +347,20 @@ internal static unsafe partial class CpuKernels
             // from five), so that more of each cycle's two loads feed the FMAs.
             bool pair = j + 1 < to;
             byte* w1 = pair ? w + k * T.Size : w;
+            // The first pass over x's rows also prefetches the pair PrefetchPairs ahead, a line an iteration (the pair's 2·k
+            // elements over its k / 8 iterations): the passes after it read the pair from L1 and let memory idle, and past one
+            // row of x the hardware prefetcher alone left the weight stream at ~11–17 GB/s where one row reached 30 (the default
+            // model's products at 2–8 rows, alternating in one process: 25–36% faster).
+            byte* ahead = j + 2 * PrefetchPairs + 1 < to ? w + 2 * PrefetchPairs * k * T.Size : w;
             for (long r = 0; r < m; r += 4)
             {
                 long rows = Math.Min(4, m - r);
                 float* x0 = x + r * k, x1 = x0 + (rows > 1 ? k : 0), x2 = x0 + (rows > 2 ? 2 * k : 0), x3 = x0 + (rows > 3 ? 3 * k : 0);
                 Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default, b0 = default, b1 = default, b2 = default, b3 = default;
+                byte* prefetch = r == 0 ? ahead : w;
                 for (long i = 0; i < vectorEnd; i += 8)
                 {
+                    if (System.Runtime.Intrinsics.X86.Sse.IsSupported) System.Runtime.Intrinsics.X86.Sse.Prefetch1(prefetch + i * 2 * T.Size);
                     var wv = Load8<T>(w, i);
                     var wu = Load8<T>(w1, i);
                     var v0 = Vector256.Load(x0 + i);
@@ -383,6 +390,10 @@ internal static unsafe partial class CpuKernels
             if (pair) j++;
         }
     }
+
+    /// <summary>How many pairs of weight rows ahead <see cref="Rows{T}"/> prefetches (into L2: a pair of the 1.1B shape's rows is
+    /// 16 KB in fp32).</summary>
+    const long PrefetchPairs = 2;
 
     /// <summary>Up to four sums into one column of consecutive rows of a row-major output (row stride <paramref name="n"/>).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
