@@ -62,15 +62,33 @@ internal static unsafe partial class CpuKernels
                 for (int g = 0; g < Groups; g++)
                 {
                     long qRow = b * QueryBatch + h * QueryHead + g * QueryGroup, yRow = (r * Groups + g) * d;
-                    float max = float.NegativeInfinity;
-                    for (int j = 0; j < n; j++)
+                    // Four keys at a time, each its own sum (one key's FMAs form a chain of D / 8 latencies; four chains overlap).
+                    int j = 0;
+                    for (; j + 4 <= n; j += 4)
+                    {
+                        Vector256<float> d0 = default, d1 = default, d2 = default, d3 = default;
+                        long k0 = (long)j * d;
+                        for (int i = 0; i < d; i += 8)
+                        {
+                            var qv = T.Load8(Q, qRow + i);
+                            d0 = Vector256.FusedMultiplyAdd(qv, T.Load8(k, k0 + i), d0);
+                            d1 = Vector256.FusedMultiplyAdd(qv, T.Load8(k, k0 + d + i), d1);
+                            d2 = Vector256.FusedMultiplyAdd(qv, T.Load8(k, k0 + 2 * d + i), d2);
+                            d3 = Vector256.FusedMultiplyAdd(qv, T.Load8(k, k0 + 3 * d + i), d3);
+                        }
+                        scores[j] = Vector256.Sum(d0) * Scale;
+                        scores[j + 1] = Vector256.Sum(d1) * Scale;
+                        scores[j + 2] = Vector256.Sum(d2) * Scale;
+                        scores[j + 3] = Vector256.Sum(d3) * Scale;
+                    }
+                    for (; j < n; j++)
                     {
                         var dot = Vector256<float>.Zero;
                         for (int i = 0; i < d; i += 8) dot = Vector256.FusedMultiplyAdd(T.Load8(Q, qRow + i), T.Load8(k, (long)j * d + i), dot);
-                        float s = Vector256.Sum(dot) * Scale;
-                        scores[j] = s;
-                        if (s > max) max = s;
+                        scores[j] = Vector256.Sum(dot) * Scale;
                     }
+                    float max = float.NegativeInfinity;
+                    for (j = 0; j < n; j++) max = MathF.Max(max, scores[j]);
                     // exp(s − max) eight scores at a time (a scalar exp a score was ~⅕ of a batch-8 step at a 256 context).
                     var maxes = Vector256.Create(max);
                     var sums = Vector256<float>.Zero;
@@ -83,14 +101,41 @@ internal static unsafe partial class CpuKernels
                     }
                     float sum = Vector256.Sum(sums);
                     for (; e < n; e++) sum += scores[e] = MathF.Exp(scores[e] - max);
+                    var inverse = Vector256.Create(1f / sum);
+                    if (d % 64 == 0)
+                    {
+                        // 64 output columns at a time in registers, keys in order (the same sums as below, without a store and
+                        // reload between keys).
+                        for (int i = 0; i < d; i += 64)
+                        {
+                            Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default, a4 = default, a5 = default, a6 = default, a7 = default;
+                            for (j = 0; j < n; j++)
+                            {
+                                var p = Vector256.Create(scores[j]);
+                                long row = (long)j * d + i;
+                                a0 = Vector256.FusedMultiplyAdd(p, T.Load8(v, row), a0);
+                                a1 = Vector256.FusedMultiplyAdd(p, T.Load8(v, row + 8), a1);
+                                a2 = Vector256.FusedMultiplyAdd(p, T.Load8(v, row + 16), a2);
+                                a3 = Vector256.FusedMultiplyAdd(p, T.Load8(v, row + 24), a3);
+                                a4 = Vector256.FusedMultiplyAdd(p, T.Load8(v, row + 32), a4);
+                                a5 = Vector256.FusedMultiplyAdd(p, T.Load8(v, row + 40), a5);
+                                a6 = Vector256.FusedMultiplyAdd(p, T.Load8(v, row + 48), a6);
+                                a7 = Vector256.FusedMultiplyAdd(p, T.Load8(v, row + 56), a7);
+                            }
+                            T.Store8(a0 * inverse, Y, yRow + i); T.Store8(a1 * inverse, Y, yRow + i + 8);
+                            T.Store8(a2 * inverse, Y, yRow + i + 16); T.Store8(a3 * inverse, Y, yRow + i + 24);
+                            T.Store8(a4 * inverse, Y, yRow + i + 32); T.Store8(a5 * inverse, Y, yRow + i + 40);
+                            T.Store8(a6 * inverse, Y, yRow + i + 48); T.Store8(a7 * inverse, Y, yRow + i + 56);
+                        }
+                        continue;
+                    }
                     for (int i = 0; i < d; i += 8) Vector256<float>.Zero.Store(acc + i);
-                    for (int j = 0; j < n; j++)
+                    for (j = 0; j < n; j++)
                     {
                         var p = Vector256.Create(scores[j]);
                         for (int i = 0; i < d; i += 8)
                             Vector256.FusedMultiplyAdd(p, T.Load8(v, (long)j * d + i), Vector256.Load(acc + i)).Store(acc + i);
                     }
-                    var inverse = Vector256.Create(1f / sum);
                     for (int i = 0; i < d; i += 8) T.Store8(Vector256.Load(acc + i) * inverse, Y, yRow + i);
                 }
             }

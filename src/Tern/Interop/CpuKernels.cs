@@ -361,8 +361,8 @@ internal static unsafe partial class CpuKernels
                 for (long i = 0; i < vectorEnd; i += 8)
                 {
                     if (System.Runtime.Intrinsics.X86.Sse.IsSupported) System.Runtime.Intrinsics.X86.Sse.Prefetch1(prefetch + i * 2 * T.Size);
-                    var wv = Load8<T>(w, i);
-                    var wu = Load8<T>(w1, i);
+                    var wv = T.Load8(w, i);
+                    var wu = T.Load8(w1, i);
                     var v0 = Vector256.Load(x0 + i);
                     a0 = Vector256.FusedMultiplyAdd(wv, v0, a0);
                     b0 = Vector256.FusedMultiplyAdd(wu, v0, b0);
@@ -468,7 +468,7 @@ internal static unsafe partial class CpuKernels
     static void WidenRange(ushort* source, float* destination, long from, long to)
     {
         long i = from;
-        for (; i + 8 <= to; i += 8) Widen8(source + i).Store(destination + i);
+        for (; i + 8 <= to; i += 8) Bf16.Load8((byte*)source, i).Store(destination + i);
         for (; i < to; i++) destination[i] = Bf16.Load((byte*)source, i);
     }
 
@@ -480,28 +480,16 @@ internal static unsafe partial class CpuKernels
         long i = 0;
         for (; i + 32 <= k; i += 32)
         {
-            a0 = Vector256.FusedMultiplyAdd(Load8<T>(w, i), Vector256.Load(x + i), a0);
-            a1 = Vector256.FusedMultiplyAdd(Load8<T>(w, i + 8), Vector256.Load(x + i + 8), a1);
-            a2 = Vector256.FusedMultiplyAdd(Load8<T>(w, i + 16), Vector256.Load(x + i + 16), a2);
-            a3 = Vector256.FusedMultiplyAdd(Load8<T>(w, i + 24), Vector256.Load(x + i + 24), a3);
+            a0 = Vector256.FusedMultiplyAdd(T.Load8(w, i), Vector256.Load(x + i), a0);
+            a1 = Vector256.FusedMultiplyAdd(T.Load8(w, i + 8), Vector256.Load(x + i + 8), a1);
+            a2 = Vector256.FusedMultiplyAdd(T.Load8(w, i + 16), Vector256.Load(x + i + 16), a2);
+            a3 = Vector256.FusedMultiplyAdd(T.Load8(w, i + 24), Vector256.Load(x + i + 24), a3);
         }
-        for (; i + 8 <= k; i += 8) a0 = Vector256.FusedMultiplyAdd(Load8<T>(w, i), Vector256.Load(x + i), a0);
+        for (; i + 8 <= k; i += 8) a0 = Vector256.FusedMultiplyAdd(T.Load8(w, i), Vector256.Load(x + i), a0);
         float sum = Vector256.Sum((a0 + a1) + (a2 + a3));
         for (; i < k; i++) sum += T.Load(w, i) * x[i];
         return sum;
     }
-
-    /// <summary>Eight weights as fp32: loaded (fp32) or widened with AVX2's one-instruction zero-extending load (bf16).</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static Vector256<float> Load8<T>(byte* w, long i) where T : struct, IElement =>
-        typeof(T) == typeof(Bf16) ? Widen8((ushort*)w + i) : T.Load8(w, i);
-
-    /// <summary>Eight bf16 values widened to fp32: AVX2's zero-extending load is one instruction (the portable widening
-    /// made the 1.1B shape's batch-1 step 1.6× slower).</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static Vector256<float> Widen8(ushort* p) => System.Runtime.Intrinsics.X86.Avx2.IsSupported
-        ? System.Runtime.Intrinsics.X86.Avx2.ShiftLeftLogical(System.Runtime.Intrinsics.X86.Avx2.ConvertToVector256Int32(p), 16).AsSingle()
-        : Bf16.Load8((byte*)p, 0);
 
     /// <summary>Whether the CPU has bf16 arithmetic (AVX512_BF16: CPUID leaf 7, sub-leaf 1, EAX bit 5), which MKL's bf16 GEMM
     /// uses; without it MKL emulates it slowly and <see cref="WidenedProducts"/> takes its place.</summary>
@@ -643,9 +631,12 @@ internal static unsafe partial class CpuKernels
     {
         public static int Size => 2;
 
+        /// <summary>AVX2's zero-extending load is one instruction: the portable widening made the 1.1B shape's batch-1 step
+        /// 1.6× slower, and the decode attention over a bf16 cache 1.2–1.3× (every kernel reads bf16 through here).</summary>
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static Vector256<float> Load8(byte* p, long index) =>
-            Vector256.ShiftLeft(Vector256.WidenLower(Vector128.Load((ushort*)p + index).ToVector256Unsafe()), 16).AsSingle();
+        public static Vector256<float> Load8(byte* p, long index) => System.Runtime.Intrinsics.X86.Avx2.IsSupported
+            ? System.Runtime.Intrinsics.X86.Avx2.ShiftLeftLogical(System.Runtime.Intrinsics.X86.Avx2.ConvertToVector256Int32((ushort*)p + index), 16).AsSingle()
+            : Vector256.ShiftLeft(Vector256.WidenLower(Vector128.Load((ushort*)p + index).ToVector256Unsafe()), 16).AsSingle();
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static void Store8(Vector256<float> v, byte* p, long index)

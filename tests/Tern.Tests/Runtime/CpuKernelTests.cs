@@ -97,19 +97,21 @@ public class CpuKernelTests
     }
 
     [Theory]
-    [InlineData("fp32", 1, 1, 1, false)]      // one cached entry
-    [InlineData("fp32", 1, 1, 200, false)]
-    [InlineData("fp32", 2, 3, 700, false)]    // grouped queries, rows, split over the cores
-    [InlineData("bf16", 1, 1, 200, false)]
-    [InlineData("bf16", 2, 3, 700, false)]
-    [InlineData("fp32", 3, 2, 300, true)]     // q read in place from a step's fused [q | k | v] projection
-    [InlineData("bf16", 3, 2, 300, true)]
-    public void UnmaskedDecodeAttentionMatchesSdpaOverACachesView(string typeName, int rows, int groups, int length, bool projectionView)
+    [InlineData("fp32", 1, 1, 1, false, 64)]      // one cached entry
+    [InlineData("fp32", 1, 1, 200, false, 64)]
+    [InlineData("fp32", 2, 3, 700, false, 64)]    // grouped queries, rows, split over the cores
+    [InlineData("bf16", 1, 1, 200, false, 64)]
+    [InlineData("bf16", 2, 3, 700, false, 64)]
+    [InlineData("fp32", 3, 2, 300, true, 64)]     // q read in place from a step's fused [q | k | v] projection
+    [InlineData("bf16", 3, 2, 300, true, 64)]
+    [InlineData("fp32", 2, 2, 203, false, 40)]    // a head size that is no multiple of 64; keys not a multiple of 4
+    [InlineData("bf16", 1, 1, 6, false, 128)]
+    public void UnmaskedDecodeAttentionMatchesSdpaOverACachesView(string typeName, int rows, int groups, int length, bool projectionView, int dim)
     {
         using var scope = torch.NewDisposeScope();
         using var noGrad = torch.no_grad();
         var type = TypeOf(typeName);
-        const int kvHeads = 2, dim = 64, capacity = 1024;
+        const int kvHeads = 2, capacity = 1024;
         // A cache's first `length` slots: rows of D contiguous, heads and batch rows at the capacity's strides.
         var keys = Random(type, rows, kvHeads, capacity, dim).narrow(2, 0, length);
         var values = (Random(type, rows, kvHeads, capacity, dim) * 2).narrow(2, 0, length);
