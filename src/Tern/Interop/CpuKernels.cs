@@ -421,7 +421,10 @@ internal static unsafe partial class CpuKernels
                 // The weight widened a tile of rows at a time into a buffer per core that stays in cache, each tile multiplied
                 // at once (MKL sequential in each core's part): widening the whole weight first wrote its fp32 copy to memory and
                 // read it back, 8 bytes a weight beyond the 2 read (bf16 prefill 0.78–0.86× fp32's with it).
-                long tile = Math.Max(16, WidenedTileBytes / (4 * k) / 16 * 16);
+                // Each tile's GEMM packs all of x again: past 64 rows of x the tiles grow to 4 MB (in L3), so that packing stays
+                // small next to the products (the 1.1B shape's 512-token bf16 prefill: 8.0–8.6 s with 32-row tiles, 6.3–6.5 with
+                // 512 rows, fp32 6.6).
+                long tile = Math.Max(16, (m > 64 ? LargeWidenedTileBytes : WidenedTileBytes) / (4 * k) / 16 * 16);
                 nint pxs = (nint)px, pw = (nint)weight, pa = (nint)accumulated;
                 CoreTeam.Shared.Split(n, 16, (from, to) => MklSequential(() =>
                 {
@@ -449,8 +452,8 @@ internal static unsafe partial class CpuKernels
         }
     }
 
-    // A widened weight tile's bytes: within a core's share of L2 beside the tile of x MKL packs.
-    const long WidenedTileBytes = 256 << 10;
+    // A widened weight tile's bytes: within a core's share of L2 beside the tile of x MKL packs; past 64 rows of x, in L3.
+    const long WidenedTileBytes = 256 << 10, LargeWidenedTileBytes = 4 << 20;
 
     /// <summary>count bf16 values widened to fp32, split over the cores when there are many.</summary>
     static void Widen(ushort* source, float* destination, long count)
