@@ -164,6 +164,7 @@ public class CpuKernelTests
     [InlineData(7, false, true, 72)]
     [InlineData(6, true, true, 75)] // a width that is not a whole number of vectors
     [InlineData(40, true, true, 72)] // a prefill: widened to fp32
+    [InlineData(80, false, true, 72)] // a prefill past 64 rows: larger widened tiles
     public void Bf16LinearMatchesTheComposite(int rows, bool withBias, bool withResidual, int width)
     {
         using var scope = torch.NewDisposeScope();
