@@ -68,7 +68,7 @@ internal sealed class CoreTeam
     /// <summary>Runs <paramref name="range"/>(from, to) over [0, <paramref name="count"/>) cut into chunks whose bounds are
     /// multiples of <paramref name="align"/> (the last chunk takes the rest), <see cref="ChunksPerThread"/> a thread, each thread
     /// taking the next chunk until none is left: a worker that starts late (woken, or its core briefly taken on a shared VM)
-    /// leaves its chunks to the others instead of keeping the caller waiting for a fixed half (~25 µs a split on average, a
+    /// leaves its chunks to the others instead of keeping the caller waiting for a fixed half (~30 µs a split on average, a
     /// sixth of the default model's batch-1 step, when each thread had one part).</summary>
     public void Split(long count, long align, Action<long, long> range)
     {

@@ -89,7 +89,7 @@ internal static unsafe partial class CpuKernels
                     }
                     float max = float.NegativeInfinity;
                     for (j = 0; j < n; j++) max = MathF.Max(max, scores[j]);
-                    // exp(s − max) eight scores at a time (a scalar exp a score was ~⅕ of a batch-8 step at a 256 context).
+                    // exp(s − max) eight scores at a time (scalar exps here and in SiLU were ~9% of the default model's batch-8 step).
                     var maxes = Vector256.Create(max);
                     var sums = Vector256<float>.Zero;
                     int e = 0;

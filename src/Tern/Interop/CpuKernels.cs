@@ -163,8 +163,8 @@ internal static unsafe partial class CpuKernels
         }
     }
 
-    /// <summary><see cref="Activate"/> of eight values at once (vectorised exp: a scalar exp a neuron was ~1.4 ms of a
-    /// batch-8 SiLU step of the default model's shape).</summary>
+    /// <summary><see cref="Activate"/> of eight values at once (vectorised exp: scalar exps here and in the decode softmax were
+    /// ~9% of the default model's batch-8 SiLU step).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static Vector256<float> Activate8(Vector256<float> g, int kind)
     {
@@ -350,7 +350,7 @@ internal static unsafe partial class CpuKernels
             // The first pass over x's rows also prefetches the pair PrefetchPairs ahead, a line an iteration (the pair's 2·k
             // elements over its k / 8 iterations): the passes after it read the pair from L1 and let memory idle, and past one
             // row of x the hardware prefetcher alone left the weight stream at ~11–17 GB/s where one row reached 30 (the default
-            // model's products at 2–8 rows, alternating in one process: 25–36% faster).
+            // model's products at 2–8 rows, alternating in one process: fp32 25–36% faster, bf16 7–10%).
             byte* ahead = j + 2 * PrefetchPairs + 1 < to ? w + 2 * PrefetchPairs * k * T.Size : w;
             for (long r = 0; r < m; r += 4)
             {
@@ -422,8 +422,8 @@ internal static unsafe partial class CpuKernels
                 // at once (MKL sequential in each core's part): widening the whole weight first wrote its fp32 copy to memory and
                 // read it back, 8 bytes a weight beyond the 2 read (bf16 prefill 0.78–0.86× fp32's with it).
                 // Each tile's GEMM packs all of x again: past 64 rows of x the tiles grow to 4 MB (in L3), so that packing stays
-                // small next to the products (the 1.1B shape's 512-token bf16 prefill: 8.0–8.6 s with 32-row tiles, 6.3–6.5 with
-                // 512 rows, fp32 6.6).
+                // small next to the products (the 1.1B shape's 512-token bf16 prefill: 8.0–8.6 s with 32-row tiles, 6.3–6.6 with
+                // 512 rows; fp32 6.1–8.8 in the same minutes).
                 long tile = Math.Max(16, (m > 64 ? LargeWidenedTileBytes : WidenedTileBytes) / (4 * k) / 16 * 16);
                 nint pxs = (nint)px, pw = (nint)weight, pa = (nint)accumulated;
                 CoreTeam.Shared.Split(n, 16, (from, to) => MklSequential(() =>
