@@ -7,8 +7,8 @@ namespace Tern.Cli.Commands;
 /// Warm-up before a timed run, to the steady state a long generation or a server runs in: rounds repeat until at least
 /// <see cref="Least"/> has passed and a whole round compiled no method. .NET compiles hot methods again in the background
 /// (tiered compilation: after a 100 ms call-counting delay, with an instrumented tier between), and on two cores that thread
-/// took a core from the decode step: the default model's 128-token decode on the CPU ran 3.2–6.1 ms a step in the process's
-/// first seconds and 2.8–3.2 once compiled (bench/README.md). A few warm-up steps ended long before that.
+/// took a core from the decode step: the default model's 128-token decode on the CPU ran 3.2–6.1 ms a step in a process's first
+/// runs, 2.8–3.2 with tiered compilation off (bench/README.md). A few warm-up steps ended long before that.
 /// </summary>
 internal static class WarmUp
 {

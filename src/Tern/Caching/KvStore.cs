@@ -85,8 +85,9 @@ internal abstract class KvStore : IDisposable
     /// <paramref name="slots"/> [B,H,1] of each row and head.</summary>
     internal static void ScatterTensor(Tensor storage, Tensor slots, Tensor entries)
     {
-        var index = slots.reshape(slots.shape.Concat(Enumerable.Repeat(1L, storage.shape.Length - 3)).ToArray()).expand(entries.shape);
-        storage.scatter_(2, index, entries);
+        var index = slots;
+        for (long d = 3; d < storage.dim(); d++) index = index.unsqueeze(-1); // [B,H,1] → [B,H,1,1…]
+        storage.scatter_(2, index.expand_as(entries), entries);
     }
 
     /// <summary>Gathers slots <paramref name="order"/> [B,H,n] of <paramref name="storage"/> [B,H,capacity,...] into its front.</summary>

@@ -256,7 +256,7 @@ public sealed class LayerKvCache : IDisposable
     {
         this.keys.WriteAt(at, keys);
         this.values.WriteAt(at, values);
-        Positions.scatter_(2, at, positions.unsqueeze(1).expand(at.shape));
+        Positions.scatter_(2, at, positions.unsqueeze(1).expand_as(at));
         HasHoles = true;
         AttendedKeysStale = true;
         Rewrites++;
@@ -364,7 +364,7 @@ public sealed class LayerKvCache : IDisposable
         keep = keep & ActivePositions.ge(0);
         int newLength = keptPerRow ?? (int)keep.sum(-1).max().item<long>();
         // Stable compaction: kept slots first, in slot order.
-        var slot = torch.arange(Length, ScalarType.Int64, keep.device).expand(keep.shape);
+        var slot = torch.arange(Length, ScalarType.Int64, keep.device).expand_as(keep);
         var order = torch.where(keep, slot, slot + Length).argsort(-1).narrow(-1, 0, newLength);
         var keptFlags = keep.gather(-1, order);
         var positions = torch.where(keptFlags, ActivePositions.gather(-1, order), torch.tensor(-1L, device: keep.device));

@@ -145,7 +145,7 @@ public sealed class ModalRecurrence : IDisposable
         // Powers in fp64, the product in the state's precision: the carry is as large as the step's outputs.
         var carried = (Tied(Residues, state.dim() - 1) * state).reshape(b, state.size(1), -1, state.size(-1)); // [B, C, K, S]
         var carry = carried.real.matmul(re.to(OutputType)) - carried.imag.matmul(im.to(OutputType));   // Re Σ_n R s λ^e, [B, C, K, T]
-        y = y + carry.view(y.shape).to(y.dtype);
+        y = y + carry.view_as(y).to(y.dtype);
         var (decayRe, decayIm) = ModalFilters.PowersOf(Poles, p.neg() + t);                             // λ^{T−p}, [B, C, S, 1]
         var decay = torch.complex(decayRe, decayIm).view(new[] { b, state.size(1) }.Concat(Enumerable.Repeat(1L, (int)state.dim() - 3)).Append(state.size(-1)).ToArray());
         state.copy_((decay * state.to(ScalarType.ComplexFloat64)).to(StateType) + Prefill(input));

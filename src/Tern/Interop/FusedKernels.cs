@@ -286,7 +286,7 @@ internal static unsafe partial class FusedKernels
             || !Selection(rows, x) || rows.NumberOfElements / k != x.NumberOfElements / inputs) return false;
         if (bias is not null && (!bias.is_contiguous() || bias.dtype != x.dtype)) return false;
         long tokens = x.NumberOfElements / inputs;
-        y = torch.empty(rows.shape, x.dtype, x.device);
+        y = torch.empty_like(rows, x.dtype);
         IntPtr py = Ptr(y), pw = Ptr(weight), px = Ptr(x), pb = bias is null ? IntPtr.Zero : Ptr(bias), pr = Ptr(rows);
         void** args = stackalloc void*[] { &py, &pw, &px, &pb, &pr, &tokens, &k, &inputs, &kind, &up };
         const int warpsPerBlock = 8;
@@ -313,7 +313,7 @@ internal static unsafe partial class FusedKernels
         int t = TypeIndex(a.dtype), vec = 16 / (int)a.ElementSize;
         bool transposed = StoredTransposed(weight) && Vectorizable(a, outputs);
         if (!transposed && !(weight.is_contiguous() && run % vec == 0 && kc % vec == 0 && Vectorizable(a, inputs))) return false;
-        y = torch.empty(residual.shape, a.dtype, a.device);
+        y = torch.empty_like(residual);
         IntPtr stream = LibTorchCuda.CurrentRawStream();
         IntPtr py = Ptr(y), pw = Ptr(weight), pa = Ptr(a), pc = Ptr(columns), pb = bias is null ? IntPtr.Zero : Ptr(bias), pr = Ptr(residual);
         if (transposed)

@@ -3,7 +3,8 @@ using static TorchSharp.torch;
 
 namespace Tern.Interop;
 
-/// <summary>Raw addresses of tensor memory (libtorch's <c>data_ptr()</c>, storage offset included), for kernels and copies.</summary>
+/// <summary>Raw addresses of tensor memory (libtorch's <c>data_ptr()</c>, storage offset included), for kernels and copies, and
+/// the shapes of kernels' outputs.</summary>
 internal static partial class TensorMemory
 {
     [LibraryImport("LibTorchSharp", EntryPoint = "THSTensor_data")]

@@ -56,7 +56,7 @@ internal sealed record Linear(Tensor Weight, Tensor? Bias) : IDisposable
         long n = rows.size(0) * rows.size(1), k = rows.size(2);
         var y = x.reshape(n, 1, -1).matmul(Weight.index_select(0, rows.flatten()).view(n, k, -1).transpose(1, 2));
         if (Bias is not null) y = y + Bias.index_select(0, rows.flatten()).view(n, 1, k);
-        return y.view(rows.shape);
+        return y.view_as(rows);
     }
 
     /// <summary>residual + a·W[:, columns]ᵀ + b: <paramref name="a"/> [B, T, k] holds the values of the inputs
@@ -68,7 +68,7 @@ internal sealed record Linear(Tensor Weight, Tensor? Bias) : IDisposable
         if (Interop.FusedKernels.TryGatherColumnsAdd(a, Weight, Bias, columns, residual, run, out var fused)) return fused;
         long n = columns.size(0) * columns.size(1), k = columns.size(2);
         var y = a.reshape(n, 1, k).matmul(Weight.index_select(1, columns.flatten()).view(-1, n, k).permute(1, 2, 0));
-        return residual + (Bias is null ? y : y + Bias).view(residual.shape);
+        return residual + (Bias is null ? y : y + Bias).view_as(residual);
     }
 
     public void Dispose()

@@ -373,18 +373,16 @@ public sealed class HyenaOperator : IDisposable
     Tensor PreGate(Tensor k, Tensor v)
     {
         if (Options.Heads == 0) return k * v;
-        var shape = HeadShape(k);
-        return k.view(shape).unsqueeze(3) * v.view(shape).unsqueeze(2);
+        return ByHead(k).unsqueeze(3) * ByHead(v).unsqueeze(2);
     }
 
     /// <summary>The output gate q = x_0 [B, D, rest…] on the mixed streams: Hyena's q ⊙ m, or MultiHyena's contraction over the
     /// k index y_j = Σ_i q_i W[i, j] (pitfall 7: a matrix–vector product), back to [B, D, rest…].</summary>
     Tensor PostGate(Tensor q, Tensor mixed) =>
-        Options.Heads == 0 ? q * mixed : (q.view(HeadShape(q)).unsqueeze(3) * mixed).sum(2).reshape(q.shape);
+        Options.Heads == 0 ? q * mixed : (ByHead(q).unsqueeze(3) * mixed).sum(2).flatten(1, 2);
 
-    /// <summary>[B, D, rest…] as [B, M, N, rest…].</summary>
-    long[] HeadShape(Tensor x) =>
-        new[] { x.size(0), Options.Heads, Options.Width / Options.Heads }.Concat(x.shape[2..]).ToArray();
+    /// <summary>[B, D, rest…] as [B, M, N, rest…] (a view).</summary>
+    Tensor ByHead(Tensor x) => x.unflatten(1, Options.Heads, Options.Width / Options.Heads);
 
     /// <summary>The skip β (order 2) as [C, 1…] to broadcast against a pre-gated tensor [B, C, …].</summary>
     Tensor Beta(Tensor pre) =>
