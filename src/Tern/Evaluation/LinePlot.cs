@@ -39,15 +39,19 @@ public static class LinePlot
             var ys = series.SelectMany(s => s.Y).Where(y => y > 0 && double.IsFinite(y)).ToArray();
             if (ys.Length > 0)
             {
-                var decades = Enumerable.Range((int)Math.Floor(Math.Log10(ys.Min())), (int)Math.Ceiling(Math.Log10(ys.Max())) - (int)Math.Floor(Math.Log10(ys.Min())) + 1).ToArray();
+                int low = (int)Math.Floor(Math.Log10(ys.Min())), high = (int)Math.Ceiling(Math.Log10(ys.Max()));
+                // 1, 2 and 5 of each decade while few decades are shown; powers of ten alone past that.
+                double[] steps = high - low <= 3 ? [1, 2, 5] : [1];
+                var ticks = Enumerable.Range(low, high - low + 1).SelectMany(d => steps.Select(m => m * Math.Pow(10, d)))
+                    .Where(t => t >= Math.Pow(10, low) && t <= Math.Pow(10, high)).ToArray();
                 plot.Axes.Left.TickGenerator = new ScottPlot.TickGenerators.NumericManual(
-                    decades.Select(d => (double)d).ToArray(), decades.Select(d => Math.Pow(10, d).ToString("#,0.###", System.Globalization.CultureInfo.InvariantCulture)).ToArray());
+                    ticks.Select(Math.Log10).ToArray(), ticks.Select(t => t.ToString("#,0.###", System.Globalization.CultureInfo.InvariantCulture)).ToArray());
             }
         }
         plot.Title(title);
         plot.XLabel(xLabel);
         plot.YLabel(yLabel);
-        plot.ShowLegend();
+        plot.ShowLegend(ScottPlot.Edge.Right); // outside the data area: it never hides points
         byte[] png = plot.GetImageBytes(width, height, ScottPlot.ImageFormat.Png);
         AtomicFile.Write(path, stream => stream.Write(png));
     }
