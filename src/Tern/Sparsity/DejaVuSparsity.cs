@@ -1,3 +1,4 @@
+using Tern.Interop;
 using Tern.Models;
 using Tern.Runtime;
 using TorchSharp;
@@ -198,6 +199,11 @@ public sealed class DejaVuSparsity : IContextualSparsity, IDisposable
         (batch.InputIds.size(1) != 1 && !options.EveryToken) || !(SparseMlp || SparseHeads) ? null // k = all: dense
             : new Step(this, batch.InputIds.size(0), batch.InputIds.size(1));
 
+    /// <summary>The indices of the <paramref name="k"/> largest scores of each row, int64 [.., k] ascending (the gather kernels
+    /// read rows in order): one selection kernel on CUDA, topk + sort elsewhere.</summary>
+    internal static Tensor TopKAscending(Tensor scores, int k) =>
+        FusedKernels.TryTopKAscending(scores, k, out var kept) ? kept : scores.topk(k, dim: -1).indexes.sort(dim: -1).Values;
+
     sealed class Step(DejaVuSparsity owner, long rows, long tokens) : ISparsityStep
     {
         // Predicted layers' logits [B, T, units], in the step's dispose scope.
@@ -252,7 +258,7 @@ public sealed class DejaVuSparsity : IContextualSparsity, IDisposable
                 SelectionRule.Oracle => truth(),
                 _ => torch.rand(new long[] { rows, tokens, units }, generator: owner.random),
             };
-            return scores.topk(k, dim: -1).indexes.sort(dim: -1).Values.to(device); // ascending: rows read in order
+            return TopKAscending(scores, k).to(device);
         }
     }
 }

@@ -52,8 +52,8 @@ public static class SparsityTiming
                 using var pass = torch.NewDisposeScope();
                 foreach (var layer in predictors.Layers)
                 {
-                    if (layer.Mlp is { } mlp && sparsity.ActiveNeurons < mlp.Outputs) layer.Mlp.Logits(x).topk(sparsity.ActiveNeurons, dim: -1);
-                    if (sparsity.ActiveHeads < layer.Heads.Outputs) layer.Heads.Logits(x).topk(sparsity.ActiveHeads, dim: -1);
+                    if (layer.Mlp is { } mlp && sparsity.ActiveNeurons < mlp.Outputs) DejaVuSparsity.TopKAscending(layer.Mlp.Logits(x), sparsity.ActiveNeurons);
+                    if (sparsity.ActiveHeads < layer.Heads.Outputs) DejaVuSparsity.TopKAscending(layer.Heads.Logits(x), sparsity.ActiveHeads);
                 }
             }) / layers;
 
