@@ -65,9 +65,8 @@ internal static class BenchCommand
                 var levels = r.GetValue(sweep) is { } spec ? SweepLevels(spec) : new[] { sparsity.Read(r) };
                 return Run(r, common, kv, levels, softPrompt, batches, prompts, newTokens, output, floor, label, noGraphs, prefillChunk);
             }
-            sparsity.RefuseWithOffload(r);
-            if (r.GetValue(sweep) is not null) throw new UsageException("--sparsity-sweep runs a model in memory; an offloaded model's stages run dense. Drop one of --sparsity-sweep and --offload.");
-            return RunOffloaded(r, common, offload, kv, softPrompt, prompts, newTokens, output, label, measureSteps);
+            if (r.GetValue(sweep) is not null) throw new UsageException("--sparsity-sweep runs its levels on one model in memory; with --offload, time one level with --sparsity.");
+            return RunOffloaded(r, common, offload, kv, sparsity, softPrompt, prompts, newTokens, output, label, measureSteps);
         });
         command.Subcommands.Add(ServeBenchCommand.Create());
         command.Subcommands.Add(JsonBenchCommand.Create());
@@ -188,7 +187,7 @@ internal static class BenchCommand
     /// steps (FlexGen's <c>project_decode_latency</c>) — under-counting a cache that slows as it grows, so the row says so.
     /// With <c>--soft-prompt</c> every block's prefill first runs the prompt alone over one row (timed with it).
     /// </summary>
-    static int RunOffloaded(ParseResult r, CommonOptions common, OffloadFlags offload, KvPolicyFlags kv, SoftPromptFlag softPrompt, Option<int[]> prompts,
+    static int RunOffloaded(ParseResult r, CommonOptions common, OffloadFlags offload, KvPolicyFlags kv, SparsityFlags sparsity, SoftPromptFlag softPrompt, Option<int[]> prompts,
         Option<int> newTokens, Option<string> output, Option<string?> label, Option<int> measureStepsOption)
     {
         int steps = r.GetValue(newTokens);
@@ -218,6 +217,7 @@ internal static class BenchCommand
                 $"GPU {Units.Bytes(model.WeightBytesOn(Tier.Gpu))}, CPU {Units.Bytes(model.WeightBytesOn(Tier.Cpu))}, disk {Units.Bytes(model.WeightBytesOn(Tier.Disk))}; " +
                 $"device memory in use {DeviceReport.UsedBytes(device) / 1e9:F2} GB");
             IReadOnlyList<int> Random(int n) => Enumerable.Range(0, n).Select(_ => random.Next(model.Info.VocabSize)).ToArray();
+            using var sparse = sparsity.Apply(r, common, model);
             using var soft = softPrompt.Load(r, model.TokenEmbeddingWidth);
             using var prompted = soft is null ? null : Tern.Prompting.PromptedModel.Create(model, soft);
             IStepModel stepped = prompted is null ? model : prompted;
@@ -238,7 +238,7 @@ internal static class BenchCommand
                 $"peak GPU placement {Units.Bytes(model.PeakGpuBytes)}, device memory in use {DeviceReport.UsedBytes(device) / 1e9:F2} GB");
             string rowLabel = $"{r.GetValue(label)} [offload {policy}; kv {kvPolicy.Policy} {r.GetValue(kv.Budget)} {kvPolicy.Bits}-bit; generation {measured:0.###} tok/s" +
                 $"{(measureSteps > 0 ? $" projected from {decodeMeasured.Length} decode steps" : "")}; predicted {prediction.TokensPerSecond:0.###}]" +
-                (soft is null ? "" : $" [soft prompt {soft.Length}]");
+                (soft is null ? "" : $" [soft prompt {soft.Length}]") + (sparse is null ? "" : $" [sparsity {r.GetValue(sparsity.Spec)}]");
             File.AppendAllText(StepsPath(r.GetValue(output)!), string.Concat(stepSeconds.Select((t, i) =>
                 $"{Csv(rowLabel.Trim())},{prompt},{steps},{i},{F(t * 1e3)}\n")));
             rows.Add(string.Join(',', new[]

@@ -51,8 +51,8 @@ internal static class GenerateCommand
             throw new UsageException(r.GetValue(promptFile) is { } source ? $"--prompt-file '{source.FullName}' holds an empty prompt; give it some text."
                 : texts.Count > 1 ? $"<prompt> {empty} of the batch is empty; every prompt needs at least one character." : "<prompt> is empty; give some text to continue.");
         var options = sampling.Read(r).WithKvPolicy(kv.Read(r));
-        if (offload.Enabled(r)) sparsityFlags.RefuseWithOffload(r);
-        var (model, tokenizer, description, blockSize, report, sparse) = offload.Enabled(r) ? LoadOffloaded(r, common, offload, softPrompt, texts, options) : Load(r, common, softPrompt, sparsityFlags);
+        var (model, tokenizer, description, blockSize, report, sparse) = offload.Enabled(r)
+            ? LoadOffloaded(r, common, offload, softPrompt, sparsityFlags, texts, options) : Load(r, common, softPrompt, sparsityFlags);
         using (model as IDisposable)
         using (sparse)
         {
@@ -127,7 +127,7 @@ internal static class GenerateCommand
     /// <summary>The model offloaded by --offload (FlexGen): placed by the policy given or searched, stepped in blocks, wrapped in
     /// its soft prompt when one is given (prefilled with each block).</summary>
     static (IStepModel, Tern.Tokenization.TernTokenizer, string, int, Action?, IDisposable?) LoadOffloaded(ParseResult r, CommonOptions common, OffloadFlags offload,
-        SoftPromptFlag softPrompt, List<string> texts, GenerationOptions options)
+        SoftPromptFlag softPrompt, SparsityFlags sparsityFlags, List<string> texts, GenerationOptions options)
     {
         var (folder, load) = common.LoadOptions(r);
         var tokenizer = Tern.Tokenization.TernTokenizer.Load(folder);
@@ -138,15 +138,18 @@ internal static class GenerateCommand
         var model = CommonOptions.LoadOffloaded(folder, load, offloadOptions);
         string description = $"model: {folder} ({model.Info.ModelType}) offloaded: {model.Policy}";
         Action report = () => Console.Error.WriteLine($"offloaded: predicted {prediction.TokensPerSecond:F2} tokens/s; peak GPU placement {Units.Bytes(model.PeakGpuBytes)}");
+        Tern.Sparsity.DejaVuSparsity? sparse = null;
         try
         {
+            sparse = sparsityFlags.Apply(r, common, model);
             using var prompt = softPrompt.Load(r, model.TokenEmbeddingWidth);
-            if (prompt is null) return (model, tokenizer, description, model.Policy.BlockSize, report, null);
+            if (prompt is null) return (model, tokenizer, description, model.Policy.BlockSize, report, sparse);
             return (Tern.Prompting.PromptedModel.Create(model, prompt, ownModel: true), tokenizer,
-                $"{description}, soft prompt of {prompt.Length} vectors ({r.GetValue(softPrompt.File)!.Name}, prefilled with each block)", model.Policy.BlockSize, report, null);
+                $"{description}, soft prompt of {prompt.Length} vectors ({r.GetValue(softPrompt.File)!.Name}, prefilled with each block)", model.Policy.BlockSize, report, sparse);
         }
         catch
         {
+            sparse?.Dispose();
             model.Dispose();
             throw;
         }

@@ -81,7 +81,6 @@ internal static class ServeCommand
         {
             // FlexGen's throughput mode: blocks of gbs x ngb requests, planned for the longest prompt and max_tokens served (after
             // the longest soft prompt's entries, which a block's caches hold first).
-            sparsity.RefuseWithOffload(r);
             ModelLoadOptions load;
             (folder, load) = common.LoadOptions(r);
             tokenizer = TernTokenizer.Load(folder);
@@ -104,7 +103,12 @@ internal static class ServeCommand
             (model, tokenizer, folder) = (inMemory, loaded!, path);
         }
         using var disposeModel = model as IDisposable;
-        using var sparse = model is CausalLanguageModel sparseModel ? sparsity.Apply(r, common, sparseModel) : null;
+        using var sparse = model switch
+        {
+            CausalLanguageModel inMemory => sparsity.Apply(r, common, inMemory),
+            OffloadedModel offloaded => sparsity.Apply(r, common, offloaded),
+            _ => null,
+        };
         var softPrompts = softPromptsFlag.Load(r, model switch
         {
             CausalLanguageModel inMemory => inMemory.TokenEmbeddingWidth,

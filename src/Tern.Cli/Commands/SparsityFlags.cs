@@ -1,5 +1,6 @@
 using System.CommandLine;
 using Tern.Models;
+using Tern.Offloading;
 using Tern.Runtime;
 using Tern.Sparsity;
 
@@ -33,13 +34,6 @@ internal sealed class SparsityFlags
         });
     }
 
-    /// <summary>Refuses the flag next to <c>--offload</c>: an offloaded model's stages run dense.</summary>
-    public void RefuseWithOffload(ParseResult r)
-    {
-        if (Read(r) is not null)
-            throw new UsageException("--sparsity runs a model in memory; an offloaded model's stages run dense. Drop one of --sparsity and --offload.");
-    }
-
     /// <summary>The options the flag describes, or null when it is not given (validated by the parser already).</summary>
     public SparsityOptions? Read(ParseResult r) => r.GetValue(Spec) is { } spec ? SparsityOptions.Parse(spec) : null;
 
@@ -53,15 +47,32 @@ internal sealed class SparsityFlags
     /// <c>tern bench --sparsity-sweep</c>).</summary>
     public static DejaVuSparsity? Apply(ParseResult r, CommonOptions common, CausalLanguageModel model, SparsityOptions? requested, bool everyToken = false)
     {
+        var sparsity = Make(r, common, requested, everyToken, (options, dummy) =>
+            dummy ? DejaVuSparsity.ForTiming(model, options) : DejaVuSparsity.Load(model, common.ResolveModelFolder(r), options));
+        if (sparsity is not null) model.Sparsity = sparsity;
+        return sparsity;
+    }
+
+    /// <summary>Puts the sparsity the flag asks for on an offloaded <paramref name="model"/>: every GPU batch of a step selects its
+    /// own neurons and heads, stage by stage.</summary>
+    public DejaVuSparsity? Apply(ParseResult r, CommonOptions common, OffloadedModel model)
+    {
+        var sparsity = Make(r, common, Read(r), everyToken: false, (options, dummy) =>
+            dummy ? DejaVuSparsity.ForTiming(model, options) : DejaVuSparsity.Load(model, common.ResolveModelFolder(r), options));
+        if (sparsity is not null) model.Sparsity = sparsity;
+        return sparsity;
+    }
+
+    static DejaVuSparsity? Make(ParseResult r, CommonOptions common, SparsityOptions? requested, bool everyToken, Func<SparsityOptions, bool, DejaVuSparsity> make)
+    {
         if (requested is not { } options) return null;
         options = options with { EveryToken = everyToken };
         bool dummy = r.GetValue(common.Dummy);
         if (dummy && options.Rule == SelectionRule.Predicted)
             Console.Error.WriteLine("note: --dummy weights: the predictors are untrained ones of the default ranks (their cost, not their choices)");
-        var sparsity = dummy ? DejaVuSparsity.ForTiming(model, options) : DejaVuSparsity.Load(model, common.ResolveModelFolder(r), options);
-        model.Sparsity = sparsity;
-        Console.Error.WriteLine($"sparsity: {sparsity.ActiveNeurons} of each layer's {ModelIdentity.Of(model.Config).IntermediateSize} MLP neurons and " +
-            $"{sparsity.ActiveHeads} of its {model.Info.Heads} heads per {(everyToken ? "token" : "decode token")} ({options.Rule.ToString().ToLowerInvariant()})");
+        var sparsity = make(options, dummy);
+        Console.Error.WriteLine($"sparsity: {sparsity.ActiveNeurons} of each layer's {sparsity.Neurons} MLP neurons and " +
+            $"{sparsity.ActiveHeads} of its {sparsity.Heads} heads per {(everyToken ? "token" : "decode token")} ({options.Rule.ToString().ToLowerInvariant()})");
         return sparsity;
     }
 }

@@ -383,21 +383,28 @@ public abstract class CausalLanguageModel : IStepModel, IDisposable
     Tensor Run(ModelStep step, Func<int, LayerState> layerState)
     {
         var batch = step.Batch;
-        var h = Embed(Parts[0], step);
-        for (int i = 0; i < Info.Layers; i++)
+        try
         {
-            var input = h;
-            step.Sparsity?.LayerInput(i, h); // outside the layer's scope: what it predicts for the next layer must outlive it
-            using var layerScope = torch.NewDisposeScope();
-            h = Layer(i, Parts[i + 1], h, step, layerState(i));
-            h.MoveToOuterDisposeScope();
-            input.Dispose(); // free each layer's input now rather than at the end of the step
+            var h = Embed(Parts[0], step);
+            for (int i = 0; i < Info.Layers; i++)
+            {
+                var input = h;
+                step.Sparsity?.LayerInput(i, h);
+                using var layerScope = torch.NewDisposeScope();
+                h = Layer(i, Parts[i + 1], h, step, layerState(i));
+                h.MoveToOuterDisposeScope();
+                input.Dispose(); // free each layer's input now rather than at the end of the step
+            }
+            return Head(Parts[^1], SelectOutputs(h, batch), step);
         }
-        return Head(Parts[^1], SelectOutputs(h, batch), step);
+        finally
+        {
+            step.Sparsity?.EndStep();
+        }
     }
 
-    /// <summary>DejaVu's contextual sparsity for the steps <see cref="Forward(ForwardBatch, KvCache)"/> runs (null: dense). Offloaded stages
-    /// (<see cref="RunStage"/>) run dense: their layers of one step are not consecutive calls.</summary>
+    /// <summary>DejaVu's contextual sparsity for the steps <see cref="Forward(ForwardBatch, KvCache)"/> runs (null: dense). An offloaded
+    /// model keeps its own (<c>OffloadedModel.Sparsity</c>) and hands each stage its step's selector.</summary>
     public IContextualSparsity? Sparsity
     {
         get;
@@ -451,11 +458,12 @@ public abstract class CausalLanguageModel : IStepModel, IDisposable
     /// Runs one part with <paramref name="weights"/> (the part's names over tensors wherever they were loaded to): the
     /// embedding takes <paramref name="batch"/>'s ids and returns hidden states [B,T,H]; a layer takes and returns hidden states,
     /// appending to <paramref name="cache"/> (its layer's cache); the head returns logits as <see cref="Forward(ForwardBatch, KvCache)"/> does.
-    /// The same code as <see cref="Forward(ForwardBatch, KvCache)"/>, one part at a time.
+    /// The same code as <see cref="Forward(ForwardBatch, KvCache)"/>, one part at a time; <paramref name="sparsity"/> is the step's
+    /// selector (the same object for every stage of one step of one batch; its caller ends it after the head).
     /// </summary>
-    internal Tensor RunStage(int stage, PartWeights weights, Tensor? hidden, ForwardBatch batch, LayerKvCache? cache)
+    internal Tensor RunStage(int stage, PartWeights weights, Tensor? hidden, ForwardBatch batch, LayerKvCache? cache, ISparsityStep? sparsity = null)
     {
-        var step = new ModelStep(batch);
+        var step = new ModelStep(batch, sparsity);
         if (stage == 0)
         {
             CheckPositions(batch);
@@ -463,7 +471,9 @@ public abstract class CausalLanguageModel : IStepModel, IDisposable
         }
         var h = hidden ?? throw new ArgumentException($"stage {stage} follows the embedding and needs the previous stage's hidden states.");
         if (stage == Parts.Count - 1) return Head(weights, SelectOutputs(h, batch), step);
-        return Layer(stage - 1, weights, h, step, cache ?? throw new ArgumentException($"stage {stage} is a decoder layer and needs its KV cache."));
+        if (cache is null) throw new ArgumentException($"stage {stage} is a decoder layer and needs its KV cache.");
+        sparsity?.LayerInput(stage - 1, h);
+        return Layer(stage - 1, weights, h, step, cache);
     }
 
     /// <summary>A clear error for positions past a learned position table (an index error in native code otherwise).</summary>

@@ -19,8 +19,9 @@ public interface IContextualSparsity
     bool SkipsNeurons => false;
 }
 
-/// <summary>One step's selections, asked layer by layer in order. What a layer hands out lives in the layer's dispose scope:
-/// keep it past the layer with <c>DetachFromDisposeScope</c>.</summary>
+/// <summary>One step's selections, asked layer by layer in order. What a layer hands out lives in the layer's dispose scope;
+/// what the step keeps across layers it owns (outside every scope: an offloaded model runs each layer of a step in a scope of
+/// its own, other batches' layers between) and releases in <see cref="EndStep"/>.</summary>
 public interface ISparsityStep
 {
     /// <summary>Layer <paramref name="layer"/>'s input [B, T, hidden], before the layer runs (what lookahead predictors read).</summary>
@@ -43,4 +44,8 @@ public interface ISparsityStep
     /// norm: what DejaVu's released MLP predictors read); <paramref name="preActivations"/> gives the true pre-activations
     /// [B, T, intermediate] (the oracle's rule; it costs the dense product, so other rules do not call it).</summary>
     Tensor? Neurons(int layer, Tensor mlpInput, Func<Tensor> preActivations);
+
+    /// <summary>The step's last layer has run: release what the step kept from layer to layer (a lookahead predictor's choices
+    /// for the next layer). Called once per step, whether the layers ran as one forward pass or stage by stage (offloading).</summary>
+    void EndStep() { }
 }

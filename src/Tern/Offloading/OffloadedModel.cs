@@ -72,6 +72,16 @@ public sealed class OffloadedModel : IStepModel, IDisposable
     /// <summary>The compute device.</summary>
     public Device Device => model.Device;
 
+    /// <summary>The model's architecture code (what DejaVu's selectors and predictors are made for); its weights live in the
+    /// offloaded tiers, not in it.</summary>
+    internal CausalLanguageModel Model => model;
+
+    /// <summary>DejaVu's contextual sparsity of the steps (null: dense): each GPU batch of a step gets its own selector, which
+    /// every stage of that step hands on, so a lookahead predictor's choice for layer ℓ + 1 waits with its batch while the
+    /// other batches run layer ℓ. Neuron sparsity reads the down-projections as they are stored (row-major): the transposed
+    /// layout an in-memory CUDA model switches to would have to travel with the weights.</summary>
+    public IContextualSparsity? Sparsity { get; set; }
+
     /// <summary>Width of the token embeddings (what a soft prompt's vectors hold), read before the weights were placed.</summary>
     public long TokenEmbeddingWidth { get; }
 
@@ -239,6 +249,7 @@ public sealed class OffloadedModel : IStepModel, IDisposable
         readonly ForwardBatch?[] inputs;                    // [k] the current step's input
         readonly Dictionary<(int Rows, int Capacity), KvCache> working = new();
         readonly Tensor?[] stepLogits;                      // [k] the head's output of the current step
+        readonly ISparsityStep?[] selectors;                // [k] the current step's DejaVu selector (null: dense)
         // In flight: weights per stage, cache and hidden loads per item, the previous item's outputs waiting to be stored.
         readonly Dictionary<int, OffloadedWeights.StageLoad> stageLoads = new();
         readonly Dictionary<int, Tensor[][]> cacheLoads = new();
@@ -269,6 +280,7 @@ public sealed class OffloadedModel : IStepModel, IDisposable
             cacheHoles = new bool[batches];
             inputs = new ForwardBatch?[batches];
             stepLogits = new Tensor?[batches];
+            selectors = new ISparsityStep?[batches];
             hostCaches = owner.Policy.CpuAttention ? new KvCache[batches] : null;
             resident = whole ? new KvCache[batches] : null;
             int gbs = owner.Policy.GpuBatchSize;
@@ -409,28 +421,43 @@ public sealed class OffloadedModel : IStepModel, IDisposable
             if (input.PrefixEmbeddings is not null) throw new ArgumentException("an offloaded block takes a soft prompt when it is made (OffloadedModel.CreateRunner), not with a step.");
             using var noGrad = torch.no_grad();
             int i = step;
-            for (int k = 0; k < batches; k++) inputs[k] = BatchInput(input, k);
-            for (int t = i * stages * batches; t < (i + 1) * stages * batches; t++)
+            for (int k = 0; k < batches; k++)
             {
-                var (_, j, k) = Item(t);
-                IssueStores();                                       // store the previous batch's cache and activations
-                if (!stageLoads.ContainsKey(j) || (j > 0 && !hiddenLoads.ContainsKey(t)) || (NeedsCache(i, j) && !cacheLoads.ContainsKey(t)))
+                inputs[k] = BatchInput(input, k);
+                selectors[k] = owner.Sparsity?.ForStep(inputs[k]!);
+            }
+            try
+            {
+                for (int t = i * stages * batches; t < (i + 1) * stages * batches; t++)
                 {
-                    // The first item, or activations that only now reached their home (fewer than three GPU batches).
-                    engine.Synchronize();
-                    IssueLoads(t, prefetch: false);
-                    engine.Synchronize();
+                    var (_, j, k) = Item(t);
+                    IssueStores();                                       // store the previous batch's cache and activations
+                    if (!stageLoads.ContainsKey(j) || (j > 0 && !hiddenLoads.ContainsKey(t)) || (NeedsCache(i, j) && !cacheLoads.ContainsKey(t)))
+                    {
+                        // The first item, or activations that only now reached their home (fewer than three GPU batches).
+                        engine.Synchronize();
+                        IssueLoads(t, prefetch: false);
+                        engine.Synchronize();
+                    }
+                    // Load the next stage's weights (the next step's embedding after the head), a share per GPU batch so each item
+                    // moves as much as its neighbours (FlexGen loads them whole at the first batch, where they overlap one batch's
+                    // compute), and the next batch's cache and activations.
+                    int next = (j + 1) % stages;
+                    if (!stageLoads.TryGetValue(next, out var load)) stageLoads[next] = load = owner.weights.Begin(next, engine, device);
+                    load.IssueThrough((k + 1.0) / batches);
+                    IssueLoads(t + 1, prefetch: true);
+                    Compute(i, j, k, t);
+                    engine.Synchronize();                                // FlexGen's barrier
+                    Release(t, j, k);
                 }
-                // Load the next stage's weights (the next step's embedding after the head), a share per GPU batch so each item
-                // moves as much as its neighbours (FlexGen loads them whole at the first batch, where they overlap one batch's
-                // compute), and the next batch's cache and activations.
-                int next = (j + 1) % stages;
-                if (!stageLoads.TryGetValue(next, out var load)) stageLoads[next] = load = owner.weights.Begin(next, engine, device);
-                load.IssueThrough((k + 1.0) / batches);
-                IssueLoads(t + 1, prefetch: true);
-                Compute(i, j, k, t);
-                engine.Synchronize();                                // FlexGen's barrier
-                Release(t, j, k);
+            }
+            finally
+            {
+                for (int k = 0; k < batches; k++)
+                {
+                    selectors[k]?.EndStep();
+                    selectors[k] = null;
+                }
             }
             for (int r = 0; r < rowCount; r++) fed[r] += input.RealTokens[r];
             step++;
@@ -490,7 +517,7 @@ public sealed class OffloadedModel : IStepModel, IDisposable
             if (i == 0 && k == 0 && promptStep is not null && j < stages - 1) RunPrompt(j, w);
             if (j == stages - 1)
             {
-                stepLogits[k] = model.RunStage(j, w, h, batch, null).DetachFromDisposeScope();
+                stepLogits[k] = model.RunStage(j, w, h, batch, null, selectors[k]).DetachFromDisposeScope();
                 cacheLength[k] += StepTokens(i, k);
                 return;
             }
@@ -504,10 +531,10 @@ public sealed class OffloadedModel : IStepModel, IDisposable
                 var layer = travelling ? WorkingCache(prompts[k].Length, home.Capacity, home.MaxSequenceLength) : home;
                 if (travelling) layer.CopyEntriesFrom(home);
                 int rewrites = layer.Rewrites;
-                output = i > 0 ? model.RunStage(j, w, h, batch, layer) : PrefillResident(j, w, h!, batch, k, layer);
+                output = i > 0 ? model.RunStage(j, w, h, batch, layer, selectors[k]) : PrefillResident(j, w, h!, batch, k, layer);
                 if (travelling) home.CopyEntriesFrom(layer, i == 0 || layer.Rewrites != rewrites ? 0 : home.Length);
             }
-            else if (hostCaches is not null && i > 0) output = model.RunStage(j, w, h, batch, hostCaches[k][j - 1]); // attends on the CPU
+            else if (hostCaches is not null && i > 0) output = model.RunStage(j, w, h, batch, hostCaches[k][j - 1], selectors[k]); // attends on the CPU
             else
             {
                 var cache = WorkingCache(prompts[k].Length, maxSequenceLength);
@@ -528,7 +555,7 @@ public sealed class OffloadedModel : IStepModel, IDisposable
                 }
                 cache.Positions.copy_(cachePositions[k]);
                 cache.Restore(length, cacheHoles[k]);
-                output = model.RunStage(j, w, h, batch, cache);
+                output = model.RunStage(j, w, h, batch, cache, selectors[k]);
                 if (j == 1) cachePositions[k].copy_(cache.Positions);
                 StoreNewEntries(k, j - 1, cache, i == 0 ? 0 : length);
             }
@@ -586,7 +613,7 @@ public sealed class OffloadedModel : IStepModel, IDisposable
                 Capacity = config.Eviction.Capacity(maxSequenceLength, width), MaxSequenceLength = maxSequenceLength,
             });
             if (promptCache is not null) scratch[0].ImportRows(0, promptCache[j - 1], 0, prompts[k].Length, 0, promptCache[j - 1].Length);
-            var output = model.RunStage(j, w, h, batch, scratch[0]);
+            var output = model.RunStage(j, w, h, batch, scratch[0], selectors[k]);
             // Slot for slot (left padding included), as the plain runtime holds them: the policy left at most its budget.
             layer.ImportRows(0, scratch[0], 0, prompts[k].Length, 0, scratch.Length);
             return output;

@@ -156,6 +156,15 @@ public sealed class DejaVuSparsity : IContextualSparsity, IDisposable
         return Owning(model, options, Placed(SparsityPredictors.Untrained(Supported(model, options), torch.CPU, seed), model));
     }
 
+    /// <summary>Sparsity for an offloaded model (set it as its <see cref="Offloading.OffloadedModel.Sparsity"/>), loaded as
+    /// <see cref="Load(CausalLanguageModel, string, SparsityOptions)"/> does: the predictors on its compute device, in its type.</summary>
+    public static DejaVuSparsity Load(Offloading.OffloadedModel model, string modelDirectory, SparsityOptions options) =>
+        Load(model.Model, modelDirectory, options);
+
+    /// <summary><see cref="ForTiming(CausalLanguageModel, SparsityOptions, long)"/> for an offloaded model.</summary>
+    public static DejaVuSparsity ForTiming(Offloading.OffloadedModel model, SparsityOptions options, long seed = 0) =>
+        ForTiming(model.Model, options, seed);
+
     static DejaVuSparsity Owning(CausalLanguageModel model, SparsityOptions options, SparsityPredictors predictors)
     {
         try
@@ -183,6 +192,12 @@ public sealed class DejaVuSparsity : IContextualSparsity, IDisposable
     bool SparseMlp => ActiveNeurons < neurons;
     bool SparseHeads => ActiveHeads < heads;
 
+    /// <summary>MLP neurons of each layer (what <see cref="ActiveNeurons"/> is a part of).</summary>
+    public int Neurons => neurons;
+
+    /// <summary>Attention heads of each layer (what <see cref="ActiveHeads"/> is a part of).</summary>
+    public int Heads => heads;
+
     /// <inheritdoc />
     public bool SkipsNeurons => SparseMlp;
 
@@ -206,7 +221,7 @@ public sealed class DejaVuSparsity : IContextualSparsity, IDisposable
 
     sealed class Step(DejaVuSparsity owner, long rows, long tokens) : ISparsityStep
     {
-        // Predicted layers' logits [B, T, units], in the step's dispose scope.
+        // Predicted layers' logits [B, T, units], owned by the step (out of every dispose scope) until EndStep.
         readonly Tensor?[] neuronLogits = new Tensor?[owner.layers], headLogits = new Tensor?[owner.layers];
         Device device = torch.CPU;
 
@@ -241,13 +256,20 @@ public sealed class DejaVuSparsity : IContextualSparsity, IDisposable
             {
                 if (target >= owner.layers || PredictorTrainer.SourceLayer(target, owner.predictors!.Manifest.Lookahead) != layer) continue;
                 var predictor = owner.predictors.Layers[target];
-                if (mlp) neuronLogits[target] ??= Keep(predictor.Mlp!.Logits(input), target != layer);
-                if (heads) headLogits[target] ??= predictor.Heads.Logits(input);
+                if (mlp) neuronLogits[target] ??= predictor.Mlp!.Logits(input).DetachFromDisposeScope();
+                if (heads) headLogits[target] ??= predictor.Heads.Logits(input).DetachFromDisposeScope();
             }
         }
 
-        // Logits for the next layer made inside this layer (from its MLP input) move out of the layer's dispose scope, to the step's.
-        static Tensor Keep(Tensor logits, bool nextLayer) => nextLayer ? logits.MoveToOuterDisposeScope() : logits;
+        public void EndStep()
+        {
+            foreach (var logits in new[] { neuronLogits, headLogits })
+                for (int i = 0; i < logits.Length; i++)
+                {
+                    logits[i]?.Dispose();
+                    logits[i] = null;
+                }
+        }
 
         /// <summary>The top-<paramref name="k"/> of <paramref name="units"/> by the rule's scores, int64 [B, T, k] ascending.</summary>
         Tensor Select(int layer, Tensor?[] predicted, Func<Tensor> truth, int units, int k)

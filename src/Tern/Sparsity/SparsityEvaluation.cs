@@ -152,6 +152,8 @@ public static class SparsityEvaluation
         {
             public void LayerInput(int layer, Tensor hidden) => inner.LayerInput(layer, hidden);
 
+            public void EndStep() => inner.EndStep();
+
             public Tensor? Heads(int layer, Func<Tensor> headOutputs)
             {
                 if (inner.Heads(layer, headOutputs) is not { } selected) return null;

@@ -22,12 +22,26 @@ public sealed class SparsityFlagTests
         }
     }
 
+    /// <summary><c>--sparsity</c> with <c>--offload</c>: <c>tern generate</c> prints what it prints in memory under the same rule
+    /// (the oracle, neurons and heads at half; two GPU batches of one row each), and <c>tern bench</c> labels its offloaded row.</summary>
     [Fact]
-    public void OffloadedModelsRefuseIt()
+    public void OffloadedGenerationAndBenchRunIt()
     {
-        var (code, lines) = CliProcess.Errors("generate", "--model", "no/such/folder", "--sparsity", "mlp=0.5,rule=oracle", "--offload", "auto");
-        Assert.Equal(2, code);
-        Assert.StartsWith("tern: --sparsity runs a model in memory", lines[0]);
+        string[] common = { "generate", "Hello there", "General Kenobi", "--model", DefaultModel, "--device", "cpu", "--max-new-tokens", "6", "--no-stream",
+            "--sparsity", "mlp=0.5,heads=0.5,rule=oracle" };
+        var (code, inMemory, error) = CliProcess.Run(common);
+        Assert.True(code == 0, error);
+        (code, var offloaded, error) = CliProcess.Run(common.Concat(new[] { "--offload", "w=0/100/0,kv=0/100/0,act=0/100/0,gbs=1,ngb=2" }).ToArray());
+        Assert.True(code == 0, error);
+        Assert.Contains("sparsity: ", error);
+        Assert.Equal(inMemory, offloaded);
+
+        using var dir = new TempDir();
+        string csv = Path.Combine(dir.Path, "results.csv");
+        (code, _, error) = CliProcess.Run("bench", "--model", DefaultModel, "--dummy", "--device", "cpu", "--prompt", "8", "--new-tokens", "4",
+            "--offload", "w=0/100/0,kv=0/100/0,act=0/100/0,gbs=1,ngb=1", "--sparsity", "mlp=0.1,heads=0.5", "-o", csv);
+        Assert.True(code == 0, error);
+        Assert.Contains("[sparsity mlp=0.1,heads=0.5]", File.ReadAllLines(csv)[1]);
     }
 
     /// <summary>A model with dummy weights has no trained predictors: the bench times untrained ones of the default ranks.</summary>

@@ -14,7 +14,7 @@ public sealed class DejaVuSparsityTests
 {
     static CancellationToken Ct => TestContext.Current.CancellationToken;
 
-    static readonly IReadOnlyList<int>[] Prompts = { new[] { 5, 17, 42, 9, 3 }, new[] { 7, 7, 100, 2 } };
+    internal static readonly IReadOnlyList<int>[] Prompts = { new[] { 5, 17, 42, 9, 3 }, new[] { 7, 7, 100, 2 } };
 
     /// <summary>A fixture in fp32 on the CPU.</summary>
     internal static CausalLanguageModel Load(string fixture) => CausalLanguageModel.Load(Fixtures.ModelDir(fixture), new ModelLoadOptions { Device = DeviceKind.Cpu, DType = ModelDType.Float32 });
