@@ -3,7 +3,10 @@
 # training than the CPU run (bench/README.md "Compress, then prompt"). Every model of the grid gets its own prompt; then the
 # transfers (across levels, and the dense prompt to every model), the untrained control, and the table + PNG.
 #   D=DATA OUT=DIR MODEL=models/default bash tools/gpu/ctp_bench.sh
-# DATA holds calib.txt, ptrain.txt, vsel.txt (the last 200 kB of validation.txt), valid.txt and kjv.txt. Knobs: STEPS (2000),
+# DATA holds calib.txt, ptrain.txt, vsel.txt, valid.txt and kjv.txt, made from Tern's corpus (tools/corpus/build.sh C) as:
+#   head -c 4000000 C/train.txt > calib.txt; tail -c +4000001 C/train.txt | head -c 12000000 > ptrain.txt
+#   tail -c 200000 C/validation.txt > vsel.txt; cp C/validation.txt valid.txt; kjv.txt from data/gpu (tools/gpu/default_model.sh stage)
+# Knobs: STEPS (2000),
 # BATCH (8), LR (1e-2), TOKENS (prompt vectors, 100), SCORED (tokens scored per text, 65536), CALIB (sequences of 1024, 128).
 set -u
 D=${D:?data folder}; OUT=${OUT:?output folder}; MODEL=${MODEL:-models/default}
