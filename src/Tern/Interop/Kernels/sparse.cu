@@ -164,8 +164,8 @@ __device__ void gather_column_runs(T* __restrict__ y, const T* __restrict__ W, c
 // DejaVu's selection (§4.2: the k neurons or heads a predictor scores highest), one block per row of scores: an 8-bit radix
 // select finds the k-th largest of the order-preserving 32-bit keys digit by digit from the top (four passes over the row,
 // which stays in L1/L2), then the kept indices are written in ascending order by block-wide scans over contiguous chunks —
-// one launch instead of topk + sort. Keys above the k-th are kept; of those equal to it, the lowest indices. NaN sorts above
-// +inf (as torch.topk). blockDim.x: a multiple of 32, at most 1024.
+// one launch instead of topk + sort. Keys above the k-th are kept; of those equal to it, the lowest indices. A NaN with
+// its sign bit clear sorts above +inf (torch.topk ranks every NaN highest). blockDim.x: a multiple of 32, at most 1024.
 __device__ __forceinline__ unsigned int order_key(float f)
 {
     unsigned int u = __float_as_uint(f);
@@ -221,8 +221,12 @@ __device__ void top_k_ascending(long long* __restrict__ out, const T* __restrict
             int i = base + threadIdx.x, lane = threadIdx.x & 31;
             unsigned int key = i < units ? order_key(load(row[i])) : 0u, digit = (key >> shift) & 255u;
             bool counted = i < units && (key & mask) == want;
+#if __CUDA_ARCH__ >= 700
             unsigned int peers = __match_any_sync(0xffffffffu, counted ? digit : 256u + lane);
             if (counted && lane == __ffs(peers) - 1) atomicAdd(&histogram[digit], (unsigned int)__popc(peers));
+#else // no __match_any_sync before Volta: an atomic a key
+            if (counted) atomicAdd(&histogram[digit], 1u);
+#endif
         }
         __syncthreads();
         if (threadIdx.x == 0)
