@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue 16 on the GPU machine: compress, then prompt, on the default model with the recipe's calibration and longer prompt
 # training than the CPU run (bench/README.md "Compress, then prompt"). Every model of the grid gets its own prompt; then the
-# transfers (across levels, and the dense prompt to every model), the untrained control, and the table + PNG.
+# transfers (across levels, and the dense prompt to every model) and the untrained control, all rows in OUT/ctp.csv. The GPU
+# machine's pack has no plotting natives: draw ctp.png where the results come back (`tern eval plot OUT`).
 #   D=DATA OUT=DIR MODEL=models/default bash tools/gpu/ctp_bench.sh
 # DATA holds calib.txt, ptrain.txt, vsel.txt, valid.txt and kjv.txt, made from Tern's corpus (tools/corpus/build.sh C) as:
 #   head -c 4000000 C/train.txt > calib.txt; tail -c +4000001 C/train.txt | head -c 12000000 > ptrain.txt
@@ -20,11 +21,12 @@ declare -A P=([dense]=$MODEL)
 ORDER="dense rtn4 gptq4 rtn3 gptq3 rtn2 gptq2 sp50 sp75 sp50q4"
 C=(--calib-text "$D/calib.txt" --calib-samples "$CALIB" --calib-seq-len 1024)
 compress() { # name args...
-  local name=$1; shift; P[$name]=$M/$name
-  [ -f "$M/$name/compression.json" ] && return 0
-  local t0=$SECONDS
-  "${T[@]}" compress -m "$MODEL" --device $DEV "$@" -o "$M/$name" >> "$OUT/compress.log" 2>&1 || { say "compress $name failed"; return 1; }
-  say "compressed $name in $((SECONDS - t0)) s"
+  local name=$1 t0=$SECONDS; shift
+  if [ ! -f "$M/$name/compression.json" ]; then
+    "${T[@]}" compress -m "$MODEL" --device $DEV "$@" -o "$M/$name" >> "$OUT/compress.log" 2>&1 || { say "compress $name failed"; return 1; }
+    say "compressed $name in $((SECONDS - t0)) s"
+  fi
+  P[$name]=$M/$name # only models that exist are evaluated
 }
 train() { # name
   local t0=$SECONDS
@@ -33,7 +35,8 @@ train() { # name
     -o "$OUT/prompt-$1.safetensors" > "$OUT/train-$1.log" 2>&1 || { say "prompt $1 failed"; tail -3 "$OUT/train-$1.log"; return 1; }
   say "prompt $1 trained in $((SECONDS - t0)) s"
 }
-evaluate() { # model prompt-label [prompt-file]
+evaluate() { # model prompt-label [prompt-file]; a model whose compression failed has no row
+  [ -n "${P[$1]:-}" ] || return 0
   for text in valid kjv; do
     local args=(); [ $# -ge 3 ] && args=(--soft-prompt "$3")
     local line; line=$("${T[@]}" eval ppl -m "${P[$1]}" --device $DEV --text "$D/$text.txt" --max-tokens "$SCORED" --window 512 --stride 511 "${args[@]}" 2>/dev/null)
@@ -54,7 +57,7 @@ compress sp50 --method sparsegpt --sparsity 0.5 "${C[@]}"
 compress sp75 --method sparsegpt --sparsity 0.75 "${C[@]}"
 compress sp50q4 --method sparsegpt --sparsity 0.5 --bits 4 "${C[@]}"
 echo "model,text,prompt,scored_tokens,mean_nll,perplexity,released_perplexity" > "$OUT/ctp.csv"
-for m in $ORDER; do [ -n "${P[$m]:-}" ] && evaluate $m none; done
+for m in $ORDER; do evaluate $m none; done
 say "plain rows done; prompts: $STEPS steps of $BATCH sequences, lr $LR"
 for m in $ORDER; do [ -n "${P[$m]:-}" ] && train $m && evaluate $m own "$OUT/prompt-$m.safetensors"; done
 say "transfers"
@@ -65,6 +68,6 @@ for m in dense gptq2; do # control: the untrained starting prompt (embeddings of
   "${T[@]}" prompt train -m "${P[$m]}" --device $DEV --text "$D/ptrain.txt" --tokens "$TOKENS" --steps 1 --warmup 1 --lr 1e-30 \
     -o "$OUT/init-$m.safetensors" > /dev/null 2>&1 && evaluate $m init "$OUT/init-$m.safetensors"
 done
-cp "$M"/*/compression.json "$OUT/" 2>/dev/null; for m in $M/*/; do cp "$m/compression.json" "$OUT/compression-$(basename $m).json" 2>/dev/null; done
-rm -f "$OUT/compression.json"; rm -rf "$M"
+for m in "$M"/*/; do cp "$m/compression.json" "$OUT/compression-$(basename "$m").json" 2>/dev/null; done
+rm -rf "$M"
 say "done"; echo done > "$OUT/done"

@@ -1,5 +1,3 @@
-using System.Runtime.CompilerServices;
-
 namespace Tern.Interop;
 
 /// <summary>
@@ -73,10 +71,10 @@ internal sealed class CoreTeam
     public void Split(long count, long align, Action<long, long> range)
     {
         long chunks = Size * ChunksPerThread, chunk = ((count + chunks - 1) / chunks + align - 1) / align * align;
-        var next = new StrongBox<long>(0);
+        long next = 0; // captured: a field of the closure the threads share
         Run(_ =>
         {
-            for (long from; (from = (Interlocked.Increment(ref next.Value) - 1) * chunk) < count;)
+            for (long from; (from = (Interlocked.Increment(ref next) - 1) * chunk) < count;)
                 range(from, Math.Min(count, from + chunk));
         });
     }

@@ -263,12 +263,17 @@ public sealed class DejaVuSparsity : IContextualSparsity, IDisposable
 
         public void EndStep()
         {
-            foreach (var logits in new[] { neuronLogits, headLogits })
-                for (int i = 0; i < logits.Length; i++)
-                {
-                    logits[i]?.Dispose();
-                    logits[i] = null;
-                }
+            Release(neuronLogits);
+            Release(headLogits);
+        }
+
+        static void Release(Tensor?[] logits)
+        {
+            for (int i = 0; i < logits.Length; i++)
+            {
+                logits[i]?.Dispose();
+                logits[i] = null;
+            }
         }
 
         /// <summary>The top-<paramref name="k"/> of <paramref name="units"/> by the rule's scores, int64 [B, T, k] ascending.</summary>

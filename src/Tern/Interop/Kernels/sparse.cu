@@ -172,8 +172,8 @@ __device__ __forceinline__ unsigned int order_key(float f)
     return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
-// Exclusive prefix sum of v over the block (threads in order); *total gets the sum. Every thread must call it.
-__device__ __forceinline__ int block_exclusive_scan(int v, int* warpTotals, int* total)
+// Exclusive prefix sum of v over the block (threads in order). Every thread must call it.
+__device__ __forceinline__ int block_exclusive_scan(int v, int* warpTotals)
 {
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
     int inclusive = v;
@@ -193,11 +193,9 @@ __device__ __forceinline__ int block_exclusive_scan(int v, int* warpTotals, int*
             if (lane >= o) scanned += n;
         }
         if (lane < warps) warpTotals[lane] = scanned - t; // exclusive, per warp
-        if (lane == 31) warpTotals[32] = scanned;
     }
     __syncthreads();
     int result = warpTotals[warp] + inclusive - v;
-    *total = warpTotals[32];
     __syncthreads(); // warpTotals is reused by the next scan
     return result;
 }
@@ -206,7 +204,7 @@ template <typename T>
 __device__ void top_k_ascending(long long* __restrict__ out, const T* __restrict__ scores, int units, int k)
 {
     __shared__ unsigned int histogram[256];
-    __shared__ int digitFound, needLeft, warpTotals[33];
+    __shared__ int digitFound, needLeft, warpTotals[32];
     const T* row = scores + (long long)blockIdx.x * units;
     long long* kept = out + (long long)blockIdx.x * k;
     unsigned int want = 0, mask = 0;
@@ -251,9 +249,8 @@ __device__ void top_k_ascending(long long* __restrict__ out, const T* __restrict
         greater += key > want;
         equal += key == want;
     }
-    int total;
-    int greaterBefore = block_exclusive_scan(greater, warpTotals, &total);
-    int equalBefore = block_exclusive_scan(equal, warpTotals, &total);
+    int greaterBefore = block_exclusive_scan(greater, warpTotals);
+    int equalBefore = block_exclusive_scan(equal, warpTotals);
     int at = greaterBefore + min(equalBefore, need);
     for (int i = from; i < to; i++)
     {
