@@ -84,16 +84,17 @@ internal static unsafe class LibTorchCuda
     public static CudaStream DefaultStream() => Require().GetDefaultStream(0);
 
     /// <summary>The <c>cudaStream_t</c> libtorch launches on from this thread (the capture stream while capturing).</summary>
-    public static IntPtr CurrentRawStream()
-    {
-        var api = Require();
-        CudaStream current = api.GetCurrentStream(0);
-        return api.RawStream(&current);
-    }
+    public static IntPtr CurrentRawStream() => Raw(CurrentStream());
 
     /// <summary><see cref="CurrentRawStream"/>, or the legacy default stream (0) when libtorch's stream symbols are not reachable
     /// (libtorch then launches there).</summary>
     public static IntPtr CurrentRawStreamOrDefault() => IsAvailable ? CurrentRawStream() : IntPtr.Zero;
+
+    /// <summary>The stream libtorch launches on from this thread.</summary>
+    public static CudaStream CurrentStream() => Require().GetCurrentStream(0);
+
+    /// <summary>The <c>cudaStream_t</c> of <paramref name="stream"/>.</summary>
+    public static IntPtr Raw(CudaStream stream) => Require().RawStream(&stream);
 
     /// <summary>Makes <paramref name="stream"/> the one libtorch launches on from this thread.</summary>
     public static void SetCurrentStream(CudaStream stream) => Require().SetCurrentStream(stream);

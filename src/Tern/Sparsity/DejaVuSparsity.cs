@@ -37,6 +37,10 @@ public sealed record SparsityOptions
     /// DejaVu measures quality. Off: those steps run dense and generation sparsifies its decode steps only.</summary>
     public bool EveryToken { get; init; }
 
+    /// <summary>On CUDA, lookahead predictors (and their top-k) run on a second stream while the layer before computes (DejaVu's
+    /// asynchronous lookahead, as its latency system runs them); off, they run in the step's order. Choices and results are the same either way.</summary>
+    public bool OverlapPredictors { get; init; } = true;
+
     /// <summary>Checks the values, with messages that name the option.</summary>
     public void Validate()
     {
@@ -44,9 +48,9 @@ public sealed record SparsityOptions
         if (!(HeadsActive > 0 && HeadsActive <= 1)) throw new OptionException($"{TernOption.SparsityHeads} must be in (0, 1], the fraction of heads computed (got {HeadsActive}).");
     }
 
-    const string Syntax = "mlp=FRACTION,heads=FRACTION[,rule=predicted|oracle|random][,seed=N]";
+    const string Syntax = "mlp=FRACTION,heads=FRACTION[,rule=predicted|oracle|random][,seed=N][,overlap=true|false]";
 
-    /// <summary>Reads <c>mlp=F,heads=F[,rule=predicted|oracle|random][,seed=N]</c>, either fraction optional (the CLI's
+    /// <summary>Reads <c>mlp=F,heads=F[,rule=predicted|oracle|random][,seed=N][,overlap=true|false]</c>, either fraction optional (the CLI's
     /// <c>--sparsity</c>, a request's field).</summary>
     public static SparsityOptions Parse(string spec)
     {
@@ -63,6 +67,7 @@ public sealed record SparsityOptions
                 "heads" when number => options with { HeadsActive = f },
                 "rule" when Enum.TryParse<SelectionRule>(value, ignoreCase: true, out var rule) && !int.TryParse(value, out _) => options with { Rule = rule },
                 "seed" when long.TryParse(value, invariant, out long seed) => options with { Seed = seed },
+                "overlap" when bool.TryParse(value, out bool overlap) => options with { OverlapPredictors = overlap },
                 _ => throw new OptionException($"{TernOption.Sparsity}: '{item}' is not understood; write {Syntax}, e.g. mlp=0.1,heads=0.5."),
             };
             fraction |= key is "mlp" or "heads";
@@ -201,9 +206,25 @@ public sealed class DejaVuSparsity : IContextualSparsity, IDisposable
     /// <inheritdoc />
     public bool SkipsNeurons => SparseMlp;
 
+    // Where lookahead predictors run beside the step (created at the first CUDA step that asks; null: in order).
+    SideStream? side;
+    bool sideAsked;
+
+    /// <summary>True once a step has forked its lookahead predictors onto a side stream.</summary>
+    internal bool OverlapsPredictors => side is not null;
+
+    SideStream? SideStreamFor(Device device)
+    {
+        if (!options.OverlapPredictors || device.type != DeviceType.CUDA) return null;
+        if (!sideAsked) (side, sideAsked) = (SideStream.For(device), true);
+        return side;
+    }
+
     /// <summary>Releases what <see cref="Load"/> loaded.</summary>
     public void Dispose()
     {
+        side?.Dispose();
+        side = null;
         owned?.Dispose();
         owned = null;
         random?.Dispose();
@@ -221,9 +242,13 @@ public sealed class DejaVuSparsity : IContextualSparsity, IDisposable
 
     sealed class Step(DejaVuSparsity owner, long rows, long tokens) : ISparsityStep
     {
-        // Predicted layers' logits [B, T, units], owned by the step (out of every dispose scope) until EndStep.
-        readonly Tensor?[] neuronLogits = new Tensor?[owner.layers], headLogits = new Tensor?[owner.layers];
+        // Predicted layers' selections [B, T, k] (top-k of the predictors' logits), owned by the step (out of every dispose
+        // scope) until EndStep.
+        readonly Tensor?[] neuronChoices = new Tensor?[owner.layers], headChoices = new Tensor?[owner.layers];
         Device device = torch.CPU;
+        // Lookahead predictors forked onto the side stream at layer ℓ's input, joined at layer ℓ + 1's, with the inputs they
+        // read (kept allocated until then).
+        readonly List<(SideStream.Fork Fork, Tensor Input)> ahead = new();
 
         bool Predicted => owner.options.Rule == SelectionRule.Predicted;
         bool MlpReadsMlpInput => owner.predictors!.Manifest.MlpReadsMlpInput;
@@ -231,61 +256,80 @@ public sealed class DejaVuSparsity : IContextualSparsity, IDisposable
         public void LayerInput(int layer, Tensor hidden)
         {
             device = hidden.device;
+            JoinAhead();
             if (Predicted) Predict(layer, hidden, mlp: owner.SparseMlp && !MlpReadsMlpInput, heads: owner.SparseHeads);
         }
 
         public Tensor? Heads(int layer, Func<Tensor> headOutputs) => owner.SparseHeads
-            ? Select(layer, headLogits, () => headOutputs().to(ScalarType.Float32).norm(-1), owner.heads, owner.ActiveHeads) : null;
+            ? Select(layer, headChoices, () => headOutputs().to(ScalarType.Float32).norm(-1), owner.heads, owner.ActiveHeads) : null;
 
         // Predictors (read before the layer) and random draws choose without the head outputs; the oracle needs them.
         public Tensor? HeadsAhead(int layer) => owner.SparseHeads && owner.options.Rule != SelectionRule.Oracle
-            ? Select(layer, headLogits, () => throw new InvalidOperationException("the oracle ranks heads by their outputs"), owner.heads, owner.ActiveHeads) : null;
+            ? Select(layer, headChoices, () => throw new InvalidOperationException("the oracle ranks heads by their outputs"), owner.heads, owner.ActiveHeads) : null;
 
         public Tensor? Neurons(int layer, Tensor mlpInput, Func<Tensor> preActivations)
         {
             if (!owner.SparseMlp) return null;
             if (Predicted && MlpReadsMlpInput) Predict(layer, mlpInput, mlp: true, heads: false);
-            return Select(layer, neuronLogits, preActivations, owner.neurons, owner.ActiveNeurons);
+            return Select(layer, neuronChoices, preActivations, owner.neurons, owner.ActiveNeurons);
         }
 
-        /// <summary>Runs the predictors whose source is layer <paramref name="layer"/>'s <paramref name="input"/>: ℓ + 1's with
-        /// lookahead (and ℓ's own for layer 0), else ℓ's.</summary>
+        /// <summary>Runs the predictors whose source is layer <paramref name="layer"/>'s <paramref name="input"/> and keeps their
+        /// top-k: ℓ + 1's with lookahead (and ℓ's own for layer 0), else ℓ's. Lookahead's ℓ + 1 runs on the side stream when there
+        /// is one (DejaVu's asynchronous lookahead: the next layer's prediction overlaps this layer's work), the rest in order.</summary>
         void Predict(int layer, Tensor input, bool mlp, bool heads)
         {
             foreach (int target in new[] { layer, layer + 1 })
             {
                 if (target >= owner.layers || PredictorTrainer.SourceLayer(target, owner.predictors!.Manifest.Lookahead) != layer) continue;
-                var predictor = owner.predictors.Layers[target];
-                if (mlp) neuronLogits[target] ??= predictor.Mlp!.Logits(input).DetachFromDisposeScope();
-                if (heads) headLogits[target] ??= predictor.Heads.Logits(input).DetachFromDisposeScope();
+                var fork = target > layer ? owner.SideStreamFor(device)?.Begin() : null;
+                if (fork is not null) ahead.Add((fork, input.alias().DetachFromDisposeScope()));
+                try
+                {
+                    using var scope = torch.NewDisposeScope();
+                    var predictor = owner.predictors.Layers[target];
+                    if (mlp) neuronChoices[target] ??= TopKAscending(predictor.Mlp!.Logits(input), owner.ActiveNeurons).DetachFromDisposeScope();
+                    if (heads) headChoices[target] ??= TopKAscending(predictor.Heads.Logits(input), owner.ActiveHeads).DetachFromDisposeScope();
+                }
+                finally
+                {
+                    fork?.End();
+                }
             }
+        }
+
+        void JoinAhead()
+        {
+            foreach (var (fork, input) in ahead)
+            {
+                fork.Join();
+                input.Dispose();
+            }
+            ahead.Clear();
         }
 
         public void EndStep()
         {
-            Release(neuronLogits);
-            Release(headLogits);
+            JoinAhead();
+            Release(neuronChoices);
+            Release(headChoices);
         }
 
-        static void Release(Tensor?[] logits)
+        static void Release(Tensor?[] choices)
         {
-            for (int i = 0; i < logits.Length; i++)
+            for (int i = 0; i < choices.Length; i++)
             {
-                logits[i]?.Dispose();
-                logits[i] = null;
+                choices[i]?.Dispose();
+                choices[i] = null;
             }
         }
 
         /// <summary>The top-<paramref name="k"/> of <paramref name="units"/> by the rule's scores, int64 [B, T, k] ascending.</summary>
-        Tensor Select(int layer, Tensor?[] predicted, Func<Tensor> truth, int units, int k)
+        Tensor Select(int layer, Tensor?[] predicted, Func<Tensor> truth, int units, int k) => owner.options.Rule switch
         {
-            var scores = owner.options.Rule switch
-            {
-                SelectionRule.Predicted => predicted[layer] ?? throw new InvalidOperationException($"layer {layer}'s predictor has not run: layer inputs come in order."),
-                SelectionRule.Oracle => truth(),
-                _ => torch.rand(new long[] { rows, tokens, units }, generator: owner.random),
-            };
-            return TopKAscending(scores, k).to(device);
-        }
+            SelectionRule.Predicted => (predicted[layer] ?? throw new InvalidOperationException($"layer {layer}'s predictor has not run: layer inputs come in order.")).alias(),
+            SelectionRule.Oracle => TopKAscending(truth(), k).to(device),
+            _ => TopKAscending(torch.rand(new long[] { rows, tokens, units }, generator: owner.random), k).to(device),
+        };
     }
 }

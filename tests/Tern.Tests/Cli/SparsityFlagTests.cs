@@ -10,8 +10,8 @@ public sealed class SparsityFlagTests
     [InlineData("mlp=1.5", "tern: --mlp must be in (0, 1], the fraction of neurons computed (got 1.5).")]
     [InlineData("heads=0", "tern: --heads must be in (0, 1], the fraction of heads computed (got 0).")]
     [InlineData("rule=oracle", "tern: --sparsity 'rule=oracle' names no fraction: write e.g. mlp=0.1 or heads=0.5 (the fractions of MLP neurons and attention heads computed).")]
-    [InlineData("mlp=0.1,rule=best", "tern: --sparsity: 'rule=best' is not understood; write mlp=FRACTION,heads=FRACTION[,rule=predicted|oracle|random][,seed=N], e.g. mlp=0.1,heads=0.5.")]
-    [InlineData("mlp=0.1,heads=half", "tern: --sparsity: 'heads=half' is not understood; write mlp=FRACTION,heads=FRACTION[,rule=predicted|oracle|random][,seed=N], e.g. mlp=0.1,heads=0.5.")]
+    [InlineData("mlp=0.1,rule=best", "tern: --sparsity: 'rule=best' is not understood; write mlp=FRACTION,heads=FRACTION[,rule=predicted|oracle|random][,seed=N][,overlap=true|false], e.g. mlp=0.1,heads=0.5.")]
+    [InlineData("mlp=0.1,heads=half", "tern: --sparsity: 'heads=half' is not understood; write mlp=FRACTION,heads=FRACTION[,rule=predicted|oracle|random][,seed=N][,overlap=true|false], e.g. mlp=0.1,heads=0.5.")]
     public void BadSpecificationsAreOneLineAndExitTwo(string spec, string message)
     {
         foreach (var command in new[] { new[] { "generate" }, new[] { "bench" }, new[] { "serve" }, new[] { "eval", "ppl", "--text", "x" } })

@@ -23,6 +23,16 @@ public sealed class DejaVuSparsityTests
     internal static GenerationResult Generate(CausalLanguageModel model, int steps = 8) =>
         new Tern.Generation.Generator(model).GenerateTokens(Prompts, new GenerationOptions { MaxNewTokens = steps, IgnoreEos = true, OutputLogits = true }, Ct);
 
+    /// <summary><c>--sparsity</c>'s items: fractions, rule, seed, and the side-stream overlap of lookahead predictors (on unless
+    /// turned off; it changes no choice, only where the predictors run).</summary>
+    [Fact]
+    public void SpecificationsParseEveryItem()
+    {
+        var parsed = SparsityOptions.Parse("mlp=0.1, heads=0.5,rule=Random,seed=7,overlap=false");
+        Assert.Equal(new SparsityOptions { MlpActive = 0.1, HeadsActive = 0.5, Rule = SelectionRule.Random, Seed = 7, OverlapPredictors = false }, parsed);
+        Assert.True(SparsityOptions.Parse("heads=0.25").OverlapPredictors);
+    }
+
     /// <summary>Counts, over every decode step and layer, the most neurons any sequence fires (through the seam: the layers
     /// hand the true pre-activations to whoever asks), and leaves the step dense.</summary>
     sealed class FiringCounter : IContextualSparsity, ISparsityStep
