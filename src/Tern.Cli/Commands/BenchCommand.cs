@@ -177,7 +177,7 @@ internal static class BenchCommand
     }
 
     static string Describe(SparsityOptions? level) => level is null ? "dense"
-        : FormattableString.Invariant($"sparsity mlp={level.MlpActive:0.###},heads={level.HeadsActive:0.###},{level.Rule.ToString().ToLowerInvariant()}");
+        : FormattableString.Invariant($"sparsity mlp={level.MlpActive:0.###},heads={level.HeadsActive:0.###},{level.Rule.ToString().ToLowerInvariant()}{(level.OverlapPredictors ? "" : ",in order")}");
 
     /// <summary>
     /// FlexGen's benchmark: one block of gbs·ngb random prompts per prompt length through the offloaded model, after a short
