@@ -61,15 +61,16 @@ internal static class Attention
     /// (a copy of k/H of the cache per layer), which costs more than attending with every head.</summary>
     const int KeptHeadsLargestBatch = 4;
 
-    /// <summary>The rows of a fused [q | k | v] projection (q: Heads·D rows, then k and v: KvHeads·D each) a step over the kept
-    /// <paramref name="heads"/> [B, T, k] reads: the kept heads' query rows and every key and value row (keys and values of every
-    /// head are cached, so no later token reads a missing entry), int64 [B, T, k·D + 2·KvHeads·D].</summary>
-    public static Tensor QkvRows(Tensor heads, AttentionSettings s)
+    /// <summary>The fused [q | k | v] projection <paramref name="qkv"/> of <paramref name="x"/> [B, T, in] for a step over the kept
+    /// <paramref name="heads"/> [B, T, k]: the kept heads' query rows (gathered) and every key and value row (keys and values of
+    /// every head are cached, so no later token reads a missing entry; one contiguous block of W, read by the dense GEMV),
+    /// [B, T, k + 2·KvHeads, head_dim].</summary>
+    public static Tensor KeptQkv(Linear qkv, Tensor x, Tensor heads, AttentionSettings s)
     {
-        long b = heads.size(0), t = heads.size(1);
-        long d = s.HeadDim;
-        var keysAndValues = torch.arange(s.Heads * d, (s.Heads + 2 * s.KvHeads) * d, ScalarType.Int64, heads.device);
-        return torch.cat(new[] { HeadColumns(heads, s), keysAndValues.expand(b, t, -1) }, -1);
+        long b = x.size(0), t = x.size(1), d = s.HeadDim, q = s.Heads * d, kv = 2 * s.KvHeads * d;
+        var queries = qkv.ForwardRows(x, HeadColumns(heads, s));
+        var keysAndValues = new Linear(qkv.Weight.narrow(0, q, kv), qkv.Bias?.narrow(0, q, kv)).Forward(x);
+        return torch.cat(new[] { queries, keysAndValues }, -1).view(b, t, heads.size(2) + 2 * s.KvHeads, d);
     }
 
     /// <summary>

@@ -131,9 +131,9 @@ internal sealed class LlamaModel : CausalLanguageModel
         var normed = Norms.Rms(h, w["input_layernorm.weight"], eps);
         if (Attention.KeptHeads(layer, h, step, cache) is { } kept)
         {
-            // DejaVu's head-subset attention: the kept heads' query rows and every key/value row, attention of the kept heads.
+            // DejaVu's head-subset attention: the kept heads' queries and every key and value, attention of the kept heads.
             int k = (int)kept.size(2);
-            var rows = w.Linear("self_attn.qkv_proj").ForwardRows(normed, Attention.QkvRows(kept, s)).view(b, t, k + 2 * s.KvHeads, s.HeadDim);
+            var rows = Attention.KeptQkv(w.Linear("self_attn.qkv_proj"), normed, kept, s);
             var (keptQ, keys, _) = step.Rotary(rotary).QueryKey(rows, k, s.KvHeads, keysAtCacheIndex: false);
             var keptOutputs = Attention.ForwardKept(keptQ, keys, rows.narrow(2, k + s.KvHeads, s.KvHeads), kept, step, cache, s);
             h = Attention.ProjectKept(w.Linear("self_attn.o_proj"), keptOutputs, kept, h, s);

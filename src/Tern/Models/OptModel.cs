@@ -90,9 +90,9 @@ internal sealed class OptModel : CausalLanguageModel
         int heads = attention.Heads;
         if (Attention.KeptHeads(layer, h, step, cache) is { } kept)
         {
-            // DejaVu's head-subset attention: the kept heads' query rows and every key/value row, attention of the kept heads.
+            // DejaVu's head-subset attention: the kept heads' queries and every key and value, attention of the kept heads.
             int k = (int)kept.size(2);
-            var rows = w.Linear("self_attn.qkv_proj").ForwardRows(a, Attention.QkvRows(kept, attention)).view(b, t, k + 2 * heads, attention.HeadDim);
+            var rows = Attention.KeptQkv(w.Linear("self_attn.qkv_proj"), a, kept, attention);
             var keptOutputs = Attention.ForwardKept(rows.narrow(2, 0, k), rows.narrow(2, k, heads), rows.narrow(2, k + heads, heads), kept, step, cache, attention);
             h = Attention.ProjectKept(w.Linear("self_attn.out_proj"), keptOutputs, kept, h, attention);
         }
