@@ -15,7 +15,7 @@ namespace Tern.Interop;
 internal static unsafe partial class FusedKernels
 {
     sealed record Loaded(IntPtr[] RmsNorm, IntPtr[] Rotary, IntPtr[] Gated, IntPtr[] Gemv, IntPtr[] CacheAppend, IntPtr[] AttnSplit, IntPtr[] AttnCombine,
-        IntPtr[] GatherRows, IntPtr[] GatherColumns, IntPtr[] ColumnsFinish, IntPtr[] GatherColumnRuns, IntPtr[] TopK, IntPtr ModalStep);
+        IntPtr[] GatherRows, IntPtr[] GatherColumns, IntPtr[] ColumnsFinish, IntPtr[] GatherColumnRuns, IntPtr ModalStep);
 
     static readonly Lazy<Loaded?> Kernels = new(Load);
 
@@ -69,11 +69,11 @@ internal static unsafe partial class FusedKernels
             byte[] cubin = Nvrtc.CompileToCubin(source, "fused.cu", $"sm_{major}{minor}");
             string[] suffixes = { "f32", "bf16", "f16" };
             string[] perType = { "rms_norm_", "rotary_", "gated_", "cache_append_", "attn_split_", "attn_combine_", "gather_rows_", "gather_columns_",
-                "columns_finish_", "gather_column_runs_", "top_k_ascending_" };
+                "columns_finish_", "gather_column_runs_" };
             var all = CudaDriver.LoadKernels(cubin, perType.SelectMany(k => suffixes.Select(s => k + s)).Concat(new[] { "gemv_bf16", "gemv_f16", "modal_step" }));
             IntPtr[] Of(int kernel) => all.Skip(kernel * 3).Take(3).ToArray();
             int gemv = perType.Length * 3;
-            return new Loaded(Of(0), Of(1), Of(2), new[] { IntPtr.Zero, all[gemv], all[gemv + 1] }, Of(3), Of(4), Of(5), Of(6), Of(7), Of(8), Of(9), Of(10), all[gemv + 2]);
+            return new Loaded(Of(0), Of(1), Of(2), new[] { IntPtr.Zero, all[gemv], all[gemv + 1] }, Of(3), Of(4), Of(5), Of(6), Of(7), Of(8), Of(9), all[gemv + 2]);
         }
         catch (Exception e) when (e is InvalidOperationException or DllNotFoundException or EntryPointNotFoundException)
         {
@@ -259,29 +259,6 @@ internal static unsafe partial class FusedKernels
         IntPtr ps = Ptr(state), py = Ptr(y), pw = Ptr(w), pl = live is null ? IntPtr.Zero : Ptr(live), pp = Ptr(poles), pr = Ptr(residues), pd = Ptr(direct);
         void** args = stackalloc void*[] { &ps, &py, &pw, &pl, &pp, &pr, &pd, &items, &channels, &k, &modes };
         CudaDriver.Launch(Kernels.Value!.ModalStep, (uint)((items * modes + 255) / 256), 256, LibTorchCuda.CurrentRawStream(), args);
-        return true;
-    }
-
-    /// <summary>
-    /// DejaVu's selection: the indices of the <paramref name="k"/> largest of each row of <paramref name="scores"/> [.., units],
-    /// int64 [.., k] in ascending order (what the gather kernels read in order), in one launch (a radix select, then the kept
-    /// indices compacted in order) where topk + sort took several. Of scores equal to the k-th largest, the lowest indices are
-    /// kept. CUDA only; 1 ≤ k ≤ units.
-    /// </summary>
-    public static bool TryTopKAscending(Tensor scores, int k, out Tensor indices)
-    {
-        indices = null!;
-        long units = scores.size(-1);
-        if (!Usable(scores) || k < 1 || k > units || units > int.MaxValue) return false;
-        long rows = scores.NumberOfElements / units;
-        if (rows == 0 || rows > int.MaxValue) return false;
-        indices = torch.empty(TensorMemory.ShapeWithLast(scores, k), ScalarType.Int64, scores.device);
-        IntPtr po = Ptr(indices), ps = Ptr(scores);
-        int n = (int)units;
-        void** args = stackalloc void*[] { &po, &ps, &n, &k };
-        // A thread per ~28 scores of a 28,672-neuron row; fewer threads for short rows (the heads').
-        int threads = (int)Math.Min(1024, Math.Max(32, (units + 31) / 32 * 32));
-        CudaDriver.Launch(Kernels.Value!.TopK[TypeIndex(scores.dtype)], (uint)rows, (uint)threads, LibTorchCuda.CurrentRawStream(), args);
         return true;
     }
 

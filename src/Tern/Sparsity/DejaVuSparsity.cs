@@ -236,9 +236,8 @@ public sealed class DejaVuSparsity : IContextualSparsity, IDisposable
             : new Step(this, batch.InputIds.size(0), batch.InputIds.size(1));
 
     /// <summary>The indices of the <paramref name="k"/> largest scores of each row, int64 [.., k] ascending (the gather kernels
-    /// read rows in order): one selection kernel on CUDA, topk + sort elsewhere.</summary>
-    internal static Tensor TopKAscending(Tensor scores, int k) =>
-        FusedKernels.TryTopKAscending(scores, k, out var kept) ? kept : scores.topk(k, dim: -1).indexes.sort(dim: -1).Values;
+    /// read rows in order).</summary>
+    internal static Tensor TopKAscending(Tensor scores, int k) => scores.topk(k, dim: -1).indexes.sort(dim: -1).Values;
 
     sealed class Step(DejaVuSparsity owner, long rows, long tokens) : ISparsityStep
     {

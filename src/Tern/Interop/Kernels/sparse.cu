@@ -161,105 +161,6 @@ __device__ void gather_column_runs(T* __restrict__ y, const T* __restrict__ W, c
     y[item] = store<T>(v);
 }
 
-// DejaVu's selection (§4.2: the k neurons or heads a predictor scores highest), one block per row of scores: an 8-bit radix
-// select finds the k-th largest of the order-preserving 32-bit keys digit by digit from the top (four passes over the row,
-// which stays in L1/L2), then the kept indices are written in ascending order by block-wide scans over contiguous chunks —
-// one launch instead of topk + sort. Keys above the k-th are kept; of those equal to it, the lowest indices. A NaN with
-// its sign bit clear sorts above +inf (torch.topk ranks every NaN highest). blockDim.x: a multiple of 32, at most 1024.
-__device__ __forceinline__ unsigned int order_key(float f)
-{
-    unsigned int u = __float_as_uint(f);
-    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-}
-
-// Exclusive prefix sum of v over the block (threads in order). Every thread must call it.
-__device__ __forceinline__ int block_exclusive_scan(int v, int* warpTotals)
-{
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
-    int inclusive = v;
-    for (int o = 1; o < 32; o <<= 1)
-    {
-        int n = __shfl_up_sync(0xffffffffu, inclusive, o);
-        if (lane >= o) inclusive += n;
-    }
-    if (lane == 31) warpTotals[warp] = inclusive;
-    __syncthreads();
-    if (warp == 0)
-    {
-        int t = lane < warps ? warpTotals[lane] : 0, scanned = t;
-        for (int o = 1; o < 32; o <<= 1)
-        {
-            int n = __shfl_up_sync(0xffffffffu, scanned, o);
-            if (lane >= o) scanned += n;
-        }
-        if (lane < warps) warpTotals[lane] = scanned - t; // exclusive, per warp
-    }
-    __syncthreads();
-    int result = warpTotals[warp] + inclusive - v;
-    __syncthreads(); // warpTotals is reused by the next scan
-    return result;
-}
-
-template <typename T>
-__device__ void top_k_ascending(long long* __restrict__ out, const T* __restrict__ scores, int units, int k)
-{
-    __shared__ unsigned int histogram[256];
-    __shared__ int digitFound, needLeft, warpTotals[32];
-    const T* row = scores + (long long)blockIdx.x * units;
-    long long* kept = out + (long long)blockIdx.x * k;
-    unsigned int want = 0, mask = 0;
-    int need = k; // of the keys matching want under mask, how many from the top are kept
-    for (int shift = 24; shift >= 0; shift -= 8)
-    {
-        for (int i = threadIdx.x; i < 256; i += blockDim.x) histogram[i] = 0;
-        __syncthreads();
-        // Scores cluster in a few exponents, so most of a warp's keys share a digit: one atomic per distinct digit a warp.
-        for (int base = 0; base < units; base += blockDim.x)
-        {
-            int i = base + threadIdx.x, lane = threadIdx.x & 31;
-            unsigned int key = i < units ? order_key(load(row[i])) : 0u, digit = (key >> shift) & 255u;
-            bool counted = i < units && (key & mask) == want;
-#if __CUDA_ARCH__ >= 700
-            unsigned int peers = __match_any_sync(0xffffffffu, counted ? digit : 256u + lane);
-            if (counted && lane == __ffs(peers) - 1) atomicAdd(&histogram[digit], (unsigned int)__popc(peers));
-#else // no __match_any_sync before Volta: an atomic a key
-            if (counted) atomicAdd(&histogram[digit], 1u);
-#endif
-        }
-        __syncthreads();
-        if (threadIdx.x == 0)
-        {
-            int digit = 255, above = 0;
-            for (; digit > 0 && above + (int)histogram[digit] < need; digit--) above += histogram[digit];
-            digitFound = digit;
-            needLeft = need - above;
-        }
-        __syncthreads();
-        want |= (unsigned int)digitFound << shift;
-        mask |= 255u << shift;
-        need = needLeft;
-        __syncthreads();
-    }
-    // want is now the k-th largest key; `need` of the keys equal to it are kept, the lowest indices first.
-    int chunk = (units + blockDim.x - 1) / blockDim.x, from = threadIdx.x * chunk, to = min(units, from + chunk);
-    int greater = 0, equal = 0;
-    for (int i = from; i < to; i++)
-    {
-        unsigned int key = order_key(load(row[i]));
-        greater += key > want;
-        equal += key == want;
-    }
-    int greaterBefore = block_exclusive_scan(greater, warpTotals);
-    int equalBefore = block_exclusive_scan(equal, warpTotals);
-    int at = greaterBefore + min(equalBefore, need);
-    for (int i = from; i < to; i++)
-    {
-        unsigned int key = order_key(load(row[i]));
-        bool keep = key > want || (key == want && equalBefore++ < need);
-        if (keep) kept[at++] = i;
-    }
-}
-
 #define INSTANTIATE_SPARSE(T, S)                                                                                                      \
     extern "C" __global__ void gather_rows_##S(T* y, const T* W, const T* x, const T* b, const long long* rows, long long tokens, int k, \
         int K, int kind, long long up) { gather_rows<T>(y, W, x, b, rows, tokens, k, K, kind, up); }                                   \
@@ -268,8 +169,7 @@ __device__ void top_k_ascending(long long* __restrict__ out, const T* __restrict
     extern "C" __global__ void columns_finish_##S(T* y, const float* partial, const T* b, const T* r, int splits, int N,                \
         long long tokens) { columns_finish<T>(y, partial, b, r, splits, N, tokens); }                                                  \
     extern "C" __global__ void gather_column_runs_##S(T* y, const T* W, const T* a, const long long* cols, const T* b, const T* r,     \
-        int kc, int N, int K, long long tokens) { gather_column_runs<T>(y, W, a, cols, b, r, kc, N, K, tokens); }                     \
-    extern "C" __global__ void top_k_ascending_##S(long long* out, const T* scores, int units, int k) { top_k_ascending<T>(out, scores, units, k); }
+        int kc, int N, int K, long long tokens) { gather_column_runs<T>(y, W, a, cols, b, r, kc, N, K, tokens); }
 INSTANTIATE_SPARSE(float, f32)
 INSTANTIATE_SPARSE(bf16, bf16)
 INSTANTIATE_SPARSE(f16, f16)
