@@ -62,15 +62,15 @@ internal static class Attention
     const int KeptHeadsLargestBatch = 4;
 
     /// <summary>The fused [q | k | v] projection <paramref name="qkv"/> of <paramref name="x"/> [B, T, in] for a step over the kept
-    /// <paramref name="heads"/> [B, T, k]: the kept heads' query rows (gathered) and every key and value row (keys and values of
-    /// every head are cached, so no later token reads a missing entry; one contiguous block of W, read by the dense GEMV),
-    /// [B, T, k + 2·KvHeads, head_dim].</summary>
-    public static Tensor KeptQkv(Linear qkv, Tensor x, Tensor heads, AttentionSettings s)
+    /// heads whose <see cref="HeadColumns"/> are <paramref name="columns"/>: the kept heads' query rows (gathered) and every key
+    /// and value row (keys and values of every head are cached, so no later token reads a missing entry; one contiguous block
+    /// of W, read by the dense GEMV), [B, T, k + 2·KvHeads, head_dim].</summary>
+    public static Tensor KeptQkv(Linear qkv, Tensor x, Tensor columns, AttentionSettings s)
     {
         long b = x.size(0), t = x.size(1), d = s.HeadDim, q = s.Heads * d, kv = 2 * s.KvHeads * d;
-        var queries = qkv.ForwardRows(x, HeadColumns(heads, s));
+        var queries = qkv.ForwardRows(x, columns);
         var keysAndValues = new Linear(qkv.Weight.narrow(0, q, kv), qkv.Bias?.narrow(0, q, kv)).Forward(x);
-        return torch.cat(new[] { queries, keysAndValues }, -1).view(b, t, heads.size(2) + 2 * s.KvHeads, d);
+        return torch.cat(new[] { queries, keysAndValues }, -1).view(b, t, columns.size(-1) / d + 2 * s.KvHeads, d);
     }
 
     /// <summary>
@@ -81,13 +81,14 @@ internal static class Attention
     public static Tensor ForwardKept(Tensor q, Tensor k, Tensor v, Tensor heads, ModelStep step, LayerState state, AttentionSettings s) =>
         Forward(q, k, v, step, state.Cache!, s, null, state.Cache!.DType, heads);
 
-    /// <summary>residual + o_proj of the kept heads' outputs <paramref name="attended"/> [B,T,k·D] (<paramref name="heads"/>
-    /// [B,T,k]): only their column blocks W_out[:, h·D:(h+1)·D] are read.</summary>
-    public static Tensor ProjectKept(Linear output, Tensor attended, Tensor heads, Tensor residual, AttentionSettings s) =>
-        output.ForwardColumnsAdd(attended, HeadColumns(heads, s), residual, s.HeadDim);
+    /// <summary>residual + o_proj of the kept heads' outputs <paramref name="attended"/> [B,T,k·D] (their
+    /// <see cref="HeadColumns"/>: <paramref name="columns"/>): only their column blocks W_out[:, h·D:(h+1)·D] are read.</summary>
+    public static Tensor ProjectKept(Linear output, Tensor attended, Tensor columns, Tensor residual, AttentionSettings s) =>
+        output.ForwardColumnsAdd(attended, columns, residual, s.HeadDim);
 
-    // Head h's columns h·D … h·D + D − 1, per kept head in order: int64 [B, T, k·D].
-    static Tensor HeadColumns(Tensor heads, AttentionSettings s) =>
+    /// <summary>Kept heads' columns h·D … h·D + D − 1 (their query rows of W_qkv, their column blocks of W_out), per kept head in
+    /// order: int64 [B, T, k·D] for <paramref name="heads"/> [B, T, k]. A step computes them once a layer.</summary>
+    public static Tensor HeadColumns(Tensor heads, AttentionSettings s) =>
         (heads.unsqueeze(-1) * s.HeadDim + torch.arange(s.HeadDim, ScalarType.Int64, heads.device)).flatten(2);
 
     /// <summary>
@@ -101,7 +102,7 @@ internal static class Attention
         var perHead = attended.reshape(b, t, s.Heads, s.HeadDim);
         if (step.Sparsity?.Heads(layer, () => perHead) is not { } heads) return output.ForwardAdd(attended, residual);
         var kept = perHead.gather(2, heads.unsqueeze(-1).expand(b, t, heads.size(2), s.HeadDim)); // [B,T,k,D]
-        return ProjectKept(output, kept.flatten(2), heads, residual, s);
+        return ProjectKept(output, kept.flatten(2), HeadColumns(heads, s), residual, s);
     }
 
     /// <summary>
