@@ -3,7 +3,8 @@
 # docs/state-of-work.md); one call each, from the repository root there, each well under the 10-minute call limit:
 #   tools/gpu/core_bench.sh tests              the whole GPU suite (HF parity, policy and offload contracts, compositions)
 #   tools/gpu/core_bench.sh sink [CACHES]      Llama-2-7B shape, bf16, batch 1, prompt = cache size, 128 new tokens: sink
-#                                              (CUDA graphs; eviction every 64 and every step) against window re-computation
+#                                              (CUDA graphs; eviction every 64 and every step) against window re-computation,
+#                                              and the full cache at that length (the plain step an eviction adds to)
 #   tools/gpu/core_bench.sh h2o-offload GEN FULL_POLICY H2O_POLICY
 #                                              OPT-30B shape, fp16 dummy weights, --gpu-mem 16GB, CPU 100 GB, prompt 512 + GEN:
 #                                              the full cache against h2o 20% (policies planned here with `tern offload plan
@@ -31,6 +32,7 @@ case ${1:?tests|sink|h2o-offload|serve|regression} in
       tern bench "${M[@]}" --prompt $c --kv-policy sink --kv-budget $c --kv-evict-every 64 --label "sink, evict every 64" | tail -1
       tern bench "${M[@]}" --prompt $c --kv-policy sink --kv-budget $c --label "sink, evict every step" | tail -1
       tern bench "${M[@]}" --prompt $c --kv-policy window-recompute --kv-budget $c --label "window-recompute" | tail -1
+      tern bench "${M[@]}" --prompt $c --label "full cache (no eviction: the plain step at this length)" | tail -1
     done ;;
   h2o-offload)
     C=(--model tests/fixtures/configs/opt-30b --dummy --device cuda --dtype fp16 --gpu-mem 16GB --cpu-mem 100GB --prompt 512
