@@ -13,10 +13,12 @@ namespace Tern.Sparsity;
 /// <param name="SparseMlpMs">The sparse MLP's two gather-GEMVs (selected rows of the up-projection with the activation, selected
 /// columns of the down-projection with the residual); NaN for a dense MLP.</param>
 /// <param name="SparseMlpBytes">Weight bytes those read: the selected neurons' rows and columns (biases left out).</param>
+/// <param name="SparseUpMs">The first of the two (the up-projection's gather-GEMV with the activation) alone; the down-projection's
+/// share is the rest of <paramref name="SparseMlpMs"/>. NaN for a dense MLP.</param>
 /// <param name="DenseMlpMs">The same layer's dense MLP (up, activation, down) for comparison, its down-projection laid out as the
 /// sparse level keeps it (transposed on CUDA under neuron sparsity: cuBLAS then reads it, not the one-row GEMV of a dense run).</param>
 /// <param name="DenseMlpBytes">Weight bytes the dense MLP reads (biases left out).</param>
-public sealed record SparsityTimes(double PredictorMs, double SparseMlpMs, double SparseMlpBytes, double DenseMlpMs, double DenseMlpBytes)
+public sealed record SparsityTimes(double PredictorMs, double SparseMlpMs, double SparseMlpBytes, double SparseUpMs, double DenseMlpMs, double DenseMlpBytes)
 {
     /// <summary>Achieved bytes per second of the sparse MLP.</summary>
     public double SparseMlpBandwidth => SparseMlpBytes / (SparseMlpMs / 1e3);
@@ -57,7 +59,7 @@ public static class SparsityTiming
                 }
             }) / layers;
 
-        double sparseMs = double.NaN, sparseBytes = double.NaN, denseMs = double.NaN, denseBytes = double.NaN;
+        double sparseMs = double.NaN, sparseBytes = double.NaN, upMs = double.NaN, denseMs = double.NaN, denseBytes = double.NaN;
         var mlps = Enumerable.Range(0, layers).Select(model.SparseMlp).ToArray();
         if (mlps.All(m => m is not null) && layers > 0)
         {
@@ -81,6 +83,16 @@ public static class SparsityTiming
                         down.ForwardColumnsAdd(a, selections[l], x);
                     }
                 }) / layers;
+                upMs = Time(device, repeats, () =>
+                {
+                    using var pass = torch.NewDisposeScope();
+                    for (int l = 0; l < layers; l++)
+                    {
+                        var (up, _, _) = mlps[l]!.Value;
+                        if (gated) up.ForwardGatedRows(x, selections[l], act, neurons);
+                        else up.ForwardRows(x, selections[l], act);
+                    }
+                }) / layers;
                 sparseBytes = (gated ? 3 : 2) * (double)k * hidden * element;
             }
             denseMs = Time(device, repeats, () =>
@@ -95,7 +107,7 @@ public static class SparsityTiming
             }) / layers;
             denseBytes = (up0.Weight.NumberOfElements + down0.Weight.NumberOfElements) * (double)element;
         }
-        return new SparsityTimes(predictor, sparseMs, sparseBytes, denseMs, denseBytes);
+        return new SparsityTimes(predictor, sparseMs, sparseBytes, upMs, denseMs, denseBytes);
     }
 
     /// <summary>Milliseconds of one run of <paramref name="pass"/>: replayed as a CUDA graph where graphs can be captured, else run

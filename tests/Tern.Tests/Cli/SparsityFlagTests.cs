@@ -72,7 +72,7 @@ public sealed class SparsityFlagTests
         Assert.Contains("[sparsity mlp=0.1,heads=0.5,predicted] [predictors ", rows[1]);
         Assert.Contains("x dense decode]", rows[1]);
         Assert.Contains("[sparsity mlp=1,heads=0.5,predicted]", rows[2]);
-        Assert.Contains("sparse MLP ", output);
+        Assert.Matches(@"sparse MLP [0-9.]+ ms/layer \(up [0-9.]+\) reading", output);
 
         var (both, lines) = CliProcess.Errors("bench", "--model", "no/such/folder", "--sparsity", "heads=0.5", "--sparsity-sweep", "dense");
         Assert.Equal(2, both);
