@@ -7,7 +7,8 @@
 #   tools/gpu/inrank_bench.sh start     needs .device: runs `all` in the background; returns at once
 #   tools/gpu/inrank_bench.sh status    the logs' last lines
 #   tools/gpu/inrank_bench.sh collect   summary.md + one archive of the logs, configs and plots' data to $OUT
-#   tools/gpu/inrank_bench.sh fixed R   one fixed-rank run at rank R (B·A for every MLP linear) and its perplexities
+#   tools/gpu/inrank_bench.sh fixed R [NAME]  one fixed-rank run at rank R (B·A for every MLP linear; INRANK_ARGS apply, e.g.
+#                                       --inrank-init-scale) and its perplexities, in $W/NAME (default fixed-R)
 #   tools/gpu/inrank_bench.sh all       the whole comparison in the foreground: three trainings, perplexities, the dense
 #                                       export (Tern and transformers), summary.md (what `start` runs)
 # Environment: STEPS (3000), SEQ (1024), BATCH (32), DEVICE (cuda), STAGE1 (1040 optimizer steps of rank discovery: the
@@ -65,10 +66,10 @@ case ${1:?stage|start|status|collect|fixed|all} in
     sleep 30; tail -5 "$W/bench.log" ;;
   fixed)
     # One fixed-rank run at RANK and its perplexities (e.g. the full rank 512: the factored parametrisation alone).
-    rank=${2:?rank}
+    rank=${2:?rank} name=${3:-fixed-$2}
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$W/gpu.txt" 2> /dev/null || echo "$DEVICE" > "$W/gpu.txt"
-    echo "== fixed rank $rank"; train "fixed-$rank" --low-rank "$rank" || exit 1
-    echo "== perplexity: fixed-$rank"; perplexity "$W/fixed-$rank/run" "$W/fixed-$rank" ;;
+    echo "== fixed rank $rank $INRANK_ARGS"; train "$name" --low-rank "$rank" $INRANK_ARGS || exit 1
+    echo "== perplexity: $name"; perplexity "$W/$name/run" "$W/$name" ;;
   status)
     for f in "$W"/bench.log "$W"/*/train.log; do [ -f "$f" ] && { echo "== $f"; tr '\r' '\n' < "$f" | grep -v '^$' | tail -"${LINES:-3}"; }; done
     ls "$W" ;;
