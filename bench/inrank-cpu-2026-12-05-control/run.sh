@@ -14,3 +14,6 @@ run lowrank-full-init0.7 --low-rank 128 --inrank-init-scale 0.7
 run lowrank-full-init1.4 --low-rank 128 --inrank-init-scale 1.4
 LR=2e-3 run full-lr2
 LR=2e-3 run lowrank-full-lr2 --low-rank 128
+I="--inrank --inrank-max-rank-fraction 1 --inrank-buffer 16 --inrank-stage1-steps 400"
+run inrank-init1 $I
+run inrank-init1.6 $I --inrank-init-scale 1.6
