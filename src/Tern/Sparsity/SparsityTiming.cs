@@ -71,27 +71,23 @@ public static class SparsityTiming
             var selections = Enumerable.Range(0, layers)
                 .Select(_ => torch.randperm(neurons, ScalarType.Int64).narrow(0, 0, k).sort().Values.view(1, 1, k).to(device)).ToArray();
             long element = down0.Weight.ElementSize;
+            // Layer l's up-projection over its selected neurons, with the activation (gated: gate and up rows).
+            Tensor SparseUp(int l)
+            {
+                var up = mlps[l]!.Value.Up;
+                return gated ? up.ForwardGatedRows(x, selections[l], act, neurons) : up.ForwardRows(x, selections[l], act);
+            }
             if (k < neurons)
             {
                 sparseMs = Time(device, repeats, () =>
                 {
                     using var pass = torch.NewDisposeScope();
-                    for (int l = 0; l < layers; l++)
-                    {
-                        var (up, down, _) = mlps[l]!.Value;
-                        var a = gated ? up.ForwardGatedRows(x, selections[l], act, neurons) : up.ForwardRows(x, selections[l], act);
-                        down.ForwardColumnsAdd(a, selections[l], x);
-                    }
+                    for (int l = 0; l < layers; l++) mlps[l]!.Value.Down.ForwardColumnsAdd(SparseUp(l), selections[l], x);
                 }) / layers;
                 upMs = Time(device, repeats, () =>
                 {
                     using var pass = torch.NewDisposeScope();
-                    for (int l = 0; l < layers; l++)
-                    {
-                        var (up, _, _) = mlps[l]!.Value;
-                        if (gated) up.ForwardGatedRows(x, selections[l], act, neurons);
-                        else up.ForwardRows(x, selections[l], act);
-                    }
+                    for (int l = 0; l < layers; l++) SparseUp(l);
                 }) / layers;
                 sparseBytes = (gated ? 3 : 2) * (double)k * hidden * element;
             }
