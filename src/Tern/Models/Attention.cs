@@ -209,7 +209,8 @@ internal static class Attention
             // First chunk without padding: plain causal attention.
             var kx = g == 1 ? keys : keys.repeat_interleave(g, 1);
             var vx = g == 1 ? values : values.repeat_interleave(g, 1);
-            output = F.scaled_dot_product_attention(qh, kx, vx, is_casual: true);
+            output = Interop.FusedKernels.TryWidenedCausalAttention(qh, kx, vx, out var widened) ? widened
+                : F.scaled_dot_product_attention(qh, kx, vx, is_casual: true);
         }
         else
         {
