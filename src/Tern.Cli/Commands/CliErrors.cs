@@ -64,7 +64,6 @@ internal static class CliErrors
         [TernOption.InRankWarmup] = "--inrank-warmup",
         [TernOption.InRankCheckEvery] = "--inrank-check-every",
         [TernOption.InRankStage1Steps] = "--inrank-stage1-steps",
-        [TernOption.InRankInit] = "--inrank-init",
         [TernOption.InRankInitScale] = "--inrank-init-scale",
         [TernOption.InRankMaxRankFraction] = "--inrank-max-rank-fraction",
         [TernOption.InRankFixedRank] = "--low-rank",

@@ -55,9 +55,7 @@ internal static class TrainCommand
         var inrankWarmup = new Option<int>("--inrank-warmup") { Description = "Forward passes before InRank's first rank check.", DefaultValueFactory = _ => r0.Warmup };
         var inrankEvery = new Option<int>("--inrank-check-every") { Description = "A rank check every N forward passes (validation counts, as released).", DefaultValueFactory = _ => r0.CheckEvery };
         var inrankStage1 = new Option<int>("--inrank-stage1-steps") { Description = "Optimizer steps of rank discovery; then the factors are truncated to their ranks.", DefaultValueFactory = _ => r0.Stage1Steps };
-        var inrankInit = new Option<string>("--inrank-init") { Description = "How the factors start: kaiming (Kaiming-uniform, as released) or spectral (the truncated SVD of a dense initial weight, √σ in each factor).", DefaultValueFactory = _ => "kaiming" };
-        inrankInit.AcceptOnlyFromAmong("kaiming", "spectral");
-        var inrankScale = new Option<double>("--inrank-init-scale") { Description = "Multiplies the initial factors.", DefaultValueFactory = _ => r0.InitScale };
+        var inrankScale = new Option<double>("--inrank-init-scale") { Description = "Scale of the Kaiming-uniform initial factors.", DefaultValueFactory = _ => r0.InitScale };
         var inrankMaxRank = new Option<double>("--inrank-max-rank-fraction") { Description = "InRank's Rmax as a fraction of the full rank (released: 0.5); the rank is capped at Rmax − buffer.", DefaultValueFactory = _ => r0.MaxRankFraction };
         var inrankMoments = new Option<string>("--inrank-moments") { Description = "Adam moments of the factors at the hand-off: slice (as released) or reset.", DefaultValueFactory = _ => "slice" };
         inrankMoments.AcceptOnlyFromAmong("slice", "reset");
@@ -65,7 +63,7 @@ internal static class TrainCommand
         var command = new Command("train", "Train a causal language model from a config and token files; writes an HF model folder.")
             { config, runConfig, trainFile, validFile, output, resume, tokenizer, format, steps, seq, batch, accum, lr, warmup, minLr, decay,
               clip, evalEvery, evalBatches, ckptEvery, seed, startToken, device, autocast, probe, probeWindows, probeEvery,
-              inrank, inrankVariant, inrankRank, inrankBuffer, inrankThreshold, inrankWarmup, inrankEvery, inrankStage1, inrankInit, inrankScale, inrankMaxRank, inrankMoments, lowRank };
+              inrank, inrankVariant, inrankRank, inrankBuffer, inrankThreshold, inrankWarmup, inrankEvery, inrankStage1, inrankScale, inrankMaxRank, inrankMoments, lowRank };
         command.SetAction((r, cancellation) =>
         {
             string outputDir = r.GetValue(output)!;
@@ -108,7 +106,6 @@ internal static class TrainCommand
                         Variant = Given(inrankVariant) ? Enum.Parse<Tern.Models.LowRankVariant>(r.GetValue(inrankVariant)!, true) : ir.Variant,
                         InitialRank = Pick(inrankRank, ir.InitialRank), Buffer = Pick(inrankBuffer, ir.Buffer), Threshold = Pick(inrankThreshold, ir.Threshold),
                         Warmup = Pick(inrankWarmup, ir.Warmup), CheckEvery = Pick(inrankEvery, ir.CheckEvery), Stage1Steps = Pick(inrankStage1, ir.Stage1Steps),
-                        Init = Given(inrankInit) ? Enum.Parse<FactorInit>(r.GetValue(inrankInit)!, true) : ir.Init,
                         InitScale = Pick(inrankScale, ir.InitScale), MaxRankFraction = Pick(inrankMaxRank, ir.MaxRankFraction),
                         Moments = Given(inrankMoments) ? Enum.Parse<MomentHandoff>(r.GetValue(inrankMoments)!, true) : ir.Moments,
                         FixedRank = Pick(lowRank, ir.FixedRank),

@@ -84,8 +84,6 @@ public sealed class TernOption
     public static readonly TernOption InRankCheckEvery = new("InRankOptions.CheckEvery");
     /// <summary>Optimizer steps of InRank's rank discovery.</summary>
     public static readonly TernOption InRankStage1Steps = new("InRankOptions.Stage1Steps");
-    /// <summary>How InRank's factors start (Kaiming-uniform or spectral).</summary>
-    public static readonly TernOption InRankInit = new("InRankOptions.Init");
     /// <summary>Scale of InRank's initial factors.</summary>
     public static readonly TernOption InRankInitScale = new("InRankOptions.InitScale");
     /// <summary>InRank's Rmax as a fraction of the full rank.</summary>

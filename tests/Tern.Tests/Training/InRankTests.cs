@@ -346,8 +346,6 @@ public class InRankTests
         using var dir = new TempDir();
         var options = TrainerTests.Options(dir) with { InRank = Small with { Variant = LowRankVariant.Original, Moments = MomentHandoff.Reset } };
         string path = dir.File("run.json");
-        File.WriteAllText(path, (options with { InRank = Small with { Init = FactorInit.Spectral } }).ToJson().ToJsonString());
-        Assert.Equal(FactorInit.Spectral, TrainerOptions.Load(path, new TrainerOptions { OutputDirectory = options.OutputDirectory, TrainTokens = "", Device = DeviceKind.Cpu }).InRank!.Init);
         File.WriteAllText(path, options.ToJson().ToJsonString());
         var baseline = new TrainerOptions { OutputDirectory = options.OutputDirectory, TrainTokens = "", Device = DeviceKind.Cpu };
         Assert.Equal(options, TrainerOptions.Load(path, baseline));
@@ -355,48 +353,5 @@ public class InRankTests
         Assert.Contains("inrank.bufer", Assert.Throws<ArgumentException>(() => TrainerOptions.Load(path, baseline)).Message);
         File.WriteAllText(path, """{"inrank": {"buffer": 8}}""");
         Assert.Equal(new InRankOptions { Buffer = 8 }, TrainerOptions.Load(path, baseline).InRank);
-    }
-
-    [Theory]
-    [InlineData(24, 40, 24)] // full rank: B·A is W0 itself
-    [InlineData(40, 24, 9)]  // truncated: W0's best rank-9 approximation
-    public void SpectralFactorsAreTheTruncatedSvdOfADenseInitialWeight(int m, int n, int width)
-    {
-        using var scope = torch.NewDisposeScope();
-        const double std = 0.02, scale = 1.5;
-        using var generator = new torch.Generator(42);
-        var (a, b) = InRankTraining.SpectralFactors(m, n, width, std, scale, generator);
-        Assert.Equal(new long[] { width, n }, a.shape);
-        Assert.Equal(new long[] { m, width }, b.shape);
-        using var again = new torch.Generator(42);
-        var w0 = torch.randn(new long[] { m, n }, ScalarType.Float64, generator: again) * std; // the dense draw it factorises
-        var sigma = torch.linalg.svdvals(w0);
-        var product = b.matmul(a) / (scale * scale);
-        // Eckart–Young: the residual's Frobenius norm² is the sum of the dropped σ², zero at full rank.
-        double residual = (w0 - product).square().sum().item<double>();
-        double dropped = sigma.narrow(0, width, sigma.size(0) - width).square().sum().item<double>();
-        Assert.True(Math.Abs(residual - dropped) <= 1e-12 + 1e-9 * w0.square().sum().item<double>(), $"residual {residual} against dropped {dropped}");
-        // √σ in each factor: BᵀB = AAᵀ = scale²·Σ_w.
-        var expected = torch.diag(sigma.narrow(0, 0, width)) * (scale * scale);
-        Assert.True(torch.allclose(b.t().matmul(b), expected, rtol: 1e-9, atol: 1e-12));
-        Assert.True(torch.allclose(a.matmul(a.t()), expected, rtol: 1e-9, atol: 1e-12));
-    }
-
-    [Fact]
-    public void SpectralFactorsTrainAndTheOriginalVariantRefusesThem()
-    {
-        using var dir = new TempDir();
-        var options = TrainerTests.Options(dir, steps: 20) with
-            { InRank = new InRankOptions { FixedRank = 32, Init = FactorInit.Spectral }, CheckpointEvery = 0, EvalEvery = 0, GradientAccumulation = 1 };
-        using var trainer = Trainer.Create(TrainerTests.TinyConfig(), options);
-        // Each product starts as a normal(0, initializer_range) matrix: its entries' spread is the dense model's.
-        var a = trainer.Model.Parameters.Single(p => p.Name == "model.layers.0.mlp.up_proj.weight_a").Tensor;
-        var b = trainer.Model.Parameters.Single(p => p.Name == "model.layers.0.mlp.up_proj.weight_b").Tensor;
-        double std = b.matmul(a).std().item<float>(), expected = TrainerTests.TinyConfig().GetDouble("initializer_range") ?? 0.02;
-        Assert.InRange(std, 0.9 * expected, 1.1 * expected);
-        var history = trainer.Run(cancellation: Ct);
-        Assert.True(history.TakeLast(3).Average(h => h.Loss) < 0.7 * history.Take(3).Average(h => h.Loss));
-        var e = Assert.Throws<OptionException>(() => new InRankOptions { Init = FactorInit.Spectral, Variant = LowRankVariant.Original }.Validate());
-        Assert.Equal(TernOption.InRankInit, e.Options[0]);
     }
 }

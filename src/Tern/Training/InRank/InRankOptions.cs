@@ -13,18 +13,6 @@ public enum MomentHandoff
     Reset,
 }
 
-/// <summary>How the factors of a fresh run start.</summary>
-public enum FactorInit
-{
-    /// <summary>As released: A and B drawn Kaiming-uniform (a = √5) on their own, A ~ U(±1/√n), B ~ U(±1/√width).</summary>
-    Kaiming,
-    /// <summary>Spectral initialisation (Khodak et al. 2021, "Initialization and regularization of factorized neural layers"):
-    /// W0 drawn as the dense model draws it, normal(0, initializer_range), and B·A its truncated SVD with √σ in each factor,
-    /// B = U_w·√Σ_w, A = √Σ_w·V_wᵀ over the allocated width w — so the live product starts as W0's best approximation of
-    /// its rank, and at full rank as W0 itself.</summary>
-    Spectral,
-}
-
 /// <summary>
 /// InRank (Zhao et al. 2023, InRank-Efficient as released): every MLP linear map is trained as a product W = B·A whose live
 /// rank grows by the explained-variance rule during a first stage, then is truncated to the discovered rank and trained at that
@@ -52,9 +40,7 @@ public sealed record InRankOptions
     /// <summary>Optimizer steps of stage 1 (rank discovery); after the last one the factors are truncated (the release's GPT-2
     /// configs: 130).</summary>
     public int Stage1Steps { get; init; } = 130;
-    /// <summary>How the factors start: Kaiming-uniform (released) or spectral.</summary>
-    public FactorInit Init { get; init; } = FactorInit.Kaiming;
-    /// <summary>Multiplies the initial factors (<c>init_scale</c>).</summary>
+    /// <summary>Multiplies the Kaiming-uniform initial factors (<c>init_scale</c>).</summary>
     public double InitScale { get; init; } = 1.0;
     /// <summary>Adam moments of the factors at the hand-off.</summary>
     public MomentHandoff Moments { get; init; } = MomentHandoff.Slice;
@@ -65,7 +51,7 @@ public sealed record InRankOptions
     public JsonObject ToJson() => new()
     {
         ["variant"] = Variant.ToString().ToLowerInvariant(), ["initial_rank"] = InitialRank, ["buffer"] = Buffer, ["max_rank_fraction"] = MaxRankFraction, ["threshold"] = Threshold,
-        ["warmup"] = Warmup, ["check_every"] = CheckEvery, ["stage1_steps"] = Stage1Steps, ["init"] = Init.ToString().ToLowerInvariant(), ["init_scale"] = InitScale,
+        ["warmup"] = Warmup, ["check_every"] = CheckEvery, ["stage1_steps"] = Stage1Steps, ["init_scale"] = InitScale,
         ["moments"] = Moments.ToString().ToLowerInvariant(), ["fixed_rank"] = FixedRank,
     };
 
@@ -91,7 +77,7 @@ public sealed record InRankOptions
                 "buffer" => o with { Buffer = Get<int>() }, "max_rank_fraction" => o with { MaxRankFraction = Get<double>() },
                 "threshold" => o with { Threshold = Get<double>() },
                 "warmup" => o with { Warmup = Get<int>() }, "check_every" => o with { CheckEvery = Get<int>() },
-                "stage1_steps" => o with { Stage1Steps = Get<int>() }, "init" => o with { Init = Enum<FactorInit>() }, "init_scale" => o with { InitScale = Get<double>() },
+                "stage1_steps" => o with { Stage1Steps = Get<int>() }, "init_scale" => o with { InitScale = Get<double>() },
                 "moments" => o with { Moments = Enum<MomentHandoff>() }, "fixed_rank" => o with { FixedRank = Get<int?>() },
                 _ => throw new ArgumentException($"{path}: unknown key \"inrank.{key}\" (known: {string.Join(", ", o.ToJson().Select(kv => kv.Key))})."),
             };
@@ -110,8 +96,6 @@ public sealed record InRankOptions
         if (CheckEvery < 1) throw new OptionException($"{TernOption.InRankCheckEvery} must be at least 1 (got {CheckEvery}).");
         if (Stage1Steps < 1) throw new OptionException($"{TernOption.InRankStage1Steps} must be at least 1 (got {Stage1Steps}).");
         if (!(InitScale > 0) || !double.IsFinite(InitScale)) throw new OptionException($"{TernOption.InRankInitScale} must be a positive number (got {InitScale}).");
-        if (Init == FactorInit.Spectral && Variant == LowRankVariant.Original)
-            throw new OptionException($"{TernOption.InRankInit} spectral factorises W itself; the original variant's W0 already starts as the dense model's (B·A is its update): use the efficient variant or Kaiming factors.");
         if (FixedRank is < 1) throw new OptionException($"{TernOption.InRankFixedRank} must be at least 1 (got {FixedRank}).");
     }
 }

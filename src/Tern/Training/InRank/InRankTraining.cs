@@ -68,27 +68,24 @@ internal sealed class InRankTraining
         return HfConfig.Parse(json.ToJsonString(), config.Path);
     }
 
-    /// <summary>Starts InRank on a fresh model built from <see cref="Prepare"/>'s config: the factors are drawn again — as released,
-    /// Kaiming-uniform (a = √5): A ~ U(±1/√n), B ~ U(±1/√width), or spectrally (<see cref="FactorInit.Spectral"/>) — times
-    /// <see cref="InRankOptions.InitScale"/>; the original variant's W0 keeps the model's standard initialisation. Seeded by
-    /// <paramref name="seed"/>, on the CPU (the same values on any device).</summary>
+    /// <summary>Starts InRank on a fresh model built from <see cref="Prepare"/>'s config: the factors are drawn again, as released,
+    /// Kaiming-uniform (a = √5): A ~ U(±1/√n), B ~ U(±1/√width), times <see cref="InRankOptions.InitScale"/>; the original
+    /// variant's W0 keeps the model's standard initialisation. Seeded by <paramref name="seed"/>, on the CPU (the same values on
+    /// any device).</summary>
     public static InRankTraining Start(CausalLanguageModel model, InRankOptions options, long seed, string outputDirectory)
     {
         var layout = model.LowRank ?? throw new InvalidOperationException("the model has no low_rank section; build it from InRankTraining.Prepare's config.");
         using var noGrad = torch.no_grad();
         using var generator = new torch.Generator(unchecked((ulong)seed ^ 0x1A2B3C4D5E6F7788UL));
-        double std = model.Config.GetDouble("initializer_range") ?? 0.02;
         foreach (var name in layout.Linears.Keys)
-        {
-            using var scope = torch.NewDisposeScope();
-            var a = Parameter(model, name + ".weight_a");
-            var b = Parameter(model, name + ".weight_b");
-            var (initialA, initialB) = options.Init == FactorInit.Spectral
-                ? SpectralFactors(b.size(0), a.size(1), a.size(0), std, options.InitScale, generator)
-                : (KaimingUniform(a.shape, options.InitScale, generator), KaimingUniform(b.shape, options.InitScale, generator));
-            a.copy_(initialA.to(a.dtype).to(a.device));
-            b.copy_(initialB.to(b.dtype).to(b.device));
-        }
+            foreach (string factor in new[] { ".weight_a", ".weight_b" })
+            {
+                using var scope = torch.NewDisposeScope();
+                var p = Parameter(model, name + factor);
+                double bound = options.InitScale / Math.Sqrt(p.size(1)); // fan_in: n for A [width, n], width for B [m, width]
+                var values = (torch.rand(p.shape, ScalarType.Float64, generator: generator) * 2 - 1) * bound;
+                p.copy_(values.to(p.dtype).to(p.device));
+            }
         string log = Path.Combine(outputDirectory, RankLog.FileName);
         if (File.Exists(log)) File.Delete(log);
         if (layout.Stage == 1)
@@ -97,21 +94,6 @@ internal sealed class InRankTraining
             RankLog.Append(log, layout.Linears.Select(l => RankLog.Start(l.Key, l.Value.Rank, layout.Live(l.Key))));
         }
         return new InRankTraining(model, options, outputDirectory, forwards: 0);
-    }
-
-    // Kaiming-uniform with a = √5, as torch.nn.Linear draws a weight: U(±1/√fan_in), fan_in the second dimension; times scale.
-    static Tensor KaimingUniform(long[] shape, double scale, torch.Generator generator) =>
-        (torch.rand(shape, ScalarType.Float64, generator: generator) * 2 - 1) * (scale / Math.Sqrt(shape[1]));
-
-    /// <summary>Spectral initialisation: W0 [m, n] ~ normal(0, std²) as the dense model draws it, then B = U_w·√Σ_w [m, w] and
-    /// A = √Σ_w·V_wᵀ [w, n] from its SVD, so that B·A is W0's best rank-w approximation (W0 itself at w = min(m, n)); each
-    /// factor times scale.</summary>
-    internal static (Tensor A, Tensor B) SpectralFactors(long m, long n, long width, double std, double scale, torch.Generator generator)
-    {
-        var w0 = torch.randn(new[] { m, n }, ScalarType.Float64, generator: generator) * std;
-        var (u, sigma, vh) = torch.linalg.svd(w0, fullMatrices: false);
-        var root = sigma.narrow(0, 0, width).sqrt() * scale;
-        return (root.unsqueeze(1) * vh.narrow(0, 0, width), u.narrow(1, 0, width) * root);
     }
 
     /// <summary>Continues InRank on a model loaded from <paramref name="checkpoint"/> (its config.json holds the layout, stage
