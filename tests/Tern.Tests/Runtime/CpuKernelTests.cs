@@ -132,18 +132,26 @@ public class CpuKernelTests
     [InlineData(2, 4, 128)]
     public void Bf16CausalAttentionWidenedMatchesSdpa(int rows, int heads, int length)
     {
-        using var scope = torch.NewDisposeScope();
-        using var noGrad = torch.no_grad();
-        var q = Random(ScalarType.BFloat16, rows, heads, length, 64) * 3;
-        var k = Random(ScalarType.BFloat16, rows, heads, length + 1, 64).narrow(2, 1, length);
-        var v = Random(ScalarType.BFloat16, rows, heads, length, 64);
-        Assert.Equal(CpuKernels.EmulatesBf16, FusedKernels.TryWidenedCausalAttention(q, k, v, out var widened));
-        if (!CpuKernels.EmulatesBf16) return;
-        // The reference: the same maths in fp64, rounded once.
-        var expected = F.scaled_dot_product_attention(q.to(ScalarType.Float64), k.to(ScalarType.Float64), v.to(ScalarType.Float64), is_casual: true);
-        Close(expected.to(ScalarType.BFloat16), widened, Tolerance(ScalarType.BFloat16));
-        Close(F.scaled_dot_product_attention(q, k, v, is_casual: true), widened, 2 * Tolerance(ScalarType.BFloat16));
-        Assert.False(FusedKernels.TryWidenedCausalAttention(q.to(ScalarType.Float32), k.to(ScalarType.Float32), v.to(ScalarType.Float32), out _));
+        // What CPUs without bf16 arithmetic take for a bf16 prefill's attention; forced here so that every host checks it.
+        CpuKernels.WidenBf16Everywhere = true;
+        try
+        {
+            using var scope = torch.NewDisposeScope();
+            using var noGrad = torch.no_grad();
+            var q = Random(ScalarType.BFloat16, rows, heads, length, 64) * 3;
+            var k = Random(ScalarType.BFloat16, rows, heads, length + 1, 64).narrow(2, 1, length); // a view, as a cache's
+            var v = Random(ScalarType.BFloat16, rows, heads, length, 64);
+            Assert.True(FusedKernels.TryWidenedCausalAttention(q, k, v, out var widened));
+            // The same maths in fp64, rounded once; and libtorch's bf16 kernel, within its own rounding.
+            var expected = F.scaled_dot_product_attention(q.to(ScalarType.Float64), k.to(ScalarType.Float64), v.to(ScalarType.Float64), is_casual: true);
+            Close(expected.to(ScalarType.BFloat16), widened, Tolerance(ScalarType.BFloat16));
+            Close(F.scaled_dot_product_attention(q, k, v, is_casual: true), widened, 2 * Tolerance(ScalarType.BFloat16));
+            Assert.False(FusedKernels.TryWidenedCausalAttention(q.to(ScalarType.Float32), k.to(ScalarType.Float32), v.to(ScalarType.Float32), out _));
+        }
+        finally
+        {
+            CpuKernels.WidenBf16Everywhere = false;
+        }
     }
 
     [Theory]
