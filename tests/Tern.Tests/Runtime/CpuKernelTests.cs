@@ -244,6 +244,9 @@ public class CpuKernelTests
     [InlineData(ScalarType.Float32, 6, 75, 45)]
     [InlineData(ScalarType.Float32, 1, 384, 1152)] // split over the cores (the default model's qkv_proj)
     [InlineData(ScalarType.Float32, 8, 384, 1411)] // split, two blocks of four rows, an output count no block size divides
+    [InlineData(ScalarType.BFloat16, 8, 384, 1411)] // bf16 in Load16's block order, x widened to match
+    [InlineData(ScalarType.BFloat16, 5, 40, 33)]    // a width with 8 columns past the last block of 16
+    [InlineData(ScalarType.Float32, 2, 40, 33)]
     public void OwnProductsMatchTheCompositeOnEveryCpu(ScalarType type, int rows, int width, int outputs)
     {
         // Tern's product kernel is what CPUs without bf16 arithmetic take for bf16 (widening) and non-Intel CPUs for fp32 decode
