@@ -329,16 +329,18 @@ public sealed class ServingEngineTests : IDisposable
     public async Task LimitsAreRefusedWithTheFieldAndAFullQueueIsOverloaded()
     {
         using var engine = ServingEngine.Start(fixture.Model, fixture.Tokenizer,
-            new ServingOptions { MaxBatchSize = 1, MaxQueue = 1, MaxPromptTokens = 8, MaxNewTokens = 50 });
+            new ServingOptions { MaxBatchSize = 1, MaxQueue = 1, MaxPromptTokens = 8, MaxNewTokens = 400 });
         var e = Assert.Throws<ServingException>(() => engine.Submit("a rather long prompt that has many tokens in it", Greedy(4), Ct));
         Assert.Equal((ServingError.InvalidRequest, "prompt"), (e.Error, e.Field));
-        e = Assert.Throws<ServingException>(() => engine.Submit("hi", Greedy(51), Ct));
+        e = Assert.Throws<ServingException>(() => engine.Submit("hi", Greedy(401), Ct));
         Assert.Equal((ServingError.InvalidRequest, "max_tokens"), (e.Error, e.Field));
         e = Assert.Throws<ServingException>(() => engine.Submit("hi", Greedy(4) with { Temperature = -1 }, Ct));
         Assert.Equal(TernOption.Temperature, Assert.IsType<OptionException>(e.InnerException).Option);
 
         using var hold = CancellationTokenSource.CreateLinkedTokenSource(Ct);
-        var running = engine.Submit("hi", Greedy(50), hold.Token);
+        // Long enough to hold the one batch slot while the test fills the queue: 50 tokens of this tiny model could finish
+        // between two polls of a loaded machine (a CI run saw it), and the next request then ran instead of queueing.
+        var running = engine.Submit("hi", Greedy(400), hold.Token);
         await WaitFor(() => engine.Stats.Running == 1);
         var queued = engine.Submit("hi", Greedy(4), Ct);
         e = Assert.Throws<ServingException>(() => engine.Submit("hi", Greedy(4), Ct));
