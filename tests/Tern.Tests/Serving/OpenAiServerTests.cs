@@ -358,7 +358,7 @@ public sealed class OpenAiServerTests : IAsyncLifetime
         using var client = new HttpClient();
         using var hold = CancellationTokenSource.CreateLinkedTokenSource(Ct);
         var running = client.PostAsync(new Uri(busy.Address, "/v1/completions"),
-            new StringContent("""{"model":"tern","prompt":"hi","max_tokens":200,"ignore_eos":true}"""), hold.Token);
+            new StringContent("""{"model":"tern","prompt":"hi","max_tokens":400,"ignore_eos":true}"""), hold.Token); // holds the slot while the next is refused
         await ServingEngineTests.WaitFor(() => small.Stats.Running == 1);
         using var refused = await client.PostAsync(new Uri(busy.Address, "/v1/completions"), new StringContent("""{"model":"tern","prompt":"hi"}"""), Ct);
         Assert.Equal(HttpStatusCode.TooManyRequests, refused.StatusCode);
