@@ -358,9 +358,9 @@ internal static unsafe partial class CpuKernels
             bool pair = j + 1 < to;
             byte* w1 = pair ? w + k * T.Size : w;
             // The first pass over x's rows also prefetches the pair PrefetchPairs ahead, 32 elements an iteration (the pair's 2·k
-            // over its k / 16 iterations: a line of bf16, two of fp32): the passes after it read the pair from L1 and let memory idle, and past one
-            // row of x the hardware prefetcher alone left the weight stream at ~11–17 GB/s where one row reached 30 (the default
-            // model's products at 2–8 rows, alternating in one process: fp32 25–36% faster, bf16 7–10%).
+            // over its k / 16 iterations: a line of bf16, two of fp32): the passes after it read the pair from L1 and let memory
+            // idle, and past one row of x the hardware prefetcher alone left the weight stream at ~11–17 GB/s where one row reached
+            // 30 (the default model's products at 2–8 rows, alternating in one process: fp32 25–36% faster, bf16 7–10%).
             byte* ahead = j + 2 * PrefetchPairs + 1 < to ? w + 2 * PrefetchPairs * k * T.Size : w;
             for (long r = 0; r < m; r += 4)
             {
