@@ -207,7 +207,7 @@ internal static unsafe partial class CpuKernels
         // Decode products: Tern's kernel (bf16 without bf16 arithmetic, fp32 where MKL runs generic code), else MKL — whose bf16
         // GEMM threads itself where the CPU has bf16 arithmetic, and whose fp32 products are split here only when large.
         bool own = !prefill && (bf16 ? !UseMklBf16 : OwnFp32Products);
-        bool split = !prefill && !(bf16 && !own) && CoreTeam.Shared.Size > 1 && (own ? m * n * k : n * k) >= (own ? OwnSplitElements : SplitElements);
+        bool split = !prefill && !(bf16 && !own) && CoreTeam.Shared.Size > 1 && (own ? m * n * k >= OwnSplitMultiplyAdds : n * k >= SplitElements);
         if (!bf16 && !own && !split) return false; // a small fp32 product: libtorch's one MKL call
         if (MklUnavailable && !own) return false;
         if (bias is not null && (!bias.is_contiguous() || bias.dtype != x.dtype || bias.NumberOfElements != n)) return false;
@@ -468,7 +468,7 @@ internal static unsafe partial class CpuKernels
     /// <summary>count bf16 values widened to fp32, split over the cores when there are many.</summary>
     static void Widen(ushort* source, float* destination, long count)
     {
-        if (count < OwnSplitElements)
+        if (count < ParallelWork)
         {
             WidenRange(source, destination, 0, count);
             return;
@@ -569,11 +569,11 @@ internal static unsafe partial class CpuKernels
     // machine's two cores: one row 11.0–15.3 ms split against libtorch's 21.9–23.3, eight rows 33.4–37.9 against 51.6–57.7.
     // Below, the hand-off to a second thread costs about what it saves (mixed timings at 1152×384 and 8192×384).
     const long SplitElements = 4L << 20;
-    // The same for the own kernels (bf16 widened, fp32 on non-Intel CPUs), whose parts hand off through the core team without
-    // MKL's thread settings, counted in multiply-adds (rows × weights): the default model's 1152×384 and 1408×384 weights split
-    // at one row, its 384×384 from two rows (alone on one core at eight rows, its bf16 step was 4.15 ms against 3.87 split,
-    // alternating in one process).
-    const long OwnSplitElements = 256L << 10;
+    // The own kernels (bf16 widened, fp32 on non-Intel CPUs), whose parts hand off through the core team without MKL's thread
+    // settings, split by multiply-adds (rows × weights): the default model's 1152×384 and 1408×384 weights at one row, its
+    // 384×384 from two rows (alone on one core at eight rows, its bf16 step was 4.15 ms against 3.87 split, alternating in one
+    // process).
+    const long OwnSplitMultiplyAdds = 256L << 10;
     const int RowMajor = 101, NoTrans = 111, Trans = 112;
 
     [LibraryImport("libtorch_cpu", EntryPoint = "cblas_gemm_bf16bf16f32")]
