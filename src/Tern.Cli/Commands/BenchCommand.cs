@@ -155,13 +155,15 @@ internal static class BenchCommand
                             string speedUp = "";
                             if (level is null) denseMs[(batch, prompt)] = s.DecodeMillisecondsPerStep;
                             else if (denseMs.TryGetValue((batch, prompt), out double dense)) speedUp = $" [{dense / s.DecodeMillisecondsPerStep:F2}x dense decode]";
-                            Console.WriteLine($"{batch,5} {prompt,6} {steps,5} {s.Prefill.TotalMilliseconds,11:F1} {s.DecodeMillisecondsPerStep,15:F3} {s.DecodeTokensPerSecond,13:F1} {used / 1e9,8:F2}{levelLabel}{speedUp}");
+                            // Which steps left the graphs (an eviction not captured shows as eager steps).
+                            string graphSteps = s.Graphs is { } g ? $" [graph steps: {g.Replays} replayed, {g.EagerSteps} eager, {g.Captures} captures]" : "";
+                            Console.WriteLine($"{batch,5} {prompt,6} {steps,5} {s.Prefill.TotalMilliseconds,11:F1} {s.DecodeMillisecondsPerStep,15:F3} {s.DecodeTokensPerSecond,13:F1} {used / 1e9,8:F2}{levelLabel}{speedUp}{graphSteps}");
                             rows.Add(string.Join(',', new[]
                             {
                                 DateTime.UtcNow.ToString("yyyy-MM-dd HH:mm", CultureInfo.InvariantCulture), Csv(card), device.type.ToString().ToLowerInvariant(),
                                 Csv(folder + (r.GetValue(common.Dummy) ? " (dummy)" : "")), model.DType.ShortName(), batch.ToString(), prompt.ToString(), steps.ToString(),
                                 F(s.Prefill.TotalMilliseconds), F(s.DecodeMillisecondsPerStep), F(s.DecodeTokensPerSecond), F(used / 1e9),
-                                F(copyTBps), F(floorMs), Csv((r.GetValue(label) ?? "") + levelLabel + speedUp + policyLabel + promptLabel + (r.GetValue(prefillChunk) is > 0 and var chunk ? $" [prefill chunk {chunk}]" : "") + (device.type == TorchSharp.DeviceType.CUDA && r.GetValue(noGraphs) ? " [eager]" : "")),
+                                F(copyTBps), F(floorMs), Csv((r.GetValue(label) ?? "") + levelLabel + speedUp + policyLabel + graphSteps + promptLabel + (r.GetValue(prefillChunk) is > 0 and var chunk ? $" [prefill chunk {chunk}]" : "") + (device.type == TorchSharp.DeviceType.CUDA && r.GetValue(noGraphs) ? " [eager]" : "")),
                             }));
                         }
                     }

@@ -46,6 +46,9 @@ internal sealed class CudaGraphDecoder : IDisposable
         graph = new StepGraph(cache, slot, Body, capture: StepGraph.CanCapture(device));
     }
 
+    /// <summary>How the steps so far ran (graph captures, replays, eager steps).</summary>
+    public GraphSteps Counts => graph.Counts;
+
     /// <summary>Marks sequences whose further tokens are replaced by padding (they stopped).</summary>
     public void SetFinished(bool[] flags)
     {

@@ -114,7 +114,10 @@ public sealed record SequenceOutput(IReadOnlyList<int> PromptTokens, IReadOnlyLi
     IReadOnlyList<TokenLogprob>? Logprobs = null, IReadOnlyList<TokenLogprob?>? PromptLogprobs = null);
 
 /// <summary>Timings of a generation call.</summary>
-public sealed record GenerationStats(int BatchSize, int PromptTokens, int GeneratedTokens, int DecodeSteps, TimeSpan Prefill, TimeSpan Decode)
+/// <param name="Graphs">How the decode steps ran when they went through static-shape steps (CUDA graphs, or their eager body
+/// where nothing is captured); null when they ran as ordinary steps.</param>
+public sealed record GenerationStats(int BatchSize, int PromptTokens, int GeneratedTokens, int DecodeSteps, TimeSpan Prefill, TimeSpan Decode,
+    GraphSteps? Graphs = null)
 {
     /// <summary>Prompt tokens per second of the prefill.</summary>
     public double PrefillTokensPerSecond => PromptTokens / Math.Max(Prefill.TotalSeconds, 1e-9);
@@ -123,6 +126,10 @@ public sealed record GenerationStats(int BatchSize, int PromptTokens, int Genera
     /// <summary>Milliseconds per decode step.</summary>
     public double DecodeMillisecondsPerStep => Decode.TotalMilliseconds / Math.Max(DecodeSteps, 1);
 }
+
+/// <summary>How a generation's static-shape decode steps ran: graphs captured, steps replayed, and steps whose body ran eagerly
+/// (where a step that evicts is not captured, its cost shows here).</summary>
+public sealed record GraphSteps(int Captures, int Replays, int EagerSteps);
 
 /// <summary>The outputs of a batch, in prompt order, and its timings.</summary>
 /// <param name="Logits">With <see cref="GenerationOptions.OutputLogits"/>: each step's next-token logits, fp32 [batch, vocab] on

@@ -73,6 +73,7 @@ public sealed class Generator
         readonly HashSet<int> stopIds;
         readonly SequenceProgress[] progress;
         readonly Stopwatch prefillWatch = new(), decodeWatch = new();
+        GraphSteps? graphSteps;
         int steps;
         Tensor? deviceTokens; // [batch, steps] when the host never looked
         readonly List<Tensor>? keptLogits; // with OutputLogits: each step's, fp32 on the CPU
@@ -214,6 +215,7 @@ public sealed class Generator
             }
             SyncIfCuda(device);
             decodeWatch.Stop();
+            graphSteps = graphDecoder?.Counts;
             deviceTokens = null;
         }
 
@@ -245,7 +247,7 @@ public sealed class Generator
             var outputs = Enumerable.Range(0, batch).Select(b => progress[b].Output(prompts[b], owner.tokenizer)).ToArray();
             int generated = progress.Sum(p => p.Tokens.Count);
             var stats = new GenerationStats(batch, prompts.Sum(p => p.Count), generated, Math.Max(steps - 1, 0),
-                prefillWatch.Elapsed, decodeWatch.Elapsed);
+                prefillWatch.Elapsed, decodeWatch.Elapsed, graphSteps);
             return new GenerationResult(outputs, stats, keptLogits);
         }
     }

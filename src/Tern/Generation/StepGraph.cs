@@ -50,11 +50,15 @@ internal sealed class StepGraph : IDisposable
         if (evicts || stale)
         {
             if (capture && (!evicts || caches.All(c => c.Cache.Policy.EvictsWithoutReadBack)) && RunForState(evicts)) return;
+            EagerSteps++;
             body();
             if (evicts) AfterEviction();
         }
         else if (!capture)
+        {
+            EagerSteps++;
             body();
+        }
         else if (graph is null || !graphFillsFreeSlots.SequenceEqual(caches.Select(c => FillsFreeSlotsNextStep(c.Cache))))
         {
             // First capture, or a cache changed how steps write (appending at its slot, or into the slots an in-place eviction
@@ -67,6 +71,7 @@ internal sealed class StepGraph : IDisposable
             LibTorchCuda.SetCurrentStream(captureStream);
             try
             {
+                EagerSteps++; // the warm-up step runs for real
                 body();
                 torch.cuda.synchronize();
                 if (!caches.Any(c => EvictsAfterNextStep(c.Cache))) // else a later step is captured
@@ -88,6 +93,7 @@ internal sealed class StepGraph : IDisposable
         else
         {
             graph.Replay();
+            Replays++;
             foreach (var c in caches) c.Cache.AdjustForReplay(1);
         }
     }
@@ -110,6 +116,7 @@ internal sealed class StepGraph : IDisposable
         if (stateGraphs.TryGetValue(key, out var known))
         {
             known.Graph.Replay();
+            Replays++;
             for (int i = 0; i < caches.Length; i++)
             {
                 caches[i].Cache.Bookkeeping = known.Bookkeeping[i];
@@ -144,11 +151,22 @@ internal sealed class StepGraph : IDisposable
         stateGraphs[key] = (captured, caches.Select(c => c.Cache.Bookkeeping).ToArray(), advanced);
         torch.cuda.synchronize();
         captured.Replay();
+        Replays++;
         return true;
     }
 
-    /// <summary>Graphs captured so far (the first step, and each change of how the caches write).</summary>
+    /// <summary>Graphs captured so far (the first step, each change of how the caches write, each recurring eviction state).</summary>
     public int Captures { get; private set; }
+
+    /// <summary>Steps run as a graph replay (the main graph's or an eviction state's).</summary>
+    public int Replays { get; private set; }
+
+    /// <summary>Steps whose body ran outside any graph: every step where nothing is captured (the CPU), a capture's warm-up, and
+    /// eviction or re-rotation steps of a state not captured (yet).</summary>
+    public int EagerSteps { get; private set; }
+
+    /// <summary>The counts so far, as a generation reports them.</summary>
+    public GraphSteps Counts => new(Captures, Replays, EagerSteps);
 
     /// <summary>True when the next one-token step over <paramref name="cache"/> writes into free slots (an evicting policy's
     /// steady state, or a serving pool's slot per row: <see cref="LayerKvCache.FillsFreeSlots"/>) rather than at the

@@ -25,6 +25,9 @@ public sealed class StaticShapeDecodeTests
         var staticShapes = generator.GenerateTokens(prompts, options with { ForceStaticShapes = true }, TestContext.Current.CancellationToken);
         for (int i = 0; i < prompts.Length; i++)
             Assert.Equal(eager.Sequences[i].Tokens, staticShapes.Sequences[i].Tokens);
+        // What the run reports of its steps: none static in the eager run; on the CPU nothing is captured, every step eager.
+        Assert.Null(eager.Stats.Graphs);
+        Assert.Equal(new GraphSteps(Captures: 0, Replays: 0, EagerSteps: staticShapes.Stats.DecodeSteps), staticShapes.Stats.Graphs);
     }
 
     [Theory]
