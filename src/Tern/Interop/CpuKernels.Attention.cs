@@ -196,6 +196,7 @@ internal static unsafe partial class CpuKernels
         return System.Runtime.Intrinsics.X86.Avx.Permute2x128(low, high, 0x20) + System.Runtime.Intrinsics.X86.Avx.Permute2x128(low, high, 0x31);
     }
 
+    /// <summary>The largest of a vector's eight lanes.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static float MaxAcrossLanes(Vector256<float> v)
     {
