@@ -48,7 +48,7 @@ internal abstract class KvStore : IDisposable
         return bits >= 16 ? (long)headDim * elementSize : (headDim + group - 1) / group * ((long)group * bits / 8 + 2 * elementSize);
     }
 
-    /// <summary>Rows [0, Rows) that <see cref="Write"/>, <see cref="Read"/> and <see cref="Compact"/> address (the batch by default).</summary>
+    /// <summary>Rows [0, Rows) that <see cref="Write"/>, <see cref="Read(int, int)"/> and <see cref="Compact"/> address (the batch by default).</summary>
     public int Rows { get; set; }
 
     /// <summary>A tensor of the storage narrowed to the rows in use.</summary>

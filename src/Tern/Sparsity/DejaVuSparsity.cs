@@ -220,7 +220,7 @@ public sealed class DejaVuSparsity : IContextualSparsity, IDisposable
         return side;
     }
 
-    /// <summary>Releases what <see cref="Load"/> loaded.</summary>
+    /// <summary>Releases what <c>Load</c> (either overload) loaded.</summary>
     public void Dispose()
     {
         side?.Dispose();
