@@ -33,6 +33,23 @@ public sealed class DejaVuSparsityTests
         Assert.True(SparsityOptions.Parse("heads=0.25").OverlapPredictors);
     }
 
+    /// <summary>The selection a step takes: the k largest scores of each row, their indices in ascending order.</summary>
+    [Fact]
+    public void TopKAscendingKeepsTheLargestScoresInIndexOrder()
+    {
+        using var scope = torch.NewDisposeScope();
+        var scores = torch.randn(new long[] { 3, 2, 500 }, generator: new TorchSharp.torch.Generator(5));
+        var chosen = DejaVuSparsity.TopKAscending(scores, 37);
+        Assert.Equal(new long[] { 3, 2, 37 }, chosen.shape);
+        float[] all = scores.data<float>().ToArray();
+        long[] picked = chosen.data<long>().ToArray();
+        for (int row = 0; row < 6; row++)
+        {
+            var expected = Enumerable.Range(0, 500).OrderByDescending(i => all[row * 500 + i]).Take(37).Select(i => (long)i).Order();
+            Assert.Equal(expected, picked.Skip(row * 37).Take(37));
+        }
+    }
+
     /// <summary>Counts, over every decode step and layer, the most neurons any sequence fires (through the seam: the layers
     /// hand the true pre-activations to whoever asks), and leaves the step dense.</summary>
     sealed class FiringCounter : IContextualSparsity, ISparsityStep
