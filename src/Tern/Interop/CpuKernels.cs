@@ -646,6 +646,9 @@ internal static unsafe partial class CpuKernels
         /// <summary>Elements index … index + 15 as two vectors in the type's block order (fp32: in order); x read against
         /// them must be in the same order (<see cref="WidenInBlockOrder"/>).</summary>
         static abstract (Vector256<float> First, Vector256<float> Second) Load16(byte* p, long index);
+        /// <summary>Sixteen outputs held in <see cref="Load16"/>'s block order (sums over values loaded that way), stored in
+        /// order at index … index + 15.</summary>
+        static abstract void Store16(Vector256<float> first, Vector256<float> second, byte* p, long index);
         static abstract void Store8(Vector256<float> v, byte* p, long index);
         static abstract float Load(byte* p, long index);
         static abstract void Store(float v, byte* p, long index);
@@ -660,6 +663,12 @@ internal static unsafe partial class CpuKernels
         [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector256<float> Load8(byte* p, long index) => Vector256.Load((float*)p + index);
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static (Vector256<float> First, Vector256<float> Second) Load16(byte* p, long index) => (Load8(p, index), Load8(p, index + 8));
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void Store16(Vector256<float> first, Vector256<float> second, byte* p, long index)
+        {
+            Store8(first, p, index);
+            Store8(second, p, index + 8);
+        }
         [MethodImpl(MethodImplOptions.AggressiveInlining)] public static void Store8(Vector256<float> v, byte* p, long index) => v.Store((float*)p + index);
         [MethodImpl(MethodImplOptions.AggressiveInlining)] public static float Load(byte* p, long index) => ((float*)p)[index];
         [MethodImpl(MethodImplOptions.AggressiveInlining)] public static void Store(float v, byte* p, long index) => ((float*)p)[index] = v;
@@ -689,6 +698,18 @@ internal static unsafe partial class CpuKernels
             var raw = Vector256.Load((ushort*)p + index);
             return (System.Runtime.Intrinsics.X86.Avx2.UnpackLow(Vector256<ushort>.Zero, raw).AsSingle(),
                 System.Runtime.Intrinsics.X86.Avx2.UnpackHigh(Vector256<ushort>.Zero, raw).AsSingle());
+        }
+
+        /// <summary>{0–3, 8–11} and {4–7, 12–15} (<see cref="Load16"/>'s order with AVX2) put back in order: one 128-bit
+        /// half of each vector into each.</summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void Store16(Vector256<float> first, Vector256<float> second, byte* p, long index)
+        {
+            if (System.Runtime.Intrinsics.X86.Avx2.IsSupported)
+                (first, second) = (System.Runtime.Intrinsics.X86.Avx.Permute2x128(first, second, 0x20),
+                    System.Runtime.Intrinsics.X86.Avx.Permute2x128(first, second, 0x31));
+            Store8(first, p, index);
+            Store8(second, p, index + 8);
         }
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
