@@ -82,7 +82,9 @@ case ${1:?stage|start|status|collect|fixed|all} in
     rank=$(python3 -c 'import json,sys; l=json.load(open(sys.argv[1]))["low_rank"]["linears"]; print(round(sum(v["rank"] for v in l.values())/len(l)))' \
       "$W/inrank/run/config.json") || exit 1
     echo "$rank" > "$W/control-rank.txt"
-    if [ "$CONTROL" = 1 ]; then echo "== fixed rank $rank"; train fixed --low-rank "$rank" || exit 1; fi
+    # Of the same variant as the InRank run (W0 + B·A when INRANK_ARGS ask for the original one).
+    variant=$(grep -o -- '--inrank-variant [a-z]*' <<< "$INRANK_ARGS")
+    if [ "$CONTROL" = 1 ]; then echo "== fixed rank $rank"; train fixed --low-rank "$rank" $variant || exit 1; fi
     for name in full inrank fixed; do [ -d "$W/$name/run" ] || continue; echo "== perplexity: $name"; perplexity "$W/$name/run" "$W/$name"; done
     # Item 3: the low-rank model multiplied back into an ordinary HF folder gives the same perplexity, and transformers loads it.
     rm -rf "$W/inrank/dense"

@@ -30,7 +30,7 @@ for name in ("full", "inrank", "fixed"):
     rows[name] = dict(
         params=summary.get("parameters"), tps=summary.get("tokens_per_second"), valid=ppl(name, "validation"), kjv=ppl(name, "kjv"),
         wall=float(read(f"{name}/wall.txt", "nan")), peak=float(read(f"{name}/peak-mib.txt", "nan")),
-        ranks={k: v["rank"] for k, v in low.items()}, full_rank=full_rank)
+        ranks={k: v["rank"] for k, v in low.items()}, full_rank=full_rank, variant=config.get("low_rank", {}).get("variant", "efficient"))
 
 full = rows["full"]
 print(f"Device: {read('gpu.txt', '?')}; control rank {read('control-rank.txt', '?')}.\n")
@@ -42,6 +42,8 @@ for name, label in (("full", "full rank"), ("inrank", "InRank"), ("fixed", "fixe
     r = rows[name]
     ranks = list(r["ranks"].values())
     mean = f"{sum(ranks) / len(ranks):.1f} ({100 * sum(ranks) / len(ranks) / r['full_rank']:.1f}%)" if ranks else "full"
+    if name != "full" and r["variant"] != "efficient":
+        label += f" ({r['variant']} variant: W0 + B·A)"
     print(f"| {label} | {r['params']:,} ({full['params'] / r['params']:.2f}×) | {r['valid']:.3f} | {100 * (r['valid'] / full['valid'] - 1):+.2f}% | "
           f"{r['kjv']:.3f} | {mean} | {r['wall']:.0f} ({full['wall'] / r['wall']:.2f}×) | {r['peak']:.0f} ({full['peak'] / r['peak']:.2f}×) | {r['tps']:,.0f} |")
 dense = re.search(r"perplexity ([0-9.]+)", read("inrank/dense-eval/ppl-validation.txt", "") or "")
