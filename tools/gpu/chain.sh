@@ -6,8 +6,9 @@
 #   tools/gpu/chain.sh start JOBS [WAIT_S]  (carry .device) copy the tree to /tmp/w, run JOBS' lines one after another there in
 #                                         the background, then poll for up to WAIT_S seconds (default 0)
 #   tools/gpu/chain.sh poll [WAIT_S]        wait up to WAIT_S seconds (default 0) while the chain runs, then copy every job's log and
-#                                         output to $OUT. A call that carries data/gpu stages it to /tmp/tern-data first (the data
-#                                         and .device together pass the 64 MiB a call may carry), for jobs marked `data`.
+#                                         output to $OUT.
+# Either call stages data/gpu to /tmp/tern-data when it carries it, for jobs marked `data` (the start call fits it beside a
+# .device without Tern.Tests.Gpu; with the tests, carry the data in the first poll instead).
 # JOBS: a file of lines `NAME | COMMAND` or `NAME data | COMMAND` (waits until the data is staged; `#` starts a comment). Each
 # COMMAND runs in /tmp/w with OUT=/tmp/w/out/NAME; its output goes to /tmp/w/logs/NAME.log; /tmp/w/status lists each job's
 # start, end, exit status and seconds. Size WAIT_S so that a call stays well under its limit: one that hits it loses the machine.
