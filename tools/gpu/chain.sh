@@ -10,8 +10,8 @@
 # Either call stages data/gpu to /tmp/tern-data when it carries it, for jobs marked `data` (the start call fits it beside a
 # .device without Tern.Tests.Gpu; with the tests, carry the data in the first poll instead).
 # JOBS: a file of lines `NAME | COMMAND` or `NAME data | COMMAND` (waits until the data is staged; `#` starts a comment). Each
-# COMMAND runs in /tmp/w with OUT=/tmp/w/out/NAME; its output goes to /tmp/w/logs/NAME.log; /tmp/w/status lists each job's
-# start, end, exit status and seconds. Size WAIT_S so that a call stays well under its limit: one that hits it loses the machine.
+# COMMAND runs in /tmp/w/tree (the copy) with OUT=/tmp/w/out/NAME; its output goes to /tmp/w/logs/NAME.log; /tmp/w/status
+# lists each job's start, end, exit status and seconds. Size WAIT_S so that a call stays well under its limit: one that hits it loses the machine.
 set -uo pipefail
 W=/tmp/w OUT=${OUT:-/tmp/tern-out}
 mkdir -p "$OUT"
