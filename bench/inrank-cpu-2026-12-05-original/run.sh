@@ -14,6 +14,7 @@ run lowrank-160 --low-rank 160
 STEPS=900 EVAL=300 run original-160-900 --low-rank 160 --inrank-variant original
 STEPS=900 EVAL=300 run lowrank-160-900 --low-rank 160
 STEPS=900 EVAL=300 run inrank-original-900 --inrank --inrank-variant original --inrank-stage1-steps 400
+STEPS=900 EVAL=300 run inrank-efficient-900 --inrank --inrank-stage1-steps 400
 SEED=5678 STEPS=900 EVAL=300 run full-900-seed2
 SEED=5678 STEPS=900 EVAL=300 run inrank-original-900-seed2 --inrank --inrank-variant original --inrank-stage1-steps 400
 STEPS=1800 EVAL=600 run original-160-1800 --low-rank 160 --inrank-variant original
