@@ -18,8 +18,7 @@ mkdir -p "$OUT"
 
 stage_data() {
   [ -d data/gpu ] && [ ! -e /tmp/tern-data/.ready ] || return 0
-  mkdir -p /tmp/tern-data && cp -r data/gpu/. /tmp/tern-data/ && xz -d -f /tmp/tern-data/*.xz && touch /tmp/tern-data/.ready
-  echo "staged data/gpu to /tmp/tern-data"
+  bash tools/gpu/default_model.sh stage > /dev/null && touch /tmp/tern-data/.ready && echo "staged data/gpu to /tmp/tern-data"
 }
 
 poll() {

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Makes data/gpu (git-ignored): what GPU training runs read — train.bin.xz, valid.bin, validation.txt, kjv.txt.xz and tokenizer/
 # (the shipped default model's, which its corpus trained) — from the corpus that tools/corpus/build.sh rebuilds from Debian
-# packages (same packages, same bytes). About a minute here. Carried alone in a device call (tools/gpu/chain.sh poll stages it).
+# packages (same packages, same bytes). About a minute here. A device call that carries it has tools/gpu/chain.sh stage it.
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
 corpus=${CORPUS:-data/corpus} out=data/gpu

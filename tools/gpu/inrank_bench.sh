@@ -13,13 +13,14 @@
 #                                       export (Tern and transformers), summary.md (what `start` runs)
 # Environment: STEPS (3000), SEQ (1024), BATCH (32), DEVICE (cuda), STAGE1 (1040 optimizer steps of rank discovery: the
 # release's 130 steps × 8 micro-batches = 1,040 forward passes, ≈ 33 checks at its warm-up 200 / every 25), INRANK_ARGS
-# (more --inrank-* flags), CONTROL (1: train the fixed-rank control too), FULL (1: train the full-rank run too), CONFIG, D (data), W (work folder), TERN (the CLI command), EVAL_TOKENS (0 = whole texts).
+# (more --inrank-* flags), CONTROL (1: train the fixed-rank control too), FULL (1: train the full-rank run too), FULL_FROM (a work
+# folder of an earlier `all` on this machine whose full-rank run and perplexities this one reuses instead), CONFIG, D (data), W (work folder), TERN (the CLI command), EVAL_TOKENS (0 = whole texts).
 # A CPU smoke test of the same commands: see bench/README.md, "InRank".
 set -uo pipefail
 D=${D:-/tmp/tern-data} W=${W:-/tmp/tern-inrank} OUT=${OUT:-/tmp/tern-out}
 CONFIG=${CONFIG:-bench/configs/tern-30m/config.json}
 STEPS=${STEPS:-3000} SEQ=${SEQ:-1024} BATCH=${BATCH:-32} DEVICE=${DEVICE:-cuda} STAGE1=${STAGE1:-1040} EVAL_TOKENS=${EVAL_TOKENS:-0}
-INRANK_ARGS=${INRANK_ARGS:-} CONTROL=${CONTROL:-1} FULL=${FULL:-1}
+INRANK_ARGS=${INRANK_ARGS:-} CONTROL=${CONTROL:-1} FULL=${FULL:-1} FULL_FROM=${FULL_FROM:-}
 TERN=${TERN:-dotnet .device/Tern.Cli/Tern.Cli.dll}
 mkdir -p "$OUT" "$W"
 
@@ -61,7 +62,7 @@ perplexity() {
 case ${1:?stage|start|status|collect|fixed|all} in
   stage) bash tools/gpu/default_model.sh stage ;;
   start)
-    setsid nohup bash -c "source .device/env.sh; bash tools/gpu/inrank_bench.sh all > $W/bench.log 2>&1; echo done > $W/bench.done" \
+    setsid nohup bash -c "source .device/env.sh; bash tools/gpu/inrank_bench.sh all > $W/bench.log 2>&1" \
       > /dev/null 2>&1 < /dev/null &
     sleep 30; tail -5 "$W/bench.log" ;;
   fixed)
@@ -76,7 +77,8 @@ case ${1:?stage|start|status|collect|fixed|all} in
   all)
     rm -f "$W/bench.done"
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$W/gpu.txt" 2> /dev/null || echo "$DEVICE" > "$W/gpu.txt"
-    if [ "$FULL" = 1 ]; then echo "== full rank"; train full || exit 1; fi
+    if [ -n "$FULL_FROM" ]; then rm -rf "$W/full" && cp -r "$FULL_FROM/full" "$W/full" || exit 1
+    elif [ "$FULL" = 1 ]; then echo "== full rank"; train full || exit 1; fi
     echo "== InRank"; train inrank --inrank --inrank-stage1-steps "$STAGE1" $INRANK_ARGS || exit 1
     # The control: one rank for every MLP linear (as the release's fixed-rank baseline), InRank's mean final rank.
     rank=$(python3 -c 'import json,sys; l=json.load(open(sys.argv[1]))["low_rank"]["linears"]; print(round(sum(v["rank"] for v in l.values())/len(l)))' \
@@ -85,7 +87,8 @@ case ${1:?stage|start|status|collect|fixed|all} in
     # Of the same variant as the InRank run (W0 + B·A when INRANK_ARGS ask for the original one).
     variant=$(grep -o -- '--inrank-variant [a-z]*' <<< "$INRANK_ARGS")
     if [ "$CONTROL" = 1 ]; then echo "== fixed rank $rank"; train fixed --low-rank "$rank" $variant || exit 1; fi
-    for name in full inrank fixed; do [ -d "$W/$name/run" ] || continue; echo "== perplexity: $name"; perplexity "$W/$name/run" "$W/$name"; done
+    # (A run's perplexities are computed once: train() starts each run's folder afresh.)
+    for name in full inrank fixed; do [ -d "$W/$name/run" ] && [ ! -f "$W/$name/ppl-validation.txt" ] || continue; echo "== perplexity: $name"; perplexity "$W/$name/run" "$W/$name"; done
     # Item 3: the low-rank model multiplied back into an ordinary HF folder gives the same perplexity, and transformers loads it.
     rm -rf "$W/inrank/dense"
     $TERN export --model "$W/inrank/run" --output "$W/inrank/dense" --dense > /dev/null || exit 1
@@ -99,12 +102,14 @@ with torch.no_grad(): loss = model(ids, labels=ids).loss.item()
 print(f"transformers loads the dense export: first {ids.shape[1]} validation tokens, loss {loss:.4f}, perplexity {torch.exp(torch.tensor(loss)).item():.3f}")
 PY
     cat "$W/inrank/transformers.txt"
-    [ -d "$W/full/run" ] && python3 tools/gpu/inrank_summary.py "$W" > "$W/summary.md" && cat "$W/summary.md" ;;
+    [ -d "$W/full/run" ] && python3 tools/gpu/inrank_summary.py "$W" > "$W/summary.md" && cat "$W/summary.md"
+    echo done > "$W/bench.done" ;;
   collect)
     test -f "$W/bench.done" || { echo "the comparison has not finished"; tail -5 "$W/bench.log"; exit 1; }
-    for name in full inrank fixed; do tr '\r' '\n' < "$W/$name/train.log" | grep -v '^$' > "$W/$name/train-clean.log"; done
+    for name in full inrank fixed; do [ -f "$W/$name/train.log" ] && tr '\r' '\n' < "$W/$name/train.log" | grep -v '^$' > "$W/$name/train-clean.log"; done
     cp "$W/summary.md" "$OUT/"
-    tar -czf "$OUT/inrank-bench.tar.gz" -C "$W" gpu.txt summary.md bench.log control-rank.txt inrank/transformers.txt \
+    # bench.log exists when `start` ran the comparison (not when `all` ran in the foreground).
+    tar -czf "$OUT/inrank-bench.tar.gz" -C "$W" gpu.txt summary.md $(cd "$W" && ls bench.log 2> /dev/null) control-rank.txt inrank/transformers.txt \
       $(cd "$W" && ls -d */train-clean.log */wall.txt */peak-mib.txt */ppl-*.txt inrank/dense-eval/ppl-*.txt 2> /dev/null) \
       $(cd "$W" && ls -d */run/train-log.jsonl */run/train-summary.json */run/train-config.json */run/config.json inrank/run/inrank-log.jsonl)
     ls -la "$OUT" ;;
