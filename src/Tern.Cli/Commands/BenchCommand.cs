@@ -131,7 +131,7 @@ internal static class BenchCommand
                     string bandwidth = double.IsNaN(times.SparseMlpMs) ? "MLP dense" :
                         $"sparse MLP {times.SparseMlpMs:F4} ms/layer (up {times.SparseUpMs:F4}) reading {times.SparseMlpBytes / 1e6:F1} MB: {times.SparseMlpBandwidth / 1e12:F2} TB/s" +
                         (double.IsNaN(copyTBps) ? "" : $" ({times.SparseMlpBandwidth / 1e12 / copyTBps:P0} of the copy bandwidth)");
-                    Console.WriteLine($"{Describe(level)}: predictors {times.PredictorMs:F4} ms/layer; {bandwidth}; dense MLP {times.DenseMlpMs:F4} ms/layer, " +
+                    Console.WriteLine($"{Describe(level)}: predictors {times.PredictorMs:F4} ms/layer (products {times.PredictorProductsMs:F4}); {bandwidth}; dense MLP {times.DenseMlpMs:F4} ms/layer, " +
                         $"{times.DenseMlpBytes / 1e6:F1} MB: {times.DenseMlpBandwidth / 1e12:F2} TB/s");
                     levelLabel += $" [predictors {times.PredictorMs:0.####} ms/layer; sparse MLP {times.SparseMlpMs:0.####} ms/layer {times.SparseMlpBandwidth / 1e12:0.##} TB/s; dense MLP {times.DenseMlpMs:0.####} ms/layer {times.DenseMlpBandwidth / 1e12:0.##} TB/s]";
                 }

@@ -10,6 +10,8 @@ namespace Tern.Sparsity;
 /// <summary>What <see cref="SparsityTiming.Measure"/> found, per decoder layer and decode token (batch 1).</summary>
 /// <param name="PredictorMs">The learned predictors of one layer (MLP and heads: two low-rank products and their top-k); NaN
 /// without predictors.</param>
+/// <param name="PredictorProductsMs">Their low-rank products alone (no top-k): the rest of <paramref name="PredictorMs"/> is the
+/// selection. NaN without predictors.</param>
 /// <param name="SparseMlpMs">The sparse MLP's two gather-GEMVs (selected rows of the up-projection with the activation, selected
 /// columns of the down-projection with the residual); NaN for a dense MLP.</param>
 /// <param name="SparseMlpBytes">Weight bytes those read: the selected neurons' rows and columns (biases left out).</param>
@@ -18,7 +20,7 @@ namespace Tern.Sparsity;
 /// <param name="DenseMlpMs">The same layer's dense MLP (up, activation, down) for comparison, its down-projection laid out as the
 /// sparse level keeps it (transposed on CUDA under neuron sparsity: cuBLAS then reads it, not the one-row GEMV of a dense run).</param>
 /// <param name="DenseMlpBytes">Weight bytes the dense MLP reads (biases left out).</param>
-public sealed record SparsityTimes(double PredictorMs, double SparseMlpMs, double SparseMlpBytes, double SparseUpMs, double DenseMlpMs, double DenseMlpBytes)
+public sealed record SparsityTimes(double PredictorMs, double PredictorProductsMs, double SparseMlpMs, double SparseMlpBytes, double SparseUpMs, double DenseMlpMs, double DenseMlpBytes)
 {
     /// <summary>Achieved bytes per second of the sparse MLP.</summary>
     public double SparseMlpBandwidth => SparseMlpBytes / (SparseMlpMs / 1e3);
@@ -47,17 +49,29 @@ public static class SparsityTiming
         int layers = model.Info.Layers, hidden = model.Info.HiddenSize;
         var x = (torch.randn(new long[] { 1, 1, hidden }, device: device) * 0.5).to(dtype);
 
-        double predictor = double.NaN;
+        double predictor = double.NaN, products = double.NaN;
         if (sparsity.Predictors is { } predictors)
-            predictor = Time(device, repeats, () =>
+        {
+            double Predictors(bool select) => Time(device, repeats, () =>
             {
                 using var pass = torch.NewDisposeScope();
                 foreach (var layer in predictors.Layers)
                 {
-                    if (layer.Mlp is { } mlp && sparsity.ActiveNeurons < mlp.Outputs) DejaVuSparsity.TopKAscending(layer.Mlp.Logits(x), sparsity.ActiveNeurons);
-                    if (sparsity.ActiveHeads < layer.Heads.Outputs) DejaVuSparsity.TopKAscending(layer.Heads.Logits(x), sparsity.ActiveHeads);
+                    if (layer.Mlp is { } mlp && sparsity.ActiveNeurons < mlp.Outputs)
+                    {
+                        var logits = mlp.Logits(x);
+                        if (select) DejaVuSparsity.TopKAscending(logits, sparsity.ActiveNeurons);
+                    }
+                    if (sparsity.ActiveHeads < layer.Heads.Outputs)
+                    {
+                        var logits = layer.Heads.Logits(x);
+                        if (select) DejaVuSparsity.TopKAscending(logits, sparsity.ActiveHeads);
+                    }
                 }
             }) / layers;
+            predictor = Predictors(select: true);
+            products = Predictors(select: false);
+        }
 
         double sparseMs = double.NaN, sparseBytes = double.NaN, upMs = double.NaN, denseMs = double.NaN, denseBytes = double.NaN;
         var mlps = Enumerable.Range(0, layers).Select(model.SparseMlp).ToArray();
@@ -103,7 +117,7 @@ public static class SparsityTiming
             }) / layers;
             denseBytes = (up0.Weight.NumberOfElements + down0.Weight.NumberOfElements) * (double)element;
         }
-        return new SparsityTimes(predictor, sparseMs, sparseBytes, upMs, denseMs, denseBytes);
+        return new SparsityTimes(predictor, products, sparseMs, sparseBytes, upMs, denseMs, denseBytes);
     }
 
     /// <summary>Milliseconds of one run of <paramref name="pass"/>: replayed as a CUDA graph where graphs can be captured, else run
