@@ -9,6 +9,8 @@
 #   tools/gpu/inrank_bench.sh collect   summary.md + one archive of the logs, configs and plots' data to $OUT
 #   tools/gpu/inrank_bench.sh fixed R [NAME]  one fixed-rank run at rank R (B·A for every MLP linear; INRANK_ARGS apply, e.g.
 #                                       --inrank-init-scale) and its perplexities, in $W/NAME (default fixed-R)
+#   tools/gpu/inrank_bench.sh full      the full-rank run alone and its perplexities, in $W/full (after an `all` with FULL=0 in the
+#                                       same $W: the summary is written again with it)
 #   tools/gpu/inrank_bench.sh all       the whole comparison in the foreground: three trainings, perplexities, the dense
 #                                       export (Tern and transformers), summary.md (what `start` runs)
 # Environment: STEPS (3000), SEQ (1024), BATCH (32), DEVICE (cuda), STAGE1 (1040 optimizer steps of rank discovery: the
@@ -71,6 +73,11 @@ case ${1:?stage|start|status|collect|fixed|all} in
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$W/gpu.txt" 2> /dev/null || echo "$DEVICE" > "$W/gpu.txt"
     echo "== fixed rank $rank $INRANK_ARGS"; train "$name" --low-rank "$rank" $INRANK_ARGS || exit 1
     echo "== perplexity: $name"; perplexity "$W/$name/run" "$W/$name" ;;
+  full)
+    nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$W/gpu.txt" 2> /dev/null || echo "$DEVICE" > "$W/gpu.txt"
+    echo "== full rank"; train full || exit 1
+    echo "== perplexity: full"; perplexity "$W/full/run" "$W/full"
+    [ -d "$W/inrank/run" ] && python3 tools/gpu/inrank_summary.py "$W" > "$W/summary.md" && cat "$W/summary.md" ;;
   status)
     for f in "$W"/bench.log "$W"/*/train.log; do [ -f "$f" ] && { echo "== $f"; tr '\r' '\n' < "$f" | grep -v '^$' | tail -"${LINES:-3}"; }; done
     ls "$W" ;;
