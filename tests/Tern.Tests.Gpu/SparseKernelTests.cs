@@ -60,6 +60,29 @@ public sealed class SparseKernelTests
         Assert.False(FusedKernels.TryGatherRows(x, w, b, rows.to(ScalarType.Int32), -1, 0, out _)); // int64 selections only
     }
 
+    /// <summary>A predictor's copy on CUDA stores its factors transposed and runs a one-row step through the fused GEMV (no
+    /// cuBLAS call: the kernel serves 16-bit types at inner sizes that are multiples of 8): its logits against the CPU original's
+    /// (x·A)·B in fp32, the intermediate rounded once as the GEMV rounds it.</summary>
+    [Theory]
+    [InlineData(ModelDType.BFloat16)]
+    [InlineData(ModelDType.Float16)]
+    public void PredictorLogitsOnCudaMatchTheCpuProducts(ModelDType dtype)
+    {
+        using var scope = torch.NewDisposeScope();
+        using var inference = torch.no_grad();
+        var t = dtype.ToScalarType();
+        int hidden = 1024, rank = 584, outputs = 4096;
+        using var cpu = new LowRankPredictor((torch.randn(hidden, rank) / 32).to(t).DetachFromDisposeScope(),
+            (torch.randn(rank, outputs) / 24).to(t).DetachFromDisposeScope());
+        using var gpu = cpu.To(CUDA);
+        Assert.False(gpu.A.is_contiguous()); // views of Aᵀ and Bᵀ
+        Assert.True(gpu.A.t().is_contiguous() && gpu.B.t().is_contiguous());
+        var x = torch.randn(1, 1, hidden).to(t);
+        var inner = x.to(ScalarType.Float32).matmul(cpu.A.to(ScalarType.Float32)).to(t);
+        var expected = inner.to(ScalarType.Float32).matmul(cpu.B.to(ScalarType.Float32)).to(t);
+        AssertClose(expected, gpu.Logits(x.to(CUDA)), dtype, "predictor logits", roundings: 2);
+    }
+
     /// <summary>Selected columns of a down-projection stored transposed (one contiguous row of Wᵀ per neuron), with bias and
     /// residual: residual + a·W[:, cols]ᵀ + b, against the dense product with the other inputs zero. The row-major layout of the
     /// same weight is refused for single columns (the composite path serves it).</summary>

@@ -1,3 +1,5 @@
+using Tern.Interop;
+using TorchSharp;
 using static TorchSharp.torch;
 
 namespace Tern.Sparsity;
@@ -15,7 +17,12 @@ public sealed class LowRankPredictor : IDisposable
             throw new ArgumentException($"A [{string.Join(", ", a.shape)}] and B [{string.Join(", ", b.shape)}] do not chain as [hidden, rank]·[rank, outputs].");
         A = a;
         B = b;
+        (aT, bT) = (a.t().DetachFromDisposeScope(), b.t().DetachFromDisposeScope()); // owned here, as A and B
     }
+
+    // Aᵀ and Bᵀ as views: x·A = x·(Aᵀ)ᵀ, the one-row GEMV's form y = x·Wᵀ, which reads W's rows (contiguous in a copy made by To
+    // for CUDA).
+    readonly Tensor aT, bT;
 
     /// <summary>[hidden, rank].</summary>
     public Tensor A { get; }
@@ -28,15 +35,32 @@ public sealed class LowRankPredictor : IDisposable
 
     /// <summary>Logits [.., outputs] for inputs [.., hidden]; a unit is predicted active where its logit is ≥ 0 (sigmoid ≥ 0.5), or
     /// by top-K at inference.</summary>
-    public Tensor Logits(Tensor x) => x.to(A.dtype, A.device).matmul(A).matmul(B);
+    public Tensor Logits(Tensor x) => Product(Product(x.to(A.dtype, A.device), A, aT), B, bT);
 
-    /// <summary>A copy on <paramref name="device"/>, in <paramref name="dtype"/> (default: as it is); this one stays as it is.</summary>
-    public LowRankPredictor To(Device device, ScalarType? dtype = null) => new(
-        A.to(dtype ?? A.dtype, device, copy: true).DetachFromDisposeScope(), B.to(dtype ?? B.dtype, device, copy: true).DetachFromDisposeScope());
+    // One row on CUDA through the fused GEMV where the factor is stored transposed (To) and the inner size is a multiple of 8:
+    // cuBLAS reads a one-row product well below the memory bandwidth, and the predictors run beside every decode step.
+    static Tensor Product(Tensor x, Tensor factor, Tensor transposed) =>
+        FusedKernels.TryGemv(x, transposed, null, null, out var y) ? y : x.matmul(factor);
+
+    /// <summary>A copy on <paramref name="device"/>, in <paramref name="dtype"/> (default: as it is); this one stays as it is. On CUDA
+    /// each factor is stored transposed (A and B are views of Aᵀ and Bᵀ), the layout the one-row GEMV reads.</summary>
+    public LowRankPredictor To(Device device, ScalarType? dtype = null)
+    {
+        Tensor Copy(Tensor factor)
+        {
+            using var scope = torch.NewDisposeScope();
+            var copy = factor.to(dtype ?? factor.dtype, device, copy: true);
+            if (device.type == DeviceType.CUDA) copy = copy.t().contiguous().t();
+            return copy.MoveToOuterDisposeScope();
+        }
+        return new(Copy(A).DetachFromDisposeScope(), Copy(B).DetachFromDisposeScope());
+    }
 
     /// <inheritdoc />
     public void Dispose()
     {
+        aT.Dispose();
+        bT.Dispose();
         A.Dispose();
         B.Dispose();
     }

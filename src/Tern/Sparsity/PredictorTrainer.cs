@@ -87,8 +87,11 @@ public static class PredictorTrainer
 
     /// <summary>The default ranks for a model (<see cref="PredictorTrainingOptions.MlpRank"/>, <see cref="PredictorTrainingOptions.HeadRank"/>).</summary>
     public static (int Mlp, int Heads) DefaultRanks(ModelIdentity model) => (
-        Math.Min(Math.Max(64, (int)Math.Round(model.HiddenSize * 1000.0 / 12288)), Math.Min(model.HiddenSize, model.IntermediateSize)),
-        Math.Min(Math.Max(16, (int)Math.Round(model.HiddenSize * 512.0 / 12288)), Math.Min(model.HiddenSize, model.Heads)));
+        Math.Min(Math.Max(64, MultipleOf8(model.HiddenSize * 1000.0 / 12288)), Math.Min(model.HiddenSize, model.IntermediateSize)),
+        Math.Min(Math.Max(16, MultipleOf8(model.HiddenSize * 512.0 / 12288)), Math.Min(model.HiddenSize, model.Heads)));
+
+    // Ranks rounded up to a multiple of 8: the one-row GEMV (16-byte loads) reads the second factor only then (OPT-30B: 583 → 584).
+    static int MultipleOf8(double rank) => ((int)Math.Round(rank) + 7) / 8 * 8;
 
     /// <summary>Head labels: 1 for each token's top ⌈<paramref name="fraction"/>·heads⌉ heads by output norm, fp32 [N, heads].</summary>
     public static Tensor TopHeads(Tensor headNorms, double fraction)
