@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
-"""Compile-checks Tern's NVRTC kernels without a GPU: src/Tern/Interop/Kernels/fused.cu + sparse.cu + modal.cu as one program (as
-FusedKernels loads them), with Nvrtc.cs's options, for the architectures given (default sm_90). Needs only libnvrtc (Debian's
+"""Compile-checks Tern's NVRTC kernels without a GPU: src/Tern/Interop/Kernels/fused.cu + sparse.cu + modal.cu as one program and
+select.cu as another (as FusedKernels loads them), with Nvrtc.cs's options, for the architectures given (default sm_90). Needs only libnvrtc (Debian's
 libnvrtc11.2 from non-free, or a CUDA toolkit). Exit 1 with NVRTC's log on an error.
     python3 tools/gpu/nvrtc_check.py [sm_80 sm_90 ...]"""
 import ctypes, ctypes.util, pathlib, sys
 
 root = pathlib.Path(__file__).resolve().parents[2] / "src/Tern/Interop/Kernels"
-source = "\n".join((root / f).read_text() for f in ("fused.cu", "sparse.cu", "modal.cu")).encode()
+programs = {"fused.cu": "\n".join((root / f).read_text() for f in ("fused.cu", "sparse.cu", "modal.cu")).encode(),
+            "select.cu": (root / "select.cu").read_text().encode()}
 for name in ("libnvrtc.so", "libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so.11.2"):
     try:
         nvrtc = ctypes.CDLL(name)
@@ -16,9 +17,9 @@ for name in ("libnvrtc.so", "libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so.11.
 else:
     sys.exit("libnvrtc not found")
 failed = False
-for arch in sys.argv[1:] or ["sm_90"]:
+for (name, source), arch in ((p, a) for p in programs.items() for a in sys.argv[1:] or ["sm_90"]):
     prog = ctypes.c_void_p()
-    assert nvrtc.nvrtcCreateProgram(ctypes.byref(prog), source, b"fused.cu", 0, None, None) == 0
+    assert nvrtc.nvrtcCreateProgram(ctypes.byref(prog), source, name.encode(), 0, None, None) == 0
     opts = [f"--gpu-architecture={arch}".encode(), b"--std=c++17", b"-default-device"]
     result = nvrtc.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*opts))
     size = ctypes.c_size_t()
@@ -28,7 +29,7 @@ for arch in sys.argv[1:] or ["sm_90"]:
     cubin = ctypes.c_size_t()
     if result == 0:
         nvrtc.nvrtcGetCUBINSize(prog, ctypes.byref(cubin))
-    print(f"{arch}: {'ok' if result == 0 else f'error {result}'}, cubin {cubin.value} bytes")
+    print(f"{name} {arch}: {'ok' if result == 0 else f'error {result}'}, cubin {cubin.value} bytes")
     if log.value.strip():
         print(log.value.decode())
     failed |= result != 0

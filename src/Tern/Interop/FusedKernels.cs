@@ -6,7 +6,7 @@ namespace Tern.Interop;
 
 /// <summary>
 /// The fused kernels of <c>Kernels/fused.cu</c>, DejaVu's sparse products of <c>Kernels/sparse.cu</c> and LaughingHyena's
-/// modal step of <c>Kernels/modal.cu</c> (one program):
+/// modal step of <c>Kernels/modal.cu</c> (one program; DejaVu's selection in <c>Kernels/select.cu</c>, a program of its own):
 /// compiled with NVRTC for the GPU at hand on first use and launched on libtorch's current stream, so they order with
 /// libtorch's own work and are captured into CUDA graphs. On the CPU some run as <see cref="CpuKernels"/>.
 /// Each Try method returns false (and the caller keeps its composite path) for unsupported devices and layouts, when NVRTC
@@ -58,12 +58,6 @@ internal static unsafe partial class FusedKernels
         try
         {
             if (!LibTorchCuda.IsAvailable) throw new InvalidOperationException(LibTorchCuda.MissingReason);
-            string Source(string file)
-            {
-                using var stream = typeof(FusedKernels).Assembly.GetManifestResourceStream("Tern.Kernels." + file)
-                    ?? throw new InvalidOperationException($"embedded kernel source {file} missing");
-                return new StreamReader(stream).ReadToEnd();
-            }
             string source = Source("fused.cu") + "\n" + Source("sparse.cu") + "\n" + Source("modal.cu"); // sparse.cu uses fused.cu's helpers
             var (major, minor) = CudaDriver.ComputeCapability();
             byte[] cubin = Nvrtc.CompileToCubin(source, "fused.cu", $"sm_{major}{minor}");
@@ -80,6 +74,55 @@ internal static unsafe partial class FusedKernels
             UnavailableReason = e.Message;
             return null;
         }
+    }
+
+    static string Source(string file)
+    {
+        using var stream = typeof(FusedKernels).Assembly.GetManifestResourceStream("Tern.Kernels." + file)
+            ?? throw new InvalidOperationException($"embedded kernel source {file} missing");
+        return new StreamReader(stream).ReadToEnd();
+    }
+
+    static readonly Lazy<IntPtr> SelectKernel = new(() =>
+    {
+        if (!Available) return IntPtr.Zero;
+        try
+        {
+            var (major, minor) = CudaDriver.ComputeCapability();
+            return CudaDriver.LoadKernels(Nvrtc.CompileToCubin(Source("select.cu"), "select.cu", $"sm_{major}{minor}"), new[] { "select_top_k16" })[0];
+        }
+        catch (Exception e) when (e is InvalidOperationException or DllNotFoundException or EntryPointNotFoundException)
+        {
+            SelectUnavailableReason = e.Message;
+            return IntPtr.Zero;
+        }
+    });
+
+    /// <summary>Why <see cref="TryTopKAscending"/>'s kernel is not in use while the others are, when it is not.</summary>
+    public static string? SelectUnavailableReason { get; private set; }
+
+    /// <summary>Most units a row <see cref="TryTopKAscending"/> takes: 32 a thread of a 1024-thread block (select.cu).</summary>
+    public const int LargestSelection = 32 * 1024;
+
+    /// <summary>
+    /// DejaVu's selection: the indices of the <paramref name="k"/> largest of each row of 16-bit <paramref name="scores"/>
+    /// [.., units] (at most <see cref="LargestSelection"/>), int64 [.., k] ascending (what the gather kernels read in order), in one
+    /// launch where topk + sort took several. Of scores equal to the k-th largest, the lowest indices are kept. CUDA only;
+    /// 1 ≤ k ≤ units; false otherwise (fp32 too).
+    /// </summary>
+    public static bool TryTopKAscending(Tensor scores, int k, out Tensor indices)
+    {
+        indices = null!;
+        long units = scores.size(-1);
+        if (!Usable(scores) || scores.ElementSize != 2 || k < 1 || k > units || units > LargestSelection) return false;
+        long rows = scores.NumberOfElements / units;
+        if (rows < 1 || rows > int.MaxValue || SelectKernel.Value == IntPtr.Zero) return false;
+        indices = torch.empty(TensorMemory.ShapeWithLast(scores, k), ScalarType.Int64, scores.device);
+        IntPtr po = Ptr(indices), ps = Ptr(scores);
+        int n = (int)units;
+        void** args = stackalloc void*[] { &po, &ps, &n, &k };
+        CudaDriver.Launch(SelectKernel.Value, (uint)rows, 1024, LibTorchCuda.CurrentRawStream(), args);
+        return true;
     }
 
     /// <summary>True when the kernels compiled and loaded (compiles them on first call; CUDA only).</summary>

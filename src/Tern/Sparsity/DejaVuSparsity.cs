@@ -236,9 +236,10 @@ public sealed class DejaVuSparsity : IContextualSparsity, IDisposable
             : new Step(this, batch.InputIds.size(0), batch.InputIds.size(1));
 
     /// <summary>The indices of the <paramref name="k"/> largest scores of each row, int64 [.., k] ascending (the gather kernels
-    /// read rows in order). topk leaves them unsorted: sorting its k values by score first (its default) was a second sort that
-    /// the sort by index below makes moot.</summary>
-    internal static Tensor TopKAscending(Tensor scores, int k) => scores.topk(k, dim: -1, sorted: false).indexes.sort(dim: -1).Values;
+    /// read rows in order): one selection kernel on CUDA for 16-bit scores, else topk + sort — topk unsorted: sorting its k
+    /// values by score first (its default) was a second sort that the sort by index makes moot.</summary>
+    internal static Tensor TopKAscending(Tensor scores, int k) => FusedKernels.TryTopKAscending(scores, k, out var kept) ? kept
+        : scores.topk(k, dim: -1, sorted: false).indexes.sort(dim: -1).Values;
 
     sealed class Step(DejaVuSparsity owner, long rows, long tokens) : ISparsityStep
     {
