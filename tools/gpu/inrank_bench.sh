@@ -24,6 +24,8 @@ CONFIG=${CONFIG:-bench/configs/tern-30m/config.json}
 STEPS=${STEPS:-3000} SEQ=${SEQ:-1024} BATCH=${BATCH:-32} DEVICE=${DEVICE:-cuda} STAGE1=${STAGE1:-1040} EVAL_TOKENS=${EVAL_TOKENS:-0}
 INRANK_ARGS=${INRANK_ARGS:-} CONTROL=${CONTROL:-1} FULL=${FULL:-1} FULL_FROM=${FULL_FROM:-}
 TERN=${TERN:-dotnet .device/Tern.Cli/Tern.Cli.dll}
+# The packed runtime (tools/gpu/pack.sh) when the CLI is the packed one: a bare machine has no dotnet on its PATH.
+[[ $TERN == *.device/* && -f .device/env.sh ]] && source .device/env.sh
 mkdir -p "$OUT" "$W"
 
 # One training run in $W/$1/run; wall time in $W/$1/wall.txt, peak GPU memory (nvidia-smi, MiB, sampled every 200 ms: the
