@@ -162,7 +162,7 @@ internal static class SparsityCommand
         var d = new PredictorTrainingOptions();
         var model = new Option<string>("--model", "-m") { Description = "The model folder the activations came from; predictors are written to its sparsity/ folder.", Required = true };
         var data = new Option<string>("--data") { Description = "Folder written by 'tern sparsity collect'.", Required = true };
-        var rank = new Option<int?>("--rank") { Description = "Rank of the MLP predictors (default: the paper's 1000 at width 12288, scaled to the model; at least 64)." };
+        var rank = new Option<int?>("--rank") { Description = "Rank of the MLP predictors (default: the paper's 1000 at width 12288, scaled to the model and rounded up to a multiple of 8; at least 64)." };
         var headRank = new Option<int?>("--head-rank") { Description = "Rank of the head predictors (default: 512 at width 12288, scaled; at least 16, at most the heads)." };
         var epochs = new Option<int>("--epochs") { Description = "Most passes over the data (early stop after 5 without better recall).", DefaultValueFactory = _ => d.Epochs };
         var lr = new Option<double>("--lr") { Description = "AdamW learning rate, MLP predictors.", DefaultValueFactory = _ => d.LearningRate };

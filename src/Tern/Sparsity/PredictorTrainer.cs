@@ -9,9 +9,9 @@ namespace Tern.Sparsity;
 /// <summary>How the predictors are trained (defaults: DejaVu's released scripts, except where noted).</summary>
 public sealed record PredictorTrainingOptions
 {
-    /// <summary>Rank of the MLP predictors; null: the paper's 1000 at width 12288 scaled to the model (h·1000/12288), at least 64.</summary>
+    /// <summary>Rank of the MLP predictors; null: the paper's 1000 at width 12288 scaled to the model (h·1000/12288, rounded up to a multiple of 8), at least 64.</summary>
     public int? MlpRank { get; init; }
-    /// <summary>Rank of the head predictors; null: the paper's 512 at width 12288 scaled (h·512/12288), at least 16; never above the heads.</summary>
+    /// <summary>Rank of the head predictors; null: the paper's 512 at width 12288 scaled (h·512/12288, rounded up to a multiple of 8), at least 16; never above the heads.</summary>
     public int? HeadRank { get; init; }
     /// <summary>Layer ℓ's predictors read layer ℓ−1's input (layer 0 reads its own: the embedding output). The released MLP
     /// training pairs the same layer, which the asynchronous system cannot use; we train what inference will run.</summary>
