@@ -17,6 +17,9 @@ STEPS=900 EVAL=300 run inrank-original-900 --inrank --inrank-variant original --
 STEPS=900 EVAL=300 run inrank-efficient-900 --inrank --inrank-stage1-steps 400
 SEED=5678 STEPS=900 EVAL=300 run full-900-seed2
 SEED=5678 STEPS=900 EVAL=300 run inrank-original-900-seed2 --inrank --inrank-variant original --inrank-stage1-steps 400
+# Twentieth session: a third seed.
+SEED=9012 STEPS=900 EVAL=300 run full-900-seed3
+SEED=9012 STEPS=900 EVAL=300 run inrank-original-900-seed3 --inrank --inrank-variant original --inrank-stage1-steps 400
 STEPS=1800 EVAL=600 run original-160-1800 --low-rank 160 --inrank-variant original
 STEPS=1800 EVAL=600 run inrank-original-1800 --inrank --inrank-variant original --inrank-stage1-steps 400
 # Tried once with a temporary patch (B = 0 at the start, as LoRA: the update starts at zero, so W starts at W0), not kept:
