@@ -3,7 +3,8 @@
 // the end; replicated here, and Tern's own CpuKernels.TryLinear through reflection beside it) against an outer product over
 // weights packed [n/8][k][8] (three blocks of 8 neurons against four rows of x, x broadcast, no sums across lanes). Same
 // shapes as models/default (8 layers of qkv 1152×384, o 384×384, gate|up 1408×384, down 384×704, and the 8192×384 head),
-// random weights, every product in turn (28.7 MB: streamed), medians of 15 × 10 passes, one and two threads.
+// random weights, every product in turn (28.7 MB: streamed), medians of 15 × 10 passes, one and two threads; and one row of x
+// (Tern's path against a one-row outer product over the same packed weights).
 //   dotnet run -c Release --project bench/cpu/ProductLayouts
 using System.Runtime.InteropServices;
 using System.Runtime.CompilerServices;
@@ -55,6 +56,44 @@ unsafe
                 Parallel.For(0, 2, t => { if (outer) K.Outer(m, n, k, x, (ushort*)ppw, yb, t == 0 ? 0 : half / 8, t == 0 ? half / 8 : n / 8); else K.PairRows(m, n, k, xb, (ushort*)pw, ya, t == 0 ? 0 : half, t == 0 ? half : n); });
             }
         }
+    }
+    // One row: Tern's TryLinear against the packed one-row outer product, two threads.
+    {
+        var tryLinear = typeof(Tern.Runtime.ModelDType).Assembly.GetType("Tern.Interop.CpuKernels")!.GetMethod("TryLinear")!;
+        using var noGrad = TorchSharp.torch.no_grad();
+        var ws = rows.Select(r => TorchSharp.torch.randn(new long[] { r.n, r.k }).to(TorchSharp.torch.ScalarType.BFloat16)).ToList();
+        var xs = rows.Select(r => TorchSharp.torch.randn(new long[] { 1, r.k }).to(TorchSharp.torch.ScalarType.BFloat16)).ToList();
+        double Tern1()
+        {
+            var sw = Stopwatch.StartNew();
+            for (int rep = 0; rep < 10; rep++)
+                for (int i = 0; i < ws.Count; i++)
+                {
+                    var args = new object?[] { xs[i], ws[i], null, null, null };
+                    if (!(bool)tryLinear.Invoke(null, args)!) throw new Exception("no kernel");
+                    ((TorchSharp.torch.Tensor)args[4]!).Dispose();
+                }
+            return sw.Elapsed.TotalMilliseconds / 10;
+        }
+        double Outer1All()
+        {
+            var sw = Stopwatch.StartNew();
+            for (int rep = 0; rep < 10; rep++)
+                foreach (var (w, wp, n, k) in rows)
+                {
+                    int half = n / 16 * 8; IntPtr ppw = wp;
+                    Parallel.For(0, 2, t => K.Outer1(n, k, x, (ushort*)ppw, yb, t == 0 ? 0 : half / 8, t == 0 ? half / 8 : n / 8));
+                }
+            return sw.Elapsed.TotalMilliseconds / 10;
+        }
+        // check
+        { var (w, wp, n, k) = rows[0]; K.PairRows(4, n, k, xb, (ushort*)w, ya, 0, n); BlockOrder(x, xb, 1, k); K.Outer1(n, k, x, (ushort*)wp, yb, 0, n / 8);
+          K.Outer(4, n, k, x, (ushort*)wp, ya, 0, n / 8); double md = 0; for (int i = 0; i < n; i++) md = Math.Max(md, Math.Abs(ya[i] - yb[i])); Console.WriteLine($"one-row check: {md:E2}"); }
+        for (int i = 0; i < 20; i++) { Tern1(); Outer1All(); }
+        var tt = new List<double>(); var to = new List<double>();
+        for (int rep = 0; rep < 15; rep++) { tt.Add(Tern1()); to.Add(Outer1All()); }
+        tt.Sort(); to.Sort();
+        Console.WriteLine($"one row: Tern TryLinear (2 cores) {tt[7]:F3} ms, packed outer (Parallel.For, 2) {to[7]:F3} ms ({tt[7] / to[7]:F2}x)");
     }
     // Tern's own path: CpuKernels.TryLinear (internal) through reflection, bf16 tensors, 8 rows, both cores (its CoreTeam).
     {
@@ -131,6 +170,33 @@ static unsafe class K
         }
     }
 
+
+    // One row of x over packed weights: four blocks of 8 neurons, k unrolled by two into separate sums (8 sums).
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void Outer1(int n, int k, float* x, ushort* packed, float* acc, int fromBlock, int toBlock)
+    {
+        int b = fromBlock;
+        for (; b + 4 <= toBlock; b += 4)
+        {
+            ushort* p0 = packed + (long)b * k * 8, p1 = p0 + k * 8, p2 = p1 + k * 8, p3 = p2 + k * 8;
+            Vector256<float> c0 = default, c1 = default, c2 = default, c3 = default, d0 = default, d1 = default, d2 = default, d3 = default;
+            int i = 0;
+            for (; i + 2 <= k; i += 2)
+            {
+                if ((i & 3) == 0) { Sse.Prefetch1((byte*)(p0 + 4 * k * 8) + i * 16); Sse.Prefetch1((byte*)(p1 + 4 * k * 8) + i * 16); Sse.Prefetch1((byte*)(p2 + 4 * k * 8) + i * 16); Sse.Prefetch1((byte*)(p3 + 4 * k * 8) + i * 16); }
+                var v = Vector256.Create(x[i]); var u = Vector256.Create(x[i + 1]);
+                c0 = Fma.MultiplyAdd(W8(p0 + i * 8), v, c0); c1 = Fma.MultiplyAdd(W8(p1 + i * 8), v, c1); c2 = Fma.MultiplyAdd(W8(p2 + i * 8), v, c2); c3 = Fma.MultiplyAdd(W8(p3 + i * 8), v, c3);
+                d0 = Fma.MultiplyAdd(W8(p0 + i * 8 + 8), u, d0); d1 = Fma.MultiplyAdd(W8(p1 + i * 8 + 8), u, d1); d2 = Fma.MultiplyAdd(W8(p2 + i * 8 + 8), u, d2); d3 = Fma.MultiplyAdd(W8(p3 + i * 8 + 8), u, d3);
+            }
+            (c0 + d0).Store(acc + b * 8); (c1 + d1).Store(acc + b * 8 + 8); (c2 + d2).Store(acc + b * 8 + 16); (c3 + d3).Store(acc + b * 8 + 24);
+        }
+        for (; b < toBlock; b++)
+        {
+            ushort* p0 = packed + (long)b * k * 8; Vector256<float> c0 = default;
+            for (int i = 0; i < k; i++) c0 = Fma.MultiplyAdd(W8(p0 + i * 8), Vector256.Create(x[i]), c0);
+            c0.Store(acc + b * 8);
+        }
+    }
     static Vector256<float> W8(ushort* p) => Avx2.ShiftLeftLogical(Avx2.ConvertToVector256Int32(p), 16).AsSingle();
 
     // Outer product over weights packed [n/8][k][8]: three blocks of 8 neurons against four rows of x, broadcasts of x; no sums across lanes.
