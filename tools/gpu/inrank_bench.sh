@@ -63,7 +63,7 @@ perplexity() {
   done
 }
 
-case ${1:?stage|start|status|collect|fixed|all} in
+case ${1:?stage|start|status|collect|fixed|full|all} in
   stage) bash tools/gpu/default_model.sh stage ;;
   start)
     setsid nohup bash -c "source .device/env.sh; bash tools/gpu/inrank_bench.sh all > $W/bench.log 2>&1" \
