@@ -63,29 +63,42 @@ perplexity() {
   done
 }
 
+# The card the runs use, for the summary.
+record_device() { nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$W/gpu.txt" 2> /dev/null || echo "$DEVICE" > "$W/gpu.txt"; }
+
+# Perplexities of every run in $W that has none yet (train() starts each run's folder afresh).
+perplexities() {
+  for name in full inrank fixed; do
+    [ -d "$W/$name/run" ] && [ ! -f "$W/$name/ppl-validation.txt" ] || continue
+    echo "== perplexity: $name"; perplexity "$W/$name/run" "$W/$name"
+  done
+}
+
+# summary.md once both the full-rank and the InRank run are there.
+summarize() { [ -d "$W/full/run" ] && [ -d "$W/inrank/run" ] && python3 tools/gpu/inrank_summary.py "$W" > "$W/summary.md" && cat "$W/summary.md"; return 0; }
+
 case ${1:?stage|start|status|collect|fixed|full|all} in
   stage) bash tools/gpu/default_model.sh stage ;;
   start)
-    setsid nohup bash -c "source .device/env.sh; bash tools/gpu/inrank_bench.sh all > $W/bench.log 2>&1" \
+    setsid nohup bash -c "bash tools/gpu/inrank_bench.sh all > $W/bench.log 2>&1" \
       > /dev/null 2>&1 < /dev/null &
     sleep 30; tail -5 "$W/bench.log" ;;
   fixed)
     # One fixed-rank run at RANK and its perplexities (e.g. the full rank 512: the factored parametrisation alone).
     rank=${2:?rank} name=${3:-fixed-$2}
-    nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$W/gpu.txt" 2> /dev/null || echo "$DEVICE" > "$W/gpu.txt"
+    record_device
     echo "== fixed rank $rank $INRANK_ARGS"; train "$name" --low-rank "$rank" $INRANK_ARGS || exit 1
     echo "== perplexity: $name"; perplexity "$W/$name/run" "$W/$name" ;;
   full)
-    nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$W/gpu.txt" 2> /dev/null || echo "$DEVICE" > "$W/gpu.txt"
+    record_device
     echo "== full rank"; train full || exit 1
-    echo "== perplexity: full"; perplexity "$W/full/run" "$W/full"
-    [ -d "$W/inrank/run" ] && python3 tools/gpu/inrank_summary.py "$W" > "$W/summary.md" && cat "$W/summary.md" ;;
+    perplexities; summarize ;;
   status)
     for f in "$W"/bench.log "$W"/*/train.log; do [ -f "$f" ] && { echo "== $f"; tr '\r' '\n' < "$f" | grep -v '^$' | tail -"${LINES:-3}"; }; done
     ls "$W" ;;
   all)
     rm -f "$W/bench.done"
-    nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$W/gpu.txt" 2> /dev/null || echo "$DEVICE" > "$W/gpu.txt"
+    record_device
     if [ -n "$FULL_FROM" ]; then rm -rf "$W/full" && cp -r "$FULL_FROM/full" "$W/full" || exit 1
     elif [ "$FULL" = 1 ]; then echo "== full rank"; train full || exit 1; fi
     echo "== InRank"; train inrank --inrank --inrank-stage1-steps "$STAGE1" $INRANK_ARGS || exit 1
@@ -96,8 +109,7 @@ case ${1:?stage|start|status|collect|fixed|full|all} in
     # Of the same variant as the InRank run (W0 + B·A when INRANK_ARGS ask for the original one).
     variant=$(grep -o -- '--inrank-variant [a-z]*' <<< "$INRANK_ARGS")
     if [ "$CONTROL" = 1 ]; then echo "== fixed rank $rank"; train fixed --low-rank "$rank" $variant || exit 1; fi
-    # (A run's perplexities are computed once: train() starts each run's folder afresh.)
-    for name in full inrank fixed; do [ -d "$W/$name/run" ] && [ ! -f "$W/$name/ppl-validation.txt" ] || continue; echo "== perplexity: $name"; perplexity "$W/$name/run" "$W/$name"; done
+    perplexities
     # Item 3: the low-rank model multiplied back into an ordinary HF folder gives the same perplexity, and transformers loads it.
     rm -rf "$W/inrank/dense"
     $TERN export --model "$W/inrank/run" --output "$W/inrank/dense" --dense > /dev/null || exit 1
@@ -111,7 +123,7 @@ with torch.no_grad(): loss = model(ids, labels=ids).loss.item()
 print(f"transformers loads the dense export: first {ids.shape[1]} validation tokens, loss {loss:.4f}, perplexity {torch.exp(torch.tensor(loss)).item():.3f}")
 PY
     cat "$W/inrank/transformers.txt"
-    [ -d "$W/full/run" ] && python3 tools/gpu/inrank_summary.py "$W" > "$W/summary.md" && cat "$W/summary.md"
+    summarize
     echo done > "$W/bench.done" ;;
   collect)
     test -f "$W/bench.done" || { echo "the comparison has not finished"; tail -5 "$W/bench.log"; exit 1; }

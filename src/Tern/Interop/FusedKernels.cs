@@ -59,8 +59,7 @@ internal static unsafe partial class FusedKernels
         {
             if (!LibTorchCuda.IsAvailable) throw new InvalidOperationException(LibTorchCuda.MissingReason);
             string source = Source("fused.cu") + "\n" + Source("sparse.cu") + "\n" + Source("modal.cu"); // sparse.cu uses fused.cu's helpers
-            var (major, minor) = CudaDriver.ComputeCapability();
-            byte[] cubin = Nvrtc.CompileToCubin(source, "fused.cu", $"sm_{major}{minor}");
+            byte[] cubin = Compile(source, "fused.cu");
             string[] suffixes = { "f32", "bf16", "f16" };
             string[] perType = { "rms_norm_", "rotary_", "gated_", "cache_append_", "attn_split_", "attn_combine_", "gather_rows_", "gather_columns_",
                 "columns_finish_", "gather_column_runs_" };
@@ -76,6 +75,13 @@ internal static unsafe partial class FusedKernels
         }
     }
 
+    // A program compiled for the GPU at hand.
+    static byte[] Compile(string source, string name)
+    {
+        var (major, minor) = CudaDriver.ComputeCapability();
+        return Nvrtc.CompileToCubin(source, name, $"sm_{major}{minor}");
+    }
+
     static string Source(string file)
     {
         using var stream = typeof(FusedKernels).Assembly.GetManifestResourceStream("Tern.Kernels." + file)
@@ -88,8 +94,7 @@ internal static unsafe partial class FusedKernels
         if (!Available) return IntPtr.Zero;
         try
         {
-            var (major, minor) = CudaDriver.ComputeCapability();
-            return CudaDriver.LoadKernels(Nvrtc.CompileToCubin(Source("select.cu"), "select.cu", $"sm_{major}{minor}"), new[] { "select_top_k16" })[0];
+            return CudaDriver.LoadKernels(Compile(Source("select.cu"), "select.cu"), new[] { "select_top_k16" })[0];
         }
         catch (Exception e) when (e is InvalidOperationException or DllNotFoundException or EntryPointNotFoundException)
         {
