@@ -1,176 +1,93 @@
-// Issue 19 item 4: the default model's bf16 products at 8 rows of x in two weight layouts, on this machine's CPU (an experiment,
-// not Tern's code path): the row-major kernel Tern runs (a pair of weight rows against four rows of x, sums across lanes at
-// the end; replicated here, and Tern's own CpuKernels.TryLinear through reflection beside it) against an outer product over
-// weights packed [n/8][k][8] (three blocks of 8 neurons against four rows of x, x broadcast, no sums across lanes). Same
-// shapes as models/default (8 layers of qkv 1152×384, o 384×384, gate|up 1408×384, down 384×704, and the 8192×384 head),
-// random weights, every product in turn (28.7 MB: streamed), medians of 15 × 10 passes, one and two threads; and one row of x
-// (Tern's path against a one-row outer product over the same packed weights).
+// Issue 19 item 4: the default model's bf16 products in two weight layouts, on this machine's CPU (an experiment, not Tern's
+// code path): Tern's own path (CpuKernels.TryLinear, internal, through reflection: its row-major kernel, x widened, the output
+// rounded, its core team) against an outer product over the same weights packed [n/8][k][8] — at 8 rows of x three blocks of
+// 8 neurons against four rows of x, x broadcast, no sums across lanes; at one row four blocks with k unrolled by two. Shapes of
+// models/default (8 layers of qkv 1152×384, o 384×384, gate|up 1408×384, down 384×704, and the 8192×384 head), random weights,
+// every product in turn (28.7 MB: streamed), two threads each (the packed kernels by Parallel.For, output left in fp32),
+// alternating, medians of 15 × 10 passes.
 //   dotnet run -c Release --project bench/cpu/ProductLayouts
-using System.Runtime.InteropServices;
+using System.Diagnostics;
 using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
-using System.Diagnostics;
+using TorchSharp;
+using static TorchSharp.torch;
+
 unsafe
 {
-    // default model shapes, bf16: per layer qkv 1152x384, o 384x384, gateup 1408x384, down 384x704; x8; head 8192x384
-    var shapes = new List<(int n, int k)>();
-    for (int l = 0; l < 8; l++) { shapes.Add((1152, 384)); shapes.Add((384, 384)); shapes.Add((1408, 384)); shapes.Add((384, 704)); }
+    var shapes = new List<(int N, int K)>();
+    for (int l = 0; l < 8; l++) shapes.AddRange(new[] { (1152, 384), (384, 384), (1408, 384), (384, 704) });
     shapes.Add((8192, 384));
-    int m = 8;
-    var rnd = new Random(1);
-    var rows = new List<(IntPtr w, IntPtr wp, int n, int k)>();
-    long bytes = 0;
-    foreach (var (n, k) in shapes)
+    using var noGrad = torch.no_grad();
+    var weights = shapes.Select(s => (torch.rand(s.N, s.K) - 0.5).to(ScalarType.BFloat16)).ToList();
+    // The same weights packed [n/8][k][8] (bf16 bits).
+    var packed = weights.Select(w => (IntPtr)Pack(w)).ToList();
+    Console.WriteLine($"weights {weights.Sum(w => w.NumberOfElements * 2) / 1e6:F1} MB");
+    float* acc = (float*)NativeMemory.AlignedAlloc(8 * 8192 * 4, 64);
+    var tryLinear = typeof(Tern.Runtime.ModelDType).Assembly.GetType("Tern.Interop.CpuKernels")!.GetMethod("TryLinear")!;
+
+    foreach (int m in new[] { 8, 1 })
     {
-        ushort* w = (ushort*)NativeMemory.AlignedAlloc((nuint)(n * k * 2), 64);
-        ushort* wp = (ushort*)NativeMemory.AlignedAlloc((nuint)(n * k * 2), 64);
-        for (long i = 0; i < (long)n * k; i++) w[i] = (ushort)(BitConverter.SingleToInt32Bits((float)(rnd.NextDouble() - 0.5)) >> 16);
-        // packed [n/8][k][8]
-        for (int b = 0; b < n / 8; b++) for (int kk = 0; kk < k; kk++) for (int j = 0; j < 8; j++) wp[((long)b * k + kk) * 8 + j] = w[(long)(b * 8 + j) * k + kk];
-        rows.Add(((IntPtr)w, (IntPtr)wp, n, k)); bytes += (long)n * k * 2;
-    }
-    Console.WriteLine($"weights {bytes / 1e6:F1} MB");
-    int maxK = 704, maxN = 8192;
-    float* x = (float*)NativeMemory.AlignedAlloc((nuint)(m * maxK * 4), 64);
-    float* xb = (float*)NativeMemory.AlignedAlloc((nuint)(m * maxK * 4), 64); // block order for kernel A
-    for (int i = 0; i < m * maxK; i++) x[i] = (float)(rnd.NextDouble() - 0.5);
-    float* ya = (float*)NativeMemory.AlignedAlloc((nuint)(m * maxN * 4), 64), yb = (float*)NativeMemory.AlignedAlloc((nuint)(m * maxN * 4), 64);
-    // check correctness on the first few shapes
-    foreach (var (w, wp, n, k) in rows.Take(5))
-    {
-        BlockOrder(x, xb, m, k);
-        K.PairRows(m, n, k, xb, (ushort*)w, ya, 0, n);
-        K.Outer(m, n, k, x, (ushort*)wp, yb, 0, n / 8);
-        double maxd = 0; for (int i = 0; i < m * n; i++) maxd = Math.Max(maxd, Math.Abs(ya[i] - yb[i]));
-        Console.WriteLine($"{n}x{k}: max diff {maxd:E2}");
-    }
-    void All(bool outer, int threads)
-    {
-        foreach (var (w, wp, n, k) in rows)
+        var xs = shapes.Select(s => (torch.rand(m, s.K) - 0.5).to(ScalarType.BFloat16)).ToList();
+        // The packed kernels read fp32 x, pinned.
+        var wide = xs.Select(x => GCHandle.Alloc(x.to(ScalarType.Float32).data<float>().ToArray(), GCHandleType.Pinned)).ToList();
+        Tensor Tern(int i)
         {
-            if (threads == 1) { if (outer) K.Outer(m, n, k, x, (ushort*)wp, yb, 0, n / 8); else K.PairRows(m, n, k, xb, (ushort*)w, ya, 0, n); }
-            else
+            var args = new object?[] { xs[i], weights[i], null, null, null };
+            if (!(bool)tryLinear.Invoke(null, args)!) throw new InvalidOperationException("TryLinear declined");
+            return (Tensor)args[4]!;
+        }
+        void Packed(int i)
+        {
+            var (n, k) = shapes[i];
+            int half = n / 16; // blocks of 8 for the first thread
+            float* x = (float*)wide[i].AddrOfPinnedObject();
+            ushort* p = (ushort*)packed[i];
+            Parallel.For(0, 2, t =>
             {
-                int half = n / 16 * 8; IntPtr pw = w, ppw = wp;
-                Parallel.For(0, 2, t => { if (outer) K.Outer(m, n, k, x, (ushort*)ppw, yb, t == 0 ? 0 : half / 8, t == 0 ? half / 8 : n / 8); else K.PairRows(m, n, k, xb, (ushort*)pw, ya, t == 0 ? 0 : half, t == 0 ? half : n); });
-            }
+                int from = t == 0 ? 0 : half, to = t == 0 ? half : n / 8;
+                if (m == 1) K.Outer1(n, k, x, p, acc, from, to); else K.Outer(m, n, k, x, p, acc, from, to);
+            });
         }
-    }
-    // One row: Tern's TryLinear against the packed one-row outer product, two threads.
-    {
-        var tryLinear = typeof(Tern.Runtime.ModelDType).Assembly.GetType("Tern.Interop.CpuKernels")!.GetMethod("TryLinear")!;
-        using var noGrad = TorchSharp.torch.no_grad();
-        var ws = rows.Select(r => TorchSharp.torch.randn(new long[] { r.n, r.k }).to(TorchSharp.torch.ScalarType.BFloat16)).ToList();
-        var xs = rows.Select(r => TorchSharp.torch.randn(new long[] { 1, r.k }).to(TorchSharp.torch.ScalarType.BFloat16)).ToList();
-        double Tern1()
+        // Both against the fp32 product of the same bf16 values (Tern's output is rounded to bf16: one rounding).
+        for (int i = 0; i < 5; i++)
         {
-            var sw = Stopwatch.StartNew();
-            for (int rep = 0; rep < 10; rep++)
-                for (int i = 0; i < ws.Count; i++)
-                {
-                    var args = new object?[] { xs[i], ws[i], null, null, null };
-                    if (!(bool)tryLinear.Invoke(null, args)!) throw new Exception("no kernel");
-                    ((TorchSharp.torch.Tensor)args[4]!).Dispose();
-                }
-            return sw.Elapsed.TotalMilliseconds / 10;
+            var expected = xs[i].to(ScalarType.Float32).matmul(weights[i].to(ScalarType.Float32).t());
+            using var ours = Tern(i);
+            Packed(i);
+            var (n, _) = shapes[i];
+            var mine = torch.from_array(new ReadOnlySpan<float>(acc, m * n).ToArray()).view(m, n);
+            Console.WriteLine($"m={m} {shapes[i].N}x{shapes[i].K}: max |Δ| Tern {(ours.to(ScalarType.Float32) - expected).abs().max().item<float>():E1}, packed {(mine - expected).abs().max().item<float>():E1}");
         }
-        double Outer1All()
+        double Time(Action<int> product)
         {
-            var sw = Stopwatch.StartNew();
-            for (int rep = 0; rep < 10; rep++)
-                foreach (var (w, wp, n, k) in rows)
-                {
-                    int half = n / 16 * 8; IntPtr ppw = wp;
-                    Parallel.For(0, 2, t => K.Outer1(n, k, x, (ushort*)ppw, yb, t == 0 ? 0 : half / 8, t == 0 ? half / 8 : n / 8));
-                }
-            return sw.Elapsed.TotalMilliseconds / 10;
+            var watch = Stopwatch.StartNew();
+            for (int rep = 0; rep < 10; rep++) for (int i = 0; i < shapes.Count; i++) product(i);
+            return watch.Elapsed.TotalMilliseconds / 10;
         }
-        // check
-        { var (w, wp, n, k) = rows[0]; K.PairRows(4, n, k, xb, (ushort*)w, ya, 0, n); BlockOrder(x, xb, 1, k); K.Outer1(n, k, x, (ushort*)wp, yb, 0, n / 8);
-          K.Outer(4, n, k, x, (ushort*)wp, ya, 0, n / 8); double md = 0; for (int i = 0; i < n; i++) md = Math.Max(md, Math.Abs(ya[i] - yb[i])); Console.WriteLine($"one-row check: {md:E2}"); }
-        for (int i = 0; i < 20; i++) { Tern1(); Outer1All(); }
-        var tt = new List<double>(); var to = new List<double>();
-        for (int rep = 0; rep < 15; rep++) { tt.Add(Tern1()); to.Add(Outer1All()); }
-        tt.Sort(); to.Sort();
-        Console.WriteLine($"one row: Tern TryLinear (2 cores) {tt[7]:F3} ms, packed outer (Parallel.For, 2) {to[7]:F3} ms ({tt[7] / to[7]:F2}x)");
-    }
-    // Tern's own path: CpuKernels.TryLinear (internal) through reflection, bf16 tensors, 8 rows, both cores (its CoreTeam).
-    {
-        var tryLinear = typeof(Tern.Runtime.ModelDType).Assembly.GetType("Tern.Interop.CpuKernels")!.GetMethod("TryLinear")!;
-        using var noGrad = TorchSharp.torch.no_grad();
-        var ws = rows.Select(r => TorchSharp.torch.randn(new long[] { r.n, r.k }).to(TorchSharp.torch.ScalarType.BFloat16)).ToList();
-        var xs = rows.Select(r => TorchSharp.torch.randn(new long[] { m, r.k }).to(TorchSharp.torch.ScalarType.BFloat16)).ToList();
-        double Tern()
-        {
-            var sw = Stopwatch.StartNew();
-            for (int rep = 0; rep < 10; rep++)
-                for (int i = 0; i < ws.Count; i++)
-                {
-                    var args = new object?[] { xs[i], ws[i], null, null, null };
-                    if (!(bool)tryLinear.Invoke(null, args)!) throw new Exception("no kernel");
-                    ((TorchSharp.torch.Tensor)args[4]!).Dispose();
-                }
-            return sw.Elapsed.TotalMilliseconds / 10;
-        }
-        for (int i = 0; i < 20; i++) { Tern(); All(true, 2); }
-        var tt = new List<double>(); var to = new List<double>();
-        for (int rep = 0; rep < 15; rep++) { tt.Add(Tern()); var sw = Stopwatch.StartNew(); for (int i = 0; i < 10; i++) All(true, 2); to.Add(sw.Elapsed.TotalMilliseconds / 10); }
-        tt.Sort(); to.Sort();
-        Console.WriteLine($"Tern TryLinear (2 cores) {tt[7]:F3} ms, outer (Parallel.For, 2) {to[7]:F3} ms ({tt[7] / to[7]:F2}x)");
-    }
-    foreach (int threads in new[] { 1, 2 })
-    {
-        for (int i = 0; i < 20; i++) { All(false, threads); All(true, threads); }
-        var ta = new List<double>(); var tb = new List<double>();
-        for (int rep = 0; rep < 15; rep++)
-        {
-            var sw = Stopwatch.StartNew(); for (int i = 0; i < 10; i++) All(false, threads); ta.Add(sw.Elapsed.TotalMilliseconds / 10);
-            sw.Restart(); for (int i = 0; i < 10; i++) All(true, threads); tb.Add(sw.Elapsed.TotalMilliseconds / 10);
-        }
-        ta.Sort(); tb.Sort();
-        Console.WriteLine($"threads {threads}: pair-rows {ta[7]:F3} ms, outer {tb[7]:F3} ms ({ta[7] / tb[7]:F2}x)");
+        Action<int> tern = i => Tern(i).Dispose(), outer = Packed;
+        for (int i = 0; i < 20; i++) { Time(tern); Time(outer); }
+        var ternMs = new List<double>(); var outerMs = new List<double>();
+        for (int rep = 0; rep < 15; rep++) { ternMs.Add(Time(tern)); outerMs.Add(Time(outer)); }
+        double Median(List<double> v) => v.Order().ElementAt(v.Count / 2);
+        foreach (var h in wide) h.Free();
+        Console.WriteLine($"rows {m}: Tern TryLinear {Median(ternMs):F3} ms, packed outer product {Median(outerMs):F3} ms ({Median(ternMs) / Median(outerMs):F2}x)");
     }
 }
-static unsafe void BlockOrder(float* x, float* xb, int m, int k)
+
+static unsafe ushort* Pack(Tensor weight)
 {
-    for (int r = 0; r < m; r++) for (int i = 0; i + 16 <= k; i += 16)
-        for (int j = 0; j < 4; j++) { xb[r * k + i + j] = x[r * k + i + j]; xb[r * k + i + 4 + j] = x[r * k + i + 8 + j]; xb[r * k + i + 8 + j] = x[r * k + i + 4 + j]; xb[r * k + i + 12 + j] = x[r * k + i + 12 + j]; }
+    int n = (int)weight.size(0), k = (int)weight.size(1);
+    // bf16 → fp32 is exact: its upper 16 bits are the bf16 bits.
+    ushort[] w = weight.to(ScalarType.Float32).data<float>().ToArray().Select(v => (ushort)(BitConverter.SingleToUInt32Bits(v) >> 16)).ToArray();
+    ushort* p = (ushort*)NativeMemory.AlignedAlloc((nuint)(n * k * 2), 64);
+    for (int b = 0; b < n / 8; b++) for (int i = 0; i < k; i++) for (int j = 0; j < 8; j++) p[((long)b * k + i) * 8 + j] = w[(long)(b * 8 + j) * k + i];
+    return p;
 }
+
 static unsafe class K
 {
-    // Tern's current kernel shape: a pair of weight rows against four rows of x, 16 columns an iteration (Load16 unpack order).
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void PairRows(int m, int n, int k, float* x, ushort* weight, float* acc, int from, int to)
-    {
-        for (int j = from; j < to; j += 2)
-        {
-            ushort* w = weight + (long)j * k, w1 = w + k;
-            for (int r = 0; r < m; r += 4)
-            {
-                float* x0 = x + r * k, x1 = x0 + k, x2 = x1 + k, x3 = x2 + k;
-                Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default, b0 = default, b1 = default, b2 = default, b3 = default;
-                for (int i = 0; i < k; i += 16)
-                {
-                    Sse.Prefetch1((byte*)(w + 4 * k) + i * 2);
-                    var raw = Vector256.Load(w + i); var wv = Avx2.UnpackLow(Vector256<ushort>.Zero, raw).AsSingle(); var wh = Avx2.UnpackHigh(Vector256<ushort>.Zero, raw).AsSingle();
-                    var raw1 = Vector256.Load(w1 + i); var uv = Avx2.UnpackLow(Vector256<ushort>.Zero, raw1).AsSingle(); var uh = Avx2.UnpackHigh(Vector256<ushort>.Zero, raw1).AsSingle();
-                    var v = Vector256.Load(x0 + i); a0 = Fma.MultiplyAdd(wv, v, a0); b0 = Fma.MultiplyAdd(uv, v, b0);
-                    v = Vector256.Load(x1 + i); a1 = Fma.MultiplyAdd(wv, v, a1); b1 = Fma.MultiplyAdd(uv, v, b1);
-                    v = Vector256.Load(x2 + i); a2 = Fma.MultiplyAdd(wv, v, a2); b2 = Fma.MultiplyAdd(uv, v, b2);
-                    v = Vector256.Load(x3 + i); a3 = Fma.MultiplyAdd(wv, v, a3); b3 = Fma.MultiplyAdd(uv, v, b3);
-                    v = Vector256.Load(x0 + i + 8); a0 = Fma.MultiplyAdd(wh, v, a0); b0 = Fma.MultiplyAdd(uh, v, b0);
-                    v = Vector256.Load(x1 + i + 8); a1 = Fma.MultiplyAdd(wh, v, a1); b1 = Fma.MultiplyAdd(uh, v, b1);
-                    v = Vector256.Load(x2 + i + 8); a2 = Fma.MultiplyAdd(wh, v, a2); b2 = Fma.MultiplyAdd(uh, v, b2);
-                    v = Vector256.Load(x3 + i + 8); a3 = Fma.MultiplyAdd(wh, v, a3); b3 = Fma.MultiplyAdd(uh, v, b3);
-                }
-                acc[r * n + j] = Vector256.Sum(a0); acc[(r + 1) * n + j] = Vector256.Sum(a1); acc[(r + 2) * n + j] = Vector256.Sum(a2); acc[(r + 3) * n + j] = Vector256.Sum(a3);
-                acc[r * n + j + 1] = Vector256.Sum(b0); acc[(r + 1) * n + j + 1] = Vector256.Sum(b1); acc[(r + 2) * n + j + 1] = Vector256.Sum(b2); acc[(r + 3) * n + j + 1] = Vector256.Sum(b3);
-            }
-        }
-    }
-
-
     // One row of x over packed weights: four blocks of 8 neurons, k unrolled by two into separate sums (8 sums).
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Outer1(int n, int k, float* x, ushort* packed, float* acc, int fromBlock, int toBlock)
