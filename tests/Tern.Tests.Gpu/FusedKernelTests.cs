@@ -115,16 +115,24 @@ public sealed class FusedKernelTests
         var qpos = torch.tensor(new long[] { filled - 1, filled - 1, filled - 1 }, new long[] { b, 1 }).to(CUDA);
         var q = torch.randn(b, heads, 1, d, device: CUDA).to(t);
         Assert.True(FusedKernels.TryDecodeAttention(q, keys, values, pos, qpos, window, 1.0 / Math.Sqrt(d), out var fused));
+        AssertClose(Reference(cap), fused, dtype, "decode attention");
+        // The first slots of each head only (a static step's view of a cache sized for a longer prefill): fewer than are filled.
+        const int slots = 45;
+        Assert.True(FusedKernels.TryDecodeAttention(q, keys.narrow(2, 0, slots), values.narrow(2, 0, slots), pos.narrow(2, 0, slots), qpos,
+            window, 1.0 / Math.Sqrt(d), out var prefix));
+        AssertClose(Reference(slots), prefix, dtype, "decode attention over the first slots");
 
-        var kp = pos.unsqueeze(2);                                            // [B,Hkv,1,Cap]
-        var visible = kp.ge(0) & kp.le(qpos.view(b, 1, 1, 1));
-        if (window > 0) visible &= (qpos.view(b, 1, 1, 1) - kp).lt(window);
-        var kx = keys.to(ScalarType.Float32).repeat_interleave(heads / kvHeads, 1);
-        var vx = values.to(ScalarType.Float32).repeat_interleave(heads / kvHeads, 1);
-        var mask = visible.repeat_interleave(heads / kvHeads, 1);
-        var scores = q.to(ScalarType.Float32).matmul(kx.transpose(2, 3)) / Math.Sqrt(d);
-        var reference = F.softmax(scores.masked_fill(mask.logical_not(), double.NegativeInfinity), -1).matmul(vx).reshape(b, 1, heads * d);
-        AssertClose(reference, fused, dtype, "decode attention");
+        Tensor Reference(int n)
+        {
+            var kp = pos.narrow(2, 0, n).unsqueeze(2);                           // [B,Hkv,1,n]
+            var visible = kp.ge(0) & kp.le(qpos.view(b, 1, 1, 1));
+            if (window > 0) visible &= (qpos.view(b, 1, 1, 1) - kp).lt(window);
+            var kx = keys.narrow(2, 0, n).to(ScalarType.Float32).repeat_interleave(heads / kvHeads, 1);
+            var vx = values.narrow(2, 0, n).to(ScalarType.Float32).repeat_interleave(heads / kvHeads, 1);
+            var mask = visible.repeat_interleave(heads / kvHeads, 1);
+            var scores = q.to(ScalarType.Float32).matmul(kx.transpose(2, 3)) / Math.Sqrt(d);
+            return F.softmax(scores.masked_fill(mask.logical_not(), double.NegativeInfinity), -1).matmul(vx).reshape(b, 1, heads * d);
+        }
     }
 
     /// <summary>LaughingHyena's fused modal step against the composite of <see cref="Tern.Distillation.ModalRecurrence.Step"/>

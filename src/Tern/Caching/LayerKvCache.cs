@@ -135,6 +135,20 @@ public sealed class LayerKvCache : IDisposable
     /// <summary>The type keys and values are read back in (the model's, or autocast's in training).</summary>
     public ScalarType DType { get; }
 
+    /// <summary>
+    /// The first slots a static-shape step of <paramref name="tokens"/> tokens attends over: every slot an evicting policy can
+    /// hold once such a step appended (<see cref="IKvCachePolicy.Capacity"/> for that step), the whole capacity otherwise.
+    /// A cache sized for a longer step (a prompt's prefill: sink 4,096 + 64 with a 4,096-token prompt has 8,192 slots) would
+    /// else have every decode step's graph attend over slots its policy never fills.
+    /// </summary>
+    internal int StaticStepSlots(int tokens)
+    {
+        int slots = Policy.AppendOnly || RowSlots ? Capacity : Math.Min(Capacity, Policy.Capacity(MaxSequenceLength, tokens));
+        if (Length > slots)
+            throw new InvalidOperationException($"KV cache of layer {Layer}: {Length} slots in use exceed the {slots} its {Policy.Name} policy holds at a step of {tokens} tokens.");
+        return slots;
+    }
+
     /// <summary>Slots in use: every entry lives in [0, Length).</summary>
     public int Length { get; private set; }
 

@@ -143,8 +143,19 @@ internal static unsafe partial class FusedKernels
 
     // Not while autograd records: the kernels write raw memory behind libtorch's back, so no backward exists for them and a
     // training forward (grad enabled) would get wrong or missing gradients. Inference runs under no_grad and keeps them.
-    static bool Usable(Tensor t) => t.device_type == DeviceType.CUDA && TypeIndex(t.dtype) >= 0 && t.is_contiguous() && !torch.is_grad_enabled()
-        && !Off && Available;
+    static bool Usable(Tensor t) => UsableLaidOut(t) && t.is_contiguous();
+
+    static bool UsableLaidOut(Tensor t) => t.device_type == DeviceType.CUDA && TypeIndex(t.dtype) >= 0 && !torch.is_grad_enabled() && !Off && Available;
+
+    /// <summary>Slots from one head's first to the next's in a [B, H, L] or [B, H, L, D] cache tensor that is the first L slots
+    /// of a contiguous [B, H, S, …] one (S ≥ L, entries contiguous), or -1 for any other layout.</summary>
+    static long HeadStride(Tensor t)
+    {
+        long entry = t.dim() == 4 ? t.size(3) : 1;
+        if (t.dim() is not (3 or 4) || t.dim() == 4 && t.stride(3) != 1 || t.stride(2) != entry || t.stride(1) % entry != 0) return -1;
+        long stride = t.stride(1) / entry;
+        return stride >= t.size(2) && t.stride(0) == t.size(1) * t.stride(1) ? stride : -1;
+    }
 
     static IntPtr Ptr(Tensor t) => TensorMemory.Pointer(t);
 
@@ -224,7 +235,8 @@ internal static unsafe partial class FusedKernels
 
     /// <summary>
     /// Decode attention of one query per sequence (q view [B, H, 1, D], last dimension contiguous; query positions [B, 1])
-    /// over a whole layer cache, masked by the cached positions; returns [B, 1, H·D]. Two kernels (split, combine) replace the
+    /// over a layer cache, masked by the cached positions; returns [B, 1, H·D]. Keys, values and positions [B, Hkv, L, …] may
+    /// be the first L slots of the cache's (a narrowed view): only those are read. Two kernels (split, combine) replace the
     /// seven of the composite path. With <paramref name="keptHeads"/> (int64 [B, k], ascending; DejaVu's head subset) q holds
     /// those query heads only and so does the output, [B, 1, k·D]; query head h reads KV head h / <paramref name="groups"/>.
     /// </summary>
@@ -232,18 +244,21 @@ internal static unsafe partial class FusedKernels
         int window, double scale, out Tensor output, Tensor? keptHeads = null, int groups = 0)
     {
         output = null!;
-        int heads = (int)q.size(1), kvHeads = (int)keys.size(1), cap = (int)keys.size(2), headDim = (int)keys.size(3);
+        int heads = (int)q.size(1), kvHeads = (int)keys.size(1), slots = (int)keys.size(2), headDim = (int)keys.size(3);
         if (keptHeads is null) groups = heads / kvHeads;
         else if (keptHeads.dtype != ScalarType.Int64 || !keptHeads.is_contiguous() || keptHeads.NumberOfElements != q.size(0) * heads || groups < 1) return false;
         // Measured: ahead of the masked-matmul path at batch 1; behind it at 16 and 64 (H200: 7.64 vs 7.13 and 16.0 vs 12.1 ms/step).
         const int largestBatch = 4;
         if (q.size(0) > largestBatch) return false;
         int rowVecs = headDim * (int)keys.ElementSize / 16; // 16-byte pieces per row: a power of two from 4 to 32
-        if (!Usable(keys) || q.size(2) != 1 || q.stride(-1) != 1 || q.dtype != keys.dtype || headDim * keys.ElementSize % 16 != 0
-            || rowVecs < 4 || rowVecs > 32 || (rowVecs & (rowVecs - 1)) != 0 || !keys.is_contiguous() || !values.is_contiguous()
-            || !cachePositions.is_contiguous() || !queryPositions.is_contiguous() || queryPositions.NumberOfElements != q.size(0)) return false;
+        long headStride = HeadStride(keys);
+        if (!UsableLaidOut(keys) || q.size(2) != 1 || q.stride(-1) != 1 || q.dtype != keys.dtype || headDim * keys.ElementSize % 16 != 0
+            || rowVecs < 4 || rowVecs > 32 || (rowVecs & (rowVecs - 1)) != 0 || headStride < 0 || headStride > int.MaxValue
+            || HeadStride(values) != headStride || values.dtype != keys.dtype || HeadStride(cachePositions) != headStride
+            || !queryPositions.is_contiguous() || queryPositions.NumberOfElements != q.size(0)) return false;
+        int stride = (int)headStride;
         const int split = 64, maxSplits = 1024; // SPLIT and the combine's shared array in fused.cu
-        int splits = (cap + split - 1) / split;
+        int splits = (slots + split - 1) / split;
         if (splits > maxSplits) return false;
         long batch = q.size(0), qb = q.stride(0), qh = q.stride(1);
         using var partOut = torch.empty(new long[] { batch * heads * splits * headDim }, ScalarType.Float32, q.device);
@@ -255,7 +270,7 @@ internal static unsafe partial class FusedKernels
         float sc = (float)scale;
         IntPtr stream = LibTorchCuda.CurrentRawStream();
         int t = TypeIndex(q.dtype);
-        void** splitArgs = stackalloc void*[] { &po, &pm, &ps, &pq, &qb, &qh, &pk, &pv, &pc, &pp, &ph, &heads, &groups, &kvHeads, &cap, &headDim, &window, &sc };
+        void** splitArgs = stackalloc void*[] { &po, &pm, &ps, &pq, &qb, &qh, &pk, &pv, &pc, &pp, &ph, &heads, &groups, &kvHeads, &slots, &stride, &headDim, &window, &sc };
         CudaDriver.Launch(Kernels.Value!.AttnSplit[t], (uint)(batch * heads), (uint)splits, 128, stream, splitArgs);
         void** combineArgs = stackalloc void*[] { &py, &po, &pm, &ps, &splits, &headDim };
         CudaDriver.Launch(Kernels.Value!.AttnCombine[t], (uint)(batch * heads), 1, (uint)Math.Min(256, headDim), stream, combineArgs);

@@ -240,8 +240,8 @@ internal static class Attention
     }
 
     /// <summary>
-    /// A step with static shapes (CUDA-graph capture): attends over every slot of the preallocated cache, the mask hiding empty
-    /// slots and those not yet written. The fused decode-attention kernel serves small batches; masked matrix products the rest.
+    /// A step with static shapes (CUDA-graph capture): attends over every slot the cache can hold at such a step
+    /// (<see cref="LayerKvCache.StaticStepSlots"/>), the mask hiding empty slots and those not yet written. The fused decode-attention kernel serves small batches; masked matrix products the rest.
     /// Returns [B,T,H·D].
     /// </summary>
     /// <remarks>Evicting policies run here too (their eviction steps run eagerly, outside any graph): keys stored unrotated are
@@ -253,22 +253,24 @@ internal static class Attention
         var batch = step.Batch;
         long b = qh.size(0), t = qh.size(2);
         int h = (int)qh.size(1), hkv = s.KvHeads, g = s.Groups, d = s.HeadDim;
-        var keys = cachedKeyRotation is null ? cache.Keys : KeysAtCacheIndex(cache, cachedKeyRotation, step, t, batch.WriteSlots);
-        // Keys rotated at their cache index (StreamingLLM) are as contiguous as the stored ones, and masks use original positions.
-        if (t == 1 && !cache.ObservesAttention && Interop.FusedKernels.TryDecodeAttention(qh, keys, cache.Values,
-                cache.Positions, batch.Positions, s.SlidingWindow, 1.0 / Math.Sqrt(d), out var fused, kept?.flatten(1), g))
+        int slots = cache.StaticStepSlots((int)t);
+        var keys = (cachedKeyRotation is null ? cache.Keys : KeysAtCacheIndex(cache, cachedKeyRotation, step, t, batch.WriteSlots)).narrow(2, 0, slots);
+        var (values, positions) = (cache.Values.narrow(2, 0, slots), cache.Positions.narrow(2, 0, slots));
+        // Keys rotated at their cache index (StreamingLLM) are laid out as the stored ones, and masks use original positions.
+        if (t == 1 && !cache.ObservesAttention && Interop.FusedKernels.TryDecodeAttention(qh, keys, values,
+                positions, batch.Positions, s.SlidingWindow, 1.0 / Math.Sqrt(d), out var fused, kept?.flatten(1), g))
             return fused;
         if (kept is not null)
         {
             var kv = KvHeadOf(kept, s);
-            var visible = PerKeptHead(Mask(batch, cache.Positions, s), kv);
-            var selected = MatmulAttention(qh, PerKeptHead(keys, kv), PerKeptHead(cache.Values, kv), visible, d);
+            var visible = PerKeptHead(Mask(batch, positions, s), kv);
+            var selected = MatmulAttention(qh, PerKeptHead(keys, kv), PerKeptHead(values, kv), visible, d);
             return selected.transpose(1, 2).reshape(b, t, h * d);
         }
         Tensor output; // [B,H,T,D]
         if (cache.ObservesAttention)
         {
-            output = Explicit(qh, keys, cache.Values, Mask(batch, cache.Positions, s), s, out var probabilities);
+            output = Explicit(qh, keys, values, Mask(batch, positions, s), s, out var probabilities);
             if (batch.HasPadding) probabilities = probabilities.masked_fill(batch.Positions.lt(0).unsqueeze(1).unsqueeze(-1), 0);
             cache.Observe(probabilities);
             return output.transpose(1, 2).reshape(b, t, h * d);
@@ -278,11 +280,11 @@ internal static class Attention
             mask = shared.Mask;
         else
         {
-            var m = Mask(batch, cache.Positions, s); // [B,Hkv,T,Cap]
-            mask = m.unsqueeze(2).expand(b, hkv, g, t, cache.Capacity).reshape(b, hkv, g * t, cache.Capacity);
+            var m = Mask(batch, positions, s); // [B,Hkv,T,slots]
+            mask = m.unsqueeze(2).expand(b, hkv, g, t, slots).reshape(b, hkv, g * t, slots);
             if (cache.Policy.AppendOnly) step.SharedMask = (s.SlidingWindow, mask.MoveToOuterDisposeScope()); // outlives this layer's scope
         }
-        output = MatmulAttention(qh.reshape(b, hkv, g * t, d), keys, cache.Values, mask, d);
+        output = MatmulAttention(qh.reshape(b, hkv, g * t, d), keys, values, mask, d);
         return output.reshape(b, h, t, d).transpose(1, 2).reshape(b, t, h * d);
     }
 

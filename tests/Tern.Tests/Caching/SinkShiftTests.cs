@@ -102,6 +102,29 @@ public sealed class SinkShiftTests
         Assert.True(shifted[0].Rewrites > 0, "no eviction ran");
     }
 
+    /// <summary>A cache sized for a prompt's prefill has more slots than its policy fills at a decode step: a static-shape step
+    /// attends over the slots the policy can hold after it (sinks + window + evict-every), a full cache over all of them, and
+    /// a step that finds more in use is refused rather than attending over part of them.</summary>
+    [Theory]
+    [InlineData(1)]
+    [InlineData(8)]
+    public void StaticStepsAttendOverTheSlotsThePolicyFills(int evictEvery)
+    {
+        var policy = new StreamingPolicy(KvBudget.OfTokens(12), sinks: 2, evictEvery);
+        using var cache = Cache(policy, 16, policy.Capacity(60, 32), 60); // room for a 32-token prompt step
+        var layer = cache[0];
+        Assert.Equal(12 + evictEvery - 1 + 32, layer.Capacity);
+        Assert.Equal(12 + evictEvery, layer.StaticStepSlots(1));
+        Assert.Equal(12 + evictEvery - 1 + 4, layer.StaticStepSlots(4));
+        layer.Update(torch.randn(Rows, Heads, 32, HeadDim), torch.randn(Rows, Heads, 32, HeadDim), torch.arange(32L).expand(Rows, 32), hasPadding: false);
+        Assert.Throws<InvalidOperationException>(() => layer.StaticStepSlots(1)); // the prompt is in, not yet evicted
+        layer.EndStep();
+        Assert.Equal(12, layer.Length);
+        Assert.Equal(12 + evictEvery, layer.StaticStepSlots(1));
+        using var full = Cache(DensePolicy.Instance, 16, 60, 60);
+        Assert.Equal(60, full[0].StaticStepSlots(1));
+    }
+
     /// <summary>Rows left uneven by padding have holes: the policy takes the general compaction, and the shift refuses them.</summary>
     [Fact]
     public void RowsWithHolesTakeTheGeneralCompaction()

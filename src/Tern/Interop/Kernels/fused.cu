@@ -225,7 +225,8 @@ __device__ __forceinline__ float block_max(float v, float* shared)
 // sequence b, and leaves its unnormalised output, max and exp-sum for attn_combine. A key at original position kp is visible
 // to a query at p when kp ≥ 0 and kp ≤ p and (no window or p − kp < window); padding queries (p < 0) see every occupied slot.
 // With headIndex (DejaVu's kept heads, [B·heads]) block b·heads + j attends query j of sequence b as head headIndex[b·heads + j]
-// (q and the output hold the kept heads only); query head h reads KV head h / queryGroups.
+// (q and the output hold the kept heads only); query head h reads KV head h / queryGroups. Only the first `slots` slots of each
+// head are read; a head's slots start headStride slots after the previous head's (the cache's capacity: a prefix of it is attended).
 // 128 threads. Keys and values are read with 16-byte loads: a row of D elements is spread over D/VEC lanes (VEC = 16 bytes of
 // T), and every load of a loop is issued before its results are used — at batch 1 this kernel is pure latency.
 #define SPLIT 64
@@ -233,7 +234,7 @@ __device__ __forceinline__ float block_max(float v, float* shared)
 template <typename T>
 __device__ void attn_split(float* partOut, float* partMax, float* partSum, const T* q, long long qBatch, long long qHead,
                            const T* keys, const T* values, const long long* cachePos, const long long* qpos, const long long* headIndex,
-                           int heads, int queryGroups, int kvHeads, int cap, int headDim, int window, float scale)
+                           int heads, int queryGroups, int kvHeads, int slots, int headStride, int headDim, int window, float scale)
 {
     const int VEC = 16 / (int)sizeof(T);
     __shared__ float prob[SPLIT];
@@ -241,7 +242,7 @@ __device__ void attn_split(float* partOut, float* partMax, float* partSum, const
     int bh = blockIdx.x, split = blockIdx.y, splits = gridDim.y;
     int b = bh / heads, j = bh - b * heads, hk = (headIndex ? (int)headIndex[bh] : j) / queryGroups;
     long long p = qpos[b];
-    long long base = (long long)(b * kvHeads + hk) * cap;
+    long long base = (long long)(b * kvHeads + hk) * headStride;
     const uint4* K = reinterpret_cast<const uint4*>(keys + base * headDim);
     const uint4* V = reinterpret_cast<const uint4*>(values + base * headDim);
     const long long* kp = cachePos + base;
@@ -267,7 +268,7 @@ __device__ void attn_split(float* partOut, float* partMax, float* partSum, const
         if (r < rounds)
         {
             int key = k0 + group + r * groups;
-            kr[r] = K[(long long)(key < cap ? key : cap - 1) * rowVecs + sub];
+            kr[r] = K[(long long)(key < slots ? key : slots - 1) * rowVecs + sub];
         }
 #pragma unroll
     for (int r = 0; r < maxRounds; r++)
@@ -281,7 +282,7 @@ __device__ void attn_split(float* partOut, float* partMax, float* partSum, const
             if (sub == 0)
             {
                 int j = group + r * groups, key = k0 + j;
-                long long kpos = key < cap ? kp[key] : -1;
+                long long kpos = key < slots ? kp[key] : -1;
                 bool visible = kpos >= 0 && (p < 0 || (kpos <= p && (window == 0 || p - kpos < window)));
                 prob[j] = visible ? dot : NEG_INF;
             }
@@ -300,7 +301,7 @@ __device__ void attn_split(float* partOut, float* partMax, float* partSum, const
         if (r < rounds)
         {
             int key = k0 + group + r * groups;
-            vr[r] = V[(long long)(key < cap ? key : cap - 1) * rowVecs + sub];
+            vr[r] = V[(long long)(key < slots ? key : slots - 1) * rowVecs + sub];
         }
     float acc[8] = { 0, 0, 0, 0, 0, 0, 0, 0 };
 #pragma unroll
@@ -375,9 +376,9 @@ INSTANTIATE_GEMV(f16, f16)
         long long vb, long long vh, const long long* pos, const long long* slot, int ss, int kvHeads, int cap, int headDim)           \
         { cache_append<T>(keys, values, cp, k, v, kb, kh, vb, vh, pos, slot, ss, kvHeads, cap, headDim); }                             \
     extern "C" __global__ void attn_split_##S(float* po, float* pm, float* ps, const T* q, long long qb, long long qh, const T* keys,    \
-        const T* values, const long long* cp, const long long* qpos, const long long* hi, int heads, int groups, int kvHeads, int cap,    \
-        int headDim, int window, float scale)                                                                                            \
-        { attn_split<T>(po, pm, ps, q, qb, qh, keys, values, cp, qpos, hi, heads, groups, kvHeads, cap, headDim, window, scale); }      \
+        const T* values, const long long* cp, const long long* qpos, const long long* hi, int heads, int groups, int kvHeads, int slots,  \
+        int stride, int headDim, int window, float scale)                                                                                \
+        { attn_split<T>(po, pm, ps, q, qb, qh, keys, values, cp, qpos, hi, heads, groups, kvHeads, slots, stride, headDim, window, scale); } \
     extern "C" __global__ void attn_combine_##S(T* out, const float* po, const float* pm, const float* ps, int splits, int headDim)       \
         { attn_combine<T>(out, po, pm, ps, splits, headDim); }
 INSTANTIATE(float, f32)
