@@ -93,6 +93,33 @@ public sealed class FusedKernelTests
         Assert.False(FusedKernels.TryGemv(torch.randn(2, k, device: CUDA).to(t), w, null, null, out _)); // more rows: cuBLAS
     }
 
+    /// <summary>The rotary kernel on the keys of a fused qkv buffer (a strided view: what a sink step rotates where its keys lie)
+    /// against x·cos + rotate_half(x)·sin, the queries and values left as they were.</summary>
+    [Theory]
+    [MemberData(nameof(DTypes))]
+    public void RotaryOnAKeysViewMatchesTheComposite(ModelDType dtype)
+    {
+        using var scope = torch.NewDisposeScope();
+        using var inference = torch.no_grad();
+        var t = dtype.ToScalarType();
+        int b = 2, tokens = 1, heads = 4, kvHeads = 2, d = 64, table = 40;
+        var qkv = torch.randn(b, tokens, heads + 2 * kvHeads, d, device: CUDA).to(t);
+        var before = qkv.clone();
+        var angles = torch.arange(table, device: CUDA).to(ScalarType.Float32).unsqueeze(1) * torch.pow(10000.0, -torch.arange(0, d, 2, device: CUDA).to(ScalarType.Float32) / d);
+        var emb = torch.cat(new[] { angles, angles }, 1);
+        var sign = torch.cat(new[] { -torch.ones(d / 2, device: CUDA), torch.ones(d / 2, device: CUDA) });
+        var (cos, sin) = (emb.cos().to(t), (emb.sin() * sign).to(t));
+        var positions = torch.tensor(new long[] { 37, 5 }, new long[] { b, tokens }).to(CUDA);
+        var keys = qkv.narrow(2, heads, kvHeads);
+        Assert.True(FusedKernels.TryRotaryViewInPlace(keys, d, d, positions, cos, sin));
+        var x = before.narrow(2, heads, kvHeads).to(ScalarType.Float32);
+        var c = cos.index_select(0, positions.flatten()).view(b, tokens, 1, d).to(ScalarType.Float32);
+        var s = sin.index_select(0, positions.flatten()).view(b, tokens, 1, d).to(ScalarType.Float32);
+        AssertClose(x * c + x.roll(d / 2, -1) * s, keys, dtype, "rotary on the keys' view");
+        Assert.True(qkv.narrow(2, 0, heads).eq(before.narrow(2, 0, heads)).all().item<bool>(), "queries changed");
+        Assert.True(qkv.narrow(2, heads + kvHeads, kvHeads).eq(before.narrow(2, heads + kvHeads, kvHeads)).all().item<bool>(), "values changed");
+    }
+
     /// <summary>Decode attention over a partly filled cache with holes, GQA and a window, against softmax(q·kᵀ/√d)·v in fp32.</summary>
     [Theory]
     [InlineData(ModelDType.Float32, 0)]

@@ -182,12 +182,26 @@ internal static unsafe partial class FusedKernels
     public static bool TryRotaryInPlace(Tensor qkv, int heads, int headDim, int rotaryDim, Tensor positions, Tensor cos, Tensor sin)
     {
         if (OnCpu(qkv)) return CpuKernels.TryRotaryInPlace(qkv, heads, headDim, rotaryDim, positions, cos, sin);
-        if (!Usable(qkv) || !positions.is_contiguous() || positions.dtype != ScalarType.Int64 || cos.dtype != qkv.dtype) return false;
+        return Usable(qkv) && TryRotaryRows(qkv, qkv.NumberOfElements / positions.NumberOfElements, heads, headDim, rotaryDim, positions, cos, sin);
+    }
+
+    /// <summary>Rotary embedding in place on CUDA over x [B, T, heads, headDim], a view whose heads are adjacent rows of
+    /// headDim elements and whose tokens are evenly strided (the keys of a fused qkv buffer); false on the CPU and for other
+    /// layouts.</summary>
+    public static bool TryRotaryViewInPlace(Tensor x, int headDim, int rotaryDim, Tensor positions, Tensor cos, Tensor sin) =>
+        UsableLaidOut(x) && x.dim() == 4 && x.stride(3) == 1 && x.stride(2) == headDim && x.size(3) == headDim
+        && x.stride(0) == x.size(1) * x.stride(1) && positions.NumberOfElements == x.size(0) * x.size(1)
+        && TryRotaryRows(x, x.stride(1), (int)x.size(2), headDim, rotaryDim, positions, cos, sin);
+
+    /// <summary>The rotary kernel over rows of <paramref name="rowStride"/> elements, one per position, whose first
+    /// <paramref name="heads"/> heads it rotates.</summary>
+    static bool TryRotaryRows(Tensor x, long rowStride, int heads, int headDim, int rotaryDim, Tensor positions, Tensor cos, Tensor sin)
+    {
+        if (!positions.is_contiguous() || positions.dtype != ScalarType.Int64 || cos.dtype != x.dtype) return false;
         long rows = positions.NumberOfElements;
-        long rowStride = qkv.NumberOfElements / rows;
-        IntPtr pq = Ptr(qkv), pp = Ptr(positions), pc = Ptr(cos), ps = Ptr(sin);
+        IntPtr pq = Ptr(x), pp = Ptr(positions), pc = Ptr(cos), ps = Ptr(sin);
         void** args = stackalloc void*[] { &pq, &rowStride, &heads, &headDim, &rotaryDim, &pp, &pc, &ps };
-        CudaDriver.Launch(Kernels.Value!.Rotary[TypeIndex(qkv.dtype)], (uint)(rows * heads), (uint)Math.Min(256, (rotaryDim / 2 + 31) / 32 * 32),
+        CudaDriver.Launch(Kernels.Value!.Rotary[TypeIndex(x.dtype)], (uint)(rows * heads), (uint)Math.Min(256, (rotaryDim / 2 + 31) / 32 * 32),
             LibTorchCuda.CurrentRawStream(), args);
         return true;
     }

@@ -163,12 +163,12 @@ internal static class Attention
         if (qh.dtype != computeType) qh = qh.to(computeType); // queries take the cache's type (bf16 under autocast)
         if (batch.WriteSlots is not null)
         {
-            var result = StaticShapes(qh, step, cache, s, cachedKeyRotation, kept);
+            var result = StaticShapes(qh, k, step, cache, s, cachedKeyRotation, kept);
             EndStep(cache, cachedKeyRotation);
             return result;
         }
         int length = cache.Length;
-        var keys = cachedKeyRotation is null ? cache.ActiveKeys : KeysAtCacheIndex(cache, cachedKeyRotation, step, t, null).narrow(2, 0, length);
+        var keys = cachedKeyRotation is null ? cache.ActiveKeys : KeysAtCacheIndex(cache, cachedKeyRotation, step, k, null).narrow(2, 0, length);
         var values = cache.ActiveValues;
         if (keys.dtype != computeType) (keys, values) = (keys.to(computeType), values.to(computeType));
         bool windowMatters = s.SlidingWindow > 0 && batch.MaxPosition + 1 > s.SlidingWindow;
@@ -247,14 +247,14 @@ internal static class Attention
     /// <remarks>Evicting policies run here too (their eviction steps run eagerly, outside any graph): keys stored unrotated are
     /// rotated at their cache index over every slot, and a policy that observes attention gets the probabilities of every slot
     /// (zero where masked).</remarks>
-    static Tensor StaticShapes(Tensor qh, ModelStep step, LayerKvCache cache, AttentionSettings s, RotaryEmbedding? cachedKeyRotation,
+    static Tensor StaticShapes(Tensor qh, Tensor k, ModelStep step, LayerKvCache cache, AttentionSettings s, RotaryEmbedding? cachedKeyRotation,
         Tensor? kept)
     {
         var batch = step.Batch;
         long b = qh.size(0), t = qh.size(2);
         int h = (int)qh.size(1), hkv = s.KvHeads, g = s.Groups, d = s.HeadDim;
         int slots = cache.StaticStepSlots((int)t);
-        var keys = (cachedKeyRotation is null ? cache.Keys : KeysAtCacheIndex(cache, cachedKeyRotation, step, t, batch.WriteSlots)).narrow(2, 0, slots);
+        var keys = (cachedKeyRotation is null ? cache.Keys : KeysAtCacheIndex(cache, cachedKeyRotation, step, k, batch.WriteSlots)).narrow(2, 0, slots);
         var (values, positions) = (cache.Values.narrow(2, 0, slots), cache.Positions.narrow(2, 0, slots));
         // Keys rotated at their cache index (StreamingLLM) are laid out as the stored ones, and masks use original positions.
         if (t == 1 && !cache.ObservesAttention && Interop.FusedKernels.TryDecodeAttention(qh, keys, values,
@@ -293,10 +293,13 @@ internal static class Attention
     /// [B,Hkv,Capacity,D]: rotated whole when the cache marks them stale, else only this step's <paramref name="tokens"/> keys,
     /// as stored (at <paramref name="slots"/> in a static-shape step, else at the end) — appending never changes an earlier
     /// entry's rank, so the others are already right. A new key's rank is the number of entries its row held before it: the
-    /// step's model position, whose rotation the step gathers once for every layer.
+    /// step's model position, whose rotation the step gathers once for every layer. <paramref name="newKeys"/> [B,T,Hkv,D] are
+    /// the step's keys as the cache just stored them (a view of the fused projection, no longer read): with 16-bit entries CUDA
+    /// rotates them where they lie, one kernel, instead of reading them back and rotating a copy.
     /// </summary>
-    static Tensor KeysAtCacheIndex(LayerKvCache cache, RotaryEmbedding rotation, ModelStep step, long tokens, Tensor? slots)
+    static Tensor KeysAtCacheIndex(LayerKvCache cache, RotaryEmbedding rotation, ModelStep step, Tensor newKeys, Tensor? slots)
     {
+        long tokens = newKeys.size(1);
         var attended = cache.AttendedKeys();
         if (cache.AttendedKeysStale)
         {
@@ -308,8 +311,14 @@ internal static class Attention
             return attended;
         }
         long start = cache.Length - tokens;
-        var stored = slots is null ? cache.Keys.narrow(2, start, tokens) : cache.Keys.index_select(2, slots); // [B,Hkv,T,D]
-        var rotated = step.Rotary(rotation).RotateCopy(stored.transpose(1, 2)).transpose(1, 2);
+        Tensor rotated; // [B,Hkv,T,D]
+        if (cache.Bits == 16 && step.Rotary(rotation).TryRotateInPlaceOnCuda(newKeys))
+            rotated = newKeys.transpose(1, 2);
+        else
+        {
+            var stored = slots is null ? cache.Keys.narrow(2, start, tokens) : cache.Keys.index_select(2, slots);
+            rotated = step.Rotary(rotation).RotateCopy(stored.transpose(1, 2)).transpose(1, 2);
+        }
         if (slots is null) attended.narrow(2, start, tokens).copy_(rotated);
         else attended.index_copy_(2, slots, rotated);
         return attended;

@@ -142,6 +142,11 @@ internal sealed class RotaryEmbedding : IDisposable
             return RotateCopy(qkv.narrow(2, 0, heads));
         }
 
+        /// <summary>Rotates x [batch, tokens, heads, headDim], a view of a fused qkv buffer, in place at the step's positions
+        /// with the fused CUDA kernel; false where that does not serve (the CPU, other layouts), x then unchanged.</summary>
+        public bool TryRotateInPlaceOnCuda(Tensor x) =>
+            Interop.FusedKernels.TryRotaryViewInPlace(x, owner.HeadDim, owner.RotaryDim, batch.ModelPositions, owner.cosTable!, owner.sinTable!);
+
         /// <summary>x [batch, tokens, heads, headDim] rotated at the step's positions, as a new tensor (keys that arrived
         /// unrotated for a cache that stores them rotated, in a step over several caches).</summary>
         public Tensor RotateCopy(Tensor x)
