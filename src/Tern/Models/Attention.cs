@@ -241,8 +241,8 @@ internal static class Attention
 
     /// <summary>
     /// A step with static shapes (CUDA-graph capture): attends over every slot the cache can hold at such a step
-    /// (<see cref="LayerKvCache.StaticStepSlots"/>), the mask hiding empty slots and those not yet written. The fused decode-attention kernel serves small batches; masked matrix products the rest.
-    /// Returns [B,T,H·D].
+    /// (<see cref="LayerKvCache.StaticStepSlots"/>), the mask hiding empty slots and those not yet written. The fused
+    /// decode-attention kernel serves small batches; masked matrix products the rest. Returns [B,T,H·D].
     /// </summary>
     /// <remarks>Evicting policies run here too (their eviction steps run eagerly, outside any graph): keys stored unrotated are
     /// rotated at their cache index over every slot, and a policy that observes attention gets the probabilities of every slot
