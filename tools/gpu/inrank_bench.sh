@@ -8,7 +8,8 @@
 #   tools/gpu/inrank_bench.sh status    the logs' last lines
 #   tools/gpu/inrank_bench.sh collect   summary.md + one archive of the logs, configs and plots' data to $OUT
 #   tools/gpu/inrank_bench.sh fixed R [NAME]  one fixed-rank run at rank R (B·A for every MLP linear; INRANK_ARGS apply, e.g.
-#                                       --inrank-init-scale) and its perplexities, in $W/NAME (default fixed-R)
+#                                       --inrank-init-scale) and its perplexities, in $W/NAME (default fixed-R; NAME fixed: the
+#                                       summary's control row, e.g. at $W/control-rank.txt after an `all` with CONTROL=0)
 #   tools/gpu/inrank_bench.sh full      the full-rank run alone and its perplexities, in $W/full (after an `all` with FULL=0 in the
 #                                       same $W: the summary is written again with it)
 #   tools/gpu/inrank_bench.sh all       the whole comparison in the foreground: three trainings, perplexities, the dense
@@ -88,7 +89,7 @@ case ${1:?stage|start|status|collect|fixed|full|all} in
     rank=${2:?rank} name=${3:-fixed-$2}
     record_device
     echo "== fixed rank $rank $INRANK_ARGS"; train "$name" --low-rank "$rank" $INRANK_ARGS || exit 1
-    echo "== perplexity: $name"; perplexity "$W/$name/run" "$W/$name" ;;
+    echo "== perplexity: $name"; perplexity "$W/$name/run" "$W/$name"; summarize ;;
   full)
     record_device
     echo "== full rank"; train full || exit 1
