@@ -162,6 +162,45 @@ public sealed class FusedKernelTests
         }
     }
 
+    /// <summary>Decode attention with blocks reading several runs of 64 keys (an online softmax across runs), over a cache of
+    /// 1,500 slots of which a 1,400-slot prefix is attended, 1,300 filled, with holes: against the same reference.</summary>
+    [Theory]
+    [InlineData(ModelDType.BFloat16, 256)]
+    [InlineData(ModelDType.Float32, 512)]
+    [InlineData(ModelDType.Float16, 128)]
+    public void DecodeAttentionInRunsMatchesReference(ModelDType dtype, int keysPerBlock)
+    {
+        using var scope = torch.NewDisposeScope();
+        using var inference = torch.no_grad();
+        var t = dtype.ToScalarType();
+        int b = 2, heads = 4, kvHeads = 2, cap = 1500, slots = 1400, d = 128, filled = 1300;
+        var keys = torch.randn(b, kvHeads, cap, d, device: CUDA).to(t);
+        var values = torch.randn(b, kvHeads, cap, d, device: CUDA).to(t);
+        var pos = torch.arange(cap, device: CUDA).to(ScalarType.Int64).expand(b, kvHeads, cap).clone();
+        pos.narrow(2, filled, cap - filled).fill_(-1);
+        pos[1].narrow(1, 100, 300).fill_(-1); // a run of 64 with nothing visible, and partial ones
+        var qpos = torch.tensor(new long[] { filled - 1, filled - 1 }, new long[] { b, 1 }).to(CUDA);
+        var q = (torch.randn(b, heads, 1, d, device: CUDA) * 3).to(t); // peaked scores: the running maximum changes between runs
+        int before = FusedKernels.DecodeKeysPerBlock;
+        try
+        {
+            FusedKernels.DecodeKeysPerBlock = keysPerBlock;
+            Assert.True(FusedKernels.TryDecodeAttention(q, keys.narrow(2, 0, slots), values.narrow(2, 0, slots), pos.narrow(2, 0, slots), qpos, 0,
+                1.0 / Math.Sqrt(d), out var runs));
+            var kp = pos.narrow(2, 0, slots).unsqueeze(2);
+            var visible = (kp.ge(0) & kp.le(qpos.view(b, 1, 1, 1))).repeat_interleave(heads / kvHeads, 1);
+            var kx = keys.narrow(2, 0, slots).to(ScalarType.Float32).repeat_interleave(heads / kvHeads, 1);
+            var vx = values.narrow(2, 0, slots).to(ScalarType.Float32).repeat_interleave(heads / kvHeads, 1);
+            var scores = q.to(ScalarType.Float32).matmul(kx.transpose(2, 3)) / Math.Sqrt(d);
+            var reference = F.softmax(scores.masked_fill(visible.logical_not(), double.NegativeInfinity), -1).matmul(vx).reshape(b, 1, heads * d);
+            AssertClose(reference, runs, dtype, $"decode attention in runs of {keysPerBlock} keys");
+        }
+        finally
+        {
+            FusedKernels.DecodeKeysPerBlock = before;
+        }
+    }
+
     /// <summary>LaughingHyena's fused modal step against the composite of <see cref="Tern.Distillation.ModalRecurrence.Step"/>
     /// (the same recurrence with the kernels suspended): outputs and the updated state, a row that does not step keeping its state,
     /// K not a multiple of anything and every power-of-two S up to 32.</summary>
