@@ -142,24 +142,27 @@ public sealed class FusedKernelTests
         var qpos = torch.tensor(new long[] { filled - 1, filled - 1, filled - 1 }, new long[] { b, 1 }).to(CUDA);
         var q = torch.randn(b, heads, 1, d, device: CUDA).to(t);
         Assert.True(FusedKernels.TryDecodeAttention(q, keys, values, pos, qpos, window, 1.0 / Math.Sqrt(d), out var fused));
-        AssertClose(Reference(cap), fused, dtype, "decode attention");
+        AssertClose(DecodeReference(q, keys, values, pos, qpos, window, cap), fused, dtype, "decode attention");
         // The first slots of each head only (a static step's view of a cache sized for a longer prefill): fewer than are filled.
         const int slots = 45;
         Assert.True(FusedKernels.TryDecodeAttention(q, keys.narrow(2, 0, slots), values.narrow(2, 0, slots), pos.narrow(2, 0, slots), qpos,
             window, 1.0 / Math.Sqrt(d), out var prefix));
-        AssertClose(Reference(slots), prefix, dtype, "decode attention over the first slots");
+        AssertClose(DecodeReference(q, keys, values, pos, qpos, window, slots), prefix, dtype, "decode attention over the first slots");
+    }
 
-        Tensor Reference(int n)
-        {
-            var kp = pos.narrow(2, 0, n).unsqueeze(2);                           // [B,Hkv,1,n]
-            var visible = kp.ge(0) & kp.le(qpos.view(b, 1, 1, 1));
-            if (window > 0) visible &= (qpos.view(b, 1, 1, 1) - kp).lt(window);
-            var kx = keys.narrow(2, 0, n).to(ScalarType.Float32).repeat_interleave(heads / kvHeads, 1);
-            var vx = values.narrow(2, 0, n).to(ScalarType.Float32).repeat_interleave(heads / kvHeads, 1);
-            var mask = visible.repeat_interleave(heads / kvHeads, 1);
-            var scores = q.to(ScalarType.Float32).matmul(kx.transpose(2, 3)) / Math.Sqrt(d);
-            return F.softmax(scores.masked_fill(mask.logical_not(), double.NegativeInfinity), -1).matmul(vx).reshape(b, 1, heads * d);
-        }
+    /// <summary>softmax(q·kᵀ/√d)·v in fp32 over the first <paramref name="slots"/> slots, a key at position kp visible to the
+    /// query at p when 0 ≤ kp ≤ p (and p − kp &lt; window): q [B,H,1,D], keys and values [B,Hkv,Cap,D] → [B,1,H·D].</summary>
+    static Tensor DecodeReference(Tensor q, Tensor keys, Tensor values, Tensor pos, Tensor qpos, int window, int slots)
+    {
+        long b = q.size(0), heads = q.size(1), groups = heads / keys.size(1), d = q.size(3);
+        var kp = pos.narrow(2, 0, slots).unsqueeze(2);                           // [B,Hkv,1,slots]
+        var visible = kp.ge(0) & kp.le(qpos.view(b, 1, 1, 1));
+        if (window > 0) visible &= (qpos.view(b, 1, 1, 1) - kp).lt(window);
+        var kx = keys.narrow(2, 0, slots).to(ScalarType.Float32).repeat_interleave(groups, 1);
+        var vx = values.narrow(2, 0, slots).to(ScalarType.Float32).repeat_interleave(groups, 1);
+        var mask = visible.repeat_interleave(groups, 1);
+        var scores = q.to(ScalarType.Float32).matmul(kx.transpose(2, 3)) / Math.Sqrt(d);
+        return F.softmax(scores.masked_fill(mask.logical_not(), double.NegativeInfinity), -1).matmul(vx).reshape(b, 1, heads * d);
     }
 
     /// <summary>Decode attention with blocks reading several runs of 64 keys (an online softmax across runs), over a cache of
@@ -187,13 +190,7 @@ public sealed class FusedKernelTests
             FusedKernels.DecodeKeysPerBlock = keysPerBlock;
             Assert.True(FusedKernels.TryDecodeAttention(q, keys.narrow(2, 0, slots), values.narrow(2, 0, slots), pos.narrow(2, 0, slots), qpos, 0,
                 1.0 / Math.Sqrt(d), out var runs));
-            var kp = pos.narrow(2, 0, slots).unsqueeze(2);
-            var visible = (kp.ge(0) & kp.le(qpos.view(b, 1, 1, 1))).repeat_interleave(heads / kvHeads, 1);
-            var kx = keys.narrow(2, 0, slots).to(ScalarType.Float32).repeat_interleave(heads / kvHeads, 1);
-            var vx = values.narrow(2, 0, slots).to(ScalarType.Float32).repeat_interleave(heads / kvHeads, 1);
-            var scores = q.to(ScalarType.Float32).matmul(kx.transpose(2, 3)) / Math.Sqrt(d);
-            var reference = F.softmax(scores.masked_fill(visible.logical_not(), double.NegativeInfinity), -1).matmul(vx).reshape(b, 1, heads * d);
-            AssertClose(reference, runs, dtype, $"decode attention in runs of {keysPerBlock} keys");
+            AssertClose(DecodeReference(q, keys, values, pos, qpos, 0, slots), runs, dtype, $"decode attention in runs of {keysPerBlock} keys");
         }
         finally
         {
