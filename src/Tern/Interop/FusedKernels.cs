@@ -253,14 +253,14 @@ internal static unsafe partial class FusedKernels
     /// caches — an A/B switch until measured on a GPU.</summary>
     internal static int DecodeKeysPerBlock
     {
-        get => keysPerBlock ??= ParseKeysPerBlock(Environment.GetEnvironmentVariable("TERN_ATTENTION_KEYS_PER_BLOCK"));
-        set => keysPerBlock = value % 64 == 0 && value >= 64 ? value : throw new ArgumentOutOfRangeException(nameof(value), "a multiple of 64.");
+        get => keysPerBlock ??= Environment.GetEnvironmentVariable("TERN_ATTENTION_KEYS_PER_BLOCK") is { Length: > 0 } text
+            ? KeysPerBlock(int.TryParse(text, out int keys) ? keys : -1, text) : 64;
+        set => keysPerBlock = KeysPerBlock(value, value.ToString());
     }
     static int? keysPerBlock;
 
-    static int ParseKeysPerBlock(string? text) =>
-        string.IsNullOrEmpty(text) ? 64 : int.TryParse(text, out int keys) && keys >= 64 && keys % 64 == 0 && keys <= 4096 ? keys
-        : throw new InvalidOperationException($"TERN_ATTENTION_KEYS_PER_BLOCK must be a multiple of 64 from 64 to 4096 (got '{text}').");
+    static int KeysPerBlock(int keys, string given) => keys is >= 64 and <= 4096 && keys % 64 == 0 ? keys
+        : throw new InvalidOperationException($"TERN_ATTENTION_KEYS_PER_BLOCK must be a multiple of 64 from 64 to 4096 (got '{given}').");
 
     /// <summary>
     /// Decode attention of one query per sequence (q view [B, H, 1, D], last dimension contiguous; query positions [B, 1])

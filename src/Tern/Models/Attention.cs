@@ -290,12 +290,12 @@ internal static class Attention
 
     /// <summary>
     /// StreamingLLM's keys at their cache index (stored unrotated; index = rank among the row's occupied slots), every slot
-    /// [B,Hkv,Capacity,D]: rotated whole when the cache marks them stale, else only this step's <paramref name="tokens"/> keys,
+    /// [B,Hkv,Capacity,D]: rotated whole when the cache marks them stale, else only this step's keys, <paramref name="newKeys"/>,
     /// as stored (at <paramref name="slots"/> in a static-shape step, else at the end) — appending never changes an earlier
     /// entry's rank, so the others are already right. A new key's rank is the number of entries its row held before it: the
-    /// step's model position, whose rotation the step gathers once for every layer. <paramref name="newKeys"/> [B,T,Hkv,D] are
-    /// the step's keys as the cache just stored them (a view of the fused projection, no longer read): with 16-bit entries CUDA
-    /// rotates them where they lie, one kernel, instead of reading them back and rotating a copy.
+    /// step's model position, whose rotation the step gathers once for every layer. <paramref name="newKeys"/> [B,T,Hkv,D] is a
+    /// view of the fused projection that the cache has just stored and nothing reads again: with 16-bit entries (stored as they
+    /// came) CUDA rotates it where it lies, one kernel, instead of reading the keys back and rotating a copy.
     /// </summary>
     static Tensor KeysAtCacheIndex(LayerKvCache cache, RotaryEmbedding rotation, ModelStep step, Tensor newKeys, Tensor? slots)
     {

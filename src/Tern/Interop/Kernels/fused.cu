@@ -231,13 +231,12 @@ __device__ __forceinline__ float block_max(float v, float* shared)
 // T), and every load of a loop is issued before its results are used — at batch 1 this kernel is pure latency.
 #define SPLIT 64
 #define SPLIT_THREADS 128
-template <typename T, bool Runs>
+template <typename T>
 __device__ void attn_split(float* partOut, float* partMax, float* partSum, const T* q, long long qBatch, long long qHead,
                            const T* keys, const T* values, const long long* cachePos, const long long* qpos, const long long* headIndex,
                            int heads, int queryGroups, int kvHeads, int slots, int headStride, int chunks, int headDim, int window,
                            float scale)
 {
-    if (!Runs) chunks = 1; // the plain split compiles as straight code (112 registers on sm_90 against 144 with the loop)
     const int VEC = 16 / (int)sizeof(T);
     __shared__ float prob[SPLIT];
     __shared__ float partial[SPLIT_THREADS * 8]; // per thread, its VEC output dims (VEC ≤ 8)
@@ -399,14 +398,14 @@ INSTANTIATE_GEMV(f16, f16)
         { cache_append<T>(keys, values, cp, k, v, kb, kh, vb, vh, pos, slot, ss, kvHeads, cap, headDim); }                             \
     extern "C" __global__ void attn_split_##S(float* po, float* pm, float* ps, const T* q, long long qb, long long qh, const T* keys,    \
         const T* values, const long long* cp, const long long* qpos, const long long* hi, int heads, int groups, int kvHeads, int slots,  \
-        int stride, int chunks, int headDim, int window, float scale)                                                                    \
-        { attn_split<T, false>(po, pm, ps, q, qb, qh, keys, values, cp, qpos, hi, heads, groups, kvHeads, slots, stride, 1, headDim,       \
-                               window, scale); }                                                                                         \
+        int stride, int chunks, int headDim, int window, float scale) /* one run, a constant: straight code, 114 registers on sm_90 */ \
+        { attn_split<T>(po, pm, ps, q, qb, qh, keys, values, cp, qpos, hi, heads, groups, kvHeads, slots, stride, 1, headDim, window,  \
+                        scale); }                                                                                                        \
     extern "C" __global__ void attn_runs_##S(float* po, float* pm, float* ps, const T* q, long long qb, long long qh, const T* keys,     \
         const T* values, const long long* cp, const long long* qpos, const long long* hi, int heads, int groups, int kvHeads, int slots,  \
         int stride, int chunks, int headDim, int window, float scale)                                                                    \
-        { attn_split<T, true>(po, pm, ps, q, qb, qh, keys, values, cp, qpos, hi, heads, groups, kvHeads, slots, stride, chunks, headDim, \
-                              window, scale); }                                                                                          \
+        { attn_split<T>(po, pm, ps, q, qb, qh, keys, values, cp, qpos, hi, heads, groups, kvHeads, slots, stride, chunks, headDim,     \
+                        window, scale); }                                                                                                \
     extern "C" __global__ void attn_combine_##S(T* out, const float* po, const float* pm, const float* ps, int splits, int headDim)       \
         { attn_combine<T>(out, po, pm, ps, splits, headDim); }
 INSTANTIATE(float, f32)
