@@ -15,7 +15,7 @@ namespace Tern.Interop;
 internal static unsafe partial class FusedKernels
 {
     sealed record Loaded(IntPtr[] RmsNorm, IntPtr[] Rotary, IntPtr[] Gated, IntPtr[] Gemv, IntPtr[] CacheAppend, IntPtr[] AttnSplit, IntPtr[] AttnCombine,
-        IntPtr[] GatherRows, IntPtr[] GatherColumns, IntPtr[] ColumnsFinish, IntPtr[] GatherColumnRuns, IntPtr[] AttnRuns, IntPtr ModalStep);
+        IntPtr[] GatherRows, IntPtr[] GatherColumns, IntPtr[] ColumnsFinish, IntPtr[] GatherColumnRuns, IntPtr ModalStep);
 
     static readonly Lazy<Loaded?> Kernels = new(Load);
 
@@ -62,12 +62,11 @@ internal static unsafe partial class FusedKernels
             byte[] cubin = Compile(source, "fused.cu");
             string[] suffixes = { "f32", "bf16", "f16" };
             string[] perType = { "rms_norm_", "rotary_", "gated_", "cache_append_", "attn_split_", "attn_combine_", "gather_rows_", "gather_columns_",
-                "columns_finish_", "gather_column_runs_", "attn_runs_" };
+                "columns_finish_", "gather_column_runs_" };
             var all = CudaDriver.LoadKernels(cubin, perType.SelectMany(k => suffixes.Select(s => k + s)).Concat(new[] { "gemv_bf16", "gemv_f16", "modal_step" }));
             IntPtr[] Of(int kernel) => all.Skip(kernel * 3).Take(3).ToArray();
             int gemv = perType.Length * 3;
-            return new Loaded(Of(0), Of(1), Of(2), new[] { IntPtr.Zero, all[gemv], all[gemv + 1] }, Of(3), Of(4), Of(5), Of(6), Of(7), Of(8), Of(9), Of(10),
-                all[gemv + 2]);
+            return new Loaded(Of(0), Of(1), Of(2), new[] { IntPtr.Zero, all[gemv], all[gemv + 1] }, Of(3), Of(4), Of(5), Of(6), Of(7), Of(8), Of(9), all[gemv + 2]);
         }
         catch (Exception e) when (e is InvalidOperationException or DllNotFoundException or EntryPointNotFoundException)
         {
@@ -248,20 +247,6 @@ internal static unsafe partial class FusedKernels
         return true;
     }
 
-    /// <summary>Keys one block of the decode-attention kernel reads, a multiple of 64 (<c>TERN_ATTENTION_KEYS_PER_BLOCK</c>, default
-    /// 64): past 64 a block reads runs of 64 one after another with an online softmax, amortising its fixed work over long
-    /// caches — an A/B switch until measured on a GPU.</summary>
-    internal static int DecodeKeysPerBlock
-    {
-        get => keysPerBlock ??= Environment.GetEnvironmentVariable("TERN_ATTENTION_KEYS_PER_BLOCK") is { Length: > 0 } text
-            ? KeysPerBlock(int.TryParse(text, out int keys) ? keys : -1, text) : 64;
-        set => keysPerBlock = KeysPerBlock(value, value.ToString());
-    }
-    static int? keysPerBlock;
-
-    static int KeysPerBlock(int keys, string given) => keys is >= 64 and <= 4096 && keys % 64 == 0 ? keys
-        : throw new InvalidOperationException($"TERN_ATTENTION_KEYS_PER_BLOCK must be a multiple of 64 from 64 to 4096 (got '{given}').");
-
     /// <summary>
     /// Decode attention of one query per sequence (q view [B, H, 1, D], last dimension contiguous; query positions [B, 1])
     /// over a layer cache, masked by the cached positions; returns [B, 1, H·D]. Keys, values and positions [B, Hkv, L, …] may
@@ -285,9 +270,9 @@ internal static unsafe partial class FusedKernels
             || rowVecs < 4 || rowVecs > 32 || (rowVecs & (rowVecs - 1)) != 0 || headStride < 0 || headStride > int.MaxValue
             || HeadStride(values) != headStride || values.dtype != keys.dtype || HeadStride(cachePositions) != headStride
             || !queryPositions.is_contiguous() || queryPositions.NumberOfElements != q.size(0)) return false;
-        int stride = (int)headStride, chunks = DecodeKeysPerBlock / 64;
+        int stride = (int)headStride;
         const int split = 64, maxSplits = 1024; // SPLIT and the combine's shared array in fused.cu
-        int splits = (slots + split * chunks - 1) / (split * chunks);
+        int splits = (slots + split - 1) / split;
         if (splits > maxSplits) return false;
         long batch = q.size(0), qb = q.stride(0), qh = q.stride(1);
         using var partOut = torch.empty(new long[] { batch * heads * splits * headDim }, ScalarType.Float32, q.device);
@@ -299,9 +284,8 @@ internal static unsafe partial class FusedKernels
         float sc = (float)scale;
         IntPtr stream = LibTorchCuda.CurrentRawStream();
         int t = TypeIndex(q.dtype);
-        void** splitArgs = stackalloc void*[] { &po, &pm, &ps, &pq, &qb, &qh, &pk, &pv, &pc, &pp, &ph, &heads, &groups, &kvHeads, &slots, &stride, &chunks,
-            &headDim, &window, &sc };
-        CudaDriver.Launch((chunks > 1 ? Kernels.Value!.AttnRuns : Kernels.Value!.AttnSplit)[t], (uint)(batch * heads), (uint)splits, 128, stream, splitArgs);
+        void** splitArgs = stackalloc void*[] { &po, &pm, &ps, &pq, &qb, &qh, &pk, &pv, &pc, &pp, &ph, &heads, &groups, &kvHeads, &slots, &stride, &headDim, &window, &sc };
+        CudaDriver.Launch(Kernels.Value!.AttnSplit[t], (uint)(batch * heads), (uint)splits, 128, stream, splitArgs);
         void** combineArgs = stackalloc void*[] { &py, &po, &pm, &ps, &splits, &headDim };
         CudaDriver.Launch(Kernels.Value!.AttnCombine[t], (uint)(batch * heads), 1, (uint)Math.Min(256, headDim), stream, combineArgs);
         return true;

@@ -234,8 +234,7 @@ __device__ __forceinline__ float block_max(float v, float* shared)
 template <typename T>
 __device__ void attn_split(float* partOut, float* partMax, float* partSum, const T* q, long long qBatch, long long qHead,
                            const T* keys, const T* values, const long long* cachePos, const long long* qpos, const long long* headIndex,
-                           int heads, int queryGroups, int kvHeads, int slots, int headStride, int chunks, int headDim, int window,
-                           float scale)
+                           int heads, int queryGroups, int kvHeads, int slots, int headStride, int headDim, int window, float scale)
 {
     const int VEC = 16 / (int)sizeof(T);
     __shared__ float prob[SPLIT];
@@ -251,6 +250,7 @@ __device__ void attn_split(float* partOut, float* partMax, float* partSum, const
     int sub = threadIdx.x % rowVecs;             // which piece of a row this thread reads
     int group = threadIdx.x / rowVecs;           // which key this thread reads, among SPLIT_THREADS / rowVecs at a time
     int groups = SPLIT_THREADS / rowVecs;
+    int k0 = split * SPLIT;
 
     // This thread's VEC query dims, scaled.
     float qv[8];
@@ -259,83 +259,62 @@ __device__ void attn_split(float* partOut, float* partMax, float* partSum, const
         for (int e = 0; e < VEC; e++) qv[e] = load(qrow[e]) * scale;
     }
 
-    // The block's `chunks` runs of SPLIT keys, one after another, with an online softmax: what was accumulated is rescaled
-    // to each run's new maximum (with one run: the plain split).
+    // Scores: each thread takes keys group, group + groups, ... of the split (at most 16 with rowVecs = 32).
     const int maxRounds = 16;
     int rounds = SPLIT / groups;
-    float acc[8] = { 0, 0, 0, 0, 0, 0, 0, 0 };
-    float m = NEG_INF, sum = 0.0f; // the maximum so far (every thread), the exp-sum so far (thread 0)
-    uint4 kr[maxRounds];           // a run's keys, then its values (one array: the compiler kept two apart in a loop)
-#pragma unroll 1
-    for (int c = 0; c < chunks; c++)
-    {
-        int k0 = (split * chunks + c) * SPLIT;
-        if (k0 >= slots) break; // the same for every thread of the block
-
-        // Scores: each thread takes keys group, group + groups, ... of the run (at most 16 with rowVecs = 32).
+    uint4 kr[maxRounds];
 #pragma unroll
-        for (int r = 0; r < maxRounds; r++)
-            if (r < rounds)
-            {
-                int key = k0 + group + r * groups;
-                kr[r] = K[(long long)(key < slots ? key : slots - 1) * rowVecs + sub];
-            }
-#pragma unroll
-        for (int r = 0; r < maxRounds; r++)
-            if (r < rounds)
-            {
-                float f[8];
-                unpack_vec(kr[r], f, (T*)0);
-                float dot = 0.0f;
-                for (int e = 0; e < VEC; e++) dot += qv[e] * f[e];
-                for (int o = 1; o < rowVecs; o <<= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
-                if (sub == 0)
-                {
-                    int j = group + r * groups, key = k0 + j;
-                    long long kpos = key < slots ? kp[key] : -1;
-                    bool visible = kpos >= 0 && (p < 0 || (kpos <= p && (window == 0 || p - kpos < window)));
-                    prob[j] = visible ? dot : NEG_INF;
-                }
-            }
-        __syncthreads();
-        float mc = m;
-        for (int j = 0; j < SPLIT; j++) mc = fmaxf(mc, prob[j]);
-        __syncthreads();
-        float alpha = m > NEG_INF ? __expf(m - mc) : 0.0f; // what the sums so far are worth at the new maximum
-        if (threadIdx.x < SPLIT) prob[threadIdx.x] = mc > NEG_INF && prob[threadIdx.x] > NEG_INF ? __expf(prob[threadIdx.x] - mc) : 0.0f;
-        __syncthreads();
-
-        // Values: the same key assignment; each thread accumulates its VEC dims over its keys. (Loading them with the keys,
-        // one round trip instead of two, takes 184 registers a thread against 112 on sm_90: half the resident blocks, not
-        // measured.)
-#pragma unroll
-        for (int r = 0; r < maxRounds; r++)
-            if (r < rounds)
-            {
-                int key = k0 + group + r * groups;
-                kr[r] = V[(long long)(key < slots ? key : slots - 1) * rowVecs + sub];
-            }
-        for (int e = 0; e < VEC; e++) acc[e] *= alpha;
-#pragma unroll
-        for (int r = 0; r < maxRounds; r++)
-            if (r < rounds)
-            {
-                float f[8];
-                unpack_vec(kr[r], f, (T*)0);
-                float w = prob[group + r * groups];
-                for (int e = 0; e < VEC; e++) acc[e] += w * f[e];
-            }
-        if (threadIdx.x == 0)
+    for (int r = 0; r < maxRounds; r++)
+        if (r < rounds)
         {
-            float s = 0.0f;
-            for (int j = 0; j < SPLIT; j++) s += prob[j];
-            sum = sum * alpha + s;
+            int key = k0 + group + r * groups;
+            kr[r] = K[(long long)(key < slots ? key : slots - 1) * rowVecs + sub];
         }
-        m = mc;
-        __syncthreads(); // prob is written again by the next run
-    }
+#pragma unroll
+    for (int r = 0; r < maxRounds; r++)
+        if (r < rounds)
+        {
+            float f[8];
+            unpack_vec(kr[r], f, (T*)0);
+            float dot = 0.0f;
+            for (int e = 0; e < VEC; e++) dot += qv[e] * f[e];
+            for (int o = 1; o < rowVecs; o <<= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+            if (sub == 0)
+            {
+                int j = group + r * groups, key = k0 + j;
+                long long kpos = key < slots ? kp[key] : -1;
+                bool visible = kpos >= 0 && (p < 0 || (kpos <= p && (window == 0 || p - kpos < window)));
+                prob[j] = visible ? dot : NEG_INF;
+            }
+        }
+    __syncthreads();
+    float m = NEG_INF;
+    for (int j = 0; j < SPLIT; j++) m = fmaxf(m, prob[j]);
+    __syncthreads();
+    if (threadIdx.x < SPLIT) prob[threadIdx.x] = m > NEG_INF && prob[threadIdx.x] > NEG_INF ? __expf(prob[threadIdx.x] - m) : 0.0f;
+    __syncthreads();
 
-    // The groups' sums of each output dim.
+    // Values: the same key assignment; each thread accumulates its VEC dims over its keys, then the groups are summed. (Loading
+    // them with the keys, one round trip instead of two, takes 184 registers a thread against 112 on sm_90: half the resident
+    // blocks, not measured.)
+    uint4 vr[maxRounds];
+#pragma unroll
+    for (int r = 0; r < maxRounds; r++)
+        if (r < rounds)
+        {
+            int key = k0 + group + r * groups;
+            vr[r] = V[(long long)(key < slots ? key : slots - 1) * rowVecs + sub];
+        }
+    float acc[8] = { 0, 0, 0, 0, 0, 0, 0, 0 };
+#pragma unroll
+    for (int r = 0; r < maxRounds; r++)
+        if (r < rounds)
+        {
+            float f[8];
+            unpack_vec(vr[r], f, (T*)0);
+            float w = prob[group + r * groups];
+            for (int e = 0; e < VEC; e++) acc[e] += w * f[e];
+        }
     for (int e = 0; e < VEC; e++) partial[threadIdx.x * 8 + e] = acc[e];
     __syncthreads();
     long long cell = (long long)bh * splits + split;
@@ -348,6 +327,8 @@ __device__ void attn_split(float* partOut, float* partMax, float* partSum, const
     }
     if (threadIdx.x == 0)
     {
+        float sum = 0.0f;
+        for (int j = 0; j < SPLIT; j++) sum += prob[j];
         partMax[cell] = m;
         partSum[cell] = sum;
     }
@@ -398,14 +379,8 @@ INSTANTIATE_GEMV(f16, f16)
         { cache_append<T>(keys, values, cp, k, v, kb, kh, vb, vh, pos, slot, ss, kvHeads, cap, headDim); }                             \
     extern "C" __global__ void attn_split_##S(float* po, float* pm, float* ps, const T* q, long long qb, long long qh, const T* keys,    \
         const T* values, const long long* cp, const long long* qpos, const long long* hi, int heads, int groups, int kvHeads, int slots,  \
-        int stride, int chunks, int headDim, int window, float scale) /* one run, a constant: straight code, 114 registers on sm_90 */ \
-        { attn_split<T>(po, pm, ps, q, qb, qh, keys, values, cp, qpos, hi, heads, groups, kvHeads, slots, stride, 1, headDim, window,  \
-                        scale); }                                                                                                        \
-    extern "C" __global__ void attn_runs_##S(float* po, float* pm, float* ps, const T* q, long long qb, long long qh, const T* keys,     \
-        const T* values, const long long* cp, const long long* qpos, const long long* hi, int heads, int groups, int kvHeads, int slots,  \
-        int stride, int chunks, int headDim, int window, float scale)                                                                    \
-        { attn_split<T>(po, pm, ps, q, qb, qh, keys, values, cp, qpos, hi, heads, groups, kvHeads, slots, stride, chunks, headDim,     \
-                        window, scale); }                                                                                                \
+        int stride, int headDim, int window, float scale)                                                                                \
+        { attn_split<T>(po, pm, ps, q, qb, qh, keys, values, cp, qpos, hi, heads, groups, kvHeads, slots, stride, headDim, window, scale); } \
     extern "C" __global__ void attn_combine_##S(T* out, const float* po, const float* pm, const float* ps, int splits, int headDim)       \
         { attn_combine<T>(out, po, pm, ps, splits, headDim); }
 INSTANTIATE(float, f32)
