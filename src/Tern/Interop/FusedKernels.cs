@@ -354,6 +354,15 @@ internal static unsafe partial class FusedKernels
         return true;
     }
 
+    /// <summary>Selected inputs one split of the sparse down-projection reads (<c>TERN_SPARSE_COLUMNS_PER_SPLIT</c>, 4 to 1,024,
+    /// default 32): fewer splits write fewer fp32 partials, more keep more loads in flight — an A/B switch until measured on a
+    /// GPU (bench/README.md, DejaVu, twenty-second session).</summary>
+    internal static int ColumnsPerSplit => columnsPerSplit ??= Environment.GetEnvironmentVariable("TERN_SPARSE_COLUMNS_PER_SPLIT") is { Length: > 0 } text
+        ? int.TryParse(text, out int per) && per is >= 4 and <= 1024 ? per
+            : throw new InvalidOperationException($"TERN_SPARSE_COLUMNS_PER_SPLIT must be a whole number from 4 to 1,024 (got '{text}').")
+        : 32;
+    static int? columnsPerSplit;
+
     /// <summary>A weight [out, in] stored transposed (a view of a contiguous [in, out] tensor): what
     /// <see cref="TryGatherColumnsAdd"/> reads one selected input's weights from as one contiguous row.</summary>
     public static bool StoredTransposed(Tensor weight) => weight.dim() == 2 && weight.stride(0) == 1 && weight.stride(1) == weight.size(0);
@@ -410,9 +419,9 @@ internal static unsafe partial class FusedKernels
         IntPtr py = Ptr(y), pw = Ptr(weight), pa = Ptr(a), pc = Ptr(columns), pb = bias is null ? IntPtr.Zero : Ptr(bias), pr = Ptr(residual);
         if (transposed)
         {
-            // Splits of 32 selected inputs: at OPT-30B's width and 10% of its neurons, ~90 splits × 7 blocks keep every SM reading.
-            const int perSplit = 32, threads = 128;
-            int splits = Math.Max(1, (kc + perSplit - 1) / perSplit), per = perSplit;
+            // Splits of 32 selected inputs (the default): at OPT-30B's width and 10% of its neurons, ~90 splits × 7 blocks keep every SM reading.
+            const int threads = 128;
+            int per = ColumnsPerSplit, splits = Math.Max(1, (kc + per - 1) / per);
             using var partial = torch.empty(new long[] { tokens * splits * outputs }, ScalarType.Float32, a.device);
             IntPtr pp = Ptr(partial);
             void** gather = stackalloc void*[] { &pp, &pw, &pa, &pc, &kc, &outputs, &per };
