@@ -355,8 +355,8 @@ internal static unsafe partial class FusedKernels
     }
 
     /// <summary>Selected inputs one split of the sparse down-projection reads (<c>TERN_SPARSE_COLUMNS_PER_SPLIT</c>, 4 to 1,024,
-    /// default 32): fewer splits write fewer fp32 partials, more keep more loads in flight — an A/B switch until measured on a
-    /// GPU (bench/README.md, DejaVu, twenty-second session).</summary>
+    /// default 32): larger splits write fewer fp32 partials for the second kernel to sum, smaller ones put more threads to work —
+    /// an A/B switch until measured on a GPU (bench/README.md, DejaVu, twenty-second session).</summary>
     internal static int ColumnsPerSplit => columnsPerSplit ??= Environment.GetEnvironmentVariable("TERN_SPARSE_COLUMNS_PER_SPLIT") is { Length: > 0 } text
         ? int.TryParse(text, out int per) && per is >= 4 and <= 1024 ? per
             : throw new InvalidOperationException($"TERN_SPARSE_COLUMNS_PER_SPLIT must be a whole number from 4 to 1,024 (got '{text}').")
