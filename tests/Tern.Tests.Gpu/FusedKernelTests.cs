@@ -166,12 +166,15 @@ public sealed class FusedKernelTests
     }
 
     /// <summary>Decode attention over a cache of 1,500 slots of which a 1,400-slot prefix is attended, 1,300 filled, with holes
-    /// (a run of 64 keys with nothing visible, and partial ones): against the same reference.</summary>
+    /// (a run of 64 keys with nothing visible, and partial ones): against the same reference, with the split kernel compiled for
+    /// its default occupancy and for six blocks an SM (<see cref="FusedKernels.SixBlocksPerSm"/>).</summary>
     [Theory]
-    [InlineData(ModelDType.BFloat16)]
-    [InlineData(ModelDType.Float32)]
-    [InlineData(ModelDType.Float16)]
-    public void DecodeAttentionOverALongPrefixWithHolesMatchesReference(ModelDType dtype)
+    [InlineData(ModelDType.BFloat16, false)]
+    [InlineData(ModelDType.Float32, false)]
+    [InlineData(ModelDType.Float16, false)]
+    [InlineData(ModelDType.BFloat16, true)]
+    [InlineData(ModelDType.Float32, true)]
+    public void DecodeAttentionOverALongPrefixWithHolesMatchesReference(ModelDType dtype, bool sixBlocksPerSm)
     {
         using var scope = torch.NewDisposeScope();
         using var inference = torch.no_grad();
@@ -184,9 +187,18 @@ public sealed class FusedKernelTests
         pos[1].narrow(1, 100, 300).fill_(-1);
         var qpos = torch.tensor(new long[] { filled - 1, filled - 1 }, new long[] { b, 1 }).to(CUDA);
         var q = (torch.randn(b, heads, 1, d, device: CUDA) * 3).to(t); // peaked scores
-        Assert.True(FusedKernels.TryDecodeAttention(q, keys.narrow(2, 0, slots), values.narrow(2, 0, slots), pos.narrow(2, 0, slots), qpos, 0,
-            1.0 / Math.Sqrt(d), out var output));
-        AssertClose(DecodeReference(q, keys, values, pos, qpos, 0, slots), output, dtype, "decode attention over a long prefix with holes");
+        bool before = FusedKernels.SixBlocksPerSm;
+        try
+        {
+            FusedKernels.SixBlocksPerSm = sixBlocksPerSm;
+            Assert.True(FusedKernels.TryDecodeAttention(q, keys.narrow(2, 0, slots), values.narrow(2, 0, slots), pos.narrow(2, 0, slots), qpos, 0,
+                1.0 / Math.Sqrt(d), out var output));
+            AssertClose(DecodeReference(q, keys, values, pos, qpos, 0, slots), output, dtype, $"decode attention over a long prefix with holes ({(sixBlocksPerSm ? "six blocks an SM" : "default")})");
+        }
+        finally
+        {
+            FusedKernels.SixBlocksPerSm = before;
+        }
     }
 
     /// <summary>LaughingHyena's fused modal step against the composite of <see cref="Tern.Distillation.ModalRecurrence.Step"/>
