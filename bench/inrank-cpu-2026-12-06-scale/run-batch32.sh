@@ -1,0 +1,8 @@
+# Twenty-second session (CPU): the nineteenth session's 2-layer model and recipe (its config.json, ../inrank-cpu-2026-12-05-original/)
+# at batch 32 instead of 8 (4,096 tokens a step), full rank against the original variant at fixed rank 160.
+T=${TERN:?set TERN to the tern command, e.g. "dotnet src/Tern.Cli/bin/Release/net10.0/Tern.Cli.dll" with an absolute path}
+run() { name=$1; shift; rm -rf $name; $T train --config config.json --train train.bin --valid valid.bin --tokenizer tokenizer --output $name \
+  --device cpu --steps ${STEPS:-300} --seq-len 128 --batch-size ${BATCH:-8} --lr ${LR:-1e-3} --warmup 30 --min-lr-ratio 0.1 --weight-decay 0.1 --grad-clip 1.0 \
+  --eval-every ${EVAL:-100} --eval-batches 8 --checkpoint-every 10000 --seed ${SEED:-1234} "$@" > $name.log 2>&1; echo "$name: $(tr '\r' '\n' < $name.log | grep -iE 'valid' | tail -1 | cut -c1-200)"; }
+BATCH=32 run full-b32
+BATCH=32 run original-160-b32 --low-rank 160 --inrank-variant original
