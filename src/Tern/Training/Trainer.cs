@@ -34,6 +34,7 @@ public sealed class Trainer : IDisposable
     readonly InRankTraining? inRank;
     Parameter[] trained = null!;
     string[] optimizerOrder = null!; // parameter names in the optimizer's state order
+    double[] groupScales = []; // each parameter group's learning rate against the schedule's
     AdamW optimizer = null!;
     ulong sampler;
 
@@ -71,14 +72,31 @@ public sealed class Trainer : IDisposable
         if (chosen.Length == 0) throw new ArgumentException("TrainParameter selects no parameter to train.");
         trained = chosen.Select(p => p.Tensor).ToArray();
         // As in most LM recipes, weight decay pulls matrices and embeddings only; norm weights and biases (1-D) are left alone.
+        // Low-rank factors take a group of their own when their rate is scaled (FactorLearningRateScale).
         var groups = new List<AdamW.ParamGroup>();
-        var decayed = chosen.Where(p => p.Tensor.dim() >= 2).ToArray();
+        var scales = new List<double>();
+        bool scaled = options.FactorLearningRateScale != 1 && Model.LowRank is not null;
+        var factors = scaled ? chosen.Where(p => IsFactor(p.Name)).ToArray() : [];
+        var decayed = chosen.Where(p => p.Tensor.dim() >= 2 && !factors.Contains(p)).ToArray();
         var plain = chosen.Where(p => p.Tensor.dim() < 2).ToArray();
-        if (decayed.Length > 0) groups.Add(new AdamW.ParamGroup(decayed.Select(p => p.Tensor), new AdamW.Options { weight_decay = options.WeightDecay }));
-        if (plain.Length > 0) groups.Add(new AdamW.ParamGroup(plain.Select(p => p.Tensor), new AdamW.Options { weight_decay = 0 }));
-        optimizerOrder = decayed.Concat(plain).Select(p => p.Name).ToArray();
+        void Group(ModelParameter[] members, double decay, double scale)
+        {
+            if (members.Length == 0) return;
+            groups.Add(new AdamW.ParamGroup(members.Select(p => p.Tensor), new AdamW.Options { weight_decay = decay }));
+            scales.Add(scale);
+        }
+        Group(decayed, options.WeightDecay, 1);
+        Group(factors, options.WeightDecay, options.FactorLearningRateScale);
+        Group(plain, 0, 1);
+        groupScales = scales.ToArray();
+        optimizerOrder = decayed.Concat(factors).Concat(plain).Select(p => p.Name).ToArray();
         optimizer = torch.optim.AdamW(groups, options.LearningRate, options.Beta1, options.Beta2, options.Epsilon, options.WeightDecay);
     }
+
+    /// <summary>True for a low-rank factor (<c>L.weight_a</c> or <c>L.weight_b</c> of a factored linear map L).</summary>
+    bool IsFactor(string name) =>
+        (name.EndsWith(".weight_a", StringComparison.Ordinal) || name.EndsWith(".weight_b", StringComparison.Ordinal))
+        && Model.LowRank!.Contains(name[..^".weight_a".Length]);
 
     /// <summary>
     /// InRank's stage hand-off after the last step of stage 1: the factors are truncated to their discovered ranks
@@ -194,7 +212,8 @@ public sealed class Trainer : IDisposable
     {
         var clock = Stopwatch.StartNew();
         double lr = CurrentLearningRate;
-        foreach (var group in optimizer.ParamGroups) group.LearningRate = lr;
+        int g = 0;
+        foreach (var group in optimizer.ParamGroups) group.LearningRate = lr * groupScales[g++];
         optimizer.zero_grad();
         int accumulation = options.GradientAccumulation;
         double lossSum = 0;

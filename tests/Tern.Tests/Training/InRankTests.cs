@@ -317,6 +317,37 @@ public class InRankTests
         Assert.True(last < 0.7 * first, $"loss went from {first:F3} to {last:F3}");
     }
 
+    /// <summary>A first AdamW step moves each weight by about the learning rate (m̂/√v̂ = ±1), so with the factors' rate scaled the
+    /// factors move that many times further while every other parameter steps exactly as without the scale.</summary>
+    [Fact]
+    public void TheFactorLearningRateScaleMovesTheFactorsAlone()
+    {
+        Dictionary<string, float> Moves(double scale)
+        {
+            using var dir = new TempDir();
+            var options = TrainerTests.Options(dir, steps: 1) with
+            {
+                InRank = new InRankOptions { FixedRank = 5 }, CheckpointEvery = 0, EvalEvery = 0, WeightDecay = 0, WarmupSteps = 0,
+                FactorLearningRateScale = scale,
+            };
+            using var trainer = Trainer.Create(TrainerTests.TinyConfig(), options);
+            using var scope = torch.NewDisposeScope();
+            var before = trainer.Model.Parameters.ToDictionary(p => p.Name, p => p.Tensor.detach().clone());
+            trainer.Run(cancellation: Ct);
+            return trainer.Model.Parameters.ToDictionary(p => p.Name, p => (p.Tensor.detach() - before[p.Name]).abs().sum().item<float>());
+        }
+        var plain = Moves(1);
+        var scaled = Moves(4);
+        Assert.Contains("model.layers.0.mlp.up_proj.weight_a", plain.Keys);
+        foreach (var (name, move) in plain)
+        {
+            if (name.EndsWith(".weight_a") || name.EndsWith(".weight_b")) Assert.InRange(scaled[name] / move, 3.9, 4.1);
+            else Assert.Equal(move, scaled[name]);
+        }
+        using var other = new TempDir();
+        Assert.Throws<ArgumentException>(() => (TrainerTests.Options(other, steps: 1) with { FactorLearningRateScale = 0 }).Validate());
+    }
+
     [Fact]
     public void OptionsThatDoNotFitAreRefusedByName()
     {
@@ -344,7 +375,7 @@ public class InRankTests
     public void RunConfigsCarryTheInRankOptions()
     {
         using var dir = new TempDir();
-        var options = TrainerTests.Options(dir) with { InRank = Small with { Variant = LowRankVariant.Original, Moments = MomentHandoff.Reset } };
+        var options = TrainerTests.Options(dir) with { InRank = Small with { Variant = LowRankVariant.Original, Moments = MomentHandoff.Reset }, FactorLearningRateScale = 2.5 };
         string path = dir.File("run.json");
         File.WriteAllText(path, options.ToJson().ToJsonString());
         var baseline = new TrainerOptions { OutputDirectory = options.OutputDirectory, TrainTokens = "", Device = DeviceKind.Cpu };
