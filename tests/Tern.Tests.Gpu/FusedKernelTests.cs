@@ -132,14 +132,9 @@ public sealed class FusedKernelTests
         using var inference = torch.no_grad(); // the kernels step aside while autograd records (training)
         var t = dtype.ToScalarType();
         int b = 3, heads = 8, kvHeads = 2, cap = 77, d = 64, filled = 50;
-        var keys = torch.randn(b, kvHeads, cap, d, device: CUDA).to(t);
-        var values = torch.randn(b, kvHeads, cap, d, device: CUDA).to(t);
-        // positions 0..filled-1 with a hole at slot 5 of sequence 1 and padding (-1) in the first 3 slots of sequence 2
-        var pos = torch.arange(cap, device: CUDA).to(ScalarType.Int64).expand(b, kvHeads, cap).clone();
-        pos.narrow(2, filled, cap - filled).fill_(-1);
-        pos[1].narrow(1, 5, 1).fill_(-1);
+        var (keys, values, pos, qpos) = DecodeCache(t, b, kvHeads, cap, d, filled);
+        pos[1].narrow(1, 5, 1).fill_(-1); // a hole at slot 5 of sequence 1, padding in the first 3 slots of sequence 2
         pos[2].narrow(1, 0, 3).fill_(-1);
-        var qpos = torch.tensor(new long[] { filled - 1, filled - 1, filled - 1 }, new long[] { b, 1 }).to(CUDA);
         var q = torch.randn(b, heads, 1, d, device: CUDA).to(t);
         Assert.True(FusedKernels.TryDecodeAttention(q, keys, values, pos, qpos, window, 1.0 / Math.Sqrt(d), out var fused));
         AssertClose(DecodeReference(q, keys, values, pos, qpos, window, cap), fused, dtype, "decode attention");
@@ -148,6 +143,16 @@ public sealed class FusedKernelTests
         Assert.True(FusedKernels.TryDecodeAttention(q, keys.narrow(2, 0, slots), values.narrow(2, 0, slots), pos.narrow(2, 0, slots), qpos,
             window, 1.0 / Math.Sqrt(d), out var prefix));
         AssertClose(DecodeReference(q, keys, values, pos, qpos, window, slots), prefix, dtype, "decode attention over the first slots");
+    }
+
+    /// <summary>A decode step's cache on CUDA: random keys and values [B,Hkv,Cap,D] of type <paramref name="t"/>, positions
+    /// 0 … filled − 1 in the first slots of every row and head (−1 after), and the query at position filled − 1 in each row.</summary>
+    internal static (Tensor Keys, Tensor Values, Tensor Positions, Tensor QueryPositions) DecodeCache(ScalarType t, int b, int kvHeads, int cap, int d, int filled)
+    {
+        var positions = torch.arange(cap, device: CUDA).to(ScalarType.Int64).expand(b, kvHeads, cap).clone();
+        positions.narrow(2, filled, cap - filled).fill_(-1);
+        return (torch.randn(b, kvHeads, cap, d, device: CUDA).to(t), torch.randn(b, kvHeads, cap, d, device: CUDA).to(t), positions,
+            torch.full(new long[] { b, 1 }, filled - 1, ScalarType.Int64, CUDA));
     }
 
     /// <summary>softmax(q·kᵀ/√d)·v in fp32 over the first <paramref name="slots"/> slots, a key at position kp visible to the
@@ -180,12 +185,8 @@ public sealed class FusedKernelTests
         using var inference = torch.no_grad();
         var t = dtype.ToScalarType();
         int b = 2, heads = 4, kvHeads = 2, cap = 1500, slots = 1400, d = 128, filled = 1300;
-        var keys = torch.randn(b, kvHeads, cap, d, device: CUDA).to(t);
-        var values = torch.randn(b, kvHeads, cap, d, device: CUDA).to(t);
-        var pos = torch.arange(cap, device: CUDA).to(ScalarType.Int64).expand(b, kvHeads, cap).clone();
-        pos.narrow(2, filled, cap - filled).fill_(-1);
+        var (keys, values, pos, qpos) = DecodeCache(t, b, kvHeads, cap, d, filled);
         pos[1].narrow(1, 100, 300).fill_(-1);
-        var qpos = torch.tensor(new long[] { filled - 1, filled - 1 }, new long[] { b, 1 }).to(CUDA);
         var q = (torch.randn(b, heads, 1, d, device: CUDA) * 3).to(t); // peaked scores
         bool before = FusedKernels.SixBlocksPerSm;
         try

@@ -176,11 +176,7 @@ public sealed class SparseKernelTests
         using var inference = torch.no_grad();
         var t = dtype.ToScalarType();
         int b = 2, heads = 8, kvHeads = 2, cap = 130, d = 64, filled = 100, kept = 3;
-        var keys = torch.randn(b, kvHeads, cap, d, device: CUDA).to(t);
-        var values = torch.randn(b, kvHeads, cap, d, device: CUDA).to(t);
-        var pos = torch.arange(cap, device: CUDA).to(ScalarType.Int64).expand(b, kvHeads, cap).clone();
-        pos.narrow(2, filled, cap - filled).fill_(-1);
-        var qpos = torch.tensor(new long[] { filled - 1, filled - 1 }, new long[] { b, 1 }).to(CUDA);
+        var (keys, values, pos, qpos) = FusedKernelTests.DecodeCache(t, b, kvHeads, cap, d, filled);
         var q = torch.randn(b, heads, 1, d, device: CUDA).to(t);
         Assert.True(FusedKernels.TryDecodeAttention(q, keys, values, pos, qpos, 0, 1.0 / Math.Sqrt(d), out var full));
         var selected = Selection(b, heads, kept).view(b, kept);

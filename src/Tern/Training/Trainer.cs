@@ -76,8 +76,8 @@ public sealed class Trainer : IDisposable
         var groups = new List<AdamW.ParamGroup>();
         var scales = new List<double>();
         bool scaled = options.FactorLearningRateScale != 1 && Model.LowRank is not null;
-        var factors = scaled ? chosen.Where(p => IsFactor(p.Name)).ToArray() : [];
-        var decayed = chosen.Where(p => p.Tensor.dim() >= 2 && !factors.Contains(p)).ToArray();
+        var factors = chosen.Where(p => scaled && IsFactor(p.Name)).ToArray();
+        var decayed = chosen.Where(p => p.Tensor.dim() >= 2 && !(scaled && IsFactor(p.Name))).ToArray();
         var plain = chosen.Where(p => p.Tensor.dim() < 2).ToArray();
         void Group(ModelParameter[] members, double decay, double scale)
         {

@@ -99,7 +99,7 @@ public sealed record TrainerOptions
         ["train_tokens"] = TrainTokens, ["valid_tokens"] = ValidTokens, ["tokenizer"] = TokenizerDirectory,
         ["token_format"] = TokenFormat.ToString(), ["sequence_length"] = SequenceLength, ["batch_size"] = BatchSize,
         ["gradient_accumulation"] = GradientAccumulation, ["learning_rate"] = LearningRate, ["warmup_steps"] = WarmupSteps,
-        ["total_steps"] = TotalSteps, ["min_lr_ratio"] = MinLearningRateRatio, ["weight_decay"] = WeightDecay, ["factor_lr_scale"] = FactorLearningRateScale, ["beta1"] = Beta1,
+        ["total_steps"] = TotalSteps, ["min_lr_ratio"] = MinLearningRateRatio, ["weight_decay"] = WeightDecay, ["factor_lr_scale"] = FactorLearningRateScale == 1 ? null : FactorLearningRateScale, ["beta1"] = Beta1,
         ["beta2"] = Beta2, ["eps"] = Epsilon, ["grad_clip"] = GradientClip, ["eval_every"] = EvalEvery, ["eval_batches"] = EvalBatches,
         ["checkpoint_every"] = CheckpointEvery, ["seed"] = Seed, ["start_token"] = StartToken, ["dtype"] = DType.ToString(), ["autocast"] = Autocast?.ToString(),
         ["inrank"] = InRank?.ToJson(),
@@ -132,7 +132,7 @@ public sealed record TrainerOptions
                 "gradient_accumulation" => o with { GradientAccumulation = Get<int>() }, "learning_rate" => o with { LearningRate = Get<double>() },
                 "warmup_steps" => o with { WarmupSteps = Get<int>() }, "total_steps" => o with { TotalSteps = Get<int>() },
                 "min_lr_ratio" => o with { MinLearningRateRatio = Get<double>() }, "weight_decay" => o with { WeightDecay = Get<double>() },
-                "factor_lr_scale" => o with { FactorLearningRateScale = Get<double>() },
+                "factor_lr_scale" => o with { FactorLearningRateScale = Get<double?>() ?? 1 }, // null: one rate, as in runs from before the option
                 "beta1" => o with { Beta1 = Get<double>() }, "beta2" => o with { Beta2 = Get<double>() }, "eps" => o with { Epsilon = Get<double>() },
                 "grad_clip" => o with { GradientClip = Get<double>() }, "eval_every" => o with { EvalEvery = Get<int>() },
                 "eval_batches" => o with { EvalBatches = Get<int>() }, "checkpoint_every" => o with { CheckpointEvery = Get<int>() },

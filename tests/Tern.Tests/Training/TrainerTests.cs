@@ -178,7 +178,13 @@ public class TrainerTests
         Assert.Contains("learning_rate", e.Message);
         Assert.Contains("batch_size 4 → 8", e.Message);
         Assert.Contains("train-config.json", e.Message);
-        // Cadence and file locations are free to change.
+        Assert.Contains("factor_lr_scale null → 2", Assert.Throws<ArgumentException>(() => Trainer.Resume(options with { FactorLearningRateScale = 2 })).Message);
+        // Cadence and file locations are free to change; a run config written before an option existed lacks its key, which
+        // reads as the option's default.
+        string config = Path.Combine(options.OutputDirectory, TrainerOptions.RunConfigFile);
+        var saved = (System.Text.Json.Nodes.JsonObject)System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(config))!;
+        Assert.True(saved.Remove("factor_lr_scale"));
+        File.WriteAllText(config, saved.ToJsonString());
         using var resumed = Trainer.Resume(options with { EvalEvery = 1, CheckpointEvery = 2 });
         Assert.Equal(4, resumed.Step);
     }
