@@ -171,15 +171,12 @@ public sealed class FusedKernelTests
     }
 
     /// <summary>Decode attention over a cache of 1,500 slots of which a 1,400-slot prefix is attended, 1,300 filled, with holes
-    /// (a run of 64 keys with nothing visible, and partial ones): against the same reference, with the split kernel compiled for
-    /// its default occupancy and for six blocks an SM (<see cref="FusedKernels.SixBlocksPerSm"/>).</summary>
+    /// (a run of 64 keys with nothing visible, and partial ones): against the same reference.</summary>
     [Theory]
-    [InlineData(ModelDType.BFloat16, false)]
-    [InlineData(ModelDType.Float32, false)]
-    [InlineData(ModelDType.Float16, false)]
-    [InlineData(ModelDType.BFloat16, true)]
-    [InlineData(ModelDType.Float32, true)]
-    public void DecodeAttentionOverALongPrefixWithHolesMatchesReference(ModelDType dtype, bool sixBlocksPerSm)
+    [InlineData(ModelDType.BFloat16)]
+    [InlineData(ModelDType.Float32)]
+    [InlineData(ModelDType.Float16)]
+    public void DecodeAttentionOverALongPrefixWithHolesMatchesReference(ModelDType dtype)
     {
         using var scope = torch.NewDisposeScope();
         using var inference = torch.no_grad();
@@ -188,18 +185,9 @@ public sealed class FusedKernelTests
         var (keys, values, pos, qpos) = DecodeCache(t, b, kvHeads, cap, d, filled);
         pos[1].narrow(1, 100, 300).fill_(-1);
         var q = (torch.randn(b, heads, 1, d, device: CUDA) * 3).to(t); // peaked scores
-        bool before = FusedKernels.SixBlocksPerSm;
-        try
-        {
-            FusedKernels.SixBlocksPerSm = sixBlocksPerSm;
-            Assert.True(FusedKernels.TryDecodeAttention(q, keys.narrow(2, 0, slots), values.narrow(2, 0, slots), pos.narrow(2, 0, slots), qpos, 0,
-                1.0 / Math.Sqrt(d), out var output));
-            AssertClose(DecodeReference(q, keys, values, pos, qpos, 0, slots), output, dtype, $"decode attention over a long prefix with holes ({(sixBlocksPerSm ? "six blocks an SM" : "default")})");
-        }
-        finally
-        {
-            FusedKernels.SixBlocksPerSm = before;
-        }
+        Assert.True(FusedKernels.TryDecodeAttention(q, keys.narrow(2, 0, slots), values.narrow(2, 0, slots), pos.narrow(2, 0, slots), qpos, 0,
+            1.0 / Math.Sqrt(d), out var output));
+        AssertClose(DecodeReference(q, keys, values, pos, qpos, 0, slots), output, dtype, "decode attention over a long prefix with holes");
     }
 
     /// <summary>LaughingHyena's fused modal step against the composite of <see cref="Tern.Distillation.ModalRecurrence.Step"/>

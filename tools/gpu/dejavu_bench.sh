@@ -34,13 +34,15 @@ case ${1:?tests|bench|ncu} in
     grep -E "copy bandwidth|ms/layer|^ +1 " "$OUT/dejavu.txt" > "$OUT/dejavu-summary.txt"
     cat "$OUT/dejavu-summary.txt" ;;
   ncu)
-    # GPU time of each of Tern's kernels in one sparse decode step (Nsight Compute on the graph's nodes; kernels run one at a time
-    # under it, so the side stream's overlap is not seen): the launches of a step counted past warm-up, grouped by kernel and
-    # grid (the predictors' GEMVs apart from the projections'). NCU_SKIP / NCU_COUNT: kernels (of the filter) skipped / profiled.
+    # GPU time of each kernel in sparse decode steps (Nsight Compute on the graph's nodes; kernels run one at a time under it,
+    # so the side stream's overlap is not seen; clocks and caches left as they run). Every kernel counts: NCU_SKIP (default
+    # 40000) passes SparsityTiming's passes (~20k launches) and lands in the warm-up generation's graph replays; NCU_COUNT
+    # kernels (default 2500, more than two steps) are profiled. Grouped by stream, kernel and grid, plus the run of kernels
+    # from one columns_finish (the end of a layer's MLP) to the next: one layer as the step runs it.
     NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1 || ls /usr/local/cuda/bin/ncu)
     level=${NCU_LEVEL:-mlp=0.1,heads=0.5}
-    timeout 400 "$NCU" --csv --graph-profiling node --metrics gpu__time_duration.sum -k "regex:select|gather|columns|gemv|attn_|cache_append|gated|rms_norm" \
-      --launch-skip "${NCU_SKIP:-12000}" --launch-count "${NCU_COUNT:-700}" \
+    timeout 400 "$NCU" --csv --graph-profiling node --metrics gpu__time_duration.sum --clock-control none --cache-control none \
+      --launch-skip "${NCU_SKIP:-40000}" --launch-count "${NCU_COUNT:-2500}" \
       dotnet .device/Tern.Cli/Tern.Cli.dll bench --model tests/fixtures/configs/opt-30b --dummy --device cuda --dtype fp16 --batch 1 \
       --prompt "$PROMPT" --new-tokens "$NEW" --sparsity-sweep "$level" --output "$OUT/ncu-bench.csv" > "$OUT/ncu.csv" 2> "$OUT/ncu.err"
     python3 - "$OUT/ncu.csv" <<'PY' | tee "$OUT/ncu-summary.txt"
@@ -48,16 +50,23 @@ import csv, sys, collections
 rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 10]
 if not rows: sys.exit("no kernels profiled (see ncu.err)")
 head, body = rows[0], rows[1:]
-ki, vi = head.index("Kernel Name"), head.index("Metric Value")
+ki, vi, si = head.index("Kernel Name"), head.index("Metric Value"), head.index("Stream")
 gi = head.index("Grid Size") if "Grid Size" in head else None
+us = lambda r: float(r[vi].replace(",", "")) / 1e3
+name = lambda r: r[ki].split("(")[0][:48] + (f" grid {r[gi]}" if gi is not None else "")
 tot = collections.defaultdict(lambda: [0, 0.0])
+streams = collections.defaultdict(float)
 for r in body:
-    key = r[ki][:40] + (f" grid {r[gi]}" if gi is not None else "")
-    tot[key][0] += 1; tot[key][1] += float(r[vi].replace(",", ""))
-all_ns = sum(v[1] for v in tot.values())
-print(f"{len(body)} kernels, {all_ns / 1e3:.1f} us in all")
-for key, (n, ns) in sorted(tot.items(), key=lambda x: -x[1][1]):
-    print(f"{n:4d} x {ns / n / 1000:8.2f} us  total {ns / 1000:8.1f} us  {key}")
+    tot[(r[si], name(r))][0] += 1; tot[(r[si], name(r))][1] += us(r); streams[r[si]] += us(r)
+layers = sum(1 for r in body if r[ki].startswith("columns_finish"))
+print(f"{len(body)} kernels, {sum(streams.values()):.1f} us in all, {layers} layers' MLPs among them")
+for s, t in streams.items(): print(f"stream {s}: {t:.1f} us" + (f", {t / layers:.2f} us a layer" if layers else ""))
+for (s, key), (n, t) in sorted(tot.items(), key=lambda x: -x[1][1]):
+    print(f"{n:5d} x {t / n:8.2f} us  total {t:9.1f} us  stream {s}  {key}")
+ends = [i for i, r in enumerate(body) if r[ki].startswith("columns_finish")]
+if len(ends) > 2:
+    print("one layer, in launch order (from after one columns_finish to the next):")
+    for r in body[ends[1] + 1:ends[2] + 1]: print(f"  {us(r):8.2f} us  stream {r[si]}  {name(r)}")
 PY
     ;;
 esac

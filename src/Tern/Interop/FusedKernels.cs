@@ -15,7 +15,7 @@ namespace Tern.Interop;
 internal static unsafe partial class FusedKernels
 {
     sealed record Loaded(IntPtr[] RmsNorm, IntPtr[] Rotary, IntPtr[] Gated, IntPtr[] Gemv, IntPtr[] CacheAppend, IntPtr[] AttnSplit, IntPtr[] AttnCombine,
-        IntPtr[] GatherRows, IntPtr[] GatherColumns, IntPtr[] ColumnsFinish, IntPtr[] GatherColumnRuns, IntPtr[] AttnSplitOccupancy, IntPtr ModalStep);
+        IntPtr[] GatherRows, IntPtr[] GatherColumns, IntPtr[] ColumnsFinish, IntPtr[] GatherColumnRuns, IntPtr ModalStep);
 
     static readonly Lazy<Loaded?> Kernels = new(Load);
 
@@ -62,12 +62,11 @@ internal static unsafe partial class FusedKernels
             byte[] cubin = Compile(source, "fused.cu");
             string[] suffixes = { "f32", "bf16", "f16" };
             string[] perType = { "rms_norm_", "rotary_", "gated_", "cache_append_", "attn_split_", "attn_combine_", "gather_rows_", "gather_columns_",
-                "columns_finish_", "gather_column_runs_", "attn_split_occ_" };
+                "columns_finish_", "gather_column_runs_" };
             var all = CudaDriver.LoadKernels(cubin, perType.SelectMany(k => suffixes.Select(s => k + s)).Concat(new[] { "gemv_bf16", "gemv_f16", "modal_step" }));
             IntPtr[] Of(int kernel) => all.Skip(kernel * 3).Take(3).ToArray();
             int gemv = perType.Length * 3;
-            return new Loaded(Of(0), Of(1), Of(2), new[] { IntPtr.Zero, all[gemv], all[gemv + 1] }, Of(3), Of(4), Of(5), Of(6), Of(7), Of(8), Of(9), Of(10),
-                all[gemv + 2]);
+            return new Loaded(Of(0), Of(1), Of(2), new[] { IntPtr.Zero, all[gemv], all[gemv + 1] }, Of(3), Of(4), Of(5), Of(6), Of(7), Of(8), Of(9), all[gemv + 2]);
         }
         catch (Exception e) when (e is InvalidOperationException or DllNotFoundException or EntryPointNotFoundException)
         {
@@ -248,21 +247,6 @@ internal static unsafe partial class FusedKernels
         return true;
     }
 
-    /// <summary>True when the decode-attention split runs compiled for six resident blocks an SM (<c>TERN_ATTENTION_BLOCKS_PER_SM=6</c>:
-    /// 80 registers a thread with a few spilled, against 104–112 and four blocks): more loads in flight against a long cache — an
-    /// A/B switch until measured on a GPU (bench/README.md, One execution core, twenty-second session).</summary>
-    internal static bool SixBlocksPerSm
-    {
-        get => sixBlocksPerSm ??= Environment.GetEnvironmentVariable("TERN_ATTENTION_BLOCKS_PER_SM") switch
-        {
-            null or "" => false,
-            "6" => true,
-            var other => throw new InvalidOperationException($"TERN_ATTENTION_BLOCKS_PER_SM is 6 or unset (got '{other}')."),
-        };
-        set => sixBlocksPerSm = value;
-    }
-    static bool? sixBlocksPerSm;
-
     /// <summary>
     /// Decode attention of one query per sequence (q view [B, H, 1, D], last dimension contiguous; query positions [B, 1])
     /// over a layer cache, masked by the cached positions; returns [B, 1, H·D]. Keys, values and positions [B, Hkv, L, …] may
@@ -301,7 +285,7 @@ internal static unsafe partial class FusedKernels
         IntPtr stream = LibTorchCuda.CurrentRawStream();
         int t = TypeIndex(q.dtype);
         void** splitArgs = stackalloc void*[] { &po, &pm, &ps, &pq, &qb, &qh, &pk, &pv, &pc, &pp, &ph, &heads, &groups, &kvHeads, &slots, &stride, &headDim, &window, &sc };
-        CudaDriver.Launch((SixBlocksPerSm ? Kernels.Value!.AttnSplitOccupancy : Kernels.Value!.AttnSplit)[t], (uint)(batch * heads), (uint)splits, 128,
+        CudaDriver.Launch(Kernels.Value!.AttnSplit[t], (uint)(batch * heads), (uint)splits, 128,
             stream, splitArgs);
         void** combineArgs = stackalloc void*[] { &py, &po, &pm, &ps, &splits, &headDim };
         CudaDriver.Launch(Kernels.Value!.AttnCombine[t], (uint)(batch * heads), 1, (uint)Math.Min(256, headDim), stream, combineArgs);

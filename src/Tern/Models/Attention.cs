@@ -62,15 +62,15 @@ internal static class Attention
     const int KeptHeadsLargestBatch = 4;
 
     /// <summary>The fused [q | k | v] projection <paramref name="qkv"/> of <paramref name="x"/> [B, T, in] for a step over the kept
-    /// heads whose <see cref="HeadColumns"/> are <paramref name="columns"/>: the kept heads' query rows (gathered) and every key
-    /// and value row (keys and values of every head are cached, so no later token reads a missing entry; one contiguous block
-    /// of W, read by the dense GEMV), [B, T, k + 2·KvHeads, head_dim].</summary>
-    public static Tensor KeptQkv(Linear qkv, Tensor x, Tensor columns, AttentionSettings s)
+    /// heads whose <see cref="HeadColumns"/> are <paramref name="columns"/>: the kept heads' query rows (gathered), [B, T, k, head_dim],
+    /// and every key and value row (keys and values of every head are cached, so no later token reads a missing entry; one
+    /// contiguous block of W, read by the dense GEMV), [B, T, 2·KvHeads, head_dim] — two tensors, not copied into one.</summary>
+    public static (Tensor Queries, Tensor KeysAndValues) KeptQkv(Linear qkv, Tensor x, Tensor columns, AttentionSettings s)
     {
         long b = x.size(0), t = x.size(1), d = s.HeadDim, q = s.Heads * d, kv = 2 * s.KvHeads * d;
-        var queries = qkv.ForwardRows(x, columns);
-        var keysAndValues = new Linear(qkv.Weight.narrow(0, q, kv), qkv.Bias?.narrow(0, q, kv)).Forward(x);
-        return torch.cat(new[] { queries, keysAndValues }, -1).view(b, t, columns.size(-1) / d + 2 * s.KvHeads, d);
+        var queries = qkv.ForwardRows(x, columns).view(b, t, columns.size(-1) / d, d);
+        var keysAndValues = new Linear(qkv.Weight.narrow(0, q, kv), qkv.Bias?.narrow(0, q, kv)).Forward(x).view(b, t, 2 * s.KvHeads, d);
+        return (queries, keysAndValues);
     }
 
     /// <summary>
@@ -87,9 +87,10 @@ internal static class Attention
         output.ForwardColumnsAdd(attended, columns, residual, s.HeadDim);
 
     /// <summary>Kept heads' columns h·D … h·D + D − 1 (their query rows of W_qkv, their column blocks of W_out), per kept head in
-    /// order: int64 [B, T, k·D] for <paramref name="heads"/> [B, T, k]. A step computes them once a layer.</summary>
-    public static Tensor HeadColumns(Tensor heads, AttentionSettings s) =>
-        (heads.unsqueeze(-1) * s.HeadDim + torch.arange(s.HeadDim, ScalarType.Int64, heads.device)).flatten(2);
+    /// order: int64 [B, T, k·D] for <paramref name="heads"/> [B, T, k]. A step computes them once a layer, in one kernel (the
+    /// offsets 0 … D − 1 made once a step).</summary>
+    public static Tensor HeadColumns(Tensor heads, ModelStep step, AttentionSettings s) =>
+        torch.add(step.Offsets(s.HeadDim, heads.device), heads.unsqueeze(-1), alpha: s.HeadDim).flatten(2);
 
     /// <summary>
     /// residual + o_proj(<paramref name="attended"/> [B,T,H·D]): DejaVu's head sparsity (Liu et al. 2023) when the step selects heads — the
@@ -102,7 +103,7 @@ internal static class Attention
         var perHead = attended.reshape(b, t, s.Heads, s.HeadDim);
         if (step.Sparsity?.Heads(layer, () => perHead) is not { } heads) return output.ForwardAdd(attended, residual);
         var kept = perHead.gather(2, heads.unsqueeze(-1).expand(b, t, heads.size(2), s.HeadDim)); // [B,T,k,D]
-        return ProjectKept(output, kept.flatten(2), HeadColumns(heads, s), residual, s);
+        return ProjectKept(output, kept.flatten(2), HeadColumns(heads, step, s), residual, s);
     }
 
     /// <summary>

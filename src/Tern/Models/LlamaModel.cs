@@ -132,11 +132,12 @@ internal sealed class LlamaModel : CausalLanguageModel
         if (Attention.KeptHeads(layer, h, step, cache) is { } kept)
         {
             // DejaVu's head-subset attention: the kept heads' queries and every key and value, attention of the kept heads.
-            int k = (int)kept.size(2);
-            var columns = Attention.HeadColumns(kept, s);
-            var rows = Attention.KeptQkv(w.Linear("self_attn.qkv_proj"), normed, columns, s);
-            var (keptQ, keys, _) = step.Rotary(rotary).QueryKey(rows, k, s.KvHeads, keysAtCacheIndex: false);
-            var keptOutputs = Attention.ForwardKept(keptQ, keys, rows.narrow(2, k + s.KvHeads, s.KvHeads), kept, step, cache, s);
+            var columns = Attention.HeadColumns(kept, step, s);
+            var (queries, keysAndValues) = Attention.KeptQkv(w.Linear("self_attn.qkv_proj"), normed, columns, s);
+            var rotation = step.Rotary(rotary);
+            var keptQ = rotation.Rotate(queries, (int)kept.size(2));
+            var keys = rotation.Rotate(keysAndValues, s.KvHeads);
+            var keptOutputs = Attention.ForwardKept(keptQ, keys, keysAndValues.narrow(2, s.KvHeads, s.KvHeads), kept, step, cache, s);
             h = Attention.ProjectKept(w.Linear("self_attn.o_proj"), keptOutputs, columns, h, s);
         }
         else

@@ -1,3 +1,4 @@
+using TorchSharp;
 using static TorchSharp.torch;
 
 namespace Tern.Models;
@@ -18,6 +19,13 @@ internal sealed class ModelStep(ForwardBatch batch, ISparsityStep? sparsity = nu
 
     /// <summary>The step's rotation by <paramref name="embedding"/> (one per model), made at the first layer that asks.</summary>
     public RotaryEmbedding.RotaryStep Rotary(RotaryEmbedding embedding) => rotary ??= embedding.ForBatch(batch);
+
+    /// <summary>0 … <paramref name="count"/> − 1 (int64 on <paramref name="device"/>), made at the first layer that asks and reused by
+    /// the others; owned by the step's dispose scope.</summary>
+    public Tensor Offsets(int count, Device device) => offsets is { } o && o.size(0) == count && o.device == device ? o
+        : offsets = torch.arange(count, ScalarType.Int64, device).MoveToOuterDisposeScope(); // outlives the asking layer's scope
+
+    Tensor? offsets;
 
     /// <summary>The attention mask of a static-shape step, made by the first layer and reused by the others when the cache
     /// policy keeps layers aligned; keyed by the sliding window it was made for. Owned by the step's dispose scope.</summary>

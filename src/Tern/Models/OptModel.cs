@@ -91,10 +91,9 @@ internal sealed class OptModel : CausalLanguageModel
         if (Attention.KeptHeads(layer, h, step, cache) is { } kept)
         {
             // DejaVu's head-subset attention: the kept heads' queries and every key and value, attention of the kept heads.
-            int k = (int)kept.size(2);
-            var columns = Attention.HeadColumns(kept, attention);
-            var rows = Attention.KeptQkv(w.Linear("self_attn.qkv_proj"), a, columns, attention);
-            var keptOutputs = Attention.ForwardKept(rows.narrow(2, 0, k), rows.narrow(2, k, heads), rows.narrow(2, k + heads, heads), kept, step, cache, attention);
+            var columns = Attention.HeadColumns(kept, step, attention);
+            var (queries, keysAndValues) = Attention.KeptQkv(w.Linear("self_attn.qkv_proj"), a, columns, attention);
+            var keptOutputs = Attention.ForwardKept(queries, keysAndValues.narrow(2, 0, heads), keysAndValues.narrow(2, heads, heads), kept, step, cache, attention);
             h = Attention.ProjectKept(w.Linear("self_attn.out_proj"), keptOutputs, columns, h, attention);
         }
         else

@@ -381,10 +381,6 @@ INSTANTIATE_GEMV(f16, f16)
         const T* values, const long long* cp, const long long* qpos, const long long* hi, int heads, int groups, int kvHeads, int slots,  \
         int stride, int headDim, int window, float scale)                                                                                \
         { attn_split<T>(po, pm, ps, q, qb, qh, keys, values, cp, qpos, hi, heads, groups, kvHeads, slots, stride, headDim, window, scale); } \
-    extern "C" __global__ void __launch_bounds__(SPLIT_THREADS, 6) attn_split_occ_##S(float* po, float* pm, float* ps, const T* q,     \
-        long long qb, long long qh, const T* keys, const T* values, const long long* cp, const long long* qpos, const long long* hi,   \
-        int heads, int groups, int kvHeads, int slots, int stride, int headDim, int window, float scale)                                 \
-        { attn_split<T>(po, pm, ps, q, qb, qh, keys, values, cp, qpos, hi, heads, groups, kvHeads, slots, stride, headDim, window, scale); } \
     extern "C" __global__ void attn_combine_##S(T* out, const float* po, const float* pm, const float* ps, int splits, int headDim)       \
         { attn_combine<T>(out, po, pm, ps, splits, headDim); }
 INSTANTIATE(float, f32)
