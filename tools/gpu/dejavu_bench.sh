@@ -35,14 +35,17 @@ case ${1:?tests|bench|ncu} in
     cat "$OUT/dejavu-summary.txt" ;;
   ncu)
     # GPU time of each kernel in sparse decode steps (Nsight Compute on the graph's nodes; kernels run one at a time under it,
-    # so the side stream's overlap is not seen; clocks and caches left as they run). Every kernel counts: NCU_SKIP (default
-    # 40000) passes SparsityTiming's passes (~20k launches) and lands in the warm-up generation's graph replays; NCU_COUNT
-    # kernels (default 2500, more than two steps) are profiled. Grouped by stream, kernel and grid, plus the run of kernels
-    # from one columns_finish (the end of a layer's MLP) to the next: one layer as the step runs it.
+    # so the side stream's overlap is not seen; clocks and caches left as they run). NCU_FILTER (default: the step's kernels —
+    # Tern's, cuBLAS's, LayerNorm, index and reduce — leaving out the dummy weights' initialisation, tens of thousands of
+    # elementwise launches) picks what counts; NCU_SKIP (default 25000) of those are skipped, past SparsityTiming's passes into
+    # the warm-up generation's graph replays; NCU_COUNT (default 1500, about three steps) are profiled. Grouped by stream,
+    # kernel and grid, plus the run of kernels from one columns_finish (the end of a layer's MLP) to the next: one layer as the
+    # step runs it (the side stream's predictors for the next layer, then the main stream's chain).
     NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1 || ls /usr/local/cuda/bin/ncu)
     level=${NCU_LEVEL:-mlp=0.1,heads=0.5}
     timeout 400 "$NCU" --csv --graph-profiling node --metrics gpu__time_duration.sum --clock-control none --cache-control none \
-      --launch-skip "${NCU_SKIP:-40000}" --launch-count "${NCU_COUNT:-2500}" \
+      -k "${NCU_FILTER:-regex:gather|columns|gemv|select|attn_|cache_append|layer_norm|reduce|index|gemm|Gemm|sm90|cutlass|copy}" \
+      --launch-skip "${NCU_SKIP:-25000}" --launch-count "${NCU_COUNT:-1500}" \
       dotnet .device/Tern.Cli/Tern.Cli.dll bench --model tests/fixtures/configs/opt-30b --dummy --device cuda --dtype fp16 --batch 1 \
       --prompt "$PROMPT" --new-tokens "$NEW" --sparsity-sweep "$level" --output "$OUT/ncu-bench.csv" > "$OUT/ncu.csv" 2> "$OUT/ncu.err"
     python3 - "$OUT/ncu.csv" <<'PY' | tee "$OUT/ncu-summary.txt"

@@ -14,7 +14,7 @@ namespace Tern.Interop;
 /// </summary>
 internal static unsafe partial class FusedKernels
 {
-    sealed record Loaded(IntPtr[] RmsNorm, IntPtr[] Rotary, IntPtr[] Gated, IntPtr[] Gemv, IntPtr[] CacheAppend, IntPtr[] AttnSplit, IntPtr[] AttnCombine,
+    sealed record Loaded(IntPtr[] RmsNorm, IntPtr[] LayerNorm, IntPtr[] Rotary, IntPtr[] Gated, IntPtr[] Gemv, IntPtr[] CacheAppend, IntPtr[] AttnSplit, IntPtr[] AttnCombine,
         IntPtr[] GatherRows, IntPtr[] GatherColumns, IntPtr[] ColumnsFinish, IntPtr[] GatherColumnRuns, IntPtr ModalStep);
 
     static readonly Lazy<Loaded?> Kernels = new(Load);
@@ -61,12 +61,13 @@ internal static unsafe partial class FusedKernels
             string source = Source("fused.cu") + "\n" + Source("sparse.cu") + "\n" + Source("modal.cu"); // sparse.cu uses fused.cu's helpers
             byte[] cubin = Compile(source, "fused.cu");
             string[] suffixes = { "f32", "bf16", "f16" };
-            string[] perType = { "rms_norm_", "rotary_", "gated_", "cache_append_", "attn_split_", "attn_combine_", "gather_rows_", "gather_columns_",
+            string[] perType = { "rms_norm_", "layer_norm_", "rotary_", "gated_", "cache_append_", "attn_split_", "attn_combine_", "gather_rows_", "gather_columns_",
                 "columns_finish_", "gather_column_runs_" };
             var all = CudaDriver.LoadKernels(cubin, perType.SelectMany(k => suffixes.Select(s => k + s)).Concat(new[] { "gemv_bf16", "gemv_f16", "modal_step" }));
             IntPtr[] Of(int kernel) => all.Skip(kernel * 3).Take(3).ToArray();
             int gemv = perType.Length * 3;
-            return new Loaded(Of(0), Of(1), Of(2), new[] { IntPtr.Zero, all[gemv], all[gemv + 1] }, Of(3), Of(4), Of(5), Of(6), Of(7), Of(8), Of(9), all[gemv + 2]);
+            return new Loaded(Of(0), Of(1), Of(2), Of(3), new[] { IntPtr.Zero, all[gemv], all[gemv + 1] }, Of(4), Of(5), Of(6), Of(7), Of(8), Of(9), Of(10),
+                all[gemv + 2]);
         }
         catch (Exception e) when (e is InvalidOperationException or DllNotFoundException or EntryPointNotFoundException)
         {
@@ -173,6 +174,25 @@ internal static unsafe partial class FusedKernels
         float e = (float)eps;
         void** args = stackalloc void*[] { &py, &px, &pw, &cols, &e };
         CudaDriver.Launch(Kernels.Value!.RmsNorm[TypeIndex(x.dtype)], (uint)rows, (uint)Math.Max(32, ((cols + 7) / 8 + 31) / 32 * 32),
+            LibTorchCuda.CurrentRawStream(), args);
+        return true;
+    }
+
+    /// <summary>LayerNorm over the last dimension of contiguous <paramref name="x"/> with <paramref name="weight"/> and optional
+    /// <paramref name="bias"/> (torch's layer_norm: fp32 statistics, one rounding); CUDA only, rows of at most 8,192.</summary>
+    public static bool TryLayerNorm(Tensor x, Tensor weight, Tensor? bias, double eps, out Tensor y)
+    {
+        y = null!;
+        int cols = (int)x.size(-1);
+        if (!Usable(x) || !weight.is_contiguous() || weight.dtype != x.dtype || weight.NumberOfElements != cols) return false;
+        if (bias is not null && (!bias.is_contiguous() || bias.dtype != x.dtype || bias.NumberOfElements != cols)) return false;
+        if (cols > 8 * 1024) return false; // the kernel holds at most 8 elements per thread of a 1024-thread block
+        long rows = x.NumberOfElements / cols;
+        y = torch.empty_like(x);
+        IntPtr py = Ptr(y), px = Ptr(x), pw = Ptr(weight), pb = bias is null ? IntPtr.Zero : Ptr(bias);
+        float e = (float)eps;
+        void** args = stackalloc void*[] { &py, &px, &pw, &pb, &cols, &e };
+        CudaDriver.Launch(Kernels.Value!.LayerNorm[TypeIndex(x.dtype)], (uint)rows, (uint)Math.Max(32, ((cols + 7) / 8 + 31) / 32 * 32),
             LibTorchCuda.CurrentRawStream(), args);
         return true;
     }

@@ -94,7 +94,7 @@ internal static class Norms
 
     /// <summary>LayerNorm over the last dimension.</summary>
     public static Tensor Layer(Tensor x, Tensor weight, Tensor? bias, double eps) =>
-        F.layer_norm(x, new[] { x.size(-1) }, weight, bias, eps);
+        Interop.FusedKernels.TryLayerNorm(x, weight, bias, eps, out var y) ? y : F.layer_norm(x, new[] { x.size(-1) }, weight, bias, eps);
 }
 
 /// <summary>An activation function as configured by <c>hidden_act</c> / <c>activation_function</c>.</summary>

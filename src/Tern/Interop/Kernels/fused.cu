@@ -68,6 +68,40 @@ __device__ void rms_norm(T* __restrict__ y, const T* __restrict__ x, const T* __
     }
 }
 
+// LayerNorm (one block per row, at most 8 elements per thread, kept in registers so x is read once): y = (x − mean) ·
+// rsqrt(var + eps) · w + b, mean and (biased) variance in fp32 over the row, one rounding at the end — as torch's layer_norm.
+// Its own kernel because torch's runs a one-row (decode) LayerNorm of OPT-30B's 7,168 columns at ~14 µs, a tenth of a layer.
+template <typename T>
+__device__ void layer_norm(T* __restrict__ y, const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ b, int cols, float eps)
+{
+    __shared__ float shared[32];
+    const T* row = x + (long long)blockIdx.x * cols;
+    T* out = y + (long long)blockIdx.x * cols;
+    float v[8], sum = 0.0f;
+#pragma unroll
+    for (int e = 0; e < 8; e++)
+    {
+        int i = threadIdx.x + e * blockDim.x;
+        v[e] = i < cols ? load(row[i]) : 0.0f;
+        sum += v[e];
+    }
+    float mean = block_sum(sum, shared) / cols, squares = 0.0f;
+#pragma unroll
+    for (int e = 0; e < 8; e++)
+    {
+        int i = threadIdx.x + e * blockDim.x;
+        float d = i < cols ? v[e] - mean : 0.0f;
+        squares += d * d;
+    }
+    float inv = rsqrtf(block_sum(squares, shared) / cols + eps);
+#pragma unroll
+    for (int e = 0; e < 8; e++)
+    {
+        int i = threadIdx.x + e * blockDim.x;
+        if (i < cols) out[i] = store<T>(load(w[i]) * (inv * (v[e] - mean)) + (b ? load(b[i]) : 0.0f)); // torch's order of operations
+    }
+}
+
 // Rotary embedding in place, "rotate half" layout, on the first `heads` heads of each token row of a fused qkv buffer:
 // x'[i] = x[i]·cos[i] + x[(i + r/2) mod r]·sin±[i] for i < r (the sign of rotate_half lives in the table).
 // One block per (token, head), so even a single token spreads over many SMs; positions < 0 (padding) use position 0.
@@ -371,6 +405,8 @@ INSTANTIATE_GEMV(f16, f16)
 
 #define INSTANTIATE(T, S)                                                                                             \
     extern "C" __global__ void rms_norm_##S(T* y, const T* x, const T* w, int cols, float eps) { rms_norm<T>(y, x, w, cols, eps); } \
+    extern "C" __global__ void layer_norm_##S(T* y, const T* x, const T* w, const T* b, int cols, float eps)                             \
+        { layer_norm<T>(y, x, w, b, cols, eps); }                                                                                   \
     extern "C" __global__ void rotary_##S(T* qkv, long long rowStride, int heads, int headDim, int rot, const long long* pos,      \
                                           const T* c, const T* s) { rotary<T>(qkv, rowStride, heads, headDim, rot, pos, c, s); }    \
     extern "C" __global__ void gated_##S(T* y, const T* gu, long long rows, int n, int kind) { gated<T>(y, gu, rows, n, kind); }  \

@@ -141,12 +141,16 @@ __device__ void gather_column_runs(T* __restrict__ y, const T* __restrict__ W, c
     int chunks = kc / V;
     float acc = 0.0f, fa[8], fb[8];
     int i = lane;
-    for (; i + 32 < chunks; i += 64)
+    for (; i + 96 < chunks; i += 128) // four loads of W in flight per lane, as warp_dot (two read it at 1.9 TB/s on an H100)
     {
-        uint4 w0 = *reinterpret_cast<const uint4*>(wrow + ct[i * V]), w1 = *reinterpret_cast<const uint4*>(wrow + ct[(i + 32) * V]);
-        uint4 x0 = __ldg(av + i), x1 = __ldg(av + i + 32);
+        long long c0 = ct[i * V], c1 = ct[(i + 32) * V], c2 = ct[(i + 64) * V], c3 = ct[(i + 96) * V];
+        uint4 w0 = *reinterpret_cast<const uint4*>(wrow + c0), w1 = *reinterpret_cast<const uint4*>(wrow + c1);
+        uint4 w2 = *reinterpret_cast<const uint4*>(wrow + c2), w3 = *reinterpret_cast<const uint4*>(wrow + c3);
+        uint4 x0 = __ldg(av + i), x1 = __ldg(av + i + 32), x2 = __ldg(av + i + 64), x3 = __ldg(av + i + 96);
         unpack_vec(w0, fa, (T*)0); unpack_vec(x0, fb, (T*)0); for (int e = 0; e < V; e++) acc += fa[e] * fb[e];
         unpack_vec(w1, fa, (T*)0); unpack_vec(x1, fb, (T*)0); for (int e = 0; e < V; e++) acc += fa[e] * fb[e];
+        unpack_vec(w2, fa, (T*)0); unpack_vec(x2, fb, (T*)0); for (int e = 0; e < V; e++) acc += fa[e] * fb[e];
+        unpack_vec(w3, fa, (T*)0); unpack_vec(x3, fb, (T*)0); for (int e = 0; e < V; e++) acc += fa[e] * fb[e];
     }
     for (; i < chunks; i += 32)
     {
