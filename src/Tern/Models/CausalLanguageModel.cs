@@ -400,6 +400,7 @@ public abstract class CausalLanguageModel : IStepModel, IDisposable
         finally
         {
             step.Sparsity?.EndStep();
+            step.Dispose();
         }
     }
 
@@ -463,7 +464,7 @@ public abstract class CausalLanguageModel : IStepModel, IDisposable
     /// </summary>
     internal Tensor RunStage(int stage, PartWeights weights, Tensor? hidden, ForwardBatch batch, LayerKvCache? cache, ISparsityStep? sparsity = null)
     {
-        var step = new ModelStep(batch, sparsity);
+        using var step = new ModelStep(batch, sparsity);
         if (stage == 0)
         {
             CheckPositions(batch);

@@ -7,7 +7,7 @@ namespace Tern.Models;
 /// One forward step as a model's parts see it: the batch, and what the layers derive from it once per step rather than
 /// once per layer (the rotary angles at the step's positions, a static-shape step's attention mask).
 /// </summary>
-internal sealed class ModelStep(ForwardBatch batch, ISparsityStep? sparsity = null)
+internal sealed class ModelStep(ForwardBatch batch, ISparsityStep? sparsity = null) : IDisposable
 {
     RotaryEmbedding.RotaryStep? rotary;
 
@@ -21,11 +21,22 @@ internal sealed class ModelStep(ForwardBatch batch, ISparsityStep? sparsity = nu
     public RotaryEmbedding.RotaryStep Rotary(RotaryEmbedding embedding) => rotary ??= embedding.ForBatch(batch);
 
     /// <summary>0 … <paramref name="count"/> − 1 (int64 on <paramref name="device"/>), made at the first layer that asks and reused by
-    /// the others; owned by the step's dispose scope.</summary>
-    public Tensor Offsets(int count, Device device) => offsets is { } o && o.size(0) == count && o.device == device ? o
-        : offsets = torch.arange(count, ScalarType.Int64, device).MoveToOuterDisposeScope(); // outlives the asking layer's scope
+    /// the others; owned by the step (freed by <see cref="Dispose"/>), outside every dispose scope.</summary>
+    public Tensor Offsets(int count, Device device)
+    {
+        if (offsets is { } o && o.size(0) == count && o.device == device) return o;
+        offsets?.Dispose();
+        return offsets = torch.arange(count, ScalarType.Int64, device).DetachFromDisposeScope();
+    }
 
     Tensor? offsets;
+
+    /// <summary>Frees what the step made for its layers (<see cref="Offsets"/>).</summary>
+    public void Dispose()
+    {
+        offsets?.Dispose();
+        offsets = null;
+    }
 
     /// <summary>The attention mask of a static-shape step, made by the first layer and reused by the others when the cache
     /// policy keeps layers aligned; keyed by the sliding window it was made for. Owned by the step's dispose scope.</summary>
