@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Twenty-third session (CPU): the batch-32 comparison's token budget (300 steps × 32 × 128 = 1.23M tokens) at batch 8 for 1,200
+# steps: full rank against the original variant at fixed rank 160.
+T=${TERN:?set TERN to the tern command, e.g. "dotnet src/Tern.Cli/bin/Release/net10.0/Tern.Cli.dll" with an absolute path}
+# Run in a folder holding config.json (here), train.bin, valid.bin and tokenizer/ (tools/gpu/data.sh makes data/gpu).
+run() { name=$1; shift; rm -rf $name; $T train --config config.json --train train.bin --valid valid.bin --tokenizer tokenizer --output $name \
+  --device cpu --steps ${STEPS:-300} --seq-len 128 --batch-size ${BATCH:-8} --lr ${LR:-1e-3} --warmup 30 --min-lr-ratio 0.1 --weight-decay 0.1 --grad-clip 1.0 \
+  --eval-every ${EVAL:-100} --eval-batches 8 --checkpoint-every 10000 --seed ${SEED:-1234} "$@" > $name.log 2>&1; echo "$name: $(tr '\r' '\n' < $name.log | grep -iE 'valid' | tail -1 | cut -c1-200)"; }
+STEPS=1200 EVAL=300 run full-b8-1200
+STEPS=1200 EVAL=300 run original-160-b8-1200 --low-rank 160 --inrank-variant original
