@@ -167,33 +167,39 @@ internal static unsafe partial class FusedKernels
         if (OnCpu(x)) return CpuKernels.TryRmsNorm(x, weight, eps, out y);
         if (!Usable(x) || !weight.is_contiguous() || weight.dtype != x.dtype) return false;
         int cols = (int)x.size(-1);
-        if (cols > 8 * 1024) return false; // the kernel holds at most 8 elements per thread of a 1024-thread block
-        long rows = x.NumberOfElements / cols;
+        if (cols > LargestNormRow) return false;
         y = torch.empty_like(x);
         IntPtr py = Ptr(y), px = Ptr(x), pw = Ptr(weight);
         float e = (float)eps;
         void** args = stackalloc void*[] { &py, &px, &pw, &cols, &e };
-        CudaDriver.Launch(Kernels.Value!.RmsNorm[TypeIndex(x.dtype)], (uint)rows, (uint)Math.Max(32, ((cols + 7) / 8 + 31) / 32 * 32),
-            LibTorchCuda.CurrentRawStream(), args);
+        LaunchRowNorm(Kernels.Value!.RmsNorm[TypeIndex(x.dtype)], x, args);
         return true;
     }
 
+    /// <summary>Longest row the norm kernels take: they hold at most 8 elements per thread of a 1024-thread block.</summary>
+    const int LargestNormRow = 8 * 1024;
+
+    /// <summary>A norm kernel of fused.cu over every row of <paramref name="x"/>: one block per row, a thread per 8 elements.</summary>
+    static void LaunchRowNorm(IntPtr kernel, Tensor x, void** args)
+    {
+        int cols = (int)x.size(-1);
+        CudaDriver.Launch(kernel, (uint)(x.NumberOfElements / cols), (uint)Math.Max(32, ((cols + 7) / 8 + 31) / 32 * 32), LibTorchCuda.CurrentRawStream(), args);
+    }
+
     /// <summary>LayerNorm over the last dimension of contiguous <paramref name="x"/> with <paramref name="weight"/> and optional
-    /// <paramref name="bias"/> (torch's layer_norm: fp32 statistics, one rounding); CUDA only, rows of at most 8,192.</summary>
+    /// <paramref name="bias"/> (torch's layer_norm: fp32 statistics, one rounding); CUDA only, rows of at most <see cref="LargestNormRow"/>.</summary>
     public static bool TryLayerNorm(Tensor x, Tensor weight, Tensor? bias, double eps, out Tensor y)
     {
         y = null!;
         int cols = (int)x.size(-1);
         if (!Usable(x) || !weight.is_contiguous() || weight.dtype != x.dtype || weight.NumberOfElements != cols) return false;
         if (bias is not null && (!bias.is_contiguous() || bias.dtype != x.dtype || bias.NumberOfElements != cols)) return false;
-        if (cols > 8 * 1024) return false; // the kernel holds at most 8 elements per thread of a 1024-thread block
-        long rows = x.NumberOfElements / cols;
+        if (cols > LargestNormRow) return false;
         y = torch.empty_like(x);
         IntPtr py = Ptr(y), px = Ptr(x), pw = Ptr(weight), pb = bias is null ? IntPtr.Zero : Ptr(bias);
         float e = (float)eps;
         void** args = stackalloc void*[] { &py, &px, &pw, &pb, &cols, &e };
-        CudaDriver.Launch(Kernels.Value!.LayerNorm[TypeIndex(x.dtype)], (uint)rows, (uint)Math.Max(32, ((cols + 7) / 8 + 31) / 32 * 32),
-            LibTorchCuda.CurrentRawStream(), args);
+        LaunchRowNorm(Kernels.Value!.LayerNorm[TypeIndex(x.dtype)], x, args);
         return true;
     }
 
@@ -375,15 +381,6 @@ internal static unsafe partial class FusedKernels
         return true;
     }
 
-    /// <summary>Selected inputs one split of the sparse down-projection reads (<c>TERN_SPARSE_COLUMNS_PER_SPLIT</c>, 4 to 1,024,
-    /// default 32): larger splits write fewer fp32 partials for the second kernel to sum, smaller ones put more threads to work —
-    /// an A/B switch until measured on a GPU (bench/README.md, DejaVu, twenty-second session).</summary>
-    internal static int ColumnsPerSplit => columnsPerSplit ??= Environment.GetEnvironmentVariable("TERN_SPARSE_COLUMNS_PER_SPLIT") is { Length: > 0 } text
-        ? int.TryParse(text, out int per) && per is >= 4 and <= 1024 ? per
-            : throw new InvalidOperationException($"TERN_SPARSE_COLUMNS_PER_SPLIT must be a whole number from 4 to 1,024 (got '{text}').")
-        : 32;
-    static int? columnsPerSplit;
-
     /// <summary>A weight [out, in] stored transposed (a view of a contiguous [in, out] tensor): what
     /// <see cref="TryGatherColumnsAdd"/> reads one selected input's weights from as one contiguous row.</summary>
     public static bool StoredTransposed(Tensor weight) => weight.dim() == 2 && weight.stride(0) == 1 && weight.stride(1) == weight.size(0);
@@ -440,9 +437,10 @@ internal static unsafe partial class FusedKernels
         IntPtr py = Ptr(y), pw = Ptr(weight), pa = Ptr(a), pc = Ptr(columns), pb = bias is null ? IntPtr.Zero : Ptr(bias), pr = Ptr(residual);
         if (transposed)
         {
-            // Splits of 32 selected inputs (the default): at OPT-30B's width and 10% of its neurons, ~90 splits × 7 blocks keep every SM reading.
-            const int threads = 128;
-            int per = ColumnsPerSplit, splits = Math.Max(1, (kc + per - 1) / per);
+            // Splits of 32 selected inputs: at OPT-30B's width and 10% of its neurons, ~90 splits × 7 blocks keep every SM reading
+            // (16, 64 and 128 were slower on an H100: bench/README.md, DejaVu, twenty-third session).
+            const int perSplit = 32, threads = 128;
+            int splits = Math.Max(1, (kc + perSplit - 1) / perSplit), per = perSplit;
             using var partial = torch.empty(new long[] { tokens * splits * outputs }, ScalarType.Float32, a.device);
             IntPtr pp = Ptr(partial);
             void** gather = stackalloc void*[] { &pp, &pw, &pa, &pc, &kc, &outputs, &per };
