@@ -416,9 +416,11 @@ internal static unsafe partial class CpuKernels
     }
 
     /// <summary>
-    /// A bf16 prefill: x widened to fp32 once, the weight a tile of rows at a time on each core, each tile through MKL's fp32
-    /// GEMM. libtorch's bf16 GEMM was 1.2–1.5× slower on the default model's 128-token
-    /// prefill; widening through libtorch (two fresh tensors a linear map) made the 1.1B shape's prefill 2.3× the fp32 model's.
+    /// A bf16 prefill: x widened to fp32 once, then each product through MKL's fp32 GEMM. libtorch's bf16 GEMM was 1.2–1.5×
+    /// slower on the default model's 128-token prefill; widening through libtorch (two fresh tensors a linear map) made the
+    /// 1.1B shape's prefill 2.3× the fp32 model's. The cores share whichever operand is smaller, since each packs all of the
+    /// shared one: x's rows are split when x has more rows than the weight and the weight's fp32 copy fits in cache (≤
+    /// <see cref="LargeWidenedTileBytes"/>), else the weight's rows, widened a tile at a time on each core.
     /// </summary>
     static void WidenedGemm(long m, long n, long k, byte* x, byte* weight, float* accumulated)
     {
@@ -428,38 +430,66 @@ internal static unsafe partial class CpuKernels
             fixed (float* px = xs)
             {
                 Widen((ushort*)x, px, m * k);
-                // The weight widened a tile of rows at a time into a buffer per core that stays in cache, each tile multiplied
-                // at once (MKL sequential in each core's part): widening the whole weight first wrote its fp32 copy to memory and
-                // read it back, 8 bytes a weight beyond the 2 read (bf16 prefill 0.78–0.86× fp32's with it).
-                // Each tile's GEMM packs all of x again: past 64 rows of x the tiles grow to 4 MB (in L3), so that packing stays
-                // small next to the products (the 1.1B shape's 512-token bf16 prefill: 8.0–8.6 s with 32-row tiles, 6.3–6.6 with
-                // 512 rows; fp32 6.1–8.8 in the same minutes).
-                long tile = Math.Max(16, (m > 64 ? LargeWidenedTileBytes : WidenedTileBytes) / (4 * k) / 16 * 16);
-                nint pxs = (nint)px, pw = (nint)weight, pa = (nint)accumulated;
-                CoreTeam.Shared.Split(n, 16, (from, to) => MklSequential(() =>
-                {
-                    float[] wide = System.Buffers.ArrayPool<float>.Shared.Rent((int)(Math.Min(tile, to - from) * k));
-                    try
-                    {
-                        fixed (float* pt = wide)
-                            for (long r = from; r < to; r += tile)
-                            {
-                                long rows = Math.Min(tile, to - r);
-                                WidenRange((ushort*)pw + r * k, pt, 0, rows * k);
-                                Block(false, m, n, r, r + rows, k, (byte*)pxs, (byte*)pt, (float*)pa);
-                            }
-                    }
-                    finally
-                    {
-                        System.Buffers.ArrayPool<float>.Shared.Return(wide);
-                    }
-                }));
+                if (m > n && 4 * n * k <= LargeWidenedTileBytes) RowsSplitGemm(m, n, k, px, (ushort*)weight, accumulated);
+                else TiledGemm(m, n, k, px, (ushort*)weight, accumulated);
             }
         }
         finally
         {
             System.Buffers.ArrayPool<float>.Shared.Return(xs);
         }
+    }
+
+    /// <summary>A weight small enough to stay in cache widened whole, each core multiplying its share of x's rows by all of it:
+    /// split by weight rows instead, both cores packed all of x for every product (bf16 prefill of the default model at batch 8
+    /// × 128 tokens: 249–264 ms that way, 220–239 this way, fp32 204–222, alternating runs; at batch 1, where x has fewer rows
+    /// than the weight, 43–55 ms this way against 40–41).</summary>
+    static void RowsSplitGemm(long m, long n, long k, float* x, ushort* weight, float* accumulated)
+    {
+        float[] wide = System.Buffers.ArrayPool<float>.Shared.Rent((int)(n * k));
+        try
+        {
+            fixed (float* pw = wide)
+            {
+                Widen(weight, pw, n * k);
+                nint px = (nint)x, pwide = (nint)pw, pa = (nint)accumulated;
+                CoreTeam.Shared.Split(m, 16, (from, to) => MklSequential(() =>
+                    Block(false, to - from, n, 0, n, k, (byte*)((float*)px + from * k), (byte*)pwide, (float*)pa + from * n)));
+            }
+        }
+        finally
+        {
+            System.Buffers.ArrayPool<float>.Shared.Return(wide);
+        }
+    }
+
+    /// <summary>A large weight widened a tile of rows at a time into a buffer per core that stays in cache, each tile multiplied
+    /// at once (MKL sequential in each core's part): widening the whole weight first wrote its fp32 copy to memory and read it
+    /// back, 8 bytes a weight beyond the 2 read (bf16 prefill 0.78–0.86× fp32's with it). Each tile's GEMM packs all of x
+    /// again: past 64 rows of x the tiles grow to 4 MB (in L3), so that packing stays small next to the products (the 1.1B
+    /// shape's 512-token bf16 prefill: 8.0–8.6 s with 32-row tiles, 6.3–6.6 with 512 rows; fp32 6.1–8.8 in the same minutes).</summary>
+    static void TiledGemm(long m, long n, long k, float* x, ushort* weight, float* accumulated)
+    {
+        long tile = Math.Max(16, (m > 64 ? LargeWidenedTileBytes : WidenedTileBytes) / (4 * k) / 16 * 16);
+        nint px = (nint)x, pw = (nint)weight, pa = (nint)accumulated;
+        CoreTeam.Shared.Split(n, 16, (from, to) => MklSequential(() =>
+        {
+            float[] wide = System.Buffers.ArrayPool<float>.Shared.Rent((int)(Math.Min(tile, to - from) * k));
+            try
+            {
+                fixed (float* pt = wide)
+                    for (long r = from; r < to; r += tile)
+                    {
+                        long rows = Math.Min(tile, to - r);
+                        WidenRange((ushort*)pw + r * k, pt, 0, rows * k);
+                        Block(false, m, n, r, r + rows, k, (byte*)px, (byte*)pt, (float*)pa);
+                    }
+            }
+            finally
+            {
+                System.Buffers.ArrayPool<float>.Shared.Return(wide);
+            }
+        }));
     }
 
     // A widened weight tile's bytes: within a core's share of L2 beside the tile of x MKL packs; past 64 rows of x, in L3.

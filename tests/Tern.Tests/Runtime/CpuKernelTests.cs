@@ -83,14 +83,18 @@ public class CpuKernelTests
             expected.narrow(2, 0, rotated).narrow(-1, rotaryDim, headDim - rotaryDim)).all().item<bool>());
     }
 
-    [Fact]
-    public void Bf16PrefillOverManyWeightTilesMatchesTheWidenedProduct()
+    [Theory]
+    [InlineData(1100, 20)]  // 4.5 MB widened, past the whole-weight limit: with k = 1024 a tile is 64 weight rows, so 1,100 rows
+                            // make tiles on both cores, the last ones partial
+    [InlineData(1100, 50)]  // past 64 rows of x: tiles of 1,024 weight rows, one partial tile a core
+    [InlineData(1000, 50)]  // 4.1 MB widened, within the limit, but fewer rows of x than of the weight: tiles
+    [InlineData(100, 150)]  // more rows of x than of the weight: the whole weight, x's 300 rows split over the cores
+    public void Bf16PrefillMatchesTheWidenedProduct(int outputs, int rowsPerSequence)
     {
         using var scope = torch.NewDisposeScope();
         using var noGrad = torch.no_grad();
-        // k = 1024: a tile is 64 weight rows, so 1,000 rows make tiles on both cores, the last ones partial.
-        var x = Random(ScalarType.BFloat16, 2, 20, 1024);
-        var w = Random(ScalarType.BFloat16, 1000, 1024);
+        var x = Random(ScalarType.BFloat16, 2, rowsPerSequence, 1024);
+        var w = Random(ScalarType.BFloat16, outputs, 1024);
         Assert.True(FusedKernels.TryGemv(x, w, null, null, out var fused));
         var exact = F.linear(x.to(ScalarType.Float32), w.to(ScalarType.Float32)); // fp32 products of the same bf16 values
         Close(exact.to(ScalarType.BFloat16), fused, Tolerance(ScalarType.BFloat16));
