@@ -15,7 +15,7 @@ namespace Tern.Interop;
 internal static unsafe partial class FusedKernels
 {
     sealed record Loaded(IntPtr[] RmsNorm, IntPtr[] LayerNorm, IntPtr[] Rotary, IntPtr[] Gated, IntPtr[] Gemv, IntPtr[] CacheAppend, IntPtr[] AttnSplit, IntPtr[] AttnCombine,
-        IntPtr[] GatherRows, IntPtr[] GatherColumns, IntPtr[] ColumnsFinish, IntPtr[] GatherColumnRuns, IntPtr ModalStep);
+        IntPtr[] GatherRows, IntPtr[] GatherColumns, IntPtr[] ColumnsFinish, IntPtr[] GatherColumnRuns, IntPtr[] AttnSplitValuesWithKeys, IntPtr ModalStep);
 
     static readonly Lazy<Loaded?> Kernels = new(Load);
 
@@ -62,12 +62,12 @@ internal static unsafe partial class FusedKernels
             byte[] cubin = Compile(source, "fused.cu");
             string[] suffixes = { "f32", "bf16", "f16" };
             string[] perType = { "rms_norm_", "layer_norm_", "rotary_", "gated_", "cache_append_", "attn_split_", "attn_combine_", "gather_rows_", "gather_columns_",
-                "columns_finish_", "gather_column_runs_" };
+                "columns_finish_", "gather_column_runs_", "attn_split8_" };
             var all = CudaDriver.LoadKernels(cubin, perType.SelectMany(k => suffixes.Select(s => k + s)).Concat(new[] { "gemv_bf16", "gemv_f16", "modal_step" }));
             IntPtr[] Of(int kernel) => all.Skip(kernel * 3).Take(3).ToArray();
             int gemv = perType.Length * 3;
             return new Loaded(Of(0), Of(1), Of(2), Of(3), new[] { IntPtr.Zero, all[gemv], all[gemv + 1] }, Of(4), Of(5), Of(6), Of(7), Of(8), Of(9), Of(10),
-                all[gemv + 2]);
+                Of(11), all[gemv + 2]);
         }
         catch (Exception e) when (e is InvalidOperationException or DllNotFoundException or EntryPointNotFoundException)
         {
@@ -273,6 +273,10 @@ internal static unsafe partial class FusedKernels
         return true;
     }
 
+    // TEMPORARY A/B switch (twenty-fourth session, to be measured and removed): TERN_ATTN_VALUES_WITH_KEYS=0 keeps the kernel
+    // that loads the values after the scores.
+    static readonly bool ValuesWithKeys = Environment.GetEnvironmentVariable("TERN_ATTN_VALUES_WITH_KEYS") != "0";
+
     /// <summary>
     /// Decode attention of one query per sequence (q view [B, H, 1, D], last dimension contiguous; query positions [B, 1])
     /// over a layer cache, masked by the cached positions; returns [B, 1, H·D]. Keys, values and positions [B, Hkv, L, …] may
@@ -311,8 +315,9 @@ internal static unsafe partial class FusedKernels
         IntPtr stream = LibTorchCuda.CurrentRawStream();
         int t = TypeIndex(q.dtype);
         void** splitArgs = stackalloc void*[] { &po, &pm, &ps, &pq, &qb, &qh, &pk, &pv, &pc, &pp, &ph, &heads, &groups, &kvHeads, &slots, &stride, &headDim, &window, &sc };
-        CudaDriver.Launch(Kernels.Value!.AttnSplit[t], (uint)(batch * heads), (uint)splits, 128,
-            stream, splitArgs);
+        // Rows of up to 256 bytes (128 bf16 dims): the kernel that loads the values with the keys (fused.cu, MAX_ROUNDS).
+        var splitKernel = rowVecs <= 16 && ValuesWithKeys ? Kernels.Value!.AttnSplitValuesWithKeys : Kernels.Value!.AttnSplit;
+        CudaDriver.Launch(splitKernel[t], (uint)(batch * heads), (uint)splits, 128, stream, splitArgs);
         void** combineArgs = stackalloc void*[] { &py, &po, &pm, &ps, &splits, &headDim };
         CudaDriver.Launch(Kernels.Value!.AttnCombine[t], (uint)(batch * heads), 1, (uint)Math.Min(256, headDim), stream, combineArgs);
         return true;
