@@ -15,6 +15,10 @@
 #   tools/gpu/core_bench.sh serve MODEL        `tern bench serve` (1 and 64 clients; full, sink:256 and h2o:0.2 mixed) on MODEL
 #                                              (a config + tokenizer folder, dummy weights); REQUESTS (8) per client of
 #                                              MAX_TOKENS (256) each
+#   tools/gpu/core_bench.sh ncu [PROMPT]       GPU time of each kernel of the 7B shape's plain decode step at a PROMPT-token (4096)
+#                                              cache, bf16, batch 1, graphs (tools/gpu/ncu_step.sh; one layer ends at attn_combine):
+#                                              where the step stands against its floor (weights plus keys and values at the copy
+#                                              bandwidth)
 #   tools/gpu/core_bench.sh regression         no-regression rows: 7B batch 1 and 64 (graphs) and the issue-5 30B offload policy
 #                                              (OFFLOAD=0: the 7B rows only)
 set -uo pipefail
@@ -22,7 +26,7 @@ source .device/env.sh
 OUT=${OUT:-/tmp/tern-out}; mkdir -p "$OUT"
 tern() { dotnet .device/Tern.Cli/Tern.Cli.dll "$@"; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$OUT/gpu.txt"
-case ${1:?tests|sink|h2o-offload|serve|regression} in
+case ${1:?tests|sink|h2o-offload|serve|ncu|regression} in
   tests)
     dotnet .device/Tern.Tests.Gpu/Tern.Tests.Gpu.dll > "$OUT/gpu-tests.txt" 2>&1
     grep -E "\[FAIL\]|Total:" "$OUT/gpu-tests.txt" | head -20 ;;
@@ -48,6 +52,12 @@ case ${1:?tests|sink|h2o-offload|serve|regression} in
   serve)
     tern bench serve --model "${2:?model folder with a tokenizer}" --dummy --device cuda --clients 1,64 --max-tokens ${MAX_TOKENS:-256} --requests ${REQUESTS:-8} \
       --kv-mix full,sink:256,h2o:0.2 -o "$OUT/serving" 2>&1 | tee -a "$OUT/serve.txt" | tail -30 ;;
+  ncu)
+    # A step is ~11 matching kernels a layer (norms, products, rotary, cache append, attention's two, gated): skip ~30 steps (past
+    # the prefill and the first warm-up replays), profile ~3.
+    NCU_FILTER=${NCU_FILTER:-"regex:gemv|attn_|cache_append|rms_norm|rotary|gated|gemm|Gemm|sm90|cutlass|copy|elementwise"} \
+      NCU_SKIP=${NCU_SKIP:-12000} NCU_COUNT=${NCU_COUNT:-1100} tools/gpu/ncu_step.sh attn_combine --model bench/configs/llama2-7b-8k --dummy \
+      --device cuda --dtype bf16 --batch 1 --prompt ${2:-4096} --new-tokens 64 --output "$OUT/ncu-bench.csv" ;;
   regression)
     tern bench --model bench/configs/llama2-7b --dummy --device cuda --dtype bf16 --batch 1,64 --prompt 512 --new-tokens 128 \
       --floor --label "llama2-7b shape" --output "$OUT/results.csv" 2>&1 | tee -a "$OUT/bench.txt"

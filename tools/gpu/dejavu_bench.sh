@@ -41,35 +41,9 @@ case ${1:?tests|bench|ncu} in
     # the warm-up generation's graph replays; NCU_COUNT (default 1500, about three steps) are profiled. Grouped by stream,
     # kernel and grid, plus the run of kernels from one columns_finish (the end of a layer's MLP) to the next: one layer as the
     # step runs it (the side stream's predictors for the next layer, then the main stream's chain).
-    NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1 || ls /usr/local/cuda/bin/ncu)
-    level=${NCU_LEVEL:-mlp=0.1,heads=0.5}
-    timeout 400 "$NCU" --csv --graph-profiling node --metrics gpu__time_duration.sum --clock-control none --cache-control none \
-      -k "${NCU_FILTER:-regex:gather|columns|gemv|select|attn_|cache_append|layer_norm|reduce|index|gemm|Gemm|sm90|cutlass|copy}" \
-      --launch-skip "${NCU_SKIP:-25000}" --launch-count "${NCU_COUNT:-1500}" \
-      dotnet .device/Tern.Cli/Tern.Cli.dll bench --model tests/fixtures/configs/opt-30b --dummy --device cuda --dtype fp16 --batch 1 \
-      --prompt "$PROMPT" --new-tokens "$NEW" --sparsity-sweep "$level" --output "$OUT/ncu-bench.csv" > "$OUT/ncu.csv" 2> "$OUT/ncu.err"
-    python3 - "$OUT/ncu.csv" <<'PY' | tee "$OUT/ncu-summary.txt"
-import csv, sys, collections
-rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 10]
-if not rows: sys.exit("no kernels profiled (see ncu.err)")
-head, body = rows[0], rows[1:]
-ki, vi, si = head.index("Kernel Name"), head.index("Metric Value"), head.index("Stream")
-gi = head.index("Grid Size") if "Grid Size" in head else None
-us = lambda r: float(r[vi].replace(",", "")) / 1e3
-name = lambda r: r[ki].split("(")[0][:48] + (f" grid {r[gi]}" if gi is not None else "")
-tot = collections.defaultdict(lambda: [0, 0.0])
-streams = collections.defaultdict(float)
-for r in body:
-    tot[(r[si], name(r))][0] += 1; tot[(r[si], name(r))][1] += us(r); streams[r[si]] += us(r)
-layers = sum(1 for r in body if r[ki].startswith("columns_finish"))
-print(f"{len(body)} kernels, {sum(streams.values()):.1f} us in all, {layers} layers' MLPs among them")
-for s, t in streams.items(): print(f"stream {s}: {t:.1f} us" + (f", {t / layers:.2f} us a layer" if layers else ""))
-for (s, key), (n, t) in sorted(tot.items(), key=lambda x: -x[1][1]):
-    print(f"{n:5d} x {t / n:8.2f} us  total {t:9.1f} us  stream {s}  {key}")
-ends = [i for i, r in enumerate(body) if r[ki].startswith("columns_finish")]
-if len(ends) > 2:
-    print("one layer, in launch order (from after one columns_finish to the next):")
-    for r in body[ends[1] + 1:ends[2] + 1]: print(f"  {us(r):8.2f} us  stream {r[si]}  {name(r)}")
-PY
+    NCU_FILTER=${NCU_FILTER:-"regex:gather|columns|gemv|select|attn_|cache_append|layer_norm|reduce|index|gemm|Gemm|sm90|cutlass|copy"} \
+      NCU_SKIP=${NCU_SKIP:-25000} NCU_COUNT=${NCU_COUNT:-1500} tools/gpu/ncu_step.sh columns_finish \
+      --model tests/fixtures/configs/opt-30b --dummy --device cuda --dtype fp16 --batch 1 --prompt "$PROMPT" --new-tokens "$NEW" \
+      --sparsity-sweep "${NCU_LEVEL:-mlp=0.1,heads=0.5}" --output "$OUT/ncu-bench.csv"
     ;;
 esac
