@@ -15,10 +15,10 @@
 #   tools/gpu/core_bench.sh serve MODEL        `tern bench serve` (1 and 64 clients; full, sink:256 and h2o:0.2 mixed) on MODEL
 #                                              (a config + tokenizer folder, dummy weights); REQUESTS (8) per client of
 #                                              MAX_TOKENS (256) each
-#   tools/gpu/core_bench.sh ncu [PROMPT]       GPU time of each kernel of the 7B shape's plain decode step at a PROMPT-token (4096)
-#                                              cache, bf16, batch 1, graphs (tools/gpu/ncu_step.sh; one layer ends at attn_combine):
-#                                              where the step stands against its floor (weights plus keys and values at the copy
-#                                              bandwidth)
+#   tools/gpu/core_bench.sh ncu [PROMPT [ARGS]] GPU time of each kernel of the 7B shape's decode step at a PROMPT-token (4096)
+#                                              cache, bf16, batch 1, graphs (tools/gpu/ncu_step.sh; one layer ends at attn_combine),
+#                                              the plain step or with more `tern bench` ARGS (e.g. the sink's): where the step
+#                                              stands against its floor (weights plus keys and values at the copy bandwidth)
 #   tools/gpu/core_bench.sh regression         no-regression rows: 7B batch 1 and 64 (graphs) and the issue-5 30B offload policy
 #                                              (OFFLOAD=0: the 7B rows only)
 set -uo pipefail
@@ -57,7 +57,7 @@ case ${1:?tests|sink|h2o-offload|serve|ncu|regression} in
     # the prefill and the first warm-up replays), profile ~3.
     NCU_FILTER=${NCU_FILTER:-"regex:gemv|attn_|cache_append|rms_norm|rotary|gated|gemm|Gemm|sm90|cutlass|copy|elementwise"} \
       NCU_SKIP=${NCU_SKIP:-12000} NCU_COUNT=${NCU_COUNT:-1100} tools/gpu/ncu_step.sh attn_combine --model bench/configs/llama2-7b-8k --dummy \
-      --device cuda --dtype bf16 --batch 1 --prompt ${2:-4096} --new-tokens 64 --output "$OUT/ncu-bench.csv" ;;
+      --device cuda --dtype bf16 --batch 1 --prompt ${2:-4096} --new-tokens 64 --output "$OUT/ncu-bench.csv" "${@:3}" ;;
   regression)
     tern bench --model bench/configs/llama2-7b --dummy --device cuda --dtype bf16 --batch 1,64 --prompt 512 --new-tokens 128 \
       --floor --label "llama2-7b shape" --output "$OUT/results.csv" 2>&1 | tee -a "$OUT/bench.txt"
