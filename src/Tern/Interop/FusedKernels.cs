@@ -15,7 +15,7 @@ namespace Tern.Interop;
 internal static unsafe partial class FusedKernels
 {
     sealed record Loaded(IntPtr[] RmsNorm, IntPtr[] LayerNorm, IntPtr[] Rotary, IntPtr[] Gated, IntPtr[] Gemv, IntPtr[] CacheAppend, IntPtr[] AttnSplit, IntPtr[] AttnCombine,
-        IntPtr[] GatherRows, IntPtr[] GatherColumns, IntPtr[] ColumnsFinish, IntPtr[] GatherColumnRuns, IntPtr[] AttnSplitValuesWithKeys, IntPtr ModalStep);
+        IntPtr[] GatherRows, IntPtr[] GatherColumns, IntPtr[] ColumnsFinish, IntPtr[] GatherColumnRuns, IntPtr[] AttnSplitValuesWithKeys, IntPtr[] RotaryInto, IntPtr ModalStep);
 
     static readonly Lazy<Loaded?> Kernels = new(Load);
 
@@ -62,12 +62,12 @@ internal static unsafe partial class FusedKernels
             byte[] cubin = Compile(source, "fused.cu");
             string[] suffixes = { "f32", "bf16", "f16" };
             string[] perType = { "rms_norm_", "layer_norm_", "rotary_", "gated_", "cache_append_", "attn_split_", "attn_combine_", "gather_rows_", "gather_columns_",
-                "columns_finish_", "gather_column_runs_", "attn_split8_" };
+                "columns_finish_", "gather_column_runs_", "attn_split8_", "rotary_into_" };
             var all = CudaDriver.LoadKernels(cubin, perType.SelectMany(k => suffixes.Select(s => k + s)).Concat(new[] { "gemv_bf16", "gemv_f16", "modal_step" }));
             IntPtr[] Of(int kernel) => all.Skip(kernel * 3).Take(3).ToArray();
             int gemv = perType.Length * 3;
             return new Loaded(Of(0), Of(1), Of(2), Of(3), new[] { IntPtr.Zero, all[gemv], all[gemv + 1] }, Of(4), Of(5), Of(6), Of(7), Of(8), Of(9), Of(10),
-                Of(11), all[gemv + 2]);
+                Of(11), Of(12), all[gemv + 2]);
         }
         catch (Exception e) when (e is InvalidOperationException or DllNotFoundException or EntryPointNotFoundException)
         {
@@ -218,6 +218,27 @@ internal static unsafe partial class FusedKernels
         UsableLaidOut(x) && x.dim() == 4 && x.stride(3) == 1 && x.stride(2) == headDim && x.size(3) == headDim
         && x.stride(0) == x.size(1) * x.stride(1) && positions.NumberOfElements == x.size(0) * x.size(1)
         && TryRotaryRows(x, x.stride(1), (int)x.size(2), headDim, rotaryDim, positions, cos, sin);
+
+    /// <summary>StreamingLLM's new keys x [B, 1, heads, headDim] (a view of a fused qkv buffer: heads adjacent, rows evenly strided)
+    /// rotated at <paramref name="positions"/> [B, 1] into <paramref name="attended"/> [B, heads, Cap, headDim] (contiguous) at the
+    /// slot held in <paramref name="slot"/> (int64 [1], every row's), x unchanged — in one kernel; false on the CPU and for other
+    /// layouts.</summary>
+    public static bool TryRotaryInto(Tensor attended, Tensor x, int rotaryDim, Tensor positions, Tensor cos, Tensor sin, Tensor slot)
+    {
+        int heads = (int)x.size(2), headDim = (int)x.size(3);
+        if (!UsableLaidOut(x) || x.dim() != 4 || x.size(1) != 1 || x.stride(3) != 1 || x.stride(2) != headDim || !Usable(attended)
+            || attended.dtype != x.dtype || attended.dim() != 4 || attended.size(0) != x.size(0) || attended.size(1) != heads
+            || attended.size(3) != headDim || !positions.is_contiguous() || positions.dtype != ScalarType.Int64
+            || positions.NumberOfElements != x.size(0) || cos.dtype != x.dtype || slot.dtype != ScalarType.Int64
+            || slot.NumberOfElements != 1 || slot.device != x.device) return false;
+        long xRow = x.stride(0);
+        int cap = (int)attended.size(2);
+        IntPtr pa = Ptr(attended), px = Ptr(x), pp = Ptr(positions), pc = Ptr(cos), ps = Ptr(sin), pslot = Ptr(slot);
+        void** args = stackalloc void*[] { &pa, &px, &xRow, &heads, &headDim, &rotaryDim, &pp, &pc, &ps, &pslot, &cap };
+        CudaDriver.Launch(Kernels.Value!.RotaryInto[TypeIndex(x.dtype)], (uint)(x.size(0) * heads), (uint)Math.Min(256, (headDim / 2 + 31) / 32 * 32),
+            LibTorchCuda.CurrentRawStream(), args);
+        return true;
+    }
 
     /// <summary>The rotary kernel over rows of <paramref name="rowStride"/> elements, one per position, whose first
     /// <paramref name="heads"/> heads it rotates.</summary>

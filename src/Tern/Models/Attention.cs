@@ -311,6 +311,8 @@ internal static class Attention
             cache.AttendedKeysStale = false;
             return attended;
         }
+        // A static decode step on CUDA: rotated into its slot in one kernel, the stored key untouched.
+        if (cache.Bits == 16 && slots is not null && step.Rotary(rotation).TryRotateIntoOnCuda(newKeys, attended, slots)) return attended;
         long start = cache.Length - tokens;
         Tensor rotated; // [B,Hkv,T,D]
         if (cache.Bits == 16 && step.Rotary(rotation).TryRotateInPlaceOnCuda(newKeys))

@@ -147,6 +147,12 @@ internal sealed class RotaryEmbedding : IDisposable
         public bool TryRotateInPlaceOnCuda(Tensor x) =>
             Interop.FusedKernels.TryRotaryViewInPlace(x, owner.HeadDim, owner.RotaryDim, batch.ModelPositions, owner.cosTable!, owner.sinTable!);
 
+        /// <summary>New keys x [batch, 1, heads, headDim], a view of a fused qkv buffer, rotated at the step's positions into
+        /// <paramref name="attended"/> [batch, heads, Cap, headDim] at the device-held <paramref name="slot"/> with the fused CUDA
+        /// kernel, x unchanged; false where that does not serve.</summary>
+        public bool TryRotateIntoOnCuda(Tensor x, Tensor attended, Tensor slot) =>
+            Interop.FusedKernels.TryRotaryInto(attended, x, owner.RotaryDim, batch.ModelPositions, owner.cosTable!, owner.sinTable!, slot);
+
         /// <summary>x [batch, tokens, heads, headDim] rotated at the step's positions, as a new tensor (keys that arrived
         /// unrotated for a cache that stores them rotated, in a step over several caches).</summary>
         public Tensor RotateCopy(Tensor x)

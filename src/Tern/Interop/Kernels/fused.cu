@@ -124,6 +124,31 @@ __device__ void rotary(T* qkv, long long rowStride, int heads, int headDim, int 
     }
 }
 
+// StreamingLLM's decode step (keys stored unrotated, attended at their cache index): each new key x [rows, heads, headDim] (rows
+// xRow elements apart, one token a row) rotated at its row's position into attended [rows, heads, cap, headDim] at slot, with
+// rotary's arithmetic (dims past `rotary` copied): one kernel where rotating in place and copying into the slot took two.
+// One block per (row, head).
+template <typename T>
+__device__ void rotary_into(T* attended, const T* x, long long xRow, int heads, int headDim, int rotary, const long long* positions,
+                            const T* __restrict__ cosTable, const T* __restrict__ sinTable, const long long* slot, int cap)
+{
+    int row = blockIdx.x / heads, h = blockIdx.x - row * heads;
+    long long p = positions[row];
+    if (p < 0) p = 0;
+    const T* c = cosTable + p * rotary;
+    const T* s = sinTable + p * rotary;
+    int half = rotary / 2;
+    const T* in = x + (long long)row * xRow + (long long)h * headDim;
+    T* out = attended + (((long long)row * heads + h) * cap + slot[0]) * headDim;
+    for (int i = threadIdx.x; i < half; i += blockDim.x)
+    {
+        float a = load(in[i]), b = load(in[i + half]);
+        out[i] = store<T>(a * load(c[i]) + b * load(s[i]));
+        out[i + half] = store<T>(b * load(c[i + half]) + a * load(s[i + half]));
+    }
+    for (int i = rotary + threadIdx.x; i < headDim; i += blockDim.x) out[i] = in[i];
+}
+
 __device__ __forceinline__ float activate(float g, int kind)
 {
     switch (kind)
@@ -420,6 +445,8 @@ INSTANTIATE_GEMV(f16, f16)
         { layer_norm<T>(y, x, w, b, cols, eps); }                                                                                   \
     extern "C" __global__ void rotary_##S(T* qkv, long long rowStride, int heads, int headDim, int rot, const long long* pos,      \
                                           const T* c, const T* s) { rotary<T>(qkv, rowStride, heads, headDim, rot, pos, c, s); }    \
+    extern "C" __global__ void rotary_into_##S(T* a, const T* x, long long xRow, int heads, int headDim, int rot, const long long* pos, \
+        const T* c, const T* s, const long long* slot, int cap) { rotary_into<T>(a, x, xRow, heads, headDim, rot, pos, c, s, slot, cap); } \
     extern "C" __global__ void gated_##S(T* y, const T* gu, long long rows, int n, int kind) { gated<T>(y, gu, rows, n, kind); }  \
     extern "C" __global__ void cache_append_##S(T* keys, T* values, long long* cp, const T* k, const T* v, long long kb, long long kh, \
         long long vb, long long vh, const long long* pos, const long long* slot, int ss, int kvHeads, int cap, int headDim)           \
