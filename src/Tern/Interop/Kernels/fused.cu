@@ -102,50 +102,47 @@ __device__ void layer_norm(T* __restrict__ y, const T* __restrict__ x, const T* 
     }
 }
 
-// Rotary embedding in place, "rotate half" layout, on the first `heads` heads of each token row of a fused qkv buffer:
-// x'[i] = x[i]·cos[i] + x[(i + r/2) mod r]·sin±[i] for i < r (the sign of rotate_half lives in the table).
-// One block per (token, head), so even a single token spreads over many SMs; positions < 0 (padding) use position 0.
+// Rotary embedding, "rotate half" layout: x'[i] = x[i]·cos[i] + x[(i + r/2) mod r]·sin±[i] for i < r (the sign of rotate_half
+// lives in the table), one head of `in` into `out` (the same head in place) at position p (< 0, padding: position 0), by the
+// block's threads. Each thread reads both halves of a pair before writing either.
 template <typename T>
-__device__ void rotary(T* qkv, long long rowStride, int heads, int headDim, int rotary, const long long* positions,
-                       const T* __restrict__ cosTable, const T* __restrict__ sinTable)
+__device__ __forceinline__ void rotate_head(T* out, const T* in, long long p, int rotary, const T* __restrict__ cosTable,
+                                            const T* __restrict__ sinTable)
 {
-    int token = blockIdx.x / heads, h = blockIdx.x - token * heads;
-    long long p = positions[token];
     if (p < 0) p = 0;
     const T* c = cosTable + p * rotary;
     const T* s = sinTable + p * rotary;
     int half = rotary / 2;
-    T* x = qkv + (long long)token * rowStride + (long long)h * headDim;
-    for (int i = threadIdx.x; i < half; i += blockDim.x)
-    {
-        float a = load(x[i]), b = load(x[i + half]);
-        x[i] = store<T>(a * load(c[i]) + b * load(s[i]));
-        x[i + half] = store<T>(b * load(c[i + half]) + a * load(s[i + half]));
-    }
-}
-
-// StreamingLLM's decode step (keys stored unrotated, attended at their cache index): each new key x [rows, heads, headDim] (rows
-// xRow elements apart, one token a row) rotated at its row's position into attended [rows, heads, cap, headDim] at slot, with
-// rotary's arithmetic (dims past `rotary` copied): one kernel where rotating in place and copying into the slot took two.
-// One block per (row, head).
-template <typename T>
-__device__ void rotary_into(T* attended, const T* x, long long xRow, int heads, int headDim, int rotary, const long long* positions,
-                            const T* __restrict__ cosTable, const T* __restrict__ sinTable, const long long* slot, int cap)
-{
-    int row = blockIdx.x / heads, h = blockIdx.x - row * heads;
-    long long p = positions[row];
-    if (p < 0) p = 0;
-    const T* c = cosTable + p * rotary;
-    const T* s = sinTable + p * rotary;
-    int half = rotary / 2;
-    const T* in = x + (long long)row * xRow + (long long)h * headDim;
-    T* out = attended + (((long long)row * heads + h) * cap + slot[0]) * headDim;
     for (int i = threadIdx.x; i < half; i += blockDim.x)
     {
         float a = load(in[i]), b = load(in[i + half]);
         out[i] = store<T>(a * load(c[i]) + b * load(s[i]));
         out[i + half] = store<T>(b * load(c[i + half]) + a * load(s[i + half]));
     }
+}
+
+// Rotary embedding in place on the first `heads` heads of each token row of a fused qkv buffer. One block per (token, head), so
+// even a single token spreads over many SMs.
+template <typename T>
+__device__ void rotary(T* qkv, long long rowStride, int heads, int headDim, int rotary, const long long* positions,
+                       const T* __restrict__ cosTable, const T* __restrict__ sinTable)
+{
+    int token = blockIdx.x / heads, h = blockIdx.x - token * heads;
+    T* x = qkv + (long long)token * rowStride + (long long)h * headDim;
+    rotate_head(x, x, positions[token], rotary, cosTable, sinTable);
+}
+
+// StreamingLLM's decode step (keys stored unrotated, attended at their cache index): each new key x [rows, heads, headDim] (rows
+// xRow elements apart, one token a row) rotated at its row's position into attended [rows, heads, cap, headDim] at slot (dims
+// past `rotary` copied): one kernel where rotating in place and copying into the slot took two. One block per (row, head).
+template <typename T>
+__device__ void rotary_into(T* attended, const T* x, long long xRow, int heads, int headDim, int rotary, const long long* positions,
+                            const T* __restrict__ cosTable, const T* __restrict__ sinTable, const long long* slot, int cap)
+{
+    int row = blockIdx.x / heads, h = blockIdx.x - row * heads;
+    const T* in = x + (long long)row * xRow + (long long)h * headDim;
+    T* out = attended + (((long long)row * heads + h) * cap + slot[0]) * headDim;
+    rotate_head(out, in, positions[row], rotary, cosTable, sinTable);
     for (int i = rotary + threadIdx.x; i < headDim; i += blockDim.x) out[i] = in[i];
 }
 
