@@ -145,6 +145,38 @@ public sealed class FusedKernelTests
         Assert.True(qkv.narrow(2, heads + kvHeads, kvHeads).eq(before.narrow(2, heads + kvHeads, kvHeads)).all().item<bool>(), "values changed");
     }
 
+    /// <summary>A sink step's new keys rotated into the attended keys at the step's slot (rotary_into): bit for bit what rotating
+    /// them in place and copying them there gives, the fused buffer and every other slot untouched, and with a partial rotary
+    /// (NeoX) the dimensions past it copied.</summary>
+    [Theory]
+    [InlineData(ModelDType.Float32, 64)]
+    [InlineData(ModelDType.BFloat16, 64)]
+    [InlineData(ModelDType.Float16, 64)]
+    [InlineData(ModelDType.BFloat16, 16)]
+    public void RotaryIntoASlotEqualsRotatingInPlaceAndCopying(ModelDType dtype, int rotary)
+    {
+        using var scope = torch.NewDisposeScope();
+        using var inference = torch.no_grad();
+        var t = dtype.ToScalarType();
+        int b = 3, heads = 4, kvHeads = 2, d = 64, table = 40, cap = 9;
+        var qkv = torch.randn(b, 1, heads + 2 * kvHeads, d, device: CUDA).to(t);
+        var before = qkv.clone();
+        var angles = torch.arange(table, device: CUDA).to(ScalarType.Float32).unsqueeze(1) * torch.pow(10000.0, -torch.arange(0, rotary, 2, device: CUDA).to(ScalarType.Float32) / rotary);
+        var emb = torch.cat(new[] { angles, angles }, 1);
+        var sign = torch.cat(new[] { -torch.ones(rotary / 2, device: CUDA), torch.ones(rotary / 2, device: CUDA) });
+        var (cos, sin) = (emb.cos().to(t), (emb.sin() * sign).to(t));
+        var positions = torch.tensor(new long[] { 37, 5, 0 }, new long[] { b, 1 }).to(CUDA);
+        var slot = torch.tensor(new long[] { 6 }).to(CUDA);
+        var attended = torch.randn(b, kvHeads, cap, d, device: CUDA).to(t);
+        var expected = attended.clone();
+        Assert.True(FusedKernels.TryRotaryInto(attended, qkv.narrow(2, heads, kvHeads), rotary, positions, cos, sin, slot));
+        Assert.True(qkv.eq(before).all().item<bool>(), "the fused buffer changed");
+        var reference = before.clone().narrow(2, heads, kvHeads);
+        Assert.True(FusedKernels.TryRotaryViewInPlace(reference, d, rotary, positions, cos, sin));
+        expected.index_copy_(2, slot, reference.transpose(1, 2));
+        Assert.True(expected.eq(attended).all().item<bool>(), "not the in-place rotation copied into the slot");
+    }
+
     /// <summary>Decode attention over a partly filled cache with holes, GQA and a window, against softmax(q·kᵀ/√d)·v in fp32.</summary>
     [Theory]
     [InlineData(ModelDType.Float32, 0)]

@@ -230,7 +230,7 @@ internal static unsafe partial class FusedKernels
             || attended.dtype != x.dtype || attended.dim() != 4 || attended.size(0) != x.size(0) || attended.size(1) != heads
             || attended.size(3) != headDim || !positions.is_contiguous() || positions.dtype != ScalarType.Int64
             || positions.NumberOfElements != x.size(0) || cos.dtype != x.dtype || slot.dtype != ScalarType.Int64
-            || slot.NumberOfElements != 1 || slot.device != x.device) return false;
+            || slot.NumberOfElements != 1 || slot.device_type != DeviceType.CUDA) return false;
         long xRow = x.stride(0);
         int cap = (int)attended.size(2);
         IntPtr pa = Ptr(attended), px = Ptr(x), pp = Ptr(positions), pc = Ptr(cos), ps = Ptr(sin), pslot = Ptr(slot);
