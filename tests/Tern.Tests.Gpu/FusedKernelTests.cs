@@ -145,9 +145,9 @@ public sealed class FusedKernelTests
         Assert.True(qkv.narrow(2, heads + kvHeads, kvHeads).eq(before.narrow(2, heads + kvHeads, kvHeads)).all().item<bool>(), "values changed");
     }
 
-    /// <summary>A sink step's new keys rotated into the attended keys at the step's slot (rotary_into): bit for bit what rotating
-    /// them in place and copying them there gives, the fused buffer and every other slot untouched, and with a partial rotary
-    /// (NeoX) the dimensions past it copied.</summary>
+    /// <summary>A sink step's rotations in one kernel (rotary_into): the queries in place and the new keys into the attended keys
+    /// at the step's slot — bit for bit what rotating both in place and copying the keys there gives, the keys and values of the
+    /// fused buffer and every other slot untouched, and with a partial rotary (NeoX) the dimensions past it copied.</summary>
     [Theory]
     [InlineData(ModelDType.Float32, 64)]
     [InlineData(ModelDType.BFloat16, 64)]
@@ -169,12 +169,13 @@ public sealed class FusedKernelTests
         var slot = torch.tensor(new long[] { 6 }).to(CUDA);
         var attended = torch.randn(b, kvHeads, cap, d, device: CUDA).to(t);
         var expected = attended.clone();
-        Assert.True(FusedKernels.TryRotaryInto(attended, qkv.narrow(2, heads, kvHeads), rotary, positions, cos, sin, slot));
-        Assert.True(qkv.eq(before).all().item<bool>(), "the fused buffer changed");
-        var reference = before.clone().narrow(2, heads, kvHeads);
-        Assert.True(FusedKernels.TryRotaryViewInPlace(reference, d, rotary, positions, cos, sin));
-        expected.index_copy_(2, slot, reference.transpose(1, 2));
-        Assert.True(expected.eq(attended).all().item<bool>(), "not the in-place rotation copied into the slot");
+        Assert.True(FusedKernels.TryRotaryInto(attended, qkv.narrow(2, 0, heads), qkv.narrow(2, heads, kvHeads), rotary, positions, cos, sin, slot));
+        Assert.True(qkv.narrow(2, heads, 2 * kvHeads).eq(before.narrow(2, heads, 2 * kvHeads)).all().item<bool>(), "keys or values changed");
+        var reference = before.clone();
+        Assert.True(FusedKernels.TryRotaryViewInPlace(reference.narrow(2, 0, heads + kvHeads), d, rotary, positions, cos, sin));
+        Assert.True(reference.narrow(2, 0, heads).eq(qkv.narrow(2, 0, heads)).all().item<bool>(), "queries not rotated in place as rotary does");
+        expected.index_copy_(2, slot, reference.narrow(2, heads, kvHeads).transpose(1, 2));
+        Assert.True(expected.eq(attended).all().item<bool>(), "keys not the in-place rotation copied into the slot");
     }
 
     /// <summary>Decode attention over a partly filled cache with holes, GQA and a window, against softmax(q·kᵀ/√d)·v in fp32.</summary>

@@ -219,24 +219,25 @@ internal static unsafe partial class FusedKernels
         && x.stride(0) == x.size(1) * x.stride(1) && positions.NumberOfElements == x.size(0) * x.size(1)
         && TryRotaryRows(x, x.stride(1), (int)x.size(2), headDim, rotaryDim, positions, cos, sin);
 
-    /// <summary>StreamingLLM's new keys x [B, 1, heads, headDim] (a view of a fused qkv buffer: heads adjacent, rows evenly strided)
-    /// rotated at <paramref name="positions"/> [B, 1] into <paramref name="attended"/> [B, heads, Cap, headDim] (contiguous) at the
-    /// slot held in <paramref name="slot"/> (int64 [1], every row's), x unchanged — in one kernel; false on the CPU and for other
-    /// layouts.</summary>
-    public static bool TryRotaryInto(Tensor attended, Tensor x, int rotaryDim, Tensor positions, Tensor cos, Tensor sin, Tensor slot)
+    /// <summary>StreamingLLM's decode step at <paramref name="positions"/> [B, 1], in one kernel: the queries q [B, 1, heads,
+    /// headDim] rotated in place, and the new keys x [B, 1, kvHeads, headDim] rotated into <paramref name="attended"/> [B, kvHeads,
+    /// Cap, headDim] (contiguous) at the slot held in <paramref name="slot"/> (int64 [1], every row's), x unchanged. q and x are
+    /// views of a fused qkv buffer (heads adjacent, rows evenly strided). False on the CPU and for other layouts.</summary>
+    public static bool TryRotaryInto(Tensor attended, Tensor q, Tensor x, int rotaryDim, Tensor positions, Tensor cos, Tensor sin, Tensor slot)
     {
-        int heads = (int)x.size(2), headDim = (int)x.size(3);
-        if (!UsableLaidOut(x) || x.dim() != 4 || x.size(1) != 1 || x.stride(3) != 1 || x.stride(2) != headDim || !Usable(attended)
-            || attended.dtype != x.dtype || attended.dim() != 4 || attended.size(0) != x.size(0) || attended.size(1) != heads
-            || attended.size(3) != headDim || !positions.is_contiguous() || positions.dtype != ScalarType.Int64
-            || positions.NumberOfElements != x.size(0) || cos.dtype != x.dtype || slot.dtype != ScalarType.Int64
-            || slot.NumberOfElements != 1 || slot.device_type != DeviceType.CUDA) return false;
-        long xRow = x.stride(0);
+        int heads = (int)q.size(2), kvHeads = (int)x.size(2), headDim = (int)x.size(3);
+        static bool RowsOfHeads(Tensor t, Tensor like) => UsableLaidOut(t) && t.dim() == 4 && t.size(0) == like.size(0) && t.size(1) == 1
+            && t.size(3) == like.size(3) && t.stride(3) == 1 && t.stride(2) == like.size(3) && t.dtype == like.dtype;
+        if (!RowsOfHeads(q, x) || !RowsOfHeads(x, x) || !Usable(attended) || attended.dtype != x.dtype || attended.dim() != 4
+            || attended.size(0) != x.size(0) || attended.size(1) != kvHeads || attended.size(3) != headDim || !positions.is_contiguous()
+            || positions.dtype != ScalarType.Int64 || positions.NumberOfElements != x.size(0) || cos.dtype != x.dtype
+            || slot.dtype != ScalarType.Int64 || slot.NumberOfElements != 1 || slot.device_type != DeviceType.CUDA) return false;
+        long qRow = q.stride(0), xRow = x.stride(0);
         int cap = (int)attended.size(2);
-        IntPtr pa = Ptr(attended), px = Ptr(x), pp = Ptr(positions), pc = Ptr(cos), ps = Ptr(sin), pslot = Ptr(slot);
-        void** args = stackalloc void*[] { &pa, &px, &xRow, &heads, &headDim, &rotaryDim, &pp, &pc, &ps, &pslot, &cap };
-        CudaDriver.Launch(Kernels.Value!.RotaryInto[TypeIndex(x.dtype)], (uint)(x.size(0) * heads), (uint)Math.Min(256, (headDim / 2 + 31) / 32 * 32),
-            LibTorchCuda.CurrentRawStream(), args);
+        IntPtr pa = Ptr(attended), pq = Ptr(q), px = Ptr(x), pp = Ptr(positions), pc = Ptr(cos), ps = Ptr(sin), pslot = Ptr(slot);
+        void** args = stackalloc void*[] { &pa, &pq, &qRow, &heads, &px, &xRow, &kvHeads, &headDim, &rotaryDim, &pp, &pc, &ps, &pslot, &cap };
+        CudaDriver.Launch(Kernels.Value!.RotaryInto[TypeIndex(x.dtype)], (uint)(x.size(0) * (heads + kvHeads)),
+            (uint)Math.Min(256, (headDim / 2 + 31) / 32 * 32), LibTorchCuda.CurrentRawStream(), args);
         return true;
     }
 

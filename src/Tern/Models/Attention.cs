@@ -39,7 +39,26 @@ internal static class Attention
         if (state.Segments is { } segments) return Segmented(q, k, v, segments, state.Layer, s, cachedKeyRotation);
         var cache = state.Cache!;
         if (cache.Device.type != q.device_type) return WhereTheCacheLives(q, k, v, step.Batch, cache, s, cachedKeyRotation);
-        return Forward(q, k, v, step, cache, s, cachedKeyRotation, cache.DType);
+        return Forward(q, k, v, step, cache, s, cachedKeyRotation, cache.DType, rotateQueries: cachedKeyRotation is not null && RotatesQueries(state, step, q));
+    }
+
+    /// <summary>
+    /// Whether attention, not the model, rotates the queries of a layer whose input is <paramref name="x"/> [B, T, …]: a
+    /// StreamingLLM static-shape decode step on CUDA over one cache on the computing device, where one kernel rotates the
+    /// queries in place and writes the new keys rotated into the attended keys' slot (<see cref="RotateWithKeys"/>). The model
+    /// then leaves its queries unrotated (<see cref="RotaryEmbedding.RotaryStep.QueryKey"/>).
+    /// </summary>
+    public static bool RotatesQueries(LayerState state, ModelStep step, Tensor x) =>
+        state.Cache is { KeysAtCacheIndex: true } cache && cache.Device.type == DeviceType.CUDA && x.device_type == DeviceType.CUDA
+        && step.Batch.WriteSlots is not null && x.size(1) == 1;
+
+    /// <summary>Queries that arrived unrotated (<see cref="RotatesQueries"/>) rotated at the step's positions — with the new keys
+    /// rotated into their slot of the attended keys in the same kernel (KeysAttended), or alone where that does not serve.</summary>
+    static (Tensor Q, bool KeysAttended) RotateWithKeys(Tensor q, Tensor k, ModelStep step, LayerKvCache cache, RotaryEmbedding rotation)
+    {
+        var rotary = step.Rotary(rotation);
+        if (cache.Bits == 16 && rotary.TryRotateIntoOnCuda(q, k, cache.AttendedKeys(), step.Batch.WriteSlots!)) return (q, true);
+        return (rotary.RotateQueries(q), false);
     }
 
     /// <summary>
@@ -151,9 +170,12 @@ internal static class Attention
     /// <param name="computeType">The type attention computes in: the cache's, or fp32 for delegated attention (keys and values
     /// are then widened as they are read).</param>
     /// <param name="kept">The kept query heads [B,1,k] of a head-sparse decode step (q holds theirs only), or null.</param>
+    /// <param name="rotateQueries">q arrived unrotated (<see cref="RotatesQueries"/>).</param>
     static Tensor Forward(Tensor q, Tensor k, Tensor v, ModelStep step, LayerKvCache cache, AttentionSettings s,
-        RotaryEmbedding? cachedKeyRotation, ScalarType computeType, Tensor? kept = null)
+        RotaryEmbedding? cachedKeyRotation, ScalarType computeType, Tensor? kept = null, bool rotateQueries = false)
     {
+        bool keysAttended = false;
+        if (rotateQueries) (q, keysAttended) = RotateWithKeys(q, k, step, cache, cachedKeyRotation!);
         var batch = step.Batch;
         long b = q.size(0), t = q.size(1);
         int h = (int)q.size(2), hkv = s.KvHeads, g = s.Groups, d = s.HeadDim;
@@ -164,7 +186,7 @@ internal static class Attention
         if (qh.dtype != computeType) qh = qh.to(computeType); // queries take the cache's type (bf16 under autocast)
         if (batch.WriteSlots is not null)
         {
-            var result = StaticShapes(qh, k, step, cache, s, cachedKeyRotation, kept);
+            var result = StaticShapes(qh, k, step, cache, s, cachedKeyRotation, kept, keysAttended);
             EndStep(cache, cachedKeyRotation);
             return result;
         }
@@ -249,13 +271,13 @@ internal static class Attention
     /// rotated at their cache index over every slot, and a policy that observes attention gets the probabilities of every slot
     /// (zero where masked).</remarks>
     static Tensor StaticShapes(Tensor qh, Tensor k, ModelStep step, LayerKvCache cache, AttentionSettings s, RotaryEmbedding? cachedKeyRotation,
-        Tensor? kept)
+        Tensor? kept, bool keysAttended)
     {
         var batch = step.Batch;
         long b = qh.size(0), t = qh.size(2);
         int h = (int)qh.size(1), hkv = s.KvHeads, g = s.Groups, d = s.HeadDim;
         int slots = cache.StaticStepSlots((int)t);
-        var keys = (cachedKeyRotation is null ? cache.Keys : KeysAtCacheIndex(cache, cachedKeyRotation, step, k, batch.WriteSlots)).narrow(2, 0, slots);
+        var keys = (cachedKeyRotation is null ? cache.Keys : KeysAtCacheIndex(cache, cachedKeyRotation, step, k, batch.WriteSlots, keysAttended)).narrow(2, 0, slots);
         var (values, positions) = (cache.Values.narrow(2, 0, slots), cache.Positions.narrow(2, 0, slots));
         // Keys rotated at their cache index (StreamingLLM) are laid out as the stored ones, and masks use original positions.
         if (t == 1 && !cache.ObservesAttention && Interop.FusedKernels.TryDecodeAttention(qh, keys, values,
@@ -296,9 +318,11 @@ internal static class Attention
     /// entry's rank, so the others are already right. A new key's rank is the number of entries its row held before it: the
     /// step's model position, whose rotation the step gathers once for every layer. <paramref name="newKeys"/> [B,T,Hkv,D] is a
     /// view of the fused projection that the cache has just stored and nothing reads again: with 16-bit entries (stored as they
-    /// came) CUDA rotates it where it lies, one kernel, instead of reading the keys back and rotating a copy.
+    /// came) CUDA rotates it where it lies, one kernel, instead of reading the keys back and rotating a copy. With
+    /// <paramref name="keysAttended"/> a static decode step's kernel has written them already (<see cref="RotateWithKeys"/>).
     /// </summary>
-    static Tensor KeysAtCacheIndex(LayerKvCache cache, RotaryEmbedding rotation, ModelStep step, Tensor newKeys, Tensor? slots)
+    static Tensor KeysAtCacheIndex(LayerKvCache cache, RotaryEmbedding rotation, ModelStep step, Tensor newKeys, Tensor? slots,
+        bool keysAttended = false)
     {
         long tokens = newKeys.size(1);
         var attended = cache.AttendedKeys();
@@ -311,8 +335,7 @@ internal static class Attention
             cache.AttendedKeysStale = false;
             return attended;
         }
-        // A static decode step on CUDA: rotated into its slot in one kernel, the stored key untouched.
-        if (cache.Bits == 16 && slots is not null && step.Rotary(rotation).TryRotateIntoOnCuda(newKeys, attended, slots)) return attended;
+        if (keysAttended) return attended; // already rotated into their slot, with the queries (RotateWithKeys)
         long start = cache.Length - tokens;
         Tensor rotated; // [B,Hkv,T,D]
         if (cache.Bits == 16 && step.Rotary(rotation).TryRotateInPlaceOnCuda(newKeys))

@@ -125,10 +125,13 @@ internal sealed class RotaryEmbedding : IDisposable
 
         /// <summary>Queries q and keys k of qkv [batch, tokens, heads + kvHeads + …, headDim], rotated at the step's positions;
         /// when <paramref name="keysAtCacheIndex"/> (StreamingLLM) only the queries are, and the keys stay unrotated for the cache:
-        /// the third item is then the rotation attention applies to the cached keys at their cache index.</summary>
-        public (Tensor Q, Tensor K, RotaryEmbedding? CachedKeys) QueryKey(Tensor qkv, int heads, int kvHeads, bool keysAtCacheIndex)
+        /// the third item is then the rotation attention applies to the cached keys at their cache index. With
+        /// <paramref name="queriesInAttention"/> (<see cref="Attention.RotatesQueries"/>) the queries stay unrotated too: attention
+        /// rotates them with the keys.</summary>
+        public (Tensor Q, Tensor K, RotaryEmbedding? CachedKeys) QueryKey(Tensor qkv, int heads, int kvHeads, bool keysAtCacheIndex,
+            bool queriesInAttention = false)
         {
-            if (keysAtCacheIndex) return (Rotate(qkv, heads), qkv.narrow(2, heads, kvHeads), owner);
+            if (keysAtCacheIndex) return (queriesInAttention ? qkv.narrow(2, 0, heads) : Rotate(qkv, heads), qkv.narrow(2, heads, kvHeads), owner);
             var qk = Rotate(qkv, heads + kvHeads);
             return (qk.narrow(2, 0, heads), qk.narrow(2, heads, kvHeads), null);
         }
@@ -147,11 +150,16 @@ internal sealed class RotaryEmbedding : IDisposable
         public bool TryRotateInPlaceOnCuda(Tensor x) =>
             Interop.FusedKernels.TryRotaryViewInPlace(x, owner.HeadDim, owner.RotaryDim, batch.ModelPositions, owner.cosTable!, owner.sinTable!);
 
-        /// <summary>New keys x [batch, 1, heads, headDim], a view of a fused qkv buffer, rotated at the step's positions into
-        /// <paramref name="attended"/> [batch, heads, Cap, headDim] at the device-held <paramref name="slot"/> with the fused CUDA
-        /// kernel, x unchanged; false where that does not serve.</summary>
-        public bool TryRotateIntoOnCuda(Tensor x, Tensor attended, Tensor slot) =>
-            Interop.FusedKernels.TryRotaryInto(attended, x, owner.RotaryDim, batch.ModelPositions, owner.cosTable!, owner.sinTable!, slot);
+        /// <summary>Queries q [batch, 1, heads, headDim] rotated in place at the step's positions, and new keys x [batch, 1,
+        /// kvHeads, headDim] rotated into <paramref name="attended"/> [batch, kvHeads, Cap, headDim] at the device-held
+        /// <paramref name="slot"/>, x unchanged (views of a fused qkv buffer) — one CUDA kernel; false where that does not
+        /// serve, nothing changed.</summary>
+        public bool TryRotateIntoOnCuda(Tensor q, Tensor x, Tensor attended, Tensor slot) =>
+            Interop.FusedKernels.TryRotaryInto(attended, q, x, owner.RotaryDim, batch.ModelPositions, owner.cosTable!, owner.sinTable!, slot);
+
+        /// <summary>Queries q [batch, tokens, heads, headDim], a view of a fused qkv buffer, rotated at the step's positions: in
+        /// place on CUDA, else a new tensor.</summary>
+        public Tensor RotateQueries(Tensor q) => TryRotateInPlaceOnCuda(q) ? q : RotateCopy(q);
 
         /// <summary>x [batch, tokens, heads, headDim] rotated at the step's positions, as a new tensor (keys that arrived
         /// unrotated for a cache that stores them rotated, in a step over several caches).</summary>

@@ -132,16 +132,26 @@ __device__ void rotary(T* qkv, long long rowStride, int heads, int headDim, int 
     rotate_head(x, x, positions[token], rotary, cosTable, sinTable);
 }
 
-// StreamingLLM's decode step (keys stored unrotated, attended at their cache index): each new key x [rows, heads, headDim] (rows
-// xRow elements apart, one token a row) rotated at its row's position into attended [rows, heads, cap, headDim] at slot (dims
-// past `rotary` copied): one kernel where rotating in place and copying into the slot took two. One block per (row, head).
+// StreamingLLM's decode step (keys stored unrotated, attended at their cache index), at each row's position: the queries q
+// [rows, heads, headDim] rotated in place, and each new key x [rows, kvHeads, headDim] rotated into attended [rows, kvHeads, cap,
+// headDim] at slot, x left unrotated for the cache (dims past `rotary` copied) — one kernel where rotating the queries, rotating
+// the keys in place and copying them into the slot took three. Rows of q and x lie qRow and xRow elements apart (views of a fused
+// qkv buffer, one token a row). One block per (row, head) over heads + kvHeads heads.
 template <typename T>
-__device__ void rotary_into(T* attended, const T* x, long long xRow, int heads, int headDim, int rotary, const long long* positions,
-                            const T* __restrict__ cosTable, const T* __restrict__ sinTable, const long long* slot, int cap)
+__device__ void rotary_into(T* attended, T* q, long long qRow, int heads, const T* x, long long xRow, int kvHeads, int headDim,
+                            int rotary, const long long* positions, const T* __restrict__ cosTable, const T* __restrict__ sinTable,
+                            const long long* slot, int cap)
 {
-    int row = blockIdx.x / heads, h = blockIdx.x - row * heads;
+    int all = heads + kvHeads, row = blockIdx.x / all, h = blockIdx.x - row * all;
+    if (h < heads)
+    {
+        T* query = q + (long long)row * qRow + (long long)h * headDim;
+        rotate_head(query, query, positions[row], rotary, cosTable, sinTable);
+        return;
+    }
+    h -= heads;
     const T* in = x + (long long)row * xRow + (long long)h * headDim;
-    T* out = attended + (((long long)row * heads + h) * cap + slot[0]) * headDim;
+    T* out = attended + (((long long)row * kvHeads + h) * cap + slot[0]) * headDim;
     rotate_head(out, in, positions[row], rotary, cosTable, sinTable);
     for (int i = rotary + threadIdx.x; i < headDim; i += blockDim.x) out[i] = in[i];
 }
@@ -442,8 +452,9 @@ INSTANTIATE_GEMV(f16, f16)
         { layer_norm<T>(y, x, w, b, cols, eps); }                                                                                   \
     extern "C" __global__ void rotary_##S(T* qkv, long long rowStride, int heads, int headDim, int rot, const long long* pos,      \
                                           const T* c, const T* s) { rotary<T>(qkv, rowStride, heads, headDim, rot, pos, c, s); }    \
-    extern "C" __global__ void rotary_into_##S(T* a, const T* x, long long xRow, int heads, int headDim, int rot, const long long* pos, \
-        const T* c, const T* s, const long long* slot, int cap) { rotary_into<T>(a, x, xRow, heads, headDim, rot, pos, c, s, slot, cap); } \
+    extern "C" __global__ void rotary_into_##S(T* a, T* q, long long qRow, int heads, const T* x, long long xRow, int kvHeads,           \
+        int headDim, int rot, const long long* pos, const T* c, const T* s, const long long* slot, int cap)                              \
+        { rotary_into<T>(a, q, qRow, heads, x, xRow, kvHeads, headDim, rot, pos, c, s, slot, cap); }                                      \
     extern "C" __global__ void gated_##S(T* y, const T* gu, long long rows, int n, int kind) { gated<T>(y, gu, rows, n, kind); }  \
     extern "C" __global__ void cache_append_##S(T* keys, T* values, long long* cp, const T* k, const T* v, long long kb, long long kh, \
         long long vb, long long vh, const long long* pos, const long long* slot, int ss, int kvHeads, int cap, int headDim)           \
