@@ -178,6 +178,40 @@ public sealed class FusedKernelTests
         Assert.True(expected.eq(attended).all().item<bool>(), "keys not the in-place rotation copied into the slot");
     }
 
+    /// <summary>StreamingLLM's moved block after a shift, rotated at its slot indices in one kernel (rotary_slots): bit for bit
+    /// the rotary kernel's rotation of the same keys at those positions, the slots outside the block and the stored keys
+    /// untouched; partial rotary dims copied.</summary>
+    [Theory]
+    [InlineData(ModelDType.Float32, 64)]
+    [InlineData(ModelDType.BFloat16, 64)]
+    [InlineData(ModelDType.Float16, 64)]
+    [InlineData(ModelDType.BFloat16, 16)]
+    public void RotarySlotsEqualTheRotaryKernelAtThoseIndices(ModelDType dtype, int rotary)
+    {
+        using var scope = torch.NewDisposeScope();
+        using var inference = torch.no_grad();
+        var t = dtype.ToScalarType();
+        int b = 2, kvHeads = 3, d = 64, cap = 50, start = 4, count = 40;
+        var angles = torch.arange(cap, device: CUDA).to(ScalarType.Float32).unsqueeze(1) * torch.pow(10000.0, -torch.arange(0, rotary, 2, device: CUDA).to(ScalarType.Float32) / rotary);
+        var emb = torch.cat(new[] { angles, angles }, 1);
+        var sign = torch.cat(new[] { -torch.ones(rotary / 2, device: CUDA), torch.ones(rotary / 2, device: CUDA) });
+        var (cos, sin) = (emb.cos().to(t), (emb.sin() * sign).to(t));
+        var keys = torch.randn(b, kvHeads, cap, d, device: CUDA).to(t);
+        var stored = keys.clone();
+        var attended = torch.randn(b, kvHeads, cap, d, device: CUDA).to(t);
+        var before = attended.clone();
+        Assert.True(FusedKernels.TryRotarySlots(attended, keys, start, count, rotary, cos, sin));
+        Assert.True(keys.eq(stored).all().item<bool>(), "stored keys changed");
+        // The rotary kernel in place on [B, count, H, D] (one position per slot, the same for every row).
+        var block = keys.narrow(2, start, count).permute(0, 2, 1, 3).contiguous();
+        var positions = torch.arange(start, start + count, device: CUDA).to(ScalarType.Int64).expand(b, count).contiguous();
+        Assert.True(FusedKernels.TryRotaryViewInPlace(block, d, rotary, positions, cos, sin));
+        Assert.True(attended.narrow(2, start, count).eq(block.permute(0, 2, 1, 3)).all().item<bool>(), "not the rotary kernel's rotation");
+        Assert.True(attended.narrow(2, 0, start).eq(before.narrow(2, 0, start)).all().item<bool>(), "slots before the block changed");
+        Assert.True(attended.narrow(2, start + count, cap - start - count).eq(before.narrow(2, start + count, cap - start - count)).all().item<bool>(),
+            "slots after the block changed");
+    }
+
     /// <summary>Decode attention over a partly filled cache with holes, GQA and a window, against softmax(q·kᵀ/√d)·v in fp32.</summary>
     [Theory]
     [InlineData(ModelDType.Float32, 0)]

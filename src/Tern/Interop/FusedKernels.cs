@@ -15,7 +15,7 @@ namespace Tern.Interop;
 internal static unsafe partial class FusedKernels
 {
     sealed record Loaded(IntPtr[] RmsNorm, IntPtr[] LayerNorm, IntPtr[] Rotary, IntPtr[] Gated, IntPtr[] Gemv, IntPtr[] CacheAppend, IntPtr[] AttnSplit, IntPtr[] AttnCombine,
-        IntPtr[] GatherRows, IntPtr[] GatherColumns, IntPtr[] ColumnsFinish, IntPtr[] GatherColumnRuns, IntPtr[] AttnSplitValuesWithKeys, IntPtr[] RotaryInto, IntPtr ModalStep);
+        IntPtr[] GatherRows, IntPtr[] GatherColumns, IntPtr[] ColumnsFinish, IntPtr[] GatherColumnRuns, IntPtr[] AttnSplitValuesWithKeys, IntPtr[] RotaryInto, IntPtr[] RotarySlots, IntPtr ModalStep);
 
     static readonly Lazy<Loaded?> Kernels = new(Load);
 
@@ -62,12 +62,12 @@ internal static unsafe partial class FusedKernels
             byte[] cubin = Compile(source, "fused.cu");
             string[] suffixes = { "f32", "bf16", "f16" };
             string[] perType = { "rms_norm_", "layer_norm_", "rotary_", "gated_", "cache_append_", "attn_split_", "attn_combine_", "gather_rows_", "gather_columns_",
-                "columns_finish_", "gather_column_runs_", "attn_split8_", "rotary_into_" };
+                "columns_finish_", "gather_column_runs_", "attn_split8_", "rotary_into_", "rotary_slots_" };
             var all = CudaDriver.LoadKernels(cubin, perType.SelectMany(k => suffixes.Select(s => k + s)).Concat(new[] { "gemv_bf16", "gemv_f16", "modal_step" }));
             IntPtr[] Of(int kernel) => all.Skip(kernel * 3).Take(3).ToArray();
             int gemv = perType.Length * 3;
             return new Loaded(Of(0), Of(1), Of(2), Of(3), new[] { IntPtr.Zero, all[gemv], all[gemv + 1] }, Of(4), Of(5), Of(6), Of(7), Of(8), Of(9), Of(10),
-                Of(11), Of(12), all[gemv + 2]);
+                Of(11), Of(12), Of(13), all[gemv + 2]);
         }
         catch (Exception e) when (e is InvalidOperationException or DllNotFoundException or EntryPointNotFoundException)
         {
@@ -238,6 +238,24 @@ internal static unsafe partial class FusedKernels
         void** args = stackalloc void*[] { &pa, &pq, &qRow, &heads, &px, &xRow, &kvHeads, &headDim, &rotaryDim, &pp, &pc, &ps, &pslot, &cap };
         CudaDriver.Launch(Kernels.Value!.RotaryInto[TypeIndex(x.dtype)], (uint)(x.size(0) * (heads + kvHeads)),
             (uint)Math.Min(256, (headDim / 2 + 31) / 32 * 32), LibTorchCuda.CurrentRawStream(), args);
+        return true;
+    }
+
+    /// <summary>Keys of slots [<paramref name="start"/>, start + <paramref name="count"/>) stored unrotated in
+    /// <paramref name="keys"/> [B, H, Cap, headDim] rotated at their own slot index into <paramref name="attended"/> (the same
+    /// shape; both contiguous) — one CUDA kernel (StreamingLLM's moved block after a shift); false on the CPU and for other
+    /// layouts, nothing changed.</summary>
+    public static bool TryRotarySlots(Tensor attended, Tensor keys, int start, int count, int rotaryDim, Tensor cos, Tensor sin)
+    {
+        if (!Usable(keys) || !Usable(attended) || keys.dim() != 4 || !attended.shape.SequenceEqual(keys.shape) || attended.dtype != keys.dtype
+            || cos.dtype != keys.dtype || start < 0 || count <= 0 || start + count > keys.size(2) || cos.size(0) < start + count) return false;
+        int cap = (int)keys.size(2), headDim = (int)keys.size(3);
+        long blocks = keys.size(0) * keys.size(1) * count;
+        if (blocks > int.MaxValue) return false;
+        IntPtr pa = Ptr(attended), pk = Ptr(keys), pc = Ptr(cos), ps = Ptr(sin);
+        void** args = stackalloc void*[] { &pa, &pk, &cap, &headDim, &rotaryDim, &start, &count, &pc, &ps };
+        CudaDriver.Launch(Kernels.Value!.RotarySlots[TypeIndex(keys.dtype)], (uint)blocks, (uint)Math.Min(256, (headDim / 2 + 31) / 32 * 32),
+            LibTorchCuda.CurrentRawStream(), args);
         return true;
     }
 

@@ -251,12 +251,15 @@ internal static class Attention
     /// (<see cref="LayerKvCache.KeepPrefixAndSuffix"/>, StreamingLLM's sinks + window) and keys sit at their cache index, the
     /// moved keys are rotated at their new index now, from the stored keys: slot = index there (no holes), so one rotation by
     /// a slice of the tables replaces sorting ranks and gathering a table row per slot, and the next step rotates only its
-    /// own key (it replays as the plain graph step). Bit-identical to rotating every slot again.
+    /// own key (it replays as the plain graph step). Bit-identical to rotating every slot again on the CPU; on CUDA (16-bit
+    /// entries) one kernel rotates the block with the rounding of the step's own rotary kernel (once, from fp32), where the
+    /// composite rounds twice.
     /// </summary>
     static void EndStep(LayerKvCache cache, RotaryEmbedding? cachedKeyRotation)
     {
         cache.EndStep();
         if (cache.TakeMovedKeys() is not { } moved || cachedKeyRotation is null) return;
+        if (cache.Bits == 16 && cachedKeyRotation.TryRotateSlotsOnCuda(cache.AttendedKeys(), cache.Keys, moved.Start, moved.Count)) return;
         using var scope = torch.NewDisposeScope();
         cache.AttendedKeys().narrow(2, moved.Start, moved.Count)
             .copy_(cachedKeyRotation.RotateRange(cache.StoredKeys(moved.Start, moved.Count), moved.Start));

@@ -204,6 +204,17 @@ internal sealed class RotaryEmbedding : IDisposable
         return Apply(keys, cosTable!.narrow(0, start, n), sinTable!.narrow(0, start, n)); // [n, rotaryDim], broadcast over rows and heads
     }
 
+    /// <summary>Keys of slots [<paramref name="start"/>, start + <paramref name="count"/>) stored unrotated in
+    /// <paramref name="keys"/> [batch, heads, capacity, headDim] rotated at their own slot index into
+    /// <paramref name="attended"/> (the same shape) by one CUDA kernel, with the fused rotary's rounding (once, from fp32);
+    /// false where that does not serve (the CPU: <see cref="RotateRange"/>).</summary>
+    public bool TryRotateSlotsOnCuda(Tensor attended, Tensor keys, int start, int count)
+    {
+        if (keys.device_type != DeviceType.CUDA) return false;
+        EnsureTable(start + count);
+        return Interop.FusedKernels.TryRotarySlots(attended, keys, start, count, RotaryDim, cosTable!, sinTable!);
+    }
+
     /// <summary>Rotates x [batch, tokens, heads, headDim].</summary>
     public Tensor Apply(Tensor x, Tensor cos, Tensor sin)
     {

@@ -156,6 +156,20 @@ __device__ void rotary_into(T* attended, T* q, long long qRow, int heads, const 
     for (int i = rotary + threadIdx.x; i < headDim; i += blockDim.x) out[i] = in[i];
 }
 
+// StreamingLLM after a shift: the keys of slots [start, start + count), stored unrotated in keys [rows, heads, cap, headDim], rotated
+// at their own slot index into attended (the same layout; dims past `rotary` copied) — one kernel where a rotated copy took six.
+// One block per (row, head, slot).
+template <typename T>
+__device__ void rotary_slots(T* attended, const T* keys, int cap, int headDim, int rotary, int start, int count,
+                             const T* __restrict__ cosTable, const T* __restrict__ sinTable)
+{
+    long long rowHead = blockIdx.x / count;
+    int slot = start + (int)(blockIdx.x - rowHead * count);
+    long long cell = (rowHead * cap + slot) * headDim;
+    rotate_head(attended + cell, keys + cell, slot, rotary, cosTable, sinTable);
+    for (int i = rotary + threadIdx.x; i < headDim; i += blockDim.x) attended[cell + i] = keys[cell + i];
+}
+
 __device__ __forceinline__ float activate(float g, int kind)
 {
     switch (kind)
@@ -455,6 +469,8 @@ INSTANTIATE_GEMV(f16, f16)
     extern "C" __global__ void rotary_into_##S(T* a, T* q, long long qRow, int heads, const T* x, long long xRow, int kvHeads,           \
         int headDim, int rot, const long long* pos, const T* c, const T* s, const long long* slot, int cap)                              \
         { rotary_into<T>(a, q, qRow, heads, x, xRow, kvHeads, headDim, rot, pos, c, s, slot, cap); }                                      \
+    extern "C" __global__ void rotary_slots_##S(T* a, const T* keys, int cap, int headDim, int rot, int start, int count, const T* c,      \
+        const T* s) { rotary_slots<T>(a, keys, cap, headDim, rot, start, count, c, s); }                                                  \
     extern "C" __global__ void gated_##S(T* y, const T* gu, long long rows, int n, int kind) { gated<T>(y, gu, rows, n, kind); }  \
     extern "C" __global__ void cache_append_##S(T* keys, T* values, long long* cp, const T* k, const T* v, long long kb, long long kh, \
         long long vb, long long vh, const long long* pos, const long long* slot, int ss, int kvHeads, int cap, int headDim)           \
