@@ -118,6 +118,17 @@ public sealed class FusedKernelTests
         Assert.False(FusedKernels.TryGemv(torch.randn(2, k, device: CUDA).to(t), w, null, null, out _)); // more rows: cuBLAS
     }
 
+    /// <summary>cos and signed sin tables [positions, rotary] of type <paramref name="t"/> on CUDA, as RotaryEmbedding lays them
+    /// out (base 10,000; the sign of rotate_half in the sin table).</summary>
+    static (Tensor Cos, Tensor Sin) RotaryTables(ScalarType t, int positions, int rotary)
+    {
+        var angles = torch.arange(positions, device: CUDA).to(ScalarType.Float32).unsqueeze(1)
+            * torch.pow(10000.0, -torch.arange(0, rotary, 2, device: CUDA).to(ScalarType.Float32) / rotary);
+        var emb = torch.cat(new[] { angles, angles }, 1);
+        var sign = torch.cat(new[] { -torch.ones(rotary / 2, device: CUDA), torch.ones(rotary / 2, device: CUDA) });
+        return (emb.cos().to(t), (emb.sin() * sign).to(t));
+    }
+
     /// <summary>The rotary kernel on the keys of a fused qkv buffer (a strided view: what a sink step rotates where its keys lie)
     /// against x·cos + rotate_half(x)·sin, the queries and values left as they were.</summary>
     [Theory]
@@ -130,10 +141,7 @@ public sealed class FusedKernelTests
         int b = 2, tokens = 1, heads = 4, kvHeads = 2, d = 64, table = 40;
         var qkv = torch.randn(b, tokens, heads + 2 * kvHeads, d, device: CUDA).to(t);
         var before = qkv.clone();
-        var angles = torch.arange(table, device: CUDA).to(ScalarType.Float32).unsqueeze(1) * torch.pow(10000.0, -torch.arange(0, d, 2, device: CUDA).to(ScalarType.Float32) / d);
-        var emb = torch.cat(new[] { angles, angles }, 1);
-        var sign = torch.cat(new[] { -torch.ones(d / 2, device: CUDA), torch.ones(d / 2, device: CUDA) });
-        var (cos, sin) = (emb.cos().to(t), (emb.sin() * sign).to(t));
+        var (cos, sin) = RotaryTables(t, table, d);
         var positions = torch.tensor(new long[] { 37, 5 }, new long[] { b, tokens }).to(CUDA);
         var keys = qkv.narrow(2, heads, kvHeads);
         Assert.True(FusedKernels.TryRotaryViewInPlace(keys, d, d, positions, cos, sin));
@@ -145,14 +153,17 @@ public sealed class FusedKernelTests
         Assert.True(qkv.narrow(2, heads + kvHeads, kvHeads).eq(before.narrow(2, heads + kvHeads, kvHeads)).all().item<bool>(), "values changed");
     }
 
+    /// <summary>Each type with a full rotary, and bf16 with a partial one (NeoX's 25% of 64 dims).</summary>
+    public static TheoryData<ModelDType, int> RotaryCases => new()
+    {
+        { ModelDType.Float32, 64 }, { ModelDType.BFloat16, 64 }, { ModelDType.Float16, 64 }, { ModelDType.BFloat16, 16 },
+    };
+
     /// <summary>A sink step's rotations in one kernel (rotary_into): the queries in place and the new keys into the attended keys
     /// at the step's slot — bit for bit what rotating both in place and copying the keys there gives, the keys and values of the
     /// fused buffer and every other slot untouched, and with a partial rotary (NeoX) the dimensions past it copied.</summary>
     [Theory]
-    [InlineData(ModelDType.Float32, 64)]
-    [InlineData(ModelDType.BFloat16, 64)]
-    [InlineData(ModelDType.Float16, 64)]
-    [InlineData(ModelDType.BFloat16, 16)]
+    [MemberData(nameof(RotaryCases))]
     public void RotaryIntoASlotEqualsRotatingInPlaceAndCopying(ModelDType dtype, int rotary)
     {
         using var scope = torch.NewDisposeScope();
@@ -161,10 +172,7 @@ public sealed class FusedKernelTests
         int b = 3, heads = 4, kvHeads = 2, d = 64, table = 40, cap = 9;
         var qkv = torch.randn(b, 1, heads + 2 * kvHeads, d, device: CUDA).to(t);
         var before = qkv.clone();
-        var angles = torch.arange(table, device: CUDA).to(ScalarType.Float32).unsqueeze(1) * torch.pow(10000.0, -torch.arange(0, rotary, 2, device: CUDA).to(ScalarType.Float32) / rotary);
-        var emb = torch.cat(new[] { angles, angles }, 1);
-        var sign = torch.cat(new[] { -torch.ones(rotary / 2, device: CUDA), torch.ones(rotary / 2, device: CUDA) });
-        var (cos, sin) = (emb.cos().to(t), (emb.sin() * sign).to(t));
+        var (cos, sin) = RotaryTables(t, table, rotary);
         var positions = torch.tensor(new long[] { 37, 5, 0 }, new long[] { b, 1 }).to(CUDA);
         var slot = torch.tensor(new long[] { 6 }).to(CUDA);
         var attended = torch.randn(b, kvHeads, cap, d, device: CUDA).to(t);
@@ -182,20 +190,14 @@ public sealed class FusedKernelTests
     /// the rotary kernel's rotation of the same keys at those positions, the slots outside the block and the stored keys
     /// untouched; partial rotary dims copied.</summary>
     [Theory]
-    [InlineData(ModelDType.Float32, 64)]
-    [InlineData(ModelDType.BFloat16, 64)]
-    [InlineData(ModelDType.Float16, 64)]
-    [InlineData(ModelDType.BFloat16, 16)]
+    [MemberData(nameof(RotaryCases))]
     public void RotarySlotsEqualTheRotaryKernelAtThoseIndices(ModelDType dtype, int rotary)
     {
         using var scope = torch.NewDisposeScope();
         using var inference = torch.no_grad();
         var t = dtype.ToScalarType();
         int b = 2, kvHeads = 3, d = 64, cap = 50, start = 4, count = 40;
-        var angles = torch.arange(cap, device: CUDA).to(ScalarType.Float32).unsqueeze(1) * torch.pow(10000.0, -torch.arange(0, rotary, 2, device: CUDA).to(ScalarType.Float32) / rotary);
-        var emb = torch.cat(new[] { angles, angles }, 1);
-        var sign = torch.cat(new[] { -torch.ones(rotary / 2, device: CUDA), torch.ones(rotary / 2, device: CUDA) });
-        var (cos, sin) = (emb.cos().to(t), (emb.sin() * sign).to(t));
+        var (cos, sin) = RotaryTables(t, cap, rotary);
         var keys = torch.randn(b, kvHeads, cap, d, device: CUDA).to(t);
         var stored = keys.clone();
         var attended = torch.randn(b, kvHeads, cap, d, device: CUDA).to(t);
