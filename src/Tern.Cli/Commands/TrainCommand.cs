@@ -60,11 +60,12 @@ internal static class TrainCommand
         var inrankMoments = new Option<string>("--inrank-moments") { Description = "Adam moments of the factors at the hand-off: slice (as released) or reset.", DefaultValueFactory = _ => "slice" };
         inrankMoments.AcceptOnlyFromAmong("slice", "reset");
         var lowRank = new Option<int?>("--low-rank") { Description = "Fixed-rank control: every MLP linear B·A at this rank throughout (no rank discovery)." };
+        var factorDecay = new Option<double?>("--factor-weight-decay") { Description = "AdamW weight decay of low-rank factors (InRank, --low-rank); default: --weight-decay's." };
         var factorLr = new Option<double>("--factor-lr-scale") { Description = "Learning rate of low-rank factors (InRank, --low-rank) as a multiple of the others' (LoRA+-style).", DefaultValueFactory = _ => d.FactorLearningRateScale };
         var command = new Command("train", "Train a causal language model from a config and token files; writes an HF model folder.")
             { config, runConfig, trainFile, validFile, output, resume, tokenizer, format, steps, seq, batch, accum, lr, warmup, minLr, decay,
               clip, evalEvery, evalBatches, ckptEvery, seed, startToken, device, autocast, probe, probeWindows, probeEvery,
-              inrank, inrankVariant, inrankRank, inrankBuffer, inrankThreshold, inrankWarmup, inrankEvery, inrankStage1, inrankScale, inrankMaxRank, inrankMoments, lowRank, factorLr };
+              inrank, inrankVariant, inrankRank, inrankBuffer, inrankThreshold, inrankWarmup, inrankEvery, inrankStage1, inrankScale, inrankMaxRank, inrankMoments, lowRank, factorLr, factorDecay };
         command.SetAction((r, cancellation) =>
         {
             string outputDir = r.GetValue(output)!;
@@ -83,7 +84,8 @@ internal static class TrainCommand
                 TotalSteps = Pick(steps, o.TotalSteps), SequenceLength = Pick(seq, o.SequenceLength), BatchSize = Pick(batch, o.BatchSize),
                 GradientAccumulation = Pick(accum, o.GradientAccumulation), LearningRate = Pick(lr, o.LearningRate),
                 WarmupSteps = Pick(warmup, o.WarmupSteps), MinLearningRateRatio = Pick(minLr, o.MinLearningRateRatio),
-                WeightDecay = Pick(decay, o.WeightDecay), FactorLearningRateScale = Pick(factorLr, o.FactorLearningRateScale), GradientClip = Pick(clip, o.GradientClip), EvalEvery = Pick(evalEvery, o.EvalEvery),
+                WeightDecay = Pick(decay, o.WeightDecay), FactorLearningRateScale = Pick(factorLr, o.FactorLearningRateScale),
+                FactorWeightDecay = Pick(factorDecay, o.FactorWeightDecay), GradientClip = Pick(clip, o.GradientClip), EvalEvery = Pick(evalEvery, o.EvalEvery),
                 EvalBatches = Pick(evalBatches, o.EvalBatches), CheckpointEvery = Pick(ckptEvery, o.CheckpointEvery), Seed = Pick(seed, o.Seed),
                 StartToken = Pick(startToken, o.StartToken),
                 Device = deviceKind,

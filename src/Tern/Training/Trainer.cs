@@ -72,10 +72,11 @@ public sealed class Trainer : IDisposable
         if (chosen.Length == 0) throw new ArgumentException("TrainParameter selects no parameter to train.");
         trained = chosen.Select(p => p.Tensor).ToArray();
         // As in most LM recipes, weight decay pulls matrices and embeddings only; norm weights and biases (1-D) are left alone.
-        // Low-rank factors take a group of their own when their rate is scaled (FactorLearningRateScale).
+        // Low-rank factors take a group of their own when their rate or decay is their own (FactorLearningRateScale,
+        // FactorWeightDecay).
         var groups = new List<AdamW.ParamGroup>();
         var scales = new List<double>();
-        bool scaled = options.FactorLearningRateScale != 1 && Model.LowRank is not null;
+        bool scaled = (options.FactorLearningRateScale != 1 || options.FactorWeightDecay is not null) && Model.LowRank is not null;
         var factors = chosen.Where(p => scaled && IsFactor(p.Name)).ToArray();
         var decayed = chosen.Where(p => p.Tensor.dim() >= 2 && !(scaled && IsFactor(p.Name))).ToArray();
         var plain = chosen.Where(p => p.Tensor.dim() < 2).ToArray();
@@ -86,7 +87,7 @@ public sealed class Trainer : IDisposable
             scales.Add(scale);
         }
         Group(decayed, options.WeightDecay, 1);
-        Group(factors, options.WeightDecay, options.FactorLearningRateScale);
+        Group(factors, options.FactorWeightDecay ?? options.WeightDecay, options.FactorLearningRateScale);
         Group(plain, 0, 1);
         groupScales = scales.ToArray();
         optimizerOrder = decayed.Concat(factors).Concat(plain).Select(p => p.Name).ToArray();

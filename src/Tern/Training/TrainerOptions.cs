@@ -51,6 +51,9 @@ public sealed record TrainerOptions
     /// <c>low_rank</c> section, InRank's or a fixed rank's) against every other parameter's, as LoRA+ gives its factors a rate of
     /// their own; 1 = one rate for all.</summary>
     public double FactorLearningRateScale { get; init; } = 1.0;
+    /// <summary>AdamW weight decay of low-rank factors; null = <see cref="WeightDecay"/>. Decay on both factors of B·A penalises
+    /// |B|² + |A|², which bounds the nuclear norm of the product, not its Frobenius norm as decay on a dense weight does.</summary>
+    public double? FactorWeightDecay { get; init; }
     /// <summary>AdamW β1.</summary>
     public double Beta1 { get; init; } = 0.9;
     /// <summary>AdamW β2.</summary>
@@ -99,7 +102,8 @@ public sealed record TrainerOptions
         ["train_tokens"] = TrainTokens, ["valid_tokens"] = ValidTokens, ["tokenizer"] = TokenizerDirectory,
         ["token_format"] = TokenFormat.ToString(), ["sequence_length"] = SequenceLength, ["batch_size"] = BatchSize,
         ["gradient_accumulation"] = GradientAccumulation, ["learning_rate"] = LearningRate, ["warmup_steps"] = WarmupSteps,
-        ["total_steps"] = TotalSteps, ["min_lr_ratio"] = MinLearningRateRatio, ["weight_decay"] = WeightDecay, ["factor_lr_scale"] = FactorLearningRateScale == 1 ? null : FactorLearningRateScale, ["beta1"] = Beta1,
+        ["total_steps"] = TotalSteps, ["min_lr_ratio"] = MinLearningRateRatio, ["weight_decay"] = WeightDecay, ["factor_lr_scale"] = FactorLearningRateScale == 1 ? null : FactorLearningRateScale,
+        ["factor_weight_decay"] = FactorWeightDecay, ["beta1"] = Beta1,
         ["beta2"] = Beta2, ["eps"] = Epsilon, ["grad_clip"] = GradientClip, ["eval_every"] = EvalEvery, ["eval_batches"] = EvalBatches,
         ["checkpoint_every"] = CheckpointEvery, ["seed"] = Seed, ["start_token"] = StartToken, ["dtype"] = DType.ToString(), ["autocast"] = Autocast?.ToString(),
         ["inrank"] = InRank?.ToJson(),
@@ -133,6 +137,7 @@ public sealed record TrainerOptions
                 "warmup_steps" => o with { WarmupSteps = Get<int>() }, "total_steps" => o with { TotalSteps = Get<int>() },
                 "min_lr_ratio" => o with { MinLearningRateRatio = Get<double>() }, "weight_decay" => o with { WeightDecay = Get<double>() },
                 "factor_lr_scale" => o with { FactorLearningRateScale = Get<double?>() ?? 1 }, // null: one rate, as in runs from before the option
+                "factor_weight_decay" => o with { FactorWeightDecay = Get<double?>() },
                 "beta1" => o with { Beta1 = Get<double>() }, "beta2" => o with { Beta2 = Get<double>() }, "eps" => o with { Epsilon = Get<double>() },
                 "grad_clip" => o with { GradientClip = Get<double>() }, "eval_every" => o with { EvalEvery = Get<int>() },
                 "eval_batches" => o with { EvalBatches = Get<int>() }, "checkpoint_every" => o with { CheckpointEvery = Get<int>() },
@@ -155,6 +160,7 @@ public sealed record TrainerOptions
         Positive(nameof(TotalSteps), TotalSteps); NonNegative(nameof(WarmupSteps), WarmupSteps);
         NonNegative(nameof(WeightDecay), WeightDecay); NonNegative(nameof(GradientClip), GradientClip);
         Positive(nameof(FactorLearningRateScale), FactorLearningRateScale);
+        if (FactorWeightDecay is { } factorDecay) NonNegative(nameof(FactorWeightDecay), factorDecay);
         NonNegative(nameof(EvalEvery), EvalEvery); NonNegative(nameof(EvalBatches), EvalBatches); NonNegative(nameof(CheckpointEvery), CheckpointEvery);
         if (MinLearningRateRatio is < 0 or > 1) throw new ArgumentException($"{nameof(MinLearningRateRatio)} must be in [0, 1] (got {MinLearningRateRatio}).");
         if (Beta1 is < 0 or >= 1 || Beta2 is < 0 or >= 1) throw new ArgumentException("betas must be in [0, 1).");

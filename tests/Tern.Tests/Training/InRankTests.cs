@@ -348,6 +348,39 @@ public class InRankTests
         Assert.Throws<ArgumentException>(() => (TrainerTests.Options(other, steps: 1) with { FactorLearningRateScale = 0 }).Validate());
     }
 
+    /// <summary>The factors' own weight decay moves the factors alone: with it set to 0 under a run decay of 0.5 every other
+    /// parameter steps exactly as before and the factors differently; set to the run's own decay, it changes nothing.</summary>
+    [Fact]
+    public void TheFactorWeightDecayMovesTheFactorsAlone()
+    {
+        Dictionary<string, Tensor> After(double? factorDecay)
+        {
+            using var dir = new TempDir();
+            var options = TrainerTests.Options(dir, steps: 1) with
+            {
+                InRank = new InRankOptions { FixedRank = 5 }, CheckpointEvery = 0, EvalEvery = 0, WeightDecay = 0.5, WarmupSteps = 0,
+                FactorWeightDecay = factorDecay,
+            };
+            using var trainer = Trainer.Create(TrainerTests.TinyConfig(), options);
+            trainer.Run(cancellation: Ct);
+            return trainer.Model.Parameters.ToDictionary(p => p.Name, p => p.Tensor.detach().clone()); // owned by the test's scope
+        }
+        using var scope = torch.NewDisposeScope();
+        var run = After(null);
+        var same = After(0.5);
+        var none = After(0);
+        Assert.Contains("model.layers.0.mlp.up_proj.weight_b", run.Keys);
+        foreach (var (name, value) in run)
+        {
+            static bool Same(Tensor a, Tensor b) => a.eq(b).all().item<bool>();
+            Assert.True(Same(value, same[name]), $"{name}: the run's own decay set explicitly changed it");
+            bool factor = name.EndsWith(".weight_a") || name.EndsWith(".weight_b");
+            Assert.True(factor != Same(value, none[name]), $"{name}: {(factor ? "a factor stepped as with decay" : "moved by the factors' decay")}");
+        }
+        using var other = new TempDir();
+        Assert.Throws<ArgumentException>(() => (TrainerTests.Options(other, steps: 1) with { FactorWeightDecay = -1 }).Validate());
+    }
+
     [Fact]
     public void OptionsThatDoNotFitAreRefusedByName()
     {
@@ -375,7 +408,7 @@ public class InRankTests
     public void RunConfigsCarryTheInRankOptions()
     {
         using var dir = new TempDir();
-        var options = TrainerTests.Options(dir) with { InRank = Small with { Variant = LowRankVariant.Original, Moments = MomentHandoff.Reset }, FactorLearningRateScale = 2.5 };
+        var options = TrainerTests.Options(dir) with { InRank = Small with { Variant = LowRankVariant.Original, Moments = MomentHandoff.Reset }, FactorLearningRateScale = 2.5, FactorWeightDecay = 0 };
         string path = dir.File("run.json");
         File.WriteAllText(path, options.ToJson().ToJsonString());
         var baseline = new TrainerOptions { OutputDirectory = options.OutputDirectory, TrainTokens = "", Device = DeviceKind.Cpu };
