@@ -236,8 +236,8 @@ internal static unsafe partial class FusedKernels
         int cap = (int)attended.size(2);
         IntPtr pa = Ptr(attended), pq = Ptr(q), px = Ptr(x), pp = Ptr(positions), pc = Ptr(cos), ps = Ptr(sin), pslot = Ptr(slot);
         void** args = stackalloc void*[] { &pa, &pq, &qRow, &heads, &px, &xRow, &kvHeads, &headDim, &rotaryDim, &pp, &pc, &ps, &pslot, &cap };
-        CudaDriver.Launch(Kernels.Value!.RotaryInto[TypeIndex(x.dtype)], (uint)(x.size(0) * (heads + kvHeads)),
-            (uint)Math.Min(256, (headDim / 2 + 31) / 32 * 32), LibTorchCuda.CurrentRawStream(), args);
+        CudaDriver.Launch(Kernels.Value!.RotaryInto[TypeIndex(x.dtype)], (uint)(x.size(0) * (heads + kvHeads)), RotaryThreads(headDim),
+            LibTorchCuda.CurrentRawStream(), args);
         return true;
     }
 
@@ -247,15 +247,15 @@ internal static unsafe partial class FusedKernels
     /// layouts, nothing changed.</summary>
     public static bool TryRotarySlots(Tensor attended, Tensor keys, int start, int count, int rotaryDim, Tensor cos, Tensor sin)
     {
-        if (!Usable(keys) || !Usable(attended) || keys.dim() != 4 || !attended.shape.SequenceEqual(keys.shape) || attended.dtype != keys.dtype
+        if (!Usable(keys) || !Usable(attended) || keys.dim() != 4 || attended.dim() != 4 || attended.dtype != keys.dtype
+            || Enumerable.Range(0, 4).Any(d => attended.size(d) != keys.size(d)) // not `shape`: a native callback per call
             || cos.dtype != keys.dtype || start < 0 || count <= 0 || start + count > keys.size(2) || cos.size(0) < start + count) return false;
         int cap = (int)keys.size(2), headDim = (int)keys.size(3);
         long blocks = keys.size(0) * keys.size(1) * count;
         if (blocks > int.MaxValue) return false;
         IntPtr pa = Ptr(attended), pk = Ptr(keys), pc = Ptr(cos), ps = Ptr(sin);
         void** args = stackalloc void*[] { &pa, &pk, &cap, &headDim, &rotaryDim, &start, &count, &pc, &ps };
-        CudaDriver.Launch(Kernels.Value!.RotarySlots[TypeIndex(keys.dtype)], (uint)blocks, (uint)Math.Min(256, (headDim / 2 + 31) / 32 * 32),
-            LibTorchCuda.CurrentRawStream(), args);
+        CudaDriver.Launch(Kernels.Value!.RotarySlots[TypeIndex(keys.dtype)], (uint)blocks, RotaryThreads(headDim), LibTorchCuda.CurrentRawStream(), args);
         return true;
     }
 
@@ -267,10 +267,12 @@ internal static unsafe partial class FusedKernels
         long rows = positions.NumberOfElements;
         IntPtr pq = Ptr(x), pp = Ptr(positions), pc = Ptr(cos), ps = Ptr(sin);
         void** args = stackalloc void*[] { &pq, &rowStride, &heads, &headDim, &rotaryDim, &pp, &pc, &ps };
-        CudaDriver.Launch(Kernels.Value!.Rotary[TypeIndex(x.dtype)], (uint)(rows * heads), (uint)Math.Min(256, (rotaryDim / 2 + 31) / 32 * 32),
-            LibTorchCuda.CurrentRawStream(), args);
+        CudaDriver.Launch(Kernels.Value!.Rotary[TypeIndex(x.dtype)], (uint)(rows * heads), RotaryThreads(rotaryDim), LibTorchCuda.CurrentRawStream(), args);
         return true;
     }
+
+    /// <summary>Threads of a rotary kernel's block (one head): one per rotated pair of <paramref name="dims"/>, whole warps, at most 256.</summary>
+    static uint RotaryThreads(int dims) => (uint)Math.Min(256, (dims / 2 + 31) / 32 * 32);
 
     /// <summary>
     /// y = x·Wᵀ (+ bias) (+ residual) for a single row x (decode at batch 1), 16-bit types only: cuBLAS reads W well below the

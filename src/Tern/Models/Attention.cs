@@ -33,20 +33,23 @@ internal static class Attention
     /// <summary>q [B,T,H,D], k and v [B,T,Hkv,D] (rotated); returns [B,T,H·D].</summary>
     /// <param name="cachedKeyRotation">When the policy positions keys by their cache index, k arrives unrotated and is stored
     /// so; every cached key is then rotated here to its index among its row's occupied slots.</param>
+    /// <param name="queriesUnrotated">q arrived unrotated too, as <see cref="RotatesQueries"/> told the model (with
+    /// <paramref name="cachedKeyRotation"/>): rotated here, with the new keys.</param>
     public static Tensor Forward(Tensor q, Tensor k, Tensor v, ModelStep step, LayerState state, AttentionSettings s,
-        RotaryEmbedding? cachedKeyRotation = null)
+        RotaryEmbedding? cachedKeyRotation = null, bool queriesUnrotated = false)
     {
         if (state.Segments is { } segments) return Segmented(q, k, v, segments, state.Layer, s, cachedKeyRotation);
         var cache = state.Cache!;
         if (cache.Device.type != q.device_type) return WhereTheCacheLives(q, k, v, step.Batch, cache, s, cachedKeyRotation);
-        return Forward(q, k, v, step, cache, s, cachedKeyRotation, cache.DType, rotateQueries: cachedKeyRotation is not null && RotatesQueries(state, step, q));
+        return Forward(q, k, v, step, cache, s, cachedKeyRotation, cache.DType, rotateQueries: queriesUnrotated);
     }
 
     /// <summary>
     /// Whether attention, not the model, rotates the queries of a layer whose input is <paramref name="x"/> [B, T, …]: a
-    /// StreamingLLM static-shape decode step on CUDA over one cache on the computing device, where one kernel rotates the
-    /// queries in place and writes the new keys rotated into the attended keys' slot (<see cref="RotateWithKeys"/>). The model
-    /// then leaves its queries unrotated (<see cref="RotaryEmbedding.RotaryStep.QueryKey"/>).
+    /// StreamingLLM static-shape decode step on CUDA over one cache on the computing device (so <see cref="Forward(Tensor, Tensor, Tensor, ModelStep, LayerState, AttentionSettings, RotaryEmbedding?, bool)"/>
+    /// takes its direct path), where one kernel rotates the queries in place and writes the new keys rotated into the attended
+    /// keys' slot (<see cref="RotateWithKeys"/>). The model asks once a layer, leaves its queries unrotated
+    /// (<see cref="RotaryEmbedding.RotaryStep.QueryKey"/>) and passes the answer on.
     /// </summary>
     public static bool RotatesQueries(LayerState state, ModelStep step, Tensor x) =>
         state.Cache is { KeysAtCacheIndex: true } cache && cache.Device.type == DeviceType.CUDA && x.device_type == DeviceType.CUDA
@@ -114,7 +117,7 @@ internal static class Attention
     /// <summary>
     /// residual + o_proj(<paramref name="attended"/> [B,T,H·D]): DejaVu's head sparsity (Liu et al. 2023) when the step selects heads — the
     /// output of a skipped head counts as zero, so only the kept heads' column blocks W_out[:, h·D:(h+1)·D] are read (gathered
-    /// columns, as the sparse MLP's down-projection). Keys and values of every head were cached by <see cref="Forward(Tensor, Tensor, Tensor, ModelStep, LayerState, AttentionSettings, RotaryEmbedding?)"/>.
+    /// columns, as the sparse MLP's down-projection). Keys and values of every head were cached by <see cref="Forward(Tensor, Tensor, Tensor, ModelStep, LayerState, AttentionSettings, RotaryEmbedding?, bool)"/>.
     /// </summary>
     public static Tensor Project(Linear output, Tensor attended, Tensor residual, int layer, ModelStep step, AttentionSettings s)
     {

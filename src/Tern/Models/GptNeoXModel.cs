@@ -89,8 +89,9 @@ internal sealed class GptNeoXModel : CausalLanguageModel
         int heads = attention.Heads;
         var qkv = w.Linear("attention.query_key_value").Forward(Norms.Layer(h, w["input_layernorm.weight"], w["input_layernorm.bias"], eps))
             .view(b, t, 3 * heads, attention.HeadDim);
-        var (q, k, cachedKeys) = step.Rotary(rotary).QueryKey(qkv, heads, heads, cache.KeysAtCacheIndex, Attention.RotatesQueries(cache, step, qkv));
-        var attended = Attention.Forward(q, k, qkv.narrow(2, 2 * heads, heads), step, cache, attention, cachedKeys);
+        bool queriesInAttention = Attention.RotatesQueries(cache, step, qkv);
+        var (q, k, cachedKeys) = step.Rotary(rotary).QueryKey(qkv, heads, heads, cache.KeysAtCacheIndex, queriesInAttention);
+        var attended = Attention.Forward(q, k, qkv.narrow(2, 2 * heads, heads), step, cache, attention, cachedKeys, queriesInAttention);
         Tensor Mlp(Tensor x) => w.Linear("mlp.dense_4h_to_h").Forward(act.Apply(w.Linear("mlp.dense_h_to_4h")
             .Forward(Norms.Layer(x, w["post_attention_layernorm.weight"], w["post_attention_layernorm.bias"], eps))));
         var parallelMlp = parallel ? Mlp(h) : null; // the parallel residual reads the layer's input

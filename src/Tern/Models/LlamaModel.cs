@@ -143,9 +143,9 @@ internal sealed class LlamaModel : CausalLanguageModel
         else
         {
             var qkv = w.Linear("self_attn.qkv_proj").Forward(normed).view(b, t, s.Heads + 2 * s.KvHeads, s.HeadDim);
-            var (q, k, cachedKeys) = step.Rotary(rotary).QueryKey(qkv, s.Heads, s.KvHeads, cache.KeysAtCacheIndex,
-                Attention.RotatesQueries(cache, step, qkv));
-            var attended = Attention.Forward(q, k, qkv.narrow(2, s.Heads + s.KvHeads, s.KvHeads), step, cache, s, cachedKeys);
+            bool queriesInAttention = Attention.RotatesQueries(cache, step, qkv);
+            var (q, k, cachedKeys) = step.Rotary(rotary).QueryKey(qkv, s.Heads, s.KvHeads, cache.KeysAtCacheIndex, queriesInAttention);
+            var attended = Attention.Forward(q, k, qkv.narrow(2, s.Heads + s.KvHeads, s.KvHeads), step, cache, s, cachedKeys, queriesInAttention);
             h = Attention.Project(w.Linear("self_attn.o_proj"), attended, h, layer, step, s);
         }
         var m = Norms.Rms(h, w["post_attention_layernorm.weight"], eps);

@@ -76,9 +76,9 @@ public sealed class Trainer : IDisposable
         // FactorWeightDecay).
         var groups = new List<AdamW.ParamGroup>();
         var scales = new List<double>();
-        bool scaled = (options.FactorLearningRateScale != 1 || options.FactorWeightDecay is not null) && Model.LowRank is not null;
-        var factors = chosen.Where(p => scaled && IsFactor(p.Name)).ToArray();
-        var decayed = chosen.Where(p => p.Tensor.dim() >= 2 && !(scaled && IsFactor(p.Name))).ToArray();
+        bool ownGroup = (options.FactorLearningRateScale != 1 || options.FactorWeightDecay is not null) && Model.LowRank is not null;
+        var factors = chosen.Where(p => ownGroup && IsFactor(p.Name)).ToArray();
+        var decayed = chosen.Where(p => p.Tensor.dim() >= 2 && !(ownGroup && IsFactor(p.Name))).ToArray();
         var plain = chosen.Where(p => p.Tensor.dim() < 2).ToArray();
         void Group(ModelParameter[] members, double decay, double scale)
         {

@@ -103,10 +103,10 @@ __device__ void layer_norm(T* __restrict__ y, const T* __restrict__ x, const T* 
 }
 
 // Rotary embedding, "rotate half" layout: x'[i] = x[i]·cos[i] + x[(i + r/2) mod r]·sin±[i] for i < r (the sign of rotate_half
-// lives in the table), one head of `in` into `out` (the same head in place) at position p (< 0, padding: position 0), by the
-// block's threads. Each thread reads both halves of a pair before writing either.
+// lives in the table), one head of `in` into `out` (the same head in place; into another, dims r … headDim − 1 are copied) at
+// position p (< 0, padding: position 0), by the block's threads. Each thread reads both halves of a pair before writing either.
 template <typename T>
-__device__ __forceinline__ void rotate_head(T* out, const T* in, long long p, int rotary, const T* __restrict__ cosTable,
+__device__ __forceinline__ void rotate_head(T* out, const T* in, long long p, int rotary, int headDim, const T* __restrict__ cosTable,
                                             const T* __restrict__ sinTable)
 {
     if (p < 0) p = 0;
@@ -119,6 +119,8 @@ __device__ __forceinline__ void rotate_head(T* out, const T* in, long long p, in
         out[i] = store<T>(a * load(c[i]) + b * load(s[i]));
         out[i + half] = store<T>(b * load(c[i + half]) + a * load(s[i + half]));
     }
+    if (out != in)
+        for (int i = rotary + threadIdx.x; i < headDim; i += blockDim.x) out[i] = in[i];
 }
 
 // Rotary embedding in place on the first `heads` heads of each token row of a fused qkv buffer. One block per (token, head), so
@@ -129,7 +131,7 @@ __device__ void rotary(T* qkv, long long rowStride, int heads, int headDim, int 
 {
     int token = blockIdx.x / heads, h = blockIdx.x - token * heads;
     T* x = qkv + (long long)token * rowStride + (long long)h * headDim;
-    rotate_head(x, x, positions[token], rotary, cosTable, sinTable);
+    rotate_head(x, x, positions[token], rotary, headDim, cosTable, sinTable);
 }
 
 // StreamingLLM's decode step (keys stored unrotated, attended at their cache index), at each row's position: the queries q
@@ -146,14 +148,13 @@ __device__ void rotary_into(T* attended, T* q, long long qRow, int heads, const 
     if (h < heads)
     {
         T* query = q + (long long)row * qRow + (long long)h * headDim;
-        rotate_head(query, query, positions[row], rotary, cosTable, sinTable);
+        rotate_head(query, query, positions[row], rotary, headDim, cosTable, sinTable);
         return;
     }
     h -= heads;
     const T* in = x + (long long)row * xRow + (long long)h * headDim;
     T* out = attended + (((long long)row * kvHeads + h) * cap + slot[0]) * headDim;
-    rotate_head(out, in, positions[row], rotary, cosTable, sinTable);
-    for (int i = rotary + threadIdx.x; i < headDim; i += blockDim.x) out[i] = in[i];
+    rotate_head(out, in, positions[row], rotary, headDim, cosTable, sinTable);
 }
 
 // StreamingLLM after a shift: the keys of slots [start, start + count), stored unrotated in keys [rows, heads, cap, headDim], rotated
@@ -166,8 +167,7 @@ __device__ void rotary_slots(T* attended, const T* keys, int cap, int headDim, i
     long long rowHead = blockIdx.x / count;
     int slot = start + (int)(blockIdx.x - rowHead * count);
     long long cell = (rowHead * cap + slot) * headDim;
-    rotate_head(attended + cell, keys + cell, slot, rotary, cosTable, sinTable);
-    for (int i = rotary + threadIdx.x; i < headDim; i += blockDim.x) attended[cell + i] = keys[cell + i];
+    rotate_head(attended + cell, keys + cell, slot, rotary, headDim, cosTable, sinTable);
 }
 
 __device__ __forceinline__ float activate(float g, int kind)
