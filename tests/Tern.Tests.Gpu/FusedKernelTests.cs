@@ -214,6 +214,28 @@ public sealed class FusedKernelTests
             "slots after the block changed");
     }
 
+    /// <summary>StreamingLLM's shift in place (shift_slots): the block moved down equals a copy through a temporary, bit for bit, for
+    /// moves shorter than the block (the sink's usual case: each thread re-reads what it wrote), as long as it (no overlap) and of
+    /// one slot; the slots outside the destination untouched. A slot of 2 + 4 fp32 values is not whole 16-byte vectors: refused.</summary>
+    [Theory]
+    [InlineData(ModelDType.BFloat16, 4, 68, 180)]
+    [InlineData(ModelDType.BFloat16, 4, 5, 250)]
+    [InlineData(ModelDType.Float16, 0, 100, 60)]
+    [InlineData(ModelDType.Float32, 4, 37, 219)]
+    public void ShiftSlotsEqualsACopyThroughATemporary(ModelDType dtype, int to, int from, int count)
+    {
+        using var scope = torch.NewDisposeScope();
+        using var inference = torch.no_grad();
+        var t = dtype.ToScalarType();
+        var data = torch.randn(2, 3, 256, 128, device: CUDA).to(t);
+        var expected = data.clone();
+        expected.narrow(2, to, count).copy_(expected.narrow(2, from, count).clone());
+        Assert.True(FusedKernels.TryShiftSlots(data, from, to, count));
+        Assert.True(data.eq(expected).all().item<bool>(), "not the copy through a temporary");
+        Assert.False(FusedKernels.TryShiftSlots(torch.zeros(2, 3, 256, 6, device: CUDA), from, to, count));
+        Assert.False(FusedKernels.TryShiftSlots(data, to, from, count)); // moving up
+    }
+
     /// <summary>Decode attention over a partly filled cache with holes, GQA and a window, against softmax(q·kᵀ/√d)·v in fp32.</summary>
     [Theory]
     [InlineData(ModelDType.Float32, 0)]

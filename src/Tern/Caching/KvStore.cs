@@ -1,4 +1,5 @@
 using Tern.Compression;
+using Tern.Interop;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -105,6 +106,7 @@ internal abstract class KvStore : IDisposable
     internal static void ShiftTensor(Tensor storage, int from, int to, int count)
     {
         if (from == to || count == 0) return;
+        if (FusedKernels.TryShiftSlots(storage, from, to, count)) return;
         using var scope = torch.NewDisposeScope();
         // The ranges overlap whenever fewer slots move down than the block holds (sink: one evicted token, a window of
         // thousands); copy_ refuses partially overlapping tensors and an element-order copy would read slots it already

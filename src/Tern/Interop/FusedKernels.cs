@@ -15,7 +15,7 @@ namespace Tern.Interop;
 internal static unsafe partial class FusedKernels
 {
     sealed record Loaded(IntPtr[] RmsNorm, IntPtr[] LayerNorm, IntPtr[] Rotary, IntPtr[] Gated, IntPtr[] Gemv, IntPtr[] CacheAppend, IntPtr[] AttnSplit, IntPtr[] AttnCombine,
-        IntPtr[] GatherRows, IntPtr[] GatherColumns, IntPtr[] ColumnsFinish, IntPtr[] GatherColumnRuns, IntPtr[] AttnSplitValuesWithKeys, IntPtr[] RotaryInto, IntPtr[] RotarySlots, IntPtr ModalStep);
+        IntPtr[] GatherRows, IntPtr[] GatherColumns, IntPtr[] ColumnsFinish, IntPtr[] GatherColumnRuns, IntPtr[] RotaryInto, IntPtr[] RotarySlots, IntPtr ModalStep, IntPtr ShiftSlots);
 
     static readonly Lazy<Loaded?> Kernels = new(Load);
 
@@ -62,12 +62,12 @@ internal static unsafe partial class FusedKernels
             byte[] cubin = Compile(source, "fused.cu");
             string[] suffixes = { "f32", "bf16", "f16" };
             string[] perType = { "rms_norm_", "layer_norm_", "rotary_", "gated_", "cache_append_", "attn_split_", "attn_combine_", "gather_rows_", "gather_columns_",
-                "columns_finish_", "gather_column_runs_", "attn_split8_", "rotary_into_", "rotary_slots_" };
-            var all = CudaDriver.LoadKernels(cubin, perType.SelectMany(k => suffixes.Select(s => k + s)).Concat(new[] { "gemv_bf16", "gemv_f16", "modal_step" }));
+                "columns_finish_", "gather_column_runs_", "rotary_into_", "rotary_slots_" };
+            var all = CudaDriver.LoadKernels(cubin, perType.SelectMany(k => suffixes.Select(s => k + s)).Concat(new[] { "gemv_bf16", "gemv_f16", "modal_step", "shift_slots" }));
             IntPtr[] Of(int kernel) => all.Skip(kernel * 3).Take(3).ToArray();
             int gemv = perType.Length * 3;
             return new Loaded(Of(0), Of(1), Of(2), Of(3), new[] { IntPtr.Zero, all[gemv], all[gemv + 1] }, Of(4), Of(5), Of(6), Of(7), Of(8), Of(9), Of(10),
-                Of(11), Of(12), Of(13), all[gemv + 2]);
+                Of(11), Of(12), all[gemv + 2], all[gemv + 3]);
         }
         catch (Exception e) when (e is InvalidOperationException or DllNotFoundException or EntryPointNotFoundException)
         {
@@ -259,6 +259,23 @@ internal static unsafe partial class FusedKernels
         return true;
     }
 
+    /// <summary>Moves slots [<paramref name="from"/>, from + <paramref name="count"/>) of every (row, head) of a contiguous CUDA
+    /// tensor [rows, heads, cap, width] down to [<paramref name="to"/>, to + count), in place (the ranges may overlap), in one
+    /// kernel: StreamingLLM's shift, where a copy through a temporary read and wrote the block twice. False on the CPU, for other
+    /// layouts (a slot not a whole number of 16-byte vectors) and when not moving down; nothing changed then.</summary>
+    public static bool TryShiftSlots(Tensor storage, int from, int to, int count)
+    {
+        if (!Usable(storage) || storage.dim() != 4 || to < 0 || to >= from || count <= 0 || from + count > storage.size(2)) return false;
+        long slotBytes = storage.size(3) * storage.ElementSize, rowHeads = storage.size(0) * storage.size(1);
+        if (slotBytes % 16 != 0 || rowHeads > 65535) return false;
+        int vecs = (int)(slotBytes / 16), cap = (int)storage.size(2);
+        long lanes = (long)Math.Min(from - to, count) * vecs;
+        IntPtr pd = Ptr(storage);
+        void** args = stackalloc void*[] { &pd, &vecs, &cap, &from, &to, &count };
+        CudaDriver.Launch(Kernels.Value!.ShiftSlots, (uint)((lanes + 255) / 256), (uint)rowHeads, 256, LibTorchCuda.CurrentRawStream(), args);
+        return true;
+    }
+
     /// <summary>The rotary kernel over rows of <paramref name="rowStride"/> elements, one per position, whose first
     /// <paramref name="heads"/> heads it rotates.</summary>
     static bool TryRotaryRows(Tensor x, long rowStride, int heads, int headDim, int rotaryDim, Tensor positions, Tensor cos, Tensor sin)
@@ -315,10 +332,6 @@ internal static unsafe partial class FusedKernels
         return true;
     }
 
-    // TEMPORARY A/B switch (twenty-fourth session, to be measured and removed): TERN_ATTN_VALUES_WITH_KEYS=0 keeps the kernel
-    // that loads the values after the scores.
-    static readonly bool ValuesWithKeys = Environment.GetEnvironmentVariable("TERN_ATTN_VALUES_WITH_KEYS") != "0";
-
     /// <summary>
     /// Decode attention of one query per sequence (q view [B, H, 1, D], last dimension contiguous; query positions [B, 1])
     /// over a layer cache, masked by the cached positions; returns [B, 1, H·D]. Keys, values and positions [B, Hkv, L, …] may
@@ -357,9 +370,7 @@ internal static unsafe partial class FusedKernels
         IntPtr stream = LibTorchCuda.CurrentRawStream();
         int t = TypeIndex(q.dtype);
         void** splitArgs = stackalloc void*[] { &po, &pm, &ps, &pq, &qb, &qh, &pk, &pv, &pc, &pp, &ph, &heads, &groups, &kvHeads, &slots, &stride, &headDim, &window, &sc };
-        // Rows of up to 256 bytes (128 bf16 dims): the kernel that loads the values with the keys (fused.cu, MAX_ROUNDS).
-        var splitKernel = rowVecs <= 16 && ValuesWithKeys ? Kernels.Value!.AttnSplitValuesWithKeys : Kernels.Value!.AttnSplit;
-        CudaDriver.Launch(splitKernel[t], (uint)(batch * heads), (uint)splits, 128, stream, splitArgs);
+        CudaDriver.Launch(Kernels.Value!.AttnSplit[t], (uint)(batch * heads), (uint)splits, 128, stream, splitArgs);
         void** combineArgs = stackalloc void*[] { &py, &po, &pm, &ps, &splits, &headDim };
         CudaDriver.Launch(Kernels.Value!.AttnCombine[t], (uint)(batch * heads), 1, (uint)Math.Min(256, headDim), stream, combineArgs);
         return true;

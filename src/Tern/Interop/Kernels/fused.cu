@@ -170,6 +170,30 @@ __device__ void rotary_slots(T* attended, const T* keys, int cap, int headDim, i
     rotate_head(attended + cell, keys + cell, slot, rotary, headDim, cosTable, sinTable);
 }
 
+// StreamingLLM's shift in place: slots [from, from + count) of each (row, head) of data [rows · heads, cap, vecs] (16-byte vectors)
+// moved down to [to, to + count), to < from, read and written once where a copy through a temporary took two passes more. The
+// slot `to + j` that a thread writes is slot `from + j - e` (e = from - to), which the same thread read before, since each thread
+// walks one vector lane of the slots j ≡ r (mod e) upward: every batch of loads precedes its stores (eight loads in flight).
+// Grid: x over min(e, count) · vecs threads, y over rows · heads.
+extern "C" __global__ void shift_slots(uint4* data, int vecs, int cap, int from, int to, int count)
+{
+    const int e = from - to, Batch = 8;
+    int t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= min(e, count) * vecs) return;
+    int r = t / vecs;
+    uint4* base = data + (long long)blockIdx.y * cap * vecs + (t - r * vecs);
+    for (int j = r; j < count; j += Batch * e)
+    {
+        uint4 moved[Batch];
+#pragma unroll
+        for (int u = 0; u < Batch; u++)
+            if (j + u * e < count) moved[u] = base[(long long)(from + j + u * e) * vecs];
+#pragma unroll
+        for (int u = 0; u < Batch; u++)
+            if (j + u * e < count) base[(long long)(to + j + u * e) * vecs] = moved[u];
+    }
+}
+
 __device__ __forceinline__ float activate(float g, int kind)
 {
     switch (kind)
@@ -309,17 +333,13 @@ __device__ __forceinline__ float block_max(float v, float* shared)
 // head are read; a head's slots start headStride slots after the previous head's (the cache's capacity: a prefix of it is attended).
 // 128 threads. Keys and values are read with 16-byte loads: a row of D elements is spread over D/VEC lanes (VEC = 16 bytes of
 // T), and every load of a loop is issued before its results are used — at batch 1 this kernel is pure latency.
-// MAX_ROUNDS bounds the keys a thread reads (SPLIT / (SPLIT_THREADS / rowVecs) = rowVecs / 2): 16 covers every head size;
-// with 8 (rows of up to 256 bytes: 128 bf16 or f16 dims) the values are loaded with the keys, one round trip to memory instead
-// of two, in the registers that 16 rounds of keys alone take.
 #define SPLIT 64
 #define SPLIT_THREADS 128
-template <typename T, int MAX_ROUNDS>
+template <typename T>
 __device__ void attn_split(float* partOut, float* partMax, float* partSum, const T* q, long long qBatch, long long qHead,
                            const T* keys, const T* values, const long long* cachePos, const long long* qpos, const long long* headIndex,
                            int heads, int queryGroups, int kvHeads, int slots, int headStride, int headDim, int window, float scale)
 {
-    constexpr bool valuesWithKeys = MAX_ROUNDS <= 8;
     const int VEC = 16 / (int)sizeof(T);
     __shared__ float prob[SPLIT];
     __shared__ float partial[SPLIT_THREADS * 8]; // per thread, its VEC output dims (VEC ≤ 8)
@@ -344,9 +364,9 @@ __device__ void attn_split(float* partOut, float* partMax, float* partSum, const
     }
 
     // Scores: each thread takes keys group, group + groups, ... of the split (at most 16 with rowVecs = 32).
-    const int maxRounds = MAX_ROUNDS;
+    const int maxRounds = 16;
     int rounds = SPLIT / groups;
-    uint4 kr[maxRounds], vr[maxRounds];
+    uint4 kr[maxRounds];
 #pragma unroll
     for (int r = 0; r < maxRounds; r++)
         if (r < rounds)
@@ -354,14 +374,6 @@ __device__ void attn_split(float* partOut, float* partMax, float* partSum, const
             int key = k0 + group + r * groups;
             kr[r] = K[(long long)(key < slots ? key : slots - 1) * rowVecs + sub];
         }
-    if (valuesWithKeys)
-#pragma unroll
-        for (int r = 0; r < maxRounds; r++)
-            if (r < rounds)
-            {
-                int key = k0 + group + r * groups;
-                vr[r] = V[(long long)(key < slots ? key : slots - 1) * rowVecs + sub];
-            }
 #pragma unroll
     for (int r = 0; r < maxRounds; r++)
         if (r < rounds)
@@ -386,16 +398,18 @@ __device__ void attn_split(float* partOut, float* partMax, float* partSum, const
     if (threadIdx.x < SPLIT) prob[threadIdx.x] = m > NEG_INF && prob[threadIdx.x] > NEG_INF ? __expf(prob[threadIdx.x] - m) : 0.0f;
     __syncthreads();
 
-    // Values: the same key assignment; each thread accumulates its VEC dims over its keys, then the groups are summed. (With
-    // 16 rounds, loading them with the keys takes 184 registers a thread against 112 on sm_90: half the resident blocks.)
-    if (!valuesWithKeys)
+    // Values: the same key assignment; each thread accumulates its VEC dims over its keys, then the groups are summed. (Loading
+    // them with the keys, one round trip instead of two, takes 184 registers a thread against 112 on sm_90: half the resident
+    // blocks. A form with 8 rounds for rows of up to 128 16-bit dims, 102 registers, was 1.5% slower on the 7B step at a 4k cache:
+    // H100, 7.176 / 7.179 against 7.070 / 7.074 ms, alternating.)
+    uint4 vr[maxRounds];
 #pragma unroll
-        for (int r = 0; r < maxRounds; r++)
-            if (r < rounds)
-            {
-                int key = k0 + group + r * groups;
-                vr[r] = V[(long long)(key < slots ? key : slots - 1) * rowVecs + sub];
-            }
+    for (int r = 0; r < maxRounds; r++)
+        if (r < rounds)
+        {
+            int key = k0 + group + r * groups;
+            vr[r] = V[(long long)(key < slots ? key : slots - 1) * rowVecs + sub];
+        }
     float acc[8] = { 0, 0, 0, 0, 0, 0, 0, 0 };
 #pragma unroll
     for (int r = 0; r < maxRounds; r++)
@@ -478,11 +492,7 @@ INSTANTIATE_GEMV(f16, f16)
     extern "C" __global__ void attn_split_##S(float* po, float* pm, float* ps, const T* q, long long qb, long long qh, const T* keys,    \
         const T* values, const long long* cp, const long long* qpos, const long long* hi, int heads, int groups, int kvHeads, int slots,  \
         int stride, int headDim, int window, float scale)                                                                                \
-        { attn_split<T, 16>(po, pm, ps, q, qb, qh, keys, values, cp, qpos, hi, heads, groups, kvHeads, slots, stride, headDim, window, scale); } \
-    extern "C" __global__ void attn_split8_##S(float* po, float* pm, float* ps, const T* q, long long qb, long long qh, const T* keys,   \
-        const T* values, const long long* cp, const long long* qpos, const long long* hi, int heads, int groups, int kvHeads, int slots,  \
-        int stride, int headDim, int window, float scale)                                                                                \
-        { attn_split<T, 8>(po, pm, ps, q, qb, qh, keys, values, cp, qpos, hi, heads, groups, kvHeads, slots, stride, headDim, window, scale); } \
+        { attn_split<T>(po, pm, ps, q, qb, qh, keys, values, cp, qpos, hi, heads, groups, kvHeads, slots, stride, headDim, window, scale); } \
     extern "C" __global__ void attn_combine_##S(T* out, const float* po, const float* pm, const float* ps, int splits, int headDim)       \
         { attn_combine<T>(out, po, pm, ps, splits, headDim); }
 INSTANTIATE(float, f32)
