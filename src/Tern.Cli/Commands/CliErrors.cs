@@ -65,8 +65,6 @@ internal static class CliErrors
         [TernOption.InRankCheckEvery] = "--inrank-check-every",
         [TernOption.InRankStage1Steps] = "--inrank-stage1-steps",
         [TernOption.InRankInitScale] = "--inrank-init-scale",
-        [TernOption.InRankZeroUpdate] = "--inrank-zero-update",
-        [TernOption.InRankVariant] = "--inrank-variant",
         [TernOption.InRankMaxRankFraction] = "--inrank-max-rank-fraction",
         [TernOption.InRankFixedRank] = "--low-rank",
     };

@@ -56,7 +56,6 @@ internal static class TrainCommand
         var inrankEvery = new Option<int>("--inrank-check-every") { Description = "A rank check every N forward passes (validation counts, as released).", DefaultValueFactory = _ => r0.CheckEvery };
         var inrankStage1 = new Option<int>("--inrank-stage1-steps") { Description = "Optimizer steps of rank discovery; then the factors are truncated to their ranks.", DefaultValueFactory = _ => r0.Stage1Steps };
         var inrankScale = new Option<double>("--inrank-init-scale") { Description = "Scale of the Kaiming-uniform initial factors.", DefaultValueFactory = _ => r0.InitScale };
-        var inrankZero = new Option<bool>("--inrank-zero-update") { Description = "Original variant: B starts at zero, so W = W0 at step 0 and a component that comes live leaves the function unchanged." };
         var inrankMaxRank = new Option<double>("--inrank-max-rank-fraction") { Description = "InRank's Rmax as a fraction of the full rank (released: 0.5); the rank is capped at Rmax − buffer.", DefaultValueFactory = _ => r0.MaxRankFraction };
         var inrankMoments = new Option<string>("--inrank-moments") { Description = "Adam moments of the factors at the hand-off: slice (as released) or reset.", DefaultValueFactory = _ => "slice" };
         inrankMoments.AcceptOnlyFromAmong("slice", "reset");
@@ -66,7 +65,7 @@ internal static class TrainCommand
         var command = new Command("train", "Train a causal language model from a config and token files; writes an HF model folder.")
             { config, runConfig, trainFile, validFile, output, resume, tokenizer, format, steps, seq, batch, accum, lr, warmup, minLr, decay,
               clip, evalEvery, evalBatches, ckptEvery, seed, startToken, device, autocast, probe, probeWindows, probeEvery,
-              inrank, inrankVariant, inrankRank, inrankBuffer, inrankThreshold, inrankWarmup, inrankEvery, inrankStage1, inrankScale, inrankZero, inrankMaxRank, inrankMoments, lowRank, factorLr, factorDecay };
+              inrank, inrankVariant, inrankRank, inrankBuffer, inrankThreshold, inrankWarmup, inrankEvery, inrankStage1, inrankScale, inrankMaxRank, inrankMoments, lowRank, factorLr, factorDecay };
         command.SetAction((r, cancellation) =>
         {
             string outputDir = r.GetValue(output)!;
@@ -110,7 +109,7 @@ internal static class TrainCommand
                         Variant = Given(inrankVariant) ? Enum.Parse<Tern.Models.LowRankVariant>(r.GetValue(inrankVariant)!, true) : ir.Variant,
                         InitialRank = Pick(inrankRank, ir.InitialRank), Buffer = Pick(inrankBuffer, ir.Buffer), Threshold = Pick(inrankThreshold, ir.Threshold),
                         Warmup = Pick(inrankWarmup, ir.Warmup), CheckEvery = Pick(inrankEvery, ir.CheckEvery), Stage1Steps = Pick(inrankStage1, ir.Stage1Steps),
-                        InitScale = Pick(inrankScale, ir.InitScale), ZeroUpdate = Given(inrankZero) ? r.GetValue(inrankZero) : ir.ZeroUpdate, MaxRankFraction = Pick(inrankMaxRank, ir.MaxRankFraction),
+                        InitScale = Pick(inrankScale, ir.InitScale), MaxRankFraction = Pick(inrankMaxRank, ir.MaxRankFraction),
                         Moments = Given(inrankMoments) ? Enum.Parse<MomentHandoff>(r.GetValue(inrankMoments)!, true) : ir.Moments,
                         FixedRank = Pick(lowRank, ir.FixedRank),
                     },

@@ -86,10 +86,6 @@ public sealed class TernOption
     public static readonly TernOption InRankStage1Steps = new("InRankOptions.Stage1Steps");
     /// <summary>Scale of InRank's initial factors.</summary>
     public static readonly TernOption InRankInitScale = new("InRankOptions.InitScale");
-    /// <summary>InRank's original variant starting at W = W0 (B zero).</summary>
-    public static readonly TernOption InRankZeroUpdate = new("InRankOptions.ZeroUpdate");
-    /// <summary>InRank's form of the MLP weights: B·A or W0 + B·A.</summary>
-    public static readonly TernOption InRankVariant = new("InRankOptions.Variant");
     /// <summary>InRank's Rmax as a fraction of the full rank.</summary>
     public static readonly TernOption InRankMaxRankFraction = new("InRankOptions.MaxRankFraction");
     /// <summary>The rank of the fixed-rank low-rank control.</summary>

@@ -303,29 +303,6 @@ public class InRankTests
         Assert.All(history, h => Assert.True(double.IsFinite(h.Loss)));
     }
 
-    /// <summary>The original variant with <see cref="InRankOptions.ZeroUpdate"/>: B starts at zero (the product is zero, W = W0) and
-    /// A is drawn; training moves B off zero, the rank checks run on the product (finite
-    /// scores), the loss falls. With W = B·A alone a zero B is refused by name.</summary>
-    [Fact]
-    public void TheZeroUpdateStartsAtW0AndTrains()
-    {
-        using var dir = new TempDir();
-        using var trainer = Trainer.Create(TrainerTests.TinyConfig(), TrainerTests.Options(dir, steps: 12) with
-            { InRank = Small with { Variant = LowRankVariant.Original, ZeroUpdate = true }, CheckpointEvery = 0, EvalEvery = 0 });
-        List<ModelParameter> Factors() => trainer.Model.Parameters.Where(p => p.Name.EndsWith(".weight_b") || p.Name.EndsWith(".weight_a")).ToList();
-        Assert.NotEmpty(Factors());
-        foreach (var f in Factors())
-            Assert.Equal(f.Name.EndsWith(".weight_b"), f.Tensor.count_nonzero().item<long>() == 0);
-        var history = trainer.Run(cancellation: Ct);
-        Assert.All(Factors(), f => Assert.True(f.Tensor.count_nonzero().item<long>() > 0, $"{f.Name} still zero"));
-        var checks = File.ReadAllLines(Path.Combine(dir.File("out"), RankLog.FileName)).Select(l => JsonNode.Parse(l)!)
-            .Where(r => r["explained"] is not null).ToList();
-        Assert.NotEmpty(checks);
-        Assert.All(checks, r => Assert.True(double.IsFinite((double)r["explained"]!)));
-        Assert.True(history[^1].Loss < history[0].Loss, $"loss {history[0].Loss:F3} → {history[^1].Loss:F3}");
-        Assert.Equal(TernOption.InRankZeroUpdate, Assert.Throws<OptionException>(() => (Small with { ZeroUpdate = true }).Validate()).Options[0]);
-    }
-
     [Fact]
     public void TheFixedRankControlTrainsAtOneRankWithoutChecks()
     {
@@ -431,7 +408,7 @@ public class InRankTests
     public void RunConfigsCarryTheInRankOptions()
     {
         using var dir = new TempDir();
-        var options = TrainerTests.Options(dir) with { InRank = Small with { Variant = LowRankVariant.Original, Moments = MomentHandoff.Reset, ZeroUpdate = true }, FactorLearningRateScale = 2.5, FactorWeightDecay = 0 };
+        var options = TrainerTests.Options(dir) with { InRank = Small with { Variant = LowRankVariant.Original, Moments = MomentHandoff.Reset }, FactorLearningRateScale = 2.5, FactorWeightDecay = 0 };
         string path = dir.File("run.json");
         File.WriteAllText(path, options.ToJson().ToJsonString());
         var baseline = new TrainerOptions { OutputDirectory = options.OutputDirectory, TrainTokens = "", Device = DeviceKind.Cpu };

@@ -42,11 +42,6 @@ public sealed record InRankOptions
     public int Stage1Steps { get; init; } = 130;
     /// <summary>Multiplies the Kaiming-uniform initial factors (<c>init_scale</c>).</summary>
     public double InitScale { get; init; } = 1.0;
-    /// <summary>Original variant only: B starts at zero, so W = W0 at step 0 — the paper's cumulative update D₀ = W₀ − W₀ = 0 —
-    /// and a component that comes live leaves the function unchanged (with both factors drawn, W0 + B·A starts off W0 and each
-    /// component that comes live adds an untrained random product, pitfall 3). A stays Kaiming-uniform, so B's gradient is not
-    /// zero.</summary>
-    public bool ZeroUpdate { get; init; }
     /// <summary>Adam moments of the factors at the hand-off.</summary>
     public MomentHandoff Moments { get; init; } = MomentHandoff.Slice;
     /// <summary>When set, no rank discovery: every MLP linear is B·A at this rank from the first step (the fixed-rank control).</summary>
@@ -57,7 +52,7 @@ public sealed record InRankOptions
     {
         ["variant"] = Variant.ToString().ToLowerInvariant(), ["initial_rank"] = InitialRank, ["buffer"] = Buffer, ["max_rank_fraction"] = MaxRankFraction, ["threshold"] = Threshold,
         ["warmup"] = Warmup, ["check_every"] = CheckEvery, ["stage1_steps"] = Stage1Steps, ["init_scale"] = InitScale,
-        ["zero_update"] = ZeroUpdate, ["moments"] = Moments.ToString().ToLowerInvariant(), ["fixed_rank"] = FixedRank,
+        ["moments"] = Moments.ToString().ToLowerInvariant(), ["fixed_rank"] = FixedRank,
     };
 
     /// <summary>Options from a run config's <c>inrank</c> object (any subset of <see cref="ToJson"/>'s keys; the others keep
@@ -83,7 +78,6 @@ public sealed record InRankOptions
                 "threshold" => o with { Threshold = Get<double>() },
                 "warmup" => o with { Warmup = Get<int>() }, "check_every" => o with { CheckEvery = Get<int>() },
                 "stage1_steps" => o with { Stage1Steps = Get<int>() }, "init_scale" => o with { InitScale = Get<double>() },
-                "zero_update" => o with { ZeroUpdate = Get<bool>() },
                 "moments" => o with { Moments = Enum<MomentHandoff>() }, "fixed_rank" => o with { FixedRank = Get<int?>() },
                 _ => throw new ArgumentException($"{path}: unknown key \"inrank.{key}\" (known: {string.Join(", ", o.ToJson().Select(kv => kv.Key))})."),
             };
@@ -102,8 +96,6 @@ public sealed record InRankOptions
         if (CheckEvery < 1) throw new OptionException($"{TernOption.InRankCheckEvery} must be at least 1 (got {CheckEvery}).");
         if (Stage1Steps < 1) throw new OptionException($"{TernOption.InRankStage1Steps} must be at least 1 (got {Stage1Steps}).");
         if (!(InitScale > 0) || !double.IsFinite(InitScale)) throw new OptionException($"{TernOption.InRankInitScale} must be a positive number (got {InitScale}).");
-        if (ZeroUpdate && Variant != LowRankVariant.Original)
-            throw new OptionException($"{TernOption.InRankZeroUpdate} needs {TernOption.InRankVariant} original: with W = B·A alone a zero B starts every MLP at W = 0.");
         if (FixedRank is < 1) throw new OptionException($"{TernOption.InRankFixedRank} must be at least 1 (got {FixedRank}).");
     }
 }

@@ -69,9 +69,9 @@ internal sealed class InRankTraining
     }
 
     /// <summary>Starts InRank on a fresh model built from <see cref="Prepare"/>'s config: the factors are drawn again, as released,
-    /// Kaiming-uniform (a = √5): A ~ U(±1/√n), B ~ U(±1/√width), times <see cref="InRankOptions.InitScale"/> (B zero with
-    /// <see cref="InRankOptions.ZeroUpdate"/>); the original variant's W0 keeps the model's standard initialisation. Seeded by
-    /// <paramref name="seed"/>, on the CPU (the same values on any device).</summary>
+    /// Kaiming-uniform (a = √5): A ~ U(±1/√n), B ~ U(±1/√width), times <see cref="InRankOptions.InitScale"/>; the original
+    /// variant's W0 keeps the model's standard initialisation. Seeded by <paramref name="seed"/>, on the CPU (the same values on
+    /// any device).</summary>
     public static InRankTraining Start(CausalLanguageModel model, InRankOptions options, long seed, string outputDirectory)
     {
         var layout = model.LowRank ?? throw new InvalidOperationException("the model has no low_rank section; build it from InRankTraining.Prepare's config.");
@@ -82,11 +82,6 @@ internal sealed class InRankTraining
             {
                 using var scope = torch.NewDisposeScope();
                 var p = Parameter(model, name + factor);
-                if (options.ZeroUpdate && factor == ".weight_b")
-                {
-                    p.zero_();
-                    continue;
-                }
                 double bound = options.InitScale / Math.Sqrt(p.size(1)); // fan_in: n for A [width, n], width for B [m, width]
                 var values = (torch.rand(p.shape, ScalarType.Float64, generator: generator) * 2 - 1) * bound;
                 p.copy_(values.to(p.dtype).to(p.device));
