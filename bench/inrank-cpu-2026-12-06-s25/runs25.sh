@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Twenty-fifth session (CPU): the original variant's early gap — B zero at the start (--inrank-zero-update) against both factors
+# Twenty-fifth session (CPU; --inrank-zero-update existed at commit 6412c00 and was removed after these runs): the original variant's early gap — B zero at the start (--inrank-zero-update) against both factors
 # drawn, and full rank, batch 8 x 400 steps (stage 1 all of it), validation every 50 steps.
 T=${TERN:?set TERN}
 run() { name=$1; shift; rm -rf $name; $T train --config config.json --train train.bin --valid valid.bin --tokenizer tokenizer --output $name \

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Twenty-fifth session (CPU): the init alone at one fixed rank (160, the original variant), B zero against both drawn, 400 steps.
+# Twenty-fifth session (CPU; --inrank-zero-update existed at commit 6412c00): the init alone at one fixed rank (160, the original variant), B zero against both drawn, 400 steps.
 T=${TERN:?set TERN}
 run() { name=$1; shift; rm -rf $name; $T train --config config.json --train train.bin --valid valid.bin --tokenizer tokenizer --output $name \
   --device cpu --steps ${STEPS:-300} --seq-len 128 --batch-size ${BATCH:-8} --lr ${LR:-1e-3} --warmup 30 --min-lr-ratio 0.1 --weight-decay 0.1 --grad-clip 1.0 \

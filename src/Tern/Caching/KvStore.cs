@@ -106,11 +106,12 @@ internal abstract class KvStore : IDisposable
     internal static void ShiftTensor(Tensor storage, int from, int to, int count)
     {
         if (from == to || count == 0) return;
+        // The ranges overlap whenever fewer slots move down than the block holds (sink: one evicted token, a window of
+        // thousands): on CUDA one kernel moves the block in place; copy_ refuses partially overlapping tensors and an
+        // element-order copy would read slots it already overwrote, so elsewhere the block goes through a temporary (one extra
+        // copy of the block, no index).
         if (FusedKernels.TryShiftSlots(storage, from, to, count)) return;
         using var scope = torch.NewDisposeScope();
-        // The ranges overlap whenever fewer slots move down than the block holds (sink: one evicted token, a window of
-        // thousands); copy_ refuses partially overlapping tensors and an element-order copy would read slots it already
-        // overwrote, so the block goes through a temporary (one extra copy of the block, no index).
         storage.narrow(2, to, count).copy_(storage.narrow(2, from, count).clone());
     }
 }

@@ -60,6 +60,17 @@ internal static unsafe partial class CpuKernels
             {
                 long b = r / Heads, h = r % Heads;
                 byte* k = K + (b * KeyBatch + h * KeyHead) * T.Size, v = V + (b * ValueBatch + h * ValueHead) * T.Size;
+                // The next pair's keys and values, prefetched into L2 alongside this pair's work: in a decode step the weights
+                // streamed since the last layer have pushed them out of cache, and each pair's short streams (24 KB of keys for
+                // the default model at a 192-token context) leave the hardware prefetcher little to learn from. Default model,
+                // bf16, 8 rows at prompt 128 + 128 tokens: step 4.615 → 4.528 ms (medians of 6 alternating runs; one row level).
+                byte* nextK = null, nextV = null;
+                if (r + 1 < to)
+                {
+                    long nb = (r + 1) / Heads, nh = (r + 1) % Heads;
+                    nextK = K + (nb * KeyBatch + nh * KeyHead) * T.Size;
+                    nextV = V + (nb * ValueBatch + nh * ValueHead) * T.Size;
+                }
                 for (int g = 0; g < Groups; g++)
                 {
                     long qRow = b * QueryBatch + h * QueryHead + g * QueryGroup, yRow = (r * Groups + g) * d;
@@ -74,6 +85,7 @@ internal static unsafe partial class CpuKernels
                     int j = 0;
                     for (; j + 8 <= n; j += 8)
                     {
+                        if (nextK != null && g == Groups - 1) PrefetchLines(nextK + (long)j * d * T.Size, 8L * d * T.Size);
                         var s = Vector256.Multiply(EightScores<T>(q, k + (long)j * d * T.Size, d, blocks), scale);
                         s.Store(scores + j);
                         maxes = Vector256.MaxNative(maxes, s); // a NaN score still makes every output NaN below
@@ -109,6 +121,7 @@ internal static unsafe partial class CpuKernels
                         byte* column = v + (long)c * T.Size;
                         for (j = 0; j < n; j++)
                         {
+                            if (nextV != null && g == Groups - 1 && c == 0) PrefetchLines(nextV + (long)j * d * T.Size, (long)d * T.Size);
                             var p = Vector256.Create(scores[j]);
                             byte* row = column + (long)j * d * T.Size;
                             // Each pair consumed before the next load: sixteen ymm registers hold the eight sums and what feeds them.
@@ -184,6 +197,14 @@ internal static unsafe partial class CpuKernels
             }
             return SumAcrossLanes(s0, s1, s2, s3, s4, s5, s6, s7);
         }
+    }
+
+    /// <summary>Prefetches [start, start + bytes) into L2, a 64-byte line at a time.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static void PrefetchLines(byte* start, long bytes)
+    {
+        if (!System.Runtime.Intrinsics.X86.Sse.IsSupported) return;
+        for (long o = 0; o < bytes; o += 64) System.Runtime.Intrinsics.X86.Sse.Prefetch1(start + o);
     }
 
     /// <summary>Eight vectors' sums across their lanes as one vector (lane i: the sum of vector i).</summary>
