@@ -215,8 +215,9 @@ public sealed class FusedKernelTests
     }
 
     /// <summary>StreamingLLM's shift in place (shift_slots): the block moved down equals a copy through a temporary, bit for bit, for
-    /// moves shorter than the block (the sink's usual case: each thread re-reads what it wrote), as long as it (no overlap) and of
-    /// one slot; the slots outside the destination untouched. A slot of 2 + 4 fp32 values is not whole 16-byte vectors: refused.</summary>
+    /// moves shorter than the block (the sink's case: each thread writes only slots it has read), longer than it (no overlap) and of
+    /// one slot; the slots outside the destination untouched. A slot of 6 fp32 values (24 bytes) is not whole 16-byte vectors, and
+    /// a move up is not a shift: both refused.</summary>
     [Theory]
     [InlineData(ModelDType.BFloat16, 4, 68, 180)]
     [InlineData(ModelDType.BFloat16, 4, 5, 250)]
