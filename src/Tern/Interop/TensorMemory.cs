@@ -24,6 +24,10 @@ internal static partial class TensorMemory
         return shape;
     }
 
+    /// <summary>Whether <paramref name="tensor"/> lives on <paramref name="device"/>, by type and index: TorchSharp's
+    /// <see cref="Device"/> compares by reference, so <c>tensor.device == device</c> does not hold for the same device.</summary>
+    public static bool IsOn(Tensor tensor, Device device) => tensor.device_type == device.type && tensor.device_index == device.index;
+
     /// <summary>Bytes of a contiguous tensor.</summary>
     public static long Bytes(Tensor tensor) => tensor.NumberOfElements * tensor.ElementSize;
 }

@@ -1,5 +1,6 @@
 using Tern.Checkpoints;
 using Tern.Caching;
+using Tern.Interop;
 using Tern.Runtime;
 using TorchSharp;
 using TorchSharp.Modules;
@@ -286,7 +287,7 @@ public abstract class CausalLanguageModel : IStepModel, IDisposable
         var positions = torch.arange(t, ScalarType.Int64, Device).unsqueeze(0).expand(b, t).contiguous();
         var batch = new ForwardBatch
         {
-            InputIds = inputIds.device == Device ? inputIds : inputIds.to(Device),
+            InputIds = TensorMemory.IsOn(inputIds, Device) ? inputIds : inputIds.to(Device),
             Positions = positions,
             RealTokens = Enumerable.Repeat((int)t, (int)b).ToArray(),
             MaxPosition = (int)t - 1,

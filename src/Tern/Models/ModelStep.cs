@@ -1,3 +1,4 @@
+using Tern.Interop;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -24,9 +25,7 @@ internal sealed class ModelStep(ForwardBatch batch, ISparsityStep? sparsity = nu
     /// the others; owned by the step (freed by <see cref="Dispose"/>), outside every dispose scope.</summary>
     public Tensor Offsets(int count, Device device)
     {
-        // By type and index: TorchSharp's Device compares by reference, so `o.device == device` never held and every layer made
-        // its own.
-        if (offsets is { } o && o.size(0) == count && o.device_type == device.type && o.device_index == device.index) return o;
+        if (offsets is { } o && o.size(0) == count && TensorMemory.IsOn(o, device)) return o;
         offsets?.Dispose();
         return offsets = torch.arange(count, ScalarType.Int64, device).DetachFromDisposeScope();
     }
