@@ -262,10 +262,12 @@ internal static unsafe partial class FusedKernels
     /// <summary>Moves slots [<paramref name="from"/>, from + <paramref name="count"/>) of every (row, head) of a contiguous CUDA
     /// tensor [rows, heads, cap, width] down to [<paramref name="to"/>, to + count), in place (the ranges may overlap), in one
     /// kernel: StreamingLLM's shift, where a copy through a temporary read and wrote the block twice. False on the CPU, for other
-    /// layouts (a slot not a whole number of 16-byte vectors) and when not moving down; nothing changed then.</summary>
+    /// layouts (a slot not a whole number of 16-byte vectors), when not moving down, and for a short move of a long block (more
+    /// than <see cref="LongestShiftWalk"/> slots a thread); nothing changed then.</summary>
     public static bool TryShiftSlots(Tensor storage, int from, int to, int count)
     {
         if (!Usable(storage) || storage.dim() != 4 || to < 0 || to >= from || count <= 0 || from + count > storage.size(2)) return false;
+        if ((count + (from - to) - 1) / (from - to) > LongestShiftWalk) return false;
         long slotBytes = storage.size(3) * storage.ElementSize, rowHeads = storage.size(0) * storage.size(1);
         if (slotBytes % 16 != 0 || rowHeads > 65535) return false;
         int vecs = (int)(slotBytes / 16), cap = (int)storage.size(2);
@@ -275,6 +277,12 @@ internal static unsafe partial class FusedKernels
         CudaDriver.Launch(Kernels.Value!.ShiftSlots, (uint)((lanes + 255) / 256), (uint)rowHeads, 256, LibTorchCuda.CurrentRawStream(), args);
         return true;
     }
+
+    /// <summary>Most slots one thread of shift_slots walks (the block over the distance moved), eight loads in flight at a time:
+    /// each batch of eight waits a memory round trip, so a long walk is bound by latency where the copy through a temporary runs
+    /// at the bandwidth — one evicted token a step over a 4,096-slot window would be 512 round trips a thread. Evicting every 64
+    /// (63 slots a thread) is the case measured (H100, twenty-fifth session).</summary>
+    const int LongestShiftWalk = 128;
 
     /// <summary>The rotary kernel over rows of <paramref name="rowStride"/> elements, one per position, whose first
     /// <paramref name="heads"/> heads it rotates.</summary>
