@@ -3,6 +3,7 @@ using Tern.Offloading;
 using Tern.Runtime;
 using TorchSharp;
 using static TorchSharp.torch;
+using static Tern.Tests.TensorChecks;
 
 namespace Tern.Tests.Gpu;
 
@@ -25,8 +26,6 @@ public sealed class CudaOffloadedSoftPromptTests : OffloadedSoftPromptContract
 public sealed class CudaTransferEngineTests
 {
     static readonly Device Cuda = ComputeOptions.ResolveDevice(DeviceKind.Cuda);
-
-    static bool Same(Tensor a, Tensor b) => a.shape.SequenceEqual(b.shape) && a.eq(b).all().item<bool>();
 
     [Fact]
     public void CopiesRoundTripThroughPinnedMemoryAfterTheComputeThatMadeThem()

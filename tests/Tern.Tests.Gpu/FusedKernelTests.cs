@@ -3,6 +3,7 @@ using Tern.Runtime;
 using TorchSharp;
 using static TorchSharp.torch;
 using F = TorchSharp.torch.nn.functional;
+using static Tern.Tests.TensorChecks;
 
 namespace Tern.Tests.Gpu;
 
@@ -149,8 +150,8 @@ public sealed class FusedKernelTests
         var c = cos.index_select(0, positions.flatten()).view(b, tokens, 1, d).to(ScalarType.Float32);
         var s = sin.index_select(0, positions.flatten()).view(b, tokens, 1, d).to(ScalarType.Float32);
         AssertClose(x * c + x.roll(d / 2, -1) * s, keys, dtype, "rotary on the keys' view");
-        Assert.True(qkv.narrow(2, 0, heads).eq(before.narrow(2, 0, heads)).all().item<bool>(), "queries changed");
-        Assert.True(qkv.narrow(2, heads + kvHeads, kvHeads).eq(before.narrow(2, heads + kvHeads, kvHeads)).all().item<bool>(), "values changed");
+        Assert.True(Same(qkv.narrow(2, 0, heads), before.narrow(2, 0, heads)), "queries changed");
+        Assert.True(Same(qkv.narrow(2, heads + kvHeads, kvHeads), before.narrow(2, heads + kvHeads, kvHeads)), "values changed");
     }
 
     /// <summary>Each type with a full rotary, and bf16 with a partial one (NeoX's 25% of 64 dims).</summary>
@@ -178,12 +179,12 @@ public sealed class FusedKernelTests
         var attended = torch.randn(b, kvHeads, cap, d, device: CUDA).to(t);
         var expected = attended.clone();
         Assert.True(FusedKernels.TryRotaryInto(attended, qkv.narrow(2, 0, heads), qkv.narrow(2, heads, kvHeads), rotary, positions, cos, sin, slot));
-        Assert.True(qkv.narrow(2, heads, 2 * kvHeads).eq(before.narrow(2, heads, 2 * kvHeads)).all().item<bool>(), "keys or values changed");
+        Assert.True(Same(qkv.narrow(2, heads, 2 * kvHeads), before.narrow(2, heads, 2 * kvHeads)), "keys or values changed");
         var reference = before.clone();
         Assert.True(FusedKernels.TryRotaryViewInPlace(reference.narrow(2, 0, heads + kvHeads), d, rotary, positions, cos, sin));
-        Assert.True(reference.narrow(2, 0, heads).eq(qkv.narrow(2, 0, heads)).all().item<bool>(), "queries not rotated in place as rotary does");
+        Assert.True(Same(reference.narrow(2, 0, heads), qkv.narrow(2, 0, heads)), "queries not rotated in place as rotary does");
         expected.index_copy_(2, slot, reference.narrow(2, heads, kvHeads).transpose(1, 2));
-        Assert.True(expected.eq(attended).all().item<bool>(), "keys not the in-place rotation copied into the slot");
+        Assert.True(Same(expected, attended), "keys not the in-place rotation copied into the slot");
     }
 
     /// <summary>StreamingLLM's moved block after a shift, rotated at its slot indices in one kernel (rotary_slots): bit for bit
@@ -203,14 +204,14 @@ public sealed class FusedKernelTests
         var attended = torch.randn(b, kvHeads, cap, d, device: CUDA).to(t);
         var before = attended.clone();
         Assert.True(FusedKernels.TryRotarySlots(attended, keys, start, count, rotary, cos, sin));
-        Assert.True(keys.eq(stored).all().item<bool>(), "stored keys changed");
+        Assert.True(Same(keys, stored), "stored keys changed");
         // The rotary kernel in place on [B, count, H, D] (one position per slot, the same for every row).
         var block = keys.narrow(2, start, count).permute(0, 2, 1, 3).contiguous();
         var positions = torch.arange(start, start + count, device: CUDA).to(ScalarType.Int64).expand(b, count).contiguous();
         Assert.True(FusedKernels.TryRotaryViewInPlace(block, d, rotary, positions, cos, sin));
-        Assert.True(attended.narrow(2, start, count).eq(block.permute(0, 2, 1, 3)).all().item<bool>(), "not the rotary kernel's rotation");
-        Assert.True(attended.narrow(2, 0, start).eq(before.narrow(2, 0, start)).all().item<bool>(), "slots before the block changed");
-        Assert.True(attended.narrow(2, start + count, cap - start - count).eq(before.narrow(2, start + count, cap - start - count)).all().item<bool>(),
+        Assert.True(Same(attended.narrow(2, start, count), block.permute(0, 2, 1, 3)), "not the rotary kernel's rotation");
+        Assert.True(Same(attended.narrow(2, 0, start), before.narrow(2, 0, start)), "slots before the block changed");
+        Assert.True(Same(attended.narrow(2, start + count, cap - start - count), before.narrow(2, start + count, cap - start - count)),
             "slots after the block changed");
     }
 
@@ -232,7 +233,7 @@ public sealed class FusedKernelTests
         var expected = data.clone();
         expected.narrow(2, to, count).copy_(expected.narrow(2, from, count).clone());
         Assert.True(FusedKernels.TryShiftSlots(data, from, to, count));
-        Assert.True(data.eq(expected).all().item<bool>(), "not the copy through a temporary");
+        Assert.True(Same(data, expected), "not the copy through a temporary");
         Assert.False(FusedKernels.TryShiftSlots(torch.zeros(2, 3, 256, 6, device: CUDA), from, to, count));
         Assert.False(FusedKernels.TryShiftSlots(data, to, from, count)); // moving up
         Assert.False(FusedKernels.TryShiftSlots(data, 5, 4, 250)); // one slot over 250: a walk bound by latency, left to the copy
@@ -335,7 +336,7 @@ public sealed class FusedKernelTests
         using (FusedKernels.Suspend()) composite = recurrence.Step(compositeState, w, live);
         AssertClose(composite, fused, ModelDType.Float32, "modal step outputs", roundings: 4);
         AssertClose(torch.view_as_real(compositeState), torch.view_as_real(fusedState), ModelDType.Float32, "modal step state");
-        Assert.True(fusedState[1].eq(state[1]).all().item<bool>(), "a row that does not step keeps its state");
-        Assert.False(fusedState[0].eq(state[0]).all().item<bool>());
+        Assert.True(Same(fusedState[1], state[1]), "a row that does not step keeps its state");
+        Assert.False(Same(fusedState[0], state[0]));
     }
 }

@@ -19,15 +19,15 @@ import csv, sys, collections
 rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 10]
 if not rows: sys.exit("no kernels profiled (see ncu.err)")
 head, end = rows[0], sys.argv[2]
-ki, vi, si, mi, ii = (head.index(c) for c in ("Kernel Name", "Metric Value", "Stream", "Metric Name", "ID"))
+ki, vi, si, mi, ui, ii = (head.index(c) for c in ("Kernel Name", "Metric Value", "Stream", "Metric Name", "Metric Unit", "ID"))
 gi = head.index("Grid Size") if "Grid Size" in head else None
 # One row per (kernel launch, metric): gather each launch's time (us) and DRAM bytes read + written.
 launches = collections.OrderedDict()
 for r in rows[1:]:
     k = launches.setdefault(r[ii], {"row": r, "us": 0.0, "bytes": 0.0})
     v = float(r[vi].replace(",", ""))
-    if r[mi].startswith("gpu__time_duration"): k["us"] = v / 1e3 if r[head.index("Metric Unit")] in ("nsecond", "ns") else v
-    else: k["bytes"] += v * {"byte": 1, "Kbyte": 1e3, "Mbyte": 1e6, "Gbyte": 1e9}.get(r[head.index("Metric Unit")], 1)
+    if r[mi].startswith("gpu__time_duration"): k["us"] = v * {"nsecond": 1e-3, "usecond": 1, "msecond": 1e3, "second": 1e6}[r[ui]]
+    else: k["bytes"] += v * {"byte": 1, "Kbyte": 1e3, "Mbyte": 1e6, "Gbyte": 1e9}[r[ui]]
 body = list(launches.values())
 name = lambda r: r[ki].split("(")[0][:48] + (f" grid {r[gi]}" if gi is not None else "")
 tot = collections.defaultdict(lambda: [0, 0.0, 0.0])

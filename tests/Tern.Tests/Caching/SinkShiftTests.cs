@@ -5,6 +5,7 @@ using Tern.Runtime;
 using TorchSharp;
 using static TorchSharp.torch;
 using Generator = Tern.Generation.Generator;
+using static Tern.Tests.TensorChecks;
 
 namespace Tern.Tests.Caching;
 
@@ -46,8 +47,6 @@ public sealed class SinkShiftTests
     }
 
     const int Rows = 3, Heads = 2, HeadDim = 64;
-
-    static bool Same(Tensor a, Tensor b) => a.shape.SequenceEqual(b.shape) && a.eq(b).all().item<bool>();
 
     static KvCache Cache(IKvCachePolicy policy, int bits, int capacity, int maxSequence) => KvCache.Create(new KvCacheOptions
     {

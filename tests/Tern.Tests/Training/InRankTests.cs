@@ -7,6 +7,7 @@ using Tern.Training;
 using Tern.Training.InRank;
 using TorchSharp;
 using static TorchSharp.torch;
+using static Tern.Tests.TensorChecks;
 
 namespace Tern.Tests.Training;
 
@@ -372,7 +373,6 @@ public class InRankTests
         Assert.Contains("model.layers.0.mlp.up_proj.weight_b", run.Keys);
         foreach (var (name, value) in run)
         {
-            static bool Same(Tensor a, Tensor b) => a.eq(b).all().item<bool>();
             Assert.True(Same(value, same[name]), $"{name}: the run's own decay set explicitly changed it");
             bool factor = name.EndsWith(".weight_a") || name.EndsWith(".weight_b");
             Assert.True(factor != Same(value, none[name]), $"{name}: {(factor ? "a factor stepped as with decay" : "moved by the factors' decay")}");
