@@ -309,6 +309,31 @@ public sealed class FusedKernelTests
         AssertClose(DecodeReference(q, keys, values, pos, qpos, 0, slots), output, dtype, "decode attention over a long prefix with holes");
     }
 
+    /// <summary>Decode attention at the 7B shape (32 query heads over 8 KV heads of 128 dims, a 4,096-slot cache), where each
+    /// block walks several tiles with the online softmax: holes within a chunk, a whole masked tile, a peak late in a chunk (the
+    /// running max grows), against the reference; and a prefix of the slots gives the same bits as all of them with the rest masked.</summary>
+    [Theory]
+    [InlineData(ModelDType.BFloat16)]
+    [InlineData(ModelDType.Float32)]
+    [InlineData(ModelDType.Float16)]
+    public void DecodeAttentionOverManyTilesABlockMatchesReference(ModelDType dtype)
+    {
+        using var scope = torch.NewDisposeScope();
+        using var inference = torch.no_grad();
+        var t = dtype.ToScalarType();
+        int b = 1, heads = 32, kvHeads = 8, cap = 4096, d = 128, filled = 3000;
+        var (keys, values, pos, qpos) = DecodeCache(t, b, kvHeads, cap, d, filled);
+        pos[0].narrow(1, 200, 5).fill_(-1);
+        pos[0].narrow(1, 1000, 100).fill_(-1);
+        var q = (torch.randn(b, heads, 1, d, device: CUDA) * 2).to(t);
+        keys[0].narrow(1, 2900, 1).copy_((q[0].narrow(1, 0, 1).reshape(kvHeads, heads / kvHeads, d)[.., 0..1, ..] * 4).to(t)); // a late peak
+        Assert.True(FusedKernels.TryDecodeAttention(q, keys, values, pos, qpos, 0, 1.0 / Math.Sqrt(d), out var whole));
+        AssertClose(DecodeReference(q, keys, values, pos, qpos, 0, cap), whole, dtype, "decode attention over many tiles a block");
+        Assert.True(FusedKernels.TryDecodeAttention(q, keys.narrow(2, 0, filled), values.narrow(2, 0, filled), pos.narrow(2, 0, filled), qpos, 0,
+            1.0 / Math.Sqrt(d), out var prefix));
+        Assert.True(Same(whole, prefix), "a prefix of the slots differs from all of them with the rest masked");
+    }
+
     /// <summary>LaughingHyena's fused modal step against the composite of <see cref="Tern.Distillation.ModalRecurrence.Step"/>
     /// (the same recurrence with the kernels suspended): outputs and the updated state, a row that does not step keeping its state,
     /// K not a multiple of anything and every power-of-two S up to 32.</summary>

@@ -26,8 +26,8 @@ launches = collections.OrderedDict()
 for r in rows[1:]:
     k = launches.setdefault(r[ii], {"row": r, "us": 0.0, "bytes": 0.0})
     v = float(r[vi].replace(",", ""))
-    if r[mi].startswith("gpu__time_duration"): k["us"] = v * {"nsecond": 1e-3, "usecond": 1, "msecond": 1e3, "second": 1e6}[r[ui]]
-    else: k["bytes"] += v * {"byte": 1, "Kbyte": 1e3, "Mbyte": 1e6, "Gbyte": 1e9}[r[ui]]
+    if r[mi].startswith("gpu__time_duration"): k["us"] = v * {"nsecond": 1e-3, "ns": 1e-3, "usecond": 1, "us": 1, "msecond": 1e3, "ms": 1e3, "second": 1e6, "s": 1e6}[r[ui]]
+    else: k["bytes"] += v * {"byte": 1, "B": 1, "Kbyte": 1e3, "KB": 1e3, "Mbyte": 1e6, "MB": 1e6, "Gbyte": 1e9, "GB": 1e9}[r[ui]]
 body = list(launches.values())
 name = lambda r: r[ki].split("(")[0][:48] + (f" grid {r[gi]}" if gi is not None else "")
 tot = collections.defaultdict(lambda: [0, 0.0, 0.0])

@@ -31,6 +31,9 @@ internal static partial class CudaDriver
     [LibraryImport(Library, EntryPoint = "cuDeviceGetAttribute")]
     private static partial int CuDeviceGetAttribute(out int value, int attribute, int device);
 
+    [LibraryImport(Library, EntryPoint = "cuOccupancyMaxActiveBlocksPerMultiprocessor")]
+    private static partial int CuOccupancyMaxActiveBlocksPerMultiprocessor(out int blocks, IntPtr function, int blockSize, nuint dynamicSharedBytes);
+
     [LibraryImport(Library, EntryPoint = "cuModuleLoadData")]
     private static unsafe partial int CuModuleLoadData(out IntPtr module, byte* image);
 
@@ -142,6 +145,16 @@ internal static partial class CudaDriver
         Check(CuDeviceGetAttribute(out int major, 75, dev), "cuDeviceGetAttribute");
         Check(CuDeviceGetAttribute(out int minor, 76, dev), "cuDeviceGetAttribute");
         return (major, minor);
+    }
+
+    /// <summary>How many blocks of <paramref name="blockSize"/> threads of a kernel run at once on all of GPU 0's
+    /// multiprocessors: one wave of the grid.</summary>
+    public static int ResidentBlocks(IntPtr function, int blockSize)
+    {
+        Check(CuDeviceGet(out int dev, 0), "cuDeviceGet");
+        Check(CuDeviceGetAttribute(out int multiprocessors, 16, dev), "cuDeviceGetAttribute"); // CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT
+        Check(CuOccupancyMaxActiveBlocksPerMultiprocessor(out int blocks, function, blockSize, 0), "cuOccupancyMaxActiveBlocksPerMultiprocessor");
+        return multiprocessors * Math.Max(1, blocks);
     }
 
     /// <summary>Loads a CUBIN or PTX image and returns the named kernels.</summary>

@@ -364,10 +364,18 @@ internal static unsafe partial class FusedKernels
             || HeadStride(values) != headStride || values.dtype != keys.dtype || HeadStride(cachePositions) != headStride
             || !queryPositions.is_contiguous() || queryPositions.NumberOfElements != q.size(0)) return false;
         int stride = (int)headStride;
-        const int split = 64, maxSplits = 1024; // SPLIT and the combine's shared array in fused.cu
-        int splits = (slots + split - 1) / split;
-        if (splits > maxSplits) return false;
+        const int maxSplits = 1024; // the combine's shared array in fused.cu
         long batch = q.size(0), qb = q.stride(0), qh = q.stride(1);
+        // Chunks of whole tiles (fused.cu: 4 keys a thread group, 128 / rowVecs groups), as many over the cache's capacity as fill
+        // one wave of the grid (a 4k cache of 32 heads, six blocks an SM: 22 chunks of 6 tiles a head). Sized by the capacity, not
+        // the slots attended, so that a step over a prefix of the slots splits them as a static step over all of them does, and
+        // gives the same bits.
+        var kernels = Kernels.Value!;
+        int t = TypeIndex(q.dtype);
+        int tile = 128 / rowVecs * 4, tiles = (stride + tile - 1) / tile;
+        int wanted = (int)Math.Clamp(Wave(kernels.AttnSplit[t]) / (batch * heads), 1, maxSplits);
+        int chunk = (tiles + wanted - 1) / wanted * tile, splits = (slots + chunk - 1) / chunk;
+        if (splits > maxSplits) return false;
         using var partOut = torch.empty(new long[] { batch * heads * splits * headDim }, ScalarType.Float32, q.device);
         using var partMax = torch.empty(new long[] { batch * heads * splits }, ScalarType.Float32, q.device);
         using var partSum = torch.empty(new long[] { batch * heads * splits }, ScalarType.Float32, q.device);
@@ -376,13 +384,17 @@ internal static unsafe partial class FusedKernels
             pp = Ptr(queryPositions), py = Ptr(output), ph = keptHeads is null ? IntPtr.Zero : Ptr(keptHeads);
         float sc = (float)scale;
         IntPtr stream = LibTorchCuda.CurrentRawStream();
-        int t = TypeIndex(q.dtype);
-        void** splitArgs = stackalloc void*[] { &po, &pm, &ps, &pq, &qb, &qh, &pk, &pv, &pc, &pp, &ph, &heads, &groups, &kvHeads, &slots, &stride, &headDim, &window, &sc };
-        CudaDriver.Launch(Kernels.Value!.AttnSplit[t], (uint)(batch * heads), (uint)splits, 128, stream, splitArgs);
+        void** splitArgs = stackalloc void*[] { &po, &pm, &ps, &pq, &qb, &qh, &pk, &pv, &pc, &pp, &ph, &heads, &groups, &kvHeads, &slots, &stride, &headDim, &window, &sc, &chunk };
+        CudaDriver.Launch(kernels.AttnSplit[t], (uint)(batch * heads), (uint)splits, 128, stream, splitArgs);
         void** combineArgs = stackalloc void*[] { &py, &po, &pm, &ps, &splits, &headDim };
-        CudaDriver.Launch(Kernels.Value!.AttnCombine[t], (uint)(batch * heads), 1, (uint)Math.Min(256, headDim), stream, combineArgs);
+        CudaDriver.Launch(kernels.AttnCombine[t], (uint)(batch * heads), 1, (uint)Math.Min(256, headDim), stream, combineArgs);
         return true;
     }
+
+    static readonly System.Collections.Concurrent.ConcurrentDictionary<IntPtr, long> WaveSizes = new();
+
+    // Blocks of 128 threads of a kernel resident on the whole GPU at once.
+    static long Wave(IntPtr kernel) => WaveSizes.GetOrAdd(kernel, k => CudaDriver.ResidentBlocks(k, 128));
 
     /// <summary>Decode attention with every cached entry visible, on the CPU (<see cref="CpuKernels.TryDecodeAttention"/>: q
     /// [B, Hkv, G, D], rows of D contiguous, keys and values [B, Hkv, T, D] → [B, Hkv, G, D]); false on CUDA, whose steps take the masked

@@ -325,24 +325,31 @@ __device__ __forceinline__ float block_max(float v, float* shared)
     return shared[0];
 }
 
-// Decode attention, split over the cache (flash-decoding): block (b·H + h, split) scores its SPLIT keys against query h of
-// sequence b, and leaves its unnormalised output, max and exp-sum for attn_combine. A key at original position kp is visible
-// to a query at p when kp ≥ 0 and kp ≤ p and (no window or p − kp < window); padding queries (p < 0) see every occupied slot.
-// With headIndex (DejaVu's kept heads, [B·heads]) block b·heads + j attends query j of sequence b as head headIndex[b·heads + j]
-// (q and the output hold the kept heads only); query head h reads KV head h / queryGroups. Only the first `slots` slots of each
-// head are read; a head's slots start headStride slots after the previous head's (the cache's capacity: a prefix of it is attended).
-// 128 threads. Keys and values are read with 16-byte loads: a row of D elements is spread over D/VEC lanes (VEC = 16 bytes of
-// T), and every load of a loop is issued before its results are used — at batch 1 this kernel is pure latency.
-#define SPLIT 64
-#define SPLIT_THREADS 128
+// Decode attention, split over the cache (flash-decoding, with fewer, longer splits as FlashInfer does it): block (b·H + h,
+// split) scores query h of sequence b against its `chunk` keys and leaves its unnormalised output, max and exp-sum for
+// attn_combine. It walks the chunk in tiles of ATTN_ROUNDS keys a thread group (32 keys of 128 16-bit dims) with an online
+// softmax — the running max m and sum l, the accumulators rescaled by exp(m_old − m_new) when the max grows (FlashAttention-2's
+// recurrence) — and keeps loads in flight through the compute: the next tile's keys are loaded as soon as this tile's are scored,
+// its values as soon as this tile's are summed. The host sizes chunks by the cache's capacity so that the grid is about one wave
+// (against 64-key splits that loaded keys, then values, each block once: the 7B step at a 4k cache 7.23 → 6.54 ms on an H100).
+// A key at original position kp is visible to a query at p when kp ≥ 0 and kp ≤ p and (no window or p − kp < window); padding
+// queries (p < 0) see every occupied slot. Masked keys (and those past `slots`, read clamped) weigh exactly 0, and a tile with
+// nothing visible leaves m, l and the accumulators as they were, so a step over a prefix of the slots gives the bits of a static
+// step over all of them. With headIndex (DejaVu's kept heads, [B·heads]) block b·heads + j attends query j of sequence b as head
+// headIndex[b·heads + j] (q and the output hold the kept heads only); query head h reads KV head h / queryGroups. Only the first
+// `slots` slots of each head are read; a head's slots start headStride slots after the previous head's (the cache's capacity).
+// 128 threads; keys and values are read with 16-byte loads: a row of D elements is spread over D/VEC lanes (VEC = 16 bytes of T).
+#define ATTN_THREADS 128
+#define ATTN_ROUNDS 4
 template <typename T>
 __device__ void attn_split(float* partOut, float* partMax, float* partSum, const T* q, long long qBatch, long long qHead,
                            const T* keys, const T* values, const long long* cachePos, const long long* qpos, const long long* headIndex,
-                           int heads, int queryGroups, int kvHeads, int slots, int headStride, int headDim, int window, float scale)
+                           int heads, int queryGroups, int kvHeads, int slots, int headStride, int headDim, int window, float scale, int chunk)
 {
     const int VEC = 16 / (int)sizeof(T);
-    __shared__ float prob[SPLIT];
-    __shared__ float partial[SPLIT_THREADS * 8]; // per thread, its VEC output dims (VEC ≤ 8)
+    __shared__ float score[2][ATTN_THREADS / 4 * ATTN_ROUNDS]; // a tile's scores, double-buffered: one barrier a tile
+    __shared__ float partial[ATTN_THREADS * 8];          // per thread, its VEC output dims (VEC ≤ 8)
+    __shared__ float partialSum[ATTN_THREADS];
     int bh = blockIdx.x, split = blockIdx.y, splits = gridDim.y;
     int b = bh / heads, j = bh - b * heads, hk = (headIndex ? (int)headIndex[bh] : j) / queryGroups;
     long long p = qpos[b];
@@ -350,33 +357,33 @@ __device__ void attn_split(float* partOut, float* partMax, float* partSum, const
     const uint4* K = reinterpret_cast<const uint4*>(keys + base * headDim);
     const uint4* V = reinterpret_cast<const uint4*>(values + base * headDim);
     const long long* kp = cachePos + base;
-    int rowVecs = headDim / VEC;                 // 16-byte pieces per row; a power of two ≤ 32
+    int rowVecs = headDim / VEC;                 // 16-byte pieces per row; a power of two from 4 to 32
     int sub = threadIdx.x % rowVecs;             // which piece of a row this thread reads
-    int group = threadIdx.x / rowVecs;           // which key this thread reads, among SPLIT_THREADS / rowVecs at a time
-    int groups = SPLIT_THREADS / rowVecs;
-    int k0 = split * SPLIT;
+    int group = threadIdx.x / rowVecs;           // which keys: group, group + groups, ... of each tile
+    int groups = ATTN_THREADS / rowVecs;
+    int tile = groups * ATTN_ROUNDS;
+    int k0 = split * chunk, tiles = (min(k0 + chunk, slots) - k0 + tile - 1) / tile;
 
-    // This thread's VEC query dims, scaled.
     float qv[8];
     {
         const T* qrow = q + b * qBatch + j * qHead + sub * VEC;
         for (int e = 0; e < VEC; e++) qv[e] = load(qrow[e]) * scale;
     }
-
-    // Scores: each thread takes keys group, group + groups, ... of the split (at most 16 with rowVecs = 32).
-    const int maxRounds = 16;
-    int rounds = SPLIT / groups;
-    uint4 kr[maxRounds];
+    uint4 kr[ATTN_ROUNDS], vr[ATTN_ROUNDS];
 #pragma unroll
-    for (int r = 0; r < maxRounds; r++)
-        if (r < rounds)
-        {
-            int key = k0 + group + r * groups;
-            kr[r] = K[(long long)(key < slots ? key : slots - 1) * rowVecs + sub];
-        }
+    for (int r = 0; r < ATTN_ROUNDS; r++)
+    {
+        int key = min(k0 + group + r * groups, slots - 1);
+        kr[r] = K[(long long)key * rowVecs + sub];
+        vr[r] = V[(long long)key * rowVecs + sub];
+    }
+    float m = NEG_INF, l = 0.0f, acc[8] = { 0, 0, 0, 0, 0, 0, 0, 0 };
+    for (int t = 0; t < tiles; t++)
+    {
+        int kt = k0 + t * tile;
+        float* sc = score[t & 1];
 #pragma unroll
-    for (int r = 0; r < maxRounds; r++)
-        if (r < rounds)
+        for (int r = 0; r < ATTN_ROUNDS; r++)
         {
             float f[8];
             unpack_vec(kr[r], f, (T*)0);
@@ -385,42 +392,39 @@ __device__ void attn_split(float* partOut, float* partMax, float* partSum, const
             for (int o = 1; o < rowVecs; o <<= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
             if (sub == 0)
             {
-                int j = group + r * groups, key = k0 + j;
+                int key = kt + group + r * groups;
                 long long kpos = key < slots ? kp[key] : -1;
                 bool visible = kpos >= 0 && (p < 0 || (kpos <= p && (window == 0 || p - kpos < window)));
-                prob[j] = visible ? dot : NEG_INF;
+                sc[group + r * groups] = visible ? dot : NEG_INF;
             }
         }
-    __syncthreads();
-    float m = NEG_INF;
-    for (int j = 0; j < SPLIT; j++) m = fmaxf(m, prob[j]);
-    __syncthreads();
-    if (threadIdx.x < SPLIT) prob[threadIdx.x] = m > NEG_INF && prob[threadIdx.x] > NEG_INF ? __expf(prob[threadIdx.x] - m) : 0.0f;
-    __syncthreads();
-
-    // Values: the same key assignment; each thread accumulates its VEC dims over its keys, then the groups are summed. (Loading
-    // them with the keys, one round trip instead of two, takes 184 registers a thread against 112 on sm_90: half the resident
-    // blocks. A form with 8 rounds for rows of up to 128 16-bit dims, 102 registers, was 1.5% slower on the 7B step at a 4k cache:
-    // H100, 7.176 / 7.179 against 7.070 / 7.074 ms, alternating.)
-    uint4 vr[maxRounds];
+        if (t + 1 < tiles)
 #pragma unroll
-    for (int r = 0; r < maxRounds; r++)
-        if (r < rounds)
-        {
-            int key = k0 + group + r * groups;
-            vr[r] = V[(long long)(key < slots ? key : slots - 1) * rowVecs + sub];
-        }
-    float acc[8] = { 0, 0, 0, 0, 0, 0, 0, 0 };
+            for (int r = 0; r < ATTN_ROUNDS; r++) kr[r] = K[(long long)min(kt + tile + group + r * groups, slots - 1) * rowVecs + sub];
+        __syncthreads();
+        float tileMax = NEG_INF;
+        for (int i = 0; i < tile; i++) tileMax = fmaxf(tileMax, sc[i]);
+        float mNew = fmaxf(m, tileMax);
+        float alpha = mNew == m ? 1.0f : __expf(m - mNew); // exp(−inf) = 0 while nothing was visible
+        l *= alpha;
+        for (int e = 0; e < VEC; e++) acc[e] *= alpha;
 #pragma unroll
-    for (int r = 0; r < maxRounds; r++)
-        if (r < rounds)
+        for (int r = 0; r < ATTN_ROUNDS; r++)
         {
+            float s = sc[group + r * groups];
+            float w = s > NEG_INF ? __expf(s - mNew) : 0.0f;
             float f[8];
             unpack_vec(vr[r], f, (T*)0);
-            float w = prob[group + r * groups];
             for (int e = 0; e < VEC; e++) acc[e] += w * f[e];
+            l += w;
         }
+        m = mNew;
+        if (t + 1 < tiles)
+#pragma unroll
+            for (int r = 0; r < ATTN_ROUNDS; r++) vr[r] = V[(long long)min(kt + tile + group + r * groups, slots - 1) * rowVecs + sub];
+    }
     for (int e = 0; e < VEC; e++) partial[threadIdx.x * 8 + e] = acc[e];
+    partialSum[threadIdx.x] = l; // every thread of a group holds its group's sum
     __syncthreads();
     long long cell = (long long)bh * splits + split;
     for (int d = threadIdx.x; d < headDim; d += blockDim.x)
@@ -433,7 +437,7 @@ __device__ void attn_split(float* partOut, float* partMax, float* partSum, const
     if (threadIdx.x == 0)
     {
         float sum = 0.0f;
-        for (int j = 0; j < SPLIT; j++) sum += prob[j];
+        for (int g = 0; g < groups; g++) sum += partialSum[g * rowVecs];
         partMax[cell] = m;
         partSum[cell] = sum;
     }
@@ -491,8 +495,8 @@ INSTANTIATE_GEMV(f16, f16)
         { cache_append<T>(keys, values, cp, k, v, kb, kh, vb, vh, pos, slot, ss, kvHeads, cap, headDim); }                             \
     extern "C" __global__ void attn_split_##S(float* po, float* pm, float* ps, const T* q, long long qb, long long qh, const T* keys,    \
         const T* values, const long long* cp, const long long* qpos, const long long* hi, int heads, int groups, int kvHeads, int slots,  \
-        int stride, int headDim, int window, float scale)                                                                                \
-        { attn_split<T>(po, pm, ps, q, qb, qh, keys, values, cp, qpos, hi, heads, groups, kvHeads, slots, stride, headDim, window, scale); } \
+        int stride, int headDim, int window, float scale, int chunk)                                                                     \
+        { attn_split<T>(po, pm, ps, q, qb, qh, keys, values, cp, qpos, hi, heads, groups, kvHeads, slots, stride, headDim, window, scale, chunk); } \
     extern "C" __global__ void attn_combine_##S(T* out, const float* po, const float* pm, const float* ps, int splits, int headDim)       \
         { attn_combine<T>(out, po, pm, ps, splits, headDim); }
 INSTANTIATE(float, f32)
