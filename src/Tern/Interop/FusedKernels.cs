@@ -354,7 +354,8 @@ internal static unsafe partial class FusedKernels
         int heads = (int)q.size(1), kvHeads = (int)keys.size(1), slots = (int)keys.size(2), headDim = (int)keys.size(3);
         if (keptHeads is null) groups = heads / kvHeads;
         else if (keptHeads.dtype != ScalarType.Int64 || !keptHeads.is_contiguous() || keptHeads.NumberOfElements != q.size(0) * heads || groups < 1) return false;
-        // Measured: ahead of the masked-matmul path at batch 1; behind it at 16 and 64 (H200: 7.64 vs 7.13 and 16.0 vs 12.1 ms/step).
+        // Measured with the earlier 64-key split kernel: ahead of the masked-matmul path at batch 1; behind it at 16 and 64 (H200:
+        // 7.64 vs 7.13 and 16.0 vs 12.1 ms/step). The chunked kernel has not been timed past batch 4.
         const int largestBatch = 4;
         if (q.size(0) > largestBatch) return false;
         int rowVecs = headDim * (int)keys.ElementSize / 16; // 16-byte pieces per row: a power of two from 4 to 32
