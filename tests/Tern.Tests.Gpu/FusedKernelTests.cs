@@ -309,8 +309,8 @@ public sealed class FusedKernelTests
         AssertClose(DecodeReference(q, keys, values, pos, qpos, 0, slots), output, dtype, "decode attention over a long prefix with holes");
     }
 
-    /// <summary>Decode attention at the 7B shape (32 query heads over 8 KV heads of 128 dims, a 4,096-slot cache), where each
-    /// block walks several tiles with the online softmax: holes within a chunk, a whole masked tile, a peak late in a chunk (the
+    /// <summary>Decode attention with the 7B step's 32 query heads of 128 dims (here over 8 KV heads) and a 4,096-slot cache, where
+    /// each block walks several tiles with the online softmax: holes within a chunk, a whole masked tile, a peak late in a chunk (the
     /// running max grows), against the reference; and a prefix of the slots gives the same bits as all of them with the rest masked.</summary>
     [Theory]
     [InlineData(ModelDType.BFloat16)]
