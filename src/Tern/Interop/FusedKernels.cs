@@ -355,9 +355,9 @@ internal static unsafe partial class FusedKernels
         if (keptHeads is null) groups = heads / kvHeads;
         else if (keptHeads.dtype != ScalarType.Int64 || !keptHeads.is_contiguous() || keptHeads.NumberOfElements != q.size(0) * heads || groups < 1) return false;
         // Measured with the earlier 64-key split kernel: ahead of the masked-matmul path at batch 1; behind it at 16 and 64 (H200:
-        // 7.64 vs 7.13 and 16.0 vs 12.1 ms/step). The chunked kernel has not been timed past batch 4.
-        const int largestBatch = 4;
-        if (q.size(0) > largestBatch) return false;
+        // 7.64 vs 7.13 and 16.0 vs 12.1 ms/step). The chunked kernel has not been timed past batch 4 (TERN_DECODE_ATTN_MAX_BATCH:
+        // an A/B switch until it is).
+        if (q.size(0) > LargestDecodeAttentionBatch) return false;
         int rowVecs = headDim * (int)keys.ElementSize / 16; // 16-byte pieces per row: a power of two from 4 to 32
         long headStride = HeadStride(keys);
         if (!UsableLaidOut(keys) || q.size(2) != 1 || q.stride(-1) != 1 || q.dtype != keys.dtype || headDim * keys.ElementSize % 16 != 0
@@ -391,6 +391,9 @@ internal static unsafe partial class FusedKernels
         CudaDriver.Launch(kernels.AttnCombine[t], (uint)(batch * heads), 1, (uint)Math.Min(256, headDim), stream, combineArgs);
         return true;
     }
+
+    static readonly int LargestDecodeAttentionBatch =
+        int.TryParse(Environment.GetEnvironmentVariable("TERN_DECODE_ATTN_MAX_BATCH"), out int largest) && largest > 0 ? largest : 4;
 
     static readonly System.Collections.Concurrent.ConcurrentDictionary<IntPtr, long> WaveSizes = new();
 
