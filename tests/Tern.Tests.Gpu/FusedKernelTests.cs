@@ -311,12 +311,30 @@ public sealed class FusedKernelTests
 
     /// <summary>Decode attention with the 7B step's 32 query heads of 128 dims (here over 8 KV heads) and a 4,096-slot cache, where
     /// each block walks several tiles with the online softmax: holes within a chunk, a whole masked tile, a peak late in a chunk (the
-    /// running max grows), against the reference; and a prefix of the slots gives the same bits as all of them with the rest masked.</summary>
+    /// running max grows), against the reference; and a prefix of the slots gives the same bits as all of them with the rest masked.
+    /// Both split kernels: <c>attn_split</c> and the A/B variant that copies tiles ahead into shared memory.</summary>
     [Theory]
-    [InlineData(ModelDType.BFloat16)]
-    [InlineData(ModelDType.Float32)]
-    [InlineData(ModelDType.Float16)]
-    public void DecodeAttentionOverManyTilesABlockMatchesReference(ModelDType dtype)
+    [InlineData(ModelDType.BFloat16, false)]
+    [InlineData(ModelDType.Float32, false)]
+    [InlineData(ModelDType.Float16, false)]
+    [InlineData(ModelDType.BFloat16, true)]
+    [InlineData(ModelDType.Float32, true)]
+    [InlineData(ModelDType.Float16, true)]
+    public void DecodeAttentionOverManyTilesABlockMatchesReference(ModelDType dtype, bool copiedAhead)
+    {
+        bool before = FusedKernels.AsyncDecodeAttention;
+        FusedKernels.AsyncDecodeAttention = copiedAhead;
+        try
+        {
+            DecodeAttentionOverManyTiles(dtype);
+        }
+        finally
+        {
+            FusedKernels.AsyncDecodeAttention = before;
+        }
+    }
+
+    static void DecodeAttentionOverManyTiles(ModelDType dtype)
     {
         using var scope = torch.NewDisposeScope();
         using var inference = torch.no_grad();

@@ -14,7 +14,7 @@ namespace Tern.Interop;
 /// </summary>
 internal static unsafe partial class FusedKernels
 {
-    sealed record Loaded(IntPtr[] RmsNorm, IntPtr[] LayerNorm, IntPtr[] Rotary, IntPtr[] Gated, IntPtr[] Gemv, IntPtr[] CacheAppend, IntPtr[] AttnSplit, IntPtr[] AttnCombine,
+    sealed record Loaded(IntPtr[] RmsNorm, IntPtr[] LayerNorm, IntPtr[] Rotary, IntPtr[] Gated, IntPtr[] Gemv, IntPtr[] CacheAppend, IntPtr[] AttnSplit, IntPtr[] AttnSplitAsync, IntPtr[] AttnCombine,
         IntPtr[] GatherRows, IntPtr[] GatherColumns, IntPtr[] ColumnsFinish, IntPtr[] GatherColumnRuns, IntPtr[] RotaryInto, IntPtr[] RotarySlots, IntPtr ModalStep, IntPtr ShiftSlots);
 
     static readonly Lazy<Loaded?> Kernels = new(Load);
@@ -62,11 +62,11 @@ internal static unsafe partial class FusedKernels
             byte[] cubin = Compile(source, "fused.cu");
             string[] suffixes = { "f32", "bf16", "f16" };
             string[] perType = { "rms_norm_", "layer_norm_", "rotary_", "gated_", "cache_append_", "attn_split_", "attn_combine_", "gather_rows_", "gather_columns_",
-                "columns_finish_", "gather_column_runs_", "rotary_into_", "rotary_slots_" };
+                "columns_finish_", "gather_column_runs_", "rotary_into_", "rotary_slots_", "attn_split_async_" };
             var all = CudaDriver.LoadKernels(cubin, perType.SelectMany(k => suffixes.Select(s => k + s)).Concat(new[] { "gemv_bf16", "gemv_f16", "modal_step", "shift_slots" }));
             IntPtr[] Of(int kernel) => all.Skip(kernel * 3).Take(3).ToArray();
             int gemv = perType.Length * 3;
-            return new Loaded(Of(0), Of(1), Of(2), Of(3), new[] { IntPtr.Zero, all[gemv], all[gemv + 1] }, Of(4), Of(5), Of(6), Of(7), Of(8), Of(9), Of(10),
+            return new Loaded(Of(0), Of(1), Of(2), Of(3), new[] { IntPtr.Zero, all[gemv], all[gemv + 1] }, Of(4), Of(5), Of(13), Of(6), Of(7), Of(8), Of(9), Of(10),
                 Of(11), Of(12), all[gemv + 2], all[gemv + 3]);
         }
         catch (Exception e) when (e is InvalidOperationException or DllNotFoundException or EntryPointNotFoundException)
@@ -374,7 +374,8 @@ internal static unsafe partial class FusedKernels
         var kernels = Kernels.Value!;
         int t = TypeIndex(q.dtype);
         int tile = 128 / rowVecs * 4, tiles = (stride + tile - 1) / tile;
-        int wanted = (int)Math.Clamp(Wave(kernels.AttnSplit[t]) / (batch * heads), 1, maxSplits);
+        IntPtr split = AsyncDecodeAttention ? kernels.AttnSplitAsync[t] : kernels.AttnSplit[t];
+        int wanted = (int)Math.Clamp(Wave(split) / (batch * heads), 1, maxSplits);
         int chunk = (tiles + wanted - 1) / wanted * tile, splits = (slots + chunk - 1) / chunk;
         if (splits > maxSplits) return false;
         using var partOut = torch.empty(new long[] { batch * heads * splits * headDim }, ScalarType.Float32, q.device);
@@ -386,11 +387,15 @@ internal static unsafe partial class FusedKernels
         float sc = (float)scale;
         IntPtr stream = LibTorchCuda.CurrentRawStream();
         void** splitArgs = stackalloc void*[] { &po, &pm, &ps, &pq, &qb, &qh, &pk, &pv, &pc, &pp, &ph, &heads, &groups, &kvHeads, &slots, &stride, &headDim, &window, &sc, &chunk };
-        CudaDriver.Launch(kernels.AttnSplit[t], (uint)(batch * heads), (uint)splits, 128, stream, splitArgs);
+        CudaDriver.Launch(split, (uint)(batch * heads), (uint)splits, 128, stream, splitArgs);
         void** combineArgs = stackalloc void*[] { &py, &po, &pm, &ps, &splits, &headDim };
         CudaDriver.Launch(kernels.AttnCombine[t], (uint)(batch * heads), 1, (uint)Math.Min(256, headDim), stream, combineArgs);
         return true;
     }
+
+    /// <summary>Decode attention through <c>attn_split_async</c> (keys and values copied tiles ahead into shared memory) instead
+    /// of <c>attn_split</c>: an A/B switch (TERN_DECODE_ATTN=async) until one of them is measured the faster.</summary>
+    internal static bool AsyncDecodeAttention { get; set; } = Environment.GetEnvironmentVariable("TERN_DECODE_ATTN") == "async";
 
     static readonly int LargestDecodeAttentionBatch =
         int.TryParse(Environment.GetEnvironmentVariable("TERN_DECODE_ATTN_MAX_BATCH"), out int largest) && largest > 0 ? largest : 4;

@@ -443,6 +443,135 @@ __device__ void attn_split(float* partOut, float* partMax, float* partSum, const
     }
 }
 
+// An A/B variant of attn_split (TERN_DECODE_ATTN=async, until measured): the same walk and online softmax over tiles of
+// ASYNC_ROUNDS keys a thread group, but each thread copies its own 16-byte pieces of keys and values ASYNC_STAGES − 1 tiles ahead
+// into shared memory (cp.async on sm_80 and later, plain loads and stores before), so that three tiles stay in flight a block
+// without holding them in registers. A thread reads back only the pieces it copied: waiting for its own copies is enough.
+#define ASYNC_ROUNDS 2
+#define ASYNC_STAGES 4
+__device__ __forceinline__ void copy16(uint4* shared, const uint4* global)
+{
+#if __CUDA_ARCH__ >= 800
+    unsigned address = (unsigned)__cvta_generic_to_shared(shared);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" :: "r"(address), "l"(global));
+#else
+    *shared = *global;
+#endif
+}
+__device__ __forceinline__ void copy_commit()
+{
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+__device__ __forceinline__ void copy_wait_all_but_newest()
+{
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group %0;\n" :: "n"(ASYNC_STAGES - 1)); // tile t landed; t + 1 … t + 3 may be in flight
+#endif
+}
+template <typename T>
+__device__ void attn_split_async(float* partOut, float* partMax, float* partSum, const T* q, long long qBatch, long long qHead,
+                                 const T* keys, const T* values, const long long* cachePos, const long long* qpos, const long long* headIndex,
+                                 int heads, int queryGroups, int kvHeads, int slots, int headStride, int headDim, int window, float scale, int chunk)
+{
+    const int VEC = 16 / (int)sizeof(T);
+    __shared__ uint4 stageK[ASYNC_STAGES][ASYNC_ROUNDS][ATTN_THREADS], stageV[ASYNC_STAGES][ASYNC_ROUNDS][ATTN_THREADS];
+    __shared__ float score[2][ATTN_THREADS / 4 * ASYNC_ROUNDS];
+    __shared__ float partial[ATTN_THREADS * 8];
+    __shared__ float partialSum[ATTN_THREADS];
+    int bh = blockIdx.x, split = blockIdx.y, splits = gridDim.y;
+    int b = bh / heads, j = bh - b * heads, hk = (headIndex ? (int)headIndex[bh] : j) / queryGroups;
+    long long p = qpos[b];
+    long long base = (long long)(b * kvHeads + hk) * headStride;
+    const uint4* K = reinterpret_cast<const uint4*>(keys + base * headDim);
+    const uint4* V = reinterpret_cast<const uint4*>(values + base * headDim);
+    const long long* kp = cachePos + base;
+    int rowVecs = headDim / VEC, sub = threadIdx.x % rowVecs, group = threadIdx.x / rowVecs, groups = ATTN_THREADS / rowVecs;
+    int tile = groups * ASYNC_ROUNDS;
+    int k0 = split * chunk, tiles = (min(k0 + chunk, slots) - k0 + tile - 1) / tile;
+
+    float qv[8];
+    {
+        const T* qrow = q + b * qBatch + j * qHead + sub * VEC;
+        for (int e = 0; e < VEC; e++) qv[e] = load(qrow[e]) * scale;
+    }
+    // Tile u's pieces of this thread into stage u % ASYNC_STAGES; one commit group a tile, empty past the last, so that after
+    // issuing tile t + ASYNC_STAGES − 1, waiting for all groups but the newest ASYNC_STAGES − 1 means "up to tile t".
+    auto issue = [&](int u) {
+        if (u < tiles)
+#pragma unroll
+            for (int r = 0; r < ASYNC_ROUNDS; r++)
+            {
+                long long piece = (long long)min(k0 + u * tile + group + r * groups, slots - 1) * rowVecs + sub;
+                copy16(&stageK[u % ASYNC_STAGES][r][threadIdx.x], K + piece);
+                copy16(&stageV[u % ASYNC_STAGES][r][threadIdx.x], V + piece);
+            }
+        copy_commit();
+    };
+    for (int u = 0; u < ASYNC_STAGES - 1; u++) issue(u);
+    float m = NEG_INF, l = 0.0f, acc[8] = { 0, 0, 0, 0, 0, 0, 0, 0 };
+    for (int t = 0; t < tiles; t++)
+    {
+        issue(t + ASYNC_STAGES - 1);
+        copy_wait_all_but_newest();
+        int kt = k0 + t * tile, stage = t % ASYNC_STAGES;
+        float* sc = score[t & 1];
+#pragma unroll
+        for (int r = 0; r < ASYNC_ROUNDS; r++)
+        {
+            float f[8];
+            unpack_vec(stageK[stage][r][threadIdx.x], f, (T*)0);
+            float dot = 0.0f;
+            for (int e = 0; e < VEC; e++) dot += qv[e] * f[e];
+            for (int o = 1; o < rowVecs; o <<= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+            if (sub == 0)
+            {
+                int key = kt + group + r * groups;
+                long long kpos = key < slots ? kp[key] : -1;
+                bool visible = kpos >= 0 && (p < 0 || (kpos <= p && (window == 0 || p - kpos < window)));
+                sc[group + r * groups] = visible ? dot : NEG_INF;
+            }
+        }
+        __syncthreads();
+        float tileMax = NEG_INF;
+        for (int i = 0; i < tile; i++) tileMax = fmaxf(tileMax, sc[i]);
+        float mNew = fmaxf(m, tileMax);
+        float alpha = mNew == m ? 1.0f : __expf(m - mNew);
+        l *= alpha;
+        for (int e = 0; e < VEC; e++) acc[e] *= alpha;
+#pragma unroll
+        for (int r = 0; r < ASYNC_ROUNDS; r++)
+        {
+            float s = sc[group + r * groups];
+            float w = s > NEG_INF ? __expf(s - mNew) : 0.0f;
+            float f[8];
+            unpack_vec(stageV[stage][r][threadIdx.x], f, (T*)0);
+            for (int e = 0; e < VEC; e++) acc[e] += w * f[e];
+            l += w;
+        }
+        m = mNew;
+    }
+    for (int e = 0; e < VEC; e++) partial[threadIdx.x * 8 + e] = acc[e];
+    partialSum[threadIdx.x] = l;
+    __syncthreads();
+    long long cell = (long long)bh * splits + split;
+    for (int d = threadIdx.x; d < headDim; d += blockDim.x)
+    {
+        int owner = d / VEC, e = d % VEC;
+        float total = 0.0f;
+        for (int g = 0; g < groups; g++) total += partial[(owner + g * rowVecs) * 8 + e];
+        partOut[cell * headDim + d] = total;
+    }
+    if (threadIdx.x == 0)
+    {
+        float sum = 0.0f;
+        for (int g = 0; g < groups; g++) sum += partialSum[g * rowVecs];
+        partMax[cell] = m;
+        partSum[cell] = sum;
+    }
+}
+
 // Combines the splits of each (sequence, head) into softmax(q·kᵀ)·v, written as out[b, h·D + d]. Up to 1024 splits.
 template <typename T>
 __device__ void attn_combine(T* out, const float* partOut, const float* partMax, const float* partSum, int splits, int headDim)
@@ -497,6 +626,10 @@ INSTANTIATE_GEMV(f16, f16)
         const T* values, const long long* cp, const long long* qpos, const long long* hi, int heads, int groups, int kvHeads, int slots,  \
         int stride, int headDim, int window, float scale, int chunk)                                                                     \
         { attn_split<T>(po, pm, ps, q, qb, qh, keys, values, cp, qpos, hi, heads, groups, kvHeads, slots, stride, headDim, window, scale, chunk); } \
+    extern "C" __global__ void attn_split_async_##S(float* po, float* pm, float* ps, const T* q, long long qb, long long qh,          \
+        const T* keys, const T* values, const long long* cp, const long long* qpos, const long long* hi, int heads, int groups,          \
+        int kvHeads, int slots, int stride, int headDim, int window, float scale, int chunk)                                             \
+        { attn_split_async<T>(po, pm, ps, q, qb, qh, keys, values, cp, qpos, hi, heads, groups, kvHeads, slots, stride, headDim, window, scale, chunk); } \
     extern "C" __global__ void attn_combine_##S(T* out, const float* po, const float* pm, const float* ps, int splits, int headDim)       \
         { attn_combine<T>(out, po, pm, ps, splits, headDim); }
 INSTANTIATE(float, f32)
