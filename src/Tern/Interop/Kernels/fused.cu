@@ -340,50 +340,53 @@ __device__ __forceinline__ float block_max(float v, float* shared)
 // `slots` slots of each head are read; a head's slots start headStride slots after the previous head's (the cache's capacity).
 // 128 threads; keys and values are read with 16-byte loads: a row of D elements is spread over D/VEC lanes (VEC = 16 bytes of T).
 #define ATTN_THREADS 128
-#define ATTN_ROUNDS 4
+// One block of decode attention (attn_split, attn_split_async): where its head's keys, values and positions start, its query
+// dims, which 16-byte piece of which keys of a tile this thread reads, and the online softmax's state (running max m, this
+// thread group's sum l and its VEC output dims).
 template <typename T>
-__device__ void attn_split(float* partOut, float* partMax, float* partSum, const T* q, long long qBatch, long long qHead,
-                           const T* keys, const T* values, const long long* cachePos, const long long* qpos, const long long* headIndex,
-                           int heads, int queryGroups, int kvHeads, int slots, int headStride, int headDim, int window, float scale, int chunk)
+struct AttnBlock
 {
-    const int VEC = 16 / (int)sizeof(T);
-    __shared__ float score[2][ATTN_THREADS / 4 * ATTN_ROUNDS]; // a tile's scores, double-buffered: one barrier a tile
-    __shared__ float partial[ATTN_THREADS * 8];          // per thread, its VEC output dims (VEC ≤ 8)
-    __shared__ float partialSum[ATTN_THREADS];
-    int bh = blockIdx.x, split = blockIdx.y, splits = gridDim.y;
-    int b = bh / heads, j = bh - b * heads, hk = (headIndex ? (int)headIndex[bh] : j) / queryGroups;
-    long long p = qpos[b];
-    long long base = (long long)(b * kvHeads + hk) * headStride;
-    const uint4* K = reinterpret_cast<const uint4*>(keys + base * headDim);
-    const uint4* V = reinterpret_cast<const uint4*>(values + base * headDim);
-    const long long* kp = cachePos + base;
-    int rowVecs = headDim / VEC;                 // 16-byte pieces per row; a power of two from 4 to 32
-    int sub = threadIdx.x % rowVecs;             // which piece of a row this thread reads
-    int group = threadIdx.x / rowVecs;           // which keys: group, group + groups, ... of each tile
-    int groups = ATTN_THREADS / rowVecs;
-    int tile = groups * ATTN_ROUNDS;
-    int k0 = split * chunk, tiles = (min(k0 + chunk, slots) - k0 + tile - 1) / tile;
+    static constexpr int VEC = 16 / (int)sizeof(T);
+    const uint4* K;
+    const uint4* V;
+    const long long* kp;
+    long long p;
+    int slots, window, rowVecs, sub, group, groups, k0, tiles;
+    float qv[8], m, l, acc[8];
 
-    float qv[8];
+    __device__ AttnBlock(const T* q, long long qBatch, long long qHead, const T* keys, const T* values, const long long* cachePos,
+                         const long long* qpos, const long long* headIndex, int heads, int queryGroups, int kvHeads, int slots_,
+                         int headStride, int headDim, int window_, float scale, int chunk, int rounds)
+        : slots(slots_), window(window_), m(NEG_INF), l(0.0f)
     {
+        int bh = blockIdx.x, b = bh / heads, j = bh - b * heads, hk = (headIndex ? (int)headIndex[bh] : j) / queryGroups;
+        p = qpos[b];
+        long long base = (long long)(b * kvHeads + hk) * headStride;
+        K = reinterpret_cast<const uint4*>(keys + base * headDim);
+        V = reinterpret_cast<const uint4*>(values + base * headDim);
+        kp = cachePos + base;
+        rowVecs = headDim / VEC;              // 16-byte pieces per row; a power of two from 4 to 32
+        sub = threadIdx.x % rowVecs;          // which piece of a row this thread reads
+        group = threadIdx.x / rowVecs;        // which keys: group, group + groups, ... of each tile
+        groups = ATTN_THREADS / rowVecs;
+        k0 = blockIdx.y * chunk;
+        tiles = (min(k0 + chunk, slots) - k0 + groups * rounds - 1) / (groups * rounds);
         const T* qrow = q + b * qBatch + j * qHead + sub * VEC;
-        for (int e = 0; e < VEC; e++) qv[e] = load(qrow[e]) * scale;
+        for (int e = 0; e < VEC; e++) { qv[e] = load(qrow[e]) * scale; acc[e] = 0.0f; }
     }
-    uint4 kr[ATTN_ROUNDS], vr[ATTN_ROUNDS];
-#pragma unroll
-    for (int r = 0; r < ATTN_ROUNDS; r++)
+
+    // This thread's piece of round r of tile t (past `slots`: the last slot's, masked when scored).
+    __device__ long long piece(int t, int r, int rounds) const
     {
-        int key = min(k0 + group + r * groups, slots - 1);
-        kr[r] = K[(long long)key * rowVecs + sub];
-        vr[r] = V[(long long)key * rowVecs + sub];
+        return (long long)min(k0 + t * groups * rounds + group + r * groups, slots - 1) * rowVecs + sub;
     }
-    float m = NEG_INF, l = 0.0f, acc[8] = { 0, 0, 0, 0, 0, 0, 0, 0 };
-    for (int t = 0; t < tiles; t++)
+
+    // Tile t's scores into sc (−inf where a key is not visible).
+    template <int R>
+    __device__ void score(const uint4 (&kr)[R], float* sc, int t)
     {
-        int kt = k0 + t * tile;
-        float* sc = score[t & 1];
 #pragma unroll
-        for (int r = 0; r < ATTN_ROUNDS; r++)
+        for (int r = 0; r < R; r++)
         {
             float f[8];
             unpack_vec(kr[r], f, (T*)0);
@@ -392,24 +395,26 @@ __device__ void attn_split(float* partOut, float* partMax, float* partSum, const
             for (int o = 1; o < rowVecs; o <<= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
             if (sub == 0)
             {
-                int key = kt + group + r * groups;
+                int key = k0 + t * groups * R + group + r * groups;
                 long long kpos = key < slots ? kp[key] : -1;
                 bool visible = kpos >= 0 && (p < 0 || (kpos <= p && (window == 0 || p - kpos < window)));
                 sc[group + r * groups] = visible ? dot : NEG_INF;
             }
         }
-        if (t + 1 < tiles)
-#pragma unroll
-            for (int r = 0; r < ATTN_ROUNDS; r++) kr[r] = K[(long long)min(kt + tile + group + r * groups, slots - 1) * rowVecs + sub];
-        __syncthreads();
+    }
+
+    // After the barrier that publishes sc: the online softmax over the tile's scores and its values.
+    template <int R>
+    __device__ void accumulate(const uint4 (&vr)[R], const float* sc)
+    {
         float tileMax = NEG_INF;
-        for (int i = 0; i < tile; i++) tileMax = fmaxf(tileMax, sc[i]);
+        for (int i = 0; i < groups * R; i++) tileMax = fmaxf(tileMax, sc[i]);
         float mNew = fmaxf(m, tileMax);
         float alpha = mNew == m ? 1.0f : __expf(m - mNew); // exp(−inf) = 0 while nothing was visible
         l *= alpha;
         for (int e = 0; e < VEC; e++) acc[e] *= alpha;
 #pragma unroll
-        for (int r = 0; r < ATTN_ROUNDS; r++)
+        for (int r = 0; r < R; r++)
         {
             float s = sc[group + r * groups];
             float w = s > NEG_INF ? __expf(s - mNew) : 0.0f;
@@ -419,28 +424,64 @@ __device__ void attn_split(float* partOut, float* partMax, float* partSum, const
             l += w;
         }
         m = mNew;
-        if (t + 1 < tiles)
+    }
+
+    // The groups' outputs and sums added up: the block's unnormalised output, max and exp-sum for attn_combine.
+    __device__ void finish(float* partOut, float* partMax, float* partSum, int headDim)
+    {
+        __shared__ float partial[ATTN_THREADS * 8]; // per thread, its VEC output dims (VEC ≤ 8)
+        __shared__ float partialSum[ATTN_THREADS];
+        for (int e = 0; e < VEC; e++) partial[threadIdx.x * 8 + e] = acc[e];
+        partialSum[threadIdx.x] = l; // every thread of a group holds its group's sum
+        __syncthreads();
+        long long cell = (long long)blockIdx.x * gridDim.y + blockIdx.y;
+        for (int d = threadIdx.x; d < headDim; d += blockDim.x)
+        {
+            int owner = d / VEC, e = d % VEC; // threads owner, owner + rowVecs, ... hold dim d
+            float total = 0.0f;
+            for (int g = 0; g < groups; g++) total += partial[(owner + g * rowVecs) * 8 + e];
+            partOut[cell * headDim + d] = total;
+        }
+        if (threadIdx.x == 0)
+        {
+            float sum = 0.0f;
+            for (int g = 0; g < groups; g++) sum += partialSum[g * rowVecs];
+            partMax[cell] = m;
+            partSum[cell] = sum;
+        }
+    }
+};
+
+#define ATTN_ROUNDS 4
+template <typename T>
+__device__ void attn_split(float* partOut, float* partMax, float* partSum, const T* q, long long qBatch, long long qHead,
+                           const T* keys, const T* values, const long long* cachePos, const long long* qpos, const long long* headIndex,
+                           int heads, int queryGroups, int kvHeads, int slots, int headStride, int headDim, int window, float scale, int chunk)
+{
+    __shared__ float score[2][ATTN_THREADS / 4 * ATTN_ROUNDS]; // a tile's scores, double-buffered: one barrier a tile
+    AttnBlock<T> a(q, qBatch, qHead, keys, values, cachePos, qpos, headIndex, heads, queryGroups, kvHeads, slots, headStride, headDim,
+                   window, scale, chunk, ATTN_ROUNDS);
+    uint4 kr[ATTN_ROUNDS], vr[ATTN_ROUNDS];
 #pragma unroll
-            for (int r = 0; r < ATTN_ROUNDS; r++) vr[r] = V[(long long)min(kt + tile + group + r * groups, slots - 1) * rowVecs + sub];
-    }
-    for (int e = 0; e < VEC; e++) partial[threadIdx.x * 8 + e] = acc[e];
-    partialSum[threadIdx.x] = l; // every thread of a group holds its group's sum
-    __syncthreads();
-    long long cell = (long long)bh * splits + split;
-    for (int d = threadIdx.x; d < headDim; d += blockDim.x)
+    for (int r = 0; r < ATTN_ROUNDS; r++)
     {
-        int owner = d / VEC, e = d % VEC; // threads owner, owner + rowVecs, ... hold dim d
-        float total = 0.0f;
-        for (int g = 0; g < groups; g++) total += partial[(owner + g * rowVecs) * 8 + e];
-        partOut[cell * headDim + d] = total;
+        kr[r] = a.K[a.piece(0, r, ATTN_ROUNDS)];
+        vr[r] = a.V[a.piece(0, r, ATTN_ROUNDS)];
     }
-    if (threadIdx.x == 0)
+    for (int t = 0; t < a.tiles; t++)
     {
-        float sum = 0.0f;
-        for (int g = 0; g < groups; g++) sum += partialSum[g * rowVecs];
-        partMax[cell] = m;
-        partSum[cell] = sum;
+        float* sc = score[t & 1];
+        a.score(kr, sc, t);
+        if (t + 1 < a.tiles)
+#pragma unroll
+            for (int r = 0; r < ATTN_ROUNDS; r++) kr[r] = a.K[a.piece(t + 1, r, ATTN_ROUNDS)];
+        __syncthreads();
+        a.accumulate(vr, sc);
+        if (t + 1 < a.tiles)
+#pragma unroll
+            for (int r = 0; r < ATTN_ROUNDS; r++) vr[r] = a.V[a.piece(t + 1, r, ATTN_ROUNDS)];
     }
+    a.finish(partOut, partMax, partSum, headDim);
 }
 
 // An A/B variant of attn_split (TERN_DECODE_ATTN=async, until measured): the same walk and online softmax over tiles of
@@ -475,101 +516,37 @@ __device__ void attn_split_async(float* partOut, float* partMax, float* partSum,
                                  const T* keys, const T* values, const long long* cachePos, const long long* qpos, const long long* headIndex,
                                  int heads, int queryGroups, int kvHeads, int slots, int headStride, int headDim, int window, float scale, int chunk)
 {
-    const int VEC = 16 / (int)sizeof(T);
     __shared__ uint4 stageK[ASYNC_STAGES][ASYNC_ROUNDS][ATTN_THREADS], stageV[ASYNC_STAGES][ASYNC_ROUNDS][ATTN_THREADS];
     __shared__ float score[2][ATTN_THREADS / 4 * ASYNC_ROUNDS];
-    __shared__ float partial[ATTN_THREADS * 8];
-    __shared__ float partialSum[ATTN_THREADS];
-    int bh = blockIdx.x, split = blockIdx.y, splits = gridDim.y;
-    int b = bh / heads, j = bh - b * heads, hk = (headIndex ? (int)headIndex[bh] : j) / queryGroups;
-    long long p = qpos[b];
-    long long base = (long long)(b * kvHeads + hk) * headStride;
-    const uint4* K = reinterpret_cast<const uint4*>(keys + base * headDim);
-    const uint4* V = reinterpret_cast<const uint4*>(values + base * headDim);
-    const long long* kp = cachePos + base;
-    int rowVecs = headDim / VEC, sub = threadIdx.x % rowVecs, group = threadIdx.x / rowVecs, groups = ATTN_THREADS / rowVecs;
-    int tile = groups * ASYNC_ROUNDS;
-    int k0 = split * chunk, tiles = (min(k0 + chunk, slots) - k0 + tile - 1) / tile;
-
-    float qv[8];
-    {
-        const T* qrow = q + b * qBatch + j * qHead + sub * VEC;
-        for (int e = 0; e < VEC; e++) qv[e] = load(qrow[e]) * scale;
-    }
+    AttnBlock<T> a(q, qBatch, qHead, keys, values, cachePos, qpos, headIndex, heads, queryGroups, kvHeads, slots, headStride, headDim,
+                   window, scale, chunk, ASYNC_ROUNDS);
     // Tile u's pieces of this thread into stage u % ASYNC_STAGES; one commit group a tile, empty past the last, so that after
     // issuing tile t + ASYNC_STAGES − 1, waiting for all groups but the newest ASYNC_STAGES − 1 means "up to tile t".
     auto issue = [&](int u) {
-        if (u < tiles)
+        if (u < a.tiles)
 #pragma unroll
             for (int r = 0; r < ASYNC_ROUNDS; r++)
             {
-                long long piece = (long long)min(k0 + u * tile + group + r * groups, slots - 1) * rowVecs + sub;
-                copy16(&stageK[u % ASYNC_STAGES][r][threadIdx.x], K + piece);
-                copy16(&stageV[u % ASYNC_STAGES][r][threadIdx.x], V + piece);
+                copy16(&stageK[u % ASYNC_STAGES][r][threadIdx.x], a.K + a.piece(u, r, ASYNC_ROUNDS));
+                copy16(&stageV[u % ASYNC_STAGES][r][threadIdx.x], a.V + a.piece(u, r, ASYNC_ROUNDS));
             }
         copy_commit();
     };
     for (int u = 0; u < ASYNC_STAGES - 1; u++) issue(u);
-    float m = NEG_INF, l = 0.0f, acc[8] = { 0, 0, 0, 0, 0, 0, 0, 0 };
-    for (int t = 0; t < tiles; t++)
+    for (int t = 0; t < a.tiles; t++)
     {
         issue(t + ASYNC_STAGES - 1);
         copy_wait_all_but_newest();
-        int kt = k0 + t * tile, stage = t % ASYNC_STAGES;
+        int stage = t % ASYNC_STAGES;
+        uint4 kr[ASYNC_ROUNDS], vr[ASYNC_ROUNDS];
+#pragma unroll
+        for (int r = 0; r < ASYNC_ROUNDS; r++) { kr[r] = stageK[stage][r][threadIdx.x]; vr[r] = stageV[stage][r][threadIdx.x]; }
         float* sc = score[t & 1];
-#pragma unroll
-        for (int r = 0; r < ASYNC_ROUNDS; r++)
-        {
-            float f[8];
-            unpack_vec(stageK[stage][r][threadIdx.x], f, (T*)0);
-            float dot = 0.0f;
-            for (int e = 0; e < VEC; e++) dot += qv[e] * f[e];
-            for (int o = 1; o < rowVecs; o <<= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
-            if (sub == 0)
-            {
-                int key = kt + group + r * groups;
-                long long kpos = key < slots ? kp[key] : -1;
-                bool visible = kpos >= 0 && (p < 0 || (kpos <= p && (window == 0 || p - kpos < window)));
-                sc[group + r * groups] = visible ? dot : NEG_INF;
-            }
-        }
+        a.score(kr, sc, t);
         __syncthreads();
-        float tileMax = NEG_INF;
-        for (int i = 0; i < tile; i++) tileMax = fmaxf(tileMax, sc[i]);
-        float mNew = fmaxf(m, tileMax);
-        float alpha = mNew == m ? 1.0f : __expf(m - mNew);
-        l *= alpha;
-        for (int e = 0; e < VEC; e++) acc[e] *= alpha;
-#pragma unroll
-        for (int r = 0; r < ASYNC_ROUNDS; r++)
-        {
-            float s = sc[group + r * groups];
-            float w = s > NEG_INF ? __expf(s - mNew) : 0.0f;
-            float f[8];
-            unpack_vec(stageV[stage][r][threadIdx.x], f, (T*)0);
-            for (int e = 0; e < VEC; e++) acc[e] += w * f[e];
-            l += w;
-        }
-        m = mNew;
+        a.accumulate(vr, sc);
     }
-    for (int e = 0; e < VEC; e++) partial[threadIdx.x * 8 + e] = acc[e];
-    partialSum[threadIdx.x] = l;
-    __syncthreads();
-    long long cell = (long long)bh * splits + split;
-    for (int d = threadIdx.x; d < headDim; d += blockDim.x)
-    {
-        int owner = d / VEC, e = d % VEC;
-        float total = 0.0f;
-        for (int g = 0; g < groups; g++) total += partial[(owner + g * rowVecs) * 8 + e];
-        partOut[cell * headDim + d] = total;
-    }
-    if (threadIdx.x == 0)
-    {
-        float sum = 0.0f;
-        for (int g = 0; g < groups; g++) sum += partialSum[g * rowVecs];
-        partMax[cell] = m;
-        partSum[cell] = sum;
-    }
+    a.finish(partOut, partMax, partSum, headDim);
 }
 
 // Combines the splits of each (sequence, head) into softmax(q·kᵀ)·v, written as out[b, h·D + d]. Up to 1024 splits.
