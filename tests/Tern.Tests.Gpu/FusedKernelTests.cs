@@ -239,18 +239,20 @@ public sealed class FusedKernelTests
         Assert.False(FusedKernels.TryShiftSlots(data, 5, 4, 250)); // one slot over 250: a walk bound by latency, left to the copy
     }
 
-    /// <summary>Decode attention over a partly filled cache with holes, GQA and a window, against softmax(q·kᵀ/√d)·v in fp32.</summary>
+    /// <summary>Decode attention over a partly filled cache with holes, GQA and a window, against softmax(q·kᵀ/√d)·v in fp32;
+    /// up to the largest batch the kernel takes (16), and past it the composite path's turn.</summary>
     [Theory]
-    [InlineData(ModelDType.Float32, 0)]
-    [InlineData(ModelDType.BFloat16, 0)]
-    [InlineData(ModelDType.BFloat16, 7)]
-    [InlineData(ModelDType.Float16, 0)]
-    public void DecodeAttentionMatchesReference(ModelDType dtype, int window)
+    [InlineData(ModelDType.Float32, 0, 3)]
+    [InlineData(ModelDType.BFloat16, 0, 3)]
+    [InlineData(ModelDType.BFloat16, 7, 3)]
+    [InlineData(ModelDType.Float16, 0, 3)]
+    [InlineData(ModelDType.BFloat16, 0, 16)]
+    public void DecodeAttentionMatchesReference(ModelDType dtype, int window, int b)
     {
         using var scope = torch.NewDisposeScope();
         using var inference = torch.no_grad(); // the kernels step aside while autograd records (training)
         var t = dtype.ToScalarType();
-        int b = 3, heads = 8, kvHeads = 2, cap = 77, d = 64, filled = 50;
+        int heads = 8, kvHeads = 2, cap = 77, d = 64, filled = 50;
         var (keys, values, pos, qpos) = DecodeCache(t, b, kvHeads, cap, d, filled);
         pos[1].narrow(1, 5, 1).fill_(-1); // a hole at slot 5 of sequence 1, padding in the first 3 slots of sequence 2
         pos[2].narrow(1, 0, 3).fill_(-1);
@@ -262,6 +264,9 @@ public sealed class FusedKernelTests
         Assert.True(FusedKernels.TryDecodeAttention(q, keys.narrow(2, 0, slots), values.narrow(2, 0, slots), pos.narrow(2, 0, slots), qpos,
             window, 1.0 / Math.Sqrt(d), out var prefix));
         AssertClose(DecodeReference(q, keys, values, pos, qpos, window, slots), prefix, dtype, "decode attention over the first slots");
+        var (k17, v17, pos17, qpos17) = DecodeCache(t, 17, kvHeads, cap, d, filled);
+        Assert.False(FusedKernels.TryDecodeAttention(torch.randn(17, heads, 1, d, device: CUDA).to(t), k17, v17, pos17, qpos17, window,
+            1.0 / Math.Sqrt(d), out _));
     }
 
     /// <summary>A decode step's cache on CUDA: random keys and values [B,Hkv,Cap,D] of type <paramref name="t"/>, positions
@@ -311,26 +316,23 @@ public sealed class FusedKernelTests
 
     /// <summary>Decode attention with the 7B step's 32 query heads of 128 dims (here over 8 KV heads) and a 4,096-slot cache, where
     /// each block walks several tiles with the online softmax: holes within a chunk, a whole masked tile, a peak late in a chunk (the
-    /// running max grows), against the reference; and a prefix of the slots gives the same bits as all of them with the rest masked.
-    /// Both split kernels: <c>attn_split</c> and the A/B variant that copies tiles ahead into shared memory.</summary>
+    /// running max grows), against the reference; and a prefix of the slots gives the same bits as all of them with the rest masked.</summary>
     [Theory]
     [InlineData(ModelDType.BFloat16, false)]
     [InlineData(ModelDType.Float32, false)]
     [InlineData(ModelDType.Float16, false)]
     [InlineData(ModelDType.BFloat16, true)]
-    [InlineData(ModelDType.Float32, true)]
-    [InlineData(ModelDType.Float16, true)]
-    public void DecodeAttentionOverManyTilesABlockMatchesReference(ModelDType dtype, bool copiedAhead)
+    public void DecodeAttentionOverManyTilesABlockMatchesReference(ModelDType dtype, bool unstaged)
     {
-        bool before = FusedKernels.AsyncDecodeAttention;
-        FusedKernels.AsyncDecodeAttention = copiedAhead;
+        bool before = FusedKernels.UnstagedPositions;
+        FusedKernels.UnstagedPositions = unstaged;
         try
         {
             DecodeAttentionOverManyTiles(dtype);
         }
         finally
         {
-            FusedKernels.AsyncDecodeAttention = before;
+            FusedKernels.UnstagedPositions = before;
         }
     }
 

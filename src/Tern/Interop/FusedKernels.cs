@@ -14,7 +14,7 @@ namespace Tern.Interop;
 /// </summary>
 internal static unsafe partial class FusedKernels
 {
-    sealed record Loaded(IntPtr[] RmsNorm, IntPtr[] LayerNorm, IntPtr[] Rotary, IntPtr[] Gated, IntPtr[] Gemv, IntPtr[] CacheAppend, IntPtr[] AttnSplit, IntPtr[] AttnSplitAsync, IntPtr[] AttnCombine,
+    sealed record Loaded(IntPtr[] RmsNorm, IntPtr[] LayerNorm, IntPtr[] Rotary, IntPtr[] Gated, IntPtr[] Gemv, IntPtr[] CacheAppend, IntPtr[] AttnSplit, IntPtr[] AttnSplitUnstaged, IntPtr[] AttnCombine,
         IntPtr[] GatherRows, IntPtr[] GatherColumns, IntPtr[] ColumnsFinish, IntPtr[] GatherColumnRuns, IntPtr[] RotaryInto, IntPtr[] RotarySlots, IntPtr ModalStep, IntPtr ShiftSlots);
 
     static readonly Lazy<Loaded?> Kernels = new(Load);
@@ -62,7 +62,7 @@ internal static unsafe partial class FusedKernels
             byte[] cubin = Compile(source, "fused.cu");
             string[] suffixes = { "f32", "bf16", "f16" };
             string[] perType = { "rms_norm_", "layer_norm_", "rotary_", "gated_", "cache_append_", "attn_split_", "attn_combine_", "gather_rows_", "gather_columns_",
-                "columns_finish_", "gather_column_runs_", "rotary_into_", "rotary_slots_", "attn_split_async_" };
+                "columns_finish_", "gather_column_runs_", "rotary_into_", "rotary_slots_", "attn_split_unstaged_" };
             var all = CudaDriver.LoadKernels(cubin, perType.SelectMany(k => suffixes.Select(s => k + s)).Concat(new[] { "gemv_bf16", "gemv_f16", "modal_step", "shift_slots" }));
             IntPtr[] Of(int kernel) => all.Skip(kernel * 3).Take(3).ToArray();
             int gemv = perType.Length * 3;
@@ -354,9 +354,8 @@ internal static unsafe partial class FusedKernels
         int heads = (int)q.size(1), kvHeads = (int)keys.size(1), slots = (int)keys.size(2), headDim = (int)keys.size(3);
         if (keptHeads is null) groups = heads / kvHeads;
         else if (keptHeads.dtype != ScalarType.Int64 || !keptHeads.is_contiguous() || keptHeads.NumberOfElements != q.size(0) * heads || groups < 1) return false;
-        // Measured with the earlier 64-key split kernel: ahead of the masked-matmul path at batch 1; behind it at 16 and 64 (H200:
-        // 7.64 vs 7.13 and 16.0 vs 12.1 ms/step). The chunked kernel has not been timed past batch 4 (TERN_DECODE_ATTN_MAX_BATCH:
-        // an A/B switch until it is).
+        // Against the masked-matmul path (7B, prompt 512, H100): ahead at batch 16 (8.57 against 8.68 ms a step), behind at 64
+        // (15.16 against 14.77).
         if (q.size(0) > LargestDecodeAttentionBatch) return false;
         int rowVecs = headDim * (int)keys.ElementSize / 16; // 16-byte pieces per row: a power of two from 4 to 32
         long headStride = HeadStride(keys);
@@ -367,14 +366,14 @@ internal static unsafe partial class FusedKernels
         int stride = (int)headStride;
         const int maxSplits = 1024; // the combine's shared array in fused.cu
         long batch = q.size(0), qb = q.stride(0), qh = q.stride(1);
-        // Chunks of whole tiles (fused.cu: 4 keys a thread group, 128 / rowVecs groups), as many over the cache's capacity as fill
-        // one wave of the grid (a 4k cache of 32 heads, six blocks an SM: 22 chunks of 6 tiles a head). Sized by the capacity, not
+        // Chunks of 4 keys a thread group (128 / rowVecs groups; two tiles of fused.cu's), as many over the cache's capacity as
+        // fill one wave of the grid (a 4k cache of 32 heads, six blocks an SM: 22 chunks of 192 keys a head). Sized by the capacity, not
         // the slots attended, so that a step over a prefix of the slots splits them as a static step over all of them does, and
         // gives the same bits.
         var kernels = Kernels.Value!;
         int t = TypeIndex(q.dtype);
         int tile = 128 / rowVecs * 4, tiles = (stride + tile - 1) / tile;
-        IntPtr split = AsyncDecodeAttention ? kernels.AttnSplitAsync[t] : kernels.AttnSplit[t];
+        IntPtr split = UnstagedPositions ? kernels.AttnSplitUnstaged[t] : kernels.AttnSplit[t];
         int wanted = (int)Math.Clamp(Wave(split) / (batch * heads), 1, maxSplits);
         int chunk = (tiles + wanted - 1) / wanted * tile, splits = (slots + chunk - 1) / chunk;
         if (splits > maxSplits) return false;
@@ -393,12 +392,11 @@ internal static unsafe partial class FusedKernels
         return true;
     }
 
-    /// <summary>Decode attention through <c>attn_split_async</c> (keys and values copied tiles ahead into shared memory) instead
-    /// of <c>attn_split</c>: an A/B switch (TERN_DECODE_ATTN=async) until one of them is measured the faster.</summary>
-    internal static bool AsyncDecodeAttention { get; set; } = Environment.GetEnvironmentVariable("TERN_DECODE_ATTN") == "async";
+    const int LargestDecodeAttentionBatch = 16;
 
-    static readonly int LargestDecodeAttentionBatch =
-        int.TryParse(Environment.GetEnvironmentVariable("TERN_DECODE_ATTN_MAX_BATCH"), out int largest) && largest > 0 ? largest : 4;
+    /// <summary>An A/B switch until measured (TERN_DECODE_ATTN_POSITIONS=unstaged): the split kernel reads each key's position from
+    /// the cache as it scores the key, instead of copying the tile's positions ahead with its keys and values.</summary>
+    internal static bool UnstagedPositions { get; set; } = Environment.GetEnvironmentVariable("TERN_DECODE_ATTN_POSITIONS") == "unstaged";
 
     static readonly System.Collections.Concurrent.ConcurrentDictionary<IntPtr, long> WaveSizes = new();
 

@@ -327,11 +327,11 @@ __device__ __forceinline__ float block_max(float v, float* shared)
 
 // Decode attention, split over the cache (flash-decoding, with fewer, longer splits as FlashInfer does it): block (b·H + h,
 // split) scores query h of sequence b against its `chunk` keys and leaves its unnormalised output, max and exp-sum for
-// attn_combine. It walks the chunk in tiles of ATTN_ROUNDS keys a thread group (32 keys of 128 16-bit dims) with an online
+// attn_combine. It walks the chunk in tiles of ATTN_ROUNDS keys a thread group (16 keys of 128 16-bit dims) with an online
 // softmax — the running max m and sum l, the accumulators rescaled by exp(m_old − m_new) when the max grows (FlashAttention-2's
-// recurrence) — and keeps loads in flight through the compute: the next tile's keys are loaded as soon as this tile's are scored,
-// its values as soon as this tile's are summed. The host sizes chunks by the cache's capacity so that the grid is about one wave
-// (against 64-key splits that loaded keys, then values, each block once: the 7B step at a 4k cache 7.23 → 6.54 ms on an H100).
+// recurrence) — and keeps loads in flight through the compute (below). The host sizes chunks by the cache's capacity so that
+// the grid is about one wave (against 64-key splits that loaded keys, then values, each block once: the 7B step at a 4k cache
+// 7.23 → 6.54 ms on an H100).
 // A key at original position kp is visible to a query at p when kp ≥ 0 and kp ≤ p and (no window or p − kp < window); padding
 // queries (p < 0) see every occupied slot. Masked keys (and those past `slots`, read clamped) weigh exactly 0, and a tile with
 // nothing visible leaves m, l and the accumulators as they were, so a step over a prefix of the slots gives the bits of a static
@@ -340,7 +340,7 @@ __device__ __forceinline__ float block_max(float v, float* shared)
 // `slots` slots of each head are read; a head's slots start headStride slots after the previous head's (the cache's capacity).
 // 128 threads; keys and values are read with 16-byte loads: a row of D elements is spread over D/VEC lanes (VEC = 16 bytes of T).
 #define ATTN_THREADS 128
-// One block of decode attention (attn_split, attn_split_async): where its head's keys, values and positions start, its query
+// One block of decode attention (attn_split): where its head's keys, values and positions start, its query
 // dims, which 16-byte piece of which keys of a tile this thread reads, and the online softmax's state (running max m, this
 // thread group's sum l and its VEC output dims).
 template <typename T>
@@ -381,9 +381,10 @@ struct AttnBlock
         return (long long)min(k0 + t * groups * rounds + group + r * groups, slots - 1) * rowVecs + sub;
     }
 
-    // Tile t's scores into sc (−inf where a key is not visible).
+    // Tile t's scores into sc (−inf where a key is not visible); staged: the tile's positions copied ahead, [R][ATTN_THREADS / 4] (or null:
+    // read from the cache here).
     template <int R>
-    __device__ void score(const uint4 (&kr)[R], float* sc, int t)
+    __device__ void score(const uint4 (&kr)[R], float* sc, int t, const long long* staged)
     {
 #pragma unroll
         for (int r = 0; r < R; r++)
@@ -396,7 +397,7 @@ struct AttnBlock
             if (sub == 0)
             {
                 int key = k0 + t * groups * R + group + r * groups;
-                long long kpos = key < slots ? kp[key] : -1;
+                long long kpos = key >= slots ? -1 : staged ? staged[r * (ATTN_THREADS / 4) + group] : kp[key];
                 bool visible = kpos >= 0 && (p < 0 || (kpos <= p && (window == 0 || p - kpos < window)));
                 sc[group + r * groups] = visible ? dot : NEG_INF;
             }
@@ -426,11 +427,13 @@ struct AttnBlock
         m = mNew;
     }
 
-    // The groups' outputs and sums added up: the block's unnormalised output, max and exp-sum for attn_combine.
-    __device__ void finish(float* partOut, float* partMax, float* partSum, int headDim)
+    // The groups' outputs and sums added up: the block's unnormalised output, max and exp-sum for attn_combine. scratch: shared
+    // memory of ATTN_THREADS · 9 floats that no thread uses any more (the tiles' staging buffers).
+    __device__ void finish(float* partOut, float* partMax, float* partSum, int headDim, float* scratch)
     {
-        __shared__ float partial[ATTN_THREADS * 8]; // per thread, its VEC output dims (VEC ≤ 8)
-        __shared__ float partialSum[ATTN_THREADS];
+        float* partial = scratch;                        // per thread, its VEC output dims (VEC ≤ 8)
+        float* partialSum = scratch + ATTN_THREADS * 8;
+        __syncthreads();                                 // every thread is done with the staging buffers
         for (int e = 0; e < VEC; e++) partial[threadIdx.x * 8 + e] = acc[e];
         partialSum[threadIdx.x] = l; // every thread of a group holds its group's sum
         __syncthreads();
@@ -452,49 +455,26 @@ struct AttnBlock
     }
 };
 
-#define ATTN_ROUNDS 4
-template <typename T>
-__device__ void attn_split(float* partOut, float* partMax, float* partSum, const T* q, long long qBatch, long long qHead,
-                           const T* keys, const T* values, const long long* cachePos, const long long* qpos, const long long* headIndex,
-                           int heads, int queryGroups, int kvHeads, int slots, int headStride, int headDim, int window, float scale, int chunk)
-{
-    __shared__ float score[2][ATTN_THREADS / 4 * ATTN_ROUNDS]; // a tile's scores, double-buffered: one barrier a tile
-    AttnBlock<T> a(q, qBatch, qHead, keys, values, cachePos, qpos, headIndex, heads, queryGroups, kvHeads, slots, headStride, headDim,
-                   window, scale, chunk, ATTN_ROUNDS);
-    uint4 kr[ATTN_ROUNDS], vr[ATTN_ROUNDS];
-#pragma unroll
-    for (int r = 0; r < ATTN_ROUNDS; r++)
-    {
-        kr[r] = a.K[a.piece(0, r, ATTN_ROUNDS)];
-        vr[r] = a.V[a.piece(0, r, ATTN_ROUNDS)];
-    }
-    for (int t = 0; t < a.tiles; t++)
-    {
-        float* sc = score[t & 1];
-        a.score(kr, sc, t);
-        if (t + 1 < a.tiles)
-#pragma unroll
-            for (int r = 0; r < ATTN_ROUNDS; r++) kr[r] = a.K[a.piece(t + 1, r, ATTN_ROUNDS)];
-        __syncthreads();
-        a.accumulate(vr, sc);
-        if (t + 1 < a.tiles)
-#pragma unroll
-            for (int r = 0; r < ATTN_ROUNDS; r++) vr[r] = a.V[a.piece(t + 1, r, ATTN_ROUNDS)];
-    }
-    a.finish(partOut, partMax, partSum, headDim);
-}
-
-// An A/B variant of attn_split (TERN_DECODE_ATTN=async, until measured): the same walk and online softmax over tiles of
-// ASYNC_ROUNDS keys a thread group, but each thread copies its own 16-byte pieces of keys and values ASYNC_STAGES − 1 tiles ahead
-// into shared memory (cp.async on sm_80 and later, plain loads and stores before), so that three tiles stay in flight a block
-// without holding them in registers. A thread reads back only the pieces it copied: waiting for its own copies is enough.
-#define ASYNC_ROUNDS 2
-#define ASYNC_STAGES 4
+// Loads in flight: each thread copies its own 16-byte pieces of keys and values ATTN_STAGES − 1 tiles ahead into shared
+// memory (cp.async on sm_80 and later, plain loads and stores before), so that three tiles stay in flight a block without
+// holding them in registers (against one tile ahead in registers: the H100's 7B step at a 4k cache 6.381 → 6.326 ms, level
+// at 512). A thread reads back only the pieces it copied: waiting for its own copies is enough.
+#define ATTN_ROUNDS 2
+#define ATTN_STAGES 4
 __device__ __forceinline__ void copy16(uint4* shared, const uint4* global)
 {
 #if __CUDA_ARCH__ >= 800
     unsigned address = (unsigned)__cvta_generic_to_shared(shared);
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" :: "r"(address), "l"(global));
+#else
+    *shared = *global;
+#endif
+}
+__device__ __forceinline__ void copy8(long long* shared, const long long* global)
+{
+#if __CUDA_ARCH__ >= 800
+    unsigned address = (unsigned)__cvta_generic_to_shared(shared);
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" :: "r"(address), "l"(global));
 #else
     *shared = *global;
 #endif
@@ -508,45 +488,48 @@ __device__ __forceinline__ void copy_commit()
 __device__ __forceinline__ void copy_wait_all_but_newest()
 {
 #if __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.wait_group %0;\n" :: "n"(ASYNC_STAGES - 1)); // tile t landed; t + 1 … t + 3 may be in flight
+    asm volatile("cp.async.wait_group %0;\n" :: "n"(ATTN_STAGES - 1)); // tile t landed; t + 1 … t + 3 may be in flight
 #endif
 }
-template <typename T>
-__device__ void attn_split_async(float* partOut, float* partMax, float* partSum, const T* q, long long qBatch, long long qHead,
-                                 const T* keys, const T* values, const long long* cachePos, const long long* qpos, const long long* headIndex,
-                                 int heads, int queryGroups, int kvHeads, int slots, int headStride, int headDim, int window, float scale, int chunk)
+template <typename T, bool StagePositions>
+__device__ void attn_split(float* partOut, float* partMax, float* partSum, const T* q, long long qBatch, long long qHead,
+                           const T* keys, const T* values, const long long* cachePos, const long long* qpos, const long long* headIndex,
+                           int heads, int queryGroups, int kvHeads, int slots, int headStride, int headDim, int window, float scale, int chunk)
 {
-    __shared__ uint4 stageK[ASYNC_STAGES][ASYNC_ROUNDS][ATTN_THREADS], stageV[ASYNC_STAGES][ASYNC_ROUNDS][ATTN_THREADS];
-    __shared__ float score[2][ATTN_THREADS / 4 * ASYNC_ROUNDS];
+    __shared__ uint4 stageK[ATTN_STAGES][ATTN_ROUNDS][ATTN_THREADS], stageV[ATTN_STAGES][ATTN_ROUNDS][ATTN_THREADS];
+    __shared__ float score[2][ATTN_THREADS / 4 * ATTN_ROUNDS];
+    __shared__ long long stagePos[ATTN_STAGES][ATTN_ROUNDS][ATTN_THREADS / 4]; // [r][group]: the first lane of each group copies
     AttnBlock<T> a(q, qBatch, qHead, keys, values, cachePos, qpos, headIndex, heads, queryGroups, kvHeads, slots, headStride, headDim,
-                   window, scale, chunk, ASYNC_ROUNDS);
-    // Tile u's pieces of this thread into stage u % ASYNC_STAGES; one commit group a tile, empty past the last, so that after
-    // issuing tile t + ASYNC_STAGES − 1, waiting for all groups but the newest ASYNC_STAGES − 1 means "up to tile t".
+                   window, scale, chunk, ATTN_ROUNDS);
+    // Tile u's pieces of this thread into stage u % ATTN_STAGES; one commit group a tile, empty past the last, so that after
+    // issuing tile t + ATTN_STAGES − 1, waiting for all groups but the newest ATTN_STAGES − 1 means "up to tile t".
     auto issue = [&](int u) {
         if (u < a.tiles)
 #pragma unroll
-            for (int r = 0; r < ASYNC_ROUNDS; r++)
+            for (int r = 0; r < ATTN_ROUNDS; r++)
             {
-                copy16(&stageK[u % ASYNC_STAGES][r][threadIdx.x], a.K + a.piece(u, r, ASYNC_ROUNDS));
-                copy16(&stageV[u % ASYNC_STAGES][r][threadIdx.x], a.V + a.piece(u, r, ASYNC_ROUNDS));
+                copy16(&stageK[u % ATTN_STAGES][r][threadIdx.x], a.K + a.piece(u, r, ATTN_ROUNDS));
+                copy16(&stageV[u % ATTN_STAGES][r][threadIdx.x], a.V + a.piece(u, r, ATTN_ROUNDS));
+                if (StagePositions && a.sub == 0)
+                    copy8(&stagePos[u % ATTN_STAGES][r][a.group], a.kp + a.piece(u, r, ATTN_ROUNDS) / a.rowVecs);
             }
         copy_commit();
     };
-    for (int u = 0; u < ASYNC_STAGES - 1; u++) issue(u);
+    for (int u = 0; u < ATTN_STAGES - 1; u++) issue(u);
     for (int t = 0; t < a.tiles; t++)
     {
-        issue(t + ASYNC_STAGES - 1);
+        issue(t + ATTN_STAGES - 1);
         copy_wait_all_but_newest();
-        int stage = t % ASYNC_STAGES;
-        uint4 kr[ASYNC_ROUNDS], vr[ASYNC_ROUNDS];
+        int stage = t % ATTN_STAGES;
+        uint4 kr[ATTN_ROUNDS], vr[ATTN_ROUNDS];
 #pragma unroll
-        for (int r = 0; r < ASYNC_ROUNDS; r++) { kr[r] = stageK[stage][r][threadIdx.x]; vr[r] = stageV[stage][r][threadIdx.x]; }
+        for (int r = 0; r < ATTN_ROUNDS; r++) { kr[r] = stageK[stage][r][threadIdx.x]; vr[r] = stageV[stage][r][threadIdx.x]; }
         float* sc = score[t & 1];
-        a.score(kr, sc, t);
+        a.score(kr, sc, t, StagePositions ? &stagePos[stage][0][0] : nullptr);
         __syncthreads();
         a.accumulate(vr, sc);
     }
-    a.finish(partOut, partMax, partSum, headDim);
+    a.finish(partOut, partMax, partSum, headDim, reinterpret_cast<float*>(&stageK[0][0][0]));
 }
 
 // Combines the splits of each (sequence, head) into softmax(q·kᵀ)·v, written as out[b, h·D + d]. Up to 1024 splits.
@@ -602,11 +585,11 @@ INSTANTIATE_GEMV(f16, f16)
     extern "C" __global__ void attn_split_##S(float* po, float* pm, float* ps, const T* q, long long qb, long long qh, const T* keys,    \
         const T* values, const long long* cp, const long long* qpos, const long long* hi, int heads, int groups, int kvHeads, int slots,  \
         int stride, int headDim, int window, float scale, int chunk)                                                                     \
-        { attn_split<T>(po, pm, ps, q, qb, qh, keys, values, cp, qpos, hi, heads, groups, kvHeads, slots, stride, headDim, window, scale, chunk); } \
-    extern "C" __global__ void attn_split_async_##S(float* po, float* pm, float* ps, const T* q, long long qb, long long qh,          \
-        const T* keys, const T* values, const long long* cp, const long long* qpos, const long long* hi, int heads, int groups,          \
-        int kvHeads, int slots, int stride, int headDim, int window, float scale, int chunk)                                             \
-        { attn_split_async<T>(po, pm, ps, q, qb, qh, keys, values, cp, qpos, hi, heads, groups, kvHeads, slots, stride, headDim, window, scale, chunk); } \
+        { attn_split<T, true>(po, pm, ps, q, qb, qh, keys, values, cp, qpos, hi, heads, groups, kvHeads, slots, stride, headDim, window, scale, chunk); } \
+    extern "C" __global__ void attn_split_unstaged_##S(float* po, float* pm, float* ps, const T* q, long long qb, long long qh, const T* keys, \
+        const T* values, const long long* cp, const long long* qpos, const long long* hi, int heads, int groups, int kvHeads, int slots,  \
+        int stride, int headDim, int window, float scale, int chunk)                                                                     \
+        { attn_split<T, false>(po, pm, ps, q, qb, qh, keys, values, cp, qpos, hi, heads, groups, kvHeads, slots, stride, headDim, window, scale, chunk); } \
     extern "C" __global__ void attn_combine_##S(T* out, const float* po, const float* pm, const float* ps, int splits, int headDim)       \
         { attn_combine<T>(out, po, pm, ps, splits, headDim); }
 INSTANTIATE(float, f32)
