@@ -322,17 +322,19 @@ public sealed class FusedKernelTests
     [InlineData(ModelDType.Float32, false)]
     [InlineData(ModelDType.Float16, false)]
     [InlineData(ModelDType.BFloat16, true)]
-    public void DecodeAttentionOverManyTilesABlockMatchesReference(ModelDType dtype, bool unstaged)
+    [InlineData(ModelDType.Float32, true)]
+    [InlineData(ModelDType.Float16, true)]
+    public void DecodeAttentionOverManyTilesABlockMatchesReference(ModelDType dtype, bool staged)
     {
-        bool before = FusedKernels.UnstagedPositions;
-        FusedKernels.UnstagedPositions = unstaged;
+        bool before = FusedKernels.StagedPositions;
+        FusedKernels.StagedPositions = staged;
         try
         {
             DecodeAttentionOverManyTiles(dtype);
         }
         finally
         {
-            FusedKernels.UnstagedPositions = before;
+            FusedKernels.StagedPositions = before;
         }
     }
 

@@ -458,7 +458,9 @@ struct AttnBlock
 // Loads in flight: each thread copies its own 16-byte pieces of keys and values ATTN_STAGES − 1 tiles ahead into shared
 // memory (cp.async on sm_80 and later, plain loads and stores before), so that three tiles stay in flight a block without
 // holding them in registers (against one tile ahead in registers: the H100's 7B step at a 4k cache 6.381 → 6.326 ms, level
-// at 512). A thread reads back only the pieces it copied: waiting for its own copies is enough.
+// at 512). A thread reads back only the pieces it copied: waiting for its own copies is enough. StagePositions (an A/B variant,
+// attn_split_staged, not yet measured): the first lane of each thread group also copies its keys' positions ahead, so that
+// scoring a tile waits on no global load of its own.
 #define ATTN_ROUNDS 2
 #define ATTN_STAGES 4
 __device__ __forceinline__ void copy16(uint4* shared, const uint4* global)
@@ -585,11 +587,11 @@ INSTANTIATE_GEMV(f16, f16)
     extern "C" __global__ void attn_split_##S(float* po, float* pm, float* ps, const T* q, long long qb, long long qh, const T* keys,    \
         const T* values, const long long* cp, const long long* qpos, const long long* hi, int heads, int groups, int kvHeads, int slots,  \
         int stride, int headDim, int window, float scale, int chunk)                                                                     \
-        { attn_split<T, true>(po, pm, ps, q, qb, qh, keys, values, cp, qpos, hi, heads, groups, kvHeads, slots, stride, headDim, window, scale, chunk); } \
-    extern "C" __global__ void attn_split_unstaged_##S(float* po, float* pm, float* ps, const T* q, long long qb, long long qh, const T* keys, \
+        { attn_split<T, false>(po, pm, ps, q, qb, qh, keys, values, cp, qpos, hi, heads, groups, kvHeads, slots, stride, headDim, window, scale, chunk); } \
+    extern "C" __global__ void attn_split_staged_##S(float* po, float* pm, float* ps, const T* q, long long qb, long long qh, const T* keys, \
         const T* values, const long long* cp, const long long* qpos, const long long* hi, int heads, int groups, int kvHeads, int slots,  \
         int stride, int headDim, int window, float scale, int chunk)                                                                     \
-        { attn_split<T, false>(po, pm, ps, q, qb, qh, keys, values, cp, qpos, hi, heads, groups, kvHeads, slots, stride, headDim, window, scale, chunk); } \
+        { attn_split<T, true>(po, pm, ps, q, qb, qh, keys, values, cp, qpos, hi, heads, groups, kvHeads, slots, stride, headDim, window, scale, chunk); } \
     extern "C" __global__ void attn_combine_##S(T* out, const float* po, const float* pm, const float* ps, int splits, int headDim)       \
         { attn_combine<T>(out, po, pm, ps, splits, headDim); }
 INSTANTIATE(float, f32)
