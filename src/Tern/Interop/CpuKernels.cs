@@ -213,40 +213,31 @@ internal static unsafe partial class CpuKernels
         if (bias is not null && (!bias.is_contiguous() || bias.dtype != x.dtype || bias.NumberOfElements != n)) return false;
         if (residual is not null && (!residual.is_contiguous() || residual.dtype != x.dtype || residual.NumberOfElements != m * n)) return false;
         var shape = TensorMemory.ShapeWithLast(x, n);
-        // The fp32 products in a pooled array, not a tensor: no libtorch allocation per linear map of a decode step.
-        float[] buffer = System.Buffers.ArrayPool<float>.Shared.Rent((int)(m * n));
+        // The fp32 products in pooled scratch, not a tensor: no libtorch allocation per linear map of a decode step.
+        using var scratch = AlignedScratch.Rent(m * n);
+        float* accumulated = scratch.Pointer;
         try
         {
-            fixed (float* accumulated = buffer)
-            {
-                try
-                {
-                    if (prefill) WidenedGemm(m, n, k, Ptr(x), Ptr(weight), accumulated);
-                    else if (own && bf16) WidenedProducts(m, n, k, Ptr(x), Ptr(weight), accumulated, split);
-                    else if (own) OwnRows<F32>(m, n, k, (float*)Ptr(x), Ptr(weight), accumulated, split);
-                    else Products(bf16, m, n, k, Ptr(x), Ptr(weight), accumulated, split);
-                }
-                catch (Exception e) when (e is EntryPointNotFoundException or DllNotFoundException
-                    || e is AggregateException { InnerException: EntryPointNotFoundException or DllNotFoundException })
-                {
-                    MklUnavailable = true;
-                    return false;
-                }
-                y = torch.empty(shape, x.dtype);
-                var job = new LinearOutputJob
-                {
-                    Accumulated = accumulated, Bias = bias is null ? null : Ptr(bias), Residual = residual is null ? null : Ptr(residual),
-                    Y = Ptr(y), N = (int)n,
-                };
-                if (bf16) Run<LinearOutputJob, Bf16>(ref job, m, m * n);
-                else Run<LinearOutputJob, F32>(ref job, m, m * n);
-                return true;
-            }
+            if (prefill) WidenedGemm(m, n, k, Ptr(x), Ptr(weight), accumulated);
+            else if (own && bf16) WidenedProducts(m, n, k, Ptr(x), Ptr(weight), accumulated, split);
+            else if (own) OwnRows<F32>(m, n, k, (float*)Ptr(x), Ptr(weight), accumulated, split);
+            else Products(bf16, m, n, k, Ptr(x), Ptr(weight), accumulated, split);
         }
-        finally
+        catch (Exception e) when (e is EntryPointNotFoundException or DllNotFoundException
+            || e is AggregateException { InnerException: EntryPointNotFoundException or DllNotFoundException })
         {
-            System.Buffers.ArrayPool<float>.Shared.Return(buffer);
+            MklUnavailable = true;
+            return false;
         }
+        y = torch.empty(shape, x.dtype);
+        var job = new LinearOutputJob
+        {
+            Accumulated = accumulated, Bias = bias is null ? null : Ptr(bias), Residual = residual is null ? null : Ptr(residual),
+            Y = Ptr(y), N = (int)n,
+        };
+        if (bf16) Run<LinearOutputJob, Bf16>(ref job, m, m * n);
+        else Run<LinearOutputJob, F32>(ref job, m, m * n);
+        return true;
     }
 
     /// <summary>accumulated [m, n] = x [m, k] · W [n, k]ᵀ in fp32, W's rows split (<paramref name="split"/>) into a block per
@@ -305,20 +296,11 @@ internal static unsafe partial class CpuKernels
     /// </summary>
     static void WidenedProducts(long m, long n, long k, byte* x, byte* weight, float* accumulated, bool split)
     {
-        float[] wide = System.Buffers.ArrayPool<float>.Shared.Rent((int)(m * k));
-        try
-        {
-            fixed (float* xs = wide)
-            {
-                if (m == 1) Widen((ushort*)x, xs, k); // one row: Dot reads x in order
-                else for (long r = 0; r < m; r++) WidenInBlockOrder((ushort*)x + r * k, xs + r * k, k);
-                OwnRows<Bf16>(m, n, k, xs, weight, accumulated, split);
-            }
-        }
-        finally
-        {
-            System.Buffers.ArrayPool<float>.Shared.Return(wide);
-        }
+        using var wide = AlignedScratch.Rent(m * k);
+        float* xs = wide.Pointer;
+        if (m == 1) Widen((ushort*)x, xs, k); // one row: Dot reads x in order
+        else for (long r = 0; r < m; r++) WidenInBlockOrder((ushort*)x + r * k, xs + r * k, k);
+        OwnRows<Bf16>(m, n, k, xs, weight, accumulated, split);
     }
 
     /// <summary>accumulated [m, n] = x [m, k] (fp32) · W [n, k]ᵀ (fp32 or bf16, widened in registers) by the own AVX2 kernel,
@@ -424,20 +406,11 @@ internal static unsafe partial class CpuKernels
     /// </summary>
     static void WidenedGemm(long m, long n, long k, byte* x, byte* weight, float* accumulated)
     {
-        float[] xs = System.Buffers.ArrayPool<float>.Shared.Rent((int)(m * k));
-        try
-        {
-            fixed (float* px = xs)
-            {
-                Widen((ushort*)x, px, m * k);
-                if (m > n && 4 * n * k <= LargeWidenedTileBytes) RowsSplitGemm(m, n, k, px, (ushort*)weight, accumulated);
-                else TiledGemm(m, n, k, px, (ushort*)weight, accumulated);
-            }
-        }
-        finally
-        {
-            System.Buffers.ArrayPool<float>.Shared.Return(xs);
-        }
+        using var xs = AlignedScratch.Rent(m * k);
+        float* px = xs.Pointer;
+        Widen((ushort*)x, px, m * k);
+        if (m > n && 4 * n * k <= LargeWidenedTileBytes) RowsSplitGemm(m, n, k, px, (ushort*)weight, accumulated);
+        else TiledGemm(m, n, k, px, (ushort*)weight, accumulated);
     }
 
     /// <summary>A weight small enough to stay in cache widened whole, each core multiplying its share of x's rows by all of it:
@@ -446,21 +419,11 @@ internal static unsafe partial class CpuKernels
     /// than the weight, 43–55 ms this way against 40–41).</summary>
     static void RowsSplitGemm(long m, long n, long k, float* x, ushort* weight, float* accumulated)
     {
-        float[] wide = System.Buffers.ArrayPool<float>.Shared.Rent((int)(n * k));
-        try
-        {
-            fixed (float* pw = wide)
-            {
-                Widen(weight, pw, n * k);
-                nint px = (nint)x, pwide = (nint)pw, pa = (nint)accumulated;
-                CoreTeam.Shared.Split(m, 16, (from, to) => MklSequential(() =>
-                    Block(false, to - from, n, 0, n, k, (byte*)((float*)px + from * k), (byte*)pwide, (float*)pa + from * n)));
-            }
-        }
-        finally
-        {
-            System.Buffers.ArrayPool<float>.Shared.Return(wide);
-        }
+        using var wide = AlignedScratch.Rent(n * k);
+        Widen(weight, wide.Pointer, n * k);
+        nint px = (nint)x, pwide = (nint)wide.Pointer, pa = (nint)accumulated;
+        CoreTeam.Shared.Split(m, 16, (from, to) => MklSequential(() =>
+            Block(false, to - from, n, 0, n, k, (byte*)((float*)px + from * k), (byte*)pwide, (float*)pa + from * n)));
     }
 
     /// <summary>A large weight widened a tile of rows at a time into a buffer per core that stays in cache, each tile multiplied
@@ -474,20 +437,12 @@ internal static unsafe partial class CpuKernels
         nint px = (nint)x, pw = (nint)weight, pa = (nint)accumulated;
         CoreTeam.Shared.Split(n, 16, (from, to) => MklSequential(() =>
         {
-            float[] wide = System.Buffers.ArrayPool<float>.Shared.Rent((int)(Math.Min(tile, to - from) * k));
-            try
+            using var wide = AlignedScratch.Rent(Math.Min(tile, to - from) * k);
+            for (long r = from; r < to; r += tile)
             {
-                fixed (float* pt = wide)
-                    for (long r = from; r < to; r += tile)
-                    {
-                        long rows = Math.Min(tile, to - r);
-                        WidenRange((ushort*)pw + r * k, pt, 0, rows * k);
-                        Block(false, m, n, r, r + rows, k, (byte*)px, (byte*)pt, (float*)pa);
-                    }
-            }
-            finally
-            {
-                System.Buffers.ArrayPool<float>.Shared.Return(wide);
+                long rows = Math.Min(tile, to - r);
+                WidenRange((ushort*)pw + r * k, wide.Pointer, 0, rows * k);
+                Block(false, m, n, r, r + rows, k, (byte*)px, (byte*)wide.Pointer, (float*)pa);
             }
         }));
     }
