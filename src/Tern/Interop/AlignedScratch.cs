@@ -5,10 +5,11 @@ using System.Runtime.InteropServices;
 namespace Tern.Interop;
 
 /// <summary>
-/// Scratch buffers of fp32 for the CPU kernels, in native memory aligned to a cache line and reused across calls (blocks of
-/// power-of-two sizes, kept for the process as <see cref="System.Buffers.ArrayPool{T}"/> keeps its arrays). A managed array's
-/// data starts 16 bytes into a line, so half of the 32-byte loads and stores that MKL and the AVX2 kernels make into it span
-/// two cache lines.
+/// Scratch buffers of fp32 for the CPU kernels, in native memory aligned to a cache line and reused across calls: blocks of
+/// power-of-two sizes, kept for the life of the process (never trimmed: as many blocks of a size as leases of it were ever
+/// held at once — a few per linear map's shape). A managed array's data starts 16 bytes into a line, so half of the 32-byte
+/// loads and stores that MKL and the AVX2 kernels make into one span two cache lines (the default model's bf16 prefill at
+/// 8 × 128 tokens: 237 → 225 ms aligned).
 /// </summary>
 internal static unsafe class AlignedScratch
 {
