@@ -340,6 +340,8 @@ __device__ __forceinline__ float block_max(float v, float* shared)
 // `slots` slots of each head are read; a head's slots start headStride slots after the previous head's (the cache's capacity).
 // 128 threads; keys and values are read with 16-byte loads: a row of D elements is spread over D/VEC lanes (VEC = 16 bytes of T).
 #define ATTN_THREADS 128
+#define ATTN_ROUNDS 2 // keys a thread group reads a tile
+#define ATTN_STAGES 4 // tiles a thread has copied into shared memory: the one it reads and three in flight
 // One block of decode attention (attn_split): where its head's keys, values and positions start, its query
 // dims, which 16-byte piece of which keys of a tile this thread reads, and the online softmax's state (running max m, this
 // thread group's sum l and its VEC output dims).
@@ -356,7 +358,7 @@ struct AttnBlock
 
     __device__ AttnBlock(const T* q, long long qBatch, long long qHead, const T* keys, const T* values, const long long* cachePos,
                          const long long* qpos, const long long* headIndex, int heads, int queryGroups, int kvHeads, int slots_,
-                         int headStride, int headDim, int window_, float scale, int chunk, int rounds)
+                         int headStride, int headDim, int window_, float scale, int chunk)
         : slots(slots_), window(window_), m(NEG_INF), l(0.0f)
     {
         int bh = blockIdx.x, b = bh / heads, j = bh - b * heads, hk = (headIndex ? (int)headIndex[bh] : j) / queryGroups;
@@ -370,24 +372,23 @@ struct AttnBlock
         group = threadIdx.x / rowVecs;        // which keys: group, group + groups, ... of each tile
         groups = ATTN_THREADS / rowVecs;
         k0 = blockIdx.y * chunk;
-        tiles = (min(k0 + chunk, slots) - k0 + groups * rounds - 1) / (groups * rounds);
+        tiles = (min(k0 + chunk, slots) - k0 + groups * ATTN_ROUNDS - 1) / (groups * ATTN_ROUNDS);
         const T* qrow = q + b * qBatch + j * qHead + sub * VEC;
         for (int e = 0; e < VEC; e++) { qv[e] = load(qrow[e]) * scale; acc[e] = 0.0f; }
     }
 
     // This thread's piece of round r of tile t (past `slots`: the last slot's, masked when scored).
-    __device__ long long piece(int t, int r, int rounds) const
+    __device__ long long piece(int t, int r) const
     {
-        return (long long)min(k0 + t * groups * rounds + group + r * groups, slots - 1) * rowVecs + sub;
+        return (long long)min(k0 + t * groups * ATTN_ROUNDS + group + r * groups, slots - 1) * rowVecs + sub;
     }
 
-    // Tile t's scores into sc (−inf where a key is not visible); staged: the tile's positions copied ahead, [R][ATTN_THREADS / 4] (or null:
+    // Tile t's scores into sc (−inf where a key is not visible); staged: the tile's positions copied ahead, [ATTN_ROUNDS][ATTN_THREADS / 4] (or null:
     // read from the cache here).
-    template <int R>
-    __device__ void score(const uint4 (&kr)[R], float* sc, int t, const long long* staged)
+    __device__ void score(const uint4 (&kr)[ATTN_ROUNDS], float* sc, int t, const long long* staged)
     {
 #pragma unroll
-        for (int r = 0; r < R; r++)
+        for (int r = 0; r < ATTN_ROUNDS; r++)
         {
             float f[8];
             unpack_vec(kr[r], f, (T*)0);
@@ -396,7 +397,7 @@ struct AttnBlock
             for (int o = 1; o < rowVecs; o <<= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
             if (sub == 0)
             {
-                int key = k0 + t * groups * R + group + r * groups;
+                int key = k0 + t * groups * ATTN_ROUNDS + group + r * groups;
                 long long kpos = key >= slots ? -1 : staged ? staged[r * (ATTN_THREADS / 4) + group] : kp[key];
                 bool visible = kpos >= 0 && (p < 0 || (kpos <= p && (window == 0 || p - kpos < window)));
                 sc[group + r * groups] = visible ? dot : NEG_INF;
@@ -405,17 +406,16 @@ struct AttnBlock
     }
 
     // After the barrier that publishes sc: the online softmax over the tile's scores and its values.
-    template <int R>
-    __device__ void accumulate(const uint4 (&vr)[R], const float* sc)
+    __device__ void accumulate(const uint4 (&vr)[ATTN_ROUNDS], const float* sc)
     {
         float tileMax = NEG_INF;
-        for (int i = 0; i < groups * R; i++) tileMax = fmaxf(tileMax, sc[i]);
+        for (int i = 0; i < groups * ATTN_ROUNDS; i++) tileMax = fmaxf(tileMax, sc[i]);
         float mNew = fmaxf(m, tileMax);
         float alpha = mNew == m ? 1.0f : __expf(m - mNew); // exp(−inf) = 0 while nothing was visible
         l *= alpha;
         for (int e = 0; e < VEC; e++) acc[e] *= alpha;
 #pragma unroll
-        for (int r = 0; r < R; r++)
+        for (int r = 0; r < ATTN_ROUNDS; r++)
         {
             float s = sc[group + r * groups];
             float w = s > NEG_INF ? __expf(s - mNew) : 0.0f;
@@ -461,8 +461,6 @@ struct AttnBlock
 // at 512). A thread reads back only the pieces it copied: waiting for its own copies is enough. StagePositions (an A/B variant,
 // attn_split_staged, not yet measured): the first lane of each thread group also copies its keys' positions ahead, so that
 // scoring a tile waits on no global load of its own.
-#define ATTN_ROUNDS 2
-#define ATTN_STAGES 4
 __device__ __forceinline__ void copy16(uint4* shared, const uint4* global)
 {
 #if __CUDA_ARCH__ >= 800
@@ -502,7 +500,7 @@ __device__ void attn_split(float* partOut, float* partMax, float* partSum, const
     __shared__ float score[2][ATTN_THREADS / 4 * ATTN_ROUNDS];
     __shared__ long long stagePos[ATTN_STAGES][ATTN_ROUNDS][ATTN_THREADS / 4]; // [r][group]: the first lane of each group copies
     AttnBlock<T> a(q, qBatch, qHead, keys, values, cachePos, qpos, headIndex, heads, queryGroups, kvHeads, slots, headStride, headDim,
-                   window, scale, chunk, ATTN_ROUNDS);
+                   window, scale, chunk);
     // Tile u's pieces of this thread into stage u % ATTN_STAGES; one commit group a tile, empty past the last, so that after
     // issuing tile t + ATTN_STAGES − 1, waiting for all groups but the newest ATTN_STAGES − 1 means "up to tile t".
     auto issue = [&](int u) {
@@ -510,10 +508,10 @@ __device__ void attn_split(float* partOut, float* partMax, float* partSum, const
 #pragma unroll
             for (int r = 0; r < ATTN_ROUNDS; r++)
             {
-                copy16(&stageK[u % ATTN_STAGES][r][threadIdx.x], a.K + a.piece(u, r, ATTN_ROUNDS));
-                copy16(&stageV[u % ATTN_STAGES][r][threadIdx.x], a.V + a.piece(u, r, ATTN_ROUNDS));
+                copy16(&stageK[u % ATTN_STAGES][r][threadIdx.x], a.K + a.piece(u, r));
+                copy16(&stageV[u % ATTN_STAGES][r][threadIdx.x], a.V + a.piece(u, r));
                 if (StagePositions && a.sub == 0)
-                    copy8(&stagePos[u % ATTN_STAGES][r][a.group], a.kp + a.piece(u, r, ATTN_ROUNDS) / a.rowVecs);
+                    copy8(&stagePos[u % ATTN_STAGES][r][a.group], a.kp + a.piece(u, r) / a.rowVecs);
             }
         copy_commit();
     };
