@@ -318,27 +318,10 @@ public sealed class FusedKernelTests
     /// each block walks several tiles with the online softmax: holes within a chunk, a whole masked tile, a peak late in a chunk (the
     /// running max grows), against the reference; and a prefix of the slots gives the same bits as all of them with the rest masked.</summary>
     [Theory]
-    [InlineData(ModelDType.BFloat16, false)]
-    [InlineData(ModelDType.Float32, false)]
-    [InlineData(ModelDType.Float16, false)]
-    [InlineData(ModelDType.BFloat16, true)]
-    [InlineData(ModelDType.Float32, true)]
-    [InlineData(ModelDType.Float16, true)]
-    public void DecodeAttentionOverManyTilesABlockMatchesReference(ModelDType dtype, bool staged)
-    {
-        bool before = FusedKernels.StagedPositions;
-        FusedKernels.StagedPositions = staged;
-        try
-        {
-            DecodeAttentionOverManyTiles(dtype);
-        }
-        finally
-        {
-            FusedKernels.StagedPositions = before;
-        }
-    }
-
-    static void DecodeAttentionOverManyTiles(ModelDType dtype)
+    [InlineData(ModelDType.BFloat16)]
+    [InlineData(ModelDType.Float32)]
+    [InlineData(ModelDType.Float16)]
+    public void DecodeAttentionOverManyTilesABlockMatchesReference(ModelDType dtype)
     {
         using var scope = torch.NewDisposeScope();
         using var inference = torch.no_grad();

@@ -189,10 +189,10 @@ internal static unsafe partial class CpuKernels
     /// y = x·Wᵀ (+ bias) (+ residual) for x [..., K] and W [N, K] (contiguous, one type). Decode-sized products (up to 16 rows):
     /// fp32 through the own AVX2 kernel where MKL runs generic code (<see cref="OwnFp32Products"/>), else when W is large enough
     /// to split into a column block per core, each through MKL (exported by the libtorch library); bf16 through MKL's bf16 GEMM
-    /// where the CPU has bf16 arithmetic, else widened in registers (<see cref="WidenedProducts"/>). bf16 prefills widen to fp32
-    /// for MKL's fp32 GEMM (<see cref="WidenedGemm"/>). fp32 accumulation, rounded as the composite path rounds:
+    /// where the CPU has bf16 arithmetic, else widened in registers (<see cref="WidenedProducts"/>). bf16 prefills through the own
+    /// packed GEMM (<see cref="PackedGemm"/>, AVX2 and FMA). fp32 accumulation, rounded as the composite path rounds:
     /// round(round(x·Wᵀ + b) + residual). False for other types, fp32 prefills and small fp32 products on Intel CPUs (libtorch's
-    /// one MKL call is as fast there), or where the library lacks the GEMM.
+    /// one MKL call is as fast there), bf16 prefills without AVX2, or where the library lacks the GEMM.
     /// </summary>
     public static bool TryLinear(Tensor x, Tensor weight, Tensor? bias, Tensor? residual, out Tensor y)
     {
@@ -204,12 +204,13 @@ internal static unsafe partial class CpuKernels
         long m = x.NumberOfElements / k;
         bool prefill = m > LargestDecodeRows;
         if (prefill && !bf16) return false; // libtorch's one threaded MKL GEMM
+        if (prefill && !PackedGemmSupported) return false; // libtorch's bf16 path
         // Decode products: Tern's kernel (bf16 without bf16 arithmetic, fp32 where MKL runs generic code), else MKL — whose bf16
         // GEMM threads itself where the CPU has bf16 arithmetic, and whose fp32 products are split here only when large.
         bool own = !prefill && (bf16 ? !UseMklBf16 : OwnFp32Products);
         bool split = !prefill && !(bf16 && !own) && CoreTeam.Shared.Size > 1 && (own ? m * n * k >= OwnSplitMultiplyAdds : n * k >= SplitElements);
         if (!bf16 && !own && !split) return false; // a small fp32 product: libtorch's one MKL call
-        if (MklUnavailable && !own) return false;
+        if (MklUnavailable && !own && !prefill) return false;
         if (bias is not null && (!bias.is_contiguous() || bias.dtype != x.dtype || bias.NumberOfElements != n)) return false;
         if (residual is not null && (!residual.is_contiguous() || residual.dtype != x.dtype || residual.NumberOfElements != m * n)) return false;
         var shape = TensorMemory.ShapeWithLast(x, n);
@@ -218,7 +219,7 @@ internal static unsafe partial class CpuKernels
         float* accumulated = scratch.Pointer;
         try
         {
-            if (prefill) WidenedGemm(m, n, k, Ptr(x), Ptr(weight), accumulated);
+            if (prefill) PackedGemm(m, n, k, (ushort*)Ptr(x), (ushort*)Ptr(weight), accumulated);
             else if (own && bf16) WidenedProducts(m, n, k, Ptr(x), Ptr(weight), accumulated, split);
             else if (own) OwnRows<F32>(m, n, k, (float*)Ptr(x), Ptr(weight), accumulated, split);
             else Products(bf16, m, n, k, Ptr(x), Ptr(weight), accumulated, split);
@@ -396,59 +397,6 @@ internal static unsafe partial class CpuKernels
         if (rows > 2) column[2 * n] = s2;
         if (rows > 3) column[3 * n] = s3;
     }
-
-    /// <summary>
-    /// A bf16 prefill: x widened to fp32 once, then each product through MKL's fp32 GEMM. libtorch's bf16 GEMM was 1.2–1.5×
-    /// slower on the default model's 128-token prefill; widening through libtorch (two fresh tensors a linear map) made the
-    /// 1.1B shape's prefill 2.3× the fp32 model's. The cores share whichever operand is smaller, since each packs all of the
-    /// shared one: x's rows are split when x has more rows than the weight and the weight's fp32 copy fits in cache (≤
-    /// <see cref="LargeWidenedTileBytes"/>), else the weight's rows, widened a tile at a time on each core.
-    /// </summary>
-    static void WidenedGemm(long m, long n, long k, byte* x, byte* weight, float* accumulated)
-    {
-        using var xs = AlignedScratch.Rent(m * k);
-        float* px = xs.Pointer;
-        Widen((ushort*)x, px, m * k);
-        if (m > n && 4 * n * k <= LargeWidenedTileBytes) RowsSplitGemm(m, n, k, px, (ushort*)weight, accumulated);
-        else TiledGemm(m, n, k, px, (ushort*)weight, accumulated);
-    }
-
-    /// <summary>A weight small enough to stay in cache widened whole, each core multiplying its share of x's rows by all of it:
-    /// split by weight rows instead, both cores packed all of x for every product (bf16 prefill of the default model at batch 8
-    /// × 128 tokens: 249–264 ms that way, 220–239 this way, fp32 204–222, alternating runs; at batch 1, where x has fewer rows
-    /// than the weight, 43–55 ms this way against 40–41).</summary>
-    static void RowsSplitGemm(long m, long n, long k, float* x, ushort* weight, float* accumulated)
-    {
-        using var wide = AlignedScratch.Rent(n * k);
-        Widen(weight, wide.Pointer, n * k);
-        nint px = (nint)x, pwide = (nint)wide.Pointer, pa = (nint)accumulated;
-        CoreTeam.Shared.Split(m, 16, (from, to) => MklSequential(() =>
-            Block(false, to - from, n, 0, n, k, (byte*)((float*)px + from * k), (byte*)pwide, (float*)pa + from * n)));
-    }
-
-    /// <summary>A large weight widened a tile of rows at a time into a buffer per core that stays in cache, each tile multiplied
-    /// at once (MKL sequential in each core's part): widening the whole weight first wrote its fp32 copy to memory and read it
-    /// back, 8 bytes a weight beyond the 2 read (bf16 prefill 0.78–0.86× fp32's with it). Each tile's GEMM packs all of x
-    /// again: past 64 rows of x the tiles grow to 4 MB (in L3), so that packing stays small next to the products (the 1.1B
-    /// shape's 512-token bf16 prefill: 8.0–8.6 s with 32-row tiles, 6.3–6.6 with 512 rows; fp32 6.1–8.8 in the same minutes).</summary>
-    static void TiledGemm(long m, long n, long k, float* x, ushort* weight, float* accumulated)
-    {
-        long tile = Math.Max(16, (m > 64 ? LargeWidenedTileBytes : WidenedTileBytes) / (4 * k) / 16 * 16);
-        nint px = (nint)x, pw = (nint)weight, pa = (nint)accumulated;
-        CoreTeam.Shared.Split(n, 16, (from, to) => MklSequential(() =>
-        {
-            using var wide = AlignedScratch.Rent(Math.Min(tile, to - from) * k);
-            for (long r = from; r < to; r += tile)
-            {
-                long rows = Math.Min(tile, to - r);
-                WidenRange((ushort*)pw + r * k, wide.Pointer, 0, rows * k);
-                Block(false, m, n, r, r + rows, k, (byte*)px, (byte*)wide.Pointer, (float*)pa);
-            }
-        }));
-    }
-
-    // A widened weight tile's bytes: within a core's share of L2 beside the tile of x MKL packs; past 64 rows of x, in L3.
-    const long WidenedTileBytes = 256 << 10, LargeWidenedTileBytes = 4 << 20;
 
     /// <summary>count bf16 values widened to fp32, split over the cores when there are many.</summary>
     static void Widen(ushort* source, float* destination, long count)

@@ -14,7 +14,7 @@ namespace Tern.Interop;
 /// </summary>
 internal static unsafe partial class FusedKernels
 {
-    sealed record Loaded(IntPtr[] RmsNorm, IntPtr[] LayerNorm, IntPtr[] Rotary, IntPtr[] Gated, IntPtr[] Gemv, IntPtr[] CacheAppend, IntPtr[] AttnSplit, IntPtr[] AttnSplitStaged, IntPtr[] AttnCombine,
+    sealed record Loaded(IntPtr[] RmsNorm, IntPtr[] LayerNorm, IntPtr[] Rotary, IntPtr[] Gated, IntPtr[] Gemv, IntPtr[] CacheAppend, IntPtr[] AttnSplit, IntPtr[] AttnCombine,
         IntPtr[] GatherRows, IntPtr[] GatherColumns, IntPtr[] ColumnsFinish, IntPtr[] GatherColumnRuns, IntPtr[] RotaryInto, IntPtr[] RotarySlots, IntPtr ModalStep, IntPtr ShiftSlots);
 
     static readonly Lazy<Loaded?> Kernels = new(Load);
@@ -62,11 +62,11 @@ internal static unsafe partial class FusedKernels
             byte[] cubin = Compile(source, "fused.cu");
             string[] suffixes = { "f32", "bf16", "f16" };
             string[] perType = { "rms_norm_", "layer_norm_", "rotary_", "gated_", "cache_append_", "attn_split_", "attn_combine_", "gather_rows_", "gather_columns_",
-                "columns_finish_", "gather_column_runs_", "rotary_into_", "rotary_slots_", "attn_split_staged_" };
+                "columns_finish_", "gather_column_runs_", "rotary_into_", "rotary_slots_" };
             var all = CudaDriver.LoadKernels(cubin, perType.SelectMany(k => suffixes.Select(s => k + s)).Concat(new[] { "gemv_bf16", "gemv_f16", "modal_step", "shift_slots" }));
             IntPtr[] Of(int kernel) => all.Skip(kernel * 3).Take(3).ToArray();
             int gemv = perType.Length * 3;
-            return new Loaded(Of(0), Of(1), Of(2), Of(3), new[] { IntPtr.Zero, all[gemv], all[gemv + 1] }, Of(4), Of(5), Of(13), Of(6), Of(7), Of(8), Of(9), Of(10),
+            return new Loaded(Of(0), Of(1), Of(2), Of(3), new[] { IntPtr.Zero, all[gemv], all[gemv + 1] }, Of(4), Of(5), Of(6), Of(7), Of(8), Of(9), Of(10),
                 Of(11), Of(12), all[gemv + 2], all[gemv + 3]);
         }
         catch (Exception e) when (e is InvalidOperationException or DllNotFoundException or EntryPointNotFoundException)
@@ -373,7 +373,7 @@ internal static unsafe partial class FusedKernels
         var kernels = Kernels.Value!;
         int t = TypeIndex(q.dtype);
         int tile = 128 / rowVecs * 4, tiles = (stride + tile - 1) / tile;
-        IntPtr split = StagedPositions ? kernels.AttnSplitStaged[t] : kernels.AttnSplit[t];
+        IntPtr split = kernels.AttnSplit[t];
         int wanted = (int)Math.Clamp(Wave(split) / (batch * heads), 1, maxSplits);
         int chunk = (tiles + wanted - 1) / wanted * tile, splits = (slots + chunk - 1) / chunk;
         if (splits > maxSplits) return false;
@@ -393,11 +393,6 @@ internal static unsafe partial class FusedKernels
     }
 
     const int LargestDecodeAttentionBatch = 16;
-
-    /// <summary>An A/B switch until measured on a GPU (TERN_DECODE_ATTN_POSITIONS=staged): the split kernel copies each tile's
-    /// positions ahead with its keys and values (<c>attn_split_staged</c>) instead of reading each key's position from the cache
-    /// as it scores the key (<c>attn_split</c>, measured and tested).</summary>
-    internal static bool StagedPositions { get; set; } = Environment.GetEnvironmentVariable("TERN_DECODE_ATTN_POSITIONS") == "staged";
 
     static readonly System.Collections.Concurrent.ConcurrentDictionary<IntPtr, long> WaveSizes = new();
 

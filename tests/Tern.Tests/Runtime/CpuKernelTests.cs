@@ -84,17 +84,16 @@ public class CpuKernelTests
     }
 
     [Theory]
-    [InlineData(1100, 20)]  // 4.5 MB widened, past the whole-weight limit: with k = 1024 a tile is 64 weight rows, so 1,100 rows
-                            // make tiles on both cores, the last ones partial
-    [InlineData(1100, 50)]  // past 64 rows of x: tiles of 1,024 weight rows, one partial tile a core
-    [InlineData(1000, 50)]  // 4.1 MB widened, within the limit, but fewer rows of x than of the weight: tiles
-    [InlineData(100, 150)]  // more rows of x than of the weight: the whole weight, x's 300 rows split over the cores
-    public void Bf16PrefillMatchesTheWidenedProduct(int outputs, int rowsPerSequence)
+    [InlineData(1100, 20, 1024)] // a last block of four outputs; three slices of k, the later ones added to the earlier
+    [InlineData(1000, 17, 1024)] // 125 blocks: a last tile of two blocks; 34 rows: a last tile of two rows
+    [InlineData(100, 150, 1024)] // 300 rows over the cores, several chunks each
+    [InlineData(45, 9, 75)]      // k no multiple of 8 (the packing's scalar tail), one slice; one tile of blocks, the last partial
+    public void Bf16PrefillMatchesTheWidenedProduct(int outputs, int rowsPerSequence, int inputs)
     {
         using var scope = torch.NewDisposeScope();
         using var noGrad = torch.no_grad();
-        var x = Random(ScalarType.BFloat16, 2, rowsPerSequence, 1024);
-        var w = Random(ScalarType.BFloat16, outputs, 1024);
+        var x = Random(ScalarType.BFloat16, 2, rowsPerSequence, inputs);
+        var w = Random(ScalarType.BFloat16, outputs, inputs);
         Assert.True(FusedKernels.TryGemv(x, w, null, null, out var fused));
         var exact = F.linear(x.to(ScalarType.Float32), w.to(ScalarType.Float32)); // fp32 products of the same bf16 values
         Close(exact.to(ScalarType.BFloat16), fused, Tolerance(ScalarType.BFloat16));
@@ -195,8 +194,8 @@ public class CpuKernelTests
     [InlineData(7, true, false, 72)]
     [InlineData(7, false, true, 72)]
     [InlineData(6, true, true, 75)] // a width that is not a whole number of vectors
-    [InlineData(40, true, true, 72)] // a prefill: widened to fp32
-    [InlineData(80, false, true, 72)] // a prefill past 64 rows: larger widened tiles
+    [InlineData(40, true, true, 72)] // a prefill: the packed GEMM
+    [InlineData(80, false, true, 72)] // a prefill past one chunk of 64 rows
     public void Bf16LinearMatchesTheComposite(int rows, bool withBias, bool withResidual, int width)
     {
         using var scope = torch.NewDisposeScope();

@@ -383,8 +383,7 @@ struct AttnBlock
         return (long long)min(k0 + t * groups * ATTN_ROUNDS + group + r * groups, slots - 1) * rowVecs + sub;
     }
 
-    // Tile t's scores into sc (−inf where a key is not visible); staged: the tile's positions copied ahead, [ATTN_ROUNDS][ATTN_THREADS / 4] (or null:
-    // read from the cache here).
+    // Tile t's scores into sc (−inf where a key is not visible); staged: the tile's positions copied ahead, [ATTN_ROUNDS][ATTN_THREADS / 4].
     __device__ void score(const uint4 (&kr)[ATTN_ROUNDS], float* sc, int t, const long long* staged)
     {
 #pragma unroll
@@ -398,7 +397,7 @@ struct AttnBlock
             if (sub == 0)
             {
                 int key = k0 + t * groups * ATTN_ROUNDS + group + r * groups;
-                long long kpos = key >= slots ? -1 : staged ? staged[r * (ATTN_THREADS / 4) + group] : kp[key];
+                long long kpos = key >= slots ? -1 : staged[r * (ATTN_THREADS / 4) + group];
                 bool visible = kpos >= 0 && (p < 0 || (kpos <= p && (window == 0 || p - kpos < window)));
                 sc[group + r * groups] = visible ? dot : NEG_INF;
             }
@@ -458,9 +457,9 @@ struct AttnBlock
 // Loads in flight: each thread copies its own 16-byte pieces of keys and values ATTN_STAGES − 1 tiles ahead into shared
 // memory (cp.async on sm_80 and later, plain loads and stores before), so that three tiles stay in flight a block without
 // holding them in registers (against one tile ahead in registers: the H100's 7B step at a 4k cache 6.381 → 6.326 ms, level
-// at 512). A thread reads back only the pieces it copied: waiting for its own copies is enough. StagePositions (an A/B variant,
-// attn_split_staged, not yet measured): the first lane of each thread group also copies its keys' positions ahead, so that
-// scoring a tile waits on no global load of its own.
+// at 512). A thread reads back only the pieces it copied: waiting for its own copies is enough. The first lane of each thread
+// group also copies its keys' positions ahead, so that scoring a tile waits on no global load of its own (against reading each
+// key's position as it is scored: the H100's 7B step at a 4k cache 6.452 / 6.455 → 6.410 / 6.413 ms, at 512 5.639 → 5.590).
 __device__ __forceinline__ void copy16(uint4* shared, const uint4* global)
 {
 #if __CUDA_ARCH__ >= 800
@@ -491,7 +490,7 @@ __device__ __forceinline__ void copy_wait_all_but_newest()
     asm volatile("cp.async.wait_group %0;\n" :: "n"(ATTN_STAGES - 1)); // tile t landed; t + 1 … t + 3 may be in flight
 #endif
 }
-template <typename T, bool StagePositions>
+template <typename T>
 __device__ void attn_split(float* partOut, float* partMax, float* partSum, const T* q, long long qBatch, long long qHead,
                            const T* keys, const T* values, const long long* cachePos, const long long* qpos, const long long* headIndex,
                            int heads, int queryGroups, int kvHeads, int slots, int headStride, int headDim, int window, float scale, int chunk)
@@ -510,7 +509,7 @@ __device__ void attn_split(float* partOut, float* partMax, float* partSum, const
             {
                 copy16(&stageK[u % ATTN_STAGES][r][threadIdx.x], a.K + a.piece(u, r));
                 copy16(&stageV[u % ATTN_STAGES][r][threadIdx.x], a.V + a.piece(u, r));
-                if (StagePositions && a.sub == 0)
+                if (a.sub == 0)
                     copy8(&stagePos[u % ATTN_STAGES][r][a.group], a.kp + a.piece(u, r) / a.rowVecs);
             }
         copy_commit();
@@ -525,7 +524,7 @@ __device__ void attn_split(float* partOut, float* partMax, float* partSum, const
 #pragma unroll
         for (int r = 0; r < ATTN_ROUNDS; r++) { kr[r] = stageK[stage][r][threadIdx.x]; vr[r] = stageV[stage][r][threadIdx.x]; }
         float* sc = score[t & 1];
-        a.score(kr, sc, t, StagePositions ? &stagePos[stage][0][0] : nullptr);
+        a.score(kr, sc, t, &stagePos[stage][0][0]);
         __syncthreads();
         a.accumulate(vr, sc);
     }
@@ -585,11 +584,7 @@ INSTANTIATE_GEMV(f16, f16)
     extern "C" __global__ void attn_split_##S(float* po, float* pm, float* ps, const T* q, long long qb, long long qh, const T* keys,    \
         const T* values, const long long* cp, const long long* qpos, const long long* hi, int heads, int groups, int kvHeads, int slots,  \
         int stride, int headDim, int window, float scale, int chunk)                                                                     \
-        { attn_split<T, false>(po, pm, ps, q, qb, qh, keys, values, cp, qpos, hi, heads, groups, kvHeads, slots, stride, headDim, window, scale, chunk); } \
-    extern "C" __global__ void attn_split_staged_##S(float* po, float* pm, float* ps, const T* q, long long qb, long long qh, const T* keys, \
-        const T* values, const long long* cp, const long long* qpos, const long long* hi, int heads, int groups, int kvHeads, int slots,  \
-        int stride, int headDim, int window, float scale, int chunk)                                                                     \
-        { attn_split<T, true>(po, pm, ps, q, qb, qh, keys, values, cp, qpos, hi, heads, groups, kvHeads, slots, stride, headDim, window, scale, chunk); } \
+        { attn_split<T>(po, pm, ps, q, qb, qh, keys, values, cp, qpos, hi, heads, groups, kvHeads, slots, stride, headDim, window, scale, chunk); } \
     extern "C" __global__ void attn_combine_##S(T* out, const float* po, const float* pm, const float* ps, int splits, int headDim)       \
         { attn_combine<T>(out, po, pm, ps, splits, headDim); }
 INSTANTIATE(float, f32)
