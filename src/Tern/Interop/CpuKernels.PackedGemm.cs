@@ -32,6 +32,7 @@ internal static unsafe partial class CpuKernels
     const int TileRows = 4, TileBlocks = 3, ChunkRows = 64, SliceInputs = 384;
 
     /// <summary>W's blocks [from, to) of eight rows into [block][k][8] (rows past n as zeros): 8 × 8 transposes of 16-bit values.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)] // optimised at the first prefill: unoptimised, its transposes were calls
     static void Pack(ushort* weight, long n, long k, ushort* packed, long from, long to)
     {
         for (long b = from; b < to; b++)
@@ -78,6 +79,7 @@ internal static unsafe partial class CpuKernels
 
     /// <summary>Rows [from, to) of the output: for each slice of k, for each chunk of <see cref="ChunkRows"/> rows of x, every
     /// packed block against the chunk a tile at a time; slices after the first add to what the earlier ones stored.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void PackedRows(float* x, ushort* packed, float* accumulated, long n, long k, long from, long to)
     {
         long blocks = (n + 7) / 8, slices = (k + SliceInputs - 1) / SliceInputs, slice = (k + slices - 1) / slices;
