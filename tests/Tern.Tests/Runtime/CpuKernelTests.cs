@@ -88,6 +88,7 @@ public class CpuKernelTests
     [InlineData(1000, 17, 1024)] // 125 blocks: a last tile of two blocks; 34 rows: a last tile of two rows
     [InlineData(100, 150, 1024)] // 300 rows over the cores, several chunks each
     [InlineData(45, 9, 75)]      // k no multiple of 8 (the packing's scalar tail), one slice; one tile of blocks, the last partial
+    [InlineData(4100, 3, 1024)]  // 513 blocks in three groups packed one after another (255, 255, 3)
     public void Bf16PrefillMatchesTheWidenedProduct(int outputs, int rowsPerSequence, int inputs)
     {
         using var scope = torch.NewDisposeScope();
