@@ -16,24 +16,34 @@ internal static unsafe partial class CpuKernels
     /// widened to fp32 for MKL's GEMM: the default model's bf16 prefill at 8 × 128 tokens 208.5–213.8 → 166.1–168.1 ms (fp32
     /// 205.8–222.0; alternating processes), the 1.1B shape's 512-token one 7.67–7.80 → 6.26–6.34 s (fp32 8.08).
     /// </summary>
-    static void PackedGemm(long m, long n, long k, ushort* x, ushort* weight, float* accumulated)
+    static void PackedGemm<T>(long m, long n, long k, byte* x, byte* weight, float* accumulated) where T : struct, IElement
     {
-        long blocks = (n + 7) / 8, group = Math.Max(TileBlocks, PackedGroupBytes / (16 * k) / TileBlocks * TileBlocks);
-        using var xs = AlignedScratch.Rent(m * k);
-        Widen(x, xs.Pointer, m * k);
-        nint pw = (nint)weight, px = (nint)xs.Pointer, pa = (nint)accumulated;
+        long blocks = (n + 7) / 8, group = Math.Max(TileBlocks, PackedGroupBytes / (8 * T.Size * k) / TileBlocks * TileBlocks);
+        using var xs = AlignedScratch.Rent(typeof(T) == typeof(F32) ? 1 : m * k);
+        float* wide = (float*)x;
+        if (typeof(T) == typeof(Bf16))
+        {
+            wide = xs.Pointer;
+            Widen((ushort*)x, wide, m * k);
+        }
+        nint pw = (nint)weight, px = (nint)wide, pa = (nint)accumulated;
         // The weight a group of blocks at a time, packed into a buffer that stays in cache (L3) and shared by the cores — the
         // whole packed weight would be a scratch block as large as the largest weight, kept for the process's life — then x's
         // rows split over the cores, each multiplying its rows by the whole group (splitting the blocks instead, each core
         // re-reading all of x for its few blocks, made the default model's prefill ~7% slower). Against packing the whole weight
         // at once: the default model's prefill 177.1–179.1 → 173.4–175.0 ms, the 1.1B shape's 6.20–6.29 → 6.04–6.15 s.
-        using var packed = AlignedScratch.Rent((Math.Min(group, blocks) * k * 8 + 1) / 2);
+        using var packed = AlignedScratch.Rent((Math.Min(group, blocks) * k * 8 * T.Size + 3) / 4);
         nint pp = (nint)packed.Pointer;
+        long blockBytes = k * 8 * T.Size;
         for (long g = 0; g < blocks; g += group)
         {
             long first = g, end = Math.Min(blocks, g + group);
-            CoreTeam.Shared.Split(end - first, 1, (from, to) => Pack((ushort*)pw, n, k, (ushort*)pp + from * k * 8, first + from, first + to));
-            CoreTeam.Shared.Split(m, TileRows, (from, to) => PackedRows((float*)px, (ushort*)pp - first * k * 8, (float*)pa, n, k, from, to, first, end));
+            CoreTeam.Shared.Split(end - first, 1, (from, to) =>
+            {
+                if (typeof(T) == typeof(F32)) PackF32((float*)pw, n, k, (float*)((byte*)pp + from * blockBytes), first + from, first + to);
+                else Pack((ushort*)pw, n, k, (ushort*)((byte*)pp + from * blockBytes), first + from, first + to);
+            });
+            CoreTeam.Shared.Split(m, TileRows, (from, to) => PackedRows<T>((float*)px, (byte*)pp - first * blockBytes, (float*)pa, n, k, from, to, first, end));
         }
     }
 
@@ -69,6 +79,42 @@ internal static unsafe partial class CpuKernels
         }
     }
 
+    /// <summary>fp32 W's blocks [from, to) of eight rows into <paramref name="packed"/> [to − from][k][8] (rows past n as zeros):
+    /// 8 × 8 transposes of 32-bit values.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static void PackF32(float* weight, long n, long k, float* packed, long from, long to)
+    {
+        for (long b = from; b < to; b++)
+        {
+            float* target = packed + (b - from) * k * 8;
+            long rows = Math.Min(8, n - 8 * b);
+            long i = 0;
+            if (rows == 8)
+            {
+                float* w = weight + 8 * b * k;
+                for (; i + 8 <= k; i += 8)
+                {
+                    // Pairs of rows interleaved, then pairs of pairs, then the 128-bit halves exchanged.
+                    var r0 = Avx.LoadVector256(w + i); var r1 = Avx.LoadVector256(w + k + i);
+                    var r2 = Avx.LoadVector256(w + 2 * k + i); var r3 = Avx.LoadVector256(w + 3 * k + i);
+                    var r4 = Avx.LoadVector256(w + 4 * k + i); var r5 = Avx.LoadVector256(w + 5 * k + i);
+                    var r6 = Avx.LoadVector256(w + 6 * k + i); var r7 = Avx.LoadVector256(w + 7 * k + i);
+                    var t0 = Avx.UnpackLow(r0, r1); var t1 = Avx.UnpackHigh(r0, r1); var t2 = Avx.UnpackLow(r2, r3); var t3 = Avx.UnpackHigh(r2, r3);
+                    var t4 = Avx.UnpackLow(r4, r5); var t5 = Avx.UnpackHigh(r4, r5); var t6 = Avx.UnpackLow(r6, r7); var t7 = Avx.UnpackHigh(r6, r7);
+                    var u0 = Avx.Shuffle(t0, t2, 0x44); var u1 = Avx.Shuffle(t0, t2, 0xEE); var u2 = Avx.Shuffle(t1, t3, 0x44); var u3 = Avx.Shuffle(t1, t3, 0xEE);
+                    var u4 = Avx.Shuffle(t4, t6, 0x44); var u5 = Avx.Shuffle(t4, t6, 0xEE); var u6 = Avx.Shuffle(t5, t7, 0x44); var u7 = Avx.Shuffle(t5, t7, 0xEE);
+                    float* t = target + i * 8;
+                    Avx.Store(t, Avx.Permute2x128(u0, u4, 0x20)); Avx.Store(t + 8, Avx.Permute2x128(u1, u5, 0x20));
+                    Avx.Store(t + 16, Avx.Permute2x128(u2, u6, 0x20)); Avx.Store(t + 24, Avx.Permute2x128(u3, u7, 0x20));
+                    Avx.Store(t + 32, Avx.Permute2x128(u0, u4, 0x31)); Avx.Store(t + 40, Avx.Permute2x128(u1, u5, 0x31));
+                    Avx.Store(t + 48, Avx.Permute2x128(u2, u6, 0x31)); Avx.Store(t + 56, Avx.Permute2x128(u3, u7, 0x31));
+                }
+            }
+            for (; i < k; i++)
+                for (long j = 0; j < 8; j++) target[i * 8 + j] = j < rows ? weight[(8 * b + j) * k + i] : 0f;
+        }
+    }
+
     /// <summary>Eight rows of eight 16-bit values as their eight columns.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static (Vector128<ushort>, Vector128<ushort>, Vector128<ushort>, Vector128<ushort>, Vector128<ushort>, Vector128<ushort>, Vector128<ushort>, Vector128<ushort>)
@@ -92,7 +138,8 @@ internal static unsafe partial class CpuKernels
     /// index): for each slice of k, for each chunk of <see cref="ChunkRows"/> rows of x, every block against the chunk a tile at a
     /// time; slices after the first add to what the earlier ones stored.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    static void PackedRows(float* x, ushort* packed, float* accumulated, long n, long k, long from, long to, long firstBlock, long endBlock)
+    static void PackedRows<T>(float* x, byte* packed, float* accumulated, long n, long k, long from, long to, long firstBlock, long endBlock)
+        where T : struct, IElement
     {
         long slices = (k + SliceInputs - 1) / SliceInputs, slice = (k + slices - 1) / slices;
         float* sums = stackalloc float[TileRows * TileBlocks * 8];
@@ -108,7 +155,7 @@ internal static unsafe partial class CpuKernels
                     for (long r = c; r < chunkEnd; r += TileRows)
                     {
                         int rows = (int)Math.Min(TileRows, chunkEnd - r);
-                        Tile(x + r * k + s, k, rows, packed + (b * k + s) * 8, k * 8, blocksHere, inputs, sums);
+                        Tile<T>(x + r * k + s, k, rows, packed + (b * k + s) * 8 * T.Size, k * 8 * T.Size, blocksHere, inputs, sums);
                         float* output = accumulated + r * n + b * 8;
                         for (int row = 0; row < rows; row++) StoreTileRow(sums + row * 8 * TileBlocks, output + row * n, columns, s > 0);
                     }
@@ -124,15 +171,15 @@ internal static unsafe partial class CpuKernels
     /// across a call would be spilled to the stack in every iteration (no callee-saved vector registers on x64 Unix).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    static void Tile(float* x, long k, int rows, ushort* block, long blockStride, int blocksHere, int inputs, float* sums)
+    static void Tile<T>(float* x, long k, int rows, byte* block, long blockStride, int blocksHere, int inputs, float* sums) where T : struct, IElement
     {
         float* x0 = x, x1 = rows > 1 ? x + k : x, x2 = rows > 2 ? x + 2 * k : x, x3 = rows > 3 ? x + 3 * k : x;
-        ushort* p0 = block, p1 = blocksHere > 1 ? block + blockStride : block, p2 = blocksHere > 2 ? block + 2 * blockStride : block;
+        byte* p0 = block, p1 = blocksHere > 1 ? block + blockStride : block, p2 = blocksHere > 2 ? block + 2 * blockStride : block;
         Vector256<float> c00 = default, c01 = default, c02 = default, c10 = default, c11 = default, c12 = default,
             c20 = default, c21 = default, c22 = default, c30 = default, c31 = default, c32 = default;
         for (int i = 0; i < inputs; i++)
         {
-            var w0 = Widen8(p0 + i * 8); var w1 = Widen8(p1 + i * 8); var w2 = Widen8(p2 + i * 8);
+            var w0 = T.Load8(p0, i * 8); var w1 = T.Load8(p1, i * 8); var w2 = T.Load8(p2, i * 8);
             var v = Vector256.Create(x0[i]); c00 = Fma.MultiplyAdd(w0, v, c00); c01 = Fma.MultiplyAdd(w1, v, c01); c02 = Fma.MultiplyAdd(w2, v, c02);
             v = Vector256.Create(x1[i]); c10 = Fma.MultiplyAdd(w0, v, c10); c11 = Fma.MultiplyAdd(w1, v, c11); c12 = Fma.MultiplyAdd(w2, v, c12);
             v = Vector256.Create(x2[i]); c20 = Fma.MultiplyAdd(w0, v, c20); c21 = Fma.MultiplyAdd(w1, v, c21); c22 = Fma.MultiplyAdd(w2, v, c22);
@@ -143,10 +190,6 @@ internal static unsafe partial class CpuKernels
         c20.Store(sums + 48); c21.Store(sums + 56); c22.Store(sums + 64);
         c30.Store(sums + 72); c31.Store(sums + 80); c32.Store(sums + 88);
     }
-
-    /// <summary>Eight packed bf16 weights widened to fp32 (a bf16 is the high half of its fp32).</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static Vector256<float> Widen8(ushort* p) => Avx2.ShiftLeftLogical(Avx2.ConvertToVector256Int32(p), 16).AsSingle();
 
     /// <summary>A tile row's 24 sums into its first <paramref name="columns"/> output columns, added to them when
     /// <paramref name="add"/>.</summary>
@@ -166,6 +209,6 @@ internal static unsafe partial class CpuKernels
         }
     }
 
-    /// <summary>Whether <see cref="PackedGemm"/> runs here (AVX2 and FMA).</summary>
-    static bool PackedGemmSupported => Avx2.IsSupported && Fma.IsSupported;
+    /// <summary>Whether <see cref="PackedGemm{T}"/> runs here (AVX2 and FMA).</summary>
+    internal static bool PackedGemmSupported => Avx2.IsSupported && Fma.IsSupported;
 }

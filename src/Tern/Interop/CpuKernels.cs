@@ -189,10 +189,10 @@ internal static unsafe partial class CpuKernels
     /// y = x·Wᵀ (+ bias) (+ residual) for x [..., K] and W [N, K] (contiguous, one type). Decode-sized products (up to 16 rows):
     /// fp32 through the own AVX2 kernel where MKL runs generic code (<see cref="OwnFp32Products"/>), else when W is large enough
     /// to split into a column block per core, each through MKL (exported by the libtorch library); bf16 through MKL's bf16 GEMM
-    /// where the CPU has bf16 arithmetic, else widened in registers (<see cref="WidenedProducts"/>). bf16 prefills through the own
-    /// packed GEMM (<see cref="PackedGemm"/>, AVX2 and FMA). fp32 accumulation, rounded as the composite path rounds:
+    /// where the CPU has bf16 arithmetic, else widened in registers (<see cref="WidenedProducts"/>). Prefills through the own packed
+    /// GEMM (<see cref="PackedGemm{T}"/>, AVX2 and FMA) in bf16, and in fp32 where MKL runs generic code. fp32 accumulation, rounded as the composite path rounds:
     /// round(round(x·Wᵀ + b) + residual). False for other types, fp32 prefills and small fp32 products on Intel CPUs (libtorch's
-    /// one MKL call is as fast there), bf16 prefills without AVX2, or where the library lacks the GEMM.
+    /// one MKL call is as fast there), prefills without AVX2, or where the library lacks the GEMM.
     /// </summary>
     public static bool TryLinear(Tensor x, Tensor weight, Tensor? bias, Tensor? residual, out Tensor y)
     {
@@ -203,13 +203,13 @@ internal static unsafe partial class CpuKernels
         if (x.size(-1) != k) return false;
         long m = x.NumberOfElements / k;
         bool prefill = m > LargestDecodeRows;
-        if (prefill && !bf16) return false; // libtorch's one threaded MKL GEMM
-        if (prefill && !PackedGemmSupported) return false; // libtorch's bf16 path
+        // Prefills: the packed GEMM for bf16, and for fp32 where MKL runs generic code; else libtorch's one threaded MKL call.
+        if (prefill && !(PackedGemmSupported && (bf16 || OwnFp32Products))) return false;
         // Decode products: Tern's kernel (bf16 without bf16 arithmetic, fp32 where MKL runs generic code), else MKL — whose bf16
         // GEMM threads itself where the CPU has bf16 arithmetic, and whose fp32 products are split here only when large.
         bool own = !prefill && (bf16 ? !UseMklBf16 : OwnFp32Products);
         bool split = !prefill && !(bf16 && !own) && CoreTeam.Shared.Size > 1 && (own ? m * n * k >= OwnSplitMultiplyAdds : n * k >= SplitElements);
-        if (!bf16 && !own && !split) return false; // a small fp32 product: libtorch's one MKL call
+        if (!bf16 && !prefill && !own && !split) return false; // a small fp32 product: libtorch's one MKL call
         if (MklUnavailable && !own && !prefill) return false;
         if (bias is not null && (!bias.is_contiguous() || bias.dtype != x.dtype || bias.NumberOfElements != n)) return false;
         if (residual is not null && (!residual.is_contiguous() || residual.dtype != x.dtype || residual.NumberOfElements != m * n)) return false;
@@ -219,7 +219,8 @@ internal static unsafe partial class CpuKernels
         float* accumulated = scratch.Pointer;
         try
         {
-            if (prefill) PackedGemm(m, n, k, (ushort*)Ptr(x), (ushort*)Ptr(weight), accumulated);
+            if (prefill && bf16) PackedGemm<Bf16>(m, n, k, Ptr(x), Ptr(weight), accumulated);
+            else if (prefill) PackedGemm<F32>(m, n, k, Ptr(x), Ptr(weight), accumulated);
             else if (own && bf16) WidenedProducts(m, n, k, Ptr(x), Ptr(weight), accumulated, split);
             else if (own) OwnRows<F32>(m, n, k, (float*)Ptr(x), Ptr(weight), accumulated, split);
             else Products(bf16, m, n, k, Ptr(x), Ptr(weight), accumulated, split);
