@@ -198,6 +198,7 @@ internal static unsafe partial class CpuKernels
     {
         y = null!;
         if (!Usable(x) || !weight.is_contiguous() || weight.dtype != x.dtype || weight.dim() != 2) return false;
+        if (Runtime.Autocast.Current is { } cast && cast != x.dtype) return false; // the composite casts to the autocast type
         bool bf16 = x.dtype == ScalarType.BFloat16;
         long n = weight.size(0), k = weight.size(1);
         if (x.size(-1) != k) return false;

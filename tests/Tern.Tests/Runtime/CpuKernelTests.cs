@@ -296,6 +296,30 @@ public class CpuKernelTests
         }
     }
 
+    [Fact]
+    public void LinearMapsUnderAutocastLeaveTheCastToTheComposite()
+    {
+        // fp32 weights under a bf16 autocast scope (training's mixed precision): the composite casts both operands to bf16; the
+        // own fp32 kernels (forced here for every host) must not serve the map in fp32 instead, at decode or prefill sizes.
+        CpuKernels.OwnFp32Everywhere = true;
+        try
+        {
+            using var scope = torch.NewDisposeScope();
+            using var noGrad = torch.no_grad();
+            var w = Random(ScalarType.Float32, 45, 72);
+            foreach (int rows in new[] { 1, 40 })
+            {
+                var x = Random(ScalarType.Float32, 1, rows, 72);
+                Assert.True(FusedKernels.TryGemv(x, w, null, null, out _));
+                using (Autocast.Enter(ScalarType.BFloat16)) Assert.False(FusedKernels.TryGemv(x, w, null, null, out _));
+            }
+        }
+        finally
+        {
+            CpuKernels.OwnFp32Everywhere = false;
+        }
+    }
+
     static string DefaultModel => Path.GetFullPath(Path.Combine(Fixtures.Root, "..", "..", "models", "default"));
 
     [Fact]
