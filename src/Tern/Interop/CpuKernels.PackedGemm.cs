@@ -7,14 +7,15 @@ namespace Tern.Interop;
 internal static unsafe partial class CpuKernels
 {
     /// <summary>
-    /// A bf16 prefill's product on the CPU: accumulated [m, n] = x [m, k] · W [n, k]ᵀ in fp32, x widened once, W repacked for
-    /// the call as [⌈n/8⌉][k][8] (eight outputs' weights side by side for each input) and widened in registers. Each tile is an
-    /// outer product — four rows of x broadcast against three packed blocks, twelve sums in registers, no sums across lanes —
-    /// over a slice of k that keeps the three blocks in L1, for 64 rows of x kept in L2. On the development machine's AMD cores
-    /// it multiplies at 52 GMAC/s a core against MKL's fp32 GEMM's 38–39 (one thread, the default model's shapes at 1,024
-    /// rows), and needs neither W's fp32 copy nor MKL's packing of both operands and zeroing of the output. It replaced W
-    /// widened to fp32 for MKL's GEMM: the default model's bf16 prefill at 8 × 128 tokens 208.5–213.8 → 166.1–168.1 ms (fp32
-    /// 205.8–222.0; alternating processes), the 1.1B shape's 512-token one 7.67–7.80 → 6.26–6.34 s (fp32 8.08).
+    /// A prefill's product on the CPU (bf16; fp32 where MKL runs generic code): accumulated [m, n] = x [m, k] · W [n, k]ᵀ in
+    /// fp32, bf16 x widened once, W repacked for the call as [⌈n/8⌉][k][8] (eight outputs' weights side by side for each input),
+    /// bf16 widened in registers. Each tile is an outer product — four rows of x broadcast against three packed blocks, twelve
+    /// sums in registers, no sums across lanes — over a slice of k that keeps the three blocks in L1, for 64 rows of x kept in
+    /// L2. On the development machine's AMD cores it multiplies at 52 GMAC/s a core against MKL's fp32 GEMM's 38–39 (one
+    /// thread, the default model's shapes at 1,024 rows), and needs neither W's fp32 copy nor MKL's packing of both operands and
+    /// zeroing of the output. The default model's prefill at 8 × 128 tokens (alternating processes): bf16 208.5–213.8 →
+    /// 166.1–168.1 ms (it replaced W widened to fp32 for MKL's GEMM), fp32 196.8–220.4 → 175.0–177.9 (libtorch's MKL call
+    /// before); the 1.1B shape's 512-token bf16 prefill 7.67–7.80 → 6.26–6.34 s.
     /// </summary>
     static void PackedGemm<T>(long m, long n, long k, byte* x, byte* weight, float* accumulated) where T : struct, IElement
     {
@@ -41,7 +42,7 @@ internal static unsafe partial class CpuKernels
             CoreTeam.Shared.Split(end - first, 1, (from, to) =>
             {
                 if (typeof(T) == typeof(F32)) PackF32((float*)pw, n, k, (float*)((byte*)pp + from * blockBytes), first + from, first + to);
-                else Pack((ushort*)pw, n, k, (ushort*)((byte*)pp + from * blockBytes), first + from, first + to);
+                else PackBf16((ushort*)pw, n, k, (ushort*)((byte*)pp + from * blockBytes), first + from, first + to);
             });
             CoreTeam.Shared.Split(m, TileRows, (from, to) => PackedRows<T>((float*)px, (byte*)pp - first * blockBytes, (float*)pa, n, k, from, to, first, end));
         }
@@ -54,7 +55,7 @@ internal static unsafe partial class CpuKernels
     /// <summary>W's blocks [from, to) of eight rows into <paramref name="packed"/> [to − from][k][8] (rows past n as zeros): 8 × 8
     /// transposes of 16-bit values.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)] // optimised at the first prefill: unoptimised, its transposes were calls
-    static void Pack(ushort* weight, long n, long k, ushort* packed, long from, long to)
+    static void PackBf16(ushort* weight, long n, long k, ushort* packed, long from, long to)
     {
         for (long b = from; b < to; b++)
         {
