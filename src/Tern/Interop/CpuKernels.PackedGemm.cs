@@ -41,8 +41,8 @@ internal static unsafe partial class CpuKernels
             long first = g, end = Math.Min(blocks, g + group);
             CoreTeam.Shared.Split(end - first, 1, (from, to) =>
             {
-                if (typeof(T) == typeof(F32)) PackF32((float*)pw, n, k, (float*)((byte*)pp + from * blockBytes), first + from, first + to);
-                else PackBf16((ushort*)pw, n, k, (ushort*)((byte*)pp + from * blockBytes), first + from, first + to);
+                if (typeof(T) == typeof(F32)) Pack((float*)pw, n, k, (float*)((byte*)pp + from * blockBytes), first + from, first + to);
+                else Pack((ushort*)pw, n, k, (ushort*)((byte*)pp + from * blockBytes), first + from, first + to);
             });
             CoreTeam.Shared.Split(m, TileRows, (from, to) => PackedRows<T>((float*)px, (byte*)pp - first * blockBytes, (float*)pa, n, k, from, to, first, end));
         }
@@ -52,87 +52,62 @@ internal static unsafe partial class CpuKernels
     /// inputs a slice of k takes at most (three blocks of 384 inputs: 18 KB of L1); a group of packed blocks (in L3).</summary>
     const int TileRows = 4, TileBlocks = 3, ChunkRows = 64, SliceInputs = 384, PackedGroupBytes = 4 << 20;
 
-    /// <summary>W's blocks [from, to) of eight rows into <paramref name="packed"/> [to − from][k][8] (rows past n as zeros): 8 × 8
-    /// transposes of 16-bit values.</summary>
+    /// <summary>W's blocks [from, to) of eight rows (bf16 as <see cref="ushort"/>, or fp32) into <paramref name="packed"/>
+    /// [to − from][k][8], rows past n as zeros: 8 × 8 transposes, the inputs past the last multiple of 8 one at a time.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)] // optimised at the first prefill: unoptimised, its transposes were calls
-    static void PackBf16(ushort* weight, long n, long k, ushort* packed, long from, long to)
+    static void Pack<TValue>(TValue* weight, long n, long k, TValue* packed, long from, long to) where TValue : unmanaged
     {
         for (long b = from; b < to; b++)
         {
-            ushort* target = packed + (b - from) * k * 8;
+            TValue* target = packed + (b - from) * k * 8;
             long rows = Math.Min(8, n - 8 * b);
             long i = 0;
             if (rows == 8)
-            {
-                ushort* w = weight + 8 * b * k;
-                for (; i + 8 <= k; i += 8)
-                {
-                    var (c0, c1, c2, c3, c4, c5, c6, c7) = Transpose8(
-                        Sse2.LoadVector128(w + i), Sse2.LoadVector128(w + k + i), Sse2.LoadVector128(w + 2 * k + i), Sse2.LoadVector128(w + 3 * k + i),
-                        Sse2.LoadVector128(w + 4 * k + i), Sse2.LoadVector128(w + 5 * k + i), Sse2.LoadVector128(w + 6 * k + i), Sse2.LoadVector128(w + 7 * k + i));
-                    ushort* t = target + i * 8;
-                    Sse2.Store(t, c0); Sse2.Store(t + 8, c1); Sse2.Store(t + 16, c2); Sse2.Store(t + 24, c3);
-                    Sse2.Store(t + 32, c4); Sse2.Store(t + 40, c5); Sse2.Store(t + 48, c6); Sse2.Store(t + 56, c7);
-                }
-            }
+                for (; i + 8 <= k; i += 8) Transpose8(weight + 8 * b * k + i, k, target + i * 8);
             for (; i < k; i++)
-                for (long j = 0; j < 8; j++) target[i * 8 + j] = j < rows ? weight[(8 * b + j) * k + i] : (ushort)0;
+                for (long j = 0; j < 8; j++) target[i * 8 + j] = j < rows ? weight[(8 * b + j) * k + i] : default;
         }
     }
 
-    /// <summary>fp32 W's blocks [from, to) of eight rows into <paramref name="packed"/> [to − from][k][8] (rows past n as zeros):
-    /// 8 × 8 transposes of 32-bit values.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    static void PackF32(float* weight, long n, long k, float* packed, long from, long to)
-    {
-        for (long b = from; b < to; b++)
-        {
-            float* target = packed + (b - from) * k * 8;
-            long rows = Math.Min(8, n - 8 * b);
-            long i = 0;
-            if (rows == 8)
-            {
-                float* w = weight + 8 * b * k;
-                for (; i + 8 <= k; i += 8)
-                {
-                    // Pairs of rows interleaved, then pairs of pairs, then the 128-bit halves exchanged.
-                    var r0 = Avx.LoadVector256(w + i); var r1 = Avx.LoadVector256(w + k + i);
-                    var r2 = Avx.LoadVector256(w + 2 * k + i); var r3 = Avx.LoadVector256(w + 3 * k + i);
-                    var r4 = Avx.LoadVector256(w + 4 * k + i); var r5 = Avx.LoadVector256(w + 5 * k + i);
-                    var r6 = Avx.LoadVector256(w + 6 * k + i); var r7 = Avx.LoadVector256(w + 7 * k + i);
-                    var t0 = Avx.UnpackLow(r0, r1); var t1 = Avx.UnpackHigh(r0, r1); var t2 = Avx.UnpackLow(r2, r3); var t3 = Avx.UnpackHigh(r2, r3);
-                    var t4 = Avx.UnpackLow(r4, r5); var t5 = Avx.UnpackHigh(r4, r5); var t6 = Avx.UnpackLow(r6, r7); var t7 = Avx.UnpackHigh(r6, r7);
-                    var u0 = Avx.Shuffle(t0, t2, 0x44); var u1 = Avx.Shuffle(t0, t2, 0xEE); var u2 = Avx.Shuffle(t1, t3, 0x44); var u3 = Avx.Shuffle(t1, t3, 0xEE);
-                    var u4 = Avx.Shuffle(t4, t6, 0x44); var u5 = Avx.Shuffle(t4, t6, 0xEE); var u6 = Avx.Shuffle(t5, t7, 0x44); var u7 = Avx.Shuffle(t5, t7, 0xEE);
-                    float* t = target + i * 8;
-                    Avx.Store(t, Avx.Permute2x128(u0, u4, 0x20)); Avx.Store(t + 8, Avx.Permute2x128(u1, u5, 0x20));
-                    Avx.Store(t + 16, Avx.Permute2x128(u2, u6, 0x20)); Avx.Store(t + 24, Avx.Permute2x128(u3, u7, 0x20));
-                    Avx.Store(t + 32, Avx.Permute2x128(u0, u4, 0x31)); Avx.Store(t + 40, Avx.Permute2x128(u1, u5, 0x31));
-                    Avx.Store(t + 48, Avx.Permute2x128(u2, u6, 0x31)); Avx.Store(t + 56, Avx.Permute2x128(u3, u7, 0x31));
-                }
-            }
-            for (; i < k; i++)
-                for (long j = 0; j < 8; j++) target[i * 8 + j] = j < rows ? weight[(8 * b + j) * k + i] : 0f;
-        }
-    }
-
-    /// <summary>Eight rows of eight 16-bit values as their eight columns.</summary>
+    /// <summary>Eight rows of eight values (row stride <paramref name="stride"/>) written as their eight columns, each eight
+    /// values long: pairs of rows interleaved, then pairs of pairs, then halves, each step doubling the run of one column.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static (Vector128<ushort>, Vector128<ushort>, Vector128<ushort>, Vector128<ushort>, Vector128<ushort>, Vector128<ushort>, Vector128<ushort>, Vector128<ushort>)
-        Transpose8(Vector128<ushort> r0, Vector128<ushort> r1, Vector128<ushort> r2, Vector128<ushort> r3,
-            Vector128<ushort> r4, Vector128<ushort> r5, Vector128<ushort> r6, Vector128<ushort> r7)
+    static void Transpose8<TValue>(TValue* source, long stride, TValue* target) where TValue : unmanaged
     {
-        // Pairs of rows interleaved, then pairs of pairs, then halves: each step doubles the run of one column's values.
-        var t0 = Sse2.UnpackLow(r0, r1).AsUInt32(); var t1 = Sse2.UnpackHigh(r0, r1).AsUInt32();
-        var t2 = Sse2.UnpackLow(r2, r3).AsUInt32(); var t3 = Sse2.UnpackHigh(r2, r3).AsUInt32();
-        var t4 = Sse2.UnpackLow(r4, r5).AsUInt32(); var t5 = Sse2.UnpackHigh(r4, r5).AsUInt32();
-        var t6 = Sse2.UnpackLow(r6, r7).AsUInt32(); var t7 = Sse2.UnpackHigh(r6, r7).AsUInt32();
-        var u0 = Sse2.UnpackLow(t0, t2).AsUInt64(); var u1 = Sse2.UnpackHigh(t0, t2).AsUInt64();
-        var u2 = Sse2.UnpackLow(t1, t3).AsUInt64(); var u3 = Sse2.UnpackHigh(t1, t3).AsUInt64();
-        var u4 = Sse2.UnpackLow(t4, t6).AsUInt64(); var u5 = Sse2.UnpackHigh(t4, t6).AsUInt64();
-        var u6 = Sse2.UnpackLow(t5, t7).AsUInt64(); var u7 = Sse2.UnpackHigh(t5, t7).AsUInt64();
-        return (Sse2.UnpackLow(u0, u4).AsUInt16(), Sse2.UnpackHigh(u0, u4).AsUInt16(), Sse2.UnpackLow(u1, u5).AsUInt16(), Sse2.UnpackHigh(u1, u5).AsUInt16(),
-            Sse2.UnpackLow(u2, u6).AsUInt16(), Sse2.UnpackHigh(u2, u6).AsUInt16(), Sse2.UnpackLow(u3, u7).AsUInt16(), Sse2.UnpackHigh(u3, u7).AsUInt16());
+        if (typeof(TValue) == typeof(float))
+        {
+            float* w = (float*)source, t = (float*)target;
+            var r0 = Avx.LoadVector256(w); var r1 = Avx.LoadVector256(w + stride);
+            var r2 = Avx.LoadVector256(w + 2 * stride); var r3 = Avx.LoadVector256(w + 3 * stride);
+            var r4 = Avx.LoadVector256(w + 4 * stride); var r5 = Avx.LoadVector256(w + 5 * stride);
+            var r6 = Avx.LoadVector256(w + 6 * stride); var r7 = Avx.LoadVector256(w + 7 * stride);
+            var t0 = Avx.UnpackLow(r0, r1); var t1 = Avx.UnpackHigh(r0, r1); var t2 = Avx.UnpackLow(r2, r3); var t3 = Avx.UnpackHigh(r2, r3);
+            var t4 = Avx.UnpackLow(r4, r5); var t5 = Avx.UnpackHigh(r4, r5); var t6 = Avx.UnpackLow(r6, r7); var t7 = Avx.UnpackHigh(r6, r7);
+            var u0 = Avx.Shuffle(t0, t2, 0x44); var u1 = Avx.Shuffle(t0, t2, 0xEE); var u2 = Avx.Shuffle(t1, t3, 0x44); var u3 = Avx.Shuffle(t1, t3, 0xEE);
+            var u4 = Avx.Shuffle(t4, t6, 0x44); var u5 = Avx.Shuffle(t4, t6, 0xEE); var u6 = Avx.Shuffle(t5, t7, 0x44); var u7 = Avx.Shuffle(t5, t7, 0xEE);
+            // Each 128-bit half holds four rows of one column: the halves exchanged.
+            Avx.Store(t, Avx.Permute2x128(u0, u4, 0x20)); Avx.Store(t + 8, Avx.Permute2x128(u1, u5, 0x20));
+            Avx.Store(t + 16, Avx.Permute2x128(u2, u6, 0x20)); Avx.Store(t + 24, Avx.Permute2x128(u3, u7, 0x20));
+            Avx.Store(t + 32, Avx.Permute2x128(u0, u4, 0x31)); Avx.Store(t + 40, Avx.Permute2x128(u1, u5, 0x31));
+            Avx.Store(t + 48, Avx.Permute2x128(u2, u6, 0x31)); Avx.Store(t + 56, Avx.Permute2x128(u3, u7, 0x31));
+            return;
+        }
+        ushort* v = (ushort*)source, o = (ushort*)target;
+        var a0 = Sse2.LoadVector128(v); var a1 = Sse2.LoadVector128(v + stride); var a2 = Sse2.LoadVector128(v + 2 * stride);
+        var a3 = Sse2.LoadVector128(v + 3 * stride); var a4 = Sse2.LoadVector128(v + 4 * stride); var a5 = Sse2.LoadVector128(v + 5 * stride);
+        var a6 = Sse2.LoadVector128(v + 6 * stride); var a7 = Sse2.LoadVector128(v + 7 * stride);
+        var b0 = Sse2.UnpackLow(a0, a1).AsUInt32(); var b1 = Sse2.UnpackHigh(a0, a1).AsUInt32();
+        var b2 = Sse2.UnpackLow(a2, a3).AsUInt32(); var b3 = Sse2.UnpackHigh(a2, a3).AsUInt32();
+        var b4 = Sse2.UnpackLow(a4, a5).AsUInt32(); var b5 = Sse2.UnpackHigh(a4, a5).AsUInt32();
+        var b6 = Sse2.UnpackLow(a6, a7).AsUInt32(); var b7 = Sse2.UnpackHigh(a6, a7).AsUInt32();
+        var c0 = Sse2.UnpackLow(b0, b2).AsUInt64(); var c1 = Sse2.UnpackHigh(b0, b2).AsUInt64();
+        var c2 = Sse2.UnpackLow(b1, b3).AsUInt64(); var c3 = Sse2.UnpackHigh(b1, b3).AsUInt64();
+        var c4 = Sse2.UnpackLow(b4, b6).AsUInt64(); var c5 = Sse2.UnpackHigh(b4, b6).AsUInt64();
+        var c6 = Sse2.UnpackLow(b5, b7).AsUInt64(); var c7 = Sse2.UnpackHigh(b5, b7).AsUInt64();
+        Sse2.Store(o, Sse2.UnpackLow(c0, c4).AsUInt16()); Sse2.Store(o + 8, Sse2.UnpackHigh(c0, c4).AsUInt16());
+        Sse2.Store(o + 16, Sse2.UnpackLow(c1, c5).AsUInt16()); Sse2.Store(o + 24, Sse2.UnpackHigh(c1, c5).AsUInt16());
+        Sse2.Store(o + 32, Sse2.UnpackLow(c2, c6).AsUInt16()); Sse2.Store(o + 40, Sse2.UnpackHigh(c2, c6).AsUInt16());
+        Sse2.Store(o + 48, Sse2.UnpackLow(c3, c7).AsUInt16()); Sse2.Store(o + 56, Sse2.UnpackHigh(c3, c7).AsUInt16());
     }
 
     /// <summary>Rows [from, to) and blocks [firstBlock, endBlock) of the output (<paramref name="packed"/> addressed by block
