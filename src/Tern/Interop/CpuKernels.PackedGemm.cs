@@ -44,7 +44,7 @@ internal static unsafe partial class CpuKernels
                 if (typeof(T) == typeof(F32)) Pack((float*)pw, n, k, (float*)((byte*)pp + from * blockBytes), first + from, first + to);
                 else Pack((ushort*)pw, n, k, (ushort*)((byte*)pp + from * blockBytes), first + from, first + to);
             });
-            CoreTeam.Shared.Split(m, TileRows, (from, to) => PackedRows<T>((float*)px, (byte*)pp - first * blockBytes, (float*)pa, n, k, from, to, first, end));
+            CoreTeam.Shared.Split(m, TileRows, (from, to) => PackedRows<T>((float*)px, (byte*)pp, (float*)pa, n, k, from, to, first, end));
         }
     }
 
@@ -110,8 +110,8 @@ internal static unsafe partial class CpuKernels
         Sse2.Store(o + 48, Sse2.UnpackLow(c3, c7).AsUInt16()); Sse2.Store(o + 56, Sse2.UnpackHigh(c3, c7).AsUInt16());
     }
 
-    /// <summary>Rows [from, to) and blocks [firstBlock, endBlock) of the output (<paramref name="packed"/> addressed by block
-    /// index): for each slice of k, for each chunk of <see cref="ChunkRows"/> rows of x, every block against the chunk a tile at a
+    /// <summary>Rows [from, to) and blocks [firstBlock, endBlock) of the output (<paramref name="packed"/> holding those blocks
+    /// from its start): for each slice of k, for each chunk of <see cref="ChunkRows"/> rows of x, every block against the chunk a tile at a
     /// time; slices after the first add to what the earlier ones stored.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void PackedRows<T>(float* x, byte* packed, float* accumulated, long n, long k, long from, long to, long firstBlock, long endBlock)
@@ -131,7 +131,7 @@ internal static unsafe partial class CpuKernels
                     for (long r = c; r < chunkEnd; r += TileRows)
                     {
                         int rows = (int)Math.Min(TileRows, chunkEnd - r);
-                        Tile<T>(x + r * k + s, k, rows, packed + (b * k + s) * 8 * T.Size, k * 8 * T.Size, blocksHere, inputs, sums);
+                        Tile<T>(x + r * k + s, k, rows, packed + ((b - firstBlock) * k + s) * 8 * T.Size, k * 8 * T.Size, blocksHere, inputs, sums);
                         float* output = accumulated + r * n + b * 8;
                         for (int row = 0; row < rows; row++) StoreTileRow(sums + row * 8 * TileBlocks, output + row * n, columns, s > 0);
                     }

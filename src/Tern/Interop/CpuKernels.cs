@@ -189,16 +189,15 @@ internal static unsafe partial class CpuKernels
     /// y = x·Wᵀ (+ bias) (+ residual) for x [..., K] and W [N, K] (contiguous, one type). Decode-sized products (up to 16 rows):
     /// fp32 through the own AVX2 kernel where MKL runs generic code (<see cref="OwnFp32Products"/>), else when W is large enough
     /// to split into a column block per core, each through MKL (exported by the libtorch library); bf16 through MKL's bf16 GEMM
-    /// where the CPU has bf16 arithmetic, else widened in registers (<see cref="WidenedProducts"/>). Prefills through the own packed
-    /// GEMM (<see cref="PackedGemm{T}"/>, AVX2 and FMA) in bf16, and in fp32 where MKL runs generic code. fp32 accumulation, rounded as the composite path rounds:
-    /// round(round(x·Wᵀ + b) + residual). False for other types, fp32 prefills and small fp32 products on Intel CPUs (libtorch's
+    /// where the CPU has bf16 arithmetic, else widened in registers (<see cref="WidenedProducts"/>). Prefills through the own
+    /// packed GEMM (<see cref="PackedGemm{T}"/>, AVX2 and FMA) in bf16, and in fp32 where MKL runs generic code. fp32
+    /// accumulation, rounded as the composite path rounds: round(round(x·Wᵀ + b) + residual). False for other types, fp32 prefills and small fp32 products on Intel CPUs (libtorch's
     /// one MKL call is as fast there), prefills without AVX2, or where the library lacks the GEMM.
     /// </summary>
     public static bool TryLinear(Tensor x, Tensor weight, Tensor? bias, Tensor? residual, out Tensor y)
     {
         y = null!;
         if (!Usable(x) || !weight.is_contiguous() || weight.dtype != x.dtype || weight.dim() != 2) return false;
-        if (Runtime.Autocast.Current is { } cast && cast != x.dtype) return false; // the composite casts to the autocast type
         bool bf16 = x.dtype == ScalarType.BFloat16;
         long n = weight.size(0), k = weight.size(1);
         if (x.size(-1) != k) return false;

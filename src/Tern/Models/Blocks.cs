@@ -13,20 +13,28 @@ internal sealed record Linear(Tensor Weight, Tensor? Bias) : IDisposable
     public Tensor Forward(Tensor x)
     {
         InputObserver?.Invoke(x);
-        return Interop.FusedKernels.TryGemv(x, Weight, Bias, null, out var y) ? y : Apply(x, Weight, Bias);
+        return TryFused(x, Weight, Bias, null, out var y) ? y : Apply(x, Weight, Bias);
     }
 
     /// <summary>residual + x·Wᵀ + b, in one kernel where the one-row GEMV serves.</summary>
     public Tensor ForwardAdd(Tensor x, Tensor residual)
     {
         InputObserver?.Invoke(x);
-        return Interop.FusedKernels.TryGemv(x, Weight, Bias, residual, out var y) ? y : residual + Apply(x, Weight, Bias);
+        return TryFused(x, Weight, Bias, residual, out var y) ? y : residual + Apply(x, Weight, Bias);
     }
 
     /// <summary>The models' heads: x·Wᵀ + b, on the CPU through the fused bf16 GEMV where it serves, else <see cref="Apply"/>.
     /// CUDA keeps cuBLAS here: the one-row GEMV kernel is not yet measured on vocabulary-sized weights.</summary>
     public static Tensor Project(Tensor x, Tensor weight, Tensor? bias = null) =>
-        x.device_type == DeviceType.CPU && Interop.FusedKernels.TryGemv(x, weight, bias, null, out var y) ? y : Apply(x, weight, bias);
+        x.device_type == DeviceType.CPU && TryFused(x, weight, bias, null, out var y) ? y : Apply(x, weight, bias);
+
+    /// <summary>The fused GEMV kernels, only where <see cref="Apply"/> would multiply in x's own type: inside an autocast scope
+    /// of another type the product is cast first, which the kernels do not do.</summary>
+    static bool TryFused(Tensor x, Tensor weight, Tensor? bias, Tensor? residual, out Tensor y)
+    {
+        y = null!;
+        return (Runtime.Autocast.Current is not { } cast || cast == x.dtype) && Interop.FusedKernels.TryGemv(x, weight, bias, residual, out y);
+    }
 
     /// <summary>x·Wᵀ + b, in the <see cref="Runtime.Autocast"/> type inside an autocast scope (the output keeps that type;
     /// a residual sum with an fp32 stream promotes back to fp32).</summary>

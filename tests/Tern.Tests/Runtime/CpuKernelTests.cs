@@ -91,7 +91,7 @@ public class CpuKernelTests
     [InlineData("bf16", 4100, 3, 1024)]  // 513 blocks in groups packed one after another (255, 255, 3)
     [InlineData("fp32", 1100, 20, 1024)]
     [InlineData("fp32", 45, 9, 75)]
-    [InlineData("fp32", 2100, 3, 1024)]  // 263 blocks in groups of 129
+    [InlineData("fp32", 2100, 3, 1024)]  // 263 blocks in groups packed one after another (126, 126, 11)
     public void PrefillsMatchTheExactProduct(string typeName, int outputs, int rowsPerSequence, int inputs)
     {
         // fp32 prefills take the packed GEMM where MKL runs generic code (non-Intel CPUs): forced here so that every host checks it.
@@ -300,18 +300,26 @@ public class CpuKernelTests
     public void LinearMapsUnderAutocastLeaveTheCastToTheComposite()
     {
         // fp32 weights under a bf16 autocast scope (training's mixed precision): the composite casts both operands to bf16; the
-        // own fp32 kernels (forced here for every host) must not serve the map in fp32 instead, at decode or prefill sizes.
+        // fused kernels (the own fp32 ones forced here for every host) must not serve the map in fp32 instead, at decode or
+        // prefill sizes, through a layer, its residual form or a head.
         CpuKernels.OwnFp32Everywhere = true;
         try
         {
             using var scope = torch.NewDisposeScope();
             using var noGrad = torch.no_grad();
-            var w = Random(ScalarType.Float32, 45, 72);
+            var linear = new Linear(Random(ScalarType.Float32, 45, 72), null);
             foreach (int rows in new[] { 1, 40 })
             {
                 var x = Random(ScalarType.Float32, 1, rows, 72);
-                Assert.True(FusedKernels.TryGemv(x, w, null, null, out _));
-                using (Autocast.Enter(ScalarType.BFloat16)) Assert.False(FusedKernels.TryGemv(x, w, null, null, out _));
+                var residual = Random(ScalarType.Float32, 1, rows, 45);
+                Assert.True(FusedKernels.TryGemv(x, linear.Weight, null, null, out _)); // outside the scope the kernels serve
+                using (Autocast.Enter(ScalarType.BFloat16))
+                {
+                    var expected = F.linear(x.to(ScalarType.BFloat16), linear.Weight.to(ScalarType.BFloat16));
+                    Assert.Equal(expected.to(ScalarType.Float32).data<float>().ToArray(), linear.Forward(x).to(ScalarType.Float32).data<float>().ToArray());
+                    Assert.Equal(expected.to(ScalarType.Float32).data<float>().ToArray(), Linear.Project(x, linear.Weight).to(ScalarType.Float32).data<float>().ToArray());
+                    Assert.Equal((residual + expected).data<float>().ToArray(), linear.ForwardAdd(x, residual).data<float>().ToArray());
+                }
             }
         }
         finally
