@@ -1,5 +1,6 @@
 using TorchSharp;
 using static TorchSharp.torch;
+using Tern.Interop;
 using F = TorchSharp.torch.nn.functional;
 
 namespace Tern.Generation;
@@ -67,10 +68,9 @@ internal sealed class Sampler : IDisposable
     /// such as 1e-45, is the arg-max, its limit).</summary>
     bool Samples => (float)options.Temperature > 0;
 
-    /// <summary>Token ids [batch] (int64).</summary>
-    public Tensor Next(Tensor logits)
+    /// <summary>Token ids [batch] (int64) drawn from fp32 scores: penalised and masked as asked, then the arg-max or a draw.</summary>
+    Tensor Draw(Tensor logits)
     {
-        using var scope = torch.NewDisposeScope();
         var scores = logits.to(ScalarType.Float32);
         if (seen is not null)
         {
@@ -79,29 +79,32 @@ internal sealed class Sampler : IDisposable
             scores = scores.clamp(float.MinValue, float.MaxValue); // a tiny penalty (1e-38) overflows to ±inf
         }
         if (masks is not null && Allowed(scores.device) is { } allowed) scores = scores.masked_fill(allowed.logical_not(), double.NegativeInfinity);
-        Tensor next;
-        if (!Samples)
-            next = scores.argmax(-1);
-        else
+        if (!Samples) return scores.argmax(-1);
+        // Shifted by the row maximum first: a tiny temperature (1e-38) then drives every other score to −inf instead of
+        // overflowing the best one to +inf (inf − inf is NaN in softmax), so the draw tends to the arg-max as it should.
+        scores = (scores - scores.amax(new long[] { -1 }, keepdim: true)) / options.Temperature;
+        if (options.TopK > 0 && options.TopK < scores.size(1))
         {
-            // Shifted by the row maximum first: a tiny temperature (1e-38) then drives every other score to −inf instead of
-            // overflowing the best one to +inf (inf − inf is NaN in softmax), so the draw tends to the arg-max as it should.
-            scores = (scores - scores.amax(new long[] { -1 }, keepdim: true)) / options.Temperature;
-            if (options.TopK > 0 && options.TopK < scores.size(1))
-            {
-                var kth = scores.topk(options.TopK).values.narrow(1, options.TopK - 1, 1);
-                scores = scores.masked_fill(scores.lt(kth), double.NegativeInfinity);
-            }
-            if (options.TopP < 1.0)
-            {
-                var (sorted, indices) = scores.sort(-1, descending: false);
-                var cumulative = F.softmax(sorted, -1).cumsum(-1);
-                var remove = cumulative.le(1 - options.TopP);
-                remove.narrow(1, remove.size(1) - 1, 1).fill_(false); // always keep the most likely token
-                scores = scores.masked_fill(remove.scatter(1, indices, remove), double.NegativeInfinity);
-            }
-            next = torch.multinomial(F.softmax(scores, -1), 1, generator: generator).squeeze(1);
+            var kth = scores.topk(options.TopK).values.narrow(1, options.TopK - 1, 1);
+            scores = scores.masked_fill(scores.lt(kth), double.NegativeInfinity);
         }
+        if (options.TopP < 1.0)
+        {
+            var (sorted, indices) = scores.sort(-1, descending: false);
+            var cumulative = F.softmax(sorted, -1).cumsum(-1);
+            var remove = cumulative.le(1 - options.TopP);
+            remove.narrow(1, remove.size(1) - 1, 1).fill_(false); // always keep the most likely token
+            scores = scores.masked_fill(remove.scatter(1, indices, remove), double.NegativeInfinity);
+        }
+        return torch.multinomial(F.softmax(scores, -1), 1, generator: generator).squeeze(1);
+    }
+
+    /// <summary>Token ids [batch] (int64).</summary>
+    public Tensor Next(Tensor logits)
+    {
+        using var scope = torch.NewDisposeScope();
+        // Plain greedy over the raw logits: widening them to fp32 is exact, so the arg-max is the same without the copy.
+        Tensor next = !Samples && seen is null && masks is null && FusedKernels.TryArgMax(logits, out var fused) ? fused : Draw(logits);
         seen?.scatter_(1, next.unsqueeze(1), torch.ones(next.size(0), 1, ScalarType.Bool, next.device));
         if (logprobs is not null)
         {

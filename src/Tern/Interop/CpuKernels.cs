@@ -146,6 +146,74 @@ internal static unsafe partial class CpuKernels
         return true;
     }
 
+    /// <summary>Each row's arg-max (int64 [rows]) of x [rows, n] as libtorch's <c>argmax(-1)</c> gives it: the first index of
+    /// the largest value, a NaN counting as the largest. Greedy decoding's last op: libtorch widened bf16 logits to fp32 and
+    /// reduced them in ~0.18 ms at eight rows of the default model's 8,192, against a few microseconds here.</summary>
+    public static bool TryArgMax(Tensor x, out Tensor indices)
+    {
+        indices = null!;
+        // Grad mode does not matter: an index has no gradient.
+        if (x.device_type != DeviceType.CPU || x.dtype is not (ScalarType.Float32 or ScalarType.BFloat16) || !x.is_contiguous() || x.dim() != 2)
+            return false;
+        long rows = x.size(0), n = x.size(1);
+        if (n == 0) return false;
+        indices = torch.empty(rows, ScalarType.Int64);
+        var job = new ArgMaxJob { X = Ptr(x), Indices = (long*)Ptr(indices), N = n };
+        if (x.dtype == ScalarType.BFloat16) job.Rows<Bf16>(0, rows);
+        else job.Rows<F32>(0, rows);
+        return true;
+    }
+
+    struct ArgMaxJob : IRowJob
+    {
+        public byte* X;
+        public long* Indices;
+        public long N;
+
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+        public void Rows<T>(long from, long to) where T : struct, IElement
+        {
+            long n = N, whole = n / 8 * 8;
+            for (long r = from; r < to; r++)
+            {
+                byte* row = X + r * n * T.Size;
+                // The largest value, and whether any is NaN (then the first NaN is the answer, as in libtorch).
+                var best = Vector256.Create(float.NegativeInfinity);
+                var nan = Vector256<float>.Zero;
+                for (long i = 0; i < whole; i += 8)
+                {
+                    var v = T.Load8(row, i);
+                    nan |= ~Vector256.Equals(v, v);
+                    best = Vector256.Max(best, v);
+                }
+                float largest = float.NegativeInfinity;
+                for (int lane = 0; lane < 8; lane++) largest = Math.Max(largest, best.GetElement(lane));
+                bool hasNaN = nan != Vector256<float>.Zero;
+                for (long i = whole; i < n; i++)
+                {
+                    float v = T.Load(row, i);
+                    hasNaN |= float.IsNaN(v);
+                    largest = Math.Max(largest, v);
+                }
+                long found = 0;
+                for (long i = 0; i < n; i++)
+                {
+                    if (i + 8 <= whole)
+                    {
+                        var v = T.Load8(row, i);
+                        uint hits = (hasNaN ? ~Vector256.Equals(v, v) : Vector256.Equals(v, Vector256.Create(largest))).ExtractMostSignificantBits();
+                        if (hits == 0) { i += 7; continue; }
+                        found = i + System.Numerics.BitOperations.TrailingZeroCount(hits);
+                        break;
+                    }
+                    float s = T.Load(row, i);
+                    if (hasNaN ? float.IsNaN(s) : s == largest) { found = i; break; }
+                }
+                Indices[r] = found;
+            }
+        }
+    }
+
     struct GatedJob : IRowJob
     {
         public byte* GateUp, Y;
@@ -293,101 +361,144 @@ internal static unsafe partial class CpuKernels
     /// <summary>
     /// bf16 products on a CPU without bf16 arithmetic (no AVX512_BF16), where MKL's bf16 GEMM is emulated: 4.3× slower than
     /// the fp32 model's step on the 1.1B shape (719 against 166 ms at one row). Each weight row is read once as bf16 and
-    /// widened in registers (two bytes a weight from memory against fp32's four) for up to four rows of x at a time, x widened
-    /// to fp32 once (in <see cref="IElement.Load16"/>'s block order past one row); the weight's rows split over the cores.
+    /// widened in registers (two bytes a weight from memory against fp32's four), x widened to fp32 once; the weight's rows
+    /// split over the cores.
     /// </summary>
     static void WidenedProducts(long m, long n, long k, byte* x, byte* weight, float* accumulated, bool split)
     {
         using var wide = AlignedScratch.Rent(m * k);
-        float* xs = wide.Pointer;
-        if (m == 1) Widen((ushort*)x, xs, k); // one row: Dot reads x in order
-        else for (long r = 0; r < m; r++) WidenInBlockOrder((ushort*)x + r * k, xs + r * k, k);
-        OwnRows<Bf16>(m, n, k, xs, weight, accumulated, split);
+        Widen((ushort*)x, wide.Pointer, m * k);
+        OwnRows<Bf16>(m, n, k, wide.Pointer, weight, accumulated, split);
     }
 
-    /// <summary>accumulated [m, n] = x [m, k] (fp32) · W [n, k]ᵀ (fp32 or bf16, widened in registers) by the own AVX2 kernel,
-    /// W's rows split over the cores when <paramref name="split"/>.</summary>
+    /// <summary>accumulated [m, n] = x [m, k] (fp32) · W [n, k]ᵀ (fp32 or bf16, widened in registers) by the own AVX2 kernels
+    /// (one row: <see cref="Rows{T}"/>; more: <see cref="RowTriples{T}"/>), W's rows split over the cores when
+    /// <paramref name="split"/>.</summary>
     static void OwnRows<T>(long m, long n, long k, float* x, byte* weight, float* accumulated, bool split) where T : struct, IElement
     {
         if (!split)
         {
-            Rows<T>(m, n, k, x, weight, accumulated, 0, n);
+            if (m == 1) Rows<T>(k, x, weight, accumulated, 0, n);
+            else RowTriples<T>(m, n, k, x, weight, accumulated, 0, n);
             return;
         }
         nint px = (nint)x, pw = (nint)weight, pa = (nint)accumulated;
-        CoreTeam.Shared.Split(n, 16, (from, to) => Rows<T>(m, n, k, (float*)px, (byte*)pw, (float*)pa, from, to));
+        if (m == 1) CoreTeam.Shared.Split(n, 16, (from, to) => Rows<T>(k, (float*)px, (byte*)pw, (float*)pa, from, to));
+        else CoreTeam.Shared.Split(n, 16, (from, to) => RowTriples<T>(m, n, k, (float*)px, (byte*)pw, (float*)pa, from, to));
     }
 
+    /// <summary>accumulated[j] = W[j] · x for one row of x and W's rows [from, to).</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)] // hot from the first call: no unoptimised tier
-    static void Rows<T>(long m, long n, long k, float* x, byte* weight, float* accumulated, long from, long to) where T : struct, IElement
+    static void Rows<T>(long k, float* x, byte* weight, float* accumulated, long from, long to) where T : struct, IElement
     {
-        long blockEnd = k / 16 * 16;
-        // One row of x, bf16: short weight rows (the default model's 0.75–1.4 KB) are prefetched ~12 KB ahead — its step's products
-        // alone 0.96–1.01 → 0.76–0.78 ms, alternating in one process. Not fp32 (1.67–1.73 → 1.73–1.78) nor long rows (the 1.1B
+        // bf16: short weight rows (the default model's 0.75–1.4 KB) are prefetched ~12 KB ahead — its step's products alone
+        // 0.96–1.01 → 0.76–0.78 ms, alternating in one process. Not fp32 (1.67–1.73 → 1.73–1.78) nor long rows (the 1.1B
         // shape's 4–11 KB: 12.6 → 13.8 ms with it), which the hardware prefetcher streams well alone.
         long rowBytes = k * T.Size, rowsAhead = typeof(T) == typeof(Bf16) && rowBytes < 4096 ? Math.Max(1, (12 << 10) / rowBytes) : 0;
         for (long j = from; j < to; j++)
         {
-            byte* w = weight + j * k * T.Size;
-            if (m == 1)
-            {
-                accumulated[j] = Dot<T>(w, x, k, rowsAhead > 0 && j + rowsAhead < to ? w + rowsAhead * k * T.Size : null);
-                continue;
-            }
-            // Two weight rows against four rows of x: eight sums from six loads per eight columns (one weight row: four sums
-            // from five), so that more of each cycle's two loads feed the FMAs. Sixteen columns an iteration (Load16: bf16 widened
-            // with half the shuffles; x comes in its block order) — the default model's products alone, alternating in one process,
-            // against eight columns: fp32 at 2 / 4 / 8 rows 2.03 / 2.91 / 2.89 → 1.73 / 2.37 / 2.59 ms, bf16 at 8 rows 2.06 → 1.98;
-            // on the 1.1B shape's maps bf16 at 8 rows 29.4 → 27.8 ms, fp32 level at 4 rows and ~4% slower at 8 (46.7 → 48.6).
-            bool pair = j + 1 < to;
-            byte* w1 = pair ? w + k * T.Size : w;
-            // The first pass over x's rows also prefetches the pair PrefetchPairs ahead, 32 elements an iteration (the pair's 2·k
-            // over its k / 16 iterations: a line of bf16, two of fp32): the passes after it read the pair from L1 and let memory
-            // idle, and past one row of x the hardware prefetcher alone left the weight stream at ~11–17 GB/s where one row reached
-            // 30 (the default model's products at 2–8 rows, alternating in one process: fp32 25–36% faster, bf16 7–10%).
-            byte* ahead = j + 2 * PrefetchPairs + 1 < to ? w + 2 * PrefetchPairs * k * T.Size : w;
+            byte* w = weight + j * rowBytes;
+            accumulated[j] = Dot<T>(w, x, k, rowsAhead > 0 && j + rowsAhead < to ? w + rowsAhead * rowBytes : null);
+        }
+    }
+
+    /// <summary>
+    /// accumulated [m, n] columns [from, to) for two or more rows of x: three weight rows against four rows of x at a time,
+    /// twelve sums in registers (<see cref="TripleTile{T}"/>), x's rows in passes of four over each triple (the passes after the
+    /// first read it from L1). Each pass prefetches its share of the triple <see cref="PrefetchTriples"/> ahead, so that memory
+    /// streams through every pass, not the first alone. Against the two-rows-by-four tile it replaced (eight sums: two dependent
+    /// multiply-adds per sum and iteration, which the FMA latency bounds) on the default model, alternating in one process over
+    /// 15–21 runs: bf16 batch-8 step 4.16 → 3.96 ms, fp32 5.89 → 5.45.
+    /// </summary>
+    static void RowTriples<T>(long m, long n, long k, float* x, byte* weight, float* accumulated, long from, long to) where T : struct, IElement
+    {
+        long blockEnd = k / 8 * 8, rowBytes = k * T.Size, passes = (m + 3) / 4;
+        long prefetchScale = 3 * T.Size * 65536 / passes; // bytes of the triple ahead an input element, in 1/65536ths
+        float* sums = stackalloc float[12];
+        for (long j = from; j < to; j += 3)
+        {
+            long count = Math.Min(3, to - j);
+            byte* w0 = weight + j * rowBytes, w1 = count > 1 ? w0 + rowBytes : w0, w2 = count > 2 ? w0 + 2 * rowBytes : w0;
+            byte* ahead = j + 3 * PrefetchTriples + 2 < to ? w0 + 3 * PrefetchTriples * rowBytes : w0;
             for (long r = 0; r < m; r += 4)
             {
                 long rows = Math.Min(4, m - r);
                 float* x0 = x + r * k, x1 = x0 + (rows > 1 ? k : 0), x2 = x0 + (rows > 2 ? 2 * k : 0), x3 = x0 + (rows > 3 ? 3 * k : 0);
-                Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default, b0 = default, b1 = default, b2 = default, b3 = default;
-                byte* prefetch = r == 0 ? ahead : w;
-                for (long i = 0; i < blockEnd; i += 16)
+                TripleTile<T>(w0, w1, w2, x0, x1, x2, x3, ahead + r / 4 * (3 * rowBytes / passes), prefetchScale, blockEnd, sums);
+                for (long q = 0; q < count; q++)
                 {
-                    if (System.Runtime.Intrinsics.X86.Sse.IsSupported)
+                    byte* w = w0 + q * rowBytes;
+                    float s0 = sums[4 * q], s1 = sums[4 * q + 1], s2 = sums[4 * q + 2], s3 = sums[4 * q + 3];
+                    for (long i = blockEnd; i < k; i++)
                     {
-                        System.Runtime.Intrinsics.X86.Sse.Prefetch1(prefetch + i * 2 * T.Size);
-                        if (T.Size == 4) System.Runtime.Intrinsics.X86.Sse.Prefetch1(prefetch + i * 2 * T.Size + 64); // fp32: two lines an iteration
+                        float wi = T.Load(w, i);
+                        s0 += wi * x0[i]; s1 += wi * x1[i]; s2 += wi * x2[i]; s3 += wi * x3[i];
                     }
-                    var (wv, wh) = T.Load16(w, i);
-                    var (uv, uh) = T.Load16(w1, i);
-                    var v = Vector256.Load(x0 + i); a0 = Vector256.FusedMultiplyAdd(wv, v, a0); b0 = Vector256.FusedMultiplyAdd(uv, v, b0);
-                    v = Vector256.Load(x1 + i); a1 = Vector256.FusedMultiplyAdd(wv, v, a1); b1 = Vector256.FusedMultiplyAdd(uv, v, b1);
-                    v = Vector256.Load(x2 + i); a2 = Vector256.FusedMultiplyAdd(wv, v, a2); b2 = Vector256.FusedMultiplyAdd(uv, v, b2);
-                    v = Vector256.Load(x3 + i); a3 = Vector256.FusedMultiplyAdd(wv, v, a3); b3 = Vector256.FusedMultiplyAdd(uv, v, b3);
-                    v = Vector256.Load(x0 + i + 8); a0 = Vector256.FusedMultiplyAdd(wh, v, a0); b0 = Vector256.FusedMultiplyAdd(uh, v, b0);
-                    v = Vector256.Load(x1 + i + 8); a1 = Vector256.FusedMultiplyAdd(wh, v, a1); b1 = Vector256.FusedMultiplyAdd(uh, v, b1);
-                    v = Vector256.Load(x2 + i + 8); a2 = Vector256.FusedMultiplyAdd(wh, v, a2); b2 = Vector256.FusedMultiplyAdd(uh, v, b2);
-                    v = Vector256.Load(x3 + i + 8); a3 = Vector256.FusedMultiplyAdd(wh, v, a3); b3 = Vector256.FusedMultiplyAdd(uh, v, b3);
+                    Store(accumulated + r * n + j + q, n, rows, s0, s1, s2, s3);
                 }
-                float s0 = Vector256.Sum(a0), s1 = Vector256.Sum(a1), s2 = Vector256.Sum(a2), s3 = Vector256.Sum(a3);
-                float t0 = Vector256.Sum(b0), t1 = Vector256.Sum(b1), t2 = Vector256.Sum(b2), t3 = Vector256.Sum(b3);
-                for (long i = blockEnd; i < k; i++)
-                {
-                    float wi = T.Load(w, i), ui = T.Load(w1, i);
-                    s0 += wi * x0[i]; s1 += wi * x1[i]; s2 += wi * x2[i]; s3 += wi * x3[i];
-                    t0 += ui * x0[i]; t1 += ui * x1[i]; t2 += ui * x2[i]; t3 += ui * x3[i];
-                }
-                Store(accumulated + r * n + j, n, rows, s0, s1, s2, s3);
-                if (pair) Store(accumulated + r * n + j + 1, n, rows, t0, t1, t2, t3);
             }
-            if (pair) j++;
         }
     }
 
-    /// <summary>How many pairs of weight rows ahead <see cref="Rows{T}"/> prefetches (into L2: a pair of the 1.1B shape's rows is
-    /// 16 KB in fp32).</summary>
-    const long PrefetchPairs = 2;
+    /// <summary>
+    /// Three weight rows against four rows of x over [0, <paramref name="blockEnd"/>) (a multiple of 8): the twelve dot
+    /// products into <paramref name="sums"/> [3][4], prefetching (into L2) <paramref name="prefetchScale"/> / 65536 bytes an
+    /// element from <paramref name="prefetch"/>. No call after the loop: sums live across a call would be spilled to the stack
+    /// in every iteration (no callee-saved vector registers on x64 Unix).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static void TripleTile<T>(byte* w0, byte* w1, byte* w2, float* x0, float* x1, float* x2, float* x3, byte* prefetch, long prefetchScale,
+        long blockEnd, float* sums) where T : struct, IElement
+    {
+        Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default, b0 = default, b1 = default, b2 = default, b3 = default;
+        Vector256<float> c0 = default, c1 = default, c2 = default, c3 = default;
+        long i = 0;
+        for (; i + 16 <= blockEnd; i += 16)
+        {
+            if (System.Runtime.Intrinsics.X86.Sse.IsSupported)
+            {
+                byte* line = prefetch + ((i * prefetchScale) >> 16);
+                System.Runtime.Intrinsics.X86.Sse.Prefetch1(line);
+                System.Runtime.Intrinsics.X86.Sse.Prefetch1(line + 64);
+                if (T.Size == 4)
+                {
+                    System.Runtime.Intrinsics.X86.Sse.Prefetch1(line + 128);
+                    System.Runtime.Intrinsics.X86.Sse.Prefetch1(line + 192);
+                }
+            }
+            Step(i);
+            Step(i + 8);
+        }
+        if (i < blockEnd) Step(i);
+        Sum4(a0, a1, a2, a3).Store(sums);
+        Sum4(b0, b1, b2, b3).Store(sums + 4);
+        Sum4(c0, c1, c2, c3).Store(sums + 8);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        void Step(long i)
+        {
+            var u = T.Load8(w0, i);
+            var v = T.Load8(w1, i);
+            var t = T.Load8(w2, i);
+            var xv = Vector256.Load(x0 + i); a0 = Vector256.FusedMultiplyAdd(u, xv, a0); b0 = Vector256.FusedMultiplyAdd(v, xv, b0); c0 = Vector256.FusedMultiplyAdd(t, xv, c0);
+            xv = Vector256.Load(x1 + i); a1 = Vector256.FusedMultiplyAdd(u, xv, a1); b1 = Vector256.FusedMultiplyAdd(v, xv, b1); c1 = Vector256.FusedMultiplyAdd(t, xv, c1);
+            xv = Vector256.Load(x2 + i); a2 = Vector256.FusedMultiplyAdd(u, xv, a2); b2 = Vector256.FusedMultiplyAdd(v, xv, b2); c2 = Vector256.FusedMultiplyAdd(t, xv, c2);
+            xv = Vector256.Load(x3 + i); a3 = Vector256.FusedMultiplyAdd(u, xv, a3); b3 = Vector256.FusedMultiplyAdd(v, xv, b3); c3 = Vector256.FusedMultiplyAdd(t, xv, c3);
+        }
+    }
+
+    /// <summary>The four sums of four vectors, as one vector (three horizontal adds and one across the halves).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector128<float> Sum4(Vector256<float> a0, Vector256<float> a1, Vector256<float> a2, Vector256<float> a3)
+    {
+        if (!System.Runtime.Intrinsics.X86.Avx.IsSupported) return Vector128.Create(Vector256.Sum(a0), Vector256.Sum(a1), Vector256.Sum(a2), Vector256.Sum(a3));
+        var h = System.Runtime.Intrinsics.X86.Avx.HorizontalAdd(System.Runtime.Intrinsics.X86.Avx.HorizontalAdd(a0, a1), System.Runtime.Intrinsics.X86.Avx.HorizontalAdd(a2, a3));
+        return h.GetLower() + h.GetUpper();
+    }
+
+    /// <summary>How many triples of weight rows ahead <see cref="RowTriples{T}"/> prefetches (into L2; 1 and 4 were no faster on
+    /// the default model).</summary>
+    const long PrefetchTriples = 2;
 
     /// <summary>Up to four sums into one column of consecutive rows of a row-major output (row stride <paramref name="n"/>).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -623,8 +734,8 @@ internal static unsafe partial class CpuKernels
             : Vector256.ShiftLeft(Vector256.WidenLower(Vector128.Load((ushort*)p + index).ToVector256Unsafe()), 16).AsSingle();
 
         /// <summary>With AVX2, one load unpacked against zero: elements {0–3, 8–11} and {4–7, 12–15} (unpacks stay within
-        /// 128-bit lanes), two shuffles for 16 weights where two Load8s take four shuffles and shifts (the default model's bf16
-        /// batch-8 step 4.50 → 4.21 ms over 15 alternations in one process; 3.66 → 3.65 over 9 in a faster phase).</summary>
+        /// 128-bit lanes), two shuffles for 16 weights where two Load8s take four shuffles and shifts (when the decode products
+        /// read weights through it, the default model's bf16 batch-8 step 4.50 → 4.21 ms over 15 alternations in one process).</summary>
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static (Vector256<float> First, Vector256<float> Second) Load16(byte* p, long index)
         {

@@ -423,6 +423,13 @@ internal static unsafe partial class FusedKernels
         return true;
     }
 
+    /// <summary>Each row's arg-max of 2-D logits (int64), as <c>argmax(-1)</c>: on the CPU only (false elsewhere).</summary>
+    public static bool TryArgMax(Tensor x, out Tensor indices)
+    {
+        indices = null!;
+        return OnCpu(x) && CpuKernels.TryArgMax(x, out indices);
+    }
+
     /// <summary>y = act(gate) · up for a contiguous [..., 2n] tensor holding [gate | up]; <paramref name="kind"/>:
     /// 0 silu, 1 relu, 2 gelu, 3 gelu (tanh).</summary>
     public static bool TryGated(Tensor gateUp, int n, int kind, out Tensor y)

@@ -264,9 +264,11 @@ public class CpuKernelTests
     [InlineData(ScalarType.Float32, 6, 75, 45)]
     [InlineData(ScalarType.Float32, 1, 384, 1152)] // split over the cores (the default model's qkv_proj)
     [InlineData(ScalarType.Float32, 8, 384, 1411)] // split, two blocks of four rows, an output count no block size divides
-    [InlineData(ScalarType.BFloat16, 8, 384, 1411)] // bf16 in Load16's block order, x widened to match
-    [InlineData(ScalarType.BFloat16, 5, 40, 33)]    // a width with 8 columns past the last block of 16
-    [InlineData(ScalarType.Float32, 2, 40, 33)]
+    [InlineData(ScalarType.BFloat16, 8, 384, 1411)] // bf16 widened in registers, two passes of four rows over each weight triple
+    [InlineData(ScalarType.BFloat16, 5, 40, 33)]    // a width with 8 columns past the last block of 16; a pass of one row
+    [InlineData(ScalarType.Float32, 2, 40, 34)]     // a last triple of one weight row
+    [InlineData(ScalarType.Float32, 12, 384, 302)]  // three passes (each prefetching a third), split, a last triple of two rows
+    [InlineData(ScalarType.BFloat16, 16, 200, 70)]  // four passes, a width past the last block of 8
     public void OwnProductsMatchTheCompositeOnEveryCpu(ScalarType type, int rows, int width, int outputs)
     {
         // Tern's product kernel is what CPUs without bf16 arithmetic take for bf16 (widening) and non-Intel CPUs for fp32 decode
@@ -294,6 +296,30 @@ public class CpuKernelTests
         {
             CpuKernels.WidenBf16Everywhere = CpuKernels.OwnFp32Everywhere = false;
         }
+    }
+
+    [Theory]
+    [InlineData(ScalarType.Float32, 8192)]
+    [InlineData(ScalarType.BFloat16, 8192)]
+    [InlineData(ScalarType.BFloat16, 37)] // a row past its last block of 8
+    [InlineData(ScalarType.Float32, 5)]   // shorter than a block
+    public void ArgMaxMatchesLibtorchWithTiesNansAndInfinities(ScalarType type, int n)
+    {
+        using var scope = torch.NewDisposeScope();
+        var x = Random(type, 7, n);
+        // Row 1: a tie of the largest value (the first wins); 2: a NaN after the largest (the NaN wins); 3: every value −inf;
+        // 4: two NaNs (the first wins); 5: +inf at the end; 6: −0 before +0 as the largest.
+        x[1][n / 3] = x[1][n - 1] = torch.tensor(100f).to(type);
+        x[2][0] = torch.tensor(100f).to(type);
+        x[2][n - 1] = torch.tensor(float.NaN).to(type);
+        x[3].fill_(float.NegativeInfinity);
+        x[4][n / 2] = x[4][1] = torch.tensor(float.NaN).to(type);
+        x[5][n - 1] = torch.tensor(float.PositiveInfinity).to(type);
+        x[6].fill_(-1f);
+        x[6][n / 4] = torch.tensor(-0f).to(type);
+        x[6][n - 1] = torch.tensor(0f).to(type);
+        Assert.True(FusedKernels.TryArgMax(x, out var fused));
+        Assert.Equal(x.argmax(-1).data<long>().ToArray(), fused.data<long>().ToArray());
     }
 
     [Fact]
