@@ -146,6 +146,36 @@ internal static unsafe partial class CpuKernels
         return true;
     }
 
+    /// <summary>
+    /// A decode step's one new entry a row written at <paramref name="slot"/>: keys and values [B, Hkv, capacity, D]
+    /// (contiguous) from k and v [B, Hkv, 1, D] (rows of D contiguous, other strides free: views of the step's projection),
+    /// the cache's positions [B, Hkv, capacity] (int64) from positions [B, 1]. Against the three libtorch copies it replaces,
+    /// the default model's bf16 decode step (alternating in one process, 15 runs): one row 1.743 → 1.669 ms, eight 3.970 → 3.923.
+    /// </summary>
+    public static bool TryCacheAppendAt(Tensor keys, Tensor values, Tensor cachePositions, Tensor k, Tensor v, Tensor positions, int slot)
+    {
+        if (!Usable(keys) || !Usable(values) || keys.dim() != 4 || values.dtype != keys.dtype || k.dtype != keys.dtype || v.dtype != keys.dtype
+            || k.device_type != DeviceType.CPU || v.device_type != DeviceType.CPU) return false;
+        long b = keys.size(0), h = keys.size(1), capacity = keys.size(2), d = keys.size(3);
+        bool Fits(Tensor t) => t.dim() == 4 && t.size(0) == b && t.size(1) == h && t.size(2) == 1 && t.size(3) == d && t.stride(3) == 1;
+        if (!values.shape.SequenceEqual(keys.shape) || !Fits(k) || !Fits(v) || slot < 0 || slot >= capacity) return false;
+        if (cachePositions.dtype != ScalarType.Int64 || !cachePositions.is_contiguous() || cachePositions.dim() != 3 || cachePositions.size(0) != b
+            || cachePositions.size(1) != h || cachePositions.size(2) != capacity) return false;
+        if (positions.dtype != ScalarType.Int64 || !positions.is_contiguous() || positions.NumberOfElements != b || positions.device_type != DeviceType.CPU) return false;
+        long size = keys.element_size(), bytes = d * size, kb = k.stride(0), kh = k.stride(1), vb = v.stride(0), vh = v.stride(1);
+        byte* pk = Ptr(keys), pv = Ptr(values), sk = Ptr(k), sv = Ptr(v);
+        long* pc = (long*)Ptr(cachePositions), pp = (long*)Ptr(positions);
+        for (long row = 0; row < b; row++)
+            for (long head = 0; head < h; head++)
+            {
+                long entry = (row * h + head) * capacity + slot;
+                Buffer.MemoryCopy(sk + (row * kb + head * kh) * size, pk + entry * bytes, bytes, bytes);
+                Buffer.MemoryCopy(sv + (row * vb + head * vh) * size, pv + entry * bytes, bytes, bytes);
+                pc[entry] = pp[row];
+            }
+        return true;
+    }
+
     /// <summary>Each row's arg-max (int64 [rows]) of x [rows, n] as libtorch's <c>argmax(-1)</c> gives it: the first index of
     /// the largest value, a NaN counting as the largest. Greedy decoding's last op: libtorch widened bf16 logits to fp32 and
     /// reduced them in ~0.18 ms at eight rows of the default model's 8,192, against a few microseconds here.</summary>

@@ -322,6 +322,32 @@ public class CpuKernelTests
         Assert.Equal(x.argmax(-1).data<long>().ToArray(), fused.data<long>().ToArray());
     }
 
+    [Theory]
+    [InlineData(ScalarType.BFloat16)]
+    [InlineData(ScalarType.Float32)]
+    public void CacheAppendWritesWhatTheCopiesWrite(ScalarType type)
+    {
+        using var scope = torch.NewDisposeScope();
+        using var noGrad = torch.no_grad();
+        // A step's keys and values as the model hands them over: views [B, Hkv, 1, D] of its projection [B, 1, Hq + 2·Hkv, D].
+        var projection = Random(type, 3, 1, 8, 16);
+        var (k, v) = (projection.narrow(2, 4, 2).transpose(1, 2), projection.narrow(2, 6, 2).transpose(1, 2));
+        var positions = torch.tensor(new long[] { 5, 9, 2 }).reshape(3, 1);
+        Tensor Cache() => Random(type, 3, 2, 7, 16);
+        var (keys, values, cachePositions) = (Cache(), Cache(), torch.arange(3 * 2 * 7, ScalarType.Int64).reshape(3, 2, 7));
+        var (expectedKeys, expectedValues, expectedPositions) = (keys.clone(), values.clone(), cachePositions.clone());
+        expectedKeys.narrow(2, 4, 1).copy_(k);
+        expectedValues.narrow(2, 4, 1).copy_(v);
+        expectedPositions.narrow(2, 4, 1).copy_(positions.unsqueeze(1));
+        Assert.True(FusedKernels.TryCacheAppendAt(keys, values, cachePositions, k, v, positions, 4));
+        Assert.Equal(0f, (keys - expectedKeys).abs().max().to(ScalarType.Float32).item<float>());
+        Assert.Equal(0f, (values - expectedValues).abs().max().to(ScalarType.Float32).item<float>());
+        Assert.Equal(expectedPositions.data<long>().ToArray(), cachePositions.data<long>().ToArray());
+        // What it does not take, the copies serve: two new entries a row, a slot past the capacity.
+        Assert.False(FusedKernels.TryCacheAppendAt(keys, values, cachePositions, torch.cat(new[] { k, k }, 2), torch.cat(new[] { v, v }, 2), positions, 4));
+        Assert.False(FusedKernels.TryCacheAppendAt(keys, values, cachePositions, k, v, positions, 7));
+    }
+
     [Fact]
     public void LinearMapsUnderAutocastLeaveTheCastToTheComposite()
     {
