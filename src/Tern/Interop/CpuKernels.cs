@@ -188,60 +188,46 @@ internal static unsafe partial class CpuKernels
         long rows = x.size(0), n = x.size(1);
         if (n == 0) return false;
         indices = torch.empty(rows, ScalarType.Int64);
-        var job = new ArgMaxJob { X = Ptr(x), Indices = (long*)Ptr(indices), N = n };
-        if (x.dtype == ScalarType.BFloat16) job.Rows<Bf16>(0, rows);
-        else job.Rows<F32>(0, rows);
+        long* found = (long*)Ptr(indices);
+        byte* logits = Ptr(x);
+        bool bf16 = x.dtype == ScalarType.BFloat16;
+        for (long r = 0; r < rows; r++) found[r] = bf16 ? ArgMax<Bf16>(logits + r * n * 2, n) : ArgMax<F32>(logits + r * n * 4, n);
         return true;
     }
 
-    struct ArgMaxJob : IRowJob
+    /// <summary>One row's arg-max: the largest value (or whether any is NaN) in a first pass, its first index in a second.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static long ArgMax<T>(byte* row, long n) where T : struct, IElement
     {
-        public byte* X;
-        public long* Indices;
-        public long N;
-
-        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-        public void Rows<T>(long from, long to) where T : struct, IElement
+        long whole = n / 8 * 8;
+        var best = Vector256.Create(float.NegativeInfinity);
+        var nan = Vector256<float>.Zero;
+        for (long i = 0; i < whole; i += 8)
         {
-            long n = N, whole = n / 8 * 8;
-            for (long r = from; r < to; r++)
-            {
-                byte* row = X + r * n * T.Size;
-                // The largest value, and whether any is NaN (then the first NaN is the answer, as in libtorch).
-                var best = Vector256.Create(float.NegativeInfinity);
-                var nan = Vector256<float>.Zero;
-                for (long i = 0; i < whole; i += 8)
-                {
-                    var v = T.Load8(row, i);
-                    nan |= ~Vector256.Equals(v, v);
-                    best = Vector256.Max(best, v);
-                }
-                float largest = float.NegativeInfinity;
-                for (int lane = 0; lane < 8; lane++) largest = Math.Max(largest, best.GetElement(lane));
-                bool hasNaN = nan != Vector256<float>.Zero;
-                for (long i = whole; i < n; i++)
-                {
-                    float v = T.Load(row, i);
-                    hasNaN |= float.IsNaN(v);
-                    largest = Math.Max(largest, v);
-                }
-                long found = 0;
-                for (long i = 0; i < n; i++)
-                {
-                    if (i + 8 <= whole)
-                    {
-                        var v = T.Load8(row, i);
-                        uint hits = (hasNaN ? ~Vector256.Equals(v, v) : Vector256.Equals(v, Vector256.Create(largest))).ExtractMostSignificantBits();
-                        if (hits == 0) { i += 7; continue; }
-                        found = i + System.Numerics.BitOperations.TrailingZeroCount(hits);
-                        break;
-                    }
-                    float s = T.Load(row, i);
-                    if (hasNaN ? float.IsNaN(s) : s == largest) { found = i; break; }
-                }
-                Indices[r] = found;
-            }
+            var v = T.Load8(row, i);
+            nan |= ~Vector256.Equals(v, v);
+            best = Vector256.Max(best, v);
         }
+        float largest = MaxAcrossLanes(best);
+        bool hasNaN = nan != Vector256<float>.Zero;
+        for (long i = whole; i < n; i++)
+        {
+            float v = T.Load(row, i);
+            hasNaN |= float.IsNaN(v);
+            largest = MathF.Max(largest, v);
+        }
+        for (long i = 0; i < whole; i += 8)
+        {
+            var v = T.Load8(row, i);
+            uint hits = (hasNaN ? ~Vector256.Equals(v, v) : Vector256.Equals(v, Vector256.Create(largest))).ExtractMostSignificantBits();
+            if (hits != 0) return i + System.Numerics.BitOperations.TrailingZeroCount(hits);
+        }
+        for (long i = whole; i < n; i++)
+        {
+            float v = T.Load(row, i);
+            if (hasNaN ? float.IsNaN(v) : v == largest) return i;
+        }
+        return 0; // not reached: some value is the largest or a NaN
     }
 
     struct GatedJob : IRowJob

@@ -423,7 +423,7 @@ internal static unsafe partial class FusedKernels
         return true;
     }
 
-    /// <summary>A decode step's one new entry a row written at <paramref name="slot"/> of a 16-bit or fp32 cache (see
+    /// <summary>A decode step's one new entry a row written at <paramref name="slot"/> of a bf16 or fp32 cache (see
     /// <see cref="CpuKernels.TryCacheAppendAt"/>): on the CPU only (false elsewhere).</summary>
     public static bool TryCacheAppendAt(Tensor keys, Tensor values, Tensor cachePositions, Tensor k, Tensor v, Tensor positions, int slot) =>
         OnCpu(keys) && CpuKernels.TryCacheAppendAt(keys, values, cachePositions, k, v, positions, slot);
