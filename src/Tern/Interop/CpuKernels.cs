@@ -273,10 +273,12 @@ internal static unsafe partial class CpuKernels
     /// y = x·Wᵀ (+ bias) (+ residual) for x [..., K] and W [N, K] (contiguous, one type). Decode-sized products (up to 16 rows):
     /// fp32 through the own AVX2 kernel where MKL runs generic code (<see cref="OwnFp32Products"/>), else when W is large enough
     /// to split into a column block per core, each through MKL (exported by the libtorch library); bf16 through MKL's bf16 GEMM
-    /// where the CPU has bf16 arithmetic, else widened in registers (<see cref="WidenedProducts"/>). Prefills through the own
-    /// packed GEMM (<see cref="PackedGemm{T}"/>, AVX2 and FMA) in bf16, and in fp32 where MKL runs generic code. fp32
-    /// accumulation, rounded as the composite path rounds: round(round(x·Wᵀ + b) + residual). False for other types, fp32 prefills and small fp32 products on Intel CPUs (libtorch's
-    /// one MKL call is as fast there), prefills without AVX2, or where the library lacks the GEMM.
+    /// on Intel CPUs with bf16 arithmetic, else widened in registers (<see cref="WidenedProducts"/>). Prefills through the own
+    /// packed GEMM (<see cref="PackedGemm{T}"/>, AVX2 and FMA) in bf16 where the CPU lacks bf16 arithmetic, and in fp32 where
+    /// MKL runs generic code. fp32 accumulation, rounded as the composite path rounds: round(round(x·Wᵀ + b) + residual). False
+    /// for other types, for prefills that libtorch runs faster (fp32 on Intel CPUs, bf16 where oneDNN has bf16 arithmetic),
+    /// small fp32 products on Intel CPUs (libtorch's one MKL call is as fast there), prefills without AVX2, or where the
+    /// library lacks the GEMM.
     /// </summary>
     public static bool TryLinear(Tensor x, Tensor weight, Tensor? bias, Tensor? residual, out Tensor y)
     {
@@ -287,8 +289,9 @@ internal static unsafe partial class CpuKernels
         if (x.size(-1) != k) return false;
         long m = x.NumberOfElements / k;
         bool prefill = m > LargestDecodeRows;
-        // Prefills: the packed GEMM for bf16, and for fp32 where MKL runs generic code; else libtorch's one threaded MKL call.
-        if (prefill && !(PackedGemmSupported && (bf16 || OwnFp32Products))) return false;
+        // Prefills: the packed GEMM for bf16 where the CPU lacks bf16 arithmetic, and for fp32 where MKL runs generic code; else
+        // libtorch's one threaded call (oneDNN's bf16 GEMM, MKL's fp32 one).
+        if (prefill && !(PackedGemmSupported && (bf16 ? EmulatesBf16 : OwnFp32Products))) return false;
         // Decode products: Tern's kernel (bf16 without bf16 arithmetic, fp32 where MKL runs generic code), else MKL — whose bf16
         // GEMM threads itself where the CPU has bf16 arithmetic, and whose fp32 products are split here only when large.
         bool own = !prefill && (bf16 ? !UseMklBf16 : OwnFp32Products);
@@ -583,15 +586,19 @@ internal static unsafe partial class CpuKernels
         return sum;
     }
 
-    /// <summary>Whether the CPU has bf16 arithmetic (AVX512_BF16: CPUID leaf 7, sub-leaf 1, EAX bit 5), which MKL's bf16 GEMM
-    /// uses; without it MKL emulates it slowly and <see cref="WidenedProducts"/> takes its place.</summary>
-    static bool UseMklBf16 => NativeBf16 && !WidenBf16Everywhere;
+    /// <summary>Whether bf16 decode products go to MKL's bf16 GEMM: where the CPU has bf16 arithmetic (AVX512_BF16: CPUID leaf
+    /// 7, sub-leaf 1, EAX bit 5) and MKL runs its own kernels (Intel, as for fp32: <see cref="MklKernels"/>). Elsewhere MKL
+    /// emulates it slowly — also on an AMD EPYC with AVX512_BF16, whose bf16 step at one row took 14 ms against 1.9 widened
+    /// (2026-12-06) — and <see cref="WidenedProducts"/> takes its place.</summary>
+    static bool UseMklBf16 => NativeBf16 && MklKernels && !WidenBf16Everywhere;
 
-    /// <summary>Whether bf16 arithmetic is emulated here (what <see cref="UseMklBf16"/> avoids): bf16 work is better widened.</summary>
-    internal static bool EmulatesBf16 => !UseMklBf16;
+    /// <summary>Whether bf16 arithmetic is emulated here, so that bf16 prefills are better widened (the packed GEMM, attention
+    /// in fp32). Where the CPU has it, libtorch's bf16 prefill runs oneDNN's AVX512_BF16 kernels, whichever the vendor: on an AMD
+    /// EPYC (2026-12-06), 1024 × 1152 × 384 products at 158–207 GMAC/s on two cores against the packed GEMM's 60–74.</summary>
+    internal static bool EmulatesBf16 => !NativeBf16 || WidenBf16Everywhere;
 
-    /// <summary>Takes <see cref="WidenedProducts"/> for bf16 on any CPU: for tests, so that the kernel is checked on hosts with
-    /// bf16 arithmetic too.</summary>
+    /// <summary>Takes the widening kernels for bf16 on any CPU (decode products, prefill products and attention): for tests, so
+    /// that they are checked on hosts with bf16 arithmetic too.</summary>
     internal static bool WidenBf16Everywhere { get; set; }
 
     static readonly bool NativeBf16 = System.Runtime.Intrinsics.X86.X86Base.IsSupported
@@ -604,13 +611,15 @@ internal static unsafe partial class CpuKernels
     /// on an EPYC host). On Intel CPUs MKL's own kernels stay (an AVX2 GEMV was not faster in the step there, ninth session).
     /// <c>TERN_CPU_GEMV=own</c> or <c>=mkl</c> overrides the choice; <see cref="OwnFp32Everywhere"/> forces it for tests.
     /// </summary>
-    internal static bool OwnFp32Products => OwnFp32Everywhere || OwnFp32ByDefault;
+    internal static bool OwnFp32Products => OwnFp32Everywhere || !MklKernels;
 
     /// <summary>Takes the own fp32 kernel on any CPU: for tests, so that it is checked on Intel hosts too.</summary>
     internal static bool OwnFp32Everywhere { get; set; }
 
-    static readonly bool OwnFp32ByDefault = System.Runtime.Intrinsics.X86.Avx2.IsSupported && System.Runtime.Intrinsics.X86.Fma.IsSupported
-        && Environment.GetEnvironmentVariable("TERN_CPU_GEMV") switch { "own" => true, "mkl" => false, _ => !GenuineIntel() };
+    /// <summary>Whether decode products go to MKL (Intel CPUs, or <c>TERN_CPU_GEMV=mkl</c>) rather than the own AVX2 kernels
+    /// (other CPUs, or <c>TERN_CPU_GEMV=own</c>); always where the CPU lacks AVX2 or FMA.</summary>
+    static readonly bool MklKernels = !(System.Runtime.Intrinsics.X86.Avx2.IsSupported && System.Runtime.Intrinsics.X86.Fma.IsSupported)
+        || Environment.GetEnvironmentVariable("TERN_CPU_GEMV") switch { "own" => false, "mkl" => true, _ => GenuineIntel() };
 
     /// <summary>CPUID's vendor string is "GenuineIntel" (EBX, EDX, ECX of leaf 0).</summary>
     static bool GenuineIntel()

@@ -409,7 +409,7 @@ internal static unsafe partial class FusedKernels
     }
 
     /// <summary>Causal attention over a first chunk (q, k, v [B, H, T, D]) in bf16 on a CPU without bf16 arithmetic: widened
-    /// to fp32 (exactly), attended in fp32 and rounded once. libtorch's CPU flash kernel multiplies bf16 through MKL's bf16 GEMM,
+    /// to fp32 (exactly), attended in fp32 and rounded once. libtorch's CPU flash kernel multiplies in bf16,
     /// which such CPUs emulate (the default model's 8 × 128-token bf16 prefill: 206 → 192 ms, alternating in one process; one
     /// 128-token row level). The fp32 copies of q, k and v live for the call (twice their bf16 bytes, one layer at a time).
     /// False elsewhere: fp32, CUDA, CPUs with AVX512_BF16, autograd.</summary>
