@@ -281,12 +281,29 @@ public class CpuKernelTests
     [InlineData(ScalarType.Float32, 2, 40, 34)]     // a last triple of one weight row
     [InlineData(ScalarType.Float32, 12, 384, 302)]  // three passes (each prefetching a third), split, a last triple of two rows
     [InlineData(ScalarType.BFloat16, 16, 200, 70)]  // four passes, a width past the last block of 8
+    [InlineData(ScalarType.Float32, 13, 40, 35)]    // with AVX-512: a pass of eight rows, one of four, one of one; 8 columns past the wide blocks
+    [InlineData(ScalarType.BFloat16, 9, 24, 7)]     // with AVX-512: one wide block of 16 and a tail of 8; a last triple of one row
     public void OwnProductsMatchTheCompositeOnEveryCpu(ScalarType type, int rows, int width, int outputs)
     {
         // Tern's product kernel is what CPUs without bf16 arithmetic take for bf16 (widening) and non-Intel CPUs for fp32 decode
-        // products; forced here so that every host checks both.
+        // products; forced here so that every host checks both, in passes of four rows and, with AVX-512, of eight.
+        bool wide = CpuKernels.WideTiles;
         CpuKernels.WidenBf16Everywhere = CpuKernels.OwnFp32Everywhere = true;
         try
+        {
+            foreach (bool tiles in System.Runtime.Intrinsics.X86.Avx512F.IsSupported ? new[] { false, true } : new[] { false })
+            {
+                CpuKernels.WideTiles = tiles;
+                Check();
+            }
+        }
+        finally
+        {
+            CpuKernels.WidenBf16Everywhere = CpuKernels.OwnFp32Everywhere = false;
+            CpuKernels.WideTiles = wide;
+        }
+
+        void Check()
         {
             using var scope = torch.NewDisposeScope();
             using var noGrad = torch.no_grad();
@@ -303,10 +320,6 @@ public class CpuKernelTests
             var product = F.linear(x, w).to(ScalarType.Float32);
             double worstPlain = (product - plain.to(ScalarType.Float32)).abs().max().item<float>();
             Assert.True(worstPlain <= product.abs().max().item<float>() * bound, $"difference {worstPlain} without bias and residual");
-        }
-        finally
-        {
-            CpuKernels.WidenBf16Everywhere = CpuKernels.OwnFp32Everywhere = false;
         }
     }
 
