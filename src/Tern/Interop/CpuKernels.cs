@@ -391,7 +391,7 @@ internal static unsafe partial class CpuKernels
     }
 
     /// <summary>accumulated [m, n] = x [m, k] (fp32) · W [n, k]ᵀ (fp32 or bf16, widened in registers) by the own AVX2 kernels
-    /// (one row: <see cref="Rows{T}"/>; more: <see cref="RowTriples{T}"/>), W's rows split over the cores when
+    /// (one row: <see cref="Rows{T}"/>; more: <see cref="RowTriples{T}"/>, AVX-512 where the CPU has it), W's rows split over the cores when
     /// <paramref name="split"/>.</summary>
     static void OwnRows<T>(long m, long n, long k, float* x, byte* weight, float* accumulated, bool split) where T : struct, IElement
     {
