@@ -493,17 +493,7 @@ internal static unsafe partial class CpuKernels
         long i = 0;
         for (; i + 16 <= blockEnd; i += 16)
         {
-            if (System.Runtime.Intrinsics.X86.Sse.IsSupported)
-            {
-                byte* line = prefetch + ((i * prefetchScale) >> 16);
-                System.Runtime.Intrinsics.X86.Sse.Prefetch1(line);
-                System.Runtime.Intrinsics.X86.Sse.Prefetch1(line + 64);
-                if (T.Size == 4)
-                {
-                    System.Runtime.Intrinsics.X86.Sse.Prefetch1(line + 128);
-                    System.Runtime.Intrinsics.X86.Sse.Prefetch1(line + 192);
-                }
-            }
+            PrefetchShare<T>(prefetch, i, prefetchScale);
             Step(i);
             Step(i + 8);
         }
@@ -555,14 +545,7 @@ internal static unsafe partial class CpuKernels
         float* x4 = x + Math.Min(4, last) * k, x5 = x + Math.Min(5, last) * k, x6 = x + Math.Min(6, last) * k, x7 = x + Math.Min(7, last) * k;
         for (long i = 0; i < blockEnd; i += 16)
         {
-            byte* line = prefetch + ((i * prefetchScale) >> 16);
-            System.Runtime.Intrinsics.X86.Sse.Prefetch1(line);
-            System.Runtime.Intrinsics.X86.Sse.Prefetch1(line + 64);
-            if (T.Size == 4)
-            {
-                System.Runtime.Intrinsics.X86.Sse.Prefetch1(line + 128);
-                System.Runtime.Intrinsics.X86.Sse.Prefetch1(line + 192);
-            }
+            PrefetchShare<T>(prefetch, i, prefetchScale);
             var u = T.Load16Wide(w0, i);
             var v = T.Load16Wide(w1, i);
             var t = T.Load16Wide(w2, i);
@@ -599,6 +582,22 @@ internal static unsafe partial class CpuKernels
     struct EightRows : IPassRows
     {
         public static bool Eight => true;
+    }
+
+    /// <summary>A pass's share of the triple ahead for the sixteen inputs from <paramref name="i"/>, into L2: the lines at
+    /// <paramref name="i"/> · <paramref name="prefetchScale"/> / 65536 bytes from <paramref name="prefetch"/> (two, four in fp32).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static void PrefetchShare<T>(byte* prefetch, long i, long prefetchScale) where T : struct, IElement
+    {
+        if (!System.Runtime.Intrinsics.X86.Sse.IsSupported) return;
+        byte* line = prefetch + ((i * prefetchScale) >> 16);
+        System.Runtime.Intrinsics.X86.Sse.Prefetch1(line);
+        System.Runtime.Intrinsics.X86.Sse.Prefetch1(line + 64);
+        if (T.Size == 4)
+        {
+            System.Runtime.Intrinsics.X86.Sse.Prefetch1(line + 128);
+            System.Runtime.Intrinsics.X86.Sse.Prefetch1(line + 192);
+        }
     }
 
     /// <summary>A 512-bit vector's two halves added.</summary>
