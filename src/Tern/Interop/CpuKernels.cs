@@ -473,9 +473,10 @@ internal static unsafe partial class CpuKernels
         Store(column, n, rows, s0, s1, s2, s3);
     }
 
-    /// <summary>Whether <see cref="RowTriples{T}"/> takes passes of eight rows with AVX-512 (settable for tests, so that
-    /// both tiles are checked on hosts with AVX-512).</summary>
-    internal static bool WideTiles { get; set; } = System.Runtime.Intrinsics.X86.Avx512F.IsSupported;
+    /// <summary>Whether <see cref="RowTriples{T}"/> takes the AVX-512 tiles: where the runtime accelerates 512-bit vectors
+    /// (not on CPUs whose clock drops under them, where .NET prefers 256 bits); settable for tests, so that both tiles are
+    /// checked on hosts with AVX-512.</summary>
+    internal static bool WideTiles { get; set; } = Vector512.IsHardwareAccelerated && System.Runtime.Intrinsics.X86.Avx512F.IsSupported;
 
     /// <summary>
     /// Three weight rows against four rows of x over [0, <paramref name="blockEnd"/>) (a multiple of 8): the twelve dot
