@@ -213,7 +213,7 @@ public sealed class LayerKvCache : IDisposable
         if (slots is null)
         {
             // A decode step on the CPU: one kernel writes keys, values and positions (three copies cost ~18 µs a layer there).
-            bool fused = tokens == 1 && keys.device_type == DeviceType.CPU && this.keys is DenseKvStore && this.values is DenseKvStore
+            bool fused = tokens == 1 && this.keys is DenseKvStore && this.values is DenseKvStore
                 && Interop.FusedKernels.TryCacheAppendAt(Keys, Values, Positions, keys, values, positions, Length);
             if (!fused)
             {

@@ -11,7 +11,7 @@ internal static unsafe partial class CpuKernels
     /// fp32, bf16 x widened once, W repacked for the call as [⌈n/8⌉][k][8] (eight outputs' weights side by side for each input),
     /// bf16 widened in registers. Each tile is an outer product — four rows of x broadcast against three packed blocks, twelve
     /// sums in registers, no sums across lanes — over a slice of k that keeps the three blocks in L1, for 64 rows of x kept in
-    /// L2. On the development machine's AMD cores it multiplies at 52 GMAC/s a core against MKL's fp32 GEMM's 35–40 (one
+    /// L2. On an AVX2 development host's AMD cores it multiplies at 52 GMAC/s a core against MKL's fp32 GEMM's 35–40 (one
     /// thread, the default model's shapes at 1,024 rows), and needs neither W's fp32 copy nor MKL's packing of both operands and
     /// zeroing of the output. The default model's prefill at 8 × 128 tokens (alternating processes): bf16 208.5–213.8 →
     /// 166.1–168.1 ms (it replaced W widened to fp32 for MKL's GEMM), fp32 196.8–220.4 → 175.0–177.9 (libtorch's MKL call

@@ -292,8 +292,8 @@ internal static unsafe partial class CpuKernels
         // Prefills: the packed GEMM for bf16 where the CPU lacks bf16 arithmetic, and for fp32 where MKL runs generic code; else
         // libtorch's one threaded call (oneDNN's bf16 GEMM, MKL's fp32 one).
         if (prefill && !(PackedGemmSupported && (bf16 ? EmulatesBf16 : OwnFp32Products))) return false;
-        // Decode products: Tern's kernel (bf16 without bf16 arithmetic, fp32 where MKL runs generic code), else MKL — whose bf16
-        // GEMM threads itself where the CPU has bf16 arithmetic, and whose fp32 products are split here only when large.
+        // Decode products: Tern's kernel (bf16 except on Intel CPUs with bf16 arithmetic, fp32 where MKL runs generic code), else
+        // MKL — whose bf16 GEMM threads itself, and whose fp32 products are split here only when large.
         bool own = !prefill && (bf16 ? !UseMklBf16 : OwnFp32Products);
         bool split = !prefill && !(bf16 && !own) && CoreTeam.Shared.Size > 1 && (own ? m * n * k >= OwnSplitMultiplyAdds : n * k >= SplitElements);
         if (!bf16 && !prefill && !own && !split) return false; // a small fp32 product: libtorch's one MKL call
@@ -378,8 +378,9 @@ internal static unsafe partial class CpuKernels
     }
 
     /// <summary>
-    /// bf16 products on a CPU without bf16 arithmetic (no AVX512_BF16), where MKL's bf16 GEMM is emulated: 4.3× slower than
-    /// the fp32 model's step on the 1.1B shape (719 against 166 ms at one row). Each weight row is read once as bf16 and
+    /// bf16 products where MKL's bf16 GEMM is slow — CPUs without bf16 arithmetic (no AVX512_BF16), where it is emulated (4.3×
+    /// slower than the fp32 model's step on the 1.1B shape: 719 against 166 ms at one row), and non-Intel CPUs, where MKL runs
+    /// generic code. Each weight row is read once as bf16 and
     /// widened in registers (two bytes a weight from memory against fp32's four), x widened to fp32 once; the weight's rows
     /// split over the cores.
     /// </summary>
@@ -464,7 +465,7 @@ internal static unsafe partial class CpuKernels
     static void FinishColumn<T>(byte* w, float* x, long k, long rows, long done, float* sums, float* column, long n) where T : struct, IElement
     {
         float s0 = sums[0], s1 = sums[1], s2 = sums[2], s3 = sums[3];
-        float* x1 = x + (rows > 1 ? k : 0), x2 = x + (rows > 2 ? 2 * k : 0), x3 = x + (rows > 3 ? 3 * k : 0);
+        float* x1 = RowOrLast(x, k, 1, rows), x2 = RowOrLast(x, k, 2, rows), x3 = RowOrLast(x, k, 3, rows);
         for (long i = done; i < k; i++)
         {
             float wi = T.Load(w, i);
@@ -488,7 +489,7 @@ internal static unsafe partial class CpuKernels
     static void TripleTile<T>(byte* w0, byte* w1, byte* w2, float* x0, long k, long rows, byte* prefetch, long prefetchScale,
         long blockEnd, float* sums) where T : struct, IElement
     {
-        float* x1 = x0 + (rows > 1 ? k : 0), x2 = x0 + (rows > 2 ? 2 * k : 0), x3 = x0 + (rows > 3 ? 3 * k : 0);
+        float* x1 = RowOrLast(x0, k, 1, rows), x2 = RowOrLast(x0, k, 2, rows), x3 = RowOrLast(x0, k, 3, rows);
         Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default, b0 = default, b1 = default, b2 = default, b3 = default;
         Vector256<float> c0 = default, c1 = default, c2 = default, c3 = default;
         long i = 0;
@@ -541,9 +542,8 @@ internal static unsafe partial class CpuKernels
         Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default, a4 = default, a5 = default, a6 = default, a7 = default;
         Vector512<float> b0 = default, b1 = default, b2 = default, b3 = default, b4 = default, b5 = default, b6 = default, b7 = default;
         Vector512<float> c0 = default, c1 = default, c2 = default, c3 = default, c4 = default, c5 = default, c6 = default, c7 = default;
-        long last = rows - 1;
-        float* x1 = x + Math.Min(1, last) * k, x2 = x + Math.Min(2, last) * k, x3 = x + Math.Min(3, last) * k;
-        float* x4 = x + Math.Min(4, last) * k, x5 = x + Math.Min(5, last) * k, x6 = x + Math.Min(6, last) * k, x7 = x + Math.Min(7, last) * k;
+        float* x1 = RowOrLast(x, k, 1, rows), x2 = RowOrLast(x, k, 2, rows), x3 = RowOrLast(x, k, 3, rows);
+        float* x4 = RowOrLast(x, k, 4, rows), x5 = RowOrLast(x, k, 5, rows), x6 = RowOrLast(x, k, 6, rows), x7 = RowOrLast(x, k, 7, rows);
         for (long i = 0; i < blockEnd; i += 16)
         {
             PrefetchShare<T>(prefetch, i, prefetchScale);
@@ -601,12 +601,17 @@ internal static unsafe partial class CpuKernels
         }
     }
 
+    /// <summary>Row <paramref name="r"/> of x (row length <paramref name="k"/>), or its last row past the <paramref name="rows"/>
+    /// a pass has: a tile's spare sums then repeat a real row's and are not stored.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static float* RowOrLast(float* x, long k, long r, long rows) => x + Math.Min(r, rows - 1) * k;
+
     /// <summary>A 512-bit vector's two halves added.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static Vector256<float> Halves(Vector512<float> v) => v.GetLower() + v.GetUpper();
 
-    /// <summary>How many triples of weight rows ahead <see cref="RowTriples{T}"/> prefetches (into L2; 1 and 4 were no faster on
-    /// the default model).</summary>
+    /// <summary>How many triples of weight rows ahead <see cref="RowTriples{T}"/> prefetches (into L2; 1, 4 and 8 were no faster
+    /// on the default model, with the AVX2 and the AVX-512 tiles).</summary>
     const long PrefetchTriples = 2;
 
     /// <summary>Up to four sums into one column of consecutive rows of a row-major output (row stride <paramref name="n"/>).</summary>
