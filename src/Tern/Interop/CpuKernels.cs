@@ -308,6 +308,7 @@ internal static unsafe partial class CpuKernels
         {
             if (prefill && bf16) PackedGemm<Bf16>(m, n, k, Ptr(x), Ptr(weight), accumulated);
             else if (prefill) PackedGemm<F32>(m, n, k, Ptr(x), Ptr(weight), accumulated);
+            else if (own && bf16 && m > 1 && k >= 32 && Bf16Dots) DotProducts(m, n, k, (ushort*)Ptr(x), Ptr(weight), accumulated, split);
             else if (own && bf16) WidenedProducts(m, n, k, Ptr(x), Ptr(weight), accumulated, split);
             else if (own) OwnRows<F32>(m, n, k, (float*)Ptr(x), Ptr(weight), accumulated, split);
             else Products(bf16, m, n, k, Ptr(x), Ptr(weight), accumulated, split);
@@ -692,11 +693,16 @@ internal static unsafe partial class CpuKernels
     /// EPYC (2026-12-06), 1024 × 1152 × 384 products at 158–207 GMAC/s on two cores against the packed GEMM's 60–74.</summary>
     internal static bool EmulatesBf16 => !NativeBf16 || WidenBf16Everywhere;
 
-    /// <summary>Takes the widening kernels for bf16 on any CPU (decode products, prefill products and attention): for tests, so
-    /// that they are checked on hosts with bf16 arithmetic too.</summary>
+    /// <summary>Takes Tern's own kernels for bf16 on any CPU (decode products — widening, or the bf16 dot product's tiles where
+    /// <see cref="Bf16Dots"/> — prefill products and attention widened): for tests, so that they are checked on hosts with bf16
+    /// arithmetic too.</summary>
     internal static bool WidenBf16Everywhere { get; set; }
 
-    static readonly bool NativeBf16 = System.Runtime.Intrinsics.X86.X86Base.IsSupported
+    static readonly bool NativeBf16 = HasBf16Arithmetic();
+
+    /// <summary>AVX512_BF16: CPUID leaf 7, sub-leaf 1, EAX bit 5 (a method, so that other static initialisers need not come
+    /// after <see cref="NativeBf16"/>'s).</summary>
+    static bool HasBf16Arithmetic() => System.Runtime.Intrinsics.X86.X86Base.IsSupported
         && System.Runtime.Intrinsics.X86.X86Base.CpuId(7, 0).Eax >= 1
         && (System.Runtime.Intrinsics.X86.X86Base.CpuId(7, 1).Eax & (1 << 5)) != 0;
 

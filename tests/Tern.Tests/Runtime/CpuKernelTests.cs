@@ -283,24 +283,31 @@ public class CpuKernelTests
     [InlineData(ScalarType.BFloat16, 16, 200, 70)]  // four passes, a width past the last block of 8
     [InlineData(ScalarType.Float32, 13, 40, 35)]    // with AVX-512: a pass of eight rows, one of four, one of one; 8 columns past the wide blocks
     [InlineData(ScalarType.BFloat16, 9, 24, 7)]     // with AVX-512: one wide block of 16 and a tail of 8; a last triple of one row
+    [InlineData(ScalarType.BFloat16, 13, 200, 70)]  // bf16 dot products: a pass of eight rows and one of five; a tail of 8 past 32s
+    [InlineData(ScalarType.BFloat16, 4, 40, 34)]    // bf16 dot products: the tile of four rows; one block of 32; a last triple of one row
     public void OwnProductsMatchTheCompositeOnEveryCpu(ScalarType type, int rows, int width, int outputs)
     {
         // Tern's product kernel is what CPUs without bf16 arithmetic take for bf16 (widening) and non-Intel CPUs for fp32 decode
-        // products; forced here so that every host checks both, in passes of four rows and, with AVX-512, of eight.
-        bool wide = CpuKernels.WideTiles;
+        // products; forced here so that every host checks both, in passes of four rows and, with AVX-512, of eight; and, where
+        // the CPU has the bf16 dot product, its tiles.
+        bool wide = CpuKernels.WideTiles, dots = CpuKernels.Bf16Dots;
         CpuKernels.WidenBf16Everywhere = CpuKernels.OwnFp32Everywhere = true;
         try
         {
+            CpuKernels.Bf16Dots = false;
             foreach (bool tiles in System.Runtime.Intrinsics.X86.Avx512F.IsSupported ? new[] { false, true } : new[] { false })
             {
                 CpuKernels.WideTiles = tiles;
                 Check();
             }
+            CpuKernels.Bf16Dots = true;
+            if (CpuKernels.Bf16Dots) Check();
         }
         finally
         {
             CpuKernels.WidenBf16Everywhere = CpuKernels.OwnFp32Everywhere = false;
             CpuKernels.WideTiles = wide;
+            CpuKernels.Bf16Dots = dots;
         }
 
         void Check()
@@ -320,6 +327,38 @@ public class CpuKernelTests
             var product = F.linear(x, w).to(ScalarType.Float32);
             double worstPlain = (product - plain.to(ScalarType.Float32)).abs().max().item<float>();
             Assert.True(worstPlain <= product.abs().max().item<float>() * bound, $"difference {worstPlain} without bias and residual");
+        }
+    }
+
+    [Fact]
+    public void AProductsRowDoesNotDependOnTheRowsBesideIt()
+    {
+        // Served requests give the tokens they give alone: a row of x gets the same bits in a batch of 2 as in one of 13 (passes
+        // of four rows and of eight), with every bf16 product kernel of several rows this host has.
+        bool wide = CpuKernels.WideTiles, dots = CpuKernels.Bf16Dots;
+        CpuKernels.WidenBf16Everywhere = true;
+        try
+        {
+            using var scope = torch.NewDisposeScope();
+            using var noGrad = torch.no_grad();
+            var x = Random(ScalarType.BFloat16, 13, 200);
+            var w = Random(ScalarType.BFloat16, 70, 200);
+            var kernels = new List<(bool Tiles, bool Dots)> { (false, false) };
+            if (System.Runtime.Intrinsics.X86.Avx512F.IsSupported) kernels.Add((true, false));
+            CpuKernels.Bf16Dots = true;
+            if (CpuKernels.Bf16Dots) kernels.Add((false, true));
+            foreach (var (tiles, withDots) in kernels)
+            {
+                (CpuKernels.WideTiles, CpuKernels.Bf16Dots) = (tiles, withDots);
+                Assert.True(FusedKernels.TryGemv(x, w, null, null, out var all));
+                Assert.True(FusedKernels.TryGemv(x.narrow(0, 9, 2), w, null, null, out var two));
+                Assert.True(all.narrow(0, 9, 2).equal(two).all().item<bool>(), $"wide tiles {tiles}, dots {withDots}");
+            }
+        }
+        finally
+        {
+            CpuKernels.WidenBf16Everywhere = false;
+            (CpuKernels.WideTiles, CpuKernels.Bf16Dots) = (wide, dots);
         }
     }
 
