@@ -60,11 +60,12 @@ internal static unsafe partial class CpuKernels
     static void DotRange(long m, long n, long k, ushort* x, ushort* packed, byte* weight, float* accumulated, long from, long to)
     {
         long blocks = k / 32, done = 32 * blocks, rowBytes = 2 * k, passes = (m + 7) / 8;
-        var sums = stackalloc Vector512<float>[24];
+        float* sums = stackalloc float[24];
         DotTiles.Args args = default;
         args.EndBytes = 64 * blocks;
         args.PrefetchStep = 192 / passes;
         args.Sums = sums;
+        args.OutputStride = 4 * n;
         for (long j = from; j < to; j += 3)
         {
             long count = Math.Min(3, to - j);
@@ -78,12 +79,15 @@ internal static unsafe partial class CpuKernels
                 long first = 8 * pass, rows = Math.Min(8, m - first), tileRows = DotTiles.RowsOf(rows);
                 args.X = packed + pass * blocks * 8 * 32;
                 args.Prefetch = ahead + pass * (3 * rowBytes / passes);
+                // A whole tile over whole blocks stores its sums into the output itself; others through sums, finished here.
+                bool whole = count == 3 && rows == tileRows && done == k;
+                args.Output = whole ? accumulated + first * n + j : null;
                 DotTiles.Run(tileRows, &args);
+                if (whole) continue;
                 for (long q = 0; q < count; q++)
                     for (long r = 0; r < rows; r++)
                     {
-                        var v = sums[q * tileRows + r];
-                        float sum = Vector256.Sum(v.GetLower() + v.GetUpper());
+                        float sum = sums[q * tileRows + r];
                         ushort* w = (ushort*)(w0 + q * rowBytes), xr = x + (first + r) * k;
                         for (long i = done; i < k; i++) sum += Bf16.Load((byte*)w, i) * Bf16.Load((byte*)xr, i);
                         accumulated[(first + r) * n + j + q] = sum;
@@ -98,7 +102,7 @@ internal static unsafe partial class CpuKernels
     /// the triple ahead (into L2), load the 3 × 32 weights, then for each row of x load its 32 inputs and add their products
     /// with each weight row (vdpbf16ps: lane i += w[2i]·x[2i] + w[2i+1]·x[2i+1] in fp32, each product exact).
     /// </summary>
-    static class DotTiles
+    internal static class DotTiles
     {
         /// <summary>A tile's arguments (the generated code reads them by offset, in this order).</summary>
         [StructLayout(LayoutKind.Sequential)]
@@ -111,7 +115,12 @@ internal static unsafe partial class CpuKernels
             public long EndBytes;
             public byte* Prefetch;
             public long PrefetchStep;
-            public Vector512<float>* Sums;
+            /// <summary>[3][tile rows], unless <see cref="Output"/> is set.</summary>
+            public float* Sums;
+            /// <summary>Where the sums go instead, if not null: the tile's first row and column of the output.</summary>
+            public float* Output;
+            /// <summary>Bytes from one row of <see cref="Output"/> to the next.</summary>
+            public long OutputStride;
         }
 
         static readonly delegate* unmanaged[SuppressGCTransition]<Args*, void> Four, Eight;
@@ -137,9 +146,9 @@ internal static unsafe partial class CpuKernels
         }
 
         /// <summary>The tile for <paramref name="rows"/> rows of x, as machine code; arguments in rdi (System V).</summary>
-        static byte[] Encode(int rows)
+        internal static byte[] Encode(int rows)
         {
-            var a = new Assembler(64);
+            var a = new Assembler(64) { PreferVex = false }; // EVEX throughout: registers 16–31 are used
             a.mov(rsi, __qword_ptr[rdi]);        // W0
             a.mov(rdx, __qword_ptr[rdi + 8]);    // W1
             a.mov(rcx, __qword_ptr[rdi + 16]);   // W2
@@ -174,8 +183,32 @@ internal static unsafe partial class CpuKernels
             a.cmp(rax, r9);
             a.jb(loop);
             a.Label(ref end);
+            var toSums = a.CreateLabel();
+            a.mov(rax, __qword_ptr[rdi + 64]);   // Output
+            a.test(rax, rax);
+            a.je(toSums);
+            a.mov(rdx, __qword_ptr[rdi + 72]);   // OutputStride
+            a.lea(rcx, __[rdx + rdx * 2]);
+            a.lea(rsi, __[rax + rdx * 4]);       // the output's fifth row
+            for (int s = 0; s < 3 * rows; s += 4)
+            {
+                SumFour(a, s);
+                int column = 4 * (s / rows);     // sums s … s + 3: weight row s / rows, rows s mod rows … + 3
+                var first = s % rows == 0 ? rax : rsi;
+                a.vextractps(__dword_ptr[first + column], xmm24, 0);
+                a.vextractps(__dword_ptr[first + rdx + column], xmm24, 1);
+                a.vextractps(__dword_ptr[first + rdx * 2 + column], xmm24, 2);
+                a.vextractps(__dword_ptr[first + rcx + column], xmm24, 3);
+            }
+            a.vzeroupper();
+            a.ret();
+            a.Label(ref toSums);
             a.mov(rax, __qword_ptr[rdi + 56]);   // Sums
-            for (int s = 0; s < 3 * rows; s++) a.vmovups(__zmmword_ptr[rax + 64 * s], Zmm(s));
+            for (int s = 0; s < 3 * rows; s += 4)
+            {
+                SumFour(a, s);
+                a.vmovups(__xmmword_ptr[rax + 4 * s], xmm24);
+            }
             a.vzeroupper();
             a.ret();
             using var code = new MemoryStream();
@@ -183,6 +216,33 @@ internal static unsafe partial class CpuKernels
             return code.ToArray();
         }
 
+        /// <summary>The sums across lanes of zmm <paramref name="first"/> … first + 3 into xmm24, in
+        /// <see cref="Sum4"/>(<see cref="Halves"/>(…)) order: the halves added, then three rounds of pairwise adds (horizontal
+        /// adds as two shuffles and an add: vhaddps has no encoding for registers past 15).</summary>
+        static void SumFour(Assembler a, int first)
+        {
+            for (int i = 0; i < 4; i++)
+            {
+                a.vextractf64x4(Ymm(24 + i), Zmm(first + i), 1);
+                a.vaddps(Ymm(24 + i), Ymm(24 + i), Ymm(first + i));
+            }
+            PairwiseAdd(a, 24, 25);
+            PairwiseAdd(a, 26, 27);
+            PairwiseAdd(a, 24, 26);
+            a.vextractf32x4(xmm25, ymm24, 1);
+            a.vaddps(xmm24, xmm24, xmm25);
+        }
+
+        /// <summary>ymm <paramref name="x"/> = vhaddps(x, y): in each 128-bit lane x0 + x1, x2 + x3, y0 + y1, y2 + y3.</summary>
+        static void PairwiseAdd(Assembler a, int x, int y)
+        {
+            a.vshufps(ymm28, Ymm(x), Ymm(y), 0x88);
+            a.vshufps(Ymm(x), Ymm(x), Ymm(y), 0xDD);
+            a.vaddps(Ymm(x), Ymm(x), ymm28);
+        }
+
         static AssemblerRegisterZMM Zmm(int index) => new(Register.ZMM0 + index);
+
+        static AssemblerRegisterYMM Ymm(int index) => new(Register.YMM0 + index);
     }
 }

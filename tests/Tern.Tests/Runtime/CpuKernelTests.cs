@@ -330,6 +330,25 @@ public class CpuKernelTests
         }
     }
 
+    [Theory]
+    [InlineData(4)]
+    [InlineData(8)]
+    public void TheBf16DotTilesEncodeOnEveryHost(int rows)
+    {
+        // Encoded at first use only where the CPU has the bf16 dot product: checked here wherever the tests run.
+        var code = CpuKernels.DotTiles.Encode(rows);
+        var decoder = Iced.Intel.Decoder.Create(64, code);
+        var instructions = new List<Iced.Intel.Instruction>();
+        while (decoder.IP < (ulong)code.Length) instructions.Add(decoder.Decode());
+        Assert.DoesNotContain(instructions, i => i.IsInvalid);
+        Assert.Equal(3 * rows, instructions.Count(i => i.Code == Iced.Intel.Code.EVEX_Vdpbf16ps_zmm_k1z_zmm_zmmm512b32));
+        // Each sum stored once into the output (a lane at a time) and once into the sums buffer (four at a time); both paths return.
+        Assert.Equal(3 * rows, instructions.Count(i => i.Mnemonic == Iced.Intel.Mnemonic.Vextractps && i.Op0Kind == Iced.Intel.OpKind.Memory));
+        Assert.Equal(3 * rows / 4, instructions.Count(i => i.Mnemonic == Iced.Intel.Mnemonic.Vmovups && i.Op0Kind == Iced.Intel.OpKind.Memory));
+        Assert.Equal(2, instructions.Count(i => i.Mnemonic == Iced.Intel.Mnemonic.Ret));
+        Assert.Equal(Iced.Intel.Mnemonic.Ret, instructions[^1].Mnemonic);
+    }
+
     [Fact]
     public void AProductsRowDoesNotDependOnTheRowsBesideIt()
     {
@@ -341,8 +360,6 @@ public class CpuKernelTests
         {
             using var scope = torch.NewDisposeScope();
             using var noGrad = torch.no_grad();
-            var x = Random(ScalarType.BFloat16, 13, 200);
-            var w = Random(ScalarType.BFloat16, 70, 200);
             var kernels = new List<(bool Tiles, bool Dots)> { (false, false) };
             if (System.Runtime.Intrinsics.X86.Avx512F.IsSupported) kernels.Add((true, false));
             CpuKernels.Bf16Dots = true;
@@ -350,9 +367,19 @@ public class CpuKernelTests
             foreach (var (tiles, withDots) in kernels)
             {
                 (CpuKernels.WideTiles, CpuKernels.Bf16Dots) = (tiles, withDots);
-                Assert.True(FusedKernels.TryGemv(x, w, null, null, out var all));
-                Assert.True(FusedKernels.TryGemv(x.narrow(0, 9, 2), w, null, null, out var two));
-                Assert.True(all.narrow(0, 9, 2).equal(two).all().item<bool>(), $"wide tiles {tiles}, dots {withDots}");
+                // Widths with and without a tail past the last block of 32; rows of the first pass (a whole tile of eight) and of
+                // the second (five rows).
+                foreach (int width in new[] { 200, 256 })
+                {
+                    var x = Random(ScalarType.BFloat16, 13, width);
+                    var w = Random(ScalarType.BFloat16, 72, width);
+                    Assert.True(FusedKernels.TryGemv(x, w, null, null, out var all));
+                    foreach (int first in new[] { 2, 9 })
+                    {
+                        Assert.True(FusedKernels.TryGemv(x.narrow(0, first, 2), w, null, null, out var two));
+                        Assert.True(all.narrow(0, first, 2).equal(two).all().item<bool>(), $"wide tiles {tiles}, dots {withDots}, width {width}, rows from {first}");
+                    }
+                }
             }
         }
         finally
