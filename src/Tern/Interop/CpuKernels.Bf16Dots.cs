@@ -97,8 +97,9 @@ internal static unsafe partial class CpuKernels
     }
 
     /// <summary>
-    /// The generated tiles: three bf16 weight rows against four or eight rows of x over whole blocks of 32 inputs, the sums
-    /// (lane-wise, 16 lanes a row) stored to <see cref="Args.Sums"/> [3][rows]. One pass of the loop: prefetch three lines of
+    /// The generated tiles: three bf16 weight rows against four or eight rows of x over whole blocks of 32 inputs, each sum's
+    /// 16 lanes added up in the tile and stored into the output (<see cref="Args.Output"/>) or <see cref="Args.Sums"/>
+    /// [3][rows]. One pass of the loop: prefetch three lines of
     /// the triple ahead (into L2), load the 3 × 32 weights, then for each row of x load its 32 inputs and add their products
     /// with each weight row (vdpbf16ps: lane i += w[2i]·x[2i] + w[2i+1]·x[2i+1] in fp32, each product exact).
     /// </summary>
