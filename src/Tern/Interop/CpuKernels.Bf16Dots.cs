@@ -130,11 +130,12 @@ internal static unsafe partial class CpuKernels
         {
             if (!HasBf16Arithmetic() || !System.Runtime.Intrinsics.X86.Avx512F.IsSupported || RuntimeInformation.ProcessArchitecture != Architecture.X64
                 || !OperatingSystem.IsLinux()) return; // the System V calling convention: every vector register the callee's
+            if (Environment.GetEnvironmentVariable("TERN_CPU_CODEGEN") == "0") return; // no generated code: the widening kernels
             Four = (delegate* unmanaged[SuppressGCTransition]<Args*, void>)ExecutableMemory.TryMap(Encode(4));
             Eight = (delegate* unmanaged[SuppressGCTransition]<Args*, void>)ExecutableMemory.TryMap(Encode(8));
         }
 
-        /// <summary>Whether the CPU has the bf16 dot product and both tiles are mapped.</summary>
+        /// <summary>Whether the CPU has the bf16 dot product and both tiles are mapped (not under <c>TERN_CPU_CODEGEN=0</c>).</summary>
         public static bool Available => Four != null && Eight != null;
 
         /// <summary>The tile for a pass of <paramref name="rows"/> rows of x: four rows or eight.</summary>
