@@ -350,6 +350,17 @@ public class CpuKernelTests
     }
 
     [Fact]
+    public unsafe void GeneratedCodeIsMappedAndRuns()
+    {
+        // The dot tiles' mapping, on every Linux host (the tiles themselves need AVX512_BF16): mov eax, 42; ret.
+        if (!OperatingSystem.IsLinux() || System.Runtime.InteropServices.RuntimeInformation.ProcessArchitecture != System.Runtime.InteropServices.Architecture.X64) return;
+        var code = ExecutableMemory.TryMap(new byte[] { 0xB8, 42, 0, 0, 0, 0xC3 });
+        Assert.True(code != null);
+        Assert.Equal(42, ((delegate* unmanaged<int>)code)());
+        Assert.True(ExecutableMemory.TryMap(ReadOnlySpan<byte>.Empty) == null);
+    }
+
+    [Fact]
     public void AProductsRowDoesNotDependOnTheRowsBesideIt()
     {
         // Served requests give the tokens they give alone: a row of x gets the same bits in a batch of 2 as in one of 13 (passes
