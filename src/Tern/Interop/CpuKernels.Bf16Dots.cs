@@ -16,11 +16,11 @@ internal static unsafe partial class CpuKernels
     /// true, it stays false where the tiles are unavailable).</summary>
     internal static bool Bf16Dots
     {
-        get => bf16Dots;
+        get => bf16Dots ?? DotTiles.Available; // the tiles encoded at the first product that asks, not with the other kernels
         set => bf16Dots = value && DotTiles.Available;
     }
 
-    static bool bf16Dots = DotTiles.Available;
+    static bool? bf16Dots;
 
     /// <summary>
     /// accumulated [m, n] = x [m, k] · W [n, k]ᵀ for bf16 x and W with two or more rows of x: three weight rows against up to
