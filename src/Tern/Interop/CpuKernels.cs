@@ -272,8 +272,9 @@ internal static unsafe partial class CpuKernels
     /// <summary>
     /// y = x·Wᵀ (+ bias) (+ residual) for x [..., K] and W [N, K] (contiguous, one type). Decode-sized products (up to 16 rows):
     /// fp32 through the own AVX2 kernel where MKL runs generic code (<see cref="OwnFp32Products"/>), else when W is large enough
-    /// to split into a column block per core, each through MKL (exported by the libtorch library); bf16 through MKL's bf16 GEMM
-    /// on Intel CPUs with bf16 arithmetic, else widened in registers (<see cref="WidenedProducts"/>). Prefills through the own
+    /// to split into a column block per core, each through MKL (exported by the libtorch library); bf16 through the CPU's bf16
+    /// dot product where it has one (<see cref="DotProducts"/>, two or more rows), else widened in registers (<see
+    /// cref="WidenedProducts"/>); MKL's bf16 GEMM only when asked (<see cref="UseMklBf16"/>). Prefills through the own
     /// packed GEMM (<see cref="PackedGemm{T}"/>, AVX2 and FMA) in bf16 where the CPU lacks bf16 arithmetic, and in fp32 where
     /// MKL runs generic code. fp32 accumulation, rounded as the composite path rounds: round(round(x·Wᵀ + b) + residual). False
     /// for other types, for prefills that libtorch runs faster (fp32 on Intel CPUs, bf16 where oneDNN has bf16 arithmetic),
@@ -292,8 +293,8 @@ internal static unsafe partial class CpuKernels
         // Prefills: the packed GEMM for bf16 where the CPU lacks bf16 arithmetic, and for fp32 where MKL runs generic code; else
         // libtorch's one threaded call (oneDNN's bf16 GEMM, MKL's fp32 one).
         if (prefill && !(PackedGemmSupported && (bf16 ? EmulatesBf16 : OwnFp32Products))) return false;
-        // Decode products: Tern's kernel (bf16 except on Intel CPUs with bf16 arithmetic, fp32 where MKL runs generic code), else
-        // MKL — whose bf16 GEMM threads itself, and whose fp32 products are split here only when large.
+        // Decode products: Tern's kernel (bf16 unless TERN_CPU_GEMV=mkl, fp32 where MKL runs generic code), else MKL — whose bf16
+        // GEMM threads itself, and whose fp32 products are split here only when large.
         bool own = !prefill && (bf16 ? !UseMklBf16 : OwnFp32Products);
         bool split = !prefill && !(bf16 && !own) && CoreTeam.Shared.Size > 1 && (own ? m * n * k >= OwnSplitMultiplyAdds : n * k >= SplitElements);
         if (!bf16 && !prefill && !own && !split) return false; // a small fp32 product: libtorch's one MKL call
@@ -379,9 +380,9 @@ internal static unsafe partial class CpuKernels
     }
 
     /// <summary>
-    /// bf16 products where MKL's bf16 GEMM is slow — CPUs without bf16 arithmetic (no AVX512_BF16), where it is emulated (4.3×
-    /// slower than the fp32 model's step on the 1.1B shape: 719 against 166 ms at one row), and non-Intel CPUs, where MKL runs
-    /// generic code. Each weight row is read once as bf16 and
+    /// bf16 products of one row, or of several where the CPU lacks the bf16 dot product: faster than MKL's bf16 GEMM at decode
+    /// sizes on every CPU measured (<see cref="UseMklBf16"/>; without AVX512_BF16 MKL emulates bf16: 4.3× slower than the fp32
+    /// model's step on the 1.1B shape, 719 against 166 ms at one row). Each weight row is read once as bf16 and
     /// widened in registers (two bytes a weight from memory against fp32's four), x widened to fp32 once; the weight's rows
     /// split over the cores.
     /// </summary>
@@ -682,11 +683,14 @@ internal static unsafe partial class CpuKernels
         return sum;
     }
 
-    /// <summary>Whether bf16 decode products go to MKL's bf16 GEMM: where the CPU has bf16 arithmetic (AVX512_BF16: CPUID leaf
-    /// 7, sub-leaf 1, EAX bit 5) and MKL runs its own kernels (Intel, as for fp32: <see cref="MklKernels"/>). Elsewhere MKL
-    /// emulates it slowly — also on an AMD EPYC with AVX512_BF16, whose bf16 step at one row took 14 ms against 1.9 widened
-    /// (2026-12-06) — and <see cref="WidenedProducts"/> takes its place.</summary>
-    static bool UseMklBf16 => NativeBf16 && MklKernels && !WidenBf16Everywhere;
+    /// <summary>Whether bf16 decode products go to MKL's bf16 GEMM: only when asked (<c>TERN_CPU_GEMV=mkl</c>) on a CPU with
+    /// bf16 arithmetic. Tern's kernels beat it at decode sizes on both vendors' CPUs measured: an AMD EPYC with AVX512_BF16,
+    /// where MKL runs generic code (the default model's bf16 step at one row 14 ms against 1.9 widened, 2026-12-06), and an
+    /// Intel Xeon with AVX512_BF16 (the GPU machine's; the default model's 33 maps, 2026-12-07: one row 1.62 against 1.34 ms on
+    /// two cores and 3.76 against 0.77 on sixteen, eight rows 2.37 against 2.18 and 2.74 against 1.01).</summary>
+    static bool UseMklBf16 => NativeBf16 && MklAsked && !WidenBf16Everywhere;
+
+    static readonly bool MklAsked = Environment.GetEnvironmentVariable("TERN_CPU_GEMV") == "mkl";
 
     /// <summary>Whether bf16 arithmetic is emulated here, so that bf16 prefills are better widened (the packed GEMM, attention
     /// in fp32). Where the CPU has it, libtorch's bf16 prefill runs oneDNN's AVX512_BF16 kernels, whichever the vendor: on an AMD
