@@ -128,7 +128,7 @@ internal static unsafe partial class CpuKernels
 
         static DotTiles()
         {
-            if (!HasBf16Arithmetic() || !System.Runtime.Intrinsics.X86.Avx512F.IsSupported || RuntimeInformation.ProcessArchitecture != Architecture.X64
+            if (!NativeBf16 || !System.Runtime.Intrinsics.X86.Avx512F.IsSupported || RuntimeInformation.ProcessArchitecture != Architecture.X64
                 || !OperatingSystem.IsLinux()) return; // the System V calling convention: every vector register the callee's
             if (Environment.GetEnvironmentVariable("TERN_CPU_CODEGEN") == "0") return; // no generated code: the widening kernels
             Four = (delegate* unmanaged[SuppressGCTransition]<Args*, void>)ExecutableMemory.TryMap(Encode(4));

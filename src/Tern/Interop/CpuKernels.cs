@@ -688,9 +688,10 @@ internal static unsafe partial class CpuKernels
     /// where MKL runs generic code (the default model's bf16 step at one row 14 ms against 1.9 widened, 2026-12-06), and an
     /// Intel Xeon with AVX512_BF16 (the GPU machine's; the default model's 33 maps, 2026-12-07: one row 1.62 against 1.34 ms on
     /// two cores and 3.76 against 0.77 on sixteen, eight rows 2.37 against 2.18 and 2.74 against 1.01).</summary>
-    static bool UseMklBf16 => NativeBf16 && MklAsked && !WidenBf16Everywhere;
+    static bool UseMklBf16 => NativeBf16 && GemvChoice == "mkl" && !WidenBf16Everywhere;
 
-    static readonly bool MklAsked = Environment.GetEnvironmentVariable("TERN_CPU_GEMV") == "mkl";
+    /// <summary><c>TERN_CPU_GEMV</c>: <c>own</c> or <c>mkl</c> overrides the choice of decode products' kernels.</summary>
+    static readonly string? GemvChoice = Environment.GetEnvironmentVariable("TERN_CPU_GEMV");
 
     /// <summary>Whether bf16 arithmetic is emulated here, so that bf16 prefills are better widened (the packed GEMM, attention
     /// in fp32). Where the CPU has it, libtorch's bf16 prefill runs oneDNN's AVX512_BF16 kernels, whichever the vendor: on an AMD
@@ -702,11 +703,8 @@ internal static unsafe partial class CpuKernels
     /// arithmetic too.</summary>
     internal static bool WidenBf16Everywhere { get; set; }
 
-    static readonly bool NativeBf16 = HasBf16Arithmetic();
-
-    /// <summary>AVX512_BF16: CPUID leaf 7, sub-leaf 1, EAX bit 5 (a method, so that other static initialisers need not come
-    /// after <see cref="NativeBf16"/>'s).</summary>
-    static bool HasBf16Arithmetic() => System.Runtime.Intrinsics.X86.X86Base.IsSupported
+    /// <summary>AVX512_BF16: CPUID leaf 7, sub-leaf 1, EAX bit 5.</summary>
+    static readonly bool NativeBf16 = System.Runtime.Intrinsics.X86.X86Base.IsSupported
         && System.Runtime.Intrinsics.X86.X86Base.CpuId(7, 0).Eax >= 1
         && (System.Runtime.Intrinsics.X86.X86Base.CpuId(7, 1).Eax & (1 << 5)) != 0;
 
@@ -721,10 +719,10 @@ internal static unsafe partial class CpuKernels
     /// <summary>Takes the own fp32 kernel on any CPU: for tests, so that it is checked on Intel hosts too.</summary>
     internal static bool OwnFp32Everywhere { get; set; }
 
-    /// <summary>Whether decode products go to MKL (Intel CPUs, or <c>TERN_CPU_GEMV=mkl</c>) rather than the own AVX2 kernels
-    /// (other CPUs, or <c>TERN_CPU_GEMV=own</c>); always where the CPU lacks AVX2 or FMA.</summary>
+    /// <summary>Whether fp32 decode products go to MKL (Intel CPUs, or <c>TERN_CPU_GEMV=mkl</c>) rather than the own AVX2
+    /// kernels (other CPUs, or <c>TERN_CPU_GEMV=own</c>); always where the CPU lacks AVX2 or FMA.</summary>
     static readonly bool MklKernels = !(System.Runtime.Intrinsics.X86.Avx2.IsSupported && System.Runtime.Intrinsics.X86.Fma.IsSupported)
-        || Environment.GetEnvironmentVariable("TERN_CPU_GEMV") switch { "own" => false, "mkl" => true, _ => GenuineIntel() };
+        || GemvChoice switch { "own" => false, "mkl" => true, _ => GenuineIntel() };
 
     /// <summary>CPUID's vendor string is "GenuineIntel" (EBX, EDX, ECX of leaf 0).</summary>
     static bool GenuineIntel()
